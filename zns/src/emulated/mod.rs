@@ -1,0 +1,625 @@
+//! The emulated ZNS drive: a sparse data file holding every zone's blocks back to back, and a
+//! metadata file holding each zone's durable state (see [`meta`]). The zone state machine
+//! ([`crate::machine`]) decides; this module stores.
+//!
+//! Durability follows a drive with a volatile write cache. Completed writes live in the page
+//! cache; `flush` makes them durable by syncing the data file and only then recording the new
+//! write pointers in the metadata file, so that after a crash no write pointer covers data that
+//! was not made durable. Zone management actions are recorded before they complete. Blocks
+//! beyond a zone's recorded write pointer always read as zeros, so data written but never
+//! flushed simply disappears after a crash, as it would on a drive that lost power.
+
+pub mod faults;
+pub mod meta;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use crate::device::ZonedDevice;
+use crate::error::{ZoneError, ZoneResult};
+use crate::geometry::Geometry;
+use crate::machine::{ZoneStatus, ZoneTable};
+use crate::zone::{ReportFilter, ZoneAction, ZoneReport, ZoneSelect, ZoneState};
+use faults::FaultPlan;
+use meta::ZoneEntry;
+
+const DATA_FILE: &str = "zns.data";
+const META_FILE: &str = "zns.meta";
+
+/// A file-backed ZNS drive with the full zone state machine, durable zone metadata and fault
+/// injection. Cheap to clone; clones share the drive.
+#[derive(Clone, Debug)]
+pub struct EmulatedZns {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    geometry: Geometry,
+    dir: PathBuf,
+    data: Arc<File>,
+    meta: Arc<File>,
+    state: Mutex<DriveState>,
+    /// Serialises flushes and zone management so metadata records are written in order.
+    persist: tokio::sync::Mutex<()>,
+    /// Number of flush snapshots taken so far; a flush that began after a caller arrived covers
+    /// that caller's writes.
+    snapshots_taken: AtomicU64,
+    snapshots_durable: AtomicU64,
+    faults: FaultPlan,
+}
+
+#[derive(Debug)]
+struct DriveState {
+    table: ZoneTable,
+    zones: Vec<ZoneBook>,
+    /// Whether any zone changed since the last flush snapshot.
+    dirty: bool,
+}
+
+/// Per-zone bookkeeping beside the state machine: writes still in flight and what is durable.
+#[derive(Debug, Clone)]
+struct ZoneBook {
+    /// Block ranges `(start, end)` relative to the zone start whose data is still being written.
+    in_flight: Vec<(u64, u64)>,
+    /// Bumped on reset so that completions of writes from before the reset are ignored.
+    generation: u64,
+    /// What the metadata file says about this zone.
+    durable: ZoneEntry,
+}
+
+impl DriveState {
+    /// Blocks of the zone whose data is completely written (the write pointer, less writes still
+    /// in flight).
+    fn settled(&self, index: u32) -> u64 {
+        let written = self.table.zone(index).written;
+        self.zones[index as usize]
+            .in_flight
+            .iter()
+            .map(|&(start, _)| start)
+            .min()
+            .unwrap_or(written)
+    }
+
+    /// The metadata entry describing zone `index` now, counting only settled data.
+    fn entry(&self, index: u32) -> ZoneEntry {
+        ZoneEntry {
+            state: self.table.zone(index).state,
+            written: self.settled(index),
+            resets: self.zones[index as usize].durable.resets,
+        }
+    }
+}
+
+/// Runs file I/O on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ZoneResult<T> + Send + 'static,
+) -> ZoneResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ZoneError::MediaError(format!("I/O task failed: {e}")))?
+}
+
+impl EmulatedZns {
+    /// Creates a new drive in `dir` (created if missing). Fails if a drive already exists there.
+    pub fn create(dir: &Path, geometry: Geometry) -> ZoneResult<Self> {
+        geometry
+            .validate()
+            .map_err(|e| ZoneError::InvalidField(e.to_string()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ZoneError::io(format!("creating {}", dir.display()), e))?;
+        let meta_path = dir.join(META_FILE);
+        let meta = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&meta_path)
+            .map_err(|e| ZoneError::io(format!("creating {}", meta_path.display()), e))?;
+        lock_exclusive(&meta, &meta_path)?;
+        let data_path = dir.join(DATA_FILE);
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&data_path)
+            .map_err(|e| ZoneError::io(format!("creating {}", data_path.display()), e))?;
+        let bytes = geometry.total_blocks() * u64::from(geometry.block_size);
+        data.set_len(bytes)
+            .map_err(|e| ZoneError::io(format!("sizing {}", data_path.display()), e))?;
+        let mut image = vec![0u8; meta::file_len(geometry.zone_count) as usize];
+        image[..meta::HEADER_LEN].copy_from_slice(&meta::encode_header(&geometry));
+        for index in 0..geometry.zone_count {
+            let at = meta::entry_offset(index) as usize;
+            image[at..at + meta::ENTRY_LEN].copy_from_slice(&meta::encode_entry(&ZoneEntry::EMPTY));
+        }
+        meta.write_all_at(&image, 0)
+            .and_then(|_| meta.sync_all())
+            .and_then(|_| data.sync_all())
+            .map_err(|e| ZoneError::io(format!("initialising {}", meta_path.display()), e))?;
+        sync_dir(dir)?;
+        let entries = vec![ZoneEntry::EMPTY; geometry.zone_count as usize];
+        Ok(Self::assemble(geometry, dir, data, meta, entries))
+    }
+
+    /// Opens the drive in `dir`, recovering zone states as after a power loss: opened zones come
+    /// back Closed (or Empty if they hold nothing) with their durable write pointers.
+    pub fn open(dir: &Path) -> ZoneResult<Self> {
+        let meta_path = dir.join(META_FILE);
+        let meta = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&meta_path)
+            .map_err(|e| ZoneError::io(format!("opening {}", meta_path.display()), e))?;
+        lock_exclusive(&meta, &meta_path)?;
+        let mut header = vec![0u8; meta::HEADER_LEN];
+        meta.read_exact_at(&mut header, 0)
+            .map_err(|e| ZoneError::io(format!("reading {}", meta_path.display()), e))?;
+        let geometry = meta::decode_header(&header)
+            .map_err(|e| ZoneError::MediaError(format!("{}: {e}", meta_path.display())))?;
+        let mut image = vec![0u8; meta::ENTRY_LEN * geometry.zone_count as usize];
+        meta.read_exact_at(&mut image, meta::HEADER_LEN as u64)
+            .map_err(|e| ZoneError::io(format!("reading {}", meta_path.display()), e))?;
+        let mut entries = Vec::with_capacity(geometry.zone_count as usize);
+        for (index, raw) in image.chunks_exact(meta::ENTRY_LEN).enumerate() {
+            let entry = match meta::decode_entry(raw) {
+                Ok(entry) if entry.written <= geometry.zone_capacity => entry,
+                Ok(entry) => {
+                    tracing::error!(
+                        zone = index,
+                        written = entry.written,
+                        "zone entry claims more data than the zone holds; taking the zone offline"
+                    );
+                    ZoneEntry {
+                        state: ZoneState::Offline,
+                        ..entry
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        zone = index,
+                        "damaged zone entry ({e}); taking the zone offline"
+                    );
+                    ZoneEntry {
+                        state: ZoneState::Offline,
+                        ..ZoneEntry::EMPTY
+                    }
+                }
+            };
+            entries.push(entry);
+        }
+        let data_path = dir.join(DATA_FILE);
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data_path)
+            .map_err(|e| ZoneError::io(format!("opening {}", data_path.display()), e))?;
+        Ok(Self::assemble(geometry, dir, data, meta, entries))
+    }
+
+    /// Opens the drive in `dir` if there is one (its geometry must equal `geometry`), or creates
+    /// it.
+    pub fn open_or_create(dir: &Path, geometry: Geometry) -> ZoneResult<Self> {
+        if !dir.join(META_FILE).exists() {
+            return Self::create(dir, geometry);
+        }
+        let drive = Self::open(dir)?;
+        if drive.geometry() != geometry {
+            return Err(ZoneError::InvalidField(format!(
+                "the drive in {} has geometry [{}], not the requested [{}]",
+                dir.display(),
+                drive.geometry(),
+                geometry
+            )));
+        }
+        Ok(drive)
+    }
+
+    fn assemble(
+        geometry: Geometry,
+        dir: &Path,
+        data: File,
+        meta: File,
+        entries: Vec<ZoneEntry>,
+    ) -> Self {
+        let state = recovered_state(geometry, &entries);
+        EmulatedZns {
+            inner: Arc::new(Inner {
+                geometry,
+                dir: dir.to_path_buf(),
+                data: Arc::new(data),
+                meta: Arc::new(meta),
+                state: Mutex::new(state),
+                persist: tokio::sync::Mutex::new(()),
+                snapshots_taken: AtomicU64::new(0),
+                snapshots_durable: AtomicU64::new(0),
+                faults: FaultPlan::default(),
+            }),
+        }
+    }
+
+    /// The directory holding the drive's files.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Path of the data file (tests corrupt it on purpose).
+    pub fn data_path(&self) -> PathBuf {
+        self.inner.dir.join(DATA_FILE)
+    }
+
+    /// Fault injection: the next `n` reads, writes, appends and flushes fail with a media error.
+    pub fn fail_next_ios(&self, n: u32) {
+        self.inner.faults.fail_next_ios(n);
+    }
+
+    /// Fault injection: the zone starting at `zslba` becomes Read Only (durably).
+    pub async fn make_zone_read_only(&self, zslba: u64) -> ZoneResult<()> {
+        self.degrade(zslba, ZoneState::ReadOnly).await
+    }
+
+    /// Fault injection: the zone starting at `zslba` goes Offline (durably).
+    pub async fn make_zone_offline(&self, zslba: u64) -> ZoneResult<()> {
+        self.degrade(zslba, ZoneState::Offline).await
+    }
+
+    async fn degrade(&self, zslba: u64, state: ZoneState) -> ZoneResult<()> {
+        let geometry = self.inner.geometry;
+        let index = geometry
+            .zone_index(zslba)
+            .filter(|&i| geometry.zone_start(i) == zslba)
+            .ok_or_else(|| ZoneError::InvalidField(format!("{zslba} is not a zone start")))?;
+        let _order = self.inner.persist.lock().await;
+        let entries = {
+            let mut st = self.inner.state.lock();
+            st.table.degrade(index, state);
+            vec![(index, st.entry(index))]
+        };
+        self.sync_data().await?;
+        self.persist_entries(entries).await
+    }
+
+    /// Fault injection: simulates a power loss. Everything not flushed is dropped and zones
+    /// return to their durable states, as when the drive is opened again. The caller must have
+    /// no operations in flight.
+    pub async fn simulate_power_loss(&self) {
+        let _order = self.inner.persist.lock().await;
+        let mut st = self.inner.state.lock();
+        let entries: Vec<ZoneEntry> = st.zones.iter().map(|z| z.durable).collect();
+        *st = recovered_state(self.inner.geometry, &entries);
+    }
+
+    /// Writes metadata entries and syncs them. Callers hold `persist`.
+    async fn persist_entries(&self, entries: Vec<(u32, ZoneEntry)>) -> ZoneResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let meta = self.inner.meta.clone();
+        let written = entries.clone();
+        blocking(move || {
+            for (index, entry) in &written {
+                meta.write_all_at(&meta::encode_entry(entry), meta::entry_offset(*index))
+                    .map_err(|e| ZoneError::io("writing zone metadata", e))?;
+            }
+            meta.sync_data()
+                .map_err(|e| ZoneError::io("syncing zone metadata", e))
+        })
+        .await?;
+        let mut st = self.inner.state.lock();
+        for (index, entry) in entries {
+            st.zones[index as usize].durable = entry;
+        }
+        Ok(())
+    }
+
+    async fn sync_data(&self) -> ZoneResult<()> {
+        let data = self.inner.data.clone();
+        blocking(move || {
+            data.sync_data()
+                .map_err(|e| ZoneError::io("syncing zone data", e))
+        })
+        .await
+    }
+
+    fn byte_offset(&self, lba: u64) -> u64 {
+        lba * u64::from(self.inner.geometry.block_size)
+    }
+
+    fn blocks_of(&self, data: &Bytes) -> ZoneResult<u64> {
+        match self.inner.geometry.blocks_of(data.len()) {
+            Some(0) | None => Err(ZoneError::InvalidField(format!(
+                "data length {} is not a positive multiple of the {}-byte block size",
+                data.len(),
+                self.inner.geometry.block_size
+            ))),
+            Some(blocks) => Ok(blocks),
+        }
+    }
+
+    /// Grants a write and records it in flight. Returns (LBA, zone index, generation).
+    fn begin_write(&self, lba: u64, blocks: u64, append: bool) -> ZoneResult<(u64, u32, u64)> {
+        let geometry = &self.inner.geometry;
+        let mut st = self.inner.state.lock();
+        let grant = st.table.grant_write(lba, blocks, append)?;
+        let index = geometry.zone_start(0) as u32 + (grant.lba / geometry.zone_size) as u32;
+        let rel = grant.lba - geometry.zone_start(index);
+        let book = &mut st.zones[index as usize];
+        book.in_flight.push((rel, rel + blocks));
+        let generation = book.generation;
+        st.dirty = true;
+        Ok((grant.lba, index, generation))
+    }
+
+    fn end_write(&self, lba: u64, index: u32, generation: u64) {
+        let geometry = &self.inner.geometry;
+        let rel = lba - geometry.zone_start(index);
+        let mut st = self.inner.state.lock();
+        let book = &mut st.zones[index as usize];
+        if book.generation == generation
+            && let Some(pos) = book.in_flight.iter().position(|&(s, _)| s == rel)
+        {
+            book.in_flight.swap_remove(pos);
+        }
+    }
+
+    async fn store(&self, lba: u64, data: Bytes, append: bool) -> ZoneResult<u64> {
+        self.inner
+            .faults
+            .check(if append { "append" } else { "write" })?;
+        let blocks = self.blocks_of(&data)?;
+        let (lba, index, generation) = self.begin_write(lba, blocks, append)?;
+        let file = self.inner.data.clone();
+        let offset = self.byte_offset(lba);
+        let result = blocking(move || {
+            file.write_all_at(&data, offset)
+                .map_err(|e| ZoneError::io(format!("writing LBA {lba}"), e))
+        })
+        .await;
+        self.end_write(lba, index, generation);
+        result.map(|_| lba)
+    }
+}
+
+/// Rebuilds in-memory state from durable entries, applying the power-on rule to opened zones.
+fn recovered_state(geometry: Geometry, entries: &[ZoneEntry]) -> DriveState {
+    let statuses = entries
+        .iter()
+        .map(|e| ZoneStatus::new(e.state, e.written))
+        .collect();
+    let mut table = ZoneTable::from_zones(geometry, statuses);
+    table.after_power_loss();
+    let zones = entries
+        .iter()
+        .map(|&durable| ZoneBook {
+            in_flight: Vec::new(),
+            generation: 0,
+            durable,
+        })
+        .collect();
+    DriveState {
+        table,
+        zones,
+        dirty: true,
+    }
+}
+
+fn lock_exclusive(file: &File, path: &Path) -> ZoneResult<()> {
+    // SAFETY: flock on a valid, open file descriptor has no memory-safety preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ZoneError::io(
+            format!("{} is in use by another process", path.display()),
+            std::io::Error::last_os_error(),
+        ))
+    }
+}
+
+fn sync_dir(dir: &Path) -> ZoneResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ZoneError::io(format!("syncing {}", dir.display()), e))
+}
+
+/// Deallocates a byte range of the data file so that it reads as zeros and frees space.
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on a valid, open file descriptor has no memory-safety preconditions.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[async_trait]
+impl ZonedDevice for EmulatedZns {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
+        self.inner.faults.check("read")?;
+        let geometry = self.inner.geometry;
+        let blocks = u64::from(blocks);
+        // Which parts of the range hold data: (byte offset in file, byte offset in buffer, len).
+        let mut segments = Vec::new();
+        {
+            let st = self.inner.state.lock();
+            st.table.check_read(lba, blocks)?;
+            let mut at = lba;
+            while at < lba + blocks {
+                let zone_end = (at / geometry.zone_size + 1) * geometry.zone_size;
+                let span = zone_end.min(lba + blocks) - at;
+                let readable = st.table.readable_blocks(at, span);
+                if readable > 0 {
+                    segments.push((
+                        self.byte_offset(at),
+                        self.byte_offset(at - lba) as usize,
+                        self.byte_offset(readable) as usize,
+                    ));
+                }
+                at += span;
+            }
+        }
+        let len = self.byte_offset(blocks) as usize;
+        let file = self.inner.data.clone();
+        blocking(move || {
+            let mut buf = BytesMut::zeroed(len);
+            for (file_at, buf_at, n) in segments {
+                file.read_exact_at(&mut buf[buf_at..buf_at + n], file_at)
+                    .map_err(|e| ZoneError::io(format!("reading LBA {lba}"), e))?;
+            }
+            Ok(buf.freeze())
+        })
+        .await
+    }
+
+    async fn write(&self, lba: u64, data: Bytes) -> ZoneResult<()> {
+        self.store(lba, data, false).await.map(|_| ())
+    }
+
+    async fn write_zeroes(&self, lba: u64, blocks: u32) -> ZoneResult<()> {
+        self.inner.faults.check("write zeroes")?;
+        if blocks == 0 {
+            return Err(ZoneError::InvalidField(
+                "write zeroes of zero blocks".into(),
+            ));
+        }
+        let (lba, index, generation) = self.begin_write(lba, u64::from(blocks), false)?;
+        let file = self.inner.data.clone();
+        let offset = self.byte_offset(lba);
+        let len = self.byte_offset(u64::from(blocks));
+        let result = blocking(move || {
+            // The range may hold stale bytes from before a reset that was never punched.
+            punch_hole(&file, offset, len)
+                .or_else(|_| file.write_all_at(&vec![0u8; len as usize], offset))
+                .map_err(|e| ZoneError::io(format!("zeroing LBA {lba}"), e))
+        })
+        .await;
+        self.end_write(lba, index, generation);
+        result
+    }
+
+    async fn append(&self, zslba: u64, data: Bytes) -> ZoneResult<u64> {
+        self.store(zslba, data, true).await
+    }
+
+    async fn flush(&self) -> ZoneResult<()> {
+        self.inner.faults.check("flush")?;
+        // Group commit: a flush whose snapshot was taken after we arrived covers our writes.
+        let wanted = self.inner.snapshots_taken.load(Ordering::SeqCst) + 1;
+        let _order = self.inner.persist.lock().await;
+        if self.inner.snapshots_durable.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let (snapshot, entries) = {
+            let mut st = self.inner.state.lock();
+            let snapshot = self.inner.snapshots_taken.fetch_add(1, Ordering::SeqCst) + 1;
+            if !st.dirty {
+                drop(st);
+                self.inner
+                    .snapshots_durable
+                    .store(snapshot, Ordering::SeqCst);
+                return Ok(());
+            }
+            let entries: Vec<(u32, ZoneEntry)> = (0..self.inner.geometry.zone_count)
+                .filter_map(|i| {
+                    let entry = st.entry(i);
+                    (entry != st.zones[i as usize].durable).then_some((i, entry))
+                })
+                .collect();
+            // Stays dirty while writes are in flight: their data is not covered by this flush.
+            st.dirty = st.zones.iter().any(|z| !z.in_flight.is_empty());
+            (snapshot, entries)
+        };
+        self.sync_data().await?;
+        self.persist_entries(entries).await?;
+        self.inner
+            .snapshots_durable
+            .store(snapshot, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+        let _order = self.inner.persist.lock().await;
+        let (entries, reset, unsynced) = {
+            let mut st = self.inner.state.lock();
+            let changed = st.table.manage(action, select)?;
+            // Recording a zone's new state also records its write pointer, so data written since
+            // the last flush must be durable first.
+            let unsynced = changed
+                .iter()
+                .any(|&i| st.settled(i) > st.zones[i as usize].durable.written);
+            let mut reset = Vec::new();
+            let mut entries = Vec::with_capacity(changed.len());
+            for index in changed {
+                if action == ZoneAction::Reset && st.table.zone(index).state == ZoneState::Empty {
+                    let book = &mut st.zones[index as usize];
+                    book.in_flight.clear();
+                    book.generation += 1;
+                    reset.push(index);
+                }
+                let mut entry = st.entry(index);
+                if reset.contains(&index) {
+                    entry.resets += 1;
+                }
+                entries.push((index, entry));
+            }
+            (entries, reset, unsynced)
+        };
+        if unsynced {
+            self.sync_data().await?;
+        }
+        self.persist_entries(entries).await?;
+        if !reset.is_empty() {
+            let geometry = self.inner.geometry;
+            let file = self.inner.data.clone();
+            let zone_bytes = geometry.zone_bytes();
+            let starts: Vec<u64> = reset
+                .iter()
+                .map(|&i| self.byte_offset(geometry.zone_start(i)))
+                .collect();
+            // Space reclamation only: reads above the write pointer are zeros regardless.
+            blocking(move || {
+                for start in starts {
+                    if let Err(e) = punch_hole(&file, start, zone_bytes) {
+                        tracing::warn!("could not deallocate a reset zone: {e}");
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn report_zones(
+        &self,
+        start_lba: u64,
+        filter: ReportFilter,
+        max_zones: usize,
+    ) -> ZoneResult<ZoneReport> {
+        self.inner
+            .state
+            .lock()
+            .table
+            .report(start_lba, filter, max_zones)
+    }
+}
