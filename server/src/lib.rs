@@ -1,1 +1,5 @@
-//! The Zonestore engine. Not written yet: see README.md for what works today.
+//! The Zonestore server: the object engine over zoned drives and the pieces of the `zonestore`
+//! binary.
+
+pub mod size;
+pub mod storage_node;

@@ -7,6 +7,7 @@ pub mod identify;
 pub mod logpage;
 pub mod opcode;
 pub mod property;
+pub mod zns;
 
 /// The well-known NQN of a discovery subsystem (NVMe over Fabrics 1.1, §7.1).
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";

@@ -38,9 +38,7 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 
 /// CRC32C over several buffers, as if they were one.
 pub fn crc32c_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u32 {
-    parts
-        .into_iter()
-        .fold(0, crc32c::crc32c_append)
+    parts.into_iter().fold(0, crc32c::crc32c_append)
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ impl Status {
     pub const SGL_INVALID_OFFSET: Status = generic(0x16);
     /// Data SGL Length Invalid.
     pub const SGL_LENGTH_INVALID: Status = generic(0x0F);
+    /// SGL Descriptor Type Invalid.
+    pub const SGL_TYPE_INVALID: Status = generic(0x11);
     /// Keep Alive Timeout Invalid.
     pub const KEEP_ALIVE_INVALID: Status = generic(0x1A);
     /// Transient Transport Error (a data digest error, §3.6.1.4 of NVMe/TCP).

@@ -1,0 +1,190 @@
+//! A controller: what one host's association with a subsystem holds — properties (CC, CSTS),
+//! features, held Asynchronous Event Requests, its I/O queues and its keep-alive timer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::TargetInner;
+use super::subsystem::Subsystem;
+use crate::spec::property;
+use crate::transport::FrameSender;
+use crate::wire::command::Cqe;
+use crate::wire::pdu::{CapsuleResp, Framing, Pdu, encode};
+use crate::wire::status::Status;
+
+/// An Asynchronous Event Request the controller holds until an event or teardown.
+pub(crate) struct HeldAer {
+    pub(crate) cid: u16,
+    pub(crate) tx: FrameSender,
+    pub(crate) framing: Framing,
+}
+
+/// One controller of a subsystem.
+pub(crate) struct Controller {
+    pub(crate) cntlid: u16,
+    pub(crate) subsystem: Arc<Subsystem>,
+    pub(crate) hostnqn: String,
+    pub(crate) hostid: [u8; 16],
+    cc: AtomicU32,
+    csts: AtomicU32,
+    kato_ms: AtomicU32,
+    pub(crate) aec: AtomicU32,
+    /// Granted I/O queues, 0's based, as Set Features Number of Queues returns (NCQA << 16 |
+    /// NSQA); `u32::MAX` until the host asks.
+    pub(crate) queues_granted: AtomicU32,
+    pub(crate) io_queues: Mutex<HashSet<u16>>,
+    pub(crate) aers: Mutex<Vec<HeldAer>>,
+    shutdown: watch::Sender<bool>,
+    /// Milliseconds since `epoch` of the last command (traffic based keep alive).
+    last_activity: AtomicU64,
+    epoch: Instant,
+}
+
+impl Controller {
+    pub(crate) fn new(
+        cntlid: u16,
+        subsystem: Arc<Subsystem>,
+        hostnqn: String,
+        hostid: [u8; 16],
+        kato_ms: u32,
+    ) -> Self {
+        Controller {
+            cntlid,
+            subsystem,
+            hostnqn,
+            hostid,
+            cc: AtomicU32::new(0),
+            csts: AtomicU32::new(0),
+            kato_ms: AtomicU32::new(kato_ms),
+            aec: AtomicU32::new(0),
+            queues_granted: AtomicU32::new(u32::MAX),
+            io_queues: Mutex::new(HashSet::new()),
+            aers: Mutex::new(Vec::new()),
+            shutdown: watch::channel(false).0,
+            last_activity: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Notes traffic: with traffic based keep alive, any command keeps the controller alive.
+    pub(crate) fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn kato_ms(&self) -> u32 {
+        self.kato_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_kato_ms(&self, ms: u32) {
+        self.kato_ms.store(ms, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub(crate) fn cc(&self) -> u32 {
+        self.cc.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn csts(&self) -> u32 {
+        self.csts.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.csts() & property::CSTS_RDY != 0
+    }
+
+    /// A receiver that fires when the controller is torn down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Property Set of CC (NVMe Base §3.1.3.6 and §3.6): enable, disable, shutdown.
+    pub(crate) async fn write_cc(self: &Arc<Self>, new: u32, target: &Arc<TargetInner>) {
+        let old = self.cc.swap(new, Ordering::SeqCst);
+        let enable = new & property::CC_EN != 0;
+        let was_enabled = old & property::CC_EN != 0;
+        if enable && !was_enabled {
+            if property::cc_is_valid_for_enable(new) {
+                self.csts.store(property::CSTS_RDY, Ordering::SeqCst);
+                self.touch();
+                self.start_keep_alive(target.clone());
+            } else {
+                self.csts.store(property::CSTS_CFS, Ordering::SeqCst);
+            }
+        } else if !enable && was_enabled {
+            self.csts.store(0, Ordering::SeqCst);
+        }
+        let shn = new & property::CC_SHN_MASK;
+        if shn != 0 && old & property::CC_SHN_MASK == 0 {
+            // A shutdown notification: make everything durable before reporting completion.
+            if let Some(device) = &self.subsystem.device
+                && let Err(e) = device.flush().await
+            {
+                tracing::warn!(cntlid = self.cntlid, "flush on shutdown failed: {e}");
+            }
+            let csts = self.csts() & !property::CSTS_RDY;
+            self.csts
+                .store(csts | property::CSTS_SHST_COMPLETE, Ordering::SeqCst);
+        } else if shn == 0 {
+            self.csts
+                .fetch_and(!property::CSTS_SHST_COMPLETE, Ordering::SeqCst);
+        }
+    }
+
+    fn start_keep_alive(self: &Arc<Self>, target: Arc<TargetInner>) {
+        let weak = Arc::downgrade(self);
+        let grace = target.config.keep_alive_grace;
+        tokio::spawn(async move {
+            loop {
+                let Some(ctrl) = weak.upgrade() else { return };
+                if *ctrl.shutdown.borrow() {
+                    return;
+                }
+                let kato = ctrl.kato_ms();
+                let period = Duration::from_millis(u64::from(kato.max(200)) / 2);
+                drop(ctrl);
+                tokio::time::sleep(period).await;
+                let Some(ctrl) = weak.upgrade() else { return };
+                let kato = ctrl.kato_ms();
+                if kato == 0 || ctrl.cc() & property::CC_EN == 0 {
+                    continue;
+                }
+                let idle = ctrl.epoch.elapsed().as_millis() as u64
+                    - ctrl.last_activity.load(Ordering::Relaxed);
+                if idle > u64::from(kato) + grace.as_millis() as u64 {
+                    tracing::warn!(
+                        cntlid = ctrl.cntlid,
+                        host = %ctrl.hostnqn,
+                        "keep alive timeout after {idle} ms; tearing the controller down"
+                    );
+                    target
+                        .stats
+                        .keep_alive_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    ctrl.teardown();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Ends the association: held AERs complete with Internal Error, every queue of the
+    /// controller closes, and the subsystem forgets it.
+    pub(crate) fn teardown(&self) {
+        if self.shutdown.send_replace(true) {
+            return;
+        }
+        for aer in self.aers.lock().drain(..) {
+            let cqe = Cqe::new(aer.cid, 0, 0, Status::INTERNAL_ERROR, 0);
+            let _ = aer
+                .tx
+                .try_send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), aer.framing));
+        }
+        self.subsystem.unregister(self.cntlid);
+    }
+}

@@ -1,0 +1,131 @@
+//! I/O commands of the Zoned Namespace: Read, Write, Write Zeroes, Flush, Zone Append, Zone
+//! Management Send and Receive, executed on the subsystem's [`zns::ZonedDevice`]. Every zone
+//! error the drive reports travels as its NVMe status code.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use zns::{ReportFilter, ZoneAction, ZoneError, ZoneSelect};
+
+use super::queue::{QueueCtx, Reply};
+use crate::spec::opcode::io;
+use crate::spec::zns as report;
+use crate::wire::command::Sqe;
+use crate::wire::status::Status;
+
+/// The one namespace ID a subsystem exports.
+const NSID: u32 = 1;
+
+fn failed(error: ZoneError) -> Reply {
+    let status = Status::from_zone_error(&error);
+    tracing::debug!("command failed: {error} ({status})");
+    Reply::error(status)
+}
+
+/// Runs one I/O-queue command.
+pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Reply {
+    if !ctx.controller.is_ready() {
+        return Reply::error(Status::COMMAND_SEQUENCE_ERROR);
+    }
+    let Some(device) = ctx.subsystem().device.clone() else {
+        return Reply::error(Status::INVALID_OPCODE);
+    };
+    let nsid = sqe.nsid();
+    let flush_all = sqe.opcode() == io::FLUSH && nsid == 0xFFFF_FFFF;
+    if nsid != NSID && !flush_all {
+        return Reply::error(Status::INVALID_NAMESPACE);
+    }
+    let geometry = device.geometry();
+    let block = u64::from(geometry.block_size);
+    let slba = sqe.slba();
+    let nlb = (sqe.cdw(12) & 0xFFFF) + 1;
+    let bytes = u64::from(nlb) * block;
+    let max_transfer = u64::from(ctx.target.config.max_transfer);
+    let transfer_ok = |len: u64| {
+        if bytes > max_transfer {
+            Err(Reply::error(Status::INVALID_FIELD))
+        } else if len != bytes {
+            Err(Reply::error(Status::SGL_LENGTH_INVALID))
+        } else {
+            Ok(())
+        }
+    };
+    match sqe.opcode() {
+        io::READ => {
+            if let Err(reply) = transfer_ok(u64::from(sqe.sgl_length())) {
+                return reply;
+            }
+            match device.read(slba, nlb).await {
+                Ok(data) => Reply::data(data),
+                Err(e) => failed(e),
+            }
+        }
+        io::WRITE => {
+            if let Err(reply) = transfer_ok(data.len() as u64) {
+                return reply;
+            }
+            match device.write(slba, data).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => failed(e),
+            }
+        }
+        io::ZONE_APPEND => {
+            if let Err(reply) = transfer_ok(data.len() as u64) {
+                return reply;
+            }
+            match device.append(slba, data).await {
+                Ok(lba) => Reply::result(lba),
+                Err(e) => failed(e),
+            }
+        }
+        io::WRITE_ZEROES => match device.write_zeroes(slba, nlb).await {
+            Ok(()) => Reply::ok(),
+            Err(e) => failed(e),
+        },
+        io::FLUSH => match device.flush().await {
+            Ok(()) => Reply::ok(),
+            Err(e) => failed(e),
+        },
+        io::ZONE_MGMT_SEND => {
+            let cdw13 = sqe.cdw(13);
+            let Some(action) = ZoneAction::from_code(cdw13 as u8) else {
+                return Reply::error(Status::INVALID_FIELD);
+            };
+            let select = if cdw13 & (1 << 8) != 0 {
+                ZoneSelect::All
+            } else {
+                ZoneSelect::Zone(slba)
+            };
+            match device.manage_zones(action, select).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => failed(e),
+            }
+        }
+        io::ZONE_MGMT_RECV => {
+            let len = (u64::from(sqe.cdw(12)) + 1) * 4;
+            if len != u64::from(sqe.sgl_length()) {
+                return Reply::error(Status::SGL_LENGTH_INVALID);
+            }
+            if len < report::ENTRY_LEN as u64 || len > max_transfer {
+                return Reply::error(Status::INVALID_FIELD);
+            }
+            let cdw13 = sqe.cdw(13);
+            if cdw13 as u8 != report::zra::REPORT_ZONES {
+                return Reply::error(Status::INVALID_FIELD);
+            }
+            let Some(filter) = ReportFilter::from_code((cdw13 >> 8) as u8) else {
+                return Reply::error(Status::INVALID_FIELD);
+            };
+            let partial = cdw13 & (1 << 16) != 0;
+            let len = len as usize;
+            match device
+                .report_zones(slba, filter, report::capacity(len))
+                .await
+            {
+                Ok(zones) => Reply::data(Bytes::from(report::encode_report(&zones, partial, len))),
+                Err(e) => failed(e),
+            }
+        }
+        _ => Reply::error(Status::INVALID_OPCODE),
+    }
+}

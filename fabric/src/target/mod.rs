@@ -1,0 +1,265 @@
+//! The NVMe/TCP target: exports [`ZonedDevice`]s as Zoned Namespaces of NVM subsystems, each
+//! with its own NQN and host allow-list, plus a discovery controller that lists them. One TCP
+//! connection per queue, many commands in flight per queue.
+
+mod admin;
+mod controller;
+mod io;
+mod queue;
+mod stats;
+mod subsystem;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use zns::ZonedDevice;
+
+pub use stats::{TargetStats, TargetStatsSnapshot};
+pub use subsystem::Subsystem;
+
+use crate::spec::DISCOVERY_NQN;
+
+/// Tunables of a target.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// MAXH2CDATA: the largest data in one H2CData PDU (multiple of 4, at least 4096).
+    pub max_h2c_data: u32,
+    /// In-capsule data accepted on I/O queues (IOCCSZ = 4 + this / 16).
+    pub in_capsule_data: u32,
+    /// Largest queue a host may connect (CAP.MQES + 1, MAXCMD).
+    pub max_queue_entries: u16,
+    /// Most I/O queues per controller.
+    pub max_io_queues: u16,
+    /// Maximum data transfer size of one command in bytes (a power of two of 4 KiB pages).
+    pub max_transfer: u32,
+    /// R2T data a connection may have outstanding before further writes wait (bounds memory).
+    pub max_outstanding_r2t: usize,
+    /// Extra time a controller gets beyond its keep-alive timeout before it is torn down.
+    pub keep_alive_grace: Duration,
+    /// Model number reported in Identify Controller.
+    pub model: String,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            max_h2c_data: 1 << 20,
+            in_capsule_data: 16 << 10,
+            max_queue_entries: 1024,
+            max_io_queues: 64,
+            max_transfer: 2 << 20,
+            max_outstanding_r2t: 64 << 20,
+            keep_alive_grace: Duration::from_millis(500),
+            model: "Zonestore ZNS".into(),
+        }
+    }
+}
+
+/// Why a subsystem could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The NQN is malformed.
+    #[error("invalid NQN {nqn:?}: {reason}")]
+    InvalidNqn {
+        /// The NQN.
+        nqn: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A subsystem with this NQN exists already.
+    #[error("subsystem {0} exists already")]
+    Duplicate(String),
+    /// The device's geometry cannot be exported.
+    #[error("cannot export {nqn}: {reason}")]
+    Unexportable {
+        /// The subsystem NQN.
+        nqn: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Checks an NQN the way the NVMe Base specification §4.5 describes it: starts with `nqn.`,
+/// at most 223 bytes, UTF-8 without NULs.
+pub fn validate_nqn(nqn: &str) -> Result<(), TargetError> {
+    let fail = |reason| {
+        Err(TargetError::InvalidNqn {
+            nqn: nqn.to_string(),
+            reason,
+        })
+    };
+    if !nqn.starts_with("nqn.") {
+        return fail("an NQN starts with \"nqn.\"");
+    }
+    if nqn.len() > 223 {
+        return fail("an NQN is at most 223 bytes");
+    }
+    if nqn.contains('\0') || nqn.chars().any(char::is_whitespace) {
+        return fail("an NQN has no NUL or whitespace");
+    }
+    Ok(())
+}
+
+pub(crate) struct TargetInner {
+    pub(crate) config: TargetConfig,
+    pub(crate) subsystems: RwLock<HashMap<String, Arc<Subsystem>>>,
+    pub(crate) stats: TargetStats,
+    pub(crate) genctr: AtomicU64,
+}
+
+impl TargetInner {
+    pub(crate) fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.subsystems.read().get(nqn).cloned()
+    }
+}
+
+/// An NVMe/TCP target. Cheap to clone.
+#[derive(Clone)]
+pub struct Target {
+    inner: Arc<TargetInner>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field(
+                "subsystems",
+                &self.inner.subsystems.read().keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Target {
+    /// A target with only its discovery subsystem.
+    pub fn new(config: TargetConfig) -> Self {
+        let mut subsystems = HashMap::new();
+        subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(Subsystem::discovery()));
+        Target {
+            inner: Arc::new(TargetInner {
+                config,
+                subsystems: RwLock::new(subsystems),
+                stats: TargetStats::default(),
+                genctr: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Exports `device` as namespace 1 of a new subsystem `nqn`. An empty `allowed_hosts`
+    /// admits any host; otherwise only those host NQNs may connect.
+    pub fn add_subsystem(
+        &self,
+        nqn: &str,
+        device: Arc<dyn ZonedDevice>,
+        allowed_hosts: Vec<String>,
+    ) -> Result<(), TargetError> {
+        validate_nqn(nqn)?;
+        for host in &allowed_hosts {
+            validate_nqn(host)?;
+        }
+        let geometry = device.geometry();
+        if !geometry.zone_size.is_power_of_two() {
+            return Err(TargetError::Unexportable {
+                nqn: nqn.to_string(),
+                reason: format!(
+                    "zone size {} blocks is not a power of two, which hosts require",
+                    geometry.zone_size
+                ),
+            });
+        }
+        if geometry.max_append_bytes() > u64::from(self.inner.config.max_transfer) {
+            return Err(TargetError::Unexportable {
+                nqn: nqn.to_string(),
+                reason: format!(
+                    "the zone append limit {} exceeds the maximum transfer {}",
+                    geometry.max_append_bytes(),
+                    self.inner.config.max_transfer
+                ),
+            });
+        }
+        let mut subsystems = self.inner.subsystems.write();
+        if subsystems.contains_key(nqn) {
+            return Err(TargetError::Duplicate(nqn.to_string()));
+        }
+        subsystems.insert(
+            nqn.to_string(),
+            Arc::new(Subsystem::new(nqn, device, allowed_hosts)),
+        );
+        self.inner.genctr.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counters of what the target has done.
+    pub fn stats(&self) -> TargetStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Starts serving on `addr`. The target runs until the returned handle is shut down or
+    /// dropped.
+    pub async fn listen(&self, addr: SocketAddr) -> std::io::Result<TargetHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = self.inner.clone();
+        let accept = tokio::spawn(async move {
+            let mut stop = stop_rx.clone();
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let inner = inner.clone();
+                            let stop = stop_rx.clone();
+                            tokio::spawn(async move {
+                                queue::serve_connection(stream, peer, inner, stop).await;
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                }
+            }
+        });
+        tracing::info!(%local_addr, "NVMe/TCP target listening");
+        Ok(TargetHandle {
+            local_addr,
+            stop: stop_tx,
+            accept,
+        })
+    }
+}
+
+/// A listening target. Dropping it stops the listener and closes every connection.
+#[derive(Debug)]
+pub struct TargetHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TargetHandle {
+    /// The address the target listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for TargetHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.accept.abort();
+    }
+}

@@ -1,0 +1,744 @@
+//! One queue of a controller on one TCP connection: connection set-up (ICReq/ICResp, Connect),
+//! the receive loop (command capsules, R2T and H2CData flow), and how completions go back
+//! (C2HData, CapsuleResp). Malformed PDUs end the connection with a C2HTermReq; bad commands
+//! only fail the command.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::TargetInner;
+use super::controller::Controller;
+use super::subsystem::Subsystem;
+use super::{admin, io};
+use crate::spec::connect::{self, CNTLID_DYNAMIC, Connect, invalid_parameter};
+use crate::spec::opcode::{self, admin as admin_op, fctype};
+use crate::transport::{FrameSender, PduReader, ReadError, spawn_writer};
+use crate::wire::command::{Cqe, SGL_IN_CAPSULE, SGL_TRANSPORT, Sqe};
+use crate::wire::pdu::{
+    CapsuleCmd, CapsuleResp, DataPdu, Decoder, Fes, Framing, HOST_TO_CONTROLLER, IcResp, Pdu,
+    PduError, R2t, TermReq, encode,
+};
+use crate::wire::status::Status;
+
+/// In-capsule data a host may send on an admin queue (Linux: NVME_TCP_ADMIN_CCSZ).
+pub(crate) const ADMIN_IN_CAPSULE: u32 = 8192;
+/// How long a new connection may take to send its ICReq.
+const IC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a command handler answers.
+pub(crate) enum Reply {
+    /// Completed: a status, the 64-bit result (CQE DW0/DW1) and data for the host.
+    Done {
+        status: Status,
+        result: u64,
+        data: Bytes,
+    },
+    /// Held by the controller (an Asynchronous Event Request).
+    Held,
+}
+
+impl Reply {
+    pub(crate) fn ok() -> Self {
+        Reply::result(0)
+    }
+
+    pub(crate) fn result(result: u64) -> Self {
+        Reply::Done {
+            status: Status::SUCCESS,
+            result,
+            data: Bytes::new(),
+        }
+    }
+
+    pub(crate) fn data(data: Bytes) -> Self {
+        Reply::Done {
+            status: Status::SUCCESS,
+            result: 0,
+            data,
+        }
+    }
+
+    pub(crate) fn error(status: Status) -> Self {
+        Reply::error_with(status, 0)
+    }
+
+    pub(crate) fn error_with(status: Status, result: u64) -> Self {
+        Reply::Done {
+            status,
+            result,
+            data: Bytes::new(),
+        }
+    }
+}
+
+/// What command handlers see of their queue.
+pub(crate) struct QueueCtx {
+    pub(crate) target: Arc<TargetInner>,
+    pub(crate) controller: Arc<Controller>,
+    pub(crate) qid: u16,
+    pub(crate) local: SocketAddr,
+    pub(crate) tx: FrameSender,
+    pub(crate) framing: Framing,
+    sqsize: u16,
+    sqflow_disabled: bool,
+    sq_head: AtomicU32,
+    closed: AtomicBool,
+}
+
+impl QueueCtx {
+    pub(crate) fn subsystem(&self) -> &Arc<Subsystem> {
+        &self.controller.subsystem
+    }
+
+    fn next_sq_head(&self) -> u16 {
+        if self.sqflow_disabled {
+            return 0xFFFF;
+        }
+        let entries = u32::from(self.sqsize) + 1;
+        let head = self.sq_head.fetch_add(1, Ordering::Relaxed) + 1;
+        (head % entries) as u16
+    }
+
+    /// Sends a completion (and its data) for command `cid`.
+    pub(crate) async fn complete(&self, cid: u16, status: Status, result: u64, data: Bytes) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let stats = &self.target.stats;
+        stats.commands.fetch_add(1, Ordering::Relaxed);
+        if !status.is_success() {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let sqhd = self.next_sq_head();
+        if status.is_success() && !data.is_empty() {
+            stats
+                .bytes_read
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            let success = self.sqflow_disabled && result == 0;
+            let c2h = Pdu::C2HData(DataPdu {
+                cccid: cid,
+                ttag: 0,
+                datao: 0,
+                last: true,
+                success,
+                data,
+                data_digest_error: false,
+            });
+            if self.tx.send(encode(&c2h, self.framing)).await.is_err() || success {
+                return;
+            }
+        }
+        let cqe = Cqe::new(cid, self.qid, sqhd, status, result);
+        let _ = self
+            .tx
+            .send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), self.framing))
+            .await;
+    }
+}
+
+/// A write command waiting for its data.
+struct Transfer {
+    sqe: Sqe,
+    buf: BytesMut,
+    expected: usize,
+    r2t_sent: bool,
+    digest_error: bool,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The receive side of one connection.
+struct Connection {
+    target: Arc<TargetInner>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tx: FrameSender,
+    framing: Framing,
+    ctx: Option<Arc<QueueCtx>>,
+    slots: Arc<Semaphore>,
+    transfers: HashMap<u16, Transfer>,
+    waiting_for_r2t: VecDeque<u16>,
+    r2t_outstanding: usize,
+    next_ttag: u16,
+}
+
+/// Serves one TCP connection until the host closes it, the controller is torn down, the
+/// target stops, or the host sends something the transport cannot accept.
+pub(crate) async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: Arc<TargetInner>,
+    mut stop: watch::Receiver<bool>,
+) {
+    target.stats.connections.fetch_add(1, Ordering::Relaxed);
+    target
+        .stats
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (rd, wr) = stream.into_split();
+    let config = &target.config;
+    let max_data = ADMIN_IN_CAPSULE
+        .max(config.in_capsule_data)
+        .max(config.max_h2c_data) as usize;
+    let mut reader = PduReader::new(rd, Decoder::new(HOST_TO_CONTROLLER, max_data));
+    let (tx, writer) = spawn_writer(wr, 1024);
+    if let Some(framing) = initialize(&mut reader, &tx, &target, peer).await {
+        reader.decoder.framing = Framing {
+            digests: framing.digests,
+            pda: 0,
+        };
+        let mut conn = Connection {
+            target: target.clone(),
+            peer,
+            local,
+            tx: tx.clone(),
+            framing,
+            ctx: None,
+            slots: Arc::new(Semaphore::new(64)),
+            transfers: HashMap::new(),
+            waiting_for_r2t: VecDeque::new(),
+            r2t_outstanding: 0,
+            next_ttag: 0,
+        };
+        conn.run(&mut reader, &mut stop).await;
+        conn.close();
+    }
+    drop(tx);
+    // Let queued completions (or a TermReq) reach the host, then close the socket.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    target
+        .stats
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// ICReq/ICResp (NVMe/TCP §3.3). Returns the framing of controller-to-host PDUs.
+async fn initialize(
+    reader: &mut PduReader<OwnedReadHalf>,
+    tx: &FrameSender,
+    target: &Arc<TargetInner>,
+    peer: SocketAddr,
+) -> Option<Framing> {
+    let first = match tokio::time::timeout(IC_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(pdu))) => pdu,
+        Ok(Err(ReadError::Pdu(e))) => {
+            terminate(tx, target, e).await;
+            return None;
+        }
+        _ => return None,
+    };
+    let Pdu::IcReq(ic) = first else {
+        let header = encode(&first, Framing::INITIAL).head.slice(..8);
+        terminate(
+            tx,
+            target,
+            PduError {
+                fes: Fes::PduSequenceError,
+                fei: 0,
+                header,
+                reason: "the first PDU of a connection must be ICReq".into(),
+            },
+        )
+        .await;
+        return None;
+    };
+    let unsupported = |fei, reason: &str| PduError {
+        fes: Fes::UnsupportedParameter,
+        fei,
+        header: Bytes::new(),
+        reason: reason.to_string(),
+    };
+    if ic.pfv != 0 {
+        terminate(tx, target, unsupported(8, "PDU format version is not 0")).await;
+        return None;
+    }
+    if ic.hpda > 31 {
+        terminate(tx, target, unsupported(10, "HPDA above 31")).await;
+        return None;
+    }
+    let resp = IcResp {
+        pfv: 0,
+        cpda: 0,
+        dgst: ic.dgst,
+        maxh2cdata: target.config.max_h2c_data,
+    };
+    if tx
+        .send(encode(&Pdu::IcResp(resp), Framing::INITIAL))
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    tracing::debug!(%peer, digests = ?ic.dgst, "NVMe/TCP connection initialised");
+    Some(Framing {
+        digests: ic.dgst,
+        pda: ic.hpda,
+    })
+}
+
+async fn terminate(tx: &FrameSender, target: &Arc<TargetInner>, error: PduError) {
+    tracing::warn!("NVMe/TCP protocol error, closing the connection: {error}");
+    target.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    let term = Pdu::C2HTermReq(TermReq {
+        fes: error.fes as u16,
+        fei: error.fei,
+        data: error.header,
+    });
+    let _ = tx.send(encode(&term, Framing::INITIAL)).await;
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        reader: &mut PduReader<OwnedReadHalf>,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        // Fires when the controller this queue belongs to is torn down (keep-alive timeout, or
+        // the admin queue closed).
+        let mut controller_gone: Option<watch::Receiver<bool>> = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let gone = async {
+                match controller_gone.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.wait_for(|down| *down).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                _ = gone => return,
+                next = reader.next() => next,
+            };
+            let result = match next {
+                Ok(Some(Pdu::CapsuleCmd(capsule))) => self.on_capsule(capsule).await,
+                Ok(Some(Pdu::H2CData(data))) => self.on_h2c_data(data).await,
+                Ok(Some(Pdu::H2CTermReq(term))) => {
+                    tracing::warn!(peer = %self.peer, fes = term.fes, fei = term.fei, "host terminated the connection");
+                    self.target
+                        .stats
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Some(other)) => Err(PduError {
+                    fes: Fes::PduSequenceError,
+                    fei: 0,
+                    header: encode(&other, Framing::INITIAL).head.slice(..8),
+                    reason: format!("unexpected PDU type {:#x}", other.type_code()),
+                }),
+                Ok(None) => return,
+                Err(ReadError::Pdu(e)) => Err(e),
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, "connection ended: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = result {
+                if let Some(ctx) = &self.ctx {
+                    ctx.closed.store(true, Ordering::Relaxed);
+                }
+                terminate(&self.tx, &self.target, e).await;
+                return;
+            }
+            if controller_gone.is_none()
+                && let Some(ctx) = &self.ctx
+            {
+                controller_gone = Some(ctx.controller.shutdown_signal());
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let Some(ctx) = self.ctx.take() else { return };
+        if ctx.qid == 0 {
+            ctx.controller.teardown();
+        } else {
+            ctx.controller.io_queues.lock().remove(&ctx.qid);
+        }
+    }
+
+    /// Sends a completion for a command that never reached a handler.
+    async fn reject(&self, cid: u16, status: Status, result: u64) {
+        match &self.ctx {
+            Some(ctx) => ctx.complete(cid, status, result, Bytes::new()).await,
+            None => {
+                let cqe = Cqe::new(cid, 0, 0, status, result);
+                let _ = self
+                    .tx
+                    .send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), self.framing))
+                    .await;
+            }
+        }
+    }
+
+    async fn on_capsule(&mut self, capsule: CapsuleCmd) -> Result<(), PduError> {
+        let sqe = capsule.sqe;
+        let cid = sqe.cid();
+        if let Some(ctx) = &self.ctx {
+            ctx.controller.touch();
+        }
+        let (op, fc) = (sqe.opcode(), sqe.fctype());
+        let writes = opcode::host_to_controller(op, fc);
+        let in_capsule_limit = match &self.ctx {
+            Some(ctx) if ctx.qid != 0 => self.target.config.in_capsule_data,
+            _ => ADMIN_IN_CAPSULE,
+        };
+        let length = sqe.sgl_length() as usize;
+        match sqe.sgl_identifier() {
+            SGL_IN_CAPSULE => {
+                if capsule.data_digest_error {
+                    self.reject(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0).await;
+                    return Ok(());
+                }
+                if !writes {
+                    self.reject(cid, Status::INVALID_FIELD, 0).await;
+                    return Ok(());
+                }
+                if sqe.sgl_address() != 0 || length > in_capsule_limit as usize {
+                    self.reject(cid, Status::SGL_INVALID_OFFSET, 0).await;
+                    return Ok(());
+                }
+                if length != capsule.data.len() {
+                    self.reject(cid, Status::SGL_LENGTH_INVALID, 0).await;
+                    return Ok(());
+                }
+                self.dispatch(sqe, capsule.data, None).await;
+            }
+            SGL_TRANSPORT => {
+                if !capsule.data.is_empty() {
+                    self.reject(cid, Status::INVALID_FIELD, 0).await;
+                    return Ok(());
+                }
+                if length > self.target.config.max_transfer as usize {
+                    self.reject(cid, Status::INVALID_FIELD, 0).await;
+                    return Ok(());
+                }
+                if writes && length > 0 {
+                    let permit = self.slot().await;
+                    let ttag = self.allocate_ttag();
+                    self.transfers.insert(
+                        ttag,
+                        Transfer {
+                            sqe,
+                            buf: BytesMut::with_capacity(length),
+                            expected: length,
+                            r2t_sent: false,
+                            digest_error: false,
+                            permit,
+                        },
+                    );
+                    self.waiting_for_r2t.push_back(ttag);
+                    self.issue_r2ts().await;
+                } else {
+                    self.dispatch(sqe, Bytes::new(), None).await;
+                }
+            }
+            _ => self.reject(cid, Status::SGL_TYPE_INVALID, 0).await,
+        }
+        Ok(())
+    }
+
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    fn allocate_ttag(&mut self) -> u16 {
+        loop {
+            let ttag = self.next_ttag;
+            self.next_ttag = self.next_ttag.wrapping_add(1);
+            if !self.transfers.contains_key(&ttag) {
+                return ttag;
+            }
+        }
+    }
+
+    /// Sends R2Ts for waiting writes while the connection's outstanding R2T data stays within
+    /// budget (one R2T per command: the host allows one outstanding R2T per command).
+    async fn issue_r2ts(&mut self) {
+        let budget = self.target.config.max_outstanding_r2t;
+        while let Some(&ttag) = self.waiting_for_r2t.front() {
+            let Some(transfer) = self.transfers.get_mut(&ttag) else {
+                self.waiting_for_r2t.pop_front();
+                continue;
+            };
+            if self.r2t_outstanding > 0 && self.r2t_outstanding + transfer.expected > budget {
+                return;
+            }
+            self.waiting_for_r2t.pop_front();
+            transfer.r2t_sent = true;
+            self.r2t_outstanding += transfer.expected;
+            let r2t = R2t {
+                cccid: transfer.sqe.cid(),
+                ttag,
+                r2to: 0,
+                r2tl: transfer.expected as u32,
+            };
+            let _ = self.tx.send(encode(&Pdu::R2t(r2t), self.framing)).await;
+        }
+    }
+
+    async fn on_h2c_data(&mut self, data: DataPdu) -> Result<(), PduError> {
+        let header = || {
+            encode(
+                &Pdu::H2CData(DataPdu {
+                    data: Bytes::new(),
+                    ..data.clone()
+                }),
+                Framing::INITIAL,
+            )
+            .head
+            .slice(..24)
+        };
+        let fail = |fes, fei, reason: String| PduError {
+            fes,
+            fei,
+            header: header(),
+            reason,
+        };
+        let Some(transfer) = self.transfers.get_mut(&data.ttag).filter(|t| t.r2t_sent) else {
+            return Err(fail(
+                Fes::InvalidHeaderField,
+                10,
+                format!("H2CData for unknown transfer tag {}", data.ttag),
+            ));
+        };
+        if transfer.sqe.cid() != data.cccid {
+            return Err(fail(
+                Fes::InvalidHeaderField,
+                8,
+                format!("H2CData CCCID {:#x} does not match the R2T", data.cccid),
+            ));
+        }
+        if data.data.len() > self.target.config.max_h2c_data as usize {
+            return Err(fail(
+                Fes::DataLimitExceeded,
+                0,
+                format!("H2CData of {} bytes exceeds MAXH2CDATA", data.data.len()),
+            ));
+        }
+        if data.datao as usize != transfer.buf.len() {
+            return Err(fail(
+                Fes::InvalidHeaderField,
+                12,
+                format!(
+                    "H2CData offset {} where {} was expected",
+                    data.datao,
+                    transfer.buf.len()
+                ),
+            ));
+        }
+        if transfer.buf.len() + data.data.len() > transfer.expected {
+            return Err(fail(
+                Fes::DataOutOfRange,
+                0,
+                "H2CData beyond the requested range".into(),
+            ));
+        }
+        transfer.buf.extend_from_slice(&data.data);
+        transfer.digest_error |= data.data_digest_error;
+        let complete = transfer.buf.len() == transfer.expected;
+        if data.last && !complete {
+            return Err(fail(
+                Fes::PduSequenceError,
+                0,
+                "LAST_PDU before all requested data".into(),
+            ));
+        }
+        if complete {
+            let transfer = self.transfers.remove(&data.ttag).expect("transfer present");
+            self.r2t_outstanding -= transfer.expected;
+            self.target
+                .stats
+                .bytes_written
+                .fetch_add(transfer.expected as u64, Ordering::Relaxed);
+            if transfer.digest_error {
+                self.reject(transfer.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0)
+                    .await;
+            } else {
+                self.dispatch(transfer.sqe, transfer.buf.freeze(), transfer.permit)
+                    .await;
+            }
+            self.issue_r2ts().await;
+        }
+        Ok(())
+    }
+
+    /// Runs a command whose data (if any) has arrived.
+    async fn dispatch(&mut self, sqe: Sqe, data: Bytes, permit: Option<OwnedSemaphorePermit>) {
+        let is_connect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT;
+        let Some(ctx) = self.ctx.clone() else {
+            if is_connect {
+                self.connect(&sqe, &data).await;
+            } else {
+                self.reject(sqe.cid(), Status::COMMAND_SEQUENCE_ERROR, 0)
+                    .await;
+            }
+            return;
+        };
+        if is_connect {
+            return ctx
+                .complete(sqe.cid(), Status::CONNECT_CONTROLLER_BUSY, 0, Bytes::new())
+                .await;
+        }
+        if ctx.qid == 0 && sqe.opcode() == admin_op::ASYNC_EVENT_REQUEST {
+            // Held, not executed: it needs no slot.
+            if let Reply::Done {
+                status,
+                result,
+                data,
+            } = admin::execute(&ctx, &sqe, data).await
+            {
+                ctx.complete(sqe.cid(), status, result, data).await;
+            }
+            return;
+        }
+        let permit = match permit {
+            Some(p) => Some(p),
+            None => self.slot().await,
+        };
+        if !data.is_empty() && sqe.sgl_identifier() == SGL_IN_CAPSULE {
+            self.target
+                .stats
+                .bytes_written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        tokio::spawn(async move {
+            let stats = &ctx.target.stats;
+            stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let reply = if ctx.qid == 0 {
+                admin::execute(&ctx, &sqe, data).await
+            } else {
+                io::execute(&ctx, &sqe, data).await
+            };
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Reply::Done {
+                status,
+                result,
+                data,
+            } = reply
+            {
+                ctx.complete(sqe.cid(), status, result, data).await;
+            }
+            drop(permit);
+        });
+    }
+
+    /// Fabrics Connect (NVMe over Fabrics §3.3): creates a controller (admin queue) or attaches
+    /// an I/O queue to one.
+    async fn connect(&mut self, sqe: &Sqe, data: &[u8]) {
+        let cid = sqe.cid();
+        let Some(c) = Connect::parse(sqe, data) else {
+            return self.reject(cid, Status::SGL_LENGTH_INVALID, 0).await;
+        };
+        let invalid = |in_data, offset| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                invalid_parameter(in_data, offset),
+            )
+        };
+        let outcome: Result<Arc<Controller>, (Status, u64)> = (|| {
+            if c.recfmt != 0 {
+                return Err((Status::CONNECT_INCOMPATIBLE_FORMAT, 0));
+            }
+            let Some(subsystem) = self.target.subsystem(&c.subnqn) else {
+                return Err(invalid(true, connect::offset::SUBNQN));
+            };
+            if c.hostnqn.is_empty() || super::validate_nqn(&c.hostnqn).is_err() {
+                return Err(invalid(true, connect::offset::HOSTNQN));
+            }
+            if !subsystem.allows(&c.hostnqn) {
+                tracing::warn!(host = %c.hostnqn, subsystem = %c.subnqn, "host not allowed to connect");
+                return Err((
+                    Status::CONNECT_INVALID_HOST,
+                    invalid_parameter(true, connect::offset::HOSTNQN),
+                ));
+            }
+            let entries = u32::from(c.sqsize) + 1;
+            if c.sqsize == 0 || entries > u32::from(self.target.config.max_queue_entries) {
+                return Err(invalid(false, connect::offset::SQSIZE));
+            }
+            if c.qid == 0 {
+                if c.cntlid != CNTLID_DYNAMIC {
+                    return Err(invalid(true, connect::offset::CNTLID));
+                }
+                let Some(cntlid) = subsystem.allocate_cntlid() else {
+                    return Err((Status::CONNECT_CONTROLLER_BUSY, 0));
+                };
+                let controller = Arc::new(Controller::new(
+                    cntlid,
+                    subsystem.clone(),
+                    c.hostnqn.clone(),
+                    c.hostid,
+                    c.kato_ms,
+                ));
+                subsystem.register(controller.clone());
+                return Ok(controller);
+            }
+            if subsystem.is_discovery() {
+                return Err(invalid(false, connect::offset::QID));
+            }
+            let Some(controller) = subsystem.controller(c.cntlid) else {
+                return Err(invalid(true, connect::offset::CNTLID));
+            };
+            if controller.hostnqn != c.hostnqn || controller.hostid != c.hostid {
+                return Err(invalid(true, connect::offset::HOSTNQN));
+            }
+            if !controller.is_ready() {
+                return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
+            }
+            let granted = controller.queues_granted.load(Ordering::Relaxed);
+            let max_qid = if granted == u32::MAX {
+                self.target.config.max_io_queues
+            } else {
+                (granted & 0xFFFF) as u16 + 1
+            };
+            if c.qid > max_qid {
+                return Err(invalid(false, connect::offset::QID));
+            }
+            if !controller.io_queues.lock().insert(c.qid) {
+                return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
+            }
+            Ok(controller)
+        })();
+        match outcome {
+            Err((status, result)) => {
+                tracing::debug!(peer = %self.peer, ?status, "connect refused");
+                self.reject(cid, status, result).await;
+            }
+            Ok(controller) => {
+                let cntlid = controller.cntlid;
+                controller.touch();
+                self.slots = Arc::new(Semaphore::new(usize::from(c.sqsize) + 1));
+                let ctx = Arc::new(QueueCtx {
+                    target: self.target.clone(),
+                    controller,
+                    qid: c.qid,
+                    local: self.local,
+                    tx: self.tx.clone(),
+                    framing: self.framing,
+                    sqsize: c.sqsize,
+                    sqflow_disabled: c.cattr & connect::CATTR_DISABLE_SQFLOW != 0,
+                    sq_head: AtomicU32::new(0),
+                    closed: AtomicBool::new(false),
+                });
+                tracing::debug!(peer = %self.peer, qid = c.qid, cntlid, subsystem = %c.subnqn, host = %c.hostnqn, "queue connected");
+                self.ctx = Some(ctx.clone());
+                ctx.complete(cid, Status::SUCCESS, u64::from(cntlid), Bytes::new())
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Counters of a target, for metrics and for tests that check the fabric carried the I/O.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Live counters of a target.
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_open: AtomicI64,
+    pub(crate) commands: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) in_flight: AtomicI64,
+    pub(crate) keep_alive_timeouts: AtomicU64,
+}
+
+/// A copy of a target's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetStatsSnapshot {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections open now.
+    pub connections_open: i64,
+    /// Commands completed.
+    pub commands: u64,
+    /// Commands completed with an error status.
+    pub errors: u64,
+    /// Connections ended by a transport error (a TermReq was sent or received).
+    pub protocol_errors: u64,
+    /// Bytes of data sent to hosts.
+    pub bytes_read: u64,
+    /// Bytes of data received from hosts.
+    pub bytes_written: u64,
+    /// Commands being executed now (queue depth over all queues).
+    pub in_flight: i64,
+    /// Controllers torn down because the host stopped sending keep-alives.
+    pub keep_alive_timeouts: u64,
+}
+
+impl TargetStats {
+    /// Takes a snapshot.
+    pub fn snapshot(&self) -> TargetStatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TargetStatsSnapshot {
+            connections: get(&self.connections),
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            commands: get(&self.commands),
+            errors: get(&self.errors),
+            protocol_errors: get(&self.protocol_errors),
+            bytes_read: get(&self.bytes_read),
+            bytes_written: get(&self.bytes_written),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            keep_alive_timeouts: get(&self.keep_alive_timeouts),
+        }
+    }
+}

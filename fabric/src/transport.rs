@@ -1,0 +1,216 @@
+//! Moving PDUs over a TCP connection, for both the target and the host: a reader that decodes
+//! PDUs from the stream (never assuming one read is one PDU), and a writer task that sends
+//! encoded frames in order, coalescing small ones into one write and never copying large data.
+
+use std::io::IoSlice;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::wire::pdu::{Decoder, Frame, Pdu, PduError};
+
+/// Frames at most this large are copied into one write buffer with their neighbours.
+const COALESCE_LIMIT: usize = 16 << 10;
+/// A write batch is sent once it holds this many bytes.
+const BATCH_LIMIT: usize = 256 << 10;
+
+/// Why reading a PDU failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent a PDU that cannot be accepted.
+    #[error(transparent)]
+    Pdu(#[from] PduError),
+    /// The peer closed the connection in the middle of a PDU.
+    #[error("connection closed in the middle of a PDU")]
+    Truncated,
+}
+
+/// Decodes PDUs from the read half of a connection.
+#[derive(Debug)]
+pub struct PduReader<R> {
+    rd: R,
+    buf: BytesMut,
+    /// The decoder, whose framing is updated once ICReq/ICResp negotiated digests.
+    pub decoder: Decoder,
+}
+
+impl<R: AsyncRead + Unpin> PduReader<R> {
+    /// A reader over `rd`.
+    pub fn new(rd: R, decoder: Decoder) -> Self {
+        PduReader {
+            rd,
+            buf: BytesMut::with_capacity(64 << 10),
+            decoder,
+        }
+    }
+
+    /// The next PDU, or `None` when the peer closed the connection between PDUs.
+    pub async fn next(&mut self) -> Result<Option<Pdu>, ReadError> {
+        loop {
+            if let Some(pdu) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(pdu));
+            }
+            // Make room for the rest of the PDU in one go once its length is known.
+            let want = self.decoder.frame_len(&self.buf)?.unwrap_or(0);
+            let need = want.saturating_sub(self.buf.len()).max(16 << 10);
+            self.buf.reserve(need);
+            let n = self.rd.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        }
+    }
+}
+
+/// Sends frames to a writer task; cloning gives another sender on the same connection.
+pub type FrameSender = mpsc::Sender<Frame>;
+
+/// Starts the task that writes every frame sent on the returned channel to `wr`, in order.
+/// The task ends when all senders are dropped or the connection fails.
+pub fn spawn_writer<W>(wr: W, depth: usize) -> (FrameSender, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(depth.max(8));
+    let task = tokio::spawn(write_frames(wr, rx));
+    (tx, task)
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Frame>) {
+    let mut batch = BytesMut::with_capacity(BATCH_LIMIT);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if frame.data.len() <= COALESCE_LIMIT {
+                batch.extend_from_slice(&frame.head);
+                batch.extend_from_slice(&frame.data);
+                if let Some(d) = frame.ddgst {
+                    batch.extend_from_slice(&d);
+                }
+            } else {
+                // Large data: header (after whatever is batched), data and digest in one
+                // vectored write, without copying the data.
+                batch.extend_from_slice(&frame.head);
+                let ddgst = frame.ddgst.unwrap_or_default();
+                let tail = if frame.ddgst.is_some() {
+                    &ddgst[..]
+                } else {
+                    &[][..]
+                };
+                if write_all_vectored(&mut wr, &mut [&batch[..], &frame.data[..], tail])
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                batch.clear();
+            }
+            if batch.len() >= BATCH_LIMIT {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Writes all of `parts` with as few system calls as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    parts: &mut [&[u8]],
+) -> std::io::Result<()> {
+    let mut index = 0;
+    while index < parts.len() {
+        let slices: Vec<IoSlice<'_>> = parts[index..]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        if slices.is_empty() {
+            return Ok(());
+        }
+        let mut written = wr.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while index < parts.len() && written >= parts[index].len() {
+            written -= parts[index].len();
+            index += 1;
+        }
+        if index < parts.len() {
+            let mut part = parts[index];
+            part.advance(written);
+            parts[index] = part;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::command::Cqe;
+    use crate::wire::pdu::{
+        CONTROLLER_TO_HOST, CapsuleResp, DataPdu, Framing, HOST_TO_CONTROLLER, encode,
+    };
+    use crate::wire::status::Status;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_whatever_their_size() {
+        let (client, server) = tokio::io::duplex(4096);
+        let (tx, _task) = spawn_writer(client, 16);
+        let mut sent = Vec::new();
+        for i in 0..50u32 {
+            let len = if i % 7 == 0 { 100_000 } else { 4096 };
+            let pdu = Pdu::C2HData(DataPdu {
+                cccid: i as u16,
+                ttag: 0,
+                datao: 0,
+                last: true,
+                success: false,
+                data: Bytes::from(vec![i as u8; len]),
+                data_digest_error: false,
+            });
+            tx.send(encode(&pdu, Framing::INITIAL)).await.unwrap();
+            sent.push(pdu);
+            let resp = Pdu::CapsuleResp(CapsuleResp {
+                cqe: Cqe::new(i as u16, 1, 0, Status::SUCCESS, 0),
+            });
+            tx.send(encode(&resp, Framing::INITIAL)).await.unwrap();
+            sent.push(resp);
+        }
+        drop(tx);
+        let mut reader = PduReader::new(server, Decoder::new(CONTROLLER_TO_HOST, 1 << 20));
+        for want in sent {
+            assert_eq!(reader.next().await.unwrap().unwrap(), want);
+        }
+        assert!(reader.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn truncated_pdu_is_an_error() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(&[0x04, 0, 72, 0, 72, 0, 0, 0, 1, 2, 3])
+            .await
+            .unwrap();
+        drop(client);
+        let mut reader = PduReader::new(server, Decoder::new(HOST_TO_CONTROLLER, 8192));
+        assert!(matches!(reader.next().await, Err(ReadError::Truncated)));
+    }
+}
