@@ -175,6 +175,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(4096);
         let (tx, _task) = spawn_writer(client, 16);
         let mut sent = Vec::new();
+        let mut frames = Vec::new();
         for i in 0..50u32 {
             let len = if i % 7 == 0 { 100_000 } else { 4096 };
             let pdu = Pdu::C2HData(DataPdu {
@@ -186,15 +187,20 @@ mod tests {
                 data: Bytes::from(vec![i as u8; len]),
                 data_digest_error: false,
             });
-            tx.send(encode(&pdu, Framing::INITIAL)).await.unwrap();
+            frames.push(encode(&pdu, Framing::INITIAL));
             sent.push(pdu);
             let resp = Pdu::CapsuleResp(CapsuleResp {
                 cqe: Cqe::new(i as u16, 1, 0, Status::SUCCESS, 0),
             });
-            tx.send(encode(&resp, Framing::INITIAL)).await.unwrap();
+            frames.push(encode(&resp, Framing::INITIAL));
             sent.push(resp);
         }
-        drop(tx);
+        // Send from another task: the pipe is small, so the reader must run concurrently.
+        tokio::spawn(async move {
+            for frame in frames {
+                tx.send(frame).await.unwrap();
+            }
+        });
         let mut reader = PduReader::new(server, Decoder::new(CONTROLLER_TO_HOST, 1 << 20));
         for want in sent {
             assert_eq!(reader.next().await.unwrap().unwrap(), want);

@@ -64,7 +64,7 @@ fn init_logging() {
 }
 
 fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
-    if args.zone_size % 4096 != 0 {
+    if !args.zone_size.is_multiple_of(4096) {
         bail!(
             "--zone-size {} is not a multiple of 4096 bytes",
             args.zone_size
@@ -72,7 +72,7 @@ fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
     }
     let mut geometry = zns::Geometry::new(args.zones, args.zone_size);
     if let Some(capacity) = args.zone_capacity {
-        if capacity % 4096 != 0 || capacity > args.zone_size || capacity == 0 {
+        if !capacity.is_multiple_of(4096) || capacity > args.zone_size || capacity == 0 {
             bail!(
                 "--zone-capacity {capacity} must be a positive multiple of 4096 no larger than --zone-size {}",
                 args.zone_size
