@@ -582,7 +582,8 @@ pub fn arb_geometry() -> impl Strategy<Value = Geometry> {
                     zone_count,
                     max_open,
                     max_active: max_open.map(|o| o + extra_active),
-                    max_append_blocks: if block_size == 512 { 8 } else { 4 },
+                    // 8 KiB: the smallest limit ZASL can express (ZASL 0 means "same as MDTS").
+                    max_append_blocks: if block_size == 512 { 16 } else { 2 },
                 }
             },
         )
@@ -604,7 +605,7 @@ pub fn arb_op(with_faults: bool) -> impl Strategy<Value = Op> {
         6 => (zone.clone(), -2i8..=2, 0u8..6, any::<u8>())
             .prop_map(|(zone, skew, blocks, seed)| Op::Write { zone, skew: if skew.abs() == 2 { 0 } else { skew }, blocks, seed }),
         1 => (zone.clone(), -1i8..=1, 0u8..4).prop_map(|(zone, skew, blocks)| Op::WriteZeroes { zone, skew, blocks }),
-        6 => (zone.clone(), prop::bool::weighted(0.1), 1u8..10, any::<u8>())
+        6 => (zone.clone(), prop::bool::weighted(0.1), prop_oneof![8 => 1u8..6, 1 => 6u8..19], any::<u8>())
             .prop_map(|(zone, misaligned, blocks, seed)| Op::Append { zone, misaligned, blocks, seed }),
         3 => (zone.clone(), 0u8..20, 0u8..20).prop_map(|(zone, offset, blocks)| Op::Read { zone, offset, blocks }),
         3 => (action, prop::option::weighted(0.85, zone.clone())).prop_map(|(action, zone)| Op::Manage { action, zone }),

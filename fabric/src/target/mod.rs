@@ -173,6 +173,12 @@ impl Target {
                 ),
             });
         }
+        if geometry.max_append_bytes() < 8192 {
+            return Err(TargetError::Unexportable {
+                nqn: nqn.to_string(),
+                reason: "a zone append limit under 8 KiB cannot be expressed in ZASL".into(),
+            });
+        }
         if geometry.max_append_bytes() > u64::from(self.inner.config.max_transfer) {
             return Err(TargetError::Unexportable {
                 nqn: nqn.to_string(),

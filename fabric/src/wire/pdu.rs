@@ -1074,4 +1074,134 @@ mod tests {
         dec.framing = framing;
         assert!(dec.decode_frame(frame.to_bytes()).is_ok());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_data() -> impl Strategy<Value = Bytes> {
+            prop::collection::vec(any::<u8>(), 1..300).prop_map(Bytes::from)
+        }
+
+        fn arb_pdu() -> impl Strategy<Value = Pdu> {
+            let sqe = prop::collection::vec(any::<u8>(), 64).prop_map(|b| Sqe::from_slice(&b));
+            let cqe = prop::collection::vec(any::<u8>(), 16).prop_map(|b| Cqe::from_slice(&b));
+            prop_oneof![
+                (any::<u8>(), 0u8..4, any::<u32>()).prop_map(|(hpda, d, maxr2t)| Pdu::IcReq(
+                    IcReq {
+                        pfv: 0,
+                        hpda,
+                        dgst: Digests::from_bits(d),
+                        maxr2t
+                    }
+                )),
+                (any::<u8>(), 0u8..4, any::<u32>()).prop_map(|(cpda, d, m)| Pdu::IcResp(IcResp {
+                    pfv: 0,
+                    cpda,
+                    dgst: Digests::from_bits(d),
+                    maxh2cdata: m
+                })),
+                (
+                    1u16..7,
+                    any::<u32>(),
+                    prop::collection::vec(any::<u8>(), 0..128)
+                )
+                    .prop_map(|(fes, fei, d)| Pdu::C2HTermReq(TermReq {
+                        fes,
+                        fei,
+                        data: Bytes::from(d)
+                    })),
+                (
+                    1u16..7,
+                    any::<u32>(),
+                    prop::collection::vec(any::<u8>(), 0..128)
+                )
+                    .prop_map(|(fes, fei, d)| Pdu::H2CTermReq(TermReq {
+                        fes,
+                        fei,
+                        data: Bytes::from(d)
+                    })),
+                (sqe, prop_oneof![Just(Bytes::new()), arb_data()]).prop_map(|(sqe, data)| {
+                    Pdu::CapsuleCmd(CapsuleCmd {
+                        sqe,
+                        data,
+                        data_digest_error: false,
+                    })
+                }),
+                cqe.prop_map(|cqe| Pdu::CapsuleResp(CapsuleResp { cqe })),
+                (
+                    any::<u16>(),
+                    any::<u16>(),
+                    any::<u32>(),
+                    any::<bool>(),
+                    arb_data()
+                )
+                    .prop_map(|(cccid, ttag, datao, last, data)| Pdu::H2CData(
+                        DataPdu {
+                            cccid,
+                            ttag,
+                            datao,
+                            last,
+                            success: false,
+                            data,
+                            data_digest_error: false
+                        }
+                    )),
+                (
+                    any::<u16>(),
+                    any::<u32>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    arb_data()
+                )
+                    .prop_map(|(cccid, datao, last, success, data)| Pdu::C2HData(
+                        DataPdu {
+                            cccid,
+                            ttag: 0,
+                            datao,
+                            last: last || success,
+                            success,
+                            data,
+                            data_digest_error: false
+                        }
+                    )),
+                (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>()).prop_map(
+                    |(cccid, ttag, r2to, r2tl)| Pdu::R2t(R2t {
+                        cccid,
+                        ttag,
+                        r2to,
+                        r2tl
+                    })
+                ),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_pdu_round_trips_under_any_framing(pdu in arb_pdu(), digests in 0u8..4, pda in 0u8..4) {
+                let framing = match pdu {
+                    Pdu::IcReq(_) | Pdu::IcResp(_) => Framing::INITIAL,
+                    _ => Framing { digests: Digests::from_bits(digests), pda },
+                };
+                let bytes = encode(&pdu, framing).to_bytes();
+                let accept = if HOST_TO_CONTROLLER.contains(&pdu.type_code()) { HOST_TO_CONTROLLER } else { CONTROLLER_TO_HOST };
+                let mut decoder = Decoder::new(accept, 1 << 16);
+                decoder.framing = framing;
+                let mut buf = BytesMut::from(&bytes[..]);
+                let back = decoder.decode(&mut buf).unwrap().unwrap();
+                prop_assert_eq!(back, pdu);
+                prop_assert!(buf.is_empty());
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..400), digests in 0u8..4) {
+                for accept in [HOST_TO_CONTROLLER, CONTROLLER_TO_HOST] {
+                    let mut decoder = Decoder::new(accept, 4096);
+                    decoder.framing = Framing { digests: Digests::from_bits(digests), pda: 0 };
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+                }
+            }
+        }
+    }
 }

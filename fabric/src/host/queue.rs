@@ -1,0 +1,419 @@
+//! One host queue on one TCP connection: ICReq/ICResp, Connect, and then any number of commands
+//! in flight, each identified by its CID. A reader task matches C2HData, R2T and CapsuleResp
+//! PDUs to the waiting commands; a writer task sends capsules and H2CData.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use super::HostError;
+use crate::spec::connect::Connect;
+use crate::transport::{FrameSender, PduReader, ReadError, spawn_writer};
+use crate::wire::command::{Cqe, Sqe};
+use crate::wire::digest::Digests;
+use crate::wire::pdu::{
+    CONTROLLER_TO_HOST, CapsuleCmd, DataPdu, Decoder, Framing, IcReq, Pdu, R2t, encode,
+};
+use crate::wire::status::Status;
+
+/// A completed command: its completion entry and the data the controller sent.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The completion queue entry.
+    pub cqe: Cqe,
+    /// Data from C2HData PDUs.
+    pub data: Bytes,
+}
+
+struct Pending {
+    done: oneshot::Sender<Result<Completion, HostError>>,
+    data_out: Bytes,
+    /// C2HData received so far, kept as the PDUs' own buffers.
+    data_in: Vec<Bytes>,
+    received: usize,
+}
+
+impl Pending {
+    /// The received data as one buffer (no copy when it came in one PDU).
+    fn data(&mut self) -> Bytes {
+        match self.data_in.len() {
+            0 => Bytes::new(),
+            1 => self.data_in.pop().expect("one chunk"),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.received);
+                for chunk in self.data_in.drain(..) {
+                    all.extend_from_slice(&chunk);
+                }
+                all.freeze()
+            }
+        }
+    }
+}
+
+struct Slots {
+    pending: Vec<Option<Pending>>,
+    free: Vec<u16>,
+}
+
+/// Parameters of one queue's connection.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueParams {
+    pub(crate) address: SocketAddr,
+    pub(crate) qid: u16,
+    pub(crate) depth: u16,
+    pub(crate) digests: Digests,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// One connected queue.
+pub(crate) struct HostQueue {
+    pub(crate) qid: u16,
+    tx: FrameSender,
+    framing: Framing,
+    maxh2cdata: usize,
+    /// In-capsule data limit for this queue.
+    in_capsule: usize,
+    slots_free: Semaphore,
+    slots: Mutex<Slots>,
+    failed: watch::Sender<Option<String>>,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl HostQueue {
+    /// Opens the TCP connection and exchanges ICReq/ICResp. `failed` is set when the queue dies.
+    pub(crate) async fn open(
+        params: &QueueParams,
+        in_capsule: usize,
+        failed: watch::Sender<Option<String>>,
+    ) -> Result<Arc<HostQueue>, HostError> {
+        let stream =
+            tokio::time::timeout(params.connect_timeout, TcpStream::connect(params.address))
+                .await
+                .map_err(|_| HostError::Timeout(format!("connecting to {}", params.address)))?
+                .map_err(|e| HostError::Connect {
+                    address: params.address,
+                    source: e,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let mut reader = PduReader::new(rd, Decoder::new(CONTROLLER_TO_HOST, 16 << 20));
+        let (tx, writer) = spawn_writer(wr, usize::from(params.depth) * 2 + 8);
+        let icreq = IcReq {
+            pfv: 0,
+            hpda: 0,
+            dgst: params.digests,
+            maxr2t: 0,
+        };
+        tx.send(encode(&Pdu::IcReq(icreq), Framing::INITIAL))
+            .await
+            .map_err(|_| HostError::Protocol("connection closed before ICReq".into()))?;
+        let resp = tokio::time::timeout(params.connect_timeout, reader.next())
+            .await
+            .map_err(|_| HostError::Timeout("waiting for ICResp".into()))?;
+        let ic = match resp {
+            Ok(Some(Pdu::IcResp(ic))) => ic,
+            Ok(Some(Pdu::C2HTermReq(t))) => {
+                return Err(HostError::Protocol(format!(
+                    "target refused the connection (FES {:#x}, FEI {:#x})",
+                    t.fes, t.fei
+                )));
+            }
+            Ok(Some(other)) => {
+                return Err(HostError::Protocol(format!(
+                    "expected ICResp, got PDU type {:#x}",
+                    other.type_code()
+                )));
+            }
+            Ok(None) => {
+                return Err(HostError::Protocol(
+                    "connection closed before ICResp".into(),
+                ));
+            }
+            Err(e) => return Err(HostError::Protocol(format!("reading ICResp: {e}"))),
+        };
+        if ic.pfv != 0
+            || ic.dgst != params.digests
+            || ic.maxh2cdata < 4096
+            || ic.maxh2cdata % 4 != 0
+        {
+            return Err(HostError::Protocol(format!(
+                "unacceptable ICResp: PFV {}, digests {:?} (asked {:?}), MAXH2CDATA {}",
+                ic.pfv, ic.dgst, params.digests, ic.maxh2cdata
+            )));
+        }
+        let framing = Framing {
+            digests: ic.dgst,
+            pda: ic.cpda,
+        };
+        reader.decoder.framing = Framing {
+            digests: ic.dgst,
+            pda: 0,
+        };
+        let depth = usize::from(params.depth);
+        let queue = Arc::new(HostQueue {
+            qid: params.qid,
+            tx,
+            framing,
+            maxh2cdata: ic.maxh2cdata as usize,
+            in_capsule,
+            slots_free: Semaphore::new(depth),
+            slots: Mutex::new(Slots {
+                pending: (0..depth).map(|_| None).collect(),
+                free: (0..depth as u16).rev().collect(),
+            }),
+            failed,
+            reader: Mutex::new(None),
+            writer: Mutex::new(Some(writer)),
+        });
+        let weak = Arc::downgrade(&queue);
+        let task = tokio::spawn(async move {
+            let reason = receive(reader, weak.clone()).await;
+            if let Some(queue) = weak.upgrade() {
+                queue.fail(reason);
+            }
+        });
+        *queue.reader.lock() = Some(task);
+        Ok(queue)
+    }
+
+    /// Connects the queue to a controller with Fabrics Connect; returns the controller ID.
+    pub(crate) async fn connect(
+        &self,
+        connect: &Connect,
+        timeout: Duration,
+    ) -> Result<u16, HostError> {
+        let (sqe, data) = connect.encode(0);
+        let done = self.submit(sqe, Bytes::from(data), timeout).await?;
+        let status = done.cqe.status();
+        if !status.is_success() {
+            return Err(HostError::Refused {
+                what: format!("Connect of queue {} to {}", connect.qid, connect.subnqn),
+                status,
+                detail: done.cqe.result(),
+            });
+        }
+        Ok(done.cqe.dw0() as u16)
+    }
+
+    /// Sends a command (with `data_out` for the controller, if any) and waits for its completion.
+    pub(crate) async fn submit(
+        &self,
+        mut sqe: Sqe,
+        data_out: Bytes,
+        timeout: Duration,
+    ) -> Result<Completion, HostError> {
+        if let Some(reason) = self.failed.borrow().clone() {
+            return Err(HostError::Disconnected(reason));
+        }
+        let _permit = self
+            .slots_free
+            .acquire()
+            .await
+            .map_err(|_| HostError::Disconnected("queue closed".into()))?;
+        let (done_tx, done_rx) = oneshot::channel();
+        let cid = {
+            let mut slots = self.slots.lock();
+            let cid = slots
+                .free
+                .pop()
+                .expect("a free command ID for every permit, by construction");
+            slots.pending[usize::from(cid)] = Some(Pending {
+                done: done_tx,
+                data_out: data_out.clone(),
+                data_in: Vec::new(),
+                received: 0,
+            });
+            cid
+        };
+        sqe.set_cid(cid);
+        let in_capsule = !data_out.is_empty() && data_out.len() <= self.in_capsule;
+        let expected = if data_out.is_empty() {
+            sqe.sgl_length()
+        } else {
+            data_out.len() as u32
+        };
+        sqe.set_sgl(expected, in_capsule);
+        let capsule = Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: if in_capsule { data_out } else { Bytes::new() },
+            data_digest_error: false,
+        });
+        if self.tx.send(encode(&capsule, self.framing)).await.is_err() {
+            self.fail("connection closed".into());
+        }
+        match tokio::time::timeout(timeout, done_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(HostError::Disconnected("queue closed".into())),
+            Err(_) => {
+                // The command's fate is unknown: like the Linux host, reset the connection.
+                let reason = format!(
+                    "command {cid:#x} on queue {} timed out after {timeout:?}",
+                    self.qid
+                );
+                self.fail(reason.clone());
+                Err(HostError::Timeout(reason))
+            }
+        }
+    }
+
+    fn take(&self, cid: u16) -> Option<Pending> {
+        let mut slots = self.slots.lock();
+        let pending = slots.pending.get_mut(usize::from(cid))?.take()?;
+        slots.free.push(cid);
+        Some(pending)
+    }
+
+    /// Marks the queue dead, fails every command in flight and closes the connection.
+    pub(crate) fn fail(&self, reason: String) {
+        let first = self.failed.send_if_modified(|state| {
+            if state.is_none() {
+                *state = Some(reason.clone());
+                true
+            } else {
+                false
+            }
+        });
+        if first {
+            tracing::warn!(qid = self.qid, "NVMe/TCP queue failed: {reason}");
+        }
+        let drained: Vec<Pending> = {
+            let mut slots = self.slots.lock();
+            let mut drained = Vec::new();
+            for cid in 0..slots.pending.len() {
+                if let Some(p) = slots.pending[cid].take() {
+                    drained.push(p);
+                    slots.free.push(cid as u16);
+                }
+            }
+            drained
+        };
+        for pending in drained {
+            let _ = pending
+                .done
+                .send(Err(HostError::Disconnected(reason.clone())));
+        }
+        self.slots_free.close();
+        if let Some(task) = self.reader.lock().take() {
+            task.abort();
+        }
+        if let Some(task) = self.writer.lock().take() {
+            task.abort();
+        }
+    }
+
+    /// Sends the data an R2T asks for, in H2CData PDUs of at most MAXH2CDATA bytes.
+    async fn answer_r2t(&self, r2t: R2t) -> Result<(), String> {
+        let data = {
+            let slots = self.slots.lock();
+            let Some(Some(pending)) = slots.pending.get(usize::from(r2t.cccid)) else {
+                return Err(format!("R2T for unknown command {:#x}", r2t.cccid));
+            };
+            pending.data_out.clone()
+        };
+        let (start, len) = (r2t.r2to as usize, r2t.r2tl as usize);
+        if len == 0 || start + len > data.len() {
+            return Err(format!(
+                "R2T asks for {len} bytes at {start} of a {}-byte transfer",
+                data.len()
+            ));
+        }
+        let mut at = start;
+        while at < start + len {
+            let n = (start + len - at).min(self.maxh2cdata);
+            let pdu = Pdu::H2CData(DataPdu {
+                cccid: r2t.cccid,
+                ttag: r2t.ttag,
+                datao: at as u32,
+                last: at + n == start + len,
+                success: false,
+                data: data.slice(at..at + n),
+                data_digest_error: false,
+            });
+            self.tx
+                .send(encode(&pdu, self.framing))
+                .await
+                .map_err(|_| "connection closed".to_string())?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HostQueue {
+    fn drop(&mut self) {
+        if let Some(task) = self.reader.get_mut().take() {
+            task.abort();
+        }
+    }
+}
+
+/// The receive loop of a queue; returns why it ended.
+async fn receive(
+    mut reader: PduReader<tokio::net::tcp::OwnedReadHalf>,
+    queue: std::sync::Weak<HostQueue>,
+) -> String {
+    loop {
+        let pdu = match reader.next().await {
+            Ok(Some(pdu)) => pdu,
+            Ok(None) => return "the target closed the connection".into(),
+            Err(ReadError::Pdu(e)) => return format!("malformed PDU from the target: {e}"),
+            Err(e) => return e.to_string(),
+        };
+        let Some(queue) = queue.upgrade() else {
+            return "queue dropped".into();
+        };
+        match pdu {
+            Pdu::CapsuleResp(resp) => {
+                let cqe = resp.cqe;
+                let Some(mut pending) = queue.take(cqe.cid()) else {
+                    return format!("completion for unknown command {:#x}", cqe.cid());
+                };
+                let data = pending.data();
+                let _ = pending.done.send(Ok(Completion { cqe, data }));
+            }
+            Pdu::C2HData(data) => {
+                let finished = {
+                    let mut slots = queue.slots.lock();
+                    let Some(Some(pending)) = slots.pending.get_mut(usize::from(data.cccid)) else {
+                        return format!("C2HData for unknown command {:#x}", data.cccid);
+                    };
+                    if data.datao as usize != pending.received {
+                        return format!(
+                            "C2HData at offset {} where {} was expected",
+                            data.datao, pending.received
+                        );
+                    }
+                    if data.data_digest_error {
+                        return "data digest mismatch in C2HData".into();
+                    }
+                    pending.received += data.data.len();
+                    pending.data_in.push(data.data.clone());
+                    data.success
+                };
+                if finished && let Some(mut pending) = queue.take(data.cccid) {
+                    let cqe = Cqe::new(data.cccid, queue.qid, 0, Status::SUCCESS, 0);
+                    let data = pending.data();
+                    let _ = pending.done.send(Ok(Completion { cqe, data }));
+                }
+            }
+            Pdu::R2t(r2t) => {
+                if let Err(e) = queue.answer_r2t(r2t).await {
+                    return e;
+                }
+            }
+            Pdu::C2HTermReq(t) => {
+                return format!(
+                    "target terminated the connection (FES {:#x}, FEI {:#x})",
+                    t.fes, t.fei
+                );
+            }
+            other => return format!("unexpected PDU type {:#x}", other.type_code()),
+        }
+    }
+}

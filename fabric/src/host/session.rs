@@ -1,0 +1,244 @@
+//! A session: one association with a remote controller — the admin queue, the I/O queues, the
+//! namespace's geometry and the keep-alive task — set up the way a host must (NVMe over Fabrics
+//! §3.5 "Controller Initialization").
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::watch;
+use zns::Geometry;
+
+use super::queue::{HostQueue, QueueParams};
+use super::{HostConfig, HostError, admin};
+use crate::spec::connect::{CNTLID_DYNAMIC, Connect};
+use crate::spec::identify::{self, cns};
+use crate::spec::opcode::{csi, feature, io};
+use crate::spec::zns as report;
+use crate::wire::command::Sqe;
+
+/// What the host learned about the controller and namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Namespace ID of the zoned namespace.
+    pub(crate) nsid: u32,
+    /// Largest transfer of one command in bytes.
+    pub(crate) max_transfer: usize,
+}
+
+/// One live association.
+pub(crate) struct Session {
+    pub(crate) admin: Arc<HostQueue>,
+    pub(crate) io: Vec<Arc<HostQueue>>,
+    pub(crate) geometry: Geometry,
+    pub(crate) limits: Limits,
+    /// Set (with the reason) when any queue of the session fails.
+    pub(crate) failed: watch::Receiver<Option<String>>,
+    failed_tx: watch::Sender<Option<String>>,
+    next: AtomicUsize,
+    keep_alive: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Session {
+    /// An I/O queue, round robin.
+    pub(crate) fn io_queue(&self) -> &Arc<HostQueue> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.io[i % self.io.len()]
+    }
+
+    /// Closes every queue.
+    pub(crate) fn close(&self, reason: &str) {
+        let _ = self.failed_tx.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(reason.to_string());
+                true
+            } else {
+                false
+            }
+        });
+        if let Some(task) = &self.keep_alive {
+            task.abort();
+        }
+        for q in std::iter::once(&self.admin).chain(self.io.iter()) {
+            q.fail(reason.to_string());
+        }
+    }
+
+    /// Connects, enables the controller, identifies the zoned namespace and connects the I/O
+    /// queues.
+    pub(crate) async fn establish(config: &HostConfig) -> Result<Session, HostError> {
+        let timeout = config.admin_timeout;
+        let (failed_tx, failed) = watch::channel(None);
+        let params = |qid, depth| QueueParams {
+            address: config.address,
+            qid,
+            depth,
+            digests: config.digests,
+            connect_timeout: config.connect_timeout,
+        };
+        let admin_q = HostQueue::open(&params(0, 32), 8192, failed_tx.clone()).await?;
+        let connect = |qid, sqsize, cntlid, kato_ms| Connect {
+            recfmt: 0,
+            qid,
+            sqsize,
+            cattr: 0,
+            kato_ms,
+            hostid: config.hostid,
+            cntlid,
+            subnqn: config.subnqn.clone(),
+            hostnqn: config.hostnqn.clone(),
+        };
+        let kato_ms = config.keep_alive.as_millis() as u32;
+        let cntlid = admin_q
+            .connect(&connect(0, 31, CNTLID_DYNAMIC, kato_ms), timeout)
+            .await?;
+        admin::enable(&admin_q, timeout).await?;
+        let ctrl = identify::parse_controller(
+            &admin::identify(&admin_q, cns::CONTROLLER, 0, 0, timeout).await?,
+        )
+        .ok_or_else(|| HostError::Protocol("short Identify Controller".into()))?;
+        if ctrl.cntlid != cntlid {
+            return Err(HostError::Protocol(format!(
+                "Identify reports controller {} but Connect returned {cntlid}",
+                ctrl.cntlid
+            )));
+        }
+        if ctrl.sgls & 0x3 == 0 || ctrl.icdoff != 0 {
+            return Err(HostError::Protocol(
+                "the controller does not support the SGLs NVMe/TCP needs".into(),
+            ));
+        }
+        let max_transfer = match ctrl.mdts {
+            0 => 16 << 20,
+            n => (4096usize << n).min(16 << 20),
+        };
+        let in_capsule = (ctrl.ioccsz as usize * 16).saturating_sub(64);
+        let wanted = u32::from(config.io_queues.max(1) - 1);
+        let granted = admin::set_features(
+            &admin_q,
+            feature::NUMBER_OF_QUEUES,
+            (wanted << 16) | wanted,
+            timeout,
+        )
+        .await?;
+        let io_queues = ((granted & 0xFFFF).min(granted >> 16).min(wanted) + 1) as u16;
+
+        let nsids = identify::parse_active_namespaces(
+            &admin::identify(&admin_q, cns::ACTIVE_NAMESPACES, 0, 0, timeout).await?,
+        );
+        let mut zoned = None;
+        for nsid in nsids {
+            let descriptors =
+                admin::identify(&admin_q, cns::NS_DESCRIPTORS, nsid, 0, timeout).await?;
+            if identify::parse_ns_descriptors_csi(&descriptors) == Some(csi::ZNS) {
+                zoned = Some(nsid);
+                break;
+            }
+        }
+        let nsid = zoned.ok_or_else(|| HostError::NotZoned(config.subnqn.clone()))?;
+        let ns = identify::parse_namespace(
+            &admin::identify(&admin_q, cns::NAMESPACE, nsid, 0, timeout).await?,
+        )
+        .ok_or_else(|| HostError::Protocol("unusable Identify Namespace".into()))?;
+        if ns.metadata != 0 || ns.ncap == 0 {
+            return Err(HostError::Protocol(
+                "namespace has metadata or no capacity".into(),
+            ));
+        }
+        let zns_ns = identify::parse_zns_namespace(
+            &admin::identify(&admin_q, cns::CSI_NAMESPACE, nsid, csi::ZNS, timeout).await?,
+            ns.format,
+        )
+        .ok_or_else(|| HostError::Protocol("unusable ZNS Identify Namespace".into()))?;
+        if zns_ns.zoc != 0 || zns_ns.zone_size == 0 {
+            return Err(HostError::Protocol(format!(
+                "unsupported zone characteristics (ZOC {:#x}, zone size {})",
+                zns_ns.zoc, zns_ns.zone_size
+            )));
+        }
+        let zasl = admin::identify(&admin_q, cns::CSI_CONTROLLER, 0, csi::ZNS, timeout).await?[0];
+        let append_bytes = if zasl == 0 {
+            max_transfer
+        } else {
+            (4096usize << zasl).min(max_transfer)
+        };
+
+        // I/O queues.
+        let depth = config.queue_depth.clamp(2, ctrl.maxcmd.max(2));
+        let mut io_qs = Vec::with_capacity(usize::from(io_queues));
+        let mut connecting = Vec::new();
+        for qid in 1..=io_queues {
+            let p = params(qid, depth);
+            let failed_tx = failed_tx.clone();
+            let c = connect(qid, depth - 1, cntlid, 0);
+            connecting.push(async move {
+                let q = HostQueue::open(&p, in_capsule, failed_tx).await?;
+                q.connect(&c, timeout).await?;
+                Ok::<_, HostError>(q)
+            });
+        }
+        for result in futures::future::join_all(connecting).await {
+            io_qs.push(result?);
+        }
+
+        // Zone capacity comes from a zone descriptor.
+        let mut sqe = Sqe::new(io::ZONE_MGMT_RECV, 0);
+        sqe.set_nsid(nsid)
+            .set_slba(0)
+            .set_cdw(12, (128 / 4) - 1)
+            .set_cdw(13, 1 << 16)
+            .set_sgl(128, false);
+        let done = admin::run(&io_qs[0], "Report Zones", sqe, bytes::Bytes::new(), timeout).await?;
+        let first = report::decode_report(&done.data).map_err(HostError::Protocol)?;
+        let zcap = first
+            .zones
+            .first()
+            .map(|z| z.zcap)
+            .ok_or_else(|| HostError::Protocol("the namespace reports no zones".into()))?;
+
+        let geometry = Geometry {
+            block_size: ns.block_size,
+            zone_size: zns_ns.zone_size,
+            zone_capacity: zcap,
+            zone_count: (ns.nsze / zns_ns.zone_size) as u32,
+            max_open: zns_ns.max_open,
+            max_active: zns_ns.max_active,
+            max_append_blocks: (append_bytes / ns.block_size as usize) as u32,
+        };
+        geometry
+            .validate()
+            .map_err(|e| HostError::Protocol(e.to_string()))?;
+
+        let keep_alive = (kato_ms > 0).then(|| {
+            let admin_q = admin_q.clone();
+            let period = config.keep_alive / 2;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    if let Err(e) = admin::keep_alive(&admin_q, period * 2).await {
+                        admin_q.fail(format!("keep alive failed: {e}"));
+                        return;
+                    }
+                }
+            })
+        });
+        tracing::debug!(address = %config.address, subsystem = %config.subnqn, cntlid, io_queues, depth, %geometry, "NVMe/TCP session established");
+        Ok(Session {
+            admin: admin_q,
+            io: io_qs,
+            geometry,
+            limits: Limits { nsid, max_transfer },
+            failed,
+            failed_tx,
+            next: AtomicUsize::new(0),
+            keep_alive,
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(task) = &self.keep_alive {
+            task.abort();
+        }
+    }
+}

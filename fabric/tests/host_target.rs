@@ -1,0 +1,339 @@
+//! The NVMe/TCP host against the NVMe/TCP target over loopback: the same random operation
+//! sequences as the drive's own property test give identical answers through the fabric,
+//! including error statuses; concurrent appends; reconnect after the target goes away; refused
+//! connections; digests; discovery.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fabric::host::discovery::discover;
+use fabric::host::{HostConfig, HostError, NvmeTcpHost};
+use fabric::spec::DISCOVERY_NQN;
+use fabric::target::{Target, TargetConfig, TargetHandle};
+use fabric::wire::digest::Digests;
+use fabric::wire::status::Status;
+use proptest::prelude::*;
+use zns::testing::{Backdoor, Model, apply, arb_geometry, arb_op, pattern};
+use zns::{EmulatedZns, Geometry, ReportFilter, ZoneError, ZoneErrorKind, ZonedDevice};
+
+const NQN: &str = "nqn.2026-01.io.zonestore:test";
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    drive: EmulatedZns,
+    target: Target,
+    handle: TargetHandle,
+}
+
+async fn rig(geometry: Geometry, allowed: Vec<String>) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), geometry).unwrap();
+    let target = Target::new(TargetConfig::default());
+    target
+        .add_subsystem(NQN, Arc::new(drive.clone()), allowed)
+        .unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    Rig {
+        _dir: dir,
+        drive,
+        target,
+        handle,
+    }
+}
+
+fn host_config(addr: SocketAddr) -> HostConfig {
+    let mut config = HostConfig::new(addr, NQN);
+    config.reconnect_wait = Duration::from_secs(5);
+    config.command_timeout = Duration::from_secs(10);
+    config
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Every answer through host and target equals the model's, as the local drive's do.
+    #[test]
+    fn fabric_matches_the_model(g in arb_geometry().prop_filter("power-of-two zones", |g| g.zone_size.is_power_of_two()),
+                                ops in prop::collection::vec(arb_op(true), 1..120)) {
+        let rt = runtime();
+        rt.block_on(async {
+            let rig = rig(g, vec![]).await;
+            let host = NvmeTcpHost::connect(host_config(rig.handle.local_addr())).await.unwrap();
+            prop_assert_eq!(host.geometry(), g);
+            let mut model = Model::new(g);
+            for (i, op) in ops.iter().enumerate() {
+                let got = apply(&host, &rig.drive, op).await;
+                let want = model.apply(op);
+                prop_assert_eq!(got, want, "step {} {:?}", i, op);
+            }
+            host.close().await;
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn geometry_arrives_intact_with_short_capacity_and_limits() {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut g = Geometry::new(8, 4 << 20);
+        g.zone_capacity = g.zone_size - 100;
+        g.max_open = Some(3);
+        g.max_active = None;
+        let rig = rig(g, vec![]).await;
+        let host = NvmeTcpHost::connect(host_config(rig.handle.local_addr()))
+            .await
+            .unwrap();
+        assert_eq!(host.geometry(), g);
+        host.close().await;
+    });
+}
+
+#[test]
+fn many_concurrent_appends_to_one_zone_through_the_fabric() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 16 << 20);
+        let rig = rig(g, vec![]).await;
+        let host = Arc::new(
+            NvmeTcpHost::connect(host_config(rig.handle.local_addr()))
+                .await
+                .unwrap(),
+        );
+        let mut tasks = Vec::new();
+        for i in 0..256u64 {
+            let host = host.clone();
+            tasks.push(tokio::spawn(async move {
+                // Mix in-capsule (small) and R2T (large) transfers.
+                let blocks = if i % 5 == 0 { 64 } else { 1 + i % 3 };
+                let data = pattern(&g, 0, blocks, i as u8);
+                (
+                    host.append(g.zone_size, Bytes::from(data)).await.unwrap(),
+                    blocks,
+                    i as u8,
+                )
+            }));
+        }
+        let mut placed = Vec::new();
+        for t in tasks {
+            placed.push(t.await.unwrap());
+        }
+        let mut ranges: Vec<_> = placed.iter().map(|&(lba, n, _)| (lba, lba + n)).collect();
+        ranges.sort();
+        assert_eq!(ranges[0].0, g.zone_size);
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "appends are disjoint and contiguous");
+        }
+        for (lba, blocks, seed) in placed {
+            let data = host.read(lba, blocks as u32).await.unwrap();
+            assert_eq!(&data[..], &pattern(&g, 0, blocks, seed)[..]);
+        }
+        let stats = rig.target.stats();
+        assert!(stats.commands >= 512, "the target saw the I/O: {stats:?}");
+        host.close().await;
+    });
+}
+
+#[test]
+fn host_reconnects_after_the_target_restarts() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let addr = rig.handle.local_addr();
+        let host = NvmeTcpHost::connect(host_config(addr)).await.unwrap();
+        let data = Bytes::from(pattern(&g, 0, 4, 1));
+        let lba = host.append(0, data.clone()).await.unwrap();
+        host.flush().await.unwrap();
+        // The target goes away: every connection closes.
+        drop(rig.handle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!host.is_connected());
+        // It comes back on the same port; a command issued meanwhile waits and then succeeds.
+        let target = rig.target.clone();
+        let restart = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            target.listen(addr).await.unwrap()
+        });
+        let read = host.read(lba, 4).await.unwrap();
+        assert_eq!(read, data);
+        assert!(host.is_connected());
+        assert!(
+            host.stats()
+                .reconnects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
+        let _handle = restart.await.unwrap();
+        host.close().await;
+    });
+}
+
+#[test]
+fn commands_fail_clearly_when_the_target_stays_away() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let mut config = host_config(rig.handle.local_addr());
+        config.reconnect_wait = Duration::from_millis(300);
+        let host = NvmeTcpHost::connect(config).await.unwrap();
+        drop(rig.handle);
+        let err = host.read(0, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ZoneErrorKind::Unavailable, "{err}");
+        assert!(
+            err.to_string().contains("unreachable") || err.to_string().contains("disconnected"),
+            "{err}"
+        );
+        host.close().await;
+    });
+}
+
+#[test]
+fn hosts_outside_the_allow_list_are_refused_with_invalid_host() {
+    let rt = runtime();
+    rt.block_on(async {
+        let rig = rig(
+            Geometry::new(2, 1 << 20),
+            vec!["nqn.2026-01.io.zonestore:allowed".into()],
+        )
+        .await;
+        let mut config = host_config(rig.handle.local_addr());
+        config.hostnqn = "nqn.2026-01.io.zonestore:intruder".into();
+        match NvmeTcpHost::connect(config.clone()).await {
+            Err(HostError::Refused { status, detail, .. }) => {
+                assert_eq!(status, Status::CONNECT_INVALID_HOST);
+                assert_eq!(detail, 0x0001_0200, "IATTR/IPO point at HOSTNQN");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        config.hostnqn = "nqn.2026-01.io.zonestore:allowed".into();
+        let host = NvmeTcpHost::connect(config).await.unwrap();
+        host.close().await;
+    });
+}
+
+#[test]
+fn unknown_subsystems_are_refused_with_invalid_parameters() {
+    let rt = runtime();
+    rt.block_on(async {
+        let rig = rig(Geometry::new(2, 1 << 20), vec![]).await;
+        let mut config = host_config(rig.handle.local_addr());
+        config.subnqn = "nqn.2026-01.io.zonestore:nope".into();
+        match NvmeTcpHost::connect(config).await {
+            Err(HostError::Refused { status, detail, .. }) => {
+                assert_eq!(status, Status::CONNECT_INVALID_PARAMETERS);
+                assert_eq!(detail, 0x0001_0100, "IATTR/IPO point at SUBNQN");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn header_and_data_digests_carry_data_intact() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(2, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let mut config = host_config(rig.handle.local_addr());
+        config.digests = Digests {
+            header: true,
+            data: true,
+        };
+        let host = NvmeTcpHost::connect(config).await.unwrap();
+        for blocks in [1u64, 8, 200] {
+            let data = Bytes::from(pattern(&g, 0, blocks, blocks as u8));
+            let lba = host.append(0, data.clone()).await.unwrap();
+            assert_eq!(host.read(lba, blocks as u32).await.unwrap(), data);
+        }
+        host.close().await;
+    });
+}
+
+#[test]
+fn discovery_lists_the_subsystems() {
+    let rt = runtime();
+    rt.block_on(async {
+        let rig = rig(Geometry::new(2, 1 << 20), vec![]).await;
+        let addr = rig.handle.local_addr();
+        let entries = discover(
+            addr,
+            &fabric::host::default_hostnqn(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let nqns: Vec<&str> = entries.iter().map(|e| e.subnqn.as_str()).collect();
+        assert_eq!(nqns, vec![DISCOVERY_NQN, NQN]);
+        assert_eq!(entries[1].trsvcid, addr.port().to_string());
+        assert_eq!(entries[1].traddr, "127.0.0.1");
+    });
+}
+
+#[test]
+fn appends_beyond_the_limit_are_invalid_fields() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(2, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let host = NvmeTcpHost::connect(host_config(rig.handle.local_addr()))
+            .await
+            .unwrap();
+        let too_big = Bytes::from(vec![0u8; g.max_append_bytes() as usize + 4096]);
+        let err = host.append(0, too_big).await.unwrap_err();
+        assert!(matches!(err, ZoneError::InvalidField(_)), "{err}");
+        let report = host.report_zones(0, ReportFilter::All, 10).await.unwrap();
+        assert_eq!(report.zones.len(), 2);
+        host.close().await;
+    });
+}
+
+/// The zns test backdoor works on the drive behind the target.
+struct DriveBackdoor(EmulatedZns);
+
+#[async_trait]
+impl Backdoor for DriveBackdoor {
+    async fn make_read_only(&self, zslba: u64) -> Result<(), ZoneError> {
+        self.0.make_zone_read_only(zslba).await
+    }
+    async fn make_offline(&self, zslba: u64) -> Result<(), ZoneError> {
+        self.0.make_zone_offline(zslba).await
+    }
+    async fn power_loss(&self) {
+        self.0.simulate_power_loss().await
+    }
+}
+
+#[test]
+fn read_only_zones_reject_writes_through_the_fabric() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(2, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let host = NvmeTcpHost::connect(host_config(rig.handle.local_addr()))
+            .await
+            .unwrap();
+        DriveBackdoor(rig.drive.clone())
+            .make_read_only(0)
+            .await
+            .unwrap();
+        let err = host
+            .append(0, Bytes::from(vec![0u8; 4096]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ZoneErrorKind::ZoneIsReadOnly);
+        host.close().await;
+    });
+}
