@@ -95,6 +95,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<F
                 if let Some(d) = frame.ddgst {
                     batch.extend_from_slice(&d);
                 }
+                batch.extend_from_slice(&frame.tail);
             } else {
                 // Large data: header (after whatever is batched), data and digest in one
                 // vectored write, without copying the data.
@@ -105,9 +106,12 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<F
                 } else {
                     &[][..]
                 };
-                if write_all_vectored(&mut wr, &mut [&batch[..], &frame.data[..], tail])
-                    .await
-                    .is_err()
+                if write_all_vectored(
+                    &mut wr,
+                    &mut [&batch[..], &frame.data[..], tail, &frame.tail[..]],
+                )
+                .await
+                .is_err()
                 {
                     return;
                 }

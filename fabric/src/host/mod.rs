@@ -241,6 +241,9 @@ impl NvmeTcpHost {
     }
 
     async fn session(&self) -> ZoneResult<Arc<Session>> {
+        if let State::Up(session) = &*self.inner.state.borrow() {
+            return Ok(session.clone());
+        }
         let mut rx = self.inner.state.subscribe();
         let wait = self.inner.config.reconnect_wait;
         let ready = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, State::Down(_)))).await;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -32,6 +32,8 @@ pub struct Completion {
 
 struct Pending {
     done: oneshot::Sender<Result<Completion, HostError>>,
+    /// When the command counts as lost (checked by the queue's watchdog, not a timer each).
+    deadline: Instant,
     data_out: Bytes,
     /// C2HData received so far, kept as the PDUs' own buffers.
     data_in: Vec<Bytes>,
@@ -179,6 +181,7 @@ impl HostQueue {
             }
         });
         *queue.reader.lock() = Some(task);
+        tokio::spawn(watchdog(Arc::downgrade(&queue)));
         Ok(queue)
     }
 
@@ -225,6 +228,7 @@ impl HostQueue {
                 .expect("a free command ID for every permit, by construction");
             slots.pending[usize::from(cid)] = Some(Pending {
                 done: done_tx,
+                deadline: Instant::now() + timeout,
                 data_out: data_out.clone(),
                 data_in: Vec::new(),
                 received: 0,
@@ -247,19 +251,21 @@ impl HostQueue {
         if self.tx.send(encode(&capsule, self.framing)).await.is_err() {
             self.fail("connection closed".into());
         }
-        match tokio::time::timeout(timeout, done_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(HostError::Disconnected("queue closed".into())),
-            Err(_) => {
-                // The command's fate is unknown: like the Linux host, reset the connection.
-                let reason = format!(
-                    "command {cid:#x} on queue {} timed out after {timeout:?}",
-                    self.qid
-                );
-                self.fail(reason.clone());
-                Err(HostError::Timeout(reason))
-            }
+        // A command that outlives its deadline is failed by the queue's watchdog.
+        match done_rx.await {
+            Ok(result) => result,
+            Err(_) => Err(HostError::Disconnected("queue closed".into())),
         }
+    }
+
+    /// The first command in flight whose deadline has passed.
+    fn overdue(&self, now: Instant) -> Option<u16> {
+        let slots = self.slots.lock();
+        slots
+            .pending
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.deadline < now))
+            .map(|cid| cid as u16)
     }
 
     fn take(&self, cid: u16) -> Option<Pending> {
@@ -349,6 +355,22 @@ impl Drop for HostQueue {
     fn drop(&mut self) {
         if let Some(task) = self.reader.get_mut().take() {
             task.abort();
+        }
+    }
+}
+
+/// Fails the queue when a command outlives its deadline: its fate is unknown, so, like the
+/// Linux host, the connection is reset (and the host reconnects).
+async fn watchdog(queue: std::sync::Weak<HostQueue>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Some(queue) = queue.upgrade() else { return };
+        if queue.failed.borrow().is_some() {
+            return;
+        }
+        if let Some(cid) = queue.overdue(Instant::now()) {
+            queue.fail(format!("command {cid:#x} on queue {} timed out", queue.qid));
+            return;
         }
     }
 }

@@ -50,7 +50,7 @@ impl Default for TargetConfig {
     fn default() -> Self {
         TargetConfig {
             max_h2c_data: 1 << 20,
-            in_capsule_data: 16 << 10,
+            in_capsule_data: 128 << 10,
             max_queue_entries: 1024,
             max_io_queues: 64,
             max_transfer: 2 << 20,

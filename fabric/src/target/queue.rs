@@ -118,40 +118,56 @@ impl QueueCtx {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         let sqhd = self.next_sq_head();
-        if status.is_success() && !data.is_empty() {
+        let cqe = Cqe::new(cid, self.qid, sqhd, status, result);
+        let resp = encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), self.framing);
+        let frame = if status.is_success() && !data.is_empty() {
             stats
                 .bytes_read
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            // With SQ flow control disabled, the last C2HData may carry the completion itself.
             let success = self.sqflow_disabled && result == 0;
-            let c2h = Pdu::C2HData(DataPdu {
-                cccid: cid,
-                ttag: 0,
-                datao: 0,
-                last: true,
-                success,
-                data,
-                data_digest_error: false,
-            });
-            if self.tx.send(encode(&c2h, self.framing)).await.is_err() || success {
-                return;
-            }
-        }
-        let cqe = Cqe::new(cid, self.qid, sqhd, status, result);
-        let _ = self
-            .tx
-            .send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), self.framing))
-            .await;
+            let c2h = encode(
+                &Pdu::C2HData(DataPdu {
+                    cccid: cid,
+                    ttag: 0,
+                    datao: 0,
+                    last: true,
+                    success,
+                    data,
+                    data_digest_error: false,
+                }),
+                self.framing,
+            );
+            if success { c2h } else { c2h.followed_by(resp) }
+        } else {
+            resp
+        };
+        let _ = self.tx.send(frame).await;
     }
 }
 
 /// A write command waiting for its data.
 struct Transfer {
     sqe: Sqe,
-    buf: BytesMut,
+    /// H2CData payloads received so far, kept as received (one, usually: no copy).
+    chunks: Vec<Bytes>,
+    received: usize,
     expected: usize,
     r2t_sent: bool,
     digest_error: bool,
     permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The chunks as one buffer, copying only when there are several.
+fn join(chunks: &mut Vec<Bytes>, len: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().expect("one chunk");
+    }
+    let mut all = BytesMut::with_capacity(len);
+    for chunk in chunks.drain(..) {
+        all.extend_from_slice(&chunk);
+    }
+    all.freeze()
 }
 
 /// The receive side of one connection.
@@ -433,7 +449,8 @@ impl Connection {
                         ttag,
                         Transfer {
                             sqe,
-                            buf: BytesMut::with_capacity(length),
+                            chunks: Vec::new(),
+                            received: 0,
                             expected: length,
                             r2t_sent: false,
                             digest_error: false,
@@ -529,27 +546,27 @@ impl Connection {
                 format!("H2CData of {} bytes exceeds MAXH2CDATA", data.data.len()),
             ));
         }
-        if data.datao as usize != transfer.buf.len() {
+        if data.datao as usize != transfer.received {
             return Err(fail(
                 Fes::InvalidHeaderField,
                 12,
                 format!(
                     "H2CData offset {} where {} was expected",
-                    data.datao,
-                    transfer.buf.len()
+                    data.datao, transfer.received
                 ),
             ));
         }
-        if transfer.buf.len() + data.data.len() > transfer.expected {
+        if transfer.received + data.data.len() > transfer.expected {
             return Err(fail(
                 Fes::DataOutOfRange,
                 0,
                 "H2CData beyond the requested range".into(),
             ));
         }
-        transfer.buf.extend_from_slice(&data.data);
+        transfer.received += data.data.len();
+        transfer.chunks.push(data.data.clone());
         transfer.digest_error |= data.data_digest_error;
-        let complete = transfer.buf.len() == transfer.expected;
+        let complete = transfer.received == transfer.expected;
         if data.last && !complete {
             return Err(fail(
                 Fes::PduSequenceError,
@@ -558,7 +575,7 @@ impl Connection {
             ));
         }
         if complete {
-            let transfer = self.transfers.remove(&data.ttag).expect("transfer present");
+            let mut transfer = self.transfers.remove(&data.ttag).expect("transfer present");
             self.r2t_outstanding -= transfer.expected;
             self.target
                 .stats
@@ -568,8 +585,8 @@ impl Connection {
                 self.reject(transfer.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0)
                     .await;
             } else {
-                self.dispatch(transfer.sqe, transfer.buf.freeze(), transfer.permit)
-                    .await;
+                let data = join(&mut transfer.chunks, transfer.expected);
+                self.dispatch(transfer.sqe, data, transfer.permit).await;
             }
             self.issue_r2ts().await;
         }

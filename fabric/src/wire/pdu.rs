@@ -283,12 +283,21 @@ pub struct Frame {
     pub data: Bytes,
     /// Data digest, if one follows the data.
     pub ddgst: Option<[u8; 4]>,
+    /// Bytes of further small PDUs sent right after this one (a completion after its data), so
+    /// that both leave in one write.
+    pub tail: Bytes,
 }
 
 impl Frame {
-    /// Total length on the wire (PLEN).
+    /// Total length on the wire (this PDU's PLEN plus the tail).
     pub fn len(&self) -> usize {
-        self.head.len() + self.data.len() + self.ddgst.map_or(0, |_| DIGEST_LEN)
+        self.head.len() + self.data.len() + self.ddgst.map_or(0, |_| DIGEST_LEN) + self.tail.len()
+    }
+
+    /// This frame followed by `next` (a small PDU such as a CapsuleResp).
+    pub fn followed_by(mut self, next: Frame) -> Frame {
+        self.tail = next.to_bytes();
+        self
     }
 
     /// Whether the frame is empty (never true for a valid PDU).
@@ -304,6 +313,7 @@ impl Frame {
         if let Some(d) = self.ddgst {
             out.put_slice(&d);
         }
+        out.put_slice(&self.tail);
         out.freeze()
     }
 }
@@ -406,6 +416,7 @@ pub fn encode(pdu: &Pdu, framing: Framing) -> Frame {
         head: head.freeze(),
         data,
         ddgst,
+        tail: Bytes::new(),
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod faults;
 pub mod meta;
+mod writer;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -30,6 +31,7 @@ use crate::machine::{ZoneStatus, ZoneTable};
 use crate::zone::{ReportFilter, ZoneAction, ZoneReport, ZoneSelect, ZoneState};
 use faults::FaultPlan;
 use meta::ZoneEntry;
+use writer::Writers;
 
 const DATA_FILE: &str = "zns.data";
 const META_FILE: &str = "zns.meta";
@@ -47,6 +49,7 @@ struct Inner {
     dir: PathBuf,
     data: Arc<File>,
     meta: Arc<File>,
+    writers: Writers,
     state: Mutex<DriveState>,
     /// Serialises flushes and zone management so metadata records are written in order.
     persist: tokio::sync::Mutex<()>,
@@ -147,7 +150,7 @@ impl EmulatedZns {
             .map_err(|e| ZoneError::io(format!("initialising {}", meta_path.display()), e))?;
         sync_dir(dir)?;
         let entries = vec![ZoneEntry::EMPTY; geometry.zone_count as usize];
-        Ok(Self::assemble(geometry, dir, data, meta, entries))
+        Self::assemble(geometry, dir, data, meta, entries)
     }
 
     /// Opens the drive in `dir`, recovering zone states as after a power loss: opened zones come
@@ -202,7 +205,7 @@ impl EmulatedZns {
             .write(true)
             .open(&data_path)
             .map_err(|e| ZoneError::io(format!("opening {}", data_path.display()), e))?;
-        Ok(Self::assemble(geometry, dir, data, meta, entries))
+        Self::assemble(geometry, dir, data, meta, entries)
     }
 
     /// Opens the drive in `dir` if there is one (its geometry must equal `geometry`), or creates
@@ -229,21 +232,25 @@ impl EmulatedZns {
         data: File,
         meta: File,
         entries: Vec<ZoneEntry>,
-    ) -> Self {
+    ) -> ZoneResult<Self> {
         let state = recovered_state(geometry, &entries);
-        EmulatedZns {
+        let data = Arc::new(data);
+        let writers = Writers::start(data.clone(), 1, "zns")
+            .map_err(|e| ZoneError::io("starting writer threads", e))?;
+        Ok(EmulatedZns {
             inner: Arc::new(Inner {
                 geometry,
                 dir: dir.to_path_buf(),
-                data: Arc::new(data),
+                data,
                 meta: Arc::new(meta),
+                writers,
                 state: Mutex::new(state),
                 persist: tokio::sync::Mutex::new(()),
                 snapshots_taken: AtomicU64::new(0),
                 snapshots_durable: AtomicU64::new(0),
                 faults: FaultPlan::default(),
             }),
-        }
+        })
     }
 
     /// The directory holding the drive's files.
@@ -376,13 +383,13 @@ impl EmulatedZns {
             .check(if append { "append" } else { "write" })?;
         let blocks = self.blocks_of(&data)?;
         let (lba, index, generation) = self.begin_write(lba, blocks, append)?;
-        let file = self.inner.data.clone();
         let offset = self.byte_offset(lba);
-        let result = blocking(move || {
-            file.write_all_at(&data, offset)
-                .map_err(|e| ZoneError::io(format!("writing LBA {lba}"), e))
-        })
-        .await;
+        let result = self
+            .inner
+            .writers
+            .write(data, offset)
+            .await
+            .map_err(|e| ZoneError::io(format!("writing LBA {lba}"), e));
         self.end_write(lba, index, generation);
         result.map(|_| lba)
     }
@@ -428,6 +435,41 @@ fn sync_dir(dir: &Path) -> ZoneResult<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ZoneError::io(format!("syncing {}", dir.display()), e))
+}
+
+/// Reads `buf.len()` bytes at `offset` only if the page cache already holds them
+/// (`preadv2(RWF_NOWAIT)`), so that the common case costs no thread hand-off. `Ok(false)`: the
+/// read would block (or the kernel cannot tell), and the caller must do it on a blocking thread.
+fn read_now(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: the iovec points into `buf`, which outlives the call; the fd is open.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n as usize;
+    }
+    Ok(true)
 }
 
 /// Deallocates a byte range of the data file so that it reads as zeros and frees space.
@@ -480,8 +522,22 @@ impl ZonedDevice for EmulatedZns {
         }
         let len = self.byte_offset(blocks) as usize;
         let file = self.inner.data.clone();
+        let mut buf = BytesMut::zeroed(len);
+        let mut cached = true;
+        for &(file_at, buf_at, n) in &segments {
+            match read_now(&file, &mut buf[buf_at..buf_at + n], file_at) {
+                Ok(true) => {}
+                Ok(false) => {
+                    cached = false;
+                    break;
+                }
+                Err(e) => return Err(ZoneError::io(format!("reading LBA {lba}"), e)),
+            }
+        }
+        if cached {
+            return Ok(buf.freeze());
+        }
         blocking(move || {
-            let mut buf = BytesMut::zeroed(len);
             for (file_at, buf_at, n) in segments {
                 file.read_exact_at(&mut buf[buf_at..buf_at + n], file_at)
                     .map_err(|e| ZoneError::io(format!("reading LBA {lba}"), e))?;

@@ -1,0 +1,197 @@
+//! NVMe/TCP over loopback against the local emulated drive, the same work in the same run:
+//! 4 KiB random reads at queue depth 32 (IOPS) and 128 KiB sequential Zone Appends, 4 zones with
+//! 4 in flight each (bandwidth). Report fabric/local as ratios: for reads local_time/fabric_time
+//! of the same number of reads, for appends likewise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fabric::host::{HostConfig, NvmeTcpHost};
+use fabric::target::{Target, TargetConfig};
+use zns::{EmulatedZns, Geometry, ZoneAction, ZoneSelect, ZonedDevice};
+
+const NQN: &str = "nqn.2026-01.io.zonestore:bench";
+const READS: usize = 20_000;
+const DEPTH: usize = 32;
+const CHUNK: usize = 128 << 10;
+const TOTAL: usize = 64 << 20;
+
+async fn random_reads(device: Arc<dyn ZonedDevice>, blocks_written: u64) {
+    let mut tasks = Vec::new();
+    for worker in 0..DEPTH {
+        let device = device.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut x = worker as u64 * 7919 + 1;
+            for _ in 0..READS / DEPTH {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let lba = (x >> 20) % blocks_written;
+                device.read(lba, 1).await.expect("read");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("reader");
+    }
+}
+
+async fn appends(device: Arc<dyn ZonedDevice>, geometry: Geometry, chunk: Bytes) {
+    let per_stream = TOTAL / CHUNK / 16;
+    let mut tasks = Vec::new();
+    for zone in 0..4u32 {
+        for _ in 0..4 {
+            let device = device.clone();
+            let chunk = chunk.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_stream {
+                    device
+                        .append(geometry.zone_start(zone), chunk.clone())
+                        .await
+                        .expect("append");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("appender");
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let geometry = Geometry::new(8, 32 << 20);
+    let drive = EmulatedZns::create(&dir.path().join("zns"), geometry).expect("drive");
+    let (host, _handle) = rt.block_on(async {
+        let target = Target::new(TargetConfig::default());
+        target
+            .add_subsystem(NQN, Arc::new(drive.clone()), vec![])
+            .expect("subsystem");
+        let handle = target
+            .listen("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("listen");
+        let host = NvmeTcpHost::connect(HostConfig::new(handle.local_addr(), NQN))
+            .await
+            .expect("host");
+        (host, handle)
+    });
+    let local: Arc<dyn ZonedDevice> = Arc::new(drive.clone());
+    let remote: Arc<dyn ZonedDevice> = Arc::new(host.clone());
+    let chunk = Bytes::from((0..CHUNK).map(|i| (i * 13) as u8).collect::<Vec<u8>>());
+
+    // Reads: fill zone 7 (32 MiB) once, then read random 4 KiB blocks of it.
+    let read_zone = geometry.zone_start(7);
+    rt.block_on(async {
+        for _ in 0..(32 << 20) / CHUNK {
+            drive.append(read_zone, chunk.clone()).await.expect("fill");
+        }
+        drive.flush().await.expect("flush");
+    });
+    let written = geometry.zone_size;
+    let mut group = c.benchmark_group("read_4KiB_qd32");
+    group.throughput(Throughput::Elements(READS as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    for (name, device) in [
+        ("local_drive", local.clone()),
+        ("nvme_tcp_loopback", remote.clone()),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let device = device.clone();
+                    // Reads of zone 7 only: random LBAs are offset into it.
+                    let shifted = Arc::new(ShiftedReads {
+                        inner: device,
+                        base: read_zone,
+                    });
+                    rt.block_on(random_reads(shifted, written));
+                }
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("append_128KiB_4zones_qd16");
+    group.throughput(Throughput::Bytes(TOTAL as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    for (name, device) in [("local_drive", local), ("nvme_tcp_loopback", remote)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    rt.block_on(async {
+                        for zone in 0..4 {
+                            drive
+                                .manage_zones(
+                                    ZoneAction::Reset,
+                                    ZoneSelect::Zone(geometry.zone_start(zone)),
+                                )
+                                .await
+                                .expect("reset");
+                        }
+                    });
+                    let start = Instant::now();
+                    rt.block_on(appends(device.clone(), geometry, chunk.clone()));
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(host.close());
+}
+
+/// Reads relative to a base LBA (the benchmark's read zone).
+#[derive(Debug)]
+struct ShiftedReads {
+    inner: Arc<dyn ZonedDevice>,
+    base: u64,
+}
+
+#[async_trait::async_trait]
+impl ZonedDevice for ShiftedReads {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+    async fn read(&self, lba: u64, blocks: u32) -> zns::ZoneResult<Bytes> {
+        self.inner.read(self.base + lba, blocks).await
+    }
+    async fn write(&self, lba: u64, data: Bytes) -> zns::ZoneResult<()> {
+        self.inner.write(lba, data).await
+    }
+    async fn write_zeroes(&self, lba: u64, blocks: u32) -> zns::ZoneResult<()> {
+        self.inner.write_zeroes(lba, blocks).await
+    }
+    async fn append(&self, zslba: u64, data: Bytes) -> zns::ZoneResult<u64> {
+        self.inner.append(zslba, data).await
+    }
+    async fn flush(&self) -> zns::ZoneResult<()> {
+        self.inner.flush().await
+    }
+    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> zns::ZoneResult<()> {
+        self.inner.manage_zones(action, select).await
+    }
+    async fn report_zones(
+        &self,
+        start: u64,
+        filter: zns::ReportFilter,
+        max: usize,
+    ) -> zns::ZoneResult<zns::ZoneReport> {
+        self.inner.report_zones(start, filter, max).await
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
