@@ -1,0 +1,1076 @@
+//! The committer: the only writer of the index. Changes arrive from concurrent requests and are
+//! applied in groups: one flush per drive touched by the group makes its records durable, then
+//! one synchronous RocksDB write batch makes its index changes durable, then every request in
+//! the group is answered. Thousands of small PUTs per second thus share flushes and WAL syncs.
+//!
+//! Each change is checked against the index as it stands (including changes earlier in the same
+//! group) and ordered by sequence number, exactly as a rebuild from the log would order it:
+//! a version with a lower sequence number never replaces one with a higher.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rocksdb::WriteBatch;
+use tokio::sync::{mpsc, oneshot};
+
+use super::drives::Drives;
+use super::error::{EngineError, EngineResult};
+use super::index::{self, Index, TombKind, cf};
+use super::model::{
+    BucketEntry, DriveId, Extent, Location, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry,
+    UploadEntry, ZoneAccount, ZoneId, ZoneStamp,
+};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+/// A new extent of a stream.
+#[derive(Debug, Clone)]
+pub struct NewExtent {
+    /// Stream.
+    pub stream_id: u64,
+    /// Offset in the stream.
+    pub offset: u64,
+    /// The extent.
+    pub extent: Extent,
+}
+
+/// A condition on a write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Condition {
+    /// Unconditional.
+    #[default]
+    None,
+    /// If-None-Match: * (only if the key does not exist).
+    IfNoneMatchAny,
+    /// If-Match: the current ETag must be this.
+    IfMatch(String),
+}
+
+/// A record moved by GC: the entry is updated only if it still points at `from`.
+#[derive(Debug, Clone)]
+pub enum Relocation {
+    /// A data record.
+    Extent {
+        /// Stream.
+        stream_id: u64,
+        /// Offset.
+        offset: u64,
+    },
+    /// An object's commit record.
+    Commit {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Version.
+        seq: u64,
+    },
+    /// A tombstone.
+    Tombstone {
+        /// What it hides.
+        kind: TombKind,
+        /// Name bytes (see the tombstones CF).
+        name: Vec<u8>,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A bucket record.
+    Bucket {
+        /// Name.
+        name: String,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// An upload record.
+    Upload {
+        /// Upload id.
+        upload_id: u64,
+    },
+    /// A part record.
+    Part {
+        /// Upload id.
+        upload_id: u64,
+        /// Part number.
+        part_number: u32,
+        /// Sequence number.
+        seq: u64,
+    },
+}
+
+/// One index change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new object version.
+    PutObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Manifest.
+        meta: ObjectMeta,
+        /// Commit record copies.
+        commit: Vec<Location>,
+        /// Its data.
+        extents: Vec<NewExtent>,
+        /// Condition.
+        condition: Condition,
+    },
+    /// A deletion (the tombstone record is written).
+    DeleteObject {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Sequence number.
+        seq: u64,
+        /// Tombstone copies.
+        tombstone: Vec<Location>,
+    },
+    /// A new bucket.
+    CreateBucket {
+        /// Name.
+        name: String,
+        /// Entry (with its record's locations).
+        entry: BucketEntry,
+    },
+    /// A bucket deletion.
+    DeleteBucket {
+        /// Name.
+        name: String,
+        /// Sequence number.
+        seq: u64,
+        /// Tombstone copies.
+        tombstone: Vec<Location>,
+    },
+    /// A new multipart upload.
+    CreateUpload {
+        /// Entry.
+        entry: UploadEntry,
+    },
+    /// A part.
+    PutPart {
+        /// Upload.
+        upload_id: u64,
+        /// Entry.
+        part: PartEntry,
+        /// Its data.
+        extents: Vec<NewExtent>,
+    },
+    /// CompleteMultipartUpload.
+    CompleteUpload {
+        /// Upload.
+        upload_id: u64,
+        /// Manifest of the object (streams are the parts').
+        meta: ObjectMeta,
+        /// Commit record copies.
+        commit: Vec<Location>,
+        /// Upload-end record copies.
+        end: Vec<Location>,
+        /// Part numbers used, in order, with the stream each must still have.
+        parts: Vec<(u32, u64)>,
+        /// Condition on the key.
+        condition: Condition,
+    },
+    /// AbortMultipartUpload.
+    AbortUpload {
+        /// Upload.
+        upload_id: u64,
+        /// Sequence number.
+        seq: u64,
+        /// Upload-end record copies.
+        end: Vec<Location>,
+    },
+    /// GC moved records.
+    Relocate(Vec<(Relocation, Location, Location)>),
+    /// A zone was reset.
+    ZoneReset(ZoneId),
+}
+
+impl Change {
+    /// Drives whose records this change makes part of the index (they must be flushed first).
+    fn drives(&self) -> BTreeSet<DriveId> {
+        let mut out = BTreeSet::new();
+        let mut add = |ls: &[Location]| out.extend(ls.iter().map(|l| l.drive));
+        match self {
+            Change::PutObject {
+                commit, extents, ..
+            } => {
+                add(commit);
+                extents.iter().for_each(|e| add(&e.extent.replicas));
+            }
+            Change::DeleteObject { tombstone, .. } | Change::DeleteBucket { tombstone, .. } => {
+                add(tombstone)
+            }
+            Change::CreateBucket { entry, .. } => add(&entry.location),
+            Change::CreateUpload { entry } => add(&entry.location),
+            Change::PutPart { part, extents, .. } => {
+                add(&part.location);
+                extents.iter().for_each(|e| add(&e.extent.replicas));
+            }
+            Change::CompleteUpload { commit, end, .. } => {
+                add(commit);
+                add(end);
+            }
+            Change::AbortUpload { end, .. } => add(end),
+            Change::Relocate(items) => items
+                .iter()
+                .for_each(|(_, _, to)| add(std::slice::from_ref(to))),
+            Change::ZoneReset(_) => {}
+        }
+        out
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// A newer version was already there; the change had no effect.
+    Superseded,
+    /// There was nothing to delete.
+    NotFound,
+}
+
+/// The in-memory copy of every zone's accounting, kept current by the committer.
+#[derive(Debug, Default)]
+pub struct ZoneAccounts {
+    map: Mutex<HashMap<ZoneId, ZoneAccount>>,
+}
+
+impl ZoneAccounts {
+    /// Accounts loaded from the index.
+    pub fn new(map: HashMap<ZoneId, ZoneAccount>) -> Self {
+        ZoneAccounts {
+            map: Mutex::new(map),
+        }
+    }
+
+    /// One zone's account.
+    pub fn get(&self, zone: ZoneId) -> ZoneAccount {
+        self.map.lock().get(&zone).copied().unwrap_or_default()
+    }
+
+    /// A copy of all accounts.
+    pub fn snapshot(&self) -> HashMap<ZoneId, ZoneAccount> {
+        self.map.lock().clone()
+    }
+
+    /// Generation of a zone.
+    pub fn generation(&self, zone: ZoneId) -> u64 {
+        self.get(zone).generation
+    }
+
+    fn publish(&self, changed: HashMap<ZoneId, ZoneAccount>) {
+        self.map.lock().extend(changed);
+    }
+}
+
+struct Request {
+    change: Change,
+    reply: oneshot::Sender<EngineResult<Outcome>>,
+}
+
+/// Handle to the committer task.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Request>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// How many changes one group may hold.
+const MAX_GROUP: usize = 1024;
+
+impl Committer {
+    /// Starts the committer.
+    pub fn start(index: Arc<Index>, drives: Arc<Drives>, accounts: Arc<ZoneAccounts>) -> Committer {
+        let (tx, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(run(rx, index, drives, accounts));
+        Committer {
+            tx,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
+    }
+
+    /// The committer task, to wait for after the last handle is dropped.
+    pub fn take_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.task.lock().take()
+    }
+
+    /// Applies a change durably; returns once its records and index entries are durable.
+    pub async fn submit(&self, change: Change) -> EngineResult<Outcome> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Request { change, reply })
+            .await
+            .map_err(|_| EngineError::Internal("the committer has stopped".into()))?;
+        wait.await
+            .map_err(|_| EngineError::Internal("the committer dropped a request".into()))?
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Request>,
+    index: Arc<Index>,
+    drives: Arc<Drives>,
+    accounts: Arc<ZoneAccounts>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        // 1. Make the group's records durable: one flush per drive touched.
+        let touched: BTreeSet<DriveId> = group.iter().flat_map(|r| r.change.drives()).collect();
+        let flushes = touched.iter().map(|&d| {
+            let drives = drives.clone();
+            async move {
+                match drives.get(d) {
+                    Some(drive) => {
+                        let result = drive.device.flush().await;
+                        drive.note(&result);
+                        (d, result.map_err(|e| format!("{}: {e}", drive.name)))
+                    }
+                    None => (d, Err(format!("unknown drive {d}"))),
+                }
+            }
+        });
+        let failed: HashMap<DriveId, String> = futures::future::join_all(flushes)
+            .await
+            .into_iter()
+            .filter_map(|(d, r)| r.err().map(|e| (d, e)))
+            .collect();
+        // 2. Apply the changes in order into one batch.
+        let base = accounts.snapshot();
+        let mut txn = Txn::new(&index, &drives, &base);
+        let mut results = Vec::with_capacity(group.len());
+        for request in &group {
+            let unflushed: Vec<&String> = request
+                .change
+                .drives()
+                .iter()
+                .filter_map(|d| failed.get(d))
+                .collect();
+            if let Some(reason) = unflushed.first() {
+                results.push(Err(EngineError::Unavailable(format!(
+                    "flush failed on {reason}"
+                ))));
+                continue;
+            }
+            results.push(txn.apply(&request.change));
+        }
+        // 3. Make the index changes durable.
+        let (batch, changed) = txn.finish();
+        let write = {
+            let index = index.clone();
+            tokio::task::spawn_blocking(move || index.write(batch, true)).await
+        };
+        let written = match write {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("index writer task failed: {e}")),
+        };
+        match written {
+            Ok(()) => {
+                accounts.publish(changed);
+                for (request, result) in group.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(reason) => {
+                tracing::error!("index write failed: {reason}");
+                for request in group {
+                    let _ = request.reply.send(Err(EngineError::Internal(format!(
+                        "index write failed: {reason}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// One group's changes being applied: reads see the index plus the group's earlier changes.
+struct Txn<'a> {
+    index: &'a Index,
+    drives: &'a Drives,
+    base: &'a HashMap<ZoneId, ZoneAccount>,
+    batch: WriteBatch,
+    overlay: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    zones: HashMap<ZoneId, ZoneAccount>,
+    now: u64,
+}
+
+type Applied = EngineResult<Outcome>;
+
+impl<'a> Txn<'a> {
+    fn new(index: &'a Index, drives: &'a Drives, base: &'a HashMap<ZoneId, ZoneAccount>) -> Self {
+        Txn {
+            index,
+            drives,
+            base,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+            zones: HashMap::new(),
+            now: now_ms(),
+        }
+    }
+
+    fn finish(mut self) -> (WriteBatch, HashMap<ZoneId, ZoneAccount>) {
+        let cf = self.index.cf(cf::ZONES);
+        for (zone, account) in &self.zones {
+            self.batch
+                .put_cf(cf, index::zone_key(*zone), account.encode());
+        }
+        (self.batch, self.zones)
+    }
+
+    fn get(&self, cf_name: &'static str, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.get(&(cf_name, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        Ok(self.index.get_raw(cf_name, key)?)
+    }
+
+    fn put(&mut self, cf_name: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.put_cf(self.index.cf(cf_name), &key, &value);
+        self.overlay.insert((cf_name, key), Some(value));
+    }
+
+    fn del(&mut self, cf_name: &'static str, key: Vec<u8>) {
+        self.batch.delete_cf(self.index.cf(cf_name), &key);
+        self.overlay.insert((cf_name, key), None);
+    }
+
+    fn decode<T>(
+        &self,
+        cf_name: &'static str,
+        key: &[u8],
+        decode: fn(&[u8]) -> Result<T, super::codec::DecodeError>,
+    ) -> EngineResult<Option<T>> {
+        self.get(cf_name, key)?
+            .map(|v| {
+                decode(&v).map_err(|e| {
+                    EngineError::Index(index::IndexError::Corrupt {
+                        cf: cf_name,
+                        detail: e.0,
+                    })
+                })
+            })
+            .transpose()
+    }
+
+    fn account(&mut self, zone: ZoneId) -> &mut ZoneAccount {
+        let base = self.base;
+        self.zones
+            .entry(zone)
+            .or_insert_with(|| base.get(&zone).copied().unwrap_or_default())
+    }
+
+    fn add_valid(&mut self, locations: &[Location]) {
+        let now = self.now;
+        for l in locations {
+            let (Some(zone), bytes) = (self.drives.zone_of(l), self.drives.bytes_of(l)) else {
+                continue;
+            };
+            let a = self.account(zone);
+            a.valid_bytes += bytes;
+            a.max_indexed_end = a.max_indexed_end.max(l.lba + u64::from(l.blocks));
+            a.last_write_ms = now;
+        }
+    }
+
+    fn sub_valid(&mut self, locations: &[Location]) {
+        for l in locations {
+            let (Some(zone), bytes) = (self.drives.zone_of(l), self.drives.bytes_of(l)) else {
+                continue;
+            };
+            let a = self.account(zone);
+            if a.valid_bytes < bytes {
+                tracing::error!(
+                    ?zone,
+                    "valid-byte accounting would go negative; clamping to zero"
+                );
+            }
+            a.valid_bytes = a.valid_bytes.saturating_sub(bytes);
+        }
+    }
+
+    fn generation(&mut self, zone: ZoneId) -> u64 {
+        self.account(zone).generation
+    }
+
+    /// Stamps of the zones holding these locations, as they are now.
+    fn stamps(&mut self, locations: &[Location]) -> Vec<ZoneStamp> {
+        let zones: Vec<ZoneId> = locations
+            .iter()
+            .filter_map(|l| self.drives.zone_of(l))
+            .collect();
+        zones
+            .into_iter()
+            .map(|zone| ZoneStamp {
+                zone,
+                generation: self.generation(zone),
+            })
+            .collect()
+    }
+
+    /// Stamps still meaningful (their zone has not been reset since), without duplicates.
+    fn prune(&mut self, stamps: Vec<ZoneStamp>) -> Vec<ZoneStamp> {
+        let mut kept: Vec<ZoneStamp> = stamps
+            .into_iter()
+            .filter(|s| self.generation(s.zone) == s.generation)
+            .collect();
+        kept.sort();
+        kept.dedup();
+        kept
+    }
+
+    /// Every extent of a stream, in the index or added earlier in this group.
+    fn stream_extents(&self, stream_id: u64) -> EngineResult<Vec<(Vec<u8>, Extent)>> {
+        let mut out: HashMap<Vec<u8>, Extent> = self
+            .index
+            .stream_extents(stream_id, 0)?
+            .into_iter()
+            .map(|(offset, e)| (index::extent_key(stream_id, offset).to_vec(), e))
+            .collect();
+        let prefix = stream_id.to_be_bytes();
+        for ((cf_name, key), value) in &self.overlay {
+            if *cf_name == cf::EXTENTS && key.starts_with(&prefix) {
+                match value {
+                    Some(v) => {
+                        if let Ok(e) = Extent::decode(v) {
+                            out.insert(key.clone(), e);
+                        }
+                    }
+                    None => {
+                        out.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn remove_stream(&mut self, stream_id: u64) -> EngineResult<()> {
+        for (key, extent) in self.stream_extents(stream_id)? {
+            self.sub_valid(&extent.replicas);
+            self.del(cf::EXTENTS, key);
+        }
+        Ok(())
+    }
+
+    fn add_extents(&mut self, extents: &[NewExtent]) {
+        for e in extents {
+            self.add_valid(&e.extent.replicas);
+            self.put(
+                cf::EXTENTS,
+                index::extent_key(e.stream_id, e.offset).to_vec(),
+                e.extent.encode(),
+            );
+        }
+    }
+
+    fn bucket_exists(&self, name: &str) -> EngineResult<bool> {
+        Ok(self.get(cf::BUCKETS, name.as_bytes())?.is_some())
+    }
+
+    fn bucket_is_empty(&self, name: &str) -> EngineResult<bool> {
+        let prefix = index::object_key(name, "");
+        for cf_name in [cf::OBJECTS, cf::UPLOAD_KEYS] {
+            let added = self
+                .overlay
+                .iter()
+                .any(|((c, k), v)| *c == cf_name && k.starts_with(&prefix) && v.is_some());
+            if added {
+                return Ok(false);
+            }
+            let deleted_here =
+                |key: &[u8]| matches!(self.overlay.get(&(cf_name, key.to_vec())), Some(None));
+            if self
+                .index
+                .any_key_with_prefix(cf_name, &prefix, deleted_here)?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply(&mut self, change: &Change) -> Applied {
+        match change {
+            Change::PutObject {
+                bucket,
+                key,
+                meta,
+                commit,
+                extents,
+                condition,
+            } => self.put_object(bucket, key, meta, commit, condition, |txn| {
+                txn.add_extents(extents);
+                Ok(())
+            }),
+            Change::DeleteObject {
+                bucket,
+                key,
+                seq,
+                tombstone,
+            } => self.delete_object(bucket, key, *seq, tombstone),
+            Change::CreateBucket { name, entry } => self.create_bucket(name, entry),
+            Change::DeleteBucket {
+                name,
+                seq,
+                tombstone,
+            } => self.delete_bucket(name, *seq, tombstone),
+            Change::CreateUpload { entry } => {
+                if !self.bucket_exists(&entry.bucket)? {
+                    return Err(EngineError::NoSuchBucket(entry.bucket.clone()));
+                }
+                self.add_valid(&entry.location);
+                self.put(
+                    cf::UPLOADS,
+                    entry.upload_id.to_be_bytes().to_vec(),
+                    entry.encode(),
+                );
+                self.put(
+                    cf::UPLOAD_KEYS,
+                    index::upload_listing_key(&entry.bucket, &entry.key, entry.upload_id),
+                    Vec::new(),
+                );
+                Ok(Outcome::Done)
+            }
+            Change::PutPart {
+                upload_id,
+                part,
+                extents,
+            } => self.put_part(*upload_id, part, extents),
+            Change::CompleteUpload {
+                upload_id,
+                meta,
+                commit,
+                end,
+                parts,
+                condition,
+            } => self.complete_upload(*upload_id, meta, commit, end, parts, condition),
+            Change::AbortUpload {
+                upload_id,
+                seq,
+                end,
+            } => {
+                let upload = self.load_upload(*upload_id)?;
+                self.end_upload(&upload, *seq, end, &[])?;
+                Ok(Outcome::Done)
+            }
+            Change::Relocate(items) => {
+                for (what, from, to) in items {
+                    self.relocate(what, *from, *to)?;
+                }
+                Ok(Outcome::Done)
+            }
+            Change::ZoneReset(zone) => {
+                let a = self.account(*zone);
+                if a.valid_bytes != 0 {
+                    tracing::error!(
+                        ?zone,
+                        valid = a.valid_bytes,
+                        "zone reset while the index still counts live bytes in it"
+                    );
+                }
+                a.valid_bytes = 0;
+                a.generation += 1;
+                a.max_indexed_end = 0;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// The object part of PutObject and CompleteMultipartUpload: checks, then replaces.
+    fn put_object(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        meta: &ObjectMeta,
+        commit: &[Location],
+        condition: &Condition,
+        add_data: impl FnOnce(&mut Self) -> EngineResult<()>,
+    ) -> Applied {
+        if !self.bucket_exists(bucket)? {
+            return Err(EngineError::NoSuchBucket(bucket.to_string()));
+        }
+        let okey = index::object_key(bucket, key);
+        let current = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)?;
+        let tkey = index::tombstone_key(TombKind::Object, &okey);
+        let tomb = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)?;
+        let newest = current
+            .as_ref()
+            .map(|c| c.meta.seq)
+            .max(tomb.as_ref().map(|t| t.seq));
+        match condition {
+            Condition::IfNoneMatchAny if current.is_some() => {
+                return Err(EngineError::PreconditionFailed);
+            }
+            Condition::IfMatch(etag) if current.as_ref().is_none_or(|c| &c.meta.etag != etag) => {
+                return Err(EngineError::PreconditionFailed);
+            }
+            _ => {}
+        }
+        if newest.is_some_and(|n| n > meta.seq) {
+            return Ok(Outcome::Superseded);
+        }
+        let mut shadowed = Vec::new();
+        if let Some(cur) = &current {
+            shadowed.extend(cur.shadowed.iter().copied());
+            shadowed.extend(self.stamps(&cur.commit));
+            for s in &cur.meta.streams {
+                self.remove_stream(s.stream_id)?;
+            }
+            self.sub_valid(&cur.commit);
+        }
+        if let Some(t) = &tomb {
+            shadowed.extend(t.shadowed.iter().copied());
+            self.sub_valid(&t.location);
+            self.del(cf::TOMBSTONES, tkey);
+        }
+        let shadowed = self.prune(shadowed);
+        add_data(self)?;
+        self.add_valid(commit);
+        let entry = ObjectEntry {
+            meta: meta.clone(),
+            commit: commit.to_vec(),
+            shadowed,
+        };
+        self.put(cf::OBJECTS, okey, entry.encode());
+        Ok(Outcome::Done)
+    }
+
+    fn delete_object(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        seq: u64,
+        tombstone: &[Location],
+    ) -> Applied {
+        let okey = index::object_key(bucket, key);
+        let Some(cur) = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)? else {
+            return Ok(Outcome::NotFound);
+        };
+        if cur.meta.seq > seq {
+            return Ok(Outcome::Superseded);
+        }
+        let mut shadowed = cur.shadowed.clone();
+        shadowed.extend(self.stamps(&cur.commit));
+        let shadowed = self.prune(shadowed);
+        for s in &cur.meta.streams {
+            self.remove_stream(s.stream_id)?;
+        }
+        self.sub_valid(&cur.commit);
+        self.del(cf::OBJECTS, okey.clone());
+        self.add_valid(tombstone);
+        let t = TombstoneEntry {
+            seq,
+            location: tombstone.to_vec(),
+            shadowed,
+        };
+        self.put(
+            cf::TOMBSTONES,
+            index::tombstone_key(TombKind::Object, &okey),
+            t.encode(),
+        );
+        Ok(Outcome::Done)
+    }
+
+    fn create_bucket(&mut self, name: &str, entry: &BucketEntry) -> Applied {
+        if let Some(cur) = self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)? {
+            return Err(if cur.owner == entry.owner {
+                EngineError::BucketAlreadyOwnedByYou(name.to_string())
+            } else {
+                EngineError::BucketAlreadyExists(name.to_string())
+            });
+        }
+        let tkey = index::tombstone_key(TombKind::Bucket, name.as_bytes());
+        let mut entry = entry.clone();
+        if let Some(t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)? {
+            let shadowed = self.prune(t.shadowed.clone());
+            entry.shadowed = shadowed;
+            self.sub_valid(&t.location);
+            self.del(cf::TOMBSTONES, tkey);
+        }
+        self.add_valid(&entry.location);
+        self.put(cf::BUCKETS, name.as_bytes().to_vec(), entry.encode());
+        Ok(Outcome::Done)
+    }
+
+    fn delete_bucket(&mut self, name: &str, seq: u64, tombstone: &[Location]) -> Applied {
+        let Some(cur) = self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)? else {
+            return Err(EngineError::NoSuchBucket(name.to_string()));
+        };
+        if !self.bucket_is_empty(name)? {
+            return Err(EngineError::BucketNotEmpty(name.to_string()));
+        }
+        let mut shadowed = cur.shadowed.clone();
+        shadowed.extend(self.stamps(&cur.location));
+        let shadowed = self.prune(shadowed);
+        self.sub_valid(&cur.location);
+        self.del(cf::BUCKETS, name.as_bytes().to_vec());
+        self.add_valid(tombstone);
+        let t = TombstoneEntry {
+            seq,
+            location: tombstone.to_vec(),
+            shadowed,
+        };
+        self.put(
+            cf::TOMBSTONES,
+            index::tombstone_key(TombKind::Bucket, name.as_bytes()),
+            t.encode(),
+        );
+        Ok(Outcome::Done)
+    }
+
+    fn load_upload(&self, upload_id: u64) -> EngineResult<UploadEntry> {
+        self.decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
+            .ok_or_else(|| EngineError::NoSuchUpload(format!("{upload_id:016x}")))
+    }
+
+    fn upload_parts(&self, upload_id: u64) -> EngineResult<Vec<PartEntry>> {
+        let mut parts: HashMap<u32, PartEntry> = self
+            .index
+            .parts(upload_id, 0)?
+            .into_iter()
+            .map(|p| (p.part_number, p))
+            .collect();
+        let prefix = upload_id.to_be_bytes();
+        for ((cf_name, key), value) in &self.overlay {
+            if *cf_name == cf::PARTS && key.starts_with(&prefix) && key.len() == 12 {
+                let number = u32::from_be_bytes(key[8..12].try_into().expect("4 bytes"));
+                match value {
+                    Some(v) => {
+                        if let Ok(p) = PartEntry::decode(v) {
+                            parts.insert(number, p);
+                        }
+                    }
+                    None => {
+                        parts.remove(&number);
+                    }
+                }
+            }
+        }
+        let mut parts: Vec<PartEntry> = parts.into_values().collect();
+        parts.sort_by_key(|p| p.part_number);
+        Ok(parts)
+    }
+
+    fn put_part(&mut self, upload_id: u64, part: &PartEntry, extents: &[NewExtent]) -> Applied {
+        let mut upload = self.load_upload(upload_id)?;
+        let pkey = index::part_key(upload_id, part.part_number).to_vec();
+        if let Some(old) = self.decode(cf::PARTS, &pkey, PartEntry::decode)? {
+            if old.seq > part.seq {
+                return Ok(Outcome::Superseded);
+            }
+            self.remove_stream(old.stream_id)?;
+            self.sub_valid(&old.location);
+            let mut shadowed = std::mem::take(&mut upload.shadowed);
+            shadowed.extend(self.stamps(&old.location));
+            upload.shadowed = self.prune(shadowed);
+            self.put(
+                cf::UPLOADS,
+                upload_id.to_be_bytes().to_vec(),
+                upload.encode(),
+            );
+        }
+        self.add_extents(extents);
+        self.add_valid(&part.location);
+        self.put(cf::PARTS, pkey, part.encode());
+        Ok(Outcome::Done)
+    }
+
+    fn complete_upload(
+        &mut self,
+        upload_id: u64,
+        meta: &ObjectMeta,
+        commit: &[Location],
+        end: &[Location],
+        used: &[(u32, u64)],
+        condition: &Condition,
+    ) -> Applied {
+        let upload = self.load_upload(upload_id)?;
+        let parts = self.upload_parts(upload_id)?;
+        for &(number, stream) in used {
+            if !parts
+                .iter()
+                .any(|p| p.part_number == number && p.stream_id == stream)
+            {
+                return Err(EngineError::InvalidPart(format!(
+                    "part {number} changed or vanished"
+                )));
+            }
+        }
+        let bucket = upload.bucket.clone();
+        let key = upload.key.clone();
+        let kept: Vec<u32> = used.iter().map(|&(n, _)| n).collect();
+        let outcome = self.put_object(&bucket, &key, meta, commit, condition, |_| Ok(()))?;
+        // Used parts' data now belongs to the object, unless a newer version won: then it is
+        // garbage like the rest.
+        let kept = if outcome == Outcome::Done {
+            kept
+        } else {
+            Vec::new()
+        };
+        self.end_upload(&upload, meta.seq, end, &kept)?;
+        Ok(outcome)
+    }
+
+    /// Ends an upload: parts not in `kept` lose their data; the upload is replaced by a
+    /// tombstone that hides its records.
+    fn end_upload(
+        &mut self,
+        upload: &UploadEntry,
+        seq: u64,
+        end: &[Location],
+        kept: &[u32],
+    ) -> EngineResult<()> {
+        let mut shadowed = upload.shadowed.clone();
+        shadowed.extend(self.stamps(&upload.location));
+        for part in self.upload_parts(upload.upload_id)? {
+            shadowed.extend(self.stamps(&part.location));
+            if !kept.contains(&part.part_number) {
+                self.remove_stream(part.stream_id)?;
+            }
+            self.sub_valid(&part.location);
+            self.del(
+                cf::PARTS,
+                index::part_key(upload.upload_id, part.part_number).to_vec(),
+            );
+        }
+        let shadowed = self.prune(shadowed);
+        self.sub_valid(&upload.location);
+        self.del(cf::UPLOADS, upload.upload_id.to_be_bytes().to_vec());
+        self.del(
+            cf::UPLOAD_KEYS,
+            index::upload_listing_key(&upload.bucket, &upload.key, upload.upload_id),
+        );
+        self.add_valid(end);
+        let t = TombstoneEntry {
+            seq,
+            location: end.to_vec(),
+            shadowed,
+        };
+        self.put(
+            cf::TOMBSTONES,
+            index::tombstone_key(TombKind::Upload, &upload.upload_id.to_be_bytes()),
+            t.encode(),
+        );
+        Ok(())
+    }
+
+    fn relocate(&mut self, what: &Relocation, from: Location, to: Location) -> EngineResult<()> {
+        fn swap(locations: &mut [Location], from: Location, to: Location) -> bool {
+            match locations.iter().position(|l| *l == from) {
+                Some(i) => {
+                    locations[i] = to;
+                    true
+                }
+                None => false,
+            }
+        }
+        let moved = match what {
+            Relocation::Extent { stream_id, offset } => {
+                let key = index::extent_key(*stream_id, *offset).to_vec();
+                if let Some(mut e) = self.decode(cf::EXTENTS, &key, Extent::decode)?
+                    && swap(&mut e.replicas, from, to)
+                {
+                    self.put(cf::EXTENTS, key, e.encode());
+                    true
+                } else {
+                    false
+                }
+            }
+            Relocation::Commit { bucket, key, seq } => {
+                let okey = index::object_key(bucket, key);
+                if let Some(mut o) = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)?
+                    && o.meta.seq == *seq
+                    && swap(&mut o.commit, from, to)
+                {
+                    self.put(cf::OBJECTS, okey, o.encode());
+                    true
+                } else {
+                    false
+                }
+            }
+            Relocation::Tombstone { kind, name, seq } => {
+                let tkey = index::tombstone_key(*kind, name);
+                if let Some(mut t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)?
+                    && t.seq == *seq
+                    && t.location.contains(&from)
+                {
+                    let shadowed = self.prune(std::mem::take(&mut t.shadowed));
+                    if shadowed.is_empty() {
+                        // Nothing older is left for it to hide: drop it.
+                        self.sub_valid(&t.location);
+                        self.del(cf::TOMBSTONES, tkey);
+                        return Ok(());
+                    }
+                    t.shadowed = shadowed;
+                    swap(&mut t.location, from, to);
+                    self.put(cf::TOMBSTONES, tkey, t.encode());
+                    true
+                } else {
+                    false
+                }
+            }
+            Relocation::Bucket { name, seq } => {
+                if let Some(mut b) =
+                    self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)?
+                    && b.seq == *seq
+                    && swap(&mut b.location, from, to)
+                {
+                    self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
+                    true
+                } else {
+                    false
+                }
+            }
+            Relocation::Upload { upload_id } => {
+                if let Some(mut u) =
+                    self.decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
+                    && swap(&mut u.location, from, to)
+                {
+                    self.put(cf::UPLOADS, upload_id.to_be_bytes().to_vec(), u.encode());
+                    true
+                } else {
+                    false
+                }
+            }
+            Relocation::Part {
+                upload_id,
+                part_number,
+                seq,
+            } => {
+                let key = index::part_key(*upload_id, *part_number).to_vec();
+                if let Some(mut p) = self.decode(cf::PARTS, &key, PartEntry::decode)?
+                    && p.seq == *seq
+                    && swap(&mut p.location, from, to)
+                {
+                    self.put(cf::PARTS, key, p.encode());
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if moved {
+            self.sub_valid(&[from]);
+            self.add_valid(&[to]);
+        }
+        Ok(())
+    }
+}

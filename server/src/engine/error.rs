@@ -1,0 +1,84 @@
+//! Errors of the engine. The S3 front end maps each to an S3 error code and HTTP status in one
+//! place (`crate::s3`).
+
+use zns::ZoneError;
+
+use super::index::IndexError;
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The bucket does not exist.
+    #[error("bucket {0} does not exist")]
+    NoSuchBucket(String),
+    /// The object does not exist.
+    #[error("object {key} does not exist in bucket {bucket}")]
+    NoSuchKey {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// Another user owns a bucket of that name.
+    #[error("bucket {0} exists and belongs to another user")]
+    BucketAlreadyExists(String),
+    /// The caller already owns the bucket.
+    #[error("you already own bucket {0}")]
+    BucketAlreadyOwnedByYou(String),
+    /// The bucket still holds objects or uploads.
+    #[error("bucket {0} is not empty")]
+    BucketNotEmpty(String),
+    /// The multipart upload does not exist (or ended).
+    #[error("multipart upload {0} does not exist")]
+    NoSuchUpload(String),
+    /// A part named in CompleteMultipartUpload is missing or its ETag differs.
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
+    /// Parts were not listed in ascending order.
+    #[error("parts must be listed in ascending order")]
+    InvalidPartOrder,
+    /// A part other than the last is smaller than 5 MiB.
+    #[error("part {part} is {size} bytes; every part but the last must be at least 5 MiB")]
+    EntityTooSmall {
+        /// Part number.
+        part: u32,
+        /// Its size.
+        size: u64,
+    },
+    /// A conditional write's precondition does not hold.
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// Out of space.
+    #[error("insufficient storage: {0}")]
+    NoSpace(String),
+    /// Not enough drives reachable to store the required copies.
+    #[error("not enough drives available: {0}")]
+    Unavailable(String),
+    /// A drive failed.
+    #[error("drive {drive}: {source}")]
+    Drive {
+        /// Drive name.
+        drive: String,
+        /// The drive's error.
+        #[source]
+        source: ZoneError,
+    },
+    /// Stored data failed verification on every copy.
+    #[error("data corrupt: {0}")]
+    Corrupt(String),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The client's body could not be read.
+    #[error("request body: {0}")]
+    Body(String),
+    /// An argument is invalid.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The engine is shutting down or a task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result of engine operations.
+pub type EngineResult<T> = Result<T, EngineError>;

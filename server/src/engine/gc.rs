@@ -1,0 +1,562 @@
+//! Garbage collection under host control. Per drive, when free zones fall below a watermark, a
+//! victim zone is chosen (cost-benefit: free space gained against the cost of moving its live
+//! data, weighted by age; or greedy: least live data), its live records are appended to GC zones
+//! (never mixed with user data), the index is updated only where it still points at the old copy
+//! (a concurrent overwrite wins), reads that may still use the zone are waited for, and the zone
+//! is reset. Relocation is rate-limited so that client latency holds, except when the drive is
+//! about to run out of space.
+
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use zns::{ZoneAction, ZoneSelect};
+
+use super::EngineInner;
+use super::commit::{Change, Relocation, now_ms};
+use super::error::{EngineError, EngineResult};
+use super::index::{self, TombKind};
+use super::model::{Class, DriveId, Location, ZoneId};
+use super::placement::ZoneUse;
+use super::record::{self, Kind, RecordError};
+
+/// How victims are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The zone with the least live data.
+    Greedy,
+    /// The zone with the best (1 - u) * age / (1 + u), u being the live fraction.
+    CostBenefit,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "greedy" => Ok(Policy::Greedy),
+            "cost-benefit" | "cost_benefit" => Ok(Policy::CostBenefit),
+            other => Err(format!(
+                "unknown GC policy {other:?} (greedy or cost-benefit)"
+            )),
+        }
+    }
+}
+
+/// GC tunables.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// Whether GC runs.
+    pub enabled: bool,
+    /// Victim selection.
+    pub policy: Policy,
+    /// GC starts when a drive's free zones fall below this fraction of its zones.
+    pub low_watermark: f64,
+    /// GC stops once free zones reach this fraction.
+    pub high_watermark: f64,
+    /// Relocation rate limit in bytes per second (0: unlimited). Ignored when a drive is down
+    /// to its reserve.
+    pub rate_bytes_per_sec: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            policy: Policy::CostBenefit,
+            low_watermark: 0.10,
+            high_watermark: 0.20,
+            rate_bytes_per_sec: 256 << 20,
+        }
+    }
+}
+
+/// Runtime control and status of GC.
+#[derive(Debug)]
+pub struct GcControl {
+    config: Mutex<GcConfig>,
+    enabled: AtomicBool,
+    wake: Notify,
+    /// Zones reclaimed.
+    pub zones_collected: AtomicU64,
+    /// Live bytes moved.
+    pub bytes_relocated: AtomicU64,
+    /// Whether a zone is being collected right now.
+    pub busy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    closed: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A snapshot of GC status.
+#[derive(Debug, Clone)]
+pub struct GcStatus {
+    /// Whether GC runs.
+    pub enabled: bool,
+    /// Whether a zone is being collected right now.
+    pub busy: bool,
+    /// Victim policy.
+    pub policy: Policy,
+    /// Zones reclaimed.
+    pub zones_collected: u64,
+    /// Live bytes moved.
+    pub bytes_relocated: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+impl GcControl {
+    pub(crate) fn new(config: GcConfig) -> Self {
+        GcControl {
+            enabled: AtomicBool::new(config.enabled),
+            config: Mutex::new(config),
+            wake: Notify::new(),
+            zones_collected: AtomicU64::new(0),
+            bytes_relocated: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Ends the GC task and waits for it.
+    pub async fn shut_down(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.enabled.store(false, Ordering::SeqCst);
+        self.wake.notify_one();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Lets GC run.
+    pub fn start(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Stops GC after the zone in progress.
+    pub fn stop(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+    }
+
+    /// Sets the victim policy.
+    pub fn set_policy(&self, policy: Policy) {
+        self.config.lock().policy = policy;
+    }
+
+    /// Sets the relocation rate limit.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.config.lock().rate_bytes_per_sec = bytes_per_sec;
+    }
+
+    /// Sets the watermarks.
+    pub fn set_watermarks(&self, low: f64, high: f64) {
+        let mut c = self.config.lock();
+        c.low_watermark = low;
+        c.high_watermark = high.max(low);
+    }
+
+    /// Status.
+    pub fn status(&self) -> GcStatus {
+        GcStatus {
+            enabled: self.enabled.load(Ordering::SeqCst),
+            busy: self.busy.load(Ordering::SeqCst),
+            policy: self.config.lock().policy,
+            zones_collected: self.zones_collected.load(Ordering::Relaxed),
+            bytes_relocated: self.bytes_relocated.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+
+    /// Asks GC to look at the drives now.
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Starts the GC task; it ends when the engine is dropped.
+pub(crate) fn spawn(engine: Weak<EngineInner>) {
+    let Some(strong) = engine.upgrade() else {
+        return;
+    };
+    let control = &strong.gc;
+    let task = tokio::spawn(async move {
+        loop {
+            let Some(e) = engine.upgrade() else { return };
+            if e.gc.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            if e.gc.enabled.load(Ordering::SeqCst) {
+                for drive in e.drives.all().to_vec() {
+                    if let Err(err) = e.collect_drive(drive.id).await {
+                        tracing::warn!(drive = %drive.name, "GC: {err}");
+                        *e.gc.last_error.lock() = Some(err.to_string());
+                    }
+                }
+            }
+            let wait = tokio::time::sleep(Duration::from_millis(100));
+            tokio::select! {
+                _ = wait => {}
+                _ = e.gc.wake.notified() => {}
+            }
+            drop(e);
+        }
+    });
+    *control.task.lock() = Some(task);
+}
+
+/// Paces relocation to a byte rate.
+struct Pacer {
+    start: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    async fn pace(&mut self, bytes: u64, rate: u64) {
+        self.bytes += bytes;
+        if rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+impl EngineInner {
+    /// Collects zones of one drive while it is below the low watermark (then up to the high).
+    async fn collect_drive(&self, drive: DriveId) -> EngineResult<()> {
+        let zones = self.placement.zone_count(drive);
+        let config = self.gc.config.lock().clone();
+        let low = ((zones as f64 * config.low_watermark).ceil() as usize)
+            .max(self.placement.reserve_of(drive) + 1);
+        let high = ((zones as f64 * config.high_watermark).ceil() as usize).max(low);
+        if self.placement.free_zones(drive) >= low {
+            return Ok(());
+        }
+        while self.placement.free_zones(drive) < high && self.gc.enabled.load(Ordering::SeqCst) {
+            let Some(victim) = self.choose_victim(drive, config.policy) else {
+                break;
+            };
+            let urgent = self.placement.free_zones(drive) <= self.placement.reserve_of(drive);
+            let rate = if urgent {
+                0
+            } else {
+                self.gc.config.lock().rate_bytes_per_sec
+            };
+            self.gc.busy.store(true, Ordering::SeqCst);
+            let result = self.collect_zone(victim, rate).await;
+            self.gc.busy.store(false, Ordering::SeqCst);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The best victim among the drive's sealed zones, if any has garbage.
+    fn choose_victim(&self, drive: DriveId, policy: Policy) -> Option<ZoneId> {
+        let capacity = self.drives.get(drive)?.geometry.zone_capacity_bytes() as f64;
+        let now = now_ms();
+        self.placement
+            .sealed(drive)
+            .into_iter()
+            .filter_map(|(zone, _)| {
+                let id = ZoneId { drive, zone };
+                let account = self.accounts.get(id);
+                let u = (account.valid_bytes as f64 / capacity).min(1.0);
+                if u >= 0.999 {
+                    return None;
+                }
+                let age = (now.saturating_sub(account.last_write_ms) as f64 / 1000.0) + 1.0;
+                let score = match policy {
+                    Policy::Greedy => 1.0 - u,
+                    Policy::CostBenefit => (1.0 - u) * age / (1.0 + u),
+                };
+                Some((id, score))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(id, _)| id)
+    }
+
+    /// Whether the record at `location` is still what the index uses, and how to relocate it.
+    fn live_record(
+        &self,
+        header: &record::Header,
+        location: Location,
+    ) -> EngineResult<Option<Relocation>> {
+        let index = &self.index;
+        let has = |ls: &[Location]| ls.contains(&location);
+        Ok(match header.kind {
+            Kind::Data => index
+                .extent(header.id, header.offset)?
+                .filter(|e| has(&e.replicas))
+                .map(|_| Relocation::Extent {
+                    stream_id: header.id,
+                    offset: header.offset,
+                }),
+            Kind::Commit => index
+                .object(&header.bucket, &header.key)?
+                .filter(|o| o.meta.seq == header.seq && has(&o.commit))
+                .map(|_| Relocation::Commit {
+                    bucket: header.bucket.clone(),
+                    key: header.key.clone(),
+                    seq: header.seq,
+                }),
+            Kind::Tombstone => {
+                let name = index::object_key(&header.bucket, &header.key);
+                index
+                    .tombstone(TombKind::Object, &name)?
+                    .filter(|t| t.seq == header.seq && has(&t.location))
+                    .map(|_| Relocation::Tombstone {
+                        kind: TombKind::Object,
+                        name,
+                        seq: header.seq,
+                    })
+            }
+            Kind::Bucket => index
+                .bucket(&header.bucket)?
+                .filter(|b| b.seq == header.seq && has(&b.location))
+                .map(|_| Relocation::Bucket {
+                    name: header.bucket.clone(),
+                    seq: header.seq,
+                }),
+            Kind::BucketDelete => {
+                let name = header.bucket.as_bytes().to_vec();
+                index
+                    .tombstone(TombKind::Bucket, &name)?
+                    .filter(|t| t.seq == header.seq && has(&t.location))
+                    .map(|_| Relocation::Tombstone {
+                        kind: TombKind::Bucket,
+                        name,
+                        seq: header.seq,
+                    })
+            }
+            Kind::Upload => index
+                .upload(header.id)?
+                .filter(|u| has(&u.location))
+                .map(|_| Relocation::Upload {
+                    upload_id: header.id,
+                }),
+            Kind::UploadEnd => {
+                let name = header.id.to_be_bytes().to_vec();
+                index
+                    .tombstone(TombKind::Upload, &name)?
+                    .filter(|t| t.seq == header.seq && has(&t.location))
+                    .map(|_| Relocation::Tombstone {
+                        kind: TombKind::Upload,
+                        name,
+                        seq: header.seq,
+                    })
+            }
+            Kind::Part => index
+                .part(header.id, header.offset as u32)?
+                .filter(|p| p.seq == header.seq && has(&p.location))
+                .map(|_| Relocation::Part {
+                    upload_id: header.id,
+                    part_number: header.offset as u32,
+                    seq: header.seq,
+                }),
+        })
+    }
+
+    /// Moves a zone's live records to GC zones and resets it.
+    pub(crate) async fn collect_zone(&self, zone: ZoneId, rate: u64) -> EngineResult<()> {
+        if !self.placement.begin_collect(zone) {
+            return Ok(());
+        }
+        match self.relocate_zone(zone, rate).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.placement.abort_collect(zone);
+                Ok(())
+            }
+            Err(e) => {
+                self.placement.abort_collect(zone);
+                Err(e)
+            }
+        }
+    }
+
+    async fn relocate_zone(&self, zone: ZoneId, rate: u64) -> EngineResult<bool> {
+        let drive = self
+            .drives
+            .get(zone.drive)
+            .cloned()
+            .ok_or_else(|| EngineError::Internal("unknown drive".into()))?;
+        let bs = drive.block_size();
+        let zslba = drive.geometry.zone_start(zone.zone);
+        let written = self.placement.usage(zone.drive)[zone.zone as usize].1;
+        let chunk_blocks = ((1u64 << 20) / bs).max(1);
+        let mut pacer = Pacer {
+            start: Instant::now(),
+            bytes: 0,
+        };
+        let mut buf = BytesMut::new();
+        let mut buf_lba = zslba;
+        let mut read_to = 0u64;
+        let mut batch: Vec<(Relocation, Location, Location)> = Vec::new();
+        let mut moved = 0u64;
+        'scan: loop {
+            // Parse what is buffered.
+            loop {
+                match record::parse(&buf, bs as usize) {
+                    Ok(parsed) => {
+                        let blocks = parsed.padded as u64 / bs;
+                        let from = Location {
+                            drive: zone.drive,
+                            lba: buf_lba,
+                            blocks: blocks as u32,
+                        };
+                        if let Some(what) = self.live_record(&parsed.header, from)? {
+                            let write_seq = self.seq.next()?;
+                            let copy = record::rewrite_seq(&buf[..parsed.padded], write_seq);
+                            let to = self
+                                .append_record(copy, Class::Gc, 1, 1, Some(zone.drive))
+                                .await?
+                                .into_iter()
+                                .next()
+                                .ok_or_else(|| {
+                                    EngineError::Internal("relocation landed nowhere".into())
+                                })?;
+                            batch.push((what, from, to));
+                            moved += parsed.padded as u64;
+                            pacer.pace(parsed.padded as u64, rate).await;
+                            if batch.len() >= 64 {
+                                self.commit_relocations(&mut batch).await?;
+                            }
+                        }
+                        let _ = buf.split_to(parsed.padded);
+                        buf_lba += blocks;
+                    }
+                    Err(RecordError::Truncated(_)) => break,
+                    Err(RecordError::NotARecord) if buf.len() >= bs as usize => break 'scan,
+                    Err(RecordError::NotARecord) => break,
+                    Err(RecordError::Checksum { padded, .. }) => {
+                        // A damaged record: if the index still uses it, this copy is lost.
+                        let blocks = padded as u64 / bs;
+                        tracing::error!(
+                            ?zone,
+                            lba = buf_lba,
+                            "GC found a damaged record; skipping it"
+                        );
+                        self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        if padded > buf.len() {
+                            break;
+                        }
+                        let _ = buf.split_to(padded);
+                        buf_lba += blocks;
+                    }
+                    Err(RecordError::Malformed(detail)) => {
+                        tracing::error!(
+                            ?zone,
+                            lba = buf_lba,
+                            "GC cannot parse the zone further ({detail}); leaving it"
+                        );
+                        return Ok(false);
+                    }
+                }
+            }
+            if read_to >= written {
+                break;
+            }
+            let n = chunk_blocks.min(written - read_to);
+            let bytes = drive
+                .device
+                .read(zslba + read_to, n as u32)
+                .await
+                .map_err(|source| EngineError::Drive {
+                    drive: drive.name.clone(),
+                    source,
+                })?;
+            read_to += n;
+            buf.extend_from_slice(&bytes);
+        }
+        self.commit_relocations(&mut batch).await?;
+        let left = self.accounts.get(zone).valid_bytes;
+        if left != 0 {
+            tracing::warn!(
+                ?zone,
+                left,
+                "live data remains after relocation; the zone is kept"
+            );
+            return Ok(false);
+        }
+        // Reads that looked up locations in this zone before the relocations must finish.
+        let epoch = self.gate.advance();
+        if !self.gate.drain(epoch, Duration::from_secs(30)).await {
+            tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
+        }
+        drive
+            .device
+            .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
+            .await
+            .map_err(|source| EngineError::Drive {
+                drive: drive.name.clone(),
+                source,
+            })?;
+        self.committer.submit(Change::ZoneReset(zone)).await?;
+        self.placement.reset_done(zone);
+        self.stats.zones_reset.fetch_add(1, Ordering::Relaxed);
+        self.gc.zones_collected.fetch_add(1, Ordering::Relaxed);
+        self.gc.bytes_relocated.fetch_add(moved, Ordering::Relaxed);
+        tracing::debug!(?zone, moved, "zone reclaimed");
+        Ok(true)
+    }
+
+    async fn commit_relocations(
+        &self,
+        batch: &mut Vec<(Relocation, Location, Location)>,
+    ) -> EngineResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(batch);
+        self.stats
+            .records_relocated
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        self.committer
+            .submit(Change::Relocate(items))
+            .await
+            .map(|_| ())
+    }
+
+    /// Zones in use by placement for a class (for tests and the admin table).
+    pub fn zones_in_use(&self, drive: DriveId) -> usize {
+        self.placement
+            .usage(drive)
+            .iter()
+            .filter(|(u, _)| !matches!(u, ZoneUse::Free))
+            .count()
+    }
+
+    /// Collects the best victim of every drive now, whatever the watermarks (admin `gc run`).
+    pub async fn collect_now(&self) -> EngineResult<usize> {
+        let policy = self.gc.config.lock().policy;
+        let mut n = 0;
+        for drive in self.drives.all().to_vec() {
+            if let Some(victim) = self.choose_victim(drive.id, policy) {
+                self.collect_zone(victim, 0).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_parse() {
+        assert_eq!("greedy".parse::<Policy>(), Ok(Policy::Greedy));
+        assert_eq!("cost-benefit".parse::<Policy>(), Ok(Policy::CostBenefit));
+        assert!("lru".parse::<Policy>().is_err());
+    }
+}

@@ -1,0 +1,643 @@
+//! The index in RocksDB: one column family per kind of entry, keys laid out so that the scans S3
+//! needs are range scans in key order. Only the committer writes; everyone reads.
+//!
+//! ```text
+//! CF            key                                         value
+//! meta          name                                        engine metadata (seq lease, drives)
+//! buckets       bucket                                      BucketEntry
+//! objects       bucket 0x00 key                             ObjectEntry
+//! extents       stream_id u64 BE, offset u64 BE             Extent
+//! tombstones    kind byte, then bucket 0x00 key | bucket | upload_id BE    TombstoneEntry
+//! uploads       upload_id u64 BE                            UploadEntry
+//! upload_keys   bucket 0x00 key 0x00 upload_id u64 BE       (empty): uploads in listing order
+//! parts         upload_id u64 BE, part_number u32 BE        PartEntry
+//! zones         drive u16 BE, zone u32 BE                   ZoneAccount
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
+};
+
+use super::model::{
+    BucketEntry, Extent, ObjectEntry, PartEntry, TombstoneEntry, UploadEntry, ZoneAccount, ZoneId,
+};
+
+/// Column family names.
+pub mod cf {
+    /// Engine metadata.
+    pub const META: &str = "meta";
+    /// Buckets.
+    pub const BUCKETS: &str = "buckets";
+    /// Objects.
+    pub const OBJECTS: &str = "objects";
+    /// Stream extents.
+    pub const EXTENTS: &str = "extents";
+    /// Tombstones still needed.
+    pub const TOMBSTONES: &str = "tombstones";
+    /// Multipart uploads.
+    pub const UPLOADS: &str = "uploads";
+    /// Multipart uploads by bucket and key.
+    pub const UPLOAD_KEYS: &str = "upload_keys";
+    /// Parts of multipart uploads.
+    pub const PARTS: &str = "parts";
+    /// Per-zone accounting.
+    pub const ZONES: &str = "zones";
+    /// All of them.
+    pub const ALL: [&str; 9] = [
+        META,
+        BUCKETS,
+        OBJECTS,
+        EXTENTS,
+        TOMBSTONES,
+        UPLOADS,
+        UPLOAD_KEYS,
+        PARTS,
+        ZONES,
+    ];
+}
+
+/// What a tombstone hides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TombKind {
+    /// An object key.
+    Object = b'O',
+    /// A bucket.
+    Bucket = b'B',
+    /// A multipart upload.
+    Upload = b'U',
+}
+
+/// Errors of the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// RocksDB failed.
+    #[error("index (RocksDB) error: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A stored value is corrupt.
+    #[error("corrupt index entry in {cf}: {detail}")]
+    Corrupt {
+        /// Column family.
+        cf: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Result of index operations.
+pub type IndexResult<T> = Result<T, IndexError>;
+
+/// Key of an object.
+pub fn object_key(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 1 + key.len());
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Key of an extent.
+pub fn extent_key(stream_id: u64, offset: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&stream_id.to_be_bytes());
+    k[8..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Key of a zone account.
+pub fn zone_key(zone: ZoneId) -> [u8; 6] {
+    let mut k = [0u8; 6];
+    k[..2].copy_from_slice(&zone.drive.to_be_bytes());
+    k[2..].copy_from_slice(&zone.zone.to_be_bytes());
+    k
+}
+
+/// Key of a tombstone.
+pub fn tombstone_key(kind: TombKind, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(kind as u8);
+    k.extend_from_slice(name);
+    k
+}
+
+/// Key of a part.
+pub fn part_key(upload_id: u64, part_number: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&upload_id.to_be_bytes());
+    k[8..].copy_from_slice(&part_number.to_be_bytes());
+    k
+}
+
+/// Key of an upload in listing order.
+pub fn upload_listing_key(bucket: &str, key: &str, upload_id: u64) -> Vec<u8> {
+    let mut k = object_key(bucket, key);
+    k.push(0);
+    k.extend_from_slice(&upload_id.to_be_bytes());
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix` (None if there is none).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xFF {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Objects: key and entry.
+    pub objects: Vec<(String, ObjectEntry)>,
+    /// Common prefixes (with a delimiter).
+    pub prefixes: Vec<String>,
+    /// Whether more entries follow.
+    pub truncated: bool,
+    /// The last key or prefix returned (where the next page starts after).
+    pub last: Option<String>,
+}
+
+/// The RocksDB index.
+pub struct Index {
+    db: DB,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn corrupt(cf: &'static str) -> impl Fn(super::codec::DecodeError) -> IndexError {
+    move |e| IndexError::Corrupt { cf, detail: e.0 }
+}
+
+impl Index {
+    /// Opens (or creates) the index at `path`.
+    pub fn open(path: &Path) -> IndexResult<Index> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.increase_parallelism(2);
+        options.set_max_background_jobs(2);
+        options.set_write_buffer_size(32 << 20);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = cf::ALL.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(16 << 20);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&options, path, cfs)?;
+        Ok(Index { db })
+    }
+
+    /// The handle of a column family (all are created at open).
+    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created when the index opens")
+    }
+
+    /// Raw point read.
+    pub fn get_raw(&self, cf_name: &str, key: &[u8]) -> IndexResult<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf_name), key)?)
+    }
+
+    /// Writes a batch; with `sync`, durable when it returns.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> IndexResult<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// A bucket.
+    pub fn bucket(&self, name: &str) -> IndexResult<Option<BucketEntry>> {
+        self.get_raw(cf::BUCKETS, name.as_bytes())?
+            .map(|v| BucketEntry::decode(&v).map_err(corrupt(cf::BUCKETS)))
+            .transpose()
+    }
+
+    /// Every bucket, in name order.
+    pub fn buckets(&self) -> IndexResult<Vec<(String, BucketEntry)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::BUCKETS), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            out.push((name, BucketEntry::decode(&v).map_err(corrupt(cf::BUCKETS))?));
+        }
+        Ok(out)
+    }
+
+    /// An object.
+    pub fn object(&self, bucket: &str, key: &str) -> IndexResult<Option<ObjectEntry>> {
+        self.get_raw(cf::OBJECTS, &object_key(bucket, key))?
+            .map(|v| ObjectEntry::decode(&v).map_err(corrupt(cf::OBJECTS)))
+            .transpose()
+    }
+
+    /// An extent.
+    pub fn extent(&self, stream_id: u64, offset: u64) -> IndexResult<Option<Extent>> {
+        self.get_raw(cf::EXTENTS, &extent_key(stream_id, offset))?
+            .map(|v| Extent::decode(&v).map_err(corrupt(cf::EXTENTS)))
+            .transpose()
+    }
+
+    /// The extents of a stream that hold bytes at or after `from`, in order: (offset, extent).
+    pub fn stream_extents(&self, stream_id: u64, from: u64) -> IndexResult<Vec<(u64, Extent)>> {
+        let cf = self.cf(cf::EXTENTS);
+        // The extent containing `from` starts at or before it: find it with a reverse seek.
+        let mut start = extent_key(stream_id, 0);
+        if from > 0 {
+            let target = extent_key(stream_id, from);
+            let mut rev = self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&target, Direction::Reverse));
+            if let Some(item) = rev.next() {
+                let (k, _) = item?;
+                if k.len() == 16 && k[..8] == stream_id.to_be_bytes() {
+                    start.copy_from_slice(&k);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(extent_key(stream_id.saturating_add(1), 0).to_vec());
+        for item in
+            self.db
+                .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            let offset = u64::from_be_bytes(k[8..16].try_into().expect("16-byte extent key"));
+            let extent = Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?;
+            if offset + u64::from(extent.length) <= from {
+                continue;
+            }
+            out.push((offset, extent));
+        }
+        Ok(out)
+    }
+
+    /// A tombstone.
+    pub fn tombstone(&self, kind: TombKind, name: &[u8]) -> IndexResult<Option<TombstoneEntry>> {
+        self.get_raw(cf::TOMBSTONES, &tombstone_key(kind, name))?
+            .map(|v| TombstoneEntry::decode(&v).map_err(corrupt(cf::TOMBSTONES)))
+            .transpose()
+    }
+
+    /// A multipart upload.
+    pub fn upload(&self, upload_id: u64) -> IndexResult<Option<UploadEntry>> {
+        self.get_raw(cf::UPLOADS, &upload_id.to_be_bytes())?
+            .map(|v| UploadEntry::decode(&v).map_err(corrupt(cf::UPLOADS)))
+            .transpose()
+    }
+
+    /// A part.
+    pub fn part(&self, upload_id: u64, part_number: u32) -> IndexResult<Option<PartEntry>> {
+        self.get_raw(cf::PARTS, &part_key(upload_id, part_number))?
+            .map(|v| PartEntry::decode(&v).map_err(corrupt(cf::PARTS)))
+            .transpose()
+    }
+
+    /// The parts of an upload in part-number order, from `after` (exclusive).
+    pub fn parts(&self, upload_id: u64, after: u32) -> IndexResult<Vec<PartEntry>> {
+        let cf = self.cf(cf::PARTS);
+        let start = part_key(upload_id, after.saturating_add(1));
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(part_key(upload_id.saturating_add(1), 0).to_vec());
+        let mut out = Vec::new();
+        for item in
+            self.db
+                .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (_, v) = item?;
+            out.push(PartEntry::decode(&v).map_err(corrupt(cf::PARTS))?);
+        }
+        Ok(out)
+    }
+
+    /// Uploads of a bucket in (key, upload id) order whose key starts with `prefix`, after the
+    /// marker, at most `max`.
+    pub fn uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<(&str, u64)>,
+        max: usize,
+    ) -> IndexResult<(Vec<UploadEntry>, bool)> {
+        let cf = self.cf(cf::UPLOAD_KEYS);
+        let base = object_key(bucket, prefix);
+        let start = match after {
+            Some((key, id)) => {
+                let mut k = upload_listing_key(bucket, key, id);
+                k.push(0);
+                k.max(base.clone())
+            }
+            None => base.clone(),
+        };
+        let mut out = Vec::new();
+        let mut truncated = false;
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, _) = item?;
+            if !k.starts_with(&base) {
+                break;
+            }
+            if out.len() == max {
+                truncated = true;
+                break;
+            }
+            let id = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("upload id suffix"));
+            if let Some(upload) = self.upload(id)? {
+                out.push(upload);
+            }
+        }
+        Ok((out, truncated))
+    }
+
+    /// Every zone account.
+    pub fn zones(&self) -> IndexResult<HashMap<ZoneId, ZoneAccount>> {
+        let mut out = HashMap::new();
+        for item in self.db.iterator_cf(self.cf(cf::ZONES), IteratorMode::Start) {
+            let (k, v) = item?;
+            if k.len() != 6 {
+                continue;
+            }
+            let zone = ZoneId {
+                drive: u16::from_be_bytes([k[0], k[1]]),
+                zone: u32::from_be_bytes(k[2..6].try_into().expect("4 bytes")),
+            };
+            out.insert(zone, ZoneAccount::decode(&v).map_err(corrupt(cf::ZONES))?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a bucket holds no objects and no uploads.
+    pub fn bucket_is_empty(&self, bucket: &str) -> IndexResult<bool> {
+        let prefix = object_key(bucket, "");
+        for cf_name in [cf::OBJECTS, cf::UPLOAD_KEYS] {
+            let mut it = self.db.iterator_cf(
+                self.cf(cf_name),
+                IteratorMode::From(&prefix, Direction::Forward),
+            );
+            if let Some(item) = it.next() {
+                let (k, _) = item?;
+                if k.starts_with(&prefix) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Lists a bucket in key order: keys starting with `prefix`, after `start_after`, folding
+    /// keys that contain `delimiter` after the prefix into common prefixes; at most `max`
+    /// entries (objects plus prefixes). Skips over a whole common prefix with one seek, so
+    /// listings stay fast with millions of keys.
+    pub fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        delimiter: Option<&str>,
+        max: usize,
+    ) -> IndexResult<Listing> {
+        let cf = self.cf(cf::OBJECTS);
+        let bucket_prefix = object_key(bucket, "");
+        let full_prefix = object_key(bucket, prefix);
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        // Where to start: after start_after (past its whole common prefix if it is one).
+        let mut seek = full_prefix.clone();
+        if !start_after.is_empty() && start_after.as_bytes() >= prefix.as_bytes() {
+            let is_common_prefix = delimiter.is_some_and(|d| {
+                start_after.starts_with(prefix)
+                    && start_after.ends_with(d)
+                    && start_after.len() > prefix.len()
+            });
+            let after = object_key(bucket, start_after);
+            seek = if is_common_prefix {
+                match prefix_successor(&after) {
+                    Some(s) => s,
+                    None => return Ok(Listing::default()),
+                }
+            } else {
+                let mut s = after;
+                s.push(0);
+                s
+            };
+        }
+        let mut listing = Listing::default();
+        let mut iter = self.db.raw_iterator_cf(cf);
+        iter.seek(&seek);
+        while iter.valid() {
+            let Some(k) = iter.key() else { break };
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[bucket_prefix.len()..]).into_owned();
+            if listing.objects.len() + listing.prefixes.len() == max {
+                listing.truncated = true;
+                break;
+            }
+            if let Some(d) = delimiter
+                && let Some(pos) = key[prefix.len()..].find(d)
+            {
+                let common = key[..prefix.len() + pos + d.len()].to_string();
+                let next = prefix_successor(&object_key(bucket, &common));
+                listing.last = Some(common.clone());
+                listing.prefixes.push(common);
+                match next {
+                    Some(n) => iter.seek(&n),
+                    None => break,
+                }
+                continue;
+            }
+            let entry = ObjectEntry::decode(iter.value().unwrap_or_default())
+                .map_err(corrupt(cf::OBJECTS))?;
+            listing.last = Some(key.clone());
+            listing.objects.push((key, entry));
+            iter.next();
+        }
+        iter.status()?;
+        Ok(listing)
+    }
+
+    /// Every object of every bucket, in key order (for comparisons and rebuild checks).
+    pub fn all_objects(&self) -> IndexResult<Vec<(Vec<u8>, ObjectEntry)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::OBJECTS), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push((
+                k.to_vec(),
+                ObjectEntry::decode(&v).map_err(corrupt(cf::OBJECTS))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether some key starting with `prefix` exists that `skip` does not exclude.
+    pub fn any_key_with_prefix(
+        &self,
+        cf_name: &str,
+        prefix: &[u8],
+        skip: impl Fn(&[u8]) -> bool,
+    ) -> IndexResult<bool> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(cf_name));
+        iter.seek(prefix);
+        while iter.valid() {
+            let Some(k) = iter.key() else { break };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !skip(k) {
+                return Ok(true);
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(false)
+    }
+
+    /// Entries of a column family whose keys start with `prefix`, raw.
+    pub fn dump_prefix(
+        &self,
+        cf_name: &str,
+        prefix: &[u8],
+    ) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(cf_name),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every entry of a column family, raw.
+    pub fn dump(&self, cf_name: &str) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf_name), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::ObjectMeta;
+
+    fn put_object(index: &Index, bucket: &str, key: &str) {
+        let mut batch = WriteBatch::default();
+        let entry = ObjectEntry {
+            meta: ObjectMeta {
+                etag: key.into(),
+                ..ObjectMeta::default()
+            },
+            commit: vec![],
+            shadowed: vec![],
+        };
+        batch.put_cf(
+            index.cf(cf::OBJECTS),
+            object_key(bucket, key),
+            entry.encode(),
+        );
+        index.write(batch, false).unwrap();
+    }
+
+    #[test]
+    fn listing_with_delimiter_folds_and_skips_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        for key in [
+            "a.txt",
+            "photos/1.jpg",
+            "photos/2.jpg",
+            "photos/x/3.jpg",
+            "zeta",
+            "pics",
+        ] {
+            put_object(&index, "b", key);
+        }
+        put_object(&index, "c", "other");
+        let l = index.list("b", "", "", Some("/"), 100).unwrap();
+        let keys: Vec<&str> = l.objects.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["a.txt", "pics", "zeta"]);
+        assert_eq!(l.prefixes, vec!["photos/"]);
+        let l = index.list("b", "photos/", "", Some("/"), 100).unwrap();
+        assert_eq!(l.objects.len(), 2);
+        assert_eq!(l.prefixes, vec!["photos/x/"]);
+        // Paging: two at a time, continuing after a common prefix.
+        let p1 = index.list("b", "", "", Some("/"), 2).unwrap();
+        assert!(p1.truncated);
+        assert_eq!(p1.last.as_deref(), Some("photos/"));
+        let p2 = index.list("b", "", "photos/", Some("/"), 2).unwrap();
+        let keys: Vec<&str> = p2.objects.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["pics", "zeta"]);
+        assert!(!p2.truncated);
+    }
+
+    #[test]
+    fn stream_extents_start_at_the_extent_holding_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        for (stream, off) in [(1u64, 0u64), (1, 100), (1, 200), (2, 0)] {
+            let e = Extent {
+                length: 100,
+                crc: 0,
+                replicas: vec![],
+            };
+            batch.put_cf(index.cf(cf::EXTENTS), extent_key(stream, off), e.encode());
+        }
+        index.write(batch, false).unwrap();
+        let offs: Vec<u64> = index
+            .stream_extents(1, 150)
+            .unwrap()
+            .iter()
+            .map(|(o, _)| *o)
+            .collect();
+        assert_eq!(offs, vec![100, 200]);
+        let offs: Vec<u64> = index
+            .stream_extents(1, 0)
+            .unwrap()
+            .iter()
+            .map(|(o, _)| *o)
+            .collect();
+        assert_eq!(offs, vec![0, 100, 200]);
+        assert_eq!(index.stream_extents(2, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn successor_of_prefixes() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[b'a', 0xFF]), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(&[0xFF]), None);
+    }
+}

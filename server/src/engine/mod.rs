@@ -1,0 +1,821 @@
+//! The log-structured object engine: objects are appended into zones as records (see
+//! [`record`]), RocksDB maps names to where the bytes are ([`index`]), a single committer makes
+//! changes durable in groups ([`commit`]), and the host, not the drive, reclaims space ([`gc`]).
+//! It works the same on local emulated drives and on remote drives through the NVMe/TCP host:
+//! both are [`ZonedDevice`]s.
+
+pub mod codec;
+pub mod commit;
+pub mod drives;
+pub mod error;
+pub mod gate;
+pub mod gc;
+pub mod index;
+pub mod model;
+pub mod placement;
+pub mod reader;
+pub mod record;
+pub mod recovery;
+pub mod seq;
+pub mod stats;
+pub mod writer;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use md5::{Digest, Md5};
+use zns::{ReportFilter, ZoneAction, ZoneSelect, ZoneState, ZonedDevice};
+
+use commit::{Change, Committer, Condition, Outcome, ZoneAccounts, now_ms};
+use drives::{Drive, Drives};
+pub use error::{EngineError, EngineResult};
+use gate::ReadGate;
+use index::{Index, Listing, cf};
+use model::{BucketEntry, Checksum, ObjectEntry, ObjectMeta, PartEntry, UploadEntry, ZoneId};
+use placement::{Placement, ZoneSnapshot, ZoneUse};
+pub use reader::BodyStream;
+use record::{Header, Kind};
+use seq::SeqAllocator;
+use stats::EngineStats;
+use writer::Purpose;
+pub use writer::PutWriter;
+
+/// Smallest size of a multipart part other than the last.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Directory of the RocksDB index.
+    pub index_dir: PathBuf,
+    /// Copies of every record (R).
+    pub replicas: usize,
+    /// Copies that must be durable before a write is acknowledged (W).
+    pub write_quorum: usize,
+    /// Garbage collection.
+    pub gc: gc::GcConfig,
+}
+
+impl EngineConfig {
+    /// Defaults for `index_dir` and `drive_count` drives: R = 3 with at least 3 drives, else
+    /// the number of drives; W = a majority of R.
+    pub fn new(index_dir: PathBuf, drive_count: usize) -> Self {
+        let replicas = drive_count.clamp(1, 3);
+        EngineConfig {
+            index_dir,
+            replicas,
+            write_quorum: replicas / 2 + 1,
+            gc: gc::GcConfig::default(),
+        }
+    }
+}
+
+/// The shared state of an engine.
+pub struct EngineInner {
+    config: EngineConfig,
+    pub(crate) index: Arc<Index>,
+    pub(crate) drives: Arc<Drives>,
+    pub(crate) placement: Placement,
+    pub(crate) committer: Committer,
+    pub(crate) accounts: Arc<ZoneAccounts>,
+    pub(crate) seq: SeqAllocator,
+    pub(crate) gate: ReadGate,
+    /// Counters.
+    pub stats: EngineStats,
+    pub(crate) gc: gc::GcControl,
+    /// Largest record (bytes) every drive accepts in one Zone Append.
+    pub(crate) record_limit: u64,
+    /// Block size used for record padding (the largest of the drives').
+    pub(crate) block_size: u64,
+}
+
+impl std::fmt::Debug for EngineInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("drives", &self.drives.len())
+            .finish()
+    }
+}
+
+impl EngineInner {
+    pub(crate) fn replicas(&self) -> usize {
+        self.config.replicas.min(self.drives.len()).max(1)
+    }
+
+    pub(crate) fn quorum(&self) -> usize {
+        self.config.write_quorum.clamp(1, self.replicas())
+    }
+}
+
+/// The engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+/// A drive to attach: its identity (stable across restarts) and the device.
+pub struct DriveSpec {
+    /// Identity, e.g. `nvme-tcp://127.0.0.1:4420/nqn...` or `zns-file:///data/d0`.
+    pub name: String,
+    /// The device.
+    pub device: Arc<dyn ZonedDevice>,
+}
+
+const DRIVES_KEY: &[u8] = b"drives";
+
+/// What the start-up reconciliation of index and drives found.
+#[derive(Debug, Default, Clone)]
+pub struct Reconciliation {
+    /// Bytes written on drives that no index entry uses (garbage, e.g. from interrupted PUTs).
+    pub unindexed_bytes: u64,
+    /// Zones where the index points past the write pointer (a bug; data may be missing).
+    pub broken_zones: Vec<ZoneId>,
+    /// Zones found reset whose reset had not been recorded.
+    pub resets_recorded: usize,
+}
+
+impl Engine {
+    /// Opens the engine over `drives`: the index, the drive registry, reconciliation of the
+    /// index with the zones' write pointers, placement, the committer and GC.
+    pub async fn open(
+        config: EngineConfig,
+        drives: Vec<DriveSpec>,
+    ) -> EngineResult<(Engine, Reconciliation)> {
+        if drives.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "the engine needs at least one drive".into(),
+            ));
+        }
+        std::fs::create_dir_all(&config.index_dir).map_err(|e| {
+            EngineError::Internal(format!("creating {}: {e}", config.index_dir.display()))
+        })?;
+        let index = Arc::new(Index::open(&config.index_dir)?);
+        let drives = Arc::new(register_drives(&index, drives)?);
+        let block_size = drives
+            .all()
+            .iter()
+            .map(|d| d.block_size())
+            .max()
+            .unwrap_or(4096);
+        let record_limit = drives
+            .all()
+            .iter()
+            .map(|d| d.geometry.max_append_bytes())
+            .min()
+            .unwrap_or(1 << 20);
+        if record_limit < 2 * block_size || record_limit < 8192 {
+            return Err(EngineError::InvalidArgument(format!(
+                "zone append limit {record_limit} is too small for records"
+            )));
+        }
+        let accounts = Arc::new(ZoneAccounts::new(index.zones()?));
+        // What the drives hold, zone by zone.
+        let mut snapshots = Vec::new();
+        let mut reconciliation = Reconciliation::default();
+        let mut resets = Vec::new();
+        for drive in drives.all() {
+            let report = drive
+                .device
+                .report_zones(0, ReportFilter::All, drive.geometry.zone_count as usize)
+                .await
+                .map_err(|source| EngineError::Drive {
+                    drive: drive.name.clone(),
+                    source,
+                })?;
+            let mut zones = Vec::with_capacity(report.zones.len());
+            for (i, z) in report.zones.iter().enumerate() {
+                let zone = ZoneId {
+                    drive: drive.id,
+                    zone: i as u32,
+                };
+                let account = accounts.get(zone);
+                let written = match z.state {
+                    ZoneState::Full => drive.geometry.zone_capacity,
+                    ZoneState::Empty => 0,
+                    _ if z.wp == u64::MAX => drive.geometry.zone_capacity,
+                    _ => z.wp - z.zslba,
+                };
+                let end = z.zslba + written;
+                if z.state == ZoneState::Empty
+                    && (account.max_indexed_end > 0 || account.valid_bytes > 0)
+                {
+                    if account.valid_bytes > 0 {
+                        tracing::error!(
+                            ?zone,
+                            valid = account.valid_bytes,
+                            "zone is empty on the drive but the index counts live data in it: data lost"
+                        );
+                        reconciliation.broken_zones.push(zone);
+                    } else {
+                        resets.push(zone);
+                    }
+                } else if account.max_indexed_end > end && z.state != ZoneState::Full {
+                    tracing::error!(
+                        ?zone,
+                        indexed_end = account.max_indexed_end,
+                        write_pointer = end,
+                        "the index points past the zone's write pointer: acknowledged data may be missing"
+                    );
+                    reconciliation.broken_zones.push(zone);
+                }
+                let written_bytes = written * drive.block_size();
+                reconciliation.unindexed_bytes += written_bytes.saturating_sub(account.valid_bytes);
+                zones.push(ZoneSnapshot {
+                    state: z.state,
+                    written,
+                });
+            }
+            snapshots.push(zones);
+        }
+        let (placement, to_finish) = Placement::new(&drives, snapshots);
+        let seq = SeqAllocator::open(index.clone(), 1)?;
+        let committer = Committer::start(index.clone(), drives.clone(), accounts.clone());
+        for zone in &resets {
+            committer.submit(Change::ZoneReset(*zone)).await?;
+        }
+        reconciliation.resets_recorded = resets.len();
+        let inner = Arc::new(EngineInner {
+            gc: gc::GcControl::new(config.gc.clone()),
+            config,
+            index,
+            drives,
+            placement,
+            committer,
+            accounts,
+            seq,
+            gate: ReadGate::default(),
+            stats: EngineStats::default(),
+            record_limit,
+            block_size,
+        });
+        inner.finish_zones(to_finish);
+        gc::spawn(Arc::downgrade(&inner));
+        if !reconciliation.broken_zones.is_empty() {
+            tracing::error!(zones = ?reconciliation.broken_zones, "index and drives disagree; run `zonestore recover --rebuild-index`");
+        }
+        tracing::info!(
+            drives = inner.drives.len(),
+            replicas = inner.replicas(),
+            quorum = inner.quorum(),
+            unindexed_mib = reconciliation.unindexed_bytes >> 20,
+            "engine open"
+        );
+        Ok((Engine { inner }, reconciliation))
+    }
+
+    /// Stops GC, flushes the drives and releases them and the index (once every other handle
+    /// to the engine is gone). Everything acknowledged is durable before and after.
+    pub async fn shutdown(self) {
+        self.inner.gc.shut_down().await;
+        if let Err(e) = self.flush_all().await {
+            tracing::warn!("flush on shutdown failed: {e}");
+        }
+        let committer = self.inner.committer.take_task();
+        drop(self);
+        if let Some(task) = committer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Shared state (for GC, metrics and admin).
+    pub fn inner(&self) -> &Arc<EngineInner> {
+        &self.inner
+    }
+
+    fn meta_header(
+        &self,
+        kind: Kind,
+        seq: u64,
+        id: u64,
+        offset: u64,
+        bucket: &str,
+        key: &str,
+    ) -> Header {
+        Header {
+            kind,
+            seq,
+            write_seq: seq,
+            id,
+            offset,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    // ---- buckets ----
+
+    /// Creates a bucket owned by `owner`.
+    pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<()> {
+        if let Some(b) = self.inner.index.bucket(name)? {
+            return Err(if b.owner == owner {
+                EngineError::BucketAlreadyOwnedByYou(name.into())
+            } else {
+                EngineError::BucketAlreadyExists(name.into())
+            });
+        }
+        let seq = self.inner.seq.next()?;
+        let mut entry = BucketEntry {
+            seq,
+            owner: owner.to_string(),
+            created_ms: now_ms(),
+            location: Vec::new(),
+            shadowed: Vec::new(),
+        };
+        let header = self.meta_header(Kind::Bucket, seq, seq, 0, name, "");
+        entry.location = self.inner.append_small(&header, &entry.payload()).await?;
+        self.inner
+            .committer
+            .submit(Change::CreateBucket {
+                name: name.to_string(),
+                entry,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes an empty bucket.
+    pub async fn delete_bucket(&self, name: &str) -> EngineResult<()> {
+        if self.inner.index.bucket(name)?.is_none() {
+            return Err(EngineError::NoSuchBucket(name.into()));
+        }
+        if !self.inner.index.bucket_is_empty(name)? {
+            return Err(EngineError::BucketNotEmpty(name.into()));
+        }
+        let seq = self.inner.seq.next()?;
+        let header = self.meta_header(Kind::BucketDelete, seq, seq, 0, name, "");
+        let tombstone = self.inner.append_small(&header, &[]).await?;
+        self.inner
+            .committer
+            .submit(Change::DeleteBucket {
+                name: name.to_string(),
+                seq,
+                tombstone,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// A bucket.
+    pub fn bucket(&self, name: &str) -> EngineResult<BucketEntry> {
+        self.inner
+            .index
+            .bucket(name)?
+            .ok_or_else(|| EngineError::NoSuchBucket(name.into()))
+    }
+
+    /// Every bucket in name order.
+    pub fn buckets(&self) -> EngineResult<Vec<(String, BucketEntry)>> {
+        Ok(self.inner.index.buckets()?)
+    }
+
+    // ---- objects ----
+
+    /// Starts writing an object body; finish with [`PutWriter::finish_object`].
+    pub fn put(&self, bucket: &str, key: &str) -> EngineResult<PutWriter> {
+        self.bucket(bucket)?;
+        PutWriter::new(self.inner.clone(), bucket, key, Purpose::Object)
+    }
+
+    /// An object's manifest.
+    pub fn head(&self, bucket: &str, key: &str) -> EngineResult<ObjectMeta> {
+        match self.inner.index.object(bucket, key)? {
+            Some(entry) => Ok(entry.meta),
+            None => {
+                self.bucket(bucket)?;
+                Err(EngineError::NoSuchKey {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                })
+            }
+        }
+    }
+
+    /// Streams `range` of the object described by `meta` (from [`Engine::head`]).
+    pub fn read(&self, meta: &ObjectMeta, range: Range<u64>) -> EngineResult<BodyStream> {
+        if range.start > range.end || range.end > meta.size {
+            return Err(EngineError::InvalidArgument(format!(
+                "range {range:?} of a {}-byte object",
+                meta.size
+            )));
+        }
+        let ticket = self.inner.gate.enter();
+        self.inner.read_stream(meta, range, ticket)
+    }
+
+    /// Deletes an object (nothing happens if it does not exist).
+    pub async fn delete(&self, bucket: &str, key: &str) -> EngineResult<()> {
+        self.bucket(bucket)?;
+        if self.inner.index.object(bucket, key)?.is_none() {
+            return Ok(());
+        }
+        let seq = self.inner.seq.next()?;
+        let header = self.meta_header(Kind::Tombstone, seq, seq, 0, bucket, key);
+        let tombstone = self.inner.append_small(&header, &[]).await?;
+        self.inner
+            .committer
+            .submit(Change::DeleteObject {
+                bucket: bucket.into(),
+                key: key.into(),
+                seq,
+                tombstone,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Lists objects (see [`Index::list`]).
+    pub fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        delimiter: Option<&str>,
+        max: usize,
+    ) -> EngineResult<Listing> {
+        self.bucket(bucket)?;
+        Ok(self
+            .inner
+            .index
+            .list(bucket, prefix, start_after, delimiter, max)?)
+    }
+
+    // ---- multipart ----
+
+    /// Creates a multipart upload; the object will get `template`'s metadata.
+    pub async fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut template: ObjectMeta,
+    ) -> EngineResult<u64> {
+        self.bucket(bucket)?;
+        let upload_id = self.inner.seq.next()?;
+        template.seq = upload_id;
+        template.last_modified_ms = now_ms();
+        template.streams.clear();
+        let mut entry = UploadEntry {
+            upload_id,
+            seq: upload_id,
+            bucket: bucket.into(),
+            key: key.into(),
+            template,
+            location: Vec::new(),
+            shadowed: Vec::new(),
+        };
+        let header = self.meta_header(Kind::Upload, upload_id, upload_id, 0, bucket, key);
+        entry.location = self.inner.append_small(&header, &entry.payload()).await?;
+        self.inner
+            .committer
+            .submit(Change::CreateUpload { entry })
+            .await?;
+        Ok(upload_id)
+    }
+
+    /// An upload.
+    pub fn upload(&self, upload_id: u64) -> EngineResult<UploadEntry> {
+        self.inner
+            .index
+            .upload(upload_id)?
+            .ok_or_else(|| EngineError::NoSuchUpload(format!("{upload_id:016x}")))
+    }
+
+    /// Starts writing part `part_number` of an upload; finish with [`PutWriter::finish_part`].
+    pub fn put_part(&self, upload_id: u64, part_number: u32) -> EngineResult<PutWriter> {
+        let upload = self.upload(upload_id)?;
+        PutWriter::new(
+            self.inner.clone(),
+            &upload.bucket,
+            &upload.key,
+            Purpose::Part {
+                upload_id,
+                part_number,
+            },
+        )
+    }
+
+    /// Parts of an upload after `after`, in order.
+    pub fn parts(&self, upload_id: u64, after: u32) -> EngineResult<Vec<PartEntry>> {
+        self.upload(upload_id)?;
+        Ok(self.inner.index.parts(upload_id, after)?)
+    }
+
+    /// Uploads of a bucket in listing order.
+    pub fn uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<(&str, u64)>,
+        max: usize,
+    ) -> EngineResult<(Vec<UploadEntry>, bool)> {
+        self.bucket(bucket)?;
+        Ok(self.inner.index.uploads(bucket, prefix, after, max)?)
+    }
+
+    /// Completes an upload from `parts` (number and ETag, ascending). The object's extents are
+    /// the parts' extents: nothing is copied. `checksum` is the object's composite or
+    /// full-object checksum, if the client used one.
+    pub async fn complete_upload(
+        &self,
+        upload_id: u64,
+        parts: &[(u32, String)],
+        checksum: Option<(Checksum, String)>,
+        condition: Condition,
+    ) -> EngineResult<ObjectMeta> {
+        let upload = self.upload(upload_id)?;
+        if parts.is_empty() {
+            return Err(EngineError::InvalidPart(
+                "at least one part is required".into(),
+            ));
+        }
+        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(EngineError::InvalidPartOrder);
+        }
+        let stored = self.inner.index.parts(upload_id, 0)?;
+        let mut used = Vec::with_capacity(parts.len());
+        let mut md5s = Vec::with_capacity(parts.len() * 16);
+        for (i, (number, etag)) in parts.iter().enumerate() {
+            let wanted = etag.trim_matches('"');
+            let part = stored
+                .iter()
+                .find(|p| p.part_number == *number)
+                .ok_or_else(|| {
+                    EngineError::InvalidPart(format!("part {number} was not uploaded"))
+                })?;
+            if part.etag != wanted {
+                return Err(EngineError::InvalidPart(format!(
+                    "part {number} has ETag {}, not {wanted}",
+                    part.etag
+                )));
+            }
+            if i + 1 < parts.len() && part.size < MIN_PART_SIZE {
+                return Err(EngineError::EntityTooSmall {
+                    part: *number,
+                    size: part.size,
+                });
+            }
+            md5s.extend(hex_decode(&part.etag).ok_or_else(|| {
+                EngineError::InvalidPart(format!("part {number} ETag is not hex"))
+            })?);
+            used.push(part.clone());
+        }
+        let mut meta = upload.template.clone();
+        meta.seq = self.inner.seq.next()?;
+        meta.size = used.iter().map(|p| p.size).sum();
+        meta.etag = format!("{}-{}", hex_encode(&Md5::digest(&md5s)), used.len());
+        meta.streams = used
+            .iter()
+            .map(|p| model::StreamRef {
+                stream_id: p.stream_id,
+                length: p.size,
+            })
+            .collect();
+        meta.part_sizes = used.iter().map(|p| p.size).collect();
+        meta.last_modified_ms = now_ms();
+        if let Some((sum, kind)) = checksum {
+            meta.checksums = vec![sum];
+            meta.checksum_type = Some(kind);
+        }
+        let header = self.meta_header(
+            Kind::Commit,
+            meta.seq,
+            meta.seq,
+            0,
+            &upload.bucket,
+            &upload.key,
+        );
+        let commit = self.inner.append_small(&header, &meta.encode()).await?;
+        let end_header = self.meta_header(
+            Kind::UploadEnd,
+            meta.seq,
+            meta.seq,
+            upload_id,
+            &upload.bucket,
+            &upload.key,
+        );
+        let end = self.inner.append_small(&end_header, &[]).await?;
+        let change = Change::CompleteUpload {
+            upload_id,
+            meta: meta.clone(),
+            commit,
+            end,
+            parts: used.iter().map(|p| (p.part_number, p.stream_id)).collect(),
+            condition,
+        };
+        match self.inner.committer.submit(change).await? {
+            Outcome::Done | Outcome::Superseded | Outcome::NotFound => Ok(meta),
+        }
+    }
+
+    /// Aborts an upload; its parts' data becomes garbage.
+    pub async fn abort_upload(&self, upload_id: u64) -> EngineResult<()> {
+        let upload = self.upload(upload_id)?;
+        let seq = self.inner.seq.next()?;
+        let header = self.meta_header(
+            Kind::UploadEnd,
+            seq,
+            seq,
+            upload_id,
+            &upload.bucket,
+            &upload.key,
+        );
+        let end = self.inner.append_small(&header, &[]).await?;
+        self.inner
+            .committer
+            .submit(Change::AbortUpload {
+                upload_id,
+                seq,
+                end,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    // ---- introspection ----
+
+    /// Every object entry (for comparisons with a rebuilt index).
+    pub fn object_entries(&self) -> EngineResult<Vec<(Vec<u8>, ObjectEntry)>> {
+        Ok(self.inner.index.all_objects()?)
+    }
+
+    /// A canonical dump of what the index says (objects with their extents and locations,
+    /// buckets, uploads, parts), for comparing a rebuilt index with a live one.
+    pub fn canonical_dump(&self) -> EngineResult<Vec<String>> {
+        recovery::canonical_dump(&self.inner.index)
+    }
+
+    /// Zones of every drive: usage, blocks written, live bytes.
+    pub fn zone_table(&self) -> Vec<ZoneRow> {
+        let mut rows = Vec::new();
+        for drive in self.inner.drives.all() {
+            for (i, (usage, written)) in
+                self.inner.placement.usage(drive.id).into_iter().enumerate()
+            {
+                let zone = ZoneId {
+                    drive: drive.id,
+                    zone: i as u32,
+                };
+                let account = self.inner.accounts.get(zone);
+                rows.push(ZoneRow {
+                    drive: drive.name.clone(),
+                    zone: i as u32,
+                    usage,
+                    written_bytes: written * drive.block_size(),
+                    valid_bytes: account.valid_bytes,
+                    capacity_bytes: drive.geometry.zone_capacity_bytes(),
+                    generation: account.generation,
+                });
+            }
+        }
+        rows
+    }
+
+    /// Free zones per drive.
+    pub fn free_zones(&self) -> Vec<(String, usize, usize)> {
+        self.inner
+            .drives
+            .all()
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    self.inner.placement.free_zones(d.id),
+                    self.inner.placement.zone_count(d.id),
+                )
+            })
+            .collect()
+    }
+
+    /// Flushes every drive (used on shutdown).
+    pub async fn flush_all(&self) -> EngineResult<()> {
+        for drive in self.inner.drives.all() {
+            drive
+                .device
+                .flush()
+                .await
+                .map_err(|source| EngineError::Drive {
+                    drive: drive.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Resets every zone of every drive that the engine does not use (for tests).
+    pub async fn reset_free_zones(&self) -> EngineResult<()> {
+        for drive in self.inner.drives.all() {
+            for (i, (usage, _)) in self.inner.placement.usage(drive.id).into_iter().enumerate() {
+                if usage == ZoneUse::Free {
+                    let zslba = drive.geometry.zone_start(i as u32);
+                    let _ = drive
+                        .device
+                        .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// GC control.
+    pub fn gc(&self) -> &gc::GcControl {
+        &self.inner.gc
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// Drives.
+    pub fn drives(&self) -> &Arc<Drives> {
+        &self.inner.drives
+    }
+
+    /// Object bytes users wrote.
+    pub fn user_bytes(&self) -> u64 {
+        self.inner.stats.user_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// One row of the zone table.
+#[derive(Debug, Clone)]
+pub struct ZoneRow {
+    /// Drive name.
+    pub drive: String,
+    /// Zone index.
+    pub zone: u32,
+    /// What the engine does with it.
+    pub usage: ZoneUse,
+    /// Bytes written.
+    pub written_bytes: u64,
+    /// Live bytes.
+    pub valid_bytes: u64,
+    /// Capacity.
+    pub capacity_bytes: u64,
+    /// Resets so far.
+    pub generation: u64,
+}
+
+/// Matches configured drives with the registry in the index, giving each a stable id.
+fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {
+    let mut names: Vec<String> = match index.get_raw(cf::META, DRIVES_KEY)? {
+        Some(v) => {
+            let mut d = codec::Dec::new(&v);
+            let n = d.count(4).map_err(|e| EngineError::Internal(e.0))?;
+            (0..n)
+                .map(|_| d.str())
+                .collect::<Result<_, _>>()
+                .map_err(|e| EngineError::Internal(e.0))?
+        }
+        None => Vec::new(),
+    };
+    let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
+    for spec in specs {
+        match names.iter().position(|n| *n == spec.name) {
+            Some(i) => by_id[i] = Some(spec.device),
+            None => {
+                names.push(spec.name);
+                by_id.push(Some(spec.device));
+            }
+        }
+    }
+    if let Some(i) = by_id.iter().position(|d| d.is_none()) {
+        return Err(EngineError::InvalidArgument(format!(
+            "drive {} holds data known to the index but is not configured",
+            names[i]
+        )));
+    }
+    let mut e = codec::Enc::new();
+    e.u32(names.len() as u32);
+    for n in &names {
+        e.str(n);
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(index.cf(cf::META), DRIVES_KEY, e.finish());
+    index.write(batch, true)?;
+    let list = names
+        .into_iter()
+        .zip(by_id)
+        .enumerate()
+        .map(|(i, (name, device))| {
+            Arc::new(Drive::new(i as u16, name, device.expect("checked above")))
+        })
+        .collect();
+    Ok(Drives::new(list))
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}

@@ -1,0 +1,480 @@
+//! Where new records go: per drive, a few open zones for user writes and a separate one for GC
+//! relocations (hot and cold data do not mix), within the drive's open and active zone limits;
+//! writes stripe over the open zones and over drives. Free zones are held in reserve so that GC
+//! can always make progress; when only the reserve is left, user writes fail with "no space".
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use zns::{Geometry, ZoneState};
+
+use super::drives::Drives;
+use super::model::{Class, DriveId, ZoneId};
+
+/// Tunables of placement.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementConfig {
+    /// Open zones for user data per drive.
+    pub user_zones: usize,
+    /// Open zones for GC relocations per drive.
+    pub gc_zones: usize,
+    /// Free zones per drive that only GC may take.
+    pub reserve: usize,
+}
+
+impl PlacementConfig {
+    /// Settings that fit a drive's limits: up to 4 user zones and 1 GC zone, within the open
+    /// and active limits, and a reserve of 2 zones (at least what GC needs to make progress).
+    pub fn for_geometry(geometry: &Geometry) -> Self {
+        let limit = geometry
+            .max_active
+            .into_iter()
+            .chain(geometry.max_open)
+            .min()
+            .map_or(16, |v| v as usize);
+        let user_zones = limit.saturating_sub(2).clamp(1, 4);
+        let reserve = if geometry.zone_count >= 16 { 2 } else { 1 };
+        PlacementConfig {
+            user_zones,
+            gc_zones: 1,
+            reserve,
+        }
+    }
+}
+
+/// What the engine is doing with a zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneUse {
+    /// Empty, available.
+    Free,
+    /// Open for appends of a class.
+    Active(Class),
+    /// No longer appended to; waits for its in-flight appends, then is finished.
+    Closing,
+    /// Full or finished: holds data until GC reclaims it.
+    Sealed,
+    /// Being reclaimed by GC.
+    Collecting,
+    /// Read-only or offline: never written again.
+    Bad,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ZoneSpace {
+    usage: ZoneUse,
+    written: u64,
+    reserved: u64,
+    pending: u32,
+}
+
+#[derive(Debug)]
+struct DriveSpace {
+    geometry: Geometry,
+    zones: Vec<ZoneSpace>,
+    free: BTreeSet<u32>,
+    active: [Vec<u32>; 2],
+    turn: usize,
+}
+
+impl DriveSpace {
+    fn remaining(&self, zone: u32) -> u64 {
+        let z = &self.zones[zone as usize];
+        self.geometry
+            .zone_capacity
+            .saturating_sub(z.written + z.reserved)
+    }
+
+    fn retire(&mut self, zone: u32, to_finish: &mut Vec<ZoneId>, drive: DriveId) {
+        for list in &mut self.active {
+            list.retain(|&z| z != zone);
+        }
+        let z = &mut self.zones[zone as usize];
+        if z.written >= self.geometry.zone_capacity {
+            z.usage = ZoneUse::Sealed;
+        } else if z.pending == 0 {
+            z.usage = ZoneUse::Sealed;
+            if z.written > 0 {
+                to_finish.push(ZoneId { drive, zone });
+            } else {
+                // Nothing was written: it can go straight back to the free list.
+                z.usage = ZoneUse::Free;
+                self.free.insert(zone);
+            }
+        } else {
+            z.usage = ZoneUse::Closing;
+        }
+    }
+}
+
+/// A reservation of space for one record copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Drive.
+    pub drive: DriveId,
+    /// Zone index.
+    pub zone: u32,
+    /// Zone start LBA (what Zone Append takes).
+    pub zslba: u64,
+    /// Blocks reserved.
+    pub blocks: u64,
+}
+
+/// Not enough free space for a write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no space: {0}")]
+pub struct NoSpace(pub String);
+
+/// Placement state of all drives.
+#[derive(Debug)]
+pub struct Placement {
+    config: Vec<PlacementConfig>,
+    drives: Mutex<Vec<DriveSpace>>,
+    next_drive: AtomicUsize,
+}
+
+/// A zone's state as the drive reports it, with how much it holds, for start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct ZoneSnapshot {
+    /// Device state.
+    pub state: ZoneState,
+    /// Blocks written.
+    pub written: u64,
+}
+
+impl Placement {
+    /// Placement for drives whose zones are described by `snapshots` (per drive, per zone).
+    /// Zones holding data are sealed; the caller finishes the open ones it got back.
+    pub fn new(drives: &Drives, snapshots: Vec<Vec<ZoneSnapshot>>) -> (Placement, Vec<ZoneId>) {
+        let mut spaces = Vec::new();
+        let mut configs = Vec::new();
+        let mut to_finish = Vec::new();
+        for (drive, zones) in drives.all().iter().zip(snapshots) {
+            let geometry = drive.geometry;
+            let mut space = DriveSpace {
+                geometry,
+                zones: Vec::with_capacity(zones.len()),
+                free: BTreeSet::new(),
+                active: [Vec::new(), Vec::new()],
+                turn: 0,
+            };
+            for (i, snap) in zones.iter().enumerate() {
+                let usage = match snap.state {
+                    ZoneState::Empty => {
+                        space.free.insert(i as u32);
+                        ZoneUse::Free
+                    }
+                    ZoneState::Full => ZoneUse::Sealed,
+                    ZoneState::ReadOnly | ZoneState::Offline => ZoneUse::Bad,
+                    _ => {
+                        // Open or closed with data: finish it so that it holds no resources.
+                        to_finish.push(ZoneId {
+                            drive: drive.id,
+                            zone: i as u32,
+                        });
+                        ZoneUse::Sealed
+                    }
+                };
+                space.zones.push(ZoneSpace {
+                    usage,
+                    written: snap.written,
+                    reserved: 0,
+                    pending: 0,
+                });
+            }
+            configs.push(PlacementConfig::for_geometry(&geometry));
+            spaces.push(space);
+        }
+        (
+            Placement {
+                config: configs,
+                drives: Mutex::new(spaces),
+                next_drive: AtomicUsize::new(0),
+            },
+            to_finish,
+        )
+    }
+
+    /// Reserves space for up to `copies` copies (at least `min`) of a `blocks`-block record on
+    /// distinct drives accepted by `usable`, for writes of `class`. Also returns zones the
+    /// caller must finish.
+    pub fn reserve(
+        &self,
+        class: Class,
+        blocks: u64,
+        copies: usize,
+        min: usize,
+        usable: impl Fn(DriveId) -> bool,
+    ) -> Result<(Vec<Slot>, Vec<ZoneId>), NoSpace> {
+        let mut drives = self.drives.lock();
+        let n = drives.len();
+        let start = self.next_drive.fetch_add(1, Ordering::Relaxed);
+        let mut slots = Vec::with_capacity(copies);
+        let mut to_finish = Vec::new();
+        for i in 0..n {
+            if slots.len() == copies {
+                break;
+            }
+            let d = (start + i) % n;
+            let drive = d as DriveId;
+            if !usable(drive) {
+                continue;
+            }
+            if let Some(slot) = self.reserve_on(&mut drives[d], d, class, blocks, &mut to_finish) {
+                slots.push(slot);
+            }
+        }
+        if slots.len() < min {
+            for slot in &slots {
+                let z = &mut drives[usize::from(slot.drive)].zones[slot.zone as usize];
+                z.reserved -= slot.blocks;
+                z.pending -= 1;
+            }
+            return Err(NoSpace(format!(
+                "{} of {copies} drives have room for {blocks} blocks",
+                slots.len()
+            )));
+        }
+        Ok((slots, to_finish))
+    }
+
+    fn reserve_on(
+        &self,
+        space: &mut DriveSpace,
+        d: usize,
+        class: Class,
+        blocks: u64,
+        to_finish: &mut Vec<ZoneId>,
+    ) -> Option<Slot> {
+        let config = self.config[d];
+        let drive = d as DriveId;
+        if blocks > space.geometry.zone_capacity {
+            return None;
+        }
+        let c = class as usize;
+        let limit = match class {
+            Class::User => config.user_zones,
+            Class::Gc => config.gc_zones,
+        };
+        // Stripe: try the class's open zones in turn.
+        let open = space.active[c].len();
+        for k in 0..open {
+            let zone = space.active[c][(space.turn + k) % open];
+            if space.remaining(zone) >= blocks {
+                space.turn = space.turn.wrapping_add(k + 1);
+                return Some(take(space, drive, zone, blocks));
+            }
+        }
+        // None has room: retire the fullest if at the limit, then open a new zone.
+        if space.active[c].len() >= limit
+            && let Some(&fullest) = space.active[c].iter().min_by_key(|&&z| space.remaining(z))
+        {
+            space.retire(fullest, to_finish, drive);
+        }
+        let reserve = match class {
+            Class::User => config.reserve,
+            Class::Gc => 0,
+        };
+        if space.free.len() <= reserve {
+            return None;
+        }
+        let zone = *space.free.iter().next()?;
+        space.free.remove(&zone);
+        let z = &mut space.zones[zone as usize];
+        z.usage = ZoneUse::Active(class);
+        z.written = 0;
+        z.reserved = 0;
+        z.pending = 0;
+        space.active[c].push(zone);
+        Some(take(space, drive, zone, blocks))
+    }
+
+    /// Records the end of an append into `slot` (`ok` when it landed). Returns a zone to
+    /// finish, if the append closed one.
+    pub fn complete(&self, slot: &Slot, ok: bool) -> Option<ZoneId> {
+        let mut drives = self.drives.lock();
+        let space = &mut drives[usize::from(slot.drive)];
+        let capacity = space.geometry.zone_capacity;
+        let z = &mut space.zones[slot.zone as usize];
+        z.reserved -= slot.blocks;
+        z.pending -= 1;
+        if ok {
+            z.written += slot.blocks;
+        }
+        let usage = z.usage;
+        let (written, pending) = (z.written, z.pending);
+        let mut finish = Vec::new();
+        match usage {
+            ZoneUse::Active(_) if !ok || written >= capacity => {
+                // A failed append leaves the write pointer uncertain: stop using the zone.
+                space.retire(slot.zone, &mut finish, slot.drive);
+            }
+            ZoneUse::Closing if pending == 0 => {
+                space.zones[slot.zone as usize].usage = ZoneUse::Sealed;
+                if written < capacity {
+                    finish.push(ZoneId {
+                        drive: slot.drive,
+                        zone: slot.zone,
+                    });
+                }
+            }
+            _ => {}
+        }
+        finish.pop()
+    }
+
+    /// Free zones on a drive.
+    pub fn free_zones(&self, drive: DriveId) -> usize {
+        self.drives.lock()[usize::from(drive)].free.len()
+    }
+
+    /// Zones of a drive and how many there are.
+    pub fn zone_count(&self, drive: DriveId) -> usize {
+        self.drives.lock()[usize::from(drive)].zones.len()
+    }
+
+    /// The reserve of a drive.
+    pub fn reserve_of(&self, drive: DriveId) -> usize {
+        self.config[usize::from(drive)].reserve
+    }
+
+    /// Sealed zones of a drive with how many blocks they hold (GC candidates).
+    pub fn sealed(&self, drive: DriveId) -> Vec<(u32, u64)> {
+        let drives = self.drives.lock();
+        drives[usize::from(drive)]
+            .zones
+            .iter()
+            .enumerate()
+            .filter(|(_, z)| z.usage == ZoneUse::Sealed && z.written > 0)
+            .map(|(i, z)| (i as u32, z.written))
+            .collect()
+    }
+
+    /// Marks a sealed zone as being collected; false if it is not sealed.
+    pub fn begin_collect(&self, zone: ZoneId) -> bool {
+        let mut drives = self.drives.lock();
+        let z = &mut drives[usize::from(zone.drive)].zones[zone.zone as usize];
+        if z.usage == ZoneUse::Sealed {
+            z.usage = ZoneUse::Collecting;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives up collecting a zone (it stays sealed).
+    pub fn abort_collect(&self, zone: ZoneId) {
+        let mut drives = self.drives.lock();
+        let z = &mut drives[usize::from(zone.drive)].zones[zone.zone as usize];
+        if z.usage == ZoneUse::Collecting {
+            z.usage = ZoneUse::Sealed;
+        }
+    }
+
+    /// A collected zone was reset: it is free again.
+    pub fn reset_done(&self, zone: ZoneId) {
+        let mut drives = self.drives.lock();
+        let space = &mut drives[usize::from(zone.drive)];
+        let z = &mut space.zones[zone.zone as usize];
+        z.usage = ZoneUse::Free;
+        z.written = 0;
+        space.free.insert(zone.zone);
+    }
+
+    /// A zone the drive reports read-only or offline.
+    pub fn mark_bad(&self, zone: ZoneId) {
+        let mut drives = self.drives.lock();
+        let space = &mut drives[usize::from(zone.drive)];
+        for list in &mut space.active {
+            list.retain(|&z| z != zone.zone);
+        }
+        space.free.remove(&zone.zone);
+        space.zones[zone.zone as usize].usage = ZoneUse::Bad;
+    }
+
+    /// How each zone of a drive is used, with blocks written.
+    pub fn usage(&self, drive: DriveId) -> Vec<(ZoneUse, u64)> {
+        self.drives.lock()[usize::from(drive)]
+            .zones
+            .iter()
+            .map(|z| (z.usage, z.written))
+            .collect()
+    }
+}
+
+fn take(space: &mut DriveSpace, drive: DriveId, zone: u32, blocks: u64) -> Slot {
+    let z = &mut space.zones[zone as usize];
+    z.reserved += blocks;
+    z.pending += 1;
+    Slot {
+        drive,
+        zone,
+        zslba: space.geometry.zone_start(zone),
+        blocks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::drives::Drive;
+    use std::sync::Arc;
+    use zns::{EmulatedZns, ZonedDevice};
+
+    fn setup(zones: u32) -> (tempfile::TempDir, Drives, Placement) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Geometry::new(zones, 64 << 10);
+        g.max_append_blocks = 4;
+        let drive = EmulatedZns::create(dir.path(), g).unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(
+            0,
+            "d".into(),
+            Arc::new(drive) as Arc<dyn ZonedDevice>,
+        ))]);
+        let snaps = vec![vec![
+            ZoneSnapshot {
+                state: ZoneState::Empty,
+                written: 0
+            };
+            zones as usize
+        ]];
+        let (p, _) = Placement::new(&drives, snaps);
+        (dir, drives, p)
+    }
+
+    #[test]
+    fn user_writes_stop_at_the_reserve_but_gc_may_use_it() {
+        let (_d, _drives, p) = setup(4);
+        let reserve = p.reserve_of(0);
+        let mut user_slots = 0;
+        while let Ok((slots, _)) = p.reserve(Class::User, 16, 1, 1, |_| true) {
+            for s in &slots {
+                p.complete(s, true);
+            }
+            user_slots += 1;
+            assert!(user_slots < 100);
+        }
+        assert_eq!(p.free_zones(0), reserve);
+        let (slots, _) = p
+            .reserve(Class::Gc, 16, 1, 1, |_| true)
+            .expect("GC may use the reserve");
+        assert_eq!(slots.len(), 1);
+    }
+
+    #[test]
+    fn writes_stripe_over_open_zones() {
+        let (_d, _drives, p) = setup(16);
+        let zones: std::collections::HashSet<u32> = (0..8)
+            .map(|_| p.reserve(Class::User, 1, 1, 1, |_| true).unwrap().0[0].zone)
+            .collect();
+        assert!(zones.len() >= 2, "appends use several zones: {zones:?}");
+    }
+
+    #[test]
+    fn gc_and_user_data_never_share_a_zone() {
+        let (_d, _drives, p) = setup(16);
+        let u = p.reserve(Class::User, 1, 1, 1, |_| true).unwrap().0[0];
+        let g = p.reserve(Class::Gc, 1, 1, 1, |_| true).unwrap().0[0];
+        assert_ne!(u.zone, g.zone);
+    }
+}

@@ -1,0 +1,175 @@
+//! Reading: an object's bytes are streamed extent by extent, a few extents ahead, each read
+//! whole from one copy and checked (its header says it is the extent wanted, its CRC matches);
+//! on an error, a timeout or a mismatch the next copy is tried, so a client never sees the
+//! fault. Memory per reader is bounded by the read-ahead.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use super::EngineInner;
+use super::error::{EngineError, EngineResult};
+use super::gate::Ticket;
+use super::model::{Extent, Location, ObjectMeta};
+use super::record::{self, Kind};
+
+/// Extents read ahead of the one being sent.
+const READ_AHEAD: usize = 4;
+/// How long one copy may take before the next is tried.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One extent to read and the part of its payload wanted.
+#[derive(Debug, Clone)]
+struct Piece {
+    stream_id: u64,
+    offset: u64,
+    extent: Extent,
+    want: Range<usize>,
+}
+
+/// A stream of body chunks.
+pub type BodyStream = BoxStream<'static, EngineResult<Bytes>>;
+
+impl EngineInner {
+    /// The pieces that make up `range` of an object.
+    fn plan(&self, meta: &ObjectMeta, range: Range<u64>) -> EngineResult<Vec<Piece>> {
+        let mut pieces = Vec::new();
+        let mut stream_start = 0u64;
+        for s in &meta.streams {
+            let stream_end = stream_start + s.length;
+            if stream_end > range.start && stream_start < range.end {
+                let from = range.start.saturating_sub(stream_start);
+                let to = (range.end - stream_start).min(s.length);
+                for (offset, extent) in self.index.stream_extents(s.stream_id, from)? {
+                    let end = offset + u64::from(extent.length);
+                    if offset >= to {
+                        break;
+                    }
+                    let a = from.max(offset) - offset;
+                    let b = to.min(end) - offset;
+                    pieces.push(Piece {
+                        stream_id: s.stream_id,
+                        offset,
+                        extent,
+                        want: a as usize..b as usize,
+                    });
+                }
+            }
+            stream_start = stream_end;
+        }
+        let total: usize = pieces.iter().map(|p| p.want.len()).sum();
+        if total as u64 != range.end - range.start {
+            return Err(EngineError::Corrupt(format!(
+                "the index holds {total} of the {} bytes asked for",
+                range.end - range.start
+            )));
+        }
+        Ok(pieces)
+    }
+
+    /// Streams `range` of the object described by `meta`.
+    pub(crate) fn read_stream(
+        self: &Arc<Self>,
+        meta: &ObjectMeta,
+        range: Range<u64>,
+        ticket: Ticket,
+    ) -> EngineResult<BodyStream> {
+        let pieces = self.plan(meta, range)?;
+        let engine = self.clone();
+        let body = stream::iter(pieces)
+            .map(move |piece| {
+                let engine = engine.clone();
+                async move { engine.read_piece(piece).await }
+            })
+            .buffered(READ_AHEAD)
+            .map(move |chunk| {
+                // The ticket lives as long as the stream.
+                let _ = &ticket;
+                chunk
+            });
+        Ok(body.boxed())
+    }
+
+    /// Copies ordered by preference: drives that are up, least busy first.
+    fn order(&self, replicas: &[Location]) -> Vec<Location> {
+        let mut v = replicas.to_vec();
+        v.sort_by_key(|l| match self.drives.of(l) {
+            Some(d) => (!d.is_up(), d.in_flight.load(Ordering::Relaxed)),
+            None => (true, i64::MAX),
+        });
+        v
+    }
+
+    async fn read_piece(&self, mut piece: Piece) -> EngineResult<Bytes> {
+        let mut last_error = String::new();
+        for attempt in 0..2 {
+            for location in self.order(&piece.extent.replicas) {
+                match self.read_copy(&piece, location).await {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) => {
+                        self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            drive = location.drive,
+                            lba = location.lba,
+                            "read of an extent copy failed, trying another: {e}"
+                        );
+                        last_error = e;
+                    }
+                }
+            }
+            if attempt == 0 {
+                // GC may have moved it since the lookup: look again.
+                match self.index.extent(piece.stream_id, piece.offset)? {
+                    Some(e) if e.replicas != piece.extent.replicas => piece.extent = e,
+                    _ => break,
+                }
+            }
+        }
+        Err(EngineError::Corrupt(format!(
+            "no readable copy of stream {} offset {}: {last_error}",
+            piece.stream_id, piece.offset
+        )))
+    }
+
+    async fn read_copy(&self, piece: &Piece, location: Location) -> Result<Bytes, String> {
+        let drive = self.drives.of(&location).ok_or("unknown drive")?;
+        drive.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(
+            READ_TIMEOUT,
+            drive.device.read(location.lba, location.blocks),
+        )
+        .await;
+        drive.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let bytes = match result {
+            Ok(r) => {
+                drive.note(&r);
+                r.map_err(|e| e.to_string())?
+            }
+            Err(_) => return Err(format!("timed out after {READ_TIMEOUT:?}")),
+        };
+        let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
+            if matches!(e, record::RecordError::Checksum { .. }) {
+                self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            e.to_string()
+        })?;
+        let h = &parsed.header;
+        if h.kind != Kind::Data
+            || h.id != piece.stream_id
+            || h.offset != piece.offset
+            || parsed.crc != piece.extent.crc
+        {
+            return Err("the record there is not the extent wanted (moved or overwritten)".into());
+        }
+        let payload =
+            parsed.payload.start + piece.want.start..parsed.payload.start + piece.want.end;
+        if payload.end > parsed.payload.end {
+            return Err("extent shorter than the index says".into());
+        }
+        Ok(bytes.slice(payload))
+    }
+}

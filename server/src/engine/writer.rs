@@ -1,0 +1,432 @@
+//! Writing: records appended with Zone Append to as many drives as the replication factor asks
+//! (the drive picks the LBA), and the streaming PUT writer, which cuts a body into extents no
+//! larger than the zone append limit, appends several at once, and holds no more than a few
+//! extents of the body in memory.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use tokio::task::JoinHandle;
+use zns::{ZoneAction, ZoneSelect};
+
+use super::EngineInner;
+use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
+use super::error::{EngineError, EngineResult};
+use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
+use super::placement::NoSpace;
+use super::record::{self, Header, Kind, RecordBuilder};
+
+/// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
+const IN_FLIGHT_PER_UPLOAD: usize = 4;
+
+impl EngineInner {
+    /// Finishes zones placement stopped using (frees their open and active resources).
+    pub(crate) fn finish_zones(&self, zones: Vec<ZoneId>) {
+        for zone in zones {
+            let Some(drive) = self.drives.get(zone.drive).cloned() else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let zslba = drive.geometry.zone_start(zone.zone);
+                if let Err(e) = drive
+                    .device
+                    .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
+                    .await
+                {
+                    tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Appends `record` to `copies` drives (at least `quorum` must succeed) for writes of
+    /// `class`, restricted to `only` if given. Returns where the copies landed.
+    pub(crate) async fn append_record(
+        &self,
+        record: Bytes,
+        class: Class,
+        copies: usize,
+        quorum: usize,
+        only: Option<u16>,
+    ) -> EngineResult<Vec<Location>> {
+        let mut locations = Vec::with_capacity(copies);
+        let mut tried: Vec<u16> = Vec::new();
+        for _round in 0..3 {
+            let missing = copies - locations.len();
+            if missing == 0 {
+                break;
+            }
+            let usable = |d: u16| {
+                only.is_none_or(|o| o == d)
+                    && !tried.contains(&d)
+                    && self.drives.get(d).is_some_and(|drive| drive.is_up())
+            };
+            let up = self.drives.all().iter().filter(|d| usable(d.id)).count();
+            if up == 0 {
+                break;
+            }
+            let blocks = (record.len() as u64).div_ceil(self.block_size);
+            let min = (quorum.saturating_sub(locations.len())).clamp(1, missing);
+            let (slots, finish) = match self.placement.reserve(class, blocks, missing, min, usable)
+            {
+                Ok(x) => x,
+                Err(NoSpace(reason)) => {
+                    if locations.len() >= quorum {
+                        break;
+                    }
+                    return Err(EngineError::NoSpace(reason));
+                }
+            };
+            self.finish_zones(finish);
+            let appends = slots.iter().map(|slot| {
+                let drive = self.drives.get(slot.drive).cloned();
+                let record = record.clone();
+                let slot = *slot;
+                async move {
+                    let Some(drive) = drive else {
+                        return (
+                            slot,
+                            Err(zns::ZoneError::Unavailable("unknown drive".into())),
+                        );
+                    };
+                    let result = drive.device.append(slot.zslba, record).await;
+                    drive.note(&result);
+                    (slot, result)
+                }
+            });
+            for (slot, result) in futures::future::join_all(appends).await {
+                tried.push(slot.drive);
+                let ok = result.is_ok();
+                if let Some(zone) = self.placement.complete(&slot, ok) {
+                    self.finish_zones(vec![zone]);
+                }
+                match result {
+                    Ok(lba) => {
+                        self.stats.add_written(class, slot.blocks * self.block_size);
+                        locations.push(Location {
+                            drive: slot.drive,
+                            lba,
+                            blocks: slot.blocks as u32,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(drive = slot.drive, "append failed: {e}");
+                        if e.kind() == zns::ZoneErrorKind::ZoneIsReadOnly
+                            || e.kind() == zns::ZoneErrorKind::ZoneIsOffline
+                        {
+                            self.placement.mark_bad(ZoneId {
+                                drive: slot.drive,
+                                zone: slot.zone,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if locations.len() >= quorum {
+            if locations.len() < copies {
+                self.stats
+                    .under_replicated_writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(locations)
+        } else {
+            Err(EngineError::Unavailable(format!(
+                "stored {} of the {quorum} copies a write needs",
+                locations.len()
+            )))
+        }
+    }
+
+    /// Appends a record holding `payload` with the replication the engine is configured for.
+    pub(crate) async fn append_small(
+        &self,
+        header: &Header,
+        payload: &[u8],
+    ) -> EngineResult<Vec<Location>> {
+        let record = record::encode(header, payload, self.block_size as usize);
+        self.append_record(record, Class::User, self.replicas(), self.quorum(), None)
+            .await
+    }
+}
+
+/// What a stream becomes when it is finished.
+#[derive(Debug, Clone)]
+pub(crate) enum Purpose {
+    /// The body of a PUT.
+    Object,
+    /// A part of a multipart upload.
+    Part {
+        /// Upload.
+        upload_id: u64,
+        /// Part number.
+        part_number: u32,
+    },
+}
+
+/// Streams a body into the log. Dropping it without [`PutWriter::finish`] abandons the body
+/// (what was appended becomes garbage for GC).
+pub struct PutWriter {
+    engine: Arc<EngineInner>,
+    bucket: String,
+    key: String,
+    purpose: Purpose,
+    stream_id: u64,
+    builder: Option<RecordBuilder>,
+    offset: u64,
+    in_flight: VecDeque<JoinHandle<EngineResult<NewExtent>>>,
+    extents: Vec<NewExtent>,
+}
+
+impl std::fmt::Debug for PutWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutWriter")
+            .field("bucket", &self.bucket)
+            .field("key", &self.key)
+            .field("stream_id", &self.stream_id)
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl PutWriter {
+    pub(crate) fn new(
+        engine: Arc<EngineInner>,
+        bucket: &str,
+        key: &str,
+        purpose: Purpose,
+    ) -> EngineResult<PutWriter> {
+        let stream_id = engine.seq.next()?;
+        Ok(PutWriter {
+            engine,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            purpose,
+            stream_id,
+            builder: None,
+            offset: 0,
+            in_flight: VecDeque::new(),
+            extents: Vec::new(),
+        })
+    }
+
+    /// Bytes accepted so far.
+    pub fn len(&self) -> u64 {
+        self.offset + self.builder.as_ref().map_or(0, |b| b.payload_len() as u64)
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn new_builder(&self) -> RecordBuilder {
+        let header = Header {
+            kind: Kind::Data,
+            seq: self.stream_id,
+            write_seq: self.stream_id,
+            id: self.stream_id,
+            offset: self.offset,
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+        };
+        let header_len = record::header_len(&self.bucket, &self.key);
+        let capacity = self.engine.record_limit as usize - header_len;
+        RecordBuilder::new(&header, capacity, self.engine.block_size as usize)
+    }
+
+    /// Adds body bytes; appends extents as they fill.
+    pub async fn write(&mut self, mut chunk: Bytes) -> EngineResult<()> {
+        while chunk.has_remaining() {
+            if self.builder.is_none() {
+                self.builder = Some(self.new_builder());
+            }
+            let builder = self.builder.as_mut().expect("just set");
+            let n = chunk.len().min(builder.remaining());
+            builder.payload_mut().extend_from_slice(&chunk[..n]);
+            chunk.advance(n);
+            if builder.remaining() == 0 {
+                self.seal().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the current extent to the drives.
+    async fn seal(&mut self) -> EngineResult<()> {
+        let Some(builder) = self.builder.take() else {
+            return Ok(());
+        };
+        let length = builder.payload_len() as u32;
+        if length == 0 {
+            return Ok(());
+        }
+        let offset = self.offset;
+        self.offset += u64::from(length);
+        let record = builder.finish();
+        let crc = u32::from_le_bytes(record[52..56].try_into().expect("4 bytes"));
+        let engine = self.engine.clone();
+        let stream_id = self.stream_id;
+        self.in_flight.push_back(tokio::spawn(async move {
+            let replicas = engine
+                .append_record(
+                    record,
+                    Class::User,
+                    engine.replicas(),
+                    engine.quorum(),
+                    None,
+                )
+                .await?;
+            Ok(NewExtent {
+                stream_id,
+                offset,
+                extent: Extent {
+                    length,
+                    crc,
+                    replicas,
+                },
+            })
+        }));
+        while self.in_flight.len() >= IN_FLIGHT_PER_UPLOAD {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> EngineResult<()> {
+        if let Some(task) = self.in_flight.pop_front() {
+            let extent = task
+                .await
+                .map_err(|e| EngineError::Internal(format!("append task failed: {e}")))??;
+            self.extents.push(extent);
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> EngineResult<(Vec<NewExtent>, StreamRef)> {
+        self.seal().await?;
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok((
+            std::mem::take(&mut self.extents),
+            StreamRef {
+                stream_id: self.stream_id,
+                length: self.offset,
+            },
+        ))
+    }
+
+    /// Makes the body an object version with `meta` (size and streams are filled in) if
+    /// `condition` holds. Returns the manifest as stored.
+    pub async fn finish_object(
+        mut self,
+        mut meta: ObjectMeta,
+        condition: Condition,
+    ) -> EngineResult<ObjectMeta> {
+        let Purpose::Object = self.purpose else {
+            return Err(EngineError::Internal(
+                "finish_object on a part writer".into(),
+            ));
+        };
+        let (extents, stream) = self.drain().await?;
+        let engine = self.engine.clone();
+        meta.seq = engine.seq.next()?;
+        meta.size = stream.length;
+        meta.streams = vec![stream];
+        meta.last_modified_ms = now_ms();
+        let header = Header {
+            kind: Kind::Commit,
+            seq: meta.seq,
+            write_seq: meta.seq,
+            id: meta.seq,
+            offset: 0,
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+        };
+        let commit = engine.append_small(&header, &meta.encode()).await?;
+        let change = Change::PutObject {
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            meta: meta.clone(),
+            commit,
+            extents,
+            condition,
+        };
+        match engine.committer.submit(change).await? {
+            Outcome::Done | Outcome::Superseded | Outcome::NotFound => {}
+        }
+        engine
+            .stats
+            .puts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        engine
+            .stats
+            .user_bytes
+            .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
+        Ok(meta)
+    }
+
+    /// Makes the body a part of its upload, with ETag `etag` and `checksums`.
+    pub async fn finish_part(
+        mut self,
+        etag: String,
+        checksums: Vec<super::model::Checksum>,
+    ) -> EngineResult<PartEntry> {
+        let Purpose::Part {
+            upload_id,
+            part_number,
+        } = self.purpose
+        else {
+            return Err(EngineError::Internal(
+                "finish_part on an object writer".into(),
+            ));
+        };
+        let (extents, stream) = self.drain().await?;
+        let engine = self.engine.clone();
+        let seq = engine.seq.next()?;
+        let mut part = PartEntry {
+            part_number,
+            seq,
+            etag,
+            size: stream.length,
+            stream_id: stream.stream_id,
+            checksums,
+            last_modified_ms: now_ms(),
+            location: Vec::new(),
+        };
+        let header = Header {
+            kind: Kind::Part,
+            seq,
+            write_seq: seq,
+            id: upload_id,
+            offset: u64::from(part_number),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+        };
+        part.location = engine.append_small(&header, &part.payload()).await?;
+        engine
+            .committer
+            .submit(Change::PutPart {
+                upload_id,
+                part: part.clone(),
+                extents,
+            })
+            .await?;
+        engine
+            .stats
+            .user_bytes
+            .fetch_add(part.size, std::sync::atomic::Ordering::Relaxed);
+        Ok(part)
+    }
+}
+
+impl Drop for PutWriter {
+    fn drop(&mut self) {
+        // Appends still running complete on their own; their records are garbage.
+        for task in self.in_flight.drain(..) {
+            drop(task);
+        }
+    }
+}

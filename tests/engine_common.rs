@@ -1,0 +1,126 @@
+//! Helpers for the engine tests: an engine over emulated drives in a temporary directory, and
+//! whole-object put/get.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use zns::{EmulatedZns, Geometry, ZonedDevice};
+use zonestore::engine::commit::Condition;
+use zonestore::engine::model::ObjectMeta;
+use zonestore::engine::{DriveSpec, Engine, EngineConfig, EngineResult};
+
+/// A small drive: many small zones, 64 KiB appends.
+pub fn small_geometry(zones: u32, zone_bytes: u64) -> Geometry {
+    let mut g = Geometry::new(zones, zone_bytes);
+    g.max_append_blocks = 16;
+    g.max_open = Some(8);
+    g.max_active = Some(8);
+    g
+}
+
+/// Opens (or creates) `drives` emulated drives under `dir` and an engine over them.
+pub async fn open_engine(
+    dir: &Path,
+    drives: usize,
+    geometry: Geometry,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> (Engine, Vec<EmulatedZns>) {
+    let mut specs = Vec::new();
+    let mut emulated = Vec::new();
+    for i in 0..drives {
+        let d =
+            EmulatedZns::open_or_create(&dir.join(format!("drive{i}")), geometry).expect("drive");
+        emulated.push(d.clone());
+        specs.push(DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(d) as Arc<dyn ZonedDevice>,
+        });
+    }
+    let mut config = EngineConfig::new(dir.join("index"), drives);
+    tune(&mut config);
+    let (engine, _) = Engine::open(config, specs).await.expect("engine opens");
+    (engine, emulated)
+}
+
+/// The drive specs for the drives under `dir` (for a rebuild).
+pub fn drive_specs(emulated: &[EmulatedZns]) -> Vec<DriveSpec> {
+    emulated
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(d.clone()) as Arc<dyn ZonedDevice>,
+        })
+        .collect()
+}
+
+/// Deterministic content for a key and version.
+pub fn content(key: &str, version: u64, len: usize) -> Vec<u8> {
+    let seed = key.bytes().fold(version.wrapping_mul(1_000_003), |a, b| {
+        a.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes an object in 100 KiB chunks.
+pub async fn put(
+    engine: &Engine,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+) -> EngineResult<ObjectMeta> {
+    put_if(engine, bucket, key, data, Condition::None).await
+}
+
+/// Writes an object under a condition.
+pub async fn put_if(
+    engine: &Engine,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+    condition: Condition,
+) -> EngineResult<ObjectMeta> {
+    let mut writer = engine.put(bucket, key)?;
+    for chunk in data.chunks(100 << 10) {
+        writer.write(Bytes::copy_from_slice(chunk)).await?;
+    }
+    let meta = ObjectMeta {
+        etag: format!("{:x}", data.len()),
+        owner: "tester".into(),
+        ..ObjectMeta::default()
+    };
+    writer.finish_object(meta, condition).await
+}
+
+/// Reads a whole object.
+pub async fn get(engine: &Engine, bucket: &str, key: &str) -> EngineResult<Vec<u8>> {
+    let meta = engine.head(bucket, key)?;
+    read_range(engine, &meta, 0, meta.size).await
+}
+
+/// Reads a range of an object.
+pub async fn read_range(
+    engine: &Engine,
+    meta: &ObjectMeta,
+    start: u64,
+    end: u64,
+) -> EngineResult<Vec<u8>> {
+    let mut stream = engine.read(meta, start..end)?;
+    let mut out = Vec::with_capacity((end - start) as usize);
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
