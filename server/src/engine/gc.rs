@@ -259,9 +259,28 @@ impl EngineInner {
         Ok(())
     }
 
-    /// The best victim among the drive's sealed zones, if any has garbage.
+    /// Whether GC is reclaiming space now or has something to reclaim on some drive.
+    pub(crate) fn can_reclaim(&self) -> bool {
+        if !self.gc.enabled.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.gc.busy.load(Ordering::SeqCst) {
+            return true;
+        }
+        let policy = self.gc.config.lock().policy;
+        self.drives
+            .all()
+            .iter()
+            .any(|d| self.choose_victim(d.id, policy).is_some())
+    }
+
+    /// The best victim among the drive's sealed zones, if any has enough garbage to be worth
+    /// moving its live data: at least an eighth of a zone and a whole record, or collecting
+    /// would consume as much space (in GC zones) as it frees.
     fn choose_victim(&self, drive: DriveId, policy: Policy) -> Option<ZoneId> {
-        let capacity = self.drives.get(drive)?.geometry.zone_capacity_bytes() as f64;
+        let capacity_bytes = self.drives.get(drive)?.geometry.zone_capacity_bytes();
+        let capacity = capacity_bytes as f64;
+        let worth = (capacity_bytes / 8).max(self.record_limit);
         let now = now_ms();
         self.placement
             .sealed(drive)
@@ -269,10 +288,10 @@ impl EngineInner {
             .filter_map(|(zone, _)| {
                 let id = ZoneId { drive, zone };
                 let account = self.accounts.get(id);
-                let u = (account.valid_bytes as f64 / capacity).min(1.0);
-                if u >= 0.999 {
+                if capacity_bytes.saturating_sub(account.valid_bytes) < worth {
                     return None;
                 }
+                let u = (account.valid_bytes as f64 / capacity).min(1.0);
                 let age = (now.saturating_sub(account.last_write_ms) as f64 / 1000.0) + 1.0;
                 let score = match policy {
                     Policy::Greedy => 1.0 - u,

@@ -611,7 +611,6 @@ mod tests {
         for (stream, off) in [(1u64, 0u64), (1, 100), (1, 200), (2, 0)] {
             let e = Extent {
                 length: 100,
-                crc: 0,
                 replicas: vec![],
             };
             batch.put_cf(index.cf(cf::EXTENTS), extent_key(stream, off), e.encode());

@@ -41,9 +41,8 @@ pub struct ZoneStamp {
 pub struct Extent {
     /// Payload bytes.
     pub length: u32,
-    /// The record's CRC (identical on every copy of the same write).
-    pub crc: u32,
-    /// Copies, one per drive.
+    /// Copies, one per drive. (Each copy's record carries its own CRC; copies moved by GC
+    /// differ in their write sequence number, so the CRCs of copies may differ.)
     pub replicas: Vec<Location>,
 }
 
@@ -237,7 +236,7 @@ impl Extent {
     /// Encodes an extents-CF value.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u8(1).u32(self.length).u32(self.crc);
+        e.u8(2).u32(self.length);
         put_locations(&mut e, &self.replicas);
         e.finish()
     }
@@ -245,10 +244,9 @@ impl Extent {
     /// Decodes an extents-CF value.
     pub fn decode(bytes: &[u8]) -> Result<Extent, DecodeError> {
         let mut d = Dec::new(bytes);
-        d.version(1, "extent")?;
+        d.version(2, "extent")?;
         Ok(Extent {
             length: d.u32()?,
-            crc: d.u32()?,
             replicas: get_locations(&mut d)?,
         })
     }
@@ -607,7 +605,6 @@ mod tests {
         assert_eq!(ObjectEntry::decode(&o.encode()).unwrap(), o);
         let x = Extent {
             length: 100,
-            crc: 5,
             replicas: vec![loc, loc],
         };
         assert_eq!(Extent::decode(&x.encode()).unwrap(), x);

@@ -206,6 +206,20 @@ impl Placement {
         min: usize,
         usable: impl Fn(DriveId) -> bool,
     ) -> Result<(Vec<Slot>, Vec<ZoneId>), NoSpace> {
+        self.reserve_with(class, false, blocks, copies, min, usable)
+    }
+
+    /// Like [`Placement::reserve`]; `frees_space` marks records that let space be reclaimed
+    /// (tombstones, aborts): they may dip into the reserve, all but the one zone GC needs.
+    pub fn reserve_with(
+        &self,
+        class: Class,
+        frees_space: bool,
+        blocks: u64,
+        copies: usize,
+        min: usize,
+        usable: impl Fn(DriveId) -> bool,
+    ) -> Result<(Vec<Slot>, Vec<ZoneId>), NoSpace> {
         let mut drives = self.drives.lock();
         let n = drives.len();
         let start = self.next_drive.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +234,14 @@ impl Placement {
             if !usable(drive) {
                 continue;
             }
-            if let Some(slot) = self.reserve_on(&mut drives[d], d, class, blocks, &mut to_finish) {
+            if let Some(slot) = self.reserve_on(
+                &mut drives[d],
+                d,
+                class,
+                frees_space,
+                blocks,
+                &mut to_finish,
+            ) {
                 slots.push(slot);
             }
         }
@@ -243,6 +264,7 @@ impl Placement {
         space: &mut DriveSpace,
         d: usize,
         class: Class,
+        frees_space: bool,
         blocks: u64,
         to_finish: &mut Vec<ZoneId>,
     ) -> Option<Slot> {
@@ -272,6 +294,7 @@ impl Placement {
             space.retire(fullest, to_finish, drive);
         }
         let reserve = match class {
+            Class::User if frees_space => config.reserve.min(1),
             Class::User => config.reserve,
             Class::Gc => 0,
         };

@@ -44,15 +44,14 @@ struct Found {
     header: record::Header,
     location: Location,
     payload: Vec<u8>,
-    crc: u32,
     length: u32,
 }
 
 /// One version of a logical record: its copies, the payload of one copy, its kind.
 type Version = (Vec<Location>, Vec<u8>, Kind);
 
-/// The best copy of a data record on one drive: write_seq, location, payload length, CRC.
-type DataCopy = (u64, Location, u32, u32);
+/// The best copy of a data record on one drive: write_seq, location, payload length.
+type DataCopy = (u64, Location, u32);
 
 /// The copies of one logical record (same kind, identity and sequence number).
 #[derive(Debug, Clone, Default)]
@@ -153,10 +152,7 @@ pub async fn rebuild(
                             .get(&f.location.drive)
                             .is_none_or(|c| c.0 < h.write_seq);
                         if newer {
-                            copies.insert(
-                                f.location.drive,
-                                (h.write_seq, f.location, f.length, f.crc),
-                            );
+                            copies.insert(f.location.drive, (h.write_seq, f.location, f.length));
                         }
                     }
                     Kind::Commit | Kind::Tombstone => objects
@@ -201,7 +197,6 @@ pub async fn rebuild(
                 offset,
                 Extent {
                     length: any.2,
-                    crc: any.3,
                     replicas,
                 },
             ));
@@ -446,7 +441,6 @@ async fn scan_zone(
                         } else {
                             buf[p.payload.clone()].to_vec()
                         },
-                        crc: p.crc,
                         length: p.payload.len() as u32,
                         header: p.header,
                     });
@@ -509,10 +503,9 @@ pub fn canonical_dump(index: &Index) -> EngineResult<Vec<String>> {
         for s in &o.meta.streams {
             for (offset, e) in index.stream_extents(s.stream_id, 0)? {
                 lines.push(format!(
-                    "  extent {}+{offset} len={} crc={:08x} at={:?}",
+                    "  extent {}+{offset} len={} at={:?}",
                     s.stream_id,
                     e.length,
-                    e.crc,
                     sorted(&e.replicas)
                 ));
             }

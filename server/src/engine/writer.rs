@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::task::JoinHandle;
@@ -19,6 +20,8 @@ use super::record::{self, Header, Kind, RecordBuilder};
 
 /// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
 const IN_FLIGHT_PER_UPLOAD: usize = 4;
+/// How long a write waits for GC to free space before it fails for lack of space.
+const SPACE_WAIT: Duration = Duration::from_secs(10);
 
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
@@ -50,9 +53,26 @@ impl EngineInner {
         quorum: usize,
         only: Option<u16>,
     ) -> EngineResult<Vec<Location>> {
+        self.append_record_with(record, class, false, copies, quorum, only)
+            .await
+    }
+
+    /// [`EngineInner::append_record`] for records that let space be reclaimed (they may use
+    /// part of the reserve).
+    pub(crate) async fn append_record_with(
+        &self,
+        record: Bytes,
+        class: Class,
+        frees_space: bool,
+        copies: usize,
+        quorum: usize,
+        only: Option<u16>,
+    ) -> EngineResult<Vec<Location>> {
         let mut locations = Vec::with_capacity(copies);
         let mut tried: Vec<u16> = Vec::new();
-        for _round in 0..3 {
+        let deadline = Instant::now() + SPACE_WAIT;
+        let mut rounds = 0;
+        while rounds < 3 {
             let missing = copies - locations.len();
             if missing == 0 {
                 break;
@@ -68,16 +88,27 @@ impl EngineInner {
             }
             let blocks = (record.len() as u64).div_ceil(self.block_size);
             let min = (quorum.saturating_sub(locations.len())).clamp(1, missing);
-            let (slots, finish) = match self.placement.reserve(class, blocks, missing, min, usable)
-            {
-                Ok(x) => x,
-                Err(NoSpace(reason)) => {
-                    if locations.len() >= quorum {
-                        break;
+            let (slots, finish) =
+                match self
+                    .placement
+                    .reserve_with(class, frees_space, blocks, missing, min, usable)
+                {
+                    Ok(x) => x,
+                    Err(NoSpace(reason)) => {
+                        if locations.len() >= quorum {
+                            break;
+                        }
+                        // Out of room: if GC can reclaim space, wait for it (writes slow down
+                        // instead of failing); otherwise the store is truly full.
+                        if class == Class::User && Instant::now() < deadline && self.can_reclaim() {
+                            self.gc.nudge();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        return Err(EngineError::NoSpace(reason));
                     }
-                    return Err(EngineError::NoSpace(reason));
-                }
-            };
+                };
+            rounds += 1;
             self.finish_zones(finish);
             let appends = slots.iter().map(|slot| {
                 let drive = self.drives.get(slot.drive).cloned();
@@ -145,9 +176,22 @@ impl EngineInner {
         header: &Header,
         payload: &[u8],
     ) -> EngineResult<Vec<Location>> {
+        // Tombstones and upload ends may use part of the reserve: deleting must work on a full
+        // drive, since it is how space comes back.
+        let frees_space = matches!(
+            header.kind,
+            Kind::Tombstone | Kind::BucketDelete | Kind::UploadEnd
+        );
         let record = record::encode(header, payload, self.block_size as usize);
-        self.append_record(record, Class::User, self.replicas(), self.quorum(), None)
-            .await
+        self.append_record_with(
+            record,
+            Class::User,
+            frees_space,
+            self.replicas(),
+            self.quorum(),
+            None,
+        )
+        .await
     }
 }
 
@@ -265,7 +309,6 @@ impl PutWriter {
         let offset = self.offset;
         self.offset += u64::from(length);
         let record = builder.finish();
-        let crc = u32::from_le_bytes(record[52..56].try_into().expect("4 bytes"));
         let engine = self.engine.clone();
         let stream_id = self.stream_id;
         self.in_flight.push_back(tokio::spawn(async move {
@@ -281,11 +324,7 @@ impl PutWriter {
             Ok(NewExtent {
                 stream_id,
                 offset,
-                extent: Extent {
-                    length,
-                    crc,
-                    replicas,
-                },
+                extent: Extent { length, replicas },
             })
         }));
         while self.in_flight.len() >= IN_FLIGHT_PER_UPLOAD {
