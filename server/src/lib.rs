@@ -1,6 +1,14 @@
 //! The Zonestore server: the object engine over zoned drives and the pieces of the `zonestore`
-//! binary.
+//! binary (configuration, drive attachment, S3 and admin serving, metrics, recovery).
 
+pub mod admin;
+pub mod config;
 pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod recover;
+pub mod s3;
+pub mod serve;
 pub mod size;
 pub mod storage_node;
+pub mod targets;

@@ -1,11 +1,16 @@
 //! The `zonestore` binary: command line parsing and process lifecycle. Everything else lives in
 //! the library.
 
+mod admin_client;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use zonestore::config::{Config, TlsSection, User};
+use zonestore::serve::Server;
 use zonestore::size::parse_size;
 use zonestore::storage_node::{StorageNode, StorageNodeConfig};
 
@@ -19,8 +24,88 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve S3. With no flags: three emulated ZNS drives under ./zonestore-data, each behind
+    /// a loopback NVMe/TCP target, reached through the NVMe/TCP host.
+    Serve(ServeArgs),
     /// Run a storage node: one emulated ZNS drive exported over NVMe/TCP.
     Target(TargetArgs),
+    /// Talk to a running server's admin API.
+    Admin(admin_client::AdminArgs),
+    /// Offline recovery of the index (the server must be stopped).
+    Recover(RecoverArgs),
+}
+
+/// Which drives, and where the data lives (shared by `serve` and `recover`).
+#[derive(Args, Debug)]
+struct DriveArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (index, embedded drives, generated credentials).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Attach a drive instead of the embedded default: nvme-tcp://HOST:PORT/NQN,
+    /// nvme-tcp://HOST:PORT (every subsystem its discovery controller lists) or
+    /// zns-file://DIR (a local emulated drive, without the fabric). Repeatable.
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Host NQN to connect to targets as.
+    #[arg(long)]
+    host_nqn: Option<String>,
+    /// Embedded default: number of drives.
+    #[arg(long)]
+    drives: Option<usize>,
+    /// Embedded default and zns-file drives: zones per drive.
+    #[arg(long)]
+    zones: Option<u32>,
+    /// Embedded default and zns-file drives: zone size, e.g. 64M.
+    #[arg(long)]
+    zone_size: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    drives: DriveArgs,
+    /// S3 address [default: 127.0.0.1:9000].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin API and /metrics address [default: the S3 port + 1].
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Access key of a user (with --secret-key).
+    #[arg(long, env = "ZONESTORE_ACCESS_KEY")]
+    access_key: Option<String>,
+    /// Secret key of that user.
+    #[arg(long, env = "ZONESTORE_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Replication factor R.
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Write quorum W.
+    #[arg(long)]
+    write_quorum: Option<usize>,
+    /// PEM certificate chain for HTTPS (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// GC policy: cost-benefit or greedy.
+    #[arg(long)]
+    gc_policy: Option<String>,
+    /// Seconds to let requests in flight finish on shutdown.
+    #[arg(long, default_value_t = 30)]
+    drain_seconds: u64,
+}
+
+#[derive(Args, Debug)]
+struct RecoverArgs {
+    #[command(flatten)]
+    drives: DriveArgs,
+    /// Rebuild the whole index from a scan of the zones (the old index is kept aside).
+    #[arg(long)]
+    rebuild_index: bool,
 }
 
 #[derive(Args, Debug)]
@@ -59,8 +144,140 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The configuration: the file (if any) with the flags applied over it.
+fn config_of(args: &DriveArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(data) = &args.data {
+        config.data_dir = data.clone();
+    }
+    if !args.targets.is_empty() {
+        config.targets = args.targets.clone();
+    }
+    if let Some(nqn) = &args.host_nqn {
+        config.host_nqn = Some(nqn.clone());
+    }
+    if let Some(d) = args.drives {
+        config.embedded.drives = d;
+    }
+    if let Some(z) = args.zones {
+        config.embedded.zones = z;
+    }
+    if let Some(s) = &args.zone_size {
+        config.embedded.zone_size = s.clone();
+    }
+    Ok(config)
+}
+
+fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = config_of(&args.drives)?;
+    if let Some(l) = &args.listen {
+        config.listen = l.clone();
+    }
+    if let Some(l) = &args.admin_listen {
+        config.admin_listen = Some(l.clone());
+    }
+    match (&args.access_key, &args.secret_key) {
+        (Some(a), Some(s)) => {
+            config.users.retain(|u| u.access_key != *a);
+            config.users.insert(
+                0,
+                User {
+                    access_key: a.clone(),
+                    secret_key: s.clone(),
+                },
+            );
+        }
+        (None, None) => {}
+        _ => bail!(
+            "--access-key and --secret-key (or ZONESTORE_ACCESS_KEY and ZONESTORE_SECRET_KEY) go together"
+        ),
+    }
+    if let Some(r) = args.replicas {
+        config.replication_factor = Some(r);
+    }
+    if let Some(w) = args.write_quorum {
+        config.write_quorum = Some(w);
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            config.tls = Some(TlsSection {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+        }
+        (None, None) => {}
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
+    if let Some(p) = &args.gc_policy {
+        config.gc.policy = p.clone();
+    }
+    Ok(config)
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = serve_config(&args)?;
+    let mut signals = Signals::new()?;
+    let server = Server::start(&config).await?;
+    let endpoint = server.endpoint();
+    let user = &server.users[0];
+    println!("Zonestore is serving S3.");
+    println!("endpoint: {endpoint}");
+    println!(
+        "admin: http://{} (/metrics, /health, /ready; `zonestore admin --server {}`)",
+        server.admin_addr(),
+        server.admin_addr()
+    );
+    if server.embedded {
+        println!(
+            "drives: {} emulated ZNS drives under {}, each behind a loopback NVMe/TCP target",
+            config.embedded.drives,
+            config.data_dir.join("drives").display()
+        );
+    } else {
+        println!("drives: {}", config.targets.join(", "));
+    }
+    println!("access_key: {}", user.access_key);
+    if config.users.is_empty() || args.secret_key.is_some() {
+        println!("secret_key: {}", user.secret_key);
+    } else {
+        println!("secret_key: (in the configuration file)");
+    }
+    println!("Try:");
+    println!(
+        "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=<secret_key> AWS_DEFAULT_REGION={}",
+        user.access_key, config.region
+    );
+    println!("  aws --endpoint-url {endpoint} s3 mb s3://demo");
+    signals.next().await;
+    println!("zonestore serve: shutting down, letting requests finish (signal again to exit now)");
+    tokio::select! {
+        _ = server.shut_down(Duration::from_secs(args.drain_seconds)) => {
+            println!("zonestore serve: stopped");
+            Ok(())
+        }
+        _ = signals.next() => {
+            // Everything acknowledged is already durable: exiting now loses nothing.
+            eprintln!("zonestore serve: second signal, exiting now");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run_recover(args: RecoverArgs) -> anyhow::Result<()> {
+    if !args.rebuild_index {
+        bail!("say what to recover: --rebuild-index");
+    }
+    let config = config_of(&args.drives)?;
+    zonestore::recover::rebuild_index(&config, |line| eprintln!("{line}")).await?;
+    Ok(())
 }
 
 fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
@@ -97,6 +314,7 @@ fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
 
 async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     let geometry = geometry_of(&args)?;
+    let mut signals = Signals::new()?;
     let node = StorageNode::start(StorageNodeConfig {
         data_dir: args.data.clone(),
         geometry,
@@ -112,7 +330,7 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         geometry,
         node.local_addr()
     );
-    wait_for_shutdown().await;
+    signals.next().await;
     println!("zonestore target: shutting down");
     node.handle.shutdown();
     zns::ZonedDevice::flush(&node.drive)
@@ -121,12 +339,26 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds in a normal process");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and Ctrl-C, as a stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
@@ -139,7 +371,10 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => run_serve(args).await,
             Command::Target(args) => run_target(args).await,
+            Command::Admin(args) => admin_client::run(args).await,
+            Command::Recover(args) => run_recover(args).await,
         }
     })
 }

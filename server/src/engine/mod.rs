@@ -760,17 +760,8 @@ pub struct ZoneRow {
 
 /// Matches configured drives with the registry in the index, giving each a stable id.
 fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {
-    let mut names: Vec<String> = match index.get_raw(cf::META, DRIVES_KEY)? {
-        Some(v) => {
-            let mut d = codec::Dec::new(&v);
-            let n = d.count(4).map_err(|e| EngineError::Internal(e.0))?;
-            (0..n)
-                .map(|_| d.str())
-                .collect::<Result<_, _>>()
-                .map_err(|e| EngineError::Internal(e.0))?
-        }
-        None => Vec::new(),
-    };
+    let mut names = registry(index)?;
+
     let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
     for spec in specs {
         match names.iter().position(|n| *n == spec.name) {
@@ -818,4 +809,26 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// The drive names in an index's registry, in drive-id order.
+fn registry(index: &Index) -> EngineResult<Vec<String>> {
+    match index.get_raw(cf::META, DRIVES_KEY)? {
+        Some(v) => {
+            let mut d = codec::Dec::new(&v);
+            let n = d.count(4).map_err(|e| EngineError::Internal(e.0))?;
+            (0..n)
+                .map(|_| d.str())
+                .collect::<Result<_, _>>()
+                .map_err(|e| EngineError::Internal(e.0))
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The drive names registered in the index in `index_dir` (in drive-id order), so that a
+/// rebuilt index can give every drive the id it had.
+pub fn registered_drives(index_dir: &std::path::Path) -> EngineResult<Vec<String>> {
+    let index = Index::open(index_dir)?;
+    registry(&index)
 }

@@ -278,7 +278,20 @@ impl Placement {
             Class::User => config.user_zones,
             Class::Gc => config.gc_zones,
         };
-        // Stripe: try the class's open zones in turn.
+        let reserve = match class {
+            Class::User if frees_space => config.reserve.min(1),
+            Class::User => config.reserve,
+            Class::Gc => 0,
+        };
+        // Stripe: keep `limit` zones open while free zones allow (parallel appends land in
+        // different zones, on real drives different dies), and take them in turn.
+        if space.active[c].len() < limit
+            && space.free.len() > reserve + limit
+            && let Some(&zone) = space.free.iter().next()
+        {
+            return Some(open_zone(space, drive, zone, class, blocks));
+        }
+
         let open = space.active[c].len();
         for k in 0..open {
             let zone = space.active[c][(space.turn + k) % open];
@@ -293,23 +306,11 @@ impl Placement {
         {
             space.retire(fullest, to_finish, drive);
         }
-        let reserve = match class {
-            Class::User if frees_space => config.reserve.min(1),
-            Class::User => config.reserve,
-            Class::Gc => 0,
-        };
         if space.free.len() <= reserve {
             return None;
         }
         let zone = *space.free.iter().next()?;
-        space.free.remove(&zone);
-        let z = &mut space.zones[zone as usize];
-        z.usage = ZoneUse::Active(class);
-        z.written = 0;
-        z.reserved = 0;
-        z.pending = 0;
-        space.active[c].push(zone);
-        Some(take(space, drive, zone, blocks))
+        Some(open_zone(space, drive, zone, class, blocks))
     }
 
     /// Records the end of an append into `slot` (`ok` when it landed). Returns a zone to
@@ -423,6 +424,18 @@ impl Placement {
             .map(|z| (z.usage, z.written))
             .collect()
     }
+}
+
+/// Makes free `zone` an open zone of `class` and reserves the first record in it.
+fn open_zone(space: &mut DriveSpace, drive: DriveId, zone: u32, class: Class, blocks: u64) -> Slot {
+    space.free.remove(&zone);
+    let z = &mut space.zones[zone as usize];
+    z.usage = ZoneUse::Active(class);
+    z.written = 0;
+    z.reserved = 0;
+    z.pending = 0;
+    space.active[class as usize].push(zone);
+    take(space, drive, zone, blocks)
 }
 
 fn take(space: &mut DriveSpace, drive: DriveId, zone: u32, blocks: u64) -> Slot {

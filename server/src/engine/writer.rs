@@ -255,6 +255,11 @@ impl PutWriter {
         })
     }
 
+    /// The key being written.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Bytes accepted so far.
     pub fn len(&self) -> u64 {
         self.offset + self.builder.as_ref().map_or(0, |b| b.payload_len() as u64)

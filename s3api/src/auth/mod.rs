@@ -1,0 +1,585 @@
+//! Who is asking: SigV4 in the Authorization header or in a presigned URL, SigV2 presigned
+//! URLs and headers. Unsigned requests, unknown keys, wrong signatures, skewed clocks and
+//! expired URLs are refused here, before anything is read or stored.
+
+pub mod sigv2;
+pub mod sigv4;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Method};
+use percent_encoding::percent_decode_str;
+
+use crate::error::S3Error;
+use crate::time::{amz_date, iso8601, parse_amz_date, parse_http_date};
+
+/// Users: access key to secret key.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    users: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials of these (access key, secret key) pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Credentials {
+            users: pairs.into_iter().collect(),
+        }
+    }
+
+    /// The secret of an access key.
+    pub fn secret(&self, access_key: &str) -> Option<&str> {
+        self.users.get(access_key).map(String::as_str)
+    }
+}
+
+/// How the body of an authenticated request is protected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Not signed (UNSIGNED-PAYLOAD, presigned URLs, SigV2).
+    Unsigned,
+    /// Signed by its SHA-256 (hex), to verify.
+    Sha256(String),
+    /// aws-chunked with signed chunks (and, with `trailer`, signed trailers).
+    StreamingSigned {
+        /// Signing key.
+        key: Vec<u8>,
+        /// x-amz-date.
+        amz_date: String,
+        /// Credential scope.
+        scope: String,
+        /// The request's signature, which the first chunk's signature chains from.
+        seed: String,
+        /// Whether trailers follow.
+        trailer: bool,
+    },
+    /// aws-chunked without chunk signatures, with a trailer.
+    StreamingUnsignedTrailer,
+}
+
+/// An authenticated request.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The user's access key.
+    pub access_key: String,
+    /// How its body is protected.
+    pub payload: Payload,
+    /// Whether it came as a presigned URL.
+    pub presigned: bool,
+}
+
+/// The most a request's time may differ from the server's.
+pub const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+/// The longest a SigV4 presigned URL may live.
+pub const MAX_PRESIGN: u64 = 604_800;
+
+/// The parts of a request authentication looks at.
+#[derive(Debug)]
+pub struct RequestParts<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Raw (encoded) path.
+    pub raw_path: &'a str,
+    /// Raw query.
+    pub raw_query: Option<&'a str>,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// The resource path for SigV2 (`/bucket/key`, raw).
+    pub v2_resource: &'a str,
+}
+
+fn query_value(raw_query: Option<&str>, name: &str) -> Option<String> {
+    raw_query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode_str(k).decode_utf8_lossy() == name)
+            .then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+fn skew_check(request: SystemTime, now: SystemTime) -> Result<(), S3Error> {
+    let skew = match now.duration_since(request) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    if skew > MAX_SKEW {
+        return Err(S3Error::time_skewed(&amz_date(request), &amz_date(now)));
+    }
+    Ok(())
+}
+
+/// Authenticates a request; `region` is this server's region (any region in a credential scope
+/// is accepted, as clients sign with whatever they are configured for).
+pub fn authenticate(
+    parts: &RequestParts<'_>,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<Authenticated, S3Error> {
+    let authorization = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let query_v4 = query_value(parts.raw_query, "X-Amz-Algorithm").is_some();
+    let query_v2 = query_value(parts.raw_query, "AWSAccessKeyId").is_some();
+    match (authorization, query_v4, query_v2) {
+        (Some(_), true, _) | (Some(_), _, true) => Err(S3Error::invalid_argument(
+            "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+        )),
+        (Some(h), _, _) if h.starts_with("AWS4-HMAC-SHA256 ") => {
+            header_v4(parts, &h["AWS4-HMAC-SHA256 ".len()..], credentials, now)
+        }
+        (Some(h), _, _) if h.starts_with("AWS ") => header_v2(parts, &h[4..], credentials, now),
+        (Some(h), _, _) if h.starts_with("AWS4-ECDSA") => Err(S3Error::not_implemented("SigV4a")),
+        (Some(_), _, _) => Err(S3Error::invalid_argument("Unsupported Authorization Type")),
+        (None, true, _) => presigned_v4(parts, credentials, now),
+        (None, _, true) => presigned_v2(parts, credentials, now),
+        (None, false, false) => Err(S3Error::access_denied(
+            "Access Denied (the request is not signed)",
+        )),
+    }
+}
+
+fn header_v4(
+    parts: &RequestParts<'_>,
+    fields: &str,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<Authenticated, S3Error> {
+    let mut credential = None;
+    let mut signed_headers = None;
+    let mut signature = None;
+    for item in fields.split(',') {
+        let item = item.trim();
+        if let Some((k, v)) = item.split_once('=') {
+            match k.trim() {
+                "Credential" => credential = Some(v.trim()),
+                "SignedHeaders" => signed_headers = Some(v.trim()),
+                "Signature" => signature = Some(v.trim()),
+                _ => {}
+            }
+        }
+    }
+    let (Some(credential), Some(signed_headers), Some(signature)) =
+        (credential, signed_headers, signature)
+    else {
+        return Err(S3Error::auth_header_malformed(
+            "Credential, SignedHeaders and Signature are required.",
+        ));
+    };
+    let scope_parts: Vec<&str> = credential.split('/').collect();
+    if scope_parts.len() != 5 || scope_parts[4] != "aws4_request" || scope_parts[3] != "s3" {
+        return Err(S3Error::auth_header_malformed(
+            "the Credential is mal-formed; expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".",
+        ));
+    }
+    let access_key = scope_parts[0];
+    let secret = credentials
+        .secret(access_key)
+        .ok_or_else(|| S3Error::invalid_access_key(access_key))?;
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (date_text, request_time) = match header("x-amz-date") {
+        Some(d) => (
+            d.to_string(),
+            parse_amz_date(d).ok_or_else(|| {
+                S3Error::access_denied(
+                    "AWS authentication requires a valid Date or x-amz-date header",
+                )
+            })?,
+        ),
+        None => {
+            let d = header("date").ok_or_else(|| {
+                S3Error::access_denied(
+                    "AWS authentication requires a valid Date or x-amz-date header",
+                )
+            })?;
+            let t = parse_http_date(d).ok_or_else(|| {
+                S3Error::access_denied(
+                    "AWS authentication requires a valid Date or x-amz-date header",
+                )
+            })?;
+            (amz_date(t), t)
+        }
+    };
+    if !date_text.starts_with(scope_parts[1]) {
+        return Err(S3Error::auth_header_malformed(
+            "Invalid credential date. Date is not the same as X-Amz-Date.",
+        ));
+    }
+    skew_check(request_time, now)?;
+    let signed: Vec<&str> = signed_headers.split(';').collect();
+    if !signed.contains(&"host") {
+        return Err(S3Error::auth_header_malformed(
+            "the SignedHeaders must include host.",
+        ));
+    }
+    let payload_hash = header("x-amz-content-sha256")
+        .ok_or_else(|| {
+            S3Error::invalid_request(
+                "Missing required header for this request: x-amz-content-sha256",
+            )
+        })?
+        .to_string();
+    let region = scope_parts[2];
+    let scope = scope_parts[1..].join("/");
+    let canonical = sigv4::canonical_request(
+        parts.method.as_str(),
+        parts.raw_path,
+        parts.raw_query,
+        parts.headers,
+        &signed,
+        &payload_hash,
+        false,
+    )
+    .ok_or_else(S3Error::signature_mismatch)?;
+    let key = sigv4::signing_key(secret, request_time, region);
+    let expected = sigv4::sign(&key, &sigv4::string_to_sign(&date_text, &scope, &canonical));
+    if !sigv4::same(&expected, signature) {
+        return Err(S3Error::signature_mismatch());
+    }
+    let payload = match payload_hash.as_str() {
+        "UNSIGNED-PAYLOAD" => Payload::Unsigned,
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => Payload::StreamingUnsignedTrailer,
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => {
+            Payload::StreamingSigned {
+                key,
+                amz_date: date_text,
+                scope,
+                seed: signature.to_string(),
+                trailer: payload_hash.ends_with("-TRAILER"),
+            }
+        }
+        h if h.starts_with("STREAMING-AWS4-ECDSA") => {
+            return Err(S3Error::not_implemented("SigV4a streaming payloads"));
+        }
+        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Payload::Sha256(h.to_ascii_lowercase())
+        }
+        _ => {
+            return Err(S3Error::invalid_argument(
+                "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER or a valid sha256 value.",
+            ));
+        }
+    };
+    Ok(Authenticated {
+        access_key: access_key.to_string(),
+        payload,
+        presigned: false,
+    })
+}
+
+fn presigned_v4(
+    parts: &RequestParts<'_>,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<Authenticated, S3Error> {
+    let q = |name: &str| query_value(parts.raw_query, name);
+    let (
+        Some(algorithm),
+        Some(credential),
+        Some(date),
+        Some(expires),
+        Some(signed_headers),
+        Some(signature),
+    ) = (
+        q("X-Amz-Algorithm"),
+        q("X-Amz-Credential"),
+        q("X-Amz-Date"),
+        q("X-Amz-Expires"),
+        q("X-Amz-SignedHeaders"),
+        q("X-Amz-Signature"),
+    )
+    else {
+        return Err(S3Error::auth_query_error(
+            "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters.",
+        ));
+    };
+    if algorithm != "AWS4-HMAC-SHA256" {
+        return Err(S3Error::auth_query_error(
+            "X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"",
+        ));
+    }
+    let expires: i64 = expires
+        .parse()
+        .map_err(|_| S3Error::auth_query_error("X-Amz-Expires should be a number"))?;
+    if expires < 0 {
+        return Err(S3Error::auth_query_error(
+            "X-Amz-Expires must be non-negative",
+        ));
+    }
+    if expires as u64 > MAX_PRESIGN {
+        return Err(S3Error::auth_query_error(
+            "X-Amz-Expires must be less than a week (in seconds) that is; 604800",
+        ));
+    }
+    let request_time = parse_amz_date(&date).ok_or_else(|| {
+        S3Error::auth_query_error(
+            "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"",
+        )
+    })?;
+    let scope_parts: Vec<&str> = credential.split('/').collect();
+    if scope_parts.len() != 5
+        || scope_parts[4] != "aws4_request"
+        || scope_parts[3] != "s3"
+        || !date.starts_with(scope_parts[1])
+    {
+        return Err(S3Error::auth_query_error(
+            "Error parsing the X-Amz-Credential parameter",
+        ));
+    }
+    let access_key = scope_parts[0];
+    let secret = credentials
+        .secret(access_key)
+        .ok_or_else(|| S3Error::invalid_access_key(access_key))?;
+    if request_time > now + MAX_SKEW {
+        return Err(S3Error::access_denied("Request is not valid yet"));
+    }
+    let expiry = request_time + Duration::from_secs(expires as u64);
+    if now > expiry {
+        return Err(S3Error::access_denied("Request has expired")
+            .with("X-Amz-Expires", expires.to_string())
+            .with("Expires", iso8601(expiry))
+            .with("ServerTime", iso8601(now)));
+    }
+    let signed: Vec<&str> = signed_headers.split(';').collect();
+    let payload_hash = q("X-Amz-Content-Sha256").unwrap_or_else(|| "UNSIGNED-PAYLOAD".into());
+    let canonical = sigv4::canonical_request(
+        parts.method.as_str(),
+        parts.raw_path,
+        parts.raw_query,
+        parts.headers,
+        &signed,
+        &payload_hash,
+        true,
+    )
+    .ok_or_else(S3Error::signature_mismatch)?;
+    let scope = scope_parts[1..].join("/");
+    let key = sigv4::signing_key(secret, request_time, scope_parts[2]);
+    let expected = sigv4::sign(&key, &sigv4::string_to_sign(&date, &scope, &canonical));
+    if !sigv4::same(&expected, &signature) {
+        return Err(S3Error::signature_mismatch());
+    }
+    Ok(Authenticated {
+        access_key: access_key.to_string(),
+        payload: Payload::Unsigned,
+        presigned: true,
+    })
+}
+
+fn presigned_v2(
+    parts: &RequestParts<'_>,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<Authenticated, S3Error> {
+    let q = |name: &str| query_value(parts.raw_query, name);
+    let (Some(access_key), Some(signature), Some(expires)) =
+        (q("AWSAccessKeyId"), q("Signature"), q("Expires"))
+    else {
+        return Err(S3Error::access_denied(
+            "Query-string authentication requires the Signature, Expires and AWSAccessKeyId parameters",
+        ));
+    };
+    let secret = credentials
+        .secret(&access_key)
+        .ok_or_else(|| S3Error::invalid_access_key(&access_key))?;
+    let expires_at: u64 = expires
+        .parse()
+        .map_err(|_| S3Error::access_denied("Invalid date (should be seconds since epoch)"))?;
+    let expiry = UNIX_EPOCH + Duration::from_secs(expires_at);
+    if now > expiry {
+        return Err(S3Error::access_denied("Request has expired")
+            .with("Expires", iso8601(expiry))
+            .with("ServerTime", iso8601(now)));
+    }
+    let to_sign = sigv2::string_to_sign(
+        parts.method.as_str(),
+        parts.headers,
+        parts.raw_query,
+        &expires,
+        parts.v2_resource,
+    );
+    if !sigv4::same(&sigv2::sign(secret, &to_sign), &signature) {
+        return Err(S3Error::signature_mismatch());
+    }
+    Ok(Authenticated {
+        access_key,
+        payload: Payload::Unsigned,
+        presigned: true,
+    })
+}
+
+fn header_v2(
+    parts: &RequestParts<'_>,
+    value: &str,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<Authenticated, S3Error> {
+    let (access_key, signature) = value.rsplit_once(':').ok_or_else(|| {
+        S3Error::invalid_argument(
+            "AWS authorization header is invalid.  Expected AwsAccessKeyId:signature",
+        )
+    })?;
+    let secret = credentials
+        .secret(access_key)
+        .ok_or_else(|| S3Error::invalid_access_key(access_key))?;
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (date_line, time) = match (header("x-amz-date"), header("date")) {
+        (Some(d), _) => (
+            String::new(),
+            parse_http_date(d).or_else(|| parse_amz_date(d)),
+        ),
+        (None, Some(d)) => (d.to_string(), parse_http_date(d)),
+        (None, None) => (String::new(), None),
+    };
+    let time = time.ok_or_else(|| {
+        S3Error::access_denied("AWS authentication requires a valid Date or x-amz-date header")
+    })?;
+    skew_check(time, now)?;
+    let to_sign = sigv2::string_to_sign(
+        parts.method.as_str(),
+        parts.headers,
+        parts.raw_query,
+        &date_line,
+        parts.v2_resource,
+    );
+    if !sigv4::same(&sigv2::sign(secret, &to_sign), signature) {
+        return Err(S3Error::signature_mismatch());
+    }
+    Ok(Authenticated {
+        access_key: access_key.to_string(),
+        payload: Payload::Unsigned,
+        presigned: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials::new([(
+            "AKIAIOSFODNN7EXAMPLE".to_string(),
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string(),
+        )])
+    }
+
+    fn parts<'a>(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> RequestParts<'a> {
+        RequestParts {
+            method,
+            raw_path: path,
+            raw_query: query,
+            headers,
+            v2_resource: path,
+        }
+    }
+
+    #[test]
+    fn the_aws_get_example_authenticates_at_its_time_and_not_a_day_later() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        h.insert("range", "bytes=0-9".parse().unwrap());
+        h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
+        h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
+        h.insert("authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41".parse().unwrap());
+        let m = Method::GET;
+        let at = parse_amz_date("20130524T000500Z").unwrap();
+        let auth = authenticate(&parts(&m, "/test.txt", None, &h), &creds(), at).unwrap();
+        assert_eq!(auth.access_key, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(auth.payload, Payload::Sha256(sigv4::EMPTY_SHA256.into()));
+        let later = parse_amz_date("20130525T000000Z").unwrap();
+        assert_eq!(
+            authenticate(&parts(&m, "/test.txt", None, &h), &creds(), later)
+                .unwrap_err()
+                .code,
+            "RequestTimeTooSkewed"
+        );
+        // A tampered range header breaks the signature.
+        h.insert("range", "bytes=0-10".parse().unwrap());
+        assert_eq!(
+            authenticate(&parts(&m, "/test.txt", None, &h), &creds(), at)
+                .unwrap_err()
+                .code,
+            "SignatureDoesNotMatch"
+        );
+    }
+
+    #[test]
+    fn unsigned_and_unknown_keys_are_refused() {
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        assert_eq!(
+            authenticate(&parts(&m, "/b/k", None, &h), &creds(), SystemTime::now())
+                .unwrap_err()
+                .code,
+            "AccessDenied"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "AWS4-HMAC-SHA256 Credential=NOPE/20130524/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00".parse().unwrap());
+        assert_eq!(
+            authenticate(&parts(&m, "/b/k", None, &h), &creds(), SystemTime::now())
+                .unwrap_err()
+                .code,
+            "InvalidAccessKeyId"
+        );
+    }
+
+    #[test]
+    fn presigned_v4_example_and_expiry() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        let q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404";
+        let m = Method::GET;
+        let p = parts(&m, "/test.txt", Some(q), &h);
+        assert!(authenticate(&p, &creds(), parse_amz_date("20130524T120000Z").unwrap()).is_ok());
+        let e =
+            authenticate(&p, &creds(), parse_amz_date("20130526T000000Z").unwrap()).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("AccessDenied", "Request has expired")
+        );
+    }
+
+    #[test]
+    fn presigned_v2_from_the_cli() {
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        let q = "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature=%2BMj%2B3n%2FLelQQ0GCkNE9dre6Kv1c%3D&Expires=1795632038";
+        let p = RequestParts {
+            method: &m,
+            raw_path: "/bkt/a%20b/c%2Bd",
+            raw_query: Some(q),
+            headers: &h,
+            v2_resource: "/bkt/a%20b/c%2Bd",
+        };
+        assert!(
+            authenticate(
+                &p,
+                &creds(),
+                UNIX_EPOCH + Duration::from_secs(1_795_632_000)
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            authenticate(
+                &p,
+                &creds(),
+                UNIX_EPOCH + Duration::from_secs(1_795_632_100)
+            )
+            .unwrap_err()
+            .message,
+            "Request has expired"
+        );
+    }
+}

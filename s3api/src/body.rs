@@ -1,0 +1,404 @@
+//! Request bodies, streamed: aws-chunked decoding, the MD5 that becomes the ETag, the SHA-256 of
+//! a signed payload, the checksums clients send (as headers or trailers), and the length. Every
+//! check is settled when the body ends; a failed check makes the last read an error, so nothing
+//! is committed.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::HeaderMap;
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+use crate::auth::{Authenticated, Payload};
+use crate::checksum::{self, Algorithm, Hasher};
+use crate::chunked::{ChunkSigning, ChunkedDecoder};
+use crate::error::S3Error;
+use crate::store::StoredChecksum;
+
+/// What a verified body was.
+#[derive(Debug, Clone)]
+pub struct BodySummary {
+    /// Bytes.
+    pub size: u64,
+    /// MD5 (the ETag of a single-part object).
+    pub md5: [u8; 16],
+    /// Checksums the client sent, verified.
+    pub checksums: Vec<StoredChecksum>,
+}
+
+impl BodySummary {
+    /// The ETag: hex MD5.
+    pub fn etag(&self) -> String {
+        checksum::hex(&self.md5)
+    }
+}
+
+/// Reads and verifies a request body.
+pub struct BodyReader {
+    raw: BoxStream<'static, Result<Bytes, S3Error>>,
+    decoder: Option<ChunkedDecoder>,
+    ready: VecDeque<Bytes>,
+    md5: Md5,
+    sha256: Option<(Sha256, String)>,
+    /// Checksums to compute: (hasher, value from a header, or None when it comes as a trailer).
+    checksums: Vec<(Hasher, Option<String>)>,
+    content_md5: Option<[u8; 16]>,
+    expected_len: Option<u64>,
+    max_len: u64,
+    size: u64,
+    finished: Option<BodySummary>,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl BodyReader {
+    /// Prepares to read `raw` per the request's headers and authentication; refuses
+    /// inconsistent or malformed headers before any byte is read.
+    pub fn new(
+        raw: BoxStream<'static, Result<Bytes, S3Error>>,
+        headers: &HeaderMap,
+        auth: &Authenticated,
+        max_len: u64,
+    ) -> Result<BodyReader, S3Error> {
+        let chunked = matches!(
+            auth.payload,
+            Payload::StreamingSigned { .. } | Payload::StreamingUnsignedTrailer
+        ) || header(headers, "content-encoding")
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == "aws-chunked"));
+        let trailer_names: Vec<String> = header(headers, "x-amz-trailer")
+            .map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let expected_len = if chunked {
+            let v = header(headers, "x-amz-decoded-content-length").ok_or_else(|| {
+                S3Error::missing_content_length().with(
+                    "Detail",
+                    "x-amz-decoded-content-length is required with aws-chunked",
+                )
+            })?;
+            Some(v.parse::<u64>().map_err(|_| {
+                S3Error::invalid_argument("x-amz-decoded-content-length is not a number")
+            })?)
+        } else {
+            match header(headers, "content-length") {
+                Some(v) => Some(
+                    v.parse::<u64>()
+                        .map_err(|_| S3Error::invalid_argument("Content-Length is not a number"))?,
+                ),
+                None => None,
+            }
+        };
+        if let Some(len) = expected_len
+            && len > max_len
+        {
+            return Err(S3Error::entity_too_large(len, max_len));
+        }
+        let decoder = chunked.then(|| {
+            let signing = match &auth.payload {
+                Payload::StreamingSigned {
+                    key,
+                    amz_date,
+                    scope,
+                    seed,
+                    ..
+                } => Some(ChunkSigning {
+                    key: key.clone(),
+                    amz_date: amz_date.clone(),
+                    scope: scope.clone(),
+                    previous: seed.clone(),
+                }),
+                _ => None,
+            };
+            ChunkedDecoder::new(signing, !trailer_names.is_empty())
+        });
+        let mut checksums: Vec<(Hasher, Option<String>)> = Vec::new();
+        for algorithm in Algorithm::ALL {
+            if let Some(value) = header(headers, &algorithm.header()) {
+                algorithm.validate(value)?;
+                checksums.push((Hasher::new(algorithm), Some(value.trim().to_string())));
+            } else if trailer_names.contains(&algorithm.header()) {
+                checksums.push((Hasher::new(algorithm), None));
+            }
+        }
+        if let Some(declared) = header(headers, "x-amz-sdk-checksum-algorithm") {
+            let algorithm = Algorithm::parse(declared).ok_or_else(|| {
+                S3Error::invalid_request(format!("Checksum algorithm {declared} is not supported"))
+            })?;
+            if !checksums.is_empty() && !checksums.iter().any(|(h, _)| h.algorithm() == algorithm) {
+                return Err(S3Error::invalid_request(format!(
+                    "x-amz-sdk-checksum-algorithm says {declared} but another checksum was sent"
+                )));
+            }
+        }
+        let content_md5 = header(headers, "content-md5")
+            .map(checksum::parse_content_md5)
+            .transpose()?;
+        let sha256 = match &auth.payload {
+            Payload::Sha256(hex) => Some((Sha256::new(), hex.clone())),
+            _ => None,
+        };
+        Ok(BodyReader {
+            raw,
+            decoder,
+            ready: VecDeque::new(),
+            md5: Md5::new(),
+            sha256,
+            checksums,
+            content_md5,
+            expected_len,
+            max_len,
+            size: 0,
+            finished: None,
+        })
+    }
+
+    fn account(&mut self, data: &Bytes) -> Result<(), S3Error> {
+        self.size += data.len() as u64;
+        if self.size > self.max_len {
+            return Err(S3Error::entity_too_large(self.size, self.max_len));
+        }
+        if let Some(expected) = self.expected_len
+            && self.size > expected
+        {
+            return Err(S3Error::incomplete_body(
+                "more bytes than the declared length",
+            ));
+        }
+        self.md5.update(data);
+        for (h, _) in &mut self.checksums {
+            h.update(data);
+        }
+        Ok(())
+    }
+
+    /// The next piece of the body, or `None` at its end (once every check passed).
+    pub async fn next(&mut self) -> Result<Option<Bytes>, S3Error> {
+        loop {
+            if let Some(data) = self.ready.pop_front() {
+                self.account(&data)?;
+                return Ok(Some(data));
+            }
+            if self.finished.is_some() {
+                return Ok(None);
+            }
+            match self.raw.next().await {
+                Some(Ok(raw)) => {
+                    if let Some((h, _)) = self.sha256.as_mut() {
+                        h.update(&raw);
+                    }
+                    match self.decoder.as_mut() {
+                        Some(d) => self.ready.extend(d.push(&raw)?),
+                        None => self.ready.push_back(raw),
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.finish()?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), S3Error> {
+        let trailers = match self.decoder.as_mut() {
+            Some(d) => d.finish()?,
+            None => Vec::new(),
+        };
+        if let Some(expected) = self.expected_len
+            && self.size != expected
+        {
+            return Err(S3Error::incomplete_body(&format!(
+                "received {} of {expected} bytes",
+                self.size
+            )));
+        }
+        if let Some((h, expected)) = self.sha256.take() {
+            let computed = hex::encode(h.finalize());
+            if computed != expected {
+                return Err(S3Error::sha256_mismatch(&expected, &computed));
+            }
+        }
+        let md5: [u8; 16] = std::mem::take(&mut self.md5).finalize().into();
+        if let Some(expected) = self.content_md5
+            && expected != md5
+        {
+            return Err(S3Error::bad_digest("Content-MD5"));
+        }
+        let mut verified = Vec::new();
+        for (hasher, from_header) in std::mem::take(&mut self.checksums) {
+            let algorithm = hasher.algorithm();
+            let sent = match from_header {
+                Some(v) => v,
+                None => trailers
+                    .iter()
+                    .find(|(k, _)| *k == algorithm.header())
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        S3Error::incomplete_body(&format!(
+                            "the {} trailer is missing",
+                            algorithm.header()
+                        ))
+                    })?,
+            };
+            algorithm.validate(&sent)?;
+            let computed = hasher.finish();
+            if computed != sent {
+                return Err(S3Error::bad_digest(algorithm.name())
+                    .with("ExpectedDigest", sent)
+                    .with("CalculatedDigest", computed));
+            }
+            verified.push(StoredChecksum {
+                algorithm: algorithm.name().to_string(),
+                value: computed,
+            });
+        }
+        self.finished = Some(BodySummary {
+            size: self.size,
+            md5,
+            checksums: verified,
+        });
+        Ok(())
+    }
+
+    /// What the body was (after [`BodyReader::next`] returned `None`).
+    pub fn summary(&self) -> Option<BodySummary> {
+        self.finished.clone()
+    }
+
+    /// Reads the whole body into memory (small request documents only).
+    pub async fn read_all(&mut self, limit: usize) -> Result<Bytes, S3Error> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next().await? {
+            if out.len() + chunk.len() > limit {
+                return Err(S3Error::invalid_request("request body too large"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(payload: Payload) -> Authenticated {
+        Authenticated {
+            access_key: "a".into(),
+            payload,
+            presigned: false,
+        }
+    }
+
+    fn raw(parts: Vec<&'static [u8]>) -> BoxStream<'static, Result<Bytes, S3Error>> {
+        futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p)))).boxed()
+    }
+
+    async fn read(mut r: BodyReader) -> Result<(Vec<u8>, BodySummary), S3Error> {
+        let mut out = Vec::new();
+        while let Some(c) = r.next().await? {
+            out.extend_from_slice(&c);
+        }
+        Ok((out, r.summary().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn plain_body_with_md5_and_crc32_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "5".parse().unwrap());
+        h.insert("content-md5", "XUFAKrxLKna5cZ2REBfFkg==".parse().unwrap());
+        h.insert("x-amz-checksum-crc32", "NhCmhg==".parse().unwrap());
+        let r = BodyReader::new(
+            raw(vec![b"hel", b"lo"]),
+            &h,
+            &auth(Payload::Unsigned),
+            1 << 30,
+        )
+        .unwrap();
+        let (data, summary) = read(r).await.unwrap();
+        assert_eq!(data, b"hello");
+        assert_eq!(summary.etag(), "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(summary.checksums[0].value, "NhCmhg==");
+    }
+
+    #[tokio::test]
+    async fn wrong_md5_crc_sha256_and_length_fail_at_the_end() {
+        let mut h = HeaderMap::new();
+        h.insert("content-md5", "XUFAKrxLKna5cZ2REBfFkg==".parse().unwrap());
+        let r =
+            BodyReader::new(raw(vec![b"hellO"]), &h, &auth(Payload::Unsigned), 1 << 30).unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "BadDigest");
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
+        let r =
+            BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30).unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "BadDigest");
+        let r = BodyReader::new(
+            raw(vec![b"hello"]),
+            &HeaderMap::new(),
+            &auth(Payload::Sha256("00".repeat(32))),
+            1 << 30,
+        )
+        .unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "XAmzContentSHA256Mismatch");
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "9".parse().unwrap());
+        let r =
+            BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30).unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "IncompleteBody");
+    }
+
+    #[tokio::test]
+    async fn aws_chunked_with_a_crc32_trailer() {
+        let mut h = HeaderMap::new();
+        h.insert("content-encoding", "aws-chunked".parse().unwrap());
+        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
+        h.insert("x-amz-decoded-content-length", "5".parse().unwrap());
+        let r = BodyReader::new(
+            raw(vec![
+                b"5\r\nhel",
+                b"lo\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n",
+            ]),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .unwrap();
+        let (data, summary) = read(r).await.unwrap();
+        assert_eq!(data, b"hello");
+        assert_eq!(summary.checksums[0].algorithm, "CRC32");
+        let r = BodyReader::new(
+            raw(vec![
+                b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+            ]),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "BadDigest");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_early() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "100".parse().unwrap());
+        assert_eq!(
+            BodyReader::new(raw(vec![]), &h, &auth(Payload::Unsigned), 10)
+                .err()
+                .unwrap()
+                .code,
+            "EntityTooLarge"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! The aws-chunked content encoding: `hex-size[;chunk-signature=sig]\r\n data \r\n`, a final
+//! 0-size chunk, then trailers (`name:value\r\n`) and an empty line. Signed variants chain each
+//! chunk's signature from the previous one (the request signature seeds the chain), and sign
+//! the trailers too. Decoding is incremental: bytes are fed as they arrive.
+
+use bytes::{Buf, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::auth::sigv4;
+use crate::error::S3Error;
+
+/// Longest chunk header or trailer line accepted.
+const MAX_LINE: usize = 4096;
+/// Largest chunk accepted.
+const MAX_CHUNK: usize = 64 << 20;
+
+/// Signature state of a signed aws-chunked body.
+#[derive(Debug, Clone)]
+pub struct ChunkSigning {
+    /// Signing key.
+    pub key: Vec<u8>,
+    /// x-amz-date.
+    pub amz_date: String,
+    /// Credential scope.
+    pub scope: String,
+    /// The previous signature (initially the request's).
+    pub previous: String,
+}
+
+#[derive(Debug)]
+enum State {
+    Header,
+    Data {
+        remaining: usize,
+        signature: Option<String>,
+    },
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Decodes an aws-chunked body.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    buf: BytesMut,
+    state: State,
+    signing: Option<ChunkSigning>,
+    chunk_hash: Sha256,
+    trailers: Vec<(String, String)>,
+    trailer_signature: Option<String>,
+    expect_trailers: bool,
+}
+
+fn malformed(detail: &str) -> S3Error {
+    S3Error::incomplete_body(&format!("malformed aws-chunked body: {detail}"))
+}
+
+impl ChunkedDecoder {
+    /// A decoder; with `signing`, every chunk signature is checked. `expect_trailers` when the
+    /// request declared x-amz-trailer.
+    pub fn new(signing: Option<ChunkSigning>, expect_trailers: bool) -> Self {
+        ChunkedDecoder {
+            buf: BytesMut::new(),
+            state: State::Header,
+            signing,
+            chunk_hash: Sha256::new(),
+            trailers: Vec::new(),
+            trailer_signature: None,
+            expect_trailers,
+        }
+    }
+
+    fn take_line(&mut self) -> Result<Option<String>, S3Error> {
+        match self.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(pos) => {
+                let line = self.buf.split_to(pos);
+                self.buf.advance(2);
+                String::from_utf8(line.to_vec())
+                    .map(Some)
+                    .map_err(|_| malformed("line is not UTF-8"))
+            }
+            None if self.buf.len() > MAX_LINE => Err(malformed("line too long")),
+            None => Ok(None),
+        }
+    }
+
+    fn verify_chunk(&mut self, signature: Option<String>) -> Result<(), S3Error> {
+        let hash = hex::encode(std::mem::take(&mut self.chunk_hash).finalize());
+        if let Some(signing) = self.signing.as_mut() {
+            let provided = signature.ok_or_else(|| {
+                S3Error::signature_mismatch().with("Detail", "chunk without a signature")
+            })?;
+            let expected = sigv4::chunk_signature(
+                &signing.key,
+                &signing.amz_date,
+                &signing.scope,
+                &signing.previous,
+                &hash,
+            );
+            if !sigv4::same(&expected, &provided) {
+                return Err(S3Error::signature_mismatch()
+                    .with("Detail", "a chunk signature does not match"));
+            }
+            signing.previous = expected;
+        }
+        Ok(())
+    }
+
+    /// Feeds raw bytes; returns the decoded data they complete.
+    pub fn push(&mut self, raw: &[u8]) -> Result<Vec<Bytes>, S3Error> {
+        self.buf.extend_from_slice(raw);
+        let mut out = Vec::new();
+        loop {
+            match &mut self.state {
+                State::Header => {
+                    let Some(line) = self.take_line()? else { break };
+                    let (size, ext) = line.split_once(';').unwrap_or((&line, ""));
+                    let size = usize::from_str_radix(size.trim(), 16)
+                        .map_err(|_| malformed("bad chunk size"))?;
+                    if size > MAX_CHUNK {
+                        return Err(malformed("chunk too large"));
+                    }
+                    let signature = ext
+                        .trim()
+                        .strip_prefix("chunk-signature=")
+                        .map(str::to_string);
+                    if size == 0 {
+                        self.verify_chunk(signature)?;
+                        self.state = State::Trailers;
+                    } else {
+                        self.state = State::Data {
+                            remaining: size,
+                            signature,
+                        };
+                    }
+                }
+                State::Data {
+                    remaining,
+                    signature,
+                } => {
+                    if self.buf.is_empty() {
+                        break;
+                    }
+                    let n = (*remaining).min(self.buf.len());
+                    let data = self.buf.split_to(n).freeze();
+                    *remaining -= n;
+                    if self.signing.is_some() {
+                        self.chunk_hash.update(&data);
+                    }
+                    out.push(data);
+                    if *remaining == 0 {
+                        let signature = signature.take();
+                        self.verify_chunk(signature)?;
+                        self.state = State::DataEnd;
+                    }
+                }
+                State::DataEnd => {
+                    if self.buf.len() < 2 {
+                        break;
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(malformed("chunk data not followed by CRLF"));
+                    }
+                    self.buf.advance(2);
+                    self.state = State::Header;
+                }
+                State::Trailers => {
+                    let Some(line) = self.take_line()? else { break };
+                    if line.is_empty() {
+                        // Some encoders put an empty line before the trailers.
+                        if self.trailers.is_empty()
+                            && self.trailer_signature.is_none()
+                            && self.expect_trailers
+                            && !self.buf.is_empty()
+                        {
+                            continue;
+                        }
+                        self.state = State::Done;
+                        continue;
+                    }
+                    let (name, value) = line
+                        .split_once(':')
+                        .ok_or_else(|| malformed("bad trailer line"))?;
+                    let name = name.trim().to_ascii_lowercase();
+                    if name == "x-amz-trailer-signature" {
+                        self.trailer_signature = Some(value.trim().to_string());
+                    } else {
+                        self.trailers.push((name, value.trim().to_string()));
+                    }
+                }
+                State::Done => {
+                    if !self.buf.iter().all(|b| b.is_ascii_whitespace()) {
+                        return Err(malformed("data after the end of the body"));
+                    }
+                    self.buf.clear();
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends decoding at the end of the raw body: checks that the body was complete (and the
+    /// trailer signature, when signed) and returns the trailers.
+    pub fn finish(&mut self) -> Result<Vec<(String, String)>, S3Error> {
+        match self.state {
+            State::Done => {}
+            // Tolerate a missing final empty line after the trailers.
+            State::Trailers if self.buf.is_empty() => {}
+            _ => return Err(S3Error::incomplete_body("the aws-chunked body ended early")),
+        }
+        if let Some(signing) = &self.signing
+            && self.expect_trailers
+        {
+            let provided = self.trailer_signature.as_deref().ok_or_else(|| {
+                S3Error::signature_mismatch().with("Detail", "missing trailer signature")
+            })?;
+            let expected = sigv4::trailer_signature(
+                &signing.key,
+                &signing.amz_date,
+                &signing.scope,
+                &signing.previous,
+                &self.trailers,
+            );
+            if !sigv4::same(&expected, provided) {
+                return Err(S3Error::signature_mismatch()
+                    .with("Detail", "the trailer signature does not match"));
+            }
+        }
+        Ok(std::mem::take(&mut self.trailers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::parse_amz_date;
+
+    fn decode_all(d: &mut ChunkedDecoder, body: &[u8], step: usize) -> Result<Vec<u8>, S3Error> {
+        let mut out = Vec::new();
+        for piece in body.chunks(step) {
+            for b in d.push(piece)? {
+                out.extend_from_slice(&b);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn unsigned_trailer_body_from_boto3() {
+        let body = b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
+        for step in [1, 3, 7, body.len()] {
+            let mut d = ChunkedDecoder::new(None, true);
+            assert_eq!(decode_all(&mut d, body, step).unwrap(), b"hello");
+            assert_eq!(
+                d.finish().unwrap(),
+                vec![("x-amz-checksum-crc32".into(), "NhCmhg==".into())]
+            );
+        }
+    }
+
+    fn signing(seed: &str) -> ChunkSigning {
+        ChunkSigning {
+            key: sigv4::signing_key(
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                parse_amz_date("20130524T000000Z").unwrap(),
+                "us-east-1",
+            ),
+            amz_date: "20130524T000000Z".into(),
+            scope: "20130524/us-east-1/s3/aws4_request".into(),
+            previous: seed.into(),
+        }
+    }
+
+    fn signed_body(trailer: bool) -> Vec<u8> {
+        let mut b = Vec::new();
+        let sigs: [&str; 3] = if trailer {
+            [
+                "b474d8862b1487a5145d686f57f013e54db672cee1c953b3010fb58501ef5aa2",
+                "1c1344b170168f8e65b41376b44b20fe354e373826ccbbe2c1d40a8cae51e5c7",
+                "2ca2aba2005185cf7159c6277faf83795951dd77a3a99e6e65d5c9f85863f992",
+            ]
+        } else {
+            [
+                "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+                "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+                "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+            ]
+        };
+        b.extend_from_slice(format!("10000;chunk-signature={}\r\n", sigs[0]).as_bytes());
+        b.extend(vec![b'a'; 65536]);
+        b.extend_from_slice(b"\r\n");
+        b.extend_from_slice(format!("400;chunk-signature={}\r\n", sigs[1]).as_bytes());
+        b.extend(vec![b'a'; 1024]);
+        b.extend_from_slice(b"\r\n");
+        b.extend_from_slice(format!("0;chunk-signature={}\r\n", sigs[2]).as_bytes());
+        if trailer {
+            b.extend_from_slice(b"x-amz-checksum-crc32c:sOO8/Q==\r\n");
+            b.extend_from_slice(b"x-amz-trailer-signature:d81f82fc3505edab99d459891051a732e8730629a2e4a59689829ca17fe2e435\r\n");
+        }
+        b.extend_from_slice(b"\r\n");
+        b
+    }
+
+    #[test]
+    fn signed_chunks_of_the_aws_example() {
+        let body = signed_body(false);
+        assert_eq!(body.len(), 66824);
+        let mut d = ChunkedDecoder::new(
+            Some(signing(
+                "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
+            )),
+            false,
+        );
+        assert_eq!(decode_all(&mut d, &body, 1000).unwrap().len(), 66560);
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn signed_chunks_with_signed_trailer_of_the_aws_example() {
+        let body = signed_body(true);
+        assert_eq!(body.len(), 66946);
+        let mut d = ChunkedDecoder::new(
+            Some(signing(
+                "106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e",
+            )),
+            true,
+        );
+        assert_eq!(decode_all(&mut d, &body, 4096).unwrap().len(), 66560);
+        assert_eq!(
+            d.finish().unwrap(),
+            vec![("x-amz-checksum-crc32c".into(), "sOO8/Q==".into())]
+        );
+    }
+
+    #[test]
+    fn a_tampered_chunk_breaks_the_chain() {
+        let mut body = signed_body(false);
+        body[200] = b'b';
+        let mut d = ChunkedDecoder::new(
+            Some(signing(
+                "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
+            )),
+            false,
+        );
+        assert_eq!(
+            decode_all(&mut d, &body, 1000).unwrap_err().code,
+            "SignatureDoesNotMatch"
+        );
+    }
+
+    #[test]
+    fn truncated_bodies_are_incomplete() {
+        let mut d = ChunkedDecoder::new(None, false);
+        d.push(b"5\r\nhel").unwrap();
+        assert_eq!(d.finish().unwrap_err().code, "IncompleteBody");
+        let mut d = ChunkedDecoder::new(None, false);
+        assert!(d.push(b"zz\r\n").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! Listings: ListObjects (v1), ListObjectsV2 and ListObjectVersions (every object is its only
+//! version, `null`), with prefixes, delimiters, paging and `encoding-type=url`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::error::S3Error;
+use crate::service::{Ctx, Reply, S3Service, xml};
+use crate::store::ListPage;
+use crate::time::iso8601;
+use crate::xml::XmlWriter;
+
+/// Characters left as they are by `encoding-type=url`.
+const URL_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+struct Params {
+    prefix: String,
+    delimiter: Option<String>,
+    max: usize,
+    url: bool,
+}
+
+fn params(ctx: &Ctx) -> Result<Params, S3Error> {
+    let max = match ctx.q("max-keys") {
+        Some(v) => v.parse::<i64>().map_err(|_| {
+            S3Error::invalid_argument("Provided max-keys not an integer or within integer range")
+        })?,
+        None => 1000,
+    };
+    if max < 0 {
+        return Err(S3Error::invalid_argument("max-keys must be non-negative"));
+    }
+    let url = match ctx.q("encoding-type") {
+        None => false,
+        Some("url") => true,
+        Some(_) => {
+            return Err(S3Error::invalid_argument(
+                "Invalid Encoding Method specified in Request",
+            ));
+        }
+    };
+    Ok(Params {
+        prefix: ctx.q("prefix").unwrap_or("").to_string(),
+        delimiter: ctx
+            .q("delimiter")
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
+        max: (max as usize).min(1000),
+        url,
+    })
+}
+
+fn enc(p: &Params, text: &str) -> String {
+    if p.url {
+        utf8_percent_encode(text, URL_SAFE).to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+fn page(svc: &S3Service, ctx: &Ctx, p: &Params, start_after: &str) -> Result<ListPage, S3Error> {
+    svc.owned_bucket(ctx, ctx.bucket())?;
+    if p.max == 0 {
+        return Ok(ListPage::default());
+    }
+    svc.store.list(
+        ctx.bucket(),
+        &p.prefix,
+        start_after,
+        p.delimiter.as_deref(),
+        p.max,
+    )
+}
+
+fn contents(w: &mut XmlWriter, p: &Params, page: &ListPage, owner: bool) {
+    for o in &page.objects {
+        w.start("Contents")
+            .element("Key", &enc(p, &o.key))
+            .element("LastModified", &iso8601(o.last_modified))
+            .element("ETag", &format!("\"{}\"", o.etag));
+        super::checksum_fields(w, o);
+        w.element("Size", &o.size.to_string());
+        if owner {
+            super::owner(w, &o.owner);
+        }
+        w.element("StorageClass", "STANDARD").end();
+    }
+    for prefix in &page.prefixes {
+        w.start("CommonPrefixes")
+            .element("Prefix", &enc(p, prefix))
+            .end();
+    }
+}
+
+/// ListObjectsV2.
+pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let p = params(ctx)?;
+    let token = ctx.q("continuation-token");
+    let start_after = match token {
+        Some(t) => String::from_utf8(URL_SAFE_NO_PAD.decode(t).map_err(|_| {
+            S3Error::invalid_argument("The continuation token provided is incorrect")
+        })?)
+        .map_err(|_| S3Error::invalid_argument("The continuation token provided is incorrect"))?,
+        None => ctx.q("start-after").unwrap_or("").to_string(),
+    };
+    let page = page(svc, ctx, &p, &start_after)?;
+    let mut w = XmlWriter::new("ListBucketResult");
+    w.element("Name", ctx.bucket())
+        .element("Prefix", &enc(&p, &p.prefix));
+    if let Some(t) = token {
+        w.element("ContinuationToken", t);
+    }
+    if page.truncated
+        && let Some(last) = &page.last
+    {
+        w.element("NextContinuationToken", &URL_SAFE_NO_PAD.encode(last));
+    }
+    w.element(
+        "KeyCount",
+        &(page.objects.len() + page.prefixes.len()).to_string(),
+    )
+    .element("MaxKeys", &p.max.to_string());
+    if let Some(d) = &p.delimiter {
+        w.element("Delimiter", &enc(&p, d));
+    }
+    if p.url {
+        w.element("EncodingType", "url");
+    }
+    w.element("IsTruncated", &page.truncated.to_string());
+    if let Some(s) = ctx.q("start-after") {
+        w.element("StartAfter", &enc(&p, s));
+    }
+    contents(&mut w, &p, &page, ctx.q("fetch-owner") == Some("true"));
+    Ok(xml(w.finish()))
+}
+
+/// ListObjects (v1).
+pub async fn list_v1(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let p = params(ctx)?;
+    let marker = ctx.q("marker").unwrap_or("").to_string();
+    let page = page(svc, ctx, &p, &marker)?;
+    let mut w = XmlWriter::new("ListBucketResult");
+    w.element("Name", ctx.bucket())
+        .element("Prefix", &enc(&p, &p.prefix))
+        .element("Marker", &enc(&p, &marker));
+    if page.truncated
+        && let Some(last) = &page.last
+    {
+        w.element("NextMarker", &enc(&p, last));
+    }
+    w.element("MaxKeys", &p.max.to_string());
+    if let Some(d) = &p.delimiter {
+        w.element("Delimiter", &enc(&p, d));
+    }
+    if p.url {
+        w.element("EncodingType", "url");
+    }
+    w.element("IsTruncated", &page.truncated.to_string());
+    contents(&mut w, &p, &page, true);
+    Ok(xml(w.finish()))
+}
+
+/// ListObjectVersions for an unversioned bucket: every object, version `null`.
+pub async fn list_versions(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let p = params(ctx)?;
+    let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
+    let page = page(svc, ctx, &p, &key_marker)?;
+    let mut w = XmlWriter::new("ListVersionsResult");
+    w.element("Name", ctx.bucket())
+        .element("Prefix", &enc(&p, &p.prefix))
+        .element("KeyMarker", &enc(&p, &key_marker))
+        .element("VersionIdMarker", ctx.q("version-id-marker").unwrap_or(""));
+    if page.truncated
+        && let Some(last) = &page.last
+    {
+        w.element("NextKeyMarker", &enc(&p, last))
+            .element("NextVersionIdMarker", "null");
+    }
+    w.element("MaxKeys", &p.max.to_string());
+    if let Some(d) = &p.delimiter {
+        w.element("Delimiter", &enc(&p, d));
+    }
+    if p.url {
+        w.element("EncodingType", "url");
+    }
+    w.element("IsTruncated", &page.truncated.to_string());
+    for o in &page.objects {
+        w.start("Version")
+            .element("Key", &enc(&p, &o.key))
+            .element("VersionId", "null")
+            .element("IsLatest", "true")
+            .element("LastModified", &iso8601(o.last_modified))
+            .element("ETag", &format!("\"{}\"", o.etag));
+        super::checksum_fields(&mut w, o);
+        w.element("Size", &o.size.to_string());
+        super::owner(&mut w, &o.owner);
+        w.element("StorageClass", "STANDARD").end();
+    }
+    for prefix in &page.prefixes {
+        w.start("CommonPrefixes")
+            .element("Prefix", &enc(&p, prefix))
+            .end();
+    }
+    Ok(xml(w.finish()))
+}

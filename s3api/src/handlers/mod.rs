@@ -1,0 +1,28 @@
+//! The S3 operations, by family.
+
+pub mod bucket;
+pub mod list;
+pub mod multipart;
+pub mod object;
+
+use crate::store::ObjectInfo;
+use crate::xml::XmlWriter;
+
+/// Writes the `Owner` element of an object or upload.
+pub(crate) fn owner(w: &mut XmlWriter, id: &str) {
+    w.start("Owner")
+        .element("ID", id)
+        .element("DisplayName", id)
+        .end();
+}
+
+/// The checksum algorithm and type of an object, for listings.
+pub(crate) fn checksum_fields(w: &mut XmlWriter, info: &ObjectInfo) {
+    if let Some(c) = info.checksums.first() {
+        w.element("ChecksumAlgorithm", &c.algorithm);
+        w.element(
+            "ChecksumType",
+            info.checksum_type.as_deref().unwrap_or("FULL_OBJECT"),
+        );
+    }
+}

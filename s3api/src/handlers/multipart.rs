@@ -1,0 +1,494 @@
+//! Multipart uploads: CreateMultipartUpload, UploadPart, UploadPartCopy,
+//! CompleteMultipartUpload (composite and full-object checksums), AbortMultipartUpload,
+//! ListParts, ListMultipartUploads.
+
+use axum::body::Body;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::StatusCode;
+
+use super::object::{copy_source, header_name, pipe, receive, write_condition};
+use crate::checksum::{self, Algorithm};
+use crate::error::S3Error;
+use crate::http_util::{check_key, check_preconditions, object_headers};
+use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
+use crate::store::{Completion, StoredChecksum};
+use crate::time::iso8601;
+use crate::xml::{XmlWriter, parse_complete};
+
+/// Largest part.
+const MAX_PART: u64 = 5 << 30;
+
+fn part_number(ctx: &Ctx) -> Result<u32, S3Error> {
+    ctx.q("partNumber")
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })
+}
+
+fn upload_id(ctx: &Ctx) -> String {
+    ctx.q("uploadId").unwrap_or_default().to_string()
+}
+
+/// CreateMultipartUpload.
+pub async fn create(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    check_key(&key)?;
+    svc.owned_bucket(ctx, &bucket)?;
+    let headers = object_headers(&ctx.headers)?;
+    let algorithm = match ctx.header("x-amz-checksum-algorithm") {
+        Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
+            S3Error::invalid_request(format!("Checksum algorithm {a} is not supported"))
+        })?),
+        None => None,
+    };
+    let kind = ctx
+        .header("x-amz-checksum-type")
+        .map(str::to_ascii_uppercase);
+    let checksum = match (algorithm, kind.as_deref()) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(S3Error::invalid_request(
+                "x-amz-checksum-type requires x-amz-checksum-algorithm",
+            ));
+        }
+        (Some(Algorithm::Crc64Nvme), None | Some("FULL_OBJECT")) => {
+            Some((Algorithm::Crc64Nvme, "FULL_OBJECT"))
+        }
+        (Some(a @ (Algorithm::Crc32 | Algorithm::Crc32c)), None | Some("COMPOSITE")) => {
+            Some((a, "COMPOSITE"))
+        }
+        (Some(a @ (Algorithm::Crc32 | Algorithm::Crc32c)), Some("FULL_OBJECT")) => {
+            Some((a, "FULL_OBJECT"))
+        }
+        (Some(a @ (Algorithm::Sha1 | Algorithm::Sha256)), None | Some("COMPOSITE")) => {
+            Some((a, "COMPOSITE"))
+        }
+        (Some(a), Some(t)) => {
+            return Err(S3Error::invalid_request(format!(
+                "The {} checksum algorithm does not support the {t} checksum type",
+                a.name()
+            )));
+        }
+    };
+    let upload = svc
+        .store
+        .create_upload(
+            &bucket,
+            &key,
+            headers,
+            ctx.user(),
+            checksum.map(|(a, t)| (a.name().to_string(), t.to_string())),
+        )
+        .await?;
+    let mut w = XmlWriter::new("InitiateMultipartUploadResult");
+    w.element("Bucket", &bucket)
+        .element("Key", &key)
+        .element("UploadId", &upload.upload_id);
+    let mut resp = xml(w.finish());
+    if let Some((a, t)) = checksum {
+        resp.headers_mut().insert(
+            "x-amz-checksum-algorithm",
+            http::HeaderValue::from_static(a.name()),
+        );
+        resp.headers_mut()
+            .insert("x-amz-checksum-type", http::HeaderValue::from_static(t));
+    }
+    Ok(resp)
+}
+
+/// UploadPart.
+pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    let number = part_number(ctx)?;
+    let id = upload_id(ctx);
+    svc.store.upload(&bucket, &key, &id)?;
+    let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
+    let summary = receive(ctx, &mut writer, MAX_PART).await?;
+    let part = writer
+        .commit_part(summary.etag(), summary.checksums.clone())
+        .await?;
+    let mut h = vec![
+        ("etag", format!("\"{}\"", part.etag)),
+        ("content-length", "0".into()),
+    ];
+    for c in &part.checksums {
+        if let Some(a) = Algorithm::parse(&c.algorithm) {
+            h.push((header_name(a), c.value.clone()));
+        }
+    }
+    Ok(response(StatusCode::OK, h, Body::empty()))
+}
+
+/// UploadPartCopy: a part from a byte range of another object.
+pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    let number = part_number(ctx)?;
+    let id = upload_id(ctx);
+    svc.store.upload(&bucket, &key, &id)?;
+    let (src_bucket, src_key) = copy_source(ctx)?;
+    svc.owned_bucket(ctx, &src_bucket)?;
+    let source = svc.store.open_object(&src_bucket, &src_key)?;
+    check_preconditions(
+        &ctx.headers,
+        "x-amz-copy-source-",
+        &source.info,
+        S3Error::precondition_failed("x-amz-copy-source-If-None-Match"),
+    )?;
+    let size = source.info.size;
+    let range = match ctx.header("x-amz-copy-source-range") {
+        None => 0..size,
+        Some(r) => {
+            let bad = || {
+                S3Error::invalid_argument(
+                    "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+                )
+            };
+            let spec = r.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+            let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if a > b || b >= size {
+                return Err(S3Error::invalid_argument(format!(
+                    "Range specified is not valid for source object of size: {size}"
+                )));
+            }
+            a..b + 1
+        }
+    };
+    if range.end - range.start > MAX_PART {
+        return Err(S3Error::entity_too_large(range.end - range.start, MAX_PART));
+    }
+    let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
+    let (_, md5) = pipe(source.reader.read(range)?, &mut writer).await?;
+    let part = writer.commit_part(checksum::hex(&md5), Vec::new()).await?;
+    let mut w = XmlWriter::new("CopyPartResult");
+    w.element("LastModified", &iso8601(part.last_modified))
+        .element("ETag", &format!("\"{}\"", part.etag));
+    Ok(xml(w.finish()))
+}
+
+/// Combines CRCs of consecutive pieces (`crc(A‖B)` from `crc(A)`, `crc(B)` and `len(B)`), for
+/// full-object checksums of multipart uploads. `poly` is the reflected polynomial.
+fn crc_combine(crc1: u64, crc2: u64, len2: u64, poly: u64, width: usize) -> u64 {
+    fn times(mat: &[u64], mut vec: u64) -> u64 {
+        let (mut sum, mut i) = (0, 0);
+        while vec != 0 {
+            if vec & 1 != 0 {
+                sum ^= mat[i];
+            }
+            vec >>= 1;
+            i += 1;
+        }
+        sum
+    }
+    fn square(mat: &[u64]) -> Vec<u64> {
+        mat.iter().map(|&m| times(mat, m)).collect()
+    }
+    if len2 == 0 {
+        return crc1;
+    }
+    let mut crc1 = crc1;
+    let mut len2 = len2;
+    let mut odd: Vec<u64> = std::iter::once(poly)
+        .chain((0..width - 1).map(|i| 1u64 << i))
+        .collect();
+    let mut even = square(&odd);
+    odd = square(&even);
+    loop {
+        even = square(&odd);
+        if len2 & 1 != 0 {
+            crc1 = times(&even, crc1);
+        }
+        len2 >>= 1;
+        if len2 == 0 {
+            break;
+        }
+        odd = square(&even);
+        if len2 & 1 != 0 {
+            crc1 = times(&odd, crc1);
+        }
+        len2 >>= 1;
+        if len2 == 0 {
+            break;
+        }
+    }
+    crc1 ^ crc2
+}
+
+/// The full-object CRC of an object from its parts' CRCs and sizes.
+fn full_object_crc(algorithm: Algorithm, parts: &[(String, u64)]) -> Result<String, S3Error> {
+    let (poly, width) = match algorithm {
+        Algorithm::Crc32 => (0xEDB8_8320u64, 32),
+        Algorithm::Crc32c => (0x82F6_3B78u64, 32),
+        Algorithm::Crc64Nvme => (0x9A6C_9329_AC4B_C9B5u64, 64),
+        _ => {
+            return Err(S3Error::invalid_request(
+                "FULL_OBJECT checksums need a CRC algorithm",
+            ));
+        }
+    };
+    let mut total = 0u64;
+    for (i, (value, size)) in parts.iter().enumerate() {
+        let raw = STANDARD
+            .decode(value)
+            .map_err(|_| S3Error::invalid_part("malformed part checksum"))?;
+        let mut be = [0u8; 8];
+        be[8 - raw.len()..].copy_from_slice(&raw);
+        let crc = u64::from_be_bytes(be);
+        total = if i == 0 {
+            crc
+        } else {
+            crc_combine(total, crc, *size, poly, width)
+        };
+    }
+    let bytes = total.to_be_bytes();
+    Ok(STANDARD.encode(&bytes[8 - width / 8..]))
+}
+
+/// CompleteMultipartUpload.
+pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    let id = upload_id(ctx);
+    let upload = svc.store.upload(&bucket, &key, &id)?;
+    let condition = write_condition(ctx)?;
+    let body = ctx.body_reader(4 << 20)?.read_all(4 << 20).await?;
+    let requested = parse_complete(&body)?;
+    if requested
+        .windows(2)
+        .any(|w| w[0].part_number >= w[1].part_number)
+    {
+        return Err(S3Error::invalid_part_order());
+    }
+    let stored = svc.store.parts(&bucket, &key, &id, 0)?;
+    // The object's checksum, if the upload declared an algorithm.
+    let (checksum, checksum_type) = match (
+        upload
+            .checksum_algorithm
+            .as_deref()
+            .and_then(Algorithm::parse),
+        upload.checksum_type.clone(),
+    ) {
+        (Some(algorithm), Some(kind)) => {
+            let mut values = Vec::new();
+            for p in &requested {
+                let part = stored
+                    .iter()
+                    .find(|s| s.part_number == p.part_number)
+                    .ok_or_else(|| {
+                        S3Error::invalid_part(&format!("part {} was not uploaded", p.part_number))
+                    })?;
+                let value = part
+                    .checksums
+                    .iter()
+                    .find(|c| c.algorithm == algorithm.name())
+                    .map(|c| c.value.clone())
+                    .or_else(|| p.checksums.iter().find(|(a, _)| a.eq_ignore_ascii_case(algorithm.name())).map(|(_, v)| v.clone()))
+                    .ok_or_else(|| S3Error::invalid_request(format!("The upload was created using a {} checksum. The complete request must include the checksum for each part. It was missing for part {} in the request.", algorithm.name().to_ascii_lowercase(), p.part_number)))?;
+                if let Some((_, sent)) = p
+                    .checksums
+                    .iter()
+                    .find(|(a, _)| a.eq_ignore_ascii_case(algorithm.name()))
+                    && *sent != value
+                {
+                    return Err(S3Error::invalid_part(&format!(
+                        "the checksum of part {} does not match",
+                        p.part_number
+                    )));
+                }
+                values.push((value, part.size));
+            }
+            let value = if kind == "FULL_OBJECT" {
+                full_object_crc(algorithm, &values)?
+            } else {
+                checksum::composite(
+                    algorithm,
+                    &values.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(),
+                )?
+            };
+            if let Some(sent) = ctx.header(&algorithm.header())
+                && kind == "FULL_OBJECT"
+                && sent.trim() != value
+            {
+                return Err(S3Error::bad_digest(algorithm.name()));
+            }
+            (
+                Some(StoredChecksum {
+                    algorithm: algorithm.name().to_string(),
+                    value,
+                }),
+                Some(kind),
+            )
+        }
+        _ => (None, None),
+    };
+    let parts: Vec<(u32, String)> = requested
+        .iter()
+        .map(|p| (p.part_number, p.etag.clone()))
+        .collect();
+    let info = svc
+        .store
+        .complete_upload(
+            &bucket,
+            &key,
+            &id,
+            Completion {
+                parts,
+                checksum,
+                checksum_type,
+                condition,
+            },
+        )
+        .await?;
+    let mut w = XmlWriter::new("CompleteMultipartUploadResult");
+    w.element("Location", &format!("http://{}/{bucket}/{key}", ctx.host))
+        .element("Bucket", &bucket)
+        .element("Key", &key)
+        .element("ETag", &format!("\"{}\"", info.etag));
+    for c in &info.checksums {
+        w.element(&format!("Checksum{}", c.algorithm), &c.value);
+    }
+    if let Some(t) = &info.checksum_type {
+        w.element("ChecksumType", t);
+    }
+    Ok(xml(w.finish()))
+}
+
+/// AbortMultipartUpload.
+pub async fn abort(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    svc.store
+        .abort_upload(&bucket, &key, &upload_id(ctx))
+        .await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// ListParts.
+pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    let id = upload_id(ctx);
+    let upload = svc.store.upload(&bucket, &key, &id)?;
+    let marker: u32 = ctx
+        .q("part-number-marker")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let max: usize = ctx
+        .q("max-parts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(1000);
+    let all = svc.store.parts(&bucket, &key, &id, marker)?;
+    let truncated = all.len() > max;
+    let parts = &all[..all.len().min(max)];
+    let mut w = XmlWriter::new("ListPartsResult");
+    w.element("Bucket", &bucket)
+        .element("Key", &key)
+        .element("UploadId", &id);
+    w.start("Initiator")
+        .element("ID", &upload.owner)
+        .element("DisplayName", &upload.owner)
+        .end();
+    super::owner(&mut w, &upload.owner);
+    w.element("StorageClass", "STANDARD")
+        .element("PartNumberMarker", &marker.to_string())
+        .element(
+            "NextPartNumberMarker",
+            &parts.last().map_or(marker, |p| p.part_number).to_string(),
+        )
+        .element("MaxParts", &max.to_string())
+        .element("IsTruncated", &truncated.to_string());
+    for p in parts {
+        w.start("Part")
+            .element("PartNumber", &p.part_number.to_string())
+            .element("LastModified", &iso8601(p.last_modified))
+            .element("ETag", &format!("\"{}\"", p.etag))
+            .element("Size", &p.size.to_string());
+        for c in &p.checksums {
+            w.element(&format!("Checksum{}", c.algorithm), &c.value);
+        }
+        w.end();
+    }
+    if let Some(a) = &upload.checksum_algorithm {
+        w.element("ChecksumAlgorithm", a);
+        w.optional("ChecksumType", upload.checksum_type.as_deref());
+    }
+    Ok(xml(w.finish()))
+}
+
+/// ListMultipartUploads.
+pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let bucket = ctx.bucket().to_string();
+    svc.owned_bucket(ctx, &bucket)?;
+    let prefix = ctx.q("prefix").unwrap_or("").to_string();
+    let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
+    let id_marker = ctx.q("upload-id-marker").unwrap_or("").to_string();
+    let max: usize = ctx
+        .q("max-uploads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(1000);
+    let after = (!key_marker.is_empty()).then_some((key_marker.as_str(), id_marker.as_str()));
+    let (uploads, truncated) = svc.store.uploads(&bucket, &prefix, after, max)?;
+    let mut w = XmlWriter::new("ListMultipartUploadsResult");
+    w.element("Bucket", &bucket)
+        .element("KeyMarker", &key_marker)
+        .element("UploadIdMarker", &id_marker);
+    if let Some(last) = uploads.last() {
+        w.element("NextKeyMarker", &last.key)
+            .element("NextUploadIdMarker", &last.upload_id);
+    }
+    w.element("Prefix", &prefix)
+        .element("MaxUploads", &max.to_string())
+        .element("IsTruncated", &truncated.to_string());
+    for u in &uploads {
+        w.start("Upload")
+            .element("Key", &u.key)
+            .element("UploadId", &u.upload_id);
+        w.start("Initiator")
+            .element("ID", &u.owner)
+            .element("DisplayName", &u.owner)
+            .end();
+        super::owner(&mut w, &u.owner);
+        w.element("StorageClass", "STANDARD")
+            .element("Initiated", &iso8601(u.initiated));
+        w.optional("ChecksumAlgorithm", u.checksum_algorithm.as_deref());
+        w.end();
+    }
+    Ok(xml(w.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_object_crc_of_the_documented_example() {
+        let a = vec![b'a'; 5 << 20];
+        let b = vec![b'b'; 5 << 20];
+        let c = vec![b'c'; 1000];
+        let parts: Vec<(String, u64)> = [&a, &b, &c]
+            .iter()
+            .map(|p| (checksum::compute(Algorithm::Crc32, p), p.len() as u64))
+            .collect();
+        assert_eq!(
+            full_object_crc(Algorithm::Crc32, &parts).unwrap(),
+            "AawuMQ=="
+        );
+        let parts: Vec<(String, u64)> = [&a, &b, &c]
+            .iter()
+            .map(|p| (checksum::compute(Algorithm::Crc64Nvme, p), p.len() as u64))
+            .collect();
+        assert_eq!(
+            full_object_crc(Algorithm::Crc64Nvme, &parts).unwrap(),
+            "pIe8NkwxpY0="
+        );
+    }
+}

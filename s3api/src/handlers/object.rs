@@ -1,0 +1,408 @@
+//! Object operations: PutObject (conditional, with checksums), GetObject and HeadObject
+//! (ranges, preconditions, overrides, checksum mode), DeleteObject, DeleteObjects, CopyObject.
+
+use axum::body::Body;
+use futures::StreamExt;
+use http::StatusCode;
+use md5::Digest;
+
+use crate::body::BodySummary;
+use crate::checksum;
+use crate::error::S3Error;
+use crate::http_util::{check_key, check_preconditions, object_headers, parse_range};
+use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
+use crate::store::{
+    BodyStream, ObjectHeaders, ObjectInfo, ObjectWriter, StoredChecksum, WriteCondition,
+};
+use crate::time::{http_date, iso8601};
+use crate::xml::{XmlWriter, parse_delete};
+
+/// The write condition of a PutObject or CompleteMultipartUpload.
+pub(crate) fn write_condition(ctx: &Ctx) -> Result<WriteCondition, S3Error> {
+    match (ctx.header("if-none-match"), ctx.header("if-match")) {
+        (Some(v), _) if v.trim() == "*" => Ok(WriteCondition::IfAbsent),
+        (Some(_), _) => Err(S3Error::not_implemented(
+            "If-None-Match with a value other than * on writes",
+        )),
+        (None, Some(etag)) => Ok(WriteCondition::IfMatch(
+            etag.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_string(),
+        )),
+        (None, None) => Ok(WriteCondition::None),
+    }
+}
+
+/// Streams the request body into `writer`, verifying it; returns what it was.
+pub(crate) async fn receive(
+    ctx: &mut Ctx,
+    writer: &mut Box<dyn ObjectWriter>,
+    max: u64,
+) -> Result<BodySummary, S3Error> {
+    let mut body = ctx.body_reader(max)?;
+    while let Some(chunk) = body.next().await? {
+        writer.write(chunk).await?;
+    }
+    body.summary()
+        .ok_or_else(|| S3Error::internal("body ended without a summary"))
+}
+
+/// Streams `source` into `writer`; returns size and MD5.
+pub(crate) async fn pipe(
+    mut source: BodyStream,
+    writer: &mut Box<dyn ObjectWriter>,
+) -> Result<(u64, [u8; 16]), S3Error> {
+    let mut md5 = checksum::md5();
+    let mut size = 0u64;
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk?;
+        md5.update(&chunk);
+        size += chunk.len() as u64;
+        writer.write(chunk).await?;
+    }
+    Ok((size, md5.finalize().into()))
+}
+
+fn checksum_headers(
+    checksums: &[StoredChecksum],
+    checksum_type: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for c in checksums {
+        if let Some(a) = checksum::Algorithm::parse(&c.algorithm) {
+            out.push((header_name(a), c.value.clone()));
+        }
+    }
+    if !checksums.is_empty() {
+        out.push((
+            "x-amz-checksum-type",
+            checksum_type.unwrap_or("FULL_OBJECT").to_string(),
+        ));
+    }
+    out
+}
+
+/// Static header names for checksums (http needs 'static names).
+pub(crate) fn header_name(a: checksum::Algorithm) -> &'static str {
+    match a {
+        checksum::Algorithm::Crc32 => "x-amz-checksum-crc32",
+        checksum::Algorithm::Crc32c => "x-amz-checksum-crc32c",
+        checksum::Algorithm::Crc64Nvme => "x-amz-checksum-crc64nvme",
+        checksum::Algorithm::Sha1 => "x-amz-checksum-sha1",
+        checksum::Algorithm::Sha256 => "x-amz-checksum-sha256",
+    }
+}
+
+/// PutObject.
+pub async fn put_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    check_key(&key)?;
+    svc.owned_bucket(ctx, &bucket)?;
+    let headers = object_headers(&ctx.headers)?;
+    let condition = write_condition(ctx)?;
+    if ctx.header("content-length").is_none()
+        && ctx.header("x-amz-decoded-content-length").is_none()
+        && ctx.header("transfer-encoding").is_none()
+    {
+        return Err(S3Error::missing_content_length());
+    }
+    let mut writer = svc.store.put_object(&bucket, &key).await?;
+    let summary = receive(ctx, &mut writer, svc.config.max_put_size).await?;
+    let info = writer
+        .commit_object(
+            summary.etag(),
+            headers,
+            summary.checksums.clone(),
+            ctx.user().to_string(),
+            condition,
+        )
+        .await?;
+    let mut h = vec![
+        ("etag", format!("\"{}\"", info.etag)),
+        ("content-length", "0".into()),
+    ];
+    h.extend(checksum_headers(
+        &info.checksums,
+        info.checksum_type.as_deref(),
+    ));
+    Ok(response(StatusCode::OK, h, Body::empty()))
+}
+
+/// The headers describing an object (GET and HEAD).
+fn object_response_headers(info: &ObjectInfo, ctx: &Ctx) -> Vec<(&'static str, String)> {
+    let o: &ObjectHeaders = &info.headers;
+    let override_or = |param: &str, stored: Option<&String>| {
+        ctx.q(param).map(str::to_string).or_else(|| stored.cloned())
+    };
+    let mut h = vec![
+        ("etag", format!("\"{}\"", info.etag)),
+        ("last-modified", http_date(info.last_modified)),
+        ("accept-ranges", "bytes".into()),
+        (
+            "content-type",
+            override_or("response-content-type", o.content_type.as_ref())
+                .unwrap_or_else(|| "binary/octet-stream".into()),
+        ),
+    ];
+    let optional = [
+        (
+            "content-encoding",
+            override_or("response-content-encoding", o.content_encoding.as_ref()),
+        ),
+        (
+            "content-disposition",
+            override_or(
+                "response-content-disposition",
+                o.content_disposition.as_ref(),
+            ),
+        ),
+        (
+            "content-language",
+            override_or("response-content-language", o.content_language.as_ref()),
+        ),
+        (
+            "cache-control",
+            override_or("response-cache-control", o.cache_control.as_ref()),
+        ),
+        (
+            "expires",
+            override_or("response-expires", o.expires.as_ref()),
+        ),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            h.push((name, v));
+        }
+    }
+    h
+}
+
+/// GetObject and HeadObject.
+pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    let response_overrides = ctx.query.iter().any(|(k, _)| k.starts_with("response-"));
+    if response_overrides && ctx.auth.access_key.is_empty() {
+        return Err(S3Error::invalid_request(
+            "Request specific response headers cannot be used for anonymous GET requests.",
+        ));
+    }
+    let object = svc.store.open_object(&bucket, &key)?;
+    let info = &object.info;
+    check_preconditions(&ctx.headers, "", info, S3Error::not_modified())?;
+    let size = info.size;
+    let mut range = parse_range(ctx.header("range"), size)?;
+    let mut part_count = None;
+    if let Some(part) = ctx.q("partNumber") {
+        if ctx.header("range").is_some() {
+            return Err(S3Error::invalid_request(
+                "Cannot specify both Range header and partNumber query parameter",
+            ));
+        }
+        let n: usize = part
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| {
+                S3Error::invalid_argument(
+                    "Part number must be an integer between 1 and 10000, inclusive",
+                )
+            })?;
+        let sizes = if info.part_sizes.is_empty() {
+            vec![size]
+        } else {
+            info.part_sizes.clone()
+        };
+        if n > sizes.len() {
+            return Err(S3Error::invalid_range(size, &format!("partNumber={n}")));
+        }
+        let start: u64 = sizes[..n - 1].iter().sum();
+        range = Some(start..start + sizes[n - 1]);
+        part_count = Some(sizes.len());
+    }
+    let mut h = object_response_headers(info, ctx);
+    if let Some(n) = part_count {
+        h.push(("x-amz-mp-parts-count", n.to_string()));
+    }
+    // Full-object checksums only on full-object responses: a client would check a range
+    // against them and fail.
+    if ctx
+        .header("x-amz-checksum-mode")
+        .is_some_and(|v| v.eq_ignore_ascii_case("enabled"))
+        && range.is_none()
+    {
+        h.extend(checksum_headers(
+            &info.checksums,
+            info.checksum_type.as_deref(),
+        ));
+    }
+    let (status, body_range) = match range {
+        Some(r) => {
+            h.push((
+                "content-range",
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            ));
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        None => (StatusCode::OK, 0..size),
+    };
+    h.push((
+        "content-length",
+        (body_range.end - body_range.start).to_string(),
+    ));
+    let body = if head || body_range.is_empty() {
+        Body::empty()
+    } else {
+        Body::from_stream(object.reader.read(body_range)?)
+    };
+    let mut resp = response(status, h, body);
+    for (name, value) in &info.headers.user_meta {
+        let header = http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes());
+        if let (Ok(n), Ok(v)) = (header, http::HeaderValue::from_str(value)) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// DeleteObject: 204 whether or not it existed.
+pub async fn delete_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    svc.owned_bucket(ctx, &bucket)?;
+    svc.store.delete_object(&bucket, &key).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// DeleteObjects.
+pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let bucket = ctx.bucket().to_string();
+    svc.owned_bucket(ctx, &bucket)?;
+    let has_digest = ctx.header("content-md5").is_some()
+        || ctx
+            .headers
+            .keys()
+            .any(|k| k.as_str().starts_with("x-amz-checksum-"))
+        || ctx.header("x-amz-sdk-checksum-algorithm").is_some();
+    if !has_digest {
+        return Err(S3Error::invalid_request(
+            "Missing required header for this request: Content-MD5",
+        ));
+    }
+    let body = ctx.body_reader(2 << 20)?.read_all(2 << 20).await?;
+    let (targets, quiet) = parse_delete(&body)?;
+    let mut w = XmlWriter::new("DeleteResult");
+    for t in targets {
+        if let Some(v) = t.version_id.as_deref().filter(|v| *v != "null") {
+            w.start("Error")
+                .element("Key", &t.key)
+                .element("VersionId", v)
+                .element("Code", "NoSuchVersion")
+                .element("Message", "The specified version does not exist.")
+                .end();
+            continue;
+        }
+        match svc.store.delete_object(&bucket, &t.key).await {
+            Ok(()) => {
+                if !quiet {
+                    w.start("Deleted").element("Key", &t.key).end();
+                }
+            }
+            Err(e) => {
+                w.start("Error")
+                    .element("Key", &t.key)
+                    .element("Code", e.code)
+                    .element("Message", &e.message)
+                    .end();
+            }
+        }
+    }
+    Ok(xml(w.finish()))
+}
+
+/// The bucket and key named by x-amz-copy-source.
+pub(crate) fn copy_source(ctx: &Ctx) -> Result<(String, String), S3Error> {
+    let raw = ctx.header("x-amz-copy-source").unwrap_or_default();
+    let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+    if let Some(version) = query.split('&').find_map(|p| p.strip_prefix("versionId="))
+        && version != "null"
+    {
+        return Err(S3Error::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchVersion",
+            "The specified version does not exist.",
+        ));
+    }
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let decoded = decoded.strip_prefix('/').unwrap_or(&decoded);
+    match decoded.split_once('/') {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok((b.to_string(), k.to_string())),
+        _ => Err(S3Error::invalid_argument(
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+        )),
+    }
+}
+
+/// CopyObject: streams the source into a new object (metadata copied or replaced).
+pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    check_key(&key)?;
+    svc.owned_bucket(ctx, &bucket)?;
+    let (src_bucket, src_key) = copy_source(ctx)?;
+    svc.owned_bucket(ctx, &src_bucket)?;
+    let source = svc.store.open_object(&src_bucket, &src_key)?;
+    check_preconditions(
+        &ctx.headers,
+        "x-amz-copy-source-",
+        &source.info,
+        S3Error::precondition_failed("x-amz-copy-source-If-None-Match"),
+    )?;
+    let replace = match ctx.header("x-amz-metadata-directive").unwrap_or("COPY") {
+        "COPY" => false,
+        "REPLACE" => true,
+        _ => return Err(S3Error::invalid_argument("Unknown metadata directive.")),
+    };
+    if !replace && src_bucket == bucket && src_key == key {
+        return Err(S3Error::invalid_request(
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+        ));
+    }
+    if source.info.size > svc.config.max_put_size {
+        return Err(S3Error::invalid_request(format!(
+            "The specified copy source is larger than the maximum allowable size for a copy source: {}",
+            svc.config.max_put_size
+        )));
+    }
+    let headers = if replace {
+        object_headers(&ctx.headers)?
+    } else {
+        source.info.headers.clone()
+    };
+    let condition = write_condition(ctx)?;
+    let mut writer = svc.store.put_object(&bucket, &key).await?;
+    let (_, md5) = pipe(source.reader.read(0..source.info.size)?, &mut writer).await?;
+    // Full-object checksums still hold for the same bytes; composite ones describe parts.
+    let checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
+        Vec::new()
+    } else {
+        source.info.checksums.clone()
+    };
+    let info = writer
+        .commit_object(
+            checksum::hex(&md5),
+            headers,
+            checksums,
+            ctx.user().to_string(),
+            condition,
+        )
+        .await?;
+    let mut w = XmlWriter::new("CopyObjectResult");
+    w.element("LastModified", &iso8601(info.last_modified))
+        .element("ETag", &format!("\"{}\"", info.etag));
+    for c in &info.checksums {
+        w.element(&format!("Checksum{}", c.algorithm), &c.value);
+    }
+    Ok(xml(w.finish()))
+}

@@ -1,0 +1,311 @@
+//! HTTP details of S3 objects: byte ranges, conditional requests, object metadata headers and
+//! the response-* overrides.
+
+use http::HeaderMap;
+
+use crate::error::S3Error;
+use crate::store::{ObjectHeaders, ObjectInfo};
+use crate::time::{parse_http_date, whole_seconds};
+
+/// Largest total size of user metadata (names and values).
+pub const MAX_USER_METADATA: usize = 2048;
+/// Longest key in bytes.
+pub const MAX_KEY: usize = 1024;
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Parses a Range header against an object of `size` bytes: `Ok(None)` means the whole object
+/// (no header, or one S3 ignores), `Ok(Some(range))` a satisfiable range, `Err` InvalidRange.
+pub fn parse_range(
+    value: Option<&str>,
+    size: u64,
+) -> Result<Option<std::ops::Range<u64>>, S3Error> {
+    let Some(value) = value else { return Ok(None) };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        let Ok(n) = last.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 || size == 0 {
+            return Err(S3Error::invalid_range(size, value));
+        }
+        size.saturating_sub(n)..size
+    } else {
+        let Ok(a) = first.parse::<u64>() else {
+            return Ok(None);
+        };
+        let b = if last.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            match last.parse::<u64>() {
+                Ok(b) if b >= a => b.min(size.saturating_sub(1)),
+                _ => return Ok(None),
+            }
+        };
+        if a >= size {
+            return Err(S3Error::invalid_range(size, value));
+        }
+        a..b + 1
+    };
+    Ok(Some(range))
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',').any(|candidate| {
+        let c = candidate.trim();
+        c == "*" || c.trim_start_matches("W/").trim_matches('"') == etag
+    })
+}
+
+/// Evaluates If-Match, If-Unmodified-Since, If-None-Match and If-Modified-Since (RFC 7232
+/// order, S3 precedence) with headers named `prefix` + name (`""` for GET/HEAD,
+/// `"x-amz-copy-source-"` for copy sources). `not_modified` is what a failed If-None-Match or
+/// If-Modified-Since gives (304 for reads, 412 for copies).
+pub fn check_preconditions(
+    headers: &HeaderMap,
+    prefix: &str,
+    info: &ObjectInfo,
+    not_modified: S3Error,
+) -> Result<(), S3Error> {
+    let h = |name: &str| header(headers, &format!("{prefix}{name}"));
+    let modified = whole_seconds(info.last_modified);
+    let if_match = h("if-match");
+    if let Some(list) = if_match {
+        if !etag_matches(list, &info.etag) {
+            return Err(S3Error::precondition_failed("If-Match"));
+        }
+    } else if let Some(since) = h("if-unmodified-since").and_then(parse_http_date)
+        && modified > since
+    {
+        return Err(S3Error::precondition_failed("If-Unmodified-Since"));
+    }
+    if let Some(list) = h("if-none-match") {
+        if etag_matches(list, &info.etag) {
+            return Err(not_modified);
+        }
+    } else if let Some(since) = h("if-modified-since").and_then(parse_http_date)
+        && modified <= since
+    {
+        return Err(not_modified);
+    }
+    Ok(())
+}
+
+/// Reads the object headers a writer sets (Content-*, Cache-Control, Expires, x-amz-meta-*),
+/// removing `aws-chunked` from Content-Encoding. Refuses metadata over 2 KiB.
+pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
+    let get = |name: &str| header(headers, name).map(str::to_string);
+    let content_encoding = get("content-encoding").and_then(|v| {
+        let kept: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && *t != "aws-chunked")
+            .collect();
+        (!kept.is_empty()).then(|| kept.join(","))
+    });
+    let mut user_meta = Vec::new();
+    let mut meta_size = 0;
+    for (name, value) in headers {
+        if let Some(n) = name.as_str().strip_prefix("x-amz-meta-") {
+            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            meta_size += n.len() + v.len();
+            user_meta.push((n.to_ascii_lowercase(), v));
+        }
+    }
+    if meta_size > MAX_USER_METADATA {
+        return Err(S3Error::metadata_too_large(meta_size));
+    }
+    user_meta.sort();
+    Ok(ObjectHeaders {
+        content_type: get("content-type"),
+        content_encoding,
+        content_disposition: get("content-disposition"),
+        content_language: get("content-language"),
+        cache_control: get("cache-control"),
+        expires: get("expires"),
+        user_meta,
+    })
+}
+
+/// Whether a key is acceptable.
+pub fn check_key(key: &str) -> Result<(), S3Error> {
+    if key.is_empty() {
+        return Err(S3Error::invalid_argument("The key must not be empty."));
+    }
+    if key.len() > MAX_KEY {
+        return Err(S3Error::key_too_long(key.len()));
+    }
+    Ok(())
+}
+
+/// Bucket naming rules (general purpose buckets).
+pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
+    let bad = |why: &str| Err(S3Error::invalid_bucket_name(name, why));
+    if !(3..=63).contains(&name.len()) {
+        return bad("a bucket name has 3 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return bad("only lowercase letters, digits, dots and hyphens are allowed");
+    }
+    let first = name.as_bytes()[0];
+    let last = name.as_bytes()[name.len() - 1];
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return bad("a bucket name begins and ends with a letter or digit");
+    }
+    if name.contains("..") {
+        return bad("two adjacent dots are not allowed");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return bad("a bucket name is not an IP address");
+    }
+    for p in ["xn--", "sthree-", "amzn-s3-demo-"] {
+        if name.starts_with(p) {
+            return bad("reserved prefix");
+        }
+    }
+    for s in ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"] {
+        if name.ends_with(s) {
+            return bad("reserved suffix");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn ranges_as_s3_reads_them() {
+        assert_eq!(parse_range(Some("bytes=0-9"), 100).unwrap(), Some(0..10));
+        assert_eq!(parse_range(Some("bytes=90-"), 100).unwrap(), Some(90..100));
+        assert_eq!(parse_range(Some("bytes=-10"), 100).unwrap(), Some(90..100));
+        assert_eq!(parse_range(Some("bytes=-500"), 100).unwrap(), Some(0..100));
+        assert_eq!(
+            parse_range(Some("bytes=50-500"), 100).unwrap(),
+            Some(50..100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100).unwrap_err().code,
+            "InvalidRange"
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-0"), 100).unwrap_err().code,
+            "InvalidRange"
+        );
+        assert_eq!(
+            parse_range(Some("bytes=0-0"), 0).unwrap_err().code,
+            "InvalidRange"
+        );
+        assert_eq!(parse_range(Some("bytes=5-2"), 100).unwrap(), None);
+        assert_eq!(parse_range(Some("items=0-1"), 100).unwrap(), None);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100).unwrap(), None);
+    }
+
+    fn info() -> ObjectInfo {
+        ObjectInfo {
+            key: "k".into(),
+            size: 1,
+            etag: "abc".into(),
+            last_modified: UNIX_EPOCH + Duration::from_secs(1_000_000),
+            headers: ObjectHeaders::default(),
+            checksums: vec![],
+            checksum_type: None,
+            owner: "o".into(),
+            part_sizes: vec![],
+        }
+    }
+
+    #[test]
+    fn precondition_precedence_follows_s3() {
+        let mut h = HeaderMap::new();
+        h.insert("if-match", "\"abc\"".parse().unwrap());
+        h.insert(
+            "if-unmodified-since",
+            "Thu, 01 Jan 1970 00:00:01 GMT".parse().unwrap(),
+        );
+        assert!(
+            check_preconditions(&h, "", &info(), S3Error::not_modified()).is_ok(),
+            "If-Match true wins over If-Unmodified-Since false"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("if-none-match", "\"abc\"".parse().unwrap());
+        h.insert(
+            "if-modified-since",
+            "Thu, 01 Jan 1970 00:00:01 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            check_preconditions(&h, "", &info(), S3Error::not_modified())
+                .unwrap_err()
+                .code,
+            "NotModified"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("if-match", "\"other\"".parse().unwrap());
+        assert_eq!(
+            check_preconditions(&h, "", &info(), S3Error::not_modified())
+                .unwrap_err()
+                .code,
+            "PreconditionFailed"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "if-modified-since",
+            "Mon, 12 Oct 2099 17:50:30 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            check_preconditions(&h, "", &info(), S3Error::not_modified())
+                .unwrap_err()
+                .code,
+            "NotModified"
+        );
+    }
+
+    #[test]
+    fn bucket_names() {
+        for ok in ["abc", "my-bucket.v2", "a1b"] {
+            assert!(check_bucket_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Upper",
+            "-start",
+            "end-",
+            "a..b",
+            "192.168.1.1",
+            "xn--abc",
+            "x".repeat(64).as_str(),
+            "under_score",
+        ] {
+            assert!(check_bucket_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-meta-Color", "blue".parse().unwrap());
+        h.insert("content-encoding", "gzip,aws-chunked".parse().unwrap());
+        let o = object_headers(&h).unwrap();
+        assert_eq!(o.user_meta, vec![("color".to_string(), "blue".to_string())]);
+        assert_eq!(o.content_encoding.as_deref(), Some("gzip"));
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-meta-big", "x".repeat(3000).parse().unwrap());
+        assert_eq!(object_headers(&h).unwrap_err().code, "MetadataTooLarge");
+    }
+}

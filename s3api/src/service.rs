@@ -1,0 +1,510 @@
+//! The S3 service: one handler for every request. It works out the bucket and key (path-style
+//! or virtual-hosted-style), authenticates, picks the operation from method, path and query,
+//! runs it and shapes the response — `x-amz-request-id` on all of them, S3 error XML on
+//! failures, no body on HEAD and 304.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+
+use crate::auth::{self, Authenticated, Credentials, RequestParts};
+use crate::body::BodyReader;
+use crate::error::S3Error;
+use crate::handlers;
+use crate::store::ObjectStore;
+
+/// Notified of every request (for metrics).
+pub trait Observer: Send + Sync {
+    /// One request finished.
+    fn observe(
+        &self,
+        operation: &'static str,
+        status: u16,
+        elapsed: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    );
+}
+
+/// How the service is set up.
+#[derive(Clone)]
+pub struct S3Config {
+    /// Region reported to clients.
+    pub region: String,
+    /// Users.
+    pub credentials: Credentials,
+    /// Base domains for virtual-hosted-style requests (`bucket.<domain>`).
+    pub domains: Vec<String>,
+    /// Largest single PUT (S3: 5 GiB).
+    pub max_put_size: u64,
+    /// Request observer.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("region", &self.region)
+            .field("domains", &self.domains)
+            .finish()
+    }
+}
+
+impl S3Config {
+    /// Defaults: us-east-1, virtual hosts under `localhost`, 5 GiB PUTs.
+    pub fn new(credentials: Credentials) -> Self {
+        S3Config {
+            region: "us-east-1".into(),
+            credentials,
+            domains: vec!["localhost".into()],
+            max_put_size: 5 << 30,
+            observer: None,
+        }
+    }
+}
+
+/// The service: share it between connections.
+#[derive(Clone)]
+pub struct S3Service {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) config: Arc<S3Config>,
+    ids: Arc<AtomicU64>,
+}
+
+/// One request being served.
+pub struct Ctx {
+    /// Method.
+    pub method: Method,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Bucket, if any.
+    pub bucket: Option<String>,
+    /// Key, if any.
+    pub key: Option<String>,
+    /// Decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// The authenticated user.
+    pub auth: Authenticated,
+    /// Request id.
+    pub request_id: String,
+    /// The body, until taken.
+    pub body: Option<Body>,
+    /// Host header.
+    pub host: String,
+    /// Bytes of body read (for metrics).
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+impl Ctx {
+    /// A query parameter.
+    pub fn q(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a query parameter is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.query.iter().any(|(k, _)| k == name)
+    }
+
+    /// A header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The user's access key.
+    pub fn user(&self) -> &str {
+        &self.auth.access_key
+    }
+
+    /// The bucket (the router only sends bucket operations here).
+    pub fn bucket(&self) -> &str {
+        self.bucket.as_deref().unwrap_or_default()
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or_default()
+    }
+
+    /// A reader for the body, verified as the request's headers say.
+    pub fn body_reader(&mut self, max: u64) -> Result<BodyReader, S3Error> {
+        let body = self.body.take().unwrap_or_else(Body::empty);
+        let counter = self.bytes_in.clone();
+        let raw = body
+            .into_data_stream()
+            .map(move |r| {
+                r.inspect(|b| {
+                    counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+                })
+                .map_err(|e| S3Error::incomplete_body(&format!("reading the request body: {e}")))
+            })
+            .boxed();
+        BodyReader::new(raw, &self.headers, &self.auth, max)
+    }
+}
+
+/// The answer of an operation.
+pub type Reply = Result<Response<Body>, S3Error>;
+
+/// Query parameters naming S3 features Zonestore does not implement: refused with
+/// NotImplemented rather than answered wrongly.
+const UNSUPPORTED: &[&str] = &[
+    "acl",
+    "accelerate",
+    "analytics",
+    "cors",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "lifecycle",
+    "logging",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "restore",
+    "retention",
+    "legal-hold",
+    "select",
+    "tagging",
+    "torrent",
+    "website",
+    "attributes",
+];
+
+fn decode(text: &str) -> String {
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+impl S3Service {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, config: S3Config) -> Self {
+        S3Service {
+            store,
+            config: Arc::new(config),
+            ids: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// An axum router sending every request to the service.
+    pub fn router(self) -> axum::Router {
+        axum::Router::new().fallback(move |req: Request<Body>| {
+            let service = self.clone();
+            async move { service.handle(req).await }
+        })
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        format!("{:016X}", t.rotate_left(20) ^ n)
+    }
+
+    /// Splits the host and path into bucket and key.
+    fn address(&self, host: &str, raw_path: &str) -> (Option<String>, Option<String>) {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
+            None => host.rsplit_once(':').map_or(host.clone(), |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h.to_string()
+                } else {
+                    host.clone()
+                }
+            }),
+        };
+        let path = raw_path.strip_prefix('/').unwrap_or(raw_path);
+        for domain in &self.config.domains {
+            if let Some(bucket) = host.strip_suffix(&format!(".{domain}"))
+                && !bucket.is_empty()
+            {
+                let key = (!path.is_empty()).then(|| decode(path));
+                return (Some(bucket.to_string()), key);
+            }
+        }
+        if path.is_empty() {
+            return (None, None);
+        }
+        match path.split_once('/') {
+            Some((bucket, rest)) if !rest.is_empty() => (Some(decode(bucket)), Some(decode(rest))),
+            Some((bucket, _)) => (Some(decode(bucket)), None),
+            None => (Some(decode(path)), None),
+        }
+    }
+
+    /// Serves one request.
+    pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = self.request_id();
+        let (parts, body) = req.into_parts();
+        let raw_path = parts.uri.path().to_string();
+        let raw_query = parts.uri.query().map(str::to_string);
+        let host = parts
+            .headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let (bucket, key) = self.address(&host, &raw_path);
+        let resource = format!(
+            "/{}{}",
+            bucket.as_deref().unwrap_or(""),
+            key.as_deref().map(|k| format!("/{k}")).unwrap_or_default()
+        );
+        let is_head = parts.method == Method::HEAD;
+        let method = parts.method.clone();
+        // SigV2 signs /bucket/key even for virtual-hosted requests.
+        let v2_resource = match (
+            &bucket,
+            raw_path.starts_with(&format!("/{}", bucket.as_deref().unwrap_or("\u{0}"))),
+        ) {
+            (Some(b), false) => format!("/{b}{raw_path}"),
+            _ => raw_path.clone(),
+        };
+        let request = RequestParts {
+            method: &parts.method,
+            raw_path: &raw_path,
+            raw_query: raw_query.as_deref(),
+            headers: &parts.headers,
+            v2_resource: &v2_resource,
+        };
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let mut operation = "Unknown";
+        let result = match auth::authenticate(&request, &self.config.credentials, SystemTime::now())
+        {
+            Err(e) => Err(e),
+            Ok(auth) => {
+                let query = raw_query
+                    .as_deref()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                        (decode(k), decode(v))
+                    })
+                    .collect();
+                let mut ctx = Ctx {
+                    method: parts.method.clone(),
+                    headers: parts.headers.clone(),
+                    bucket,
+                    key,
+                    query,
+                    auth,
+                    request_id: request_id.clone(),
+                    body: Some(body),
+                    host,
+                    bytes_in: bytes_in.clone(),
+                };
+                let (op, reply) = self.dispatch(&mut ctx).await;
+                operation = op;
+                reply
+            }
+        };
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let no_body = is_head || e.status == StatusCode::NOT_MODIFIED;
+                let body = if no_body {
+                    Body::empty()
+                } else {
+                    Body::from(e.to_xml(&resource, &request_id))
+                };
+                let mut r = Response::new(body);
+                *r.status_mut() = e.status;
+                if !no_body {
+                    r.headers_mut()
+                        .insert("content-type", HeaderValue::from_static("application/xml"));
+                }
+                if e.code == "InvalidRange"
+                    && let Some((_, size)) = e.extra.iter().find(|(k, _)| *k == "ActualObjectSize")
+                    && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+                {
+                    r.headers_mut().insert("content-range", v);
+                }
+                tracing::debug!(request_id, %method, resource, code = e.code, "request failed: {}", e.message);
+                r
+            }
+        };
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-amz-request-id", v.clone());
+            headers.insert("x-amz-id-2", v);
+        }
+        headers.insert("server", HeaderValue::from_static("Zonestore"));
+        let status = response.status().as_u16();
+        let bytes_out = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tracing::debug!(request_id, %method, resource, operation, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        if let Some(observer) = &self.config.observer {
+            observer.observe(
+                operation,
+                status,
+                started.elapsed(),
+                bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+            );
+        }
+        response
+    }
+
+    async fn dispatch(&self, ctx: &mut Ctx) -> (&'static str, Reply) {
+        if let Some(feature) = UNSUPPORTED.iter().find(|f| ctx.has(f)) {
+            return (
+                "Unsupported",
+                Err(S3Error::not_implemented(&format!(
+                    "The ?{feature} subresource"
+                ))),
+            );
+        }
+        let m = ctx.method.clone();
+        let has_key = ctx.key.is_some();
+        let has_bucket = ctx.bucket.is_some();
+        macro_rules! op {
+            ($name:literal, $call:expr) => {
+                ($name, $call.await)
+            };
+        }
+        if !has_bucket {
+            return match m {
+                Method::GET => op!("ListBuckets", handlers::bucket::list_buckets(self, ctx)),
+                _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
+            };
+        }
+        if !has_key {
+            return match m {
+                Method::PUT if ctx.has("versioning") => (
+                    "PutBucketVersioning",
+                    Err(S3Error::not_implemented("Bucket versioning")),
+                ),
+                Method::PUT => op!("CreateBucket", handlers::bucket::create_bucket(self, ctx)),
+                Method::DELETE => op!("DeleteBucket", handlers::bucket::delete_bucket(self, ctx)),
+                Method::HEAD => op!("HeadBucket", handlers::bucket::head_bucket(self, ctx)),
+                Method::GET if ctx.has("location") => {
+                    op!("GetBucketLocation", handlers::bucket::location(self, ctx))
+                }
+                Method::GET if ctx.has("versioning") => op!(
+                    "GetBucketVersioning",
+                    handlers::bucket::versioning(self, ctx)
+                ),
+                Method::GET if ctx.has("uploads") => op!(
+                    "ListMultipartUploads",
+                    handlers::multipart::list_uploads(self, ctx)
+                ),
+                Method::GET if ctx.has("versions") => op!(
+                    "ListObjectVersions",
+                    handlers::list::list_versions(self, ctx)
+                ),
+                Method::GET if ctx.q("list-type") == Some("2") => {
+                    op!("ListObjectsV2", handlers::list::list_v2(self, ctx))
+                }
+                Method::GET => op!("ListObjects", handlers::list::list_v1(self, ctx)),
+                Method::POST if ctx.has("delete") => {
+                    op!("DeleteObjects", handlers::object::delete_objects(self, ctx))
+                }
+                _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
+            };
+        }
+        let copy = ctx.headers.contains_key("x-amz-copy-source");
+        let part = ctx.has("uploadId");
+        match m {
+            Method::PUT if part && copy => op!(
+                "UploadPartCopy",
+                handlers::multipart::upload_part_copy(self, ctx)
+            ),
+            Method::PUT if part => op!("UploadPart", handlers::multipart::upload_part(self, ctx)),
+            Method::PUT if copy => op!("CopyObject", handlers::object::copy_object(self, ctx)),
+            Method::PUT => op!("PutObject", handlers::object::put_object(self, ctx)),
+            Method::GET if part => op!("ListParts", handlers::multipart::list_parts(self, ctx)),
+            Method::GET => op!("GetObject", handlers::object::get_object(self, ctx, false)),
+            Method::HEAD => op!("HeadObject", handlers::object::get_object(self, ctx, true)),
+            Method::DELETE if part => op!(
+                "AbortMultipartUpload",
+                handlers::multipart::abort(self, ctx)
+            ),
+            Method::DELETE => op!("DeleteObject", handlers::object::delete_object(self, ctx)),
+            Method::POST if ctx.has("uploads") => op!(
+                "CreateMultipartUpload",
+                handlers::multipart::create(self, ctx)
+            ),
+            Method::POST if part => op!(
+                "CompleteMultipartUpload",
+                handlers::multipart::complete(self, ctx)
+            ),
+            _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
+        }
+    }
+
+    /// Checks that the user owns the bucket (AccessDenied otherwise; NoSuchBucket if absent).
+    pub fn owned_bucket(
+        &self,
+        ctx: &Ctx,
+        bucket: &str,
+    ) -> Result<crate::store::BucketInfo, S3Error> {
+        let info = self.store.bucket(bucket)?;
+        if info.owner != ctx.user() {
+            return Err(S3Error::access_denied("Access Denied"));
+        }
+        Ok(info)
+    }
+}
+
+/// A response with status, headers and body.
+pub fn response(
+    status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().append(name, v);
+        }
+    }
+    r
+}
+
+/// A 200 XML response.
+pub fn xml(body: String) -> Response<Body> {
+    let len = body.len();
+    response(
+        StatusCode::OK,
+        vec![
+            ("content-type", "application/xml".into()),
+            ("content-length", len.to_string()),
+        ],
+        Body::from(body),
+    )
+}
+
+/// An empty response (204s carry no Content-Length).
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let headers = if status == StatusCode::NO_CONTENT {
+        vec![]
+    } else {
+        vec![("content-length", "0".into())]
+    };
+    response(status, headers, Body::empty())
+}

@@ -1,0 +1,336 @@
+//! XML for S3: escaping, a small writer for response documents, and parsers for the request
+//! documents S3 clients send (CompleteMultipartUpload, Delete, CreateBucketConfiguration),
+//! namespace- and order-agnostic.
+
+use quick_xml::Reader;
+use quick_xml::events::Event;
+
+use crate::error::S3Error;
+
+/// The S3 namespace of response documents.
+pub const NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// Escapes text for an XML element.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Characters XML 1.0 cannot carry are written as references S3 clients accept.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {
+                out.push_str(&format!("&#x{:X};", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Builds a response document.
+#[derive(Debug)]
+pub struct XmlWriter {
+    out: String,
+    open: Vec<&'static str>,
+}
+
+impl XmlWriter {
+    /// A document whose root element is `root` (in the S3 namespace).
+    pub fn new(root: &'static str) -> Self {
+        let mut out = String::with_capacity(1024);
+        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        out.push_str(&format!("<{root} xmlns=\"{NS}\">"));
+        XmlWriter {
+            out,
+            open: vec![root],
+        }
+    }
+
+    /// `<name>text</name>`.
+    pub fn element(&mut self, name: &str, text: &str) -> &mut Self {
+        self.out
+            .push_str(&format!("<{name}>{}</{name}>", escape(text)));
+        self
+    }
+
+    /// `<name>text</name>` if `text` is given.
+    pub fn optional(&mut self, name: &str, text: Option<&str>) -> &mut Self {
+        if let Some(t) = text {
+            self.element(name, t);
+        }
+        self
+    }
+
+    /// Opens `<name>`.
+    pub fn start(&mut self, name: &'static str) -> &mut Self {
+        self.out.push_str(&format!("<{name}>"));
+        self.open.push(name);
+        self
+    }
+
+    /// Closes the innermost open element.
+    pub fn end(&mut self) -> &mut Self {
+        if let Some(name) = self.open.pop() {
+            self.out.push_str(&format!("</{name}>"));
+        }
+        self
+    }
+
+    /// Closes everything and returns the document.
+    pub fn finish(mut self) -> String {
+        while !self.open.is_empty() {
+            self.end();
+        }
+        self.out
+    }
+}
+
+/// What the parser saw: an element opening (its path), or text inside an element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Start(Vec<String>),
+    Text(Vec<String>, String),
+}
+
+fn resolve_reference(name: &str) -> Option<String> {
+    Some(match name {
+        "amp" => "&".into(),
+        "lt" => "<".into(),
+        "gt" => ">".into(),
+        "quot" => "\"".into(),
+        "apos" => "'".into(),
+        n if n.starts_with("#x") => char::from_u32(u32::from_str_radix(&n[2..], 16).ok()?)?.into(),
+        n if n.starts_with('#') => char::from_u32(n[1..].parse().ok()?)?.into(),
+        _ => return None,
+    })
+}
+
+/// The request document as a flat list of element openings and texts, with element paths.
+fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
+    let mut reader = Reader::from_reader(body);
+    reader.config_mut().trim_text(true);
+    let mut path: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let name_of = |raw: &str| raw.to_string();
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                path.push(name_of(e.local_name().as_ref()));
+                out.push(Node::Start(path.clone()));
+            }
+            Ok(Event::Empty(e)) => {
+                let mut p = path.clone();
+                p.push(name_of(e.local_name().as_ref()));
+                out.push(Node::Start(p.clone()));
+                out.push(Node::Text(p, String::new()));
+            }
+            Ok(Event::End(_)) => {
+                path.pop();
+            }
+            Ok(Event::Text(t)) => {
+                // Entity and character references arrive as separate events (below).
+                let text = t.xml10_content().into_owned();
+                match out.last_mut() {
+                    Some(Node::Text(p, existing)) if *p == path => existing.push_str(&text),
+                    _ => out.push(Node::Text(path.clone(), text)),
+                }
+            }
+            Ok(Event::GeneralRef(r)) => {
+                let resolved =
+                    resolve_reference(&r.into_inner()).ok_or_else(S3Error::malformed_xml)?;
+
+                match out.last_mut() {
+                    Some(Node::Text(p, existing)) if *p == path => existing.push_str(&resolved),
+                    _ => out.push(Node::Text(path.clone(), resolved)),
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(_) => return Err(S3Error::malformed_xml()),
+        }
+        buf.clear();
+    }
+    if !path.is_empty() {
+        return Err(S3Error::malformed_xml());
+    }
+    Ok(out)
+}
+
+fn under<'a>(path: &'a [String], root: &str) -> Result<Vec<&'a str>, S3Error> {
+    if path.first().map(String::as_str) != Some(root) {
+        return Err(S3Error::malformed_xml());
+    }
+    Ok(path[1..].iter().map(String::as_str).collect())
+}
+
+/// One part named in CompleteMultipartUpload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompletedPart {
+    /// Part number.
+    pub part_number: u32,
+    /// ETag as sent (quotes stripped).
+    pub etag: String,
+    /// Checksums sent per part: (algorithm, value).
+    pub checksums: Vec<(String, String)>,
+}
+
+/// Parses a CompleteMultipartUpload document.
+pub fn parse_complete(body: &[u8]) -> Result<Vec<CompletedPart>, S3Error> {
+    let mut parts: Vec<CompletedPart> = Vec::new();
+    for node in flatten(body)? {
+        match node {
+            Node::Start(path) => {
+                if under(&path, "CompleteMultipartUpload")?.as_slice() == ["Part"] {
+                    parts.push(CompletedPart::default());
+                }
+            }
+            Node::Text(path, text) => {
+                let rel = under(&path, "CompleteMultipartUpload")?;
+                let (Some(&"Part"), Some(field), Some(part)) =
+                    (rel.first(), rel.get(1), parts.last_mut())
+                else {
+                    continue;
+                };
+                match *field {
+                    "PartNumber" => {
+                        part.part_number =
+                            text.trim().parse().map_err(|_| S3Error::malformed_xml())?
+                    }
+                    "ETag" => part.etag = text.trim().trim_matches('"').to_string(),
+                    name if name.starts_with("Checksum") => {
+                        part.checksums.push((
+                            name.trim_start_matches("Checksum").to_string(),
+                            text.trim().to_string(),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if parts.is_empty() || parts.iter().any(|p| p.part_number == 0) {
+        return Err(S3Error::malformed_xml());
+    }
+    Ok(parts)
+}
+
+/// An object named in a Delete document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteTarget {
+    /// Key.
+    pub key: String,
+    /// Version id, if given.
+    pub version_id: Option<String>,
+}
+
+/// Parses a Delete (DeleteObjects) document: the objects and the Quiet flag.
+pub fn parse_delete(body: &[u8]) -> Result<(Vec<DeleteTarget>, bool), S3Error> {
+    let mut objects: Vec<DeleteTarget> = Vec::new();
+    let mut quiet = false;
+    for node in flatten(body)? {
+        match node {
+            Node::Start(path) => {
+                if under(&path, "Delete")?.as_slice() == ["Object"] {
+                    objects.push(DeleteTarget {
+                        key: String::new(),
+                        version_id: None,
+                    });
+                }
+            }
+            Node::Text(path, text) => match under(&path, "Delete")?.as_slice() {
+                ["Quiet"] => quiet = text.trim().eq_ignore_ascii_case("true"),
+                ["Object", "Key"] => {
+                    if let Some(o) = objects.last_mut() {
+                        o.key = text;
+                    }
+                }
+                ["Object", "VersionId"] => {
+                    if let Some(o) = objects.last_mut() {
+                        o.version_id = Some(text);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    if objects.is_empty() || objects.len() > 1000 || objects.iter().any(|o| o.key.is_empty()) {
+        return Err(S3Error::malformed_xml());
+    }
+    Ok((objects, quiet))
+}
+
+/// The LocationConstraint of a CreateBucketConfiguration, if any.
+pub fn parse_location_constraint(body: &[u8]) -> Result<Option<String>, S3Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    for node in flatten(body)? {
+        if let Node::Text(path, text) = node
+            && path.last().map(String::as_str) == Some("LocationConstraint")
+        {
+            return Ok(Some(text).filter(|t| !t.is_empty()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_document_from_aws_cli() {
+        let body = br#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Part><ETag>"a1"</ETag><PartNumber>1</PartNumber><ChecksumCRC32>KjvZgw==</ChecksumCRC32></Part><Part><PartNumber>2</PartNumber><ETag>&quot;b2&quot;</ETag></Part></CompleteMultipartUpload>"#;
+        let parts = parse_complete(body).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].part_number, 1);
+        assert_eq!(parts[0].etag, "a1");
+        assert_eq!(
+            parts[0].checksums,
+            vec![("CRC32".to_string(), "KjvZgw==".to_string())]
+        );
+        assert_eq!(parts[1].part_number, 2);
+        assert_eq!(parts[1].etag, "b2");
+    }
+
+    #[test]
+    fn delete_document_with_entities_and_quiet() {
+        let body = br#"<Delete xmlns="x"><Object><Key>a</Key></Object><Object><Key>b&amp;&lt;c&gt;</Key><VersionId>v1</VersionId></Object><Quiet>true</Quiet></Delete>"#;
+        let (objects, quiet) = parse_delete(body).unwrap();
+        assert!(quiet);
+        assert_eq!(objects[1].key, "b&<c>");
+        assert_eq!(objects[1].version_id.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn malformed_documents_are_refused() {
+        assert!(parse_complete(b"<CompleteMultipartUpload><Part>").is_err());
+        assert!(parse_complete(b"<Other/>").is_err());
+        assert!(parse_delete(b"<Delete></Delete>").is_err());
+        assert!(parse_complete(b"not xml at all <<<").is_err());
+    }
+
+    #[test]
+    fn writer_nests_and_escapes() {
+        let mut w = XmlWriter::new("Root");
+        w.start("A").element("K", "x<y").end().optional("B", None);
+        let s = w.finish();
+        assert!(s.ends_with(
+            "<Root xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><A><K>x&lt;y</K></A></Root>"
+        ));
+    }
+
+    #[test]
+    fn location_constraint() {
+        assert_eq!(parse_location_constraint(b"").unwrap(), None);
+        let b = br#"<CreateBucketConfiguration xmlns="x"><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>"#;
+        assert_eq!(
+            parse_location_constraint(b).unwrap().as_deref(),
+            Some("eu-west-1")
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! The admin HTTP API, served on its own port: Prometheus `/metrics`, `/health`, `/ready`, and
+//! `/admin/...` for `zonestore admin` (zones, stats, GC control with progress, targets). Answers
+//! are plain-text tables meant for people; the metrics are for machines.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fabric::host::NvmeTcpHost;
+use fabric::target::Target;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use zns::ReportFilter;
+
+use crate::engine::Engine;
+use crate::engine::placement::ZoneUse;
+use crate::metrics::Metrics;
+use crate::size::human;
+
+/// Progress of an admin-started GC run.
+#[derive(Debug, Clone, Default)]
+pub struct GcJob {
+    /// Zones asked for.
+    pub total: usize,
+    /// Zones collected so far.
+    pub done: usize,
+    /// Whether the job has ended.
+    pub finished: bool,
+    /// Why it ended early, if it did.
+    pub error: Option<String>,
+}
+
+/// What the admin API works on.
+pub struct AdminState {
+    /// The engine.
+    pub engine: Engine,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// NVMe/TCP connections, by drive name.
+    pub hosts: Vec<(String, NvmeTcpHost)>,
+    /// Embedded NVMe/TCP targets, by NQN.
+    pub targets: Vec<(String, Target)>,
+    /// The current or last GC run started from the admin API.
+    pub gc_job: Mutex<Option<GcJob>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/admin/zones", get(zones))
+        .route("/admin/stats", get(stats))
+        .route("/admin/gc", get(gc_status))
+        .route("/admin/gc/start", post(gc_start))
+        .route("/admin/gc/stop", post(gc_stop))
+        .route("/admin/gc/run", post(gc_run))
+        .route("/admin/targets", get(targets))
+        .with_state(state)
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [("content-type", "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    let up = s.engine.drives().all().iter().filter(|d| d.is_up()).count();
+    let needed = s.engine.inner().quorum();
+    if up >= needed {
+        text(
+            StatusCode::OK,
+            format!(
+                "ready: {up} of {} drives up, {needed} needed for writes\n",
+                s.engine.drives().len()
+            ),
+        )
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {up} of {} drives up, {needed} needed for writes\n",
+                s.engine.drives().len()
+            ),
+        )
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let body = s.metrics.render(&s.engine, &s.hosts, &s.targets);
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn use_name(usage: ZoneUse) -> &'static str {
+    match usage {
+        ZoneUse::Free => "free",
+        ZoneUse::Active(crate::engine::model::Class::User) => "open-user",
+        ZoneUse::Active(crate::engine::model::Class::Gc) => "open-gc",
+        ZoneUse::Closing => "closing",
+        ZoneUse::Sealed => "sealed",
+        ZoneUse::Collecting => "collecting",
+        ZoneUse::Bad => "bad",
+    }
+}
+
+async fn zones(State(s): State<Arc<AdminState>>) -> Response {
+    let rows = s.engine.zone_table();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:>5} {:<10} {:>10} {:>10} {:>10} {:>6} {:<10}",
+        "DRIVE", "ZONE", "STATE", "WP", "VALID", "CAPACITY", "RESETS", "USE"
+    );
+    for drive in s.engine.drives().all() {
+        // The drive's own view of each zone (state and write pointer), next to the engine's.
+        let report = drive
+            .device
+            .report_zones(0, ReportFilter::All, drive.geometry.zone_count as usize)
+            .await;
+        let report = match report {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = writeln!(out, "{:<44} unreachable: {e}", drive.name);
+                None
+            }
+        };
+        for row in rows.iter().filter(|r| r.drive == drive.name) {
+            let (state, wp) = match report.as_ref().and_then(|r| r.zones.get(row.zone as usize)) {
+                Some(z) if z.wp != u64::MAX => (
+                    z.state.name().to_string(),
+                    human((z.wp - z.zslba) * drive.block_size()),
+                ),
+                Some(z) => (z.state.name().to_string(), "-".to_string()),
+                None => ("?".to_string(), human(row.written_bytes)),
+            };
+            let _ = writeln!(
+                out,
+                "{:<44} {:>5} {:<10} {:>10} {:>10} {:>10} {:>6} {:<10}",
+                drive.name,
+                row.zone,
+                state,
+                wp,
+                human(row.valid_bytes),
+                human(row.capacity_bytes),
+                row.generation,
+                use_name(row.usage)
+            );
+        }
+    }
+    text(StatusCode::OK, out)
+}
+
+async fn stats(State(s): State<Arc<AdminState>>) -> Response {
+    let st = s.engine.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let gc = s.engine.gc().status();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "objects written (bytes)   {}",
+        human(load(&st.user_bytes))
+    );
+    let _ = writeln!(out, "puts                      {}", load(&st.puts));
+    let _ = writeln!(
+        out,
+        "user appends (all copies) {}",
+        human(load(&st.user_written))
+    );
+    let _ = writeln!(
+        out,
+        "gc appends                {}",
+        human(load(&st.gc_written))
+    );
+    let _ = writeln!(
+        out,
+        "write amplification       {:.3}",
+        st.write_amplification()
+    );
+    let _ = writeln!(out, "zones reset               {}", load(&st.zones_reset));
+    let _ = writeln!(
+        out,
+        "records relocated         {}",
+        load(&st.records_relocated)
+    );
+    let _ = writeln!(
+        out,
+        "gc bytes relocated        {}",
+        human(gc.bytes_relocated)
+    );
+    let _ = writeln!(
+        out,
+        "read failovers            {}",
+        load(&st.read_failovers)
+    );
+    let _ = writeln!(out, "crc errors                {}", load(&st.crc_errors));
+    let _ = writeln!(
+        out,
+        "under-replicated writes   {}",
+        load(&st.under_replicated_writes)
+    );
+    for (drive, free, total) in s.engine.free_zones() {
+        let _ = writeln!(out, "free zones {drive:<40} {free}/{total}");
+    }
+    text(StatusCode::OK, out)
+}
+
+fn gc_text(s: &AdminState) -> String {
+    let g = s.engine.gc().status();
+    let mut out = String::new();
+    let _ = writeln!(out, "enabled         {}", g.enabled);
+    let _ = writeln!(out, "busy            {}", g.busy);
+    let _ = writeln!(out, "policy          {:?}", g.policy);
+    let _ = writeln!(out, "zones collected {}", g.zones_collected);
+    let _ = writeln!(out, "bytes relocated {}", human(g.bytes_relocated));
+    let _ = writeln!(
+        out,
+        "write amp.      {:.3}",
+        s.engine.stats().write_amplification()
+    );
+    if let Some(e) = &g.last_error {
+        let _ = writeln!(out, "last error      {e}");
+    }
+    if let Some(job) = &*s.gc_job.lock() {
+        let state = if job.finished { "finished" } else { "running" };
+        let _ = writeln!(
+            out,
+            "run             {state}: {}/{} zones",
+            job.done, job.total
+        );
+        if let Some(e) = &job.error {
+            let _ = writeln!(out, "run error       {e}");
+        }
+    }
+    out
+}
+
+async fn gc_status(State(s): State<Arc<AdminState>>) -> Response {
+    text(StatusCode::OK, gc_text(&s))
+}
+
+async fn gc_start(State(s): State<Arc<AdminState>>) -> Response {
+    s.engine.gc().start();
+    text(StatusCode::OK, gc_text(&s))
+}
+
+async fn gc_stop(State(s): State<Arc<AdminState>>) -> Response {
+    s.engine.gc().stop();
+    text(StatusCode::OK, gc_text(&s))
+}
+
+/// `POST /admin/gc/run?zones=N`.
+#[derive(Debug, Deserialize)]
+struct RunQuery {
+    zones: Option<usize>,
+}
+
+async fn gc_run(State(s): State<Arc<AdminState>>, Query(q): Query<RunQuery>) -> Response {
+    let total = q.zones.unwrap_or(1).clamp(1, 1 << 20);
+    {
+        let mut job = s.gc_job.lock();
+        if job.as_ref().is_some_and(|j| !j.finished) {
+            return text(
+                StatusCode::CONFLICT,
+                format!("a GC run is already in progress\n{}", gc_text(&s)),
+            );
+        }
+        *job = Some(GcJob {
+            total,
+            ..GcJob::default()
+        });
+    }
+    let state = s.clone();
+    tokio::spawn(async move {
+        let inner = state.engine.inner().clone();
+        let mut error = None;
+        while state
+            .gc_job
+            .lock()
+            .as_ref()
+            .is_some_and(|j| j.done < j.total)
+        {
+            match inner.collect_now().await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Some(j) = state.gc_job.lock().as_mut() {
+                        j.done = (j.done + n).min(j.total);
+                    }
+                }
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(j) = state.gc_job.lock().as_mut() {
+            j.finished = true;
+            j.error = error;
+        }
+    });
+    text(StatusCode::ACCEPTED, gc_text(&s))
+}
+
+async fn targets(State(s): State<Arc<AdminState>>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:<6} {:<9} {:>9} {:>8} {:>10}",
+        "TARGET", "STATE", "LINK", "IN-FLIGHT", "ERRORS", "RECONNECTS"
+    );
+    for drive in s.engine.drives().all() {
+        let host = s
+            .hosts
+            .iter()
+            .find(|(name, _)| *name == drive.name)
+            .map(|(_, h)| h);
+        let link = match host {
+            Some(h) if h.is_connected() => "connected",
+            Some(_) => "lost",
+            None => "local",
+        };
+        let reconnects = host.map_or(0, |h| h.stats().reconnects.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "{:<44} {:<6} {:<9} {:>9} {:>8} {:>10}",
+            drive.name,
+            if drive.is_up() { "up" } else { "down" },
+            link,
+            drive.in_flight.load(Ordering::Relaxed),
+            drive.errors.load(Ordering::Relaxed),
+            reconnects
+        );
+    }
+    text(StatusCode::OK, out)
+}

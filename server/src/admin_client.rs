@@ -1,0 +1,143 @@
+//! `zonestore admin`: a small HTTP/1.1 client for a running server's admin API.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `zonestore admin` arguments.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The server's admin address (`admin:` in `zonestore serve`'s output).
+    #[arg(long, default_value = "127.0.0.1:9001", env = "ZONESTORE_ADMIN")]
+    server: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Every zone of every drive: state, write pointer, valid bytes.
+    Zones,
+    /// Engine counters: bytes written, write amplification, failovers, free zones.
+    Stats,
+    /// Garbage collection: status, start, stop, run.
+    Gc {
+        #[command(subcommand)]
+        action: Option<GcAction>,
+    },
+    /// Each target's state.
+    Targets,
+}
+
+#[derive(Subcommand, Debug)]
+enum GcAction {
+    /// Show GC status (the default).
+    Status,
+    /// Let background GC run.
+    Start,
+    /// Stop background GC after the zone in progress.
+    Stop,
+    /// Collect zones now, whatever the watermarks, showing progress.
+    Run {
+        /// How many zones (per pass, the best victim of each drive is collected).
+        #[arg(long, default_value_t = 1)]
+        zones: usize,
+    },
+}
+
+/// An answer from the admin API.
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+async fn request(server: &str, method: &str, path: &str) -> anyhow::Result<Answer> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
+        .await
+        .with_context(|| format!("connecting to {server}: timed out"))?
+        .with_context(|| format!("connecting to {server} (is `zonestore serve` running, and is this its admin address?)"))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {server}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .context("sending the request")?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
+        .await
+        .context("waiting for the answer: timed out")?
+        .context("reading the answer")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("the answer is not HTTP")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("the answer has no HTTP status")?;
+    Ok(Answer {
+        status,
+        body: body.to_string(),
+    })
+}
+
+async fn show(server: &str, method: &str, path: &str) -> anyhow::Result<()> {
+    let answer = request(server, method, path).await?;
+    print!("{}", answer.body);
+    if answer.status >= 400 {
+        bail!("the server answered {}", answer.status);
+    }
+    Ok(())
+}
+
+/// Runs an admin command.
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let server = args.server.as_str();
+    match args.command {
+        AdminCommand::Zones => show(server, "GET", "/admin/zones").await,
+        AdminCommand::Stats => show(server, "GET", "/admin/stats").await,
+        AdminCommand::Targets => show(server, "GET", "/admin/targets").await,
+        AdminCommand::Gc { action } => match action.unwrap_or(GcAction::Status) {
+            GcAction::Status => show(server, "GET", "/admin/gc").await,
+            GcAction::Start => show(server, "POST", "/admin/gc/start").await,
+            GcAction::Stop => show(server, "POST", "/admin/gc/stop").await,
+            GcAction::Run { zones } => gc_run(server, zones).await,
+        },
+    }
+}
+
+/// Starts a GC run and follows it until it ends, printing progress.
+async fn gc_run(server: &str, zones: usize) -> anyhow::Result<()> {
+    let started = request(server, "POST", &format!("/admin/gc/run?zones={zones}")).await?;
+    if started.status >= 400 {
+        print!("{}", started.body);
+        bail!("the server answered {}", started.status);
+    }
+    let mut last = String::new();
+    loop {
+        let answer = request(server, "GET", "/admin/gc").await?;
+        let run_line = answer
+            .body
+            .lines()
+            .find(|l| l.starts_with("run "))
+            .unwrap_or("")
+            .to_string();
+        if run_line != last {
+            eprintln!("{}", run_line.trim_start_matches("run").trim());
+            last = run_line.clone();
+        }
+        if run_line.contains("finished") {
+            print!("{}", answer.body);
+            if answer.body.lines().any(|l| l.starts_with("run error")) {
+                bail!("the GC run ended with an error");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

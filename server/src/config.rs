@@ -1,0 +1,382 @@
+//! Configuration of `zonestore serve`: a TOML file, overridden by command-line flags. Every
+//! key is checked; a bad value gets a message naming the key and the problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::gc::Policy;
+use crate::size::parse_size;
+
+/// A user (access key and secret key).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+}
+
+/// `[gc]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSection {
+    /// Whether GC runs.
+    pub enabled: bool,
+    /// Start below this fraction of free zones.
+    pub low_watermark: f64,
+    /// Stop at this fraction.
+    pub high_watermark: f64,
+    /// Relocation rate limit, MiB/s (0: unlimited).
+    pub rate_mib_per_sec: u64,
+    /// `cost-benefit` or `greedy`.
+    pub policy: String,
+}
+
+impl Default for GcSection {
+    fn default() -> Self {
+        GcSection {
+            enabled: true,
+            low_watermark: 0.10,
+            high_watermark: 0.20,
+            rate_mib_per_sec: 256,
+            policy: "cost-benefit".into(),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[embedded]`: the drives `serve` runs itself when no targets are configured.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSection {
+    /// Number of emulated drives.
+    pub drives: usize,
+    /// Zones per drive.
+    pub zones: u32,
+    /// Zone size (e.g. "64M").
+    pub zone_size: String,
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        EmbeddedSection {
+            drives: 3,
+            zones: 64,
+            zone_size: "64M".into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// S3 listen address.
+    pub listen: String,
+    /// Admin (metrics, health, admin API) listen address.
+    pub admin_listen: Option<String>,
+    /// Data directory (index, embedded drives).
+    pub data_dir: PathBuf,
+    /// RocksDB directory (default `<data_dir>/index`).
+    pub index_dir: Option<PathBuf>,
+    /// Region reported to clients.
+    pub region: String,
+    /// Replication factor R (default: 3 with at least 3 drives, else the number of drives).
+    pub replication_factor: Option<usize>,
+    /// Write quorum W (default: a majority of R).
+    pub write_quorum: Option<usize>,
+    /// Remote targets: `nvme-tcp://host:port/NQN`, `nvme-tcp://host:port` (ask its discovery
+    /// controller), or `zns-file://PATH`. Empty: the embedded default.
+    pub targets: Vec<String>,
+    /// Host NQN this server connects to targets as.
+    pub host_nqn: Option<String>,
+    /// Users.
+    pub users: Vec<User>,
+    /// Base domains for virtual-hosted-style requests.
+    pub domains: Vec<String>,
+    /// GC.
+    pub gc: GcSection,
+    /// HTTPS.
+    pub tls: Option<TlsSection>,
+    /// Embedded drives.
+    pub embedded: EmbeddedSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:9000".into(),
+            admin_listen: None,
+            data_dir: PathBuf::from("./zonestore-data"),
+            index_dir: None,
+            region: "us-east-1".into(),
+            replication_factor: None,
+            write_quorum: None,
+            targets: Vec::new(),
+            host_nqn: None,
+            users: Vec::new(),
+            domains: vec!["localhost".into()],
+            gc: GcSection::default(),
+            tls: None,
+            embedded: EmbeddedSection::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// The key (or file).
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// A target to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetUrl {
+    /// A subsystem over NVMe/TCP.
+    NvmeTcp {
+        /// Address.
+        address: SocketAddr,
+        /// Subsystem NQN; `None`: every subsystem its discovery controller lists.
+        nqn: Option<String>,
+    },
+    /// A local emulated drive, without the fabric.
+    ZnsFile(PathBuf),
+}
+
+impl TargetUrl {
+    /// Parses `nvme-tcp://host:port[/NQN]` or `zns-file://PATH`.
+    pub fn parse(text: &str) -> Result<TargetUrl, String> {
+        if let Some(rest) = text.strip_prefix("nvme-tcp://") {
+            let (addr, nqn) = rest.split_once('/').map_or((rest, None), |(a, n)| {
+                (a, Some(n.to_string()).filter(|n| !n.is_empty()))
+            });
+            let address = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| format!("{addr:?} is not a host:port address"))?;
+            if let Some(n) = &nqn
+                && !n.starts_with("nqn.")
+            {
+                return Err(format!("{n:?} is not an NQN (they start with \"nqn.\")"));
+            }
+            Ok(TargetUrl::NvmeTcp { address, nqn })
+        } else if let Some(path) = text.strip_prefix("zns-file://") {
+            if path.is_empty() {
+                return Err("zns-file:// needs a directory path".into());
+            }
+            Ok(TargetUrl::ZnsFile(PathBuf::from(path)))
+        } else {
+            Err(format!(
+                "{text:?} is not a target URL (nvme-tcp://host:port/NQN, nvme-tcp://host:port or zns-file://PATH)"
+            ))
+        }
+    }
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// S3 address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin_listen: SocketAddr,
+    /// Targets (empty: embedded).
+    pub targets: Vec<TargetUrl>,
+    /// Index directory.
+    pub index_dir: PathBuf,
+    /// Embedded zone size in bytes.
+    pub embedded_zone_bytes: u64,
+    /// GC policy.
+    pub gc_policy: Policy,
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(&path.display().to_string(), format!("cannot read: {e}")))?;
+        toml::from_str(&text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| text[..s.start].lines().count().to_string())
+                .map(|l| format!("{} line {l}", path.display()))
+                .unwrap_or_else(|| path.display().to_string());
+            bad(&key, e.message().to_string())
+        })
+    }
+
+    /// Checks every value.
+    pub fn check(&self) -> Result<Checked, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            bad(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:9000", self.listen),
+            )
+        })?;
+        let admin_listen = match &self.admin_listen {
+            Some(a) => a.parse().map_err(|_| {
+                bad(
+                    "admin_listen",
+                    format!("{a:?} is not an address like 127.0.0.1:9001"),
+                )
+            })?,
+            None => SocketAddr::new(listen.ip(), listen.port().wrapping_add(1)),
+        };
+        let mut targets = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            targets.push(TargetUrl::parse(t).map_err(|e| bad(&format!("targets[{i}]"), e))?);
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.access_key.is_empty() || u.secret_key.is_empty() {
+                return Err(bad(
+                    &format!("users[{i}]"),
+                    "access_key and secret_key must not be empty",
+                ));
+            }
+        }
+        if let Some(r) = self.replication_factor
+            && r == 0
+        {
+            return Err(bad("replication_factor", "must be at least 1"));
+        }
+        if let (Some(w), r) = (self.write_quorum, self.replication_factor) {
+            if w == 0 {
+                return Err(bad("write_quorum", "must be at least 1"));
+            }
+            if let Some(r) = r
+                && w > r
+            {
+                return Err(bad(
+                    "write_quorum",
+                    format!("{w} exceeds the replication factor {r}"),
+                ));
+            }
+        }
+        let g = &self.gc;
+        if !(0.0..1.0).contains(&g.low_watermark) {
+            return Err(bad(
+                "gc.low_watermark",
+                "must be a fraction between 0 and 1",
+            ));
+        }
+        if !(g.low_watermark..=1.0).contains(&g.high_watermark) {
+            return Err(bad(
+                "gc.high_watermark",
+                "must be between gc.low_watermark and 1",
+            ));
+        }
+        let gc_policy = g.policy.parse().map_err(|e: String| bad("gc.policy", e))?;
+        let embedded_zone_bytes =
+            parse_size(&self.embedded.zone_size).map_err(|e| bad("embedded.zone_size", e))?;
+        if !embedded_zone_bytes.is_power_of_two() || embedded_zone_bytes < (1 << 20) {
+            return Err(bad(
+                "embedded.zone_size",
+                "must be a power of two of at least 1M",
+            ));
+        }
+        if self.embedded.drives == 0 || self.embedded.zones < 8 {
+            return Err(bad(
+                "embedded",
+                "needs at least 1 drive of at least 8 zones",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.exists() {
+                    return Err(bad(key, format!("{} does not exist", path.display())));
+                }
+            }
+        }
+        Ok(Checked {
+            listen,
+            admin_listen,
+            targets,
+            index_dir: self
+                .index_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("index")),
+            embedded_zone_bytes,
+            gc_policy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_urls() {
+        assert_eq!(
+            TargetUrl::parse("nvme-tcp://127.0.0.1:4420/nqn.2026-01.io.zonestore:d0").unwrap(),
+            TargetUrl::NvmeTcp {
+                address: "127.0.0.1:4420".parse().unwrap(),
+                nqn: Some("nqn.2026-01.io.zonestore:d0".into())
+            }
+        );
+        assert_eq!(
+            TargetUrl::parse("nvme-tcp://127.0.0.1:8009").unwrap(),
+            TargetUrl::NvmeTcp {
+                address: "127.0.0.1:8009".parse().unwrap(),
+                nqn: None
+            }
+        );
+        assert_eq!(
+            TargetUrl::parse("zns-file:///data/d0").unwrap(),
+            TargetUrl::ZnsFile("/data/d0".into())
+        );
+        assert!(
+            TargetUrl::parse("http://x")
+                .unwrap_err()
+                .contains("not a target URL")
+        );
+        assert!(
+            TargetUrl::parse("nvme-tcp://127.0.0.1:4420/bogus")
+                .unwrap_err()
+                .contains("not an NQN")
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let e: Result<Config, _> = toml::from_str("listen = 5");
+        assert!(e.is_err());
+        let e: Result<Config, _> = toml::from_str("lisen = \"x\"");
+        assert!(e.unwrap_err().to_string().contains("lisen"));
+        let c: Config = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\ntargets = [\"ftp://x\"]\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"",
+        )
+        .unwrap();
+        assert_eq!(c.check().unwrap_err().key, "targets[0]");
+        let c: Config = toml::from_str(
+            "[gc]\nlow_watermark = 2.0\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"",
+        )
+        .unwrap();
+        assert_eq!(c.check().unwrap_err().key, "gc.low_watermark");
+        let c: Config = toml::from_str("replication_factor = 2\nwrite_quorum = 3\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"").unwrap();
+        assert_eq!(c.check().unwrap_err().key, "write_quorum");
+    }
+}

@@ -1,0 +1,292 @@
+//! Prometheus metrics: requests by operation and status, latency histograms, bytes in and out
+//! (recorded as requests finish), and gauges computed when scraped: zones by state and free
+//! space per drive, GC work and write amplification, NVMe/TCP commands, queue depth, errors and
+//! reconnects per target.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fabric::host::NvmeTcpHost;
+use fabric::target::Target;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::Engine;
+use crate::engine::placement::ZoneUse;
+
+type Labels = Vec<(String, String)>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: parking_lot::Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    zones: Family<Labels, Gauge>,
+    free_bytes: Family<Labels, Gauge>,
+    gc_relocated: Gauge,
+    zones_reset: Gauge,
+    user_written: Gauge,
+    gc_written: Gauge,
+    write_amplification_milli: Gauge,
+    read_failovers: Gauge,
+    crc_errors: Gauge,
+    nvme_commands: Family<Labels, Gauge>,
+    nvme_errors: Family<Labels, Gauge>,
+    nvme_in_flight: Family<Labels, Gauge>,
+    nvme_reconnects: Family<Labels, Gauge>,
+    nvme_connected: Family<Labels, Gauge>,
+    target_commands: Family<Labels, Gauge>,
+    target_bytes: Family<Labels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("zonestore");
+        let m = Metrics {
+            registry: parking_lot::Mutex::new(Registry::default()),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            zones: Family::default(),
+            free_bytes: Family::default(),
+            gc_relocated: Gauge::default(),
+            zones_reset: Gauge::default(),
+            user_written: Gauge::default(),
+            gc_written: Gauge::default(),
+            write_amplification_milli: Gauge::default(),
+            read_failovers: Gauge::default(),
+            crc_errors: Gauge::default(),
+            nvme_commands: Family::default(),
+            nvme_errors: Family::default(),
+            nvme_in_flight: Family::default(),
+            nvme_reconnects: Family::default(),
+            nvme_connected: Family::default(),
+            target_commands: Family::default(),
+            target_bytes: Family::default(),
+        };
+        r.register(
+            "s3_requests",
+            "S3 requests by operation and HTTP status",
+            m.requests.clone(),
+        );
+        r.register(
+            "s3_request_duration_seconds",
+            "S3 request latency by operation",
+            m.latency.clone(),
+        );
+        r.register(
+            "s3_received_bytes",
+            "Request body bytes received",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "s3_sent_bytes",
+            "Response body bytes sent",
+            m.bytes_out.clone(),
+        );
+        r.register("zones", "Zones by drive and use", m.zones.clone());
+        r.register(
+            "free_bytes",
+            "Free (empty-zone) bytes by drive",
+            m.free_bytes.clone(),
+        );
+        r.register(
+            "gc_relocated_bytes",
+            "Live bytes moved by GC",
+            m.gc_relocated.clone(),
+        );
+        r.register("gc_zones_reset", "Zones reset by GC", m.zones_reset.clone());
+        r.register(
+            "user_written_bytes",
+            "Bytes appended for client writes (all copies)",
+            m.user_written.clone(),
+        );
+        r.register(
+            "gc_written_bytes",
+            "Bytes appended by GC",
+            m.gc_written.clone(),
+        );
+        r.register(
+            "write_amplification_milli",
+            "Write amplification x 1000",
+            m.write_amplification_milli.clone(),
+        );
+        r.register(
+            "read_failovers",
+            "Reads that moved to another copy",
+            m.read_failovers.clone(),
+        );
+        r.register(
+            "crc_errors",
+            "Records whose CRC did not match",
+            m.crc_errors.clone(),
+        );
+        r.register(
+            "nvme_host_commands",
+            "NVMe/TCP commands completed by the host, per target",
+            m.nvme_commands.clone(),
+        );
+        r.register(
+            "nvme_host_errors",
+            "NVMe/TCP commands that failed, per target",
+            m.nvme_errors.clone(),
+        );
+        r.register(
+            "nvme_host_in_flight",
+            "NVMe/TCP commands in flight (queue depth), per target",
+            m.nvme_in_flight.clone(),
+        );
+        r.register(
+            "nvme_host_reconnects",
+            "NVMe/TCP reconnections, per target",
+            m.nvme_reconnects.clone(),
+        );
+        r.register(
+            "nvme_host_connected",
+            "Whether the target is connected (1) or not (0)",
+            m.nvme_connected.clone(),
+        );
+        r.register(
+            "nvme_target_commands",
+            "Commands served by the embedded NVMe/TCP targets",
+            m.target_commands.clone(),
+        );
+        r.register(
+            "nvme_target_bytes",
+            "Data bytes moved by the embedded NVMe/TCP targets",
+            m.target_bytes.clone(),
+        );
+        *m.registry.lock() = r;
+        m
+    }
+
+    /// Renders the Prometheus text format, refreshing the computed gauges first.
+    pub fn render(
+        &self,
+        engine: &Engine,
+        hosts: &[(String, NvmeTcpHost)],
+        targets: &[(String, Target)],
+    ) -> String {
+        let stats = engine.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
+        self.user_written.set(load(&stats.user_written));
+        self.gc_written.set(load(&stats.gc_written));
+        self.zones_reset.set(load(&stats.zones_reset));
+        self.gc_relocated
+            .set(engine.gc().status().bytes_relocated as i64);
+        self.write_amplification_milli
+            .set((stats.write_amplification() * 1000.0) as i64);
+        self.read_failovers.set(load(&stats.read_failovers));
+        self.crc_errors.set(load(&stats.crc_errors));
+        let mut per_drive: std::collections::HashMap<(String, &'static str), i64> =
+            std::collections::HashMap::new();
+        let mut free: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        for row in engine.zone_table() {
+            let state = match row.usage {
+                ZoneUse::Free => "free",
+                ZoneUse::Active(_) => "open",
+                ZoneUse::Closing | ZoneUse::Sealed => "sealed",
+                ZoneUse::Collecting => "collecting",
+                ZoneUse::Bad => "bad",
+            };
+            *per_drive.entry((row.drive.clone(), state)).or_default() += 1;
+            if row.usage == ZoneUse::Free {
+                *free.entry(row.drive.clone()).or_default() += row.capacity_bytes as i64;
+            }
+        }
+        for ((drive, state), n) in per_drive {
+            self.zones
+                .get_or_create(&vec![
+                    ("drive".into(), drive),
+                    ("state".into(), state.into()),
+                ])
+                .set(n);
+        }
+        for drive in engine.drives().all() {
+            self.free_bytes
+                .get_or_create(&vec![("drive".into(), drive.name.clone())])
+                .set(free.get(&drive.name).copied().unwrap_or(0));
+        }
+        for (name, host) in hosts {
+            let labels = vec![("target".to_string(), name.clone())];
+            let s = host.stats();
+            self.nvme_commands
+                .get_or_create(&labels)
+                .set(s.commands.load(Ordering::Relaxed) as i64);
+            self.nvme_errors
+                .get_or_create(&labels)
+                .set(s.errors.load(Ordering::Relaxed) as i64);
+            self.nvme_in_flight
+                .get_or_create(&labels)
+                .set(s.in_flight.load(Ordering::Relaxed) as i64);
+            self.nvme_reconnects
+                .get_or_create(&labels)
+                .set(s.reconnects.load(Ordering::Relaxed) as i64);
+            self.nvme_connected
+                .get_or_create(&labels)
+                .set(i64::from(host.is_connected()));
+        }
+        for (name, target) in targets {
+            let labels = vec![("target".to_string(), name.clone())];
+            let s = target.stats();
+            self.target_commands
+                .get_or_create(&labels)
+                .set(s.commands as i64);
+            self.target_bytes
+                .get_or_create(&labels)
+                .set((s.bytes_read + s.bytes_written) as i64);
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry.lock()).is_err() {
+            out.push_str("# encoding failed\n");
+        }
+        out
+    }
+}
+
+impl s3api::Observer for Metrics {
+    fn observe(
+        &self,
+        operation: &'static str,
+        status: u16,
+        elapsed: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.requests
+            .get_or_create(&vec![
+                ("operation".into(), operation.into()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("operation".into(), operation.into())])
+            .observe(elapsed.as_secs_f64());
+        self.bytes_in.inc_by(bytes_in);
+        self.bytes_out.inc_by(bytes_out);
+    }
+}

@@ -1,0 +1,206 @@
+//! Attaching drives: the embedded default (emulated drives behind in-process NVMe/TCP targets,
+//! reached through the NVMe/TCP host — the same path as a real deployment), remote targets by
+//! NQN or through a discovery controller, and local `zns-file://` drives without the fabric.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric::host::discovery::discover;
+use fabric::host::{HostConfig, NvmeTcpHost};
+use fabric::spec::logpage::subtype;
+use zns::{EmulatedZns, Geometry, ZonedDevice};
+
+use crate::config::TargetUrl;
+use crate::engine::DriveSpec;
+use crate::storage_node::{StorageNode, StorageNodeConfig, StorageNodeError};
+
+/// Why drives could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// An embedded storage node did not start.
+    #[error("embedded drive {index}: {source}")]
+    Embedded {
+        /// Drive index.
+        index: usize,
+        /// Cause.
+        #[source]
+        source: StorageNodeError,
+    },
+    /// A target could not be reached or used.
+    #[error("target {target}: {reason}")]
+    Target {
+        /// The target URL.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What was attached.
+#[derive(Default)]
+pub struct Attached {
+    /// Drives for the engine.
+    pub specs: Vec<DriveSpec>,
+    /// NVMe/TCP connections, by drive name.
+    pub hosts: Vec<(String, NvmeTcpHost)>,
+    /// Embedded storage nodes.
+    pub nodes: Vec<StorageNode>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field(
+                "drives",
+                &self.specs.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The NQN of embedded drive `index`.
+pub fn embedded_nqn(index: usize) -> String {
+    format!("nqn.2026-01.io.zonestore:embedded-drive{index}")
+}
+
+fn host_config(address: SocketAddr, nqn: &str, hostnqn: &str) -> HostConfig {
+    let mut c = HostConfig::new(address, nqn);
+    c.hostnqn = hostnqn.to_string();
+    c.io_queues = 2;
+    c.queue_depth = 128;
+    c
+}
+
+async fn connect(
+    address: SocketAddr,
+    nqn: &str,
+    hostnqn: &str,
+    attached: &mut Attached,
+) -> Result<(), AttachError> {
+    let host = NvmeTcpHost::connect(host_config(address, nqn, hostnqn))
+        .await
+        .map_err(|e| AttachError::Target {
+            target: format!("nvme-tcp://{address}/{nqn}"),
+            reason: e.to_string(),
+        })?;
+    let name = format!("nqn:{nqn}");
+    attached.specs.push(DriveSpec {
+        name: name.clone(),
+        device: Arc::new(host.clone()) as Arc<dyn ZonedDevice>,
+    });
+    attached.hosts.push((name, host));
+    Ok(())
+}
+
+/// Starts `count` embedded drives under `data_dir/drives` and connects to each over NVMe/TCP.
+pub async fn embedded(
+    data_dir: &Path,
+    count: usize,
+    geometry: Geometry,
+    hostnqn: &str,
+) -> Result<Attached, AttachError> {
+    let mut attached = Attached::default();
+    for index in 0..count {
+        let nqn = embedded_nqn(index);
+        let node = StorageNode::start(StorageNodeConfig {
+            data_dir: data_dir.join("drives").join(format!("drive{index}")),
+            geometry,
+            nqn: nqn.clone(),
+            allowed_hosts: vec![hostnqn.to_string()],
+            listen: "127.0.0.1:0".parse().expect("a valid literal address"),
+        })
+        .await
+        .map_err(|source| AttachError::Embedded { index, source })?;
+        let address = node.local_addr();
+        attached.nodes.push(node);
+        connect(address, &nqn, hostnqn, &mut attached).await?;
+    }
+    Ok(attached)
+}
+
+/// Attaches the drives a configuration names: its targets, or the embedded default when it
+/// names none.
+pub async fn attach_configured(
+    config: &crate::config::Config,
+    checked: &crate::config::Checked,
+) -> Result<Attached, AttachError> {
+    let hostnqn = config
+        .host_nqn
+        .clone()
+        .unwrap_or_else(fabric::host::default_hostnqn);
+    let geometry = Geometry::new(config.embedded.zones, checked.embedded_zone_bytes);
+    if checked.targets.is_empty() {
+        embedded(&config.data_dir, config.embedded.drives, geometry, &hostnqn).await
+    } else {
+        attach(&checked.targets, geometry, &hostnqn).await
+    }
+}
+
+impl Attached {
+    /// Closes the fabric connections and stops the embedded targets, flushing their drives.
+    pub async fn close(self) {
+        for (_, host) in &self.hosts {
+            host.close().await;
+        }
+        for node in self.nodes {
+            node.handle.shutdown();
+            if let Err(e) = ZonedDevice::flush(&node.drive).await {
+                tracing::warn!(nqn = %node.nqn, "flushing the drive failed: {e}");
+            }
+        }
+    }
+}
+
+/// Attaches configured targets.
+pub async fn attach(
+    targets: &[TargetUrl],
+    geometry: Geometry,
+    hostnqn: &str,
+) -> Result<Attached, AttachError> {
+    let mut attached = Attached::default();
+    for target in targets {
+        match target {
+            TargetUrl::NvmeTcp {
+                address,
+                nqn: Some(nqn),
+            } => connect(*address, nqn, hostnqn, &mut attached).await?,
+            TargetUrl::NvmeTcp { address, nqn: None } => {
+                let entries = discover(*address, hostnqn, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| AttachError::Target {
+                        target: format!("nvme-tcp://{address}"),
+                        reason: format!("discovery failed: {e}"),
+                    })?;
+                let mut found = 0;
+                for e in entries.iter().filter(|e| e.subtype == subtype::NVM) {
+                    let port: u16 = e.trsvcid.parse().unwrap_or(address.port());
+                    let ip = e.traddr.parse().unwrap_or(address.ip());
+                    connect(SocketAddr::new(ip, port), &e.subnqn, hostnqn, &mut attached).await?;
+                    found += 1;
+                }
+                if found == 0 {
+                    return Err(AttachError::Target {
+                        target: format!("nvme-tcp://{address}"),
+                        reason: "the discovery controller lists no subsystem for this host".into(),
+                    });
+                }
+            }
+            TargetUrl::ZnsFile(path) => {
+                let drive = EmulatedZns::open_or_create(path, geometry).map_err(|e| {
+                    AttachError::Target {
+                        target: format!("zns-file://{}", path.display()),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+                attached.specs.push(DriveSpec {
+                    name: format!("zns-file://{}", canonical.display()),
+                    device: Arc::new(drive) as Arc<dyn ZonedDevice>,
+                });
+            }
+        }
+    }
+    Ok(attached)
+}
