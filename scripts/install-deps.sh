@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(clang libclang-dev)
+packages=(clang libclang-dev python3 python3-venv openssl)
 if [ "${ZONESTORE_SKIP_VM:-0}" != 1 ]; then
     packages+=(qemu-system-x86 busybox-static nvme-cli fio util-linux kmod cpio)
 fi
@@ -23,10 +23,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${ZONESTORE_SKIP_PYTHON:-0}" != 1 ]; then
-    if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import boto3, s3fs, awscli" 2>/dev/null; then
+    stamp=".venv/requirements.sha256"
+    wanted="$(sha256sum scripts/requirements.txt | cut -d' ' -f1)"
+    if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] \
+        || ! .venv/bin/python -c "import boto3, s3fs, awscli, awscrt" 2>/dev/null; then
         echo "install-deps: creating .venv with awscli, boto3, s3fs"
+        rm -rf .venv
         python3 -m venv .venv
         .venv/bin/pip install -q --upgrade pip
         .venv/bin/pip install -q -r scripts/requirements.txt
+        echo "$wanted" > "$stamp"
     fi
+
 fi

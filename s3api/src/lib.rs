@@ -16,4 +16,4 @@ pub mod time;
 pub mod xml;
 
 pub use error::S3Error;
-pub use service::{Observer, S3Config, S3Service};
+pub use service::{Observer, RequestRecord, S3Config, S3Service};

@@ -18,17 +18,27 @@ use crate::error::S3Error;
 use crate::handlers;
 use crate::store::ObjectStore;
 
+/// What is known of a request once its response is ready.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord {
+    /// S3 operation name, e.g. `PutObject`.
+    pub operation: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// Time to the response head.
+    pub elapsed: Duration,
+    /// Request body bytes read.
+    pub bytes_in: u64,
+    /// Response body bytes (from Content-Length).
+    pub bytes_out: u64,
+    /// How the body was protected (`Payload::name`); `none` when authentication failed.
+    pub payload: &'static str,
+}
+
 /// Notified of every request (for metrics).
 pub trait Observer: Send + Sync {
     /// One request finished.
-    fn observe(
-        &self,
-        operation: &'static str,
-        status: u16,
-        elapsed: Duration,
-        bytes_in: u64,
-        bytes_out: u64,
-    );
+    fn observe(&self, request: RequestRecord);
 }
 
 /// How the service is set up.
@@ -287,10 +297,12 @@ impl S3Service {
         };
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut operation = "Unknown";
+        let mut payload = "none";
         let result = match auth::authenticate(&request, &self.config.credentials, SystemTime::now())
         {
             Err(e) => Err(e),
             Ok(auth) => {
+                payload = auth.payload.name();
                 let query = raw_query
                     .as_deref()
                     .unwrap_or("")
@@ -358,13 +370,14 @@ impl S3Service {
             .unwrap_or(0);
         tracing::debug!(request_id, %method, resource, operation, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
         if let Some(observer) = &self.config.observer {
-            observer.observe(
+            observer.observe(RequestRecord {
                 operation,
                 status,
-                started.elapsed(),
-                bytes_in.load(Ordering::Relaxed),
+                elapsed: started.elapsed(),
+                bytes_in: bytes_in.load(Ordering::Relaxed),
                 bytes_out,
-            );
+                payload,
+            });
         }
         response
     }

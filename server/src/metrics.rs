@@ -3,8 +3,8 @@
 //! space per drive, GC work and write amplification, NVMe/TCP commands, queue depth, errors and
 //! reconnects per target.
 
+use s3api::RequestRecord;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use fabric::host::NvmeTcpHost;
 use fabric::target::Target;
@@ -28,6 +28,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: parking_lot::Mutex<Registry>,
     requests: Family<Labels, Counter>,
+    payloads: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     bytes_in: Counter,
     bytes_out: Counter,
@@ -68,6 +69,7 @@ impl Metrics {
         let m = Metrics {
             registry: parking_lot::Mutex::new(Registry::default()),
             requests: Family::default(),
+            payloads: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -88,6 +90,11 @@ impl Metrics {
             target_commands: Family::default(),
             target_bytes: Family::default(),
         };
+        r.register(
+            "s3_request_payloads",
+            "S3 requests by body protection (sha256, unsigned, streaming-signed[-trailer], streaming-unsigned-trailer)",
+            m.payloads.clone(),
+        );
         r.register(
             "s3_requests",
             "S3 requests by operation and HTTP status",
@@ -269,24 +276,20 @@ impl Metrics {
 }
 
 impl s3api::Observer for Metrics {
-    fn observe(
-        &self,
-        operation: &'static str,
-        status: u16,
-        elapsed: Duration,
-        bytes_in: u64,
-        bytes_out: u64,
-    ) {
+    fn observe(&self, r: RequestRecord) {
         self.requests
             .get_or_create(&vec![
-                ("operation".into(), operation.into()),
-                ("status".into(), status.to_string()),
+                ("operation".into(), r.operation.into()),
+                ("status".into(), r.status.to_string()),
             ])
             .inc();
+        self.payloads
+            .get_or_create(&vec![("payload".into(), r.payload.into())])
+            .inc();
         self.latency
-            .get_or_create(&vec![("operation".into(), operation.into())])
-            .observe(elapsed.as_secs_f64());
-        self.bytes_in.inc_by(bytes_in);
-        self.bytes_out.inc_by(bytes_out);
+            .get_or_create(&vec![("operation".into(), r.operation.into())])
+            .observe(r.elapsed.as_secs_f64());
+        self.bytes_in.inc_by(r.bytes_in);
+        self.bytes_out.inc_by(r.bytes_out);
     }
 }

@@ -66,6 +66,19 @@ pub enum Payload {
     StreamingUnsignedTrailer,
 }
 
+impl Payload {
+    /// A short name for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Payload::Unsigned => "unsigned",
+            Payload::Sha256(_) => "sha256",
+            Payload::StreamingSigned { trailer: false, .. } => "streaming-signed",
+            Payload::StreamingSigned { trailer: true, .. } => "streaming-signed-trailer",
+            Payload::StreamingUnsignedTrailer => "streaming-unsigned-trailer",
+        }
+    }
+}
+
 /// An authenticated request.
 #[derive(Debug, Clone)]
 pub struct Authenticated {

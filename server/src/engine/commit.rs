@@ -719,9 +719,16 @@ impl<'a> Txn<'a> {
             Condition::IfNoneMatchAny if current.is_some() => {
                 return Err(EngineError::PreconditionFailed);
             }
-            Condition::IfMatch(etag) if current.as_ref().is_none_or(|c| &c.meta.etag != etag) => {
+            Condition::IfMatch(_) if current.is_none() => {
+                return Err(EngineError::NoSuchKey {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                });
+            }
+            Condition::IfMatch(etag) if current.as_ref().is_some_and(|c| &c.meta.etag != etag) => {
                 return Err(EngineError::PreconditionFailed);
             }
+
             _ => {}
         }
         if newest.is_some_and(|n| n > meta.seq) {
