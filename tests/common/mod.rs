@@ -38,11 +38,22 @@ impl Process {
 
     /// Starts `zonestore` with `args` and extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::start_in(None, args, env)
+    }
+
+    /// Starts `zonestore` in directory `cwd` (if given) with `args` and environment `env`.
+    pub fn start_in(cwd: Option<&std::path::Path>, args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut command = Command::new(zonestore_bin());
         command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            .env_remove("ZONESTORE_ACCESS_KEY")
+            .env_remove("ZONESTORE_SECRET_KEY");
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+
         for (k, v) in env {
             command.env(k, v);
         }

@@ -36,6 +36,10 @@ pub struct S3Server {
     pub admin: String,
     /// The data directory.
     pub data: PathBuf,
+    /// The access key clients use.
+    pub access_key: String,
+    /// Its secret key.
+    pub secret_key: String,
 }
 
 impl S3Server {
@@ -60,7 +64,12 @@ impl S3Server {
 
     /// Starts `zonestore` with exactly `args` (which must run `serve`).
     pub fn start_raw(data: &Path, args: &[&str]) -> S3Server {
-        let process = Process::start(args);
+        Self::from_process(data, Process::start(args))
+    }
+
+    /// Waits until `process` (a `zonestore serve`) serves, and reads the endpoints and the
+    /// credentials it prints.
+    pub fn from_process(data: &Path, process: Process) -> S3Server {
         let endpoint = process
             .wait_for_line("endpoint:", Duration::from_secs(60))
             .split_whitespace()
@@ -74,11 +83,36 @@ impl S3Server {
             .expect("admin: URL")
             .trim_start_matches("http://")
             .to_string();
+        let value = |line: String| line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let access_key = value(process.wait_for_line("access_key:", Duration::from_secs(10)));
+        let secret_key = value(process.wait_for_line("secret_key:", Duration::from_secs(10)));
+        let secret_key = if secret_key.starts_with('(') {
+            SECRET_KEY.to_string()
+        } else {
+            secret_key
+        };
         S3Server {
             process,
             endpoint,
             admin,
             data: data.to_path_buf(),
+            access_key,
+            secret_key,
+        }
+    }
+
+    /// Waits for the server to exit by itself (after a signal) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "zonestore did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -86,8 +120,8 @@ impl S3Server {
     /// configuration from the machine.
     pub fn client_env(&self, command: &mut Command) {
         command
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", &self.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
             .env(
@@ -164,7 +198,18 @@ impl S3Server {
         stdout
     }
 
+    /// Starts a Python client script in the background.
+    pub fn python_spawn(&self, script: &str, args: &[&str]) -> std::process::Child {
+        let mut command = Command::new(venv_bin("python"));
+        command
+            .arg(repo_root().join("tests/clients").join(script))
+            .args(args);
+        self.client_env(&mut command);
+        command.spawn().expect("start python")
+    }
+
     /// Runs `zonestore admin --server ADMIN ARGS...` and returns its stdout.
+
     pub fn admin_cli(&self, args: &[&str]) -> String {
         let out = Command::new(zonestore_bin())
             .arg("admin")

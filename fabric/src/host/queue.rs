@@ -196,7 +196,11 @@ impl HostQueue {
         let status = done.cqe.status();
         if !status.is_success() {
             return Err(HostError::Refused {
-                what: format!("Connect of queue {} to {}", connect.qid, connect.subnqn),
+                what: format!(
+                    "Connect of queue {} to {} as host {}",
+                    connect.qid, connect.subnqn, connect.hostnqn
+                ),
+
                 status,
                 detail: done.cqe.result(),
             });

@@ -229,6 +229,46 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The specification's name of the status, for messages (None for codes we never use).
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match (self.sct, self.sc) {
+            (0, 0x00) => "Successful Completion",
+            (0, 0x01) => "Invalid Command Opcode",
+            (0, 0x02) => "Invalid Field in Command",
+            (0, 0x06) => "Internal Error",
+            (0, 0x08) => "Command Aborted due to SQ Deletion",
+            (0, 0x0B) => "Invalid Namespace or Format",
+            (0, 0x0C) => "Command Sequence Error",
+            (0, 0x0F) => "Data SGL Length Invalid",
+            (0, 0x11) => "SGL Descriptor Type Invalid",
+            (0, 0x16) => "Invalid SGL Offset",
+            (0, 0x1A) => "Keep Alive Timeout Invalid",
+            (0, 0x22) => "Transient Transport Error",
+            (0, 0x80) => "LBA Out of Range",
+            (0, 0x82) => "Namespace Not Ready",
+            (1, 0x01) => "Invalid Queue Identifier",
+            (1, 0x05) => "Asynchronous Event Request Limit Exceeded",
+            (1, 0x09) => "Invalid Log Page",
+            (1, 0x0D) => "Feature Identifier Not Saveable",
+            (1, 0x80) => "Connect Incompatible Format",
+            (1, 0x81) => "Connect Controller Busy",
+            (1, 0x82) => "Connect Invalid Parameters",
+            (1, 0x84) => "Connect Invalid Host",
+            (1, 0xB8) => "Zone Boundary Error",
+            (1, 0xB9) => "Zone Is Full",
+            (1, 0xBA) => "Zone Is Read Only",
+            (1, 0xBB) => "Zone Is Offline",
+            (1, 0xBC) => "Zone Invalid Write",
+            (1, 0xBD) => "Too Many Active Zones",
+            (1, 0xBE) => "Too Many Open Zones",
+            (1, 0xBF) => "Invalid Zone State Transition",
+            (2, 0x81) => "Unrecovered Read Error",
+            _ => return None,
+        })
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -237,7 +277,11 @@ impl std::fmt::Display for Status {
             self.sct,
             self.sc,
             if self.dnr { " DNR" } else { "" }
-        )
+        )?;
+        match self.name() {
+            Some(name) => write!(f, " ({name})"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,0 +1,330 @@
+//! `zonestore serve` as a product: the embedded default with no flags at all (through the
+//! fabric, which the metrics prove), the admin CLI, a bad configuration named, SIGTERM and
+//! SIGKILL during uploads losing nothing acknowledged, and `recover --rebuild-index`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::s3::{S3Server, metric_sum, same_file, write_random_file};
+use common::{Process, zonestore_bin};
+
+#[test]
+fn serve_with_no_flags_goes_through_the_fabric() {
+    for port in [9000, 9001] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken: `zonestore serve` with no flags listens on 9000 (S3) and 9001 (admin)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let process = Process::start_in(Some(dir.path()), &["serve"], &[]);
+    let data = dir.path().join("zonestore-data");
+    let server = S3Server::from_process(&data, process);
+    assert_eq!(server.endpoint, "http://127.0.0.1:9000");
+    assert_eq!(server.admin, "127.0.0.1:9001");
+    assert!(
+        data.join("drives/drive0/zns.data").exists(),
+        "embedded drives live in ./zonestore-data"
+    );
+    assert!(data.join("credentials.toml").exists());
+
+    let file = dir.path().join("100m.bin");
+    write_random_file(&file, 100 << 20, 42);
+    let back = dir.path().join("back.bin");
+    server.aws_ok(&["s3", "mb", "s3://first"]);
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        file.to_str().unwrap(),
+        "s3://first/100m.bin",
+    ]);
+    let listing = server.aws_ok(&["s3", "ls", "s3://first/"]);
+    assert!(listing.contains("104857600 100m.bin"), "{listing}");
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        "s3://first/100m.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(same_file(&file, &back));
+
+    // The bytes went through the NVMe/TCP targets: every embedded target moved at least a
+    // copy of the object (R = 3 over 3 drives), and the hosts completed commands.
+    let metrics = server.metrics();
+    for drive in 0..3 {
+        let label = format!("embedded-drive{drive}\"");
+        let moved = metric_sum(&metrics, "zonestore_nvme_target_bytes", &[&label]);
+        assert!(
+            moved >= (100 << 20) as f64,
+            "target {drive} moved {moved} bytes:\n{metrics}"
+        );
+        let commands = metric_sum(&metrics, "zonestore_nvme_host_commands", &[&label]);
+        assert!(commands > 0.0, "host commands to drive {drive}");
+    }
+    assert!(
+        metric_sum(&metrics, "zonestore_s3_requests_total", &["PutObject"]) >= 1.0
+            || metric_sum(&metrics, "zonestore_s3_requests_total", &["UploadPart"]) >= 1.0
+    );
+    assert!(metric_sum(&metrics, "zonestore_s3_received_bytes_total", &[]) >= (100 << 20) as f64);
+
+    // Health, readiness, the admin CLI.
+    assert_eq!(common::s3::http_get(&server.admin, "/health").0, 200);
+    assert_eq!(common::s3::http_get(&server.admin, "/ready").0, 200);
+    let zones = server.admin_cli(&["zones"]);
+    assert_eq!(
+        zones.lines().count(),
+        1 + 3 * 64,
+        "a header and every zone of the 3 drives:\n{zones}"
+    );
+    assert!(
+        zones.contains("imp-open") || zones.contains("full"),
+        "{zones}"
+    );
+    let targets = server.admin_cli(&["targets"]);
+    assert_eq!(targets.matches("connected").count(), 3, "{targets}");
+    let stats = server.admin_cli(&["stats"]);
+    assert!(stats.contains("write amplification"), "{stats}");
+
+    server.aws_ok(&["s3", "rm", "--quiet", "s3://first/100m.bin"]);
+    server.aws_ok(&["s3", "rb", "s3://first"]);
+    assert!(!server.aws_ok(&["s3", "ls"]).contains("first"));
+    let gc = server.admin_cli(&["gc", "run", "--zones", "2"]);
+    assert!(gc.contains("run             finished"), "{gc}");
+    assert!(
+        server
+            .admin_cli(&["gc", "stop"])
+            .contains("enabled         false")
+    );
+    assert!(
+        server
+            .admin_cli(&["gc", "start"])
+            .contains("enabled         true")
+    );
+}
+
+fn zonestore_fails(args: &[&str]) -> String {
+    let out = Command::new(zonestore_bin())
+        .args(args)
+        .env_remove("ZONESTORE_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "zonestore {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+    let err = zonestore_fails(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
+    assert!(err.contains("lisen"), "{err}");
+    std::fs::write(&config, "[gc]\nlow_watermark = 3.0\n").unwrap();
+    let err = zonestore_fails(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
+    assert!(err.contains("gc.low_watermark"), "{err}");
+    let err = zonestore_fails(&["serve", "--data", data, "--target", "ftp://somewhere"]);
+    assert!(
+        err.contains("targets[0]") && err.contains("not a target URL"),
+        "{err}"
+    );
+    let err = zonestore_fails(&["serve", "--data", data, "--access-key", "only-half"]);
+    assert!(err.contains("--secret-key"), "{err}");
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        data,
+        "--listen",
+        "nowhere",
+        "--access-key",
+        "a",
+        "--secret-key",
+        "b",
+    ]);
+    assert!(err.contains("listen"), "{err}");
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--replicas",
+        "5",
+        "--access-key",
+        "a",
+        "--secret-key",
+        "b",
+    ]);
+    assert!(err.contains("replication_factor"), "{err}");
+    let err = zonestore_fails(&["target", "--data", data, "--zone-size", "3M"]);
+    assert!(err.contains("power of two"), "{err}");
+    let err = zonestore_fails(&["recover", "--data", data]);
+    assert!(err.contains("--rebuild-index"), "{err}");
+    let err = zonestore_fails(&["admin", "--server", "127.0.0.1:1", "stats"]);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+/// Loads the server from 8 threads, stops it with `signal` mid-run, restarts it and checks
+/// every acknowledged object.
+fn uploads_survive(signal: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = S3Server::start(&data, &[]);
+    server.aws_ok(&["s3", "mb", "s3://load"]);
+    let acked = dir.path().join("acked.txt");
+    let mut load = server.python_spawn(
+        "load_until_stopped.py",
+        &[acked.to_str().unwrap(), "load", "8"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    server.process.signal(signal);
+    let status = server.wait_exit(Duration::from_secs(60));
+    if signal == libc::SIGTERM {
+        assert!(
+            status.success(),
+            "a SIGTERM drains and exits cleanly: {status:?}"
+        );
+    }
+    let load_status = load.wait().unwrap();
+    assert!(load_status.success());
+    let count = std::fs::read_to_string(&acked).unwrap().lines().count();
+    assert!(
+        count >= 20,
+        "only {count} uploads were acknowledged before the signal"
+    );
+
+    let server = S3Server::start(&data, &[]);
+    let out = server.python("verify_objects.py", &[acked.to_str().unwrap(), "load"]);
+    assert!(out.contains(&format!("verified {count} ")), "{out}");
+}
+
+#[test]
+fn sigterm_during_uploads_loses_nothing_acknowledged() {
+    uploads_survive(libc::SIGTERM);
+}
+
+#[test]
+fn sigkill_during_uploads_loses_nothing_acknowledged() {
+    uploads_survive(libc::SIGKILL);
+}
+
+#[test]
+fn recover_rebuilds_the_index_from_the_zones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = S3Server::start(&data, &[]);
+    let tree = dir.path().join("tree");
+    for i in 0..30 {
+        let path = tree.join(format!("d{}/f{i:02}.bin", i % 4));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_random_file(&path, 1000 + i * 3000, i as u64);
+    }
+    write_random_file(&tree.join("large.bin"), 20 << 20, 77);
+    server.aws_ok(&["s3", "mb", "s3://keep"]);
+    server.aws_ok(&["s3", "mb", "s3://gone"]);
+    server.aws_ok(&["s3", "rb", "s3://gone"]);
+    server.aws_ok(&[
+        "s3",
+        "sync",
+        "--quiet",
+        tree.to_str().unwrap(),
+        "s3://keep/t",
+    ]);
+    for i in 0..5 {
+        server.aws_ok(&[
+            "s3",
+            "rm",
+            "--quiet",
+            &format!("s3://keep/t/d{}/f{i:02}.bin", i % 4),
+        ]);
+        std::fs::remove_file(tree.join(format!("d{}/f{i:02}.bin", i % 4))).unwrap();
+    }
+    // An overwrite: the newest version must win in the rebuilt index.
+    write_random_file(&tree.join("d1/f09.bin"), 4321, 999);
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        tree.join("d1/f09.bin").to_str().unwrap(),
+        "s3://keep/t/d1/f09.bin",
+    ]);
+    let before = server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"]);
+    server.process.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
+
+    let out = Command::new(zonestore_bin())
+        .args([
+            "recover",
+            "--rebuild-index",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rebuilt index")
+            && stderr.contains("0 damaged")
+            && stderr.contains("1 buckets"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("old index kept in"), "{stderr}");
+
+    let server = S3Server::start(&data, &[]);
+    let after = server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"]);
+    let names = |s: &str| {
+        s.lines()
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&before), names(&after));
+    assert!(
+        !server.aws_ok(&["s3", "ls"]).contains("gone"),
+        "a deleted bucket stays deleted"
+    );
+    let down = dir.path().join("down");
+    server.aws_ok(&[
+        "s3",
+        "sync",
+        "--quiet",
+        "s3://keep/t",
+        down.to_str().unwrap(),
+    ]);
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&tree).unwrap() {
+        let path = entry.unwrap().path();
+        let files: Vec<_> = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        } else {
+            vec![path]
+        };
+        for f in files {
+            let rel = f.strip_prefix(&tree).unwrap();
+            assert!(same_file(&f, &down.join(rel)), "{}", rel.display());
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 26);
+}

@@ -1,0 +1,170 @@
+//! A disaggregated deployment on one machine: three `zonestore target` processes (storage
+//! nodes) and `zonestore serve --target ...` pointed at them by NQN and through a discovery
+//! controller; and local `zns-file://` drives attached without the fabric.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::s3::{S3Server, same_file, write_random_file};
+use common::{Process, address_in};
+
+const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0000-0000-4000-8000-00000000e2e0";
+
+/// Starts a storage node exporting one drive, allowing only our gateway's host NQN.
+pub fn start_target(dir: &std::path::Path, index: usize) -> (Process, String, String) {
+    let data = dir.join(format!("node{index}"));
+    let nqn = format!("nqn.2026-01.io.zonestore:node{index}");
+    let process = Process::start(&[
+        "target",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--zones",
+        "32",
+        "--zone-size",
+        "32M",
+        "--nqn",
+        &nqn,
+        "--allow-host",
+        HOST_NQN,
+    ]);
+    let address = address_in(&process.wait_for_line("serving", Duration::from_secs(30)));
+    (process, address, nqn)
+}
+
+#[test]
+fn serve_uses_three_target_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<_> = (0..3).map(|i| start_target(dir.path(), i)).collect();
+    let urls: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, (_, address, nqn))| {
+            if i == 2 {
+                // Ask the node's discovery controller what it serves.
+                format!("nvme-tcp://{address}")
+            } else {
+                format!("nvme-tcp://{address}/{nqn}")
+            }
+        })
+        .collect();
+    let data = dir.path().join("gateway");
+    let mut args = vec!["--host-nqn", HOST_NQN];
+    for url in &urls {
+        args.push("--target");
+        args.push(url);
+    }
+    let mut server = S3Server::start(&data, &args);
+    let file = dir.path().join("f.bin");
+    write_random_file(&file, 30 << 20, 3);
+    server.aws_ok(&["s3", "mb", "s3://remote"]);
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        file.to_str().unwrap(),
+        "s3://remote/f.bin",
+    ]);
+    let back = dir.path().join("back.bin");
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        "s3://remote/f.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(same_file(&file, &back));
+    let table = server.admin_cli(&["targets"]);
+    assert_eq!(table.matches("connected").count(), 3, "{table}");
+    for (_, _, nqn) in &targets {
+        assert!(table.contains(nqn.as_str()), "{table}");
+    }
+    // Every node holds a copy (R = 3 over 3 targets): the zones table shows written zones.
+    let zones = server.admin_cli(&["zones"]);
+    for (_, _, nqn) in &targets {
+        assert!(
+            zones
+                .lines()
+                .any(|l| l.contains(nqn.as_str()) && !l.contains(" empty ")),
+            "{nqn} holds data:\n{zones}"
+        );
+    }
+    server.process.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
+
+    // A gateway whose host NQN the nodes do not allow is refused, with the reason.
+    let refused = std::process::Command::new(common::zonestore_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--access-key",
+            "a",
+            "--secret-key",
+            "b",
+        ])
+        .args(["--data", dir.path().join("other").to_str().unwrap()])
+        .args(["--target", &urls[0]])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&targets[0].2) && stderr.to_lowercase().contains("host"),
+        "{stderr}"
+    );
+
+    for (mut process, _, _) in targets {
+        process.signal(libc::SIGTERM);
+        let status = process.child.wait().unwrap();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn zns_file_targets_skip_the_fabric() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = format!("zns-file://{}", dir.path().join("d0").display());
+    let d1 = format!("zns-file://{}", dir.path().join("d1").display());
+    let server = S3Server::start(
+        &dir.path().join("data"),
+        &[
+            "--target",
+            &d0,
+            "--target",
+            &d1,
+            "--zones",
+            "16",
+            "--zone-size",
+            "16M",
+        ],
+    );
+    server.aws_ok(&["s3", "mb", "s3://local"]);
+    let file = dir.path().join("f.bin");
+    write_random_file(&file, 3 << 20, 9);
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        file.to_str().unwrap(),
+        "s3://local/f.bin",
+    ]);
+    let back = dir.path().join("back.bin");
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--quiet",
+        "s3://local/f.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(same_file(&file, &back));
+    let table = server.admin_cli(&["targets"]);
+    assert_eq!(table.matches(" local").count(), 2, "{table}");
+    assert!(
+        !server.metrics().contains("zonestore_nvme_host_commands{"),
+        "no fabric in the path"
+    );
+}
