@@ -209,7 +209,6 @@ impl S3Server {
     }
 
     /// Runs `zonestore admin --server ADMIN ARGS...` and returns its stdout.
-
     pub fn admin_cli(&self, args: &[&str]) -> String {
         let out = Command::new(zonestore_bin())
             .arg("admin")
