@@ -78,7 +78,7 @@ fn serve_with_no_flags_goes_through_the_fabric() {
     let zones = server.admin_cli(&["zones"]);
     assert_eq!(
         zones.lines().count(),
-        1 + 3 * 64,
+        1 + 3 * 256,
         "a header and every zone of the 3 drives:\n{zones}"
     );
     assert!(

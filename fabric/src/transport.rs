@@ -29,6 +29,9 @@ pub enum ReadError {
     Truncated,
 }
 
+/// Remaining bytes of a PDU above which it is read on its own.
+const LARGE_PDU: usize = 64 << 10;
+
 /// Decodes PDUs from the read half of a connection.
 #[derive(Debug)]
 pub struct PduReader<R> {
@@ -54,11 +57,21 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             if let Some(pdu) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(pdu));
             }
-            // Make room for the rest of the PDU in one go once its length is known.
+            // Make room for the rest of the PDU in one go once its length is known. A large
+            // PDU (data) is read alone into its own buffer: the payload handed on then pins
+            // no bytes of the PDUs after it, so what is held stays what was asked for.
             let want = self.decoder.frame_len(&self.buf)?.unwrap_or(0);
-            let need = want.saturating_sub(self.buf.len()).max(16 << 10);
-            self.buf.reserve(need);
-            let n = self.rd.read_buf(&mut self.buf).await?;
+            let missing = want.saturating_sub(self.buf.len());
+            let n = if missing > LARGE_PDU {
+                self.buf.reserve(missing);
+                (&mut self.rd)
+                    .take(missing as u64)
+                    .read_buf(&mut self.buf)
+                    .await?
+            } else {
+                self.buf.reserve(missing.max(16 << 10));
+                self.rd.read_buf(&mut self.buf).await?
+            };
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)

@@ -73,7 +73,7 @@ impl Default for EmbeddedSection {
     fn default() -> Self {
         EmbeddedSection {
             drives: 3,
-            zones: 64,
+            zones: 256,
             zone_size: "64M".into(),
         }
     }

@@ -17,6 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
+/// Largest read buffer of one HTTP connection.
+const READ_BUFFER: usize = 128 << 10;
+
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -165,6 +168,9 @@ where
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(60))
+        // Bodies are streamed on in chunks of at most this much per connection: memory
+        // stays bounded with many concurrent uploads.
+        .max_buf_size(READ_BUFFER)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
     watcher.watch(connection).await

@@ -3,6 +3,12 @@
 
 mod admin_client;
 
+/// jemalloc instead of the system allocator: uploads allocate and free record buffers from
+/// many threads, and glibc's malloc kept hundreds of MiB of freed memory resident under that
+/// pattern; jemalloc returns it to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -27,7 +27,7 @@ pub fn zonestore_bin() -> PathBuf {
 /// A child process that is killed when dropped.
 pub struct Process {
     pub child: Child,
-    pub lines: mpsc::Receiver<String>,
+    pub lines: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Process {
@@ -68,7 +68,10 @@ impl Process {
                 }
             }
         });
-        Process { child, lines }
+        Process {
+            child,
+            lines: std::sync::Mutex::new(lines),
+        }
     }
 
     /// Waits for a stdout line containing `needle` and returns it.
@@ -76,7 +79,12 @@ impl Process {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
+            let received = self
+                .lines
+                .lock()
+                .expect("no test thread panicked holding the lines")
+                .recv_timeout(left);
+            match received {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => continue,
                 Err(_) => panic!("zonestore did not print {needle:?} within {timeout:?}"),

@@ -38,7 +38,8 @@ pub struct TargetConfig {
     pub max_io_queues: u16,
     /// Maximum data transfer size of one command in bytes (a power of two of 4 KiB pages).
     pub max_transfer: u32,
-    /// R2T data a connection may have outstanding before further writes wait (bounds memory).
+    /// Write data a connection may hold, from its R2T until the drive has written it, before
+    /// further writes wait for their R2T (bounds the target's memory).
     pub max_outstanding_r2t: usize,
     /// Extra time a controller gets beyond its keep-alive timeout before it is torn down.
     pub keep_alive_grace: Duration,
@@ -54,7 +55,7 @@ impl Default for TargetConfig {
             max_queue_entries: 1024,
             max_io_queues: 64,
             max_transfer: 2 << 20,
-            max_outstanding_r2t: 64 << 20,
+            max_outstanding_r2t: 8 << 20,
             keep_alive_grace: Duration::from_millis(500),
             model: "Zonestore ZNS".into(),
         }

@@ -6,13 +6,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use super::TargetInner;
 use super::controller::Controller;
@@ -181,8 +181,25 @@ struct Connection {
     slots: Arc<Semaphore>,
     transfers: HashMap<u16, Transfer>,
     waiting_for_r2t: VecDeque<u16>,
-    r2t_outstanding: usize,
+    /// Write data requested by R2T and not yet written by the drive (bounds memory).
+    r2t_outstanding: Arc<AtomicUsize>,
+    /// Signalled when a write completes and frees budget.
+    r2t_freed: Arc<Notify>,
     next_ttag: u16,
+}
+
+/// Holds a write's share of the connection's R2T budget until the drive has written it.
+struct BudgetHold {
+    outstanding: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+    amount: usize,
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.outstanding.fetch_sub(self.amount, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
 }
 
 /// Serves one TCP connection until the host closes it, the controller is torn down, the
@@ -222,7 +239,8 @@ pub(crate) async fn serve_connection(
             slots: Arc::new(Semaphore::new(64)),
             transfers: HashMap::new(),
             waiting_for_r2t: VecDeque::new(),
-            r2t_outstanding: 0,
+            r2t_outstanding: Arc::new(AtomicUsize::new(0)),
+            r2t_freed: Arc::new(Notify::new()),
             next_ttag: 0,
         };
         conn.run(&mut reader, &mut stop).await;
@@ -321,6 +339,7 @@ impl Connection {
         // Fires when the controller this queue belongs to is torn down (keep-alive timeout, or
         // the admin queue closed).
         let mut controller_gone: Option<watch::Receiver<bool>> = None;
+        let freed = self.r2t_freed.clone();
         loop {
             if *stop.borrow() {
                 return;
@@ -336,6 +355,10 @@ impl Connection {
             let next = tokio::select! {
                 _ = stop.changed() => return,
                 _ = gone => return,
+                _ = freed.notified() => {
+                    self.issue_r2ts().await;
+                    continue;
+                }
                 next = reader.next() => next,
             };
             let result = match next {
@@ -431,7 +454,7 @@ impl Connection {
                     self.reject(cid, Status::SGL_LENGTH_INVALID, 0).await;
                     return Ok(());
                 }
-                self.dispatch(sqe, capsule.data, None).await;
+                self.dispatch(sqe, capsule.data, None, None).await;
             }
             SGL_TRANSPORT => {
                 if !capsule.data.is_empty() {
@@ -460,7 +483,7 @@ impl Connection {
                     self.waiting_for_r2t.push_back(ttag);
                     self.issue_r2ts().await;
                 } else {
-                    self.dispatch(sqe, Bytes::new(), None).await;
+                    self.dispatch(sqe, Bytes::new(), None, None).await;
                 }
             }
             _ => self.reject(cid, Status::SGL_TYPE_INVALID, 0).await,
@@ -491,12 +514,14 @@ impl Connection {
                 self.waiting_for_r2t.pop_front();
                 continue;
             };
-            if self.r2t_outstanding > 0 && self.r2t_outstanding + transfer.expected > budget {
+            let outstanding = self.r2t_outstanding.load(Ordering::Acquire);
+            if outstanding > 0 && outstanding + transfer.expected > budget {
                 return;
             }
             self.waiting_for_r2t.pop_front();
             transfer.r2t_sent = true;
-            self.r2t_outstanding += transfer.expected;
+            self.r2t_outstanding
+                .fetch_add(transfer.expected, Ordering::AcqRel);
             let r2t = R2t {
                 cccid: transfer.sqe.cid(),
                 ttag,
@@ -576,17 +601,23 @@ impl Connection {
         }
         if complete {
             let mut transfer = self.transfers.remove(&data.ttag).expect("transfer present");
-            self.r2t_outstanding -= transfer.expected;
+            let hold = BudgetHold {
+                outstanding: self.r2t_outstanding.clone(),
+                freed: self.r2t_freed.clone(),
+                amount: transfer.expected,
+            };
             self.target
                 .stats
                 .bytes_written
                 .fetch_add(transfer.expected as u64, Ordering::Relaxed);
             if transfer.digest_error {
+                drop(hold);
                 self.reject(transfer.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0)
                     .await;
             } else {
                 let data = join(&mut transfer.chunks, transfer.expected);
-                self.dispatch(transfer.sqe, data, transfer.permit).await;
+                self.dispatch(transfer.sqe, data, transfer.permit, Some(hold))
+                    .await;
             }
             self.issue_r2ts().await;
         }
@@ -594,7 +625,13 @@ impl Connection {
     }
 
     /// Runs a command whose data (if any) has arrived.
-    async fn dispatch(&mut self, sqe: Sqe, data: Bytes, permit: Option<OwnedSemaphorePermit>) {
+    async fn dispatch(
+        &mut self,
+        sqe: Sqe,
+        data: Bytes,
+        permit: Option<OwnedSemaphorePermit>,
+        hold: Option<BudgetHold>,
+    ) {
         let is_connect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT;
         let Some(ctx) = self.ctx.clone() else {
             if is_connect {
@@ -650,6 +687,7 @@ impl Connection {
                 ctx.complete(sqe.cid(), status, result, data).await;
             }
             drop(permit);
+            drop(hold);
         });
     }
 

@@ -87,6 +87,10 @@ pub struct EngineInner {
     pub(crate) gc: gc::GcControl,
     /// Largest record (bytes) every drive accepts in one Zone Append.
     pub(crate) record_limit: u64,
+    /// Record bytes uploads may hold in memory, in [`writer::BUDGET_UNIT`]s.
+    pub(crate) write_budget: Arc<tokio::sync::Semaphore>,
+    /// Record bytes reads may hold in memory, in [`writer::BUDGET_UNIT`]s.
+    pub(crate) read_budget: Arc<tokio::sync::Semaphore>,
     /// Block size used for record padding (the largest of the drives').
     pub(crate) block_size: u64,
 }
@@ -248,6 +252,12 @@ impl Engine {
             gate: ReadGate::default(),
             stats: EngineStats::default(),
             record_limit,
+            write_budget: Arc::new(tokio::sync::Semaphore::new(
+                writer::WRITE_BUDGET / writer::BUDGET_UNIT,
+            )),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(
+                reader::READ_BUDGET / writer::BUDGET_UNIT,
+            )),
             block_size,
         });
         inner.finish_zones(to_finish);

@@ -16,11 +16,29 @@ use super::error::{EngineError, EngineResult};
 use super::gate::Ticket;
 use super::model::{Extent, Location, ObjectMeta};
 use super::record::{self, Kind};
+use super::writer::BUDGET_UNIT;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Extents read ahead of the one being sent.
 const READ_AHEAD: usize = 4;
+/// Record bytes all reads together may hold in memory (read ahead, or sent but not yet
+/// written to the client): memory does not grow with the number of downloads beyond this.
+pub(crate) const READ_BUDGET: usize = 32 << 20;
+
 /// How long one copy may take before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A chunk holding its share of the read budget.
+struct Budgeted {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
 
 /// One extent to read and the part of its payload wanted.
 #[derive(Debug, Clone)]
@@ -80,10 +98,32 @@ impl EngineInner {
     ) -> EngineResult<BodyStream> {
         let pieces = self.plan(meta, range)?;
         let engine = self.clone();
+        let budget = self.read_budget.clone();
         let body = stream::iter(pieces)
-            .map(move |piece| {
+            // Budget is taken piece by piece in order, so the oldest unsent piece of every
+            // stream holding budget has its own: streams never wait on each other in a cycle.
+            .then(move |piece| {
+                let budget = budget.clone();
+                async move {
+                    let units = (piece.extent.length as usize).div_ceil(BUDGET_UNIT).max(1);
+                    let units = units.min(READ_BUDGET / BUDGET_UNIT) as u32;
+                    let permit = budget.acquire_many_owned(units).await;
+                    (piece, permit)
+                }
+            })
+            .map(move |(piece, permit)| {
                 let engine = engine.clone();
-                async move { engine.read_piece(piece).await }
+                async move {
+                    let permit = permit.map_err(|_| {
+                        EngineError::Unavailable("the engine is shutting down".into())
+                    })?;
+                    let bytes = engine.read_piece(piece).await?;
+                    // The budget comes back when the chunk is dropped (sent to the client).
+                    Ok(Bytes::from_owner(Budgeted {
+                        bytes,
+                        _permit: permit,
+                    }))
+                }
             })
             .buffered(READ_AHEAD)
             .map(move |chunk| {

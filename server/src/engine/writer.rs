@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::{Buf, Bytes};
 use tokio::task::JoinHandle;
@@ -20,6 +21,11 @@ use super::record::{self, Header, Kind, RecordBuilder};
 
 /// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
 const IN_FLIGHT_PER_UPLOAD: usize = 4;
+/// Unit of the engine's write budget: record bytes held in memory are counted in these.
+pub(crate) const BUDGET_UNIT: usize = 64 << 10;
+/// Record bytes all uploads together may hold in memory (being filled or being appended): the
+/// server's memory does not grow with the number or size of uploads beyond this.
+pub(crate) const WRITE_BUDGET: usize = 48 << 20;
 /// How long a write waits for GC to free space before it fails for lack of space.
 const SPACE_WAIT: Duration = Duration::from_secs(10);
 
@@ -221,6 +227,8 @@ pub struct PutWriter {
     offset: u64,
     in_flight: VecDeque<JoinHandle<EngineResult<NewExtent>>>,
     extents: Vec<NewExtent>,
+    /// The write budget the current record holds.
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for PutWriter {
@@ -252,6 +260,7 @@ impl PutWriter {
             offset: 0,
             in_flight: VecDeque::new(),
             extents: Vec::new(),
+            budget: None,
         })
     }
 
@@ -270,7 +279,29 @@ impl PutWriter {
         self.len() == 0
     }
 
-    fn new_builder(&self) -> RecordBuilder {
+    /// Takes write budget for the next record: a whole record's worth when it is free, less
+    /// when memory is short (the record is then smaller), waiting only when none is left.
+    /// Waiting holds no budget, so writers never wait on each other in a cycle.
+    async fn take_budget(&self) -> EngineResult<OwnedSemaphorePermit> {
+        let semaphore = &self.engine.write_budget;
+        let mut units = (self.engine.record_limit as usize)
+            .div_ceil(BUDGET_UNIT)
+            .max(1);
+        while units >= 1 {
+            if let Ok(permit) = semaphore.clone().try_acquire_many_owned(units as u32) {
+                return Ok(permit);
+            }
+            units /= 2;
+        }
+        semaphore
+            .clone()
+            .acquire_many_owned(1)
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine is shutting down".into()))
+    }
+
+    /// A builder for the next record, no larger than `budget_bytes` in memory.
+    fn new_builder(&self, budget_bytes: usize) -> RecordBuilder {
         let header = Header {
             kind: Kind::Data,
             seq: self.stream_id,
@@ -281,7 +312,10 @@ impl PutWriter {
             key: self.key.clone(),
         };
         let header_len = record::header_len(&self.bucket, &self.key);
-        let capacity = self.engine.record_limit as usize - header_len;
+        let capacity = (self.engine.record_limit as usize)
+            .min(budget_bytes)
+            .saturating_sub(header_len)
+            .max(1);
         RecordBuilder::new(&header, capacity, self.engine.block_size as usize)
     }
 
@@ -289,7 +323,9 @@ impl PutWriter {
     pub async fn write(&mut self, mut chunk: Bytes) -> EngineResult<()> {
         while chunk.has_remaining() {
             if self.builder.is_none() {
-                self.builder = Some(self.new_builder());
+                let budget = self.take_budget().await?;
+                self.builder = Some(self.new_builder(budget.num_permits() * BUDGET_UNIT));
+                self.budget = Some(budget);
             }
             let builder = self.builder.as_mut().expect("just set");
             let n = chunk.len().min(builder.remaining());
@@ -316,7 +352,9 @@ impl PutWriter {
         let record = builder.finish();
         let engine = self.engine.clone();
         let stream_id = self.stream_id;
+        let budget = self.budget.take();
         self.in_flight.push_back(tokio::spawn(async move {
+            let _budget = budget;
             let replicas = engine
                 .append_record(
                     record,
