@@ -68,6 +68,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/gc/stop", post(gc_stop))
         .route("/admin/gc/run", post(gc_run))
         .route("/admin/targets", get(targets))
+        .route("/admin/drain", post(drain))
+        .route("/admin/scrub", get(scrub_status).post(scrub_start))
         .with_state(state)
 }
 
@@ -326,10 +328,11 @@ async fn gc_run(State(s): State<Arc<AdminState>>, Query(q): Query<RunQuery>) -> 
 
 async fn targets(State(s): State<Arc<AdminState>>) -> Response {
     let mut out = String::new();
+    let live = s.engine.live_bytes();
     let _ = writeln!(
         out,
-        "{:<44} {:<6} {:<9} {:>9} {:>8} {:>10}",
-        "TARGET", "STATE", "LINK", "IN-FLIGHT", "ERRORS", "RECONNECTS"
+        "{:<44} {:<8} {:<9} {:>10} {:>9} {:>8} {:>10}",
+        "TARGET", "STATE", "LINK", "LIVE", "IN-FLIGHT", "ERRORS", "RECONNECTS"
     );
     for drive in s.engine.drives().all() {
         let host = s
@@ -342,17 +345,95 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
             Some(_) => "lost",
             None => "local",
         };
+        let state = if drive.draining.load(Ordering::Relaxed) {
+            "draining"
+        } else if drive.is_up() {
+            "up"
+        } else {
+            "down"
+        };
         let reconnects = host.map_or(0, |h| h.stats().reconnects.load(Ordering::Relaxed));
         let _ = writeln!(
             out,
-            "{:<44} {:<6} {:<9} {:>9} {:>8} {:>10}",
+            "{:<44} {:<8} {:<9} {:>10} {:>9} {:>8} {:>10}",
             drive.name,
-            if drive.is_up() { "up" } else { "down" },
+            state,
             link,
+            human(live.get(usize::from(drive.id)).copied().unwrap_or(0)),
             drive.in_flight.load(Ordering::Relaxed),
             drive.errors.load(Ordering::Relaxed),
             reconnects
         );
     }
+    out.push_str(&repair_text(&s));
     text(StatusCode::OK, out)
+}
+
+fn repair_text(s: &AdminState) -> String {
+    let r = s.engine.repair().status();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "under-replicated: {} in {} records (replication factor {}, write quorum {})",
+        human(r.under_replicated_bytes),
+        r.under_replicated_records,
+        s.engine.inner().replicas(),
+        s.engine.inner().quorum()
+    );
+    let _ = writeln!(
+        out,
+        "draining:         {} still to move",
+        human(r.draining_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "repair:           {} copies made ({}), {} dropped, {} passes, last rate {:.1} MiB/s",
+        r.copies_made,
+        human(r.bytes_copied),
+        r.copies_dropped,
+        r.passes,
+        r.last_rate / f64::from(1 << 20)
+    );
+    if let Some(why) = &r.blocked {
+        let _ = writeln!(out, "repair waits:     {why}");
+    }
+    let _ = writeln!(
+        out,
+        "scrub:            {} passes{}, {} copies checked ({}), {} bad, {} repaired",
+        r.scrub_passes,
+        if r.scrub_running { " (running)" } else { "" },
+        r.scrub_checked,
+        human(r.scrub_bytes),
+        r.scrub_bad,
+        r.scrub_repaired
+    );
+    out
+}
+
+/// `POST /admin/drain?target=NAME`.
+#[derive(Debug, Deserialize)]
+struct DrainQuery {
+    target: String,
+}
+
+async fn drain(State(s): State<Arc<AdminState>>, Query(q): Query<DrainQuery>) -> Response {
+    match s.engine.drain(&q.target).await {
+        Ok(()) => text(
+            StatusCode::ACCEPTED,
+            format!("draining {}\n{}", q.target, repair_text(&s)),
+        ),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot drain {}: {e}\n", q.target),
+        ),
+    }
+}
+
+async fn scrub_start(State(s): State<Arc<AdminState>>) -> Response {
+    s.engine.repair().scrub();
+    text(StatusCode::ACCEPTED, repair_text(&s))
+}
+
+async fn scrub_status(State(s): State<Arc<AdminState>>) -> Response {
+    text(StatusCode::OK, repair_text(&s))
 }

@@ -28,8 +28,15 @@ enum AdminCommand {
         #[command(subcommand)]
         action: Option<GcAction>,
     },
-    /// Each target's state.
+    /// Each target's state, live bytes, and what is under-replicated.
     Targets,
+    /// Move every record off a target (so that it can be removed), showing progress.
+    Drain {
+        /// The target's NQN (or drive name, as `targets` shows it).
+        target: String,
+    },
+    /// Read and check every copy of every record now, repairing bad copies; shows the result.
+    Scrub,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +109,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Zones => show(server, "GET", "/admin/zones").await,
         AdminCommand::Stats => show(server, "GET", "/admin/stats").await,
         AdminCommand::Targets => show(server, "GET", "/admin/targets").await,
+        AdminCommand::Drain { target } => drain(server, &target).await,
+        AdminCommand::Scrub => scrub(server).await,
         AdminCommand::Gc { action } => match action.unwrap_or(GcAction::Status) {
             GcAction::Status => show(server, "GET", "/admin/gc").await,
             GcAction::Start => show(server, "POST", "/admin/gc/start").await,
@@ -140,4 +149,80 @@ async fn gc_run(server: &str, zones: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+fn field(body: &str, prefix: &str) -> String {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or("")
+        .trim_start_matches(prefix)
+        .trim()
+        .to_string()
+}
+
+/// Starts draining `target` and follows it until nothing is left to move.
+async fn drain(server: &str, target: &str) -> anyhow::Result<()> {
+    let path = format!("/admin/drain?target={}", percent_encode(target));
+    let started = request(server, "POST", &path).await?;
+    if started.status >= 400 {
+        print!("{}", started.body);
+        bail!("the server answered {}", started.status);
+    }
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let answer = request(server, "GET", "/admin/targets").await?;
+        let left = field(&answer.body, "draining:");
+        if left != last {
+            eprintln!("draining {target}: {left}");
+            last = left.clone();
+        }
+        let row_live = answer
+            .body
+            .lines()
+            .find(|l| l.contains(target) && l.contains("draining"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap_or("?")
+            .to_string();
+        if left.starts_with("0B ") && row_live == "0B" {
+            print!("{}", answer.body);
+            return Ok(());
+        }
+        if let Some(why) = answer.body.lines().find(|l| l.starts_with("repair waits:")) {
+            eprintln!("{why}");
+        }
+    }
+}
+
+/// Starts a scrub pass and waits for it to finish.
+async fn scrub(server: &str) -> anyhow::Result<()> {
+    let before = request(server, "GET", "/admin/scrub").await?;
+    let passes = |body: &str| -> u64 {
+        field(body, "scrub:")
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let start = passes(&before.body);
+    request(server, "POST", "/admin/scrub").await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = request(server, "GET", "/admin/scrub").await?;
+        if passes(&now.body) > start {
+            print!("{}", now.body);
+            return Ok(());
+        }
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

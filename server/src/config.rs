@@ -47,6 +47,31 @@ impl Default for GcSection {
     }
 }
 
+/// `[replication]`: repair and scrub.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// Seconds a target may be unreachable before its copies are made again elsewhere.
+    pub repair_grace_secs: u64,
+    /// Repair copy rate limit, MiB/s (0: unlimited).
+    pub repair_rate_mib_per_sec: u64,
+    /// Hours between background scrub passes (0: only when asked).
+    pub scrub_interval_hours: u64,
+    /// Scrub read rate limit, MiB/s (0: unlimited).
+    pub scrub_rate_mib_per_sec: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            repair_grace_secs: 120,
+            repair_rate_mib_per_sec: 128,
+            scrub_interval_hours: 168,
+            scrub_rate_mib_per_sec: 64,
+        }
+    }
+}
+
 /// `[tls]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +133,8 @@ pub struct Config {
     pub domains: Vec<String>,
     /// GC.
     pub gc: GcSection,
+    /// Repair and scrub.
+    pub replication: ReplicationSection,
     /// HTTPS.
     pub tls: Option<TlsSection>,
     /// Embedded drives.
@@ -129,6 +156,7 @@ impl Default for Config {
             users: Vec::new(),
             domains: vec!["localhost".into()],
             gc: GcSection::default(),
+            replication: ReplicationSection::default(),
             tls: None,
             embedded: EmbeddedSection::default(),
         }

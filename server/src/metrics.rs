@@ -40,6 +40,11 @@ pub struct Metrics {
     gc_written: Gauge,
     write_amplification_milli: Gauge,
     read_failovers: Gauge,
+    under_replicated: Gauge,
+    repair_copied: Gauge,
+    scrub_checked: Gauge,
+    scrub_bad: Gauge,
+    scrub_repaired: Gauge,
     crc_errors: Gauge,
     nvme_commands: Family<Labels, Gauge>,
     nvme_errors: Family<Labels, Gauge>,
@@ -81,6 +86,11 @@ impl Metrics {
             gc_written: Gauge::default(),
             write_amplification_milli: Gauge::default(),
             read_failovers: Gauge::default(),
+            under_replicated: Gauge::default(),
+            repair_copied: Gauge::default(),
+            scrub_checked: Gauge::default(),
+            scrub_bad: Gauge::default(),
+            scrub_repaired: Gauge::default(),
             crc_errors: Gauge::default(),
             nvme_commands: Family::default(),
             nvme_errors: Family::default(),
@@ -187,6 +197,31 @@ impl Metrics {
             "Data bytes moved by the embedded NVMe/TCP targets",
             m.target_bytes.clone(),
         );
+        r.register(
+            "under_replicated_bytes",
+            "Bytes of records with fewer than R healthy copies (as of the last repair pass)",
+            m.under_replicated.clone(),
+        );
+        r.register(
+            "repair_copied_bytes",
+            "Bytes copied by repair and drain",
+            m.repair_copied.clone(),
+        );
+        r.register(
+            "scrub_checked_copies",
+            "Record copies read and checked by scrub",
+            m.scrub_checked.clone(),
+        );
+        r.register(
+            "scrub_bad_copies",
+            "Record copies scrub found damaged",
+            m.scrub_bad.clone(),
+        );
+        r.register(
+            "scrub_repaired_copies",
+            "Bad copies scrub replaced from a good one",
+            m.scrub_repaired.clone(),
+        );
         *m.registry.lock() = r;
         m
     }
@@ -209,6 +244,13 @@ impl Metrics {
             .set((stats.write_amplification() * 1000.0) as i64);
         self.read_failovers.set(load(&stats.read_failovers));
         self.crc_errors.set(load(&stats.crc_errors));
+        let repair = engine.repair().status();
+        self.under_replicated
+            .set(repair.under_replicated_bytes as i64);
+        self.repair_copied.set(repair.bytes_copied as i64);
+        self.scrub_checked.set(repair.scrub_checked as i64);
+        self.scrub_bad.set(repair.scrub_bad as i64);
+        self.scrub_repaired.set(repair.scrub_repaired as i64);
         let mut per_drive: std::collections::HashMap<(String, &'static str), i64> =
             std::collections::HashMap::new();
         let mut free: std::collections::HashMap<String, i64> = std::collections::HashMap::new();

@@ -14,6 +14,7 @@ use s3api::{S3Config, S3Service};
 use crate::admin::{self, AdminState};
 use crate::config::{Checked, Config, ConfigError, User};
 use crate::engine::gc::GcConfig;
+use crate::engine::repair::RepairConfig;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::http::{HttpServer, TlsError, tls_acceptor};
 use crate::metrics::Metrics;
@@ -175,6 +176,14 @@ impl Server {
             low_watermark: config.gc.low_watermark,
             high_watermark: config.gc.high_watermark,
             rate_bytes_per_sec: config.gc.rate_mib_per_sec << 20,
+        };
+        let rep = &config.replication;
+        engine_config.repair = RepairConfig {
+            grace: Duration::from_secs(rep.repair_grace_secs),
+            rate_bytes_per_sec: rep.repair_rate_mib_per_sec << 20,
+            scrub_interval: (rep.scrub_interval_hours > 0)
+                .then(|| Duration::from_secs(rep.scrub_interval_hours * 3600)),
+            scrub_rate_bytes_per_sec: rep.scrub_rate_mib_per_sec << 20,
         };
         let (engine, reconciliation) = Engine::open(engine_config, specs).await?;
         if !reconciliation.broken_zones.is_empty() {

@@ -208,6 +208,17 @@ impl S3Server {
         command.spawn().expect("start python")
     }
 
+    /// Starts a Python client script in the background with its stdout captured.
+    pub fn python_spawn_piped(&self, script: &str, args: &[&str]) -> std::process::Child {
+        let mut command = Command::new(venv_bin("python"));
+        command
+            .arg(repo_root().join("tests/clients").join(script))
+            .args(args)
+            .stdout(std::process::Stdio::piped());
+        self.client_env(&mut command);
+        command.spawn().expect("start python")
+    }
+
     /// Runs `zonestore admin --server ADMIN ARGS...` and returns its stdout.
     pub fn admin_cli(&self, args: &[&str]) -> String {
         let out = Command::new(zonestore_bin())

@@ -22,6 +22,12 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
     /// The namespace's geometry.
     fn geometry(&self) -> Geometry;
 
+    /// Whether the device can take commands now (a remote drive: whether its connection is up).
+    /// Callers use it to skip a device that would only fail; a local device always can.
+    fn is_available(&self) -> bool {
+        true
+    }
+
     /// Reads `blocks` blocks from `lba`. Blocks beyond a zone's write pointer read as zeros. The
     /// range may span zones.
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes>;

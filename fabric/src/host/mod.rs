@@ -385,6 +385,10 @@ impl ZonedDevice for NvmeTcpHost {
         self.inner.geometry
     }
 
+    fn is_available(&self) -> bool {
+        self.is_connected()
+    }
+
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
         let block = u64::from(self.inner.geometry.block_size);
         let chunk = self.max_transfer_blocks();

@@ -54,6 +54,32 @@ pub enum Condition {
     IfMatch(String),
 }
 
+/// Key in the meta column family of the drives being drained.
+pub const DRAINING_KEY: &[u8] = b"draining";
+
+/// Decodes a list of drive ids (big-endian u16s).
+pub fn decode_drive_ids(bytes: &[u8]) -> Vec<DriveId> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn encode_drive_ids(ids: &[DriveId]) -> Vec<u8> {
+    ids.iter().flat_map(|d| d.to_be_bytes()).collect()
+}
+
+/// A change to the copies of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaEdit {
+    /// A new copy (repair): added if the entry still exists and does not hold it.
+    Add(Location),
+    /// A copy dropped (drain): removed if another copy remains.
+    Remove(Location),
+    /// A copy replaced by another (drain, scrub): if the entry still holds `from`.
+    Replace(Location, Location),
+}
+
 /// A record moved by GC: the entry is updated only if it still points at `from`.
 #[derive(Debug, Clone)]
 pub enum Relocation {
@@ -190,8 +216,12 @@ pub enum Change {
     },
     /// GC moved records.
     Relocate(Vec<(Relocation, Location, Location)>),
+    /// Repair, drain or scrub changed records' copies.
+    Replicas(Vec<(Relocation, ReplicaEdit)>),
     /// A zone was reset.
     ZoneReset(ZoneId),
+    /// A drive started (true) or stopped (false) being drained.
+    SetDraining(DriveId, bool),
 }
 
 impl Change {
@@ -223,7 +253,17 @@ impl Change {
             Change::Relocate(items) => items
                 .iter()
                 .for_each(|(_, _, to)| add(std::slice::from_ref(to))),
-            Change::ZoneReset(_) => {}
+            Change::Replicas(items) => {
+                for (_, edit) in items {
+                    match edit {
+                        ReplicaEdit::Add(to) | ReplicaEdit::Replace(_, to) => {
+                            add(std::slice::from_ref(to))
+                        }
+                        ReplicaEdit::Remove(_) => {}
+                    }
+                }
+            }
+            Change::ZoneReset(_) | Change::SetDraining(..) => {}
         }
         out
     }
@@ -673,7 +713,13 @@ impl<'a> Txn<'a> {
             }
             Change::Relocate(items) => {
                 for (what, from, to) in items {
-                    self.relocate(what, *from, *to)?;
+                    self.relocate(what, ReplicaEdit::Replace(*from, *to))?;
+                }
+                Ok(Outcome::Done)
+            }
+            Change::Replicas(items) => {
+                for (what, edit) in items {
+                    self.relocate(what, *edit)?;
                 }
                 Ok(Outcome::Done)
             }
@@ -689,6 +735,16 @@ impl<'a> Txn<'a> {
                 a.valid_bytes = 0;
                 a.generation += 1;
                 a.max_indexed_end = 0;
+                Ok(Outcome::Done)
+            }
+            Change::SetDraining(drive, on) => {
+                let mut ids =
+                    decode_drive_ids(&self.get(cf::META, DRAINING_KEY)?.unwrap_or_default());
+                ids.retain(|d| d != drive);
+                if *on {
+                    ids.push(*drive);
+                }
+                self.put(cf::META, DRAINING_KEY.to_vec(), encode_drive_ids(&ids));
                 Ok(Outcome::Done)
             }
         }
@@ -979,21 +1035,44 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    fn relocate(&mut self, what: &Relocation, from: Location, to: Location) -> EngineResult<()> {
-        fn swap(locations: &mut [Location], from: Location, to: Location) -> bool {
-            match locations.iter().position(|l| *l == from) {
-                Some(i) => {
-                    locations[i] = to;
+    /// Applies `edit` to the copies of the entry `what` names, if the entry is still the one
+    /// the edit was made for; keeps zone accounting exact.
+    fn relocate(&mut self, what: &Relocation, edit: ReplicaEdit) -> EngineResult<()> {
+        fn swap(locations: &mut Vec<Location>, edit: ReplicaEdit) -> bool {
+            match edit {
+                ReplicaEdit::Replace(from, to) => match locations.iter().position(|l| *l == from) {
+                    Some(i) if !locations.contains(&to) => {
+                        locations[i] = to;
+                        true
+                    }
+                    _ => false,
+                },
+                ReplicaEdit::Add(to) => {
+                    if locations.is_empty() || locations.contains(&to) {
+                        return false;
+                    }
+                    locations.push(to);
                     true
                 }
-                None => false,
+                ReplicaEdit::Remove(from) => match locations.iter().position(|l| *l == from) {
+                    Some(i) if locations.len() > 1 => {
+                        locations.remove(i);
+                        true
+                    }
+                    _ => false,
+                },
             }
         }
+        let (from, to) = match edit {
+            ReplicaEdit::Add(to) => (None, Some(to)),
+            ReplicaEdit::Remove(from) => (Some(from), None),
+            ReplicaEdit::Replace(from, to) => (Some(from), Some(to)),
+        };
         let moved = match what {
             Relocation::Extent { stream_id, offset } => {
                 let key = index::extent_key(*stream_id, *offset).to_vec();
                 if let Some(mut e) = self.decode(cf::EXTENTS, &key, Extent::decode)?
-                    && swap(&mut e.replicas, from, to)
+                    && swap(&mut e.replicas, edit)
                 {
                     self.put(cf::EXTENTS, key, e.encode());
                     true
@@ -1005,7 +1084,7 @@ impl<'a> Txn<'a> {
                 let okey = index::object_key(bucket, key);
                 if let Some(mut o) = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)?
                     && o.meta.seq == *seq
-                    && swap(&mut o.commit, from, to)
+                    && swap(&mut o.commit, edit)
                 {
                     self.put(cf::OBJECTS, okey, o.encode());
                     true
@@ -1017,7 +1096,7 @@ impl<'a> Txn<'a> {
                 let tkey = index::tombstone_key(*kind, name);
                 if let Some(mut t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)?
                     && t.seq == *seq
-                    && t.location.contains(&from)
+                    && from.is_none_or(|f| t.location.contains(&f))
                 {
                     let shadowed = self.prune(std::mem::take(&mut t.shadowed));
                     if shadowed.is_empty() {
@@ -1027,9 +1106,9 @@ impl<'a> Txn<'a> {
                         return Ok(());
                     }
                     t.shadowed = shadowed;
-                    swap(&mut t.location, from, to);
+                    let changed = swap(&mut t.location, edit);
                     self.put(cf::TOMBSTONES, tkey, t.encode());
-                    true
+                    changed
                 } else {
                     false
                 }
@@ -1038,7 +1117,7 @@ impl<'a> Txn<'a> {
                 if let Some(mut b) =
                     self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)?
                     && b.seq == *seq
-                    && swap(&mut b.location, from, to)
+                    && swap(&mut b.location, edit)
                 {
                     self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
                     true
@@ -1049,7 +1128,7 @@ impl<'a> Txn<'a> {
             Relocation::Upload { upload_id } => {
                 if let Some(mut u) =
                     self.decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
-                    && swap(&mut u.location, from, to)
+                    && swap(&mut u.location, edit)
                 {
                     self.put(cf::UPLOADS, upload_id.to_be_bytes().to_vec(), u.encode());
                     true
@@ -1065,7 +1144,7 @@ impl<'a> Txn<'a> {
                 let key = index::part_key(*upload_id, *part_number).to_vec();
                 if let Some(mut p) = self.decode(cf::PARTS, &key, PartEntry::decode)?
                     && p.seq == *seq
-                    && swap(&mut p.location, from, to)
+                    && swap(&mut p.location, edit)
                 {
                     self.put(cf::PARTS, key, p.encode());
                     true
@@ -1075,8 +1154,12 @@ impl<'a> Txn<'a> {
             }
         };
         if moved {
-            self.sub_valid(&[from]);
-            self.add_valid(&[to]);
+            if let Some(from) = from {
+                self.sub_valid(&[from]);
+            }
+            if let Some(to) = to {
+                self.add_valid(&[to]);
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use zns::{Geometry, ZoneError, ZoneErrorKind, ZonedDevice};
 
@@ -20,8 +21,12 @@ pub struct Drive {
     pub geometry: Geometry,
     /// Commands in flight from this engine (for least-loaded reads).
     pub in_flight: AtomicI64,
-    /// Whether the drive is considered down (I/O errors, unreachable).
-    pub down: AtomicBool,
+    /// Until when (ms since the epoch) the drive is considered down after a transport failure.
+    pub down_until: AtomicU64,
+    /// Since when (ms since the epoch) the drive has been unreachable; 0 while it is reachable.
+    pub unreachable_since: AtomicU64,
+    /// Whether its data is being moved off (no new writes go to it).
+    pub draining: AtomicBool,
     /// I/O errors seen.
     pub errors: AtomicU64,
 }
@@ -45,7 +50,9 @@ impl Drive {
             device,
             geometry,
             in_flight: AtomicI64::new(0),
-            down: AtomicBool::new(false),
+            down_until: AtomicU64::new(0),
+            unreachable_since: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             errors: AtomicU64::new(0),
         }
     }
@@ -68,25 +75,54 @@ impl Drive {
         u64::from(location.blocks) * self.block_size()
     }
 
-    /// Notes the outcome of an I/O: transport failures mark the drive down, success marks it up.
+    /// Notes the outcome of an I/O: a transport failure marks the drive down for a moment
+    /// (new writes skip it; it is tried again after [`RETRY_AFTER`]).
     pub fn note<T>(&self, result: &Result<T, ZoneError>) {
-        match result {
-            Ok(_) => {
-                self.down.store(false, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                if e.kind() == ZoneErrorKind::Unavailable {
-                    self.down.store(true, Ordering::Relaxed);
-                }
+        if let Err(e) = result {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            if e.kind() == ZoneErrorKind::Unavailable {
+                self.down_until
+                    .store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
             }
         }
     }
 
-    /// Whether the drive is usable for new writes.
+    /// Whether the drive can take I/O now: reachable, and no transport failure just now.
     pub fn is_up(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
+        let reachable = self.device.is_available();
+        let since = self.unreachable_since.load(Ordering::Relaxed);
+        if reachable {
+            if since != 0 {
+                self.unreachable_since.store(0, Ordering::Relaxed);
+            }
+        } else if since == 0 {
+            self.unreachable_since.store(now_ms(), Ordering::Relaxed);
+        }
+        reachable && now_ms() >= self.down_until.load(Ordering::Relaxed)
     }
+
+    /// Whether new writes may go to the drive: up and not being drained.
+    pub fn is_writable(&self) -> bool {
+        self.is_up() && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// How long the drive has been unreachable (zero while it is reachable).
+    pub fn down_for(&self) -> Duration {
+        self.is_up();
+        match self.unreachable_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms().saturating_sub(since)),
+        }
+    }
+}
+
+/// How long a drive that failed with a transport error is skipped before it is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The set of drives, by id.

@@ -233,6 +233,9 @@ impl Pacer {
 impl EngineInner {
     /// Collects zones of one drive while it is below the low watermark (then up to the high).
     async fn collect_drive(&self, drive: DriveId) -> EngineResult<()> {
+        if !self.drives.get(drive).is_some_and(|d| d.is_up()) {
+            return Ok(());
+        }
         let zones = self.placement.zone_count(drive);
         let config = self.gc.config.lock().clone();
         let low = ((zones as f64 * config.low_watermark).ceil() as usize)

@@ -537,6 +537,21 @@ impl Index {
         Ok(out)
     }
 
+    /// Calls `visit` with every entry of a column family in key order, until it returns false.
+    pub fn for_each(
+        &self,
+        cf_name: &str,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> IndexResult<()> {
+        for item in self.db.iterator_cf(self.cf(cf_name), IteratorMode::Start) {
+            let (k, v) = item?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Every entry of a column family, raw.
     pub fn dump(&self, cf_name: &str) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();

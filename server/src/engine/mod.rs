@@ -11,11 +11,13 @@ pub mod error;
 pub mod gate;
 pub mod gc;
 pub mod index;
+pub mod located;
 pub mod model;
 pub mod placement;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+pub mod repair;
 pub mod seq;
 pub mod stats;
 pub mod writer;
@@ -56,6 +58,8 @@ pub struct EngineConfig {
     pub write_quorum: usize,
     /// Garbage collection.
     pub gc: gc::GcConfig,
+    /// Repair and scrub.
+    pub repair: repair::RepairConfig,
 }
 
 impl EngineConfig {
@@ -68,6 +72,7 @@ impl EngineConfig {
             replicas,
             write_quorum: replicas / 2 + 1,
             gc: gc::GcConfig::default(),
+            repair: repair::RepairConfig::default(),
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct EngineInner {
     /// Counters.
     pub stats: EngineStats,
     pub(crate) gc: gc::GcControl,
+    pub(crate) repair: repair::RepairControl,
     /// Largest record (bytes) every drive accepts in one Zone Append.
     pub(crate) record_limit: u64,
     /// Record bytes uploads may hold in memory, in [`writer::BUDGET_UNIT`]s.
@@ -157,6 +163,16 @@ impl Engine {
         })?;
         let index = Arc::new(Index::open(&config.index_dir)?);
         let drives = Arc::new(register_drives(&index, drives)?);
+        for id in commit::decode_drive_ids(
+            &index
+                .get_raw(cf::META, commit::DRAINING_KEY)?
+                .unwrap_or_default(),
+        ) {
+            if let Some(d) = drives.get(id) {
+                d.draining.store(true, Ordering::SeqCst);
+                tracing::info!(drive = %d.name, "drive is being drained");
+            }
+        }
         let block_size = drives
             .all()
             .iter()
@@ -242,6 +258,7 @@ impl Engine {
         reconciliation.resets_recorded = resets.len();
         let inner = Arc::new(EngineInner {
             gc: gc::GcControl::new(config.gc.clone()),
+            repair: repair::RepairControl::new(config.repair.clone()),
             config,
             index,
             drives,
@@ -262,6 +279,7 @@ impl Engine {
         });
         inner.finish_zones(to_finish);
         gc::spawn(Arc::downgrade(&inner));
+        repair::spawn(Arc::downgrade(&inner));
         if !reconciliation.broken_zones.is_empty() {
             tracing::error!(zones = ?reconciliation.broken_zones, "index and drives disagree; run `zonestore recover --rebuild-index`");
         }
@@ -279,6 +297,7 @@ impl Engine {
     /// to the engine is gone). Everything acknowledged is durable before and after.
     pub async fn shutdown(self) {
         self.inner.gc.shut_down().await;
+        self.inner.repair.shut_down().await;
         if let Err(e) = self.flush_all().await {
             tracing::warn!("flush on shutdown failed: {e}");
         }
@@ -731,6 +750,56 @@ impl Engine {
     /// GC control.
     pub fn gc(&self) -> &gc::GcControl {
         &self.inner.gc
+    }
+
+    /// Repair and scrub.
+    pub fn repair(&self) -> &repair::RepairControl {
+        &self.inner.repair
+    }
+
+    /// Starts draining the drive named `name`: no new writes go to it and every record on it
+    /// is moved to other drives.
+    pub async fn drain(&self, name: &str) -> EngineResult<()> {
+        let drive = self
+            .inner
+            .drives
+            .all()
+            .iter()
+            .find(|d| d.name == name || d.name.ends_with(&format!(":{name}")))
+            .map(|d| d.id)
+            .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))?;
+        if self
+            .inner
+            .drives
+            .all()
+            .iter()
+            .filter(|d| d.is_writable())
+            .count()
+            < 2
+        {
+            return Err(EngineError::InvalidArgument(
+                "draining needs another drive to take the data".into(),
+            ));
+        }
+        self.inner.drain(drive).await
+    }
+
+    /// Live bytes (records the index uses) on each drive.
+    pub fn live_bytes(&self) -> Vec<u64> {
+        let mut out = vec![0u64; self.inner.drives.len()];
+        for drive in self.inner.drives.all() {
+            for zone in 0..drive.geometry.zone_count {
+                out[usize::from(drive.id)] += self
+                    .inner
+                    .accounts
+                    .get(ZoneId {
+                        drive: drive.id,
+                        zone,
+                    })
+                    .valid_bytes;
+            }
+        }
+        out
     }
 
     /// Counters.

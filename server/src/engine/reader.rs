@@ -134,14 +134,23 @@ impl EngineInner {
         Ok(body.boxed())
     }
 
-    /// Copies ordered by preference: drives that are up, least busy first.
+    /// Copies ordered by preference: drives that are up, least busy first, ties broken at
+    /// random so that reads spread over the copies.
     fn order(&self, replicas: &[Location]) -> Vec<Location> {
-        let mut v = replicas.to_vec();
-        v.sort_by_key(|l| match self.drives.of(l) {
-            Some(d) => (!d.is_up(), d.in_flight.load(Ordering::Relaxed)),
-            None => (true, i64::MAX),
-        });
-        v
+        let mut v: Vec<(bool, i64, u32, Location)> = replicas
+            .iter()
+            .map(|l| match self.drives.of(l) {
+                Some(d) => (
+                    !d.is_up(),
+                    d.in_flight.load(Ordering::Relaxed),
+                    rand::random::<u32>(),
+                    *l,
+                ),
+                None => (true, i64::MAX, 0, *l),
+            })
+            .collect();
+        v.sort_by_key(|(down, busy, tie, _)| (*down, *busy, *tie));
+        v.into_iter().map(|(.., l)| l).collect()
     }
 
     async fn read_piece(&self, mut piece: Piece) -> EngineResult<Bytes> {

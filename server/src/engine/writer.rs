@@ -86,7 +86,7 @@ impl EngineInner {
             let usable = |d: u16| {
                 only.is_none_or(|o| o == d)
                     && !tried.contains(&d)
-                    && self.drives.get(d).is_some_and(|drive| drive.is_up())
+                    && self.drives.get(d).is_some_and(|drive| drive.is_writable())
             };
             let up = self.drives.all().iter().filter(|d| usable(d.id)).count();
             if up == 0 {
@@ -94,6 +94,11 @@ impl EngineInner {
             }
             let blocks = (record.len() as u64).div_ceil(self.block_size);
             let min = (quorum.saturating_sub(locations.len())).clamp(1, missing);
+            if up < min {
+                // Too few drives are reachable for the write quorum: fail now, with nothing
+                // made visible, rather than wait for space that is not the problem.
+                break;
+            }
             let (slots, finish) =
                 match self
                     .placement

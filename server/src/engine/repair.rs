@@ -1,0 +1,691 @@
+//! Keeping R copies of everything: a background task finds records with fewer than R healthy
+//! copies (written while a drive was down, on a drive down for longer than the grace period,
+//! or on a drive being drained) and copies them onto other drives, rate-limited; draining
+//! moves every record off a drive; scrub reads every copy, checks its CRC and identity, and
+//! replaces a bad copy from a good one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::EngineInner;
+use super::commit::{Change, Relocation, ReplicaEdit};
+use super::drives::Drive;
+use super::error::{EngineError, EngineResult};
+use super::located::{self, Located};
+use super::model::{Class, DriveId, Location};
+use super::record;
+
+/// Tunables of repair and scrub.
+#[derive(Debug, Clone)]
+pub struct RepairConfig {
+    /// How long a drive may be unreachable before its copies are made again elsewhere.
+    pub grace: Duration,
+    /// Copy rate limit in bytes per second (0: unlimited).
+    pub rate_bytes_per_sec: u64,
+    /// Time between background scrub passes (None: only when asked).
+    pub scrub_interval: Option<Duration>,
+    /// Scrub read rate limit in bytes per second (0: unlimited).
+    pub scrub_rate_bytes_per_sec: u64,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            grace: Duration::from_secs(120),
+            rate_bytes_per_sec: 128 << 20,
+            scrub_interval: Some(Duration::from_secs(7 * 24 * 3600)),
+            scrub_rate_bytes_per_sec: 64 << 20,
+        }
+    }
+}
+
+/// What repair and scrub have found and done.
+#[derive(Debug, Clone, Default)]
+pub struct RepairStatus {
+    /// Bytes of records with fewer than R healthy copies, as of the last pass.
+    pub under_replicated_bytes: u64,
+    /// Records with fewer than R healthy copies, as of the last pass.
+    pub under_replicated_records: u64,
+    /// Bytes of records that have a copy on a draining drive, as of the last pass.
+    pub draining_bytes: u64,
+    /// Copies made by repair and drain.
+    pub copies_made: u64,
+    /// Bytes copied by repair and drain.
+    pub bytes_copied: u64,
+    /// Copies dropped from draining drives.
+    pub copies_dropped: u64,
+    /// Repair passes completed.
+    pub passes: u64,
+    /// Why the last pass could not do everything, if it could not.
+    pub blocked: Option<String>,
+    /// Copy rate of the last pass that copied anything, bytes per second.
+    pub last_rate: f64,
+    /// Scrub: whether a pass is running.
+    pub scrub_running: bool,
+    /// Scrub: passes completed.
+    pub scrub_passes: u64,
+    /// Scrub: copies read and checked.
+    pub scrub_checked: u64,
+    /// Scrub: bytes read.
+    pub scrub_bytes: u64,
+    /// Scrub: copies found damaged or not what the index says.
+    pub scrub_bad: u64,
+    /// Scrub: bad copies replaced from a good one.
+    pub scrub_repaired: u64,
+}
+
+/// Runtime control of repair and scrub.
+#[derive(Debug)]
+pub struct RepairControl {
+    config: Mutex<RepairConfig>,
+    status: Mutex<RepairStatus>,
+    wake: Notify,
+    scrub_requested: AtomicBool,
+    closed: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RepairControl {
+    pub(crate) fn new(config: RepairConfig) -> Self {
+        RepairControl {
+            config: Mutex::new(config),
+            status: Mutex::new(RepairStatus::default()),
+            wake: Notify::new(),
+            scrub_requested: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// A snapshot of the status.
+    pub fn status(&self) -> RepairStatus {
+        self.status.lock().clone()
+    }
+
+    /// Asks for a repair pass now.
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Asks for a scrub pass now.
+    pub fn scrub(&self) {
+        self.scrub_requested.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Sets the grace period.
+    pub fn set_grace(&self, grace: Duration) {
+        self.config.lock().grace = grace;
+    }
+
+    /// Ends the task and waits for it.
+    pub async fn shut_down(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the repair task; it ends when the engine is dropped or shut down.
+pub(crate) fn spawn(engine: Weak<EngineInner>) {
+    let Some(strong) = engine.upgrade() else {
+        return;
+    };
+    let control = &strong.repair;
+    let task = tokio::spawn(async move {
+        let mut last_full = Instant::now();
+        let mut last_scrub = Instant::now();
+        let mut last_signature = None;
+        loop {
+            let Some(e) = engine.upgrade() else { return };
+            if e.repair.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            // A pass when something changed, while work is left, and every few minutes.
+            let signature = e.health_signature();
+            let pending = {
+                let s = e.repair.status.lock();
+                s.under_replicated_records > 0 || s.draining_bytes > 0
+            };
+            if Some(&signature) != last_signature.as_ref()
+                || pending
+                || last_full.elapsed() > Duration::from_secs(300)
+            {
+                match e.repair_pass().await {
+                    Ok(()) => {
+                        last_signature = Some(signature);
+                        last_full = Instant::now();
+                    }
+                    Err(err) => {
+                        tracing::warn!("repair pass failed: {err}");
+                        e.repair.status.lock().blocked = Some(err.to_string());
+                    }
+                }
+            }
+            let interval = e.repair.config.lock().scrub_interval;
+            if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
+                || interval.is_some_and(|i| last_scrub.elapsed() >= i)
+            {
+                last_scrub = Instant::now();
+                if let Err(err) = e.scrub_pass().await {
+                    tracing::warn!("scrub pass failed: {err}");
+                }
+            }
+            let wait = if pending {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(500)
+            };
+            let e2 = e.clone();
+            drop(e);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = e2.repair.wake.notified() => {}
+            }
+        }
+    });
+    *control.task.lock() = Some(task);
+}
+
+/// What repair may do with a drive.
+#[derive(Debug, Clone, Copy)]
+struct DriveView {
+    up: bool,
+    draining: bool,
+    /// Unreachable for longer than the grace period: its copies count as lost.
+    lost: bool,
+}
+
+/// One thing to do for a record.
+#[derive(Debug)]
+enum Action {
+    /// Make a new copy on another drive (replacing `replace`, if given).
+    Copy { replace: Option<Location> },
+    /// Drop a copy on a draining drive (enough copies remain elsewhere).
+    Drop(Location),
+}
+
+impl EngineInner {
+    /// Drive states and the count of short writes: when they change, a repair pass is due.
+    fn health_signature(&self) -> (Vec<(bool, bool)>, u64) {
+        let states = self
+            .drives
+            .all()
+            .iter()
+            .map(|d| (d.is_up(), d.draining.load(Ordering::Relaxed)))
+            .collect();
+        let short_writes = self.stats.under_replicated_writes.load(Ordering::Relaxed);
+        (states, short_writes)
+    }
+
+    fn drive_views(&self) -> Vec<DriveView> {
+        let grace = self.repair.config.lock().grace;
+        self.drives
+            .all()
+            .iter()
+            .map(|d| DriveView {
+                up: d.is_up(),
+                draining: d.draining.load(Ordering::Relaxed),
+                lost: d.down_for() > grace,
+            })
+            .collect()
+    }
+
+    /// One pass over the index: counts what is under-replicated and fixes what can be fixed.
+    async fn repair_pass(&self) -> EngineResult<()> {
+        let r = self.replicas();
+        let views = self.drive_views();
+        let view = |l: &Location| views.get(usize::from(l.drive)).copied();
+        let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
+        let index = self.index.clone();
+        let drives = self.drives.clone();
+        // Collect the entries needing attention (bounded per pass).
+        let views_for_scan = views.clone();
+        let (work, under_bytes, under_records, draining_bytes) =
+            tokio::task::spawn_blocking(move || {
+                let view = |l: &Location| views_for_scan.get(usize::from(l.drive)).copied();
+                let mut work = Vec::new();
+                let (mut under_bytes, mut under_records, mut draining_bytes) = (0u64, 0u64, 0u64);
+                let result = located::scan(&index, |entry: Located| {
+                    let bytes = entry.copies.first().map_or(0, |l| drives.bytes_of(l));
+                    let good = entry
+                        .copies
+                        .iter()
+                        .filter(|l| view(l).is_some_and(|v| v.up && !v.draining))
+                        .count();
+                    let on_draining = entry
+                        .copies
+                        .iter()
+                        .any(|l| view(l).is_some_and(|v| v.draining));
+                    if good < r {
+                        under_bytes += bytes;
+                        under_records += 1;
+                    }
+                    if on_draining {
+                        draining_bytes += bytes;
+                    }
+                    if (good < r || on_draining) && work.len() < 100_000 {
+                        work.push(entry);
+                    }
+                    true
+                });
+                result.map(|()| (work, under_bytes, under_records, draining_bytes))
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("repair scan failed: {e}")))??;
+
+        let rate = self.repair.config.lock().rate_bytes_per_sec;
+        let started = Instant::now();
+        let mut copied = 0u64;
+        let mut blocked = None;
+        let mut edits: Vec<(Relocation, ReplicaEdit)> = Vec::new();
+        for entry in work {
+            if self.repair.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            for action in plan(&entry, r, &view, &healthy) {
+                let result = match action {
+                    Action::Drop(copy) => {
+                        edits.push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                        self.repair.status.lock().copies_dropped += 1;
+                        Ok(())
+                    }
+                    Action::Copy { replace } => {
+                        match self.copy_record(&entry, replace, &healthy).await {
+                            Ok(Some((edit, bytes))) => {
+                                edits.push((entry.what.clone(), edit));
+                                copied += bytes;
+                                let mut s = self.repair.status.lock();
+                                s.copies_made += 1;
+                                s.bytes_copied += bytes;
+                                Ok(())
+                            }
+                            // Draining, with no other drive to take the copy: drop it if
+                            // another good copy remains (the record is then reported
+                            // under-replicated until a drive is added).
+                            Ok(None)
+                                if replace.is_some()
+                                    && entry
+                                        .copies
+                                        .iter()
+                                        .any(|l| Some(*l) != replace && healthy(l)) =>
+                            {
+                                if let Some(copy) = replace {
+                                    edits.push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                                }
+                                self.repair.status.lock().copies_dropped += 1;
+                                Ok(())
+                            }
+                            Ok(None) => Err("no drive can take another copy".to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                };
+                if let Err(why) = result {
+                    blocked.get_or_insert(why);
+                    break;
+                }
+                pace(started, copied, rate).await;
+            }
+            if edits.len() >= 64 {
+                self.committer
+                    .submit(Change::Replicas(std::mem::take(&mut edits)))
+                    .await?;
+            }
+        }
+        if !edits.is_empty() {
+            self.committer.submit(Change::Replicas(edits)).await?;
+        }
+        let mut s = self.repair.status.lock();
+        s.under_replicated_bytes = under_bytes;
+        s.under_replicated_records = under_records;
+        s.draining_bytes = draining_bytes;
+        s.passes += 1;
+        if copied > 0 {
+            s.last_rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-6);
+            tracing::info!(
+                copied_mib = copied >> 20,
+                rate_mib_s = s.last_rate / (1 << 20) as f64,
+                "repair copied records"
+            );
+        }
+        if blocked.is_some() && blocked != s.blocked {
+            tracing::warn!(
+                "repair could not finish: {}",
+                blocked.as_deref().unwrap_or("")
+            );
+        }
+        s.blocked = blocked;
+        Ok(())
+    }
+
+    /// Reads a good copy of `entry` and appends it to a drive that holds none; returns the
+    /// edit to commit and the bytes copied, or None if no drive can take it.
+    async fn copy_record(
+        &self,
+        entry: &Located,
+        replace: Option<Location>,
+        healthy: &impl Fn(&Location) -> bool,
+    ) -> EngineResult<Option<(ReplicaEdit, u64)>> {
+        let holding: HashSet<DriveId> = entry.copies.iter().map(|l| l.drive).collect();
+        let target = self
+            .drives
+            .all()
+            .iter()
+            .filter(|d| d.is_writable() && !holding.contains(&d.id))
+            .max_by_key(|d| self.placement.free_zones(d.id))
+            .map(|d| d.id);
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let mut last = String::from("no readable copy");
+        for source in entry
+            .copies
+            .iter()
+            .filter(|l| healthy(l) || Some(**l) != replace)
+        {
+            match self.read_verified(&entry.what, *source).await {
+                Ok(bytes) => {
+                    let len = bytes.len() as u64;
+                    let to = self
+                        .append_record(bytes, Class::Gc, 1, 1, Some(target))
+                        .await?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
+                    let edit = match replace {
+                        Some(from) => ReplicaEdit::Replace(from, to),
+                        None => ReplicaEdit::Add(to),
+                    };
+                    return Ok(Some((edit, len)));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(EngineError::Corrupt(format!(
+            "no good copy of {:?} to repair from: {last}",
+            entry.what
+        )))
+    }
+
+    /// Reads the copy at `location` and checks its CRC and that it is the record `what` means.
+    async fn read_verified(&self, what: &Relocation, location: Location) -> Result<Bytes, String> {
+        let drive: &Arc<Drive> = self.drives.of(&location).ok_or("unknown drive")?;
+        let bytes = drive
+            .device
+            .read(location.lba, location.blocks)
+            .await
+            .map_err(|e| e.to_string())?;
+        let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
+            if matches!(e, record::RecordError::Checksum { .. }) {
+                self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            e.to_string()
+        })?;
+        if !located::is_record_of(what, &parsed.header) {
+            return Err("the record there is not the one the index names".into());
+        }
+        Ok(bytes)
+    }
+
+    /// Reads every copy of every record, checks it, and replaces bad copies from good ones.
+    async fn scrub_pass(&self) -> EngineResult<()> {
+        self.repair.status.lock().scrub_running = true;
+        let result = self.scrub_all().await;
+        let mut s = self.repair.status.lock();
+        s.scrub_running = false;
+        s.scrub_passes += 1;
+        tracing::info!(
+            checked = s.scrub_checked,
+            bad = s.scrub_bad,
+            repaired = s.scrub_repaired,
+            "scrub pass finished"
+        );
+        result
+    }
+
+    async fn scrub_all(&self) -> EngineResult<()> {
+        let scan_index = self.index.clone();
+        let entries = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            located::scan(&scan_index, |e| {
+                v.push(e);
+                true
+            })
+            .map(|()| v)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("scrub scan failed: {e}")))??;
+        let rate = self.repair.config.lock().scrub_rate_bytes_per_sec;
+        let started = Instant::now();
+        let mut read = 0u64;
+        let healthy = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
+        for entry in entries {
+            if self.repair.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            for copy in entry.copies.clone() {
+                if !healthy(&copy) {
+                    continue;
+                }
+                let result = self.read_verified(&entry.what, copy).await;
+                let bytes = self.drives.bytes_of(&copy);
+                read += bytes;
+                {
+                    let mut s = self.repair.status.lock();
+                    s.scrub_checked += 1;
+                    s.scrub_bytes += bytes;
+                }
+                if let Err(why) = result {
+                    tracing::warn!(
+                        drive = copy.drive,
+                        lba = copy.lba,
+                        what = ?entry.what,
+                        "scrub found a bad copy: {why}"
+                    );
+                    self.repair.status.lock().scrub_bad += 1;
+                    match self.rewrite_copy(&entry, copy).await {
+                        Ok(()) => self.repair.status.lock().scrub_repaired += 1,
+                        Err(e) => {
+                            tracing::error!(what = ?entry.what, "scrub could not repair the copy: {e}")
+                        }
+                    }
+                }
+                pace(started, read, rate).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the bad copy `bad` of `entry` with a fresh one written from a good copy, on the
+    /// same drive if it takes writes, else on another.
+    async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<()> {
+        let mut source = None;
+        for copy in entry.copies.iter().filter(|l| **l != bad) {
+            if let Ok(bytes) = self.read_verified(&entry.what, *copy).await {
+                source = Some(bytes);
+                break;
+            }
+        }
+        let bytes = source.ok_or_else(|| EngineError::Corrupt("no good copy left".into()))?;
+        let holding: HashSet<DriveId> = entry
+            .copies
+            .iter()
+            .filter(|l| **l != bad)
+            .map(|l| l.drive)
+            .collect();
+        let target = std::iter::once(bad.drive)
+            .chain(self.drives.all().iter().map(|d| d.id))
+            .find(|id| {
+                !holding.contains(id) && self.drives.get(*id).is_some_and(|d| d.is_writable())
+            })
+            .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
+        let to = self
+            .append_record(bytes, Class::Gc, 1, 1, Some(target))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
+        self.committer
+            .submit(Change::Replicas(vec![(
+                entry.what.clone(),
+                ReplicaEdit::Replace(bad, to),
+            )]))
+            .await
+            .map(|_| ())
+    }
+
+    /// Marks a drive as draining (persistently): no new writes go to it and repair moves every
+    /// record off it.
+    pub(crate) async fn drain(&self, drive: DriveId) -> EngineResult<()> {
+        let d = self
+            .drives
+            .get(drive)
+            .ok_or_else(|| EngineError::InvalidArgument("no such drive".into()))?;
+        d.draining.store(true, Ordering::SeqCst);
+        self.committer
+            .submit(Change::SetDraining(drive, true))
+            .await?;
+        self.repair.nudge();
+        Ok(())
+    }
+}
+
+/// What to do for one record, given the drives' states.
+fn plan(
+    entry: &Located,
+    r: usize,
+    view: &impl Fn(&Location) -> Option<DriveView>,
+    healthy: &impl Fn(&Location) -> bool,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let good = entry.copies.iter().filter(|l| healthy(l)).count();
+    // Copies on draining drives: move each (or drop it when enough others remain).
+    let mut planned_good = good;
+    for copy in entry
+        .copies
+        .iter()
+        .filter(|l| view(l).is_some_and(|v| v.draining))
+    {
+        if planned_good >= r {
+            actions.push(Action::Drop(*copy));
+        } else {
+            actions.push(Action::Copy {
+                replace: Some(*copy),
+            });
+            planned_good += 1;
+        }
+    }
+    // Missing copies: written short, or on drives unreachable for longer than the grace.
+    let lost = entry
+        .copies
+        .iter()
+        .filter(|l| view(l).is_none_or(|v| v.lost))
+        .count();
+    let present = entry.copies.len() - lost;
+    let draining = entry
+        .copies
+        .iter()
+        .filter(|l| view(l).is_some_and(|v| v.draining))
+        .count();
+    let counted = present - draining + (planned_good - good);
+    for _ in counted..r {
+        actions.push(Action::Copy { replace: None });
+    }
+    actions
+}
+
+async fn pace(started: Instant, bytes: u64, rate: u64) {
+    if rate == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(drive: DriveId) -> Location {
+        Location {
+            drive,
+            lba: 0,
+            blocks: 1,
+        }
+    }
+
+    fn entry(drives: &[DriveId]) -> Located {
+        Located {
+            what: Relocation::Upload { upload_id: 1 },
+            copies: drives.iter().map(|d| at(*d)).collect(),
+        }
+    }
+
+    /// Plans for drives 0..views.len() with the given states.
+    fn plan_with(views: &[DriveView], drives: &[DriveId], r: usize) -> Vec<String> {
+        let view = |l: &Location| views.get(usize::from(l.drive)).copied();
+        let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
+        plan(&entry(drives), r, &view, &healthy)
+            .into_iter()
+            .map(|a| match a {
+                Action::Copy { replace: None } => "copy".to_string(),
+                Action::Copy { replace: Some(l) } => format!("move {}", l.drive),
+                Action::Drop(l) => format!("drop {}", l.drive),
+            })
+            .collect()
+    }
+
+    const UP: DriveView = DriveView {
+        up: true,
+        draining: false,
+        lost: false,
+    };
+    const DOWN: DriveView = DriveView {
+        up: false,
+        draining: false,
+        lost: false,
+    };
+    const LOST: DriveView = DriveView {
+        up: false,
+        draining: false,
+        lost: true,
+    };
+    const DRAINING: DriveView = DriveView {
+        up: true,
+        draining: true,
+        lost: false,
+    };
+
+    #[test]
+    fn short_writes_get_their_missing_copies() {
+        assert_eq!(plan_with(&[UP, UP, UP], &[0, 1], 3), ["copy"]);
+        assert_eq!(plan_with(&[UP, UP, UP], &[0], 3), ["copy", "copy"]);
+        assert!(plan_with(&[UP, UP, UP], &[0, 1, 2], 3).is_empty());
+    }
+
+    #[test]
+    fn a_briefly_down_drive_is_waited_for_and_a_lost_one_replaced() {
+        assert!(plan_with(&[UP, UP, DOWN], &[0, 1, 2], 3).is_empty());
+        assert_eq!(plan_with(&[UP, UP, LOST, UP], &[0, 1, 2], 3), ["copy"]);
+    }
+
+    #[test]
+    fn draining_moves_or_drops_copies() {
+        assert_eq!(plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2], 3), ["move 2"]);
+        assert_eq!(plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2, 3], 3), ["drop 2"]);
+    }
+}

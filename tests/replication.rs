@@ -1,0 +1,354 @@
+//! Replication across three `zonestore target` processes (R = 3, W = 2): a target killed with
+//! SIGKILL under continuous mixed load costs no GET and stops no PUT; when it returns, repair
+//! gives every record its three copies again; with two targets gone PUTs fail with 503 while
+//! GETs still succeed. And scrub: bytes flipped in a target's zone file never reach a client
+//! (reads fail over on the CRC mismatch), and scrub replaces the bad copies.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::s3::{S3Server, metric_sum, write_random_file};
+use common::{Process, address_in};
+
+const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0000-0000-4000-8000-0000000e2e03";
+
+/// A storage node that can be killed and started again on the same port and data.
+struct Node {
+    data: PathBuf,
+    port: u16,
+    nqn: String,
+    process: Option<Process>,
+}
+
+impl Node {
+    fn new(dir: &Path, index: usize) -> Node {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut node = Node {
+            data: dir.join(format!("node{index}")),
+            port,
+            nqn: format!("nqn.2026-01.io.zonestore:repl{index}"),
+            process: None,
+        };
+        node.start();
+        node
+    }
+
+    fn start(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let process = Process::start(&[
+            "target",
+            "--listen",
+            &listen,
+            "--data",
+            self.data.to_str().unwrap(),
+            "--zones",
+            "32",
+            "--zone-size",
+            "16M",
+            "--nqn",
+            &self.nqn,
+            "--allow-host",
+            HOST_NQN,
+        ]);
+        let line = process.wait_for_line("serving", Duration::from_secs(30));
+        assert_eq!(address_in(&line), listen);
+        self.process = Some(process);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nvme-tcp://127.0.0.1:{}/{}", self.port, self.nqn)
+    }
+}
+
+fn gateway(dir: &Path, nodes: &[Node]) -> S3Server {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[replication]\nrepair_grace_secs = 600\nrepair_rate_mib_per_sec = 0\nscrub_interval_hours = 0\n",
+    )
+    .unwrap();
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--host-nqn",
+        HOST_NQN,
+        "--replicas",
+        "3",
+        "--write-quorum",
+        "2",
+    ];
+    for url in &urls {
+        args.push("--target");
+        args.push(url);
+    }
+    S3Server::start(&dir.join("gateway"), &args)
+}
+
+/// Waits until `admin targets` satisfies `done`, returning its output.
+fn wait_for_targets(server: &S3Server, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let table = server.admin_cli(&["targets"]);
+        if done(&table) {
+            return table;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn survives_target_failures_and_repairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    let server = gateway(dir.path(), &nodes);
+    server.aws_ok(&["s3", "mb", "s3://hatest"]);
+    let acked = dir.path().join("acked.txt");
+    let stop = dir.path().join("stop");
+    let load = server.python_spawn_piped(
+        "mixed_load.py",
+        &[acked.to_str().unwrap(), "hatest", stop.to_str().unwrap()],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // One target dies mid-run: GETs fail over, PUTs go on with two copies.
+    nodes[1].kill();
+    std::thread::sleep(Duration::from_secs(5));
+    let down = server.admin_cli(&["targets"]);
+    assert!(
+        down.lines()
+            .any(|l| l.contains(&nodes[1].nqn) && l.contains("down")),
+        "{down}"
+    );
+    nodes[1].start();
+    // It returns: repair makes the third copy of everything written meanwhile.
+    let repaired = wait_for_targets(&server, "repair after the restart", |t| {
+        t.matches("connected").count() == 3 && t.contains("under-replicated: 0B in 0 records")
+    });
+    std::fs::write(&stop, "").unwrap();
+    let out = load.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{summary}\n{repaired}");
+    assert!(summary.contains("puts_failed=0 "), "{summary}");
+    assert!(summary.contains("gets_failed=0"), "{summary}");
+    let copies: u64 = repaired
+        .lines()
+        .find(|l| l.starts_with("repair:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        copies > 0,
+        "repair copied records written while the target was down:\n{repaired}"
+    );
+    let metrics = server.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "zonestore_under_replicated_bytes", &[]),
+        0.0
+    );
+
+    // Two targets gone: W = 2 cannot be met, so PUTs fail with 503 and store nothing; every
+    // acknowledged object still reads back from the one copy left.
+    nodes[1].kill();
+    nodes[2].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let file = dir.path().join("late.bin");
+    write_random_file(&file, 100_000, 5);
+    server.aws_fails_with(
+        &["s3", "cp", file.to_str().unwrap(), "s3://hatest/late.bin"],
+        "ServiceUnavailable",
+    );
+    server.aws_fails_with(
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "hatest",
+            "--key",
+            "late.bin",
+        ],
+        "404",
+    );
+    let verified = server.python("verify_objects.py", &[acked.to_str().unwrap(), "hatest"]);
+    assert!(verified.contains("verified"), "{verified}");
+}
+
+/// Offsets in `file` where `needle` occurs.
+fn find_all(file: &Path, needle: &[u8]) -> Vec<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(file).unwrap();
+    let mut found = Vec::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut base = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return found;
+        }
+        let mut window = std::mem::take(&mut carry);
+        let window_start = base - window.len() as u64;
+        window.extend_from_slice(&buf[..n]);
+        for (i, w) in window.windows(needle.len()).enumerate() {
+            if w == needle {
+                found.push(window_start + i as u64);
+            }
+        }
+        carry = window[window.len().saturating_sub(needle.len() - 1)..].to_vec();
+        base += n as u64;
+    }
+}
+
+#[test]
+fn scrub_repairs_flipped_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    let server = gateway(dir.path(), &nodes);
+    server.aws_ok(&["s3", "mb", "s3://scrub"]);
+    let objects = 12;
+    for i in 0..objects {
+        let file = dir.path().join(format!("o{i}"));
+        write_random_file(&file, 300_000, 100 + i);
+        server.aws_ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            file.to_str().unwrap(),
+            &format!("s3://scrub/o{i}"),
+        ]);
+    }
+    // Flip bytes inside every object's copy on node 0 (what a failing flash page does).
+    let zone_file = nodes[0].data.join("zns.data");
+    for i in 0..objects {
+        let original = std::fs::read(dir.path().join(format!("o{i}"))).unwrap();
+        let needle = &original[150_000..150_064];
+        let at = find_all(&zone_file, needle);
+        assert_eq!(at.len(), 1, "object {i} has one copy on node 0");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&zone_file)
+            .unwrap();
+        use std::io::{Seek, SeekFrom, Write};
+        f.seek(SeekFrom::Start(at[0] + 10)).unwrap();
+        f.write_all(&[0xA5; 16]).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Clients never see the damage: reads fail over on the CRC mismatch.
+    let listing = dir.path().join("objects.txt");
+    let mut lines = String::new();
+    for i in 0..objects {
+        let body = std::fs::read(dir.path().join(format!("o{i}"))).unwrap();
+        lines.push_str(&format!("o{i} {} {}\n", md5_hex(&body), body.len()));
+    }
+    std::fs::write(&listing, lines).unwrap();
+    for _ in 0..4 {
+        server.python("verify_objects.py", &[listing.to_str().unwrap(), "scrub"]);
+    }
+    let metrics = server.metrics();
+    assert!(
+        metric_sum(&metrics, "zonestore_crc_errors", &[]) > 0.0,
+        "some reads met the bad copies"
+    );
+
+    // Scrub finds and replaces the bad copies.
+    let report = server.admin_cli(&["scrub"]);
+    let bad: u64 = report
+        .lines()
+        .find(|l| l.starts_with("scrub:"))
+        .and_then(|l| l.split(',').nth(2))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(bad, objects, "{report}");
+    assert!(report.contains(&format!("{objects} repaired")), "{report}");
+
+    // Node 0's copies are good again: with the other two nodes gone, it serves every object.
+    nodes[1].kill();
+    nodes[2].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    server.python("verify_objects.py", &[listing.to_str().unwrap(), "scrub"]);
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn drain_moves_everything_off_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..4).map(|i| Node::new(dir.path(), i)).collect();
+    let server = gateway(dir.path(), &nodes);
+    server.aws_ok(&["s3", "mb", "s3://drain"]);
+    let listing = dir.path().join("objects.txt");
+    let mut lines = String::new();
+    for i in 0..10 {
+        let file = dir.path().join(format!("o{i}"));
+        write_random_file(&file, 700_000, 300 + i);
+        server.aws_ok(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            file.to_str().unwrap(),
+            &format!("s3://drain/o{i}"),
+        ]);
+        let body = std::fs::read(&file).unwrap();
+        lines.push_str(&format!("o{i} {} {}\n", md5_hex(&body), body.len()));
+    }
+    std::fs::write(&listing, lines).unwrap();
+    let before = server.admin_cli(&["targets"]);
+    assert!(
+        before
+            .lines()
+            .any(|l| l.contains(&nodes[3].nqn) && !l.contains(" 0B ")),
+        "{before}"
+    );
+
+    let done = server.admin_cli(&["drain", &nodes[3].nqn]);
+    let row = done
+        .lines()
+        .find(|l| l.contains(&nodes[3].nqn))
+        .unwrap()
+        .to_string();
+    assert!(
+        row.contains("draining") && row.split_whitespace().nth(3) == Some("0B"),
+        "{done}"
+    );
+    assert!(
+        done.contains("under-replicated: 0B in 0 records"),
+        "three copies remain without it:\n{done}"
+    );
+    // The drained node can go: everything reads back from the other three.
+    nodes[3].kill();
+    server.python("verify_objects.py", &[listing.to_str().unwrap(), "drain"]);
+    // New writes avoid it.
+    let file = dir.path().join("late");
+    write_random_file(&file, 10_000, 9);
+    server.aws_ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        file.to_str().unwrap(),
+        "s3://drain/late",
+    ]);
+}
