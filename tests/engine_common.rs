@@ -104,10 +104,16 @@ pub async fn put_if(
     writer.finish_object(meta, condition).await
 }
 
-/// Reads a whole object.
+/// Reads a whole object (the version current when the read starts, even if it is overwritten
+/// meanwhile).
 pub async fn get(engine: &Engine, bucket: &str, key: &str) -> EngineResult<Vec<u8>> {
-    let meta = engine.head(bucket, key)?;
-    read_range(engine, &meta, 0, meta.size).await
+    let handle = engine.open_object(bucket, key)?;
+    let mut stream = handle.read(0..handle.meta().size)?;
+    let mut out = Vec::with_capacity(handle.meta().size as usize);
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
 }
 
 /// Reads a range of an object.

@@ -16,7 +16,7 @@ use s3api::time::from_millis;
 
 use crate::engine::commit::Condition;
 use crate::engine::model::{Checksum, ObjectMeta, PartEntry};
-use crate::engine::{Engine, EngineError, PutWriter};
+use crate::engine::{Engine, EngineError, ObjectHandle, PutWriter};
 
 /// The one mapping from engine errors to S3 errors (code and HTTP status).
 pub fn to_s3(e: EngineError) -> S3Error {
@@ -125,13 +125,12 @@ impl EngineStore {
 }
 
 struct Reader {
-    engine: Engine,
-    meta: ObjectMeta,
+    handle: ObjectHandle,
 }
 
 impl ObjectReader for Reader {
     fn read(&self, range: Range<u64>) -> Result<BodyStream, S3Error> {
-        let stream = self.engine.read(&self.meta, range).map_err(to_s3)?;
+        let stream = self.handle.read(range).map_err(to_s3)?;
         Ok(stream.map(|chunk| chunk.map_err(to_s3)).boxed())
     }
 }
@@ -255,13 +254,10 @@ impl ObjectStore for EngineStore {
     }
 
     fn open_object(&self, bucket: &str, key: &str) -> Result<OpenObject, S3Error> {
-        let meta = self.engine.head(bucket, key).map_err(to_s3)?;
+        let handle = self.engine.open_object(bucket, key).map_err(to_s3)?;
         Ok(OpenObject {
-            info: object_info(key, &meta),
-            reader: Arc::new(Reader {
-                engine: self.engine.clone(),
-                meta,
-            }),
+            info: object_info(key, handle.meta()),
+            reader: Arc::new(Reader { handle }),
         })
     }
 

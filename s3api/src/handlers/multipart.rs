@@ -7,10 +7,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
 
-use super::object::{copy_source, header_name, pipe, receive, write_condition};
+use super::object::{header_name, open_copy_source, pipe, receive, write_condition};
 use crate::checksum::{self, Algorithm};
 use crate::error::S3Error;
-use crate::http_util::{check_key, check_preconditions, object_headers};
+use crate::http_util::{check_key, object_headers};
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
 use crate::store::{Completion, StoredChecksum};
 use crate::time::iso8601;
@@ -132,15 +132,7 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let number = part_number(ctx)?;
     let id = upload_id(ctx);
     svc.store.upload(&bucket, &key, &id)?;
-    let (src_bucket, src_key) = copy_source(ctx)?;
-    svc.owned_bucket(ctx, &src_bucket)?;
-    let source = svc.store.open_object(&src_bucket, &src_key)?;
-    check_preconditions(
-        &ctx.headers,
-        "x-amz-copy-source-",
-        &source.info,
-        S3Error::precondition_failed("x-amz-copy-source-If-None-Match"),
-    )?;
+    let (_, _, source) = open_copy_source(svc, ctx)?;
     let size = source.info.size;
     let range = match ctx.header("x-amz-copy-source-range") {
         None => 0..size,

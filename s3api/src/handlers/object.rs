@@ -12,7 +12,7 @@ use crate::error::S3Error;
 use crate::http_util::{check_key, check_preconditions, object_headers, parse_range};
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
 use crate::store::{
-    BodyStream, ObjectHeaders, ObjectInfo, ObjectWriter, StoredChecksum, WriteCondition,
+    BodyStream, ObjectHeaders, ObjectInfo, ObjectWriter, OpenObject, StoredChecksum, WriteCondition,
 };
 use crate::time::{http_date, iso8601};
 use crate::xml::{XmlWriter, parse_delete};
@@ -320,6 +320,24 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     Ok(xml(w.finish()))
 }
 
+/// Opens the object x-amz-copy-source names (in a bucket of the caller's) and checks the
+/// x-amz-copy-source-if-* conditions on it; returns its bucket, key and the open object.
+pub(crate) fn open_copy_source(
+    svc: &S3Service,
+    ctx: &Ctx,
+) -> Result<(String, String, OpenObject), S3Error> {
+    let (bucket, key) = copy_source(ctx)?;
+    svc.owned_bucket(ctx, &bucket)?;
+    let source = svc.store.open_object(&bucket, &key)?;
+    check_preconditions(
+        &ctx.headers,
+        "x-amz-copy-source-",
+        &source.info,
+        S3Error::precondition_failed("x-amz-copy-source-If-None-Match"),
+    )?;
+    Ok((bucket, key, source))
+}
+
 /// The bucket and key named by x-amz-copy-source.
 pub(crate) fn copy_source(ctx: &Ctx) -> Result<(String, String), S3Error> {
     let raw = ctx.header("x-amz-copy-source").unwrap_or_default();
@@ -350,15 +368,7 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
-    let (src_bucket, src_key) = copy_source(ctx)?;
-    svc.owned_bucket(ctx, &src_bucket)?;
-    let source = svc.store.open_object(&src_bucket, &src_key)?;
-    check_preconditions(
-        &ctx.headers,
-        "x-amz-copy-source-",
-        &source.info,
-        S3Error::precondition_failed("x-amz-copy-source-If-None-Match"),
-    )?;
+    let (src_bucket, src_key, source) = open_copy_source(svc, ctx)?;
     let replace = match ctx.header("x-amz-metadata-directive").unwrap_or("COPY") {
         "COPY" => false,
         "REPLACE" => true,

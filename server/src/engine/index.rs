@@ -88,6 +88,9 @@ pub enum IndexError {
     },
 }
 
+/// An extent with its place: (stream id, offset in the stream, extent).
+pub type StreamExtent = (u64, u64, Extent);
+
 /// Result of index operations.
 pub type IndexResult<T> = Result<T, IndexError>;
 
@@ -248,6 +251,43 @@ impl Index {
         self.get_raw(cf::OBJECTS, &object_key(bucket, key))?
             .map(|v| ObjectEntry::decode(&v).map_err(corrupt(cf::OBJECTS)))
             .transpose()
+    }
+
+    /// An object with every extent of its streams, read from one snapshot of the index, so
+    /// that the extents are the ones that object had even if it is overwritten meanwhile:
+    /// (stream id, offset in the stream, extent) in object order.
+    pub fn object_with_extents(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> IndexResult<Option<(ObjectEntry, Vec<StreamExtent>)>> {
+        let snapshot = self.db.snapshot();
+        let Some(raw) = snapshot.get_cf(self.cf(cf::OBJECTS), object_key(bucket, key))? else {
+            return Ok(None);
+        };
+        let entry = ObjectEntry::decode(&raw).map_err(corrupt(cf::OBJECTS))?;
+        let mut extents = Vec::new();
+        for stream in &entry.meta.streams {
+            let mut options = ReadOptions::default();
+            options.set_iterate_upper_bound(
+                extent_key(stream.stream_id.saturating_add(1), 0).to_vec(),
+            );
+            let start = extent_key(stream.stream_id, 0);
+            for item in snapshot.iterator_cf_opt(
+                self.cf(cf::EXTENTS),
+                options,
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
+                let (k, v) = item?;
+                let offset = u64::from_be_bytes(k[8..16].try_into().expect("16-byte extent key"));
+                extents.push((
+                    stream.stream_id,
+                    offset,
+                    Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?,
+                ));
+            }
+        }
+        Ok(Some((entry, extents)))
     }
 
     /// An extent.

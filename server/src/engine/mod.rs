@@ -421,16 +421,50 @@ impl Engine {
         }
     }
 
-    /// Streams `range` of the object described by `meta` (from [`Engine::head`]).
+    /// Streams `range` of the object described by `meta` (from [`Engine::head`]). The object
+    /// must not be overwritten meanwhile; readers that cannot promise that use
+    /// [`Engine::open_object`].
     pub fn read(&self, meta: &ObjectMeta, range: Range<u64>) -> EngineResult<BodyStream> {
-        if range.start > range.end || range.end > meta.size {
-            return Err(EngineError::InvalidArgument(format!(
-                "range {range:?} of a {}-byte object",
-                meta.size
-            )));
+        check_range(meta, &range)?;
+        let ticket = Arc::new(self.inner.gate.enter());
+        let pieces = reader::plan(meta, range, |stream, from| {
+            Ok(self.inner.index.stream_extents(stream, from)?)
+        })?;
+        Ok(self.inner.read_stream(pieces, ticket))
+    }
+
+    /// Opens an object for reading: its manifest and where its bytes are, as of one moment, so
+    /// that reads return that version whole even if it is overwritten or deleted meanwhile.
+    pub fn open_object(&self, bucket: &str, key: &str) -> EngineResult<ObjectHandle> {
+        // The ticket comes first: GC then keeps every zone these locations are in until the
+        // handle is dropped (or a stalled client runs out its grace).
+        let ticket = Arc::new(self.inner.gate.enter());
+        match self.inner.index.object_with_extents(bucket, key)? {
+            Some((entry, extents)) => {
+                let mut by_stream: std::collections::HashMap<u64, Range<usize>> =
+                    std::collections::HashMap::new();
+                for (i, (stream, ..)) in extents.iter().enumerate() {
+                    by_stream
+                        .entry(*stream)
+                        .and_modify(|r| r.end = i + 1)
+                        .or_insert(i..i + 1);
+                }
+                Ok(ObjectHandle {
+                    engine: self.inner.clone(),
+                    meta: entry.meta,
+                    extents,
+                    by_stream,
+                    ticket,
+                })
+            }
+            None => {
+                self.bucket(bucket)?;
+                Err(EngineError::NoSuchKey {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                })
+            }
         }
-        let ticket = self.inner.gate.enter();
-        self.inner.read_stream(meta, range, ticket)
     }
 
     /// Deletes an object (nothing happens if it does not exist).
@@ -815,6 +849,57 @@ impl Engine {
     /// Object bytes users wrote.
     pub fn user_bytes(&self) -> u64 {
         self.inner.stats.user_bytes.load(Ordering::Relaxed)
+    }
+}
+
+fn check_range(meta: &ObjectMeta, range: &Range<u64>) -> EngineResult<()> {
+    if range.start > range.end || range.end > meta.size {
+        return Err(EngineError::InvalidArgument(format!(
+            "range {range:?} of a {}-byte object",
+            meta.size
+        )));
+    }
+    Ok(())
+}
+
+/// An object opened for reading (see [`Engine::open_object`]).
+pub struct ObjectHandle {
+    engine: Arc<EngineInner>,
+    meta: ObjectMeta,
+    /// (stream id, offset in the stream, extent), in object order.
+    extents: Vec<index::StreamExtent>,
+    /// Where each stream's extents are in `extents`.
+    by_stream: std::collections::HashMap<u64, Range<usize>>,
+    ticket: Arc<gate::Ticket>,
+}
+
+impl std::fmt::Debug for ObjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectHandle")
+            .field("size", &self.meta.size)
+            .field("extents", &self.extents.len())
+            .finish()
+    }
+}
+
+impl ObjectHandle {
+    /// The object's manifest.
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    /// Streams `range` of the object.
+    pub fn read(&self, range: Range<u64>) -> EngineResult<BodyStream> {
+        check_range(&self.meta, &range)?;
+        let pieces = reader::plan(&self.meta, range, |stream, from| {
+            let range = self.by_stream.get(&stream).cloned().unwrap_or(0..0);
+            Ok(self.extents[range]
+                .iter()
+                .filter(|(_, offset, e)| offset + u64::from(e.length) > from)
+                .map(|(_, offset, e)| (*offset, e.clone()))
+                .collect())
+        })?;
+        Ok(self.engine.read_stream(pieces, self.ticket.clone()))
     }
 }
 

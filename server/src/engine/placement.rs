@@ -122,8 +122,13 @@ pub struct Slot {
 
 /// Not enough free space for a write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no space: {0}")]
-pub struct NoSpace(pub String);
+#[error("no space: {reason}")]
+pub struct NoSpace {
+    /// Why.
+    pub reason: String,
+    /// Zones the attempt retired, which the caller must still finish.
+    pub finish: Vec<ZoneId>,
+}
 
 /// Placement state of all drives.
 #[derive(Debug)]
@@ -251,10 +256,13 @@ impl Placement {
                 z.reserved -= slot.blocks;
                 z.pending -= 1;
             }
-            return Err(NoSpace(format!(
-                "{} of {copies} drives have room for {blocks} blocks",
-                slots.len()
-            )));
+            return Err(NoSpace {
+                reason: format!(
+                    "{} of {copies} drives have room for {blocks} blocks",
+                    slots.len()
+                ),
+                finish: to_finish,
+            });
         }
         Ok((slots, to_finish))
     }

@@ -42,7 +42,7 @@ impl AsRef<[u8]> for Budgeted {
 
 /// One extent to read and the part of its payload wanted.
 #[derive(Debug, Clone)]
-struct Piece {
+pub(crate) struct Piece {
     stream_id: u64,
     offset: u64,
     extent: Extent,
@@ -52,9 +52,14 @@ struct Piece {
 /// A stream of body chunks.
 pub type BodyStream = BoxStream<'static, EngineResult<Bytes>>;
 
-impl EngineInner {
-    /// The pieces that make up `range` of an object.
-    fn plan(&self, meta: &ObjectMeta, range: Range<u64>) -> EngineResult<Vec<Piece>> {
+/// The pieces that make up `range` of the object `meta` describes, with `extents_of(stream,
+/// from)` giving a stream's extents (offset, extent) that hold bytes at or after `from`.
+pub(crate) fn plan(
+    meta: &ObjectMeta,
+    range: Range<u64>,
+    mut extents_of: impl FnMut(u64, u64) -> EngineResult<Vec<(u64, Extent)>>,
+) -> EngineResult<Vec<Piece>> {
+    {
         let mut pieces = Vec::new();
         let mut stream_start = 0u64;
         for s in &meta.streams {
@@ -62,7 +67,7 @@ impl EngineInner {
             if stream_end > range.start && stream_start < range.end {
                 let from = range.start.saturating_sub(stream_start);
                 let to = (range.end - stream_start).min(s.length);
-                for (offset, extent) in self.index.stream_extents(s.stream_id, from)? {
+                for (offset, extent) in extents_of(s.stream_id, from)? {
                     let end = offset + u64::from(extent.length);
                     if offset >= to {
                         break;
@@ -88,15 +93,15 @@ impl EngineInner {
         }
         Ok(pieces)
     }
+}
 
-    /// Streams `range` of the object described by `meta`.
+impl EngineInner {
+    /// Streams `pieces`; `ticket` keeps GC from resetting the zones they were planned in.
     pub(crate) fn read_stream(
         self: &Arc<Self>,
-        meta: &ObjectMeta,
-        range: Range<u64>,
-        ticket: Ticket,
-    ) -> EngineResult<BodyStream> {
-        let pieces = self.plan(meta, range)?;
+        pieces: Vec<Piece>,
+        ticket: Arc<Ticket>,
+    ) -> BodyStream {
         let engine = self.clone();
         let budget = self.read_budget.clone();
         let body = stream::iter(pieces)
@@ -131,7 +136,7 @@ impl EngineInner {
                 let _ = &ticket;
                 chunk
             });
-        Ok(body.boxed())
+        body.boxed()
     }
 
     /// Copies ordered by preference: drives that are up, least busy first, ties broken at

@@ -685,7 +685,13 @@ mod tests {
 
     #[test]
     fn draining_moves_or_drops_copies() {
-        assert_eq!(plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2], 3), ["move 2"]);
-        assert_eq!(plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2, 3], 3), ["drop 2"]);
+        assert_eq!(
+            plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2], 3),
+            ["move 2"]
+        );
+        assert_eq!(
+            plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2, 3], 3),
+            ["drop 2"]
+        );
     }
 }

@@ -105,7 +105,10 @@ impl EngineInner {
                     .reserve_with(class, frees_space, blocks, missing, min, usable)
                 {
                     Ok(x) => x,
-                    Err(NoSpace(reason)) => {
+                    Err(NoSpace { reason, finish }) => {
+                        // Zones the attempt retired still need their Finish, or they would
+                        // hold the drive's active-zone resources forever.
+                        self.finish_zones(finish);
                         if locations.len() >= quorum {
                             break;
                         }

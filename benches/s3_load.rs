@@ -1,0 +1,490 @@
+//! The whole stack under load over loopback: a real `zonestore serve` process (release build)
+//! and a SigV4-signing HTTP load generator in this process. Reports, each against a baseline
+//! measured in the same run on the same disk (raw file I/O of the same bytes):
+//!
+//! - PUT and GET throughput of 64 MiB objects from 4 clients;
+//! - ops/s and p99 latency of 4 KiB PUTs and GETs at concurrency 64;
+//!
+//! for three set-ups: the embedded default (3 drives behind NVMe/TCP, R = 3), the same with
+//! R = 1 (the cost of replication), and 3 `zns-file://` drives with R = 3 (the cost of the
+//! fabric). Run: `cargo bench -p zonestore --bench s3_load [-- SETUP...]` with SETUP among
+//! `embedded`, `embedded-r1`, `zns-file`; `ZONESTORE_BENCH_SECONDS` sets the small-object phase
+//! length (default 8).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use s3api::auth::sigv4;
+
+use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+
+const BIG: usize = 64 << 20;
+const BIG_CLIENTS: usize = 4;
+const BIG_PER_CLIENT: usize = 4;
+const SMALL: usize = 4096;
+const CONCURRENCY: usize = 64;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// A signed S3 client on one HTTP/1.1 connection.
+struct Client {
+    sender: SendRequest<Body>,
+    host: String,
+    key: Arc<Vec<u8>>,
+}
+
+impl Client {
+    async fn connect(address: SocketAddr, key: Arc<Vec<u8>>) -> Client {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        Client {
+            sender,
+            host: address.to_string(),
+            key,
+        }
+    }
+
+    /// Sends a request signed with UNSIGNED-PAYLOAD; returns the status and body length.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Body,
+        length: usize,
+    ) -> (u16, usize) {
+        let now = SystemTime::now();
+        let amz_date = s3api::time::amz_date(now);
+        let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_str(&self.host).unwrap());
+        headers.insert("x-amz-date", HeaderValue::from_str(&amz_date).unwrap());
+        headers.insert(
+            "x-amz-content-sha256",
+            HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+        );
+        let signed = ["host", "x-amz-content-sha256", "x-amz-date"];
+        let canonical = sigv4::canonical_request(
+            method.as_str(),
+            path,
+            None,
+            &headers,
+            &signed,
+            "UNSIGNED-PAYLOAD",
+            false,
+        )
+        .unwrap();
+        let signature = sigv4::sign(
+            &self.key,
+            &sigv4::string_to_sign(&amz_date, &scope, &canonical),
+        );
+        let mut request = Request::builder().method(method).uri(path);
+        for (k, v) in &headers {
+            request = request.header(k, v);
+        }
+        let request = request
+            .header(
+                "authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={}, Signature={signature}",
+                    signed.join(";")
+                ),
+            )
+            .header("content-length", length)
+            .body(body)
+            .unwrap();
+        let response = self.sender.send_request(request).await.expect("request");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut n = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("body").into_data() {
+                n += data.len();
+            }
+        }
+        (status, n)
+    }
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed()
+}
+
+/// A body of `length` bytes streamed in 1 MiB chunks of `chunk`.
+fn streamed(chunk: Bytes, length: usize) -> Body {
+    let chunks = length.div_ceil(chunk.len());
+    let stream = futures::stream::iter((0..chunks).map(move |i| {
+        let n = (length - i * chunk.len()).min(chunk.len());
+        Ok::<_, Infallible>(Frame::data(chunk.slice(..n)))
+    }));
+    StreamBody::new(stream).boxed()
+}
+
+fn random_bytes(n: usize, seed: u64) -> Bytes {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Latency figures of a phase.
+struct Ops {
+    ops: usize,
+    /// The fewest operations one worker did (its objects 0..this exist after a PUT phase).
+    min_per_worker: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Ops {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn summarize(per_worker: Vec<Vec<Duration>>, elapsed: Duration) -> Ops {
+    let min_per_worker = per_worker.iter().map(Vec::len).min().unwrap_or(0);
+    let mut latencies: Vec<Duration> = per_worker.into_iter().flatten().collect();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ops {
+        ops: latencies.len(),
+        min_per_worker,
+        elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// MiB/s of `bytes` in `elapsed`.
+fn mibs(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
+}
+
+struct Figures {
+    put_mibs: f64,
+    get_mibs: f64,
+    small_put: Ops,
+    small_get: Ops,
+}
+
+async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
+    let key = Arc::new(sigv4::signing_key(
+        SECRET_KEY,
+        SystemTime::now(),
+        "us-east-1",
+    ));
+    let mut c = Client::connect(address, key.clone()).await;
+    assert_eq!(
+        c.send(Method::PUT, "/bench", full(Bytes::new()), 0).await.0,
+        200
+    );
+
+    // 64 MiB objects, 4 clients.
+    let chunk = random_bytes(1 << 20, 7);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..BIG_CLIENTS {
+        let (key, chunk) = (key.clone(), chunk.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(address, key).await;
+            for i in 0..BIG_PER_CLIENT {
+                let path = format!("/bench/big-{client}-{i}");
+                let (status, _) = c
+                    .send(Method::PUT, &path, streamed(chunk.clone(), BIG), BIG)
+                    .await;
+                assert_eq!(status, 200, "PUT {path}");
+            }
+        }));
+    }
+    for t in tasks.drain(..) {
+        t.await.unwrap();
+    }
+    let put_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
+    let started = Instant::now();
+    for client in 0..BIG_CLIENTS {
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(address, key).await;
+            for i in 0..BIG_PER_CLIENT {
+                let path = format!("/bench/big-{client}-{i}");
+                let (status, n) = c.send(Method::GET, &path, full(Bytes::new()), 0).await;
+                assert_eq!((status, n), (200, BIG), "GET {path}");
+            }
+        }));
+    }
+    for t in tasks.drain(..) {
+        t.await.unwrap();
+    }
+    let get_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
+
+    // 4 KiB objects at concurrency 64.
+    let body = random_bytes(SMALL, 11);
+    let small_put = small_phase(address, &key, seconds, move |worker, i| {
+        (
+            Method::PUT,
+            format!("/bench/small/{worker}/{i}"),
+            body.clone(),
+        )
+    })
+    .await;
+    let written = small_put.min_per_worker;
+    let small_get = small_phase(address, &key, seconds, move |worker, i| {
+        let j = (i * 7919 + worker) % written.max(1);
+        (
+            Method::GET,
+            format!("/bench/small/{worker}/{j}"),
+            Bytes::new(),
+        )
+    })
+    .await;
+    Figures {
+        put_mibs,
+        get_mibs,
+        small_put,
+        small_get,
+    }
+}
+
+async fn small_phase(
+    address: SocketAddr,
+    key: &Arc<Vec<u8>>,
+    seconds: u64,
+    op: impl Fn(usize, usize) -> (Method, String, Bytes) + Send + Sync + Clone + 'static,
+) -> Ops {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let (key, op) = (key.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(address, key).await;
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let (method, path, body) = op(worker, i);
+                let len = body.len();
+                let t = Instant::now();
+                let (status, _) = c.send(method.clone(), &path, full(body), len).await;
+                assert_eq!(status, 200, "{method} {path}");
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    summarize(all, started.elapsed())
+}
+
+/// The same bytes through plain files on the same disk: 64 MiB files written by 4 threads
+/// (fsync at the end of each, as a PUT is durable when acknowledged) and read back; 4 KiB
+/// files created, written and fdatasync'ed by 64 threads, then read.
+fn run_baseline(dir: &Path, seconds: u64) -> Figures {
+    std::fs::create_dir_all(dir).unwrap();
+    let chunk = random_bytes(1 << 20, 7);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for client in 0..BIG_CLIENTS {
+            let chunk = chunk.clone();
+            s.spawn(move || {
+                for i in 0..BIG_PER_CLIENT {
+                    let mut f =
+                        std::fs::File::create(dir.join(format!("big-{client}-{i}"))).unwrap();
+                    for _ in 0..BIG / chunk.len() {
+                        f.write_all(&chunk).unwrap();
+                    }
+                    f.sync_all().unwrap();
+                }
+            });
+        }
+    });
+    let put_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for client in 0..BIG_CLIENTS {
+            s.spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                for i in 0..BIG_PER_CLIENT {
+                    let mut f = std::fs::File::open(dir.join(format!("big-{client}-{i}"))).unwrap();
+                    while f.read(&mut buf).unwrap() > 0 {}
+                }
+            });
+        }
+    });
+    let get_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
+    let small = random_bytes(SMALL, 11);
+    let phase = |write: bool, written: usize| {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let all: Vec<Vec<Duration>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..CONCURRENCY)
+                .map(|worker| {
+                    let small = small.clone();
+                    s.spawn(move || {
+                        let mut latencies = Vec::new();
+                        let mut i = 0;
+                        let mut buf = vec![0u8; SMALL];
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            if write {
+                                let mut f =
+                                    std::fs::File::create(dir.join(format!("s-{worker}-{i}")))
+                                        .unwrap();
+                                f.write_all(&small).unwrap();
+                                f.sync_data().unwrap();
+                            } else {
+                                let j = (i * 7919 + worker) % written.max(1);
+                                let mut f =
+                                    std::fs::File::open(dir.join(format!("s-{worker}-{j}")))
+                                        .unwrap();
+                                f.read_exact(&mut buf).unwrap();
+                            }
+                            latencies.push(t.elapsed());
+                            i += 1;
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        summarize(all, started.elapsed())
+    };
+    let small_put = phase(true, 0);
+    let small_get = phase(false, small_put.min_per_worker);
+    Figures {
+        put_mibs,
+        get_mibs,
+        small_put,
+        small_get,
+    }
+}
+
+fn report(name: &str, z: &Figures, b: &Figures) {
+    println!("\n== {name} (ratio = Zonestore / raw files, same run) ==");
+    println!(
+        "64 MiB PUT  {:>8.1} MiB/s   baseline {:>8.1} MiB/s   ratio {:.2}",
+        z.put_mibs,
+        b.put_mibs,
+        z.put_mibs / b.put_mibs
+    );
+    println!(
+        "64 MiB GET  {:>8.1} MiB/s   baseline {:>8.1} MiB/s   ratio {:.2}",
+        z.get_mibs,
+        b.get_mibs,
+        z.get_mibs / b.get_mibs
+    );
+    for (what, zo, bo) in [
+        ("4 KiB PUT", &z.small_put, &b.small_put),
+        ("4 KiB GET", &z.small_get, &b.small_get),
+    ] {
+        println!(
+            "{what}   {:>8.0} ops/s p50 {:>6.2} ms p99 {:>6.2} ms   baseline {:>8.0} ops/s p99 {:>6.2} ms   ratio ops {:.2} p99 {:.2}",
+            zo.rate(),
+            zo.p50.as_secs_f64() * 1e3,
+            zo.p99.as_secs_f64() * 1e3,
+            bo.rate(),
+            bo.p99.as_secs_f64() * 1e3,
+            zo.rate() / bo.rate(),
+            zo.p99.as_secs_f64() / bo.p99.as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("ZONESTORE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let setups = ["embedded", "embedded-r1", "zns-file"];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut results = Vec::new();
+    for setup in setups {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == setup) {
+            continue;
+        }
+        let dir = tempfile::tempdir_in(
+            std::env::var("ZONESTORE_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()),
+        )
+        .unwrap();
+        let baseline = run_baseline(&dir.path().join("baseline"), seconds);
+        let _ = std::fs::remove_dir_all(dir.path().join("baseline"));
+        let drives: Vec<String> = (0..3)
+            .map(|i| format!("zns-file://{}", dir.path().join(format!("d{i}")).display()))
+            .collect();
+        let mut extra: Vec<&str> = Vec::new();
+        match setup {
+            "embedded-r1" => extra.extend(["--replicas", "1"]),
+            "zns-file" => {
+                for d in &drives {
+                    extra.extend(["--target", d.as_str()]);
+                }
+                extra.extend(["--zones", "256"]);
+            }
+            _ => {}
+        }
+        let server = S3Server::start(&dir.path().join("data"), &extra);
+        let address: SocketAddr = server
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let figures = runtime.block_on(run_s3(address, seconds));
+        report(setup, &figures, &baseline);
+        results.push((setup, figures));
+        drop(server);
+    }
+    let get = |name: &str| results.iter().find(|(n, _)| *n == name).map(|(_, f)| f);
+    if let (Some(r3), Some(r1)) = (get("embedded"), get("embedded-r1")) {
+        println!(
+            "\nreplication: 64 MiB PUT R=3/R=1 {:.2}, 4 KiB PUT ops R=3/R=1 {:.2}",
+            r3.put_mibs / r1.put_mibs,
+            r3.small_put.rate() / r1.small_put.rate()
+        );
+    }
+    if let (Some(fabric), Some(local)) = (get("embedded"), get("zns-file")) {
+        println!(
+            "fabric: embedded (NVMe/TCP) / zns-file (direct): 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}",
+            fabric.put_mibs / local.put_mibs,
+            fabric.get_mibs / local.get_mibs,
+            fabric.small_put.rate() / local.small_put.rate(),
+            fabric.small_get.rate() / local.small_get.rate()
+        );
+    }
+}
