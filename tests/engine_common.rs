@@ -119,11 +119,12 @@ pub async fn get(engine: &Engine, bucket: &str, key: &str) -> EngineResult<Vec<u
 /// Reads a range of an object.
 pub async fn read_range(
     engine: &Engine,
-    meta: &ObjectMeta,
+    bucket: &str,
+    key: &str,
     start: u64,
     end: u64,
 ) -> EngineResult<Vec<u8>> {
-    let mut stream = engine.read(meta, start..end)?;
+    let mut stream = engine.open_object(bucket, key)?.read(start..end)?;
     let mut out = Vec::with_capacity((end - start) as usize);
     while let Some(chunk) = stream.next().await {
         out.extend_from_slice(&chunk?);

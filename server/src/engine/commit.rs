@@ -580,7 +580,7 @@ impl<'a> Txn<'a> {
     fn stream_extents(&self, stream_id: u64) -> EngineResult<Vec<(Vec<u8>, Extent)>> {
         let mut out: HashMap<Vec<u8>, Extent> = self
             .index
-            .stream_extents(stream_id, 0)?
+            .stream_extents(stream_id)?
             .into_iter()
             .map(|(offset, e)| (index::extent_key(stream_id, offset).to_vec(), e))
             .collect();

@@ -269,23 +269,13 @@ impl Index {
         let mut extents = Vec::new();
         for stream in &entry.meta.streams {
             let mut options = ReadOptions::default();
-            options.set_iterate_upper_bound(
-                extent_key(stream.stream_id.saturating_add(1), 0).to_vec(),
+            options.set_snapshot(&snapshot);
+            let id = stream.stream_id;
+            extents.extend(
+                self.stream_extents_with(id, options)?
+                    .into_iter()
+                    .map(|(offset, extent)| (id, offset, extent)),
             );
-            let start = extent_key(stream.stream_id, 0);
-            for item in snapshot.iterator_cf_opt(
-                self.cf(cf::EXTENTS),
-                options,
-                IteratorMode::From(&start, Direction::Forward),
-            ) {
-                let (k, v) = item?;
-                let offset = u64::from_be_bytes(k[8..16].try_into().expect("16-byte extent key"));
-                extents.push((
-                    stream.stream_id,
-                    offset,
-                    Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?,
-                ));
-            }
         }
         Ok(Some((entry, extents)))
     }
@@ -297,37 +287,34 @@ impl Index {
             .transpose()
     }
 
-    /// The extents of a stream that hold bytes at or after `from`, in order: (offset, extent).
-    pub fn stream_extents(&self, stream_id: u64, from: u64) -> IndexResult<Vec<(u64, Extent)>> {
-        let cf = self.cf(cf::EXTENTS);
-        // The extent containing `from` starts at or before it: find it with a reverse seek.
-        let mut start = extent_key(stream_id, 0);
-        if from > 0 {
-            let target = extent_key(stream_id, from);
-            let mut rev = self
-                .db
-                .iterator_cf(cf, IteratorMode::From(&target, Direction::Reverse));
-            if let Some(item) = rev.next() {
-                let (k, _) = item?;
-                if k.len() == 16 && k[..8] == stream_id.to_be_bytes() {
-                    start.copy_from_slice(&k);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        let mut options = ReadOptions::default();
+    /// The extents of a stream, in order: (offset, extent).
+    pub fn stream_extents(&self, stream_id: u64) -> IndexResult<Vec<(u64, Extent)>> {
+        self.stream_extents_with(stream_id, ReadOptions::default())
+    }
+
+    fn stream_extents_with(
+        &self,
+        stream_id: u64,
+        mut options: ReadOptions,
+    ) -> IndexResult<Vec<(u64, Extent)>> {
         options.set_iterate_upper_bound(extent_key(stream_id.saturating_add(1), 0).to_vec());
-        for item in
-            self.db
-                .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward))
-        {
+        let start = extent_key(stream_id, 0);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(cf::EXTENTS),
+            options,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
             let (k, v) = item?;
-            let offset = u64::from_be_bytes(k[8..16].try_into().expect("16-byte extent key"));
-            let extent = Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?;
-            if offset + u64::from(extent.length) <= from {
-                continue;
-            }
-            out.push((offset, extent));
+            let offset = k
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| IndexError::Corrupt {
+                    cf: cf::EXTENTS,
+                    detail: format!("an extent key of {} bytes", k.len()),
+                })?;
+            out.push((offset, Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?));
         }
         Ok(out)
     }
@@ -659,11 +646,11 @@ mod tests {
     }
 
     #[test]
-    fn stream_extents_start_at_the_extent_holding_the_offset() {
+    fn stream_extents_are_the_streams_own_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
-        for (stream, off) in [(1u64, 0u64), (1, 100), (1, 200), (2, 0)] {
+        for (stream, off) in [(1u64, 200u64), (1, 0), (1, 100), (2, 0), (0, 0)] {
             let e = Extent {
                 length: 100,
                 replicas: vec![],
@@ -672,20 +659,14 @@ mod tests {
         }
         index.write(batch, false).unwrap();
         let offs: Vec<u64> = index
-            .stream_extents(1, 150)
-            .unwrap()
-            .iter()
-            .map(|(o, _)| *o)
-            .collect();
-        assert_eq!(offs, vec![100, 200]);
-        let offs: Vec<u64> = index
-            .stream_extents(1, 0)
+            .stream_extents(1)
             .unwrap()
             .iter()
             .map(|(o, _)| *o)
             .collect();
         assert_eq!(offs, vec![0, 100, 200]);
-        assert_eq!(index.stream_extents(2, 0).unwrap().len(), 1);
+        assert_eq!(index.stream_extents(2).unwrap().len(), 1);
+        assert!(index.stream_extents(3).unwrap().is_empty());
     }
 
     #[test]

@@ -421,18 +421,6 @@ impl Engine {
         }
     }
 
-    /// Streams `range` of the object described by `meta` (from [`Engine::head`]). The object
-    /// must not be overwritten meanwhile; readers that cannot promise that use
-    /// [`Engine::open_object`].
-    pub fn read(&self, meta: &ObjectMeta, range: Range<u64>) -> EngineResult<BodyStream> {
-        check_range(meta, &range)?;
-        let ticket = Arc::new(self.inner.gate.enter());
-        let pieces = reader::plan(meta, range, |stream, from| {
-            Ok(self.inner.index.stream_extents(stream, from)?)
-        })?;
-        Ok(self.inner.read_stream(pieces, ticket))
-    }
-
     /// Opens an object for reading: its manifest and where its bytes are, as of one moment, so
     /// that reads return that version whole even if it is overwritten or deleted meanwhile.
     pub fn open_object(&self, bucket: &str, key: &str) -> EngineResult<ObjectHandle> {
@@ -852,16 +840,6 @@ impl Engine {
     }
 }
 
-fn check_range(meta: &ObjectMeta, range: &Range<u64>) -> EngineResult<()> {
-    if range.start > range.end || range.end > meta.size {
-        return Err(EngineError::InvalidArgument(format!(
-            "range {range:?} of a {}-byte object",
-            meta.size
-        )));
-    }
-    Ok(())
-}
-
 /// An object opened for reading (see [`Engine::open_object`]).
 pub struct ObjectHandle {
     engine: Arc<EngineInner>,
@@ -890,14 +868,15 @@ impl ObjectHandle {
 
     /// Streams `range` of the object.
     pub fn read(&self, range: Range<u64>) -> EngineResult<BodyStream> {
-        check_range(&self.meta, &range)?;
-        let pieces = reader::plan(&self.meta, range, |stream, from| {
+        if range.start > range.end || range.end > self.meta.size {
+            return Err(EngineError::InvalidArgument(format!(
+                "range {range:?} of a {}-byte object",
+                self.meta.size
+            )));
+        }
+        let pieces = reader::plan(&self.meta, range, |stream| {
             let range = self.by_stream.get(&stream).cloned().unwrap_or(0..0);
-            Ok(self.extents[range]
-                .iter()
-                .filter(|(_, offset, e)| offset + u64::from(e.length) > from)
-                .map(|(_, offset, e)| (*offset, e.clone()))
-                .collect())
+            &self.extents[range]
         })?;
         Ok(self.engine.read_stream(pieces, self.ticket.clone()))
     }

@@ -14,6 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use super::EngineInner;
 use super::error::{EngineError, EngineResult};
 use super::gate::Ticket;
+use super::index::StreamExtent;
 use super::model::{Extent, Location, ObjectMeta};
 use super::record::{self, Kind};
 use super::writer::BUDGET_UNIT;
@@ -52,47 +53,48 @@ pub(crate) struct Piece {
 /// A stream of body chunks.
 pub type BodyStream = BoxStream<'static, EngineResult<Bytes>>;
 
-/// The pieces that make up `range` of the object `meta` describes, with `extents_of(stream,
-/// from)` giving a stream's extents (offset, extent) that hold bytes at or after `from`.
-pub(crate) fn plan(
+/// The pieces that make up `range` of the object `meta` describes, with `extents_of(stream)`
+/// giving a stream's extents (stream id, offset in the stream, extent) in offset order.
+pub(crate) fn plan<'a>(
     meta: &ObjectMeta,
     range: Range<u64>,
-    mut extents_of: impl FnMut(u64, u64) -> EngineResult<Vec<(u64, Extent)>>,
+    extents_of: impl Fn(u64) -> &'a [StreamExtent],
 ) -> EngineResult<Vec<Piece>> {
-    {
-        let mut pieces = Vec::new();
-        let mut stream_start = 0u64;
-        for s in &meta.streams {
-            let stream_end = stream_start + s.length;
-            if stream_end > range.start && stream_start < range.end {
-                let from = range.start.saturating_sub(stream_start);
-                let to = (range.end - stream_start).min(s.length);
-                for (offset, extent) in extents_of(s.stream_id, from)? {
-                    let end = offset + u64::from(extent.length);
-                    if offset >= to {
-                        break;
-                    }
-                    let a = from.max(offset) - offset;
-                    let b = to.min(end) - offset;
-                    pieces.push(Piece {
-                        stream_id: s.stream_id,
-                        offset,
-                        extent,
-                        want: a as usize..b as usize,
-                    });
+    let mut pieces = Vec::new();
+    let mut stream_start = 0u64;
+    for s in &meta.streams {
+        let stream_end = stream_start + s.length;
+        if stream_end > range.start && stream_start < range.end {
+            let from = range.start.saturating_sub(stream_start);
+            let to = (range.end - stream_start).min(s.length);
+            for (_, offset, extent) in extents_of(s.stream_id) {
+                let (offset, end) = (*offset, offset + u64::from(extent.length));
+                if end <= from {
+                    continue;
                 }
+                if offset >= to {
+                    break;
+                }
+                let a = from.max(offset) - offset;
+                let b = to.min(end) - offset;
+                pieces.push(Piece {
+                    stream_id: s.stream_id,
+                    offset,
+                    extent: extent.clone(),
+                    want: a as usize..b as usize,
+                });
             }
-            stream_start = stream_end;
         }
-        let total: usize = pieces.iter().map(|p| p.want.len()).sum();
-        if total as u64 != range.end - range.start {
-            return Err(EngineError::Corrupt(format!(
-                "the index holds {total} of the {} bytes asked for",
-                range.end - range.start
-            )));
-        }
-        Ok(pieces)
+        stream_start = stream_end;
     }
+    let total: usize = pieces.iter().map(|p| p.want.len()).sum();
+    if total as u64 != range.end - range.start {
+        return Err(EngineError::Corrupt(format!(
+            "the index holds {total} of the {} bytes asked for",
+            range.end - range.start
+        )));
+    }
+    Ok(pieces)
 }
 
 impl EngineInner {

@@ -501,7 +501,7 @@ pub fn canonical_dump(index: &Index) -> EngineResult<Vec<String>> {
             sorted(&o.commit)
         ));
         for s in &o.meta.streams {
-            for (offset, e) in index.stream_extents(s.stream_id, 0)? {
+            for (offset, e) in index.stream_extents(s.stream_id)? {
                 lines.push(format!(
                     "  extent {}+{offset} len={} at={:?}",
                     s.stream_id,
@@ -530,7 +530,7 @@ pub fn canonical_dump(index: &Index) -> EngineResult<Vec<String>> {
                 p.stream_id,
                 sorted(&p.location)
             ));
-            for (offset, e) in index.stream_extents(p.stream_id, 0)? {
+            for (offset, e) in index.stream_extents(p.stream_id)? {
                 lines.push(format!(
                     "    extent {}+{offset} len={} at={:?}",
                     p.stream_id,
