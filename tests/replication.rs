@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::s3::{S3Server, metric_sum, write_random_file};
+use common::s3::{S3Server, metric_sum, same_file, write_random_file};
 use common::{Process, address_in};
 
 const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0000-0000-4000-8000-0000000e2e03";
@@ -351,4 +351,61 @@ fn drain_moves_everything_off_a_target() {
         file.to_str().unwrap(),
         "s3://drain/late",
     ]);
+}
+
+#[test]
+fn starts_with_a_target_down_and_attaches_it_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    let before = dir.path().join("before.bin");
+    write_random_file(&before, 3_000_000, 21);
+    {
+        let server = gateway(dir.path(), &nodes);
+        server.aws_ok(&["s3", "mb", "s3://restart"]);
+        server.aws_ok(&["s3", "cp", before.to_str().unwrap(), "s3://restart/before"]);
+    } // the gateway is killed (SIGKILL) here
+
+    // The gateway restarts while a target is down: it serves from the other two.
+    nodes[2].kill();
+    let server = gateway(dir.path(), &nodes);
+    let table = server.admin_cli(&["targets"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&nodes[2].nqn) && l.contains("down")),
+        "{table}"
+    );
+    let back = dir.path().join("back.bin");
+    server.aws_ok(&["s3", "cp", "s3://restart/before", back.to_str().unwrap()]);
+    assert!(same_file(&before, &back), "the object reads back whole");
+    let during = dir.path().join("during.bin");
+    write_random_file(&during, 2_000_000, 22);
+    server.aws_ok(&["s3", "cp", during.to_str().unwrap(), "s3://restart/during"]);
+
+    // The target returns: it is attached, and repair gives what was written meanwhile its
+    // third copy.
+    nodes[2].start();
+    let repaired = wait_for_targets(&server, "the late target attached and repaired", |t| {
+        t.matches("connected").count() == 3 && t.contains("under-replicated: 0B in 0 records")
+    });
+    assert!(
+        repaired
+            .lines()
+            .filter(|l| l.contains("io.zonestore:repl"))
+            .all(|l| l.contains(" up ")),
+        "{repaired}"
+    );
+    // Every object now reads back from the late target alone.
+    nodes[0].kill();
+    nodes[1].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    for (key, original) in [("before", &before), ("during", &during)] {
+        server.aws_ok(&[
+            "s3",
+            "cp",
+            &format!("s3://restart/{key}"),
+            back.to_str().unwrap(),
+        ]);
+        assert!(same_file(original, &back), "{key} from the late target");
+    }
 }

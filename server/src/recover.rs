@@ -72,7 +72,9 @@ pub async fn rebuild_index(
         Vec::new()
     };
     progress("attaching drives");
-    let mut attached = targets::attach_configured(config, &checked).await?;
+    // Every drive must answer: the rebuild reads all of them.
+    let mut attached =
+        targets::attach_configured(config, &checked, &targets::KnownDrives::new()).await?;
     let specs = in_registry_order(std::mem::take(&mut attached.specs), &names);
     let building = sibling(&index_dir, "rebuilding");
     if building.exists() {

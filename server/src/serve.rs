@@ -140,7 +140,8 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
         let embedded = checked.targets.is_empty();
-        let mut attached = targets::attach_configured(config, &checked).await?;
+        let known = crate::engine::known_geometries(&checked.index_dir)?;
+        let mut attached = targets::attach_configured(config, &checked, &known).await?;
         let specs = std::mem::take(&mut attached.specs);
         let drive_count = specs.len();
         let mut engine_config = EngineConfig::new(checked.index_dir.clone(), drive_count);

@@ -2,13 +2,14 @@
 //! reached through the NVMe/TCP host — the same path as a real deployment), remote targets by
 //! NQN or through a discovery controller, and local `zns-file://` drives without the fabric.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fabric::host::discovery::discover;
-use fabric::host::{HostConfig, NvmeTcpHost};
+use fabric::host::{HostConfig, HostError, NvmeTcpHost};
 use fabric::spec::logpage::subtype;
 use zns::{EmulatedZns, Geometry, ZonedDevice};
 
@@ -73,19 +74,36 @@ fn host_config(address: SocketAddr, nqn: &str, hostnqn: &str) -> HostConfig {
     c
 }
 
+/// Geometries of drives the index already knows, by drive name (see
+/// [`crate::engine::known_geometries`]): such a drive may be unreachable at start.
+pub type KnownDrives = HashMap<String, Geometry>;
+
 async fn connect(
     address: SocketAddr,
     nqn: &str,
     hostnqn: &str,
+    known: &KnownDrives,
     attached: &mut Attached,
 ) -> Result<(), AttachError> {
-    let host = NvmeTcpHost::connect(host_config(address, nqn, hostnqn))
-        .await
-        .map_err(|e| AttachError::Target {
-            target: format!("nvme-tcp://{address}/{nqn}"),
-            reason: e.to_string(),
-        })?;
     let name = format!("nqn:{nqn}");
+    let config = host_config(address, nqn, hostnqn);
+    let host = match NvmeTcpHost::connect(config.clone()).await {
+        Ok(host) => host,
+        Err(
+            e @ (HostError::Connect { .. } | HostError::Timeout(_) | HostError::Disconnected(_)),
+        ) if known.contains_key(&name) => {
+            // A drive the index knows (its data has copies elsewhere): start without it and
+            // keep trying to reach it.
+            tracing::warn!(target = %format!("nvme-tcp://{address}/{nqn}"), "target unreachable ({e}); starting without it and reconnecting in the background");
+            NvmeTcpHost::connect_later(config, known[&name])
+        }
+        Err(e) => {
+            return Err(AttachError::Target {
+                target: format!("nvme-tcp://{address}/{nqn}"),
+                reason: e.to_string(),
+            });
+        }
+    };
     attached.specs.push(DriveSpec {
         name: name.clone(),
         device: Arc::new(host.clone()) as Arc<dyn ZonedDevice>,
@@ -115,16 +133,17 @@ pub async fn embedded(
         .map_err(|source| AttachError::Embedded { index, source })?;
         let address = node.local_addr();
         attached.nodes.push(node);
-        connect(address, &nqn, hostnqn, &mut attached).await?;
+        connect(address, &nqn, hostnqn, &KnownDrives::new(), &mut attached).await?;
     }
     Ok(attached)
 }
 
 /// Attaches the drives a configuration names: its targets, or the embedded default when it
-/// names none.
+/// names none. Targets in `known` that cannot be reached are attached to reconnect later.
 pub async fn attach_configured(
     config: &crate::config::Config,
     checked: &crate::config::Checked,
+    known: &KnownDrives,
 ) -> Result<Attached, AttachError> {
     let hostnqn = config
         .host_nqn
@@ -134,7 +153,7 @@ pub async fn attach_configured(
     if checked.targets.is_empty() {
         embedded(&config.data_dir, config.embedded.drives, geometry, &hostnqn).await
     } else {
-        attach(&checked.targets, geometry, &hostnqn).await
+        attach(&checked.targets, geometry, &hostnqn, known).await
     }
 }
 
@@ -153,11 +172,13 @@ impl Attached {
     }
 }
 
-/// Attaches configured targets.
+/// Attaches configured targets; those in `known` that cannot be reached are attached to
+/// reconnect later.
 pub async fn attach(
     targets: &[TargetUrl],
     geometry: Geometry,
     hostnqn: &str,
+    known: &KnownDrives,
 ) -> Result<Attached, AttachError> {
     let mut attached = Attached::default();
     for target in targets {
@@ -165,7 +186,7 @@ pub async fn attach(
             TargetUrl::NvmeTcp {
                 address,
                 nqn: Some(nqn),
-            } => connect(*address, nqn, hostnqn, &mut attached).await?,
+            } => connect(*address, nqn, hostnqn, known, &mut attached).await?,
             TargetUrl::NvmeTcp { address, nqn: None } => {
                 let entries = discover(*address, hostnqn, Duration::from_secs(10))
                     .await
@@ -177,7 +198,8 @@ pub async fn attach(
                 for e in entries.iter().filter(|e| e.subtype == subtype::NVM) {
                     let port: u16 = e.trsvcid.parse().unwrap_or(address.port());
                     let ip = e.traddr.parse().unwrap_or(address.ip());
-                    connect(SocketAddr::new(ip, port), &e.subnqn, hostnqn, &mut attached).await?;
+                    let address = SocketAddr::new(ip, port);
+                    connect(address, &e.subnqn, hostnqn, known, &mut attached).await?;
                     found += 1;
                 }
                 if found == 0 {

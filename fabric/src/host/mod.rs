@@ -207,8 +207,25 @@ impl NvmeTcpHost {
                 stats: HostStats::default(),
             }),
         };
-        tokio::spawn(supervise(Arc::downgrade(&host.inner), session));
+        tokio::spawn(supervise(Arc::downgrade(&host.inner), Some(session)));
         Ok(host)
+    }
+
+    /// A host for a namespace that cannot be reached now but whose geometry is known (from an
+    /// earlier connection): it starts down and keeps trying to connect in the background,
+    /// coming up once the target answers with that same geometry.
+    pub fn connect_later(config: HostConfig, geometry: Geometry) -> NvmeTcpHost {
+        let (state, _) = watch::channel(State::Down("not connected yet".into()));
+        let host = NvmeTcpHost {
+            inner: Arc::new(HostInner {
+                config,
+                geometry,
+                state,
+                stats: HostStats::default(),
+            }),
+        };
+        tokio::spawn(supervise(Arc::downgrade(&host.inner), None));
+        host
     }
 
     /// The target's address.
@@ -330,52 +347,62 @@ impl NvmeTcpHost {
 }
 
 /// Watches the live session; when it fails, reconnects with backoff until the host is closed.
-async fn supervise(host: std::sync::Weak<HostInner>, mut session: Arc<Session>) {
+async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Session>>) {
     loop {
-        let mut failed = session.failed.clone();
-        let reason = match failed.wait_for(|f| f.is_some()).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => "session ended".into(),
-        };
-        session.close(&reason);
-        let Some(inner) = host.upgrade() else { return };
-        if matches!(*inner.state.borrow(), State::Closed) {
-            return;
-        }
-        tracing::warn!(address = %inner.config.address, subsystem = %inner.config.subnqn, "NVMe/TCP connection lost ({reason}); reconnecting");
-        inner.state.send_replace(State::Down(reason));
-        drop(inner);
-        let mut backoff = Duration::from_millis(50);
-        session = loop {
-            tokio::time::sleep(backoff).await;
+        if let Some(session) = session.take() {
+            let mut failed = session.failed.clone();
+            let reason = match failed.wait_for(|f| f.is_some()).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "session ended".into(),
+            };
+            session.close(&reason);
             let Some(inner) = host.upgrade() else { return };
             if matches!(*inner.state.borrow(), State::Closed) {
                 return;
             }
-            match Session::establish(&inner.config).await {
-                Ok(s) if s.geometry == inner.geometry => {
-                    let s = Arc::new(s);
-                    inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(address = %inner.config.address, "NVMe/TCP connection restored");
-                    inner.state.send_replace(State::Up(s.clone()));
-                    break s;
-                }
-                Ok(s) => {
-                    let e = HostError::GeometryChanged {
-                        before: inner.geometry,
-                        after: s.geometry,
-                    };
-                    s.close("geometry changed");
-                    tracing::error!("{e}");
-                    inner.state.send_replace(State::Down(e.to_string()));
-                }
-                Err(e) => {
-                    tracing::debug!("reconnect to {} failed: {e}", inner.config.address);
-                    inner.state.send_replace(State::Down(e.to_string()));
-                }
+            tracing::warn!(address = %inner.config.address, subsystem = %inner.config.subnqn, "NVMe/TCP connection lost ({reason}); reconnecting");
+            inner.state.send_replace(State::Down(reason));
+        }
+        match reconnect(&host).await {
+            Some(s) => session = Some(s),
+            None => return,
+        }
+    }
+}
+
+/// Tries to connect again, with backoff, until it works (the new session, with the host up) or
+/// the host is closed or dropped (`None`).
+async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let inner = host.upgrade()?;
+        if matches!(*inner.state.borrow(), State::Closed) {
+            return None;
+        }
+        match Session::establish(&inner.config).await {
+            Ok(s) if s.geometry == inner.geometry => {
+                let s = Arc::new(s);
+                inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(address = %inner.config.address, "NVMe/TCP connection restored");
+                inner.state.send_replace(State::Up(s.clone()));
+                return Some(s);
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        };
+            Ok(s) => {
+                let e = HostError::GeometryChanged {
+                    before: inner.geometry,
+                    after: s.geometry,
+                };
+                s.close("geometry changed");
+                tracing::error!("{e}");
+                inner.state.send_replace(State::Down(e.to_string()));
+            }
+            Err(e) => {
+                tracing::debug!("reconnect to {} failed: {e}", inner.config.address);
+                inner.state.send_replace(State::Down(e.to_string()));
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

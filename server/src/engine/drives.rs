@@ -29,6 +29,9 @@ pub struct Drive {
     pub draining: AtomicBool,
     /// I/O errors seen.
     pub errors: AtomicU64,
+    /// Whether the engine knows the drive's zones: false for a drive that could not be reached
+    /// when the engine opened, until it answers and has been surveyed.
+    pub attached: AtomicBool,
 }
 
 impl std::fmt::Debug for Drive {
@@ -54,6 +57,7 @@ impl Drive {
             unreachable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            attached: AtomicBool::new(true),
         }
     }
 
@@ -87,7 +91,8 @@ impl Drive {
         }
     }
 
-    /// Whether the drive can take I/O now: reachable, and no transport failure just now.
+    /// Whether the drive can take I/O now: reachable, attached, and no transport failure just
+    /// now.
     pub fn is_up(&self) -> bool {
         let reachable = self.device.is_available();
         let since = self.unreachable_since.load(Ordering::Relaxed);
@@ -98,7 +103,9 @@ impl Drive {
         } else if since == 0 {
             self.unreachable_since.store(now_ms(), Ordering::Relaxed);
         }
-        reachable && now_ms() >= self.down_until.load(Ordering::Relaxed)
+        reachable
+            && self.attached.load(Ordering::Relaxed)
+            && now_ms() >= self.down_until.load(Ordering::Relaxed)
     }
 
     /// Whether new writes may go to the drive: up and not being drained.

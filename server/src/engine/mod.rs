@@ -17,9 +17,11 @@ pub mod placement;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+mod registry;
 pub mod repair;
 pub mod seq;
 pub mod stats;
+mod survey;
 pub mod writer;
 
 use std::ops::Range;
@@ -28,17 +30,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use md5::{Digest, Md5};
-use zns::{ReportFilter, ZoneAction, ZoneSelect, ZoneState, ZonedDevice};
+use zns::{ZoneAction, ZoneSelect, ZonedDevice};
 
 use commit::{Change, Committer, Condition, Outcome, ZoneAccounts, now_ms};
-use drives::{Drive, Drives};
+use drives::Drives;
 pub use error::{EngineError, EngineResult};
 use gate::ReadGate;
 use index::{Index, Listing, cf};
 use model::{BucketEntry, Checksum, ObjectEntry, ObjectMeta, PartEntry, UploadEntry, ZoneId};
-use placement::{Placement, ZoneSnapshot, ZoneUse};
+use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
 use record::{Header, Kind};
+pub use registry::{known_geometries, registered_drives};
 use seq::SeqAllocator;
 use stats::EngineStats;
 use writer::Purpose;
@@ -133,8 +136,6 @@ pub struct DriveSpec {
     pub device: Arc<dyn ZonedDevice>,
 }
 
-const DRIVES_KEY: &[u8] = b"drives";
-
 /// What the start-up reconciliation of index and drives found.
 #[derive(Debug, Default, Clone)]
 pub struct Reconciliation {
@@ -162,7 +163,7 @@ impl Engine {
             EngineError::Internal(format!("creating {}: {e}", config.index_dir.display()))
         })?;
         let index = Arc::new(Index::open(&config.index_dir)?);
-        let drives = Arc::new(register_drives(&index, drives)?);
+        let drives = Arc::new(registry::register_drives(&index, drives)?);
         for id in commit::decode_drive_ids(
             &index
                 .get_raw(cf::META, commit::DRAINING_KEY)?
@@ -196,58 +197,17 @@ impl Engine {
         let mut reconciliation = Reconciliation::default();
         let mut resets = Vec::new();
         for drive in drives.all() {
-            let report = drive
-                .device
-                .report_zones(0, ReportFilter::All, drive.geometry.zone_count as usize)
-                .await
-                .map_err(|source| EngineError::Drive {
-                    drive: drive.name.clone(),
-                    source,
-                })?;
-            let mut zones = Vec::with_capacity(report.zones.len());
-            for (i, z) in report.zones.iter().enumerate() {
-                let zone = ZoneId {
-                    drive: drive.id,
-                    zone: i as u32,
-                };
-                let account = accounts.get(zone);
-                let written = match z.state {
-                    ZoneState::Full => drive.geometry.zone_capacity,
-                    ZoneState::Empty => 0,
-                    _ if z.wp == u64::MAX => drive.geometry.zone_capacity,
-                    _ => z.wp - z.zslba,
-                };
-                let end = z.zslba + written;
-                if z.state == ZoneState::Empty
-                    && (account.max_indexed_end > 0 || account.valid_bytes > 0)
-                {
-                    if account.valid_bytes > 0 {
-                        tracing::error!(
-                            ?zone,
-                            valid = account.valid_bytes,
-                            "zone is empty on the drive but the index counts live data in it: data lost"
-                        );
-                        reconciliation.broken_zones.push(zone);
-                    } else {
-                        resets.push(zone);
-                    }
-                } else if account.max_indexed_end > end && z.state != ZoneState::Full {
-                    tracing::error!(
-                        ?zone,
-                        indexed_end = account.max_indexed_end,
-                        write_pointer = end,
-                        "the index points past the zone's write pointer: acknowledged data may be missing"
-                    );
-                    reconciliation.broken_zones.push(zone);
-                }
-                let written_bytes = written * drive.block_size();
-                reconciliation.unindexed_bytes += written_bytes.saturating_sub(account.valid_bytes);
-                zones.push(ZoneSnapshot {
-                    state: z.state,
-                    written,
-                });
+            if drive.device.is_available() {
+                let zones =
+                    survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await?;
+                snapshots.push(Some(zones));
+            } else {
+                // Known from an earlier start but unreachable now: the others serve (reads
+                // fail over, writes need W of them) and this one is attached when it answers.
+                tracing::warn!(drive = %drive.name, "drive unreachable: starting without it");
+                drive.attached.store(false, Ordering::SeqCst);
+                snapshots.push(None);
             }
-            snapshots.push(zones);
         }
         let (placement, to_finish) = Placement::new(&drives, snapshots);
         let seq = SeqAllocator::open(index.clone(), 1)?;
@@ -278,6 +238,14 @@ impl Engine {
             block_size,
         });
         inner.finish_zones(to_finish);
+        for drive in inner.drives.all() {
+            if !drive.attached.load(Ordering::SeqCst) {
+                tokio::spawn(survey::attach_when_reachable(
+                    Arc::downgrade(&inner),
+                    drive.id,
+                ));
+            }
+        }
         gc::spawn(Arc::downgrade(&inner));
         repair::spawn(Arc::downgrade(&inner));
         if !reconciliation.broken_zones.is_empty() {
@@ -901,45 +869,6 @@ pub struct ZoneRow {
     pub generation: u64,
 }
 
-/// Matches configured drives with the registry in the index, giving each a stable id.
-fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {
-    let mut names = registry(index)?;
-
-    let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
-    for spec in specs {
-        match names.iter().position(|n| *n == spec.name) {
-            Some(i) => by_id[i] = Some(spec.device),
-            None => {
-                names.push(spec.name);
-                by_id.push(Some(spec.device));
-            }
-        }
-    }
-    if let Some(i) = by_id.iter().position(|d| d.is_none()) {
-        return Err(EngineError::InvalidArgument(format!(
-            "drive {} holds data known to the index but is not configured",
-            names[i]
-        )));
-    }
-    let mut e = codec::Enc::new();
-    e.u32(names.len() as u32);
-    for n in &names {
-        e.str(n);
-    }
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(index.cf(cf::META), DRIVES_KEY, e.finish());
-    index.write(batch, true)?;
-    let list = names
-        .into_iter()
-        .zip(by_id)
-        .enumerate()
-        .map(|(i, (name, device))| {
-            Arc::new(Drive::new(i as u16, name, device.expect("checked above")))
-        })
-        .collect();
-    Ok(Drives::new(list))
-}
-
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -952,26 +881,4 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// The drive names in an index's registry, in drive-id order.
-fn registry(index: &Index) -> EngineResult<Vec<String>> {
-    match index.get_raw(cf::META, DRIVES_KEY)? {
-        Some(v) => {
-            let mut d = codec::Dec::new(&v);
-            let n = d.count(4).map_err(|e| EngineError::Internal(e.0))?;
-            (0..n)
-                .map(|_| d.str())
-                .collect::<Result<_, _>>()
-                .map_err(|e| EngineError::Internal(e.0))
-        }
-        None => Ok(Vec::new()),
-    }
-}
-
-/// The drive names registered in the index in `index_dir` (in drive-id order), so that a
-/// rebuilt index can give every drive the id it had.
-pub fn registered_drives(index_dir: &std::path::Path) -> EngineResult<Vec<String>> {
-    let index = Index::open(index_dir)?;
-    registry(&index)
 }

@@ -147,48 +147,76 @@ pub struct ZoneSnapshot {
     pub written: u64,
 }
 
+impl DriveSpace {
+    /// The space of a drive whose zones are described by `zones` (`None`: not known yet, while
+    /// the drive cannot be reached: no zone is usable). Zones holding data are sealed; open
+    /// ones go to `to_finish`.
+    fn from_snapshot(
+        drive: DriveId,
+        geometry: Geometry,
+        zones: Option<Vec<ZoneSnapshot>>,
+        to_finish: &mut Vec<ZoneId>,
+    ) -> DriveSpace {
+        let unknown = ZoneSnapshot {
+            state: ZoneState::Offline,
+            written: 0,
+        };
+        let zones = zones.unwrap_or_else(|| vec![unknown; geometry.zone_count as usize]);
+        let mut space = DriveSpace {
+            geometry,
+            zones: Vec::with_capacity(zones.len()),
+            free: BTreeSet::new(),
+            active: [Vec::new(), Vec::new()],
+            turn: 0,
+        };
+        for (i, snap) in zones.iter().enumerate() {
+            let usage = match snap.state {
+                ZoneState::Empty => {
+                    space.free.insert(i as u32);
+                    ZoneUse::Free
+                }
+                ZoneState::Full => ZoneUse::Sealed,
+                ZoneState::ReadOnly | ZoneState::Offline => ZoneUse::Bad,
+                _ => {
+                    // Open or closed with data: finish it so that it holds no resources.
+                    to_finish.push(ZoneId {
+                        drive,
+                        zone: i as u32,
+                    });
+                    ZoneUse::Sealed
+                }
+            };
+            space.zones.push(ZoneSpace {
+                usage,
+                written: snap.written,
+                reserved: 0,
+                pending: 0,
+            });
+        }
+        space
+    }
+}
+
 impl Placement {
-    /// Placement for drives whose zones are described by `snapshots` (per drive, per zone).
-    /// Zones holding data are sealed; the caller finishes the open ones it got back.
-    pub fn new(drives: &Drives, snapshots: Vec<Vec<ZoneSnapshot>>) -> (Placement, Vec<ZoneId>) {
+    /// Placement for drives whose zones are described by `snapshots` (per drive, per zone;
+    /// `None` for a drive that cannot be reached now: see [`Placement::attach_drive`]). Zones
+    /// holding data are sealed; the caller finishes the open ones it got back.
+    pub fn new(
+        drives: &Drives,
+        snapshots: Vec<Option<Vec<ZoneSnapshot>>>,
+    ) -> (Placement, Vec<ZoneId>) {
         let mut spaces = Vec::new();
         let mut configs = Vec::new();
         let mut to_finish = Vec::new();
         for (drive, zones) in drives.all().iter().zip(snapshots) {
             let geometry = drive.geometry;
-            let mut space = DriveSpace {
+            spaces.push(DriveSpace::from_snapshot(
+                drive.id,
                 geometry,
-                zones: Vec::with_capacity(zones.len()),
-                free: BTreeSet::new(),
-                active: [Vec::new(), Vec::new()],
-                turn: 0,
-            };
-            for (i, snap) in zones.iter().enumerate() {
-                let usage = match snap.state {
-                    ZoneState::Empty => {
-                        space.free.insert(i as u32);
-                        ZoneUse::Free
-                    }
-                    ZoneState::Full => ZoneUse::Sealed,
-                    ZoneState::ReadOnly | ZoneState::Offline => ZoneUse::Bad,
-                    _ => {
-                        // Open or closed with data: finish it so that it holds no resources.
-                        to_finish.push(ZoneId {
-                            drive: drive.id,
-                            zone: i as u32,
-                        });
-                        ZoneUse::Sealed
-                    }
-                };
-                space.zones.push(ZoneSpace {
-                    usage,
-                    written: snap.written,
-                    reserved: 0,
-                    pending: 0,
-                });
-            }
+                zones,
+                &mut to_finish,
+            ));
             configs.push(PlacementConfig::for_geometry(&geometry));
-            spaces.push(space);
         }
         (
             Placement {
@@ -198,6 +226,17 @@ impl Placement {
             },
             to_finish,
         )
+    }
+
+    /// Takes the zones of a drive that could not be reached when placement began (nothing was
+    /// placed on it meanwhile). Returns the zones the caller must finish.
+    pub fn attach_drive(&self, drive: DriveId, zones: Vec<ZoneSnapshot>) -> Vec<ZoneId> {
+        let mut to_finish = Vec::new();
+        let mut spaces = self.drives.lock();
+        if let Some(space) = spaces.get_mut(usize::from(drive)) {
+            *space = DriveSpace::from_snapshot(drive, space.geometry, Some(zones), &mut to_finish);
+        }
+        to_finish
     }
 
     /// Reserves space for up to `copies` copies (at least `min`) of a `blocks`-block record on
@@ -475,15 +514,45 @@ mod tests {
             "d".into(),
             Arc::new(drive) as Arc<dyn ZonedDevice>,
         ))]);
-        let snaps = vec![vec![
+        let snaps = vec![Some(vec![
             ZoneSnapshot {
                 state: ZoneState::Empty,
                 written: 0
             };
             zones as usize
-        ]];
+        ])];
         let (p, _) = Placement::new(&drives, snaps);
         (dir, drives, p)
+    }
+
+    #[test]
+    fn a_drive_unknown_at_start_takes_no_writes_until_attached() {
+        let (_d, drives, _) = setup(4);
+        let (p, _) = Placement::new(&drives, vec![None]);
+        assert!(p.reserve(Class::User, 1, 1, 1, |_| true).is_err());
+        assert_eq!(p.free_zones(0), 0);
+        let zones = vec![
+            ZoneSnapshot {
+                state: ZoneState::Empty,
+                written: 0,
+            },
+            ZoneSnapshot {
+                state: ZoneState::Closed,
+                written: 3,
+            },
+            ZoneSnapshot {
+                state: ZoneState::Full,
+                written: 16,
+            },
+            ZoneSnapshot {
+                state: ZoneState::Empty,
+                written: 0,
+            },
+        ];
+        let finish = p.attach_drive(0, zones);
+        assert_eq!(finish, vec![ZoneId { drive: 0, zone: 1 }]);
+        assert_eq!(p.free_zones(0), 2);
+        assert!(p.reserve(Class::Gc, 1, 1, 1, |_| true).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use rocksdb::WriteBatch;
 use zns::{ReportFilter, ZoneState};
 
+use super::DriveSpec;
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
 use super::index::{self, Index, TombKind, cf};
@@ -19,7 +20,7 @@ use super::model::{
     ZoneAccount, ZoneId, ZoneStamp,
 };
 use super::record::{self, Kind, RecordError};
-use super::{DriveSpec, register_drives};
+use super::registry::register_drives;
 
 /// What a rebuild found.
 #[derive(Debug, Default, Clone)]

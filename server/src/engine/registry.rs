@@ -1,0 +1,139 @@
+//! The drive registry in the index: every drive the engine has used, by name, in drive-id
+//! order (ids are positions, so they stay stable across restarts and configuration changes),
+//! with each drive's geometry (so that a drive unreachable at start can be attached later).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use zns::{Geometry, ZonedDevice};
+
+use super::DriveSpec;
+use super::codec;
+use super::drives::{Drive, Drives};
+use super::error::{EngineError, EngineResult};
+use super::index::{Index, cf};
+
+const DRIVES_KEY: &[u8] = b"drives";
+/// META key prefix of a drive's geometry (followed by the drive's name).
+const GEOMETRY_PREFIX: &[u8] = b"geometry:";
+
+/// Matches configured drives with the registry in the index, giving each a stable id.
+pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {
+    let mut names = registry(index)?;
+
+    let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
+    for spec in specs {
+        match names.iter().position(|n| *n == spec.name) {
+            Some(i) => by_id[i] = Some(spec.device),
+            None => {
+                names.push(spec.name);
+                by_id.push(Some(spec.device));
+            }
+        }
+    }
+    if let Some(i) = by_id.iter().position(|d| d.is_none()) {
+        return Err(EngineError::InvalidArgument(format!(
+            "drive {} holds data known to the index but is not configured",
+            names[i]
+        )));
+    }
+    let mut e = codec::Enc::new();
+    e.u32(names.len() as u32);
+    for n in &names {
+        e.str(n);
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(index.cf(cf::META), DRIVES_KEY, e.finish());
+    for (name, device) in names.iter().zip(&by_id) {
+        if let Some(device) = device {
+            batch.put_cf(
+                index.cf(cf::META),
+                geometry_key(name),
+                encode_geometry(&device.geometry()),
+            );
+        }
+    }
+    index.write(batch, true)?;
+    let list = names
+        .into_iter()
+        .zip(by_id)
+        .enumerate()
+        .map(|(i, (name, device))| {
+            Arc::new(Drive::new(i as u16, name, device.expect("checked above")))
+        })
+        .collect();
+    Ok(Drives::new(list))
+}
+
+/// The drive names in an index's registry, in drive-id order.
+fn registry(index: &Index) -> EngineResult<Vec<String>> {
+    match index.get_raw(cf::META, DRIVES_KEY)? {
+        Some(v) => {
+            let mut d = codec::Dec::new(&v);
+            let n = d.count(4).map_err(|e| EngineError::Internal(e.0))?;
+            (0..n)
+                .map(|_| d.str())
+                .collect::<Result<_, _>>()
+                .map_err(|e| EngineError::Internal(e.0))
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+fn geometry_key(drive: &str) -> Vec<u8> {
+    [GEOMETRY_PREFIX, drive.as_bytes()].concat()
+}
+
+fn encode_geometry(g: &Geometry) -> Vec<u8> {
+    let mut e = codec::Enc::new();
+    e.u8(1)
+        .u32(g.block_size)
+        .u64(g.zone_size)
+        .u64(g.zone_capacity)
+        .u32(g.zone_count)
+        .u32(g.max_open.unwrap_or(u32::MAX))
+        .u32(g.max_active.unwrap_or(u32::MAX))
+        .u32(g.max_append_blocks);
+    e.finish()
+}
+
+fn decode_geometry(bytes: &[u8]) -> Result<Geometry, codec::DecodeError> {
+    let mut d = codec::Dec::new(bytes);
+    d.version(1, "drive geometry")?;
+    let limit = |v: u32| (v != u32::MAX).then_some(v);
+    Ok(Geometry {
+        block_size: d.u32()?,
+        zone_size: d.u64()?,
+        zone_capacity: d.u64()?,
+        zone_count: d.u32()?,
+        max_open: limit(d.u32()?),
+        max_active: limit(d.u32()?),
+        max_append_blocks: d.u32()?,
+    })
+}
+
+/// The geometry of every drive the index in `index_dir` has seen, by drive name (empty when
+/// there is no index yet), so that a drive that cannot be reached at start can still be
+/// attached later without losing its id.
+pub fn known_geometries(index_dir: &Path) -> EngineResult<HashMap<String, Geometry>> {
+    let mut known = HashMap::new();
+    if !index_dir.join("CURRENT").exists() {
+        return Ok(known);
+    }
+    let index = Index::open(index_dir)?;
+    for name in registry(&index)? {
+        if let Some(raw) = index.get_raw(cf::META, &geometry_key(&name))? {
+            let geometry = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
+            known.insert(name, geometry);
+        }
+    }
+    Ok(known)
+}
+
+/// The drive names registered in the index in `index_dir` (in drive-id order), so that a
+/// rebuilt index can give every drive the id it had.
+pub fn registered_drives(index_dir: &Path) -> EngineResult<Vec<String>> {
+    let index = Index::open(index_dir)?;
+    registry(&index)
+}

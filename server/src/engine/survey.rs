@@ -1,0 +1,122 @@
+//! Surveying drives: reading their zones at start (or when a drive that was unreachable at
+//! start answers) and checking them against the index.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use zns::{ReportFilter, ZoneState};
+
+use super::commit::{Change, ZoneAccounts};
+use super::drives::Drive;
+use super::error::{EngineError, EngineResult};
+use super::model::{DriveId, ZoneId};
+use super::placement::ZoneSnapshot;
+use super::{EngineInner, Reconciliation};
+
+/// Reads a drive's zones and checks them against the index: zones the index counts data in
+/// but that are empty are reported (or, holding nothing live, queued in `resets` to be recorded
+/// as reset); an index pointing past a write pointer is reported loudly. Returns the snapshot
+/// placement starts from.
+pub(super) async fn survey(
+    drive: &Drive,
+    accounts: &ZoneAccounts,
+    reconciliation: &mut Reconciliation,
+    resets: &mut Vec<ZoneId>,
+) -> EngineResult<Vec<ZoneSnapshot>> {
+    let report = drive
+        .device
+        .report_zones(0, ReportFilter::All, drive.geometry.zone_count as usize)
+        .await
+        .map_err(|source| EngineError::Drive {
+            drive: drive.name.clone(),
+            source,
+        })?;
+    let mut zones = Vec::with_capacity(report.zones.len());
+    for (i, z) in report.zones.iter().enumerate() {
+        let zone = ZoneId {
+            drive: drive.id,
+            zone: i as u32,
+        };
+        let account = accounts.get(zone);
+        let written = match z.state {
+            ZoneState::Full => drive.geometry.zone_capacity,
+            ZoneState::Empty => 0,
+            _ if z.wp == u64::MAX => drive.geometry.zone_capacity,
+            _ => z.wp - z.zslba,
+        };
+        let end = z.zslba + written;
+        if z.state == ZoneState::Empty && (account.max_indexed_end > 0 || account.valid_bytes > 0) {
+            if account.valid_bytes > 0 {
+                tracing::error!(
+                    ?zone,
+                    valid = account.valid_bytes,
+                    "zone is empty on the drive but the index counts live data in it: data lost"
+                );
+                reconciliation.broken_zones.push(zone);
+            } else {
+                resets.push(zone);
+            }
+        } else if account.max_indexed_end > end && z.state != ZoneState::Full {
+            tracing::error!(
+                ?zone,
+                indexed_end = account.max_indexed_end,
+                write_pointer = end,
+                "the index points past the zone's write pointer: acknowledged data may be missing"
+            );
+            reconciliation.broken_zones.push(zone);
+        }
+        let written_bytes = written * drive.block_size();
+        reconciliation.unindexed_bytes += written_bytes.saturating_sub(account.valid_bytes);
+        zones.push(ZoneSnapshot {
+            state: z.state,
+            written,
+        });
+    }
+    Ok(zones)
+}
+
+/// Attaches a drive that was unreachable when the engine opened, once it answers.
+pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: DriveId) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let Some(d) = inner.drives.get(drive).cloned() else {
+            return;
+        };
+        if !d.device.is_available() {
+            continue;
+        }
+        match inner.attach_drive(&d).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(drive = %d.name, "attaching the drive failed: {e}"),
+        }
+    }
+}
+
+impl EngineInner {
+    /// Surveys a drive that was unreachable at start (nothing was written to it since) and
+    /// lets placement, GC and reads use it.
+    async fn attach_drive(&self, drive: &Drive) -> EngineResult<()> {
+        let mut reconciliation = Reconciliation::default();
+        let mut resets = Vec::new();
+        let zones = survey(drive, &self.accounts, &mut reconciliation, &mut resets).await?;
+        for zone in resets {
+            self.committer.submit(Change::ZoneReset(zone)).await?;
+        }
+        let to_finish = self.placement.attach_drive(drive.id, zones);
+        self.finish_zones(to_finish);
+        drive.attached.store(true, Ordering::SeqCst);
+        if !reconciliation.broken_zones.is_empty() {
+            tracing::error!(drive = %drive.name, zones = ?reconciliation.broken_zones, "index and drive disagree; run `zonestore recover --rebuild-index`");
+        }
+        tracing::info!(
+            drive = %drive.name,
+            unindexed_mib = reconciliation.unindexed_bytes >> 20,
+            "drive attached"
+        );
+        Ok(())
+    }
+}
