@@ -1,7 +1,10 @@
 //! NVMe/TCP over loopback against the local emulated drive, the same work in the same run:
 //! 4 KiB random reads at queue depth 32 (IOPS) and 128 KiB sequential Zone Appends, 4 zones with
 //! 4 in flight each (bandwidth). Report fabric/local as ratios: for reads local_time/fabric_time
-//! of the same number of reads, for appends likewise.
+//! of the same number of reads, for appends likewise. A second baseline is the transport alone:
+//! the same exchanges (a 72-byte command capsule out and 4 KiB back; 128 KiB out and a 16-byte
+//! completion back) pipelined over raw loopback TCP connections, as many as the host has I/O
+//! queues, with the same number in flight and no drive behind them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +13,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fabric::host::{HostConfig, NvmeTcpHost};
 use fabric::target::{Target, TargetConfig};
+use raw_tcp::RawTcp;
 use zns::{EmulatedZns, Geometry, ZoneAction, ZoneSelect, ZonedDevice};
 
 const NQN: &str = "nqn.2026-01.io.zonestore:bench";
@@ -119,6 +123,16 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    let raw = rt.block_on(RawTcp::start(2));
+    group.bench_function("raw_tcp_loopback", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                rt.block_on(raw.exchanges(READS, DEPTH, 72, 4096 + 24));
+            }
+            start.elapsed()
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("append_128KiB_4zones_qd16");
@@ -149,6 +163,15 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("raw_tcp_loopback", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                rt.block_on(raw.exchanges(TOTAL / CHUNK, 16, 72 + CHUNK, 16));
+            }
+            start.elapsed()
+        })
+    });
     group.finish();
     rt.block_on(host.close());
 }
@@ -190,6 +213,122 @@ impl ZonedDevice for ShiftedReads {
         max: usize,
     ) -> zns::ZoneResult<zns::ZoneReport> {
         self.inner.report_zones(start, filter, max).await
+    }
+}
+
+/// The transport baseline: request/response exchanges of given sizes, pipelined over raw
+/// loopback TCP connections (responses come back in order on each connection).
+mod raw_tcp {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::OwnedWriteHalf;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{Mutex, oneshot};
+
+    type Waiters = VecDeque<oneshot::Sender<()>>;
+
+    /// Connections to an in-process server that answers each request with as many bytes as
+    /// the request asks for.
+    pub struct RawTcp {
+        connections: Vec<Arc<Mutex<OwnedWriteHalf>>>,
+        waiters: Vec<Arc<std::sync::Mutex<Waiters>>>,
+    }
+
+    impl RawTcp {
+        /// Starts the server and opens `count` connections to it.
+        pub async fn start(count: usize) -> RawTcp {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    socket.set_nodelay(true).expect("nodelay");
+                    tokio::spawn(serve(socket));
+                }
+            });
+            let mut connections = Vec::new();
+            let mut waiters = Vec::new();
+            for _ in 0..count {
+                let socket = TcpStream::connect(address).await.expect("connect");
+                socket.set_nodelay(true).expect("nodelay");
+                let (mut read, write) = socket.into_split();
+                let queue = Arc::new(std::sync::Mutex::new(Waiters::new()));
+                let pending = queue.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 256 << 10];
+                    loop {
+                        let mut header = [0u8; 4];
+                        if read.read_exact(&mut header).await.is_err() {
+                            return;
+                        }
+                        let len = u32::from_le_bytes(header) as usize;
+                        read.read_exact(&mut buf[..len]).await.expect("response");
+                        let waiter = pending.lock().expect("waiters").pop_front();
+                        if let Some(w) = waiter {
+                            let _ = w.send(());
+                        }
+                    }
+                });
+                connections.push(Arc::new(Mutex::new(write)));
+                waiters.push(queue);
+            }
+            RawTcp {
+                connections,
+                waiters,
+            }
+        }
+
+        /// `total` exchanges, `depth` in flight, each sending `request` bytes and receiving
+        /// `response` bytes.
+        pub async fn exchanges(&self, total: usize, depth: usize, request: usize, response: usize) {
+            let mut tasks = Vec::new();
+            for worker in 0..depth {
+                let connection = self.connections[worker % self.connections.len()].clone();
+                let waiters = self.waiters[worker % self.waiters.len()].clone();
+                let mut message = vec![0u8; request.max(8)];
+                message[..4].copy_from_slice(&((request.max(8) - 8) as u32).to_le_bytes());
+                message[4..8].copy_from_slice(&(response as u32).to_le_bytes());
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..total / depth {
+                        let (tx, rx) = oneshot::channel();
+                        {
+                            let mut c = connection.lock().await;
+                            waiters.lock().expect("waiters").push_back(tx);
+                            c.write_all(&message).await.expect("request");
+                        }
+                        rx.await.expect("response");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("worker");
+            }
+        }
+    }
+
+    /// Answers requests (8-byte header: body length, response length; then the body) in order.
+    async fn serve(socket: TcpStream) {
+        let (mut read, mut write) = socket.into_split();
+        let mut body = vec![0u8; 256 << 10];
+        let reply = vec![0u8; 256 << 10];
+        loop {
+            let mut header = [0u8; 8];
+            if read.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let answer = u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+            if read.read_exact(&mut body[..len]).await.is_err() {
+                return;
+            }
+            let mut out = Vec::with_capacity(4 + answer);
+            out.extend_from_slice(&(answer as u32).to_le_bytes());
+            out.extend_from_slice(&reply[..answer]);
+            if write.write_all(&out).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
