@@ -74,14 +74,44 @@ impl Node {
 }
 
 fn gateway(dir: &Path, nodes: &[Node]) -> S3Server {
+    let nodes: Vec<&Node> = nodes.iter().collect();
+    S3Server::start(
+        &dir.join("gateway"),
+        &gateway_args(dir, &nodes)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Runs the gateway expecting it to refuse to start; returns what it printed on stderr.
+fn gateway_fails(dir: &Path, nodes: &[&Node]) -> String {
+    let mut args = vec![
+        "serve".to_string(),
+        "--data".into(),
+        dir.join("gateway").to_str().unwrap().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(gateway_args(dir, nodes));
+    let out = std::process::Command::new(common::zonestore_bin())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the gateway should refuse to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The gateway's flags for `nodes`: R = 3, W = 2, unthrottled repair after a 600 s grace, no
+/// periodic scrub.
+fn gateway_args(dir: &Path, nodes: &[&Node]) -> Vec<String> {
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
         "[replication]\nrepair_grace_secs = 600\nrepair_rate_mib_per_sec = 0\nscrub_interval_hours = 0\n",
     )
     .unwrap();
-    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "--config",
         config.to_str().unwrap(),
         "--host-nqn",
@@ -90,12 +120,14 @@ fn gateway(dir: &Path, nodes: &[Node]) -> S3Server {
         "3",
         "--write-quorum",
         "2",
-    ];
-    for url in &urls {
-        args.push("--target");
-        args.push(url);
+    ]
+    .map(String::from)
+    .to_vec();
+    for node in nodes {
+        args.push("--target".into());
+        args.push(node.url());
     }
-    S3Server::start(&dir.join("gateway"), &args)
+    args
 }
 
 /// Waits until `admin targets` satisfies `done`, returning its output.
@@ -351,6 +383,31 @@ fn drain_moves_everything_off_a_target() {
         file.to_str().unwrap(),
         "s3://drain/late",
     ]);
+    drop(server);
+
+    // Left out of the configuration, a target that still holds data stops the gateway with a
+    // message naming it; the drained one may go.
+    let refused = gateway_fails(dir.path(), &[&nodes[0], &nodes[1], &nodes[3]]);
+    assert!(
+        refused.contains(&nodes[2].nqn) && refused.contains("live bytes but is not configured"),
+        "{refused}"
+    );
+    let server = gateway(dir.path(), &nodes[..3]);
+    let table = server.admin_cli(&["targets"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&nodes[3].nqn) && l.contains("removed")),
+        "{table}"
+    );
+    assert!(
+        table.contains("under-replicated: 0B in 0 records"),
+        "{table}"
+    );
+    server.python("verify_objects.py", &[listing.to_str().unwrap(), "drain"]);
+    let back = dir.path().join("late.back");
+    server.aws_ok(&["s3", "cp", "s3://drain/late", back.to_str().unwrap()]);
+    assert!(same_file(&file, &back));
 }
 
 #[test]

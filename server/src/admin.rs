@@ -345,7 +345,9 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
             Some(_) => "lost",
             None => "local",
         };
-        let state = if drive.draining.load(Ordering::Relaxed) {
+        let state = if drive.removed {
+            "removed"
+        } else if drive.draining.load(Ordering::Relaxed) {
             "draining"
         } else if drive.is_up() {
             "up"

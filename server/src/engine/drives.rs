@@ -32,6 +32,9 @@ pub struct Drive {
     /// Whether the engine knows the drive's zones: false for a drive that could not be reached
     /// when the engine opened, until it answers and has been surveyed.
     pub attached: AtomicBool,
+    /// Whether the drive was removed from the configuration (it held nothing): it keeps its id
+    /// and is never used again.
+    pub removed: bool,
 }
 
 impl std::fmt::Debug for Drive {
@@ -58,6 +61,7 @@ impl Drive {
             draining: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             attached: AtomicBool::new(true),
+            removed: false,
         }
     }
 

@@ -197,7 +197,10 @@ impl Engine {
         let mut reconciliation = Reconciliation::default();
         let mut resets = Vec::new();
         for drive in drives.all() {
-            if drive.device.is_available() {
+            if drive.removed {
+                drive.attached.store(false, Ordering::SeqCst);
+                snapshots.push(None);
+            } else if drive.device.is_available() {
                 let zones =
                     survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await?;
                 snapshots.push(Some(zones));
@@ -239,7 +242,7 @@ impl Engine {
         });
         inner.finish_zones(to_finish);
         for drive in inner.drives.all() {
-            if !drive.attached.load(Ordering::SeqCst) {
+            if !drive.attached.load(Ordering::SeqCst) && !drive.removed {
                 tokio::spawn(survey::attach_when_reachable(
                     Arc::downgrade(&inner),
                     drive.id,

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use zns::{Geometry, ZonedDevice};
+use bytes::Bytes;
+use zns::{
+    Geometry, ReportFilter, ZoneAction, ZoneError, ZoneReport, ZoneResult, ZoneSelect, ZonedDevice,
+};
 
 use super::DriveSpec;
 use super::codec;
@@ -32,11 +35,34 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
             }
         }
     }
-    if let Some(i) = by_id.iter().position(|d| d.is_none()) {
-        return Err(EngineError::InvalidArgument(format!(
-            "drive {} holds data known to the index but is not configured",
-            names[i]
-        )));
+    // A registered drive left out of the configuration may go only if it holds nothing live
+    // (drained, or never used): it keeps its id, as a drive that is gone.
+    let mut removed = vec![false; names.len()];
+    if by_id.iter().any(Option::is_none) {
+        let mut live = vec![0u64; names.len()];
+        for (zone, account) in index.zones()? {
+            if let Some(l) = live.get_mut(usize::from(zone.drive)) {
+                *l += account.valid_bytes;
+            }
+        }
+        for (i, device) in by_id.iter_mut().enumerate() {
+            if device.is_some() {
+                continue;
+            }
+            if live[i] > 0 {
+                return Err(EngineError::InvalidArgument(format!(
+                    "drive {} holds {} live bytes but is not configured: configure it again, or drain it (`zonestore admin drain {}`) and remove it once nothing is left on it",
+                    names[i], live[i], names[i]
+                )));
+            }
+            let geometry = match index.get_raw(cf::META, &geometry_key(&names[i]))? {
+                Some(raw) => decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?,
+                None => Geometry::new(0, 1 << 20),
+            };
+            tracing::info!(drive = %names[i], "drive holds nothing and is no longer configured: removed");
+            *device = Some(Arc::new(RemovedDrive { geometry }));
+            removed[i] = true;
+        }
     }
     let mut e = codec::Enc::new();
     e.u32(names.len() as u32);
@@ -45,8 +71,8 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     }
     let mut batch = rocksdb::WriteBatch::default();
     batch.put_cf(index.cf(cf::META), DRIVES_KEY, e.finish());
-    for (name, device) in names.iter().zip(&by_id) {
-        if let Some(device) = device {
+    for ((name, device), removed) in names.iter().zip(&by_id).zip(&removed) {
+        if let (Some(device), false) = (device, removed) {
             batch.put_cf(
                 index.cf(cf::META),
                 geometry_key(name),
@@ -58,12 +84,59 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     let list = names
         .into_iter()
         .zip(by_id)
+        .zip(removed)
         .enumerate()
-        .map(|(i, (name, device))| {
-            Arc::new(Drive::new(i as u16, name, device.expect("checked above")))
+        .filter_map(|(i, ((name, device), removed))| {
+            let mut drive = Drive::new(i as u16, name, device?);
+            drive.removed = removed;
+            Some(Arc::new(drive))
         })
         .collect();
     Ok(Drives::new(list))
+}
+
+/// Stands in for a drive that was removed from the configuration after it was emptied: never
+/// available, so nothing is placed on it or read from it.
+#[derive(Debug)]
+struct RemovedDrive {
+    geometry: Geometry,
+}
+
+fn removed<T>() -> ZoneResult<T> {
+    Err(ZoneError::Unavailable(
+        "the drive was removed from the configuration".into(),
+    ))
+}
+
+#[async_trait::async_trait]
+impl ZonedDevice for RemovedDrive {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+    fn is_available(&self) -> bool {
+        false
+    }
+    async fn read(&self, _: u64, _: u32) -> ZoneResult<Bytes> {
+        removed()
+    }
+    async fn write(&self, _: u64, _: Bytes) -> ZoneResult<()> {
+        removed()
+    }
+    async fn write_zeroes(&self, _: u64, _: u32) -> ZoneResult<()> {
+        removed()
+    }
+    async fn append(&self, _: u64, _: Bytes) -> ZoneResult<u64> {
+        removed()
+    }
+    async fn flush(&self) -> ZoneResult<()> {
+        removed()
+    }
+    async fn manage_zones(&self, _: ZoneAction, _: ZoneSelect) -> ZoneResult<()> {
+        removed()
+    }
+    async fn report_zones(&self, _: u64, _: ReportFilter, _: usize) -> ZoneResult<ZoneReport> {
+        removed()
+    }
 }
 
 /// The drive names in an index's registry, in drive-id order.
