@@ -564,13 +564,18 @@ impl Index {
         Ok(out)
     }
 
-    /// Calls `visit` with every entry of a column family in key order, until it returns false.
-    pub fn for_each(
+    /// Calls `visit` with the entries of a column family in key order from `start` (inclusive),
+    /// until it returns false.
+    pub fn for_each_from(
         &self,
         cf_name: &str,
+        start: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> IndexResult<()> {
-        for item in self.db.iterator_cf(self.cf(cf_name), IteratorMode::Start) {
+        for item in self.db.iterator_cf(
+            self.cf(cf_name),
+            IteratorMode::From(start, Direction::Forward),
+        ) {
             let (k, v) = item?;
             if !visit(&k, &v) {
                 break;

@@ -32,24 +32,11 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Turns one raw entry of a column family into a located entry.
-type Decoder = dyn Fn(&[u8], &[u8]) -> Option<Located>;
+type Decoder = fn(&[u8], &[u8]) -> Option<Located>;
 
-/// Calls `visit` with every located entry, until it returns false. Entries that do not decode
-/// are skipped (the index reports them where it reads them for clients).
-pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResult<()> {
-    let mut go = true;
-    let mut each = |cf_name: &str, decode: &Decoder| {
-        if !go {
-            return Ok(());
-        }
-        index.for_each(cf_name, |k, v| {
-            if let Some(located) = decode(k, v) {
-                go = visit(located);
-            }
-            go
-        })
-    };
-    each(cf::EXTENTS, &|k, v| {
+/// The column families whose entries name copies, in scan order, with their decoders.
+const SOURCES: [(&str, Decoder); 6] = [
+    (cf::EXTENTS, |k, v| {
         Some(Located {
             what: Relocation::Extent {
                 stream_id: u64_at(k, 0)?,
@@ -57,8 +44,8 @@ pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResul
             },
             copies: Extent::decode(v).ok()?.replicas,
         })
-    })?;
-    each(cf::OBJECTS, &|k, v| {
+    }),
+    (cf::OBJECTS, |k, v| {
         let split = k.iter().position(|&b| b == 0)?;
         let entry = ObjectEntry::decode(v).ok()?;
         Some(Located {
@@ -69,8 +56,8 @@ pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResul
             },
             copies: entry.commit,
         })
-    })?;
-    each(cf::TOMBSTONES, &|k, v| {
+    }),
+    (cf::TOMBSTONES, |k, v| {
         let t = TombstoneEntry::decode(v).ok()?;
         Some(Located {
             what: Relocation::Tombstone {
@@ -80,8 +67,8 @@ pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResul
             },
             copies: t.location,
         })
-    })?;
-    each(cf::BUCKETS, &|k, v| {
+    }),
+    (cf::BUCKETS, |k, v| {
         let b = BucketEntry::decode(v).ok()?;
         Some(Located {
             what: Relocation::Bucket {
@@ -90,16 +77,16 @@ pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResul
             },
             copies: b.location,
         })
-    })?;
-    each(cf::UPLOADS, &|k, v| {
+    }),
+    (cf::UPLOADS, |k, v| {
         Some(Located {
             what: Relocation::Upload {
                 upload_id: u64_at(k, 0)?,
             },
             copies: UploadEntry::decode(v).ok()?.location,
         })
-    })?;
-    each(cf::PARTS, &|k, v| {
+    }),
+    (cf::PARTS, |k, v| {
         let p = PartEntry::decode(v).ok()?;
         Some(Located {
             what: Relocation::Part {
@@ -109,8 +96,59 @@ pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResul
             },
             copies: p.location,
         })
-    })?;
+    }),
+];
+
+/// Calls `visit` with every located entry, until it returns false. Entries that do not decode
+/// are skipped (the index reports them where it reads them for clients).
+pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResult<()> {
+    for (cf_name, decode) in SOURCES {
+        let mut go = true;
+        index.for_each_from(cf_name, &[], |k, v| {
+            if let Some(located) = decode(k, v) {
+                go = visit(located);
+            }
+            go
+        })?;
+        if !go {
+            break;
+        }
+    }
     Ok(())
+}
+
+/// Where a batched scan ([`next_batch`]) goes on from.
+#[derive(Debug, Clone, Default)]
+pub struct Cursor {
+    source: usize,
+    after: Option<Vec<u8>>,
+}
+
+/// Up to `max` located entries after `cursor`, which moves past them; empty at the end. Each
+/// batch reads the index afresh (no iterator is held between batches), so a long, rate-limited
+/// pass keeps memory bounded and pins nothing in RocksDB.
+pub fn next_batch(index: &Index, cursor: &mut Cursor, max: usize) -> IndexResult<Vec<Located>> {
+    let mut out = Vec::new();
+    while let Some((cf_name, decode)) = SOURCES.get(cursor.source) {
+        let after = cursor.after.take();
+        let mut last = None;
+        index.for_each_from(cf_name, after.as_deref().unwrap_or(&[]), |k, v| {
+            if after.as_deref() == Some(k) {
+                return true;
+            }
+            if let Some(located) = decode(k, v) {
+                out.push(located);
+            }
+            last = Some(k.to_vec());
+            out.len() < max
+        })?;
+        if out.len() >= max {
+            cursor.after = last;
+            return Ok(out);
+        }
+        cursor.source += 1;
+    }
+    Ok(out)
 }
 
 /// Whether a record with `header` is the one `what` means.
@@ -147,5 +185,51 @@ pub fn is_record_of(what: &Relocation, header: &Header) -> bool {
                 && header.offset == u64::from(*part_number)
                 && header.seq == *seq
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::index::extent_key;
+
+    #[test]
+    fn batches_cover_every_entry_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        for stream in 1..=5u64 {
+            let e = Extent {
+                length: 10,
+                replicas: vec![],
+            };
+            batch.put_cf(index.cf(cf::EXTENTS), extent_key(stream, 0), e.encode());
+        }
+        index.write(batch, false).unwrap();
+        let mut cursor = Cursor::default();
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            let b = next_batch(&index, &mut cursor, 2).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            sizes.push(b.len());
+            for l in b {
+                match l.what {
+                    Relocation::Extent { stream_id, .. } => seen.push(stream_id),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        assert_eq!(sizes, vec![2, 2, 1]);
+        let mut all = Vec::new();
+        scan(&index, |l| {
+            all.push(l);
+            true
+        })
+        .unwrap();
+        assert_eq!(all.len(), 5);
     }
 }

@@ -455,21 +455,37 @@ impl EngineInner {
     }
 
     async fn scrub_all(&self) -> EngineResult<()> {
-        let scan_index = self.index.clone();
-        let entries = tokio::task::spawn_blocking(move || {
-            let mut v = Vec::new();
-            located::scan(&scan_index, |e| {
-                v.push(e);
-                true
-            })
-            .map(|()| v)
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("scrub scan failed: {e}")))??;
         let rate = self.repair.config.lock().scrub_rate_bytes_per_sec;
         let started = Instant::now();
         let mut read = 0u64;
         let healthy = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
+        let mut cursor = located::Cursor::default();
+        loop {
+            // A batch at a time: memory stays bounded however many entries the index holds.
+            let index = self.index.clone();
+            let (entries, next) = tokio::task::spawn_blocking(move || {
+                located::next_batch(&index, &mut cursor, SCRUB_BATCH).map(|b| (b, cursor))
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("scrub scan failed: {e}")))??;
+            cursor = next;
+            if entries.is_empty() || self.repair.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            self.scrub_entries(entries, rate, started, &mut read, &healthy)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn scrub_entries(
+        &self,
+        entries: Vec<Located>,
+        rate: u64,
+        started: Instant,
+        read: &mut u64,
+        healthy: &impl Fn(&Location) -> bool,
+    ) -> EngineResult<()> {
         for entry in entries {
             if self.repair.closed.load(Ordering::SeqCst) {
                 break;
@@ -480,7 +496,7 @@ impl EngineInner {
                 }
                 let result = self.read_verified(&entry.what, copy).await;
                 let bytes = self.drives.bytes_of(&copy);
-                read += bytes;
+                *read += bytes;
                 {
                     let mut s = self.repair.status.lock();
                     s.scrub_checked += 1;
@@ -501,7 +517,7 @@ impl EngineInner {
                         }
                     }
                 }
-                pace(started, read, rate).await;
+                pace(started, *read, rate).await;
             }
         }
         Ok(())
@@ -560,6 +576,9 @@ impl EngineInner {
         Ok(())
     }
 }
+
+/// Index entries a scrub reads at a time.
+const SCRUB_BATCH: usize = 1024;
 
 /// What to do for one record, given the drives' states.
 fn plan(
