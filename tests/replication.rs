@@ -71,16 +71,24 @@ impl Node {
     fn url(&self) -> String {
         format!("nvme-tcp://127.0.0.1:{}/{}", self.port, self.nqn)
     }
+
+    /// The node's discovery controller, which lists its subsystem.
+    fn discovery_url(&self) -> String {
+        format!("nvme-tcp://127.0.0.1:{}", self.port)
+    }
 }
 
 fn gateway(dir: &Path, nodes: &[Node]) -> S3Server {
-    let nodes: Vec<&Node> = nodes.iter().collect();
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    gateway_for(dir, &urls)
+}
+
+/// The gateway for targets given by URL.
+fn gateway_for(dir: &Path, urls: &[String]) -> S3Server {
+    let args = gateway_args(dir, urls);
     S3Server::start(
         &dir.join("gateway"),
-        &gateway_args(dir, &nodes)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )
 }
 
@@ -93,7 +101,8 @@ fn gateway_fails(dir: &Path, nodes: &[&Node]) -> String {
         "--listen".into(),
         "127.0.0.1:0".into(),
     ];
-    args.extend(gateway_args(dir, nodes));
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    args.extend(gateway_args(dir, &urls));
     let out = std::process::Command::new(common::zonestore_bin())
         .args(&args)
         .output()
@@ -102,9 +111,9 @@ fn gateway_fails(dir: &Path, nodes: &[&Node]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The gateway's flags for `nodes`: R = 3, W = 2, unthrottled repair after a 600 s grace, no
-/// periodic scrub.
-fn gateway_args(dir: &Path, nodes: &[&Node]) -> Vec<String> {
+/// The gateway's flags for targets `urls`: R = 3, W = 2, unthrottled repair after a 600 s
+/// grace, no periodic scrub.
+fn gateway_args(dir: &Path, urls: &[String]) -> Vec<String> {
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -123,9 +132,9 @@ fn gateway_args(dir: &Path, nodes: &[&Node]) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    for node in nodes {
+    for url in urls {
         args.push("--target".into());
-        args.push(node.url());
+        args.push(url.clone());
     }
     args
 }
@@ -416,15 +425,17 @@ fn starts_with_a_target_down_and_attaches_it_when_it_returns() {
     let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
     let before = dir.path().join("before.bin");
     write_random_file(&before, 3_000_000, 21);
+    // The third node is named by its discovery controller, which is down too at the restart.
+    let urls = [nodes[0].url(), nodes[1].url(), nodes[2].discovery_url()];
     {
-        let server = gateway(dir.path(), &nodes);
+        let server = gateway_for(dir.path(), &urls);
         server.aws_ok(&["s3", "mb", "s3://restart"]);
         server.aws_ok(&["s3", "cp", before.to_str().unwrap(), "s3://restart/before"]);
     } // the gateway is killed (SIGKILL) here
 
     // The gateway restarts while a target is down: it serves from the other two.
     nodes[2].kill();
-    let server = gateway(dir.path(), &nodes);
+    let server = gateway_for(dir.path(), &urls);
     let table = server.admin_cli(&["targets"]);
     assert!(
         table

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovered;
 pub mod engine;
 pub mod http;
 pub mod metrics;

@@ -14,6 +14,7 @@ use fabric::spec::logpage::subtype;
 use zns::{EmulatedZns, Geometry, ZonedDevice};
 
 use crate::config::TargetUrl;
+use crate::discovered;
 use crate::engine::DriveSpec;
 use crate::storage_node::{StorageNode, StorageNodeConfig, StorageNodeError};
 
@@ -85,7 +86,7 @@ async fn connect(
     known: &KnownDrives,
     attached: &mut Attached,
 ) -> Result<(), AttachError> {
-    let name = format!("nqn:{nqn}");
+    let name = drive_name(nqn);
     let config = host_config(address, nqn, hostnqn);
     let host = match NvmeTcpHost::connect(config.clone()).await {
         Ok(host) => host,
@@ -153,7 +154,14 @@ pub async fn attach_configured(
     if checked.targets.is_empty() {
         embedded(&config.data_dir, config.embedded.drives, geometry, &hostnqn).await
     } else {
-        attach(&checked.targets, geometry, &hostnqn, known).await
+        attach(
+            &checked.targets,
+            geometry,
+            &hostnqn,
+            known,
+            &config.data_dir,
+        )
+        .await
     }
 }
 
@@ -173,14 +181,18 @@ impl Attached {
 }
 
 /// Attaches configured targets; those in `known` that cannot be reached are attached to
-/// reconnect later.
+/// reconnect later. What discovery controllers list is remembered in `data_dir`, so that the
+/// subsystems of one that does not answer can still be attached that way.
 pub async fn attach(
     targets: &[TargetUrl],
     geometry: Geometry,
     hostnqn: &str,
     known: &KnownDrives,
+    data_dir: &Path,
 ) -> Result<Attached, AttachError> {
     let mut attached = Attached::default();
+    let remembered = discovered::load(data_dir);
+    let mut listed = Vec::new();
     for target in targets {
         match target {
             TargetUrl::NvmeTcp {
@@ -188,25 +200,46 @@ pub async fn attach(
                 nqn: Some(nqn),
             } => connect(*address, nqn, hostnqn, known, &mut attached).await?,
             TargetUrl::NvmeTcp { address, nqn: None } => {
-                let entries = discover(*address, hostnqn, Duration::from_secs(10))
-                    .await
-                    .map_err(|e| AttachError::Target {
-                        target: format!("nvme-tcp://{address}"),
-                        reason: format!("discovery failed: {e}"),
-                    })?;
-                let mut found = 0;
-                for e in entries.iter().filter(|e| e.subtype == subtype::NVM) {
-                    let port: u16 = e.trsvcid.parse().unwrap_or(address.port());
-                    let ip = e.traddr.parse().unwrap_or(address.ip());
-                    let address = SocketAddr::new(ip, port);
-                    connect(address, &e.subnqn, hostnqn, known, &mut attached).await?;
-                    found += 1;
-                }
-                if found == 0 {
+                let via = *address;
+                let subsystems = match discover(via, hostnqn, Duration::from_secs(10)).await {
+                    Ok(entries) => entries
+                        .iter()
+                        .filter(|e| e.subtype == subtype::NVM)
+                        .map(|e| discovered::Listed {
+                            via,
+                            address: SocketAddr::new(
+                                e.traddr.parse().unwrap_or(via.ip()),
+                                e.trsvcid.parse().unwrap_or(via.port()),
+                            ),
+                            nqn: e.subnqn.clone(),
+                        })
+                        .collect::<Vec<_>>(),
+                    Err(e) => {
+                        // Down: what it listed before, for drives the index knows.
+                        let before: Vec<_> = remembered
+                            .iter()
+                            .filter(|l| l.via == via && known.contains_key(&drive_name(&l.nqn)))
+                            .cloned()
+                            .collect();
+                        if before.is_empty() {
+                            return Err(AttachError::Target {
+                                target: format!("nvme-tcp://{via}"),
+                                reason: format!("discovery failed: {e}"),
+                            });
+                        }
+                        tracing::warn!(target = %format!("nvme-tcp://{via}"), "discovery failed ({e}); using the {} subsystem(s) it listed before", before.len());
+                        before
+                    }
+                };
+                if subsystems.is_empty() {
                     return Err(AttachError::Target {
-                        target: format!("nvme-tcp://{address}"),
+                        target: format!("nvme-tcp://{via}"),
                         reason: "the discovery controller lists no subsystem for this host".into(),
                     });
+                }
+                for l in subsystems {
+                    connect(l.address, &l.nqn, hostnqn, known, &mut attached).await?;
+                    listed.push(l);
                 }
             }
             TargetUrl::ZnsFile(path) => {
@@ -224,5 +257,16 @@ pub async fn attach(
             }
         }
     }
+    if !listed.is_empty()
+        && listed != remembered
+        && let Err(e) = discovered::save(data_dir, &listed)
+    {
+        tracing::warn!("remembering what discovery listed failed: {e}");
+    }
     Ok(attached)
+}
+
+/// The engine's name of the drive a subsystem exports (stable across address changes).
+fn drive_name(nqn: &str) -> String {
+    format!("nqn:{nqn}")
 }
