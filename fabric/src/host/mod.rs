@@ -198,24 +198,27 @@ impl NvmeTcpHost {
     pub async fn connect(config: HostConfig) -> Result<NvmeTcpHost, HostError> {
         let session = Arc::new(Session::establish(&config).await?);
         let geometry = session.geometry;
-        let (state, _) = watch::channel(State::Up(session.clone()));
-        let host = NvmeTcpHost {
-            inner: Arc::new(HostInner {
-                config,
-                geometry,
-                state,
-                stats: HostStats::default(),
-            }),
-        };
-        tokio::spawn(supervise(Arc::downgrade(&host.inner), Some(session)));
-        Ok(host)
+        Ok(Self::supervised(config, geometry, Some(session)))
     }
 
     /// A host for a namespace that cannot be reached now but whose geometry is known (from an
     /// earlier connection): it starts down and keeps trying to connect in the background,
     /// coming up once the target answers with that same geometry.
     pub fn connect_later(config: HostConfig, geometry: Geometry) -> NvmeTcpHost {
-        let (state, _) = watch::channel(State::Down("not connected yet".into()));
+        Self::supervised(config, geometry, None)
+    }
+
+    /// A host, up on `session` if there is one, with a task that keeps it connected.
+    fn supervised(
+        config: HostConfig,
+        geometry: Geometry,
+        session: Option<Arc<Session>>,
+    ) -> NvmeTcpHost {
+        let state = match &session {
+            Some(s) => State::Up(s.clone()),
+            None => State::Down("not connected yet".into()),
+        };
+        let (state, _) = watch::channel(state);
         let host = NvmeTcpHost {
             inner: Arc::new(HostInner {
                 config,
@@ -224,7 +227,7 @@ impl NvmeTcpHost {
                 stats: HostStats::default(),
             }),
         };
-        tokio::spawn(supervise(Arc::downgrade(&host.inner), None));
+        tokio::spawn(supervise(Arc::downgrade(&host.inner), session));
         host
     }
 

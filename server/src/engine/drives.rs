@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use zns::{Geometry, ZoneError, ZoneErrorKind, ZonedDevice};
+use zns::{Geometry, ReportFilter, ZoneError, ZoneErrorKind, ZoneReport, ZonedDevice};
 
+use super::error::EngineError;
 use super::model::{DriveId, Location, ZoneId};
 
 /// One drive.
@@ -63,6 +64,17 @@ impl Drive {
             attached: AtomicBool::new(true),
             removed: false,
         }
+    }
+
+    /// The drive's report of all its zones.
+    pub async fn report_all_zones(&self) -> Result<ZoneReport, EngineError> {
+        self.device
+            .report_zones(0, ReportFilter::All, self.geometry.zone_count as usize)
+            .await
+            .map_err(|source| EngineError::Drive {
+                drive: self.name.clone(),
+                source,
+            })
     }
 
     /// Block size in bytes.

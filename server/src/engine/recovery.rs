@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use rocksdb::WriteBatch;
-use zns::{ReportFilter, ZoneState};
+use zns::ZoneState;
 
 use super::DriveSpec;
 use super::drives::Drives;
@@ -121,14 +121,7 @@ pub async fn rebuild(
     let mut upload_names: HashMap<u64, (String, String)> = HashMap::new();
     let mut parts: HashMap<(u64, u32), Versions> = HashMap::new();
     for drive in drives.all() {
-        let zones = drive
-            .device
-            .report_zones(0, ReportFilter::All, drive.geometry.zone_count as usize)
-            .await
-            .map_err(|source| EngineError::Drive {
-                drive: drive.name.clone(),
-                source,
-            })?;
+        let zones = drive.report_all_zones().await?;
         for (i, z) in zones.zones.iter().enumerate() {
             let end_blocks = match z.state {
                 ZoneState::Empty | ZoneState::Offline => continue,

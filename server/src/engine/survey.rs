@@ -5,11 +5,11 @@ use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use zns::{ReportFilter, ZoneState};
+use zns::ZoneState;
 
 use super::commit::{Change, ZoneAccounts};
 use super::drives::Drive;
-use super::error::{EngineError, EngineResult};
+use super::error::EngineResult;
 use super::model::{DriveId, ZoneId};
 use super::placement::ZoneSnapshot;
 use super::{EngineInner, Reconciliation};
@@ -24,14 +24,7 @@ pub(super) async fn survey(
     reconciliation: &mut Reconciliation,
     resets: &mut Vec<ZoneId>,
 ) -> EngineResult<Vec<ZoneSnapshot>> {
-    let report = drive
-        .device
-        .report_zones(0, ReportFilter::All, drive.geometry.zone_count as usize)
-        .await
-        .map_err(|source| EngineError::Drive {
-            drive: drive.name.clone(),
-            source,
-        })?;
+    let report = drive.report_all_zones().await?;
     let mut zones = Vec::with_capacity(report.zones.len());
     for (i, z) in report.zones.iter().enumerate() {
         let zone = ZoneId {
