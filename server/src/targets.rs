@@ -215,10 +215,18 @@ pub async fn attach(
                         })
                         .collect::<Vec<_>>(),
                     Err(e) => {
-                        // Down: what it listed before, for drives the index knows.
-                        let before: Vec<_> = remembered
-                            .iter()
-                            .filter(|l| l.via == via && known.contains_key(&drive_name(&l.nqn)))
+                        // Down: what it listed before, for drives the index knows (the
+                        // rest stays remembered).
+                        let before: Vec<_> = remembered.iter().filter(|l| l.via == via).collect();
+                        listed.extend(
+                            before
+                                .iter()
+                                .filter(|l| !known.contains_key(&drive_name(&l.nqn)))
+                                .map(|l| (*l).clone()),
+                        );
+                        let before: Vec<_> = before
+                            .into_iter()
+                            .filter(|l| known.contains_key(&drive_name(&l.nqn)))
                             .cloned()
                             .collect();
                         if before.is_empty() {

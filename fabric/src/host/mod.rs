@@ -364,13 +364,30 @@ async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Ses
                 return;
             }
             tracing::warn!(address = %inner.config.address, subsystem = %inner.config.subnqn, "NVMe/TCP connection lost ({reason}); reconnecting");
-            inner.state.send_replace(State::Down(reason));
+            if !set_unless_closed(&inner, State::Down(reason)) {
+                return;
+            }
         }
         match reconnect(&host).await {
             Some(s) => session = Some(s),
             None => return,
         }
     }
+}
+
+/// Moves the host to `state` unless it was closed meanwhile; returns whether it did.
+fn set_unless_closed(inner: &HostInner, state: State) -> bool {
+    let mut state = Some(state);
+    inner.state.send_if_modified(|current| {
+        if matches!(current, State::Closed) {
+            return false;
+        }
+        if let Some(next) = state.take() {
+            *current = next;
+        }
+        true
+    });
+    state.is_none()
 }
 
 /// Tries to connect again, with backoff, until it works (the new session, with the host up) or
@@ -386,9 +403,13 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
         match Session::establish(&inner.config).await {
             Ok(s) if s.geometry == inner.geometry => {
                 let s = Arc::new(s);
+                // Closed while connecting: the new session goes too.
+                if !set_unless_closed(&inner, State::Up(s.clone())) {
+                    s.close("host closed");
+                    return None;
+                }
                 inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(address = %inner.config.address, "NVMe/TCP connection restored");
-                inner.state.send_replace(State::Up(s.clone()));
                 return Some(s);
             }
             Ok(s) => {
@@ -398,11 +419,15 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                 };
                 s.close("geometry changed");
                 tracing::error!("{e}");
-                inner.state.send_replace(State::Down(e.to_string()));
+                if !set_unless_closed(&inner, State::Down(e.to_string())) {
+                    return None;
+                }
             }
             Err(e) => {
                 tracing::debug!("reconnect to {} failed: {e}", inner.config.address);
-                inner.state.send_replace(State::Down(e.to_string()));
+                if !set_unless_closed(&inner, State::Down(e.to_string())) {
+                    return None;
+                }
             }
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -1,7 +1,7 @@
 //! Errors of the engine. The S3 front end maps each to an S3 error code and HTTP status in one
 //! place (`crate::s3`).
 
-use zns::ZoneError;
+use zns::{ZoneError, ZoneErrorKind};
 
 use super::index::IndexError;
 
@@ -78,6 +78,17 @@ pub enum EngineError {
     /// The engine is shutting down or a task failed.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl EngineError {
+    /// Whether the error says a drive cannot be reached (as opposed to refusing a command).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            EngineError::Unavailable(_) => true,
+            EngineError::Drive { source, .. } => source.kind() == ZoneErrorKind::Unavailable,
+            _ => false,
+        }
+    }
 }
 
 /// Result of engine operations.

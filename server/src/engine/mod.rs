@@ -177,12 +177,14 @@ impl Engine {
         let block_size = drives
             .all()
             .iter()
+            .filter(|d| !d.removed)
             .map(|d| d.block_size())
             .max()
             .unwrap_or(4096);
         let record_limit = drives
             .all()
             .iter()
+            .filter(|d| !d.removed)
             .map(|d| d.geometry.max_append_bytes())
             .min()
             .unwrap_or(1 << 20);
@@ -200,16 +202,24 @@ impl Engine {
             if drive.removed {
                 drive.attached.store(false, Ordering::SeqCst);
                 snapshots.push(None);
-            } else if drive.device.is_available() {
-                let zones =
-                    survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await?;
-                snapshots.push(Some(zones));
             } else {
-                // Known from an earlier start but unreachable now: the others serve (reads
-                // fail over, writes need W of them) and this one is attached when it answers.
-                tracing::warn!(drive = %drive.name, "drive unreachable: starting without it");
-                drive.attached.store(false, Ordering::SeqCst);
-                snapshots.push(None);
+                let surveyed = if drive.device.is_available() {
+                    survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await
+                } else {
+                    Err(EngineError::Unavailable("not connected".into()))
+                };
+                match surveyed {
+                    Ok(zones) => snapshots.push(Some(zones)),
+                    // Known from an earlier start but unreachable now: the others serve (reads
+                    // fail over, writes need W of them) and this one is attached when it
+                    // answers.
+                    Err(e) if e.is_unavailable() => {
+                        tracing::warn!(drive = %drive.name, "drive unreachable ({e}): starting without it");
+                        drive.attached.store(false, Ordering::SeqCst);
+                        snapshots.push(None);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         let (placement, to_finish) = Placement::new(&drives, snapshots);
@@ -711,17 +721,17 @@ impl Engine {
 
     /// Flushes every drive (used on shutdown).
     pub async fn flush_all(&self) -> EngineResult<()> {
-        for drive in self.inner.drives.all() {
-            drive
-                .device
-                .flush()
-                .await
-                .map_err(|source| EngineError::Drive {
+        let mut first_error = None;
+        for drive in self.inner.drives.all().iter().filter(|d| !d.removed) {
+            // Every drive gets its flush, even after one fails.
+            if let Err(source) = drive.device.flush().await {
+                first_error.get_or_insert(EngineError::Drive {
                     drive: drive.name.clone(),
                     source,
-                })?;
+                });
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Resets every zone of every drive that the engine does not use (for tests).

@@ -16,6 +16,7 @@ use super::codec;
 use super::drives::{Drive, Drives};
 use super::error::{EngineError, EngineResult};
 use super::index::{Index, cf};
+use super::located;
 
 const DRIVES_KEY: &[u8] = b"drives";
 /// META key prefix of a drive's geometry (followed by the drive's name).
@@ -39,20 +40,30 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     // (drained, or never used): it keeps its id, as a drive that is gone.
     let mut removed = vec![false; names.len()];
     if by_id.iter().any(Option::is_none) {
+        // Both the zone accounts and the index entries themselves must say so.
         let mut live = vec![0u64; names.len()];
         for (zone, account) in index.zones()? {
             if let Some(l) = live.get_mut(usize::from(zone.drive)) {
                 *l += account.valid_bytes;
             }
         }
+        let mut records = vec![0u64; names.len()];
+        located::scan(index, |entry| {
+            for copy in &entry.copies {
+                if let Some(r) = records.get_mut(usize::from(copy.drive)) {
+                    *r += 1;
+                }
+            }
+            true
+        })?;
         for (i, device) in by_id.iter_mut().enumerate() {
             if device.is_some() {
                 continue;
             }
-            if live[i] > 0 {
+            if live[i] > 0 || records[i] > 0 {
                 return Err(EngineError::InvalidArgument(format!(
-                    "drive {} holds {} live bytes but is not configured: configure it again, or drain it (`zonestore admin drain {}`) and remove it once nothing is left on it",
-                    names[i], live[i], names[i]
+                    "drive {} holds {} live bytes in {} records but is not configured: configure it again, or drain it (`zonestore admin drain {}`) and remove it once nothing is left on it",
+                    names[i], live[i], records[i], names[i]
                 )));
             }
             let geometry = match index.get_raw(cf::META, &geometry_key(&names[i]))? {
