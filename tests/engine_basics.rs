@@ -22,7 +22,7 @@ async fn objects_round_trip_across_extents_and_restarts() {
             ("small", 10),
             ("block", 4096),
             ("multi", 300_000),
-            ("big", 2_000_000),
+            ("big", 6_000_000),
         ] {
             put(&engine, "b", key, &content(key, 1, len)).await.unwrap();
         }
@@ -31,7 +31,7 @@ async fn objects_round_trip_across_extents_and_restarts() {
             ("small", 10),
             ("block", 4096),
             ("multi", 300_000),
-            ("big", 2_000_000),
+            ("big", 6_000_000),
         ] {
             assert_eq!(
                 get(&engine, "b", key).await.unwrap(),
@@ -40,12 +40,16 @@ async fn objects_round_trip_across_extents_and_restarts() {
             );
         }
         // Ranges that start and end inside extents.
-        let whole = content("big", 1, 2_000_000);
+        let whole = content("big", 1, 6_000_000);
         for (a, b) in [
             (0u64, 1u64),
             (65_000, 200_000),
-            (1_999_999, 2_000_000),
+            (1_999_999, 6_000_000),
             (123_456, 1_234_567),
+            // Across the windows in which extents are looked up (64 records of 64 KiB each).
+            (5_999_999, 6_000_000),
+            (4_000_000, 5_999_999),
+            (100, 5_900_000),
         ] {
             assert_eq!(
                 read_range(&engine, "b", "big", a, b).await.unwrap(),
@@ -58,7 +62,7 @@ async fn objects_round_trip_across_extents_and_restarts() {
     let (engine, _) = open_engine(dir.path(), 1, g, |_| {}).await;
     assert_eq!(
         get(&engine, "b", "big").await.unwrap(),
-        content("big", 1, 2_000_000)
+        content("big", 1, 6_000_000)
     );
     assert_eq!(get(&engine, "b", "empty").await.unwrap(), Vec::<u8>::new());
 }

@@ -16,10 +16,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions,
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions,
 };
 
 use super::model::{
@@ -88,8 +89,42 @@ pub enum IndexError {
     },
 }
 
-/// An extent with its place: (stream id, offset in the stream, extent).
-pub type StreamExtent = (u64, u64, Extent);
+/// A consistent view of the index at one moment, kept by an open object so that it reads the
+/// version it opened even if the object is overwritten or deleted meanwhile.
+pub struct IndexSnapshot {
+    // Declared first so that it is dropped before the index it borrows.
+    snapshot: SnapshotWithThreadMode<'static, DB>,
+    index: Arc<Index>,
+}
+
+impl std::fmt::Debug for IndexSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl IndexSnapshot {
+    /// An object, as of the snapshot.
+    pub fn object(&self, bucket: &str, key: &str) -> IndexResult<Option<ObjectEntry>> {
+        let cf = self.index.cf(cf::OBJECTS);
+        self.snapshot
+            .get_cf(cf, object_key(bucket, key))?
+            .map(|v| ObjectEntry::decode(&v).map_err(corrupt(cf::OBJECTS)))
+            .transpose()
+    }
+
+    /// Up to `max` extents of a stream that hold bytes at or after `from`, in order, as of the
+    /// snapshot: (offset in the stream, extent).
+    pub fn stream_extents(
+        &self,
+        stream_id: u64,
+        from: u64,
+        max: usize,
+    ) -> IndexResult<Vec<(u64, Extent)>> {
+        self.index
+            .stream_extents_from(stream_id, from, max, Some(&self.snapshot))
+    }
+}
 
 /// Result of index operations.
 pub type IndexResult<T> = Result<T, IndexError>;
@@ -253,33 +288,6 @@ impl Index {
             .transpose()
     }
 
-    /// An object with every extent of its streams, read from one snapshot of the index, so
-    /// that the extents are the ones that object had even if it is overwritten meanwhile:
-    /// (stream id, offset in the stream, extent) in object order.
-    pub fn object_with_extents(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> IndexResult<Option<(ObjectEntry, Vec<StreamExtent>)>> {
-        let snapshot = self.db.snapshot();
-        let Some(raw) = snapshot.get_cf(self.cf(cf::OBJECTS), object_key(bucket, key))? else {
-            return Ok(None);
-        };
-        let entry = ObjectEntry::decode(&raw).map_err(corrupt(cf::OBJECTS))?;
-        let mut extents = Vec::new();
-        for stream in &entry.meta.streams {
-            let mut options = ReadOptions::default();
-            options.set_snapshot(&snapshot);
-            let id = stream.stream_id;
-            extents.extend(
-                self.stream_extents_with(id, options)?
-                    .into_iter()
-                    .map(|(offset, extent)| (id, offset, extent)),
-            );
-        }
-        Ok(Some((entry, extents)))
-    }
-
     /// An extent.
     pub fn extent(&self, stream_id: u64, offset: u64) -> IndexResult<Option<Extent>> {
         self.get_raw(cf::EXTENTS, &extent_key(stream_id, offset))?
@@ -289,32 +297,85 @@ impl Index {
 
     /// The extents of a stream, in order: (offset, extent).
     pub fn stream_extents(&self, stream_id: u64) -> IndexResult<Vec<(u64, Extent)>> {
-        self.stream_extents_with(stream_id, ReadOptions::default())
+        self.stream_extents_from(stream_id, 0, usize::MAX, None)
     }
 
-    fn stream_extents_with(
+    /// A consistent view of the index as of now, which an open object keeps for as long as it
+    /// is read (see [`IndexSnapshot`]).
+    pub fn snapshot(self: &Arc<Self>) -> IndexSnapshot {
+        let snapshot = self.db.snapshot();
+        // SAFETY: the snapshot borrows `self.db`. The `IndexSnapshot` also holds an `Arc` of
+        // this index, so the DB outlives the snapshot (an `Arc`'s contents never move), and
+        // its fields drop in declaration order: the snapshot is released first.
+        let snapshot = unsafe {
+            std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(
+                snapshot,
+            )
+        };
+        IndexSnapshot {
+            snapshot,
+            index: self.clone(),
+        }
+    }
+
+    /// Up to `max` extents of a stream that hold bytes at or after `from`, in order (as of
+    /// `snapshot` if given).
+    fn stream_extents_from(
         &self,
         stream_id: u64,
-        mut options: ReadOptions,
+        from: u64,
+        max: usize,
+        snapshot: Option<&SnapshotWithThreadMode<'_, DB>>,
     ) -> IndexResult<Vec<(u64, Extent)>> {
-        options.set_iterate_upper_bound(extent_key(stream_id.saturating_add(1), 0).to_vec());
-        let start = extent_key(stream_id, 0);
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            self.cf(cf::EXTENTS),
-            options,
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            let offset = k
-                .get(8..16)
+        let options = || {
+            let mut o = ReadOptions::default();
+            if let Some(s) = snapshot {
+                o.set_snapshot(s);
+            }
+            o
+        };
+        let cf = self.cf(cf::EXTENTS);
+        let offset_of = |k: &[u8]| {
+            k.get(8..16)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| IndexError::Corrupt {
                     cf: cf::EXTENTS,
                     detail: format!("an extent key of {} bytes", k.len()),
-                })?;
-            out.push((offset, Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?));
+                })
+        };
+        // The extent holding `from` starts at or before it: find it with a reverse seek.
+        let mut start = extent_key(stream_id, 0);
+        if from > 0 {
+            let target = extent_key(stream_id, from);
+            let mut back = self.db.iterator_cf_opt(
+                cf,
+                options(),
+                IteratorMode::From(&target, Direction::Reverse),
+            );
+            if let Some(item) = back.next() {
+                let (k, _) = item?;
+                if k.get(..8) == Some(&stream_id.to_be_bytes()[..]) {
+                    start = extent_key(stream_id, offset_of(&k)?);
+                }
+            }
+        }
+        let mut forward = options();
+        forward.set_iterate_upper_bound(extent_key(stream_id.saturating_add(1), 0).to_vec());
+        let mut out = Vec::new();
+        for item in
+            self.db
+                .iterator_cf_opt(cf, forward, IteratorMode::From(&start, Direction::Forward))
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let offset = offset_of(&k)?;
+            let extent = Extent::decode(&v).map_err(corrupt(cf::EXTENTS))?;
+            if offset + u64::from(extent.length) > from {
+                out.push((offset, extent));
+            }
         }
         Ok(out)
     }

@@ -405,27 +405,17 @@ impl Engine {
     /// Opens an object for reading: its manifest and where its bytes are, as of one moment, so
     /// that reads return that version whole even if it is overwritten or deleted meanwhile.
     pub fn open_object(&self, bucket: &str, key: &str) -> EngineResult<ObjectHandle> {
-        // The ticket comes first: GC then keeps every zone these locations are in until the
-        // handle is dropped (or a stalled client runs out its grace).
+        // The ticket comes first: GC then keeps every zone the snapshot's locations are in
+        // until the handle and its reads are dropped (or a stalled client runs out its grace).
         let ticket = Arc::new(self.inner.gate.enter());
-        match self.inner.index.object_with_extents(bucket, key)? {
-            Some((entry, extents)) => {
-                let mut by_stream: std::collections::HashMap<u64, Range<usize>> =
-                    std::collections::HashMap::new();
-                for (i, (stream, ..)) in extents.iter().enumerate() {
-                    by_stream
-                        .entry(*stream)
-                        .and_modify(|r| r.end = i + 1)
-                        .or_insert(i..i + 1);
-                }
-                Ok(ObjectHandle {
-                    engine: self.inner.clone(),
-                    meta: entry.meta,
-                    extents,
-                    by_stream,
-                    ticket,
-                })
-            }
+        let snapshot = self.inner.index.snapshot();
+        match snapshot.object(bucket, key)? {
+            Some(entry) => Ok(ObjectHandle {
+                engine: self.inner.clone(),
+                meta: entry.meta,
+                snapshot: Arc::new(snapshot),
+                ticket,
+            }),
             None => {
                 self.bucket(bucket)?;
                 Err(EngineError::NoSuchKey {
@@ -825,10 +815,8 @@ impl Engine {
 pub struct ObjectHandle {
     engine: Arc<EngineInner>,
     meta: ObjectMeta,
-    /// (stream id, offset in the stream, extent), in object order.
-    extents: Vec<index::StreamExtent>,
-    /// Where each stream's extents are in `extents`.
-    by_stream: std::collections::HashMap<u64, Range<usize>>,
+    /// The index as of the open: where this version's bytes are.
+    snapshot: Arc<index::IndexSnapshot>,
     ticket: Arc<gate::Ticket>,
 }
 
@@ -836,8 +824,7 @@ impl std::fmt::Debug for ObjectHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectHandle")
             .field("size", &self.meta.size)
-            .field("extents", &self.extents.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -855,10 +842,7 @@ impl ObjectHandle {
                 self.meta.size
             )));
         }
-        let pieces = reader::plan(&self.meta, range, |stream| {
-            let range = self.by_stream.get(&stream).cloned().unwrap_or(0..0);
-            &self.extents[range]
-        })?;
+        let pieces = reader::plan(self.meta.clone(), range, self.snapshot.clone());
         Ok(self.engine.read_stream(pieces, self.ticket.clone()))
     }
 }

@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use super::EngineInner;
 use super::error::{EngineError, EngineResult};
 use super::gate::Ticket;
-use super::index::StreamExtent;
+use super::index::IndexSnapshot;
 use super::model::{Extent, Location, ObjectMeta};
 use super::record::{self, Kind};
 use super::writer::BUDGET_UNIT;
@@ -53,74 +53,142 @@ pub(crate) struct Piece {
 /// A stream of body chunks.
 pub type BodyStream = BoxStream<'static, EngineResult<Bytes>>;
 
-/// The pieces that make up `range` of the object `meta` describes, with `extents_of(stream)`
-/// giving a stream's extents (stream id, offset in the stream, extent) in offset order.
-pub(crate) fn plan<'a>(
-    meta: &ObjectMeta,
+/// Extents looked up at a time while a read goes on.
+const PLAN_WINDOW: usize = 64;
+
+/// The pieces that make up `range` of the object `meta` describes, looked up in `snapshot` a
+/// window at a time as the read goes on (memory does not grow with the object's size). Ends
+/// with an error if the index does not hold every byte of the range.
+pub(crate) fn plan(
+    meta: ObjectMeta,
     range: Range<u64>,
-    extents_of: impl Fn(u64) -> &'a [StreamExtent],
-) -> EngineResult<Vec<Piece>> {
-    let mut pieces = Vec::new();
-    let mut stream_start = 0u64;
-    for s in &meta.streams {
-        let stream_end = stream_start + s.length;
-        if stream_end > range.start && stream_start < range.end {
-            let from = range.start.saturating_sub(stream_start);
-            let to = (range.end - stream_start).min(s.length);
-            for (_, offset, extent) in extents_of(s.stream_id) {
-                let (offset, end) = (*offset, offset + u64::from(extent.length));
-                if end <= from {
-                    continue;
+    snapshot: Arc<IndexSnapshot>,
+) -> impl futures::Stream<Item = EngineResult<Piece>> + Send + 'static {
+    let planner = Planner {
+        meta,
+        range,
+        snapshot,
+        stream: 0,
+        stream_start: 0,
+        resume: None,
+        planned: 0,
+        finished: false,
+    };
+    stream::unfold(planner, |mut p| async move {
+        let window = p.next_window()?;
+        Some((stream::iter(window), p))
+    })
+    .flatten()
+}
+
+/// Walks an object's streams and their extents for one range.
+struct Planner {
+    meta: ObjectMeta,
+    range: Range<u64>,
+    snapshot: Arc<IndexSnapshot>,
+    /// The stream being planned, and where it starts in the object.
+    stream: usize,
+    stream_start: u64,
+    /// Where in the current stream the next window starts (None: at the range's start).
+    resume: Option<u64>,
+    /// Bytes planned so far.
+    planned: u64,
+    finished: bool,
+}
+
+impl Planner {
+    /// The next pieces, or None when the range is covered.
+    fn next_window(&mut self) -> Option<Vec<EngineResult<Piece>>> {
+        if self.finished {
+            return None;
+        }
+        while let Some(s) = self.meta.streams.get(self.stream) {
+            let (id, length) = (s.stream_id, s.length);
+            let stream_end = self.stream_start + length;
+            if stream_end <= self.range.start || self.stream_start >= self.range.end {
+                self.next_stream(stream_end);
+                continue;
+            }
+            let from = self
+                .resume
+                .unwrap_or(self.range.start.saturating_sub(self.stream_start));
+            let to = (self.range.end - self.stream_start).min(length);
+            let extents = match self.snapshot.stream_extents(id, from, PLAN_WINDOW) {
+                Ok(extents) => extents,
+                Err(e) => {
+                    self.finished = true;
+                    return Some(vec![Err(e.into())]);
                 }
+            };
+            let mut pieces = Vec::new();
+            let mut reached = extents.len() < PLAN_WINDOW;
+            for (offset, extent) in extents {
+                let end = offset + u64::from(extent.length);
                 if offset >= to {
+                    reached = true;
                     break;
                 }
-                let a = from.max(offset) - offset;
-                let b = to.min(end) - offset;
-                pieces.push(Piece {
-                    stream_id: s.stream_id,
+                let want = (from.max(offset) - offset) as usize..(to.min(end) - offset) as usize;
+                self.planned += want.len() as u64;
+                self.resume = Some(end);
+                reached |= end >= to;
+                pieces.push(Ok(Piece {
+                    stream_id: id,
                     offset,
-                    extent: extent.clone(),
-                    want: a as usize..b as usize,
-                });
+                    extent,
+                    want,
+                }));
+            }
+            if reached {
+                self.next_stream(stream_end);
+            }
+            if !pieces.is_empty() {
+                return Some(pieces);
             }
         }
-        stream_start = stream_end;
+        self.finished = true;
+        let asked = self.range.end - self.range.start;
+        (self.planned != asked).then(|| {
+            vec![Err(EngineError::Corrupt(format!(
+                "the index holds {} of the {asked} bytes asked for",
+                self.planned
+            )))]
+        })
     }
-    let total: usize = pieces.iter().map(|p| p.want.len()).sum();
-    if total as u64 != range.end - range.start {
-        return Err(EngineError::Corrupt(format!(
-            "the index holds {total} of the {} bytes asked for",
-            range.end - range.start
-        )));
+
+    fn next_stream(&mut self, stream_end: u64) {
+        self.stream += 1;
+        self.stream_start = stream_end;
+        self.resume = None;
     }
-    Ok(pieces)
 }
 
 impl EngineInner {
     /// Streams `pieces`; `ticket` keeps GC from resetting the zones they were planned in.
     pub(crate) fn read_stream(
         self: &Arc<Self>,
-        pieces: Vec<Piece>,
+        pieces: impl futures::Stream<Item = EngineResult<Piece>> + Send + 'static,
         ticket: Arc<Ticket>,
     ) -> BodyStream {
         let engine = self.clone();
         let budget = self.read_budget.clone();
-        let body = stream::iter(pieces)
+        let body = pieces
             // Budget is taken piece by piece in order, so the oldest unsent piece of every
             // stream holding budget has its own: streams never wait on each other in a cycle.
             .then(move |piece| {
                 let budget = budget.clone();
                 async move {
+                    let piece = piece?;
                     let units = (piece.extent.length as usize).div_ceil(BUDGET_UNIT).max(1);
                     let units = units.min(READ_BUDGET / BUDGET_UNIT) as u32;
                     let permit = budget.acquire_many_owned(units).await;
-                    (piece, permit)
+                    Ok((piece, permit))
                 }
             })
-            .map(move |(piece, permit)| {
+            .map(move |planned: EngineResult<_>| {
                 let engine = engine.clone();
                 async move {
+                    let (piece, permit) = planned?;
                     let permit = permit.map_err(|_| {
                         EngineError::Unavailable("the engine is shutting down".into())
                     })?;
