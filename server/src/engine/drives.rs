@@ -66,15 +66,20 @@ impl Drive {
         }
     }
 
+    /// The engine's error for a command this drive failed.
+    pub fn error(&self, source: ZoneError) -> EngineError {
+        EngineError::Drive {
+            drive: self.name.clone(),
+            source,
+        }
+    }
+
     /// The drive's report of all its zones.
     pub async fn report_all_zones(&self) -> Result<ZoneReport, EngineError> {
         self.device
             .report_zones(0, ReportFilter::All, self.geometry.zone_count as usize)
             .await
-            .map_err(|source| EngineError::Drive {
-                drive: self.name.clone(),
-                source,
-            })
+            .map_err(|e| self.error(e))
     }
 
     /// Block size in bytes.

@@ -492,10 +492,7 @@ impl EngineInner {
                 .device
                 .read(zslba + read_to, n as u32)
                 .await
-                .map_err(|source| EngineError::Drive {
-                    drive: drive.name.clone(),
-                    source,
-                })?;
+                .map_err(|e| drive.error(e))?;
             read_to += n;
             buf.extend_from_slice(&bytes);
         }
@@ -518,10 +515,7 @@ impl EngineInner {
             .device
             .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
             .await
-            .map_err(|source| EngineError::Drive {
-                drive: drive.name.clone(),
-                source,
-            })?;
+            .map_err(|e| drive.error(e))?;
         self.committer.submit(Change::ZoneReset(zone)).await?;
         self.placement.reset_done(zone);
         self.stats.zones_reset.fetch_add(1, Ordering::Relaxed);

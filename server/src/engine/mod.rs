@@ -715,10 +715,7 @@ impl Engine {
         for drive in self.inner.drives.all().iter().filter(|d| !d.removed) {
             // Every drive gets its flush, even after one fails.
             if let Err(source) = drive.device.flush().await {
-                first_error.get_or_insert(EngineError::Drive {
-                    drive: drive.name.clone(),
-                    source,
-                });
+                first_error.get_or_insert(drive.error(source));
             }
         }
         first_error.map_or(Ok(()), Err)

@@ -179,6 +179,26 @@ pub async fn rebuild(
             }
         }
     };
+    // A deletion that still hides older records on the drives keeps its tombstone.
+    let put_tombstone = |batch: &mut WriteBatch,
+                         accounts: &mut HashMap<ZoneId, ZoneAccount>,
+                         kind: TombKind,
+                         name: &[u8],
+                         seq: u64,
+                         locations: &[Location],
+                         shadowed: Vec<ZoneStamp>| {
+        let t = TombstoneEntry {
+            seq,
+            location: sorted(locations),
+            shadowed,
+        };
+        count(&t.location, accounts);
+        batch.put_cf(
+            index.cf(cf::TOMBSTONES),
+            index::tombstone_key(kind, name),
+            t.encode(),
+        );
+    };
     let stream_extents = |stream_id: u64, length: u64| -> Option<Vec<(u64, Extent)>> {
         let mut out = Vec::new();
         let mut offset = 0u64;
@@ -215,16 +235,14 @@ pub async fn rebuild(
                 report.buckets += 1;
             }
             _ if !shadowed.is_empty() => {
-                let t = TombstoneEntry {
+                put_tombstone(
+                    &mut batch,
+                    &mut accounts,
+                    TombKind::Bucket,
+                    name.as_bytes(),
                     seq,
-                    location: sorted(locations),
+                    locations,
                     shadowed,
-                };
-                count(&t.location, &mut accounts);
-                batch.put_cf(
-                    index.cf(cf::TOMBSTONES),
-                    index::tombstone_key(TombKind::Bucket, name.as_bytes()),
-                    t.encode(),
                 );
             }
             _ => {}
@@ -272,16 +290,14 @@ pub async fn rebuild(
                 report.objects += 1;
             }
             _ if !shadowed.is_empty() => {
-                let t = TombstoneEntry {
+                put_tombstone(
+                    &mut batch,
+                    &mut accounts,
+                    TombKind::Object,
+                    &okey,
                     seq,
-                    location: sorted(locations),
+                    locations,
                     shadowed,
-                };
-                count(&t.location, &mut accounts);
-                batch.put_cf(
-                    index.cf(cf::TOMBSTONES),
-                    index::tombstone_key(TombKind::Object, &okey),
-                    t.encode(),
                 );
             }
             _ => {}
@@ -364,16 +380,14 @@ pub async fn rebuild(
                 shadowed.sort();
                 shadowed.dedup();
                 if !shadowed.is_empty() {
-                    let t = TombstoneEntry {
+                    put_tombstone(
+                        &mut batch,
+                        &mut accounts,
+                        TombKind::Upload,
+                        &upload_id.to_be_bytes(),
                         seq,
-                        location: sorted(locations),
+                        locations,
                         shadowed,
-                    };
-                    count(&t.location, &mut accounts);
-                    batch.put_cf(
-                        index.cf(cf::TOMBSTONES),
-                        index::tombstone_key(TombKind::Upload, &upload_id.to_be_bytes()),
-                        t.encode(),
                     );
                 }
             }
@@ -465,10 +479,7 @@ async fn scan_zone(
             .device
             .read(zslba + read_to, n as u32)
             .await
-            .map_err(|source| EngineError::Drive {
-                drive: drive.name.clone(),
-                source,
-            })?;
+            .map_err(|e| drive.error(e))?;
         read_to += n;
         buf.extend_from_slice(&bytes);
     }
