@@ -101,6 +101,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<F
     let mut batch = BytesMut::with_capacity(BATCH_LIMIT);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let mut yielded = false;
         while let Some(frame) = next.take() {
             if frame.data.len() <= COALESCE_LIMIT {
                 batch.extend_from_slice(&frame.head);
@@ -134,6 +135,14 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<F
                 break;
             }
             next = rx.try_recv().ok();
+            if next.is_none() && !yielded {
+                // Let the tasks that are ready to run (commands completing, callers
+                // submitting) queue their frames first: under load one write then carries
+                // many PDUs instead of one system call each.
+                yielded = true;
+                tokio::task::yield_now().await;
+                next = rx.try_recv().ok();
+            }
         }
         if !batch.is_empty() {
             if wr.write_all(&batch).await.is_err() {

@@ -669,7 +669,7 @@ impl Connection {
                 .bytes_written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        tokio::spawn(async move {
+        let mut command = Box::pin(async move {
             let stats = &ctx.target.stats;
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let reply = if ctx.qid == 0 {
@@ -689,6 +689,11 @@ impl Connection {
             drop(permit);
             drop(hold);
         });
+        // Most commands finish without waiting (a read the page cache serves, a zone report):
+        // run them here, in order, and spawn a task only for those that must wait.
+        if futures::poll!(command.as_mut()).is_pending() {
+            tokio::spawn(command);
+        }
     }
 
     /// Fabrics Connect (NVMe over Fabrics §3.3): creates a controller (admin queue) or attaches
