@@ -3,6 +3,8 @@
 //! encoded frames in order, coalescing small ones into one write and never copying large data.
 
 use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -51,6 +53,11 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
+    /// Whether bytes received wait to be decoded.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The next PDU, or `None` when the peer closed the connection between PDUs.
     pub async fn next(&mut self) -> Result<Option<Pdu>, ReadError> {
         loop {
@@ -87,22 +94,70 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 pub type FrameSender = mpsc::Sender<Frame>;
 
 /// Starts the task that writes every frame sent on the returned channel to `wr`, in order.
-/// The task ends when all senders are dropped or the connection fails.
-pub fn spawn_writer<W>(wr: W, depth: usize) -> (FrameSender, tokio::task::JoinHandle<()>)
+/// `backlog` tells it when more frames are on their way. The task ends when all senders are
+/// dropped or the connection fails.
+pub fn spawn_writer<W>(
+    wr: W,
+    depth: usize,
+    backlog: Arc<Backlog>,
+) -> (FrameSender, tokio::task::JoinHandle<()>)
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(depth.max(8));
-    let task = tokio::spawn(write_frames(wr, rx));
+    let task = tokio::spawn(write_frames(wr, rx, backlog));
     (tx, task)
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Frame>) {
+/// The work in progress on a connection whose frames are still to come, kept by the
+/// connection's owner for its writer. A writer holding frames waits one scheduler turn for more
+/// only when some are on their way: with many commands in flight the frames of those completing
+/// or being submitted then share one write (one system call instead of one each), and a lone
+/// command pays no extra turn on its round trip.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Commands begun and not yet ended.
+    commands: AtomicUsize,
+    /// Whether received bytes wait to be decoded (more commands are coming).
+    input: AtomicBool,
+}
+
+impl Backlog {
+    /// A command has begun: it will send a frame.
+    pub fn begin(&self) {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A command has ended.
+    pub fn end(&self) {
+        self.commands.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether received bytes wait to be decoded.
+    pub fn set_input_pending(&self, pending: bool) {
+        self.input.store(pending, Ordering::Relaxed);
+    }
+
+    /// Whether more frames are expected than the `queued` ones in hand.
+    fn expects_more(&self, queued: usize) -> bool {
+        self.commands.load(Ordering::Relaxed) > queued || self.input.load(Ordering::Relaxed)
+    }
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Frame>,
+    backlog: Arc<Backlog>,
+) {
     let mut batch = BytesMut::with_capacity(BATCH_LIMIT);
+    // Frames in the previous write: several mean a busy connection, where waiting pays.
+    let mut last_batch = 0;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut yielded = false;
+        let mut frames = 0;
         while let Some(frame) = next.take() {
+            frames += 1;
             if frame.data.len() <= COALESCE_LIMIT {
                 batch.extend_from_slice(&frame.head);
                 batch.extend_from_slice(&frame.data);
@@ -135,7 +190,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<F
                 break;
             }
             next = rx.try_recv().ok();
-            if next.is_none() && !yielded {
+            if next.is_none() && !yielded && (last_batch > 1 || backlog.expects_more(frames)) {
                 // Let the tasks that are ready to run (commands completing, callers
                 // submitting) queue their frames first: under load one write then carries
                 // many PDUs instead of one system call each.
@@ -150,6 +205,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<F
             }
             batch.clear();
         }
+        last_batch = frames;
     }
     let _ = wr.shutdown().await;
 }
@@ -199,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn frames_arrive_in_order_whatever_their_size() {
         let (client, server) = tokio::io::duplex(4096);
-        let (tx, _task) = spawn_writer(client, 16);
+        let (tx, _task) = spawn_writer(client, 16, Arc::default());
         let mut sent = Vec::new();
         let mut frames = Vec::new();
         for i in 0..50u32 {

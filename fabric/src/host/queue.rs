@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::HostError;
 use crate::spec::connect::Connect;
-use crate::transport::{FrameSender, PduReader, ReadError, spawn_writer};
+use crate::transport::{Backlog, FrameSender, PduReader, ReadError, spawn_writer};
 use crate::wire::command::{Cqe, Sqe};
 use crate::wire::digest::Digests;
 use crate::wire::pdu::{
@@ -82,6 +82,8 @@ pub(crate) struct HostQueue {
     in_capsule: usize,
     slots_free: Semaphore,
     slots: Mutex<Slots>,
+    /// Commands in flight, for the writer.
+    backlog: Arc<Backlog>,
     failed: watch::Sender<Option<String>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -105,7 +107,8 @@ impl HostQueue {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let mut reader = PduReader::new(rd, Decoder::new(CONTROLLER_TO_HOST, 16 << 20));
-        let (tx, writer) = spawn_writer(wr, usize::from(params.depth) * 2 + 8);
+        let backlog = Arc::new(Backlog::default());
+        let (tx, writer) = spawn_writer(wr, usize::from(params.depth) * 2 + 8, backlog.clone());
         let icreq = IcReq {
             pfv: 0,
             hpda: 0,
@@ -165,6 +168,7 @@ impl HostQueue {
             maxh2cdata: ic.maxh2cdata as usize,
             in_capsule,
             slots_free: Semaphore::new(depth),
+            backlog,
             slots: Mutex::new(Slots {
                 pending: (0..depth).map(|_| None).collect(),
                 free: (0..depth as u16).rev().collect(),
@@ -237,6 +241,7 @@ impl HostQueue {
                 data_in: Vec::new(),
                 received: 0,
             });
+            self.backlog.begin();
             cid
         };
         sqe.set_cid(cid);
@@ -276,6 +281,7 @@ impl HostQueue {
         let mut slots = self.slots.lock();
         let pending = slots.pending.get_mut(usize::from(cid))?.take()?;
         slots.free.push(cid);
+        self.backlog.end();
         Some(pending)
     }
 
@@ -299,6 +305,7 @@ impl HostQueue {
                 if let Some(p) = slots.pending[cid].take() {
                     drained.push(p);
                     slots.free.push(cid as u16);
+                    self.backlog.end();
                 }
             }
             drained

@@ -10,7 +10,7 @@ use zns::Geometry;
 
 use super::queue::{HostQueue, QueueParams};
 use super::{HostConfig, HostError, admin};
-use crate::spec::connect::{CNTLID_DYNAMIC, Connect};
+use crate::spec::connect::{CATTR_DISABLE_SQFLOW, CNTLID_DYNAMIC, Connect};
 use crate::spec::identify::{self, cns};
 use crate::spec::opcode::{csi, feature, io};
 use crate::spec::zns as report;
@@ -80,7 +80,9 @@ impl Session {
             recfmt: 0,
             qid,
             sqsize,
-            cattr: 0,
+            // The host bounds commands in flight itself, so the controller need not track SQ
+            // heads, and a read's last C2HData can then carry its completion (no CapsuleResp).
+            cattr: CATTR_DISABLE_SQFLOW,
             kato_ms,
             hostid: config.hostid,
             cntlid,

@@ -20,7 +20,7 @@ use super::subsystem::Subsystem;
 use super::{admin, io};
 use crate::spec::connect::{self, CNTLID_DYNAMIC, Connect, invalid_parameter};
 use crate::spec::opcode::{self, admin as admin_op, fctype};
-use crate::transport::{FrameSender, PduReader, ReadError, spawn_writer};
+use crate::transport::{Backlog, FrameSender, PduReader, ReadError, spawn_writer};
 use crate::wire::command::{Cqe, SGL_IN_CAPSULE, SGL_TRANSPORT, Sqe};
 use crate::wire::pdu::{
     CapsuleCmd, CapsuleResp, DataPdu, Decoder, Fes, Framing, HOST_TO_CONTROLLER, IcResp, Pdu,
@@ -186,6 +186,8 @@ struct Connection {
     /// Signalled when a write completes and frees budget.
     r2t_freed: Arc<Notify>,
     next_ttag: u16,
+    /// Commands running and input not yet decoded, for the writer.
+    backlog: Arc<Backlog>,
 }
 
 /// Holds a write's share of the connection's R2T budget until the drive has written it.
@@ -223,7 +225,8 @@ pub(crate) async fn serve_connection(
         .max(config.in_capsule_data)
         .max(config.max_h2c_data) as usize;
     let mut reader = PduReader::new(rd, Decoder::new(HOST_TO_CONTROLLER, max_data));
-    let (tx, writer) = spawn_writer(wr, 1024);
+    let backlog = Arc::new(Backlog::default());
+    let (tx, writer) = spawn_writer(wr, 1024, backlog.clone());
     if let Some(framing) = initialize(&mut reader, &tx, &target, peer).await {
         reader.decoder.framing = Framing {
             digests: framing.digests,
@@ -242,6 +245,7 @@ pub(crate) async fn serve_connection(
             r2t_outstanding: Arc::new(AtomicUsize::new(0)),
             r2t_freed: Arc::new(Notify::new()),
             next_ttag: 0,
+            backlog,
         };
         conn.run(&mut reader, &mut stop).await;
         conn.close();
@@ -361,6 +365,7 @@ impl Connection {
                 }
                 next = reader.next() => next,
             };
+            self.backlog.set_input_pending(reader.has_buffered());
             let result = match next {
                 Ok(Some(Pdu::CapsuleCmd(capsule))) => self.on_capsule(capsule).await,
                 Ok(Some(Pdu::H2CData(data))) => self.on_h2c_data(data).await,
@@ -669,6 +674,8 @@ impl Connection {
                 .bytes_written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
+        let backlog = self.backlog.clone();
+        backlog.begin();
         let mut command = Box::pin(async move {
             let stats = &ctx.target.stats;
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -678,6 +685,7 @@ impl Connection {
                 io::execute(&ctx, &sqe, data).await
             };
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            backlog.end();
             if let Reply::Done {
                 status,
                 result,
