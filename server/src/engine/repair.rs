@@ -143,34 +143,27 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
     };
     let control = &strong.repair;
     let task = tokio::spawn(async move {
-        let mut last_full = Instant::now();
         let mut last_scrub = Instant::now();
-        let mut last_signature = None;
+        let mut last_signature: Option<HealthSignature> = None;
+        // When the last pass ended and how long it took.
+        let mut last_pass: Option<(Instant, Duration)> = None;
         loop {
             let Some(e) = engine.upgrade() else { return };
             if e.repair.closed.load(Ordering::SeqCst) {
                 return;
             }
-            // A pass when something changed, while work is left, and every few minutes.
             let signature = e.health_signature();
-            let pending = {
-                let s = e.repair.status.lock();
-                s.under_replicated_records > 0 || s.draining_bytes > 0
-            };
-            if Some(&signature) != last_signature.as_ref()
-                || pending
-                || last_full.elapsed() > Duration::from_secs(300)
-            {
+            let blocked = e.repair.status.lock().blocked.is_some();
+            if pass_due(&signature, last_signature.as_ref(), last_pass, blocked) {
+                let started = Instant::now();
                 match e.repair_pass().await {
-                    Ok(()) => {
-                        last_signature = Some(signature);
-                        last_full = Instant::now();
-                    }
+                    Ok(()) => last_signature = Some(signature),
                     Err(err) => {
                         tracing::warn!("repair pass failed: {err}");
                         e.repair.status.lock().blocked = Some(err.to_string());
                     }
                 }
+                last_pass = Some((Instant::now(), started.elapsed()));
             }
             let interval = e.repair.config.lock().scrub_interval;
             if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
@@ -181,11 +174,7 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
                     tracing::warn!("scrub pass failed: {err}");
                 }
             }
-            let wait = if pending {
-                Duration::from_secs(2)
-            } else {
-                Duration::from_millis(500)
-            };
+            let wait = Duration::from_millis(500);
             let e2 = e.clone();
             drop(e);
             tokio::select! {
@@ -197,8 +186,45 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
     *control.task.lock() = Some(task);
 }
 
+/// The drives' states and the count of writes made with fewer than R copies.
+#[derive(Debug, PartialEq)]
+struct HealthSignature {
+    drives: Vec<DriveView>,
+    short_writes: u64,
+}
+
+/// Shortest time between two passes that no drive's change asked for.
+const MIN_PASS_GAP: Duration = Duration::from_secs(10);
+/// Longest time between two passes.
+const MAX_PASS_GAP: Duration = Duration::from_secs(300);
+
+/// Whether a repair pass (a scan of the whole index) is due. A drive going down, coming back,
+/// draining or outliving the grace period asks for one at once. New short writes, or a pass
+/// that could not finish, ask for one too, but no sooner than `MIN_PASS_GAP` and ten times the
+/// last pass's length after it: a target down under write load must not keep the gateway busy
+/// scanning a big index. And a pass runs at least every `MAX_PASS_GAP`.
+fn pass_due(
+    now: &HealthSignature,
+    last: Option<&HealthSignature>,
+    last_pass: Option<(Instant, Duration)>,
+    blocked: bool,
+) -> bool {
+    let Some((ended, took)) = last_pass else {
+        return true;
+    };
+    let since = ended.elapsed();
+    let Some(last) = last else {
+        // The last pass failed: try again after a while.
+        return since >= MIN_PASS_GAP;
+    };
+    now.drives != last.drives
+        || ((now.short_writes != last.short_writes || blocked)
+            && since >= MIN_PASS_GAP.max(took * 10))
+        || since >= MAX_PASS_GAP
+}
+
 /// What repair may do with a drive.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct DriveView {
     up: bool,
     draining: bool,
@@ -216,16 +242,14 @@ enum Action {
 }
 
 impl EngineInner {
-    /// Drive states and the count of short writes: when they change, a repair pass is due.
-    fn health_signature(&self) -> (Vec<(bool, bool)>, u64) {
-        let states = self
-            .drives
-            .all()
-            .iter()
-            .map(|d| (d.is_up(), d.draining.load(Ordering::Relaxed)))
-            .collect();
+    /// What decides whether a repair pass is due.
+    fn health_signature(&self) -> HealthSignature {
+        let drives = self.drive_views();
         let short_writes = self.stats.under_replicated_writes.load(Ordering::Relaxed);
-        (states, short_writes)
+        HealthSignature {
+            drives,
+            short_writes,
+        }
     }
 
     fn drive_views(&self) -> Vec<DriveView> {
@@ -241,115 +265,58 @@ impl EngineInner {
             .collect()
     }
 
-    /// One pass over the index: counts what is under-replicated and fixes what can be fixed.
+    /// One pass over the index, a batch at a time: counts what is under-replicated and fixes
+    /// what can be fixed now (memory stays bounded however many entries the index holds).
     async fn repair_pass(&self) -> EngineResult<()> {
         let r = self.replicas();
         let views = self.drive_views();
         let view = |l: &Location| views.get(usize::from(l.drive)).copied();
         let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
-        let index = self.index.clone();
-        let drives = self.drives.clone();
-        // Collect the entries needing attention (bounded per pass).
-        let views_for_scan = views.clone();
-        let (work, under_bytes, under_records, draining_bytes) =
-            tokio::task::spawn_blocking(move || {
-                let view = |l: &Location| views_for_scan.get(usize::from(l.drive)).copied();
-                let mut work = Vec::new();
-                let (mut under_bytes, mut under_records, mut draining_bytes) = (0u64, 0u64, 0u64);
-                let result = located::scan(&index, |entry: Located| {
-                    let bytes = entry.copies.first().map_or(0, |l| drives.bytes_of(l));
-                    let good = entry
-                        .copies
-                        .iter()
-                        .filter(|l| view(l).is_some_and(|v| v.up && !v.draining))
-                        .count();
-                    let on_draining = entry
-                        .copies
-                        .iter()
-                        .any(|l| view(l).is_some_and(|v| v.draining));
-                    if good < r {
-                        under_bytes += bytes;
-                        under_records += 1;
-                    }
-                    if on_draining {
-                        draining_bytes += bytes;
-                    }
-                    if (good < r || on_draining) && work.len() < 100_000 {
-                        work.push(entry);
-                    }
-                    true
-                });
-                result.map(|()| (work, under_bytes, under_records, draining_bytes))
+        let mut progress = Progress {
+            rate: self.repair.config.lock().rate_bytes_per_sec,
+            started: Instant::now(),
+            copied: 0,
+            blocked: None,
+            edits: Vec::new(),
+            left: Tally::default(),
+        };
+        let mut tally = Tally::default();
+        let mut cursor = located::Cursor::default();
+        loop {
+            let (index, drives, batch_views) =
+                (self.index.clone(), self.drives.clone(), views.clone());
+            let (work, counts, next, end) = tokio::task::spawn_blocking(move || {
+                let entries = located::next_batch(&index, &mut cursor, REPAIR_BATCH)?;
+                let end = entries.is_empty();
+                let (work, counts) = triage(entries, r, &batch_views, &drives);
+                Ok::<_, EngineError>((work, counts, cursor, end))
             })
             .await
             .map_err(|e| EngineError::Internal(format!("repair scan failed: {e}")))??;
-
-        let rate = self.repair.config.lock().rate_bytes_per_sec;
-        let started = Instant::now();
-        let mut copied = 0u64;
-        let mut blocked = None;
-        let mut edits: Vec<(Relocation, ReplicaEdit)> = Vec::new();
-        for entry in work {
-            if self.repair.closed.load(Ordering::SeqCst) {
+            cursor = next;
+            tally.add(&counts);
+            if end || self.repair.closed.load(Ordering::SeqCst) {
                 break;
             }
-            for action in plan(&entry, r, &view, &healthy) {
-                let result = match action {
-                    Action::Drop(copy) => {
-                        edits.push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                        self.repair.status.lock().copies_dropped += 1;
-                        Ok(())
-                    }
-                    Action::Copy { replace } => {
-                        match self.copy_record(&entry, replace, &healthy).await {
-                            Ok(Some((edit, bytes))) => {
-                                edits.push((entry.what.clone(), edit));
-                                copied += bytes;
-                                let mut s = self.repair.status.lock();
-                                s.copies_made += 1;
-                                s.bytes_copied += bytes;
-                                Ok(())
-                            }
-                            // Draining, with no other drive to take the copy: drop it if
-                            // another good copy remains (the record is then reported
-                            // under-replicated until a drive is added).
-                            Ok(None)
-                                if replace.is_some()
-                                    && entry
-                                        .copies
-                                        .iter()
-                                        .any(|l| Some(*l) != replace && healthy(l)) =>
-                            {
-                                if let Some(copy) = replace {
-                                    edits.push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                                }
-                                self.repair.status.lock().copies_dropped += 1;
-                                Ok(())
-                            }
-                            Ok(None) => Err("no drive can take another copy".to_string()),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                };
-                if let Err(why) = result {
-                    blocked.get_or_insert(why);
-                    break;
-                }
-                pace(started, copied, rate).await;
-            }
-            if edits.len() >= 64 {
-                self.committer
-                    .submit(Change::Replicas(std::mem::take(&mut edits)))
-                    .await?;
-            }
+            self.repair_entries(work, r, &view, &healthy, &mut progress)
+                .await?;
         }
+        let Progress {
+            started,
+            copied,
+            blocked,
+            edits,
+            left,
+            ..
+        } = progress;
+        tally.add(&left);
         if !edits.is_empty() {
             self.committer.submit(Change::Replicas(edits)).await?;
         }
         let mut s = self.repair.status.lock();
-        s.under_replicated_bytes = under_bytes;
-        s.under_replicated_records = under_records;
-        s.draining_bytes = draining_bytes;
+        s.under_replicated_bytes = tally.under_bytes;
+        s.under_replicated_records = tally.under_records;
+        s.draining_bytes = tally.draining_bytes;
         s.passes += 1;
         if copied > 0 {
             s.last_rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-6);
@@ -366,6 +333,91 @@ impl EngineInner {
             );
         }
         s.blocked = blocked;
+        Ok(())
+    }
+
+    /// Does what `plan` says for each entry of a batch, pacing copies to the rate limit.
+    async fn repair_entries(
+        &self,
+        work: Vec<Work>,
+        r: usize,
+        view: &impl Fn(&Location) -> Option<DriveView>,
+        healthy: &impl Fn(&Location) -> bool,
+        progress: &mut Progress,
+    ) -> EngineResult<()> {
+        for Work {
+            entry,
+            bytes,
+            found,
+        } in work
+        {
+            if self.repair.closed.load(Ordering::SeqCst) {
+                progress.left.add(&found);
+                continue;
+            }
+            // What remains of the entry's problems once its actions are done.
+            let mut left = Tally::default();
+            for action in plan(&entry, r, view, healthy) {
+                let result = match action {
+                    Action::Drop(copy) => {
+                        progress
+                            .edits
+                            .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                        self.repair.status.lock().copies_dropped += 1;
+                        Ok(())
+                    }
+                    Action::Copy { replace } => {
+                        match self.copy_record(&entry, replace, &healthy).await {
+                            Ok(Some((edit, bytes))) => {
+                                progress.edits.push((entry.what.clone(), edit));
+                                progress.copied += bytes;
+                                let mut s = self.repair.status.lock();
+                                s.copies_made += 1;
+                                s.bytes_copied += bytes;
+                                Ok(())
+                            }
+                            // Draining, with no other drive to take the copy: drop it if
+                            // another good copy remains (the record is then reported
+                            // under-replicated until a drive is added).
+                            Ok(None)
+                                if replace.is_some()
+                                    && entry
+                                        .copies
+                                        .iter()
+                                        .any(|l| Some(*l) != replace && healthy(l)) =>
+                            {
+                                if let Some(copy) = replace {
+                                    progress
+                                        .edits
+                                        .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                                }
+                                self.repair.status.lock().copies_dropped += 1;
+                                left = Tally {
+                                    under_bytes: bytes,
+                                    under_records: 1,
+                                    draining_bytes: 0,
+                                };
+                                Ok(())
+                            }
+                            Ok(None) => Err("no drive can take another copy".to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                };
+                if let Err(why) = result {
+                    progress.blocked.get_or_insert(why);
+                    left = found;
+                    break;
+                }
+                pace(progress.started, progress.copied, progress.rate).await;
+            }
+            progress.left.add(&left);
+            if progress.edits.len() >= 64 {
+                self.committer
+                    .submit(Change::Replicas(std::mem::take(&mut progress.edits)))
+                    .await?;
+            }
+        }
         Ok(())
     }
 
@@ -580,6 +632,87 @@ impl EngineInner {
 /// Index entries a scrub reads at a time.
 const SCRUB_BATCH: usize = 1024;
 
+/// Index entries a repair pass reads at a time.
+const REPAIR_BATCH: usize = 1024;
+
+/// What a repair pass counts over the whole index.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    under_bytes: u64,
+    under_records: u64,
+    draining_bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.under_bytes += other.under_bytes;
+        self.under_records += other.under_records;
+        self.draining_bytes += other.draining_bytes;
+    }
+}
+
+/// What a repair pass has done so far.
+struct Progress {
+    /// Copy rate limit, bytes per second (0: none).
+    rate: u64,
+    started: Instant,
+    copied: u64,
+    /// Why something could not be done, the first time it could not.
+    blocked: Option<String>,
+    /// Replica edits not yet committed.
+    edits: Vec<(Relocation, ReplicaEdit)>,
+    /// What the entries acted on still lack after their actions.
+    left: Tally,
+}
+
+/// An entry with something for repair to do now.
+struct Work {
+    entry: Located,
+    /// The size of one copy.
+    bytes: u64,
+    /// What the entry adds to the pass's counts as found.
+    found: Tally,
+}
+
+/// Counts a batch of entries that need nothing now and returns those that do.
+fn triage(
+    entries: Vec<Located>,
+    r: usize,
+    views: &[DriveView],
+    drives: &super::drives::Drives,
+) -> (Vec<Work>, Tally) {
+    let view = |l: &Location| views.get(usize::from(l.drive)).copied();
+    let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
+    let mut tally = Tally::default();
+    let mut work = Vec::new();
+    for entry in entries {
+        let bytes = entry.copies.first().map_or(0, |l| drives.bytes_of(l));
+        let good = entry.copies.iter().filter(|l| healthy(l)).count();
+        let mut found = Tally::default();
+        if good < r {
+            found.under_bytes = bytes;
+            found.under_records = 1;
+        }
+        if entry
+            .copies
+            .iter()
+            .any(|l| view(l).is_some_and(|v| v.draining))
+        {
+            found.draining_bytes = bytes;
+        }
+        if plan(&entry, r, &view, &healthy).is_empty() {
+            tally.add(&found);
+        } else {
+            work.push(Work {
+                entry,
+                bytes,
+                found,
+            });
+        }
+    }
+    (work, tally)
+}
+
 /// What to do for one record, given the drives' states.
 fn plan(
     entry: &Located,
@@ -688,6 +821,70 @@ mod tests {
         draining: true,
         lost: false,
     };
+
+    fn signature(drives: &[DriveView], short_writes: u64) -> HealthSignature {
+        HealthSignature {
+            drives: drives.to_vec(),
+            short_writes,
+        }
+    }
+
+    /// A pass that ended `ago` and took `took`.
+    fn pass(ago: Duration, took: Duration) -> Option<(Instant, Duration)> {
+        Some((Instant::now().checked_sub(ago).expect("uptime"), took))
+    }
+
+    #[test]
+    fn passes_follow_drive_changes_at_once_and_short_writes_at_a_pace() {
+        let second = Duration::from_secs(1);
+        let calm = signature(&[UP, UP, UP], 5);
+        assert!(pass_due(&calm, None, None, false), "the first pass");
+        assert!(!pass_due(&calm, Some(&calm), pass(second, second), false));
+        // A drive goes down, comes back or outlives the grace: at once.
+        let down = signature(&[UP, UP, DOWN], 5);
+        assert!(pass_due(&down, Some(&calm), pass(second, second), false));
+        let lost = signature(&[UP, UP, LOST], 5);
+        assert!(pass_due(&lost, Some(&down), pass(second, second), false));
+        // Writes made short while it is down: not before the gap, which grows with the
+        // length of the last pass.
+        let short = signature(&[UP, UP, DOWN], 9);
+        assert!(!pass_due(&short, Some(&down), pass(second, second), false));
+        assert!(pass_due(
+            &short,
+            Some(&down),
+            pass(11 * second, second),
+            false
+        ));
+        assert!(!pass_due(
+            &short,
+            Some(&down),
+            pass(11 * second, 5 * second),
+            false
+        ));
+        assert!(pass_due(
+            &short,
+            Some(&down),
+            pass(51 * second, 5 * second),
+            false
+        ));
+        // A pass that could not finish is tried again after the gap; a failed one too.
+        assert!(!pass_due(&down, Some(&down), pass(second, second), true));
+        assert!(pass_due(
+            &down,
+            Some(&down),
+            pass(11 * second, second),
+            true
+        ));
+        assert!(!pass_due(&down, None, pass(second, second), false));
+        assert!(pass_due(&down, None, pass(11 * second, second), false));
+        // And now and then regardless.
+        assert!(pass_due(
+            &calm,
+            Some(&calm),
+            pass(301 * second, second),
+            false
+        ));
+    }
 
     #[test]
     fn short_writes_get_their_missing_copies() {
