@@ -1,5 +1,5 @@
 //! `zonestore serve` as a product: the embedded default with no flags at all (through the
-//! fabric, which the metrics prove), the admin CLI, a bad configuration named, SIGTERM and
+//! fabric, which the metrics prove), the admin CLI and its token, a bad configuration named, SIGTERM and
 //! SIGKILL during uploads losing nothing acknowledged, and `recover --rebuild-index`.
 
 #[path = "common/mod.rs"]
@@ -89,6 +89,48 @@ fn serve_with_no_flags_goes_through_the_fabric() {
     assert_eq!(targets.matches("connected").count(), 3, "{targets}");
     let stats = server.admin_cli(&["stats"]);
     assert!(stats.contains("write amplification"), "{stats}");
+
+    // /admin/... needs the token kept in the data directory (owner-only); /metrics, /health and
+    // /ready do not. Run from the directory `serve` ran in, `zonestore admin` finds it alone.
+    let token = data.join("admin-token");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "admin-token is readable by its owner only"
+        );
+    }
+    let (status, body) = common::s3::http_get(&server.admin, "/admin/stats");
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("admin-token"));
+    let admin = |args: &[&str]| {
+        Command::new(zonestore_bin())
+            .current_dir(dir.path())
+            .args(["admin", "--server", &server.admin])
+            .args(args)
+            .env_remove("ZONESTORE_ADMIN_TOKEN")
+            .env_remove("ZONESTORE_DATA")
+            .output()
+            .unwrap()
+    };
+    let found = admin(&["stats"]);
+    assert!(found.status.success(), "{found:?}");
+    assert!(String::from_utf8_lossy(&found.stdout).contains("write amplification"));
+    let wrong = admin(&["--token", "not-the-token-at-all", "stats"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("403"),
+        "{wrong:?}"
+    );
+    assert!(String::from_utf8_lossy(&wrong.stdout).contains("wrong admin token"));
+    let elsewhere = admin(&["--data", "/nonexistent", "targets"]);
+    assert!(!elsewhere.status.success());
+    assert!(
+        String::from_utf8_lossy(&elsewhere.stderr).contains("401"),
+        "{elsewhere:?}"
+    );
 
     server.aws_ok(&["s3", "rm", "--quiet", "s3://first/100m.bin"]);
     server.aws_ok(&["s3", "rb", "s3://first"]);
@@ -180,6 +222,25 @@ fn bad_configuration_is_named() {
     assert!(err.contains("--rebuild-index"), "{err}");
     let err = zonestore_fails(&["admin", "--server", "127.0.0.1:1", "stats"]);
     assert!(err.contains("127.0.0.1:1"), "{err}");
+    // An admin token an operator wrote must not be guessable in a few tries.
+    let short = dir.path().join("short-token");
+    std::fs::create_dir_all(&short).unwrap();
+    std::fs::write(short.join("admin-token"), "secret\n").unwrap();
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        short.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--access-key",
+        "a",
+        "--secret-key",
+        "b",
+    ]);
+    assert!(
+        err.contains("admin-token") && err.contains("at least 16"),
+        "{err}"
+    );
 }
 
 /// Loads the server from 8 threads, stops it with `signal` mid-run, restarts it and checks

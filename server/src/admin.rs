@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fabric::host::NvmeTcpHost;
@@ -37,6 +38,8 @@ pub struct GcJob {
 
 /// What the admin API works on.
 pub struct AdminState {
+    /// The token `/admin/...` requests must carry (`Authorization: Bearer TOKEN`).
+    pub token: String,
     /// The engine.
     pub engine: Engine,
     /// Metrics registry.
@@ -55,12 +58,10 @@ impl std::fmt::Debug for AdminState {
     }
 }
 
-/// The admin router.
+/// The admin router: `/health`, `/ready` and `/metrics` for anyone who can reach the port (load
+/// balancers, Prometheus), `/admin/...` only with the token.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+    let admin = Router::new()
         .route("/admin/zones", get(zones))
         .route("/admin/stats", get(stats))
         .route("/admin/gc", get(gc_status))
@@ -70,7 +71,44 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/targets", get(targets))
         .route("/admin/drain", post(drain))
         .route("/admin/scrub", get(scrub_status).post(scrub_start))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(admin)
         .with_state(state)
+}
+
+/// Lets through only requests that carry the admin token.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => text(
+            StatusCode::UNAUTHORIZED,
+            "the admin API needs the server's admin token (Authorization: Bearer TOKEN): \
+             `zonestore admin` reads it from the server's data directory (--data DIR, file \
+             admin-token) or takes --token\n"
+                .into(),
+        ),
+        Some(token) if !same_secret(token.as_bytes(), state.token.as_bytes()) => {
+            text(StatusCode::FORBIDDEN, "wrong admin token\n".into())
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+/// Compares secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(status: StatusCode, body: String) -> Response {

@@ -1,5 +1,6 @@
 //! `zonestore admin`: a small HTTP/1.1 client for a running server's admin API.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -13,6 +14,12 @@ pub struct AdminArgs {
     /// The server's admin address (`admin:` in `zonestore serve`'s output).
     #[arg(long, default_value = "127.0.0.1:9001", env = "ZONESTORE_ADMIN")]
     server: String,
+    /// The admin token (by default read from the file `admin-token` in --data).
+    #[arg(long, env = "ZONESTORE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The server's data directory, which holds its admin token.
+    #[arg(long, default_value = "zonestore-data", env = "ZONESTORE_DATA")]
+    data: PathBuf,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -55,19 +62,55 @@ enum GcAction {
     },
 }
 
+/// Where the admin API is and how to authenticate to it.
+struct AdminApi {
+    address: String,
+    token: Option<String>,
+}
+
+impl AdminApi {
+    /// The address, and the token from `--token` or the data directory (none if neither has
+    /// one: the server then says what it needs).
+    fn from_args(args: &AdminArgs) -> anyhow::Result<AdminApi> {
+        let token = match &args.token {
+            Some(token) => Some(token.trim().to_string()),
+            None => {
+                let path = zonestore::serve::admin_token_path(&args.data);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(text.trim().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("reading {}", path.display()));
+                    }
+                }
+            }
+        };
+        Ok(AdminApi {
+            address: args.server.clone(),
+            token,
+        })
+    }
+}
+
 /// An answer from the admin API.
 struct Answer {
     status: u16,
     body: String,
 }
 
-async fn request(server: &str, method: &str, path: &str) -> anyhow::Result<Answer> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
+async fn request(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<Answer> {
+    let address = server.address.as_str();
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(address))
         .await
-        .with_context(|| format!("connecting to {server}: timed out"))?
-        .with_context(|| format!("connecting to {server} (is `zonestore serve` running, and is this its admin address?)"))?;
+        .with_context(|| format!("connecting to {address}: timed out"))?
+        .with_context(|| format!("connecting to {address} (is `zonestore serve` running, and is this its admin address?)"))?;
+    let authorization = server
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {server}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(head.as_bytes())
@@ -93,7 +136,7 @@ async fn request(server: &str, method: &str, path: &str) -> anyhow::Result<Answe
     })
 }
 
-async fn show(server: &str, method: &str, path: &str) -> anyhow::Result<()> {
+async fn show(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<()> {
     let answer = request(server, method, path).await?;
     print!("{}", answer.body);
     if answer.status >= 400 {
@@ -104,7 +147,8 @@ async fn show(server: &str, method: &str, path: &str) -> anyhow::Result<()> {
 
 /// Runs an admin command.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let server = args.server.as_str();
+    let api = AdminApi::from_args(&args)?;
+    let server = &api;
     match args.command {
         AdminCommand::Zones => show(server, "GET", "/admin/zones").await,
         AdminCommand::Stats => show(server, "GET", "/admin/stats").await,
@@ -121,7 +165,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 }
 
 /// Starts a GC run and follows it until it ends, printing progress.
-async fn gc_run(server: &str, zones: usize) -> anyhow::Result<()> {
+async fn gc_run(server: &AdminApi, zones: usize) -> anyhow::Result<()> {
     let started = request(server, "POST", &format!("/admin/gc/run?zones={zones}")).await?;
     if started.status >= 400 {
         print!("{}", started.body);
@@ -161,7 +205,7 @@ fn field(body: &str, prefix: &str) -> String {
 }
 
 /// Starts draining `target` and follows it until nothing is left to move.
-async fn drain(server: &str, target: &str) -> anyhow::Result<()> {
+async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
     let path = format!("/admin/drain?target={}", percent_encode(target));
     let started = request(server, "POST", &path).await?;
     if started.status >= 400 {
@@ -195,7 +239,7 @@ async fn drain(server: &str, target: &str) -> anyhow::Result<()> {
 }
 
 /// Starts a scrub pass and waits for it to finish.
-async fn scrub(server: &str) -> anyhow::Result<()> {
+async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
     let before = request(server, "GET", "/admin/scrub").await?;
     let passes = |body: &str| -> u64 {
         field(body, "scrub:")

@@ -237,9 +237,14 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("Zonestore is serving S3.");
     println!("endpoint: {endpoint}");
     println!(
-        "admin: http://{} (/metrics, /health, /ready; `zonestore admin --server {}`)",
+        "admin: http://{} (/metrics, /health, /ready; `zonestore admin --server {} --data {}`)",
         server.admin_addr(),
-        server.admin_addr()
+        server.admin_addr(),
+        config.data_dir.display()
+    );
+    println!(
+        "admin token: in {} (`zonestore admin` needs it for /admin/...)",
+        zonestore::serve::admin_token_path(&config.data_dir).display()
     );
     if server.embedded {
         println!(

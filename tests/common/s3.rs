@@ -225,6 +225,8 @@ impl S3Server {
             .arg("admin")
             .arg("--server")
             .arg(&self.admin)
+            .arg("--data")
+            .arg(&self.data)
             .args(args)
             .output()
             .expect("run zonestore admin");
