@@ -4,6 +4,8 @@
 //!
 //! - PUT and GET throughput of 64 MiB objects from 4 clients;
 //! - ops/s and p99 latency of 4 KiB PUTs and GETs at concurrency 64;
+//! - ops/s and p99 latency of 4 KiB range GETs at random offsets of the 64 MiB objects (`pread`
+//!   of the same files for the baseline) at concurrency 64;
 //!
 //! for three set-ups: the embedded default (3 drives behind NVMe/TCP, R = 3), the same with
 //! R = 1 (the cost of replication), and 3 `zns-file://` drives with R = 3 (the cost of the
@@ -70,6 +72,7 @@ impl Client {
         path: &str,
         body: Body,
         length: usize,
+        range: Option<&str>,
     ) -> (u16, usize) {
         let now = SystemTime::now();
         let amz_date = s3api::time::amz_date(now);
@@ -108,9 +111,13 @@ impl Client {
                     signed.join(";")
                 ),
             )
-            .header("content-length", length)
-            .body(body)
-            .unwrap();
+            .header("content-length", length);
+        let request = match range {
+            Some(r) => request.header("range", r),
+            None => request,
+        }
+        .body(body)
+        .unwrap();
         let response = self.sender.send_request(request).await.expect("request");
         let status = response.status().as_u16();
         let mut body = response.into_body();
@@ -191,6 +198,7 @@ struct Figures {
     get_mibs: f64,
     small_put: Ops,
     small_get: Ops,
+    range_get: Ops,
 }
 
 async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
@@ -201,7 +209,9 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
     ));
     let mut c = Client::connect(address, key.clone()).await;
     assert_eq!(
-        c.send(Method::PUT, "/bench", full(Bytes::new()), 0).await.0,
+        c.send(Method::PUT, "/bench", full(Bytes::new()), 0, None)
+            .await
+            .0,
         200
     );
 
@@ -216,7 +226,7 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
             for i in 0..BIG_PER_CLIENT {
                 let path = format!("/bench/big-{client}-{i}");
                 let (status, _) = c
-                    .send(Method::PUT, &path, streamed(chunk.clone(), BIG), BIG)
+                    .send(Method::PUT, &path, streamed(chunk.clone(), BIG), BIG, None)
                     .await;
                 assert_eq!(status, 200, "PUT {path}");
             }
@@ -233,7 +243,9 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
             let mut c = Client::connect(address, key).await;
             for i in 0..BIG_PER_CLIENT {
                 let path = format!("/bench/big-{client}-{i}");
-                let (status, n) = c.send(Method::GET, &path, full(Bytes::new()), 0).await;
+                let (status, n) = c
+                    .send(Method::GET, &path, full(Bytes::new()), 0, None)
+                    .await;
                 assert_eq!((status, n), (200, BIG), "GET {path}");
             }
         }));
@@ -250,6 +262,7 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
             Method::PUT,
             format!("/bench/small/{worker}/{i}"),
             body.clone(),
+            None,
         )
     })
     .await;
@@ -260,6 +273,18 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
             Method::GET,
             format!("/bench/small/{worker}/{j}"),
             Bytes::new(),
+            None,
+        )
+    })
+    .await;
+    let range_get = small_phase(address, &key, seconds, move |worker, i| {
+        let (object, offset) = random_range(worker, i);
+        let (client, n) = (object / BIG_PER_CLIENT, object % BIG_PER_CLIENT);
+        (
+            Method::GET,
+            format!("/bench/big-{client}-{n}"),
+            Bytes::new(),
+            Some(format!("bytes={offset}-{}", offset + SMALL - 1)),
         )
     })
     .await;
@@ -268,14 +293,28 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
         get_mibs,
         small_put,
         small_get,
+        range_get,
     }
+}
+
+/// Which 64 MiB object and which 4 KiB-aligned offset in it the `i`th range GET of `worker`
+/// reads.
+fn random_range(worker: usize, i: usize) -> (usize, usize) {
+    let x = (worker as u64 + 1)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(i as u64)
+        .wrapping_mul(6364136223846793005)
+        .rotate_left(29);
+    let object = (x % (BIG_CLIENTS * BIG_PER_CLIENT) as u64) as usize;
+    let offset = ((x >> 20) % (BIG / SMALL) as u64) as usize * SMALL;
+    (object, offset)
 }
 
 async fn small_phase(
     address: SocketAddr,
     key: &Arc<Vec<u8>>,
     seconds: u64,
-    op: impl Fn(usize, usize) -> (Method, String, Bytes) + Send + Sync + Clone + 'static,
+    op: impl Fn(usize, usize) -> (Method, String, Bytes, Option<String>) + Send + Sync + Clone + 'static,
 ) -> Ops {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -287,11 +326,16 @@ async fn small_phase(
             let mut latencies = Vec::new();
             let mut i = 0;
             while Instant::now() < deadline {
-                let (method, path, body) = op(worker, i);
+                let (method, path, body, range) = op(worker, i);
                 let len = body.len();
                 let t = Instant::now();
-                let (status, _) = c.send(method.clone(), &path, full(body), len).await;
-                assert_eq!(status, 200, "{method} {path}");
+                let (status, n) = c
+                    .send(method.clone(), &path, full(body), len, range.as_deref())
+                    .await;
+                match range {
+                    Some(_) => assert_eq!((status, n), (206, SMALL), "{method} {path} {range:?}"),
+                    None => assert_eq!(status, 200, "{method} {path}"),
+                }
                 latencies.push(t.elapsed());
                 i += 1;
             }
@@ -381,11 +425,47 @@ fn run_baseline(dir: &Path, seconds: u64) -> Figures {
     };
     let small_put = phase(true, 0);
     let small_get = phase(false, small_put.min_per_worker);
+    let range_get = {
+        use std::os::unix::fs::FileExt;
+        let files: Vec<std::fs::File> = (0..BIG_CLIENTS * BIG_PER_CLIENT)
+            .map(|o| {
+                let (client, i) = (o / BIG_PER_CLIENT, o % BIG_PER_CLIENT);
+                std::fs::File::open(dir.join(format!("big-{client}-{i}"))).unwrap()
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let all: Vec<Vec<Duration>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..CONCURRENCY)
+                .map(|worker| {
+                    let files = &files;
+                    s.spawn(move || {
+                        let mut latencies = Vec::new();
+                        let mut buf = vec![0u8; SMALL];
+                        let mut i = 0;
+                        while Instant::now() < deadline {
+                            let (object, offset) = random_range(worker, i);
+                            let t = Instant::now();
+                            files[object]
+                                .read_exact_at(&mut buf, offset as u64)
+                                .unwrap();
+                            latencies.push(t.elapsed());
+                            i += 1;
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        summarize(all, started.elapsed())
+    };
     Figures {
         put_mibs,
         get_mibs,
         small_put,
         small_get,
+        range_get,
     }
 }
 
@@ -406,6 +486,7 @@ fn report(name: &str, z: &Figures, b: &Figures) {
     for (what, zo, bo) in [
         ("4 KiB PUT", &z.small_put, &b.small_put),
         ("4 KiB GET", &z.small_get, &b.small_get),
+        ("4 KiB range GET", &z.range_get, &b.range_get),
     ] {
         println!(
             "{what}   {:>8.0} ops/s p50 {:>6.2} ms p99 {:>6.2} ms   baseline {:>8.0} ops/s p99 {:>6.2} ms   ratio ops {:.2} p99 {:.2}",
@@ -480,11 +561,12 @@ fn main() {
     }
     if let (Some(fabric), Some(local)) = (get("embedded"), get("zns-file")) {
         println!(
-            "fabric: embedded (NVMe/TCP) / zns-file (direct): 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}",
+            "fabric: embedded (NVMe/TCP) / zns-file (direct): 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
             fabric.put_mibs / local.put_mibs,
             fabric.get_mibs / local.get_mibs,
             fabric.small_put.rate() / local.small_put.rate(),
-            fabric.small_get.rate() / local.small_get.rate()
+            fabric.small_get.rate() / local.small_get.rate(),
+            fabric.range_get.rate() / local.range_get.rate()
         );
     }
 }

@@ -296,3 +296,66 @@ async fn rebuilt_index_equals_the_live_one_after_overwrites_deletes_and_gc() {
     }
     assert!(live.iter().any(|l| l.starts_with("upload")));
 }
+
+/// A small range of a large record is read from the record's header and the chunks the range
+/// covers: damage in a chunk it covers makes it fail over to the other copy (a CRC error),
+/// damage in another chunk of the same record is not even read (scrub is what finds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_ranges_read_and_check_only_their_chunks() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let (engine, _) = open_engine(dir.path(), 2, g, |_| {}).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let whole = content("obj", 1, 1_000_000);
+    put(&engine, "b", "obj", &whole).await.unwrap();
+
+    // Drive 0's copy of object byte 300_010: damage it, and find its record's layout.
+    let path = dir.path().join("drive0/zns.data");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let disk = std::fs::read(&path).unwrap();
+    let at = disk
+        .windows(64)
+        .position(|w| w == &whole[300_000..300_064])
+        .expect("drive 0 holds a copy")
+        + 10;
+    let record = disk[..at]
+        .windows(4)
+        .rposition(|w| w == b"ZSR1")
+        .expect("the record's header");
+    let header_len = u16::from_le_bytes([disk[record + 8], disk[record + 9]]) as usize;
+    let payload_at = at - record - header_len;
+    let chunk = zonestore::engine::record::CHUNK;
+    let record_object_start = 300_010 - payload_at;
+    file.write_all_at(&[disk[at] ^ 0xFF], at as u64).unwrap();
+
+    let crc_errors = || engine.stats().crc_errors.load(Ordering::Relaxed);
+    // Another chunk of the same record: read from either copy without complaint.
+    let other_chunk = if payload_at / chunk == 0 { chunk } else { 0 };
+    let a = (record_object_start + other_chunk + 100) as u64;
+    for _ in 0..20 {
+        assert_eq!(
+            read_range(&engine, "b", "obj", a, a + 100).await.unwrap(),
+            &whole[a as usize..a as usize + 100]
+        );
+    }
+    assert_eq!(crc_errors(), 0, "the damaged chunk was not read");
+    // The damaged chunk: the right bytes still, from the other copy.
+    for _ in 0..20 {
+        assert_eq!(
+            read_range(&engine, "b", "obj", 300_000, 300_100)
+                .await
+                .unwrap(),
+            &whole[300_000..300_100]
+        );
+    }
+    assert!(crc_errors() > 0, "drive 0's copy was tried and refused");
+    assert_eq!(get(&engine, "b", "obj").await.unwrap(), whole);
+    engine.shutdown().await;
+}

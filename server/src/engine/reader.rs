@@ -1,5 +1,6 @@
-//! Reading: an object's bytes are streamed extent by extent, a few extents ahead, each read
-//! whole from one copy and checked (its header says it is the extent wanted, its CRC matches);
+//! Reading: an object's bytes are streamed extent by extent, a few extents ahead, each read from
+//! one copy and checked (its header says it is the extent wanted, its CRCs match) — whole, or,
+//! when a range wants less than half of it, just its header and the chunks the range covers;
 //! on an error, a timeout or a mismatch the next copy is tried, so a client never sees the
 //! fault. Memory per reader is bounded by the read-ahead.
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use super::EngineInner;
+use super::drives::Drive;
 use super::error::{EngineError, EngineResult};
 use super::gate::Ticket;
 use super::index::IndexSnapshot;
@@ -261,30 +263,15 @@ impl EngineInner {
 
     async fn read_copy(&self, piece: &Piece, location: Location) -> Result<Bytes, String> {
         let drive = self.drives.of(&location).ok_or("unknown drive")?;
-        drive.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(
-            READ_TIMEOUT,
-            drive.device.read(location.lba, location.blocks),
-        )
-        .await;
-        drive.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let bytes = match result {
-            Ok(r) => {
-                drive.note(&r);
-                r.map_err(|e| e.to_string())?
-            }
-            Err(_) => return Err(format!("timed out after {READ_TIMEOUT:?}")),
-        };
-        let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
-            if matches!(e, record::RecordError::Checksum { .. }) {
-                self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            e.to_string()
-        })?;
-        let h = &parsed.header;
-        if h.kind != Kind::Data || h.id != piece.stream_id || h.offset != piece.offset {
-            return Err("the record there is not the extent wanted (moved or overwritten)".into());
+        if piece.want.len() * 2 < piece.extent.length as usize
+            && let Some(bytes) = self.read_part(drive, piece, location).await?
+        {
+            return Ok(bytes);
         }
+        let bytes = read_blocks(drive, location.lba, location.blocks).await?;
+        let parsed =
+            record::parse(&bytes, drive.block_size() as usize).map_err(|e| self.record_error(e))?;
+        check_identity(&parsed.header, piece)?;
         let payload =
             parsed.payload.start + piece.want.start..parsed.payload.start + piece.want.end;
         if payload.end > parsed.payload.end {
@@ -292,4 +279,83 @@ impl EngineInner {
         }
         Ok(bytes.slice(payload))
     }
+
+    /// Reads only the header and the chunks covering the wanted part of a record (in one
+    /// read, or two at once when they lie apart). `None`: the record can only be checked
+    /// whole (written without chunk CRCs, or a header longer than the usual bound).
+    async fn read_part(
+        &self,
+        drive: &Drive,
+        piece: &Piece,
+        location: Location,
+    ) -> Result<Option<Bytes>, String> {
+        let block = drive.block_size() as usize;
+        let record_bytes = location.blocks as usize * block;
+        let bound = record::header_bound(record_bytes).min(record_bytes);
+        let head_blocks = bound.div_ceil(block);
+        // The chunks wanted lie somewhere after the fixed header, and before the bound.
+        let chunk = record::CHUNK;
+        let first = piece.want.start / chunk * chunk;
+        let end = (piece.want.end.div_ceil(chunk) * chunk).min(piece.extent.length as usize);
+        let lo = (record::FIXED_HEADER + first) / block;
+        let hi = (bound + end).div_ceil(block).min(location.blocks as usize);
+        let (head, body, body_at) = if lo <= head_blocks {
+            let all = read_blocks(drive, location.lba, hi as u32).await?;
+            (all.clone(), all, 0)
+        } else {
+            let (head, body) = futures::try_join!(
+                read_blocks(drive, location.lba, head_blocks as u32),
+                read_blocks(drive, location.lba + lo as u64, (hi - lo) as u32),
+            )?;
+            (head, body, lo * block)
+        };
+        let view = match record::parse_header(&head, block) {
+            Ok(Some(view)) => view,
+            Ok(None) | Err(record::RecordError::Truncated(_)) => return Ok(None),
+            Err(e) => return Err(self.record_error(e)),
+        };
+        check_identity(&view.header, piece)?;
+        if piece.want.end > view.length {
+            return Err("extent shorter than the index says".into());
+        }
+        let chunks = view.chunks_covering(&piece.want);
+        let span = view.header_len + chunks.start - body_at..view.header_len + chunks.end - body_at;
+        let Some(data) = body.get(span.clone()) else {
+            return Ok(None);
+        };
+        view.check(&chunks, data)
+            .map_err(|e| self.record_error(e))?;
+        let from = span.start + piece.want.start - chunks.start;
+        Ok(Some(body.slice(from..from + piece.want.len())))
+    }
+
+    /// Counts a damaged copy and says what is wrong with it.
+    fn record_error(&self, e: record::RecordError) -> String {
+        if matches!(e, record::RecordError::Checksum { .. }) {
+            self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        e.to_string()
+    }
+}
+
+/// Reads `blocks` blocks at `lba` from `drive`, within the read timeout.
+async fn read_blocks(drive: &Drive, lba: u64, blocks: u32) -> Result<Bytes, String> {
+    drive.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout(READ_TIMEOUT, drive.device.read(lba, blocks)).await;
+    drive.in_flight.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(r) => {
+            drive.note(&r);
+            r.map_err(|e| e.to_string())
+        }
+        Err(_) => Err(format!("timed out after {READ_TIMEOUT:?}")),
+    }
+}
+
+/// Whether the record read is the extent the piece wants.
+fn check_identity(h: &record::Header, piece: &Piece) -> Result<(), String> {
+    if h.kind != Kind::Data || h.id != piece.stream_id || h.offset != piece.offset {
+        return Err("the record there is not the extent wanted (moved or overwritten)".into());
+    }
+    Ok(())
 }

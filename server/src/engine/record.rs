@@ -3,18 +3,23 @@
 //! the zones alone can rebuild the whole index from these records.
 //!
 //! ```text
-//! header, little endian (64 bytes fixed, then the bucket and key):
+//! header, little endian (64 bytes fixed, then the bucket and key, then the chunk table):
 //!   0  magic "ZSR1"            24  write_seq u64  when this copy was written (GC bumps it)
 //!   4  format version u8 (1)   32  id u64         data: stream; commit: version; upload/part: upload
 //!   5  kind u8                 40  offset u64     data: offset in the stream; part: part number
-//!   6  flags u16 (0)           48  length u32     payload bytes
-//!   8  header_len u16          52  crc32 u32      CRC32 of header (this field zero) + payload
-//!  10  bucket_len u16          56  reserved (8)
-//!  12  key_len u16             64  bucket bytes, then key bytes
-//!  14  reserved u16
-//!  16  seq u64                 the entity's sequence number: newer versions have larger ones
+//!   6  flags u16 (1: chunked)  48  length u32     payload bytes
+//!   8  header_len u16          52  crc32 u32      chunked: CRC32 of the header (this field zero);
+//!  10  bucket_len u16                             else: of header (this field zero) + payload
+//!  12  key_len u16             56  chunk_shift u8 chunked: log2 of the payload chunk size
+//!  14  reserved u16            57  reserved (7)
+//!  16  seq u64                 64  bucket bytes, then key bytes
+//! chunked: then the chunk table, a CRC32 u32 per payload chunk (slots beyond the payload zero);
 //! then the payload, then zeros up to a whole number of blocks.
 //! ```
+//!
+//! Records are written chunked: a read of part of a large record reads its header and the
+//! chunks it needs, and checks just those. Records without the flag (written before it existed)
+//! carry one CRC over everything and are read whole.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -24,6 +29,14 @@ pub const MAGIC: &[u8; 4] = b"ZSR1";
 pub const VERSION: u8 = 1;
 /// Length of the fixed part of the header.
 pub const FIXED_HEADER: usize = 64;
+/// Header flag: the header holds a CRC per payload chunk, and its own CRC covers it alone.
+pub const FLAG_CHUNKED: u16 = 1;
+/// log2 of the payload bytes each chunk CRC covers.
+const CHUNK_SHIFT: u8 = 14;
+/// Payload bytes each chunk CRC covers: the unit a partial read reads and checks.
+pub const CHUNK: usize = 1 << CHUNK_SHIFT;
+/// Longest bucket name plus longest key (S3's limits), for bounding a header's length.
+const MAX_NAMES: usize = 63 + 1024;
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,9 +120,22 @@ pub enum RecordError {
     },
 }
 
-/// Bytes a record with these header parts and payload occupies before padding.
-pub fn header_len(bucket: &str, key: &str) -> usize {
-    FIXED_HEADER + bucket.len() + key.len()
+/// Bytes of a header with these names and a chunk table for `capacity` payload bytes.
+fn header_len(bucket: &str, key: &str, capacity: usize) -> usize {
+    FIXED_HEADER + bucket.len() + key.len() + 4 * capacity.div_ceil(CHUNK)
+}
+
+/// The most payload a record for `bucket`/`key` can carry within `limit` bytes, header and
+/// chunk table included (at least 1).
+pub fn payload_capacity(bucket: &str, key: &str, limit: usize) -> usize {
+    let room = limit.saturating_sub(FIXED_HEADER + bucket.len() + key.len());
+    room.saturating_sub(4 * room.div_ceil(CHUNK)).max(1)
+}
+
+/// The longest header a record of `record_bytes` (on the drive) can have: reading this much
+/// from its start is enough to read its header.
+pub fn header_bound(record_bytes: usize) -> usize {
+    FIXED_HEADER + MAX_NAMES + 4 * record_bytes.div_ceil(CHUNK)
 }
 
 /// Bytes a record occupies on the drive: header and payload padded to whole blocks.
@@ -138,12 +164,12 @@ pub struct RecordBuilder {
 impl RecordBuilder {
     /// A builder for a record whose payload holds at most `capacity` bytes.
     pub fn new(header: &Header, capacity: usize, block_size: usize) -> Self {
-        let header_len = header_len(&header.bucket, &header.key);
+        let header_len = header_len(&header.bucket, &header.key, capacity);
         let mut buf = BytesMut::with_capacity(padded_len(header_len, capacity, block_size));
         buf.put_slice(MAGIC);
         buf.put_u8(VERSION);
         buf.put_u8(header.kind as u8);
-        buf.put_u16_le(0);
+        buf.put_u16_le(FLAG_CHUNKED);
         buf.put_u16_le(header_len as u16);
         buf.put_u16_le(header.bucket.len() as u16);
         buf.put_u16_le(header.key.len() as u16);
@@ -154,9 +180,11 @@ impl RecordBuilder {
         buf.put_u64_le(header.offset);
         buf.put_u32_le(0); // length, set by finish
         buf.put_u32_le(0); // crc, set by finish
-        buf.put_bytes(0, 8);
+        buf.put_u8(CHUNK_SHIFT);
+        buf.put_bytes(0, 7);
         buf.put_slice(header.bucket.as_bytes());
         buf.put_slice(header.key.as_bytes());
+        buf.resize(header_len, 0); // the chunk table, set by finish
         RecordBuilder {
             buf,
             header_len,
@@ -180,11 +208,16 @@ impl RecordBuilder {
         &mut self.buf
     }
 
-    /// Sets length and CRC, pads to the block size and returns the record.
+    /// Sets length, chunk CRCs and header CRC, pads to the block size and returns the record.
     pub fn finish(mut self) -> Bytes {
         let length = self.payload_len() as u32;
         self.buf[48..52].copy_from_slice(&length.to_le_bytes());
-        let crc = crc32fast::hash(&self.buf);
+        let table = self.header_len - 4 * self.capacity.div_ceil(CHUNK);
+        let (head, payload) = self.buf.split_at_mut(self.header_len);
+        for (slot, chunk) in head[table..].chunks_exact_mut(4).zip(payload.chunks(CHUNK)) {
+            slot.copy_from_slice(&crc32fast::hash(chunk).to_le_bytes());
+        }
+        let crc = crc32fast::hash(head);
         self.buf[52..56].copy_from_slice(&crc.to_le_bytes());
         let padded = padded_len(self.header_len, length as usize, self.block_size);
         self.buf.resize(padded, 0);
@@ -205,71 +238,239 @@ pub struct Parsed {
     pub crc: u32,
 }
 
-/// Decodes the record at the start of `bytes`, verifying its checksum.
-pub fn parse(bytes: &[u8], block_size: usize) -> Result<Parsed, RecordError> {
-    if bytes.len() < FIXED_HEADER || &bytes[0..4] != MAGIC {
-        return Err(RecordError::NotARecord);
-    }
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    if bytes[4] != VERSION {
-        return Err(RecordError::Malformed(format!(
-            "format version {}",
-            bytes[4]
-        )));
-    }
-    let kind = Kind::from_code(bytes[5])
-        .ok_or_else(|| RecordError::Malformed(format!("kind {}", bytes[5])))?;
-    let header_len = usize::from(u16_at(8));
-    let bucket_len = usize::from(u16_at(10));
-    let key_len = usize::from(u16_at(12));
-    if header_len != FIXED_HEADER + bucket_len + key_len {
-        return Err(RecordError::Malformed(format!(
-            "header length {header_len}"
-        )));
-    }
-    let length = u32_at(48) as usize;
-    let total = header_len + length;
-    if bytes.len() < total {
-        return Err(RecordError::Truncated(padded_len(
-            header_len, length, block_size,
-        )));
-    }
-    let stored = u32_at(52);
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&bytes[..52]);
-    hasher.update(&[0u8; 4]);
-    hasher.update(&bytes[56..total]);
-    let computed = hasher.finalize();
-    if stored != computed {
-        let padded = padded_len(header_len, length, block_size);
-        return Err(RecordError::Checksum {
-            stored,
-            computed,
-            padded,
-        });
-    }
-    let text = |range: std::ops::Range<usize>| {
-        String::from_utf8(bytes[range].to_vec())
-            .map_err(|_| RecordError::Malformed("name is not UTF-8".into()))
-    };
-    let bucket = text(FIXED_HEADER..FIXED_HEADER + bucket_len)?;
-    let key = text(FIXED_HEADER + bucket_len..header_len)?;
-    Ok(Parsed {
-        header: Header {
+/// The fixed part of a header, checked for consistency.
+struct Fixed {
+    kind: Kind,
+    header_len: usize,
+    bucket_len: usize,
+    key_len: usize,
+    length: usize,
+    stored: u32,
+    /// Chunked records: the chunk size.
+    chunk: Option<usize>,
+}
+
+impl Fixed {
+    fn decode(bytes: &[u8]) -> Result<Fixed, RecordError> {
+        if bytes.len() < FIXED_HEADER || &bytes[0..4] != MAGIC {
+            return Err(RecordError::NotARecord);
+        }
+        if bytes[4] != VERSION {
+            return Err(RecordError::Malformed(format!(
+                "format version {}",
+                bytes[4]
+            )));
+        }
+        let kind = Kind::from_code(bytes[5])
+            .ok_or_else(|| RecordError::Malformed(format!("kind {}", bytes[5])))?;
+        let flags = u16_at(bytes, 6);
+        if flags & !FLAG_CHUNKED != 0 {
+            return Err(RecordError::Malformed(format!("flags {flags:#x}")));
+        }
+        let header_len = usize::from(u16_at(bytes, 8));
+        let bucket_len = usize::from(u16_at(bytes, 10));
+        let key_len = usize::from(u16_at(bytes, 12));
+        let length = u32_at(bytes, 48) as usize;
+        let names_end = FIXED_HEADER + bucket_len + key_len;
+        let chunk = if flags & FLAG_CHUNKED != 0 {
+            let shift = bytes[56];
+            if !(9..=24).contains(&shift) {
+                return Err(RecordError::Malformed(format!("chunk shift {shift}")));
+            }
+            let chunk = 1usize << shift;
+            let table = header_len.checked_sub(names_end).unwrap_or(usize::MAX);
+            if !table.is_multiple_of(4) || table / 4 < length.div_ceil(chunk) {
+                return Err(RecordError::Malformed(format!(
+                    "header length {header_len} for {length} payload bytes"
+                )));
+            }
+            Some(chunk)
+        } else {
+            if header_len != names_end {
+                return Err(RecordError::Malformed(format!(
+                    "header length {header_len}"
+                )));
+            }
+            None
+        };
+        Ok(Fixed {
             kind,
-            seq: u64_at(16),
-            write_seq: u64_at(24),
-            id: u64_at(32),
-            offset: u64_at(40),
-            bucket,
-            key,
-        },
-        payload: header_len..total,
-        padded: padded_len(header_len, length, block_size),
-        crc: stored,
+            header_len,
+            bucket_len,
+            key_len,
+            length,
+            stored: u32_at(bytes, 52),
+            chunk,
+        })
+    }
+
+    fn padded(&self, block_size: usize) -> usize {
+        padded_len(self.header_len, self.length, block_size)
+    }
+
+    /// The header fields (`bytes` holds at least the whole header).
+    fn header(&self, bytes: &[u8]) -> Result<Header, RecordError> {
+        let text = |range: std::ops::Range<usize>| {
+            String::from_utf8(bytes[range].to_vec())
+                .map_err(|_| RecordError::Malformed("name is not UTF-8".into()))
+        };
+        let bucket_end = FIXED_HEADER + self.bucket_len;
+        Ok(Header {
+            kind: self.kind,
+            seq: u64_at(bytes, 16),
+            write_seq: u64_at(bytes, 24),
+            id: u64_at(bytes, 32),
+            offset: u64_at(bytes, 40),
+            bucket: text(FIXED_HEADER..bucket_end)?,
+            key: text(bucket_end..bucket_end + self.key_len)?,
+        })
+    }
+
+    /// Checks the CRC of a chunked record's header (`bytes` holds at least the header).
+    fn check_header(&self, bytes: &[u8], block_size: usize) -> Result<(), RecordError> {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes[..52]);
+        hasher.update(&[0u8; 4]);
+        hasher.update(&bytes[56..self.header_len]);
+        self.compare(self.stored, hasher.finalize(), block_size)
+    }
+
+    fn compare(&self, stored: u32, computed: u32, block_size: usize) -> Result<(), RecordError> {
+        if stored == computed {
+            Ok(())
+        } else {
+            Err(RecordError::Checksum {
+                stored,
+                computed,
+                padded: self.padded(block_size),
+            })
+        }
+    }
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes the record at the start of `bytes`, verifying its checksums.
+pub fn parse(bytes: &[u8], block_size: usize) -> Result<Parsed, RecordError> {
+    let fixed = Fixed::decode(bytes)?;
+    let total = fixed.header_len + fixed.length;
+    if bytes.len() < total {
+        return Err(RecordError::Truncated(fixed.padded(block_size)));
+    }
+    match fixed.chunk {
+        Some(chunk) => {
+            fixed.check_header(bytes, block_size)?;
+            let slots = &bytes[fixed.header_len - 4 * slot_count(&fixed)..fixed.header_len];
+            let payload = &bytes[fixed.header_len..total];
+            for (slot, data) in slots.chunks_exact(4).zip(payload.chunks(chunk)) {
+                let stored = u32::from_le_bytes(slot.try_into().expect("4 bytes"));
+                fixed.compare(stored, crc32fast::hash(data), block_size)?;
+            }
+        }
+        None => {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&bytes[..52]);
+            hasher.update(&[0u8; 4]);
+            hasher.update(&bytes[56..total]);
+            fixed.compare(fixed.stored, hasher.finalize(), block_size)?;
+        }
+    }
+    Ok(Parsed {
+        header: fixed.header(bytes)?,
+        payload: fixed.header_len..total,
+        padded: fixed.padded(block_size),
+        crc: fixed.stored,
     })
+}
+
+/// Number of chunk CRC slots in a chunked header.
+fn slot_count(fixed: &Fixed) -> usize {
+    (fixed.header_len - FIXED_HEADER - fixed.bucket_len - fixed.key_len) / 4
+}
+
+/// A chunked record's header, read and checked on its own: enough to read and check any part
+/// of the payload without the rest.
+#[derive(Debug, Clone)]
+pub struct HeaderView {
+    /// The header fields.
+    pub header: Header,
+    /// Where the payload starts in the record.
+    pub header_len: usize,
+    /// Payload bytes.
+    pub length: usize,
+    chunk: usize,
+    table: Vec<u32>,
+}
+
+/// Decodes and checks the header at the start of `bytes` (which need not hold the payload).
+/// `Ok(None)`: the record is not chunked, so it can only be checked whole.
+pub fn parse_header(bytes: &[u8], block_size: usize) -> Result<Option<HeaderView>, RecordError> {
+    let fixed = Fixed::decode(bytes)?;
+    let Some(chunk) = fixed.chunk else {
+        return Ok(None);
+    };
+    if bytes.len() < fixed.header_len {
+        return Err(RecordError::Truncated(fixed.padded(block_size)));
+    }
+    fixed.check_header(bytes, block_size)?;
+    let slots = slot_count(&fixed);
+    let table = bytes[fixed.header_len - 4 * slots..fixed.header_len]
+        .chunks_exact(4)
+        .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+        .collect();
+    Ok(Some(HeaderView {
+        header: fixed.header(bytes)?,
+        header_len: fixed.header_len,
+        length: fixed.length,
+        chunk,
+        table,
+    }))
+}
+
+impl HeaderView {
+    /// The payload range of the whole chunks that cover `want` (a payload range).
+    pub fn chunks_covering(&self, want: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let start = want.start / self.chunk * self.chunk;
+        let end = (want.end.div_ceil(self.chunk) * self.chunk).min(self.length);
+        start..end
+    }
+
+    /// Checks `data`, the payload bytes of `chunks` (a range [`HeaderView::chunks_covering`]
+    /// gave), against the chunk CRCs.
+    pub fn check(&self, chunks: &std::ops::Range<usize>, data: &[u8]) -> Result<(), RecordError> {
+        if !chunks.start.is_multiple_of(self.chunk)
+            || chunks.end > self.length
+            || data.len() != chunks.len()
+        {
+            return Err(RecordError::Malformed(format!(
+                "{} bytes for payload chunks {chunks:?}",
+                data.len()
+            )));
+        }
+        let first = chunks.start / self.chunk;
+        for (i, piece) in data.chunks(self.chunk).enumerate() {
+            let stored = self.table.get(first + i).copied().unwrap_or_default();
+            let computed = crc32fast::hash(piece);
+            if stored != computed {
+                return Err(RecordError::Checksum {
+                    stored,
+                    computed,
+                    padded: 0,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Gives a record a new `write_seq` (a relocated copy), recomputing its CRC.
@@ -277,9 +478,13 @@ pub fn rewrite_seq(record: &[u8], write_seq: u64) -> Bytes {
     let mut buf = BytesMut::from(record);
     buf[24..32].copy_from_slice(&write_seq.to_le_bytes());
     buf[52..56].fill(0);
-    let header_len = usize::from(u16::from_le_bytes([buf[8], buf[9]]));
-    let length = u32::from_le_bytes(buf[48..52].try_into().expect("4 bytes")) as usize;
-    let crc = crc32fast::hash(&buf[..header_len + length]);
+    let header_len = usize::from(u16_at(&buf, 8));
+    let covered = if u16_at(&buf, 6) & FLAG_CHUNKED != 0 {
+        header_len
+    } else {
+        header_len + u32_at(&buf, 48) as usize
+    };
+    let crc = crc32fast::hash(&buf[..covered]);
     buf[52..56].copy_from_slice(&crc.to_le_bytes());
     buf.freeze()
 }
@@ -307,13 +512,167 @@ mod tests {
         assert_eq!(&r[0..4], b"ZSR1");
         assert_eq!(r[4], 1);
         assert_eq!(r[5], Kind::Data as u8);
-        assert_eq!(u16::from_le_bytes([r[8], r[9]]) as usize, 64 + 6 + 12);
+        assert_eq!(u16::from_le_bytes([r[6], r[7]]), FLAG_CHUNKED);
+        // Fixed part, names, one chunk CRC slot.
+        assert_eq!(u16::from_le_bytes([r[8], r[9]]) as usize, 64 + 6 + 12 + 4);
         assert_eq!(u64::from_le_bytes(r[16..24].try_into().unwrap()), 7);
         assert_eq!(u64::from_le_bytes(r[32..40].try_into().unwrap()), 42);
         assert_eq!(u32::from_le_bytes(r[48..52].try_into().unwrap()), 5);
+        assert_eq!(r[56], 14, "16 KiB chunks");
         assert_eq!(&r[64..70], b"photos");
-        assert_eq!(&r[82..87], b"hello");
-        assert!(r[87..].iter().all(|&b| b == 0));
+        assert_eq!(
+            u32::from_le_bytes(r[82..86].try_into().unwrap()),
+            crc32fast::hash(b"hello")
+        );
+        let mut header = r[..86].to_vec();
+        header[52..56].fill(0);
+        assert_eq!(
+            u32::from_le_bytes(r[52..56].try_into().unwrap()),
+            crc32fast::hash(&header)
+        );
+        assert_eq!(&r[86..91], b"hello");
+        assert!(r[91..].iter().all(|&b| b == 0));
+    }
+
+    /// A record as written before chunk CRCs: one CRC over header and payload.
+    fn legacy(header: &Header, payload: &[u8], block_size: usize) -> Vec<u8> {
+        let mut r = encode(header, payload, block_size).to_vec();
+        let old_len = 64 + header.bucket.len() + header.key.len();
+        let table = u16::from_le_bytes([r[8], r[9]]) as usize - old_len;
+        r.drain(old_len..old_len + table);
+        r[6..8].fill(0);
+        r[8..10].copy_from_slice(&(old_len as u16).to_le_bytes());
+        r[52..57].fill(0);
+        let crc = crc32fast::hash(&r[..old_len + payload.len()]);
+        r[52..56].copy_from_slice(&crc.to_le_bytes());
+        r.resize(padded_len(old_len, payload.len(), block_size), 0);
+        r
+    }
+
+    #[test]
+    fn records_written_before_chunk_crcs_still_read() {
+        let payload = vec![5u8; 40_000];
+        let r = legacy(&header(), &payload, 4096);
+        let p = parse(&r, 4096).unwrap();
+        assert_eq!(p.header, header());
+        assert_eq!(&r[p.payload.clone()], &payload[..]);
+        assert!(parse_header(&r, 4096).unwrap().is_none(), "read whole");
+        let moved = rewrite_seq(&r, 77);
+        assert_eq!(parse(&moved, 4096).unwrap().header.write_seq, 77);
+        let mut bad = r.clone();
+        bad[30_000] ^= 4;
+        assert!(matches!(
+            parse(&bad, 4096),
+            Err(RecordError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn part_of_a_record_is_read_and_checked_alone() {
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let r = encode(&header(), &payload, 4096);
+        let view = parse_header(&r[..4096], 4096).unwrap().unwrap();
+        assert_eq!(view.header, header());
+        assert_eq!(view.length, payload.len());
+        let chunks = view.chunks_covering(&(50_000..50_100));
+        assert_eq!(chunks, 49_152..65_536);
+        let at = |c: &std::ops::Range<usize>| view.header_len + c.start..view.header_len + c.end;
+        view.check(&chunks, &r[at(&chunks)]).unwrap();
+        // The last chunk is short.
+        let tail = view.chunks_covering(&(99_000..100_000));
+        assert_eq!(tail, 98_304..100_000);
+        view.check(&tail, &r[at(&tail)]).unwrap();
+        // Damage elsewhere does not matter; damage inside is caught.
+        let mut bad = r.to_vec();
+        bad[view.header_len + 10] ^= 1;
+        view.check(&chunks, &bad[at(&chunks)]).unwrap();
+        bad[view.header_len + 50_050] ^= 1;
+        assert!(matches!(
+            view.check(&chunks, &bad[at(&chunks)]),
+            Err(RecordError::Checksum { .. })
+        ));
+        // So is damage to the header (and its chunk table).
+        let mut bad = r.to_vec();
+        bad[view.header_len - 2] ^= 1;
+        assert!(matches!(
+            parse_header(&bad, 4096),
+            Err(RecordError::Checksum { .. })
+        ));
+        assert!(matches!(
+            parse(&bad, 4096),
+            Err(RecordError::Checksum { .. })
+        ));
+        // A header longer than the bytes given asks for more.
+        assert!(matches!(
+            parse_header(&r[..80], 4096),
+            Err(RecordError::Truncated(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any part of any record reads back through its header and covering chunks, and a
+        /// flipped bit anywhere in the header or those chunks is caught.
+        #[test]
+        fn any_part_reads_back_checked(
+            len in 1usize..150_000,
+            small_blocks in proptest::bool::ANY,
+            a in 0usize..150_000,
+            b in 0usize..150_000,
+            flip in 0usize..200_000,
+        ) {
+            let block = if small_blocks { 512 } else { 4096 };
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            let r = encode(&header(), &payload, block);
+            let (x, y) = (a % len, b % len);
+            let (lo, hi) = (x.min(y), x.max(y) + 1);
+            let head = &r[..header_bound(r.len()).min(r.len())];
+            let view = parse_header(head, block).unwrap().unwrap();
+            let chunks = view.chunks_covering(&(lo..hi));
+            let at = view.header_len + chunks.start..view.header_len + chunks.end;
+            view.check(&chunks, &r[at.clone()]).unwrap();
+            let want = view.header_len + lo..view.header_len + hi;
+            proptest::prop_assert_eq!(&r[want], &payload[lo..hi]);
+            let mut bad = r.to_vec();
+            let spot = flip % bad.len();
+            bad[spot] ^= 1;
+            let in_header = spot < view.header_len;
+            let in_chunks = at.contains(&spot);
+            if in_header {
+                proptest::prop_assert!(parse_header(&bad, block).is_err());
+            } else if in_chunks {
+                proptest::prop_assert!(view.check(&chunks, &bad[at.clone()]).is_err());
+            }
+            if spot < view.header_len + len {
+                proptest::prop_assert!(parse(&bad, block).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn capacity_keeps_records_within_the_limit() {
+        for limit in [8192usize, 65_536, 1 << 20, (1 << 20) + 4096] {
+            for key in ["k", &"x".repeat(1024)] {
+                let capacity = payload_capacity("bucket", key, limit);
+                let h = Header {
+                    key: key.to_string(),
+                    ..header()
+                };
+                let mut b = RecordBuilder::new(&h, capacity, 4096);
+                b.payload_mut().put_bytes(1, capacity);
+                let r = b.finish();
+                assert!(r.len() <= limit, "{} > {limit}", r.len());
+                assert!(
+                    r.len() + 4096 + 4 * 4096 > limit,
+                    "capacity {capacity} wastes room"
+                );
+                assert!(
+                    parse_header(&r[..header_bound(r.len()).min(r.len())], 4096)
+                        .unwrap()
+                        .is_some()
+                );
+            }
+        }
     }
 
     #[test]

@@ -319,11 +319,8 @@ impl PutWriter {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
         };
-        let header_len = record::header_len(&self.bucket, &self.key);
-        let capacity = (self.engine.record_limit as usize)
-            .min(budget_bytes)
-            .saturating_sub(header_len)
-            .max(1);
+        let limit = (self.engine.record_limit as usize).min(budget_bytes);
+        let capacity = record::payload_capacity(&self.bucket, &self.key, limit);
         RecordBuilder::new(&header, capacity, self.engine.block_size as usize)
     }
 
