@@ -225,18 +225,36 @@ fn bad_configuration_is_named() {
     // An admin token an operator wrote must not be guessable in a few tries.
     let short = dir.path().join("short-token");
     std::fs::create_dir_all(&short).unwrap();
-    std::fs::write(short.join("admin-token"), "secret\n").unwrap();
-    let err = zonestore_fails(&[
-        "serve",
-        "--data",
-        short.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--access-key",
-        "a",
-        "--secret-key",
-        "b",
-    ]);
+    let token = short.join("admin-token");
+    std::fs::write(&token, "a-long-enough-token-but-world-readable\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let serve_short = |data: &std::path::Path| {
+        zonestore_fails(&[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--access-key",
+            "a",
+            "--secret-key",
+            "b",
+        ])
+    };
+    let err = serve_short(&short);
+    assert!(
+        err.contains("admin-token") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::write(&token, "secret\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let err = serve_short(&short);
     assert!(
         err.contains("admin-token") && err.contains("at least 16"),
         "{err}"

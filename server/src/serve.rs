@@ -126,6 +126,21 @@ const MIN_ADMIN_TOKEN: usize = 16;
 pub fn admin_token_or_generate(data_dir: &Path) -> Result<String, ServeError> {
     let path = admin_token_path(data_dir);
     if path.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .map_err(io_error(format!("reading {}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(ConfigError {
+                key: path.display().to_string(),
+                problem: format!(
+                    "the admin token file is readable by others (mode {:o}); `chmod 600` it",
+                    mode & 0o777
+                ),
+            }
+            .into());
+        }
         let text = std::fs::read_to_string(&path)
             .map_err(io_error(format!("reading {}", path.display())))?;
         let token = text.trim();

@@ -230,6 +230,11 @@ impl HostQueue {
         let (done_tx, done_rx) = oneshot::channel();
         let cid = {
             let mut slots = self.slots.lock();
+            // `fail` marks the queue failed before it drains the slots under this lock: a
+            // command added after the drain would wait for a completion that never comes.
+            if let Some(reason) = self.failed.borrow().clone() {
+                return Err(HostError::Disconnected(reason));
+            }
             let cid = slots
                 .free
                 .pop()

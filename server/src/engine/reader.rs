@@ -291,7 +291,10 @@ impl EngineInner {
     ) -> Result<Option<Bytes>, String> {
         let block = drive.block_size() as usize;
         let record_bytes = location.blocks as usize * block;
-        let bound = record::header_bound(record_bytes).min(record_bytes);
+        // The chunk table is sized for the most a record can hold, which a short record (an
+        // object's last) can be far below.
+        let largest = record_bytes.max(self.record_limit as usize);
+        let bound = record::header_bound(largest).min(record_bytes);
         let head_blocks = bound.div_ceil(block);
         // The chunks wanted lie somewhere after the fixed header, and before the bound.
         let chunk = record::CHUNK;
@@ -299,6 +302,9 @@ impl EngineInner {
         let end = (piece.want.end.div_ceil(chunk) * chunk).min(piece.extent.length as usize);
         let lo = (record::FIXED_HEADER + first) / block;
         let hi = (bound + end).div_ceil(block).min(location.blocks as usize);
+        if hi <= lo {
+            return Ok(None);
+        }
         let (head, body, body_at) = if lo <= head_blocks {
             let all = read_blocks(drive, location.lba, hi as u32).await?;
             (all.clone(), all, 0)
@@ -318,8 +324,15 @@ impl EngineInner {
         if piece.want.end > view.length {
             return Err("extent shorter than the index says".into());
         }
+        if view.chunk() != chunk {
+            // Written with another chunk size: where its chunks lie was not read.
+            return Ok(None);
+        }
         let chunks = view.chunks_covering(&piece.want);
-        let span = view.header_len + chunks.start - body_at..view.header_len + chunks.end - body_at;
+        let Some(span_start) = (view.header_len + chunks.start).checked_sub(body_at) else {
+            return Ok(None);
+        };
+        let span = span_start..span_start + chunks.len();
         let Some(data) = body.get(span.clone()) else {
             return Ok(None);
         };
@@ -338,11 +351,27 @@ impl EngineInner {
     }
 }
 
+/// Counts a read in flight on a drive while it lives (also when the read is dropped unfinished).
+struct InFlight<'a>(&'a Drive);
+
+impl<'a> InFlight<'a> {
+    fn new(drive: &'a Drive) -> Self {
+        drive.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(drive)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads `blocks` blocks at `lba` from `drive`, within the read timeout.
 async fn read_blocks(drive: &Drive, lba: u64, blocks: u32) -> Result<Bytes, String> {
-    drive.in_flight.fetch_add(1, Ordering::Relaxed);
+    let counted = InFlight::new(drive);
     let result = tokio::time::timeout(READ_TIMEOUT, drive.device.read(lba, blocks)).await;
-    drive.in_flight.fetch_sub(1, Ordering::Relaxed);
+    drop(counted);
     match result {
         Ok(r) => {
             drive.note(&r);

@@ -125,9 +125,14 @@ fn header_len(bucket: &str, key: &str, capacity: usize) -> usize {
     FIXED_HEADER + bucket.len() + key.len() + 4 * capacity.div_ceil(CHUNK)
 }
 
+/// Most payload one record carries, whatever the drive allows (its header length, chunk table
+/// included, must fit 16 bits).
+const MAX_PAYLOAD: usize = 64 << 20;
+
 /// The most payload a record for `bucket`/`key` can carry within `limit` bytes, header and
-/// chunk table included (at least 1).
+/// chunk table included (at least 1, at most 64 MiB).
 pub fn payload_capacity(bucket: &str, key: &str, limit: usize) -> usize {
+    let limit = limit.min(MAX_PAYLOAD);
     let room = limit.saturating_sub(FIXED_HEADER + bucket.len() + key.len());
     room.saturating_sub(4 * room.div_ceil(CHUNK)).max(1)
 }
@@ -165,6 +170,7 @@ impl RecordBuilder {
     /// A builder for a record whose payload holds at most `capacity` bytes.
     pub fn new(header: &Header, capacity: usize, block_size: usize) -> Self {
         let header_len = header_len(&header.bucket, &header.key, capacity);
+        debug_assert!(header_len <= usize::from(u16::MAX), "header too long");
         let mut buf = BytesMut::with_capacity(padded_len(header_len, capacity, block_size));
         buf.put_slice(MAGIC);
         buf.put_u8(VERSION);
@@ -210,6 +216,10 @@ impl RecordBuilder {
 
     /// Sets length, chunk CRCs and header CRC, pads to the block size and returns the record.
     pub fn finish(mut self) -> Bytes {
+        debug_assert!(
+            self.payload_len() <= self.capacity,
+            "payload beyond capacity"
+        );
         let length = self.payload_len() as u32;
         self.buf[48..52].copy_from_slice(&length.to_le_bytes());
         let table = self.header_len - 4 * self.capacity.div_ceil(CHUNK);
@@ -438,6 +448,11 @@ pub fn parse_header(bytes: &[u8], block_size: usize) -> Result<Option<HeaderView
 }
 
 impl HeaderView {
+    /// Payload bytes each chunk CRC covers in this record.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
     /// The payload range of the whole chunks that cover `want` (a payload range).
     pub fn chunks_covering(&self, want: &std::ops::Range<usize>) -> std::ops::Range<usize> {
         let start = want.start / self.chunk * self.chunk;

@@ -155,15 +155,18 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
             let signature = e.health_signature();
             let blocked = e.repair.status.lock().blocked.is_some();
             if pass_due(&signature, last_signature.as_ref(), last_pass, blocked) {
-                let started = Instant::now();
                 match e.repair_pass().await {
-                    Ok(()) => last_signature = Some(signature),
+                    Ok(scanning) => {
+                        last_signature = Some(signature);
+                        last_pass = Some((Instant::now(), scanning));
+                    }
                     Err(err) => {
                         tracing::warn!("repair pass failed: {err}");
                         e.repair.status.lock().blocked = Some(err.to_string());
+                        last_signature = None;
+                        last_pass = Some((Instant::now(), Duration::ZERO));
                     }
                 }
-                last_pass = Some((Instant::now(), started.elapsed()));
             }
             let interval = e.repair.config.lock().scrub_interval;
             if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
@@ -267,7 +270,8 @@ impl EngineInner {
 
     /// One pass over the index, a batch at a time: counts what is under-replicated and fixes
     /// what can be fixed now (memory stays bounded however many entries the index holds).
-    async fn repair_pass(&self) -> EngineResult<()> {
+    /// Returns the time spent reading the index (copying, paced by the rate limit, is not).
+    async fn repair_pass(&self) -> EngineResult<Duration> {
         let r = self.replicas();
         let views = self.drive_views();
         let view = |l: &Location| views.get(usize::from(l.drive)).copied();
@@ -282,7 +286,9 @@ impl EngineInner {
         };
         let mut tally = Tally::default();
         let mut cursor = located::Cursor::default();
+        let mut scanning = Duration::ZERO;
         loop {
+            let scan_started = Instant::now();
             let (index, drives, batch_views) =
                 (self.index.clone(), self.drives.clone(), views.clone());
             let (work, counts, next, end) = tokio::task::spawn_blocking(move || {
@@ -293,6 +299,7 @@ impl EngineInner {
             })
             .await
             .map_err(|e| EngineError::Internal(format!("repair scan failed: {e}")))??;
+            scanning += scan_started.elapsed();
             cursor = next;
             tally.add(&counts);
             if end || self.repair.closed.load(Ordering::SeqCst) {
@@ -333,7 +340,7 @@ impl EngineInner {
             );
         }
         s.blocked = blocked;
-        Ok(())
+        Ok(scanning)
     }
 
     /// Does what `plan` says for each entry of a batch, pacing copies to the rate limit.
@@ -357,6 +364,7 @@ impl EngineInner {
             }
             // What remains of the entry's problems once its actions are done.
             let mut left = Tally::default();
+            let mut made = 0;
             for action in plan(&entry, r, view, healthy) {
                 let result = match action {
                     Action::Drop(copy) => {
@@ -371,6 +379,7 @@ impl EngineInner {
                             Ok(Some((edit, bytes))) => {
                                 progress.edits.push((entry.what.clone(), edit));
                                 progress.copied += bytes;
+                                made += 1;
                                 let mut s = self.repair.status.lock();
                                 s.copies_made += 1;
                                 s.bytes_copied += bytes;
@@ -410,6 +419,13 @@ impl EngineInner {
                     break;
                 }
                 pace(progress.started, progress.copied, progress.rate).await;
+            }
+            // Copies on a drive down for less than the grace period are waited for, not made
+            // again: the entry stays under-replicated meanwhile.
+            let good = entry.copies.iter().filter(|l| healthy(l)).count();
+            if left.under_records == 0 && good + made < r {
+                left.under_bytes = bytes;
+                left.under_records = 1;
             }
             progress.left.add(&left);
             if progress.edits.len() >= 64 {
