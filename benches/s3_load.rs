@@ -386,80 +386,28 @@ fn run_baseline(dir: &Path, seconds: u64) -> Figures {
     });
     let get_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
     let small = random_bytes(SMALL, 11);
-    let phase = |write: bool, written: usize| {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let started = Instant::now();
-        let all: Vec<Vec<Duration>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..CONCURRENCY)
-                .map(|worker| {
-                    let small = small.clone();
-                    s.spawn(move || {
-                        let mut latencies = Vec::new();
-                        let mut i = 0;
-                        let mut buf = vec![0u8; SMALL];
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            if write {
-                                let mut f =
-                                    std::fs::File::create(dir.join(format!("s-{worker}-{i}")))
-                                        .unwrap();
-                                f.write_all(&small).unwrap();
-                                f.sync_data().unwrap();
-                            } else {
-                                let j = (i * 7919 + worker) % written.max(1);
-                                let mut f =
-                                    std::fs::File::open(dir.join(format!("s-{worker}-{j}")))
-                                        .unwrap();
-                                f.read_exact(&mut buf).unwrap();
-                            }
-                            latencies.push(t.elapsed());
-                            i += 1;
-                        }
-                        latencies
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        summarize(all, started.elapsed())
-    };
-    let small_put = phase(true, 0);
-    let small_get = phase(false, small_put.min_per_worker);
-    let range_get = {
+    let small_put = timed_threads(seconds, |worker, i, _| {
+        let mut f = std::fs::File::create(dir.join(format!("s-{worker}-{i}"))).unwrap();
+        f.write_all(&small).unwrap();
+        f.sync_data().unwrap();
+    });
+    let written = small_put.min_per_worker;
+    let small_get = timed_threads(seconds, |worker, i, buf| {
+        let j = (i * 7919 + worker) % written.max(1);
+        let mut f = std::fs::File::open(dir.join(format!("s-{worker}-{j}"))).unwrap();
+        f.read_exact(buf).unwrap();
+    });
+    let files: Vec<std::fs::File> = (0..BIG_CLIENTS * BIG_PER_CLIENT)
+        .map(|o| {
+            let (client, i) = (o / BIG_PER_CLIENT, o % BIG_PER_CLIENT);
+            std::fs::File::open(dir.join(format!("big-{client}-{i}"))).unwrap()
+        })
+        .collect();
+    let range_get = timed_threads(seconds, |worker, i, buf| {
         use std::os::unix::fs::FileExt;
-        let files: Vec<std::fs::File> = (0..BIG_CLIENTS * BIG_PER_CLIENT)
-            .map(|o| {
-                let (client, i) = (o / BIG_PER_CLIENT, o % BIG_PER_CLIENT);
-                std::fs::File::open(dir.join(format!("big-{client}-{i}"))).unwrap()
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let started = Instant::now();
-        let all: Vec<Vec<Duration>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..CONCURRENCY)
-                .map(|worker| {
-                    let files = &files;
-                    s.spawn(move || {
-                        let mut latencies = Vec::new();
-                        let mut buf = vec![0u8; SMALL];
-                        let mut i = 0;
-                        while Instant::now() < deadline {
-                            let (object, offset) = random_range(worker, i);
-                            let t = Instant::now();
-                            files[object]
-                                .read_exact_at(&mut buf, offset as u64)
-                                .unwrap();
-                            latencies.push(t.elapsed());
-                            i += 1;
-                        }
-                        latencies
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        summarize(all, started.elapsed())
-    };
+        let (object, offset) = random_range(worker, i);
+        files[object].read_exact_at(buf, offset as u64).unwrap();
+    });
     Figures {
         put_mibs,
         get_mibs,
@@ -467,6 +415,34 @@ fn run_baseline(dir: &Path, seconds: u64) -> Figures {
         small_get,
         range_get,
     }
+}
+
+/// Calls `op(worker, i, buffer)` from `CONCURRENCY` threads for `seconds`, timing each call
+/// (`buffer` is a worker's own `SMALL`-byte buffer).
+fn timed_threads(seconds: u64, op: impl Fn(usize, usize, &mut [u8]) + Sync) -> Ops {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let all: Vec<Vec<Duration>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CONCURRENCY)
+            .map(|worker| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut buf = vec![0u8; SMALL];
+                    let mut i = 0;
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        op(worker, i, &mut buf);
+                        latencies.push(t.elapsed());
+                        i += 1;
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    summarize(all, started.elapsed())
 }
 
 fn report(name: &str, z: &Figures, b: &Figures) {
