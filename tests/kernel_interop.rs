@@ -12,6 +12,15 @@ use std::time::Duration;
 
 use common::{Process, address_in, repo_root};
 
+/// One VM at a time: each test rebuilds the VM image in a shared cache, and two TCG guests on two
+/// cores would also starve each other.
+static VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the VM lock (a test that failed while holding it does not poison the others).
+fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    VM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn qemu_available() -> bool {
     Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -22,6 +31,7 @@ fn qemu_available() -> bool {
 
 #[test]
 fn linux_kernel_host_uses_our_target_as_a_zoned_disk() {
+    let _vm = one_vm_at_a_time();
     if !qemu_available() {
         eprintln!(
             "SKIPPED: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)"
@@ -99,6 +109,7 @@ fn free_port() -> u16 {
 /// write off the write pointer refused, finish, reset and flush.
 #[test]
 fn our_host_uses_the_linux_kernel_target() {
+    let _vm = one_vm_at_a_time();
     use bytes::Bytes;
     use fabric::host::{HostConfig, NvmeTcpHost};
     use zns::{ReportFilter, ZoneAction, ZoneSelect, ZoneState, ZonedDevice};
