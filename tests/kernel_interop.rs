@@ -106,7 +106,8 @@ fn free_port() -> u16 {
 /// ZNS namespace (QEMU's emulated ZNS drive, 16 zones of 16 MiB with 12 MiB capacity, at most 8
 /// open and 8 active) in the VM. Identify and geometry, zone report, writes through R2T
 /// (larger than the kernel's in-capsule limit), reads, Zone Appends in flight together, a
-/// write off the write pointer refused, finish, reset and flush.
+/// write off the write pointer refused, finish, reset and flush; discovery; header and data
+/// digests.
 #[test]
 fn our_host_uses_the_linux_kernel_target() {
     let _vm = one_vm_at_a_time();
@@ -225,6 +226,32 @@ fn our_host_uses_the_linux_kernel_target() {
         assert_eq!(report.zones[0].state, ZoneState::Empty);
         assert_eq!(report.zones[0].wp, 0);
         assert_eq!(report.zones[1].state, ZoneState::Full);
+        host.close().await;
+
+        // The kernel's discovery controller lists the subsystem.
+        let listed = fabric::host::discovery::discover(
+            address,
+            &fabric::host::default_hostnqn(),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("discovery");
+        assert!(listed.iter().any(|e| e.subnqn == nqn), "{listed:?}");
+
+        // Header and data digests (CRC32C) negotiated and checked both ways.
+        let mut config = HostConfig::new(address, nqn);
+        config.digests = fabric::wire::digest::Digests {
+            header: true,
+            data: true,
+        };
+        let host = NvmeTcpHost::connect(config)
+            .await
+            .expect("connect with digests");
+        let data = Bytes::from(vec![0x5A; 32 << 10]);
+        host.write(0, data.clone())
+            .await
+            .expect("write with digests");
+        assert_eq!(host.read(0, 8).await.expect("read with digests"), data);
         host.close().await;
     });
     let _ = std::net::TcpStream::connect(("127.0.0.1", done_port));
