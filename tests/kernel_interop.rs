@@ -29,14 +29,14 @@ fn qemu_available() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn linux_kernel_host_uses_our_target_as_a_zoned_disk() {
-    let _vm = one_vm_at_a_time();
+/// Builds the VM image (`tests/vm/build.sh`) and returns the repository root; `None`, saying
+/// why, where QEMU is not installed.
+fn vm_image() -> Option<std::path::PathBuf> {
     if !qemu_available() {
         eprintln!(
             "SKIPPED: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)"
         );
-        return;
+        return None;
     }
     let root = repo_root();
     let build = Command::new(root.join("tests/vm/build.sh"))
@@ -47,6 +47,13 @@ fn linux_kernel_host_uses_our_target_as_a_zoned_disk() {
         "building the VM image failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
+    Some(root)
+}
+
+#[test]
+fn linux_kernel_host_uses_our_target_as_a_zoned_disk() {
+    let _vm = one_vm_at_a_time();
+    let Some(root) = vm_image() else { return };
 
     let data = tempfile::tempdir().unwrap();
     let nqn = "nqn.2026-01.io.zonestore:kernel-interop";
@@ -110,22 +117,12 @@ fn free_port() -> u16 {
 /// digests.
 #[test]
 fn our_host_uses_the_linux_kernel_target() {
-    let _vm = one_vm_at_a_time();
     use bytes::Bytes;
     use fabric::host::{HostConfig, NvmeTcpHost};
     use zns::{ReportFilter, ZoneAction, ZoneSelect, ZoneState, ZonedDevice};
 
-    if !qemu_available() {
-        eprintln!(
-            "SKIPPED: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)"
-        );
-        return;
-    }
-    let root = repo_root();
-    let build = Command::new(root.join("tests/vm/build.sh"))
-        .output()
-        .expect("run tests/vm/build.sh");
-    assert!(build.status.success(), "building the VM image failed");
+    let _vm = one_vm_at_a_time();
+    let Some(root) = vm_image() else { return };
 
     let nqn = "nqn.2026-01.io.example:kernel-target";
     let (port, done_port) = (free_port(), free_port());
