@@ -190,6 +190,14 @@ struct Connection {
     backlog: Arc<Backlog>,
 }
 
+impl Drop for Connection {
+    /// However the connection ends (also by a panic in a command that ran inline), its queue
+    /// does not stay registered with the controller.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// Holds a write's share of the connection's R2T budget until the drive has written it.
 struct BudgetHold {
     outstanding: Arc<AtomicUsize>,
@@ -248,7 +256,7 @@ pub(crate) async fn serve_connection(
             backlog,
         };
         conn.run(&mut reader, &mut stop).await;
-        conn.close();
+        // Dropping `conn` detaches its queue from the controller.
     }
     drop(tx);
     // Let queued completions (or a TermReq) reach the host, then close the socket.
@@ -405,6 +413,8 @@ impl Connection {
         }
     }
 
+    /// Detaches the queue from its controller (tearing the controller down for the admin
+    /// queue).
     fn close(&mut self) {
         let Some(ctx) = self.ctx.take() else { return };
         if ctx.qid == 0 {
