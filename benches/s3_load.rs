@@ -216,44 +216,8 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
     );
 
     // 64 MiB objects, 4 clients.
-    let chunk = random_bytes(1 << 20, 7);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..BIG_CLIENTS {
-        let (key, chunk) = (key.clone(), chunk.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(address, key).await;
-            for i in 0..BIG_PER_CLIENT {
-                let path = format!("/bench/big-{client}-{i}");
-                let (status, _) = c
-                    .send(Method::PUT, &path, streamed(chunk.clone(), BIG), BIG, None)
-                    .await;
-                assert_eq!(status, 200, "PUT {path}");
-            }
-        }));
-    }
-    for t in tasks.drain(..) {
-        t.await.unwrap();
-    }
-    let put_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
-    let started = Instant::now();
-    for client in 0..BIG_CLIENTS {
-        let key = key.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(address, key).await;
-            for i in 0..BIG_PER_CLIENT {
-                let path = format!("/bench/big-{client}-{i}");
-                let (status, n) = c
-                    .send(Method::GET, &path, full(Bytes::new()), 0, None)
-                    .await;
-                assert_eq!((status, n), (200, BIG), "GET {path}");
-            }
-        }));
-    }
-    for t in tasks.drain(..) {
-        t.await.unwrap();
-    }
-    let get_mibs = mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed());
+    let put_mibs = big_phase(address, &key, Some(random_bytes(1 << 20, 7))).await;
+    let get_mibs = big_phase(address, &key, None).await;
 
     // 4 KiB objects at concurrency 64.
     let body = random_bytes(SMALL, 11);
@@ -308,6 +272,38 @@ fn random_range(worker: usize, i: usize) -> (usize, usize) {
     let object = (x % (BIG_CLIENTS * BIG_PER_CLIENT) as u64) as usize;
     let offset = ((x >> 20) % (BIG / SMALL) as u64) as usize * SMALL;
     (object, offset)
+}
+
+/// Every client PUTs (with `chunk`, repeated to 64 MiB) or GETs (`None`) its 64 MiB objects;
+/// returns MiB/s.
+async fn big_phase(address: SocketAddr, key: &Arc<Vec<u8>>, chunk: Option<Bytes>) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..BIG_CLIENTS {
+        let (key, chunk) = (key.clone(), chunk.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(address, key).await;
+            for i in 0..BIG_PER_CLIENT {
+                let path = format!("/bench/big-{client}-{i}");
+                match &chunk {
+                    Some(chunk) => {
+                        let body = streamed(chunk.clone(), BIG);
+                        let (status, _) = c.send(Method::PUT, &path, body, BIG, None).await;
+                        assert_eq!(status, 200, "PUT {path}");
+                    }
+                    None => {
+                        let body = full(Bytes::new());
+                        let answer = c.send(Method::GET, &path, body, 0, None).await;
+                        assert_eq!(answer, (200, BIG), "GET {path}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    mibs(BIG * BIG_CLIENTS * BIG_PER_CLIENT, started.elapsed())
 }
 
 async fn small_phase(
