@@ -274,8 +274,7 @@ impl EngineInner {
     async fn repair_pass(&self) -> EngineResult<Duration> {
         let r = self.replicas();
         let views = self.drive_views();
-        let view = |l: &Location| views.get(usize::from(l.drive)).copied();
-        let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
+        let healthy = |l: &Location| healthy_in(&views, l);
         let mut progress = Progress {
             rate: self.repair.config.lock().rate_bytes_per_sec,
             started: Instant::now(),
@@ -305,7 +304,7 @@ impl EngineInner {
             if end || self.repair.closed.load(Ordering::SeqCst) {
                 break;
             }
-            self.repair_entries(work, r, &view, &healthy, &mut progress)
+            self.repair_entries(work, r, &healthy, &mut progress)
                 .await?;
         }
         let Progress {
@@ -343,17 +342,17 @@ impl EngineInner {
         Ok(scanning)
     }
 
-    /// Does what `plan` says for each entry of a batch, pacing copies to the rate limit.
+    /// Does what was planned for each entry of a batch, pacing copies to the rate limit.
     async fn repair_entries(
         &self,
         work: Vec<Work>,
         r: usize,
-        view: &impl Fn(&Location) -> Option<DriveView>,
         healthy: &impl Fn(&Location) -> bool,
         progress: &mut Progress,
     ) -> EngineResult<()> {
         for Work {
             entry,
+            actions,
             bytes,
             found,
         } in work
@@ -365,7 +364,7 @@ impl EngineInner {
             // What remains of the entry's problems once its actions are done.
             let mut left = Tally::default();
             let mut made = 0;
-            for action in plan(&entry, r, view, healthy) {
+            for action in actions {
                 let result = match action {
                     Action::Drop(copy) => {
                         progress
@@ -684,6 +683,8 @@ struct Progress {
 /// An entry with something for repair to do now.
 struct Work {
     entry: Located,
+    /// What to do for it, as planned when the batch was read.
+    actions: Vec<Action>,
     /// The size of one copy.
     bytes: u64,
     /// What the entry adds to the pass's counts as found.
@@ -697,30 +698,26 @@ fn triage(
     views: &[DriveView],
     drives: &super::drives::Drives,
 ) -> (Vec<Work>, Tally) {
-    let view = |l: &Location| views.get(usize::from(l.drive)).copied();
-    let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
     let mut tally = Tally::default();
     let mut work = Vec::new();
     for entry in entries {
         let bytes = entry.copies.first().map_or(0, |l| drives.bytes_of(l));
-        let good = entry.copies.iter().filter(|l| healthy(l)).count();
+        let good = entry.copies.iter().filter(|l| healthy_in(views, l)).count();
         let mut found = Tally::default();
         if good < r {
             found.under_bytes = bytes;
             found.under_records = 1;
         }
-        if entry
-            .copies
-            .iter()
-            .any(|l| view(l).is_some_and(|v| v.draining))
-        {
+        if entry.copies.iter().any(|l| draining_in(views, l)) {
             found.draining_bytes = bytes;
         }
-        if plan(&entry, r, &view, &healthy).is_empty() {
+        let actions = plan(&entry, r, views);
+        if actions.is_empty() {
             tally.add(&found);
         } else {
             work.push(Work {
                 entry,
+                actions,
                 bytes,
                 found,
             });
@@ -729,22 +726,28 @@ fn triage(
     (work, tally)
 }
 
+/// The state of the drive holding `l` (None: a drive this engine does not know).
+fn view_of(views: &[DriveView], l: &Location) -> Option<DriveView> {
+    views.get(usize::from(l.drive)).copied()
+}
+
+/// Whether `l` is a copy that counts: on a drive that is up and not draining.
+fn healthy_in(views: &[DriveView], l: &Location) -> bool {
+    view_of(views, l).is_some_and(|v| v.up && !v.draining)
+}
+
+/// Whether `l` is on a draining drive.
+fn draining_in(views: &[DriveView], l: &Location) -> bool {
+    view_of(views, l).is_some_and(|v| v.draining)
+}
+
 /// What to do for one record, given the drives' states.
-fn plan(
-    entry: &Located,
-    r: usize,
-    view: &impl Fn(&Location) -> Option<DriveView>,
-    healthy: &impl Fn(&Location) -> bool,
-) -> Vec<Action> {
+fn plan(entry: &Located, r: usize, views: &[DriveView]) -> Vec<Action> {
     let mut actions = Vec::new();
-    let good = entry.copies.iter().filter(|l| healthy(l)).count();
+    let good = entry.copies.iter().filter(|l| healthy_in(views, l)).count();
     // Copies on draining drives: move each (or drop it when enough others remain).
     let mut planned_good = good;
-    for copy in entry
-        .copies
-        .iter()
-        .filter(|l| view(l).is_some_and(|v| v.draining))
-    {
+    for copy in entry.copies.iter().filter(|l| draining_in(views, l)) {
         if planned_good >= r {
             actions.push(Action::Drop(*copy));
         } else {
@@ -758,13 +761,13 @@ fn plan(
     let lost = entry
         .copies
         .iter()
-        .filter(|l| view(l).is_none_or(|v| v.lost))
+        .filter(|l| view_of(views, l).is_none_or(|v| v.lost))
         .count();
     let present = entry.copies.len() - lost;
     let draining = entry
         .copies
         .iter()
-        .filter(|l| view(l).is_some_and(|v| v.draining))
+        .filter(|l| draining_in(views, l))
         .count();
     let counted = present - draining + (planned_good - good);
     for _ in counted..r {
@@ -805,9 +808,7 @@ mod tests {
 
     /// Plans for drives 0..views.len() with the given states.
     fn plan_with(views: &[DriveView], drives: &[DriveId], r: usize) -> Vec<String> {
-        let view = |l: &Location| views.get(usize::from(l.drive)).copied();
-        let healthy = |l: &Location| view(l).is_some_and(|v| v.up && !v.draining);
-        plan(&entry(drives), r, &view, &healthy)
+        plan(&entry(drives), r, views)
             .into_iter()
             .map(|a| match a {
                 Action::Copy { replace: None } => "copy".to_string(),
