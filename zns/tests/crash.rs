@@ -1,6 +1,6 @@
 //! Crash consistency: a child process appends and flushes until it is killed with SIGKILL; on
 //! reopening, every flushed byte is there, and every zone's write pointer covers only data that
-//! was written.
+//! was written. Every other round the child writes with direct writes on.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -13,6 +13,8 @@ use zns::testing::pattern;
 use zns::{EmulatedZns, Geometry, ReportFilter, ZoneState, ZonedDevice};
 
 const CHILD_ENV: &str = "ZNS_CRASH_CHILD_DIR";
+/// "1" when the child writes with direct writes on (every other round).
+const DIRECT_ENV: &str = "ZNS_CRASH_CHILD_DIRECT";
 
 fn geometry() -> Geometry {
     // Large enough that the child never fills the drive between kills.
@@ -24,6 +26,7 @@ fn geometry() -> Geometry {
 async fn child(dir: &str) {
     let g = geometry();
     let drive = EmulatedZns::open_or_create(std::path::Path::new(dir), g).expect("open drive");
+    drive.set_direct_writes(std::env::var(DIRECT_ENV).as_deref() == Ok("1"));
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
     loop {
         let mut batch = Vec::new();
@@ -79,6 +82,7 @@ fn flushed_appends_survive_sigkill() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, dir.path())
+            .env(DIRECT_ENV, (round % 2).to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -21,10 +21,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn emulated_drive_matches_the_model(g in arb_geometry(), ops in prop::collection::vec(arb_op(true), 1..160)) {
+    fn emulated_drive_matches_the_model(g in arb_geometry(), direct in any::<bool>(), ops in prop::collection::vec(arb_op(true), 1..160)) {
         let rt = runtime();
         let dir = tempfile::tempdir().unwrap();
         let drive = EmulatedZns::create(dir.path(), g).unwrap();
+        drive.set_direct_writes(direct);
         let mut model = Model::new(g);
         for (i, op) in ops.iter().enumerate() {
             let got = rt.block_on(apply(&drive, &drive, op));
@@ -34,6 +35,7 @@ proptest! {
         // Reopening the files is a power loss: the durable state must be what the model kept.
         drop(drive);
         let drive = EmulatedZns::open(dir.path()).unwrap();
+        drive.set_direct_writes(direct);
         model.apply(&Op::PowerLoss);
         for zone in 0..g.zone_count {
             let report = Op::Report { zone, filter: ReportFilter::All, max: 1 };
