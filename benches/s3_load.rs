@@ -8,9 +8,10 @@
 //!   of the same files for the baseline) at concurrency 64;
 //!
 //! for three set-ups: the embedded default (3 drives behind NVMe/TCP, R = 3), the same with
-//! R = 1 (the cost of replication), and 3 `zns-file://` drives with R = 3 (the cost of the
-//! fabric). Run: `cargo bench -p zonestore --bench s3_load [-- SETUP...]` with SETUP among
-//! `embedded`, `embedded-r1`, `zns-file`; `ZONESTORE_BENCH_SECONDS` sets the small-object phase
+//! R = 1 (the cost of replication), 3 `zns-file://` drives with R = 3 (the cost of the fabric),
+//! and the embedded default with `--direct-writes` (drives that bypass the page cache). Run:
+//! `cargo bench -p zonestore --bench s3_load [-- SETUP...]` with SETUP among `embedded`,
+//! `embedded-r1`, `zns-file`, `embedded-direct`; `ZONESTORE_BENCH_SECONDS` sets the small-object phase
 //! length (default 8).
 
 #[path = "../tests/common/mod.rs"]
@@ -482,7 +483,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let setups = ["embedded", "embedded-r1", "zns-file"];
+    let setups = ["embedded", "embedded-r1", "zns-file", "embedded-direct"];
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -504,6 +505,7 @@ fn main() {
         let mut extra: Vec<&str> = Vec::new();
         match setup {
             "embedded-r1" => extra.extend(["--replicas", "1"]),
+            "embedded-direct" => extra.push("--direct-writes"),
             "zns-file" => {
                 for d in &drives {
                     extra.extend(["--target", d.as_str()]);
@@ -533,12 +535,22 @@ fn main() {
     }
     if let (Some(fabric), Some(local)) = (get("embedded"), get("zns-file")) {
         println!(
-            "fabric: embedded (NVMe/TCP) / zns-file (direct): 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
+            "fabric: embedded (NVMe/TCP) / zns-file (no fabric): 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
             fabric.put_mibs / local.put_mibs,
             fabric.get_mibs / local.get_mibs,
             fabric.small_put.rate() / local.small_put.rate(),
             fabric.small_get.rate() / local.small_get.rate(),
             fabric.range_get.rate() / local.range_get.rate()
+        );
+    }
+    if let (Some(direct), Some(buffered)) = (get("embedded-direct"), get("embedded")) {
+        println!(
+            "direct writes: embedded --direct-writes / embedded: 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
+            direct.put_mibs / buffered.put_mibs,
+            direct.get_mibs / buffered.get_mibs,
+            direct.small_put.rate() / buffered.small_put.rate(),
+            direct.small_get.rate() / buffered.small_get.rate(),
+            direct.range_get.rate() / buffered.range_get.rate()
         );
     }
 }

@@ -12,11 +12,12 @@ use common::{Process, address_in};
 
 const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0000-0000-4000-8000-00000000e2e0";
 
-/// Starts a storage node exporting one drive, allowing only our gateway's host NQN.
+/// Starts a storage node exporting one drive, allowing only our gateway's host NQN; node 1
+/// writes with `--direct-writes`.
 pub fn start_target(dir: &std::path::Path, index: usize) -> (Process, String, String) {
     let data = dir.join(format!("node{index}"));
     let nqn = format!("nqn.2026-01.io.zonestore:node{index}");
-    let process = Process::start(&[
+    let mut args = vec![
         "target",
         "--listen",
         "127.0.0.1:0",
@@ -30,7 +31,12 @@ pub fn start_target(dir: &std::path::Path, index: usize) -> (Process, String, St
         &nqn,
         "--allow-host",
         HOST_NQN,
-    ]);
+    ];
+    if index == 1 {
+        // One node bypasses the page cache; the gateway must not notice.
+        args.push("--direct-writes");
+    }
+    let process = Process::start(&args);
     let address = address_in(&process.wait_for_line("serving", Duration::from_secs(30)));
     (process, address, nqn)
 }
@@ -140,6 +146,7 @@ fn zns_file_targets_skip_the_fabric() {
             "16",
             "--zone-size",
             "16M",
+            "--direct-writes",
         ],
     );
     server.aws_ok(&["s3", "mb", "s3://local"]);

@@ -92,6 +92,9 @@ pub struct EmbeddedSection {
     pub zones: u32,
     /// Zone size (e.g. "64M").
     pub zone_size: String,
+    /// Whether the embedded and `zns-file://` drives write with `O_DIRECT`, bypassing the
+    /// page cache as a real drive does (data is cached when it is read instead). Default off.
+    pub direct_writes: bool,
 }
 
 impl Default for EmbeddedSection {
@@ -100,6 +103,7 @@ impl Default for EmbeddedSection {
             drives: 3,
             zones: 256,
             zone_size: "64M".into(),
+            direct_writes: false,
         }
     }
 }
@@ -386,6 +390,15 @@ mod tests {
                 .unwrap_err()
                 .contains("not an NQN")
         );
+    }
+
+    #[test]
+    fn direct_writes_is_off_unless_asked_for() {
+        assert!(!Config::default().embedded.direct_writes);
+        let c: Config = toml::from_str("[embedded]\ndirect_writes = true").unwrap();
+        assert!(c.embedded.direct_writes);
+        let e = toml::from_str::<Config>("[embedded]\ndirect_writes = \"yes\"").unwrap_err();
+        assert!(e.to_string().contains("direct_writes"), "{e}");
     }
 
     #[test]

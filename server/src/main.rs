@@ -67,6 +67,9 @@ struct DriveArgs {
     /// Embedded default and zns-file drives: zone size, e.g. 64M.
     #[arg(long)]
     zone_size: Option<String>,
+    /// Embedded default and zns-file drives: write with O_DIRECT, bypassing the page cache.
+    #[arg(long)]
+    direct_writes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +146,10 @@ struct TargetArgs {
     /// Host NQN allowed to connect (repeatable; none: any host).
     #[arg(long = "allow-host")]
     allow_host: Vec<String>,
+    /// Write with O_DIRECT, bypassing the page cache as a real drive does (data is cached when
+    /// it is read instead).
+    #[arg(long)]
+    direct_writes: bool,
 }
 
 fn init_logging() {
@@ -178,6 +185,9 @@ fn config_of(args: &DriveArgs) -> anyhow::Result<Config> {
     }
     if let Some(s) = &args.zone_size {
         config.embedded.zone_size = s.clone();
+    }
+    if args.direct_writes {
+        config.embedded.direct_writes = true;
     }
     Ok(config)
 }
@@ -332,6 +342,7 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         nqn: args.nqn.clone(),
         allowed_hosts: args.allow_host.clone(),
         listen: args.listen,
+        direct_writes: args.direct_writes,
     })
     .await
     .context("starting the storage node")?;

@@ -21,6 +21,8 @@ pub struct StorageNodeConfig {
     pub allowed_hosts: Vec<String>,
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Whether the drive writes with `O_DIRECT` (see [`EmulatedZns::set_direct_writes`]).
+    pub direct_writes: bool,
 }
 
 /// Why a storage node could not start.
@@ -66,6 +68,7 @@ impl StorageNode {
     /// Opens (or creates) the drive and starts exporting it.
     pub async fn start(config: StorageNodeConfig) -> Result<StorageNode, StorageNodeError> {
         let drive = open_drive(&config.data_dir, config.geometry)?;
+        drive.set_direct_writes(config.direct_writes);
         let target = Target::new(TargetConfig::default());
         target.add_subsystem(
             &config.nqn,

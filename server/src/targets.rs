@@ -118,6 +118,7 @@ pub async fn embedded(
     data_dir: &Path,
     count: usize,
     geometry: Geometry,
+    direct_writes: bool,
     hostnqn: &str,
 ) -> Result<Attached, AttachError> {
     let mut attached = Attached::default();
@@ -129,6 +130,7 @@ pub async fn embedded(
             nqn: nqn.clone(),
             allowed_hosts: vec![hostnqn.to_string()],
             listen: "127.0.0.1:0".parse().expect("a valid literal address"),
+            direct_writes,
         })
         .await
         .map_err(|source| AttachError::Embedded { index, source })?;
@@ -152,11 +154,19 @@ pub async fn attach_configured(
         .unwrap_or_else(fabric::host::default_hostnqn);
     let geometry = Geometry::new(config.embedded.zones, checked.embedded_zone_bytes);
     if checked.targets.is_empty() {
-        embedded(&config.data_dir, config.embedded.drives, geometry, &hostnqn).await
+        embedded(
+            &config.data_dir,
+            config.embedded.drives,
+            geometry,
+            config.embedded.direct_writes,
+            &hostnqn,
+        )
+        .await
     } else {
         attach(
             &checked.targets,
             geometry,
+            config.embedded.direct_writes,
             &hostnqn,
             known,
             &config.data_dir,
@@ -186,6 +196,7 @@ impl Attached {
 pub async fn attach(
     targets: &[TargetUrl],
     geometry: Geometry,
+    direct_writes: bool,
     hostnqn: &str,
     known: &KnownDrives,
     data_dir: &Path,
@@ -257,6 +268,7 @@ pub async fn attach(
                         reason: e.to_string(),
                     }
                 })?;
+                drive.set_direct_writes(direct_writes);
                 let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
                 attached.specs.push(DriveSpec {
                     name: format!("zns-file://{}", canonical.display()),
