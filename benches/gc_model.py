@@ -4,9 +4,9 @@ same drive (96 zones of 64 objects), filled to 80%, overwritten 3x uniformly or 
 with GC keeping a few free zones by greedy or cost-benefit victim choice. Prints the write
 amplification the policies reach in an ideal log (no headers, no padding, no open-zone waste),
 what perfect hot/cold separation of user writes (an oracle that knows which keys are hot)
-would reach, and a bound: each class in a log of its own, with the zones split between the two
-logs in the best way. If the engine's figures are close to the model's, the gap to a target is in the
-policy and the fill level, not in the implementation.
+would reach, and a bound: each class in a log of its own, with the zones split between the
+two logs in the best way. If the engine's figures are close to the model's, the gap to a target
+is in the policy and the fill level, not in the implementation.
 
     python3 benches/gc_model.py
 """
@@ -16,109 +16,95 @@ import random
 ZONES, PER_ZONE, FILL, FREE_TARGET, CHURN = 96, 64, 0.8, 3, 3
 
 
+class Log:
+    """A log of `zones` zones of PER_ZONE objects: appends go to one open zone per stream; GC
+    moves the live objects of the best-scoring sealed zone to `gc_stream`."""
+
+    def __init__(self, zones, policy, gc_stream="gc"):
+        self.policy = policy
+        self.gc_stream = gc_stream
+        self.where = {}
+        self.members = [set() for _ in range(zones)]
+        self.written = [0] * zones
+        self.last_write = [0] * zones
+        self.free = list(range(zones))
+        self.sealed = set()
+        self.open_zone = {}
+        self.clock = 0
+        self.moved = 0
+
+    def append(self, stream, key):
+        zone = self.open_zone.get(stream)
+        if zone is None or self.written[zone] >= PER_ZONE:
+            if zone is not None:
+                self.sealed.add(zone)
+            zone = self.free.pop()
+            self.open_zone[stream] = zone
+            self.written[zone] = 0
+        if key in self.where:
+            self.members[self.where[key]].discard(key)
+        self.where[key] = zone
+        self.members[zone].add(key)
+        self.written[zone] += 1
+        self.clock += 1
+        self.last_write[zone] = self.clock
+
+    def score(self, zone):
+        u = len(self.members[zone]) / PER_ZONE
+        if self.policy == "greedy":
+            return 1 - u
+        return (1 - u) * (self.clock - self.last_write[zone] + 1) / (1 + u)
+
+    def collect(self, free_target):
+        while len(self.free) < free_target:
+            victim = max(self.sealed, key=self.score)
+            self.sealed.remove(victim)
+            for key in list(self.members[victim]):
+                self.append(self.gc_stream, key)
+                self.moved += 1
+            self.written[victim] = 0
+            self.free.insert(0, victim)
+
+
+def churn(log, keys, free_target, writes, next_key, stream_of=lambda key: "user"):
+    """Fills `log` with `keys` objects, then overwrites `writes` of them; returns the write
+    amplification of the overwrites."""
+    for key in range(keys):
+        log.collect(free_target)
+        log.append("user", key)
+    moved_before = log.moved
+    for _ in range(writes):
+        key = next_key()
+        log.collect(free_target)
+        log.append(stream_of(key), key)
+    return (writes + log.moved - moved_before) / writes
+
+
 def simulate(policy, hot_cold, oracle=False, seed=1):
     rnd = random.Random(seed)
     keys = int(ZONES * PER_ZONE * FILL)
     hot_keys = keys // 5
-    where = {}
-    members = [set() for _ in range(ZONES)]
-    written = [0] * ZONES
-    last_write = [0] * ZONES
-    free = list(range(ZONES))
-    sealed = set()
-    open_zone = {}
-    clock = [0]
 
-    def append(stream, key):
-        zone = open_zone.get(stream)
-        if zone is None or written[zone] >= PER_ZONE:
-            if zone is not None:
-                sealed.add(zone)
-            zone = free.pop()
-            open_zone[stream] = zone
-            written[zone] = 0
-        if key in where:
-            members[where[key]].discard(key)
-        where[key] = zone
-        members[zone].add(key)
-        written[zone] += 1
-        clock[0] += 1
-        last_write[zone] = clock[0]
+    def next_key():
+        if not hot_cold:
+            return rnd.randrange(keys)
+        if rnd.random() < 0.8:
+            return rnd.randrange(hot_keys)
+        return hot_keys + rnd.randrange(keys - hot_keys)
 
-    def score(zone):
-        u = len(members[zone]) / PER_ZONE
-        if policy == "greedy":
-            return 1 - u
-        return (1 - u) * (clock[0] - last_write[zone] + 1) / (1 + u)
+    def stream_of(key):
+        return "hot" if oracle and key < hot_keys else "user"
 
-    def collect():
-        moved = 0
-        while len(free) < FREE_TARGET:
-            victim = max(sealed, key=score)
-            sealed.remove(victim)
-            for key in list(members[victim]):
-                append("gc", key)
-                moved += 1
-            written[victim] = 0
-            free.insert(0, victim)
-        return moved
-
-    for key in range(keys):
-        collect()
-        append("user", key)
-    user = moved = 0
-    for _ in range(keys * CHURN):
-        if hot_cold:
-            hot = rnd.random() < 0.8
-            key = rnd.randrange(hot_keys) if hot else hot_keys + rnd.randrange(keys - hot_keys)
-        else:
-            key = rnd.randrange(keys)
-        moved += collect()
-        append("hot" if oracle and key < hot_keys else "user", key)
-        user += 1
-    return (user + moved) / user
+    return churn(Log(ZONES, policy), keys, FREE_TARGET, keys * CHURN, next_key, stream_of)
 
 
 def single_log(zones, keys, seed=1):
     """Write amplification of one log of `zones` zones holding `keys` live objects overwritten
-    uniformly (greedy, one zone kept free): one temperature class in a log of its own."""
+    uniformly (greedy, one zone kept free, relocations appended with user writes): one
+    temperature class in a log of its own."""
     rnd = random.Random(seed)
-    where, members, written = {}, [set() for _ in range(zones)], [0] * zones
-    free, sealed, current = list(range(zones)), set(), [None]
-
-    def append(key):
-        zone = current[0]
-        if zone is None or written[zone] >= PER_ZONE:
-            if zone is not None:
-                sealed.add(zone)
-            zone = free.pop()
-            current[0], written[zone] = zone, 0
-        if key in where:
-            members[where[key]].discard(key)
-        where[key] = zone
-        members[zone].add(key)
-        written[zone] += 1
-
-    def collect():
-        moved = 0
-        while len(free) < 1:
-            victim = min(sealed, key=lambda z: len(members[z]))
-            sealed.remove(victim)
-            for key in list(members[victim]):
-                append(key)
-                moved += 1
-            written[victim] = 0
-            free.insert(0, victim)
-        return moved
-
-    for key in range(keys):
-        collect()
-        append(key)
-    moved = 0
-    for _ in range(keys * 6):
-        moved += collect()
-        append(rnd.randrange(keys))
-    return (keys * 6 + moved) / (keys * 6)
+    log = Log(zones, "greedy", gc_stream="user")
+    return churn(log, keys, 1, keys * 6, lambda: rnd.randrange(keys))
 
 
 def separated_bound():

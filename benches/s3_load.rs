@@ -474,6 +474,18 @@ fn report(name: &str, z: &Figures, b: &Figures) {
     }
 }
 
+/// Prints each figure of `a` as a ratio to the same figure of `b`.
+fn compare(label: &str, a: &Figures, b: &Figures) {
+    println!(
+        "{label}: 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
+        a.put_mibs / b.put_mibs,
+        a.get_mibs / b.get_mibs,
+        a.small_put.rate() / b.small_put.rate(),
+        a.small_get.rate() / b.small_get.rate(),
+        a.range_get.rate() / b.range_get.rate()
+    );
+}
+
 fn main() {
     let seconds: u64 = std::env::var("ZONESTORE_BENCH_SECONDS")
         .ok()
@@ -534,23 +546,17 @@ fn main() {
         );
     }
     if let (Some(fabric), Some(local)) = (get("embedded"), get("zns-file")) {
-        println!(
-            "fabric: embedded (NVMe/TCP) / zns-file (no fabric): 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
-            fabric.put_mibs / local.put_mibs,
-            fabric.get_mibs / local.get_mibs,
-            fabric.small_put.rate() / local.small_put.rate(),
-            fabric.small_get.rate() / local.small_get.rate(),
-            fabric.range_get.rate() / local.range_get.rate()
+        compare(
+            "fabric: embedded (NVMe/TCP) / zns-file (no fabric)",
+            fabric,
+            local,
         );
     }
     if let (Some(direct), Some(buffered)) = (get("embedded-direct"), get("embedded")) {
-        println!(
-            "direct writes: embedded --direct-writes / embedded: 64 MiB PUT {:.2}, GET {:.2}, 4 KiB PUT ops {:.2}, GET ops {:.2}, range GET ops {:.2}",
-            direct.put_mibs / buffered.put_mibs,
-            direct.get_mibs / buffered.get_mibs,
-            direct.small_put.rate() / buffered.small_put.rate(),
-            direct.small_get.rate() / buffered.small_get.rate(),
-            direct.range_get.rate() / buffered.range_get.rate()
+        compare(
+            "direct writes: embedded --direct-writes / embedded",
+            direct,
+            buffered,
         );
     }
 }
