@@ -279,6 +279,10 @@ async fn rebuilt_index_equals_the_live_one_after_overwrites_deletes_and_gc() {
     recovery::rebuild(&rebuilt_dir, drive_specs(&drives), |_| {})
         .await
         .unwrap();
+    assert!(
+        !rebuilt_dir.join("rebuild-scratch").exists(),
+        "the scratch store is removed"
+    );
     let rebuilt =
         recovery::canonical_dump(&zonestore::engine::index::Index::open(&rebuilt_dir).unwrap())
             .unwrap();

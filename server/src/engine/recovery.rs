@@ -22,6 +22,13 @@ use super::model::{
 use super::record::{self, Kind, RecordError};
 use super::registry::register_drives;
 
+mod scratch;
+
+use scratch::{Group, Scratch, Space};
+
+/// Where, inside the index being built, the scan keeps what it found.
+const SCRATCH_DIR: &str = "rebuild-scratch";
+
 /// What a rebuild found.
 #[derive(Debug, Default, Clone)]
 pub struct RebuildReport {
@@ -61,13 +68,13 @@ struct Versions {
 }
 
 impl Versions {
-    fn add(&mut self, f: &Found) {
+    fn add(&mut self, seq: u64, location: Location, payload: &[u8], kind: Kind) {
         let entry = self
             .by_seq
-            .entry(f.header.seq)
-            .or_insert_with(|| (Vec::new(), f.payload.clone(), f.header.kind));
-        if !entry.0.contains(&f.location) {
-            entry.0.push(f.location);
+            .entry(seq)
+            .or_insert_with(|| (Vec::new(), payload.to_vec(), kind));
+        if !entry.0.contains(&location) {
+            entry.0.push(location);
         }
     }
 
@@ -113,13 +120,8 @@ pub async fn rebuild(
     let mut report = RebuildReport::default();
     let mut max_seq = 0u64;
 
-    // 1. Read every record of every zone.
-    let mut data: HashMap<(u64, u64), HashMap<u16, DataCopy>> = HashMap::new();
-    let mut objects: HashMap<(String, String), Versions> = HashMap::new();
-    let mut buckets: HashMap<String, Versions> = HashMap::new();
-    let mut uploads: HashMap<u64, Versions> = HashMap::new();
-    let mut upload_names: HashMap<u64, (String, String)> = HashMap::new();
-    let mut parts: HashMap<(u64, u32), Versions> = HashMap::new();
+    // 1. Read every record of every zone into the scratch store.
+    let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
     for drive in drives.all() {
         let zones = drive.report_all_zones().await?;
         for (i, z) in zones.zones.iter().enumerate() {
@@ -138,261 +140,18 @@ pub async fn rebuild(
                     .max(f.header.seq)
                     .max(f.header.write_seq)
                     .max(f.header.id);
-                let h = &f.header;
-                match h.kind {
-                    Kind::Data => {
-                        let copies = data.entry((h.id, h.offset)).or_default();
-                        let newer = copies
-                            .get(&f.location.drive)
-                            .is_none_or(|c| c.0 < h.write_seq);
-                        if newer {
-                            copies.insert(f.location.drive, (h.write_seq, f.location, f.length));
-                        }
-                    }
-                    Kind::Commit | Kind::Tombstone => objects
-                        .entry((h.bucket.clone(), h.key.clone()))
-                        .or_default()
-                        .add(&f),
-                    Kind::Bucket | Kind::BucketDelete => {
-                        buckets.entry(h.bucket.clone()).or_default().add(&f)
-                    }
-                    Kind::Upload | Kind::UploadEnd => {
-                        upload_names.insert(h.id, (h.bucket.clone(), h.key.clone()));
-                        uploads.entry(h.id).or_default().add(&f);
-                    }
-                    Kind::Part => parts.entry((h.id, h.offset as u32)).or_default().add(&f),
-                }
+                scratch.add(&f)?;
             }
         }
     }
+    scratch.flush()?;
 
-    // 2. Resolve the winners into index entries.
+    // 2. Resolve the winners into index entries, one name at a time.
+    progress("resolving the newest version of every name");
+    let resolved = resolve(&index, &drives, &scratch, &mut report);
+    scratch.remove();
+    let accounts = resolved?;
     let mut batch = WriteBatch::default();
-    let mut accounts: HashMap<ZoneId, ZoneAccount> = HashMap::new();
-    let count = |ls: &[Location], accounts: &mut HashMap<ZoneId, ZoneAccount>| {
-        for l in ls {
-            if let Some(zone) = drives.zone_of(l) {
-                let a = accounts.entry(zone).or_default();
-                a.valid_bytes += drives.bytes_of(l);
-                a.max_indexed_end = a.max_indexed_end.max(l.lba + u64::from(l.blocks));
-                a.last_write_ms = super::commit::now_ms();
-            }
-        }
-    };
-    // A deletion that still hides older records on the drives keeps its tombstone.
-    let put_tombstone = |batch: &mut WriteBatch,
-                         accounts: &mut HashMap<ZoneId, ZoneAccount>,
-                         kind: TombKind,
-                         name: &[u8],
-                         seq: u64,
-                         locations: &[Location],
-                         shadowed: Vec<ZoneStamp>| {
-        let t = TombstoneEntry {
-            seq,
-            location: sorted(locations),
-            shadowed,
-        };
-        count(&t.location, accounts);
-        batch.put_cf(
-            index.cf(cf::TOMBSTONES),
-            index::tombstone_key(kind, name),
-            t.encode(),
-        );
-    };
-    let stream_extents = |stream_id: u64, length: u64| -> Option<Vec<(u64, Extent)>> {
-        let mut out = Vec::new();
-        let mut offset = 0u64;
-        while offset < length {
-            let copies = data.get(&(stream_id, offset))?;
-            let mut replicas: Vec<Location> = copies.values().map(|c| c.1).collect();
-            replicas.sort();
-            let any = copies.values().next()?;
-            out.push((
-                offset,
-                Extent {
-                    length: any.2,
-                    replicas,
-                },
-            ));
-            offset += u64::from(any.2);
-        }
-        (offset == length).then_some(out)
-    };
-
-    for (name, versions) in &buckets {
-        let Some((seq, (locations, payload, kind))) = versions.newest() else {
-            continue;
-        };
-        let shadowed = versions.older_stamps(seq, &drives);
-        match kind {
-            Kind::Bucket => {
-                let mut entry = BucketEntry::from_payload(seq, payload)
-                    .map_err(|e| EngineError::Corrupt(e.0))?;
-                entry.location = sorted(locations);
-                entry.shadowed = shadowed;
-                count(&entry.location, &mut accounts);
-                batch.put_cf(index.cf(cf::BUCKETS), name.as_bytes(), entry.encode());
-                report.buckets += 1;
-            }
-            _ if !shadowed.is_empty() => {
-                put_tombstone(
-                    &mut batch,
-                    &mut accounts,
-                    TombKind::Bucket,
-                    name.as_bytes(),
-                    seq,
-                    locations,
-                    shadowed,
-                );
-            }
-            _ => {}
-        }
-    }
-    for ((bucket, key), versions) in &objects {
-        let Some((seq, (locations, payload, kind))) = versions.newest() else {
-            continue;
-        };
-        let okey = index::object_key(bucket, key);
-        let shadowed = versions.older_stamps(seq, &drives);
-        match kind {
-            Kind::Commit => {
-                let meta = ObjectMeta::decode(payload).map_err(|e| EngineError::Corrupt(e.0))?;
-                let mut all = Vec::new();
-                let mut complete = true;
-                for s in &meta.streams {
-                    match stream_extents(s.stream_id, s.length) {
-                        Some(extents) => all.push((s.stream_id, extents)),
-                        None => complete = false,
-                    }
-                }
-                if !complete {
-                    tracing::error!(bucket, key, "object data missing or damaged; not restored");
-                    report.incomplete_objects += 1;
-                    continue;
-                }
-                for (stream_id, extents) in all {
-                    for (offset, extent) in extents {
-                        count(&extent.replicas, &mut accounts);
-                        batch.put_cf(
-                            index.cf(cf::EXTENTS),
-                            index::extent_key(stream_id, offset),
-                            extent.encode(),
-                        );
-                    }
-                }
-                let entry = ObjectEntry {
-                    meta,
-                    commit: sorted(locations),
-                    shadowed,
-                };
-                count(&entry.commit, &mut accounts);
-                batch.put_cf(index.cf(cf::OBJECTS), okey, entry.encode());
-                report.objects += 1;
-            }
-            _ if !shadowed.is_empty() => {
-                put_tombstone(
-                    &mut batch,
-                    &mut accounts,
-                    TombKind::Object,
-                    &okey,
-                    seq,
-                    locations,
-                    shadowed,
-                );
-            }
-            _ => {}
-        }
-    }
-    for (upload_id, versions) in &uploads {
-        let Some((seq, (locations, payload, kind))) = versions.newest() else {
-            continue;
-        };
-        let (bucket, key) = upload_names.get(upload_id).cloned().unwrap_or_default();
-        let mine: Vec<(&(u64, u32), &Versions)> = parts
-            .iter()
-            .filter(|((id, _), _)| id == upload_id)
-            .collect();
-        match kind {
-            Kind::Upload => {
-                let template =
-                    ObjectMeta::decode(payload).map_err(|e| EngineError::Corrupt(e.0))?;
-                let mut shadowed = Vec::new();
-                for ((_, number), pv) in &mine {
-                    let Some((pseq, (plocs, ppayload, _))) = pv.newest() else {
-                        continue;
-                    };
-                    shadowed.extend(pv.older_stamps(pseq, &drives));
-                    let mut part = PartEntry::from_payload(pseq, ppayload)
-                        .map_err(|e| EngineError::Corrupt(e.0))?;
-                    part.location = sorted(plocs);
-                    let Some(extents) = stream_extents(part.stream_id, part.size) else {
-                        tracing::error!(
-                            upload_id,
-                            part = number,
-                            "part data missing; not restored"
-                        );
-                        continue;
-                    };
-                    for (offset, extent) in extents {
-                        count(&extent.replicas, &mut accounts);
-                        batch.put_cf(
-                            index.cf(cf::EXTENTS),
-                            index::extent_key(part.stream_id, offset),
-                            extent.encode(),
-                        );
-                    }
-                    count(&part.location, &mut accounts);
-                    batch.put_cf(
-                        index.cf(cf::PARTS),
-                        index::part_key(*upload_id, *number),
-                        part.encode(),
-                    );
-                }
-                shadowed.sort();
-                shadowed.dedup();
-                let entry = UploadEntry {
-                    upload_id: *upload_id,
-                    seq,
-                    bucket: bucket.clone(),
-                    key: key.clone(),
-                    template,
-                    location: sorted(locations),
-                    shadowed,
-                };
-                count(&entry.location, &mut accounts);
-                batch.put_cf(
-                    index.cf(cf::UPLOADS),
-                    upload_id.to_be_bytes(),
-                    entry.encode(),
-                );
-                batch.put_cf(
-                    index.cf(cf::UPLOAD_KEYS),
-                    index::upload_listing_key(&bucket, &key, *upload_id),
-                    [],
-                );
-                report.uploads += 1;
-            }
-            _ => {
-                let mut shadowed = versions.older_stamps(seq, &drives);
-                for (_, pv) in &mine {
-                    shadowed.extend(pv.older_stamps(u64::MAX, &drives));
-                }
-                shadowed.sort();
-                shadowed.dedup();
-                if !shadowed.is_empty() {
-                    put_tombstone(
-                        &mut batch,
-                        &mut accounts,
-                        TombKind::Upload,
-                        &upload_id.to_be_bytes(),
-                        seq,
-                        locations,
-                        shadowed,
-                    );
-                }
-            }
-        }
-    }
     for (zone, account) in &accounts {
         batch.put_cf(
             index.cf(cf::ZONES),
@@ -412,6 +171,271 @@ pub async fn rebuild(
         report.uploads
     ));
     Ok(report)
+}
+
+/// Entries gathered before a write to the rebuilt index.
+const OUTPUT_BATCH: usize = 4096;
+
+/// Turns the scratch store's groups into index entries, written in batches, and keeps the
+/// per-zone accounting of what they reference.
+struct Resolver<'a> {
+    index: &'a Index,
+    drives: &'a Drives,
+    scratch: &'a Scratch,
+    batch: WriteBatch,
+    accounts: HashMap<ZoneId, ZoneAccount>,
+}
+
+/// Resolves every bucket, object and upload the scan found; returns the zone accounting.
+fn resolve(
+    index: &Index,
+    drives: &Drives,
+    scratch: &Scratch,
+    report: &mut RebuildReport,
+) -> EngineResult<HashMap<ZoneId, ZoneAccount>> {
+    let mut r = Resolver {
+        index,
+        drives,
+        scratch,
+        batch: WriteBatch::default(),
+        accounts: HashMap::new(),
+    };
+    scratch.for_each_group(Space::Bucket, |g| r.bucket(g, report))?;
+    scratch.for_each_group(Space::Object, |g| r.object(g, report))?;
+    scratch.for_each_group(Space::Upload, |g| r.upload(g, report))?;
+    index.write(std::mem::take(&mut r.batch), false)?;
+    Ok(r.accounts)
+}
+
+impl Resolver<'_> {
+    fn count(&mut self, ls: &[Location]) {
+        for l in ls {
+            if let Some(zone) = self.drives.zone_of(l) {
+                let a = self.accounts.entry(zone).or_default();
+                a.valid_bytes += self.drives.bytes_of(l);
+                a.max_indexed_end = a.max_indexed_end.max(l.lba + u64::from(l.blocks));
+                a.last_write_ms = super::commit::now_ms();
+            }
+        }
+    }
+
+    fn put(&mut self, cf_name: &str, key: &[u8], value: &[u8]) -> EngineResult<()> {
+        self.batch.put_cf(self.index.cf(cf_name), key, value);
+        if self.batch.len() >= OUTPUT_BATCH {
+            self.index.write(std::mem::take(&mut self.batch), false)?;
+        }
+        Ok(())
+    }
+
+    /// A deletion that still hides older records on the drives keeps its tombstone.
+    fn put_tombstone(
+        &mut self,
+        kind: TombKind,
+        name: &[u8],
+        seq: u64,
+        locations: &[Location],
+        shadowed: Vec<ZoneStamp>,
+    ) -> EngineResult<()> {
+        let t = TombstoneEntry {
+            seq,
+            location: sorted(locations),
+            shadowed,
+        };
+        self.count(&t.location);
+        self.put(
+            cf::TOMBSTONES,
+            &index::tombstone_key(kind, name),
+            &t.encode(),
+        )
+    }
+
+    /// The extents of a stream of `length` bytes, if every piece of it was found.
+    fn stream_extents(
+        &self,
+        stream_id: u64,
+        length: u64,
+    ) -> EngineResult<Option<Vec<(u64, Extent)>>> {
+        let copies = self.scratch.stream_copies(stream_id)?;
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        while offset < length {
+            let Some(at) = copies.get(&offset) else {
+                return Ok(None);
+            };
+            let Some(any) = at.values().next() else {
+                return Ok(None);
+            };
+            let mut replicas: Vec<Location> = at.values().map(|c| c.1).collect();
+            replicas.sort();
+            out.push((
+                offset,
+                Extent {
+                    length: any.2,
+                    replicas,
+                },
+            ));
+            offset += u64::from(any.2);
+        }
+        Ok((offset == length).then_some(out))
+    }
+
+    /// Writes the extents of a stream and counts their copies.
+    fn put_extents(&mut self, stream_id: u64, extents: Vec<(u64, Extent)>) -> EngineResult<()> {
+        for (offset, extent) in extents {
+            self.count(&extent.replicas);
+            self.put(
+                cf::EXTENTS,
+                &index::extent_key(stream_id, offset),
+                &extent.encode(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn bucket(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
+        let Some((seq, (locations, payload, kind))) = g.versions.newest() else {
+            return Ok(());
+        };
+        let shadowed = g.versions.older_stamps(seq, self.drives);
+        match kind {
+            Kind::Bucket => {
+                let mut entry = BucketEntry::from_payload(seq, payload)
+                    .map_err(|e| EngineError::Corrupt(e.0))?;
+                entry.location = sorted(locations);
+                entry.shadowed = shadowed;
+                self.count(&entry.location);
+                self.put(cf::BUCKETS, &g.name, &entry.encode())?;
+                report.buckets += 1;
+            }
+            _ if !shadowed.is_empty() => {
+                self.put_tombstone(TombKind::Bucket, &g.name, seq, locations, shadowed)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn object(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
+        let Some((seq, (locations, payload, kind))) = g.versions.newest() else {
+            return Ok(());
+        };
+        let shadowed = g.versions.older_stamps(seq, self.drives);
+        match kind {
+            Kind::Commit => {
+                let meta = ObjectMeta::decode(payload).map_err(|e| EngineError::Corrupt(e.0))?;
+                let mut all = Vec::new();
+                for s in &meta.streams {
+                    match self.stream_extents(s.stream_id, s.length)? {
+                        Some(extents) => all.push((s.stream_id, extents)),
+                        None => {
+                            tracing::error!(
+                                bucket = g.bucket,
+                                key = g.key,
+                                "object data missing or damaged; not restored"
+                            );
+                            report.incomplete_objects += 1;
+                            return Ok(());
+                        }
+                    }
+                }
+                for (stream_id, extents) in all {
+                    self.put_extents(stream_id, extents)?;
+                }
+                let entry = ObjectEntry {
+                    meta,
+                    commit: sorted(locations),
+                    shadowed,
+                };
+                self.count(&entry.commit);
+                self.put(cf::OBJECTS, &g.name, &entry.encode())?;
+                report.objects += 1;
+            }
+            _ if !shadowed.is_empty() => {
+                self.put_tombstone(TombKind::Object, &g.name, seq, locations, shadowed)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn upload(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
+        let Some((seq, (locations, payload, kind))) = g.versions.newest() else {
+            return Ok(());
+        };
+        let upload_id = g
+            .name
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| EngineError::Internal("rebuild: an upload name is not an id".into()))?;
+        let scratch = self.scratch;
+        if *kind != Kind::Upload {
+            // Completed or aborted: only a tombstone, if older records still need hiding.
+            let mut shadowed = g.versions.older_stamps(seq, self.drives);
+            scratch.for_each_part(upload_id, |part| {
+                shadowed.extend(part.versions.older_stamps(u64::MAX, self.drives));
+                Ok(())
+            })?;
+            shadowed.sort();
+            shadowed.dedup();
+            if !shadowed.is_empty() {
+                self.put_tombstone(
+                    TombKind::Upload,
+                    &upload_id.to_be_bytes(),
+                    seq,
+                    locations,
+                    shadowed,
+                )?;
+            }
+            return Ok(());
+        }
+        let template = ObjectMeta::decode(payload).map_err(|e| EngineError::Corrupt(e.0))?;
+        let mut shadowed = Vec::new();
+        scratch.for_each_part(upload_id, |part| {
+            let Some((pseq, (plocs, ppayload, _))) = part.versions.newest() else {
+                return Ok(());
+            };
+            shadowed.extend(part.versions.older_stamps(pseq, self.drives));
+            let mut entry =
+                PartEntry::from_payload(pseq, ppayload).map_err(|e| EngineError::Corrupt(e.0))?;
+            entry.location = sorted(plocs);
+            let Some(extents) = self.stream_extents(entry.stream_id, entry.size)? else {
+                tracing::error!(
+                    upload_id,
+                    part = entry.part_number,
+                    "part data missing; not restored"
+                );
+                return Ok(());
+            };
+            self.put_extents(entry.stream_id, extents)?;
+            self.count(&entry.location);
+            self.put(
+                cf::PARTS,
+                &index::part_key(upload_id, entry.part_number),
+                &entry.encode(),
+            )
+        })?;
+        shadowed.sort();
+        shadowed.dedup();
+        let entry = UploadEntry {
+            upload_id,
+            seq,
+            bucket: g.bucket.clone(),
+            key: g.key.clone(),
+            template,
+            location: sorted(locations),
+            shadowed,
+        };
+        self.count(&entry.location);
+        self.put(cf::UPLOADS, &upload_id.to_be_bytes(), &entry.encode())?;
+        self.put(
+            cf::UPLOAD_KEYS,
+            &index::upload_listing_key(&g.bucket, &g.key, upload_id),
+            &[],
+        )?;
+        report.uploads += 1;
+        Ok(())
+    }
 }
 
 fn sorted(locations: &[Location]) -> Vec<Location> {
