@@ -771,8 +771,7 @@ mod tests {
             eprintln!("no direct writes under {}", dir.path().display());
         }
         assert_eq!(drive.read(lba, 256).await.unwrap(), data(2));
-        // A write that is not a multiple of the alignment goes through the page cache, and
-        // lands next to the direct one.
+        // A one-block write lands right after the direct one.
         let small = Bytes::from(vec![7u8; 4096]);
         drive.append(g.zone_start(1), small.clone()).await.unwrap();
         assert_eq!(drive.read(lba + 256, 1).await.unwrap(), small);

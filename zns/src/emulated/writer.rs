@@ -136,6 +136,10 @@ impl DirectWriter {
             self.bounce = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
         }
         let pad = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
+        if pad > DIRECT_ALIGN {
+            // No aligned window in this buffer: let the caller write buffered.
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let window = &mut self.bounce[pad..pad + DIRECT_CHUNK];
         let mut offset = run[0].offset;
         let mut parts = run.iter().map(|j| &j.data[..]);
@@ -200,7 +204,7 @@ fn write_run(target: &mut Target, run: &[Job]) -> std::io::Result<()> {
             Ok(()) => return Ok(()),
             // The file system takes no direct I/O (or not at this alignment): stop trying.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!("direct writes refused ({e}); writing through the page cache");
+                tracing::warn!("direct writes refused ({e}); writing through the page cache");
                 target.direct = None;
             }
             Err(e) => return Err(e),
@@ -248,4 +252,94 @@ fn write_buffered(file: &File, run: &[Job], total: usize) -> std::io::Result<()>
         written = 0;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// Jobs of odd sizes (multiples of 512) totalling an aligned length over twice the bounce
+    /// buffer, so that parts straddle chunk boundaries; returns them and the bytes they carry.
+    fn jobs(
+        start: u64,
+    ) -> (
+        Vec<Job>,
+        Vec<u8>,
+        Vec<oneshot::Receiver<std::io::Result<()>>>,
+    ) {
+        let mut jobs = Vec::new();
+        let mut bytes = Vec::new();
+        let mut waits = Vec::new();
+        let mut offset = start;
+        let mut i = 0usize;
+        while bytes.len() < 2 * DIRECT_CHUNK + DIRECT_ALIGN || bytes.len() % DIRECT_ALIGN != 0 {
+            let len = 512 * (1 + (i * 37) % 300);
+            let data: Vec<u8> = (0..len).map(|b| (b as u8) ^ (i as u8)).collect();
+            bytes.extend_from_slice(&data);
+            let (done, wait) = oneshot::channel();
+            jobs.push(Job {
+                data: Bytes::from(data),
+                offset,
+                done,
+            });
+            waits.push(wait);
+            offset += len as u64;
+            i += 1;
+        }
+        (jobs, bytes, waits)
+    }
+
+    #[test]
+    fn runs_longer_than_the_bounce_buffer_land_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap(),
+        );
+        file.set_len(64 << 20).unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .ok()
+            .map(|file| DirectWriter {
+                file: Arc::new(file),
+                bounce: Vec::new(),
+            });
+        let mut target = Target {
+            file: file.clone(),
+            use_direct: Arc::new(AtomicBool::new(true)),
+            direct,
+        };
+        let start = 3 * DIRECT_ALIGN as u64;
+        let (mut batch, bytes, waits) = jobs(start);
+        // Out of order, as the queue may hand them over.
+        batch.reverse();
+        write_batch(&mut target, &mut batch);
+        for wait in waits {
+            wait.blocking_recv().unwrap().unwrap();
+        }
+        let mut back = vec![0u8; bytes.len() + 2 * DIRECT_ALIGN];
+        file.read_exact_at(&mut back, start - DIRECT_ALIGN as u64)
+            .unwrap();
+        assert!(
+            back[..DIRECT_ALIGN].iter().all(|&b| b == 0),
+            "nothing before the run"
+        );
+        assert!(
+            back[DIRECT_ALIGN..DIRECT_ALIGN + bytes.len()] == bytes[..],
+            "the run, exactly"
+        );
+        assert!(
+            back[DIRECT_ALIGN + bytes.len()..].iter().all(|&b| b == 0),
+            "nothing after"
+        );
+    }
 }
