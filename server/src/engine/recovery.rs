@@ -68,7 +68,14 @@ struct Versions {
 }
 
 impl Versions {
+    /// Adds a copy of version `seq`. Copies come in ascending `seq` order, and only the newest
+    /// version's payload is ever decoded, so older payloads are dropped as newer ones arrive.
     fn add(&mut self, seq: u64, location: Location, payload: &[u8], kind: Kind) {
+        if let Some((&newest, version)) = self.by_seq.iter_mut().next_back()
+            && newest < seq
+        {
+            version.1 = Vec::new();
+        }
         let entry = self
             .by_seq
             .entry(seq)
@@ -149,7 +156,7 @@ pub async fn rebuild(
     // 2. Resolve the winners into index entries, one name at a time.
     progress("resolving the newest version of every name");
     let resolved = resolve(&index, &drives, &scratch, &mut report);
-    scratch.remove();
+    drop(scratch);
     let accounts = resolved?;
     let mut batch = WriteBatch::default();
     for (zone, account) in &accounts {
@@ -249,47 +256,26 @@ impl Resolver<'_> {
         )
     }
 
-    /// The extents of a stream of `length` bytes, if every piece of it was found.
-    fn stream_extents(
-        &self,
-        stream_id: u64,
-        length: u64,
-    ) -> EngineResult<Option<Vec<(u64, Extent)>>> {
-        let copies = self.scratch.stream_copies(stream_id)?;
-        let mut out = Vec::new();
-        let mut offset = 0u64;
-        while offset < length {
-            let Some(at) = copies.get(&offset) else {
-                return Ok(None);
-            };
-            let Some(any) = at.values().next() else {
-                return Ok(None);
-            };
-            let mut replicas: Vec<Location> = at.values().map(|c| c.1).collect();
-            replicas.sort();
-            out.push((
-                offset,
-                Extent {
-                    length: any.2,
-                    replicas,
-                },
-            ));
-            offset += u64::from(any.2);
+    /// Writes the extents of a stream of `length` bytes and counts their copies; false (and
+    /// nothing written) if some piece of it was not found.
+    fn put_stream(&mut self, stream_id: u64, length: u64) -> EngineResult<bool> {
+        let scratch = self.scratch;
+        if !walk_stream(scratch, stream_id, length, |_, _| Ok(()))? {
+            return Ok(false);
         }
-        Ok((offset == length).then_some(out))
-    }
-
-    /// Writes the extents of a stream and counts their copies.
-    fn put_extents(&mut self, stream_id: u64, extents: Vec<(u64, Extent)>) -> EngineResult<()> {
-        for (offset, extent) in extents {
+        walk_stream(scratch, stream_id, length, |offset, extent| {
             self.count(&extent.replicas);
             self.put(
                 cf::EXTENTS,
                 &index::extent_key(stream_id, offset),
                 &extent.encode(),
-            )?;
-        }
-        Ok(())
+            )
+        })
+    }
+
+    /// Whether every piece of a stream of `length` bytes was found.
+    fn stream_complete(&self, stream_id: u64, length: u64) -> EngineResult<bool> {
+        walk_stream(self.scratch, stream_id, length, |_, _| Ok(()))
     }
 
     fn bucket(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
@@ -299,8 +285,10 @@ impl Resolver<'_> {
         let shadowed = g.versions.older_stamps(seq, self.drives);
         match kind {
             Kind::Bucket => {
-                let mut entry = BucketEntry::from_payload(seq, payload)
-                    .map_err(|e| EngineError::Corrupt(e.0))?;
+                let Some(mut entry) = readable(BucketEntry::from_payload(seq, payload), &g, report)
+                else {
+                    return Ok(());
+                };
                 entry.location = sorted(locations);
                 entry.shadowed = shadowed;
                 self.count(&entry.location);
@@ -322,24 +310,23 @@ impl Resolver<'_> {
         let shadowed = g.versions.older_stamps(seq, self.drives);
         match kind {
             Kind::Commit => {
-                let meta = ObjectMeta::decode(payload).map_err(|e| EngineError::Corrupt(e.0))?;
-                let mut all = Vec::new();
+                let Some(meta) = readable(ObjectMeta::decode(payload), &g, report) else {
+                    report.incomplete_objects += 1;
+                    return Ok(());
+                };
                 for s in &meta.streams {
-                    match self.stream_extents(s.stream_id, s.length)? {
-                        Some(extents) => all.push((s.stream_id, extents)),
-                        None => {
-                            tracing::error!(
-                                bucket = g.bucket,
-                                key = g.key,
-                                "object data missing or damaged; not restored"
-                            );
-                            report.incomplete_objects += 1;
-                            return Ok(());
-                        }
+                    if !self.stream_complete(s.stream_id, s.length)? {
+                        tracing::error!(
+                            bucket = g.bucket,
+                            key = g.key,
+                            "object data missing or damaged; not restored"
+                        );
+                        report.incomplete_objects += 1;
+                        return Ok(());
                     }
                 }
-                for (stream_id, extents) in all {
-                    self.put_extents(stream_id, extents)?;
+                for s in &meta.streams {
+                    self.put_stream(s.stream_id, s.length)?;
                 }
                 let entry = ObjectEntry {
                     meta,
@@ -389,29 +376,35 @@ impl Resolver<'_> {
             }
             return Ok(());
         }
-        let template = ObjectMeta::decode(payload).map_err(|e| EngineError::Corrupt(e.0))?;
+        let Some(template) = readable(ObjectMeta::decode(payload), &g, report) else {
+            return Ok(());
+        };
         let mut shadowed = Vec::new();
         scratch.for_each_part(upload_id, |part| {
             let Some((pseq, (plocs, ppayload, _))) = part.versions.newest() else {
                 return Ok(());
             };
+            // The part number as the records name it (the last 4 bytes of the part's name).
+            let number = part
+                .name
+                .get(8..12)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| EngineError::Internal("rebuild: a part name is malformed".into()))?;
             shadowed.extend(part.versions.older_stamps(pseq, self.drives));
-            let mut entry =
-                PartEntry::from_payload(pseq, ppayload).map_err(|e| EngineError::Corrupt(e.0))?;
-            entry.location = sorted(plocs);
-            let Some(extents) = self.stream_extents(entry.stream_id, entry.size)? else {
-                tracing::error!(
-                    upload_id,
-                    part = entry.part_number,
-                    "part data missing; not restored"
-                );
+            let Some(mut entry) = readable(PartEntry::from_payload(pseq, ppayload), &part, report)
+            else {
                 return Ok(());
             };
-            self.put_extents(entry.stream_id, extents)?;
+            entry.location = sorted(plocs);
+            if !self.put_stream(entry.stream_id, entry.size)? {
+                tracing::error!(upload_id, part = number, "part data missing; not restored");
+                return Ok(());
+            }
             self.count(&entry.location);
             self.put(
                 cf::PARTS,
-                &index::part_key(upload_id, entry.part_number),
+                &index::part_key(upload_id, number),
                 &entry.encode(),
             )
         })?;
@@ -436,6 +429,70 @@ impl Resolver<'_> {
         report.uploads += 1;
         Ok(())
     }
+}
+
+/// The decoded payload of a group's newest record; a payload that passed its CRC yet does not
+/// decode is reported and skipped (that name is not restored) rather than failing the rebuild.
+fn readable<T, E: std::fmt::Display>(
+    decoded: Result<T, E>,
+    group: &Group,
+    report: &mut RebuildReport,
+) -> Option<T> {
+    match decoded {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::error!(
+                bucket = group.bucket,
+                key = group.key,
+                "record payload unreadable ({e}); not restored"
+            );
+            report.damaged += 1;
+            None
+        }
+    }
+}
+
+/// Walks the records of a stream of `length` bytes from offset 0, each record leading to the
+/// next by its length, calling `emit` with each as an extent (all its copies). False if the
+/// chain breaks (a piece missing or empty) or overshoots `length`.
+fn walk_stream(
+    scratch: &Scratch,
+    stream_id: u64,
+    length: u64,
+    mut emit: impl FnMut(u64, Extent) -> EngineResult<()>,
+) -> EngineResult<bool> {
+    let mut next = 0u64;
+    let mut broken = false;
+    scratch.for_each_offset(stream_id, |offset, copies| {
+        if next >= length || offset > next {
+            // Done, or a gap: nothing further can continue the chain.
+            broken = offset > next && next < length;
+            return Ok(false);
+        }
+        if offset < next {
+            // A record off the chain (never referenced by this stream's extents).
+            return Ok(true);
+        }
+        let Some(first) = copies.values().next() else {
+            return Ok(true);
+        };
+        if first.2 == 0 {
+            broken = true;
+            return Ok(false);
+        }
+        let mut replicas: Vec<Location> = copies.values().map(|c| c.1).collect();
+        replicas.sort();
+        emit(
+            offset,
+            Extent {
+                length: first.2,
+                replicas,
+            },
+        )?;
+        next = next.saturating_add(u64::from(first.2));
+        Ok(true)
+    })?;
+    Ok(!broken && next == length)
 }
 
 fn sorted(locations: &[Location]) -> Vec<Location> {
@@ -570,4 +627,67 @@ pub fn canonical_dump(index: &Index) -> EngineResult<Vec<String>> {
         }
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::record::Header;
+
+    /// A data record of stream 9 at `offset` of `length` bytes on drive 0.
+    fn piece(offset: u64, length: u32, lba: u64) -> Found {
+        Found {
+            header: Header {
+                kind: Kind::Data,
+                seq: 1,
+                write_seq: 1,
+                id: 9,
+                offset,
+                bucket: String::new(),
+                key: String::new(),
+            },
+            location: Location {
+                drive: 0,
+                lba,
+                blocks: 1,
+            },
+            payload: Vec::new(),
+            length,
+        }
+    }
+
+    fn walk(pieces: &[(u64, u32)], length: u64) -> (bool, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scratch = Scratch::create(&dir.path().join("s")).unwrap();
+        for (i, &(offset, len)) in pieces.iter().enumerate() {
+            scratch.add(&piece(offset, len, i as u64)).unwrap();
+        }
+        scratch.flush().unwrap();
+        let mut emitted = Vec::new();
+        let complete = walk_stream(&scratch, 9, length, |offset, _| {
+            emitted.push(offset);
+            Ok(())
+        })
+        .unwrap();
+        (complete, emitted)
+    }
+
+    #[test]
+    fn a_stream_is_complete_only_when_its_records_chain_to_its_length() {
+        assert_eq!(walk(&[(0, 10), (10, 5)], 15), (true, vec![0, 10]));
+        assert!(!walk(&[(0, 10), (12, 3)], 15).0, "a gap");
+        assert!(!walk(&[(0, 10)], 15).0, "the end is missing");
+        assert!(!walk(&[(0, 10), (10, 10)], 15).0, "overshoots the length");
+        assert_eq!(
+            walk(&[(0, 0)], 5),
+            (false, vec![]),
+            "an empty record cannot advance"
+        );
+        assert_eq!(walk(&[], 0), (true, vec![]), "an empty stream");
+        assert_eq!(
+            walk(&[(0, 8), (4, 4), (8, 2)], 10),
+            (true, vec![0, 8]),
+            "a record off the chain is ignored"
+        );
+    }
 }

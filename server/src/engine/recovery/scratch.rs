@@ -45,11 +45,23 @@ pub(super) struct Group {
     pub key: String,
 }
 
-/// The scratch store.
+/// The scratch store. Dropping it deletes it, whatever ended the rebuild.
 pub(super) struct Scratch {
+    // Fields drop in order: the database closes before its directory is removed.
     db: DB,
-    path: PathBuf,
     batch: WriteBatch,
+    _dir: RemovedOnDrop,
+}
+
+/// A directory deleted when this is dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), "removing the rebuild scratch store: {e}");
+        }
+    }
 }
 
 fn failed(what: &str) -> impl Fn(rocksdb::Error) -> EngineError + '_ {
@@ -121,8 +133,8 @@ impl Scratch {
         let db = DB::open(&options, path).map_err(failed("opening"))?;
         Ok(Scratch {
             db,
-            path: path.to_path_buf(),
             batch: WriteBatch::default(),
+            _dir: RemovedOnDrop(path.to_path_buf()),
         })
     }
 
@@ -247,15 +259,17 @@ impl Scratch {
         Ok(())
     }
 
-    /// Every copy of every data record of `stream_id`, by offset and drive (the newest copy on
-    /// each drive, as written last).
-    pub fn stream_copies(
+    /// Calls `f` with every offset of stream `stream_id` that has data, in offset order, and
+    /// the newest copy of it on each drive (write_seq, location, payload length). Stops early
+    /// when `f` returns false.
+    pub fn for_each_offset(
         &self,
         stream_id: u64,
-    ) -> EngineResult<BTreeMap<u64, BTreeMap<u16, DataCopy>>> {
+        mut f: impl FnMut(u64, &BTreeMap<u16, DataCopy>) -> EngineResult<bool>,
+    ) -> EngineResult<()> {
         let mut prefix = vec![Space::Data as u8];
         prefix.extend_from_slice(&stream_id.to_be_bytes());
-        let mut out: BTreeMap<u64, BTreeMap<u16, DataCopy>> = BTreeMap::new();
+        let mut current: Option<(u64, BTreeMap<u16, DataCopy>)> = None;
         let iter = self
             .db
             .iterator(IteratorMode::From(&prefix, Direction::Forward));
@@ -275,23 +289,22 @@ impl Scratch {
             })();
             let (offset, drive, write_seq, lba, blocks, length) =
                 parsed.ok_or_else(|| corrupt(&k))?;
-            let copies = out.entry(offset).or_default();
+            if let Some((done, copies)) = current.take_if(|(o, _)| *o != offset)
+                && !f(done, &copies)?
+            {
+                return Ok(());
+            }
+            let (_, copies) = current.get_or_insert_with(|| (offset, BTreeMap::new()));
             // Keys run in write_seq order, then LBA: keep the first copy of the newest write.
             if copies.get(&drive).is_none_or(|c| c.0 < write_seq) {
                 let location = Location { drive, lba, blocks };
                 copies.insert(drive, (write_seq, location, length));
             }
         }
-        Ok(out)
-    }
-
-    /// Deletes the store.
-    pub fn remove(self) {
-        let path = self.path.clone();
-        drop(self.db);
-        if let Err(e) = std::fs::remove_dir_all(&path) {
-            tracing::warn!(path = %path.display(), "removing the rebuild scratch store: {e}");
+        if let Some((offset, copies)) = current {
+            f(offset, &copies)?;
         }
+        Ok(())
     }
 }
 
@@ -396,12 +409,15 @@ mod tests {
             (uploads[0].bucket.as_str(), uploads[0].key.as_str()),
             ("b", "k1")
         );
-        scratch.remove();
-        assert!(!dir.path().join("s").exists());
+        drop(scratch);
+        assert!(
+            !dir.path().join("s").exists(),
+            "dropping the store deletes it"
+        );
     }
 
     #[test]
-    fn stream_copies_keep_the_newest_copy_per_drive() {
+    fn offsets_keep_the_newest_copy_per_drive() {
         let dir = tempfile::tempdir().unwrap();
         let mut scratch = Scratch::create(&dir.path().join("s")).unwrap();
         let mut data = |write_seq: u64, offset: u64, at: (u16, u64)| {
@@ -417,7 +433,13 @@ mod tests {
             .add(&found(Kind::Data, 1, 78, 0, (0, 5), b""))
             .unwrap();
         scratch.flush().unwrap();
-        let copies = scratch.stream_copies(77).unwrap();
+        let mut copies = BTreeMap::new();
+        scratch
+            .for_each_offset(77, |offset, at| {
+                copies.insert(offset, at.clone());
+                Ok(true)
+            })
+            .unwrap();
         assert_eq!(
             copies.len(),
             2,
