@@ -7,6 +7,38 @@ use crate::error::ZoneResult;
 use crate::geometry::Geometry;
 use crate::zone::{ReportFilter, ZoneAction, ZoneReport, ZoneSelect};
 
+/// What a writer expects of data it writes, as the NVMe Dataset Management field of a Write or
+/// Zone Append command (Command Dword 13, Access Frequency in bits 3:0) says it: a drive may use
+/// it to decide what to keep in fast memory. Zonestore marks every copy of a record but the one
+/// reads prefer, so that a machine holding several copies caches one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteHint {
+    /// No information (Access Frequency 0h), or reads expected.
+    #[default]
+    None,
+    /// Infrequent reads expected (Access Frequency 2h, "infrequent writes and infrequent
+    /// reads", or 4h, "frequent writes and infrequent reads").
+    InfrequentReads,
+}
+
+impl WriteHint {
+    /// The Dataset Management byte (CDW13 bits 7:0) that carries the hint.
+    pub fn dsm(self) -> u8 {
+        match self {
+            WriteHint::None => 0,
+            WriteHint::InfrequentReads => 2,
+        }
+    }
+
+    /// The hint a Dataset Management byte carries (other fields of the byte are ignored).
+    pub fn from_dsm(dsm: u8) -> WriteHint {
+        match dsm & 0x0F {
+            2 | 4 => WriteHint::InfrequentReads,
+            _ => WriteHint::None,
+        }
+    }
+}
+
 /// A zoned block device with the semantics of the NVMe ZNS command set: sequential-write-required
 /// zones, Zone Append, zone management and Report Zones.
 ///
@@ -42,6 +74,13 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
     /// and returns the LBA where the drive placed it.
     async fn append(&self, zslba: u64, data: Bytes) -> ZoneResult<u64>;
 
+    /// [`ZonedDevice::append`] with a hint of how the data will be read. Devices that have no
+    /// use for the hint ignore it.
+    async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
+        let _ = hint;
+        self.append(zslba, data).await
+    }
+
     /// Makes every completed write durable.
     async fn flush(&self) -> ZoneResult<()>;
 
@@ -56,4 +95,28 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
         filter: ReportFilter,
         max_zones: usize,
     ) -> ZoneResult<ZoneReport>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteHint;
+
+    #[test]
+    fn write_hints_use_the_access_frequency_codes_of_the_specification() {
+        assert_eq!(WriteHint::None.dsm(), 0);
+        assert_eq!(WriteHint::InfrequentReads.dsm(), 2);
+        for (dsm, hint) in [
+            (0x00, WriteHint::None),
+            (0x01, WriteHint::None),
+            (0x02, WriteHint::InfrequentReads),
+            (0x03, WriteHint::None),
+            (0x04, WriteHint::InfrequentReads),
+            (0x05, WriteHint::None),
+            // Access Latency, Sequential Request and Incompressible bits do not change it.
+            (0xF2, WriteHint::InfrequentReads),
+            (0xF0, WriteHint::None),
+        ] {
+            assert_eq!(WriteHint::from_dsm(dsm), hint, "DSM {dsm:#04x}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ pub mod machine;
 pub mod testing;
 pub mod zone;
 
-pub use device::ZonedDevice;
+pub use device::{WriteHint, ZonedDevice};
 pub use emulated::EmulatedZns;
 pub use error::{ZoneError, ZoneErrorKind, ZoneResult};
 pub use geometry::{Geometry, GeometryError};

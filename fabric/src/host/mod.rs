@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 use zns::{
-    Geometry, ReportFilter, ZoneAction, ZoneError, ZoneReport, ZoneResult, ZoneSelect, ZonedDevice,
+    Geometry, ReportFilter, WriteHint, ZoneAction, ZoneError, ZoneReport, ZoneResult, ZoneSelect,
+    ZonedDevice,
 };
 
 use crate::spec::opcode::io;
@@ -509,10 +510,17 @@ impl ZonedDevice for NvmeTcpHost {
     }
 
     async fn append(&self, zslba: u64, data: Bytes) -> ZoneResult<u64> {
+        self.append_hinted(zslba, data, WriteHint::None).await
+    }
+
+    async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
         // The target checks the append limit, in the order the specification gives.
         let blocks = self.blocks_of(&data)?;
         let mut sqe = Sqe::new(io::ZONE_APPEND, 0);
-        sqe.set_slba(zslba).set_cdw(12, (blocks - 1) as u32);
+        // Dataset Management in CDW13, as for a Write (the Linux host builds both alike).
+        sqe.set_slba(zslba)
+            .set_cdw(12, (blocks - 1) as u32)
+            .set_cdw(13, u32::from(hint.dsm()));
         let done = self.io("zone append", sqe, data, zslba, blocks).await?;
         Ok(done.cqe.result())
     }

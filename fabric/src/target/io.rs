@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use zns::{ReportFilter, ZoneAction, ZoneError, ZoneSelect};
+use zns::{ReportFilter, WriteHint, ZoneAction, ZoneError, ZoneSelect};
 
 use super::queue::{QueueCtx, Reply};
 use crate::spec::opcode::io;
@@ -73,7 +73,8 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
             if let Err(reply) = transfer_ok(data.len() as u64) {
                 return reply;
             }
-            match device.append(slba, data).await {
+            let hint = WriteHint::from_dsm(sqe.cdw(13) as u8);
+            match device.append_hinted(slba, data, hint).await {
                 Ok(lba) => Reply::result(lba),
                 Err(e) => failed(e),
             }

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::device::ZonedDevice;
+use crate::device::{WriteHint, ZonedDevice};
 use crate::error::{ZoneError, ZoneResult};
 use crate::geometry::Geometry;
 use crate::machine::{ZoneStatus, ZoneTable};
@@ -51,7 +51,7 @@ struct Inner {
     meta: Arc<File>,
     writers: Writers,
     /// Whether aligned writes bypass the page cache.
-    direct_writes: Arc<AtomicBool>,
+    direct_writes: AtomicBool,
     state: Mutex<DriveState>,
     /// Serialises flushes and zone management so metadata records are written in order.
     persist: tokio::sync::Mutex<()>,
@@ -238,8 +238,7 @@ impl EmulatedZns {
         let state = recovered_state(geometry, &entries);
         let data = Arc::new(data);
         let direct = open_direct(&dir.join(DATA_FILE));
-        let direct_writes = Arc::new(AtomicBool::new(false));
-        let writers = Writers::start(data.clone(), direct, direct_writes.clone(), 1, "zns")
+        let writers = Writers::start(data.clone(), direct, 1, "zns")
             .map_err(|e| ZoneError::io("starting writer threads", e))?;
         Ok(EmulatedZns {
             inner: Arc::new(Inner {
@@ -248,7 +247,7 @@ impl EmulatedZns {
                 data,
                 meta: Arc::new(meta),
                 writers,
-                direct_writes,
+                direct_writes: AtomicBool::new(false),
                 state: Mutex::new(state),
                 persist: tokio::sync::Mutex::new(()),
                 snapshots_taken: AtomicU64::new(0),
@@ -258,10 +257,10 @@ impl EmulatedZns {
         })
     }
 
-    /// Whether writes bypass the page cache (`O_DIRECT`), as a real drive's do; off by default.
-    /// On: written data takes no page-cache memory (with several copies on one machine, only
-    /// the copy that is read gets cached) and costs one copy into a reused buffer instead of
-    /// page allocation, at the price of reading it from the disk the first time. Where the file
+    /// Whether every write bypasses the page cache (`O_DIRECT`), as a real drive's do; off by
+    /// default, when only appends hinted [`WriteHint::InfrequentReads`] do. Bypassing, written
+    /// data takes no page-cache memory and costs one copy into a reused buffer instead of page
+    /// allocation, at the price of reading it from the disk the first time. Where the file
     /// system refuses `O_DIRECT`, writes stay buffered.
     pub fn set_direct_writes(&self, on: bool) {
         self.inner.direct_writes.store(on, Ordering::Relaxed);
@@ -391,7 +390,7 @@ impl EmulatedZns {
         }
     }
 
-    async fn store(&self, lba: u64, data: Bytes, append: bool) -> ZoneResult<u64> {
+    async fn store(&self, lba: u64, data: Bytes, append: bool, hint: WriteHint) -> ZoneResult<u64> {
         self.inner
             .faults
             .check(if append { "append" } else { "write" })?;
@@ -401,7 +400,12 @@ impl EmulatedZns {
         let result = self
             .inner
             .writers
-            .write(data, offset)
+            .write(
+                data,
+                offset,
+                hint == WriteHint::InfrequentReads
+                    || self.inner.direct_writes.load(Ordering::Relaxed),
+            )
             .await
             .map_err(|e| ZoneError::io(format!("writing LBA {lba}"), e));
         self.end_write(lba, index, generation);
@@ -579,7 +583,9 @@ impl ZonedDevice for EmulatedZns {
     }
 
     async fn write(&self, lba: u64, data: Bytes) -> ZoneResult<()> {
-        self.store(lba, data, false).await.map(|_| ())
+        self.store(lba, data, false, WriteHint::None)
+            .await
+            .map(|_| ())
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u32) -> ZoneResult<()> {
@@ -605,7 +611,11 @@ impl ZonedDevice for EmulatedZns {
     }
 
     async fn append(&self, zslba: u64, data: Bytes) -> ZoneResult<u64> {
-        self.store(zslba, data, true).await
+        self.store(zslba, data, true, WriteHint::None).await
+    }
+
+    async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
+        self.store(zslba, data, true, hint).await
     }
 
     async fn flush(&self) -> ZoneResult<()> {
@@ -761,6 +771,17 @@ mod tests {
         // Buffered (the default): the written pages are cached.
         drive.append(g.zone_start(0), data(1)).await.unwrap();
         assert!(resident_pages(&drive.inner.data, 0, 1 << 20) > 0);
+
+        // Hinted as rarely read: bypasses the cache although direct writes are off.
+        let hinted = drive
+            .append_hinted(g.zone_start(2), data(3), WriteHint::InfrequentReads)
+            .await
+            .unwrap();
+        let cached = resident_pages(&drive.inner.data, 2 * zone_bytes as u64, 1 << 20);
+        if open_direct(&drive.data_path()).is_some() && !on_tmpfs(dir.path()) {
+            assert_eq!(cached, 0, "a write hinted as rarely read was cached");
+        }
+        assert_eq!(drive.read(hinted, 256).await.unwrap(), data(3));
 
         drive.set_direct_writes(true);
         let lba = drive.append(g.zone_start(1), data(2)).await.unwrap();

@@ -4,8 +4,9 @@
 //! adjacent writes (appends to one zone) with one `pwritev`. (Buffered writes to one file
 //! serialise on the inode lock anyway; more threads would only contend.)
 //!
-//! With direct writes on, writes whose offset and length are multiples of [`DIRECT_ALIGN`] go
-//! through a second file descriptor opened with `O_DIRECT`, as a real drive takes data by DMA:
+//! Writes marked direct (data not expected to be read soon, or a drive set to write everything
+//! so) whose offset and length are multiples of [`DIRECT_ALIGN`] go through a second file
+//! descriptor opened with `O_DIRECT`, as a real drive takes data by DMA:
 //! the bytes are copied once into a reused, aligned buffer and handed to the disk instead of
 //! into page-cache pages, so that written data does not fill the page cache (with R copies on
 //! one machine, R - 1 of them are never read) and costs no page allocation; data enters the
@@ -16,7 +17,6 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 struct Job {
     data: Bytes,
     offset: u64,
+    /// Whether to bypass the page cache if the file system allows.
+    direct: bool,
     done: oneshot::Sender<std::io::Result<()>>,
 }
 
@@ -43,12 +45,10 @@ impl std::fmt::Debug for Job {
 
 impl Writers {
     /// Starts `threads` writer threads for `file`. They end when the `Writers` is dropped.
-    /// `direct`, if given, is the same file opened with `O_DIRECT`, used while `use_direct` is
-    /// set.
+    /// `direct`, if given, is the same file opened with `O_DIRECT`, for writes marked direct.
     pub(crate) fn start(
         file: Arc<File>,
         direct: Option<Arc<File>>,
-        use_direct: Arc<AtomicBool>,
         threads: usize,
         name: &str,
     ) -> std::io::Result<Writers> {
@@ -58,13 +58,11 @@ impl Writers {
             let rx = rx.clone();
             let file = file.clone();
             let direct = direct.clone();
-            let use_direct = use_direct.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-w{i}"))
                 .spawn(move || {
                     let mut target = Target {
                         file,
-                        use_direct,
                         direct: direct.map(|file| DirectWriter {
                             file,
                             bounce: Vec::new(),
@@ -92,11 +90,22 @@ impl Writers {
         Ok(Writers { jobs })
     }
 
-    /// Writes `data` at byte `offset` of the file.
-    pub(crate) async fn write(&self, data: Bytes, offset: u64) -> std::io::Result<()> {
+    /// Writes `data` at byte `offset` of the file, bypassing the page cache if `direct` (and
+    /// the write is aligned and the file system allows).
+    pub(crate) async fn write(
+        &self,
+        data: Bytes,
+        offset: u64,
+        direct: bool,
+    ) -> std::io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.jobs
-            .send(Job { data, offset, done })
+            .send(Job {
+                data,
+                offset,
+                direct,
+                done,
+            })
             .map_err(|_| std::io::Error::other("the drive's writer threads have stopped"))?;
         wait.await
             .map_err(|_| std::io::Error::other("a writer thread stopped mid-write"))?
@@ -115,10 +124,9 @@ pub(crate) const DIRECT_ALIGN: usize = 4096;
 const DIRECT_CHUNK: usize = 2 << 20;
 
 /// Where a writer thread writes: the file, and the file opened with `O_DIRECT` while the file
-/// system accepts it (used when `use_direct` is set).
+/// system accepts it (for writes marked direct).
 struct Target {
     file: Arc<File>,
-    use_direct: Arc<AtomicBool>,
     direct: Option<DirectWriter>,
 }
 
@@ -175,7 +183,11 @@ fn write_batch(target: &mut Target, batch: &mut Vec<Job>) {
     while start < batch.len() {
         let mut end = start + 1;
         let mut next = batch[start].offset + batch[start].data.len() as u64;
-        while end < batch.len() && end - start < MAX_IOVECS && batch[end].offset == next {
+        while end < batch.len()
+            && end - start < MAX_IOVECS
+            && batch[end].offset == next
+            && batch[end].direct == batch[start].direct
+        {
             next += batch[end].data.len() as u64;
             end += 1;
         }
@@ -197,7 +209,7 @@ fn write_run(target: &mut Target, run: &[Job]) -> std::io::Result<()> {
     let aligned =
         run[0].offset.is_multiple_of(DIRECT_ALIGN as u64) && total.is_multiple_of(DIRECT_ALIGN);
     if aligned
-        && target.use_direct.load(Ordering::Relaxed)
+        && run[0].direct
         && let Some(direct) = &mut target.direct
     {
         match direct.write(run) {
@@ -281,6 +293,7 @@ mod tests {
             jobs.push(Job {
                 data: Bytes::from(data),
                 offset,
+                direct: true,
                 done,
             });
             waits.push(wait);
@@ -315,7 +328,6 @@ mod tests {
             });
         let mut target = Target {
             file: file.clone(),
-            use_direct: Arc::new(AtomicBool::new(true)),
             direct,
         };
         let start = 3 * DIRECT_ALIGN as u64;
