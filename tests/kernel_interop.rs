@@ -197,7 +197,17 @@ fn our_host_uses_the_linux_kernel_target() {
             let host = host.clone();
             async move {
                 let body = Bytes::from(vec![i + 1; 8192]);
-                let lba = host.append(zone1, body.clone()).await.expect("append");
+                // Half of them carry the Dataset Management hint our engine gives secondary
+                // copies: the kernel's target must take it as the advisory field it is.
+                let hint = if i % 2 == 0 {
+                    zns::WriteHint::InfrequentReads
+                } else {
+                    zns::WriteHint::None
+                };
+                let lba = host
+                    .append_hinted(zone1, body.clone(), hint)
+                    .await
+                    .expect("append");
                 (lba, body)
             }
         });

@@ -30,6 +30,9 @@ pub(crate) const READ_BUDGET: usize = 32 << 20;
 
 /// How long one copy may take before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads in flight by which a record's first copy's drive may exceed another copy's before
+/// reads go to the other copy.
+const PRIMARY_SLACK: i64 = 16;
 
 /// A chunk holding its share of the read budget.
 struct Budgeted {
@@ -211,18 +214,24 @@ impl EngineInner {
         body.boxed()
     }
 
-    /// Copies ordered by preference: drives that are up, least busy first, ties broken at
-    /// random so that reads spread over the copies.
+    /// Copies ordered by preference: drives that are up first; among them the first copy (the
+    /// one written to be read: the others were hinted as rarely read, so a drive may not cache
+    /// them) unless its drive has [`PRIMARY_SLACK`] more reads in flight than another's; then
+    /// the least busy, ties broken at random so that reads spread over the copies.
     fn order(&self, replicas: &[Location]) -> Vec<Location> {
         let mut v: Vec<(bool, i64, u32, Location)> = replicas
             .iter()
-            .map(|l| match self.drives.of(l) {
-                Some(d) => (
-                    !d.is_up(),
-                    d.in_flight.load(Ordering::Relaxed),
-                    rand::random::<u32>(),
-                    *l,
-                ),
+            .enumerate()
+            .map(|(i, l)| match self.drives.of(l) {
+                Some(d) => {
+                    let busy = d.in_flight.load(Ordering::Relaxed);
+                    let (busy, tie) = if i == 0 {
+                        (busy.saturating_sub(PRIMARY_SLACK), 0)
+                    } else {
+                        (busy, 1 + rand::random::<u32>() / 2)
+                    };
+                    (!d.is_up(), busy, tie, *l)
+                }
                 None => (true, i64::MAX, 0, *l),
             })
             .collect();

@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::{Buf, Bytes};
 use tokio::task::JoinHandle;
-use zns::{ZoneAction, ZoneSelect};
+use zns::{WriteHint, ZoneAction, ZoneSelect};
 
 use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
@@ -124,10 +124,19 @@ impl EngineInner {
                 };
             rounds += 1;
             self.finish_zones(finish);
-            let appends = slots.iter().map(|slot| {
+            // The first copy of a new record is the one reads prefer: the others (and copies
+            // made by GC or repair) are marked as rarely read, so that a machine holding
+            // several copies caches one.
+            let primary_pending = class == Class::User && only.is_none() && locations.is_empty();
+            let appends = slots.iter().enumerate().map(|(i, slot)| {
                 let drive = self.drives.get(slot.drive).cloned();
                 let record = record.clone();
                 let slot = *slot;
+                let hint = if primary_pending && i == 0 {
+                    WriteHint::None
+                } else {
+                    WriteHint::InfrequentReads
+                };
                 async move {
                     let Some(drive) = drive else {
                         return (
@@ -135,7 +144,7 @@ impl EngineInner {
                             Err(zns::ZoneError::Unavailable("unknown drive".into())),
                         );
                     };
-                    let result = drive.device.append(slot.zslba, record).await;
+                    let result = drive.device.append_hinted(slot.zslba, record, hint).await;
                     drive.note(&result);
                     (slot, result)
                 }
