@@ -124,18 +124,21 @@ impl EngineInner {
                 };
             rounds += 1;
             self.finish_zones(finish);
-            // The first copy of a new record is the one reads prefer: the others (and copies
-            // made by GC or repair) are marked as rarely read, so that a machine holding
-            // several copies caches one.
-            let primary_pending = class == Class::User && only.is_none() && locations.is_empty();
+            // The first copy of a new record is the one reads prefer: the others are marked
+            // as rarely read, so that a machine holding several copies caches one. (GC and
+            // repair copy one record at a time: a drive that honours the hint by writing
+            // through to the disk would hold each of them up for a disk write, so they give
+            // none.)
+            let replicating = class == Class::User && only.is_none();
+            let primary_pending = locations.is_empty();
             let appends = slots.iter().enumerate().map(|(i, slot)| {
                 let drive = self.drives.get(slot.drive).cloned();
                 let record = record.clone();
                 let slot = *slot;
-                let hint = if primary_pending && i == 0 {
-                    WriteHint::None
-                } else {
+                let hint = if replicating && !(primary_pending && i == 0) {
                     WriteHint::InfrequentReads
+                } else {
+                    WriteHint::None
                 };
                 async move {
                     let Some(drive) = drive else {
