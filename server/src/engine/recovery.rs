@@ -256,13 +256,10 @@ impl Resolver<'_> {
         )
     }
 
-    /// Writes the extents of a stream of `length` bytes and counts their copies; false (and
-    /// nothing written) if some piece of it was not found.
-    fn put_stream(&mut self, stream_id: u64, length: u64) -> EngineResult<bool> {
+    /// Writes the extents of a stream of `length` bytes, which [`Resolver::stream_complete`]
+    /// found whole, and counts their copies.
+    fn put_stream(&mut self, stream_id: u64, length: u64) -> EngineResult<()> {
         let scratch = self.scratch;
-        if !walk_stream(scratch, stream_id, length, |_, _| Ok(()))? {
-            return Ok(false);
-        }
         walk_stream(scratch, stream_id, length, |offset, extent| {
             self.count(&extent.replicas);
             self.put(
@@ -271,6 +268,7 @@ impl Resolver<'_> {
                 &extent.encode(),
             )
         })
+        .map(|_| ())
     }
 
     /// Whether every piece of a stream of `length` bytes was found.
@@ -397,10 +395,11 @@ impl Resolver<'_> {
                 return Ok(());
             };
             entry.location = sorted(plocs);
-            if !self.put_stream(entry.stream_id, entry.size)? {
+            if !self.stream_complete(entry.stream_id, entry.size)? {
                 tracing::error!(upload_id, part = number, "part data missing; not restored");
                 return Ok(());
             }
+            self.put_stream(entry.stream_id, entry.size)?;
             self.count(&entry.location);
             self.put(
                 cf::PARTS,
