@@ -107,7 +107,9 @@ fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let base = std::env::var("ZONESTORE_BENCH_DIR").unwrap_or_else(|_| "/tmp".into());
-    println!("GC relocation at full speed, {COLLECTED} half-live zones of 16 MiB; ratio to raw sequential writes of the same bytes");
+    println!(
+        "GC relocation at full speed, {COLLECTED} half-live zones of 16 MiB; ratio to raw sequential writes of the same bytes"
+    );
     for object in [4usize << 10, 256 << 10] {
         for direct in [false, true] {
             let dir = tempfile::tempdir_in(&base).expect("tempdir");

@@ -4,15 +4,19 @@
 //! (never mixed with user data), the index is updated only where it still points at the old copy
 //! (a concurrent overwrite wins), reads that may still use the zone are waited for, and the zone
 //! is reset. Relocation is rate-limited so that client latency holds, except when the drive is
-//! about to run out of space.
+//! about to run out of space. Live records are copied in groups (one append as large as the
+//! drive takes), several appends in flight, with index commits overlapping the next appends.
 
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use zns::{ZoneAction, ZoneSelect};
 
 use super::EngineInner;
@@ -210,6 +214,99 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
     *control.task.lock() = Some(task);
 }
 
+/// Appends of relocated records in flight at once while a zone is collected: the drive sees a
+/// queue, not one append per round trip.
+const GROUPS_IN_FLIGHT: usize = 8;
+
+/// Live records' copies gathered into one append (as large as the drive takes): copying many
+/// small records costs one append instead of one each.
+#[derive(Default)]
+struct Group {
+    data: BytesMut,
+    /// Each record: what the index must change, where it was, and its block within the group.
+    members: Vec<(Relocation, Location, u64)>,
+}
+
+impl Group {
+    /// Adds a copy of `record` (found at `from`) with a new `write_seq`.
+    fn add(&mut self, record: &[u8], write_seq: u64, what: Relocation, from: Location) {
+        let at = self.blocks_before();
+        record::append_rewritten(record, write_seq, &mut self.data);
+        self.members.push((what, from, at));
+    }
+
+    /// Blocks of the group before the next record.
+    fn blocks_before(&self) -> u64 {
+        self.members
+            .last()
+            .map_or(0, |(_, from, at)| at + u64::from(from.blocks))
+    }
+}
+
+/// A relocated record: what the index must change, and from where to where.
+type Relocated = (Relocation, Location, Location);
+
+/// Relocations committed to the index at once.
+const RELOCATIONS_PER_COMMIT: usize = 256;
+
+/// The relocations of one zone under way: copies being appended, copies appended and not yet
+/// committed, and at most one commit in flight (it overlaps the next appends; the drive flush
+/// and index write a commit costs would otherwise stall the copying).
+#[derive(Default)]
+struct Relocations {
+    appending: FuturesOrdered<JoinHandle<EngineResult<Vec<Relocated>>>>,
+    appended: Vec<Relocated>,
+    committing: Option<JoinHandle<EngineResult<()>>>,
+}
+
+impl Relocations {
+    /// Adds an append under way.
+    fn start(&mut self, append: JoinHandle<EngineResult<Vec<Relocated>>>) {
+        self.appending.push_back(append);
+    }
+
+    /// Waits until at most `keep` appends are under way, committing what has landed in batches.
+    async fn settle(&mut self, engine: &Arc<EngineInner>, keep: usize) -> EngineResult<()> {
+        while self.appending.len() > keep {
+            let Some(done) = self.appending.next().await else {
+                break;
+            };
+            self.appended.extend(done.map_err(task_failed)??);
+            if self.appended.len() >= RELOCATIONS_PER_COMMIT {
+                self.commit(engine).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the commit in flight, then starts committing what has landed.
+    async fn commit(&mut self, engine: &Arc<EngineInner>) -> EngineResult<()> {
+        if let Some(previous) = self.committing.take() {
+            previous.await.map_err(task_failed)??;
+        }
+        let items = std::mem::take(&mut self.appended);
+        let engine = engine.clone();
+        self.committing = Some(tokio::spawn(async move {
+            engine.commit_relocations(items).await
+        }));
+        Ok(())
+    }
+
+    /// Waits for every append and commits them all.
+    async fn finish(mut self, engine: &Arc<EngineInner>) -> EngineResult<()> {
+        self.settle(engine, 0).await?;
+        self.commit(engine).await?;
+        if let Some(last) = self.committing.take() {
+            last.await.map_err(task_failed)??;
+        }
+        Ok(())
+    }
+}
+
+fn task_failed(e: tokio::task::JoinError) -> EngineError {
+    EngineError::Internal(format!("relocation task: {e}"))
+}
+
 /// Paces relocation to a byte rate.
 struct Pacer {
     start: Instant,
@@ -232,7 +329,7 @@ impl Pacer {
 
 impl EngineInner {
     /// Collects zones of one drive while it is below the low watermark (then up to the high).
-    async fn collect_drive(&self, drive: DriveId) -> EngineResult<()> {
+    async fn collect_drive(self: &Arc<Self>, drive: DriveId) -> EngineResult<()> {
         if !self.drives.get(drive).is_some_and(|d| d.is_up()) {
             return Ok(());
         }
@@ -388,7 +485,11 @@ impl EngineInner {
     }
 
     /// Moves a zone's live records to GC zones and resets it.
-    pub(crate) async fn collect_zone(&self, zone: ZoneId, rate: u64) -> EngineResult<()> {
+    pub(crate) async fn collect_zone(
+        self: &Arc<Self>,
+        zone: ZoneId,
+        rate: u64,
+    ) -> EngineResult<()> {
         if !self.placement.begin_collect(zone) {
             return Ok(());
         }
@@ -405,7 +506,7 @@ impl EngineInner {
         }
     }
 
-    async fn relocate_zone(&self, zone: ZoneId, rate: u64) -> EngineResult<bool> {
+    async fn relocate_zone(self: &Arc<Self>, zone: ZoneId, rate: u64) -> EngineResult<bool> {
         let drive = self
             .drives
             .get(zone.drive)
@@ -422,7 +523,8 @@ impl EngineInner {
         let mut buf = BytesMut::new();
         let mut buf_lba = zslba;
         let mut read_to = 0u64;
-        let mut batch: Vec<(Relocation, Location, Location)> = Vec::new();
+        let mut relocations = Relocations::default();
+        let mut group = Group::default();
         let mut moved = 0u64;
         'scan: loop {
             // Parse what is buffered.
@@ -436,22 +538,14 @@ impl EngineInner {
                             blocks: blocks as u32,
                         };
                         if let Some(what) = self.live_record(&parsed.header, from)? {
-                            let write_seq = self.seq.next()?;
-                            let copy = record::rewrite_seq(&buf[..parsed.padded], write_seq);
-                            let to = self
-                                .append_record(copy, Class::Gc, 1, 1, Some(zone.drive))
-                                .await?
-                                .into_iter()
-                                .next()
-                                .ok_or_else(|| {
-                                    EngineError::Internal("relocation landed nowhere".into())
-                                })?;
-                            batch.push((what, from, to));
-                            moved += parsed.padded as u64;
                             pacer.pace(parsed.padded as u64, rate).await;
-                            if batch.len() >= 64 {
-                                self.commit_relocations(&mut batch).await?;
+                            if group.data.len() + parsed.padded > self.record_limit as usize {
+                                relocations.start(self.relocate_group(std::mem::take(&mut group)));
+                                relocations.settle(self, GROUPS_IN_FLIGHT - 1).await?;
                             }
+                            let write_seq = self.seq.next()?;
+                            group.add(&buf[..parsed.padded], write_seq, what, from);
+                            moved += parsed.padded as u64;
                         }
                         let _ = buf.split_to(parsed.padded);
                         buf_lba += blocks;
@@ -496,7 +590,10 @@ impl EngineInner {
             read_to += n;
             buf.extend_from_slice(&bytes);
         }
-        self.commit_relocations(&mut batch).await?;
+        if !group.members.is_empty() {
+            relocations.start(self.relocate_group(group));
+        }
+        relocations.finish(self).await?;
         let left = self.accounts.get(zone).valid_bytes;
         if left != 0 {
             tracing::warn!(
@@ -525,14 +622,42 @@ impl EngineInner {
         Ok(true)
     }
 
-    async fn commit_relocations(
-        &self,
-        batch: &mut Vec<(Relocation, Location, Location)>,
-    ) -> EngineResult<()> {
-        if batch.is_empty() {
+    /// Starts appending a group of live records' copies to a GC zone of their drive, as one
+    /// append; the task gives what the index must change. A task runs to its end even if the
+    /// collection fails meanwhile (an append is never abandoned halfway); a copy no relocation
+    /// commits is garbage.
+    fn relocate_group(self: &Arc<Self>, group: Group) -> JoinHandle<EngineResult<Vec<Relocated>>> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let Some((_, first, _)) = group.members.first() else {
+                return Ok(Vec::new());
+            };
+            let to = engine
+                .append_record(group.data.freeze(), Class::Gc, 1, 1, Some(first.drive))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| EngineError::Internal("relocation landed nowhere".into()))?;
+            Ok(group
+                .members
+                .into_iter()
+                .map(|(what, from, at)| {
+                    let copy = Location {
+                        drive: to.drive,
+                        lba: to.lba + at,
+                        blocks: from.blocks,
+                    };
+                    (what, from, copy)
+                })
+                .collect())
+        })
+    }
+
+    /// Commits relocations to the index (after flushing the drives they landed on).
+    async fn commit_relocations(&self, items: Vec<Relocated>) -> EngineResult<()> {
+        if items.is_empty() {
             return Ok(());
         }
-        let items = std::mem::take(batch);
         self.stats
             .records_relocated
             .fetch_add(items.len() as u64, Ordering::Relaxed);
@@ -552,7 +677,7 @@ impl EngineInner {
     }
 
     /// Collects the best victim of every drive now, whatever the watermarks (admin `gc run`).
-    pub async fn collect_now(&self) -> EngineResult<usize> {
+    pub async fn collect_now(self: &Arc<Self>) -> EngineResult<usize> {
         let policy = self.gc.config.lock().policy;
         let mut n = 0;
         for drive in self.drives.all().to_vec() {

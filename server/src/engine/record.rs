@@ -489,19 +489,29 @@ impl HeaderView {
 }
 
 /// Gives a record a new `write_seq` (a relocated copy), recomputing its CRC.
+#[cfg(test)]
 pub fn rewrite_seq(record: &[u8], write_seq: u64) -> Bytes {
-    let mut buf = BytesMut::from(record);
+    let mut buf = BytesMut::new();
+    append_rewritten(record, write_seq, &mut buf);
+    buf.freeze()
+}
+
+/// Appends to `out` a copy of `record` with a new `write_seq` (a relocated copy), its CRC
+/// recomputed.
+pub fn append_rewritten(record: &[u8], write_seq: u64, out: &mut BytesMut) {
+    let start = out.len();
+    out.extend_from_slice(record);
+    let buf = &mut out[start..];
     buf[24..32].copy_from_slice(&write_seq.to_le_bytes());
     buf[52..56].fill(0);
-    let header_len = usize::from(u16_at(&buf, 8));
-    let covered = if u16_at(&buf, 6) & FLAG_CHUNKED != 0 {
+    let header_len = usize::from(u16_at(buf, 8));
+    let covered = if u16_at(buf, 6) & FLAG_CHUNKED != 0 {
         header_len
     } else {
-        header_len + u32_at(&buf, 48) as usize
+        header_len + u32_at(buf, 48) as usize
     };
     let crc = crc32fast::hash(&buf[..covered]);
     buf[52..56].copy_from_slice(&crc.to_le_bytes());
-    buf.freeze()
 }
 
 #[cfg(test)]

@@ -126,9 +126,9 @@ impl EngineInner {
             self.finish_zones(finish);
             // The first copy of a new record is the one reads prefer: the others are marked
             // as rarely read, so that a machine holding several copies caches one. (GC and
-            // repair copy one record at a time: a drive that honours the hint by writing
-            // through to the disk would hold each of them up for a disk write, so they give
-            // none.)
+            // repair copies give none: the copy they move may be the one reads prefer, and
+            // repair appends one record at a time, which a drive writing hinted data through
+            // to the disk would hold up for a disk write each.)
             let replicating = class == Class::User && only.is_none();
             let primary_pending = locations.is_empty();
             let appends = slots.iter().enumerate().map(|(i, slot)| {
