@@ -147,16 +147,7 @@ fn streamed(chunk: Bytes, length: usize) -> Body {
 }
 
 fn random_bytes(n: usize, seed: u64) -> Bytes {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    common::pseudo_random::bytes(seed, n).into()
 }
 
 /// Latency figures of a phase.

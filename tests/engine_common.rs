@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[path = "common/pseudo_random.rs"]
+mod pseudo_random;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -63,15 +66,7 @@ pub fn content(key: &str, version: u64, len: usize) -> Vec<u8> {
     let seed = key.bytes().fold(version.wrapping_mul(1_000_003), |a, b| {
         a.wrapping_mul(31).wrapping_add(u64::from(b))
     });
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pseudo_random::bytes(seed, len)
 }
 
 /// Writes an object in 100 KiB chunks.

@@ -329,13 +329,7 @@ pub fn write_random_file(path: &Path, len: usize, seed: u64) {
     let mut buf = vec![0u8; 1 << 16];
     let mut left = len;
     while left > 0 {
-        for chunk in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let bytes = x.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        super::pseudo_random::fill(&mut buf, &mut x);
         let n = left.min(buf.len());
         file.write_all(&buf[..n]).unwrap();
         left -= n;
