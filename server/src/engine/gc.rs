@@ -528,7 +528,18 @@ impl EngineInner {
         };
         let mut buf = BytesMut::new();
         let mut buf_lba = zslba;
-        let mut read_to = 0u64;
+        let read_ahead = |from: u64, blocks: u64| {
+            let drive = drive.clone();
+            tokio::spawn(async move {
+                drive
+                    .device
+                    .read(zslba + from, blocks as u32)
+                    .await
+                    .map_err(|e| drive.error(e))
+            })
+        };
+        let mut read_to = chunk_blocks.min(written);
+        let mut next_read = (read_to > 0).then(|| read_ahead(0, read_to));
         let mut relocations = Relocations::default();
         let mut group = Group::default();
         let group_limit = GROUP_BYTES.min(self.record_limit as usize);
@@ -585,17 +596,21 @@ impl EngineInner {
                     }
                 }
             }
-            if read_to >= written {
+            // The next chunk was read while this one was parsed; start the one after.
+            let Some(read) = next_read.take() else {
                 break;
+            };
+            let bytes = read.await.map_err(task_failed)??;
+            if read_to < written {
+                let n = chunk_blocks.min(written - read_to);
+                next_read = Some(read_ahead(read_to, n));
+                read_to += n;
             }
-            let n = chunk_blocks.min(written - read_to);
-            let bytes = drive
-                .device
-                .read(zslba + read_to, n as u32)
-                .await
-                .map_err(|e| drive.error(e))?;
-            read_to += n;
-            buf.extend_from_slice(&bytes);
+            if buf.is_empty() {
+                buf = BytesMut::from(bytes);
+            } else {
+                buf.extend_from_slice(&bytes);
+            }
         }
         if !group.members.is_empty() {
             relocations.start(self.relocate_group(group));
