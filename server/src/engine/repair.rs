@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -342,7 +343,8 @@ impl EngineInner {
         Ok(scanning)
     }
 
-    /// Does what was planned for each entry of a batch, pacing copies to the rate limit.
+    /// Does what was planned for each entry of a batch, several entries at once, pacing copies
+    /// to the rate limit.
     async fn repair_entries(
         &self,
         work: Vec<Work>,
@@ -350,83 +352,17 @@ impl EngineInner {
         healthy: &impl Fn(&Location) -> bool,
         progress: &mut Progress,
     ) -> EngineResult<()> {
-        for Work {
-            entry,
-            actions,
-            bytes,
-            found,
-        } in work
-        {
-            if self.repair.closed.load(Ordering::SeqCst) {
-                progress.left.add(&found);
-                continue;
+        let mut outcomes = futures::stream::iter(work)
+            .map(|w| self.repair_entry(w, r, healthy))
+            .buffered(REPAIRS_IN_FLIGHT);
+        while let Some(outcome) = outcomes.next().await {
+            progress.edits.extend(outcome.edits);
+            progress.copied += outcome.copied;
+            progress.left.add(&outcome.left);
+            if let Some(why) = outcome.blocked {
+                progress.blocked.get_or_insert(why);
             }
-            // What remains of the entry's problems once its actions are done.
-            let mut left = Tally::default();
-            let mut made = 0;
-            for action in actions {
-                let result = match action {
-                    Action::Drop(copy) => {
-                        progress
-                            .edits
-                            .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                        self.repair.status.lock().copies_dropped += 1;
-                        Ok(())
-                    }
-                    Action::Copy { replace } => {
-                        match self.copy_record(&entry, replace, &healthy).await {
-                            Ok(Some((edit, bytes))) => {
-                                progress.edits.push((entry.what.clone(), edit));
-                                progress.copied += bytes;
-                                made += 1;
-                                let mut s = self.repair.status.lock();
-                                s.copies_made += 1;
-                                s.bytes_copied += bytes;
-                                Ok(())
-                            }
-                            // Draining, with no other drive to take the copy: drop it if
-                            // another good copy remains (the record is then reported
-                            // under-replicated until a drive is added).
-                            Ok(None)
-                                if replace.is_some()
-                                    && entry
-                                        .copies
-                                        .iter()
-                                        .any(|l| Some(*l) != replace && healthy(l)) =>
-                            {
-                                if let Some(copy) = replace {
-                                    progress
-                                        .edits
-                                        .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                                }
-                                self.repair.status.lock().copies_dropped += 1;
-                                left = Tally {
-                                    under_bytes: bytes,
-                                    under_records: 1,
-                                    draining_bytes: 0,
-                                };
-                                Ok(())
-                            }
-                            Ok(None) => Err("no drive can take another copy".to_string()),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                };
-                if let Err(why) = result {
-                    progress.blocked.get_or_insert(why);
-                    left = found;
-                    break;
-                }
-                pace(progress.started, progress.copied, progress.rate).await;
-            }
-            // Copies on a drive down for less than the grace period are waited for, not made
-            // again: the entry stays under-replicated meanwhile.
-            let good = entry.copies.iter().filter(|l| healthy(l)).count();
-            if left.under_records == 0 && good + made < r {
-                left.under_bytes = bytes;
-                left.under_records = 1;
-            }
-            progress.left.add(&left);
+            pace(progress.started, progress.copied, progress.rate).await;
             if progress.edits.len() >= 64 {
                 self.committer
                     .submit(Change::Replicas(std::mem::take(&mut progress.edits)))
@@ -436,15 +372,115 @@ impl EngineInner {
         Ok(())
     }
 
+    /// Does what was planned for one entry.
+    async fn repair_entry(
+        &self,
+        work: Work,
+        r: usize,
+        healthy: &impl Fn(&Location) -> bool,
+    ) -> EntryOutcome {
+        let Work {
+            entry,
+            actions,
+            bytes,
+            found,
+        } = work;
+        let mut outcome = EntryOutcome::default();
+        if self.repair.closed.load(Ordering::SeqCst) {
+            outcome.left = found;
+            return outcome;
+        }
+        // What remains of the entry's problems once its actions are done.
+        let mut left = Tally::default();
+        let mut made = 0;
+        // Drives this entry's new copies went to (not to be chosen again for it).
+        let mut new_copies: Vec<DriveId> = Vec::new();
+        for action in actions {
+            let result = match action {
+                Action::Drop(copy) => {
+                    outcome
+                        .edits
+                        .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                    self.repair.status.lock().copies_dropped += 1;
+                    Ok(())
+                }
+                Action::Copy { replace } => {
+                    match self
+                        .copy_record(&entry, &new_copies, replace, healthy)
+                        .await
+                    {
+                        Ok(Some((edit, bytes))) => {
+                            if let ReplicaEdit::Add(to) | ReplicaEdit::Replace(_, to) = &edit {
+                                new_copies.push(to.drive);
+                            }
+                            outcome.edits.push((entry.what.clone(), edit));
+                            outcome.copied += bytes;
+                            made += 1;
+                            let mut s = self.repair.status.lock();
+                            s.copies_made += 1;
+                            s.bytes_copied += bytes;
+                            Ok(())
+                        }
+                        // Draining, with no other drive to take the copy: drop it if
+                        // another good copy remains (the record is then reported
+                        // under-replicated until a drive is added).
+                        Ok(None)
+                            if replace.is_some()
+                                && entry
+                                    .copies
+                                    .iter()
+                                    .any(|l| Some(*l) != replace && healthy(l)) =>
+                        {
+                            if let Some(copy) = replace {
+                                outcome
+                                    .edits
+                                    .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                            }
+                            self.repair.status.lock().copies_dropped += 1;
+                            left = Tally {
+                                under_bytes: bytes,
+                                under_records: 1,
+                                draining_bytes: 0,
+                            };
+                            Ok(())
+                        }
+                        Ok(None) => Err("no drive can take another copy".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            if let Err(why) = result {
+                outcome.blocked = Some(why);
+                left = found;
+                break;
+            }
+        }
+        // Copies on a drive down for less than the grace period are waited for, not made
+        // again: the entry stays under-replicated meanwhile.
+        let good = entry.copies.iter().filter(|l| healthy(l)).count();
+        if left.under_records == 0 && good + made < r {
+            left.under_bytes = bytes;
+            left.under_records = 1;
+        }
+        outcome.left = left;
+        outcome
+    }
+
     /// Reads a good copy of `entry` and appends it to a drive that holds none; returns the
     /// edit to commit and the bytes copied, or None if no drive can take it.
     async fn copy_record(
         &self,
         entry: &Located,
+        new_copies: &[DriveId],
         replace: Option<Location>,
         healthy: &impl Fn(&Location) -> bool,
     ) -> EngineResult<Option<(ReplicaEdit, u64)>> {
-        let holding: HashSet<DriveId> = entry.copies.iter().map(|l| l.drive).collect();
+        let holding: HashSet<DriveId> = entry
+            .copies
+            .iter()
+            .map(|l| l.drive)
+            .chain(new_copies.iter().copied())
+            .collect();
         let target = self
             .drives
             .all()
@@ -678,6 +714,23 @@ struct Progress {
     edits: Vec<(Relocation, ReplicaEdit)>,
     /// What the entries acted on still lack after their actions.
     left: Tally,
+}
+
+/// Entries repaired at once: each copy is a read and an append, and one at a time leaves the
+/// drives idle between them.
+const REPAIRS_IN_FLIGHT: usize = 8;
+
+/// What repairing one entry did.
+#[derive(Default)]
+struct EntryOutcome {
+    /// Replica edits to commit.
+    edits: Vec<(Relocation, ReplicaEdit)>,
+    /// Bytes copied.
+    copied: u64,
+    /// What the entry still lacks.
+    left: Tally,
+    /// Why an action could not be done.
+    blocked: Option<String>,
 }
 
 /// An entry with something for repair to do now.
