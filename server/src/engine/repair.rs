@@ -589,39 +589,48 @@ impl EngineInner {
         read: &mut u64,
         healthy: &impl Fn(&Location) -> bool,
     ) -> EngineResult<()> {
-        for entry in entries {
+        // Several copies are read at once; what they show is dealt with in order.
+        let mut checks: Vec<(usize, Location)> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            checks.extend(entry.copies.iter().filter(|c| healthy(c)).map(|c| (i, *c)));
+        }
+        let entries = &entries;
+        let mut results = futures::stream::iter(checks)
+            .map(|(i, copy)| {
+                let entry = &entries[i];
+                async move {
+                    let result = self.read_verified(&entry.what, copy).await;
+                    (entry, copy, result)
+                }
+            })
+            .buffered(SCRUB_READS_IN_FLIGHT);
+        while let Some((entry, copy, result)) = results.next().await {
             if self.repair.closed.load(Ordering::SeqCst) {
                 break;
             }
-            for copy in entry.copies.clone() {
-                if !healthy(&copy) {
-                    continue;
-                }
-                let result = self.read_verified(&entry.what, copy).await;
-                let bytes = self.drives.bytes_of(&copy);
-                *read += bytes;
-                {
-                    let mut s = self.repair.status.lock();
-                    s.scrub_checked += 1;
-                    s.scrub_bytes += bytes;
-                }
-                if let Err(why) = result {
-                    tracing::warn!(
-                        drive = copy.drive,
-                        lba = copy.lba,
-                        what = ?entry.what,
-                        "scrub found a bad copy: {why}"
-                    );
-                    self.repair.status.lock().scrub_bad += 1;
-                    match self.rewrite_copy(&entry, copy).await {
-                        Ok(()) => self.repair.status.lock().scrub_repaired += 1,
-                        Err(e) => {
-                            tracing::error!(what = ?entry.what, "scrub could not repair the copy: {e}")
-                        }
+            let bytes = self.drives.bytes_of(&copy);
+            *read += bytes;
+            {
+                let mut s = self.repair.status.lock();
+                s.scrub_checked += 1;
+                s.scrub_bytes += bytes;
+            }
+            if let Err(why) = result {
+                tracing::warn!(
+                    drive = copy.drive,
+                    lba = copy.lba,
+                    what = ?entry.what,
+                    "scrub found a bad copy: {why}"
+                );
+                self.repair.status.lock().scrub_bad += 1;
+                match self.rewrite_copy(entry, copy).await {
+                    Ok(()) => self.repair.status.lock().scrub_repaired += 1,
+                    Err(e) => {
+                        tracing::error!(what = ?entry.what, "scrub could not repair the copy: {e}")
                     }
                 }
-                pace(started, *read, rate).await;
             }
+            pace(started, *read, rate).await;
         }
         Ok(())
     }
@@ -719,6 +728,9 @@ struct Progress {
 /// Entries repaired at once: each copy is a read and an append, and one at a time leaves the
 /// drives idle between them.
 const REPAIRS_IN_FLIGHT: usize = 8;
+
+/// Copies scrub reads at once.
+const SCRUB_READS_IN_FLIGHT: usize = 8;
 
 /// What repairing one entry did.
 #[derive(Default)]
