@@ -24,8 +24,9 @@ use super::commit::{Change, Relocation, now_ms};
 use super::error::{EngineError, EngineResult};
 use super::index::{self, TombKind};
 use super::model::{Class, DriveId, Location, ZoneId};
-use super::placement::ZoneUse;
+use super::placement::{ZoneHolds, ZoneUse};
 use super::record::{self, Kind, RecordError};
+use super::writer::Appended;
 
 /// How victims are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +253,9 @@ impl Group {
 /// A relocated record: what the index must change, and from where to where.
 type Relocated = (Relocation, Location, Location);
 
+/// A group's relocations, and the holds on the zone it landed in.
+type Landed = (Vec<Relocated>, ZoneHolds);
+
 /// Relocations committed to the index at once.
 const RELOCATIONS_PER_COMMIT: usize = 256;
 
@@ -260,14 +264,16 @@ const RELOCATIONS_PER_COMMIT: usize = 256;
 /// and index write a commit costs would otherwise stall the copying).
 #[derive(Default)]
 struct Relocations {
-    appending: FuturesOrdered<JoinHandle<EngineResult<Vec<Relocated>>>>,
+    appending: FuturesOrdered<JoinHandle<EngineResult<Landed>>>,
     appended: Vec<Relocated>,
+    /// Keep GC off the zones of the appended copies until their commit is done.
+    holds: Vec<ZoneHolds>,
     committing: Option<JoinHandle<EngineResult<()>>>,
 }
 
 impl Relocations {
     /// Adds an append under way.
-    fn start(&mut self, append: JoinHandle<EngineResult<Vec<Relocated>>>) {
+    fn start(&mut self, append: JoinHandle<EngineResult<Landed>>) {
         self.appending.push_back(append);
     }
 
@@ -277,7 +283,9 @@ impl Relocations {
             let Some(done) = self.appending.next().await else {
                 break;
             };
-            self.appended.extend(done.map_err(task_failed)??);
+            let (relocated, holds) = done.map_err(task_failed)??;
+            self.appended.extend(relocated);
+            self.holds.push(holds);
             if self.appended.len() >= RELOCATIONS_PER_COMMIT {
                 self.commit(engine).await?;
             }
@@ -291,9 +299,12 @@ impl Relocations {
             previous.await.map_err(task_failed)??;
         }
         let items = std::mem::take(&mut self.appended);
+        let holds = std::mem::take(&mut self.holds);
         let engine = engine.clone();
         self.committing = Some(tokio::spawn(async move {
-            engine.commit_relocations(items).await
+            let committed = engine.commit_relocations(items).await;
+            drop(holds);
+            committed
         }));
         Ok(())
     }
@@ -557,7 +568,9 @@ impl EngineInner {
                         };
                         if let Some(what) = self.live_record(&parsed.header, from)? {
                             pacer.pace(parsed.padded as u64, rate).await;
-                            if group.data.len() + parsed.padded > group_limit {
+                            if !group.members.is_empty()
+                                && group.data.len() + parsed.padded > group_limit
+                            {
                                 relocations.start(self.relocate_group(std::mem::take(&mut group)));
                                 relocations.settle(self, GROUPS_IN_FLIGHT - 1).await?;
                             }
@@ -592,6 +605,14 @@ impl EngineInner {
                             lba = buf_lba,
                             "GC cannot parse the zone further ({detail}); leaving it"
                         );
+                        // What was moved stays moved: the next attempt finds less to copy.
+                        if let Some(read) = next_read.take() {
+                            read.abort();
+                        }
+                        if !group.members.is_empty() {
+                            relocations.start(self.relocate_group(group));
+                        }
+                        relocations.finish(self).await?;
                         return Ok(false);
                     }
                 }
@@ -611,6 +632,9 @@ impl EngineInner {
             } else {
                 buf.extend_from_slice(&bytes);
             }
+        }
+        if let Some(read) = next_read.take() {
+            read.abort();
         }
         if !group.members.is_empty() {
             relocations.start(self.relocate_group(group));
@@ -648,19 +672,20 @@ impl EngineInner {
     /// append; the task gives what the index must change. A task runs to its end even if the
     /// collection fails meanwhile (an append is never abandoned halfway); a copy no relocation
     /// commits is garbage.
-    fn relocate_group(self: &Arc<Self>, group: Group) -> JoinHandle<EngineResult<Vec<Relocated>>> {
+    fn relocate_group(self: &Arc<Self>, group: Group) -> JoinHandle<EngineResult<Landed>> {
         let engine = self.clone();
         tokio::spawn(async move {
             let Some((_, first, _)) = group.members.first() else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), ZoneHolds::new(engine.placement.clone())));
             };
-            let to = engine
+            let Appended { locations, holds } = engine
                 .append_record(group.data.freeze(), Class::Gc, 1, 1, Some(first.drive))
-                .await?
+                .await?;
+            let to = locations
                 .into_iter()
                 .next()
                 .ok_or_else(|| EngineError::Internal("relocation landed nowhere".into()))?;
-            Ok(group
+            let relocated = group
                 .members
                 .into_iter()
                 .map(|(what, from, at)| {
@@ -671,7 +696,8 @@ impl EngineInner {
                     };
                     (what, from, copy)
                 })
-                .collect())
+                .collect();
+            Ok((relocated, holds))
         })
     }
 

@@ -44,8 +44,8 @@ use record::{Header, Kind};
 pub use registry::{known_geometries, registered_drives};
 use seq::SeqAllocator;
 use stats::EngineStats;
-use writer::Purpose;
 pub use writer::PutWriter;
+use writer::{Appended, Purpose};
 
 /// Smallest size of a multipart part other than the last.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -85,7 +85,7 @@ pub struct EngineInner {
     config: EngineConfig,
     pub(crate) index: Arc<Index>,
     pub(crate) drives: Arc<Drives>,
-    pub(crate) placement: Placement,
+    pub(crate) placement: Arc<Placement>,
     pub(crate) committer: Committer,
     pub(crate) accounts: Arc<ZoneAccounts>,
     pub(crate) seq: SeqAllocator,
@@ -223,6 +223,7 @@ impl Engine {
             }
         }
         let (placement, to_finish) = Placement::new(&drives, snapshots);
+        let placement = Arc::new(placement);
         let seq = SeqAllocator::open(index.clone(), 1)?;
         let committer = Committer::start(index.clone(), drives.clone(), accounts.clone());
         for zone in &resets {
@@ -334,7 +335,11 @@ impl Engine {
             shadowed: Vec::new(),
         };
         let header = self.meta_header(Kind::Bucket, seq, seq, 0, name, "");
-        entry.location = self.inner.append_small(&header, &entry.payload()).await?;
+        let Appended {
+            locations,
+            holds: _holds,
+        } = self.inner.append_small(&header, &entry.payload()).await?;
+        entry.location = locations;
         self.inner
             .committer
             .submit(Change::CreateBucket {
@@ -355,7 +360,10 @@ impl Engine {
         }
         let seq = self.inner.seq.next()?;
         let header = self.meta_header(Kind::BucketDelete, seq, seq, 0, name, "");
-        let tombstone = self.inner.append_small(&header, &[]).await?;
+        let Appended {
+            locations: tombstone,
+            holds: _tombstone_holds,
+        } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
             .submit(Change::DeleteBucket {
@@ -434,7 +442,10 @@ impl Engine {
         }
         let seq = self.inner.seq.next()?;
         let header = self.meta_header(Kind::Tombstone, seq, seq, 0, bucket, key);
-        let tombstone = self.inner.append_small(&header, &[]).await?;
+        let Appended {
+            locations: tombstone,
+            holds: _tombstone_holds,
+        } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
             .submit(Change::DeleteObject {
@@ -487,7 +498,11 @@ impl Engine {
             shadowed: Vec::new(),
         };
         let header = self.meta_header(Kind::Upload, upload_id, upload_id, 0, bucket, key);
-        entry.location = self.inner.append_small(&header, &entry.payload()).await?;
+        let Appended {
+            locations,
+            holds: _holds,
+        } = self.inner.append_small(&header, &entry.payload()).await?;
+        entry.location = locations;
         self.inner
             .committer
             .submit(Change::CreateUpload { entry })
@@ -607,7 +622,10 @@ impl Engine {
             &upload.bucket,
             &upload.key,
         );
-        let commit = self.inner.append_small(&header, &meta.encode()).await?;
+        let Appended {
+            locations: commit,
+            holds: _commit_holds,
+        } = self.inner.append_small(&header, &meta.encode()).await?;
         let end_header = self.meta_header(
             Kind::UploadEnd,
             meta.seq,
@@ -616,7 +634,10 @@ impl Engine {
             &upload.bucket,
             &upload.key,
         );
-        let end = self.inner.append_small(&end_header, &[]).await?;
+        let Appended {
+            locations: end,
+            holds: _end_holds,
+        } = self.inner.append_small(&end_header, &[]).await?;
         let change = Change::CompleteUpload {
             upload_id,
             meta: meta.clone(),
@@ -642,7 +663,10 @@ impl Engine {
             &upload.bucket,
             &upload.key,
         );
-        let end = self.inner.append_small(&header, &[]).await?;
+        let Appended {
+            locations: end,
+            holds: _end_holds,
+        } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
             .submit(Change::AbortUpload {

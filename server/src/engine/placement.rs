@@ -4,6 +4,7 @@
 //! can always make progress; when only the reserve is left, user writes fail with "no space".
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -66,6 +67,8 @@ struct ZoneSpace {
     written: u64,
     reserved: u64,
     pending: u32,
+    /// Appends that landed here and are not in the index yet (see [`ZoneHolds`]).
+    holds: u32,
 }
 
 #[derive(Debug)]
@@ -138,6 +141,46 @@ pub struct Placement {
     next_drive: AtomicUsize,
 }
 
+/// Zones holding appended records that are not in the index yet, one hold per append. GC
+/// leaves a held zone alone: its accounting does not count those records (the index does not
+/// name them yet), so it would look like garbage, and resetting it would take data that an
+/// upload still streaming, or a relocation about to commit, is about to point at. The holds
+/// are released when this is dropped: after the index commit that names the records, or when
+/// the writer gives up (the records are then garbage).
+#[derive(Debug)]
+pub struct ZoneHolds {
+    placement: Arc<Placement>,
+    zones: Vec<ZoneId>,
+}
+
+impl ZoneHolds {
+    /// No holds yet.
+    pub fn new(placement: Arc<Placement>) -> Self {
+        ZoneHolds {
+            placement,
+            zones: Vec::new(),
+        }
+    }
+
+    /// Takes over the hold that a landed append (see [`Placement::complete`]) put on `zone`.
+    pub fn adopt(&mut self, zone: ZoneId) {
+        self.zones.push(zone);
+    }
+
+    /// Takes over all of `other`'s holds.
+    pub fn merge(&mut self, mut other: ZoneHolds) {
+        self.zones.append(&mut other.zones);
+    }
+}
+
+impl Drop for ZoneHolds {
+    fn drop(&mut self) {
+        for zone in self.zones.drain(..) {
+            self.placement.release(zone);
+        }
+    }
+}
+
 /// A zone's state as the drive reports it, with how much it holds, for start-up.
 #[derive(Debug, Clone, Copy)]
 pub struct ZoneSnapshot {
@@ -191,6 +234,7 @@ impl DriveSpace {
                 written: snap.written,
                 reserved: 0,
                 pending: 0,
+                holds: 0,
             });
         }
         space
@@ -361,7 +405,8 @@ impl Placement {
     }
 
     /// Records the end of an append into `slot` (`ok` when it landed). Returns a zone to
-    /// finish, if the append closed one.
+    /// finish, if the append closed one. A landed append holds its zone from GC until
+    /// [`Placement::release`].
     pub fn complete(&self, slot: &Slot, ok: bool) -> Option<ZoneId> {
         let mut drives = self.drives.lock();
         let space = &mut drives[usize::from(slot.drive)];
@@ -371,6 +416,7 @@ impl Placement {
         z.pending -= 1;
         if ok {
             z.written += slot.blocks;
+            z.holds += 1;
         }
         let usage = z.usage;
         let (written, pending) = (z.written, z.pending);
@@ -416,16 +462,29 @@ impl Placement {
             .zones
             .iter()
             .enumerate()
-            .filter(|(_, z)| z.usage == ZoneUse::Sealed && z.written > 0)
+            .filter(|(_, z)| z.usage == ZoneUse::Sealed && z.written > 0 && z.holds == 0)
             .map(|(i, z)| (i as u32, z.written))
             .collect()
     }
 
-    /// Marks a sealed zone as being collected; false if it is not sealed.
+    /// Lets GC take a zone again as far as one landed append is concerned: its record is in
+    /// the index now, or will never be.
+    pub fn release(&self, zone: ZoneId) {
+        let mut drives = self.drives.lock();
+        if let Some(z) = drives
+            .get_mut(usize::from(zone.drive))
+            .and_then(|d| d.zones.get_mut(zone.zone as usize))
+        {
+            z.holds = z.holds.saturating_sub(1);
+        }
+    }
+
+    /// Marks a sealed zone as being collected; false if it is not sealed, or holds records
+    /// that are not in the index yet.
     pub fn begin_collect(&self, zone: ZoneId) -> bool {
         let mut drives = self.drives.lock();
         let z = &mut drives[usize::from(zone.drive)].zones[zone.zone as usize];
-        if z.usage == ZoneUse::Sealed {
+        if z.usage == ZoneUse::Sealed && z.holds == 0 {
             z.usage = ZoneUse::Collecting;
             true
         } else {

@@ -21,7 +21,9 @@ use super::drives::Drive;
 use super::error::{EngineError, EngineResult};
 use super::located::{self, Located};
 use super::model::{Class, DriveId, Location};
+use super::placement::ZoneHolds;
 use super::record;
+use super::writer::Appended;
 
 /// Tunables of repair and scrub.
 #[derive(Debug, Clone)]
@@ -282,6 +284,7 @@ impl EngineInner {
             copied: 0,
             blocked: None,
             edits: Vec::new(),
+            holds: Vec::new(),
             left: Tally::default(),
         };
         let mut tally = Tally::default();
@@ -313,6 +316,7 @@ impl EngineInner {
             copied,
             blocked,
             edits,
+            holds,
             left,
             ..
         } = progress;
@@ -320,6 +324,7 @@ impl EngineInner {
         if !edits.is_empty() {
             self.committer.submit(Change::Replicas(edits)).await?;
         }
+        drop(holds);
         let mut s = self.repair.status.lock();
         s.under_replicated_bytes = tally.under_bytes;
         s.under_replicated_records = tally.under_records;
@@ -357,6 +362,7 @@ impl EngineInner {
             .buffered(REPAIRS_IN_FLIGHT);
         while let Some(outcome) = outcomes.next().await {
             progress.edits.extend(outcome.edits);
+            progress.holds.extend(outcome.holds);
             progress.copied += outcome.copied;
             progress.left.add(&outcome.left);
             if let Some(why) = outcome.blocked {
@@ -367,6 +373,7 @@ impl EngineInner {
                 self.committer
                     .submit(Change::Replicas(std::mem::take(&mut progress.edits)))
                     .await?;
+                progress.holds.clear();
             }
         }
         Ok(())
@@ -409,7 +416,8 @@ impl EngineInner {
                         .copy_record(&entry, &new_copies, replace, healthy)
                         .await
                     {
-                        Ok(Some((edit, bytes))) => {
+                        Ok(Some((edit, bytes, holds))) => {
+                            outcome.holds.push(holds);
                             if let ReplicaEdit::Add(to) | ReplicaEdit::Replace(_, to) = &edit {
                                 new_copies.push(to.drive);
                             }
@@ -474,7 +482,7 @@ impl EngineInner {
         new_copies: &[DriveId],
         replace: Option<Location>,
         healthy: &impl Fn(&Location) -> bool,
-    ) -> EngineResult<Option<(ReplicaEdit, u64)>> {
+    ) -> EngineResult<Option<(ReplicaEdit, u64, ZoneHolds)>> {
         let holding: HashSet<DriveId> = entry
             .copies
             .iter()
@@ -500,9 +508,10 @@ impl EngineInner {
             match self.read_verified(&entry.what, *source).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
-                    let to = self
+                    let Appended { locations, holds } = self
                         .append_record(bytes, Class::Gc, 1, 1, Some(target))
-                        .await?
+                        .await?;
+                    let to = locations
                         .into_iter()
                         .next()
                         .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
@@ -510,7 +519,7 @@ impl EngineInner {
                         Some(from) => ReplicaEdit::Replace(from, to),
                         None => ReplicaEdit::Add(to),
                     };
-                    return Ok(Some((edit, len)));
+                    return Ok(Some((edit, len, holds)));
                 }
                 Err(e) => last = e,
             }
@@ -658,9 +667,13 @@ impl EngineInner {
                 !holding.contains(id) && self.drives.get(*id).is_some_and(|d| d.is_writable())
             })
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
-        let to = self
+        let Appended {
+            locations,
+            holds: _holds,
+        } = self
             .append_record(bytes, Class::Gc, 1, 1, Some(target))
-            .await?
+            .await?;
+        let to = locations
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
@@ -721,6 +734,8 @@ struct Progress {
     blocked: Option<String>,
     /// Replica edits not yet committed.
     edits: Vec<(Relocation, ReplicaEdit)>,
+    /// Keep GC off the zones of the new copies until their edits are committed.
+    holds: Vec<ZoneHolds>,
     /// What the entries acted on still lack after their actions.
     left: Tally,
 }
@@ -737,6 +752,8 @@ const SCRUB_READS_IN_FLIGHT: usize = 8;
 struct EntryOutcome {
     /// Replica edits to commit.
     edits: Vec<(Relocation, ReplicaEdit)>,
+    /// Holds on the zones of the new copies.
+    holds: Vec<ZoneHolds>,
     /// Bytes copied.
     copied: u64,
     /// What the entry still lacks.

@@ -16,7 +16,7 @@ use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
 use super::error::{EngineError, EngineResult};
 use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
-use super::placement::NoSpace;
+use super::placement::{NoSpace, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 
 /// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
@@ -50,7 +50,8 @@ impl EngineInner {
     }
 
     /// Appends `record` to `copies` drives (at least `quorum` must succeed) for writes of
-    /// `class`, restricted to `only` if given. Returns where the copies landed.
+    /// `class`, restricted to `only` if given. Returns where the copies landed, holding their
+    /// zones from GC until the caller drops the holds (after the index names the copies).
     pub(crate) async fn append_record(
         &self,
         record: Bytes,
@@ -58,7 +59,7 @@ impl EngineInner {
         copies: usize,
         quorum: usize,
         only: Option<u16>,
-    ) -> EngineResult<Vec<Location>> {
+    ) -> EngineResult<Appended> {
         self.append_record_with(record, class, false, copies, quorum, only)
             .await
     }
@@ -73,8 +74,9 @@ impl EngineInner {
         copies: usize,
         quorum: usize,
         only: Option<u16>,
-    ) -> EngineResult<Vec<Location>> {
+    ) -> EngineResult<Appended> {
         let mut locations = Vec::with_capacity(copies);
+        let mut holds = ZoneHolds::new(self.placement.clone());
         let mut tried: Vec<u16> = Vec::new();
         let deadline = Instant::now() + SPACE_WAIT;
         let mut rounds = 0;
@@ -160,6 +162,10 @@ impl EngineInner {
                 }
                 match result {
                     Ok(lba) => {
+                        holds.adopt(ZoneId {
+                            drive: slot.drive,
+                            zone: slot.zone,
+                        });
                         self.stats.add_written(class, slot.blocks * self.block_size);
                         locations.push(Location {
                             drive: slot.drive,
@@ -187,7 +193,7 @@ impl EngineInner {
                     .under_replicated_writes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(locations)
+            Ok(Appended { locations, holds })
         } else {
             Err(EngineError::Unavailable(format!(
                 "stored {} of the {quorum} copies a write needs",
@@ -201,7 +207,7 @@ impl EngineInner {
         &self,
         header: &Header,
         payload: &[u8],
-    ) -> EngineResult<Vec<Location>> {
+    ) -> EngineResult<Appended> {
         // Tombstones and upload ends may use part of the reserve: deleting must work on a full
         // drive, since it is how space comes back.
         let frees_space = matches!(
@@ -219,6 +225,16 @@ impl EngineInner {
         )
         .await
     }
+}
+
+/// Where a record's copies landed, and the holds that keep GC off their zones until the index
+/// names them: keep it until the index commit is done.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    /// The copies.
+    pub(crate) locations: Vec<Location>,
+    /// Released on drop.
+    pub(crate) holds: ZoneHolds,
 }
 
 /// What a stream becomes when it is finished.
@@ -245,8 +261,11 @@ pub struct PutWriter {
     stream_id: u64,
     builder: Option<RecordBuilder>,
     offset: u64,
-    in_flight: VecDeque<JoinHandle<EngineResult<NewExtent>>>,
+    in_flight: VecDeque<JoinHandle<EngineResult<(NewExtent, ZoneHolds)>>>,
     extents: Vec<NewExtent>,
+    /// Keeps GC off the zones of the extents appended so far until the body is committed (or
+    /// abandoned: dropping the writer releases them).
+    holds: ZoneHolds,
     /// The write budget the current record holds.
     budget: Option<OwnedSemaphorePermit>,
 }
@@ -270,6 +289,7 @@ impl PutWriter {
         purpose: Purpose,
     ) -> EngineResult<PutWriter> {
         let stream_id = engine.seq.next()?;
+        let holds = ZoneHolds::new(engine.placement.clone());
         Ok(PutWriter {
             engine,
             bucket: bucket.to_string(),
@@ -280,6 +300,7 @@ impl PutWriter {
             offset: 0,
             in_flight: VecDeque::new(),
             extents: Vec::new(),
+            holds,
             budget: None,
         })
     }
@@ -372,7 +393,10 @@ impl PutWriter {
         let budget = self.budget.take();
         self.in_flight.push_back(tokio::spawn(async move {
             let _budget = budget;
-            let replicas = engine
+            let Appended {
+                locations: replicas,
+                holds,
+            } = engine
                 .append_record(
                     record,
                     Class::User,
@@ -381,11 +405,12 @@ impl PutWriter {
                     None,
                 )
                 .await?;
-            Ok(NewExtent {
+            let extent = NewExtent {
                 stream_id,
                 offset,
                 extent: Extent { length, replicas },
-            })
+            };
+            Ok((extent, holds))
         }));
         while self.in_flight.len() >= IN_FLIGHT_PER_UPLOAD {
             self.settle_one().await?;
@@ -395,10 +420,11 @@ impl PutWriter {
 
     async fn settle_one(&mut self) -> EngineResult<()> {
         if let Some(task) = self.in_flight.pop_front() {
-            let extent = task
+            let (extent, holds) = task
                 .await
                 .map_err(|e| EngineError::Internal(format!("append task failed: {e}")))??;
             self.extents.push(extent);
+            self.holds.merge(holds);
         }
         Ok(())
     }
@@ -444,7 +470,10 @@ impl PutWriter {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
         };
-        let commit = engine.append_small(&header, &meta.encode()).await?;
+        let Appended {
+            locations: commit,
+            holds: _commit_holds,
+        } = engine.append_small(&header, &meta.encode()).await?;
         let change = Change::PutObject {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
@@ -504,7 +533,11 @@ impl PutWriter {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
         };
-        part.location = engine.append_small(&header, &part.payload()).await?;
+        let Appended {
+            locations,
+            holds: _holds,
+        } = engine.append_small(&header, &part.payload()).await?;
+        part.location = locations;
         engine
             .committer
             .submit(Change::PutPart {
