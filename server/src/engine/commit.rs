@@ -22,6 +22,7 @@ use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry,
     UploadEntry, ZoneAccount, ZoneId, ZoneStamp,
 };
+use super::placement::ZoneHolds;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -317,6 +318,9 @@ impl ZoneAccounts {
 struct Request {
     change: Change,
     reply: oneshot::Sender<EngineResult<Outcome>>,
+    /// Holds on the zones of the change's new records, released once the change is applied
+    /// (or failed), whether or not the submitter is still waiting.
+    _holds: Vec<ZoneHolds>,
 }
 
 /// Handle to the committer task.
@@ -347,9 +351,25 @@ impl Committer {
 
     /// Applies a change durably; returns once its records and index entries are durable.
     pub async fn submit(&self, change: Change) -> EngineResult<Outcome> {
+        self.submit_holding(change, Vec::new()).await
+    }
+
+    /// [`Committer::submit`] for a change naming records just appended: `holds` keep GC off
+    /// their zones until the change is applied. The committer releases them, so a submitter
+    /// that stops waiting (a client gone) cannot release them before the index names the
+    /// records.
+    pub(crate) async fn submit_holding(
+        &self,
+        change: Change,
+        holds: Vec<ZoneHolds>,
+    ) -> EngineResult<Outcome> {
         let (reply, wait) = oneshot::channel();
         self.tx
-            .send(Request { change, reply })
+            .send(Request {
+                change,
+                reply,
+                _holds: holds,
+            })
             .await
             .map_err(|_| EngineError::Internal("the committer has stopped".into()))?;
         wait.await

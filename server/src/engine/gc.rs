@@ -302,9 +302,7 @@ impl Relocations {
         let holds = std::mem::take(&mut self.holds);
         let engine = engine.clone();
         self.committing = Some(tokio::spawn(async move {
-            let committed = engine.commit_relocations(items).await;
-            drop(holds);
-            committed
+            engine.commit_relocations(items, holds).await
         }));
         Ok(())
     }
@@ -702,7 +700,11 @@ impl EngineInner {
     }
 
     /// Commits relocations to the index (after flushing the drives they landed on).
-    async fn commit_relocations(&self, items: Vec<Relocated>) -> EngineResult<()> {
+    async fn commit_relocations(
+        &self,
+        items: Vec<Relocated>,
+        holds: Vec<ZoneHolds>,
+    ) -> EngineResult<()> {
         if items.is_empty() {
             return Ok(());
         }
@@ -710,7 +712,7 @@ impl EngineInner {
             .records_relocated
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         self.committer
-            .submit(Change::Relocate(items))
+            .submit_holding(Change::Relocate(items), holds)
             .await
             .map(|_| ())
     }

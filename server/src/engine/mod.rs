@@ -335,17 +335,18 @@ impl Engine {
             shadowed: Vec::new(),
         };
         let header = self.meta_header(Kind::Bucket, seq, seq, 0, name, "");
-        let Appended {
-            locations,
-            holds: _holds,
-        } = self.inner.append_small(&header, &entry.payload()).await?;
+        let Appended { locations, holds } =
+            self.inner.append_small(&header, &entry.payload()).await?;
         entry.location = locations;
         self.inner
             .committer
-            .submit(Change::CreateBucket {
-                name: name.to_string(),
-                entry,
-            })
+            .submit_holding(
+                Change::CreateBucket {
+                    name: name.to_string(),
+                    entry,
+                },
+                vec![holds],
+            )
             .await
             .map(|_| ())
     }
@@ -362,15 +363,18 @@ impl Engine {
         let header = self.meta_header(Kind::BucketDelete, seq, seq, 0, name, "");
         let Appended {
             locations: tombstone,
-            holds: _tombstone_holds,
+            holds,
         } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
-            .submit(Change::DeleteBucket {
-                name: name.to_string(),
-                seq,
-                tombstone,
-            })
+            .submit_holding(
+                Change::DeleteBucket {
+                    name: name.to_string(),
+                    seq,
+                    tombstone,
+                },
+                vec![holds],
+            )
             .await
             .map(|_| ())
     }
@@ -444,16 +448,19 @@ impl Engine {
         let header = self.meta_header(Kind::Tombstone, seq, seq, 0, bucket, key);
         let Appended {
             locations: tombstone,
-            holds: _tombstone_holds,
+            holds,
         } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
-            .submit(Change::DeleteObject {
-                bucket: bucket.into(),
-                key: key.into(),
-                seq,
-                tombstone,
-            })
+            .submit_holding(
+                Change::DeleteObject {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                    seq,
+                    tombstone,
+                },
+                vec![holds],
+            )
             .await
             .map(|_| ())
     }
@@ -498,14 +505,12 @@ impl Engine {
             shadowed: Vec::new(),
         };
         let header = self.meta_header(Kind::Upload, upload_id, upload_id, 0, bucket, key);
-        let Appended {
-            locations,
-            holds: _holds,
-        } = self.inner.append_small(&header, &entry.payload()).await?;
+        let Appended { locations, holds } =
+            self.inner.append_small(&header, &entry.payload()).await?;
         entry.location = locations;
         self.inner
             .committer
-            .submit(Change::CreateUpload { entry })
+            .submit_holding(Change::CreateUpload { entry }, vec![holds])
             .await?;
         Ok(upload_id)
     }
@@ -624,7 +629,7 @@ impl Engine {
         );
         let Appended {
             locations: commit,
-            holds: _commit_holds,
+            holds: commit_holds,
         } = self.inner.append_small(&header, &meta.encode()).await?;
         let end_header = self.meta_header(
             Kind::UploadEnd,
@@ -636,7 +641,7 @@ impl Engine {
         );
         let Appended {
             locations: end,
-            holds: _end_holds,
+            holds: end_holds,
         } = self.inner.append_small(&end_header, &[]).await?;
         let change = Change::CompleteUpload {
             upload_id,
@@ -646,7 +651,12 @@ impl Engine {
             parts: used.iter().map(|p| (p.part_number, p.stream_id)).collect(),
             condition,
         };
-        match self.inner.committer.submit(change).await? {
+        match self
+            .inner
+            .committer
+            .submit_holding(change, vec![commit_holds, end_holds])
+            .await?
+        {
             Outcome::Done | Outcome::Superseded | Outcome::NotFound => Ok(meta),
         }
     }
@@ -665,15 +675,18 @@ impl Engine {
         );
         let Appended {
             locations: end,
-            holds: _end_holds,
+            holds,
         } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
-            .submit(Change::AbortUpload {
-                upload_id,
-                seq,
-                end,
-            })
+            .submit_holding(
+                Change::AbortUpload {
+                    upload_id,
+                    seq,
+                    end,
+                },
+                vec![holds],
+            )
             .await
             .map(|_| ())
     }

@@ -322,9 +322,10 @@ impl EngineInner {
         } = progress;
         tally.add(&left);
         if !edits.is_empty() {
-            self.committer.submit(Change::Replicas(edits)).await?;
+            self.committer
+                .submit_holding(Change::Replicas(edits), holds)
+                .await?;
         }
-        drop(holds);
         let mut s = self.repair.status.lock();
         s.under_replicated_bytes = tally.under_bytes;
         s.under_replicated_records = tally.under_records;
@@ -371,9 +372,11 @@ impl EngineInner {
             pace(progress.started, progress.copied, progress.rate).await;
             if progress.edits.len() >= 64 {
                 self.committer
-                    .submit(Change::Replicas(std::mem::take(&mut progress.edits)))
+                    .submit_holding(
+                        Change::Replicas(std::mem::take(&mut progress.edits)),
+                        std::mem::take(&mut progress.holds),
+                    )
                     .await?;
-                progress.holds.clear();
             }
         }
         Ok(())
@@ -667,10 +670,7 @@ impl EngineInner {
                 !holding.contains(id) && self.drives.get(*id).is_some_and(|d| d.is_writable())
             })
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
-        let Appended {
-            locations,
-            holds: _holds,
-        } = self
+        let Appended { locations, holds } = self
             .append_record(bytes, Class::Gc, 1, 1, Some(target))
             .await?;
         let to = locations
@@ -678,10 +678,10 @@ impl EngineInner {
             .next()
             .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
         self.committer
-            .submit(Change::Replicas(vec![(
-                entry.what.clone(),
-                ReplicaEdit::Replace(bad, to),
-            )]))
+            .submit_holding(
+                Change::Replicas(vec![(entry.what.clone(), ReplicaEdit::Replace(bad, to))]),
+                vec![holds],
+            )
             .await
             .map(|_| ())
     }

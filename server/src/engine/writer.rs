@@ -14,9 +14,10 @@ use zns::{WriteHint, ZoneAction, ZoneSelect};
 
 use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
+use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
 use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
-use super::placement::{NoSpace, ZoneHolds};
+use super::placement::{NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 
 /// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
@@ -32,21 +33,7 @@ const SPACE_WAIT: Duration = Duration::from_secs(10);
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
     pub(crate) fn finish_zones(&self, zones: Vec<ZoneId>) {
-        for zone in zones {
-            let Some(drive) = self.drives.get(zone.drive).cloned() else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let zslba = drive.geometry.zone_start(zone.zone);
-                if let Err(e) = drive
-                    .device
-                    .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
-                    .await
-                {
-                    tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
-                }
-            });
-        }
+        finish_zones(&self.drives, zones);
     }
 
     /// Appends `record` to `copies` drives (at least `quorum` must succeed) for writes of
@@ -137,6 +124,11 @@ impl EngineInner {
                 let drive = self.drives.get(slot.drive).cloned();
                 let record = record.clone();
                 let slot = *slot;
+                let mut guard = SlotGuard {
+                    placement: self.placement.clone(),
+                    drives: self.drives.clone(),
+                    slot: Some(slot),
+                };
                 let hint = if replicating && !(primary_pending && i == 0) {
                     WriteHint::InfrequentReads
                 } else {
@@ -144,12 +136,14 @@ impl EngineInner {
                 };
                 async move {
                     let Some(drive) = drive else {
+                        guard.reported();
                         return (
                             slot,
                             Err(zns::ZoneError::Unavailable("unknown drive".into())),
                         );
                     };
                     let result = drive.device.append_hinted(slot.zslba, record, hint).await;
+                    guard.reported();
                     drive.note(&result);
                     (slot, result)
                 }
@@ -224,6 +218,56 @@ impl EngineInner {
             None,
         )
         .await
+    }
+}
+
+/// Finishes `zones` of `drives` in the background (frees their open and active resources).
+fn finish_zones(drives: &Drives, zones: Vec<ZoneId>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for zone in zones {
+        let Some(drive) = drives.get(zone.drive).cloned() else {
+            continue;
+        };
+        runtime.spawn(async move {
+            let zslba = drive.geometry.zone_start(zone.zone);
+            if let Err(e) = drive
+                .device
+                .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
+                .await
+            {
+                tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
+            }
+        });
+    }
+}
+
+/// An append's reserved slot until its end is recorded. If the append is abandoned (whoever
+/// awaited it was dropped, a client gone), the slot is recorded as failed on drop: otherwise
+/// its zone would wait forever for an append that never reports, and never be sealed or
+/// collected. (The zone is retired: where the abandoned data lands is unknown.)
+struct SlotGuard {
+    placement: Arc<Placement>,
+    drives: Arc<Drives>,
+    /// Cleared once the append has reported.
+    slot: Option<Slot>,
+}
+
+impl SlotGuard {
+    /// The append reported: its caller records its end.
+    fn reported(&mut self) {
+        self.slot = None;
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take()
+            && let Some(zone) = self.placement.complete(&slot, false)
+        {
+            finish_zones(&self.drives, vec![zone]);
+        }
     }
 }
 
@@ -429,6 +473,14 @@ impl PutWriter {
         Ok(())
     }
 
+    /// The holds on the zones of the body's extents, for the commit that names them.
+    fn take_holds(&mut self) -> ZoneHolds {
+        std::mem::replace(
+            &mut self.holds,
+            ZoneHolds::new(self.engine.placement.clone()),
+        )
+    }
+
     async fn drain(&mut self) -> EngineResult<(Vec<NewExtent>, StreamRef)> {
         self.seal().await?;
         while !self.in_flight.is_empty() {
@@ -472,7 +524,7 @@ impl PutWriter {
         };
         let Appended {
             locations: commit,
-            holds: _commit_holds,
+            holds: commit_holds,
         } = engine.append_small(&header, &meta.encode()).await?;
         let change = Change::PutObject {
             bucket: self.bucket.clone(),
@@ -482,7 +534,8 @@ impl PutWriter {
             extents,
             condition,
         };
-        match engine.committer.submit(change).await? {
+        let holds = vec![self.take_holds(), commit_holds];
+        match engine.committer.submit_holding(change, holds).await? {
             Outcome::Done | Outcome::Superseded | Outcome::NotFound => {}
         }
         engine
@@ -533,18 +586,18 @@ impl PutWriter {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
         };
-        let Appended {
-            locations,
-            holds: _holds,
-        } = engine.append_small(&header, &part.payload()).await?;
+        let Appended { locations, holds } = engine.append_small(&header, &part.payload()).await?;
         part.location = locations;
         engine
             .committer
-            .submit(Change::PutPart {
-                upload_id,
-                part: part.clone(),
-                extents,
-            })
+            .submit_holding(
+                Change::PutPart {
+                    upload_id,
+                    part: part.clone(),
+                    extents,
+                },
+                vec![self.take_holds(), holds],
+            )
             .await?;
         engine
             .stats
