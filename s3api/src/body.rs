@@ -4,6 +4,7 @@
 //! is committed.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -50,7 +51,14 @@ pub struct BodyReader {
     max_len: u64,
     size: u64,
     finished: Option<BodySummary>,
+    /// Longest wait for the next bytes of the body before the request fails.
+    idle_timeout: Duration,
 }
+
+/// How long a request body may stall before the request fails with RequestTimeout (S3 answers
+/// an idle upload the same way). A stalled upload would otherwise hold its connection, and the
+/// zones its data went to, from GC, for as long as the client likes.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -158,7 +166,14 @@ impl BodyReader {
             max_len,
             size: 0,
             finished: None,
+            idle_timeout: BODY_IDLE_TIMEOUT,
         })
+    }
+
+    /// Sets how long the body may stall between bytes (default [`BODY_IDLE_TIMEOUT`]).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
     }
 
     fn account(&mut self, data: &Bytes) -> Result<(), S3Error> {
@@ -190,7 +205,10 @@ impl BodyReader {
             if self.finished.is_some() {
                 return Ok(None);
             }
-            match self.raw.next().await {
+            let next = tokio::time::timeout(self.idle_timeout, self.raw.next())
+                .await
+                .map_err(|_| S3Error::request_timeout())?;
+            match next {
                 Some(Ok(raw)) => {
                     if let Some((h, _)) = self.sha256.as_mut() {
                         h.update(&raw);
@@ -310,6 +328,23 @@ mod tests {
             out.extend_from_slice(&c);
         }
         Ok((out, r.summary().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "10".parse().unwrap());
+        let started = futures::stream::iter([Ok(Bytes::from_static(b"abc"))]);
+        let stalled = started.chain(futures::stream::pending()).boxed();
+        let mut r = BodyReader::new(stalled, &h, &auth(Payload::Unsigned), 1 << 20)
+            .unwrap()
+            .with_idle_timeout(Duration::from_millis(50));
+        assert_eq!(r.next().await.unwrap().unwrap(), Bytes::from_static(b"abc"));
+        let e = r.next().await.unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (http::StatusCode::BAD_REQUEST, "RequestTimeout")
+        );
     }
 
     #[tokio::test]

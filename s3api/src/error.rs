@@ -309,6 +309,14 @@ impl S3Error {
             format!("You did not provide the number of bytes specified. ({detail})"),
         )
     }
+    /// 400 RequestTimeout: the request body stalled.
+    pub fn request_timeout() -> Self {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "RequestTimeout",
+            "Your socket connection to the server was not read from or written to within the timeout period.",
+        )
+    }
     /// 400 KeyTooLongError.
     pub fn key_too_long(size: usize) -> Self {
         S3Error::new(
