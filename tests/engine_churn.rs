@@ -25,9 +25,23 @@ async fn concurrent_churn_with_gc_reads_exactly_what_was_written() {
         c.gc.low_watermark = 0.25;
         c.gc.high_watermark = 0.35;
         c.gc.rate_bytes_per_sec = 0;
+        // Slow enough that GC moves copies between a batch being read and its copies being
+        // checked.
+        c.repair.scrub_rate_bytes_per_sec = 4 << 20;
     })
     .await;
     engine.create_bucket("b", "alice").await.unwrap();
+    // Scrub passes run all along: copies GC moves meanwhile must not be reported bad.
+    let scrubbing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scrubber = tokio::spawn({
+        let (engine, scrubbing) = (engine.clone(), scrubbing.clone());
+        async move {
+            while scrubbing.load(std::sync::atomic::Ordering::Relaxed) {
+                engine.repair().scrub();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
     // key -> Some((version, len)) or None (deleted); one lock per key orders reads and writes.
     let keys: Arc<Vec<KeySlot>> = Arc::new((0..48).map(|_| RwLock::new(None)).collect());
     let mut tasks = Vec::new();
@@ -85,6 +99,19 @@ async fn concurrent_churn_with_gc_reads_exactly_what_was_written() {
     for t in tasks {
         t.await.unwrap();
     }
+    scrubbing.store(false, std::sync::atomic::Ordering::Relaxed);
+    scrubber.await.unwrap();
+    let repair = engine.repair().status();
+    assert!(repair.scrub_passes > 0, "scrub ran during the churn");
+    println!(
+        "scrub: {} passes, {} copies checked",
+        repair.scrub_passes, repair.scrub_checked
+    );
+    assert_eq!(
+        repair.scrub_bad, 0,
+        "no copy was reported bad (scrub checked {} copies in {} passes)",
+        repair.scrub_checked, repair.scrub_passes
+    );
     let status = engine.gc().status();
     assert!(
         status.zones_collected >= 10,

@@ -99,6 +99,37 @@ const SOURCES: [(&str, Decoder); 6] = [
     }),
 ];
 
+/// The copies the index names for `what` now, or `None` if the entry is gone or is another
+/// version than `what` means.
+pub fn current_copies(index: &Index, what: &Relocation) -> IndexResult<Option<Vec<Location>>> {
+    Ok(match what {
+        Relocation::Extent { stream_id, offset } => {
+            index.extent(*stream_id, *offset)?.map(|e| e.replicas)
+        }
+        Relocation::Commit { bucket, key, seq } => index
+            .object(bucket, key)?
+            .filter(|o| o.meta.seq == *seq)
+            .map(|o| o.commit),
+        Relocation::Tombstone { kind, name, seq } => index
+            .tombstone(*kind, name)?
+            .filter(|t| t.seq == *seq)
+            .map(|t| t.location),
+        Relocation::Bucket { name, seq } => index
+            .bucket(name)?
+            .filter(|b| b.seq == *seq)
+            .map(|b| b.location),
+        Relocation::Upload { upload_id } => index.upload(*upload_id)?.map(|u| u.location),
+        Relocation::Part {
+            upload_id,
+            part_number,
+            seq,
+        } => index
+            .part(*upload_id, *part_number)?
+            .filter(|p| p.seq == *seq)
+            .map(|p| p.location),
+    })
+}
+
 /// Calls `visit` with every located entry, until it returns false. Entries that do not decode
 /// are skipped (the index reports them where it reads them for clients).
 pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResult<()> {

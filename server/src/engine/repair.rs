@@ -627,7 +627,16 @@ impl EngineInner {
                 s.scrub_checked += 1;
                 s.scrub_bytes += bytes;
             }
-            if let Err(why) = result {
+            // A copy that GC moved, or an entry overwritten or deleted, since the batch was read
+            // is not a bad copy: its old place may hold anything now.
+            let moved = || {
+                located::current_copies(&self.index, &entry.what)
+                    .map(|now| !now.is_some_and(|copies| copies.contains(&copy)))
+                    .unwrap_or(false)
+            };
+            if let Err(why) = result
+                && !moved()
+            {
                 tracing::warn!(
                     drive = copy.drive,
                     lba = copy.lba,
