@@ -461,7 +461,14 @@ impl EngineInner {
                 }
             };
             if let Err(why) = result {
-                outcome.blocked = Some(why);
+                // An entry that changed since its batch was read (GC moved a copy, a client
+                // overwrote it) is looked at again next pass; nothing is blocked.
+                let changed = located::current_copies(&self.index, &entry.what)
+                    .map(|now| now.as_deref() != Some(&entry.copies[..]))
+                    .unwrap_or(false);
+                if !changed {
+                    outcome.blocked = Some(why);
+                }
                 left = found;
                 break;
             }
