@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use engine_common::{get, open_engine, put};
+use engine_common::{get, open_engine, put, put_many};
 use zns::Geometry;
 use zonestore::engine::Engine;
 use zonestore::engine::gc::Policy;
@@ -105,20 +105,7 @@ async fn run(policy: Policy, hot_cold: bool) -> Outcome {
     let keys = (capacity * 8 / 10 / (OBJECT as u64 + 8192)) as usize;
     let body = vec![0x5Au8; OBJECT];
     // Fill to 80%, 8 writers.
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let (engine, body) = (engine.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for k in (w..keys).step_by(8) {
-                put(&engine, "b", &format!("k{k}"), &body)
-                    .await
-                    .expect("fill");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    put_many(&engine, "b", keys, &body, 8, |k| format!("k{k}")).await;
     // Idle: reads alone.
     let p99_idle = reads_for(&engine, keys, 4).await;
 

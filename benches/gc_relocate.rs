@@ -13,7 +13,7 @@ mod engine_common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use engine_common::{open_engine, put};
+use engine_common::{open_engine, put_many};
 use zns::Geometry;
 
 const ZONES: u32 = 24;
@@ -41,20 +41,7 @@ async fn relocate(dir: &std::path::Path, object: usize, direct: bool) -> Outcome
     engine.create_bucket("b", "bench").await.expect("bucket");
     let keys = (FILLED_ZONES * ZONE_BYTES / (object as u64 + 8192)) as usize;
     let body = vec![0xA5u8; object];
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let (engine, body) = (engine.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for k in (w..keys).step_by(16) {
-                put(&engine, "b", &format!("k{k:08}"), &body)
-                    .await
-                    .expect("fill");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    put_many(&engine, "b", keys, &body, 16, |k| format!("k{k:08}")).await;
     let mut tasks = Vec::new();
     for w in 0..16 {
         let engine = engine.clone();

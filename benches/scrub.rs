@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use engine_common::put;
+use engine_common::put_many;
 use fabric::host::{HostConfig, NvmeTcpHost};
 use fabric::target::{Target, TargetConfig, TargetHandle};
 use zns::{EmulatedZns, Geometry, ZonedDevice};
@@ -56,20 +56,7 @@ async fn scrub(dir: &std::path::Path, object: usize) -> (u64, Duration) {
     engine.create_bucket("b", "bench").await.expect("bucket");
     let keys = (DATA / object as u64) as usize;
     let body = vec![0x3Cu8; object];
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let (engine, body) = (engine.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for k in (w..keys).step_by(16) {
-                put(&engine, "b", &format!("k{k:08}"), &body)
-                    .await
-                    .expect("fill");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    put_many(&engine, "b", keys, &body, 16, |k| format!("k{k:08}")).await;
     let before = engine.repair().status();
     let start = Instant::now();
     engine.repair().scrub();

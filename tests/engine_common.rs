@@ -79,6 +79,30 @@ pub async fn put(
     put_if(engine, bucket, key, data, Condition::None).await
 }
 
+/// Writes `keys` objects of `body` named by `name` into `bucket`, from `writers` tasks at once.
+pub async fn put_many(
+    engine: &Engine,
+    bucket: &str,
+    keys: usize,
+    body: &[u8],
+    writers: usize,
+    name: fn(usize) -> String,
+) {
+    let body = Arc::new(body.to_vec());
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (engine, body, bucket) = (engine.clone(), body.clone(), bucket.to_string());
+        tasks.push(tokio::spawn(async move {
+            for k in (w..keys).step_by(writers) {
+                put(&engine, &bucket, &name(k), &body).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+}
+
 /// Writes an object under a condition.
 pub async fn put_if(
     engine: &Engine,
