@@ -307,8 +307,11 @@ impl Relocations {
         Ok(())
     }
 
-    /// Waits for every append and commits them all.
-    async fn finish(mut self, engine: &Arc<EngineInner>) -> EngineResult<()> {
+    /// Starts appending the `last` group, waits for every append and commits them all.
+    async fn finish(mut self, engine: &Arc<EngineInner>, last: Group) -> EngineResult<()> {
+        if !last.members.is_empty() {
+            self.start(engine.relocate_group(last));
+        }
         self.settle(engine, 0).await?;
         self.commit(engine).await?;
         if let Some(last) = self.committing.take() {
@@ -607,10 +610,7 @@ impl EngineInner {
                         if let Some(read) = next_read.take() {
                             read.abort();
                         }
-                        if !group.members.is_empty() {
-                            relocations.start(self.relocate_group(group));
-                        }
-                        relocations.finish(self).await?;
+                        relocations.finish(self, group).await?;
                         return Ok(false);
                     }
                 }
@@ -634,10 +634,7 @@ impl EngineInner {
         if let Some(read) = next_read.take() {
             read.abort();
         }
-        if !group.members.is_empty() {
-            relocations.start(self.relocate_group(group));
-        }
-        relocations.finish(self).await?;
+        relocations.finish(self, group).await?;
         let left = self.accounts.get(zone).valid_bytes;
         if left != 0 {
             tracing::warn!(
