@@ -120,10 +120,9 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     let device = device.clone();
                     // Reads of zone 7 only: random LBAs are offset into it.
-                    let shifted = Arc::new(ShiftedReads {
-                        inner: device,
-                        base: read_zone,
-                    });
+                    let mut shifted = zns::testing::Intercepted::new(device);
+                    shifted.read_base = read_zone;
+                    let shifted = Arc::new(shifted);
                     rt.block_on(random_reads(shifted, written));
                 }
                 start.elapsed()
@@ -181,46 +180,6 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
     rt.block_on(host.close());
-}
-
-/// Reads relative to a base LBA (the benchmark's read zone).
-#[derive(Debug)]
-struct ShiftedReads {
-    inner: Arc<dyn ZonedDevice>,
-    base: u64,
-}
-
-#[async_trait::async_trait]
-impl ZonedDevice for ShiftedReads {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    async fn read(&self, lba: u64, blocks: u32) -> zns::ZoneResult<Bytes> {
-        self.inner.read(self.base + lba, blocks).await
-    }
-    async fn write(&self, lba: u64, data: Bytes) -> zns::ZoneResult<()> {
-        self.inner.write(lba, data).await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u32) -> zns::ZoneResult<()> {
-        self.inner.write_zeroes(lba, blocks).await
-    }
-    async fn append(&self, zslba: u64, data: Bytes) -> zns::ZoneResult<u64> {
-        self.inner.append(zslba, data).await
-    }
-    async fn flush(&self) -> zns::ZoneResult<()> {
-        self.inner.flush().await
-    }
-    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> zns::ZoneResult<()> {
-        self.inner.manage_zones(action, select).await
-    }
-    async fn report_zones(
-        &self,
-        start: u64,
-        filter: zns::ReportFilter,
-        max: usize,
-    ) -> zns::ZoneResult<zns::ZoneReport> {
-        self.inner.report_zones(start, filter, max).await
-    }
 }
 
 /// The transport baseline: request/response exchanges of given sizes, pipelined over raw

@@ -433,56 +433,6 @@ async fn gc_leaves_zones_with_records_not_yet_indexed_alone() {
     );
 }
 
-/// A drive whose appends stall, once told to, until the end of the test.
-#[derive(Debug)]
-struct StallingDrive {
-    inner: zns::EmulatedZns,
-    stall: std::sync::atomic::AtomicBool,
-    /// The zone start LBA of the append that stalled.
-    stalled: tokio::sync::watch::Sender<Option<u64>>,
-}
-
-#[async_trait::async_trait]
-impl zns::ZonedDevice for StallingDrive {
-    fn geometry(&self) -> zns::Geometry {
-        self.inner.geometry()
-    }
-    async fn read(&self, lba: u64, blocks: u32) -> zns::ZoneResult<bytes::Bytes> {
-        self.inner.read(lba, blocks).await
-    }
-    async fn write(&self, lba: u64, data: bytes::Bytes) -> zns::ZoneResult<()> {
-        self.inner.write(lba, data).await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u32) -> zns::ZoneResult<()> {
-        self.inner.write_zeroes(lba, blocks).await
-    }
-    async fn append(&self, zslba: u64, data: bytes::Bytes) -> zns::ZoneResult<u64> {
-        if self.stall.load(std::sync::atomic::Ordering::SeqCst) {
-            self.stalled.send_replace(Some(zslba));
-            std::future::pending::<()>().await;
-        }
-        self.inner.append(zslba, data).await
-    }
-    async fn flush(&self) -> zns::ZoneResult<()> {
-        self.inner.flush().await
-    }
-    async fn manage_zones(
-        &self,
-        action: zns::ZoneAction,
-        select: zns::ZoneSelect,
-    ) -> zns::ZoneResult<()> {
-        self.inner.manage_zones(action, select).await
-    }
-    async fn report_zones(
-        &self,
-        start_lba: u64,
-        filter: zns::ReportFilter,
-        max_zones: usize,
-    ) -> zns::ZoneResult<zns::ZoneReport> {
-        self.inner.report_zones(start_lba, filter, max_zones).await
-    }
-}
-
 /// An append abandoned mid-flight (its request dropped: a client gone) ends its reservation:
 /// its zone is retired, not left open forever waiting for the append to report (never sealed,
 /// never collected).
@@ -490,22 +440,37 @@ impl zns::ZonedDevice for StallingDrive {
 async fn an_abandoned_append_does_not_keep_its_zone_open() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let drive = std::sync::Arc::new(StallingDrive {
-        inner: zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap(),
-        stall: Default::default(),
-        stalled: tokio::sync::watch::channel(None).0,
+    // A drive whose appends stall, once told to, until the end of the test; `stalled` gets
+    // the zone start LBA of the append that stalled.
+    let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stalled = std::sync::Arc::new(tokio::sync::watch::channel(None).0);
+    let inner = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let mut drive = zns::testing::Intercepted::new(std::sync::Arc::new(inner));
+    drive.before_append = Box::new({
+        let (stall, stalled) = (stall.clone(), stalled.clone());
+        move |zslba, _| {
+            let stalling = stall.load(std::sync::atomic::Ordering::SeqCst);
+            if stalling {
+                stalled.send_replace(Some(zslba));
+            }
+            Box::pin(async move {
+                if stalling {
+                    std::future::pending::<()>().await;
+                }
+            })
+        }
     });
     let specs = vec![zonestore::engine::DriveSpec {
         name: "zns-file://drive0".into(),
-        device: drive.clone(),
+        device: std::sync::Arc::new(drive),
     }];
     let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
     let (engine, _) = zonestore::engine::Engine::open(config, specs)
         .await
         .unwrap();
     engine.create_bucket("b", "alice").await.unwrap();
-    let mut stalled = drive.stalled.subscribe();
-    drive.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut stalled = stalled.subscribe();
+    stall.store(true, std::sync::atomic::Ordering::SeqCst);
     let request = tokio::spawn({
         let engine = engine.clone();
         async move { engine.create_bucket("c", "alice").await }
@@ -514,9 +479,7 @@ async fn an_abandoned_append_does_not_keep_its_zone_open() {
     let zone = (zslba.unwrap() / g.zone_size) as u32;
     request.abort();
     assert!(request.await.unwrap_err().is_cancelled());
-    drive
-        .stall
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    stall.store(false, std::sync::atomic::Ordering::SeqCst);
     let row = engine
         .zone_table()
         .into_iter()

@@ -17,10 +17,7 @@ use fabric::wire::digest::Digests;
 use fabric::wire::status::Status;
 use proptest::prelude::*;
 use zns::testing::{Backdoor, Model, apply, arb_geometry, arb_op, pattern};
-use zns::{
-    EmulatedZns, Geometry, ReportFilter, WriteHint, ZoneAction, ZoneError, ZoneErrorKind,
-    ZoneSelect, ZonedDevice,
-};
+use zns::{EmulatedZns, Geometry, ReportFilter, WriteHint, ZoneError, ZoneErrorKind, ZonedDevice};
 
 const NQN: &str = "nqn.2026-01.io.zonestore:test";
 
@@ -341,67 +338,27 @@ fn read_only_zones_reject_writes_through_the_fabric() {
     });
 }
 
-/// A drive that remembers the write hint of every append it is given.
-#[derive(Debug)]
-struct HintRecorder {
-    inner: EmulatedZns,
-    hints: std::sync::Mutex<Vec<WriteHint>>,
-}
-
-#[async_trait]
-impl ZonedDevice for HintRecorder {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    async fn read(&self, lba: u64, blocks: u32) -> zns::ZoneResult<Bytes> {
-        self.inner.read(lba, blocks).await
-    }
-    async fn write(&self, lba: u64, data: Bytes) -> zns::ZoneResult<()> {
-        self.inner.write(lba, data).await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u32) -> zns::ZoneResult<()> {
-        self.inner.write_zeroes(lba, blocks).await
-    }
-    async fn append(&self, zslba: u64, data: Bytes) -> zns::ZoneResult<u64> {
-        self.append_hinted(zslba, data, WriteHint::None).await
-    }
-    async fn append_hinted(
-        &self,
-        zslba: u64,
-        data: Bytes,
-        hint: WriteHint,
-    ) -> zns::ZoneResult<u64> {
-        self.hints.lock().unwrap().push(hint);
-        self.inner.append_hinted(zslba, data, hint).await
-    }
-    async fn flush(&self) -> zns::ZoneResult<()> {
-        self.inner.flush().await
-    }
-    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> zns::ZoneResult<()> {
-        self.inner.manage_zones(action, select).await
-    }
-    async fn report_zones(
-        &self,
-        start_lba: u64,
-        filter: ReportFilter,
-        max_zones: usize,
-    ) -> zns::ZoneResult<zns::ZoneReport> {
-        self.inner.report_zones(start_lba, filter, max_zones).await
-    }
-}
-
 #[test]
 fn write_hints_travel_in_the_dataset_management_field() {
     let rt = runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let g = Geometry::new(4, 4 << 20);
-        let recorder = Arc::new(HintRecorder {
-            inner: EmulatedZns::create(dir.path(), g).unwrap(),
-            hints: Default::default(),
+        // A drive that remembers the write hint of every append it is given.
+        let hints = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut recorder =
+            zns::testing::Intercepted::new(Arc::new(EmulatedZns::create(dir.path(), g).unwrap()));
+        recorder.before_append = Box::new({
+            let hints = hints.clone();
+            move |_, hint| {
+                hints.lock().unwrap().push(hint);
+                Box::pin(std::future::ready(()))
+            }
         });
         let target = Target::new(TargetConfig::default());
-        target.add_subsystem(NQN, recorder.clone(), vec![]).unwrap();
+        target
+            .add_subsystem(NQN, Arc::new(recorder), vec![])
+            .unwrap();
         let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let host = NvmeTcpHost::connect(host_config(handle.local_addr()))
             .await
@@ -419,7 +376,7 @@ fn write_hints_travel_in_the_dataset_management_field() {
             .unwrap();
         use WriteHint::{InfrequentReads, None};
         assert_eq!(
-            *recorder.hints.lock().unwrap(),
+            *hints.lock().unwrap(),
             vec![InfrequentReads, None, InfrequentReads, None, None]
         );
         host.close().await;

@@ -4,14 +4,15 @@
 //! Enabled by the `testing` feature.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use crate::device::ZonedDevice;
+use crate::device::{WriteHint, ZonedDevice};
 use crate::emulated::EmulatedZns;
-use crate::error::{ZoneError, ZoneErrorKind};
+use crate::error::{ZoneError, ZoneErrorKind, ZoneResult};
 use crate::geometry::Geometry;
 use crate::zone::{ReportFilter, ZoneAction, ZoneDescriptor, ZoneReport, ZoneSelect, ZoneState};
 
@@ -615,4 +616,78 @@ pub fn arb_op(with_faults: bool) -> impl Strategy<Value = Op> {
         faults => zone.prop_map(|zone| Op::MakeOffline { zone }),
         faults => Just(Op::PowerLoss),
     ]
+}
+
+/// Runs before an intercepted append, given its zone start LBA and write hint; the append goes
+/// on when the returned future completes.
+pub type AppendHook =
+    Box<dyn Fn(u64, WriteHint) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A device that passes every command to `inner`, for tests and benchmarks that watch or hold
+/// up some of them: reads are shifted by `read_base` blocks, and each append first awaits
+/// `before_append` (which may record its hint, or stall it).
+pub struct Intercepted {
+    /// The device commands go to.
+    pub inner: Arc<dyn ZonedDevice>,
+    /// Added to the LBA of every read.
+    pub read_base: u64,
+    /// Awaited before each append.
+    pub before_append: AppendHook,
+}
+
+impl Intercepted {
+    /// Passes everything to `inner` unchanged (set the fields to intercept).
+    pub fn new(inner: Arc<dyn ZonedDevice>) -> Self {
+        Intercepted {
+            inner,
+            read_base: 0,
+            before_append: Box::new(|_, _| Box::pin(std::future::ready(()))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Intercepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercepted")
+            .field("inner", &self.inner)
+            .field("read_base", &self.read_base)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ZonedDevice for Intercepted {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+    async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
+        self.inner.read(self.read_base + lba, blocks).await
+    }
+    async fn write(&self, lba: u64, data: Bytes) -> ZoneResult<()> {
+        self.inner.write(lba, data).await
+    }
+    async fn write_zeroes(&self, lba: u64, blocks: u32) -> ZoneResult<()> {
+        self.inner.write_zeroes(lba, blocks).await
+    }
+    async fn append(&self, zslba: u64, data: Bytes) -> ZoneResult<u64> {
+        self.append_hinted(zslba, data, WriteHint::None).await
+    }
+    async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
+        (self.before_append)(zslba, hint).await;
+        self.inner.append_hinted(zslba, data, hint).await
+    }
+    async fn flush(&self) -> ZoneResult<()> {
+        self.inner.flush().await
+    }
+    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+        self.inner.manage_zones(action, select).await
+    }
+    async fn report_zones(
+        &self,
+        start_lba: u64,
+        filter: ReportFilter,
+        max_zones: usize,
+    ) -> ZoneResult<ZoneReport> {
+        self.inner.report_zones(start_lba, filter, max_zones).await
+    }
 }
