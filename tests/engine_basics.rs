@@ -492,3 +492,120 @@ async fn an_abandoned_append_does_not_keep_its_zone_open() {
     );
     engine.create_bucket("d", "alice").await.unwrap();
 }
+
+/// An append can land although it reports failure (its completion lost on the way back).
+/// Placement then counts fewer blocks in the zone than the drive holds, and records appended
+/// after the lost one sit past that count: GC must still find and move them, and reset the
+/// zone, rather than stop short and keep the zone forever. No zone placement hands out as free
+/// may hold data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_moves_records_that_follow_an_append_reported_failed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zonestore::engine::placement::ZoneUse;
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = small_geometry(16, 256 << 10);
+    // One user zone open at a time, so that appends in flight together share it.
+    g.max_open = Some(3);
+    g.max_active = Some(3);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let lose_next = Arc::new(AtomicBool::new(false));
+    let landed = Arc::new(tokio::sync::watch::channel(None::<u64>).0);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let appended_to = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    drive.after_append = Box::new({
+        let (lose_next, landed, release, appended_to) = (
+            lose_next.clone(),
+            landed.clone(),
+            release.clone(),
+            appended_to.clone(),
+        );
+        move |zslba, result| {
+            appended_to.lock().unwrap().push(zslba);
+            let lose = lose_next.swap(false, Ordering::SeqCst);
+            let (landed, release) = (landed.clone(), release.clone());
+            Box::pin(async move {
+                if !lose {
+                    return result;
+                }
+                landed.send_replace(Some(result.expect("the lost append landed")));
+                release.notified().await;
+                Err(zns::ZoneError::MediaError("completion lost".into()))
+            })
+        }
+    });
+    let specs = vec![zonestore::engine::DriveSpec {
+        name: "zns-file://drive0".into(),
+        device: Arc::new(drive),
+    }];
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = |k: &str| content(k, 1, 8 << 10);
+    for i in 0..12 {
+        let key = format!("garbage-{i}");
+        put(&engine, "b", &key, &body(&key)).await.unwrap();
+    }
+
+    // The lost append lands, and while its writer waits for the completion, another lands
+    // after it in the same zone and is acknowledged.
+    let mut landed_at = landed.subscribe();
+    lose_next.store(true, Ordering::SeqCst);
+    let lost = tokio::spawn({
+        let engine = engine.clone();
+        async move { put(&engine, "b", "lost", &body("lost")).await }
+    });
+    let lost_lba = landed_at.wait_for(|l| l.is_some()).await.unwrap().unwrap();
+    let zone = (lost_lba / g.zone_size) as u32;
+    put(&engine, "b", "after", &body("after")).await.unwrap();
+    assert_eq!(
+        appended_to.lock().unwrap().last(),
+        Some(&(u64::from(zone) * g.zone_size)),
+        "the test needs both appends in one zone"
+    );
+    release.notify_one();
+    assert!(lost.await.unwrap().is_err(), "the lost append's PUT fails");
+
+    for i in 0..12 {
+        engine.delete("b", &format!("garbage-{i}")).await.unwrap();
+    }
+    for _ in 0..4 {
+        engine.inner().collect_now().await.unwrap();
+    }
+    let row = engine
+        .zone_table()
+        .into_iter()
+        .find(|r| r.zone == zone)
+        .unwrap();
+    assert!(
+        row.generation > 0,
+        "GC reset the zone with the lost append: {row:?}"
+    );
+    assert_eq!(get(&engine, "b", "after").await.unwrap(), body("after"));
+    assert!(
+        get(&engine, "b", "lost").await.is_err(),
+        "nothing of the failed PUT is visible"
+    );
+    for row in engine.zone_table() {
+        if row.usage == ZoneUse::Free {
+            let report = zns::ZonedDevice::report_zones(
+                inner.as_ref(),
+                u64::from(row.zone) * g.zone_size,
+                zns::ReportFilter::All,
+                1,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                report.zones[0].state,
+                zns::ZoneState::Empty,
+                "zone {} is free for placement but not empty on the drive",
+                row.zone
+            );
+        }
+    }
+    engine.shutdown().await;
+}

@@ -623,9 +623,19 @@ pub fn arb_op(with_faults: bool) -> impl Strategy<Value = Op> {
 pub type AppendHook =
     Box<dyn Fn(u64, WriteHint) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Runs after an intercepted append, given its zone start LBA and what the drive answered;
+/// the append reports what the returned future gives (a test may turn a landed append into an
+/// error, as when a completion is lost on the way back).
+pub type AfterAppendHook = Box<
+    dyn Fn(u64, ZoneResult<u64>) -> std::pin::Pin<Box<dyn Future<Output = ZoneResult<u64>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A device that passes every command to `inner`, for tests and benchmarks that watch or hold
 /// up some of them: reads are shifted by `read_base` blocks, and each append first awaits
-/// `before_append` (which may record its hint, or stall it).
+/// `before_append` (which may record its hint, or stall it) and reports through
+/// `after_append`.
 pub struct Intercepted {
     /// The device commands go to.
     pub inner: Arc<dyn ZonedDevice>,
@@ -633,6 +643,8 @@ pub struct Intercepted {
     pub read_base: u64,
     /// Awaited before each append.
     pub before_append: AppendHook,
+    /// Gives what each append reports.
+    pub after_append: AfterAppendHook,
 }
 
 impl Intercepted {
@@ -642,6 +654,7 @@ impl Intercepted {
             inner,
             read_base: 0,
             before_append: Box::new(|_, _| Box::pin(std::future::ready(()))),
+            after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
         }
     }
 }
@@ -674,7 +687,8 @@ impl ZonedDevice for Intercepted {
     }
     async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
         (self.before_append)(zslba, hint).await;
-        self.inner.append_hinted(zslba, data, hint).await
+        let result = self.inner.append_hinted(zslba, data, hint).await;
+        (self.after_append)(zslba, result).await
     }
     async fn flush(&self) -> ZoneResult<()> {
         self.inner.flush().await

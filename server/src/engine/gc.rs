@@ -533,6 +533,7 @@ impl EngineInner {
         let bs = drive.block_size();
         let zslba = drive.geometry.zone_start(zone.zone);
         let written = self.placement.usage(zone.drive)[zone.zone as usize].1;
+        let capacity = drive.geometry.zone_capacity;
         let chunk_blocks = ((1u64 << 20) / bs).max(1);
         let mut pacer = Pacer {
             start: Instant::now(),
@@ -617,7 +618,16 @@ impl EngineInner {
             }
             // The next chunk was read while this one was parsed; start the one after.
             let Some(read) = next_read.take() else {
-                break;
+                if buf.is_empty() || read_to >= capacity {
+                    break;
+                }
+                // A record runs on past the blocks placement counted: an append that reported
+                // failure landed before it (a lost completion), so read on until the records
+                // end.
+                let n = chunk_blocks.min(capacity - read_to);
+                next_read = Some(read_ahead(read_to, n));
+                read_to += n;
+                continue;
             };
             let bytes = read.await.map_err(task_failed)??;
             if read_to < written {

@@ -96,14 +96,11 @@ impl DriveSpace {
         if z.written >= self.geometry.zone_capacity {
             z.usage = ZoneUse::Sealed;
         } else if z.pending == 0 {
+            // Sealed even when no append into it reported success: one that failed (a lost
+            // completion, an abandoned request) may still have landed, so the zone goes back
+            // to the free list only through GC's reset, never as it is.
             z.usage = ZoneUse::Sealed;
-            if z.written > 0 {
-                to_finish.push(ZoneId { drive, zone });
-            } else {
-                // Nothing was written: it can go straight back to the free list.
-                z.usage = ZoneUse::Free;
-                self.free.insert(zone);
-            }
+            to_finish.push(ZoneId { drive, zone });
         } else {
             z.usage = ZoneUse::Closing;
         }
@@ -455,14 +452,15 @@ impl Placement {
         self.config[usize::from(drive)].reserve
     }
 
-    /// Sealed zones of a drive with how many blocks they hold (GC candidates).
+    /// Sealed zones of a drive with how many blocks they hold as far as placement knows (GC
+    /// candidates; a zone whose every append failed counts none, yet needs a reset).
     pub fn sealed(&self, drive: DriveId) -> Vec<(u32, u64)> {
         let drives = self.drives.lock();
         drives[usize::from(drive)]
             .zones
             .iter()
             .enumerate()
-            .filter(|(_, z)| z.usage == ZoneUse::Sealed && z.written > 0 && z.holds == 0)
+            .filter(|(_, z)| z.usage == ZoneUse::Sealed && z.holds == 0)
             .map(|(i, z)| (i as u32, z.written))
             .collect()
     }
@@ -640,6 +638,26 @@ mod tests {
             .map(|_| p.reserve(Class::User, 1, 1, 1, |_| true).unwrap().0[0].zone)
             .collect();
         assert!(zones.len() >= 2, "appends use several zones: {zones:?}");
+    }
+
+    #[test]
+    fn a_zone_whose_only_append_failed_is_sealed_for_gc_not_freed() {
+        let (_d, _drives, p) = setup(8);
+        let free = p.free_zones(0);
+        let slot = p.reserve(Class::User, 1, 1, 1, |_| true).unwrap().0[0];
+        // The append may have landed although it failed: the zone is finished and left to
+        // GC's reset, not handed out again as empty.
+        let finish = p.complete(&slot, false);
+        let zone = ZoneId {
+            drive: 0,
+            zone: slot.zone,
+        };
+        assert_eq!(finish, Some(zone));
+        assert_eq!(p.free_zones(0), free - 1);
+        assert_eq!(p.sealed(0), vec![(slot.zone, 0)]);
+        assert!(p.begin_collect(zone));
+        p.reset_done(zone);
+        assert_eq!(p.free_zones(0), free);
     }
 
     #[test]
