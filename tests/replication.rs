@@ -477,3 +477,96 @@ fn starts_with_a_target_down_and_attaches_it_when_it_returns() {
         assert!(same_file(original, &back), "{key} from the late target");
     }
 }
+
+/// Runs `zonestore recover --rebuild-index` for the gateway of `urls` with `extra` flags.
+fn recover(dir: &Path, urls: &[String], extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::zonestore_bin())
+        .args(["recover", "--rebuild-index", "--data"])
+        .arg(dir.join("gateway"))
+        .args(gateway_args(dir, urls))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The index is lost while a target is down. `recover --rebuild-index` will not go without it
+/// unless told to; told, it rebuilds from the other two, since every acknowledged write (W = 2
+/// of 3) has a copy there, and refuses when two are down. When the target returns, its stale
+/// records are garbage, repair gives every object its third copy, and the objects read back
+/// from that target alone.
+#[test]
+fn rebuilds_the_index_with_a_target_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let (kept, replaced, newer) = (
+        dir.path().join("kept.bin"),
+        dir.path().join("replaced.bin"),
+        dir.path().join("newer.bin"),
+    );
+    write_random_file(&kept, 3_000_000, 31);
+    write_random_file(&replaced, 200_000, 32);
+    write_random_file(&newer, 150_000, 33);
+    {
+        let server = gateway_for(dir.path(), &urls);
+        server.aws_ok(&["s3", "mb", "s3://lost"]);
+        for (file, key) in [
+            (&kept, "kept"),
+            (&replaced, "over"),
+            (&newer, "over"),
+            (&replaced, "gone"),
+        ] {
+            let to = format!("s3://lost/{key}");
+            server.aws_ok(&["s3", "cp", file.to_str().unwrap(), &to]);
+        }
+        server.aws_ok(&["s3", "rm", "s3://lost/gone"]);
+    } // the gateway is killed (SIGKILL) here
+
+    nodes[2].kill();
+    let index = dir.path().join("gateway").join("index");
+    assert!(index.join("CURRENT").exists(), "{}", index.display());
+    std::fs::remove_dir_all(&index).unwrap();
+
+    let refused = recover(dir.path(), &urls, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&nodes[2].url()) && stderr.contains("--allow-missing-drives"),
+        "{stderr}"
+    );
+    nodes[1].kill();
+    let refused = recover(dir.path(), &urls, &["--allow-missing-drives"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 of 3 drives cannot be reached") && stderr.contains("write quorum 2"),
+        "{stderr}"
+    );
+    nodes[1].start();
+    let rebuilt = recover(dir.path(), &urls, &["--allow-missing-drives"]);
+    let stderr = String::from_utf8_lossy(&rebuilt.stderr);
+    assert!(rebuilt.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rebuilding without 1 of 3 drives") && stderr.contains("0 damaged"),
+        "{stderr}"
+    );
+
+    // The target returns: what it holds is garbage to the rebuilt index, and repair gives
+    // every object its third copy on it.
+    nodes[2].start();
+    let server = gateway_for(dir.path(), &urls);
+    wait_for_targets(&server, "repair onto the returned target", |t| {
+        t.matches("connected").count() == 3 && t.contains("under-replicated: 0B in 0 records")
+    });
+    let listed = server.aws_ok(&["s3", "ls", "s3://lost/"]);
+    assert!(!listed.contains("gone"), "the delete survives: {listed}");
+    nodes[0].kill();
+    nodes[1].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let back = dir.path().join("back.bin");
+    for (key, original) in [("kept", &kept), ("over", &newer)] {
+        let from = format!("s3://lost/{key}");
+        server.aws_ok(&["s3", "cp", &from, back.to_str().unwrap()]);
+        assert!(same_file(original, &back), "{key} from the returned target");
+    }
+}

@@ -246,6 +246,34 @@ pub struct Checked {
 }
 
 impl Config {
+    /// The replication factor R and write quorum W for `drive_count` drives: the configured
+    /// values, or R = 3 with at least 3 drives (else the number of drives) and W = a majority
+    /// of R.
+    pub fn replication_for(&self, drive_count: usize) -> Result<(usize, usize), ConfigError> {
+        let mut replicas = drive_count.clamp(1, 3);
+        let mut quorum = replicas / 2 + 1;
+        if let Some(r) = self.replication_factor {
+            if r > drive_count {
+                return Err(bad(
+                    "replication_factor",
+                    format!("{r} copies need at least {r} drives; {drive_count} are attached"),
+                ));
+            }
+            replicas = r;
+            quorum = r / 2 + 1;
+        }
+        if let Some(w) = self.write_quorum {
+            if w > replicas {
+                return Err(bad(
+                    "write_quorum",
+                    format!("{w} exceeds the replication factor {replicas}"),
+                ));
+            }
+            quorum = w;
+        }
+        Ok((replicas, quorum))
+    }
+
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -419,5 +447,18 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "gc.low_watermark");
         let c: Config = toml::from_str("replication_factor = 2\nwrite_quorum = 3\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"").unwrap();
         assert_eq!(c.check().unwrap_err().key, "write_quorum");
+    }
+
+    #[test]
+    fn replication_defaults_to_three_copies_and_a_majority() {
+        let mut c = Config::default();
+        assert_eq!(c.replication_for(1).unwrap(), (1, 1));
+        assert_eq!(c.replication_for(2).unwrap(), (2, 2));
+        assert_eq!(c.replication_for(5).unwrap(), (3, 2));
+        c.replication_factor = Some(5);
+        assert_eq!(c.replication_for(5).unwrap(), (5, 3));
+        assert_eq!(c.replication_for(4).unwrap_err().key, "replication_factor");
+        c.write_quorum = Some(1);
+        assert_eq!(c.replication_for(5).unwrap(), (5, 1));
     }
 }

@@ -70,6 +70,12 @@ struct DriveArgs {
     /// Embedded default and zns-file drives: write with O_DIRECT, bypassing the page cache.
     #[arg(long)]
     direct_writes: bool,
+    /// Replication factor R.
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Write quorum W.
+    #[arg(long)]
+    write_quorum: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -88,12 +94,6 @@ struct ServeArgs {
     /// Secret key of that user.
     #[arg(long, env = "ZONESTORE_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
-    /// Replication factor R.
-    #[arg(long)]
-    replicas: Option<usize>,
-    /// Write quorum W.
-    #[arg(long)]
-    write_quorum: Option<usize>,
     /// PEM certificate chain for HTTPS (with --tls-key).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -115,6 +115,11 @@ struct RecoverArgs {
     /// Rebuild the whole index from a scan of the zones (the old index is kept aside).
     #[arg(long)]
     rebuild_index: bool,
+    /// Rebuild from the drives that answer, leaving out those that cannot be reached (fewer
+    /// than the write quorum W, so that every acknowledged write keeps a copy); repair gives
+    /// the objects their other copies once the server runs.
+    #[arg(long)]
+    allow_missing_drives: bool,
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +194,12 @@ fn config_of(args: &DriveArgs) -> anyhow::Result<Config> {
     if args.direct_writes {
         config.embedded.direct_writes = true;
     }
+    if let Some(r) = args.replicas {
+        config.replication_factor = Some(r);
+    }
+    if let Some(w) = args.write_quorum {
+        config.write_quorum = Some(w);
+    }
     Ok(config)
 }
 
@@ -215,12 +226,6 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
         _ => bail!(
             "--access-key and --secret-key (or ZONESTORE_ACCESS_KEY and ZONESTORE_SECRET_KEY) go together"
         ),
-    }
-    if let Some(r) = args.replicas {
-        config.replication_factor = Some(r);
-    }
-    if let Some(w) = args.write_quorum {
-        config.write_quorum = Some(w);
     }
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -297,7 +302,10 @@ async fn run_recover(args: RecoverArgs) -> anyhow::Result<()> {
         bail!("say what to recover: --rebuild-index");
     }
     let config = config_of(&args.drives)?;
-    zonestore::recover::rebuild_index(&config, |line| eprintln!("{line}")).await?;
+    zonestore::recover::rebuild_index(&config, args.allow_missing_drives, |line| {
+        eprintln!("{line}")
+    })
+    .await?;
     Ok(())
 }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::recovery::{self, RebuildReport};
-use crate::engine::{DriveSpec, EngineError, registered_drives};
-use crate::targets::{self, AttachError};
+use crate::engine::{DriveSpec, EngineError, known_geometries, registered_drives};
+use crate::targets::{self, AttachError, IfUnreachable};
 
 /// Why a rebuild failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +17,25 @@ pub enum RecoverError {
     /// Drives could not be attached.
     #[error(transparent)]
     Attach(#[from] AttachError),
+    /// A target could not be reached.
+    #[error("{0}; to rebuild from the drives that answer, add --allow-missing-drives")]
+    Unreachable(#[source] AttachError),
     /// The rebuild failed.
     #[error("rebuild: {0}")]
     Engine(#[from] EngineError),
+    /// Too many drives cannot be reached to rebuild without losing acknowledged writes.
+    #[error(
+        "{} of {total} drives cannot be reached ({}); with write quorum {quorum} an acknowledged write may have every copy on them, so the index is not rebuilt without them",
+        missing.len(), missing.join(", ")
+    )]
+    TooManyMissing {
+        /// The drives (targets) that cannot be reached.
+        missing: Vec<String>,
+        /// Drives configured.
+        total: usize,
+        /// Write quorum W.
+        quorum: usize,
+    },
     /// Moving index directories failed.
     #[error("{what}: {source}")]
     Io {
@@ -50,9 +66,11 @@ fn in_registry_order(mut specs: Vec<DriveSpec>, names: &[String]) -> Vec<DriveSp
 }
 
 /// Rebuilds the index of `config` from its drives, reporting progress through `progress`.
-/// Returns what the scan found and where the old index was kept.
+/// With `allow_missing`, drives that cannot be reached are left out, as long as fewer are
+/// missing than the write quorum. Returns what the scan found and where the old index was kept.
 pub async fn rebuild_index(
     config: &Config,
+    allow_missing: bool,
     progress: impl Fn(&str),
 ) -> Result<(RebuildReport, Option<PathBuf>), RecoverError> {
     let checked = config.check()?;
@@ -72,10 +90,52 @@ pub async fn rebuild_index(
         Vec::new()
     };
     progress("attaching drives");
-    // Every drive must answer: the rebuild reads all of them.
+    // Every drive must answer, unless missing ones are allowed: drives the old index knows
+    // then stay registered (to reconnect when the server runs), others are left out.
+    let (known, if_unreachable) = if allow_missing {
+        let known = if names.is_empty() {
+            targets::KnownDrives::new()
+        } else {
+            known_geometries(&index_dir).unwrap_or_default()
+        };
+        (known, IfUnreachable::LeaveOut)
+    } else {
+        (targets::KnownDrives::new(), IfUnreachable::Fail)
+    };
     let mut attached =
-        targets::attach_configured(config, &checked, &targets::KnownDrives::new()).await?;
+        match targets::attach_configured(config, &checked, &known, if_unreachable).await {
+            Ok(attached) => attached,
+            Err(e @ AttachError::Target { .. }) => return Err(RecoverError::Unreachable(e)),
+            Err(e) => return Err(e.into()),
+        };
     let specs = in_registry_order(std::mem::take(&mut attached.specs), &names);
+    let left_out = std::mem::take(&mut attached.left_out);
+    let total = specs.len() + left_out.len();
+    let missing: Vec<String> = left_out
+        .into_iter()
+        .chain(
+            specs
+                .iter()
+                .filter(|s| !s.device.is_available())
+                .map(|s| s.name.clone()),
+        )
+        .collect();
+    if !missing.is_empty() {
+        let (_, quorum) = config.replication_for(total)?;
+        if missing.len() >= quorum {
+            attached.close().await;
+            return Err(RecoverError::TooManyMissing {
+                missing,
+                total,
+                quorum,
+            });
+        }
+        progress(&format!(
+            "rebuilding without {} of {total} drives ({}): every acknowledged write has a copy on the others; repair restores the copies once the server runs",
+            missing.len(),
+            missing.join(", ")
+        ));
+    }
     let building = sibling(&index_dir, "rebuilding");
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|source| RecoverError::Io {
@@ -83,7 +143,11 @@ pub async fn rebuild_index(
             source,
         })?;
     }
-    let result = recovery::rebuild(&building, specs, &progress).await;
+    let result = if allow_missing {
+        recovery::rebuild_from_reachable_drives(&building, specs, &progress).await
+    } else {
+        recovery::rebuild(&building, specs, &progress).await
+    };
     attached.close().await;
     let report = result?;
     let kept = if has_old {

@@ -201,36 +201,14 @@ impl Server {
             .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
         let embedded = checked.targets.is_empty();
         let known = crate::engine::known_geometries(&checked.index_dir)?;
-        let mut attached = targets::attach_configured(config, &checked, &known).await?;
+        let mut attached =
+            targets::attach_configured(config, &checked, &known, targets::IfUnreachable::Fail)
+                .await?;
         let specs = std::mem::take(&mut attached.specs);
         let drive_count = specs.len();
         let mut engine_config = EngineConfig::new(checked.index_dir.clone(), drive_count);
-        if let Some(r) = config.replication_factor {
-            if r > drive_count {
-                return Err(ConfigError {
-                    key: "replication_factor".into(),
-                    problem: format!(
-                        "{r} copies need at least {r} drives; {drive_count} are attached"
-                    ),
-                }
-                .into());
-            }
-            engine_config.replicas = r;
-            engine_config.write_quorum = r / 2 + 1;
-        }
-        if let Some(w) = config.write_quorum {
-            if w > engine_config.replicas {
-                return Err(ConfigError {
-                    key: "write_quorum".into(),
-                    problem: format!(
-                        "{w} exceeds the replication factor {}",
-                        engine_config.replicas
-                    ),
-                }
-                .into());
-            }
-            engine_config.write_quorum = w;
-        }
+        (engine_config.replicas, engine_config.write_quorum) =
+            config.replication_for(drive_count)?;
         engine_config.gc = GcConfig {
             enabled: config.gc.enabled,
             policy: checked.gc_policy,

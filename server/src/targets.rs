@@ -49,6 +49,18 @@ pub struct Attached {
     pub hosts: Vec<(String, NvmeTcpHost)>,
     /// Embedded storage nodes.
     pub nodes: Vec<StorageNode>,
+    /// Targets that could not be reached and were left out (see [`IfUnreachable::LeaveOut`]).
+    pub left_out: Vec<String>,
+}
+
+/// What to do with a target that cannot be reached and that the index does not know (a
+/// drive the index knows is always attached to reconnect later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfUnreachable {
+    /// Fail the attach.
+    Fail,
+    /// Attach the others and name it in [`Attached::left_out`].
+    LeaveOut,
 }
 
 impl std::fmt::Debug for Attached {
@@ -84,6 +96,7 @@ async fn connect(
     nqn: &str,
     hostnqn: &str,
     known: &KnownDrives,
+    if_unreachable: IfUnreachable,
     attached: &mut Attached,
 ) -> Result<(), AttachError> {
     let name = drive_name(nqn);
@@ -99,8 +112,14 @@ async fn connect(
             NvmeTcpHost::connect_later(config, known[&name])
         }
         Err(e) => {
+            let target = format!("nvme-tcp://{address}/{nqn}");
+            if if_unreachable == IfUnreachable::LeaveOut {
+                tracing::warn!(%target, "target unreachable ({e}); leaving it out");
+                attached.left_out.push(target);
+                return Ok(());
+            }
             return Err(AttachError::Target {
-                target: format!("nvme-tcp://{address}/{nqn}"),
+                target,
                 reason: e.to_string(),
             });
         }
@@ -136,7 +155,15 @@ pub async fn embedded(
         .map_err(|source| AttachError::Embedded { index, source })?;
         let address = node.local_addr();
         attached.nodes.push(node);
-        connect(address, &nqn, hostnqn, &KnownDrives::new(), &mut attached).await?;
+        connect(
+            address,
+            &nqn,
+            hostnqn,
+            &KnownDrives::new(),
+            IfUnreachable::Fail,
+            &mut attached,
+        )
+        .await?;
     }
     Ok(attached)
 }
@@ -147,6 +174,7 @@ pub async fn attach_configured(
     config: &crate::config::Config,
     checked: &crate::config::Checked,
     known: &KnownDrives,
+    if_unreachable: IfUnreachable,
 ) -> Result<Attached, AttachError> {
     let hostnqn = config
         .host_nqn
@@ -169,6 +197,7 @@ pub async fn attach_configured(
             config.embedded.direct_writes,
             &hostnqn,
             known,
+            if_unreachable,
             &config.data_dir,
         )
         .await
@@ -199,6 +228,7 @@ pub async fn attach(
     direct_writes: bool,
     hostnqn: &str,
     known: &KnownDrives,
+    if_unreachable: IfUnreachable,
     data_dir: &Path,
 ) -> Result<Attached, AttachError> {
     let mut attached = Attached::default();
@@ -209,7 +239,7 @@ pub async fn attach(
             TargetUrl::NvmeTcp {
                 address,
                 nqn: Some(nqn),
-            } => connect(*address, nqn, hostnqn, known, &mut attached).await?,
+            } => connect(*address, nqn, hostnqn, known, if_unreachable, &mut attached).await?,
             TargetUrl::NvmeTcp { address, nqn: None } => {
                 let via = *address;
                 let subsystems = match discover(via, hostnqn, Duration::from_secs(10)).await {
@@ -241,8 +271,14 @@ pub async fn attach(
                             .cloned()
                             .collect();
                         if before.is_empty() {
+                            let target = format!("nvme-tcp://{via}");
+                            if if_unreachable == IfUnreachable::LeaveOut {
+                                tracing::warn!(%target, "discovery failed ({e}); leaving it out");
+                                attached.left_out.push(target);
+                                continue;
+                            }
                             return Err(AttachError::Target {
-                                target: format!("nvme-tcp://{via}"),
+                                target,
                                 reason: format!("discovery failed: {e}"),
                             });
                         }
@@ -257,7 +293,15 @@ pub async fn attach(
                     });
                 }
                 for l in subsystems {
-                    connect(l.address, &l.nqn, hostnqn, known, &mut attached).await?;
+                    connect(
+                        l.address,
+                        &l.nqn,
+                        hostnqn,
+                        known,
+                        if_unreachable,
+                        &mut attached,
+                    )
+                    .await?;
                     listed.push(l);
                 }
             }

@@ -44,7 +44,16 @@ pub struct RebuildReport {
     pub incomplete_objects: u64,
     /// Multipart uploads in progress.
     pub uploads: u64,
+    /// Drives left out because they could not be reached (see
+    /// [`rebuild_from_reachable_drives`]).
+    pub left_out: Vec<String>,
 }
+
+/// How far ahead of every sequence number the scan saw the rebuilt index starts when drives
+/// were left out: their records may carry later numbers, and no new write may ever look
+/// older than them (a later rebuild that sees those records again must still let the new
+/// writes win).
+const LEFT_OUT_SEQ_MARGIN: u64 = 1 << 40;
 
 /// One physical record found in a zone.
 #[derive(Debug, Clone)]
@@ -114,6 +123,27 @@ pub async fn rebuild(
     specs: Vec<DriveSpec>,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
+    rebuild_scanning(index_dir, specs, false, progress).await
+}
+
+/// Like [`rebuild`], but drives that cannot be reached are left out of the scan (they stay
+/// registered): objects get the copies found on the others, and the left-out drives' records
+/// count as garbage when they return. Safe while fewer drives are left out than the write
+/// quorum, since every acknowledged write then has a copy on a drive that was scanned.
+pub async fn rebuild_from_reachable_drives(
+    index_dir: &Path,
+    specs: Vec<DriveSpec>,
+    progress: impl Fn(&str),
+) -> EngineResult<RebuildReport> {
+    rebuild_scanning(index_dir, specs, true, progress).await
+}
+
+async fn rebuild_scanning(
+    index_dir: &Path,
+    specs: Vec<DriveSpec>,
+    leave_out_unreachable: bool,
+    progress: impl Fn(&str),
+) -> EngineResult<RebuildReport> {
     if index_dir.join("CURRENT").exists() {
         return Err(EngineError::InvalidArgument(format!(
             "{} already holds an index",
@@ -130,6 +160,11 @@ pub async fn rebuild(
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
     for drive in drives.all() {
+        if leave_out_unreachable && !drive.device.is_available() {
+            progress(&format!("leaving out {}: it cannot be reached", drive.name));
+            report.left_out.push(drive.name.clone());
+            continue;
+        }
         let zones = drive.report_all_zones().await?;
         for (i, z) in zones.zones.iter().enumerate() {
             let end_blocks = match z.state {
@@ -167,7 +202,12 @@ pub async fn rebuild(
         );
     }
     index.write(batch, true)?;
-    super::seq::SeqAllocator::open(index.clone(), max_seq + 1)?;
+    let margin = if report.left_out.is_empty() {
+        0
+    } else {
+        LEFT_OUT_SEQ_MARGIN
+    };
+    super::seq::SeqAllocator::open(index.clone(), max_seq + 1 + margin)?;
     progress(&format!(
         "rebuilt: {} records ({} damaged), {} buckets, {} objects ({} incomplete), {} uploads",
         report.records,
