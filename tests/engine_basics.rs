@@ -609,3 +609,79 @@ async fn gc_moves_records_that_follow_an_append_reported_failed() {
     }
     engine.shutdown().await;
 }
+
+/// GC works on every drive at once: a drive whose reads hang (a target that stopped answering
+/// but has not timed out yet) holds up reclaiming its own zones, not the other drives'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_goes_on_with_other_drives_while_one_is_stuck() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let stuck = Arc::new(AtomicBool::new(false));
+    let mut specs = Vec::new();
+    let mut emulated = Vec::new();
+    for i in 0..2 {
+        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+        emulated.push(inner.clone());
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+        if i == 0 {
+            let stuck = stuck.clone();
+            drive.before_read = Box::new(move |_, _| {
+                let hang = stuck.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            });
+        }
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(drive),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
+    config.gc.enabled = false;
+    config.gc.rate_bytes_per_sec = 0;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    // Both drives hold every record (R = 2); most of it becomes garbage.
+    let body = content("x", 1, 120 << 10);
+    put_many(&engine, "b", 20, &body, 4, |k| format!("k{k}")).await;
+    for k in 0..18 {
+        engine.delete("b", &format!("k{k}")).await.unwrap();
+    }
+    let free = |drive: usize| {
+        let name = format!("zns-file://drive{drive}");
+        engine
+            .zone_table()
+            .iter()
+            .filter(|r| r.drive == name && r.usage == zonestore::engine::placement::ZoneUse::Free)
+            .count()
+    };
+    let (free0, free1) = (free(0), free(1));
+
+    stuck.store(true, Ordering::SeqCst);
+    engine.gc().set_watermarks(0.9, 0.95);
+    engine.gc().start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while free(1) <= free1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GC reclaimed nothing on drive 1 while drive 0 hung ({free1} free zones)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(free(0), free0, "drive 0's collection is the one that hangs");
+    assert!(engine.gc().status().busy);
+    // New reads of drive 0 go through again (the stuck GC read stays stuck).
+    stuck.store(false, Ordering::SeqCst);
+    for k in 18..20 {
+        let key = format!("k{k}");
+        assert_eq!(get(&engine, "b", &key).await.unwrap(), body, "{key}");
+    }
+    drop(emulated);
+}

@@ -623,6 +623,11 @@ pub fn arb_op(with_faults: bool) -> impl Strategy<Value = Op> {
 pub type AppendHook =
     Box<dyn Fn(u64, WriteHint) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Runs before an intercepted read, given its LBA (before `read_base` is added) and length in
+/// blocks; the read goes on when the returned future completes.
+pub type ReadHook =
+    Box<dyn Fn(u64, u32) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// Runs after an intercepted append, given its zone start LBA and what the drive answered;
 /// the append reports what the returned future gives (a test may turn a landed append into an
 /// error, as when a completion is lost on the way back).
@@ -633,14 +638,16 @@ pub type AfterAppendHook = Box<
 >;
 
 /// A device that passes every command to `inner`, for tests and benchmarks that watch or hold
-/// up some of them: reads are shifted by `read_base` blocks, and each append first awaits
-/// `before_append` (which may record its hint, or stall it) and reports through
-/// `after_append`.
+/// up some of them: reads first await `before_read` and are shifted by `read_base` blocks, and
+/// each append first awaits `before_append` (which may record its hint, or stall it) and
+/// reports through `after_append`.
 pub struct Intercepted {
     /// The device commands go to.
     pub inner: Arc<dyn ZonedDevice>,
     /// Added to the LBA of every read.
     pub read_base: u64,
+    /// Awaited before each read.
+    pub before_read: ReadHook,
     /// Awaited before each append.
     pub before_append: AppendHook,
     /// Gives what each append reports.
@@ -653,6 +660,7 @@ impl Intercepted {
         Intercepted {
             inner,
             read_base: 0,
+            before_read: Box::new(|_, _| Box::pin(std::future::ready(()))),
             before_append: Box::new(|_, _| Box::pin(std::future::ready(()))),
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
         }
@@ -674,6 +682,7 @@ impl ZonedDevice for Intercepted {
         self.inner.geometry()
     }
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
+        (self.before_read)(lba, blocks).await;
         self.inner.read(self.read_base + lba, blocks).await
     }
     async fn write(&self, lba: u64, data: Bytes) -> ZoneResult<()> {

@@ -7,7 +7,7 @@
 //! about to run out of space. Small live records are copied in groups (one append of up to
 //! 256 KiB), several appends in flight, with index commits overlapping the next appends.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,8 @@ pub struct GcControl {
     pub zones_collected: AtomicU64,
     /// Live bytes moved.
     pub bytes_relocated: AtomicU64,
-    /// Whether a zone is being collected right now.
-    pub busy: AtomicBool,
+    /// Drives with a zone being collected right now.
+    pub busy: AtomicUsize,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -120,7 +120,7 @@ impl GcControl {
             wake: Notify::new(),
             zones_collected: AtomicU64::new(0),
             bytes_relocated: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
@@ -170,7 +170,7 @@ impl GcControl {
     pub fn status(&self) -> GcStatus {
         GcStatus {
             enabled: self.enabled.load(Ordering::SeqCst),
-            busy: self.busy.load(Ordering::SeqCst),
+            busy: self.busy.load(Ordering::SeqCst) > 0,
             policy: self.config.lock().policy,
             zones_collected: self.zones_collected.load(Ordering::Relaxed),
             bytes_relocated: self.bytes_relocated.load(Ordering::Relaxed),
@@ -197,12 +197,20 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
                 return;
             }
             if e.gc.enabled.load(Ordering::SeqCst) {
-                for drive in e.drives.all().to_vec() {
-                    if let Err(err) = e.collect_drive(drive.id).await {
-                        tracing::warn!(drive = %drive.name, "GC: {err}");
-                        *e.gc.last_error.lock() = Some(err.to_string());
+                // Drives are collected at once, each at its own pace: they are separate
+                // devices, and one that is slow or stuck (a target timing out) must not hold
+                // up reclaiming space on the others.
+                let drives = e.drives.all().to_vec();
+                let passes = drives.iter().map(|drive| {
+                    let e = e.clone();
+                    async move {
+                        if let Err(err) = e.collect_drive(drive.id).await {
+                            tracing::warn!(drive = %drive.name, "GC: {err}");
+                            *e.gc.last_error.lock() = Some(err.to_string());
+                        }
                     }
-                }
+                });
+                futures::future::join_all(passes).await;
             }
             let wait = tokio::time::sleep(Duration::from_millis(100));
             tokio::select! {
@@ -369,9 +377,9 @@ impl EngineInner {
             } else {
                 self.gc.config.lock().rate_bytes_per_sec
             };
-            self.gc.busy.store(true, Ordering::SeqCst);
+            self.gc.busy.fetch_add(1, Ordering::SeqCst);
             let result = self.collect_zone(victim, rate).await;
-            self.gc.busy.store(false, Ordering::SeqCst);
+            self.gc.busy.fetch_sub(1, Ordering::SeqCst);
             result?;
         }
         Ok(())
@@ -382,7 +390,7 @@ impl EngineInner {
         if !self.gc.enabled.load(Ordering::SeqCst) {
             return false;
         }
-        if self.gc.busy.load(Ordering::SeqCst) {
+        if self.gc.busy.load(Ordering::SeqCst) > 0 {
             return true;
         }
         let policy = self.gc.config.lock().policy;
@@ -733,17 +741,22 @@ impl EngineInner {
             .count()
     }
 
-    /// Collects the best victim of every drive now, whatever the watermarks (admin `gc run`).
+    /// Collects the best victim of every drive now, whatever the watermarks (admin `gc run`),
+    /// all drives at once. Returns how many zones were taken.
     pub async fn collect_now(self: &Arc<Self>) -> EngineResult<usize> {
         let policy = self.gc.config.lock().policy;
-        let mut n = 0;
-        for drive in self.drives.all().to_vec() {
-            if let Some(victim) = self.choose_victim(drive.id, policy) {
-                self.collect_zone(victim, 0).await?;
-                n += 1;
-            }
+        let victims: Vec<ZoneId> = self
+            .drives
+            .all()
+            .iter()
+            .filter_map(|drive| self.choose_victim(drive.id, policy))
+            .collect();
+        let collected =
+            futures::future::join_all(victims.iter().map(|&zone| self.collect_zone(zone, 0))).await;
+        for result in collected {
+            result?;
         }
-        Ok(n)
+        Ok(victims.len())
     }
 }
 
