@@ -265,3 +265,168 @@ async fn a_silent_host_loses_its_controller_after_the_keep_alive_timeout() {
     );
     assert_eq!(target.stats().keep_alive_timeouts, 1);
 }
+
+/// Connects an admin queue of `sqsize` + 1 entries on an initialized connection and reads the
+/// Connect's completion.
+async fn admin_connected(stream: &mut TcpStream, sqsize: u16) {
+    let connect = Connect {
+        recfmt: 0,
+        qid: 0,
+        sqsize,
+        cattr: 0,
+        kato_ms: 0,
+        hostid: [2; 16],
+        cntlid: CNTLID_DYNAMIC,
+        subnqn: NQN.into(),
+        hostnqn: "nqn.2026-01.io.zonestore:rude".into(),
+    };
+    let (sqe, data) = connect.encode(1);
+    send(
+        stream,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: Bytes::from(data),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    match next_pdu(stream, &mut BytesMut::new()).await {
+        Pdu::CapsuleResp(r) => assert!(r.cqe.status().is_success(), "{r:?}"),
+        other => panic!("expected the Connect's completion, got {other:?}"),
+    }
+}
+
+async fn send(stream: &mut TcpStream, pdu: Pdu) {
+    stream
+        .write_all(&encode(&pdu, Framing::INITIAL).to_bytes())
+        .await
+        .unwrap();
+}
+
+/// The next PDU from the target (within 5 s).
+async fn next_pdu(stream: &mut TcpStream, buf: &mut BytesMut) -> Pdu {
+    let decoder = Decoder::new(CONTROLLER_TO_HOST, 1 << 20);
+    loop {
+        if let Some(pdu) = decoder.decode(buf).unwrap() {
+            return pdu;
+        }
+        let mut tmp = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut tmp))
+            .await
+            .expect("the target answered")
+            .unwrap();
+        assert!(n > 0, "the target closed the connection");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// An admin command that sends 4 KiB of data through R2T (Set Features, host to controller).
+fn write_needing_r2t(cid: u16) -> Pdu {
+    let mut sqe = Sqe::new(0x09, cid);
+    sqe.set_sgl(4096, false);
+    Pdu::CapsuleCmd(CapsuleCmd {
+        sqe,
+        data: Bytes::new(),
+        data_digest_error: false,
+    })
+}
+
+/// A host with more commands outstanding than its queue holds, each a write waiting for its
+/// data, is cut off with a C2HTermReq: the target does not stop reading while it waits for a
+/// free slot (the data that would free one could then never arrive).
+#[tokio::test]
+async fn a_host_overrunning_its_queue_is_cut_off_not_left_hanging() {
+    let (_d, target, handle) = start(TargetConfig::default()).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    admin_connected(&mut stream, 3).await;
+    for cid in 10..40 {
+        send(&mut stream, write_needing_r2t(cid)).await;
+    }
+    let pdus = read_all(&mut stream).await;
+    assert_eq!(term_of(&pdus).0, Fes::PduSequenceError as u16);
+    assert!(pdus.iter().any(|p| matches!(p, Pdu::R2t(_))), "{pdus:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(target.stats().connections_open, 0);
+}
+
+/// The H2CData that completes what an R2T asked for must carry LAST_PDU.
+#[tokio::test]
+async fn the_h2c_data_completing_a_transfer_must_be_marked_last() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    admin_connected(&mut stream, 31).await;
+    send(&mut stream, write_needing_r2t(7)).await;
+    let r2t = match next_pdu(&mut stream, &mut BytesMut::new()).await {
+        Pdu::R2t(r2t) => r2t,
+        other => panic!("expected an R2T, got {other:?}"),
+    };
+    send(
+        &mut stream,
+        Pdu::H2CData(fabric::wire::pdu::DataPdu {
+            cccid: 7,
+            ttag: r2t.ttag,
+            datao: 0,
+            last: false,
+            success: false,
+            data: Bytes::from(vec![0u8; r2t.r2tl as usize]),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    assert_eq!(
+        term_of(&read_all(&mut stream).await).0,
+        Fes::PduSequenceError as u16
+    );
+}
+
+/// Fused commands are not supported, and PSDT must say SGL: Invalid Field, as Linux answers.
+#[tokio::test]
+async fn fused_commands_get_invalid_field() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    admin_connected(&mut stream, 31).await;
+    let mut buf = BytesMut::new();
+    for (cid, flags) in [(5u16, 0x41u8), (6, 0x00)] {
+        let mut identify = Sqe::new(0x06, cid);
+        identify.put(1, &[flags]).put(40, &[1]);
+        send(
+            &mut stream,
+            Pdu::CapsuleCmd(CapsuleCmd {
+                sqe: identify,
+                data: Bytes::new(),
+                data_digest_error: false,
+            }),
+        )
+        .await;
+        match next_pdu(&mut stream, &mut buf).await {
+            Pdu::CapsuleResp(r) => {
+                assert_eq!(r.cqe.cid(), cid);
+                let status = r.cqe.status();
+                let expected = fabric::wire::status::Status::INVALID_FIELD;
+                assert_eq!(
+                    (status.sct, status.sc),
+                    (expected.sct, expected.sc),
+                    "FLAGS {flags:#x}"
+                );
+            }
+            other => panic!("expected a completion, got {other:?}"),
+        }
+    }
+}
+
+/// Before a Connect, a PDU header announcing more than a Connect needs is refused at once:
+/// the target does not wait for (and buffer) a megabyte from a peer that has not connected.
+#[tokio::test]
+async fn a_large_pdu_before_connect_is_refused_at_its_header() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    let plen = 72u32 + (1 << 20);
+    let mut header = vec![0x04u8, 0, 72, 72];
+    header.extend_from_slice(&plen.to_le_bytes());
+    header.resize(72, 0);
+    stream.write_all(&header).await.unwrap();
+    assert_eq!(
+        term_of(&read_all(&mut stream).await),
+        (Fes::DataLimitExceeded as u16, 4)
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -43,6 +43,9 @@ pub(crate) struct Controller {
     /// Milliseconds since `epoch` of the last command (traffic based keep alive).
     last_activity: AtomicU64,
     epoch: Instant,
+    /// Whether the keep-alive watchdog runs (one per controller, however often the host
+    /// toggles CC.EN).
+    keep_alive_started: AtomicBool,
 }
 
 impl Controller {
@@ -68,6 +71,7 @@ impl Controller {
             shutdown: watch::channel(false).0,
             last_activity: AtomicU64::new(0),
             epoch: Instant::now(),
+            keep_alive_started: AtomicBool::new(false),
         }
     }
 
@@ -137,6 +141,9 @@ impl Controller {
     }
 
     fn start_keep_alive(self: &Arc<Self>, target: Arc<TargetInner>) {
+        if self.keep_alive_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let weak = Arc::downgrade(self);
         let grace = target.config.keep_alive_grace;
         tokio::spawn(async move {
@@ -154,8 +161,9 @@ impl Controller {
                 if kato == 0 || ctrl.cc() & property::CC_EN == 0 {
                     continue;
                 }
-                let idle = ctrl.epoch.elapsed().as_millis() as u64
-                    - ctrl.last_activity.load(Ordering::Relaxed);
+                // Another thread may note activity between the two reads: never negative.
+                let idle = (ctrl.epoch.elapsed().as_millis() as u64)
+                    .saturating_sub(ctrl.last_activity.load(Ordering::Relaxed));
                 if idle > u64::from(kato) + grace.as_millis() as u64 {
                     tracing::warn!(
                         cntlid = ctrl.cntlid,

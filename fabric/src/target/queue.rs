@@ -21,7 +21,7 @@ use super::{admin, io};
 use crate::spec::connect::{self, CNTLID_DYNAMIC, Connect, invalid_parameter};
 use crate::spec::opcode::{self, admin as admin_op, fctype};
 use crate::transport::{Backlog, FrameSender, PduReader, ReadError, spawn_writer};
-use crate::wire::command::{Cqe, SGL_IN_CAPSULE, SGL_TRANSPORT, Sqe};
+use crate::wire::command::{Cqe, FLAGS_SGL, SGL_IN_CAPSULE, SGL_TRANSPORT, Sqe};
 use crate::wire::pdu::{
     CapsuleCmd, CapsuleResp, DataPdu, Decoder, Fes, Framing, HOST_TO_CONTROLLER, IcResp, Pdu,
     PduError, R2t, TermReq, encode,
@@ -103,8 +103,12 @@ impl QueueCtx {
             return 0xFFFF;
         }
         let entries = u32::from(self.sqsize) + 1;
-        let head = self.sq_head.fetch_add(1, Ordering::Relaxed) + 1;
-        (head % entries) as u16
+        let advance = |head: u32| Some((head + 1) % entries);
+        let previous = self
+            .sq_head
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, advance)
+            .unwrap_or_default();
+        ((previous + 1) % entries) as u16
     }
 
     /// Sends a completion (and its data) for command `cid`.
@@ -212,6 +216,13 @@ impl Drop for BudgetHold {
     }
 }
 
+/// Command slots of a queue of `sqsize` + 1 entries: twice the queue, as the Linux target
+/// allows, since a command's slot is freed only after its completion is queued, and the host
+/// may reuse the entry as soon as the completion reaches it.
+fn slots_for(sqsize: u16) -> usize {
+    2 * (usize::from(sqsize) + 1)
+}
+
 /// Serves one TCP connection until the host closes it, the controller is torn down, the
 /// target stops, or the host sends something the transport cannot accept.
 pub(crate) async fn serve_connection(
@@ -228,13 +239,14 @@ pub(crate) async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let (rd, wr) = stream.into_split();
-    let config = &target.config;
-    let max_data = ADMIN_IN_CAPSULE
-        .max(config.in_capsule_data)
-        .max(config.max_h2c_data) as usize;
-    let mut reader = PduReader::new(rd, Decoder::new(HOST_TO_CONTROLLER, max_data));
+    // Until a Connect is accepted, no PDU may carry more than a Connect needs: a peer that
+    // has not connected cannot make the target set aside buffers for large ones.
+    let mut reader = PduReader::new(
+        rd,
+        Decoder::new(HOST_TO_CONTROLLER, ADMIN_IN_CAPSULE as usize),
+    );
     let backlog = Arc::new(Backlog::default());
-    let (tx, writer) = spawn_writer(wr, 1024, backlog.clone());
+    let (tx, mut writer) = spawn_writer(wr, 1024, backlog.clone());
     if let Some(framing) = initialize(&mut reader, &tx, &target, peer).await {
         reader.decoder.framing = Framing {
             digests: framing.digests,
@@ -247,7 +259,7 @@ pub(crate) async fn serve_connection(
             tx: tx.clone(),
             framing,
             ctx: None,
-            slots: Arc::new(Semaphore::new(64)),
+            slots: Arc::new(Semaphore::new(slots_for(63))),
             transfers: HashMap::new(),
             waiting_for_r2t: VecDeque::new(),
             r2t_outstanding: Arc::new(AtomicUsize::new(0)),
@@ -259,8 +271,14 @@ pub(crate) async fn serve_connection(
         // Dropping `conn` detaches its queue from the controller.
     }
     drop(tx);
-    // Let queued completions (or a TermReq) reach the host, then close the socket.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // Let queued completions (or a TermReq) reach the host, then close the socket (also when
+    // the host has stopped reading them).
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     target
         .stats
         .connections_open
@@ -342,6 +360,16 @@ async fn terminate(tx: &FrameSender, target: &Arc<TargetInner>, error: PduError)
     let _ = tx.send(encode(&term, Framing::INITIAL)).await;
 }
 
+/// Completes when the controller behind `signal` is torn down (never, without one).
+async fn controller_down(signal: &mut Option<watch::Receiver<bool>>) {
+    match signal.as_mut() {
+        Some(rx) => {
+            let _ = rx.wait_for(|down| *down).await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 impl Connection {
     async fn run(
         &mut self,
@@ -356,46 +384,25 @@ impl Connection {
             if *stop.borrow() {
                 return;
             }
-            let gone = async {
-                match controller_gone.as_mut() {
-                    Some(rx) => {
-                        let _ = rx.wait_for(|down| *down).await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let next = tokio::select! {
+            // Handling a PDU may wait (for room in the writer's queue, when the host does not
+            // read): it races the stop and teardown signals too, so neither goes unheard.
+            let result = tokio::select! {
                 _ = stop.changed() => return,
-                _ = gone => return,
+                _ = controller_down(&mut controller_gone) => return,
                 _ = freed.notified() => {
                     self.issue_r2ts().await;
                     continue;
                 }
-                next = reader.next() => next,
-            };
-            self.backlog.set_input_pending(reader.has_buffered());
-            let result = match next {
-                Ok(Some(Pdu::CapsuleCmd(capsule))) => self.on_capsule(capsule).await,
-                Ok(Some(Pdu::H2CData(data))) => self.on_h2c_data(data).await,
-                Ok(Some(Pdu::H2CTermReq(term))) => {
-                    tracing::warn!(peer = %self.peer, fes = term.fes, fei = term.fei, "host terminated the connection");
-                    self.target
-                        .stats
-                        .protocol_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Ok(Some(other)) => Err(PduError {
-                    fes: Fes::PduSequenceError,
-                    fei: 0,
-                    header: encode(&other, Framing::INITIAL).head.slice(..8),
-                    reason: format!("unexpected PDU type {:#x}", other.type_code()),
-                }),
-                Ok(None) => return,
-                Err(ReadError::Pdu(e)) => Err(e),
-                Err(e) => {
-                    tracing::debug!(peer = %self.peer, "connection ended: {e}");
-                    return;
+                next = reader.next() => {
+                    self.backlog.set_input_pending(reader.has_buffered());
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = controller_down(&mut controller_gone) => return,
+                        handled = self.handle(next) => match handled {
+                            Some(result) => result,
+                            None => return,
+                        },
+                    }
                 }
             };
             if let Err(e) = result {
@@ -409,6 +416,42 @@ impl Connection {
                 && let Some(ctx) = &self.ctx
             {
                 controller_gone = Some(ctx.controller.shutdown_signal());
+                let config = &self.target.config;
+                reader.decoder.max_data = ADMIN_IN_CAPSULE
+                    .max(config.in_capsule_data)
+                    .max(config.max_h2c_data) as usize;
+            }
+        }
+    }
+
+    /// Handles one PDU read from the host (or the end of input): `None` when the connection
+    /// is over, else whether the PDU was acceptable.
+    async fn handle(
+        &mut self,
+        next: Result<Option<Pdu>, ReadError>,
+    ) -> Option<Result<(), PduError>> {
+        match next {
+            Ok(Some(Pdu::CapsuleCmd(capsule))) => Some(self.on_capsule(capsule).await),
+            Ok(Some(Pdu::H2CData(data))) => Some(self.on_h2c_data(data).await),
+            Ok(Some(Pdu::H2CTermReq(term))) => {
+                tracing::warn!(peer = %self.peer, fes = term.fes, fei = term.fei, "host terminated the connection");
+                self.target
+                    .stats
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Ok(Some(other)) => Some(Err(PduError {
+                fes: Fes::PduSequenceError,
+                fei: 0,
+                header: encode(&other, Framing::INITIAL).head.slice(..8),
+                reason: format!("unexpected PDU type {:#x}", other.type_code()),
+            })),
+            Ok(None) => None,
+            Err(ReadError::Pdu(e)) => Some(Err(e)),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, "connection ended: {e}");
+                None
             }
         }
     }
@@ -444,6 +487,12 @@ impl Connection {
         if let Some(ctx) = &self.ctx {
             ctx.controller.touch();
         }
+        if sqe.flags() != FLAGS_SGL {
+            // Fused commands are not supported, and over fabrics PSDT must say SGL with a
+            // contiguous metadata buffer (as the Linux target checks).
+            self.reject(cid, Status::INVALID_FIELD, 0).await;
+            return Ok(());
+        }
         let (op, fc) = (sqe.opcode(), sqe.fctype());
         let writes = opcode::host_to_controller(op, fc);
         let in_capsule_limit = match &self.ctx {
@@ -469,7 +518,7 @@ impl Connection {
                     self.reject(cid, Status::SGL_LENGTH_INVALID, 0).await;
                     return Ok(());
                 }
-                self.dispatch(sqe, capsule.data, None, None).await;
+                self.dispatch(sqe, capsule.data, None, None).await?;
             }
             SGL_TRANSPORT => {
                 if !capsule.data.is_empty() {
@@ -481,7 +530,7 @@ impl Connection {
                     return Ok(());
                 }
                 if writes && length > 0 {
-                    let permit = self.slot().await;
+                    let permit = Some(self.slot(&sqe)?);
                     let ttag = self.allocate_ttag();
                     self.transfers.insert(
                         ttag,
@@ -498,7 +547,7 @@ impl Connection {
                     self.waiting_for_r2t.push_back(ttag);
                     self.issue_r2ts().await;
                 } else {
-                    self.dispatch(sqe, Bytes::new(), None, None).await;
+                    self.dispatch(sqe, Bytes::new(), None, None).await?;
                 }
             }
             _ => self.reject(cid, Status::SGL_TYPE_INVALID, 0).await,
@@ -506,8 +555,28 @@ impl Connection {
         Ok(())
     }
 
-    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().acquire_owned().await.ok()
+    /// A command slot, or a fatal error when the host has more commands outstanding than
+    /// its queue holds (the receive loop must never wait for a slot: a write holding one
+    /// waits for data that only the loop can read).
+    fn slot(&self, sqe: &Sqe) -> Result<OwnedSemaphorePermit, PduError> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PduError {
+                fes: Fes::PduSequenceError,
+                fei: 0,
+                header: encode(
+                    &Pdu::CapsuleCmd(CapsuleCmd {
+                        sqe: sqe.clone(),
+                        data: Bytes::new(),
+                        data_digest_error: false,
+                    }),
+                    Framing::INITIAL,
+                )
+                .head
+                .slice(..8),
+                reason: "the host overran its submission queue".into(),
+            })
     }
 
     fn allocate_ttag(&mut self) -> u16 {
@@ -607,11 +676,15 @@ impl Connection {
         transfer.chunks.push(data.data.clone());
         transfer.digest_error |= data.data_digest_error;
         let complete = transfer.received == transfer.expected;
-        if data.last && !complete {
+        if data.last != complete {
             return Err(fail(
                 Fes::PduSequenceError,
                 0,
-                "LAST_PDU before all requested data".into(),
+                if data.last {
+                    "LAST_PDU before all requested data".into()
+                } else {
+                    "the H2CData completing the transfer lacks LAST_PDU".into()
+                },
             ));
         }
         if complete {
@@ -632,7 +705,7 @@ impl Connection {
             } else {
                 let data = join(&mut transfer.chunks, transfer.expected);
                 self.dispatch(transfer.sqe, data, transfer.permit, Some(hold))
-                    .await;
+                    .await?;
             }
             self.issue_r2ts().await;
         }
@@ -646,7 +719,7 @@ impl Connection {
         data: Bytes,
         permit: Option<OwnedSemaphorePermit>,
         hold: Option<BudgetHold>,
-    ) {
+    ) -> Result<(), PduError> {
         let is_connect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT;
         let Some(ctx) = self.ctx.clone() else {
             if is_connect {
@@ -655,12 +728,12 @@ impl Connection {
                 self.reject(sqe.cid(), Status::COMMAND_SEQUENCE_ERROR, 0)
                     .await;
             }
-            return;
+            return Ok(());
         };
         if is_connect {
-            return ctx
-                .complete(sqe.cid(), Status::CONNECT_CONTROLLER_BUSY, 0, Bytes::new())
+            ctx.complete(sqe.cid(), Status::CONNECT_CONTROLLER_BUSY, 0, Bytes::new())
                 .await;
+            return Ok(());
         }
         if ctx.qid == 0 && sqe.opcode() == admin_op::ASYNC_EVENT_REQUEST {
             // Held, not executed: it needs no slot.
@@ -672,11 +745,11 @@ impl Connection {
             {
                 ctx.complete(sqe.cid(), status, result, data).await;
             }
-            return;
+            return Ok(());
         }
         let permit = match permit {
-            Some(p) => Some(p),
-            None => self.slot().await,
+            Some(p) => p,
+            None => self.slot(&sqe)?,
         };
         if !data.is_empty() && sqe.sgl_identifier() == SGL_IN_CAPSULE {
             self.target
@@ -712,6 +785,7 @@ impl Connection {
         if futures::poll!(command.as_mut()).is_pending() {
             tokio::spawn(command);
         }
+        Ok(())
     }
 
     /// Fabrics Connect (NVMe over Fabrics §3.3): creates a controller (admin queue) or attaches
@@ -799,7 +873,7 @@ impl Connection {
             Ok(controller) => {
                 let cntlid = controller.cntlid;
                 controller.touch();
-                self.slots = Arc::new(Semaphore::new(usize::from(c.sqsize) + 1));
+                self.slots = Arc::new(Semaphore::new(slots_for(c.sqsize)));
                 let ctx = Arc::new(QueueCtx {
                     target: self.target.clone(),
                     controller,

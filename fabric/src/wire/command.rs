@@ -82,6 +82,11 @@ impl Sqe {
         self.u16_at(2)
     }
 
+    /// FLAGS: fused operation (bits 1:0) and PSDT (bits 7:6).
+    pub fn flags(&self) -> u8 {
+        self.0[1]
+    }
+
     /// Sets the command identifier.
     pub fn set_cid(&mut self, cid: u16) {
         self.0[2..4].copy_from_slice(&cid.to_le_bytes());

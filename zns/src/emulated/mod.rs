@@ -490,6 +490,20 @@ fn read_now(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Writes `len` zero bytes at `offset`, a bounded buffer at a time (a Write Zeroes may cover
+/// 65536 blocks).
+fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; len.min(CHUNK) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        file.write_all_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
 /// The data file opened again with `O_DIRECT` for the writer threads, if the file system allows
 /// it (tmpfs and some others do not: writes then go through the page cache).
 fn open_direct(path: &Path) -> Option<Arc<File>> {
@@ -602,7 +616,7 @@ impl ZonedDevice for EmulatedZns {
         let result = blocking(move || {
             // The range may hold stale bytes from before a reset that was never punched.
             punch_hole(&file, offset, len)
-                .or_else(|_| file.write_all_at(&vec![0u8; len as usize], offset))
+                .or_else(|_| write_zeros(&file, offset, len))
                 .map_err(|e| ZoneError::io(format!("zeroing LBA {lba}"), e))
         })
         .await;
