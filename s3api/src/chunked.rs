@@ -11,6 +11,8 @@ use crate::error::S3Error;
 
 /// Longest chunk header or trailer line accepted.
 const MAX_LINE: usize = 4096;
+/// Most trailers a body may end with (clients send one checksum, and its signature).
+const MAX_TRAILERS: usize = 16;
 /// Largest chunk accepted.
 const MAX_CHUNK: usize = 64 << 20;
 
@@ -184,6 +186,8 @@ impl ChunkedDecoder {
                     let name = name.trim().to_ascii_lowercase();
                     if name == "x-amz-trailer-signature" {
                         self.trailer_signature = Some(value.trim().to_string());
+                    } else if self.trailers.len() >= MAX_TRAILERS {
+                        return Err(malformed("too many trailers"));
                     } else {
                         self.trailers.push((name, value.trim().to_string()));
                     }
@@ -257,6 +261,21 @@ mod tests {
                 vec![("x-amz-checksum-crc32".into(), "NhCmhg==".into())]
             );
         }
+    }
+
+    #[test]
+    fn an_endless_run_of_trailers_is_refused() {
+        let mut d = ChunkedDecoder::new(None, true);
+        d.push(b"0\r\n").unwrap();
+        let mut refused = None;
+        for i in 0..1000 {
+            if let Err(e) = d.push(format!("x-amz-meta-{i}:b\r\n").as_bytes()) {
+                refused = Some(i);
+                assert_eq!(e.code, "IncompleteBody", "{e:?}");
+                break;
+            }
+        }
+        assert_eq!(refused, Some(MAX_TRAILERS));
     }
 
     fn signing(seed: &str) -> ChunkSigning {

@@ -180,6 +180,14 @@ impl S3Error {
     pub fn invalid_request(message: impl Into<String>) -> Self {
         S3Error::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
     }
+    /// 416 InvalidPartNumber: a GET of a part the object does not have.
+    pub fn invalid_part_number() -> Self {
+        S3Error::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "InvalidPartNumber",
+            "The requested partnumber is not satisfiable",
+        )
+    }
     /// 416 InvalidRange.
     pub fn invalid_range(size: u64, requested: &str) -> Self {
         S3Error::new(

@@ -226,8 +226,9 @@ impl S3Service {
         format!("{:016X}", t.rotate_left(20) ^ n)
     }
 
-    /// Splits the host and path into bucket and key.
-    fn address(&self, host: &str, raw_path: &str) -> (Option<String>, Option<String>) {
+    /// Splits the host and path into bucket and key; also whether the bucket came from the host
+    /// (virtual-hosted style).
+    fn address(&self, host: &str, raw_path: &str) -> (Option<String>, Option<String>, bool) {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let host = match host.strip_prefix('[') {
             Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
@@ -245,16 +246,18 @@ impl S3Service {
                 && !bucket.is_empty()
             {
                 let key = (!path.is_empty()).then(|| decode(path));
-                return (Some(bucket.to_string()), key);
+                return (Some(bucket.to_string()), key, true);
             }
         }
         if path.is_empty() {
-            return (None, None);
+            return (None, None, false);
         }
         match path.split_once('/') {
-            Some((bucket, rest)) if !rest.is_empty() => (Some(decode(bucket)), Some(decode(rest))),
-            Some((bucket, _)) => (Some(decode(bucket)), None),
-            None => (Some(decode(path)), None),
+            Some((bucket, rest)) if !rest.is_empty() => {
+                (Some(decode(bucket)), Some(decode(rest)), false)
+            }
+            Some((bucket, _)) => (Some(decode(bucket)), None, false),
+            None => (Some(decode(path)), None, false),
         }
     }
 
@@ -272,7 +275,7 @@ impl S3Service {
             .map(str::to_string)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let (bucket, key) = self.address(&host, &raw_path);
+        let (bucket, key, virtual_hosted) = self.address(&host, &raw_path);
         let resource = format!(
             "/{}{}",
             bucket.as_deref().unwrap_or(""),
@@ -281,11 +284,8 @@ impl S3Service {
         let is_head = parts.method == Method::HEAD;
         let method = parts.method.clone();
         // SigV2 signs /bucket/key even for virtual-hosted requests.
-        let v2_resource = match (
-            &bucket,
-            raw_path.starts_with(&format!("/{}", bucket.as_deref().unwrap_or("\u{0}"))),
-        ) {
-            (Some(b), false) => format!("/{b}{raw_path}"),
+        let v2_resource = match &bucket {
+            Some(b) if virtual_hosted => format!("/{b}{raw_path}"),
             _ => raw_path.clone(),
         };
         let request = RequestParts {

@@ -108,6 +108,14 @@ fn resolve_reference(name: &str) -> Option<String> {
     })
 }
 
+/// Deepest element nesting a request document may have (S3's are a few levels deep). Each
+/// node keeps its whole path, so depth bounds what a node costs.
+const MAX_DEPTH: usize = 16;
+
+/// Most element openings and texts a request document may have (10,000 parts of a
+/// CompleteMultipartUpload need about 80,000).
+const MAX_NODES: usize = 200_000;
+
 /// The request document as a flat list of element openings and texts, with element paths.
 fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
     let mut reader = Reader::from_reader(body);
@@ -117,6 +125,9 @@ fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
     let mut buf = Vec::new();
     let name_of = |raw: &str| raw.to_string();
     loop {
+        if path.len() >= MAX_DEPTH || out.len() >= MAX_NODES {
+            return Err(S3Error::malformed_xml());
+        }
         match reader.read_event_into(&mut buf) {
             Ok(Event::Start(e)) => {
                 path.push(name_of(e.local_name().as_ref()));
@@ -281,6 +292,31 @@ pub fn parse_location_constraint(body: &[u8]) -> Result<Option<String>, S3Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_or_huge_documents_are_malformed_not_expanded() {
+        // 64 KiB of openings: every node keeps its path, so unbounded depth would cost
+        // gigabytes.
+        let deep = "<a>".repeat(21_845);
+        assert_eq!(
+            parse_location_constraint(deep.as_bytes()).unwrap_err().code,
+            "MalformedXML"
+        );
+        let wide = format!("<Delete>{}</Delete>", "<Object/>".repeat(MAX_NODES));
+        assert_eq!(
+            parse_delete(wide.as_bytes()).unwrap_err().code,
+            "MalformedXML"
+        );
+        let nested = format!(
+            "{}{}",
+            "<a>".repeat(MAX_DEPTH - 1),
+            "</a>".repeat(MAX_DEPTH - 1)
+        );
+        assert!(
+            flatten(nested.as_bytes()).is_ok(),
+            "nesting within the limit parses"
+        );
+    }
 
     #[test]
     fn complete_document_from_aws_cli() {

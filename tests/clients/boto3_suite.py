@@ -237,6 +237,7 @@ def check_ranges():
     s3.complete_multipart_upload(Bucket=b, Key="mp", UploadId=up["UploadId"], MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
     part2 = s3.get_object(Bucket=b, Key="mp", PartNumber=2)
     assert part2["Body"].read() == p2 and part2["PartsCount"] == 2
+    expect_error("InvalidPartNumber", 416, s3.get_object, Bucket=b, Key="mp", PartNumber=3)
 
 
 def check_conditionals():
@@ -381,6 +382,14 @@ def check_checksums():
             assert done["ChecksumCRC32"].endswith("-2"), done["ChecksumCRC32"]
     whole = b"".join(parts_data)
     assert s3.get_object(Bucket=b, Key="mp-CRC64NVME")["Body"].read() == whole
+    # A copied part carries the upload's checksum too, computed by the server, and the
+    # full-object CRC32 of the result is that of its bytes.
+    up = s3.create_multipart_upload(Bucket=b, Key="mp-copied", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+    s3.put_object(Bucket=b, Key="copy-source", Body=parts_data[0])
+    e1 = s3.upload_part_copy(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], PartNumber=1, CopySource={"Bucket": b, "Key": "copy-source"})["CopyPartResult"]["ETag"]
+    r2 = s3.upload_part(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], PartNumber=2, Body=parts_data[1], ChecksumAlgorithm="CRC32")
+    done = s3.complete_multipart_upload(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": r2["ETag"], "ChecksumCRC32": r2["ChecksumCRC32"]}]})
+    assert done.get("ChecksumCRC32") == base64.b64encode(zlib.crc32(whole).to_bytes(4, "big")).decode(), done
 
 
 def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payload_hash=None, extra=None):
@@ -409,14 +418,14 @@ def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payl
         return e.code, e.read()
 
 
-def plain_put(url, data):
+def plain_put(url, data, headers=None):
     import http.client
 
     parts = urllib.parse.urlsplit(url)
     conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     kwargs = {"context": ssl_context()} if parts.scheme == "https" else {}
     conn = conn_class(parts.netloc, **kwargs)
-    conn.request("PUT", parts.path + "?" + parts.query, body=data)
+    conn.request("PUT", parts.path + "?" + parts.query, body=data, headers=headers or {})
     r = conn.getresponse()
     return r.status, r.read()
 
@@ -475,6 +484,11 @@ def check_auth_errors():
     v4 = client(signature_version="s3v4")
     url = v4.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "v4-put"}, ExpiresIn=60)
     assert "X-Amz-Signature=" in url
+    # An x-amz-* header the URL does not sign (here one that would turn the upload into a copy
+    # of another object) is refused, and nothing is stored.
+    status, body = plain_put(url, b"", {"x-amz-copy-source": f"/{b}/k"})
+    assert status == 403 and b"HeadersNotSigned" in body, (status, body)
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="v4-put")
     status, body = plain_put(url, b"v4 presigned")
     assert status == 200, (status, body)
     with urllib.request.urlopen(v4.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "v4-put"}, ExpiresIn=60), context=ssl_context()) as r:

@@ -257,6 +257,7 @@ fn header_v4(
     if !sigv4::same(&expected, signature) {
         return Err(S3Error::signature_mismatch());
     }
+    all_amz_headers_signed(parts.headers, &signed)?;
     let payload = match payload_hash.as_str() {
         "UNSIGNED-PAYLOAD" => Payload::Unsigned,
         "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => Payload::StreamingUnsignedTrailer,
@@ -286,6 +287,31 @@ fn header_v4(
         payload,
         presigned: false,
     })
+}
+
+/// Refuses a request carrying `x-amz-*` headers its signature does not cover, as S3 does: they
+/// steer what the request does (a copy source, metadata, conditions), so a valid signature
+/// over the rest (a presigned URL signs only the host) must not carry them.
+/// `x-amz-content-sha256` is exempt: the signature covers the payload hash it names.
+fn all_amz_headers_signed(headers: &HeaderMap, signed: &[&str]) -> Result<(), S3Error> {
+    let mut unsigned: Vec<&str> = headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| {
+            name.starts_with("x-amz-")
+                && *name != "x-amz-content-sha256"
+                && !signed.iter().any(|s| s.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    if unsigned.is_empty() {
+        return Ok(());
+    }
+    unsigned.sort_unstable();
+    unsigned.dedup();
+    Err(
+        S3Error::access_denied("There were headers present in the request which were not signed")
+            .with("HeadersNotSigned", unsigned.join(", ")),
+    )
 }
 
 fn presigned_v4(
@@ -379,6 +405,7 @@ fn presigned_v4(
     if !sigv4::same(&expected, &signature) {
         return Err(S3Error::signature_mismatch());
     }
+    all_amz_headers_signed(parts.headers, &signed)?;
     Ok(Authenticated {
         access_key: access_key.to_string(),
         payload: Payload::Unsigned,
@@ -405,7 +432,9 @@ fn presigned_v2(
     let expires_at: u64 = expires
         .parse()
         .map_err(|_| S3Error::access_denied("Invalid date (should be seconds since epoch)"))?;
-    let expiry = UNIX_EPOCH + Duration::from_secs(expires_at);
+    let expiry = UNIX_EPOCH
+        .checked_add(Duration::from_secs(expires_at))
+        .ok_or_else(|| S3Error::access_denied("Invalid date (should be seconds since epoch)"))?;
     if now > expiry {
         return Err(S3Error::access_denied("Request has expired")
             .with("Expires", iso8601(expiry))
@@ -561,6 +590,45 @@ mod tests {
         assert_eq!(
             (e.code, e.message.as_str()),
             ("AccessDenied", "Request has expired")
+        );
+    }
+
+    #[test]
+    fn presigned_v4_refuses_x_amz_headers_it_does_not_sign() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        // A copy source added to a URL that signs only the host would copy another object.
+        h.insert("x-amz-copy-source", "/private/secret".parse().unwrap());
+        let q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404";
+        let m = Method::GET;
+        let p = parts(&m, "/test.txt", Some(q), &h);
+        let e =
+            authenticate(&p, &creds(), parse_amz_date("20130524T120000Z").unwrap()).unwrap_err();
+        assert_eq!(e.code, "AccessDenied");
+        assert!(e.message.contains("not signed"), "{}", e.message);
+        h.remove("x-amz-copy-source");
+        h.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        let p = parts(&m, "/test.txt", Some(q), &h);
+        assert!(authenticate(&p, &creds(), parse_amz_date("20130524T120000Z").unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_presigned_v2_expiry_past_the_end_of_time_is_refused() {
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        let q = "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature=x&Expires=18446744073709551615";
+        let p = RequestParts {
+            method: &m,
+            raw_path: "/b/k",
+            raw_query: Some(q),
+            headers: &h,
+            v2_resource: "/b/k",
+        };
+        assert_eq!(
+            authenticate(&p, &creds(), SystemTime::now())
+                .unwrap_err()
+                .code,
+            "AccessDenied"
         );
     }
 

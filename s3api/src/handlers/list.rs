@@ -103,6 +103,11 @@ pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let p = params(ctx)?;
     let token = ctx.q("continuation-token");
     let start_after = match token {
+        Some("") => {
+            return Err(S3Error::invalid_argument(
+                "The continuation token provided is incorrect",
+            ));
+        }
         Some(t) => String::from_utf8(URL_SAFE_NO_PAD.decode(t).map_err(|_| {
             S3Error::invalid_argument("The continuation token provided is incorrect")
         })?)

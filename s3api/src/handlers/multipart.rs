@@ -7,12 +7,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
 
-use super::object::{header_name, open_copy_source, pipe, receive, write_condition};
-use crate::checksum::{self, Algorithm};
+use super::object::{
+    add_missing, header_name, open_copy_source, pipe, receive_with_checksum, write_condition,
+};
+use crate::checksum::{self, Algorithm, Hasher};
 use crate::error::S3Error;
 use crate::http_util::{check_key, object_headers};
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
-use crate::store::{Completion, StoredChecksum};
+use crate::store::{Completion, StoredChecksum, UploadInfo};
 use crate::time::iso8601;
 use crate::xml::{XmlWriter, parse_complete};
 
@@ -101,15 +103,24 @@ pub async fn create(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     Ok(resp)
 }
 
+/// The checksum algorithm an upload declared, which every part carries.
+fn upload_algorithm(upload: &UploadInfo) -> Option<Algorithm> {
+    upload
+        .checksum_algorithm
+        .as_deref()
+        .and_then(Algorithm::parse)
+}
+
 /// UploadPart.
 pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     svc.owned_bucket(ctx, &bucket)?;
     let number = part_number(ctx)?;
     let id = upload_id(ctx);
-    svc.store.upload(&bucket, &key, &id)?;
+    let upload = svc.store.upload(&bucket, &key, &id)?;
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
-    let summary = receive(ctx, &mut writer, MAX_PART).await?;
+    let summary =
+        receive_with_checksum(ctx, &mut writer, MAX_PART, upload_algorithm(&upload)).await?;
     let part = writer
         .commit_part(summary.etag(), summary.checksums.clone())
         .await?;
@@ -131,7 +142,7 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     svc.owned_bucket(ctx, &bucket)?;
     let number = part_number(ctx)?;
     let id = upload_id(ctx);
-    svc.store.upload(&bucket, &key, &id)?;
+    let upload = svc.store.upload(&bucket, &key, &id)?;
     let (_, _, source) = open_copy_source(svc, ctx)?;
     let size = source.info.size;
     let range = match ctx.header("x-amz-copy-source-range") {
@@ -157,8 +168,11 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         return Err(S3Error::entity_too_large(range.end - range.start, MAX_PART));
     }
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
-    let (_, md5) = pipe(source.reader.read(range)?, &mut writer).await?;
-    let part = writer.commit_part(checksum::hex(&md5), Vec::new()).await?;
+    let hasher = upload_algorithm(&upload).map(Hasher::new);
+    let (_, md5, hasher) = pipe(source.reader.read(range)?, &mut writer, hasher).await?;
+    let mut checksums = Vec::new();
+    add_missing(&mut checksums, hasher);
+    let part = writer.commit_part(checksum::hex(&md5), checksums).await?;
     let mut w = XmlWriter::new("CopyPartResult");
     w.element("LastModified", &iso8601(part.last_modified))
         .element("ETag", &format!("\"{}\"", part.etag));
@@ -229,7 +243,9 @@ fn full_object_crc(algorithm: Algorithm, parts: &[(String, u64)]) -> Result<Stri
     for (i, (value, size)) in parts.iter().enumerate() {
         let raw = STANDARD
             .decode(value)
-            .map_err(|_| S3Error::invalid_part("malformed part checksum"))?;
+            .ok()
+            .filter(|raw| raw.len() == width / 8)
+            .ok_or_else(|| S3Error::invalid_part("malformed part checksum"))?;
         let mut be = [0u8; 8];
         be[8 - raw.len()..].copy_from_slice(&raw);
         let crc = u64::from_be_bytes(be);
@@ -276,13 +292,20 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
                     .ok_or_else(|| {
                         S3Error::invalid_part(&format!("part {} was not uploaded", p.part_number))
                     })?;
+                // Every part of the upload carries the algorithm's checksum, computed as it
+                // was received: what the request says is only compared with it.
                 let value = part
                     .checksums
                     .iter()
                     .find(|c| c.algorithm == algorithm.name())
                     .map(|c| c.value.clone())
-                    .or_else(|| p.checksums.iter().find(|(a, _)| a.eq_ignore_ascii_case(algorithm.name())).map(|(_, v)| v.clone()))
-                    .ok_or_else(|| S3Error::invalid_request(format!("The upload was created using a {} checksum. The complete request must include the checksum for each part. It was missing for part {} in the request.", algorithm.name().to_ascii_lowercase(), p.part_number)))?;
+                    .ok_or_else(|| {
+                        S3Error::invalid_part(&format!(
+                            "part {} has no {} checksum",
+                            p.part_number,
+                            algorithm.name()
+                        ))
+                    })?;
                 if let Some((_, sent)) = p
                     .checksums
                     .iter()

@@ -48,20 +48,61 @@ pub(crate) async fn receive(
         .ok_or_else(|| S3Error::internal("body ended without a summary"))
 }
 
-/// Streams `source` into `writer`; returns size and MD5.
+/// Like [`receive`], and also computes `also`'s checksum when the client sent none of that
+/// algorithm (the parts of an upload that declared an algorithm all carry it).
+pub(crate) async fn receive_with_checksum(
+    ctx: &mut Ctx,
+    writer: &mut Box<dyn ObjectWriter>,
+    max: u64,
+    also: Option<checksum::Algorithm>,
+) -> Result<BodySummary, S3Error> {
+    let mut hasher = also.map(checksum::Hasher::new);
+    let mut body = ctx.body_reader(max)?;
+    while let Some(chunk) = body.next().await? {
+        if let Some(h) = &mut hasher {
+            h.update(&chunk);
+        }
+        writer.write(chunk).await?;
+    }
+    let mut summary = body
+        .summary()
+        .ok_or_else(|| S3Error::internal("body ended without a summary"))?;
+    add_missing(&mut summary.checksums, hasher);
+    Ok(summary)
+}
+
+/// Adds `hasher`'s checksum to `checksums` unless one of its algorithm is there already.
+pub(crate) fn add_missing(checksums: &mut Vec<StoredChecksum>, hasher: Option<checksum::Hasher>) {
+    if let Some(h) = hasher
+        && !checksums
+            .iter()
+            .any(|c| c.algorithm == h.algorithm().name())
+    {
+        checksums.push(StoredChecksum {
+            algorithm: h.algorithm().name().to_string(),
+            value: h.finish(),
+        });
+    }
+}
+
+/// Streams `source` into `writer`; returns size, MD5 and, with `hasher`, its checksum.
 pub(crate) async fn pipe(
     mut source: BodyStream,
     writer: &mut Box<dyn ObjectWriter>,
-) -> Result<(u64, [u8; 16]), S3Error> {
+    mut hasher: Option<checksum::Hasher>,
+) -> Result<(u64, [u8; 16], Option<checksum::Hasher>), S3Error> {
     let mut md5 = checksum::md5();
     let mut size = 0u64;
     while let Some(chunk) = source.next().await {
         let chunk = chunk?;
         md5.update(&chunk);
+        if let Some(h) = &mut hasher {
+            h.update(&chunk);
+        }
         size += chunk.len() as u64;
         writer.write(chunk).await?;
     }
-    Ok((size, md5.finalize().into()))
+    Ok((size, md5.finalize().into(), hasher))
 }
 
 fn checksum_headers(
@@ -215,7 +256,7 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
             info.part_sizes.clone()
         };
         if n > sizes.len() {
-            return Err(S3Error::invalid_range(size, &format!("partNumber={n}")));
+            return Err(S3Error::invalid_part_number());
         }
         let start: u64 = sizes[..n - 1].iter().sum();
         range = Some(start..start + sizes[n - 1]);
@@ -392,7 +433,7 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     };
     let condition = write_condition(ctx)?;
     let mut writer = svc.store.put_object(&bucket, &key).await?;
-    let (_, md5) = pipe(source.reader.read(0..source.info.size)?, &mut writer).await?;
+    let (_, md5, _) = pipe(source.reader.read(0..source.info.size)?, &mut writer, None).await?;
     // Full-object checksums still hold for the same bytes; composite ones describe parts.
     let checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
         Vec::new()
