@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use tokio::sync::RwLock;
 use zonestore::engine::EngineError;
-use zonestore::engine::recovery;
 
 /// What a key holds: its version and length, or nothing (deleted).
 type KeySlot = RwLock<Option<(u64, usize)>>;
@@ -137,18 +136,7 @@ async fn concurrent_churn_with_gc_reads_exactly_what_was_written() {
     while engine.gc().status().busy {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let live = engine.canonical_dump().unwrap();
-    let rebuilt_dir = dir.path().join("rebuilt");
-    recovery::rebuild(&rebuilt_dir, drive_specs(&drives), |_| {})
-        .await
-        .unwrap();
-    let rebuilt =
-        recovery::canonical_dump(&zonestore::engine::index::Index::open(&rebuilt_dir).unwrap())
-            .unwrap();
-    assert_eq!(
-        live, rebuilt,
-        "the index rebuilt from the zones equals the live one"
-    );
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

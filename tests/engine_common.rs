@@ -150,3 +150,38 @@ pub async fn read_range(
     }
     Ok(out)
 }
+
+/// Rebuilds an index from `drives` into `dir/name` and checks that it equals `engine`'s live
+/// one, naming the first difference.
+pub async fn assert_rebuild_equals_live(
+    engine: &Engine,
+    drives: &[EmulatedZns],
+    dir: &Path,
+    name: &str,
+) {
+    let live = engine.canonical_dump().unwrap();
+    let rebuilt_dir = dir.join(name);
+    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(drives), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        !rebuilt_dir.join("rebuild-scratch").exists(),
+        "the scratch store is removed"
+    );
+    let rebuilt = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&rebuilt_dir).unwrap(),
+    )
+    .unwrap();
+    if live != rebuilt {
+        for (a, b) in live.iter().zip(rebuilt.iter()) {
+            if a != b {
+                panic!("first difference:\n live:    {a}\n rebuilt: {b}");
+            }
+        }
+        panic!(
+            "dumps differ in length: live {} rebuilt {}",
+            live.len(),
+            rebuilt.len()
+        );
+    }
+}

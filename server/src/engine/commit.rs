@@ -791,22 +791,7 @@ impl<'a> Txn<'a> {
             .as_ref()
             .map(|c| c.meta.seq)
             .max(tomb.as_ref().map(|t| t.seq));
-        match condition {
-            Condition::IfNoneMatchAny if current.is_some() => {
-                return Err(EngineError::PreconditionFailed);
-            }
-            Condition::IfMatch(_) if current.is_none() => {
-                return Err(EngineError::NoSuchKey {
-                    bucket: bucket.to_string(),
-                    key: key.to_string(),
-                });
-            }
-            Condition::IfMatch(etag) if current.as_ref().is_some_and(|c| &c.meta.etag != etag) => {
-                return Err(EngineError::PreconditionFailed);
-            }
-
-            _ => {}
-        }
+        check_condition(bucket, key, current.as_ref().map(|c| &c.meta), condition)?;
         if newest.is_some_and(|n| n > meta.seq) {
             return Ok(Outcome::Superseded);
         }
@@ -1182,5 +1167,25 @@ impl<'a> Txn<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `condition` holds for `key` of `bucket` whose current version is `current`.
+pub(crate) fn check_condition(
+    bucket: &str,
+    key: &str,
+    current: Option<&ObjectMeta>,
+    condition: &Condition,
+) -> EngineResult<()> {
+    match condition {
+        Condition::IfNoneMatchAny if current.is_some() => Err(EngineError::PreconditionFailed),
+        Condition::IfMatch(_) if current.is_none() => Err(EngineError::NoSuchKey {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        }),
+        Condition::IfMatch(etag) if current.is_some_and(|c| &c.etag != etag) => {
+            Err(EngineError::PreconditionFailed)
+        }
+        _ => Ok(()),
     }
 }

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod index;
 pub mod located;
 pub mod model;
+pub mod names;
 pub mod placement;
 pub mod reader;
 pub mod record;
@@ -90,6 +91,8 @@ pub struct EngineInner {
     pub(crate) accounts: Arc<ZoneAccounts>,
     pub(crate) seq: SeqAllocator,
     pub(crate) gate: ReadGate,
+    /// Locks that keep a refused change from being logged (see [`names`]).
+    pub(crate) names: names::NameLocks,
     /// Counters.
     pub stats: EngineStats,
     pub(crate) gc: gc::GcControl,
@@ -119,6 +122,22 @@ impl EngineInner {
 
     pub(crate) fn quorum(&self) -> usize {
         self.config.write_quorum.clamp(1, self.replicas())
+    }
+
+    /// Whether a new version of `key` may be committed under `condition` now: the checks the
+    /// committer makes, made before the version's commit record is appended (with the object
+    /// locked, see [`names`]), so that a refused version leaves no record behind.
+    pub(crate) fn check_object_change(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &Condition,
+    ) -> EngineResult<()> {
+        if self.index.bucket(bucket)?.is_none() {
+            return Err(EngineError::NoSuchBucket(bucket.into()));
+        }
+        let current = self.index.object(bucket, key)?;
+        commit::check_condition(bucket, key, current.as_ref().map(|c| &c.meta), condition)
     }
 }
 
@@ -241,6 +260,7 @@ impl Engine {
             accounts,
             seq,
             gate: ReadGate::default(),
+            names: names::NameLocks::default(),
             stats: EngineStats::default(),
             record_limit,
             write_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -319,6 +339,7 @@ impl Engine {
 
     /// Creates a bucket owned by `owner`.
     pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<()> {
+        let _lock = self.inner.names.bucket(name).await;
         if let Some(b) = self.inner.index.bucket(name)? {
             return Err(if b.owner == owner {
                 EngineError::BucketAlreadyOwnedByYou(name.into())
@@ -353,6 +374,7 @@ impl Engine {
 
     /// Deletes an empty bucket.
     pub async fn delete_bucket(&self, name: &str) -> EngineResult<()> {
+        let _lock = self.inner.names.bucket(name).await;
         if self.inner.index.bucket(name)?.is_none() {
             return Err(EngineError::NoSuchBucket(name.into()));
         }
@@ -440,6 +462,7 @@ impl Engine {
 
     /// Deletes an object (nothing happens if it does not exist).
     pub async fn delete(&self, bucket: &str, key: &str) -> EngineResult<()> {
+        let _lock = self.inner.names.object(bucket, key).await;
         self.bucket(bucket)?;
         if self.inner.index.object(bucket, key)?.is_none() {
             return Ok(());
@@ -490,6 +513,7 @@ impl Engine {
         key: &str,
         mut template: ObjectMeta,
     ) -> EngineResult<u64> {
+        let _lock = self.inner.names.bucket_shared(bucket).await;
         self.bucket(bucket)?;
         let upload_id = self.inner.seq.next()?;
         template.seq = upload_id;
@@ -566,6 +590,11 @@ impl Engine {
         condition: Condition,
     ) -> EngineResult<ObjectMeta> {
         let upload = self.upload(upload_id)?;
+        let _lock = self.inner.names.object(&upload.bucket, &upload.key).await;
+        // Checked again with the object locked: the upload may have ended meanwhile.
+        let upload = self.upload(upload_id)?;
+        self.inner
+            .check_object_change(&upload.bucket, &upload.key, &condition)?;
         if parts.is_empty() {
             return Err(EngineError::InvalidPart(
                 "at least one part is required".into(),
@@ -663,6 +692,8 @@ impl Engine {
 
     /// Aborts an upload; its parts' data becomes garbage.
     pub async fn abort_upload(&self, upload_id: u64) -> EngineResult<()> {
+        let upload = self.upload(upload_id)?;
+        let _lock = self.inner.names.object(&upload.bucket, &upload.key).await;
         let upload = self.upload(upload_id)?;
         let seq = self.inner.seq.next()?;
         let header = self.meta_header(

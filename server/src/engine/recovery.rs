@@ -76,12 +76,16 @@ struct Versions {
     by_seq: BTreeMap<u64, Version>,
 }
 
+/// Versions of a name whose payloads a rebuild keeps: the newest may lack its data (a version
+/// that was never acknowledged, whose data GC already took), and then an older one is restored.
+const PAYLOADS_KEPT: usize = 16;
+
 impl Versions {
-    /// Adds a copy of version `seq`. Copies come in ascending `seq` order, and only the newest
-    /// version's payload is ever decoded, so older payloads are dropped as newer ones arrive.
+    /// Adds a copy of version `seq`. Copies come in ascending `seq` order; only the newest
+    /// [`PAYLOADS_KEPT`] versions' payloads are kept.
     fn add(&mut self, seq: u64, location: Location, payload: &[u8], kind: Kind) {
-        if let Some((&newest, version)) = self.by_seq.iter_mut().next_back()
-            && newest < seq
+        if !self.by_seq.contains_key(&seq)
+            && let Some((_, version)) = self.by_seq.iter_mut().rev().nth(PAYLOADS_KEPT - 1)
         {
             version.1 = Vec::new();
         }
@@ -95,14 +99,30 @@ impl Versions {
     }
 
     fn newest(&self) -> Option<(u64, &Version)> {
-        self.by_seq.iter().next_back().map(|(s, v)| (*s, v))
+        self.newest_first().next()
+    }
+
+    /// Versions from the newest.
+    fn newest_first(&self) -> impl Iterator<Item = (u64, &Version)> {
+        self.by_seq.iter().rev().map(|(s, v)| (*s, v))
     }
 
     /// Stamps (generation 0: a fresh index) of every copy older than `seq`.
     fn older_stamps(&self, seq: u64, drives: &Drives) -> Vec<ZoneStamp> {
+        self.stamps_where(drives, |s| s < seq)
+    }
+
+    /// Stamps of every copy of a version other than `seq` (older ones, and newer ones that are
+    /// not restored).
+    fn other_stamps(&self, seq: u64, drives: &Drives) -> Vec<ZoneStamp> {
+        self.stamps_where(drives, |s| s != seq)
+    }
+
+    fn stamps_where(&self, drives: &Drives, wanted: impl Fn(u64) -> bool) -> Vec<ZoneStamp> {
         let mut stamps: Vec<ZoneStamp> = self
             .by_seq
-            .range(..seq)
+            .iter()
+            .filter(|(s, _)| wanted(**s))
             .flat_map(|(_, (ls, _, _))| ls.iter())
             .filter_map(|l| drives.zone_of(l))
             .map(|zone| ZoneStamp {
@@ -342,27 +362,60 @@ impl Resolver<'_> {
     }
 
     fn object(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
-        let Some((seq, (locations, payload, kind))) = g.versions.newest() else {
+        // The newest version whose data is all there: a newer one without it was never
+        // acknowledged (its commit record landed, then the server died or the client went
+        // away before the index took it, and GC has since taken its data).
+        let mut missing_newer = 0;
+        let chosen = g.versions.newest_first().find_map(|(seq, version)| {
+            if version.2 != Kind::Commit {
+                return Some(Ok((seq, version, None)));
+            }
+            if version.1.is_empty() {
+                // Older than the payloads kept.
+                return Some(Ok((seq, version, None)));
+            }
+            let Ok(meta) = ObjectMeta::decode(&version.1) else {
+                missing_newer += 1;
+                return None;
+            };
+            let complete = meta.streams.iter().try_fold(true, |all, s| {
+                Ok::<_, EngineError>(all && self.stream_complete(s.stream_id, s.length)?)
+            });
+            match complete {
+                Ok(true) => Some(Ok((seq, version, Some(meta)))),
+                Ok(false) => {
+                    missing_newer += 1;
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            }
+        });
+        let Some((seq, (locations, payload, kind), meta)) = chosen.transpose()? else {
+            tracing::error!(
+                bucket = g.bucket,
+                key = g.key,
+                "object data missing or damaged in every version; not restored"
+            );
+            report.incomplete_objects += 1;
             return Ok(());
         };
-        let shadowed = g.versions.older_stamps(seq, self.drives);
+        if missing_newer > 0 {
+            tracing::warn!(
+                bucket = g.bucket,
+                key = g.key,
+                seq,
+                skipped = missing_newer,
+                "newer versions lack their data (never acknowledged); restoring the newest whole one"
+            );
+        }
+        let shadowed = g.versions.other_stamps(seq, self.drives);
         match kind {
             Kind::Commit => {
-                let Some(meta) = readable(ObjectMeta::decode(payload), &g, report) else {
+                let Some(meta) = meta.or_else(|| readable(ObjectMeta::decode(payload), &g, report))
+                else {
                     report.incomplete_objects += 1;
                     return Ok(());
                 };
-                for s in &meta.streams {
-                    if !self.stream_complete(s.stream_id, s.length)? {
-                        tracing::error!(
-                            bucket = g.bucket,
-                            key = g.key,
-                            "object data missing or damaged; not restored"
-                        );
-                        report.incomplete_objects += 1;
-                        return Ok(());
-                    }
-                }
                 for s in &meta.streams {
                     self.put_stream(s.stream_id, s.length)?;
                 }
@@ -709,6 +762,87 @@ mod tests {
         })
         .unwrap();
         (complete, emitted)
+    }
+
+    /// A commit record of `key` in bucket `b` at `seq` for stream `stream` of 100 bytes.
+    fn commit(seq: u64, stream: u64, lba: u64) -> Found {
+        let meta = ObjectMeta {
+            seq,
+            size: 100,
+            streams: vec![super::super::model::StreamRef {
+                stream_id: stream,
+                length: 100,
+            }],
+            ..ObjectMeta::default()
+        };
+        Found {
+            header: Header {
+                kind: Kind::Commit,
+                seq,
+                write_seq: seq,
+                id: seq,
+                offset: 0,
+                bucket: "b".into(),
+                key: "k".into(),
+            },
+            location: Location {
+                drive: 0,
+                lba,
+                blocks: 1,
+            },
+            payload: meta.encode(),
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_newest_version_without_its_data_gives_way_to_the_newest_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
+            .unwrap();
+        let drives = Drives::new(vec![Arc::new(super::super::drives::Drive::new(
+            0,
+            "d".into(),
+            Arc::new(drive),
+        ))]);
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let mut scratch = Scratch::create(&dir.path().join("s")).unwrap();
+        let mut bucket = commit(1, 0, 0);
+        bucket.header.kind = Kind::Bucket;
+        bucket.header.key = String::new();
+        bucket.payload = BucketEntry {
+            seq: 1,
+            owner: "alice".into(),
+            created_ms: 0,
+            location: Vec::new(),
+            shadowed: Vec::new(),
+        }
+        .payload();
+        scratch.add(&bucket).unwrap();
+        // Version 5 is whole (stream 9); version 8's stream 77 is gone: it was never
+        // acknowledged, and GC took its data.
+        scratch.add(&piece(0, 100, 3)).unwrap();
+        scratch.add(&commit(5, 9, 4)).unwrap();
+        scratch.add(&commit(8, 77, 5)).unwrap();
+        scratch.flush().unwrap();
+        let mut report = RebuildReport::default();
+        resolve(&index, &drives, &scratch, &mut report).unwrap();
+        let restored = index
+            .object("b", "k")
+            .unwrap()
+            .expect("an object is restored");
+        assert_eq!(restored.meta.seq, 5);
+        assert_eq!((report.objects, report.incomplete_objects), (1, 0));
+        // With no whole version at all, nothing is restored.
+        let index = Index::open(&dir.path().join("index2")).unwrap();
+        let mut scratch = Scratch::create(&dir.path().join("s2")).unwrap();
+        scratch.add(&bucket).unwrap();
+        scratch.add(&commit(8, 77, 5)).unwrap();
+        scratch.flush().unwrap();
+        let mut report = RebuildReport::default();
+        resolve(&index, &drives, &scratch, &mut report).unwrap();
+        assert!(index.object("b", "k").unwrap().is_none());
+        assert_eq!(report.incomplete_objects, 1);
     }
 
     #[test]

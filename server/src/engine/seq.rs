@@ -41,11 +41,18 @@ impl SeqAllocator {
     }
 
     fn extend(&self, from: u64) -> IndexResult<()> {
-        let end = from + LEASE;
+        let mut end = self.lease_end.lock();
+        self.extend_locked(&mut end, from)
+    }
+
+    /// Records a lease ending `LEASE` after `from`, with the lease end locked: leases are
+    /// recorded one at a time, so the durable end is never lower than one handed out.
+    fn extend_locked(&self, end: &mut u64, from: u64) -> IndexResult<()> {
+        let new_end = from.max(*end) + LEASE;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.index.cf(cf::META), KEY, end.to_le_bytes());
+        batch.put_cf(self.index.cf(cf::META), KEY, new_end.to_le_bytes());
         self.index.write(batch, true)?;
-        *self.lease_end.lock() = end;
+        *end = new_end;
         Ok(())
     }
 
@@ -54,12 +61,49 @@ impl SeqAllocator {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let mut end = self.lease_end.lock();
         if n >= *end {
-            let from = (*end).max(n);
-            drop(end);
-            self.extend(from)?;
-            end = self.lease_end.lock();
-            debug_assert!(n < *end);
+            self.extend_locked(&mut end, n)?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_lease_covers_every_number_racing_threads_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(dir.path()).unwrap());
+        let alloc = Arc::new(SeqAllocator::open(index.clone(), 1).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let alloc = alloc.clone();
+                std::thread::spawn(move || {
+                    (0..LEASE * 3 / 4)
+                        .map(|_| alloc.next().unwrap())
+                        .max()
+                        .unwrap()
+                })
+            })
+            .collect();
+        let highest = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .max()
+            .unwrap();
+        let stored = u64::from_le_bytes(
+            index
+                .get_raw(cf::META, KEY)
+                .unwrap()
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        assert!(stored > highest, "{stored} <= {highest}");
+        // A restart starts past everything handed out.
+        drop(alloc);
+        let reopened = SeqAllocator::open(index, 1).unwrap();
+        assert!(reopened.next().unwrap() > highest);
     }
 }

@@ -509,6 +509,8 @@ impl PutWriter {
         };
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
+        let _lock = engine.names.object(&self.bucket, &self.key).await;
+        engine.check_object_change(&self.bucket, &self.key, &condition)?;
         meta.seq = engine.seq.next()?;
         meta.size = stream.length;
         meta.streams = vec![stream];
@@ -566,6 +568,10 @@ impl PutWriter {
         };
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
+        let _lock = engine.names.object(&self.bucket, &self.key).await;
+        if engine.index.upload(upload_id)?.is_none() {
+            return Err(EngineError::NoSuchUpload(format!("{upload_id:016x}")));
+        }
         let seq = engine.seq.next()?;
         let mut part = PartEntry {
             part_number,
