@@ -440,7 +440,7 @@ async fn an_abandoned_append_does_not_keep_its_zone_open() {
     let mut drive = zns::testing::Intercepted::new(std::sync::Arc::new(inner));
     drive.before_append = Box::new({
         let (stall, stalled) = (stall.clone(), stalled.clone());
-        move |zslba, _| {
+        move |zslba, _, _| {
             let stalling = stall.load(std::sync::atomic::Ordering::SeqCst);
             if stalling {
                 stalled.send_replace(Some(zslba));
@@ -676,4 +676,95 @@ async fn gc_goes_on_with_other_drives_while_one_is_stuck() {
         assert_eq!(get(&engine, "b", &key).await.unwrap(), body, "{key}");
     }
     drop(emulated);
+}
+
+/// GC copies a live commit record to a GC zone, and before the relocation is committed the
+/// object is deleted: the copy is an orphan, garbage to GC but an old version a rebuild would
+/// believe once the tombstone is gone. The tombstone keeps the orphan's zone among the zones it
+/// hides, so it lives as long as the orphan may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(32, 256 << 10);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let armed = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(tokio::sync::watch::channel(None::<u64>).0);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    drive.before_append = Box::new({
+        let (armed, stalled, release) = (armed.clone(), stalled.clone(), release.clone());
+        move |zslba, _, data| {
+            // The first append carrying the victim's name once armed: GC's copy of it.
+            let stall =
+                data.windows(10).any(|w| w == b"the-victim") && armed.swap(false, Ordering::SeqCst);
+            let (stalled, release) = (stalled.clone(), release.clone());
+            Box::pin(async move {
+                if stall {
+                    stalled.send_replace(Some(zslba));
+                    release.notified().await;
+                }
+            })
+        }
+    });
+    let specs = vec![zonestore::engine::DriveSpec {
+        name: "zns-file://drive0".into(),
+        device: Arc::new(drive),
+    }];
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    config.gc.enabled = false;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "the-victim", &content("v", 1, 8 << 10))
+        .await
+        .unwrap();
+    // Fill and seal zones around it, then make them garbage.
+    put_many(&engine, "b", 40, &content("f", 1, 32 << 10), 4, |k| {
+        format!("f{k}")
+    })
+    .await;
+    for k in 0..40 {
+        engine.delete("b", &format!("f{k}")).await.unwrap();
+    }
+
+    armed.store(true, Ordering::SeqCst);
+    let gc = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            for _ in 0..12 {
+                engine.inner().collect_now().await.unwrap();
+            }
+        }
+    });
+    let mut stalled = stalled.subscribe();
+    let copy_zslba = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stalled.wait_for(|z| z.is_some()),
+    )
+    .await
+    .expect("GC copied the victim")
+    .unwrap()
+    .unwrap();
+    engine.delete("b", "the-victim").await.unwrap();
+    release.notify_one();
+    gc.await.unwrap();
+    engine.shutdown().await;
+
+    let index = zonestore::engine::index::Index::open(&dir.path().join("index")).unwrap();
+    let tomb = index
+        .tombstone(
+            zonestore::engine::index::TombKind::Object,
+            &zonestore::engine::index::object_key("b", "the-victim"),
+        )
+        .unwrap()
+        .expect("the deletion keeps its tombstone");
+    let copy_zone = (copy_zslba / g.zone_size) as u32;
+    assert!(
+        tomb.shadowed.iter().any(|s| s.zone.zone == copy_zone),
+        "the tombstone hides zone {copy_zone} of the orphan copy: {:?}",
+        tomb.shadowed
+    );
 }

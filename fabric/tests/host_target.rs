@@ -350,7 +350,7 @@ fn write_hints_travel_in_the_dataset_management_field() {
             zns::testing::Intercepted::new(Arc::new(EmulatedZns::create(dir.path(), g).unwrap()));
         recorder.before_append = Box::new({
             let hints = hints.clone();
-            move |_, hint| {
+            move |_, hint, _| {
                 hints.lock().unwrap().push(hint);
                 Box::pin(std::future::ready(()))
             }

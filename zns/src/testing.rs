@@ -618,10 +618,13 @@ pub fn arb_op(with_faults: bool) -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Runs before an intercepted append, given its zone start LBA and write hint; the append goes
-/// on when the returned future completes.
-pub type AppendHook =
-    Box<dyn Fn(u64, WriteHint) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+/// Runs before an intercepted append, given its zone start LBA, write hint and data; the append
+/// goes on when the returned future completes.
+pub type AppendHook = Box<
+    dyn Fn(u64, WriteHint, &Bytes) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Runs before an intercepted read, given its LBA (before `read_base` is added) and length in
 /// blocks; the read goes on when the returned future completes.
@@ -661,7 +664,7 @@ impl Intercepted {
             inner,
             read_base: 0,
             before_read: Box::new(|_, _| Box::pin(std::future::ready(()))),
-            before_append: Box::new(|_, _| Box::pin(std::future::ready(()))),
+            before_append: Box::new(|_, _, _| Box::pin(std::future::ready(()))),
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
         }
     }
@@ -695,7 +698,7 @@ impl ZonedDevice for Intercepted {
         self.append_hinted(zslba, data, WriteHint::None).await
     }
     async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
-        (self.before_append)(zslba, hint).await;
+        (self.before_append)(zslba, hint, &data).await;
         let result = self.inner.append_hinted(zslba, data, hint).await;
         (self.after_append)(zslba, result).await
     }

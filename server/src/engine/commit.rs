@@ -1165,6 +1165,63 @@ impl<'a> Txn<'a> {
             if let Some(to) = to {
                 self.add_valid(&[to]);
             }
+        } else if let Some(to) = to {
+            self.shadow_orphan(what, to)?;
+        }
+        Ok(())
+    }
+
+    /// A copy written for a relocation or repair that lost its race (the entry changed
+    /// meanwhile) is an orphan: garbage to GC, yet a claim a rebuild would believe (an old
+    /// version, a deleted bucket) once whatever hides its name is gone. The entry that now
+    /// holds the name, or its tombstone, keeps the orphan's zone among the zones it hides.
+    fn shadow_orphan(&mut self, what: &Relocation, to: Location) -> EngineResult<()> {
+        let stamps = self.stamps(&[to]);
+        let (entry_cf, entry_key, tomb_kind) = match what {
+            Relocation::Extent { .. } | Relocation::Tombstone { .. } => return Ok(()),
+            Relocation::Commit { bucket, key, .. } => {
+                let okey = index::object_key(bucket, key);
+                if let Some(mut o) = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)? {
+                    o.shadowed.extend(stamps);
+                    o.shadowed = self.prune(std::mem::take(&mut o.shadowed));
+                    self.put(cf::OBJECTS, okey, o.encode());
+                    return Ok(());
+                }
+                (cf::OBJECTS, okey, TombKind::Object)
+            }
+            Relocation::Bucket { name, .. } => {
+                if let Some(mut b) =
+                    self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)?
+                {
+                    b.shadowed.extend(stamps);
+                    b.shadowed = self.prune(std::mem::take(&mut b.shadowed));
+                    self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
+                    return Ok(());
+                }
+                (cf::BUCKETS, name.as_bytes().to_vec(), TombKind::Bucket)
+            }
+            Relocation::Upload { upload_id } | Relocation::Part { upload_id, .. } => {
+                let ukey = upload_id.to_be_bytes().to_vec();
+                if let Some(mut u) = self.decode(cf::UPLOADS, &ukey, UploadEntry::decode)? {
+                    u.shadowed.extend(stamps);
+                    u.shadowed = self.prune(std::mem::take(&mut u.shadowed));
+                    self.put(cf::UPLOADS, ukey, u.encode());
+                    return Ok(());
+                }
+                (cf::UPLOADS, ukey, TombKind::Upload)
+            }
+        };
+        let tkey = index::tombstone_key(tomb_kind, &entry_key);
+        if let Some(mut t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)? {
+            t.shadowed.extend(stamps);
+            t.shadowed = self.prune(std::mem::take(&mut t.shadowed));
+            self.put(cf::TOMBSTONES, tkey, t.encode());
+        } else {
+            tracing::warn!(
+                cf = entry_cf,
+                ?to,
+                "a relocated copy lost its race and nothing hides its name; a rebuild may see it"
+            );
         }
         Ok(())
     }
