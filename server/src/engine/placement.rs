@@ -465,6 +465,18 @@ impl Placement {
             .collect()
     }
 
+    /// Keeps GC off `zone` until a matching [`Placement::release`] (an append into it may
+    /// still land).
+    pub fn hold(&self, zone: ZoneId) {
+        let mut drives = self.drives.lock();
+        if let Some(z) = drives
+            .get_mut(usize::from(zone.drive))
+            .and_then(|d| d.zones.get_mut(zone.zone as usize))
+        {
+            z.holds += 1;
+        }
+    }
+
     /// Lets GC take a zone again as far as one landed append is concerned: its record is in
     /// the index now, or will never be.
     pub fn release(&self, zone: ZoneId) {

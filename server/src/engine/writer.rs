@@ -263,13 +263,31 @@ impl SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take()
-            && let Some(zone) = self.placement.complete(&slot, false)
-        {
+        let Some(slot) = self.slot.take() else { return };
+        if let Some(zone) = self.placement.complete(&slot, false) {
             finish_zones(&self.drives, vec![zone]);
+        }
+        // The command may still be on its way to the drive (over the fabric it runs until the
+        // target answers or the host gives up): GC leaves the zone alone meanwhile, or the
+        // append could land in it after its reset.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let zone = ZoneId {
+                drive: slot.drive,
+                zone: slot.zone,
+            };
+            self.placement.hold(zone);
+            let placement = self.placement.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(ABANDONED_APPEND_HOLD).await;
+                placement.release(zone);
+            });
         }
     }
 }
+
+/// How long GC leaves the zone of an abandoned append alone: twice the NVMe/TCP host's command
+/// timeout, by which time the command has landed or never will.
+const ABANDONED_APPEND_HOLD: Duration = Duration::from_secs(60);
 
 /// Where a record's copies landed, and the holds that keep GC off their zones until the index
 /// names them: keep it until the index commit is done.
