@@ -779,3 +779,31 @@ async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
         tomb.shadowed
     );
 }
+
+/// Records are padded to the block size and parsed by the block size of the drive holding
+/// them, so every drive must have the same one: a mix is refused at start, naming the drive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drives_of_different_block_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    for (i, block_size) in [4096u32, 512].into_iter().enumerate() {
+        let mut g = small_geometry(16, 256 << 10);
+        g.block_size = block_size;
+        g.max_append_blocks = (64 << 10) / block_size;
+        let drive = zns::EmulatedZns::create(&dir.path().join(format!("d{i}")), g).unwrap();
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://d{i}"),
+            device: std::sync::Arc::new(drive),
+        });
+    }
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
+    let err = zonestore::engine::Engine::open(config, specs)
+        .await
+        .err()
+        .expect("a mix of block sizes is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("zns-file://d1") && message.contains("512-byte blocks"),
+        "{message}"
+    );
+}

@@ -200,6 +200,19 @@ impl Engine {
             .map(|d| d.block_size())
             .max()
             .unwrap_or(4096);
+        // Records are padded to whole blocks and parsed by the block size of the drive they
+        // are on: a copy moved between drives of different block sizes would not parse.
+        if let Some(odd) = drives
+            .all()
+            .iter()
+            .find(|d| !d.removed && d.block_size() != block_size)
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "drive {} has {}-byte blocks where another has {block_size}: every drive must have the same logical block size",
+                odd.name,
+                odd.block_size()
+            )));
+        }
         let record_limit = drives
             .all()
             .iter()
