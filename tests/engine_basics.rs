@@ -797,10 +797,9 @@ async fn drives_of_different_block_sizes_are_refused() {
         });
     }
     let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
-    let err = zonestore::engine::Engine::open(config, specs)
-        .await
-        .err()
-        .expect("a mix of block sizes is refused");
+    let Err(err) = zonestore::engine::Engine::open(config, specs).await else {
+        panic!("a mix of block sizes is refused");
+    };
     let message = err.to_string();
     assert!(
         message.contains("zns-file://d1") && message.contains("512-byte blocks"),
