@@ -382,3 +382,119 @@ fn write_hints_travel_in_the_dataset_management_field() {
         host.close().await;
     });
 }
+
+/// A target with a drive behind it that `tamper` configures, and a host connected to it with
+/// `depth` entries per I/O queue.
+async fn tampered_rig(
+    dir: &std::path::Path,
+    g: Geometry,
+    depth: u16,
+    tamper: impl FnOnce(&mut zns::testing::Intercepted),
+) -> (NvmeTcpHost, fabric::target::TargetHandle) {
+    let mut drive = zns::testing::Intercepted::new(Arc::new(EmulatedZns::create(dir, g).unwrap()));
+    tamper(&mut drive);
+    let target = Target::new(TargetConfig::default());
+    target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut config = host_config(handle.local_addr());
+    config.io_queues = 1;
+    config.queue_depth = depth;
+    let host = NvmeTcpHost::connect(config).await.unwrap();
+    (host, handle)
+}
+
+/// Where a Zone Append landed is what the index records: a target naming an LBA outside the
+/// zone is not believed.
+#[test]
+fn an_append_placed_outside_its_zone_is_an_error() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let (host, _handle) = tampered_rig(dir.path(), g, 32, |d| {
+            d.after_append = Box::new(move |_, result| {
+                Box::pin(std::future::ready(result.map(|lba| lba + 2 * g.zone_size)))
+            });
+        })
+        .await;
+        let err = host
+            .append(0, Bytes::from(pattern(&g, 0, 1, 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ZoneErrorKind::MediaError, "{err}");
+        host.close().await;
+    });
+}
+
+/// A read the target completes with less data than asked for is an error, not short data (GC
+/// and rebuild work out record addresses from positions in what they read).
+#[test]
+fn a_short_read_is_an_error_not_short_data() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let (host, _handle) = tampered_rig(dir.path(), g, 32, |d| {
+            d.after_read = Box::new(|_, _, result| {
+                Box::pin(std::future::ready(result.map(|b| b.slice(..b.len() / 2))))
+            });
+        })
+        .await;
+        host.append(0, Bytes::from(pattern(&g, 0, 2, 1)))
+            .await
+            .unwrap();
+        assert!(
+            host.read(0, 2).await.is_err(),
+            "half the data is not a read"
+        );
+        host.close().await;
+    });
+}
+
+/// Callers that stop waiting (a timeout, a client gone) while the target is slow give their
+/// queue entries back only when the target answers: more abandoned commands than the queue
+/// holds neither panic the host nor hand one command's answer to another.
+#[test]
+fn commands_abandoned_while_the_target_is_slow_do_not_break_the_queue() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let go = Arc::new(tokio::sync::Notify::new());
+        let (host, _handle) = tampered_rig(dir.path(), g, 4, |d| {
+            let (slow, go) = (slow.clone(), go.clone());
+            d.before_read = Box::new(move |_, _| {
+                let stall = slow.load(std::sync::atomic::Ordering::SeqCst);
+                let go = go.clone();
+                Box::pin(async move {
+                    if stall {
+                        go.notified().await;
+                    }
+                })
+            });
+        })
+        .await;
+        let data = Bytes::from(pattern(&g, 0, 4, 3));
+        host.append(0, data.clone()).await.unwrap();
+        slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..12 {
+            let abandoned =
+                tokio::time::timeout(std::time::Duration::from_millis(20), host.read(0, 4));
+            assert!(
+                abandoned.await.is_err(),
+                "the read waits for the slow target"
+            );
+        }
+        slow.store(false, std::sync::atomic::Ordering::SeqCst);
+        go.notify_waiters();
+        for lba in 0..4 {
+            let block = host.read(lba, 1).await.unwrap();
+            assert_eq!(
+                block,
+                data.slice(lba as usize * 4096..(lba as usize + 1) * 4096)
+            );
+        }
+        host.close().await;
+    });
+}

@@ -631,6 +631,18 @@ pub type AppendHook = Box<
 pub type ReadHook =
     Box<dyn Fn(u64, u32) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Runs after an intercepted read, given its LBA (before `read_base` is added), length and what
+/// the drive answered; the read reports what the returned future gives.
+pub type AfterReadHook = Box<
+    dyn Fn(
+            u64,
+            u32,
+            ZoneResult<Bytes>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = ZoneResult<Bytes>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Runs after an intercepted append, given its zone start LBA and what the drive answered;
 /// the append reports what the returned future gives (a test may turn a landed append into an
 /// error, as when a completion is lost on the way back).
@@ -641,9 +653,9 @@ pub type AfterAppendHook = Box<
 >;
 
 /// A device that passes every command to `inner`, for tests and benchmarks that watch or hold
-/// up some of them: reads first await `before_read` and are shifted by `read_base` blocks, and
-/// each append first awaits `before_append` (which may record its hint, or stall it) and
-/// reports through `after_append`.
+/// up some of them: reads first await `before_read`, are shifted by `read_base` blocks and
+/// report through `after_read`; each append first awaits `before_append` (which may record its
+/// hint, or stall it) and reports through `after_append`.
 pub struct Intercepted {
     /// The device commands go to.
     pub inner: Arc<dyn ZonedDevice>,
@@ -651,6 +663,8 @@ pub struct Intercepted {
     pub read_base: u64,
     /// Awaited before each read.
     pub before_read: ReadHook,
+    /// Gives what each read reports.
+    pub after_read: AfterReadHook,
     /// Awaited before each append.
     pub before_append: AppendHook,
     /// Gives what each append reports.
@@ -664,6 +678,7 @@ impl Intercepted {
             inner,
             read_base: 0,
             before_read: Box::new(|_, _| Box::pin(std::future::ready(()))),
+            after_read: Box::new(|_, _, result| Box::pin(std::future::ready(result))),
             before_append: Box::new(|_, _, _| Box::pin(std::future::ready(()))),
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
         }
@@ -686,7 +701,8 @@ impl ZonedDevice for Intercepted {
     }
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
         (self.before_read)(lba, blocks).await;
-        self.inner.read(self.read_base + lba, blocks).await
+        let result = self.inner.read(self.read_base + lba, blocks).await;
+        (self.after_read)(lba, blocks, result).await
     }
     async fn write(&self, lba: u64, data: Bytes) -> ZoneResult<()> {
         self.inner.write(lba, data).await

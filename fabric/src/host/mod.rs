@@ -522,7 +522,20 @@ impl ZonedDevice for NvmeTcpHost {
             .set_cdw(12, (blocks - 1) as u32)
             .set_cdw(13, u32::from(hint.dsm()));
         let done = self.io("zone append", sqe, data, zslba, blocks).await?;
-        Ok(done.cqe.result())
+        // Where the target says the data went must lie inside the zone's writable capacity:
+        // the caller records it as where the data is.
+        let lba = done.cqe.result();
+        let g = &self.inner.geometry;
+        let inside = lba >= zslba
+            && lba
+                .checked_add(blocks)
+                .is_some_and(|end| end <= zslba + g.zone_capacity);
+        if !inside {
+            return Err(ZoneError::MediaError(format!(
+                "the target placed a {blocks}-block Zone Append to the zone at {zslba} at LBA {lba}, outside the zone"
+            )));
+        }
+        Ok(lba)
     }
 
     async fn flush(&self) -> ZoneResult<()> {
@@ -586,9 +599,9 @@ impl ZonedDevice for NvmeTcpHost {
             if r.zones.len() >= max_zones || got < want {
                 break;
             }
-            next = last + self.inner.geometry.zone_size;
-            if next >= self.inner.geometry.total_blocks() {
-                break;
+            match last.checked_add(self.inner.geometry.zone_size) {
+                Some(n) if n > next && n < self.inner.geometry.total_blocks() => next = n,
+                _ => break,
             }
         }
         let mut r = result.expect("at least one report");

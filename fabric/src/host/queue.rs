@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::HostError;
 use crate::spec::connect::Connect;
@@ -32,6 +32,11 @@ pub struct Completion {
 
 struct Pending {
     done: oneshot::Sender<Result<Completion, HostError>>,
+    /// The queue entry the command takes, given back with its command ID (not when its caller
+    /// stops waiting: the ID stays taken until the target answers).
+    _permit: OwnedSemaphorePermit,
+    /// Bytes of data the command reads (C2HData must bring exactly these).
+    expected_in: usize,
     /// When the command counts as lost (checked by the queue's watchdog, not a timer each).
     deadline: Instant,
     data_out: Bytes,
@@ -80,7 +85,7 @@ pub(crate) struct HostQueue {
     maxh2cdata: usize,
     /// In-capsule data limit for this queue.
     in_capsule: usize,
-    slots_free: Semaphore,
+    slots_free: Arc<Semaphore>,
     slots: Mutex<Slots>,
     /// Commands in flight, for the writer.
     backlog: Arc<Backlog>,
@@ -146,10 +151,11 @@ impl HostQueue {
             || ic.dgst != params.digests
             || ic.maxh2cdata < 4096
             || ic.maxh2cdata % 4 != 0
+            || ic.cpda > 31
         {
             return Err(HostError::Protocol(format!(
-                "unacceptable ICResp: PFV {}, digests {:?} (asked {:?}), MAXH2CDATA {}",
-                ic.pfv, ic.dgst, params.digests, ic.maxh2cdata
+                "unacceptable ICResp: PFV {}, digests {:?} (asked {:?}), MAXH2CDATA {}, CPDA {}",
+                ic.pfv, ic.dgst, params.digests, ic.maxh2cdata, ic.cpda
             )));
         }
         let framing = Framing {
@@ -167,7 +173,7 @@ impl HostQueue {
             framing,
             maxh2cdata: ic.maxh2cdata as usize,
             in_capsule,
-            slots_free: Semaphore::new(depth),
+            slots_free: Arc::new(Semaphore::new(depth)),
             backlog,
             slots: Mutex::new(Slots {
                 pending: (0..depth).map(|_| None).collect(),
@@ -222,12 +228,18 @@ impl HostQueue {
         if let Some(reason) = self.failed.borrow().clone() {
             return Err(HostError::Disconnected(reason));
         }
-        let _permit = self
+        let permit = self
             .slots_free
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| HostError::Disconnected("queue closed".into()))?;
         let (done_tx, done_rx) = oneshot::channel();
+        let expected = if data_out.is_empty() {
+            sqe.sgl_length()
+        } else {
+            data_out.len() as u32
+        };
         let cid = {
             let mut slots = self.slots.lock();
             // `fail` marks the queue failed before it drains the slots under this lock: a
@@ -235,12 +247,19 @@ impl HostQueue {
             if let Some(reason) = self.failed.borrow().clone() {
                 return Err(HostError::Disconnected(reason));
             }
-            let cid = slots
-                .free
-                .pop()
-                .expect("a free command ID for every permit, by construction");
+            let Some(cid) = slots.free.pop() else {
+                return Err(HostError::Disconnected(
+                    "no free command ID for a free queue entry".into(),
+                ));
+            };
             slots.pending[usize::from(cid)] = Some(Pending {
                 done: done_tx,
+                _permit: permit,
+                expected_in: if data_out.is_empty() {
+                    expected as usize
+                } else {
+                    0
+                },
                 deadline: Instant::now() + timeout,
                 data_out: data_out.clone(),
                 data_in: Vec::new(),
@@ -249,13 +268,15 @@ impl HostQueue {
             self.backlog.begin();
             cid
         };
+        // Until the capsule is queued for sending, a caller that stops waiting takes the
+        // command back; once it is on its way, only the target's answer (or the watchdog)
+        // frees its ID.
+        let mut unsent = Unsent {
+            queue: self,
+            cid: Some(cid),
+        };
         sqe.set_cid(cid);
         let in_capsule = !data_out.is_empty() && data_out.len() <= self.in_capsule;
-        let expected = if data_out.is_empty() {
-            sqe.sgl_length()
-        } else {
-            data_out.len() as u32
-        };
         sqe.set_sgl(expected, in_capsule);
         let capsule = Pdu::CapsuleCmd(CapsuleCmd {
             sqe,
@@ -265,6 +286,7 @@ impl HostQueue {
         if self.tx.send(encode(&capsule, self.framing)).await.is_err() {
             self.fail("connection closed".into());
         }
+        unsent.cid = None;
         // A command that outlives its deadline is failed by the queue's watchdog.
         match done_rx.await {
             Ok(result) => result,
@@ -367,6 +389,20 @@ impl HostQueue {
     }
 }
 
+/// A command whose capsule is not queued for sending yet (see [`HostQueue::submit`]).
+struct Unsent<'a> {
+    queue: &'a HostQueue,
+    cid: Option<u16>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(cid) = self.cid.take() {
+            self.queue.take(cid);
+        }
+    }
+}
+
 impl Drop for HostQueue {
     fn drop(&mut self) {
         if let Some(task) = self.reader.get_mut().take() {
@@ -412,6 +448,18 @@ async fn receive(
                 let Some(mut pending) = queue.take(cqe.cid()) else {
                     return format!("completion for unknown command {:#x}", cqe.cid());
                 };
+                if cqe.status().is_success() && pending.received != pending.expected_in {
+                    let reason = format!(
+                        "command {:#x} succeeded with {} of its {} bytes of data",
+                        cqe.cid(),
+                        pending.received,
+                        pending.expected_in
+                    );
+                    let _ = pending
+                        .done
+                        .send(Err(HostError::Disconnected(reason.clone())));
+                    return reason;
+                }
                 let data = pending.data();
                 let _ = pending.done.send(Ok(Completion { cqe, data }));
             }
@@ -430,8 +478,21 @@ async fn receive(
                     if data.data_digest_error {
                         return "data digest mismatch in C2HData".into();
                     }
+                    if pending.received + data.data.len() > pending.expected_in {
+                        return format!(
+                            "C2HData beyond the {} bytes command {:#x} reads",
+                            pending.expected_in, data.cccid
+                        );
+                    }
                     pending.received += data.data.len();
                     pending.data_in.push(data.data.clone());
+                    let complete = pending.received == pending.expected_in;
+                    if data.success && !(complete && data.last) {
+                        return format!(
+                            "C2HData with SUCCESS for command {:#x} before all its data",
+                            data.cccid
+                        );
+                    }
                     data.success
                 };
                 if finished && let Some(mut pending) = queue.take(data.cccid) {

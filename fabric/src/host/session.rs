@@ -111,7 +111,10 @@ impl Session {
         }
         let max_transfer = match ctrl.mdts {
             0 => 16 << 20,
-            n => (4096usize << n).min(16 << 20),
+            n => 4096usize
+                .checked_shl(u32::from(n))
+                .unwrap_or(usize::MAX)
+                .min(16 << 20),
         };
         let in_capsule = (ctrl.ioccsz as usize * 16).saturating_sub(64);
         let wanted = u32::from(config.io_queues.max(1) - 1);
@@ -161,7 +164,10 @@ impl Session {
         let append_bytes = if zasl == 0 {
             max_transfer
         } else {
-            (4096usize << zasl).min(max_transfer)
+            4096usize
+                .checked_shl(u32::from(zasl))
+                .unwrap_or(usize::MAX)
+                .min(max_transfer)
         };
 
         // I/O queues.
