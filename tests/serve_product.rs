@@ -346,6 +346,21 @@ fn recover_rebuilds_the_index_from_the_zones() {
         "s3://keep/t/d1/f09.bin",
     ]);
     let before = server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"]);
+    // Not while the server runs: the rebuild would replace the index under it.
+    let busy = Command::new(zonestore_bin())
+        .args([
+            "recover",
+            "--rebuild-index",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        !busy.status.success() && stderr.contains("in use"),
+        "{stderr}"
+    );
     server.process.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(60)).success());
 

@@ -70,6 +70,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/gc/run", post(gc_run))
         .route("/admin/targets", get(targets))
         .route("/admin/drain", post(drain))
+        .route("/admin/undrain", post(undrain))
         .route("/admin/scrub", get(scrub_status).post(scrub_start))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -121,13 +122,20 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 async fn ready(State(s): State<Arc<AdminState>>) -> Response {
-    let up = s.engine.drives().all().iter().filter(|d| d.is_up()).count();
+    // Writes go only to drives that are up and not being drained.
+    let up = s
+        .engine
+        .drives()
+        .all()
+        .iter()
+        .filter(|d| d.is_writable())
+        .count();
     let needed = s.engine.inner().quorum();
     if up >= needed {
         text(
             StatusCode::OK,
             format!(
-                "ready: {up} of {} drives up, {needed} needed for writes\n",
+                "ready: {up} of {} drives take writes, {needed} needed\n",
                 s.engine.drives().len()
             ),
         )
@@ -135,7 +143,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "not ready: {up} of {} drives up, {needed} needed for writes\n",
+                "not ready: {up} of {} drives take writes, {needed} needed\n",
                 s.engine.drives().len()
             ),
         )
@@ -319,19 +327,34 @@ struct RunQuery {
 }
 
 async fn gc_run(State(s): State<Arc<AdminState>>, Query(q): Query<RunQuery>) -> Response {
-    let total = q.zones.unwrap_or(1).clamp(1, 1 << 20);
-    {
-        let mut job = s.gc_job.lock();
-        if job.as_ref().is_some_and(|j| !j.finished) {
+    let total = match q.zones {
+        None => 1,
+        Some(n @ 1..=1_048_576) => n,
+        Some(n) => {
             return text(
-                StatusCode::CONFLICT,
-                format!("a GC run is already in progress\n{}", gc_text(&s)),
+                StatusCode::BAD_REQUEST,
+                format!("zones must be between 1 and 1048576, not {n}\n"),
             );
         }
-        *job = Some(GcJob {
-            total,
-            ..GcJob::default()
-        });
+    };
+    let started = {
+        let mut job = s.gc_job.lock();
+        if job.as_ref().is_some_and(|j| !j.finished) {
+            false
+        } else {
+            *job = Some(GcJob {
+                total,
+                ..GcJob::default()
+            });
+            true
+        }
+    };
+    if !started {
+        // The job's lock is released first: the status text takes it again.
+        return text(
+            StatusCode::CONFLICT,
+            format!("a GC run is already in progress\n{}", gc_text(&s)),
+        );
     }
     let state = s.clone();
     tokio::spawn(async move {
@@ -465,6 +488,20 @@ async fn drain(State(s): State<Arc<AdminState>>, Query(q): Query<DrainQuery>) ->
         Err(e) => text(
             StatusCode::BAD_REQUEST,
             format!("cannot drain {}: {e}\n", q.target),
+        ),
+    }
+}
+
+/// `POST /admin/undrain?target=NAME`.
+async fn undrain(State(s): State<Arc<AdminState>>, Query(q): Query<DrainQuery>) -> Response {
+    match s.engine.undrain(&q.target).await {
+        Ok(()) => text(
+            StatusCode::OK,
+            format!("{} takes writes again\n{}", q.target, repair_text(&s)),
+        ),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot undrain {}: {e}\n", q.target),
         ),
     }
 }

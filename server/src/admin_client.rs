@@ -42,6 +42,11 @@ enum AdminCommand {
         /// The target's NQN (or drive name, as `targets` shows it).
         target: String,
     },
+    /// Stop draining a target: it takes new writes again.
+    Undrain {
+        /// The target's NQN (or drive name, as `targets` shows it).
+        target: String,
+    },
     /// Read and check every copy of every record now, repairing bad copies; shows the result.
     Scrub,
 }
@@ -136,6 +141,19 @@ async fn request(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<
     })
 }
 
+/// [`request`], failing on an error status (with what the server said).
+async fn fetch(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<Answer> {
+    let answer = request(server, method, path).await?;
+    if answer.status >= 400 {
+        bail!(
+            "the server answered {}: {}",
+            answer.status,
+            answer.body.trim()
+        );
+    }
+    Ok(answer)
+}
+
 async fn show(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<()> {
     let answer = request(server, method, path).await?;
     print!("{}", answer.body);
@@ -154,6 +172,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Stats => show(server, "GET", "/admin/stats").await,
         AdminCommand::Targets => show(server, "GET", "/admin/targets").await,
         AdminCommand::Drain { target } => drain(server, &target).await,
+        AdminCommand::Undrain { target } => {
+            let path = format!("/admin/undrain?target={}", percent_encode(&target));
+            show(server, "POST", &path).await
+        }
         AdminCommand::Scrub => scrub(server).await,
         AdminCommand::Gc { action } => match action.unwrap_or(GcAction::Status) {
             GcAction::Status => show(server, "GET", "/admin/gc").await,
@@ -215,7 +237,7 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
     let mut last = String::new();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let answer = request(server, "GET", "/admin/targets").await?;
+        let answer = fetch(server, "GET", "/admin/targets").await?;
         let left = field(&answer.body, "draining:");
         if left != last {
             eprintln!("draining {target}: {left}");
@@ -240,7 +262,7 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
 
 /// Starts a scrub pass and waits for it to finish.
 async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
-    let before = request(server, "GET", "/admin/scrub").await?;
+    let before = fetch(server, "GET", "/admin/scrub").await?;
     let passes = |body: &str| -> u64 {
         field(body, "scrub:")
             .split_whitespace()
@@ -249,10 +271,10 @@ async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
             .unwrap_or(0)
     };
     let start = passes(&before.body);
-    request(server, "POST", "/admin/scrub").await?;
+    fetch(server, "POST", "/admin/scrub").await?;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = request(server, "GET", "/admin/scrub").await?;
+        let now = fetch(server, "GET", "/admin/scrub").await?;
         if passes(&now.body) > start {
             print!("{}", now.body);
             return Ok(());

@@ -281,7 +281,7 @@ impl Config {
         toml::from_str(&text).map_err(|e| {
             let key = e
                 .span()
-                .map(|s| text[..s.start].lines().count().to_string())
+                .map(|s| (text[..s.start].matches('\n').count() + 1).to_string())
                 .map(|l| format!("{} line {l}", path.display()))
                 .unwrap_or_else(|| path.display().to_string());
             bad(&key, e.message().to_string())
@@ -303,7 +303,15 @@ impl Config {
                     format!("{a:?} is not an address like 127.0.0.1:9001"),
                 )
             })?,
-            None => SocketAddr::new(listen.ip(), listen.port().wrapping_add(1)),
+            None => match listen.port().checked_add(1) {
+                Some(port) => SocketAddr::new(listen.ip(), port),
+                None => {
+                    return Err(bad(
+                        "admin_listen",
+                        "listen uses port 65535, so the admin port (the next one) must be given",
+                    ));
+                }
+            },
         };
         let mut targets = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -332,6 +340,32 @@ impl Config {
                 return Err(bad(
                     "write_quorum",
                     format!("{w} exceeds the replication factor {r}"),
+                ));
+            }
+        }
+        // Rates in MiB/s and intervals in hours are turned into bytes and seconds.
+        for (key, value, max) in [
+            ("gc.rate_mib_per_sec", self.gc.rate_mib_per_sec, 1 << 24),
+            (
+                "replication.repair_rate_mib_per_sec",
+                self.replication.repair_rate_mib_per_sec,
+                1 << 24,
+            ),
+            (
+                "replication.scrub_rate_mib_per_sec",
+                self.replication.scrub_rate_mib_per_sec,
+                1 << 24,
+            ),
+            (
+                "replication.scrub_interval_hours",
+                self.replication.scrub_interval_hours,
+                24 * 365 * 100,
+            ),
+        ] {
+            if value > max {
+                return Err(bad(
+                    key,
+                    format!("{value} is more than the most allowed, {max}"),
                 ));
             }
         }
@@ -447,6 +481,33 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "gc.low_watermark");
         let c: Config = toml::from_str("replication_factor = 2\nwrite_quorum = 3\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"").unwrap();
         assert_eq!(c.check().unwrap_err().key, "write_quorum");
+    }
+
+    #[test]
+    fn rates_too_large_to_count_in_bytes_and_port_65535_are_named() {
+        let users = "[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"\n";
+        let c: Config =
+            toml::from_str(&format!("{users}[gc]\nrate_mib_per_sec = 17592186044416\n")).unwrap();
+        assert_eq!(c.check().unwrap_err().key, "gc.rate_mib_per_sec");
+        let c: Config = toml::from_str(&format!(
+            "{users}[replication]\nscrub_interval_hours = 18446744073709551615\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.check().unwrap_err().key,
+            "replication.scrub_interval_hours"
+        );
+        let c: Config = toml::from_str(&format!("listen = \"127.0.0.1:65535\"\n{users}")).unwrap();
+        assert_eq!(c.check().unwrap_err().key, "admin_listen");
+    }
+
+    #[test]
+    fn a_bad_key_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nno_such_key = 1\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.key.ends_with("line 2"), "{}", e.key);
     }
 
     #[test]

@@ -95,10 +95,11 @@ impl HttpServer {
     }
 
     /// Stops accepting, lets requests in flight finish (up to `grace`), then returns.
-    pub async fn shut_down(self, grace: Duration) {
+    pub async fn shut_down(mut self, grace: Duration) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(grace, self.task).await.is_err() {
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             tracing::warn!("requests still running after {grace:?}; closing their connections");
+            self.task.abort();
         }
     }
 }

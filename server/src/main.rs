@@ -271,7 +271,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("drives: {}", config.targets.join(", "));
     }
     println!("access_key: {}", user.access_key);
-    if config.users.is_empty() || args.secret_key.is_some() {
+    if args.secret_key.is_some() {
+        // Given by the operator: not repeated into logs.
+        println!("secret_key: (as given with --secret-key or ZONESTORE_SECRET_KEY)");
+    } else if config.users.is_empty() {
         println!("secret_key: {}", user.secret_key);
     } else {
         println!("secret_key: (in the configuration file)");

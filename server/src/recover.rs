@@ -23,6 +23,11 @@ pub enum RecoverError {
     /// The rebuild failed.
     #[error("rebuild: {0}")]
     Engine(#[from] EngineError),
+    /// The index is open in a running server.
+    #[error(
+        "the index in {0} is in use (is `zonestore serve` running? stop it first: a rebuild replaces the index)"
+    )]
+    InUse(PathBuf),
     /// Too many drives cannot be reached to rebuild without losing acknowledged writes.
     #[error(
         "{} of {total} drives cannot be reached ({}); with write quorum {quorum} an acknowledged write may have every copy on them, so the index is not rebuilt without them",
@@ -79,6 +84,10 @@ pub async fn rebuild_index(
     let names = if has_old {
         match registered_drives(&index_dir) {
             Ok(names) => names,
+            // RocksDB locks an open database's LOCK file: a server is using this index.
+            Err(e) if e.to_string().to_ascii_lowercase().contains("lock") => {
+                return Err(RecoverError::InUse(index_dir));
+            }
             Err(e) => {
                 progress(&format!(
                     "the old index cannot be read ({e}); drive ids follow the configuration order"

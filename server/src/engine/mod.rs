@@ -839,20 +839,41 @@ impl Engine {
             .find(|d| d.name == name || d.name.ends_with(&format!(":{name}")))
             .map(|d| d.id)
             .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))?;
-        if self
+        // Every record must find its R copies on the other drives, or the drain never ends
+        // (and writes stop if fewer than W are left).
+        let others = self
             .inner
             .drives
             .all()
             .iter()
-            .filter(|d| d.is_writable())
-            .count()
-            < 2
-        {
-            return Err(EngineError::InvalidArgument(
-                "draining needs another drive to take the data".into(),
-            ));
+            .filter(|d| d.id != drive && d.is_writable())
+            .count();
+        let copies = self.inner.replicas();
+        if others < copies {
+            return Err(EngineError::InvalidArgument(format!(
+                "draining {name} leaves {others} drives taking writes for {copies} copies of every record (lower the replication factor, or add a target, first)"
+            )));
         }
         self.inner.drain(drive).await
+    }
+
+    /// Stops draining the drive named `name`: it takes new writes again, and what was not
+    /// moved off it yet stays.
+    pub async fn undrain(&self, name: &str) -> EngineResult<()> {
+        let drive = self
+            .inner
+            .drives
+            .all()
+            .iter()
+            .find(|d| d.name == name || d.name.ends_with(&format!(":{name}")))
+            .cloned()
+            .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))?;
+        self.inner
+            .committer
+            .submit(commit::Change::SetDraining(drive.id, false))
+            .await?;
+        drive.draining.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Live bytes (records the index uses) on each drive.
