@@ -303,8 +303,17 @@ impl Config {
                     format!("{a:?} is not an address like 127.0.0.1:9001"),
                 )
             })?,
+            // Loopback unless asked otherwise: the admin API is plain HTTP, and its token
+            // starts drains and GC runs.
             None => match listen.port().checked_add(1) {
-                Some(port) => SocketAddr::new(listen.ip(), port),
+                Some(port) => SocketAddr::new(
+                    if listen.is_ipv6() {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    },
+                    port,
+                ),
                 None => {
                     return Err(bad(
                         "admin_listen",

@@ -12,13 +12,22 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
+use crate::write_stall::WriteStallLimit;
+
 /// Largest read buffer of one HTTP connection.
 const READ_BUFFER: usize = 128 << 10;
+
+/// Connections served at once (file descriptors are shared with the index and the fabric).
+const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a response may wait for its client to read before the connection is cut (a client
+/// that stops reading would otherwise hold its share of the read budget forever).
+const WRITE_STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +121,12 @@ async fn accept_loop(
     name: &'static str,
 ) {
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // At the limit, new connections wait in the listen backlog.
+        let Ok(slot) = connections.clone().acquire_owned().await else {
+            break;
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -126,6 +140,7 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = WriteStallLimit::new(stream, WRITE_STALL_LIMIT);
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -151,6 +166,7 @@ async fn accept_loop(
             if let Err(e) = result {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);

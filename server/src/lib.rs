@@ -13,3 +13,4 @@ pub mod serve;
 pub mod size;
 pub mod storage_node;
 pub mod targets;
+pub mod write_stall;
