@@ -71,6 +71,16 @@ fn serve_with_no_flags_goes_through_the_fabric() {
             || metric_sum(&metrics, "zonestore_s3_requests_total", &["UploadPart"]) >= 1.0
     );
     assert!(metric_sum(&metrics, "zonestore_s3_received_bytes_total", &[]) >= (100 << 20) as f64);
+    // Every zone state of every drive is exported, 0 included (a state zones leave reads 0).
+    for state in ["free", "open", "sealed", "collecting", "bad"] {
+        let rows = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("zonestore_zones{") && l.contains(&format!("state=\"{state}\""))
+            })
+            .count();
+        assert_eq!(rows, 3, "zone state {state}:\n{metrics}");
+    }
 
     // Health, readiness, the admin CLI.
     assert_eq!(common::s3::http_get(&server.admin, "/health").0, 200);

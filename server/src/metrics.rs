@@ -267,13 +267,20 @@ impl Metrics {
                 *free.entry(row.drive.clone()).or_default() += row.capacity_bytes as i64;
             }
         }
-        for ((drive, state), n) in per_drive {
-            self.zones
-                .get_or_create(&vec![
-                    ("drive".into(), drive),
-                    ("state".into(), state.into()),
-                ])
-                .set(n);
+        // Every state of every drive, so that a state no zone is in any more reads 0.
+        for drive in engine.drives().all() {
+            for state in ["free", "open", "sealed", "collecting", "bad"] {
+                let n = per_drive
+                    .get(&(drive.name.clone(), state))
+                    .copied()
+                    .unwrap_or(0);
+                self.zones
+                    .get_or_create(&vec![
+                        ("drive".into(), drive.name.clone()),
+                        ("state".into(), state.into()),
+                    ])
+                    .set(n);
+            }
         }
         for drive in engine.drives().all() {
             self.free_bytes
