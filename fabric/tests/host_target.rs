@@ -426,8 +426,9 @@ fn an_append_placed_outside_its_zone_is_an_error() {
     });
 }
 
-/// A read the target completes with less data than asked for is an error, not short data (GC
-/// and rebuild work out record addresses from positions in what they read).
+/// A drive behind the target that answers a read with less data than asked for makes the read
+/// fail, never return short data (GC and rebuild work out record addresses from positions in
+/// what they read). The host refuses short data from a target too (see the queue's tests).
 #[test]
 fn a_short_read_is_an_error_not_short_data() {
     let rt = runtime();

@@ -516,3 +516,117 @@ async fn receive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::pdu::{CapsuleResp, HOST_TO_CONTROLLER};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A queue connected to a fake target that answers the ICReq, then answers the first
+    /// command it gets with `answer(cid)`.
+    async fn queue_against(answer: fn(u16) -> Vec<Pdu>) -> Arc<HostQueue> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut icreq = [0u8; 128];
+            socket.read_exact(&mut icreq).await.unwrap();
+            let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
+                pfv: 0,
+                cpda: 0,
+                dgst: Digests::NONE,
+                maxh2cdata: 1 << 20,
+            });
+            socket
+                .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
+                .await
+                .unwrap();
+            let decoder = crate::wire::pdu::Decoder::new(HOST_TO_CONTROLLER, 1 << 20);
+            let mut buf = bytes::BytesMut::new();
+            let cid = loop {
+                if let Some(Pdu::CapsuleCmd(c)) = decoder.decode(&mut buf).unwrap() {
+                    break c.sqe.cid();
+                }
+                let mut tmp = [0u8; 4096];
+                let n = socket.read(&mut tmp).await.unwrap();
+                buf.extend_from_slice(&tmp[..n]);
+            };
+            for pdu in answer(cid) {
+                socket
+                    .write_all(&encode(&pdu, Framing::INITIAL).to_bytes())
+                    .await
+                    .unwrap();
+            }
+            // Keep the connection open until the host closes it.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        let params = QueueParams {
+            address,
+            qid: 1,
+            depth: 4,
+            digests: Digests::NONE,
+            connect_timeout: Duration::from_secs(5),
+        };
+        HostQueue::open(&params, 8192, watch::channel(None).0)
+            .await
+            .unwrap()
+    }
+
+    fn read_of_two_blocks() -> Sqe {
+        let mut sqe = Sqe::new(crate::spec::opcode::io::READ, 0);
+        sqe.set_sgl(8192, false);
+        sqe
+    }
+
+    fn c2h(cid: u16, len: usize, last: bool, success: bool) -> Pdu {
+        Pdu::C2HData(DataPdu {
+            cccid: cid,
+            ttag: 0,
+            datao: 0,
+            last,
+            success,
+            data: Bytes::from(vec![1u8; len]),
+            data_digest_error: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_read_answered_with_short_data_fails() {
+        // SUCCESS after half the data.
+        let queue = queue_against(|cid| vec![c2h(cid, 4096, true, true)]).await;
+        let done = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert!(done.is_err(), "{done:?}");
+        // A successful completion after half the data.
+        let queue = queue_against(|cid| {
+            vec![
+                c2h(cid, 4096, true, false),
+                Pdu::CapsuleResp(CapsuleResp {
+                    cqe: Cqe::new(cid, 1, 0, Status::SUCCESS, 0),
+                }),
+            ]
+        })
+        .await;
+        let done = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert!(done.is_err(), "{done:?}");
+        // More data than the read asked for.
+        let queue = queue_against(|cid| vec![c2h(cid, 12288, true, true)]).await;
+        let done = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert!(done.is_err(), "{done:?}");
+        // All of it: a read.
+        let queue = queue_against(|cid| vec![c2h(cid, 8192, true, true)]).await;
+        let done = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(done.data.len(), 8192);
+    }
+}

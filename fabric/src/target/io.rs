@@ -56,7 +56,18 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
                 return reply;
             }
             match device.read(slba, nlb).await {
-                Ok(data) => Reply::data(data),
+                Ok(data) if data.len() as u64 == bytes => Reply::data(data),
+                Ok(data) => {
+                    // A drive answering with the wrong length must not become a C2HData the
+                    // host cannot accept.
+                    tracing::error!(
+                        slba,
+                        nlb,
+                        got = data.len(),
+                        "the drive returned the wrong amount of data for a read"
+                    );
+                    Reply::error(Status::INTERNAL_ERROR)
+                }
                 Err(e) => failed(e),
             }
         }
