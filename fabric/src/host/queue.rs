@@ -31,6 +31,8 @@ pub struct Completion {
 }
 
 struct Pending {
+    /// Its command ID (entry and generation).
+    cid: u16,
     done: oneshot::Sender<Result<Completion, HostError>>,
     /// The queue entry the command takes, given back with its command ID (not when its caller
     /// stops waiting: the ID stays taken until the target answers).
@@ -62,9 +64,56 @@ impl Pending {
     }
 }
 
+/// Commands in flight by queue entry. A command ID is the entry (low 12 bits) and a generation
+/// the entry counts up on each use (high 4 bits), as the Linux host does: an answer that comes
+/// late or twice names a generation that is not in flight, and is refused rather than taken for
+/// the entry's next command. Free entries are reused oldest first.
 struct Slots {
     pending: Vec<Option<Pending>>,
-    free: Vec<u16>,
+    generation: Vec<u16>,
+    free: std::collections::VecDeque<u16>,
+}
+
+/// Queue entries a queue may have: command IDs keep 12 bits for the entry.
+pub(crate) const MAX_DEPTH: u16 = 1 << ENTRY_BITS;
+const ENTRY_BITS: u16 = 12;
+
+impl Slots {
+    fn new(depth: usize) -> Self {
+        Slots {
+            pending: (0..depth).map(|_| None).collect(),
+            generation: vec![0; depth],
+            free: (0..depth as u16).collect(),
+        }
+    }
+
+    /// Takes a free entry for `pending`; returns the command ID.
+    fn insert(&mut self, pending: Pending) -> Option<u16> {
+        let entry = self.free.pop_front()?;
+        let generation = &mut self.generation[usize::from(entry)];
+        *generation = (*generation + 1) & ((1 << (16 - ENTRY_BITS)) - 1);
+        let cid = (*generation << ENTRY_BITS) | entry;
+        self.pending[usize::from(entry)] = Some(Pending { cid, ..pending });
+        Some(cid)
+    }
+
+    /// The command in flight with ID `cid`.
+    fn get_mut(&mut self, cid: u16) -> Option<&mut Pending> {
+        let entry = usize::from(cid & (MAX_DEPTH - 1));
+        self.pending
+            .get_mut(entry)?
+            .as_mut()
+            .filter(|p| p.cid == cid)
+    }
+
+    /// Ends the command with ID `cid`, freeing its entry.
+    fn remove(&mut self, cid: u16) -> Option<Pending> {
+        self.get_mut(cid)?;
+        let entry = cid & (MAX_DEPTH - 1);
+        let pending = self.pending[usize::from(entry)].take()?;
+        self.free.push_back(entry);
+        Some(pending)
+    }
 }
 
 /// Parameters of one queue's connection.
@@ -175,10 +224,7 @@ impl HostQueue {
             in_capsule,
             slots_free: Arc::new(Semaphore::new(depth)),
             backlog,
-            slots: Mutex::new(Slots {
-                pending: (0..depth).map(|_| None).collect(),
-                free: (0..depth as u16).rev().collect(),
-            }),
+            slots: Mutex::new(Slots::new(depth)),
             failed,
             reader: Mutex::new(None),
             writer: Mutex::new(Some(writer)),
@@ -247,12 +293,8 @@ impl HostQueue {
             if let Some(reason) = self.failed.borrow().clone() {
                 return Err(HostError::Disconnected(reason));
             }
-            let Some(cid) = slots.free.pop() else {
-                return Err(HostError::Disconnected(
-                    "no free command ID for a free queue entry".into(),
-                ));
-            };
-            slots.pending[usize::from(cid)] = Some(Pending {
+            let inserted = slots.insert(Pending {
+                cid: 0,
                 done: done_tx,
                 _permit: permit,
                 expected_in: if data_out.is_empty() {
@@ -265,6 +307,11 @@ impl HostQueue {
                 data_in: Vec::new(),
                 received: 0,
             });
+            let Some(cid) = inserted else {
+                return Err(HostError::Disconnected(
+                    "no free command ID for a free queue entry".into(),
+                ));
+            };
             self.backlog.begin();
             cid
         };
@@ -300,14 +347,13 @@ impl HostQueue {
         slots
             .pending
             .iter()
-            .position(|p| p.as_ref().is_some_and(|p| p.deadline < now))
-            .map(|cid| cid as u16)
+            .flatten()
+            .find(|p| p.deadline < now)
+            .map(|p| p.cid)
     }
 
     fn take(&self, cid: u16) -> Option<Pending> {
-        let mut slots = self.slots.lock();
-        let pending = slots.pending.get_mut(usize::from(cid))?.take()?;
-        slots.free.push(cid);
+        let pending = self.slots.lock().remove(cid)?;
         self.backlog.end();
         Some(pending)
     }
@@ -328,10 +374,10 @@ impl HostQueue {
         let drained: Vec<Pending> = {
             let mut slots = self.slots.lock();
             let mut drained = Vec::new();
-            for cid in 0..slots.pending.len() {
-                if let Some(p) = slots.pending[cid].take() {
+            let in_flight: Vec<u16> = slots.pending.iter().flatten().map(|p| p.cid).collect();
+            for cid in in_flight {
+                if let Some(p) = slots.remove(cid) {
                     drained.push(p);
-                    slots.free.push(cid as u16);
                     self.backlog.end();
                 }
             }
@@ -354,8 +400,8 @@ impl HostQueue {
     /// Sends the data an R2T asks for, in H2CData PDUs of at most MAXH2CDATA bytes.
     async fn answer_r2t(&self, r2t: R2t) -> Result<(), String> {
         let data = {
-            let slots = self.slots.lock();
-            let Some(Some(pending)) = slots.pending.get(usize::from(r2t.cccid)) else {
+            let mut slots = self.slots.lock();
+            let Some(pending) = slots.get_mut(r2t.cccid) else {
                 return Err(format!("R2T for unknown command {:#x}", r2t.cccid));
             };
             pending.data_out.clone()
@@ -466,7 +512,7 @@ async fn receive(
             Pdu::C2HData(data) => {
                 let finished = {
                     let mut slots = queue.slots.lock();
-                    let Some(Some(pending)) = slots.pending.get_mut(usize::from(data.cccid)) else {
+                    let Some(pending) = slots.get_mut(data.cccid) else {
                         return format!("C2HData for unknown command {:#x}", data.cccid);
                     };
                     if data.datao as usize != pending.received {
@@ -524,9 +570,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A queue connected to a fake target that answers the ICReq, then answers the first
-    /// command it gets with `answer(cid)`.
-    async fn queue_against(answer: fn(u16) -> Vec<Pdu>) -> Arc<HostQueue> {
+    /// A queue connected to a fake target that answers the ICReq, then answers the `n`th
+    /// command it gets (command ID `cid`) with `answer(n, cid)`.
+    async fn queue_against(answer: fn(usize, u16) -> Vec<Pdu>) -> Arc<HostQueue> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -545,23 +591,25 @@ mod tests {
                 .unwrap();
             let decoder = crate::wire::pdu::Decoder::new(HOST_TO_CONTROLLER, 1 << 20);
             let mut buf = bytes::BytesMut::new();
-            let cid = loop {
-                if let Some(Pdu::CapsuleCmd(c)) = decoder.decode(&mut buf).unwrap() {
-                    break c.sqe.cid();
+            let mut n = 0;
+            loop {
+                while let Ok(Some(pdu)) = decoder.decode(&mut buf) {
+                    if let Pdu::CapsuleCmd(c) = pdu {
+                        for pdu in answer(n, c.sqe.cid()) {
+                            let frame = encode(&pdu, Framing::INITIAL).to_bytes();
+                            if socket.write_all(&frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        n += 1;
+                    }
                 }
                 let mut tmp = [0u8; 4096];
-                let n = socket.read(&mut tmp).await.unwrap();
-                buf.extend_from_slice(&tmp[..n]);
-            };
-            for pdu in answer(cid) {
-                socket
-                    .write_all(&encode(&pdu, Framing::INITIAL).to_bytes())
-                    .await
-                    .unwrap();
+                match socket.read(&mut tmp).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(got) => buf.extend_from_slice(&tmp[..got]),
+                }
             }
-            // Keep the connection open until the host closes it.
-            let mut rest = Vec::new();
-            let _ = socket.read_to_end(&mut rest).await;
         });
         let params = QueueParams {
             address,
@@ -596,13 +644,13 @@ mod tests {
     #[tokio::test]
     async fn a_read_answered_with_short_data_fails() {
         // SUCCESS after half the data.
-        let queue = queue_against(|cid| vec![c2h(cid, 4096, true, true)]).await;
+        let queue = queue_against(|_, cid| vec![c2h(cid, 4096, true, true)]).await;
         let done = queue
             .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
             .await;
         assert!(done.is_err(), "{done:?}");
         // A successful completion after half the data.
-        let queue = queue_against(|cid| {
+        let queue = queue_against(|_, cid| {
             vec![
                 c2h(cid, 4096, true, false),
                 Pdu::CapsuleResp(CapsuleResp {
@@ -616,17 +664,50 @@ mod tests {
             .await;
         assert!(done.is_err(), "{done:?}");
         // More data than the read asked for.
-        let queue = queue_against(|cid| vec![c2h(cid, 12288, true, true)]).await;
+        let queue = queue_against(|_, cid| vec![c2h(cid, 12288, true, true)]).await;
         let done = queue
             .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
             .await;
         assert!(done.is_err(), "{done:?}");
         // All of it: a read.
-        let queue = queue_against(|cid| vec![c2h(cid, 8192, true, true)]).await;
+        let queue = queue_against(|_, cid| vec![c2h(cid, 8192, true, true)]).await;
         let done = queue
             .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(done.data.len(), 8192);
     }
+
+    /// A completion that comes again, late, names a command no longer in flight: refused (the
+    /// queue fails), never taken for the next command on the same queue entry.
+    #[tokio::test]
+    async fn a_stale_completion_does_not_complete_the_next_command() {
+        let queue = queue_against(|n, cid| {
+            let answered = if n == 0 {
+                cid
+            } else {
+                STALE.load(std::sync::atomic::Ordering::SeqCst)
+            };
+            STALE.store(cid, std::sync::atomic::Ordering::SeqCst);
+            vec![Pdu::CapsuleResp(CapsuleResp {
+                cqe: Cqe::new(answered, 1, 0, Status::SUCCESS, 0),
+            })]
+        })
+        .await;
+        let flush = || Sqe::new(crate::spec::opcode::io::FLUSH, 0);
+        queue
+            .submit(flush(), Bytes::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        // The target answers the second command with the first one's ID again.
+        let second = queue
+            .submit(flush(), Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert!(
+            second.is_err(),
+            "a stale completion ended the second command: {second:?}"
+        );
+    }
+
+    static STALE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 }

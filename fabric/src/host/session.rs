@@ -171,7 +171,9 @@ impl Session {
         };
 
         // I/O queues.
-        let depth = config.queue_depth.clamp(2, ctrl.maxcmd.max(2));
+        let depth = config
+            .queue_depth
+            .clamp(2, ctrl.maxcmd.clamp(2, super::queue::MAX_DEPTH));
         let mut io_qs = Vec::with_capacity(usize::from(io_queues));
         let mut connecting = Vec::new();
         for qid in 1..=io_queues {
