@@ -55,10 +55,17 @@ struct Inner {
     state: Mutex<DriveState>,
     /// Serialises flushes and zone management so metadata records are written in order.
     persist: tokio::sync::Mutex<()>,
-    /// Number of flush snapshots taken so far; a flush that began after a caller arrived covers
-    /// that caller's writes.
-    snapshots_taken: AtomicU64,
-    snapshots_durable: AtomicU64,
+    /// Signalled whenever a write ends or a zone reset completes (see [`DriveState::next_write`]
+    /// and [`ZoneBook::resetting`]).
+    changed: tokio::sync::Notify,
+    /// Set when writing or syncing failed: what is durable can no longer be told apart from
+    /// what was lost (a failed `fsync` marks the lost pages clean, so a later one succeeds), so
+    /// the drive refuses all I/O until it is opened again from its durable state.
+    failed: Mutex<Option<String>>,
+    /// Every write numbered below this is durable (a flush that arrives after the writes it
+    /// must cover, numbered below its arrival, were made durable by an earlier one returns at
+    /// once: group commit).
+    durable_writes: AtomicU64,
     faults: FaultPlan,
 }
 
@@ -68,15 +75,21 @@ struct DriveState {
     zones: Vec<ZoneBook>,
     /// Whether any zone changed since the last flush snapshot.
     dirty: bool,
+    /// Number of the next write granted; writes in flight keep theirs (see [`ZoneBook`]).
+    next_write: u64,
+    /// Writes may not be granted anywhere: a reset of all zones is in progress.
+    resetting_all: bool,
 }
 
 /// Per-zone bookkeeping beside the state machine: writes still in flight and what is durable.
 #[derive(Debug, Clone)]
 struct ZoneBook {
-    /// Block ranges `(start, end)` relative to the zone start whose data is still being written.
-    in_flight: Vec<(u64, u64)>,
-    /// Bumped on reset so that completions of writes from before the reset are ignored.
-    generation: u64,
+    /// Block ranges `(start, end)` relative to the zone start whose data is still being written,
+    /// with the number of the write.
+    in_flight: Vec<(u64, u64, u64)>,
+    /// A reset of the zone is in progress: no write is granted in it until the reset is
+    /// durable and its old data gone.
+    resetting: bool,
     /// What the metadata file says about this zone.
     durable: ZoneEntry,
 }
@@ -89,9 +102,18 @@ impl DriveState {
         self.zones[index as usize]
             .in_flight
             .iter()
-            .map(|&(start, _)| start)
+            .map(|&(start, _, _)| start)
             .min()
             .unwrap_or(written)
+    }
+
+    /// Whether any write numbered below `horizon` is still in flight (in zone `only`, if given).
+    fn writes_before(&self, horizon: u64, only: Option<u32>) -> bool {
+        self.zones
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| only.is_none_or(|z| *i == z as usize))
+            .any(|(_, z)| z.in_flight.iter().any(|&(_, _, id)| id < horizon))
     }
 
     /// The metadata entry describing zone `index` now, counting only settled data.
@@ -115,6 +137,8 @@ async fn blocking<T: Send + 'static>(
 
 impl EmulatedZns {
     /// Creates a new drive in `dir` (created if missing). Fails if a drive already exists there.
+    /// The metadata file appears whole or not at all (written aside, synced, then renamed), so a
+    /// crash while creating leaves no drive that cannot be opened.
     pub fn create(dir: &Path, geometry: Geometry) -> ZoneResult<Self> {
         geometry
             .validate()
@@ -122,13 +146,24 @@ impl EmulatedZns {
         std::fs::create_dir_all(dir)
             .map_err(|e| ZoneError::io(format!("creating {}", dir.display()), e))?;
         let meta_path = dir.join(META_FILE);
+        let building = dir.join(format!("{META_FILE}.new"));
         let meta = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&meta_path)
-            .map_err(|e| ZoneError::io(format!("creating {}", meta_path.display()), e))?;
-        lock_exclusive(&meta, &meta_path)?;
+            .create(true)
+            .truncate(false)
+            .open(&building)
+            .map_err(|e| ZoneError::io(format!("creating {}", building.display()), e))?;
+        // Locked before anything is changed: another process creating here holds it.
+        lock_exclusive(&meta, &building)?;
+        meta.set_len(0)
+            .map_err(|e| ZoneError::io(format!("truncating {}", building.display()), e))?;
+        if meta_path.exists() {
+            return Err(ZoneError::InvalidField(format!(
+                "a drive already exists in {}",
+                dir.display()
+            )));
+        }
         let data_path = dir.join(DATA_FILE);
         let data = OpenOptions::new()
             .read(true)
@@ -149,7 +184,10 @@ impl EmulatedZns {
         meta.write_all_at(&image, 0)
             .and_then(|_| meta.sync_all())
             .and_then(|_| data.sync_all())
-            .map_err(|e| ZoneError::io(format!("initialising {}", meta_path.display()), e))?;
+            .map_err(|e| ZoneError::io(format!("initialising {}", building.display()), e))?;
+        sync_dir(dir)?;
+        std::fs::rename(&building, &meta_path)
+            .map_err(|e| ZoneError::io(format!("renaming {} into place", building.display()), e))?;
         sync_dir(dir)?;
         let entries = vec![ZoneEntry::EMPTY; geometry.zone_count as usize];
         Self::assemble(geometry, dir, data, meta, entries)
@@ -250,8 +288,9 @@ impl EmulatedZns {
                 direct_writes: AtomicBool::new(false),
                 state: Mutex::new(state),
                 persist: tokio::sync::Mutex::new(()),
-                snapshots_taken: AtomicU64::new(0),
-                snapshots_durable: AtomicU64::new(0),
+                changed: tokio::sync::Notify::new(),
+                failed: Mutex::new(None),
+                durable_writes: AtomicU64::new(0),
                 faults: FaultPlan::default(),
             }),
         })
@@ -315,6 +354,43 @@ impl EmulatedZns {
         let mut st = self.inner.state.lock();
         let entries: Vec<ZoneEntry> = st.zones.iter().map(|z| z.durable).collect();
         *st = recovered_state(self.inner.geometry, &entries);
+        *self.inner.failed.lock() = None;
+        self.inner.durable_writes.store(0, Ordering::SeqCst);
+    }
+
+    /// Refuses I/O once writing or syncing failed (see [`Inner::failed`]).
+    fn healthy(&self) -> ZoneResult<()> {
+        match &*self.inner.failed.lock() {
+            None => Ok(()),
+            Some(reason) => Err(ZoneError::MediaError(format!(
+                "the drive failed earlier ({reason}) and takes no I/O until it is opened again"
+            ))),
+        }
+    }
+
+    /// Marks the drive failed (see [`Inner::failed`]).
+    fn fail(&self, reason: String) {
+        let mut failed = self.inner.failed.lock();
+        if failed.is_none() {
+            tracing::error!(
+                "emulated drive in {} failed: {reason}",
+                self.inner.dir.display()
+            );
+            *failed = Some(reason);
+        }
+    }
+
+    /// Waits until no write numbered below `horizon` is in flight (in zone `only`, if given).
+    async fn wait_for_writes(&self, horizon: u64, only: Option<u32>) {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.inner.state.lock().writes_before(horizon, only) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Writes metadata entries and syncs them. Callers hold `persist`.
@@ -324,7 +400,7 @@ impl EmulatedZns {
         }
         let meta = self.inner.meta.clone();
         let written = entries.clone();
-        blocking(move || {
+        let result = blocking(move || {
             for (index, entry) in &written {
                 meta.write_all_at(&meta::encode_entry(entry), meta::entry_offset(*index))
                     .map_err(|e| ZoneError::io("writing zone metadata", e))?;
@@ -332,7 +408,11 @@ impl EmulatedZns {
             meta.sync_data()
                 .map_err(|e| ZoneError::io("syncing zone metadata", e))
         })
-        .await?;
+        .await;
+        if let Err(e) = &result {
+            self.fail(e.to_string());
+        }
+        result?;
         let mut st = self.inner.state.lock();
         for (index, entry) in entries {
             st.zones[index as usize].durable = entry;
@@ -342,11 +422,15 @@ impl EmulatedZns {
 
     async fn sync_data(&self) -> ZoneResult<()> {
         let data = self.inner.data.clone();
-        blocking(move || {
+        let result = blocking(move || {
             data.sync_data()
                 .map_err(|e| ZoneError::io("syncing zone data", e))
         })
-        .await
+        .await;
+        if let Err(e) = &result {
+            self.fail(e.to_string());
+        }
+        result
     }
 
     fn byte_offset(&self, lba: u64) -> u64 {
@@ -364,39 +448,60 @@ impl EmulatedZns {
         }
     }
 
-    /// Grants a write and records it in flight. Returns (LBA, zone index, generation).
-    fn begin_write(&self, lba: u64, blocks: u64, append: bool) -> ZoneResult<(u64, u32, u64)> {
-        let geometry = &self.inner.geometry;
-        let mut st = self.inner.state.lock();
-        let grant = st.table.grant_write(lba, blocks, append)?;
-        let index = geometry.zone_start(0) as u32 + (grant.lba / geometry.zone_size) as u32;
-        let rel = grant.lba - geometry.zone_start(index);
-        let book = &mut st.zones[index as usize];
-        book.in_flight.push((rel, rel + blocks));
-        let generation = book.generation;
-        st.dirty = true;
-        Ok((grant.lba, index, generation))
-    }
-
-    fn end_write(&self, lba: u64, index: u32, generation: u64) {
-        let geometry = &self.inner.geometry;
-        let rel = lba - geometry.zone_start(index);
-        let mut st = self.inner.state.lock();
-        let book = &mut st.zones[index as usize];
-        if book.generation == generation
-            && let Some(pos) = book.in_flight.iter().position(|&(s, _)| s == rel)
-        {
-            book.in_flight.swap_remove(pos);
+    /// Grants a write and records it in flight, once no reset of its zone is in progress.
+    async fn begin_write(&self, lba: u64, blocks: u64, append: bool) -> ZoneResult<Grant> {
+        let geometry = self.inner.geometry;
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.inner.state.lock();
+                let resetting = st.resetting_all
+                    || geometry
+                        .zone_index(lba)
+                        .is_some_and(|i| st.zones[i as usize].resetting);
+                if !resetting {
+                    let grant = st.table.grant_write(lba, blocks, append)?;
+                    let index = (grant.lba / geometry.zone_size) as u32;
+                    let rel = grant.lba - geometry.zone_start(index);
+                    let id = st.next_write;
+                    st.next_write += 1;
+                    st.zones[index as usize]
+                        .in_flight
+                        .push((rel, rel + blocks, id));
+                    st.dirty = true;
+                    return Ok(Grant {
+                        lba: grant.lba,
+                        index,
+                        id,
+                    });
+                }
+            }
+            notified.await;
         }
     }
 
+    /// Records that a granted write ended (its data is in the file, or it failed).
+    fn end_write(&self, grant: &Grant) {
+        {
+            let mut st = self.inner.state.lock();
+            let book = &mut st.zones[grant.index as usize];
+            if let Some(pos) = book.in_flight.iter().position(|&(_, _, id)| id == grant.id) {
+                book.in_flight.swap_remove(pos);
+            }
+        }
+        self.inner.changed.notify_waiters();
+    }
+
     async fn store(&self, lba: u64, data: Bytes, append: bool, hint: WriteHint) -> ZoneResult<u64> {
+        self.healthy()?;
         self.inner
             .faults
             .check(if append { "append" } else { "write" })?;
         let blocks = self.blocks_of(&data)?;
-        let (lba, index, generation) = self.begin_write(lba, blocks, append)?;
-        let offset = self.byte_offset(lba);
+        let grant = self.begin_write(lba, blocks, append).await?;
+        let offset = self.byte_offset(grant.lba);
         let result = self
             .inner
             .writers
@@ -407,10 +512,22 @@ impl EmulatedZns {
                     || self.inner.direct_writes.load(Ordering::Relaxed),
             )
             .await
-            .map_err(|e| ZoneError::io(format!("writing LBA {lba}"), e));
-        self.end_write(lba, index, generation);
-        result.map(|_| lba)
+            .map_err(|e| ZoneError::io(format!("writing LBA {}", grant.lba), e));
+        if let Err(e) = &result {
+            // The write pointer already covers these blocks: a flush must never record it.
+            self.fail(e.to_string());
+        }
+        self.end_write(&grant);
+        result.map(|_| grant.lba)
     }
+}
+
+/// A write granted in a zone: where, and its number among writes.
+#[derive(Debug)]
+struct Grant {
+    lba: u64,
+    index: u32,
+    id: u64,
 }
 
 /// Rebuilds in-memory state from durable entries, applying the power-on rule to opened zones.
@@ -425,7 +542,7 @@ fn recovered_state(geometry: Geometry, entries: &[ZoneEntry]) -> DriveState {
         .iter()
         .map(|&durable| ZoneBook {
             in_flight: Vec::new(),
-            generation: 0,
+            resetting: false,
             durable,
         })
         .collect();
@@ -433,6 +550,8 @@ fn recovered_state(geometry: Geometry, entries: &[ZoneEntry]) -> DriveState {
         table,
         zones,
         dirty: true,
+        next_write: 0,
+        resetting_all: false,
     }
 }
 
@@ -546,6 +665,7 @@ impl ZonedDevice for EmulatedZns {
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
+        self.healthy()?;
         self.inner.faults.check("read")?;
         let geometry = self.inner.geometry;
         let blocks = u64::from(blocks);
@@ -603,13 +723,15 @@ impl ZonedDevice for EmulatedZns {
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u32) -> ZoneResult<()> {
+        self.healthy()?;
         self.inner.faults.check("write zeroes")?;
         if blocks == 0 {
             return Err(ZoneError::InvalidField(
                 "write zeroes of zero blocks".into(),
             ));
         }
-        let (lba, index, generation) = self.begin_write(lba, u64::from(blocks), false)?;
+        let grant = self.begin_write(lba, u64::from(blocks), false).await?;
+        let lba = grant.lba;
         let file = self.inner.data.clone();
         let offset = self.byte_offset(lba);
         let len = self.byte_offset(u64::from(blocks));
@@ -620,7 +742,10 @@ impl ZonedDevice for EmulatedZns {
                 .map_err(|e| ZoneError::io(format!("zeroing LBA {lba}"), e))
         })
         .await;
-        self.end_write(lba, index, generation);
+        if let Err(e) = &result {
+            self.fail(e.to_string());
+        }
+        self.end_write(&grant);
         result
     }
 
@@ -633,43 +758,106 @@ impl ZonedDevice for EmulatedZns {
     }
 
     async fn flush(&self) -> ZoneResult<()> {
+        self.healthy()?;
         self.inner.faults.check("flush")?;
-        // Group commit: a flush whose snapshot was taken after we arrived covers our writes.
-        let wanted = self.inner.snapshots_taken.load(Ordering::SeqCst) + 1;
+        // The writes to make durable: every one granted before now (completed ones among them;
+        // the others are not covered, but may be).
+        let horizon = self.inner.state.lock().next_write;
         let _order = self.inner.persist.lock().await;
-        if self.inner.snapshots_durable.load(Ordering::SeqCst) >= wanted {
+        // Group commit: a flush that began after we arrived may have covered us.
+        if self.inner.durable_writes.load(Ordering::SeqCst) >= horizon {
             return Ok(());
         }
-        let (snapshot, entries) = {
+        // A completed write may sit behind an earlier one still being written, and counts only
+        // once that one has: wait for every write granted before we arrived.
+        self.wait_for_writes(horizon, None).await;
+        self.healthy()?;
+        let (covered, entries) = {
             let mut st = self.inner.state.lock();
-            let snapshot = self.inner.snapshots_taken.fetch_add(1, Ordering::SeqCst) + 1;
-            if !st.dirty {
-                drop(st);
-                self.inner
-                    .snapshots_durable
-                    .store(snapshot, Ordering::SeqCst);
-                return Ok(());
-            }
-            let entries: Vec<(u32, ZoneEntry)> = (0..self.inner.geometry.zone_count)
-                .filter_map(|i| {
-                    let entry = st.entry(i);
-                    (entry != st.zones[i as usize].durable).then_some((i, entry))
-                })
-                .collect();
+            // Writes in a zone are numbered in LBA order, so every write numbered below the
+            // oldest one in flight is settled.
+            let covered = st
+                .zones
+                .iter()
+                .flat_map(|z| z.in_flight.iter().map(|&(_, _, id)| id))
+                .min()
+                .unwrap_or(st.next_write);
+            let entries: Vec<(u32, ZoneEntry)> = if st.dirty {
+                (0..self.inner.geometry.zone_count)
+                    .filter_map(|i| {
+                        let entry = st.entry(i);
+                        (entry != st.zones[i as usize].durable).then_some((i, entry))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             // Stays dirty while writes are in flight: their data is not covered by this flush.
             st.dirty = st.zones.iter().any(|z| !z.in_flight.is_empty());
-            (snapshot, entries)
+            (covered, entries)
         };
-        self.sync_data().await?;
-        self.persist_entries(entries).await?;
+        if !entries.is_empty() {
+            self.sync_data().await?;
+            self.persist_entries(entries).await?;
+        }
         self.inner
-            .snapshots_durable
-            .store(snapshot, Ordering::SeqCst);
+            .durable_writes
+            .fetch_max(covered, Ordering::SeqCst);
         Ok(())
     }
 
     async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+        self.healthy()?;
         let _order = self.inner.persist.lock().await;
+        if action != ZoneAction::Reset {
+            return self.manage_now(action, select).await;
+        }
+        // A reset holds new writes off its zone (or every zone) and waits for those in flight
+        // there, so that no write lands in the zone's old life after the reset is recorded and
+        // its blocks deallocated, and none is granted in its new life before that is durable.
+        let only = match select {
+            ZoneSelect::Zone(zslba) => self.inner.geometry.zone_index(zslba),
+            ZoneSelect::All => None,
+        };
+        let horizon = {
+            let mut st = self.inner.state.lock();
+            match only {
+                Some(i) => st.zones[i as usize].resetting = true,
+                None => st.resetting_all = true,
+            }
+            st.next_write
+        };
+        self.wait_for_writes(horizon, only).await;
+        let result = self.manage_now(action, select).await;
+        {
+            let mut st = self.inner.state.lock();
+            match only {
+                Some(i) => st.zones[i as usize].resetting = false,
+                None => st.resetting_all = false,
+            }
+        }
+        self.inner.changed.notify_waiters();
+        result
+    }
+
+    async fn report_zones(
+        &self,
+        start_lba: u64,
+        filter: ReportFilter,
+        max_zones: usize,
+    ) -> ZoneResult<ZoneReport> {
+        self.inner
+            .state
+            .lock()
+            .table
+            .report(start_lba, filter, max_zones)
+    }
+}
+
+impl EmulatedZns {
+    /// Applies a zone management action, records it durably and, for a reset, deallocates the
+    /// zone's blocks. Callers hold `persist` (and, for a reset, keep writes off the zone).
+    async fn manage_now(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
         let (entries, reset, unsynced) = {
             let mut st = self.inner.state.lock();
             let changed = st.table.manage(action, select)?;
@@ -682,9 +870,7 @@ impl ZonedDevice for EmulatedZns {
             let mut entries = Vec::with_capacity(changed.len());
             for index in changed {
                 if action == ZoneAction::Reset && st.table.zone(index).state == ZoneState::Empty {
-                    let book = &mut st.zones[index as usize];
-                    book.in_flight.clear();
-                    book.generation += 1;
+                    debug_assert!(st.zones[index as usize].in_flight.is_empty());
                     reset.push(index);
                 }
                 let mut entry = st.entry(index);
@@ -720,24 +906,105 @@ impl ZonedDevice for EmulatedZns {
         }
         Ok(())
     }
-
-    async fn report_zones(
-        &self,
-        start_lba: u64,
-        filter: ReportFilter,
-        max_zones: usize,
-    ) -> ZoneResult<ZoneReport> {
-        self.inner
-            .state
-            .lock()
-            .table
-            .report(start_lba, filter, max_zones)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flush_waits_for_writes_granted_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        // A is granted first (blocks 0..8), B after it (block 8); B ends first.
+        let a = d.begin_write(0, 8, true).await.unwrap();
+        let b = d.begin_write(0, 1, true).await.unwrap();
+        d.end_write(&b);
+        let flush = tokio::spawn({
+            let d = d.clone();
+            async move { d.flush().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !flush.is_finished(),
+            "the flush waits for A, which B's blocks sit behind"
+        );
+        d.end_write(&a);
+        flush.await.unwrap().unwrap();
+        assert_eq!(
+            d.inner.state.lock().zones[0].durable.written,
+            9,
+            "B is durable"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_waits_for_writes_in_its_zone_and_holds_new_ones_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        let old = d.begin_write(0, 4, true).await.unwrap();
+        let reset = tokio::spawn({
+            let d = d.clone();
+            async move { d.manage_zones(ZoneAction::Reset, ZoneSelect::Zone(0)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !reset.is_finished(),
+            "the reset waits for the write in flight"
+        );
+        let new = tokio::spawn({
+            let d = d.clone();
+            async move { d.begin_write(0, 1, true).await.map(|g| g.lba) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !new.is_finished(),
+            "no write is granted in a zone being reset"
+        );
+        // Another zone is not held up.
+        let other = d.begin_write(256, 1, true).await.unwrap();
+        d.end_write(&other);
+        d.end_write(&old);
+        reset.await.unwrap().unwrap();
+        assert_eq!(
+            new.await.unwrap().unwrap(),
+            0,
+            "the new write starts the zone afresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_drive_that_failed_refuses_io_until_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        d.append(0, Bytes::from(vec![1u8; 4096])).await.unwrap();
+        d.fail("syncing zone data: Input/output error".into());
+        for result in [
+            d.flush().await.map(|_| 0),
+            d.append(0, Bytes::from(vec![1u8; 4096])).await,
+            d.read(0, 1).await.map(|_| 0),
+        ] {
+            assert_eq!(result.unwrap_err().kind(), crate::ZoneErrorKind::MediaError);
+        }
+        drop(d);
+        let d = EmulatedZns::open(dir.path()).unwrap();
+        assert_eq!(
+            d.read(0, 1).await.unwrap(),
+            Bytes::from(vec![0u8; 4096]),
+            "nothing was flushed"
+        );
+    }
+
+    #[test]
+    fn a_creation_cut_short_leaves_a_directory_a_drive_can_be_created_in() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a crash while creating leaves: a data file and a partial metadata file aside.
+        std::fs::write(dir.path().join(DATA_FILE), b"").unwrap();
+        std::fs::write(dir.path().join(format!("{META_FILE}.new")), b"partial").unwrap();
+        let g = Geometry::new(2, 1 << 20);
+        EmulatedZns::open_or_create(dir.path(), g).unwrap();
+        assert_eq!(EmulatedZns::open(dir.path()).unwrap().geometry(), g);
+    }
 
     /// Pages of `len` bytes at `offset` of `file` that are in the page cache.
     fn resident_pages(file: &File, offset: u64, len: usize) -> usize {
