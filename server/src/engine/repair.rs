@@ -432,30 +432,15 @@ impl EngineInner {
                             s.bytes_copied += bytes;
                             Ok(())
                         }
-                        // Draining, with no other drive to take the copy: drop it if
-                        // another good copy remains (the record is then reported
-                        // under-replicated until a drive is added).
-                        Ok(None)
-                            if replace.is_some()
-                                && entry
-                                    .copies
-                                    .iter()
-                                    .any(|l| Some(*l) != replace && healthy(l)) =>
-                        {
-                            if let Some(copy) = replace {
-                                outcome
-                                    .edits
-                                    .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                            }
-                            self.repair.status.lock().copies_dropped += 1;
-                            left = Tally {
-                                under_bytes: bytes,
-                                under_records: 1,
-                                draining_bytes: 0,
-                            };
-                            Ok(())
-                        }
-                        Ok(None) => Err("no drive can take another copy".to_string()),
+                        // No drive can take the copy (on a drain, the copy stays on the
+                        // draining drive until one can: a drain never lowers the number of
+                        // copies). The entry's later actions, planned on this copy being
+                        // made, are not taken.
+                        Ok(None) => Err(if replace.is_some() {
+                            "no drive can take a copy off a draining drive".to_string()
+                        } else {
+                            "no drive can take another copy".to_string()
+                        }),
                         Err(e) => Err(e.to_string()),
                     }
                 }
@@ -862,12 +847,13 @@ fn plan(entry: &Located, r: usize, views: &[DriveView]) -> Vec<Action> {
         .filter(|l| view_of(views, l).is_none_or(|v| v.lost))
         .count();
     let present = entry.copies.len() - lost;
+    // Draining copies still there (a lost one is not counted twice).
     let draining = entry
         .copies
         .iter()
-        .filter(|l| draining_in(views, l))
+        .filter(|l| draining_in(views, l) && view_of(views, l).is_some_and(|v| !v.lost))
         .count();
-    let counted = present - draining + (planned_good - good);
+    let counted = present.saturating_sub(draining) + (planned_good - good);
     for _ in counted..r {
         actions.push(Action::Copy { replace: None });
     }
@@ -1023,6 +1009,22 @@ mod tests {
         assert_eq!(
             plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2, 3], 3),
             ["drop 2"]
+        );
+    }
+
+    #[test]
+    fn a_draining_drive_that_is_lost_too_is_counted_once() {
+        const DRAINING_LOST: DriveView = DriveView {
+            up: false,
+            draining: true,
+            lost: true,
+        };
+        // One good copy, one on a draining drive that died: moved, no extra copy.
+        assert_eq!(plan_with(&[UP, DRAINING_LOST, UP], &[0, 1], 2), ["move 1"]);
+        // Two such copies: both moved, and no arithmetic underflow.
+        assert_eq!(
+            plan_with(&[UP, DRAINING_LOST, DRAINING_LOST, UP, UP], &[0, 1, 2], 3),
+            ["move 1", "move 2"]
         );
     }
 }
