@@ -1,17 +1,28 @@
 //! The read gate: GC must not reset a zone while a read that looked up a location in it before
 //! the relocation was committed is still running. Reads hold a ticket for the epoch they began
-//! in; GC advances the epoch after committing relocations and waits for older tickets.
+//! in; GC advances the epoch after committing relocations and waits for older tickets — but
+//! not for ever: a ticket older than the wait's limit no longer holds a reset (a long download
+//! must not stop GC; its later reads are checked, and look their copies up again if moved).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// Readers of one epoch.
+#[derive(Debug, Clone, Copy)]
+struct Readers {
+    count: usize,
+    /// When the newest of them began.
+    newest: Instant,
+}
 
 #[derive(Debug, Default)]
 struct State {
     epoch: u64,
-    readers: BTreeMap<u64, usize>,
+    readers: BTreeMap<u64, Readers>,
 }
 
 /// The gate.
@@ -32,7 +43,13 @@ impl ReadGate {
     pub fn enter(&self) -> Ticket {
         let mut s = self.state.lock();
         let epoch = s.epoch;
-        *s.readers.entry(epoch).or_insert(0) += 1;
+        let now = Instant::now();
+        let r = s.readers.entry(epoch).or_insert(Readers {
+            count: 0,
+            newest: now,
+        });
+        r.count += 1;
+        r.newest = now;
         Ticket {
             gate: self.clone(),
             epoch,
@@ -46,22 +63,26 @@ impl ReadGate {
         s.epoch - 1
     }
 
-    /// Waits until no read from `epoch` or before is running, or `limit` passes (a stalled
-    /// client must not stop GC forever; its read then fails its checks and is retried).
+    /// Waits until no read from `epoch` or before that began less than `limit` ago is running.
+    /// Returns whether every such read ended (false: some ran past the limit, and the caller
+    /// goes on without them).
     pub async fn drain(&self, epoch: u64, limit: Duration) -> bool {
-        let start = Instant::now();
         loop {
-            let busy = self
-                .state
-                .lock()
-                .readers
-                .range(..=epoch)
-                .any(|(_, &n)| n > 0);
-            if !busy {
-                return true;
-            }
-            if start.elapsed() > limit {
-                return false;
+            let (young, old) = {
+                let s = self.state.lock();
+                let mut young = false;
+                let mut old = false;
+                for r in s.readers.range(..=epoch).map(|(_, r)| r) {
+                    if r.newest.elapsed() < limit {
+                        young = true;
+                    } else {
+                        old = true;
+                    }
+                }
+                (young, old)
+            };
+            if !young {
+                return !old;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -71,9 +92,9 @@ impl ReadGate {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut s = self.gate.state.lock();
-        if let Some(n) = s.readers.get_mut(&self.epoch) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(r) = s.readers.get_mut(&self.epoch) {
+            r.count -= 1;
+            if r.count == 0 {
                 s.readers.remove(&self.epoch);
             }
         }
@@ -93,5 +114,25 @@ mod tests {
         assert!(!gate.drain(ended, Duration::from_millis(20)).await);
         drop(old);
         assert!(gate.drain(ended, Duration::from_millis(20)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_older_than_the_limit_no_longer_holds_a_drain() {
+        let gate = ReadGate::default();
+        let _long = gate.enter();
+        tokio::time::advance(Duration::from_secs(40)).await;
+        let ended = gate.advance();
+        let started = Instant::now();
+        assert!(!gate.drain(ended, Duration::from_secs(30)).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a download that began 40 s ago does not hold GC for another 30 s"
+        );
+        // A young reader is waited for, until it too is older than the limit.
+        let _young = gate.enter();
+        let ended = gate.advance();
+        let started = Instant::now();
+        assert!(!gate.drain(ended, Duration::from_secs(30)).await);
+        assert!(started.elapsed() >= Duration::from_secs(30));
     }
 }

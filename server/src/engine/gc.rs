@@ -223,6 +223,19 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
     *control.task.lock() = Some(task);
 }
 
+/// A zone whose live records were all moved, waiting for its reset.
+#[derive(Debug)]
+struct Reset {
+    zone: ZoneId,
+    /// Reads that began in this epoch or before may still use the zone.
+    epoch: u64,
+    /// Live bytes moved out of it.
+    moved: u64,
+}
+
+/// Collected zones of one drive that may wait for their resets at once.
+const RESETS_WAITING: usize = 4;
+
 /// Appends of relocated records in flight at once while a zone is collected: the drive sees a
 /// queue, not one append per round trip.
 const GROUPS_IN_FLIGHT: usize = 8;
@@ -367,7 +380,15 @@ impl EngineInner {
         if self.placement.free_zones(drive) >= low {
             return Ok(());
         }
-        while self.placement.free_zones(drive) < high && self.gc.enabled.load(Ordering::SeqCst) {
+        self.gc.busy.fetch_add(1, Ordering::SeqCst);
+        // A zone's reset waits for reads that began before its relocations were committed
+        // (a long download can hold one for up to the gate's limit): meanwhile the next zones
+        // are relocated, and a few resets wait at once.
+        let mut resets = tokio::task::JoinSet::new();
+        let mut result = Ok(());
+        while self.placement.free_zones(drive) + resets.len() < high
+            && self.gc.enabled.load(Ordering::SeqCst)
+        {
             let Some(victim) = self.choose_victim(drive, config.policy) else {
                 break;
             };
@@ -377,12 +398,28 @@ impl EngineInner {
             } else {
                 self.gc.config.lock().rate_bytes_per_sec
             };
-            self.gc.busy.fetch_add(1, Ordering::SeqCst);
-            let result = self.collect_zone(victim, rate).await;
-            self.gc.busy.fetch_sub(1, Ordering::SeqCst);
-            result?;
+            match self.begin_zone(victim, rate).await {
+                Ok(Some(reset)) => {
+                    let engine = self.clone();
+                    resets.spawn(async move { engine.finish_reset(reset).await });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            while resets.len() >= RESETS_WAITING {
+                if let Some(done) = resets.join_next().await {
+                    result = result.and(done.map_err(task_failed).and_then(|r| r));
+                }
+            }
         }
-        Ok(())
+        while let Some(done) = resets.join_next().await {
+            result = result.and(done.map_err(task_failed).and_then(|r| r));
+        }
+        self.gc.busy.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     /// Whether GC is reclaiming space now or has something to reclaim on some drive.
@@ -516,14 +553,23 @@ impl EngineInner {
         zone: ZoneId,
         rate: u64,
     ) -> EngineResult<()> {
+        match self.begin_zone(zone, rate).await? {
+            Some(reset) => self.finish_reset(reset).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a sealed zone and moves its live records away; returns the reset that completes
+    /// its collection, or None if the zone is kept (not sealed, or something remains).
+    async fn begin_zone(self: &Arc<Self>, zone: ZoneId, rate: u64) -> EngineResult<Option<Reset>> {
         if !self.placement.begin_collect(zone) {
-            return Ok(());
+            return Ok(None);
         }
         match self.relocate_zone(zone, rate).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
+            Ok(Some(reset)) => Ok(Some(reset)),
+            Ok(None) => {
                 self.placement.abort_collect(zone);
-                Ok(())
+                Ok(None)
             }
             Err(e) => {
                 self.placement.abort_collect(zone);
@@ -532,7 +578,46 @@ impl EngineInner {
         }
     }
 
-    async fn relocate_zone(self: &Arc<Self>, zone: ZoneId, rate: u64) -> EngineResult<bool> {
+    /// Resets a zone whose records were all moved, once the reads that may still use it end
+    /// (or the gate's limit passes), and frees it.
+    async fn finish_reset(self: &Arc<Self>, reset: Reset) -> EngineResult<()> {
+        let Reset { zone, epoch, moved } = reset;
+        let result = async {
+            let drive = self
+                .drives
+                .get(zone.drive)
+                .cloned()
+                .ok_or_else(|| EngineError::Internal("unknown drive".into()))?;
+            if !self.gate.drain(epoch, Duration::from_secs(30)).await {
+                tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
+            }
+            let zslba = drive.geometry.zone_start(zone.zone);
+            drive
+                .device
+                .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
+                .await
+                .map_err(|e| drive.error(e))?;
+            self.committer.submit(Change::ZoneReset(zone)).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.placement.abort_collect(zone);
+            return Err(e);
+        }
+        self.placement.reset_done(zone);
+        self.stats.zones_reset.fetch_add(1, Ordering::Relaxed);
+        self.gc.zones_collected.fetch_add(1, Ordering::Relaxed);
+        self.gc.bytes_relocated.fetch_add(moved, Ordering::Relaxed);
+        tracing::debug!(?zone, moved, "zone reclaimed");
+        Ok(())
+    }
+
+    async fn relocate_zone(
+        self: &Arc<Self>,
+        zone: ZoneId,
+        rate: u64,
+    ) -> EngineResult<Option<Reset>> {
         let drive = self
             .drives
             .get(zone.drive)
@@ -620,7 +705,7 @@ impl EngineInner {
                             read.abort();
                         }
                         relocations.finish(self, group).await?;
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
@@ -660,25 +745,12 @@ impl EngineInner {
                 left,
                 "live data remains after relocation; the zone is kept"
             );
-            return Ok(false);
+            return Ok(None);
         }
-        // Reads that looked up locations in this zone before the relocations must finish.
+        // Reads that looked up locations in this zone before the relocations must finish
+        // before it is reset: they hold tickets of this epoch or older.
         let epoch = self.gate.advance();
-        if !self.gate.drain(epoch, Duration::from_secs(30)).await {
-            tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
-        }
-        drive
-            .device
-            .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
-            .await
-            .map_err(|e| drive.error(e))?;
-        self.committer.submit(Change::ZoneReset(zone)).await?;
-        self.placement.reset_done(zone);
-        self.stats.zones_reset.fetch_add(1, Ordering::Relaxed);
-        self.gc.zones_collected.fetch_add(1, Ordering::Relaxed);
-        self.gc.bytes_relocated.fetch_add(moved, Ordering::Relaxed);
-        tracing::debug!(?zone, moved, "zone reclaimed");
-        Ok(true)
+        Ok(Some(Reset { zone, epoch, moved }))
     }
 
     /// Starts appending a group of live records' copies to a GC zone of their drive, as one
