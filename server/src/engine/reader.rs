@@ -186,7 +186,17 @@ impl EngineInner {
                     let piece = piece?;
                     let units = (piece.extent.length as usize).div_ceil(BUDGET_UNIT).max(1);
                     let units = units.min(READ_BUDGET / BUDGET_UNIT) as u32;
-                    let permit = budget.acquire_many_owned(units).await;
+                    // Bounded, as for write budget (see `writer::BUDGET_WAIT`).
+                    let permit = tokio::time::timeout(
+                        super::writer::BUDGET_WAIT,
+                        budget.acquire_many_owned(units),
+                    )
+                    .await
+                    .map_err(|_| {
+                        EngineError::Unavailable(
+                            "the server is too busy to read more data now".into(),
+                        )
+                    })?;
                     Ok((piece, permit))
                 }
             })

@@ -27,6 +27,9 @@ pub(crate) const BUDGET_UNIT: usize = 64 << 10;
 /// Record bytes all uploads together may hold in memory (being filled or being appended): the
 /// server's memory does not grow with the number or size of uploads beyond this.
 pub(crate) const WRITE_BUDGET: usize = 48 << 20;
+
+/// Longest wait for read or write budget before a request gives up (503) instead.
+pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(30);
 /// How long a write waits for GC to free space before it fails for lack of space.
 const SPACE_WAIT: Duration = Duration::from_secs(10);
 
@@ -396,11 +399,16 @@ impl PutWriter {
             }
             units /= 2;
         }
-        semaphore
-            .clone()
-            .acquire_many_owned(1)
-            .await
-            .map_err(|_| EngineError::Unavailable("the engine is shutting down".into()))
+        // Bounded: a copy holds read budget while it waits here, and a copy waiting for read
+        // budget may hold write budget; should they ever wait on each other, one of them gives
+        // up (the client may retry) instead of both waiting for ever.
+        match tokio::time::timeout(BUDGET_WAIT, semaphore.clone().acquire_many_owned(1)).await {
+            Ok(permit) => permit
+                .map_err(|_| EngineError::Unavailable("the engine is shutting down".into())),
+            Err(_) => Err(EngineError::Unavailable(
+                "the server is too busy to take more data now".into(),
+            )),
+        }
     }
 
     /// A builder for the next record, no larger than `budget_bytes` in memory.
