@@ -127,12 +127,23 @@ impl Planner {
             };
             let mut pieces = Vec::new();
             let mut reached = extents.len() < PLAN_WINDOW;
+            // The first byte still to plan: an extent starting after it is a hole in the
+            // index, reported before any byte after it could go out at the wrong offset.
+            let mut needed = from;
             for (offset, extent) in extents {
                 let end = offset + u64::from(extent.length);
                 if offset >= to {
                     reached = true;
                     break;
                 }
+                if offset > needed {
+                    self.finished = true;
+                    pieces.push(Err(EngineError::Corrupt(format!(
+                        "the index has no extent for bytes {needed}..{offset} of stream {id}"
+                    ))));
+                    return Some(pieces);
+                }
+                needed = end;
                 let want = (from.max(offset) - offset) as usize..(to.min(end) - offset) as usize;
                 self.planned += want.len() as u64;
                 self.resume = Some(end);
@@ -406,4 +417,55 @@ fn check_identity(h: &record::Header, piece: &Piece) -> Result<(), String> {
         return Err("the record there is not the extent wanted (moved or overwritten)".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::index::{Index, cf, extent_key};
+    use crate::engine::model::{Extent, StreamRef};
+    use futures::StreamExt;
+
+    /// A hole in a stream's extents is reported before any byte after it is planned (it would
+    /// go out at the wrong offset).
+    #[tokio::test]
+    async fn a_hole_in_the_extents_stops_the_read_at_the_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(dir.path()).unwrap());
+        let mut batch = rocksdb::WriteBatch::default();
+        // Stream 9: bytes 0..100 and 200..300; 100..200 are missing.
+        for offset in [0u64, 200] {
+            let extent = Extent {
+                length: 100,
+                replicas: vec![Location {
+                    drive: 0,
+                    lba: offset,
+                    blocks: 1,
+                }],
+            };
+            batch.put_cf(
+                index.cf(cf::EXTENTS),
+                extent_key(9, offset),
+                extent.encode(),
+            );
+        }
+        index.write(batch, false).unwrap();
+        let meta = ObjectMeta {
+            size: 300,
+            streams: vec![StreamRef {
+                stream_id: 9,
+                length: 300,
+            }],
+            ..ObjectMeta::default()
+        };
+        let pieces: Vec<_> = plan(meta, 0..300, Arc::new(index.snapshot()))
+            .collect()
+            .await;
+        assert_eq!(pieces.len(), 2, "{pieces:?}");
+        assert_eq!(pieces[0].as_ref().unwrap().offset, 0);
+        assert!(
+            matches!(&pieces[1], Err(EngineError::Corrupt(m)) if m.contains("100..200")),
+            "{pieces:?}"
+        );
+    }
 }

@@ -403,8 +403,9 @@ impl PutWriter {
         // budget may hold write budget; should they ever wait on each other, one of them gives
         // up (the client may retry) instead of both waiting for ever.
         match tokio::time::timeout(BUDGET_WAIT, semaphore.clone().acquire_many_owned(1)).await {
-            Ok(permit) => permit
-                .map_err(|_| EngineError::Unavailable("the engine is shutting down".into())),
+            Ok(permit) => {
+                permit.map_err(|_| EngineError::Unavailable("the engine is shutting down".into()))
+            }
             Err(_) => Err(EngineError::Unavailable(
                 "the server is too busy to take more data now".into(),
             )),
