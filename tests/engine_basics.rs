@@ -250,6 +250,27 @@ async fn rebuilt_index_equals_the_live_one_after_overwrites_deletes_and_gc() {
     engine.create_bucket("b", "alice").await.unwrap();
     engine.create_bucket("gone", "alice").await.unwrap();
     engine.delete_bucket("gone").await.unwrap();
+    // Uploads that end before the workload: completed, and aborted.
+    for (key, complete) in [("assembled", true), ("dropped", false)] {
+        let upload = engine
+            .create_upload("b", key, ObjectMeta::default())
+            .await
+            .unwrap();
+        let mut w = engine.put_part(upload, 1).unwrap();
+        w.write(bytes::Bytes::from(content(key, 0, 90_000)))
+            .await
+            .unwrap();
+        let etag = format!("{:032x}", 1);
+        w.finish_part(etag.clone(), vec![]).await.unwrap();
+        if complete {
+            engine
+                .complete_upload(upload, &[(1, etag)], None, Condition::None)
+                .await
+                .unwrap();
+        } else {
+            engine.abort_upload(upload).await.unwrap();
+        }
+    }
     let mut x = 7u64;
     for round in 0..400u64 {
         x = x

@@ -428,7 +428,7 @@ async fn run(
                 ))));
                 continue;
             }
-            results.push(txn.apply(&request.change));
+            results.push(txn.apply_whole(&request.change));
         }
         // 3. Make the index changes durable.
         let (batch, changed) = txn.finish();
@@ -461,13 +461,22 @@ async fn run(
 }
 
 /// One group's changes being applied: reads see the index plus the group's earlier changes.
+/// A key of the index: column family and key bytes.
+type OverlayKey = (&'static str, Vec<u8>);
+
 struct Txn<'a> {
     index: &'a Index,
     drives: &'a Drives,
     base: &'a HashMap<ZoneId, ZoneAccount>,
-    batch: WriteBatch,
-    overlay: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    /// Every key the group changed, with its final value (None: deleted): the batch is made
+    /// from it at the end.
+    overlay: HashMap<OverlayKey, Option<Vec<u8>>>,
     zones: HashMap<ZoneId, ZoneAccount>,
+    /// How to take back the change being applied, should it fail halfway: earlier overlay
+    /// entries (None: the key was not in the overlay) and zone accounts, in the order they
+    /// were replaced.
+    undo_overlay: Vec<(OverlayKey, Option<Option<Vec<u8>>>)>,
+    undo_zones: Vec<(ZoneId, Option<ZoneAccount>)>,
     now: u64,
 }
 
@@ -479,20 +488,51 @@ impl<'a> Txn<'a> {
             index,
             drives,
             base,
-            batch: WriteBatch::default(),
             overlay: HashMap::new(),
             zones: HashMap::new(),
+            undo_overlay: Vec::new(),
+            undo_zones: Vec::new(),
             now: now_ms(),
         }
     }
 
-    fn finish(mut self) -> (WriteBatch, HashMap<ZoneId, ZoneAccount>) {
+    /// Applies `change` whole or not at all: one that fails halfway (a read error, a corrupt
+    /// entry) leaves nothing of itself in the group's batch or accounts.
+    fn apply_whole(&mut self, change: &Change) -> Applied {
+        self.undo_overlay.clear();
+        self.undo_zones.clear();
+        let result = self.apply(change);
+        if result.is_err() {
+            for (key, previous) in std::mem::take(&mut self.undo_overlay).into_iter().rev() {
+                match previous {
+                    Some(value) => self.overlay.insert(key, value),
+                    None => self.overlay.remove(&key),
+                };
+            }
+            for (zone, previous) in std::mem::take(&mut self.undo_zones).into_iter().rev() {
+                match previous {
+                    Some(account) => self.zones.insert(zone, account),
+                    None => self.zones.remove(&zone),
+                };
+            }
+        }
+        result
+    }
+
+    fn finish(self) -> (WriteBatch, HashMap<ZoneId, ZoneAccount>) {
+        let mut batch = WriteBatch::default();
+        for ((cf_name, key), value) in &self.overlay {
+            let cf = self.index.cf(cf_name);
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
+        }
         let cf = self.index.cf(cf::ZONES);
         for (zone, account) in &self.zones {
-            self.batch
-                .put_cf(cf, index::zone_key(*zone), account.encode());
+            batch.put_cf(cf, index::zone_key(*zone), account.encode());
         }
-        (self.batch, self.zones)
+        (batch, self.zones)
     }
 
     fn get(&self, cf_name: &'static str, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
@@ -503,13 +543,13 @@ impl<'a> Txn<'a> {
     }
 
     fn put(&mut self, cf_name: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        self.batch.put_cf(self.index.cf(cf_name), &key, &value);
-        self.overlay.insert((cf_name, key), Some(value));
+        let previous = self.overlay.insert((cf_name, key.clone()), Some(value));
+        self.undo_overlay.push(((cf_name, key), previous));
     }
 
     fn del(&mut self, cf_name: &'static str, key: Vec<u8>) {
-        self.batch.delete_cf(self.index.cf(cf_name), &key);
-        self.overlay.insert((cf_name, key), None);
+        let previous = self.overlay.insert((cf_name, key.clone()), None);
+        self.undo_overlay.push(((cf_name, key), previous));
     }
 
     fn decode<T>(
@@ -532,6 +572,7 @@ impl<'a> Txn<'a> {
 
     fn account(&mut self, zone: ZoneId) -> &mut ZoneAccount {
         let base = self.base;
+        self.undo_zones.push((zone, self.zones.get(&zone).copied()));
         self.zones
             .entry(zone)
             .or_insert_with(|| base.get(&zone).copied().unwrap_or_default())
@@ -1073,6 +1114,9 @@ impl<'a> Txn<'a> {
             ReplicaEdit::Remove(from) => (Some(from), None),
             ReplicaEdit::Replace(from, to) => (Some(from), Some(to)),
         };
+        // A named record's old copy stays on its drive until its zone is reset (which may
+        // not happen soon: GC can keep a zone): the entry hides that zone meanwhile.
+        let from_stamps = from.map(|f| self.stamps(&[f])).unwrap_or_default();
         let moved = match what {
             Relocation::Extent { stream_id, offset } => {
                 let key = index::extent_key(*stream_id, *offset).to_vec();
@@ -1091,6 +1135,8 @@ impl<'a> Txn<'a> {
                     && o.meta.seq == *seq
                     && swap(&mut o.commit, edit)
                 {
+                    o.shadowed.extend(from_stamps);
+                    o.shadowed = self.prune(std::mem::take(&mut o.shadowed));
                     self.put(cf::OBJECTS, okey, o.encode());
                     true
                 } else {
@@ -1112,6 +1158,10 @@ impl<'a> Txn<'a> {
                     }
                     t.shadowed = shadowed;
                     let changed = swap(&mut t.location, edit);
+                    if changed {
+                        t.shadowed.extend(from_stamps);
+                        t.shadowed = self.prune(std::mem::take(&mut t.shadowed));
+                    }
                     self.put(cf::TOMBSTONES, tkey, t.encode());
                     changed
                 } else {
@@ -1124,6 +1174,8 @@ impl<'a> Txn<'a> {
                     && b.seq == *seq
                     && swap(&mut b.location, edit)
                 {
+                    b.shadowed.extend(from_stamps);
+                    b.shadowed = self.prune(std::mem::take(&mut b.shadowed));
                     self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
                     true
                 } else {
@@ -1135,6 +1187,8 @@ impl<'a> Txn<'a> {
                     self.decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
                     && swap(&mut u.location, edit)
                 {
+                    u.shadowed.extend(from_stamps);
+                    u.shadowed = self.prune(std::mem::take(&mut u.shadowed));
                     self.put(cf::UPLOADS, upload_id.to_be_bytes().to_vec(), u.encode());
                     true
                 } else {
@@ -1152,6 +1206,13 @@ impl<'a> Txn<'a> {
                     && swap(&mut p.location, edit)
                 {
                     self.put(cf::PARTS, key, p.encode());
+                    // Parts hide nothing themselves: their upload does.
+                    let ukey = upload_id.to_be_bytes().to_vec();
+                    if let Some(mut u) = self.decode(cf::UPLOADS, &ukey, UploadEntry::decode)? {
+                        u.shadowed.extend(from_stamps);
+                        u.shadowed = self.prune(std::mem::take(&mut u.shadowed));
+                        self.put(cf::UPLOADS, ukey, u.encode());
+                    }
                     true
                 } else {
                     false
@@ -1244,5 +1305,85 @@ pub(crate) fn check_condition(
             Err(EngineError::PreconditionFailed)
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::drives::Drive;
+
+    fn at(lba: u64) -> Location {
+        Location {
+            drive: 0,
+            lba,
+            blocks: 1,
+        }
+    }
+
+    /// A change that fails halfway (here a relocation whose second entry is unreadable)
+    /// leaves nothing of itself in the group: neither the first entry's new location nor its
+    /// zone accounting.
+    #[test]
+    fn a_change_that_fails_halfway_leaves_nothing_of_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
+            .unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let mut batch = WriteBatch::default();
+        let whole = Extent {
+            length: 4096,
+            replicas: vec![at(0)],
+        };
+        batch.put_cf(
+            index.cf(cf::EXTENTS),
+            index::extent_key(1, 0),
+            whole.encode(),
+        );
+        batch.put_cf(
+            index.cf(cf::EXTENTS),
+            index::extent_key(2, 0),
+            b"not an extent",
+        );
+        index.write(batch, false).unwrap();
+        let base = HashMap::new();
+        let mut txn = Txn::new(&index, &drives, &base);
+        let relocate = Change::Relocate(vec![
+            (
+                Relocation::Extent {
+                    stream_id: 1,
+                    offset: 0,
+                },
+                at(0),
+                at(256),
+            ),
+            (
+                Relocation::Extent {
+                    stream_id: 2,
+                    offset: 0,
+                },
+                at(1),
+                at(257),
+            ),
+        ]);
+        assert!(txn.apply_whole(&relocate).is_err());
+        assert!(txn.overlay.is_empty(), "{:?}", txn.overlay);
+        assert!(
+            txn.zones.values().all(|a| a.valid_bytes == 0),
+            "{:?}",
+            txn.zones
+        );
+        // The same first relocation alone applies.
+        let alone = Change::Relocate(vec![(
+            Relocation::Extent {
+                stream_id: 1,
+                offset: 0,
+            },
+            at(0),
+            at(256),
+        )]);
+        txn.apply_whole(&alone).unwrap();
+        assert_eq!(txn.overlay.len(), 1);
     }
 }

@@ -526,7 +526,7 @@ impl EngineInner {
                     upload_id: header.id,
                 }),
             Kind::UploadEnd => {
-                let name = header.id.to_be_bytes().to_vec();
+                let name = header.upload_id().to_be_bytes().to_vec();
                 index
                     .tombstone(TombKind::Upload, &name)?
                     .filter(|t| t.seq == header.seq && has(&t.location))

@@ -676,8 +676,8 @@ impl Engine {
         let end_header = self.meta_header(
             Kind::UploadEnd,
             meta.seq,
-            meta.seq,
             upload_id,
+            0,
             &upload.bucket,
             &upload.key,
         );
@@ -712,8 +712,8 @@ impl Engine {
         let header = self.meta_header(
             Kind::UploadEnd,
             seq,
-            seq,
             upload_id,
+            0,
             &upload.bucket,
             &upload.key,
         );

@@ -96,6 +96,19 @@ pub struct Header {
     pub key: String,
 }
 
+impl Header {
+    /// The upload an Upload, UploadEnd or Part record belongs to. (UploadEnd records written
+    /// before this was fixed carry the upload in `offset` and their own sequence number in
+    /// `id`; a current one has offset 0, and an upload id is never 0.)
+    pub fn upload_id(&self) -> u64 {
+        if self.kind == Kind::UploadEnd && self.offset != 0 {
+            self.offset
+        } else {
+            self.id
+        }
+    }
+}
+
 /// Why bytes are not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -528,6 +541,29 @@ mod tests {
             bucket: "photos".into(),
             key: "2026/cat.jpg".into(),
         }
+    }
+
+    #[test]
+    fn an_upload_end_names_its_upload_in_either_layout() {
+        let end = |id, offset| Header {
+            kind: Kind::UploadEnd,
+            id,
+            offset,
+            ..header()
+        };
+        assert_eq!(end(77, 0).upload_id(), 77, "upload in id, offset 0");
+        assert_eq!(
+            end(90, 77).upload_id(),
+            77,
+            "records written before: upload in offset"
+        );
+        let part = Header {
+            kind: Kind::Part,
+            id: 77,
+            offset: 3,
+            ..header()
+        };
+        assert_eq!(part.upload_id(), 77, "a part's offset is its number");
     }
 
     #[test]

@@ -160,7 +160,9 @@ impl Scratch {
                     (Space::Object, index::object_key(&h.bucket, &h.key))
                 }
                 Kind::Bucket | Kind::BucketDelete => (Space::Bucket, h.bucket.as_bytes().to_vec()),
-                Kind::Upload | Kind::UploadEnd => (Space::Upload, h.id.to_be_bytes().to_vec()),
+                Kind::Upload | Kind::UploadEnd => {
+                    (Space::Upload, h.upload_id().to_be_bytes().to_vec())
+                }
                 Kind::Part | Kind::Data => {
                     let mut name = h.id.to_be_bytes().to_vec();
                     name.extend_from_slice(&(h.offset as u32).to_be_bytes());
