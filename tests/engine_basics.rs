@@ -827,3 +827,53 @@ async fn drives_of_different_block_sizes_are_refused() {
         "{message}"
     );
 }
+
+/// A zone GC has to keep (a live record in it is damaged on its only copy, so it cannot be
+/// moved) is not taken again and again in the same pass: the pass ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_gc_must_keep_does_not_hold_its_pass_for_ever() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
+        c.gc.enabled = false;
+        c.gc.rate_bytes_per_sec = 0;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let victim = content("victim", 1, 20_000);
+    put(&engine, "b", "victim", &victim).await.unwrap();
+    put_many(&engine, "b", 30, &content("f", 1, 30 << 10), 4, |k| {
+        format!("f{k}")
+    })
+    .await;
+    for k in 0..30 {
+        engine.delete("b", &format!("f{k}")).await.unwrap();
+    }
+    // Damage the victim's only copy on the drive.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(drives[0].data_path())
+        .unwrap();
+    let all = std::fs::read(drives[0].data_path()).unwrap();
+    let at = all
+        .windows(64)
+        .position(|w| w == &victim[1000..1064])
+        .expect("the victim's bytes are on the drive");
+    file.write_all_at(&[0xFF; 64], at as u64).unwrap();
+    drop(file);
+
+    engine.gc().set_watermarks(0.9, 0.95);
+    engine.gc().start();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Passes end (GC then sleeps until the next one): it is not busy all the time.
+    let mut idle_seen = false;
+    while std::time::Instant::now() < deadline && !idle_seen {
+        idle_seen = !engine.gc().status().busy;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(idle_seen, "GC stayed busy on a zone it must keep");
+    engine.gc().stop();
+}

@@ -386,10 +386,13 @@ impl EngineInner {
         // are relocated, and a few resets wait at once.
         let mut resets = tokio::task::JoinSet::new();
         let mut result = Ok(());
+        // Zones this pass took but had to keep (something in them could not be moved): not
+        // taken again until the next pass, or the pass would read them over and over.
+        let mut kept = std::collections::HashSet::new();
         while self.placement.free_zones(drive) + resets.len() < high
             && self.gc.enabled.load(Ordering::SeqCst)
         {
-            let Some(victim) = self.choose_victim(drive, config.policy) else {
+            let Some(victim) = self.choose_victim_except(drive, config.policy, &kept) else {
                 break;
             };
             let urgent = self.placement.free_zones(drive) <= self.placement.reserve_of(drive);
@@ -403,7 +406,9 @@ impl EngineInner {
                     let engine = self.clone();
                     resets.spawn(async move { engine.finish_reset(reset).await });
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    kept.insert(victim.zone);
+                }
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -441,6 +446,16 @@ impl EngineInner {
     /// moving its live data: at least an eighth of a zone and a whole record, or collecting
     /// would consume as much space (in GC zones) as it frees.
     fn choose_victim(&self, drive: DriveId, policy: Policy) -> Option<ZoneId> {
+        self.choose_victim_except(drive, policy, &std::collections::HashSet::new())
+    }
+
+    /// [`EngineInner::choose_victim`], leaving the zones in `except` out.
+    fn choose_victim_except(
+        &self,
+        drive: DriveId,
+        policy: Policy,
+        except: &std::collections::HashSet<u32>,
+    ) -> Option<ZoneId> {
         let capacity_bytes = self.drives.get(drive)?.geometry.zone_capacity_bytes();
         let capacity = capacity_bytes as f64;
         let worth = (capacity_bytes / 8).max(self.record_limit);
@@ -448,6 +463,7 @@ impl EngineInner {
         self.placement
             .sealed(drive)
             .into_iter()
+            .filter(|(zone, _)| !except.contains(zone))
             .filter_map(|(zone, _)| {
                 let id = ZoneId { drive, zone };
                 let account = self.accounts.get(id);
