@@ -828,17 +828,21 @@ impl Engine {
         &self.inner.repair
     }
 
-    /// Starts draining the drive named `name`: no new writes go to it and every record on it
-    /// is moved to other drives.
-    pub async fn drain(&self, name: &str) -> EngineResult<()> {
-        let drive = self
-            .inner
+    /// The drive named `name` (its whole name, or the NQN after `nqn:`).
+    fn drive_named(&self, name: &str) -> EngineResult<Arc<drives::Drive>> {
+        self.inner
             .drives
             .all()
             .iter()
             .find(|d| d.name == name || d.name.ends_with(&format!(":{name}")))
-            .map(|d| d.id)
-            .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))?;
+            .cloned()
+            .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))
+    }
+
+    /// Starts draining the drive named `name`: no new writes go to it and every record on it
+    /// is moved to other drives.
+    pub async fn drain(&self, name: &str) -> EngineResult<()> {
+        let drive = self.drive_named(name)?.id;
         // Every record must find its R copies on the other drives, or the drain never ends
         // (and writes stop if fewer than W are left).
         let others = self
@@ -860,14 +864,7 @@ impl Engine {
     /// Stops draining the drive named `name`: it takes new writes again, and what was not
     /// moved off it yet stays.
     pub async fn undrain(&self, name: &str) -> EngineResult<()> {
-        let drive = self
-            .inner
-            .drives
-            .all()
-            .iter()
-            .find(|d| d.name == name || d.name.ends_with(&format!(":{name}")))
-            .cloned()
-            .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))?;
+        let drive = self.drive_named(name)?;
         self.inner
             .committer
             .submit(commit::Change::SetDraining(drive.id, false))
