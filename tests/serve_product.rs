@@ -357,15 +357,18 @@ fn recover_rebuilds_the_index_from_the_zones() {
     ]);
     let before = server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"]);
     // Not while the server runs: the rebuild would replace the index under it.
-    let busy = Command::new(zonestore_bin())
-        .args([
-            "recover",
-            "--rebuild-index",
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let rebuild = || {
+        Command::new(zonestore_bin())
+            .args([
+                "recover",
+                "--rebuild-index",
+                "--data",
+                data.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let busy = rebuild();
     let stderr = String::from_utf8_lossy(&busy.stderr);
     assert!(
         !busy.status.success() && stderr.contains("in use"),
@@ -374,15 +377,7 @@ fn recover_rebuilds_the_index_from_the_zones() {
     server.process.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(60)).success());
 
-    let out = Command::new(zonestore_bin())
-        .args([
-            "recover",
-            "--rebuild-index",
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = rebuild();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
