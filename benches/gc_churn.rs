@@ -200,8 +200,18 @@ fn main() {
         ZONE_BYTES >> 20,
         OBJECT >> 10
     );
+    // ZONESTORE_GC_CHURN_ONLY=uniform-greedy (or hot/cold-costbenefit, ...) runs one case.
+    let only = std::env::var("ZONESTORE_GC_CHURN_ONLY").ok();
     for hot_cold in [false, true] {
         for policy in [Policy::Greedy, Policy::CostBenefit] {
+            let case = format!(
+                "{}-{}",
+                if hot_cold { "hot/cold" } else { "uniform" },
+                format!("{policy:?}").to_lowercase()
+            );
+            if only.as_ref().is_some_and(|o| *o != case) {
+                continue;
+            }
             let o = runtime.block_on(run(policy, hot_cold));
             println!(
                 "{:<8} {:<12} WA {:.3}   p99 GET idle {:>6.2} ms, GC running {:>6.2} ms (ratio {:.2}, {} zones collected meanwhile), churn {:>6.2} ms",
