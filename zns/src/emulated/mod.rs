@@ -58,6 +58,10 @@ struct Inner {
     /// Signalled whenever a write ends or a zone reset completes (see [`DriveState::next_write`]
     /// and [`ZoneBook::resetting`]).
     changed: tokio::sync::Notify,
+    /// Tasks waiting on `changed` (a write that ends wakes nobody when there are none).
+    waiters: std::sync::atomic::AtomicUsize,
+    /// Whether `failed` holds a reason (read on every I/O without the lock).
+    has_failed: AtomicBool,
     /// Set when writing or syncing failed: what is durable can no longer be told apart from
     /// what was lost (a failed `fsync` marks the lost pages clean, so a later one succeeds), so
     /// the drive refuses all I/O until it is opened again from its durable state.
@@ -84,9 +88,9 @@ struct DriveState {
 /// Per-zone bookkeeping beside the state machine: writes still in flight and what is durable.
 #[derive(Debug, Clone)]
 struct ZoneBook {
-    /// Block ranges `(start, end)` relative to the zone start whose data is still being written,
-    /// with the number of the write.
-    in_flight: Vec<(u64, u64, u64)>,
+    /// Writes whose data is still being written: their first block relative to the zone start,
+    /// and their number.
+    in_flight: Vec<(u64, u64)>,
     /// A reset of the zone is in progress: no write is granted in it until the reset is
     /// durable and its old data gone.
     resetting: bool,
@@ -102,7 +106,7 @@ impl DriveState {
         self.zones[index as usize]
             .in_flight
             .iter()
-            .map(|&(start, _, _)| start)
+            .map(|&(start, _)| start)
             .min()
             .unwrap_or(written)
     }
@@ -113,7 +117,7 @@ impl DriveState {
             .iter()
             .enumerate()
             .filter(|(i, _)| only.is_none_or(|z| *i == z as usize))
-            .any(|(_, z)| z.in_flight.iter().any(|&(_, _, id)| id < horizon))
+            .any(|(_, z)| z.in_flight.iter().any(|&(_, id)| id < horizon))
     }
 
     /// The metadata entry describing zone `index` now, counting only settled data.
@@ -289,6 +293,8 @@ impl EmulatedZns {
                 state: Mutex::new(state),
                 persist: tokio::sync::Mutex::new(()),
                 changed: tokio::sync::Notify::new(),
+                waiters: std::sync::atomic::AtomicUsize::new(0),
+                has_failed: AtomicBool::new(false),
                 failed: Mutex::new(None),
                 durable_writes: AtomicU64::new(0),
                 faults: FaultPlan::default(),
@@ -355,11 +361,15 @@ impl EmulatedZns {
         let entries: Vec<ZoneEntry> = st.zones.iter().map(|z| z.durable).collect();
         *st = recovered_state(self.inner.geometry, &entries);
         *self.inner.failed.lock() = None;
+        self.inner.has_failed.store(false, Ordering::SeqCst);
         self.inner.durable_writes.store(0, Ordering::SeqCst);
     }
 
     /// Refuses I/O once writing or syncing failed (see [`Inner::failed`]).
     fn healthy(&self) -> ZoneResult<()> {
+        if !self.inner.has_failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         match &*self.inner.failed.lock() {
             None => Ok(()),
             Some(reason) => Err(ZoneError::MediaError(format!(
@@ -377,19 +387,42 @@ impl EmulatedZns {
                 self.inner.dir.display()
             );
             *failed = Some(reason);
+            self.inner.has_failed.store(true, Ordering::SeqCst);
         }
     }
 
     /// Waits until no write numbered below `horizon` is in flight (in zone `only`, if given).
     async fn wait_for_writes(&self, horizon: u64, only: Option<u32>) {
-        loop {
-            let notified = self.inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.inner.state.lock().writes_before(horizon, only) {
-                return;
+        while self.inner.state.lock().writes_before(horizon, only) {
+            self.wait_for_change(|st| st.writes_before(horizon, only))
+                .await;
+        }
+    }
+
+    /// Waits for a write to end or a reset to complete, unless `still` (checked once the
+    /// wake-up is registered) says there is nothing to wait for any more.
+    async fn wait_for_change(&self, still: impl Fn(&DriveState) -> bool) {
+        /// Counts a waiter for as long as it waits (also if its future is dropped).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
             }
+        }
+        self.inner.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.inner.waiters);
+        let notified = self.inner.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if still(&self.inner.state.lock()) {
             notified.await;
+        }
+    }
+
+    /// Wakes the tasks waiting for a write to end or a reset to complete, if any.
+    fn wake_waiters(&self) {
+        if self.inner.waiters.load(Ordering::SeqCst) > 0 {
+            self.inner.changed.notify_waiters();
         }
     }
 
@@ -451,25 +484,22 @@ impl EmulatedZns {
     /// Grants a write and records it in flight, once no reset of its zone is in progress.
     async fn begin_write(&self, lba: u64, blocks: u64, append: bool) -> ZoneResult<Grant> {
         let geometry = self.inner.geometry;
+        let resetting = |st: &DriveState| {
+            st.resetting_all
+                || geometry
+                    .zone_index(lba)
+                    .is_some_and(|i| st.zones[i as usize].resetting)
+        };
         loop {
-            let notified = self.inner.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             {
                 let mut st = self.inner.state.lock();
-                let resetting = st.resetting_all
-                    || geometry
-                        .zone_index(lba)
-                        .is_some_and(|i| st.zones[i as usize].resetting);
-                if !resetting {
+                if !resetting(&st) {
                     let grant = st.table.grant_write(lba, blocks, append)?;
                     let index = (grant.lba / geometry.zone_size) as u32;
                     let rel = grant.lba - geometry.zone_start(index);
                     let id = st.next_write;
                     st.next_write += 1;
-                    st.zones[index as usize]
-                        .in_flight
-                        .push((rel, rel + blocks, id));
+                    st.zones[index as usize].in_flight.push((rel, id));
                     st.dirty = true;
                     return Ok(Grant {
                         lba: grant.lba,
@@ -478,7 +508,7 @@ impl EmulatedZns {
                     });
                 }
             }
-            notified.await;
+            self.wait_for_change(resetting).await;
         }
     }
 
@@ -487,11 +517,11 @@ impl EmulatedZns {
         {
             let mut st = self.inner.state.lock();
             let book = &mut st.zones[grant.index as usize];
-            if let Some(pos) = book.in_flight.iter().position(|&(_, _, id)| id == grant.id) {
+            if let Some(pos) = book.in_flight.iter().position(|&(_, id)| id == grant.id) {
                 book.in_flight.swap_remove(pos);
             }
         }
-        self.inner.changed.notify_waiters();
+        self.wake_waiters();
     }
 
     async fn store(&self, lba: u64, data: Bytes, append: bool, hint: WriteHint) -> ZoneResult<u64> {
@@ -779,7 +809,7 @@ impl ZonedDevice for EmulatedZns {
             let covered = st
                 .zones
                 .iter()
-                .flat_map(|z| z.in_flight.iter().map(|&(_, _, id)| id))
+                .flat_map(|z| z.in_flight.iter().map(|&(_, id)| id))
                 .min()
                 .unwrap_or(st.next_write);
             let entries: Vec<(u32, ZoneEntry)> = if st.dirty {
@@ -816,7 +846,11 @@ impl ZonedDevice for EmulatedZns {
         // there, so that no write lands in the zone's old life after the reset is recorded and
         // its blocks deallocated, and none is granted in its new life before that is durable.
         let only = match select {
-            ZoneSelect::Zone(zslba) => self.inner.geometry.zone_index(zslba),
+            ZoneSelect::Zone(zslba) => match self.inner.geometry.zone_index(zslba) {
+                Some(index) => Some(index),
+                // Not a zone: refused as such, holding nothing up.
+                None => return self.manage_now(action, select).await,
+            },
             ZoneSelect::All => None,
         };
         let horizon = {
@@ -836,7 +870,7 @@ impl ZonedDevice for EmulatedZns {
                 None => st.resetting_all = false,
             }
         }
-        self.inner.changed.notify_waiters();
+        self.wake_waiters();
         result
     }
 
