@@ -125,7 +125,7 @@ fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
     let mut buf = Vec::new();
     let name_of = |raw: &str| raw.to_string();
     loop {
-        if path.len() >= MAX_DEPTH || out.len() >= MAX_NODES {
+        if path.len() > MAX_DEPTH || out.len() > MAX_NODES {
             return Err(S3Error::malformed_xml());
         }
         match reader.read_event_into(&mut buf) {
@@ -307,11 +307,7 @@ mod tests {
             parse_delete(wide.as_bytes()).unwrap_err().code,
             "MalformedXML"
         );
-        let nested = format!(
-            "{}{}",
-            "<a>".repeat(MAX_DEPTH - 1),
-            "</a>".repeat(MAX_DEPTH - 1)
-        );
+        let nested = format!("{}{}", "<a>".repeat(MAX_DEPTH), "</a>".repeat(MAX_DEPTH));
         assert!(
             flatten(nested.as_bytes()).is_ok(),
             "nesting within the limit parses"

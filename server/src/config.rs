@@ -250,8 +250,7 @@ impl Config {
     /// values, or R = 3 with at least 3 drives (else the number of drives) and W = a majority
     /// of R.
     pub fn replication_for(&self, drive_count: usize) -> Result<(usize, usize), ConfigError> {
-        let mut replicas = drive_count.clamp(1, 3);
-        let mut quorum = replicas / 2 + 1;
+        let (mut replicas, mut quorum) = crate::engine::default_replication(drive_count);
         if let Some(r) = self.replication_factor {
             if r > drive_count {
                 return Err(bad(
@@ -260,7 +259,7 @@ impl Config {
                 ));
             }
             replicas = r;
-            quorum = r / 2 + 1;
+            quorum = crate::engine::majority(r);
         }
         if let Some(w) = self.write_quorum {
             if w > replicas {

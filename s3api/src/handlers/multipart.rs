@@ -119,8 +119,16 @@ pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
-    let summary =
-        receive_with_checksum(ctx, &mut writer, MAX_PART, upload_algorithm(&upload)).await?;
+    // The body reader verifies (and so computes) a checksum the client sends: one more is
+    // computed only when the client sends none of the upload's algorithm.
+    let also = upload_algorithm(&upload).filter(|a| {
+        let header = a.header();
+        ctx.header(&header).is_none()
+            && !ctx
+                .header("x-amz-trailer")
+                .is_some_and(|t| t.eq_ignore_ascii_case(&header))
+    });
+    let summary = receive_with_checksum(ctx, &mut writer, MAX_PART, also).await?;
     let part = writer
         .commit_part(summary.etag(), summary.checksums.clone())
         .await?;
@@ -276,13 +284,8 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     }
     let stored = svc.store.parts(&bucket, &key, &id, 0)?;
     // The object's checksum, if the upload declared an algorithm.
-    let (checksum, checksum_type) = match (
-        upload
-            .checksum_algorithm
-            .as_deref()
-            .and_then(Algorithm::parse),
-        upload.checksum_type.clone(),
-    ) {
+    let (checksum, checksum_type) = match (upload_algorithm(&upload), upload.checksum_type.clone())
+    {
         (Some(algorithm), Some(kind)) => {
             let mut values = Vec::new();
             for p in &requested {

@@ -66,15 +66,27 @@ pub struct EngineConfig {
     pub repair: repair::RepairConfig,
 }
 
+/// The replication factor and write quorum for `drive_count` drives when none is configured:
+/// R = 3 with at least 3 drives (else the number of drives), W = a majority of R.
+pub fn default_replication(drive_count: usize) -> (usize, usize) {
+    let replicas = drive_count.clamp(1, 3);
+    (replicas, majority(replicas))
+}
+
+/// A majority of `replicas` copies.
+pub fn majority(replicas: usize) -> usize {
+    replicas / 2 + 1
+}
+
 impl EngineConfig {
     /// Defaults for `index_dir` and `drive_count` drives: R = 3 with at least 3 drives, else
     /// the number of drives; W = a majority of R.
     pub fn new(index_dir: PathBuf, drive_count: usize) -> Self {
-        let replicas = drive_count.clamp(1, 3);
+        let (replicas, write_quorum) = default_replication(drive_count);
         EngineConfig {
             index_dir,
             replicas,
-            write_quorum: replicas / 2 + 1,
+            write_quorum,
             gc: gc::GcConfig::default(),
             repair: repair::RepairConfig::default(),
         }

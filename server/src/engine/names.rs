@@ -9,7 +9,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Stripes of bucket locks.
 const BUCKET_STRIPES: usize = 64;
@@ -20,14 +20,22 @@ const KEY_STRIPES: usize = 1024;
 #[derive(Debug)]
 pub struct NameLocks {
     buckets: Vec<RwLock<()>>,
-    keys: Vec<Mutex<()>>,
+    keys: Vec<RwLock<()>>,
 }
 
 /// Held while an object's version changes: the bucket cannot be created or deleted meanwhile,
 /// and nobody else changes the key.
 #[derive(Debug)]
 pub struct ObjectLock<'a> {
-    _key: MutexGuard<'a, ()>,
+    _key: RwLockWriteGuard<'a, ()>,
+    _bucket: RwLockReadGuard<'a, ()>,
+}
+
+/// Held while a part of an upload of the key is stored: parts of one upload go on side by side,
+/// but not beside the upload's completion or abort (which hold an [`ObjectLock`]).
+#[derive(Debug)]
+pub struct PartLock<'a> {
+    _key: RwLockReadGuard<'a, ()>,
     _bucket: RwLockReadGuard<'a, ()>,
 }
 
@@ -43,7 +51,7 @@ impl Default for NameLocks {
     fn default() -> Self {
         NameLocks {
             buckets: (0..BUCKET_STRIPES).map(|_| RwLock::new(())).collect(),
-            keys: (0..KEY_STRIPES).map(|_| Mutex::new(())).collect(),
+            keys: (0..KEY_STRIPES).map(|_| RwLock::new(())).collect(),
         }
     }
 }
@@ -53,8 +61,18 @@ impl NameLocks {
     /// and deletion).
     pub async fn object(&self, bucket: &str, key: &str) -> ObjectLock<'_> {
         let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)].read().await;
-        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)].lock().await;
+        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)].write().await;
         ObjectLock {
+            _key: key_lock,
+            _bucket: bucket_lock,
+        }
+    }
+
+    /// Locks `key` of `bucket` for storing a part of one of its uploads.
+    pub async fn part(&self, bucket: &str, key: &str) -> PartLock<'_> {
+        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)].read().await;
+        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)].read().await;
+        PartLock {
             _key: key_lock,
             _bucket: bucket_lock,
         }
@@ -91,6 +109,15 @@ mod tests {
             "the bucket's creation or deletion waits"
         );
         drop(held);
+        // Parts of the key go on side by side, but not beside a change of its version.
+        let part = locks.part("b", "k").await;
+        let _other_part = locks.part("b", "k").await;
+        let change = tokio::time::timeout(Duration::from_millis(50), locks.object("b", "k"));
+        assert!(
+            change.await.is_err(),
+            "completing the upload waits for its parts"
+        );
+        drop((part, _other_part));
         let _bucket = locks.bucket("b").await;
         let object = tokio::time::timeout(Duration::from_millis(50), locks.object("b", "k2"));
         assert!(object.await.is_err(), "objects wait for the bucket");

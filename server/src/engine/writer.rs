@@ -267,23 +267,24 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let Some(slot) = self.slot.take() else { return };
-        if let Some(zone) = self.placement.complete(&slot, false) {
-            finish_zones(&self.drives, vec![zone]);
-        }
         // The command may still be on its way to the drive (over the fabric it runs until the
         // target answers or the host gives up): GC leaves the zone alone meanwhile, or the
-        // append could land in it after its reset.
+        // append could land in it after its reset. Held before the slot ends, which may seal
+        // the zone.
+        let zone = ZoneId {
+            drive: slot.drive,
+            zone: slot.zone,
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let zone = ZoneId {
-                drive: slot.drive,
-                zone: slot.zone,
-            };
             self.placement.hold(zone);
             let placement = self.placement.clone();
             runtime.spawn(async move {
                 tokio::time::sleep(ABANDONED_APPEND_HOLD).await;
                 placement.release(zone);
             });
+        }
+        if let Some(zone) = self.placement.complete(&slot, false) {
+            finish_zones(&self.drives, vec![zone]);
         }
     }
 }
@@ -595,7 +596,7 @@ impl PutWriter {
         };
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
-        let _lock = engine.names.object(&self.bucket, &self.key).await;
+        let _lock = engine.names.part(&self.bucket, &self.key).await;
         if engine.index.upload(upload_id)?.is_none() {
             return Err(EngineError::NoSuchUpload(format!("{upload_id:016x}")));
         }
