@@ -626,6 +626,13 @@ impl<'a> Txn<'a> {
             .collect()
     }
 
+    /// Adds `stamps` to the zones an entry hides (`shadowed`), keeping only those still
+    /// meaningful.
+    fn hide(&mut self, shadowed: &mut Vec<ZoneStamp>, stamps: Vec<ZoneStamp>) {
+        shadowed.extend(stamps);
+        *shadowed = self.prune(std::mem::take(shadowed));
+    }
+
     /// Stamps still meaningful (their zone has not been reset since), without duplicates.
     fn prune(&mut self, stamps: Vec<ZoneStamp>) -> Vec<ZoneStamp> {
         let mut kept: Vec<ZoneStamp> = stamps
@@ -1135,8 +1142,7 @@ impl<'a> Txn<'a> {
                     && o.meta.seq == *seq
                     && swap(&mut o.commit, edit)
                 {
-                    o.shadowed.extend(from_stamps);
-                    o.shadowed = self.prune(std::mem::take(&mut o.shadowed));
+                    self.hide(&mut o.shadowed, from_stamps);
                     self.put(cf::OBJECTS, okey, o.encode());
                     true
                 } else {
@@ -1159,8 +1165,7 @@ impl<'a> Txn<'a> {
                     t.shadowed = shadowed;
                     let changed = swap(&mut t.location, edit);
                     if changed {
-                        t.shadowed.extend(from_stamps);
-                        t.shadowed = self.prune(std::mem::take(&mut t.shadowed));
+                        self.hide(&mut t.shadowed, from_stamps);
                     }
                     self.put(cf::TOMBSTONES, tkey, t.encode());
                     changed
@@ -1174,8 +1179,7 @@ impl<'a> Txn<'a> {
                     && b.seq == *seq
                     && swap(&mut b.location, edit)
                 {
-                    b.shadowed.extend(from_stamps);
-                    b.shadowed = self.prune(std::mem::take(&mut b.shadowed));
+                    self.hide(&mut b.shadowed, from_stamps);
                     self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
                     true
                 } else {
@@ -1187,8 +1191,7 @@ impl<'a> Txn<'a> {
                     self.decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
                     && swap(&mut u.location, edit)
                 {
-                    u.shadowed.extend(from_stamps);
-                    u.shadowed = self.prune(std::mem::take(&mut u.shadowed));
+                    self.hide(&mut u.shadowed, from_stamps);
                     self.put(cf::UPLOADS, upload_id.to_be_bytes().to_vec(), u.encode());
                     true
                 } else {
@@ -1209,8 +1212,7 @@ impl<'a> Txn<'a> {
                     // Parts hide nothing themselves: their upload does.
                     let ukey = upload_id.to_be_bytes().to_vec();
                     if let Some(mut u) = self.decode(cf::UPLOADS, &ukey, UploadEntry::decode)? {
-                        u.shadowed.extend(from_stamps);
-                        u.shadowed = self.prune(std::mem::take(&mut u.shadowed));
+                        self.hide(&mut u.shadowed, from_stamps);
                         self.put(cf::UPLOADS, ukey, u.encode());
                     }
                     true
@@ -1243,8 +1245,7 @@ impl<'a> Txn<'a> {
             Relocation::Commit { bucket, key, .. } => {
                 let okey = index::object_key(bucket, key);
                 if let Some(mut o) = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)? {
-                    o.shadowed.extend(stamps);
-                    o.shadowed = self.prune(std::mem::take(&mut o.shadowed));
+                    self.hide(&mut o.shadowed, stamps);
                     self.put(cf::OBJECTS, okey, o.encode());
                     return Ok(());
                 }
@@ -1254,8 +1255,7 @@ impl<'a> Txn<'a> {
                 if let Some(mut b) =
                     self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)?
                 {
-                    b.shadowed.extend(stamps);
-                    b.shadowed = self.prune(std::mem::take(&mut b.shadowed));
+                    self.hide(&mut b.shadowed, stamps);
                     self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
                     return Ok(());
                 }
@@ -1264,8 +1264,7 @@ impl<'a> Txn<'a> {
             Relocation::Upload { upload_id } | Relocation::Part { upload_id, .. } => {
                 let ukey = upload_id.to_be_bytes().to_vec();
                 if let Some(mut u) = self.decode(cf::UPLOADS, &ukey, UploadEntry::decode)? {
-                    u.shadowed.extend(stamps);
-                    u.shadowed = self.prune(std::mem::take(&mut u.shadowed));
+                    self.hide(&mut u.shadowed, stamps);
                     self.put(cf::UPLOADS, ukey, u.encode());
                     return Ok(());
                 }
@@ -1274,8 +1273,7 @@ impl<'a> Txn<'a> {
         };
         let tkey = index::tombstone_key(tomb_kind, &entry_key);
         if let Some(mut t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)? {
-            t.shadowed.extend(stamps);
-            t.shadowed = self.prune(std::mem::take(&mut t.shadowed));
+            self.hide(&mut t.shadowed, stamps);
             self.put(cf::TOMBSTONES, tkey, t.encode());
         } else {
             tracing::warn!(
