@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test Zonestore: the C toolchain RocksDB needs
-# (clang, libclang-dev), QEMU and the guest tools for the Linux-kernel interop test, and a Python
-# venv (.venv) with aws-cli, boto3 and s3fs for the end-to-end client tests. Idempotent and quick
-# when everything is present.
+# (clang, libclang-dev), QEMU and the guest tools for the Linux-kernel interop test, rclone, and a
+# Python venv (.venv) with aws-cli, boto3, s3fs and s3cmd for the end-to-end client tests.
+# Idempotent and quick when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(clang libclang-dev python3 python3-venv openssl)
+packages=(clang libclang-dev python3 python3-venv openssl rclone)
 if [ "${ZONESTORE_SKIP_VM:-0}" != 1 ]; then
     packages+=(qemu-system-x86 busybox-static nvme-cli fio util-linux kmod cpio)
 fi
@@ -26,7 +26,7 @@ if [ "${ZONESTORE_SKIP_PYTHON:-0}" != 1 ]; then
     stamp=".venv/requirements.sha256"
     wanted="$(sha256sum scripts/requirements.txt | cut -d' ' -f1)"
     if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] \
-        || ! .venv/bin/python -c "import boto3, s3fs, awscli, awscrt" 2>/dev/null; then
+        || ! .venv/bin/python -c "import boto3, s3fs, awscli, awscrt, S3" 2>/dev/null; then
         echo "install-deps: creating .venv with awscli, boto3, s3fs"
         rm -rf .venv
         python3 -m venv .venv

@@ -167,7 +167,6 @@ pub type Reply = Result<Response<Body>, S3Error>;
 /// Query parameters naming S3 features Zonestore does not implement: refused with
 /// NotImplemented rather than answered wrongly.
 const UNSUPPORTED: &[&str] = &[
-    "acl",
     "accelerate",
     "analytics",
     "cors",
@@ -383,6 +382,13 @@ impl S3Service {
     }
 
     async fn dispatch(&self, ctx: &mut Ctx) -> (&'static str, Reply) {
+        let bucket_only = ctx.bucket.is_some() && ctx.key.is_none();
+        if bucket_only && ctx.method == Method::GET && ctx.has("ownershipControls") {
+            return (
+                "GetBucketOwnershipControls",
+                handlers::acl::ownership_controls(self, ctx).await,
+            );
+        }
         if let Some(feature) = UNSUPPORTED.iter().find(|f| ctx.has(f)) {
             return (
                 "Unsupported",
@@ -403,6 +409,19 @@ impl S3Service {
             return match m {
                 Method::GET => op!("ListBuckets", handlers::bucket::list_buckets(self, ctx)),
                 _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
+            };
+        }
+        if ctx.has("acl") {
+            return match (m, has_key) {
+                (Method::GET, false) => {
+                    op!("GetBucketAcl", handlers::acl::get_acl(self, ctx, false))
+                }
+                (Method::PUT, false) => {
+                    op!("PutBucketAcl", handlers::acl::put_acl(self, ctx, false))
+                }
+                (Method::GET, true) => op!("GetObjectAcl", handlers::acl::get_acl(self, ctx, true)),
+                (Method::PUT, true) => op!("PutObjectAcl", handlers::acl::put_acl(self, ctx, true)),
+                (m, _) => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
             };
         }
         if !has_key {

@@ -64,6 +64,18 @@ impl XmlWriter {
         self
     }
 
+    /// Opens `<name attr="value"...>` (values escaped).
+    pub fn start_with(&mut self, name: &'static str, attributes: &[(&str, &str)]) -> &mut Self {
+        self.out.push('<');
+        self.out.push_str(name);
+        for (attr, value) in attributes {
+            self.out.push_str(&format!(" {attr}=\"{}\"", escape(value)));
+        }
+        self.out.push('>');
+        self.open.push(name);
+        self
+    }
+
     /// Opens `<name>`.
     pub fn start(&mut self, name: &'static str) -> &mut Self {
         self.out.push_str(&format!("<{name}>"));
@@ -272,6 +284,52 @@ pub fn parse_delete(body: &[u8]) -> Result<(Vec<DeleteTarget>, bool), S3Error> {
         return Err(S3Error::malformed_xml());
     }
     Ok((objects, quiet))
+}
+
+/// One grant of an AccessControlPolicy document: whom (by canonical ID, group URI or e-mail
+/// address, whichever the grantee names) and what.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AclGrant {
+    /// The grantee's canonical user ID.
+    pub id: Option<String>,
+    /// The grantee group's URI.
+    pub uri: Option<String>,
+    /// The grantee's e-mail address.
+    pub email: Option<String>,
+    /// FULL_CONTROL, READ, WRITE, READ_ACP or WRITE_ACP.
+    pub permission: String,
+}
+
+/// Parses the grants of an AccessControlPolicy (PutBucketAcl, PutObjectAcl) document.
+pub fn parse_acl(body: &[u8]) -> Result<Vec<AclGrant>, S3Error> {
+    let mut grants: Vec<AclGrant> = Vec::new();
+    for node in flatten(body)? {
+        match node {
+            Node::Start(path) => {
+                if under(&path, "AccessControlPolicy")?.as_slice() == ["AccessControlList", "Grant"]
+                {
+                    grants.push(AclGrant::default());
+                }
+            }
+            Node::Text(path, text) => {
+                let rel = under(&path, "AccessControlPolicy")?;
+                let Some(grant) = grants.last_mut() else {
+                    continue;
+                };
+                let text = Some(text.trim().to_string());
+                match rel.as_slice() {
+                    ["AccessControlList", "Grant", "Grantee", "ID"] => grant.id = text,
+                    ["AccessControlList", "Grant", "Grantee", "URI"] => grant.uri = text,
+                    ["AccessControlList", "Grant", "Grantee", "EmailAddress"] => grant.email = text,
+                    ["AccessControlList", "Grant", "Permission"] => {
+                        grant.permission = text.unwrap_or_default()
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(grants)
 }
 
 /// The LocationConstraint of a CreateBucketConfiguration, if any.

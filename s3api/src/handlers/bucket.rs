@@ -34,6 +34,7 @@ pub async fn list_buckets(svc: &S3Service, ctx: &mut Ctx) -> Reply {
 pub async fn create_bucket(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     check_bucket_name(&bucket)?;
+    super::acl::check_bucket_acl_headers(&ctx.headers, ctx.user())?;
     let body = ctx.body_reader(64 << 10)?.read_all(64 << 10).await?;
     if let Some(location) = parse_location_constraint(&body)?
         && location != svc.config.region

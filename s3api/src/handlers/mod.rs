@@ -1,5 +1,6 @@
 //! The S3 operations, by family.
 
+pub mod acl;
 pub mod bucket;
 pub mod list;
 pub mod multipart;

@@ -41,6 +41,7 @@ pub async fn create(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
+    super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
     let headers = object_headers(&ctx.headers)?;
     let algorithm = match ctx.header("x-amz-checksum-algorithm") {
         Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {

@@ -140,6 +140,7 @@ pub async fn put_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
+    super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
     let headers = object_headers(&ctx.headers)?;
     let condition = write_condition(ctx)?;
     if ctx.header("content-length").is_none()
@@ -409,6 +410,7 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
+    super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
     let (src_bucket, src_key, source) = open_copy_source(svc, ctx)?;
     let replace = match ctx.header("x-amz-metadata-directive").unwrap_or("COPY") {
         "COPY" => false,
