@@ -316,14 +316,14 @@ pub fn parse_acl(body: &[u8]) -> Result<Vec<AclGrant>, S3Error> {
                 let Some(grant) = grants.last_mut() else {
                     continue;
                 };
-                let text = Some(text.trim().to_string());
+                let text = text.trim().to_string();
                 match rel.as_slice() {
-                    ["AccessControlList", "Grant", "Grantee", "ID"] => grant.id = text,
-                    ["AccessControlList", "Grant", "Grantee", "URI"] => grant.uri = text,
-                    ["AccessControlList", "Grant", "Grantee", "EmailAddress"] => grant.email = text,
-                    ["AccessControlList", "Grant", "Permission"] => {
-                        grant.permission = text.unwrap_or_default()
+                    ["AccessControlList", "Grant", "Grantee", "ID"] => grant.id = Some(text),
+                    ["AccessControlList", "Grant", "Grantee", "URI"] => grant.uri = Some(text),
+                    ["AccessControlList", "Grant", "Grantee", "EmailAddress"] => {
+                        grant.email = Some(text)
                     }
+                    ["AccessControlList", "Grant", "Permission"] => grant.permission = text,
                     _ => {}
                 }
             }
