@@ -2,6 +2,8 @@
 //! documents S3 clients send (CompleteMultipartUpload, Delete, CreateBucketConfiguration),
 //! namespace- and order-agnostic.
 
+use std::rc::Rc;
+
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
@@ -21,7 +23,9 @@ pub fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
             // Characters XML 1.0 cannot carry are written as references S3 clients accept.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {
+            // A raw CR would be read back as LF (XML's end-of-line handling): a reference keeps
+            // it.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n') => {
                 out.push_str(&format!("&#x{:X};", c as u32))
             }
             c => out.push(c),
@@ -100,11 +104,34 @@ impl XmlWriter {
     }
 }
 
-/// What the parser saw: an element opening (its path), or text inside an element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An element of a request document: its name and the element it is in. Paths share their
+/// ancestors, so a document costs memory in proportion to its size whatever its shape.
+#[derive(Debug)]
+struct Element {
+    name: String,
+    parent: Option<Rc<Element>>,
+}
+
+impl Element {
+    /// Element names from the root down to this one.
+    fn path(&self) -> Vec<&str> {
+        let mut names = vec![self.name.as_str()];
+        let mut at = self.parent.as_deref();
+        while let Some(e) = at {
+            names.push(e.name.as_str());
+            at = e.parent.as_deref();
+        }
+        names.reverse();
+        names
+    }
+}
+
+/// What the parser saw: an element opening, or text inside an element (verbatim: whitespace
+/// can be part of a key).
+#[derive(Debug)]
 enum Node {
-    Start(Vec<String>),
-    Text(Vec<String>, String),
+    Start(Rc<Element>),
+    Text(Rc<Element>, String),
 }
 
 fn resolve_reference(name: &str) -> Option<String> {
@@ -120,56 +147,70 @@ fn resolve_reference(name: &str) -> Option<String> {
     })
 }
 
-/// Deepest element nesting a request document may have (S3's are a few levels deep). Each
-/// node keeps its whole path, so depth bounds what a node costs.
+/// Deepest element nesting a request document may have (S3's are a few levels deep).
 const MAX_DEPTH: usize = 16;
 
 /// Most element openings and texts a request document may have (10,000 parts of a
-/// CompleteMultipartUpload need about 80,000).
+/// CompleteMultipartUpload need about 80,000, and as many again for indentation).
 const MAX_NODES: usize = 200_000;
 
-/// The request document as a flat list of element openings and texts, with element paths.
+/// Longest element name accepted (S3's are a few dozen bytes).
+const MAX_NAME: usize = 256;
+
+/// Appends `text` to the text of `element` if that is the last node, else starts a new one
+/// (entity references and CDATA arrive as separate events). Text outside the root is ignored.
+fn push_text(out: &mut Vec<Node>, element: &Option<Rc<Element>>, text: &str) {
+    let Some(element) = element else {
+        return;
+    };
+    match out.last_mut() {
+        Some(Node::Text(e, existing)) if Rc::ptr_eq(e, element) => existing.push_str(text),
+        _ => out.push(Node::Text(element.clone(), text.to_string())),
+    }
+}
+
+/// The request document as a flat list of element openings and texts.
 fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
     let mut reader = Reader::from_reader(body);
-    reader.config_mut().trim_text(true);
-    let mut path: Vec<String> = Vec::new();
+    let mut current: Option<Rc<Element>> = None;
+    let mut depth = 0usize;
     let mut out = Vec::new();
     let mut buf = Vec::new();
-    let name_of = |raw: &str| raw.to_string();
+    let open = |current: &Option<Rc<Element>>, name: &str| {
+        if name.len() > MAX_NAME {
+            return Err(S3Error::malformed_xml());
+        }
+        Ok(Rc::new(Element {
+            name: name.to_string(),
+            parent: current.clone(),
+        }))
+    };
     loop {
-        if path.len() > MAX_DEPTH || out.len() > MAX_NODES {
+        if depth > MAX_DEPTH || out.len() > MAX_NODES {
             return Err(S3Error::malformed_xml());
         }
         match reader.read_event_into(&mut buf) {
             Ok(Event::Start(e)) => {
-                path.push(name_of(e.local_name().as_ref()));
-                out.push(Node::Start(path.clone()));
+                let element = open(&current, e.local_name().as_ref())?;
+                out.push(Node::Start(element.clone()));
+                current = Some(element);
+                depth += 1;
             }
             Ok(Event::Empty(e)) => {
-                let mut p = path.clone();
-                p.push(name_of(e.local_name().as_ref()));
-                out.push(Node::Start(p.clone()));
-                out.push(Node::Text(p, String::new()));
+                let element = open(&current, e.local_name().as_ref())?;
+                out.push(Node::Start(element.clone()));
+                out.push(Node::Text(element, String::new()));
             }
             Ok(Event::End(_)) => {
-                path.pop();
+                current = current.and_then(|e| e.parent.clone());
+                depth = depth.saturating_sub(1);
             }
-            Ok(Event::Text(t)) => {
-                // Entity and character references arrive as separate events (below).
-                let text = t.xml10_content().into_owned();
-                match out.last_mut() {
-                    Some(Node::Text(p, existing)) if *p == path => existing.push_str(&text),
-                    _ => out.push(Node::Text(path.clone(), text)),
-                }
-            }
+            Ok(Event::Text(t)) => push_text(&mut out, &current, &t.xml10_content()),
+            Ok(Event::CData(t)) => push_text(&mut out, &current, &t),
             Ok(Event::GeneralRef(r)) => {
                 let resolved =
                     resolve_reference(&r.into_inner()).ok_or_else(S3Error::malformed_xml)?;
-
-                match out.last_mut() {
-                    Some(Node::Text(p, existing)) if *p == path => existing.push_str(&resolved),
-                    _ => out.push(Node::Text(path.clone(), resolved)),
-                }
+                push_text(&mut out, &current, &resolved);
             }
             Ok(Event::Eof) => break,
             Ok(_) => {}
@@ -177,17 +218,19 @@ fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
         }
         buf.clear();
     }
-    if !path.is_empty() {
+    if current.is_some() {
         return Err(S3Error::malformed_xml());
     }
     Ok(out)
 }
 
-fn under<'a>(path: &'a [String], root: &str) -> Result<Vec<&'a str>, S3Error> {
-    if path.first().map(String::as_str) != Some(root) {
+/// The path of `element` below the document's root, which must be `root`.
+fn under<'a>(element: &'a Element, root: &str) -> Result<Vec<&'a str>, S3Error> {
+    let path = element.path();
+    if path.first() != Some(&root) {
         return Err(S3Error::malformed_xml());
     }
-    Ok(path[1..].iter().map(String::as_str).collect())
+    Ok(path[1..].to_vec())
 }
 
 /// One part named in CompleteMultipartUpload.
@@ -273,7 +316,7 @@ pub fn parse_delete(body: &[u8]) -> Result<(Vec<DeleteTarget>, bool), S3Error> {
                 }
                 ["Object", "VersionId"] => {
                     if let Some(o) = objects.last_mut() {
-                        o.version_id = Some(text);
+                        o.version_id = Some(text.trim().to_string());
                     }
                 }
                 _ => {}
@@ -338,10 +381,10 @@ pub fn parse_location_constraint(body: &[u8]) -> Result<Option<String>, S3Error>
         return Ok(None);
     }
     for node in flatten(body)? {
-        if let Node::Text(path, text) = node
-            && path.last().map(String::as_str) == Some("LocationConstraint")
+        if let Node::Text(element, text) = node
+            && element.name == "LocationConstraint"
         {
-            return Ok(Some(text).filter(|t| !t.is_empty()));
+            return Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()));
         }
     }
     Ok(None)
@@ -353,8 +396,6 @@ mod tests {
 
     #[test]
     fn deep_or_huge_documents_are_malformed_not_expanded() {
-        // 64 KiB of openings: every node keeps its path, so unbounded depth would cost
-        // gigabytes.
         let deep = "<a>".repeat(21_845);
         assert_eq!(
             parse_location_constraint(deep.as_bytes()).unwrap_err().code,
@@ -370,6 +411,28 @@ mod tests {
             flatten(nested.as_bytes()).is_ok(),
             "nesting within the limit parses"
         );
+    }
+
+    #[test]
+    fn a_document_costs_memory_in_proportion_to_its_size() {
+        // The root's name is stored once, not once per child (with 1 MiB names and copied
+        // paths, a 1 MB document cost 200 GB); names are bounded too.
+        let name = "A".repeat(MAX_NAME);
+        let body = format!("<{name}>{}</{name}>", "<a/>".repeat(90_000));
+        let nodes = flatten(body.as_bytes()).unwrap();
+        assert_eq!(nodes.len(), 1 + 2 * 90_000);
+        let longer = "A".repeat(MAX_NAME + 1);
+        assert!(flatten(format!("<{longer}/>").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn keys_are_taken_verbatim() {
+        let body = "<Delete>\n  <Object><Key> x.txt </Key></Object>\n  <Object><Key>Tom &amp; Jerry.mp4</Key></Object>\n  <Object><Key><![CDATA[a<b]]> &#x9;c</Key></Object>\n  <Object><Key>cr&#13;lf</Key></Object>\n  <Quiet> true </Quiet>\n</Delete>";
+        let (objects, quiet) = parse_delete(body.as_bytes()).unwrap();
+        let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, [" x.txt ", "Tom & Jerry.mp4", "a<b \tc", "cr\rlf"]);
+        assert!(quiet);
+        assert_eq!(escape("cr\rlf"), "cr&#xD;lf", "a CR survives a round trip");
     }
 
     #[test]
