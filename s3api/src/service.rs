@@ -146,6 +146,22 @@ impl Ctx {
 
     /// A reader for the body, verified as the request's headers say.
     pub fn body_reader(&mut self, max: u64) -> Result<BodyReader, S3Error> {
+        let headers = self.headers.clone();
+        self.reader_with(&headers, max)
+    }
+
+    /// A reader for a request document whose `x-amz-checksum-*` headers are not about the
+    /// body (CompleteMultipartUpload: they are the whole object's checksum); verified
+    /// otherwise as the request's headers say.
+    pub fn document_reader(&mut self, max: u64) -> Result<BodyReader, S3Error> {
+        let mut headers = self.headers.clone();
+        for algorithm in crate::checksum::Algorithm::ALL {
+            headers.remove(algorithm.header());
+        }
+        self.reader_with(&headers, max)
+    }
+
+    fn reader_with(&mut self, headers: &HeaderMap, max: u64) -> Result<BodyReader, S3Error> {
         let body = self.body.take().unwrap_or_else(Body::empty);
         let counter = self.bytes_in.clone();
         let raw = body
@@ -157,7 +173,7 @@ impl Ctx {
                 .map_err(|e| S3Error::incomplete_body(&format!("reading the request body: {e}")))
             })
             .boxed();
-        BodyReader::new(raw, &self.headers, &self.auth, max)
+        BodyReader::new(raw, headers, &self.auth, max)
     }
 }
 

@@ -275,7 +275,7 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
     let condition = write_condition(ctx)?;
-    let body = ctx.body_reader(4 << 20)?.read_all(4 << 20).await?;
+    let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
     let requested = parse_complete(&body)?;
     if requested
         .windows(2)
@@ -331,11 +331,17 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
                     &values.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(),
                 )?
             };
-            if let Some(sent) = ctx.header(&algorithm.header())
-                && kind == "FULL_OBJECT"
-                && sent.trim() != value
-            {
-                return Err(S3Error::bad_digest(algorithm.name()));
+            // The object's checksum, if sent, must be the one the parts make (a composite
+            // one with or without its `-N` suffix).
+            if let Some(sent) = ctx.header(&algorithm.header()) {
+                let sent = sent.trim();
+                let matches = sent == value
+                    || (kind != "FULL_OBJECT" && value.split('-').next() == Some(sent));
+                if !matches {
+                    return Err(S3Error::bad_digest(algorithm.name())
+                        .with("ExpectedDigest", sent)
+                        .with("CalculatedDigest", value));
+                }
             }
             (
                 Some(StoredChecksum {
