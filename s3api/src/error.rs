@@ -127,6 +127,15 @@ impl S3Error {
         )
         .with("Key", key)
     }
+    /// 404 NoSuchVersion: buckets are unversioned, so only the version `null` exists.
+    pub fn no_such_version(version: &str) -> Self {
+        S3Error::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchVersion",
+            "The specified version does not exist.",
+        )
+        .with("VersionId", version)
+    }
     /// 404 NoSuchUpload.
     pub fn no_such_upload(upload_id: &str) -> Self {
         S3Error::new(

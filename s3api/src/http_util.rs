@@ -37,8 +37,12 @@ pub fn parse_range(
         let Ok(n) = last.parse::<u64>() else {
             return Ok(None);
         };
-        if n == 0 || size == 0 {
+        if n == 0 {
             return Err(S3Error::invalid_range(size, value));
+        }
+        if size == 0 {
+            // The last n bytes of nothing: the whole (empty) object, as S3 answers.
+            return Ok(None);
         }
         size.saturating_sub(n)..size
     } else {
@@ -98,6 +102,32 @@ pub fn check_preconditions(
         && modified <= since
     {
         return Err(not_modified);
+    }
+    Ok(())
+}
+
+/// Refuses headers asking a write for what Zonestore does not do — server-side encryption
+/// (also with a customer's key), Object Lock retention, object tags — rather than storing the
+/// object without it while the client believes otherwise.
+pub fn refuse_unsupported_write_headers(headers: &HeaderMap) -> Result<(), S3Error> {
+    for name in headers.keys().map(|n| n.as_str()) {
+        if name.starts_with("x-amz-server-side-encryption")
+            || name.starts_with("x-amz-copy-source-server-side-encryption")
+        {
+            return Err(S3Error::not_implemented(&format!(
+                "Server-side encryption (the {name} header)"
+            )));
+        }
+        if name.starts_with("x-amz-object-lock-") {
+            return Err(S3Error::invalid_request(
+                "Bucket is missing Object Lock Configuration",
+            ));
+        }
+        if name == "x-amz-tagging" {
+            return Err(S3Error::not_implemented(
+                "Object tagging (the x-amz-tagging header)",
+            ));
+        }
     }
     Ok(())
 }

@@ -54,6 +54,8 @@ pub struct S3Config {
     pub max_put_size: u64,
     /// Request observer.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Whether clients reach the service over HTTPS (for the URLs it returns).
+    pub https: bool,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -74,6 +76,7 @@ impl S3Config {
             domains: vec!["localhost".into()],
             max_put_size: 5 << 30,
             observer: None,
+            https: false,
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct Ctx {
     pub body: Option<Body>,
     /// Host header.
     pub host: String,
+    /// Whether the bucket was named by the host (virtual-hosted style).
+    pub virtual_hosted: bool,
     /// Bytes of body read (for metrics).
     pub bytes_in: Arc<AtomicU64>,
 }
@@ -142,6 +147,18 @@ impl Ctx {
     /// The key.
     pub fn key(&self) -> &str {
         self.key.as_deref().unwrap_or_default()
+    }
+
+    /// The URL of the object the request names, as the client addressed it.
+    pub fn object_url(&self, https: bool) -> String {
+        let key =
+            percent_encoding::utf8_percent_encode(self.key(), crate::handlers::list::URL_SAFE);
+        let scheme = if https { "https" } else { "http" };
+        if self.virtual_hosted {
+            format!("{scheme}://{}/{key}", self.host)
+        } else {
+            format!("{scheme}://{}/{}/{key}", self.host, self.bucket())
+        }
     }
 
     /// A reader for the body, verified as the request's headers say.
@@ -338,6 +355,7 @@ impl S3Service {
                     request_id: request_id.clone(),
                     body: Some(body),
                     host,
+                    virtual_hosted,
                     bytes_in: bytes_in.clone(),
                 };
                 let (op, reply) = self.dispatch(&mut ctx).await;

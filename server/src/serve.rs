@@ -241,12 +241,13 @@ impl Server {
         s3_config.region = config.region.clone();
         s3_config.domains = config.domains.clone();
         s3_config.observer = Some(metrics.clone() as Arc<dyn s3api::Observer>);
-        let router = S3Service::new(Arc::new(EngineStore::new(engine.clone())), s3_config).router();
         let tls = match &config.tls {
             Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
             None => None,
         };
         let is_tls = tls.is_some();
+        s3_config.https = is_tls;
+        let router = S3Service::new(Arc::new(EngineStore::new(engine.clone())), s3_config).router();
         let s3_listener = tokio::net::TcpListener::bind(checked.listen)
             .await
             .map_err(io_error(format!(

@@ -238,6 +238,14 @@ def check_ranges():
     part2 = s3.get_object(Bucket=b, Key="mp", PartNumber=2)
     assert part2["Body"].read() == p2 and part2["PartsCount"] == 2
     expect_error("InvalidPartNumber", 416, s3.get_object, Bucket=b, Key="mp", PartNumber=3)
+    single = s3.get_object(Bucket=b, Key="r", PartNumber=1)
+    assert single["Body"].read() == body and "PartsCount" not in single, "a single-part object has no parts count"
+    # An empty object: its one part, and its last bytes, are the whole (empty) object.
+    s3.put_object(Bucket=b, Key="empty", Body=b"")
+    for kwargs in [{"PartNumber": 1}, {"Range": "bytes=-512"}]:
+        e = s3.get_object(Bucket=b, Key="empty", **kwargs)
+        assert e["ResponseMetadata"]["HTTPStatusCode"] == 200 and e["Body"].read() == b"", (kwargs, e)
+        assert "ContentRange" not in e, e
 
 
 def check_conditionals():
@@ -248,7 +256,9 @@ def check_conditionals():
     mtime = head["LastModified"]
     assert s3.get_object(Bucket=b, Key="c", IfMatch=etag)["Body"].read() == b"conditional"
     expect_error("PreconditionFailed", 412, s3.get_object, Bucket=b, Key="c", IfMatch='"0000"')
-    expect_error("304", 304, s3.get_object, Bucket=b, Key="c", IfNoneMatch=etag)
+    not_modified = expect_error("304", 304, s3.get_object, Bucket=b, Key="c", IfNoneMatch=etag)
+    validators = not_modified.response["ResponseMetadata"]["HTTPHeaders"]
+    assert validators.get("etag") == etag and validators.get("last-modified"), validators
     expect_error("304", 304, s3.get_object, Bucket=b, Key="c", IfModifiedSince=mtime + datetime.timedelta(seconds=10))
     assert s3.get_object(Bucket=b, Key="c", IfModifiedSince=mtime - datetime.timedelta(days=1))["ResponseMetadata"]["HTTPStatusCode"] == 200
     expect_error("PreconditionFailed", 412, s3.get_object, Bucket=b, Key="c", IfUnmodifiedSince=mtime - datetime.timedelta(days=1))
@@ -273,6 +283,18 @@ def check_delete_objects():
     assert left == ["k8", "k9"], left
     q = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "k8"}], "Quiet": True})
     assert not q.get("Deleted"), q
+    # Keys are taken verbatim: spaces at their ends, characters sent as entities.
+    odd = [" spaced.txt ", "Tom & Jerry's <mix>.mp4", "tab\there"]
+    for k in odd:
+        s3.put_object(Bucket=b, Key=k, Body=b"x")
+    r = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": k} for k in odd]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == sorted(odd), r
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=b).get("Contents", [])]
+    assert left == ["k9"], left
+    # A version other than null does not exist: nothing is read or deleted in its place.
+    expect_error("NoSuchVersion", 404, s3.get_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ")
+    expect_error("NoSuchVersion", 404, s3.delete_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert s3.get_object(Bucket=b, Key="k9", VersionId="null")["Body"].read() == b"x"
 
 
 def check_copy():
@@ -386,7 +408,9 @@ def check_checksums():
     # full-object CRC32 of the result is that of its bytes.
     up = s3.create_multipart_upload(Bucket=b, Key="mp-copied", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
     s3.put_object(Bucket=b, Key="copy-source", Body=parts_data[0])
-    e1 = s3.upload_part_copy(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], PartNumber=1, CopySource={"Bucket": b, "Key": "copy-source"})["CopyPartResult"]["ETag"]
+    copied = s3.upload_part_copy(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], PartNumber=1, CopySource={"Bucket": b, "Key": "copy-source"})["CopyPartResult"]
+    e1 = copied["ETag"]
+    assert copied.get("ChecksumCRC32") == base64.b64encode(zlib.crc32(parts_data[0]).to_bytes(4, "big")).decode(), copied
     r2 = s3.upload_part(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], PartNumber=2, Body=parts_data[1], ChecksumAlgorithm="CRC32")
     copied_parts = {"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": r2["ETag"], "ChecksumCRC32": r2["ChecksumCRC32"]}]}
     expected = base64.b64encode(zlib.crc32(whole).to_bytes(4, "big")).decode()
@@ -526,8 +550,16 @@ def check_not_implemented():
         (s3.put_bucket_versioning, {"VersioningConfiguration": {"Status": "Enabled"}}),
         (s3.get_bucket_lifecycle_configuration, {}),
         (s3.put_object_tagging, {"Key": "k", "Tagging": {"TagSet": []}}),
+        # What a write asks for and would not get is refused, not ignored.
+        (s3.put_object, {"Key": "k", "Body": b"x", "ServerSideEncryption": "AES256"}),
+        (s3.put_object, {"Key": "k", "Body": b"x", "SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32}),
+        (s3.put_object, {"Key": "k", "Body": b"x", "Tagging": "team=ml"}),
+        (s3.create_multipart_upload, {"Key": "k", "ServerSideEncryption": "aws:kms"}),
     ]:
         expect_error("NotImplemented", 501, call, Bucket=b, **kwargs)
+    expect_error("InvalidRequest", 400, s3.put_object, Bucket=b, Key="k", Body=b"x", ObjectLockLegalHoldStatus="ON")
+    expect_error("NotImplemented", 501, s3.create_bucket, Bucket="locked-bucket", ObjectLockEnabledForBucket=True)
+    assert "Contents" not in s3.list_objects_v2(Bucket=b), "nothing refused was stored"
     # Versioning status is answered (not enabled), since SDK cleanup code asks.
     v = s3.get_bucket_versioning(Bucket=b)
     assert "Status" not in v or v["Status"] != "Enabled", v

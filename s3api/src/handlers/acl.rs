@@ -90,11 +90,7 @@ fn is_owners_full_control(grant: &AclGrant, owner: &str) -> bool {
 fn resource_exists(svc: &S3Service, ctx: &Ctx, object: bool) -> Result<(), S3Error> {
     svc.owned_bucket(ctx, ctx.bucket())?;
     if object {
-        if let Some(version) = ctx.q("versionId")
-            && version != "null"
-        {
-            return Err(S3Error::invalid_argument("Invalid version id specified"));
-        }
+        super::object::check_version_id(ctx)?;
         svc.store.open_object(ctx.bucket(), ctx.key())?;
     }
     Ok(())

@@ -35,6 +35,12 @@ pub async fn create_bucket(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     check_bucket_name(&bucket)?;
     super::acl::check_bucket_acl_headers(&ctx.headers, ctx.user())?;
+    if ctx
+        .header("x-amz-bucket-object-lock-enabled")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Err(S3Error::not_implemented("Object Lock"));
+    }
     let body = ctx.body_reader(64 << 10)?.read_all(64 << 10).await?;
     if let Some(location) = parse_location_constraint(&body)?
         && location != svc.config.region

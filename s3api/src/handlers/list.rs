@@ -11,8 +11,8 @@ use crate::store::ListPage;
 use crate::time::iso8601;
 use crate::xml::XmlWriter;
 
-/// Characters left as they are by `encoding-type=url`.
-const URL_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+/// Characters left as they are by `encoding-type=url` (and in URLs of objects).
+pub(crate) const URL_SAFE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')

@@ -42,6 +42,7 @@ pub async fn create(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
     super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
+    crate::http_util::refuse_unsupported_write_headers(&ctx.headers)?;
     let headers = object_headers(&ctx.headers)?;
     let algorithm = match ctx.header("x-amz-checksum-algorithm") {
         Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
@@ -116,6 +117,7 @@ fn upload_algorithm(upload: &UploadInfo) -> Option<Algorithm> {
 pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     svc.owned_bucket(ctx, &bucket)?;
+    crate::http_util::refuse_unsupported_write_headers(&ctx.headers)?;
     let number = part_number(ctx)?;
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
@@ -149,6 +151,7 @@ pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
 pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     svc.owned_bucket(ctx, &bucket)?;
+    crate::http_util::refuse_unsupported_write_headers(&ctx.headers)?;
     let number = part_number(ctx)?;
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
@@ -185,6 +188,10 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let mut w = XmlWriter::new("CopyPartResult");
     w.element("LastModified", &iso8601(part.last_modified))
         .element("ETag", &format!("\"{}\"", part.etag));
+    // The part's checksum, for the client to name in CompleteMultipartUpload.
+    for c in &part.checksums {
+        w.element(&format!("Checksum{}", c.algorithm), &c.value);
+    }
     Ok(xml(w.finish()))
 }
 
@@ -372,7 +379,7 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         )
         .await?;
     let mut w = XmlWriter::new("CompleteMultipartUploadResult");
-    w.element("Location", &format!("http://{}/{bucket}/{key}", ctx.host))
+    w.element("Location", &ctx.object_url(svc.config.https))
         .element("Bucket", &bucket)
         .element("Key", &key)
         .element("ETag", &format!("\"{}\"", info.etag));

@@ -9,7 +9,9 @@ use md5::Digest;
 use crate::body::BodySummary;
 use crate::checksum;
 use crate::error::S3Error;
-use crate::http_util::{check_key, check_preconditions, object_headers, parse_range};
+use crate::http_util::{
+    check_key, check_preconditions, object_headers, parse_range, refuse_unsupported_write_headers,
+};
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
 use crate::store::{
     BodyStream, ObjectHeaders, ObjectInfo, ObjectWriter, OpenObject, StoredChecksum, WriteCondition,
@@ -141,6 +143,7 @@ pub async fn put_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
     super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
+    refuse_unsupported_write_headers(&ctx.headers)?;
     let headers = object_headers(&ctx.headers)?;
     let condition = write_condition(ctx)?;
     if ctx.header("content-length").is_none()
@@ -230,9 +233,20 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
             "Request specific response headers cannot be used for anonymous GET requests.",
         ));
     }
+    check_version_id(ctx)?;
     let object = svc.store.open_object(&bucket, &key)?;
     let info = &object.info;
-    check_preconditions(&ctx.headers, "", info, S3Error::not_modified())?;
+    match check_preconditions(&ctx.headers, "", info, S3Error::not_modified()) {
+        Ok(()) => {}
+        Err(e) if e.status == StatusCode::NOT_MODIFIED => {
+            // A 304 carries the validators and caching headers a 200 would (RFC 9110).
+            let kept = ["etag", "last-modified", "cache-control", "expires"];
+            let mut h = object_response_headers(info, ctx);
+            h.retain(|(name, _)| kept.contains(name));
+            return Ok(response(StatusCode::NOT_MODIFIED, h, Body::empty()));
+        }
+        Err(e) => return Err(e),
+    }
     let size = info.size;
     let mut range = parse_range(ctx.header("range"), size)?;
     let mut part_count = None;
@@ -260,8 +274,15 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
             return Err(S3Error::invalid_part_number());
         }
         let start: u64 = sizes[..n - 1].iter().sum();
-        range = Some(start..start + sizes[n - 1]);
-        part_count = Some(sizes.len());
+        range = match sizes[n - 1] {
+            // An empty object's one part is the whole (empty) object.
+            0 if size == 0 => None,
+            // No Content-Range can name an empty part of a larger object.
+            0 => return Err(S3Error::invalid_range(size, &format!("partNumber={n}"))),
+            len => Some(start..start + len),
+        };
+        // Only multipart objects have a parts count.
+        part_count = (!info.part_sizes.is_empty()).then_some(sizes.len());
     }
     let mut h = object_response_headers(info, ctx);
     if let Some(n) = part_count {
@@ -312,6 +333,7 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
 pub async fn delete_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     svc.owned_bucket(ctx, &bucket)?;
+    check_version_id(ctx)?;
     svc.store.delete_object(&bucket, &key).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -362,6 +384,15 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     Ok(xml(w.finish()))
 }
 
+/// Refuses a `versionId` other than `null` (buckets are unversioned): a GET must not answer
+/// for a version it does not have, nor a DELETE remove the current object in its place.
+pub(crate) fn check_version_id(ctx: &Ctx) -> Result<(), S3Error> {
+    match ctx.q("versionId") {
+        Some(version) if version != "null" => Err(S3Error::no_such_version(version)),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the object x-amz-copy-source names (in a bucket of the caller's) and checks the
 /// x-amz-copy-source-if-* conditions on it; returns its bucket, key and the open object.
 pub(crate) fn open_copy_source(
@@ -387,11 +418,7 @@ pub(crate) fn copy_source(ctx: &Ctx) -> Result<(String, String), S3Error> {
     if let Some(version) = query.split('&').find_map(|p| p.strip_prefix("versionId="))
         && version != "null"
     {
-        return Err(S3Error::new(
-            StatusCode::NOT_FOUND,
-            "NoSuchVersion",
-            "The specified version does not exist.",
-        ));
+        return Err(S3Error::no_such_version(version));
     }
     let decoded = percent_encoding::percent_decode_str(path)
         .decode_utf8_lossy()
@@ -411,6 +438,7 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     check_key(&key)?;
     svc.owned_bucket(ctx, &bucket)?;
     super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
+    refuse_unsupported_write_headers(&ctx.headers)?;
     let (src_bucket, src_key, source) = open_copy_source(svc, ctx)?;
     let replace = match ctx.header("x-amz-metadata-directive").unwrap_or("COPY") {
         "COPY" => false,
