@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -669,6 +670,8 @@ pub struct Intercepted {
     pub before_append: AppendHook,
     /// Gives what each append reports.
     pub after_append: AfterAppendHook,
+    /// Flushes asked for so far.
+    pub flushes: Arc<AtomicU64>,
 }
 
 impl Intercepted {
@@ -681,6 +684,7 @@ impl Intercepted {
             after_read: Box::new(|_, _, result| Box::pin(std::future::ready(result))),
             before_append: Box::new(|_, _, _| Box::pin(std::future::ready(()))),
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
+            flushes: Arc::default(),
         }
     }
 }
@@ -719,6 +723,7 @@ impl ZonedDevice for Intercepted {
         (self.after_append)(zslba, result).await
     }
     async fn flush(&self) -> ZoneResult<()> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.inner.flush().await
     }
     async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use zns::{ReportFilter, WriteHint, ZoneAction, ZoneError, ZoneSelect};
+use zns::{ReportFilter, WriteHint, ZoneAction, ZoneError, ZoneSelect, ZonedDevice};
 
 use super::queue::{QueueCtx, Reply};
 use crate::spec::opcode::io;
@@ -15,6 +15,23 @@ use crate::wire::status::Status;
 
 /// The one namespace ID a subsystem exports.
 const NSID: u32 = 1;
+
+/// Force Unit Access (CDW12 bit 30 of Write, Write Zeroes and Zone Append): the data must be
+/// on stable media before the command completes. With a volatile write cache (which the
+/// controller reports), hosts rely on it for journal commits instead of sending a Flush.
+const FUA: u32 = 1 << 30;
+
+/// The reply to a write that succeeded with `reply`, once its data is durable when the
+/// command asked for Force Unit Access.
+async fn after_write(device: &Arc<dyn ZonedDevice>, sqe: &Sqe, reply: Reply) -> Reply {
+    if sqe.cdw(12) & FUA == 0 {
+        return reply;
+    }
+    match device.flush().await {
+        Ok(()) => reply,
+        Err(e) => failed(e),
+    }
+}
 
 fn failed(error: ZoneError) -> Reply {
     let status = Status::from_zone_error(&error);
@@ -76,7 +93,7 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
                 return reply;
             }
             match device.write(slba, data).await {
-                Ok(()) => Reply::ok(),
+                Ok(()) => after_write(&device, sqe, Reply::ok()).await,
                 Err(e) => failed(e),
             }
         }
@@ -86,12 +103,12 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
             }
             let hint = WriteHint::from_dsm(sqe.cdw(13) as u8);
             match device.append_hinted(slba, data, hint).await {
-                Ok(lba) => Reply::result(lba),
+                Ok(lba) => after_write(&device, sqe, Reply::result(lba)).await,
                 Err(e) => failed(e),
             }
         }
         io::WRITE_ZEROES => match device.write_zeroes(slba, nlb).await {
-            Ok(()) => Reply::ok(),
+            Ok(()) => after_write(&device, sqe, Reply::ok()).await,
             Err(e) => failed(e),
         },
         io::FLUSH => match device.flush().await {
@@ -139,5 +156,37 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
             }
         }
         _ => Reply::error(Status::INVALID_OPCODE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use zns::{EmulatedZns, Geometry};
+
+    /// A write asking for Force Unit Access completes only after a flush; others do not wait
+    /// for one.
+    #[tokio::test]
+    async fn a_write_with_fua_is_flushed_before_it_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        let drive = zns::testing::Intercepted::new(Arc::new(inner));
+        let flushes = drive.flushes.clone();
+        let device: Arc<dyn ZonedDevice> = Arc::new(drive);
+        let mut sqe = Sqe::new(io::WRITE, 1);
+        sqe.set_cdw(12, 7);
+        assert!(matches!(
+            after_write(&device, &sqe, Reply::ok()).await,
+            Reply::Done { status, .. } if status == Status::SUCCESS
+        ));
+        assert_eq!(flushes.load(Ordering::Relaxed), 0);
+        sqe.set_cdw(12, FUA | 7);
+        let reply = after_write(&device, &sqe, Reply::result(42)).await;
+        assert!(matches!(
+            reply,
+            Reply::Done { status, result: 42, .. } if status == Status::SUCCESS
+        ));
+        assert_eq!(flushes.load(Ordering::Relaxed), 1);
     }
 }
