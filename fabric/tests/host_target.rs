@@ -29,9 +29,13 @@ struct Rig {
 }
 
 async fn rig(geometry: Geometry, allowed: Vec<String>) -> Rig {
+    rig_with(geometry, allowed, TargetConfig::default()).await
+}
+
+async fn rig_with(geometry: Geometry, allowed: Vec<String>, config: TargetConfig) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let drive = EmulatedZns::create(dir.path(), geometry).unwrap();
-    let target = Target::new(TargetConfig::default());
+    let target = Target::new(config);
     target
         .add_subsystem(NQN, Arc::new(drive.clone()), allowed)
         .unwrap();
@@ -259,6 +263,63 @@ fn header_and_data_digests_carry_data_intact() {
             assert_eq!(host.read(lba, blocks as u32).await.unwrap(), data);
         }
         host.close().await;
+    });
+}
+
+/// Against a controller that cannot disable SQ flow control (it refuses such a Connect with
+/// Connect Invalid Parameters), the host connects again with flow control on, and reads and
+/// appends, many at once, complete with their data (completions then come as CapsuleResps
+/// after the C2HData).
+#[test]
+fn a_target_that_keeps_sq_flow_control_is_used_with_it() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let plain = rig(g, vec![]).await;
+        let strict = rig_with(
+            g,
+            vec![],
+            TargetConfig {
+                sq_flow_control_disable: false,
+                ..TargetConfig::default()
+            },
+        )
+        .await;
+        let mut hosts = Vec::new();
+        for r in [&plain, &strict] {
+            hosts.push(
+                NvmeTcpHost::connect(host_config(r.handle.local_addr()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            strict.target.stats().connections,
+            plain.target.stats().connections + 1,
+            "one refused admin Connect, then the same queues"
+        );
+        let host = &hosts[1];
+        let mut lbas = Vec::new();
+        for i in 0..64u64 {
+            let data = Bytes::from(pattern(&g, 0, 2, i as u8));
+            lbas.push((
+                host.append(g.zone_start((i % 4) as u32), data.clone())
+                    .await
+                    .unwrap(),
+                data,
+            ));
+        }
+        let reads = lbas.iter().map(|(lba, _)| host.read(*lba, 2));
+        for (got, (_, want)) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .zip(&lbas)
+        {
+            assert_eq!(&got.unwrap(), want);
+        }
+        for h in hosts {
+            h.close().await;
+        }
     });
 }
 

@@ -430,3 +430,40 @@ async fn a_large_pdu_before_connect_is_refused_at_its_header() {
         (Fes::DataLimitExceeded as u16, 4)
     );
 }
+
+/// Before a Connect, a command whose data would come by R2T is refused (nothing may make the
+/// target ask for and hold data from a peer that has not connected), and a peer that never
+/// connects is closed.
+#[tokio::test]
+async fn before_connect_no_data_is_asked_for_and_silence_ends_the_connection() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    send(&mut stream, write_needing_r2t(9)).await;
+    match next_pdu(&mut stream, &mut BytesMut::new()).await {
+        Pdu::CapsuleResp(r) => {
+            let status = r.cqe.status();
+            let expected = fabric::wire::status::Status::COMMAND_SEQUENCE_ERROR;
+            assert_eq!(
+                (r.cqe.cid(), status.sct, status.sc),
+                (9, expected.sct, expected.sc)
+            );
+        }
+        other => panic!("expected a completion, not {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    let mut tmp = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a peer that never connects is closed");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "but not at once"
+    );
+}

@@ -15,6 +15,7 @@ use crate::spec::identify::{self, cns};
 use crate::spec::opcode::{csi, feature, io};
 use crate::spec::zns as report;
 use crate::wire::command::Sqe;
+use crate::wire::status::Status;
 
 /// What the host learned about the controller and namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +76,11 @@ impl Session {
             digests: config.digests,
             connect_timeout: config.connect_timeout,
         };
-        let admin_q = HostQueue::open(&params(0, 32), 8192, failed_tx.clone()).await?;
-        let connect = |qid, sqsize, cntlid, kato_ms| Connect {
+        let connect = |qid, sqsize, cntlid, kato_ms, cattr| Connect {
             recfmt: 0,
             qid,
             sqsize,
-            // The host bounds commands in flight itself, so the controller need not track SQ
-            // heads, and a read's last C2HData can then carry its completion (no CapsuleResp).
-            cattr: CATTR_DISABLE_SQFLOW,
+            cattr,
             kato_ms,
             hostid: config.hostid,
             cntlid,
@@ -90,9 +88,28 @@ impl Session {
             hostnqn: config.hostnqn.clone(),
         };
         let kato_ms = config.keep_alive.as_millis() as u32;
-        let cntlid = admin_q
-            .connect(&connect(0, 31, CNTLID_DYNAMIC, kato_ms), timeout)
-            .await?;
+        // The host bounds commands in flight itself, so the controller need not track SQ heads,
+        // and a read's last C2HData can then carry its completion (no CapsuleResp). A
+        // controller that cannot disable SQ flow control refuses such a Connect with Connect
+        // Invalid Parameters: then the queues connect with it on.
+        let mut cattr = CATTR_DISABLE_SQFLOW;
+        let (admin_q, cntlid) = loop {
+            let admin_q = HostQueue::open(&params(0, 32), 8192, failed_tx.clone()).await?;
+            let admin_connect = connect(0, 31, CNTLID_DYNAMIC, kato_ms, cattr);
+            match admin_q.connect(&admin_connect, timeout).await {
+                Ok(cntlid) => break (admin_q, cntlid),
+                Err(HostError::Refused { status, .. })
+                    if status == Status::CONNECT_INVALID_PARAMETERS && cattr != 0 =>
+                {
+                    tracing::info!(
+                        "{} cannot disable SQ flow control; connecting with it on",
+                        config.subnqn
+                    );
+                    cattr = 0;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         admin::enable(&admin_q, timeout).await?;
         let ctrl = identify::parse_controller(
             &admin::identify(&admin_q, cns::CONTROLLER, 0, 0, timeout).await?,
@@ -179,7 +196,7 @@ impl Session {
         for qid in 1..=io_queues {
             let p = params(qid, depth);
             let failed_tx = failed_tx.clone();
-            let c = connect(qid, depth - 1, cntlid, 0);
+            let c = connect(qid, depth - 1, cntlid, 0, cattr);
             connecting.push(async move {
                 let q = HostQueue::open(&p, in_capsule, failed_tx).await?;
                 q.connect(&c, timeout).await?;

@@ -29,6 +29,8 @@ pub mod offset {
     pub const QID: u16 = 42;
     /// SQSIZE in the SQE.
     pub const SQSIZE: u16 = 44;
+    /// CATTR in the SQE.
+    pub const CATTR: u16 = 46;
     /// RECFMT in the SQE.
     pub const RECFMT: u16 = 40;
     /// CNTLID in the data.

@@ -115,7 +115,10 @@ fn identify(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             ioccsz: (64 + config.in_capsule_data) / 16,
             kas: if io { 10 } else { 0 },
             nn: u32::from(io),
-            oaes: if io { 1 << 8 } else { 1 << 31 },
+            // Namespace attribute notices (a namespace never changes, so none is due); no
+            // discovery log change notices: the target does not send them, so a persistent
+            // discovery host must not wait for them.
+            oaes: if io { 1 << 8 } else { 0 },
         };
         return fit(identify::controller(&info), len);
     }

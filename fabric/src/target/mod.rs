@@ -45,6 +45,10 @@ pub struct TargetConfig {
     pub keep_alive_grace: Duration,
     /// Model number reported in Identify Controller.
     pub model: String,
+    /// Whether a host may disable SQ flow control (Connect CATTR bit 2); without it such a
+    /// Connect is refused with Connect Invalid Parameters, as a controller that cannot
+    /// disable it must (some targets cannot).
+    pub sq_flow_control_disable: bool,
 }
 
 impl Default for TargetConfig {
@@ -58,6 +62,7 @@ impl Default for TargetConfig {
             max_outstanding_r2t: 8 << 20,
             keep_alive_grace: Duration::from_millis(500),
             model: "Zonestore ZNS".into(),
+            sq_flow_control_disable: true,
         }
     }
 }

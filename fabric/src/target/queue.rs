@@ -32,6 +32,9 @@ use crate::wire::status::Status;
 pub(crate) const ADMIN_IN_CAPSULE: u32 = 8192;
 /// How long a new connection may take to send its ICReq.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may go on after its ICReq without connecting a queue (a host sends
+/// its Connect at once; nothing else is served before it).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a command handler answers.
 pub(crate) enum Reply {
@@ -116,6 +119,10 @@ impl QueueCtx {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
+        // Traffic-based keep alive: a completion is traffic too. A host may skip its next Keep
+        // Alive after seeing one, so a long command must not leave the timer measuring from
+        // when it arrived.
+        self.controller.touch();
         let stats = &self.target.stats;
         stats.commands.fetch_add(1, Ordering::Relaxed);
         if !status.is_success() {
@@ -153,13 +160,43 @@ impl QueueCtx {
 /// A write command waiting for its data.
 struct Transfer {
     sqe: Sqe,
-    /// H2CData payloads received so far, kept as received (one, usually: no copy).
+    /// H2CData payloads received so far, kept as received (one, usually: no copy)...
     chunks: Vec<Bytes>,
+    /// ...but for small ones, copied together here: a payload slice pins its whole receive
+    /// buffer, so a host sending many tiny H2CData PDUs would otherwise make the target hold
+    /// many times the data it asked for.
+    small: BytesMut,
     received: usize,
     expected: usize,
     r2t_sent: bool,
     digest_error: bool,
     permit: Option<OwnedSemaphorePermit>,
+}
+
+/// H2CData payloads below this size are copied (see [`Transfer::small`]).
+const COPY_BELOW: usize = 16 << 10;
+
+impl Transfer {
+    /// Adds the payload of an H2CData PDU.
+    fn add(&mut self, data: Bytes) {
+        self.received += data.len();
+        if data.len() < COPY_BELOW {
+            self.small.extend_from_slice(&data);
+            return;
+        }
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+        self.chunks.push(data);
+    }
+
+    /// Everything received, as one buffer.
+    fn take_data(&mut self) -> Bytes {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+        join(&mut self.chunks, self.expected)
+    }
 }
 
 /// The chunks as one buffer, copying only when there are several.
@@ -380,6 +417,7 @@ impl Connection {
         // the admin queue closed).
         let mut controller_gone: Option<watch::Receiver<bool>> = None;
         let freed = self.r2t_freed.clone();
+        let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
             if *stop.borrow() {
                 return;
@@ -389,6 +427,10 @@ impl Connection {
             let result = tokio::select! {
                 _ = stop.changed() => return,
                 _ = controller_down(&mut controller_gone) => return,
+                _ = tokio::time::sleep_until(connect_deadline), if self.ctx.is_none() => {
+                    tracing::debug!(peer = %self.peer, "no Connect in {CONNECT_TIMEOUT:?}; closing");
+                    return;
+                }
                 _ = freed.notified() => {
                     self.issue_r2ts().await;
                     continue;
@@ -529,6 +571,12 @@ impl Connection {
                     self.reject(cid, Status::INVALID_FIELD, 0).await;
                     return Ok(());
                 }
+                if writes && length > 0 && self.ctx.is_none() {
+                    // Before a Connect (whose data comes in the capsule) nothing may make the
+                    // target ask for and hold data.
+                    self.reject(cid, Status::COMMAND_SEQUENCE_ERROR, 0).await;
+                    return Ok(());
+                }
                 if writes && length > 0 {
                     let permit = Some(self.slot(&sqe)?);
                     let ttag = self.allocate_ttag();
@@ -537,6 +585,7 @@ impl Connection {
                         Transfer {
                             sqe,
                             chunks: Vec::new(),
+                            small: BytesMut::new(),
                             received: 0,
                             expected: length,
                             r2t_sent: false,
@@ -672,8 +721,7 @@ impl Connection {
                 "H2CData beyond the requested range".into(),
             ));
         }
-        transfer.received += data.data.len();
-        transfer.chunks.push(data.data.clone());
+        transfer.add(data.data.clone());
         transfer.digest_error |= data.data_digest_error;
         let complete = transfer.received == transfer.expected;
         if data.last != complete {
@@ -703,7 +751,7 @@ impl Connection {
                 self.reject(transfer.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR, 0)
                     .await;
             } else {
-                let data = join(&mut transfer.chunks, transfer.expected);
+                let data = transfer.take_data();
                 self.dispatch(transfer.sqe, data, transfer.permit, Some(hold))
                     .await?;
             }
@@ -822,6 +870,11 @@ impl Connection {
             if c.sqsize == 0 || entries > u32::from(self.target.config.max_queue_entries) {
                 return Err(invalid(false, connect::offset::SQSIZE));
             }
+            if c.cattr & connect::CATTR_DISABLE_SQFLOW != 0
+                && !self.target.config.sq_flow_control_disable
+            {
+                return Err(invalid(false, connect::offset::CATTR));
+            }
             if c.qid == 0 {
                 if c.cntlid != CNTLID_DYNAMIC {
                     return Err(invalid(true, connect::offset::CNTLID));
@@ -892,5 +945,42 @@ impl Connection {
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tiny H2CData payloads are copied together (a slice would pin its receive buffer);
+    /// large ones are kept as received; the data comes out whole and in order.
+    #[test]
+    fn small_h2c_payloads_are_copied_together_in_order() {
+        let mut transfer = Transfer {
+            sqe: Sqe::new(0x01, 1),
+            chunks: Vec::new(),
+            small: BytesMut::new(),
+            received: 0,
+            expected: 0,
+            r2t_sent: true,
+            digest_error: false,
+            permit: None,
+        };
+        let mut want = Vec::new();
+        for i in 0..1000u32 {
+            let tiny = Bytes::from(vec![i as u8]);
+            want.extend_from_slice(&tiny);
+            transfer.add(tiny);
+        }
+        assert!(transfer.chunks.is_empty(), "no tiny slice kept");
+        let large = Bytes::from(vec![7u8; COPY_BELOW]);
+        want.extend_from_slice(&large);
+        transfer.add(large);
+        want.extend_from_slice(b"tail");
+        transfer.add(Bytes::from_static(b"tail"));
+        assert_eq!(transfer.chunks.len(), 2);
+        transfer.expected = want.len();
+        assert_eq!(transfer.received, want.len());
+        assert_eq!(transfer.take_data(), want);
     }
 }

@@ -7,6 +7,7 @@
 //! about to run out of space. Small live records are copied in groups (one append of up to
 //! 256 KiB), several appends in flight, with index commits overlapping the next appends.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -90,6 +91,9 @@ pub struct GcControl {
     pub bytes_relocated: AtomicU64,
     /// Drives with a zone being collected right now.
     pub busy: AtomicUsize,
+    /// Zones whose collection failed, and when they may be tried again: a zone that cannot be
+    /// read or reset must not be every pass's victim while the drive's other zones fill up.
+    held_back: Mutex<HashMap<ZoneId, Instant>>,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -121,6 +125,7 @@ impl GcControl {
             zones_collected: AtomicU64::new(0),
             bytes_relocated: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            held_back: Mutex::new(HashMap::new()),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
@@ -363,10 +368,19 @@ impl Pacer {
     }
 }
 
+/// How long a zone whose collection failed is left alone.
+const HOLD_BACK: Duration = Duration::from_secs(60);
+
+/// Failed collections after which a pass over one drive stops (the drive itself may be
+/// failing).
+const FAILURES_PER_PASS: usize = 3;
+
 impl EngineInner {
     /// Collects zones of one drive while it is below the low watermark (then up to the high).
+    /// A zone that fails is held back for a while and the pass goes on with others.
     async fn collect_drive(self: &Arc<Self>, drive: DriveId) -> EngineResult<()> {
-        if !self.drives.get(drive).is_some_and(|d| d.is_up()) {
+        // A draining drive takes no writes, GC's relocations included: drain empties it.
+        if !self.drives.get(drive).is_some_and(|d| d.is_writable()) {
             return Ok(());
         }
         let zones = self.placement.zone_count(drive);
@@ -381,7 +395,16 @@ impl EngineInner {
         let mut result = Ok(());
         // Zones this pass took but had to keep (something in them could not be moved): not
         // taken again until the next pass, or the pass would read them over and over.
-        let mut kept = std::collections::HashSet::new();
+        let mut kept: HashSet<u32> = {
+            let mut held = self.gc.held_back.lock();
+            let now = Instant::now();
+            held.retain(|_, until| *until > now);
+            held.keys()
+                .filter(|z| z.drive == drive)
+                .map(|z| z.zone)
+                .collect()
+        };
+        let mut failures = 0;
         while self.placement.free_zones(drive) < high && self.gc.enabled.load(Ordering::SeqCst) {
             let Some(victim) = self.choose_victim_except(drive, config.policy, &kept) else {
                 break;
@@ -403,8 +426,17 @@ impl EngineInner {
                 Err(e) => Err(e),
             };
             if let Err(e) = collected {
+                tracing::warn!(zone = ?victim, "collecting the zone failed; holding it back for {HOLD_BACK:?}: {e}");
+                self.gc
+                    .held_back
+                    .lock()
+                    .insert(victim, Instant::now() + HOLD_BACK);
+                kept.insert(victim.zone);
                 result = Err(e);
-                break;
+                failures += 1;
+                if failures >= FAILURES_PER_PASS {
+                    break;
+                }
             }
         }
         self.gc.busy.fetch_sub(1, Ordering::SeqCst);
@@ -430,7 +462,7 @@ impl EngineInner {
     /// moving its live data: at least an eighth of a zone and a whole record, or collecting
     /// would consume as much space (in GC zones) as it frees.
     fn choose_victim(&self, drive: DriveId, policy: Policy) -> Option<ZoneId> {
-        self.choose_victim_except(drive, policy, &std::collections::HashSet::new())
+        self.choose_victim_except(drive, policy, &HashSet::new())
     }
 
     /// [`EngineInner::choose_victim`], leaving the zones in `except` out.
@@ -438,7 +470,7 @@ impl EngineInner {
         &self,
         drive: DriveId,
         policy: Policy,
-        except: &std::collections::HashSet<u32>,
+        except: &HashSet<u32>,
     ) -> Option<ZoneId> {
         let capacity_bytes = self.drives.get(drive)?.geometry.zone_capacity_bytes();
         let capacity = capacity_bytes as f64;
@@ -592,11 +624,20 @@ impl EngineInner {
                 tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
             }
             let zslba = drive.geometry.zone_start(zone.zone);
-            drive
+            if let Err(e) = drive
                 .device
                 .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
                 .await
-                .map_err(|e| drive.error(e))?;
+            {
+                // Its records were moved: a zone the drive gave up on is just left out.
+                if matches!(
+                    e.kind(),
+                    zns::ZoneErrorKind::ZoneIsReadOnly | zns::ZoneErrorKind::ZoneIsOffline
+                ) {
+                    self.placement.mark_bad(zone);
+                }
+                return Err(drive.error(e));
+            }
             self.committer.submit(Change::ZoneReset(zone)).await?;
             Ok(())
         }
