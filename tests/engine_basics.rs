@@ -879,3 +879,56 @@ fn zone_row(engine: &zonestore::engine::Engine, zone: u32) -> zonestore::engine:
         .find(|r| r.zone == zone)
         .expect("a row for the zone")
 }
+
+/// A zone the drive made read-only cannot be reset: GC leaves it out (its records were moved)
+/// and goes on with the drive's other zones instead of taking it again every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
+    use zns::testing::Backdoor;
+    use zonestore::engine::placement::ZoneUse;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
+        c.gc.enabled = false;
+        c.gc.rate_bytes_per_sec = 0;
+        c.gc.policy = zonestore::engine::gc::Policy::Greedy;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put_many(&engine, "b", 60, &content("f", 1, 30 << 10), 4, |k| {
+        format!("f{k}")
+    })
+    .await;
+    let kept = content("kept", 2, 10_000);
+    put(&engine, "b", "kept", &kept).await.unwrap();
+    for k in 0..60 {
+        engine.delete("b", &format!("f{k}")).await.unwrap();
+    }
+    let dead: Vec<u32> = engine
+        .zone_table()
+        .into_iter()
+        .filter(|r| r.usage == ZoneUse::Sealed && r.valid_bytes == 0)
+        .map(|r| r.zone)
+        .collect();
+    assert!(dead.len() >= 3, "dead zones to collect: {dead:?}");
+    // Greedy takes the last of equally dead zones first: that one cannot be reset.
+    let stuck = *dead.last().unwrap();
+    drives[0].make_read_only(g.zone_start(stuck)).await.unwrap();
+
+    engine.gc().set_watermarks(0.9, 0.95);
+    engine.gc().start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let collected = |engine: &zonestore::engine::Engine| {
+        dead[..dead.len() - 1]
+            .iter()
+            .all(|&z| zone_row(engine, z).usage != ZoneUse::Sealed)
+    };
+    while std::time::Instant::now() < deadline && !collected(&engine) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    engine.gc().stop();
+    assert!(collected(&engine), "the other dead zones were collected");
+    assert_eq!(zone_row(&engine, stuck).usage, ZoneUse::Bad);
+    assert!(engine.gc().status().last_error.is_some());
+    assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
+}

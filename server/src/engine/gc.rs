@@ -18,7 +18,7 @@ use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use zns::{ZoneAction, ZoneSelect};
+use zns::{ZoneAction, ZoneSelect, ZoneState};
 
 use super::EngineInner;
 use super::commit::{Change, Relocation, now_ms};
@@ -629,11 +629,15 @@ impl EngineInner {
                 .manage_zones(ZoneAction::Reset, ZoneSelect::Zone(zslba))
                 .await
             {
-                // Its records were moved: a zone the drive gave up on is just left out.
-                if matches!(
-                    e.kind(),
-                    zns::ZoneErrorKind::ZoneIsReadOnly | zns::ZoneErrorKind::ZoneIsOffline
-                ) {
+                // Its records were moved: a zone the drive has made read-only or taken
+                // offline (a reset of it is an invalid transition) is just left out.
+                let state = drive
+                    .device
+                    .report_zones(zslba, zns::ReportFilter::All, 1)
+                    .await
+                    .ok()
+                    .and_then(|r| r.zones.first().map(|z| z.state));
+                if matches!(state, Some(ZoneState::ReadOnly | ZoneState::Offline)) {
                     self.placement.mark_bad(zone);
                 }
                 return Err(drive.error(e));
