@@ -932,3 +932,70 @@ async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
     assert!(engine.gc().status().last_error.is_some());
     assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
 }
+
+/// Draining a drive moves a record off it even when the record's other copy is damaged: the
+/// copy on the draining drive, still readable, is the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_copies_from_the_drive_it_empties_when_that_copy_is_the_good_one() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, |c| {
+        c.replicas = 2;
+        c.write_quorum = 2;
+        c.gc.enabled = false;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("only", 7, 30_000);
+    put(&engine, "b", "only", &body).await.unwrap();
+    let probe = &body[5000..5064];
+    let holders: Vec<(usize, usize)> = drives
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let all = std::fs::read(d.data_path()).unwrap();
+            all.windows(64).position(|w| w == probe).map(|at| (i, at))
+        })
+        .collect();
+    assert_eq!(holders.len(), 2, "two copies: {holders:?}");
+    let (damaged, at) = holders[0];
+    let drained = holders[1].0;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(drives[damaged].data_path())
+        .unwrap();
+    file.write_all_at(&[0xFF; 64], at as u64).unwrap();
+    drop(file);
+
+    let passes_before = engine.repair().status().passes;
+    engine
+        .drain(&format!("zns-file://drive{drained}"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = engine.repair().status();
+        // A pass since the drain copied what was on the drive, and nothing is left there.
+        if s.passes > passes_before
+            && s.copies_made >= 1
+            && s.draining_bytes == 0
+            && s.blocked.is_none()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain did not finish: {s:?}"
+        );
+        engine.repair().nudge();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let third = 3 - damaged - drained;
+    let copied = std::fs::read(drives[third].data_path()).unwrap();
+    assert!(
+        copied.windows(64).any(|w| w == probe),
+        "the record now has a copy on the third drive"
+    );
+    assert_eq!(get(&engine, "b", "only").await.unwrap(), body);
+}

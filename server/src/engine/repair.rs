@@ -495,11 +495,15 @@ impl EngineInner {
             return Ok(None);
         };
         let mut last = String::from("no readable copy");
-        for source in entry
+        // Healthy copies first; then any other on a drive that answers (the copy a drain moves
+        // off its drive is one: it may be the only good one left). Every copy read is checked.
+        let up = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
+        let sources = entry
             .copies
             .iter()
-            .filter(|l| healthy(l) || Some(**l) != replace)
-        {
+            .filter(|l| healthy(l))
+            .chain(entry.copies.iter().filter(|l| !healthy(l) && up(l)));
+        for source in sources {
             match self.read_verified(&entry.what, *source).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
