@@ -469,6 +469,14 @@ impl EngineInner {
         outcome
     }
 
+    /// Whether a repair or scrub copy may go to `drive`: it takes writes and has free zones
+    /// beyond its reserve. Copies are written like GC's relocations, which may use the
+    /// reserve; they must not, or they could leave GC no room to move live records.
+    fn can_take_copy(&self, drive: DriveId) -> bool {
+        self.drives.get(drive).is_some_and(|d| d.is_writable())
+            && self.placement.free_zones(drive) > self.placement.reserve_of(drive)
+    }
+
     /// Reads a good copy of `entry` and appends it to a drive that holds none; returns the
     /// edit to commit and the bytes copied, or None if no drive can take it.
     async fn copy_record(
@@ -488,7 +496,7 @@ impl EngineInner {
             .drives
             .all()
             .iter()
-            .filter(|d| d.is_writable() && !holding.contains(&d.id))
+            .filter(|d| self.can_take_copy(d.id) && !holding.contains(&d.id))
             .max_by_key(|d| self.placement.free_zones(d.id))
             .map(|d| d.id);
         let Some(target) = target else {
@@ -671,9 +679,7 @@ impl EngineInner {
             .collect();
         let target = std::iter::once(bad.drive)
             .chain(self.drives.all().iter().map(|d| d.id))
-            .find(|id| {
-                !holding.contains(id) && self.drives.get(*id).is_some_and(|d| d.is_writable())
-            })
+            .find(|id| !holding.contains(id) && self.can_take_copy(*id))
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
         let Appended { locations, holds } = self
             .append_record(bytes, Class::Gc, 1, 1, Some(target))
