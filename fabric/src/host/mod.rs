@@ -11,7 +11,7 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -177,7 +177,13 @@ struct HostInner {
     geometry: Geometry,
     state: watch::Sender<State>,
     stats: HostStats,
+    /// The largest transfer the last session allowed: commands issued while reconnecting are
+    /// sized by it, not by a guess the target may refuse.
+    last_max_transfer: AtomicUsize,
 }
+
+/// The transfer size assumed before any session has said (most targets allow at least this).
+const ASSUMED_MAX_TRANSFER: usize = 128 << 10;
 
 /// A remote zoned namespace over NVMe/TCP. Cheap to clone.
 #[derive(Clone)]
@@ -226,6 +232,11 @@ impl NvmeTcpHost {
                 geometry,
                 state,
                 stats: HostStats::default(),
+                last_max_transfer: AtomicUsize::new(
+                    session
+                        .as_ref()
+                        .map_or(ASSUMED_MAX_TRANSFER, |s| s.limits.max_transfer),
+                ),
             }),
         };
         tokio::spawn(supervise(Arc::downgrade(&host.inner), session));
@@ -333,7 +344,7 @@ impl NvmeTcpHost {
     fn max_transfer_blocks(&self) -> u64 {
         let session_limit = match &*self.inner.state.borrow() {
             State::Up(s) => s.limits.max_transfer,
-            _ => 1 << 20,
+            _ => self.inner.last_max_transfer.load(Ordering::Relaxed),
         };
         (session_limit as u64 / u64::from(self.inner.geometry.block_size)).clamp(1, 65536)
     }
@@ -403,6 +414,9 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
         }
         match Session::establish(&inner.config).await {
             Ok(s) if s.geometry == inner.geometry => {
+                inner
+                    .last_max_transfer
+                    .store(s.limits.max_transfer, Ordering::Relaxed);
                 let s = Arc::new(s);
                 // Closed while connecting: the new session goes too.
                 if !set_unless_closed(&inner, State::Up(s.clone())) {
