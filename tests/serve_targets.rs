@@ -174,4 +174,41 @@ fn zns_file_targets_skip_the_fabric() {
         !server.metrics().contains("zonestore_nvme_host_commands{"),
         "no fabric in the path"
     );
+    drop(server);
+
+    // The same drive named twice is refused: it would be one copy whatever R says.
+    let data = dir.path().join("data");
+    let serve = |targets: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        for t in targets {
+            args.extend(["--target", t]);
+        }
+        zonestore_fails(&args)
+    };
+    let twice = serve(&[&d0, &d0]);
+    assert!(twice.contains("attached already"), "{twice}");
+    // A drive the index knows is never created anew when it is missing (its disk not mounted).
+    std::fs::rename(dir.path().join("d1"), dir.path().join("d1-away")).unwrap();
+    let missing = serve(&[&d0, &d1]);
+    assert!(missing.contains("mounted"), "{missing}");
+    assert!(
+        !dir.path().join("d1").exists(),
+        "no empty drive was made in its place"
+    );
+}
+
+fn zonestore_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::zonestore_bin())
+        .args(args)
+        .env_remove("ZONESTORE_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "zonestore {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -203,7 +203,7 @@ async fn gc_run(server: &AdminApi, zones: usize) -> anyhow::Result<()> {
             .unwrap_or("")
             .to_string();
         if run_line != last {
-            eprintln!("{}", run_line.trim_start_matches("run").trim());
+            say_err!("{}", run_line.trim_start_matches("run").trim());
             last = run_line.clone();
         }
         if run_line.contains("finished") {
@@ -240,7 +240,7 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
         let answer = fetch(server, "GET", "/admin/targets").await?;
         let left = field(&answer.body, "draining:");
         if left != last {
-            eprintln!("draining {target}: {left}");
+            say_err!("draining {target}: {left}");
             last = left.clone();
         }
         let row_live = answer
@@ -255,7 +255,7 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
             return Ok(());
         }
         if let Some(why) = answer.body.lines().find(|l| l.starts_with("repair waits:")) {
-            eprintln!("{why}");
+            say_err!("{why}");
         }
     }
 }

@@ -13,7 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
@@ -122,10 +122,18 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The connections' tasks: dropped (so aborted) with this task, when a shutdown's grace
+    // period ends with requests still running.
+    let mut tasks = JoinSet::new();
     loop {
-        // At the limit, new connections wait in the listen backlog.
-        let Ok(slot) = connections.clone().acquire_owned().await else {
-            break;
+        while tasks.try_join_next().is_some() {}
+        // At the limit, new connections wait in the listen backlog (a stop is still heard).
+        let slot = tokio::select! {
+            slot = connections.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stopped.changed() => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -144,7 +152,7 @@ async fn accept_loop(
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let result = match tls {
                 None => serve_connection(stream, service, watcher).await,
                 Some(acceptor) => {

@@ -1,6 +1,23 @@
 //! The `zonestore` binary: command line parsing and process lifecycle. Everything else lives in
 //! the library.
 
+/// `println!` that ignores a closed stdout (`zonestore serve | tee log` and Ctrl-C: the pipe
+/// ends first, and a panic there would skip the orderly shutdown).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr (see [`say!`]).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin_client;
 
 /// jemalloc instead of the system allocator: uploads allocate and free record buffers from
@@ -249,52 +266,53 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(&config).await?;
     let endpoint = server.endpoint();
     let user = &server.users[0];
-    println!("Zonestore is serving S3.");
-    println!("endpoint: {endpoint}");
-    println!(
+    say!("Zonestore is serving S3.");
+    say!("endpoint: {endpoint}");
+    say!(
         "admin: http://{} (/metrics, /health, /ready; `zonestore admin --server {} --data {}`)",
         server.admin_addr(),
         server.admin_addr(),
         config.data_dir.display()
     );
-    println!(
+    say!(
         "admin token: in {} (`zonestore admin` needs it for /admin/...)",
         zonestore::serve::admin_token_path(&config.data_dir).display()
     );
     if server.embedded {
-        println!(
+        say!(
             "drives: {} emulated ZNS drives under {}, each behind a loopback NVMe/TCP target",
             config.embedded.drives,
             config.data_dir.join("drives").display()
         );
     } else {
-        println!("drives: {}", config.targets.join(", "));
+        say!("drives: {}", config.targets.join(", "));
     }
-    println!("access_key: {}", user.access_key);
+    say!("access_key: {}", user.access_key);
     if args.secret_key.is_some() {
         // Given by the operator: not repeated into logs.
-        println!("secret_key: (as given with --secret-key or ZONESTORE_SECRET_KEY)");
+        say!("secret_key: (as given with --secret-key or ZONESTORE_SECRET_KEY)");
     } else if config.users.is_empty() {
-        println!("secret_key: {}", user.secret_key);
+        say!("secret_key: {}", user.secret_key);
     } else {
-        println!("secret_key: (in the configuration file)");
+        say!("secret_key: (in the configuration file)");
     }
-    println!("Try:");
-    println!(
+    say!("Try:");
+    say!(
         "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=<secret_key> AWS_DEFAULT_REGION={}",
-        user.access_key, config.region
+        user.access_key,
+        config.region
     );
-    println!("  aws --endpoint-url {endpoint} s3 mb s3://demo");
+    say!("  aws --endpoint-url {endpoint} s3 mb s3://demo");
     signals.next().await;
-    println!("zonestore serve: shutting down, letting requests finish (signal again to exit now)");
+    say!("zonestore serve: shutting down, letting requests finish (signal again to exit now)");
     tokio::select! {
         _ = server.shut_down(Duration::from_secs(args.drain_seconds)) => {
-            println!("zonestore serve: stopped");
+            say!("zonestore serve: stopped");
             Ok(())
         }
         _ = signals.next() => {
             // Everything acknowledged is already durable: exiting now loses nothing.
-            eprintln!("zonestore serve: second signal, exiting now");
+            say_err!("zonestore serve: second signal, exiting now");
             std::process::exit(1);
         }
     }
@@ -306,7 +324,7 @@ async fn run_recover(args: RecoverArgs) -> anyhow::Result<()> {
     }
     let config = config_of(&args.drives)?;
     zonestore::recover::rebuild_index(&config, args.allow_missing_drives, |line| {
-        eprintln!("{line}")
+        say_err!("{line}")
     })
     .await?;
     Ok(())
@@ -357,14 +375,14 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the storage node")?;
-    println!(
+    say!(
         "zonestore target: serving {} ({}) on {}",
         node.nqn,
         geometry,
         node.local_addr()
     );
     signals.next().await;
-    println!("zonestore target: shutting down");
+    say!("zonestore target: shutting down");
     node.handle.shutdown();
     zns::ZonedDevice::flush(&node.drive)
         .await

@@ -20,6 +20,10 @@ use crate::engine::{Engine, EngineError, ObjectHandle, PutWriter};
 
 /// The one mapping from engine errors to S3 errors (code and HTTP status).
 pub fn to_s3(e: EngineError) -> S3Error {
+    // A drive that cannot be reached is an outage (retry later), not a server fault.
+    if e.is_unavailable() {
+        return S3Error::unavailable(&e.to_string());
+    }
     match e {
         EngineError::NoSuchBucket(b) => S3Error::no_such_bucket(&b),
         EngineError::NoSuchKey { key, .. } => S3Error::no_such_key(&key),

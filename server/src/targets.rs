@@ -100,6 +100,7 @@ async fn connect(
     attached: &mut Attached,
 ) -> Result<(), AttachError> {
     let name = drive_name(nqn);
+    check_unique(attached, &name, &format!("nvme-tcp://{address}/{nqn}"))?;
     let config = host_config(address, nqn, hostnqn);
     let host = match NvmeTcpHost::connect(config.clone()).await {
         Ok(host) => host,
@@ -306,16 +307,26 @@ pub async fn attach(
                 }
             }
             TargetUrl::ZnsFile(path) => {
-                let drive = EmulatedZns::open_or_create(path, geometry).map_err(|e| {
-                    AttachError::Target {
-                        target: format!("zns-file://{}", path.display()),
-                        reason: e.to_string(),
-                    }
+                let target = format!("zns-file://{}", path.display());
+                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+                let name = format!("zns-file://{}", canonical.display());
+                check_unique(&attached, &name, &target)?;
+                // A drive the index knows is opened, never created: a missing one (a disk not
+                // mounted) must not be replaced by an empty drive on another filesystem.
+                let opened = if known.contains_key(&name) {
+                    EmulatedZns::open(path).map_err(|e| {
+                        format!("the index knows this drive, but it cannot be opened ({e}): is its filesystem mounted?")
+                    })
+                } else {
+                    EmulatedZns::open_or_create(path, geometry).map_err(|e| e.to_string())
+                };
+                let drive = opened.map_err(|reason| AttachError::Target {
+                    target: target.clone(),
+                    reason,
                 })?;
                 drive.set_direct_writes(direct_writes);
-                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
                 attached.specs.push(DriveSpec {
-                    name: format!("zns-file://{}", canonical.display()),
+                    name,
                     device: Arc::new(drive) as Arc<dyn ZonedDevice>,
                 });
             }
@@ -328,6 +339,21 @@ pub async fn attach(
         tracing::warn!("remembering what discovery listed failed: {e}");
     }
     Ok(attached)
+}
+
+/// Refuses a drive attached twice: two targets exporting the same subsystem NQN (storage
+/// nodes left at the default `--nqn`), or one named twice, would be one drive to the engine,
+/// and every record would have one copy whatever the replication factor says.
+fn check_unique(attached: &Attached, name: &str, target: &str) -> Result<(), AttachError> {
+    if attached.specs.iter().any(|s| s.name == name) {
+        return Err(AttachError::Target {
+            target: target.to_string(),
+            reason: format!(
+                "{name} is attached already through another target: every storage node needs its own subsystem NQN (`zonestore target --nqn`), and each target may be named once"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The engine's name of the drive a subsystem exports (stable across address changes).

@@ -368,6 +368,12 @@ impl Pacer {
     }
 }
 
+/// How long a reset waits for reads that began before its zone's records moved.
+const READ_WAIT: Duration = Duration::from_secs(30);
+
+/// [`READ_WAIT`] when the drive is down to its reserve of free zones.
+const URGENT_READ_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a zone whose collection failed is left alone.
 const HOLD_BACK: Duration = Duration::from_secs(60);
 
@@ -620,7 +626,12 @@ impl EngineInner {
                 .get(zone.drive)
                 .cloned()
                 .ok_or_else(|| EngineError::Internal("unknown drive".into()))?;
-            if !self.gate.drain(epoch, Duration::from_secs(30)).await {
+            // Reads that began before the relocation may still use the zone: wait for them,
+            // but not long when the drive is down to its reserve (writes would fail first).
+            let urgent =
+                self.placement.free_zones(zone.drive) <= self.placement.reserve_of(zone.drive);
+            let limit = if urgent { URGENT_READ_WAIT } else { READ_WAIT };
+            if !self.gate.drain(epoch, limit).await {
                 tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
             }
             let zslba = drive.geometry.zone_start(zone.zone);
@@ -866,6 +877,11 @@ impl EngineInner {
     /// Collects the best victim of every drive now, whatever the watermarks (admin `gc run`),
     /// all drives at once. Returns how many zones were taken.
     pub async fn collect_now(self: &Arc<Self>) -> EngineResult<usize> {
+        if self.gc.closed.load(Ordering::SeqCst) {
+            return Err(EngineError::Unavailable(
+                "GC has stopped: the server is shutting down".into(),
+            ));
+        }
         let policy = self.gc.config.lock().policy;
         let victims: Vec<ZoneId> = self
             .drives

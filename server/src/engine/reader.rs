@@ -285,10 +285,20 @@ impl EngineInner {
                 }
             }
         }
-        Err(EngineError::Corrupt(format!(
+        let what = format!(
             "no readable copy of stream {} offset {}: {last_error}",
             piece.stream_id, piece.offset
-        )))
+        );
+        // Every copy on a drive that is down: an outage, not damage.
+        if piece
+            .extent
+            .replicas
+            .iter()
+            .all(|l| self.drives.of(l).is_none_or(|d| !d.is_up()))
+        {
+            return Err(EngineError::Unavailable(what));
+        }
+        Err(EngineError::Corrupt(what))
     }
 
     async fn read_copy(&self, piece: &Piece, location: Location) -> Result<Bytes, String> {
