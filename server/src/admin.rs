@@ -200,7 +200,10 @@ async fn zones(State(s): State<Arc<AdminState>>) -> Response {
             let (state, wp) = match report.as_ref().and_then(|r| r.zones.get(row.zone as usize)) {
                 Some(z) if z.wp != u64::MAX => (
                     z.state.name().to_string(),
-                    human((z.wp - z.zslba) * drive.block_size()),
+                    match drive.written_blocks(row.zone, z) {
+                        Ok(blocks) => human(blocks * drive.block_size()),
+                        Err(_) => format!("bad wp {}", z.wp),
+                    },
                 ),
                 Some(z) => (z.state.name().to_string(), "-".to_string()),
                 None => ("?".to_string(), human(row.written_bytes)),

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use zns::{Geometry, ReportFilter, ZoneError, ZoneErrorKind, ZoneReport, ZonedDevice};
+use zns::{
+    Geometry, ReportFilter, ZoneDescriptor, ZoneError, ZoneErrorKind, ZoneReport, ZoneState,
+    ZonedDevice,
+};
 
 use super::error::EngineError;
 use super::model::{DriveId, Location, ZoneId};
@@ -80,6 +83,26 @@ impl Drive {
             .report_zones(0, ReportFilter::All, self.geometry.zone_count as usize)
             .await
             .map_err(|e| self.error(e))
+    }
+
+    /// Blocks written in zone `index`, as its report `z` says (the whole capacity once it is
+    /// full, read-only or offline). The report is input (a remote drive's): a write pointer
+    /// outside the zone is refused, never turned into a huge or negative amount.
+    pub fn written_blocks(&self, index: u32, z: &ZoneDescriptor) -> Result<u64, EngineError> {
+        match z.state {
+            ZoneState::Full => return Ok(self.geometry.zone_capacity),
+            ZoneState::Empty => return Ok(0),
+            _ if z.wp == u64::MAX => return Ok(self.geometry.zone_capacity),
+            _ => {}
+        }
+        z.wp.checked_sub(z.zslba)
+            .filter(|&w| z.zslba == self.geometry.zone_start(index) && w <= self.geometry.zone_capacity)
+            .ok_or_else(|| {
+                EngineError::Corrupt(format!(
+                    "drive {} reports zone {index} starting at LBA {} with its write pointer at {}, outside the zone",
+                    self.name, z.zslba, z.wp
+                ))
+            })
     }
 
     /// Block size in bytes.
@@ -200,5 +223,47 @@ impl Drives {
     /// The zone of a location.
     pub fn zone_of(&self, location: &Location) -> Option<ZoneId> {
         self.of(location).map(|d| d.zone_of(location.lba))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zone report is input: a write pointer outside its zone is an error, not a huge or
+    /// negative amount written.
+    #[test]
+    fn a_write_pointer_outside_its_zone_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let device = zns::EmulatedZns::create(dir.path(), g).unwrap();
+        let drive = Drive::new(0, "d".into(), Arc::new(device));
+        let zone = |state, zslba, wp| ZoneDescriptor {
+            state,
+            zslba,
+            zcap: g.zone_capacity,
+            wp,
+        };
+        let start = g.zone_start(1);
+        let open = ZoneState::ImplicitlyOpened;
+        assert_eq!(
+            drive
+                .written_blocks(1, &zone(open, start, start + 3))
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            drive
+                .written_blocks(1, &zone(ZoneState::Full, start, 0))
+                .unwrap(),
+            g.zone_capacity
+        );
+        for (zslba, wp) in [
+            (start, start - 1),
+            (start, start + g.zone_capacity + 1),
+            (g.zone_start(2), g.zone_start(2)),
+        ] {
+            assert!(drive.written_blocks(1, &zone(open, zslba, wp)).is_err());
+        }
     }
 }

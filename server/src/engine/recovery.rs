@@ -187,11 +187,10 @@ async fn rebuild_scanning(
         }
         let zones = drive.report_all_zones().await?;
         for (i, z) in zones.zones.iter().enumerate() {
-            let end_blocks = match z.state {
-                ZoneState::Empty | ZoneState::Offline => continue,
-                ZoneState::Full | ZoneState::ReadOnly => drive.geometry.zone_capacity,
-                _ => z.wp - z.zslba,
-            };
+            if matches!(z.state, ZoneState::Empty | ZoneState::Offline) {
+                continue;
+            }
+            let end_blocks = drive.written_blocks(i as u32, z)?;
             progress(&format!(
                 "scanning {} zone {i} ({} KiB)",
                 drive.name,

@@ -9,7 +9,7 @@ use zns::ZoneState;
 
 use super::commit::{Change, ZoneAccounts};
 use super::drives::Drive;
-use super::error::{EngineError, EngineResult};
+use super::error::EngineResult;
 use super::model::{DriveId, ZoneId};
 use super::placement::ZoneSnapshot;
 use super::{EngineInner, Reconciliation};
@@ -32,26 +32,7 @@ pub(super) async fn survey(
             zone: i as u32,
         };
         let account = accounts.get(zone);
-        let written = match z.state {
-            ZoneState::Full => drive.geometry.zone_capacity,
-            ZoneState::Empty => 0,
-            _ if z.wp == u64::MAX => drive.geometry.zone_capacity,
-            // A remote drive's report is input: a write pointer outside its zone must not
-            // become a huge or negative amount written.
-            _ => z
-                .wp
-                .checked_sub(z.zslba)
-                .filter(|&w| {
-                    z.zslba == drive.geometry.zone_start(i as u32)
-                        && w <= drive.geometry.zone_capacity
-                })
-                .ok_or_else(|| {
-                    EngineError::Corrupt(format!(
-                        "drive {} reports zone {i} starting at LBA {} with its write pointer at {}, outside the zone",
-                        drive.name, z.zslba, z.wp
-                    ))
-                })?,
-        };
+        let written = drive.written_blocks(i as u32, z)?;
         let end = z.zslba + written;
         if z.state == ZoneState::Empty && (account.max_indexed_end > 0 || account.valid_bytes > 0) {
             if account.valid_bytes > 0 {
