@@ -999,3 +999,48 @@ async fn a_drain_copies_from_the_drive_it_empties_when_that_copy_is_the_good_one
     );
     assert_eq!(get(&engine, "b", "only").await.unwrap(), body);
 }
+
+/// A completion appends the object's commit record, then the upload's end record: if the
+/// server stops between the two, the rebuild restores the completed object alone, not also an
+/// open upload owning the same parts (a retried completion or an abort would then take the
+/// object's data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives) = open_engine(dir.path(), 1, small_geometry(64, 1 << 20), |c| {
+        c.gc.enabled = false;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let id = engine
+        .create_upload("b", "big", ObjectMeta::default())
+        .await
+        .unwrap();
+    let mut etags = Vec::new();
+    for (i, size) in [5usize << 20, 777].into_iter().enumerate() {
+        let mut w = engine.put_part(id, i as u32 + 1).unwrap();
+        w.write(bytes::Bytes::from(content("big", i as u64, size)))
+            .await
+            .unwrap();
+        let etag = format!("{:032x}", i + 1);
+        w.finish_part(etag.clone(), vec![]).await.unwrap();
+        etags.push((i as u32 + 1, etag));
+    }
+    engine
+        .complete_upload(id, &etags, None, Condition::None)
+        .await
+        .unwrap();
+    // Unmake the end record: as if it had never reached the drive.
+    let path = drives[0].data_path();
+    let all = std::fs::read(&path).unwrap();
+    let ends: Vec<usize> = (0..all.len().saturating_sub(8))
+        .step_by(4096)
+        .filter(|&at| &all[at..at + 4] == b"ZSR1" && all[at + 5] == 7)
+        .collect();
+    assert_eq!(ends.len(), 1, "one upload end record");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0u8; 8], ends[0] as u64).unwrap();
+    drop(file);
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+}

@@ -848,7 +848,11 @@ impl<'a> Txn<'a> {
             shadowed.extend(cur.shadowed.iter().copied());
             shadowed.extend(self.stamps(&cur.commit));
             for s in &cur.meta.streams {
-                self.remove_stream(s.stream_id)?;
+                // A stream the new version uses too is kept (never expected: a completion
+                // retried on an upload whose parts the current version already holds).
+                if !meta.streams.iter().any(|n| n.stream_id == s.stream_id) {
+                    self.remove_stream(s.stream_id)?;
+                }
             }
             self.sub_valid(&cur.commit);
         }

@@ -3,7 +3,7 @@
 //! (tombstones included), and data records are matched to the streams the winners use. Also the
 //! canonical dump used to compare a rebuilt index with a live one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -268,12 +268,35 @@ fn resolve(
     };
     scratch.for_each_group(Space::Bucket, |g| r.bucket(g, report))?;
     scratch.for_each_group(Space::Object, |g| r.object(g, report))?;
+    // The objects are written before the uploads are resolved: an upload is looked up in them.
+    index.write(std::mem::take(&mut r.batch), false)?;
     scratch.for_each_group(Space::Upload, |g| r.upload(g, report))?;
     index.write(std::mem::take(&mut r.batch), false)?;
     Ok(r.accounts)
 }
 
 impl Resolver<'_> {
+    /// Whether the object restored under the upload's name uses one of the upload's parts: a
+    /// completion appends the object's commit record, then the upload's end record, and a
+    /// crash between the two leaves the upload looking open although its parts are the
+    /// object's (restoring both would give two owners to the same data).
+    fn completed_into_object(&self, upload_id: u64, g: &Group) -> EngineResult<bool> {
+        let Some(object) = self.index.object(&g.bucket, &g.key)? else {
+            return Ok(false);
+        };
+        let used: HashSet<u64> = object.meta.streams.iter().map(|s| s.stream_id).collect();
+        let mut completed = false;
+        self.scratch.for_each_part(upload_id, |part| {
+            if let Some((pseq, (_, payload, _))) = part.versions.newest()
+                && let Ok(entry) = PartEntry::from_payload(pseq, payload)
+            {
+                completed |= used.contains(&entry.stream_id);
+            }
+            Ok(())
+        })?;
+        Ok(completed)
+    }
+
     fn count(&mut self, ls: &[Location]) {
         for l in ls {
             if let Some(zone) = self.drives.zone_of(l) {
@@ -469,6 +492,15 @@ impl Resolver<'_> {
         let Some(template) = readable(ObjectMeta::decode(payload), &g, report) else {
             return Ok(());
         };
+        if self.completed_into_object(upload_id, &g)? {
+            tracing::warn!(
+                upload_id,
+                bucket = g.bucket,
+                key = g.key,
+                "the upload's completion lacks its end record (the server stopped between the two); the object uses its parts, so the upload is not restored"
+            );
+            return Ok(());
+        }
         let mut shadowed = Vec::new();
         scratch.for_each_part(upload_id, |part| {
             let Some((pseq, (plocs, ppayload, _))) = part.versions.newest() else {
