@@ -1044,3 +1044,58 @@ async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
     drop(file);
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
 }
+
+/// A writer whose client goes away while its change waits in the committer keeps the name's
+/// lock until the change is applied: the next conditional writer then sees it, and is refused
+/// before appending a record a rebuild would take for the newest version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_writer_keeps_its_name_locked_until_its_change_is_applied() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(32, 1 << 20);
+    let inner = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let flushing = Arc::new(tokio::sync::Notify::new());
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
+    drive.before_flush = Box::new({
+        let (slow, flushing) = (slow.clone(), flushing.clone());
+        move || {
+            let slow = slow.load(Ordering::SeqCst);
+            if slow {
+                flushing.notify_one();
+            }
+            Box::pin(async move {
+                if slow {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            })
+        }
+    });
+    let specs = vec![zonestore::engine::DriveSpec {
+        name: "zns-file://drive0".into(),
+        device: Arc::new(drive),
+    }];
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+
+    slow.store(true, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { put_if(&engine, "b", "k", b"first", Condition::IfNoneMatchAny).await }
+    });
+    // The first writer's change is in the committer (its flush began): its client goes.
+    flushing.notified().await;
+    first.abort();
+    let second = put_if(&engine, "b", "k", b"second", Condition::IfNoneMatchAny).await;
+    slow.store(false, Ordering::SeqCst);
+    assert!(
+        matches!(second, Err(EngineError::PreconditionFailed)),
+        "{second:?}"
+    );
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), b"first");
+    assert_rebuild_equals_live(&engine, &[inner], dir.path(), "rebuilt").await;
+}

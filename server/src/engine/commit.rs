@@ -321,6 +321,8 @@ struct Request {
     /// Holds on the zones of the change's new records, released once the change is applied
     /// (or failed), whether or not the submitter is still waiting.
     _holds: Vec<ZoneHolds>,
+    /// The name lock the change was checked under, released likewise (see [`super::names`]).
+    _lock: Option<Box<dyn Send>>,
 }
 
 /// Handle to the committer task.
@@ -363,12 +365,35 @@ impl Committer {
         change: Change,
         holds: Vec<ZoneHolds>,
     ) -> EngineResult<Outcome> {
+        self.submit_request(change, holds, None).await
+    }
+
+    /// [`Committer::submit_holding`] for a change checked under a name lock: the committer
+    /// keeps `lock` until the change is applied, so a submitter that stops waiting cannot let
+    /// the next writer check its conditions against an index the change has not reached yet.
+    pub(crate) async fn submit_locked(
+        &self,
+        change: Change,
+        holds: Vec<ZoneHolds>,
+        lock: impl Send + 'static,
+    ) -> EngineResult<Outcome> {
+        self.submit_request(change, holds, Some(Box::new(lock)))
+            .await
+    }
+
+    async fn submit_request(
+        &self,
+        change: Change,
+        holds: Vec<ZoneHolds>,
+        lock: Option<Box<dyn Send>>,
+    ) -> EngineResult<Outcome> {
         let (reply, wait) = oneshot::channel();
         self.tx
             .send(Request {
                 change,
                 reply,
                 _holds: holds,
+                _lock: lock,
             })
             .await
             .map_err(|_| EngineError::Internal("the committer has stopped".into()))?;

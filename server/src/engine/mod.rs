@@ -364,7 +364,7 @@ impl Engine {
 
     /// Creates a bucket owned by `owner`.
     pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<()> {
-        let _lock = self.inner.names.bucket(name).await;
+        let lock = self.inner.names.bucket(name).await;
         if let Some(b) = self.inner.index.bucket(name)? {
             return Err(if b.owner == owner {
                 EngineError::BucketAlreadyOwnedByYou(name.into())
@@ -386,12 +386,13 @@ impl Engine {
         entry.location = locations;
         self.inner
             .committer
-            .submit_holding(
+            .submit_locked(
                 Change::CreateBucket {
                     name: name.to_string(),
                     entry,
                 },
                 vec![holds],
+                lock,
             )
             .await
             .map(|_| ())
@@ -399,7 +400,7 @@ impl Engine {
 
     /// Deletes an empty bucket.
     pub async fn delete_bucket(&self, name: &str) -> EngineResult<()> {
-        let _lock = self.inner.names.bucket(name).await;
+        let lock = self.inner.names.bucket(name).await;
         if self.inner.index.bucket(name)?.is_none() {
             return Err(EngineError::NoSuchBucket(name.into()));
         }
@@ -414,13 +415,14 @@ impl Engine {
         } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
-            .submit_holding(
+            .submit_locked(
                 Change::DeleteBucket {
                     name: name.to_string(),
                     seq,
                     tombstone,
                 },
                 vec![holds],
+                lock,
             )
             .await
             .map(|_| ())
@@ -487,7 +489,7 @@ impl Engine {
 
     /// Deletes an object (nothing happens if it does not exist).
     pub async fn delete(&self, bucket: &str, key: &str) -> EngineResult<()> {
-        let _lock = self.inner.names.object(bucket, key).await;
+        let lock = self.inner.names.object(bucket, key).await;
         self.bucket(bucket)?;
         if self.inner.index.object(bucket, key)?.is_none() {
             return Ok(());
@@ -500,7 +502,7 @@ impl Engine {
         } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
-            .submit_holding(
+            .submit_locked(
                 Change::DeleteObject {
                     bucket: bucket.into(),
                     key: key.into(),
@@ -508,6 +510,7 @@ impl Engine {
                     tombstone,
                 },
                 vec![holds],
+                lock,
             )
             .await
             .map(|_| ())
@@ -538,7 +541,7 @@ impl Engine {
         key: &str,
         mut template: ObjectMeta,
     ) -> EngineResult<u64> {
-        let _lock = self.inner.names.bucket_shared(bucket).await;
+        let lock = self.inner.names.bucket_shared(bucket).await;
         self.bucket(bucket)?;
         let upload_id = self.inner.seq.next()?;
         template.seq = upload_id;
@@ -559,7 +562,7 @@ impl Engine {
         entry.location = locations;
         self.inner
             .committer
-            .submit_holding(Change::CreateUpload { entry }, vec![holds])
+            .submit_locked(Change::CreateUpload { entry }, vec![holds], lock)
             .await?;
         Ok(upload_id)
     }
@@ -615,7 +618,7 @@ impl Engine {
         condition: Condition,
     ) -> EngineResult<ObjectMeta> {
         let upload = self.upload(upload_id)?;
-        let _lock = self.inner.names.object(&upload.bucket, &upload.key).await;
+        let lock = self.inner.names.object(&upload.bucket, &upload.key).await;
         // Checked again with the object locked: the upload may have ended meanwhile.
         let upload = self.upload(upload_id)?;
         self.inner
@@ -708,7 +711,7 @@ impl Engine {
         match self
             .inner
             .committer
-            .submit_holding(change, vec![commit_holds, end_holds])
+            .submit_locked(change, vec![commit_holds, end_holds], lock)
             .await?
         {
             Outcome::Done | Outcome::Superseded | Outcome::NotFound => Ok(meta),
@@ -718,7 +721,7 @@ impl Engine {
     /// Aborts an upload; its parts' data becomes garbage.
     pub async fn abort_upload(&self, upload_id: u64) -> EngineResult<()> {
         let upload = self.upload(upload_id)?;
-        let _lock = self.inner.names.object(&upload.bucket, &upload.key).await;
+        let lock = self.inner.names.object(&upload.bucket, &upload.key).await;
         let upload = self.upload(upload_id)?;
         let seq = self.inner.seq.next()?;
         let header = self.meta_header(
@@ -735,13 +738,14 @@ impl Engine {
         } = self.inner.append_small(&header, &[]).await?;
         self.inner
             .committer
-            .submit_holding(
+            .submit_locked(
                 Change::AbortUpload {
                     upload_id,
                     seq,
                     end,
                 },
                 vec![holds],
+                lock,
             )
             .await
             .map(|_| ())

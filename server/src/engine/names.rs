@@ -4,12 +4,16 @@
 //! a bucket created twice, a bucket deleted while an object was written into it — would come
 //! back from a rebuild as if it had happened. Writers that change an object hold its key's
 //! lock, and a shared lock on its bucket, from checking their conditions to the index write;
-//! bucket creation and deletion hold the bucket's lock alone. Locks are striped: unrelated
-//! names share a stripe now and then, which only serializes them.
+//! bucket creation and deletion hold the bucket's lock alone. The guards go to the committer with
+//! the change and are released once it is applied, also when the client stops waiting (its
+//! request dropped): the next writer's check then sees the index the change left. Locks are
+//! striped: unrelated names share a stripe now and then, which only serializes them.
 
 use std::hash::{Hash, Hasher};
 
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 /// Stripes of bucket locks.
 const BUCKET_STRIPES: usize = 64;
@@ -19,24 +23,24 @@ const KEY_STRIPES: usize = 1024;
 /// The engine's name locks.
 #[derive(Debug)]
 pub struct NameLocks {
-    buckets: Vec<RwLock<()>>,
-    keys: Vec<RwLock<()>>,
+    buckets: Vec<Arc<RwLock<()>>>,
+    keys: Vec<Arc<RwLock<()>>>,
 }
 
 /// Held while an object's version changes: the bucket cannot be created or deleted meanwhile,
 /// and nobody else changes the key.
 #[derive(Debug)]
-pub struct ObjectLock<'a> {
-    _key: RwLockWriteGuard<'a, ()>,
-    _bucket: RwLockReadGuard<'a, ()>,
+pub struct ObjectLock {
+    _key: OwnedRwLockWriteGuard<()>,
+    _bucket: OwnedRwLockReadGuard<()>,
 }
 
 /// Held while a part of an upload of the key is stored: parts of one upload go on side by side,
 /// but not beside the upload's completion or abort (which hold an [`ObjectLock`]).
 #[derive(Debug)]
-pub struct PartLock<'a> {
-    _key: RwLockReadGuard<'a, ()>,
-    _bucket: RwLockReadGuard<'a, ()>,
+pub struct PartLock {
+    _key: OwnedRwLockReadGuard<()>,
+    _bucket: OwnedRwLockReadGuard<()>,
 }
 
 fn stripe(parts: &[&str], stripes: usize) -> usize {
@@ -50,8 +54,8 @@ fn stripe(parts: &[&str], stripes: usize) -> usize {
 impl Default for NameLocks {
     fn default() -> Self {
         NameLocks {
-            buckets: (0..BUCKET_STRIPES).map(|_| RwLock::new(())).collect(),
-            keys: (0..KEY_STRIPES).map(|_| RwLock::new(())).collect(),
+            buckets: (0..BUCKET_STRIPES).map(|_| Arc::default()).collect(),
+            keys: (0..KEY_STRIPES).map(|_| Arc::default()).collect(),
         }
     }
 }
@@ -59,9 +63,15 @@ impl Default for NameLocks {
 impl NameLocks {
     /// Locks `key` of `bucket` for a change of its version (and the bucket against creation
     /// and deletion).
-    pub async fn object(&self, bucket: &str, key: &str) -> ObjectLock<'_> {
-        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)].read().await;
-        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)].write().await;
+    pub async fn object(&self, bucket: &str, key: &str) -> ObjectLock {
+        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)]
+            .clone()
+            .read_owned()
+            .await;
+        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)]
+            .clone()
+            .write_owned()
+            .await;
         ObjectLock {
             _key: key_lock,
             _bucket: bucket_lock,
@@ -69,9 +79,15 @@ impl NameLocks {
     }
 
     /// Locks `key` of `bucket` for storing a part of one of its uploads.
-    pub async fn part(&self, bucket: &str, key: &str) -> PartLock<'_> {
-        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)].read().await;
-        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)].read().await;
+    pub async fn part(&self, bucket: &str, key: &str) -> PartLock {
+        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)]
+            .clone()
+            .read_owned()
+            .await;
+        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)]
+            .clone()
+            .read_owned()
+            .await;
         PartLock {
             _key: key_lock,
             _bucket: bucket_lock,
@@ -80,14 +96,18 @@ impl NameLocks {
 
     /// Locks `bucket` against object changes while it is used without changing it (an upload
     /// created in it).
-    pub async fn bucket_shared(&self, bucket: &str) -> RwLockReadGuard<'_, ()> {
-        self.buckets[stripe(&[bucket], BUCKET_STRIPES)].read().await
+    pub async fn bucket_shared(&self, bucket: &str) -> OwnedRwLockReadGuard<()> {
+        self.buckets[stripe(&[bucket], BUCKET_STRIPES)]
+            .clone()
+            .read_owned()
+            .await
     }
 
     /// Locks `bucket` for its creation or deletion.
-    pub async fn bucket(&self, bucket: &str) -> RwLockWriteGuard<'_, ()> {
+    pub async fn bucket(&self, bucket: &str) -> OwnedRwLockWriteGuard<()> {
         self.buckets[stripe(&[bucket], BUCKET_STRIPES)]
-            .write()
+            .clone()
+            .write_owned()
             .await
     }
 }

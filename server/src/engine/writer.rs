@@ -537,7 +537,7 @@ impl PutWriter {
         };
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
-        let _lock = engine.names.object(&self.bucket, &self.key).await;
+        let lock = engine.names.object(&self.bucket, &self.key).await;
         engine.check_object_change(&self.bucket, &self.key, &condition)?;
         meta.seq = engine.seq.next()?;
         meta.size = stream.length;
@@ -565,7 +565,7 @@ impl PutWriter {
             condition,
         };
         let holds = vec![self.take_holds(), commit_holds];
-        match engine.committer.submit_holding(change, holds).await? {
+        match engine.committer.submit_locked(change, holds, lock).await? {
             Outcome::Done | Outcome::Superseded | Outcome::NotFound => {}
         }
         engine
@@ -596,7 +596,7 @@ impl PutWriter {
         };
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
-        let _lock = engine.names.part(&self.bucket, &self.key).await;
+        let lock = engine.names.part(&self.bucket, &self.key).await;
         if engine.index.upload(upload_id)?.is_none() {
             return Err(EngineError::NoSuchUpload(format!("{upload_id:016x}")));
         }
@@ -624,13 +624,14 @@ impl PutWriter {
         part.location = locations;
         engine
             .committer
-            .submit_holding(
+            .submit_locked(
                 Change::PutPart {
                     upload_id,
                     part: part.clone(),
                     extents,
                 },
                 vec![self.take_holds(), holds],
+                lock,
             )
             .await?;
         engine
