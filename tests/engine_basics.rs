@@ -1099,3 +1099,78 @@ async fn a_dropped_writer_keeps_its_name_locked_until_its_change_is_applied() {
     assert_eq!(get(&engine, "b", "k").await.unwrap(), b"first");
     assert_rebuild_equals_live(&engine, &[inner], dir.path(), "rebuilt").await;
 }
+
+/// A PUT whose drive was reconnected between its appends and their flush (the target may have
+/// restarted and lost them; the flush then went to the new incarnation) is not acknowledged;
+/// the next one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_target_reconnected_before_its_flush_is_not_acknowledged() {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zns::ZonedDevice;
+    const NQN: &str = "nqn.2026-01.io.zonestore:restarting";
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let drive = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let target = fabric::target::Target::new(fabric::target::TargetConfig::default());
+    target
+        .add_subsystem(NQN, Arc::new(drive.clone()), vec![])
+        .unwrap();
+    let listening = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr: SocketAddr = listening.local_addr();
+    let listening = Arc::new(parking_lot::Mutex::new(Some(listening)));
+    let host = fabric::host::NvmeTcpHost::connect(fabric::host::HostConfig::new(addr, NQN))
+        .await
+        .unwrap();
+    // Armed, the next flush first restarts the target and waits for the host to reconnect.
+    let restart = Arc::new(AtomicBool::new(false));
+    let mut wrapped = zns::testing::Intercepted::new(Arc::new(host.clone()));
+    wrapped.before_flush = Box::new({
+        let (restart, host, target, listening) = (
+            restart.clone(),
+            host.clone(),
+            target.clone(),
+            listening.clone(),
+        );
+        move || {
+            let armed = restart.swap(false, Ordering::SeqCst);
+            let (host, target, listening) = (host.clone(), target.clone(), listening.clone());
+            Box::pin(async move {
+                if !armed {
+                    return;
+                }
+                let before = host.session();
+                if let Some(old) = listening.lock().take() {
+                    old.shutdown();
+                }
+                let again = loop {
+                    match target.listen(addr).await {
+                        Ok(handle) => break handle,
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                    }
+                };
+                *listening.lock() = Some(again);
+                while host.session() == before || !host.is_available() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        }
+    });
+    let specs = vec![zonestore::engine::DriveSpec {
+        name: format!("nqn:{NQN}"),
+        device: Arc::new(wrapped),
+    }];
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+
+    restart.store(true, Ordering::SeqCst);
+    let lost = put(&engine, "b", "k", b"maybe lost").await;
+    assert!(matches!(lost, Err(EngineError::Unavailable(_))), "{lost:?}");
+    assert!(engine.head("b", "k").is_err(), "not visible");
+    put(&engine, "b", "k", b"again").await.unwrap();
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), b"again");
+}

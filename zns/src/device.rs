@@ -60,6 +60,15 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// Which incarnation of the device's volatile state I/O goes to now: it changes when
+    /// writes completed before may have been lost without a flush (a remote target that
+    /// restarted, reached again on a new connection). A caller that notes it before writing
+    /// and finds it changed after its flush cannot count those writes durable. A local device
+    /// keeps one for its life.
+    fn session(&self) -> u64 {
+        0
+    }
+
     /// Reads `blocks` blocks from `lba`. Blocks beyond a zone's write pointer read as zeros. The
     /// range may span zones.
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes>;

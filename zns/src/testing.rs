@@ -710,6 +710,12 @@ impl ZonedDevice for Intercepted {
     fn geometry(&self) -> Geometry {
         self.inner.geometry()
     }
+    fn is_available(&self) -> bool {
+        self.inner.is_available()
+    }
+    fn session(&self) -> u64 {
+        self.inner.session()
+    }
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
         (self.before_read)(lba, blocks).await;
         let result = self.inner.read(self.read_base + lba, blocks).await;

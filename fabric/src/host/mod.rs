@@ -180,6 +180,9 @@ struct HostInner {
     /// The largest transfer the last session allowed: commands issued while reconnecting are
     /// sized by it, not by a guess the target may refuse.
     last_max_transfer: AtomicUsize,
+    /// Sessions established after the first (see [`ZonedDevice::session`]): a new one may be
+    /// with a target that restarted and lost what was not flushed.
+    session_epoch: AtomicU64,
 }
 
 /// The transfer size assumed before any session has said (most targets allow at least this).
@@ -237,6 +240,7 @@ impl NvmeTcpHost {
                         .as_ref()
                         .map_or(ASSUMED_MAX_TRANSFER, |s| s.limits.max_transfer),
                 ),
+                session_epoch: AtomicU64::new(0),
             }),
         };
         tokio::spawn(supervise(Arc::downgrade(&host.inner), session));
@@ -418,6 +422,9 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                     .last_max_transfer
                     .store(s.limits.max_transfer, Ordering::Relaxed);
                 let s = Arc::new(s);
+                // Before any command can go to the new session: one that completes there must
+                // see the new epoch.
+                inner.session_epoch.fetch_add(1, Ordering::SeqCst);
                 // Closed while connecting: the new session goes too.
                 if !set_unless_closed(&inner, State::Up(s.clone())) {
                     s.close("host closed");
@@ -457,6 +464,10 @@ impl ZonedDevice for NvmeTcpHost {
 
     fn is_available(&self) -> bool {
         self.is_connected()
+    }
+
+    fn session(&self) -> u64 {
+        self.inner.session_epoch.load(Ordering::SeqCst)
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {

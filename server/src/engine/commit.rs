@@ -320,7 +320,7 @@ struct Request {
     reply: oneshot::Sender<EngineResult<Outcome>>,
     /// Holds on the zones of the change's new records, released once the change is applied
     /// (or failed), whether or not the submitter is still waiting.
-    _holds: Vec<ZoneHolds>,
+    holds: Vec<ZoneHolds>,
     /// The name lock the change was checked under, released likewise (see [`super::names`]).
     _lock: Option<Box<dyn Send>>,
 }
@@ -392,7 +392,7 @@ impl Committer {
             .send(Request {
                 change,
                 reply,
-                _holds: holds,
+                holds,
                 _lock: lock,
             })
             .await
@@ -453,6 +453,12 @@ async fn run(
                 ))));
                 continue;
             }
+            if let Some(drive) = session_changed(&drives, &request.holds) {
+                results.push(Err(EngineError::Unavailable(format!(
+                    "{drive} was reconnected between the write and its flush (the target may have restarted and lost it)"
+                ))));
+                continue;
+            }
             results.push(txn.apply_whole(&request.change));
         }
         // 3. Make the index changes durable.
@@ -483,6 +489,19 @@ async fn run(
             }
         }
     }
+}
+
+/// The name of a drive whose session changed since one of the held records was appended to it
+/// (checked after the group's flush): its flush may have gone to a target that restarted
+/// after the append, without it.
+fn session_changed(drives: &Drives, holds: &[ZoneHolds]) -> Option<String> {
+    holds
+        .iter()
+        .flat_map(|h| h.sessions())
+        .find_map(|&(d, session)| {
+            let drive = drives.get(d)?;
+            (drive.device.session() != session).then(|| drive.name.clone())
+        })
 }
 
 /// One group's changes being applied: reads see the index plus the group's earlier changes.

@@ -148,6 +148,10 @@ pub struct Placement {
 pub struct ZoneHolds {
     placement: Arc<Placement>,
     zones: Vec<ZoneId>,
+    /// The device session (see [`zns::ZonedDevice::session`]) each append went to: the
+    /// committer refuses to count records durable if their drive's session changed before
+    /// its flush.
+    sessions: Vec<(DriveId, u64)>,
 }
 
 impl ZoneHolds {
@@ -156,17 +160,32 @@ impl ZoneHolds {
         ZoneHolds {
             placement,
             zones: Vec::new(),
+            sessions: Vec::new(),
         }
     }
 
-    /// Takes over the hold that a landed append (see [`Placement::complete`]) put on `zone`.
-    pub fn adopt(&mut self, zone: ZoneId) {
+    /// Takes over the hold that a landed append (see [`Placement::complete`]) put on `zone`;
+    /// `session` is its drive's session when the append was sent.
+    pub fn adopt(&mut self, zone: ZoneId, session: u64) {
         self.zones.push(zone);
+        if !self.sessions.contains(&(zone.drive, session)) {
+            self.sessions.push((zone.drive, session));
+        }
     }
 
     /// Takes over all of `other`'s holds.
     pub fn merge(&mut self, mut other: ZoneHolds) {
         self.zones.append(&mut other.zones);
+        for s in other.sessions.drain(..) {
+            if !self.sessions.contains(&s) {
+                self.sessions.push(s);
+            }
+        }
+    }
+
+    /// The drive sessions the held records were appended in.
+    pub fn sessions(&self) -> &[(DriveId, u64)] {
+        &self.sessions
     }
 }
 

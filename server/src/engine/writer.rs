@@ -145,10 +145,13 @@ impl EngineInner {
                             Err(zns::ZoneError::Unavailable("unknown drive".into())),
                         );
                     };
+                    // Noted before the append is sent: an append on an older session than
+                    // the flush's must not count as flushed.
+                    let session = drive.device.session();
                     let result = drive.device.append_hinted(slot.zslba, record, hint).await;
                     guard.reported();
                     drive.note(&result);
-                    (slot, result)
+                    (slot, result.map(|lba| (lba, session)))
                 }
             });
             for (slot, result) in futures::future::join_all(appends).await {
@@ -158,11 +161,14 @@ impl EngineInner {
                     self.finish_zones(vec![zone]);
                 }
                 match result {
-                    Ok(lba) => {
-                        holds.adopt(ZoneId {
-                            drive: slot.drive,
-                            zone: slot.zone,
-                        });
+                    Ok((lba, session)) => {
+                        holds.adopt(
+                            ZoneId {
+                                drive: slot.drive,
+                                zone: slot.zone,
+                            },
+                            session,
+                        );
                         self.stats.add_written(class, slot.blocks * self.block_size);
                         locations.push(Location {
                             drive: slot.drive,
