@@ -543,6 +543,14 @@ fn rebuilds_the_index_with_a_target_down() {
         "{stderr}"
     );
     nodes[1].start();
+    // Named through its discovery controller, a target that is down and never listed its
+    // subsystems to this gateway cannot be counted (it may hold several drives): refused.
+    let mut via_discovery = urls.clone();
+    via_discovery[2] = nodes[2].discovery_url();
+    let refused = recover(dir.path(), &via_discovery, &["--allow-missing-drives"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("never listed its subsystems"), "{stderr}");
     let rebuilt = recover(dir.path(), &urls, &["--allow-missing-drives"]);
     let stderr = String::from_utf8_lossy(&rebuilt.stderr);
     assert!(rebuilt.status.success(), "{stderr}");

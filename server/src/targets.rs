@@ -273,10 +273,26 @@ pub async fn attach(
                             .collect();
                         if before.is_empty() {
                             let target = format!("nvme-tcp://{via}");
-                            if if_unreachable == IfUnreachable::LeaveOut {
-                                tracing::warn!(%target, "discovery failed ({e}); leaving it out");
-                                attached.left_out.push(target);
+                            // Left out, it counts as every drive it listed before: missing
+                            // drives are weighed against the write quorum.
+                            let listed_here: Vec<String> = remembered
+                                .iter()
+                                .filter(|l| l.via == via)
+                                .map(|l| format!("nvme-tcp://{}/{}", l.address, l.nqn))
+                                .collect();
+                            if if_unreachable == IfUnreachable::LeaveOut && !listed_here.is_empty()
+                            {
+                                tracing::warn!(%target, "discovery failed ({e}); leaving out the {} drive(s) it listed before", listed_here.len());
+                                attached.left_out.extend(listed_here);
                                 continue;
+                            }
+                            if if_unreachable == IfUnreachable::LeaveOut {
+                                return Err(AttachError::Target {
+                                    target,
+                                    reason: format!(
+                                        "discovery failed ({e}), and it never listed its subsystems to this gateway, so how many drives are missing cannot be told: name them by NQN, or bring it back"
+                                    ),
+                                });
                             }
                             return Err(AttachError::Target {
                                 target,
