@@ -1174,3 +1174,51 @@ async fn a_write_whose_target_reconnected_before_its_flush_is_not_acknowledged()
     put(&engine, "b", "k", b"again").await.unwrap();
     assert_eq!(get(&engine, "b", "k").await.unwrap(), b"again");
 }
+
+/// A part uploaded again whose newer data is gone (never acknowledged: the server stopped
+/// before the index took it, and GC took the data) rebuilds as its older, whole version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_whose_newer_version_lacks_its_data_rebuilds_as_the_older_one() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives) = open_engine(dir.path(), 1, small_geometry(64, 1 << 20), |c| {
+        c.gc.enabled = false;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let id = engine
+        .create_upload("b", "parts", ObjectMeta::default())
+        .await
+        .unwrap();
+    let newer = content("newer", 2, 50_000);
+    for (body, etag) in [
+        (content("older", 1, 50_000), "aa".repeat(16)),
+        (newer.clone(), "bb".repeat(16)),
+    ] {
+        let mut w = engine.put_part(id, 1).unwrap();
+        w.write(bytes::Bytes::from(body)).await.unwrap();
+        w.finish_part(etag, vec![]).await.unwrap();
+    }
+    // The newer version's data is damaged on the drive.
+    let path = drives[0].data_path();
+    let all = std::fs::read(&path).unwrap();
+    let at = all
+        .windows(64)
+        .position(|w| w == &newer[20_000..20_064])
+        .expect("the newer data is on the drive");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0xEE; 64], at as u64).unwrap();
+    drop(file);
+
+    let rebuilt_dir = dir.path().join("rebuilt");
+    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(&drives), |_| {})
+        .await
+        .unwrap();
+    let dump = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&rebuilt_dir).unwrap(),
+    )
+    .unwrap();
+    let parts: Vec<&String> = dump.iter().filter(|l| l.contains("aaaa")).collect();
+    assert_eq!(parts.len(), 1, "the older part is restored: {dump:#?}");
+    assert!(!dump.iter().any(|l| l.contains("bbbb")), "{dump:#?}");
+}

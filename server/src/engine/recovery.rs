@@ -503,9 +503,6 @@ impl Resolver<'_> {
         }
         let mut shadowed = Vec::new();
         scratch.for_each_part(upload_id, |part| {
-            let Some((pseq, (plocs, ppayload, _))) = part.versions.newest() else {
-                return Ok(());
-            };
             // The part number as the records name it (the last 4 bytes of the part's name).
             let number = part
                 .name
@@ -513,16 +510,36 @@ impl Resolver<'_> {
                 .and_then(|b| b.try_into().ok())
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| EngineError::Internal("rebuild: a part name is malformed".into()))?;
-            shadowed.extend(part.versions.older_stamps(pseq, self.drives));
-            let Some(mut entry) = readable(PartEntry::from_payload(pseq, ppayload), &part, report)
-            else {
-                return Ok(());
-            };
-            entry.location = sorted(plocs);
-            if !self.stream_complete(entry.stream_id, entry.size)? {
+            // The newest version whose data is all there, as for objects: a newer one without
+            // it was never acknowledged (the part uploaded again, the server stopped before
+            // the index took it, and GC has since taken its data).
+            let mut chosen = None;
+            for (pseq, (plocs, ppayload, _)) in part.versions.newest_first() {
+                if ppayload.is_empty() {
+                    // Older than the payloads kept.
+                    break;
+                }
+                let Some(entry) = readable(PartEntry::from_payload(pseq, ppayload), &part, report)
+                else {
+                    continue;
+                };
+                if self.stream_complete(entry.stream_id, entry.size)? {
+                    chosen = Some((pseq, plocs, entry));
+                    break;
+                }
+                tracing::warn!(
+                    upload_id,
+                    part = number,
+                    seq = pseq,
+                    "a version of the part lacks its data (never acknowledged); trying an older one"
+                );
+            }
+            let Some((pseq, plocs, mut entry)) = chosen else {
                 tracing::error!(upload_id, part = number, "part data missing; not restored");
                 return Ok(());
-            }
+            };
+            shadowed.extend(part.versions.other_stamps(pseq, self.drives));
+            entry.location = sorted(plocs);
             self.put_stream(entry.stream_id, entry.size)?;
             self.count(&entry.location);
             self.put(
