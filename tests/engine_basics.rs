@@ -1222,3 +1222,53 @@ async fn a_part_whose_newer_version_lacks_its_data_rebuilds_as_the_older_one() {
     assert_eq!(parts.len(), 1, "the older part is restored: {dump:#?}");
     assert!(!dump.iter().any(|l| l.contains("bbbb")), "{dump:#?}");
 }
+
+/// While GC waits to reset a zone whose records it moved on the same drive (a read that began
+/// before still runs), a rebuild finds both copies of a moved record and takes the newer,
+/// which the index names: the rebuilt index still equals the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_during_a_relocation_takes_the_moved_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
+        c.gc.enabled = false;
+        c.gc.rate_bytes_per_sec = 0;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let keep = content("keep", 3, 10_000);
+    put(&engine, "b", "keep", &keep).await.unwrap();
+    put_many(&engine, "b", 30, &content("f", 1, 30 << 10), 4, |k| {
+        format!("f{k}")
+    })
+    .await;
+    for k in 0..30 {
+        engine.delete("b", &format!("f{k}")).await.unwrap();
+    }
+    let commit_of = |engine: &zonestore::engine::Engine| {
+        engine
+            .object_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(_, e)| e.meta.size == 10_000)
+            .map(|(_, e)| e.commit)
+            .unwrap()
+    };
+    let before = commit_of(&engine);
+    // A read open since before the relocation holds the old zone's reset.
+    let reading = engine.open_object("b", "keep").unwrap();
+    engine.gc().set_watermarks(0.9, 0.95);
+    engine.gc().start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while commit_of(&engine) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GC never moved the record"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+    drop(reading);
+    engine.gc().stop();
+    assert_eq!(get(&engine, "b", "keep").await.unwrap(), keep);
+}

@@ -74,6 +74,10 @@ type DataCopy = (u64, Location, u32);
 #[derive(Debug, Clone, Default)]
 struct Versions {
     by_seq: BTreeMap<u64, Version>,
+    /// The write_seq of the copy kept per version and drive: a record GC relocated on its
+    /// drive is there twice until the old zone is reset, and only the newer copy is the one
+    /// the index names.
+    write_seqs: HashMap<(u64, u16), u64>,
 }
 
 /// Versions of a name whose payloads a rebuild keeps: the newest may lack its data (a version
@@ -83,7 +87,7 @@ const PAYLOADS_KEPT: usize = 16;
 impl Versions {
     /// Adds a copy of version `seq`. Copies come in ascending `seq` order; only the newest
     /// [`PAYLOADS_KEPT`] versions' payloads are kept.
-    fn add(&mut self, seq: u64, location: Location, payload: &[u8], kind: Kind) {
+    fn add(&mut self, seq: u64, location: Location, write_seq: u64, payload: &[u8], kind: Kind) {
         if !self.by_seq.contains_key(&seq)
             && let Some((_, version)) = self.by_seq.iter_mut().rev().nth(PAYLOADS_KEPT - 1)
         {
@@ -93,8 +97,17 @@ impl Versions {
             .by_seq
             .entry(seq)
             .or_insert_with(|| (Vec::new(), payload.to_vec(), kind));
-        if !entry.0.contains(&location) {
-            entry.0.push(location);
+        match self.write_seqs.get(&(seq, location.drive)) {
+            Some(&kept) if kept >= write_seq => {}
+            Some(_) => {
+                entry.0.retain(|l| l.drive != location.drive);
+                entry.0.push(location);
+                self.write_seqs.insert((seq, location.drive), write_seq);
+            }
+            None => {
+                entry.0.push(location);
+                self.write_seqs.insert((seq, location.drive), write_seq);
+            }
         }
     }
 

@@ -173,9 +173,10 @@ impl Scratch {
             k.extend_from_slice(&h.seq.to_be_bytes());
             k.extend_from_slice(&l.drive.to_be_bytes());
             k.extend_from_slice(&l.lba.to_be_bytes());
-            let mut v = Vec::with_capacity(13 + h.bucket.len() + h.key.len() + f.payload.len());
+            let mut v = Vec::with_capacity(21 + h.bucket.len() + h.key.len() + f.payload.len());
             v.push(h.kind as u8);
             v.extend_from_slice(&l.blocks.to_be_bytes());
+            v.extend_from_slice(&h.write_seq.to_be_bytes());
             put_str(&mut v, &h.bucket);
             put_str(&mut v, &h.key);
             v.extend_from_slice(&f.payload);
@@ -241,7 +242,12 @@ impl Scratch {
                 .and_then(|&c| Kind::from_code(c))
                 .ok_or_else(|| corrupt(&k))?;
             location.blocks = be_u32(&v, 1).ok_or_else(|| corrupt(&k))?;
-            let mut at = 5;
+            let write_seq = v
+                .get(5..13)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(&k))?;
+            let mut at = 13;
             let bucket = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
             let key = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
             if let Some(done) = current.take_if(|g| g.name != name) {
@@ -253,7 +259,7 @@ impl Scratch {
                 key,
                 ..Group::default()
             });
-            group.versions.add(seq, location, &v[at..], kind);
+            group.versions.add(seq, location, write_seq, &v[at..], kind);
         }
         if let Some(group) = current {
             f(group)?;
