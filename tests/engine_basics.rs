@@ -1272,3 +1272,32 @@ async fn a_rebuild_during_a_relocation_takes_the_moved_copies() {
     engine.gc().stop();
     assert_eq!(get(&engine, "b", "keep").await.unwrap(), keep);
 }
+
+/// A drive is named in full, or by the end of its name when no other drive shares it: an
+/// ambiguous name is refused, never taken for the first drive it fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_drive_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(8, 1 << 20);
+    let specs: Vec<zonestore::engine::DriveSpec> = ["nqn.2026-01.a:disk", "nqn.2026-01.b:disk"]
+        .iter()
+        .enumerate()
+        .map(|(i, nqn)| zonestore::engine::DriveSpec {
+            name: format!("nqn:{nqn}"),
+            device: std::sync::Arc::new(
+                zns::EmulatedZns::create(&dir.path().join(format!("d{i}")), g).unwrap(),
+            ),
+        })
+        .collect();
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    let ambiguous = engine.undrain("disk").await;
+    assert!(
+        matches!(&ambiguous, Err(EngineError::InvalidArgument(m)) if m.contains("could be any")),
+        "{ambiguous:?}"
+    );
+    engine.undrain("nqn.2026-01.a:disk").await.unwrap();
+    engine.undrain("nqn:nqn.2026-01.b:disk").await.unwrap();
+}

@@ -846,13 +846,28 @@ impl Engine {
 
     /// The drive named `name` (its whole name, or the NQN after `nqn:`).
     fn drive_named(&self, name: &str) -> EngineResult<Arc<drives::Drive>> {
-        self.inner
-            .drives
-            .all()
-            .iter()
-            .find(|d| d.name == name || d.name.ends_with(&format!(":{name}")))
-            .cloned()
-            .ok_or_else(|| EngineError::InvalidArgument(format!("no drive named {name:?}")))
+        let all = self.inner.drives.all();
+        if let Some(exact) = all.iter().find(|d| d.name == name) {
+            return Ok(exact.clone());
+        }
+        // The end of a name (an NQN without `nqn:`, or its last part), when only one has it.
+        let suffix = format!(":{name}");
+        let matching: Vec<&Arc<drives::Drive>> =
+            all.iter().filter(|d| d.name.ends_with(&suffix)).collect();
+        match matching.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::InvalidArgument(format!(
+                "no drive named {name:?}"
+            ))),
+            several => Err(EngineError::InvalidArgument(format!(
+                "{name:?} could be any of {}: give the whole name",
+                several
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// Starts draining the drive named `name`: no new writes go to it and every record on it
