@@ -274,6 +274,12 @@ impl Server {
         } else {
             checked.admin_listen
         };
+        if !admin_addr.ip().is_loopback() {
+            tracing::warn!(
+                %admin_addr,
+                "the admin API is plain HTTP: on an address other hosts reach, its token crosses the network in the clear (keep admin_listen on loopback, or on a private network)"
+            );
+        }
         let admin_listener = tokio::net::TcpListener::bind(admin_addr)
             .await
             .map_err(io_error(format!(
