@@ -742,13 +742,7 @@ async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
         .await
         .unwrap();
     // Fill and seal zones around it, then make them garbage.
-    put_many(&engine, "b", 40, &content("f", 1, 32 << 10), 4, |k| {
-        format!("f{k}")
-    })
-    .await;
-    for k in 0..40 {
-        engine.delete("b", &format!("f{k}")).await.unwrap();
-    }
+    garbage(&engine, "b", 40, 32 << 10).await;
 
     armed.store(true, Ordering::SeqCst);
     let gc = tokio::spawn({
@@ -836,13 +830,7 @@ async fn a_zone_gc_must_keep_does_not_hold_its_pass_for_ever() {
     engine.create_bucket("b", "alice").await.unwrap();
     let victim = content("victim", 1, 20_000);
     put(&engine, "b", "victim", &victim).await.unwrap();
-    put_many(&engine, "b", 30, &content("f", 1, 30 << 10), 4, |k| {
-        format!("f{k}")
-    })
-    .await;
-    for k in 0..30 {
-        engine.delete("b", &format!("f{k}")).await.unwrap();
-    }
+    garbage(&engine, "b", 30, 30 << 10).await;
     // Damage the victim's only copy on the drive.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -895,6 +883,7 @@ async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
     })
     .await;
     engine.create_bucket("b", "alice").await.unwrap();
+    // Filler, the object kept, then the filler deleted: its zones are all garbage.
     put_many(&engine, "b", 60, &content("f", 1, 30 << 10), 4, |k| {
         format!("f{k}")
     })
@@ -1238,13 +1227,7 @@ async fn a_rebuild_during_a_relocation_takes_the_moved_copies() {
     engine.create_bucket("b", "alice").await.unwrap();
     let keep = content("keep", 3, 10_000);
     put(&engine, "b", "keep", &keep).await.unwrap();
-    put_many(&engine, "b", 30, &content("f", 1, 30 << 10), 4, |k| {
-        format!("f{k}")
-    })
-    .await;
-    for k in 0..30 {
-        engine.delete("b", &format!("f{k}")).await.unwrap();
-    }
+    garbage(&engine, "b", 30, 30 << 10).await;
     let commit_of = |engine: &zonestore::engine::Engine| {
         engine
             .object_entries()

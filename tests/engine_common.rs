@@ -79,6 +79,18 @@ pub async fn put(
     put_if(engine, bucket, key, data, Condition::None).await
 }
 
+/// Writes `count` objects of `size` bytes into `bucket` (keys `f0`, `f1`...) and deletes them:
+/// zones full of garbage for GC.
+pub async fn garbage(engine: &Engine, bucket: &str, count: usize, size: usize) {
+    put_many(engine, bucket, count, &content("f", 1, size), 4, |k| {
+        format!("f{k}")
+    })
+    .await;
+    for k in 0..count {
+        engine.delete(bucket, &format!("f{k}")).await.unwrap();
+    }
+}
+
 /// Writes `keys` objects of `body` named by `name` into `bucket`, from `writers` tasks at once.
 pub async fn put_many(
     engine: &Engine,

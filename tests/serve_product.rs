@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::s3::{S3Server, metric_sum, same_file, write_random_file};
-use common::{Process, zonestore_bin};
+use common::{Process, zonestore_bin, zonestore_fails};
 
 #[test]
 fn serve_with_no_flags_goes_through_the_fabric() {
@@ -157,16 +157,6 @@ fn serve_with_no_flags_goes_through_the_fabric() {
             .admin_cli(&["gc", "start"])
             .contains("enabled         true")
     );
-}
-
-fn zonestore_fails(args: &[&str]) -> String {
-    let out = Command::new(zonestore_bin())
-        .args(args)
-        .env_remove("ZONESTORE_ACCESS_KEY")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "zonestore {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

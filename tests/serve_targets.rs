@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::s3::{S3Server, same_file, write_random_file};
-use common::{Process, address_in};
+use common::{Process, address_in, zonestore_fails};
 
 const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0000-0000-4000-8000-00000000e2e0";
 
@@ -197,18 +197,61 @@ fn zns_file_targets_skip_the_fabric() {
     std::fs::rename(dir.path().join("d1"), dir.path().join("d1-away")).unwrap();
     let missing = serve(&[&d0, &d1]);
     assert!(missing.contains("mounted"), "{missing}");
+    let rebuild = zonestore_fails(&[
+        "recover",
+        "--rebuild-index",
+        "--data",
+        data.to_str().unwrap(),
+        "--target",
+        &d0,
+        "--target",
+        &d1,
+    ]);
+    assert!(rebuild.contains("mounted"), "{rebuild}");
     assert!(
         !dir.path().join("d1").exists(),
         "no empty drive was made in its place"
     );
 }
 
-fn zonestore_fails(args: &[&str]) -> String {
-    let out = std::process::Command::new(common::zonestore_bin())
-        .args(args)
-        .env_remove("ZONESTORE_ACCESS_KEY")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "zonestore {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// Local drives named by relative paths (one with a trailing slash) keep their names across
+/// restarts: the first start, which creates them, registers them as every later start finds
+/// them.
+#[test]
+fn relative_zns_file_paths_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "serve",
+        "--data",
+        "data",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "zns-file://drives/d0",
+        "--target",
+        "zns-file://drives/d1/",
+        "--zones",
+        "16",
+        "--zone-size",
+        "16M",
+        "--access-key",
+        common::s3::ACCESS_KEY,
+        "--secret-key",
+        common::s3::SECRET_KEY,
+    ];
+    let file = dir.path().join("f.bin");
+    write_random_file(&file, 100_000, 5);
+    for round in 0..2 {
+        let server = S3Server::from_process(
+            &dir.path().join("data"),
+            Process::start_in(Some(dir.path()), &args, &[]),
+        );
+        if round == 0 {
+            server.aws_ok(&["s3", "mb", "s3://rel"]);
+            server.aws_ok(&["s3", "cp", "--quiet", file.to_str().unwrap(), "s3://rel/f"]);
+        }
+        let back = dir.path().join(format!("back{round}"));
+        server.aws_ok(&["s3", "cp", "--quiet", "s3://rel/f", back.to_str().unwrap()]);
+        assert!(same_file(&file, &back), "round {round}");
+    }
 }

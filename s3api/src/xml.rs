@@ -158,15 +158,25 @@ const MAX_NODES: usize = 200_000;
 const MAX_NAME: usize = 256;
 
 /// Appends `text` to the text of `element` if that is the last node, else starts a new one
-/// (entity references and CDATA arrive as separate events). Text outside the root is ignored.
-fn push_text(out: &mut Vec<Node>, element: &Option<Rc<Element>>, text: &str) {
+/// (entity references and CDATA arrive as separate events). Outside the root only whitespace
+/// (and a byte order mark) may appear.
+fn push_text(
+    out: &mut Vec<Node>,
+    element: &Option<Rc<Element>>,
+    text: &str,
+) -> Result<(), S3Error> {
     let Some(element) = element else {
-        return;
+        return if text.chars().all(|c| c.is_whitespace() || c == '\u{FEFF}') {
+            Ok(())
+        } else {
+            Err(S3Error::malformed_xml())
+        };
     };
     match out.last_mut() {
         Some(Node::Text(e, existing)) if Rc::ptr_eq(e, element) => existing.push_str(text),
         _ => out.push(Node::Text(element.clone(), text.to_string())),
     }
+    Ok(())
 }
 
 /// The request document as a flat list of element openings and texts.
@@ -205,12 +215,12 @@ fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
                 current = current.and_then(|e| e.parent.clone());
                 depth = depth.saturating_sub(1);
             }
-            Ok(Event::Text(t)) => push_text(&mut out, &current, &t.xml10_content()),
-            Ok(Event::CData(t)) => push_text(&mut out, &current, &t),
+            Ok(Event::Text(t)) => push_text(&mut out, &current, &t.xml10_content())?,
+            Ok(Event::CData(t)) => push_text(&mut out, &current, &t)?,
             Ok(Event::GeneralRef(r)) => {
                 let resolved =
                     resolve_reference(&r.into_inner()).ok_or_else(S3Error::malformed_xml)?;
-                push_text(&mut out, &current, &resolved);
+                push_text(&mut out, &current, &resolved)?;
             }
             Ok(Event::Eof) => break,
             Ok(_) => {}
@@ -465,6 +475,11 @@ mod tests {
         assert!(parse_complete(b"<Other/>").is_err());
         assert!(parse_delete(b"<Delete></Delete>").is_err());
         assert!(parse_complete(b"not xml at all <<<").is_err());
+        assert!(parse_delete(b"garbage<Delete><Object><Key>k</Key></Object></Delete>").is_err());
+        assert!(
+            parse_delete(b"\n <Delete><Object><Key>k</Key></Object></Delete>\n").is_ok(),
+            "whitespace around the root is fine"
+        );
     }
 
     #[test]

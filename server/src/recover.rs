@@ -99,6 +99,8 @@ pub async fn rebuild_index(
         Vec::new()
     };
     progress("attaching drives");
+    // A local drive the old index registers is opened, never created anew, whatever is allowed.
+    let registered: std::collections::HashSet<String> = names.iter().cloned().collect();
     // Every drive must answer, unless missing ones are allowed: drives the old index knows
     // then stay registered (to reconnect when the server runs), others are left out.
     let (known, if_unreachable) = if allow_missing {
@@ -112,7 +114,9 @@ pub async fn rebuild_index(
         (targets::KnownDrives::new(), IfUnreachable::Fail)
     };
     let mut attached =
-        match targets::attach_configured(config, &checked, &known, if_unreachable).await {
+        match targets::attach_configured(config, &checked, &known, &registered, if_unreachable)
+            .await
+        {
             Ok(attached) => attached,
             Err(e @ AttachError::Target { .. }) => return Err(RecoverError::Unreachable(e)),
             Err(e) => return Err(e.into()),

@@ -201,9 +201,15 @@ impl Server {
             .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
         let embedded = checked.targets.is_empty();
         let known = crate::engine::known_geometries(&checked.index_dir)?;
-        let mut attached =
-            targets::attach_configured(config, &checked, &known, targets::IfUnreachable::Fail)
-                .await?;
+        let registered: std::collections::HashSet<String> = known.keys().cloned().collect();
+        let mut attached = targets::attach_configured(
+            config,
+            &checked,
+            &known,
+            &registered,
+            targets::IfUnreachable::Fail,
+        )
+        .await?;
         let specs = std::mem::take(&mut attached.specs);
         let drive_count = specs.len();
         let mut engine_config = EngineConfig::new(checked.index_dir.clone(), drive_count);

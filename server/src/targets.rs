@@ -2,7 +2,7 @@
 //! reached through the NVMe/TCP host — the same path as a real deployment), remote targets by
 //! NQN or through a discovery controller, and local `zns-file://` drives without the fabric.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -175,6 +175,7 @@ pub async fn attach_configured(
     config: &crate::config::Config,
     checked: &crate::config::Checked,
     known: &KnownDrives,
+    registered: &HashSet<String>,
     if_unreachable: IfUnreachable,
 ) -> Result<Attached, AttachError> {
     let hostnqn = config
@@ -197,7 +198,10 @@ pub async fn attach_configured(
             geometry,
             config.embedded.direct_writes,
             &hostnqn,
-            known,
+            Known {
+                reachable_later: known,
+                registered,
+            },
             if_unreachable,
             &config.data_dir,
         )
@@ -220,18 +224,29 @@ impl Attached {
     }
 }
 
-/// Attaches configured targets; those in `known` that cannot be reached are attached to
-/// reconnect later. What discovery controllers list is remembered in `data_dir`, so that the
-/// subsystems of one that does not answer can still be attached that way.
+/// What the index knows of the drives being attached.
+#[derive(Debug, Clone, Copy)]
+pub struct Known<'a> {
+    /// Drives that may be unreachable now: attached to reconnect later.
+    pub reachable_later: &'a KnownDrives,
+    /// Names of every drive the index registers: a `zns-file://` one among them is opened,
+    /// never created anew (a missing one is a disk not mounted, not a new drive).
+    pub registered: &'a HashSet<String>,
+}
+
+/// Attaches configured targets; those in `known.reachable_later` that cannot be reached are
+/// attached to reconnect later. What discovery controllers list is remembered in `data_dir`,
+/// so that the subsystems of one that does not answer can still be attached that way.
 pub async fn attach(
     targets: &[TargetUrl],
     geometry: Geometry,
     direct_writes: bool,
     hostnqn: &str,
-    known: &KnownDrives,
+    known_drives: Known<'_>,
     if_unreachable: IfUnreachable,
     data_dir: &Path,
 ) -> Result<Attached, AttachError> {
+    let known = known_drives.reachable_later;
     let mut attached = Attached::default();
     let remembered = discovered::load(data_dir);
     let mut listed = Vec::new();
@@ -309,6 +324,11 @@ pub async fn attach(
                         reason: "the discovery controller lists no subsystem for this host".into(),
                     });
                 }
+                // A subsystem reachable through several ports (multipath) is listed once per
+                // port: it is one drive, attached through the first.
+                let mut subsystems = subsystems;
+                let mut seen = std::collections::HashSet::new();
+                subsystems.retain(|l| seen.insert(l.nqn.clone()));
                 for l in subsystems {
                     connect(
                         l.address,
@@ -324,25 +344,31 @@ pub async fn attach(
             }
             TargetUrl::ZnsFile(path) => {
                 let target = format!("zns-file://{}", path.display());
-                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
-                let name = format!("zns-file://{}", canonical.display());
+                let name = zns_file_name(path);
                 check_unique(&attached, &name, &target)?;
                 // A drive the index knows is opened, never created: a missing one (a disk not
                 // mounted) must not be replaced by an empty drive on another filesystem.
-                let opened = if known.contains_key(&name) {
+                let registered = known_drives.registered.contains(&name);
+                let opened = if registered {
                     EmulatedZns::open(path).map_err(|e| {
                         format!("the index knows this drive, but it cannot be opened ({e}): is its filesystem mounted?")
                     })
                 } else {
                     EmulatedZns::open_or_create(path, geometry).map_err(|e| e.to_string())
                 };
-                let drive = opened.map_err(|reason| AttachError::Target {
-                    target: target.clone(),
-                    reason,
-                })?;
+                let drive = match opened {
+                    Ok(drive) => drive,
+                    Err(reason) if registered && if_unreachable == IfUnreachable::LeaveOut => {
+                        tracing::warn!(%target, "{reason}; leaving it out");
+                        attached.left_out.push(target);
+                        continue;
+                    }
+                    Err(reason) => return Err(AttachError::Target { target, reason }),
+                };
                 drive.set_direct_writes(direct_writes);
                 attached.specs.push(DriveSpec {
-                    name,
+                    // As it is named now that it exists.
+                    name: zns_file_name(path),
                     device: Arc::new(drive) as Arc<dyn ZonedDevice>,
                 });
             }
@@ -355,6 +381,21 @@ pub async fn attach(
         tracing::warn!("remembering what discovery listed failed: {e}");
     }
     Ok(attached)
+}
+
+/// The engine's name of the emulated drive at `path`: its canonical path, or, while it does
+/// not exist yet, its parent's and its own name (the same once it is created).
+fn zns_file_name(path: &Path) -> String {
+    let resolved = path.canonicalize().unwrap_or_else(|_| {
+        match (
+            path.parent().and_then(|p| p.canonicalize().ok()),
+            path.file_name(),
+        ) {
+            (Some(parent), Some(file)) => parent.join(file),
+            _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        }
+    });
+    format!("zns-file://{}", resolved.display())
 }
 
 /// Refuses a drive attached twice: two targets exporting the same subsystem NQN (storage

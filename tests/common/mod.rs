@@ -114,6 +114,17 @@ impl Drop for Process {
     }
 }
 
+/// Runs `zonestore ARGS...` expecting it to fail; returns what it printed on stderr.
+pub fn zonestore_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(zonestore_bin())
+        .args(args)
+        .env_remove("ZONESTORE_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "zonestore {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The `host:port` at the end of a line such as "... on 127.0.0.1:4420".
 pub fn address_in(line: &str) -> String {
     line.split_whitespace()

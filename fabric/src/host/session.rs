@@ -68,7 +68,6 @@ impl Session {
     /// queues.
     pub(crate) async fn establish(config: &HostConfig) -> Result<Session, HostError> {
         let timeout = config.admin_timeout;
-        let (failed_tx, failed) = watch::channel(None);
         let params = |qid, depth| QueueParams {
             address: config.address,
             qid,
@@ -93,11 +92,14 @@ impl Session {
         // controller that cannot disable SQ flow control refuses such a Connect with Connect
         // Invalid Parameters: then the queues connect with it on.
         let mut cattr = CATTR_DISABLE_SQFLOW;
-        let (admin_q, cntlid) = loop {
+        let (admin_q, cntlid, failed_tx, failed) = loop {
+            // Each attempt has its own failure channel: a refused attempt's connection closing
+            // must not mark the session that follows failed.
+            let (failed_tx, failed) = watch::channel(None);
             let admin_q = HostQueue::open(&params(0, 32), 8192, failed_tx.clone()).await?;
             let admin_connect = connect(0, 31, CNTLID_DYNAMIC, kato_ms, cattr);
             match admin_q.connect(&admin_connect, timeout).await {
-                Ok(cntlid) => break (admin_q, cntlid),
+                Ok(cntlid) => break (admin_q, cntlid, failed_tx, failed),
                 Err(HostError::Refused { status, .. })
                     if status == Status::CONNECT_INVALID_PARAMETERS && cattr != 0 =>
                 {

@@ -90,7 +90,10 @@ impl Drive {
     /// outside the zone is refused, never turned into a huge or negative amount.
     pub fn written_blocks(&self, index: u32, z: &ZoneDescriptor) -> Result<u64, EngineError> {
         match z.state {
-            ZoneState::Full => return Ok(self.geometry.zone_capacity),
+            // A read-only or offline zone's write pointer is not valid.
+            ZoneState::Full | ZoneState::ReadOnly | ZoneState::Offline => {
+                return Ok(self.geometry.zone_capacity);
+            }
             ZoneState::Empty => return Ok(0),
             _ if z.wp == u64::MAX => return Ok(self.geometry.zone_capacity),
             _ => {}

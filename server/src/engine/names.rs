@@ -64,14 +64,8 @@ impl NameLocks {
     /// Locks `key` of `bucket` for a change of its version (and the bucket against creation
     /// and deletion).
     pub async fn object(&self, bucket: &str, key: &str) -> ObjectLock {
-        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)]
-            .clone()
-            .read_owned()
-            .await;
-        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)]
-            .clone()
-            .write_owned()
-            .await;
+        let bucket_lock = self.bucket_shared(bucket).await;
+        let key_lock = self.key_stripe(bucket, key).write_owned().await;
         ObjectLock {
             _key: key_lock,
             _bucket: bucket_lock,
@@ -80,14 +74,8 @@ impl NameLocks {
 
     /// Locks `key` of `bucket` for storing a part of one of its uploads.
     pub async fn part(&self, bucket: &str, key: &str) -> PartLock {
-        let bucket_lock = self.buckets[stripe(&[bucket], BUCKET_STRIPES)]
-            .clone()
-            .read_owned()
-            .await;
-        let key_lock = self.keys[stripe(&[bucket, key], KEY_STRIPES)]
-            .clone()
-            .read_owned()
-            .await;
+        let bucket_lock = self.bucket_shared(bucket).await;
+        let key_lock = self.key_stripe(bucket, key).read_owned().await;
         PartLock {
             _key: key_lock,
             _bucket: bucket_lock,
@@ -101,6 +89,10 @@ impl NameLocks {
             .clone()
             .read_owned()
             .await
+    }
+
+    fn key_stripe(&self, bucket: &str, key: &str) -> Arc<RwLock<()>> {
+        self.keys[stripe(&[bucket, key], KEY_STRIPES)].clone()
     }
 
     /// Locks `bucket` for its creation or deletion.

@@ -78,6 +78,9 @@ struct Versions {
     /// drive is there twice until the old zone is reset, and only the newer copy is the one
     /// the index names.
     write_seqs: HashMap<(u64, u16), u64>,
+    /// The older copies so passed over: not named, but hidden (their zones are among those a
+    /// restored entry or tombstone hides, as a live relocation leaves them).
+    displaced: Vec<Location>,
 }
 
 /// Versions of a name whose payloads a rebuild keeps: the newest may lack its data (a version
@@ -98,8 +101,14 @@ impl Versions {
             .entry(seq)
             .or_insert_with(|| (Vec::new(), payload.to_vec(), kind));
         match self.write_seqs.get(&(seq, location.drive)) {
-            Some(&kept) if kept >= write_seq => {}
+            Some(&kept) if kept >= write_seq => {
+                if !entry.0.contains(&location) {
+                    self.displaced.push(location);
+                }
+            }
             Some(_) => {
+                self.displaced
+                    .extend(entry.0.iter().filter(|l| l.drive == location.drive));
                 entry.0.retain(|l| l.drive != location.drive);
                 entry.0.push(location);
                 self.write_seqs.insert((seq, location.drive), write_seq);
@@ -131,12 +140,15 @@ impl Versions {
         self.stamps_where(drives, |s| s != seq)
     }
 
+    /// Stamps of the copies of the versions `wanted` picks, and of every copy passed over for
+    /// a newer one on its drive.
     fn stamps_where(&self, drives: &Drives, wanted: impl Fn(u64) -> bool) -> Vec<ZoneStamp> {
         let mut stamps: Vec<ZoneStamp> = self
             .by_seq
             .iter()
             .filter(|(s, _)| wanted(**s))
             .flat_map(|(_, (ls, _, _))| ls.iter())
+            .chain(self.displaced.iter())
             .filter_map(|l| drives.zone_of(l))
             .map(|zone| ZoneStamp {
                 zone,
