@@ -1058,6 +1058,7 @@ async fn a_dropped_writer_keeps_its_name_locked_until_its_change_is_applied() {
                 if slow {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
+                Ok(())
             })
         }
     });
@@ -1127,7 +1128,7 @@ async fn a_write_whose_target_reconnected_before_its_flush_is_not_acknowledged()
             let (host, target, listening) = (host.clone(), target.clone(), listening.clone());
             Box::pin(async move {
                 if !armed {
-                    return;
+                    return Ok(());
                 }
                 let before = host.session();
                 if let Some(old) = listening.lock().take() {
@@ -1143,6 +1144,7 @@ async fn a_write_whose_target_reconnected_before_its_flush_is_not_acknowledged()
                 while host.session() == before || !host.is_available() {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
+                Ok(())
             })
         }
     });
@@ -1283,4 +1285,70 @@ async fn an_ambiguous_drive_name_is_refused() {
     );
     engine.undrain("nqn.2026-01.a:disk").await.unwrap();
     engine.undrain("nqn:nqn.2026-01.b:disk").await.unwrap();
+}
+
+/// With R = 3 and W = 2, a PUT whose copy on one drive cannot be flushed is acknowledged with
+/// the two copies that were (repair makes the third); with two such drives it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let mut failing = Vec::new();
+    let mut specs = Vec::new();
+    for i in 0..3 {
+        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+        drive.before_flush = Box::new({
+            let fail = fail.clone();
+            move || {
+                let fail = fail.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if fail {
+                        Err(zns::ZoneError::Unavailable(
+                            "flush refused by the test".into(),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+        });
+        failing.push(fail);
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(drive),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+    config.replicas = 3;
+    config.write_quorum = 2;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    let copies = |engine: &zonestore::engine::Engine, key: &str| {
+        engine
+            .object_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| name.ends_with(key.as_bytes()))
+            .map(|(_, e)| e.commit.len())
+    };
+
+    failing[2].store(true, Ordering::SeqCst);
+    let body = content("two", 1, 100_000);
+    put(&engine, "b", "two", &body).await.unwrap();
+    assert_eq!(copies(&engine, "two"), Some(2));
+    assert_eq!(get(&engine, "b", "two").await.unwrap(), body);
+
+    failing[1].store(true, Ordering::SeqCst);
+    let refused = put(&engine, "b", "one", b"x").await;
+    assert!(
+        matches!(refused, Err(EngineError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(copies(&engine, "one"), None);
 }

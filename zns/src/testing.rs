@@ -627,9 +627,10 @@ pub type AppendHook = Box<
         + Sync,
 >;
 
-/// Runs before an intercepted flush; the flush goes on when the returned future completes.
+/// Runs before an intercepted flush; the flush goes on when the returned future completes
+/// with `Ok`, and fails with its error otherwise.
 pub type FlushHook =
-    Box<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ZoneResult<()>> + Send>> + Send + Sync>;
 
 /// Runs before an intercepted read, given its LBA (before `read_base` is added) and length in
 /// blocks; the read goes on when the returned future completes.
@@ -691,7 +692,7 @@ impl Intercepted {
             before_append: Box::new(|_, _, _| Box::pin(std::future::ready(()))),
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
             flushes: Arc::default(),
-            before_flush: Box::new(|| Box::pin(std::future::ready(()))),
+            before_flush: Box::new(|| Box::pin(std::future::ready(Ok(())))),
         }
     }
 }
@@ -737,7 +738,7 @@ impl ZonedDevice for Intercepted {
     }
     async fn flush(&self) -> ZoneResult<()> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        (self.before_flush)().await;
+        (self.before_flush)().await?;
         self.inner.flush().await
     }
     async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {

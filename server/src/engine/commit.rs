@@ -7,7 +7,7 @@
 //! group) and ordered by sequence number, exactly as a rebuild from the log would order it:
 //! a version with a lower sequence number never replaces one with a higher.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -226,6 +226,47 @@ pub enum Change {
 }
 
 impl Change {
+    /// Removes the copies on `drives` from a client write's records, if every record keeps at
+    /// least `quorum` copies; false (and nothing changed) otherwise, or for other changes
+    /// (GC's, repair's: one copy each).
+    fn drop_copies_keeping(&mut self, drives: &BTreeSet<DriveId>, quorum: usize) -> bool {
+        let mut lists: Vec<&mut Vec<Location>> = Vec::new();
+        match self {
+            Change::PutObject {
+                commit, extents, ..
+            } => {
+                lists.push(commit);
+                lists.extend(extents.iter_mut().map(|e| &mut e.extent.replicas));
+            }
+            Change::DeleteObject { tombstone, .. } | Change::DeleteBucket { tombstone, .. } => {
+                lists.push(tombstone)
+            }
+            Change::CreateBucket { entry, .. } => lists.push(&mut entry.location),
+            Change::CreateUpload { entry } => lists.push(&mut entry.location),
+            Change::PutPart { part, extents, .. } => {
+                lists.push(&mut part.location);
+                lists.extend(extents.iter_mut().map(|e| &mut e.extent.replicas));
+            }
+            Change::CompleteUpload { commit, end, .. } => {
+                lists.push(commit);
+                lists.push(end);
+            }
+            Change::AbortUpload { end, .. } => lists.push(end),
+            Change::Relocate(_)
+            | Change::Replicas(_)
+            | Change::ZoneReset(_)
+            | Change::SetDraining(..) => return false,
+        }
+        let kept = |ls: &Vec<Location>| ls.iter().filter(|l| !drives.contains(&l.drive)).count();
+        if lists.iter().any(|ls| kept(ls) < quorum.max(1)) {
+            return false;
+        }
+        for ls in lists {
+            ls.retain(|l| !drives.contains(&l.drive));
+        }
+        true
+    }
+
     /// Drives whose records this change makes part of the index (they must be flushed first).
     fn drives(&self) -> BTreeSet<DriveId> {
         let mut out = BTreeSet::new();
@@ -336,10 +377,16 @@ pub struct Committer {
 const MAX_GROUP: usize = 1024;
 
 impl Committer {
-    /// Starts the committer.
-    pub fn start(index: Arc<Index>, drives: Arc<Drives>, accounts: Arc<ZoneAccounts>) -> Committer {
+    /// Starts the committer; a client write may be applied with `quorum` copies when the
+    /// others' drives fail (or reconnect) before their flush.
+    pub fn start(
+        index: Arc<Index>,
+        drives: Arc<Drives>,
+        accounts: Arc<ZoneAccounts>,
+        quorum: usize,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(rx, index, drives, accounts));
+        let task = tokio::spawn(run(rx, index, drives, accounts, quorum));
         Committer {
             tx,
             task: Arc::new(Mutex::new(Some(task))),
@@ -407,6 +454,7 @@ async fn run(
     index: Arc<Index>,
     drives: Arc<Drives>,
     accounts: Arc<ZoneAccounts>,
+    quorum: usize,
 ) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -440,24 +488,35 @@ async fn run(
         let base = accounts.snapshot();
         let mut txn = Txn::new(&index, &drives, &base);
         let mut results = Vec::with_capacity(group.len());
-        for request in &group {
-            let unflushed: Vec<&String> = request
+        for request in &mut group {
+            // Copies that may not be durable: their drive's flush failed, or the drive was
+            // reconnected since they were appended (the target may have restarted and lost
+            // them).
+            let mut doubtful: BTreeMap<DriveId, String> = request
                 .change
                 .drives()
-                .iter()
-                .filter_map(|d| failed.get(d))
+                .into_iter()
+                .filter_map(|d| {
+                    failed
+                        .get(&d)
+                        .map(|why| (d, format!("flush failed on {why}")))
+                })
                 .collect();
-            if let Some(reason) = unflushed.first() {
-                results.push(Err(EngineError::Unavailable(format!(
-                    "flush failed on {reason}"
-                ))));
-                continue;
+            for (d, name) in sessions_changed(&drives, &request.holds) {
+                doubtful.entry(d).or_insert_with(|| {
+                    format!("{name} was reconnected between the write and its flush (the target may have restarted and lost it)")
+                });
             }
-            if let Some(drive) = session_changed(&drives, &request.holds) {
-                results.push(Err(EngineError::Unavailable(format!(
-                    "{drive} was reconnected between the write and its flush (the target may have restarted and lost it)"
-                ))));
-                continue;
+            if !doubtful.is_empty() {
+                // A client write still counts with a write quorum of copies left (repair
+                // makes the others again); anything else fails.
+                let drop: BTreeSet<DriveId> = doubtful.keys().copied().collect();
+                if !request.change.drop_copies_keeping(&drop, quorum) {
+                    let why = doubtful.into_values().next().unwrap_or_default();
+                    results.push(Err(EngineError::Unavailable(why)));
+                    continue;
+                }
+                tracing::warn!(drives = ?drop, "a write is kept with fewer copies (its other drives failed before their flush); repair will make them again");
             }
             results.push(txn.apply_whole(&request.change));
         }
@@ -491,17 +550,18 @@ async fn run(
     }
 }
 
-/// The name of a drive whose session changed since one of the held records was appended to it
-/// (checked after the group's flush): its flush may have gone to a target that restarted
-/// after the append, without it.
-fn session_changed(drives: &Drives, holds: &[ZoneHolds]) -> Option<String> {
+/// Drives (with their names) whose session changed since one of the held records was appended
+/// to them (checked after the group's flush): their flush may have gone to a target that
+/// restarted after the append, without it.
+fn sessions_changed(drives: &Drives, holds: &[ZoneHolds]) -> Vec<(DriveId, String)> {
     holds
         .iter()
         .flat_map(|h| h.sessions())
-        .find_map(|&(d, session)| {
+        .filter_map(|&(d, session)| {
             let drive = drives.get(d)?;
-            (drive.device.session() != session).then(|| drive.name.clone())
+            (drive.device.session() != session).then(|| (d, drive.name.clone()))
         })
+        .collect()
 }
 
 /// One group's changes being applied: reads see the index plus the group's earlier changes.

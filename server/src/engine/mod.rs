@@ -269,7 +269,10 @@ impl Engine {
         let (placement, to_finish) = Placement::new(&drives, snapshots);
         let placement = Arc::new(placement);
         let seq = SeqAllocator::open(index.clone(), 1)?;
-        let committer = Committer::start(index.clone(), drives.clone(), accounts.clone());
+        let quorum = config
+            .write_quorum
+            .clamp(1, config.replicas.min(drives.len()).max(1));
+        let committer = Committer::start(index.clone(), drives.clone(), accounts.clone(), quorum);
         for zone in &resets {
             committer.submit(Change::ZoneReset(*zone)).await?;
         }
