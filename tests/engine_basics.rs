@@ -1352,3 +1352,61 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
     );
     assert_eq!(copies(&engine, "one"), None);
 }
+
+/// A PUT whose client goes away while its commit record is being appended still completes:
+/// the record is committed, not left on the drive for a rebuild to believe while the index
+/// never took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(32, 1 << 20);
+    let inner = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let appending = Arc::new(tokio::sync::Notify::new());
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
+    drive.before_append = Box::new({
+        let (slow, appending) = (slow.clone(), appending.clone());
+        move |_, _, record| {
+            // The commit record: one block (the object's data is larger).
+            let stall = slow.load(Ordering::SeqCst) && record.len() <= 4096;
+            if stall {
+                appending.notify_one();
+            }
+            Box::pin(async move {
+                if stall {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            })
+        }
+    });
+    let specs = vec![zonestore::engine::DriveSpec {
+        name: "zns-file://drive0".into(),
+        device: Arc::new(drive),
+    }];
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    slow.store(true, Ordering::SeqCst);
+    let body = content("gone", 1, 50_000);
+    let request = tokio::spawn({
+        let (engine, body) = (engine.clone(), body.clone());
+        async move { put(&engine, "b", "k", &body).await }
+    });
+    appending.notified().await;
+    request.abort();
+    slow.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.head("b", "k").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the PUT never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
+    assert_rebuild_equals_live(&engine, &[inner], dir.path(), "rebuilt").await;
+}

@@ -153,6 +153,17 @@ impl EngineInner {
     }
 }
 
+/// Runs `work` to its end even if the caller stops waiting (a client gone): an operation that
+/// appended records goes on to commit them (or fails), rather than leaving records a rebuild
+/// would believe and the index never took.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl Future<Output = EngineResult<T>> + Send + 'static,
+) -> EngineResult<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| EngineError::Internal(format!("engine task: {e}")))?
+}
+
 /// The engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -367,6 +378,11 @@ impl Engine {
 
     /// Creates a bucket owned by `owner`.
     pub async fn create_bucket(&self, name: &str, owner: &str) -> EngineResult<()> {
+        let (engine, name, owner) = (self.clone(), name.to_string(), owner.to_string());
+        detached(async move { engine.create_bucket_here(&name, &owner).await }).await
+    }
+
+    async fn create_bucket_here(&self, name: &str, owner: &str) -> EngineResult<()> {
         let lock = self.inner.names.bucket(name).await;
         if let Some(b) = self.inner.index.bucket(name)? {
             return Err(if b.owner == owner {
@@ -403,6 +419,11 @@ impl Engine {
 
     /// Deletes an empty bucket.
     pub async fn delete_bucket(&self, name: &str) -> EngineResult<()> {
+        let (engine, name) = (self.clone(), name.to_string());
+        detached(async move { engine.delete_bucket_here(&name).await }).await
+    }
+
+    async fn delete_bucket_here(&self, name: &str) -> EngineResult<()> {
         let lock = self.inner.names.bucket(name).await;
         if self.inner.index.bucket(name)?.is_none() {
             return Err(EngineError::NoSuchBucket(name.into()));
@@ -492,6 +513,11 @@ impl Engine {
 
     /// Deletes an object (nothing happens if it does not exist).
     pub async fn delete(&self, bucket: &str, key: &str) -> EngineResult<()> {
+        let (engine, bucket, key) = (self.clone(), bucket.to_string(), key.to_string());
+        detached(async move { engine.delete_here(&bucket, &key).await }).await
+    }
+
+    async fn delete_here(&self, bucket: &str, key: &str) -> EngineResult<()> {
         let lock = self.inner.names.object(bucket, key).await;
         self.bucket(bucket)?;
         if self.inner.index.object(bucket, key)?.is_none() {
@@ -539,6 +565,16 @@ impl Engine {
 
     /// Creates a multipart upload; the object will get `template`'s metadata.
     pub async fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        template: ObjectMeta,
+    ) -> EngineResult<u64> {
+        let (engine, bucket, key) = (self.clone(), bucket.to_string(), key.to_string());
+        detached(async move { engine.create_upload_here(&bucket, &key, template).await }).await
+    }
+
+    async fn create_upload_here(
         &self,
         bucket: &str,
         key: &str,
@@ -614,6 +650,22 @@ impl Engine {
     /// the parts' extents: nothing is copied. `checksum` is the object's composite or
     /// full-object checksum, if the client used one.
     pub async fn complete_upload(
+        &self,
+        upload_id: u64,
+        parts: &[(u32, String)],
+        checksum: Option<(Checksum, String)>,
+        condition: Condition,
+    ) -> EngineResult<ObjectMeta> {
+        let (engine, parts) = (self.clone(), parts.to_vec());
+        detached(async move {
+            engine
+                .complete_upload_here(upload_id, &parts, checksum, condition)
+                .await
+        })
+        .await
+    }
+
+    async fn complete_upload_here(
         &self,
         upload_id: u64,
         parts: &[(u32, String)],
@@ -723,6 +775,11 @@ impl Engine {
 
     /// Aborts an upload; its parts' data becomes garbage.
     pub async fn abort_upload(&self, upload_id: u64) -> EngineResult<()> {
+        let engine = self.clone();
+        detached(async move { engine.abort_upload_here(upload_id).await }).await
+    }
+
+    async fn abort_upload_here(&self, upload_id: u64) -> EngineResult<()> {
         let upload = self.upload(upload_id)?;
         let lock = self.inner.names.object(&upload.bucket, &upload.key).await;
         let upload = self.upload(upload_id)?;

@@ -532,6 +532,14 @@ impl PutWriter {
     /// Makes the body an object version with `meta` (size and streams are filled in) if
     /// `condition` holds. Returns the manifest as stored.
     pub async fn finish_object(
+        self,
+        meta: ObjectMeta,
+        condition: Condition,
+    ) -> EngineResult<ObjectMeta> {
+        super::detached(self.finish_object_here(meta, condition)).await
+    }
+
+    async fn finish_object_here(
         mut self,
         mut meta: ObjectMeta,
         condition: Condition,
@@ -587,6 +595,14 @@ impl PutWriter {
 
     /// Makes the body a part of its upload, with ETag `etag` and `checksums`.
     pub async fn finish_part(
+        self,
+        etag: String,
+        checksums: Vec<super::model::Checksum>,
+    ) -> EngineResult<PartEntry> {
+        super::detached(self.finish_part_here(etag, checksums)).await
+    }
+
+    async fn finish_part_here(
         mut self,
         etag: String,
         checksums: Vec<super::model::Checksum>,
