@@ -446,36 +446,40 @@ async fn gc_leaves_zones_with_records_not_yet_indexed_alone() {
     );
 }
 
-/// An append abandoned mid-flight (its request dropped: a client gone) ends its reservation:
-/// its zone is retired, not left open forever waiting for the append to report (never sealed,
-/// never collected).
+/// An operation whose client goes away while its record's append is in flight runs to its
+/// end: GC leaves the zone of the append alone meanwhile, and once the append lands the
+/// operation commits (the bucket exists) and its zone serves others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_append_does_not_keep_its_zone_open() {
+async fn an_operation_abandoned_mid_append_runs_to_its_end() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    // A drive whose appends stall, once told to, until the end of the test; `stalled` gets
-    // the zone start LBA of the append that stalled.
-    let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stalled = std::sync::Arc::new(tokio::sync::watch::channel(None).0);
+    // A drive whose appends stall, once told to, until released; `stalled` gets the zone
+    // start LBA of the append that stalled.
+    let stall = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let stalled = Arc::new(tokio::sync::watch::channel(None).0);
     let inner = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
-    let mut drive = zns::testing::Intercepted::new(std::sync::Arc::new(inner));
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
     drive.before_append = Box::new({
-        let (stall, stalled) = (stall.clone(), stalled.clone());
+        let (stall, stalled, release) = (stall.clone(), stalled.clone(), release.clone());
         move |zslba, _, _| {
-            let stalling = stall.load(std::sync::atomic::Ordering::SeqCst);
+            let stalling = stall.load(Ordering::SeqCst);
             if stalling {
                 stalled.send_replace(Some(zslba));
             }
+            let release = release.clone();
             Box::pin(async move {
                 if stalling {
-                    std::future::pending::<()>().await;
+                    release.notified().await;
                 }
             })
         }
     });
     let specs = vec![zonestore::engine::DriveSpec {
         name: "zns-file://drive0".into(),
-        device: std::sync::Arc::new(drive),
+        device: Arc::new(drive),
     }];
     let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
     let (engine, _) = zonestore::engine::Engine::open(config, specs)
@@ -483,7 +487,7 @@ async fn an_abandoned_append_does_not_keep_its_zone_open() {
         .unwrap();
     engine.create_bucket("b", "alice").await.unwrap();
     let mut stalled = stalled.subscribe();
-    stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    stall.store(true, Ordering::SeqCst);
     let request = tokio::spawn({
         let engine = engine.clone();
         async move { engine.create_bucket("c", "alice").await }
@@ -492,20 +496,23 @@ async fn an_abandoned_append_does_not_keep_its_zone_open() {
     let zone = (zslba.unwrap() / g.zone_size) as u32;
     request.abort();
     assert!(request.await.unwrap_err().is_cancelled());
-    stall.store(false, std::sync::atomic::Ordering::SeqCst);
-    let row = zone_row(&engine, zone);
-    assert!(
-        !matches!(row.usage, zonestore::engine::placement::ZoneUse::Active(_)),
-        "zone {zone} is still open for an append that will never report: {:?}",
-        row.usage
-    );
-    // The abandoned command may still land: GC leaves its zone alone for now.
+    stall.store(false, Ordering::SeqCst);
+    // The append is still in flight: GC leaves its zone alone.
     engine.inner().collect_now().await.unwrap();
-    let row = zone_row(&engine, zone);
     assert_eq!(
-        row.generation, 0,
+        zone_row(&engine, zone).generation,
+        0,
         "zone {zone} was reset under an append in flight"
     );
+    release.notify_waiters();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.bucket("c").is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned creation never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     engine.create_bucket("d", "alice").await.unwrap();
 }
 
@@ -1214,13 +1221,15 @@ async fn a_part_whose_newer_version_lacks_its_data_rebuilds_as_the_older_one() {
     assert!(!dump.iter().any(|l| l.contains("bbbb")), "{dump:#?}");
 }
 
-/// While GC waits to reset a zone whose records it moved on the same drive (a read that began
-/// before still runs), a rebuild finds both copies of a moved record and takes the newer,
-/// which the index names: the rebuilt index still equals the live one.
+/// A record GC moved off a zone it then could not reset (the drive made it read-only) is on
+/// its drive twice: a rebuild takes the newer copy, which the index names, and the rebuilt
+/// index equals the live one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_during_a_relocation_takes_the_moved_copies() {
+async fn a_rebuild_takes_the_moved_copy_of_a_record_left_twice_on_its_drive() {
+    use zns::testing::Backdoor;
+    use zonestore::engine::placement::ZoneUse;
     let dir = tempfile::tempdir().unwrap();
-    let g = small_geometry(16, 256 << 10);
+    let g = small_geometry(32, 256 << 10);
     let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
         c.gc.enabled = false;
         c.gc.rate_bytes_per_sec = 0;
@@ -1229,7 +1238,6 @@ async fn a_rebuild_during_a_relocation_takes_the_moved_copies() {
     engine.create_bucket("b", "alice").await.unwrap();
     let keep = content("keep", 3, 10_000);
     put(&engine, "b", "keep", &keep).await.unwrap();
-    garbage(&engine, "b", 30, 30 << 10).await;
     let commit_of = |engine: &zonestore::engine::Engine| {
         engine
             .object_entries()
@@ -1240,21 +1248,34 @@ async fn a_rebuild_during_a_relocation_takes_the_moved_copies() {
             .unwrap()
     };
     let before = commit_of(&engine);
-    // A read open since before the relocation holds the old zone's reset.
-    let reading = engine.open_object("b", "keep").unwrap();
+    let keep_zone = (before[0].lba / g.zone_size) as u32;
+    // Filler until the record's zone is full, then deleted: the zone is mostly garbage.
+    let filler = content("f", 1, 30 << 10);
+    let mut n = 0;
+    while zone_row(&engine, keep_zone).usage != ZoneUse::Sealed {
+        put(&engine, "b", &format!("f{n}"), &filler).await.unwrap();
+        n += 1;
+        assert!(n < 200, "the zone never filled");
+    }
+    for k in 0..n {
+        engine.delete("b", &format!("f{k}")).await.unwrap();
+    }
+    drives[0]
+        .make_read_only(g.zone_start(keep_zone))
+        .await
+        .unwrap();
     engine.gc().set_watermarks(0.9, 0.95);
     engine.gc().start();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while commit_of(&engine) == before {
+    while commit_of(&engine) == before || zone_row(&engine, keep_zone).usage != ZoneUse::Bad {
         assert!(
             std::time::Instant::now() < deadline,
-            "GC never moved the record"
+            "GC never moved the record off the zone"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
-    drop(reading);
     engine.gc().stop();
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
     assert_eq!(get(&engine, "b", "keep").await.unwrap(), keep);
 }
 
