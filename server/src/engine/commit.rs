@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -227,9 +228,18 @@ pub enum Change {
 
 impl Change {
     /// Removes the copies on `drives` from a client write's records, if every record keeps at
-    /// least `quorum` copies; false (and nothing changed) otherwise, or for other changes
+    /// least `quorum` copies, and returns the removed copies of the record that claims the
+    /// name (commit, bucket, upload or part record: they may still be on their drives, and
+    /// must be hidden like any orphan); None (nothing changed) otherwise, or for other changes
     /// (GC's, repair's: one copy each).
-    fn drop_copies_keeping(&mut self, drives: &BTreeSet<DriveId>, quorum: usize) -> bool {
+    fn drop_copies_keeping(
+        &mut self,
+        drives: &BTreeSet<DriveId>,
+        quorum: usize,
+    ) -> Option<Vec<Location>> {
+        // The claiming record's copies first; then the others (data, tombstones, upload ends:
+        // inert on their own).
+        let mut no_claim: Vec<Location> = Vec::new();
         let mut lists: Vec<&mut Vec<Location>> = Vec::new();
         match self {
             Change::PutObject {
@@ -237,9 +247,6 @@ impl Change {
             } => {
                 lists.push(commit);
                 lists.extend(extents.iter_mut().map(|e| &mut e.extent.replicas));
-            }
-            Change::DeleteObject { tombstone, .. } | Change::DeleteBucket { tombstone, .. } => {
-                lists.push(tombstone)
             }
             Change::CreateBucket { entry, .. } => lists.push(&mut entry.location),
             Change::CreateUpload { entry } => lists.push(&mut entry.location),
@@ -251,20 +258,35 @@ impl Change {
                 lists.push(commit);
                 lists.push(end);
             }
-            Change::AbortUpload { end, .. } => lists.push(end),
+            Change::DeleteObject { tombstone, .. } | Change::DeleteBucket { tombstone, .. } => {
+                lists.push(&mut no_claim);
+                lists.push(tombstone);
+            }
+            Change::AbortUpload { end, .. } => {
+                lists.push(&mut no_claim);
+                lists.push(end);
+            }
             Change::Relocate(_)
             | Change::Replicas(_)
             | Change::ZoneReset(_)
-            | Change::SetDraining(..) => return false,
+            | Change::SetDraining(..) => return None,
         }
         let kept = |ls: &Vec<Location>| ls.iter().filter(|l| !drives.contains(&l.drive)).count();
-        if lists.iter().any(|ls| kept(ls) < quorum.max(1)) {
-            return false;
+        if lists
+            .iter()
+            .any(|ls| !ls.is_empty() && kept(ls) < quorum.max(1))
+        {
+            return None;
         }
+        let claims: Vec<Location> = lists[0]
+            .iter()
+            .filter(|l| drives.contains(&l.drive))
+            .copied()
+            .collect();
         for ls in lists {
             ls.retain(|l| !drives.contains(&l.drive));
         }
-        true
+        Some(claims)
     }
 
     /// Drives whose records this change makes part of the index (they must be flushed first).
@@ -370,6 +392,9 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+    /// Client writes applied with fewer copies than written (drives that failed before their
+    /// flush): repair makes the others again.
+    pub short_commits: Arc<AtomicU64>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -386,9 +411,18 @@ impl Committer {
         quorum: usize,
     ) -> Committer {
         let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(rx, index, drives, accounts, quorum));
+        let short_commits = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            rx,
+            index,
+            drives,
+            accounts,
+            quorum,
+            short_commits.clone(),
+        ));
         Committer {
             tx,
+            short_commits,
             task: Arc::new(Mutex::new(Some(task))),
         }
     }
@@ -455,6 +489,7 @@ async fn run(
     drives: Arc<Drives>,
     accounts: Arc<ZoneAccounts>,
     quorum: usize,
+    short_commits: Arc<AtomicU64>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -472,7 +507,7 @@ async fn run(
                 match drives.get(d) {
                     Some(drive) => {
                         let result = drive.device.flush().await;
-                        drive.note(&result);
+                        drive.note_flush(&result);
                         (d, result.map_err(|e| format!("{}: {e}", drive.name)))
                     }
                     None => (d, Err(format!("unknown drive {d}"))),
@@ -511,12 +546,15 @@ async fn run(
                 // A client write still counts with a write quorum of copies left (repair
                 // makes the others again); anything else fails.
                 let drop: BTreeSet<DriveId> = doubtful.keys().copied().collect();
-                if !request.change.drop_copies_keeping(&drop, quorum) {
+                let Some(orphans) = request.change.drop_copies_keeping(&drop, quorum) else {
                     let why = doubtful.into_values().next().unwrap_or_default();
                     results.push(Err(EngineError::Unavailable(why)));
                     continue;
-                }
-                tracing::warn!(drives = ?drop, "a write is kept with fewer copies (its other drives failed before their flush); repair will make them again");
+                };
+                tracing::debug!(drives = ?drop, "a write is kept with fewer copies (its other drives failed before their flush); repair will make them again");
+                short_commits.fetch_add(1, Ordering::Relaxed);
+                results.push(txn.apply_hiding(&request.change, &orphans));
+                continue;
             }
             results.push(txn.apply_whole(&request.change));
         }
@@ -603,9 +641,29 @@ impl<'a> Txn<'a> {
     /// Applies `change` whole or not at all: one that fails halfway (a read error, a corrupt
     /// entry) leaves nothing of itself in the group's batch or accounts.
     fn apply_whole(&mut self, change: &Change) -> Applied {
+        self.apply_hiding(change, &[])
+    }
+
+    /// [`Txn::apply_whole`] for a client write whose claiming record also has `orphans`,
+    /// copies left out of it (their drive failed before its flush) that may still be on their
+    /// drives: whatever holds the name afterwards hides their zones, as for any orphan.
+    fn apply_hiding(&mut self, change: &Change, orphans: &[Location]) -> Applied {
         self.undo_overlay.clear();
         self.undo_zones.clear();
-        let result = self.apply(change);
+        let result = (|| {
+            let claim = if orphans.is_empty() {
+                None
+            } else {
+                self.claim_of(change)?
+            };
+            let outcome = self.apply(change)?;
+            if let Some(claim) = claim {
+                for orphan in orphans {
+                    self.shadow_orphan(&claim, *orphan)?;
+                }
+            }
+            Ok(outcome)
+        })();
         if result.is_err() {
             for (key, previous) in std::mem::take(&mut self.undo_overlay).into_iter().rev() {
                 match previous {
@@ -1340,6 +1398,44 @@ impl<'a> Txn<'a> {
             self.shadow_orphan(what, to)?;
         }
         Ok(())
+    }
+
+    /// The record a client write makes its claim to a name with (None for other changes).
+    fn claim_of(&mut self, change: &Change) -> EngineResult<Option<Relocation>> {
+        Ok(match change {
+            Change::PutObject {
+                bucket, key, meta, ..
+            } => Some(Relocation::Commit {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                seq: meta.seq,
+            }),
+            Change::CreateBucket { name, entry } => Some(Relocation::Bucket {
+                name: name.clone(),
+                seq: entry.seq,
+            }),
+            Change::CreateUpload { entry } => Some(Relocation::Upload {
+                upload_id: entry.upload_id,
+            }),
+            Change::PutPart {
+                upload_id, part, ..
+            } => Some(Relocation::Part {
+                upload_id: *upload_id,
+                part_number: part.part_number,
+                seq: part.seq,
+            }),
+            // The object the upload becomes (asked before the change: its upload names it).
+            Change::CompleteUpload {
+                upload_id, meta, ..
+            } => self
+                .decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
+                .map(|u| Relocation::Commit {
+                    bucket: u.bucket,
+                    key: u.key,
+                    seq: meta.seq,
+                }),
+            _ => None,
+        })
     }
 
     /// A copy written for a relocation or repair that lost its race (the entry changed

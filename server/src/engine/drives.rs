@@ -138,6 +138,16 @@ impl Drive {
         }
     }
 
+    /// Notes the outcome of a flush: any failure marks the drive down for a moment, as a
+    /// transport failure does (writes it cannot make durable go to other drives meanwhile).
+    pub fn note_flush(&self, result: &Result<(), ZoneError>) {
+        self.note(result);
+        if result.is_err() {
+            self.down_until
+                .store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the drive can take I/O now: reachable, attached, and no transport failure just
     /// now.
     pub fn is_up(&self) -> bool {

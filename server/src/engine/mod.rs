@@ -159,7 +159,8 @@ impl EngineInner {
 pub(crate) async fn detached<T: Send + 'static>(
     work: impl Future<Output = EngineResult<T>> + Send + 'static,
 ) -> EngineResult<T> {
-    tokio::spawn(work)
+    use tracing::Instrument;
+    tokio::spawn(work.in_current_span())
         .await
         .map_err(|e| EngineError::Internal(format!("engine task: {e}")))?
 }

@@ -251,7 +251,8 @@ impl EngineInner {
     /// What decides whether a repair pass is due.
     fn health_signature(&self) -> HealthSignature {
         let drives = self.drive_views();
-        let short_writes = self.stats.under_replicated_writes.load(Ordering::Relaxed);
+        let short_writes = self.stats.under_replicated_writes.load(Ordering::Relaxed)
+            + self.committer.short_commits.load(Ordering::Relaxed);
         HealthSignature {
             drives,
             short_writes,
