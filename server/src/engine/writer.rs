@@ -532,16 +532,8 @@ impl PutWriter {
     /// Makes the body an object version with `meta` (size and streams are filled in) if
     /// `condition` holds. Returns the manifest as stored.
     pub async fn finish_object(
-        self,
-        meta: ObjectMeta,
-        condition: Condition,
-    ) -> EngineResult<ObjectMeta> {
-        super::detached(self.finish_object_here(meta, condition)).await
-    }
-
-    async fn finish_object_here(
         mut self,
-        mut meta: ObjectMeta,
+        meta: ObjectMeta,
         condition: Condition,
     ) -> EngineResult<ObjectMeta> {
         let Purpose::Object = self.purpose else {
@@ -549,10 +541,25 @@ impl PutWriter {
                 "finish_object on a part writer".into(),
             ));
         };
+        // Until the version's commit record is written, a client gone ends it: nothing claims
+        // the name yet.
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
         let lock = engine.names.object(&self.bucket, &self.key).await;
         engine.check_object_change(&self.bucket, &self.key, &condition)?;
+        // From here it runs to its end.
+        super::detached(self.commit_object(lock, extents, stream, meta, condition)).await
+    }
+
+    async fn commit_object(
+        mut self,
+        lock: super::names::ObjectLock,
+        extents: Vec<NewExtent>,
+        stream: StreamRef,
+        mut meta: ObjectMeta,
+        condition: Condition,
+    ) -> EngineResult<ObjectMeta> {
+        let engine = self.engine.clone();
         meta.seq = engine.seq.next()?;
         meta.size = stream.length;
         meta.streams = vec![stream];
@@ -595,14 +602,6 @@ impl PutWriter {
 
     /// Makes the body a part of its upload, with ETag `etag` and `checksums`.
     pub async fn finish_part(
-        self,
-        etag: String,
-        checksums: Vec<super::model::Checksum>,
-    ) -> EngineResult<PartEntry> {
-        super::detached(self.finish_part_here(etag, checksums)).await
-    }
-
-    async fn finish_part_here(
         mut self,
         etag: String,
         checksums: Vec<super::model::Checksum>,
@@ -616,12 +615,32 @@ impl PutWriter {
                 "finish_part on an object writer".into(),
             ));
         };
+        // As for an object: a client gone before the part's record is written ends it.
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
         let lock = engine.names.part(&self.bucket, &self.key).await;
         if engine.index.upload(upload_id)?.is_none() {
             return Err(EngineError::NoSuchUpload(format!("{upload_id:016x}")));
         }
+        let commit = self.commit_part(
+            lock,
+            (upload_id, part_number),
+            extents,
+            stream,
+            (etag, checksums),
+        );
+        super::detached(commit).await
+    }
+
+    async fn commit_part(
+        mut self,
+        lock: super::names::PartLock,
+        (upload_id, part_number): (u64, u32),
+        extents: Vec<NewExtent>,
+        stream: StreamRef,
+        (etag, checksums): (String, Vec<super::model::Checksum>),
+    ) -> EngineResult<PartEntry> {
+        let engine = self.engine.clone();
         let seq = engine.seq.next()?;
         let mut part = PartEntry {
             part_number,
