@@ -477,15 +477,13 @@ async fn an_operation_abandoned_mid_append_runs_to_its_end() {
             })
         }
     });
-    let specs = vec![zonestore::engine::DriveSpec {
-        name: "zns-file://drive0".into(),
-        device: Arc::new(drive),
-    }];
-    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        |_| {},
+    )
+    .await;
     let mut stalled = stalled.subscribe();
     stall.store(true, Ordering::SeqCst);
     let request = tokio::spawn({
@@ -558,15 +556,13 @@ async fn gc_moves_records_that_follow_an_append_reported_failed() {
             })
         }
     });
-    let specs = vec![zonestore::engine::DriveSpec {
-        name: "zns-file://drive0".into(),
-        device: Arc::new(drive),
-    }];
-    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        |_| {},
+    )
+    .await;
     let body = |k: &str| content(k, 1, 8 << 10);
     for i in 0..12 {
         let key = format!("garbage-{i}");
@@ -735,16 +731,10 @@ async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
             })
         }
     });
-    let specs = vec![zonestore::engine::DriveSpec {
-        name: "zns-file://drive0".into(),
-        device: Arc::new(drive),
-    }];
-    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
-    config.gc.enabled = false;
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = engine_on(dir.path(), "zns-file://drive0", Arc::new(drive), |c| {
+        c.gc.enabled = false;
+    })
+    .await;
     put(&engine, "b", "the-victim", &content("v", 1, 8 << 10))
         .await
         .unwrap();
@@ -1069,15 +1059,13 @@ async fn a_dropped_writer_keeps_its_name_locked_until_its_change_is_applied() {
             })
         }
     });
-    let specs = vec![zonestore::engine::DriveSpec {
-        name: "zns-file://drive0".into(),
-        device: Arc::new(drive),
-    }];
-    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        |_| {},
+    )
+    .await;
 
     slow.store(true, Ordering::SeqCst);
     let first = tokio::spawn({
@@ -1155,15 +1143,13 @@ async fn a_write_whose_target_reconnected_before_its_flush_is_not_acknowledged()
             })
         }
     });
-    let specs = vec![zonestore::engine::DriveSpec {
-        name: format!("nqn:{NQN}"),
-        device: Arc::new(wrapped),
-    }];
-    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = engine_on(
+        dir.path(),
+        &format!("nqn:{NQN}"),
+        std::sync::Arc::new(wrapped),
+        |_| {},
+    )
+    .await;
 
     restart.store(true, Ordering::SeqCst);
     let lost = put(&engine, "b", "k", b"maybe lost").await;
@@ -1416,15 +1402,13 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
             })
         }
     });
-    let specs = vec![zonestore::engine::DriveSpec {
-        name: "zns-file://drive0".into(),
-        device: Arc::new(drive),
-    }];
-    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        |_| {},
+    )
+    .await;
     slow.store(true, Ordering::SeqCst);
     let body = content("gone", 1, 50_000);
     let request = tokio::spawn({

@@ -49,6 +49,25 @@ pub async fn open_engine(
     (engine, emulated)
 }
 
+/// An engine (index under `dir`) over one drive, `device`, named `name`, with bucket `b`
+/// (owned by alice) created.
+pub async fn engine_on(
+    dir: &Path,
+    name: &str,
+    device: Arc<dyn ZonedDevice>,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> Engine {
+    let specs = vec![DriveSpec {
+        name: name.to_string(),
+        device,
+    }];
+    let mut config = EngineConfig::new(dir.join("index"), 1);
+    tune(&mut config);
+    let (engine, _) = Engine::open(config, specs).await.expect("engine opens");
+    engine.create_bucket("b", "alice").await.expect("bucket");
+    engine
+}
+
 /// The drive specs for the drives under `dir` (for a rebuild).
 pub fn drive_specs(emulated: &[EmulatedZns]) -> Vec<DriveSpec> {
     emulated
