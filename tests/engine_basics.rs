@@ -719,9 +719,10 @@ async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
     drive.before_append = Box::new({
         let (armed, stalled, release) = (armed.clone(), stalled.clone(), release.clone());
         move |zslba, _, data| {
-            // The first append carrying the victim's name once armed: GC's copy of it.
+            // The first append carrying the victim's commit record once armed: GC's copy of
+            // it (its data record, copied in another group, needs no hiding).
             let stall =
-                data.windows(10).any(|w| w == b"the-victim") && armed.swap(false, Ordering::SeqCst);
+                carries_commit_of(data, b"the-victim") && armed.swap(false, Ordering::SeqCst);
             let (stalled, release) = (stalled.clone(), release.clone());
             Box::pin(async move {
                 if stall {
@@ -783,6 +784,20 @@ async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
         "the tombstone hides zone {copy_zone} of the orphan copy: {:?}",
         tomb.shadowed
     );
+}
+
+/// Whether `data` (one or more records) holds a commit record naming `key`: a record header
+/// starts with "ZSR1", a version byte and its kind (2: commit), and names its key soon after.
+fn carries_commit_of(data: &[u8], key: &[u8]) -> bool {
+    data.windows(key.len())
+        .enumerate()
+        .filter(|(_, w)| *w == key)
+        .any(|(at, _)| {
+            let head = &data[at.saturating_sub(512)..at];
+            head.windows(4)
+                .rposition(|w| w == b"ZSR1")
+                .is_some_and(|m| head.get(m + 5) == Some(&2))
+        })
 }
 
 /// Records are padded to the block size and parsed by the block size of the drive holding
