@@ -163,8 +163,11 @@ impl Ctx {
 
     /// A reader for the body, verified as the request's headers say.
     pub fn body_reader(&mut self, max: u64) -> Result<BodyReader, S3Error> {
-        let headers = self.headers.clone();
-        self.reader_with(&headers, max)
+        // Lent out and put back: no copy of the headers on every upload.
+        let headers = std::mem::take(&mut self.headers);
+        let reader = self.reader_with(&headers, max);
+        self.headers = headers;
+        reader
     }
 
     /// A reader for a request document whose `x-amz-checksum-*` headers are not about the
