@@ -60,6 +60,13 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// The drive's identity, fixed when it was formatted (an NVMe namespace's NGUID): tells
+    /// the drive apart from another one answering at the same address (a storage node started
+    /// on an empty data directory, a swapped disk). `None` if the device has none.
+    fn identity(&self) -> Option<[u8; 16]> {
+        None
+    }
+
     /// Which incarnation of the device's volatile state I/O goes to now: it changes when
     /// writes completed before may have been lost without a flush (a remote target that
     /// restarted, reached again on a new connection). A caller that notes it before writing

@@ -717,6 +717,9 @@ impl ZonedDevice for Intercepted {
     fn session(&self) -> u64 {
         self.inner.session()
     }
+    fn identity(&self) -> Option<[u8; 16]> {
+        self.inner.identity()
+    }
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
         (self.before_read)(lba, blocks).await;
         let result = self.inner.read(self.read_base + lba, blocks).await;

@@ -169,3 +169,54 @@ fn outcome_reports_mismatch_readably() {
     };
     assert_ne!(model.apply(&read), Outcome::Data(pattern(&g, 0, 1, 4)));
 }
+
+#[test]
+fn a_drive_keeps_its_identity_for_life_and_no_two_share_one() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let g = Geometry::new(2, 1 << 20);
+    let first = EmulatedZns::create(a.path(), g).unwrap();
+    let identity = first.identity().expect("an emulated drive has an identity");
+    drop(first);
+    assert_eq!(
+        EmulatedZns::open(a.path()).unwrap().identity(),
+        Some(identity)
+    );
+    let other = EmulatedZns::create(b.path(), g).unwrap();
+    assert_ne!(other.identity(), Some(identity));
+}
+
+/// Bytes 64..84 of the metadata header: the identity and its CRC.
+fn rewrite_identity_bytes(dir: &std::path::Path, bytes: impl FnOnce(&mut [u8])) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("zns.meta"))
+        .unwrap();
+    let mut raw = [0u8; 20];
+    file.read_exact_at(&mut raw, 64).unwrap();
+    bytes(&mut raw);
+    file.write_all_at(&raw, 64).unwrap();
+}
+
+#[test]
+fn a_drive_made_before_identities_gets_one_when_opened_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap());
+    rewrite_identity_bytes(dir.path(), |raw| raw.fill(0));
+    let given = EmulatedZns::open(dir.path()).unwrap().identity().unwrap();
+    assert_ne!(given, [0; 16]);
+    assert_eq!(
+        EmulatedZns::open(dir.path()).unwrap().identity(),
+        Some(given)
+    );
+}
+
+#[test]
+fn a_damaged_identity_is_refused_rather_than_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap());
+    rewrite_identity_bytes(dir.path(), |raw| raw[3] ^= 0x40);
+    let err = EmulatedZns::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("identity checksum"), "{err}");
+}

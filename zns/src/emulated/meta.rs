@@ -15,7 +15,12 @@
 //!  44  zone append limit (blocks)
 //!  48  reserved (12 bytes)
 //!  60  CRC32 of bytes 0..60
+//!  64  identity (16 random bytes, set when the drive is created)
+//!  80  CRC32 of bytes 64..80
 //! ```
+//!
+//! A header whose identity is all zeros with a zero CRC was written before drives had one: it
+//! gets one the next time the drive is opened.
 
 use crate::geometry::Geometry;
 use crate::zone::ZoneState;
@@ -99,6 +104,55 @@ pub fn decode_header(buf: &[u8]) -> Result<Geometry, String> {
     };
     geometry.validate().map_err(|e| e.to_string())?;
     Ok(geometry)
+}
+
+/// Where the drive's identity lies in the header.
+pub const IDENTITY_AT: usize = 64;
+
+/// Encodes a drive identity with its CRC, to be written at [`IDENTITY_AT`].
+pub fn encode_identity(identity: &[u8; 16]) -> [u8; 20] {
+    let mut buf = [0u8; 20];
+    buf[..16].copy_from_slice(identity);
+    let crc = crc32fast::hash(identity);
+    put_u32(&mut buf, 16, crc);
+    buf
+}
+
+/// The identity in a header: `Ok(None)` if the header predates identities (all zeros), an
+/// error if it is damaged.
+pub fn decode_identity(header: &[u8]) -> Result<Option<[u8; 16]>, String> {
+    let Some(raw) = header.get(IDENTITY_AT..IDENTITY_AT + 20) else {
+        return Err("metadata header is truncated".into());
+    };
+    if raw.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let identity: [u8; 16] = raw[..16].try_into().expect("16-byte slice");
+    if crc32fast::hash(&identity) != get_u32(raw, 16) {
+        return Err("drive identity checksum mismatch".into());
+    }
+    Ok(Some(identity))
+}
+
+/// A fresh identity: 16 bytes no other drive has (hashes keyed from the operating system's
+/// randomness, over the time, the process and the drive's directory).
+pub fn new_identity(dir: &std::path::Path) -> [u8; 16] {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut out = [0u8; 16];
+    for (i, half) in out.chunks_exact_mut(8).enumerate() {
+        let hash = std::collections::hash_map::RandomState::new().hash_one((
+            i,
+            nanos,
+            std::process::id(),
+            dir,
+        ));
+        half.copy_from_slice(&hash.to_le_bytes());
+    }
+    out
 }
 
 /// The durable record of one zone.

@@ -46,6 +46,8 @@ pub struct EmulatedZns {
 #[derive(Debug)]
 struct Inner {
     geometry: Geometry,
+    /// Set when the drive was created (see [`meta::new_identity`]).
+    identity: [u8; 16],
     dir: PathBuf,
     data: Arc<File>,
     meta: Arc<File>,
@@ -181,6 +183,9 @@ impl EmulatedZns {
             .map_err(|e| ZoneError::io(format!("sizing {}", data_path.display()), e))?;
         let mut image = vec![0u8; meta::file_len(geometry.zone_count) as usize];
         image[..meta::HEADER_LEN].copy_from_slice(&meta::encode_header(&geometry));
+        let identity = meta::new_identity(dir);
+        image[meta::IDENTITY_AT..meta::IDENTITY_AT + 20]
+            .copy_from_slice(&meta::encode_identity(&identity));
         for index in 0..geometry.zone_count {
             let at = meta::entry_offset(index) as usize;
             image[at..at + meta::ENTRY_LEN].copy_from_slice(&meta::encode_entry(&ZoneEntry::EMPTY));
@@ -194,7 +199,7 @@ impl EmulatedZns {
             .map_err(|e| ZoneError::io(format!("renaming {} into place", building.display()), e))?;
         sync_dir(dir)?;
         let entries = vec![ZoneEntry::EMPTY; geometry.zone_count as usize];
-        Self::assemble(geometry, dir, data, meta, entries)
+        Self::assemble(geometry, identity, dir, data, meta, entries)
     }
 
     /// Opens the drive in `dir`, recovering zone states as after a power loss: opened zones come
@@ -212,6 +217,19 @@ impl EmulatedZns {
             .map_err(|e| ZoneError::io(format!("reading {}", meta_path.display()), e))?;
         let geometry = meta::decode_header(&header)
             .map_err(|e| ZoneError::MediaError(format!("{}: {e}", meta_path.display())))?;
+        let identity = match meta::decode_identity(&header)
+            .map_err(|e| ZoneError::MediaError(format!("{}: {e}", meta_path.display())))?
+        {
+            Some(identity) => identity,
+            None => {
+                // Made before drives had an identity: it gets one now, for good.
+                let identity = meta::new_identity(dir);
+                meta.write_all_at(&meta::encode_identity(&identity), meta::IDENTITY_AT as u64)
+                    .and_then(|_| meta.sync_data())
+                    .map_err(|e| ZoneError::io(format!("writing {}", meta_path.display()), e))?;
+                identity
+            }
+        };
         let mut image = vec![0u8; meta::ENTRY_LEN * geometry.zone_count as usize];
         meta.read_exact_at(&mut image, meta::HEADER_LEN as u64)
             .map_err(|e| ZoneError::io(format!("reading {}", meta_path.display()), e))?;
@@ -249,7 +267,7 @@ impl EmulatedZns {
             .write(true)
             .open(&data_path)
             .map_err(|e| ZoneError::io(format!("opening {}", data_path.display()), e))?;
-        Self::assemble(geometry, dir, data, meta, entries)
+        Self::assemble(geometry, identity, dir, data, meta, entries)
     }
 
     /// Opens the drive in `dir` if there is one (its geometry must equal `geometry`), or creates
@@ -272,6 +290,7 @@ impl EmulatedZns {
 
     fn assemble(
         geometry: Geometry,
+        identity: [u8; 16],
         dir: &Path,
         data: File,
         meta: File,
@@ -285,6 +304,7 @@ impl EmulatedZns {
         Ok(EmulatedZns {
             inner: Arc::new(Inner {
                 geometry,
+                identity,
                 dir: dir.to_path_buf(),
                 data,
                 meta: Arc::new(meta),
@@ -692,6 +712,10 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 impl ZonedDevice for EmulatedZns {
     fn geometry(&self) -> Geometry {
         self.inner.geometry
+    }
+
+    fn identity(&self) -> Option<[u8; 16]> {
+        Some(self.inner.identity)
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {
