@@ -185,6 +185,41 @@ fn host_reconnects_after_the_target_restarts() {
 }
 
 #[test]
+fn a_different_drive_behind_the_same_address_and_nqn_is_refused() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let addr = rig.handle.local_addr();
+        let mut config = host_config(addr);
+        config.reconnect_wait = Duration::from_millis(1500);
+        let host = NvmeTcpHost::connect(config).await.unwrap();
+        assert_eq!(
+            host.identity(),
+            rig.drive.identity(),
+            "the NGUID is the drive's"
+        );
+        // The storage node comes back with a fresh drive (say its disk was not mounted): same
+        // address, same NQN, same geometry, none of the data.
+        drop(rig.handle);
+        let dir = tempfile::tempdir().unwrap();
+        let impostor = EmulatedZns::create(dir.path(), g).unwrap();
+        let target = Target::new(TargetConfig::default());
+        target
+            .add_subsystem(NQN, Arc::new(impostor), vec![])
+            .unwrap();
+        let _handle = target.listen(addr).await.unwrap();
+        let err = host.read(0, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ZoneErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("different drive"), "{err}");
+        assert!(!host.is_connected());
+        assert!(host.finds_another_drive());
+        assert_eq!(host.identity(), rig.drive.identity());
+        host.close().await;
+    });
+}
+
+#[test]
 fn commands_fail_clearly_when_the_target_stays_away() {
     let rt = runtime();
     rt.block_on(async {

@@ -11,11 +11,12 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use zns::{
     Geometry, ReportFilter, WriteHint, ZoneAction, ZoneError, ZoneReport, ZoneResult, ZoneSelect,
@@ -141,6 +142,15 @@ pub enum HostError {
         /// After.
         after: Geometry,
     },
+    /// A different namespace (another NGUID) answers at the address and NQN: another drive,
+    /// or one formatted afresh, which must not pass for the one connected before.
+    #[error("a different drive answers: the namespace NGUID changed from {before} to {after}")]
+    IdentityChanged {
+        /// Before (hex).
+        before: String,
+        /// After (hex).
+        after: String,
+    },
 }
 
 impl HostError {
@@ -183,6 +193,32 @@ struct HostInner {
     /// Sessions established after the first (see [`ZonedDevice::session`]): a new one may be
     /// with a target that restarted and lost what was not flushed.
     session_epoch: AtomicU64,
+    /// The namespace's NGUID as the first session reported it: a later session reporting
+    /// another is refused, as a changed geometry is.
+    identity: Mutex<Option<[u8; 16]>>,
+    /// Whether the last reconnect found a different namespace (see
+    /// [`HostError::IdentityChanged`]).
+    wrong_namespace: AtomicBool,
+}
+
+impl HostInner {
+    /// Whether a new session's namespace is the drive connected before; the first identity
+    /// seen (a host started before its target answered) is the one kept from then on.
+    fn same_identity(&self, identity: Option<[u8; 16]>) -> bool {
+        let mut known = self.identity.lock();
+        match (*known, identity) {
+            (Some(before), Some(now)) => before == now,
+            (Some(_), None) => false,
+            (None, now) => {
+                *known = now;
+                true
+            }
+        }
+    }
+}
+
+fn hex(bytes: [u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The transfer size assumed before any session has said (most targets allow at least this).
@@ -241,6 +277,8 @@ impl NvmeTcpHost {
                         .map_or(ASSUMED_MAX_TRANSFER, |s| s.limits.max_transfer),
                 ),
                 session_epoch: AtomicU64::new(0),
+                identity: Mutex::new(session.as_ref().and_then(|s| s.identity)),
+                wrong_namespace: AtomicBool::new(false),
             }),
         };
         tokio::spawn(supervise(Arc::downgrade(&host.inner), session));
@@ -250,6 +288,12 @@ impl NvmeTcpHost {
     /// The target's address.
     pub fn address(&self) -> SocketAddr {
         self.inner.config.address
+    }
+
+    /// Whether the host is down because a different namespace (another drive) now answers
+    /// at the address and NQN: it keeps trying, for the right one to come back.
+    pub fn finds_another_drive(&self) -> bool {
+        self.inner.wrong_namespace.load(Ordering::Relaxed)
     }
 
     /// The subsystem NQN.
@@ -410,6 +454,7 @@ fn set_unless_closed(inner: &HostInner, state: State) -> bool {
 /// the host is closed or dropped (`None`).
 async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
     let mut backoff = Duration::from_millis(50);
+    let mut refused: Option<String> = None;
     loop {
         tokio::time::sleep(backoff).await;
         let inner = host.upgrade()?;
@@ -417,11 +462,12 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
             return None;
         }
         match Session::establish(&inner.config).await {
-            Ok(s) if s.geometry == inner.geometry => {
+            Ok(s) if s.geometry == inner.geometry && inner.same_identity(s.identity) => {
                 inner
                     .last_max_transfer
                     .store(s.limits.max_transfer, Ordering::Relaxed);
                 let s = Arc::new(s);
+                inner.wrong_namespace.store(false, Ordering::Relaxed);
                 // Before any command can go to the new session: one that completes there must
                 // see the new epoch.
                 inner.session_epoch.fetch_add(1, Ordering::SeqCst);
@@ -435,12 +481,25 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                 return Some(s);
             }
             Ok(s) => {
-                let e = HostError::GeometryChanged {
-                    before: inner.geometry,
-                    after: s.geometry,
+                let e = if s.geometry != inner.geometry {
+                    HostError::GeometryChanged {
+                        before: inner.geometry,
+                        after: s.geometry,
+                    }
+                } else {
+                    inner.wrong_namespace.store(true, Ordering::Relaxed);
+                    HostError::IdentityChanged {
+                        before: hex(inner.identity.lock().unwrap_or_default()),
+                        after: hex(s.identity.unwrap_or_default()),
+                    }
                 };
-                s.close("geometry changed");
-                tracing::error!("{e}");
+                s.close("a different namespace answers");
+                // Said once per episode; the host keeps trying quietly for the right one.
+                let message = e.to_string();
+                if refused.as_deref() != Some(message.as_str()) {
+                    tracing::error!(address = %inner.config.address, "{message}");
+                    refused = Some(message);
+                }
                 if !set_unless_closed(&inner, State::Down(e.to_string())) {
                     return None;
                 }
@@ -468,6 +527,10 @@ impl ZonedDevice for NvmeTcpHost {
 
     fn session(&self) -> u64 {
         self.inner.session_epoch.load(Ordering::SeqCst)
+    }
+
+    fn identity(&self) -> Option<[u8; 16]> {
+        *self.inner.identity.lock()
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {

@@ -31,6 +31,8 @@ pub(crate) struct Session {
     pub(crate) admin: Arc<HostQueue>,
     pub(crate) io: Vec<Arc<HostQueue>>,
     pub(crate) geometry: Geometry,
+    /// The namespace's NGUID, if it reports one: which drive this is.
+    pub(crate) identity: Option<[u8; 16]>,
     pub(crate) limits: Limits,
     /// Set (with the reason) when any queue of the session fails.
     pub(crate) failed: watch::Receiver<Option<String>>,
@@ -255,6 +257,7 @@ impl Session {
             admin: admin_q,
             io: io_qs,
             geometry,
+            identity: (ns.nguid != [0; 16]).then_some(ns.nguid),
             limits: Limits { nsid, max_transfer },
             failed,
             failed_tx,

@@ -187,6 +187,8 @@ pub struct NamespaceSummary {
     pub metadata: u16,
     /// Index of the formatted LBA format.
     pub format: usize,
+    /// Namespace globally unique identifier (all zeros: not reported).
+    pub nguid: [u8; 16],
 }
 
 /// Decodes the parts of Identify Namespace a host uses.
@@ -207,6 +209,7 @@ pub fn parse_namespace(b: &[u8]) -> Option<NamespaceSummary> {
         block_size: 1 << lbads,
         metadata: lbaf as u16,
         format,
+        nguid: b[104..120].try_into().ok()?,
     })
 }
 

@@ -23,7 +23,8 @@ pub struct Subsystem {
     pub serial: String,
     /// Namespace UUID, derived from the NQN.
     pub uuid: [u8; 16],
-    /// Namespace globally unique identifier, derived from the NQN.
+    /// Namespace globally unique identifier: the drive's identity (see
+    /// [`ZonedDevice::identity`]), or for a drive without one, derived from the NQN.
     pub nguid: [u8; 16],
     controllers: Mutex<HashMap<u16, Arc<Controller>>>,
     next_cntlid: AtomicU16,
@@ -58,11 +59,11 @@ impl Subsystem {
             .collect();
         Subsystem {
             nqn: nqn.to_string(),
+            nguid: device.identity().unwrap_or_else(|| fingerprint(nqn, 3)),
             device: Some(device),
             allowed_hosts,
             serial,
             uuid,
-            nguid: fingerprint(nqn, 3),
             controllers: Mutex::new(HashMap::new()),
             next_cntlid: AtomicU16::new(1),
         }
