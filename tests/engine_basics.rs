@@ -1444,3 +1444,59 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
     assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
     assert_rebuild_equals_live(&engine, &[inner], dir.path(), "rebuilt").await;
 }
+
+/// A drive answering under a registered name with another identity (a storage node started on
+/// an empty data directory, its disk not mounted) is left out rather than taken for the drive
+/// holding the data; the others serve; the right drive is attached again when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_one_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "before", &content("before", 1, 200_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    drop(drives);
+
+    // The third drive's directory is "unmounted": an empty drive appears in its place.
+    let real = dir.path().join("drive2");
+    let aside = dir.path().join("drive2-aside");
+    std::fs::rename(&real, &aside).unwrap();
+    {
+        let (engine, drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
+        let third = &engine.drives().all()[2];
+        assert!(third.foreign.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!third.attached.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!third.is_up());
+        assert_eq!(
+            get(&engine, "b", "before").await.unwrap(),
+            content("before", 1, 200_000)
+        );
+        put(&engine, "b", "during", &content("during", 1, 200_000))
+            .await
+            .unwrap();
+        let report = zns::ZonedDevice::report_zones(&drives[2], 0, zns::ReportFilter::All, 16)
+            .await
+            .unwrap();
+        let written: u64 = report.zones.iter().map(|z| z.wp - z.zslba).sum();
+        assert_eq!(written, 0, "nothing was written to the impostor");
+        engine.shutdown().await;
+    }
+
+    // The right drive is back.
+    std::fs::remove_dir_all(&real).unwrap();
+    std::fs::rename(&aside, &real).unwrap();
+    let (engine, _drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
+    let third = &engine.drives().all()[2];
+    assert!(!third.foreign.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(third.is_up());
+    for key in ["before", "during"] {
+        assert_eq!(
+            get(&engine, "b", key).await.unwrap(),
+            content(key, 1, 200_000)
+        );
+    }
+    engine.shutdown().await;
+}

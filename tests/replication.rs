@@ -231,6 +231,59 @@ fn survives_target_failures_and_repairs() {
     assert!(verified.contains("verified"), "{verified}");
 }
 
+/// A storage node restarted on an empty data directory (its disk not mounted) exports a fresh
+/// drive under the same address and NQN: the gateway must not take it for the drive that holds
+/// the data. It is shown as foreign and left out (the others serve); once the node is back on
+/// its real data, it is used again and repair fills in what it missed.
+#[test]
+fn a_node_restarted_on_an_empty_data_directory_is_not_taken_for_its_drive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    let server = gateway(dir.path(), &nodes);
+    server.aws_ok(&["s3", "mb", "s3://swap"]);
+    let before = dir.path().join("before.bin");
+    write_random_file(&before, 1_000_000, 31);
+    server.aws_ok(&["s3", "cp", before.to_str().unwrap(), "s3://swap/before"]);
+
+    nodes[2].kill();
+    let real = nodes[2].data.clone();
+    let aside = dir.path().join("node2-aside");
+    std::fs::rename(&real, &aside).unwrap();
+    nodes[2].start();
+    let foreign = wait_for_targets(&server, "the fresh drive refused", |t| {
+        t.lines()
+            .any(|l| l.contains(&nodes[2].nqn) && l.contains("foreign"))
+    });
+    let back = dir.path().join("back.bin");
+    server.aws_ok(&["s3", "cp", "s3://swap/before", back.to_str().unwrap()]);
+    assert!(same_file(&before, &back), "{foreign}");
+    let during = dir.path().join("during.bin");
+    write_random_file(&during, 1_000_000, 32);
+    server.aws_ok(&["s3", "cp", during.to_str().unwrap(), "s3://swap/during"]);
+
+    // The node is back on its real data: used again, and repaired.
+    nodes[2].kill();
+    std::fs::remove_dir_all(&real).unwrap();
+    std::fs::rename(&aside, &real).unwrap();
+    nodes[2].start();
+    let repaired = wait_for_targets(&server, "the real drive back and repaired", |t| {
+        t.matches("connected").count() == 3 && t.contains("under-replicated: 0B in 0 records")
+    });
+    assert!(!repaired.contains("foreign"), "{repaired}");
+    nodes[0].kill();
+    nodes[1].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    for (key, original) in [("before", &before), ("during", &during)] {
+        server.aws_ok(&[
+            "s3",
+            "cp",
+            &format!("s3://swap/{key}"),
+            back.to_str().unwrap(),
+        ]);
+        assert!(same_file(original, &back), "{key} from the returned drive");
+    }
+}
+
 /// Offsets in `file` where `needle` occurs.
 fn find_all(file: &Path, needle: &[u8]) -> Vec<u64> {
     use std::io::Read;

@@ -37,6 +37,7 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::PreconditionFailed => S3Error::precondition_failed("If-Match"),
         EngineError::NoSpace(detail) => S3Error::insufficient_storage(&detail),
         EngineError::Unavailable(detail) => S3Error::unavailable(&detail),
+        e @ EngineError::WrongDrive { .. } => S3Error::unavailable(&e.to_string()),
         EngineError::InvalidArgument(detail) => S3Error::invalid_argument(detail),
         EngineError::Body(detail) => S3Error::incomplete_body(&detail),
         e @ (EngineError::Drive { .. }

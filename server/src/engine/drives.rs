@@ -39,6 +39,9 @@ pub struct Drive {
     /// Whether the drive was removed from the configuration (it held nothing): it keeps its id
     /// and is never used again.
     pub removed: bool,
+    /// Whether a different drive answers under this one's name (see
+    /// [`EngineError::WrongDrive`]): it stays unattached while it does.
+    pub foreign: AtomicBool,
 }
 
 impl std::fmt::Debug for Drive {
@@ -66,6 +69,7 @@ impl Drive {
             errors: AtomicU64::new(0),
             attached: AtomicBool::new(true),
             removed: false,
+            foreign: AtomicBool::new(false),
         }
     }
 

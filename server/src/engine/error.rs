@@ -75,6 +75,19 @@ pub enum EngineError {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A different drive answers under a registered drive's name (see
+    /// [`zns::ZonedDevice::identity`]): it is not used in the registered drive's place.
+    #[error(
+        "drive {drive}: a different drive answers (identity {found}; the index knows {known}): is the storage node's data directory mounted? It is left out, and its copies are served from other drives; if the old drive is gone for good, drain it (`zonestore admin drain {drive}`) and configure the new one under another name"
+    )]
+    WrongDrive {
+        /// Drive name.
+        drive: String,
+        /// The identity the index recorded (hex).
+        known: String,
+        /// The identity the device reports (hex).
+        found: String,
+    },
     /// The engine is shutting down or a task failed.
     #[error("internal error: {0}")]
     Internal(String),

@@ -260,7 +260,12 @@ impl Engine {
                 snapshots.push(None);
             } else {
                 let surveyed = if drive.device.is_available() {
-                    survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await
+                    match registry::confirm_identity(&index, drive) {
+                        Ok(()) => {
+                            survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await
+                        }
+                        Err(e) => Err(e),
+                    }
                 } else {
                     Err(EngineError::Unavailable("not connected".into()))
                 };
@@ -271,6 +276,11 @@ impl Engine {
                     // answers.
                     Err(e) if e.is_unavailable() => {
                         tracing::warn!(drive = %drive.name, "drive unreachable ({e}): starting without it");
+                        drive.attached.store(false, Ordering::SeqCst);
+                        snapshots.push(None);
+                    }
+                    Err(e @ EngineError::WrongDrive { .. }) => {
+                        tracing::error!("{e}");
                         drive.attached.store(false, Ordering::SeqCst);
                         snapshots.push(None);
                     }

@@ -21,6 +21,45 @@ use super::located;
 const DRIVES_KEY: &[u8] = b"drives";
 /// META key prefix of a drive's geometry (followed by the drive's name).
 const GEOMETRY_PREFIX: &[u8] = b"geometry:";
+/// META key prefix of a drive's identity (followed by the drive's name).
+const IDENTITY_PREFIX: &[u8] = b"identity:";
+
+/// Checks that the drive answering under a registered name is the drive the index knows by
+/// it (its [`ZonedDevice::identity`]): a storage node started on an empty data directory (its
+/// disk not mounted) or given another disk must not pass for the drive that holds the data.
+/// The first identity a drive reports is recorded. A mismatch marks the drive foreign.
+pub(crate) fn confirm_identity(index: &Index, drive: &Drive) -> EngineResult<()> {
+    let Some(found) = drive.device.identity() else {
+        return Ok(());
+    };
+    let key = [IDENTITY_PREFIX, drive.name.as_bytes()].concat();
+    match index.get_raw(cf::META, &key)? {
+        Some(known) if known == found => {}
+        Some(known) => {
+            drive
+                .foreign
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(EngineError::WrongDrive {
+                drive: drive.name.clone(),
+                known: hex(&known),
+                found: hex(&found),
+            });
+        }
+        None => {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(index.cf(cf::META), key, found);
+            index.write(batch, true)?;
+        }
+    }
+    drive
+        .foreign
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Matches configured drives with the registry in the index, giving each a stable id.
 pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {

@@ -9,9 +9,10 @@ use zns::ZoneState;
 
 use super::commit::{Change, ZoneAccounts};
 use super::drives::Drive;
-use super::error::EngineResult;
+use super::error::{EngineError, EngineResult};
 use super::model::{DriveId, ZoneId};
 use super::placement::ZoneSnapshot;
+use super::registry;
 use super::{EngineInner, Reconciliation};
 
 /// Reads a drive's zones and checks them against the index: zones the index counts data in
@@ -64,6 +65,9 @@ pub(super) async fn survey(
     Ok(zones)
 }
 
+/// How often a drive found foreign is looked at again.
+const FOREIGN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Attaches a drive that was unreachable when the engine opened, once it answers.
 pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: DriveId) {
     loop {
@@ -77,8 +81,17 @@ pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: Driv
         if !d.device.is_available() {
             continue;
         }
+        let was_foreign = d.foreign.load(Ordering::SeqCst);
         match inner.attach_drive(&d).await {
             Ok(()) => return,
+            Err(e @ EngineError::WrongDrive { .. }) => {
+                // Said once; tried again now and then, for the right drive may come back.
+                if !was_foreign {
+                    tracing::error!("{e}");
+                }
+                drop(inner);
+                tokio::time::sleep(FOREIGN_RETRY).await;
+            }
             Err(e) => tracing::warn!(drive = %d.name, "attaching the drive failed: {e}"),
         }
     }
@@ -88,6 +101,7 @@ impl EngineInner {
     /// Surveys a drive that was unreachable at start (nothing was written to it since) and
     /// lets placement, GC and reads use it.
     async fn attach_drive(&self, drive: &Drive) -> EngineResult<()> {
+        registry::confirm_identity(&self.index, drive)?;
         let mut reconciliation = Reconciliation::default();
         let mut resets = Vec::new();
         let zones = survey(drive, &self.accounts, &mut reconciliation, &mut resets).await?;
