@@ -128,11 +128,14 @@ async fn conditional_puts() {
         .await
         .unwrap();
     let again = put_if(&engine, "b", "k", b"two", Condition::IfNoneMatchAny).await;
-    assert!(matches!(again, Err(EngineError::PreconditionFailed)));
+    assert!(matches!(
+        again,
+        Err(EngineError::PreconditionFailed("If-None-Match"))
+    ));
     let etag = engine.head("b", "k").unwrap().etag;
     assert!(matches!(
         put_if(&engine, "b", "k", b"x", Condition::IfMatch("nope".into())).await,
-        Err(EngineError::PreconditionFailed)
+        Err(EngineError::PreconditionFailed("If-Match"))
     ));
     put_if(&engine, "b", "k", b"three", Condition::IfMatch(etag))
         .await
@@ -141,7 +144,7 @@ async fn conditional_puts() {
     // A refused version leaves no record a rebuild would take for the newest.
     assert!(matches!(
         put_if(&engine, "b", "k", b"four", Condition::IfNoneMatchAny).await,
-        Err(EngineError::PreconditionFailed)
+        Err(EngineError::PreconditionFailed("If-None-Match"))
     ));
     assert!(matches!(
         put_if(&engine, "gone", "k", b"five", Condition::None).await,
@@ -1093,7 +1096,10 @@ async fn a_dropped_writer_keeps_its_name_locked_until_its_change_is_applied() {
     let second = put_if(&engine, "b", "k", b"second", Condition::IfNoneMatchAny).await;
     slow.store(false, Ordering::SeqCst);
     assert!(
-        matches!(second, Err(EngineError::PreconditionFailed)),
+        matches!(
+            second,
+            Err(EngineError::PreconditionFailed("If-None-Match"))
+        ),
         "{second:?}"
     );
     assert_eq!(get(&engine, "b", "k").await.unwrap(), b"first");

@@ -34,7 +34,7 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::InvalidPart(detail) => S3Error::invalid_part(&detail),
         EngineError::InvalidPartOrder => S3Error::invalid_part_order(),
         EngineError::EntityTooSmall { part, size } => S3Error::entity_too_small(part, size),
-        EngineError::PreconditionFailed => S3Error::precondition_failed("If-Match"),
+        EngineError::PreconditionFailed(condition) => S3Error::precondition_failed(condition),
         EngineError::NoSpace(detail) => S3Error::insufficient_storage(&detail),
         EngineError::Unavailable(detail) => S3Error::unavailable(&detail),
         e @ EngineError::WrongDrive { .. } => S3Error::unavailable(&e.to_string()),

@@ -264,9 +264,11 @@ def check_conditionals():
     expect_error("PreconditionFailed", 412, s3.get_object, Bucket=b, Key="c", IfUnmodifiedSince=mtime - datetime.timedelta(days=1))
     expect_error("412", 412, s3.head_object, Bucket=b, Key="c", IfMatch='"0000"')
     # Conditional writes.
-    expect_error("PreconditionFailed", 412, s3.put_object, Bucket=b, Key="c", Body=b"x", IfNoneMatch="*")
+    e = expect_error("PreconditionFailed", 412, s3.put_object, Bucket=b, Key="c", Body=b"x", IfNoneMatch="*")
+    assert e.response["Error"].get("Condition") == "If-None-Match", e.response["Error"]
     s3.put_object(Bucket=b, Key="fresh", Body=b"first", IfNoneMatch="*")
-    expect_error("PreconditionFailed", 412, s3.put_object, Bucket=b, Key="c", Body=b"x", IfMatch='"0000"')
+    e = expect_error("PreconditionFailed", 412, s3.put_object, Bucket=b, Key="c", Body=b"x", IfMatch='"0000"')
+    assert e.response["Error"].get("Condition") == "If-Match", e.response["Error"]
     s3.put_object(Bucket=b, Key="c", Body=b"second", IfMatch=etag)
     assert s3.get_object(Bucket=b, Key="c")["Body"].read() == b"second"
     expect_error("NoSuchKey", 404, s3.put_object, Bucket=b, Key="absent", Body=b"x", IfMatch=etag)

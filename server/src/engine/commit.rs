@@ -1498,13 +1498,15 @@ pub(crate) fn check_condition(
     condition: &Condition,
 ) -> EngineResult<()> {
     match condition {
-        Condition::IfNoneMatchAny if current.is_some() => Err(EngineError::PreconditionFailed),
+        Condition::IfNoneMatchAny if current.is_some() => {
+            Err(EngineError::PreconditionFailed("If-None-Match"))
+        }
         Condition::IfMatch(_) if current.is_none() => Err(EngineError::NoSuchKey {
             bucket: bucket.to_string(),
             key: key.to_string(),
         }),
         Condition::IfMatch(etag) if current.is_some_and(|c| &c.etag != etag) => {
-            Err(EngineError::PreconditionFailed)
+            Err(EngineError::PreconditionFailed("If-Match"))
         }
         _ => Ok(()),
     }

@@ -47,7 +47,7 @@ pub enum EngineError {
     },
     /// A conditional write's precondition does not hold.
     #[error("precondition failed")]
-    PreconditionFailed,
+    PreconditionFailed(&'static str),
     /// Out of space.
     #[error("insufficient storage: {0}")]
     NoSpace(String),
