@@ -158,7 +158,7 @@ fn our_host_uses_the_linux_kernel_target() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let address = format!("127.0.0.1:{port}").parse().unwrap();
+        let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut config = HostConfig::new(address, nqn);
         config.io_queues = 2;
         let host = NvmeTcpHost::connect(config)

@@ -478,8 +478,10 @@ fn starts_with_a_target_down_and_attaches_it_when_it_returns() {
     let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
     let before = dir.path().join("before.bin");
     write_random_file(&before, 3_000_000, 21);
-    // The third node is named by its discovery controller, which is down too at the restart.
-    let urls = [nodes[0].url(), nodes[1].url(), nodes[2].discovery_url()];
+    // The third node is named by its discovery controller, which is down too at the restart,
+    // and by host name (resolved at each attempt, not once).
+    let named = format!("nvme-tcp://localhost:{}", nodes[2].port);
+    let urls = [nodes[0].url(), nodes[1].url(), named];
     {
         let server = gateway_for(dir.path(), &urls);
         server.aws_ok(&["s3", "mb", "s3://restart"]);

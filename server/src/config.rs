@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use fabric::host::TargetAddress;
+
 use crate::engine::gc::Policy;
 use crate::size::parse_size;
 
@@ -189,8 +191,8 @@ fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
 pub enum TargetUrl {
     /// A subsystem over NVMe/TCP.
     NvmeTcp {
-        /// Address.
-        address: SocketAddr,
+        /// Address (a host name is resolved at every connection attempt).
+        address: TargetAddress,
         /// Subsystem NQN; `None`: every subsystem its discovery controller lists.
         nqn: Option<String>,
     },
@@ -205,10 +207,7 @@ impl TargetUrl {
             let (addr, nqn) = rest.split_once('/').map_or((rest, None), |(a, n)| {
                 (a, Some(n.to_string()).filter(|n| !n.is_empty()))
             });
-            let address = std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| format!("{addr:?} is not a host:port address"))?;
+            let address: TargetAddress = addr.parse()?;
             if let Some(n) = &nqn
                 && !n.starts_with("nqn.")
             {
@@ -445,6 +444,20 @@ mod tests {
                 address: "127.0.0.1:8009".parse().unwrap(),
                 nqn: None
             }
+        );
+        // Names are resolved when connecting, not here: one that does not resolve yet is a
+        // target unreachable for now, not a configuration error.
+        assert_eq!(
+            TargetUrl::parse("nvme-tcp://node7.invalid:4420/nqn.2026-01.io.zonestore:d7").unwrap(),
+            TargetUrl::NvmeTcp {
+                address: fabric::host::TargetAddress::new("node7.invalid", 4420),
+                nqn: Some("nqn.2026-01.io.zonestore:d7".into())
+            }
+        );
+        assert!(
+            TargetUrl::parse("nvme-tcp://node 7:4420")
+                .unwrap_err()
+                .contains("not a host:port address")
         );
         assert_eq!(
             TargetUrl::parse("zns-file:///data/d0").unwrap(),

@@ -2,16 +2,17 @@
 //! directory, so that a gateway can still start (and reconnect in the background) while a
 //! storage node's discovery controller is unreachable.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use fabric::host::TargetAddress;
 
 /// One subsystem a discovery controller listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     /// The discovery controller's address (as configured).
-    pub via: SocketAddr,
+    pub via: TargetAddress,
     /// Where the subsystem is served.
-    pub address: SocketAddr,
+    pub address: TargetAddress,
     /// Its NQN.
     pub nqn: String,
 }

@@ -3,13 +3,13 @@
 //! NQN or through a discovery controller, and local `zns-file://` drives without the fabric.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fabric::host::discovery::discover;
-use fabric::host::{HostConfig, HostError, NvmeTcpHost};
+use fabric::host::{HostConfig, HostError, NvmeTcpHost, TargetAddress};
 use fabric::spec::logpage::subtype;
 use zns::{EmulatedZns, Geometry, ZonedDevice};
 
@@ -79,7 +79,7 @@ pub fn embedded_nqn(index: usize) -> String {
     format!("nqn.2026-01.io.zonestore:embedded-drive{index}")
 }
 
-fn host_config(address: SocketAddr, nqn: &str, hostnqn: &str) -> HostConfig {
+fn host_config(address: TargetAddress, nqn: &str, hostnqn: &str) -> HostConfig {
     let mut c = HostConfig::new(address, nqn);
     c.hostnqn = hostnqn.to_string();
     c.io_queues = 2;
@@ -92,7 +92,7 @@ fn host_config(address: SocketAddr, nqn: &str, hostnqn: &str) -> HostConfig {
 pub type KnownDrives = HashMap<String, Geometry>;
 
 async fn connect(
-    address: SocketAddr,
+    address: TargetAddress,
     nqn: &str,
     hostnqn: &str,
     known: &KnownDrives,
@@ -101,11 +101,14 @@ async fn connect(
 ) -> Result<(), AttachError> {
     let name = drive_name(nqn);
     check_unique(attached, &name, &format!("nvme-tcp://{address}/{nqn}"))?;
-    let config = host_config(address, nqn, hostnqn);
+    let config = host_config(address.clone(), nqn, hostnqn);
     let host = match NvmeTcpHost::connect(config.clone()).await {
         Ok(host) => host,
         Err(
-            e @ (HostError::Connect { .. } | HostError::Timeout(_) | HostError::Disconnected(_)),
+            e @ (HostError::Connect { .. }
+            | HostError::Resolve { .. }
+            | HostError::Timeout(_)
+            | HostError::Disconnected(_)),
         ) if known.contains_key(&name) => {
             // A drive the index knows (its data has copies elsewhere): start without it and
             // keep trying to reach it.
@@ -157,7 +160,7 @@ pub async fn embedded(
         let address = node.local_addr();
         attached.nodes.push(node);
         connect(
-            address,
+            address.into(),
             &nqn,
             hostnqn,
             &KnownDrives::new(),
@@ -255,19 +258,27 @@ pub async fn attach(
             TargetUrl::NvmeTcp {
                 address,
                 nqn: Some(nqn),
-            } => connect(*address, nqn, hostnqn, known, if_unreachable, &mut attached).await?,
+            } => {
+                connect(
+                    address.clone(),
+                    nqn,
+                    hostnqn,
+                    known,
+                    if_unreachable,
+                    &mut attached,
+                )
+                .await?
+            }
             TargetUrl::NvmeTcp { address, nqn: None } => {
-                let via = *address;
-                let subsystems = match discover(via, hostnqn, Duration::from_secs(10)).await {
+                let via = address.clone();
+                let subsystems = match discover(via.clone(), hostnqn, Duration::from_secs(10)).await
+                {
                     Ok(entries) => entries
                         .iter()
                         .filter(|e| e.subtype == subtype::NVM)
                         .map(|e| discovered::Listed {
-                            via,
-                            address: SocketAddr::new(
-                                e.traddr.parse().unwrap_or(via.ip()),
-                                e.trsvcid.parse().unwrap_or(via.port()),
-                            ),
+                            via: via.clone(),
+                            address: listed_address(&via, &e.traddr, &e.trsvcid),
                             nqn: e.subnqn.clone(),
                         })
                         .collect::<Vec<_>>(),
@@ -331,7 +342,7 @@ pub async fn attach(
                 subsystems.retain(|l| seen.insert(l.nqn.clone()));
                 for l in subsystems {
                     connect(
-                        l.address,
+                        l.address.clone(),
                         &l.nqn,
                         hostnqn,
                         known,
@@ -411,6 +422,17 @@ fn check_unique(attached: &Attached, name: &str, target: &str) -> Result<(), Att
         });
     }
     Ok(())
+}
+
+/// Where a discovery log entry says its subsystem is served: its transport address and
+/// service id, each falling back to the discovery controller's when unusable (a wildcard
+/// address, as a target listening on every interface may report, says nothing of where).
+fn listed_address(via: &TargetAddress, traddr: &str, trsvcid: &str) -> TargetAddress {
+    let host = match traddr.trim().parse::<IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => ip.to_string(),
+        _ => via.host().to_string(),
+    };
+    TargetAddress::new(&host, trsvcid.trim().parse().unwrap_or(via.port()))
 }
 
 /// The engine's name of the drive a subsystem exports (stable across address changes).

@@ -1,13 +1,12 @@
 //! Asking a discovery controller which subsystems an address serves (NVMe over Fabrics §5.3):
 //! connect to the well-known discovery NQN, read the Discovery log page, disconnect.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::queue::{HostQueue, QueueParams};
-use super::{HostError, admin};
+use super::{HostError, TargetAddress, admin};
 use crate::spec::DISCOVERY_NQN;
 use crate::spec::connect::{CNTLID_DYNAMIC, Connect};
 use crate::spec::logpage::{self, DiscoveryEntry};
@@ -16,19 +15,20 @@ use crate::wire::digest::Digests;
 
 /// The subsystems a discovery controller at `address` lists for `hostnqn`.
 pub async fn discover(
-    address: SocketAddr,
+    address: impl Into<TargetAddress>,
     hostnqn: &str,
     timeout: Duration,
 ) -> Result<Vec<DiscoveryEntry>, HostError> {
     let (failed, _) = watch::channel(None);
-    let params = QueueParams {
+    let candidates = address.into().resolve().await?;
+    let params = |address| QueueParams {
         address,
         qid: 0,
         depth: 32,
         digests: Digests::NONE,
         connect_timeout: timeout,
     };
-    let queue = HostQueue::open(&params, 8192, failed).await?;
+    let (_, queue) = HostQueue::open_first(&candidates, params, 8192, failed).await?;
     let connect = Connect {
         recfmt: 0,
         qid: 0,

@@ -4,6 +4,7 @@
 //! time out, and reconnects with backoff when the target goes away: commands in flight then fail
 //! with a clear error, and new ones wait for the reconnection up to a bound.
 
+mod address;
 mod admin;
 pub mod discovery;
 mod queue;
@@ -28,14 +29,15 @@ use crate::spec::zns as report;
 use crate::wire::command::Sqe;
 use crate::wire::digest::Digests;
 use crate::wire::status::Status;
+pub use address::TargetAddress;
 use queue::Completion;
 use session::Session;
 
 /// How to reach and use a remote namespace.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Target address.
-    pub address: SocketAddr,
+    /// Target address (a name is resolved at every connection attempt).
+    pub address: TargetAddress,
     /// Subsystem NQN.
     pub subnqn: String,
     /// This host's NQN.
@@ -63,9 +65,9 @@ pub struct HostConfig {
 impl HostConfig {
     /// Defaults for a target at `address` serving `subnqn`: 2 I/O queues of 128 commands,
     /// 5 s keep-alive, 30 s command timeout, 10 s reconnect wait.
-    pub fn new(address: SocketAddr, subnqn: &str) -> Self {
+    pub fn new(address: impl Into<TargetAddress>, subnqn: &str) -> Self {
         HostConfig {
-            address,
+            address: address.into(),
             subnqn: subnqn.to_string(),
             hostnqn: default_hostnqn(),
             hostid: *b"zonestore-host\0\0",
@@ -111,6 +113,14 @@ pub enum HostError {
         /// Socket error.
         #[source]
         source: std::io::Error,
+    },
+    /// The target's host name does not resolve (now).
+    #[error("cannot resolve {address}: {reason}")]
+    Resolve {
+        /// Target address.
+        address: String,
+        /// The resolver's error.
+        reason: String,
     },
     /// The target broke the protocol.
     #[error("NVMe/TCP protocol error: {0}")]
@@ -286,8 +296,8 @@ impl NvmeTcpHost {
     }
 
     /// The target's address.
-    pub fn address(&self) -> SocketAddr {
-        self.inner.config.address
+    pub fn address(&self) -> &TargetAddress {
+        &self.inner.config.address
     }
 
     /// Whether the host is down because a different namespace (another drive) now answers

@@ -144,6 +144,25 @@ pub(crate) struct HostQueue {
 }
 
 impl HostQueue {
+    /// [`HostQueue::open`] on the first of `candidates` that takes a TCP connection (the
+    /// addresses a target's name resolves to); returns it with the queue.
+    pub(crate) async fn open_first(
+        candidates: &[SocketAddr],
+        params: impl Fn(SocketAddr) -> QueueParams,
+        in_capsule: usize,
+        failed: watch::Sender<Option<String>>,
+    ) -> Result<(SocketAddr, Arc<HostQueue>), HostError> {
+        let mut last = None;
+        for &address in candidates {
+            match HostQueue::open(&params(address), in_capsule, failed.clone()).await {
+                Ok(queue) => return Ok((address, queue)),
+                Err(e @ (HostError::Connect { .. } | HostError::Timeout(_))) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| HostError::Protocol("no address to connect to".into())))
+    }
+
     /// Opens the TCP connection and exchanges ICReq/ICResp. `failed` is set when the queue dies.
     pub(crate) async fn open(
         params: &QueueParams,
@@ -573,6 +592,44 @@ mod tests {
     /// A queue connected to a fake target that answers the ICReq, then answers the `n`th
     /// command it gets (command ID `cid`) with `answer(n, cid)`.
     async fn queue_against(answer: fn(usize, u16) -> Vec<Pdu>) -> Arc<HostQueue> {
+        let address = fake_target(answer).await;
+        HostQueue::open(&params_at(address), 8192, watch::channel(None).0)
+            .await
+            .unwrap()
+    }
+
+    fn params_at(address: SocketAddr) -> QueueParams {
+        QueueParams {
+            address,
+            qid: 1,
+            depth: 4,
+            digests: Digests::NONE,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_address_that_takes_a_connection_is_used() {
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let live = fake_target(|_, _| Vec::new()).await;
+        let (chosen, _queue) =
+            HostQueue::open_first(&[closed, live], params_at, 8192, watch::channel(None).0)
+                .await
+                .unwrap();
+        assert_eq!(chosen, live);
+        match HostQueue::open_first(&[closed], params_at, 8192, watch::channel(None).0).await {
+            Err(HostError::Connect { address, .. }) => assert_eq!(address, closed),
+            other => panic!("expected the connection error, got {:?}", other.err()),
+        }
+    }
+
+    /// A fake target that answers the ICReq, then answers the `n`th command it gets (command
+    /// ID `cid`) with `answer(n, cid)`.
+    async fn fake_target(answer: fn(usize, u16) -> Vec<Pdu>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -611,16 +668,7 @@ mod tests {
                 }
             }
         });
-        let params = QueueParams {
-            address,
-            qid: 1,
-            depth: 4,
-            digests: Digests::NONE,
-            connect_timeout: Duration::from_secs(5),
-        };
-        HostQueue::open(&params, 8192, watch::channel(None).0)
-            .await
-            .unwrap()
+        address
     }
 
     fn read_of_two_blocks() -> Sqe {

@@ -70,8 +70,9 @@ impl Session {
     /// queues.
     pub(crate) async fn establish(config: &HostConfig) -> Result<Session, HostError> {
         let timeout = config.admin_timeout;
-        let params = |qid, depth| QueueParams {
-            address: config.address,
+        let mut candidates = config.address.resolve().await?;
+        let params = |address, qid, depth| QueueParams {
+            address,
             qid,
             depth,
             digests: config.digests,
@@ -94,14 +95,19 @@ impl Session {
         // controller that cannot disable SQ flow control refuses such a Connect with Connect
         // Invalid Parameters: then the queues connect with it on.
         let mut cattr = CATTR_DISABLE_SQFLOW;
-        let (admin_q, cntlid, failed_tx, failed) = loop {
+        let (address, admin_q, cntlid, failed_tx, failed) = loop {
             // Each attempt has its own failure channel: a refused attempt's connection closing
             // must not mark the session that follows failed.
             let (failed_tx, failed) = watch::channel(None);
-            let admin_q = HostQueue::open(&params(0, 32), 8192, failed_tx.clone()).await?;
+            // The first of the name's addresses that takes a connection; the same one for
+            // every queue after it (they make one association with one controller).
+            let (at, admin_q) =
+                HostQueue::open_first(&candidates, |a| params(a, 0, 32), 8192, failed_tx.clone())
+                    .await?;
+            candidates = vec![at];
             let admin_connect = connect(0, 31, CNTLID_DYNAMIC, kato_ms, cattr);
             match admin_q.connect(&admin_connect, timeout).await {
-                Ok(cntlid) => break (admin_q, cntlid, failed_tx, failed),
+                Ok(cntlid) => break (at, admin_q, cntlid, failed_tx, failed),
                 Err(HostError::Refused { status, .. })
                     if status == Status::CONNECT_INVALID_PARAMETERS && cattr != 0 =>
                 {
@@ -198,7 +204,7 @@ impl Session {
         let mut io_qs = Vec::with_capacity(usize::from(io_queues));
         let mut connecting = Vec::new();
         for qid in 1..=io_queues {
-            let p = params(qid, depth);
+            let p = params(address, qid, depth);
             let failed_tx = failed_tx.clone();
             let c = connect(qid, depth - 1, cntlid, 0, cattr);
             connecting.push(async move {
