@@ -1506,3 +1506,149 @@ async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_o
     }
     engine.shutdown().await;
 }
+
+/// Copies an index directory (the engine shut down).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Every index change after a point is lost (the index is put back as it was then), as if the
+/// server had died before any of them became durable while their records reached the drives.
+/// At the next start the engine replays the records past each zone's settled prefix, and ends
+/// up holding what a rebuild from the zones gives: every change whose records are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(96, 1 << 20);
+    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
+    {
+        let (engine, _drives) = open_engine(dir.path(), 2, g, no_gc).await;
+        engine.create_bucket("b", "alice").await.unwrap();
+        for key in ["kept", "overwritten", "deleted"] {
+            put(&engine, "b", key, &content(key, 1, 90_000))
+                .await
+                .unwrap();
+        }
+        engine.shutdown().await;
+    }
+    let index = dir.path().join("index");
+    let before = dir.path().join("index-before");
+    copy_dir(&index, &before);
+
+    // The changes whose index writes are lost.
+    let (uploads, pending) = {
+        let (engine, _drives) = open_engine(dir.path(), 2, g, no_gc).await;
+        engine.create_bucket("b2", "bob").await.unwrap();
+        put(&engine, "b2", "x", &content("x", 2, 300_000))
+            .await
+            .unwrap();
+        put(
+            &engine,
+            "b",
+            "overwritten",
+            &content("overwritten", 2, 150_000),
+        )
+        .await
+        .unwrap();
+        engine.delete("b", "deleted").await.unwrap();
+        put(&engine, "b", "brief", &content("brief", 2, 20_000))
+            .await
+            .unwrap();
+        engine.delete("b", "brief").await.unwrap();
+        let completed = engine
+            .create_upload("b", "multi", ObjectMeta::default())
+            .await
+            .unwrap();
+        let mut parts = Vec::new();
+        for (n, size) in [(1u32, 5 << 20), (2, 70_000)] {
+            let mut w = engine.put_part(completed, n).unwrap();
+            w.write(bytes::Bytes::from(content("multi", u64::from(n), size)))
+                .await
+                .unwrap();
+            let etag = format!("{n:032x}");
+            w.finish_part(etag.clone(), vec![]).await.unwrap();
+            parts.push((n, etag));
+        }
+        engine
+            .complete_upload(completed, &parts, None, Condition::None)
+            .await
+            .unwrap();
+        let pending = engine
+            .create_upload("b", "pending", ObjectMeta::default())
+            .await
+            .unwrap();
+        let mut w = engine.put_part(pending, 4).unwrap();
+        w.write(bytes::Bytes::from(content("pending", 4, 10_000)))
+            .await
+            .unwrap();
+        w.finish_part(format!("{:032x}", 4), vec![]).await.unwrap();
+        let aborted = engine
+            .create_upload("b", "aborted", ObjectMeta::default())
+            .await
+            .unwrap();
+        engine.abort_upload(aborted).await.unwrap();
+        engine.shutdown().await;
+        ((completed, aborted), pending)
+    };
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::rename(&before, &index).unwrap();
+
+    let mut specs = Vec::new();
+    let mut drives = Vec::new();
+    for i in 0..2 {
+        let d = zns::EmulatedZns::open(&dir.path().join(format!("drive{i}"))).unwrap();
+        drives.push(d.clone());
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: std::sync::Arc::new(d),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(index.clone(), 2);
+    no_gc(&mut config);
+    let (engine, reconciliation) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    assert!(
+        reconciliation.replayed.applied >= 8,
+        "{:?}",
+        reconciliation.replayed
+    );
+    assert_eq!(
+        get(&engine, "b2", "x").await.unwrap(),
+        content("x", 2, 300_000)
+    );
+    assert_eq!(
+        get(&engine, "b", "overwritten").await.unwrap(),
+        content("overwritten", 2, 150_000)
+    );
+    assert_eq!(
+        get(&engine, "b", "kept").await.unwrap(),
+        content("kept", 1, 90_000)
+    );
+    for gone in ["deleted", "brief"] {
+        assert!(matches!(
+            get(&engine, "b", gone).await,
+            Err(EngineError::NoSuchKey { .. })
+        ));
+    }
+    let mut multi = content("multi", 1, 5 << 20);
+    multi.extend(content("multi", 2, 70_000));
+    assert_eq!(get(&engine, "b", "multi").await.unwrap(), multi);
+    assert!(
+        engine.parts(uploads.0, 0).is_err(),
+        "the completed upload is gone"
+    );
+    assert!(
+        engine.parts(uploads.1, 0).is_err(),
+        "the aborted upload is gone"
+    );
+    let parts = engine.parts(pending, 0).unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].part_number, 4);
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+    engine.shutdown().await;
+}

@@ -23,7 +23,8 @@ use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry,
     UploadEntry, ZoneAccount, ZoneId, ZoneStamp,
 };
-use super::placement::ZoneHolds;
+use super::placement::{Placement, ZoneHolds};
+use super::settled;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -408,15 +409,19 @@ impl Committer {
         index: Arc<Index>,
         drives: Arc<Drives>,
         accounts: Arc<ZoneAccounts>,
+        placement: Arc<Placement>,
         quorum: usize,
     ) -> Committer {
         let (tx, rx) = mpsc::channel(4096);
         let short_commits = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run(
             rx,
-            index,
-            drives,
-            accounts,
+            Shared {
+                index,
+                drives,
+                accounts,
+                placement,
+            },
             quorum,
             short_commits.clone(),
         ));
@@ -483,14 +488,26 @@ impl Committer {
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Request>,
+/// What the committer task works with.
+struct Shared {
     index: Arc<Index>,
     drives: Arc<Drives>,
     accounts: Arc<ZoneAccounts>,
+    placement: Arc<Placement>,
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Request>,
+    shared: Shared,
     quorum: usize,
     short_commits: Arc<AtomicU64>,
 ) {
+    let Shared {
+        index,
+        drives,
+        accounts,
+        placement,
+    } = shared;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -557,6 +574,11 @@ async fn run(
                 continue;
             }
             results.push(txn.apply_whole(&request.change));
+        }
+        // How far zones are settled, as of the groups before this one (this one's records
+        // are settled once its batch is durable: the next group records them).
+        for (zone, prefix) in placement.settled_reports() {
+            txn.record_settled(zone, prefix);
         }
         // 3. Make the index changes durable.
         let (batch, changed) = txn.finish();
@@ -679,6 +701,16 @@ impl<'a> Txn<'a> {
             }
         }
         result
+    }
+
+    /// Records how far `zone` is settled (see [`settled`]), unless the group reset it: the
+    /// prefix was measured before the reset.
+    fn record_settled(&mut self, zone: ZoneId, prefix: u64) {
+        let before = self.base.get(&zone).map_or(0, |a| a.generation);
+        let now = self.zones.get(&zone).map_or(before, |a| a.generation);
+        if now == before {
+            self.put(cf::META, settled::key(zone), settled::encode(now, prefix));
+        }
     }
 
     fn finish(self) -> (WriteBatch, HashMap<ZoneId, ZoneAccount>) {
@@ -906,6 +938,11 @@ impl<'a> Txn<'a> {
                 if !self.bucket_exists(&entry.bucket)? {
                     return Err(EngineError::NoSuchBucket(entry.bucket.clone()));
                 }
+                // Ended already (a record replayed at start after its end was applied).
+                let tkey = index::tombstone_key(TombKind::Upload, &entry.upload_id.to_be_bytes());
+                if self.get(cf::TOMBSTONES, &tkey)?.is_some() {
+                    return Ok(Outcome::Superseded);
+                }
                 self.add_valid(&entry.location);
                 self.put(
                     cf::UPLOADS,
@@ -965,6 +1002,7 @@ impl<'a> Txn<'a> {
                 a.valid_bytes = 0;
                 a.generation += 1;
                 a.max_indexed_end = 0;
+                self.del(cf::META, settled::key(*zone));
                 Ok(Outcome::Done)
             }
             Change::SetDraining(drive, on) => {
@@ -1082,6 +1120,10 @@ impl<'a> Txn<'a> {
         let tkey = index::tombstone_key(TombKind::Bucket, name.as_bytes());
         let mut entry = entry.clone();
         if let Some(t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)? {
+            if t.seq > entry.seq {
+                // Deleted after this creation (a record replayed at start).
+                return Ok(Outcome::Superseded);
+            }
             let shadowed = self.prune(t.shadowed.clone());
             entry.shadowed = shadowed;
             self.sub_valid(&t.location);

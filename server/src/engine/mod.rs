@@ -20,7 +20,9 @@ pub mod record;
 pub mod recovery;
 mod registry;
 pub mod repair;
+pub mod replay;
 pub mod seq;
+pub mod settled;
 pub mod stats;
 mod survey;
 pub mod writer;
@@ -188,6 +190,9 @@ pub struct Reconciliation {
     pub broken_zones: Vec<ZoneId>,
     /// Zones found reset whose reset had not been recorded.
     pub resets_recorded: usize,
+    /// Records read past the zones' settled prefixes (see [`settled`]), and the changes they
+    /// made: what a crash left on the drives without its index change.
+    pub replayed: replay::ReplayReport,
 }
 
 impl Engine {
@@ -262,7 +267,14 @@ impl Engine {
                 let surveyed = if drive.device.is_available() {
                     match registry::confirm_identity(&index, drive) {
                         Ok(()) => {
-                            survey::survey(drive, &accounts, &mut reconciliation, &mut resets).await
+                            survey::survey(
+                                drive,
+                                &index,
+                                &accounts,
+                                &mut reconciliation,
+                                &mut resets,
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     }
@@ -294,7 +306,13 @@ impl Engine {
         let quorum = config
             .write_quorum
             .clamp(1, config.replicas.min(drives.len()).max(1));
-        let committer = Committer::start(index.clone(), drives.clone(), accounts.clone(), quorum);
+        let committer = Committer::start(
+            index.clone(),
+            drives.clone(),
+            accounts.clone(),
+            placement.clone(),
+            quorum,
+        );
         for zone in &resets {
             committer.submit(Change::ZoneReset(*zone)).await?;
         }
@@ -321,6 +339,18 @@ impl Engine {
             )),
             block_size,
         });
+        // What a crash left on the drives without its index change (before open zones are
+        // finished: their write pointers say where the records end).
+        let attached: Vec<_> = inner
+            .drives
+            .all()
+            .iter()
+            .filter(|d| d.attached.load(Ordering::SeqCst) && !d.removed)
+            .map(|d| d.id)
+            .collect();
+        reconciliation.replayed = inner
+            .replay_tail(&attached, replay::Replay::RollForward)
+            .await?;
         inner.finish_zones(to_finish);
         for drive in inner.drives.all() {
             if !drive.attached.load(Ordering::SeqCst) && !drive.removed {
@@ -353,6 +383,13 @@ impl Engine {
         if let Err(e) = self.flush_all().await {
             tracing::warn!("flush on shutdown failed: {e}");
         }
+        // An empty change: its group records how far every zone is settled, so that the next
+        // start has nothing to replay.
+        let _ = self
+            .inner
+            .committer
+            .submit(Change::Replicas(Vec::new()))
+            .await;
         let committer = self.inner.committer.take_task();
         drop(self);
         if let Some(task) = committer {

@@ -12,6 +12,7 @@ use zns::{Geometry, ZoneState};
 
 use super::drives::Drives;
 use super::model::{Class, DriveId, ZoneId};
+use super::settled::Settled;
 
 /// Tunables of placement.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +62,7 @@ pub enum ZoneUse {
     Bad,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ZoneSpace {
     usage: ZoneUse,
     written: u64,
@@ -69,6 +70,8 @@ struct ZoneSpace {
     pending: u32,
     /// Appends that landed here and are not in the index yet (see [`ZoneHolds`]).
     holds: u32,
+    /// How far every record is in the index or known dead.
+    settled: Settled,
 }
 
 #[derive(Debug)]
@@ -78,6 +81,8 @@ struct DriveSpace {
     free: BTreeSet<u32>,
     active: [Vec<u32>; 2],
     turn: usize,
+    /// Zones whose settled prefix may have moved since it was last reported.
+    settling: BTreeSet<u32>,
 }
 
 impl DriveSpace {
@@ -147,7 +152,8 @@ pub struct Placement {
 #[derive(Debug)]
 pub struct ZoneHolds {
     placement: Arc<Placement>,
-    zones: Vec<ZoneId>,
+    /// Each held record: its zone, and where it lies there (blocks from the zone's start).
+    records: Vec<(ZoneId, u64, u64)>,
     /// The device session (see [`zns::ZonedDevice::session`]) each append went to: the
     /// committer refuses to count records durable if their drive's session changed before
     /// its flush.
@@ -159,15 +165,16 @@ impl ZoneHolds {
     pub fn new(placement: Arc<Placement>) -> Self {
         ZoneHolds {
             placement,
-            zones: Vec::new(),
+            records: Vec::new(),
             sessions: Vec::new(),
         }
     }
 
-    /// Takes over the hold that a landed append (see [`Placement::complete`]) put on `zone`;
-    /// `session` is its drive's session when the append was sent.
-    pub fn adopt(&mut self, zone: ZoneId, session: u64) {
-        self.zones.push(zone);
+    /// Takes over the hold that a landed append (see [`Placement::complete`]) put on `zone`,
+    /// for the record of `blocks` blocks that landed `start` blocks into it; `session` is its
+    /// drive's session when the append was sent.
+    pub fn adopt(&mut self, zone: ZoneId, start: u64, blocks: u64, session: u64) {
+        self.records.push((zone, start, blocks));
         if !self.sessions.contains(&(zone.drive, session)) {
             self.sessions.push((zone.drive, session));
         }
@@ -175,7 +182,7 @@ impl ZoneHolds {
 
     /// Takes over all of `other`'s holds.
     pub fn merge(&mut self, mut other: ZoneHolds) {
-        self.zones.append(&mut other.zones);
+        self.records.append(&mut other.records);
         for s in other.sessions.drain(..) {
             if !self.sessions.contains(&s) {
                 self.sessions.push(s);
@@ -191,8 +198,8 @@ impl ZoneHolds {
 
 impl Drop for ZoneHolds {
     fn drop(&mut self) {
-        for zone in self.zones.drain(..) {
-            self.placement.release(zone);
+        for (zone, start, blocks) in self.records.drain(..) {
+            self.placement.release_settled(zone, start, blocks);
         }
     }
 }
@@ -204,6 +211,9 @@ pub struct ZoneSnapshot {
     pub state: ZoneState,
     /// Blocks written.
     pub written: u64,
+    /// Blocks known settled (see [`Settled`]): the index's record of it, until the rest has
+    /// been replayed.
+    pub settled: u64,
 }
 
 impl DriveSpace {
@@ -219,6 +229,7 @@ impl DriveSpace {
         let unknown = ZoneSnapshot {
             state: ZoneState::Offline,
             written: 0,
+            settled: 0,
         };
         let zones = zones.unwrap_or_else(|| vec![unknown; geometry.zone_count as usize]);
         let mut space = DriveSpace {
@@ -227,6 +238,7 @@ impl DriveSpace {
             free: BTreeSet::new(),
             active: [Vec::new(), Vec::new()],
             turn: 0,
+            settling: BTreeSet::new(),
         };
         for (i, snap) in zones.iter().enumerate() {
             let usage = match snap.state {
@@ -251,6 +263,7 @@ impl DriveSpace {
                 reserved: 0,
                 pending: 0,
                 holds: 0,
+                settled: Settled::at(snap.settled.min(snap.written)),
             });
         }
         space
@@ -496,6 +509,58 @@ impl Placement {
         }
     }
 
+    /// [`Placement::release`] for a landed append whose record lies `start` blocks into the
+    /// zone: it is settled (see [`Settled`]).
+    pub fn release_settled(&self, zone: ZoneId, start: u64, blocks: u64) {
+        let mut drives = self.drives.lock();
+        if let Some(space) = drives.get_mut(usize::from(zone.drive))
+            && let Some(z) = space.zones.get_mut(zone.zone as usize)
+        {
+            z.holds = z.holds.saturating_sub(1);
+            z.settled.settle(start, blocks);
+            space.settling.insert(zone.zone);
+        }
+    }
+
+    /// Every zone holding records whose settled prefix moved since last asked, with the
+    /// prefix (zones free, being reset or bad have none worth keeping).
+    pub fn settled_reports(&self) -> Vec<(ZoneId, u64)> {
+        let mut drives = self.drives.lock();
+        let mut out = Vec::new();
+        for (d, space) in drives.iter_mut().enumerate() {
+            for i in std::mem::take(&mut space.settling) {
+                let Some(z) = space.zones.get_mut(i as usize) else {
+                    continue;
+                };
+                if matches!(
+                    z.usage,
+                    ZoneUse::Active(_) | ZoneUse::Closing | ZoneUse::Sealed
+                ) && let Some(prefix) = z.settled.take_report()
+                {
+                    out.push((
+                        ZoneId {
+                            drive: d as DriveId,
+                            zone: i,
+                        },
+                        prefix,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every record in the first `blocks` blocks of `zone` is settled (replayed at start).
+    pub fn settle_through(&self, zone: ZoneId, blocks: u64) {
+        let mut drives = self.drives.lock();
+        if let Some(space) = drives.get_mut(usize::from(zone.drive))
+            && let Some(z) = space.zones.get_mut(zone.zone as usize)
+        {
+            z.settled.settle_through(blocks);
+            space.settling.insert(zone.zone);
+        }
+    }
+
     /// Lets GC take a zone again as far as one landed append is concerned: its record is in
     /// the index now, or will never be.
     pub fn release(&self, zone: ZoneId) {
@@ -537,6 +602,7 @@ impl Placement {
         let z = &mut space.zones[zone.zone as usize];
         z.usage = ZoneUse::Free;
         z.written = 0;
+        z.settled = Settled::at(0);
         space.free.insert(zone.zone);
     }
 
@@ -569,6 +635,7 @@ fn open_zone(space: &mut DriveSpace, drive: DriveId, zone: u32, class: Class, bl
     z.written = 0;
     z.reserved = 0;
     z.pending = 0;
+    z.settled = Settled::at(0);
     space.active[class as usize].push(zone);
     take(space, drive, zone, blocks)
 }
@@ -605,7 +672,8 @@ mod tests {
         let snaps = vec![Some(vec![
             ZoneSnapshot {
                 state: ZoneState::Empty,
-                written: 0
+                written: 0,
+                settled: 0,
             };
             zones as usize
         ])];
@@ -623,18 +691,22 @@ mod tests {
             ZoneSnapshot {
                 state: ZoneState::Empty,
                 written: 0,
+                settled: 0,
             },
             ZoneSnapshot {
                 state: ZoneState::Closed,
                 written: 3,
+                settled: 3,
             },
             ZoneSnapshot {
                 state: ZoneState::Full,
                 written: 16,
+                settled: 16,
             },
             ZoneSnapshot {
                 state: ZoneState::Empty,
                 written: 0,
+                settled: 0,
             },
         ];
         let finish = p.attach_drive(0, zones);

@@ -57,11 +57,15 @@ const LEFT_OUT_SEQ_MARGIN: u64 = 1 << 40;
 
 /// One physical record found in a zone.
 #[derive(Debug, Clone)]
-struct Found {
-    header: record::Header,
-    location: Location,
-    payload: Vec<u8>,
-    length: u32,
+pub(super) struct Found {
+    /// Its header.
+    pub(super) header: record::Header,
+    /// Where it is.
+    pub(super) location: Location,
+    /// Its payload (empty for data records: only their length matters here).
+    pub(super) payload: Vec<u8>,
+    /// Payload length.
+    pub(super) length: u32,
 }
 
 /// One version of a logical record: its copies, the payload of one copy, its kind.
@@ -201,6 +205,7 @@ async fn rebuild_scanning(
     let drives = register_drives(&index, specs)?;
     let mut report = RebuildReport::default();
     let mut max_seq = 0u64;
+    let mut settled_keys = Vec::new();
 
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
@@ -220,6 +225,14 @@ async fn rebuild_scanning(
                 "scanning {} zone {i} ({} KiB)",
                 drive.name,
                 end_blocks * drive.block_size() / 1024
+            ));
+            // Every record of the zone is in the new index or dead: nothing to replay at start.
+            settled_keys.push((
+                ZoneId {
+                    drive: drive.id,
+                    zone: i as u32,
+                },
+                end_blocks,
             ));
             for f in scan_zone(drive, z.zslba, end_blocks, &mut report).await? {
                 max_seq = max_seq
@@ -243,6 +256,14 @@ async fn rebuild_scanning(
             index.cf(cf::ZONES),
             index::zone_key(*zone),
             account.encode(),
+        );
+    }
+    for (zone, blocks) in settled_keys {
+        let generation = accounts.get(&zone).map_or(0, |a| a.generation);
+        batch.put_cf(
+            index.cf(cf::META),
+            super::settled::key(zone),
+            super::settled::encode(generation, blocks),
         );
     }
     index.write(batch, true)?;
@@ -666,8 +687,9 @@ fn sorted(locations: &[Location]) -> Vec<Location> {
     v
 }
 
-/// Reads every record of a zone up to `end_blocks`, verifying each.
-async fn scan_zone(
+/// Reads every record in the `end_blocks` blocks from `zslba` (a zone's start, or where a
+/// record starts in it), verifying each.
+pub(super) async fn scan_zone(
     drive: &super::drives::Drive,
     zslba: u64,
     end_blocks: u64,

@@ -10,10 +10,11 @@ use zns::ZoneState;
 use super::commit::{Change, ZoneAccounts};
 use super::drives::Drive;
 use super::error::{EngineError, EngineResult};
+use super::index::{Index, cf};
 use super::model::{DriveId, ZoneId};
 use super::placement::ZoneSnapshot;
-use super::registry;
 use super::{EngineInner, Reconciliation};
+use super::{registry, settled};
 
 /// Reads a drive's zones and checks them against the index: zones the index counts data in
 /// but that are empty are reported (or, holding nothing live, queued in `resets` to be recorded
@@ -21,6 +22,7 @@ use super::{EngineInner, Reconciliation};
 /// placement starts from.
 pub(super) async fn survey(
     drive: &Drive,
+    index: &Index,
     accounts: &ZoneAccounts,
     reconciliation: &mut Reconciliation,
     resets: &mut Vec<ZoneId>,
@@ -55,14 +57,41 @@ pub(super) async fn survey(
             );
             reconciliation.broken_zones.push(zone);
         }
+        if z.state == ZoneState::Empty {
+            forget_settled(index, zone)?;
+        }
         let written_bytes = written * drive.block_size();
         reconciliation.unindexed_bytes += written_bytes.saturating_sub(account.valid_bytes);
         zones.push(ZoneSnapshot {
             state: z.state,
             written,
+            settled: settled_prefix(index, zone, account.generation)?,
         });
     }
     Ok(zones)
+}
+
+/// How far the index says `zone` is settled (see [`super::settled`]): 0 if it does not know,
+/// or knew it before the zone's last reset.
+pub(super) fn settled_prefix(index: &Index, zone: ZoneId, generation: u64) -> EngineResult<u64> {
+    let raw = index.get_raw(cf::META, &settled::key(zone))?;
+    Ok(match raw.as_deref().and_then(settled::decode) {
+        Some((g, prefix)) if g == generation => prefix,
+        _ => 0,
+    })
+}
+
+/// Drops what the index says of how far an empty zone is settled: the zone was reset without
+/// the index hearing of it (the server stopped in between), and records will land in it from
+/// its start again.
+fn forget_settled(index: &Index, zone: ZoneId) -> EngineResult<()> {
+    let key = settled::key(zone);
+    if index.get_raw(cf::META, &key)?.is_some() {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(index.cf(cf::META), key);
+        index.write(batch, true)?;
+    }
+    Ok(())
 }
 
 /// How often a drive found foreign is looked at again.
@@ -104,11 +133,22 @@ impl EngineInner {
         registry::confirm_identity(&self.index, drive)?;
         let mut reconciliation = Reconciliation::default();
         let mut resets = Vec::new();
-        let zones = survey(drive, &self.accounts, &mut reconciliation, &mut resets).await?;
+        let zones = survey(
+            drive,
+            &self.index,
+            &self.accounts,
+            &mut reconciliation,
+            &mut resets,
+        )
+        .await?;
         for zone in resets {
             self.committer.submit(Change::ZoneReset(zone)).await?;
         }
         let to_finish = self.placement.attach_drive(drive.id, zones);
+        // What a crash left on it without its index change (before its open zones are
+        // finished: their write pointers say where the records end).
+        self.replay_tail(&[drive.id], super::replay::Replay::CopiesOnly)
+            .await?;
         self.finish_zones(to_finish);
         drive.attached.store(true, Ordering::SeqCst);
         if !reconciliation.broken_zones.is_empty() {

@@ -148,7 +148,22 @@ impl EngineInner {
                     // Noted before the append is sent: an append on an older session than
                     // the flush's must not count as flushed.
                     let session = drive.device.session();
-                    let result = drive.device.append_hinted(slot.zslba, record, hint).await;
+                    let result = drive
+                        .device
+                        .append_hinted(slot.zslba, record, hint)
+                        .await
+                        .and_then(|lba| {
+                            // Where the drive says the record landed must be in the zone.
+                            let capacity = drive.geometry.zone_capacity;
+                            let start = lba.checked_sub(slot.zslba);
+                            match start {
+                                Some(s) if s.saturating_add(slot.blocks) <= capacity => Ok(lba),
+                                _ => Err(zns::ZoneError::MediaError(format!(
+                                    "append to zone {:#x} reported LBA {lba:#x}, outside it",
+                                    slot.zslba
+                                ))),
+                            }
+                        });
                     guard.reported();
                     drive.note(&result);
                     (slot, result.map(|lba| (lba, session)))
@@ -167,6 +182,8 @@ impl EngineInner {
                                 drive: slot.drive,
                                 zone: slot.zone,
                             },
+                            lba.saturating_sub(slot.zslba),
+                            slot.blocks,
                             session,
                         );
                         self.stats.add_written(class, slot.blocks * self.block_size);

@@ -1,0 +1,556 @@
+//! Replaying the tail of the log at start. A crash can leave records on the drives whose index
+//! change never became durable: a PUT's commit record flushed just before the server died, a
+//! deletion's tombstone, a GC move or a repair copy not yet recorded. A rebuild from the zones
+//! would take them (the newest version of a name wins), so the index takes them too, exactly
+//! as the rebuild would: the index and a rebuild then agree, and nothing half-written becomes
+//! visible (a version whose data is not all there is passed over, as the rebuild passes it
+//! over). Only the part of each zone past its settled prefix is read (see [`super::settled`]):
+//! below it every record was in the index or known dead.
+
+use std::collections::{BTreeMap, HashMap};
+
+use zns::ZoneState;
+
+use super::EngineInner;
+use super::commit::{Change, NewExtent, Relocation, ReplicaEdit};
+use super::error::EngineResult;
+use super::index::{self, TombKind};
+use super::located::current_copies;
+use super::model::{
+    BucketEntry, DriveId, Extent, Location, ObjectMeta, PartEntry, UploadEntry, ZoneId,
+};
+use super::record::{self, Header, Kind};
+use super::recovery::{self, Found};
+use super::survey::settled_prefix;
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReplayReport {
+    /// Records read past the zones' settled prefixes.
+    pub records: u64,
+    /// Changes applied.
+    pub applied: u64,
+}
+
+/// The identity of the entry a record is a copy of (a version, for names that have them).
+fn identity(h: &Header) -> Relocation {
+    match h.kind {
+        Kind::Data => Relocation::Extent {
+            stream_id: h.id,
+            offset: h.offset,
+        },
+        Kind::Commit => Relocation::Commit {
+            bucket: h.bucket.clone(),
+            key: h.key.clone(),
+            seq: h.seq,
+        },
+        Kind::Tombstone => Relocation::Tombstone {
+            kind: TombKind::Object,
+            name: index::object_key(&h.bucket, &h.key),
+            seq: h.seq,
+        },
+        Kind::Bucket => Relocation::Bucket {
+            name: h.bucket.clone(),
+            seq: h.seq,
+        },
+        Kind::BucketDelete => Relocation::Tombstone {
+            kind: TombKind::Bucket,
+            name: h.bucket.as_bytes().to_vec(),
+            seq: h.seq,
+        },
+        Kind::Upload => Relocation::Upload { upload_id: h.id },
+        Kind::UploadEnd => Relocation::Tombstone {
+            kind: TombKind::Upload,
+            name: h.upload_id().to_be_bytes().to_vec(),
+            seq: h.seq,
+        },
+        Kind::Part => Relocation::Part {
+            upload_id: h.id,
+            part_number: h.offset as u32,
+            seq: h.seq,
+        },
+    }
+}
+
+/// The name a claiming record competes for: versions of one name are ordered by sequence
+/// number, the newest wins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Name {
+    Object(String, String),
+    Bucket(String),
+    Upload(u64),
+    Part(u64, u32),
+}
+
+fn name_of(h: &Header) -> Option<Name> {
+    Some(match h.kind {
+        Kind::Data => return None,
+        Kind::Commit | Kind::Tombstone => Name::Object(h.bucket.clone(), h.key.clone()),
+        Kind::Bucket | Kind::BucketDelete => Name::Bucket(h.bucket.clone()),
+        Kind::Upload | Kind::UploadEnd => Name::Upload(h.upload_id()),
+        Kind::Part => Name::Part(h.id, h.offset as u32),
+    })
+}
+
+/// Copies of one record: per drive, the one with the highest write sequence number.
+type Copies = BTreeMap<DriveId, (u64, Location)>;
+
+/// One version found in the tail: its copies (the newest per drive), a header and payload.
+struct Version {
+    header: Header,
+    payload: Vec<u8>,
+    copies: Copies,
+}
+
+impl Version {
+    fn locations(&self) -> Vec<Location> {
+        self.copies.values().map(|(_, l)| *l).collect()
+    }
+}
+
+/// The tail's records, grouped by what they are copies of.
+#[derive(Default)]
+struct Tail {
+    /// Copies of data records by (stream, offset), with their payload length.
+    data: HashMap<(u64, u64), (u32, Copies)>,
+    /// Versions of claiming records by identity (kind, sequence number, id, offset, bucket,
+    /// key: what makes two records copies of one).
+    versions: BTreeMap<(u8, u64, u64, u64, String, String), Version>,
+}
+
+impl Tail {
+    fn add(&mut self, f: Found) {
+        let copy = (f.header.write_seq, f.location);
+        let keep = |copies: &mut Copies| {
+            let slot = copies.entry(f.location.drive).or_insert(copy);
+            if slot.0 < copy.0 {
+                *slot = copy;
+            }
+        };
+        if f.header.kind == Kind::Data {
+            let entry = self
+                .data
+                .entry((f.header.id, f.header.offset))
+                .or_insert((f.length, BTreeMap::new()));
+            keep(&mut entry.1);
+            return;
+        }
+        let h = &f.header;
+        let key = (
+            h.kind as u8,
+            h.seq,
+            h.id,
+            h.offset,
+            h.bucket.clone(),
+            h.key.clone(),
+        );
+        let version = self.versions.entry(key).or_insert_with(|| Version {
+            header: f.header.clone(),
+            payload: f.payload.clone(),
+            copies: BTreeMap::new(),
+        });
+        keep(&mut version.copies);
+    }
+
+    /// The extents of a stream of `length` bytes from the tail's data records, if all there.
+    fn stream(&self, stream_id: u64, length: u64) -> Option<Vec<NewExtent>> {
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        while offset < length {
+            let (len, copies) = self.data.get(&(stream_id, offset))?;
+            if *len == 0 {
+                return None;
+            }
+            out.push(NewExtent {
+                stream_id,
+                offset,
+                extent: Extent {
+                    length: *len,
+                    replicas: copies.values().map(|(_, l)| *l).collect(),
+                },
+            });
+            offset += u64::from(*len);
+        }
+        (offset == length).then_some(out)
+    }
+}
+
+/// What replaying does with versions the index does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replay {
+    /// At start: apply them, as a rebuild would take them.
+    RollForward,
+    /// A drive attached while the engine runs: only record copies of what the index has. (A
+    /// version found on that drive alone may be older than a deletion GC has since let go of.)
+    CopiesOnly,
+}
+
+impl EngineInner {
+    /// Reads every zone of `drives` past its settled prefix, applies what a crash left there
+    /// without its index change, and marks those zones settled. A zone that cannot be read, or
+    /// whose changes cannot all be applied now, stays unsettled: it is read again next time.
+    pub(super) async fn replay_tail(
+        &self,
+        drives: &[DriveId],
+        mode: Replay,
+    ) -> EngineResult<ReplayReport> {
+        let mut report = ReplayReport::default();
+        let mut tail = Tail::default();
+        let mut changes = Vec::new();
+        let mut settled_to = Vec::new();
+        for &id in drives {
+            let Some(drive) = self.drives.get(id).cloned() else {
+                continue;
+            };
+            let zones = match drive.report_all_zones().await {
+                Ok(zones) => zones,
+                Err(e) => {
+                    tracing::warn!(drive = %drive.name, "cannot replay the drive's zones now: {e}");
+                    continue;
+                }
+            };
+            for (i, z) in zones.zones.iter().enumerate() {
+                if matches!(z.state, ZoneState::Empty | ZoneState::Offline) {
+                    continue;
+                }
+                let zone = ZoneId {
+                    drive: id,
+                    zone: i as u32,
+                };
+                let written = drive.written_blocks(i as u32, z)?;
+                let from = settled_prefix(&self.index, zone, self.accounts.generation(zone))?;
+                if written > from {
+                    let mut scan = recovery::RebuildReport::default();
+                    let found =
+                        recovery::scan_zone(&drive, z.zslba + from, written - from, &mut scan)
+                            .await;
+                    let found = match found {
+                        Ok(found) => found,
+                        Err(e) => {
+                            tracing::warn!(?zone, "cannot replay the zone now: {e}");
+                            continue;
+                        }
+                    };
+                    let mut readable = true;
+                    for f in found {
+                        report.records += 1;
+                        // Copies of what the index has are dealt with at once; the rest is
+                        // kept to be matched up (a version with its data).
+                        let Some(named) = current_copies(&self.index, &identity(&f.header))? else {
+                            tail.add(f);
+                            continue;
+                        };
+                        match self.copy_to_record(&f, &named).await {
+                            Ok(Some(change)) => changes.push((0, change)),
+                            Ok(None) => {}
+                            Err(()) => readable = false,
+                        }
+                    }
+                    if !readable {
+                        continue;
+                    }
+                }
+                settled_to.push((zone, written));
+            }
+        }
+        if mode == Replay::RollForward {
+            changes.extend(self.versions_to_roll_forward(&tail)?);
+        }
+        changes.sort_by_key(|(seq, _)| *seq);
+        let mut failed = 0;
+        for (_, change) in changes {
+            match self.committer.submit(change).await {
+                Ok(_) => report.applied += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!("a record left by a crash cannot be applied now: {e}");
+                }
+            }
+        }
+        if failed == 0 {
+            for (zone, written) in settled_to {
+                self.placement.settle_through(zone, written);
+            }
+        }
+        if report.records > 0 {
+            tracing::info!(
+                records = report.records,
+                applied = report.applied,
+                failed,
+                "replayed the records written after the index was last updated"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The edit that records a found copy of a version the index has but does not name there:
+    /// a GC move or a repair copy whose index change was lost, or a copy whose append was given
+    /// up on yet landed. A rebuild names the newest copy on each drive. `Err` if the copy the
+    /// index names on that drive cannot be read now to tell which is newer.
+    async fn copy_to_record(&self, f: &Found, named: &[Location]) -> Result<Option<Change>, ()> {
+        let what = identity(&f.header);
+        let copy = f.location;
+        let draining = self
+            .drives
+            .get(copy.drive)
+            .is_none_or(|d| d.draining.load(std::sync::atomic::Ordering::Relaxed));
+        if named.contains(&copy) || draining {
+            return Ok(None);
+        }
+        let edit = match named.iter().find(|l| l.drive == copy.drive) {
+            None => ReplicaEdit::Add(copy),
+            Some(&older) => match self.write_seq_at(older).await? {
+                Some(kept) if kept >= f.header.write_seq => return Ok(None),
+                // Older, or damaged: the rebuild would name the copy found.
+                _ => ReplicaEdit::Replace(older, copy),
+            },
+        };
+        Ok(Some(Change::Replicas(vec![(what, edit)])))
+    }
+
+    /// The write sequence number of the record at `location`: `Ok(None)` if it is damaged,
+    /// `Err` if it cannot be read now.
+    async fn write_seq_at(&self, location: Location) -> Result<Option<u64>, ()> {
+        let drive = self.drives.get(location.drive).ok_or(())?;
+        let bytes = drive
+            .device
+            .read(location.lba, location.blocks)
+            .await
+            .map_err(|_| ())?;
+        Ok(record::parse(&bytes, drive.block_size() as usize)
+            .ok()
+            .map(|p| p.header.write_seq))
+    }
+
+    /// For each name the tail holds versions of that are newer than the index's, the changes
+    /// that apply them in order, as they were first applied (an older one is hidden by the
+    /// newer, as it was): each whose data is all there.
+    fn versions_to_roll_forward(&self, tail: &Tail) -> EngineResult<Vec<(u64, Change)>> {
+        let mut by_name: BTreeMap<Name, Vec<&Version>> = BTreeMap::new();
+        for v in tail.versions.values() {
+            if let Some(name) = name_of(&v.header) {
+                by_name.entry(name).or_default().push(v);
+            }
+        }
+        let mut out = Vec::new();
+        for (name, mut versions) in by_name {
+            let indexed = self.newest_indexed(&name)?;
+            versions.retain(|v| Some(v.header.seq) > indexed);
+            for v in versions {
+                if let Some(change) = self.change_for(v, tail)? {
+                    out.push((v.header.seq, change));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sequence number of the version (or deletion) of `name` the index holds.
+    fn newest_indexed(&self, name: &Name) -> EngineResult<Option<u64>> {
+        let index = &self.index;
+        Ok(match name {
+            Name::Object(bucket, key) => {
+                let object = index.object(bucket, key)?.map(|o| o.meta.seq);
+                let tomb = index
+                    .tombstone(TombKind::Object, &index::object_key(bucket, key))?
+                    .map(|t| t.seq);
+                object.max(tomb)
+            }
+            Name::Bucket(bucket) => {
+                let entry = index.bucket(bucket)?.map(|b| b.seq);
+                let tomb = index
+                    .tombstone(TombKind::Bucket, bucket.as_bytes())?
+                    .map(|t| t.seq);
+                entry.max(tomb)
+            }
+            Name::Upload(id) => {
+                let entry = index.upload(*id)?.map(|u| u.seq);
+                let tomb = index
+                    .tombstone(TombKind::Upload, &id.to_be_bytes())?
+                    .map(|t| t.seq);
+                entry.max(tomb)
+            }
+            Name::Part(id, number) => index.part(*id, *number)?.map(|p| p.seq),
+        })
+    }
+
+    /// The change a version found in the tail makes, or None if it cannot be applied (its data
+    /// is not all there, its payload does not decode): an older version is tried then.
+    fn change_for(&self, v: &Version, tail: &Tail) -> EngineResult<Option<Change>> {
+        let h = &v.header;
+        let copies = v.locations();
+        let undecodable = |what: &str| {
+            tracing::warn!(
+                seq = h.seq,
+                "a {what} record left by a crash does not decode"
+            );
+            None
+        };
+        Ok(match h.kind {
+            Kind::Data => None,
+            Kind::Commit => {
+                let Ok(meta) = ObjectMeta::decode(&v.payload) else {
+                    return Ok(undecodable("commit"));
+                };
+                if meta.part_sizes.is_empty() {
+                    let mut extents = Vec::new();
+                    for s in &meta.streams {
+                        let Some(stream) = tail.stream(s.stream_id, s.length) else {
+                            return Ok(None);
+                        };
+                        extents.extend(stream);
+                    }
+                    Some(Change::PutObject {
+                        bucket: h.bucket.clone(),
+                        key: h.key.clone(),
+                        meta,
+                        commit: copies,
+                        extents,
+                        condition: Default::default(),
+                    })
+                } else {
+                    self.completion(h, meta, copies, tail)?
+                }
+            }
+            Kind::Tombstone => Some(Change::DeleteObject {
+                bucket: h.bucket.clone(),
+                key: h.key.clone(),
+                seq: h.seq,
+                tombstone: copies,
+            }),
+            Kind::Bucket => match BucketEntry::from_payload(h.seq, &v.payload) {
+                Ok(mut entry) => {
+                    entry.location = copies;
+                    Some(Change::CreateBucket {
+                        name: h.bucket.clone(),
+                        entry,
+                    })
+                }
+                Err(_) => undecodable("bucket"),
+            },
+            Kind::BucketDelete => Some(Change::DeleteBucket {
+                name: h.bucket.clone(),
+                seq: h.seq,
+                tombstone: copies,
+            }),
+            Kind::Upload => match ObjectMeta::decode(&v.payload) {
+                Ok(template) => Some(Change::CreateUpload {
+                    entry: UploadEntry {
+                        upload_id: h.id,
+                        seq: h.seq,
+                        bucket: h.bucket.clone(),
+                        key: h.key.clone(),
+                        template,
+                        location: copies,
+                        shadowed: Vec::new(),
+                    },
+                }),
+                Err(_) => undecodable("upload"),
+            },
+            Kind::UploadEnd => {
+                // A completion's end record goes with its commit record (same sequence
+                // number), whose change ends the upload; otherwise the upload just ends.
+                let commit = tail.versions.values().find(|c| {
+                    c.header.kind == Kind::Commit
+                        && c.header.seq == h.seq
+                        && c.header.bucket == h.bucket
+                        && c.header.key == h.key
+                });
+                let completes = match commit {
+                    Some(c) => match ObjectMeta::decode(&c.payload) {
+                        Ok(meta) => self
+                            .completion(&c.header, meta, c.locations(), tail)?
+                            .is_some(),
+                        Err(_) => false,
+                    },
+                    None => false,
+                };
+                (!completes).then(|| Change::AbortUpload {
+                    upload_id: h.upload_id(),
+                    seq: h.seq,
+                    end: copies,
+                })
+            }
+            Kind::Part => match PartEntry::from_payload(h.seq, &v.payload) {
+                Ok(mut part) => {
+                    let Some(extents) = tail.stream(part.stream_id, part.size) else {
+                        return Ok(None);
+                    };
+                    part.location = copies;
+                    Some(Change::PutPart {
+                        upload_id: h.id,
+                        part,
+                        extents,
+                    })
+                }
+                Err(_) => undecodable("part"),
+            },
+        })
+    }
+
+    /// The completion of a multipart upload whose commit record is in the tail: its upload is
+    /// the one its end record names (same sequence number), or, if the end record did not
+    /// land, the open upload of the key whose parts the object is made of.
+    fn completion(
+        &self,
+        h: &Header,
+        meta: ObjectMeta,
+        commit: Vec<Location>,
+        tail: &Tail,
+    ) -> EngineResult<Option<Change>> {
+        let end = tail.versions.values().find(|e| {
+            e.header.kind == Kind::UploadEnd
+                && e.header.seq == h.seq
+                && e.header.bucket == h.bucket
+                && e.header.key == h.key
+        });
+        // Uploads and parts the index has, and those the tail is about to give it.
+        let candidates: Vec<u64> = match end {
+            Some(e) => vec![e.header.upload_id()],
+            None => {
+                let (uploads, _) = self.index.uploads(&h.bucket, &h.key, None, 1000)?;
+                let replayed = tail.versions.values().filter(|u| {
+                    u.header.kind == Kind::Upload
+                        && u.header.bucket == h.bucket
+                        && u.header.key == h.key
+                });
+                uploads
+                    .into_iter()
+                    .filter(|u| u.key == h.key)
+                    .map(|u| u.upload_id)
+                    .chain(replayed.map(|u| u.header.id))
+                    .collect()
+            }
+        };
+        for upload_id in candidates {
+            let mut parts: Vec<(u32, u64)> = self
+                .index
+                .parts(upload_id, 0)?
+                .into_iter()
+                .map(|p| (p.part_number, p.stream_id))
+                .collect();
+            parts.extend(tail.versions.values().filter_map(|p| {
+                (p.header.kind == Kind::Part && p.header.id == upload_id)
+                    .then(|| PartEntry::from_payload(p.header.seq, &p.payload).ok())
+                    .flatten()
+                    .map(|e| (e.part_number, e.stream_id))
+            }));
+            let used: Option<Vec<(u32, u64)>> = meta
+                .streams
+                .iter()
+                .map(|s| parts.iter().find(|p| p.1 == s.stream_id).copied())
+                .collect();
+            if let Some(parts) = used {
+                return Ok(Some(Change::CompleteUpload {
+                    upload_id,
+                    meta,
+                    commit,
+                    end: end.map(Version::locations).unwrap_or_default(),
+                    parts,
+                    condition: Default::default(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
