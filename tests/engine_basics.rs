@@ -1651,4 +1651,30 @@ async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_t
     assert_eq!(parts[0].part_number, 4);
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
     engine.shutdown().await;
+    drop(drives);
+
+    // Replayed, then shut down cleanly: every zone is settled, nothing is read again.
+    let (engine, drives) = open_engine(dir.path(), 2, g, no_gc).await;
+    drop(drives);
+    engine.shutdown().await;
+    let mut specs = Vec::new();
+    for i in 0..2 {
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: std::sync::Arc::new(
+                zns::EmulatedZns::open(&dir.path().join(format!("drive{i}"))).unwrap(),
+            ),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(index, 2);
+    no_gc(&mut config);
+    let (engine, reconciliation) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    assert_eq!(
+        reconciliation.replayed.records, 0,
+        "{:?}",
+        reconciliation.replayed
+    );
+    engine.shutdown().await;
 }

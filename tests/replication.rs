@@ -239,7 +239,7 @@ fn survives_target_failures_and_repairs() {
 fn a_node_restarted_on_an_empty_data_directory_is_not_taken_for_its_drive() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
-    let server = gateway(dir.path(), &nodes);
+    let mut server = gateway(dir.path(), &nodes);
     server.aws_ok(&["s3", "mb", "s3://swap"]);
     let before = dir.path().join("before.bin");
     write_random_file(&before, 1_000_000, 31);
@@ -260,6 +260,25 @@ fn a_node_restarted_on_an_empty_data_directory_is_not_taken_for_its_drive() {
     let during = dir.path().join("during.bin");
     write_random_file(&during, 1_000_000, 32);
     server.aws_ok(&["s3", "cp", during.to_str().unwrap(), "s3://swap/during"]);
+
+    // A gateway that starts meanwhile refuses the fresh drive from its first connection.
+    drop(server);
+    server = gateway(dir.path(), &nodes);
+    wait_for_targets(&server, "the fresh drive refused after a restart", |t| {
+        t.lines()
+            .any(|l| l.contains(&nodes[2].nqn) && l.contains("foreign"))
+    });
+    server.aws_ok(&["s3", "cp", "s3://swap/during", back.to_str().unwrap()]);
+    assert!(same_file(&during, &back));
+
+    // Nor does a rebuild of the index take it for the drive it replaces.
+    drop(server);
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let refused = recover(dir.path(), &urls, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("a different drive answers"), "{stderr}");
+    server = gateway(dir.path(), &nodes);
 
     // The node is back on its real data: used again, and repaired.
     nodes[2].kill();

@@ -411,12 +411,12 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
         };
         let state = if drive.removed {
             "removed"
+        } else if drive.draining.load(Ordering::Relaxed) {
+            "draining"
         } else if drive.foreign.load(Ordering::Relaxed)
             || host.is_some_and(|h| h.finds_another_drive())
         {
             "foreign"
-        } else if drive.draining.load(Ordering::Relaxed) {
-            "draining"
         } else if drive.is_up() {
             "up"
         } else {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::recovery::{self, RebuildReport};
-use crate::engine::{DriveSpec, EngineError, known_geometries, registered_drives};
+use crate::engine::{DriveSpec, EngineError, known_drives, registered_drives};
 use crate::targets::{self, AttachError, IfUnreachable};
 
 /// Why a rebuild failed.
@@ -107,7 +107,7 @@ pub async fn rebuild_index(
         let known = if names.is_empty() {
             targets::KnownDrives::new()
         } else {
-            known_geometries(&index_dir).unwrap_or_default()
+            known_drives(&index_dir).unwrap_or_default()
         };
         (known, IfUnreachable::LeaveOut)
     } else {
@@ -122,6 +122,26 @@ pub async fn rebuild_index(
             Err(e) => return Err(e.into()),
         };
     let specs = in_registry_order(std::mem::take(&mut attached.specs), &names);
+    // A drive must be the one the old index knew by its name: rebuilding from another (a node
+    // started on an empty data directory) would lose the copies on the real one.
+    let recorded = if names.is_empty() {
+        Default::default()
+    } else {
+        known_drives(&index_dir).unwrap_or_default()
+    };
+    for spec in &specs {
+        let known = recorded.get(&spec.name).and_then(|k| k.identity);
+        if let (Some(known), Some(found)) = (known, spec.device.identity())
+            && known != found
+        {
+            attached.close().await;
+            return Err(RecoverError::Engine(EngineError::WrongDrive {
+                drive: spec.name.clone(),
+                known: hex(&known),
+                found: hex(&found),
+            }));
+        }
+    }
     let left_out = std::mem::take(&mut attached.left_out);
     let total = specs.len() + left_out.len();
     let missing: Vec<String> = left_out
@@ -194,4 +214,9 @@ pub async fn rebuild_index(
             .unwrap_or_default()
     ));
     Ok((report, kept))
+}
+
+/// Bytes in hex, as identities are shown.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -37,7 +37,7 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::PreconditionFailed(condition) => S3Error::precondition_failed(condition),
         EngineError::NoSpace(detail) => S3Error::insufficient_storage(&detail),
         EngineError::Unavailable(detail) => S3Error::unavailable(&detail),
-        e @ EngineError::WrongDrive { .. } => S3Error::unavailable(&e.to_string()),
+        EngineError::WrongDrive { .. } => S3Error::unavailable("a drive is not available"),
         EngineError::InvalidArgument(detail) => S3Error::invalid_argument(detail),
         EngineError::Body(detail) => S3Error::incomplete_body(&detail),
         e @ (EngineError::Drive { .. }

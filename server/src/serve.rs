@@ -200,7 +200,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
         let embedded = checked.targets.is_empty();
-        let known = crate::engine::known_geometries(&checked.index_dir)?;
+        let known = crate::engine::known_drives(&checked.index_dir)?;
         let registered: std::collections::HashSet<String> = known.keys().cloned().collect();
         let mut attached = targets::attach_configured(
             config,

@@ -88,8 +88,9 @@ fn host_config(address: TargetAddress, nqn: &str, hostnqn: &str) -> HostConfig {
 }
 
 /// Geometries of drives the index already knows, by drive name (see
-/// [`crate::engine::known_geometries`]): such a drive may be unreachable at start.
-pub type KnownDrives = HashMap<String, Geometry>;
+/// [`crate::engine::known_drives`]): such a drive may be unreachable at start, and another
+/// drive answering in its place is refused.
+pub type KnownDrives = HashMap<String, crate::engine::KnownDrive>;
 
 async fn connect(
     address: TargetAddress,
@@ -101,19 +102,21 @@ async fn connect(
 ) -> Result<(), AttachError> {
     let name = drive_name(nqn);
     check_unique(attached, &name, &format!("nvme-tcp://{address}/{nqn}"))?;
-    let config = host_config(address.clone(), nqn, hostnqn);
+    let mut config = host_config(address.clone(), nqn, hostnqn);
+    config.expected_identity = known.get(&name).and_then(|k| k.identity);
     let host = match NvmeTcpHost::connect(config.clone()).await {
         Ok(host) => host,
         Err(
             e @ (HostError::Connect { .. }
             | HostError::Resolve { .. }
+            | HostError::IdentityChanged { .. }
             | HostError::Timeout(_)
             | HostError::Disconnected(_)),
         ) if known.contains_key(&name) => {
             // A drive the index knows (its data has copies elsewhere): start without it and
             // keep trying to reach it.
             tracing::warn!(target = %format!("nvme-tcp://{address}/{nqn}"), "target unreachable ({e}); starting without it and reconnecting in the background");
-            NvmeTcpHost::connect_later(config, known[&name])
+            NvmeTcpHost::connect_later(config, known[&name].geometry)
         }
         Err(e) => {
             let target = format!("nvme-tcp://{address}/{nqn}");
@@ -273,15 +276,21 @@ pub async fn attach(
                 let via = address.clone();
                 let subsystems = match discover(via.clone(), hostnqn, Duration::from_secs(10)).await
                 {
-                    Ok(entries) => entries
-                        .iter()
-                        .filter(|e| e.subtype == subtype::NVM)
-                        .map(|e| discovered::Listed {
-                            via: via.clone(),
-                            address: listed_address(&via, &e.traddr, &e.trsvcid),
-                            nqn: e.subnqn.clone(),
-                        })
-                        .collect::<Vec<_>>(),
+                    Ok(entries) => {
+                        let via_ips: Vec<IpAddr> = match via.resolve().await {
+                            Ok(found) => found.iter().map(|a| a.ip()).collect(),
+                            Err(_) => Vec::new(),
+                        };
+                        entries
+                            .iter()
+                            .filter(|e| e.subtype == subtype::NVM)
+                            .map(|e| discovered::Listed {
+                                via: via.clone(),
+                                address: listed_address(&via, &via_ips, &e.traddr, &e.trsvcid),
+                                nqn: e.subnqn.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                    }
                     Err(e) => {
                         // Down: what it listed before, for drives the index knows (the
                         // rest stays remembered).
@@ -426,9 +435,17 @@ fn check_unique(attached: &Attached, name: &str, target: &str) -> Result<(), Att
 
 /// Where a discovery log entry says its subsystem is served: its transport address and
 /// service id, each falling back to the discovery controller's when unusable (a wildcard
-/// address, as a target listening on every interface may report, says nothing of where).
-fn listed_address(via: &TargetAddress, traddr: &str, trsvcid: &str) -> TargetAddress {
+/// address, as a target listening on every interface may report, says nothing of where). An
+/// address the discovery controller's name resolves to (`via_ips`) is kept as that name, so
+/// that it is resolved again at each connection.
+fn listed_address(
+    via: &TargetAddress,
+    via_ips: &[IpAddr],
+    traddr: &str,
+    trsvcid: &str,
+) -> TargetAddress {
     let host = match traddr.trim().parse::<IpAddr>() {
+        Ok(ip) if via_ips.contains(&ip) => via.host().to_string(),
         Ok(ip) if !ip.is_unspecified() => ip.to_string(),
         _ => via.host().to_string(),
     };

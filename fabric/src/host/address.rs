@@ -95,14 +95,23 @@ impl FromStr for TargetAddress {
             }
             (host, port)
         };
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(wrong());
+        }
         let port: u16 = port.parse().map_err(|_| wrong())?;
         if host.is_empty() || port == 0 {
             return Err(wrong());
         }
-        Ok(TargetAddress {
-            host: host.to_string(),
-            port,
-        })
+        // One spelling per address, so that two spellings of it compare equal: an IP in its
+        // canonical form (a host of digits and dots must be one), a name in lower case.
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+                return Err(wrong());
+            }
+            Err(_) => host.to_ascii_lowercase(),
+        };
+        Ok(TargetAddress { host, port })
     }
 }
 
@@ -125,6 +134,16 @@ mod tests {
         assert_eq!((a.host(), a.port()), ("::1", 8009));
         let from: TargetAddress = "[::1]:8009".parse::<SocketAddr>().unwrap().into();
         assert_eq!(from, a);
+        // Two spellings of one address are one address.
+        assert_eq!(
+            "[0:0::1]:8009".parse::<TargetAddress>().unwrap(),
+            a,
+            "IPv6 in canonical form"
+        );
+        assert_eq!(
+            "Node1.Example:4420".parse::<TargetAddress>().unwrap(),
+            "node1.example:4420".parse::<TargetAddress>().unwrap()
+        );
     }
 
     #[test]
@@ -140,6 +159,9 @@ mod tests {
             "[nope]:4420",
             "no de:4420",
             "node/x:4420",
+            "10.0.0.300:4420",
+            "1.2.3.4.5:4420",
+            "node1:+4420",
         ] {
             assert!(text.parse::<TargetAddress>().is_err(), "{text:?}");
         }

@@ -20,7 +20,10 @@ pub async fn discover(
     timeout: Duration,
 ) -> Result<Vec<DiscoveryEntry>, HostError> {
     let (failed, _) = watch::channel(None);
-    let candidates = address.into().resolve().await?;
+    let address = address.into();
+    let candidates = tokio::time::timeout(timeout, address.resolve())
+        .await
+        .map_err(|_| HostError::Timeout(format!("resolving {address}")))??;
     let params = |address| QueueParams {
         address,
         qid: 0,

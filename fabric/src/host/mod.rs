@@ -60,6 +60,10 @@ pub struct HostConfig {
     pub reconnect_wait: Duration,
     /// How long one TCP connection attempt may take.
     pub connect_timeout: Duration,
+    /// The namespace NGUID the drive is known by (from an earlier connection): a namespace
+    /// reporting another is refused, from the first connection on (`None`: the first one
+    /// seen is kept).
+    pub expected_identity: Option<[u8; 16]>,
 }
 
 impl HostConfig {
@@ -79,6 +83,7 @@ impl HostConfig {
             admin_timeout: Duration::from_secs(10),
             reconnect_wait: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            expected_identity: None,
         }
     }
 }
@@ -253,6 +258,15 @@ impl NvmeTcpHost {
     /// Connects to the namespace and keeps the connection up until [`NvmeTcpHost::close`].
     pub async fn connect(config: HostConfig) -> Result<NvmeTcpHost, HostError> {
         let session = Arc::new(Session::establish(&config).await?);
+        if let Some(expected) = config.expected_identity
+            && session.identity != Some(expected)
+        {
+            session.close("a different namespace answers");
+            return Err(HostError::IdentityChanged {
+                before: hex(expected),
+                after: session.identity.map_or("none".into(), hex),
+            });
+        }
         let geometry = session.geometry;
         Ok(Self::supervised(config, geometry, Some(session)))
     }
@@ -275,6 +289,9 @@ impl NvmeTcpHost {
             None => State::Down("not connected yet".into()),
         };
         let (state, _) = watch::channel(state);
+        let identity = config
+            .expected_identity
+            .or(session.as_ref().and_then(|s| s.identity));
         let host = NvmeTcpHost {
             inner: Arc::new(HostInner {
                 config,
@@ -287,7 +304,7 @@ impl NvmeTcpHost {
                         .map_or(ASSUMED_MAX_TRANSFER, |s| s.limits.max_transfer),
                 ),
                 session_epoch: AtomicU64::new(0),
-                identity: Mutex::new(session.as_ref().and_then(|s| s.identity)),
+                identity: Mutex::new(identity),
                 wrong_namespace: AtomicBool::new(false),
             }),
         };
@@ -499,8 +516,8 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                 } else {
                     inner.wrong_namespace.store(true, Ordering::Relaxed);
                     HostError::IdentityChanged {
-                        before: hex(inner.identity.lock().unwrap_or_default()),
-                        after: hex(s.identity.unwrap_or_default()),
+                        before: inner.identity.lock().map_or("none".into(), hex),
+                        after: s.identity.map_or("none".into(), hex),
                     }
                 };
                 s.close("a different namespace answers");
@@ -515,6 +532,8 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                 }
             }
             Err(e) => {
+                // Down, not another drive (as far as anyone can tell now).
+                inner.wrong_namespace.store(false, Ordering::Relaxed);
                 tracing::debug!("reconnect to {} failed: {e}", inner.config.address);
                 if !set_unless_closed(&inner, State::Down(e.to_string())) {
                     return None;

@@ -70,7 +70,9 @@ impl Session {
     /// queues.
     pub(crate) async fn establish(config: &HostConfig) -> Result<Session, HostError> {
         let timeout = config.admin_timeout;
-        let mut candidates = config.address.resolve().await?;
+        let mut candidates = tokio::time::timeout(config.connect_timeout, config.address.resolve())
+            .await
+            .map_err(|_| HostError::Timeout(format!("resolving {}", config.address)))??;
         let params = |address, qid, depth| QueueParams {
             address,
             qid,
@@ -263,7 +265,11 @@ impl Session {
             admin: admin_q,
             io: io_qs,
             geometry,
-            identity: (ns.nguid != [0; 16]).then_some(ns.nguid),
+            // Targets from before drives had identities export an NGUID derived from the NQN:
+            // that says nothing of which drive it is.
+            identity: (ns.nguid != [0; 16]
+                && ns.nguid != crate::target::subsystem::nqn_fingerprint(&config.subnqn))
+            .then_some(ns.nguid),
             limits: Limits { nsid, max_transfer },
             failed,
             failed_tx,

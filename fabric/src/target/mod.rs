@@ -7,7 +7,7 @@ mod controller;
 mod io;
 mod queue;
 mod stats;
-mod subsystem;
+pub(crate) mod subsystem;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -46,10 +46,21 @@ fn fingerprint(text: &str, salt: u8) -> [u8; 16] {
     out
 }
 
+/// The NGUID a namespace whose drive has no identity is given (derived from the NQN, stable
+/// across restarts); a host reads it as no identity.
+pub(crate) fn nqn_fingerprint(nqn: &str) -> [u8; 16] {
+    fingerprint(nqn, 3)
+}
+
 impl Subsystem {
     /// A subsystem exporting `device`.
     pub fn new(nqn: &str, device: Arc<dyn ZonedDevice>, allowed_hosts: Vec<String>) -> Self {
-        let mut uuid = fingerprint(nqn, 1);
+        // A drive with an identity gets a namespace UUID of its own too: a Linux host names
+        // its disk by the UUID first (/dev/disk/by-id), and another drive must not take it.
+        let mut uuid = match device.identity() {
+            Some(identity) => fingerprint(&format!("{nqn}/{identity:02x?}"), 1),
+            None => fingerprint(nqn, 1),
+        };
         uuid[6] = (uuid[6] & 0x0F) | 0x40; // RFC 4122 version 4 layout
         uuid[8] = (uuid[8] & 0x3F) | 0x80;
         let serial: String = fingerprint(nqn, 2)
@@ -59,7 +70,7 @@ impl Subsystem {
             .collect();
         Subsystem {
             nqn: nqn.to_string(),
-            nguid: device.identity().unwrap_or_else(|| fingerprint(nqn, 3)),
+            nguid: device.identity().unwrap_or_else(|| nqn_fingerprint(nqn)),
             device: Some(device),
             allowed_hosts,
             serial,

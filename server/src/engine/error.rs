@@ -46,7 +46,7 @@ pub enum EngineError {
         size: u64,
     },
     /// A conditional write's precondition does not hold.
-    #[error("precondition failed")]
+    #[error("precondition failed: {0}")]
     PreconditionFailed(&'static str),
     /// Out of space.
     #[error("insufficient storage: {0}")]

@@ -44,7 +44,7 @@ use model::{BucketEntry, Checksum, ObjectEntry, ObjectMeta, PartEntry, UploadEnt
 use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
 use record::{Header, Kind};
-pub use registry::{known_geometries, registered_drives};
+pub use registry::{KnownDrive, known_drives, registered_drives};
 use seq::SeqAllocator;
 use stats::EngineStats;
 pub use writer::PutWriter;

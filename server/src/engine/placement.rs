@@ -532,10 +532,13 @@ impl Placement {
                 let Some(z) = space.zones.get_mut(i as usize) else {
                     continue;
                 };
-                if matches!(
-                    z.usage,
-                    ZoneUse::Active(_) | ZoneUse::Closing | ZoneUse::Sealed
-                ) && let Some(prefix) = z.settled.take_report()
+                if z.usage == ZoneUse::Collecting {
+                    // Maybe about to be reset: reported once GC gives it up, if it does.
+                    space.settling.insert(i);
+                    continue;
+                }
+                if z.usage != ZoneUse::Free
+                    && let Some(prefix) = z.settled.take_report()
                 {
                     out.push((
                         ZoneId {

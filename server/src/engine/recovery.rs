@@ -203,6 +203,12 @@ async fn rebuild_scanning(
         .map_err(|e| EngineError::Internal(format!("creating {}: {e}", index_dir.display())))?;
     let index = Arc::new(Index::open(index_dir)?);
     let drives = register_drives(&index, specs)?;
+    // The new index knows each drive by its identity, as the old one did.
+    for drive in drives.all() {
+        if drive.device.is_available() {
+            super::registry::confirm_identity(&index, drive)?;
+        }
+    }
     let mut report = RebuildReport::default();
     let mut max_seq = 0u64;
     let mut settled_keys = Vec::new();

@@ -32,7 +32,7 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive) -> EngineResult<()>
     let Some(found) = drive.device.identity() else {
         return Ok(());
     };
-    let key = [IDENTITY_PREFIX, drive.name.as_bytes()].concat();
+    let key = identity_key(&drive.name);
     match index.get_raw(cf::META, &key)? {
         Some(known) if known == found => {}
         Some(known) => {
@@ -46,6 +46,22 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive) -> EngineResult<()>
             });
         }
         None => {
+            // One drive under two names would count as two copies of everything on it.
+            for other in registry(index)? {
+                if other != drive.name
+                    && index.get_raw(cf::META, &identity_key(&other))?.as_deref()
+                        == Some(&found[..])
+                {
+                    drive
+                        .foreign
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(EngineError::InvalidArgument(format!(
+                        "drive {} is the drive registered as {other} (identity {}): one drive cannot be two",
+                        drive.name,
+                        hex(&found)
+                    )));
+                }
+            }
             let mut batch = rocksdb::WriteBatch::default();
             batch.put_cf(index.cf(cf::META), key, found);
             index.write(batch, true)?;
@@ -236,10 +252,19 @@ fn decode_geometry(bytes: &[u8]) -> Result<Geometry, codec::DecodeError> {
     })
 }
 
-/// The geometry of every drive the index in `index_dir` has seen, by drive name (empty when
-/// there is no index yet), so that a drive that cannot be reached at start can still be
-/// attached later without losing its id.
-pub fn known_geometries(index_dir: &Path) -> EngineResult<HashMap<String, Geometry>> {
+/// What the index knows of a drive before it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownDrive {
+    /// Its geometry.
+    pub geometry: Geometry,
+    /// Its identity (see [`ZonedDevice::identity`]), once recorded.
+    pub identity: Option<[u8; 16]>,
+}
+
+/// Every drive the index in `index_dir` has seen, by drive name (empty when there is no index
+/// yet), so that a drive that cannot be reached at start can still be attached later without
+/// losing its id, and a different drive answering in its place is refused from the start.
+pub fn known_drives(index_dir: &Path) -> EngineResult<HashMap<String, KnownDrive>> {
     let mut known = HashMap::new();
     if !index_dir.join("CURRENT").exists() {
         return Ok(known);
@@ -248,10 +273,17 @@ pub fn known_geometries(index_dir: &Path) -> EngineResult<HashMap<String, Geomet
     for name in registry(&index)? {
         if let Some(raw) = index.get_raw(cf::META, &geometry_key(&name))? {
             let geometry = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
-            known.insert(name, geometry);
+            let identity = index
+                .get_raw(cf::META, &identity_key(&name))?
+                .and_then(|raw| raw.try_into().ok());
+            known.insert(name, KnownDrive { geometry, identity });
         }
     }
     Ok(known)
+}
+
+fn identity_key(drive: &str) -> Vec<u8> {
+    [IDENTITY_PREFIX, drive.as_bytes()].concat()
 }
 
 /// The drive names registered in the index in `index_dir` (in drive-id order), so that a

@@ -13,9 +13,10 @@ use zns::ZoneState;
 
 use super::EngineInner;
 use super::commit::{Change, NewExtent, Relocation, ReplicaEdit};
+use super::error::EngineError;
 use super::error::EngineResult;
 use super::index::{self, TombKind};
-use super::located::current_copies;
+use super::located::{current_copies, is_record_of};
 use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectMeta, PartEntry, UploadEntry, ZoneId,
 };
@@ -92,6 +93,20 @@ fn name_of(h: &Header) -> Option<Name> {
     })
 }
 
+/// What makes two records copies of one: kind, sequence number, id, offset, bucket, key.
+type RecordKey = (u8, u64, u64, u64, String, String);
+
+fn record_key(h: &Header) -> RecordKey {
+    (
+        h.kind as u8,
+        h.seq,
+        h.id,
+        h.offset,
+        h.bucket.clone(),
+        h.key.clone(),
+    )
+}
+
 /// Copies of one record: per drive, the one with the highest write sequence number.
 type Copies = BTreeMap<DriveId, (u64, Location)>;
 
@@ -113,9 +128,8 @@ impl Version {
 struct Tail {
     /// Copies of data records by (stream, offset), with their payload length.
     data: HashMap<(u64, u64), (u32, Copies)>,
-    /// Versions of claiming records by identity (kind, sequence number, id, offset, bucket,
-    /// key: what makes two records copies of one).
-    versions: BTreeMap<(u8, u64, u64, u64, String, String), Version>,
+    /// Versions of claiming records by identity.
+    versions: BTreeMap<RecordKey, Version>,
 }
 
 impl Tail {
@@ -135,15 +149,7 @@ impl Tail {
             keep(&mut entry.1);
             return;
         }
-        let h = &f.header;
-        let key = (
-            h.kind as u8,
-            h.seq,
-            h.id,
-            h.offset,
-            h.bucket.clone(),
-            h.key.clone(),
-        );
+        let key = record_key(&f.header);
         let version = self.versions.entry(key).or_insert_with(|| Version {
             header: f.header.clone(),
             payload: f.payload.clone(),
@@ -169,7 +175,7 @@ impl Tail {
                     replicas: copies.values().map(|(_, l)| *l).collect(),
                 },
             });
-            offset += u64::from(*len);
+            offset = offset.checked_add(u64::from(*len))?;
         }
         (offset == length).then_some(out)
     }
@@ -196,8 +202,18 @@ impl EngineInner {
     ) -> EngineResult<ReplayReport> {
         let mut report = ReplayReport::default();
         let mut tail = Tail::default();
-        let mut changes = Vec::new();
+        // Found copies of records the index has, the newest per record and drive, with the
+        // copies the index names.
+        let mut copies: BTreeMap<(RecordKey, DriveId), (Found, Vec<Location>)> = BTreeMap::new();
         let mut settled_to = Vec::new();
+        // Whether every record that could matter was read: a version whose data seems missing
+        // may have it on a drive or zone not read, so nothing is settled unless all was.
+        let mut complete = mode == Replay::CopiesOnly
+            || self
+                .drives
+                .all()
+                .iter()
+                .all(|d| d.removed || drives.contains(&d.id));
         for &id in drives {
             let Some(drive) = self.drives.get(id).cloned() else {
                 continue;
@@ -206,6 +222,7 @@ impl EngineInner {
                 Ok(zones) => zones,
                 Err(e) => {
                     tracing::warn!(drive = %drive.name, "cannot replay the drive's zones now: {e}");
+                    complete = false;
                     continue;
                 }
             };
@@ -228,29 +245,36 @@ impl EngineInner {
                         Ok(found) => found,
                         Err(e) => {
                             tracing::warn!(?zone, "cannot replay the zone now: {e}");
+                            complete = false;
                             continue;
                         }
                     };
-                    let mut readable = true;
                     for f in found {
                         report.records += 1;
-                        // Copies of what the index has are dealt with at once; the rest is
-                        // kept to be matched up (a version with its data).
+                        // Copies of what the index has are recorded; the rest is kept to be
+                        // matched up (a version with its data).
                         let Some(named) = current_copies(&self.index, &identity(&f.header))? else {
                             tail.add(f);
                             continue;
                         };
-                        match self.copy_to_record(&f, &named).await {
-                            Ok(Some(change)) => changes.push((0, change)),
-                            Ok(None) => {}
-                            Err(()) => readable = false,
+                        let slot = (record_key(&f.header), f.location.drive);
+                        match copies.get(&slot) {
+                            Some((kept, _)) if kept.header.write_seq >= f.header.write_seq => {}
+                            _ => {
+                                copies.insert(slot, (f, named));
+                            }
                         }
-                    }
-                    if !readable {
-                        continue;
                     }
                 }
                 settled_to.push((zone, written));
+            }
+        }
+        let mut changes = Vec::new();
+        for (f, named) in copies.values() {
+            match self.copy_to_record(f, named).await {
+                Ok(Some(change)) => changes.push((0, change)),
+                Ok(None) => {}
+                Err(()) => complete = false,
             }
         }
         if mode == Replay::RollForward {
@@ -261,13 +285,18 @@ impl EngineInner {
         for (_, change) in changes {
             match self.committer.submit(change).await {
                 Ok(_) => report.applied += 1,
+                // Refused for what the index holds (a bucket gone, an upload ended): a
+                // record of something that did not happen, dead like any refused write's.
+                Err(e) if !worth_retrying(&e) => {
+                    tracing::debug!("a record left by a crash is refused: {e}");
+                }
                 Err(e) => {
                     failed += 1;
                     tracing::warn!("a record left by a crash cannot be applied now: {e}");
                 }
             }
         }
-        if failed == 0 {
+        if complete && failed == 0 {
             for (zone, written) in settled_to {
                 self.placement.settle_through(zone, written);
             }
@@ -299,7 +328,7 @@ impl EngineInner {
         }
         let edit = match named.iter().find(|l| l.drive == copy.drive) {
             None => ReplicaEdit::Add(copy),
-            Some(&older) => match self.write_seq_at(older).await? {
+            Some(&older) => match self.write_seq_at(&what, older).await? {
                 Some(kept) if kept >= f.header.write_seq => return Ok(None),
                 // Older, or damaged: the rebuild would name the copy found.
                 _ => ReplicaEdit::Replace(older, copy),
@@ -308,9 +337,9 @@ impl EngineInner {
         Ok(Some(Change::Replicas(vec![(what, edit)])))
     }
 
-    /// The write sequence number of the record at `location`: `Ok(None)` if it is damaged,
-    /// `Err` if it cannot be read now.
-    async fn write_seq_at(&self, location: Location) -> Result<Option<u64>, ()> {
+    /// The write sequence number of the record `what` at `location`: `Ok(None)` if it is
+    /// damaged (or is not that record), `Err` if it cannot be read now.
+    async fn write_seq_at(&self, what: &Relocation, location: Location) -> Result<Option<u64>, ()> {
         let drive = self.drives.get(location.drive).ok_or(())?;
         let bytes = drive
             .device
@@ -319,6 +348,7 @@ impl EngineInner {
             .map_err(|_| ())?;
         Ok(record::parse(&bytes, drive.block_size() as usize)
             .ok()
+            .filter(|p| is_record_of(what, &p.header))
             .map(|p| p.header.write_seq))
     }
 
@@ -457,12 +487,16 @@ impl EngineInner {
                         && c.header.key == h.key
                 });
                 let completes = match commit {
-                    Some(c) => match ObjectMeta::decode(&c.payload) {
-                        Ok(meta) => self
-                            .completion(&c.header, meta, c.locations(), tail)?
-                            .is_some(),
-                        Err(_) => false,
-                    },
+                    Some(c) => {
+                        let name = Name::Object(c.header.bucket.clone(), c.header.key.clone());
+                        let newer = Some(c.header.seq) > self.newest_indexed(&name)?;
+                        match ObjectMeta::decode(&c.payload) {
+                            Ok(meta) if newer => self
+                                .completion(&c.header, meta, c.locations(), tail)?
+                                .is_some(),
+                            _ => false,
+                        }
+                    }
                     None => false,
                 };
                 (!completes).then(|| Change::AbortUpload {
@@ -529,10 +563,12 @@ impl EngineInner {
                 .into_iter()
                 .map(|p| (p.part_number, p.stream_id))
                 .collect();
+            // Parts the replay applies: their data all there.
             parts.extend(tail.versions.values().filter_map(|p| {
                 (p.header.kind == Kind::Part && p.header.id == upload_id)
                     .then(|| PartEntry::from_payload(p.header.seq, &p.payload).ok())
                     .flatten()
+                    .filter(|e| tail.stream(e.stream_id, e.size).is_some())
                     .map(|e| (e.part_number, e.stream_id))
             }));
             let used: Option<Vec<(u32, u64)>> = meta
@@ -553,4 +589,17 @@ impl EngineInner {
         }
         Ok(None)
     }
+}
+
+/// Whether a change that failed may succeed later (a drive or the index failing), rather than
+/// being refused for what the index holds.
+fn worth_retrying(e: &EngineError) -> bool {
+    e.is_unavailable()
+        || matches!(
+            e,
+            EngineError::Internal(_)
+                | EngineError::Index(_)
+                | EngineError::Drive { .. }
+                | EngineError::Corrupt(_)
+        )
 }
