@@ -540,6 +540,9 @@ def check_two_users():
     expect_error("AccessDenied", 403, s3.put_object, Bucket=theirs, Key="x", Body=b"x")
     expect_error("AccessDenied", 403, s3.list_objects_v2, Bucket=theirs)
     expect_error("AccessDenied", 403, s3.delete_bucket, Bucket=theirs)
+    expect_error("AccessDenied", 403, s3.get_bucket_policy, Bucket=theirs)
+    expect_error("AccessDenied", 403, s3.delete_bucket_cors, Bucket=theirs)
+    expect_error("AccessDenied", 403, s3.get_object_tagging, Bucket=theirs, Key="private")
     expect_error("AccessDenied", 403, bob.copy_object, Bucket=theirs, Key="stolen", CopySource={"Bucket": mine, "Key": "x"})
     expect_error("BucketAlreadyExists", 409, s3.create_bucket, Bucket=theirs)
     assert bob.get_object(Bucket=theirs, Key="private")["Body"].read() == b"bob's"
@@ -548,9 +551,10 @@ def check_two_users():
 def check_not_implemented():
     b = bucket("notimpl")
     for call, kwargs in [
-        (s3.get_bucket_policy, {}),
+        (s3.put_bucket_policy, {"Policy": "{}"}),
         (s3.put_bucket_versioning, {"VersioningConfiguration": {"Status": "Enabled"}}),
-        (s3.get_bucket_lifecycle_configuration, {}),
+        (s3.put_bucket_lifecycle_configuration, {"LifecycleConfiguration": {"Rules": [{"ID": "x", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]}}),
+        (s3.put_bucket_tagging, {"Tagging": {"TagSet": [{"Key": "team", "Value": "ml"}]}}),
         (s3.put_object_tagging, {"Key": "k", "Tagging": {"TagSet": []}}),
         # What a write asks for and would not get is refused, not ignored.
         (s3.put_object, {"Key": "k", "Body": b"x", "ServerSideEncryption": "AES256"}),
@@ -565,6 +569,42 @@ def check_not_implemented():
     # Versioning status is answered (not enabled), since SDK cleanup code asks.
     v = s3.get_bucket_versioning(Bucket=b)
     assert "Status" not in v or v["Status"] != "Enabled", v
+
+
+def check_unconfigured_settings():
+    # Settings nobody can make here read as S3 reads them where they were never made, and
+    # deleting them succeeds: tools that inspect a bucket read them all.
+    b = bucket("settings")
+    s3.put_object(Bucket=b, Key="k", Body=b"x")
+    for code, call in [
+        ("NoSuchTagSet", s3.get_bucket_tagging),
+        ("NoSuchBucketPolicy", s3.get_bucket_policy),
+        ("NoSuchBucketPolicy", s3.get_bucket_policy_status),
+        ("NoSuchCORSConfiguration", s3.get_bucket_cors),
+        ("NoSuchLifecycleConfiguration", s3.get_bucket_lifecycle_configuration),
+        ("ServerSideEncryptionConfigurationNotFoundError", s3.get_bucket_encryption),
+        ("NoSuchWebsiteConfiguration", s3.get_bucket_website),
+        ("NoSuchPublicAccessBlockConfiguration", s3.get_public_access_block),
+        ("ObjectLockConfigurationNotFoundError", s3.get_object_lock_configuration),
+        ("ReplicationConfigurationNotFoundError", s3.get_bucket_replication),
+    ]:
+        expect_error(code, 404, call, Bucket=b)
+    assert "Status" not in s3.get_bucket_accelerate_configuration(Bucket=b)
+    assert s3.get_bucket_request_payment(Bucket=b)["Payer"] == "BucketOwner"
+    assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket=b)
+    n = s3.get_bucket_notification_configuration(Bucket=b)
+    assert not any(n.get(k) for k in ("TopicConfigurations", "QueueConfigurations", "LambdaFunctionConfigurations")), n
+    assert s3.get_object_tagging(Bucket=b, Key="k")["TagSet"] == []
+    expect_error("NoSuchKey", 404, s3.get_object_tagging, Bucket=b, Key="absent")
+    expect_error("InvalidRequest", 400, s3.get_object_retention, Bucket=b, Key="k")
+    expect_error("InvalidRequest", 400, s3.get_object_legal_hold, Bucket=b, Key="k")
+    s3.delete_object_tagging(Bucket=b, Key="k")
+    for call in [s3.delete_bucket_tagging, s3.delete_bucket_policy, s3.delete_bucket_cors,
+                 s3.delete_bucket_lifecycle, s3.delete_bucket_encryption,
+                 s3.delete_public_access_block, s3.delete_bucket_website,
+                 s3.delete_bucket_replication]:
+        call(Bucket=b)
+    expect_error("NoSuchBucket", 404, s3.get_bucket_cors, Bucket=f"{RUN}-no-such-bucket")
 
 
 def check_virtual_hosted():

@@ -5,6 +5,7 @@ pub mod bucket;
 pub mod list;
 pub mod multipart;
 pub mod object;
+pub mod unconfigured;
 
 use crate::store::ObjectInfo;
 use crate::xml::XmlWriter;
