@@ -1678,3 +1678,54 @@ async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_t
     );
     engine.shutdown().await;
 }
+
+/// A drive whose identity the index has not recorded yet (an index from before identities) is
+/// given one only once it is found holding what the index expects: a blank drive met first
+/// would otherwise become the drive's identity and shut the real one out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_is_recorded_only_from_a_drive_holding_what_the_index_expects() {
+    use zonestore::engine::index::{Index, cf};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let key = b"identity:zns-file://drive1".to_vec();
+    let forget_identity = |dir: &std::path::Path| {
+        let index = Index::open(&dir.join("index")).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(index.cf(cf::META), &key);
+        index.write(batch, true).unwrap();
+    };
+    let recorded = |dir: &std::path::Path| {
+        Index::open(&dir.join("index"))
+            .unwrap()
+            .get_raw(cf::META, &key)
+            .unwrap()
+    };
+    {
+        let (engine, _drives) = open_engine(dir.path(), 2, g, |c| c.write_quorum = 1).await;
+        engine.create_bucket("b", "alice").await.unwrap();
+        put(&engine, "b", "k", &content("k", 1, 100_000))
+            .await
+            .unwrap();
+        engine.shutdown().await;
+    }
+    assert!(recorded(dir.path()).is_some());
+    forget_identity(dir.path());
+    let real = dir.path().join("drive1");
+    let aside = dir.path().join("drive1-aside");
+    std::fs::rename(&real, &aside).unwrap();
+    {
+        // A blank drive answers in its place: its zones lack what the index counts there.
+        let (engine, _drives) = open_engine(dir.path(), 2, g, |c| c.write_quorum = 1).await;
+        engine.shutdown().await;
+    }
+    assert!(recorded(dir.path()).is_none(), "the blank drive is not recorded");
+    std::fs::remove_dir_all(&real).unwrap();
+    std::fs::rename(&aside, &real).unwrap();
+    let (engine, drives) = open_engine(dir.path(), 2, g, |c| c.write_quorum = 1).await;
+    assert!(!engine.drives().all()[1].foreign.load(std::sync::atomic::Ordering::SeqCst));
+    engine.shutdown().await;
+    assert_eq!(
+        recorded(dir.path()),
+        zns::ZonedDevice::identity(&drives[1]).map(|i| i.to_vec())
+    );
+}

@@ -265,16 +265,22 @@ impl Engine {
                 snapshots.push(None);
             } else {
                 let surveyed = if drive.device.is_available() {
-                    match registry::confirm_identity(&index, drive) {
+                    match registry::confirm_identity(&index, drive, false) {
                         Ok(()) => {
-                            survey::survey(
+                            let broken = reconciliation.broken_zones.len();
+                            let zones = survey::survey(
                                 drive,
                                 &index,
                                 &accounts,
                                 &mut reconciliation,
                                 &mut resets,
                             )
-                            .await
+                            .await;
+                            // Recorded once the drive holds what the index expects.
+                            if zones.is_ok() && reconciliation.broken_zones.len() == broken {
+                                registry::confirm_identity(&index, drive, true)?;
+                            }
+                            zones
                         }
                         Err(e) => Err(e),
                     }

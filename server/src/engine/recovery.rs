@@ -206,7 +206,7 @@ async fn rebuild_scanning(
     // The new index knows each drive by its identity, as the old one did.
     for drive in drives.all() {
         if drive.device.is_available() {
-            super::registry::confirm_identity(&index, drive)?;
+            super::registry::confirm_identity(&index, drive, true)?;
         }
     }
     let mut report = RebuildReport::default();

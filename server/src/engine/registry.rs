@@ -27,8 +27,10 @@ const IDENTITY_PREFIX: &[u8] = b"identity:";
 /// Checks that the drive answering under a registered name is the drive the index knows by
 /// it (its [`ZonedDevice::identity`]): a storage node started on an empty data directory (its
 /// disk not mounted) or given another disk must not pass for the drive that holds the data.
-/// The first identity a drive reports is recorded. A mismatch marks the drive foreign.
-pub(crate) fn confirm_identity(index: &Index, drive: &Drive) -> EngineResult<()> {
+/// The first identity a drive reports is recorded when `record` (the caller found the drive
+/// holding what the index expects: a blank impostor met before any identity was recorded must
+/// not become the drive's identity). A mismatch marks the drive foreign.
+pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> EngineResult<()> {
     let Some(found) = drive.device.identity() else {
         return Ok(());
     };
@@ -45,6 +47,7 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive) -> EngineResult<()>
                 found: hex(&found),
             });
         }
+        None if !record => {}
         None => {
             // One drive under two names would count as two copies of everything on it.
             for other in registry(index)? {

@@ -130,7 +130,7 @@ impl EngineInner {
     /// Surveys a drive that was unreachable at start (nothing was written to it since) and
     /// lets placement, GC and reads use it.
     async fn attach_drive(&self, drive: &Drive) -> EngineResult<()> {
-        registry::confirm_identity(&self.index, drive)?;
+        registry::confirm_identity(&self.index, drive, false)?;
         let mut reconciliation = Reconciliation::default();
         let mut resets = Vec::new();
         let zones = survey(
@@ -141,6 +141,9 @@ impl EngineInner {
             &mut resets,
         )
         .await?;
+        if reconciliation.broken_zones.is_empty() {
+            registry::confirm_identity(&self.index, drive, true)?;
+        }
         for zone in resets {
             self.committer.submit(Change::ZoneReset(zone)).await?;
         }
