@@ -1597,21 +1597,7 @@ async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_t
     std::fs::remove_dir_all(&index).unwrap();
     std::fs::rename(&before, &index).unwrap();
 
-    let mut specs = Vec::new();
-    let mut drives = Vec::new();
-    for i in 0..2 {
-        let d = zns::EmulatedZns::open(&dir.path().join(format!("drive{i}"))).unwrap();
-        drives.push(d.clone());
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: std::sync::Arc::new(d),
-        });
-    }
-    let mut config = zonestore::engine::EngineConfig::new(index.clone(), 2);
-    no_gc(&mut config);
-    let (engine, reconciliation) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
+    let (engine, reconciliation, drives) = open_engine_reporting(dir.path(), 2, g, no_gc).await;
     assert!(
         reconciliation.replayed.applied >= 8,
         "{:?}",
@@ -1654,23 +1640,7 @@ async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_t
     drop(drives);
 
     // Replayed, then shut down cleanly: every zone is settled, nothing is read again.
-    let (engine, drives) = open_engine(dir.path(), 2, g, no_gc).await;
-    drop(drives);
-    engine.shutdown().await;
-    let mut specs = Vec::new();
-    for i in 0..2 {
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: std::sync::Arc::new(
-                zns::EmulatedZns::open(&dir.path().join(format!("drive{i}"))).unwrap(),
-            ),
-        });
-    }
-    let mut config = zonestore::engine::EngineConfig::new(index, 2);
-    no_gc(&mut config);
-    let (engine, reconciliation) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
+    let (engine, reconciliation, _drives) = open_engine_reporting(dir.path(), 2, g, no_gc).await;
     assert_eq!(
         reconciliation.replayed.records, 0,
         "{:?}",
@@ -1718,11 +1688,18 @@ async fn an_identity_is_recorded_only_from_a_drive_holding_what_the_index_expect
         let (engine, _drives) = open_engine(dir.path(), 2, g, |c| c.write_quorum = 1).await;
         engine.shutdown().await;
     }
-    assert!(recorded(dir.path()).is_none(), "the blank drive is not recorded");
+    assert!(
+        recorded(dir.path()).is_none(),
+        "the blank drive is not recorded"
+    );
     std::fs::remove_dir_all(&real).unwrap();
     std::fs::rename(&aside, &real).unwrap();
     let (engine, drives) = open_engine(dir.path(), 2, g, |c| c.write_quorum = 1).await;
-    assert!(!engine.drives().all()[1].foreign.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        !engine.drives().all()[1]
+            .foreign
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
     engine.shutdown().await;
     assert_eq!(
         recorded(dir.path()),

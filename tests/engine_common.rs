@@ -14,7 +14,7 @@ use futures::StreamExt;
 use zns::{EmulatedZns, Geometry, ZonedDevice};
 use zonestore::engine::commit::Condition;
 use zonestore::engine::model::ObjectMeta;
-use zonestore::engine::{DriveSpec, Engine, EngineConfig, EngineResult};
+use zonestore::engine::{DriveSpec, Engine, EngineConfig, EngineResult, Reconciliation};
 
 /// A small drive: many small zones, 64 KiB appends.
 pub fn small_geometry(zones: u32, zone_bytes: u64) -> Geometry {
@@ -32,6 +32,18 @@ pub async fn open_engine(
     geometry: Geometry,
     tune: impl FnOnce(&mut EngineConfig),
 ) -> (Engine, Vec<EmulatedZns>) {
+    let (engine, _, emulated) = open_engine_reporting(dir, drives, geometry, tune).await;
+    (engine, emulated)
+}
+
+/// [`open_engine`], also returning what the engine found reconciling the index with the
+/// drives.
+pub async fn open_engine_reporting(
+    dir: &Path,
+    drives: usize,
+    geometry: Geometry,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> (Engine, Reconciliation, Vec<EmulatedZns>) {
     let mut specs = Vec::new();
     let mut emulated = Vec::new();
     for i in 0..drives {
@@ -45,8 +57,8 @@ pub async fn open_engine(
     }
     let mut config = EngineConfig::new(dir.join("index"), drives);
     tune(&mut config);
-    let (engine, _) = Engine::open(config, specs).await.expect("engine opens");
-    (engine, emulated)
+    let (engine, reconciliation) = Engine::open(config, specs).await.expect("engine opens");
+    (engine, reconciliation, emulated)
 }
 
 /// An engine (index under `dir`) over one drive, `device`, named `name`, with bucket `b`

@@ -291,15 +291,26 @@ fn a_node_restarted_on_an_empty_data_directory_is_not_taken_for_its_drive() {
     assert!(!repaired.contains("foreign"), "{repaired}");
     nodes[0].kill();
     nodes[1].kill();
+    reads_back(
+        &server,
+        "swap",
+        &[("before", &before), ("during", &during)],
+        &back,
+    );
+}
+
+/// Checks that every `(key, original)` object of `bucket` reads back whole (through `back`),
+/// once the other targets are gone.
+fn reads_back(server: &S3Server, bucket: &str, objects: &[(&str, &Path)], back: &Path) {
     std::thread::sleep(Duration::from_secs(1));
-    for (key, original) in [("before", &before), ("during", &during)] {
+    for (key, original) in objects {
         server.aws_ok(&[
             "s3",
             "cp",
-            &format!("s3://swap/{key}"),
+            &format!("s3://{bucket}/{key}"),
             back.to_str().unwrap(),
         ]);
-        assert!(same_file(original, &back), "{key} from the returned drive");
+        assert!(same_file(original, back), "{key} from the one target left");
     }
 }
 
@@ -540,16 +551,12 @@ fn starts_with_a_target_down_and_attaches_it_when_it_returns() {
     // Every object now reads back from the late target alone.
     nodes[0].kill();
     nodes[1].kill();
-    std::thread::sleep(Duration::from_secs(1));
-    for (key, original) in [("before", &before), ("during", &during)] {
-        server.aws_ok(&[
-            "s3",
-            "cp",
-            &format!("s3://restart/{key}"),
-            back.to_str().unwrap(),
-        ]);
-        assert!(same_file(original, &back), "{key} from the late target");
-    }
+    reads_back(
+        &server,
+        "restart",
+        &[("before", &before), ("during", &during)],
+        &back,
+    );
 }
 
 /// Runs `zonestore recover --rebuild-index` for the gateway of `urls` with `extra` flags.
