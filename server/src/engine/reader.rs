@@ -243,6 +243,13 @@ impl EngineInner {
         let mut v: Vec<(bool, i64, u32, Location)> = replicas
             .iter()
             .enumerate()
+            // A drive found to be another drive than the one holding the copy (see
+            // EngineError::WrongDrive) is no last resort: what it returns is not the copy.
+            .filter(|(_, l)| {
+                self.drives
+                    .of(l)
+                    .is_none_or(|d| !d.foreign.load(Ordering::Relaxed))
+            })
             .map(|(i, l)| match self.drives.of(l) {
                 Some(d) => {
                     let busy = d.in_flight.load(Ordering::Relaxed);
