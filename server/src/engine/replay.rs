@@ -13,8 +13,7 @@ use zns::ZoneState;
 
 use super::EngineInner;
 use super::commit::{Change, NewExtent, Relocation, ReplicaEdit};
-use super::error::EngineError;
-use super::error::EngineResult;
+use super::error::{EngineError, EngineResult};
 use super::index::{self, TombKind};
 use super::located::{current_copies, is_record_of};
 use super::model::{
@@ -23,6 +22,9 @@ use super::model::{
 use super::record::{self, Header, Kind};
 use super::recovery::{self, Found};
 use super::survey::settled_prefix;
+
+/// A zone tail at least this long is announced in the log before it is read.
+const LONG_SCAN: u64 = 64 << 20;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -237,6 +239,16 @@ impl EngineInner {
                 let written = drive.written_blocks(i as u32, z)?;
                 let from = settled_prefix(&self.index, zone, self.accounts.generation(zone))?;
                 if written > from {
+                    let bytes = (written - from) * drive.block_size();
+                    if bytes >= LONG_SCAN {
+                        // Long (a zone no prefix was recorded for): say so, it takes a while.
+                        tracing::info!(
+                            drive = %drive.name,
+                            zone = i,
+                            mib = bytes >> 20,
+                            "reading the part of a zone written since the index last settled it"
+                        );
+                    }
                     let mut scan = recovery::RebuildReport::default();
                     let found =
                         recovery::scan_zone(&drive, z.zslba + from, written - from, &mut scan)
