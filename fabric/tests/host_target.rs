@@ -184,6 +184,41 @@ fn host_reconnects_after_the_target_restarts() {
     });
 }
 
+/// An append sent while the connection is down runs in the session that comes next: it is
+/// counted in that one (a flush there makes it durable), not in the lost one.
+#[test]
+fn a_write_sent_while_reconnecting_counts_in_the_session_it_runs_in() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let addr = rig.handle.local_addr();
+        let host = NvmeTcpHost::connect(host_config(addr)).await.unwrap();
+        let first = host.session();
+        drop(rig.handle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!host.is_connected());
+        let noted = host.session();
+        assert_ne!(noted, first, "the lost session's writes may be gone");
+        let target = rig.target.clone();
+        let restart = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            target.listen(addr).await.unwrap()
+        });
+        host.append(0, Bytes::from(pattern(&g, 0, 1, 7)))
+            .await
+            .unwrap();
+        host.flush().await.unwrap();
+        assert_eq!(
+            host.session(),
+            noted,
+            "it ran, and was flushed, in the session noted"
+        );
+        let _handle = restart.await.unwrap();
+        host.close().await;
+    });
+}
+
 #[test]
 fn a_different_drive_behind_the_same_address_and_nqn_is_refused() {
     let rt = runtime();

@@ -555,7 +555,15 @@ impl ZonedDevice for NvmeTcpHost {
     }
 
     fn session(&self) -> u64 {
-        self.inner.session_epoch.load(Ordering::SeqCst)
+        let epoch = self.inner.session_epoch.load(Ordering::SeqCst);
+        // While the connection is down, a command sent now runs in the next session (or a
+        // later one, which a flush then tells apart): it is counted in that one, not in the
+        // lost one. (Read in the instant a new session's epoch is bumped but not yet published,
+        // this is one ahead, which only makes a caller doubt a write it need not.)
+        match &*self.inner.state.borrow() {
+            State::Down(_) => epoch + 1,
+            _ => epoch,
+        }
     }
 
     fn identity(&self) -> Option<[u8; 16]> {
