@@ -55,6 +55,15 @@ fn host_config(addr: SocketAddr) -> HostConfig {
     config
 }
 
+/// The target listening on `addr` again in 300 ms (its connections were closed).
+fn listen_again_soon(target: &Target, addr: SocketAddr) -> tokio::task::JoinHandle<TargetHandle> {
+    let target = target.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        target.listen(addr).await.unwrap()
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -165,11 +174,7 @@ fn host_reconnects_after_the_target_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!host.is_connected());
         // It comes back on the same port; a command issued meanwhile waits and then succeeds.
-        let target = rig.target.clone();
-        let restart = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            target.listen(addr).await.unwrap()
-        });
+        let restart = listen_again_soon(&rig.target, addr);
         let read = host.read(lba, 4).await.unwrap();
         assert_eq!(read, data);
         assert!(host.is_connected());
@@ -200,11 +205,7 @@ fn a_write_sent_while_reconnecting_counts_in_the_session_it_runs_in() {
         assert!(!host.is_connected());
         let noted = host.session();
         assert_ne!(noted, first, "the lost session's writes may be gone");
-        let target = rig.target.clone();
-        let restart = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            target.listen(addr).await.unwrap()
-        });
+        let restart = listen_again_soon(&rig.target, addr);
         host.append(0, Bytes::from(pattern(&g, 0, 1, 7)))
             .await
             .unwrap();
