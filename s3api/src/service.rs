@@ -426,7 +426,7 @@ impl S3Service {
                 handlers::acl::ownership_controls(self, ctx).await,
             );
         }
-        if let Some(answer) = handlers::unconfigured::answer(self, ctx).await {
+        if let Some(answer) = handlers::unconfigured::answer(self, ctx) {
             return answer;
         }
         if let Some(feature) = UNSUPPORTED.iter().find(|f| ctx.has(f)) {

@@ -103,13 +103,13 @@ pub async fn rebuild_index(
     let registered: std::collections::HashSet<String> = names.iter().cloned().collect();
     // Every drive must answer, unless missing ones are allowed: drives the old index knows
     // then stay registered (to reconnect when the server runs), others are left out.
+    let recorded = if names.is_empty() {
+        targets::KnownDrives::new()
+    } else {
+        known_drives(&index_dir).unwrap_or_default()
+    };
     let (known, if_unreachable) = if allow_missing {
-        let known = if names.is_empty() {
-            targets::KnownDrives::new()
-        } else {
-            known_drives(&index_dir).unwrap_or_default()
-        };
-        (known, IfUnreachable::LeaveOut)
+        (recorded.clone(), IfUnreachable::LeaveOut)
     } else {
         (targets::KnownDrives::new(), IfUnreachable::Fail)
     };
@@ -124,11 +124,6 @@ pub async fn rebuild_index(
     let specs = in_registry_order(std::mem::take(&mut attached.specs), &names);
     // A drive must be the one the old index knew by its name: rebuilding from another (a node
     // started on an empty data directory) would lose the copies on the real one.
-    let recorded = if names.is_empty() {
-        Default::default()
-    } else {
-        known_drives(&index_dir).unwrap_or_default()
-    };
     for spec in &specs {
         let known = recorded.get(&spec.name).and_then(|k| k.identity);
         if let (Some(known), Some(found)) = (known, spec.device.identity())
@@ -137,8 +132,8 @@ pub async fn rebuild_index(
             attached.close().await;
             return Err(RecoverError::Engine(EngineError::WrongDrive {
                 drive: spec.name.clone(),
-                known: hex(&known),
-                found: hex(&found),
+                known: crate::engine::hex_encode(&known),
+                found: crate::engine::hex_encode(&found),
             }));
         }
     }
@@ -214,9 +209,4 @@ pub async fn rebuild_index(
             .unwrap_or_default()
     ));
     Ok((report, kept))
-}
-
-/// Bytes in hex, as identities are shown.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -205,8 +205,9 @@ struct HostInner {
     /// The largest transfer the last session allowed: commands issued while reconnecting are
     /// sized by it, not by a guess the target may refuse.
     last_max_transfer: AtomicUsize,
-    /// Sessions established after the first (see [`ZonedDevice::session`]): a new one may be
-    /// with a target that restarted and lost what was not flushed.
+    /// Sessions lost so far (see [`ZonedDevice::session`]): the epoch of the session that is
+    /// up, or, while down, of the one that comes next. A new session may be with a target
+    /// that restarted and lost what was not flushed.
     session_epoch: AtomicU64,
     /// The namespace's NGUID as the first session reported it: a later session reporting
     /// another is refused, as a changed geometry is.
@@ -451,6 +452,9 @@ async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Ses
                 return;
             }
             tracing::warn!(address = %inner.config.address, subsystem = %inner.config.subnqn, "NVMe/TCP connection lost ({reason}); reconnecting");
+            // Before the host is seen down: a command sent from now on runs in the next
+            // session, and counts in it.
+            inner.session_epoch.fetch_add(1, Ordering::SeqCst);
             if !set_unless_closed(&inner, State::Down(reason)) {
                 return;
             }
@@ -495,9 +499,6 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                     .store(s.limits.max_transfer, Ordering::Relaxed);
                 let s = Arc::new(s);
                 inner.wrong_namespace.store(false, Ordering::Relaxed);
-                // Before any command can go to the new session: one that completes there must
-                // see the new epoch.
-                inner.session_epoch.fetch_add(1, Ordering::SeqCst);
                 // Closed while connecting: the new session goes too.
                 if !set_unless_closed(&inner, State::Up(s.clone())) {
                     s.close("host closed");
@@ -555,15 +556,7 @@ impl ZonedDevice for NvmeTcpHost {
     }
 
     fn session(&self) -> u64 {
-        let epoch = self.inner.session_epoch.load(Ordering::SeqCst);
-        // While the connection is down, a command sent now runs in the next session (or a
-        // later one, which a flush then tells apart): it is counted in that one, not in the
-        // lost one. (Read in the instant a new session's epoch is bumped but not yet published,
-        // this is one ahead, which only makes a caller doubt a write it need not.)
-        match &*self.inner.state.borrow() {
-            State::Down(_) => epoch + 1,
-            _ => epoch,
-        }
+        self.inner.session_epoch.load(Ordering::SeqCst)
     }
 
     fn identity(&self) -> Option<[u8; 16]> {

@@ -87,7 +87,7 @@ fn is_owners_full_control(grant: &AclGrant, owner: &str) -> bool {
 
 /// Checks that the bucket the request names is the caller's and, when `object`, that the
 /// object exists.
-fn resource_exists(svc: &S3Service, ctx: &Ctx, object: bool) -> Result<(), S3Error> {
+pub(crate) fn resource_exists(svc: &S3Service, ctx: &Ctx, object: bool) -> Result<(), S3Error> {
     svc.owned_bucket(ctx, ctx.bucket())?;
     if object {
         super::object::check_version_id(ctx)?;

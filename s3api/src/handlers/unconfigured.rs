@@ -119,7 +119,7 @@ const BUCKET: &[(&str, Unset, bool)] = &[
 
 /// Answers a request on a setting that is never made, if the request is one (the operation's
 /// name and its reply); `None` otherwise.
-pub async fn answer(svc: &S3Service, ctx: &mut Ctx) -> Option<(&'static str, Reply)> {
+pub fn answer(svc: &S3Service, ctx: &mut Ctx) -> Option<(&'static str, Reply)> {
     ctx.bucket.as_ref()?;
     if ctx.key.is_some() {
         return object(svc, ctx);
@@ -155,12 +155,7 @@ pub async fn answer(svc: &S3Service, ctx: &mut Ctx) -> Option<(&'static str, Rep
 /// Object tags (there are none: tags are refused on writes) and object lock settings (no
 /// bucket has object lock).
 fn object(svc: &S3Service, ctx: &mut Ctx) -> Option<(&'static str, Reply)> {
-    let exists = |svc: &S3Service, ctx: &Ctx| -> Result<(), S3Error> {
-        svc.owned_bucket(ctx, ctx.bucket())?;
-        super::object::check_version_id(ctx)?;
-        svc.store.open_object(ctx.bucket(), ctx.key())?;
-        Ok(())
-    };
+    let exists = |svc: &S3Service, ctx: &Ctx| super::acl::resource_exists(svc, ctx, true);
     if ctx.has("tagging") {
         return match ctx.method {
             Method::GET => Some((

@@ -608,6 +608,21 @@ async fn run(
             }
         }
     }
+    // The engine is shutting down: how far every zone is settled now, so that the next start
+    // has nothing to replay.
+    let reports = placement.settled_reports();
+    if !reports.is_empty() {
+        let base = accounts.snapshot();
+        let mut txn = Txn::new(&index, &drives, &base);
+        for (zone, prefix) in reports {
+            txn.record_settled(zone, prefix);
+        }
+        let (batch, _) = txn.finish();
+        let written = tokio::task::spawn_blocking(move || index.write(batch, true)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!("recording how far zones are settled failed at shutdown");
+        }
+    }
 }
 
 /// Drives (with their names) whose session changed since one of the held records was appended
@@ -938,11 +953,6 @@ impl<'a> Txn<'a> {
                 if !self.bucket_exists(&entry.bucket)? {
                     return Err(EngineError::NoSuchBucket(entry.bucket.clone()));
                 }
-                // Ended already (a record replayed at start after its end was applied).
-                let tkey = index::tombstone_key(TombKind::Upload, &entry.upload_id.to_be_bytes());
-                if self.get(cf::TOMBSTONES, &tkey)?.is_some() {
-                    return Ok(Outcome::Superseded);
-                }
                 self.add_valid(&entry.location);
                 self.put(
                     cf::UPLOADS,
@@ -1120,10 +1130,6 @@ impl<'a> Txn<'a> {
         let tkey = index::tombstone_key(TombKind::Bucket, name.as_bytes());
         let mut entry = entry.clone();
         if let Some(t) = self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)? {
-            if t.seq > entry.seq {
-                // Deleted after this creation (a record replayed at start).
-                return Ok(Outcome::Superseded);
-            }
             let shadowed = self.prune(t.shadowed.clone());
             entry.shadowed = shadowed;
             self.sub_valid(&t.location);

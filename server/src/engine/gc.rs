@@ -23,10 +23,10 @@ use zns::{ZoneAction, ZoneSelect, ZoneState};
 use super::EngineInner;
 use super::commit::{Change, Relocation, now_ms};
 use super::error::{EngineError, EngineResult};
-use super::index::{self, TombKind};
+use super::located;
 use super::model::{Class, DriveId, Location, ZoneId};
 use super::placement::{ZoneHolds, ZoneUse};
-use super::record::{self, Kind, RecordError};
+use super::record::{self, RecordError};
 use super::writer::Appended;
 
 /// How victims are chosen.
@@ -510,79 +510,11 @@ impl EngineInner {
         header: &record::Header,
         location: Location,
     ) -> EngineResult<Option<Relocation>> {
-        let index = &self.index;
-        let has = |ls: &[Location]| ls.contains(&location);
-        Ok(match header.kind {
-            Kind::Data => index
-                .extent(header.id, header.offset)?
-                .filter(|e| has(&e.replicas))
-                .map(|_| Relocation::Extent {
-                    stream_id: header.id,
-                    offset: header.offset,
-                }),
-            Kind::Commit => index
-                .object(&header.bucket, &header.key)?
-                .filter(|o| o.meta.seq == header.seq && has(&o.commit))
-                .map(|_| Relocation::Commit {
-                    bucket: header.bucket.clone(),
-                    key: header.key.clone(),
-                    seq: header.seq,
-                }),
-            Kind::Tombstone => {
-                let name = index::object_key(&header.bucket, &header.key);
-                index
-                    .tombstone(TombKind::Object, &name)?
-                    .filter(|t| t.seq == header.seq && has(&t.location))
-                    .map(|_| Relocation::Tombstone {
-                        kind: TombKind::Object,
-                        name,
-                        seq: header.seq,
-                    })
-            }
-            Kind::Bucket => index
-                .bucket(&header.bucket)?
-                .filter(|b| b.seq == header.seq && has(&b.location))
-                .map(|_| Relocation::Bucket {
-                    name: header.bucket.clone(),
-                    seq: header.seq,
-                }),
-            Kind::BucketDelete => {
-                let name = header.bucket.as_bytes().to_vec();
-                index
-                    .tombstone(TombKind::Bucket, &name)?
-                    .filter(|t| t.seq == header.seq && has(&t.location))
-                    .map(|_| Relocation::Tombstone {
-                        kind: TombKind::Bucket,
-                        name,
-                        seq: header.seq,
-                    })
-            }
-            Kind::Upload => index
-                .upload(header.id)?
-                .filter(|u| has(&u.location))
-                .map(|_| Relocation::Upload {
-                    upload_id: header.id,
-                }),
-            Kind::UploadEnd => {
-                let name = header.upload_id().to_be_bytes().to_vec();
-                index
-                    .tombstone(TombKind::Upload, &name)?
-                    .filter(|t| t.seq == header.seq && has(&t.location))
-                    .map(|_| Relocation::Tombstone {
-                        kind: TombKind::Upload,
-                        name,
-                        seq: header.seq,
-                    })
-            }
-            Kind::Part => index
-                .part(header.id, header.offset as u32)?
-                .filter(|p| p.seq == header.seq && has(&p.location))
-                .map(|_| Relocation::Part {
-                    upload_id: header.id,
-                    part_number: header.offset as u32,
-                    seq: header.seq,
-                }),
-        })
+        let what = located::relocation_of(header);
+        let named = located::current_copies(&self.index, &what)?;
+        Ok(named
+            .filter(|copies| copies.contains(&location))
+            .map(|_| what))
     }
 
     /// Moves a zone's live records to GC zones and resets it.

@@ -3,7 +3,7 @@
 //! of its copies, and the check that a record read from a drive is the one an entry means.
 
 use super::commit::Relocation;
-use super::index::{Index, IndexResult, TombKind, cf};
+use super::index::{self, Index, IndexResult, TombKind, cf};
 use super::model::{
     BucketEntry, Extent, Location, ObjectEntry, PartEntry, TombstoneEntry, UploadEntry,
 };
@@ -180,6 +180,47 @@ pub fn next_batch(index: &Index, cursor: &mut Cursor, max: usize) -> IndexResult
         cursor.source += 1;
     }
     Ok(out)
+}
+
+/// The entry a record is a copy of (a version, for names that have them), whether or not the
+/// index has it.
+pub fn relocation_of(h: &Header) -> Relocation {
+    match h.kind {
+        Kind::Data => Relocation::Extent {
+            stream_id: h.id,
+            offset: h.offset,
+        },
+        Kind::Commit => Relocation::Commit {
+            bucket: h.bucket.clone(),
+            key: h.key.clone(),
+            seq: h.seq,
+        },
+        Kind::Tombstone => Relocation::Tombstone {
+            kind: TombKind::Object,
+            name: index::object_key(&h.bucket, &h.key),
+            seq: h.seq,
+        },
+        Kind::Bucket => Relocation::Bucket {
+            name: h.bucket.clone(),
+            seq: h.seq,
+        },
+        Kind::BucketDelete => Relocation::Tombstone {
+            kind: TombKind::Bucket,
+            name: h.bucket.as_bytes().to_vec(),
+            seq: h.seq,
+        },
+        Kind::Upload => Relocation::Upload { upload_id: h.id },
+        Kind::UploadEnd => Relocation::Tombstone {
+            kind: TombKind::Upload,
+            name: h.upload_id().to_be_bytes().to_vec(),
+            seq: h.seq,
+        },
+        Kind::Part => Relocation::Part {
+            upload_id: h.id,
+            part_number: h.offset as u32,
+            seq: h.seq,
+        },
+    }
 }
 
 /// Whether a record with `header` is the one `what` means.

@@ -265,25 +265,7 @@ impl Engine {
                 snapshots.push(None);
             } else {
                 let surveyed = if drive.device.is_available() {
-                    match registry::confirm_identity(&index, drive, false) {
-                        Ok(()) => {
-                            let broken = reconciliation.broken_zones.len();
-                            let zones = survey::survey(
-                                drive,
-                                &index,
-                                &accounts,
-                                &mut reconciliation,
-                                &mut resets,
-                            )
-                            .await;
-                            // Recorded once the drive holds what the index expects.
-                            if zones.is_ok() && reconciliation.broken_zones.len() == broken {
-                                registry::confirm_identity(&index, drive, true)?;
-                            }
-                            zones
-                        }
-                        Err(e) => Err(e),
-                    }
+                    survey::survey(drive, &index, &accounts, &mut reconciliation, &mut resets).await
                 } else {
                     Err(EngineError::Unavailable("not connected".into()))
                 };
@@ -389,13 +371,6 @@ impl Engine {
         if let Err(e) = self.flush_all().await {
             tracing::warn!("flush on shutdown failed: {e}");
         }
-        // An empty change: its group records how far every zone is settled, so that the next
-        // start has nothing to replay.
-        let _ = self
-            .inner
-            .committer
-            .submit(Change::Replicas(Vec::new()))
-            .await;
         let committer = self.inner.committer.take_task();
         drop(self);
         if let Some(task) = committer {
@@ -1107,7 +1082,8 @@ pub struct ZoneRow {
     pub generation: u64,
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
+/// Bytes in lower-case hex.
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

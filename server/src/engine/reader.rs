@@ -243,14 +243,10 @@ impl EngineInner {
         let mut v: Vec<(bool, i64, u32, Location)> = replicas
             .iter()
             .enumerate()
-            // A drive found to be another drive than the one holding the copy (see
-            // EngineError::WrongDrive) is no last resort: what it returns is not the copy.
-            .filter(|(_, l)| {
-                self.drives
-                    .of(l)
-                    .is_none_or(|d| !d.foreign.load(Ordering::Relaxed))
-            })
-            .map(|(i, l)| match self.drives.of(l) {
+            .filter_map(|(i, l)| match self.drives.of(l) {
+                // A drive found to be another drive than the one holding the copy (see
+                // EngineError::WrongDrive) is no last resort: what it returns is not the copy.
+                Some(d) if d.foreign.load(Ordering::Relaxed) => None,
                 Some(d) => {
                     let busy = d.in_flight.load(Ordering::Relaxed);
                     let (busy, tie) = if i == 0 {
@@ -258,9 +254,9 @@ impl EngineInner {
                     } else {
                         (busy, 1 + rand::random::<u32>() / 2)
                     };
-                    (!d.is_up(), busy, tie, *l)
+                    Some((!d.is_up(), busy, tie, *l))
                 }
-                None => (true, i64::MAX, 0, *l),
+                None => Some((true, i64::MAX, 0, *l)),
             })
             .collect();
         v.sort_by_key(|(down, busy, tie, _)| (*down, *busy, *tie));

@@ -43,8 +43,8 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(EngineError::WrongDrive {
                 drive: drive.name.clone(),
-                known: hex(&known),
-                found: hex(&found),
+                known: super::hex_encode(&known),
+                found: super::hex_encode(&found),
             });
         }
         None if !record => {}
@@ -61,7 +61,7 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
                     return Err(EngineError::InvalidArgument(format!(
                         "drive {} is the drive registered as {other} (identity {}): one drive cannot be two",
                         drive.name,
-                        hex(&found)
+                        super::hex_encode(&found)
                     )));
                 }
             }
@@ -74,10 +74,6 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
         .foreign
         .store(false, std::sync::atomic::Ordering::SeqCst);
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Matches configured drives with the registry in the index, giving each a stable id.

@@ -15,7 +15,7 @@ use super::EngineInner;
 use super::commit::{Change, NewExtent, Relocation, ReplicaEdit};
 use super::error::{EngineError, EngineResult};
 use super::index::{self, TombKind};
-use super::located::{current_copies, is_record_of};
+use super::located::{current_copies, is_record_of, relocation_of};
 use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectMeta, PartEntry, UploadEntry, ZoneId,
 };
@@ -33,46 +33,6 @@ pub struct ReplayReport {
     pub records: u64,
     /// Changes applied.
     pub applied: u64,
-}
-
-/// The identity of the entry a record is a copy of (a version, for names that have them).
-fn identity(h: &Header) -> Relocation {
-    match h.kind {
-        Kind::Data => Relocation::Extent {
-            stream_id: h.id,
-            offset: h.offset,
-        },
-        Kind::Commit => Relocation::Commit {
-            bucket: h.bucket.clone(),
-            key: h.key.clone(),
-            seq: h.seq,
-        },
-        Kind::Tombstone => Relocation::Tombstone {
-            kind: TombKind::Object,
-            name: index::object_key(&h.bucket, &h.key),
-            seq: h.seq,
-        },
-        Kind::Bucket => Relocation::Bucket {
-            name: h.bucket.clone(),
-            seq: h.seq,
-        },
-        Kind::BucketDelete => Relocation::Tombstone {
-            kind: TombKind::Bucket,
-            name: h.bucket.as_bytes().to_vec(),
-            seq: h.seq,
-        },
-        Kind::Upload => Relocation::Upload { upload_id: h.id },
-        Kind::UploadEnd => Relocation::Tombstone {
-            kind: TombKind::Upload,
-            name: h.upload_id().to_be_bytes().to_vec(),
-            seq: h.seq,
-        },
-        Kind::Part => Relocation::Part {
-            upload_id: h.id,
-            part_number: h.offset as u32,
-            seq: h.seq,
-        },
-    }
 }
 
 /// The name a claiming record competes for: versions of one name are ordered by sequence
@@ -265,10 +225,14 @@ impl EngineInner {
                         report.records += 1;
                         // Copies of what the index has are recorded; the rest is kept to be
                         // matched up (a version with its data).
-                        let Some(named) = current_copies(&self.index, &identity(&f.header))? else {
+                        let Some(named) = current_copies(&self.index, &relocation_of(&f.header))?
+                        else {
                             tail.add(f);
                             continue;
                         };
+                        if named.contains(&f.location) {
+                            continue;
+                        }
                         let slot = (record_key(&f.header), f.location.drive);
                         match copies.get(&slot) {
                             Some((kept, _)) if kept.header.write_seq >= f.header.write_seq => {}
@@ -329,7 +293,7 @@ impl EngineInner {
     /// up on yet landed. A rebuild names the newest copy on each drive. `Err` if the copy the
     /// index names on that drive cannot be read now to tell which is newer.
     async fn copy_to_record(&self, f: &Found, named: &[Location]) -> Result<Option<Change>, ()> {
-        let what = identity(&f.header);
+        let what = relocation_of(&f.header);
         let copy = f.location;
         let draining = self
             .drives

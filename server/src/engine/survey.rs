@@ -19,7 +19,9 @@ use super::{registry, settled};
 /// Reads a drive's zones and checks them against the index: zones the index counts data in
 /// but that are empty are reported (or, holding nothing live, queued in `resets` to be recorded
 /// as reset); an index pointing past a write pointer is reported loudly. Returns the snapshot
-/// placement starts from.
+/// placement starts from. First of all the drive must be the one the index knows by its name
+/// ([`EngineError::WrongDrive`] otherwise); a drive whose identity was never recorded gets it
+/// recorded once found holding what the index expects.
 pub(super) async fn survey(
     drive: &Drive,
     index: &Index,
@@ -27,6 +29,8 @@ pub(super) async fn survey(
     reconciliation: &mut Reconciliation,
     resets: &mut Vec<ZoneId>,
 ) -> EngineResult<Vec<ZoneSnapshot>> {
+    registry::confirm_identity(index, drive, false)?;
+    let broken_before = reconciliation.broken_zones.len();
     let report = drive.report_all_zones().await?;
     let mut zones = Vec::with_capacity(report.zones.len());
     for (i, z) in report.zones.iter().enumerate() {
@@ -67,6 +71,9 @@ pub(super) async fn survey(
             written,
             settled: settled_prefix(index, zone, account.generation)?,
         });
+    }
+    if reconciliation.broken_zones.len() == broken_before {
+        registry::confirm_identity(index, drive, true)?;
     }
     Ok(zones)
 }
@@ -130,7 +137,6 @@ impl EngineInner {
     /// Surveys a drive that was unreachable at start (nothing was written to it since) and
     /// lets placement, GC and reads use it.
     async fn attach_drive(&self, drive: &Drive) -> EngineResult<()> {
-        registry::confirm_identity(&self.index, drive, false)?;
         let mut reconciliation = Reconciliation::default();
         let mut resets = Vec::new();
         let zones = survey(
@@ -141,9 +147,6 @@ impl EngineInner {
             &mut resets,
         )
         .await?;
-        if reconciliation.broken_zones.is_empty() {
-            registry::confirm_identity(&self.index, drive, true)?;
-        }
         for zone in resets {
             self.committer.submit(Change::ZoneReset(zone)).await?;
         }
