@@ -456,3 +456,20 @@ fn listed_address(
 fn drive_name(nqn: &str) -> String {
     format!("nqn:{nqn}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_subsystems_keep_the_discovery_controllers_name_for_its_own_addresses() {
+        let via: TargetAddress = "node1.example:8009".parse().unwrap();
+        let own = ["10.0.0.7".parse().unwrap()];
+        let at = |traddr: &str, trsvcid: &str| listed_address(&via, &own, traddr, trsvcid);
+        assert_eq!(at("10.0.0.7", "4420").to_string(), "node1.example:4420");
+        assert_eq!(at("10.0.0.8", "4421").to_string(), "10.0.0.8:4421");
+        assert_eq!(at("0.0.0.0", "4420").to_string(), "node1.example:4420");
+        assert_eq!(at("not an ip", "4420").to_string(), "node1.example:4420");
+        assert_eq!(at("10.0.0.8", "port?").to_string(), "10.0.0.8:8009");
+    }
+}
