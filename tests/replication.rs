@@ -254,6 +254,11 @@ fn a_node_restarted_on_an_empty_data_directory_is_not_taken_for_its_drive() {
         t.lines()
             .any(|l| l.contains(&nodes[2].nqn) && l.contains("foreign"))
     });
+    assert_eq!(
+        metric_sum(&server.metrics(), "zonestore_drive_foreign", &[]),
+        1.0,
+        "the metrics say so too"
+    );
     let back = dir.path().join("back.bin");
     server.aws_ok(&["s3", "cp", "s3://swap/before", back.to_str().unwrap()]);
     assert!(same_file(&before, &back), "{foreign}");
@@ -289,6 +294,10 @@ fn a_node_restarted_on_an_empty_data_directory_is_not_taken_for_its_drive() {
         t.matches("connected").count() == 3 && t.contains("under-replicated: 0B in 0 records")
     });
     assert!(!repaired.contains("foreign"), "{repaired}");
+    assert_eq!(
+        metric_sum(&server.metrics(), "zonestore_drive_foreign", &[]),
+        0.0
+    );
     nodes[0].kill();
     nodes[1].kill();
     reads_back(

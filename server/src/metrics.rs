@@ -34,6 +34,7 @@ pub struct Metrics {
     bytes_out: Counter,
     zones: Family<Labels, Gauge>,
     free_bytes: Family<Labels, Gauge>,
+    drive_foreign: Family<Labels, Gauge>,
     gc_relocated: Gauge,
     zones_reset: Gauge,
     user_written: Gauge,
@@ -80,6 +81,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             zones: Family::default(),
             free_bytes: Family::default(),
+            drive_foreign: Family::default(),
             gc_relocated: Gauge::default(),
             zones_reset: Gauge::default(),
             user_written: Gauge::default(),
@@ -130,6 +132,11 @@ impl Metrics {
             "free_bytes",
             "Free (empty-zone) bytes by drive",
             m.free_bytes.clone(),
+        );
+        r.register(
+            "drive_foreign",
+            "1 while a different drive answers under the drive's name (it is left out)",
+            m.drive_foreign.clone(),
         );
         r.register(
             "gc_relocated_bytes",
@@ -283,9 +290,17 @@ impl Metrics {
             }
         }
         for drive in engine.drives().all() {
+            let labels = vec![("drive".into(), drive.name.clone())];
             self.free_bytes
-                .get_or_create(&vec![("drive".into(), drive.name.clone())])
+                .get_or_create(&labels)
                 .set(free.get(&drive.name).copied().unwrap_or(0));
+            let foreign = drive.foreign.load(Ordering::Relaxed)
+                || hosts
+                    .iter()
+                    .any(|(name, h)| *name == drive.name && h.finds_another_drive());
+            self.drive_foreign
+                .get_or_create(&labels)
+                .set(i64::from(foreign));
         }
         for (name, host) in hosts {
             let labels = vec![("target".to_string(), name.clone())];
