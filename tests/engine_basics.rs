@@ -837,11 +837,7 @@ async fn a_zone_gc_must_keep_does_not_hold_its_pass_for_ever() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
-        c.gc.enabled = false;
-        c.gc.rate_bytes_per_sec = 0;
-    })
-    .await;
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
     engine.create_bucket("b", "alice").await.unwrap();
     let victim = content("victim", 1, 20_000);
     put(&engine, "b", "victim", &victim).await.unwrap();
@@ -892,8 +888,7 @@ async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
     let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
-        c.gc.enabled = false;
-        c.gc.rate_bytes_per_sec = 0;
+        gc_by_hand(c);
         c.gc.policy = zonestore::engine::gc::Policy::Greedy;
     })
     .await;
@@ -1237,11 +1232,7 @@ async fn a_rebuild_takes_the_moved_copy_of_a_record_left_twice_on_its_drive() {
     use zonestore::engine::placement::ZoneUse;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(32, 256 << 10);
-    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
-        c.gc.enabled = false;
-        c.gc.rate_bytes_per_sec = 0;
-    })
-    .await;
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
     engine.create_bucket("b", "alice").await.unwrap();
     let keep = content("keep", 3, 10_000);
     put(&engine, "b", "keep", &keep).await.unwrap();

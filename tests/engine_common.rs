@@ -25,6 +25,12 @@ pub fn small_geometry(zones: u32, zone_bytes: u64) -> Geometry {
     g
 }
 
+/// Engine settings for tests that run GC themselves: no background GC, no rate limit.
+pub fn gc_by_hand(c: &mut EngineConfig) {
+    c.gc.enabled = false;
+    c.gc.rate_bytes_per_sec = 0;
+}
+
 /// Opens (or creates) `drives` emulated drives under `dir` and an engine over them.
 pub async fn open_engine(
     dir: &Path,
