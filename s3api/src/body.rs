@@ -137,6 +137,11 @@ impl BodyReader {
                 checksums.push((Hasher::new(algorithm), None));
             }
         }
+        if checksums.len() > 1 {
+            return Err(S3Error::invalid_request(
+                "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.",
+            ));
+        }
         if let Some(declared) = header(headers, "x-amz-sdk-checksum-algorithm") {
             let algorithm = Algorithm::parse(declared).ok_or_else(|| {
                 S3Error::invalid_request(format!("Checksum algorithm {declared} is not supported"))
@@ -364,6 +369,18 @@ mod tests {
         assert_eq!(data, b"hello");
         assert_eq!(summary.etag(), "5d41402abc4b2a76b9719d911017c592");
         assert_eq!(summary.checksums[0].value, "NhCmhg==");
+    }
+
+    #[test]
+    fn two_checksum_headers_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "5".parse().unwrap());
+        h.insert("x-amz-checksum-crc32", "NhCmhg==".parse().unwrap());
+        h.insert("x-amz-checksum-crc32c", "AAAAAA==".parse().unwrap());
+        let e = BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30)
+            .err()
+            .expect("refused");
+        assert_eq!((e.status.as_u16(), e.code), (400, "InvalidRequest"));
     }
 
     #[tokio::test]

@@ -135,7 +135,13 @@ pub fn refuse_unsupported_write_headers(headers: &HeaderMap) -> Result<(), S3Err
 /// Reads the object headers a writer sets (Content-*, Cache-Control, Expires, x-amz-meta-*),
 /// removing `aws-chunked` from Content-Encoding. Refuses metadata over 2 KiB.
 pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
-    let get = |name: &str| header(headers, name).map(str::to_string);
+    // Clients send these in UTF-8 too (a file name in Content-Disposition): kept as sent,
+    // as x-amz-meta-* values are, rather than dropped for not being ASCII.
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
     let content_encoding = get("content-encoding").and_then(|v| {
         let kept: Vec<&str> = v
             .split(',')
@@ -219,6 +225,20 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn object_headers_in_utf8_are_kept() {
+        let mut h = HeaderMap::new();
+        let disposition = "attachment; filename=\"\u{fc}bersicht.pdf\"";
+        h.insert(
+            "content-disposition",
+            http::HeaderValue::from_bytes(disposition.as_bytes()).unwrap(),
+        );
+        h.insert("content-type", "text/plain".parse().unwrap());
+        let o = object_headers(&h).unwrap();
+        assert_eq!(o.content_disposition.as_deref(), Some(disposition));
+        assert_eq!(o.content_type.as_deref(), Some("text/plain"));
+    }
 
     #[test]
     fn ranges_as_s3_reads_them() {

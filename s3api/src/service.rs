@@ -230,6 +230,38 @@ const UNSUPPORTED: &[&str] = &[
     "attributes",
 ];
 
+/// Query parameters of a presigned URL that authenticate it (they are not request headers).
+const PRESIGN_AUTH_PARAMETERS: &[&str] = &[
+    "x-amz-algorithm",
+    "x-amz-credential",
+    "x-amz-date",
+    "x-amz-expires",
+    "x-amz-signedheaders",
+    "x-amz-signature",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+];
+
+/// The `x-amz-*` settings a presigned URL carries in its query (SDK presigners move headers
+/// such as `x-amz-meta-*`, `x-amz-acl`, `x-amz-checksum-*` or `x-amz-tagging` there, and
+/// they are signed with it), taken as the request's headers where it has no such header: so
+/// they are applied, verified or refused like headers, never silently ignored.
+fn headers_from_presigned_query(headers: &mut HeaderMap, query: &[(String, String)]) {
+    for (name, value) in query {
+        let name = name.to_ascii_lowercase();
+        if !name.starts_with("x-amz-") || PRESIGN_AUTH_PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) && !headers.contains_key(&name)
+        {
+            headers.insert(name, value);
+        }
+    }
+}
+
 fn decode(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
@@ -347,10 +379,14 @@ impl S3Service {
                         let (k, v) = p.split_once('=').unwrap_or((p, ""));
                         (decode(k), decode(v))
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                let mut headers = parts.headers.clone();
+                if auth.presigned {
+                    headers_from_presigned_query(&mut headers, &query);
+                }
                 let mut ctx = Ctx {
                     method: parts.method.clone(),
-                    headers: parts.headers.clone(),
+                    headers,
                     bucket,
                     key,
                     query,

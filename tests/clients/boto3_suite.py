@@ -84,6 +84,26 @@ def check_buckets():
     s3.head_bucket(Bucket=b)
     names = [x["Name"] for x in s3.list_buckets()["Buckets"]]
     assert b in names
+    # ListBuckets' filters and pages: by prefix, a page at a time, by region.
+    others = [bucket(f"buckets-page-{i}") for i in range(3)]
+    seen, token = [], None
+    while True:
+        kwargs = {"ContinuationToken": token} if token else {}
+        page = s3.list_buckets(Prefix=f"{RUN}-buckets-page-", MaxBuckets=2, **kwargs)
+        assert page.get("Prefix") == f"{RUN}-buckets-page-", page
+        seen += [x["Name"] for x in page["Buckets"]]
+        token = page.get("ContinuationToken")
+        if not token:
+            break
+        assert len(page["Buckets"]) == 2, page
+    assert seen == sorted(others), (seen, others)
+    assert s3.list_buckets(BucketRegion="eu-west-3")["Buckets"] == []
+    # (boto3 itself refuses to send these.)
+    for query in ["max-buckets=0", "max-buckets=10001", "continuation-token=%21%21"]:
+        status, body = sigv4_request("GET", f"{ENDPOINT}/?{query}")
+        assert status == 400 and b"InvalidArgument" in body, (query, status, body)
+    for name in others:
+        s3.delete_bucket(Bucket=name)
     expect_error("BucketAlreadyOwnedByYou", 409, s3.create_bucket, Bucket=b)
     expect_error("InvalidBucketName", 400, s3.create_bucket, Bucket="ab")
     expect_error("InvalidBucketName", 400, s3.create_bucket, Bucket="UPPER-case")
@@ -225,6 +245,8 @@ def check_ranges():
         assert o["ContentLength"] == len(want)
         assert o["ContentRange"].startswith("bytes ") and o["ContentRange"].endswith("/1000000"), o["ContentRange"]
     expect_error("InvalidRange", 416, s3.get_object, Bucket=b, Key="r", Range="bytes=1000000-")
+    # Range and partNumber together are refused as such, whatever the range.
+    expect_error("InvalidRequest", 400, s3.get_object, Bucket=b, Key="r", Range="bytes=2000000-", PartNumber=1)
     # A malformed range is ignored, as S3 does: the whole object.
     whole = s3.get_object(Bucket=b, Key="r", Range="bytes=abc")
     assert whole["ResponseMetadata"]["HTTPStatusCode"] == 200 and whole["Body"].read() == body
@@ -506,6 +528,17 @@ def check_auth_errors():
     except urllib.error.HTTPError as e:
         body = e.read()
         assert e.code == 403 and b"AccessDenied" in body and b"expired" in body.lower(), body
+    # Settings a presigner moved from headers into the (signed) query are applied as headers:
+    # metadata is stored, a checksum verified, a tag (not implemented) refused.
+    meta_url = s3.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "presigned-meta", "Metadata": {"origin": "url"}}, ExpiresIn=60)
+    assert "x-amz-meta-origin=url" in meta_url, meta_url
+    status, body = plain_put(meta_url, b"with metadata")
+    assert status == 200, (status, body)
+    assert s3.head_object(Bucket=b, Key="presigned-meta")["Metadata"] == {"origin": "url"}
+    tag_url = s3.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "presigned-tag", "Tagging": "team=ml"}, ExpiresIn=60)
+    status, body = plain_put(tag_url, b"tagged")
+    assert status == 501 and b"NotImplemented" in body, (status, body)
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="presigned-tag")
     put_url = s3.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "presigned-put"}, ExpiresIn=60)
     # A plain PUT with no Content-Type (boto3 presigns with SigV2 here, which signs the type).
     status, body = plain_put(put_url, b"uploaded via URL")

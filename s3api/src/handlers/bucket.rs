@@ -1,6 +1,8 @@
 //! Bucket operations: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, GetBucketLocation,
 //! GetBucketVersioning.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::StatusCode;
 
 use crate::error::S3Error;
@@ -9,16 +11,54 @@ use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
 use crate::time::iso8601;
 use crate::xml::{XmlWriter, parse_location_constraint};
 
-/// ListBuckets: the caller's buckets only.
+/// Most buckets one ListBuckets page may be asked for.
+const MAX_BUCKETS: usize = 10_000;
+
+/// ListBuckets: the caller's buckets only, in name order, filtered by `prefix` and
+/// `bucket-region`, in pages of `max-buckets` continued by `continuation-token`.
 pub async fn list_buckets(svc: &S3Service, ctx: &mut Ctx) -> Reply {
-    let mut w = XmlWriter::new("ListAllMyBucketsResult");
-    w.start("Buckets");
-    for b in svc
+    let max = match ctx.q("max-buckets") {
+        None => MAX_BUCKETS,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_BUCKETS).contains(n))
+            .ok_or_else(|| {
+                S3Error::invalid_argument(format!(
+                    "max-buckets must be a number from 1 to {MAX_BUCKETS}"
+                ))
+            })?,
+    };
+    let after = match ctx.q("continuation-token") {
+        None => None,
+        Some(token) => Some(
+            URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|name| String::from_utf8(name).ok())
+                .filter(|name| !name.is_empty())
+                .ok_or_else(|| {
+                    S3Error::invalid_argument("The continuation token provided is incorrect")
+                })?,
+        ),
+    };
+    let prefix = ctx.q("prefix").unwrap_or_default();
+    let region_matches = ctx
+        .q("bucket-region")
+        .is_none_or(|region| region == svc.config.region);
+    let mut buckets: Vec<_> = svc
         .store
         .buckets()?
         .into_iter()
-        .filter(|b| b.owner == ctx.user())
-    {
+        .filter(|b| b.owner == ctx.user() && region_matches && b.name.starts_with(prefix))
+        .filter(|b| after.as_ref().is_none_or(|after| b.name > *after))
+        .collect();
+    buckets.sort_by(|a, b| a.name.cmp(&b.name));
+    let truncated = buckets.len() > max;
+    buckets.truncate(max);
+    let mut w = XmlWriter::new("ListAllMyBucketsResult");
+    w.start("Buckets");
+    for b in &buckets {
         w.start("Bucket")
             .element("Name", &b.name)
             .element("CreationDate", &iso8601(b.created))
@@ -27,6 +67,12 @@ pub async fn list_buckets(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     }
     w.end();
     super::owner(&mut w, ctx.user());
+    if truncated && let Some(last) = buckets.last() {
+        w.element("ContinuationToken", &URL_SAFE_NO_PAD.encode(&last.name));
+    }
+    if ctx.has("prefix") {
+        w.element("Prefix", prefix);
+    }
     Ok(xml(w.finish()))
 }
 

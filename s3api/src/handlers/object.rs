@@ -248,14 +248,14 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
         Err(e) => return Err(e),
     }
     let size = info.size;
+    if ctx.has("partNumber") && ctx.header("range").is_some() {
+        return Err(S3Error::invalid_request(
+            "Cannot specify both Range header and partNumber query parameter",
+        ));
+    }
     let mut range = parse_range(ctx.header("range"), size)?;
     let mut part_count = None;
     if let Some(part) = ctx.q("partNumber") {
-        if ctx.header("range").is_some() {
-            return Err(S3Error::invalid_request(
-                "Cannot specify both Range header and partNumber query parameter",
-            ));
-        }
         let n: usize = part
             .parse()
             .ok()
