@@ -1697,3 +1697,59 @@ async fn an_identity_is_recorded_only_from_a_drive_holding_what_the_index_expect
         zns::ZonedDevice::identity(&drives[1]).map(|i| i.to_vec())
     );
 }
+
+/// A drive that answers its zone report wrongly when the engine opens (a write pointer outside
+/// its zone, or an error status) is left out, as an unreachable one is: the others serve every
+/// object and take new writes, rather than the whole store refusing to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_that_answers_its_survey_wrongly_is_left_out_and_the_others_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "before", &content("before", 1, 200_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+
+    type Fault = fn(zns::ZoneResult<zns::ZoneReport>) -> zns::ZoneResult<zns::ZoneReport>;
+    let faults: [(&str, Fault); 2] = [
+        ("a write pointer outside its zone", |report| {
+            let mut report = report?;
+            for z in report.zones.iter_mut() {
+                if z.state != zns::ZoneState::Empty && z.state != zns::ZoneState::Full {
+                    z.wp = z.zslba + 100 * (1 << 20);
+                }
+            }
+            Ok(report)
+        }),
+        ("an error status", |_| {
+            Err(zns::ZoneError::MediaError("report failed".into()))
+        }),
+    ];
+    for (what, fault) in faults {
+        let mut specs = drive_specs(&drives);
+        let mut faulty = zns::testing::Intercepted::new(specs[2].device.clone());
+        faulty.after_report = Box::new(fault);
+        specs[2].device = std::sync::Arc::new(faulty);
+        let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+        config.write_quorum = 2;
+        let (engine, _) = zonestore::engine::Engine::open(config, specs)
+            .await
+            .unwrap_or_else(|e| panic!("the engine opens despite {what}: {e}"));
+        let third = &engine.drives().all()[2];
+        assert!(
+            !third.attached.load(std::sync::atomic::Ordering::SeqCst),
+            "{what}"
+        );
+        assert_eq!(
+            get(&engine, "b", "before").await.unwrap(),
+            content("before", 1, 200_000),
+            "{what}"
+        );
+        put(&engine, "b", what, &content(what, 1, 100_000))
+            .await
+            .unwrap();
+        engine.shutdown().await;
+    }
+}

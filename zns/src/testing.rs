@@ -627,6 +627,9 @@ pub type AppendHook = Box<
         + Sync,
 >;
 
+/// Gives what an intercepted zone report reports, given what the drive reported.
+pub type ReportHook = Box<dyn Fn(ZoneResult<ZoneReport>) -> ZoneResult<ZoneReport> + Send + Sync>;
+
 /// Runs before an intercepted flush; the flush goes on when the returned future completes
 /// with `Ok`, and fails with its error otherwise.
 pub type FlushHook =
@@ -679,6 +682,8 @@ pub struct Intercepted {
     pub flushes: Arc<AtomicU64>,
     /// Awaited before each flush.
     pub before_flush: FlushHook,
+    /// Gives what each zone report reports.
+    pub after_report: ReportHook,
 }
 
 impl Intercepted {
@@ -693,6 +698,7 @@ impl Intercepted {
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
             flushes: Arc::default(),
             before_flush: Box::new(|| Box::pin(std::future::ready(Ok(())))),
+            after_report: Box::new(|result| result),
         }
     }
 }
@@ -753,6 +759,6 @@ impl ZonedDevice for Intercepted {
         filter: ReportFilter,
         max_zones: usize,
     ) -> ZoneResult<ZoneReport> {
-        self.inner.report_zones(start_lba, filter, max_zones).await
+        (self.after_report)(self.inner.report_zones(start_lba, filter, max_zones).await)
     }
 }

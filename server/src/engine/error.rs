@@ -102,6 +102,12 @@ impl EngineError {
             _ => false,
         }
     }
+
+    /// Whether a drive answered wrongly (an error status, or zone state it cannot have): the
+    /// fault of that drive, which the engine can leave out, rather than of the store.
+    pub fn is_drive_fault(&self) -> bool {
+        matches!(self, EngineError::Drive { .. } | EngineError::Corrupt(_))
+    }
 }
 
 /// Result of engine operations.

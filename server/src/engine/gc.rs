@@ -682,7 +682,11 @@ impl EngineInner {
                         let _ = buf.split_to(padded);
                         buf_lba += blocks;
                     }
-                    Err(RecordError::Malformed(detail)) => {
+                    Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
+                        if e.is_damage() {
+                            self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let detail = e.to_string();
                         tracing::error!(
                             ?zone,
                             lba = buf_lba,

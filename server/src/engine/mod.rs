@@ -284,6 +284,13 @@ impl Engine {
                         drive.attached.store(false, Ordering::SeqCst);
                         snapshots.push(None);
                     }
+                    // A drive that answers wrongly (an I/O error, a write pointer outside its
+                    // zone) is its own fault, not the store's: the others serve without it.
+                    Err(e) if e.is_drive_fault() => {
+                        tracing::error!(drive = %drive.name, "drive failed its survey ({e}): starting without it");
+                        drive.attached.store(false, Ordering::SeqCst);
+                        snapshots.push(None);
+                    }
                     Err(e) => return Err(e),
                 }
             }

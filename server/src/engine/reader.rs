@@ -387,7 +387,7 @@ impl EngineInner {
 
     /// Counts a damaged copy and says what is wrong with it.
     fn record_error(&self, e: record::RecordError) -> String {
-        if matches!(e, record::RecordError::Checksum { .. }) {
+        if e.is_damage() {
             self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
         }
         e.to_string()

@@ -131,6 +131,25 @@ pub enum RecordError {
         /// Bytes the record occupies if its length field is right (to skip over it).
         padded: usize,
     },
+    /// The checksum of a chunked record's header does not match: its lengths cannot be
+    /// trusted, so neither can where the next record starts.
+    #[error("record header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    HeaderChecksum {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the header bytes read.
+        computed: u32,
+    },
+}
+
+impl RecordError {
+    /// Whether the bytes are a record whose checksum shows it damaged (a CRC error to count).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            RecordError::Checksum { .. } | RecordError::HeaderChecksum { .. }
+        )
+    }
 }
 
 /// Bytes of a header with these names and a chunk table for `capacity` payload bytes.
@@ -294,6 +313,9 @@ impl Fixed {
         let bucket_len = usize::from(u16_at(bytes, 10));
         let key_len = usize::from(u16_at(bytes, 12));
         let length = u32_at(bytes, 48) as usize;
+        if length > MAX_PAYLOAD {
+            return Err(RecordError::Malformed(format!("payload length {length}")));
+        }
         let names_end = FIXED_HEADER + bucket_len + key_len;
         let chunk = if flags & FLAG_CHUNKED != 0 {
             let shift = bytes[56];
@@ -350,12 +372,20 @@ impl Fixed {
     }
 
     /// Checks the CRC of a chunked record's header (`bytes` holds at least the header).
-    fn check_header(&self, bytes: &[u8], block_size: usize) -> Result<(), RecordError> {
+    fn check_header(&self, bytes: &[u8]) -> Result<(), RecordError> {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&bytes[..52]);
         hasher.update(&[0u8; 4]);
         hasher.update(&bytes[56..self.header_len]);
-        self.compare(self.stored, hasher.finalize(), block_size)
+        let computed = hasher.finalize();
+        if computed == self.stored {
+            Ok(())
+        } else {
+            Err(RecordError::HeaderChecksum {
+                stored: self.stored,
+                computed,
+            })
+        }
     }
 
     fn compare(&self, stored: u32, computed: u32, block_size: usize) -> Result<(), RecordError> {
@@ -386,13 +416,20 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Decodes the record at the start of `bytes`, verifying its checksums.
 pub fn parse(bytes: &[u8], block_size: usize) -> Result<Parsed, RecordError> {
     let fixed = Fixed::decode(bytes)?;
+    if fixed.chunk.is_some() {
+        // The header first: a length from a damaged header must not have the caller read on
+        // (and buffer) to wherever it points.
+        if bytes.len() < fixed.header_len {
+            return Err(RecordError::Truncated(fixed.header_len));
+        }
+        fixed.check_header(bytes)?;
+    }
     let total = fixed.header_len + fixed.length;
     if bytes.len() < total {
         return Err(RecordError::Truncated(fixed.padded(block_size)));
     }
     match fixed.chunk {
         Some(chunk) => {
-            fixed.check_header(bytes, block_size)?;
             let slots = &bytes[fixed.header_len - 4 * slot_count(&fixed)..fixed.header_len];
             let payload = &bytes[fixed.header_len..total];
             for (slot, data) in slots.chunks_exact(4).zip(payload.chunks(chunk)) {
@@ -445,7 +482,7 @@ pub fn parse_header(bytes: &[u8], block_size: usize) -> Result<Option<HeaderView
     if bytes.len() < fixed.header_len {
         return Err(RecordError::Truncated(fixed.padded(block_size)));
     }
-    fixed.check_header(bytes, block_size)?;
+    fixed.check_header(bytes)?;
     let slots = slot_count(&fixed);
     let table = bytes[fixed.header_len - 4 * slots..fixed.header_len]
         .chunks_exact(4)
@@ -657,17 +694,36 @@ mod tests {
         bad[view.header_len - 2] ^= 1;
         assert!(matches!(
             parse_header(&bad, 4096),
-            Err(RecordError::Checksum { .. })
+            Err(RecordError::HeaderChecksum { .. })
         ));
         assert!(matches!(
             parse(&bad, 4096),
-            Err(RecordError::Checksum { .. })
+            Err(RecordError::HeaderChecksum { .. })
         ));
         // A header longer than the bytes given asks for more.
         assert!(matches!(
             parse_header(&r[..80], 4096),
             Err(RecordError::Truncated(_))
         ));
+    }
+
+    #[test]
+    fn a_damaged_length_is_caught_before_the_bytes_it_names_are_asked_for() {
+        let r = encode(&header(), &[3u8; 5000], 4096);
+        // A flipped bit makes the payload 8 KiB longer (its chunk table still covers it):
+        // the header's CRC says so at once, rather than the parser asking its caller to read
+        // (and buffer) what the length names.
+        let mut bad = r.to_vec();
+        bad[49] ^= 0x20;
+        assert!(matches!(
+            parse(&bad, 4096),
+            Err(RecordError::HeaderChecksum { .. })
+        ));
+        assert!(parse(&bad, 4096).unwrap_err().is_damage());
+        // A length no record can have is not a record, whatever its CRC says.
+        let mut huge = r.to_vec();
+        huge[51] = 0xff;
+        assert!(matches!(parse(&huge, 4096), Err(RecordError::Malformed(_))));
     }
 
     proptest::proptest! {

@@ -737,8 +737,8 @@ pub(super) async fn scan_zone(
                     buf_lba += padded as u64 / bs;
                 }
                 Err(RecordError::NotARecord) if buf.len() >= bs as usize => return Ok(out),
-                Err(RecordError::Malformed(detail)) => {
-                    tracing::error!(drive = %drive.name, lba = buf_lba, "unparseable data, rest of zone skipped: {detail}");
+                Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
+                    tracing::error!(drive = %drive.name, lba = buf_lba, "unparseable data, rest of zone skipped: {e}");
                     report.damaged += 1;
                     return Ok(out);
                 }

@@ -547,7 +547,7 @@ impl EngineInner {
             .await
             .map_err(|e| e.to_string())?;
         let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
-            if matches!(e, record::RecordError::Checksum { .. }) {
+            if e.is_damage() {
                 self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
             }
             e.to_string()

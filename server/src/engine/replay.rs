@@ -196,7 +196,14 @@ impl EngineInner {
                     drive: id,
                     zone: i as u32,
                 };
-                let written = drive.written_blocks(i as u32, z)?;
+                let written = match drive.written_blocks(i as u32, z) {
+                    Ok(written) => written,
+                    Err(e) => {
+                        tracing::warn!(drive = %drive.name, zone = i, "cannot replay the zone: {e}");
+                        complete = false;
+                        continue;
+                    }
+                };
                 let from = settled_prefix(&self.index, zone, self.accounts.generation(zone))?;
                 if written > from {
                     let bytes = (written - from) * drive.block_size();

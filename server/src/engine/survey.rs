@@ -101,7 +101,7 @@ fn forget_settled(index: &Index, zone: ZoneId) -> EngineResult<()> {
     Ok(())
 }
 
-/// How often a drive found foreign is looked at again.
+/// How often a drive found foreign (or faulty) is looked at again.
 const FOREIGN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Attaches a drive that was unreachable when the engine opened, once it answers.
@@ -128,7 +128,14 @@ pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: Driv
                 drop(inner);
                 tokio::time::sleep(FOREIGN_RETRY).await;
             }
-            Err(e) => tracing::warn!(drive = %d.name, "attaching the drive failed: {e}"),
+            Err(e) => {
+                tracing::warn!(drive = %d.name, "attaching the drive failed: {e}");
+                if e.is_drive_fault() {
+                    // Not a moment's unavailability: looked at again now and then.
+                    drop(inner);
+                    tokio::time::sleep(FOREIGN_RETRY).await;
+                }
+            }
         }
     }
 }
