@@ -5,6 +5,7 @@
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -175,13 +176,8 @@ async fn write_frames<W: AsyncWrite + Unpin>(
                 } else {
                     &[][..]
                 };
-                if write_all_vectored(
-                    &mut wr,
-                    &mut [&batch[..], &frame.data[..], tail, &frame.tail[..]],
-                )
-                .await
-                .is_err()
-                {
+                let parts = &mut [&batch[..], &frame.data[..], tail, &frame.tail[..]];
+                if !within_stall_limit(write_all_vectored(&mut wr, parts)).await {
                     return;
                 }
                 batch.clear();
@@ -200,7 +196,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             }
         }
         if !batch.is_empty() {
-            if wr.write_all(&batch).await.is_err() {
+            if !within_stall_limit(wr.write_all(&batch)).await {
                 return;
             }
             batch.clear();
@@ -208,6 +204,19 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         last_batch = frames;
     }
     let _ = wr.shutdown().await;
+}
+
+/// The longest one write may wait for the peer to take its bytes: a peer that leaves its
+/// receive window closed this long is not reading, and its connection is given up (rather
+/// than holding the frames, and the memory of every command queued behind them, for ever).
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Whether `write` succeeded within [`WRITE_STALL_LIMIT`].
+async fn within_stall_limit(write: impl Future<Output = std::io::Result<()>>) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_STALL_LIMIT, write).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Writes all of `parts` with as few system calls as the socket allows.
@@ -251,6 +260,35 @@ mod tests {
     };
     use crate::wire::status::Status;
     use bytes::Bytes;
+
+    /// A peer that never reads: the writer gives up after the stall limit, and senders see the
+    /// connection closed instead of waiting for room for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_given_up_after_the_stall_limit() {
+        let (client, _server_never_read) = tokio::io::duplex(4096);
+        let (tx, task) = spawn_writer(client, 8, Arc::default());
+        let pdu = Pdu::C2HData(DataPdu {
+            cccid: 1,
+            ttag: 0,
+            datao: 0,
+            last: true,
+            success: false,
+            data: Bytes::from(vec![7u8; 100_000]),
+            data_digest_error: false,
+        });
+        for _ in 0..4 {
+            tx.send(encode(&pdu, Framing::INITIAL)).await.unwrap();
+        }
+        tokio::time::sleep(WRITE_STALL_LIMIT - Duration::from_secs(1)).await;
+        assert!(!task.is_finished(), "still waiting within the limit");
+        tokio::time::timeout(Duration::from_secs(2), tx.closed())
+            .await
+            .expect("the writer gave up at the limit");
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the writer task ended")
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn frames_arrive_in_order_whatever_their_size() {

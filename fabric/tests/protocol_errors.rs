@@ -266,6 +266,51 @@ async fn a_silent_host_loses_its_controller_after_the_keep_alive_timeout() {
     assert_eq!(target.stats().keep_alive_timeouts, 1);
 }
 
+/// A host that connects its admin queue and dies before it enables the controller loses the
+/// controller too (as the Linux target does): otherwise every such host would hold a controller
+/// ID for ever.
+#[tokio::test]
+async fn a_host_silent_before_enabling_its_controller_loses_it_after_the_keep_alive_timeout() {
+    let config = TargetConfig {
+        keep_alive_grace: Duration::from_millis(100),
+        ..TargetConfig::default()
+    };
+    let (_d, target, handle) = start(config).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    let connect = Connect {
+        recfmt: 0,
+        qid: 0,
+        sqsize: 31,
+        cattr: 0,
+        kato_ms: 400,
+        hostid: [3; 16],
+        cntlid: CNTLID_DYNAMIC,
+        subnqn: NQN.into(),
+        hostnqn: "nqn.2026-01.io.zonestore:dies-early".into(),
+    };
+    let (sqe, data) = connect.encode(1);
+    send(
+        &mut stream,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: Bytes::from(data),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let pdus = read_all(&mut stream).await;
+    assert!(
+        matches!(pdus.first(), Some(Pdu::CapsuleResp(r)) if r.cqe.status().is_success()),
+        "the Connect completed: {pdus:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "torn down promptly"
+    );
+    assert_eq!(target.stats().keep_alive_timeouts, 1);
+}
+
 /// Connects an admin queue of `sqsize` + 1 entries on an initialized connection and reads the
 /// Connect's completion.
 async fn admin_connected(stream: &mut TcpStream, sqsize: u16) {
@@ -466,4 +511,69 @@ async fn before_connect_no_data_is_asked_for_and_silence_ends_the_connection() {
         started.elapsed() >= Duration::from_secs(5),
         "but not at once"
     );
+}
+
+/// Identify returns one 4 KiB data structure and takes no other transfer length (as the Linux
+/// target): a 64-byte command cannot make the target pad megabytes for its host.
+#[tokio::test]
+async fn identify_takes_exactly_one_data_structure() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let mut stream = initialized(handle.local_addr()).await;
+    admin_connected(&mut stream, 31).await;
+    let mut buf = BytesMut::new();
+    let mut enable = Sqe::new(0x7f, 2);
+    enable
+        .put(4, &[0x00])
+        .put(44, &property::CC.to_le_bytes())
+        .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
+    send(
+        &mut stream,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe: enable,
+            data: Bytes::new(),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    assert!(
+        matches!(next_pdu(&mut stream, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    for (cid, len) in [(7u16, 2u32 << 20), (8, 4095), (9, 4096)] {
+        let mut identify = Sqe::new(0x06, cid);
+        identify.put(40, &[1]).set_sgl(len, false);
+        send(
+            &mut stream,
+            Pdu::CapsuleCmd(CapsuleCmd {
+                sqe: identify,
+                data: Bytes::new(),
+                data_digest_error: false,
+            }),
+        )
+        .await;
+        let mut data = 0;
+        let status = loop {
+            match next_pdu(&mut stream, &mut buf).await {
+                Pdu::C2HData(d) => {
+                    data += d.data.len();
+                    if d.success {
+                        break fabric::wire::status::Status::SUCCESS;
+                    }
+                }
+                Pdu::CapsuleResp(r) => break r.cqe.status(),
+                other => panic!("expected data or a completion, got {other:?}"),
+            }
+        };
+        if len == 4096 {
+            assert!(status.is_success(), "{status:?}");
+            assert_eq!(data, 4096);
+        } else {
+            let expected = fabric::wire::status::Status::SGL_LENGTH_INVALID;
+            assert_eq!(
+                (status.sct, status.sc),
+                (expected.sct, expected.sc),
+                "{len}"
+            );
+            assert_eq!(data, 0, "{len}");
+        }
+    }
 }

@@ -87,10 +87,15 @@ fn fit(mut data: Vec<u8>, len: usize) -> Reply {
     Reply::data(Bytes::from(data))
 }
 
+/// Bytes every Identify data structure has.
+const IDENTIFY_LEN: usize = 4096;
+
 fn identify(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
+    // Exactly one data structure, as the Linux target insists: a host cannot make a 64-byte
+    // command cost megabytes of padding.
     let len = sqe.sgl_length() as usize;
-    if len == 0 {
-        return Reply::error(Status::INVALID_FIELD);
+    if len != IDENTIFY_LEN {
+        return Reply::error(Status::SGL_LENGTH_INVALID);
     }
     let subsystem = ctx.subsystem();
     let cns_value = sqe.cdw(10) as u8;

@@ -115,6 +115,7 @@ impl Controller {
         if enable && !was_enabled {
             if property::cc_is_valid_for_enable(new) {
                 self.csts.store(property::CSTS_RDY, Ordering::SeqCst);
+                // The keep-alive timer runs from the Connect; enabling restarts it.
                 self.touch();
                 self.start_keep_alive(target.clone());
             } else {
@@ -140,7 +141,9 @@ impl Controller {
         }
     }
 
-    fn start_keep_alive(self: &Arc<Self>, target: Arc<TargetInner>) {
+    /// Starts the keep-alive watchdog (once): with a KATO set, the controller is torn down when
+    /// nothing is heard from its host for longer, enabled or not.
+    pub(crate) fn start_keep_alive(self: &Arc<Self>, target: Arc<TargetInner>) {
         if self.keep_alive_started.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -158,7 +161,7 @@ impl Controller {
                 tokio::time::sleep(period).await;
                 let Some(ctrl) = weak.upgrade() else { return };
                 let kato = ctrl.kato_ms();
-                if kato == 0 || ctrl.cc() & property::CC_EN == 0 {
+                if kato == 0 {
                     continue;
                 }
                 // Another thread may note activity between the two reads: never negative.

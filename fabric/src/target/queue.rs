@@ -394,8 +394,13 @@ async fn terminate(tx: &FrameSender, target: &Arc<TargetInner>, error: PduError)
         fei: error.fei,
         data: error.header,
     });
-    let _ = tx.send(encode(&term, Framing::INITIAL)).await;
+    // Best effort: a host that does not read its socket does not get to hold the connection
+    // open by leaving no room for the TermReq.
+    let _ = tokio::time::timeout(TERMREQ_TIMEOUT, tx.send(encode(&term, Framing::INITIAL))).await;
 }
+
+/// How long a TermReq may wait for room in the writer's queue.
+const TERMREQ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Completes when the controller behind `signal` is torn down (never, without one).
 async fn controller_down(signal: &mut Option<watch::Receiver<bool>>) {
@@ -417,22 +422,29 @@ impl Connection {
         // the admin queue closed).
         let mut controller_gone: Option<watch::Receiver<bool>> = None;
         let freed = self.r2t_freed.clone();
+        let writer = self.tx.clone();
         let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
             if *stop.borrow() {
                 return;
             }
             // Handling a PDU may wait (for room in the writer's queue, when the host does not
-            // read): it races the stop and teardown signals too, so neither goes unheard.
+            // read): it races the stop and teardown signals too, so neither goes unheard; and
+            // once the writer has given up on the host, nothing more is worth reading.
             let result = tokio::select! {
                 _ = stop.changed() => return,
                 _ = controller_down(&mut controller_gone) => return,
+                _ = writer.closed() => return,
                 _ = tokio::time::sleep_until(connect_deadline), if self.ctx.is_none() => {
                     tracing::debug!(peer = %self.peer, "no Connect in {CONNECT_TIMEOUT:?}; closing");
                     return;
                 }
                 _ = freed.notified() => {
-                    self.issue_r2ts().await;
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = controller_down(&mut controller_gone) => return,
+                        _ = self.issue_r2ts() => {}
+                    }
                     continue;
                 }
                 next = reader.next() => {
@@ -440,6 +452,7 @@ impl Connection {
                     tokio::select! {
                         _ = stop.changed() => return,
                         _ = controller_down(&mut controller_gone) => return,
+                        _ = writer.closed() => return,
                         handled = self.handle(next) => match handled {
                             Some(result) => result,
                             None => return,
@@ -926,6 +939,11 @@ impl Connection {
             Ok(controller) => {
                 let cntlid = controller.cntlid;
                 controller.touch();
+                if c.qid == 0 {
+                    // From the Connect on: a host that dies before it enables the controller
+                    // (or that disables it and goes quiet) loses it too.
+                    controller.start_keep_alive(self.target.clone());
+                }
                 self.slots = Arc::new(Semaphore::new(slots_for(c.sqsize)));
                 let ctx = Arc::new(QueueCtx {
                     target: self.target.clone(),

@@ -180,7 +180,10 @@ impl Status {
     }
 
     /// The kind of drive error a failed status stands for (the inverse of
-    /// [`Status::from_zone_error`]; statuses with no zone meaning are media errors).
+    /// [`Status::from_zone_error`]). Statuses that say the command did not run to its end
+    /// for a passing reason (aborted, interrupted, a transport error, a namespace not ready,
+    /// any path error) are `Unavailable`: the command may be tried again, as the Linux host
+    /// retries them. Other statuses with no zone meaning are media errors.
     pub fn zone_error_kind(self) -> ZoneErrorKind {
         match (self.sct, self.sc) {
             (SCT_COMMAND, 0xB8) => ZoneErrorKind::ZoneBoundary,
@@ -193,7 +196,11 @@ impl Status {
             (SCT_COMMAND, 0xBF) => ZoneErrorKind::InvalidZoneStateTransition,
             (SCT_GENERIC, 0x80) => ZoneErrorKind::LbaOutOfRange,
             (SCT_GENERIC, 0x02) => ZoneErrorKind::InvalidField,
-            (SCT_GENERIC, 0x82) | (SCT_PATH, _) => ZoneErrorKind::Unavailable,
+            // Command Abort Requested, Aborted due to SQ Deletion, Command Interrupted,
+            // Transient Transport Error, Namespace Not Ready.
+            (SCT_GENERIC, 0x07 | 0x08 | 0x21 | 0x22 | 0x82) | (SCT_PATH, _) => {
+                ZoneErrorKind::Unavailable
+            }
             _ => ZoneErrorKind::MediaError,
         }
     }
@@ -328,6 +335,30 @@ mod tests {
             let status = Status::from_field(Status::from_zone_error(&error).to_field());
             let back = status.to_zone_error("test", 40, 8, 16);
             assert_eq!(back.kind(), error.kind(), "{error}");
+        }
+    }
+
+    #[test]
+    fn statuses_of_commands_cut_short_may_be_retried() {
+        for status in [
+            Status::TRANSIENT_TRANSPORT_ERROR,
+            Status::ABORTED_SQ_DELETION,
+            generic(0x21),
+            generic(0x07),
+            Status::NAMESPACE_NOT_READY,
+        ] {
+            assert_eq!(
+                Status::from_field(status.to_field()).zone_error_kind(),
+                ZoneErrorKind::Unavailable,
+                "{status:?}"
+            );
+        }
+        for status in [
+            Status::INTERNAL_ERROR,
+            Status::DATA_TRANSFER_ERROR,
+            Status::UNRECOVERED_READ_ERROR,
+        ] {
+            assert_eq!(status.zone_error_kind(), ZoneErrorKind::MediaError);
         }
     }
 }
