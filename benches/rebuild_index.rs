@@ -54,7 +54,8 @@ fn main() {
         engine.shutdown().await;
         let before = peak_rss_kib();
         let start = Instant::now();
-        let report = recovery::rebuild(&dir.path().join("rebuilt"), drive_specs(&drives), |_| {})
+        let rebuilt = dir.path().join("rebuilt");
+        let report = recovery::rebuild(&rebuilt, drive_specs(&drives), &Default::default(), |_| {})
             .await
             .unwrap();
         let seconds = start.elapsed().as_secs_f64();

@@ -1211,9 +1211,14 @@ async fn a_part_whose_newer_version_lacks_its_data_rebuilds_as_the_older_one() {
     drop(file);
 
     let rebuilt_dir = dir.path().join("rebuilt");
-    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(&drives), |_| {})
-        .await
-        .unwrap();
+    zonestore::engine::recovery::rebuild(
+        &rebuilt_dir,
+        drive_specs(&drives),
+        &Default::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
     let dump = zonestore::engine::recovery::canonical_dump(
         &zonestore::engine::index::Index::open(&rebuilt_dir).unwrap(),
     )
@@ -1752,4 +1757,82 @@ async fn a_drive_that_answers_its_survey_wrongly_is_left_out_and_the_others_serv
             .unwrap();
         engine.shutdown().await;
     }
+}
+
+/// A client write that fails after its claiming record reached the drive (here its flush
+/// fails: the client gets an error) leaves that record there, dead. The client, told the key
+/// was never written, deletes it (absent: nothing to delete). After a crash before the zone's
+/// settled prefix was recorded past the record, replay must not apply it, nor may a rebuild
+/// take it: the revocation written before the failure was answered says it is dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_failed_after_its_commit_record_landed_stays_dead() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zonestore::engine::index::{Index, cf};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
+    let drive = zns::EmulatedZns::open_or_create(&dir.path().join("drive0"), g).unwrap();
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let mut device = zns::testing::Intercepted::new(std::sync::Arc::new(drive.clone()));
+    let fail = failing.clone();
+    device.before_flush = Box::new(move || {
+        let failed = fail.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if failed {
+                Err(zns::ZoneError::MediaError("flush failed".into()))
+            } else {
+                Ok(())
+            }
+        })
+    });
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(device),
+        no_gc,
+    )
+    .await;
+    put(&engine, "b", "kept", &content("kept", 1, 50_000))
+        .await
+        .unwrap();
+    failing.store(true, Ordering::SeqCst);
+    assert!(
+        put(&engine, "b", "failed", &content("failed", 1, 50_000))
+            .await
+            .is_err()
+    );
+    failing.store(false, Ordering::SeqCst);
+    engine.delete("b", "failed").await.unwrap();
+    assert_eq!(engine.revoked_writes().unwrap().len(), 1);
+    assert_rebuild_equals_live(&engine, std::slice::from_ref(&drive), dir.path(), "rebuilt").await;
+    engine.shutdown().await;
+    drop(drive);
+
+    // The crash came before the zone's settled prefix was recorded past the failed write.
+    {
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        for (key, _) in index.dump_prefix(cf::META, b"settled:").unwrap() {
+            batch.delete_cf(index.cf(cf::META), key);
+        }
+        index.write(batch, true).unwrap();
+    }
+    let (engine, reconciliation, drives) = open_engine_reporting(dir.path(), 1, g, no_gc).await;
+    assert!(
+        reconciliation.replayed.records > 0,
+        "the zone was read again"
+    );
+    assert!(
+        matches!(
+            get(&engine, "b", "failed").await,
+            Err(EngineError::NoSuchKey { .. })
+        ),
+        "the failed write did not come back"
+    );
+    assert_eq!(
+        get(&engine, "b", "kept").await.unwrap(),
+        content("kept", 1, 50_000)
+    );
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt-after-replay").await;
+    engine.shutdown().await;
 }

@@ -210,7 +210,8 @@ pub async fn assert_rebuild_equals_live(
 ) {
     let live = engine.canonical_dump().unwrap();
     let rebuilt_dir = dir.join(name);
-    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(drives), |_| {})
+    let revoked = engine.revoked_writes().unwrap();
+    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(drives), &revoked, |_| {})
         .await
         .unwrap();
     assert!(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::recovery::{self, RebuildReport};
-use crate::engine::{DriveSpec, EngineError, known_drives, registered_drives};
+use crate::engine::{DriveSpec, EngineError, known_drives, registered_drives, revoked_writes};
 use crate::targets::{self, AttachError, IfUnreachable};
 
 /// Why a rebuild failed.
@@ -171,10 +171,21 @@ pub async fn rebuild_index(
             source,
         })?;
     }
-    let result = if allow_missing {
-        recovery::rebuild_from_reachable_drives(&building, specs, &progress).await
+    // Records of writes that failed stay dead, if the old index still says which.
+    let revoked = if has_old {
+        revoked_writes(&index_dir).unwrap_or_else(|e| {
+            progress(&format!(
+                "the old index's list of failed writes cannot be read ({e}): a failed write whose records are on the drives may come back"
+            ));
+            Default::default()
+        })
     } else {
-        recovery::rebuild(&building, specs, &progress).await
+        Default::default()
+    };
+    let result = if allow_missing {
+        recovery::rebuild_from_reachable_drives(&building, specs, &revoked, &progress).await
+    } else {
+        recovery::rebuild(&building, specs, &revoked, &progress).await
     };
     attached.close().await;
     let report = result?;

@@ -24,6 +24,7 @@ use super::model::{
     UploadEntry, ZoneAccount, ZoneId, ZoneStamp,
 };
 use super::placement::{Placement, ZoneHolds};
+use super::revoked;
 use super::settled;
 
 /// Milliseconds since the Unix epoch.
@@ -228,6 +229,24 @@ pub enum Change {
 }
 
 impl Change {
+    /// The sequence number of a client write's claiming record (what replay would apply it
+    /// by), for any other change None.
+    pub fn claim_seq(&self) -> Option<u64> {
+        match self {
+            Change::PutObject { meta, .. } | Change::CompleteUpload { meta, .. } => Some(meta.seq),
+            Change::DeleteObject { seq, .. }
+            | Change::DeleteBucket { seq, .. }
+            | Change::AbortUpload { seq, .. } => Some(*seq),
+            Change::CreateBucket { entry, .. } => Some(entry.seq),
+            Change::CreateUpload { entry } => Some(entry.seq),
+            Change::PutPart { part, .. } => Some(part.seq),
+            Change::Relocate(_)
+            | Change::Replicas(_)
+            | Change::ZoneReset(_)
+            | Change::SetDraining(..) => None,
+        }
+    }
+
     /// Removes the copies on `drives` from a client write's records, if every record keeps at
     /// least `quorum` copies, and returns the removed copies of the record that claims the
     /// name (commit, bucket, upload or part record: they may still be on their drives, and
@@ -292,8 +311,13 @@ impl Change {
 
     /// Drives whose records this change makes part of the index (they must be flushed first).
     fn drives(&self) -> BTreeSet<DriveId> {
-        let mut out = BTreeSet::new();
-        let mut add = |ls: &[Location]| out.extend(ls.iter().map(|l| l.drive));
+        self.locations().iter().map(|l| l.drive).collect()
+    }
+
+    /// Every copy of every record the change makes part of the index.
+    fn locations(&self) -> Vec<Location> {
+        let mut out = Vec::new();
+        let mut add = |ls: &[Location]| out.extend_from_slice(ls);
         match self {
             Change::PutObject {
                 commit, extents, ..
@@ -575,6 +599,16 @@ async fn run(
             }
             results.push(txn.apply_whole(&request.change));
         }
+        // A client write that failed here left its claiming record on the drives: revoked in
+        // this batch, before the client hears of the failure (see [`revoked`]).
+        for (request, result) in group.iter().zip(&results) {
+            if result.is_err()
+                && let Some(seq) = request.change.claim_seq()
+            {
+                let zones = record_zones(&request.change, &request.holds, &drives, &base);
+                txn.put(cf::META, revoked::key(seq), revoked::encode(&zones));
+            }
+        }
         // How far zones are settled, as of the groups before this one (this one's records
         // are settled once its batch is durable: the next group records them).
         for (zone, prefix) in placement.settled_reports() {
@@ -600,6 +634,24 @@ async fn run(
             }
             Err(reason) => {
                 tracing::error!("index write failed: {reason}");
+                // Every write of the group failed: their records are revoked, if the index
+                // takes even that.
+                let mut revocations = WriteBatch::default();
+                for request in &group {
+                    if let Some(seq) = request.change.claim_seq() {
+                        let zones = record_zones(&request.change, &request.holds, &drives, &base);
+                        revocations.put_cf(
+                            index.cf(cf::META),
+                            revoked::key(seq),
+                            revoked::encode(&zones),
+                        );
+                    }
+                }
+                let index_for_revocations = index.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    index_for_revocations.write(revocations, true)
+                })
+                .await;
                 for request in group {
                     let _ = request.reply.send(Err(EngineError::Internal(format!(
                         "index write failed: {reason}"
@@ -623,6 +675,29 @@ async fn run(
             tracing::warn!("recording how far zones are settled failed at shutdown");
         }
     }
+}
+
+/// The zones of a change's records (those it names, and those held for it), stamped with their
+/// generations in `accounts`.
+fn record_zones(
+    change: &Change,
+    holds: &[ZoneHolds],
+    drives: &Drives,
+    accounts: &HashMap<ZoneId, ZoneAccount>,
+) -> Vec<ZoneStamp> {
+    let named = change.locations();
+    let mut stamps: Vec<ZoneStamp> = holds
+        .iter()
+        .flat_map(|h| h.zones())
+        .chain(named.iter().filter_map(|l| drives.zone_of(l)))
+        .map(|zone| ZoneStamp {
+            zone,
+            generation: accounts.get(&zone).map_or(0, |a| a.generation),
+        })
+        .collect();
+    stamps.sort();
+    stamps.dedup();
+    stamps
 }
 
 /// Drives (with their names) whose session changed since one of the held records was appended

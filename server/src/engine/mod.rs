@@ -21,6 +21,7 @@ pub mod recovery;
 mod registry;
 pub mod repair;
 pub mod replay;
+pub mod revoked;
 pub mod seq;
 pub mod settled;
 pub mod stats;
@@ -45,6 +46,12 @@ use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
 use record::{Header, Kind};
 pub use registry::{KnownDrive, known_drives, registered_drives};
+
+/// The sequence numbers of failed writes revoked in the index in `index_dir` (see
+/// [`revoked`]), for a rebuild to pass over their records.
+pub fn revoked_writes(index_dir: &std::path::Path) -> EngineResult<revoked::Revocations> {
+    Ok(revoked::load(&index::Index::open(index_dir)?)?)
+}
 use seq::SeqAllocator;
 use stats::EngineStats;
 pub use writer::PutWriter;
@@ -346,6 +353,12 @@ impl Engine {
         reconciliation.replayed = inner
             .replay_tail(&attached, replay::Replay::RollForward)
             .await?;
+        // Failed writes whose zones have all been reset since: their records are gone.
+        match revoked::prune(&inner.index, |zone| inner.accounts.generation(zone)) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "dropped revocations of records GC has reclaimed"),
+            Err(e) => tracing::warn!("pruning revocations failed: {e}"),
+        }
         inner.finish_zones(to_finish);
         for drive in inner.drives.all() {
             if !drive.attached.load(Ordering::SeqCst) && !drive.removed {
@@ -858,6 +871,11 @@ impl Engine {
     /// buckets, uploads, parts), for comparing a rebuilt index with a live one.
     pub fn canonical_dump(&self) -> EngineResult<Vec<String>> {
         recovery::canonical_dump(&self.inner.index)
+    }
+
+    /// The sequence numbers of failed writes whose records are revoked (see [`revoked`]).
+    pub fn revoked_writes(&self) -> EngineResult<revoked::Revocations> {
+        Ok(revoked::load(&self.inner.index)?)
     }
 
     /// Zones of every drive: usage, blocks written, live bytes.

@@ -190,6 +190,11 @@ impl ZoneHolds {
         }
     }
 
+    /// The zones of the held records.
+    pub fn zones(&self) -> impl Iterator<Item = ZoneId> + '_ {
+        self.records.iter().map(|(zone, _, _)| *zone)
+    }
+
     /// The drive sessions the held records were appended in.
     pub fn sessions(&self) -> &[(DriveId, u64)] {
         &self.sessions

@@ -47,6 +47,8 @@ pub struct RebuildReport {
     /// Drives left out because they could not be reached (see
     /// [`rebuild_from_reachable_drives`]).
     pub left_out: Vec<String>,
+    /// Records of failed writes passed over (see [`super::revoked`]).
+    pub revoked: u64,
 }
 
 /// How far ahead of every sequence number the scan saw the rebuilt index starts when drives
@@ -167,12 +169,17 @@ impl Versions {
 
 /// Rebuilds an index in `index_dir` (which must not hold one) from the drives. Drive ids are
 /// assigned in the order given, which must be the registry order of the index being replaced.
+///
+/// `revoked` are the sequence numbers of records whose writes failed (see
+/// [`super::revoked`]), from the index being replaced if it can still be read: their records
+/// are dead, as they are to the live index, and the rebuilt index keeps revoking them.
 pub async fn rebuild(
     index_dir: &Path,
     specs: Vec<DriveSpec>,
+    revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, specs, false, progress).await
+    rebuild_scanning(index_dir, specs, revoked, false, progress).await
 }
 
 /// Like [`rebuild`], but drives that cannot be reached are left out of the scan (they stay
@@ -182,14 +189,16 @@ pub async fn rebuild(
 pub async fn rebuild_from_reachable_drives(
     index_dir: &Path,
     specs: Vec<DriveSpec>,
+    revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, specs, true, progress).await
+    rebuild_scanning(index_dir, specs, revoked, true, progress).await
 }
 
 async fn rebuild_scanning(
     index_dir: &Path,
     specs: Vec<DriveSpec>,
+    revoked: &super::revoked::Revocations,
     leave_out_unreachable: bool,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
@@ -245,6 +254,10 @@ async fn rebuild_scanning(
                     .max(f.header.seq)
                     .max(f.header.write_seq)
                     .max(f.header.id);
+                if f.header.kind != Kind::Data && revoked.contains_key(&f.header.seq) {
+                    report.revoked += 1;
+                    continue;
+                }
                 scratch.add(&f)?;
             }
         }
@@ -262,6 +275,21 @@ async fn rebuild_scanning(
             index.cf(cf::ZONES),
             index::zone_key(*zone),
             account.encode(),
+        );
+    }
+    // Kept revoking what the old index revoked, in zones of this index's generations.
+    for (&seq, zones) in revoked {
+        let zones: Vec<ZoneStamp> = zones
+            .iter()
+            .map(|z| ZoneStamp {
+                zone: z.zone,
+                generation: accounts.get(&z.zone).map_or(0, |a| a.generation),
+            })
+            .collect();
+        batch.put_cf(
+            index.cf(cf::META),
+            super::revoked::key(seq),
+            super::revoked::encode(&zones),
         );
     }
     for (zone, blocks) in settled_keys {

@@ -7,7 +7,7 @@
 //! over). Only the part of each zone past its settled prefix is read (see [`super::settled`]):
 //! below it every record was in the index or known dead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use zns::ZoneState;
 
@@ -260,8 +260,13 @@ impl EngineInner {
                 Err(()) => complete = false,
             }
         }
+        // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
+        let revoked = match mode {
+            Replay::RollForward => super::revoked::load(&self.index)?.into_keys().collect(),
+            Replay::CopiesOnly => BTreeSet::new(),
+        };
         if mode == Replay::RollForward {
-            changes.extend(self.versions_to_roll_forward(&tail)?);
+            changes.extend(self.versions_to_roll_forward(&tail, &revoked)?);
         }
         changes.sort_by_key(|(seq, _)| *seq);
         let mut failed = 0;
@@ -338,7 +343,11 @@ impl EngineInner {
     /// For each name the tail holds versions of that are newer than the index's, the changes
     /// that apply them in order, as they were first applied (an older one is hidden by the
     /// newer, as it was): each whose data is all there.
-    fn versions_to_roll_forward(&self, tail: &Tail) -> EngineResult<Vec<(u64, Change)>> {
+    fn versions_to_roll_forward(
+        &self,
+        tail: &Tail,
+        revoked: &BTreeSet<u64>,
+    ) -> EngineResult<Vec<(u64, Change)>> {
         let mut by_name: BTreeMap<Name, Vec<&Version>> = BTreeMap::new();
         for v in tail.versions.values() {
             if let Some(name) = name_of(&v.header) {
@@ -348,7 +357,7 @@ impl EngineInner {
         let mut out = Vec::new();
         for (name, mut versions) in by_name {
             let indexed = self.newest_indexed(&name)?;
-            versions.retain(|v| Some(v.header.seq) > indexed);
+            versions.retain(|v| Some(v.header.seq) > indexed && !revoked.contains(&v.header.seq));
             for v in versions {
                 if let Some(change) = self.change_for(v, tail)? {
                     out.push((v.header.seq, change));

@@ -16,7 +16,7 @@ use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
-use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
+use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId, ZoneStamp};
 use super::placement::{NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 
@@ -52,6 +52,7 @@ impl EngineInner {
     ) -> EngineResult<Appended> {
         self.append_record_with(record, class, false, copies, quorum, only)
             .await
+            .map_err(|failed| failed.error)
     }
 
     /// [`EngineInner::append_record`] for records that let space be reclaimed (they may use
@@ -64,8 +65,10 @@ impl EngineInner {
         copies: usize,
         quorum: usize,
         only: Option<u16>,
-    ) -> EngineResult<Appended> {
+    ) -> Result<Appended, AppendFailed> {
         let mut locations = Vec::with_capacity(copies);
+        // Zones appended to: where copies may be, whether their appends reported or not.
+        let mut attempted: Vec<ZoneId> = Vec::new();
         let mut holds = ZoneHolds::new(self.placement.clone());
         let mut tried: Vec<u16> = Vec::new();
         let deadline = Instant::now() + SPACE_WAIT;
@@ -111,7 +114,10 @@ impl EngineInner {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         }
-                        return Err(EngineError::NoSpace(reason));
+                        return Err(AppendFailed {
+                            error: EngineError::NoSpace(reason),
+                            attempted,
+                        });
                     }
                 };
             rounds += 1;
@@ -171,6 +177,10 @@ impl EngineInner {
             });
             for (slot, result) in futures::future::join_all(appends).await {
                 tried.push(slot.drive);
+                attempted.push(ZoneId {
+                    drive: slot.drive,
+                    zone: slot.zone,
+                });
                 let ok = result.is_ok();
                 if let Some(zone) = self.placement.complete(&slot, ok) {
                     self.finish_zones(vec![zone]);
@@ -215,10 +225,13 @@ impl EngineInner {
             }
             Ok(Appended { locations, holds })
         } else {
-            Err(EngineError::Unavailable(format!(
-                "stored {} of the {quorum} copies a write needs",
-                locations.len()
-            )))
+            Err(AppendFailed {
+                error: EngineError::Unavailable(format!(
+                    "stored {} of the {quorum} copies a write needs",
+                    locations.len()
+                )),
+                attempted,
+            })
         }
     }
 
@@ -235,16 +248,57 @@ impl EngineInner {
             Kind::Tombstone | Kind::BucketDelete | Kind::UploadEnd
         );
         let record = record::encode(header, payload, self.block_size as usize);
-        self.append_record_with(
-            record,
-            Class::User,
-            frees_space,
-            self.replicas(),
-            self.quorum(),
-            None,
-        )
-        .await
+        let appended = self
+            .append_record_with(
+                record,
+                Class::User,
+                frees_space,
+                self.replicas(),
+                self.quorum(),
+                None,
+            )
+            .await;
+        match appended {
+            Ok(appended) => Ok(appended),
+            Err(failed) => {
+                if header.kind != Kind::Data && !failed.attempted.is_empty() {
+                    // Some copies may have landed (or land yet): the write fails, so they
+                    // are dead.
+                    self.revoke(header.seq, &failed.attempted).await;
+                }
+                Err(failed.error)
+            }
+        }
     }
+
+    /// Records (durably, before the failed write's caller hears of it) that the records of
+    /// sequence number `seq`, in `zones`, are dead: see [`super::revoked`].
+    async fn revoke(&self, seq: u64, zones: &[ZoneId]) {
+        let mut stamps: Vec<ZoneStamp> = zones
+            .iter()
+            .map(|&zone| ZoneStamp {
+                zone,
+                generation: self.accounts.generation(zone),
+            })
+            .collect();
+        stamps.sort();
+        stamps.dedup();
+        let index = self.index.clone();
+        let written =
+            tokio::task::spawn_blocking(move || super::revoked::record(&index, seq, &stamps)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!(
+                seq,
+                "recording that a failed write's records are dead failed: a replay after a crash may apply it"
+            );
+        }
+    }
+}
+
+/// Why an append failed, and the zones it was tried in (copies may be there).
+pub(crate) struct AppendFailed {
+    error: EngineError,
+    attempted: Vec<ZoneId>,
 }
 
 /// Finishes `zones` of `drives` in the background (frees their open and active resources).
