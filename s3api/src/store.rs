@@ -130,6 +130,18 @@ pub enum WriteCondition {
     IfMatch(String),
 }
 
+/// A condition on a deletion (If-Match on DeleteObject, ETag in DeleteObjects).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeleteCondition {
+    /// None: deleting what is not there succeeds.
+    #[default]
+    None,
+    /// If-Match: *: the object must exist.
+    IfExists,
+    /// If-Match: the current ETag (without quotes) must be this.
+    IfMatch(String),
+}
+
 /// A multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadInfo {
@@ -213,7 +225,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Starts writing an object.
     async fn put_object(&self, bucket: &str, key: &str) -> Result<Box<dyn ObjectWriter>, S3Error>;
     /// Deletes an object (no error if absent).
-    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), S3Error>;
+    async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &DeleteCondition,
+    ) -> Result<(), S3Error>;
     /// Creates a multipart upload.
     async fn create_upload(
         &self,

@@ -301,6 +301,8 @@ pub struct DeleteTarget {
     pub key: String,
     /// Version id, if given.
     pub version_id: Option<String>,
+    /// The ETag it must have to be deleted (a conditional delete), if given.
+    pub etag: Option<String>,
 }
 
 /// Parses a Delete (DeleteObjects) document: the objects and the Quiet flag.
@@ -314,6 +316,7 @@ pub fn parse_delete(body: &[u8]) -> Result<(Vec<DeleteTarget>, bool), S3Error> {
                     objects.push(DeleteTarget {
                         key: String::new(),
                         version_id: None,
+                        etag: None,
                     });
                 }
             }
@@ -328,6 +331,16 @@ pub fn parse_delete(body: &[u8]) -> Result<(Vec<DeleteTarget>, bool), S3Error> {
                     if let Some(o) = objects.last_mut() {
                         o.version_id = Some(text.trim().to_string());
                     }
+                }
+                ["Object", "ETag"] => {
+                    if let Some(o) = objects.last_mut() {
+                        o.etag = Some(text.trim().to_string());
+                    }
+                }
+                ["Object", "LastModifiedTime" | "Size"] => {
+                    return Err(S3Error::not_implemented(
+                        "Conditional deletes by last-modified time or size",
+                    ));
                 }
                 _ => {}
             },

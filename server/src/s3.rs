@@ -9,8 +9,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use s3api::S3Error;
 use s3api::store::{
-    BodyStream, BucketInfo, Completion, ListPage, ObjectHeaders, ObjectInfo, ObjectReader,
-    ObjectStore, ObjectWriter, OpenObject, PartInfo, StoredChecksum, UploadInfo, WriteCondition,
+    BodyStream, BucketInfo, Completion, DeleteCondition, ListPage, ObjectHeaders, ObjectInfo,
+    ObjectReader, ObjectStore, ObjectWriter, OpenObject, PartInfo, StoredChecksum, UploadInfo,
+    WriteCondition,
 };
 use s3api::time::from_millis;
 
@@ -271,8 +272,21 @@ impl ObjectStore for EngineStore {
         Ok(Box::new(Writer { writer }))
     }
 
-    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), S3Error> {
-        self.engine.delete(bucket, key).await.map_err(to_s3)
+    async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &DeleteCondition,
+    ) -> Result<(), S3Error> {
+        let condition = match condition {
+            DeleteCondition::None => Condition::None,
+            DeleteCondition::IfExists => Condition::IfExists,
+            DeleteCondition::IfMatch(etag) => Condition::IfMatch(etag.clone()),
+        };
+        self.engine
+            .delete_if(bucket, key, condition)
+            .await
+            .map_err(to_s3)
     }
 
     async fn create_upload(

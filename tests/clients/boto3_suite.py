@@ -319,6 +319,25 @@ def check_delete_objects():
     expect_error("NoSuchVersion", 404, s3.get_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ")
     expect_error("NoSuchVersion", 404, s3.delete_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ")
     assert s3.get_object(Bucket=b, Key="k9", VersionId="null")["Body"].read() == b"x"
+    # Conditional deletes: If-Match with the ETag (412 if it changed), * (404 if absent).
+    etag = s3.put_object(Bucket=b, Key="guarded", Body=b"v1")["ETag"]
+    expect_error("PreconditionFailed", 412, s3.delete_object, Bucket=b, Key="guarded", IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert s3.get_object(Bucket=b, Key="guarded")["Body"].read() == b"v1", "a failed condition deletes nothing"
+    s3.delete_object(Bucket=b, Key="guarded", IfMatch=etag)
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="guarded")
+    expect_error("NoSuchKey", 404, s3.delete_object, Bucket=b, Key="guarded", IfMatch="*")
+    expect_error("NoSuchKey", 404, s3.delete_object, Bucket=b, Key="guarded", IfMatch=etag)
+    s3.put_object(Bucket=b, Key="guarded", Body=b"v2")
+    s3.delete_object(Bucket=b, Key="guarded", IfMatch="*")
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="guarded")
+    expect_error("NotImplemented", 501, s3.delete_object, Bucket=b, Key="k9", IfMatchSize=1)
+    # ... and per key in DeleteObjects.
+    e1 = s3.put_object(Bucket=b, Key="c1", Body=b"1")["ETag"]
+    s3.put_object(Bucket=b, Key="c2", Body=b"2")
+    r = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "c1", "ETag": e1}, {"Key": "c2", "ETag": e1}]})
+    assert [d["Key"] for d in r["Deleted"]] == ["c1"], r
+    assert [(e["Key"], e["Code"]) for e in r["Errors"]] == [("c2", "PreconditionFailed")], r
+    assert s3.get_object(Bucket=b, Key="c2")["Body"].read() == b"2"
 
 
 def check_copy():

@@ -14,7 +14,8 @@ use crate::http_util::{
 };
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
 use crate::store::{
-    BodyStream, ObjectHeaders, ObjectInfo, ObjectWriter, OpenObject, StoredChecksum, WriteCondition,
+    BodyStream, DeleteCondition, ObjectHeaders, ObjectInfo, ObjectWriter, OpenObject,
+    StoredChecksum, WriteCondition,
 };
 use crate::time::{http_date, iso8601};
 use crate::xml::{XmlWriter, parse_delete};
@@ -329,13 +330,33 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
     Ok(resp)
 }
 
-/// DeleteObject: 204 whether or not it existed.
+/// DeleteObject: 204 whether or not it existed, unless If-Match asks for it (then 404
+/// NoSuchKey if it does not exist, 412 if its ETag differs).
 pub async fn delete_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     svc.owned_bucket(ctx, &bucket)?;
     check_version_id(ctx)?;
-    svc.store.delete_object(&bucket, &key).await?;
+    for unsupported in ["x-amz-if-match-last-modified-time", "x-amz-if-match-size"] {
+        if ctx.header(unsupported).is_some() {
+            return Err(S3Error::not_implemented(&format!(
+                "Conditional deletes by the {unsupported} header"
+            )));
+        }
+    }
+    let condition = delete_condition(ctx.header("if-match"));
+    svc.store.delete_object(&bucket, &key, &condition).await?;
     Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// The condition an If-Match value (or a DeleteObjects ETag) puts on a deletion.
+fn delete_condition(if_match: Option<&str>) -> DeleteCondition {
+    match if_match.map(str::trim) {
+        None => DeleteCondition::None,
+        Some("*") => DeleteCondition::IfExists,
+        Some(etag) => {
+            DeleteCondition::IfMatch(etag.trim_start_matches("W/").trim_matches('"').to_string())
+        }
+    }
 }
 
 /// DeleteObjects.
@@ -366,7 +387,8 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
                 .end();
             continue;
         }
-        match svc.store.delete_object(&bucket, &t.key).await {
+        let condition = delete_condition(t.etag.as_deref());
+        match svc.store.delete_object(&bucket, &t.key, &condition).await {
             Ok(()) => {
                 if !quiet {
                     w.start("Deleted").element("Key", &t.key).end();

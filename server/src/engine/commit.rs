@@ -56,6 +56,8 @@ pub enum Condition {
     IfNoneMatchAny,
     /// If-Match: the current ETag must be this.
     IfMatch(String),
+    /// If-Match: * (only if the key exists).
+    IfExists,
 }
 
 /// Key in the meta column family of the drives being drained.
@@ -1624,10 +1626,12 @@ pub(crate) fn check_condition(
         Condition::IfNoneMatchAny if current.is_some() => {
             Err(EngineError::PreconditionFailed("If-None-Match"))
         }
-        Condition::IfMatch(_) if current.is_none() => Err(EngineError::NoSuchKey {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-        }),
+        Condition::IfMatch(_) | Condition::IfExists if current.is_none() => {
+            Err(EngineError::NoSuchKey {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            })
+        }
         Condition::IfMatch(etag) if current.is_some_and(|c| &c.etag != etag) => {
             Err(EngineError::PreconditionFailed("If-Match"))
         }

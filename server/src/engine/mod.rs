@@ -562,14 +562,33 @@ impl Engine {
 
     /// Deletes an object (nothing happens if it does not exist).
     pub async fn delete(&self, bucket: &str, key: &str) -> EngineResult<()> {
-        let (engine, bucket, key) = (self.clone(), bucket.to_string(), key.to_string());
-        detached(async move { engine.delete_here(&bucket, &key).await }).await
+        self.delete_if(bucket, key, Condition::None).await
     }
 
-    async fn delete_here(&self, bucket: &str, key: &str) -> EngineResult<()> {
+    /// Deletes an object if `condition` holds for it (checked under the key's lock, so no
+    /// other write to it comes in between): with a condition, one that does not exist is
+    /// NoSuchKey; without, nothing happens.
+    pub async fn delete_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: Condition,
+    ) -> EngineResult<()> {
+        let (engine, bucket, key) = (self.clone(), bucket.to_string(), key.to_string());
+        detached(async move { engine.delete_here(&bucket, &key, &condition).await }).await
+    }
+
+    async fn delete_here(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &Condition,
+    ) -> EngineResult<()> {
         let lock = self.inner.names.object(bucket, key).await;
         self.bucket(bucket)?;
-        if self.inner.index.object(bucket, key)?.is_none() {
+        let current = self.inner.index.object(bucket, key)?;
+        commit::check_condition(bucket, key, current.as_ref().map(|c| &c.meta), condition)?;
+        if current.is_none() {
             return Ok(());
         }
         let seq = self.inner.seq.next()?;
