@@ -112,6 +112,9 @@ def check_buckets():
     s3.put_object(Bucket=b, Key="x", Body=b"1")
     expect_error("BucketNotEmpty", 409, s3.delete_bucket, Bucket=b)
     s3.delete_object(Bucket=b, Key="x")
+    # Multipart uploads in progress do not keep a bucket (as in S3): they go with it.
+    up = s3.create_multipart_upload(Bucket=b, Key="interrupted")
+    s3.upload_part(Bucket=b, Key="interrupted", UploadId=up["UploadId"], PartNumber=1, Body=b"part")
     s3.delete_bucket(Bucket=b)
     expect_error("404", 404, s3.head_bucket, Bucket=b)
     expect_error("NoSuchBucket", 404, s3.list_objects_v2, Bucket=b)

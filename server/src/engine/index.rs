@@ -495,20 +495,25 @@ impl Index {
 
     /// Whether a bucket holds no objects and no uploads.
     pub fn bucket_is_empty(&self, bucket: &str) -> IndexResult<bool> {
+        Ok(!self.bucket_has_objects(bucket)? && !self.bucket_holds(cf::UPLOAD_KEYS, bucket)?)
+    }
+
+    /// Whether `bucket` holds an object (multipart uploads in progress aside).
+    pub fn bucket_has_objects(&self, bucket: &str) -> IndexResult<bool> {
+        self.bucket_holds(cf::OBJECTS, bucket)
+    }
+
+    /// Whether a column family keyed by bucket and key has a key of `bucket`.
+    fn bucket_holds(&self, cf_name: &str, bucket: &str) -> IndexResult<bool> {
         let prefix = object_key(bucket, "");
-        for cf_name in [cf::OBJECTS, cf::UPLOAD_KEYS] {
-            let mut it = self.db.iterator_cf(
-                self.cf(cf_name),
-                IteratorMode::From(&prefix, Direction::Forward),
-            );
-            if let Some(item) = it.next() {
-                let (k, _) = item?;
-                if k.starts_with(&prefix) {
-                    return Ok(false);
-                }
-            }
+        let mut it = self.db.iterator_cf(
+            self.cf(cf_name),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        match it.next() {
+            Some(item) => Ok(item?.0.starts_with(&prefix)),
+            None => Ok(false),
         }
-        Ok(true)
     }
 
     /// Lists a bucket in key order: keys starting with `prefix`, after `start_after`, folding

@@ -473,6 +473,28 @@ impl Engine {
     }
 
     async fn delete_bucket_here(&self, name: &str) -> EngineResult<()> {
+        // Multipart uploads in progress do not keep a bucket from being deleted (as in S3):
+        // they are aborted first, each under its own key's lock (taken before the bucket's
+        // own, which excludes them). One begun meanwhile makes the deletion below refused.
+        if self.inner.index.bucket(name)?.is_some() && !self.inner.index.bucket_has_objects(name)? {
+            let mut aborted = std::collections::HashSet::new();
+            loop {
+                let (uploads, _) = self.inner.index.uploads(name, "", None, 1000)?;
+                if uploads.is_empty() {
+                    break;
+                }
+                for upload in uploads {
+                    if !aborted.insert(upload.upload_id) {
+                        // Aborted, yet still there: not for this deletion to go round again.
+                        return Err(EngineError::BucketNotEmpty(name.into()));
+                    }
+                    match self.abort_upload_here(upload.upload_id).await {
+                        Ok(()) | Err(EngineError::NoSuchUpload(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
         let lock = self.inner.names.bucket(name).await;
         if self.inner.index.bucket(name)?.is_none() {
             return Err(EngineError::NoSuchBucket(name.into()));
