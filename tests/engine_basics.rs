@@ -1835,4 +1835,19 @@ async fn a_write_that_failed_after_its_commit_record_landed_stays_dead() {
     );
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt-after-replay").await;
     engine.shutdown().await;
+
+    // A revoked number nothing on the drives carries (every append of that write failed) is
+    // still never handed to a new write by a rebuilt index.
+    let far = 1u64 << 50;
+    let revoked = std::collections::BTreeMap::from([(far, Vec::new())]);
+    let floor_dir = dir.path().join("rebuilt-floor");
+    zonestore::engine::recovery::rebuild(&floor_dir, drive_specs(&drives), &revoked, |_| {})
+        .await
+        .unwrap();
+    let lease = Index::open(&floor_dir)
+        .unwrap()
+        .get_raw(cf::META, b"seq_lease")
+        .unwrap()
+        .unwrap();
+    assert!(u64::from_le_bytes(lease.try_into().unwrap()) > far);
 }

@@ -844,7 +844,16 @@ impl Engine {
         let Appended {
             locations: end,
             holds: end_holds,
-        } = self.inner.append_small(&end_header, &[]).await?;
+        } = match self.inner.append_small(&end_header, &[]).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                // The commit record is on the drives already: it shares the end record's
+                // sequence number, and is revoked with it, in its own zones too.
+                let zones: Vec<ZoneId> = commit_holds.zones().collect();
+                self.inner.revoke(meta.seq, &zones).await;
+                return Err(e);
+            }
+        };
         let change = Change::CompleteUpload {
             upload_id,
             meta: meta.clone(),

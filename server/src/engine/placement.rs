@@ -158,6 +158,9 @@ pub struct ZoneHolds {
     /// committer refuses to count records durable if their drive's session changed before
     /// its flush.
     sessions: Vec<(DriveId, u64)>,
+    /// Zones of copies whose appends reported failure yet may have landed: not held (where
+    /// they are is unknown), but where a failed write's records may be.
+    strays: Vec<ZoneId>,
 }
 
 impl ZoneHolds {
@@ -167,6 +170,7 @@ impl ZoneHolds {
             placement,
             records: Vec::new(),
             sessions: Vec::new(),
+            strays: Vec::new(),
         }
     }
 
@@ -180,9 +184,17 @@ impl ZoneHolds {
         }
     }
 
+    /// Notes that a copy whose append reported failure may be in `zone`.
+    pub fn add_stray(&mut self, zone: ZoneId) {
+        if !self.strays.contains(&zone) {
+            self.strays.push(zone);
+        }
+    }
+
     /// Takes over all of `other`'s holds.
     pub fn merge(&mut self, mut other: ZoneHolds) {
         self.records.append(&mut other.records);
+        self.strays.append(&mut other.strays);
         for s in other.sessions.drain(..) {
             if !self.sessions.contains(&s) {
                 self.sessions.push(s);
@@ -190,9 +202,12 @@ impl ZoneHolds {
         }
     }
 
-    /// The zones of the held records.
+    /// The zones of the held records, and of copies that may have landed unheld.
     pub fn zones(&self) -> impl Iterator<Item = ZoneId> + '_ {
-        self.records.iter().map(|(zone, _, _)| *zone)
+        self.records
+            .iter()
+            .map(|(zone, _, _)| *zone)
+            .chain(self.strays.iter().copied())
     }
 
     /// The drive sessions the held records were appended in.

@@ -219,8 +219,10 @@ async fn rebuild_scanning(
         }
     }
     let mut report = RebuildReport::default();
-    let mut max_seq = 0u64;
     let mut settled_keys = Vec::new();
+    // No new write may take the number of a revoked one (its records are passed over), even
+    // where nothing of it reached a drive.
+    let mut max_seq = revoked.keys().next_back().copied().unwrap_or(0);
 
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;

@@ -59,10 +59,17 @@ fn decode(bytes: &[u8]) -> Result<Vec<ZoneStamp>, DecodeError> {
 }
 
 /// Records at once (durably) that the records of sequence number `seq`, which may be in
-/// `zones`, are dead.
+/// `zones`, are dead (adding to the zones of an earlier revocation of `seq`).
 pub fn record(index: &Index, seq: u64, zones: &[ZoneStamp]) -> IndexResult<()> {
+    let mut all = index
+        .get_raw(cf::META, &key(seq))?
+        .and_then(|v| decode(&v).ok())
+        .unwrap_or_default();
+    all.extend_from_slice(zones);
+    all.sort();
+    all.dedup();
     let mut batch = WriteBatch::default();
-    batch.put_cf(index.cf(cf::META), key(seq), encode(zones));
+    batch.put_cf(index.cf(cf::META), key(seq), encode(&all));
     index.write(batch, true)
 }
 
@@ -112,6 +119,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         assert!(load(&index).unwrap().is_empty());
+        record(&index, 7, &[stamp(2, 5)]).unwrap();
         record(&index, 7, &[stamp(1, 0), stamp(2, 5)]).unwrap();
         record(&index, 1 << 40, &[stamp(3, 0)]).unwrap();
         record(&index, 3, &[]).unwrap();

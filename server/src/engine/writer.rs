@@ -205,6 +205,10 @@ impl EngineInner {
                     }
                     Err(e) => {
                         tracing::warn!(drive = slot.drive, "append failed: {e}");
+                        holds.add_stray(ZoneId {
+                            drive: slot.drive,
+                            zone: slot.zone,
+                        });
                         if e.kind() == zns::ZoneErrorKind::ZoneIsReadOnly
                             || e.kind() == zns::ZoneErrorKind::ZoneIsOffline
                         {
@@ -273,7 +277,7 @@ impl EngineInner {
 
     /// Records (durably, before the failed write's caller hears of it) that the records of
     /// sequence number `seq`, in `zones`, are dead: see [`super::revoked`].
-    async fn revoke(&self, seq: u64, zones: &[ZoneId]) {
+    pub(crate) async fn revoke(&self, seq: u64, zones: &[ZoneId]) {
         let mut stamps: Vec<ZoneStamp> = zones
             .iter()
             .map(|&zone| ZoneStamp {
