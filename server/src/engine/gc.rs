@@ -682,11 +682,7 @@ impl EngineInner {
                         let _ = buf.split_to(padded);
                         buf_lba += blocks;
                     }
-                    Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
-                        if e.is_damage() {
-                            self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let detail = e.to_string();
+                    Err(RecordError::Malformed(detail)) => {
                         tracing::error!(
                             ?zone,
                             lba = buf_lba,

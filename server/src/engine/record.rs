@@ -131,24 +131,12 @@ pub enum RecordError {
         /// Bytes the record occupies if its length field is right (to skip over it).
         padded: usize,
     },
-    /// The checksum of a chunked record's header does not match: its lengths cannot be
-    /// trusted, so neither can where the next record starts.
-    #[error("record header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    HeaderChecksum {
-        /// CRC in the header.
-        stored: u32,
-        /// CRC of the header bytes read.
-        computed: u32,
-    },
 }
 
 impl RecordError {
     /// Whether the bytes are a record whose checksum shows it damaged (a CRC error to count).
     pub fn is_damage(&self) -> bool {
-        matches!(
-            self,
-            RecordError::Checksum { .. } | RecordError::HeaderChecksum { .. }
-        )
+        matches!(self, RecordError::Checksum { .. })
     }
 }
 
@@ -372,20 +360,12 @@ impl Fixed {
     }
 
     /// Checks the CRC of a chunked record's header (`bytes` holds at least the header).
-    fn check_header(&self, bytes: &[u8]) -> Result<(), RecordError> {
+    fn check_header(&self, bytes: &[u8], block_size: usize) -> Result<(), RecordError> {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&bytes[..52]);
         hasher.update(&[0u8; 4]);
         hasher.update(&bytes[56..self.header_len]);
-        let computed = hasher.finalize();
-        if computed == self.stored {
-            Ok(())
-        } else {
-            Err(RecordError::HeaderChecksum {
-                stored: self.stored,
-                computed,
-            })
-        }
+        self.compare(self.stored, hasher.finalize(), block_size)
     }
 
     fn compare(&self, stored: u32, computed: u32, block_size: usize) -> Result<(), RecordError> {
@@ -422,7 +402,7 @@ pub fn parse(bytes: &[u8], block_size: usize) -> Result<Parsed, RecordError> {
         if bytes.len() < fixed.header_len {
             return Err(RecordError::Truncated(fixed.header_len));
         }
-        fixed.check_header(bytes)?;
+        fixed.check_header(bytes, block_size)?;
     }
     let total = fixed.header_len + fixed.length;
     if bytes.len() < total {
@@ -482,7 +462,7 @@ pub fn parse_header(bytes: &[u8], block_size: usize) -> Result<Option<HeaderView
     if bytes.len() < fixed.header_len {
         return Err(RecordError::Truncated(fixed.padded(block_size)));
     }
-    fixed.check_header(bytes)?;
+    fixed.check_header(bytes, block_size)?;
     let slots = slot_count(&fixed);
     let table = bytes[fixed.header_len - 4 * slots..fixed.header_len]
         .chunks_exact(4)
@@ -694,11 +674,11 @@ mod tests {
         bad[view.header_len - 2] ^= 1;
         assert!(matches!(
             parse_header(&bad, 4096),
-            Err(RecordError::HeaderChecksum { .. })
+            Err(RecordError::Checksum { .. })
         ));
         assert!(matches!(
             parse(&bad, 4096),
-            Err(RecordError::HeaderChecksum { .. })
+            Err(RecordError::Checksum { .. })
         ));
         // A header longer than the bytes given asks for more.
         assert!(matches!(
@@ -717,7 +697,7 @@ mod tests {
         bad[49] ^= 0x20;
         assert!(matches!(
             parse(&bad, 4096),
-            Err(RecordError::HeaderChecksum { .. })
+            Err(RecordError::Checksum { .. })
         ));
         assert!(parse(&bad, 4096).unwrap_err().is_damage());
         // A length no record can have is not a record, whatever its CRC says.

@@ -332,6 +332,9 @@ struct Resolver<'a> {
     scratch: &'a Scratch,
     batch: WriteBatch,
     accounts: HashMap<ZoneId, ZoneAccount>,
+    /// Buckets by name, with the sequence number of their newest deletion: an object or upload
+    /// older than that was gone before it (a bucket is deleted only when empty).
+    deleted_buckets: HashMap<String, u64>,
 }
 
 /// Resolves every bucket, object and upload the scan found; returns the zone accounting.
@@ -347,6 +350,7 @@ fn resolve(
         scratch,
         batch: WriteBatch::default(),
         accounts: HashMap::new(),
+        deleted_buckets: HashMap::new(),
     };
     scratch.for_each_group(Space::Bucket, |g| r.bucket(g, report))?;
     scratch.for_each_group(Space::Object, |g| r.object(g, report))?;
@@ -441,6 +445,14 @@ impl Resolver<'_> {
     }
 
     fn bucket(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
+        if let Some((deleted, _)) = g
+            .versions
+            .newest_first()
+            .find(|(_, v)| v.2 == Kind::BucketDelete)
+        {
+            self.deleted_buckets
+                .insert(String::from_utf8_lossy(&g.name).into_owned(), deleted);
+        }
         let Some((seq, (locations, payload, kind))) = g.versions.newest() else {
             return Ok(());
         };
@@ -514,6 +526,15 @@ impl Resolver<'_> {
         }
         let shadowed = g.versions.other_stamps(seq, self.drives);
         match kind {
+            Kind::Commit if self.older_than_bucket_deletion(&g.bucket, seq) => {
+                // Its deletion's record is gone, but its bucket's deletion says it was deleted.
+                tracing::warn!(
+                    bucket = g.bucket,
+                    key = g.key,
+                    seq,
+                    "an object version older than its bucket's deletion is not restored"
+                );
+            }
             Kind::Commit => {
                 let Some(meta) = meta.or_else(|| readable(ObjectMeta::decode(payload), &g, report))
                 else {
@@ -538,6 +559,14 @@ impl Resolver<'_> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether a record of `bucket` with sequence number `seq` predates the bucket's newest
+    /// deletion (and so was dead by then).
+    fn older_than_bucket_deletion(&self, bucket: &str, seq: u64) -> bool {
+        self.deleted_buckets
+            .get(bucket)
+            .is_some_and(|&deleted| seq < deleted)
     }
 
     fn upload(&mut self, g: Group, report: &mut RebuildReport) -> EngineResult<()> {
@@ -574,6 +603,15 @@ impl Resolver<'_> {
         let Some(template) = readable(ObjectMeta::decode(payload), &g, report) else {
             return Ok(());
         };
+        if self.older_than_bucket_deletion(&g.bucket, seq) {
+            tracing::warn!(
+                upload_id,
+                bucket = g.bucket,
+                key = g.key,
+                "an upload older than its bucket's deletion is not restored"
+            );
+            return Ok(());
+        }
         if self.completed_into_object(upload_id, &g)? {
             tracing::warn!(
                 upload_id,
@@ -767,8 +805,8 @@ pub(super) async fn scan_zone(
                     buf_lba += padded as u64 / bs;
                 }
                 Err(RecordError::NotARecord) if buf.len() >= bs as usize => return Ok(out),
-                Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
-                    tracing::error!(drive = %drive.name, lba = buf_lba, "unparseable data, rest of zone skipped: {e}");
+                Err(RecordError::Malformed(detail)) => {
+                    tracing::error!(drive = %drive.name, lba = buf_lba, "unparseable data, rest of zone skipped: {detail}");
                     report.damaged += 1;
                     return Ok(out);
                 }
