@@ -408,15 +408,8 @@ pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     svc.owned_bucket(ctx, &bucket)?;
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
-    let marker: u32 = ctx
-        .q("part-number-marker")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let max: usize = ctx
-        .q("max-parts")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
-        .min(1000);
+    let marker = number_param(ctx, "part-number-marker", 0)? as u32;
+    let max = number_param(ctx, "max-parts", 1000)?.min(1000) as usize;
     let all = svc.store.parts(&bucket, &key, &id, marker)?;
     let truncated = all.len() > max;
     let parts = &all[..all.len().min(max)];
@@ -455,34 +448,138 @@ pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     Ok(xml(w.finish()))
 }
 
+/// A non-negative whole-number query parameter (`default` when absent): anything else is
+/// InvalidArgument, as S3 answers.
+fn number_param(ctx: &Ctx, name: &str, default: u64) -> Result<u64, S3Error> {
+    match ctx.q(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse::<u32>().map(u64::from).map_err(|_| {
+            S3Error::invalid_argument(format!(
+                "Provided {name} not an integer or within integer range"
+            ))
+        }),
+    }
+}
+
+/// What one ListMultipartUploads page shows: uploads, and keys folded into common prefixes.
+#[derive(Default)]
+struct UploadsPage {
+    uploads: Vec<UploadInfo>,
+    prefixes: Vec<String>,
+    truncated: bool,
+}
+
+/// Up to `max` uploads and common prefixes of `bucket` under `prefix`, after the markers;
+/// keys with `delimiter` after the prefix fold into one common prefix each.
+fn uploads_page(
+    svc: &S3Service,
+    bucket: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+    (key_marker, id_marker): (&str, &str),
+    max: usize,
+) -> Result<UploadsPage, S3Error> {
+    let mut page = UploadsPage::default();
+    if max == 0 {
+        return Ok(page);
+    }
+    // A key marker that is a common prefix continues after everything under it.
+    let skip_under = delimiter.filter(|d| !key_marker.is_empty() && key_marker.ends_with(d));
+    let mut after: Option<(String, String)> =
+        (!key_marker.is_empty()).then(|| (key_marker.to_string(), id_marker.to_string()));
+    loop {
+        let (batch, more) = svc.store.uploads(
+            bucket,
+            prefix,
+            after.as_ref().map(|(k, i)| (k.as_str(), i.as_str())),
+            max + 1,
+        )?;
+        for u in &batch {
+            if skip_under.is_some() && u.key.starts_with(key_marker) {
+                continue;
+            }
+            let folded = delimiter.and_then(|d| {
+                let rest = u.key.get(prefix.len()..)?;
+                rest.find(d)
+                    .map(|at| u.key[..prefix.len() + at + d.len()].to_string())
+            });
+            let entries = page.uploads.len() + page.prefixes.len();
+            match folded {
+                Some(common) if page.prefixes.last() == Some(&common) => continue,
+                _ if entries == max => {
+                    page.truncated = true;
+                    return Ok(page);
+                }
+                Some(common) => page.prefixes.push(common),
+                None => page.uploads.push(u.clone()),
+            }
+        }
+        match batch.last() {
+            Some(last) if more => after = Some((last.key.clone(), last.upload_id.clone())),
+            _ => return Ok(page),
+        }
+    }
+}
+
 /// ListMultipartUploads.
 pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     svc.owned_bucket(ctx, &bucket)?;
     let prefix = ctx.q("prefix").unwrap_or("").to_string();
+    let delimiter = ctx.q("delimiter").filter(|d| !d.is_empty());
     let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
     let id_marker = ctx.q("upload-id-marker").unwrap_or("").to_string();
-    let max: usize = ctx
-        .q("max-uploads")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
-        .min(1000);
-    let after = (!key_marker.is_empty()).then_some((key_marker.as_str(), id_marker.as_str()));
-    let (uploads, truncated) = svc.store.uploads(&bucket, &prefix, after, max)?;
+    let max = number_param(ctx, "max-uploads", 1000)?.min(1000) as usize;
+    let url = match ctx.q("encoding-type") {
+        None => false,
+        Some("url") => true,
+        Some(_) => {
+            return Err(S3Error::invalid_argument(
+                "Invalid Encoding Method specified in Request",
+            ));
+        }
+    };
+    let enc = |text: &str| {
+        if url {
+            percent_encoding::utf8_percent_encode(text, super::list::URL_SAFE).to_string()
+        } else {
+            text.to_string()
+        }
+    };
+    let page = uploads_page(
+        svc,
+        &bucket,
+        &prefix,
+        delimiter,
+        (&key_marker, &id_marker),
+        max,
+    )?;
     let mut w = XmlWriter::new("ListMultipartUploadsResult");
     w.element("Bucket", &bucket)
-        .element("KeyMarker", &key_marker)
+        .element("KeyMarker", &enc(&key_marker))
         .element("UploadIdMarker", &id_marker);
-    if let Some(last) = uploads.last() {
-        w.element("NextKeyMarker", &last.key)
-            .element("NextUploadIdMarker", &last.upload_id);
+    // Where the next page starts: after the last upload or common prefix shown.
+    let last_upload = page
+        .uploads
+        .last()
+        .map(|u| (u.key.as_str(), u.upload_id.as_str()));
+    let last_prefix = page.prefixes.last().map(|p| (p.as_str(), ""));
+    if let Some((key, id)) = last_upload.into_iter().chain(last_prefix).max() {
+        w.element("NextKeyMarker", &enc(key))
+            .element("NextUploadIdMarker", id);
     }
-    w.element("Prefix", &prefix)
+    if let Some(d) = delimiter {
+        w.element("Delimiter", &enc(d));
+    }
+    w.element("Prefix", &enc(&prefix))
         .element("MaxUploads", &max.to_string())
-        .element("IsTruncated", &truncated.to_string());
-    for u in &uploads {
+        .element("IsTruncated", &page.truncated.to_string());
+    if url {
+        w.element("EncodingType", "url");
+    }
+    for u in &page.uploads {
         w.start("Upload")
-            .element("Key", &u.key)
+            .element("Key", &enc(&u.key))
             .element("UploadId", &u.upload_id);
         w.start("Initiator")
             .element("ID", &u.owner)
@@ -493,6 +590,9 @@ pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             .element("Initiated", &iso8601(u.initiated));
         w.optional("ChecksumAlgorithm", u.checksum_algorithm.as_deref());
         w.end();
+    }
+    for p in &page.prefixes {
+        w.start("CommonPrefixes").element("Prefix", &enc(p)).end();
     }
     Ok(xml(w.finish()))
 }
