@@ -577,3 +577,111 @@ async fn identify_takes_exactly_one_data_structure() {
         }
     }
 }
+
+/// A host that sends reads and never reads its socket gets no more read data held for it than
+/// the connection's read budget (plus what the sockets buffer): further reads wait, rather than
+/// the target holding every read's data in memory.
+#[tokio::test]
+async fn a_host_that_does_not_read_its_socket_holds_only_the_read_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+    drive
+        .append(0, Bytes::from(vec![7u8; 1 << 20]))
+        .await
+        .unwrap();
+    let target = Target::new(TargetConfig {
+        max_outstanding_read: 2 << 20,
+        ..TargetConfig::default()
+    });
+    target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let host = "nqn.2026-01.io.zonestore:slow-reader";
+    let connect = |qid: u16, cntlid: u16| {
+        let (sqe, data) = Connect {
+            recfmt: 0,
+            qid,
+            sqsize: 127,
+            cattr: 0,
+            kato_ms: 0,
+            hostid: [4; 16],
+            cntlid,
+            subnqn: NQN.into(),
+            hostnqn: host.into(),
+        }
+        .encode(1);
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: Bytes::from(data),
+            data_digest_error: false,
+        })
+    };
+    let mut admin = initialized(handle.local_addr()).await;
+    let mut buf = BytesMut::new();
+    send(&mut admin, connect(0, CNTLID_DYNAMIC)).await;
+    let cntlid = match next_pdu(&mut admin, &mut buf).await {
+        Pdu::CapsuleResp(r) if r.cqe.status().is_success() => r.cqe.dw0() as u16,
+        other => panic!("expected the Connect's completion, got {other:?}"),
+    };
+    let mut enable = Sqe::new(0x7f, 2);
+    enable
+        .put(4, &[0x00])
+        .put(44, &property::CC.to_le_bytes())
+        .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
+    send(
+        &mut admin,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe: enable,
+            data: Bytes::new(),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+
+    let mut io = initialized(handle.local_addr()).await;
+    let mut io_buf = BytesMut::new();
+    send(&mut io, connect(1, cntlid)).await;
+    assert!(
+        matches!(next_pdu(&mut io, &mut io_buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    // 64 reads of 1 MiB each, and the host reads none of it.
+    for cid in 0..64u16 {
+        let mut read = Sqe::new(0x02, cid);
+        read.set_nsid(1)
+            .set_slba(0)
+            .set_cdw(12, 255)
+            .set_sgl(1 << 20, false);
+        send(
+            &mut io,
+            Pdu::CapsuleCmd(CapsuleCmd {
+                sqe: read,
+                data: Bytes::new(),
+                data_digest_error: false,
+            }),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = target.stats().bytes_read;
+    assert!(queued >= 2 << 20, "reads ran: {queued}");
+    assert!(
+        queued <= 24 << 20,
+        "no more than the budget and the sockets' buffers: {queued} bytes"
+    );
+    // Once the host reads, every read completes.
+    let mut completed = 0;
+    while completed < 64 {
+        match next_pdu(&mut io, &mut io_buf).await {
+            Pdu::CapsuleResp(r) => {
+                assert!(r.cqe.status().is_success(), "{r:?}");
+                completed += 1;
+            }
+            Pdu::C2HData(d) if d.success => completed += 1,
+            Pdu::C2HData(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(target.stats().bytes_read, 64 << 20);
+}

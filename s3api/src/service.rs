@@ -531,6 +531,14 @@ impl S3Service {
                 Method::POST if ctx.has("delete") => {
                     op!("DeleteObjects", handlers::object::delete_objects(self, ctx))
                 }
+                // A browser's form upload (PostObject, with a policy document): an S3 operation
+                // this server does not have, rather than a method S3 does not allow.
+                Method::POST => (
+                    "PostObject",
+                    Err(S3Error::not_implemented(
+                        "Browser-based uploads with HTML forms (POST Object)",
+                    )),
+                ),
                 _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
             };
         }

@@ -640,6 +640,8 @@ def check_not_implemented():
         expect_error("NotImplemented", 501, call, Bucket=b, **kwargs)
     expect_error("InvalidRequest", 400, s3.put_object, Bucket=b, Key="k", Body=b"x", ObjectLockLegalHoldStatus="ON")
     expect_error("NotImplemented", 501, s3.create_bucket, Bucket="locked-bucket", ObjectLockEnabledForBucket=True)
+    status, body = sigv4_request("POST", f"{ENDPOINT}/{b}", b"form")
+    assert status == 501 and b"NotImplemented" in body, (status, body)
     assert "Contents" not in s3.list_objects_v2(Bucket=b), "nothing refused was stored"
     # Versioning status is answered (not enabled), since SDK cleanup code asks.
     v = s3.get_bucket_versioning(Bucket=b)

@@ -41,6 +41,10 @@ pub struct TargetConfig {
     /// Write data a connection may hold, from its R2T until the drive has written it, before
     /// further writes wait for their R2T (bounds the target's memory).
     pub max_outstanding_r2t: usize,
+    /// Read data a connection may hold, from the drive's answer until it is sent to the host,
+    /// before further reads wait (bounds the target's memory when a host reads slowly, or not
+    /// at all).
+    pub max_outstanding_read: usize,
     /// Extra time a controller gets beyond its keep-alive timeout before it is torn down.
     pub keep_alive_grace: Duration,
     /// Model number reported in Identify Controller.
@@ -60,6 +64,7 @@ impl Default for TargetConfig {
             max_io_queues: 64,
             max_transfer: 2 << 20,
             max_outstanding_r2t: 8 << 20,
+            max_outstanding_read: 32 << 20,
             keep_alive_grace: Duration::from_millis(500),
             model: "Zonestore ZNS".into(),
             sq_flow_control_disable: true,

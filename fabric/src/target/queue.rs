@@ -19,12 +19,12 @@ use super::controller::Controller;
 use super::subsystem::Subsystem;
 use super::{admin, io};
 use crate::spec::connect::{self, CNTLID_DYNAMIC, Connect, invalid_parameter};
-use crate::spec::opcode::{self, admin as admin_op, fctype};
+use crate::spec::opcode::{self, admin as admin_op, fctype, io as io_op};
 use crate::transport::{Backlog, FrameSender, PduReader, ReadError, spawn_writer};
 use crate::wire::command::{Cqe, FLAGS_SGL, SGL_IN_CAPSULE, SGL_TRANSPORT, Sqe};
 use crate::wire::pdu::{
-    CapsuleCmd, CapsuleResp, DataPdu, Decoder, Fes, Framing, HOST_TO_CONTROLLER, IcResp, Pdu,
-    PduError, R2t, TermReq, encode,
+    CapsuleCmd, CapsuleResp, DataPdu, Decoder, Fes, Frame, Framing, HOST_TO_CONTROLLER, IcResp,
+    Pdu, PduError, R2t, TermReq, encode,
 };
 use crate::wire::status::Status;
 
@@ -94,7 +94,13 @@ pub(crate) struct QueueCtx {
     sqflow_disabled: bool,
     sq_head: AtomicU32,
     closed: AtomicBool,
+    /// The connection's read budget, in [`READ_BUDGET_UNIT`]s (see
+    /// [`super::TargetConfig::max_outstanding_read`]).
+    read_budget: Arc<Semaphore>,
 }
+
+/// Bytes one permit of a read budget stands for.
+const READ_BUDGET_UNIT: usize = 4096;
 
 impl QueueCtx {
     pub(crate) fn subsystem(&self) -> &Arc<Subsystem> {
@@ -116,6 +122,35 @@ impl QueueCtx {
 
     /// Sends a completion (and its data) for command `cid`.
     pub(crate) async fn complete(&self, cid: u16, status: Status, result: u64, data: Bytes) {
+        self.complete_holding(cid, status, result, data, None).await
+    }
+
+    /// Waits until the connection's read budget allows `bytes` more of read data to be held;
+    /// the hold lasts until the data is sent.
+    async fn reserve_read(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let total = self
+            .target
+            .config
+            .max_outstanding_read
+            .div_ceil(READ_BUDGET_UNIT)
+            .max(1);
+        let units = bytes.div_ceil(READ_BUDGET_UNIT).clamp(1, total);
+        self.read_budget
+            .clone()
+            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+            .await
+            .ok()
+    }
+
+    /// [`QueueCtx::complete`], keeping `held` until the completion (and its data) is sent.
+    async fn complete_holding(
+        &self,
+        cid: u16,
+        status: Status,
+        result: u64,
+        data: Bytes,
+        held: Option<OwnedSemaphorePermit>,
+    ) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
@@ -152,6 +187,10 @@ impl QueueCtx {
             if success { c2h } else { c2h.followed_by(resp) }
         } else {
             resp
+        };
+        let frame = Frame {
+            held: held.map(Arc::new),
+            ..frame
         };
         let _ = self.tx.send(frame).await;
     }
@@ -822,6 +861,12 @@ impl Connection {
         backlog.begin();
         let mut command = Box::pin(async move {
             let stats = &ctx.target.stats;
+            // A read's data is held until sent: it waits for room in the read budget first.
+            let read_hold = if ctx.qid != 0 && sqe.opcode() == io_op::READ {
+                ctx.reserve_read(sqe.sgl_length() as usize).await
+            } else {
+                None
+            };
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let reply = if ctx.qid == 0 {
                 admin::execute(&ctx, &sqe, data).await
@@ -836,7 +881,8 @@ impl Connection {
                 data,
             } = reply
             {
-                ctx.complete(sqe.cid(), status, result, data).await;
+                ctx.complete_holding(sqe.cid(), status, result, data, read_hold)
+                    .await;
             }
             drop(permit);
             drop(hold);
@@ -956,6 +1002,13 @@ impl Connection {
                     sqflow_disabled: c.cattr & connect::CATTR_DISABLE_SQFLOW != 0,
                     sq_head: AtomicU32::new(0),
                     closed: AtomicBool::new(false),
+                    read_budget: Arc::new(Semaphore::new(
+                        self.target
+                            .config
+                            .max_outstanding_read
+                            .div_ceil(READ_BUDGET_UNIT)
+                            .max(1),
+                    )),
                 });
                 tracing::debug!(peer = %self.peer, qid = c.qid, cntlid, subsystem = %c.subnqn, host = %c.hostnqn, "queue connected");
                 self.ctx = Some(ctx.clone());

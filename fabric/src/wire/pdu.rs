@@ -8,7 +8,10 @@
 //! ```
 //! HDGST covers bytes `[0, hlen)`; DDGST covers the data only. All integers are little endian.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::command::{Cqe, Sqe};
 use super::digest::{Digests, crc32c, crc32c_parts};
@@ -286,6 +289,9 @@ pub struct Frame {
     /// Bytes of further small PDUs sent right after this one (a completion after its data), so
     /// that both leave in one write.
     pub tail: Bytes,
+    /// Held until the frame is sent (or copied into a write buffer) and dropped: a budget its
+    /// data counts against while it waits in the writer's queue.
+    pub held: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Frame {
@@ -417,6 +423,7 @@ pub fn encode(pdu: &Pdu, framing: Framing) -> Frame {
         data,
         ddgst,
         tail: Bytes::new(),
+        held: None,
     }
 }
 
