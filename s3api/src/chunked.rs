@@ -169,11 +169,12 @@ impl ChunkedDecoder {
                 State::Trailers => {
                     let Some(line) = self.take_line()? else { break };
                     if line.is_empty() {
-                        // Some encoders put an empty line before the trailers.
+                        // Some encoders put an empty line before the trailers: with trailers
+                        // expected and none seen yet, it does not end the body, wherever the
+                        // bytes were split (the end of the input does; see `finish`).
                         if self.trailers.is_empty()
                             && self.trailer_signature.is_none()
                             && self.expect_trailers
-                            && !self.buf.is_empty()
                         {
                             continue;
                         }
@@ -259,6 +260,28 @@ mod tests {
             assert_eq!(
                 d.finish().unwrap(),
                 vec![("x-amz-checksum-crc32".into(), "NhCmhg==".into())]
+            );
+        }
+    }
+
+    /// An empty line between the last chunk and the trailers is taken however the body's bytes
+    /// arrive (split right after it, or not).
+    #[test]
+    fn an_empty_line_before_the_trailers_whatever_the_split() {
+        let body = b"5\r\nhello\r\n0\r\n\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
+        for split in 1..body.len() {
+            let mut d = ChunkedDecoder::new(None, true);
+            let mut out = Vec::new();
+            for piece in [&body[..split], &body[split..]] {
+                for b in d.push(piece).unwrap() {
+                    out.extend_from_slice(&b);
+                }
+            }
+            assert_eq!(out, b"hello", "split at {split}");
+            assert_eq!(
+                d.finish().unwrap(),
+                vec![("x-amz-checksum-crc32".into(), "NhCmhg==".into())],
+                "split at {split}"
             );
         }
     }

@@ -434,11 +434,14 @@ impl S3Service {
         }
         headers.insert("server", HeaderValue::from_static("Zonestore"));
         let status = response.status().as_u16();
+        // A HEAD (or a 304) carries the length of a body it does not send.
+        let sends_body = !is_head && status != 204 && status != 304;
         let bytes_out = response
             .headers()
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
+            .filter(|_| sends_body)
             .unwrap_or(0);
         tracing::debug!(request_id, %method, resource, operation, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
         if let Some(observer) = &self.config.observer {

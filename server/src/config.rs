@@ -244,6 +244,9 @@ pub struct Checked {
     pub gc_policy: Policy,
 }
 
+/// Most emulated drives the embedded default runs (each with its in-process target).
+const MAX_EMBEDDED_DRIVES: usize = 64;
+
 impl Config {
     /// The replication factor R and write quorum W for `drive_count` drives: the configured
     /// values, or R = 3 with at least 3 drives (else the number of drives) and W = a majority
@@ -320,6 +323,14 @@ impl Config {
                 }
             },
         };
+        if admin_listen == listen && listen.port() != 0 {
+            return Err(bad(
+                "admin_listen",
+                format!(
+                    "{admin_listen} is the S3 address (listen) too: give the admin API a port of its own"
+                ),
+            ));
+        }
         let mut targets = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
             targets.push(TargetUrl::parse(t).map_err(|e| bad(&format!("targets[{i}]"), e))?);
@@ -402,6 +413,18 @@ impl Config {
             return Err(bad(
                 "embedded",
                 "needs at least 1 drive of at least 8 zones",
+            ));
+        }
+        if self.embedded.drives > MAX_EMBEDDED_DRIVES {
+            return Err(bad(
+                "embedded.drives",
+                format!("at most {MAX_EMBEDDED_DRIVES} drives"),
+            ));
+        }
+        if self.embedded.zones > zns::MAX_ZONES {
+            return Err(bad(
+                "embedded.zones",
+                format!("at most {} zones per drive", zns::MAX_ZONES),
             ));
         }
         if let Some(tls) = &self.tls {
@@ -502,6 +525,18 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "gc.low_watermark");
         let c: Config = toml::from_str("replication_factor = 2\nwrite_quorum = 3\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"").unwrap();
         assert_eq!(c.check().unwrap_err().key, "write_quorum");
+        let c: Config = toml::from_str("listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"").unwrap();
+        assert_eq!(c.check().unwrap_err().key, "admin_listen");
+        for (setting, key) in [
+            ("zones = 4000000000", "embedded.zones"),
+            ("drives = 100000", "embedded.drives"),
+        ] {
+            let c: Config = toml::from_str(&format!(
+                "[embedded]\n{setting}\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\""
+            ))
+            .unwrap();
+            assert_eq!(c.check().unwrap_err().key, key, "{setting}");
+        }
     }
 
     #[test]

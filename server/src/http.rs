@@ -22,9 +22,6 @@ use crate::write_stall::WriteStallLimit;
 /// Largest read buffer of one HTTP connection.
 const READ_BUFFER: usize = 128 << 10;
 
-/// Connections served at once (file descriptors are shared with the index and the fabric).
-const MAX_CONNECTIONS: usize = 4096;
-
 /// How long a response may wait for its client to read before the connection is cut (a client
 /// that stops reading would otherwise hold its share of the read budget forever).
 const WRITE_STALL_LIMIT: Duration = Duration::from_secs(60);
@@ -121,7 +118,8 @@ async fn accept_loop(
     name: &'static str,
 ) {
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Connections served at once (file descriptors are shared with the index and the fabric).
+    let connections = Arc::new(Semaphore::new(crate::fd_limit::connection_cap()));
     // The connections' tasks: dropped (so aborted) with this task, when a shutdown's grace
     // period ends with requests still running.
     let mut tasks = JoinSet::new();

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod discovered;
 pub mod engine;
+pub mod fd_limit;
 pub mod http;
 pub mod metrics;
 pub mod recover;

@@ -263,7 +263,15 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = serve_config(&args)?;
     let mut signals = Signals::new()?;
-    let server = Server::start(&config).await?;
+    // A signal while starting (attaching drives, replaying a crash's tail) stops the start:
+    // nothing has been acknowledged yet, and what a replay applied is durable or replayed again.
+    let server = tokio::select! {
+        started = Server::start(&config) => started?,
+        _ = signals.next() => {
+            say_err!("stopped while starting");
+            return Ok(());
+        }
+    };
     let endpoint = server.endpoint();
     let user = &server.users[0];
     say!("Zonestore is serving S3.");
@@ -291,8 +299,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.secret_key.is_some() {
         // Given by the operator: not repeated into logs.
         say!("secret_key: (as given with --secret-key or ZONESTORE_SECRET_KEY)");
-    } else if config.users.is_empty() {
+    } else if server.credentials_generated {
         say!("secret_key: {}", user.secret_key);
+    } else if config.users.is_empty() {
+        say!(
+            "secret_key: in {}",
+            zonestore::serve::credentials_path(&config.data_dir).display()
+        );
     } else {
         say!("secret_key: (in the configuration file)");
     }
@@ -416,6 +429,7 @@ impl Signals {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    zonestore::fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -85,9 +85,19 @@ impl S3Server {
             .to_string();
         let value = |line: String| line.split_whitespace().nth(1).unwrap_or("").to_string();
         let access_key = value(process.wait_for_line("access_key:", Duration::from_secs(10)));
-        let secret_key = value(process.wait_for_line("secret_key:", Duration::from_secs(10)));
+        let line = process.wait_for_line("secret_key:", Duration::from_secs(10));
+        let secret_key = value(line.clone());
         let secret_key = if secret_key.starts_with('(') {
             SECRET_KEY.to_string()
+        } else if secret_key == "in" {
+            // A later start names the credentials file rather than print the secret again.
+            let path = line.split_whitespace().nth(2).expect("credentials path");
+            let text = std::fs::read_to_string(path).expect("credentials file");
+            text.lines()
+                .find_map(|l| l.strip_prefix("secret_key = "))
+                .expect("secret_key in the credentials file")
+                .trim_matches('"')
+                .to_string()
         } else {
             secret_key
         };

@@ -33,6 +33,10 @@ pub struct Geometry {
     pub max_append_blocks: u32,
 }
 
+/// Most zones a drive may have (real ZNS drives have tens of thousands; the emulated drive
+/// keeps a metadata entry per zone in memory).
+pub const MAX_ZONES: u32 = 1 << 20;
+
 impl Geometry {
     /// A geometry the Linux kernel accepts from a real drive: 4096-byte blocks, power-of-two zone
     /// size, `zone_count` zones of `zone_bytes` each, capacity equal to size, 14 open and active
@@ -71,6 +75,12 @@ impl Geometry {
         }
         if self.zone_count == 0 {
             return fail("zone count is zero".into());
+        }
+        if self.zone_count > MAX_ZONES {
+            return fail(format!(
+                "{} zones is more than the {MAX_ZONES} a drive may have",
+                self.zone_count
+            ));
         }
         if self
             .zone_size

@@ -14,5 +14,5 @@ pub mod zone;
 pub use device::{WriteHint, ZonedDevice};
 pub use emulated::EmulatedZns;
 pub use error::{ZoneError, ZoneErrorKind, ZoneResult};
-pub use geometry::{Geometry, GeometryError};
+pub use geometry::{Geometry, GeometryError, MAX_ZONES};
 pub use zone::{ReportFilter, ZoneAction, ZoneDescriptor, ZoneReport, ZoneSelect, ZoneState};

@@ -390,13 +390,15 @@ impl NvmeTcpHost {
         let session = self.session().await?;
         sqe.set_nsid(session.limits.nsid);
         let stats = &self.inner.stats;
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let written = data_out.len() as u64;
-        let result = session
-            .io_queue()
-            .submit(sqe, data_out, self.inner.config.command_timeout)
-            .await;
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let result = {
+            // Counted while it runs, also if the caller stops waiting (a timeout, a client gone).
+            let _counted = InFlight::enter(&stats.in_flight);
+            session
+                .io_queue()
+                .submit(sqe, data_out, self.inner.config.command_timeout)
+                .await
+        };
         let done = match result {
             Ok(done) => done,
             Err(e) => {
@@ -725,5 +727,21 @@ impl ZonedDevice for NvmeTcpHost {
         let mut r = result.expect("at least one report");
         r.zones.truncate(max_zones);
         Ok(r)
+    }
+}
+
+/// A command counted in flight until dropped.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -303,6 +303,14 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
                     .ok_or_else(|| {
                         S3Error::invalid_part(&format!("part {} was not uploaded", p.part_number))
                     })?;
+                // The checksum is of the part the request names (one uploaded again since
+                // would give another); the engine checks the ETags again under the key's lock.
+                if part.etag.trim_matches('"') != p.etag {
+                    return Err(S3Error::invalid_part(&format!(
+                        "part {} does not have the ETag given",
+                        p.part_number
+                    )));
+                }
                 // Every part of the upload carries the algorithm's checksum, computed as it
                 // was received: what the request says is only compared with it.
                 let value = part

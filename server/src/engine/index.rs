@@ -236,6 +236,8 @@ impl Index {
         options.set_max_background_jobs(2);
         options.set_write_buffer_size(32 << 20);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Table files kept open, within the process's share of descriptors for the index.
+        options.set_max_open_files(crate::fd_limit::index_open_files());
         // One block cache for every column family, and a Bloom filter per table file: a point
         // lookup (HEAD, GET, a conditional PUT) then reads only the files that may hold its key,
         // however many levels millions of keys have spread over.

@@ -143,17 +143,32 @@ impl Planner {
                     ))));
                     return Some(pieces);
                 }
-                needed = end;
-                let want = (from.max(offset) - offset) as usize..(to.min(end) - offset) as usize;
-                self.planned += want.len() as u64;
-                self.resume = Some(end);
+                // From the first byte not yet planned: extents that overlap (a damaged
+                // index) never send a byte twice.
+                let start = needed.max(offset);
+                needed = needed.max(end);
+                self.resume = Some(needed);
                 reached |= end >= to;
+                if start >= to.min(end) {
+                    continue;
+                }
+                let want = (start - offset) as usize..(to.min(end) - offset) as usize;
+                self.planned += want.len() as u64;
                 pieces.push(Ok(Piece {
                     stream_id: id,
                     offset,
                     extent,
                     want,
                 }));
+            }
+            if reached && needed < to {
+                // The stream's extents end before its bytes do: the next stream's bytes must
+                // not go out in their place.
+                self.finished = true;
+                pieces.push(Err(EngineError::Corrupt(format!(
+                    "the index has no extent for bytes {needed}..{to} of stream {id}"
+                ))));
+                return Some(pieces);
             }
             if reached {
                 self.next_stream(stream_end);
@@ -478,6 +493,59 @@ mod tests {
         assert_eq!(pieces[0].as_ref().unwrap().offset, 0);
         assert!(
             matches!(&pieces[1], Err(EngineError::Corrupt(m)) if m.contains("100..200")),
+            "{pieces:?}"
+        );
+    }
+
+    /// A part whose last extents are missing (or that has none) stops the read where its bytes
+    /// end: the next part's bytes must not go out at their offset.
+    #[tokio::test]
+    async fn missing_extents_at_the_end_of_a_part_stop_the_read_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(dir.path()).unwrap());
+        let mut batch = rocksdb::WriteBatch::default();
+        // Part 1 (stream 5, 200 bytes) has only 0..100; part 2 (stream 6, 100 bytes) is whole;
+        // part 3 (stream 7, 100 bytes) has no extent at all.
+        for (stream, offset) in [(5u64, 0u64), (6, 0)] {
+            let extent = Extent {
+                length: 100,
+                replicas: vec![Location {
+                    drive: 0,
+                    lba: offset,
+                    blocks: 1,
+                }],
+            };
+            batch.put_cf(
+                index.cf(cf::EXTENTS),
+                extent_key(stream, offset),
+                extent.encode(),
+            );
+        }
+        index.write(batch, false).unwrap();
+        let meta = |streams: &[(u64, u64)]| ObjectMeta {
+            size: streams.iter().map(|s| s.1).sum(),
+            streams: streams
+                .iter()
+                .map(|&(stream_id, length)| StreamRef { stream_id, length })
+                .collect(),
+            ..ObjectMeta::default()
+        };
+        let snapshot = Arc::new(index.snapshot());
+        let pieces: Vec<_> = plan(meta(&[(5, 200), (6, 100)]), 0..300, snapshot.clone())
+            .collect()
+            .await;
+        assert_eq!(pieces.len(), 2, "{pieces:?}");
+        assert_eq!(pieces[0].as_ref().unwrap().stream_id, 5);
+        assert!(
+            matches!(&pieces[1], Err(EngineError::Corrupt(m)) if m.contains("100..200")),
+            "{pieces:?}"
+        );
+        let pieces: Vec<_> = plan(meta(&[(7, 100), (6, 100)]), 0..200, snapshot)
+            .collect()
+            .await;
+        assert_eq!(pieces.len(), 1, "{pieces:?}");
+        assert!(
+            matches!(&pieces[0], Err(EngineError::Corrupt(m)) if m.contains("0..100")),
             "{pieces:?}"
         );
     }
