@@ -50,6 +50,41 @@ pub struct AdminState {
     pub targets: Vec<(String, Target)>,
     /// The current or last GC run started from the admin API.
     pub gc_job: Mutex<Option<GcJob>>,
+    /// The task running it, until shutdown waits for it.
+    pub gc_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl AdminState {
+    /// Ends the jobs started from the admin API before the engine shuts down: a GC run stops
+    /// after the zone it is collecting, and is waited for.
+    pub async fn stop_jobs(&self) {
+        if let Some(job) = self.gc_job.lock().as_mut() {
+            job.total = job.done;
+        }
+        let task = self.gc_task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Marks the admin GC run finished however its task ends (a panic included): a run that never
+/// ended would refuse every later one.
+struct GcJobEnd {
+    state: Arc<AdminState>,
+    error: Option<String>,
+}
+
+impl Drop for GcJobEnd {
+    fn drop(&mut self) {
+        if let Some(j) = self.state.gc_job.lock().as_mut() {
+            j.finished = true;
+            j.error = self
+                .error
+                .take()
+                .or_else(|| std::thread::panicking().then(|| "the GC run failed".into()));
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminState {
@@ -360,9 +395,12 @@ async fn gc_run(State(s): State<Arc<AdminState>>, Query(q): Query<RunQuery>) -> 
         );
     }
     let state = s.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let inner = state.engine.inner().clone();
-        let mut error = None;
+        let mut end = GcJobEnd {
+            state: state.clone(),
+            error: None,
+        };
         while state
             .gc_job
             .lock()
@@ -377,16 +415,13 @@ async fn gc_run(State(s): State<Arc<AdminState>>, Query(q): Query<RunQuery>) -> 
                     }
                 }
                 Err(e) => {
-                    error = Some(e.to_string());
+                    end.error = Some(e.to_string());
                     break;
                 }
             }
         }
-        if let Some(j) = state.gc_job.lock().as_mut() {
-            j.finished = true;
-            j.error = error;
-        }
     });
+    *s.gc_task.lock() = Some(task);
     text(StatusCode::ACCEPTED, gc_text(&s))
 }
 

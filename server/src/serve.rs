@@ -56,6 +56,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeErro
 pub struct Server {
     s3: HttpServer,
     admin: HttpServer,
+    admin_state: Arc<AdminState>,
     engine: Engine,
     attached: Attached,
     /// The users (the first one is the one printed at start).
@@ -285,6 +286,7 @@ impl Server {
                 .map(|n| (n.nqn.clone(), n.target.clone()))
                 .collect::<Vec<(String, Target)>>(),
             gc_job: Default::default(),
+            gc_task: Default::default(),
         });
         let admin_addr = if config.admin_listen.is_none() && checked.listen.port() == 0 {
             std::net::SocketAddr::new(checked.admin_listen.ip(), 0)
@@ -302,11 +304,17 @@ impl Server {
             .map_err(io_error(format!(
                 "listening on {admin_addr} (admin_listen)"
             )))?;
-        let admin = HttpServer::start(admin_listener, admin::router(admin_state), None, "admin")
-            .map_err(io_error("starting the admin listener"))?;
+        let admin = HttpServer::start(
+            admin_listener,
+            admin::router(admin_state.clone()),
+            None,
+            "admin",
+        )
+        .map_err(io_error("starting the admin listener"))?;
         Ok(Server {
             s3,
             admin,
+            admin_state,
             engine,
             attached,
             users,
@@ -341,11 +349,13 @@ impl Server {
         let Server {
             s3,
             admin,
+            admin_state,
             engine,
             attached,
             ..
         } = self;
         tokio::join!(s3.shut_down(grace), admin.shut_down(Duration::from_secs(2)));
+        admin_state.stop_jobs().await;
         engine.shutdown().await;
         attached.close().await;
     }
