@@ -49,8 +49,14 @@ impl Settled {
     /// settled.
     pub fn settle(&mut self, start: u64, blocks: u64) {
         let end = start.saturating_add(blocks);
-        if end <= self.prefix {
-            return;
+        if start < self.prefix {
+            // A record landed inside what was settled: the drive's write pointer went back (a
+            // target restarted and lost appends it had not flushed, whose writes failed and
+            // were settled as dead). What was settled from here on was of records gone: it is
+            // forgotten, and the prefix goes back to this record's start (reading more after
+            // a crash is safe; a prefix inside a record, or past records not settled, is not).
+            self.prefix = start;
+            self.ahead.clear();
         }
         self.ahead.insert(start, end);
         while let Some(end) = self.ahead.remove(&self.prefix) {
@@ -117,6 +123,27 @@ mod tests {
             "the replayed tail joins what was settled beyond it"
         );
         assert_eq!(s.take_report(), Some(10));
+    }
+
+    #[test]
+    fn a_record_landing_inside_the_prefix_takes_it_back_to_its_start() {
+        let mut s = Settled::at(0);
+        s.settle(0, 4);
+        s.settle(4, 8);
+        // Settled ahead, then lost with the rest when the target restarted.
+        s.settle(14, 2);
+        assert_eq!(s.prefix(), 12);
+        // The write pointer went back to 10: the next record lands at 10..13.
+        s.settle(10, 3);
+        assert_eq!(s.prefix(), 13, "from the new record's start, over it");
+        // The lost record's old place does not let the prefix jump over 13..16, not settled.
+        s.settle(16, 2);
+        assert_eq!(s.prefix(), 13);
+        s.settle(13, 3);
+        assert_eq!(s.prefix(), 18);
+        // A record entirely below the prefix takes it back too.
+        s.settle(2, 1);
+        assert_eq!(s.prefix(), 3);
     }
 
     #[test]
