@@ -85,9 +85,10 @@ impl Geometry {
         if self
             .zone_size
             .checked_mul(u64::from(self.zone_count))
-            .is_none()
+            .and_then(|blocks| blocks.checked_mul(u64::from(self.block_size)))
+            .is_none_or(|bytes| bytes > i64::MAX as u64)
         {
-            return fail("zone size times zone count overflows".into());
+            return fail("the namespace is larger than a file can be".into());
         }
         let append_bytes = u64::from(self.max_append_blocks) * u64::from(self.block_size);
         if append_bytes < 4096 || !append_bytes.is_power_of_two() {

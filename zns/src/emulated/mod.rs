@@ -96,6 +96,10 @@ struct ZoneBook {
     /// A reset of the zone is in progress: no write is granted in it until the reset is
     /// durable and its old data gone.
     resetting: bool,
+    /// The first block (relative to the zone start) of a write that failed: no durable write
+    /// pointer may ever cover it (the drive has failed, but a flush or zone action already
+    /// past its health check may still record entries).
+    poisoned: Option<u64>,
     /// What the metadata file says about this zone.
     durable: ZoneEntry,
 }
@@ -105,12 +109,14 @@ impl DriveState {
     /// in flight).
     fn settled(&self, index: u32) -> u64 {
         let written = self.table.zone(index).written;
-        self.zones[index as usize]
-            .in_flight
+        let book = &self.zones[index as usize];
+        book.in_flight
             .iter()
             .map(|&(start, _)| start)
+            .chain(book.poisoned)
             .min()
             .unwrap_or(written)
+            .min(written)
     }
 
     /// Whether any write numbered below `horizon` is still in flight (in zone `only`, if given).
@@ -453,19 +459,25 @@ impl EmulatedZns {
         }
         let meta = self.inner.meta.clone();
         let written = entries.clone();
-        let result = blocking(move || {
-            for (index, entry) in &written {
-                meta.write_all_at(&meta::encode_entry(entry), meta::entry_offset(*index))
-                    .map_err(|e| ZoneError::io("writing zone metadata", e))?;
+        let drive = self.clone();
+        blocking(move || {
+            let result = written
+                .iter()
+                .try_for_each(|(index, entry)| {
+                    meta.write_all_at(&meta::encode_entry(entry), meta::entry_offset(*index))
+                        .map_err(|e| ZoneError::io("writing zone metadata", e))
+                })
+                .and_then(|()| {
+                    meta.sync_data()
+                        .map_err(|e| ZoneError::io("syncing zone metadata", e))
+                });
+            // Recorded here, not by whoever awaits: it may have stopped waiting.
+            if let Err(e) = &result {
+                drive.fail(e.to_string());
             }
-            meta.sync_data()
-                .map_err(|e| ZoneError::io("syncing zone metadata", e))
+            result
         })
-        .await;
-        if let Err(e) = &result {
-            self.fail(e.to_string());
-        }
-        result?;
+        .await?;
         let mut st = self.inner.state.lock();
         for (index, entry) in entries {
             st.zones[index as usize].durable = entry;
@@ -475,15 +487,19 @@ impl EmulatedZns {
 
     async fn sync_data(&self) -> ZoneResult<()> {
         let data = self.inner.data.clone();
-        let result = blocking(move || {
-            data.sync_data()
-                .map_err(|e| ZoneError::io("syncing zone data", e))
+        let drive = self.clone();
+        blocking(move || {
+            let result = data
+                .sync_data()
+                .map_err(|e| ZoneError::io("syncing zone data", e));
+            // Recorded here, not by whoever awaits: it may have stopped waiting, and the next
+            // fsync would wrongly succeed (a failed one marks the lost pages clean).
+            if let Err(e) = &result {
+                drive.fail(e.to_string());
+            }
+            result
         })
-        .await;
-        if let Err(e) = &result {
-            self.fail(e.to_string());
-        }
-        result
+        .await
     }
 
     fn byte_offset(&self, lba: u64) -> u64 {
@@ -532,16 +548,29 @@ impl EmulatedZns {
         }
     }
 
-    /// Records that a granted write ended (its data is in the file, or it failed).
-    fn end_write(&self, grant: &Grant) {
+    /// Records that a granted write ended: its data is in the file (`ok`), or it failed (and
+    /// its blocks may never count as written).
+    fn end_write(&self, grant: &Grant, ok: bool) {
         {
             let mut st = self.inner.state.lock();
             let book = &mut st.zones[grant.index as usize];
             if let Some(pos) = book.in_flight.iter().position(|&(_, id)| id == grant.id) {
-                book.in_flight.swap_remove(pos);
+                let (start, _) = book.in_flight.swap_remove(pos);
+                if !ok {
+                    book.poisoned = Some(book.poisoned.map_or(start, |p| p.min(start)));
+                }
             }
         }
         self.wake_waiters();
+    }
+
+    /// Records how a granted write ended: a failure fails the drive (see [`Inner::failed`]).
+    fn write_ended(&self, grant: &Grant, result: &ZoneResult<()>) {
+        if let Err(e) = result {
+            // The write pointer already covers these blocks: a flush must never record it.
+            self.fail(e.to_string());
+        }
+        self.end_write(grant, result.is_ok());
     }
 
     async fn store(&self, lba: u64, data: Bytes, append: bool, hint: WriteHint) -> ZoneResult<u64> {
@@ -551,24 +580,109 @@ impl EmulatedZns {
             .check(if append { "append" } else { "write" })?;
         let blocks = self.blocks_of(&data)?;
         let grant = self.begin_write(lba, blocks, append).await?;
-        let offset = self.byte_offset(grant.lba);
-        let result = self
-            .inner
-            .writers
-            .write(
-                data,
-                offset,
-                hint == WriteHint::InfrequentReads
-                    || self.inner.direct_writes.load(Ordering::Relaxed),
-            )
+        let lba = grant.lba;
+        let offset = self.byte_offset(lba);
+        let direct =
+            hint == WriteHint::InfrequentReads || self.inner.direct_writes.load(Ordering::Relaxed);
+        // Handed to the writer threads now: it runs to its end whether or not we wait.
+        let ending: Ending = match self.inner.writers.submit(data, offset, direct) {
+            Ok(done) => Box::pin(async move {
+                done.await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::other("a writer thread stopped mid-write"))
+                    })
+                    .map_err(|e| ZoneError::io(format!("writing LBA {lba}"), e))
+            }),
+            Err(e) => Box::pin(std::future::ready(Err(ZoneError::io(
+                format!("writing LBA {lba}"),
+                e,
+            )))),
+        };
+        WriteInFlight::new(self, grant, ending)
+            .ended()
             .await
-            .map_err(|e| ZoneError::io(format!("writing LBA {}", grant.lba), e));
-        if let Err(e) = &result {
-            // The write pointer already covers these blocks: a flush must never record it.
-            self.fail(e.to_string());
+            .map(|_| lba)
+    }
+}
+
+/// Most bytes one read returns.
+const MAX_READ_BYTES: u64 = 256 << 20;
+
+/// A reset in progress holding writes off its zone (or every zone, `only` None) until dropped.
+struct Resetting<'a> {
+    drive: &'a EmulatedZns,
+    only: Option<u32>,
+}
+
+impl Drop for Resetting<'_> {
+    fn drop(&mut self) {
+        {
+            let mut st = self.drive.inner.state.lock();
+            match self.only {
+                Some(i) => st.zones[i as usize].resetting = false,
+                None => st.resetting_all = false,
+            }
         }
-        self.end_write(&grant);
-        result.map(|_| grant.lba)
+        self.drive.wake_waiters();
+    }
+}
+
+/// How a granted write ends.
+type Ending = std::pin::Pin<Box<dyn Future<Output = ZoneResult<()>> + Send>>;
+
+/// A granted write until its end is recorded. If whoever waits for it stops waiting (a caller
+/// that gave up), a task of its own follows the write to its end and records it: the zone never
+/// keeps a write in flight for ever (flushes and resets would wait for it), nor counts one that
+/// failed.
+struct WriteInFlight {
+    drive: EmulatedZns,
+    grant: Option<Grant>,
+    ending: Option<Ending>,
+}
+
+impl WriteInFlight {
+    fn new(drive: &EmulatedZns, grant: Grant, ending: Ending) -> Self {
+        WriteInFlight {
+            drive: drive.clone(),
+            grant: Some(grant),
+            ending: Some(ending),
+        }
+    }
+
+    /// Waits for the write's end and records it.
+    async fn ended(mut self) -> ZoneResult<()> {
+        let result = match self.ending.as_mut() {
+            Some(ending) => ending.await,
+            None => Ok(()),
+        };
+        self.ending = None;
+        if let Some(grant) = self.grant.take() {
+            self.drive.write_ended(&grant, &result);
+        }
+        result
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        let (Some(grant), Some(ending)) = (self.grant.take(), self.ending.take()) else {
+            return;
+        };
+        let drive = self.drive.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let result = ending.await;
+                    drive.write_ended(&grant, &result);
+                });
+            }
+            Err(_) => drive.write_ended(
+                &grant,
+                &Err(ZoneError::MediaError(
+                    "a write was abandoned with no runtime left to see it end".into(),
+                )),
+            ),
+        }
     }
 }
 
@@ -593,6 +707,7 @@ fn recovered_state(geometry: Geometry, entries: &[ZoneEntry]) -> DriveState {
         .map(|&durable| ZoneBook {
             in_flight: Vec::new(),
             resetting: false,
+            poisoned: None,
             durable,
         })
         .collect();
@@ -723,6 +838,12 @@ impl ZonedDevice for EmulatedZns {
         self.inner.faults.check("read")?;
         let geometry = self.inner.geometry;
         let blocks = u64::from(blocks);
+        // One read fills one buffer: bounded as a real drive bounds a transfer (MDTS).
+        if self.byte_offset(blocks) > MAX_READ_BYTES {
+            return Err(ZoneError::InvalidField(format!(
+                "a read of {blocks} blocks is more than the {MAX_READ_BYTES} bytes one read may be"
+            )));
+        }
         // Which parts of the range hold data: (byte offset in file, byte offset in buffer, len).
         let mut segments = Vec::new();
         {
@@ -789,18 +910,19 @@ impl ZonedDevice for EmulatedZns {
         let file = self.inner.data.clone();
         let offset = self.byte_offset(lba);
         let len = self.byte_offset(u64::from(blocks));
-        let result = blocking(move || {
+        // Started now: it runs to its end whether or not we wait.
+        let zeroing = tokio::task::spawn_blocking(move || {
             // The range may hold stale bytes from before a reset that was never punched.
             punch_hole(&file, offset, len)
                 .or_else(|_| write_zeros(&file, offset, len))
                 .map_err(|e| ZoneError::io(format!("zeroing LBA {lba}"), e))
-        })
-        .await;
-        if let Err(e) = &result {
-            self.fail(e.to_string());
-        }
-        self.end_write(&grant);
-        result
+        });
+        let ending: Ending = Box::pin(async move {
+            zeroing
+                .await
+                .map_err(|e| ZoneError::MediaError(format!("I/O task failed: {e}")))?
+        });
+        WriteInFlight::new(self, grant, ending).ended().await
     }
 
     async fn append(&self, zslba: u64, data: Bytes) -> ZoneResult<u64> {
@@ -885,17 +1007,10 @@ impl ZonedDevice for EmulatedZns {
             }
             st.next_write
         };
+        // Writes are let in again however this ends (also if the caller stops waiting).
+        let _resetting = Resetting { drive: self, only };
         self.wait_for_writes(horizon, only).await;
-        let result = self.manage_now(action, select).await;
-        {
-            let mut st = self.inner.state.lock();
-            match only {
-                Some(i) => st.zones[i as usize].resetting = false,
-                None => st.resetting_all = false,
-            }
-        }
-        self.wake_waiters();
-        result
+        self.manage_now(action, select).await
     }
 
     async fn report_zones(
@@ -977,7 +1092,7 @@ mod tests {
         // A is granted first (blocks 0..8), B after it (block 8); B ends first.
         let a = d.begin_write(0, 8, true).await.unwrap();
         let b = d.begin_write(0, 1, true).await.unwrap();
-        d.end_write(&b);
+        d.end_write(&b, true);
         let flush = tokio::spawn({
             let d = d.clone();
             async move { d.flush().await }
@@ -987,7 +1102,7 @@ mod tests {
             !flush.is_finished(),
             "the flush waits for A, which B's blocks sit behind"
         );
-        d.end_write(&a);
+        d.end_write(&a, true);
         flush.await.unwrap().unwrap();
         assert_eq!(
             d.inner.state.lock().zones[0].durable.written,
@@ -1021,14 +1136,81 @@ mod tests {
         );
         // Another zone is not held up.
         let other = d.begin_write(256, 1, true).await.unwrap();
-        d.end_write(&other);
-        d.end_write(&old);
+        d.end_write(&other, true);
+        d.end_write(&old, true);
         reset.await.unwrap().unwrap();
         assert_eq!(
             new.await.unwrap().unwrap(),
             0,
             "the new write starts the zone afresh"
         );
+    }
+
+    /// Polls `future` once.
+    fn poll_once<F: Future + ?Sized>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// A write that failed is never covered by a durable write pointer, even by a flush that
+    /// passed its health check before the failure, nor are the writes after it in its zone.
+    #[tokio::test]
+    async fn a_failed_write_is_never_counted_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        let before = d.begin_write(0, 2, true).await.unwrap();
+        d.end_write(&before, true);
+        let failed = d.begin_write(0, 3, true).await.unwrap();
+        let after = d.begin_write(0, 1, true).await.unwrap();
+        d.end_write(&failed, false);
+        d.end_write(&after, true);
+        let st = d.inner.state.lock();
+        assert_eq!(st.settled(0), 2, "only what lies before the failed write");
+        assert_eq!(st.entry(0).written, 2);
+    }
+
+    /// A caller that stops waiting for its append (a timeout, a client gone) leaves nothing in
+    /// flight for ever: the write is followed to its end, and flushes and resets go on.
+    #[tokio::test]
+    async fn an_abandoned_append_is_followed_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        let mut abandoned = d.append(0, Bytes::from(vec![5u8; 256 << 10]));
+        // Polled once (granted, handed to the writers), then dropped.
+        assert!(poll_once(abandoned.as_mut()).is_pending());
+        drop(abandoned);
+        tokio::time::timeout(std::time::Duration::from_secs(5), d.flush())
+            .await
+            .expect("the flush does not wait for ever")
+            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            d.manage_zones(ZoneAction::Reset, ZoneSelect::Zone(0)),
+        )
+        .await
+        .expect("the reset does not wait for ever")
+        .unwrap();
+        assert_eq!(d.append(0, Bytes::from(vec![6u8; 4096])).await.unwrap(), 0);
+    }
+
+    /// A reset whose caller stops waiting lets writes into its zone again.
+    #[tokio::test]
+    async fn an_abandoned_reset_lets_writes_in_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        let held = d.begin_write(0, 1, true).await.unwrap();
+        // The reset waits for the write in flight, and is dropped while it waits.
+        let mut reset = d.manage_zones(ZoneAction::Reset, ZoneSelect::Zone(0));
+        assert!(poll_once(reset.as_mut()).is_pending());
+        drop(reset);
+        d.end_write(&held, true);
+        let lba = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            d.append(0, Bytes::from(vec![1u8; 4096])),
+        )
+        .await
+        .expect("the zone takes writes again")
+        .unwrap();
+        assert_eq!(lba, 1);
     }
 
     #[tokio::test]

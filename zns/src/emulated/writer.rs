@@ -90,14 +90,16 @@ impl Writers {
         Ok(Writers { jobs })
     }
 
-    /// Writes `data` at byte `offset` of the file, bypassing the page cache if `direct` (and
-    /// the write is aligned and the file system allows).
-    pub(crate) async fn write(
+    /// Hands `data` for byte `offset` of the file to the writer threads, to be written
+    /// bypassing the page cache if `direct` (and the write is aligned and the file system
+    /// allows): it is written whether or not the returned receiver is awaited, which tells how
+    /// it ended.
+    pub(crate) fn submit(
         &self,
         data: Bytes,
         offset: u64,
         direct: bool,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<oneshot::Receiver<std::io::Result<()>>> {
         let (done, wait) = oneshot::channel();
         self.jobs
             .send(Job {
@@ -107,8 +109,7 @@ impl Writers {
                 done,
             })
             .map_err(|_| std::io::Error::other("the drive's writer threads have stopped"))?;
-        wait.await
-            .map_err(|_| std::io::Error::other("a writer thread stopped mid-write"))?
+        Ok(wait)
     }
 }
 
