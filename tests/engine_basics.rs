@@ -1915,3 +1915,62 @@ async fn objects_older_than_their_buckets_deletion_do_not_come_back_in_a_rebuild
         "{dump:#?}"
     );
 }
+
+/// A live record whose copy in a GC victim is damaged does not keep that zone for ever: GC
+/// makes the copy again from the good one (as scrub would), moves the rest, and the zone is
+/// reset; the object reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_makes_a_damaged_live_copy_again_and_frees_its_zone() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(24, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 2, g, |c| {
+        c.replicas = 2;
+        c.write_quorum = 2;
+        gc_by_hand(c);
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("keep", 3, 30_000);
+    put(&engine, "b", "keep", &body).await.unwrap();
+    // Garbage after it, so that its zone is sealed and worth collecting.
+    garbage(&engine, "b", 60, 30_000).await;
+    let probe = &body[9000..9064];
+    let data = std::fs::read(drives[0].data_path()).unwrap();
+    let at = data
+        .windows(64)
+        .position(|w| w == probe)
+        .expect("a copy on drive 0");
+    let zone = (at as u64 / g.zone_bytes()) as u32;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(drives[0].data_path())
+        .unwrap();
+    file.write_all_at(&[0xAB; 64], at as u64).unwrap();
+    drop(file);
+
+    let written = |engine: &zonestore::engine::Engine| {
+        engine
+            .zone_table()
+            .into_iter()
+            .find(|r| r.drive == "zns-file://drive0" && r.zone == zone)
+            .map(|r| r.written_bytes)
+            .unwrap()
+    };
+    assert!(written(&engine) > 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while written(&engine) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zone {zone} of drive 0 was never reset"
+        );
+        engine.inner().collect_now().await.unwrap();
+    }
+    assert_eq!(get(&engine, "b", "keep").await.unwrap(), body);
+    let data = std::fs::read(drives[0].data_path()).unwrap();
+    assert!(
+        data.windows(64).any(|w| w == probe),
+        "drive 0 holds a good copy again"
+    );
+    engine.shutdown().await;
+}

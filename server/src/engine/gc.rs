@@ -377,6 +377,9 @@ const URGENT_READ_WAIT: Duration = Duration::from_secs(2);
 /// How long a zone whose collection failed is left alone.
 const HOLD_BACK: Duration = Duration::from_secs(60);
 
+/// How long a zone whose collection had to keep something is left alone.
+const KEEP_BACK: Duration = Duration::from_secs(5);
+
 /// Failed collections after which a pass over one drive stops (the drive itself may be
 /// failing).
 const FAILURES_PER_PASS: usize = 3;
@@ -426,7 +429,13 @@ impl EngineInner {
             let collected = match self.begin_zone(victim, rate).await {
                 Ok(Some(reset)) => self.finish_reset(reset).await,
                 Ok(None) => {
+                    // Not taken again for a while either (a record damaged everywhere, or one
+                    // that will not be indexed soon, would have every pass read it again).
                     kept.insert(victim.zone);
+                    self.gc
+                        .held_back
+                        .lock()
+                        .insert(victim, Instant::now() + KEEP_BACK);
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -447,6 +456,27 @@ impl EngineInner {
         }
         self.gc.busy.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Rewrites the copy at `from`, whose record (at the start of `bytes`) is damaged, from a
+    /// good copy, if the index names it (its header, which has a CRC of its own, says what it
+    /// is).
+    async fn rewrite_damaged(&self, bytes: &[u8], block_size: usize, from: Location) {
+        let Ok(Some(view)) = record::parse_header(bytes, block_size) else {
+            return;
+        };
+        let what = located::relocation_of(&view.header);
+        let Ok(Some(copies)) = located::current_copies(&self.index, &what) else {
+            return;
+        };
+        if !copies.contains(&from) {
+            return;
+        }
+        let entry = located::Located { what, copies };
+        match self.rewrite_copy(&entry, from).await {
+            Ok(()) => tracing::info!(?from, "GC made a damaged copy again from a good one"),
+            Err(e) => tracing::warn!(?from, "a damaged copy could not be made again: {e}"),
+        }
     }
 
     /// Whether GC is reclaiming space now or has something to reclaim on some drive.
@@ -668,17 +698,25 @@ impl EngineInner {
                     Err(RecordError::NotARecord) if buf.len() >= bs as usize => break 'scan,
                     Err(RecordError::NotARecord) => break,
                     Err(RecordError::Checksum { padded, .. }) => {
-                        // A damaged record: if the index still uses it, this copy is lost.
                         let blocks = padded as u64 / bs;
+                        if padded > buf.len() {
+                            break;
+                        }
                         tracing::error!(
                             ?zone,
                             lba = buf_lba,
                             "GC found a damaged record; skipping it"
                         );
                         self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
-                        if padded > buf.len() {
-                            break;
-                        }
+                        // A damaged copy the index still names is made again from a good one
+                        // (as scrub would): otherwise the zone could never be emptied, and GC
+                        // would read it again on every pass.
+                        let from = Location {
+                            drive: zone.drive,
+                            lba: buf_lba,
+                            blocks: blocks as u32,
+                        };
+                        self.rewrite_damaged(&buf, bs as usize, from).await;
                         let _ = buf.split_to(padded);
                         buf_lba += blocks;
                     }

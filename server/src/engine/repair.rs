@@ -663,7 +663,7 @@ impl EngineInner {
 
     /// Replaces the bad copy `bad` of `entry` with a fresh one written from a good copy, on the
     /// same drive if it takes writes, else on another.
-    async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<()> {
+    pub(super) async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<()> {
         let mut source = None;
         for copy in entry.copies.iter().filter(|l| **l != bad) {
             if let Ok(bytes) = self.read_verified(&entry.what, *copy).await {
