@@ -94,6 +94,9 @@ pub struct GcControl {
     /// Zones whose collection failed, and when they may be tried again: a zone that cannot be
     /// read or reset must not be every pass's victim while the drive's other zones fill up.
     held_back: Mutex<HashMap<ZoneId, Instant>>,
+    /// One collection at a time per drive (background passes and admin runs alike): the
+    /// reserve of free zones is sized for one victim's live data.
+    collecting: Mutex<HashMap<DriveId, Arc<tokio::sync::Mutex<()>>>>,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -117,6 +120,12 @@ pub struct GcStatus {
 }
 
 impl GcControl {
+    /// Waits for the right to collect on `drive` (see [`GcControl::collecting`]).
+    async fn collect_on(&self, drive: DriveId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.collecting.lock().entry(drive).or_default().clone();
+        lock.lock_owned().await
+    }
+
     pub(crate) fn new(config: GcConfig) -> Self {
         GcControl {
             enabled: AtomicBool::new(config.enabled),
@@ -126,6 +135,7 @@ impl GcControl {
             bytes_relocated: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             held_back: Mutex::new(HashMap::new()),
+            collecting: Mutex::new(HashMap::new()),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
@@ -400,6 +410,7 @@ impl EngineInner {
         if self.placement.free_zones(drive) >= low {
             return Ok(());
         }
+        let _collecting = self.gc.collect_on(drive).await;
         self.gc.busy.fetch_add(1, Ordering::SeqCst);
         let mut result = Ok(());
         // Zones this pass took but had to keep (something in them could not be moved): not
@@ -853,18 +864,27 @@ impl EngineInner {
             ));
         }
         let policy = self.gc.config.lock().policy;
-        let victims: Vec<ZoneId> = self
+        // Drives that take writes (not draining, attached), one collection each at a time.
+        let drives: Vec<DriveId> = self
             .drives
             .all()
             .iter()
-            .filter_map(|drive| self.choose_victim(drive.id, policy))
+            .filter(|d| d.is_writable())
+            .map(|d| d.id)
             .collect();
-        let collected =
-            futures::future::join_all(victims.iter().map(|&zone| self.collect_zone(zone, 0))).await;
+        let collected = futures::future::join_all(drives.into_iter().map(|drive| async move {
+            let _collecting = self.gc.collect_on(drive).await;
+            match self.choose_victim(drive, policy) {
+                Some(zone) => self.collect_zone(zone, 0).await.map(|()| 1),
+                None => Ok(0),
+            }
+        }))
+        .await;
+        let mut taken = 0;
         for result in collected {
-            result?;
+            taken += result?;
         }
-        Ok(victims.len())
+        Ok(taken)
     }
 }
 

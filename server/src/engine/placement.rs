@@ -72,6 +72,9 @@ struct ZoneSpace {
     holds: u32,
     /// How far every record is in the index or known dead.
     settled: Settled,
+    /// Opened from the reserve for a record that frees space (a tombstone on a full drive):
+    /// only such records go on into it, or ordinary writes would fill a zone GC needs.
+    from_reserve: bool,
 }
 
 #[derive(Debug)]
@@ -284,6 +287,7 @@ impl DriveSpace {
                 pending: 0,
                 holds: 0,
                 settled: Settled::at(snap.settled.min(snap.written)),
+                from_reserve: false,
             });
         }
         space
@@ -429,12 +433,17 @@ impl Placement {
             && space.free.len() > reserve + limit
             && let Some(&zone) = space.free.iter().next()
         {
-            return Some(open_zone(space, drive, zone, class, blocks));
+            let from_reserve = class == Class::User && space.free.len() <= config.reserve;
+            return Some(open_zone(space, drive, zone, class, blocks, from_reserve));
         }
 
         let open = space.active[c].len();
         for k in 0..open {
             let zone = space.active[c][(space.turn + k) % open];
+            let ordinary = class == Class::User && !frees_space;
+            if ordinary && space.zones[zone as usize].from_reserve {
+                continue;
+            }
             if space.remaining(zone) >= blocks {
                 space.turn = space.turn.wrapping_add(k + 1);
                 return Some(take(space, drive, zone, blocks));
@@ -450,7 +459,8 @@ impl Placement {
             return None;
         }
         let zone = *space.free.iter().next()?;
-        Some(open_zone(space, drive, zone, class, blocks))
+        let from_reserve = class == Class::User && space.free.len() <= config.reserve;
+        Some(open_zone(space, drive, zone, class, blocks, from_reserve))
     }
 
     /// Records the end of an append into `slot` (`ok` when it landed). Returns a zone to
@@ -651,10 +661,18 @@ impl Placement {
 }
 
 /// Makes free `zone` an open zone of `class` and reserves the first record in it.
-fn open_zone(space: &mut DriveSpace, drive: DriveId, zone: u32, class: Class, blocks: u64) -> Slot {
+fn open_zone(
+    space: &mut DriveSpace,
+    drive: DriveId,
+    zone: u32,
+    class: Class,
+    blocks: u64,
+    from_reserve: bool,
+) -> Slot {
     space.free.remove(&zone);
     let z = &mut space.zones[zone as usize];
     z.usage = ZoneUse::Active(class);
+    z.from_reserve = from_reserve;
     z.written = 0;
     z.reserved = 0;
     z.pending = 0;
@@ -755,6 +773,33 @@ mod tests {
             .reserve(Class::Gc, 16, 1, 1, |_| true)
             .expect("GC may use the reserve");
         assert_eq!(slots.len(), 1);
+    }
+
+    /// A tombstone on a full drive may open a zone from the reserve; ordinary writes do not
+    /// go on to fill that zone (GC needs it), while later tombstones do.
+    #[test]
+    fn a_zone_opened_from_the_reserve_takes_only_records_that_free_space() {
+        let (_d, _drives, p) = setup(16);
+        let reserve = p.reserve_of(0);
+        assert_eq!(reserve, 2);
+        while let Ok((slots, _)) = p.reserve(Class::User, 16, 1, 1, |_| true) {
+            for s in &slots {
+                p.complete(s, true);
+            }
+        }
+        assert_eq!(p.free_zones(0), reserve);
+        let (tomb, _) = p
+            .reserve_with(Class::User, true, 1, 1, 1, |_| true)
+            .expect("a tombstone may dip into the reserve");
+        p.complete(&tomb[0], true);
+        assert!(
+            p.reserve(Class::User, 1, 1, 1, |_| true).is_err(),
+            "an ordinary write does not take the zone opened for the tombstone"
+        );
+        let (next, _) = p
+            .reserve_with(Class::User, true, 1, 1, 1, |_| true)
+            .expect("the next tombstone goes there");
+        assert_eq!(next[0].zone, tomb[0].zone);
     }
 
     #[test]
