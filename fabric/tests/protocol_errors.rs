@@ -218,41 +218,19 @@ async fn a_silent_host_loses_its_controller_after_the_keep_alive_timeout() {
     };
     let (_d, target, handle) = start(config).await;
     let mut stream = initialized(handle.local_addr()).await;
-    let connect = Connect {
-        recfmt: 0,
-        qid: 0,
-        sqsize: 31,
-        cattr: 0,
-        kato_ms: 400,
-        hostid: [1; 16],
-        cntlid: CNTLID_DYNAMIC,
-        subnqn: NQN.into(),
-        hostnqn: "nqn.2026-01.io.zonestore:silent".into(),
-    };
-    let (sqe, data) = connect.encode(1);
-    let capsule = Pdu::CapsuleCmd(CapsuleCmd {
-        sqe,
-        data: Bytes::from(data),
-        data_digest_error: false,
-    });
-    stream
-        .write_all(&encode(&capsule, Framing::INITIAL).to_bytes())
-        .await
-        .unwrap();
+    send(
+        &mut stream,
+        connect_capsule(
+            0,
+            CNTLID_DYNAMIC,
+            31,
+            400,
+            "nqn.2026-01.io.zonestore:silent",
+        ),
+    )
+    .await;
     // Enable the controller so that its keep-alive timer runs, then say nothing.
-    let mut set = Sqe::new(0x7f, 2);
-    set.put(4, &[0x00])
-        .put(44, &property::CC.to_le_bytes())
-        .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
-    let capsule = Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: set,
-        data: Bytes::new(),
-        data_digest_error: false,
-    });
-    stream
-        .write_all(&encode(&capsule, Framing::INITIAL).to_bytes())
-        .await
-        .unwrap();
+    send(&mut stream, enable_capsule()).await;
     let started = std::time::Instant::now();
     let pdus = read_all(&mut stream).await;
     assert!(
@@ -277,25 +255,15 @@ async fn a_host_silent_before_enabling_its_controller_loses_it_after_the_keep_al
     };
     let (_d, target, handle) = start(config).await;
     let mut stream = initialized(handle.local_addr()).await;
-    let connect = Connect {
-        recfmt: 0,
-        qid: 0,
-        sqsize: 31,
-        cattr: 0,
-        kato_ms: 400,
-        hostid: [3; 16],
-        cntlid: CNTLID_DYNAMIC,
-        subnqn: NQN.into(),
-        hostnqn: "nqn.2026-01.io.zonestore:dies-early".into(),
-    };
-    let (sqe, data) = connect.encode(1);
     send(
         &mut stream,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe,
-            data: Bytes::from(data),
-            data_digest_error: false,
-        }),
+        connect_capsule(
+            0,
+            CNTLID_DYNAMIC,
+            31,
+            400,
+            "nqn.2026-01.io.zonestore:dies-early",
+        ),
     )
     .await;
     let started = std::time::Instant::now();
@@ -314,31 +282,56 @@ async fn a_host_silent_before_enabling_its_controller_loses_it_after_the_keep_al
 /// Connects an admin queue of `sqsize` + 1 entries on an initialized connection and reads the
 /// Connect's completion.
 async fn admin_connected(stream: &mut TcpStream, sqsize: u16) {
-    let connect = Connect {
-        recfmt: 0,
-        qid: 0,
-        sqsize,
-        cattr: 0,
-        kato_ms: 0,
-        hostid: [2; 16],
-        cntlid: CNTLID_DYNAMIC,
-        subnqn: NQN.into(),
-        hostnqn: "nqn.2026-01.io.zonestore:rude".into(),
-    };
-    let (sqe, data) = connect.encode(1);
     send(
         stream,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe,
-            data: Bytes::from(data),
-            data_digest_error: false,
-        }),
+        connect_capsule(
+            0,
+            CNTLID_DYNAMIC,
+            sqsize,
+            0,
+            "nqn.2026-01.io.zonestore:rude",
+        ),
     )
     .await;
     match next_pdu(stream, &mut BytesMut::new()).await {
         Pdu::CapsuleResp(r) => assert!(r.cqe.status().is_success(), "{r:?}"),
         other => panic!("expected the Connect's completion, got {other:?}"),
     }
+}
+
+/// A Fabrics Connect of queue `qid` (of controller `cntlid`, or a new one for the admin
+/// queue) with `sqsize` + 1 entries and keep-alive `kato_ms`, from `host`.
+fn connect_capsule(qid: u16, cntlid: u16, sqsize: u16, kato_ms: u32, host: &str) -> Pdu {
+    let (sqe, data) = Connect {
+        recfmt: 0,
+        qid,
+        sqsize,
+        cattr: 0,
+        kato_ms,
+        hostid: [2; 16],
+        cntlid,
+        subnqn: NQN.into(),
+        hostnqn: host.into(),
+    }
+    .encode(1);
+    Pdu::CapsuleCmd(CapsuleCmd {
+        sqe,
+        data: Bytes::from(data),
+        data_digest_error: false,
+    })
+}
+
+/// A Property Set of CC that enables the controller.
+fn enable_capsule() -> Pdu {
+    let mut set = Sqe::new(0x7f, 2);
+    set.put(4, &[0x00])
+        .put(44, &property::CC.to_le_bytes())
+        .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
+    Pdu::CapsuleCmd(CapsuleCmd {
+        sqe: set,
+        data: Bytes::new(),
+        data_digest_error: false,
+    })
 }
 
 async fn send(stream: &mut TcpStream, pdu: Pdu) {
@@ -521,20 +514,7 @@ async fn identify_takes_exactly_one_data_structure() {
     let mut stream = initialized(handle.local_addr()).await;
     admin_connected(&mut stream, 31).await;
     let mut buf = BytesMut::new();
-    let mut enable = Sqe::new(0x7f, 2);
-    enable
-        .put(4, &[0x00])
-        .put(44, &property::CC.to_le_bytes())
-        .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
-    send(
-        &mut stream,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe: enable,
-            data: Bytes::new(),
-            data_digest_error: false,
-        }),
-    )
-    .await;
+    send(&mut stream, enable_capsule()).await;
     assert!(
         matches!(next_pdu(&mut stream, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
     );
@@ -596,25 +576,7 @@ async fn a_host_that_does_not_read_its_socket_holds_only_the_read_budget() {
     target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
     let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let host = "nqn.2026-01.io.zonestore:slow-reader";
-    let connect = |qid: u16, cntlid: u16| {
-        let (sqe, data) = Connect {
-            recfmt: 0,
-            qid,
-            sqsize: 127,
-            cattr: 0,
-            kato_ms: 0,
-            hostid: [4; 16],
-            cntlid,
-            subnqn: NQN.into(),
-            hostnqn: host.into(),
-        }
-        .encode(1);
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe,
-            data: Bytes::from(data),
-            data_digest_error: false,
-        })
-    };
+    let connect = |qid: u16, cntlid: u16| connect_capsule(qid, cntlid, 127, 0, host);
     let mut admin = initialized(handle.local_addr()).await;
     let mut buf = BytesMut::new();
     send(&mut admin, connect(0, CNTLID_DYNAMIC)).await;
@@ -622,20 +584,7 @@ async fn a_host_that_does_not_read_its_socket_holds_only_the_read_budget() {
         Pdu::CapsuleResp(r) if r.cqe.status().is_success() => r.cqe.dw0() as u16,
         other => panic!("expected the Connect's completion, got {other:?}"),
     };
-    let mut enable = Sqe::new(0x7f, 2);
-    enable
-        .put(4, &[0x00])
-        .put(44, &property::CC.to_le_bytes())
-        .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
-    send(
-        &mut admin,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe: enable,
-            data: Bytes::new(),
-            data_digest_error: false,
-        }),
-    )
-    .await;
+    send(&mut admin, enable_capsule()).await;
     assert!(
         matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
     );

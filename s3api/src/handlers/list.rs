@@ -36,15 +36,7 @@ fn params(ctx: &Ctx) -> Result<Params, S3Error> {
     if max < 0 {
         return Err(S3Error::invalid_argument("max-keys must be non-negative"));
     }
-    let url = match ctx.q("encoding-type") {
-        None => false,
-        Some("url") => true,
-        Some(_) => {
-            return Err(S3Error::invalid_argument(
-                "Invalid Encoding Method specified in Request",
-            ));
-        }
-    };
+    let url = url_encoding(ctx)?;
     Ok(Params {
         prefix: ctx.q("prefix").unwrap_or("").to_string(),
         delimiter: ctx
@@ -56,12 +48,29 @@ fn params(ctx: &Ctx) -> Result<Params, S3Error> {
     })
 }
 
-fn enc(p: &Params, text: &str) -> String {
-    if p.url {
+/// Whether the request asks for names URL-encoded (`encoding-type=url`); any other encoding
+/// is InvalidArgument.
+pub(crate) fn url_encoding(ctx: &Ctx) -> Result<bool, S3Error> {
+    match ctx.q("encoding-type") {
+        None => Ok(false),
+        Some("url") => Ok(true),
+        Some(_) => Err(S3Error::invalid_argument(
+            "Invalid Encoding Method specified in Request",
+        )),
+    }
+}
+
+/// `text` URL-encoded if `url`, as it is otherwise.
+pub(crate) fn encoded(url: bool, text: &str) -> String {
+    if url {
         utf8_percent_encode(text, URL_SAFE).to_string()
     } else {
         text.to_string()
     }
+}
+
+fn enc(p: &Params, text: &str) -> String {
+    encoded(p.url, text)
 }
 
 fn page(svc: &S3Service, ctx: &Ctx, p: &Params, start_after: &str) -> Result<ListPage, S3Error> {

@@ -538,22 +538,8 @@ pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
     let id_marker = ctx.q("upload-id-marker").unwrap_or("").to_string();
     let max = number_param(ctx, "max-uploads", 1000)?.min(1000) as usize;
-    let url = match ctx.q("encoding-type") {
-        None => false,
-        Some("url") => true,
-        Some(_) => {
-            return Err(S3Error::invalid_argument(
-                "Invalid Encoding Method specified in Request",
-            ));
-        }
-    };
-    let enc = |text: &str| {
-        if url {
-            percent_encoding::utf8_percent_encode(text, super::list::URL_SAFE).to_string()
-        } else {
-            text.to_string()
-        }
-    };
+    let url = super::list::url_encoding(ctx)?;
+    let enc = |text: &str| super::list::encoded(url, text);
     let page = uploads_page(
         svc,
         &bucket,

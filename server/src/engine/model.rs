@@ -210,14 +210,16 @@ fn get_locations(d: &mut Dec<'_>) -> Result<Vec<Location>, DecodeError> {
         .collect()
 }
 
-fn put_stamps(e: &mut Enc, stamps: &[ZoneStamp]) {
+/// Encodes a list of zone stamps.
+pub(crate) fn put_stamps(e: &mut Enc, stamps: &[ZoneStamp]) {
     e.u32(stamps.len() as u32);
     for s in stamps {
         e.u16(s.zone.drive).u32(s.zone.zone).u64(s.generation);
     }
 }
 
-fn get_stamps(d: &mut Dec<'_>) -> Result<Vec<ZoneStamp>, DecodeError> {
+/// Decodes a list of zone stamps.
+pub(crate) fn get_stamps(d: &mut Dec<'_>) -> Result<Vec<ZoneStamp>, DecodeError> {
     let n = d.count(14)?;
     (0..n)
         .map(|_| {

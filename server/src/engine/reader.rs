@@ -454,15 +454,11 @@ mod tests {
     use crate::engine::model::{Extent, StreamRef};
     use futures::StreamExt;
 
-    /// A hole in a stream's extents is reported before any byte after it is planned (it would
-    /// go out at the wrong offset).
-    #[tokio::test]
-    async fn a_hole_in_the_extents_stops_the_read_at_the_hole() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Arc::new(Index::open(dir.path()).unwrap());
+    /// An index in `dir` holding 100-byte extents at (stream, offset) `extents`.
+    fn index_with_extents(dir: &std::path::Path, extents: &[(u64, u64)]) -> Arc<Index> {
+        let index = Arc::new(Index::open(dir).unwrap());
         let mut batch = rocksdb::WriteBatch::default();
-        // Stream 9: bytes 0..100 and 200..300; 100..200 are missing.
-        for offset in [0u64, 200] {
+        for &(stream, offset) in extents {
             let extent = Extent {
                 length: 100,
                 replicas: vec![Location {
@@ -473,11 +469,21 @@ mod tests {
             };
             batch.put_cf(
                 index.cf(cf::EXTENTS),
-                extent_key(9, offset),
+                extent_key(stream, offset),
                 extent.encode(),
             );
         }
         index.write(batch, false).unwrap();
+        index
+    }
+
+    /// A hole in a stream's extents is reported before any byte after it is planned (it would
+    /// go out at the wrong offset).
+    #[tokio::test]
+    async fn a_hole_in_the_extents_stops_the_read_at_the_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stream 9: bytes 0..100 and 200..300; 100..200 are missing.
+        let index = index_with_extents(dir.path(), &[(9, 0), (9, 200)]);
         let meta = ObjectMeta {
             size: 300,
             streams: vec![StreamRef {
@@ -502,26 +508,9 @@ mod tests {
     #[tokio::test]
     async fn missing_extents_at_the_end_of_a_part_stop_the_read_there() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Arc::new(Index::open(dir.path()).unwrap());
-        let mut batch = rocksdb::WriteBatch::default();
         // Part 1 (stream 5, 200 bytes) has only 0..100; part 2 (stream 6, 100 bytes) is whole;
         // part 3 (stream 7, 100 bytes) has no extent at all.
-        for (stream, offset) in [(5u64, 0u64), (6, 0)] {
-            let extent = Extent {
-                length: 100,
-                replicas: vec![Location {
-                    drive: 0,
-                    lba: offset,
-                    blocks: 1,
-                }],
-            };
-            batch.put_cf(
-                index.cf(cf::EXTENTS),
-                extent_key(stream, offset),
-                extent.encode(),
-            );
-        }
-        index.write(batch, false).unwrap();
+        let index = index_with_extents(dir.path(), &[(5, 0), (6, 0)]);
         let meta = |streams: &[(u64, u64)]| ObjectMeta {
             size: streams.iter().map(|s| s.1).sum(),
             streams: streams

@@ -19,7 +19,7 @@ use rocksdb::WriteBatch;
 
 use super::codec::{Dec, DecodeError, Enc};
 use super::index::{Index, IndexResult, cf};
-use super::model::{ZoneId, ZoneStamp};
+use super::model::{ZoneId, ZoneStamp, get_stamps, put_stamps};
 
 /// Revocations: sequence number → the zones its records may be in.
 pub type Revocations = BTreeMap<u64, Vec<ZoneStamp>>;
@@ -35,27 +35,15 @@ pub fn key(seq: u64) -> Vec<u8> {
 /// The value of a revocation: the zones the records may be in.
 pub fn encode(zones: &[ZoneStamp]) -> Vec<u8> {
     let mut e = Enc::new();
-    e.u8(1).u32(zones.len() as u32);
-    for z in zones {
-        e.u16(z.zone.drive).u32(z.zone.zone).u64(z.generation);
-    }
+    e.u8(1);
+    put_stamps(&mut e, zones);
     e.finish()
 }
 
 fn decode(bytes: &[u8]) -> Result<Vec<ZoneStamp>, DecodeError> {
     let mut d = Dec::new(bytes);
     d.version(1, "revocation")?;
-    (0..d.count(14)?)
-        .map(|_| {
-            Ok(ZoneStamp {
-                zone: ZoneId {
-                    drive: d.u16()?,
-                    zone: d.u32()?,
-                },
-                generation: d.u64()?,
-            })
-        })
-        .collect()
+    get_stamps(&mut d)
 }
 
 /// Records at once (durably) that the records of sequence number `seq`, which may be in
