@@ -259,6 +259,26 @@ fn bad_configuration_is_named() {
         err.contains("admin-token") && err.contains("at least 16"),
         "{err}"
     );
+    // An address in use is named at once, before any drive is made or attached.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let fresh = dir.path().join("fresh");
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        fresh.to_str().unwrap(),
+        "--listen",
+        &taken_addr,
+        "--access-key",
+        "a",
+        "--secret-key",
+        "b",
+    ]);
+    assert!(
+        err.contains(&taken_addr) && err.contains("(listen)"),
+        "{err}"
+    );
+    assert!(!fresh.join("drives").exists(), "no drive was made");
 }
 
 /// Loads the server from 8 threads, stops it with `signal` mid-run, restarts it and checks

@@ -211,6 +211,34 @@ impl Server {
         let admin_token = admin_token_or_generate(&config.data_dir)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
+        // What can fail fast fails before the drives are attached and the index opened (which
+        // may replay a crash's tail): the TLS files, and the addresses to listen on.
+        let tls = match &config.tls {
+            Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
+            None => None,
+        };
+        let s3_listener = tokio::net::TcpListener::bind(checked.listen)
+            .await
+            .map_err(io_error(format!(
+                "listening on {} (listen)",
+                checked.listen
+            )))?;
+        let admin_addr = if config.admin_listen.is_none() && checked.listen.port() == 0 {
+            std::net::SocketAddr::new(checked.admin_listen.ip(), 0)
+        } else {
+            checked.admin_listen
+        };
+        if !admin_addr.ip().is_loopback() {
+            tracing::warn!(
+                %admin_addr,
+                "the admin API is plain HTTP: on an address other hosts reach, its token crosses the network in the clear (keep admin_listen on loopback, or on a private network)"
+            );
+        }
+        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .map_err(io_error(format!(
+                "listening on {admin_addr} (admin_listen)"
+            )))?;
         let embedded = checked.targets.is_empty();
         let known = crate::engine::known_drives(&checked.index_dir)?;
         let registered: std::collections::HashSet<String> = known.keys().cloned().collect();
@@ -259,21 +287,17 @@ impl Server {
         s3_config.region = config.region.clone();
         s3_config.domains = config.domains.clone();
         s3_config.observer = Some(metrics.clone() as Arc<dyn s3api::Observer>);
-        let tls = match &config.tls {
-            Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
-            None => None,
-        };
         let is_tls = tls.is_some();
         s3_config.https = is_tls;
         let router = S3Service::new(Arc::new(EngineStore::new(engine.clone())), s3_config).router();
-        let s3_listener = tokio::net::TcpListener::bind(checked.listen)
-            .await
-            .map_err(io_error(format!(
-                "listening on {} (listen)",
-                checked.listen
-            )))?;
-        let s3 = HttpServer::start(s3_listener, router, tls, "s3")
-            .map_err(io_error("starting the S3 listener"))?;
+        let s3 = match HttpServer::start(s3_listener, router, tls, "s3") {
+            Ok(s3) => s3,
+            Err(e) => {
+                engine.shutdown().await;
+                attached.close().await;
+                return Err(io_error("starting the S3 listener")(e));
+            }
+        };
 
         let admin_state = Arc::new(AdminState {
             token: admin_token,
@@ -288,29 +312,20 @@ impl Server {
             gc_job: Default::default(),
             gc_task: Default::default(),
         });
-        let admin_addr = if config.admin_listen.is_none() && checked.listen.port() == 0 {
-            std::net::SocketAddr::new(checked.admin_listen.ip(), 0)
-        } else {
-            checked.admin_listen
-        };
-        if !admin_addr.ip().is_loopback() {
-            tracing::warn!(
-                %admin_addr,
-                "the admin API is plain HTTP: on an address other hosts reach, its token crosses the network in the clear (keep admin_listen on loopback, or on a private network)"
-            );
-        }
-        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .map_err(io_error(format!(
-                "listening on {admin_addr} (admin_listen)"
-            )))?;
-        let admin = HttpServer::start(
+        let admin = match HttpServer::start(
             admin_listener,
             admin::router(admin_state.clone()),
             None,
             "admin",
-        )
-        .map_err(io_error("starting the admin listener"))?;
+        ) {
+            Ok(admin) => admin,
+            Err(e) => {
+                s3.shut_down(Duration::ZERO).await;
+                engine.shutdown().await;
+                attached.close().await;
+                return Err(io_error("starting the admin listener")(e));
+            }
+        };
         Ok(Server {
             s3,
             admin,
