@@ -1974,3 +1974,51 @@ async fn gc_makes_a_damaged_live_copy_again_and_frees_its_zone() {
     );
     engine.shutdown().await;
 }
+
+/// A commit record larger than the drives take in one append (metadata too large for a drive
+/// with a small append limit) is refused as such, before any zone is tried: no zone is retired
+/// for it, and the store goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_append_limit_is_refused_before_any_zone_is_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = small_geometry(16, 1 << 20);
+    g.max_append_blocks = 2;
+    let (engine, _drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let zones_in_use = |engine: &zonestore::engine::Engine| {
+        engine
+            .zone_table()
+            .iter()
+            .filter(|r| r.written_bytes > 0)
+            .count()
+    };
+    let before = zones_in_use(&engine);
+    let mut writer = engine.put("b", "heavy").unwrap();
+    writer
+        .write(bytes::Bytes::from_static(b"small body"))
+        .await
+        .unwrap();
+    let meta = ObjectMeta {
+        etag: "e".into(),
+        owner: "alice".into(),
+        content_disposition: Some("x".repeat(10_000)),
+        ..ObjectMeta::default()
+    };
+    let refused = writer.finish_object(meta, Condition::None).await;
+    assert!(
+        matches!(refused, Err(EngineError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    assert!(
+        zones_in_use(&engine) <= before + 1,
+        "no zone retired for it"
+    );
+    put(&engine, "b", "light", &content("light", 1, 20_000))
+        .await
+        .unwrap();
+    assert!(matches!(
+        get(&engine, "b", "heavy").await,
+        Err(EngineError::NoSuchKey { .. })
+    ));
+    engine.shutdown().await;
+}

@@ -182,6 +182,12 @@ pub fn check_key(key: &str) -> Result<(), S3Error> {
     if key.len() > MAX_KEY {
         return Err(S3Error::key_too_long(key.len()));
     }
+    if key.contains('\0') {
+        // XML 1.0 cannot carry it, so no listing could show the key.
+        return Err(S3Error::invalid_argument(
+            "The key contains a NUL character, which no S3 listing can show.",
+        ));
+    }
     Ok(())
 }
 
@@ -225,6 +231,17 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn keys_no_listing_could_show_are_refused() {
+        assert!(check_key("photos/2026/a.jpg").is_ok());
+        assert_eq!(check_key("").unwrap_err().code, "InvalidArgument");
+        assert_eq!(check_key("nul\0key").unwrap_err().code, "InvalidArgument");
+        assert_eq!(
+            check_key(&"k".repeat(1025)).unwrap_err().code,
+            "KeyTooLongError"
+        );
+    }
 
     #[test]
     fn object_headers_in_utf8_are_kept() {

@@ -491,8 +491,14 @@ fn uploads_page(
     if max == 0 {
         return Ok(page);
     }
-    // A key marker that is a common prefix continues after everything under it.
-    let skip_under = delimiter.filter(|d| !key_marker.is_empty() && key_marker.ends_with(d));
+    // A key marker that is a common prefix (its first delimiter after the prefix ends where it
+    // ends) continues after everything under it.
+    let skip_under = delimiter.filter(|d| {
+        key_marker
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.find(*d).map(|at| at + d.len() == rest.len()))
+            .unwrap_or(false)
+    });
     let mut after: Option<(String, String)> =
         (!key_marker.is_empty()).then(|| (key_marker.to_string(), id_marker.to_string()));
     loop {

@@ -178,6 +178,18 @@ pub fn upload_listing_key(bucket: &str, key: &str, upload_id: u64) -> Vec<u8> {
     k
 }
 
+/// Whether `key` is a common prefix of a listing under `prefix` folded by `delimiter`: its
+/// first delimiter after the prefix ends exactly where the key ends (with a delimiter of
+/// several characters, a key merely ending with it may not be one).
+pub fn is_common_prefix(key: &str, prefix: &str, delimiter: &str) -> bool {
+    key.strip_prefix(prefix)
+        .and_then(|rest| {
+            rest.find(delimiter)
+                .map(|at| at + delimiter.len() == rest.len())
+        })
+        .unwrap_or(false)
+}
+
 /// The smallest key greater than every key starting with `prefix` (None if there is none).
 pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut p = prefix.to_vec();
@@ -537,11 +549,8 @@ impl Index {
         // Where to start: after start_after (past its whole common prefix if it is one).
         let mut seek = full_prefix.clone();
         if !start_after.is_empty() && start_after.as_bytes() >= prefix.as_bytes() {
-            let is_common_prefix = delimiter.is_some_and(|d| {
-                start_after.starts_with(prefix)
-                    && start_after.ends_with(d)
-                    && start_after.len() > prefix.len()
-            });
+            let is_common_prefix =
+                delimiter.is_some_and(|d| is_common_prefix(start_after, prefix, d));
             let after = object_key(bucket, start_after);
             seek = if is_common_prefix {
                 match prefix_successor(&after) {
@@ -733,6 +742,33 @@ mod tests {
         let keys: Vec<&str> = p2.objects.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, vec!["pics", "zeta"]);
         assert!(!p2.truncated);
+    }
+
+    /// With a delimiter of several characters, a key that merely ends with it is not a common
+    /// prefix: continuing after it skips nothing.
+    #[test]
+    fn continuing_after_a_key_ending_with_a_long_delimiter_skips_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        for key in ["a-x", "a-xy", "a-z"] {
+            put_object(&index, "b", key);
+        }
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = index.list("b", "a-", &after, Some("-x"), 1).unwrap();
+            seen.extend(page.objects.iter().map(|(k, _)| k.clone()));
+            seen.extend(page.prefixes.iter().cloned());
+            match page.last {
+                Some(last) if page.truncated => after = last,
+                _ => break,
+            }
+        }
+        assert_eq!(seen, vec!["a-x", "a-xy", "a-z"]);
+        assert!(!is_common_prefix("a-x", "a-", "-x"));
+        assert!(!is_common_prefix("a/b/", "", "/"));
+        assert!(is_common_prefix("a/", "", "/"));
+        assert!(is_common_prefix("p/q-x", "p/", "-x"));
     }
 
     #[test]

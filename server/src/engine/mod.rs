@@ -484,6 +484,10 @@ impl Engine {
                     break;
                 }
                 for upload in uploads {
+                    // An object written meanwhile keeps the bucket: its uploads stay too.
+                    if self.inner.index.bucket_has_objects(name)? {
+                        return Err(EngineError::BucketNotEmpty(name.into()));
+                    }
                     if !aborted.insert(upload.upload_id) {
                         // Aborted, yet still there: not for this deletion to go round again.
                         return Err(EngineError::BucketNotEmpty(name.into()));

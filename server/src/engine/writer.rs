@@ -252,6 +252,15 @@ impl EngineInner {
             Kind::Tombstone | Kind::BucketDelete | Kind::UploadEnd
         );
         let record = record::encode(header, payload, self.block_size as usize);
+        if record.len() as u64 > self.record_limit {
+            // Refused before any zone is tried: no drive takes an append this large.
+            return Err(EngineError::InvalidArgument(format!(
+                "the {:?} record is {} bytes, more than the drives' append limit of {} bytes (fewer parts, or less metadata)",
+                header.kind,
+                record.len(),
+                self.record_limit
+            )));
+        }
         let appended = self
             .append_record_with(
                 record,
