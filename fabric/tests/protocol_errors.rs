@@ -563,6 +563,55 @@ async fn identify_takes_exactly_one_data_structure() {
 /// the target holding every read's data in memory.
 #[tokio::test]
 async fn a_host_that_does_not_read_its_socket_holds_only_the_read_budget() {
+    let (_dir, target, _handle, _admin, mut io, mut io_buf) = sixty_four_reads_unread().await;
+    let queued = target.stats().bytes_read;
+    assert!(queued >= 2 << 20, "reads ran: {queued}");
+    assert!(
+        queued <= 24 << 20,
+        "no more than the budget and the sockets' buffers: {queued} bytes"
+    );
+    // Once the host reads, every read completes.
+    let mut completed = 0;
+    while completed < 64 {
+        match next_pdu(&mut io, &mut io_buf).await {
+            Pdu::CapsuleResp(r) => {
+                assert!(r.cqe.status().is_success(), "{r:?}");
+                completed += 1;
+            }
+            Pdu::C2HData(d) if d.success => completed += 1,
+            Pdu::C2HData(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(target.stats().bytes_read, 64 << 20);
+}
+
+/// When a connection ends, its commands still waiting (here reads waiting for the read
+/// budget) are stopped rather than run late: their host has failed them, and may send them
+/// again on a new connection.
+#[tokio::test]
+async fn commands_still_waiting_when_their_connection_ends_are_not_run() {
+    let (_dir, target, _handle, _admin, io, _io_buf) = sixty_four_reads_unread().await;
+    drop(io);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read = target.stats().bytes_read;
+    assert!(
+        read <= 32 << 20,
+        "the waiting reads did not run once the connection was gone: {read} bytes"
+    );
+}
+
+/// A target with a 2 MiB read budget, and an I/O queue on which 64 reads of 1 MiB were sent
+/// and none of their data read: (drive directory, target, its handle, admin connection, I/O
+/// connection, its receive buffer).
+async fn sixty_four_reads_unread() -> (
+    tempfile::TempDir,
+    Target,
+    fabric::target::TargetHandle,
+    TcpStream,
+    TcpStream,
+    BytesMut,
+) {
     let dir = tempfile::tempdir().unwrap();
     let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
     drive
@@ -613,24 +662,5 @@ async fn a_host_that_does_not_read_its_socket_holds_only_the_read_budget() {
         .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let queued = target.stats().bytes_read;
-    assert!(queued >= 2 << 20, "reads ran: {queued}");
-    assert!(
-        queued <= 24 << 20,
-        "no more than the budget and the sockets' buffers: {queued} bytes"
-    );
-    // Once the host reads, every read completes.
-    let mut completed = 0;
-    while completed < 64 {
-        match next_pdu(&mut io, &mut io_buf).await {
-            Pdu::CapsuleResp(r) => {
-                assert!(r.cqe.status().is_success(), "{r:?}");
-                completed += 1;
-            }
-            Pdu::C2HData(d) if d.success => completed += 1,
-            Pdu::C2HData(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(target.stats().bytes_read, 64 << 20);
+    (dir, target, handle, admin, io, io_buf)
 }

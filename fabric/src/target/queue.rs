@@ -268,12 +268,19 @@ struct Connection {
     next_ttag: u16,
     /// Commands running and input not yet decoded, for the writer.
     backlog: Arc<Backlog>,
+    /// Commands that had to wait, running as tasks of their own.
+    spawned: Vec<tokio::task::AbortHandle>,
 }
 
 impl Drop for Connection {
     /// However the connection ends (also by a panic in a command that ran inline), its queue
-    /// does not stay registered with the controller.
+    /// does not stay registered with the controller, and its commands still waiting are
+    /// stopped: their host has failed them and may be sending them again on a new connection,
+    /// where an old reset or write running late would undo the new ones.
     fn drop(&mut self) {
+        for command in self.spawned.drain(..) {
+            command.abort();
+        }
         self.close();
     }
 }
@@ -342,6 +349,7 @@ pub(crate) async fn serve_connection(
             r2t_freed: Arc::new(Notify::new()),
             next_ttag: 0,
             backlog,
+            spawned: Vec::new(),
         };
         conn.run(&mut reader, &mut stop).await;
         // Dropping `conn` detaches its queue from the controller.
@@ -890,7 +898,8 @@ impl Connection {
         // Most commands finish without waiting (a read the page cache serves, a zone report):
         // run them here, in order, and spawn a task only for those that must wait.
         if futures::poll!(command.as_mut()).is_pending() {
-            tokio::spawn(command);
+            self.spawned.retain(|c| !c.is_finished());
+            self.spawned.push(tokio::spawn(command).abort_handle());
         }
         Ok(())
     }
