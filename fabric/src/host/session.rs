@@ -140,10 +140,7 @@ impl Session {
         }
         let max_transfer = match ctrl.mdts {
             0 => 16 << 20,
-            n => 4096usize
-                .checked_shl(u32::from(n))
-                .unwrap_or(usize::MAX)
-                .min(16 << 20),
+            n => pages_to_bytes(n).min(16 << 20),
         };
         let in_capsule = (ctrl.ioccsz as usize * 16).saturating_sub(64);
         let wanted = u32::from(config.io_queues.max(1) - 1);
@@ -193,10 +190,7 @@ impl Session {
         let append_bytes = if zasl == 0 {
             max_transfer
         } else {
-            4096usize
-                .checked_shl(u32::from(zasl))
-                .unwrap_or(usize::MAX)
-                .min(max_transfer)
+            pages_to_bytes(zasl).min(max_transfer)
         };
 
         // I/O queues.
@@ -238,7 +232,12 @@ impl Session {
             block_size: ns.block_size,
             zone_size: zns_ns.zone_size,
             zone_capacity: zcap,
-            zone_count: (ns.nsze / zns_ns.zone_size) as u32,
+            zone_count: u32::try_from(ns.nsze / zns_ns.zone_size.max(1)).map_err(|_| {
+                HostError::Protocol(format!(
+                    "the namespace reports {} blocks in zones of {}: more zones than a drive may have",
+                    ns.nsze, zns_ns.zone_size
+                ))
+            })?,
             max_open: zns_ns.max_open,
             max_active: zns_ns.max_active,
             max_append_blocks: (append_bytes / ns.block_size as usize) as u32,
@@ -284,5 +283,27 @@ impl Drop for Session {
         if let Some(task) = &self.keep_alive {
             task.abort();
         }
+    }
+}
+
+/// Bytes in 2^`exponent` pages of 4 KiB (MDTS, ZASL), saturating rather than wrapping.
+fn pages_to_bytes(exponent: u8) -> usize {
+    if u32::from(exponent) >= usize::BITS - 12 {
+        usize::MAX
+    } else {
+        4096usize << exponent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_exponents_saturate_instead_of_wrapping() {
+        assert_eq!(pages_to_bytes(0), 4096);
+        assert_eq!(pages_to_bytes(9), 2 << 20);
+        assert_eq!(pages_to_bytes(52), usize::MAX);
+        assert_eq!(pages_to_bytes(255), usize::MAX);
     }
 }
