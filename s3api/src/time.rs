@@ -26,24 +26,33 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
+fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+    (
+        y,
+        m,
+        d,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis(),
+    )
 }
 
-/// `2009-10-12T17:50:30.000Z`: whole seconds, as S3 shows them (and as Last-Modified shows
-/// the same time), so that a listing and a HEAD of one object agree.
+/// `2009-10-12T17:50:30.123Z`. Milliseconds are kept: `aws s3 sync` compares a listing's
+/// LastModified with local files' times, and one cut to the second would look older than a
+/// file written in the same second as its upload (and upload it again).
 pub fn iso8601(t: SystemTime) -> String {
-    let (y, m, d, h, mi, s) = parts(t);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.000Z")
+    let (y, m, d, h, mi, s, ms) = parts(t);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
 /// `20091012T175030Z`.
 pub fn amz_date(t: SystemTime) -> String {
-    let (y, m, d, h, mi, s) = parts(t);
+    let (y, m, d, h, mi, s, _) = parts(t);
     format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
@@ -101,7 +110,7 @@ mod tests {
     #[test]
     fn formats_agree() {
         let t = UNIX_EPOCH + Duration::from_millis(1_255_369_830_123);
-        assert_eq!(iso8601(t), "2009-10-12T17:50:30.000Z");
+        assert_eq!(iso8601(t), "2009-10-12T17:50:30.123Z");
         assert_eq!(amz_date(t), "20091012T175030Z");
         assert_eq!(http_date(t), "Mon, 12 Oct 2009 17:50:30 GMT");
         assert_eq!(parse_amz_date("20091012T175030Z"), Some(whole_seconds(t)));
