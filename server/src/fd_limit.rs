@@ -2,42 +2,35 @@
 //! often 1024), and shared out, so that clients opening connections cannot take the
 //! descriptors the index and the drives' connections need.
 
-/// The soft limit on open files now (1024 if it cannot be read).
-pub fn current() -> u64 {
+/// The soft and hard limits on open files, if they can be read.
+fn limits() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct it is given, which lives for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    }
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+}
+
+/// The soft limit on open files now (1024 if it cannot be read).
+pub fn current() -> u64 {
+    limits().map_or(1024, |l| l.rlim_cur)
 }
 
 /// Raises the soft limit on open files to the hard limit; returns the soft limit in effect.
 pub fn raise() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct given, which lives for the
-    // calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                tracing::warn!(
-                    soft = limit.rlim_cur,
-                    hard = limit.rlim_max,
-                    "could not raise the open files limit"
-                );
-            }
+    if let Some(limit) = limits().filter(|l| l.rlim_cur < l.rlim_max) {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given, which lives for the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                "could not raise the open files limit"
+            );
         }
     }
     current()

@@ -102,6 +102,14 @@ pub(crate) struct QueueCtx {
 /// Bytes one permit of a read budget stands for.
 const READ_BUDGET_UNIT: usize = 4096;
 
+/// Permits of a connection's read budget.
+fn read_budget_units(config: &super::TargetConfig) -> usize {
+    config
+        .max_outstanding_read
+        .div_ceil(READ_BUDGET_UNIT)
+        .max(1)
+}
+
 impl QueueCtx {
     pub(crate) fn subsystem(&self) -> &Arc<Subsystem> {
         &self.controller.subsystem
@@ -128,12 +136,7 @@ impl QueueCtx {
     /// Waits until the connection's read budget allows `bytes` more of read data to be held;
     /// the hold lasts until the data is sent.
     async fn reserve_read(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let total = self
-            .target
-            .config
-            .max_outstanding_read
-            .div_ceil(READ_BUDGET_UNIT)
-            .max(1);
+        let total = read_budget_units(&self.target.config);
         let units = bytes.div_ceil(READ_BUDGET_UNIT).clamp(1, total);
         self.read_budget
             .clone()
@@ -268,8 +271,8 @@ struct Connection {
     next_ttag: u16,
     /// Commands running and input not yet decoded, for the writer.
     backlog: Arc<Backlog>,
-    /// Commands that had to wait, running as tasks of their own.
-    spawned: Vec<tokio::task::AbortHandle>,
+    /// Commands that had to wait, running as tasks of their own (aborted when dropped).
+    spawned: tokio::task::JoinSet<()>,
 }
 
 impl Drop for Connection {
@@ -278,9 +281,7 @@ impl Drop for Connection {
     /// stopped: their host has failed them and may be sending them again on a new connection,
     /// where an old reset or write running late would undo the new ones.
     fn drop(&mut self) {
-        for command in self.spawned.drain(..) {
-            command.abort();
-        }
+        self.spawned.abort_all();
         self.close();
     }
 }
@@ -349,7 +350,7 @@ pub(crate) async fn serve_connection(
             r2t_freed: Arc::new(Notify::new()),
             next_ttag: 0,
             backlog,
-            spawned: Vec::new(),
+            spawned: tokio::task::JoinSet::new(),
         };
         conn.run(&mut reader, &mut stop).await;
         // Dropping `conn` detaches its queue from the controller.
@@ -898,8 +899,8 @@ impl Connection {
         // Most commands finish without waiting (a read the page cache serves, a zone report):
         // run them here, in order, and spawn a task only for those that must wait.
         if futures::poll!(command.as_mut()).is_pending() {
-            self.spawned.retain(|c| !c.is_finished());
-            self.spawned.push(tokio::spawn(command).abort_handle());
+            while self.spawned.try_join_next().is_some() {}
+            self.spawned.spawn(command);
         }
         Ok(())
     }
@@ -1011,13 +1012,7 @@ impl Connection {
                     sqflow_disabled: c.cattr & connect::CATTR_DISABLE_SQFLOW != 0,
                     sq_head: AtomicU32::new(0),
                     closed: AtomicBool::new(false),
-                    read_budget: Arc::new(Semaphore::new(
-                        self.target
-                            .config
-                            .max_outstanding_read
-                            .div_ceil(READ_BUDGET_UNIT)
-                            .max(1),
-                    )),
+                    read_budget: Arc::new(Semaphore::new(read_budget_units(&self.target.config))),
                 });
                 tracing::debug!(peer = %self.peer, qid = c.qid, cntlid, subsystem = %c.subnqn, host = %c.hostnqn, "queue connected");
                 self.ctx = Some(ctx.clone());

@@ -313,13 +313,16 @@ impl Change {
 
     /// Drives whose records this change makes part of the index (they must be flushed first).
     fn drives(&self) -> BTreeSet<DriveId> {
-        self.locations().iter().map(|l| l.drive).collect()
+        let mut out = BTreeSet::new();
+        self.for_each_location(|l| {
+            out.insert(l.drive);
+        });
+        out
     }
 
-    /// Every copy of every record the change makes part of the index.
-    fn locations(&self) -> Vec<Location> {
-        let mut out = Vec::new();
-        let mut add = |ls: &[Location]| out.extend_from_slice(ls);
+    /// Calls `visit` with every copy of every record the change makes part of the index.
+    fn for_each_location(&self, mut visit: impl FnMut(&Location)) {
+        let mut add = |ls: &[Location]| ls.iter().for_each(&mut visit);
         match self {
             Change::PutObject {
                 commit, extents, ..
@@ -356,7 +359,6 @@ impl Change {
             }
             Change::ZoneReset(_) | Change::SetDraining(..) => {}
         }
-        out
     }
 }
 
@@ -605,10 +607,9 @@ async fn run(
         // this batch, before the client hears of the failure (see [`revoked`]).
         for (request, result) in group.iter().zip(&results) {
             if result.is_err()
-                && let Some(seq) = request.change.claim_seq()
+                && let Some((key, value)) = revocation(request, &drives, &base)
             {
-                let zones = record_zones(&request.change, &request.holds, &drives, &base);
-                txn.put(cf::META, revoked::key(seq), revoked::encode(&zones));
+                txn.put(cf::META, key, value);
             }
         }
         // How far zones are settled, as of the groups before this one (this one's records
@@ -639,15 +640,8 @@ async fn run(
                 // Every write of the group failed: their records are revoked, if the index
                 // takes even that.
                 let mut revocations = WriteBatch::default();
-                for request in &group {
-                    if let Some(seq) = request.change.claim_seq() {
-                        let zones = record_zones(&request.change, &request.holds, &drives, &base);
-                        revocations.put_cf(
-                            index.cf(cf::META),
-                            revoked::key(seq),
-                            revoked::encode(&zones),
-                        );
-                    }
+                for (key, value) in group.iter().filter_map(|r| revocation(r, &drives, &base)) {
+                    revocations.put_cf(index.cf(cf::META), key, value);
                 }
                 let index_for_revocations = index.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -687,19 +681,24 @@ fn record_zones(
     drives: &Drives,
     accounts: &HashMap<ZoneId, ZoneAccount>,
 ) -> Vec<ZoneStamp> {
-    let named = change.locations();
-    let mut stamps: Vec<ZoneStamp> = holds
-        .iter()
-        .flat_map(|h| h.zones())
-        .chain(named.iter().filter_map(|l| drives.zone_of(l)))
-        .map(|zone| ZoneStamp {
-            zone,
-            generation: accounts.get(&zone).map_or(0, |a| a.generation),
-        })
-        .collect();
-    stamps.sort();
-    stamps.dedup();
-    stamps
+    let mut zones: Vec<ZoneId> = holds.iter().flat_map(|h| h.zones()).collect();
+    // A change replay submitted has no holds: its records are where it names them.
+    change.for_each_location(|l| zones.extend(drives.zone_of(l)));
+    revoked::stamps(zones, |zone| {
+        accounts.get(&zone).map_or(0, |a| a.generation)
+    })
+}
+
+/// The meta entry revoking a failed client write's records (see [`revoked`]), or None for a
+/// change that is not a client write.
+fn revocation(
+    request: &Request,
+    drives: &Drives,
+    accounts: &HashMap<ZoneId, ZoneAccount>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let seq = request.change.claim_seq()?;
+    let zones = record_zones(&request.change, &request.holds, drives, accounts);
+    Some((revoked::key(seq), revoked::encode(&zones)))
 }
 
 /// Drives (with their names) whose session changed since one of the held records was appended

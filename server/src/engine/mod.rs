@@ -286,15 +286,10 @@ impl Engine {
                         drive.attached.store(false, Ordering::SeqCst);
                         snapshots.push(None);
                     }
-                    Err(e @ EngineError::WrongDrive { .. }) => {
-                        tracing::error!("{e}");
-                        drive.attached.store(false, Ordering::SeqCst);
-                        snapshots.push(None);
-                    }
-                    // A drive that answers wrongly (an I/O error, a write pointer outside its
-                    // zone) is its own fault, not the store's: the others serve without it.
-                    Err(e) if e.is_drive_fault() => {
-                        tracing::error!(drive = %drive.name, "drive failed its survey ({e}): starting without it");
+                    // Another drive under its name, or one that answers wrongly (an I/O error, a
+                    // write pointer outside its zone): that drive's fault, not the store's.
+                    Err(e) if matches!(e, EngineError::WrongDrive { .. }) || e.is_drive_fault() => {
+                        tracing::error!(drive = %drive.name, "{e}: starting without the drive");
                         drive.attached.store(false, Ordering::SeqCst);
                         snapshots.push(None);
                     }

@@ -433,14 +433,13 @@ impl Placement {
             && space.free.len() > reserve + limit
             && let Some(&zone) = space.free.iter().next()
         {
-            let from_reserve = class == Class::User && space.free.len() <= config.reserve;
-            return Some(open_zone(space, drive, zone, class, blocks, from_reserve));
+            return Some(open_zone(space, drive, zone, class, blocks, config.reserve));
         }
 
         let open = space.active[c].len();
+        let ordinary = class == Class::User && !frees_space;
         for k in 0..open {
             let zone = space.active[c][(space.turn + k) % open];
-            let ordinary = class == Class::User && !frees_space;
             if ordinary && space.zones[zone as usize].from_reserve {
                 continue;
             }
@@ -459,8 +458,7 @@ impl Placement {
             return None;
         }
         let zone = *space.free.iter().next()?;
-        let from_reserve = class == Class::User && space.free.len() <= config.reserve;
-        Some(open_zone(space, drive, zone, class, blocks, from_reserve))
+        Some(open_zone(space, drive, zone, class, blocks, config.reserve))
     }
 
     /// Records the end of an append into `slot` (`ok` when it landed). Returns a zone to
@@ -661,14 +659,17 @@ impl Placement {
 }
 
 /// Makes free `zone` an open zone of `class` and reserves the first record in it.
+/// Opens free `zone` for `class` and takes `blocks` of it; a user zone opened with no more
+/// free zones than `reserve` is marked as taken from the reserve.
 fn open_zone(
     space: &mut DriveSpace,
     drive: DriveId,
     zone: u32,
     class: Class,
     blocks: u64,
-    from_reserve: bool,
+    reserve: usize,
 ) -> Slot {
+    let from_reserve = class == Class::User && space.free.len() <= reserve;
     space.free.remove(&zone);
     let z = &mut space.zones[zone as usize];
     z.usage = ZoneUse::Active(class);

@@ -281,13 +281,9 @@ async fn rebuild_scanning(
     }
     // Kept revoking what the old index revoked, in zones of this index's generations.
     for (&seq, zones) in revoked {
-        let zones: Vec<ZoneStamp> = zones
-            .iter()
-            .map(|z| ZoneStamp {
-                zone: z.zone,
-                generation: accounts.get(&z.zone).map_or(0, |a| a.generation),
-            })
-            .collect();
+        let zones = super::revoked::stamps(zones.iter().map(|z| z.zone), |zone| {
+            accounts.get(&zone).map_or(0, |a| a.generation)
+        });
         batch.put_cf(
             index.cf(cf::META),
             super::revoked::key(seq),

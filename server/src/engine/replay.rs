@@ -260,12 +260,9 @@ impl EngineInner {
                 Err(()) => complete = false,
             }
         }
-        // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
-        let revoked = match mode {
-            Replay::RollForward => super::revoked::load(&self.index)?.into_keys().collect(),
-            Replay::CopiesOnly => BTreeSet::new(),
-        };
         if mode == Replay::RollForward {
+            // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
+            let revoked: BTreeSet<u64> = super::revoked::load(&self.index)?.into_keys().collect();
             changes.extend(self.versions_to_roll_forward(&tail, &revoked)?);
         }
         changes.sort_by_key(|(seq, _)| *seq);

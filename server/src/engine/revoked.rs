@@ -32,6 +32,23 @@ pub fn key(seq: u64) -> Vec<u8> {
     [KEY_PREFIX, &seq.to_be_bytes()[..]].concat()
 }
 
+/// `zones` stamped with their reset generations (`generation`), each once, in order.
+pub fn stamps(
+    zones: impl IntoIterator<Item = ZoneId>,
+    generation: impl Fn(ZoneId) -> u64,
+) -> Vec<ZoneStamp> {
+    let mut stamps: Vec<ZoneStamp> = zones
+        .into_iter()
+        .map(|zone| ZoneStamp {
+            zone,
+            generation: generation(zone),
+        })
+        .collect();
+    stamps.sort();
+    stamps.dedup();
+    stamps
+}
+
 /// The value of a revocation: the zones the records may be in.
 pub fn encode(zones: &[ZoneStamp]) -> Vec<u8> {
     let mut e = Enc::new();

@@ -16,7 +16,7 @@ use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
-use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId, ZoneStamp};
+use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
 use super::placement::{NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 
@@ -67,8 +67,6 @@ impl EngineInner {
         only: Option<u16>,
     ) -> Result<Appended, AppendFailed> {
         let mut locations = Vec::with_capacity(copies);
-        // Zones appended to: where copies may be, whether their appends reported or not.
-        let mut attempted: Vec<ZoneId> = Vec::new();
         let mut holds = ZoneHolds::new(self.placement.clone());
         let mut tried: Vec<u16> = Vec::new();
         let deadline = Instant::now() + SPACE_WAIT;
@@ -116,7 +114,7 @@ impl EngineInner {
                         }
                         return Err(AppendFailed {
                             error: EngineError::NoSpace(reason),
-                            attempted,
+                            attempted: holds.zones().collect(),
                         });
                     }
                 };
@@ -177,10 +175,6 @@ impl EngineInner {
             });
             for (slot, result) in futures::future::join_all(appends).await {
                 tried.push(slot.drive);
-                attempted.push(ZoneId {
-                    drive: slot.drive,
-                    zone: slot.zone,
-                });
                 let ok = result.is_ok();
                 if let Some(zone) = self.placement.complete(&slot, ok) {
                     self.finish_zones(vec![zone]);
@@ -234,7 +228,8 @@ impl EngineInner {
                     "stored {} of the {quorum} copies a write needs",
                     locations.len()
                 )),
-                attempted,
+                // Where copies may be, whether their appends reported or not.
+                attempted: holds.zones().collect(),
             })
         }
     }
@@ -287,15 +282,8 @@ impl EngineInner {
     /// Records (durably, before the failed write's caller hears of it) that the records of
     /// sequence number `seq`, in `zones`, are dead: see [`super::revoked`].
     pub(crate) async fn revoke(&self, seq: u64, zones: &[ZoneId]) {
-        let mut stamps: Vec<ZoneStamp> = zones
-            .iter()
-            .map(|&zone| ZoneStamp {
-                zone,
-                generation: self.accounts.generation(zone),
-            })
-            .collect();
-        stamps.sort();
-        stamps.dedup();
+        let stamps =
+            super::revoked::stamps(zones.iter().copied(), |zone| self.accounts.generation(zone));
         let index = self.index.clone();
         let written =
             tokio::task::spawn_blocking(move || super::revoked::record(&index, seq, &stamps)).await;
