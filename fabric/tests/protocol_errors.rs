@@ -212,36 +212,12 @@ async fn garbage_on_one_connection_leaves_others_working() {
 
 #[tokio::test]
 async fn a_silent_host_loses_its_controller_after_the_keep_alive_timeout() {
-    let config = TargetConfig {
-        keep_alive_grace: Duration::from_millis(100),
-        ..TargetConfig::default()
-    };
-    let (_d, target, handle) = start(config).await;
-    let mut stream = initialized(handle.local_addr()).await;
-    send(
-        &mut stream,
-        connect_capsule(
-            0,
-            CNTLID_DYNAMIC,
-            31,
-            400,
-            "nqn.2026-01.io.zonestore:silent",
-        ),
-    )
-    .await;
-    // Enable the controller so that its keep-alive timer runs, then say nothing.
-    send(&mut stream, enable_capsule()).await;
-    let started = std::time::Instant::now();
-    let pdus = read_all(&mut stream).await;
+    // Enabled, so that its keep-alive timer runs, then silent.
+    let pdus = silent_host_torn_down("nqn.2026-01.io.zonestore:silent", true).await;
     assert!(
         pdus.len() >= 2,
         "Connect and Property Set completed: {pdus:?}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "torn down promptly"
-    );
-    assert_eq!(target.stats().keep_alive_timeouts, 1);
 }
 
 /// A host that connects its admin queue and dies before it enables the controller loses the
@@ -249,6 +225,17 @@ async fn a_silent_host_loses_its_controller_after_the_keep_alive_timeout() {
 /// ID for ever.
 #[tokio::test]
 async fn a_host_silent_before_enabling_its_controller_loses_it_after_the_keep_alive_timeout() {
+    let pdus = silent_host_torn_down("nqn.2026-01.io.zonestore:dies-early", false).await;
+    assert!(
+        matches!(pdus.first(), Some(Pdu::CapsuleResp(r)) if r.cqe.status().is_success()),
+        "the Connect completed: {pdus:?}"
+    );
+}
+
+/// Connects `host`'s admin queue with a 400 ms keep-alive (and enables the controller, if
+/// `enable`), then says nothing: checks that the controller is torn down promptly for it, and
+/// returns the PDUs the target sent.
+async fn silent_host_torn_down(host: &str, enable: bool) -> Vec<Pdu> {
     let config = TargetConfig {
         keep_alive_grace: Duration::from_millis(100),
         ..TargetConfig::default()
@@ -257,26 +244,20 @@ async fn a_host_silent_before_enabling_its_controller_loses_it_after_the_keep_al
     let mut stream = initialized(handle.local_addr()).await;
     send(
         &mut stream,
-        connect_capsule(
-            0,
-            CNTLID_DYNAMIC,
-            31,
-            400,
-            "nqn.2026-01.io.zonestore:dies-early",
-        ),
+        connect_capsule(0, CNTLID_DYNAMIC, 31, 400, host),
     )
     .await;
+    if enable {
+        send(&mut stream, enable_capsule()).await;
+    }
     let started = std::time::Instant::now();
     let pdus = read_all(&mut stream).await;
-    assert!(
-        matches!(pdus.first(), Some(Pdu::CapsuleResp(r)) if r.cqe.status().is_success()),
-        "the Connect completed: {pdus:?}"
-    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "torn down promptly"
     );
     assert_eq!(target.stats().keep_alive_timeouts, 1);
+    pdus
 }
 
 /// Connects an admin queue of `sqsize` + 1 entries on an initialized connection and reads the
