@@ -10,13 +10,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::HeaderMap;
-use md5::{Digest, Md5};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::auth::{Authenticated, Payload};
 use crate::checksum::{self, Algorithm, Hasher};
 use crate::chunked::{ChunkSigning, ChunkedDecoder};
 use crate::error::S3Error;
+use crate::md5_lanes::StreamMd5;
 use crate::store::StoredChecksum;
 
 /// What a verified body was.
@@ -42,7 +42,8 @@ pub struct BodyReader {
     raw: BoxStream<'static, Result<Bytes, S3Error>>,
     decoder: Option<ChunkedDecoder>,
     ready: VecDeque<Bytes>,
-    md5: Md5,
+    /// Taken when the body ends.
+    md5: Option<StreamMd5>,
     sha256: Option<(Sha256, String)>,
     /// Checksums to compute: (hasher, value from a header, or None when it comes as a trailer).
     checksums: Vec<(Hasher, Option<String>)>,
@@ -163,7 +164,7 @@ impl BodyReader {
             raw,
             decoder,
             ready: VecDeque::new(),
-            md5: Md5::new(),
+            md5: Some(StreamMd5::new(expected_len)),
             sha256,
             checksums,
             content_md5,
@@ -193,7 +194,9 @@ impl BodyReader {
                 "more bytes than the declared length",
             ));
         }
-        self.md5.update(data);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(data);
+        }
         for (h, _) in &mut self.checksums {
             h.update(data);
         }
@@ -205,6 +208,9 @@ impl BodyReader {
         loop {
             if let Some(data) = self.ready.pop_front() {
                 self.account(&data)?;
+                if let Some(md5) = &self.md5 {
+                    md5.caught_up().await;
+                }
                 return Ok(Some(data));
             }
             if self.finished.is_some() {
@@ -225,14 +231,14 @@ impl BodyReader {
                 }
                 Some(Err(e)) => return Err(e),
                 None => {
-                    self.finish()?;
+                    self.finish().await?;
                     return Ok(None);
                 }
             }
         }
     }
 
-    fn finish(&mut self) -> Result<(), S3Error> {
+    async fn finish(&mut self) -> Result<(), S3Error> {
         let trailers = match self.decoder.as_mut() {
             Some(d) => d.finish()?,
             None => Vec::new(),
@@ -251,7 +257,13 @@ impl BodyReader {
                 return Err(S3Error::sha256_mismatch(&expected, &computed));
             }
         }
-        let md5: [u8; 16] = std::mem::take(&mut self.md5).finalize().into();
+        let md5 = match self.md5.take() {
+            Some(md5) => md5
+                .finish()
+                .await
+                .map_err(|e| S3Error::internal(&e.to_string()))?,
+            None => return Err(S3Error::internal("the body's MD5 was already taken")),
+        };
         if let Some(expected) = self.content_md5
             && expected != md5
         {

@@ -4,7 +4,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -190,11 +189,6 @@ pub fn parse_content_md5(value: &str) -> Result<[u8; 16], S3Error> {
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(S3Error::invalid_digest)
-}
-
-/// MD5 hasher (ETags and Content-MD5).
-pub fn md5() -> Md5 {
-    Md5::new()
 }
 
 /// Lowercase hex.

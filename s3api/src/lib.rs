@@ -10,6 +10,7 @@ pub mod chunked;
 pub mod error;
 pub mod handlers;
 pub mod http_util;
+pub mod md5_lanes;
 pub mod service;
 pub mod store;
 pub mod time;

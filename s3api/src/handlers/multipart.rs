@@ -181,7 +181,13 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     }
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
     let hasher = upload_algorithm(&upload).map(Hasher::new);
-    let (_, md5, hasher) = pipe(source.reader.read(range)?, &mut writer, hasher).await?;
+    let (_, md5, hasher) = pipe(
+        source.reader.read(range.clone())?,
+        range.end - range.start,
+        &mut writer,
+        hasher,
+    )
+    .await?;
     let mut checksums = Vec::new();
     add_missing(&mut checksums, hasher);
     let part = writer.commit_part(checksum::hex(&md5), checksums).await?;

@@ -4,7 +4,6 @@
 use axum::body::Body;
 use futures::StreamExt;
 use http::StatusCode;
-use md5::Digest;
 
 use crate::body::BodySummary;
 use crate::checksum;
@@ -12,6 +11,7 @@ use crate::error::S3Error;
 use crate::http_util::{
     check_key, check_preconditions, object_headers, parse_range, refuse_unsupported_write_headers,
 };
+use crate::md5_lanes::StreamMd5;
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
 use crate::store::{
     BodyStream, DeleteCondition, ObjectHeaders, ObjectInfo, ObjectWriter, OpenObject,
@@ -88,24 +88,31 @@ pub(crate) fn add_missing(checksums: &mut Vec<StoredChecksum>, hasher: Option<ch
     }
 }
 
-/// Streams `source` into `writer`; returns size, MD5 and, with `hasher`, its checksum.
+/// Streams `source` (`len` bytes) into `writer`; returns size, MD5 and, with `hasher`, its
+/// checksum.
 pub(crate) async fn pipe(
     mut source: BodyStream,
+    len: u64,
     writer: &mut Box<dyn ObjectWriter>,
     mut hasher: Option<checksum::Hasher>,
 ) -> Result<(u64, [u8; 16], Option<checksum::Hasher>), S3Error> {
-    let mut md5 = checksum::md5();
+    let mut md5 = StreamMd5::new(Some(len));
     let mut size = 0u64;
     while let Some(chunk) = source.next().await {
         let chunk = chunk?;
         md5.update(&chunk);
+        md5.caught_up().await;
         if let Some(h) = &mut hasher {
             h.update(&chunk);
         }
         size += chunk.len() as u64;
         writer.write(chunk).await?;
     }
-    Ok((size, md5.finalize().into(), hasher))
+    let md5 = md5
+        .finish()
+        .await
+        .map_err(|e| S3Error::internal(&e.to_string()))?;
+    Ok((size, md5, hasher))
 }
 
 fn checksum_headers(
@@ -485,7 +492,13 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     };
     let condition = write_condition(ctx)?;
     let mut writer = svc.store.put_object(&bucket, &key).await?;
-    let (_, md5, _) = pipe(source.reader.read(0..source.info.size)?, &mut writer, None).await?;
+    let (_, md5, _) = pipe(
+        source.reader.read(0..source.info.size)?,
+        source.info.size,
+        &mut writer,
+        None,
+    )
+    .await?;
     // Full-object checksums still hold for the same bytes; composite ones describe parts.
     let checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
         Vec::new()

@@ -1,0 +1,343 @@
+//! The hashing thread: streams hand it their whole 64-byte blocks (as the `Bytes` they arrived
+//! in, not copied) and it hashes up to [`LANES`] streams in lockstep, one per vector lane. A
+//! stream keeps its partial last block and its length itself and finishes its digest once the
+//! thread has caught up with it.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
+
+use bytes::{Buf, Bytes};
+use tokio::sync::Notify;
+
+use super::{BLOCK, HasherStopped, INITIAL, finalize};
+
+/// Streams hashed side by side (the lanes of a 512-bit vector of 32-bit words).
+const LANES: usize = 16;
+
+/// Most bytes one stream may have waiting for the thread before its producer waits.
+const MAX_QUEUED: usize = 4 << 20;
+
+/// Most blocks per lane in one pass, so that newly arrived streams join soon.
+const MAX_PASS_BLOCKS: usize = 256;
+
+/// One stream as the thread and its owner share it.
+struct Lane {
+    shared: Mutex<Shared>,
+    /// Signalled whenever the thread finishes a chunk of this stream.
+    changed: Notify,
+}
+
+struct Shared {
+    /// MD5 state after every block the thread has finished (valid while not `scheduled`).
+    state: [u32; 4],
+    /// Whole blocks waiting; the front one is being hashed while `scheduled`.
+    queue: VecDeque<Bytes>,
+    /// Bytes in `queue`.
+    queued: usize,
+    /// Handed to the thread, which holds it until `queue` is empty.
+    scheduled: bool,
+    /// The owner is gone: the rest of the queue is dropped unhashed.
+    cancelled: bool,
+    /// The thread stopped while it held this stream.
+    failed: bool,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The thread's mailbox: streams that have blocks waiting.
+struct Hasher {
+    sender: mpsc::Sender<Arc<Lane>>,
+}
+
+/// Set when the thread has stopped: new streams hash inline.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+fn kernels_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::x86::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The hashing thread, started on first use; `None` where the CPU lacks the vector kernels (or
+/// the thread could not start), and then every stream hashes inline.
+fn hasher() -> Option<&'static Hasher> {
+    static HASHER: OnceLock<Option<Hasher>> = OnceLock::new();
+    HASHER
+        .get_or_init(|| {
+            if !kernels_supported() {
+                return None;
+            }
+            let (sender, receiver) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("md5-lanes".into())
+                .spawn(move || run(receiver))
+                .ok()?;
+            Some(Hasher { sender })
+        })
+        .as_ref()
+        .filter(|_| !STOPPED.load(Ordering::Relaxed))
+}
+
+/// The owner's side of one stream.
+pub(super) struct LaneStream {
+    lane: Arc<Lane>,
+    hasher: &'static Hasher,
+    /// Bytes after the last whole block handed over.
+    tail: Vec<u8>,
+    total: u64,
+}
+
+impl LaneStream {
+    /// A new stream, or `None` when there is no hashing thread.
+    pub(super) fn new() -> Option<LaneStream> {
+        let hasher = hasher()?;
+        let shared = Shared {
+            state: INITIAL,
+            queue: VecDeque::new(),
+            queued: 0,
+            scheduled: false,
+            cancelled: false,
+            failed: false,
+        };
+        Some(LaneStream {
+            lane: Arc::new(Lane {
+                shared: Mutex::new(shared),
+                changed: Notify::new(),
+            }),
+            hasher,
+            tail: Vec::with_capacity(BLOCK),
+            total: 0,
+        })
+    }
+
+    pub(super) fn update(&mut self, data: &Bytes) {
+        self.total += data.len() as u64;
+        let mut data = data.clone();
+        if !self.tail.is_empty() {
+            let take = (BLOCK - self.tail.len()).min(data.len());
+            self.tail.extend_from_slice(&data[..take]);
+            data.advance(take);
+            if self.tail.len() < BLOCK {
+                return;
+            }
+            let block = Bytes::from(std::mem::replace(&mut self.tail, Vec::with_capacity(BLOCK)));
+            self.hand_over(block);
+        }
+        let whole = data.len() / BLOCK * BLOCK;
+        if whole > 0 {
+            self.hand_over(data.split_to(whole));
+        }
+        self.tail.extend_from_slice(&data);
+    }
+
+    fn hand_over(&self, blocks: Bytes) {
+        let wake_thread = {
+            let mut shared = self.lane.lock();
+            if shared.failed {
+                return;
+            }
+            shared.queued += blocks.len();
+            shared.queue.push_back(blocks);
+            !std::mem::replace(&mut shared.scheduled, true)
+        };
+        if wake_thread && self.hasher.sender.send(self.lane.clone()).is_err() {
+            self.lane.lock().failed = true;
+        }
+    }
+
+    pub(super) async fn caught_up(&self) {
+        self.wait_until(|s| s.queued <= MAX_QUEUED || s.failed)
+            .await;
+    }
+
+    pub(super) async fn finish(self) -> Result<[u8; 16], HasherStopped> {
+        self.wait_until(|s| !s.scheduled || s.failed).await;
+        let shared = self.lane.lock();
+        if shared.failed {
+            return Err(HasherStopped);
+        }
+        Ok(finalize(shared.state, &self.tail, self.total))
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Shared) -> bool) {
+        loop {
+            let mut changed = pin!(self.lane.changed.notified());
+            changed.as_mut().enable();
+            if done(&self.lane.lock()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for LaneStream {
+    fn drop(&mut self) {
+        let mut shared = self.lane.lock();
+        shared.cancelled = true;
+        shared.queue.clear();
+        shared.queued = 0;
+    }
+}
+
+/// A stream the thread is hashing: its current chunk and its state so far.
+struct Active {
+    lane: Arc<Lane>,
+    chunk: Bytes,
+    at: usize,
+    state: [u32; 4],
+}
+
+impl Active {
+    /// Takes up `lane`, or releases it when it has nothing (left) to hash.
+    fn start(lane: Arc<Lane>) -> Option<Active> {
+        let mut shared = lane.lock();
+        let chunk = match shared.queue.front() {
+            Some(front) if !shared.cancelled => front.clone(),
+            _ => {
+                shared.scheduled = false;
+                drop(shared);
+                lane.changed.notify_waiters();
+                return None;
+            }
+        };
+        let state = shared.state;
+        drop(shared);
+        Some(Active {
+            lane,
+            chunk,
+            at: 0,
+            state,
+        })
+    }
+
+    fn remaining_blocks(&self) -> usize {
+        (self.chunk.len() - self.at) / BLOCK
+    }
+
+    /// After its chunk is hashed: goes on with the stream's next chunk (true), or gives the
+    /// stream back: to `waiting` when others wait for a lane, else released as idle.
+    fn next_chunk(&mut self, waiting: &mut VecDeque<Arc<Lane>>) -> bool {
+        let mut shared = self.lane.lock();
+        shared.state = self.state;
+        if !shared.cancelled
+            && let Some(done) = shared.queue.pop_front()
+        {
+            shared.queued -= done.len();
+        }
+        let keep = match shared.queue.front() {
+            Some(next) if !shared.cancelled => {
+                if waiting.is_empty() {
+                    self.chunk = next.clone();
+                    self.at = 0;
+                    true
+                } else {
+                    waiting.push_back(self.lane.clone());
+                    false
+                }
+            }
+            _ => {
+                shared.scheduled = false;
+                false
+            }
+        };
+        drop(shared);
+        self.lane.changed.notify_waiters();
+        keep
+    }
+}
+
+/// What the thread holds; if the thread panics, every stream in it is failed rather than left
+/// waiting forever.
+struct Work {
+    receiver: mpsc::Receiver<Arc<Lane>>,
+    active: Vec<Active>,
+    waiting: VecDeque<Arc<Lane>>,
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        STOPPED.store(true, Ordering::Relaxed);
+        let held = self.active.drain(..).map(|a| a.lane);
+        let queued: Vec<Arc<Lane>> = self.receiver.try_iter().collect();
+        for lane in held.chain(self.waiting.drain(..)).chain(queued) {
+            lane.lock().failed = true;
+            lane.changed.notify_waiters();
+        }
+    }
+}
+
+fn run(receiver: mpsc::Receiver<Arc<Lane>>) {
+    let mut work = Work {
+        receiver,
+        active: Vec::with_capacity(LANES),
+        waiting: VecDeque::new(),
+    };
+    loop {
+        if work.active.is_empty() && work.waiting.is_empty() {
+            match work.receiver.recv() {
+                Ok(lane) => work.waiting.push_back(lane),
+                Err(_) => return,
+            }
+        }
+        work.waiting.extend(work.receiver.try_iter());
+        while work.active.len() < LANES
+            && let Some(lane) = work.waiting.pop_front()
+        {
+            work.active.extend(Active::start(lane));
+        }
+        let Some(blocks) = work.active.iter().map(Active::remaining_blocks).min() else {
+            continue;
+        };
+        let blocks = blocks.min(MAX_PASS_BLOCKS);
+        compress(&mut work.active, blocks);
+        let Work {
+            active, waiting, ..
+        } = &mut work;
+        active.retain_mut(|a| {
+            a.at += blocks * BLOCK;
+            a.at < a.chunk.len() || a.next_chunk(waiting)
+        });
+    }
+}
+
+/// Hashes the next `blocks` blocks of every active stream.
+fn compress(active: &mut [Active], blocks: usize) {
+    let mut states = [[0u32; 4]; LANES];
+    let mut inputs: [&[u8]; LANES] = [&[]; LANES];
+    let n = active.len();
+    for ((state, input), a) in states.iter_mut().zip(&mut inputs).zip(active.iter()) {
+        *state = a.state;
+        *input = &a.chunk[a.at..a.at + blocks * BLOCK];
+    }
+    compress_streams(&mut states[..n], &inputs[..n]);
+    for (a, state) in active.iter_mut().zip(states) {
+        a.state = state;
+    }
+}
+
+/// Runs each input (whole blocks) into its state: side by side where the CPU can.
+fn compress_streams(states: &mut [[u32; 4]], inputs: &[&[u8]]) {
+    #[cfg(target_arch = "x86_64")]
+    if states.len() > 1 {
+        super::x86::compress_streams(states, inputs);
+        return;
+    }
+    for (state, input) in states.iter_mut().zip(inputs) {
+        super::compress_blocks(state, input);
+    }
+}
