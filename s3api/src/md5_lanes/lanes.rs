@@ -2,11 +2,19 @@
 //! in, not copied) and it hashes up to [`LANES`] streams in lockstep, one per vector lane. A
 //! stream keeps its partial last block and its length itself and finishes its digest once the
 //! thread has caught up with it.
+//!
+//! Lanes are only cheap when they are full, and uploads arrive a piece at a time: hashing each
+//! piece as it comes would mostly run one lane. So the thread gathers: it runs a pass when every
+//! live stream has bytes waiting, or 16 do, or one of them is in a hurry (its owner is waiting
+//! for the digest, or has half of its bound queued), or [`GATHER`] has passed since a waiting
+//! stream was handed over. The digest is not needed before the body ends, so waiting costs
+//! nothing but a little memory, bounded per stream.
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
@@ -19,8 +27,14 @@ const LANES: usize = 16;
 /// Most bytes one stream may have waiting for the thread before its producer waits.
 const MAX_QUEUED: usize = 4 << 20;
 
+/// Queued bytes from which a stream is in a hurry: its producer will soon wait.
+const HURRY_QUEUED: usize = MAX_QUEUED / 2;
+
 /// Most blocks per lane in one pass, so that newly arrived streams join soon.
 const MAX_PASS_BLOCKS: usize = 256;
+
+/// Longest a stream's bytes wait for other streams to fill the lanes.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// One stream as the thread and its owner share it.
 struct Lane {
@@ -42,18 +56,37 @@ struct Shared {
     cancelled: bool,
     /// The thread stopped while it held this stream.
     failed: bool,
+    /// The owner waits for the digest.
+    finishing: bool,
 }
 
 impl Lane {
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Whether the stream's bytes should be hashed now rather than wait for company.
+    fn in_a_hurry(&self) -> bool {
+        let shared = self.lock();
+        shared.finishing || shared.queued >= HURRY_QUEUED
+    }
 }
 
-/// The thread's mailbox: streams that have blocks waiting.
-struct Hasher {
-    sender: mpsc::Sender<Arc<Lane>>,
+/// What the thread is told.
+enum Message {
+    /// A stream has blocks waiting (sent when it was not already handed over).
+    Scheduled(Arc<Lane>),
+    /// A handed-over stream is now in a hurry.
+    Hurry,
 }
+
+/// The thread's mailbox.
+struct Hasher {
+    sender: mpsc::Sender<Message>,
+}
+
+/// Streams alive (created and not dropped): when all of them are waiting, no other is coming.
+static LIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// Set when the thread has stopped: new streams hash inline.
 static STOPPED: AtomicBool = AtomicBool::new(false);
@@ -109,7 +142,9 @@ impl LaneStream {
             scheduled: false,
             cancelled: false,
             failed: false,
+            finishing: false,
         };
+        LIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
         Some(LaneStream {
             lane: Arc::new(Lane {
                 shared: Mutex::new(shared),
@@ -142,16 +177,27 @@ impl LaneStream {
     }
 
     fn hand_over(&self, blocks: Bytes) {
-        let wake_thread = {
+        let message = {
             let mut shared = self.lane.lock();
             if shared.failed {
                 return;
             }
+            let before = shared.queued;
             shared.queued += blocks.len();
             shared.queue.push_back(blocks);
-            !std::mem::replace(&mut shared.scheduled, true)
+            if !std::mem::replace(&mut shared.scheduled, true) {
+                Some(Message::Scheduled(self.lane.clone()))
+            } else {
+                (before < HURRY_QUEUED && shared.queued >= HURRY_QUEUED).then_some(Message::Hurry)
+            }
         };
-        if wake_thread && self.hasher.sender.send(self.lane.clone()).is_err() {
+        if let Some(message) = message {
+            self.tell(message);
+        }
+    }
+
+    fn tell(&self, message: Message) {
+        if self.hasher.sender.send(message).is_err() {
             self.lane.lock().failed = true;
         }
     }
@@ -162,6 +208,14 @@ impl LaneStream {
     }
 
     pub(super) async fn finish(self) -> Result<[u8; 16], HasherStopped> {
+        let hurry = {
+            let mut shared = self.lane.lock();
+            shared.finishing = true;
+            shared.scheduled
+        };
+        if hurry {
+            self.tell(Message::Hurry);
+        }
         self.wait_until(|s| !s.scheduled || s.failed).await;
         let shared = self.lane.lock();
         if shared.failed {
@@ -184,6 +238,7 @@ impl LaneStream {
 
 impl Drop for LaneStream {
     fn drop(&mut self) {
+        LIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
         let mut shared = self.lane.lock();
         shared.cancelled = true;
         shared.queue.clear();
@@ -197,6 +252,8 @@ struct Active {
     chunk: Bytes,
     at: usize,
     state: [u32; 4],
+    /// Since when the current chunk waits to be hashed (as far as the thread knows).
+    since: Instant,
 }
 
 impl Active {
@@ -219,6 +276,7 @@ impl Active {
             chunk,
             at: 0,
             state,
+            since: Instant::now(),
         })
     }
 
@@ -241,6 +299,7 @@ impl Active {
                 if waiting.is_empty() {
                     self.chunk = next.clone();
                     self.at = 0;
+                    self.since = Instant::now();
                     true
                 } else {
                     waiting.push_back(self.lane.clone());
@@ -261,7 +320,7 @@ impl Active {
 /// What the thread holds; if the thread panics, every stream in it is failed rather than left
 /// waiting forever.
 struct Work {
-    receiver: mpsc::Receiver<Arc<Lane>>,
+    receiver: mpsc::Receiver<Message>,
     active: Vec<Active>,
     waiting: VecDeque<Arc<Lane>>,
 }
@@ -273,7 +332,14 @@ impl Drop for Work {
         }
         STOPPED.store(true, Ordering::Relaxed);
         let held = self.active.drain(..).map(|a| a.lane);
-        let queued: Vec<Arc<Lane>> = self.receiver.try_iter().collect();
+        let queued: Vec<Arc<Lane>> = self
+            .receiver
+            .try_iter()
+            .filter_map(|m| match m {
+                Message::Scheduled(lane) => Some(lane),
+                Message::Hurry => None,
+            })
+            .collect();
         for lane in held.chain(self.waiting.drain(..)).chain(queued) {
             lane.lock().failed = true;
             lane.changed.notify_waiters();
@@ -281,7 +347,35 @@ impl Drop for Work {
     }
 }
 
-fn run(receiver: mpsc::Receiver<Arc<Lane>>) {
+impl Work {
+    fn take(&mut self, message: Message) {
+        if let Message::Scheduled(lane) = message {
+            self.waiting.push_back(lane);
+        }
+    }
+
+    /// Moves waiting streams into free lanes.
+    fn fill_lanes(&mut self) {
+        while self.active.len() < LANES
+            && let Some(lane) = self.waiting.pop_front()
+        {
+            self.active.extend(Active::start(lane));
+        }
+    }
+
+    /// How long to wait for more streams before the next pass (`None`: run it now).
+    fn gather_for(&self) -> Option<Duration> {
+        let oldest = self.active.iter().map(|a| a.since).min()?;
+        let company_possible =
+            self.active.len() < LANES && self.active.len() < LIVE_STREAMS.load(Ordering::Relaxed);
+        if !company_possible || self.active.iter().any(|a| a.lane.in_a_hurry()) {
+            return None;
+        }
+        GATHER.checked_sub(oldest.elapsed())
+    }
+}
+
+fn run(receiver: mpsc::Receiver<Message>) {
     let mut work = Work {
         receiver,
         active: Vec::with_capacity(LANES),
@@ -290,15 +384,21 @@ fn run(receiver: mpsc::Receiver<Arc<Lane>>) {
     loop {
         if work.active.is_empty() && work.waiting.is_empty() {
             match work.receiver.recv() {
-                Ok(lane) => work.waiting.push_back(lane),
+                Ok(message) => work.take(message),
                 Err(_) => return,
             }
         }
-        work.waiting.extend(work.receiver.try_iter());
-        while work.active.len() < LANES
-            && let Some(lane) = work.waiting.pop_front()
-        {
-            work.active.extend(Active::start(lane));
+        while let Ok(message) = work.receiver.try_recv() {
+            work.take(message);
+        }
+        work.fill_lanes();
+        if let Some(wait) = work.gather_for() {
+            match work.receiver.recv_timeout(wait) {
+                Ok(message) => work.take(message),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
         }
         let Some(blocks) = work.active.iter().map(Active::remaining_blocks).min() else {
             continue;
