@@ -164,7 +164,7 @@ impl BodyReader {
             raw,
             decoder,
             ready: VecDeque::new(),
-            md5: Some(StreamMd5::new(expected_len)),
+            md5: Some(StreamMd5::new(expected_len.or(Some(max_len)))),
             sha256,
             checksums,
             content_md5,

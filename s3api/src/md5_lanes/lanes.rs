@@ -6,9 +6,9 @@
 //! Lanes are only cheap when they are full, and uploads arrive a piece at a time: hashing each
 //! piece as it comes would mostly run one lane. So the thread gathers: it runs a pass when every
 //! live stream has bytes waiting, or 16 do, or one of them is in a hurry (its owner is waiting
-//! for the digest, or has half of its bound queued), or [`GATHER`] has passed since a waiting
-//! stream was handed over. The digest is not needed before the body ends, so waiting costs
-//! nothing but a little memory, bounded per stream.
+//! for the digest, or has half of its bound queued, or too much is queued overall), or a waiting
+//! piece was handed over [`GATHER`] ago. The digest is not needed before the body ends, so
+//! waiting costs nothing but a little memory, bounded per stream and overall.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -30,34 +30,43 @@ const MAX_QUEUED: usize = 4 << 20;
 /// Queued bytes from which a stream is in a hurry: its producer will soon wait.
 const HURRY_QUEUED: usize = MAX_QUEUED / 2;
 
+/// Most bytes all streams together may have waiting: beyond it, a producer waits until its own
+/// stream's queue is empty, and the thread stops gathering.
+const MAX_TOTAL_QUEUED: usize = 64 << 20;
+
+/// Longest piece handed over at once: a lane is held for a piece, so shorter pieces let
+/// waiting streams take turns sooner.
+const MAX_PIECE: usize = 256 << 10;
+
 /// Most blocks per lane in one pass, so that newly arrived streams join soon.
 const MAX_PASS_BLOCKS: usize = 256;
 
-/// Longest a stream's bytes wait for other streams to fill the lanes.
+/// Longest a piece waits for other streams to fill the lanes.
 const GATHER: Duration = Duration::from_millis(2);
 
 /// One stream as the thread and its owner share it.
 struct Lane {
     shared: Mutex<Shared>,
-    /// Signalled whenever the thread finishes a chunk of this stream.
+    /// Signalled whenever the thread finishes a piece of this stream.
     changed: Notify,
+    /// Bytes waiting (the sum of `Shared::queue`), readable without the lock.
+    queued: AtomicUsize,
+    /// The owner waits for the digest.
+    finishing: AtomicBool,
+    /// The owner is gone: the rest of the queue is dropped unhashed.
+    cancelled: AtomicBool,
 }
 
 struct Shared {
     /// MD5 state after every block the thread has finished (valid while not `scheduled`).
     state: [u32; 4],
-    /// Whole blocks waiting; the front one is being hashed while `scheduled`.
-    queue: VecDeque<Bytes>,
-    /// Bytes in `queue`.
-    queued: usize,
+    /// Whole blocks waiting, each with when it was handed over; the front one is being hashed
+    /// while `scheduled`.
+    queue: VecDeque<(Bytes, Instant)>,
     /// Handed to the thread, which holds it until `queue` is empty.
     scheduled: bool,
-    /// The owner is gone: the rest of the queue is dropped unhashed.
-    cancelled: bool,
     /// The thread stopped while it held this stream.
     failed: bool,
-    /// The owner waits for the digest.
-    finishing: bool,
 }
 
 impl Lane {
@@ -67,8 +76,19 @@ impl Lane {
 
     /// Whether the stream's bytes should be hashed now rather than wait for company.
     fn in_a_hurry(&self) -> bool {
-        let shared = self.lock();
-        shared.finishing || shared.queued >= HURRY_QUEUED
+        self.finishing.load(Ordering::Relaxed)
+            || self.queued.load(Ordering::Relaxed) >= HURRY_QUEUED
+    }
+
+    /// Counts `bytes` more (or fewer) waiting, here and overall.
+    fn add_queued(&self, bytes: usize) {
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
+        TOTAL_QUEUED.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove_queued(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        TOTAL_QUEUED.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -88,6 +108,9 @@ struct Hasher {
 /// Streams alive (created and not dropped): when all of them are waiting, no other is coming.
 static LIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
+/// Bytes waiting in every stream's queue.
+static TOTAL_QUEUED: AtomicUsize = AtomicUsize::new(0);
+
 /// Set when the thread has stopped: new streams hash inline.
 static STOPPED: AtomicBool = AtomicBool::new(false);
 
@@ -102,13 +125,20 @@ fn kernels_supported() -> bool {
     }
 }
 
+/// Set (to anything) in the environment, every stream hashes inline: for comparing, or as an
+/// escape hatch.
+pub const INLINE_ENV: &str = "ZONESTORE_MD5_INLINE";
+
 /// The hashing thread, started on first use; `None` where the CPU lacks the vector kernels (or
-/// the thread could not start), and then every stream hashes inline.
+/// the thread could not start, or [`INLINE_ENV`] is set), and then every stream hashes inline.
+/// Unit tests run the thread everywhere (one stream at a time where the kernels are missing).
 fn hasher() -> Option<&'static Hasher> {
     static HASHER: OnceLock<Option<Hasher>> = OnceLock::new();
     HASHER
         .get_or_init(|| {
-            if !kernels_supported() {
+            let wanted =
+                (kernels_supported() || cfg!(test)) && std::env::var_os(INLINE_ENV).is_none();
+            if !wanted {
                 return None;
             }
             let (sender, receiver) = mpsc::channel();
@@ -119,7 +149,7 @@ fn hasher() -> Option<&'static Hasher> {
             Some(Hasher { sender })
         })
         .as_ref()
-        .filter(|_| !STOPPED.load(Ordering::Relaxed))
+        .filter(|_| !STOPPED.load(Ordering::SeqCst))
 }
 
 /// The owner's side of one stream.
@@ -138,17 +168,17 @@ impl LaneStream {
         let shared = Shared {
             state: INITIAL,
             queue: VecDeque::new(),
-            queued: 0,
             scheduled: false,
-            cancelled: false,
             failed: false,
-            finishing: false,
         };
         LIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
         Some(LaneStream {
             lane: Arc::new(Lane {
                 shared: Mutex::new(shared),
                 changed: Notify::new(),
+                queued: AtomicUsize::new(0),
+                finishing: AtomicBool::new(false),
+                cancelled: AtomicBool::new(false),
             }),
             hasher,
             tail: Vec::with_capacity(BLOCK),
@@ -169,9 +199,9 @@ impl LaneStream {
             let block = Bytes::from(std::mem::replace(&mut self.tail, Vec::with_capacity(BLOCK)));
             self.hand_over(block);
         }
-        let whole = data.len() / BLOCK * BLOCK;
-        if whole > 0 {
-            self.hand_over(data.split_to(whole));
+        while data.len() >= BLOCK {
+            let piece = (data.len() / BLOCK * BLOCK).min(MAX_PIECE);
+            self.hand_over(data.split_to(piece));
         }
         self.tail.extend_from_slice(&data);
     }
@@ -182,13 +212,14 @@ impl LaneStream {
             if shared.failed {
                 return;
             }
-            let before = shared.queued;
-            shared.queued += blocks.len();
-            shared.queue.push_back(blocks);
+            let before = self.lane.queued.load(Ordering::Relaxed);
+            self.lane.add_queued(blocks.len());
+            let after = before + blocks.len();
+            shared.queue.push_back((blocks, Instant::now()));
             if !std::mem::replace(&mut shared.scheduled, true) {
                 Some(Message::Scheduled(self.lane.clone()))
             } else {
-                (before < HURRY_QUEUED && shared.queued >= HURRY_QUEUED).then_some(Message::Hurry)
+                (before < HURRY_QUEUED && after >= HURRY_QUEUED).then_some(Message::Hurry)
             }
         };
         if let Some(message) = message {
@@ -196,27 +227,30 @@ impl LaneStream {
         }
     }
 
+    /// Sends `message` to the thread; if the thread is gone (or stopping, when the message may
+    /// be dropped unread), this stream fails rather than wait for it.
     fn tell(&self, message: Message) {
-        if self.hasher.sender.send(message).is_err() {
+        if self.hasher.sender.send(message).is_err() || STOPPED.load(Ordering::SeqCst) {
             self.lane.lock().failed = true;
+            self.lane.changed.notify_waiters();
         }
     }
 
     pub(super) async fn caught_up(&self) {
-        self.wait_until(|s| s.queued <= MAX_QUEUED || s.failed)
-            .await;
+        self.wait_until(|lane, s| {
+            let queued = lane.queued.load(Ordering::Relaxed);
+            let room = queued == 0 || TOTAL_QUEUED.load(Ordering::Relaxed) <= MAX_TOTAL_QUEUED;
+            (queued <= MAX_QUEUED && room) || s.failed
+        })
+        .await;
     }
 
     pub(super) async fn finish(self) -> Result<[u8; 16], HasherStopped> {
-        let hurry = {
-            let mut shared = self.lane.lock();
-            shared.finishing = true;
-            shared.scheduled
-        };
-        if hurry {
+        self.lane.finishing.store(true, Ordering::Relaxed);
+        if self.lane.lock().scheduled {
             self.tell(Message::Hurry);
         }
-        self.wait_until(|s| !s.scheduled || s.failed).await;
+        self.wait_until(|_, s| !s.scheduled || s.failed).await;
         let shared = self.lane.lock();
         if shared.failed {
             return Err(HasherStopped);
@@ -224,11 +258,11 @@ impl LaneStream {
         Ok(finalize(shared.state, &self.tail, self.total))
     }
 
-    async fn wait_until(&self, done: impl Fn(&Shared) -> bool) {
+    async fn wait_until(&self, done: impl Fn(&Lane, &Shared) -> bool) {
         loop {
             let mut changed = pin!(self.lane.changed.notified());
             changed.as_mut().enable();
-            if done(&self.lane.lock()) {
+            if done(&self.lane, &self.lane.lock()) {
                 return;
             }
             changed.await;
@@ -239,20 +273,21 @@ impl LaneStream {
 impl Drop for LaneStream {
     fn drop(&mut self) {
         LIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+        self.lane.cancelled.store(true, Ordering::Relaxed);
         let mut shared = self.lane.lock();
-        shared.cancelled = true;
         shared.queue.clear();
-        shared.queued = 0;
+        let queued = self.lane.queued.load(Ordering::Relaxed);
+        self.lane.remove_queued(queued);
     }
 }
 
-/// A stream the thread is hashing: its current chunk and its state so far.
+/// A stream the thread is hashing: its current piece and its state so far.
 struct Active {
     lane: Arc<Lane>,
-    chunk: Bytes,
+    piece: Bytes,
     at: usize,
     state: [u32; 4],
-    /// Since when the current chunk waits to be hashed (as far as the thread knows).
+    /// When the current piece was handed over.
     since: Instant,
 }
 
@@ -260,8 +295,8 @@ impl Active {
     /// Takes up `lane`, or releases it when it has nothing (left) to hash.
     fn start(lane: Arc<Lane>) -> Option<Active> {
         let mut shared = lane.lock();
-        let chunk = match shared.queue.front() {
-            Some(front) if !shared.cancelled => front.clone(),
+        let (piece, since) = match shared.queue.front() {
+            Some(front) if !lane.cancelled.load(Ordering::Relaxed) => front.clone(),
             _ => {
                 shared.scheduled = false;
                 drop(shared);
@@ -273,33 +308,32 @@ impl Active {
         drop(shared);
         Some(Active {
             lane,
-            chunk,
+            piece,
             at: 0,
             state,
-            since: Instant::now(),
+            since,
         })
     }
 
     fn remaining_blocks(&self) -> usize {
-        (self.chunk.len() - self.at) / BLOCK
+        (self.piece.len() - self.at) / BLOCK
     }
 
-    /// After its chunk is hashed: goes on with the stream's next chunk (true), or gives the
+    /// After its piece is hashed: goes on with the stream's next piece (true), or gives the
     /// stream back: to `waiting` when others wait for a lane, else released as idle.
-    fn next_chunk(&mut self, waiting: &mut VecDeque<Arc<Lane>>) -> bool {
+    fn next_piece(&mut self, waiting: &mut VecDeque<Arc<Lane>>) -> bool {
         let mut shared = self.lane.lock();
         shared.state = self.state;
-        if !shared.cancelled
-            && let Some(done) = shared.queue.pop_front()
-        {
-            shared.queued -= done.len();
+        let cancelled = self.lane.cancelled.load(Ordering::Relaxed);
+        if !cancelled && let Some((done, _)) = shared.queue.pop_front() {
+            self.lane.remove_queued(done.len());
         }
         let keep = match shared.queue.front() {
-            Some(next) if !shared.cancelled => {
+            Some((next, since)) if !cancelled => {
                 if waiting.is_empty() {
-                    self.chunk = next.clone();
+                    self.piece = next.clone();
+                    self.since = *since;
                     self.at = 0;
-                    self.since = Instant::now();
                     true
                 } else {
                     waiting.push_back(self.lane.clone());
@@ -314,6 +348,12 @@ impl Active {
         drop(shared);
         self.lane.changed.notify_waiters();
         keep
+    }
+
+    /// Gives up a stream whose owner is gone.
+    fn release(&self) {
+        self.lane.lock().scheduled = false;
+        self.lane.changed.notify_waiters();
     }
 }
 
@@ -330,7 +370,7 @@ impl Drop for Work {
         if !std::thread::panicking() {
             return;
         }
-        STOPPED.store(true, Ordering::Relaxed);
+        STOPPED.store(true, Ordering::SeqCst);
         let held = self.active.drain(..).map(|a| a.lane);
         let queued: Vec<Arc<Lane>> = self
             .receiver
@@ -354,8 +394,15 @@ impl Work {
         }
     }
 
-    /// Moves waiting streams into free lanes.
+    /// Drops streams whose owners are gone, then moves waiting streams into free lanes.
     fn fill_lanes(&mut self) {
+        self.active.retain(|a| {
+            let gone = a.lane.cancelled.load(Ordering::Relaxed);
+            if gone {
+                a.release();
+            }
+            !gone
+        });
         while self.active.len() < LANES
             && let Some(lane) = self.waiting.pop_front()
         {
@@ -368,7 +415,9 @@ impl Work {
         let oldest = self.active.iter().map(|a| a.since).min()?;
         let company_possible =
             self.active.len() < LANES && self.active.len() < LIVE_STREAMS.load(Ordering::Relaxed);
-        if !company_possible || self.active.iter().any(|a| a.lane.in_a_hurry()) {
+        let hurry = TOTAL_QUEUED.load(Ordering::Relaxed) > MAX_TOTAL_QUEUED / 2
+            || self.active.iter().any(|a| a.lane.in_a_hurry());
+        if !company_possible || hurry {
             return None;
         }
         GATHER.checked_sub(oldest.elapsed())
@@ -410,11 +459,10 @@ fn run(receiver: mpsc::Receiver<Message>) {
         } = &mut work;
         active.retain_mut(|a| {
             a.at += blocks * BLOCK;
-            a.at < a.chunk.len() || a.next_chunk(waiting)
+            a.at < a.piece.len() || a.next_piece(waiting)
         });
     }
 }
-
 /// Hashes the next `blocks` blocks of every active stream.
 fn compress(active: &mut [Active], blocks: usize) {
     let mut states = [[0u32; 4]; LANES];
@@ -422,7 +470,7 @@ fn compress(active: &mut [Active], blocks: usize) {
     let n = active.len();
     for ((state, input), a) in states.iter_mut().zip(&mut inputs).zip(active.iter()) {
         *state = a.state;
-        *input = &a.chunk[a.at..a.at + blocks * BLOCK];
+        *input = &a.piece[a.at..a.at + blocks * BLOCK];
     }
     compress_streams(&mut states[..n], &inputs[..n]);
     for (a, state) in active.iter_mut().zip(states) {

@@ -3,9 +3,11 @@
 //! 600 MB/s while most of its execution units wait. Where the CPU has AVX-512, bodies of
 //! [`LANED_FROM`] bytes or more hand their bytes to one hashing thread that runs up to 16
 //! uploads side by side, one per vector lane ([`lanes`]); shorter bodies, and every body on other
-//! CPUs, hash inline as before. The digest is the same either way.
+//! CPUs, hash inline as before ([`INLINE_ENV`] makes every body hash inline). The digest is the
+//! same either way.
 
 mod lanes;
+pub use lanes::INLINE_ENV;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -65,6 +67,12 @@ impl StreamMd5 {
         }
     }
 
+    /// Whether the stream is hashed by the lanes' thread.
+    #[cfg(test)]
+    fn is_laned(&self) -> bool {
+        matches!(self.inner, Inner::Laned(_))
+    }
+
     /// The digest of everything added.
     pub async fn finish(self) -> Result<[u8; 16], HasherStopped> {
         match self.inner {
@@ -105,6 +113,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Unit tests run the lanes' thread on every CPU, unless the environment turns it off.
+    fn lanes_on() -> bool {
+        std::env::var_os(INLINE_ENV).is_none()
+    }
+
     fn reference(data: &[u8]) -> [u8; 16] {
         Md5::digest(data).into()
     }
@@ -141,6 +154,7 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
             let digest = runtime.block_on(async {
                 let mut md5 = StreamMd5::new(if laned { None } else { Some(0) });
+                assert_eq!(md5.is_laned(), laned && lanes_on());
                 for pair in cuts.windows(2) {
                     md5.update(&Bytes::copy_from_slice(&data[pair[0]..pair[1]]));
                     md5.caught_up().await;
@@ -162,6 +176,7 @@ mod tests {
                     .map(|i| (i * (stream + 1) + i / 1013) as u8)
                     .collect();
                 let mut md5 = StreamMd5::new(Some(data.len() as u64));
+                assert_eq!(md5.is_laned(), lanes_on());
                 let mut at = 0;
                 let mut piece = 1 + stream * 37;
                 while at < data.len() {
@@ -181,5 +196,38 @@ mod tests {
         for task in tasks {
             task.await.expect("stream");
         }
+    }
+
+    /// Streams dropped part-way (requests that failed) leave the others' digests intact, and
+    /// a stream that stays open without bytes does not keep the others from finishing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_and_idle_streams_leave_the_others_alone() {
+        let idle = StreamMd5::new(None);
+        assert_eq!(idle.is_laned(), lanes_on());
+        let mut tasks = Vec::new();
+        for stream in 0..12usize {
+            tasks.push(tokio::spawn(async move {
+                let data: Vec<u8> = (0..(1 << 20) + stream * 333)
+                    .map(|i| (i * 3 + stream + i / 511) as u8)
+                    .collect();
+                let mut md5 = StreamMd5::new(None);
+                for (n, piece) in data.chunks(10_007).enumerate() {
+                    md5.update(&Bytes::copy_from_slice(piece));
+                    md5.caught_up().await;
+                    if stream % 3 == 0 && n == 40 {
+                        return; // dropped with bytes queued
+                    }
+                }
+                assert_eq!(
+                    md5.finish().await.expect("digest"),
+                    reference(&data),
+                    "stream {stream}"
+                );
+            }));
+        }
+        for task in tasks {
+            task.await.expect("stream");
+        }
+        drop(idle);
     }
 }

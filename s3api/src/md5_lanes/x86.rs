@@ -357,6 +357,7 @@ mod tests {
         let uneven: Vec<&[u8]> = vec![&data[0], &data[1][..128], &data[2]];
         let mut states = vec![INITIAL; 3];
         compress_streams(&mut states, &uneven);
+        assert_eq!(states[0], scalar(&data[0]), "uneven inputs");
         assert_eq!(states[1], scalar(&data[1][..128]), "uneven inputs");
         assert_eq!(states[2], scalar(&data[2]), "uneven inputs");
     }
