@@ -42,7 +42,7 @@ const MAX_PIECE: usize = 256 << 10;
 const MAX_PASS_BLOCKS: usize = 256;
 
 /// Longest a piece waits for other streams to fill the lanes.
-const GATHER: Duration = Duration::from_millis(2);
+const GATHER: Duration = Duration::from_millis(10);
 
 /// One stream as the thread and its owner share it.
 struct Lane {
