@@ -1,7 +1,7 @@
 //! The MD5 of request bodies — the ETag of single-part objects and of parts — computed for many
 //! uploads at once. MD5 is a chain of dependent steps: one stream keeps a core busy at about
 //! 600 MB/s while most of its execution units wait. Where the CPU has AVX-512, bodies of
-//! [`LANED_FROM`] bytes or more hand their bytes to one hashing thread that runs up to 16
+//! [`LANED_FROM`] bytes or more hand (a copy of) their bytes to one hashing thread that runs up to 16
 //! uploads side by side, one per vector lane ([`lanes`]); shorter bodies, and every body on other
 //! CPUs, hash inline as before ([`INLINE_ENV`] makes every body hash inline). The digest is the
 //! same either way.
@@ -50,8 +50,8 @@ impl StreamMd5 {
         StreamMd5 { inner }
     }
 
-    /// Adds the next bytes of the stream. Never blocks: a laned stream queues them (see
-    /// [`StreamMd5::caught_up`]).
+    /// Adds the next bytes of the stream. Never blocks: a laned stream queues a copy of them
+    /// (see [`StreamMd5::caught_up`]).
     pub fn update(&mut self, data: &Bytes) {
         match &mut self.inner {
             Inner::Inline(md5) => md5.update(data),
