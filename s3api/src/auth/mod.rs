@@ -388,7 +388,26 @@ fn presigned_v4(
             .with("ServerTime", iso8601(now)));
     }
     let signed: Vec<&str> = signed_headers.split(';').collect();
+    if !signed.contains(&"host") {
+        // Without the host signed, a URL for one bucket (virtual-hosted style) would serve
+        // another bucket of the same owner.
+        return Err(S3Error::auth_query_error(
+            "X-Amz-SignedHeaders must include host",
+        ));
+    }
     let payload_hash = q("X-Amz-Content-Sha256").unwrap_or_else(|| "UNSIGNED-PAYLOAD".into());
+    // A presigned URL may bind its body: a hash it signs is checked like a header's.
+    let payload = match payload_hash.as_str() {
+        "UNSIGNED-PAYLOAD" => Payload::Unsigned,
+        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Payload::Sha256(h.to_ascii_lowercase())
+        }
+        _ => {
+            return Err(S3Error::auth_query_error(
+                "X-Amz-Content-Sha256 of a presigned URL must be UNSIGNED-PAYLOAD or a sha256 value",
+            ));
+        }
+    };
     let canonical = sigv4::canonical_request(
         parts.method.as_str(),
         parts.raw_path,
@@ -408,7 +427,7 @@ fn presigned_v4(
     all_amz_headers_signed(parts.headers, &signed)?;
     Ok(Authenticated {
         access_key: access_key.to_string(),
-        payload: Payload::Unsigned,
+        payload,
         presigned: true,
     })
 }
@@ -610,6 +629,76 @@ mod tests {
         h.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
         let p = parts(&m, "/test.txt", Some(q), &h);
         assert!(authenticate(&p, &creds(), parse_amz_date("20130524T120000Z").unwrap()).is_ok());
+    }
+
+    /// A presigned URL (query `q` without its signature) signed as an SDK would.
+    fn presign_v4(m: &Method, path: &str, q: &str, h: &HeaderMap, signed: &[&str]) -> String {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let hash = q
+            .split('&')
+            .find_map(|p| p.strip_prefix("X-Amz-Content-Sha256="))
+            .unwrap_or("UNSIGNED-PAYLOAD");
+        let canonical =
+            sigv4::canonical_request(m.as_str(), path, Some(q), h, signed, hash, true).unwrap();
+        let at = parse_amz_date("20130524T000000Z").unwrap();
+        let key = sigv4::signing_key(secret, at, "us-east-1");
+        let scope = "20130524/us-east-1/s3/aws4_request";
+        let signature = sigv4::sign(
+            &key,
+            &sigv4::string_to_sign("20130524T000000Z", scope, &canonical),
+        );
+        format!("{q}&X-Amz-Signature={signature}")
+    }
+
+    #[test]
+    fn a_presigned_v4_payload_hash_binds_the_body_and_host_must_be_signed() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        let m = Method::PUT;
+        let at = parse_amz_date("20130524T000100Z").unwrap();
+        let base = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=600";
+        let q = format!(
+            "{base}&X-Amz-Content-Sha256={}&X-Amz-SignedHeaders=host",
+            sigv4::EMPTY_SHA256
+        );
+        let q = presign_v4(&m, "/k", &q, &h, &["host"]);
+        let auth = authenticate(&parts(&m, "/k", Some(&q), &h), &creds(), at).unwrap();
+        assert_eq!(auth.payload, Payload::Sha256(sigv4::EMPTY_SHA256.into()));
+        let q = format!("{base}&X-Amz-SignedHeaders=range");
+        h.insert("range", "bytes=0-1".parse().unwrap());
+        let q = presign_v4(&m, "/k", &q, &h, &["range"]);
+        assert_eq!(
+            authenticate(&parts(&m, "/k", Some(&q), &h), &creds(), at)
+                .unwrap_err()
+                .code,
+            "AuthorizationQueryParametersError"
+        );
+    }
+
+    #[test]
+    fn a_presigned_v2_url_with_an_added_x_amz_parameter_is_refused_in_any_case() {
+        let h = HeaderMap::new();
+        let m = Method::GET;
+        let signed = "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature=%2BMj%2B3n%2FLelQQ0GCkNE9dre6Kv1c%3D&Expires=1795632038";
+        for added in [
+            "X-Amz-Copy-Source=%2Fb%2Fsecret",
+            "x-amz-copy-source=%2Fb%2Fsecret",
+        ] {
+            let q = format!("{signed}&{added}");
+            let p = RequestParts {
+                method: &m,
+                raw_path: "/bkt/a%20b/c%2Bd",
+                raw_query: Some(&q),
+                headers: &h,
+                v2_resource: "/bkt/a%20b/c%2Bd",
+            };
+            let at = UNIX_EPOCH + Duration::from_secs(1_795_632_000);
+            assert_eq!(
+                authenticate(&p, &creds(), at).unwrap_err().code,
+                "SignatureDoesNotMatch",
+                "{added}"
+            );
+        }
     }
 
     #[test]

@@ -88,7 +88,9 @@ pub fn string_to_sign(
             .map_or((pair, None), |(k, v)| (k, Some(v)));
         let k = percent_decode_str(k).decode_utf8_lossy().into_owned();
         let v = v.map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned());
-        if k.starts_with("x-amz-") {
+        // Any case: the service takes `X-Amz-...` query parameters of a presigned URL as
+        // headers, so every one of them must be signed.
+        if k.to_ascii_lowercase().starts_with("x-amz-") {
             amz.push((k.to_ascii_lowercase(), v.unwrap_or_default()));
         } else if SUBRESOURCES.contains(&k.as_str()) {
             sub.push((k, v));
