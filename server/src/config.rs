@@ -342,6 +342,15 @@ impl Config {
                     "access_key and secret_key must not be empty",
                 ));
             }
+            if self.users[..i].iter().any(|v| v.access_key == u.access_key) {
+                return Err(bad(
+                    &format!("users[{i}]"),
+                    format!(
+                        "access_key {} is given twice: each user needs a key of their own",
+                        u.access_key
+                    ),
+                ));
+            }
         }
         if let Some(r) = self.replication_factor
             && r == 0
@@ -527,6 +536,10 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "write_quorum");
         let c: Config = toml::from_str("listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"").unwrap();
         assert_eq!(c.check().unwrap_err().key, "admin_listen");
+        let c: Config = toml::from_str("[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"\n[[users]]\naccess_key = \"a\"\nsecret_key = \"c\"").unwrap();
+        let e = c.check().unwrap_err();
+        assert_eq!(e.key, "users[1]");
+        assert!(e.problem.contains("twice"), "{}", e.problem);
         for (setting, key) in [
             ("zones = 4000000000", "embedded.zones"),
             ("drives = 100000", "embedded.drives"),

@@ -131,6 +131,8 @@ pub fn discovery(genctr: u64, entries: &[DiscoveryEntry]) -> Vec<u8> {
 }
 
 /// Decodes the entries of a Discovery log page (header plus however many entries `b` holds).
+/// Entries whose NQN, address or service id hold spaces or control characters are dropped:
+/// no valid one does, and a peer's newline must not become a line of a file we write.
 pub fn parse_discovery(b: &[u8]) -> Option<(u64, Vec<DiscoveryEntry>)> {
     if b.len() < 1024 {
         return None;
@@ -148,6 +150,11 @@ pub fn parse_discovery(b: &[u8]) -> Option<(u64, Vec<DiscoveryEntry>)> {
             trsvcid: get_str(b, at + 32, 32),
             subnqn: get_str(b, at + 256, 256),
             traddr: get_str(b, at + 512, 256),
+        })
+        .filter(|e| {
+            [&e.subnqn, &e.traddr, &e.trsvcid]
+                .iter()
+                .all(|f| !f.chars().any(|c| c.is_whitespace() || c.is_control()))
         })
         .collect();
     Some((genctr, entries))
@@ -190,6 +197,12 @@ mod tests {
             &[3, 1, 3, 4, 1, 0, 0xff, 0xff, 0x20, 0, 0, 0]
         );
         assert_eq!(&b[1024 + 32..1024 + 36], b"4420");
-        assert_eq!(parse_discovery(&b), Some((2, vec![e])));
+        assert_eq!(parse_discovery(&b), Some((2, vec![e.clone()])));
+        let forged = DiscoveryEntry {
+            subnqn: "nqn.2026-01.io.example:a\nevil 10.0.0.1:4420 nqn.x".into(),
+            ..e.clone()
+        };
+        let b = discovery(3, &[forged, e.clone()]);
+        assert_eq!(parse_discovery(&b), Some((3, vec![e])));
     }
 }
