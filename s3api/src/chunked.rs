@@ -15,6 +15,10 @@ const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16;
 /// Largest chunk accepted.
 const MAX_CHUNK: usize = 64 << 20;
+/// Most bytes accepted after the last chunk (trailers, empty lines, trailing whitespace): a
+/// client trickling bytes there would otherwise hold its upload, and the zones its data went
+/// to, for as long as it likes.
+const MAX_TAIL: usize = 64 << 10;
 
 /// Signature state of a signed aws-chunked body.
 #[derive(Debug, Clone)]
@@ -51,6 +55,10 @@ pub struct ChunkedDecoder {
     trailers: Vec<(String, String)>,
     trailer_signature: Option<String>,
     expect_trailers: bool,
+    /// Bytes of `buf` already searched for a line end without finding one.
+    scanned: usize,
+    /// Bytes taken after the last chunk.
+    tail: usize,
 }
 
 fn malformed(detail: &str) -> S3Error {
@@ -69,12 +77,21 @@ impl ChunkedDecoder {
             trailers: Vec::new(),
             trailer_signature: None,
             expect_trailers,
+            scanned: 0,
+            tail: 0,
         }
     }
 
     fn take_line(&mut self) -> Result<Option<String>, S3Error> {
-        match self.buf.windows(2).position(|w| w == b"\r\n") {
-            Some(pos) => {
+        // Search only bytes not searched before (less one: a CR may end them).
+        let from = self.scanned.saturating_sub(1);
+        match self.buf[from..].windows(2).position(|w| w == b"\r\n") {
+            Some(found) => {
+                let pos = from + found;
+                self.scanned = 0;
+                if pos > MAX_LINE {
+                    return Err(malformed("line too long"));
+                }
                 let line = self.buf.split_to(pos);
                 self.buf.advance(2);
                 String::from_utf8(line.to_vec())
@@ -82,8 +99,19 @@ impl ChunkedDecoder {
                     .map_err(|_| malformed("line is not UTF-8"))
             }
             None if self.buf.len() > MAX_LINE => Err(malformed("line too long")),
-            None => Ok(None),
+            None => {
+                self.scanned = self.buf.len();
+                Ok(None)
+            }
         }
+    }
+
+    fn count_tail(&mut self, bytes: usize) -> Result<(), S3Error> {
+        self.tail += bytes;
+        if self.tail > MAX_TAIL {
+            return Err(malformed("too many bytes after the last chunk"));
+        }
+        Ok(())
     }
 
     fn verify_chunk(&mut self, signature: Option<String>) -> Result<(), S3Error> {
@@ -168,6 +196,7 @@ impl ChunkedDecoder {
                 }
                 State::Trailers => {
                     let Some(line) = self.take_line()? else { break };
+                    self.count_tail(line.len() + 2)?;
                     if line.is_empty() {
                         // Some encoders put an empty line before the trailers: with trailers
                         // expected and none seen yet, it does not end the body, wherever the
@@ -186,6 +215,9 @@ impl ChunkedDecoder {
                         .ok_or_else(|| malformed("bad trailer line"))?;
                     let name = name.trim().to_ascii_lowercase();
                     if name == "x-amz-trailer-signature" {
+                        if self.trailer_signature.is_some() {
+                            return Err(malformed("a second trailer signature"));
+                        }
                         self.trailer_signature = Some(value.trim().to_string());
                     } else if self.trailers.len() >= MAX_TRAILERS {
                         return Err(malformed("too many trailers"));
@@ -197,6 +229,7 @@ impl ChunkedDecoder {
                     if !self.buf.iter().all(|b| b.is_ascii_whitespace()) {
                         return Err(malformed("data after the end of the body"));
                     }
+                    self.count_tail(self.buf.len())?;
                     self.buf.clear();
                     break;
                 }
@@ -284,6 +317,37 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn endless_empty_lines_or_whitespace_after_the_last_chunk_are_refused() {
+        for filler in [&b"\r\n"[..], &b"  \t"[..]] {
+            let mut d = ChunkedDecoder::new(None, true);
+            let mut start = b"5\r\nhello\r\n0\r\n".to_vec();
+            if filler != b"\r\n" {
+                start.extend_from_slice(b"x-amz-checksum-crc32:NhCmhg==\r\n\r\n");
+            }
+            d.push(&start).unwrap();
+            let refused = (0..100_000).find_map(|_| d.push(filler).err());
+            let e = refused.expect("the tail is bounded");
+            assert!(e.message.contains("after the last chunk"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_trailer_signature_and_an_overlong_line_are_refused() {
+        let mut d = ChunkedDecoder::new(None, true);
+        let e = d
+            .push(b"0\r\nx-amz-trailer-signature:aa\r\nx-amz-trailer-signature:bb\r\n")
+            .unwrap_err();
+        assert!(e.message.contains("second trailer signature"), "{e:?}");
+        // A line longer than the limit is refused even when its end arrives with it.
+        let mut d = ChunkedDecoder::new(None, true);
+        let mut body = b"0\r\nx-amz-meta-a:".to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        body.extend_from_slice(b"\r\n\r\n");
+        let e = d.push(&body).unwrap_err();
+        assert!(e.message.contains("line too long"), "{e:?}");
     }
 
     #[test]

@@ -221,9 +221,14 @@ fn header_v4(
             (amz_date(t), t)
         }
     };
-    if !date_text.starts_with(scope_parts[1]) {
+    if !scope_date_matches(scope_parts[1], &date_text) {
         return Err(S3Error::auth_header_malformed(
             "Invalid credential date. Date is not the same as X-Amz-Date.",
+        ));
+    }
+    if scope_parts[2].is_empty() {
+        return Err(S3Error::auth_header_malformed(
+            "the Credential has no region; expecting \"<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request\".",
         ));
     }
     skew_check(request_time, now)?;
@@ -314,6 +319,13 @@ fn all_amz_headers_signed(headers: &HeaderMap, signed: &[&str]) -> Result<(), S3
     )
 }
 
+/// Whether a credential scope's date is the request's day (`yyyyMMdd` of its `x-amz-date`).
+fn scope_date_matches(scope_date: &str, amz_date: &str) -> bool {
+    scope_date.len() == 8
+        && scope_date.bytes().all(|b| b.is_ascii_digit())
+        && amz_date.get(..8) == Some(scope_date)
+}
+
 fn presigned_v4(
     parts: &RequestParts<'_>,
     credentials: &Credentials,
@@ -348,9 +360,9 @@ fn presigned_v4(
     let expires: i64 = expires
         .parse()
         .map_err(|_| S3Error::auth_query_error("X-Amz-Expires should be a number"))?;
-    if expires < 0 {
+    if expires < 1 {
         return Err(S3Error::auth_query_error(
-            "X-Amz-Expires must be non-negative",
+            "X-Amz-Expires must be at least one second",
         ));
     }
     if expires as u64 > MAX_PRESIGN {
@@ -367,7 +379,8 @@ fn presigned_v4(
     if scope_parts.len() != 5
         || scope_parts[4] != "aws4_request"
         || scope_parts[3] != "s3"
-        || !date.starts_with(scope_parts[1])
+        || !scope_date_matches(scope_parts[1], &date)
+        || scope_parts[2].is_empty()
     {
         return Err(S3Error::auth_query_error(
             "Error parsing the X-Amz-Credential parameter",
@@ -673,6 +686,35 @@ mod tests {
                 .code,
             "AuthorizationQueryParametersError"
         );
+    }
+
+    #[test]
+    fn a_credential_scope_needs_the_request_day_and_a_region() {
+        let m = Method::GET;
+        for credential in [
+            "AKIAIOSFODNN7EXAMPLE//us-east-1/s3/aws4_request",
+            "AKIAIOSFODNN7EXAMPLE/2013/us-east-1/s3/aws4_request",
+            "AKIAIOSFODNN7EXAMPLE/20130524//s3/aws4_request",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+            h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
+            h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
+            let authorization = format!(
+                "AWS4-HMAC-SHA256 Credential={credential},SignedHeaders=host;x-amz-content-sha256;x-amz-date,Signature=00"
+            );
+            h.insert("authorization", authorization.parse().unwrap());
+            let at = parse_amz_date("20130524T000100Z").unwrap();
+            let e = authenticate(&parts(&m, "/k", None, &h), &creds(), at).unwrap_err();
+            assert_eq!(e.code, "AuthorizationHeaderMalformed", "{credential}");
+            let q = format!(
+                "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}&X-Amz-Date=20130524T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=00",
+                credential.replace('/', "%2F")
+            );
+            let h = HeaderMap::new();
+            let e = authenticate(&parts(&m, "/k", Some(&q), &h), &creds(), at).unwrap_err();
+            assert_eq!(e.code, "AuthorizationQueryParametersError", "{credential}");
+        }
     }
 
     #[test]
