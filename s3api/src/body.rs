@@ -87,6 +87,19 @@ impl BodyReader {
                     .collect()
             })
             .unwrap_or_default();
+        if !trailer_names.is_empty() && !chunked {
+            return Err(S3Error::invalid_request(
+                "x-amz-trailer needs an aws-chunked body (trailers come after its last chunk)",
+            ));
+        }
+        if let Some(unknown) = trailer_names
+            .iter()
+            .find(|t| !Algorithm::ALL.iter().any(|a| a.header() == **t))
+        {
+            return Err(S3Error::invalid_request(format!(
+                "x-amz-trailer {unknown} is not a checksum this server takes as a trailer"
+            )));
+        }
         let expected_len = if chunked {
             let v = header(headers, "x-amz-decoded-content-length").ok_or_else(|| {
                 S3Error::missing_content_length().with(
@@ -362,6 +375,30 @@ mod tests {
             (e.status, e.code),
             (http::StatusCode::BAD_REQUEST, "RequestTimeout")
         );
+    }
+
+    #[test]
+    fn trailers_without_aws_chunked_or_of_unknown_names_are_refused_up_front() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "5".parse().unwrap());
+        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
+        let e = BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30)
+            .err()
+            .expect("refused");
+        assert_eq!(e.code, "InvalidRequest");
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-decoded-content-length", "5".parse().unwrap());
+        h.insert("x-amz-trailer", "x-amz-meta-evil".parse().unwrap());
+        let e = BodyReader::new(
+            raw(vec![b"5\r\nhello\r\n0\r\n\r\n"]),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.code, "InvalidRequest");
+        assert!(e.message.contains("x-amz-meta-evil"), "{}", e.message);
     }
 
     #[tokio::test]
