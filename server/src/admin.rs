@@ -52,6 +52,9 @@ pub struct AdminState {
     pub gc_job: Mutex<Option<GcJob>>,
     /// The task running it, until shutdown waits for it.
     pub gc_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when the server begins to shut down: `/ready` answers 503 from then on, so load
+    /// balancers stop sending requests while those in flight drain.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl AdminState {
@@ -116,6 +119,51 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// The admin API's routes, served from the moment its port is bound: until the server has its
+/// engine (drives attaching, a crash's tail replayed, which can take a while), `/health` answers
+/// (the process lives, so a liveness probe must not kill it) and everything else is 503
+/// "starting"; then [`AdminRoutes::set`] puts the full router in place.
+#[derive(Clone, Default)]
+pub struct AdminRoutes(Arc<std::sync::RwLock<Option<Router>>>);
+
+impl AdminRoutes {
+    /// Serves `router` from now on.
+    pub fn set(&self, router: Router) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(router);
+    }
+
+    /// The router to serve: the full one once set, the start-up answers before.
+    pub fn router(&self) -> Router {
+        let routes = self.clone();
+        Router::new().fallback(move |request: Request| {
+            let routes = routes.clone();
+            async move { routes.serve(request).await }
+        })
+    }
+
+    async fn serve(&self, request: Request) -> Response {
+        let current = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match current {
+            Some(router) => match tower::ServiceExt::oneshot(router, request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None if request.uri().path() == "/health" => text(StatusCode::OK, "ok\n".into()),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: drives attaching and the index opening\n".into(),
+            ),
+        }
+    }
+}
+
 /// Lets through only requests that carry the admin token.
 async fn require_token(
     State(state): State<Arc<AdminState>>,
@@ -157,6 +205,12 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    if s.stopping.load(Ordering::SeqCst) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: stopping\n".into(),
+        );
+    }
     // Writes go only to drives that are up and not being drained.
     let up = s
         .engine
@@ -555,4 +609,42 @@ async fn scrub_start(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn scrub_status(State(s): State<Arc<AdminState>>) -> Response {
     text(StatusCode::OK, repair_text(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    async fn answer(router: &Router, path: &str) -> (StatusCode, String) {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = tower::ServiceExt::oneshot(router.clone(), request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_answers_while_starting_and_the_full_routes_take_over() {
+        let routes = AdminRoutes::default();
+        let served = routes.router();
+        assert_eq!(answer(&served, "/health").await.0, StatusCode::OK);
+        let (status, body) = answer(&served, "/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("starting"), "{body}");
+        assert_eq!(
+            answer(&served, "/admin/zones").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        routes.set(Router::new().route("/ready", get(|| async { "ready\n" })));
+        assert_eq!(
+            answer(&served, "/ready").await,
+            (StatusCode::OK, "ready\n".to_string())
+        );
+        assert_eq!(answer(&served, "/health").await.0, StatusCode::NOT_FOUND);
+    }
 }

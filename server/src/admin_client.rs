@@ -195,13 +195,12 @@ async fn gc_run(server: &AdminApi, zones: usize) -> anyhow::Result<()> {
     }
     let mut last = String::new();
     loop {
-        let answer = request(server, "GET", "/admin/gc").await?;
-        let run_line = answer
-            .body
-            .lines()
-            .find(|l| l.starts_with("run "))
-            .unwrap_or("")
-            .to_string();
+        let answer = fetch(server, "GET", "/admin/gc").await?;
+        let Some(run_line) = answer.body.lines().find(|l| l.starts_with("run ")) else {
+            // A server that restarted since has no run to show: following it would never end.
+            bail!("the server shows no GC run any more (did it restart?)");
+        };
+        let run_line = run_line.to_string();
         if run_line != last {
             say_err!("{}", run_line.trim_start_matches("run").trim());
             last = run_line.clone();

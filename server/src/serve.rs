@@ -239,6 +239,10 @@ impl Server {
             .map_err(io_error(format!(
                 "listening on {admin_addr} (admin_listen)"
             )))?;
+        // Health probes are answered while the drives attach and the engine opens.
+        let admin_routes = admin::AdminRoutes::default();
+        let admin = HttpServer::start(admin_listener, admin_routes.router(), None, "admin")
+            .map_err(io_error("starting the admin listener"))?;
         let embedded = checked.targets.is_empty();
         let known = crate::engine::known_drives(&checked.index_dir)?;
         let registered: std::collections::HashSet<String> = known.keys().cloned().collect();
@@ -293,6 +297,7 @@ impl Server {
         let s3 = match HttpServer::start(s3_listener, router, tls, "s3") {
             Ok(s3) => s3,
             Err(e) => {
+                admin.shut_down(Duration::ZERO).await;
                 engine.shutdown().await;
                 attached.close().await;
                 return Err(io_error("starting the S3 listener")(e));
@@ -311,21 +316,9 @@ impl Server {
                 .collect::<Vec<(String, Target)>>(),
             gc_job: Default::default(),
             gc_task: Default::default(),
+            stopping: Default::default(),
         });
-        let admin = match HttpServer::start(
-            admin_listener,
-            admin::router(admin_state.clone()),
-            None,
-            "admin",
-        ) {
-            Ok(admin) => admin,
-            Err(e) => {
-                s3.shut_down(Duration::ZERO).await;
-                engine.shutdown().await;
-                attached.close().await;
-                return Err(io_error("starting the admin listener")(e));
-            }
-        };
+        admin_routes.set(admin::router(admin_state.clone()));
         Ok(Server {
             s3,
             admin,
@@ -369,7 +362,12 @@ impl Server {
             attached,
             ..
         } = self;
-        tokio::join!(s3.shut_down(grace), admin.shut_down(Duration::from_secs(2)));
+        // Not ready from now on; the admin API (metrics, health) stays up while S3 drains.
+        admin_state
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        s3.shut_down(grace).await;
+        admin.shut_down(Duration::from_secs(2)).await;
         admin_state.stop_jobs().await;
         engine.shutdown().await;
         attached.close().await;
