@@ -396,7 +396,7 @@ fn scrub_repairs_flipped_bytes() {
     }
     let metrics = server.metrics();
     assert!(
-        metric_sum(&metrics, "zonestore_crc_errors", &[]) > 0.0,
+        metric_sum(&metrics, "zonestore_crc_errors_total", &[]) > 0.0,
         "some reads met the bad copies"
     );
 

@@ -58,12 +58,12 @@ fn serve_with_no_flags_goes_through_the_fabric() {
     let metrics = server.metrics();
     for drive in 0..3 {
         let label = format!("embedded-drive{drive}\"");
-        let moved = metric_sum(&metrics, "zonestore_nvme_target_bytes", &[&label]);
+        let moved = metric_sum(&metrics, "zonestore_nvme_target_bytes_total", &[&label]);
         assert!(
             moved >= (100 << 20) as f64,
             "target {drive} moved {moved} bytes:\n{metrics}"
         );
-        let commands = metric_sum(&metrics, "zonestore_nvme_host_commands", &[&label]);
+        let commands = metric_sum(&metrics, "zonestore_nvme_host_commands_total", &[&label]);
         assert!(commands > 0.0, "host commands to drive {drive}");
     }
     assert!(

@@ -171,7 +171,9 @@ fn zns_file_targets_skip_the_fabric() {
     let table = server.admin_cli(&["targets"]);
     assert_eq!(table.matches(" local").count(), 2, "{table}");
     assert!(
-        !server.metrics().contains("zonestore_nvme_host_commands{"),
+        !server
+            .metrics()
+            .contains("zonestore_nvme_host_commands_total{"),
         "no fabric in the path"
     );
     drop(server);

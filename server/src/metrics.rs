@@ -35,25 +35,45 @@ pub struct Metrics {
     zones: Family<Labels, Gauge>,
     free_bytes: Family<Labels, Gauge>,
     drive_foreign: Family<Labels, Gauge>,
-    gc_relocated: Gauge,
-    zones_reset: Gauge,
-    user_written: Gauge,
-    gc_written: Gauge,
+    gc_relocated: Counter,
+    zones_reset: Counter,
+    user_written: Counter,
+    gc_written: Counter,
     write_amplification_milli: Gauge,
-    read_failovers: Gauge,
+    read_failovers: Counter,
     under_replicated: Gauge,
-    repair_copied: Gauge,
-    scrub_checked: Gauge,
-    scrub_bad: Gauge,
-    scrub_repaired: Gauge,
-    crc_errors: Gauge,
-    nvme_commands: Family<Labels, Gauge>,
-    nvme_errors: Family<Labels, Gauge>,
+    repair_copied: Counter,
+    scrub_checked: Counter,
+    scrub_bad: Counter,
+    scrub_repaired: Counter,
+    crc_errors: Counter,
+    nvme_commands: Family<Labels, Counter>,
+    nvme_errors: Family<Labels, Counter>,
     nvme_in_flight: Family<Labels, Gauge>,
-    nvme_reconnects: Family<Labels, Gauge>,
+    nvme_reconnects: Family<Labels, Counter>,
     nvme_connected: Family<Labels, Gauge>,
-    target_commands: Family<Labels, Gauge>,
-    target_bytes: Family<Labels, Gauge>,
+    target_commands: Family<Labels, Counter>,
+    target_bytes: Family<Labels, Counter>,
+    /// What the counters that follow counts kept elsewhere last saw.
+    followed: Followed,
+}
+
+/// The last values seen of cumulative counts kept elsewhere (the engine's statistics, the
+/// NVMe/TCP hosts' and targets'), by metric and labels: a counter advances by what its count
+/// gained since, or by the whole count when the count started again from zero (a host or
+/// target replaced), and so never goes down.
+#[derive(Default)]
+struct Followed(parking_lot::Mutex<std::collections::HashMap<(&'static str, Labels), u64>>);
+
+impl Followed {
+    fn follow(&self, metric: &'static str, labels: &Labels, counter: &Counter, count: u64) {
+        let last = self
+            .0
+            .lock()
+            .insert((metric, labels.clone()), count)
+            .unwrap_or(0);
+        counter.inc_by(if count >= last { count - last } else { count });
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,18 +102,18 @@ impl Metrics {
             zones: Family::default(),
             free_bytes: Family::default(),
             drive_foreign: Family::default(),
-            gc_relocated: Gauge::default(),
-            zones_reset: Gauge::default(),
-            user_written: Gauge::default(),
-            gc_written: Gauge::default(),
+            gc_relocated: Counter::default(),
+            zones_reset: Counter::default(),
+            user_written: Counter::default(),
+            gc_written: Counter::default(),
             write_amplification_milli: Gauge::default(),
-            read_failovers: Gauge::default(),
+            read_failovers: Counter::default(),
             under_replicated: Gauge::default(),
-            repair_copied: Gauge::default(),
-            scrub_checked: Gauge::default(),
-            scrub_bad: Gauge::default(),
-            scrub_repaired: Gauge::default(),
-            crc_errors: Gauge::default(),
+            repair_copied: Counter::default(),
+            scrub_checked: Counter::default(),
+            scrub_bad: Counter::default(),
+            scrub_repaired: Counter::default(),
+            crc_errors: Counter::default(),
             nvme_commands: Family::default(),
             nvme_errors: Family::default(),
             nvme_in_flight: Family::default(),
@@ -101,6 +121,7 @@ impl Metrics {
             nvme_connected: Family::default(),
             target_commands: Family::default(),
             target_bytes: Family::default(),
+            followed: Followed::default(),
         };
         r.register(
             "s3_request_payloads",
@@ -241,23 +262,39 @@ impl Metrics {
         targets: &[(String, Target)],
     ) -> String {
         let stats = engine.stats();
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
-        self.user_written.set(load(&stats.user_written));
-        self.gc_written.set(load(&stats.gc_written));
-        self.zones_reset.set(load(&stats.zones_reset));
-        self.gc_relocated
-            .set(engine.gc().status().bytes_relocated as i64);
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let none = Labels::new();
+        let follow = |metric, counter: &Counter, count| {
+            self.followed.follow(metric, &none, counter, count);
+        };
+        follow(
+            "user_written",
+            &self.user_written,
+            load(&stats.user_written),
+        );
+        follow("gc_written", &self.gc_written, load(&stats.gc_written));
+        follow("zones_reset", &self.zones_reset, load(&stats.zones_reset));
+        let relocated = engine.gc().status().bytes_relocated;
+        follow("gc_relocated", &self.gc_relocated, relocated);
         self.write_amplification_milli
             .set((stats.write_amplification() * 1000.0) as i64);
-        self.read_failovers.set(load(&stats.read_failovers));
-        self.crc_errors.set(load(&stats.crc_errors));
+        follow(
+            "read_failovers",
+            &self.read_failovers,
+            load(&stats.read_failovers),
+        );
+        follow("crc_errors", &self.crc_errors, load(&stats.crc_errors));
         let repair = engine.repair().status();
         self.under_replicated
             .set(repair.under_replicated_bytes as i64);
-        self.repair_copied.set(repair.bytes_copied as i64);
-        self.scrub_checked.set(repair.scrub_checked as i64);
-        self.scrub_bad.set(repair.scrub_bad as i64);
-        self.scrub_repaired.set(repair.scrub_repaired as i64);
+        follow("repair_copied", &self.repair_copied, repair.bytes_copied);
+        follow("scrub_checked", &self.scrub_checked, repair.scrub_checked);
+        follow("scrub_bad", &self.scrub_bad, repair.scrub_bad);
+        follow(
+            "scrub_repaired",
+            &self.scrub_repaired,
+            repair.scrub_repaired,
+        );
         let mut per_drive: std::collections::HashMap<(String, &'static str), i64> =
             std::collections::HashMap::new();
         let mut free: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
@@ -305,18 +342,20 @@ impl Metrics {
         for (name, host) in hosts {
             let labels = vec![("target".to_string(), name.clone())];
             let s = host.stats();
-            self.nvme_commands
-                .get_or_create(&labels)
-                .set(s.commands.load(Ordering::Relaxed) as i64);
-            self.nvme_errors
-                .get_or_create(&labels)
-                .set(s.errors.load(Ordering::Relaxed) as i64);
+            let follow = |metric, family: &Family<Labels, Counter>, count| {
+                let counter = family.get_or_create(&labels);
+                self.followed.follow(metric, &labels, &counter, count);
+            };
+            follow("nvme_commands", &self.nvme_commands, load(&s.commands));
+            follow("nvme_errors", &self.nvme_errors, load(&s.errors));
+            follow(
+                "nvme_reconnects",
+                &self.nvme_reconnects,
+                load(&s.reconnects),
+            );
             self.nvme_in_flight
                 .get_or_create(&labels)
                 .set(s.in_flight.load(Ordering::Relaxed) as i64);
-            self.nvme_reconnects
-                .get_or_create(&labels)
-                .set(s.reconnects.load(Ordering::Relaxed) as i64);
             self.nvme_connected
                 .get_or_create(&labels)
                 .set(i64::from(host.is_connected()));
@@ -324,12 +363,16 @@ impl Metrics {
         for (name, target) in targets {
             let labels = vec![("target".to_string(), name.clone())];
             let s = target.stats();
-            self.target_commands
-                .get_or_create(&labels)
-                .set(s.commands as i64);
-            self.target_bytes
-                .get_or_create(&labels)
-                .set((s.bytes_read + s.bytes_written) as i64);
+            let commands = self.target_commands.get_or_create(&labels);
+            self.followed
+                .follow("target_commands", &labels, &commands, s.commands);
+            let bytes = self.target_bytes.get_or_create(&labels);
+            self.followed.follow(
+                "target_bytes",
+                &labels,
+                &bytes,
+                s.bytes_read + s.bytes_written,
+            );
         }
         let mut out = String::new();
         if encode(&mut out, &self.registry.lock()).is_err() {
@@ -355,5 +398,25 @@ impl s3api::Observer for Metrics {
             .observe(r.elapsed.as_secs_f64());
         self.bytes_in.inc_by(r.bytes_in);
         self.bytes_out.inc_by(r.bytes_out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_followed_counter_never_goes_down_when_its_count_restarts() {
+        let followed = Followed::default();
+        let counter = Counter::<u64>::default();
+        let labels = vec![("target".to_string(), "a".to_string())];
+        for (count, expected) in [(5, 5), (9, 9), (9, 9), (2, 11), (4, 13)] {
+            followed.follow("commands", &labels, &counter, count);
+            assert_eq!(counter.get(), expected, "after a count of {count}");
+        }
+        // Another series keeps its own last value.
+        let other = Counter::<u64>::default();
+        followed.follow("commands", &vec![("target".into(), "b".into())], &other, 3);
+        assert_eq!((counter.get(), other.get()), (13, 3));
     }
 }
