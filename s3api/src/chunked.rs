@@ -98,7 +98,8 @@ impl ChunkedDecoder {
                     .map(Some)
                     .map_err(|_| malformed("line is not UTF-8"))
             }
-            None if self.buf.len() > MAX_LINE => Err(malformed("line too long")),
+            // A line of MAX_LINE bytes may wait here for the LF after its CR.
+            None if self.buf.len() > MAX_LINE + 1 => Err(malformed("line too long")),
             None => {
                 self.scanned = self.buf.len();
                 Ok(None)

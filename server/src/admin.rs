@@ -52,8 +52,8 @@ pub struct AdminState {
     pub gc_job: Mutex<Option<GcJob>>,
     /// The task running it, until shutdown waits for it.
     pub gc_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Set when the server begins to shut down: `/ready` answers 503 from then on, so load
-    /// balancers stop sending requests while those in flight drain.
+    /// Set when the server begins to shut down: `/ready` answers 503 from then on (while the
+    /// S3 requests in flight drain and the engine stops).
     pub stopping: std::sync::atomic::AtomicBool,
 }
 
@@ -582,9 +582,20 @@ async fn drain(State(s): State<Arc<AdminState>>, Query(q): Query<DrainQuery>) ->
             format!("draining {}\n{}", q.target, repair_text(&s)),
         ),
         Err(e) => text(
-            StatusCode::BAD_REQUEST,
+            error_status(&e),
             format!("cannot drain {}: {e}\n", q.target),
         ),
+    }
+}
+
+/// The HTTP status for an engine error an admin request met: the request's fault (400), the
+/// drives' state (503), or the server's (500).
+fn error_status(e: &crate::engine::EngineError) -> StatusCode {
+    use crate::engine::EngineError as E;
+    match e {
+        E::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        E::Unavailable(_) | E::NoSpace(_) | E::Drive { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -596,7 +607,7 @@ async fn undrain(State(s): State<Arc<AdminState>>, Query(q): Query<DrainQuery>) 
             format!("{} takes writes again\n{}", q.target, repair_text(&s)),
         ),
         Err(e) => text(
-            StatusCode::BAD_REQUEST,
+            error_status(&e),
             format!("cannot undrain {}: {e}\n", q.target),
         ),
     }

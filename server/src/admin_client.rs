@@ -242,14 +242,31 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
             say_err!("draining {target}: {left}");
             last = left.clone();
         }
-        let row_live = answer
+        // The target's row (NAME STATE LINK LIVE ...): its whole name, or the end of it after
+        // a colon, as the server takes it.
+        let suffix = format!(":{target}");
+        let rows: Vec<Vec<&str>> = answer
             .body
             .lines()
-            .find(|l| l.contains(target) && l.contains("draining"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .unwrap_or("?")
-            .to_string();
-        if left.starts_with("0B ") && row_live == "0B" {
+            .map(|l| l.split_whitespace().collect::<Vec<&str>>())
+            .filter(|f| {
+                f.first()
+                    .is_some_and(|n| *n == target || n.ends_with(&suffix))
+            })
+            .collect();
+        let [row] = rows.as_slice() else {
+            print!("{}", answer.body);
+            bail!("the server lists {} targets named {target}", rows.len());
+        };
+        let (state, row_live) = (row.get(1).copied(), row.get(3).copied());
+        if state != Some("draining") {
+            print!("{}", answer.body);
+            bail!(
+                "{target} is {} now, not draining (undrained, or removed?)",
+                state.unwrap_or("?")
+            );
+        }
+        if left.starts_with("0B ") && row_live == Some("0B") {
             print!("{}", answer.body);
             return Ok(());
         }

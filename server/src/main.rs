@@ -29,7 +29,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read at its start (the `_RJEM_MALLOC_CONF` environment variable still
 /// overrides them). One arena rather than jemalloc's default of four per CPU: each arena keeps
 /// the memory freed in it for a while, and with many uploads at once spread over many threads'
-/// arenas, the server's peak memory (`tests/memory_bound.rs`) was 245-290 MiB against 200-230
+/// arenas, the server's peak memory (`tests/memory_bound.rs`) was 245-290 MiB against 200-225
 /// with one, while throughput stayed within the noise (4 KiB GETs were faster). Threads still
 /// allocate small objects from their own caches without the arena's lock.
 #[unsafe(export_name = "_rjem_malloc_conf")]

@@ -56,6 +56,10 @@ pub struct Metrics {
     target_bytes: Family<Labels, Counter>,
     /// What the counters that follow counts kept elsewhere last saw.
     followed: Followed,
+    /// Held by one scrape at a time from reading the counts to encoding them: a scrape that
+    /// read a count before another scrape recorded a larger one would take the smaller one for
+    /// a count started again from zero and add all of it.
+    rendering: parking_lot::Mutex<()>,
 }
 
 /// The last values seen of cumulative counts kept elsewhere (the engine's statistics, the
@@ -122,6 +126,7 @@ impl Metrics {
             target_commands: Family::default(),
             target_bytes: Family::default(),
             followed: Followed::default(),
+            rendering: parking_lot::Mutex::new(()),
         };
         r.register(
             "s3_request_payloads",
@@ -261,6 +266,7 @@ impl Metrics {
         hosts: &[(String, NvmeTcpHost)],
         targets: &[(String, Target)],
     ) -> String {
+        let _one_scrape_at_a_time = self.rendering.lock();
         let stats = engine.stats();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let none = Labels::new();

@@ -152,9 +152,17 @@ pub fn parse_discovery(b: &[u8]) -> Option<(u64, Vec<DiscoveryEntry>)> {
             traddr: get_str(b, at + 512, 256),
         })
         .filter(|e| {
-            [&e.subnqn, &e.traddr, &e.trsvcid]
+            let printable = [&e.subnqn, &e.traddr, &e.trsvcid]
                 .iter()
-                .all(|f| !f.chars().any(|c| c.is_whitespace() || c.is_control()))
+                .all(|f| !f.chars().any(|c| c.is_whitespace() || c.is_control()));
+            if !printable {
+                tracing::warn!(
+                    nqn = ?e.subnqn,
+                    address = ?e.traddr,
+                    "discovery log entry with spaces or control characters left out"
+                );
+            }
+            printable
         })
         .collect();
     Some((genctr, entries))

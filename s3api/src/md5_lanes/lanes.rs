@@ -3,7 +3,7 @@
 //! and its length itself and finishes its digest once the thread has caught up with it.
 //!
 //! A stream copies its bytes into pieces of its own, which the thread gives back once hashed
-//! and the stream fills again: no buffer changes hands for good. Handing over the request
+//! (up to [`MAX_SPARE`]) and the stream fills again. Handing over the request
 //! body's own buffers (or fresh pieces that the thread then freed) let memory allocated on one
 //! thread be freed on another, which the allocator keeps per thread: with a hundred uploads at
 //! once the server's peak memory grew by some 50 MiB. The copy costs a small fraction of the
@@ -35,14 +35,15 @@ const PIECE: usize = 32 << 10;
 /// Hashed pieces a stream keeps to fill again.
 const MAX_SPARE: usize = 2;
 
-/// Most bytes one stream may have waiting for the thread before its producer waits.
+/// Most bytes one stream may have waiting for the thread before its producer waits (it may
+/// pass it by the last piece of input it was given).
 const MAX_QUEUED: usize = 4 * PIECE;
 
 /// Queued bytes from which a stream is in a hurry: its producer will soon wait.
 const HURRY_QUEUED: usize = MAX_QUEUED / 2;
 
 /// Most bytes all streams together may have waiting: beyond it, a producer waits until its own
-/// stream's queue is empty, and the thread stops gathering.
+/// stream's queue is empty (and beyond half of it, the thread stops gathering).
 const MAX_TOTAL_QUEUED: usize = 8 << 20;
 
 /// Most blocks per lane in one pass, so that newly arrived streams join soon.
