@@ -52,6 +52,58 @@ pub enum RecoverError {
     },
 }
 
+/// Puts the rebuilt index (`building`) in place at `index_dir`, the old one (if any) moving to
+/// `old`. Where the file system can, the two directories trade places in one atomic exchange,
+/// so that no crash or signal leaves `index_dir` missing (a server started then would find an
+/// empty index); elsewhere, two renames. The parent directory is synced, so the swap survives a
+/// crash once this returns.
+fn swap_in(building: &Path, index_dir: &Path, old: Option<&Path>) -> std::io::Result<()> {
+    match old {
+        None => std::fs::rename(building, index_dir)?,
+        Some(old) => match exchange(building, index_dir) {
+            // `building` now holds the old index.
+            Ok(()) => std::fs::rename(building, old)?,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                std::fs::rename(index_dir, old)?;
+                std::fs::rename(building, index_dir)?;
+            }
+            Err(e) => return Err(e),
+        },
+    }
+    let parent = index_dir.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(parent)?.sync_all()
+}
+
+/// Exchanges two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated strings alive for the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir
         .file_name()
@@ -189,20 +241,13 @@ pub async fn rebuild_index(
     };
     attached.close().await;
     let report = result?;
-    let kept = if has_old {
+    let kept = has_old.then(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let old = sibling(&index_dir, &format!("old-{secs}"));
-        std::fs::rename(&index_dir, &old).map_err(|source| RecoverError::Io {
-            what: format!("moving the old index to {}", old.display()),
-            source,
-        })?;
-        Some(old)
-    } else {
-        None
-    };
-    std::fs::rename(&building, &index_dir).map_err(|source| RecoverError::Io {
+        sibling(&index_dir, &format!("old-{secs}"))
+    });
+    swap_in(&building, &index_dir, kept.as_deref()).map_err(|source| RecoverError::Io {
         what: format!("moving the rebuilt index to {}", index_dir.display()),
         source,
     })?;
@@ -220,4 +265,44 @@ pub async fn rebuild_index(
             .unwrap_or_default()
     ));
     Ok((report, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(dir: &Path, what: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("which"), what).unwrap();
+    }
+
+    fn which(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("which")).unwrap()
+    }
+
+    #[test]
+    fn the_rebuilt_index_trades_places_with_the_old_one() {
+        let root = tempfile::tempdir().unwrap();
+        let (index, building, old) = (
+            root.path().join("index"),
+            root.path().join("index.rebuilding"),
+            root.path().join("index.old-1"),
+        );
+        mark(&index, "old");
+        mark(&building, "new");
+        swap_in(&building, &index, Some(&old)).unwrap();
+        assert_eq!((which(&index), which(&old)), ("new".into(), "old".into()));
+        assert!(!building.exists());
+        // The exchange itself: both paths stay, contents traded.
+        mark(&building, "newer");
+        exchange(&building, &index).unwrap();
+        assert_eq!(
+            (which(&index), which(&building)),
+            ("newer".into(), "new".into())
+        );
+        // No old index: a plain move.
+        let fresh = root.path().join("fresh");
+        swap_in(&building, &fresh, None).unwrap();
+        assert_eq!(which(&fresh), "new");
+    }
 }
