@@ -645,3 +645,23 @@ async fn sixty_four_reads_unread() -> (
     tokio::time::sleep(Duration::from_millis(500)).await;
     (dir, target, handle, admin, io, io_buf)
 }
+
+#[tokio::test]
+async fn shut_down_closes_every_connection_before_it_returns() {
+    let (_d, _target, handle) = start(TargetConfig::default()).await;
+    let addr = handle.local_addr();
+    let mut streams = vec![initialized(addr).await, initialized(addr).await];
+    handle.shut_down(Duration::from_secs(30)).await;
+    for stream in &mut streams {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a connection outlived the shutdown: {read:?}"
+        );
+    }
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener outlived the shutdown"
+    );
+}

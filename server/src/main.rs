@@ -405,7 +405,7 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     );
     signals.next().await;
     say!("zonestore target: shutting down");
-    node.handle.shutdown();
+    node.handle.shut_down(Duration::from_secs(10)).await;
     zns::ZonedDevice::flush(&node.drive)
         .await
         .context("flushing the drive")?;

@@ -222,7 +222,7 @@ impl Attached {
             host.close().await;
         }
         for node in self.nodes {
-            node.handle.shutdown();
+            node.handle.shut_down(Duration::from_secs(10)).await;
             if let Err(e) = ZonedDevice::flush(&node.drive).await {
                 tracing::warn!(nqn = %node.nqn, "flushing the drive failed: {e}");
             }

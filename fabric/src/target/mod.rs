@@ -226,14 +226,17 @@ impl Target {
         let inner = self.inner.clone();
         let accept = tokio::spawn(async move {
             let mut stop = stop_rx.clone();
+            // The connections, so that a shutdown can wait for their commands to end.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 tokio::select! {
                     _ = stop.changed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let inner = inner.clone();
                             let stop = stop_rx.clone();
-                            tokio::spawn(async move {
+                            connections.spawn(async move {
                                 queue::serve_connection(stream, peer, inner, stop).await;
                             });
                         }
@@ -244,6 +247,8 @@ impl Target {
                     },
                 }
             }
+            // Every connection heard the stop too and ends with its commands.
+            while connections.join_next().await.is_some() {}
         });
         tracing::info!(%local_addr, "NVMe/TCP target listening");
         Ok(TargetHandle {
@@ -271,6 +276,15 @@ impl TargetHandle {
     /// Stops listening and closes every connection.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// [`TargetHandle::shutdown`], then waits (up to `limit`) until every connection has ended,
+    /// so that a flush after it covers every write the target took.
+    pub async fn shut_down(mut self, limit: Duration) {
+        self.shutdown();
+        if tokio::time::timeout(limit, &mut self.accept).await.is_err() {
+            tracing::warn!("NVMe/TCP connections still open {limit:?} after the stop");
+        }
     }
 }
 
