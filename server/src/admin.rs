@@ -566,6 +566,9 @@ fn repair_text(s: &AdminState) -> String {
         r.scrub_bad,
         r.scrub_repaired
     );
+    if let Some(why) = &r.scrub_failure {
+        let _ = writeln!(out, "scrub failed:     {why}");
+    }
     out
 }
 

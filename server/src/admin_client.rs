@@ -293,6 +293,9 @@ async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
         let now = fetch(server, "GET", "/admin/scrub").await?;
         if passes(&now.body) > start {
             print!("{}", now.body);
+            if now.body.lines().any(|l| l.starts_with("scrub failed:")) {
+                bail!("the scrub pass stopped short");
+            }
             return Ok(());
         }
     }

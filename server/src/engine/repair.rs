@@ -82,6 +82,8 @@ pub struct RepairStatus {
     pub scrub_bad: u64,
     /// Scrub: bad copies replaced from a good one.
     pub scrub_repaired: u64,
+    /// Scrub: why the last pass stopped short, if it did.
+    pub scrub_failure: Option<String>,
 }
 
 /// Runtime control of repair and scrub.
@@ -565,6 +567,7 @@ impl EngineInner {
         let mut s = self.repair.status.lock();
         s.scrub_running = false;
         s.scrub_passes += 1;
+        s.scrub_failure = result.as_ref().err().map(|e| e.to_string());
         tracing::info!(
             checked = s.scrub_checked,
             bad = s.scrub_bad,
