@@ -259,6 +259,26 @@ fn bad_configuration_is_named() {
         err.contains("admin-token") && err.contains("at least 16"),
         "{err}"
     );
+    // Nor may the secret key of the data directory's user be open to others.
+    let shared = dir.path().join("shared-credentials");
+    std::fs::create_dir_all(&shared).unwrap();
+    let credentials = shared.join("credentials.toml");
+    std::fs::write(&credentials, "access_key = \"a\"\nsecret_key = \"b\"\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        shared.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        err.contains("credentials.toml") && err.contains("chmod 600"),
+        "{err}"
+    );
     // An address in use is named at once, before any drive is made or attached.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();

@@ -93,6 +93,7 @@ pub fn users_or_default(config: &Config) -> Result<(Vec<User>, bool), ServeError
     }
     let path = credentials_path(&config.data_dir);
     if path.exists() {
+        refuse_if_shared(&path, "the credentials file (it holds the secret key)")?;
         let text = std::fs::read_to_string(&path)
             .map_err(io_error(format!("reading {}", path.display())))?;
         let user: User = toml::from_str(&text).map_err(|e| ConfigError {
@@ -125,6 +126,26 @@ pub fn users_or_default(config: &Config) -> Result<(Vec<User>, bool), ServeError
     Ok((vec![user], true))
 }
 
+/// Refuses a secret's file (`what`) that others than its owner may read or write.
+fn refuse_if_shared(path: &Path, what: &str) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(io_error(format!("reading {}", path.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ConfigError {
+            key: path.display().to_string(),
+            problem: format!(
+                "{what} is open to others (mode {:o}); `chmod 600` it",
+                mode & 0o777
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Where the admin API's token is kept.
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin-token")
@@ -138,21 +159,7 @@ const MIN_ADMIN_TOKEN: usize = 16;
 pub fn admin_token_or_generate(data_dir: &Path) -> Result<String, ServeError> {
     let path = admin_token_path(data_dir);
     if path.exists() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path)
-            .map_err(io_error(format!("reading {}", path.display())))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(ConfigError {
-                key: path.display().to_string(),
-                problem: format!(
-                    "the admin token file is readable by others (mode {:o}); `chmod 600` it",
-                    mode & 0o777
-                ),
-            }
-            .into());
-        }
+        refuse_if_shared(&path, "the admin token file")?;
         let text = std::fs::read_to_string(&path)
             .map_err(io_error(format!("reading {}", path.display())))?;
         let token = text.trim();
