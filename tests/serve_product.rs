@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::s3::{S3Server, metric_sum, same_file, write_random_file};
+use common::s3::{S3Server, http_get, metric_sum, same_file, write_random_file};
 use common::{Process, zonestore_bin, zonestore_fails};
 
 #[test]
@@ -456,4 +456,26 @@ fn recover_rebuilds_the_index_from_the_zones() {
         }
     }
     assert_eq!(compared, 26);
+}
+
+/// On SIGTERM `/ready` turns 503 at once while S3 is still served for `--unready-seconds` (time
+/// for a load balancer to stop sending), then the server drains and exits cleanly.
+#[test]
+fn sigterm_says_not_ready_before_the_s3_port_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = S3Server::start(&dir.path().join("data"), &["--unready-seconds", "4"]);
+    assert_eq!(http_get(&server.admin, "/ready").0, 200);
+    server.process.signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while http_get(&server.admin, "/ready").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never said 503 after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // S3 still answers (an unsigned request is refused, by a live server).
+    let s3 = server.endpoint.trim_start_matches("http://").to_string();
+    assert_eq!(http_get(&s3, "/").0, 403);
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
 }

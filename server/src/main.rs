@@ -132,6 +132,10 @@ struct ServeArgs {
     /// Seconds to let requests in flight finish on shutdown.
     #[arg(long, default_value_t = 30)]
     drain_seconds: u64,
+    /// Seconds between the shutdown signal and closing the S3 port, during which `/ready`
+    /// answers 503 while requests are still served: time for a load balancer to notice.
+    #[arg(long, default_value_t = 0)]
+    unready_seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -328,7 +332,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     signals.next().await;
     say!("zonestore serve: shutting down, letting requests finish (signal again to exit now)");
     tokio::select! {
-        _ = server.shut_down(Duration::from_secs(args.drain_seconds)) => {
+        _ = server.shut_down(
+            Duration::from_secs(args.unready_seconds),
+            Duration::from_secs(args.drain_seconds),
+        ) => {
             say!("zonestore serve: stopped");
             Ok(())
         }

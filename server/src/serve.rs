@@ -358,9 +358,10 @@ impl Server {
         &self.engine
     }
 
-    /// Drains requests in flight (up to `grace`), stops GC, flushes the drives, and closes
-    /// the fabric and the embedded targets.
-    pub async fn shut_down(self, grace: Duration) {
+    /// Says not ready (`/ready` 503) and keeps serving for `unready`, then stops taking S3
+    /// connections, drains requests in flight (up to `grace`), stops GC, flushes the drives,
+    /// and closes the fabric and the embedded targets.
+    pub async fn shut_down(self, unready: Duration, grace: Duration) {
         let Server {
             s3,
             admin,
@@ -373,6 +374,7 @@ impl Server {
         admin_state
             .stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(unready).await;
         s3.shut_down(grace).await;
         admin.shut_down(Duration::from_secs(2)).await;
         admin_state.stop_jobs().await;

@@ -478,6 +478,7 @@ fn presigned_v2(
         parts.raw_query,
         &expires,
         parts.v2_resource,
+        true,
     );
     if !sigv4::same(&sigv2::sign(secret, &to_sign), &signature) {
         return Err(S3Error::signature_mismatch());
@@ -522,6 +523,7 @@ fn header_v2(
         parts.raw_query,
         &date_line,
         parts.v2_resource,
+        false,
     );
     if !sigv4::same(&sigv2::sign(secret, &to_sign), signature) {
         return Err(S3Error::signature_mismatch());

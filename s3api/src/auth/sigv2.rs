@@ -51,13 +51,15 @@ const SUBRESOURCES: &[&str] = &[
 
 /// The string to sign. `expires_or_date` is the Expires query value (presigned) or the Date
 /// header (header auth; empty when x-amz-date is sent). `resource_path` is `/bucket/key` (raw,
-/// still encoded).
+/// still encoded). A `presigned` URL carries its `x-amz-*` headers as query parameters (SDK
+/// presigners move them there), so those count among the signed headers.
 pub fn string_to_sign(
     method: &str,
     headers: &HeaderMap,
     raw_query: Option<&str>,
     expires_or_date: &str,
     resource_path: &str,
+    presigned: bool,
 ) -> String {
     let header = |name: &str| {
         headers
@@ -90,7 +92,7 @@ pub fn string_to_sign(
         let v = v.map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned());
         // Any case: the service takes `X-Amz-...` query parameters of a presigned URL as
         // headers, so every one of them must be signed.
-        if k.to_ascii_lowercase().starts_with("x-amz-") {
+        if presigned && k.to_ascii_lowercase().starts_with("x-amz-") {
             amz.push((k.to_ascii_lowercase(), v.unwrap_or_default()));
         } else if SUBRESOURCES.contains(&k.as_str()) {
             sub.push((k, v));
@@ -154,6 +156,7 @@ mod tests {
             Some("AWSAccessKeyId=A&Signature=S&Expires=5&uploadId=U1&partNumber=2"),
             "5",
             "/b/k",
+            true,
         );
         assert_eq!(s, "GET\n\n\n5\n/b/k?partNumber=2&uploadId=U1");
     }
