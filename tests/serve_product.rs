@@ -463,7 +463,7 @@ fn recover_rebuilds_the_index_from_the_zones() {
 #[test]
 fn sigterm_says_not_ready_before_the_s3_port_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = S3Server::start(&dir.path().join("data"), &["--unready-seconds", "4"]);
+    let mut server = S3Server::start(&dir.path().join("data"), &["--unready-seconds", "10"]);
     assert_eq!(http_get(&server.admin, "/ready").0, 200);
     server.process.signal(libc::SIGTERM);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);

@@ -648,10 +648,25 @@ async fn sixty_four_reads_unread() -> (
 
 #[tokio::test]
 async fn shut_down_closes_every_connection_before_it_returns() {
-    let (_d, _target, handle) = start(TargetConfig::default()).await;
+    let (_d, target, handle) = start(TargetConfig::default()).await;
     let addr = handle.local_addr();
     let mut streams = vec![initialized(addr).await, initialized(addr).await];
-    handle.shut_down(Duration::from_secs(30)).await;
+    // And one that never says ICReq (the target would wait 10 s for it).
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while target.stats().connections_open < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.shut_down(Duration::from_secs(5)).await;
+    assert_eq!(
+        target.stats().connections_open,
+        0,
+        "shut_down returned before its connections ended"
+    );
     for stream in &mut streams {
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await;

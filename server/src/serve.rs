@@ -93,9 +93,7 @@ pub fn users_or_default(config: &Config) -> Result<(Vec<User>, bool), ServeError
     }
     let path = credentials_path(&config.data_dir);
     if path.exists() {
-        refuse_if_shared(&path, "the credentials file (it holds the secret key)")?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(io_error(format!("reading {}", path.display())))?;
+        let text = read_private(&path, "the credentials file (it holds the secret key)")?;
         let user: User = toml::from_str(&text).map_err(|e| ConfigError {
             key: path.display().to_string(),
             problem: e.message().to_string(),
@@ -126,13 +124,14 @@ pub fn users_or_default(config: &Config) -> Result<(Vec<User>, bool), ServeError
     Ok((vec![user], true))
 }
 
-/// Refuses a secret's file (`what`) that others than its owner may read or write.
-fn refuse_if_shared(path: &Path, what: &str) -> Result<(), ServeError> {
+/// Reads a secret's file (`what`), refusing it if others than its owner may read or write it
+/// (checked on the file as opened, so it cannot change in between).
+fn read_private(path: &Path, what: &str) -> Result<String, ServeError> {
+    use std::io::Read as _;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(io_error(format!("reading {}", path.display())))?
-        .permissions()
-        .mode();
+    let reading = || io_error(format!("reading {}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(reading())?;
+    let mode = file.metadata().map_err(reading())?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(ConfigError {
             key: path.display().to_string(),
@@ -143,7 +142,9 @@ fn refuse_if_shared(path: &Path, what: &str) -> Result<(), ServeError> {
         }
         .into());
     }
-    Ok(())
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(reading())?;
+    Ok(text)
 }
 
 /// Where the admin API's token is kept.
@@ -159,9 +160,7 @@ const MIN_ADMIN_TOKEN: usize = 16;
 pub fn admin_token_or_generate(data_dir: &Path) -> Result<String, ServeError> {
     let path = admin_token_path(data_dir);
     if path.exists() {
-        refuse_if_shared(&path, "the admin token file")?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(io_error(format!("reading {}", path.display())))?;
+        let text = read_private(&path, "the admin token file")?;
         let token = text.trim();
         if token.len() < MIN_ADMIN_TOKEN || token.chars().any(|c| !c.is_ascii_graphic()) {
             return Err(ConfigError {

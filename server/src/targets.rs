@@ -221,12 +221,13 @@ impl Attached {
         for (_, host) in &self.hosts {
             host.close().await;
         }
-        for node in self.nodes {
+        let stopping = self.nodes.into_iter().map(|node| async move {
             node.handle.shut_down(Duration::from_secs(10)).await;
             if let Err(e) = ZonedDevice::flush(&node.drive).await {
                 tracing::warn!(nqn = %node.nqn, "flushing the drive failed: {e}");
             }
-        }
+        });
+        futures::future::join_all(stopping).await;
     }
 }
 

@@ -247,7 +247,9 @@ impl Target {
                     },
                 }
             }
-            // Every connection heard the stop too and ends with its commands.
+            // Every connection heard the stop too: it stops its waiting commands (writes the
+            // drive took still complete there, so a flush after this covers them) and ends.
+            drop(listener);
             while connections.join_next().await.is_some() {}
         });
         tracing::info!(%local_addr, "NVMe/TCP target listening");
@@ -290,7 +292,8 @@ impl TargetHandle {
 
 impl Drop for TargetHandle {
     fn drop(&mut self) {
+        // The accept task hears this, stops listening and lets its connections end in their
+        // own time (aborting them would skip their bookkeeping and leave their writers).
         let _ = self.stop.send(true);
-        self.accept.abort();
     }
 }

@@ -331,7 +331,12 @@ pub(crate) async fn serve_connection(
     );
     let backlog = Arc::new(Backlog::default());
     let (tx, mut writer) = spawn_writer(wr, 1024, backlog.clone());
-    if let Some(framing) = initialize(&mut reader, &tx, &target, peer).await {
+    // A peer that never sends its ICReq does not hold up a stopping target.
+    let initialized = tokio::select! {
+        framing = initialize(&mut reader, &tx, &target, peer) => framing,
+        _ = stop.wait_for(|stopped| *stopped) => None,
+    };
+    if let Some(framing) = initialized {
         reader.decoder.framing = Framing {
             digests: framing.digests,
             pda: 0,

@@ -160,4 +160,18 @@ mod tests {
         );
         assert_eq!(s, "GET\n\n\n5\n/b/k?partNumber=2&uploadId=U1");
     }
+
+    #[test]
+    fn x_amz_query_parameters_are_signed_headers_only_in_presigned_urls() {
+        let h = HeaderMap::new();
+        let query = Some("X-Amz-Meta-A=1&uploadId=U1");
+        assert_eq!(
+            string_to_sign("PUT", &h, query, "5", "/b/k", true),
+            "PUT\n\n\n5\nx-amz-meta-a:1\n/b/k?uploadId=U1"
+        );
+        assert_eq!(
+            string_to_sign("PUT", &h, query, "5", "/b/k", false),
+            "PUT\n\n\n5\n/b/k?uploadId=U1"
+        );
+    }
 }
