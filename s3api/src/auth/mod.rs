@@ -263,29 +263,28 @@ fn header_v4(
         return Err(S3Error::signature_mismatch());
     }
     all_amz_headers_signed(parts.headers, &signed)?;
-    let payload = match payload_hash.as_str() {
-        "UNSIGNED-PAYLOAD" => Payload::Unsigned,
-        "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => Payload::StreamingUnsignedTrailer,
-        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => {
-            Payload::StreamingSigned {
-                key,
-                amz_date: date_text,
-                scope,
-                seed: signature.to_string(),
-                trailer: payload_hash.ends_with("-TRAILER"),
+    let payload = match plain_payload(&payload_hash) {
+        Some(plain) => plain,
+        None => match payload_hash.as_str() {
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => Payload::StreamingUnsignedTrailer,
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => {
+                Payload::StreamingSigned {
+                    key,
+                    amz_date: date_text,
+                    scope,
+                    seed: signature.to_string(),
+                    trailer: payload_hash.ends_with("-TRAILER"),
+                }
             }
-        }
-        h if h.starts_with("STREAMING-AWS4-ECDSA") => {
-            return Err(S3Error::not_implemented("SigV4a streaming payloads"));
-        }
-        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Payload::Sha256(h.to_ascii_lowercase())
-        }
-        _ => {
-            return Err(S3Error::invalid_argument(
-                "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER or a valid sha256 value.",
-            ));
-        }
+            h if h.starts_with("STREAMING-AWS4-ECDSA") => {
+                return Err(S3Error::not_implemented("SigV4a streaming payloads"));
+            }
+            _ => {
+                return Err(S3Error::invalid_argument(
+                    "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER or a valid sha256 value.",
+                ));
+            }
+        },
     };
     Ok(Authenticated {
         access_key: access_key.to_string(),
@@ -317,6 +316,18 @@ fn all_amz_headers_signed(headers: &HeaderMap, signed: &[&str]) -> Result<(), S3
         S3Error::access_denied("There were headers present in the request which were not signed")
             .with("HeadersNotSigned", unsigned.join(", ")),
     )
+}
+
+/// The body protection a payload hash names when it is not a streaming one: none
+/// (`UNSIGNED-PAYLOAD`) or the body's SHA-256 in hex.
+fn plain_payload(hash: &str) -> Option<Payload> {
+    match hash {
+        "UNSIGNED-PAYLOAD" => Some(Payload::Unsigned),
+        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(Payload::Sha256(h.to_ascii_lowercase()))
+        }
+        _ => None,
+    }
 }
 
 /// Whether a credential scope's date is the request's day (`yyyyMMdd` of its `x-amz-date`).
@@ -410,17 +421,11 @@ fn presigned_v4(
     }
     let payload_hash = q("X-Amz-Content-Sha256").unwrap_or_else(|| "UNSIGNED-PAYLOAD".into());
     // A presigned URL may bind its body: a hash it signs is checked like a header's.
-    let payload = match payload_hash.as_str() {
-        "UNSIGNED-PAYLOAD" => Payload::Unsigned,
-        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Payload::Sha256(h.to_ascii_lowercase())
-        }
-        _ => {
-            return Err(S3Error::auth_query_error(
-                "X-Amz-Content-Sha256 of a presigned URL must be UNSIGNED-PAYLOAD or a sha256 value",
-            ));
-        }
-    };
+    let payload = plain_payload(&payload_hash).ok_or_else(|| {
+        S3Error::auth_query_error(
+            "X-Amz-Content-Sha256 of a presigned URL must be UNSIGNED-PAYLOAD or a sha256 value",
+        )
+    })?;
     let canonical = sigv4::canonical_request(
         parts.method.as_str(),
         parts.raw_path,
