@@ -1447,19 +1447,28 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
     assert_rebuild_equals_live(&engine, &[inner], dir.path(), "rebuilt").await;
 }
 
+/// Three drives (write quorum 2) holding bucket `b` and its object `before`, the engine that
+/// wrote them shut down: the start of the tests of drives that come back wrong.
+async fn three_drives_holding_one_object(
+    dir: &std::path::Path,
+) -> (zns::Geometry, Vec<zns::EmulatedZns>) {
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir, 3, g, |c| c.write_quorum = 2).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "before", &content("before", 1, 200_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    (g, drives)
+}
+
 /// A drive answering under a registered name with another identity (a storage node started on
 /// an empty data directory, its disk not mounted) is left out rather than taken for the drive
 /// holding the data; the others serve; the right drive is attached again when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_one_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let g = small_geometry(16, 1 << 20);
-    let (engine, drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    put(&engine, "b", "before", &content("before", 1, 200_000))
-        .await
-        .unwrap();
-    engine.shutdown().await;
+    let (g, drives) = three_drives_holding_one_object(dir.path()).await;
     drop(drives);
 
     // The third drive's directory is "unmounted": an empty drive appears in its place.
@@ -1709,13 +1718,7 @@ async fn an_identity_is_recorded_only_from_a_drive_holding_what_the_index_expect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_that_answers_its_survey_wrongly_is_left_out_and_the_others_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let g = small_geometry(16, 1 << 20);
-    let (engine, drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    put(&engine, "b", "before", &content("before", 1, 200_000))
-        .await
-        .unwrap();
-    engine.shutdown().await;
+    let (_, drives) = three_drives_holding_one_object(dir.path()).await;
 
     type Fault = fn(zns::ZoneResult<zns::ZoneReport>) -> zns::ZoneResult<zns::ZoneReport>;
     let faults: [(&str, Fault); 2] = [

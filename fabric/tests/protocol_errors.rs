@@ -106,11 +106,7 @@ async fn an_unknown_pdu_type_gets_a_term_req_pointing_at_the_type() {
 async fn a_first_pdu_other_than_icreq_is_a_sequence_error() {
     let (_d, _t, handle) = start(TargetConfig::default()).await;
     let mut stream = TcpStream::connect(handle.local_addr()).await.unwrap();
-    let capsule = Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: Sqe::new(0x06, 1),
-        data: Bytes::new(),
-        data_digest_error: false,
-    });
+    let capsule = command(Sqe::new(0x06, 1));
     stream
         .write_all(&encode(&capsule, Framing::INITIAL).to_bytes())
         .await
@@ -142,11 +138,7 @@ async fn a_header_digest_mismatch_gets_fes_3() {
     let mut resp = [0u8; 128];
     stream.read_exact(&mut resp).await.unwrap();
     assert_eq!(resp[11], 0x01, "ICResp echoes the header digest");
-    let capsule = Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: Sqe::new(0x7f, 1),
-        data: Bytes::new(),
-        data_digest_error: false,
-    });
+    let capsule = command(Sqe::new(0x7f, 1));
     let mut bytes = encode(
         &capsule,
         Framing {
@@ -302,17 +294,22 @@ fn connect_capsule(qid: u16, cntlid: u16, sqsize: u16, kato_ms: u32, host: &str)
     })
 }
 
+/// A command capsule carrying no data.
+fn command(sqe: Sqe) -> Pdu {
+    Pdu::CapsuleCmd(CapsuleCmd {
+        sqe,
+        data: Bytes::new(),
+        data_digest_error: false,
+    })
+}
+
 /// A Property Set of CC that enables the controller.
 fn enable_capsule() -> Pdu {
     let mut set = Sqe::new(0x7f, 2);
     set.put(4, &[0x00])
         .put(44, &property::CC.to_le_bytes())
         .put(48, &u64::from(0x0046_0061u32).to_le_bytes());
-    Pdu::CapsuleCmd(CapsuleCmd {
-        sqe: set,
-        data: Bytes::new(),
-        data_digest_error: false,
-    })
+    command(set)
 }
 
 async fn send(stream: &mut TcpStream, pdu: Pdu) {
@@ -343,11 +340,7 @@ async fn next_pdu(stream: &mut TcpStream, buf: &mut BytesMut) -> Pdu {
 fn write_needing_r2t(cid: u16) -> Pdu {
     let mut sqe = Sqe::new(0x09, cid);
     sqe.set_sgl(4096, false);
-    Pdu::CapsuleCmd(CapsuleCmd {
-        sqe,
-        data: Bytes::new(),
-        data_digest_error: false,
-    })
+    command(sqe)
 }
 
 /// A host with more commands outstanding than its queue holds, each a write waiting for its
@@ -408,15 +401,7 @@ async fn fused_commands_get_invalid_field() {
     for (cid, flags) in [(5u16, 0x41u8), (6, 0x00)] {
         let mut identify = Sqe::new(0x06, cid);
         identify.put(1, &[flags]).put(40, &[1]);
-        send(
-            &mut stream,
-            Pdu::CapsuleCmd(CapsuleCmd {
-                sqe: identify,
-                data: Bytes::new(),
-                data_digest_error: false,
-            }),
-        )
-        .await;
+        send(&mut stream, command(identify)).await;
         match next_pdu(&mut stream, &mut buf).await {
             Pdu::CapsuleResp(r) => {
                 assert_eq!(r.cqe.cid(), cid);
@@ -502,15 +487,7 @@ async fn identify_takes_exactly_one_data_structure() {
     for (cid, len) in [(7u16, 2u32 << 20), (8, 4095), (9, 4096)] {
         let mut identify = Sqe::new(0x06, cid);
         identify.put(40, &[1]).set_sgl(len, false);
-        send(
-            &mut stream,
-            Pdu::CapsuleCmd(CapsuleCmd {
-                sqe: identify,
-                data: Bytes::new(),
-                data_digest_error: false,
-            }),
-        )
-        .await;
+        send(&mut stream, command(identify)).await;
         let mut data = 0;
         let status = loop {
             match next_pdu(&mut stream, &mut buf).await {
@@ -632,15 +609,7 @@ async fn sixty_four_reads_unread() -> (
             .set_slba(0)
             .set_cdw(12, 255)
             .set_sgl(1 << 20, false);
-        send(
-            &mut io,
-            Pdu::CapsuleCmd(CapsuleCmd {
-                sqe: read,
-                data: Bytes::new(),
-                data_digest_error: false,
-            }),
-        )
-        .await;
+        send(&mut io, command(read)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     (dir, target, handle, admin, io, io_buf)
