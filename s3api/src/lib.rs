@@ -11,6 +11,7 @@ pub mod error;
 pub mod handlers;
 pub mod http_util;
 pub mod md5_lanes;
+pub mod query;
 pub mod service;
 pub mod store;
 pub mod time;

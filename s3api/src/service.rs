@@ -16,6 +16,7 @@ use crate::auth::{self, Authenticated, Credentials, RequestParts};
 use crate::body::BodyReader;
 use crate::error::S3Error;
 use crate::handlers;
+use crate::query;
 use crate::store::ObjectStore;
 
 /// What is known of a request once its response is ready.
@@ -262,7 +263,8 @@ fn headers_from_presigned_query(headers: &mut HeaderMap, query: &[(String, Strin
     }
 }
 
-fn decode(text: &str) -> String {
+/// A path segment's text: `%XX` decoded, a `+` kept (it is a space only in a query).
+fn decode_path(text: &str) -> String {
     percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
@@ -312,7 +314,7 @@ impl S3Service {
             if let Some(bucket) = host.strip_suffix(&format!(".{domain}"))
                 && !bucket.is_empty()
             {
-                let key = (!path.is_empty()).then(|| decode(path));
+                let key = (!path.is_empty()).then(|| decode_path(path));
                 return (Some(bucket.to_string()), key, true);
             }
         }
@@ -321,10 +323,10 @@ impl S3Service {
         }
         match path.split_once('/') {
             Some((bucket, rest)) if !rest.is_empty() => {
-                (Some(decode(bucket)), Some(decode(rest)), false)
+                (Some(decode_path(bucket)), Some(decode_path(rest)), false)
             }
-            Some((bucket, _)) => (Some(decode(bucket)), None, false),
-            None => (Some(decode(path)), None, false),
+            Some((bucket, _)) => (Some(decode_path(bucket)), None, false),
+            None => (Some(decode_path(path)), None, false),
         }
     }
 
@@ -377,7 +379,7 @@ impl S3Service {
                     .filter(|p| !p.is_empty())
                     .map(|p| {
                         let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                        (decode(k), decode(v))
+                        (query::decode(k), query::decode(v))
                     })
                     .collect::<Vec<_>>();
                 let mut headers = parts.headers.clone();

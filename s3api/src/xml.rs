@@ -186,9 +186,17 @@ fn flatten(body: &[u8]) -> Result<Vec<Node>, S3Error> {
     let mut depth = 0usize;
     let mut out = Vec::new();
     let mut buf = Vec::new();
-    let open = |current: &Option<Rc<Element>>, name: &str| {
+    let mut roots = 0;
+    let mut open = |current: &Option<Rc<Element>>, name: &str| {
         if name.len() > MAX_NAME {
             return Err(S3Error::malformed_xml());
+        }
+        // One document, one root: a second would merge into the first's request.
+        if current.is_none() {
+            roots += 1;
+            if roots > 1 {
+                return Err(S3Error::malformed_xml());
+            }
         }
         Ok(Rc::new(Element {
             name: name.to_string(),
@@ -446,6 +454,21 @@ mod tests {
         assert_eq!(nodes.len(), 1 + 2 * 90_000);
         let longer = "A".repeat(MAX_NAME + 1);
         assert!(flatten(format!("<{longer}/>").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_second_root_is_malformed_not_merged() {
+        let one = "<Delete><Object><Key>a</Key></Object></Delete>";
+        assert_eq!(parse_delete(one.as_bytes()).unwrap().0.len(), 1);
+        let two = format!("{one}\n{one}");
+        assert_eq!(
+            parse_delete(two.as_bytes()).unwrap_err().code,
+            "MalformedXML"
+        );
+        let part = "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>a</ETag></Part></CompleteMultipartUpload>";
+        assert_eq!(parse_complete(part.as_bytes()).unwrap().len(), 1);
+        let doubled = format!("{part}<CompleteMultipartUpload/>");
+        assert!(parse_complete(doubled.as_bytes()).is_err());
     }
 
     #[test]

@@ -213,6 +213,11 @@ def check_listing():
     # An explicit EncodingType is not decoded by botocore: the raw, encoded key arrives.
     assert urllib.parse.unquote_plus(enc["Contents"][0]["Key"]) == "odd key/\u00e9+&", enc["Contents"][0]["Key"]
     assert enc["Contents"][0]["Key"] != "odd key/\u00e9+&"
+    # A `+` in a query (form encoding, as URLSearchParams writes it) stands for a space, both in
+    # the prefix and in what is signed; `%2B` is a plus.
+    for sent, canonical, found in [("odd+key", "odd%20key", True), ("odd%2Bkey", "odd%2Bkey", False)]:
+        status, body = sigv4_request("GET", f"{ENDPOINT}/{b}?list-type=2&prefix={sent}", canonical_query=f"list-type=2&prefix={canonical}")
+        assert status == 200 and (b"<Key>odd key/" in body) == found, (sent, status, body)
     # v1 with markers.
     v1 = []
     for page in s3.get_paginator("list_objects").paginate(Bucket=b, Prefix="data/", PaginationConfig={"PageSize": 500}):
@@ -339,6 +344,16 @@ def check_delete_objects():
     s3.put_object(Bucket=b, Key="c2", Body=b"2")
     r = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "c1", "ETag": e1}, {"Key": "c2", "ETag": e1}]})
     assert [d["Key"] for d in r["Deleted"]] == ["c1"], r
+    # The body must come with a digest it is checked against: Content-MD5 or a checksum value;
+    # naming an algorithm (x-amz-sdk-checksum-algorithm) without one is not enough.
+    doc = b"<Delete><Object><Key>k9</Key></Object></Delete>"
+    md5 = base64.b64encode(hashlib.md5(doc).digest()).decode()
+    for extra in [{}, {"x-amz-sdk-checksum-algorithm": "CRC32"}]:
+        status, body = sigv4_request("POST", f"{ENDPOINT}/{b}?delete=", doc, extra=extra)
+        assert status == 400 and b"InvalidRequest" in body, (extra, status, body)
+    assert s3.get_object(Bucket=b, Key="k9")["Body"].read() == b"x", "a refused DeleteObjects deletes nothing"
+    status, body = sigv4_request("POST", f"{ENDPOINT}/{b}?delete=", doc, extra={"content-md5": md5})
+    assert status == 200 and b"<Deleted><Key>k9</Key>" in body, (status, body)
     assert [(e["Key"], e["Code"]) for e in r["Errors"]] == [("c2", "PreconditionFailed")], r
     assert s3.get_object(Bucket=b, Key="c2")["Body"].read() == b"2"
 
@@ -377,6 +392,9 @@ def check_multipart():
     e3 = s3.upload_part(Bucket=b, Key="assembled", UploadId=uid, PartNumber=3, Body=tail)["ETag"]
     parts = s3.list_parts(Bucket=b, Key="assembled", UploadId=uid)["Parts"]
     assert [p["PartNumber"] for p in parts] == [1, 2, 3] and parts[0]["Size"] == 5 << 20
+    # A page of none cannot move on, so it is not truncated (a paginator would loop).
+    none = s3.list_parts(Bucket=b, Key="assembled", UploadId=uid, MaxParts=0)
+    assert not none.get("Parts") and not none["IsTruncated"], none
     ups = s3.list_multipart_uploads(Bucket=b)["Uploads"]
     assert [u["UploadId"] for u in ups] == [uid]
     # Listing uploads by "directory": keys with the delimiter fold into common prefixes, in
@@ -487,8 +505,9 @@ def check_checksums():
     assert done.get("ChecksumCRC32") == expected, done
 
 
-def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payload_hash=None, extra=None):
-    """A hand-made SigV4 request (to control the clock and the payload hash)."""
+def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payload_hash=None, extra=None, canonical_query=None):
+    """A hand-made SigV4 request (to control the clock and the payload hash); the query is signed
+    as sent unless `canonical_query` gives its canonical form."""
     when = when or datetime.datetime.now(datetime.timezone.utc)
     parsed = urllib.parse.urlsplit(url)
     amz_date = when.strftime("%Y%m%dT%H%M%SZ")
@@ -497,7 +516,7 @@ def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payl
     headers = {"host": parsed.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": payload_hash}
     headers.update(extra or {})
     signed = ";".join(sorted(headers))
-    canonical = "\n".join([method, parsed.path or "/", parsed.query, "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload_hash])
+    canonical = "\n".join([method, parsed.path or "/", parsed.query if canonical_query is None else canonical_query, "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload_hash])
     scope = f"{day}/us-east-1/s3/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     k = ("AWS4" + secret).encode()

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, Method};
-use percent_encoding::percent_decode_str;
 
 use crate::error::S3Error;
+use crate::query;
 use crate::time::{amz_date, iso8601, parse_amz_date, parse_http_date};
 
 /// Users: access key to secret key.
@@ -113,8 +113,7 @@ pub struct RequestParts<'a> {
 fn query_value(raw_query: Option<&str>, name: &str) -> Option<String> {
     raw_query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode_str(k).decode_utf8_lossy() == name)
-            .then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+        (query::decode(k) == name).then(|| query::decode(v))
     })
 }
 

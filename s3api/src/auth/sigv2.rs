@@ -7,7 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
-use percent_encoding::percent_decode_str;
+
+use crate::query;
 use sha1::Sha1;
 
 /// Query parameters that are part of the signed resource.
@@ -88,8 +89,8 @@ pub fn string_to_sign(
         let (k, v) = pair
             .split_once('=')
             .map_or((pair, None), |(k, v)| (k, Some(v)));
-        let k = percent_decode_str(k).decode_utf8_lossy().into_owned();
-        let v = v.map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned());
+        let k = query::decode(k);
+        let v = v.map(query::decode);
         // Any case: the service takes `X-Amz-...` query parameters of a presigned URL as
         // headers, so every one of them must be signed.
         if presigned && k.to_ascii_lowercase().starts_with("x-amz-") {

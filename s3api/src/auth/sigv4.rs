@@ -9,6 +9,8 @@ use http::HeaderMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
 use sha2::{Digest, Sha256};
 
+use crate::query;
+
 /// Characters left as they are by AWS URI encoding.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -42,11 +44,11 @@ pub fn canonical_query(raw_query: Option<&str>, presigned: bool) -> String {
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let k: Vec<u8> = percent_decode_str(k).collect();
+            let k = query::decode_bytes(k);
             if presigned && k == b"X-Amz-Signature" {
                 return None;
             }
-            let v: Vec<u8> = percent_decode_str(v).collect();
+            let v = query::decode_bytes(v);
             Some((
                 percent_encode(&k, UNRESERVED).to_string(),
                 percent_encode(&v, UNRESERVED).to_string(),
@@ -205,6 +207,14 @@ mod tests {
         assert_eq!(
             sig,
             "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+        );
+    }
+
+    #[test]
+    fn a_plus_in_the_query_is_signed_as_a_space() {
+        assert_eq!(
+            canonical_query(Some("prefix=my+dir/&a%2Bb=c"), false),
+            "a%2Bb=c&prefix=my%20dir%2F"
         );
     }
 

@@ -425,7 +425,9 @@ pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let marker = number_param(ctx, "part-number-marker", 0)? as u32;
     let max = number_param(ctx, "max-parts", 1000)?.min(1000) as usize;
     let all = svc.store.parts(&bucket, &key, &id, marker)?;
-    let truncated = all.len() > max;
+    // Nothing is listed with max-parts=0, and a page that cannot move on is not truncated
+    // (a paginator would ask for it again forever).
+    let truncated = max > 0 && all.len() > max;
     let parts = &all[..all.len().min(max)];
     let mut w = XmlWriter::new("ListPartsResult");
     w.element("Bucket", &bucket)

@@ -370,12 +370,15 @@ fn delete_condition(if_match: Option<&str>) -> DeleteCondition {
 pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     svc.owned_bucket(ctx, &bucket)?;
+    // A digest the body is checked against: Content-MD5, a checksum header, or a checksum
+    // trailer (the body reader refuses a trailer that names no checksum). The SDK's
+    // x-amz-sdk-checksum-algorithm alone only names an algorithm and carries no value.
     let has_digest = ctx.header("content-md5").is_some()
         || ctx
             .headers
             .keys()
-            .any(|k| k.as_str().starts_with("x-amz-checksum-"))
-        || ctx.header("x-amz-sdk-checksum-algorithm").is_some();
+            .any(|k| crate::checksum::Algorithm::from_header(k.as_str()).is_some())
+        || ctx.header("x-amz-trailer").is_some();
     if !has_digest {
         return Err(S3Error::invalid_request(
             "Missing required header for this request: Content-MD5",
