@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::HostError;
 use crate::spec::connect::Connect;
@@ -42,6 +42,10 @@ struct Pending {
     /// When the command counts as lost (checked by the queue's watchdog, not a timer each).
     deadline: Instant,
     data_out: Bytes,
+    /// Whether `data_out` went in the capsule (no R2T may then ask for it).
+    in_capsule: bool,
+    /// Bytes of `data_out` R2Ts have asked for so far (each must ask for the next ones).
+    solicited: usize,
     /// C2HData received so far, kept as the PDUs' own buffers.
     data_in: Vec<Bytes>,
     received: usize,
@@ -305,6 +309,7 @@ impl HostQueue {
         } else {
             data_out.len() as u32
         };
+        let in_capsule = !data_out.is_empty() && data_out.len() <= self.in_capsule;
         let cid = {
             let mut slots = self.slots.lock();
             // `fail` marks the queue failed before it drains the slots under this lock: a
@@ -323,6 +328,8 @@ impl HostQueue {
                 },
                 deadline: Instant::now() + timeout,
                 data_out: data_out.clone(),
+                in_capsule,
+                solicited: 0,
                 data_in: Vec::new(),
                 received: 0,
             });
@@ -342,7 +349,6 @@ impl HostQueue {
             cid: Some(cid),
         };
         sqe.set_cid(cid);
-        let in_capsule = !data_out.is_empty() && data_out.len() <= self.in_capsule;
         sqe.set_sgl(expected, in_capsule);
         let capsule = Pdu::CapsuleCmd(CapsuleCmd {
             sqe,
@@ -416,39 +422,75 @@ impl HostQueue {
         }
     }
 
-    /// Sends the data an R2T asks for, in H2CData PDUs of at most MAXH2CDATA bytes.
-    async fn answer_r2t(&self, r2t: R2t) -> Result<(), String> {
-        let data = {
-            let mut slots = self.slots.lock();
-            let Some(pending) = slots.get_mut(r2t.cccid) else {
-                return Err(format!("R2T for unknown command {:#x}", r2t.cccid));
-            };
-            pending.data_out.clone()
+    /// The data an R2T asks for, checked against its command: data the command sends, not
+    /// in its capsule, and the bytes after those asked for before (MAXR2T is 0: one R2T at a
+    /// time, in order). A target asking for anything else is broken, and nothing is sent twice.
+    fn solicited(&self, r2t: &R2t) -> Result<Bytes, String> {
+        let mut slots = self.slots.lock();
+        let Some(pending) = slots.get_mut(r2t.cccid) else {
+            return Err(format!("R2T for unknown command {:#x}", r2t.cccid));
         };
-        let (start, len) = (r2t.r2to as usize, r2t.r2tl as usize);
-        if len == 0 || start + len > data.len() {
+        if pending.in_capsule {
             return Err(format!(
-                "R2T asks for {len} bytes at {start} of a {}-byte transfer",
-                data.len()
+                "R2T for command {:#x}, whose data went in its capsule",
+                r2t.cccid
             ));
         }
-        let mut at = start;
-        while at < start + len {
-            let n = (start + len - at).min(self.maxh2cdata);
+        let (start, len) = (r2t.r2to as usize, r2t.r2tl as usize);
+        let total = pending.data_out.len();
+        if len == 0 || start != pending.solicited || len > total - start.min(total) {
+            return Err(format!(
+                "R2T asks for {len} bytes at {start} of a {total}-byte transfer whose first {} were asked for",
+                pending.solicited
+            ));
+        }
+        pending.solicited += len;
+        Ok(pending.data_out.slice(start..start + len))
+    }
+
+    /// Answers an R2T with `data` (what it asks for) in H2CData PDUs of at most MAXH2CDATA
+    /// bytes. The reader calls this and must not wait on the writer: with both sockets full, a
+    /// reader waiting for room to send and a target waiting for the host to read would wait on
+    /// each other. So what the writer's queue takes now goes now, and the rest is sent by a task
+    /// of its own.
+    fn answer_r2t(self: &Arc<Self>, r2t: &R2t, data: Bytes) -> Result<(), String> {
+        let start = r2t.r2to as usize;
+        let mut frames = Vec::with_capacity(data.len().div_ceil(self.maxh2cdata));
+        let mut at = 0;
+        while at < data.len() {
+            let n = (data.len() - at).min(self.maxh2cdata);
             let pdu = Pdu::H2CData(DataPdu {
                 cccid: r2t.cccid,
                 ttag: r2t.ttag,
-                datao: at as u32,
-                last: at + n == start + len,
+                datao: (start + at) as u32,
+                last: at + n == data.len(),
                 success: false,
                 data: data.slice(at..at + n),
                 data_digest_error: false,
             });
-            self.tx
-                .send(encode(&pdu, self.framing))
-                .await
-                .map_err(|_| "connection closed".to_string())?;
+            frames.push(encode(&pdu, self.framing));
             at += n;
+        }
+        let mut frames = frames.into_iter();
+        while let Some(frame) = frames.next() {
+            match self.tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err("connection closed".into());
+                }
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    let queue = self.clone();
+                    tokio::spawn(async move {
+                        for frame in std::iter::once(frame).chain(frames) {
+                            if queue.tx.send(frame).await.is_err() {
+                                queue.fail("connection closed".into());
+                                return;
+                            }
+                        }
+                    });
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     }
@@ -477,12 +519,17 @@ impl Drop for HostQueue {
 }
 
 /// Fails the queue when a command outlives its deadline: its fate is unknown, so, like the
-/// Linux host, the connection is reset (and the host reconnects).
+/// Linux host, the connection is reset (and the host reconnects). Fails it too when another
+/// queue of its session failed (they share `failed`): the session is over, and a command this
+/// queue still waits for (a Connect while the session is being set up, before anything else
+/// would close it) must end now, not wait for an answer that may never come.
 async fn watchdog(queue: std::sync::Weak<HostQueue>) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Some(queue) = queue.upgrade() else { return };
-        if queue.failed.borrow().is_some() {
+        let failed = queue.failed.borrow().clone();
+        if let Some(reason) = failed {
+            queue.fail(reason);
             return;
         }
         if let Some(cid) = queue.overdue(Instant::now()) {
@@ -567,7 +614,10 @@ async fn receive(
                 }
             }
             Pdu::R2t(r2t) => {
-                if let Err(e) = queue.answer_r2t(r2t).await {
+                let answered = queue
+                    .solicited(&r2t)
+                    .and_then(|data| queue.answer_r2t(&r2t, data));
+                if let Err(e) = answered {
                     return e;
                 }
             }
@@ -758,4 +808,81 @@ mod tests {
     }
 
     static STALE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+    fn r2t(cid: u16, r2to: u32, r2tl: u32) -> Pdu {
+        Pdu::R2t(R2t {
+            cccid: cid,
+            ttag: 7,
+            r2to,
+            r2tl,
+        })
+    }
+
+    fn success(cid: u16) -> Pdu {
+        Pdu::CapsuleResp(CapsuleResp {
+            cqe: Cqe::new(cid, 1, 0, Status::SUCCESS, 0),
+        })
+    }
+
+    /// A write of `len` bytes (in its capsule up to 8 KiB, the queues' in-capsule limit here).
+    async fn write(queue: &HostQueue, len: usize) -> Result<Completion, HostError> {
+        let mut sqe = Sqe::new(crate::spec::opcode::io::WRITE, 0);
+        sqe.set_sgl(len as u32, false);
+        let data = Bytes::from(vec![3u8; len]);
+        queue.submit(sqe, data, Duration::from_secs(5)).await
+    }
+
+    /// R2Ts that ask for data twice, out of order, beyond the command's data, or for data that
+    /// went in the capsule are refused (the queue fails) rather than answered: the target is
+    /// broken, and it must not get a write's data twice and then report success.
+    #[tokio::test]
+    async fn r2ts_must_ask_for_each_byte_once_in_order() {
+        let twice =
+            queue_against(|_, cid| vec![r2t(cid, 0, 16384), r2t(cid, 0, 16384), success(cid)])
+                .await;
+        assert!(write(&twice, 16384).await.is_err());
+        let skipping = queue_against(|_, cid| vec![r2t(cid, 4096, 12288), success(cid)]).await;
+        assert!(write(&skipping, 16384).await.is_err());
+        let beyond =
+            queue_against(|_, cid| vec![r2t(cid, 0, 16384), r2t(cid, 16384, 4096), success(cid)])
+                .await;
+        assert!(write(&beyond, 16384).await.is_err());
+        let in_capsule = queue_against(|_, cid| vec![r2t(cid, 0, 4096), success(cid)]).await;
+        assert!(write(&in_capsule, 4096).await.is_err());
+        // In two R2Ts, each byte once: a write.
+        let halves =
+            queue_against(|_, cid| vec![r2t(cid, 0, 8192), r2t(cid, 8192, 8192), success(cid)])
+                .await;
+        write(&halves, 16384).await.unwrap();
+    }
+
+    /// Queues of one session share their failure: when one fails, a command another still
+    /// waits for ends at once (while a session is being set up nothing else would end it).
+    #[tokio::test]
+    async fn a_failed_queue_ends_the_commands_of_the_others_in_its_session() {
+        let (failed, _) = watch::channel(None);
+        let silent = |_, _| Vec::new();
+        let first = HostQueue::open(&params_at(fake_target(silent).await), 8192, failed.clone())
+            .await
+            .unwrap();
+        let second = HostQueue::open(&params_at(fake_target(silent).await), 8192, failed)
+            .await
+            .unwrap();
+        let waiting = tokio::spawn(async move {
+            let flush = Sqe::new(crate::spec::opcode::io::FLUSH, 0);
+            second
+                .submit(flush, Bytes::new(), Duration::from_secs(60))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.fail("connection reset".into());
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the other queue's command still waits")
+            .unwrap();
+        assert!(
+            matches!(ended, Err(HostError::Disconnected(_))),
+            "{ended:?}"
+        );
+    }
 }
