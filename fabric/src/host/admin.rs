@@ -63,8 +63,8 @@ pub(crate) async fn property_set(
 }
 
 /// Enables the controller (CC.EN with all I/O command sets) and waits for CSTS.RDY within the
-/// time CAP.TO allows.
-pub(crate) async fn enable(queue: &HostQueue, timeout: Duration) -> Result<(), HostError> {
+/// time CAP.TO allows; returns CAP.
+pub(crate) async fn enable(queue: &HostQueue, timeout: Duration) -> Result<u64, HostError> {
     let cap = property_get(queue, property::CAP, timeout).await?;
     let ready_within = Duration::from_millis(500 * ((cap >> 24) & 0xFF).max(1));
     let cc = property::CC_CSS_ALL | property::CC_ENTRY_SIZES;
@@ -79,7 +79,7 @@ pub(crate) async fn enable(queue: &HostQueue, timeout: Duration) -> Result<(), H
             ));
         }
         if csts & property::CSTS_RDY != 0 {
-            return Ok(());
+            return Ok(cap);
         }
         if start.elapsed() > ready_within {
             return Err(HostError::Timeout(

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use zns::Geometry;
@@ -38,7 +39,54 @@ pub(crate) struct Session {
     pub(crate) failed: watch::Receiver<Option<String>>,
     failed_tx: watch::Sender<Option<String>>,
     next: AtomicUsize,
-    keep_alive: Option<tokio::task::JoinHandle<()>>,
+    keep_alive: KeepAlive,
+}
+
+/// The task that sends Keep Alive on the admin queue, stopped when dropped (so a session whose
+/// set-up fails halfway leaves none behind).
+struct KeepAlive(Option<tokio::task::JoinHandle<()>>);
+
+impl KeepAlive {
+    /// Sends Keep Alive every half of `kato` on `admin_q` (none if `kato` is zero), failing the
+    /// queue when one fails.
+    fn start(admin_q: &Arc<HostQueue>, kato: Duration) -> KeepAlive {
+        if kato.is_zero() {
+            return KeepAlive(None);
+        }
+        let admin_q = admin_q.clone();
+        let period = kato / 2;
+        KeepAlive(Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if let Err(e) = admin::keep_alive(&admin_q, kato).await {
+                    admin_q.fail(format!("keep alive failed: {e}"));
+                    return;
+                }
+            }
+        })))
+    }
+
+    fn stop(&self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Entries of each I/O queue: what the configuration asks for, within what the controller
+/// takes (MAXCMD commands in flight, CAP.MQES + 1 entries a queue) and what command IDs allow.
+fn io_queue_depth(wanted: u16, maxcmd: u16, cap: u64) -> u16 {
+    let mqes_entries = u16::try_from((cap & 0xFFFF) + 1).unwrap_or(u16::MAX);
+    let allowed = maxcmd
+        .clamp(2, super::queue::MAX_DEPTH)
+        .min(mqes_entries.max(2));
+    wanted.clamp(2, allowed)
 }
 
 impl Session {
@@ -58,9 +106,7 @@ impl Session {
                 false
             }
         });
-        if let Some(task) = &self.keep_alive {
-            task.abort();
-        }
+        self.keep_alive.stop();
         for q in std::iter::once(&self.admin).chain(self.io.iter()) {
             q.fail(reason.to_string());
         }
@@ -122,7 +168,10 @@ impl Session {
                 Err(e) => return Err(e),
             }
         };
-        admin::enable(&admin_q, timeout).await?;
+        let cap = admin::enable(&admin_q, timeout).await?;
+        // From here the controller counts the keep-alive timeout: the rest of the set-up
+        // (identifying, connecting I/O queues) may take longer than it.
+        let keep_alive = KeepAlive::start(&admin_q, Duration::from_millis(u64::from(kato_ms)));
         let ctrl = identify::parse_controller(
             &admin::identify(&admin_q, cns::CONTROLLER, 0, 0, timeout).await?,
         )
@@ -194,13 +243,18 @@ impl Session {
         };
 
         // I/O queues.
-        let depth = config
-            .queue_depth
-            .clamp(2, ctrl.maxcmd.clamp(2, super::queue::MAX_DEPTH));
+        let depth = io_queue_depth(config.queue_depth, ctrl.maxcmd, cap);
+        // With SQ flow control on, a queue of `depth` entries is full with one free: the host
+        // keeps at most `depth - 1` commands in flight.
+        let in_flight = if cattr & CATTR_DISABLE_SQFLOW == 0 {
+            depth - 1
+        } else {
+            depth
+        };
         let mut io_qs = Vec::with_capacity(usize::from(io_queues));
         let mut connecting = Vec::new();
         for qid in 1..=io_queues {
-            let p = params(address, qid, depth);
+            let p = params(address, qid, in_flight);
             let failed_tx = failed_tx.clone();
             let c = connect(qid, depth - 1, cntlid, 0, cattr);
             connecting.push(async move {
@@ -246,19 +300,6 @@ impl Session {
             .validate()
             .map_err(|e| HostError::Protocol(e.to_string()))?;
 
-        let keep_alive = (kato_ms > 0).then(|| {
-            let admin_q = admin_q.clone();
-            let period = config.keep_alive / 2;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(period).await;
-                    if let Err(e) = admin::keep_alive(&admin_q, period * 2).await {
-                        admin_q.fail(format!("keep alive failed: {e}"));
-                        return;
-                    }
-                }
-            })
-        });
         tracing::debug!(address = %config.address, subsystem = %config.subnqn, cntlid, io_queues, depth, %geometry, "NVMe/TCP session established");
         Ok(Session {
             admin: admin_q,
@@ -278,14 +319,6 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Some(task) = &self.keep_alive {
-            task.abort();
-        }
-    }
-}
-
 /// Bytes in 2^`exponent` pages of 4 KiB (MDTS, ZASL), saturating rather than wrapping.
 fn pages_to_bytes(exponent: u8) -> usize {
     if u32::from(exponent) >= usize::BITS - 12 {
@@ -298,6 +331,24 @@ fn pages_to_bytes(exponent: u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_queues_are_as_deep_as_asked_within_what_the_controller_takes() {
+        let cap_entries = |entries: u64| entries - 1;
+        assert_eq!(io_queue_depth(128, 1024, cap_entries(1024)), 128);
+        assert_eq!(io_queue_depth(128, 64, cap_entries(1024)), 64, "MAXCMD");
+        assert_eq!(io_queue_depth(128, 1024, cap_entries(32)), 32, "CAP.MQES");
+        assert_eq!(
+            io_queue_depth(128, 0, cap_entries(1024)),
+            2,
+            "MAXCMD 0: one at a time"
+        );
+        assert_eq!(
+            io_queue_depth(8192, 0xFFFF, 0xFFFF),
+            super::super::queue::MAX_DEPTH
+        );
+        assert_eq!(io_queue_depth(1, 1024, cap_entries(1024)), 2);
+    }
 
     #[test]
     fn page_exponents_saturate_instead_of_wrapping() {
