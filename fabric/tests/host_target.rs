@@ -275,6 +275,34 @@ fn commands_fail_clearly_when_the_target_stays_away() {
     });
 }
 
+/// A host dropped without `close` leaves no connection behind (its keep-alive would
+/// otherwise hold the session up for as long as the target lives).
+#[test]
+fn a_dropped_host_closes_its_connections() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let host = NvmeTcpHost::connect(host_config(rig.handle.local_addr()))
+            .await
+            .unwrap();
+        host.read(0, 1).await.unwrap();
+        // (Long enough for the host's tasks to be waiting, not starting.)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.target.stats().connections_open >= 2);
+        drop(host);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rig.target.stats().connections_open > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections still open",
+                rig.target.stats().connections_open
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 #[test]
 fn hosts_outside_the_allow_list_are_refused_with_invalid_host() {
     let rt = runtime();

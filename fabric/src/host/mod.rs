@@ -441,12 +441,23 @@ impl NvmeTcpHost {
 
 /// Watches the live session; when it fails, reconnects with backoff until the host is closed.
 async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Session>>) {
+    // Ends with the host: when its last handle is dropped (unclosed), its state's sender goes
+    // with it, and the session's connections and keep-alive must not outlive it.
+    let Some(mut state) = host.upgrade().map(|inner| inner.state.subscribe()) else {
+        return;
+    };
     loop {
         if let Some(session) = session.take() {
             let mut failed = session.failed.clone();
-            let reason = match failed.wait_for(|f| f.is_some()).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "session ended".into(),
+            let reason = tokio::select! {
+                failed = failed.wait_for(|f| f.is_some()) => match failed {
+                    Ok(reason) => reason.clone().unwrap_or_default(),
+                    Err(_) => "session ended".into(),
+                },
+                () = dropped(&mut state) => {
+                    session.close("host dropped");
+                    return;
+                }
             };
             session.close(&reason);
             let Some(inner) = host.upgrade() else { return };
@@ -466,6 +477,11 @@ async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Ses
             None => return,
         }
     }
+}
+
+/// Returns when the host that `state` watches is dropped.
+async fn dropped(state: &mut watch::Receiver<State>) {
+    while state.changed().await.is_ok() {}
 }
 
 /// Moves the host to `state` unless it was closed meanwhile; returns whether it did.
