@@ -569,6 +569,13 @@ async fn run(
         let mut txn = Txn::new(&index, &drives, &base);
         let mut results = Vec::with_capacity(group.len());
         for request in &mut group {
+            // Copies whose appends reported failure, yet may have landed: a successful write
+            // leaves them out, and whatever holds the name hides their zones.
+            let strays: Vec<ZoneId> = request
+                .holds
+                .iter()
+                .flat_map(|h| h.strays().iter().copied())
+                .collect();
             // Copies that may not be durable: their drive's flush failed, or the drive was
             // reconnected since they were appended (the target may have restarted and lost
             // them).
@@ -598,10 +605,10 @@ async fn run(
                 };
                 tracing::debug!(drives = ?drop, "a write is kept with fewer copies (its other drives failed before their flush); repair will make them again");
                 short_commits.fetch_add(1, Ordering::Relaxed);
-                results.push(txn.apply_hiding(&request.change, &orphans));
+                results.push(txn.apply_whole(&request.change, &orphans, &strays));
                 continue;
             }
-            results.push(txn.apply_whole(&request.change));
+            results.push(txn.apply_whole(&request.change, &[], &strays));
         }
         // A client write that failed here left its claiming record on the drives: revoked in
         // this batch, before the client hears of the failure (see [`revoked`]).
@@ -752,28 +759,29 @@ impl<'a> Txn<'a> {
     }
 
     /// Applies `change` whole or not at all: one that fails halfway (a read error, a corrupt
-    /// entry) leaves nothing of itself in the group's batch or accounts.
-    fn apply_whole(&mut self, change: &Change) -> Applied {
-        self.apply_hiding(change, &[])
-    }
-
-    /// [`Txn::apply_whole`] for a client write whose claiming record also has `orphans`,
-    /// copies left out of it (their drive failed before its flush) that may still be on their
-    /// drives: whatever holds the name afterwards hides their zones, as for any orphan.
-    fn apply_hiding(&mut self, change: &Change, orphans: &[Location]) -> Applied {
+    /// entry) leaves nothing of itself in the group's batch or accounts. A client write's
+    /// claiming record may also have copies left out of it that may still be on their drives: `orphans` (their drive failed before its
+    /// flush) and copies in the zones `strays` (their appends reported failure, yet may have
+    /// landed). Whatever holds the name afterwards hides their zones, as for any orphan: a
+    /// rebuild or replay would otherwise take such a copy for the name's current version once
+    /// the name is deleted and the zones of its other copies are reset.
+    fn apply_whole(&mut self, change: &Change, orphans: &[Location], strays: &[ZoneId]) -> Applied {
         self.undo_overlay.clear();
         self.undo_zones.clear();
         let result = (|| {
-            let claim = if orphans.is_empty() {
+            let claim = if orphans.is_empty() && strays.is_empty() {
                 None
             } else {
                 self.claim_of(change)?
             };
             let outcome = self.apply(change)?;
             if let Some(claim) = claim {
-                for orphan in orphans {
-                    self.shadow_orphan(&claim, *orphan)?;
-                }
+                let mut stamps = self.stamps(orphans);
+                stamps.extend(strays.iter().map(|&zone| ZoneStamp {
+                    zone,
+                    generation: self.generation(zone),
+                }));
+                self.shadow_orphans(&claim, stamps)?;
             }
             Ok(outcome)
         })();
@@ -1519,7 +1527,8 @@ impl<'a> Txn<'a> {
                 self.add_valid(&[to]);
             }
         } else if let Some(to) = to {
-            self.shadow_orphan(what, to)?;
+            let stamps = self.stamps(&[to]);
+            self.shadow_orphans(what, stamps)?;
         }
         Ok(())
     }
@@ -1565,9 +1574,12 @@ impl<'a> Txn<'a> {
     /// A copy written for a relocation or repair that lost its race (the entry changed
     /// meanwhile) is an orphan: garbage to GC, yet a claim a rebuild would believe (an old
     /// version, a deleted bucket) once whatever hides its name is gone. The entry that now
-    /// holds the name, or its tombstone, keeps the orphan's zone among the zones it hides.
-    fn shadow_orphan(&mut self, what: &Relocation, to: Location) -> EngineResult<()> {
-        let stamps = self.stamps(&[to]);
+    /// holds the name, or its tombstone, keeps the orphan's zone (one of `stamps`) among the
+    /// zones it hides.
+    fn shadow_orphans(&mut self, what: &Relocation, stamps: Vec<ZoneStamp>) -> EngineResult<()> {
+        if stamps.is_empty() {
+            return Ok(());
+        }
         let (entry_cf, entry_key, tomb_kind) = match what {
             Relocation::Extent { .. } | Relocation::Tombstone { .. } => return Ok(()),
             Relocation::Commit { bucket, key, .. } => {
@@ -1606,8 +1618,8 @@ impl<'a> Txn<'a> {
         } else {
             tracing::warn!(
                 cf = entry_cf,
-                ?to,
-                "a relocated copy lost its race and nothing hides its name; a rebuild may see it"
+                ?stamps,
+                "a copy left out of its entry has nothing to hide its name; a rebuild may see it"
             );
         }
         Ok(())
@@ -1697,7 +1709,7 @@ mod tests {
                 at(257),
             ),
         ]);
-        assert!(txn.apply_whole(&relocate).is_err());
+        assert!(txn.apply_whole(&relocate, &[], &[]).is_err());
         assert!(txn.overlay.is_empty(), "{:?}", txn.overlay);
         assert!(
             txn.zones.values().all(|a| a.valid_bytes == 0),
@@ -1713,7 +1725,7 @@ mod tests {
             at(0),
             at(256),
         )]);
-        txn.apply_whole(&alone).unwrap();
+        txn.apply_whole(&alone, &[], &[]).unwrap();
         assert_eq!(txn.overlay.len(), 1);
     }
 }

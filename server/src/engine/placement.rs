@@ -213,6 +213,11 @@ impl ZoneHolds {
             .chain(self.strays.iter().copied())
     }
 
+    /// Zones of copies whose appends reported failure yet may have landed.
+    pub fn strays(&self) -> &[ZoneId] {
+        &self.strays
+    }
+
     /// The drive sessions the held records were appended in.
     pub fn sessions(&self) -> &[(DriveId, u64)] {
         &self.sessions
