@@ -628,6 +628,75 @@ async fn gc_moves_records_that_follow_an_append_reported_failed() {
     engine.shutdown().await;
 }
 
+/// An append the host gave up on (the connection lost or timed out: Unavailable, where a drive
+/// that failed it would report its own error) may still run on the target: GC leaves its zone
+/// alone for a while rather than reset it, since after a reset the append would land in the
+/// zone's next life, where the failed write's revocation no longer reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_leaves_the_zone_of_an_append_in_doubt_alone() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = small_geometry(16, 256 << 10);
+    g.max_open = Some(3);
+    g.max_active = Some(3);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let lose_next = Arc::new(AtomicBool::new(false));
+    let landed_at = Arc::new(AtomicU64::new(u64::MAX));
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    drive.after_append = Box::new({
+        let (lose_next, landed_at) = (lose_next.clone(), landed_at.clone());
+        move |_, result| {
+            let lose = lose_next.swap(false, Ordering::SeqCst);
+            if lose && let Ok(lba) = &result {
+                landed_at.store(*lba, Ordering::SeqCst);
+            }
+            Box::pin(async move {
+                if lose {
+                    Err(zns::ZoneError::Unavailable("timed out".into()))
+                } else {
+                    result
+                }
+            })
+        }
+    });
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        |_| {},
+    )
+    .await;
+    let body = |k: &str| content(k, 1, 8 << 10);
+    for i in 0..12 {
+        let key = format!("garbage-{i}");
+        put(&engine, "b", &key, &body(&key)).await.unwrap();
+    }
+    lose_next.store(true, Ordering::SeqCst);
+    assert!(put(&engine, "b", "doubt", &body("doubt")).await.is_err());
+    let lba = landed_at.load(Ordering::SeqCst);
+    assert_ne!(lba, u64::MAX, "the test lost no append");
+    let zone = (lba / g.zone_size) as u32;
+    // (The drive counts as down for a moment after a transport failure.)
+    tokio::time::sleep(
+        zonestore::engine::drives::RETRY_AFTER + std::time::Duration::from_millis(100),
+    )
+    .await;
+    for i in 0..12 {
+        engine.delete("b", &format!("garbage-{i}")).await.unwrap();
+    }
+    for _ in 0..4 {
+        engine.inner().collect_now().await.unwrap();
+    }
+    let row = zone_row(&engine, zone);
+    assert_eq!(
+        row.generation, 0,
+        "GC reset the zone of an append that may still land: {row:?}"
+    );
+    assert!(get(&engine, "b", "doubt").await.is_err());
+    engine.shutdown().await;
+}
+
 /// GC works on every drive at once: a drive whose reads hang (a target that stopped answering
 /// but has not timed out yet) holds up reclaiming its own zones, not the other drives'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1389,6 +1458,70 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
         "{refused:?}"
     );
     assert_eq!(copies(&engine, "one"), None);
+}
+
+/// With R = 3 and W = 2, a PUT whose append to one drive reports failure although it landed
+/// (its completion lost on the way back) is acknowledged with the two copies it knows of, and
+/// its entry hides the zone the third may be in: once the name is deleted and the zones of its
+/// known copies are reset, a replay or rebuild would otherwise take that copy for the current
+/// version and bring the object back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let lose_next = Arc::new(AtomicBool::new(false));
+    let mut specs = Vec::new();
+    for i in 0..3 {
+        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+        if i == 2 {
+            drive.after_append = Box::new({
+                let lose_next = lose_next.clone();
+                move |_, result| {
+                    let lose = lose_next.swap(false, Ordering::SeqCst);
+                    Box::pin(async move {
+                        if lose && result.is_ok() {
+                            Err(zns::ZoneError::Unavailable("completion lost".into()))
+                        } else {
+                            result
+                        }
+                    })
+                }
+            });
+        }
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(drive),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+    config.replicas = 3;
+    config.write_quorum = 2;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    lose_next.store(true, Ordering::SeqCst);
+    let body = content("stray", 1, 100_000);
+    put(&engine, "b", "stray", &body).await.unwrap();
+    assert!(!lose_next.load(Ordering::SeqCst), "the test lost no append");
+    let entry = engine
+        .object_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name.ends_with(b"stray"))
+        .unwrap()
+        .1;
+    assert_eq!(entry.commit.len(), 2, "{:?}", entry.commit);
+    assert!(
+        entry.shadowed.iter().any(|s| s.zone.drive == 2),
+        "the zone the lost copy landed in is not hidden: {:?}",
+        entry.shadowed
+    );
+    assert_eq!(get(&engine, "b", "stray").await.unwrap(), body);
+    engine.shutdown().await;
 }
 
 /// A PUT whose client goes away while its commit record is being appended still completes:

@@ -176,6 +176,19 @@ impl EngineInner {
             for (slot, result) in futures::future::join_all(appends).await {
                 tried.push(slot.drive);
                 let ok = result.is_ok();
+                if let Err(e) = &result
+                    && e.kind() == zns::ZoneErrorKind::Unavailable
+                {
+                    // The host gave up on the command (a connection lost or timed out), not
+                    // the drive: it may still run on the target, as an abandoned one may.
+                    hold_while_in_doubt(
+                        &self.placement,
+                        ZoneId {
+                            drive: slot.drive,
+                            zone: slot.zone,
+                        },
+                    );
+                }
                 if let Some(zone) = self.placement.complete(&slot, ok) {
                     self.finish_zones(vec![zone]);
                 }
@@ -349,27 +362,36 @@ impl Drop for SlotGuard {
         // target answers or the host gives up): GC leaves the zone alone meanwhile, or the
         // append could land in it after its reset. Held before the slot ends, which may seal
         // the zone.
-        let zone = ZoneId {
-            drive: slot.drive,
-            zone: slot.zone,
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.placement.hold(zone);
-            let placement = self.placement.clone();
-            runtime.spawn(async move {
-                tokio::time::sleep(ABANDONED_APPEND_HOLD).await;
-                placement.release(zone);
-            });
-        }
+        hold_while_in_doubt(
+            &self.placement,
+            ZoneId {
+                drive: slot.drive,
+                zone: slot.zone,
+            },
+        );
         if let Some(zone) = self.placement.complete(&slot, false) {
             finish_zones(&self.drives, vec![zone]);
         }
     }
 }
 
-/// How long GC leaves the zone of an abandoned append alone: twice the NVMe/TCP host's command
-/// timeout, by which time the command has landed or never will.
+/// How long GC leaves the zone of an append in doubt alone (abandoned, or given up on by the
+/// host rather than failed by the drive): twice the NVMe/TCP host's command timeout, by which
+/// time the command has landed or never will.
 const ABANDONED_APPEND_HOLD: Duration = Duration::from_secs(60);
+
+/// Keeps GC off `zone` for [`ABANDONED_APPEND_HOLD`]: an append to it may still land, and
+/// after a reset it would land in the zone's next life, where nothing revokes it.
+fn hold_while_in_doubt(placement: &Arc<Placement>, zone: ZoneId) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        placement.hold(zone);
+        let placement = placement.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(ABANDONED_APPEND_HOLD).await;
+            placement.release(zone);
+        });
+    }
+}
 
 /// Where a record's copies landed, and the holds that keep GC off their zones until the index
 /// names them: keep it until the index commit is done.
