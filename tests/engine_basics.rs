@@ -1524,6 +1524,36 @@ async fn a_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
     engine.shutdown().await;
 }
 
+/// A bucket deleted and created again (here by another owner) while a PUT's body streams in
+/// is another bucket: the PUT fails with NoSuchBucket rather than land in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_does_not_land_in_a_bucket_created_again_while_it_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open_engine(dir.path(), 1, small_geometry(16, 1 << 20), |_| {}).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let mut writer = engine.put("b", "k").unwrap();
+    writer
+        .write(bytes::Bytes::from(content("k", 1, 300_000)))
+        .await
+        .unwrap();
+    engine.delete_bucket("b").await.unwrap();
+    engine.create_bucket("b", "bob").await.unwrap();
+    let finished = writer
+        .finish_object(ObjectMeta::default(), Condition::None)
+        .await;
+    assert!(
+        matches!(finished, Err(EngineError::NoSuchBucket(_))),
+        "{finished:?}"
+    );
+    assert!(
+        engine.head("b", "k").is_err(),
+        "nothing landed in bob's bucket"
+    );
+    // A PUT begun in the new bucket lands.
+    put(&engine, "b", "k", b"bob's").await.unwrap();
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), b"bob's");
+}
+
 /// A PUT whose client goes away while its commit record is being appended still completes:
 /// the record is committed, not left on the drive for a rebuild to believe while the index
 /// never took it.

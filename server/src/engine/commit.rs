@@ -154,6 +154,10 @@ pub enum Change {
         extents: Vec<NewExtent>,
         /// Condition.
         condition: Condition,
+        /// The creation (sequence number) of the bucket the write began in, if it must still
+        /// be that one: a bucket deleted and created again while the body streamed in (by
+        /// anyone) is another bucket, which the write must not land in.
+        bucket_seq: Option<u64>,
     },
     /// A deletion (the tombstone record is written).
     DeleteObject {
@@ -982,6 +986,10 @@ impl<'a> Txn<'a> {
         }
     }
 
+    fn bucket(&self, name: &str) -> EngineResult<Option<BucketEntry>> {
+        self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)
+    }
+
     fn bucket_exists(&self, name: &str) -> EngineResult<bool> {
         Ok(self.get(cf::BUCKETS, name.as_bytes())?.is_some())
     }
@@ -1017,10 +1025,18 @@ impl<'a> Txn<'a> {
                 commit,
                 extents,
                 condition,
-            } => self.put_object(bucket, key, meta, commit, condition, |txn| {
-                txn.add_extents(extents);
-                Ok(())
-            }),
+                bucket_seq,
+            } => {
+                if let Some(seq) = bucket_seq
+                    && !is_bucket_of(self.bucket(bucket)?.as_ref(), *seq)
+                {
+                    return Err(EngineError::NoSuchBucket(bucket.to_string()));
+                }
+                self.put_object(bucket, key, meta, commit, condition, |txn| {
+                    txn.add_extents(extents);
+                    Ok(())
+                })
+            }
             Change::DeleteObject {
                 bucket,
                 key,
@@ -1331,6 +1347,7 @@ impl<'a> Txn<'a> {
         let bucket = upload.bucket.clone();
         let key = upload.key.clone();
         let kept: Vec<u32> = used.iter().map(|&(n, _)| n).collect();
+        // (A bucket with uploads cannot be deleted: it is the one the upload began in.)
         let outcome = self.put_object(&bucket, &key, meta, commit, condition, |_| Ok(()))?;
         // Used parts' data now belongs to the object, unless a newer version won: then it is
         // garbage like the rest.
@@ -1624,6 +1641,12 @@ impl<'a> Txn<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether `bucket` (the entry of a bucket name, if any) is the bucket created with sequence
+/// number `seq`, not one created under its name since.
+pub(crate) fn is_bucket_of(bucket: Option<&BucketEntry>, seq: u64) -> bool {
+    bucket.is_some_and(|b| b.seq == seq)
 }
 
 /// Whether `condition` holds for `key` of `bucket` whose current version is `current`.

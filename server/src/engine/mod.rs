@@ -145,16 +145,24 @@ impl EngineInner {
         self.config.write_quorum.clamp(1, self.replicas())
     }
 
-    /// Whether a new version of `key` may be committed under `condition` now: the checks the
-    /// committer makes, made before the version's commit record is appended (with the object
-    /// locked, see [`names`]), so that a refused version leaves no record behind.
+    /// Whether a new version of `key` may be committed under `condition` now (and, with
+    /// `bucket_seq`, into the bucket of that creation, not one created since under its name):
+    /// the checks the committer makes, made before the version's commit record is appended
+    /// (with the object locked, see [`names`]), so that a refused version leaves no record
+    /// behind.
     pub(crate) fn check_object_change(
         &self,
         bucket: &str,
         key: &str,
         condition: &Condition,
+        bucket_seq: Option<u64>,
     ) -> EngineResult<()> {
-        if self.index.bucket(bucket)?.is_none() {
+        let current = self.index.bucket(bucket)?;
+        let same = match bucket_seq {
+            Some(seq) => commit::is_bucket_of(current.as_ref(), seq),
+            None => current.is_some(),
+        };
+        if !same {
             return Err(EngineError::NoSuchBucket(bucket.into()));
         }
         let current = self.index.object(bucket, key)?;
@@ -539,8 +547,13 @@ impl Engine {
 
     /// Starts writing an object body; finish with [`PutWriter::finish_object`].
     pub fn put(&self, bucket: &str, key: &str) -> EngineResult<PutWriter> {
-        self.bucket(bucket)?;
-        PutWriter::new(self.inner.clone(), bucket, key, Purpose::Object)
+        let bucket_seq = self.bucket(bucket)?.seq;
+        PutWriter::new(
+            self.inner.clone(),
+            bucket,
+            key,
+            Purpose::Object { bucket_seq },
+        )
     }
 
     /// An object's manifest.
@@ -766,7 +779,7 @@ impl Engine {
         // Checked again with the object locked: the upload may have ended meanwhile.
         let upload = self.upload(upload_id)?;
         self.inner
-            .check_object_change(&upload.bucket, &upload.key, &condition)?;
+            .check_object_change(&upload.bucket, &upload.key, &condition, None)?;
         if parts.is_empty() {
             return Err(EngineError::InvalidPart(
                 "at least one part is required".into(),

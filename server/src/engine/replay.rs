@@ -426,6 +426,7 @@ impl EngineInner {
                         commit: copies,
                         extents,
                         condition: Default::default(),
+                        bucket_seq: None,
                     })
                 } else {
                     self.completion(h, meta, copies, tail)?

@@ -406,8 +406,12 @@ pub(crate) struct Appended {
 /// What a stream becomes when it is finished.
 #[derive(Debug, Clone)]
 pub(crate) enum Purpose {
-    /// The body of a PUT.
-    Object,
+    /// The body of a PUT into the bucket created with sequence number `bucket_seq` (see
+    /// [`Change::PutObject`]).
+    Object {
+        /// The bucket's creation.
+        bucket_seq: u64,
+    },
     /// A part of a multipart upload.
     Part {
         /// Upload.
@@ -630,7 +634,7 @@ impl PutWriter {
         meta: ObjectMeta,
         condition: Condition,
     ) -> EngineResult<ObjectMeta> {
-        let Purpose::Object = self.purpose else {
+        let Purpose::Object { bucket_seq } = self.purpose else {
             return Err(EngineError::Internal(
                 "finish_object on a part writer".into(),
             ));
@@ -640,9 +644,10 @@ impl PutWriter {
         let (extents, stream) = self.drain().await?;
         let engine = self.engine.clone();
         let lock = engine.names.object(&self.bucket, &self.key).await;
-        engine.check_object_change(&self.bucket, &self.key, &condition)?;
+        engine.check_object_change(&self.bucket, &self.key, &condition, Some(bucket_seq))?;
         // From here it runs to its end.
-        super::detached(self.commit_object(lock, extents, stream, meta, condition)).await
+        super::detached(self.commit_object(lock, extents, stream, meta, condition, bucket_seq))
+            .await
     }
 
     async fn commit_object(
@@ -652,6 +657,7 @@ impl PutWriter {
         stream: StreamRef,
         mut meta: ObjectMeta,
         condition: Condition,
+        bucket_seq: u64,
     ) -> EngineResult<ObjectMeta> {
         let engine = self.engine.clone();
         meta.seq = engine.seq.next()?;
@@ -678,6 +684,7 @@ impl PutWriter {
             commit,
             extents,
             condition,
+            bucket_seq: Some(bucket_seq),
         };
         let holds = vec![self.take_holds(), commit_holds];
         match engine.committer.submit_locked(change, holds, lock).await? {
