@@ -649,3 +649,163 @@ async fn shut_down_closes_every_connection_before_it_returns() {
         "the listener outlived the shutdown"
     );
 }
+
+/// An admin queue connected and enabled on a fresh connection to `address` (its receive
+/// buffer returned with it), for a host that sends commands by hand.
+async fn enabled_admin(address: std::net::SocketAddr, sqsize: u16) -> (TcpStream, BytesMut) {
+    let mut admin = initialized(address).await;
+    let mut buf = BytesMut::new();
+    send(
+        &mut admin,
+        connect_capsule(
+            0,
+            CNTLID_DYNAMIC,
+            sqsize,
+            0,
+            "nqn.2026-01.io.zonestore:greedy",
+        ),
+    )
+    .await;
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    send(&mut admin, enable_capsule()).await;
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    (admin, buf)
+}
+
+/// The read budget holds for every command whose data goes to the host, not only reads: a
+/// host that asks for 64 log pages of 1 MiB on its admin queue (no namespace access needed;
+/// the discovery controller takes anyone) and reads none of them has no more than the budget
+/// (and what the sockets buffer) held for it.
+#[tokio::test]
+async fn log_pages_a_host_does_not_read_hold_only_the_read_budget() {
+    let (_dir, target, handle) = start(TargetConfig {
+        max_outstanding_read: 1 << 20,
+        ..TargetConfig::default()
+    })
+    .await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 127).await;
+    let dwords = (1u32 << 20) / 4 - 1;
+    for cid in 10..74u16 {
+        let mut get_log = Sqe::new(0x02, cid);
+        get_log
+            .set_cdw(10, 0x01 | ((dwords & 0xFFFF) << 16))
+            .set_cdw(11, dwords >> 16)
+            .set_sgl(1 << 20, false);
+        send(&mut admin, command(get_log)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = target.stats().bytes_read;
+    assert!(
+        queued <= 24 << 20,
+        "no more than the budget and the sockets' buffers: {queued} bytes"
+    );
+    let mut completed = 0;
+    while completed < 64 {
+        match next_pdu(&mut admin, &mut buf).await {
+            Pdu::CapsuleResp(r) => {
+                assert!(r.cqe.status().is_success(), "{r:?}");
+                completed += 1;
+            }
+            Pdu::C2HData(d) if d.success => completed += 1,
+            Pdu::C2HData(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(target.stats().bytes_read, 64 << 20);
+}
+
+/// Write data that comes in capsules counts against the connection's write budget: while the
+/// drive has not written it, the target stops reading the connection rather than take in
+/// every capsule a host sends.
+#[tokio::test]
+async fn in_capsule_writes_the_drive_has_not_taken_hold_only_the_write_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(4, 16 << 20);
+    let inner = Arc::new(EmulatedZns::create(dir.path(), g).unwrap());
+    let stalled = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut drive = zns::testing::Intercepted::new(inner);
+    drive.before_append = Box::new({
+        let stalled = stalled.clone();
+        move |_, _, _| {
+            let stalled = stalled.clone();
+            Box::pin(async move {
+                let _ = stalled.acquire().await.map(|p| p.forget());
+            })
+        }
+    });
+    let target = Target::new(TargetConfig {
+        in_capsule_data: 128 << 10,
+        max_outstanding_r2t: 256 << 10,
+        ..TargetConfig::default()
+    });
+    target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let mut io = initialized(handle.local_addr()).await;
+    let mut io_buf = BytesMut::new();
+    send(
+        &mut io,
+        connect_capsule(1, 1, 127, 0, "nqn.2026-01.io.zonestore:greedy"),
+    )
+    .await;
+    assert!(
+        matches!(next_pdu(&mut io, &mut io_buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    let (mut rd, mut wr) = io.into_split();
+    let sender = tokio::spawn(async move {
+        for cid in 0..96u16 {
+            let mut append = Sqe::new(0x7D, cid);
+            append
+                .set_nsid(1)
+                .set_slba(0)
+                .set_cdw(12, 31)
+                .set_sgl(128 << 10, true);
+            let pdu = Pdu::CapsuleCmd(CapsuleCmd {
+                sqe: append,
+                data: Bytes::from(vec![5u8; 128 << 10]),
+                data_digest_error: false,
+            });
+            wr.write_all(&encode(&pdu, Framing::INITIAL).to_bytes())
+                .await
+                .unwrap();
+        }
+        wr
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let taken = target.stats().bytes_written;
+    assert!(
+        taken <= 256 << 10,
+        "in-capsule data taken in while the drive writes none: {taken} bytes"
+    );
+    // Once the drive writes, every append completes.
+    stalled.add_permits(1000);
+    let _wr = sender.await.unwrap();
+    let mut completed = 0;
+    let mut tmp = vec![0u8; 65536];
+    let decoder = Decoder::new(CONTROLLER_TO_HOST, 1 << 20);
+    while completed < 96 {
+        while let Some(pdu) = decoder.decode(&mut io_buf).unwrap() {
+            match pdu {
+                Pdu::CapsuleResp(r) => {
+                    assert!(r.cqe.status().is_success(), "{r:?}");
+                    completed += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if completed == 96 {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut tmp))
+            .await
+            .expect("the target answered")
+            .unwrap();
+        assert!(n > 0, "the target closed the connection");
+        io_buf.extend_from_slice(&tmp[..n]);
+    }
+    assert_eq!(target.stats().bytes_written, 96 * (128 << 10));
+}

@@ -19,7 +19,7 @@ use super::controller::Controller;
 use super::subsystem::Subsystem;
 use super::{admin, io};
 use crate::spec::connect::{self, CNTLID_DYNAMIC, Connect, invalid_parameter};
-use crate::spec::opcode::{self, admin as admin_op, fctype, io as io_op};
+use crate::spec::opcode::{self, admin as admin_op, fctype};
 use crate::transport::{Backlog, FrameSender, PduReader, ReadError, spawn_writer};
 use crate::wire::command::{Cqe, FLAGS_SGL, SGL_IN_CAPSULE, SGL_TRANSPORT, Sqe};
 use crate::wire::pdu::{
@@ -268,6 +268,11 @@ struct Connection {
     r2t_outstanding: Arc<AtomicUsize>,
     /// Signalled when a write completes and frees budget.
     r2t_freed: Arc<Notify>,
+    /// Write data that came in capsules and is not yet written by the drive, in
+    /// [`READ_BUDGET_UNIT`]s (see [`super::TargetConfig::max_outstanding_r2t`]): while it is
+    /// spent, the connection reads no further PDUs. (That cannot stall what would free it:
+    /// these writes wait only for the drive.)
+    in_capsule_budget: Arc<Semaphore>,
     next_ttag: u16,
     /// Commands running and input not yet decoded, for the writer.
     backlog: Arc<Backlog>,
@@ -287,6 +292,20 @@ impl Drop for Connection {
 }
 
 /// Holds a write's share of the connection's R2T budget until the drive has written it.
+/// What a write's data holds of its connection's write budgets until the drive has written it
+/// (given back when dropped).
+enum WriteHold {
+    /// Data the target asked for with R2Ts.
+    Requested { _held: BudgetHold },
+    /// Data that came in the command's capsule.
+    InCapsule { _held: OwnedSemaphorePermit },
+}
+
+/// Permits of a connection's budget for in-capsule write data.
+fn in_capsule_budget_units(config: &super::TargetConfig) -> usize {
+    config.max_outstanding_r2t.div_ceil(READ_BUDGET_UNIT).max(1)
+}
+
 struct BudgetHold {
     outstanding: Arc<AtomicUsize>,
     freed: Arc<Notify>,
@@ -353,6 +372,7 @@ pub(crate) async fn serve_connection(
             waiting_for_r2t: VecDeque::new(),
             r2t_outstanding: Arc::new(AtomicUsize::new(0)),
             r2t_freed: Arc::new(Notify::new()),
+            in_capsule_budget: Arc::new(Semaphore::new(in_capsule_budget_units(&target.config))),
             next_ttag: 0,
             backlog,
             spawned: tokio::task::JoinSet::new(),
@@ -626,7 +646,19 @@ impl Connection {
                     self.reject(cid, Status::SGL_LENGTH_INVALID, 0).await;
                     return Ok(());
                 }
-                self.dispatch(sqe, capsule.data, None, None).await?;
+                let hold = if length > 0 {
+                    let total = in_capsule_budget_units(&self.target.config);
+                    let units = length.div_ceil(READ_BUDGET_UNIT).clamp(1, total);
+                    self.in_capsule_budget
+                        .clone()
+                        .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+                        .await
+                        .ok()
+                        .map(|_held| WriteHold::InCapsule { _held })
+                } else {
+                    None
+                };
+                self.dispatch(sqe, capsule.data, None, hold).await?;
             }
             SGL_TRANSPORT => {
                 if !capsule.data.is_empty() {
@@ -818,8 +850,13 @@ impl Connection {
                     .await;
             } else {
                 let data = transfer.take_data();
-                self.dispatch(transfer.sqe, data, transfer.permit, Some(hold))
-                    .await?;
+                self.dispatch(
+                    transfer.sqe,
+                    data,
+                    transfer.permit,
+                    Some(WriteHold::Requested { _held: hold }),
+                )
+                .await?;
             }
             self.issue_r2ts().await;
         }
@@ -832,7 +869,7 @@ impl Connection {
         sqe: Sqe,
         data: Bytes,
         permit: Option<OwnedSemaphorePermit>,
-        hold: Option<BudgetHold>,
+        hold: Option<WriteHold>,
     ) -> Result<(), PduError> {
         let is_connect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT;
         let Some(ctx) = self.ctx.clone() else {
@@ -875,12 +912,15 @@ impl Connection {
         backlog.begin();
         let mut command = Box::pin(async move {
             let stats = &ctx.target.stats;
-            // A read's data is held until sent: it waits for room in the read budget first.
-            let read_hold = if ctx.qid != 0 && sqe.opcode() == io_op::READ {
-                ctx.reserve_read(sqe.sgl_length() as usize).await
-            } else {
-                None
-            };
+            // Data for the host (a read, a zone report, a log page, on any queue) is held
+            // until sent: the command waits for room in the read budget first, or a host that
+            // asks for much and reads nothing would have it all held in memory.
+            let read_hold =
+                if opcode::controller_to_host(sqe.opcode(), sqe.fctype()) && sqe.sgl_length() > 0 {
+                    ctx.reserve_read(sqe.sgl_length() as usize).await
+                } else {
+                    None
+                };
             stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let reply = if ctx.qid == 0 {
                 admin::execute(&ctx, &sqe, data).await
