@@ -155,8 +155,10 @@ impl Controller {
                 if *ctrl.shutdown.borrow() {
                     return;
                 }
+                // At most a second between checks: a KATO lowered by Set Features takes
+                // effect at once, not after half the old one.
                 let kato = ctrl.kato_ms();
-                let period = Duration::from_millis(u64::from(kato.max(200)) / 2);
+                let period = Duration::from_millis((u64::from(kato.max(200)) / 2).min(1000));
                 drop(ctrl);
                 tokio::time::sleep(period).await;
                 let Some(ctrl) = weak.upgrade() else { return };

@@ -321,10 +321,21 @@ impl Drop for BudgetHold {
 
 /// Command slots of a queue of `sqsize` + 1 entries: twice the queue, as the Linux target
 /// allows, since a command's slot is freed only after its completion is queued, and the host
-/// may reuse the entry as soon as the completion reaches it.
+/// may reuse the entry as soon as the completion reaches it. Fewer than the 65536 transfer
+/// tags, so that a write waiting for its R2T always finds a free one.
 fn slots_for(sqsize: u16) -> usize {
-    2 * (usize::from(sqsize) + 1)
+    (2 * (usize::from(sqsize) + 1)).min(usize::from(u16::MAX))
 }
+
+/// Idle time before TCP keepalive probes a host's connection, the time between probes, and the
+/// probes unanswered before the connection is given up (a dead host is found in two minutes).
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// Keep-alive timeout of a discovery controller whose host asked for none, as the Linux target
+/// sets (NVMET_DISC_KATO_MS): a host that vanishes does not keep it for ever.
+const DISCOVERY_KATO_MS: u32 = 120_000;
 
 /// Serves one TCP connection until the host closes it, the controller is torn down, the
 /// target stops, or the host sends something the transport cannot accept.
@@ -340,6 +351,14 @@ pub(crate) async fn serve_connection(
         .connections_open
         .fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
+    // A host gone without closing its connection (powered off, cut off) is found by TCP
+    // keepalive even when its controller has no keep-alive timeout (KATO 0 is allowed).
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES),
+    );
     let local = stream.local_addr().unwrap_or(peer);
     let (rd, wr) = stream.into_split();
     // Until a Connect is accepted, no PDU may carry more than a Connect needs: a peer that
@@ -1001,7 +1020,11 @@ impl Connection {
                     subsystem.clone(),
                     c.hostnqn.clone(),
                     c.hostid,
-                    c.kato_ms,
+                    if c.kato_ms == 0 && subsystem.is_discovery() {
+                        DISCOVERY_KATO_MS
+                    } else {
+                        c.kato_ms
+                    },
                 ));
                 subsystem.register(controller.clone());
                 return Ok(controller);
@@ -1071,6 +1094,14 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_never_has_more_slots_than_transfer_tags() {
+        assert_eq!(slots_for(127), 256);
+        assert_eq!(slots_for(1023), 2048);
+        assert!(slots_for(u16::MAX) < 1 << 16);
+        assert!(slots_for(40_000) < 1 << 16);
+    }
 
     /// Tiny H2CData payloads are copied together (a slice would pin its receive buffer);
     /// large ones are kept as received; the data comes out whole and in order.
