@@ -809,3 +809,172 @@ async fn in_capsule_writes_the_drive_has_not_taken_hold_only_the_write_budget() 
     }
     assert_eq!(target.stats().bytes_written, 96 * (128 << 10));
 }
+
+/// A discovery controller connected with no keep-alive timeout gets the Linux target's two
+/// minutes (a host that vanishes does not keep it for ever); a ZNS subsystem's keeps what its
+/// host asked for.
+#[tokio::test]
+async fn a_discovery_controller_without_keep_alive_gets_two_minutes() {
+    let (_dir, _target, handle) = start(TargetConfig::default()).await;
+    for (subnqn, want) in [(fabric::spec::DISCOVERY_NQN, 120_000), (NQN, 0)] {
+        let mut admin = initialized(handle.local_addr()).await;
+        let mut buf = BytesMut::new();
+        let (sqe, data) = Connect {
+            recfmt: 0,
+            qid: 0,
+            sqsize: 31,
+            cattr: 0,
+            kato_ms: 0,
+            hostid: [3; 16],
+            cntlid: CNTLID_DYNAMIC,
+            subnqn: subnqn.into(),
+            hostnqn: "nqn.2026-01.io.zonestore:no-kato".into(),
+        }
+        .encode(1);
+        let connect = Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: Bytes::from(data),
+            data_digest_error: false,
+        });
+        send(&mut admin, connect).await;
+        assert!(
+            matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+        );
+        send(&mut admin, enable_capsule()).await;
+        assert!(
+            matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+        );
+        let mut get = Sqe::new(0x0A, 9);
+        get.set_cdw(10, 0x0F);
+        send(&mut admin, command(get)).await;
+        match next_pdu(&mut admin, &mut buf).await {
+            Pdu::CapsuleResp(r) => {
+                assert!(r.cqe.status().is_success(), "{r:?}");
+                assert_eq!(r.cqe.dw0(), want, "KATO of {subnqn}");
+            }
+            other => panic!("expected Get Features' completion, got {other:?}"),
+        }
+    }
+}
+
+/// A Fabrics command other than Connect or Disconnect on an I/O queue is an Invalid Command
+/// Opcode (as the Linux target answers), not an Invalid Namespace read from its FCTYPE byte;
+/// Disconnect succeeds.
+#[tokio::test]
+async fn fabrics_commands_on_an_io_queue_are_connect_and_disconnect_only() {
+    let (_dir, _target, handle) = start(TargetConfig::default()).await;
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let mut io = initialized(handle.local_addr()).await;
+    let mut buf = BytesMut::new();
+    send(
+        &mut io,
+        connect_capsule(1, 1, 31, 0, "nqn.2026-01.io.zonestore:greedy"),
+    )
+    .await;
+    assert!(
+        matches!(next_pdu(&mut io, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    for (fctype, want) in [
+        (0x04u8, fabric::wire::status::Status::INVALID_OPCODE),
+        (0x00, fabric::wire::status::Status::INVALID_OPCODE),
+        (0x08, fabric::wire::status::Status::SUCCESS),
+    ] {
+        let mut sqe = Sqe::new(0x7f, 5);
+        sqe.put(4, &[fctype]);
+        send(&mut io, command(sqe)).await;
+        match next_pdu(&mut io, &mut buf).await {
+            Pdu::CapsuleResp(r) => assert_eq!(r.cqe.status(), want, "FCTYPE {fctype:#x}"),
+            other => panic!("expected a completion, got {other:?}"),
+        }
+    }
+}
+
+/// Sends `sqe` and returns its completion's status and DW0, passing over any data.
+async fn status_of(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    sqe: Sqe,
+) -> (fabric::wire::status::Status, u32) {
+    send(stream, command(sqe)).await;
+    loop {
+        match next_pdu(stream, buf).await {
+            Pdu::C2HData(d) if d.success => return (fabric::wire::status::Status::SUCCESS, 0),
+            Pdu::C2HData(_) => {}
+            Pdu::CapsuleResp(r) => return (r.cqe.status(), r.cqe.dw0()),
+            other => panic!("expected data or a completion, got {other:?}"),
+        }
+    }
+}
+
+/// Admin commands asking about what is not there get the status the specification gives:
+/// Identify of a namespace that is not a valid NSID, or of a command set the namespace does
+/// not have; the capabilities of a feature the controller lacks. Async event notices the
+/// controller cannot send cannot be turned on.
+#[tokio::test]
+async fn admin_commands_about_what_is_not_there_get_the_right_status() {
+    use fabric::wire::status::Status;
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    let identify = |cns: u8, nsid: u32, csi: u8| {
+        let mut sqe = Sqe::new(0x06, 20);
+        sqe.set_nsid(nsid)
+            .set_cdw(10, u32::from(cns))
+            .set_cdw(11, u32::from(csi) << 24)
+            .set_sgl(4096, false);
+        sqe
+    };
+    let features = |opcode: u8, cdw10: u32, cdw11: u32| {
+        let mut sqe = Sqe::new(opcode, 21);
+        sqe.set_cdw(10, cdw10).set_cdw(11, cdw11);
+        sqe
+    };
+    for (what, sqe, want) in [
+        (
+            "Identify namespace 1",
+            identify(0x00, 1, 0),
+            Status::SUCCESS,
+        ),
+        (
+            "Identify namespace 2",
+            identify(0x00, 2, 0),
+            Status::INVALID_NAMESPACE,
+        ),
+        (
+            "ZNS Identify namespace 1",
+            identify(0x05, 1, 0x02),
+            Status::SUCCESS,
+        ),
+        (
+            "KV Identify namespace 1",
+            identify(0x05, 1, 0x01),
+            Status::INVALID_FIELD,
+        ),
+        (
+            "KV Identify namespace 2",
+            identify(0x05, 2, 0x01),
+            Status::INVALID_NAMESPACE,
+        ),
+        (
+            "capabilities of FID 80h",
+            features(0x0A, 0x80 | (3 << 8), 0),
+            Status::INVALID_FIELD,
+        ),
+    ] {
+        let (status, _) = status_of(&mut admin, &mut buf, sqe).await;
+        assert_eq!((status.sct, status.sc), (want.sct, want.sc), "{what}");
+    }
+    for (fid, want) in [(0x0Fu32, 1 << 2), (0x06, 0)] {
+        let (status, dw0) =
+            status_of(&mut admin, &mut buf, features(0x0A, fid | (3 << 8), 0)).await;
+        assert!(status.is_success(), "{fid:#x}: {status:?}");
+        assert_eq!(dw0, want, "capabilities of FID {fid:#x}");
+    }
+    let (status, _) = status_of(&mut admin, &mut buf, features(0x09, 0x0B, 0xFFFF_FFFF)).await;
+    assert!(status.is_success(), "{status:?}");
+    let (_, aec) = status_of(&mut admin, &mut buf, features(0x0A, 0x0B, 0)).await;
+    assert_eq!(
+        aec,
+        1 << 8,
+        "only namespace attribute notices can be turned on"
+    );
+}

@@ -123,7 +123,7 @@ fn identify(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             // Namespace attribute notices (a namespace never changes, so none is due); no
             // discovery log change notices: the target does not send them, so a persistent
             // discovery host must not wait for them.
-            oaes: if io { 1 << 8 } else { 0 },
+            oaes: supported_events(ctx),
         };
         return fit(identify::controller(&info), len);
     }
@@ -138,8 +138,8 @@ fn identify(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
                 identify::namespace(&geometry, geometry.total_blocks(), subsystem.nguid),
                 len,
             ),
-            0 | 0xFFFF_FFFF => Reply::error(Status::INVALID_NAMESPACE),
-            _ => fit(Vec::new(), len),
+            // One namespace (NN = 1): any other NSID is not a valid one.
+            _ => Reply::error(Status::INVALID_NAMESPACE),
         },
         cns::ACTIVE_NAMESPACES if nsid < 0xFFFF_FFFE => {
             fit(identify::active_namespaces(&[1], nsid), len)
@@ -152,6 +152,8 @@ fn identify(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             fit(identify::zns_namespace(&geometry), len)
         }
         cns::CSI_NAMESPACE if active && csi_value == csi::NVM => fit(Vec::new(), len),
+        // The namespace exists; the command set asked about does not.
+        cns::CSI_NAMESPACE if active => Reply::error(Status::INVALID_FIELD),
         cns::CSI_CONTROLLER if csi_value == csi::ZNS => fit(
             identify::zns_controller(identify::zasl_for(geometry.max_append_bytes())),
             len,
@@ -267,6 +269,8 @@ fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             Reply::result(u64::from(granted))
         }
         feature::ASYNC_EVENT_CONFIG => {
+            // Only the notices the controller can send (OAES) can be turned on.
+            let value = value & supported_events(ctx);
             controller.aec.store(value, Ordering::Relaxed);
             Reply::result(u64::from(value))
         }
@@ -281,11 +285,19 @@ fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
 fn get_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
     let controller = &ctx.controller;
     let select = (sqe.cdw(10) >> 8) & 0x7;
+    let fid = sqe.cdw(10) as u8;
     if select == 3 {
-        // Supported capabilities: not saveable, not namespace specific, changeable.
-        return Reply::result(1 << 2);
+        // Supported capabilities: none saveable or namespace specific; changeable unless
+        // fixed (the volatile write cache is always on).
+        return match fid {
+            feature::NUMBER_OF_QUEUES | feature::ASYNC_EVENT_CONFIG | feature::KEEP_ALIVE_TIMER => {
+                Reply::result(1 << 2)
+            }
+            feature::VOLATILE_WRITE_CACHE => Reply::result(0),
+            _ => Reply::error(Status::INVALID_FIELD),
+        };
     }
-    let value = match sqe.cdw(10) as u8 {
+    let value = match fid {
         feature::NUMBER_OF_QUEUES => match controller.queues_granted.load(Ordering::SeqCst) {
             u32::MAX => {
                 let max = u32::from(ctx.target.config.max_io_queues.saturating_sub(1));
@@ -299,6 +311,16 @@ fn get_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
         _ => return Reply::error(Status::INVALID_FIELD),
     };
     Reply::result(u64::from(value))
+}
+
+/// The asynchronous event notices the controller may send (its OAES): namespace attribute
+/// notices on an I/O controller, none on a discovery controller.
+fn supported_events(ctx: &Arc<QueueCtx>) -> u32 {
+    if ctx.subsystem().is_discovery() {
+        0
+    } else {
+        1 << 8
+    }
 }
 
 fn hold_aer(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {

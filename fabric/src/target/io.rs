@@ -47,6 +47,16 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
     let Some(device) = ctx.subsystem().device.clone() else {
         return Reply::error(Status::INVALID_OPCODE);
     };
+    if sqe.opcode() == crate::spec::opcode::FABRICS {
+        // Only Connect (handled before any queue runs commands) and Disconnect belong on an
+        // I/O queue; the rest (Property Get/Set) go to the admin queue. (FCTYPE sits where an
+        // NSID would.)
+        return if sqe.fctype() == crate::spec::opcode::fctype::DISCONNECT {
+            Reply::ok()
+        } else {
+            Reply::error(Status::INVALID_OPCODE)
+        };
+    }
     let nsid = sqe.nsid();
     let flush_all = sqe.opcode() == io::FLUSH && nsid == 0xFFFF_FFFF;
     if nsid != NSID && !flush_all {
