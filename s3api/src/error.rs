@@ -185,6 +185,14 @@ impl S3Error {
     pub fn invalid_argument(message: impl Into<String>) -> Self {
         S3Error::new(StatusCode::BAD_REQUEST, "InvalidArgument", message)
     }
+    /// 400 InvalidStorageClass: a storage class other than the one this store has.
+    pub fn invalid_storage_class() -> Self {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidStorageClass",
+            "The storage class you specified is not valid (this store has STANDARD only)",
+        )
+    }
     /// 400 InvalidRequest.
     pub fn invalid_request(message: impl Into<String>) -> Self {
         S3Error::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)

@@ -123,6 +123,13 @@ pub fn refuse_unsupported_write_headers(headers: &HeaderMap) -> Result<(), S3Err
                 "Bucket is missing Object Lock Configuration",
             ));
         }
+        // One storage class: another (cheaper, colder) is refused rather than silently not
+        // given.
+        if name == "x-amz-storage-class"
+            && headers.get(name).and_then(|v| v.to_str().ok()) != Some("STANDARD")
+        {
+            return Err(S3Error::invalid_storage_class());
+        }
         if name == "x-amz-tagging" {
             return Err(S3Error::not_implemented(
                 "Object tagging (the x-amz-tagging header)",

@@ -128,6 +128,8 @@ pub enum WriteCondition {
     IfAbsent,
     /// If-Match: the current ETag.
     IfMatch(String),
+    /// If-Match: * (the key must exist).
+    IfExists,
 }
 
 /// A condition on a deletion (If-Match on DeleteObject, ETag in DeleteObjects).

@@ -110,6 +110,7 @@ fn condition(c: WriteCondition) -> Condition {
         WriteCondition::None => Condition::None,
         WriteCondition::IfAbsent => Condition::IfNoneMatchAny,
         WriteCondition::IfMatch(etag) => Condition::IfMatch(etag),
+        WriteCondition::IfExists => Condition::IfExists,
     }
 }
 

@@ -302,6 +302,10 @@ def check_conditionals():
     s3.put_object(Bucket=b, Key="c", Body=b"second", IfMatch=etag)
     assert s3.get_object(Bucket=b, Key="c")["Body"].read() == b"second"
     expect_error("NoSuchKey", 404, s3.put_object, Bucket=b, Key="absent", Body=b"x", IfMatch=etag)
+    # If-Match: * is "any current version": an overwrite of what exists, never a creation.
+    s3.put_object(Bucket=b, Key="c", Body=b"third", IfMatch="*")
+    assert s3.get_object(Bucket=b, Key="c")["Body"].read() == b"third"
+    expect_error("NoSuchKey", 404, s3.put_object, Bucket=b, Key="absent", Body=b"x", IfMatch="*")
 
 
 def check_delete_objects():
@@ -371,8 +375,15 @@ def check_copy():
     assert d2["ContentType"] == "text/plain" and d2["Metadata"] == {"b": "2"}
     expect_error("PreconditionFailed", 412, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/src", CopySourceIfMatch='"beef"')
     expect_error("NoSuchKey", 404, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/nope")
-    # Copying onto itself needs REPLACE.
+    # Copying onto itself needs REPLACE, or a change of storage class (`aws s3 cp` of an
+    # object onto itself with --storage-class): the metadata is kept then.
     expect_error("InvalidRequest", 400, s3.copy_object, Bucket=b, Key="src", CopySource=f"{b}/src")
+    s3.copy_object(Bucket=b, Key="src", CopySource=f"{b}/src", StorageClass="STANDARD")
+    assert s3.head_object(Bucket=b, Key="src")["Metadata"] == {"a": "1"}
+    # One storage class: a colder one is refused, not silently not given.
+    expect_error("InvalidStorageClass", 400, s3.copy_object, Bucket=b, Key="src", CopySource=f"{b}/src", StorageClass="GLACIER")
+    expect_error("InvalidStorageClass", 400, s3.put_object, Bucket=b, Key="cold", Body=b"x", StorageClass="STANDARD_IA")
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="cold")
     s3.copy_object(Bucket=b, Key="src", CopySource=f"{b}/src", MetadataDirective="REPLACE", Metadata={"c": "3"})
     assert s3.head_object(Bucket=b, Key="src")["Metadata"] == {"c": "3"}
     assert s3.get_object(Bucket=b, Key="src")["Body"].read() == body
@@ -618,6 +629,32 @@ def check_auth_errors():
     assert status == 200, (status, body)
     with urllib.request.urlopen(v4.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "v4-put"}, ExpiresIn=60), context=ssl_context()) as r:
         assert r.read() == b"v4 presigned"
+    # A PUT that gives no length (no Content-Length, not chunked) is refused with 411, for an
+    # object and for a part alike: nothing empty is stored in its place.
+    upload = v4.create_multipart_upload(Bucket=b, Key="lengthless")["UploadId"]
+    for url in [
+        v4.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "lengthless"}, ExpiresIn=60),
+        v4.generate_presigned_url("upload_part", Params={"Bucket": b, "Key": "lengthless", "UploadId": upload, "PartNumber": 1}, ExpiresIn=60),
+    ]:
+        status, body = lengthless_put(url)
+        assert status == 411 and b"MissingContentLength" in body, (url, status, body)
+    assert not v4.list_parts(Bucket=b, Key="lengthless", UploadId=upload).get("Parts")
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="lengthless")
+    v4.abort_multipart_upload(Bucket=b, Key="lengthless", UploadId=upload)
+
+
+def lengthless_put(url):
+    """A PUT to `url` with no body and no Content-Length header."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(url)
+    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    kwargs = {"context": ssl_context()} if parts.scheme == "https" else {}
+    conn = conn_class(parts.netloc, **kwargs)
+    conn.putrequest("PUT", parts.path + "?" + parts.query)
+    conn.endheaders()
+    r = conn.getresponse()
+    return r.status, r.read()
 
 
 def check_two_users():

@@ -121,6 +121,7 @@ pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let number = part_number(ctx)?;
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
+    super::object::require_length(ctx)?;
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
     // The body reader verifies (and so computes) a checksum the client sends: one more is
     // computed only when the client sends none of the upload's algorithm.

@@ -27,6 +27,8 @@ pub(crate) fn write_condition(ctx: &Ctx) -> Result<WriteCondition, S3Error> {
         (Some(_), _) => Err(S3Error::not_implemented(
             "If-None-Match with a value other than * on writes",
         )),
+        // `*` matches any current version (RFC 9110 §13.1.1), as on DeleteObject.
+        (None, Some(v)) if v.trim() == "*" => Ok(WriteCondition::IfExists),
         (None, Some(etag)) => Ok(WriteCondition::IfMatch(
             etag.trim()
                 .trim_start_matches("W/")
@@ -35,6 +37,19 @@ pub(crate) fn write_condition(ctx: &Ctx) -> Result<WriteCondition, S3Error> {
         )),
         (None, None) => Ok(WriteCondition::None),
     }
+}
+
+/// A body whose length the request does not give (no Content-Length, no decoded length of an
+/// aws-chunked body, no chunked transfer encoding) is refused with 411, as S3 does: an empty
+/// object or part is not made of a request that says nothing.
+pub(crate) fn require_length(ctx: &Ctx) -> Result<(), S3Error> {
+    if ctx.header("content-length").is_none()
+        && ctx.header("x-amz-decoded-content-length").is_none()
+        && ctx.header("transfer-encoding").is_none()
+    {
+        return Err(S3Error::missing_content_length());
+    }
+    Ok(())
 }
 
 /// Streams the request body into `writer`, verifying it; returns what it was.
@@ -154,12 +169,7 @@ pub async fn put_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     refuse_unsupported_write_headers(&ctx.headers)?;
     let headers = object_headers(&ctx.headers)?;
     let condition = write_condition(ctx)?;
-    if ctx.header("content-length").is_none()
-        && ctx.header("x-amz-decoded-content-length").is_none()
-        && ctx.header("transfer-encoding").is_none()
-    {
-        return Err(S3Error::missing_content_length());
-    }
+    require_length(ctx)?;
     let mut writer = svc.store.put_object(&bucket, &key).await?;
     let summary = receive(ctx, &mut writer, svc.config.max_put_size).await?;
     let info = writer
@@ -477,7 +487,10 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         "REPLACE" => true,
         _ => return Err(S3Error::invalid_argument("Unknown metadata directive.")),
     };
-    if !replace && src_bucket == bucket && src_key == key {
+    // S3 takes a copy onto itself that sets something: metadata (REPLACE) or the storage class
+    // (`aws s3 cp` of an object onto itself with --storage-class).
+    let sets_class = ctx.header("x-amz-storage-class").is_some();
+    if !replace && !sets_class && src_bucket == bucket && src_key == key {
         return Err(S3Error::invalid_request(
             "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
         ));
