@@ -1406,31 +1406,6 @@ impl<'a> Txn<'a> {
     /// Applies `edit` to the copies of the entry `what` names, if the entry is still the one
     /// the edit was made for; keeps zone accounting exact.
     fn relocate(&mut self, what: &Relocation, edit: ReplicaEdit) -> EngineResult<()> {
-        fn swap(locations: &mut Vec<Location>, edit: ReplicaEdit) -> bool {
-            match edit {
-                ReplicaEdit::Replace(from, to) => match locations.iter().position(|l| *l == from) {
-                    Some(i) if !locations.contains(&to) => {
-                        locations[i] = to;
-                        true
-                    }
-                    _ => false,
-                },
-                ReplicaEdit::Add(to) => {
-                    if locations.is_empty() || locations.contains(&to) {
-                        return false;
-                    }
-                    locations.push(to);
-                    true
-                }
-                ReplicaEdit::Remove(from) => match locations.iter().position(|l| *l == from) {
-                    Some(i) if locations.len() > 1 => {
-                        locations.remove(i);
-                        true
-                    }
-                    _ => false,
-                },
-            }
-        }
         let (from, to) = match edit {
             ReplicaEdit::Add(to) => (None, Some(to)),
             ReplicaEdit::Remove(from) => (Some(from), None),
@@ -1443,7 +1418,7 @@ impl<'a> Txn<'a> {
             Relocation::Extent { stream_id, offset } => {
                 let key = index::extent_key(*stream_id, *offset).to_vec();
                 if let Some(mut e) = self.decode(cf::EXTENTS, &key, Extent::decode)?
-                    && swap(&mut e.replicas, edit)
+                    && edit_copies(&mut e.replicas, edit)
                 {
                     self.put(cf::EXTENTS, key, e.encode());
                     true
@@ -1455,7 +1430,7 @@ impl<'a> Txn<'a> {
                 let okey = index::object_key(bucket, key);
                 if let Some(mut o) = self.decode(cf::OBJECTS, &okey, ObjectEntry::decode)?
                     && o.meta.seq == *seq
-                    && swap(&mut o.commit, edit)
+                    && edit_copies(&mut o.commit, edit)
                 {
                     self.hide(&mut o.shadowed, from_stamps);
                     self.put(cf::OBJECTS, okey, o.encode());
@@ -1478,7 +1453,7 @@ impl<'a> Txn<'a> {
                         return Ok(());
                     }
                     t.shadowed = shadowed;
-                    let changed = swap(&mut t.location, edit);
+                    let changed = edit_copies(&mut t.location, edit);
                     if changed {
                         self.hide(&mut t.shadowed, from_stamps);
                     }
@@ -1492,7 +1467,7 @@ impl<'a> Txn<'a> {
                 if let Some(mut b) =
                     self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)?
                     && b.seq == *seq
-                    && swap(&mut b.location, edit)
+                    && edit_copies(&mut b.location, edit)
                 {
                     self.hide(&mut b.shadowed, from_stamps);
                     self.put(cf::BUCKETS, name.as_bytes().to_vec(), b.encode());
@@ -1504,7 +1479,7 @@ impl<'a> Txn<'a> {
             Relocation::Upload { upload_id } => {
                 if let Some(mut u) =
                     self.decode(cf::UPLOADS, &upload_id.to_be_bytes(), UploadEntry::decode)?
-                    && swap(&mut u.location, edit)
+                    && edit_copies(&mut u.location, edit)
                 {
                     self.hide(&mut u.shadowed, from_stamps);
                     self.put(cf::UPLOADS, upload_id.to_be_bytes().to_vec(), u.encode());
@@ -1521,7 +1496,7 @@ impl<'a> Txn<'a> {
                 let key = index::part_key(*upload_id, *part_number).to_vec();
                 if let Some(mut p) = self.decode(cf::PARTS, &key, PartEntry::decode)?
                     && p.seq == *seq
-                    && swap(&mut p.location, edit)
+                    && edit_copies(&mut p.location, edit)
                 {
                     self.put(cf::PARTS, key, p.encode());
                     // Parts hide nothing themselves: their upload does.
@@ -1643,6 +1618,41 @@ impl<'a> Txn<'a> {
     }
 }
 
+/// Applies `edit` to a record's copies; false if it no longer applies (the copy it replaces or
+/// removes is gone, the new copy is already there), or would put two copies of the record on
+/// one drive (repair and GC's fallback racing to the same drive): copies on one drive are lost
+/// together, so the record would count more copies than it has.
+fn edit_copies(locations: &mut Vec<Location>, edit: ReplicaEdit) -> bool {
+    let on_a_copys_drive = |to: &Location| locations.iter().any(|l| l.drive == to.drive);
+    match edit {
+        // (A move within one drive never changes how many copies a drive holds.)
+        ReplicaEdit::Replace(from, to) => match locations.iter().position(|l| *l == from) {
+            Some(i)
+                if !locations.contains(&to)
+                    && (to.drive == from.drive || !on_a_copys_drive(&to)) =>
+            {
+                locations[i] = to;
+                true
+            }
+            _ => false,
+        },
+        ReplicaEdit::Add(to) => {
+            if locations.is_empty() || on_a_copys_drive(&to) {
+                return false;
+            }
+            locations.push(to);
+            true
+        }
+        ReplicaEdit::Remove(from) => match locations.iter().position(|l| *l == from) {
+            Some(i) if locations.len() > 1 => {
+                locations.remove(i);
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
 /// Whether `bucket` (the entry of a bucket name, if any) is the bucket created with sequence
 /// number `seq`, not one created under its name since.
 pub(crate) fn is_bucket_of(bucket: Option<&BucketEntry>, seq: u64) -> bool {
@@ -1684,6 +1694,35 @@ mod tests {
             lba,
             blocks: 1,
         }
+    }
+
+    #[test]
+    fn an_edit_never_puts_two_copies_of_a_record_on_one_drive() {
+        let on = |drive: DriveId, lba: u64| Location {
+            drive,
+            lba,
+            blocks: 1,
+        };
+        let mut copies = vec![on(0, 10), on(1, 10)];
+        assert!(!edit_copies(&mut copies, ReplicaEdit::Add(on(1, 99))));
+        assert!(!edit_copies(
+            &mut copies,
+            ReplicaEdit::Replace(on(0, 10), on(1, 99))
+        ));
+        assert_eq!(copies, vec![on(0, 10), on(1, 10)]);
+        // A move within the drive (GC), to another drive (drain), a new copy (repair).
+        assert!(edit_copies(
+            &mut copies,
+            ReplicaEdit::Replace(on(0, 10), on(0, 50))
+        ));
+        assert!(edit_copies(
+            &mut copies,
+            ReplicaEdit::Replace(on(0, 50), on(2, 50))
+        ));
+        assert!(edit_copies(&mut copies, ReplicaEdit::Add(on(0, 60))));
+        assert_eq!(copies, vec![on(2, 50), on(1, 10), on(0, 60)]);
+        assert!(edit_copies(&mut copies, ReplicaEdit::Remove(on(1, 10))));
+        assert!(!edit_copies(&mut copies, ReplicaEdit::Remove(on(1, 10))));
     }
 
     /// A change that fails halfway (here a relocation whose second entry is unreadable)
