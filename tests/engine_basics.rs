@@ -1644,6 +1644,14 @@ async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_o
         assert!(third.foreign.load(std::sync::atomic::Ordering::SeqCst));
         assert!(!third.attached.load(std::sync::atomic::Ordering::SeqCst));
         assert!(!third.is_up());
+        // It answers, yet its copies are out of reach: the time counts toward the repair
+        // grace, after which they are made again elsewhere (not waited for for ever).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            third.down_for() >= std::time::Duration::from_millis(50),
+            "{:?}",
+            third.down_for()
+        );
         assert_eq!(
             get(&engine, "b", "before").await.unwrap(),
             content("before", 1, 200_000)

@@ -27,7 +27,8 @@ pub struct Drive {
     pub in_flight: AtomicI64,
     /// Until when (ms since the epoch) the drive is considered down after a transport failure.
     pub down_until: AtomicU64,
-    /// Since when (ms since the epoch) the drive has been unreachable; 0 while it is reachable.
+    /// Since when (ms since the epoch) the drive has been unusable (unreachable or not
+    /// attached); 0 while it is usable.
     pub unreachable_since: AtomicU64,
     /// Whether its data is being moved off (no new writes go to it).
     pub draining: AtomicBool,
@@ -155,18 +156,18 @@ impl Drive {
     /// Whether the drive can take I/O now: reachable, attached, and no transport failure just
     /// now.
     pub fn is_up(&self) -> bool {
-        let reachable = self.device.is_available();
+        // Unusable: unreachable, or reachable but not attached (a foreign drive answering in
+        // its place, or one whose attaching failed): its copies are as far out of reach.
+        let usable = self.device.is_available() && self.attached.load(Ordering::Relaxed);
         let since = self.unreachable_since.load(Ordering::Relaxed);
-        if reachable {
+        if usable {
             if since != 0 {
                 self.unreachable_since.store(0, Ordering::Relaxed);
             }
         } else if since == 0 {
             self.unreachable_since.store(now_ms(), Ordering::Relaxed);
         }
-        reachable
-            && self.attached.load(Ordering::Relaxed)
-            && now_ms() >= self.down_until.load(Ordering::Relaxed)
+        usable && now_ms() >= self.down_until.load(Ordering::Relaxed)
     }
 
     /// Whether new writes may go to the drive: up and not being drained.
@@ -174,7 +175,8 @@ impl Drive {
         self.is_up() && !self.draining.load(Ordering::Relaxed)
     }
 
-    /// How long the drive has been unreachable (zero while it is reachable).
+    /// How long the drive has been unusable, unreachable or not attached (zero while it is
+    /// usable): past the repair grace, its copies count as lost and are made again elsewhere.
     pub fn down_for(&self) -> Duration {
         self.is_up();
         match self.unreachable_since.load(Ordering::Relaxed) {
