@@ -1683,6 +1683,63 @@ async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_o
     engine.shutdown().await;
 }
 
+/// A rebuilt index keeps the drive ids the old one gave, also when a drive before others was
+/// drained and removed from the configuration: what names drives by id (the list of failed
+/// writes the old index hands over) stays right, and the rebuilt index says what the old one
+/// said, copy for copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_keeps_drive_ids_when_a_drive_was_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, |c| {
+        c.replicas = 2;
+        c.write_quorum = 2;
+    })
+    .await;
+    // Drained before it holds anything, the middle drive can go at once.
+    engine.drain("zns-file://drive1").await.unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    for i in 0..6 {
+        let key = format!("k{i}");
+        put(&engine, "b", &key, &content(&key, 1, 50_000))
+            .await
+            .unwrap();
+    }
+    engine.shutdown().await;
+    let old_index = dir.path().join("index");
+    let names = zonestore::engine::registered_drives(&old_index).unwrap();
+    assert_eq!(names.len(), 3);
+    let old = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&old_index).unwrap(),
+    )
+    .unwrap();
+
+    let kept: Vec<zonestore::engine::DriveSpec> = drive_specs(&drives)
+        .into_iter()
+        .filter(|s| s.name != "zns-file://drive1")
+        .collect();
+    let rebuilt_dir = dir.path().join("rebuilt");
+    zonestore::engine::recovery::rebuild_keeping_ids(
+        &rebuilt_dir,
+        &names,
+        kept,
+        &Default::default(),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        zonestore::engine::registered_drives(&rebuilt_dir).unwrap(),
+        names
+    );
+    let rebuilt = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&rebuilt_dir).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rebuilt, old, "the rebuilt index names the same copies");
+}
+
 /// Copies an index directory (the engine shut down).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -243,11 +243,9 @@ pub async fn rebuild_index(
     } else {
         Default::default()
     };
-    let result = if allow_missing {
-        recovery::rebuild_from_reachable_drives(&building, specs, &revoked, &progress).await
-    } else {
-        recovery::rebuild(&building, specs, &revoked, &progress).await
-    };
+    let result =
+        recovery::rebuild_keeping_ids(&building, &names, specs, &revoked, allow_missing, &progress)
+            .await;
     attached.close().await;
     let report = result?;
     let kept = has_old.then(|| sibling(&index_dir, &format!("old-{}", unix_seconds())));

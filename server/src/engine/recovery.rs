@@ -179,7 +179,30 @@ pub async fn rebuild(
     revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, specs, revoked, false, progress).await
+    rebuild_scanning(index_dir, &[], specs, revoked, false, progress).await
+}
+
+/// [`rebuild`] (or with `leave_out_unreachable`, [`rebuild_from_reachable_drives`]) of the index
+/// of an index that registered the drives `registered` (in id order): each keeps its id, also
+/// one removed from the configuration since (the old index's list of failed writes, `revoked`,
+/// names drives by those ids).
+pub async fn rebuild_keeping_ids(
+    index_dir: &Path,
+    registered: &[String],
+    specs: Vec<DriveSpec>,
+    revoked: &super::revoked::Revocations,
+    leave_out_unreachable: bool,
+    progress: impl Fn(&str),
+) -> EngineResult<RebuildReport> {
+    rebuild_scanning(
+        index_dir,
+        registered,
+        specs,
+        revoked,
+        leave_out_unreachable,
+        progress,
+    )
+    .await
 }
 
 /// Like [`rebuild`], but drives that cannot be reached are left out of the scan (they stay
@@ -192,11 +215,12 @@ pub async fn rebuild_from_reachable_drives(
     revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, specs, revoked, true, progress).await
+    rebuild_scanning(index_dir, &[], specs, revoked, true, progress).await
 }
 
 async fn rebuild_scanning(
     index_dir: &Path,
+    registered: &[String],
     specs: Vec<DriveSpec>,
     revoked: &super::revoked::Revocations,
     leave_out_unreachable: bool,
@@ -211,6 +235,9 @@ async fn rebuild_scanning(
     std::fs::create_dir_all(index_dir)
         .map_err(|e| EngineError::Internal(format!("creating {}: {e}", index_dir.display())))?;
     let index = Arc::new(Index::open(index_dir)?);
+    if !registered.is_empty() {
+        super::registry::seed_registry(&index, registered)?;
+    }
     let drives = register_drives(&index, specs)?;
     // The new index knows each drive by its identity, as the old one did.
     for drive in drives.all() {
@@ -227,6 +254,10 @@ async fn rebuild_scanning(
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
     for drive in drives.all() {
+        if drive.removed {
+            // Drained and removed: it held nothing live.
+            continue;
+        }
         if leave_out_unreachable && !drive.device.is_available() {
             progress(&format!("leaving out {}: it cannot be reached", drive.name));
             report.left_out.push(drive.name.clone());

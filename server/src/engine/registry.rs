@@ -129,13 +129,8 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
             removed[i] = true;
         }
     }
-    let mut e = codec::Enc::new();
-    e.u32(names.len() as u32);
-    for n in &names {
-        e.str(n);
-    }
     let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(index.cf(cf::META), DRIVES_KEY, e.finish());
+    batch.put_cf(index.cf(cf::META), DRIVES_KEY, encode_registry(&names));
     for ((name, device), removed) in names.iter().zip(&by_id).zip(&removed) {
         if let (Some(device), false) = (device, removed) {
             batch.put_cf(
@@ -205,6 +200,25 @@ impl ZonedDevice for RemovedDrive {
 }
 
 /// The drive names in an index's registry, in drive-id order.
+fn encode_registry(names: &[String]) -> Vec<u8> {
+    let mut e = codec::Enc::new();
+    e.u32(names.len() as u32);
+    for n in names {
+        e.str(n);
+    }
+    e.finish()
+}
+
+/// Registers `names` in a new index, in that order (ids 0, 1, ...), before its drives are
+/// attached: a rebuilt index keeps the ids the old one gave, also those of drives removed
+/// since (what refers to drives by id, the list of failed writes, stays right).
+pub(crate) fn seed_registry(index: &Index, names: &[String]) -> EngineResult<()> {
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(index.cf(cf::META), DRIVES_KEY, encode_registry(names));
+    index.write(batch, true)?;
+    Ok(())
+}
+
 fn registry(index: &Index) -> EngineResult<Vec<String>> {
     match index.get_raw(cf::META, DRIVES_KEY)? {
         Some(v) => {
