@@ -762,3 +762,46 @@ impl ZonedDevice for Intercepted {
         (self.after_report)(self.inner.report_zones(start_lba, filter, max_zones).await)
     }
 }
+
+/// A drive that cannot be reached (a storage node down): every command fails with
+/// Unavailable. For tests of what happens without a drive that is configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Unreachable {
+    /// The geometry it reports.
+    pub geometry: Geometry,
+}
+
+fn unreachable<T>() -> ZoneResult<T> {
+    Err(ZoneError::Unavailable("unreachable (test)".into()))
+}
+
+#[async_trait]
+impl ZonedDevice for Unreachable {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+    fn is_available(&self) -> bool {
+        false
+    }
+    async fn read(&self, _: u64, _: u32) -> ZoneResult<Bytes> {
+        unreachable()
+    }
+    async fn write(&self, _: u64, _: Bytes) -> ZoneResult<()> {
+        unreachable()
+    }
+    async fn write_zeroes(&self, _: u64, _: u32) -> ZoneResult<()> {
+        unreachable()
+    }
+    async fn append(&self, _: u64, _: Bytes) -> ZoneResult<u64> {
+        unreachable()
+    }
+    async fn flush(&self) -> ZoneResult<()> {
+        unreachable()
+    }
+    async fn manage_zones(&self, _: ZoneAction, _: ZoneSelect) -> ZoneResult<()> {
+        unreachable()
+    }
+    async fn report_zones(&self, _: u64, _: ReportFilter, _: usize) -> ZoneResult<ZoneReport> {
+        unreachable()
+    }
+}

@@ -346,16 +346,28 @@ impl Engine {
         });
         // What a crash left on the drives without its index change (before open zones are
         // finished: their write pointers say where the records end).
-        let attached: Vec<_> = inner
-            .drives
-            .all()
-            .iter()
-            .filter(|d| d.attached.load(Ordering::SeqCst) && !d.removed)
-            .map(|d| d.id)
-            .collect();
+        // A drive a rebuild left out is replayed for copies only (see
+        // [`replay::left_out_key`]); the others roll forward.
+        let mut attached = Vec::new();
+        let mut left_out = Vec::new();
+        for d in inner.drives.all() {
+            if !d.attached.load(Ordering::SeqCst) || d.removed {
+                continue;
+            }
+            if replay::left_out_by_rebuild(&inner.index, d.id)? {
+                left_out.push(d.id);
+            } else {
+                attached.push(d.id);
+            }
+        }
         reconciliation.replayed = inner
             .replay_tail(&attached, replay::Replay::RollForward)
             .await?;
+        for drive in left_out {
+            let copies = inner.replay_copies_of(drive).await?;
+            reconciliation.replayed.records += copies.records;
+            reconciliation.replayed.applied += copies.applied;
+        }
         // Failed writes whose zones have all been reset since: their records are gone.
         match revoked::prune(&inner.index, |zone| inner.accounts.generation(zone)) {
             Ok(0) => {}

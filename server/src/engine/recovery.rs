@@ -253,6 +253,7 @@ async fn rebuild_scanning(
 
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
+    let mut left_out_ids = Vec::new();
     for drive in drives.all() {
         if drive.removed {
             // Drained and removed: it held nothing live.
@@ -261,6 +262,7 @@ async fn rebuild_scanning(
         if leave_out_unreachable && !drive.device.is_available() {
             progress(&format!("leaving out {}: it cannot be reached", drive.name));
             report.left_out.push(drive.name.clone());
+            left_out_ids.push(drive.id);
             continue;
         }
         let zones = drive.report_all_zones().await?;
@@ -328,6 +330,11 @@ async fn rebuild_scanning(
             super::settled::key(zone),
             super::settled::encode(generation, blocks),
         );
+    }
+    // A left-out drive's records are older than this index: when it returns, it is replayed
+    // for copies only.
+    for &drive in &left_out_ids {
+        batch.put_cf(index.cf(cf::META), super::replay::left_out_key(drive), []);
     }
     index.write(batch, true)?;
     let margin = if report.left_out.is_empty() {

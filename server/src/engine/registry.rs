@@ -199,7 +199,7 @@ impl ZonedDevice for RemovedDrive {
     }
 }
 
-/// The drive names in an index's registry, in drive-id order.
+/// The registry's stored form: the drive names in drive-id order.
 fn encode_registry(names: &[String]) -> Vec<u8> {
     let mut e = codec::Enc::new();
     e.u32(names.len() as u32);
@@ -219,6 +219,7 @@ pub(crate) fn seed_registry(index: &Index, names: &[String]) -> EngineResult<()>
     Ok(())
 }
 
+/// The drive names in an index's registry, in drive-id order.
 fn registry(index: &Index) -> EngineResult<Vec<String>> {
     match index.get_raw(cf::META, DRIVES_KEY)? {
         Some(v) => {

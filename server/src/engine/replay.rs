@@ -143,14 +143,50 @@ impl Tail {
     }
 }
 
+/// Key in the meta column family marking a drive a rebuild left out (followed by its id,
+/// big-endian): its records are older than what the rebuild made of the others (a deletion
+/// there may have left no tombstone), so it is replayed for copies only, never rolled
+/// forward, the first time it is attached, at start or later.
+const LEFT_OUT_PREFIX: &[u8] = b"left-out:";
+
+/// The meta key marking `drive` as left out by a rebuild.
+pub(crate) fn left_out_key(drive: DriveId) -> Vec<u8> {
+    [LEFT_OUT_PREFIX, &drive.to_be_bytes()[..]].concat()
+}
+
+/// Whether a rebuild left `drive` out and it has not been replayed since.
+pub(crate) fn left_out_by_rebuild(
+    index: &super::index::Index,
+    drive: DriveId,
+) -> EngineResult<bool> {
+    Ok(index
+        .get_raw(super::index::cf::META, &left_out_key(drive))?
+        .is_some())
+}
+
 /// What replaying does with versions the index does not have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Replay {
     /// At start: apply them, as a rebuild would take them.
     RollForward,
-    /// A drive attached while the engine runs: only record copies of what the index has. (A
-    /// version found on that drive alone may be older than a deletion GC has since let go of.)
+    /// A drive attached while the engine runs, or one a rebuild left out: only record copies
+    /// of what the index has. (A version found on that drive alone may be older than a
+    /// deletion GC has since let go of, or the rebuild never saw.)
     CopiesOnly,
+}
+
+impl EngineInner {
+    /// [`EngineInner::replay_tail`] of `drive` for copies only, as a drive a rebuild left out
+    /// or one attached late must be; then it is no longer marked left out.
+    pub(super) async fn replay_copies_of(&self, drive: DriveId) -> EngineResult<ReplayReport> {
+        let report = self.replay_tail(&[drive], Replay::CopiesOnly).await?;
+        if left_out_by_rebuild(&self.index, drive)? {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.delete_cf(self.index.cf(super::index::cf::META), left_out_key(drive));
+            self.index.write(batch, true)?;
+        }
+        Ok(report)
+    }
 }
 
 impl EngineInner {

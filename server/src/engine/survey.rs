@@ -160,8 +160,7 @@ impl EngineInner {
         let to_finish = self.placement.attach_drive(drive.id, zones);
         // What a crash left on it without its index change (before its open zones are
         // finished: their write pointers say where the records end).
-        self.replay_tail(&[drive.id], super::replay::Replay::CopiesOnly)
-            .await?;
+        self.replay_copies_of(drive.id).await?;
         self.finish_zones(to_finish);
         drive.attached.store(true, Ordering::SeqCst);
         if !reconciliation.broken_zones.is_empty() {
