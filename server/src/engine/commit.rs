@@ -1608,11 +1608,31 @@ impl<'a> Txn<'a> {
             self.hide(&mut t.shadowed, stamps);
             self.put(cf::TOMBSTONES, tkey, t.encode());
         } else {
-            tracing::warn!(
+            // Nothing holds the name any more (deleted, and its tombstone let go since): the
+            // orphan's version is dead everywhere, and is revoked, or a rebuild or replay would
+            // take it for the name's current version.
+            let seq = match what {
+                Relocation::Commit { seq, .. }
+                | Relocation::Bucket { seq, .. }
+                | Relocation::Part { seq, .. } => *seq,
+                // An upload's records carry its id as their sequence number.
+                Relocation::Upload { upload_id } => *upload_id,
+                Relocation::Extent { .. } | Relocation::Tombstone { .. } => return Ok(()),
+            };
+            tracing::debug!(
                 cf = entry_cf,
-                ?stamps,
-                "a copy left out of its entry has nothing to hide its name; a rebuild may see it"
+                seq,
+                "a copy left out of its entry has nothing to hide its name: its version is revoked"
             );
+            let key = super::revoked::key(seq);
+            let mut all = match self.get(cf::META, &key)? {
+                Some(v) => super::revoked::decode(&v).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            all.extend(stamps);
+            all.sort();
+            all.dedup();
+            self.put(cf::META, key, super::revoked::encode(&all));
         }
         Ok(())
     }
@@ -1723,6 +1743,37 @@ mod tests {
         assert_eq!(copies, vec![on(2, 50), on(1, 10), on(0, 60)]);
         assert!(edit_copies(&mut copies, ReplicaEdit::Remove(on(1, 10))));
         assert!(!edit_copies(&mut copies, ReplicaEdit::Remove(on(1, 10))));
+    }
+
+    /// A repair copy made for a name that nothing holds any more (deleted meanwhile, and its
+    /// tombstone let go) is revoked: its version would otherwise come back in a rebuild.
+    #[test]
+    fn a_copy_of_a_version_nothing_holds_is_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
+            .unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let base = HashMap::new();
+        let mut txn = Txn::new(&index, &drives, &base);
+        let copy = Change::Replicas(vec![(
+            Relocation::Commit {
+                bucket: "b".into(),
+                key: "gone".into(),
+                seq: 42,
+            },
+            ReplicaEdit::Add(at(7)),
+        )]);
+        txn.apply_whole(&copy, &[], &[]).unwrap();
+        let revoked = txn
+            .overlay
+            .get(&(cf::META, super::super::revoked::key(42)))
+            .cloned()
+            .flatten()
+            .expect("the version is revoked");
+        let zones = super::super::revoked::decode(&revoked).unwrap();
+        assert_eq!(zones.len(), 1);
+        assert_eq!(zones[0].zone, drives.zone_of(&at(7)).unwrap());
     }
 
     /// A change that fails halfway (here a relocation whose second entry is unreadable)

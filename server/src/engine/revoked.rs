@@ -57,7 +57,8 @@ pub fn encode(zones: &[ZoneStamp]) -> Vec<u8> {
     e.finish()
 }
 
-fn decode(bytes: &[u8]) -> Result<Vec<ZoneStamp>, DecodeError> {
+/// The zones of a revocation's value.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<ZoneStamp>, DecodeError> {
     let mut d = Dec::new(bytes);
     d.version(1, "revocation")?;
     get_stamps(&mut d)
