@@ -990,8 +990,11 @@ impl<'a> Txn<'a> {
         self.decode(cf::BUCKETS, name.as_bytes(), BucketEntry::decode)
     }
 
-    fn bucket_exists(&self, name: &str) -> EngineResult<bool> {
-        Ok(self.get(cf::BUCKETS, name.as_bytes())?.is_some())
+    /// Whether bucket `name` exists and can hold a version of sequence number `seq`: one
+    /// older than the bucket's creation was written into a bucket of that name deleted since
+    /// (everything put in a bucket comes after it is created), as a replayed record may be.
+    fn holds_version_of(&self, name: &str, seq: u64) -> EngineResult<bool> {
+        Ok(self.bucket(name)?.is_some_and(|b| b.seq < seq))
     }
 
     fn bucket_is_empty(&self, name: &str) -> EngineResult<bool> {
@@ -1050,7 +1053,7 @@ impl<'a> Txn<'a> {
                 tombstone,
             } => self.delete_bucket(name, *seq, tombstone),
             Change::CreateUpload { entry } => {
-                if !self.bucket_exists(&entry.bucket)? {
+                if !self.holds_version_of(&entry.bucket, entry.seq)? {
                     return Err(EngineError::NoSuchBucket(entry.bucket.clone()));
                 }
                 self.add_valid(&entry.location);
@@ -1138,7 +1141,7 @@ impl<'a> Txn<'a> {
         condition: &Condition,
         add_data: impl FnOnce(&mut Self) -> EngineResult<()>,
     ) -> Applied {
-        if !self.bucket_exists(bucket)? {
+        if !self.holds_version_of(bucket, meta.seq)? {
             return Err(EngineError::NoSuchBucket(bucket.to_string()));
         }
         let okey = index::object_key(bucket, key);
@@ -1774,6 +1777,64 @@ mod tests {
         let zones = super::super::revoked::decode(&revoked).unwrap();
         assert_eq!(zones.len(), 1);
         assert_eq!(zones[0].zone, drives.zone_of(&at(7)).unwrap());
+    }
+
+    /// A version older than its bucket (a replayed record of a bucket of that name deleted
+    /// since, the name created again) does not land in the bucket there is now.
+    #[test]
+    fn a_version_older_than_its_bucket_is_not_put_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
+            .unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let bucket = BucketEntry {
+            seq: 100,
+            owner: "bob".into(),
+            created_ms: 0,
+            location: vec![at(1)],
+            shadowed: Vec::new(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(index.cf(cf::BUCKETS), b"b", bucket.encode());
+        index.write(batch, false).unwrap();
+        let base = HashMap::new();
+        let mut txn = Txn::new(&index, &drives, &base);
+        let put = |seq: u64| Change::PutObject {
+            bucket: "b".into(),
+            key: "k".into(),
+            meta: ObjectMeta {
+                seq,
+                ..ObjectMeta::default()
+            },
+            commit: vec![at(seq)],
+            extents: Vec::new(),
+            condition: Condition::None,
+            bucket_seq: None,
+        };
+        let older = txn.apply_whole(&put(50), &[], &[]);
+        assert!(
+            matches!(older, Err(EngineError::NoSuchBucket(_))),
+            "{older:?}"
+        );
+        txn.apply_whole(&put(150), &[], &[]).unwrap();
+        let upload = |seq: u64| Change::CreateUpload {
+            entry: UploadEntry {
+                upload_id: seq,
+                seq,
+                bucket: "b".into(),
+                key: "u".into(),
+                template: ObjectMeta::default(),
+                location: vec![at(seq)],
+                shadowed: Vec::new(),
+            },
+        };
+        let older = txn.apply_whole(&upload(60), &[], &[]);
+        assert!(
+            matches!(older, Err(EngineError::NoSuchBucket(_))),
+            "{older:?}"
+        );
+        txn.apply_whole(&upload(160), &[], &[]).unwrap();
     }
 
     /// A change that fails halfway (here a relocation whose second entry is unreadable)

@@ -366,8 +366,9 @@ struct Resolver<'a> {
     scratch: &'a Scratch,
     batch: WriteBatch,
     accounts: HashMap<ZoneId, ZoneAccount>,
-    /// Buckets by name, with the sequence number of their newest deletion: an object or upload
-    /// older than that was gone before it (a bucket is deleted only when empty).
+    /// Buckets by name, with the sequence number of their newest deletion, or of their current
+    /// creation: an object or upload older than that was gone before it (a bucket is deleted
+    /// only when empty, and everything put in a bucket comes after it is created).
     deleted_buckets: HashMap<String, u64>,
 }
 
@@ -493,6 +494,9 @@ impl Resolver<'_> {
         let shadowed = g.versions.older_stamps(seq, self.drives);
         match kind {
             Kind::Bucket => {
+                // What is older than this bucket was in one of its name deleted before.
+                self.deleted_buckets
+                    .insert(String::from_utf8_lossy(&g.name).into_owned(), seq);
                 let Some(mut entry) = readable(BucketEntry::from_payload(seq, payload), &g, report)
                 else {
                     return Ok(());
@@ -566,7 +570,7 @@ impl Resolver<'_> {
                     bucket = g.bucket,
                     key = g.key,
                     seq,
-                    "an object version older than its bucket's deletion is not restored"
+                    "an object version older than its bucket (deleted, or deleted and created again, since) is not restored"
                 );
             }
             Kind::Commit => {
@@ -596,7 +600,7 @@ impl Resolver<'_> {
     }
 
     /// Whether a record of `bucket` with sequence number `seq` predates the bucket's newest
-    /// deletion (and so was dead by then).
+    /// deletion or its current creation (and so was dead by then).
     fn older_than_bucket_deletion(&self, bucket: &str, seq: u64) -> bool {
         self.deleted_buckets
             .get(bucket)
@@ -642,7 +646,7 @@ impl Resolver<'_> {
                 upload_id,
                 bucket = g.bucket,
                 key = g.key,
-                "an upload older than its bucket's deletion is not restored"
+                "an upload older than its bucket (deleted, or deleted and created again, since) is not restored"
             );
             return Ok(());
         }
