@@ -1722,6 +1722,7 @@ async fn a_rebuild_keeps_drive_ids_when_a_drive_was_removed() {
     zonestore::engine::recovery::rebuild_keeping_ids(
         &rebuilt_dir,
         &names,
+        &[],
         kept,
         &Default::default(),
         false,
@@ -1746,6 +1747,19 @@ async fn a_rebuild_keeps_drive_ids_when_a_drive_was_removed() {
 /// replayed for copies only and nothing deleted comes back from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_a_rebuild_left_out_brings_nothing_deleted_back() {
+    left_out_drive_comes_back(true).await;
+}
+
+/// The same with the drive not even given to the rebuild (its node's address unknown, its
+/// directory missing): named as left out, it is not taken for a drive removed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_a_rebuild_was_not_given_brings_nothing_deleted_back() {
+    left_out_drive_comes_back(false).await;
+}
+
+/// An object deleted while the third drive is down, the index rebuilt without that drive
+/// (`given`: handed to the rebuild, unreachable; or only named as left out), the drive back.
+async fn left_out_drive_comes_back(given: bool) {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
@@ -1787,17 +1801,24 @@ async fn a_drive_a_rebuild_left_out_brings_nothing_deleted_back() {
     let old_index = dir.path().join("index");
     let names = zonestore::engine::registered_drives(&old_index).unwrap();
     let rebuilt = dir.path().join("rebuilt");
+    let third = "zns-file://drive2".to_string();
+    let (left_out, specs) = if given {
+        (Vec::new(), down(&drives))
+    } else {
+        (vec![third.clone()], drive_specs(&drives[..2]))
+    };
     let report = zonestore::engine::recovery::rebuild_keeping_ids(
         &rebuilt,
         &names,
-        down(&drives),
+        &left_out,
+        specs,
         &Default::default(),
         true,
         |_| {},
     )
     .await
     .unwrap();
-    assert_eq!(report.left_out, vec!["zns-file://drive2".to_string()]);
+    assert_eq!(report.left_out, vec![third]);
     std::fs::rename(&old_index, dir.path().join("index-lost")).unwrap();
     std::fs::rename(&rebuilt, &old_index).unwrap();
 

@@ -243,9 +243,16 @@ pub async fn rebuild_index(
     } else {
         Default::default()
     };
-    let result =
-        recovery::rebuild_keeping_ids(&building, &names, specs, &revoked, allow_missing, &progress)
-            .await;
+    let result = recovery::rebuild_keeping_ids(
+        &building,
+        &names,
+        &missing,
+        specs,
+        &revoked,
+        allow_missing,
+        &progress,
+    )
+    .await;
     attached.close().await;
     let report = result?;
     let kept = has_old.then(|| sibling(&index_dir, &format!("old-{}", unix_seconds())));

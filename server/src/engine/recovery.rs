@@ -179,16 +179,18 @@ pub async fn rebuild(
     revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, &[], specs, revoked, false, progress).await
+    rebuild_scanning(index_dir, &[], &[], specs, revoked, false, progress).await
 }
 
 /// [`rebuild`] (or with `leave_out_unreachable`, [`rebuild_from_reachable_drives`]) of the index
 /// of an index that registered the drives `registered` (in id order): each keeps its id, also
 /// one removed from the configuration since (the old index's list of failed writes, `revoked`,
-/// names drives by those ids).
+/// names drives by those ids). The drives named in `left_out` (configured, but not attached:
+/// their node down, their directory missing) are left out as unreachable ones are.
 pub async fn rebuild_keeping_ids(
     index_dir: &Path,
     registered: &[String],
+    left_out: &[String],
     specs: Vec<DriveSpec>,
     revoked: &super::revoked::Revocations,
     leave_out_unreachable: bool,
@@ -197,6 +199,7 @@ pub async fn rebuild_keeping_ids(
     rebuild_scanning(
         index_dir,
         registered,
+        left_out,
         specs,
         revoked,
         leave_out_unreachable,
@@ -215,12 +218,13 @@ pub async fn rebuild_from_reachable_drives(
     revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, &[], specs, revoked, true, progress).await
+    rebuild_scanning(index_dir, &[], &[], specs, revoked, true, progress).await
 }
 
 async fn rebuild_scanning(
     index_dir: &Path,
     registered: &[String],
+    left_out: &[String],
     specs: Vec<DriveSpec>,
     revoked: &super::revoked::Revocations,
     leave_out_unreachable: bool,
@@ -255,6 +259,12 @@ async fn rebuild_scanning(
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
     let mut left_out_ids = Vec::new();
     for drive in drives.all() {
+        if left_out.contains(&drive.name) {
+            progress(&format!("leaving out {}: it is not attached", drive.name));
+            report.left_out.push(drive.name.clone());
+            left_out_ids.push(drive.id);
+            continue;
+        }
         if drive.removed {
             // Drained and removed: it held nothing live.
             continue;

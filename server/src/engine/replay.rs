@@ -33,6 +33,8 @@ pub struct ReplayReport {
     pub records: u64,
     /// Changes applied.
     pub applied: u64,
+    /// Whether every zone read is now settled (nothing was left unread or failed to apply).
+    pub settled: bool,
 }
 
 /// The name a claiming record competes for: versions of one name are ordered by sequence
@@ -177,10 +179,14 @@ pub(super) enum Replay {
 
 impl EngineInner {
     /// [`EngineInner::replay_tail`] of `drive` for copies only, as a drive a rebuild left out
-    /// or one attached late must be; then it is no longer marked left out.
+    /// or one attached late must be. A drive a rebuild left out stays marked so until all it
+    /// held is settled, durably: a later start must not roll it forward from its first block.
     pub(super) async fn replay_copies_of(&self, drive: DriveId) -> EngineResult<ReplayReport> {
         let report = self.replay_tail(&[drive], Replay::CopiesOnly).await?;
-        if left_out_by_rebuild(&self.index, drive)? {
+        if report.settled && left_out_by_rebuild(&self.index, drive)? {
+            // The committer records how far zones are settled with each group's batch: an
+            // empty group makes the replay's durable before the mark goes.
+            self.committer.submit(Change::Replicas(Vec::new())).await?;
             let mut batch = rocksdb::WriteBatch::default();
             batch.delete_cf(self.index.cf(super::index::cf::META), left_out_key(drive));
             self.index.write(batch, true)?;
@@ -321,6 +327,7 @@ impl EngineInner {
             for (zone, written) in settled_to {
                 self.placement.settle_through(zone, written);
             }
+            report.settled = true;
         }
         if report.records > 0 {
             tracing::info!(
