@@ -269,8 +269,9 @@ fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             Reply::result(u64::from(granted))
         }
         feature::ASYNC_EVENT_CONFIG => {
-            // Only the notices the controller can send (OAES) can be turned on.
-            let value = value & supported_events(ctx);
+            // SMART / health critical warnings (bits 7:0), and the notices the controller can
+            // send (OAES): nothing else can be turned on.
+            let value = value & (0xFF | supported_events(ctx));
             controller.aec.store(value, Ordering::Relaxed);
             Reply::result(u64::from(value))
         }

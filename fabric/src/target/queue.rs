@@ -291,7 +291,6 @@ impl Drop for Connection {
     }
 }
 
-/// Holds a write's share of the connection's R2T budget until the drive has written it.
 /// What a write's data holds of its connection's write budgets until the drive has written it
 /// (given back when dropped).
 enum WriteHold {
@@ -306,6 +305,7 @@ fn in_capsule_budget_units(config: &super::TargetConfig) -> usize {
     config.max_outstanding_r2t.div_ceil(READ_BUDGET_UNIT).max(1)
 }
 
+/// Holds a write's share of the connection's R2T budget until the drive has written it.
 struct BudgetHold {
     outstanding: Arc<AtomicUsize>,
     freed: Arc<Notify>,
@@ -946,6 +946,9 @@ impl Connection {
             } else {
                 io::execute(&ctx, &sqe, data).await
             };
+            // The drive has the data: the write budget is free again, whether or not the host
+            // reads the completion.
+            drop(hold);
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             backlog.end();
             if let Reply::Done {
@@ -958,7 +961,6 @@ impl Connection {
                     .await;
             }
             drop(permit);
-            drop(hold);
         });
         // Most commands finish without waiting (a read the page cache serves, a zone report):
         // run them here, in order, and spawn a task only for those that must wait.

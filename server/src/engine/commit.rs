@@ -1629,7 +1629,11 @@ impl<'a> Txn<'a> {
             );
             let key = super::revoked::key(seq);
             let mut all = match self.get(cf::META, &key)? {
-                Some(v) => super::revoked::decode(&v).unwrap_or_default(),
+                Some(v) => match super::revoked::decode(&v) {
+                    Ok(zones) => zones,
+                    // One that does not decode is never pruned: left as it is.
+                    Err(_) => return Ok(()),
+                },
                 None => Vec::new(),
             };
             all.extend(stamps);
