@@ -377,6 +377,8 @@ impl Server {
         s3.shut_down(grace).await;
         admin.shut_down(Duration::from_secs(2)).await;
         admin_state.stop_jobs().await;
+        // The engine stops once no handle is left (the admin state holds one).
+        drop(admin_state);
         engine.shutdown().await;
         attached.close().await;
     }
