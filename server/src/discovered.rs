@@ -38,17 +38,13 @@ pub fn load(data_dir: &Path) -> Vec<Listed> {
         .collect()
 }
 
-/// Replaces what is remembered with `listed` (written to a temporary file, then renamed).
+/// Replaces what is remembered with `listed` (whole, durably: see [`crate::durable_file`]).
 pub fn save(data_dir: &Path, listed: &[Listed]) -> std::io::Result<()> {
     let text: String = listed
         .iter()
         .map(|l| format!("{} {} {}\n", l.via, l.address, l.nqn))
         .collect();
-    let path = file(data_dir);
-    let temporary = path.with_extension("tmp");
-    std::fs::create_dir_all(data_dir)?;
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, &path)
+    crate::durable_file::replace(&file(data_dir), text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]

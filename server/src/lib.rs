@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovered;
+pub mod durable_file;
 pub mod engine;
 pub mod fd_limit;
 pub mod http;

@@ -71,8 +71,7 @@ fn swap_in(building: &Path, index_dir: &Path, old: Option<&Path>) -> std::io::Re
             }
         },
     }
-    let parent = index_dir.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(parent)?.sync_all()
+    crate::durable_file::sync_dir(index_dir.parent().unwrap_or(Path::new(".")))
 }
 
 /// Exchanges two paths atomically (`renameat2` with `RENAME_EXCHANGE`).

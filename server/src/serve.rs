@@ -2,7 +2,6 @@
 //! the engine, and serves S3 and the admin API until shut down. Shutting down drains requests
 //! in flight, stops GC, flushes every drive and closes the fabric connections in that order.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,22 +181,10 @@ pub fn admin_token_or_generate(data_dir: &Path) -> Result<String, ServeError> {
     Ok(token)
 }
 
-/// Creates `path` (and its directory) readable by its owner only, with `contents`, durably.
+/// Creates `path` (and its directory) readable by its owner only, with `contents`, durably
+/// and whole (a crash leaves no empty file that would stop the next start).
 fn write_private(path: &Path, contents: &str) -> Result<(), ServeError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    }
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_error(format!("creating {}", path.display())))?
-    };
-    file.write_all(contents.as_bytes())
-        .and_then(|_| file.sync_all())
+    crate::durable_file::replace(path, contents.as_bytes(), 0o600)
         .map_err(io_error(format!("writing {}", path.display())))
 }
 
