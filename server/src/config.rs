@@ -227,6 +227,46 @@ impl TargetUrl {
     }
 }
 
+/// Shortest repair grace accepted (`replication.repair_grace_secs`).
+const MIN_REPAIR_GRACE_SECS: u64 = 10;
+
+/// Refuses an index directory that is the data directory or overlaps a drive's directory (the
+/// embedded drives, a `zns-file` target): `recover --rebuild-index` moves the whole index
+/// directory aside, and would carry the drives (and the credentials) with it.
+fn check_index_dir(
+    index_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+    targets: &[TargetUrl],
+) -> Result<(), ConfigError> {
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let index = absolute(index_dir);
+    let mut drives = vec![absolute(&data_dir.join("drives"))];
+    for t in targets {
+        if let TargetUrl::ZnsFile(path) = t {
+            drives.push(absolute(path));
+        }
+    }
+    if index == absolute(data_dir) {
+        return Err(bad(
+            "index_dir",
+            "must not be the data directory itself (the default is <data_dir>/index)",
+        ));
+    }
+    for drive in drives {
+        if index.starts_with(&drive) || drive.starts_with(&index) {
+            return Err(bad(
+                "index_dir",
+                format!(
+                    "{} overlaps the drive directory {}",
+                    index.display(),
+                    drive.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -403,11 +443,30 @@ impl Config {
                 "must be a fraction between 0 and 1",
             ));
         }
-        if !(g.low_watermark..=1.0).contains(&g.high_watermark) {
+        if !(g.low_watermark..1.0).contains(&g.high_watermark) {
             return Err(bad(
                 "gc.high_watermark",
-                "must be between gc.low_watermark and 1",
+                "must be at least gc.low_watermark and less than 1 (GC emptying every zone would move live data all the time)",
             ));
+        }
+        if self.replication.repair_grace_secs < MIN_REPAIR_GRACE_SECS {
+            return Err(bad(
+                "replication.repair_grace_secs",
+                format!(
+                    "must be at least {MIN_REPAIR_GRACE_SECS}: a drive that reconnects after a blip would have all its copies made again"
+                ),
+            ));
+        }
+        for domain in &self.domains {
+            let d = domain.trim_end_matches('.');
+            if d.is_empty() || d.contains([':', '/']) || d.chars().any(char::is_whitespace) {
+                return Err(bad(
+                    "domains",
+                    format!(
+                        "{domain:?} is not a domain name (like s3.example.com, without a port)"
+                    ),
+                ));
+            }
         }
         let gc_policy = g.policy.parse().map_err(|e: String| bad("gc.policy", e))?;
         let embedded_zone_bytes =
@@ -443,14 +502,16 @@ impl Config {
                 }
             }
         }
+        let index_dir = self
+            .index_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("index"));
+        check_index_dir(&index_dir, &self.data_dir, &targets)?;
         Ok(Checked {
             listen,
             admin_listen,
             targets,
-            index_dir: self
-                .index_dir
-                .clone()
-                .unwrap_or_else(|| self.data_dir.join("index")),
+            index_dir,
             embedded_zone_bytes,
             gc_policy,
         })
@@ -550,6 +611,55 @@ mod tests {
             .unwrap();
             assert_eq!(c.check().unwrap_err().key, key, "{setting}");
         }
+    }
+
+    #[test]
+    fn dangerous_values_and_overlapping_directories_are_named() {
+        let users = "[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"\n";
+        let key_of = |extra: &str| {
+            let c: Config = toml::from_str(&format!("{extra}{users}")).unwrap();
+            c.check().err().map(|e| e.key)
+        };
+        assert_eq!(key_of(""), None);
+        assert_eq!(
+            key_of("[gc]\nhigh_watermark = 1.0\n").as_deref(),
+            Some("gc.high_watermark")
+        );
+        assert_eq!(
+            key_of("[replication]\nrepair_grace_secs = 0\n").as_deref(),
+            Some("replication.repair_grace_secs")
+        );
+        assert_eq!(key_of("[replication]\nrepair_grace_secs = 30\n"), None);
+        for domain in ["s3.example.com:9000", "", "a b", "s3.example.com/x"] {
+            assert_eq!(
+                key_of(&format!("domains = [{domain:?}]\n")).as_deref(),
+                Some("domains"),
+                "{domain:?}"
+            );
+        }
+        assert_eq!(key_of("domains = [\"S3.Example.com.\"]\n"), None);
+        let dirs = |data: &str, index: &str, targets: &str| {
+            key_of(&format!(
+                "data_dir = {data:?}\nindex_dir = {index:?}\ntargets = [{targets}]\n"
+            ))
+        };
+        assert_eq!(dirs("/srv/zs", "/srv/zs", "").as_deref(), Some("index_dir"));
+        assert_eq!(
+            dirs("/srv/zs", "/srv/zs/drives/d0/idx", "").as_deref(),
+            Some("index_dir")
+        );
+        assert_eq!(
+            dirs("/srv/zs", "/srv/d1/index", "\"zns-file:///srv/d1\"").as_deref(),
+            Some("index_dir")
+        );
+        assert_eq!(
+            dirs("/srv/zs", "/srv", "\"zns-file:///srv/d1\"").as_deref(),
+            Some("index_dir")
+        );
+        assert_eq!(
+            dirs("/srv/zs", "/fast/index", "\"zns-file:///srv/d1\""),
+            None
+        );
     }
 
     #[test]

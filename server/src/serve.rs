@@ -282,7 +282,13 @@ impl Server {
                 .map(|u| (u.access_key.clone(), u.secret_key.clone())),
         ));
         s3_config.region = config.region.clone();
-        s3_config.domains = config.domains.clone();
+        // Host names compare without case, and a fully qualified name's final dot is not part
+        // of the domain.
+        s3_config.domains = config
+            .domains
+            .iter()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
         s3_config.observer = Some(metrics.clone() as Arc<dyn s3api::Observer>);
         let is_tls = tls.is_some();
         s3_config.https = is_tls;
