@@ -111,6 +111,27 @@ fn serve_with_no_flags_goes_through_the_fabric() {
             0o600,
             "admin-token is readable by its owner only"
         );
+        // So is everything the server made: the data directory, the index, the drives' data.
+        for dir in [
+            data.clone(),
+            data.join("index"),
+            data.join("drives").join("drive0"),
+        ] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is open to others", dir.display());
+        }
+        let drive_file = std::fs::read_dir(data.join("drives").join("drive0"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "data"))
+            .expect("the drive's data file");
+        let mode = std::fs::metadata(&drive_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is open to others",
+            drive_file.display()
+        );
     }
     let (status, body) = common::s3::http_get(&server.admin, "/admin/stats");
     assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));

@@ -200,10 +200,18 @@ impl Server {
     /// Starts everything `config` describes.
     pub async fn start(config: &Config) -> Result<Server, ServeError> {
         let checked: Checked = config.check()?;
+        // What the server keeps (secrets, the index, the embedded drives' data) is its
+        // owner's only, when the server creates the directories.
+        for dir in [&config.data_dir, &checked.index_dir] {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_error(format!("creating {}", dir.display())))?;
+        }
         let (users, credentials_generated) = users_or_default(config)?;
         let admin_token = admin_token_or_generate(&config.data_dir)?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(io_error(format!("creating {}", config.data_dir.display())))?;
         // What can fail fast fails before the drives are attached and the index opened (which
         // may replay a crash's tail): the TLS files, and the addresses to listen on.
         let tls = match &config.tls {

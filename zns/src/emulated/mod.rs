@@ -15,7 +15,7 @@ mod writer;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -155,7 +155,11 @@ impl EmulatedZns {
         geometry
             .validate()
             .map_err(|e| ZoneError::InvalidField(e.to_string()))?;
-        std::fs::create_dir_all(dir)
+        // The drive holds users' data: its directory and files are its owner's only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| ZoneError::io(format!("creating {}", dir.display()), e))?;
         let meta_path = dir.join(META_FILE);
         let building = dir.join(format!("{META_FILE}.new"));
@@ -164,6 +168,7 @@ impl EmulatedZns {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&building)
             .map_err(|e| ZoneError::io(format!("creating {}", building.display()), e))?;
         // Locked before anything is changed: another process creating here holds it.
@@ -182,6 +187,7 @@ impl EmulatedZns {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&data_path)
             .map_err(|e| ZoneError::io(format!("creating {}", data_path.display()), e))?;
         let bytes = geometry.total_blocks() * u64::from(geometry.block_size);
@@ -791,7 +797,6 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 /// The data file opened again with `O_DIRECT` for the writer threads, if the file system allows
 /// it (tmpfs and some others do not: writes then go through the page cache).
 fn open_direct(path: &Path) -> Option<Arc<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
     match OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
