@@ -1852,6 +1852,33 @@ async fn left_out_drive_comes_back(given: bool) {
     engine.shutdown().await;
 }
 
+/// The index remembers the lowest write quorum the engine ran with: a rebuild without some
+/// drives must go by it (writes acknowledged with one copy then may have it on the missing
+/// drive), not by whatever the configuration says now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lowest_write_quorum_ever_used_is_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let index = dir.path().join("index");
+    assert_eq!(
+        zonestore::engine::lowest_write_quorum(&index).unwrap(),
+        None
+    );
+    for (w, lowest) in [(2, 2), (1, 1), (2, 1)] {
+        let (engine, _drives) = open_engine(dir.path(), 3, g, |c| {
+            c.replicas = 3;
+            c.write_quorum = w;
+        })
+        .await;
+        engine.shutdown().await;
+        assert_eq!(
+            zonestore::engine::lowest_write_quorum(&index).unwrap(),
+            Some(lowest),
+            "after running with W = {w}"
+        );
+    }
+}
+
 /// Copies an index directory (the engine shut down).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -202,7 +202,19 @@ pub async fn rebuild_index(
         )
         .collect();
     if !missing.is_empty() {
-        let (_, quorum) = config.replication_for(total)?;
+        let (_, configured) = config.replication_for(total)?;
+        // Writes were acknowledged with the lowest quorum the server ever ran with, which may
+        // be lower than the configuration's now.
+        let quorum = match crate::engine::lowest_write_quorum(&index_dir) {
+            Ok(Some(lowest)) => lowest.min(configured),
+            Ok(None) => configured,
+            Err(e) => {
+                progress(&format!(
+                    "the old index does not say what write quorum writes had ({e}): going by the configuration's, {configured}"
+                ));
+                configured
+            }
+        };
         if missing.len() >= quorum {
             attached.close().await;
             return Err(RecoverError::TooManyMissing {

@@ -45,7 +45,7 @@ use model::{BucketEntry, Checksum, ObjectEntry, ObjectMeta, PartEntry, UploadEnt
 use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
 use record::{Header, Kind};
-pub use registry::{KnownDrive, known_drives, registered_drives};
+pub use registry::{KnownDrive, known_drives, lowest_write_quorum, registered_drives};
 
 /// The sequence numbers of failed writes revoked in the index in `index_dir` (see
 /// [`revoked`]), for a rebuild to pass over their records.
@@ -383,6 +383,7 @@ impl Engine {
                 ));
             }
         }
+        registry::note_write_quorum(&inner.index, inner.quorum())?;
         gc::spawn(Arc::downgrade(&inner));
         repair::spawn(Arc::downgrade(&inner));
         if !reconciliation.broken_zones.is_empty() {

@@ -300,6 +300,43 @@ fn identity_key(drive: &str) -> Vec<u8> {
     [IDENTITY_PREFIX, drive.as_bytes()].concat()
 }
 
+/// Key in the meta column family of the lowest write quorum the engine ever ran with.
+const LOWEST_QUORUM_KEY: &[u8] = b"lowest-write-quorum";
+
+/// Notes that the engine runs with write quorum `quorum` (kept: the lowest ever). A write
+/// acknowledged with that few copies may have them all on that many drives: what a rebuild
+/// without some drives must go by, whatever the configuration says now.
+pub(crate) fn note_write_quorum(index: &Index, quorum: usize) -> EngineResult<()> {
+    let lowest = lowest_quorum_in(index)?;
+    if lowest.is_some_and(|l| l <= quorum) {
+        return Ok(());
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(
+        index.cf(cf::META),
+        LOWEST_QUORUM_KEY,
+        (quorum as u64).to_be_bytes(),
+    );
+    index.write(batch, true)?;
+    Ok(())
+}
+
+fn lowest_quorum_in(index: &Index) -> EngineResult<Option<usize>> {
+    Ok(index
+        .get_raw(cf::META, LOWEST_QUORUM_KEY)?
+        .and_then(|raw| <[u8; 8]>::try_from(raw.as_slice()).ok())
+        .map(|b| u64::from_be_bytes(b) as usize))
+}
+
+/// The lowest write quorum the engine with its index in `index_dir` ever ran with, if it says
+/// (see [`note_write_quorum`]).
+pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
+    if !index_dir.join("CURRENT").exists() {
+        return Ok(None);
+    }
+    lowest_quorum_in(&Index::open(index_dir)?)
+}
+
 /// The drive names registered in the index in `index_dir` (in drive-id order), so that a
 /// rebuilt index can give every drive the id it had.
 pub fn registered_drives(index_dir: &Path) -> EngineResult<Vec<String>> {
