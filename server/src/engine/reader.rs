@@ -203,6 +203,7 @@ impl EngineInner {
     ) -> BodyStream {
         let engine = self.clone();
         let budget = self.read_budget.clone();
+        let record_limit = self.record_limit as usize;
         let body = pieces
             // Budget is taken piece by piece in order, so the oldest unsent piece of every
             // stream holding budget has its own: streams never wait on each other in a cycle.
@@ -210,7 +211,7 @@ impl EngineInner {
                 let budget = budget.clone();
                 async move {
                     let piece = piece?;
-                    let units = (piece.extent.length as usize).div_ceil(BUDGET_UNIT).max(1);
+                    let units = read_cost(&piece, record_limit).div_ceil(BUDGET_UNIT).max(1);
                     let units = units.min(READ_BUDGET / BUDGET_UNIT) as u32;
                     // Bounded, as for write budget (see `writer::BUDGET_WAIT`).
                     let permit = tokio::time::timeout(
@@ -425,6 +426,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Bytes reading `piece` holds until it is sent: its whole record, or for a small part of a
+/// record (see [`EngineInner::read_copy`]) at most the header's bound and the chunks covering
+/// the part, read in one piece or two. (A small range of a large object, a Parquet footer,
+/// does not hold a whole record's worth of the read budget.)
+fn read_cost(piece: &Piece, record_limit: usize) -> usize {
+    let whole = piece.extent.length as usize;
+    if piece.want.len() * 2 >= whole {
+        return whole;
+    }
+    let bound = record::header_bound(record_limit);
+    (piece.want.len() + 2 * bound + 2 * record::CHUNK).min(whole)
+}
+
 /// Reads `blocks` blocks at `lba` from `drive`, within the read timeout.
 async fn read_blocks(drive: &Drive, lba: u64, blocks: u32) -> Result<Bytes, String> {
     let counted = InFlight::new(drive);
@@ -435,7 +449,13 @@ async fn read_blocks(drive: &Drive, lba: u64, blocks: u32) -> Result<Bytes, Stri
             drive.note(&r);
             r.map_err(|e| e.to_string())
         }
-        Err(_) => Err(format!("timed out after {READ_TIMEOUT:?}")),
+        Err(_) => {
+            // A drive that takes this long is as good as down: reads (and writes) go to the
+            // others for a moment instead of each waiting this long for it again.
+            let timed_out = format!("timed out after {READ_TIMEOUT:?}");
+            drive.note::<()>(&Err(zns::ZoneError::Unavailable(timed_out.clone())));
+            Err(timed_out)
+        }
     }
 }
 
@@ -453,6 +473,27 @@ mod tests {
     use crate::engine::index::{Index, cf, extent_key};
     use crate::engine::model::{Extent, StreamRef};
     use futures::StreamExt;
+
+    #[test]
+    fn a_small_range_of_a_large_record_costs_little_read_budget() {
+        let limit = 2 << 20;
+        let piece = |length: u32, want: Range<usize>| Piece {
+            stream_id: 1,
+            offset: 0,
+            extent: Extent {
+                length,
+                replicas: Vec::new(),
+            },
+            want,
+        };
+        // A 4 KiB range of a 1 MiB record: its chunks and the header, not the record.
+        let small = read_cost(&piece(1 << 20, 500_000..504_096), limit);
+        assert!(small < 128 << 10, "{small}");
+        assert!(small >= 4096 + 2 * record::CHUNK);
+        // Half a record or more is read whole.
+        assert_eq!(read_cost(&piece(1 << 20, 0..(1 << 19)), limit), 1 << 20);
+        assert_eq!(read_cost(&piece(4096, 0..100), limit), 4096);
+    }
 
     /// An index in `dir` holding 100-byte extents at (stream, offset) `extents`.
     fn index_with_extents(dir: &std::path::Path, extents: &[(u64, u64)]) -> Arc<Index> {
