@@ -11,13 +11,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-/// Readers of one epoch.
-#[derive(Debug, Clone, Copy)]
-struct Readers {
-    count: usize,
-    /// When the newest of them began.
-    newest: Instant,
-}
+/// Readers of one epoch still running: how many began at each instant. (The newest running
+/// one matters to a drain: one that ended, however recent, holds nothing.)
+type Readers = BTreeMap<Instant, usize>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -36,6 +32,7 @@ pub struct ReadGate {
 pub struct Ticket {
     gate: ReadGate,
     epoch: u64,
+    began: Instant,
 }
 
 impl ReadGate {
@@ -43,16 +40,12 @@ impl ReadGate {
     pub fn enter(&self) -> Ticket {
         let mut s = self.state.lock();
         let epoch = s.epoch;
-        let now = Instant::now();
-        let r = s.readers.entry(epoch).or_insert(Readers {
-            count: 0,
-            newest: now,
-        });
-        r.count += 1;
-        r.newest = now;
+        let began = Instant::now();
+        *s.readers.entry(epoch).or_default().entry(began).or_default() += 1;
         Ticket {
             gate: self.clone(),
             epoch,
+            began,
         }
     }
 
@@ -72,8 +65,12 @@ impl ReadGate {
                 let s = self.state.lock();
                 let mut young = false;
                 let mut old = false;
-                for r in s.readers.range(..=epoch).map(|(_, r)| r) {
-                    if r.newest.elapsed() < limit {
+                for newest in s
+                    .readers
+                    .range(..=epoch)
+                    .filter_map(|(_, r)| r.keys().next_back())
+                {
+                    if newest.elapsed() < limit {
                         young = true;
                     } else {
                         old = true;
@@ -93,8 +90,13 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut s = self.gate.state.lock();
         if let Some(r) = s.readers.get_mut(&self.epoch) {
-            r.count -= 1;
-            if r.count == 0 {
+            if let Some(n) = r.get_mut(&self.began) {
+                *n -= 1;
+                if *n == 0 {
+                    r.remove(&self.began);
+                }
+            }
+            if r.is_empty() {
                 s.readers.remove(&self.epoch);
             }
         }
@@ -127,6 +129,18 @@ mod tests {
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a download that began 40 s ago does not hold GC for another 30 s"
+        );
+        // A short read that began since (in the same epoch as a long one) and has ended holds
+        // nothing: only running reads count.
+        let _long_too = gate.enter();
+        tokio::time::advance(Duration::from_secs(40)).await;
+        drop(gate.enter());
+        let ended = gate.advance();
+        let started = Instant::now();
+        assert!(!gate.drain(ended, Duration::from_secs(30)).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a read that ended made the drain wait for the old download"
         );
         // A young reader is waited for, until it too is older than the limit.
         let _young = gate.enter();
