@@ -229,6 +229,26 @@ fn survives_target_failures_and_repairs() {
     );
     let verified = server.python("verify_objects.py", &[acked.to_str().unwrap(), "hatest"]);
     assert!(verified.contains("verified"), "{verified}");
+
+    // Every copy out of reach: a GET is answered 503 (SDKs back off and retry), not 200 and a
+    // body cut short.
+    nodes[0].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let listed = std::fs::read_to_string(&acked).unwrap();
+    let key = listed.split_whitespace().next().unwrap().to_string();
+    let out = dir.path().join("unreadable.bin");
+    server.aws_fails_with(
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "hatest",
+            "--key",
+            &key,
+            out.to_str().unwrap(),
+        ],
+        "ServiceUnavailable",
+    );
 }
 
 /// A storage node restarted on an empty data directory (its disk not mounted) exports a fresh

@@ -335,7 +335,7 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
     let body = if head || body_range.is_empty() {
         Body::empty()
     } else {
-        Body::from_stream(object.reader.read(body_range)?)
+        Body::from_stream(first_chunk_read(object.reader.read(body_range)?).await?)
     };
     let mut resp = response(status, h, body);
     for (name, value) in &info.headers.user_meta {
@@ -345,6 +345,19 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
         }
     }
     Ok(resp)
+}
+
+/// `stream` with its first chunk read already: an error there (the drives busy, or every copy
+/// out of reach) is answered with its own status, a 503 SDKs back off and retry on, rather
+/// than after a 200 as a body cut short.
+async fn first_chunk_read(mut stream: BodyStream) -> Result<BodyStream, S3Error> {
+    match stream.next().await {
+        Some(Err(e)) => Err(e),
+        Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) })
+            .chain(stream)
+            .boxed()),
+        None => Ok(stream),
+    }
 }
 
 /// DeleteObject: 204 whether or not it existed, unless If-Match asks for it (then 404

@@ -41,7 +41,11 @@ impl ReadGate {
         let mut s = self.state.lock();
         let epoch = s.epoch;
         let began = Instant::now();
-        *s.readers.entry(epoch).or_default().entry(began).or_default() += 1;
+        *s.readers
+            .entry(epoch)
+            .or_default()
+            .entry(began)
+            .or_default() += 1;
         Ticket {
             gate: self.clone(),
             epoch,

@@ -283,6 +283,13 @@ impl EngineInner {
         let mut last_error = String::new();
         for attempt in 0..2 {
             for location in self.order(&piece.extent.replicas) {
+                // A copy on a drive that is down is not waited for (its host would hold the
+                // read until the drive is back, or gives up after seconds): with no copy on a
+                // drive that is up, the read fails at once, a 503 the client retries.
+                if self.drives.of(&location).is_none_or(|d| !d.is_up()) {
+                    last_error = format!("drive {} is down", location.drive);
+                    continue;
+                }
                 match self.read_copy(&piece, location).await {
                     Ok(bytes) => return Ok(bytes),
                     Err(e) => {
