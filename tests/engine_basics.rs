@@ -1001,6 +1001,70 @@ async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
     assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
 }
 
+/// A GET that meets a damaged copy (it fails over to a good one) hands the copy to repair,
+/// which makes it again from a good copy at once, not at the next weekly scrub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_a_read_meets_is_made_again() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, |c| {
+        c.replicas = 2;
+        c.write_quorum = 2;
+        c.gc.enabled = false;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("read", 7, 30_000);
+    put(&engine, "b", "read", &body).await.unwrap();
+    let probe = &body[5000..5064];
+    let holders: Vec<(usize, usize)> = drives
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let all = std::fs::read(d.data_path()).unwrap();
+            all.windows(64).position(|w| w == probe).map(|at| (i, at))
+        })
+        .collect();
+    assert_eq!(holders.len(), 2, "two copies: {holders:?}");
+    let write = |(drive, at): (usize, usize), bytes: &[u8]| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(drives[drive].data_path())
+            .unwrap();
+        file.write_all_at(bytes, at as u64).unwrap();
+    };
+    // Damage the copy reads prefer: whichever one a GET then meets (the other is left whole).
+    let mut damaged = None;
+    for &copy in &holders {
+        write(copy, &[0xFF; 64]);
+        let before = engine.stats().crc_errors.load(Ordering::Relaxed);
+        assert_eq!(get(&engine, "b", "read").await.unwrap(), body);
+        if engine.stats().crc_errors.load(Ordering::Relaxed) > before {
+            damaged = Some(copy);
+            break;
+        }
+        write(copy, probe);
+    }
+    assert!(damaged.is_some(), "no GET met the damaged copy");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while engine.repair().status().scrub_repaired == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the damaged copy was not made again: {:?}",
+            engine.repair().status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Reads no longer meet damage.
+    let before = engine.stats().crc_errors.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        assert_eq!(get(&engine, "b", "read").await.unwrap(), body);
+    }
+    assert_eq!(engine.stats().crc_errors.load(Ordering::Relaxed), before);
+}
+
 /// Draining a drive moves a record off it even when the record's other copy is damaged: the
 /// copy on the draining drive, still readable, is the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -335,8 +335,8 @@ impl EngineInner {
             return Ok(bytes);
         }
         let bytes = read_blocks(drive, location.lba, location.blocks).await?;
-        let parsed =
-            record::parse(&bytes, drive.block_size() as usize).map_err(|e| self.record_error(e))?;
+        let parsed = record::parse(&bytes, drive.block_size() as usize)
+            .map_err(|e| self.record_error(e, piece, location))?;
         check_identity(&parsed.header, piece)?;
         let payload =
             parsed.payload.start + piece.want.start..parsed.payload.start + piece.want.end;
@@ -384,7 +384,7 @@ impl EngineInner {
         let view = match record::parse_header(&head, block) {
             Ok(Some(view)) => view,
             Ok(None) | Err(record::RecordError::Truncated(_)) => return Ok(None),
-            Err(e) => return Err(self.record_error(e)),
+            Err(e) => return Err(self.record_error(e, piece, location)),
         };
         check_identity(&view.header, piece)?;
         if piece.want.end > view.length {
@@ -403,15 +403,18 @@ impl EngineInner {
             return Ok(None);
         };
         view.check(&chunks, data)
-            .map_err(|e| self.record_error(e))?;
+            .map_err(|e| self.record_error(e, piece, location))?;
         let from = span.start + piece.want.start - chunks.start;
         Ok(Some(body.slice(from..from + piece.want.len())))
     }
 
     /// Counts a damaged copy and says what is wrong with it.
-    fn record_error(&self, e: record::RecordError) -> String {
+    /// A record read for `piece` at `location` is not valid: counted (and the copy handed to
+    /// repair) when it is damage.
+    fn record_error(&self, e: record::RecordError, piece: &Piece, location: Location) -> String {
         if e.is_damage() {
             self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+            self.repair.suspect(piece.stream_id, piece.offset, location);
         }
         e.to_string()
     }

@@ -4,7 +4,7 @@
 //! moves every record off a drive; scrub reads every copy, checks its CRC and identity, and
 //! replaces a bad copy from a good one.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +78,8 @@ pub struct RepairStatus {
     pub scrub_checked: u64,
     /// Scrub: bytes read.
     pub scrub_bytes: u64,
-    /// Scrub: copies found damaged or not what the index says.
+    /// Scrub: copies found damaged or not what the index says (by a scrub pass, or by a read
+    /// that met a damaged copy).
     pub scrub_bad: u64,
     /// Scrub: bad copies replaced from a good one.
     pub scrub_repaired: u64,
@@ -93,9 +94,15 @@ pub struct RepairControl {
     status: Mutex<RepairStatus>,
     wake: Notify,
     scrub_requested: AtomicBool,
+    /// Extent copies a read found damaged (stream, offset, copy), to be made again from a
+    /// good copy without waiting for the next scrub.
+    suspects: Mutex<BTreeSet<(u64, u64, Location)>>,
     closed: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// Damaged copies a read may report before repair has taken them (more are left to the scrub).
+const MAX_SUSPECTS: usize = 1024;
 
 impl RepairControl {
     pub(crate) fn new(config: RepairConfig) -> Self {
@@ -104,6 +111,7 @@ impl RepairControl {
             status: Mutex::new(RepairStatus::default()),
             wake: Notify::new(),
             scrub_requested: AtomicBool::new(false),
+            suspects: Mutex::new(BTreeSet::new()),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
         }
@@ -123,6 +131,15 @@ impl RepairControl {
     pub fn scrub(&self) {
         self.scrub_requested.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// Reports that the copy at `location` of the extent at `offset` of stream `stream_id`
+    /// failed its CRC on a read: repair checks it and makes it again from a good copy.
+    pub(crate) fn suspect(&self, stream_id: u64, offset: u64, location: Location) {
+        let mut suspects = self.suspects.lock();
+        if suspects.len() < MAX_SUSPECTS && suspects.insert((stream_id, offset, location)) {
+            self.wake.notify_one();
+        }
     }
 
     /// Sets the grace period.
@@ -173,6 +190,7 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
                     }
                 }
             }
+            e.fix_suspects().await;
             let interval = e.repair.config.lock().scrub_interval;
             if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
                 || interval.is_some_and(|i| last_scrub.elapsed() >= i)
@@ -538,6 +556,41 @@ impl EngineInner {
             "no good copy of {:?} to repair from: {last}",
             entry.what
         )))
+    }
+
+    /// Checks each copy a read found damaged that the index still names, and makes it again
+    /// from a good copy if it is (as scrub does).
+    async fn fix_suspects(&self) {
+        let suspects = std::mem::take(&mut *self.repair.suspects.lock());
+        for (stream_id, offset, bad) in suspects {
+            let Ok(Some(extent)) = self.index.extent(stream_id, offset) else {
+                continue;
+            };
+            let what = Relocation::Extent { stream_id, offset };
+            // Moved or replaced since, or its drive down (the read may have been cut short):
+            // nothing to fix now.
+            if !extent.replicas.contains(&bad)
+                || self.drives.of(&bad).is_none_or(|d| !d.is_up())
+                || self.read_verified(&what, bad).await.is_ok()
+            {
+                continue;
+            }
+            self.repair.status.lock().scrub_bad += 1;
+            let entry = Located {
+                what,
+                copies: extent.replicas,
+            };
+            match self.rewrite_copy(&entry, bad).await {
+                Ok(()) => self.repair.status.lock().scrub_repaired += 1,
+                Err(e) => {
+                    tracing::error!(
+                        stream_id,
+                        offset,
+                        "a damaged copy a read met could not be made again: {e}"
+                    )
+                }
+            }
+        }
     }
 
     /// Reads the copy at `location` and checks its CRC and that it is the record `what` means.
