@@ -697,6 +697,68 @@ async fn gc_leaves_the_zone_of_an_append_in_doubt_alone() {
     engine.shutdown().await;
 }
 
+/// A zone placement stops using is finished on the drive (its active-zone slot freed), and a
+/// Finish that fails for a moment is tried again rather than leaving the zone holding a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_that_fails_for_a_moment_is_tried_again() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    // Every Finish sent: its zone, and whether the drive was "away" for it.
+    let finishes: Arc<Mutex<Vec<(zns::ZoneSelect, bool)>>> = Arc::default();
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    drive.instead_of_manage = Box::new({
+        let finishes = finishes.clone();
+        move |action, select| {
+            if action != zns::ZoneAction::Finish {
+                return None;
+            }
+            let mut finishes = finishes.lock().unwrap();
+            // The first two Finishes find the drive away.
+            let away = finishes.len() < 2;
+            finishes.push((select, away));
+            away.then(|| Err(zns::ZoneError::Unavailable("away for a moment".into())))
+        }
+    });
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        gc_by_hand,
+    )
+    .await;
+    // Objects that do not fill a zone exactly: the one that does not fit retires it, unfull
+    // (enough for every open zone to meet one).
+    for i in 0..24 {
+        let key = format!("k{i}");
+        put(&engine, "b", &key, &content(&key, 1, 100_000))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sent = finishes.lock().unwrap().clone();
+        let failed: Vec<_> = sent
+            .iter()
+            .filter(|(_, away)| *away)
+            .map(|(z, _)| *z)
+            .collect();
+        let retried = failed.len() == 2
+            && failed
+                .iter()
+                .all(|z| sent.iter().any(|(again, away)| again == z && !away));
+        if retried {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a zone whose Finish failed was not finished later: {sent:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// GC works on every drive at once: a drive whose reads hang (a target that stopped answering
 /// but has not timed out yet) holds up reclaiming its own zones, not the other drives'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -661,6 +661,11 @@ pub type AfterAppendHook = Box<
         + Sync,
 >;
 
+/// May answer an intercepted zone management command (its action and selection) in the drive's
+/// place: `Some` is what the command reports, and it never reaches the drive; `None` lets it
+/// through.
+pub type ManageHook = Box<dyn Fn(ZoneAction, ZoneSelect) -> Option<ZoneResult<()>> + Send + Sync>;
+
 /// A device that passes every command to `inner`, for tests and benchmarks that watch or hold
 /// up some of them: reads first await `before_read`, are shifted by `read_base` blocks and
 /// report through `after_read`; each append first awaits `before_append` (which may record its
@@ -684,6 +689,8 @@ pub struct Intercepted {
     pub before_flush: FlushHook,
     /// Gives what each zone report reports.
     pub after_report: ReportHook,
+    /// May answer a zone management command in the drive's place.
+    pub instead_of_manage: ManageHook,
 }
 
 impl Intercepted {
@@ -699,6 +706,7 @@ impl Intercepted {
             flushes: Arc::default(),
             before_flush: Box::new(|| Box::pin(std::future::ready(Ok(())))),
             after_report: Box::new(|result| result),
+            instead_of_manage: Box::new(|_, _| None),
         }
     }
 }
@@ -751,6 +759,9 @@ impl ZonedDevice for Intercepted {
         self.inner.flush().await
     }
     async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+        if let Some(answer) = (self.instead_of_manage)(action, select) {
+            return answer;
+        }
         self.inner.manage_zones(action, select).await
     }
     async fn report_zones(

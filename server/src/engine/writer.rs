@@ -315,6 +315,10 @@ pub(crate) struct AppendFailed {
     attempted: Vec<ZoneId>,
 }
 
+/// The first wait before a failed Finish is tried again, and the longest (doubling between).
+const FINISH_RETRY_FIRST: Duration = Duration::from_millis(250);
+const FINISH_RETRY_LAST: Duration = Duration::from_secs(30);
+
 /// Finishes `zones` of `drives` in the background (frees their open and active resources).
 fn finish_zones(drives: &Drives, zones: Vec<ZoneId>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -326,12 +330,26 @@ fn finish_zones(drives: &Drives, zones: Vec<ZoneId>) {
         };
         runtime.spawn(async move {
             let zslba = drive.geometry.zone_start(zone.zone);
-            if let Err(e) = drive
-                .device
-                .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
-                .await
-            {
-                tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
+            // A zone left unfinished keeps one of the drive's few active-zone slots: a Finish
+            // that failed for a moment (the drive unreachable, busy) is tried again.
+            let mut wait = FINISH_RETRY_FIRST;
+            loop {
+                let result = drive
+                    .device
+                    .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
+                    .await;
+                let Err(e) = result else { return };
+                let passing = matches!(
+                    e.kind(),
+                    zns::ZoneErrorKind::Unavailable | zns::ZoneErrorKind::MediaError
+                );
+                if !passing || wait > FINISH_RETRY_LAST {
+                    tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
+                    return;
+                }
+                tracing::debug!(drive = %drive.name, zone = zone.zone, "finishing a zone failed, trying again in {wait:?}: {e}");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
             }
         });
     }
