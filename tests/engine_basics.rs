@@ -1063,23 +1063,28 @@ async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
     assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
 }
 
-/// A GET that meets a damaged copy (it fails over to a good one) hands the copy to repair,
-/// which makes it again from a good copy at once, not at the next weekly scrub.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_copy_a_read_meets_is_made_again() {
-    use std::os::unix::fs::FileExt;
-    use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
+/// Three drives (R = 2, GC off) holding bucket `b` and one 30 KB object `key`: the engine, the
+/// drives, the object's body, and where its two copies hold the 64 bytes at 5000 of it (drive,
+/// offset in the drive's data file).
+async fn one_object_in_two_copies(
+    dir: &std::path::Path,
+    key: &str,
+) -> (
+    zonestore::engine::Engine,
+    Vec<zns::EmulatedZns>,
+    Vec<u8>,
+    Vec<(usize, usize)>,
+) {
     let g = small_geometry(16, 1 << 20);
-    let (engine, drives) = open_engine(dir.path(), 3, g, |c| {
+    let (engine, drives) = open_engine(dir, 3, g, |c| {
         c.replicas = 2;
         c.write_quorum = 2;
         c.gc.enabled = false;
     })
     .await;
     engine.create_bucket("b", "alice").await.unwrap();
-    let body = content("read", 7, 30_000);
-    put(&engine, "b", "read", &body).await.unwrap();
+    let body = content(key, 7, 30_000);
+    put(&engine, "b", key, &body).await.unwrap();
     let probe = &body[5000..5064];
     let holders: Vec<(usize, usize)> = drives
         .iter()
@@ -1090,13 +1095,28 @@ async fn a_damaged_copy_a_read_meets_is_made_again() {
         })
         .collect();
     assert_eq!(holders.len(), 2, "two copies: {holders:?}");
-    let write = |(drive, at): (usize, usize), bytes: &[u8]| {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(drives[drive].data_path())
-            .unwrap();
-        file.write_all_at(bytes, at as u64).unwrap();
-    };
+    (engine, drives, body, holders)
+}
+
+/// Writes `bytes` into drive `copy.0`'s data file at offset `copy.1`, behind the engine's back.
+fn write_at(drives: &[zns::EmulatedZns], copy: (usize, usize), bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(drives[copy.0].data_path())
+        .unwrap();
+    file.write_all_at(bytes, copy.1 as u64).unwrap();
+}
+
+/// A GET that meets a damaged copy (it fails over to a good one) hands the copy to repair,
+/// which makes it again from a good copy at once, not at the next weekly scrub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_a_read_meets_is_made_again() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives, body, holders) = one_object_in_two_copies(dir.path(), "read").await;
+    let write = |copy, bytes: &[u8]| write_at(&drives, copy, bytes);
+    let probe = &body[5000..5064];
     // Damage the copy reads prefer: whichever one a GET then meets (the other is left whole).
     let mut damaged = None;
     for &copy in &holders {
@@ -1131,36 +1151,12 @@ async fn a_damaged_copy_a_read_meets_is_made_again() {
 /// copy on the draining drive, still readable, is the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_copies_from_the_drive_it_empties_when_that_copy_is_the_good_one() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let g = small_geometry(16, 1 << 20);
-    let (engine, drives) = open_engine(dir.path(), 3, g, |c| {
-        c.replicas = 2;
-        c.write_quorum = 2;
-        c.gc.enabled = false;
-    })
-    .await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    let body = content("only", 7, 30_000);
-    put(&engine, "b", "only", &body).await.unwrap();
+    let (engine, drives, body, holders) = one_object_in_two_copies(dir.path(), "only").await;
     let probe = &body[5000..5064];
-    let holders: Vec<(usize, usize)> = drives
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| {
-            let all = std::fs::read(d.data_path()).unwrap();
-            all.windows(64).position(|w| w == probe).map(|at| (i, at))
-        })
-        .collect();
-    assert_eq!(holders.len(), 2, "two copies: {holders:?}");
-    let (damaged, at) = holders[0];
+    let damaged = holders[0].0;
     let drained = holders[1].0;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(drives[damaged].data_path())
-        .unwrap();
-    file.write_all_at(&[0xFF; 64], at as u64).unwrap();
-    drop(file);
+    write_at(&drives, holders[0], &[0xFF; 64]);
 
     let passes_before = engine.repair().status().passes;
     engine

@@ -45,7 +45,7 @@ pub struct RebuildReport {
     /// Multipart uploads in progress.
     pub uploads: u64,
     /// Drives left out because they could not be reached (see
-    /// [`rebuild_from_reachable_drives`]).
+    /// [`rebuild_keeping_ids`]).
     pub left_out: Vec<String>,
     /// Records of failed writes passed over (see [`super::revoked`]).
     pub revoked: u64,
@@ -179,49 +179,18 @@ pub async fn rebuild(
     revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, &[], &[], specs, revoked, false, progress).await
+    rebuild_keeping_ids(index_dir, &[], &[], specs, revoked, false, progress).await
 }
 
-/// [`rebuild`] (or with `leave_out_unreachable`, [`rebuild_from_reachable_drives`]) of the index
-/// of an index that registered the drives `registered` (in id order): each keeps its id, also
-/// one removed from the configuration since (the old index's list of failed writes, `revoked`,
-/// names drives by those ids). The drives named in `left_out` (configured, but not attached:
-/// their node down, their directory missing) are left out as unreachable ones are.
+/// [`rebuild`] of an index that registered the drives `registered` (in id order): each keeps
+/// its id, also one removed from the configuration since (the old index's list of failed
+/// writes, `revoked`, names drives by those ids). With `leave_out_unreachable`, drives that
+/// cannot be reached are left out of the scan (they stay registered), as are the drives named
+/// in `left_out` (configured, but not attached: their node down, their directory missing):
+/// objects get the copies found on the others, and a left-out drive, when it returns, is
+/// replayed for copies only. Safe while fewer drives are left out than the write quorum
+/// writes had, since every acknowledged write then has a copy on a drive that was scanned.
 pub async fn rebuild_keeping_ids(
-    index_dir: &Path,
-    registered: &[String],
-    left_out: &[String],
-    specs: Vec<DriveSpec>,
-    revoked: &super::revoked::Revocations,
-    leave_out_unreachable: bool,
-    progress: impl Fn(&str),
-) -> EngineResult<RebuildReport> {
-    rebuild_scanning(
-        index_dir,
-        registered,
-        left_out,
-        specs,
-        revoked,
-        leave_out_unreachable,
-        progress,
-    )
-    .await
-}
-
-/// Like [`rebuild`], but drives that cannot be reached are left out of the scan (they stay
-/// registered): objects get the copies found on the others, and the left-out drives' records
-/// count as garbage when they return. Safe while fewer drives are left out than the write
-/// quorum, since every acknowledged write then has a copy on a drive that was scanned.
-pub async fn rebuild_from_reachable_drives(
-    index_dir: &Path,
-    specs: Vec<DriveSpec>,
-    revoked: &super::revoked::Revocations,
-    progress: impl Fn(&str),
-) -> EngineResult<RebuildReport> {
-    rebuild_scanning(index_dir, &[], &[], specs, revoked, true, progress).await
-}
-
-async fn rebuild_scanning(
     index_dir: &Path,
     registered: &[String],
     left_out: &[String],
