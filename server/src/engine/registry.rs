@@ -329,7 +329,7 @@ fn lowest_quorum_in(index: &Index) -> EngineResult<Option<usize>> {
 }
 
 /// The lowest write quorum the engine with its index in `index_dir` ever ran with, if it says
-/// (see [`note_write_quorum`]).
+/// (every start notes its own).
 pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
     if !index_dir.join("CURRENT").exists() {
         return Ok(None);

@@ -439,7 +439,7 @@ pub(crate) enum Purpose {
     },
 }
 
-/// Streams a body into the log. Dropping it without [`PutWriter::finish`] abandons the body
+/// Streams a body into the log. Dropping it without [`PutWriter::finish_object`] abandons the body
 /// (what was appended becomes garbage for GC).
 pub struct PutWriter {
     engine: Arc<EngineInner>,
