@@ -764,11 +764,12 @@ impl<'a> Txn<'a> {
 
     /// Applies `change` whole or not at all: one that fails halfway (a read error, a corrupt
     /// entry) leaves nothing of itself in the group's batch or accounts. A client write's
-    /// claiming record may also have copies left out of it that may still be on their drives: `orphans` (their drive failed before its
-    /// flush) and copies in the zones `strays` (their appends reported failure, yet may have
-    /// landed). Whatever holds the name afterwards hides their zones, as for any orphan: a
-    /// rebuild or replay would otherwise take such a copy for the name's current version once
-    /// the name is deleted and the zones of its other copies are reset.
+    /// claiming record may also have copies left out of it that may still be on their drives:
+    /// `orphans` (their drive failed before its flush) and copies in the zones `strays` (their
+    /// appends reported failure, yet may have landed). Whatever holds the name afterwards hides
+    /// their zones, as for any orphan: a rebuild or replay would otherwise take such a copy for
+    /// the name's current version once the name is deleted and the zones of its other copies
+    /// are reset.
     fn apply_whole(&mut self, change: &Change, orphans: &[Location], strays: &[ZoneId]) -> Applied {
         self.undo_overlay.clear();
         self.undo_zones.clear();
