@@ -1919,7 +1919,10 @@ async fn left_out_drive_comes_back(given: bool) {
         let mut specs = drive_specs(&drives[..2]);
         specs.push(zonestore::engine::DriveSpec {
             name: "zns-file://drive2".into(),
-            device: Arc::new(zns::testing::Unreachable { geometry: g }),
+            device: Arc::new(zns::AbsentDrive {
+                geometry: g,
+                why: "the node is down (test)",
+            }),
         });
         specs
     };

@@ -2,6 +2,7 @@
 //! and the NVMe/TCP host share, the ZNS zone state machine, and [`EmulatedZns`], a file-backed
 //! drive that behaves like a ZNS SSD (NVM Express Zoned Namespace Command Set Specification).
 
+pub mod absent;
 pub mod device;
 pub mod emulated;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod machine;
 pub mod testing;
 pub mod zone;
 
+pub use absent::AbsentDrive;
 pub use device::{WriteHint, ZonedDevice};
 pub use emulated::EmulatedZns;
 pub use error::{ZoneError, ZoneErrorKind, ZoneResult};

@@ -6,10 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use zns::{
-    Geometry, ReportFilter, ZoneAction, ZoneError, ZoneReport, ZoneResult, ZoneSelect, ZonedDevice,
-};
+use zns::{Geometry, ZonedDevice};
 
 use super::DriveSpec;
 use super::codec;
@@ -125,7 +122,11 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
                 None => Geometry::new(0, 1 << 20),
             };
             tracing::info!(drive = %names[i], "drive holds nothing and is no longer configured: removed");
-            *device = Some(Arc::new(RemovedDrive { geometry }));
+            // Stands in for it: never available, so nothing is placed on it or read from it.
+            *device = Some(Arc::new(zns::AbsentDrive {
+                geometry,
+                why: "the drive was removed from the configuration",
+            }));
             removed[i] = true;
         }
     }
@@ -153,50 +154,6 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
         })
         .collect();
     Ok(Drives::new(list))
-}
-
-/// Stands in for a drive that was removed from the configuration after it was emptied: never
-/// available, so nothing is placed on it or read from it.
-#[derive(Debug)]
-struct RemovedDrive {
-    geometry: Geometry,
-}
-
-fn removed<T>() -> ZoneResult<T> {
-    Err(ZoneError::Unavailable(
-        "the drive was removed from the configuration".into(),
-    ))
-}
-
-#[async_trait::async_trait]
-impl ZonedDevice for RemovedDrive {
-    fn geometry(&self) -> Geometry {
-        self.geometry
-    }
-    fn is_available(&self) -> bool {
-        false
-    }
-    async fn read(&self, _: u64, _: u32) -> ZoneResult<Bytes> {
-        removed()
-    }
-    async fn write(&self, _: u64, _: Bytes) -> ZoneResult<()> {
-        removed()
-    }
-    async fn write_zeroes(&self, _: u64, _: u32) -> ZoneResult<()> {
-        removed()
-    }
-    async fn append(&self, _: u64, _: Bytes) -> ZoneResult<u64> {
-        removed()
-    }
-    async fn flush(&self) -> ZoneResult<()> {
-        removed()
-    }
-    async fn manage_zones(&self, _: ZoneAction, _: ZoneSelect) -> ZoneResult<()> {
-        removed()
-    }
-    async fn report_zones(&self, _: u64, _: ReportFilter, _: usize) -> ZoneResult<ZoneReport> {
-        removed()
-    }
 }
 
 /// The registry's stored form: the drive names in drive-id order.
