@@ -1502,6 +1502,22 @@ async fn an_ambiguous_drive_name_is_refused() {
     engine.undrain("nqn:nqn.2026-01.b:disk").await.unwrap();
 }
 
+/// An engine (index under `dir`) over the three drives `specs`, R = 3 and W = 2, with bucket `b`
+/// (owned by alice) created.
+async fn three_copies_over(
+    dir: &std::path::Path,
+    specs: Vec<zonestore::engine::DriveSpec>,
+) -> zonestore::engine::Engine {
+    let mut config = zonestore::engine::EngineConfig::new(dir.join("index"), 3);
+    config.replicas = 3;
+    config.write_quorum = 2;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    engine
+}
+
 /// With R = 3 and W = 2, a PUT whose copy on one drive cannot be flushed is acknowledged with
 /// the two copies that were (repair makes the third); with two such drives it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1537,13 +1553,7 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
             device: Arc::new(drive),
         });
     }
-    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
-    config.replicas = 3;
-    config.write_quorum = 2;
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = three_copies_over(dir.path(), specs).await;
     let copies = |engine: &zonestore::engine::Engine, key: &str| {
         engine
             .object_entries()
@@ -1630,13 +1640,7 @@ async fn a_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
             device: Arc::new(drive),
         });
     }
-    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
-    config.replicas = 3;
-    config.write_quorum = 2;
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = three_copies_over(dir.path(), specs).await;
     lose_next.store(true, Ordering::SeqCst);
     let body = content("stray", 1, 100_000);
     put(&engine, "b", "stray", &body).await.unwrap();

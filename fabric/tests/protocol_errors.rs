@@ -683,6 +683,22 @@ async fn enabled_admin(address: std::net::SocketAddr, sqsize: u16) -> (TcpStream
     (admin, buf)
 }
 
+/// I/O queue 1 of `sqsize` + 1 entries connected, on a fresh connection to `address`, to the
+/// controller [`enabled_admin`] made there (the first, controller 1); with its receive buffer.
+async fn io_connected(address: std::net::SocketAddr, sqsize: u16) -> (TcpStream, BytesMut) {
+    let mut io = initialized(address).await;
+    let mut buf = BytesMut::new();
+    send(
+        &mut io,
+        connect_capsule(1, 1, sqsize, 0, "nqn.2026-01.io.zonestore:greedy"),
+    )
+    .await;
+    assert!(
+        matches!(next_pdu(&mut io, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    (io, buf)
+}
+
 /// The read budget holds for every command whose data goes to the host, not only reads: a
 /// host that asks for 64 log pages of 1 MiB on its admin queue (no namespace access needed;
 /// the discovery controller takes anyone) and reads none of them has no more than the budget
@@ -735,16 +751,7 @@ async fn in_capsule_writes_the_drive_has_not_taken_hold_only_the_write_budget() 
     target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
     let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
-    let mut io = initialized(handle.local_addr()).await;
-    let mut io_buf = BytesMut::new();
-    send(
-        &mut io,
-        connect_capsule(1, 1, 127, 0, "nqn.2026-01.io.zonestore:greedy"),
-    )
-    .await;
-    assert!(
-        matches!(next_pdu(&mut io, &mut io_buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
-    );
+    let (io, mut io_buf) = io_connected(handle.local_addr(), 127).await;
     let (mut rd, mut wr) = io.into_split();
     let sender = tokio::spawn(async move {
         for cid in 0..96u16 {
@@ -854,16 +861,7 @@ async fn a_discovery_controller_without_keep_alive_gets_two_minutes() {
 async fn fabrics_commands_on_an_io_queue_are_connect_and_disconnect_only() {
     let (_dir, _target, handle) = start(TargetConfig::default()).await;
     let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
-    let mut io = initialized(handle.local_addr()).await;
-    let mut buf = BytesMut::new();
-    send(
-        &mut io,
-        connect_capsule(1, 1, 31, 0, "nqn.2026-01.io.zonestore:greedy"),
-    )
-    .await;
-    assert!(
-        matches!(next_pdu(&mut io, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
-    );
+    let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
     for (fctype, want) in [
         (0x04u8, fabric::wire::status::Status::INVALID_OPCODE),
         (0x00, fabric::wire::status::Status::INVALID_OPCODE),

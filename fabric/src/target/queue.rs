@@ -136,13 +136,12 @@ impl QueueCtx {
     /// Waits until the connection's read budget allows `bytes` more of read data to be held;
     /// the hold lasts until the data is sent.
     async fn reserve_read(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let total = read_budget_units(&self.target.config);
-        let units = bytes.div_ceil(READ_BUDGET_UNIT).clamp(1, total);
-        self.read_budget
-            .clone()
-            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
-            .await
-            .ok()
+        take_budget(
+            &self.read_budget,
+            bytes,
+            read_budget_units(&self.target.config),
+        )
+        .await
     }
 
     /// [`QueueCtx::complete`], keeping `held` until the completion (and its data) is sent.
@@ -298,6 +297,22 @@ enum WriteHold {
     Requested { _held: BudgetHold },
     /// Data that came in the command's capsule.
     InCapsule { _held: OwnedSemaphorePermit },
+}
+
+/// Waits until `budget` (of `total` permits, each [`READ_BUDGET_UNIT`] bytes) has room for
+/// `bytes`; one larger than the whole budget takes all of it. `None` once the budget is
+/// closed.
+async fn take_budget(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+    total: usize,
+) -> Option<OwnedSemaphorePermit> {
+    let units = bytes.div_ceil(READ_BUDGET_UNIT).clamp(1, total);
+    budget
+        .clone()
+        .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+        .await
+        .ok()
 }
 
 /// Permits of a connection's budget for in-capsule write data.
@@ -667,12 +682,8 @@ impl Connection {
                 }
                 let hold = if length > 0 {
                     let total = in_capsule_budget_units(&self.target.config);
-                    let units = length.div_ceil(READ_BUDGET_UNIT).clamp(1, total);
-                    self.in_capsule_budget
-                        .clone()
-                        .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+                    take_budget(&self.in_capsule_budget, length, total)
                         .await
-                        .ok()
                         .map(|_held| WriteHold::InCapsule { _held })
                 } else {
                     None
