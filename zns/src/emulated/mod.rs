@@ -138,6 +138,21 @@ impl DriveState {
     }
 }
 
+/// Runs `work` to its end on a task of its own, whether or not its caller keeps waiting. A
+/// flush or zone action whose caller stops waiting (the NVMe/TCP target drops the commands of a
+/// connection that broke, and the host sends them again) must not stop half done: its table
+/// change made but never recorded (a Reset that undoes itself at the next start), the drive
+/// marked clean with nothing synced (a later flush that acknowledges nothing durable), its
+/// metadata written after a later flush's (a write pointer going back), or a reset zone's
+/// blocks deallocated after writes were let into it again.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = ZoneResult<T>> + Send + 'static,
+) -> ZoneResult<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ZoneError::MediaError(format!("drive task failed: {e}")))?
+}
+
 /// Runs file I/O on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ZoneResult<T> + Send + 'static,
@@ -939,6 +954,32 @@ impl ZonedDevice for EmulatedZns {
     }
 
     async fn flush(&self) -> ZoneResult<()> {
+        let drive = self.clone();
+        to_the_end(async move { drive.flush_now().await }).await
+    }
+
+    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+        let drive = self.clone();
+        to_the_end(async move { drive.manage_zones_now(action, select).await }).await
+    }
+
+    async fn report_zones(
+        &self,
+        start_lba: u64,
+        filter: ReportFilter,
+        max_zones: usize,
+    ) -> ZoneResult<ZoneReport> {
+        self.inner
+            .state
+            .lock()
+            .table
+            .report(start_lba, filter, max_zones)
+    }
+}
+
+impl EmulatedZns {
+    /// Makes every write granted before now durable (see [`ZonedDevice::flush`]).
+    async fn flush_now(&self) -> ZoneResult<()> {
         self.healthy()?;
         self.inner.faults.check("flush")?;
         // The writes to make durable: every one granted before now (completed ones among them;
@@ -987,7 +1028,8 @@ impl ZonedDevice for EmulatedZns {
         Ok(())
     }
 
-    async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+    /// Applies a zone management action (see [`ZonedDevice::manage_zones`]).
+    async fn manage_zones_now(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
         self.healthy()?;
         let _order = self.inner.persist.lock().await;
         if action != ZoneAction::Reset {
@@ -1018,35 +1060,15 @@ impl ZonedDevice for EmulatedZns {
         self.manage_now(action, select).await
     }
 
-    async fn report_zones(
-        &self,
-        start_lba: u64,
-        filter: ReportFilter,
-        max_zones: usize,
-    ) -> ZoneResult<ZoneReport> {
-        self.inner
-            .state
-            .lock()
-            .table
-            .report(start_lba, filter, max_zones)
-    }
-}
-
-impl EmulatedZns {
     /// Applies a zone management action, records it durably and, for a reset, deallocates the
     /// zone's blocks. Callers hold `persist` (and, for a reset, keep writes off the zone).
     async fn manage_now(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
         let (entries, reset, unsynced) = {
             let mut st = self.inner.state.lock();
             let changed = st.table.manage(action, select)?;
-            // Recording a zone's new state also records its write pointer, so data written since
-            // the last flush must be durable first.
-            let unsynced = changed
-                .iter()
-                .any(|&i| st.settled(i) > st.zones[i as usize].durable.written);
             let mut reset = Vec::new();
             let mut entries = Vec::with_capacity(changed.len());
-            for index in changed {
+            for &index in &changed {
                 if action == ZoneAction::Reset && st.table.zone(index).state == ZoneState::Empty {
                     debug_assert!(st.zones[index as usize].in_flight.is_empty());
                     reset.push(index);
@@ -1057,6 +1079,25 @@ impl EmulatedZns {
                 }
                 entries.push((index, entry));
             }
+            // Zones that changed unrecorded since the last flush (one closed to make room for
+            // a write) are recorded with them: this action's zones alone could come back from a
+            // crash beside others in older states, holding more open or active resources
+            // together than the drive has.
+            let mut recorded = vec![false; self.inner.geometry.zone_count as usize];
+            for &index in &changed {
+                recorded[index as usize] = true;
+            }
+            for index in 0..self.inner.geometry.zone_count {
+                let entry = st.entry(index);
+                if !recorded[index as usize] && entry != st.zones[index as usize].durable {
+                    entries.push((index, entry));
+                }
+            }
+            // Recording a zone's new state also records its write pointer, so data written since
+            // the last flush must be durable first.
+            let unsynced = entries
+                .iter()
+                .any(|(i, entry)| entry.written > st.zones[*i as usize].durable.written);
             (entries, reset, unsynced)
         };
         if unsynced {
@@ -1089,6 +1130,97 @@ impl EmulatedZns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls `work` once and drops it: a caller that stops waiting (a connection the NVMe/TCP
+    /// target dropped, with its commands).
+    async fn abandon(work: impl Future<Output = ZoneResult<()>>) {
+        let mut work = std::pin::pin!(work);
+        let once = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx)));
+        assert!(once.await.is_pending(), "the work ended at its first step");
+    }
+
+    /// The write pointer of zone `index` as the drive in `dir` comes back after a crash.
+    fn after_a_crash(dir: &Path, index: u32) -> (ZoneState, u64) {
+        // (A file task of the dropped drive may hold its lock a moment longer.)
+        let mut tries = 0;
+        let d = loop {
+            match EmulatedZns::open(dir) {
+                Err(e) if tries < 100 && e.to_string().contains("in use") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.unwrap(),
+            }
+        };
+        let zone = d.inner.state.lock().table.zone(index);
+        (zone.state, zone.written)
+    }
+
+    #[tokio::test]
+    async fn a_flush_its_caller_stopped_waiting_for_still_makes_the_next_one_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(2, 1 << 20);
+        let d = EmulatedZns::create(dir.path(), g).unwrap();
+        d.write(0, Bytes::from(vec![5u8; 4 * g.block_size as usize]))
+            .await
+            .unwrap();
+        abandon(d.flush()).await;
+        d.flush().await.unwrap();
+        drop(d);
+        assert_eq!(after_a_crash(dir.path(), 0).1, 4, "acknowledged data lost");
+    }
+
+    #[tokio::test]
+    async fn a_zone_action_its_caller_stopped_waiting_for_is_recorded_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(2, 1 << 20);
+        let d = EmulatedZns::create(dir.path(), g).unwrap();
+        d.write(0, Bytes::from(vec![5u8; g.block_size as usize]))
+            .await
+            .unwrap();
+        abandon(d.manage_zones(ZoneAction::Finish, ZoneSelect::Zone(0))).await;
+        // Sent again, it finds nothing left to do, and says so only once it is durable.
+        d.manage_zones(ZoneAction::Finish, ZoneSelect::Zone(0))
+            .await
+            .unwrap();
+        drop(d);
+        assert_eq!(after_a_crash(dir.path(), 0).0, ZoneState::Full);
+    }
+
+    /// A zone closed to make room for a write is recorded with the next zone action, so that
+    /// a drive never comes back from a crash holding more active zones than it has.
+    #[tokio::test]
+    async fn zones_come_back_from_a_crash_within_the_active_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Geometry::new(4, 1 << 20);
+        g.max_active = Some(1);
+        g.max_open = Some(1);
+        let d = EmulatedZns::create(dir.path(), g).unwrap();
+        let block = Bytes::from(vec![5u8; g.block_size as usize]);
+        d.write(0, block.clone()).await.unwrap();
+        d.flush().await.unwrap();
+        // Zone 0 fills (unflushed: its record still says open); zone 1 opens in its place.
+        let rest = (g.zone_capacity - 1) * u64::from(g.block_size);
+        d.write(1, Bytes::from(vec![6u8; rest as usize]))
+            .await
+            .unwrap();
+        let zone1 = g.zone_start(1);
+        d.write(zone1, block).await.unwrap();
+        d.manage_zones(ZoneAction::Close, ZoneSelect::Zone(zone1))
+            .await
+            .unwrap();
+        drop(d);
+        let active = (0..4)
+            .map(|i| after_a_crash(dir.path(), i).0)
+            .filter(|s| {
+                matches!(
+                    s,
+                    ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened | ZoneState::Closed
+                )
+            })
+            .count();
+        assert!(active <= 1, "{active} active zones on a drive that has 1");
+    }
 
     #[tokio::test]
     async fn a_flush_waits_for_writes_granted_before_it() {
