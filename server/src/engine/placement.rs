@@ -75,6 +75,33 @@ struct ZoneSpace {
     /// Opened from the reserve for a record that frees space (a tombstone on a full drive):
     /// only such records go on into it, or ordinary writes would fill a zone GC needs.
     from_reserve: bool,
+    /// Whether the drive still owes this zone a Finish (see [`FinishDue`]).
+    finish: FinishDue,
+}
+
+/// Where a sealed zone that was not written to capacity stands with its Finish. Until the drive
+/// has finished it, the zone keeps one of the drive's few active resources, so a Finish that
+/// failed is tried again for as long as the zone stays sealed; and GC leaves a zone alone while
+/// a Finish is on its way to it (a Finish landing after a reset would fill the fresh zone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FinishDue {
+    /// Nothing to do (full, finished, or reset).
+    No,
+    /// A Finish must still be sent.
+    Owed,
+    /// A Finish is on its way to the drive.
+    Sending,
+}
+
+/// What the task finishing a zone does next (see [`Placement::begin_finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishTurn {
+    /// Send the Finish now.
+    Send,
+    /// GC is reclaiming the zone: ask again later (it stays sealed if GC gives up).
+    Later,
+    /// The zone needs no Finish any more.
+    Never,
 }
 
 #[derive(Debug)]
@@ -108,6 +135,7 @@ impl DriveSpace {
             // completion, an abandoned request) may still have landed, so the zone goes back
             // to the free list only through GC's reset, never as it is.
             z.usage = ZoneUse::Sealed;
+            z.finish = FinishDue::Owed;
             to_finish.push(ZoneId { drive, zone });
         } else {
             z.usage = ZoneUse::Closing;
@@ -285,6 +313,15 @@ impl DriveSpace {
                     ZoneUse::Sealed
                 }
             };
+            let finish = if to_finish.last()
+                == Some(&ZoneId {
+                    drive,
+                    zone: i as u32,
+                }) {
+                FinishDue::Owed
+            } else {
+                FinishDue::No
+            };
             space.zones.push(ZoneSpace {
                 usage,
                 written: snap.written,
@@ -293,6 +330,7 @@ impl DriveSpace {
                 holds: 0,
                 settled: Settled::at(snap.settled.min(snap.written)),
                 from_reserve: false,
+                finish,
             });
         }
         space
@@ -491,6 +529,7 @@ impl Placement {
             ZoneUse::Closing if pending == 0 => {
                 space.zones[slot.zone as usize].usage = ZoneUse::Sealed;
                 if written < capacity {
+                    space.zones[slot.zone as usize].finish = FinishDue::Owed;
                     finish.push(ZoneId {
                         drive: slot.drive,
                         zone: slot.zone,
@@ -614,7 +653,7 @@ impl Placement {
     pub fn begin_collect(&self, zone: ZoneId) -> bool {
         let mut drives = self.drives.lock();
         let z = &mut drives[usize::from(zone.drive)].zones[zone.zone as usize];
-        if z.usage == ZoneUse::Sealed && z.holds == 0 {
+        if z.usage == ZoneUse::Sealed && z.holds == 0 && z.finish != FinishDue::Sending {
             z.usage = ZoneUse::Collecting;
             true
         } else {
@@ -639,7 +678,41 @@ impl Placement {
         z.usage = ZoneUse::Free;
         z.written = 0;
         z.settled = Settled::at(0);
+        z.finish = FinishDue::No;
         space.free.insert(zone.zone);
+    }
+
+    /// Asked before each Finish of `zone` is sent: whether to send it now. [`FinishTurn::Send`]
+    /// keeps GC off the zone until [`Placement::end_finish`].
+    pub fn begin_finish(&self, zone: ZoneId) -> FinishTurn {
+        let mut drives = self.drives.lock();
+        let Some(z) = drives
+            .get_mut(usize::from(zone.drive))
+            .and_then(|d| d.zones.get_mut(zone.zone as usize))
+        else {
+            return FinishTurn::Never;
+        };
+        match (z.usage, z.finish) {
+            (ZoneUse::Sealed, FinishDue::Owed) => {
+                z.finish = FinishDue::Sending;
+                FinishTurn::Send
+            }
+            (ZoneUse::Collecting, FinishDue::Owed) => FinishTurn::Later,
+            _ => FinishTurn::Never,
+        }
+    }
+
+    /// A Finish of `zone` came back: `done` when the drive finished it (or never will, and
+    /// trying again is pointless), else it is still owed.
+    pub fn end_finish(&self, zone: ZoneId, done: bool) {
+        let mut drives = self.drives.lock();
+        if let Some(z) = drives
+            .get_mut(usize::from(zone.drive))
+            .and_then(|d| d.zones.get_mut(zone.zone as usize))
+            && z.finish == FinishDue::Sending
+        {
+            z.finish = if done { FinishDue::No } else { FinishDue::Owed };
+        }
     }
 
     /// A zone the drive reports read-only or offline.
@@ -835,6 +908,39 @@ mod tests {
         assert!(p.begin_collect(zone));
         p.reset_done(zone);
         assert_eq!(p.free_zones(0), free);
+    }
+
+    #[test]
+    fn gc_leaves_a_zone_alone_while_its_finish_is_on_its_way() {
+        let (_d, _drives, p) = setup(8);
+        let slot = p.reserve(Class::User, 1, 1, 1, |_| true).unwrap().0[0];
+        let zone = p.complete(&slot, false).expect("a zone to finish");
+        assert_eq!(p.begin_finish(zone), FinishTurn::Send);
+        // A Finish landing after GC's reset would fill the zone in its next life.
+        assert!(!p.begin_collect(zone));
+        // It failed: still owed, and GC may take the zone meanwhile.
+        p.end_finish(zone, false);
+        assert!(p.begin_collect(zone));
+        assert_eq!(p.begin_finish(zone), FinishTurn::Later);
+        // GC gave up: the Finish is sent again.
+        p.abort_collect(zone);
+        assert_eq!(p.begin_finish(zone), FinishTurn::Send);
+        p.end_finish(zone, false);
+        // GC reset the zone: it owes nothing any more, also once opened again.
+        assert!(p.begin_collect(zone));
+        p.reset_done(zone);
+        assert_eq!(p.begin_finish(zone), FinishTurn::Never);
+    }
+
+    #[test]
+    fn a_finished_zone_is_not_finished_again() {
+        let (_d, _drives, p) = setup(8);
+        let slot = p.reserve(Class::User, 1, 1, 1, |_| true).unwrap().0[0];
+        let zone = p.complete(&slot, false).expect("a zone to finish");
+        assert_eq!(p.begin_finish(zone), FinishTurn::Send);
+        p.end_finish(zone, true);
+        assert_eq!(p.begin_finish(zone), FinishTurn::Never);
+        assert!(p.begin_collect(zone));
     }
 
     #[test]

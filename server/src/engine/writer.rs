@@ -17,7 +17,7 @@ use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
 use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
-use super::placement::{NoSpace, Placement, Slot, ZoneHolds};
+use super::placement::{FinishTurn, NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 
 /// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
@@ -36,7 +36,7 @@ const SPACE_WAIT: Duration = Duration::from_secs(10);
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
     pub(crate) fn finish_zones(&self, zones: Vec<ZoneId>) {
-        finish_zones(&self.drives, zones);
+        finish_zones(&self.placement, &self.drives, zones);
     }
 
     /// Appends `record` to `copies` drives (at least `quorum` must succeed) for writes of
@@ -320,36 +320,62 @@ const FINISH_RETRY_FIRST: Duration = Duration::from_millis(250);
 const FINISH_RETRY_LAST: Duration = Duration::from_secs(30);
 
 /// Finishes `zones` of `drives` in the background (frees their open and active resources).
-fn finish_zones(drives: &Drives, zones: Vec<ZoneId>) {
+/// A zone left unfinished keeps one of the drive's few active resources, so a Finish that
+/// fails for a while (the drive unreachable, busy) is tried again for as long as placement
+/// still owes it (until GC resets the zone, or the engine is gone).
+fn finish_zones(placement: &Arc<Placement>, drives: &Drives, zones: Vec<ZoneId>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     for zone in zones {
-        let Some(drive) = drives.get(zone.drive).cloned() else {
+        let Some(drive) = drives.get(zone.drive).map(Arc::downgrade) else {
             continue;
         };
+        let placement = Arc::downgrade(placement);
         runtime.spawn(async move {
-            let zslba = drive.geometry.zone_start(zone.zone);
-            // A zone left unfinished keeps one of the drive's few active-zone slots: a Finish
-            // that failed for a moment (the drive unreachable, busy) is tried again.
             let mut wait = FINISH_RETRY_FIRST;
             loop {
-                let result = drive
-                    .device
-                    .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
-                    .await;
-                let Err(e) = result else { return };
-                let passing = matches!(
-                    e.kind(),
-                    zns::ZoneErrorKind::Unavailable | zns::ZoneErrorKind::MediaError
-                );
-                if !passing || wait > FINISH_RETRY_LAST {
-                    tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
+                let (Some(owner), Some(drive)) = (placement.upgrade(), drive.upgrade()) else {
                     return;
+                };
+                match owner.begin_finish(zone) {
+                    FinishTurn::Never => return,
+                    FinishTurn::Later => {}
+                    FinishTurn::Send => {
+                        drop(owner);
+                        let zslba = drive.geometry.zone_start(zone.zone);
+                        let result = drive
+                            .device
+                            .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
+                            .await;
+                        let done = match result {
+                            Ok(()) => true,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    zns::ZoneErrorKind::Unavailable
+                                        | zns::ZoneErrorKind::MediaError
+                                ) =>
+                            {
+                                tracing::debug!(drive = %drive.name, zone = zone.zone, "finishing a zone failed, trying again in {wait:?}: {e}");
+                                false
+                            }
+                            Err(e) => {
+                                tracing::warn!(drive = %drive.name, zone = zone.zone, "finishing a zone failed: {e}");
+                                true
+                            }
+                        };
+                        if let Some(owner) = placement.upgrade() {
+                            owner.end_finish(zone, done);
+                        }
+                        if done {
+                            return;
+                        }
+                    }
                 }
-                tracing::debug!(drive = %drive.name, zone = zone.zone, "finishing a zone failed, trying again in {wait:?}: {e}");
+                drop(drive);
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                wait = (wait * 2).min(FINISH_RETRY_LAST);
             }
         });
     }
@@ -388,7 +414,7 @@ impl Drop for SlotGuard {
             },
         );
         if let Some(zone) = self.placement.complete(&slot, false) {
-            finish_zones(&self.drives, vec![zone]);
+            finish_zones(&self.placement, &self.drives, vec![zone]);
         }
     }
 }
@@ -808,5 +834,78 @@ impl Drop for PutWriter {
         for task in self.in_flight.drain(..) {
             drop(task);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::drives::Drive;
+    use crate::engine::placement::ZoneSnapshot;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use zns::{EmulatedZns, Geometry, ReportFilter, ZoneError, ZoneState, ZonedDevice};
+
+    /// A drive unreachable for minutes (past any backoff) still gets its Finish once it is
+    /// back: an unfinished zone would hold one of its few active resources for good, and
+    /// enough of them would refuse every new zone with Too Many Active Zones.
+    #[tokio::test(start_paused = true)]
+    async fn a_finish_failing_for_minutes_is_tried_until_it_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 64 << 10);
+        let emulated = Arc::new(EmulatedZns::create(dir.path(), g).unwrap());
+        emulated
+            .append(0, Bytes::from(vec![7u8; g.block_size as usize]))
+            .await
+            .unwrap();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let mut device = zns::testing::Intercepted::new(emulated.clone());
+        device.instead_of_manage = Box::new({
+            let attempts = attempts.clone();
+            move |action, _| {
+                let away =
+                    action == ZoneAction::Finish && attempts.fetch_add(1, Ordering::SeqCst) < 20;
+                away.then(|| Err(ZoneError::Unavailable("unreachable".into())))
+            }
+        });
+        let drives = Drives::new(vec![Arc::new(Drive::new(
+            0,
+            "d".into(),
+            Arc::new(device) as Arc<dyn ZonedDevice>,
+        ))]);
+        let mut zones = vec![
+            ZoneSnapshot {
+                state: ZoneState::Empty,
+                written: 0,
+                settled: 0,
+            };
+            4
+        ];
+        zones[0] = ZoneSnapshot {
+            state: ZoneState::ImplicitlyOpened,
+            written: 1,
+            settled: 1,
+        };
+        let (placement, to_finish) = Placement::new(&drives, vec![Some(zones)]);
+        let placement = Arc::new(placement);
+        let zone = ZoneId { drive: 0, zone: 0 };
+        assert_eq!(to_finish, vec![zone]);
+        finish_zones(&placement, &drives, to_finish);
+        let full = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let report = emulated
+                    .report_zones(0, ReportFilter::All, 1)
+                    .await
+                    .unwrap();
+                if report.zones[0].state == ZoneState::Full {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3600), full)
+            .await
+            .expect("the zone was finished once the drive came back");
+        assert_eq!(attempts.load(Ordering::SeqCst), 21);
+        assert_eq!(placement.begin_finish(zone), FinishTurn::Never);
     }
 }
