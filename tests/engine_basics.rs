@@ -1190,6 +1190,74 @@ async fn a_drain_copies_from_the_drive_it_empties_when_that_copy_is_the_good_one
     assert_eq!(get(&engine, "b", "only").await.unwrap(), body);
 }
 
+/// A scrub pass (days long on a big store) does not hold repair up: a drain finishes while one
+/// runs, and the engine still shuts down at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_while_a_scrub_pass_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _drives) = open_engine(dir.path(), 3, small_geometry(16, 1 << 20), |c| {
+        c.replicas = 2;
+        c.write_quorum = 2;
+        c.gc.enabled = false;
+        // A byte a second: the pass outlasts the test.
+        c.repair.scrub_rate_bytes_per_sec = 1;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    // Enough objects that the drained drive holds copies of some.
+    let bodies: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let key = format!("k{i}");
+            let body = content(&key, i, 30_000);
+            (key, body)
+        })
+        .collect();
+    for (key, body) in &bodies {
+        put(&engine, "b", key, body).await.unwrap();
+    }
+    // The pass every engine makes as it opens is over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.repair().status().passes == 0 {
+        assert!(std::time::Instant::now() < deadline, "no first repair pass");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    engine.repair().scrub();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !engine.repair().status().scrub_running {
+        assert!(std::time::Instant::now() < deadline, "no scrub pass began");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let passes_before = engine.repair().status().passes;
+    engine.drain("zns-file://drive0").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = engine.repair().status();
+        if s.passes > passes_before
+            && s.copies_made > 0
+            && s.draining_bytes == 0
+            && s.blocked.is_none()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain did not finish while the scrub ran: {s:?}"
+        );
+        engine.repair().nudge();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        engine.repair().status().scrub_running,
+        "the scrub pass ended"
+    );
+    for (key, body) in &bodies {
+        assert_eq!(&get(&engine, "b", key).await.unwrap(), body);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), engine.shutdown())
+        .await
+        .expect("a scrub pass waiting on its rate does not hold the shutdown up");
+}
+
 /// A completion appends the object's commit record, then the upload's end record: if the
 /// server stops between the two, the rebuild restores the completed object alone, not also an
 /// open upload owning the same parts (a retried completion or an abort would then take the

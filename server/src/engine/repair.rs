@@ -93,12 +93,15 @@ pub struct RepairControl {
     config: Mutex<RepairConfig>,
     status: Mutex<RepairStatus>,
     wake: Notify,
+    /// Wakes the scrub task (which runs beside repair: a pass of days must not hold repair up).
+    scrub_wake: Notify,
     scrub_requested: AtomicBool,
     /// Extent copies a read found damaged (stream, offset, copy), to be made again from a
     /// good copy without waiting for the next scrub.
     suspects: Mutex<BTreeSet<(u64, u64, Location)>>,
     closed: AtomicBool,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The repair and scrub tasks.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Damaged copies a read may report before repair has taken them (more are left to the scrub).
@@ -110,10 +113,11 @@ impl RepairControl {
             config: Mutex::new(config),
             status: Mutex::new(RepairStatus::default()),
             wake: Notify::new(),
+            scrub_wake: Notify::new(),
             scrub_requested: AtomicBool::new(false),
             suspects: Mutex::new(BTreeSet::new()),
             closed: AtomicBool::new(false),
-            task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -130,7 +134,7 @@ impl RepairControl {
     /// Asks for a scrub pass now.
     pub fn scrub(&self) {
         self.scrub_requested.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
+        self.scrub_wake.notify_one();
     }
 
     /// Reports that the copy at `location` of the extent at `offset` of stream `stream_id`
@@ -151,21 +155,22 @@ impl RepairControl {
     pub async fn shut_down(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_one();
-        let task = self.task.lock().take();
-        if let Some(task) = task {
+        self.scrub_wake.notify_one();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
             let _ = task.await;
         }
     }
 }
 
-/// Starts the repair task; it ends when the engine is dropped or shut down.
+/// Starts the repair and scrub tasks; they end when the engine is dropped or shut down.
 pub(crate) fn spawn(engine: Weak<EngineInner>) {
     let Some(strong) = engine.upgrade() else {
         return;
     };
     let control = &strong.repair;
+    let scrub = tokio::spawn(scrub_when_due(engine.clone()));
     let task = tokio::spawn(async move {
-        let mut last_scrub = Instant::now();
         let mut last_signature: Option<HealthSignature> = None;
         // When the last pass ended and how long it took.
         let mut last_pass: Option<(Instant, Duration)> = None;
@@ -191,15 +196,6 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
                 }
             }
             e.fix_suspects().await;
-            let interval = e.repair.config.lock().scrub_interval;
-            if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
-                || interval.is_some_and(|i| last_scrub.elapsed() >= i)
-            {
-                last_scrub = Instant::now();
-                if let Err(err) = e.scrub_pass().await {
-                    tracing::warn!("scrub pass failed: {err}");
-                }
-            }
             let wait = Duration::from_millis(500);
             let e2 = e.clone();
             drop(e);
@@ -209,7 +205,34 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
             }
         }
     });
-    *control.task.lock() = Some(task);
+    control.tasks.lock().extend([task, scrub]);
+}
+
+/// Runs a scrub pass when one is asked for, and every scrub interval (counted from the end of
+/// the last pass: a pass longer than the interval is not followed by another at once).
+async fn scrub_when_due(engine: Weak<EngineInner>) {
+    let mut last_scrub = Instant::now();
+    loop {
+        let Some(e) = engine.upgrade() else { return };
+        if e.repair.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let interval = e.repair.config.lock().scrub_interval;
+        if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
+            || interval.is_some_and(|i| last_scrub.elapsed() >= i)
+        {
+            if let Err(err) = e.scrub_pass().await {
+                tracing::warn!("scrub pass failed: {err}");
+            }
+            last_scrub = Instant::now();
+        }
+        let e2 = e.clone();
+        drop(e);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = e2.repair.scrub_wake.notified() => {}
+        }
+    }
 }
 
 /// The drives' states and the count of writes made with fewer than R copies.
@@ -390,7 +413,13 @@ impl EngineInner {
             if let Some(why) = outcome.blocked {
                 progress.blocked.get_or_insert(why);
             }
-            pace(progress.started, progress.copied, progress.rate).await;
+            pace_until(
+                progress.started,
+                progress.copied,
+                progress.rate,
+                &self.repair.wake,
+            )
+            .await;
             if progress.edits.len() >= 64 {
                 self.committer
                     .submit_holding(
@@ -712,7 +741,7 @@ impl EngineInner {
                     }
                 }
             }
-            pace(started, *read, rate).await;
+            pace_until(started, *read, rate, &self.repair.scrub_wake).await;
         }
         Ok(())
     }
@@ -925,6 +954,15 @@ fn plan(entry: &Located, r: usize, views: &[DriveView]) -> Vec<Action> {
         actions.push(Action::Copy { replace: None });
     }
     actions
+}
+
+/// [`pace`], cut short when `wake` is notified (the engine shutting down, or more work asked
+/// for: the next pace makes up for it, the rate being counted from `started`).
+async fn pace_until(started: Instant, bytes: u64, rate: u64, wake: &Notify) {
+    tokio::select! {
+        _ = pace(started, bytes, rate) => {}
+        _ = wake.notified() => {}
+    }
 }
 
 async fn pace(started: Instant, bytes: u64, rate: u64) {
