@@ -82,12 +82,23 @@ impl Drive {
         }
     }
 
-    /// The drive's report of all its zones.
+    /// The drive's report of all its zones: one descriptor per zone of its geometry, in order
+    /// (the report is input, a remote drive's: any other count is refused, never indexed by).
     pub async fn report_all_zones(&self) -> Result<ZoneReport, EngineError> {
-        self.device
+        let report = self
+            .device
             .report_zones(0, ReportFilter::All, self.geometry.zone_count as usize)
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        if report.zones.len() != self.geometry.zone_count as usize {
+            return Err(EngineError::Corrupt(format!(
+                "drive {} reported {} zones of the {} it has",
+                self.name,
+                report.zones.len(),
+                self.geometry.zone_count
+            )));
+        }
+        Ok(report)
     }
 
     /// Blocks written in zone `index`, as its report `z` says (the whole capacity once it is
@@ -284,5 +295,32 @@ mod tests {
         ] {
             assert!(drive.written_blocks(1, &zone(open, zslba, wp)).is_err());
         }
+    }
+
+    /// A report of more or fewer zones than the drive has is refused: the engine indexes its
+    /// zones by their place in the report.
+    #[tokio::test]
+    async fn a_report_of_another_count_of_zones_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let inner = Arc::new(zns::EmulatedZns::create(dir.path(), g).unwrap());
+        for extra in [false, true] {
+            let mut device = zns::testing::Intercepted::new(inner.clone());
+            device.after_report = Box::new(move |report| {
+                let mut report = report?;
+                if extra {
+                    let last = report.zones[report.zones.len() - 1];
+                    report.zones.push(last);
+                } else {
+                    report.zones.pop();
+                }
+                Ok(report)
+            });
+            let drive = Drive::new(0, "d".into(), Arc::new(device));
+            let e = drive.report_all_zones().await.unwrap_err().to_string();
+            assert!(e.contains("zones of the 4"), "{e}");
+        }
+        let drive = Drive::new(0, "d".into(), inner);
+        assert_eq!(drive.report_all_zones().await.unwrap().zones.len(), 4);
     }
 }

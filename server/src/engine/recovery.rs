@@ -263,7 +263,14 @@ pub async fn rebuild_keeping_ids(
                 },
                 end_blocks,
             ));
-            for f in scan_zone(drive, z.zslba, end_blocks, &mut report).await? {
+            for f in scan_zone(
+                drive,
+                drive.geometry.zone_start(i as u32),
+                end_blocks,
+                &mut report,
+            )
+            .await?
+            {
                 max_seq = max_seq
                     .max(f.header.seq)
                     .max(f.header.write_seq)

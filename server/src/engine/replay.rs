@@ -259,9 +259,13 @@ impl EngineInner {
                         );
                     }
                     let mut scan = recovery::RebuildReport::default();
-                    let found =
-                        recovery::scan_zone(&drive, z.zslba + from, written - from, &mut scan)
-                            .await;
+                    let found = recovery::scan_zone(
+                        &drive,
+                        drive.geometry.zone_start(i as u32) + from,
+                        written - from,
+                        &mut scan,
+                    )
+                    .await;
                     let found = match found {
                         Ok(found) => found,
                         Err(e) => {

@@ -40,7 +40,7 @@ pub(super) async fn survey(
         };
         let account = accounts.get(zone);
         let written = drive.written_blocks(i as u32, z)?;
-        let end = z.zslba + written;
+        let end = drive.geometry.zone_start(i as u32) + written;
         if z.state == ZoneState::Empty && (account.max_indexed_end > 0 || account.valid_bytes > 0) {
             if account.valid_bytes > 0 {
                 tracing::error!(
