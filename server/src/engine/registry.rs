@@ -73,12 +73,27 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
     Ok(())
 }
 
+/// Refuses a drive that cannot keep a zone open for client writes and another for GC at once:
+/// placement would open both, and every write into the second would fail with Too Many Open
+/// (or Active) Zones.
+fn check_zone_limits(name: &str, geometry: &zns::Geometry) -> EngineResult<()> {
+    for (limit, what) in [(geometry.max_open, "open"), (geometry.max_active, "active")] {
+        if let Some(n) = limit.filter(|&n| n < 2) {
+            return Err(EngineError::InvalidArgument(format!(
+                "drive {name} allows {n} {what} zone at a time; Zonestore needs 2 (one for client writes, one for GC)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Matches configured drives with the registry in the index, giving each a stable id.
 pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {
     let mut names = registry(index)?;
 
     let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
     for spec in specs {
+        check_zone_limits(&spec.name, &spec.device.geometry())?;
         match names.iter().position(|n| *n == spec.name) {
             Some(i) => by_id[i] = Some(spec.device),
             None => {
@@ -299,4 +314,26 @@ pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
 pub fn registered_drives(index_dir: &Path) -> EngineResult<Vec<String>> {
     let index = Index::open(index_dir)?;
     registry(&index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drive_that_keeps_one_zone_open_at_a_time_is_refused_by_name() {
+        let mut g = zns::Geometry::new(16, 1 << 20);
+        assert!(check_zone_limits("d", &g).is_ok());
+        g.max_open = Some(2);
+        g.max_active = Some(2);
+        assert!(check_zone_limits("d", &g).is_ok());
+        g.max_active = Some(1);
+        let e = check_zone_limits("nvme-tcp://x/nqn", &g)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nvme-tcp://x/nqn") && e.contains("1 active zone"),
+            "{e}"
+        );
+    }
 }
