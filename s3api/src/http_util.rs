@@ -181,6 +181,28 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
     })
 }
 
+/// Refuses a request whose headers that change what it does (conditions, digests and
+/// checksums, lengths, ranges, the copy source, the encoding) hold bytes other than visible
+/// ASCII. Read as absent, such a header would be ignored: a conditional write would overwrite
+/// unconditionally, a digest would go unchecked.
+pub fn check_header_bytes(headers: &HeaderMap) -> Result<(), S3Error> {
+    for (name, value) in headers {
+        let n = name.as_str();
+        let bears_meaning = n.starts_with("if-")
+            || (n.starts_with("x-amz-") && !n.starts_with("x-amz-meta-"))
+            || matches!(
+                n,
+                "content-md5" | "content-length" | "content-encoding" | "range"
+            );
+        if bears_meaning && value.to_str().is_err() {
+            return Err(S3Error::invalid_argument(format!(
+                "header {n} holds bytes that are not printable ASCII"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a key is acceptable.
 pub fn check_key(key: &str) -> Result<(), S3Error> {
     if key.is_empty() {
@@ -237,6 +259,35 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_condition_or_digest_that_is_not_ascii_is_refused_not_ignored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amz-meta-name",
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        headers.insert("if-match", http::HeaderValue::from_static("\"abc\""));
+        assert!(
+            check_header_bytes(&headers).is_ok(),
+            "metadata may hold UTF-8"
+        );
+        for name in [
+            "if-match",
+            "content-md5",
+            "x-amz-checksum-crc32",
+            "x-amz-copy-source-if-match",
+        ] {
+            let mut bad = headers.clone();
+            bad.insert(
+                name,
+                http::HeaderValue::from_bytes(b"\"\xc3\xa9\"").unwrap(),
+            );
+            let e = check_header_bytes(&bad).unwrap_err();
+            assert_eq!(e.code, "InvalidArgument");
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

@@ -399,9 +399,14 @@ impl S3Service {
                     virtual_hosted,
                     bytes_in: bytes_in.clone(),
                 };
-                let (op, reply) = self.dispatch(&mut ctx).await;
-                operation = op;
-                reply
+                match crate::http_util::check_header_bytes(&ctx.headers) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        let (op, reply) = self.dispatch(&mut ctx).await;
+                        operation = op;
+                        reply
+                    }
+                }
             }
         };
         let mut response = match result {
