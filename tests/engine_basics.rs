@@ -175,7 +175,7 @@ async fn multipart_completes_without_copying_and_checks_parts() {
         w.finish_part(etag.clone(), vec![]).await.unwrap();
         etags.push((i as u32 + 1, etag));
     }
-    assert_eq!(engine.parts(id, 0).unwrap().len(), 3);
+    assert_eq!(engine.parts(id, 0, usize::MAX).unwrap().len(), 3);
     let written_before = engine
         .stats()
         .user_written
@@ -2194,14 +2194,14 @@ async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_t
     multi.extend(content("multi", 2, 70_000));
     assert_eq!(get(&engine, "b", "multi").await.unwrap(), multi);
     assert!(
-        engine.parts(uploads.0, 0).is_err(),
+        engine.parts(uploads.0, 0, usize::MAX).is_err(),
         "the completed upload is gone"
     );
     assert!(
-        engine.parts(uploads.1, 0).is_err(),
+        engine.parts(uploads.1, 0, usize::MAX).is_err(),
         "the aborted upload is gone"
     );
-    let parts = engine.parts(pending, 0).unwrap();
+    let parts = engine.parts(pending, 0, usize::MAX).unwrap();
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].part_number, 4);
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;

@@ -144,6 +144,17 @@ pub enum DeleteCondition {
     IfMatch(String),
 }
 
+/// One page of a ListMultipartUploads: uploads, and keys folded into common prefixes.
+#[derive(Debug, Default)]
+pub struct UploadsPage {
+    /// Uploads, in (key, upload id) order.
+    pub uploads: Vec<UploadInfo>,
+    /// Common prefixes.
+    pub prefixes: Vec<String>,
+    /// Whether more entries follow.
+    pub truncated: bool,
+}
+
 /// A multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadInfo {
@@ -252,22 +263,27 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         part_number: u32,
     ) -> Result<Box<dyn ObjectWriter>, S3Error>;
-    /// Parts of an upload after `after`.
+    /// Parts of an upload after `after`, in order, at most `limit`.
     fn parts(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
         after: u32,
+        limit: usize,
     ) -> Result<Vec<PartInfo>, S3Error>;
-    /// Uploads of a bucket.
+    /// One page of a bucket's uploads in progress: keys under `prefix`, after the marker (key
+    /// and upload id; a key that is a common prefix continues after everything under it),
+    /// keys with `delimiter` after the prefix folded into common prefixes; at most `max`
+    /// entries.
     fn uploads(
         &self,
         bucket: &str,
         prefix: &str,
+        delimiter: Option<&str>,
         after: Option<(&str, &str)>,
         max: usize,
-    ) -> Result<(Vec<UploadInfo>, bool), S3Error>;
+    ) -> Result<UploadsPage, S3Error>;
     /// Completes an upload from (part number, ETag) pairs.
     async fn complete_upload(
         &self,

@@ -11,7 +11,7 @@ use s3api::S3Error;
 use s3api::store::{
     BodyStream, BucketInfo, Completion, DeleteCondition, ListPage, ObjectHeaders, ObjectInfo,
     ObjectReader, ObjectStore, ObjectWriter, OpenObject, PartInfo, StoredChecksum, UploadInfo,
-    WriteCondition,
+    UploadsPage, WriteCondition,
 };
 use s3api::time::from_millis;
 
@@ -352,11 +352,12 @@ impl ObjectStore for EngineStore {
         key: &str,
         upload_id: &str,
         after: u32,
+        limit: usize,
     ) -> Result<Vec<PartInfo>, S3Error> {
         self.upload(bucket, key, upload_id)?;
         Ok(self
             .engine
-            .parts(parse_upload_id(upload_id)?, after)
+            .parts(parse_upload_id(upload_id)?, after, limit)
             .map_err(to_s3)?
             .iter()
             .map(part_info)
@@ -367,15 +368,17 @@ impl ObjectStore for EngineStore {
         &self,
         bucket: &str,
         prefix: &str,
+        delimiter: Option<&str>,
         after: Option<(&str, &str)>,
         max: usize,
-    ) -> Result<(Vec<UploadInfo>, bool), S3Error> {
+    ) -> Result<UploadsPage, S3Error> {
         let after = after.map(|(k, id)| (k, u64::from_str_radix(id, 16).unwrap_or(u64::MAX)));
-        let (list, truncated) = self
+        let listing = self
             .engine
-            .uploads(bucket, prefix, after, max)
+            .uploads(bucket, prefix, delimiter, after, max)
             .map_err(to_s3)?;
-        let infos = list
+        let uploads = listing
+            .uploads
             .into_iter()
             .map(|u| UploadInfo {
                 upload_id: format!("{:016x}", u.upload_id),
@@ -387,7 +390,11 @@ impl ObjectStore for EngineStore {
                 checksum_type: u.template.checksum_type.clone(),
             })
             .collect();
-        Ok((infos, truncated))
+        Ok(UploadsPage {
+            uploads,
+            prefixes: listing.prefixes,
+            truncated: listing.truncated,
+        })
     }
 
     async fn complete_upload(

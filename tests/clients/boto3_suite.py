@@ -228,6 +228,14 @@ def check_listing():
     # ListObjectVersions on an unversioned bucket.
     versions = s3.list_object_versions(Bucket=b, Prefix="data/00/", MaxKeys=1000)
     assert len(versions["Versions"]) == 100 and all(v["VersionId"] == "null" and v["IsLatest"] for v in versions["Versions"])
+    after = s3.list_object_versions(Bucket=b, Prefix="data/00/", KeyMarker="data/00/00001.bin", VersionIdMarker="null", MaxKeys=1)
+    assert [v["Key"] for v in after["Versions"]] == ["data/00/00002.bin"], after["Versions"]
+    # A version-id marker needs a key marker, and names a version there is (only `null`).
+    expect_error("InvalidArgument", 400, s3.list_object_versions, Bucket=b, VersionIdMarker="null")
+    expect_error("InvalidArgument", 400, s3.list_object_versions, Bucket=b, KeyMarker="data/", VersionIdMarker="3HL4kqtJlcpXroDTDmJ")
+    # v1's NextMarker comes only with a delimiter, as in S3 (without one, the last key is the marker).
+    assert "NextMarker" not in s3.list_objects(Bucket=b, Prefix="data/", MaxKeys=2)
+    assert s3.list_objects(Bucket=b, Prefix="data/", Delimiter="/", MaxKeys=2)["NextMarker"] == "data/01/"
     # Bad arguments.
     expect_error("InvalidArgument", 400, s3.list_objects_v2, Bucket=b, MaxKeys=-1)
 
@@ -406,6 +414,14 @@ def check_multipart():
     # A page of none cannot move on, so it is not truncated (a paginator would loop).
     none = s3.list_parts(Bucket=b, Key="assembled", UploadId=uid, MaxParts=0)
     assert not none.get("Parts") and not none["IsTruncated"], none
+    paged, marker = [], 0
+    while True:
+        page = s3.list_parts(Bucket=b, Key="assembled", UploadId=uid, MaxParts=1, PartNumberMarker=marker)
+        paged += [p["PartNumber"] for p in page.get("Parts", [])]
+        if not page["IsTruncated"]:
+            break
+        marker = page["NextPartNumberMarker"]
+    assert paged == [1, 2, 3], paged
     ups = s3.list_multipart_uploads(Bucket=b)["Uploads"]
     assert [u["UploadId"] for u in ups] == [uid]
     # Listing uploads by "directory": keys with the delimiter fold into common prefixes, in
@@ -422,6 +438,13 @@ def check_multipart():
     assert (seen, prefixes) == (["assembled", "top"], ["d1/", "d2/"]), (seen, prefixes)
     under = s3.list_multipart_uploads(Bucket=b, Prefix="d1/", Delimiter="/")
     assert [u["Key"] for u in under["Uploads"]] == ["d1/a", "d1/b"] and "CommonPrefixes" not in under, under
+    # A key marker that is a common prefix continues after everything under it.
+    past = s3.list_multipart_uploads(Bucket=b, Delimiter="/", KeyMarker="d1/")
+    assert [p["Prefix"] for p in past["CommonPrefixes"]] == ["d2/"] and [u["Key"] for u in past["Uploads"]] == ["top"], past
+    # No key holds NUL (nor can XML carry one): a prefix with one is refused, not taken for the
+    # uploads of "top".
+    expect_error("InvalidArgument", 400, s3.list_multipart_uploads, Bucket=b, Prefix="top\x00")
+    expect_error("InvalidArgument", 400, s3.list_objects_v2, Bucket=b, Prefix="top\x00")
     for k, upload_id in others.items():
         s3.abort_multipart_upload(Bucket=b, Key=k, UploadId=upload_id)
     # (Queries in canonical order, as the hand-made signature signs them as given.)

@@ -27,6 +27,7 @@ struct Params {
 }
 
 fn params(ctx: &Ctx) -> Result<Params, S3Error> {
+    refuse_nul(ctx)?;
     let max = match ctx.q("max-keys") {
         Some(v) => v.parse::<i64>().map_err(|_| {
             S3Error::invalid_argument("Provided max-keys not an integer or within integer range")
@@ -46,6 +47,28 @@ fn params(ctx: &Ctx) -> Result<Params, S3Error> {
         max: (max as usize).min(1000),
         url,
     })
+}
+
+/// Refuses a listing whose prefix, delimiter or marker holds NUL: no key holds one, and the
+/// listing would echo it in XML, which cannot carry it (clients fail to read the answer).
+pub(crate) fn refuse_nul(ctx: &Ctx) -> Result<(), S3Error> {
+    const ECHOED: [&str; 6] = [
+        "prefix",
+        "delimiter",
+        "marker",
+        "start-after",
+        "key-marker",
+        "upload-id-marker",
+    ];
+    match ECHOED
+        .iter()
+        .find(|name| ctx.q(name).is_some_and(|v| v.contains('\0')))
+    {
+        Some(name) => Err(S3Error::invalid_argument(format!(
+            "{name} contains a NUL character, which no key holds"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Whether the request asks for names URL-encoded (`encoding-type=url`); any other encoding
@@ -163,7 +186,9 @@ pub async fn list_v1(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     w.element("Name", ctx.bucket())
         .element("Prefix", &enc(&p, &p.prefix))
         .element("Marker", &enc(&p, &marker));
+    // As in S3, only with a delimiter: without one, the next page starts after the last key.
     if page.truncated
+        && p.delimiter.is_some()
         && let Some(last) = &page.last
     {
         w.element("NextMarker", &enc(&p, last));
@@ -184,6 +209,16 @@ pub async fn list_v1(svc: &S3Service, ctx: &mut Ctx) -> Reply {
 pub async fn list_versions(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let p = params(ctx)?;
     let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
+    // Every object has one version, `null`: after it is after the key.
+    let version_marker = ctx.q("version-id-marker").filter(|v| !v.is_empty());
+    if version_marker.is_some() && key_marker.is_empty() {
+        return Err(S3Error::invalid_argument(
+            "A version-id marker cannot be specified without a key marker.",
+        ));
+    }
+    if version_marker.is_some_and(|v| v != "null") {
+        return Err(S3Error::invalid_argument("Invalid version id specified"));
+    }
     let page = page(svc, ctx, &p, &key_marker)?;
     let mut w = XmlWriter::new("ListVersionsResult");
     w.element("Name", ctx.bucket())

@@ -297,7 +297,7 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     {
         return Err(S3Error::invalid_part_order());
     }
-    let stored = svc.store.parts(&bucket, &key, &id, 0)?;
+    let stored = svc.store.parts(&bucket, &key, &id, 0, usize::MAX)?;
     // The object's checksum, if the upload declared an algorithm.
     let (checksum, checksum_type) = match (upload_algorithm(&upload), upload.checksum_type.clone())
     {
@@ -425,7 +425,7 @@ pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let upload = svc.store.upload(&bucket, &key, &id)?;
     let marker = number_param(ctx, "part-number-marker", 0)? as u32;
     let max = number_param(ctx, "max-parts", 1000)?.min(1000) as usize;
-    let all = svc.store.parts(&bucket, &key, &id, marker)?;
+    let all = svc.store.parts(&bucket, &key, &id, marker, max + 1)?;
     // Nothing is listed with max-parts=0, and a page that cannot move on is not truncated
     // (a paginator would ask for it again forever).
     let truncated = max > 0 && all.len() > max;
@@ -478,76 +478,11 @@ fn number_param(ctx: &Ctx, name: &str, default: u64) -> Result<u64, S3Error> {
     }
 }
 
-/// What one ListMultipartUploads page shows: uploads, and keys folded into common prefixes.
-#[derive(Default)]
-struct UploadsPage {
-    uploads: Vec<UploadInfo>,
-    prefixes: Vec<String>,
-    truncated: bool,
-}
-
-/// Up to `max` uploads and common prefixes of `bucket` under `prefix`, after the markers;
-/// keys with `delimiter` after the prefix fold into one common prefix each.
-fn uploads_page(
-    svc: &S3Service,
-    bucket: &str,
-    prefix: &str,
-    delimiter: Option<&str>,
-    (key_marker, id_marker): (&str, &str),
-    max: usize,
-) -> Result<UploadsPage, S3Error> {
-    let mut page = UploadsPage::default();
-    if max == 0 {
-        return Ok(page);
-    }
-    // A key marker that is a common prefix (its first delimiter after the prefix ends where it
-    // ends) continues after everything under it.
-    let skip_under = delimiter.filter(|d| {
-        key_marker
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.find(*d).map(|at| at + d.len() == rest.len()))
-            .unwrap_or(false)
-    });
-    let mut after: Option<(String, String)> =
-        (!key_marker.is_empty()).then(|| (key_marker.to_string(), id_marker.to_string()));
-    loop {
-        let (batch, more) = svc.store.uploads(
-            bucket,
-            prefix,
-            after.as_ref().map(|(k, i)| (k.as_str(), i.as_str())),
-            max + 1,
-        )?;
-        for u in &batch {
-            if skip_under.is_some() && u.key.starts_with(key_marker) {
-                continue;
-            }
-            let folded = delimiter.and_then(|d| {
-                let rest = u.key.get(prefix.len()..)?;
-                rest.find(d)
-                    .map(|at| u.key[..prefix.len() + at + d.len()].to_string())
-            });
-            let entries = page.uploads.len() + page.prefixes.len();
-            match folded {
-                Some(common) if page.prefixes.last() == Some(&common) => continue,
-                _ if entries == max => {
-                    page.truncated = true;
-                    return Ok(page);
-                }
-                Some(common) => page.prefixes.push(common),
-                None => page.uploads.push(u.clone()),
-            }
-        }
-        match batch.last() {
-            Some(last) if more => after = Some((last.key.clone(), last.upload_id.clone())),
-            _ => return Ok(page),
-        }
-    }
-}
-
 /// ListMultipartUploads.
 pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     svc.owned_bucket(ctx, &bucket)?;
+    super::list::refuse_nul(ctx)?;
     let prefix = ctx.q("prefix").unwrap_or("").to_string();
     let delimiter = ctx.q("delimiter").filter(|d| !d.is_empty());
     let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
@@ -555,14 +490,8 @@ pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let max = number_param(ctx, "max-uploads", 1000)?.min(1000) as usize;
     let url = super::list::url_encoding(ctx)?;
     let enc = |text: &str| super::list::encoded(url, text);
-    let page = uploads_page(
-        svc,
-        &bucket,
-        &prefix,
-        delimiter,
-        (&key_marker, &id_marker),
-        max,
-    )?;
+    let after = (!key_marker.is_empty()).then_some((key_marker.as_str(), id_marker.as_str()));
+    let page = svc.store.uploads(&bucket, &prefix, delimiter, after, max)?;
     let mut w = XmlWriter::new("ListMultipartUploadsResult");
     w.element("Bucket", &bucket)
         .element("KeyMarker", &enc(&key_marker))

@@ -1278,7 +1278,7 @@ impl<'a> Txn<'a> {
     fn upload_parts(&self, upload_id: u64) -> EngineResult<Vec<PartEntry>> {
         let mut parts: HashMap<u32, PartEntry> = self
             .index
-            .parts(upload_id, 0)?
+            .parts(upload_id, 0, usize::MAX)?
             .into_iter()
             .map(|p| (p.part_number, p))
             .collect();

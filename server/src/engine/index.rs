@@ -178,6 +178,19 @@ pub fn upload_listing_key(bucket: &str, key: &str, upload_id: u64) -> Vec<u8> {
     k
 }
 
+/// The upload id at the end of an upload listing key (see [`upload_listing_key`]).
+fn upload_id_of(listing_key: &[u8]) -> IndexResult<u64> {
+    listing_key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| listing_key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| IndexError::Corrupt {
+            cf: cf::UPLOAD_KEYS,
+            detail: "an upload listing key without its upload id".into(),
+        })
+}
+
 /// Whether `key` is a common prefix of a listing under `prefix` folded by `delimiter`: its
 /// first delimiter after the prefix ends exactly where the key ends (with a delimiter of
 /// several characters, a key merely ending with it may not be one).
@@ -213,6 +226,17 @@ pub struct Listing {
     pub truncated: bool,
     /// The last key or prefix returned (where the next page starts after).
     pub last: Option<String>,
+}
+
+/// One page of a bucket's uploads in progress (see [`Index::uploads`]).
+#[derive(Debug, Default)]
+pub struct UploadListing {
+    /// Uploads, in (key, upload id) order.
+    pub uploads: Vec<UploadEntry>,
+    /// Common prefixes (with a delimiter).
+    pub prefixes: Vec<String>,
+    /// Whether more entries follow.
+    pub truncated: bool,
 }
 
 /// The RocksDB index.
@@ -432,16 +456,17 @@ impl Index {
             .transpose()
     }
 
-    /// The parts of an upload in part-number order, from `after` (exclusive).
-    pub fn parts(&self, upload_id: u64, after: u32) -> IndexResult<Vec<PartEntry>> {
+    /// The parts of an upload in part-number order, from `after` (exclusive), at most `limit`.
+    pub fn parts(&self, upload_id: u64, after: u32, limit: usize) -> IndexResult<Vec<PartEntry>> {
         let cf = self.cf(cf::PARTS);
         let start = part_key(upload_id, after.saturating_add(1));
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(part_key(upload_id.saturating_add(1), 0).to_vec());
         let mut out = Vec::new();
-        for item in
-            self.db
-                .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward))
+        for item in self
+            .db
+            .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward))
+            .take(limit)
         {
             let (_, v) = item?;
             out.push(PartEntry::decode(&v).map_err(corrupt(cf::PARTS))?);
@@ -449,45 +474,108 @@ impl Index {
         Ok(out)
     }
 
-    /// Uploads of a bucket in (key, upload id) order whose key starts with `prefix`, after the
-    /// marker, at most `max`.
+    /// Every upload in progress of exactly `bucket`/`key`, oldest first.
+    pub fn uploads_of(&self, bucket: &str, key: &str) -> IndexResult<Vec<UploadEntry>> {
+        let mut base = object_key(bucket, key);
+        base.push(0);
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_successor(&base) {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(
+            self.cf(cf::UPLOAD_KEYS),
+            options,
+            IteratorMode::From(&base, Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if let Some(upload) = self.upload(upload_id_of(&k)?)? {
+                out.push(upload);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lists the uploads in progress of a bucket in (key, upload id) order: keys starting with
+    /// `prefix`, after the marker (a key and an upload id; a key that is a common prefix
+    /// continues after everything under it), folding keys that contain `delimiter` after the
+    /// prefix into common prefixes; at most `max` entries (uploads plus prefixes). Skips over
+    /// a whole common prefix with one seek, as [`Index::list`] does.
     pub fn uploads(
         &self,
         bucket: &str,
         prefix: &str,
+        delimiter: Option<&str>,
         after: Option<(&str, u64)>,
         max: usize,
-    ) -> IndexResult<(Vec<UploadEntry>, bool)> {
-        let cf = self.cf(cf::UPLOAD_KEYS);
+    ) -> IndexResult<UploadListing> {
+        let mut listing = UploadListing::default();
+        // No key holds NUL, and a prefix ending in one would match the listing key's
+        // separator: the uploads of the key before it.
+        if prefix.contains('\0') || max == 0 {
+            return Ok(listing);
+        }
+        let bucket_prefix = object_key(bucket, "");
         let base = object_key(bucket, prefix);
+        let delimiter = delimiter.filter(|d| !d.is_empty());
         let start = match after {
+            Some((key, _)) if delimiter.is_some_and(|d| is_common_prefix(key, prefix, d)) => {
+                match prefix_successor(&object_key(bucket, key)) {
+                    Some(s) => s,
+                    None => return Ok(listing),
+                }
+            }
             Some((key, id)) => {
                 let mut k = upload_listing_key(bucket, key, id);
                 k.push(0);
-                k.max(base.clone())
+                k
             }
             None => base.clone(),
         };
-        let mut out = Vec::new();
-        let mut truncated = false;
-        for item in self
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_successor(&base) {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut iter = self
             .db
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (k, _) = item?;
+            .raw_iterator_cf_opt(self.cf(cf::UPLOAD_KEYS), options);
+        iter.seek(start.max(base.clone()));
+        while iter.valid() {
+            let Some(k) = iter.key() else { break };
             if !k.starts_with(&base) {
                 break;
             }
-            if out.len() == max {
-                truncated = true;
-                break;
+            let id = upload_id_of(k)?;
+            let key_end = k.len().saturating_sub(9).max(bucket_prefix.len());
+            let key = String::from_utf8_lossy(&k[bucket_prefix.len()..key_end]).into_owned();
+            if let Some(d) = delimiter
+                && let Some(pos) = key[prefix.len()..].find(d)
+            {
+                if listing.uploads.len() + listing.prefixes.len() == max {
+                    listing.truncated = true;
+                    break;
+                }
+                let common = key[..prefix.len() + pos + d.len()].to_string();
+                let next = prefix_successor(&object_key(bucket, &common));
+                listing.prefixes.push(common);
+                match next {
+                    Some(n) => iter.seek(&n),
+                    None => break,
+                }
+                continue;
             }
-            let id = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("upload id suffix"));
+            // An upload completed or aborted since the iterator began is passed over.
             if let Some(upload) = self.upload(id)? {
-                out.push(upload);
+                if listing.uploads.len() + listing.prefixes.len() == max {
+                    listing.truncated = true;
+                    break;
+                }
+                listing.uploads.push(upload);
             }
+            iter.next();
         }
-        Ok((out, truncated))
+        iter.status()?;
+        Ok(listing)
     }
 
     /// Every zone account.
@@ -564,7 +652,13 @@ impl Index {
             };
         }
         let mut listing = Listing::default();
-        let mut iter = self.db.raw_iterator_cf(cf);
+        // Bounded: past the prefix, the iterator would step over every deleted key's
+        // tombstone on its way to the next live key.
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_successor(&full_prefix) {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(cf, options);
         iter.seek(&seek);
         while iter.valid() {
             let Some(k) = iter.key() else { break };

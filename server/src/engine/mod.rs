@@ -40,7 +40,7 @@ use commit::{Change, Committer, Condition, Outcome, ZoneAccounts, now_ms};
 use drives::Drives;
 pub use error::{EngineError, EngineResult};
 use gate::ReadGate;
-use index::{Index, Listing, cf};
+use index::{Index, Listing, UploadListing, cf};
 use model::{BucketEntry, Checksum, ObjectEntry, ObjectMeta, PartEntry, UploadEntry, ZoneId};
 use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
@@ -495,7 +495,11 @@ impl Engine {
         if self.inner.index.bucket(name)?.is_some() && !self.inner.index.bucket_has_objects(name)? {
             let mut aborted = std::collections::HashSet::new();
             loop {
-                let (uploads, _) = self.inner.index.uploads(name, "", None, 1000)?;
+                let uploads = self
+                    .inner
+                    .index
+                    .uploads(name, "", None, None, 1000)?
+                    .uploads;
                 if uploads.is_empty() {
                     break;
                 }
@@ -743,22 +747,26 @@ impl Engine {
         )
     }
 
-    /// Parts of an upload after `after`, in order.
-    pub fn parts(&self, upload_id: u64, after: u32) -> EngineResult<Vec<PartEntry>> {
+    /// Parts of an upload after `after`, in order, at most `limit`.
+    pub fn parts(&self, upload_id: u64, after: u32, limit: usize) -> EngineResult<Vec<PartEntry>> {
         self.upload(upload_id)?;
-        Ok(self.inner.index.parts(upload_id, after)?)
+        Ok(self.inner.index.parts(upload_id, after, limit)?)
     }
 
-    /// Uploads of a bucket in listing order.
+    /// One page of the uploads in progress of a bucket (see [`index::Index::uploads`]).
     pub fn uploads(
         &self,
         bucket: &str,
         prefix: &str,
+        delimiter: Option<&str>,
         after: Option<(&str, u64)>,
         max: usize,
-    ) -> EngineResult<(Vec<UploadEntry>, bool)> {
+    ) -> EngineResult<UploadListing> {
         self.bucket(bucket)?;
-        Ok(self.inner.index.uploads(bucket, prefix, after, max)?)
+        Ok(self
+            .inner
+            .index
+            .uploads(bucket, prefix, delimiter, after, max)?)
     }
 
     /// Completes an upload from `parts` (number and ETag, ascending). The object's extents are
@@ -801,7 +809,7 @@ impl Engine {
         if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
             return Err(EngineError::InvalidPartOrder);
         }
-        let stored = self.inner.index.parts(upload_id, 0)?;
+        let stored = self.inner.index.parts(upload_id, 0, usize::MAX)?;
         let mut used = Vec::with_capacity(parts.len());
         let mut md5s = Vec::with_capacity(parts.len() * 16);
         for (i, (number, etag)) in parts.iter().enumerate() {

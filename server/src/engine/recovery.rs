@@ -892,7 +892,7 @@ pub fn canonical_dump(index: &Index) -> EngineResult<Vec<String>> {
             u.template,
             sorted(&u.location)
         ));
-        for p in index.parts(u.upload_id, 0)? {
+        for p in index.parts(u.upload_id, 0, usize::MAX)? {
             lines.push(format!(
                 "  part {} etag={} size={} stream={} at={:?}",
                 p.part_number,

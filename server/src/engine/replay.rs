@@ -579,7 +579,7 @@ impl EngineInner {
         let candidates: Vec<u64> = match end {
             Some(e) => vec![e.header.upload_id()],
             None => {
-                let (uploads, _) = self.index.uploads(&h.bucket, &h.key, None, 1000)?;
+                let uploads = self.index.uploads_of(&h.bucket, &h.key)?;
                 let replayed = tail.versions.values().filter(|u| {
                     u.header.kind == Kind::Upload
                         && u.header.bucket == h.bucket
@@ -587,7 +587,6 @@ impl EngineInner {
                 });
                 uploads
                     .into_iter()
-                    .filter(|u| u.key == h.key)
                     .map(|u| u.upload_id)
                     .chain(replayed.map(|u| u.header.id))
                     .collect()
@@ -596,7 +595,7 @@ impl EngineInner {
         for upload_id in candidates {
             let mut parts: Vec<(u32, u64)> = self
                 .index
-                .parts(upload_id, 0)?
+                .parts(upload_id, 0, usize::MAX)?
                 .into_iter()
                 .map(|p| (p.part_number, p.stream_id))
                 .collect();
