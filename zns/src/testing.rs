@@ -504,9 +504,11 @@ impl Model {
             }
             Op::Manage { action, zone } => {
                 let result = self.manage(action, zone.map(zone_of));
-                if let Ok(changed) = &result {
-                    let changed = changed.clone();
-                    self.make_durable(&changed);
+                // A zone action that took effect is recorded with every other zone's state
+                // (zones closed to make room for writes among them), as a flush records them.
+                if result.is_ok() {
+                    let all: Vec<u32> = (0..g.zone_count).collect();
+                    self.make_durable(&all);
                 }
                 done(result)
             }
