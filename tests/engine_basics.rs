@@ -1586,6 +1586,89 @@ async fn three_copies_over(
     engine
 }
 
+/// Copies a repair pass made but could not record (the drive they went to failed its flush)
+/// end neither the pass nor repair: the pass goes on and says why it is not done, and the next
+/// one makes them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_pass_whose_copies_cannot_be_recorded_goes_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    // Flushes drive 2 still fails (usize::MAX: all of them).
+    let failures = Arc::new(AtomicUsize::new(usize::MAX));
+    let mut specs = Vec::new();
+    for i in 0..3 {
+        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+        if i == 2 {
+            let failures = failures.clone();
+            drive.before_flush = Box::new(move || {
+                let fail = failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                Box::pin(async move {
+                    if fail {
+                        Err(zns::ZoneError::Unavailable(
+                            "flush refused by the test".into(),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                })
+            });
+        }
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(drive),
+        });
+    }
+    let engine = three_copies_over(dir.path(), specs).await;
+    // Written with two copies each (drive 2 cannot make its copies durable).
+    let bodies: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("k{i}"), content(&format!("k{i}"), i, 20_000)))
+        .collect();
+    for (key, body) in &bodies {
+        put(&engine, "b", key, body).await.unwrap();
+    }
+    // Drive 2 flushes again, but for one more failure: the first recording of repair's copies.
+    let passes = engine.repair().status().passes;
+    failures.store(1, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = engine.repair().status();
+        if s.passes > passes
+            && s.blocked
+                .as_deref()
+                .is_some_and(|b| b.contains("recording"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pass ended with its copies unrecorded: {s:?}"
+        );
+        engine.repair().nudge();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = engine.repair().status();
+        if s.under_replicated_records == 0 && s.blocked.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copies were not made again: {s:?}"
+        );
+        engine.repair().nudge();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for (key, body) in &bodies {
+        assert_eq!(&get(&engine, "b", key).await.unwrap(), body);
+    }
+}
+
 /// With R = 3 and W = 2, a PUT whose copy on one drive cannot be flushed is acknowledged with
 /// the two copies that were (repair makes the third); with two such drives it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1071,6 +1071,7 @@ impl Engine {
     /// is moved to other drives.
     pub async fn drain(&self, name: &str) -> EngineResult<()> {
         let drive = self.drive_named(name)?.id;
+        let _one_at_a_time = self.inner.repair.drains.lock().await;
         // Every record must find its R copies on the other drives, or the drain never ends
         // (and writes stop if fewer than W are left).
         let others = self
@@ -1093,6 +1094,7 @@ impl Engine {
     /// moved off it yet stays.
     pub async fn undrain(&self, name: &str) -> EngineResult<()> {
         let drive = self.drive_named(name)?;
+        let _one_at_a_time = self.inner.repair.drains.lock().await;
         self.inner
             .committer
             .submit(commit::Change::SetDraining(drive.id, false))

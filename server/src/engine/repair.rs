@@ -100,6 +100,9 @@ pub struct RepairControl {
     /// good copy without waiting for the next scrub.
     suspects: Mutex<BTreeSet<(u64, u64, Location)>>,
     closed: AtomicBool,
+    /// Taken by a drain or undrain from its check to its commit: two drains at once could
+    /// each see enough other drives taking writes, and leave too few between them.
+    pub(crate) drains: tokio::sync::Mutex<()>,
     /// The repair and scrub tasks.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -117,6 +120,7 @@ impl RepairControl {
             scrub_requested: AtomicBool::new(false),
             suspects: Mutex::new(BTreeSet::new()),
             closed: AtomicBool::new(false),
+            drains: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         }
     }
@@ -352,24 +356,17 @@ impl EngineInner {
             if end || self.repair.closed.load(Ordering::SeqCst) {
                 break;
             }
-            self.repair_entries(work, r, &healthy, &mut progress)
-                .await?;
+            self.repair_entries(work, r, &healthy, &mut progress).await;
         }
+        self.commit_edits(&mut progress).await;
         let Progress {
             started,
             copied,
             blocked,
-            edits,
-            holds,
             left,
             ..
         } = progress;
         tally.add(&left);
-        if !edits.is_empty() {
-            self.committer
-                .submit_holding(Change::Replicas(edits), holds)
-                .await?;
-        }
         let mut s = self.repair.status.lock();
         s.under_replicated_bytes = tally.under_bytes;
         s.under_replicated_records = tally.under_records;
@@ -401,7 +398,7 @@ impl EngineInner {
         r: usize,
         healthy: &impl Fn(&Location) -> bool,
         progress: &mut Progress,
-    ) -> EngineResult<()> {
+    ) {
         let mut outcomes = futures::stream::iter(work)
             .map(|w| self.repair_entry(w, r, healthy))
             .buffered(REPAIRS_IN_FLIGHT);
@@ -421,15 +418,37 @@ impl EngineInner {
             )
             .await;
             if progress.edits.len() >= 64 {
-                self.committer
-                    .submit_holding(
-                        Change::Replicas(std::mem::take(&mut progress.edits)),
-                        std::mem::take(&mut progress.holds),
-                    )
-                    .await?;
+                self.commit_edits(progress).await;
             }
         }
-        Ok(())
+        // Each batch's copies are recorded before the next batch is read: copies made at the
+        // pace of the rate limit wait no longer than a batch to count.
+        self.commit_edits(progress).await;
+    }
+
+    /// Records the copies made and dropped so far. Edits the committer cannot record (a drive's
+    /// flush failed, or its session changed) are left for the next pass rather than ending this
+    /// one: one flaky target must not keep every pass from reaching the records after them.
+    async fn commit_edits(&self, progress: &mut Progress) {
+        if progress.edits.is_empty() {
+            return;
+        }
+        let edits = std::mem::take(&mut progress.edits);
+        let holds = std::mem::take(&mut progress.holds);
+        let count = edits.len();
+        if let Err(e) = self
+            .committer
+            .submit_holding(Change::Replicas(edits), holds)
+            .await
+        {
+            tracing::warn!(
+                count,
+                "repair could not record the copies it made; the next pass makes them again: {e}"
+            );
+            progress
+                .blocked
+                .get_or_insert(format!("recording {count} copies failed: {e}"));
+        }
     }
 
     /// Does what was planned for one entry.
@@ -458,11 +477,27 @@ impl EngineInner {
         for action in actions {
             let result = match action {
                 Action::Drop(copy) => {
-                    outcome
-                        .edits
-                        .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                    self.repair.status.lock().copies_dropped += 1;
-                    Ok(())
+                    // Planned on the drives' states as the pass began, which may be hours
+                    // old: a drive down since must not leave the record short of R copies
+                    // that can be read.
+                    let up_now = entry
+                        .copies
+                        .iter()
+                        .filter(|l| self.drives.of(l).is_some_and(|d| d.is_writable()))
+                        .count()
+                        + new_copies.len();
+                    if up_now >= r {
+                        outcome
+                            .edits
+                            .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
+                        self.repair.status.lock().copies_dropped += 1;
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "a copy on draining drive {} is kept: {up_now} other copies are on drives up now",
+                            copy.drive
+                        ))
+                    }
                 }
                 Action::Copy { replace } => {
                     match self
@@ -790,10 +825,16 @@ impl EngineInner {
             .drives
             .get(drive)
             .ok_or_else(|| EngineError::InvalidArgument("no such drive".into()))?;
-        d.draining.store(true, Ordering::SeqCst);
-        self.committer
+        // No new writes go to it from now; if the drain cannot be recorded, it never began.
+        let was = d.draining.swap(true, Ordering::SeqCst);
+        if let Err(e) = self
+            .committer
             .submit(Change::SetDraining(drive, true))
-            .await?;
+            .await
+        {
+            d.draining.store(was, Ordering::SeqCst);
+            return Err(e);
+        }
         self.repair.nudge();
         Ok(())
     }
