@@ -66,7 +66,8 @@ impl AdminState {
         }
         let task = self.gc_task.lock().take();
         if let Some(task) = task {
-            let _ = task.await;
+            // A run stuck on a drive that answers nothing does not hold the shutdown up.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), task).await;
         }
     }
 }

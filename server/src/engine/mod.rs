@@ -210,6 +210,9 @@ pub struct Reconciliation {
     pub replayed: replay::ReplayReport,
 }
 
+/// The longest an engine's shutdown waits for its drives' last flush.
+const SHUTDOWN_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Engine {
     /// Opens the engine over `drives`: the index, the drive registry, reconciliation of the
     /// index with the zones' write pointers, placement, the committer and GC.
@@ -404,8 +407,14 @@ impl Engine {
     pub async fn shutdown(self) {
         self.inner.gc.shut_down().await;
         self.inner.repair.shut_down().await;
-        if let Err(e) = self.flush_all().await {
-            tracing::warn!("flush on shutdown failed: {e}");
+        // Bounded: what was acknowledged is durable already, and a drive that answers nothing
+        // must not keep the process from ending (a service manager would kill it anyway).
+        match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.flush_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("flush on shutdown failed: {e}"),
+            Err(_) => tracing::warn!(
+                "flush on shutdown gave up after {SHUTDOWN_FLUSH_LIMIT:?}: a drive answers nothing"
+            ),
         }
         let committer = self.inner.committer.take_task();
         drop(self);
@@ -1005,14 +1014,20 @@ impl Engine {
 
     /// Flushes every drive (used on shutdown).
     pub async fn flush_all(&self) -> EngineResult<()> {
-        let mut first_error = None;
-        for drive in self.inner.drives.all().iter().filter(|d| !d.removed) {
-            // Every drive gets its flush, even after one fails.
-            if let Err(source) = drive.device.flush().await {
-                first_error.get_or_insert(drive.error(source));
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        // All at once, and every drive gets its flush even if another's fails: one stuck
+        // drive (a target that answers nothing) holds the others up no longer than itself.
+        let flushes = self
+            .inner
+            .drives
+            .all()
+            .iter()
+            .filter(|d| !d.removed)
+            .map(|drive| async move { drive.device.flush().await.map_err(|e| drive.error(e)) });
+        futures::future::join_all(flushes)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     /// Resets every zone of every drive that the engine does not use (for tests).
