@@ -307,7 +307,16 @@ impl EngineInner {
                 // GC may have moved it since the lookup: look again.
                 match self.index.extent(piece.stream_id, piece.offset)? {
                     Some(e) if e.replicas != piece.extent.replicas => piece.extent = e,
-                    _ => break,
+                    Some(_) => break,
+                    // The version being read was overwritten or deleted since the read began,
+                    // and GC reclaimed its space (the read outlasted GC's wait for it): not
+                    // damage, and a read begun again finds what is there now.
+                    None => {
+                        return Err(EngineError::Unavailable(format!(
+                            "stream {} was overwritten or deleted while it was read; read it again",
+                            piece.stream_id
+                        )));
+                    }
                 }
             }
         }
