@@ -41,6 +41,27 @@ pub fn start_target(dir: &std::path::Path, index: usize) -> (Process, String, St
     (process, address, nqn)
 }
 
+/// A target that any host can reach and none is named for says so: anyone connecting may reset
+/// its zones.
+#[test]
+fn a_target_open_to_every_host_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("open");
+    let process = Process::start(&[
+        "target",
+        "--listen",
+        "0.0.0.0:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--zones",
+        "4",
+        "--zone-size",
+        "1M",
+    ]);
+    let warning = process.wait_for_line("warning:", Duration::from_secs(30));
+    assert!(warning.contains("--allow-host"), "{warning}");
+}
+
 #[test]
 fn serve_uses_three_target_processes() {
     let dir = tempfile::tempdir().unwrap();

@@ -393,6 +393,12 @@ fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
 
 async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     let geometry = geometry_of(&args)?;
+    if !args.listen.ip().is_loopback() && args.allow_host.is_empty() {
+        say!(
+            "warning: any host that reaches {} may connect and reset every zone (NVMe/TCP here has no authentication): name the object servers' host NQNs with --allow-host",
+            args.listen
+        );
+    }
     let mut signals = Signals::new()?;
     let node = StorageNode::start(StorageNodeConfig {
         data_dir: args.data.clone(),
