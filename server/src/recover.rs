@@ -105,11 +105,39 @@ fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+/// `dir`'s sibling named after it with `.suffix` (where a rebuild builds, and keeps aside).
+pub(crate) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir
         .file_name()
         .map_or_else(|| "index".into(), |n| n.to_string_lossy().into_owned());
     dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// Refuses, before hours of scanning, an index directory the rebuilt index cannot trade places
+/// with: one that is a mount point (renaming it fails), or not a directory.
+fn check_swappable(index_dir: &Path) -> Result<(), RecoverError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(index_dir) else {
+        return Ok(());
+    };
+    let refuse = |why: String| RecoverError::Io {
+        what: format!("rebuilding the index in {}", index_dir.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+    };
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    let parent = index_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if std::fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev()) {
+        return Err(refuse(format!(
+            "it is a mount point: the rebuilt index is built beside it and renamed into its place, so set index_dir to a directory inside the mount (such as {})",
+            index_dir.join("index").display()
+        )));
+    }
+    Ok(())
 }
 
 /// Orders `specs` as the old index registered them, so that every drive keeps its id.
@@ -133,7 +161,10 @@ pub async fn rebuild_index(
 ) -> Result<(RebuildReport, Option<PathBuf>), RecoverError> {
     let checked = config.check()?;
     let index_dir = checked.index_dir.clone();
-    let has_old = index_dir.join("CURRENT").exists();
+    check_swappable(&index_dir)?;
+    // Anything in the index directory is the old index (damaged, perhaps: what recover is
+    // for), kept aside whole when the new one takes its place.
+    let has_old = std::fs::read_dir(&index_dir).is_ok_and(|mut entries| entries.next().is_some());
     let names = if has_old {
         match registered_drives(&index_dir) {
             Ok(names) => names,
@@ -298,6 +329,25 @@ mod tests {
 
     fn which(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("which")).unwrap()
+    }
+
+    #[test]
+    fn an_index_dir_the_rebuilt_index_cannot_trade_places_with_is_refused_first() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(check_swappable(&root.path().join("none yet")).is_ok());
+        std::fs::create_dir(root.path().join("index")).unwrap();
+        assert!(check_swappable(&root.path().join("index")).is_ok());
+        let file = root.path().join("a file");
+        std::fs::write(&file, "x").unwrap();
+        let e = check_swappable(&file).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        // /proc is a mount point wherever it is mounted.
+        if std::path::Path::new("/proc/self").exists() {
+            let e = check_swappable(std::path::Path::new("/proc"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mount point"), "{e}");
+        }
     }
 
     #[test]

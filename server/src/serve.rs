@@ -46,6 +46,27 @@ pub enum ServeError {
     Tls(#[from] TlsError),
 }
 
+/// Refuses to start on a missing or empty index beside a rebuilt one: a rebuild stopped in the
+/// middle of swapping it in (where the file system cannot exchange two directories at once). A
+/// server started there would begin a new, empty index beside drives full of data.
+fn refuse_a_half_swapped_index(index_dir: &std::path::Path) -> Result<(), ServeError> {
+    let building = crate::recover::sibling(index_dir, "rebuilding");
+    let empty = std::fs::read_dir(index_dir).map_or(true, |mut entries| entries.next().is_none());
+    if empty && building.join("CURRENT").exists() {
+        return Err(ServeError::Io {
+            what: format!("opening the index in {}", index_dir.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "it is missing, and a rebuilt index waits in {}: a rebuild was stopped while swapping it in; run `zonestore recover --rebuild-index` again",
+                    building.display()
+                ),
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
     move |source| ServeError::Io { what, source }
@@ -200,6 +221,7 @@ impl Server {
     /// Starts everything `config` describes.
     pub async fn start(config: &Config) -> Result<Server, ServeError> {
         let checked: Checked = config.check()?;
+        refuse_a_half_swapped_index(&checked.index_dir)?;
         // What the server keeps (secrets, the index, the embedded drives' data) is its
         // owner's only, when the server creates the directories.
         for dir in [&config.data_dir, &checked.index_dir] {
@@ -382,5 +404,30 @@ impl Server {
         drop(admin_state);
         engine.shutdown().await;
         attached.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_index_beside_a_rebuilt_one_is_not_begun_anew() {
+        let root = tempfile::tempdir().unwrap();
+        let index = root.path().join("index");
+        let building = root.path().join("index.rebuilding");
+        assert!(refuse_a_half_swapped_index(&index).is_ok(), "a first start");
+        std::fs::create_dir_all(&building).unwrap();
+        std::fs::write(building.join("CURRENT"), "MANIFEST-000001\n").unwrap();
+        let e = refuse_a_half_swapped_index(&index).unwrap_err().to_string();
+        assert!(e.contains("recover --rebuild-index"), "{e}");
+        std::fs::create_dir_all(&index).unwrap();
+        assert!(
+            refuse_a_half_swapped_index(&index).is_err(),
+            "empty is missing"
+        );
+        // An index in place: a rebuild stopped before its swap left it as it was.
+        std::fs::write(index.join("CURRENT"), "MANIFEST-000001\n").unwrap();
+        assert!(refuse_a_half_swapped_index(&index).is_ok());
     }
 }
