@@ -1,6 +1,8 @@
 //! HTTP details of S3 objects: byte ranges, conditional requests, object metadata headers and
 //! the response-* overrides.
 
+use std::time::SystemTime;
+
 use http::HeaderMap;
 
 use crate::error::S3Error;
@@ -34,7 +36,7 @@ pub fn parse_range(
     };
     let (first, last) = (first.trim(), last.trim());
     let range = if first.is_empty() {
-        let Ok(n) = last.parse::<u64>() else {
+        let Some(n) = position(last) else {
             return Ok(None);
         };
         if n == 0 {
@@ -46,14 +48,14 @@ pub fn parse_range(
         }
         size.saturating_sub(n)..size
     } else {
-        let Ok(a) = first.parse::<u64>() else {
+        let Some(a) = position(first) else {
             return Ok(None);
         };
         let b = if last.is_empty() {
             size.saturating_sub(1)
         } else {
-            match last.parse::<u64>() {
-                Ok(b) if b >= a => b.min(size.saturating_sub(1)),
+            match position(last) {
+                Some(b) if b >= a => b.min(size.saturating_sub(1)),
                 _ => return Ok(None),
             }
         };
@@ -63,6 +65,13 @@ pub fn parse_range(
         a..b + 1
     };
     Ok(Some(range))
+}
+
+/// A byte position of a Range header: digits, a number too large for 64 bits standing for the
+/// largest (it is past any object's end all the same); anything else is None.
+fn position(text: &str) -> Option<u64> {
+    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().unwrap_or(u64::MAX))
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
@@ -83,10 +92,19 @@ pub fn check_preconditions(
     not_modified: S3Error,
 ) -> Result<(), S3Error> {
     let h = |name: &str| header(headers, &format!("{prefix}{name}"));
+    // An ETag list may come in several header lines: they are one list.
+    let list = |name: &str| {
+        let all: Vec<&str> = headers
+            .get_all(format!("{prefix}{name}"))
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!all.is_empty()).then(|| all.join(","))
+    };
     let modified = whole_seconds(info.last_modified);
-    let if_match = h("if-match");
-    if let Some(list) = if_match {
-        if !etag_matches(list, &info.etag) {
+    let if_match = list("if-match");
+    if let Some(etags) = if_match {
+        if !etag_matches(&etags, &info.etag) {
             return Err(S3Error::precondition_failed("If-Match"));
         }
     } else if let Some(since) = h("if-unmodified-since").and_then(parse_http_date)
@@ -94,11 +112,14 @@ pub fn check_preconditions(
     {
         return Err(S3Error::precondition_failed("If-Unmodified-Since"));
     }
-    if let Some(list) = h("if-none-match") {
-        if etag_matches(list, &info.etag) {
+    if let Some(etags) = list("if-none-match") {
+        if etag_matches(&etags, &info.etag) {
             return Err(not_modified);
         }
-    } else if let Some(since) = h("if-modified-since").and_then(parse_http_date)
+    } else if let Some(since) = h("if-modified-since")
+        .and_then(parse_http_date)
+        // A date after the server's clock is no date (RFC 2616, as S3 answers): 200, not 304.
+        .filter(|since| *since <= SystemTime::now())
         && modified <= since
     {
         return Err(not_modified);
@@ -338,6 +359,22 @@ mod tests {
             "InvalidRange"
         );
         assert_eq!(parse_range(Some("bytes=5-2"), 100).unwrap(), None);
+        // Positions too large for 64 bits are past the end, not malformed.
+        assert_eq!(
+            parse_range(Some("bytes=0-99999999999999999999"), 100).unwrap(),
+            Some(0..100)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999-"), 100)
+                .unwrap_err()
+                .code,
+            "InvalidRange"
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-99999999999999999999"), 100).unwrap(),
+            Some(0..100)
+        );
+        assert_eq!(parse_range(Some("bytes=+1-2"), 100).unwrap(), None);
         assert_eq!(parse_range(Some("items=0-1"), 100).unwrap(), None);
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100).unwrap(), None);
     }
@@ -388,10 +425,19 @@ mod tests {
                 .code,
             "PreconditionFailed"
         );
+        // A date after the server's clock is no date: the object is sent.
         let mut h = HeaderMap::new();
         h.insert(
             "if-modified-since",
             "Mon, 12 Oct 2099 17:50:30 GMT".parse().unwrap(),
+        );
+        assert!(check_preconditions(&h, "", &info(), S3Error::not_modified()).is_ok());
+        // An ETag list over several header lines is one list.
+        let mut h = HeaderMap::new();
+        h.append("if-none-match", "\"other\"".parse().unwrap());
+        h.append(
+            "if-none-match",
+            format!("\"{}\"", info().etag).parse().unwrap(),
         );
         assert_eq!(
             check_preconditions(&h, "", &info(), S3Error::not_modified())

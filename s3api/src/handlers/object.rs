@@ -306,12 +306,16 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
     if let Some(n) = part_count {
         h.push(("x-amz-mp-parts-count", n.to_string()));
     }
-    // Full-object checksums only on full-object responses: a client would check a range
-    // against them and fail.
+    // Full-object checksums only on responses holding the whole object (a client would
+    // check a range against them and fail): also part 1 of an object written in one part.
+    let whole = match &range {
+        None => true,
+        Some(r) => part_count.is_none() && r.start == 0 && r.end == size,
+    };
     if ctx
         .header("x-amz-checksum-mode")
         .is_some_and(|v| v.eq_ignore_ascii_case("enabled"))
-        && range.is_none()
+        && whole
     {
         h.extend(checksum_headers(
             &info.checksums,
