@@ -1098,6 +1098,26 @@ async fn one_object_in_two_copies(
     (engine, drives, body, holders)
 }
 
+/// Nudges repair until its status satisfies `done`, failing with `what` (and the status) after
+/// `seconds`.
+async fn until_repair(
+    engine: &zonestore::engine::Engine,
+    what: &str,
+    seconds: u64,
+    done: impl Fn(&zonestore::engine::repair::RepairStatus) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let s = engine.repair().status();
+        if done(&s) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {s:?}");
+        engine.repair().nudge();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Writes `bytes` into drive `copy.0`'s data file at offset `copy.1`, behind the engine's back.
 fn write_at(drives: &[zns::EmulatedZns], copy: (usize, usize), bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
@@ -1163,24 +1183,14 @@ async fn a_drain_copies_from_the_drive_it_empties_when_that_copy_is_the_good_one
         .drain(&format!("zns-file://drive{drained}"))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = engine.repair().status();
-        // A pass since the drain copied what was on the drive, and nothing is left there.
-        if s.passes > passes_before
+    // A pass since the drain copied what was on the drive, and nothing is left there.
+    until_repair(&engine, "the drain did not finish", 30, |s| {
+        s.passes > passes_before
             && s.copies_made >= 1
             && s.draining_bytes == 0
             && s.blocked.is_none()
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the drain did not finish: {s:?}"
-        );
-        engine.repair().nudge();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let third = 3 - damaged - drained;
     let copied = std::fs::read(drives[third].data_path()).unwrap();
     assert!(
@@ -1229,23 +1239,18 @@ async fn a_drain_finishes_while_a_scrub_pass_runs() {
     }
     let passes_before = engine.repair().status().passes;
     engine.drain("zns-file://drive0").await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = engine.repair().status();
-        if s.passes > passes_before
-            && s.copies_made > 0
-            && s.draining_bytes == 0
-            && s.blocked.is_none()
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the drain did not finish while the scrub ran: {s:?}"
-        );
-        engine.repair().nudge();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_repair(
+        &engine,
+        "the drain did not finish while the scrub ran",
+        30,
+        |s| {
+            s.passes > passes_before
+                && s.copies_made > 0
+                && s.draining_bytes == 0
+                && s.blocked.is_none()
+        },
+    )
+    .await;
     assert!(
         engine.repair().status().scrub_running,
         "the scrub pass ended"
@@ -1634,36 +1639,22 @@ async fn a_repair_pass_whose_copies_cannot_be_recorded_goes_on() {
     // Drive 2 flushes again, but for one more failure: the first recording of repair's copies.
     let passes = engine.repair().status().passes;
     failures.store(1, Ordering::SeqCst);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = engine.repair().status();
-        if s.passes > passes
-            && s.blocked
-                .as_deref()
-                .is_some_and(|b| b.contains("recording"))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no pass ended with its copies unrecorded: {s:?}"
-        );
-        engine.repair().nudge();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let s = engine.repair().status();
-        if s.under_replicated_records == 0 && s.blocked.is_none() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the copies were not made again: {s:?}"
-        );
-        engine.repair().nudge();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_repair(
+        &engine,
+        "no pass ended with its copies unrecorded",
+        30,
+        |s| {
+            s.passes > passes
+                && s.blocked
+                    .as_deref()
+                    .is_some_and(|b| b.contains("recording"))
+        },
+    )
+    .await;
+    until_repair(&engine, "the copies were not made again", 60, |s| {
+        s.under_replicated_records == 0 && s.blocked.is_none()
+    })
+    .await;
     for (key, body) in &bodies {
         assert_eq!(&get(&engine, "b", key).await.unwrap(), body);
     }
