@@ -1098,6 +1098,22 @@ async fn one_object_in_two_copies(
     (engine, drives, body, holders)
 }
 
+/// What an intercepted flush does (see `Intercepted::before_flush`): fails, the drive refusing
+/// it, when `fail`.
+fn flush_refused_if(
+    fail: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = zns::ZoneResult<()>> + Send>> {
+    Box::pin(async move {
+        if fail {
+            Err(zns::ZoneError::Unavailable(
+                "flush refused by the test".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    })
+}
+
 /// Nudges repair until its status satisfies `done`, failing with `what` (and the status) after
 /// `seconds`.
 async fn until_repair(
@@ -1612,15 +1628,7 @@ async fn a_repair_pass_whose_copies_cannot_be_recorded_goes_on() {
                 let fail = failures
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok();
-                Box::pin(async move {
-                    if fail {
-                        Err(zns::ZoneError::Unavailable(
-                            "flush refused by the test".into(),
-                        ))
-                    } else {
-                        Ok(())
-                    }
-                })
+                flush_refused_if(fail)
             });
         }
         specs.push(zonestore::engine::DriveSpec {
@@ -1678,15 +1686,7 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
             let fail = fail.clone();
             move || {
                 let fail = fail.load(Ordering::SeqCst);
-                Box::pin(async move {
-                    if fail {
-                        Err(zns::ZoneError::Unavailable(
-                            "flush refused by the test".into(),
-                        ))
-                    } else {
-                        Ok(())
-                    }
-                })
+                flush_refused_if(fail)
             }
         });
         failing.push(fail);
