@@ -105,6 +105,11 @@ fn unix_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether `dir` exists and holds anything.
+pub(crate) fn holds_anything(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
 /// `dir`'s sibling named after it with `.suffix` (where a rebuild builds, and keeps aside).
 pub(crate) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir
@@ -163,8 +168,9 @@ pub async fn rebuild_index(
     let index_dir = checked.index_dir.clone();
     check_swappable(&index_dir)?;
     // Anything in the index directory is the old index (damaged, perhaps: what recover is
-    // for), kept aside whole when the new one takes its place.
-    let has_old = std::fs::read_dir(&index_dir).is_ok_and(|mut entries| entries.next().is_some());
+    // for), kept aside whole when the new one takes its place; only read where RocksDB can
+    // read it.
+    let has_old = holds_anything(&index_dir);
     let names = if has_old {
         match registered_drives(&index_dir) {
             Ok(names) => names,

@@ -51,8 +51,7 @@ pub enum ServeError {
 /// server started there would begin a new, empty index beside drives full of data.
 fn refuse_a_half_swapped_index(index_dir: &std::path::Path) -> Result<(), ServeError> {
     let building = crate::recover::sibling(index_dir, "rebuilding");
-    let empty = std::fs::read_dir(index_dir).map_or(true, |mut entries| entries.next().is_none());
-    if empty && building.join("CURRENT").exists() {
+    if !crate::recover::holds_anything(index_dir) && building.join("CURRENT").exists() {
         return Err(ServeError::Io {
             what: format!("opening the index in {}", index_dir.display()),
             source: std::io::Error::new(

@@ -48,8 +48,11 @@ use record::{Header, Kind};
 pub use registry::{KnownDrive, known_drives, lowest_write_quorum, registered_drives};
 
 /// The sequence numbers of failed writes revoked in the index in `index_dir` (see
-/// [`revoked`]), for a rebuild to pass over their records.
+/// [`revoked`]), for a rebuild to pass over their records (none where there is no index).
 pub fn revoked_writes(index_dir: &std::path::Path) -> EngineResult<revoked::Revocations> {
+    if !index_dir.join("CURRENT").exists() {
+        return Ok(revoked::Revocations::default());
+    }
     Ok(revoked::load(&index::Index::open(index_dir)?)?)
 }
 use seq::SeqAllocator;

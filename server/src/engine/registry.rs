@@ -310,15 +310,38 @@ pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
 }
 
 /// The drive names registered in the index in `index_dir` (in drive-id order), so that a
-/// rebuilt index can give every drive the id it had.
+/// rebuilt index can give every drive the id it had (none where there is no index: a directory
+/// without one, damaged perhaps, is never made into a new one here).
 pub fn registered_drives(index_dir: &Path) -> EngineResult<Vec<String>> {
-    let index = Index::open(index_dir)?;
-    registry(&index)
+    if !index_dir.join("CURRENT").exists() {
+        return Ok(Vec::new());
+    }
+    registry(&Index::open(index_dir)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rebuild reads the old index to keep its drive ids; a directory holding something that
+    /// is not an index (a damaged one) is read as none, never made into a new one in place.
+    #[test]
+    fn a_directory_without_an_index_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("000042.sst"),
+            "what is left of a damaged index",
+        )
+        .unwrap();
+        assert!(registered_drives(dir.path()).unwrap().is_empty());
+        assert!(
+            crate::engine::revoked_writes(dir.path())
+                .unwrap()
+                .is_empty()
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the directory was written to");
+    }
 
     #[test]
     fn a_drive_that_keeps_one_zone_open_at_a_time_is_refused_by_name() {
