@@ -358,7 +358,6 @@ impl EngineInner {
             }
             self.repair_entries(work, r, &healthy, &mut progress).await;
         }
-        self.commit_edits(&mut progress).await;
         let Progress {
             started,
             copied,
@@ -415,6 +414,7 @@ impl EngineInner {
                 progress.copied,
                 progress.rate,
                 &self.repair.wake,
+                &self.repair.closed,
             )
             .await;
             if progress.edits.len() >= 64 {
@@ -776,7 +776,14 @@ impl EngineInner {
                     }
                 }
             }
-            pace_until(started, *read, rate, &self.repair.scrub_wake).await;
+            pace_until(
+                started,
+                *read,
+                rate,
+                &self.repair.scrub_wake,
+                &self.repair.closed,
+            )
+            .await;
         }
         Ok(())
     }
@@ -997,9 +1004,13 @@ fn plan(entry: &Located, r: usize, views: &[DriveView]) -> Vec<Action> {
     actions
 }
 
-/// [`pace`], cut short when `wake` is notified (the engine shutting down, or more work asked
-/// for: the next pace makes up for it, the rate being counted from `started`).
-async fn pace_until(started: Instant, bytes: u64, rate: u64, wake: &Notify) {
+/// [`pace`], but none once the engine is shutting down (`closed`), and cut short when `wake` is
+/// notified (the shutdown's wake-up; or more work asked for: the next pace makes up for it, the
+/// rate being counted from `started`).
+async fn pace_until(started: Instant, bytes: u64, rate: u64, wake: &Notify, closed: &AtomicBool) {
+    if closed.load(Ordering::SeqCst) {
+        return;
+    }
     tokio::select! {
         _ = pace(started, bytes, rate) => {}
         _ = wake.notified() => {}
