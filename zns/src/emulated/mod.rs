@@ -128,6 +128,20 @@ impl DriveState {
             .any(|(_, z)| z.in_flight.iter().any(|&(_, id)| id < horizon))
     }
 
+    /// The entries of the zones whose state or settled write pointer is not what the metadata
+    /// file says (none while nothing changed since the last flush).
+    fn unrecorded(&self) -> Vec<(u32, ZoneEntry)> {
+        if !self.dirty {
+            return Vec::new();
+        }
+        (0..self.zones.len() as u32)
+            .filter_map(|i| {
+                let entry = self.entry(i);
+                (entry != self.zones[i as usize].durable).then_some((i, entry))
+            })
+            .collect()
+    }
+
     /// The metadata entry describing zone `index` now, counting only settled data.
     fn entry(&self, index: u32) -> ZoneEntry {
         ZoneEntry {
@@ -1004,16 +1018,7 @@ impl EmulatedZns {
                 .flat_map(|z| z.in_flight.iter().map(|&(_, id)| id))
                 .min()
                 .unwrap_or(st.next_write);
-            let entries: Vec<(u32, ZoneEntry)> = if st.dirty {
-                (0..self.inner.geometry.zone_count)
-                    .filter_map(|i| {
-                        let entry = st.entry(i);
-                        (entry != st.zones[i as usize].durable).then_some((i, entry))
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let entries = st.unrecorded();
             // Stays dirty while writes are in flight: their data is not covered by this flush.
             st.dirty = st.zones.iter().any(|z| !z.in_flight.is_empty());
             (covered, entries)
@@ -1083,16 +1088,12 @@ impl EmulatedZns {
             // a write) are recorded with them: this action's zones alone could come back from a
             // crash beside others in older states, holding more open or active resources
             // together than the drive has.
-            let mut recorded = vec![false; self.inner.geometry.zone_count as usize];
-            for &index in &changed {
-                recorded[index as usize] = true;
-            }
-            for index in 0..self.inner.geometry.zone_count {
-                let entry = st.entry(index);
-                if !recorded[index as usize] && entry != st.zones[index as usize].durable {
-                    entries.push((index, entry));
-                }
-            }
+            let recorded: std::collections::HashSet<u32> = changed.iter().copied().collect();
+            entries.extend(
+                st.unrecorded()
+                    .into_iter()
+                    .filter(|(index, _)| !recorded.contains(index)),
+            );
             // Recording a zone's new state also records its write pointer, so data written since
             // the last flush must be durable first.
             let unsynced = entries
