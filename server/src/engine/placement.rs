@@ -297,30 +297,21 @@ impl DriveSpace {
             settling: BTreeSet::new(),
         };
         for (i, snap) in zones.iter().enumerate() {
-            let usage = match snap.state {
+            let (usage, finish) = match snap.state {
                 ZoneState::Empty => {
                     space.free.insert(i as u32);
-                    ZoneUse::Free
+                    (ZoneUse::Free, FinishDue::No)
                 }
-                ZoneState::Full => ZoneUse::Sealed,
-                ZoneState::ReadOnly | ZoneState::Offline => ZoneUse::Bad,
+                ZoneState::Full => (ZoneUse::Sealed, FinishDue::No),
+                ZoneState::ReadOnly | ZoneState::Offline => (ZoneUse::Bad, FinishDue::No),
                 _ => {
                     // Open or closed with data: finish it so that it holds no resources.
                     to_finish.push(ZoneId {
                         drive,
                         zone: i as u32,
                     });
-                    ZoneUse::Sealed
+                    (ZoneUse::Sealed, FinishDue::Owed)
                 }
-            };
-            let finish = if to_finish.last()
-                == Some(&ZoneId {
-                    drive,
-                    zone: i as u32,
-                }) {
-                FinishDue::Owed
-            } else {
-                FinishDue::No
             };
             space.zones.push(ZoneSpace {
                 usage,
