@@ -423,27 +423,26 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let outcomes: Vec<_> = futures::stream::iter(targets)
         .map(|t| async move {
             if let Some(v) = t.version_id.as_deref().filter(|v| *v != "null") {
-                let e = S3Error::no_such_version(v);
-                return (t, Err(e));
+                return (t.key, Err(S3Error::no_such_version(v)));
             }
             let condition = delete_condition(t.etag.as_deref());
             let outcome = store.delete_object(bucket, &t.key, &condition).await;
-            (t, outcome)
+            (t.key, outcome)
         })
         .buffered(DELETES_AT_ONCE)
         .collect()
         .await;
     let mut w = XmlWriter::new("DeleteResult");
-    for (t, outcome) in outcomes {
+    for (key, outcome) in outcomes {
         match outcome {
             Ok(()) => {
                 if !quiet {
-                    w.start("Deleted").element("Key", &t.key).end();
+                    w.start("Deleted").element("Key", &key).end();
                 }
             }
             Err(e) => {
-                w.start("Error").element("Key", &t.key);
-                if let Some(v) = t.version_id.as_deref().filter(|v| *v != "null") {
+                w.start("Error").element("Key", &key);
+                if let Some((_, v)) = e.extra.iter().find(|(k, _)| *k == "VersionId") {
                     w.element("VersionId", v);
                 }
                 w.element("Code", e.code)
