@@ -239,6 +239,15 @@ pub struct UploadListing {
     pub truncated: bool,
 }
 
+/// What [`Index::fold_scan`] found: entries, common prefixes, whether more follow, and the
+/// name or prefix the next page starts after.
+struct Folded<T> {
+    entries: Vec<T>,
+    prefixes: Vec<String>,
+    truncated: bool,
+    last: Option<String>,
+}
+
 /// The RocksDB index.
 pub struct Index {
     db: DB,
@@ -515,7 +524,6 @@ impl Index {
         if prefix.contains('\0') || max == 0 {
             return Ok(listing);
         }
-        let bucket_prefix = object_key(bucket, "");
         let base = object_key(bucket, prefix);
         let delimiter = delimiter.filter(|d| !d.is_empty());
         let start = match after {
@@ -532,49 +540,19 @@ impl Index {
             }
             None => base.clone(),
         };
-        let mut options = ReadOptions::default();
-        if let Some(end) = prefix_successor(&base) {
-            options.set_iterate_upper_bound(end);
-        }
-        let mut iter = self
-            .db
-            .raw_iterator_cf_opt(self.cf(cf::UPLOAD_KEYS), options);
-        iter.seek(start.max(base.clone()));
-        while iter.valid() {
-            let Some(k) = iter.key() else { break };
-            if !k.starts_with(&base) {
-                break;
-            }
-            let id = upload_id_of(k)?;
-            let key_end = k.len().saturating_sub(9).max(bucket_prefix.len());
-            let key = String::from_utf8_lossy(&k[bucket_prefix.len()..key_end]).into_owned();
-            if let Some(d) = delimiter
-                && let Some(pos) = key[prefix.len()..].find(d)
-            {
-                if listing.uploads.len() + listing.prefixes.len() == max {
-                    listing.truncated = true;
-                    break;
-                }
-                let common = key[..prefix.len() + pos + d.len()].to_string();
-                let next = prefix_successor(&object_key(bucket, &common));
-                listing.prefixes.push(common);
-                match next {
-                    Some(n) => iter.seek(&n),
-                    None => break,
-                }
-                continue;
-            }
-            // An upload completed or aborted since the iterator began is passed over.
-            if let Some(upload) = self.upload(id)? {
-                if listing.uploads.len() + listing.prefixes.len() == max {
-                    listing.truncated = true;
-                    break;
-                }
-                listing.uploads.push(upload);
-            }
-            iter.next();
-        }
-        iter.status()?;
+        let folded = self.fold_scan(
+            cf::UPLOAD_KEYS,
+            (bucket, prefix),
+            start.max(base),
+            delimiter,
+            max,
+            // The name ends before the NUL and upload id that end the listing key.
+            |k| k.len().saturating_sub(9),
+            |_, k, _| self.upload(upload_id_of(k)?),
+        )?;
+        listing.uploads = folded.entries;
+        listing.prefixes = folded.prefixes;
+        listing.truncated = folded.truncated;
         Ok(listing)
     }
 
@@ -630,8 +608,6 @@ impl Index {
         delimiter: Option<&str>,
         max: usize,
     ) -> IndexResult<Listing> {
-        let cf = self.cf(cf::OBJECTS);
-        let bucket_prefix = object_key(bucket, "");
         let full_prefix = object_key(bucket, prefix);
         let delimiter = delimiter.filter(|d| !d.is_empty());
         // Where to start: after start_after (past its whole common prefix if it is one).
@@ -651,46 +627,95 @@ impl Index {
                 s
             };
         }
-        let mut listing = Listing::default();
-        // Bounded: past the prefix, the iterator would step over every deleted key's
-        // tombstone on its way to the next live key.
+        let folded = self.fold_scan(
+            cf::OBJECTS,
+            (bucket, prefix),
+            seek,
+            delimiter,
+            max,
+            <[u8]>::len,
+            |name, _, value| {
+                let entry = ObjectEntry::decode(value).map_err(corrupt(cf::OBJECTS))?;
+                Ok(Some((name.to_string(), entry)))
+            },
+        )?;
+        Ok(Listing {
+            objects: folded.entries,
+            prefixes: folded.prefixes,
+            truncated: folded.truncated,
+            last: folded.last,
+        })
+    }
+
+    /// Walks `cf` from `seek` through the rows named under `prefix` in `bucket`, in order: a
+    /// row's name is its key from after the bucket's to `name_end` of it. Names holding
+    /// `delimiter` after the prefix fold into one common prefix each, skipped with one seek;
+    /// `entry` makes an entry of any other row (None: passed over). Stops once `max` entries
+    /// and prefixes are found, truncated only if another follows. Bounded at the prefix's end:
+    /// past it, the iterator would step over every deleted row's tombstone on its way to the
+    /// next live one.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_scan<T>(
+        &self,
+        cf_name: &str,
+        (bucket, prefix): (&str, &str),
+        seek: Vec<u8>,
+        delimiter: Option<&str>,
+        max: usize,
+        name_end: impl Fn(&[u8]) -> usize,
+        mut entry: impl FnMut(&str, &[u8], &[u8]) -> IndexResult<Option<T>>,
+    ) -> IndexResult<Folded<T>> {
+        let bucket_prefix = object_key(bucket, "");
+        let full_prefix = object_key(bucket, prefix);
+        let mut folded = Folded {
+            entries: Vec::new(),
+            prefixes: Vec::new(),
+            truncated: false,
+            last: None,
+        };
         let mut options = ReadOptions::default();
         if let Some(end) = prefix_successor(&full_prefix) {
             options.set_iterate_upper_bound(end);
         }
-        let mut iter = self.db.raw_iterator_cf_opt(cf, options);
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(cf_name), options);
         iter.seek(&seek);
         while iter.valid() {
             let Some(k) = iter.key() else { break };
             if !k.starts_with(&full_prefix) {
                 break;
             }
-            let key = String::from_utf8_lossy(&k[bucket_prefix.len()..]).into_owned();
-            if listing.objects.len() + listing.prefixes.len() == max {
-                listing.truncated = true;
-                break;
-            }
+            let end = name_end(k).max(bucket_prefix.len());
+            let name = String::from_utf8_lossy(&k[bucket_prefix.len()..end]).into_owned();
+            let found = folded.entries.len() + folded.prefixes.len();
             if let Some(d) = delimiter
-                && let Some(pos) = key[prefix.len()..].find(d)
+                && let Some(pos) = name[prefix.len()..].find(d)
             {
-                let common = key[..prefix.len() + pos + d.len()].to_string();
+                if found == max {
+                    folded.truncated = true;
+                    break;
+                }
+                let common = name[..prefix.len() + pos + d.len()].to_string();
                 let next = prefix_successor(&object_key(bucket, &common));
-                listing.last = Some(common.clone());
-                listing.prefixes.push(common);
+                folded.last = Some(common.clone());
+                folded.prefixes.push(common);
                 match next {
                     Some(n) => iter.seek(&n),
                     None => break,
                 }
                 continue;
             }
-            let entry = ObjectEntry::decode(iter.value().unwrap_or_default())
-                .map_err(corrupt(cf::OBJECTS))?;
-            listing.last = Some(key.clone());
-            listing.objects.push((key, entry));
+            if let Some(e) = entry(&name, k, iter.value().unwrap_or_default())? {
+                if found == max {
+                    folded.truncated = true;
+                    break;
+                }
+                folded.last = Some(name);
+                folded.entries.push(e);
+            }
             iter.next();
         }
         iter.status()?;
-        Ok(listing)
+        Ok(folded)
     }
 
     /// Every object of every bucket, in key order (for comparisons and rebuild checks).
