@@ -458,6 +458,8 @@ impl EngineInner {
                     .lock()
                     .insert(victim, Instant::now() + HOLD_BACK);
                 kept.insert(victim.zone);
+                // Told at once, not when the pass ends: the pass goes on with other zones.
+                *self.gc.last_error.lock() = Some(e.to_string());
                 result = Err(e);
                 failures += 1;
                 if failures >= FAILURES_PER_PASS {
