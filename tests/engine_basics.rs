@@ -1562,6 +1562,83 @@ async fn a_rebuild_takes_the_moved_copy_of_a_record_left_twice_on_its_drive() {
     assert_eq!(get(&engine, "b", "keep").await.unwrap(), keep);
 }
 
+/// A zone that turns read-only under an append (the drive's doing) costs that append only: the
+/// record is appended again to another zone of the same drive, for a client's write and for
+/// GC's move alike, even where that drive is the only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_to_a_zone_gone_read_only_is_made_again_in_another_zone() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zns::testing::Backdoor;
+    use zonestore::engine::placement::ZoneUse;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let inner = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let spoil_next = Arc::new(AtomicBool::new(false));
+    let spoiled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
+    drive.before_append = Box::new({
+        let (inner, spoil_next, spoiled) = (inner.clone(), spoil_next.clone(), spoiled.clone());
+        move |zslba, _, _| {
+            let spoil = spoil_next.swap(false, Ordering::SeqCst);
+            let (inner, spoiled) = (inner.clone(), spoiled.clone());
+            Box::pin(async move {
+                if spoil {
+                    inner.make_read_only(zslba).await.unwrap();
+                    spoiled.lock().unwrap().push((zslba / g.zone_size) as u32);
+                }
+            })
+        }
+    });
+    let engine = engine_on(dir.path(), "zns-file://drive0", Arc::new(drive), gc_by_hand).await;
+
+    // A client's write.
+    let kept = content("kept", 1, 20_000);
+    spoil_next.store(true, Ordering::SeqCst);
+    put(&engine, "b", "kept", &kept).await.unwrap();
+    let first = spoiled.lock().unwrap().clone();
+    assert_eq!(first.len(), 1, "the test spoiled a zone under the write");
+    assert_eq!(zone_row(&engine, first[0]).usage, ZoneUse::Bad);
+    assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
+
+    // GC's move: filler fills the kept object's zone, then goes.
+    let zone_of_kept = |engine: &zonestore::engine::Engine| {
+        engine
+            .object_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(_, e)| e.meta.size == 20_000)
+            .map(|(_, e)| (e.commit[0].lba / g.zone_size) as u32)
+            .unwrap()
+    };
+    let victim = zone_of_kept(&engine);
+    let filler = content("f", 1, 30 << 10);
+    let mut n = 0;
+    while zone_row(&engine, victim).usage != ZoneUse::Sealed {
+        put(&engine, "b", &format!("f{n}"), &filler).await.unwrap();
+        n += 1;
+        assert!(n < 200, "the zone never filled");
+    }
+    for k in 0..n {
+        engine.delete("b", &format!("f{k}")).await.unwrap();
+    }
+    spoil_next.store(true, Ordering::SeqCst);
+    let mut rounds = 0;
+    while zone_row(&engine, victim).usage == ZoneUse::Sealed {
+        engine.inner().collect_now().await.unwrap();
+        rounds += 1;
+        assert!(rounds < 20, "GC never collected the kept object's zone");
+    }
+    assert_eq!(
+        spoiled.lock().unwrap().len(),
+        2,
+        "the test spoiled a zone under GC"
+    );
+    assert_ne!(zone_of_kept(&engine), victim, "GC moved the object");
+    assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
+    engine.shutdown().await;
+}
+
 /// A drive is named in full, or by the end of its name when no other drive shares it: an
 /// ambiguous name is refused, never taken for the first drive it fits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

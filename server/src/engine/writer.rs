@@ -174,7 +174,18 @@ impl EngineInner {
                 }
             });
             for (slot, result) in futures::future::join_all(appends).await {
-                tried.push(slot.drive);
+                // A zone the drive made read-only or took offline is left out from now on;
+                // the drive's other zones still take the record. Any other failure leaves
+                // the drive out of this record's next rounds.
+                let zone_lost = result.as_ref().is_err_and(|e| {
+                    matches!(
+                        e.kind(),
+                        zns::ZoneErrorKind::ZoneIsReadOnly | zns::ZoneErrorKind::ZoneIsOffline
+                    )
+                });
+                if !zone_lost {
+                    tried.push(slot.drive);
+                }
                 let ok = result.is_ok();
                 if let Err(e) = &result
                     && e.kind() == zns::ZoneErrorKind::Unavailable
@@ -216,9 +227,7 @@ impl EngineInner {
                             drive: slot.drive,
                             zone: slot.zone,
                         });
-                        if e.kind() == zns::ZoneErrorKind::ZoneIsReadOnly
-                            || e.kind() == zns::ZoneErrorKind::ZoneIsOffline
-                        {
+                        if zone_lost {
                             self.placement.mark_bad(ZoneId {
                                 drive: slot.drive,
                                 zone: slot.zone,
