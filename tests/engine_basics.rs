@@ -505,7 +505,8 @@ async fn an_operation_abandoned_mid_append_runs_to_its_end() {
         0,
         "zone {zone} was reset under an append in flight"
     );
-    release.notify_waiters();
+    // A permit, not a wake-up: the stalled append may not have begun to wait yet.
+    release.notify_one();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while engine.bucket("c").is_err() {
         assert!(

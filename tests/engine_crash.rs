@@ -117,16 +117,35 @@ fn crash_rounds(name: &str, drives: usize, rounds: usize) {
             .spawn()
             .expect("spawn child");
         let stderr = child.stderr.take().unwrap();
+        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line.clone());
+            }
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(400..1500)));
+        // Killed once it has acknowledged a random number of operations, a random moment
+        // later: however slow the machine is to start it (a fixed delay from the spawn could
+        // end before a loaded machine had it write anything).
+        let wanted = rng.random_range(3..40usize);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut lines = Vec::new();
+        let mut acks = 0;
+        while acks < wanted {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match line_rx.recv_timeout(left) {
+                Ok(line) => {
+                    acks += usize::from(line.starts_with("@@ A "));
+                    lines.push(line);
+                }
+                // The child ended or stalled: what it printed is checked as it is.
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        reader.join().unwrap();
+        lines.extend(line_rx.try_iter());
         // Replay the child's log: acknowledged states, and the operation in flight per key.
         let mut pending: HashMap<String, State> = HashMap::new();
         for line in lines.iter().filter_map(|l| l.strip_prefix("@@ ")) {

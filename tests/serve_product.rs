@@ -334,7 +334,19 @@ fn uploads_survive(signal: i32) {
         "load_until_stopped.py",
         &[acked.to_str().unwrap(), "load", "8"],
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Stopped mid-run once enough uploads were acknowledged, however slow the machine is to
+    // start the clients, and a moment later (more land meanwhile, others are in flight).
+    let acked_so_far = || std::fs::read_to_string(&acked).map_or(0, |text| text.lines().count());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while acked_so_far() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clients acknowledged only {} uploads in two minutes",
+            acked_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     server.process.signal(signal);
     let status = server.wait_exit(Duration::from_secs(60));
     if signal == libc::SIGTERM {

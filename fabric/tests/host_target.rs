@@ -64,6 +64,19 @@ fn listen_again_soon(target: &Target, addr: SocketAddr) -> tokio::task::JoinHand
     })
 }
 
+/// Waits (up to 10 s: the host learns of it from its reader task) until `host` has seen its
+/// connection end.
+async fn until_disconnected(host: &NvmeTcpHost) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while host.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host never saw the target go away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -170,9 +183,8 @@ fn host_reconnects_after_the_target_restarts() {
         let lba = host.append(0, data.clone()).await.unwrap();
         host.flush().await.unwrap();
         // The target goes away: every connection closes.
-        drop(rig.handle);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!host.is_connected());
+        rig.handle.shut_down(Duration::from_secs(10)).await;
+        until_disconnected(&host).await;
         // It comes back on the same port; a command issued meanwhile waits and then succeeds.
         let restart = listen_again_soon(&rig.target, addr);
         let read = host.read(lba, 4).await.unwrap();
@@ -200,9 +212,8 @@ fn a_write_sent_while_reconnecting_counts_in_the_session_it_runs_in() {
         let addr = rig.handle.local_addr();
         let host = NvmeTcpHost::connect(host_config(addr)).await.unwrap();
         let first = host.session();
-        drop(rig.handle);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!host.is_connected());
+        rig.handle.shut_down(Duration::from_secs(10)).await;
+        until_disconnected(&host).await;
         let noted = host.session();
         assert_ne!(noted, first, "the lost session's writes may be gone");
         let restart = listen_again_soon(&rig.target, addr);
@@ -237,7 +248,8 @@ fn a_different_drive_behind_the_same_address_and_nqn_is_refused() {
         );
         // The storage node comes back with a fresh drive (say its disk was not mounted): same
         // address, same NQN, same geometry, none of the data.
-        drop(rig.handle);
+        rig.handle.shut_down(Duration::from_secs(10)).await;
+        until_disconnected(&host).await;
         let dir = tempfile::tempdir().unwrap();
         let impostor = EmulatedZns::create(dir.path(), g).unwrap();
         let target = Target::new(TargetConfig::default());
@@ -622,7 +634,9 @@ fn commands_abandoned_while_the_target_is_slow_do_not_break_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let g = Geometry::new(4, 1 << 20);
         let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let go = Arc::new(tokio::sync::Notify::new());
+        // A gate, opened once for good: a read that saw `slow` but has not begun to wait when
+        // it opens goes through as well.
+        let go = Arc::new(tokio::sync::Semaphore::new(0));
         let (host, _handle) = tampered_rig(dir.path(), g, 4, |d| {
             let (slow, go) = (slow.clone(), go.clone());
             d.before_read = Box::new(move |_, _| {
@@ -630,7 +644,7 @@ fn commands_abandoned_while_the_target_is_slow_do_not_break_the_queue() {
                 let go = go.clone();
                 Box::pin(async move {
                     if stall {
-                        go.notified().await;
+                        let _ = go.acquire().await;
                     }
                 })
             });
@@ -648,7 +662,7 @@ fn commands_abandoned_while_the_target_is_slow_do_not_break_the_queue() {
             );
         }
         slow.store(false, std::sync::atomic::Ordering::SeqCst);
-        go.notify_waiters();
+        go.add_permits(1);
         for lba in 0..4 {
             let block = host.read(lba, 1).await.unwrap();
             assert_eq!(

@@ -88,16 +88,33 @@ fn flushed_appends_survive_sigkill() {
             .spawn()
             .expect("spawn child");
         let report = child.stderr.take().unwrap();
+        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            BufReader::new(report)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+            for line in BufReader::new(report).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        // Killed after a random number of flushes, a random moment later: however slow the
+        // machine is to start the child.
+        let wanted = rng.random_range(1..6usize);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut lines = Vec::new();
+        let mut flushes = 0;
+        while flushes < wanted {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match line_rx.recv_timeout(left) {
+                Ok(line) => {
+                    flushes += usize::from(line == "F");
+                    lines.push(line);
+                }
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         child.kill().expect("SIGKILL the child");
         child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        reader.join().unwrap();
+        lines.extend(line_rx.try_iter());
         let mut pending = Vec::new();
         for line in &lines {
             let parts: Vec<&str> = line.split_whitespace().collect();
@@ -112,7 +129,7 @@ fn flushed_appends_survive_sigkill() {
             }
         }
         assert!(
-            lines.iter().any(|l| l == "F") || round > 0,
+            lines.iter().any(|l| l == "F"),
             "child made progress in round {round}"
         );
 
