@@ -1,7 +1,8 @@
 //! The committer: the only writer of the index. Changes arrive from concurrent requests and are
 //! applied in groups: one flush per drive touched by the group makes its records durable, then
 //! one synchronous RocksDB write batch makes its index changes durable, then every request in
-//! the group is answered. Thousands of small PUTs per second thus share flushes and WAL syncs.
+//! the group is answered. Thousands of small PUTs per second thus share flushes and WAL syncs,
+//! and the next group's flushes run while this one's index write does.
 //!
 //! Each change is checked against the index as it stands (including changes earlier in the same
 //! group) and ordered by sequence number, exactly as a rebuild from the log would order it:
@@ -528,18 +529,40 @@ struct Shared {
     placement: Arc<Placement>,
 }
 
+/// A group whose records were flushed, waiting for its index changes, with the drives whose
+/// flush failed (and why).
+struct Flushed {
+    group: Vec<Request>,
+    failed: HashMap<DriveId, String>,
+}
+
+/// The committer task: two stages, overlapped. One flushes the drives a group touched while the
+/// other writes the previous group's index changes, so a group costs the longer of the two
+/// waits, not their sum. Groups reach the index in the order they formed; each change is checked
+/// against the index as the groups before it left it.
 async fn run(
-    mut rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Request>,
     shared: Shared,
     quorum: usize,
     short_commits: Arc<AtomicU64>,
 ) {
-    let Shared {
-        index,
-        drives,
-        accounts,
-        placement,
-    } = shared;
+    // One group flushed and waiting while another is written: no more, so groups stay large
+    // when the index is the slower stage.
+    let (flushed_tx, flushed_rx) = mpsc::channel(1);
+    let drives = shared.drives.clone();
+    tokio::join!(
+        flush_groups(rx, drives, flushed_tx),
+        apply_groups(flushed_rx, shared, quorum, short_commits)
+    );
+}
+
+/// The first stage: forms groups of the requests waiting and makes their records durable, one
+/// flush per drive touched.
+async fn flush_groups(
+    mut rx: mpsc::Receiver<Request>,
+    drives: Arc<Drives>,
+    flushed: mpsc::Sender<Flushed>,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -548,7 +571,6 @@ async fn run(
                 Err(_) => break,
             }
         }
-        // 1. Make the group's records durable: one flush per drive touched.
         let touched: BTreeSet<DriveId> = group.iter().flat_map(|r| r.change.drives()).collect();
         let flushes = touched.iter().map(|&d| {
             let drives = drives.clone();
@@ -568,7 +590,28 @@ async fn run(
             .into_iter()
             .filter_map(|(d, r)| r.err().map(|e| (d, e)))
             .collect();
-        // 2. Apply the changes in order into one batch.
+        if flushed.send(Flushed { group, failed }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The second stage: applies each flushed group's changes in order in one durable index
+/// write, then answers its requests; at the end, records how far zones are settled.
+async fn apply_groups(
+    mut flushed: mpsc::Receiver<Flushed>,
+    shared: Shared,
+    quorum: usize,
+    short_commits: Arc<AtomicU64>,
+) {
+    let Shared {
+        index,
+        drives,
+        accounts,
+        placement,
+    } = shared;
+    while let Some(Flushed { mut group, failed }) = flushed.recv().await {
+        // Apply the changes in order into one batch.
         let base = accounts.snapshot();
         let mut txn = Txn::new(&index, &drives, &base);
         let mut results = Vec::with_capacity(group.len());
@@ -628,7 +671,7 @@ async fn run(
         for (zone, prefix) in placement.settled_reports() {
             txn.record_settled(zone, prefix);
         }
-        // 3. Make the index changes durable.
+        // Make the index changes durable.
         let (batch, changed) = txn.finish();
         let write = {
             let index = index.clone();
