@@ -36,6 +36,12 @@ use writer::Writers;
 const DATA_FILE: &str = "zns.data";
 const META_FILE: &str = "zns.meta";
 
+/// The smallest write a rarely-read hint sends around the page cache. A smaller one would cost
+/// the writer thread a disk round trip of its own (with R copies of 4 KiB objects, R - 1 of
+/// every object's appends did), where in the cache it costs a page until the next flush writes
+/// it with the others.
+const HINTED_DIRECT_MIN: usize = 64 << 10;
+
 /// A file-backed ZNS drive with the full zone state machine, durable zone metadata and fault
 /// injection. Cheap to clone; clones share the drive.
 #[derive(Clone, Debug)]
@@ -617,8 +623,8 @@ impl EmulatedZns {
         let grant = self.begin_write(lba, blocks, append).await?;
         let lba = grant.lba;
         let offset = self.byte_offset(lba);
-        let direct =
-            hint == WriteHint::InfrequentReads || self.inner.direct_writes.load(Ordering::Relaxed);
+        let direct = (hint == WriteHint::InfrequentReads && data.len() >= HINTED_DIRECT_MIN)
+            || self.inner.direct_writes.load(Ordering::Relaxed);
         // Handed to the writer threads now: it runs to its end whether or not we wait.
         let ending: Ending = match self.inner.writers.submit(data, offset, direct) {
             Ok(done) => Box::pin(async move {
@@ -1441,6 +1447,17 @@ mod tests {
             assert_eq!(cached, 0, "a write hinted as rarely read was cached");
         }
         assert_eq!(drive.read(hinted, 256).await.unwrap(), data(3));
+        // Unless it is small: then it waits in the cache for the next flush, like the rest.
+        let small_hinted = drive
+            .append_hinted(
+                g.zone_start(3),
+                Bytes::from(vec![9u8; 8192]),
+                WriteHint::InfrequentReads,
+            )
+            .await
+            .unwrap();
+        assert!(resident_pages(&drive.inner.data, 3 * zone_bytes as u64, 8192) > 0);
+        assert_eq!(small_hinted, g.zone_start(3));
 
         drive.set_direct_writes(true);
         let lba = drive.append(g.zone_start(1), data(2)).await.unwrap();
