@@ -213,6 +213,8 @@ async fn run_s3(address: SocketAddr, seconds: u64) -> Figures {
 
     // 4 KiB objects at concurrency 64.
     let body = random_bytes(SMALL, 11);
+    // Told as it begins, for a profiler to be pointed at one phase.
+    eprintln!("phase: 4 KiB PUT");
     let small_put = small_phase(address, &key, seconds, move |worker, i| {
         (
             Method::PUT,
