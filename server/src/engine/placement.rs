@@ -116,6 +116,30 @@ struct DriveSpace {
 }
 
 impl DriveSpace {
+    /// Zones holding one of the drive's open or active resources, as far as placement knows:
+    /// open for appends, waiting for appends in flight, or owing a Finish.
+    fn zones_holding_resources(&self) -> usize {
+        self.zones
+            .iter()
+            .filter(|z| {
+                matches!(z.usage, ZoneUse::Active(_) | ZoneUse::Closing)
+                    // (A read-only or offline zone holds none, whatever it owed.)
+                    || (z.finish != FinishDue::No && z.usage != ZoneUse::Bad)
+            })
+            .count()
+    }
+
+    /// Whether the drive has a resource to spare for another open zone: zones retired
+    /// together hold theirs until their Finishes land, and opening zones past the drive's
+    /// limits meanwhile would have appends refused (Too Many Active Zones).
+    fn can_open_another(&self) -> bool {
+        let limit = [self.geometry.max_active, self.geometry.max_open]
+            .into_iter()
+            .flatten()
+            .min();
+        limit.is_none_or(|l| self.zones_holding_resources() < l as usize)
+    }
+
     fn remaining(&self, zone: u32) -> u64 {
         let z = &self.zones[zone as usize];
         self.geometry
@@ -164,6 +188,17 @@ pub struct NoSpace {
     pub reason: String,
     /// Zones the attempt retired, which the caller must still finish.
     pub finish: Vec<ZoneId>,
+    /// Whether a drive had free zones but no resource to open one until Finishes of zones
+    /// retired earlier land (a wait of moments, not a lack of space).
+    pub awaiting_finishes: bool,
+}
+
+/// Why a drive took no copy of a record.
+enum Unplaced {
+    /// No zone it may use has room.
+    NoRoom,
+    /// A free zone, but no resource to open it until Finishes land.
+    AwaitingFinishes,
 }
 
 /// Placement state of all drives.
@@ -400,6 +435,7 @@ impl Placement {
         let start = self.next_drive.fetch_add(1, Ordering::Relaxed);
         let mut slots = Vec::with_capacity(copies);
         let mut to_finish = Vec::new();
+        let mut awaiting_finishes = false;
         for i in 0..n {
             if slots.len() == copies {
                 break;
@@ -409,7 +445,7 @@ impl Placement {
             if !usable(drive) {
                 continue;
             }
-            if let Some(slot) = self.reserve_on(
+            match self.reserve_on(
                 &mut drives[d],
                 d,
                 class,
@@ -417,7 +453,9 @@ impl Placement {
                 blocks,
                 &mut to_finish,
             ) {
-                slots.push(slot);
+                Ok(slot) => slots.push(slot),
+                Err(Unplaced::AwaitingFinishes) => awaiting_finishes = true,
+                Err(Unplaced::NoRoom) => {}
             }
         }
         if slots.len() < min {
@@ -432,6 +470,7 @@ impl Placement {
                     slots.len()
                 ),
                 finish: to_finish,
+                awaiting_finishes,
             });
         }
         Ok((slots, to_finish))
@@ -445,11 +484,11 @@ impl Placement {
         frees_space: bool,
         blocks: u64,
         to_finish: &mut Vec<ZoneId>,
-    ) -> Option<Slot> {
+    ) -> Result<Slot, Unplaced> {
         let config = self.config[d];
         let drive = d as DriveId;
         if blocks > space.geometry.zone_capacity {
-            return None;
+            return Err(Unplaced::NoRoom);
         }
         let c = class as usize;
         let limit = match class {
@@ -465,9 +504,10 @@ impl Placement {
         // different zones, on real drives different dies), and take them in turn.
         if space.active[c].len() < limit
             && space.free.len() > reserve + limit
+            && space.can_open_another()
             && let Some(&zone) = space.free.iter().next()
         {
-            return Some(open_zone(space, drive, zone, class, blocks, config.reserve));
+            return Ok(open_zone(space, drive, zone, class, blocks, config.reserve));
         }
 
         let open = space.active[c].len();
@@ -479,20 +519,39 @@ impl Placement {
             }
             if space.remaining(zone) >= blocks {
                 space.turn = space.turn.wrapping_add(k + 1);
-                return Some(take(space, drive, zone, blocks));
+                return Ok(take(space, drive, zone, blocks));
             }
         }
-        // None has room: retire the fullest if at the limit, then open a new zone.
-        if space.active[c].len() >= limit
-            && let Some(&fullest) = space.active[c].iter().min_by_key(|&&z| space.remaining(z))
-        {
-            space.retire(fullest, to_finish, drive);
+        // None has room: at the limit, those that cannot take this record are retired, then a
+        // new zone is opened. (Retiring only the fullest left the others open with less room
+        // than records of this size: every later one retired the newest zone, and the drive
+        // wrote to one zone at a time, its active resources held by zones nothing fits in.)
+        // What each leaves unwritten is less than this record, at most the append limit.
+        if space.active[c].len() >= limit {
+            let cannot: Vec<u32> = space.active[c]
+                .iter()
+                .copied()
+                .filter(|&z| !(ordinary && space.zones[z as usize].from_reserve))
+                .filter(|&z| space.remaining(z) < blocks)
+                .collect();
+            for zone in cannot {
+                space.retire(zone, to_finish, drive);
+            }
+            // Only reserve zones open (an ordinary write leaves them alone): the fullest goes.
+            if space.active[c].len() >= limit
+                && let Some(&fullest) = space.active[c].iter().min_by_key(|&&z| space.remaining(z))
+            {
+                space.retire(fullest, to_finish, drive);
+            }
         }
         if space.free.len() <= reserve {
-            return None;
+            return Err(Unplaced::NoRoom);
         }
-        let zone = *space.free.iter().next()?;
-        Some(open_zone(space, drive, zone, class, blocks, config.reserve))
+        if !space.can_open_another() {
+            return Err(Unplaced::AwaitingFinishes);
+        }
+        let zone = *space.free.iter().next().ok_or(Unplaced::NoRoom)?;
+        Ok(open_zone(space, drive, zone, class, blocks, config.reserve))
     }
 
     /// Records the end of an append into `slot` (`ok` when it landed). Returns a zone to
@@ -824,6 +883,64 @@ mod tests {
         assert_eq!(finish, vec![ZoneId { drive: 0, zone: 1 }]);
         assert_eq!(p.free_zones(0), 2);
         assert!(p.reserve(Class::Gc, 1, 1, 1, |_| true).is_ok());
+    }
+
+    /// Records of one size that leave each zone with less room than one of them: the zones
+    /// that cannot take the next are retired together, and writes go on striped over several
+    /// zones, not one new zone at a time among open zones nothing fits in.
+    #[test]
+    fn zones_too_full_for_the_record_at_hand_are_retired_together() {
+        let (_d, _drives, p) = setup(64);
+        let limit = PlacementConfig::for_geometry(&p.drives.lock()[0].geometry).user_zones;
+        assert!(limit >= 3, "the test needs several user zones: {limit}");
+        let mut zones = Vec::new();
+        for _ in 0..60 {
+            // 3 blocks of a zone's 16: each zone keeps 1 block nothing of this size fits in.
+            let (slots, _) = p.reserve(Class::User, 3, 1, 1, |_| true).unwrap();
+            p.complete(&slots[0], true);
+            zones.push(slots[0].zone);
+        }
+        let late = &zones[40..];
+        let repeats = late.windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(
+            repeats <= 2,
+            "records went to one zone after another, not striped: {late:?}"
+        );
+    }
+
+    /// Zones retired together keep their resources until their Finishes land: placement opens
+    /// no more zones meanwhile than the drive's active limit allows.
+    #[test]
+    fn zones_owing_their_finish_count_against_the_active_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Geometry::new(64, 64 << 10);
+        g.max_append_blocks = 4;
+        g.max_active = Some(6);
+        g.max_open = Some(6);
+        let drive = EmulatedZns::create(dir.path(), g).unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(
+            0,
+            "d".into(),
+            Arc::new(drive) as Arc<dyn ZonedDevice>,
+        ))]);
+        let empty = ZoneSnapshot {
+            state: ZoneState::Empty,
+            written: 0,
+            settled: 0,
+        };
+        let (p, _) = Placement::new(&drives, vec![Some(vec![empty; 64])]);
+        // No Finish ever lands: every zone retired keeps its resource.
+        for _ in 0..40 {
+            let Ok((slots, _)) = p.reserve(Class::User, 3, 1, 1, |_| true) else {
+                break;
+            };
+            p.complete(&slots[0], true);
+            let held = p.drives.lock()[0].zones_holding_resources();
+            assert!(
+                held <= 6,
+                "{held} zones hold resources of a drive allowing 6"
+            );
+        }
     }
 
     #[test]

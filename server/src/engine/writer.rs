@@ -92,32 +92,51 @@ impl EngineInner {
                 // made visible, rather than wait for space that is not the problem.
                 break;
             }
-            let (slots, finish) =
-                match self
-                    .placement
-                    .reserve_with(class, frees_space, blocks, missing, min, usable)
-                {
-                    Ok(x) => x,
-                    Err(NoSpace { reason, finish }) => {
-                        // Zones the attempt retired still need their Finish, or they would
-                        // hold the drive's active-zone resources forever.
-                        self.finish_zones(finish);
-                        if locations.len() >= quorum {
-                            break;
-                        }
-                        // Out of room: if GC can reclaim space, wait for it (writes slow down
-                        // instead of failing); otherwise the store is truly full.
-                        if class == Class::User && Instant::now() < deadline && self.can_reclaim() {
-                            self.gc.nudge();
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                        return Err(AppendFailed {
-                            error: EngineError::NoSpace(reason),
-                            attempted: holds.zones().collect(),
-                        });
+            let (slots, finish) = match self.placement.reserve_with(
+                class,
+                frees_space,
+                blocks,
+                missing,
+                min,
+                usable,
+            ) {
+                Ok(x) => x,
+                Err(NoSpace {
+                    reason,
+                    finish,
+                    awaiting_finishes,
+                }) => {
+                    // Zones the attempt retired still need their Finish, or they would
+                    // hold the drive's active-zone resources forever.
+                    self.finish_zones(finish);
+                    if locations.len() >= quorum {
+                        break;
                     }
-                };
+                    // A free zone waits for a resource the Finishes under way give back.
+                    if awaiting_finishes && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    // Out of room: if GC can reclaim space, wait for it (writes slow down
+                    // instead of failing); otherwise the store is truly full.
+                    if class == Class::User && Instant::now() < deadline && self.can_reclaim() {
+                        self.gc.nudge();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    let reason = if awaiting_finishes {
+                        format!(
+                            "{reason} (the Finish of zones retired earlier has not landed: the drive allows no more open zones until it does)"
+                        )
+                    } else {
+                        reason
+                    };
+                    return Err(AppendFailed {
+                        error: EngineError::NoSpace(reason),
+                        attempted: holds.zones().collect(),
+                    });
+                }
+            };
             rounds += 1;
             self.finish_zones(finish);
             // The first copy of a new record is the one reads prefer: the others are marked
