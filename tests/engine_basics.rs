@@ -1918,9 +1918,19 @@ async fn a_put_does_not_land_in_a_bucket_created_again_while_it_streamed() {
 
 /// A PUT whose client goes away while its commit record is being appended still completes:
 /// the record is committed, not left on the drive for a rebuild to believe while the index
-/// never took it.
+/// never took it. A body of several records is appended before its commit record; a small one
+/// goes with it, in one append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
+    // The commit record alone: one block.
+    abandoned_while_committing(150_000, |record| record.len() <= 4096).await;
+    // The body's record and the commit record, together: the one append.
+    abandoned_while_committing(20_000, |_| true).await;
+}
+
+/// Puts a `length`-byte object, its client gone while the first append `stalls_on` picks (once
+/// the PUT has begun) is in flight; checks the object committed all the same.
+async fn abandoned_while_committing(length: usize, stalls_on: fn(&bytes::Bytes) -> bool) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
@@ -1932,8 +1942,7 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
     drive.before_append = Box::new({
         let (slow, appending) = (slow.clone(), appending.clone());
         move |_, _, record| {
-            // The commit record: one block (the object's data is larger).
-            let stall = slow.load(Ordering::SeqCst) && record.len() <= 4096;
+            let stall = slow.load(Ordering::SeqCst) && stalls_on(record);
             if stall {
                 appending.notify_one();
             }
@@ -1952,7 +1961,7 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
     )
     .await;
     slow.store(true, Ordering::SeqCst);
-    let body = content("gone", 1, 50_000);
+    let body = content("gone", 1, length);
     let request = tokio::spawn({
         let (engine, body) = (engine.clone(), body.clone());
         async move { put(&engine, "b", "k", &body).await }
@@ -1964,7 +1973,7 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
     while engine.head("b", "k").is_err() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the PUT never committed"
+            "the PUT of {length} bytes never committed"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

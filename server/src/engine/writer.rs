@@ -281,18 +281,26 @@ impl EngineInner {
         header: &Header,
         payload: &[u8],
     ) -> EngineResult<Appended> {
+        let record = record::encode(header, payload, self.block_size as usize);
+        self.append_claiming(record, header.kind, header.seq).await
+    }
+
+    /// Appends `record` (whole records, the last a claiming record of `kind` and sequence
+    /// number `seq`) in one append per copy, with the replication the engine is configured
+    /// for. If the write fails, what may have landed of it is revoked.
+    pub(crate) async fn append_claiming(
+        &self,
+        record: Bytes,
+        kind: Kind,
+        seq: u64,
+    ) -> EngineResult<Appended> {
         // Tombstones and upload ends may use part of the reserve: deleting must work on a full
         // drive, since it is how space comes back.
-        let frees_space = matches!(
-            header.kind,
-            Kind::Tombstone | Kind::BucketDelete | Kind::UploadEnd
-        );
-        let record = record::encode(header, payload, self.block_size as usize);
+        let frees_space = matches!(kind, Kind::Tombstone | Kind::BucketDelete | Kind::UploadEnd);
         if record.len() as u64 > self.record_limit {
             // Refused before any zone is tried: no drive takes an append this large.
             return Err(EngineError::InvalidArgument(format!(
-                "the {:?} record is {} bytes, more than the drives' append limit of {} bytes (fewer parts, or less metadata)",
-                header.kind,
+                "the {kind:?} record is {} bytes, more than the drives' append limit of {} bytes (fewer parts, or less metadata)",
                 record.len(),
                 self.record_limit
             )));
@@ -310,10 +318,10 @@ impl EngineInner {
         match appended {
             Ok(appended) => Ok(appended),
             Err(failed) => {
-                if header.kind != Kind::Data && !failed.attempted.is_empty() {
+                if kind != Kind::Data && !failed.attempted.is_empty() {
                     // Some copies may have landed (or land yet): the write fails, so they
                     // are dead.
-                    self.revoke(header.seq, &failed.attempted).await;
+                    self.revoke(seq, &failed.attempted).await;
                 }
                 Err(failed.error)
             }
@@ -491,6 +499,13 @@ pub(crate) enum Purpose {
         /// Part number.
         part_number: u32,
     },
+}
+
+/// A body ready for its commit: the extents appended, or the one record it fits in, not yet
+/// appended (see [`PutWriter::finish_object`]).
+struct Body {
+    extents: Vec<NewExtent>,
+    whole: Option<RecordBuilder>,
 }
 
 /// Streams a body into the log. Dropping it without [`PutWriter::finish_object`] abandons the body
@@ -711,21 +726,38 @@ impl PutWriter {
                 "finish_object on a part writer".into(),
             ));
         };
+        // A body that fits in one record is kept back, to go to the drives with the commit
+        // record: one append per copy instead of two. A larger one's records are appended as
+        // they fill.
+        let whole = if self.offset == 0 && self.in_flight.is_empty() {
+            self.builder.take().filter(|b| b.payload_len() > 0)
+        } else {
+            None
+        };
         // Until the version's commit record is written, a client gone ends it: nothing claims
         // the name yet.
-        let (extents, stream) = self.drain().await?;
+        let (extents, stream) = match &whole {
+            Some(body) => (
+                Vec::new(),
+                StreamRef {
+                    stream_id: self.stream_id,
+                    length: body.payload_len() as u64,
+                },
+            ),
+            None => self.drain().await?,
+        };
         let engine = self.engine.clone();
         let lock = engine.names.object(&self.bucket, &self.key).await;
         engine.check_object_change(&self.bucket, &self.key, &condition, Some(bucket_seq))?;
         // From here it runs to its end.
-        super::detached(self.commit_object(lock, extents, stream, meta, condition, bucket_seq))
-            .await
+        let body = Body { extents, whole };
+        super::detached(self.commit_object(lock, body, stream, meta, condition, bucket_seq)).await
     }
 
     async fn commit_object(
         mut self,
         lock: super::names::ObjectLock,
-        extents: Vec<NewExtent>,
+        body: Body,
         stream: StreamRef,
         mut meta: ObjectMeta,
         condition: Condition,
@@ -745,10 +777,27 @@ impl PutWriter {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
         };
-        let Appended {
-            locations: commit,
-            holds: commit_holds,
-        } = engine.append_small(&header, &meta.encode()).await?;
+        let commit_record = record::encode(&header, &meta.encode(), engine.block_size as usize);
+        let (extents, commit, commit_holds) = match body.whole {
+            Some(whole)
+                if (whole.padded_len() + commit_record.len()) as u64 <= engine.record_limit =>
+            {
+                self.append_with_commit(whole, &commit_record, meta.seq)
+                    .await?
+            }
+            whole => {
+                // Too large to go together: the body's record first.
+                let mut extents = body.extents;
+                if let Some(whole) = whole {
+                    self.builder = Some(whole);
+                    extents = self.drain().await?.0;
+                }
+                let Appended { locations, holds } = engine
+                    .append_claiming(commit_record, Kind::Commit, meta.seq)
+                    .await?;
+                (extents, locations, holds)
+            }
+        };
         let change = Change::PutObject {
             bucket: self.bucket.clone(),
             key: self.key.clone(),
@@ -771,6 +820,45 @@ impl PutWriter {
             .user_bytes
             .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
         Ok(meta)
+    }
+
+    /// Appends the body's one record `whole` and `commit_record` (of sequence number `seq`)
+    /// after it, in one append per copy. Returns the body's extent, where the commit record's
+    /// copies landed, and the holds on their zones.
+    async fn append_with_commit(
+        &self,
+        whole: RecordBuilder,
+        commit_record: &Bytes,
+        seq: u64,
+    ) -> EngineResult<(Vec<NewExtent>, Vec<Location>, ZoneHolds)> {
+        let block_size = self.engine.block_size;
+        let length = whole.payload_len() as u32;
+        let body_blocks = (whole.padded_len() as u64 / block_size) as u32;
+        let commit_blocks = (commit_record.len() as u64 / block_size) as u32;
+        let pair = whole.finish_followed_by(commit_record);
+        let Appended { locations, holds } =
+            self.engine.append_claiming(pair, Kind::Commit, seq).await?;
+        let replicas = locations
+            .iter()
+            .map(|l| Location {
+                blocks: body_blocks,
+                ..*l
+            })
+            .collect();
+        let commit = locations
+            .iter()
+            .map(|l| Location {
+                drive: l.drive,
+                lba: l.lba + u64::from(body_blocks),
+                blocks: commit_blocks,
+            })
+            .collect();
+        let extent = NewExtent {
+            stream_id: self.stream_id,
+            offset: 0,
+            extent: Extent { length, replicas },
+        };
+        Ok((vec![extent], commit, holds))
     }
 
     /// Makes the body a part of its upload, with ETag `etag` and `checksums`.
