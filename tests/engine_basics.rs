@@ -1926,6 +1926,9 @@ async fn a_put_abandoned_while_its_commit_record_is_written_still_commits() {
     abandoned_while_committing(150_000, |record| record.len() <= 4096).await;
     // The body's record and the commit record, together: the one append.
     abandoned_while_committing(20_000, |_| true).await;
+    // A body of one record too large to go with the commit record (the drive appends at most
+    // 64 KiB): the commit record alone, after it.
+    abandoned_while_committing(63_000, |record| record.len() <= 4096).await;
 }
 
 /// Puts a `length`-byte object, its client gone while the first append `stalls_on` picks (once

@@ -527,14 +527,14 @@ impl Placement {
         // than records of this size: every later one retired the newest zone, and the drive
         // wrote to one zone at a time, its active resources held by zones nothing fits in.)
         // What each leaves unwritten is less than this record, at most the append limit.
+        // (The loop found room in none of these.)
+        let cannot: Vec<u32> = space.active[c]
+            .iter()
+            .copied()
+            .filter(|&z| !(ordinary && space.zones[z as usize].from_reserve))
+            .collect();
         if space.active[c].len() >= limit {
-            let cannot: Vec<u32> = space.active[c]
-                .iter()
-                .copied()
-                .filter(|&z| !(ordinary && space.zones[z as usize].from_reserve))
-                .filter(|&z| space.remaining(z) < blocks)
-                .collect();
-            for zone in cannot {
+            for &zone in &cannot {
                 space.retire(zone, to_finish, drive);
             }
             // Only reserve zones open (an ordinary write leaves them alone): the fullest goes.
@@ -548,6 +548,14 @@ impl Placement {
             return Err(Unplaced::NoRoom);
         }
         if !space.can_open_another() {
+            // Below the limit, but other zones' Finishes have not landed (one that keeps
+            // failing holds its resource): those open zones nothing of this size fits in go
+            // too, so their own Finishes give resources back.
+            for &zone in &cannot {
+                if space.active[c].contains(&zone) {
+                    space.retire(zone, to_finish, drive);
+                }
+            }
             return Err(Unplaced::AwaitingFinishes);
         }
         let zone = *space.free.iter().next().ok_or(Unplaced::NoRoom)?;

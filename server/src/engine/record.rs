@@ -234,25 +234,8 @@ impl RecordBuilder {
         &mut self.buf
     }
 
-    /// Bytes the record will occupy on the drive, as it stands (padded).
-    pub fn padded_len(&self) -> usize {
-        padded_len(self.header_len, self.payload_len(), self.block_size)
-    }
-
-    /// [`RecordBuilder::finish`], with `next` (whole records, padded) following the record in
-    /// the same buffer: records appended together, in one command.
-    pub fn finish_followed_by(self, next: &[u8]) -> Bytes {
-        let mut buf = self.finish_in_place();
-        buf.extend_from_slice(next);
-        buf.freeze()
-    }
-
     /// Sets length, chunk CRCs and header CRC, pads to the block size and returns the record.
-    pub fn finish(self) -> Bytes {
-        self.finish_in_place().freeze()
-    }
-
-    fn finish_in_place(mut self) -> BytesMut {
+    pub fn finish(mut self) -> Bytes {
         debug_assert!(
             self.payload_len() <= self.capacity,
             "payload beyond capacity"
@@ -268,7 +251,7 @@ impl RecordBuilder {
         self.buf[52..56].copy_from_slice(&crc.to_le_bytes());
         let padded = padded_len(self.header_len, length as usize, self.block_size);
         self.buf.resize(padded, 0);
-        self.buf
+        self.buf.freeze()
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::task::JoinHandle;
 use zns::{WriteHint, ZoneAction, ZoneSelect};
 
@@ -32,6 +32,9 @@ pub(crate) const WRITE_BUDGET: usize = 48 << 20;
 pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(30);
 /// How long a write waits for GC to free space before it fails for lack of space.
 const SPACE_WAIT: Duration = Duration::from_secs(10);
+/// How long a copy beyond the write quorum waits for a resource to open a zone with, before
+/// the write goes on without it (repair makes it later).
+const FINISH_PATIENCE: Duration = Duration::from_secs(1);
 
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
@@ -69,7 +72,8 @@ impl EngineInner {
         let mut locations = Vec::with_capacity(copies);
         let mut holds = ZoneHolds::new(self.placement.clone());
         let mut tried: Vec<u16> = Vec::new();
-        let deadline = Instant::now() + SPACE_WAIT;
+        let started = Instant::now();
+        let deadline = started + SPACE_WAIT;
         let mut rounds = 0;
         while rounds < 3 {
             let missing = copies - locations.len();
@@ -109,13 +113,20 @@ impl EngineInner {
                     // Zones the attempt retired still need their Finish, or they would
                     // hold the drive's active-zone resources forever.
                     self.finish_zones(finish);
-                    if locations.len() >= quorum {
-                        break;
-                    }
-                    // A free zone waits for a resource the Finishes under way give back.
-                    if awaiting_finishes && Instant::now() < deadline {
+                    // A free zone waits for a resource the Finishes under way give back
+                    // (moments on a drive that takes them; with a write quorum stored, a
+                    // copy is not waited for long).
+                    let patience = if locations.len() >= quorum {
+                        FINISH_PATIENCE
+                    } else {
+                        SPACE_WAIT
+                    };
+                    if awaiting_finishes && started.elapsed() < patience {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
+                    }
+                    if locations.len() >= quorum {
+                        break;
                     }
                     // Out of room: if GC can reclaim space, wait for it (writes slow down
                     // instead of failing); otherwise the store is truly full.
@@ -505,8 +516,21 @@ pub(crate) enum Purpose {
 /// appended (see [`PutWriter::finish_object`]).
 struct Body {
     extents: Vec<NewExtent>,
-    whole: Option<RecordBuilder>,
+    whole: Option<WholeBody>,
 }
+
+/// A small body's one record, finished and not yet appended.
+struct WholeBody {
+    record: Bytes,
+    /// Payload bytes.
+    length: u32,
+}
+
+/// The largest body kept back to be appended with its commit record (see
+/// [`PutWriter::finish_object`]): what the pairing saves is a command per copy, which counts for
+/// small objects; a larger body's record goes first, as before, and holds no budget while the
+/// PUT waits for its name.
+const PAIRED_BODY_MAX: usize = 64 << 10;
 
 /// Streams a body into the log. Dropping it without [`PutWriter::finish_object`] abandons the body
 /// (what was appended becomes garbage for GC).
@@ -729,10 +753,26 @@ impl PutWriter {
         // A body that fits in one record is kept back, to go to the drives with the commit
         // record: one append per copy instead of two. A larger one's records are appended as
         // they fill.
-        let whole = if self.offset == 0 && self.in_flight.is_empty() {
-            self.builder.take().filter(|b| b.payload_len() > 0)
-        } else {
-            None
+        let whole = match self.builder.take() {
+            Some(builder)
+                if self.offset == 0
+                    && self.in_flight.is_empty()
+                    && (1..=PAIRED_BODY_MAX).contains(&builder.payload_len()) =>
+            {
+                let length = builder.payload_len() as u32;
+                // Out of the record-sized buffer, and the budget beyond it given back: the
+                // name may be a while coming.
+                let record = Bytes::copy_from_slice(&builder.finish());
+                if let Some(permit) = self.budget.as_mut() {
+                    let keep = record.len().div_ceil(BUDGET_UNIT).max(1);
+                    drop(permit.split(permit.num_permits().saturating_sub(keep)));
+                }
+                Some(WholeBody { record, length })
+            }
+            other => {
+                self.builder = other;
+                None
+            }
         };
         // Until the version's commit record is written, a client gone ends it: nothing claims
         // the name yet.
@@ -741,7 +781,7 @@ impl PutWriter {
                 Vec::new(),
                 StreamRef {
                     stream_id: self.stream_id,
-                    length: body.payload_len() as u64,
+                    length: u64::from(body.length),
                 },
             ),
             None => self.drain().await?,
@@ -780,7 +820,7 @@ impl PutWriter {
         let commit_record = record::encode(&header, &meta.encode(), engine.block_size as usize);
         let (extents, commit, commit_holds) = match body.whole {
             Some(whole)
-                if (whole.padded_len() + commit_record.len()) as u64 <= engine.record_limit =>
+                if (whole.record.len() + commit_record.len()) as u64 <= engine.record_limit =>
             {
                 self.append_with_commit(whole, &commit_record, meta.seq)
                     .await?
@@ -789,8 +829,17 @@ impl PutWriter {
                 // Too large to go together: the body's record first.
                 let mut extents = body.extents;
                 if let Some(whole) = whole {
-                    self.builder = Some(whole);
-                    extents = self.drain().await?.0;
+                    let Appended { locations, holds } = engine
+                        .append_record(
+                            whole.record,
+                            Class::User,
+                            engine.replicas(),
+                            engine.quorum(),
+                            None,
+                        )
+                        .await?;
+                    self.holds.merge(holds);
+                    extents.push(self.whole_extent(whole.length, locations));
                 }
                 let Appended { locations, holds } = engine
                     .append_claiming(commit_record, Kind::Commit, meta.seq)
@@ -827,15 +876,17 @@ impl PutWriter {
     /// copies landed, and the holds on their zones.
     async fn append_with_commit(
         &self,
-        whole: RecordBuilder,
+        whole: WholeBody,
         commit_record: &Bytes,
         seq: u64,
     ) -> EngineResult<(Vec<NewExtent>, Vec<Location>, ZoneHolds)> {
         let block_size = self.engine.block_size;
-        let length = whole.payload_len() as u32;
-        let body_blocks = (whole.padded_len() as u64 / block_size) as u32;
+        let body_blocks = (whole.record.len() as u64 / block_size) as u32;
         let commit_blocks = (commit_record.len() as u64 / block_size) as u32;
-        let pair = whole.finish_followed_by(commit_record);
+        let mut pair = BytesMut::with_capacity(whole.record.len() + commit_record.len());
+        pair.extend_from_slice(&whole.record);
+        pair.extend_from_slice(commit_record);
+        let pair = pair.freeze();
         let Appended { locations, holds } =
             self.engine.append_claiming(pair, Kind::Commit, seq).await?;
         let replicas = locations
@@ -853,12 +904,20 @@ impl PutWriter {
                 blocks: commit_blocks,
             })
             .collect();
-        let extent = NewExtent {
+        Ok((
+            vec![self.whole_extent(whole.length, replicas)],
+            commit,
+            holds,
+        ))
+    }
+
+    /// The extent of a body whose one record (`length` payload bytes) landed at `replicas`.
+    fn whole_extent(&self, length: u32, replicas: Vec<Location>) -> NewExtent {
+        NewExtent {
             stream_id: self.stream_id,
             offset: 0,
             extent: Extent { length, replicas },
-        };
-        Ok((vec![extent], commit, holds))
+        }
     }
 
     /// Makes the body a part of its upload, with ETag `etag` and `checksums`.
