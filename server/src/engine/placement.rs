@@ -937,18 +937,45 @@ mod tests {
             settled: 0,
         };
         let (p, _) = Placement::new(&drives, vec![Some(vec![empty; 64])]);
-        // No Finish ever lands: every zone retired keeps its resource.
-        for _ in 0..40 {
-            let Ok((slots, _)) = p.reserve(Class::User, 3, 1, 1, |_| true) else {
-                break;
-            };
-            p.complete(&slots[0], true);
+        // No Finish lands: every zone retired keeps its resource, until placement says the
+        // write must wait for Finishes.
+        let mut owed = Vec::new();
+        let refused = loop {
+            match p.reserve(Class::User, 3, 1, 1, |_| true) {
+                Ok((slots, finish)) => {
+                    owed.extend(finish);
+                    if let Some(zone) = p.complete(&slots[0], true) {
+                        owed.push(zone);
+                    }
+                }
+                Err(refused) => break refused,
+            }
             let held = p.drives.lock()[0].zones_holding_resources();
             assert!(
                 held <= 6,
                 "{held} zones hold resources of a drive allowing 6"
             );
+            assert!(owed.len() < 64, "placement never ran out of resources");
+        };
+        assert!(refused.awaiting_finishes, "{}", refused.reason);
+        owed.extend(refused.finish);
+        // Open zones nothing of this size fits in were retired too: their Finishes give
+        // resources back, with those of the zones before them.
+        {
+            let drives = p.drives.lock();
+            let space = &drives[0];
+            assert!(
+                space.active[Class::User as usize]
+                    .iter()
+                    .all(|&z| space.remaining(z) >= 3),
+                "a zone too full for the record holds a resource"
+            );
         }
+        for zone in owed {
+            assert_eq!(p.begin_finish(zone), FinishTurn::Send);
+            p.end_finish(zone, true);
+        }
+        assert!(p.reserve(Class::User, 3, 1, 1, |_| true).is_ok());
     }
 
     #[test]
