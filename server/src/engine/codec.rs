@@ -63,6 +63,16 @@ impl Enc {
         }
     }
 
+    /// An unsigned LEB128 varint: 7 bits a byte, low bits first (1 byte below 128).
+    pub fn varint(&mut self, mut v: u64) -> &mut Self {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+        self
+    }
+
     /// The encoded bytes.
     pub fn finish(self) -> Vec<u8> {
         self.buf
@@ -119,6 +129,24 @@ impl<'a> Dec<'a> {
         ))
     }
 
+    /// An unsigned LEB128 varint (see [`Enc::varint`]); one longer than a u64, or with bits
+    /// beyond 64, is an error.
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(DecodeError("varint beyond 64 bits".into()));
+            }
+            v |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError("varint longer than 10 bytes".into()))
+    }
+
     /// Length-prefixed bytes.
     pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
@@ -156,6 +184,16 @@ impl<'a> Dec<'a> {
     /// so that corrupt counts cannot make a decoder allocate without bound.
     pub fn count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
+        self.check_count(n, min_item)
+    }
+
+    /// [`Dec::count`] for a count written as a varint.
+    pub fn varint_count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
+        let n = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
+        self.check_count(n, min_item)
+    }
+
+    fn check_count(&self, n: usize, min_item: usize) -> Result<usize, DecodeError> {
         if n.saturating_mul(min_item.max(1)) > self.buf.len() - self.at {
             return Err(DecodeError(format!("count {n} exceeds the data")));
         }
@@ -189,6 +227,32 @@ mod tests {
         assert_eq!(d.opt_str().unwrap(), Some("x".into()));
         assert_eq!(d.bytes().unwrap(), &[9, 9]);
         assert!(d.u8().is_err());
+    }
+
+    proptest::proptest! {
+        /// Every u64 round-trips as a varint, in as few bytes as its bits need.
+        #[test]
+        fn varints_round_trip(v in proptest::prelude::any::<u64>()) {
+            let mut e = Enc::new();
+            e.varint(v).u8(7);
+            let b = e.finish();
+            let bits = 64 - v.leading_zeros() as usize;
+            proptest::prop_assert_eq!(b.len() - 1, bits.div_ceil(7).max(1));
+            let mut d = Dec::new(&b);
+            proptest::prop_assert_eq!(d.varint().unwrap(), v);
+            proptest::prop_assert_eq!(d.u8().unwrap(), 7);
+        }
+    }
+
+    #[test]
+    fn varints_beyond_64_bits_are_refused() {
+        // 2^64 (bit 64 set in the tenth byte), and eleven bytes.
+        let over = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02];
+        assert!(Dec::new(&over).varint().is_err());
+        assert!(Dec::new(&[0xff; 11]).varint().is_err());
+        assert!(Dec::new(&[0x80]).varint().is_err(), "cut short");
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Dec::new(&max).varint().unwrap(), u64::MAX);
     }
 
     #[test]
