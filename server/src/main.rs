@@ -417,12 +417,22 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         node.local_addr()
     );
     signals.next().await;
-    say!("zonestore target: shutting down");
-    node.handle.shut_down(Duration::from_secs(10)).await;
-    zns::ZonedDevice::flush(&node.drive)
-        .await
-        .context("flushing the drive")?;
-    Ok(())
+    say!("zonestore target: shutting down (signal again to exit now)");
+    let stop = async {
+        node.handle.shut_down(Duration::from_secs(10)).await;
+        zns::ZonedDevice::flush(&node.drive)
+            .await
+            .context("flushing the drive")
+    };
+    tokio::select! {
+        stopped = stop => stopped,
+        _ = signals.next() => {
+            // What hosts were told is durable was flushed at their asking: exiting now is a
+            // crash the drive recovers from, losing nothing they count on.
+            say_err!("zonestore target: second signal, exiting now");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// SIGTERM and Ctrl-C, as a stream.
