@@ -104,8 +104,10 @@ pub struct ObjectMeta {
 
 /// The manifest's format: 1 with fixed-width stream and part entries (24 bytes a part), 2 with
 /// varints, stream ids as differences from the one before, and part sizes written only where
-/// they are not the streams' lengths (about 5 bytes a part of 8 MiB), so that a completion of 10,000
-/// parts fits one record on a drive whose append limit is 128 KiB.
+/// they are not the streams' lengths (5 bytes a part of 8 MiB when the parts' stream ids lie close
+/// together, up to 11 when other writes took many sequence numbers between them), so that a
+/// completion of 10,000 parts typically fits one record on a drive whose append limit is 128 KiB.
+/// (A binary older than format 2 cannot read what this one writes.)
 const META_VERSION: u8 = 2;
 
 /// How a version-2 manifest gives its part sizes.
