@@ -25,14 +25,11 @@ struct Node {
 
 impl Node {
     fn new(dir: &Path, index: usize) -> Node {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // The target picks its port (one found free and let go first could be taken by
+        // another test before the target binds it); later starts reuse it.
         let mut node = Node {
             data: dir.join(format!("node{index}")),
-            port,
+            port: 0,
             nqn: format!("nqn.2026-01.io.zonestore:repl{index}"),
             process: None,
         };
@@ -58,7 +55,16 @@ impl Node {
             HOST_NQN,
         ]);
         let line = process.wait_for_line("serving", Duration::from_secs(30));
-        assert_eq!(address_in(&line), listen);
+        let bound = address_in(&line);
+        if self.port == 0 {
+            self.port = bound
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("the target says its port");
+        } else {
+            assert_eq!(bound, listen);
+        }
         self.process = Some(process);
     }
 
