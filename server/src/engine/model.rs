@@ -127,8 +127,34 @@ fn unzigzag(v: u64) -> i64 {
 impl ObjectMeta {
     /// Encodes the manifest.
     pub fn encode_into(&self, e: &mut Enc) {
-        e.u8(META_VERSION)
-            .u64(self.seq)
+        e.u8(META_VERSION);
+        self.encode_fields(e);
+        e.varint(self.streams.len() as u64);
+        let mut previous = 0u64;
+        for s in &self.streams {
+            e.varint(zigzag(s.stream_id.wrapping_sub(previous) as i64))
+                .varint(s.length);
+            previous = s.stream_id;
+        }
+        let parts_are_streams = self
+            .part_sizes
+            .iter()
+            .eq(self.streams.iter().map(|s| &s.length));
+        if self.part_sizes.is_empty() {
+            e.u8(PARTS_NONE);
+        } else if parts_are_streams {
+            e.u8(PARTS_ARE_STREAMS);
+        } else {
+            e.u8(PARTS_LISTED).varint(self.part_sizes.len() as u64);
+            for p in &self.part_sizes {
+                e.varint(*p);
+            }
+        }
+    }
+
+    /// The fields every format writes alike, from the sequence number to the owner.
+    fn encode_fields(&self, e: &mut Enc) {
+        e.u64(self.seq)
             .u64(self.size)
             .str(&self.etag)
             .opt_str(&self.content_type)
@@ -148,27 +174,6 @@ impl ObjectMeta {
         e.opt_str(&self.checksum_type)
             .u64(self.last_modified_ms)
             .str(&self.owner);
-        e.varint(self.streams.len() as u64);
-        let mut previous = 0u64;
-        for s in &self.streams {
-            e.varint(zigzag(s.stream_id.wrapping_sub(previous) as i64))
-                .varint(s.length);
-            previous = s.stream_id;
-        }
-        if self.part_sizes.is_empty() {
-            e.u8(PARTS_NONE);
-        } else if self
-            .part_sizes
-            .iter()
-            .eq(self.streams.iter().map(|s| &s.length))
-        {
-            e.u8(PARTS_ARE_STREAMS);
-        } else {
-            e.u8(PARTS_LISTED).varint(self.part_sizes.len() as u64);
-            for p in &self.part_sizes {
-                e.varint(*p);
-            }
-        }
     }
 
     /// Encodes the manifest alone.
@@ -720,27 +725,8 @@ mod tests {
     /// The manifest as format 1 wrote it (fixed-width stream and part entries).
     fn encode_v1(m: &ObjectMeta) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u8(1)
-            .u64(m.seq)
-            .u64(m.size)
-            .str(&m.etag)
-            .opt_str(&m.content_type)
-            .opt_str(&m.content_encoding)
-            .opt_str(&m.content_disposition)
-            .opt_str(&m.content_language)
-            .opt_str(&m.cache_control)
-            .opt_str(&m.expires);
-        e.u32(m.user_meta.len() as u32);
-        for (k, v) in &m.user_meta {
-            e.str(k).str(v);
-        }
-        e.u32(m.checksums.len() as u32);
-        for c in &m.checksums {
-            e.str(&c.algorithm).str(&c.value);
-        }
-        e.opt_str(&m.checksum_type)
-            .u64(m.last_modified_ms)
-            .str(&m.owner);
+        e.u8(1);
+        m.encode_fields(&mut e);
         e.u32(m.streams.len() as u32);
         for s in &m.streams {
             e.u64(s.stream_id).u64(s.length);
