@@ -838,9 +838,15 @@ mod tests {
     use zns::{EmulatedZns, ZonedDevice};
 
     fn setup(zones: u32) -> (tempfile::TempDir, Drives, Placement) {
-        let dir = tempfile::tempdir().unwrap();
         let mut g = Geometry::new(zones, 64 << 10);
         g.max_append_blocks = 4;
+        setup_with(g)
+    }
+
+    /// Placement over one empty emulated drive of geometry `g`.
+    fn setup_with(g: Geometry) -> (tempfile::TempDir, Drives, Placement) {
+        let zones = g.zone_count;
+        let dir = tempfile::tempdir().unwrap();
         let drive = EmulatedZns::create(dir.path(), g).unwrap();
         let drives = Drives::new(vec![Arc::new(Drive::new(
             0,
@@ -920,23 +926,11 @@ mod tests {
     /// no more zones meanwhile than the drive's active limit allows.
     #[test]
     fn zones_owing_their_finish_count_against_the_active_limit() {
-        let dir = tempfile::tempdir().unwrap();
         let mut g = Geometry::new(64, 64 << 10);
         g.max_append_blocks = 4;
         g.max_active = Some(6);
         g.max_open = Some(6);
-        let drive = EmulatedZns::create(dir.path(), g).unwrap();
-        let drives = Drives::new(vec![Arc::new(Drive::new(
-            0,
-            "d".into(),
-            Arc::new(drive) as Arc<dyn ZonedDevice>,
-        ))]);
-        let empty = ZoneSnapshot {
-            state: ZoneState::Empty,
-            written: 0,
-            settled: 0,
-        };
-        let (p, _) = Placement::new(&drives, vec![Some(vec![empty; 64])]);
+        let (_d, _drives, p) = setup_with(g);
         // No Finish lands: every zone retired keeps its resource, until placement says the
         // write must wait for Finishes.
         let mut owed = Vec::new();
