@@ -271,6 +271,8 @@ fn random_range(worker: usize, i: usize) -> (usize, usize) {
 /// Every client PUTs (with `chunk`, repeated to 64 MiB) or GETs (`None`) its 64 MiB objects;
 /// returns MiB/s.
 async fn big_phase(address: SocketAddr, key: &Arc<Vec<u8>>, chunk: Option<Bytes>) -> f64 {
+    let verb = if chunk.is_some() { "PUT" } else { "GET" };
+    eprintln!("phase: 64 MiB {verb}");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..BIG_CLIENTS {
