@@ -7,6 +7,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -100,6 +101,49 @@ fn linux_kernel_host_uses_our_target_as_a_zoned_disk() {
     );
 }
 
+/// Starts the VM whose kernel exports a ZNS namespace over NVMe/TCP and waits until it is ready;
+/// returns the VM and the loopback ports forwarded to its target (4420) and to its "done"
+/// listener (5000). A port picked free can be taken by another process before QEMU binds it:
+/// QEMU then exits naming the forward, and the VM is started again on other ports.
+fn kernel_target_vm(root: &Path, script: &Path, log: &Path) -> (std::process::Child, u16, u16) {
+    let console = || std::fs::read_to_string(log).unwrap_or_default();
+    for attempt in 1..=3 {
+        let (port, done_port) = (free_port(), free_port());
+        let mut vm = Command::new(root.join("tests/vm/run.sh"))
+            .arg(script)
+            .env("VM_ZNS", "1")
+            .env("VM_ZNS_SIZE", "256M")
+            .env("VM_ZONE_SIZE", "16M")
+            .env("VM_ZONE_CAP", "12M")
+            .env("VM_MAX_OPEN", "8")
+            .env("VM_MAX_ACTIVE", "8")
+            .env("VM_HOSTFWD", format!("{port}:4420 {done_port}:5000"))
+            .env("VM_LOG", log)
+            .env("VM_TIMEOUT", "300")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the VM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            if console().contains("@@TARGET_READY@@") {
+                return (vm, port, done_port);
+            }
+            let exited = vm.try_wait().unwrap().is_some();
+            if exited && attempt < 3 && console().contains("host forwarding") {
+                println!("attempt {attempt}: a forwarded port was taken, trying others");
+                break;
+            }
+            if exited || std::time::Instant::now() > deadline {
+                let _ = vm.kill();
+                panic!("the kernel target did not come up:\n{}", console());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
 /// A free TCP port on loopback (bound, then released for the VM's port forward to take).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -125,36 +169,13 @@ fn our_host_uses_the_linux_kernel_target() {
     let Some(root) = vm_image() else { return };
 
     let nqn = "nqn.2026-01.io.example:kernel-target";
-    let (port, done_port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("console.log");
     let script = dir.path().join("guest.sh");
     let guest = std::fs::read_to_string(root.join("tests/vm/guest/kernel-target.sh")).unwrap();
     std::fs::write(&script, format!("NQN={nqn}\n{guest}")).unwrap();
-    let mut vm = Command::new(root.join("tests/vm/run.sh"))
-        .arg(&script)
-        .env("VM_ZNS", "1")
-        .env("VM_ZNS_SIZE", "256M")
-        .env("VM_ZONE_SIZE", "16M")
-        .env("VM_ZONE_CAP", "12M")
-        .env("VM_MAX_OPEN", "8")
-        .env("VM_MAX_ACTIVE", "8")
-        .env("VM_HOSTFWD", format!("{port}:4420 {done_port}:5000"))
-        .env("VM_LOG", &log)
-        .env("VM_TIMEOUT", "300")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the VM");
     let console = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    while !console().contains("@@TARGET_READY@@") {
-        if std::time::Instant::now() > deadline || vm.try_wait().unwrap().is_some() {
-            let _ = vm.kill();
-            panic!("the kernel target did not come up:\n{}", console());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (mut vm, port, done_port) = kernel_target_vm(&root, &script, &log);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
