@@ -2213,6 +2213,107 @@ async fn left_out_drive_comes_back(given: bool) {
     engine.shutdown().await;
 }
 
+/// A version on every drive but not in the index (the server died between the drives' flush
+/// and the index write) is rolled forward at a start without the third drive, from the other
+/// two; the object is deleted and GC reclaims its zones there, tombstone and all. The third
+/// drive, back at the next start, still holds the version past its settled prefix: it must be
+/// replayed for copies only, or the deleted object comes back from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_missing_at_a_roll_forward_brings_nothing_deleted_back() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let tune = |c: &mut zonestore::engine::EngineConfig| {
+        c.replicas = 3;
+        c.write_quorum = 2;
+        gc_by_hand(c);
+    };
+    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    engine.shutdown().await;
+    let index = dir.path().join("index");
+    let before = dir.path().join("index-before");
+    copy_dir(&index, &before);
+    let (engine, drives) = open_engine(dir.path(), 3, g, tune).await;
+    put(&engine, "b", "ghost", &content("ghost", 1, 100_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    std::fs::remove_dir_all(&index).unwrap();
+    copy_dir(&before, &index);
+
+    let mut specs = drive_specs(&drives[..2]);
+    specs.push(zonestore::engine::DriveSpec {
+        name: "zns-file://drive2".into(),
+        device: Arc::new(zns::AbsentDrive {
+            geometry: g,
+            why: "the node is down (test)",
+        }),
+    });
+    let mut config = zonestore::engine::EngineConfig::new(index.clone(), 3);
+    tune(&mut config);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&engine, "b", "ghost").await.unwrap(),
+        content("ghost", 1, 100_000),
+        "rolled forward from the two drives present"
+    );
+    engine.delete("b", "ghost").await.unwrap();
+    garbage(&engine, "b", 40, 100_000).await;
+    for _ in 0..12 {
+        engine.inner().collect_now().await.unwrap();
+    }
+    engine.shutdown().await;
+
+    drop(drives);
+    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
+    assert!(
+        engine.head("b", "ghost").is_err(),
+        "a deleted object came back from the drive that missed the roll-forward"
+    );
+    engine.shutdown().await;
+    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
+    assert!(engine.head("b", "ghost").is_err());
+    engine.shutdown().await;
+}
+
+/// An index put back from a copy has lost the record of the sequence numbers handed out
+/// since: the replay of what the drives hold after it raises the numbers past all it reads, so
+/// a deletion after the start orders after the version it deletes, and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_the_log_holds_are_not_handed_out_again_after_an_index_is_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
+    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    engine.shutdown().await;
+    let index = dir.path().join("index");
+    let before = dir.path().join("index-before");
+    copy_dir(&index, &before);
+    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
+    put(&engine, "b", "k", &content("k", 1, 50_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    std::fs::remove_dir_all(&index).unwrap();
+    copy_dir(&before, &index);
+
+    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
+    assert_eq!(
+        get(&engine, "b", "k").await.unwrap(),
+        content("k", 1, 50_000)
+    );
+    engine.delete("b", "k").await.unwrap();
+    assert!(engine.head("b", "k").is_err(), "the deletion took effect");
+    engine.shutdown().await;
+    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
+    assert!(engine.head("b", "k").is_err(), "the deletion stayed");
+    engine.shutdown().await;
+}
+
 /// The index remembers the lowest write quorum the engine ran with: a rebuild without some
 /// drives must go by it (writes acknowledged with one copy then may have it on the missing
 /// drive), not by whatever the configuration says now.

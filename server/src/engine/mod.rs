@@ -311,6 +311,16 @@ impl Engine {
                 }
             }
         }
+        // A drive not read now is left out of the roll-forward below (see
+        // [`replay::left_out_key`]): when it answers, it is replayed for copies only.
+        replay::mark_left_out(
+            &index,
+            drives
+                .all()
+                .iter()
+                .filter(|d| !d.removed && !d.attached.load(Ordering::SeqCst))
+                .map(|d| d.id),
+        )?;
         let (placement, to_finish) = Placement::new(&drives, snapshots);
         let placement = Arc::new(placement);
         let seq = SeqAllocator::open(index.clone(), 1)?;
@@ -352,7 +362,7 @@ impl Engine {
         });
         // What a crash left on the drives without its index change (before open zones are
         // finished: their write pointers say where the records end).
-        // A drive a rebuild left out is replayed for copies only (see
+        // A drive left out of an earlier roll-forward is replayed for copies only (see
         // [`replay::left_out_key`]); the others roll forward.
         let mut attached = Vec::new();
         let mut left_out = Vec::new();
@@ -360,7 +370,7 @@ impl Engine {
             if !d.attached.load(Ordering::SeqCst) || d.removed {
                 continue;
             }
-            if replay::left_out_by_rebuild(&inner.index, d.id)? {
+            if replay::left_out(&inner.index, d.id)? {
                 left_out.push(d.id);
             } else {
                 attached.push(d.id);

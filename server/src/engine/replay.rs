@@ -145,25 +145,39 @@ impl Tail {
     }
 }
 
-/// Key in the meta column family marking a drive a rebuild left out (followed by its id,
-/// big-endian): its records are older than what the rebuild made of the others (a deletion
-/// there may have left no tombstone), so it is replayed for copies only, never rolled
-/// forward, the first time it is attached, at start or later.
+/// Key in the meta column family marking a drive left out of a roll-forward (followed by its
+/// id, big-endian): by a rebuild, or by a start that could not read it (or some of its zones).
+/// What the others held then was taken without it, and a version found on it alone may be
+/// older than a deletion whose tombstone GC has since let go of, so it is replayed for copies
+/// only, never rolled forward, the first time it is attached, at start or later.
 const LEFT_OUT_PREFIX: &[u8] = b"left-out:";
 
-/// The meta key marking `drive` as left out by a rebuild.
+/// The meta key marking `drive` as left out of a roll-forward.
 pub(crate) fn left_out_key(drive: DriveId) -> Vec<u8> {
     [LEFT_OUT_PREFIX, &drive.to_be_bytes()[..]].concat()
 }
 
-/// Whether a rebuild left `drive` out and it has not been replayed since.
-pub(crate) fn left_out_by_rebuild(
-    index: &super::index::Index,
-    drive: DriveId,
-) -> EngineResult<bool> {
+/// Whether `drive` was left out of a roll-forward and has not been replayed since.
+pub(crate) fn left_out(index: &super::index::Index, drive: DriveId) -> EngineResult<bool> {
     Ok(index
         .get_raw(super::index::cf::META, &left_out_key(drive))?
         .is_some())
+}
+
+/// Marks `drives` as left out of a roll-forward, durably, before anything is taken without
+/// them.
+pub(crate) fn mark_left_out(
+    index: &super::index::Index,
+    drives: impl IntoIterator<Item = DriveId>,
+) -> EngineResult<()> {
+    let mut batch = rocksdb::WriteBatch::default();
+    for drive in drives {
+        batch.put_cf(index.cf(super::index::cf::META), left_out_key(drive), []);
+    }
+    if !batch.is_empty() {
+        index.write(batch, true)?;
+    }
+    Ok(())
 }
 
 /// What replaying does with versions the index does not have.
@@ -178,12 +192,12 @@ pub(super) enum Replay {
 }
 
 impl EngineInner {
-    /// [`EngineInner::replay_tail`] of `drive` for copies only, as a drive a rebuild left out
-    /// or one attached late must be. A drive a rebuild left out stays marked so until all it
-    /// held is settled, durably: a later start must not roll it forward from its first block.
+    /// [`EngineInner::replay_tail`] of `drive` for copies only, as a drive left out of a
+    /// roll-forward or one attached late must be. A drive left out stays marked so until all
+    /// it held is settled, durably: a later start must not roll it forward.
     pub(super) async fn replay_copies_of(&self, drive: DriveId) -> EngineResult<ReplayReport> {
         let report = self.replay_tail(&[drive], Replay::CopiesOnly).await?;
-        if report.settled && left_out_by_rebuild(&self.index, drive)? {
+        if report.settled && left_out(&self.index, drive)? {
             // The committer records how far zones are settled with each group's batch: an
             // empty group makes the replay's durable before the mark goes.
             self.committer.submit(Change::Replicas(Vec::new())).await?;
@@ -218,6 +232,10 @@ impl EngineInner {
                 .all()
                 .iter()
                 .all(|d| d.removed || drives.contains(&d.id));
+        // Drives with zones left unread: left out of this roll-forward.
+        let mut unread = BTreeSet::new();
+        // The highest sequence number (of a record, write, stream or upload) read.
+        let mut highest = 0;
         for &id in drives {
             let Some(drive) = self.drives.get(id).cloned() else {
                 continue;
@@ -227,6 +245,7 @@ impl EngineInner {
                 Err(e) => {
                     tracing::warn!(drive = %drive.name, "cannot replay the drive's zones now: {e}");
                     complete = false;
+                    unread.insert(id);
                     continue;
                 }
             };
@@ -243,6 +262,7 @@ impl EngineInner {
                     Err(e) => {
                         tracing::warn!(drive = %drive.name, zone = i, "cannot replay the zone: {e}");
                         complete = false;
+                        unread.insert(id);
                         continue;
                     }
                 };
@@ -271,11 +291,16 @@ impl EngineInner {
                         Err(e) => {
                             tracing::warn!(?zone, "cannot replay the zone now: {e}");
                             complete = false;
+                            unread.insert(id);
                             continue;
                         }
                     };
                     for f in found {
                         report.records += 1;
+                        highest = highest
+                            .max(f.header.seq)
+                            .max(f.header.write_seq)
+                            .max(f.header.id);
                         // Copies of what the index has are recorded; the rest is kept to be
                         // matched up (a version with its data).
                         let Some(named) = current_copies(&self.index, &relocation_of(&f.header))?
@@ -298,6 +323,14 @@ impl EngineInner {
                 settled_to.push((zone, written));
             }
         }
+        if mode == Replay::RollForward {
+            // What the unread zones hold is not rolled forward later either (see
+            // [`left_out_key`]).
+            mark_left_out(&self.index, unread)?;
+        }
+        // Numbers the log holds are never handed out again, even if the index's record of
+        // them was lost: a newer change must order after what is replayed.
+        self.seq.raise_to(highest.saturating_add(1))?;
         let mut changes = Vec::new();
         for (f, named) in copies.values() {
             match self.copy_to_record(f, named).await {

@@ -56,6 +56,17 @@ impl SeqAllocator {
         Ok(())
     }
 
+    /// Raises the next number to at least `floor`: numbers found in the log beyond the
+    /// recorded lease (an index put back from a copy) are never handed out again.
+    pub fn raise_to(&self, floor: u64) -> IndexResult<()> {
+        let mut end = self.lease_end.lock();
+        self.next.fetch_max(floor, Ordering::SeqCst);
+        if floor >= *end {
+            self.extend_locked(&mut end, floor)?;
+        }
+        Ok(())
+    }
+
     /// The next number.
     pub fn next(&self) -> IndexResult<u64> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
