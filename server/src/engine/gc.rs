@@ -733,11 +733,16 @@ impl EngineInner {
                         let _ = buf.split_to(padded);
                         buf_lba += blocks;
                     }
-                    Err(RecordError::Malformed(detail)) => {
+                    // A damaged header leaves the record's end unknown: skipping by its
+                    // length could take client bytes for records.
+                    Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
+                        if e.is_damage() {
+                            self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        }
                         tracing::error!(
                             ?zone,
                             lba = buf_lba,
-                            "GC cannot parse the zone further ({detail}); leaving it"
+                            "GC cannot parse the zone further ({e}); leaving it"
                         );
                         // What was moved stays moved: the next attempt finds less to copy.
                         if let Some(read) = next_read.take() {

@@ -128,15 +128,29 @@ pub enum RecordError {
         stored: u32,
         /// CRC of the bytes read.
         computed: u32,
-        /// Bytes the record occupies if its length field is right (to skip over it).
+        /// Bytes the record occupies (to skip over it): its header is intact, so its length
+        /// field is right.
         padded: usize,
+    },
+    /// The header's own checksum does not match: the record is damaged, and where it ends
+    /// cannot be known (its length field is as suspect as the rest), so nothing after it in
+    /// the zone can be found by skipping it.
+    #[error("record header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    HeaderChecksum {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the header bytes read.
+        computed: u32,
     },
 }
 
 impl RecordError {
     /// Whether the bytes are a record whose checksum shows it damaged (a CRC error to count).
     pub fn is_damage(&self) -> bool {
-        matches!(self, RecordError::Checksum { .. })
+        matches!(
+            self,
+            RecordError::Checksum { .. } | RecordError::HeaderChecksum { .. }
+        )
     }
 }
 
@@ -360,12 +374,20 @@ impl Fixed {
     }
 
     /// Checks the CRC of a chunked record's header (`bytes` holds at least the header).
-    fn check_header(&self, bytes: &[u8], block_size: usize) -> Result<(), RecordError> {
+    fn check_header(&self, bytes: &[u8]) -> Result<(), RecordError> {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&bytes[..52]);
         hasher.update(&[0u8; 4]);
         hasher.update(&bytes[56..self.header_len]);
-        self.compare(self.stored, hasher.finalize(), block_size)
+        let computed = hasher.finalize();
+        if computed == self.stored {
+            Ok(())
+        } else {
+            Err(RecordError::HeaderChecksum {
+                stored: self.stored,
+                computed,
+            })
+        }
     }
 
     fn compare(&self, stored: u32, computed: u32, block_size: usize) -> Result<(), RecordError> {
@@ -402,7 +424,7 @@ pub fn parse(bytes: &[u8], block_size: usize) -> Result<Parsed, RecordError> {
         if bytes.len() < fixed.header_len {
             return Err(RecordError::Truncated(fixed.header_len));
         }
-        fixed.check_header(bytes, block_size)?;
+        fixed.check_header(bytes)?;
     }
     let total = fixed.header_len + fixed.length;
     if bytes.len() < total {
@@ -462,7 +484,7 @@ pub fn parse_header(bytes: &[u8], block_size: usize) -> Result<Option<HeaderView
     if bytes.len() < fixed.header_len {
         return Err(RecordError::Truncated(fixed.padded(block_size)));
     }
-    fixed.check_header(bytes, block_size)?;
+    fixed.check_header(bytes)?;
     let slots = slot_count(&fixed);
     let table = bytes[fixed.header_len - 4 * slots..fixed.header_len]
         .chunks_exact(4)
@@ -669,16 +691,17 @@ mod tests {
             view.check(&chunks, &bad[at(&chunks)]),
             Err(RecordError::Checksum { .. })
         ));
-        // So is damage to the header (and its chunk table).
+        // So is damage to the header (and its chunk table), told apart: the record's end is
+        // then unknown.
         let mut bad = r.to_vec();
         bad[view.header_len - 2] ^= 1;
         assert!(matches!(
             parse_header(&bad, 4096),
-            Err(RecordError::Checksum { .. })
+            Err(RecordError::HeaderChecksum { .. })
         ));
         assert!(matches!(
             parse(&bad, 4096),
-            Err(RecordError::Checksum { .. })
+            Err(RecordError::HeaderChecksum { .. })
         ));
         // A header longer than the bytes given asks for more.
         assert!(matches!(
@@ -697,7 +720,7 @@ mod tests {
         bad[49] ^= 0x20;
         assert!(matches!(
             parse(&bad, 4096),
-            Err(RecordError::Checksum { .. })
+            Err(RecordError::HeaderChecksum { .. })
         ));
         assert!(parse(&bad, 4096).unwrap_err().is_damage());
         // A length no record can have is not a record, whatever its CRC says.

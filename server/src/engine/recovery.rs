@@ -829,8 +829,10 @@ pub(super) async fn scan_zone(
                     buf_lba += padded as u64 / bs;
                 }
                 Err(RecordError::NotARecord) if buf.len() >= bs as usize => return Ok(out),
-                Err(RecordError::Malformed(detail)) => {
-                    tracing::error!(drive = %drive.name, lba = buf_lba, "unparseable data, rest of zone skipped: {detail}");
+                // Where a record with a damaged header ends is unknown: skipping by its length
+                // could land inside a payload and take client bytes for records.
+                Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
+                    tracing::error!(drive = %drive.name, lba = buf_lba, "unparseable data, rest of zone skipped: {e}");
                     report.damaged += 1;
                     return Ok(out);
                 }
