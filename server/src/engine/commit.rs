@@ -229,6 +229,10 @@ pub enum Change {
     Relocate(Vec<(Relocation, Location, Location)>),
     /// Repair, drain or scrub changed records' copies.
     Replicas(Vec<(Relocation, ReplicaEdit)>),
+    /// Copies GC, repair or scrub appended that no change makes part of the index (the append
+    /// reported failure, yet may have landed; the work was given up before its commit), with
+    /// the zones they may be in: whatever holds each record's name hides those zones.
+    Orphans(Vec<(Relocation, Vec<ZoneId>)>),
     /// A zone was reset.
     ZoneReset(ZoneId),
     /// A drive started (true) or stopped (false) being drained.
@@ -249,6 +253,7 @@ impl Change {
             Change::PutPart { part, .. } => Some(part.seq),
             Change::Relocate(_)
             | Change::Replicas(_)
+            | Change::Orphans(_)
             | Change::ZoneReset(_)
             | Change::SetDraining(..) => None,
         }
@@ -295,6 +300,7 @@ impl Change {
             }
             Change::Relocate(_)
             | Change::Replicas(_)
+            | Change::Orphans(_)
             | Change::ZoneReset(_)
             | Change::SetDraining(..) => return None,
         }
@@ -362,7 +368,7 @@ impl Change {
                     }
                 }
             }
-            Change::ZoneReset(_) | Change::SetDraining(..) => {}
+            Change::Orphans(_) | Change::ZoneReset(_) | Change::SetDraining(..) => {}
         }
     }
 }
@@ -646,6 +652,11 @@ async fn apply_groups(
                 // makes the others again); anything else fails.
                 let drop: BTreeSet<DriveId> = doubtful.keys().copied().collect();
                 let Some(orphans) = request.change.drop_copies_keeping(&drop, quorum) else {
+                    // GC's or repair's copies the refused change leaves out are orphans, hidden
+                    // like any (a client write's are revoked below).
+                    if let Err(e) = txn.shadow_moved_copies(&request.change, true, &strays) {
+                        tracing::warn!("hiding the copies of a refused relocation failed: {e}");
+                    }
                     let why = doubtful.into_values().next().unwrap_or_default();
                     results.push(Err(EngineError::Unavailable(why)));
                     continue;
@@ -825,11 +836,11 @@ impl<'a> Txn<'a> {
             let outcome = self.apply(change)?;
             if let Some(claim) = claim {
                 let mut stamps = self.stamps(orphans);
-                stamps.extend(strays.iter().map(|&zone| ZoneStamp {
-                    zone,
-                    generation: self.generation(zone),
-                }));
+                stamps.extend(self.zone_stamps(strays));
                 self.shadow_orphans(&claim, stamps)?;
+            } else if !strays.is_empty() {
+                // GC's or repair's copies: each record they moved hides the strays' zones.
+                self.shadow_moved_copies(change, false, strays)?;
             }
             Ok(outcome)
         })();
@@ -950,6 +961,53 @@ impl<'a> Txn<'a> {
 
     fn generation(&mut self, zone: ZoneId) -> u64 {
         self.account(zone).generation
+    }
+
+    /// Stamps of `zones`, as they are now.
+    fn zone_stamps(&mut self, zones: &[ZoneId]) -> Vec<ZoneStamp> {
+        zones
+            .iter()
+            .map(|&zone| ZoneStamp {
+                zone,
+                generation: self.generation(zone),
+            })
+            .collect()
+    }
+
+    /// For a GC, repair or scrub change (`Relocate`, `Replicas`): the name of each record it
+    /// moves hides the zones `strays` (where copies of its appends that reported failure may
+    /// be) and, with `copies`, the zone of the record's new copy (the change is refused: that
+    /// copy is an orphan).
+    fn shadow_moved_copies(
+        &mut self,
+        change: &Change,
+        copies: bool,
+        strays: &[ZoneId],
+    ) -> EngineResult<()> {
+        let moved: Vec<(&Relocation, Option<Location>)> = match change {
+            Change::Relocate(items) => items
+                .iter()
+                .map(|(what, _, to)| (what, Some(*to)))
+                .collect(),
+            Change::Replicas(items) => items
+                .iter()
+                .map(|(what, edit)| match edit {
+                    ReplicaEdit::Add(to) | ReplicaEdit::Replace(_, to) => (what, Some(*to)),
+                    ReplicaEdit::Remove(_) => (what, None),
+                })
+                .collect(),
+            _ => return Ok(()),
+        };
+        for (what, to) in moved {
+            let mut stamps = if copies {
+                self.stamps(to.as_slice())
+            } else {
+                Vec::new()
+            };
+            stamps.extend(self.zone_stamps(strays));
+            self.shadow_orphans(what, stamps)?;
+        }
+        Ok(())
     }
 
     /// Stamps of the zones holding these locations, as they are now.
@@ -1144,6 +1202,13 @@ impl<'a> Txn<'a> {
             Change::Replicas(items) => {
                 for (what, edit) in items {
                     self.relocate(what, *edit)?;
+                }
+                Ok(Outcome::Done)
+            }
+            Change::Orphans(items) => {
+                for (what, zones) in items {
+                    let stamps = self.zone_stamps(zones);
+                    self.shadow_orphans(what, stamps)?;
                 }
                 Ok(Outcome::Done)
             }

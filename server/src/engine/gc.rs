@@ -24,10 +24,9 @@ use super::EngineInner;
 use super::commit::{Change, Relocation, now_ms};
 use super::error::{EngineError, EngineResult};
 use super::located;
-use super::model::{Class, DriveId, Location, ZoneId};
+use super::model::{DriveId, Location, ZoneId};
 use super::placement::{ZoneHolds, ZoneUse};
 use super::record::{self, RecordError};
-use super::writer::Appended;
 
 /// How victims are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +340,7 @@ impl Relocations {
     }
 
     /// Starts appending the `last` group, waits for every append and commits them all.
-    async fn finish(mut self, engine: &Arc<EngineInner>, last: Group) -> EngineResult<()> {
+    async fn finish(&mut self, engine: &Arc<EngineInner>, last: Group) -> EngineResult<()> {
         if !last.members.is_empty() {
             self.start(engine.relocate_group(last));
         }
@@ -351,6 +350,39 @@ impl Relocations {
             last.await.map_err(task_failed)??;
         }
         Ok(())
+    }
+}
+
+impl Relocations {
+    /// The collection failed: waits for the appends and the commit under way, and has the
+    /// index hide the zones of every copy that landed without its commit (orphans, which a
+    /// rebuild or replay would otherwise take for their names once nothing else hides them).
+    async fn abandon(mut self, engine: &Arc<EngineInner>) {
+        while let Some(done) = self.appending.next().await {
+            // A failed append hid its own attempts (see [`EngineInner::relocate_group`]).
+            if let Ok(Ok((relocated, holds))) = done {
+                self.appended.extend(relocated);
+                self.holds.push(holds);
+            }
+        }
+        if let Some(committing) = self.committing.take() {
+            // A refused commit hid its copies (see the committer).
+            let _ = committing.await;
+        }
+        if self.appended.is_empty() {
+            return;
+        }
+        let orphans = self
+            .appended
+            .drain(..)
+            .filter_map(|(what, _, to)| {
+                let zone = engine.drives.zone_of(&to)?;
+                Some((what, vec![zone]))
+            })
+            .collect();
+        if let Err(e) = engine.committer.submit(Change::Orphans(orphans)).await {
+            tracing::error!("hiding the copies of an abandoned collection failed: {e}");
+        }
     }
 }
 
@@ -649,6 +681,21 @@ impl EngineInner {
         zone: ZoneId,
         rate: u64,
     ) -> EngineResult<Option<Reset>> {
+        let mut relocations = Relocations::default();
+        let result = self.relocate_zone_into(zone, rate, &mut relocations).await;
+        if result.is_err() {
+            relocations.abandon(self).await;
+        }
+        result
+    }
+
+    /// [`EngineInner::relocate_zone`], its copies under way kept in `relocations`.
+    async fn relocate_zone_into(
+        self: &Arc<Self>,
+        zone: ZoneId,
+        rate: u64,
+        relocations: &mut Relocations,
+    ) -> EngineResult<Option<Reset>> {
         let drive = self
             .drives
             .get(zone.drive)
@@ -677,7 +724,6 @@ impl EngineInner {
         };
         let mut read_to = chunk_blocks.min(written);
         let mut next_read = (read_to > 0).then(|| read_ahead(0, read_to));
-        let mut relocations = Relocations::default();
         let mut group = Group::default();
         let group_limit = GROUP_BYTES.min(self.record_limit as usize);
         let mut moved = 0u64;
@@ -812,13 +858,15 @@ impl EngineInner {
             let Some((_, first, _)) = group.members.first() else {
                 return Ok((Vec::new(), ZoneHolds::new(engine.placement.clone())));
             };
-            let Appended { locations, holds } = engine
-                .append_record(group.data.freeze(), Class::Gc, 1, 1, Some(first.drive))
+            let (to, holds) = engine
+                .append_moved(group.data.freeze(), first.drive, || {
+                    group
+                        .members
+                        .iter()
+                        .map(|(what, _, _)| what.clone())
+                        .collect()
+                })
                 .await?;
-            let to = locations
-                .into_iter()
-                .next()
-                .ok_or_else(|| EngineError::Internal("relocation landed nowhere".into()))?;
             let relocated = group
                 .members
                 .into_iter()

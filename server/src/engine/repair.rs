@@ -20,10 +20,9 @@ use super::commit::{Change, Relocation, ReplicaEdit};
 use super::drives::Drive;
 use super::error::{EngineError, EngineResult};
 use super::located::{self, Located};
-use super::model::{Class, DriveId, Location};
+use super::model::{DriveId, Location};
 use super::placement::ZoneHolds;
 use super::record;
-use super::writer::Appended;
 
 /// Tunables of repair and scrub.
 #[derive(Debug, Clone)]
@@ -600,13 +599,9 @@ impl EngineInner {
             match self.read_verified(&entry.what, *source).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
-                    let Appended { locations, holds } = self
-                        .append_record(bytes, Class::Gc, 1, 1, Some(target))
+                    let (to, holds) = self
+                        .append_moved(bytes, target, || vec![entry.what.clone()])
                         .await?;
-                    let to = locations
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
                     let edit = match replace {
                         Some(from) => ReplicaEdit::Replace(from, to),
                         None => ReplicaEdit::Add(to),
@@ -809,13 +804,9 @@ impl EngineInner {
             .chain(self.drives.all().iter().map(|d| d.id))
             .find(|id| !holding.contains(id) && self.can_take_copy(*id))
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
-        let Appended { locations, holds } = self
-            .append_record(bytes, Class::Gc, 1, 1, Some(target))
+        let (to, holds) = self
+            .append_moved(bytes, target, || vec![entry.what.clone()])
             .await?;
-        let to = locations
-            .into_iter()
-            .next()
-            .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
         self.committer
             .submit_holding(
                 Change::Replicas(vec![(entry.what.clone(), ReplicaEdit::Replace(bad, to))]),

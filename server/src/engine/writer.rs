@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 use zns::{WriteHint, ZoneAction, ZoneSelect};
 
 use super::EngineInner;
-use super::commit::{Change, Condition, NewExtent, Outcome, now_ms};
+use super::commit::{Change, Condition, NewExtent, Outcome, Relocation, now_ms};
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
-use super::model::{Class, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
+use super::model::{Class, DriveId, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
 use super::placement::{FinishTurn, NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 
@@ -56,6 +56,42 @@ impl EngineInner {
         self.append_record_with(record, class, false, copies, quorum, only)
             .await
             .map_err(|failed| failed.error)
+    }
+
+    /// Appends one copy of records GC, repair or scrub moves (`moved` names them) to `drive`,
+    /// returning where it landed, its zone held from GC. An append that fails may still have
+    /// landed in a zone it tried: the names of the records then hide those zones (see
+    /// [`Change::Orphans`]), or a rebuild or replay could take such a copy for a name's
+    /// current version once nothing else hides it.
+    pub(crate) async fn append_moved(
+        &self,
+        record: Bytes,
+        drive: DriveId,
+        moved: impl FnOnce() -> Vec<Relocation>,
+    ) -> EngineResult<(Location, ZoneHolds)> {
+        let Appended { locations, holds } = match self
+            .append_record_with(record, Class::Gc, false, 1, 1, Some(drive))
+            .await
+        {
+            Ok(appended) => appended,
+            Err(failed) => {
+                if !failed.attempted.is_empty() {
+                    let orphans = moved()
+                        .into_iter()
+                        .map(|what| (what, failed.attempted.clone()))
+                        .collect();
+                    if let Err(e) = self.committer.submit(Change::Orphans(orphans)).await {
+                        tracing::error!("hiding the copies of a failed move failed: {e}");
+                    }
+                }
+                return Err(failed.error);
+            }
+        };
+        let to = locations
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("a copy landed nowhere".into()))?;
+        Ok((to, holds))
     }
 
     /// [`EngineInner::append_record`] for records that let space be reclaimed (they may use
