@@ -33,6 +33,26 @@ fn boto3_and_s3fs_suite() {
     assert!(out.contains(" 0 failed"), "{out}");
 }
 
+/// Copies answered the way long ones are (at once, 200, whitespace until the result or an Error
+/// document follows): the server here answers every copy so, and boto3 reads the results, the
+/// UploadPartCopy parts and the errors that come after the 200.
+#[test]
+fn copies_answered_before_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("zonestore.toml");
+    std::fs::write(&config, "copy_keep_alive_secs = 0\n").unwrap();
+    let server = S3Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let out = server.python_with_env(
+        "boto3_suite.py",
+        &["copy", "copy_write_conditions", "multipart"],
+        &[],
+    );
+    assert!(out.contains(" 0 failed"), "{out}");
+}
+
 /// HTTPS, where the SDKs stream bodies in aws-chunked encoding with checksum trailers by
 /// default (STREAMING-UNSIGNED-PAYLOAD-TRAILER): boto3, s3fs and aws-cli over rustls.
 #[test]

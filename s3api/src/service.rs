@@ -57,6 +57,9 @@ pub struct S3Config {
     pub observer: Option<Arc<dyn Observer>>,
     /// Whether clients reach the service over HTTPS (for the URLs it returns).
     pub https: bool,
+    /// When a long copy's reply begins and how it is kept alive (see
+    /// [`crate::handlers::long_copy`]).
+    pub copy_keep_alive: crate::handlers::long_copy::KeepAlive,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -78,6 +81,7 @@ impl S3Config {
             max_put_size: 5 << 30,
             observer: None,
             https: false,
+            copy_keep_alive: Default::default(),
         }
     }
 }

@@ -145,6 +145,9 @@ pub struct Config {
     pub tls: Option<TlsSection>,
     /// Embedded drives.
     pub embedded: EmbeddedSection,
+    /// Seconds a copy (CopyObject, UploadPartCopy) runs before its 200 begins, kept alive with
+    /// whitespace until the result follows (0: at once).
+    pub copy_keep_alive_secs: u64,
 }
 
 impl Default for Config {
@@ -165,6 +168,7 @@ impl Default for Config {
             replication: ReplicationSection::default(),
             tls: None,
             embedded: EmbeddedSection::default(),
+            copy_keep_alive_secs: 5,
         }
     }
 }

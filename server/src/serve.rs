@@ -321,6 +321,10 @@ impl Server {
         s3_config.observer = Some(metrics.clone() as Arc<dyn s3api::Observer>);
         let is_tls = tls.is_some();
         s3_config.https = is_tls;
+        s3_config.copy_keep_alive = s3api::handlers::long_copy::KeepAlive {
+            after: Duration::from_secs(config.copy_keep_alive_secs),
+            every: Duration::from_secs(config.copy_keep_alive_secs.clamp(1, 5)),
+        };
         let router = S3Service::new(Arc::new(EngineStore::new(engine.clone())), s3_config).router();
         let s3 = match HttpServer::start(s3_listener, router, tls, "s3") {
             Ok(s3) => s3,

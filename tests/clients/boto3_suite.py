@@ -400,6 +400,29 @@ def check_copy():
     assert s3.get_object(Bucket=b, Key="src")["Body"].read() == body
 
 
+def check_copy_write_conditions():
+    """A copy's own write condition (If-None-Match: * on its destination) fails after the data is
+    copied: a 412, or, when the copy's answer had begun (a long copy, kept alive with whitespace),
+    an Error document in the 200 that botocore raises (as a 500) all the same."""
+    b = bucket("copycond")
+    s3.put_object(Bucket=b, Key="src", Body=blob(200_000, 9))
+    s3.put_object(Bucket=b, Key="dst", Body=b"old")
+    guarded = client()
+    guarded.meta.events.register(
+        "before-sign.s3.CopyObject",
+        lambda request, **kwargs: request.headers.__setitem__("If-None-Match", "*"),
+    )
+    try:
+        guarded.copy_object(Bucket=b, Key="dst", CopySource={"Bucket": b, "Key": "src"})
+        raise AssertionError("the copy onto an existing key with If-None-Match: * succeeded")
+    except ClientError as e:
+        got = (e.response["Error"].get("Code"), e.response["ResponseMetadata"]["HTTPStatusCode"])
+        assert got in (("PreconditionFailed", 412), ("PreconditionFailed", 500)), got
+    assert s3.get_object(Bucket=b, Key="dst")["Body"].read() == b"old"
+    guarded.copy_object(Bucket=b, Key="new", CopySource={"Bucket": b, "Key": "src"})
+    assert s3.get_object(Bucket=b, Key="new")["Body"].read() == blob(200_000, 9)
+
+
 def check_multipart():
     b = bucket("multi")
     source = blob(12 << 20, 7)

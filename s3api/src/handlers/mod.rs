@@ -3,6 +3,7 @@
 pub mod acl;
 pub mod bucket;
 pub mod list;
+pub mod long_copy;
 pub mod multipart;
 pub mod object;
 pub mod unconfigured;

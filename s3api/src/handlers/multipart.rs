@@ -182,24 +182,28 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     }
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
     let hasher = upload_algorithm(&upload).map(Hasher::new);
-    let (_, md5, hasher) = pipe(
-        source.reader.read(range.clone())?,
-        range.end - range.start,
-        &mut writer,
-        hasher,
+    let body = source.reader.read(range.clone())?;
+    let copy = async move {
+        let (_, md5, hasher) = pipe(body, range.end - range.start, &mut writer, hasher).await?;
+        let mut checksums = Vec::new();
+        add_missing(&mut checksums, hasher);
+        let part = writer.commit_part(checksum::hex(&md5), checksums).await?;
+        let mut w = XmlWriter::new("CopyPartResult");
+        w.element("LastModified", &iso8601(part.last_modified))
+            .element("ETag", &format!("\"{}\"", part.etag));
+        // The part's checksum, for the client to name in CompleteMultipartUpload.
+        for c in &part.checksums {
+            w.element(&format!("Checksum{}", c.algorithm), &c.value);
+        }
+        Ok(w.finish())
+    };
+    super::long_copy::copy_reply(
+        copy,
+        svc.config.copy_keep_alive,
+        format!("/{bucket}/{key}"),
+        ctx.request_id.clone(),
     )
-    .await?;
-    let mut checksums = Vec::new();
-    add_missing(&mut checksums, hasher);
-    let part = writer.commit_part(checksum::hex(&md5), checksums).await?;
-    let mut w = XmlWriter::new("CopyPartResult");
-    w.element("LastModified", &iso8601(part.last_modified))
-        .element("ETag", &format!("\"{}\"", part.etag));
-    // The part's checksum, for the client to name in CompleteMultipartUpload.
-    for c in &part.checksums {
-        w.element(&format!("Checksum{}", c.algorithm), &c.value);
-    }
-    Ok(xml(w.finish()))
+    .await
 }
 
 /// Combines CRCs of consecutive pieces (`crc(A‖B)` from `crc(A)`, `crc(B)` and `len(B)`), for

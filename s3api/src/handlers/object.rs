@@ -536,33 +536,32 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     };
     let condition = write_condition(ctx)?;
     let mut writer = svc.store.put_object(&bucket, &key).await?;
-    let (_, md5, _) = pipe(
-        source.reader.read(0..source.info.size)?,
-        source.info.size,
-        &mut writer,
-        None,
-    )
-    .await?;
-    // Full-object checksums still hold for the same bytes; composite ones describe parts.
-    let checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
-        Vec::new()
-    } else {
-        source.info.checksums.clone()
+    let body = source.reader.read(0..source.info.size)?;
+    let user = ctx.user().to_string();
+    let copy = async move {
+        let (_, md5, _) = pipe(body, source.info.size, &mut writer, None).await?;
+        // Full-object checksums still hold for the same bytes; composite ones describe parts.
+        let checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
+            Vec::new()
+        } else {
+            source.info.checksums.clone()
+        };
+        let info = writer
+            .commit_object(checksum::hex(&md5), headers, checksums, user, condition)
+            .await?;
+        let mut w = XmlWriter::new("CopyObjectResult");
+        w.element("LastModified", &iso8601(info.last_modified))
+            .element("ETag", &format!("\"{}\"", info.etag));
+        for c in &info.checksums {
+            w.element(&format!("Checksum{}", c.algorithm), &c.value);
+        }
+        Ok(w.finish())
     };
-    let info = writer
-        .commit_object(
-            checksum::hex(&md5),
-            headers,
-            checksums,
-            ctx.user().to_string(),
-            condition,
-        )
-        .await?;
-    let mut w = XmlWriter::new("CopyObjectResult");
-    w.element("LastModified", &iso8601(info.last_modified))
-        .element("ETag", &format!("\"{}\"", info.etag));
-    for c in &info.checksums {
-        w.element(&format!("Checksum{}", c.algorithm), &c.value);
-    }
-    Ok(xml(w.finish()))
+    super::long_copy::copy_reply(
+        copy,
+        svc.config.copy_keep_alive,
+        format!("/{bucket}/{key}"),
+        ctx.request_id.clone(),
+    )
+    .await
 }
