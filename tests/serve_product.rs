@@ -241,6 +241,20 @@ fn bad_configuration_is_named() {
     assert!(err.contains("power of two"), "{err}");
     let err = zonestore_fails(&["recover", "--data", data]);
     assert!(err.contains("--rebuild-index"), "{err}");
+    // A rebuild reads the drives that hold the data: none where it is pointed (a mistyped
+    // --data) is an error naming them, not new empty drives and an empty index.
+    let mistyped = dir.path().join("mistyped");
+    let err = zonestore_fails(&[
+        "recover",
+        "--rebuild-index",
+        "--data",
+        mistyped.to_str().unwrap(),
+    ]);
+    assert!(err.contains("drive0") && err.contains("zns.meta"), "{err}");
+    assert!(
+        !mistyped.join("drives/drive0/zns.meta").exists(),
+        "recover created a drive"
+    );
     let err = zonestore_fails(&["admin", "--server", "127.0.0.1:1", "stats"]);
     assert!(err.contains("127.0.0.1:1"), "{err}");
     // An admin token an operator wrote must not be guessable in a few tries.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod data_lock;
 pub mod discovered;
 pub mod durable_file;
 pub mod engine;

@@ -407,6 +407,7 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         allowed_hosts: args.allow_host.clone(),
         listen: args.listen,
         direct_writes: args.direct_writes,
+        create: true,
     })
     .await
     .context("starting the storage node")?;

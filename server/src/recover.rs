@@ -23,6 +23,9 @@ pub enum RecoverError {
     /// The rebuild failed.
     #[error("rebuild: {0}")]
     Engine(#[from] EngineError),
+    /// The data directory is another process's (a server running on it), or cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] crate::data_lock::LockError),
     /// The index is open in a running server.
     #[error(
         "the index in {0} is in use (is `zonestore serve` running? stop it first: a rebuild replaces the index)"
@@ -165,6 +168,8 @@ pub async fn rebuild_index(
     progress: impl Fn(&str),
 ) -> Result<(RebuildReport, Option<PathBuf>), RecoverError> {
     let checked = config.check()?;
+    // Held until the new index is in place: no server may start on the old one meanwhile.
+    let _lock = crate::data_lock::DataDirLock::acquire(&config.data_dir)?;
     let index_dir = checked.index_dir.clone();
     check_swappable(&index_dir)?;
     // Anything in the index directory is the old index (damaged, perhaps: what recover is
@@ -203,14 +208,20 @@ pub async fn rebuild_index(
     } else {
         (targets::KnownDrives::new(), IfUnreachable::Fail)
     };
-    let mut attached =
-        match targets::attach_configured(config, &checked, &known, &registered, if_unreachable)
-            .await
-        {
-            Ok(attached) => attached,
-            Err(e @ AttachError::Target { .. }) => return Err(RecoverError::Unreachable(e)),
-            Err(e) => return Err(e.into()),
-        };
+    let mut attached = match targets::attach_configured(
+        config,
+        &checked,
+        &known,
+        &registered,
+        if_unreachable,
+        targets::LocalDrives::OpenOnly,
+    )
+    .await
+    {
+        Ok(attached) => attached,
+        Err(e @ AttachError::Target { .. }) => return Err(RecoverError::Unreachable(e)),
+        Err(e) => return Err(e.into()),
+    };
     let specs = in_registry_order(std::mem::take(&mut attached.specs), &names);
     // A drive must be the one the old index knew by its name: rebuilding from another (a node
     // started on an empty data directory) would lose the copies on the real one.

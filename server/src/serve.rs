@@ -44,6 +44,9 @@ pub enum ServeError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The data directory is another process's, or cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] crate::data_lock::LockError),
 }
 
 /// Refuses to start on a missing or empty index beside a rebuilt one: a rebuild stopped in the
@@ -87,6 +90,8 @@ pub struct Server {
     pub tls: bool,
     /// Whether the drives are the embedded default.
     pub embedded: bool,
+    /// The data directory, this server's alone until it has stopped.
+    lock: crate::data_lock::DataDirLock,
 }
 
 impl std::fmt::Debug for Server {
@@ -220,6 +225,7 @@ impl Server {
     /// Starts everything `config` describes.
     pub async fn start(config: &Config) -> Result<Server, ServeError> {
         let checked: Checked = config.check()?;
+        let lock = crate::data_lock::DataDirLock::acquire(&config.data_dir)?;
         refuse_a_half_swapped_index(&checked.index_dir)?;
         // What the server keeps (secrets, the index, the embedded drives' data) is its
         // owner's only, when the server creates the directories.
@@ -274,6 +280,7 @@ impl Server {
             &known,
             &registered,
             targets::IfUnreachable::Fail,
+            targets::LocalDrives::OpenOrCreate,
         )
         .await?;
         let specs = std::mem::take(&mut attached.specs);
@@ -361,6 +368,7 @@ impl Server {
             credentials_generated,
             tls: is_tls,
             embedded,
+            lock,
         })
     }
 
@@ -393,6 +401,7 @@ impl Server {
             admin_state,
             engine,
             attached,
+            lock,
             ..
         } = self;
         // Not ready from now on; the admin API (metrics, health) stays up while S3 drains.
@@ -407,6 +416,7 @@ impl Server {
         drop(admin_state);
         engine.shutdown().await;
         attached.close().await;
+        drop(lock);
     }
 }
 

@@ -23,6 +23,8 @@ pub struct StorageNodeConfig {
     pub listen: SocketAddr,
     /// Whether the drive writes with `O_DIRECT` (see [`EmulatedZns::set_direct_writes`]).
     pub direct_writes: bool,
+    /// Whether a drive not there is created (else starting fails).
+    pub create: bool,
 }
 
 /// Why a storage node could not start.
@@ -67,7 +69,14 @@ pub struct StorageNode {
 impl StorageNode {
     /// Opens (or creates) the drive and starts exporting it.
     pub async fn start(config: StorageNodeConfig) -> Result<StorageNode, StorageNodeError> {
-        let drive = open_drive(&config.data_dir, config.geometry)?;
+        let drive = if config.create {
+            open_drive(&config.data_dir, config.geometry)?
+        } else {
+            EmulatedZns::open(&config.data_dir).map_err(|source| StorageNodeError::Drive {
+                dir: config.data_dir.clone(),
+                source,
+            })?
+        };
         drive.set_direct_writes(config.direct_writes);
         let target = Target::new(TargetConfig::default());
         target.add_subsystem(

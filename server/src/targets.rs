@@ -146,6 +146,7 @@ pub async fn embedded(
     geometry: Geometry,
     direct_writes: bool,
     hostnqn: &str,
+    local: LocalDrives,
 ) -> Result<Attached, AttachError> {
     let mut attached = Attached::default();
     for index in 0..count {
@@ -157,6 +158,7 @@ pub async fn embedded(
             allowed_hosts: vec![hostnqn.to_string()],
             listen: "127.0.0.1:0".parse().expect("a valid literal address"),
             direct_writes,
+            create: local == LocalDrives::OpenOrCreate,
         })
         .await
         .map_err(|source| AttachError::Embedded { index, source })?;
@@ -183,6 +185,7 @@ pub async fn attach_configured(
     known: &KnownDrives,
     registered: &HashSet<String>,
     if_unreachable: IfUnreachable,
+    local: LocalDrives,
 ) -> Result<Attached, AttachError> {
     let hostnqn = config
         .host_nqn
@@ -196,6 +199,7 @@ pub async fn attach_configured(
             geometry,
             config.embedded.direct_writes,
             &hostnqn,
+            local,
         )
         .await
     } else {
@@ -207,6 +211,7 @@ pub async fn attach_configured(
             Known {
                 reachable_later: known,
                 registered,
+                local,
             },
             if_unreachable,
             &config.data_dir,
@@ -239,6 +244,18 @@ pub struct Known<'a> {
     /// Names of every drive the index registers: a `zns-file://` one among them is opened,
     /// never created anew (a missing one is a disk not mounted, not a new drive).
     pub registered: &'a HashSet<String>,
+    /// Whether local drives not there may be created at all.
+    pub local: LocalDrives,
+}
+
+/// Whether local drives (embedded, `zns-file://`) that are not there are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalDrives {
+    /// Created (a first start; a drive added to the configuration).
+    OpenOrCreate,
+    /// Only opened: a rebuild of the index must read the drives that hold the data, and a
+    /// missing one (a disk not mounted, a mistyped data directory) is missing, not new.
+    OpenOnly,
 }
 
 /// Attaches configured targets; those in `known.reachable_later` that cannot be reached are
@@ -370,16 +387,22 @@ pub async fn attach(
                 // A drive the index knows is opened, never created: a missing one (a disk not
                 // mounted) must not be replaced by an empty drive on another filesystem.
                 let registered = known_drives.registered.contains(&name);
-                let opened = if registered {
+                let open_only = registered || known_drives.local == LocalDrives::OpenOnly;
+                let opened = if open_only {
                     EmulatedZns::open(path).map_err(|e| {
-                        format!("the index knows this drive, but it cannot be opened ({e}): is its filesystem mounted?")
+                        let known = if registered {
+                            "the index knows this drive, but "
+                        } else {
+                            ""
+                        };
+                        format!("{known}it cannot be opened ({e}): is its filesystem mounted?")
                     })
                 } else {
                     EmulatedZns::open_or_create(path, geometry).map_err(|e| e.to_string())
                 };
                 let drive = match opened {
                     Ok(drive) => drive,
-                    Err(reason) if registered && if_unreachable == IfUnreachable::LeaveOut => {
+                    Err(reason) if open_only && if_unreachable == IfUnreachable::LeaveOut => {
                         tracing::warn!(%target, "{reason}; leaving it out");
                         attached.left_out.push(target);
                         continue;
