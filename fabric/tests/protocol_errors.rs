@@ -966,3 +966,42 @@ async fn admin_commands_about_what_is_not_there_get_the_right_status() {
         "only critical warnings and namespace attribute notices can be turned on"
     );
 }
+
+/// A command whose identifier is that of one still in flight on its queue (here a held
+/// Asynchronous Event Request) gets Command ID Conflict, and the one in flight stays held; an
+/// identifier is free again once its command completed.
+#[tokio::test]
+async fn a_command_reusing_an_identifier_in_flight_gets_command_id_conflict() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    const AER: u8 = 0x0C;
+    // Get Features, Number of Queues: no data either way.
+    let get_features = |cid| {
+        let mut sqe = Sqe::new(0x0A, cid);
+        sqe.put(40, &[7]);
+        command(sqe)
+    };
+    send(&mut admin, command(Sqe::new(AER, 9))).await;
+    let status_of = |pdu: Pdu, cid: u16| match pdu {
+        Pdu::CapsuleResp(r) => {
+            assert_eq!(r.cqe.cid(), cid);
+            let s = r.cqe.status();
+            (s.sct, s.sc)
+        }
+        other => panic!("expected a completion, got {other:?}"),
+    };
+    let conflict = fabric::wire::status::Status::COMMAND_ID_CONFLICT;
+    for _ in 0..2 {
+        send(&mut admin, get_features(9)).await;
+        let got = status_of(next_pdu(&mut admin, &mut buf).await, 9);
+        assert_eq!(got, (conflict.sct, conflict.sc), "the AER holds CID 9");
+    }
+    for _ in 0..2 {
+        send(&mut admin, get_features(10)).await;
+        assert_eq!(
+            status_of(next_pdu(&mut admin, &mut buf).await, 10),
+            (0, 0),
+            "CID 10 is free again once its command completed"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -97,6 +97,38 @@ pub(crate) struct QueueCtx {
     /// The connection's read budget, in [`READ_BUDGET_UNIT`]s (see
     /// [`super::TargetConfig::max_outstanding_read`]).
     read_budget: Arc<Semaphore>,
+    /// The command identifiers in flight on the queue.
+    cids: Arc<CidsInFlight>,
+}
+
+/// The command identifiers in flight on a queue (one bit each): a command whose identifier is
+/// that of one in flight gets Command ID Conflict, for the host could not tell their
+/// completions apart. An identifier is let go just before its completion is sent, so a host
+/// reusing it once it has the completion never finds it taken.
+pub(crate) struct CidsInFlight {
+    bits: Box<[AtomicU64]>,
+}
+
+impl CidsInFlight {
+    fn new() -> Self {
+        CidsInFlight {
+            bits: (0..(1usize << 16) / 64)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Takes `cid`; false if it is in flight already.
+    fn claim(&self, cid: u16) -> bool {
+        let bit = 1u64 << (cid % 64);
+        self.bits[usize::from(cid / 64)].fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Lets `cid` go.
+    fn release(&self, cid: u16) {
+        let bit = 1u64 << (cid % 64);
+        self.bits[usize::from(cid / 64)].fetch_and(!bit, Ordering::AcqRel);
+    }
 }
 
 /// Bytes one permit of a read budget stands for.
@@ -146,6 +178,19 @@ impl QueueCtx {
 
     /// [`QueueCtx::complete`], keeping `held` until the completion (and its data) is sent.
     async fn complete_holding(
+        &self,
+        cid: u16,
+        status: Status,
+        result: u64,
+        data: Bytes,
+        held: Option<OwnedSemaphorePermit>,
+    ) {
+        self.cids.release(cid);
+        self.send_completion(cid, status, result, data, held).await
+    }
+
+    /// Sends a completion (and its data) for `cid`, which stays in flight.
+    async fn send_completion(
         &self,
         cid: u16,
         status: Status,
@@ -277,6 +322,8 @@ struct Connection {
     backlog: Arc<Backlog>,
     /// Commands that had to wait, running as tasks of their own (aborted when dropped).
     spawned: tokio::task::JoinSet<()>,
+    /// The command identifiers in flight (shared with the queue's context once connected).
+    cids: Arc<CidsInFlight>,
 }
 
 impl Drop for Connection {
@@ -410,6 +457,7 @@ pub(crate) async fn serve_connection(
             next_ttag: 0,
             backlog,
             spawned: tokio::task::JoinSet::new(),
+            cids: Arc::new(CidsInFlight::new()),
         };
         conn.run(&mut reader, &mut stop).await;
         // Dropping `conn` detaches its queue from the controller.
@@ -631,8 +679,18 @@ impl Connection {
 
     /// Sends a completion for a command that never reached a handler.
     async fn reject(&self, cid: u16, status: Status, result: u64) {
+        self.cids.release(cid);
+        self.answer_unclaimed(cid, status, result).await
+    }
+
+    /// Sends a completion for `cid` without letting it go (a command whose identifier is
+    /// another's in flight).
+    async fn answer_unclaimed(&self, cid: u16, status: Status, result: u64) {
         match &self.ctx {
-            Some(ctx) => ctx.complete(cid, status, result, Bytes::new()).await,
+            Some(ctx) => {
+                ctx.send_completion(cid, status, result, Bytes::new(), None)
+                    .await
+            }
             None => {
                 let cqe = Cqe::new(cid, 0, 0, status, result);
                 let _ = self
@@ -648,6 +706,11 @@ impl Connection {
         let cid = sqe.cid();
         if let Some(ctx) = &self.ctx {
             ctx.controller.touch();
+        }
+        if !self.cids.claim(cid) {
+            self.answer_unclaimed(cid, Status::COMMAND_ID_CONFLICT, 0)
+                .await;
+            return Ok(());
         }
         if sqe.flags() != FLAGS_SGL {
             // Fused commands are not supported, and over fabrics PSDT must say SGL with a
@@ -951,7 +1014,7 @@ impl Connection {
                 } else {
                     None
                 };
-            stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = stats.command_started();
             let reply = if ctx.qid == 0 {
                 admin::execute(&ctx, &sqe, data).await
             } else {
@@ -960,7 +1023,7 @@ impl Connection {
             // The drive has the data: the write budget is free again, whether or not the host
             // reads the completion.
             drop(hold);
-            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             backlog.end();
             if let Reply::Done {
                 status,
@@ -1058,7 +1121,9 @@ impl Connection {
             let max_qid = if granted == u32::MAX {
                 self.target.config.max_io_queues
             } else {
-                (granted & 0xFFFF) as u16 + 1
+                // A fabrics queue is a submission and completion queue pair: as many as the
+                // fewer of the two counts granted (0's based).
+                (granted & 0xFFFF).min(granted >> 16) as u16 + 1
             };
             if c.qid > max_qid {
                 return Err(invalid(false, connect::offset::QID));
@@ -1094,6 +1159,7 @@ impl Connection {
                     sq_head: AtomicU32::new(0),
                     closed: AtomicBool::new(false),
                     read_budget: Arc::new(Semaphore::new(read_budget_units(&self.target.config))),
+                    cids: self.cids.clone(),
                 });
                 tracing::debug!(peer = %self.peer, qid = c.qid, cntlid, subsystem = %c.subnqn, host = %c.hostnqn, "queue connected");
                 self.ctx = Some(ctx.clone());

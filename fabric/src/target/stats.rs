@@ -16,6 +16,24 @@ pub struct TargetStats {
     pub(crate) keep_alive_timeouts: AtomicU64,
 }
 
+impl TargetStats {
+    /// Counts a command in flight until the returned guard is dropped (also when its task is
+    /// aborted, its connection gone).
+    pub(crate) fn command_started(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+}
+
+/// A command in flight, counted until dropped.
+pub(crate) struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A copy of a target's counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TargetStatsSnapshot {

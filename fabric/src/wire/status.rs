@@ -54,6 +54,9 @@ impl Status {
     pub const INVALID_OPCODE: Status = generic(0x01);
     /// Invalid Field in Command.
     pub const INVALID_FIELD: Status = generic(0x02);
+    /// Command ID Conflict: the command's identifier is that of one still in flight on the
+    /// queue.
+    pub const COMMAND_ID_CONFLICT: Status = generic(0x03);
     /// Data Transfer Error.
     pub const DATA_TRANSFER_ERROR: Status = generic(0x04);
     /// Internal Error.
@@ -242,6 +245,7 @@ impl Status {
         Some(match (self.sct, self.sc) {
             (0, 0x00) => "Successful Completion",
             (0, 0x01) => "Invalid Command Opcode",
+            (0, 0x03) => "Command ID Conflict",
             (0, 0x02) => "Invalid Field in Command",
             (0, 0x06) => "Internal Error",
             (0, 0x08) => "Command Aborted due to SQ Deletion",
