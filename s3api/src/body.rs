@@ -54,6 +54,8 @@ pub struct BodyReader {
     finished: Option<BodySummary>,
     /// Longest wait for the next bytes of the body before the request fails.
     idle_timeout: Duration,
+    /// The trailers x-amz-trailer names (lowercase): no other may come.
+    declared_trailers: Vec<String>,
 }
 
 /// How long a request body may stall before the request fails with RequestTimeout (S3 answers
@@ -77,8 +79,10 @@ impl BodyReader {
         let chunked = matches!(
             auth.payload,
             Payload::StreamingSigned { .. } | Payload::StreamingUnsignedTrailer
-        ) || header(headers, "content-encoding")
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == "aws-chunked"));
+        ) || header(headers, "content-encoding").is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("aws-chunked"))
+        });
         let trailer_names: Vec<String> = header(headers, "x-amz-trailer")
             .map(|v| {
                 v.split(',')
@@ -92,6 +96,42 @@ impl BodyReader {
                 "x-amz-trailer needs an aws-chunked body (trailers come after its last chunk)",
             ));
         }
+        // A -TRAILER payload names its trailers, and only one says trailers follow: otherwise
+        // a trailer could come unchecked (its checksum, its signature) or be looked for in vain.
+        let trailer_payload = matches!(
+            auth.payload,
+            Payload::StreamingUnsignedTrailer | Payload::StreamingSigned { trailer: true, .. }
+        );
+        if trailer_payload && trailer_names.is_empty() {
+            return Err(S3Error::invalid_request(
+                "a STREAMING-...-TRAILER payload needs x-amz-trailer naming its trailer",
+            ));
+        }
+        if matches!(
+            auth.payload,
+            Payload::StreamingSigned { trailer: false, .. }
+        ) && !trailer_names.is_empty()
+        {
+            return Err(S3Error::invalid_request(
+                "x-amz-trailer needs a STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER payload",
+            ));
+        }
+        // Where the signature does not cover the body (presigned URLs, SigV2), a payload hash
+        // sent as a header is still the client's word on the body: checked, and a streaming
+        // one refused (the body would be taken as it comes, framing and all).
+        let unsigned_hash = match (&auth.payload, header(headers, "x-amz-content-sha256")) {
+            (Payload::Unsigned, Some(v)) if v.starts_with("STREAMING-") => {
+                return Err(S3Error::invalid_request(
+                    "a streaming x-amz-content-sha256 needs a request signed with an Authorization header",
+                ));
+            }
+            (Payload::Unsigned, Some(v))
+                if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Some(v.to_ascii_lowercase())
+            }
+            _ => None,
+        };
         if let Some(unknown) = trailer_names
             .iter()
             .find(|t| !Algorithm::ALL.iter().any(|a| a.header() == **t))
@@ -140,7 +180,7 @@ impl BodyReader {
                 }),
                 _ => None,
             };
-            ChunkedDecoder::new(signing, !trailer_names.is_empty())
+            ChunkedDecoder::new(signing, trailer_payload)
         });
         let mut checksums: Vec<(Hasher, Option<String>)> = Vec::new();
         for algorithm in Algorithm::ALL {
@@ -165,13 +205,18 @@ impl BodyReader {
                     "x-amz-sdk-checksum-algorithm says {declared} but another checksum was sent"
                 )));
             }
+            if checksums.is_empty() {
+                return Err(S3Error::invalid_request(
+                    "x-amz-sdk-checksum-algorithm specified, but no corresponding x-amz-checksum-* or x-amz-trailer headers were found.",
+                ));
+            }
         }
         let content_md5 = header(headers, "content-md5")
             .map(checksum::parse_content_md5)
             .transpose()?;
         let sha256 = match &auth.payload {
             Payload::Sha256(hex) => Some((Sha256::new(), hex.clone())),
-            _ => None,
+            _ => unsigned_hash.map(|hex| (Sha256::new(), hex)),
         };
         Ok(BodyReader {
             raw,
@@ -186,6 +231,7 @@ impl BodyReader {
             size: 0,
             finished: None,
             idle_timeout: BODY_IDLE_TIMEOUT,
+            declared_trailers: trailer_names,
         })
     }
 
@@ -281,6 +327,14 @@ impl BodyReader {
             && expected != md5
         {
             return Err(S3Error::bad_digest("Content-MD5"));
+        }
+        if let Some((name, _)) = trailers
+            .iter()
+            .find(|(name, _)| !self.declared_trailers.contains(name))
+        {
+            return Err(S3Error::invalid_request(format!(
+                "the trailer {name} was not declared in x-amz-trailer"
+            )));
         }
         let mut verified = Vec::new();
         for (hasher, from_header) in std::mem::take(&mut self.checksums) {
@@ -488,6 +542,94 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read(r).await.unwrap_err().code, "BadDigest");
+    }
+
+    /// A -TRAILER payload must name its trailer, a trailer must have been named, and a
+    /// trailer is looked for only after a -TRAILER payload.
+    #[tokio::test]
+    async fn trailers_come_only_declared_and_only_after_a_trailer_payload() {
+        let body = || {
+            raw(vec![
+                b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+            ])
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-decoded-content-length", "5".parse().unwrap());
+        let e = BodyReader::new(
+            body(),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .err()
+        .expect("a trailer payload without x-amz-trailer is refused");
+        assert_eq!(e.code, "InvalidRequest");
+        let signed = |trailer| Payload::StreamingSigned {
+            key: vec![0; 32],
+            amz_date: "20130524T000000Z".into(),
+            scope: "20130524/us-east-1/s3/aws4_request".into(),
+            seed: "00".into(),
+            trailer,
+        };
+        let e = BodyReader::new(body(), &h, &auth(signed(true)), 1 << 30)
+            .err()
+            .expect("refused");
+        assert_eq!(e.code, "InvalidRequest");
+        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
+        let e = BodyReader::new(body(), &h, &auth(signed(false)), 1 << 30)
+            .err()
+            .expect("x-amz-trailer without a trailer payload is refused");
+        assert_eq!(e.code, "InvalidRequest");
+        // Declared crc32, sent crc32c as well: the undeclared one is refused.
+        let r = BodyReader::new(
+            raw(vec![
+                b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\nx-amz-checksum-crc32c:AAAAAA==\r\n\r\n",
+            ]),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "InvalidRequest");
+    }
+
+    /// A presigned or SigV2 request's x-amz-content-sha256 header is checked against the body,
+    /// and a streaming one refused (the body would be stored framing and all).
+    #[tokio::test]
+    async fn an_unsigned_requests_payload_hash_header_is_checked() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-amz-content-sha256",
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+                .parse()
+                .unwrap(),
+        );
+        let r =
+            BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30).unwrap();
+        assert_eq!(read(r).await.unwrap().0, b"hello");
+        let r =
+            BodyReader::new(raw(vec![b"HELLO"]), &h, &auth(Payload::Unsigned), 1 << 30).unwrap();
+        assert_eq!(read(r).await.unwrap_err().code, "XAmzContentSHA256Mismatch");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-amz-content-sha256",
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER".parse().unwrap(),
+        );
+        let e = BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30)
+            .err()
+            .expect("refused");
+        assert_eq!(e.code, "InvalidRequest");
+    }
+
+    #[test]
+    fn a_checksum_algorithm_with_no_checksum_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "5".parse().unwrap());
+        h.insert("x-amz-sdk-checksum-algorithm", "CRC32".parse().unwrap());
+        let e = BodyReader::new(raw(vec![b"hello"]), &h, &auth(Payload::Unsigned), 1 << 30)
+            .err()
+            .expect("refused");
+        assert_eq!(e.code, "InvalidRequest");
     }
 
     #[tokio::test]

@@ -63,7 +63,51 @@ pub fn canonical_query(raw_query: Option<&str>, presigned: bool) -> String {
         .join("&")
 }
 
-/// The canonical request, or `None` if a signed header is missing.
+/// How whitespace in a signed header's value is folded in the canonical request. The
+/// specification (and the AWS SDKs for Rust, Go and Java) trims and collapses spaces only;
+/// botocore (boto3, aws-cli) folds any whitespace (tabs, Unicode spaces). A request is taken
+/// as signed either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folding {
+    /// Spaces trimmed at both ends, runs of them made one.
+    Spaces,
+    /// Any whitespace, likewise.
+    AnyWhitespace,
+}
+
+impl Folding {
+    fn fold(self, value: &[u8]) -> String {
+        let text = String::from_utf8_lossy(value);
+        match self {
+            Folding::Spaces => text
+                .split(' ')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+            Folding::AnyWhitespace => text.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
+    }
+}
+
+/// The foldings whose canonical requests differ for these signed headers: both when a value
+/// holds whitespace other than spaces, else the one.
+pub fn foldings(headers: &HeaderMap, signed: &[&str]) -> &'static [Folding] {
+    let other_whitespace = signed.iter().any(|name| {
+        headers.get_all(*name).iter().any(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .any(|c| c.is_whitespace() && c != ' ')
+        })
+    });
+    if other_whitespace {
+        &[Folding::Spaces, Folding::AnyWhitespace]
+    } else {
+        &[Folding::Spaces]
+    }
+}
+
+/// The canonical request (header values folded by the specification's rule), or `None` if a
+/// signed header is missing.
 pub fn canonical_request(
     method: &str,
     raw_path: &str,
@@ -73,17 +117,36 @@ pub fn canonical_request(
     payload_hash: &str,
     presigned: bool,
 ) -> Option<String> {
+    canonical_request_folded(
+        method,
+        raw_path,
+        raw_query,
+        headers,
+        signed,
+        payload_hash,
+        presigned,
+        Folding::Spaces,
+    )
+}
+
+/// [`canonical_request`] with header values folded by `folding`.
+#[allow(clippy::too_many_arguments)]
+pub fn canonical_request_folded(
+    method: &str,
+    raw_path: &str,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    signed: &[&str],
+    payload_hash: &str,
+    presigned: bool,
+    folding: Folding,
+) -> Option<String> {
     let mut block = String::new();
     for name in signed {
         let values: Vec<String> = headers
             .get_all(*name)
             .iter()
-            .map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+            .map(|v| folding.fold(v.as_bytes()))
             .collect();
         if values.is_empty() {
             return None;
