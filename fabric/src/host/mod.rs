@@ -588,21 +588,25 @@ impl ZonedDevice for NvmeTcpHost {
         if total == 0 {
             return Err(ZoneError::LbaOutOfRange { lba, blocks: 0 });
         }
-        let mut parts = Vec::new();
-        let mut at = 0;
-        while at < total {
-            let n = (total - at).min(chunk);
+        let read_at = |at: u64, n: u64| {
             let mut sqe = Sqe::new(io::READ, 0);
             sqe.set_slba(lba + at)
                 .set_cdw(12, (n - 1) as u32)
                 .set_sgl((n * block) as u32, false);
-            parts.push(self.io("read", sqe, Bytes::new(), lba + at, n));
+            self.io("read", sqe, Bytes::new(), lba + at, n)
+        };
+        if total <= chunk {
+            // One command: no join of parts (most reads, and the hot path of small ones).
+            return Ok(read_at(0, total).await?.data);
+        }
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < total {
+            let n = (total - at).min(chunk);
+            parts.push(read_at(at, n));
             at += n;
         }
         let done = futures::future::try_join_all(parts).await?;
-        if done.len() == 1 {
-            return Ok(done.into_iter().next().expect("one part").data);
-        }
         let mut all = BytesMut::with_capacity((total * block) as usize);
         for part in done {
             all.extend_from_slice(&part.data);
