@@ -693,6 +693,8 @@ pub struct Intercepted {
     pub after_report: ReportHook,
     /// May answer a zone management command in the drive's place.
     pub instead_of_manage: ManageHook,
+    /// Added to `inner`'s session (a test bumps it to stand for a target that restarted).
+    pub session_offset: Arc<AtomicU64>,
 }
 
 impl Intercepted {
@@ -709,6 +711,7 @@ impl Intercepted {
             before_flush: Box::new(|| Box::pin(std::future::ready(Ok(())))),
             after_report: Box::new(|result| result),
             instead_of_manage: Box::new(|_, _| None),
+            session_offset: Arc::default(),
         }
     }
 }
@@ -731,7 +734,9 @@ impl ZonedDevice for Intercepted {
         self.inner.is_available()
     }
     fn session(&self) -> u64 {
-        self.inner.session()
+        self.inner
+            .session()
+            .wrapping_add(self.session_offset.load(Ordering::SeqCst))
     }
     fn identity(&self) -> Option<[u8; 16]> {
         self.inner.identity()

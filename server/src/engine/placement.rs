@@ -77,6 +77,9 @@ struct ZoneSpace {
     from_reserve: bool,
     /// Whether the drive still owes this zone a Finish (see [`FinishDue`]).
     finish: FinishDue,
+    /// The drive session (see [`zns::ZonedDevice::session`]) this zone's appends went to since
+    /// it was opened (see [`Placement::same_session`]).
+    session: Option<u64>,
 }
 
 /// Where a sealed zone that was not written to capacity stands with its Finish. Until the drive
@@ -357,6 +360,7 @@ impl DriveSpace {
                 settled: Settled::at(snap.settled.min(snap.written)),
                 from_reserve: false,
                 finish,
+                session: None,
             });
         }
         space
@@ -599,6 +603,31 @@ impl Placement {
         finish.pop()
     }
 
+    /// Whether an append into `slot` may be sent on the drive's `session`: yes on the session
+    /// the zone's earlier appends went to (the first one's is noted). A drive that reconnected
+    /// since (its target may have restarted and lost unflushed appends, its write pointer gone
+    /// back below what placement counts and what the index may have recorded as settled) must
+    /// take nothing more in the zone: a record landing there could straddle a settled prefix,
+    /// where a replay would start reading in the middle of it. The caller then does not send
+    /// the append and gives the slot back as failed ([`Placement::complete`]), which retires
+    /// the zone.
+    pub fn same_session(&self, slot: &Slot, session: u64) -> bool {
+        let mut drives = self.drives.lock();
+        let Some(z) = drives
+            .get_mut(usize::from(slot.drive))
+            .and_then(|d| d.zones.get_mut(slot.zone as usize))
+        else {
+            return false;
+        };
+        match z.session {
+            None => {
+                z.session = Some(session);
+                true
+            }
+            Some(s) => s == session,
+        }
+    }
+
     /// Free zones on a drive.
     pub fn free_zones(&self, drive: DriveId) -> usize {
         self.drives.lock()[usize::from(drive)].free.len()
@@ -814,6 +843,7 @@ fn open_zone(
     z.reserved = 0;
     z.pending = 0;
     z.settled = Settled::at(0);
+    z.session = None;
     space.active[class as usize].push(zone);
     take(space, drive, zone, blocks)
 }

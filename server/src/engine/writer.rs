@@ -212,12 +212,16 @@ impl EngineInner {
                         guard.reported();
                         return (
                             slot,
-                            Err(zns::ZoneError::Unavailable("unknown drive".into())),
+                            Some(Err(zns::ZoneError::Unavailable("unknown drive".into()))),
                         );
                     };
                     // Noted before the append is sent: an append on an older session than
                     // the flush's must not count as flushed.
                     let session = drive.device.session();
+                    if !self.placement.same_session(&slot, session) {
+                        guard.reported();
+                        return (slot, None);
+                    }
                     let result = drive
                         .device
                         .append_hinted(slot.zslba, record, hint)
@@ -236,10 +240,19 @@ impl EngineInner {
                         });
                     guard.reported();
                     drive.note(&result);
-                    (slot, result.map(|lba| (lba, session)))
+                    (slot, Some(result.map(|lba| (lba, session))))
                 }
             });
             for (slot, result) in futures::future::join_all(appends).await {
+                let Some(result) = result else {
+                    // Not sent: the drive reconnected since the zone's earlier appends (see
+                    // [`Placement::same_session`]). The zone is retired; the drive takes the
+                    // record in another zone next round.
+                    if let Some(zone) = self.placement.complete(&slot, false) {
+                        self.finish_zones(vec![zone]);
+                    }
+                    continue;
+                };
                 // A zone the drive made read-only or took offline is left out from now on;
                 // the drive's other zones still take the record. Any other failure leaves
                 // the drive out of this record's next rounds.
