@@ -1184,6 +1184,46 @@ async fn a_damaged_copy_a_read_meets_is_made_again() {
     assert_eq!(engine.stats().crc_errors.load(Ordering::Relaxed), before);
 }
 
+/// The same for a copy whose damage is not a CRC mismatch: its header's magic is gone (as
+/// zeros or another record would read), so it is not a record at all. A read fails over and
+/// hands it to repair too, rather than leave it for the weekly scrub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_a_read_finds_no_record_in_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives, body, holders) = one_object_in_two_copies(dir.path(), "magic").await;
+    // The data record's first block holds its header and the body's first bytes: the probe,
+    // 5000 bytes into the body, lies in its second block.
+    let record_start = |at: usize| (at - 5000) / 4096 * 4096;
+    let mut repaired = false;
+    for &(drive, at) in &holders {
+        let start = (drive, record_start(at));
+        let original = {
+            let all = std::fs::read(drives[drive].data_path()).unwrap();
+            all[start.1..start.1 + 8].to_vec()
+        };
+        write_at(&drives, start, &[0u8; 8]);
+        assert_eq!(get(&engine, "b", "magic").await.unwrap(), body);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && engine.repair().status().scrub_repaired == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if engine.repair().status().scrub_repaired > 0 {
+            repaired = true;
+            break;
+        }
+        // Not the copy reads went to: put it back, damage the other.
+        write_at(&drives, start, &original);
+    }
+    assert!(
+        repaired,
+        "the copy a read found no record in was not made again: {:?}",
+        engine.repair().status()
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&engine, "b", "magic").await.unwrap(), body);
+    }
+}
+
 /// Draining a drive moves a record off it even when the record's other copy is damaged: the
 /// copy on the draining drive, still readable, is the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -346,11 +346,17 @@ impl EngineInner {
         let bytes = read_blocks(drive, location.lba, location.blocks).await?;
         let parsed = record::parse(&bytes, drive.block_size() as usize)
             .map_err(|e| self.record_error(e, piece, location))?;
-        check_identity(&parsed.header, piece)?;
+        check_identity(&parsed.header, piece)
+            .map_err(|e| self.bad_copy(e, false, piece, location))?;
         let payload =
             parsed.payload.start + piece.want.start..parsed.payload.start + piece.want.end;
         if payload.end > parsed.payload.end {
-            return Err("extent shorter than the index says".into());
+            return Err(self.bad_copy(
+                "extent shorter than the index says",
+                false,
+                piece,
+                location,
+            ));
         }
         Ok(bytes.slice(payload))
     }
@@ -395,9 +401,15 @@ impl EngineInner {
             Ok(None) | Err(record::RecordError::Truncated(_)) => return Ok(None),
             Err(e) => return Err(self.record_error(e, piece, location)),
         };
-        check_identity(&view.header, piece)?;
+        check_identity(&view.header, piece)
+            .map_err(|e| self.bad_copy(e, false, piece, location))?;
         if piece.want.end > view.length {
-            return Err("extent shorter than the index says".into());
+            return Err(self.bad_copy(
+                "extent shorter than the index says",
+                false,
+                piece,
+                location,
+            ));
         }
         if view.chunk() != chunk {
             // Written with another chunk size: where its chunks lie was not read.
@@ -417,15 +429,28 @@ impl EngineInner {
         Ok(Some(body.slice(from..from + piece.want.len())))
     }
 
-    /// Counts a damaged copy and says what is wrong with it.
-    /// A record read for `piece` at `location` is not valid: counted (and the copy handed to
-    /// repair) when it is damage.
+    /// A record read for `piece` at `location` is not valid: see [`EngineInner::bad_copy`].
     fn record_error(&self, e: record::RecordError, piece: &Piece, location: Location) -> String {
-        if e.is_damage() {
+        self.bad_copy(&e, e.is_damage(), piece, location)
+    }
+
+    /// What was read for `piece` at `location` is not what the index says is there (a CRC
+    /// mismatch, counted when `crc`; a damaged header, zeros, another record): the copy is
+    /// handed to repair, which checks again that the index still names it and that it is bad
+    /// (a read of a location GC has since reset costs nothing more), and makes it anew from a
+    /// good copy. Says what is wrong.
+    fn bad_copy(
+        &self,
+        why: impl std::fmt::Display,
+        crc: bool,
+        piece: &Piece,
+        location: Location,
+    ) -> String {
+        if crc {
             self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
-            self.repair.suspect(piece.stream_id, piece.offset, location);
         }
-        e.to_string()
+        self.repair.suspect(piece.stream_id, piece.offset, location);
+        why.to_string()
     }
 }
 
