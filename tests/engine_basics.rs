@@ -2066,6 +2066,46 @@ async fn after_a_reconnect_nothing_more_lands_in_zones_written_before() {
     engine.shutdown().await;
 }
 
+/// Downloads whose clients stop reading hold read budget (the chunk being sent, and what was
+/// read ahead), but never all of it: read-ahead takes budget only while half of it stays free.
+/// Here 300 downloads of one object are left after their first chunk; every one of them got
+/// it, and another GET still goes through at once (rather than waiting for budget, then
+/// failing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_downloads_do_not_starve_other_reads() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Records of at most 64 KiB: a stalled download without the rule would hold four.
+    let g = small_geometry(16, 1 << 20);
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap()),
+        gc_by_hand,
+    )
+    .await;
+    let body = content("big", 1, 600_000);
+    put(&engine, "b", "big", &body).await.unwrap();
+    let mut stalled = Vec::new();
+    for i in 0..300 {
+        let handle = engine.open_object("b", "big").unwrap();
+        let mut stream = handle.read(0..body.len() as u64).unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("download {i} waited for read budget the stalled ones hold"))
+            .expect("a chunk")
+            .expect("read");
+        stalled.push((stream, first));
+    }
+    let fresh = tokio::time::timeout(std::time::Duration::from_secs(5), get(&engine, "b", "big"))
+        .await
+        .expect("a GET beside stalled downloads goes through")
+        .unwrap();
+    assert_eq!(fresh, body);
+    drop(stalled);
+    engine.shutdown().await;
+}
+
 /// A bucket deleted and created again (here by another owner) while a PUT's body streams in
 /// is another bucket: the PUT fails with NoSuchBucket rather than land in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,16 @@
 //! on an error, a timeout or a mismatch the next copy is tried, so a client never sees the
 //! fault. Memory per reader is bounded by the read-ahead.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, FuturesOrdered, StreamExt};
 
 use super::EngineInner;
 use super::drives::Drive;
@@ -26,7 +29,7 @@ use tokio::sync::OwnedSemaphorePermit;
 const READ_AHEAD: usize = 4;
 /// Record bytes all reads together may hold in memory (read ahead, or sent but not yet
 /// written to the client): memory does not grow with the number of downloads beyond this.
-pub(crate) const READ_BUDGET: usize = 32 << 20;
+pub(crate) const READ_BUDGET: usize = 64 << 20;
 
 /// How long one copy may take before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +49,108 @@ impl AsRef<[u8]> for Budgeted {
     }
 }
 
+/// Pieces are read in parts no larger than this when the read budget is under pressure.
+const PART_UNDER_PRESSURE: usize = 256 << 10;
+
+/// The state of one read stream (see [`EngineInner::read_stream`]).
+struct ReadAhead {
+    engine: Arc<EngineInner>,
+    pieces: BoxStream<'static, EngineResult<Piece>>,
+    /// Pieces planned and not yet started (parts of a split piece, or one waiting for budget).
+    queued: VecDeque<Piece>,
+    /// Reads started, in order.
+    reads: FuturesOrdered<BoxFuture<'static, EngineResult<Bytes>>>,
+    planned_all: bool,
+    /// A planning error, reported once the reads before it are sent.
+    error: Option<EngineError>,
+    ended: bool,
+    /// Keeps GC from resetting the zones the pieces were planned in while the stream lives.
+    _ticket: Arc<Ticket>,
+}
+
+impl ReadAhead {
+    /// Starts the reads the budget allows: the piece needed now (waiting for budget when none
+    /// is in flight), then read-ahead while at least half the budget stays free.
+    async fn start_reads(&mut self) {
+        let budget = self.engine.read_budget.clone();
+        let total = READ_BUDGET / BUDGET_UNIT;
+        let record_limit = self.engine.record_limit as usize;
+        while self.reads.len() < READ_AHEAD && self.error.is_none() {
+            let under_pressure = budget.available_permits() * 2 < total;
+            let piece = match self.queued.pop_front() {
+                Some(piece) => piece,
+                None if self.planned_all => return,
+                None => match self.pieces.next().await {
+                    None => {
+                        self.planned_all = true;
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        self.error = Some(e);
+                        return;
+                    }
+                    Some(Ok(piece)) if under_pressure && piece.want.len() > PART_UNDER_PRESSURE => {
+                        self.queued.extend(piece.parts(PART_UNDER_PRESSURE));
+                        continue;
+                    }
+                    Some(Ok(piece)) => piece,
+                },
+            };
+            let units = read_cost(&piece, record_limit)
+                .div_ceil(BUDGET_UNIT)
+                .clamp(1, total) as u32;
+            let permit = if self.reads.is_empty() {
+                // Needed now: wait (bounded, as for write budget; see `writer::BUDGET_WAIT`).
+                match tokio::time::timeout(
+                    super::writer::BUDGET_WAIT,
+                    budget.clone().acquire_many_owned(units),
+                )
+                .await
+                {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => {
+                        self.error = Some(EngineError::Unavailable(
+                            "the engine is shutting down".into(),
+                        ));
+                        return;
+                    }
+                    Err(_) => {
+                        self.error = Some(EngineError::Unavailable(
+                            "the server is too busy to read more data now".into(),
+                        ));
+                        return;
+                    }
+                }
+            } else {
+                // Read ahead only with budget to spare, never waiting for it.
+                let spare = budget.available_permits().saturating_sub(units as usize) * 2 >= total;
+                match spare
+                    .then(|| budget.clone().try_acquire_many_owned(units).ok())
+                    .flatten()
+                {
+                    Some(permit) => permit,
+                    None => {
+                        self.queued.push_front(piece);
+                        return;
+                    }
+                }
+            };
+            let engine = self.engine.clone();
+            self.reads.push_back(
+                async move {
+                    let bytes = engine.read_piece(piece).await?;
+                    // The budget comes back when the chunk is dropped (sent to the client).
+                    Ok(Bytes::from_owner(Budgeted {
+                        bytes,
+                        _permit: permit,
+                    }))
+                }
+                .boxed(),
+            );
+        }
+    }
+}
+
 /// One extent to read and the part of its payload wanted.
 #[derive(Debug, Clone)]
 pub(crate) struct Piece {
@@ -53,6 +158,23 @@ pub(crate) struct Piece {
     offset: u64,
     extent: Extent,
     want: Range<usize>,
+}
+
+impl Piece {
+    /// This piece as consecutive pieces wanting at most `size` bytes each.
+    fn parts(self, size: usize) -> Vec<Piece> {
+        let mut out = Vec::new();
+        let mut start = self.want.start;
+        while start < self.want.end {
+            let end = (start + size).min(self.want.end);
+            out.push(Piece {
+                want: start..end,
+                ..self.clone()
+            });
+            start = end;
+        }
+        out
+    }
 }
 
 /// A stream of body chunks.
@@ -196,59 +318,45 @@ impl Planner {
 
 impl EngineInner {
     /// Streams `pieces`; `ticket` keeps GC from resetting the zones they were planned in.
+    ///
+    /// The read budget is shared fairly: the piece a stream needs now waits for budget (in
+    /// order with every other stream's); pieces read ahead take it only while at least half of
+    /// it is free, never waiting. So a download whose client reads slowly (or not at all) holds
+    /// at most the piece it is sending once the budget is in demand, and read-ahead never takes
+    /// the half other streams need to make progress. Under that pressure a large piece is read
+    /// in parts of [`PART_UNDER_PRESSURE`] bytes (its header and the chunks they cover), so a
+    /// stalled client pins less.
     pub(crate) fn read_stream(
         self: &Arc<Self>,
         pieces: impl futures::Stream<Item = EngineResult<Piece>> + Send + 'static,
         ticket: Arc<Ticket>,
     ) -> BodyStream {
-        let engine = self.clone();
-        let budget = self.read_budget.clone();
-        let record_limit = self.record_limit as usize;
-        let body = pieces
-            // Budget is taken piece by piece in order, so the oldest unsent piece of every
-            // stream holding budget has its own: streams never wait on each other in a cycle.
-            .then(move |piece| {
-                let budget = budget.clone();
-                async move {
-                    let piece = piece?;
-                    let units = read_cost(&piece, record_limit).div_ceil(BUDGET_UNIT).max(1);
-                    let units = units.min(READ_BUDGET / BUDGET_UNIT) as u32;
-                    // Bounded, as for write budget (see `writer::BUDGET_WAIT`).
-                    let permit = tokio::time::timeout(
-                        super::writer::BUDGET_WAIT,
-                        budget.acquire_many_owned(units),
-                    )
-                    .await
-                    .map_err(|_| {
-                        EngineError::Unavailable(
-                            "the server is too busy to read more data now".into(),
-                        )
-                    })?;
-                    Ok((piece, permit))
-                }
-            })
-            .map(move |planned: EngineResult<_>| {
-                let engine = engine.clone();
-                async move {
-                    let (piece, permit) = planned?;
-                    let permit = permit.map_err(|_| {
-                        EngineError::Unavailable("the engine is shutting down".into())
-                    })?;
-                    let bytes = engine.read_piece(piece).await?;
-                    // The budget comes back when the chunk is dropped (sent to the client).
-                    Ok(Bytes::from_owner(Budgeted {
-                        bytes,
-                        _permit: permit,
-                    }))
-                }
-            })
-            .buffered(READ_AHEAD)
-            .map(move |chunk| {
-                // The ticket lives as long as the stream.
-                let _ = &ticket;
-                chunk
-            });
-        body.boxed()
+        let state = ReadAhead {
+            engine: self.clone(),
+            pieces: pieces.boxed(),
+            queued: VecDeque::new(),
+            reads: FuturesOrdered::new(),
+            planned_all: false,
+            error: None,
+            ended: false,
+            _ticket: ticket,
+        };
+        futures::stream::unfold(state, |mut st| async move {
+            if st.ended {
+                return None;
+            }
+            st.start_reads().await;
+            let Some(chunk) = st.reads.next().await else {
+                // Nothing in flight: everything was sent, or planning failed.
+                st.ended = true;
+                return st.error.take().map(|e| (Err(e), st));
+            };
+            if chunk.is_err() {
+                st.ended = true;
+            }
+            Some((chunk, st))
+        })
+        .boxed()
     }
 
     /// Copies ordered by preference: drives that are up first; among them the first copy (the
