@@ -2106,6 +2106,60 @@ async fn stalled_downloads_do_not_starve_other_reads() {
     engine.shutdown().await;
 }
 
+/// Uploads whose clients pause (a byte now and then) let go of the write budget a whole
+/// record would hold: the record being filled is sent on when the body pauses, and the rest
+/// goes in records of one budget unit. Here 60 uploads of 1 MiB records pause after a byte,
+/// more than the budget could hold a record each of, and another PUT still goes through at
+/// once (rather than waiting for budget, then failing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_uploads_do_not_starve_other_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = small_geometry(32, 4 << 20);
+    g.max_append_blocks = 256;
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap()),
+        gc_by_hand,
+    )
+    .await;
+    let mut paused = Vec::new();
+    for i in 0..60 {
+        let mut w = engine.put("b", &format!("slow-{i}")).unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            w.write(bytes::Bytes::from_static(b"x")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("upload {i} waited for write budget the paused ones hold"))
+        .unwrap();
+        w.idle().await.unwrap();
+        paused.push(w);
+    }
+    let body = content("fresh", 1, 2 << 20);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        put(&engine, "b", "fresh", &body),
+    )
+    .await
+    .expect("a PUT beside paused uploads goes through")
+    .unwrap();
+    assert_eq!(get(&engine, "b", "fresh").await.unwrap(), body);
+    // A paused upload goes on and completes whole.
+    let mut w = paused.pop().unwrap();
+    w.write(bytes::Bytes::from(vec![b'y'; 300_000]))
+        .await
+        .unwrap();
+    w.finish_object(ObjectMeta::default(), Condition::None)
+        .await
+        .unwrap();
+    let mut expected = b"x".to_vec();
+    expected.extend(vec![b'y'; 300_000]);
+    assert_eq!(get(&engine, "b", "slow-59").await.unwrap(), expected);
+    drop(paused);
+    engine.shutdown().await;
+}
+
 /// A bucket deleted and created again (here by another owner) while a PUT's body streams in
 /// is another bucket: the PUT fails with NoSuchBucket rather than land in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

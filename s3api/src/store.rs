@@ -195,6 +195,12 @@ pub trait ObjectWriter: Send {
     /// Adds body bytes.
     async fn write(&mut self, chunk: Bytes) -> Result<(), S3Error>;
 
+    /// The body has paused (no bytes for a while): lets go of memory held for bytes still to
+    /// come, so that clients that send slowly do not hold what others need.
+    async fn idle(&mut self) -> Result<(), S3Error> {
+        Ok(())
+    }
+
     /// Makes the body an object version.
     async fn commit_object(
         self: Box<Self>,

@@ -152,6 +152,10 @@ impl ObjectWriter for Writer {
         self.writer.write(chunk).await.map_err(to_s3)
     }
 
+    async fn idle(&mut self) -> Result<(), S3Error> {
+        self.writer.idle().await.map_err(to_s3)
+    }
+
     async fn commit_object(
         self: Box<Self>,
         etag: String,

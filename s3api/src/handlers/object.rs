@@ -105,6 +105,9 @@ pub(crate) fn add_missing(checksums: &mut Vec<StoredChecksum>, hasher: Option<ch
 
 /// Streams `source` (`len` bytes) into `writer`; returns size, MD5 and, with `hasher`, its
 /// checksum.
+/// How long a body may pause before its writer lets go of memory held for what is to come.
+const BODY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) async fn pipe(
     mut source: BodyStream,
     len: u64,
@@ -113,8 +116,19 @@ pub(crate) async fn pipe(
 ) -> Result<(u64, [u8; 16], Option<checksum::Hasher>), S3Error> {
     let mut md5 = StreamMd5::new(Some(len));
     let mut size = 0u64;
-    while let Some(chunk) = source.next().await {
-        let chunk = chunk?;
+    loop {
+        let chunk = match tokio::time::timeout(BODY_PAUSE, source.next()).await {
+            Ok(Some(chunk)) => chunk?,
+            Ok(None) => break,
+            Err(_) => {
+                // A pause: what is held for the rest of the body is let go while it lasts.
+                writer.idle().await?;
+                match source.next().await {
+                    Some(chunk) => chunk?,
+                    None => break,
+                }
+            }
+        };
         md5.update(&chunk);
         md5.caught_up().await;
         if let Some(h) = &mut hasher {

@@ -598,6 +598,9 @@ pub struct PutWriter {
     holds: ZoneHolds,
     /// The write budget the current record holds.
     budget: Option<OwnedSemaphorePermit>,
+    /// Whether the body has paused (see [`PutWriter::idle`]): its records then hold the least
+    /// budget, one unit each.
+    slow: bool,
 }
 
 impl std::fmt::Debug for PutWriter {
@@ -632,6 +635,7 @@ impl PutWriter {
             extents: Vec::new(),
             holds,
             budget: None,
+            slow: false,
         })
     }
 
@@ -655,9 +659,13 @@ impl PutWriter {
     /// Waiting holds no budget, so writers never wait on each other in a cycle.
     async fn take_budget(&self) -> EngineResult<OwnedSemaphorePermit> {
         let semaphore = &self.engine.write_budget;
-        let mut units = (self.engine.record_limit as usize)
-            .div_ceil(BUDGET_UNIT)
-            .max(1);
+        let mut units = if self.slow {
+            1
+        } else {
+            (self.engine.record_limit as usize)
+                .div_ceil(BUDGET_UNIT)
+                .max(1)
+        };
         while units >= 1 {
             if let Ok(permit) = semaphore.clone().try_acquire_many_owned(units as u32) {
                 return Ok(permit);
@@ -710,6 +718,15 @@ impl PutWriter {
             }
         }
         Ok(())
+    }
+
+    /// The body has paused: the record being filled is sent on as it is (its budget comes
+    /// back once it is on the drives), and the rest of the body goes in records holding one
+    /// budget unit each. A client that sends a byte now and then holds little, not a whole
+    /// record's budget each, which a few dozen of them would take from everyone else.
+    pub async fn idle(&mut self) -> EngineResult<()> {
+        self.slow = true;
+        self.seal().await
     }
 
     /// Sends the current extent to the drives.
