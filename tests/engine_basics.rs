@@ -2405,17 +2405,54 @@ async fn a_drive_a_rebuild_was_not_given_brings_nothing_deleted_back() {
     left_out_drive_comes_back(false).await;
 }
 
+/// R = 3, W = 2, GC run by hand: the engine of the tests of a third drive that is away.
+fn three_copies_gc_by_hand(c: &mut zonestore::engine::EngineConfig) {
+    c.replicas = 3;
+    c.write_quorum = 2;
+    gc_by_hand(c);
+}
+
+/// The first two of `drives`, and the third as a drive whose node is down.
+fn third_drive_down(
+    drives: &[zns::EmulatedZns],
+    g: zns::Geometry,
+) -> Vec<zonestore::engine::DriveSpec> {
+    let mut specs = drive_specs(&drives[..2]);
+    specs.push(zonestore::engine::DriveSpec {
+        name: "zns-file://drive2".into(),
+        device: std::sync::Arc::new(zns::AbsentDrive {
+            geometry: g,
+            why: "the node is down (test)",
+        }),
+    });
+    specs
+}
+
+/// Deletes `ghost` and has GC reclaim its zones (and let its tombstone go).
+async fn delete_ghost_and_reclaim(engine: &zonestore::engine::Engine) {
+    engine.delete("b", "ghost").await.unwrap();
+    garbage(engine, "b", 40, 100_000).await;
+    for _ in 0..12 {
+        engine.inner().collect_now().await.unwrap();
+    }
+}
+
+/// With every drive back (the ones under `dir`), `ghost` stays deleted, at the next start and
+/// the one after.
+async fn ghost_stays_deleted(dir: &std::path::Path, g: zns::Geometry, why: &str) {
+    for _ in 0..2 {
+        let (engine, _) = open_engine(dir, 3, g, three_copies_gc_by_hand).await;
+        assert!(engine.head("b", "ghost").is_err(), "{why}");
+        engine.shutdown().await;
+    }
+}
+
 /// An object deleted while the third drive is down, the index rebuilt without that drive
 /// (`given`: handed to the rebuild, unreachable; or only named as left out), the drive back.
 async fn left_out_drive_comes_back(given: bool) {
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let tune = |c: &mut zonestore::engine::EngineConfig| {
-        c.replicas = 3;
-        c.write_quorum = 2;
-        gc_by_hand(c);
-    };
+    let tune = three_copies_gc_by_hand;
     let (engine, drives) = open_engine(dir.path(), 3, g, tune).await;
     engine.create_bucket("b", "alice").await.unwrap();
     put(&engine, "b", "ghost", &content("ghost", 1, 100_000))
@@ -2425,27 +2462,13 @@ async fn left_out_drive_comes_back(given: bool) {
 
     // The third drive is down while the object is deleted and its zones are reclaimed on the
     // other two.
-    let down = |drives: &[zns::EmulatedZns]| -> Vec<zonestore::engine::DriveSpec> {
-        let mut specs = drive_specs(&drives[..2]);
-        specs.push(zonestore::engine::DriveSpec {
-            name: "zns-file://drive2".into(),
-            device: Arc::new(zns::AbsentDrive {
-                geometry: g,
-                why: "the node is down (test)",
-            }),
-        });
-        specs
-    };
+    let down = |drives: &[zns::EmulatedZns]| third_drive_down(drives, g);
     let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
     tune(&mut config);
     let (engine, _) = zonestore::engine::Engine::open(config, down(&drives))
         .await
         .unwrap();
-    engine.delete("b", "ghost").await.unwrap();
-    garbage(&engine, "b", 40, 100_000).await;
-    for _ in 0..12 {
-        engine.inner().collect_now().await.unwrap();
-    }
+    delete_ghost_and_reclaim(&engine).await;
     engine.shutdown().await;
 
     // The index is lost and rebuilt while the drive is still down.
@@ -2473,18 +2496,15 @@ async fn left_out_drive_comes_back(given: bool) {
     std::fs::rename(&old_index, dir.path().join("index-lost")).unwrap();
     std::fs::rename(&rebuilt, &old_index).unwrap();
 
-    // The drive is back when the server starts.
+    // The drive is back when the server starts (and at the next: replayed once, it is read
+    // like the others).
     drop(drives);
-    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
-    assert!(
-        engine.head("b", "ghost").is_err(),
-        "a deleted object came back from the drive the rebuild left out"
-    );
-    engine.shutdown().await;
-    // Replayed once: a later start reads it like the others.
-    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
-    assert!(engine.head("b", "ghost").is_err());
-    engine.shutdown().await;
+    ghost_stays_deleted(
+        dir.path(),
+        g,
+        "a deleted object came back from the drive the rebuild left out",
+    )
+    .await;
 }
 
 /// A version on every drive but not in the index (the server died between the drives' flush
@@ -2494,14 +2514,9 @@ async fn left_out_drive_comes_back(given: bool) {
 /// replayed for copies only, or the deleted object comes back from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_missing_at_a_roll_forward_brings_nothing_deleted_back() {
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let tune = |c: &mut zonestore::engine::EngineConfig| {
-        c.replicas = 3;
-        c.write_quorum = 2;
-        gc_by_hand(c);
-    };
+    let tune = three_copies_gc_by_hand;
     let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
     engine.create_bucket("b", "alice").await.unwrap();
     engine.shutdown().await;
@@ -2516,17 +2531,9 @@ async fn a_drive_missing_at_a_roll_forward_brings_nothing_deleted_back() {
     std::fs::remove_dir_all(&index).unwrap();
     copy_dir(&before, &index);
 
-    let mut specs = drive_specs(&drives[..2]);
-    specs.push(zonestore::engine::DriveSpec {
-        name: "zns-file://drive2".into(),
-        device: Arc::new(zns::AbsentDrive {
-            geometry: g,
-            why: "the node is down (test)",
-        }),
-    });
     let mut config = zonestore::engine::EngineConfig::new(index.clone(), 3);
     tune(&mut config);
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+    let (engine, _) = zonestore::engine::Engine::open(config, third_drive_down(&drives, g))
         .await
         .unwrap();
     assert_eq!(
@@ -2534,23 +2541,16 @@ async fn a_drive_missing_at_a_roll_forward_brings_nothing_deleted_back() {
         content("ghost", 1, 100_000),
         "rolled forward from the two drives present"
     );
-    engine.delete("b", "ghost").await.unwrap();
-    garbage(&engine, "b", 40, 100_000).await;
-    for _ in 0..12 {
-        engine.inner().collect_now().await.unwrap();
-    }
+    delete_ghost_and_reclaim(&engine).await;
     engine.shutdown().await;
 
     drop(drives);
-    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
-    assert!(
-        engine.head("b", "ghost").is_err(),
-        "a deleted object came back from the drive that missed the roll-forward"
-    );
-    engine.shutdown().await;
-    let (engine, _) = open_engine(dir.path(), 3, g, tune).await;
-    assert!(engine.head("b", "ghost").is_err());
-    engine.shutdown().await;
+    ghost_stays_deleted(
+        dir.path(),
+        g,
+        "a deleted object came back from the drive that missed the roll-forward",
+    )
+    .await;
 }
 
 /// An index put back from a copy has lost the record of the sequence numbers handed out

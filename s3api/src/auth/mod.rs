@@ -162,6 +162,45 @@ pub fn authenticate(
     }
 }
 
+/// A SigV4 signature a request carries, with what it is checked against.
+struct SignatureClaim<'a> {
+    key: &'a [u8],
+    amz_date: &'a str,
+    scope: &'a str,
+    signature: &'a str,
+}
+
+impl SignatureClaim<'_> {
+    /// Whether the signature signs the request's canonical form (its `signed` headers, the
+    /// `payload_hash`), header values folded either way (see [`sigv4::Folding`]).
+    fn holds(
+        &self,
+        parts: &RequestParts<'_>,
+        signed: &[&str],
+        payload_hash: &str,
+        presigned: bool,
+    ) -> bool {
+        sigv4::foldings(parts.headers, signed)
+            .iter()
+            .any(|&folding| {
+                sigv4::canonical_request_folded(
+                    parts.method.as_str(),
+                    parts.raw_path,
+                    parts.raw_query,
+                    parts.headers,
+                    signed,
+                    payload_hash,
+                    presigned,
+                    folding,
+                )
+                .is_some_and(|canonical| {
+                    let to_sign = sigv4::string_to_sign(self.amz_date, self.scope, &canonical);
+                    sigv4::same(&sigv4::sign(self.key, &to_sign), self.signature)
+                })
+            })
+    }
+}
+
 fn header_v4(
     parts: &RequestParts<'_>,
     fields: &str,
@@ -250,27 +289,13 @@ fn header_v4(
     let region = scope_parts[2];
     let scope = scope_parts[1..].join("/");
     let key = sigv4::signing_key(secret, request_time, region);
-    let signed_as = |folding| {
-        sigv4::canonical_request_folded(
-            parts.method.as_str(),
-            parts.raw_path,
-            parts.raw_query,
-            parts.headers,
-            &signed,
-            &payload_hash,
-            false,
-            folding,
-        )
-        .is_some_and(|canonical| {
-            let expected =
-                sigv4::sign(&key, &sigv4::string_to_sign(&date_text, &scope, &canonical));
-            sigv4::same(&expected, signature)
-        })
+    let claim = SignatureClaim {
+        key: &key,
+        amz_date: &date_text,
+        scope: &scope,
+        signature,
     };
-    if !sigv4::foldings(parts.headers, &signed)
-        .iter()
-        .any(|&folding| signed_as(folding))
-    {
+    if !claim.holds(parts, &signed, &payload_hash, false) {
         return Err(S3Error::signature_mismatch());
     }
     all_amz_headers_signed(parts.headers, &signed)?;
@@ -439,26 +464,13 @@ fn presigned_v4(
     })?;
     let scope = scope_parts[1..].join("/");
     let key = sigv4::signing_key(secret, request_time, scope_parts[2]);
-    let signed_as = |folding| {
-        sigv4::canonical_request_folded(
-            parts.method.as_str(),
-            parts.raw_path,
-            parts.raw_query,
-            parts.headers,
-            &signed,
-            &payload_hash,
-            true,
-            folding,
-        )
-        .is_some_and(|canonical| {
-            let expected = sigv4::sign(&key, &sigv4::string_to_sign(&date, &scope, &canonical));
-            sigv4::same(&expected, &signature)
-        })
+    let claim = SignatureClaim {
+        key: &key,
+        amz_date: &date,
+        scope: &scope,
+        signature: &signature,
     };
-    if !sigv4::foldings(parts.headers, &signed)
-        .iter()
-        .any(|&folding| signed_as(folding))
-    {
+    if !claim.holds(parts, &signed, &payload_hash, true) {
         return Err(S3Error::signature_mismatch());
     }
     all_amz_headers_signed(parts.headers, &signed)?;

@@ -12,8 +12,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 
+use std::time::SystemTime;
+
 use crate::error::S3Error;
-use crate::service::{Reply, xml};
+use crate::service::{Ctx, Reply, S3Service, xml};
+use crate::store::StoredChecksum;
+use crate::time::iso8601;
+use crate::xml::XmlWriter;
 
 /// The XML declaration a document begins with (before any whitespace, as XML requires).
 const DECLARATION: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
@@ -36,10 +41,42 @@ impl Default for KeepAlive {
     }
 }
 
-/// Runs `work` (the copy, giving its result document) to its end, whatever becomes of the
-/// request, and replies as the module says. `resource` and `request_id` go into an Error
-/// document sent after the 200.
-pub(crate) async fn copy_reply<F>(
+/// The result document of a copy (`root`: CopyObjectResult or CopyPartResult).
+pub(crate) fn result_document(
+    root: &'static str,
+    last_modified: SystemTime,
+    etag: &str,
+    checksums: &[StoredChecksum],
+) -> String {
+    let mut w = XmlWriter::new(root);
+    w.element("LastModified", &iso8601(last_modified))
+        .element("ETag", &format!("\"{etag}\""));
+    for c in checksums {
+        w.element(&format!("Checksum{}", c.algorithm), &c.value);
+    }
+    w.finish()
+}
+
+/// Runs `work` (the copy into the request's bucket and key, giving its result document) to
+/// its end, whatever becomes of the request, and replies as the module says.
+pub(crate) fn copy_reply<F>(
+    svc: &S3Service,
+    ctx: &Ctx,
+    work: F,
+) -> impl Future<Output = Reply> + Send + use<F>
+where
+    F: Future<Output = Result<String, S3Error>> + Send + 'static,
+{
+    reply_when_done(
+        work,
+        svc.config.copy_keep_alive,
+        format!("/{}/{}", ctx.bucket(), ctx.key()),
+        ctx.request_id.clone(),
+    )
+}
+
+/// [`copy_reply`] with `resource` and `request_id` for an Error document sent after the 200.
+async fn reply_when_done<F>(
     work: F,
     keep_alive: KeepAlive,
     resource: String,
@@ -111,12 +148,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_quick_copy_gets_an_ordinary_reply() {
-        let (status, text) =
-            body(copy_reply(async { Ok(document()) }, quick(), "/b/k".into(), "R".into()).await)
-                .await;
+        let (status, text) = body(
+            reply_when_done(async { Ok(document()) }, quick(), "/b/k".into(), "R".into()).await,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(text, document());
-        let failed = copy_reply(
+        let failed = reply_when_done(
             async { Err(S3Error::no_such_key("k")) },
             quick(),
             "/b/k".into(),
@@ -132,7 +170,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(document())
         };
-        let (status, text) = body(copy_reply(work, quick(), "/b/k".into(), "R".into()).await).await;
+        let (status, text) =
+            body(reply_when_done(work, quick(), "/b/k".into(), "R".into()).await).await;
         assert_eq!(status, StatusCode::OK);
         let rest = text
             .strip_prefix(DECLARATION)
@@ -154,7 +193,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             Err(S3Error::precondition_failed("If-Match"))
         };
-        let (status, text) = body(copy_reply(work, quick(), "/b/k".into(), "R".into()).await).await;
+        let (status, text) =
+            body(reply_when_done(work, quick(), "/b/k".into(), "R".into()).await).await;
         assert_eq!(status, StatusCode::OK);
         let rest = text
             .strip_prefix(DECLARATION)

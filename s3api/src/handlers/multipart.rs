@@ -188,22 +188,15 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         let mut checksums = Vec::new();
         add_missing(&mut checksums, hasher);
         let part = writer.commit_part(checksum::hex(&md5), checksums).await?;
-        let mut w = XmlWriter::new("CopyPartResult");
-        w.element("LastModified", &iso8601(part.last_modified))
-            .element("ETag", &format!("\"{}\"", part.etag));
-        // The part's checksum, for the client to name in CompleteMultipartUpload.
-        for c in &part.checksums {
-            w.element(&format!("Checksum{}", c.algorithm), &c.value);
-        }
-        Ok(w.finish())
+        // With the part's checksum, for the client to name in CompleteMultipartUpload.
+        Ok(super::long_copy::result_document(
+            "CopyPartResult",
+            part.last_modified,
+            &part.etag,
+            &part.checksums,
+        ))
     };
-    super::long_copy::copy_reply(
-        copy,
-        svc.config.copy_keep_alive,
-        format!("/{bucket}/{key}"),
-        ctx.request_id.clone(),
-    )
-    .await
+    super::long_copy::copy_reply(svc, ctx, copy).await
 }
 
 /// Combines CRCs of consecutive pieces (`crc(A‖B)` from `crc(A)`, `crc(B)` and `len(B)`), for

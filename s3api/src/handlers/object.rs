@@ -17,7 +17,7 @@ use crate::store::{
     BodyStream, DeleteCondition, ObjectHeaders, ObjectInfo, ObjectWriter, OpenObject,
     StoredChecksum, WriteCondition,
 };
-use crate::time::{http_date, iso8601};
+use crate::time::http_date;
 use crate::xml::{XmlWriter, parse_delete};
 
 /// The write condition of a PutObject or CompleteMultipartUpload.
@@ -563,19 +563,12 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         let info = writer
             .commit_object(checksum::hex(&md5), headers, checksums, user, condition)
             .await?;
-        let mut w = XmlWriter::new("CopyObjectResult");
-        w.element("LastModified", &iso8601(info.last_modified))
-            .element("ETag", &format!("\"{}\"", info.etag));
-        for c in &info.checksums {
-            w.element(&format!("Checksum{}", c.algorithm), &c.value);
-        }
-        Ok(w.finish())
+        Ok(super::long_copy::result_document(
+            "CopyObjectResult",
+            info.last_modified,
+            &info.etag,
+            &info.checksums,
+        ))
     };
-    super::long_copy::copy_reply(
-        copy,
-        svc.config.copy_keep_alive,
-        format!("/{bucket}/{key}"),
-        ctx.request_id.clone(),
-    )
-    .await
+    super::long_copy::copy_reply(svc, ctx, copy).await
 }
