@@ -598,8 +598,8 @@ pub struct PutWriter {
     holds: ZoneHolds,
     /// The write budget the current record holds.
     budget: Option<OwnedSemaphorePermit>,
-    /// Whether the body has paused (see [`PutWriter::idle`]): its records then hold the least
-    /// budget, one unit each.
+    /// Whether the body has paused (see [`PutWriter::idle`]) and not filled a record since:
+    /// its records then hold the least budget, one unit each.
     slow: bool,
 }
 
@@ -714,6 +714,9 @@ impl PutWriter {
             builder.payload_mut().extend_from_slice(&chunk[..n]);
             chunk.advance(n);
             if builder.remaining() == 0 {
+                // Filled without a pause: the body flows again, and the next record takes a
+                // whole record's budget (few, large records for a large body).
+                self.slow = false;
                 self.seal().await?;
             }
         }
@@ -721,8 +724,8 @@ impl PutWriter {
     }
 
     /// The body has paused: the record being filled is sent on as it is (its budget comes
-    /// back once it is on the drives), and the rest of the body goes in records holding one
-    /// budget unit each. A client that sends a byte now and then holds little, not a whole
+    /// back once it is on the drives), and the body goes on in records holding one budget unit
+    /// each until one fills. A client that sends a byte now and then holds little, not a whole
     /// record's budget each, which a few dozen of them would take from everyone else.
     pub async fn idle(&mut self) -> EngineResult<()> {
         self.slow = true;
