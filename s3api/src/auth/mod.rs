@@ -95,6 +95,29 @@ pub const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 /// The longest a SigV4 presigned URL may live.
 pub const MAX_PRESIGN: u64 = 604_800;
 
+/// The most header names one signature may sign: far above what any client signs (every
+/// `x-amz-meta-*` header of a request included), and a bound on the work a signature check does.
+pub const MAX_SIGNED_HEADERS: usize = 512;
+
+/// The names a `SignedHeaders` value lists, refused when one is empty or listed twice, or when
+/// there are more than [`MAX_SIGNED_HEADERS`]: each listed name copies its header's value into
+/// the canonical request, so a name repeated thousands of times would make one small request
+/// cost gigabytes before its signature is found wrong.
+fn signed_header_names(value: &str) -> Result<Vec<&str>, &'static str> {
+    let names: Vec<&str> = value.split(';').collect();
+    if names.len() > MAX_SIGNED_HEADERS {
+        return Err("the SignedHeaders list more header names than a request may sign.");
+    }
+    if names.iter().any(|n| n.is_empty()) {
+        return Err("the SignedHeaders contain an empty header name.");
+    }
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    if !names.iter().all(|n| seen.insert(*n)) {
+        return Err("the SignedHeaders name a header twice.");
+    }
+    Ok(names)
+}
+
 /// The parts of a request authentication looks at.
 #[derive(Debug)]
 pub struct RequestParts<'a> {
@@ -273,7 +296,7 @@ fn header_v4(
         ));
     }
     skew_check(request_time, now)?;
-    let signed: Vec<&str> = signed_headers.split(';').collect();
+    let signed = signed_header_names(signed_headers).map_err(S3Error::auth_header_malformed)?;
     if !signed.contains(&"host") {
         return Err(S3Error::auth_header_malformed(
             "the SignedHeaders must include host.",
@@ -447,7 +470,7 @@ fn presigned_v4(
             .with("Expires", iso8601(expiry))
             .with("ServerTime", iso8601(now)));
     }
-    let signed: Vec<&str> = signed_headers.split(';').collect();
+    let signed = signed_header_names(&signed_headers).map_err(S3Error::auth_query_error)?;
     if !signed.contains(&"host") {
         // Without the host signed, a URL for one bucket (virtual-hosted style) would serve
         // another bucket of the same owner.
@@ -624,6 +647,59 @@ mod tests {
                 .unwrap_err()
                 .code,
             "SignatureDoesNotMatch"
+        );
+    }
+
+    /// A header name listed twice (or thousands of times: each listing would copy the header's
+    /// value into the canonical request again) is refused before any value is copied, in the
+    /// Authorization header and in a presigned URL alike; so is a list longer than any client signs.
+    #[test]
+    fn signed_headers_naming_a_header_twice_or_too_many_are_malformed() {
+        let at = parse_amz_date("20130524T000500Z").unwrap();
+        let m = Method::GET;
+        let header_auth = |signed: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+            h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
+            h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
+            let value = format!(
+                "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders={signed},Signature=00"
+            );
+            h.insert("authorization", value.parse().unwrap());
+            authenticate(&parts(&m, "/test.txt", None, &h), &creds(), at).unwrap_err()
+        };
+        let twice = header_auth("host;x-amz-date;x-amz-date");
+        assert_eq!(
+            (twice.code, twice.message.as_str()),
+            (
+                "AuthorizationHeaderMalformed",
+                "The authorization header is malformed; the SignedHeaders name a header twice."
+            )
+        );
+        let many: Vec<String> = (0..=MAX_SIGNED_HEADERS).map(|i| format!("x-{i}")).collect();
+        assert_eq!(
+            header_auth(&format!("host;{}", many.join(";"))).code,
+            "AuthorizationHeaderMalformed"
+        );
+        assert_eq!(
+            header_auth("host;;x-amz-date").code,
+            "AuthorizationHeaderMalformed"
+        );
+        // A correct list still reaches the signature check.
+        assert_eq!(
+            header_auth("host;x-amz-content-sha256;x-amz-date").code,
+            "SignatureDoesNotMatch"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        let q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host%3Bhost&X-Amz-Signature=00";
+        let e = authenticate(&parts(&m, "/test.txt", Some(q), &h), &creds(), at).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                "AuthorizationQueryParametersError",
+                "the SignedHeaders name a header twice."
+            )
         );
     }
 
