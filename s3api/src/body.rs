@@ -262,6 +262,22 @@ impl BodyReader {
         Ok(())
     }
 
+    /// Waits up to `pause` for the next piece of the body (or its end) to arrive: false when
+    /// the client sent nothing meanwhile, so that its writer can let go of what it holds while
+    /// the body pauses. [`next`](Self::next) then takes what arrived, or waits on.
+    pub async fn arrives_within(&mut self, pause: Duration) -> Result<bool, S3Error> {
+        if !self.ready.is_empty() || self.finished.is_some() {
+            return Ok(true);
+        }
+        match tokio::time::timeout(pause, self.raw.next()).await {
+            Err(_) => Ok(false),
+            Ok(next) => {
+                self.take_raw(next).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// The next piece of the body, or `None` at its end (once every check passed).
     pub async fn next(&mut self) -> Result<Option<Bytes>, S3Error> {
         loop {
@@ -278,22 +294,26 @@ impl BodyReader {
             let next = tokio::time::timeout(self.idle_timeout, self.raw.next())
                 .await
                 .map_err(|_| S3Error::request_timeout())?;
-            match next {
-                Some(Ok(raw)) => {
-                    if let Some((h, _)) = self.sha256.as_mut() {
-                        h.update(&raw);
-                    }
-                    match self.decoder.as_mut() {
-                        Some(d) => self.ready.extend(d.push(&raw)?),
-                        None => self.ready.push_back(raw),
-                    }
+            self.take_raw(next).await?;
+        }
+    }
+
+    /// Takes in what the raw body stream gave: bytes (decoded into `ready`), an error, or its
+    /// end (every check then made).
+    async fn take_raw(&mut self, next: Option<Result<Bytes, S3Error>>) -> Result<(), S3Error> {
+        match next {
+            Some(Ok(raw)) => {
+                if let Some((h, _)) = self.sha256.as_mut() {
+                    h.update(&raw);
                 }
-                Some(Err(e)) => return Err(e),
-                None => {
-                    self.finish().await?;
-                    return Ok(None);
+                match self.decoder.as_mut() {
+                    Some(d) => self.ready.extend(d.push(&raw)?),
+                    None => self.ready.push_back(raw),
                 }
+                Ok(())
             }
+            Some(Err(e)) => Err(e),
+            None => self.finish().await,
         }
     }
 

@@ -712,6 +712,41 @@ def lengthless_put(url):
     return r.status, r.read()
 
 
+def check_slow_uploads():
+    """Uploads whose clients send a byte and then pause do not hold the write budget a whole
+    record would: 60 of them (more than the budget holds records for) stall, and a 2 MiB PUT
+    beside them goes through at once rather than wait for budget and fail. One of the paused
+    uploads then goes on and lands whole."""
+    import socket
+
+    b = bucket("slow")
+    size = 2 << 20
+    stalled = []
+    for i in range(60):
+        url = s3.generate_presigned_url("put_object", Params={"Bucket": b, "Key": f"slow-{i}"}, ExpiresIn=600)
+        parts = urllib.parse.urlsplit(url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+        if parts.scheme == "https":
+            sock = ssl_context().wrap_socket(sock, server_hostname=parts.hostname)
+        head = f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: {size}\r\n\r\n"
+        sock.sendall(head.encode() + b"x")
+        stalled.append(sock)
+    time.sleep(3)
+    fresh = client(read_timeout=20, connect_timeout=10)
+    body = blob(size, 7)
+    fresh.put_object(Bucket=b, Key="fresh", Body=body)
+    assert s3.get_object(Bucket=b, Key="fresh")["Body"].read() == body
+    last = stalled.pop()
+    rest = blob(size - 1, 8)
+    last.sendall(rest)
+    answer = last.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert s3.get_object(Bucket=b, Key="slow-59")["Body"].read() == b"x" + rest
+    last.close()
+    for sock in stalled:
+        sock.close()
+
+
 def check_two_users():
     key2, secret2 = os.environ.get("SECOND_ACCESS_KEY"), os.environ.get("SECOND_SECRET_KEY")
     assert key2 and secret2, "the test runs the server with a second user"

@@ -2,10 +2,11 @@
 //! (ranges, preconditions, overrides, checksum mode), DeleteObject, DeleteObjects, CopyObject.
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures::StreamExt;
 use http::StatusCode;
 
-use crate::body::BodySummary;
+use crate::body::{BodyReader, BodySummary};
 use crate::checksum;
 use crate::error::S3Error;
 use crate::http_util::{
@@ -59,7 +60,7 @@ pub(crate) async fn receive(
     max: u64,
 ) -> Result<BodySummary, S3Error> {
     let mut body = ctx.body_reader(max)?;
-    while let Some(chunk) = body.next().await? {
+    while let Some(chunk) = next_piece(&mut body, writer).await? {
         writer.write(chunk).await?;
     }
     body.summary()
@@ -76,7 +77,7 @@ pub(crate) async fn receive_with_checksum(
 ) -> Result<BodySummary, S3Error> {
     let mut hasher = also.map(checksum::Hasher::new);
     let mut body = ctx.body_reader(max)?;
-    while let Some(chunk) = body.next().await? {
+    while let Some(chunk) = next_piece(&mut body, writer).await? {
         if let Some(h) = &mut hasher {
             h.update(&chunk);
         }
@@ -87,6 +88,18 @@ pub(crate) async fn receive_with_checksum(
         .ok_or_else(|| S3Error::internal("body ended without a summary"))?;
     add_missing(&mut summary.checksums, hasher);
     Ok(summary)
+}
+
+/// The next piece of `body`; while the client pauses, `writer` lets go of what it holds for
+/// bytes still to come (see [`ObjectWriter::idle`]).
+async fn next_piece(
+    body: &mut BodyReader,
+    writer: &mut Box<dyn ObjectWriter>,
+) -> Result<Option<Bytes>, S3Error> {
+    if !body.arrives_within(BODY_PAUSE).await? {
+        writer.idle().await?;
+    }
+    body.next().await
 }
 
 /// Adds `hasher`'s checksum to `checksums` unless one of its algorithm is there already.
@@ -103,11 +116,11 @@ pub(crate) fn add_missing(checksums: &mut Vec<StoredChecksum>, hasher: Option<ch
     }
 }
 
-/// Streams `source` (`len` bytes) into `writer`; returns size, MD5 and, with `hasher`, its
-/// checksum.
 /// How long a body may pause before its writer lets go of memory held for what is to come.
 const BODY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Streams `source` (`len` bytes) into `writer`; returns size, MD5 and, with `hasher`, its
+/// checksum.
 pub(crate) async fn pipe(
     mut source: BodyStream,
     len: u64,
