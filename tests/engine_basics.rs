@@ -2428,6 +2428,107 @@ fn third_drive_down(
     specs
 }
 
+/// The records of `key` on `drive` (whole, padded), read zone by zone.
+async fn records_of(drive: &zns::EmulatedZns, key: &str) -> Vec<bytes::Bytes> {
+    use zns::ZonedDevice;
+    let block = drive.geometry().block_size as usize;
+    let report = drive
+        .report_zones(0, zns::ReportFilter::All, 1 << 10)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for z in report
+        .zones
+        .iter()
+        .filter(|z| z.wp > z.zslba && z.wp != u64::MAX)
+    {
+        let bytes = drive.read(z.zslba, (z.wp - z.zslba) as u32).await.unwrap();
+        let mut at = 0;
+        while let Ok(p) = zonestore::engine::record::parse(&bytes[at..], block) {
+            if p.header.key == key {
+                out.push(bytes.slice(at..at + p.padded));
+            }
+            at += p.padded;
+        }
+    }
+    out
+}
+
+/// GC copied a version's records to a new zone, the object was deleted, and the server died
+/// before GC's change was committed: the copies, older than the deletion, are passed over at
+/// the next start, and must stay hidden by the deletion's tombstone. Else, once GC reclaims the
+/// zones the version was first in (and lets the tombstone go, which hid only those), a rebuilt
+/// index takes the copies for the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gc_copy_of_a_version_deleted_before_a_crash_is_hidden_by_the_deletion() {
+    use zns::ZonedDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "ghost", &content("ghost", 1, 100_000))
+        .await
+        .unwrap();
+    put(&engine, "b", "keep", &content("keep", 1, 700_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    let ghost = records_of(&drives[0], "ghost").await;
+    let keep = records_of(&drives[0], "keep").await;
+    assert!(ghost.len() >= 2 && keep.len() >= 2);
+    drop(drives);
+
+    // Deleted; then the copies GC made before (of `keep` too, so that their zone holds live
+    // data and is not the first GC takes) are found in a zone the index never heard of.
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.delete("b", "ghost").await.unwrap();
+    engine.shutdown().await;
+    let report = drives[0]
+        .report_zones(0, zns::ReportFilter::Empty, 1)
+        .await
+        .unwrap();
+    let zslba = report.zones[0].zslba;
+    for record in ghost.iter().chain(&keep) {
+        let mut copy = bytes::BytesMut::new();
+        let write_seq = zonestore::engine::record::parse(record, 4096)
+            .unwrap()
+            .header
+            .write_seq;
+        zonestore::engine::record::append_rewritten(record, write_seq + 1, &mut copy);
+        drives[0].append(zslba, copy.freeze()).await.unwrap();
+    }
+    drives[0].flush().await.unwrap();
+    drop(drives);
+    let copies_zone = zonestore::engine::model::ZoneId {
+        drive: 0,
+        zone: (zslba / g.zone_size) as u32,
+    };
+
+    // The start replays the zone: `keep`'s copies are recorded as GC's move; `ghost`'s, older
+    // than its deletion, are passed over, and the tombstone hides their zone (so GC keeps the
+    // tombstone until the zone is reset: it outranks them in any rebuild meanwhile).
+    let (engine, _drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    assert!(engine.head("b", "ghost").is_err());
+    assert_eq!(
+        get(&engine, "b", "keep").await.unwrap(),
+        content("keep", 1, 700_000)
+    );
+    engine.shutdown().await;
+    let index = zonestore::engine::index::Index::open(&dir.path().join("index")).unwrap();
+    let tombstone = index
+        .tombstone(
+            zonestore::engine::index::TombKind::Object,
+            &zonestore::engine::index::object_key("b", "ghost"),
+        )
+        .unwrap()
+        .expect("the tombstone");
+    assert!(
+        tombstone.shadowed.iter().any(|s| s.zone == copies_zone),
+        "the copies' zone is not hidden: {:?}",
+        tombstone.shadowed
+    );
+}
+
 /// Deletes `ghost` and has GC reclaim its zones (and let its tombstone go).
 async fn delete_ghost_and_reclaim(engine: &zonestore::engine::Engine) {
     engine.delete("b", "ghost").await.unwrap();

@@ -334,31 +334,64 @@ impl EngineInner {
         let mut changes = Vec::new();
         for (f, named) in copies.values() {
             match self.copy_to_record(f, named).await {
-                Ok(Some(change)) => changes.push((0, change)),
+                Ok(Some(change)) => changes.push((0, (change, None))),
                 Ok(None) => {}
                 Err(()) => complete = false,
             }
         }
+        // Versions found that do not become the index's: hidden by what holds their names.
+        let mut passed_over: Vec<&Version> = Vec::new();
+        let mut forward = Vec::new();
         if mode == Replay::RollForward {
             // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
             let revoked: BTreeSet<u64> = super::revoked::load(&self.index)?.into_keys().collect();
-            changes.extend(self.versions_to_roll_forward(&tail, &revoked)?);
+            forward = self.versions_to_roll_forward(&tail, &revoked, &mut passed_over)?;
+        } else {
+            passed_over.extend(tail.versions.values());
         }
+        changes.extend(
+            forward
+                .into_iter()
+                .map(|(seq, change, v)| (seq, (change, Some(v)))),
+        );
         changes.sort_by_key(|(seq, _)| *seq);
         let mut failed = 0;
-        for (_, change) in changes {
+        for (_, (change, version)) in changes {
             match self.committer.submit(change).await {
                 Ok(_) => report.applied += 1,
                 // Refused for what the index holds (a bucket gone, an upload ended): a
                 // record of something that did not happen, dead like any refused write's.
                 Err(e) if !worth_retrying(&e) => {
                     tracing::debug!("a record left by a crash is refused: {e}");
+                    passed_over.extend(version);
                 }
                 Err(e) => {
                     failed += 1;
                     tracing::warn!("a record left by a crash cannot be applied now: {e}");
                 }
             }
+        }
+        // A version passed over (older than the index's, as a GC copy of a version deleted
+        // meanwhile whose move a crash cut short; one whose data is not all there; or any, for
+        // copies only) has its zones hidden by whatever holds its name, or is revoked when
+        // nothing does: else once the zones it was first in are reset, and with them what
+        // outranked it, a rebuild or a later replay could take it for the name's version.
+        let orphans: Vec<(Relocation, Vec<ZoneId>)> = passed_over
+            .iter()
+            .map(|v| {
+                let zones = v
+                    .copies
+                    .values()
+                    .filter_map(|(_, l)| self.drives.zone_of(l))
+                    .collect();
+                (relocation_of(&v.header), zones)
+            })
+            .collect();
+        if !orphans.is_empty()
+            && let Err(e) = self.committer.submit(Change::Orphans(orphans)).await
+        {
+            failed += 1;
+            tracing::warn!("the versions a replay passed over cannot be hidden now: {e}");
         }
         if complete && failed == 0 {
             for (zone, written) in settled_to {
@@ -419,12 +452,14 @@ impl EngineInner {
 
     /// For each name the tail holds versions of that are newer than the index's, the changes
     /// that apply them in order, as they were first applied (an older one is hidden by the
-    /// newer, as it was): each whose data is all there.
-    fn versions_to_roll_forward(
+    /// newer, as it was): each whose data is all there. The other versions (not newer, or not
+    /// whole) go to `passed_over`; revoked ones are dead already.
+    fn versions_to_roll_forward<'t>(
         &self,
-        tail: &Tail,
+        tail: &'t Tail,
         revoked: &BTreeSet<u64>,
-    ) -> EngineResult<Vec<(u64, Change)>> {
+        passed_over: &mut Vec<&'t Version>,
+    ) -> EngineResult<Vec<(u64, Change, &'t Version)>> {
         let mut by_name: BTreeMap<Name, Vec<&Version>> = BTreeMap::new();
         for v in tail.versions.values() {
             if let Some(name) = name_of(&v.header) {
@@ -432,12 +467,19 @@ impl EngineInner {
             }
         }
         let mut out = Vec::new();
-        for (name, mut versions) in by_name {
+        for (name, versions) in by_name {
             let indexed = self.newest_indexed(&name)?;
-            versions.retain(|v| Some(v.header.seq) > indexed && !revoked.contains(&v.header.seq));
             for v in versions {
-                if let Some(change) = self.change_for(v, tail)? {
-                    out.push((v.header.seq, change));
+                if revoked.contains(&v.header.seq) {
+                    continue;
+                }
+                match (Some(v.header.seq) > indexed)
+                    .then(|| self.change_for(v, tail))
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(change) => out.push((v.header.seq, change, v)),
+                    None => passed_over.push(v),
                 }
             }
         }
