@@ -663,10 +663,10 @@ async fn apply_groups(
                 };
                 tracing::debug!(drives = ?drop, "a write is kept with fewer copies (its other drives failed before their flush); repair will make them again");
                 short_commits.fetch_add(1, Ordering::Relaxed);
-                results.push(txn.apply_whole(&request.change, &orphans, &strays));
+                results.push(txn.apply_or_hide(&request.change, &orphans, &strays));
                 continue;
             }
-            results.push(txn.apply_whole(&request.change, &[], &strays));
+            results.push(txn.apply_or_hide(&request.change, &[], &strays));
         }
         // A client write that failed here left its claiming record on the drives: revoked in
         // this batch, before the client hears of the failure (see [`revoked`]).
@@ -824,6 +824,24 @@ impl<'a> Txn<'a> {
     /// their zones, as for any orphan: a rebuild or replay would otherwise take such a copy for
     /// the name's current version once the name is deleted and the zones of its other copies
     /// are reset.
+    /// [`Self::apply_whole`]; when it fails, the copies a GC, repair or scrub change made are
+    /// orphans, hidden like those of a change refused for a failed flush (else a later group
+    /// settles their zones, and no replay ever sees them).
+    fn apply_or_hide(
+        &mut self,
+        change: &Change,
+        orphans: &[Location],
+        strays: &[ZoneId],
+    ) -> Applied {
+        let result = self.apply_whole(change, orphans, strays);
+        if result.is_err()
+            && let Err(e) = self.shadow_moved_copies(change, true, strays)
+        {
+            tracing::warn!("hiding the copies of a relocation that failed failed: {e}");
+        }
+        result
+    }
+
     fn apply_whole(&mut self, change: &Change, orphans: &[Location], strays: &[ZoneId]) -> Applied {
         self.undo_overlay.clear();
         self.undo_zones.clear();
@@ -1889,6 +1907,55 @@ mod tests {
             .expect("the version is revoked");
         let zones = super::super::revoked::decode(&revoked).unwrap();
         assert_eq!(zones.len(), 1);
+        assert_eq!(zones[0].zone, drives.zone_of(&at(7)).unwrap());
+    }
+
+    /// A GC change that fails to apply (here an undecodable entry among its moves) leaves its
+    /// new copies orphans, and they are hidden as a refused change's are: the version of one
+    /// whose name nothing holds is revoked.
+    #[test]
+    fn the_copies_of_a_relocation_that_fails_to_apply_are_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
+            .unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            index.cf(cf::EXTENTS),
+            index::extent_key(2, 0),
+            b"not an extent",
+        );
+        index.write(batch, false).unwrap();
+        let base = HashMap::new();
+        let mut txn = Txn::new(&index, &drives, &base);
+        let relocate = Change::Relocate(vec![
+            (
+                Relocation::Commit {
+                    bucket: "b".into(),
+                    key: "gone".into(),
+                    seq: 42,
+                },
+                at(0),
+                at(7),
+            ),
+            (
+                Relocation::Extent {
+                    stream_id: 2,
+                    offset: 0,
+                },
+                at(1),
+                at(257),
+            ),
+        ]);
+        assert!(txn.apply_or_hide(&relocate, &[], &[]).is_err());
+        let revoked = txn
+            .overlay
+            .get(&(cf::META, super::super::revoked::key(42)))
+            .cloned()
+            .flatten()
+            .expect("the moved version is revoked");
+        let zones = super::super::revoked::decode(&revoked).unwrap();
         assert_eq!(zones[0].zone, drives.zone_of(&at(7)).unwrap());
     }
 
