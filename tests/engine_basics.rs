@@ -760,6 +760,65 @@ async fn a_finish_that_fails_for_a_moment_is_tried_again() {
     }
 }
 
+/// A Finish the host gave up on (Unavailable) may still run on the target: GC leaves its zone
+/// alone for a while, as for an append in doubt, or the Finish could land after the reset and
+/// make the zone's next life Full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_leaves_the_zone_of_a_finish_in_doubt_alone() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let finished: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    drive.instead_of_manage = Box::new({
+        let finished = finished.clone();
+        move |action, select| {
+            if action != zns::ZoneAction::Finish {
+                return None;
+            }
+            if let zns::ZoneSelect::Zone(zslba) = select {
+                finished.lock().unwrap().push(zslba);
+            }
+            Some(Err(zns::ZoneError::Unavailable("timed out".into())))
+        }
+    });
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(drive),
+        gc_by_hand,
+    )
+    .await;
+    // Objects that do not fill a zone exactly: the one that does not fit retires it, unfull.
+    let mut keys = Vec::new();
+    while finished.lock().unwrap().is_empty() {
+        let key = format!("k{}", keys.len());
+        assert!(keys.len() < 24, "no zone was retired");
+        put(&engine, "b", &key, &content(&key, 1, 100_000))
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let zone = (finished.lock().unwrap()[0] / g.zone_size) as u32;
+    tokio::time::sleep(
+        zonestore::engine::drives::RETRY_AFTER + std::time::Duration::from_millis(100),
+    )
+    .await;
+    for key in &keys {
+        engine.delete("b", key).await.unwrap();
+    }
+    for _ in 0..4 {
+        engine.inner().collect_now().await.unwrap();
+    }
+    let row = zone_row(&engine, zone);
+    assert_eq!(
+        row.generation, 0,
+        "GC reset the zone of a Finish that may still land: {row:?}"
+    );
+    engine.shutdown().await;
+}
+
 /// GC works on every drive at once: a drive whose reads hang (a target that stopped answering
 /// but has not timed out yet) holds up reclaiming its own zones, not the other drives'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -453,6 +453,14 @@ fn finish_zones(placement: &Arc<Placement>, drives: &Drives, zones: Vec<ZoneId>)
                                         | zns::ZoneErrorKind::MediaError
                                 ) =>
                             {
+                                if matches!(e.kind(), zns::ZoneErrorKind::Unavailable)
+                                    && let Some(owner) = placement.upgrade()
+                                {
+                                    // Given up on, the Finish may still run on the target:
+                                    // were GC to reset the zone meanwhile, it would make the
+                                    // zone's next life Full.
+                                    hold_while_in_doubt(&owner, zone);
+                                }
                                 tracing::debug!(drive = %drive.name, zone = zone.zone, "finishing a zone failed, trying again in {wait:?}: {e}");
                                 false
                             }
