@@ -261,6 +261,10 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
     if name.contains("..") {
         return bad("two adjacent dots are not allowed");
     }
+    if name.contains(".-") || name.contains("-.") {
+        // Each dot-separated label of a DNS name begins and ends with a letter or digit.
+        return bad("a dot next to a hyphen is not allowed");
+    }
     if name.parse::<std::net::Ipv4Addr>().is_ok() {
         return bad("a bucket name is not an IP address");
     }
@@ -462,6 +466,8 @@ mod tests {
             "xn--abc",
             "x".repeat(64).as_str(),
             "under_score",
+            "foo.-bar",
+            "foo-.bar",
         ] {
             assert!(check_bucket_name(bad).is_err(), "{bad}");
         }

@@ -206,6 +206,9 @@ def check_listing():
     # StartAfter, MaxKeys, FetchOwner, EncodingType=url.
     after = s3.list_objects_v2(Bucket=b, StartAfter="data/19/01990.bin", MaxKeys=5)
     assert [o["Key"] for o in after["Contents"]] == [f"data/19/{i:05d}.bin" for i in range(1991, 1996)], after["Contents"]
+    # An empty continuation token (a paging loop that starts with one) is no token.
+    empty = s3.list_objects_v2(Bucket=b, ContinuationToken="", StartAfter="data/19/01990.bin", MaxKeys=5)
+    assert [o["Key"] for o in empty["Contents"]] == [o["Key"] for o in after["Contents"]], empty
     owner = s3.list_objects_v2(Bucket=b, MaxKeys=1, FetchOwner=True)
     assert owner["Contents"][0].get("Owner", {}).get("ID"), owner["Contents"][0]
     s3.put_object(Bucket=b, Key="odd key/\u00e9+&", Body=b"x")
@@ -433,6 +436,9 @@ def check_multipart():
     e1 = p1["CopyPartResult"]["ETag"]
     p2 = s3.upload_part_copy(Bucket=b, Key="assembled", UploadId=uid, PartNumber=2, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=6291456-12582911")
     e2 = p2["CopyPartResult"]["ETag"]
+    # A well-formed range past the source's end is InvalidRange; a reversed one, a bad argument.
+    expect_error("InvalidRange", 416, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=0-12582912")
+    expect_error("InvalidArgument", 400, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=9-8")
     tail = blob(123_456, 8)
     e3 = s3.upload_part(Bucket=b, Key="assembled", UploadId=uid, PartNumber=3, Body=tail)["ETag"]
     parts = s3.list_parts(Bucket=b, Key="assembled", UploadId=uid)["Parts"]
@@ -487,6 +493,11 @@ def check_multipart():
     assert got["Body"].read() == want and got["ContentType"] == "application/x-tar" and got["Metadata"] == {"m": "v"}
     assert s3.get_object(Bucket=b, Key="assembled", Range="bytes=5242870-5242889")["Body"].read() == want[5242870:5242890]
     expect_error("NoSuchUpload", 404, s3.list_parts, Bucket=b, Key="assembled", UploadId=uid)
+    # A Complete sent again (its answer lost to a timeout) is answered as the first was; one
+    # naming other parts is not.
+    again = s3.complete_multipart_upload(Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}, {"PartNumber": 3, "ETag": e3}]})
+    assert again["ETag"] == done["ETag"], again
+    expect_error("NoSuchUpload", 404, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
     # EntityTooSmall, abort.
     small = s3.create_multipart_upload(Bucket=b, Key="small")["UploadId"]
     a = s3.upload_part(Bucket=b, Key="small", UploadId=small, PartNumber=1, Body=b"a" * 1000)["ETag"]

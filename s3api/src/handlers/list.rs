@@ -135,16 +135,12 @@ pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let p = params(ctx)?;
     let token = ctx.q("continuation-token");
     let start_after = match token {
-        Some("") => {
-            return Err(S3Error::invalid_argument(
-                "The continuation token provided is incorrect",
-            ));
-        }
+        // An empty token (a client's paging loop that starts with one) is no token.
+        Some("") | None => ctx.q("start-after").unwrap_or("").to_string(),
         Some(t) => String::from_utf8(URL_SAFE_NO_PAD.decode(t).map_err(|_| {
             S3Error::invalid_argument("The continuation token provided is incorrect")
         })?)
         .map_err(|_| S3Error::invalid_argument("The continuation token provided is incorrect"))?,
-        None => ctx.q("start-after").unwrap_or("").to_string(),
     };
     let page = page(svc, ctx, &p, &start_after)?;
     let mut w = XmlWriter::new("ListBucketResult");

@@ -6,6 +6,7 @@ use axum::body::Body;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::StatusCode;
+use md5::{Digest, Md5};
 
 use super::object::{
     add_missing, header_name, open_copy_source, pipe, receive_with_checksum, write_condition,
@@ -169,10 +170,14 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             let spec = r.trim().strip_prefix("bytes=").ok_or_else(bad)?;
             let (a, b) = spec.split_once('-').ok_or_else(bad)?;
             let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-            if a > b || b >= size {
+            if a > b {
                 return Err(S3Error::invalid_argument(format!(
                     "Range specified is not valid for source object of size: {size}"
                 )));
+            }
+            if b >= size {
+                // Well formed, but past the source's end.
+                return Err(S3Error::invalid_range(size, r));
             }
             a..b + 1
         }
@@ -284,7 +289,11 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
     svc.owned_bucket(ctx, &bucket)?;
     let id = upload_id(ctx);
-    let upload = svc.store.upload(&bucket, &key, &id)?;
+    let upload = match svc.store.upload(&bucket, &key, &id) {
+        Ok(upload) => upload,
+        Err(e) if e.code == "NoSuchUpload" => return completed_before(svc, ctx, e).await,
+        Err(e) => return Err(e),
+    };
     let condition = write_condition(ctx)?;
     let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
     let requested = parse_complete(&body)?;
@@ -390,18 +399,62 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             },
         )
         .await?;
+    Ok(completion_result(
+        svc,
+        ctx,
+        &info.etag,
+        &info.checksums,
+        info.checksum_type.as_deref(),
+    ))
+}
+
+/// The answer to a CompleteMultipartUpload of an upload that is gone (`gone`: NoSuchUpload):
+/// when the object is the one the request's parts make (its ETag is theirs), the upload was
+/// completed already, and a client retrying a Complete whose answer it lost (a timeout, a
+/// reset connection) is told so again, as S3 does; else `gone`.
+async fn completed_before(svc: &S3Service, ctx: &mut Ctx, gone: S3Error) -> Reply {
+    let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
+    let requested = parse_complete(&body)?;
+    let mut md5s = Vec::with_capacity(requested.len() * 16);
+    for p in &requested {
+        match hex::decode(&p.etag) {
+            Ok(md5) if md5.len() == 16 => md5s.extend(md5),
+            _ => return Err(gone),
+        }
+    }
+    let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), requested.len());
+    match svc.store.open_object(ctx.bucket(), ctx.key()) {
+        Ok(object) if !requested.is_empty() && object.info.etag == etag => Ok(completion_result(
+            svc,
+            ctx,
+            &etag,
+            &object.info.checksums,
+            object.info.checksum_type.as_deref(),
+        )),
+        _ => Err(gone),
+    }
+}
+
+/// The CompleteMultipartUploadResult document of the request's object.
+fn completion_result(
+    svc: &S3Service,
+    ctx: &Ctx,
+    etag: &str,
+    checksums: &[StoredChecksum],
+    checksum_type: Option<&str>,
+) -> axum::response::Response {
     let mut w = XmlWriter::new("CompleteMultipartUploadResult");
     w.element("Location", &ctx.object_url(svc.config.https))
-        .element("Bucket", &bucket)
-        .element("Key", &key)
-        .element("ETag", &format!("\"{}\"", info.etag));
-    for c in &info.checksums {
+        .element("Bucket", ctx.bucket())
+        .element("Key", ctx.key())
+        .element("ETag", &format!("\"{etag}\""));
+    for c in checksums {
         w.element(&format!("Checksum{}", c.algorithm), &c.value);
     }
-    if let Some(t) = &info.checksum_type {
+    if let Some(t) = checksum_type {
         w.element("ChecksumType", t);
     }
-    Ok(xml(w.finish()))
+    xml(w.finish())
 }
 
 /// AbortMultipartUpload.
