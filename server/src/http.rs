@@ -2,9 +2,10 @@
 //! when asked to stop, the listener closes, idle connections close, and requests in flight run
 //! to completion.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -25,6 +26,13 @@ const READ_BUFFER: usize = 128 << 10;
 /// How long a response may wait for its client to read before the connection is cut (a client
 /// that stops reading would otherwise hold its share of the read budget forever).
 const WRITE_STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long a connection may take to send a request's head, or wait idle for the next one.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Connections being refused at once (each answered 503 and closed); past this, more are
+/// closed unanswered.
+const REFUSING_AT_ONCE: usize = 64;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +127,10 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     // Connections served at once (file descriptors are shared with the index and the fabric).
-    let connections = Arc::new(Semaphore::new(crate::fd_limit::connection_cap()));
+    let cap = crate::fd_limit::connection_cap();
+    let connections = Arc::new(Semaphore::new(cap));
+    let per_client = PerClient::new(per_client_cap(cap));
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     // The connections' tasks: dropped (so aborted) with this task, when a shutdown's grace
     // period ends with requests still running.
     let mut tasks = JoinSet::new();
@@ -146,6 +157,20 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let Some(client_slot) = per_client.take(peer.ip()) else {
+            // One client holding its share of the connections gets no more: it cannot take
+            // every connection from the others.
+            drop(slot);
+            if tls.is_none()
+                && let Ok(permit) = refusing.clone().try_acquire_owned()
+            {
+                tasks.spawn(async move {
+                    refuse(stream).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        };
         let stream = WriteStallLimit::new(stream, WRITE_STALL_LIMIT);
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
@@ -172,6 +197,7 @@ async fn accept_loop(
             if let Err(e) = result {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            drop(client_slot);
             drop(slot);
         });
     }
@@ -190,11 +216,118 @@ where
 {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60))
+        .header_read_timeout(HEADER_TIMEOUT)
         // Bodies are streamed on in chunks of at most this much per connection: memory
         // stays bounded with many concurrent uploads.
         .max_buf_size(READ_BUFFER)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
     watcher.watch(connection).await
+}
+
+/// Most connections one client address may hold of a listener's `cap`: a quarter, so that
+/// several clients are needed to take them all (at least 16).
+fn per_client_cap(cap: usize) -> usize {
+    (cap / 4).max(16)
+}
+
+/// Each client address's connections, counted against a cap.
+struct PerClient {
+    cap: usize,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection of a client, counted until dropped.
+struct ClientSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerClient {
+    fn new(cap: usize) -> PerClient {
+        PerClient {
+            cap,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or None if it holds its cap already.
+    fn take(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            ip,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection refused for its client's connection count with 503 SlowDown (which
+/// SDKs retry after a pause), reads what the client had sent for a moment (closing with unread
+/// bytes would reset the connection before the answer is read), and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request_id = format!(
+        "{:016X}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    );
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Too many connections from this client; please reduce your connection count.</Message><RequestId>{request_id}</RequestId></Error>"
+    );
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nx-amz-request-id: {request_id}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answered = async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 16 << 10];
+        let mut drained = 0;
+        while drained < (256 << 10) {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), answered).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_its_cap_and_gets_slots_back() {
+        let clients = PerClient::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = clients.take(a).unwrap();
+        let _second = clients.take(a).unwrap();
+        assert!(clients.take(a).is_none());
+        assert!(clients.take(b).is_some(), "another client is not held back");
+        drop(first);
+        assert!(clients.take(a).is_some());
+        assert_eq!(per_client_cap(4096), 1024);
+        assert_eq!(per_client_cap(64), 16);
+    }
 }
