@@ -58,7 +58,7 @@ pub(crate) fn result_document(
 }
 
 /// Runs `work` (the copy into the request's bucket and key, giving its result document) to
-/// its end, whatever becomes of the request, and replies as the module says.
+/// its end, or until the request is dropped (its client gone), and replies as the module says.
 pub(crate) fn copy_reply<F>(
     svc: &S3Service,
     ctx: &Ctx,
@@ -85,8 +85,8 @@ async fn reply_when_done<F>(
 where
     F: Future<Output = Result<String, S3Error>> + Send + 'static,
 {
-    let mut task = tokio::spawn(work);
-    if let Ok(joined) = tokio::time::timeout(keep_alive.after, &mut task).await {
+    let mut task = AbortOnDrop(tokio::spawn(work));
+    if let Ok(joined) = tokio::time::timeout(keep_alive.after, &mut task.0).await {
         return joined.map_err(copy_failed)?.map(xml);
     }
     let declaration =
@@ -95,7 +95,7 @@ where
         let (resource, request_id) = (resource.clone(), request_id.clone());
         async move {
             let mut task = task?;
-            let document = match tokio::time::timeout(keep_alive.every, &mut task).await {
+            let document = match tokio::time::timeout(keep_alive.every, &mut task.0).await {
                 Err(_) => {
                     return Some((
                         Ok::<_, std::io::Error>(Bytes::from_static(b" ")),
@@ -117,6 +117,16 @@ where
         .headers_mut()
         .insert("content-type", HeaderValue::from_static("application/xml"));
     Ok(response)
+}
+
+/// A copy's task, stopped when its request is dropped (the client went away before or while
+/// its answer was sent): a small request must not leave gigabytes of copying behind it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn copy_failed(e: tokio::task::JoinError) -> S3Error {
@@ -162,6 +172,36 @@ mod tests {
         )
         .await;
         assert_eq!(failed.unwrap_err().code, "NoSuchKey");
+    }
+
+    /// A copy whose client goes away, before its answer starts or while whitespace keeps the
+    /// connection alive, is stopped rather than left running.
+    #[tokio::test]
+    async fn a_copy_stops_when_its_request_is_dropped() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        for answer_started in [false, true] {
+            let finished = Arc::new(AtomicBool::new(false));
+            let work = {
+                let finished = finished.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    finished.store(true, Ordering::SeqCst);
+                    Ok(document())
+                }
+            };
+            let reply = reply_when_done(work, quick(), "/b/k".into(), "R".into());
+            if answer_started {
+                drop(reply.await.expect("a 200 at once"));
+            } else {
+                let _ = tokio::time::timeout(Duration::from_millis(10), reply).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                !finished.load(Ordering::SeqCst),
+                "the copy went on without its client (answer started: {answer_started})"
+            );
+        }
     }
 
     #[tokio::test]
