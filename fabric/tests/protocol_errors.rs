@@ -1005,3 +1005,70 @@ async fn a_command_reusing_an_identifier_in_flight_gets_command_id_conflict() {
         );
     }
 }
+
+/// A host that sends all the data an R2T asks for in one H2CData PDU (Linux before it honoured
+/// MAXH2CDATA did) gets its largest write through: MAXH2CDATA is at least the largest transfer
+/// (MDTS), so no R2T asks for more than one PDU may carry.
+#[tokio::test]
+async fn a_whole_largest_write_fits_one_h2c_data_pdu() {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 4 << 20)).unwrap();
+    let config = TargetConfig::default();
+    let largest = config.max_transfer;
+    let target = Target::new(config);
+    target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
+    let mut write = Sqe::new(fabric::spec::opcode::io::WRITE, 5);
+    write
+        .set_nsid(1)
+        .set_slba(0)
+        .set_cdw(12, largest / 4096 - 1)
+        .set_sgl(largest, false);
+    send(&mut io, command(write)).await;
+    let r2t = match next_pdu(&mut io, &mut buf).await {
+        Pdu::R2t(r2t) => r2t,
+        other => panic!("expected an R2T, got {other:?}"),
+    };
+    assert_eq!(r2t.r2tl, largest);
+    send(
+        &mut io,
+        Pdu::H2CData(fabric::wire::pdu::DataPdu {
+            cccid: 5,
+            ttag: r2t.ttag,
+            datao: 0,
+            last: true,
+            success: false,
+            data: Bytes::from(vec![7u8; largest as usize]),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    match next_pdu(&mut io, &mut buf).await {
+        Pdu::CapsuleResp(r) => assert!(r.cqe.status().is_success(), "{:?}", r.cqe.status()),
+        other => panic!("expected the write's completion, got {other:?}"),
+    }
+}
+
+/// Past its connection limit, a target closes a new connection at once; one closed frees its
+/// place.
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let (_d, _t, handle) = start(TargetConfig {
+        max_connections: 2,
+        ..TargetConfig::default()
+    })
+    .await;
+    let first = initialized(handle.local_addr()).await;
+    let _second = initialized(handle.local_addr()).await;
+    let mut third = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
+        .await
+        .expect("the third connection was closed, not left waiting");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    initialized(handle.local_addr()).await;
+}

@@ -158,7 +158,11 @@ impl Controller {
                 // At most a second between checks: a KATO lowered by Set Features takes
                 // effect at once, not after half the old one.
                 let kato = ctrl.kato_ms();
-                let period = Duration::from_millis((u64::from(kato.max(200)) / 2).min(1000));
+                // Without a timeout (KATO 0), only a KATO set later is looked for.
+                let period = match kato {
+                    0 => Duration::from_secs(1),
+                    _ => Duration::from_millis((u64::from(kato.max(200)) / 2).min(1000)),
+                };
                 drop(ctrl);
                 tokio::time::sleep(period).await;
                 let Some(ctrl) = weak.upgrade() else { return };

@@ -28,7 +28,9 @@ use crate::spec::DISCOVERY_NQN;
 /// Tunables of a target.
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
-    /// MAXH2CDATA: the largest data in one H2CData PDU (multiple of 4, at least 4096).
+    /// MAXH2CDATA: the largest data in one H2CData PDU (multiple of 4, at least 4096). A
+    /// target takes at least `max_transfer`: it asks for a whole command's data in one R2T, and
+    /// hosts that predate MAXH2CDATA (Linux before 5.16) send an R2T's data in one PDU.
     pub max_h2c_data: u32,
     /// In-capsule data accepted on I/O queues (IOCCSZ = 4 + this / 16).
     pub in_capsule_data: u32,
@@ -47,6 +49,9 @@ pub struct TargetConfig {
     pub max_outstanding_read: usize,
     /// Extra time a controller gets beyond its keep-alive timeout before it is torn down.
     pub keep_alive_grace: Duration,
+    /// Most connections served at once; one more is closed as soon as it is accepted (each
+    /// may hold its budgets of memory: peers must not take it all by opening more).
+    pub max_connections: usize,
     /// Model number reported in Identify Controller.
     pub model: String,
     /// Whether a host may disable SQ flow control (Connect CATTR bit 2); without it such a
@@ -58,7 +63,7 @@ pub struct TargetConfig {
 impl Default for TargetConfig {
     fn default() -> Self {
         TargetConfig {
-            max_h2c_data: 1 << 20,
+            max_h2c_data: 2 << 20,
             in_capsule_data: 128 << 10,
             max_queue_entries: 1024,
             max_io_queues: 64,
@@ -66,6 +71,7 @@ impl Default for TargetConfig {
             max_outstanding_r2t: 8 << 20,
             max_outstanding_read: 32 << 20,
             keep_alive_grace: Duration::from_millis(500),
+            max_connections: 1024,
             model: "Zonestore ZNS".into(),
             sq_flow_control_disable: true,
         }
@@ -149,7 +155,8 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// A target with only its discovery subsystem.
-    pub fn new(config: TargetConfig) -> Self {
+    pub fn new(mut config: TargetConfig) -> Self {
+        config.max_h2c_data = config.max_h2c_data.max(config.max_transfer);
         let mut subsystems = HashMap::new();
         subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(Subsystem::discovery()));
         Target {
@@ -228,16 +235,22 @@ impl Target {
             let mut stop = stop_rx.clone();
             // The connections, so that a shutdown can wait for their commands to end.
             let mut connections = tokio::task::JoinSet::new();
+            let slots = Arc::new(tokio::sync::Semaphore::new(inner.config.max_connections));
             loop {
                 while connections.try_join_next().is_some() {}
                 tokio::select! {
                     _ = stop.changed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
+                            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                                tracing::warn!(%peer, "connection refused: {} are open already", inner.config.max_connections);
+                                continue;
+                            };
                             let inner = inner.clone();
                             let stop = stop_rx.clone();
                             connections.spawn(async move {
                                 queue::serve_connection(stream, peer, inner, stop).await;
+                                drop(slot);
                             });
                         }
                         Err(e) => {
