@@ -314,6 +314,7 @@ impl EmulatedZns {
             .write(true)
             .open(&data_path)
             .map_err(|e| ZoneError::io(format!("opening {}", data_path.display()), e))?;
+        deallocate_past_write_pointers(&data, geometry, &entries);
         Self::assemble(geometry, identity, dir, data, meta, entries)
     }
 
@@ -845,6 +846,31 @@ fn open_direct(path: &Path) -> Option<Arc<File>> {
     }
 }
 
+/// Deallocates what lies past the durable write pointer of every zone that takes writes: bytes
+/// written before a crash and never flushed reach the file all the same, and a write granted
+/// over them again could otherwise be read (racing it) as the old, whole records. As a real
+/// drive's deallocated blocks, they read as zeros instead.
+fn deallocate_past_write_pointers(data: &File, geometry: Geometry, entries: &[ZoneEntry]) {
+    let block = u64::from(geometry.block_size);
+    let mut failed = None;
+    for (index, entry) in entries.iter().enumerate() {
+        if matches!(
+            entry.state,
+            ZoneState::Full | ZoneState::ReadOnly | ZoneState::Offline
+        ) {
+            continue;
+        }
+        let start = (geometry.zone_start(index as u32) + entry.written) * block;
+        let len = (geometry.zone_size - entry.written) * block;
+        if let Err(e) = punch_hole(data, start, len) {
+            failed = Some(e);
+        }
+    }
+    if let Some(e) = failed {
+        tracing::warn!("could not deallocate past the zones' write pointers: {e}");
+    }
+}
+
 /// Deallocates a byte range of the data file so that it reads as zeros and frees space.
 fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: fallocate on a valid, open file descriptor has no memory-safety preconditions.
@@ -1161,6 +1187,37 @@ mod tests {
         };
         let zone = d.inner.state.lock().table.zone(index);
         (zone.state, zone.written)
+    }
+
+    /// Bytes written before a crash and never flushed are gone from the data file when the
+    /// drive is opened again (they would otherwise be read, whole, by a read racing the write
+    /// granted over them next); what was flushed stays.
+    #[tokio::test]
+    async fn unflushed_bytes_are_deallocated_when_the_drive_is_opened_again() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(2, 1 << 20);
+        let bs = g.block_size as usize;
+        let d = EmulatedZns::create(dir.path(), g).unwrap();
+        d.append(0, Bytes::from(vec![5u8; 2 * bs])).await.unwrap();
+        d.flush().await.unwrap();
+        d.append(0, Bytes::from(vec![6u8; 3 * bs])).await.unwrap();
+        let zone1 = g.zone_start(1);
+        d.append(zone1, Bytes::from(vec![7u8; bs])).await.unwrap();
+        drop(d);
+        assert_eq!(after_a_crash(dir.path(), 0), (ZoneState::Closed, 2));
+        let file = File::open(dir.path().join(DATA_FILE)).unwrap();
+        let mut zone0 = vec![0u8; 5 * bs];
+        file.read_exact_at(&mut zone0, 0).unwrap();
+        assert!(zone0[..2 * bs].iter().all(|&b| b == 5), "flushed data lost");
+        assert!(
+            zone0[2 * bs..].iter().all(|&b| b == 0),
+            "unflushed bytes left"
+        );
+        let mut first = vec![0u8; bs];
+        file.read_exact_at(&mut first, zone1 * g.block_size as u64)
+            .unwrap();
+        assert!(first.iter().all(|&b| b == 0), "unflushed bytes left");
     }
 
     #[tokio::test]
