@@ -1106,12 +1106,10 @@ impl EmulatedZns {
             let mut reset = Vec::new();
             let mut entries = Vec::with_capacity(changed.len());
             for &index in &changed {
+                let mut entry = st.entry(index);
                 if action == ZoneAction::Reset && st.table.zone(index).state == ZoneState::Empty {
                     debug_assert!(st.zones[index as usize].in_flight.is_empty());
                     reset.push(index);
-                }
-                let mut entry = st.entry(index);
-                if reset.contains(&index) {
                     entry.resets += 1;
                 }
                 entries.push((index, entry));
