@@ -500,7 +500,15 @@ impl EmulatedZns {
             return Ok(());
         }
         let meta = self.inner.meta.clone();
-        let written = entries.clone();
+        let mut written = entries.clone();
+        // Entries that give up open or active resources go first: a crash between two writes
+        // then leaves a drive holding fewer of them than it has, never more.
+        written.sort_by_key(|(_, entry)| {
+            !matches!(
+                entry.state,
+                ZoneState::Empty | ZoneState::Full | ZoneState::ReadOnly | ZoneState::Offline
+            )
+        });
         let drive = self.clone();
         blocking(move || {
             let result = written
