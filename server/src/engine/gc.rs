@@ -93,6 +93,10 @@ pub struct GcControl {
     /// Zones whose collection failed, and when they may be tried again: a zone that cannot be
     /// read or reset must not be every pass's victim while the drive's other zones fill up.
     held_back: Mutex<HashMap<ZoneId, Instant>>,
+    /// How many collections running of each zone had to keep something: each holds the zone
+    /// back twice as long as the one before (reading it whole every few seconds for a record
+    /// that cannot move would cost a drive's bandwidth for nothing).
+    kept_runs: Mutex<HashMap<ZoneId, u32>>,
     /// One collection at a time per drive (background passes and admin runs alike): the
     /// reserve of free zones is sized for one victim's live data.
     collecting: Mutex<HashMap<DriveId, Arc<tokio::sync::Mutex<()>>>>,
@@ -134,6 +138,7 @@ impl GcControl {
             bytes_relocated: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             held_back: Mutex::new(HashMap::new()),
+            kept_runs: Mutex::new(HashMap::new()),
             collecting: Mutex::new(HashMap::new()),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -422,6 +427,12 @@ const HOLD_BACK: Duration = Duration::from_secs(60);
 /// How long a zone whose collection had to keep something is left alone.
 const KEEP_BACK: Duration = Duration::from_secs(5);
 
+/// How long a zone is held back after the `runs`th collection running that had to keep
+/// something: [`KEEP_BACK`], doubling with each such run up to 32 times that.
+fn kept_back_for(runs: u32) -> Duration {
+    KEEP_BACK * (1u32 << runs.saturating_sub(1).min(5))
+}
+
 /// Failed collections after which a pass over one drive stops (the drive itself may be
 /// failing).
 const FAILURES_PER_PASS: usize = 3;
@@ -470,15 +481,24 @@ impl EngineInner {
             // One zone at a time: relocating the next ones while resets wait raised the churn
             // benchmark's write amplification by a tenth.
             let collected = match self.begin_zone(victim, rate).await {
-                Ok(Some(reset)) => self.finish_reset(reset).await,
+                Ok(Some(reset)) => {
+                    self.gc.kept_runs.lock().remove(&victim);
+                    self.finish_reset(reset).await
+                }
                 Ok(None) => {
                     // Not taken again for a while either (a record damaged everywhere, or one
                     // that will not be indexed soon, would have every pass read it again).
                     kept.insert(victim.zone);
+                    let runs = {
+                        let mut kept_runs = self.gc.kept_runs.lock();
+                        let runs = kept_runs.entry(victim).or_insert(0);
+                        *runs = runs.saturating_add(1);
+                        *runs
+                    };
                     self.gc
                         .held_back
                         .lock()
-                        .insert(victim, Instant::now() + KEEP_BACK);
+                        .insert(victim, Instant::now() + kept_back_for(runs));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -946,6 +966,14 @@ impl EngineInner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zone_kept_again_and_again_is_held_back_longer_each_time() {
+        assert_eq!(kept_back_for(1), KEEP_BACK);
+        assert_eq!(kept_back_for(2), KEEP_BACK * 2);
+        assert_eq!(kept_back_for(6), KEEP_BACK * 32);
+        assert_eq!(kept_back_for(u32::MAX), KEEP_BACK * 32);
+    }
 
     #[test]
     fn policy_names_parse() {
