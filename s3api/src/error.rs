@@ -352,6 +352,16 @@ impl S3Error {
         .with("Size", size.to_string())
         .with("MaxSizeAllowed", "1024")
     }
+    /// 400 RequestHeaderSectionTooLarge: the object headers to store are too large.
+    pub fn header_section_too_large(size: usize) -> Self {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "RequestHeaderSectionTooLarge",
+            "Your request header section exceeds the maximum allowed size.",
+        )
+        .with("Size", size.to_string())
+        .with("MaxSizeAllowed", "8192")
+    }
     /// 400 MetadataTooLarge.
     pub fn metadata_too_large(size: usize) -> Self {
         S3Error::new(

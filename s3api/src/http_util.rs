@@ -11,6 +11,11 @@ use crate::time::{parse_http_date, whole_seconds};
 
 /// Largest total size of user metadata (names and values).
 pub const MAX_USER_METADATA: usize = 2048;
+
+/// Most bytes the stored object headers other than user metadata (Content-*, Cache-Control,
+/// Expires) may hold together: S3's limit on a PUT's whole header section. Each is kept with
+/// the object and sent with every GET and HEAD.
+pub const MAX_STORED_HEADERS: usize = 8192;
 /// Longest key in bytes.
 pub const MAX_KEY: usize = 1024;
 
@@ -191,7 +196,7 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
         return Err(S3Error::metadata_too_large(meta_size));
     }
     user_meta.sort();
-    Ok(ObjectHeaders {
+    let stored = ObjectHeaders {
         content_type: get("content-type"),
         content_encoding,
         content_disposition: get("content-disposition"),
@@ -199,7 +204,22 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
         cache_control: get("cache-control"),
         expires: get("expires"),
         user_meta,
-    })
+    };
+    let size: usize = [
+        &stored.content_type,
+        &stored.content_encoding,
+        &stored.content_disposition,
+        &stored.content_language,
+        &stored.cache_control,
+        &stored.expires,
+    ]
+    .iter()
+    .filter_map(|v| v.as_ref().map(String::len))
+    .sum();
+    if size > MAX_STORED_HEADERS {
+        return Err(S3Error::header_section_too_large(size));
+    }
+    Ok(stored)
 }
 
 /// Refuses a request whose headers that change what it does (conditions, digests and
@@ -484,5 +504,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-amz-meta-big", "x".repeat(3000).parse().unwrap());
         assert_eq!(object_headers(&h).unwrap_err().code, "MetadataTooLarge");
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "x".repeat(5000).parse().unwrap());
+        h.insert("content-disposition", "y".repeat(3000).parse().unwrap());
+        assert!(object_headers(&h).is_ok());
+        h.insert("cache-control", "z".repeat(500).parse().unwrap());
+        assert_eq!(
+            object_headers(&h).unwrap_err().code,
+            "RequestHeaderSectionTooLarge"
+        );
     }
 }
