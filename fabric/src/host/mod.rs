@@ -517,12 +517,14 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                     .store(s.limits.max_transfer, Ordering::Relaxed);
                 let s = Arc::new(s);
                 inner.wrong_namespace.store(false, Ordering::Relaxed);
+                // Counted before commands waiting for the session can run on it (and their
+                // callers look at the count).
+                inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 // Closed while connecting: the new session goes too.
                 if !set_unless_closed(&inner, State::Up(s.clone())) {
                     s.close("host closed");
                     return None;
                 }
-                inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(address = %inner.config.address, "NVMe/TCP connection restored");
                 return Some(s);
             }
