@@ -2588,6 +2588,54 @@ async fn a_gc_copy_of_a_version_deleted_before_a_crash_is_hidden_by_the_deletion
     );
 }
 
+/// A zone that held only records the index never named (settled there, hidden) and was reset
+/// by GC just before a crash, the reset unrecorded, is found empty at the next start and its
+/// reset recorded: its generation moves on, so what hid its old records can be let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_reset_of_a_zone_of_orphans_is_recorded_at_start() {
+    use zns::ZonedDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "ghost", &content("ghost", 1, 100_000))
+        .await
+        .unwrap();
+    engine.delete("b", "ghost").await.unwrap();
+    engine.shutdown().await;
+    // Copies of the deleted version in a zone the index never heard of.
+    let ghost = records_of(&drives[0], "ghost").await;
+    let zslba = drives[0]
+        .report_zones(0, zns::ReportFilter::Empty, 1)
+        .await
+        .unwrap()
+        .zones[0]
+        .zslba;
+    for record in &ghost {
+        drives[0].append(zslba, record.clone()).await.unwrap();
+    }
+    drives[0].flush().await.unwrap();
+    drop(drives);
+    let zone = (zslba / g.zone_size) as u32;
+    // Replayed at the next start: settled there, named by nothing.
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    assert_eq!(zone_row(&engine, zone).generation, 0);
+    engine.shutdown().await;
+    // GC's reset lands; the server dies before recording it.
+    drives[0]
+        .manage_zones(zns::ZoneAction::Reset, zns::ZoneSelect::Zone(zslba))
+        .await
+        .unwrap();
+    drop(drives);
+    let (engine, _drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    assert_eq!(
+        zone_row(&engine, zone).generation,
+        1,
+        "the reset of the zone was not recorded"
+    );
+    engine.shutdown().await;
+}
+
 /// Deletes `ghost` and has GC reclaim its zones (and let its tombstone go).
 async fn delete_ghost_and_reclaim(engine: &zonestore::engine::Engine) {
     engine.delete("b", "ghost").await.unwrap();

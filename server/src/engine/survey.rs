@@ -41,7 +41,12 @@ pub(super) async fn survey(
         let account = accounts.get(zone);
         let written = drive.written_blocks(i as u32, z)?;
         let end = drive.geometry.zone_start(i as u32) + written;
-        if z.state == ZoneState::Empty && (account.max_indexed_end > 0 || account.valid_bytes > 0) {
+        let settled = settled_prefix(index, zone, account.generation)?;
+        // Empty on the drive, yet the index knew it held records (indexed ones, or only
+        // records settled there: a zone of orphans GC reset): the reset was not recorded.
+        if z.state == ZoneState::Empty
+            && (account.max_indexed_end > 0 || account.valid_bytes > 0 || settled > 0)
+        {
             if account.valid_bytes > 0 {
                 tracing::error!(
                     ?zone,
@@ -61,15 +66,18 @@ pub(super) async fn survey(
             );
             reconciliation.broken_zones.push(zone);
         }
-        if z.state == ZoneState::Empty {
+        let settled = if z.state == ZoneState::Empty {
             forget_settled(index, zone)?;
-        }
+            0
+        } else {
+            settled
+        };
         let written_bytes = written * drive.block_size();
         reconciliation.unindexed_bytes += written_bytes.saturating_sub(account.valid_bytes);
         zones.push(ZoneSnapshot {
             state: z.state,
             written,
-            settled: settled_prefix(index, zone, account.generation)?,
+            settled,
         });
     }
     if reconciliation.broken_zones.len() == broken_before {
