@@ -2487,6 +2487,106 @@ fn third_drive_down(
     specs
 }
 
+/// A drive away past the repair grace has its copies made again on another drive, each in
+/// the lost copy's place: when the drive comes back, no record has more than R copies, what
+/// the drive held is garbage there for GC to take (not live bytes holding its zones for good),
+/// and an index rebuilt from all the drives says so too (the copies made say what they
+/// replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, three_copies_gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let bodies: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("k{i}"), content(&format!("k{i}"), i, 100_000)))
+        .collect();
+    for (key, body) in &bodies {
+        put(&engine, "b", key, body).await.unwrap();
+    }
+    engine.shutdown().await;
+    let valid_on = |engine: &zonestore::engine::Engine, drive: &str| -> u64 {
+        engine
+            .zone_table()
+            .iter()
+            .filter(|r| r.drive == drive)
+            .map(|r| r.valid_bytes)
+            .sum()
+    };
+
+    // Drive 2's node is down for longer than the grace (none here); a fourth drive is added.
+    let fourth = zns::EmulatedZns::create(&dir.path().join("drive3"), g).unwrap();
+    let fourth_spec = || zonestore::engine::DriveSpec {
+        name: "zns-file://drive3".into(),
+        device: Arc::new(fourth.clone()),
+    };
+    let open = |specs: Vec<zonestore::engine::DriveSpec>, grace: std::time::Duration| {
+        let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 4);
+        three_copies_gc_by_hand(&mut config);
+        config.repair.grace = grace;
+        zonestore::engine::Engine::open(config, specs)
+    };
+    let mut specs = third_drive_down(&drives, g);
+    specs.push(fourth_spec());
+    let (engine, _) = open(specs, std::time::Duration::ZERO).await.unwrap();
+    let held = valid_on(&engine, "zns-file://drive2");
+    assert!(held > 0);
+    until_repair(&engine, "drive 2's copies were not made again", 60, |s| {
+        s.copies_made > 0 && s.under_replicated_records == 0 && s.blocked.is_none()
+    })
+    .await;
+    assert_eq!(
+        valid_on(&engine, "zns-file://drive2"),
+        0,
+        "the copies made elsewhere replaced the lost ones"
+    );
+    assert_eq!(valid_on(&engine, "zns-file://drive3"), held);
+    engine.shutdown().await;
+
+    // Drive 2 is back: its copies are garbage, and every record has three copies.
+    let mut specs = drive_specs(&drives);
+    specs.push(fourth_spec());
+    let (engine, _) = open(specs, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(valid_on(&engine, "zns-file://drive2"), 0);
+    let total: u64 = (0..4)
+        .map(|i| valid_on(&engine, &format!("zns-file://drive{i}")))
+        .sum();
+    assert_eq!(total, 3 * held, "three copies of each record, no more");
+    for (key, body) in &bodies {
+        assert_eq!(&get(&engine, "b", key).await.unwrap(), body);
+    }
+    engine.shutdown().await;
+
+    let old_index = dir.path().join("index");
+    let names = zonestore::engine::registered_drives(&old_index).unwrap();
+    let old = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&old_index).unwrap(),
+    )
+    .unwrap();
+    let mut specs = drive_specs(&drives);
+    specs.push(fourth_spec());
+    let rebuilt_dir = dir.path().join("rebuilt");
+    zonestore::engine::recovery::rebuild_keeping_ids(
+        &rebuilt_dir,
+        &names,
+        &[],
+        specs,
+        &Default::default(),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let rebuilt = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&rebuilt_dir).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rebuilt, old, "the rebuilt index names the same copies");
+}
+
 /// The records of `key` on `drive` (whole, padded), read zone by zone.
 async fn records_of(drive: &zns::EmulatedZns, key: &str) -> Vec<bytes::Bytes> {
     use zns::ZonedDevice;

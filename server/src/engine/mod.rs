@@ -458,6 +458,7 @@ impl Engine {
             offset,
             bucket: bucket.to_string(),
             key: key.to_string(),
+            replaces: None,
         }
     }
 

@@ -11,11 +11,15 @@
 //!   8  header_len u16          52  crc32 u32      chunked: CRC32 of the header (this field zero);
 //!  10  bucket_len u16                             else: of header (this field zero) + payload
 //!  12  key_len u16             56  chunk_shift u8 chunked: log2 of the payload chunk size
-//!  14  reserved u16            57  reserved (7)
+//!  14  replaces u16           57  reserved (7)
 //!  16  seq u64                 64  bucket bytes, then key bytes
 //! chunked: then the chunk table, a CRC32 u32 per payload chunk (slots beyond the payload zero);
 //! then the payload, then zeros up to a whole number of blocks.
 //! ```
+//!
+//! `replaces` is 0, or 1 + the id of a drive whose copy of the record this copy was made to
+//! replace (repair making again a copy on a lost drive, a drain moving one off its drive): a
+//! copy found there with a lower `write_seq` is no longer a copy, should that drive come back.
 //!
 //! Records are written chunked: a read of part of a large record reads its header and the
 //! chunks it needs, and checks just those. Records without the flag (written before it existed)
@@ -94,6 +98,8 @@ pub struct Header {
     pub bucket: String,
     /// Object key.
     pub key: String,
+    /// The drive whose copy of the record this copy replaced, if it was made to replace one.
+    pub replaces: Option<u16>,
 }
 
 impl Header {
@@ -213,7 +219,7 @@ impl RecordBuilder {
         buf.put_u16_le(header_len as u16);
         buf.put_u16_le(header.bucket.len() as u16);
         buf.put_u16_le(header.key.len() as u16);
-        buf.put_u16_le(0);
+        buf.put_u16_le(replaces_field(header.replaces));
         buf.put_u64_le(header.seq);
         buf.put_u64_le(header.write_seq);
         buf.put_u64_le(header.id);
@@ -370,6 +376,7 @@ impl Fixed {
             offset: u64_at(bytes, 40),
             bucket: text(FIXED_HEADER..bucket_end)?,
             key: text(bucket_end..bucket_end + self.key_len)?,
+            replaces: u16_at(bytes, 14).checked_sub(1),
         })
     }
 
@@ -548,13 +555,33 @@ pub fn rewrite_seq(record: &[u8], write_seq: u64) -> Bytes {
     buf.freeze()
 }
 
+/// The `replaces` field's value for `drive` (0: none; a drive id too large to say is none).
+fn replaces_field(drive: Option<u16>) -> u16 {
+    drive.and_then(|d| d.checked_add(1)).unwrap_or(0)
+}
+
 /// Appends to `out` a copy of `record` with a new `write_seq` (a relocated copy), its CRC
-/// recomputed.
+/// recomputed. What the record says it replaces stays.
 pub fn append_rewritten(record: &[u8], write_seq: u64, out: &mut BytesMut) {
+    rewrite_into(record, write_seq, None, out);
+}
+
+/// A copy of `record` with a new `write_seq`, made to replace the copy on drive `replaces`
+/// (see the module's `replaces`), its CRC recomputed.
+pub fn rewritten_replacing(record: &[u8], write_seq: u64, replaces: u16) -> Bytes {
+    let mut out = BytesMut::with_capacity(record.len());
+    rewrite_into(record, write_seq, Some(replaces), &mut out);
+    out.freeze()
+}
+
+fn rewrite_into(record: &[u8], write_seq: u64, replaces: Option<u16>, out: &mut BytesMut) {
     let start = out.len();
     out.extend_from_slice(record);
     let buf = &mut out[start..];
     buf[24..32].copy_from_slice(&write_seq.to_le_bytes());
+    if replaces.is_some() {
+        buf[14..16].copy_from_slice(&replaces_field(replaces).to_le_bytes());
+    }
     buf[52..56].fill(0);
     let header_len = usize::from(u16_at(buf, 8));
     let covered = if u16_at(buf, 6) & FLAG_CHUNKED != 0 {
@@ -579,6 +606,7 @@ mod tests {
             offset: 1 << 20,
             bucket: "photos".into(),
             key: "2026/cat.jpg".into(),
+            replaces: None,
         }
     }
 
@@ -825,6 +853,31 @@ mod tests {
         let p = parse(&moved, 4096).unwrap();
         assert_eq!(p.header.write_seq, 99);
         assert_eq!(p.header.seq, 7);
+        assert_eq!(p.header.replaces, None);
+    }
+
+    /// A copy made in place of another drive's says which, at offset 14; GC's later moves of
+    /// it keep saying so.
+    #[test]
+    fn a_replacing_copy_names_the_drive_it_replaced() {
+        let r = encode(&header(), b"abc", 4096);
+        assert_eq!(u16_at(&r, 14), 0);
+        let copy = rewritten_replacing(&r, 120, 2);
+        assert_eq!(u16_at(&copy, 14), 3);
+        let p = parse(&copy, 4096).unwrap();
+        assert_eq!((p.header.write_seq, p.header.replaces), (120, Some(2)));
+        let moved = rewrite_seq(&copy, 130);
+        let p = parse(&moved, 4096).unwrap();
+        assert_eq!((p.header.write_seq, p.header.replaces), (130, Some(2)));
+        let made = encode(
+            &Header {
+                replaces: Some(0),
+                ..header()
+            },
+            b"abc",
+            4096,
+        );
+        assert_eq!(parse(&made, 4096).unwrap().header.replaces, Some(0));
     }
 
     #[test]

@@ -87,6 +87,9 @@ struct Versions {
     /// The older copies so passed over: not named, but hidden (their zones are among those a
     /// restored entry or tombstone hides, as a live relocation leaves them).
     displaced: Vec<Location>,
+    /// Copies made in place of another drive's (see the record's `replaces`): version, the
+    /// drive replaced, and the replacing copy's write_seq.
+    replacements: Vec<(u64, u16, u64)>,
 }
 
 /// Versions of a name whose payloads a rebuild keeps: the newest may lack its data (a version
@@ -94,9 +97,21 @@ struct Versions {
 const PAYLOADS_KEPT: usize = 16;
 
 impl Versions {
-    /// Adds a copy of version `seq`. Copies come in ascending `seq` order; only the newest
-    /// [`PAYLOADS_KEPT`] versions' payloads are kept.
-    fn add(&mut self, seq: u64, location: Location, write_seq: u64, payload: &[u8], kind: Kind) {
+    /// Adds a copy of version `seq`, made in place of drive `replaces`' copy if it says so.
+    /// Copies come in ascending `seq` order; only the newest [`PAYLOADS_KEPT`] versions'
+    /// payloads are kept. [`Versions::drop_replaced`] once all are added.
+    fn add(
+        &mut self,
+        seq: u64,
+        location: Location,
+        write_seq: u64,
+        replaces: Option<u16>,
+        payload: &[u8],
+        kind: Kind,
+    ) {
+        if let Some(drive) = replaces {
+            self.replacements.push((seq, drive, write_seq));
+        }
         if !self.by_seq.contains_key(&seq)
             && let Some((_, version)) = self.by_seq.iter_mut().rev().nth(PAYLOADS_KEPT - 1)
         {
@@ -122,6 +137,21 @@ impl Versions {
             None => {
                 entry.0.push(location);
                 self.write_seqs.insert((seq, location.drive), write_seq);
+            }
+        }
+    }
+
+    /// Drops each copy that a copy made later on another drive replaced (it is passed over,
+    /// as the live index left it when the replacement was made).
+    fn drop_replaced(&mut self) {
+        for (seq, drive, by) in std::mem::take(&mut self.replacements) {
+            if self.write_seqs.get(&(seq, drive)).is_some_and(|&w| w < by)
+                && let Some(version) = self.by_seq.get_mut(&seq)
+            {
+                self.displaced
+                    .extend(version.0.iter().filter(|l| l.drive == drive));
+                version.0.retain(|l| l.drive != drive);
+                self.write_seqs.remove(&(seq, drive));
             }
         }
     }
@@ -932,6 +962,7 @@ mod tests {
                 offset,
                 bucket: String::new(),
                 key: String::new(),
+                replaces: None,
             },
             location: Location {
                 drive: 0,
@@ -979,6 +1010,7 @@ mod tests {
                 offset: 0,
                 bucket: "b".into(),
                 key: "k".into(),
+                replaces: None,
             },
             location: Location {
                 drive: 0,

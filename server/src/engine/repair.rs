@@ -520,10 +520,11 @@ impl EngineInner {
                         // draining drive until one can: a drain never lowers the number of
                         // copies). The entry's later actions, planned on this copy being
                         // made, are not taken.
-                        Ok(None) => Err(if replace.is_some() {
-                            "no drive can take a copy off a draining drive".to_string()
-                        } else {
-                            "no drive can take another copy".to_string()
+                        Ok(None) => Err(match replace {
+                            Some(from) => {
+                                format!("no drive can take the copy on drive {}", from.drive)
+                            }
+                            None => "no drive can take another copy".to_string(),
                         }),
                         Err(e) => Err(e.to_string()),
                     }
@@ -599,6 +600,15 @@ impl EngineInner {
             match self.read_verified(&entry.what, *source).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
+                    // A copy made in place of one on another drive says so (with a newer
+                    // write_seq): should that drive come back, a rebuild or replay then knows
+                    // its copy is no longer one.
+                    let bytes = match replace {
+                        Some(from) if from.drive != target => {
+                            record::rewritten_replacing(&bytes, self.seq.next()?, from.drive)
+                        }
+                        _ => bytes,
+                    };
                     let (to, holds) = self
                         .append_moved(bytes, target, || vec![entry.what.clone()])
                         .await?;
@@ -989,8 +999,17 @@ fn plan(entry: &Located, r: usize, views: &[DriveView]) -> Vec<Action> {
         .filter(|l| draining_in(views, l) && view_of(views, l).is_some_and(|v| !v.lost))
         .count();
     let counted = present.saturating_sub(draining) + (planned_good - good);
+    // A copy made for one on a lost drive takes its place (and says so in its record): should
+    // the drive come back, its copy is garbage there, not one more copy than R holding its
+    // zone for good.
+    let mut lost_copies = entry
+        .copies
+        .iter()
+        .filter(|l| view_of(views, l).is_none_or(|v| v.lost) && !draining_in(views, l));
     for _ in counted..r {
-        actions.push(Action::Copy { replace: None });
+        actions.push(Action::Copy {
+            replace: lost_copies.next().copied(),
+        });
     }
     actions
 }
@@ -1145,7 +1164,12 @@ mod tests {
     #[test]
     fn a_briefly_down_drive_is_waited_for_and_a_lost_one_replaced() {
         assert!(plan_with(&[UP, UP, DOWN], &[0, 1, 2], 3).is_empty());
-        assert_eq!(plan_with(&[UP, UP, LOST, UP], &[0, 1, 2], 3), ["copy"]);
+        assert_eq!(plan_with(&[UP, UP, LOST, UP], &[0, 1, 2], 3), ["move 2"]);
+        // Two lost, one written short: each lost copy is replaced, the missing one added.
+        assert_eq!(
+            plan_with(&[UP, LOST, LOST, UP, UP, UP], &[0, 1, 2], 4),
+            ["move 1", "move 2", "copy"]
+        );
     }
 
     #[test]

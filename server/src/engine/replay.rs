@@ -425,6 +425,9 @@ impl EngineInner {
             return Ok(None);
         }
         let edit = match named.iter().find(|l| l.drive == copy.drive) {
+            // Copies enough already: this one was replaced by a copy made elsewhere while its
+            // drive was away (the replacing record says so, for a rebuild), or is one too many.
+            None if named.len() >= self.replicas() => return Ok(None),
             None => ReplicaEdit::Add(copy),
             Some(&older) => match self.write_seq_at(&what, older).await? {
                 Some(kept) if kept >= f.header.write_seq => return Ok(None),

@@ -703,6 +703,7 @@ impl PutWriter {
             offset: self.offset,
             bucket: self.bucket.clone(),
             key: self.key.clone(),
+            replaces: None,
         };
         let limit = (self.engine.record_limit as usize).min(budget_bytes);
         let capacity = record::payload_capacity(&self.bucket, &self.key, limit);
@@ -893,6 +894,7 @@ impl PutWriter {
             offset: 0,
             bucket: self.bucket.clone(),
             key: self.key.clone(),
+            replaces: None,
         };
         let commit_record = record::encode(&header, &meta.encode(), engine.block_size as usize);
         let (extents, commit, commit_holds) = match body.whole {
@@ -1057,6 +1059,7 @@ impl PutWriter {
             offset: u64::from(part_number),
             bucket: self.bucket.clone(),
             key: self.key.clone(),
+            replaces: None,
         };
         let Appended { locations, holds } = engine.append_small(&header, &part.payload()).await?;
         part.location = locations;

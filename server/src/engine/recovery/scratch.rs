@@ -150,9 +150,10 @@ impl Scratch {
             k.extend_from_slice(&l.drive.to_be_bytes());
             k.extend_from_slice(&h.write_seq.to_be_bytes());
             k.extend_from_slice(&l.lba.to_be_bytes());
-            let mut v = Vec::with_capacity(8);
+            let mut v = Vec::with_capacity(10);
             v.extend_from_slice(&l.blocks.to_be_bytes());
             v.extend_from_slice(&f.length.to_be_bytes());
+            v.extend_from_slice(&replaces_code(h.replaces).to_be_bytes());
             self.batch.put(k, v);
         } else {
             let (space, name) = match h.kind {
@@ -177,6 +178,7 @@ impl Scratch {
             v.push(h.kind as u8);
             v.extend_from_slice(&l.blocks.to_be_bytes());
             v.extend_from_slice(&h.write_seq.to_be_bytes());
+            v.extend_from_slice(&replaces_code(h.replaces).to_be_bytes());
             put_str(&mut v, &h.bucket);
             put_str(&mut v, &h.key);
             v.extend_from_slice(&f.payload);
@@ -247,10 +249,12 @@ impl Scratch {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| corrupt(&k))?;
-            let mut at = 13;
+            let replaces = be_u16(&v, 13).ok_or_else(|| corrupt(&k))?.checked_sub(1);
+            let mut at = 15;
             let bucket = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
             let key = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
-            if let Some(done) = current.take_if(|g| g.name != name) {
+            if let Some(mut done) = current.take_if(|g| g.name != name) {
+                done.versions.drop_replaced();
                 f(done)?;
             }
             let group = current.get_or_insert_with(|| Group {
@@ -259,9 +263,12 @@ impl Scratch {
                 key,
                 ..Group::default()
             });
-            group.versions.add(seq, location, write_seq, &v[at..], kind);
+            group
+                .versions
+                .add(seq, location, write_seq, replaces, &v[at..], kind);
         }
-        if let Some(group) = current {
+        if let Some(mut group) = current {
+            group.versions.drop_replaced();
             f(group)?;
         }
         Ok(())
@@ -278,6 +285,8 @@ impl Scratch {
         let mut prefix = vec![Space::Data as u8];
         prefix.extend_from_slice(&stream_id.to_be_bytes());
         let mut current: Option<(u64, BTreeMap<u16, DataCopy>)> = None;
+        // The current offset's copies made in place of another drive's: (drive, write_seq).
+        let mut replacements: Vec<(u16, u64)> = Vec::new();
         let iter = self
             .db
             .iterator(IteratorMode::From(&prefix, Direction::Forward));
@@ -293,14 +302,19 @@ impl Scratch {
                 let lba = be_u64(&k, 27)?;
                 let blocks = be_u32(&v, 0)?;
                 let length = be_u32(&v, 4)?;
-                Some((offset, drive, write_seq, lba, blocks, length))
+                let replaces = be_u16(&v, 8)?.checked_sub(1);
+                Some((offset, drive, write_seq, lba, blocks, length, replaces))
             })();
-            let (offset, drive, write_seq, lba, blocks, length) =
+            let (offset, drive, write_seq, lba, blocks, length, replaces) =
                 parsed.ok_or_else(|| corrupt(&k))?;
-            if let Some((done, copies)) = current.take_if(|(o, _)| *o != offset)
-                && !f(done, &copies)?
-            {
-                return Ok(());
+            if let Some((done, mut copies)) = current.take_if(|(o, _)| *o != offset) {
+                drop_replaced(&mut copies, &mut replacements);
+                if !f(done, &copies)? {
+                    return Ok(());
+                }
+            }
+            if let Some(replaced) = replaces {
+                replacements.push((replaced, write_seq));
             }
             let (_, copies) = current.get_or_insert_with(|| (offset, BTreeMap::new()));
             // Keys run in write_seq order, then LBA: keep the first copy of the newest write.
@@ -309,10 +323,26 @@ impl Scratch {
                 copies.insert(drive, (write_seq, location, length));
             }
         }
-        if let Some((offset, copies)) = current {
+        if let Some((offset, mut copies)) = current {
+            drop_replaced(&mut copies, &mut replacements);
             f(offset, &copies)?;
         }
         Ok(())
+    }
+}
+
+/// The `replaces` field as stored: 0, or 1 + the drive id.
+fn replaces_code(replaces: Option<u16>) -> u16 {
+    replaces.and_then(|d| d.checked_add(1)).unwrap_or(0)
+}
+
+/// Drops from one offset's copies each that a copy made later on another drive replaced
+/// (`replacements`, emptied: the drives replaced and the replacing copies' write_seqs).
+fn drop_replaced(copies: &mut BTreeMap<u16, DataCopy>, replacements: &mut Vec<(u16, u64)>) {
+    for (drive, by) in replacements.drain(..) {
+        if copies.get(&drive).is_some_and(|c| c.0 < by) {
+            copies.remove(&drive);
+        }
     }
 }
 
@@ -331,6 +361,7 @@ mod tests {
                 offset,
                 bucket: "b".into(),
                 key: format!("k{id}"),
+                replaces: None,
             },
             location: Location {
                 drive: at.0,
