@@ -2491,7 +2491,7 @@ fn third_drive_down(
 /// the lost copy's place: when the drive comes back, no record has more than R copies, what
 /// the drive held is garbage there for GC to take (not live bytes holding its zones for good),
 /// and an index rebuilt from all the drives says so too (the copies made say what they
-/// replaced).
+/// replaced), also once a copy is made again on a drive whose old one was replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
     use std::sync::Arc;
@@ -2555,6 +2555,36 @@ async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
         .map(|i| valid_on(&engine, &format!("zns-file://drive{i}")))
         .sum();
     assert_eq!(total, 3 * held, "three copies of each record, no more");
+    for (key, body) in &bodies {
+        assert_eq!(&get(&engine, "b", key).await.unwrap(), body);
+    }
+    engine.shutdown().await;
+
+    // Then drive 1 is lost: its copies are made again on drive 2, beside drive 2's old ones
+    // (written before the copies that replaced them, these new ones after).
+    let mut specs = drive_specs(&drives);
+    specs[1] = zonestore::engine::DriveSpec {
+        name: "zns-file://drive1".into(),
+        device: Arc::new(zns::AbsentDrive {
+            geometry: g,
+            why: "the node is down (test)",
+        }),
+    };
+    specs.push(fourth_spec());
+    let (engine, _) = open(specs, std::time::Duration::ZERO).await.unwrap();
+    let made = engine.repair().status().copies_made;
+    until_repair(&engine, "drive 1's copies were not made again", 60, |s| {
+        s.copies_made > made && s.under_replicated_records == 0 && s.blocked.is_none()
+    })
+    .await;
+    assert_eq!(valid_on(&engine, "zns-file://drive1"), 0);
+    assert_eq!(valid_on(&engine, "zns-file://drive2"), held);
+    engine.shutdown().await;
+    let mut specs = drive_specs(&drives);
+    specs.push(fourth_spec());
+    let (engine, _) = open(specs, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
     for (key, body) in &bodies {
         assert_eq!(&get(&engine, "b", key).await.unwrap(), body);
     }

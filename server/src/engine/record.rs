@@ -11,15 +11,17 @@
 //!   8  header_len u16          52  crc32 u32      chunked: CRC32 of the header (this field zero);
 //!  10  bucket_len u16                             else: of header (this field zero) + payload
 //!  12  key_len u16             56  chunk_shift u8 chunked: log2 of the payload chunk size
-//!  14  replaces u16           57  reserved (7)
+//!  14  replaces u16           57  replaced_at (7 bytes: u56)
 //!  16  seq u64                 64  bucket bytes, then key bytes
 //! chunked: then the chunk table, a CRC32 u32 per payload chunk (slots beyond the payload zero);
 //! then the payload, then zeros up to a whole number of blocks.
 //! ```
 //!
 //! `replaces` is 0, or 1 + the id of a drive whose copy of the record this copy was made to
-//! replace (repair making again a copy on a lost drive, a drain moving one off its drive): a
-//! copy found there with a lower `write_seq` is no longer a copy, should that drive come back.
+//! replace (repair making again a copy on a lost drive, a drain moving one off its drive), and
+//! `replaced_at` this copy's `write_seq` when it was made (GC's later moves of it keep both): a
+//! copy found on that drive written before, should the drive come back, is no longer a copy.
+//! Every copy repair or scrub makes gets a new `write_seq`, so a later one there is newer.
 //!
 //! Records are written chunked: a read of part of a large record reads its header and the
 //! chunks it needs, and checks just those. Records without the flag (written before it existed)
@@ -98,9 +100,22 @@ pub struct Header {
     pub bucket: String,
     /// Object key.
     pub key: String,
-    /// The drive whose copy of the record this copy replaced, if it was made to replace one.
-    pub replaces: Option<u16>,
+    /// The copy this copy was made to replace, if it was made to replace one on another drive.
+    pub replaces: Option<Replaced>,
 }
+
+/// A copy of a record that another copy was made to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// The drive it is on.
+    pub drive: u16,
+    /// The replacing copy's `write_seq` when it was made: a copy on `drive` written before
+    /// that is the one replaced.
+    pub at: u64,
+}
+
+/// Largest `replaced_at` the header holds (56 bits).
+const REPLACED_AT_MAX: u64 = (1 << 56) - 1;
 
 impl Header {
     /// The upload an Upload, UploadEnd or Part record belongs to. (UploadEnd records written
@@ -219,7 +234,7 @@ impl RecordBuilder {
         buf.put_u16_le(header_len as u16);
         buf.put_u16_le(header.bucket.len() as u16);
         buf.put_u16_le(header.key.len() as u16);
-        buf.put_u16_le(replaces_field(header.replaces));
+        buf.put_u16_le(replaces_field(header.replaces.map(|r| r.drive)));
         buf.put_u64_le(header.seq);
         buf.put_u64_le(header.write_seq);
         buf.put_u64_le(header.id);
@@ -227,7 +242,7 @@ impl RecordBuilder {
         buf.put_u32_le(0); // length, set by finish
         buf.put_u32_le(0); // crc, set by finish
         buf.put_u8(CHUNK_SHIFT);
-        buf.put_bytes(0, 7);
+        buf.put_slice(&replaced_at_field(header.replaces));
         buf.put_slice(header.bucket.as_bytes());
         buf.put_slice(header.key.as_bytes());
         buf.resize(header_len, 0); // the chunk table, set by finish
@@ -376,7 +391,10 @@ impl Fixed {
             offset: u64_at(bytes, 40),
             bucket: text(FIXED_HEADER..bucket_end)?,
             key: text(bucket_end..bucket_end + self.key_len)?,
-            replaces: u16_at(bytes, 14).checked_sub(1),
+            replaces: u16_at(bytes, 14).checked_sub(1).map(|drive| Replaced {
+                drive,
+                at: u64_at(bytes, 56) >> 8,
+            }),
         })
     }
 
@@ -560,27 +578,40 @@ fn replaces_field(drive: Option<u16>) -> u16 {
     drive.and_then(|d| d.checked_add(1)).unwrap_or(0)
 }
 
+/// The 7 bytes of `replaced_at` (zero when nothing is replaced).
+fn replaced_at_field(replaces: Option<Replaced>) -> [u8; 7] {
+    let at = replaces.map_or(0, |r| r.at.min(REPLACED_AT_MAX));
+    let mut field = [0u8; 7];
+    field.copy_from_slice(&at.to_le_bytes()[..7]);
+    field
+}
+
 /// Appends to `out` a copy of `record` with a new `write_seq` (a relocated copy), its CRC
 /// recomputed. What the record says it replaces stays.
 pub fn append_rewritten(record: &[u8], write_seq: u64, out: &mut BytesMut) {
     rewrite_into(record, write_seq, None, out);
 }
 
-/// A copy of `record` with a new `write_seq`, made to replace the copy on drive `replaces`
-/// (see the module's `replaces`), its CRC recomputed.
-pub fn rewritten_replacing(record: &[u8], write_seq: u64, replaces: u16) -> Bytes {
+/// A new copy of `record` (repair's, scrub's) with a new `write_seq`, made to replace the copy
+/// on drive `replaces` if given (see the module's `replaces`), its CRC recomputed.
+pub fn new_copy(record: &[u8], write_seq: u64, replaces: Option<u16>) -> Bytes {
     let mut out = BytesMut::with_capacity(record.len());
-    rewrite_into(record, write_seq, Some(replaces), &mut out);
+    let replaced = replaces.map(|drive| Replaced {
+        drive,
+        at: write_seq,
+    });
+    rewrite_into(record, write_seq, replaced, &mut out);
     out.freeze()
 }
 
-fn rewrite_into(record: &[u8], write_seq: u64, replaces: Option<u16>, out: &mut BytesMut) {
+fn rewrite_into(record: &[u8], write_seq: u64, replaces: Option<Replaced>, out: &mut BytesMut) {
     let start = out.len();
     out.extend_from_slice(record);
     let buf = &mut out[start..];
     buf[24..32].copy_from_slice(&write_seq.to_le_bytes());
     if replaces.is_some() {
-        buf[14..16].copy_from_slice(&replaces_field(replaces).to_le_bytes());
+        buf[14..16].copy_from_slice(&replaces_field(replaces.map(|r| r.drive)).to_le_bytes());
+        buf[57..64].copy_from_slice(&replaced_at_field(replaces));
     }
     buf[52..56].fill(0);
     let header_len = usize::from(u16_at(buf, 8));
@@ -862,22 +893,37 @@ mod tests {
     fn a_replacing_copy_names_the_drive_it_replaced() {
         let r = encode(&header(), b"abc", 4096);
         assert_eq!(u16_at(&r, 14), 0);
-        let copy = rewritten_replacing(&r, 120, 2);
+        let copy = new_copy(&r, 120, Some(2));
         assert_eq!(u16_at(&copy, 14), 3);
+        let replaced = Some(Replaced { drive: 2, at: 120 });
         let p = parse(&copy, 4096).unwrap();
-        assert_eq!((p.header.write_seq, p.header.replaces), (120, Some(2)));
+        assert_eq!((p.header.write_seq, p.header.replaces), (120, replaced));
         let moved = rewrite_seq(&copy, 130);
         let p = parse(&moved, 4096).unwrap();
-        assert_eq!((p.header.write_seq, p.header.replaces), (130, Some(2)));
+        assert_eq!((p.header.write_seq, p.header.replaces), (130, replaced));
+        assert_eq!(p.header.seq, 7, "the fields around it are whole");
+        let plain = parse(&new_copy(&r, 140, None), 4096).unwrap().header;
+        assert_eq!((plain.write_seq, plain.replaces), (140, None));
         let made = encode(
             &Header {
-                replaces: Some(0),
+                replaces: Some(Replaced {
+                    drive: 0,
+                    at: REPLACED_AT_MAX,
+                }),
                 ..header()
             },
             b"abc",
             4096,
         );
-        assert_eq!(parse(&made, 4096).unwrap().header.replaces, Some(0));
+        let p = parse(&made, 4096).unwrap();
+        assert_eq!(
+            p.header.replaces,
+            Some(Replaced {
+                drive: 0,
+                at: REPLACED_AT_MAX
+            })
+        );
+        assert_eq!(p.header.bucket, header().bucket);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::model::{
     BucketEntry, Extent, Location, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry, UploadEntry,
     ZoneAccount, ZoneId, ZoneStamp,
 };
-use super::record::{self, Kind, RecordError};
+use super::record::{self, Kind, RecordError, Replaced};
 use super::registry::register_drives;
 
 mod scratch;
@@ -88,8 +88,8 @@ struct Versions {
     /// restored entry or tombstone hides, as a live relocation leaves them).
     displaced: Vec<Location>,
     /// Copies made in place of another drive's (see the record's `replaces`): version, the
-    /// drive replaced, and the replacing copy's write_seq.
-    replacements: Vec<(u64, u16, u64)>,
+    /// drive replaced, and when (a copy there written before is the one replaced).
+    replacements: Vec<(u64, Replaced)>,
 }
 
 /// Versions of a name whose payloads a rebuild keeps: the newest may lack its data (a version
@@ -105,12 +105,12 @@ impl Versions {
         seq: u64,
         location: Location,
         write_seq: u64,
-        replaces: Option<u16>,
+        replaces: Option<Replaced>,
         payload: &[u8],
         kind: Kind,
     ) {
-        if let Some(drive) = replaces {
-            self.replacements.push((seq, drive, write_seq));
+        if let Some(replaced) = replaces {
+            self.replacements.push((seq, replaced));
         }
         if !self.by_seq.contains_key(&seq)
             && let Some((_, version)) = self.by_seq.iter_mut().rev().nth(PAYLOADS_KEPT - 1)
@@ -141,11 +141,11 @@ impl Versions {
         }
     }
 
-    /// Drops each copy that a copy made later on another drive replaced (it is passed over,
-    /// as the live index left it when the replacement was made).
+    /// Drops each copy that a copy made on another drive replaced (it is passed over, as the
+    /// live index left it when the replacement was made).
     fn drop_replaced(&mut self) {
-        for (seq, drive, by) in std::mem::take(&mut self.replacements) {
-            if self.write_seqs.get(&(seq, drive)).is_some_and(|&w| w < by)
+        for (seq, Replaced { drive, at }) in std::mem::take(&mut self.replacements) {
+            if self.write_seqs.get(&(seq, drive)).is_some_and(|&w| w < at)
                 && let Some(version) = self.by_seq.get_mut(&seq)
             {
                 self.displaced
@@ -256,6 +256,9 @@ pub async fn rebuild_keeping_ids(
 
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
+    if registered.is_empty() {
+        scratch.distrust_replacements();
+    }
     let mut left_out_ids = Vec::new();
     for drive in drives.all() {
         if left_out.contains(&drive.name) {

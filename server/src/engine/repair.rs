@@ -600,15 +600,7 @@ impl EngineInner {
             match self.read_verified(&entry.what, *source).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
-                    // A copy made in place of one on another drive says so (with a newer
-                    // write_seq): should that drive come back, a rebuild or replay then knows
-                    // its copy is no longer one.
-                    let bytes = match replace {
-                        Some(from) if from.drive != target => {
-                            record::rewritten_replacing(&bytes, self.seq.next()?, from.drive)
-                        }
-                        _ => bytes,
-                    };
+                    let bytes = self.new_copy(&bytes, replace, target)?;
                     let (to, holds) = self
                         .append_moved(bytes, target, || vec![entry.what.clone()])
                         .await?;
@@ -660,6 +652,20 @@ impl EngineInner {
                 }
             }
         }
+    }
+
+    /// The bytes of a new copy of `record` for drive `target`, made in place of `replace` if
+    /// given: a new write_seq (a copy there is then newer than any before it), and, in place of
+    /// a copy on another drive, what it replaces (should that drive come back, a rebuild or
+    /// replay knows its copy is no longer one).
+    fn new_copy(
+        &self,
+        record: &[u8],
+        replace: Option<Location>,
+        target: DriveId,
+    ) -> EngineResult<Bytes> {
+        let replaces = replace.map(|l| l.drive).filter(|d| *d != target);
+        Ok(record::new_copy(record, self.seq.next()?, replaces))
     }
 
     /// Reads the copy at `location` and checks its CRC and that it is the record `what` means.
@@ -803,7 +809,7 @@ impl EngineInner {
                 break;
             }
         }
-        let bytes = source.ok_or_else(|| EngineError::Corrupt("no good copy left".into()))?;
+        let source = source.ok_or_else(|| EngineError::Corrupt("no good copy left".into()))?;
         let holding: HashSet<DriveId> = entry
             .copies
             .iter()
@@ -814,6 +820,7 @@ impl EngineInner {
             .chain(self.drives.all().iter().map(|d| d.id))
             .find(|id| !holding.contains(id) && self.can_take_copy(*id))
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
+        let bytes = self.new_copy(&source, Some(bad), target)?;
         let (to, holds) = self
             .append_moved(bytes, target, || vec![entry.what.clone()])
             .await?;

@@ -424,13 +424,38 @@ impl EngineInner {
         if named.contains(&copy) || draining {
             return Ok(None);
         }
+        // As a rebuild decides (see the record's `replaces`): a copy a named one was made to
+        // replace is no copy; one made to replace a named copy older than it takes its place.
+        // (A named copy that cannot be read now, its drive down, is taken to replace nothing:
+        // at worst a copy too many is kept, and replay is not held up.)
+        for other in named.iter().filter(|l| l.drive != copy.drive) {
+            let replaced = self
+                .header_at(&what, *other)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|h| h.replaces);
+            if replaced.is_some_and(|r| r.drive == copy.drive && f.header.write_seq < r.at) {
+                return Ok(None);
+            }
+        }
+        if let Some(r) = f.header.replaces
+            && r.drive != copy.drive
+            && let Some(&old) = named.iter().find(|l| l.drive == r.drive)
+            && self
+                .header_at(&what, old)
+                .await?
+                .is_none_or(|h| h.write_seq < r.at)
+        {
+            return Ok(Some(Change::Replicas(vec![(
+                what,
+                ReplicaEdit::Replace(old, copy),
+            )])));
+        }
         let edit = match named.iter().find(|l| l.drive == copy.drive) {
-            // Copies enough already: this one was replaced by a copy made elsewhere while its
-            // drive was away (the replacing record says so, for a rebuild), or is one too many.
-            None if named.len() >= self.replicas() => return Ok(None),
             None => ReplicaEdit::Add(copy),
-            Some(&older) => match self.write_seq_at(&what, older).await? {
-                Some(kept) if kept >= f.header.write_seq => return Ok(None),
+            Some(&older) => match self.header_at(&what, older).await? {
+                Some(kept) if kept.write_seq >= f.header.write_seq => return Ok(None),
                 // Older, or damaged: the rebuild would name the copy found.
                 _ => ReplicaEdit::Replace(older, copy),
             },
@@ -438,9 +463,9 @@ impl EngineInner {
         Ok(Some(Change::Replicas(vec![(what, edit)])))
     }
 
-    /// The write sequence number of the record `what` at `location`: `Ok(None)` if it is
-    /// damaged (or is not that record), `Err` if it cannot be read now.
-    async fn write_seq_at(&self, what: &Relocation, location: Location) -> Result<Option<u64>, ()> {
+    /// The header of the record `what` at `location`: `Ok(None)` if it is damaged (or is not
+    /// that record), `Err` if it cannot be read now.
+    async fn header_at(&self, what: &Relocation, location: Location) -> Result<Option<Header>, ()> {
         let drive = self.drives.get(location.drive).ok_or(())?;
         let bytes = drive
             .device
@@ -450,7 +475,7 @@ impl EngineInner {
         Ok(record::parse(&bytes, drive.block_size() as usize)
             .ok()
             .filter(|p| is_record_of(what, &p.header))
-            .map(|p| p.header.write_seq))
+            .map(|p| p.header))
     }
 
     /// For each name the tail holds versions of that are newer than the index's, the changes

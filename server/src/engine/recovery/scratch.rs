@@ -12,7 +12,7 @@ use super::{DataCopy, Found, Versions};
 use crate::engine::error::{EngineError, EngineResult};
 use crate::engine::index;
 use crate::engine::model::Location;
-use crate::engine::record::Kind;
+use crate::engine::record::{Kind, Replaced};
 
 /// Bytes gathered in one write to the scratch store.
 const BATCH_BYTES: usize = 8 << 20;
@@ -50,6 +50,9 @@ pub(super) struct Scratch {
     // Fields drop in order: the database closes before its directory is removed.
     db: DB,
     batch: WriteBatch,
+    /// Whether the drive ids records name (what a copy replaced) are this rebuild's: not when
+    /// the old index's registry could not be read and drives are numbered anew.
+    replacements_trusted: bool,
     _dir: RemovedOnDrop,
 }
 
@@ -134,8 +137,15 @@ impl Scratch {
         Ok(Scratch {
             db,
             batch: WriteBatch::default(),
+            replacements_trusted: true,
             _dir: RemovedOnDrop(path.to_path_buf()),
         })
+    }
+
+    /// Ignores what records say they replaced: the drive ids they name may be other drives'
+    /// now (a copy then kept that a live index had let go of is one copy too many, not a loss).
+    pub fn distrust_replacements(&mut self) {
+        self.replacements_trusted = false;
     }
 
     /// Records one record the scan found.
@@ -150,10 +160,10 @@ impl Scratch {
             k.extend_from_slice(&l.drive.to_be_bytes());
             k.extend_from_slice(&h.write_seq.to_be_bytes());
             k.extend_from_slice(&l.lba.to_be_bytes());
-            let mut v = Vec::with_capacity(10);
+            let mut v = Vec::with_capacity(18);
             v.extend_from_slice(&l.blocks.to_be_bytes());
             v.extend_from_slice(&f.length.to_be_bytes());
-            v.extend_from_slice(&replaces_code(h.replaces).to_be_bytes());
+            put_replaced(&mut v, h.replaces);
             self.batch.put(k, v);
         } else {
             let (space, name) = match h.kind {
@@ -178,7 +188,7 @@ impl Scratch {
             v.push(h.kind as u8);
             v.extend_from_slice(&l.blocks.to_be_bytes());
             v.extend_from_slice(&h.write_seq.to_be_bytes());
-            v.extend_from_slice(&replaces_code(h.replaces).to_be_bytes());
+            put_replaced(&mut v, h.replaces);
             put_str(&mut v, &h.bucket);
             put_str(&mut v, &h.key);
             v.extend_from_slice(&f.payload);
@@ -249,8 +259,9 @@ impl Scratch {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| corrupt(&k))?;
-            let replaces = be_u16(&v, 13).ok_or_else(|| corrupt(&k))?.checked_sub(1);
-            let mut at = 15;
+            let replaces = get_replaced(&v, 13).ok_or_else(|| corrupt(&k))?;
+            let replaces = replaces.filter(|_| self.replacements_trusted);
+            let mut at = 23;
             let bucket = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
             let key = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
             if let Some(mut done) = current.take_if(|g| g.name != name) {
@@ -302,7 +313,7 @@ impl Scratch {
                 let lba = be_u64(&k, 27)?;
                 let blocks = be_u32(&v, 0)?;
                 let length = be_u32(&v, 4)?;
-                let replaces = be_u16(&v, 8)?.checked_sub(1);
+                let replaces = get_replaced(&v, 8)?;
                 Some((offset, drive, write_seq, lba, blocks, length, replaces))
             })();
             let (offset, drive, write_seq, lba, blocks, length, replaces) =
@@ -313,8 +324,8 @@ impl Scratch {
                     return Ok(());
                 }
             }
-            if let Some(replaced) = replaces {
-                replacements.push((replaced, write_seq));
+            if let Some(replaced) = replaces.filter(|_| self.replacements_trusted) {
+                replacements.push((replaced.drive, replaced.at));
             }
             let (_, copies) = current.get_or_insert_with(|| (offset, BTreeMap::new()));
             // Keys run in write_seq order, then LBA: keep the first copy of the newest write.
@@ -331,13 +342,25 @@ impl Scratch {
     }
 }
 
-/// The `replaces` field as stored: 0, or 1 + the drive id.
-fn replaces_code(replaces: Option<u16>) -> u16 {
-    replaces.and_then(|d| d.checked_add(1)).unwrap_or(0)
+/// Stores what a copy replaced: 0, or 1 + the drive id; then when (10 bytes).
+fn put_replaced(v: &mut Vec<u8>, replaces: Option<Replaced>) {
+    let code = replaces.and_then(|r| r.drive.checked_add(1)).unwrap_or(0);
+    v.extend_from_slice(&code.to_be_bytes());
+    v.extend_from_slice(&replaces.map_or(0, |r| r.at).to_be_bytes());
 }
 
-/// Drops from one offset's copies each that a copy made later on another drive replaced
-/// (`replacements`, emptied: the drives replaced and the replacing copies' write_seqs).
+/// Reads what [`put_replaced`] stored at `at`.
+fn get_replaced(v: &[u8], at: usize) -> Option<Option<Replaced>> {
+    let code = be_u16(v, at)?;
+    let when = be_u64(v, at + 2)?;
+    Some(
+        code.checked_sub(1)
+            .map(|drive| Replaced { drive, at: when }),
+    )
+}
+
+/// Drops from one offset's copies each that a copy made on another drive replaced
+/// (`replacements`, emptied: the drives replaced, and when).
 fn drop_replaced(copies: &mut BTreeMap<u16, DataCopy>, replacements: &mut Vec<(u16, u64)>) {
     for (drive, by) in replacements.drain(..) {
         if copies.get(&drive).is_some_and(|c| c.0 < by) {
