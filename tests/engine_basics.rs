@@ -2429,6 +2429,7 @@ async fn a_rebuild_keeps_drive_ids_when_a_drive_was_removed() {
     zonestore::engine::recovery::rebuild_keeping_ids(
         &rebuilt_dir,
         &names,
+        0,
         &[],
         kept,
         &Default::default(),
@@ -2602,6 +2603,7 @@ async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
     zonestore::engine::recovery::rebuild_keeping_ids(
         &rebuilt_dir,
         &names,
+        0,
         &[],
         specs,
         &Default::default(),
@@ -2615,6 +2617,56 @@ async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
     )
     .unwrap();
     assert_eq!(rebuilt, old, "the rebuilt index names the same copies");
+
+    // Rebuilt without the old registry (drive ids given anew), what records say they replaced
+    // is not trusted: the old copies count again (one too many, nothing lost); and a later
+    // rebuild from that index, which has a registry, still does not trust them.
+    let renumbered = dir.path().join("renumbered");
+    let mut specs = drive_specs(&drives);
+    specs.push(fourth_spec());
+    zonestore::engine::recovery::rebuild_keeping_ids(
+        &renumbered,
+        &[],
+        0,
+        &[],
+        specs,
+        &Default::default(),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let first = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&renumbered).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(first, old, "the old copies count again");
+    let names = zonestore::engine::registered_drives(&renumbered).unwrap();
+    let floor = zonestore::engine::replacement_floor(&renumbered).unwrap();
+    assert!(floor > 0);
+    let again = dir.path().join("again");
+    let mut specs = drive_specs(&drives);
+    specs.push(fourth_spec());
+    zonestore::engine::recovery::rebuild_keeping_ids(
+        &again,
+        &names,
+        floor,
+        &[],
+        specs,
+        &Default::default(),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let second = zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(&again).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        second, first,
+        "a later rebuild trusts no record made before the renumbering"
+    );
 }
 
 /// The records of `key` on `drive` (whole, padded), read zone by zone.
@@ -2822,6 +2874,7 @@ async fn left_out_drive_comes_back(given: bool) {
     let report = zonestore::engine::recovery::rebuild_keeping_ids(
         &rebuilt,
         &names,
+        0,
         &left_out,
         specs,
         &Default::default(),

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::recovery::{self, RebuildReport};
-use crate::engine::{DriveSpec, EngineError, known_drives, registered_drives, revoked_writes};
+use crate::engine::{
+    DriveSpec, EngineError, known_drives, registered_drives, replacement_floor, revoked_writes,
+};
 use crate::targets::{self, AttachError, IfUnreachable};
 
 /// Why a rebuild failed.
@@ -193,6 +195,13 @@ pub async fn rebuild_index(
     } else {
         Vec::new()
     };
+    // Where the old index's drive ids can be read, what records say they replaced is read with
+    // them, as far as the old index trusted it.
+    let replacement_floor = if names.is_empty() {
+        0
+    } else {
+        replacement_floor(&index_dir).unwrap_or(0)
+    };
     progress("attaching drives");
     // A local drive the old index registers is opened, never created anew, whatever is allowed.
     let registered: std::collections::HashSet<String> = names.iter().cloned().collect();
@@ -305,6 +314,7 @@ pub async fn rebuild_index(
     let result = recovery::rebuild_keeping_ids(
         &building,
         &names,
+        replacement_floor,
         &missing,
         specs,
         &revoked,

@@ -45,7 +45,9 @@ use model::{BucketEntry, Checksum, ObjectEntry, ObjectMeta, PartEntry, UploadEnt
 use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
 use record::{Header, Kind};
-pub use registry::{KnownDrive, known_drives, lowest_write_quorum, registered_drives};
+pub use registry::{
+    KnownDrive, known_drives, lowest_write_quorum, registered_drives, replacement_floor,
+};
 
 /// The sequence numbers of failed writes revoked in the index in `index_dir` (see
 /// [`revoked`]), for a rebuild to pass over their records (none where there is no index).

@@ -209,12 +209,15 @@ pub async fn rebuild(
     revoked: &super::revoked::Revocations,
     progress: impl Fn(&str),
 ) -> EngineResult<RebuildReport> {
-    rebuild_keeping_ids(index_dir, &[], &[], specs, revoked, false, progress).await
+    rebuild_keeping_ids(index_dir, &[], 0, &[], specs, revoked, false, progress).await
 }
 
 /// [`rebuild`] of an index that registered the drives `registered` (in id order): each keeps
 /// its id, also one removed from the configuration since (the old index's list of failed
-/// writes, `revoked`, names drives by those ids). With `leave_out_unreachable`, drives that
+/// writes, `revoked`, names drives by those ids), and what records written from
+/// `replacement_floor` on say they replaced is trusted (see [`super::registry`]'s
+/// `replacement_floor`). Without `registered`, drives are numbered anew, and nothing written
+/// before is trusted so. With `leave_out_unreachable`, drives that
 /// cannot be reached are left out of the scan (they stay registered), as are the drives named
 /// in `left_out` (configured, but not attached: their node down, their directory missing):
 /// objects get the copies found on the others, and a left-out drive, when it returns, is
@@ -223,6 +226,7 @@ pub async fn rebuild(
 pub async fn rebuild_keeping_ids(
     index_dir: &Path,
     registered: &[String],
+    replacement_floor: u64,
     left_out: &[String],
     specs: Vec<DriveSpec>,
     revoked: &super::revoked::Revocations,
@@ -256,9 +260,11 @@ pub async fn rebuild_keeping_ids(
 
     // 1. Read every record of every zone into the scratch store.
     let mut scratch = Scratch::create(&index_dir.join(SCRATCH_DIR))?;
-    if registered.is_empty() {
-        scratch.distrust_replacements();
-    }
+    scratch.trust_replacements_from(if registered.is_empty() {
+        u64::MAX
+    } else {
+        replacement_floor
+    });
     let mut left_out_ids = Vec::new();
     for drive in drives.all() {
         if left_out.contains(&drive.name) {
@@ -317,6 +323,14 @@ pub async fn rebuild_keeping_ids(
         }
     }
     scratch.flush()?;
+    super::registry::set_replacement_floor(
+        &index,
+        if registered.is_empty() {
+            max_seq.saturating_add(1)
+        } else {
+            replacement_floor
+        },
+    )?;
 
     // 2. Resolve the winners into index entries, one name at a time.
     progress("resolving the newest version of every name");

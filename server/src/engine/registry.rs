@@ -16,6 +16,10 @@ use super::index::{Index, cf};
 use super::located;
 
 const DRIVES_KEY: &[u8] = b"drives";
+
+/// Meta key: the write sequence number from which what records say they replaced can be
+/// trusted (see [`replacement_floor`]).
+const REPLACEMENT_FLOOR_KEY: &[u8] = b"replacement-floor";
 /// META key prefix of a drive's geometry (followed by the drive's name).
 const GEOMETRY_PREFIX: &[u8] = b"geometry:";
 /// META key prefix of a drive's identity (followed by the drive's name).
@@ -307,6 +311,37 @@ pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
         return Ok(None);
     }
     lowest_quorum_in(&Index::open(index_dir)?)
+}
+
+/// From which write sequence number the drive ids that records say they replaced (see the
+/// record format's `replaces`) are this index's: an index rebuilt without the old one's
+/// registry numbered the drives anew, and the ids in records written before may be other
+/// drives' now. 0 when nothing was ever renumbered.
+pub(crate) fn replacement_floor_of(index: &Index) -> EngineResult<u64> {
+    Ok(index
+        .get_raw(cf::META, REPLACEMENT_FLOOR_KEY)?
+        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// [`replacement_floor_of`] the index in `index_dir` (0 where there is none).
+pub fn replacement_floor(index_dir: &Path) -> EngineResult<u64> {
+    if !index_dir.join("CURRENT").exists() {
+        return Ok(0);
+    }
+    replacement_floor_of(&Index::open(index_dir)?)
+}
+
+/// Records [`replacement_floor_of`] in a new index.
+pub(crate) fn set_replacement_floor(index: &Index, floor: u64) -> EngineResult<()> {
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(
+        index.cf(cf::META),
+        REPLACEMENT_FLOOR_KEY,
+        floor.to_be_bytes(),
+    );
+    index.write(batch, true)?;
+    Ok(())
 }
 
 /// The drive names registered in the index in `index_dir` (in drive-id order), so that a

@@ -19,7 +19,7 @@ use super::located::{current_copies, is_record_of, relocation_of};
 use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectMeta, PartEntry, UploadEntry, ZoneId,
 };
-use super::record::{self, Header, Kind};
+use super::record::{self, Header, Kind, Replaced};
 use super::recovery::{self, Found};
 use super::survey::settled_prefix;
 
@@ -426,6 +426,9 @@ impl EngineInner {
         }
         // As a rebuild decides (see the record's `replaces`): a copy a named one was made to
         // replace is no copy; one made to replace a named copy older than it takes its place.
+        // (Records made before the drives were last numbered anew name them by old ids.)
+        let floor = super::registry::replacement_floor_of(&self.index).unwrap_or(u64::MAX);
+        let trusted = |r: &Replaced| r.at >= floor;
         // (A named copy that cannot be read now, its drive down, is taken to replace nothing:
         // at worst a copy too many is kept, and replay is not held up.)
         for other in named.iter().filter(|l| l.drive != copy.drive) {
@@ -434,17 +437,21 @@ impl EngineInner {
                 .await
                 .ok()
                 .flatten()
-                .and_then(|h| h.replaces);
+                .and_then(|h| h.replaces)
+                .filter(trusted);
             if replaced.is_some_and(|r| r.drive == copy.drive && f.header.write_seq < r.at) {
                 return Ok(None);
             }
         }
-        if let Some(r) = f.header.replaces
+        if let Some(r) = f.header.replaces.filter(trusted)
             && r.drive != copy.drive
             && let Some(&old) = named.iter().find(|l| l.drive == r.drive)
+            // (Unreadable now, its drive down, or damaged: replaced, as a rebuild would have it.)
             && self
                 .header_at(&what, old)
-                .await?
+                .await
+                .ok()
+                .flatten()
                 .is_none_or(|h| h.write_seq < r.at)
         {
             return Ok(Some(Change::Replicas(vec![(
@@ -453,6 +460,8 @@ impl EngineInner {
             )])));
         }
         let edit = match named.iter().find(|l| l.drive == copy.drive) {
+            // Copies enough already: one too many would hold its zone for good.
+            None if named.len() >= self.replicas() => return Ok(None),
             None => ReplicaEdit::Add(copy),
             Some(&older) => match self.header_at(&what, older).await? {
                 Some(kept) if kept.write_seq >= f.header.write_seq => return Ok(None),

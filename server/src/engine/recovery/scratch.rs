@@ -50,9 +50,9 @@ pub(super) struct Scratch {
     // Fields drop in order: the database closes before its directory is removed.
     db: DB,
     batch: WriteBatch,
-    /// Whether the drive ids records name (what a copy replaced) are this rebuild's: not when
-    /// the old index's registry could not be read and drives are numbered anew.
-    replacements_trusted: bool,
+    /// From which write_seq what records say they replaced names drives by this rebuild's ids
+    /// (see [`Scratch::trust_replacements_from`]).
+    replacement_floor: u64,
     _dir: RemovedOnDrop,
 }
 
@@ -137,15 +137,16 @@ impl Scratch {
         Ok(Scratch {
             db,
             batch: WriteBatch::default(),
-            replacements_trusted: true,
+            replacement_floor: 0,
             _dir: RemovedOnDrop(path.to_path_buf()),
         })
     }
 
-    /// Ignores what records say they replaced: the drive ids they name may be other drives'
-    /// now (a copy then kept that a live index had let go of is one copy too many, not a loss).
-    pub fn distrust_replacements(&mut self) {
-        self.replacements_trusted = false;
+    /// Ignores what records made before `floor` say they replaced: the drive ids they name may
+    /// be other drives' now (a copy then kept that a live index had let go of is one copy too
+    /// many, not a loss).
+    pub fn trust_replacements_from(&mut self, floor: u64) {
+        self.replacement_floor = floor;
     }
 
     /// Records one record the scan found.
@@ -260,7 +261,7 @@ impl Scratch {
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| corrupt(&k))?;
             let replaces = get_replaced(&v, 13).ok_or_else(|| corrupt(&k))?;
-            let replaces = replaces.filter(|_| self.replacements_trusted);
+            let replaces = replaces.filter(|r| r.at >= self.replacement_floor);
             let mut at = 23;
             let bucket = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
             let key = get_str(&v, &mut at).ok_or_else(|| corrupt(&k))?;
@@ -324,7 +325,7 @@ impl Scratch {
                     return Ok(());
                 }
             }
-            if let Some(replaced) = replaces.filter(|_| self.replacements_trusted) {
+            if let Some(replaced) = replaces.filter(|r| r.at >= self.replacement_floor) {
                 replacements.push((replaced.drive, replaced.at));
             }
             let (_, copies) = current.get_or_insert_with(|| (offset, BTreeMap::new()));
