@@ -223,6 +223,7 @@ pub async fn rebuild(
 /// objects get the copies found on the others, and a left-out drive, when it returns, is
 /// replayed for copies only. Safe while fewer drives are left out than the write quorum
 /// writes had, since every acknowledged write then has a copy on a drive that was scanned.
+#[allow(clippy::too_many_arguments)] // each is a separate decision of the caller's
 pub async fn rebuild_keeping_ids(
     index_dir: &Path,
     registered: &[String],
