@@ -2478,14 +2478,45 @@ fn third_drive_down(
     g: zns::Geometry,
 ) -> Vec<zonestore::engine::DriveSpec> {
     let mut specs = drive_specs(&drives[..2]);
-    specs.push(zonestore::engine::DriveSpec {
-        name: "zns-file://drive2".into(),
+    specs.push(absent("zns-file://drive2", g));
+    specs
+}
+
+/// A drive registered as `name` whose node is down.
+fn absent(name: &str, g: zns::Geometry) -> zonestore::engine::DriveSpec {
+    zonestore::engine::DriveSpec {
+        name: name.into(),
         device: std::sync::Arc::new(zns::AbsentDrive {
             geometry: g,
             why: "the node is down (test)",
         }),
-    });
-    specs
+    }
+}
+
+/// The canonical dump of an index rebuilt in `dir` from `specs`, with drive ids `names` (none:
+/// given anew) and what records made from `floor` on say they replaced trusted.
+async fn rebuilt_dump(
+    dir: &std::path::Path,
+    names: &[String],
+    floor: u64,
+    specs: Vec<zonestore::engine::DriveSpec>,
+) -> Vec<String> {
+    zonestore::engine::recovery::rebuild_keeping_ids(
+        dir,
+        names,
+        floor,
+        &[],
+        specs,
+        &Default::default(),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    zonestore::engine::recovery::canonical_dump(
+        &zonestore::engine::index::Index::open(dir).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A drive away past the repair grace has its copies made again on another drive, each in
@@ -2564,13 +2595,7 @@ async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
     // Then drive 1 is lost: its copies are made again on drive 2, beside drive 2's old ones
     // (written before the copies that replaced them, these new ones after).
     let mut specs = drive_specs(&drives);
-    specs[1] = zonestore::engine::DriveSpec {
-        name: "zns-file://drive1".into(),
-        device: Arc::new(zns::AbsentDrive {
-            geometry: g,
-            why: "the node is down (test)",
-        }),
-    };
+    specs[1] = absent("zns-file://drive1", g);
     specs.push(fourth_spec());
     let (engine, _) = open(specs, std::time::Duration::ZERO).await.unwrap();
     let made = engine.repair().status().copies_made;
@@ -2597,72 +2622,24 @@ async fn copies_made_for_a_lost_drive_take_the_lost_copies_places() {
         &zonestore::engine::index::Index::open(&old_index).unwrap(),
     )
     .unwrap();
-    let mut specs = drive_specs(&drives);
-    specs.push(fourth_spec());
-    let rebuilt_dir = dir.path().join("rebuilt");
-    zonestore::engine::recovery::rebuild_keeping_ids(
-        &rebuilt_dir,
-        &names,
-        0,
-        &[],
-        specs,
-        &Default::default(),
-        false,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    let rebuilt = zonestore::engine::recovery::canonical_dump(
-        &zonestore::engine::index::Index::open(&rebuilt_dir).unwrap(),
-    )
-    .unwrap();
+    let all = || {
+        let mut specs = drive_specs(&drives);
+        specs.push(fourth_spec());
+        specs
+    };
+    let rebuilt = rebuilt_dump(&dir.path().join("rebuilt"), &names, 0, all()).await;
     assert_eq!(rebuilt, old, "the rebuilt index names the same copies");
 
     // Rebuilt without the old registry (drive ids given anew), what records say they replaced
     // is not trusted: the old copies count again (one too many, nothing lost); and a later
     // rebuild from that index, which has a registry, still does not trust them.
     let renumbered = dir.path().join("renumbered");
-    let mut specs = drive_specs(&drives);
-    specs.push(fourth_spec());
-    zonestore::engine::recovery::rebuild_keeping_ids(
-        &renumbered,
-        &[],
-        0,
-        &[],
-        specs,
-        &Default::default(),
-        false,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    let first = zonestore::engine::recovery::canonical_dump(
-        &zonestore::engine::index::Index::open(&renumbered).unwrap(),
-    )
-    .unwrap();
+    let first = rebuilt_dump(&renumbered, &[], 0, all()).await;
     assert_ne!(first, old, "the old copies count again");
     let names = zonestore::engine::registered_drives(&renumbered).unwrap();
     let floor = zonestore::engine::replacement_floor(&renumbered).unwrap();
     assert!(floor > 0);
-    let again = dir.path().join("again");
-    let mut specs = drive_specs(&drives);
-    specs.push(fourth_spec());
-    zonestore::engine::recovery::rebuild_keeping_ids(
-        &again,
-        &names,
-        floor,
-        &[],
-        specs,
-        &Default::default(),
-        false,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    let second = zonestore::engine::recovery::canonical_dump(
-        &zonestore::engine::index::Index::open(&again).unwrap(),
-    )
-    .unwrap();
+    let second = rebuilt_dump(&dir.path().join("again"), &names, floor, all()).await;
     assert_eq!(
         second, first,
         "a later rebuild trusts no record made before the renumbering"

@@ -1879,15 +1879,20 @@ mod tests {
         assert!(!edit_copies(&mut copies, ReplicaEdit::Remove(on(1, 10))));
     }
 
+    /// One emulated drive (4 zones of 1 MiB) and an index, under `dir`.
+    fn one_drive(dir: &std::path::Path) -> (Drives, Index) {
+        let drive =
+            zns::EmulatedZns::create(&dir.join("d"), zns::Geometry::new(4, 1 << 20)).unwrap();
+        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
+        (drives, Index::open(&dir.join("index")).unwrap())
+    }
+
     /// A repair copy made for a name that nothing holds any more (deleted meanwhile, and its
     /// tombstone let go) is revoked: its version would otherwise come back in a rebuild.
     #[test]
     fn a_copy_of_a_version_nothing_holds_is_revoked() {
         let dir = tempfile::tempdir().unwrap();
-        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
-            .unwrap();
-        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
-        let index = Index::open(&dir.path().join("index")).unwrap();
+        let (drives, index) = one_drive(dir.path());
         let base = HashMap::new();
         let mut txn = Txn::new(&index, &drives, &base);
         let copy = Change::Replicas(vec![(
@@ -1916,10 +1921,7 @@ mod tests {
     #[test]
     fn the_copies_of_a_relocation_that_fails_to_apply_are_hidden() {
         let dir = tempfile::tempdir().unwrap();
-        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
-            .unwrap();
-        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
-        let index = Index::open(&dir.path().join("index")).unwrap();
+        let (drives, index) = one_drive(dir.path());
         let mut batch = WriteBatch::default();
         batch.put_cf(
             index.cf(cf::EXTENTS),
@@ -1964,10 +1966,7 @@ mod tests {
     #[test]
     fn a_version_older_than_its_bucket_is_not_put_in_it() {
         let dir = tempfile::tempdir().unwrap();
-        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
-            .unwrap();
-        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
-        let index = Index::open(&dir.path().join("index")).unwrap();
+        let (drives, index) = one_drive(dir.path());
         let bucket = BucketEntry {
             seq: 100,
             owner: "bob".into(),
@@ -2023,10 +2022,7 @@ mod tests {
     #[test]
     fn a_change_that_fails_halfway_leaves_nothing_of_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let drive = zns::EmulatedZns::create(&dir.path().join("d"), zns::Geometry::new(4, 1 << 20))
-            .unwrap();
-        let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
-        let index = Index::open(&dir.path().join("index")).unwrap();
+        let (drives, index) = one_drive(dir.path());
         let mut batch = WriteBatch::default();
         let whole = Extent {
             length: 4096,
