@@ -629,6 +629,26 @@ async fn gc_moves_records_that_follow_an_append_reported_failed() {
     engine.shutdown().await;
 }
 
+/// Once the drive counts as up again after a transport failure, deletes `keys` (making `zone`
+/// garbage) and has GC collect: `zone`'s row after.
+async fn zone_after_deleting_and_collecting(
+    engine: &zonestore::engine::Engine,
+    keys: &[String],
+    zone: u32,
+) -> zonestore::engine::ZoneRow {
+    tokio::time::sleep(
+        zonestore::engine::drives::RETRY_AFTER + std::time::Duration::from_millis(100),
+    )
+    .await;
+    for key in keys {
+        engine.delete("b", key).await.unwrap();
+    }
+    for _ in 0..4 {
+        engine.inner().collect_now().await.unwrap();
+    }
+    zone_row(engine, zone)
+}
+
 /// An append the host gave up on (the connection lost or timed out: Unavailable, where a drive
 /// that failed it would report its own error) may still run on the target: GC leaves its zone
 /// alone for a while rather than reset it, since after a reset the append would land in the
@@ -678,18 +698,8 @@ async fn gc_leaves_the_zone_of_an_append_in_doubt_alone() {
     let lba = landed_at.load(Ordering::SeqCst);
     assert_ne!(lba, u64::MAX, "the test lost no append");
     let zone = (lba / g.zone_size) as u32;
-    // (The drive counts as down for a moment after a transport failure.)
-    tokio::time::sleep(
-        zonestore::engine::drives::RETRY_AFTER + std::time::Duration::from_millis(100),
-    )
-    .await;
-    for i in 0..12 {
-        engine.delete("b", &format!("garbage-{i}")).await.unwrap();
-    }
-    for _ in 0..4 {
-        engine.inner().collect_now().await.unwrap();
-    }
-    let row = zone_row(&engine, zone);
+    let garbage: Vec<String> = (0..12).map(|i| format!("garbage-{i}")).collect();
+    let row = zone_after_deleting_and_collecting(&engine, &garbage, zone).await;
     assert_eq!(
         row.generation, 0,
         "GC reset the zone of an append that may still land: {row:?}"
@@ -801,17 +811,7 @@ async fn gc_leaves_the_zone_of_a_finish_in_doubt_alone() {
         keys.push(key);
     }
     let zone = (finished.lock().unwrap()[0] / g.zone_size) as u32;
-    tokio::time::sleep(
-        zonestore::engine::drives::RETRY_AFTER + std::time::Duration::from_millis(100),
-    )
-    .await;
-    for key in &keys {
-        engine.delete("b", key).await.unwrap();
-    }
-    for _ in 0..4 {
-        engine.inner().collect_now().await.unwrap();
-    }
-    let row = zone_row(&engine, zone);
+    let row = zone_after_deleting_and_collecting(&engine, &keys, zone).await;
     assert_eq!(
         row.generation, 0,
         "GC reset the zone of a Finish that may still land: {row:?}"
