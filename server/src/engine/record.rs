@@ -574,7 +574,7 @@ pub fn rewrite_seq(record: &[u8], write_seq: u64) -> Bytes {
 }
 
 /// The `replaces` field's value for `drive` (0: none; a drive id too large to say is none).
-fn replaces_field(drive: Option<u16>) -> u16 {
+pub(crate) fn replaces_field(drive: Option<u16>) -> u16 {
     drive.and_then(|d| d.checked_add(1)).unwrap_or(0)
 }
 

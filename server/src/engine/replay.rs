@@ -332,8 +332,11 @@ impl EngineInner {
         // them was lost: a newer change must order after what is replayed.
         self.seq.raise_to(highest.saturating_add(1))?;
         let mut changes = Vec::new();
+        // Records made before the drives were last numbered anew name them by old ids: what
+        // they say they replaced is not taken (read once for every copy found).
+        let floor = super::registry::replacement_floor_of(&self.index).unwrap_or(u64::MAX);
         for (f, named) in copies.values() {
-            match self.copy_to_record(f, named).await {
+            match self.copy_to_record(f, named, floor).await {
                 Ok(Some(change)) => changes.push((0, (change, None))),
                 Ok(None) => {}
                 Err(()) => complete = false,
@@ -413,8 +416,14 @@ impl EngineInner {
     /// The edit that records a found copy of a version the index has but does not name there:
     /// a GC move or a repair copy whose index change was lost, or a copy whose append was given
     /// up on yet landed. A rebuild names the newest copy on each drive. `Err` if the copy the
-    /// index names on that drive cannot be read now to tell which is newer.
-    async fn copy_to_record(&self, f: &Found, named: &[Location]) -> Result<Option<Change>, ()> {
+    /// index names on that drive cannot be read now to tell which is newer. What records made
+    /// before `floor` say they replaced is not taken.
+    async fn copy_to_record(
+        &self,
+        f: &Found,
+        named: &[Location],
+        floor: u64,
+    ) -> Result<Option<Change>, ()> {
         let what = relocation_of(&f.header);
         let copy = f.location;
         let draining = self
@@ -426,8 +435,6 @@ impl EngineInner {
         }
         // As a rebuild decides (see the record's `replaces`): a copy a named one was made to
         // replace is no copy; one made to replace a named copy older than it takes its place.
-        // (Records made before the drives were last numbered anew name them by old ids.)
-        let floor = super::registry::replacement_floor_of(&self.index).unwrap_or(u64::MAX);
         let trusted = |r: &Replaced| r.at >= floor;
         // (A named copy that cannot be read now, its drive down, is taken to replace nothing:
         // at worst a copy too many is kept, and replay is not held up.)

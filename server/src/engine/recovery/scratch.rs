@@ -297,7 +297,7 @@ impl Scratch {
         let mut prefix = vec![Space::Data as u8];
         prefix.extend_from_slice(&stream_id.to_be_bytes());
         let mut current: Option<(u64, BTreeMap<u16, DataCopy>)> = None;
-        // The current offset's copies made in place of another drive's: (drive, write_seq).
+        // The current offset's copies made in place of another drive's: (drive, when).
         let mut replacements: Vec<(u16, u64)> = Vec::new();
         let iter = self
             .db
@@ -345,7 +345,7 @@ impl Scratch {
 
 /// Stores what a copy replaced: 0, or 1 + the drive id; then when (10 bytes).
 fn put_replaced(v: &mut Vec<u8>, replaces: Option<Replaced>) {
-    let code = replaces.and_then(|r| r.drive.checked_add(1)).unwrap_or(0);
+    let code = crate::engine::record::replaces_field(replaces.map(|r| r.drive));
     v.extend_from_slice(&code.to_be_bytes());
     v.extend_from_slice(&replaces.map_or(0, |r| r.at).to_be_bytes());
 }
