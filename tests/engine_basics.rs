@@ -8,6 +8,7 @@ use common::*;
 use zonestore::engine::EngineError;
 use zonestore::engine::commit::Condition;
 use zonestore::engine::model::ObjectMeta;
+use zonestore::engine::revoked::Revocation;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_round_trip_across_extents_and_restarts() {
@@ -151,6 +152,38 @@ async fn conditional_puts() {
         Err(EngineError::NoSuchBucket(_))
     ));
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+}
+
+/// Once a completed object is deleted and its tombstone let go, a leftover copy of its commit
+/// record is revoked, by kind: the upload's end record shares the commit's number, and a
+/// rebuild still takes it, so the upload does not come back as one in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_completions_commit_record_leaves_its_upload_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives) = open_engine(dir.path(), 1, small_geometry(64, 1 << 20), |_| {}).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let id = engine
+        .create_upload("b", "k", ObjectMeta::default())
+        .await
+        .unwrap();
+    let mut w = engine.put_part(id, 1).unwrap();
+    w.write(bytes::Bytes::from(content("k", 1, 10_000)))
+        .await
+        .unwrap();
+    let etag = format!("{:032x}", 1);
+    w.finish_part(etag.clone(), vec![]).await.unwrap();
+    let meta = engine
+        .complete_upload(id, &[(1, etag)], None, Condition::None)
+        .await
+        .unwrap();
+    engine.delete("b", "k").await.unwrap();
+    let mut revoked = engine.revoked_writes().unwrap();
+    revoked.insert(
+        meta.seq,
+        Revocation::of_kind(zonestore::engine::record::Kind::Commit, vec![]),
+    );
+    assert_rebuild_with_equals_live(&engine, &drives, dir.path(), "rebuilt", &revoked).await;
+    engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3313,7 +3346,7 @@ async fn a_write_that_failed_after_its_commit_record_landed_stays_dead() {
     // A revoked number nothing on the drives carries (every append of that write failed) is
     // still never handed to a new write by a rebuilt index.
     let far = 1u64 << 50;
-    let revoked = std::collections::BTreeMap::from([(far, Vec::new())]);
+    let revoked = std::collections::BTreeMap::from([(far, Revocation::default())]);
     let floor_dir = dir.path().join("rebuilt-floor");
     zonestore::engine::recovery::rebuild(&floor_dir, drive_specs(&drives), &revoked, |_| {})
         .await

@@ -208,10 +208,21 @@ pub async fn assert_rebuild_equals_live(
     dir: &Path,
     name: &str,
 ) {
+    let revoked = engine.revoked_writes().unwrap();
+    assert_rebuild_with_equals_live(engine, drives, dir, name, &revoked).await;
+}
+
+/// [`assert_rebuild_equals_live`] with the rebuild passing over what `revoked` names.
+pub async fn assert_rebuild_with_equals_live(
+    engine: &Engine,
+    drives: &[EmulatedZns],
+    dir: &Path,
+    name: &str,
+    revoked: &zonestore::engine::revoked::Revocations,
+) {
     let live = engine.canonical_dump().unwrap();
     let rebuilt_dir = dir.join(name);
-    let revoked = engine.revoked_writes().unwrap();
-    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(drives), &revoked, |_| {})
+    zonestore::engine::recovery::rebuild(&rebuilt_dir, drive_specs(drives), revoked, |_| {})
         .await
         .unwrap();
     assert!(

@@ -103,6 +103,11 @@ impl<'a> Dec<'a> {
         Ok(slice)
     }
 
+    /// Whether every byte has been read.
+    pub fn is_empty(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+
     /// A byte.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])

@@ -25,7 +25,8 @@ use super::model::{
     UploadEntry, ZoneAccount, ZoneId, ZoneStamp,
 };
 use super::placement::{Placement, ZoneHolds};
-use super::revoked;
+use super::record::Kind;
+use super::revoked::{self, Revocation};
 use super::settled;
 
 /// Milliseconds since the Unix epoch.
@@ -763,7 +764,10 @@ fn revocation(
 ) -> Option<(Vec<u8>, Vec<u8>)> {
     let seq = request.change.claim_seq()?;
     let zones = record_zones(&request.change, &request.holds, drives, accounts);
-    Some((revoked::key(seq), revoked::encode(&zones)))
+    Some((
+        revoked::key(seq),
+        revoked::Revocation::whole(zones).encode(),
+    ))
 }
 
 /// Drives (with their names) whose session changed since one of the held records was appended
@@ -1740,13 +1744,14 @@ impl<'a> Txn<'a> {
         } else {
             // Nothing holds the name any more (deleted, and its tombstone let go since): the
             // orphan's version is dead everywhere, and is revoked, or a rebuild or replay would
-            // take it for the name's current version.
-            let seq = match what {
-                Relocation::Commit { seq, .. }
-                | Relocation::Bucket { seq, .. }
-                | Relocation::Part { seq, .. } => *seq,
+            // take it for the name's current version. Its kind only: a completion's commit
+            // record shares its number with the upload's end record, which stays live.
+            let (seq, kind) = match what {
+                Relocation::Commit { seq, .. } => (*seq, Kind::Commit),
+                Relocation::Bucket { seq, .. } => (*seq, Kind::Bucket),
+                Relocation::Part { seq, .. } => (*seq, Kind::Part),
                 // An upload's records carry its id as their sequence number.
-                Relocation::Upload { upload_id } => *upload_id,
+                Relocation::Upload { upload_id } => (*upload_id, Kind::Upload),
                 Relocation::Extent { .. } | Relocation::Tombstone { .. } => return Ok(()),
             };
             tracing::debug!(
@@ -1755,18 +1760,19 @@ impl<'a> Txn<'a> {
                 "a copy left out of its entry has nothing to hide its name: its version is revoked"
             );
             let key = super::revoked::key(seq);
-            let mut all = match self.get(cf::META, &key)? {
-                Some(v) => match super::revoked::decode(&v) {
-                    Ok(zones) => zones,
+            let revocation = Revocation::of_kind(kind, stamps);
+            let all = match self.get(cf::META, &key)? {
+                Some(v) => match Revocation::decode(&v) {
+                    Ok(mut earlier) => {
+                        earlier.merge(revocation);
+                        earlier
+                    }
                     // One that does not decode is never pruned: left as it is.
                     Err(_) => return Ok(()),
                 },
-                None => Vec::new(),
+                None => revocation,
             };
-            all.extend(stamps);
-            all.sort();
-            all.dedup();
-            self.put(cf::META, key, super::revoked::encode(&all));
+            self.put(cf::META, key, all.encode());
         }
         Ok(())
     }
@@ -1910,9 +1916,11 @@ mod tests {
             .cloned()
             .flatten()
             .expect("the version is revoked");
-        let zones = super::super::revoked::decode(&revoked).unwrap();
-        assert_eq!(zones.len(), 1);
-        assert_eq!(zones[0].zone, drives.zone_of(&at(7)).unwrap());
+        let revocation = Revocation::decode(&revoked).unwrap();
+        assert_eq!(revocation.zones.len(), 1);
+        assert_eq!(revocation.zones[0].zone, drives.zone_of(&at(7)).unwrap());
+        // The commit record only: an upload's end record that shares the number stays live.
+        assert_eq!(revocation.kinds, Some(vec![Kind::Commit]));
     }
 
     /// A GC change that fails to apply (here an undecodable entry among its moves) leaves its
@@ -1957,8 +1965,8 @@ mod tests {
             .cloned()
             .flatten()
             .expect("the moved version is revoked");
-        let zones = super::super::revoked::decode(&revoked).unwrap();
-        assert_eq!(zones[0].zone, drives.zone_of(&at(7)).unwrap());
+        let revocation = Revocation::decode(&revoked).unwrap();
+        assert_eq!(revocation.zones[0].zone, drives.zone_of(&at(7)).unwrap());
     }
 
     /// A version older than its bucket (a replayed record of a bucket of that name deleted

@@ -315,7 +315,7 @@ pub async fn rebuild_keeping_ids(
                     .max(f.header.seq)
                     .max(f.header.write_seq)
                     .max(f.header.id);
-                if f.header.kind != Kind::Data && revoked.contains_key(&f.header.seq) {
+                if super::revoked::covers(revoked, f.header.seq, f.header.kind) {
                     report.revoked += 1;
                     continue;
                 }
@@ -347,14 +347,18 @@ pub async fn rebuild_keeping_ids(
         );
     }
     // Kept revoking what the old index revoked, in zones of this index's generations.
-    for (&seq, zones) in revoked {
-        let zones = super::revoked::stamps(zones.iter().map(|z| z.zone), |zone| {
+    for (&seq, revocation) in revoked {
+        let zones = super::revoked::stamps(revocation.zones.iter().map(|z| z.zone), |zone| {
             accounts.get(&zone).map_or(0, |a| a.generation)
         });
+        let revocation = super::revoked::Revocation {
+            zones,
+            kinds: revocation.kinds.clone(),
+        };
         batch.put_cf(
             index.cf(cf::META),
             super::revoked::key(seq),
-            super::revoked::encode(&zones),
+            revocation.encode(),
         );
     }
     for (zone, blocks) in settled_keys {

@@ -236,6 +236,12 @@ impl EngineInner {
         let mut unread = BTreeSet::new();
         // The highest sequence number (of a record, write, stream or upload) read.
         let mut highest = 0;
+        // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
+        let revoked = if mode == Replay::RollForward {
+            super::revoked::load(&self.index)?
+        } else {
+            super::revoked::Revocations::new()
+        };
         for &id in drives {
             let Some(drive) = self.drives.get(id).cloned() else {
                 continue;
@@ -305,7 +311,9 @@ impl EngineInner {
                         // matched up (a version with its data).
                         let Some(named) = current_copies(&self.index, &relocation_of(&f.header))?
                         else {
-                            tail.add(f);
+                            if !super::revoked::covers(&revoked, f.header.seq, f.header.kind) {
+                                tail.add(f);
+                            }
                             continue;
                         };
                         if named.contains(&f.location) {
@@ -346,9 +354,7 @@ impl EngineInner {
         let mut passed_over: Vec<&Version> = Vec::new();
         let mut forward = Vec::new();
         if mode == Replay::RollForward {
-            // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
-            let revoked: BTreeSet<u64> = super::revoked::load(&self.index)?.into_keys().collect();
-            forward = self.versions_to_roll_forward(&tail, &revoked, &mut passed_over)?;
+            forward = self.versions_to_roll_forward(&tail, &mut passed_over)?;
         } else {
             passed_over.extend(tail.versions.values());
         }
@@ -497,11 +503,10 @@ impl EngineInner {
     /// For each name the tail holds versions of that are newer than the index's, the changes
     /// that apply them in order, as they were first applied (an older one is hidden by the
     /// newer, as it was): each whose data is all there. The other versions (not newer, or not
-    /// whole) go to `passed_over`; revoked ones are dead already.
+    /// whole) go to `passed_over`. (Revoked ones are not in the tail: dead already.)
     fn versions_to_roll_forward<'t>(
         &self,
         tail: &'t Tail,
-        revoked: &BTreeSet<u64>,
         passed_over: &mut Vec<&'t Version>,
     ) -> EngineResult<Vec<(u64, Change, &'t Version)>> {
         let mut by_name: BTreeMap<Name, Vec<&Version>> = BTreeMap::new();
@@ -514,9 +519,6 @@ impl EngineInner {
         for (name, versions) in by_name {
             let indexed = self.newest_indexed(&name)?;
             for v in versions {
-                if revoked.contains(&v.header.seq) {
-                    continue;
-                }
                 match (Some(v.header.seq) > indexed)
                     .then(|| self.change_for(v, tail))
                     .transpose()?

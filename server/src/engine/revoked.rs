@@ -12,6 +12,10 @@
 //! that refused it, or at once when its append failed, so durable before the client hears of
 //! the failure. Replay and rebuild pass over the records it names. It is dropped once every one
 //! of those zones has been reset since, taking the records with it.
+//!
+//! A failed write revokes every claiming record of its number (a completion's commit and
+//! upload-end records share one). A copy of one record that nothing holds any more revokes
+//! that record's kind only: the other records of its number stay live.
 
 use std::collections::BTreeMap;
 
@@ -20,9 +24,98 @@ use rocksdb::WriteBatch;
 use super::codec::{Dec, DecodeError, Enc};
 use super::index::{Index, IndexResult, cf};
 use super::model::{ZoneId, ZoneStamp, get_stamps, put_stamps};
+use super::record::Kind;
 
-/// Revocations: sequence number → the zones its records may be in.
-pub type Revocations = BTreeMap<u64, Vec<ZoneStamp>>;
+/// What one sequence number's revocation kills, and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocation {
+    /// The zones the records may be in, with their reset generations.
+    pub zones: Vec<ZoneStamp>,
+    /// The kinds of record revoked: `None` for every claiming record of the number (a failed
+    /// write), or only these (copies of single records that nothing holds).
+    pub kinds: Option<Vec<Kind>>,
+}
+
+impl Revocation {
+    /// A failed write's: every claiming record of the number, in `zones`.
+    pub fn whole(zones: Vec<ZoneStamp>) -> Self {
+        Revocation { zones, kinds: None }
+    }
+
+    /// Only the records of `kind`, in `zones`.
+    pub fn of_kind(kind: Kind, zones: Vec<ZoneStamp>) -> Self {
+        Revocation {
+            zones,
+            kinds: Some(vec![kind]),
+        }
+    }
+
+    /// Whether a record of `kind` with this number is dead. Data records are never: a failed
+    /// write's data is garbage already, as nothing names it.
+    pub fn covers(&self, kind: Kind) -> bool {
+        kind != Kind::Data && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+
+    /// This revocation and `other` (of the same number) together.
+    pub fn merge(&mut self, other: Revocation) {
+        self.zones.extend(other.zones);
+        self.zones.sort();
+        self.zones.dedup();
+        self.kinds = match (self.kinds.take(), other.kinds) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.extend(theirs);
+                mine.sort();
+                mine.dedup();
+                Some(mine)
+            }
+            _ => None,
+        };
+    }
+
+    /// Its value in the meta column family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u8(1);
+        put_stamps(&mut e, &self.zones);
+        // Absent for a whole write's, as in revocations written before kinds were kept.
+        if let Some(kinds) = &self.kinds {
+            e.u8(u8::try_from(kinds.len()).unwrap_or(u8::MAX));
+            for kind in kinds.iter().take(usize::from(u8::MAX)) {
+                e.u8(*kind as u8);
+            }
+        }
+        e.finish()
+    }
+
+    /// A revocation from its value.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Dec::new(bytes);
+        d.version(1, "revocation")?;
+        let zones = get_stamps(&mut d)?;
+        let kinds = if d.is_empty() {
+            None
+        } else {
+            let n = d.u8()?;
+            let kinds = (0..n)
+                .map(|_| {
+                    let code = d.u8()?;
+                    Kind::from_code(code)
+                        .ok_or_else(|| DecodeError(format!("unknown record kind {code}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(kinds)
+        };
+        Ok(Revocation { zones, kinds })
+    }
+}
+
+/// Revocations by sequence number.
+pub type Revocations = BTreeMap<u64, Revocation>;
+
+/// Whether `revocations` make the record of `kind` with number `seq` dead.
+pub fn covers(revocations: &Revocations, seq: u64, kind: Kind) -> bool {
+    revocations.get(&seq).is_some_and(|r| r.covers(kind))
+}
 
 /// Key prefix in the meta column family (followed by the sequence number, big-endian).
 const KEY_PREFIX: &[u8] = b"revoked:";
@@ -49,45 +142,38 @@ pub fn stamps(
     stamps
 }
 
-/// The value of a revocation: the zones the records may be in.
-pub fn encode(zones: &[ZoneStamp]) -> Vec<u8> {
-    let mut e = Enc::new();
-    e.u8(1);
-    put_stamps(&mut e, zones);
-    e.finish()
-}
-
-/// The zones of a revocation's value.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<ZoneStamp>, DecodeError> {
-    let mut d = Dec::new(bytes);
-    d.version(1, "revocation")?;
-    get_stamps(&mut d)
-}
-
-/// Records at once (durably) that the records of sequence number `seq`, which may be in
-/// `zones`, are dead (adding to the zones of an earlier revocation of `seq`).
-pub fn record(index: &Index, seq: u64, zones: &[ZoneStamp]) -> IndexResult<()> {
-    let mut all = index
-        .get_raw(cf::META, &key(seq))?
-        .and_then(|v| decode(&v).ok())
-        .unwrap_or_default();
-    all.extend_from_slice(zones);
-    all.sort();
-    all.dedup();
+/// Records at once (durably) that the records of sequence number `seq` that `revocation`
+/// names are dead (adding to an earlier revocation of `seq`).
+pub fn record(index: &Index, seq: u64, revocation: Revocation) -> IndexResult<()> {
+    let mut all = match index.get_raw(cf::META, &key(seq))? {
+        // One that does not decode is never pruned: left as it is.
+        Some(v) => match Revocation::decode(&v) {
+            Ok(earlier) => earlier,
+            Err(_) => return Ok(()),
+        },
+        None => Revocation {
+            zones: Vec::new(),
+            kinds: Some(Vec::new()),
+        },
+    };
+    all.merge(revocation);
     let mut batch = WriteBatch::default();
-    batch.put_cf(index.cf(cf::META), key(seq), encode(&all));
+    batch.put_cf(index.cf(cf::META), key(seq), all.encode());
     index.write(batch, true)
 }
 
-/// Every revocation: sequence number → the zones its records may be in. (One whose value does
-/// not decode names no zones: it is kept.)
+/// Every revocation by sequence number. (One whose value does not decode revokes every record
+/// of its number and names no zones: it is kept.)
 pub fn load(index: &Index) -> IndexResult<Revocations> {
     Ok(index
         .dump_prefix(cf::META, KEY_PREFIX)?
         .into_iter()
         .filter_map(|(k, v)| {
             let bytes: [u8; 8] = k.get(KEY_PREFIX.len()..)?.try_into().ok()?;
-            Some((u64::from_be_bytes(bytes), decode(&v).unwrap_or_default()))
+            Some((
+                u64::from_be_bytes(bytes),
+                Revocation::decode(&v).unwrap_or_default(),
+            ))
         })
         .collect())
 }
@@ -97,7 +183,8 @@ pub fn load(index: &Index) -> IndexResult<Revocations> {
 pub fn prune(index: &Index, generation: impl Fn(ZoneId) -> u64) -> IndexResult<usize> {
     let mut batch = WriteBatch::default();
     let mut dropped = 0;
-    for (seq, zones) in load(index)? {
+    for (seq, revocation) in load(index)? {
+        let zones = &revocation.zones;
         if !zones.is_empty() && zones.iter().all(|z| generation(z.zone) != z.generation) {
             batch.delete_cf(index.cf(cf::META), key(seq));
             dropped += 1;
@@ -125,17 +212,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         assert!(load(&index).unwrap().is_empty());
-        record(&index, 7, &[stamp(2, 5)]).unwrap();
-        record(&index, 7, &[stamp(1, 0), stamp(2, 5)]).unwrap();
-        record(&index, 1 << 40, &[stamp(3, 0)]).unwrap();
-        record(&index, 3, &[]).unwrap();
+        record(&index, 7, Revocation::whole(vec![stamp(2, 5)])).unwrap();
+        record(&index, 7, Revocation::whole(vec![stamp(1, 0), stamp(2, 5)])).unwrap();
+        record(&index, 1 << 40, Revocation::whole(vec![stamp(3, 0)])).unwrap();
+        record(&index, 3, Revocation::whole(vec![])).unwrap();
         let mut other = WriteBatch::default();
         other.put_cf(index.cf(cf::META), b"revokedness", b"x");
         other.put_cf(index.cf(cf::META), b"settled:zz", b"x");
         index.write(other, true).unwrap();
         let all = load(&index).unwrap();
         assert_eq!(all.keys().copied().collect::<Vec<_>>(), vec![3, 7, 1 << 40]);
-        assert_eq!(all[&7], vec![stamp(1, 0), stamp(2, 5)]);
+        assert_eq!(all[&7], Revocation::whole(vec![stamp(1, 0), stamp(2, 5)]));
 
         // Zone 1 reset, zone 2 not yet: 7 stays; zone 3 reset: 1 << 40 goes; 3 names no
         // zone and stays.
@@ -154,5 +241,61 @@ mod tests {
             load(&index).unwrap().keys().copied().collect::<Vec<_>>(),
             vec![3]
         );
+    }
+
+    #[test]
+    fn a_revocation_of_one_kind_leaves_the_other_records_of_its_number_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        record(
+            &index,
+            9,
+            Revocation::of_kind(Kind::Commit, vec![stamp(1, 0)]),
+        )
+        .unwrap();
+        let all = load(&index).unwrap();
+        assert!(covers(&all, 9, Kind::Commit));
+        assert!(
+            !covers(&all, 9, Kind::UploadEnd),
+            "the end record stays live"
+        );
+        assert!(!covers(&all, 9, Kind::Data));
+        assert!(!covers(&all, 8, Kind::Commit));
+
+        // Another kind adds to it; a failed write's revocation makes it whole.
+        record(
+            &index,
+            9,
+            Revocation::of_kind(Kind::Part, vec![stamp(2, 1)]),
+        )
+        .unwrap();
+        let all = load(&index).unwrap();
+        assert_eq!(all[&9].kinds, Some(vec![Kind::Commit, Kind::Part]));
+        assert_eq!(all[&9].zones, vec![stamp(1, 0), stamp(2, 1)]);
+        assert!(!covers(&all, 9, Kind::UploadEnd));
+        record(&index, 9, Revocation::whole(vec![])).unwrap();
+        let all = load(&index).unwrap();
+        assert!(covers(&all, 9, Kind::UploadEnd));
+        assert!(covers(&all, 9, Kind::Commit));
+        assert!(!covers(&all, 9, Kind::Data));
+        record(&index, 9, Revocation::of_kind(Kind::Part, vec![])).unwrap();
+        assert_eq!(load(&index).unwrap()[&9].kinds, None, "whole stays whole");
+    }
+
+    #[test]
+    fn revocations_written_before_kinds_were_kept_revoke_every_record() {
+        // Version 1 with one zone and nothing after it: what earlier releases wrote.
+        let old = Revocation::whole(vec![stamp(4, 2)]).encode();
+        let mut e = Enc::new();
+        e.u8(1);
+        put_stamps(&mut e, &[stamp(4, 2)]);
+        assert_eq!(old, e.finish());
+        let decoded = Revocation::decode(&old).unwrap();
+        assert!(decoded.covers(Kind::UploadEnd) && decoded.covers(Kind::Bucket));
+        let scoped = Revocation::of_kind(Kind::Upload, vec![stamp(4, 2)]);
+        assert_eq!(Revocation::decode(&scoped.encode()).unwrap(), scoped);
+        let mut bad = scoped.encode();
+        *bad.last_mut().unwrap() = 99;
+        assert!(Revocation::decode(&bad).is_err());
     }
 }

@@ -394,8 +394,10 @@ impl EngineInner {
         let stamps =
             super::revoked::stamps(zones.iter().copied(), |zone| self.accounts.generation(zone));
         let index = self.index.clone();
-        let written =
-            tokio::task::spawn_blocking(move || super::revoked::record(&index, seq, &stamps)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            super::revoked::record(&index, seq, super::revoked::Revocation::whole(stamps))
+        })
+        .await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::error!(
                 seq,
