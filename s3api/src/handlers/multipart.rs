@@ -206,64 +206,56 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     super::long_copy::copy_reply(svc, ctx, copy).await
 }
 
-/// The GF(2) operator (a column per bit, `width` columns) that carries a CRC over `len` zero
-/// bytes: `crc(A‖B)` is this operator for `len(B)` applied to `crc(A)`, XOR `crc(B)`. `poly` is
-/// the reflected polynomial.
-fn zeros_operator(len: u64, poly: u64, width: usize) -> Vec<u64> {
-    fn times(mat: &[u64], mut vec: u64) -> u64 {
-        let (mut sum, mut i) = (0, 0);
-        while vec != 0 {
-            if vec & 1 != 0 {
-                sum ^= mat[i];
-            }
-            vec >>= 1;
-            i += 1;
+/// A GF(2) operator on CRCs of `width` bits: a column per bit.
+type Operator = Vec<u64>;
+
+/// `mat` applied to the CRC `vec`.
+fn apply(mat: &[u64], mut vec: u64) -> u64 {
+    let (mut sum, mut i) = (0, 0);
+    while vec != 0 {
+        if vec & 1 != 0 {
+            sum ^= mat[i];
         }
-        sum
+        vec >>= 1;
+        i += 1;
     }
-    // `a` after `b`.
-    fn compose(a: &[u64], b: &[u64]) -> Vec<u64> {
-        b.iter().map(|&column| times(a, column)).collect()
-    }
-    let mut result: Vec<u64> = (0..width).map(|i| 1u64 << i).collect();
-    if len == 0 {
-        return result;
-    }
-    let mut len = len;
-    // One zero bit, then squared to two, four and eight (a byte).
-    let mut odd: Vec<u64> = std::iter::once(poly)
-        .chain((0..width - 1).map(|i| 1u64 << i))
-        .collect();
-    let mut even = compose(&odd, &odd);
-    odd = compose(&even, &even);
-    loop {
-        even = compose(&odd, &odd);
-        if len & 1 != 0 {
-            result = compose(&even, &result);
-        }
-        len >>= 1;
-        if len == 0 {
-            break;
-        }
-        odd = compose(&even, &even);
-        if len & 1 != 0 {
-            result = compose(&odd, &result);
-        }
-        len >>= 1;
-        if len == 0 {
-            break;
-        }
-    }
-    result
+    sum
 }
 
-/// Applies a [`zeros_operator`] to a CRC.
-fn apply(operator: &[u64], crc: u64) -> u64 {
-    operator
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| crc >> i & 1 != 0)
-        .fold(0, |sum, (_, column)| sum ^ column)
+/// `a` after `b`.
+fn compose(a: &[u64], b: &[u64]) -> Operator {
+    b.iter().map(|&column| apply(a, column)).collect()
+}
+
+/// The operators that carry a CRC over 2^k zero bytes, for k = 0..64: `crc(A‖B)` is the CRC
+/// of A carried over len(B) zero bytes, XOR `crc(B)`. `poly` is the reflected polynomial.
+fn zero_byte_powers(poly: u64, width: usize) -> Vec<Operator> {
+    // One zero bit, then squared to two, four and eight (a byte), and on.
+    let bit: Operator = std::iter::once(poly)
+        .chain((0..width - 1).map(|i| 1u64 << i))
+        .collect();
+    let two = compose(&bit, &bit);
+    let four = compose(&two, &two);
+    let mut powers = vec![compose(&four, &four)];
+    for k in 1..64 {
+        let last = &powers[k - 1];
+        powers.push(compose(last, last));
+    }
+    powers
+}
+
+/// `crc` carried over `len` zero bytes: a product of vector and matrix per bit of `len`, so
+/// that parts of as many sizes as a client likes cost next to nothing.
+fn over_zeros(powers: &[Operator], mut crc: u64, len: u64) -> u64 {
+    for (k, power) in powers.iter().enumerate() {
+        if len >> k == 0 {
+            break;
+        }
+        if len >> k & 1 != 0 {
+            crc = apply(power, crc);
+        }
+    }
+    crc
 }
 
 /// The full-object CRC of an object from its parts' CRCs and sizes.
@@ -278,9 +270,7 @@ fn full_object_crc(algorithm: Algorithm, parts: &[(String, u64)]) -> Result<Stri
             ));
         }
     };
-    // Parts mostly share one size: each size's operator is made once (a part count's worth
-    // of them would take seconds).
-    let mut operators: HashMap<u64, Vec<u64>> = HashMap::new();
+    let powers = zero_byte_powers(poly, width);
     let mut total = 0u64;
     for (i, (value, size)) in parts.iter().enumerate() {
         let raw = STANDARD
@@ -294,10 +284,7 @@ fn full_object_crc(algorithm: Algorithm, parts: &[(String, u64)]) -> Result<Stri
         total = if i == 0 {
             crc
         } else {
-            let operator = operators
-                .entry(*size)
-                .or_insert_with(|| zeros_operator(*size, poly, width));
-            apply(operator, total) ^ crc
+            over_zeros(&powers, total, *size) ^ crc
         };
     }
     let bytes = total.to_be_bytes();
@@ -630,8 +617,26 @@ mod tests {
         );
     }
 
-    /// Many parts of a few sizes (the operator of each size made once) combine to the CRC of
-    /// the whole, for every CRC algorithm; a zero-length part changes nothing.
+    /// Carrying a CRC over a+b zero bytes is carrying it over a, then b: also for sizes far
+    /// beyond what the whole-object test can hold in memory.
+    #[test]
+    fn carrying_over_zeros_composes() {
+        let powers = zero_byte_powers(0x9A6C_9329_AC4B_C9B5, 64);
+        for (crc, a, b) in [
+            (0x0123_4567_89ab_cdefu64, 5u64 << 20, 7u64),
+            (0xdead_beef, (5 << 30) + 3, 1 << 40),
+            (1, u64::MAX / 2, u64::MAX / 2),
+        ] {
+            assert_eq!(
+                over_zeros(&powers, crc, a + b),
+                over_zeros(&powers, over_zeros(&powers, crc, a), b)
+            );
+        }
+        assert_eq!(over_zeros(&powers, 42, 0), 42);
+    }
+
+    /// Many parts of many sizes combine to the CRC of the whole, for every CRC algorithm; a
+    /// zero-length part changes nothing.
     #[test]
     fn full_object_crc_of_many_parts_is_the_crc_of_the_whole() {
         let sizes = [7u64, 4096, 0, 4096, 1, 4096, 65_537, 4096];
