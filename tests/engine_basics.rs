@@ -682,6 +682,132 @@ async fn zone_after_deleting_and_collecting(
     zone_row(engine, zone)
 }
 
+/// A download GC went on without (it outlasted GC's wait for it) takes what it reads only if
+/// the index still names the copy: once the zone is reset and written again, bytes there that
+/// pass a record's own checks may be anything (a client may store bytes that look like one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_gc_went_on_without_does_not_take_a_record_planted_where_its_copy_was() {
+    use zns::ZonedDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
+        c.gc.enabled = false;
+        c.gc.read_wait = std::time::Duration::from_millis(50);
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    // Objects in each zone writes go to, the victim after them, then more until its zone is
+    // full (and can be collected).
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        let key = format!("before{i}");
+        put(&engine, "b", &key, &content(&key, 1, 10_000))
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let body = content("victim", 1, 20_000);
+    put(&engine, "b", "victim", &body).await.unwrap();
+    keys.push("victim".to_string());
+    let drive = &drives[0];
+    let block = g.block_size as usize;
+    let (zone, lba, original) = {
+        let report = drive
+            .report_zones(0, zns::ReportFilter::All, 64)
+            .await
+            .unwrap();
+        let mut found = None;
+        for (i, z) in report
+            .zones
+            .iter()
+            .enumerate()
+            .filter(|(_, z)| z.wp > z.zslba)
+        {
+            let bytes = drive.read(z.zslba, (z.wp - z.zslba) as u32).await.unwrap();
+            let mut at = 0;
+            while let Ok(p) = zonestore::engine::record::parse(&bytes[at..], block) {
+                if p.header.key == "victim"
+                    && p.header.kind == zonestore::engine::record::Kind::Data
+                {
+                    found = Some((i as u32, z.zslba + (at / block) as u64, p.header));
+                }
+                at += p.padded;
+            }
+        }
+        found.expect("the victim's data record")
+    };
+    let zone_state = || async {
+        drive
+            .report_zones(g.zone_start(zone), zns::ReportFilter::All, 1)
+            .await
+            .unwrap()
+            .zones[0]
+            .state
+    };
+    for i in 0.. {
+        if zone_state().await == zns::ZoneState::Full {
+            break;
+        }
+        assert!(i < 200, "the zone never filled");
+        let key = format!("filler{i}");
+        put(&engine, "b", &key, &content(&key, 1, 30_000))
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    assert!(
+        lba > g.zone_start(zone),
+        "something lies before it in its zone"
+    );
+    let handle = engine.open_object("b", "victim").unwrap();
+
+    // Deleted and its zone collected: GC waits 50 ms for the open download, then resets.
+    for key in &keys {
+        engine.delete("b", key).await.unwrap();
+    }
+    // (Collected until it is reset: a later collection may write what it moves into it.)
+    for i in 0.. {
+        assert!(i < 8, "the zone was never reset");
+        engine.inner().collect_now().await.unwrap();
+        if zone_state().await == zns::ZoneState::Empty {
+            break;
+        }
+    }
+
+    // Written again: a record with the victim's identity and other bytes where its copy was.
+    let planted_body = vec![b'X'; body.len()];
+    let planted = zonestore::engine::record::encode(&original, &planted_body, block);
+    let filler = (lba - g.zone_start(zone)) as usize * block;
+    drive
+        .write(g.zone_start(zone), bytes::Bytes::from(vec![0u8; filler]))
+        .await
+        .unwrap();
+    drive.write(lba, planted).await.unwrap();
+
+    let mut stream = handle.read(0..handle.meta().size).unwrap();
+    let mut read = Vec::new();
+    let mut failed = None;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        match chunk {
+            Ok(c) => read.extend_from_slice(&c),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        !read.windows(64).any(|w| w.iter().all(|&b| b == b'X')),
+        "the planted bytes were served"
+    );
+    assert!(
+        matches!(failed, Some(EngineError::Unavailable(_))),
+        "the read is told to begin again: {failed:?}"
+    );
+    drop((stream, handle));
+    engine.shutdown().await;
+}
+
 /// An append the host gave up on (the connection lost or timed out: Unavailable, where a drive
 /// that failed it would report its own error) may still run on the target: GC leaves its zone
 /// alone for a while rather than reset it, since after a reset the append would land in the

@@ -294,6 +294,7 @@ impl Server {
             low_watermark: config.gc.low_watermark,
             high_watermark: config.gc.high_watermark,
             rate_bytes_per_sec: config.gc.rate_mib_per_sec << 20,
+            ..GcConfig::default()
         };
         let rep = &config.replication;
         engine_config.repair = RepairConfig {

@@ -2,7 +2,11 @@
 //! the relocation was committed is still running. Reads hold a ticket for the epoch they began
 //! in; GC advances the epoch after committing relocations and waits for older tickets — but
 //! not for ever: a ticket older than the wait's limit no longer holds a reset (a long download
-//! must not stop GC; its later reads are checked, and look their copies up again if moved).
+//! must not stop GC; its later reads look their copies up again if moved). A reader given up
+//! on in this way knows it: what it then reads may be from a zone reset and written again, and
+//! a record's own CRCs cannot tell a real record from bytes a client stored to look like one,
+//! so it takes what it read only if the index still names that copy once the read is done (GC
+//! takes a copy out of the index before it resets the zone).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +23,8 @@ type Readers = BTreeMap<Instant, usize>;
 struct State {
     epoch: u64,
     readers: BTreeMap<u64, Readers>,
+    /// The newest epoch whose readers a drain went on without (see [`Ticket::given_up_on`]).
+    given_up_through: Option<u64>,
 }
 
 /// The gate.
@@ -83,10 +89,26 @@ impl ReadGate {
                 (young, old)
             };
             if !young {
+                if old {
+                    let mut s = self.state.lock();
+                    s.given_up_through = s.given_up_through.max(Some(epoch));
+                }
                 return !old;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+impl Ticket {
+    /// Whether GC went on without this read (it ran past a drain's limit): a zone it looked
+    /// copies up in may have been reset since.
+    pub fn given_up_on(&self) -> bool {
+        self.gate
+            .state
+            .lock()
+            .given_up_through
+            .is_some_and(|through| self.epoch <= through)
     }
 }
 
@@ -125,15 +147,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reader_older_than_the_limit_no_longer_holds_a_drain() {
         let gate = ReadGate::default();
-        let _long = gate.enter();
+        let long = gate.enter();
         tokio::time::advance(Duration::from_secs(40)).await;
         let ended = gate.advance();
+        assert!(!long.given_up_on());
         let started = Instant::now();
         assert!(!gate.drain(ended, Duration::from_secs(30)).await);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a download that began 40 s ago does not hold GC for another 30 s"
         );
+        assert!(long.given_up_on(), "the download knows it was given up on");
+        assert!(!gate.enter().given_up_on(), "a read begun since holds GC");
         // A short read that began since (in the same epoch as a long one) and has ended holds
         // nothing: only running reads count.
         let _long_too = gate.enter();

@@ -64,6 +64,9 @@ pub struct GcConfig {
     /// Relocation rate limit in bytes per second (0: unlimited). Ignored when a drive is down
     /// to its reserve.
     pub rate_bytes_per_sec: u64,
+    /// How long a reset waits for reads that began before its zone's records moved (at most
+    /// [`URGENT_READ_WAIT`] when the drive is down to its reserve of free zones).
+    pub read_wait: Duration,
 }
 
 impl Default for GcConfig {
@@ -74,6 +77,7 @@ impl Default for GcConfig {
             low_watermark: 0.10,
             high_watermark: 0.20,
             rate_bytes_per_sec: 256 << 20,
+            read_wait: Duration::from_secs(30),
         }
     }
 }
@@ -415,10 +419,8 @@ impl Pacer {
     }
 }
 
-/// How long a reset waits for reads that began before its zone's records moved.
-const READ_WAIT: Duration = Duration::from_secs(30);
-
-/// [`READ_WAIT`] when the drive is down to its reserve of free zones.
+/// The most a reset waits for older reads when the drive is down to its reserve of free zones
+/// (see [`GcConfig::read_wait`]).
 const URGENT_READ_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a zone whose collection failed is left alone.
@@ -657,7 +659,12 @@ impl EngineInner {
             // but not long when the drive is down to its reserve (writes would fail first).
             let urgent =
                 self.placement.free_zones(zone.drive) <= self.placement.reserve_of(zone.drive);
-            let limit = if urgent { URGENT_READ_WAIT } else { READ_WAIT };
+            let wait = self.gc.config.lock().read_wait;
+            let limit = if urgent {
+                wait.min(URGENT_READ_WAIT)
+            } else {
+                wait
+            };
             if !self.gate.drain(epoch, limit).await {
                 tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
             }

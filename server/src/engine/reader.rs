@@ -65,7 +65,7 @@ struct ReadAhead {
     error: Option<EngineError>,
     ended: bool,
     /// Keeps GC from resetting the zones the pieces were planned in while the stream lives.
-    _ticket: Arc<Ticket>,
+    ticket: Arc<Ticket>,
 }
 
 impl ReadAhead {
@@ -136,9 +136,10 @@ impl ReadAhead {
                 }
             };
             let engine = self.engine.clone();
+            let ticket = self.ticket.clone();
             self.reads.push_back(
                 async move {
-                    let bytes = engine.read_piece(piece).await?;
+                    let bytes = engine.read_piece(piece, &ticket).await?;
                     // The budget comes back when the chunk is dropped (sent to the client).
                     Ok(Bytes::from_owner(Budgeted {
                         bytes,
@@ -339,7 +340,7 @@ impl EngineInner {
             planned_all: false,
             error: None,
             ended: false,
-            _ticket: ticket,
+            ticket,
         };
         futures::stream::unfold(state, |mut st| async move {
             if st.ended {
@@ -387,7 +388,7 @@ impl EngineInner {
         v.into_iter().map(|(.., l)| l).collect()
     }
 
-    async fn read_piece(&self, mut piece: Piece) -> EngineResult<Bytes> {
+    async fn read_piece(&self, mut piece: Piece, ticket: &Ticket) -> EngineResult<Bytes> {
         let mut last_error = String::new();
         for attempt in 0..2 {
             for location in self.order(&piece.extent.replicas) {
@@ -399,7 +400,14 @@ impl EngineInner {
                     continue;
                 }
                 match self.read_copy(&piece, location).await {
-                    Ok(bytes) => return Ok(bytes),
+                    Ok(bytes) if !ticket.given_up_on() => return Ok(bytes),
+                    // GC went on without this read: the zone may have been reset and written
+                    // again, so what passed the record's checks counts only if the index still
+                    // names the copy now that it has been read (see [`super::gate`]).
+                    Ok(bytes) if self.still_names(&piece, location)? => return Ok(bytes),
+                    Ok(_) => {
+                        last_error = "the copy was moved while it was read".into();
+                    }
                     Err(e) => {
                         self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
@@ -442,6 +450,14 @@ impl EngineInner {
             return Err(EngineError::Unavailable(what));
         }
         Err(EngineError::Corrupt(what))
+    }
+
+    /// Whether the index still names `location` as a copy of the piece's extent.
+    fn still_names(&self, piece: &Piece, location: Location) -> EngineResult<bool> {
+        Ok(self
+            .index
+            .extent(piece.stream_id, piece.offset)?
+            .is_some_and(|e| e.replicas.contains(&location)))
     }
 
     async fn read_copy(&self, piece: &Piece, location: Location) -> Result<Bytes, String> {

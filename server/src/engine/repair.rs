@@ -668,7 +668,11 @@ impl EngineInner {
         Ok(record::new_copy(record, self.seq.next()?, replaces))
     }
 
-    /// Reads the copy at `location` and checks its CRC and that it is the record `what` means.
+    /// Reads the copy at `location` and checks its CRC, that it is the record `what` means, and
+    /// that the index still names the copy once it has been read. (Repair holds no read-gate
+    /// ticket: GC may have moved the record and reset its zone meanwhile, and a record's own
+    /// CRCs cannot tell a real record from bytes a client stored to look like one; GC takes a
+    /// copy out of the index before it resets the zone.)
     async fn read_verified(&self, what: &Relocation, location: Location) -> Result<Bytes, String> {
         let drive: &Arc<Drive> = self.drives.of(&location).ok_or("unknown drive")?;
         let bytes = drive
@@ -685,7 +689,11 @@ impl EngineInner {
         if !located::is_record_of(what, &parsed.header) {
             return Err("the record there is not the one the index names".into());
         }
-        Ok(bytes)
+        match located::current_copies(&self.index, what) {
+            Ok(Some(copies)) if copies.contains(&location) => Ok(bytes),
+            Ok(_) => Err("the copy was moved or dropped while it was read".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Reads every copy of every record, checks it, and replaces bad copies from good ones.
