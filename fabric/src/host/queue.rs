@@ -560,12 +560,23 @@ async fn receive(
                 let Some(mut pending) = queue.take(cqe.cid()) else {
                     return format!("completion for unknown command {:#x}", cqe.cid());
                 };
-                if cqe.status().is_success() && pending.received != pending.expected_in {
+                // A success must have had all its data: every byte read, and every byte
+                // written (in the capsule, or asked for by R2Ts).
+                let sent = if pending.in_capsule {
+                    pending.data_out.len()
+                } else {
+                    pending.solicited
+                };
+                if cqe.status().is_success()
+                    && (pending.received != pending.expected_in || sent != pending.data_out.len())
+                {
                     let reason = format!(
-                        "command {:#x} succeeded with {} of its {} bytes of data",
+                        "command {:#x} succeeded with {} of its {} bytes of data read and {} of its {} bytes written",
                         cqe.cid(),
                         pending.received,
-                        pending.expected_in
+                        pending.expected_in,
+                        sent,
+                        pending.data_out.len()
                     );
                     let _ = pending
                         .done
@@ -849,6 +860,11 @@ mod tests {
         assert!(write(&beyond, 16384).await.is_err());
         let in_capsule = queue_against(|_, cid| vec![r2t(cid, 0, 4096), success(cid)]).await;
         assert!(write(&in_capsule, 4096).await.is_err());
+        // A success before the target asked for all the data: not a write.
+        let unasked = queue_against(|_, cid| vec![success(cid)]).await;
+        assert!(write(&unasked, 16384).await.is_err());
+        let half_asked = queue_against(|_, cid| vec![r2t(cid, 0, 8192), success(cid)]).await;
+        assert!(write(&half_asked, 16384).await.is_err());
         // In two R2Ts, each byte once: a write.
         let halves =
             queue_against(|_, cid| vec![r2t(cid, 0, 8192), r2t(cid, 8192, 8192), success(cid)])

@@ -157,7 +157,7 @@ impl Session {
             match admin_q.connect(&admin_connect, timeout).await {
                 Ok(cntlid) => break (at, admin_q, cntlid, failed_tx, failed),
                 Err(HostError::Refused { status, .. })
-                    if status == Status::CONNECT_INVALID_PARAMETERS && cattr != 0 =>
+                    if status.is(Status::CONNECT_INVALID_PARAMETERS) && cattr != 0 =>
                 {
                     tracing::info!(
                         "{} cannot disable SQ flow control; connecting with it on",

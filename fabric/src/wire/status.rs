@@ -44,6 +44,11 @@ const fn specific(sc: u8) -> Status {
 }
 
 impl Status {
+    /// Whether this is `other`'s status (type and code), whether or not Do Not Retry is set.
+    pub fn is(self, other: Status) -> bool {
+        self.sct == other.sct && self.sc == other.sc
+    }
+
     /// Successful Completion.
     pub const SUCCESS: Status = Status {
         sct: 0,
@@ -364,5 +369,16 @@ mod tests {
         ] {
             assert_eq!(status.zone_error_kind(), ZoneErrorKind::MediaError);
         }
+    }
+
+    #[test]
+    fn a_status_is_its_type_and_code_whatever_do_not_retry_says() {
+        let retryable = Status {
+            dnr: false,
+            ..Status::CONNECT_INVALID_PARAMETERS
+        };
+        assert!(retryable.is(Status::CONNECT_INVALID_PARAMETERS));
+        assert!(!Status::CONNECT_INVALID_HOST.is(Status::CONNECT_INVALID_PARAMETERS));
+        assert!(!generic(0x82).is(Status::CONNECT_INVALID_PARAMETERS));
     }
 }
