@@ -127,8 +127,23 @@ impl S3Error {
         )
         .with("Key", key)
     }
-    /// 404 NoSuchVersion: buckets are unversioned, so only the version `null` exists.
+    /// A version other than `null` (buckets are unversioned, so only that one exists): 404
+    /// NoSuchVersion for one shaped as S3 makes them (32 URL-safe characters), else 400
+    /// InvalidArgument, as S3 answers an id that cannot be one.
     pub fn no_such_version(version: &str) -> Self {
+        if version.is_empty() {
+            return S3Error::invalid_argument("Version id cannot be the empty string")
+                .with("ArgumentName", "versionId");
+        }
+        let well_formed = version.len() == 32
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !well_formed {
+            return S3Error::invalid_argument("Invalid version id specified")
+                .with("ArgumentName", "versionId")
+                .with("ArgumentValue", version);
+        }
         S3Error::new(
             StatusCode::NOT_FOUND,
             "NoSuchVersion",
@@ -414,5 +429,29 @@ mod tests {
         assert!(xml.contains("<Key>a&amp;b</Key>"));
         assert!(xml.contains("<Resource>/bkt/a&amp;b</Resource><RequestId>REQ1</RequestId>"));
         assert_eq!(e.status, StatusCode::NOT_FOUND);
+    }
+
+    /// As S3 answers: a version id shaped like one of its own is a version that does not
+    /// exist; anything else cannot be a version id at all.
+    #[test]
+    fn a_version_id_that_cannot_be_one_is_an_invalid_argument() {
+        let missing = S3Error::no_such_version("3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrH");
+        assert_eq!(
+            (missing.status, missing.code),
+            (StatusCode::NOT_FOUND, "NoSuchVersion")
+        );
+        for bad in [
+            "",
+            "abc",
+            "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrH",
+            &"a".repeat(33),
+        ] {
+            let e = S3Error::no_such_version(bad);
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "InvalidArgument"),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -341,9 +341,14 @@ def check_delete_objects():
     assert sorted(d["Key"] for d in r["Deleted"]) == sorted(odd), r
     left = [o["Key"] for o in s3.list_objects_v2(Bucket=b).get("Contents", [])]
     assert left == ["k9"], left
-    # A version other than null does not exist: nothing is read or deleted in its place.
-    expect_error("NoSuchVersion", 404, s3.get_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ")
-    expect_error("NoSuchVersion", 404, s3.delete_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ")
+    # A version other than null does not exist: nothing is read or deleted in its place. One
+    # that is not shaped as S3's are (32 URL-safe characters) is no version id at all.
+    expect_error("NoSuchVersion", 404, s3.get_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrH")
+    expect_error("NoSuchVersion", 404, s3.delete_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrH")
+    expect_error("InvalidArgument", 400, s3.get_object, Bucket=b, Key="k9", VersionId="abc")
+    expect_error("InvalidArgument", 400, s3.delete_object, Bucket=b, Key="k9", VersionId="abc")
+    # A response-* override that cannot be a header value is refused, not left out.
+    expect_error("InvalidArgument", 400, s3.get_object, Bucket=b, Key="k9", ResponseContentType="a\nb")
     assert s3.get_object(Bucket=b, Key="k9", VersionId="null")["Body"].read() == b"x"
     # Conditional deletes: If-Match with the ETag (412 if it changed), * (404 if absent).
     etag = s3.put_object(Bucket=b, Key="guarded", Body=b"v1")["ETag"]

@@ -278,6 +278,17 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
             "Request specific response headers cannot be used for anonymous GET requests.",
         ));
     }
+    // An override that cannot be a header value would leave the header out of the answer.
+    if let Some((name, _)) = ctx
+        .query
+        .iter()
+        .find(|(k, v)| k.starts_with("response-") && http::HeaderValue::from_str(v).is_err())
+    {
+        return Err(
+            S3Error::invalid_argument(format!("{name} is not a valid header value"))
+                .with("ArgumentName", name.clone()),
+        );
+    }
     check_version_id(ctx)?;
     let object = svc.store.open_object(&bucket, &key)?;
     let info = &object.info;
