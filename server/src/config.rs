@@ -212,10 +212,8 @@ impl TargetUrl {
                 (a, Some(n.to_string()).filter(|n| !n.is_empty()))
             });
             let address: TargetAddress = addr.parse()?;
-            if let Some(n) = &nqn
-                && !n.starts_with("nqn.")
-            {
-                return Err(format!("{n:?} is not an NQN (they start with \"nqn.\")"));
+            if let Some(n) = &nqn {
+                fabric::target::validate_nqn(n).map_err(|e| e.to_string())?;
             }
             Ok(TargetUrl::NvmeTcp { address, nqn })
         } else if let Some(path) = text.strip_prefix("zns-file://") {
@@ -374,6 +372,12 @@ impl Config {
                     "{admin_listen} is the S3 address (listen) too: give the admin API a port of its own"
                 ),
             ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", "must not be empty"));
+        }
+        if let Some(nqn) = &self.host_nqn {
+            fabric::target::validate_nqn(nqn).map_err(|e| bad("host_nqn", e.to_string()))?;
         }
         let mut targets = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
@@ -565,11 +569,14 @@ mod tests {
                 .unwrap_err()
                 .contains("not a target URL")
         );
-        assert!(
-            TargetUrl::parse("nvme-tcp://127.0.0.1:4420/bogus")
-                .unwrap_err()
-                .contains("not an NQN")
-        );
+        for bad in ["bogus", "nqn.x y", &format!("nqn.{}", "x".repeat(220))] {
+            assert!(
+                TargetUrl::parse(&format!("nvme-tcp://127.0.0.1:4420/{bad}"))
+                    .unwrap_err()
+                    .contains("invalid NQN"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -642,6 +649,9 @@ mod tests {
             );
         }
         assert_eq!(key_of("domains = [\"S3.Example.com.\"]\n"), None);
+        assert_eq!(key_of("host_nqn = \"gw1\"\n").as_deref(), Some("host_nqn"));
+        assert_eq!(key_of("host_nqn = \"nqn.2026-01.io.example:gw1\"\n"), None);
+        assert_eq!(key_of("data_dir = \"\"\n").as_deref(), Some("data_dir"));
         let dirs = |data: &str, index: &str, targets: &str| {
             key_of(&format!(
                 "data_dir = {data:?}\nindex_dir = {index:?}\ntargets = [{targets}]\n"

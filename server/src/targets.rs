@@ -30,6 +30,15 @@ pub enum AttachError {
         #[source]
         source: StorageNodeError,
     },
+    /// The host NQN kept in the data directory could not be read or made.
+    #[error("host NQN {path}: {source} (set host_nqn in the configuration)")]
+    HostNqn {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A target could not be reached or used.
     #[error("target {target}: {reason}")]
     Target {
@@ -177,6 +186,49 @@ pub async fn embedded(
     Ok(attached)
 }
 
+/// File in the data directory that keeps the host NQN made for a machine without a machine id.
+const HOST_NQN_FILE: &str = "host-nqn";
+
+/// The NQN this server connects as: the configured one, else the machine's, else one made once
+/// and kept in the data directory. It must not change between starts: the storage nodes'
+/// allow-lists name it.
+fn host_nqn(config: &crate::config::Config) -> Result<String, AttachError> {
+    match config
+        .host_nqn
+        .clone()
+        .or_else(fabric::host::machine_hostnqn)
+    {
+        Some(nqn) => Ok(nqn),
+        None => kept_host_nqn(&config.data_dir),
+    }
+}
+
+/// The host NQN kept in `data_dir`, made (and kept) if there is none yet.
+fn kept_host_nqn(data_dir: &Path) -> Result<String, AttachError> {
+    let path = data_dir.join(HOST_NQN_FILE);
+    let failed = |source| AttachError::HostNqn {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(kept) => {
+            let kept = kept.trim().to_string();
+            fabric::target::validate_nqn(&kept)
+                .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+            Ok(kept)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let nqn = fabric::host::uuid_hostnqn(rand::random());
+            std::fs::create_dir_all(data_dir).map_err(failed)?;
+            crate::durable_file::replace(&path, format!("{nqn}\n").as_bytes(), 0o644)
+                .map_err(failed)?;
+            tracing::info!(%nqn, "this machine has no machine id: made a host NQN, kept in {}", path.display());
+            Ok(nqn)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
 /// Attaches the drives a configuration names: its targets, or the embedded default when it
 /// names none. Targets in `known` that cannot be reached are attached to reconnect later.
 pub async fn attach_configured(
@@ -187,10 +239,7 @@ pub async fn attach_configured(
     if_unreachable: IfUnreachable,
     local: LocalDrives,
 ) -> Result<Attached, AttachError> {
-    let hostnqn = config
-        .host_nqn
-        .clone()
-        .unwrap_or_else(fabric::host::default_hostnqn);
+    let hostnqn = host_nqn(config)?;
     let geometry = Geometry::new(config.embedded.zones, checked.embedded_zone_bytes);
     if checked.targets.is_empty() {
         embedded(
@@ -302,6 +351,15 @@ pub async fn attach(
                         entries
                             .iter()
                             .filter(|e| e.subtype == subtype::NVM)
+                            // A name that is no NQN (a line break in it would corrupt the
+                            // file the listed names are kept in) is not a subsystem of ours.
+                            .filter(|e| match fabric::target::validate_nqn(&e.subnqn) {
+                                Ok(()) => true,
+                                Err(reason) => {
+                                    tracing::warn!("{via} lists a subsystem left out: {reason}");
+                                    false
+                                }
+                            })
                             .map(|e| discovered::Listed {
                                 via: via.clone(),
                                 address: listed_address(&via, &via_ips, &e.traddr, &e.trsvcid),
@@ -495,5 +553,20 @@ mod tests {
         assert_eq!(at("0.0.0.0", "4420").to_string(), "node1.example:4420");
         assert_eq!(at("not an ip", "4420").to_string(), "node1.example:4420");
         assert_eq!(at("10.0.0.8", "port?").to_string(), "10.0.0.8:8009");
+    }
+
+    /// Without a configured NQN or a machine id, the NQN made at the first start is the one
+    /// every later start connects as (storage nodes' allow-lists name it).
+    #[test]
+    fn a_host_nqn_made_for_a_machine_without_an_id_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = kept_host_nqn(&data).unwrap();
+        fabric::target::validate_nqn(&first).unwrap();
+        assert_eq!(kept_host_nqn(&data).unwrap(), first);
+        assert_ne!(kept_host_nqn(&dir.path().join("other")).unwrap(), first);
+        std::fs::write(data.join(HOST_NQN_FILE), "not an nqn\n").unwrap();
+        let e = kept_host_nqn(&data).unwrap_err().to_string();
+        assert!(e.contains("host_nqn") && e.contains("invalid NQN"), "{e}");
     }
 }

@@ -88,15 +88,26 @@ impl HostConfig {
     }
 }
 
-/// A host NQN for this machine: `nqn.2014-08.org.nvmexpress:uuid:` and the machine id.
+/// A host NQN for this machine: [`machine_hostnqn`], or (on a machine without a machine id)
+/// one made from the process id, which changes with every start.
 pub fn default_hostnqn() -> String {
-    let id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    machine_hostnqn().unwrap_or_else(|| uuid_hostnqn(u128::from(std::process::id())))
+}
+
+/// The host NQN of this machine's id (`/etc/machine-id`), if it has one: the same at every
+/// start, as a target's allow-list needs.
+pub fn machine_hostnqn() -> Option<String> {
+    let id = std::fs::read_to_string("/etc/machine-id").ok()?;
     let id: String = id.trim().chars().filter(char::is_ascii_hexdigit).collect();
-    let id = if id.len() == 32 {
-        id
-    } else {
-        format!("{:032x}", std::process::id())
-    };
+    let id = u128::from_str_radix(&id, 16)
+        .ok()
+        .filter(|_| id.len() == 32)?;
+    Some(uuid_hostnqn(id))
+}
+
+/// The host NQN `nqn.2014-08.org.nvmexpress:uuid:` and `id` as a UUID.
+pub fn uuid_hostnqn(id: u128) -> String {
+    let id = format!("{id:032x}");
     format!(
         "nqn.2014-08.org.nvmexpress:uuid:{}-{}-{}-{}-{}",
         &id[0..8],
