@@ -186,6 +186,57 @@ async fn revoking_a_completions_commit_record_leaves_its_upload_ended() {
     engine.shutdown().await;
 }
 
+/// A completion's end record that replay reads again (the zone's settled prefix lost) once the
+/// upload's tombstone has been let go is taken for an abort of an upload that is gone, which
+/// changes nothing: the number it shares with the live object's commit record is not revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_replay_of_a_completions_end_record_leaves_the_object_alone() {
+    use zonestore::engine::index::{Index, TombKind, cf, tombstone_key};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
+    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let id = engine
+        .create_upload("b", "k", ObjectMeta::default())
+        .await
+        .unwrap();
+    let mut w = engine.put_part(id, 1).unwrap();
+    let body = content("k", 1, 10_000);
+    w.write(bytes::Bytes::from(body.clone())).await.unwrap();
+    let etag = format!("{:032x}", 1);
+    w.finish_part(etag.clone(), vec![]).await.unwrap();
+    let meta = engine
+        .complete_upload(id, &[(1, etag)], None, Condition::None)
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    {
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let mut batch = rocksdb::WriteBatch::default();
+        for (key, _) in index.dump_prefix(cf::META, b"settled:").unwrap() {
+            batch.delete_cf(index.cf(cf::META), key);
+        }
+        batch.delete_cf(
+            index.cf(cf::TOMBSTONES),
+            tombstone_key(TombKind::Upload, &id.to_be_bytes()),
+        );
+        index.write(batch, true).unwrap();
+    }
+    let (engine, drives) = open_engine(dir.path(), 1, g, no_gc).await;
+    assert!(
+        !zonestore::engine::revoked::covers(
+            &engine.revoked_writes().unwrap(),
+            meta.seq,
+            zonestore::engine::record::Kind::Commit
+        ),
+        "the object's commit record is revoked"
+    );
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_completes_without_copying_and_checks_parts() {
     let dir = tempfile::tempdir().unwrap();
@@ -2281,6 +2332,79 @@ async fn after_a_reconnect_nothing_more_lands_in_zones_written_before() {
             );
         }
     }
+    engine.shutdown().await;
+}
+
+/// Replay applies a change naming records it read from a drive only if the drive kept its
+/// session until the change's flush: a target that restarted in between may have lost what was
+/// past its durable point. The change is left for the next replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_does_not_count_records_read_before_their_drive_reconnected() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zonestore::engine::{DriveSpec, Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let open = |device: Arc<dyn zns::ZonedDevice>| {
+        let mut config = EngineConfig::new(dir.path().join("index"), 1);
+        gc_by_hand(&mut config);
+        let specs = vec![DriveSpec {
+            name: "zns-file://drive0".into(),
+            device,
+        }];
+        async move { Engine::open(config, specs).await.unwrap() }
+    };
+    let (engine, _) = open(inner.clone()).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "kept", b"kept").await.unwrap();
+    engine.shutdown().await;
+    let (index, before) = (dir.path().join("index"), dir.path().join("index-before"));
+    copy_dir(&index, &before);
+    let (engine, _) = open(inner.clone()).await;
+    put(&engine, "b", "replayed", b"replayed").await.unwrap();
+    engine.shutdown().await;
+    // The index change of the second write is lost.
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::rename(&before, &index).unwrap();
+
+    // The drive reconnects at every flush while the engine opens.
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    let (session, restarting) = (
+        drive.session_offset.clone(),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let bump = restarting.clone();
+    drive.before_flush = Box::new(move || {
+        if bump.load(Ordering::SeqCst) {
+            session.fetch_add(1, Ordering::SeqCst);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    });
+    let (engine, reconciliation) = open(Arc::new(drive)).await;
+    restarting.store(false, Ordering::SeqCst);
+    assert!(
+        reconciliation.replayed.records > 0,
+        "the zone was read again"
+    );
+    assert!(
+        !reconciliation.replayed.settled,
+        "{:?}",
+        reconciliation.replayed
+    );
+    assert!(
+        matches!(
+            get(&engine, "b", "replayed").await,
+            Err(EngineError::NoSuchKey { .. })
+        ),
+        "a change read before the drive reconnected was applied"
+    );
+    assert_eq!(get(&engine, "b", "kept").await.unwrap(), b"kept");
+    engine.shutdown().await;
+
+    // Here the records were not lost after all: the next replay applies them.
+    let (engine, _) = open(inner).await;
+    assert_eq!(get(&engine, "b", "replayed").await.unwrap(), b"replayed");
     engine.shutdown().await;
 }
 

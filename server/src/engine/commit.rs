@@ -324,7 +324,7 @@ impl Change {
     }
 
     /// Drives whose records this change makes part of the index (they must be flushed first).
-    fn drives(&self) -> BTreeSet<DriveId> {
+    pub(crate) fn drives(&self) -> BTreeSet<DriveId> {
         let mut out = BTreeSet::new();
         self.for_each_location(|l| {
             out.insert(l.drive);
@@ -426,7 +426,9 @@ struct Request {
     /// (or failed), whether or not the submitter is still waiting.
     holds: Vec<ZoneHolds>,
     /// The name lock the change was checked under, released likewise (see [`super::names`]).
-    _lock: Option<Box<dyn Send>>,
+    /// A client's write always has one; a change replay submits for a record found on the
+    /// drives has none.
+    lock: Option<Box<dyn Send>>,
 }
 
 /// Handle to the committer task.
@@ -519,7 +521,7 @@ impl Committer {
                 change,
                 reply,
                 holds,
-                _lock: lock,
+                lock,
             })
             .await
             .map_err(|_| EngineError::Internal("the committer has stopped".into()))?;
@@ -673,9 +675,14 @@ async fn apply_groups(
         // this batch, before the client hears of the failure (see [`revoked`]).
         for (request, result) in group.iter().zip(&results) {
             if result.is_err()
-                && let Some((key, value)) = revocation(request, &drives, &base)
+                && let Some((seq, revocation)) = revocation(request, &drives, &base)
             {
-                txn.put(cf::META, key, value);
+                let key = revoked::key(seq);
+                // (An earlier revocation of the number, of one record's kind, is added to.)
+                let earlier = txn.get(cf::META, &key).unwrap_or(None);
+                if let Some(value) = revoked::merged(earlier, revocation) {
+                    txn.put(cf::META, key, value);
+                }
             }
         }
         // How far zones are settled, as of the groups before this one (this one's records
@@ -706,8 +713,13 @@ async fn apply_groups(
                 // Every write of the group failed: their records are revoked, if the index
                 // takes even that.
                 let mut revocations = WriteBatch::default();
-                for (key, value) in group.iter().filter_map(|r| revocation(r, &drives, &base)) {
-                    revocations.put_cf(index.cf(cf::META), key, value);
+                for (seq, revocation) in group.iter().filter_map(|r| revocation(r, &drives, &base))
+                {
+                    let key = revoked::key(seq);
+                    let earlier = index.get_raw(cf::META, &key).unwrap_or(None);
+                    if let Some(value) = revoked::merged(earlier, revocation) {
+                        revocations.put_cf(index.cf(cf::META), key, value);
+                    }
                 }
                 let index_for_revocations = index.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -755,19 +767,21 @@ fn record_zones(
     })
 }
 
-/// The meta entry revoking a failed client write's records (see [`revoked`]), or None for a
-/// change that is not a client write.
+/// The revocation of a failed client write's records (see [`revoked`]), by sequence number,
+/// or None for a change that is not a client write.
 fn revocation(
     request: &Request,
     drives: &Drives,
     accounts: &HashMap<ZoneId, ZoneAccount>,
-) -> Option<(Vec<u8>, Vec<u8>)> {
+) -> Option<(u64, Revocation)> {
+    // A change replay submitted that is refused is a record passed over, which replay hides
+    // or revokes by its kind: its number may be another live record's too (a completion's
+    // upload-end record shares its commit record's), which a revocation of the whole number
+    // would kill.
+    request.lock.as_ref()?;
     let seq = request.change.claim_seq()?;
     let zones = record_zones(&request.change, &request.holds, drives, accounts);
-    Some((
-        revoked::key(seq),
-        revoked::Revocation::whole(zones).encode(),
-    ))
+    Some((seq, Revocation::whole(zones)))
 }
 
 /// Drives (with their names) whose session changed since one of the held records was appended
@@ -1760,19 +1774,10 @@ impl<'a> Txn<'a> {
                 "a copy left out of its entry has nothing to hide its name: its version is revoked"
             );
             let key = super::revoked::key(seq);
-            let revocation = Revocation::of_kind(kind, stamps);
-            let all = match self.get(cf::META, &key)? {
-                Some(v) => match Revocation::decode(&v) {
-                    Ok(mut earlier) => {
-                        earlier.merge(revocation);
-                        earlier
-                    }
-                    // One that does not decode is never pruned: left as it is.
-                    Err(_) => return Ok(()),
-                },
-                None => revocation,
-            };
-            self.put(cf::META, key, all.encode());
+            let earlier = self.get(cf::META, &key)?;
+            if let Some(value) = revoked::merged(earlier, Revocation::of_kind(kind, stamps)) {
+                self.put(cf::META, key, value);
+            }
         }
         Ok(())
     }

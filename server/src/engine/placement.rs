@@ -253,6 +253,14 @@ impl ZoneHolds {
         }
     }
 
+    /// Notes that records of `drive` were read in its session `session` (replay: what it read
+    /// past a zone's durable point is lost if the target restarts before the flush).
+    pub fn note_session(&mut self, drive: DriveId, session: u64) {
+        if !self.sessions.contains(&(drive, session)) {
+            self.sessions.push((drive, session));
+        }
+    }
+
     /// Notes that a copy whose append reported failure may be in `zone`.
     pub fn add_stray(&mut self, zone: ZoneId) {
         if !self.strays.contains(&zone) {

@@ -19,6 +19,7 @@ use super::located::{current_copies, is_record_of, relocation_of};
 use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectMeta, PartEntry, UploadEntry, ZoneId,
 };
+use super::placement::ZoneHolds;
 use super::record::{self, Header, Kind, Replaced};
 use super::recovery::{self, Found};
 use super::survey::settled_prefix;
@@ -236,6 +237,10 @@ impl EngineInner {
         let mut unread = BTreeSet::new();
         // The highest sequence number (of a record, write, stream or upload) read.
         let mut highest = 0;
+        // The session each drive was read in: a change naming what was read is not applied if
+        // its drive reconnected before the change's flush (the target may have restarted and
+        // lost what was past its durable point).
+        let mut sessions: BTreeMap<DriveId, u64> = BTreeMap::new();
         // Records of writes that failed: dead, never rolled forward (see [`super::revoked`]).
         let revoked = if mode == Replay::RollForward {
             super::revoked::load(&self.index)?
@@ -246,6 +251,7 @@ impl EngineInner {
             let Some(drive) = self.drives.get(id).cloned() else {
                 continue;
             };
+            sessions.insert(id, drive.device.session());
             let zones = match drive.report_all_zones().await {
                 Ok(zones) => zones,
                 Err(e) => {
@@ -366,7 +372,13 @@ impl EngineInner {
         changes.sort_by_key(|(seq, _)| *seq);
         let mut failed = 0;
         for (_, (change, version)) in changes {
-            match self.committer.submit(change).await {
+            let mut read_in = ZoneHolds::new(self.placement.clone());
+            for drive in change.drives() {
+                if let Some(&session) = sessions.get(&drive) {
+                    read_in.note_session(drive, session);
+                }
+            }
+            match self.committer.submit_holding(change, vec![read_in]).await {
                 Ok(_) => report.applied += 1,
                 // Refused for what the index holds (a bucket gone, an upload ended): a
                 // record of something that did not happen, dead like any refused write's.

@@ -142,23 +142,29 @@ pub fn stamps(
     stamps
 }
 
+/// The value of `revocation` added to the `earlier` value of its number's revocation, if any;
+/// None where that one does not decode (it is never pruned, and revokes every record: left as
+/// it is).
+pub fn merged(earlier: Option<Vec<u8>>, revocation: Revocation) -> Option<Vec<u8>> {
+    let all = match earlier {
+        Some(v) => {
+            let mut all = Revocation::decode(&v).ok()?;
+            all.merge(revocation);
+            all
+        }
+        None => revocation,
+    };
+    Some(all.encode())
+}
+
 /// Records at once (durably) that the records of sequence number `seq` that `revocation`
 /// names are dead (adding to an earlier revocation of `seq`).
 pub fn record(index: &Index, seq: u64, revocation: Revocation) -> IndexResult<()> {
-    let mut all = match index.get_raw(cf::META, &key(seq))? {
-        // One that does not decode is never pruned: left as it is.
-        Some(v) => match Revocation::decode(&v) {
-            Ok(earlier) => earlier,
-            Err(_) => return Ok(()),
-        },
-        None => Revocation {
-            zones: Vec::new(),
-            kinds: Some(Vec::new()),
-        },
+    let Some(value) = merged(index.get_raw(cf::META, &key(seq))?, revocation) else {
+        return Ok(());
     };
-    all.merge(revocation);
     let mut batch = WriteBatch::default();
-    batch.put_cf(index.cf(cf::META), key(seq), all.encode());
+    batch.put_cf(index.cf(cf::META), key(seq), value);
     index.write(batch, true)
 }
 
