@@ -404,7 +404,7 @@ impl EngineInner {
                     // GC went on without this read: the zone may have been reset and written
                     // again, so what passed the record's checks counts only if the index still
                     // names the copy now that it has been read (see [`super::gate`]).
-                    Ok(bytes) if self.still_names(&piece, location)? => return Ok(bytes),
+                    Ok(bytes) if self.still_names(&piece, location) => return Ok(bytes),
                     Ok(_) => {
                         last_error = "the copy was moved while it was read".into();
                     }
@@ -452,12 +452,14 @@ impl EngineInner {
         Err(EngineError::Corrupt(what))
     }
 
-    /// Whether the index still names `location` as a copy of the piece's extent.
-    fn still_names(&self, piece: &Piece, location: Location) -> EngineResult<bool> {
-        Ok(self
-            .index
-            .extent(piece.stream_id, piece.offset)?
-            .is_some_and(|e| e.replicas.contains(&location)))
+    /// Whether the index still names `location` as a copy of the piece's extent (not if the
+    /// index cannot say: the read goes on to the other copies).
+    fn still_names(&self, piece: &Piece, location: Location) -> bool {
+        self.index
+            .extent(piece.stream_id, piece.offset)
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.replicas.contains(&location))
     }
 
     async fn read_copy(&self, piece: &Piece, location: Location) -> Result<Bytes, String> {

@@ -636,6 +636,14 @@ impl EngineInner {
             {
                 continue;
             }
+            // Moved while it was read: its old place may hold anything now.
+            let still_named = located::current_copies(&self.index, &what)
+                .ok()
+                .flatten()
+                .is_some_and(|copies| copies.contains(&bad));
+            if !still_named {
+                continue;
+            }
             self.repair.status.lock().scrub_bad += 1;
             let entry = Located {
                 what,
