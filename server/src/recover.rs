@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, ConfigError};
 use crate::engine::recovery::{self, RebuildReport};
 use crate::engine::{
-    DriveSpec, EngineError, known_drives, registered_drives, replacement_floor, revoked_writes,
+    DriveSpec, EngineError, carry_over, known_drives, registered_drives, replacement_floor,
+    revoked_writes,
 };
 use crate::targets::{self, AttachError, IfUnreachable};
 
@@ -324,6 +325,17 @@ pub async fn rebuild_index(
     .await;
     attached.close().await;
     let report = result?;
+    if has_old {
+        match carry_over(&index_dir, &building, !names.is_empty()) {
+            Ok(carried) if !carried.is_empty() => {
+                progress(&format!("kept from the old index: {}", carried.join(", ")))
+            }
+            Ok(_) => {}
+            Err(e) => progress(&format!(
+                "the old index's drains and lowest write quorum cannot be read ({e}): start drains again if one was running"
+            )),
+        }
+    }
     let kept = has_old.then(|| sibling(&index_dir, &format!("old-{}", unix_seconds())));
     swap_in(&building, &index_dir, kept.as_deref()).map_err(|source| RecoverError::Io {
         what: format!("moving the rebuilt index to {}", index_dir.display()),

@@ -313,6 +313,37 @@ pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
     lowest_quorum_in(&Index::open(index_dir)?)
 }
 
+/// Copies from the index in `old_dir` into the rebuilt one in `new_dir` what a scan of the
+/// drives cannot tell: the lowest write quorum the engine ever ran with (what a later rebuild
+/// without some drives must go by) and, when the rebuild kept the old drive ids (`ids_kept`),
+/// which drives are being drained (else a drain would stop unsaid, its drive taking writes
+/// again). Returns what was carried over, for the operator.
+pub fn carry_over(
+    old_dir: &Path,
+    new_dir: &Path,
+    ids_kept: bool,
+) -> EngineResult<Vec<&'static str>> {
+    if !old_dir.join("CURRENT").exists() {
+        return Ok(Vec::new());
+    }
+    let old = Index::open(old_dir)?;
+    let new = Index::open(new_dir)?;
+    let mut kept = vec![(LOWEST_QUORUM_KEY, "the lowest write quorum ever run with")];
+    if ids_kept {
+        kept.push((super::commit::DRAINING_KEY, "the drives being drained"));
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    let mut carried = Vec::new();
+    for (key, what) in kept {
+        if let Some(value) = old.get_raw(cf::META, key)? {
+            batch.put_cf(new.cf(cf::META), key, value);
+            carried.push(what);
+        }
+    }
+    new.write(batch, true)?;
+    Ok(carried)
+}
+
 /// From which write sequence number the drive ids that records say they replaced (see the
 /// record format's `replaces`) are this index's: an index rebuilt without the old one's
 /// registry numbered the drives anew, and the ids in records written before may be other
@@ -376,6 +407,53 @@ mod tests {
         );
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "the directory was written to");
+    }
+
+    /// A rebuilt index keeps the old one's drains (only where the drive ids are the old ones)
+    /// and its lowest write quorum: a scan of the drives tells neither.
+    #[test]
+    fn a_rebuilt_index_keeps_the_drains_and_lowest_quorum_of_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new, renumbered) = (
+            dir.path().join("old"),
+            dir.path().join("new"),
+            dir.path().join("renumbered"),
+        );
+        {
+            let index = Index::open(&old).unwrap();
+            note_write_quorum(&index, 2).unwrap();
+            note_write_quorum(&index, 1).unwrap();
+            note_write_quorum(&index, 3).unwrap();
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(
+                index.cf(cf::META),
+                super::super::commit::DRAINING_KEY,
+                [7u8, 0],
+            );
+            index.write(batch, true).unwrap();
+            drop(Index::open(&new).unwrap());
+            drop(Index::open(&renumbered).unwrap());
+        }
+        assert_eq!(carry_over(&old, &new, true).unwrap().len(), 2);
+        assert_eq!(lowest_write_quorum(&new).unwrap(), Some(1));
+        let draining = |dir: &Path| {
+            Index::open(dir)
+                .unwrap()
+                .get_raw(cf::META, super::super::commit::DRAINING_KEY)
+                .unwrap()
+        };
+        assert_eq!(draining(&new), Some(vec![7, 0]));
+        assert_eq!(carry_over(&old, &renumbered, false).unwrap().len(), 1);
+        assert_eq!(
+            draining(&renumbered),
+            None,
+            "drive ids are not the old ones"
+        );
+        assert!(
+            carry_over(&dir.path().join("none"), &new, true)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
