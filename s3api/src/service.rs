@@ -609,7 +609,8 @@ pub fn response(
     let mut r = Response::new(body);
     *r.status_mut() = status;
     for (name, value) in headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // Bytes as they came (a UTF-8 value a client stored goes back as it was sent).
+        if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
             r.headers_mut().append(name, v);
         }
     }

@@ -120,7 +120,8 @@ pub(crate) fn add_missing(checksums: &mut Vec<StoredChecksum>, hasher: Option<ch
 const BODY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Streams `source` (`len` bytes) into `writer`; returns size, MD5 and, with `hasher`, its
-/// checksum.
+/// checksum. A source that ends before or after `len` bytes is an error: a copy of it would
+/// be short, or long, yet carry the source's checksums.
 pub(crate) async fn pipe(
     mut source: BodyStream,
     len: u64,
@@ -149,6 +150,11 @@ pub(crate) async fn pipe(
         }
         size += chunk.len() as u64;
         writer.write(chunk).await?;
+    }
+    if size != len {
+        return Err(S3Error::internal(&format!(
+            "the source gave {size} of its {len} bytes"
+        )));
     }
     let md5 = md5
         .finish()
@@ -279,11 +285,9 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
         ));
     }
     // An override that cannot be a header value would leave the header out of the answer.
-    if let Some((name, _)) = ctx
-        .query
-        .iter()
-        .find(|(k, v)| k.starts_with("response-") && http::HeaderValue::from_str(v).is_err())
-    {
+    if let Some((name, _)) = ctx.query.iter().find(|(k, v)| {
+        k.starts_with("response-") && http::HeaderValue::from_bytes(v.as_bytes()).is_err()
+    }) {
         return Err(
             S3Error::invalid_argument(format!("{name} is not a valid header value"))
                 .with("ArgumentName", name.clone()),
