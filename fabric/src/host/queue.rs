@@ -144,7 +144,7 @@ pub(crate) struct HostQueue {
     backlog: Arc<Backlog>,
     failed: watch::Sender<Option<String>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl HostQueue {
@@ -250,7 +250,16 @@ impl HostQueue {
             slots: Mutex::new(Slots::new(depth)),
             failed,
             reader: Mutex::new(None),
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(writer.abort_handle())),
+        });
+        // The writer ends while the queue lives only when the connection failed (it could not
+        // write, or the target stopped reading): the commands it holds are not coming back.
+        let weak = Arc::downgrade(&queue);
+        tokio::spawn(async move {
+            let _ = writer.await;
+            if let Some(queue) = weak.upgrade() {
+                queue.fail("the connection could not be written to".into());
+            }
         });
         let weak = Arc::downgrade(&queue);
         let task = tokio::spawn(async move {
@@ -870,6 +879,55 @@ mod tests {
             queue_against(|_, cid| vec![r2t(cid, 0, 8192), r2t(cid, 8192, 8192), success(cid)])
                 .await;
         write(&halves, 16384).await.unwrap();
+    }
+
+    /// A target that stops reading: once the writer gives up on it, the queue fails, and the
+    /// commands whose capsules it held fail then rather than at their own (far later) timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_target_that_stops_reading_fails_the_queue_when_the_writer_gives_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut icreq = [0u8; 128];
+            socket.read_exact(&mut icreq).await.unwrap();
+            let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
+                pfv: 0,
+                cpda: 0,
+                dgst: Digests::NONE,
+                maxh2cdata: 1 << 20,
+            });
+            socket
+                .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
+                .await
+                .unwrap();
+            // Nothing more is read.
+            std::future::pending::<()>().await;
+        });
+        let queue = HostQueue::open(&params_at(address), 16 << 20, watch::channel(None).0)
+            .await
+            .unwrap();
+        let writes = (0..4).map(|_| {
+            let mut sqe = Sqe::new(crate::spec::opcode::io::WRITE, 0);
+            sqe.set_sgl(16 << 20, false);
+            queue.submit(
+                sqe,
+                Bytes::from(vec![3u8; 16 << 20]),
+                Duration::from_secs(3600),
+            )
+        });
+        let results = tokio::time::timeout(
+            crate::transport::WRITE_STALL_LIMIT * 2,
+            futures::future::join_all(writes),
+        )
+        .await
+        .expect("the writes fail once the writer gives up");
+        for result in results {
+            assert!(
+                matches!(result, Err(HostError::Disconnected(_))),
+                "{result:?}"
+            );
+        }
     }
 
     /// Queues of one session share their failure: when one fails, a command another still
