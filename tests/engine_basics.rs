@@ -918,6 +918,69 @@ async fn gc_leaves_the_zone_of_an_append_in_doubt_alone() {
     engine.shutdown().await;
 }
 
+/// A reset the host gave up on (timed out: the target may still carry it out) leaves its zone
+/// alone for a while: reset again and written meanwhile, the late reset would wipe what was
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_leaves_the_zone_of_a_reset_in_doubt_alone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let lose_next_reset = Arc::new(AtomicBool::new(false));
+    let lost: Arc<Mutex<Option<zns::ZoneSelect>>> = Arc::default();
+    let mut drive = zns::testing::Intercepted::new(inner.clone());
+    drive.instead_of_manage = Box::new({
+        let (lose, lost) = (lose_next_reset.clone(), lost.clone());
+        move |action, select| {
+            if action != zns::ZoneAction::Reset || !lose.swap(false, Ordering::SeqCst) {
+                return None;
+            }
+            *lost.lock().unwrap() = Some(select);
+            Some(Err(zns::ZoneError::Unavailable("timed out".into())))
+        }
+    });
+    let engine = engine_on(dir.path(), "zns-file://drive0", Arc::new(drive), gc_by_hand).await;
+    let body = |k: &str| content(k, 1, 8 << 10);
+    let keys: Vec<String> = (0..60).map(|i| format!("garbage-{i}")).collect();
+    for key in &keys {
+        put(&engine, "b", key, &body(key)).await.unwrap();
+    }
+    tokio::time::sleep(
+        zonestore::engine::drives::RETRY_AFTER + std::time::Duration::from_millis(100),
+    )
+    .await;
+    for key in &keys {
+        engine.delete("b", key).await.unwrap();
+    }
+    lose_next_reset.store(true, Ordering::SeqCst);
+    assert!(
+        engine.inner().collect_now().await.is_err(),
+        "the reset was lost"
+    );
+    let Some(zns::ZoneSelect::Zone(zslba)) = *lost.lock().unwrap() else {
+        panic!("no reset of one zone was lost");
+    };
+    let zone = (zslba / g.zone_size) as u32;
+    // Collected again at once (as `gc run` does): other zones are reset, not that one.
+    for _ in 0..6 {
+        let _ = engine.inner().collect_now().await;
+    }
+    let others_reset = engine
+        .zone_table()
+        .into_iter()
+        .filter(|r| r.zone != zone && r.generation > 0)
+        .count();
+    assert!(others_reset > 0, "GC reset nothing");
+    assert_eq!(
+        zone_row(&engine, zone).generation,
+        0,
+        "the zone whose reset may still land was reset again"
+    );
+    engine.shutdown().await;
+}
+
 /// A zone placement stops using is finished on the drive (its active-zone slot freed), and a
 /// Finish that fails for a moment is tried again rather than leaving the zone holding a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -685,6 +685,13 @@ impl EngineInner {
                 if matches!(state, Some(ZoneState::ReadOnly | ZoneState::Offline)) {
                     self.placement.mark_bad(zone);
                 }
+                // The host gave up on the reset, which the target may still carry out: were
+                // the zone reset again and written meanwhile (an admin `gc run` takes it at
+                // once), this one would wipe what was written. Left alone until it has landed
+                // or never will.
+                if e.kind() == zns::ZoneErrorKind::Unavailable {
+                    super::writer::hold_while_in_doubt(&self.placement, zone);
+                }
                 return Err(drive.error(e));
             }
             self.committer.submit(Change::ZoneReset(zone)).await?;

@@ -531,8 +531,9 @@ impl Drop for SlotGuard {
 const ABANDONED_APPEND_HOLD: Duration = Duration::from_secs(60);
 
 /// Keeps GC off `zone` for [`ABANDONED_APPEND_HOLD`]: an append to it may still land, and
-/// after a reset it would land in the zone's next life, where nothing revokes it.
-fn hold_while_in_doubt(placement: &Arc<Placement>, zone: ZoneId) {
+/// after a reset it would land in the zone's next life, where nothing revokes it. (A reset the
+/// host gave up on likewise: it may still land, after the zone was reset again and written.)
+pub(crate) fn hold_while_in_doubt(placement: &Arc<Placement>, zone: ZoneId) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         placement.hold(zone);
         let placement = placement.clone();
