@@ -1072,3 +1072,58 @@ async fn connections_past_the_limit_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     initialized(handle.local_addr()).await;
 }
+
+/// A drive's media error travels as the media status the spec names for the command:
+/// Unrecovered Read Error for a read, Write Fault for an append (the Linux host reports these
+/// as medium errors, not as a generic I/O error), each with Do Not Retry.
+#[tokio::test]
+async fn media_errors_travel_as_the_commands_media_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2, 1 << 20);
+    let inner = Arc::new(EmulatedZns::create(dir.path(), g).unwrap());
+    let mut drive = zns::testing::Intercepted::new(inner);
+    let bad = || zns::ZoneError::MediaError("bad block".into());
+    drive.after_read = Box::new(move |_, _, _| Box::pin(std::future::ready(Err(bad()))));
+    drive.after_append = Box::new(move |_, _| Box::pin(std::future::ready(Err(bad()))));
+    let target = Target::new(TargetConfig::default());
+    target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
+    let mut read = Sqe::new(0x02, 1);
+    read.set_nsid(1)
+        .set_slba(0)
+        .set_cdw(12, 0)
+        .set_sgl(4096, false);
+    send(&mut io, command(read)).await;
+    let mut append = Sqe::new(0x7D, 2);
+    append
+        .set_nsid(1)
+        .set_slba(0)
+        .set_cdw(12, 0)
+        .set_sgl(4096, true);
+    send(
+        &mut io,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe: append,
+            data: Bytes::from(vec![1u8; 4096]),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    let mut statuses = std::collections::BTreeMap::new();
+    while statuses.len() < 2 {
+        match next_pdu(&mut io, &mut buf).await {
+            Pdu::CapsuleResp(r) => {
+                statuses.insert(r.cqe.cid(), r.cqe.status());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let status = |cid: u16| {
+        let s = statuses[&cid];
+        (s.sct, s.sc, s.dnr)
+    };
+    assert_eq!(status(1), (2, 0x81, true), "a read's media error");
+    assert_eq!(status(2), (2, 0x80, true), "an append's media error");
+}

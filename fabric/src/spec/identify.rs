@@ -312,9 +312,15 @@ pub fn parse_zns_namespace(b: &[u8], format: usize) -> Option<ZnsNamespaceSummar
     })
 }
 
-/// ZASL for a zone append limit of `bytes` (a power of two, at least 4 KiB).
+/// A limit of `bytes` as ZASL or MDTS give it: a power of two of 4 KiB pages, rounded down (a
+/// host then never sends more than the limit).
+pub fn pages_log2(bytes: u64) -> u8 {
+    (bytes / 4096).max(1).ilog2() as u8
+}
+
+/// ZASL for a zone append limit of `bytes`.
 pub fn zasl_for(bytes: u64) -> u8 {
-    (bytes / 4096).max(1).trailing_zeros() as u8
+    pages_log2(bytes)
 }
 
 /// Encodes the ZNS I/O Command Set specific Identify Controller (CNS 06h, CSI 02h): ZASL.
@@ -405,6 +411,9 @@ mod tests {
     fn zasl_is_log2_of_4k_units() {
         assert_eq!(zasl_for(128 << 10), 5);
         assert_eq!(zasl_for(1 << 20), 8);
+        // 12 KiB: 8 KiB (not 0, which means "no limit but MDTS").
+        assert_eq!(zasl_for(12 << 10), 1);
+        assert_eq!(pages_log2(3 << 20), 9);
     }
 
     #[test]

@@ -109,8 +109,14 @@ pub struct DiscoveryEntry {
 }
 
 /// Encodes the Discovery log page (LID 70h): a 1024-byte header, then one 1024-byte entry per
-/// subsystem (transport TCP, dynamic controllers, SQ flow control disable supported).
-pub fn discovery(genctr: u64, entries: &[DiscoveryEntry]) -> Vec<u8> {
+/// subsystem (transport TCP, dynamic controllers; SQ flow control disable supported if
+/// `sq_flow_control_disable`: a host that reads it asks for it in its Connect, which the
+/// target must then grant).
+pub fn discovery(
+    genctr: u64,
+    entries: &[DiscoveryEntry],
+    sq_flow_control_disable: bool,
+) -> Vec<u8> {
     let mut b = vec![0u8; 1024 * (1 + entries.len())];
     put_u64(&mut b, 0, genctr);
     put_u64(&mut b, 8, entries.len() as u64);
@@ -119,7 +125,8 @@ pub fn discovery(genctr: u64, entries: &[DiscoveryEntry]) -> Vec<u8> {
         b[at] = 3; // TRTYPE TCP
         b[at + 1] = e.adrfam;
         b[at + 2] = e.subtype;
-        b[at + 3] = 0x04; // TREQ: secure channel not specified, SQ flow control disable supported
+        // TREQ: secure channel not specified; bit 2: SQ flow control disable supported.
+        b[at + 3] = if sq_flow_control_disable { 0x04 } else { 0 };
         put_u16(&mut b, at + 4, e.portid);
         put_u16(&mut b, at + 6, 0xFFFF); // CNTLID: dynamic
         put_u16(&mut b, at + 8, e.asqsz);
@@ -198,7 +205,7 @@ mod tests {
             subnqn: super::super::DISCOVERY_NQN.into(),
             traddr: "10.0.2.15".into(),
         };
-        let b = discovery(2, std::slice::from_ref(&e));
+        let b = discovery(2, std::slice::from_ref(&e), true);
         assert_eq!(&b[0..16], &[2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             &b[1024..1036],
@@ -210,7 +217,9 @@ mod tests {
             subnqn: "nqn.2026-01.io.example:a\nevil 10.0.0.1:4420 nqn.x".into(),
             ..e.clone()
         };
-        let b = discovery(3, &[forged, e.clone()]);
-        assert_eq!(parse_discovery(&b), Some((3, vec![e])));
+        let b = discovery(3, &[forged, e.clone()], true);
+        assert_eq!(parse_discovery(&b), Some((3, vec![e.clone()])));
+        // A target that keeps SQ flow control does not say it can be disabled.
+        assert_eq!(discovery(2, std::slice::from_ref(&e), false)[1024 + 3], 0);
     }
 }

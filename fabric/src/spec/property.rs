@@ -40,14 +40,15 @@ pub const CSTS_CFS: u32 = 1 << 1;
 pub const CSTS_SHST_COMPLETE: u32 = 0x2 << 2;
 
 /// Whether a CC value asks for an enable that this controller supports (NVMe Base §3.1.3.6):
-/// 64/16-byte entries, 4 KiB pages, round robin, NVM or all command sets.
-pub fn cc_is_valid_for_enable(cc: u32) -> bool {
+/// 64/16-byte entries, 4 KiB pages, round robin, NVM or all command sets. A discovery
+/// controller has no I/O queues, and a host may leave their entry sizes 0 (as nvmet accepts).
+pub fn cc_is_valid_for_enable(cc: u32, discovery: bool) -> bool {
     let css = (cc >> 4) & 0x7;
     let mps = (cc >> 7) & 0xF;
     let ams = (cc >> 11) & 0x7;
     let iosqes = (cc >> 16) & 0xF;
     let iocqes = (cc >> 20) & 0xF;
-    (css == 0 || css == 6) && mps == 0 && ams == 0 && iosqes == 6 && iocqes == 4
+    (css == 0 || css == 6) && mps == 0 && ams == 0 && (discovery || (iosqes == 6 && iocqes == 4))
 }
 
 #[cfg(test)]
@@ -62,8 +63,11 @@ mod tests {
 
     #[test]
     fn linux_cc_values_are_accepted() {
-        assert!(cc_is_valid_for_enable(0x0046_0061));
-        assert!(!cc_is_valid_for_enable(0x0046_0061 | (1 << 7)));
+        assert!(cc_is_valid_for_enable(0x0046_0061, false));
+        assert!(!cc_is_valid_for_enable(0x0046_0061 | (1 << 7), false));
+        // Entry sizes 0: only for a discovery controller.
+        assert!(!cc_is_valid_for_enable(0x0000_0061, false));
+        assert!(cc_is_valid_for_enable(0x0000_0061, true));
         assert_eq!(CC_CSS_ALL | CC_ENTRY_SIZES | CC_EN, 0x0046_0061);
     }
 }

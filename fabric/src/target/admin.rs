@@ -115,7 +115,7 @@ fn identify(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             model: config.model.clone(),
             firmware: env!("CARGO_PKG_VERSION").to_string(),
             subnqn: subsystem.nqn.clone(),
-            mdts: (config.max_transfer / 4096).max(1).trailing_zeros() as u8,
+            mdts: identify::pages_log2(u64::from(config.max_transfer)),
             maxcmd: config.max_queue_entries,
             ioccsz: (64 + config.in_capsule_data) / 16,
             kas: if io { 10 } else { 0 },
@@ -240,7 +240,11 @@ fn discovery_log(ctx: &Arc<QueueCtx>) -> Vec<u8> {
         .collect();
     nqns.sort();
     entries.extend(nqns.iter().map(|n| entry(logpage::subtype::NVM, n)));
-    logpage::discovery(ctx.target.genctr.load(Ordering::SeqCst), &entries)
+    logpage::discovery(
+        ctx.target.genctr.load(Ordering::SeqCst),
+        &entries,
+        ctx.target.config.sq_flow_control_disable,
+    )
 }
 
 fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {

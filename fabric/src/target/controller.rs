@@ -113,7 +113,7 @@ impl Controller {
         let enable = new & property::CC_EN != 0;
         let was_enabled = old & property::CC_EN != 0;
         if enable && !was_enabled {
-            if property::cc_is_valid_for_enable(new) {
+            if property::cc_is_valid_for_enable(new, self.subsystem.is_discovery()) {
                 self.csts.store(property::CSTS_RDY, Ordering::SeqCst);
                 // The keep-alive timer runs from the Connect; enabling restarts it.
                 self.touch();

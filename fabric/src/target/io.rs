@@ -29,12 +29,22 @@ async fn after_write(device: &Arc<dyn ZonedDevice>, sqe: &Sqe, reply: Reply) -> 
     }
     match device.flush().await {
         Ok(()) => reply,
-        Err(e) => failed(e),
+        Err(e) => failed(e, sqe),
     }
 }
 
-fn failed(error: ZoneError) -> Reply {
-    let status = Status::from_zone_error(&error);
+/// The reply to `sqe` that failed with `error`: a media error as the spec names it for the
+/// command (a read's data cannot be recovered; a write did not reach the media), which the
+/// Linux host reports as a medium error rather than a generic I/O error.
+fn failed(error: ZoneError, sqe: &Sqe) -> Reply {
+    use crate::spec::opcode::io;
+    let status = match (error.kind(), sqe.opcode()) {
+        (zns::ZoneErrorKind::MediaError, io::READ) => Status::UNRECOVERED_READ_ERROR,
+        (zns::ZoneErrorKind::MediaError, io::WRITE | io::WRITE_ZEROES | io::ZONE_APPEND) => {
+            Status::WRITE_FAULT
+        }
+        _ => Status::from_zone_error(&error),
+    };
     tracing::debug!("command failed: {error} ({status})");
     Reply::error(status)
 }
@@ -95,7 +105,7 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
                     );
                     Reply::error(Status::INTERNAL_ERROR)
                 }
-                Err(e) => failed(e),
+                Err(e) => failed(e, sqe),
             }
         }
         io::WRITE => {
@@ -104,7 +114,7 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
             }
             match device.write(slba, data).await {
                 Ok(()) => after_write(&device, sqe, Reply::ok()).await,
-                Err(e) => failed(e),
+                Err(e) => failed(e, sqe),
             }
         }
         io::ZONE_APPEND => {
@@ -114,16 +124,16 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
             let hint = WriteHint::from_dsm(sqe.cdw(13) as u8);
             match device.append_hinted(slba, data, hint).await {
                 Ok(lba) => after_write(&device, sqe, Reply::result(lba)).await,
-                Err(e) => failed(e),
+                Err(e) => failed(e, sqe),
             }
         }
         io::WRITE_ZEROES => match device.write_zeroes(slba, nlb).await {
             Ok(()) => after_write(&device, sqe, Reply::ok()).await,
-            Err(e) => failed(e),
+            Err(e) => failed(e, sqe),
         },
         io::FLUSH => match device.flush().await {
             Ok(()) => Reply::ok(),
-            Err(e) => failed(e),
+            Err(e) => failed(e, sqe),
         },
         io::ZONE_MGMT_SEND => {
             let cdw13 = sqe.cdw(13);
@@ -137,7 +147,7 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
             };
             match device.manage_zones(action, select).await {
                 Ok(()) => Reply::ok(),
-                Err(e) => failed(e),
+                Err(e) => failed(e, sqe),
             }
         }
         io::ZONE_MGMT_RECV => {
@@ -162,7 +172,7 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
                 .await
             {
                 Ok(zones) => Reply::data(Bytes::from(report::encode_report(&zones, partial, len))),
-                Err(e) => failed(e),
+                Err(e) => failed(e, sqe),
             }
         }
         _ => Reply::error(Status::INVALID_OPCODE),

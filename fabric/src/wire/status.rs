@@ -134,13 +134,13 @@ impl Status {
     pub const UNRECOVERED_READ_ERROR: Status = Status {
         sct: SCT_MEDIA,
         sc: 0x81,
-        dnr: false,
+        dnr: true,
     };
     /// Write Fault (media).
     pub const WRITE_FAULT: Status = Status {
         sct: SCT_MEDIA,
         sc: 0x80,
-        dnr: false,
+        dnr: true,
     };
 
     /// Decodes the 16-bit status field of a CQE.
