@@ -180,7 +180,11 @@ impl BodyReader {
                 }),
                 _ => None,
             };
-            ChunkedDecoder::new(signing, trailer_payload)
+            // Where the signature does not cover the body (presigned URLs, SigV2), the
+            // trailers x-amz-trailer names come as they do in an unsigned -TRAILER payload.
+            let unsigned_trailers =
+                matches!(auth.payload, Payload::Unsigned) && !trailer_names.is_empty();
+            ChunkedDecoder::new(signing, trailer_payload || unsigned_trailers)
         });
         let mut checksums: Vec<(Hasher, Option<String>)> = Vec::new();
         for algorithm in Algorithm::ALL {
@@ -263,23 +267,25 @@ impl BodyReader {
     }
 
     /// Waits up to `pause` for the next piece of the body (or its end) to arrive: false when
-    /// the client sent nothing meanwhile, so that its writer can let go of what it holds while
-    /// the body pauses. [`next`](Self::next) then takes what arrived, or waits on.
+    /// the client sent none meanwhile, so that its writer can let go of what it holds while
+    /// the body pauses. [`next`](Self::next) then takes what arrived, or waits on. Only body
+    /// bytes count: aws-chunked framing (a chunk line sent a byte at a time) is no progress.
     pub async fn arrives_within(&mut self, pause: Duration) -> Result<bool, S3Error> {
-        if !self.ready.is_empty() || self.finished.is_some() {
-            return Ok(true);
-        }
-        match tokio::time::timeout(pause, self.raw.next()).await {
-            Err(_) => Ok(false),
-            Ok(next) => {
-                self.take_raw(next).await?;
-                Ok(true)
+        let deadline = tokio::time::Instant::now() + pause;
+        while self.ready.is_empty() && self.finished.is_none() {
+            match tokio::time::timeout_at(deadline, self.raw.next()).await {
+                Err(_) => return Ok(false),
+                Ok(next) => self.take_raw(next).await?,
             }
         }
+        Ok(true)
     }
 
-    /// The next piece of the body, or `None` at its end (once every check passed).
+    /// The next piece of the body, or `None` at its end (once every check passed). It must
+    /// come within the idle timeout: aws-chunked framing alone (a chunk line or trailers sent
+    /// a byte at a time) does not hold the body open longer.
     pub async fn next(&mut self) -> Result<Option<Bytes>, S3Error> {
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
         loop {
             if let Some(data) = self.ready.pop_front() {
                 self.account(&data)?;
@@ -291,7 +297,7 @@ impl BodyReader {
             if self.finished.is_some() {
                 return Ok(None);
             }
-            let next = tokio::time::timeout(self.idle_timeout, self.raw.next())
+            let next = tokio::time::timeout_at(deadline, self.raw.next())
                 .await
                 .map_err(|_| S3Error::request_timeout())?;
             self.take_raw(next).await?;
@@ -449,6 +455,33 @@ mod tests {
             (e.status, e.code),
             (http::StatusCode::BAD_REQUEST, "RequestTimeout")
         );
+    }
+
+    /// aws-chunked framing sent a byte at a time (a chunk line's extension) is no progress:
+    /// the body times out, and a pause is a pause, however many such bytes come meanwhile.
+    #[tokio::test]
+    async fn a_body_dripping_only_framing_times_out() {
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-decoded-content-length", "1000".parse().unwrap());
+        h.insert("content-encoding", "aws-chunked".parse().unwrap());
+        let dripping = || {
+            let start = futures::stream::iter([Ok(Bytes::from_static(b"5\r\nhello\r\n1;"))]);
+            let drip = futures::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((Ok(Bytes::from_static(b"a")), ()))
+            });
+            start.chain(drip).boxed()
+        };
+        let mut r = BodyReader::new(dripping(), &h, &auth(Payload::Unsigned), 1 << 20)
+            .unwrap()
+            .with_idle_timeout(Duration::from_millis(100));
+        assert_eq!(
+            r.next().await.unwrap().unwrap(),
+            Bytes::from_static(b"hello")
+        );
+        assert!(!r.arrives_within(Duration::from_millis(50)).await.unwrap());
+        let e = r.next().await.unwrap_err();
+        assert_eq!(e.code, "RequestTimeout");
     }
 
     #[test]
@@ -611,6 +644,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read(r).await.unwrap_err().code, "InvalidRequest");
+        // A presigned (unsigned-payload) aws-chunked body with x-amz-trailer: its trailer is
+        // read and checked.
+        h.insert("content-encoding", "aws-chunked".parse().unwrap());
+        let presigned = |trailer: &'static [u8]| {
+            BodyReader::new(raw(vec![trailer]), &h, &auth(Payload::Unsigned), 1 << 30).unwrap()
+        };
+        let good = presigned(b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n");
+        assert_eq!(read(good).await.unwrap().0, b"hello");
+        let bad = presigned(b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n");
+        assert_eq!(read(bad).await.unwrap_err().code, "BadDigest");
     }
 
     /// A presigned or SigV2 request's x-amz-content-sha256 header is checked against the body,
