@@ -751,7 +751,15 @@ impl Connection {
                 } else {
                     None
                 };
-                self.dispatch(sqe, capsule.data, None, hold).await?;
+                // Small data is copied out of the receive buffer, as small H2CData is (see
+                // [`Transfer::add`]): a slice would keep the whole buffer, with the PDUs after
+                // it, for as long as the write waits, where the budget counts only its length.
+                let data = if capsule.data.len() < COPY_BELOW {
+                    Bytes::copy_from_slice(&capsule.data)
+                } else {
+                    capsule.data
+                };
+                self.dispatch(sqe, data, None, hold).await?;
             }
             SGL_TRANSPORT => {
                 if !capsule.data.is_empty() {
