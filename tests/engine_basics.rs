@@ -981,6 +981,40 @@ async fn gc_leaves_the_zone_of_a_reset_in_doubt_alone() {
     engine.shutdown().await;
 }
 
+/// An append refused for its zone's state (here Zone Is Full: the zone was not as placement
+/// counted on) retires that zone, and the record goes to another zone of the same drive: a
+/// store on one drive still takes the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_refused_for_its_zones_state_goes_to_another_zone_of_the_drive() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let refuse_next = Arc::new(AtomicBool::new(false));
+    let mut drive = zns::testing::Intercepted::new(inner);
+    drive.after_append = Box::new({
+        let refuse = refuse_next.clone();
+        move |zslba, result| {
+            let refused = refuse.swap(false, Ordering::SeqCst);
+            Box::pin(async move {
+                if refused {
+                    Err(zns::ZoneError::ZoneIsFull { zslba })
+                } else {
+                    result
+                }
+            })
+        }
+    });
+    let engine = engine_on(dir.path(), "zns-file://drive0", Arc::new(drive), gc_by_hand).await;
+    refuse_next.store(true, Ordering::SeqCst);
+    let body = content("k", 1, 20_000);
+    put(&engine, "b", "k", &body).await.unwrap();
+    assert!(!refuse_next.load(Ordering::SeqCst), "no append was refused");
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
+    engine.shutdown().await;
+}
+
 /// A zone placement stops using is finished on the drive (its active-zone slot freed), and a
 /// Finish that fails for a moment is tried again rather than leaving the zone holding a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

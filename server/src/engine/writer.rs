@@ -254,15 +254,28 @@ impl EngineInner {
                     continue;
                 };
                 // A zone the drive made read-only or took offline is left out from now on;
-                // the drive's other zones still take the record. Any other failure leaves
-                // the drive out of this record's next rounds.
+                // the drive's other zones still take the record. So do they when the zone was
+                // not in the state placement counted on (full, its write pointer or its open
+                // and active resources other than placement knew): the zone is retired. Any
+                // other failure leaves the drive out of this record's next rounds.
                 let zone_lost = result.as_ref().is_err_and(|e| {
                     matches!(
                         e.kind(),
                         zns::ZoneErrorKind::ZoneIsReadOnly | zns::ZoneErrorKind::ZoneIsOffline
                     )
                 });
-                if !zone_lost {
+                let zone_state = result.as_ref().is_err_and(|e| {
+                    matches!(
+                        e.kind(),
+                        zns::ZoneErrorKind::ZoneIsFull
+                            | zns::ZoneErrorKind::ZoneBoundary
+                            | zns::ZoneErrorKind::ZoneInvalidWrite
+                            | zns::ZoneErrorKind::TooManyActiveZones
+                            | zns::ZoneErrorKind::TooManyOpenZones
+                            | zns::ZoneErrorKind::InvalidZoneStateTransition
+                    )
+                });
+                if !zone_lost && !zone_state {
                     tried.push(slot.drive);
                 }
                 let ok = result.is_ok();
