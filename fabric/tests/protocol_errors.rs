@@ -1073,6 +1073,45 @@ async fn connections_past_the_limit_are_closed_at_once() {
     initialized(handle.local_addr()).await;
 }
 
+/// One host address gets at most its share of the target's connections: past it, its new
+/// connections are closed at once, while another host's are served.
+#[tokio::test]
+async fn one_host_gets_at_most_its_share_of_connections() {
+    let (_d, _t, handle) = start(TargetConfig {
+        max_connections: 8,
+        max_connections_per_host: 2,
+        ..TargetConfig::default()
+    })
+    .await;
+    let _first = initialized(handle.local_addr()).await;
+    let _second = initialized(handle.local_addr()).await;
+    let mut third = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
+        .await
+        .expect("the third connection was closed, not left waiting");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // Another address of the loopback network is another host.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(handle.local_addr()).await.unwrap();
+    send(
+        &mut other,
+        Pdu::IcReq(IcReq {
+            pfv: 0,
+            hpda: 0,
+            dgst: Digests::NONE,
+            maxr2t: 0,
+        }),
+    )
+    .await;
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        next_pdu(&mut other, &mut buf).await,
+        Pdu::IcResp(_)
+    ));
+}
+
 /// A drive's media error travels as the media status the spec names for the command:
 /// Unrecovered Read Error for a read, Write Fault for an append (the Linux host reports these
 /// as medium errors, not as a generic I/O error), each with Do Not Retry.

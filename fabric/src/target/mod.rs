@@ -52,6 +52,9 @@ pub struct TargetConfig {
     /// Most connections served at once; one more is closed as soon as it is accepted (each
     /// may hold its budgets of memory: peers must not take it all by opening more).
     pub max_connections: usize,
+    /// Most connections served at once from one host address: one host (a discovery
+    /// connection needs no allowed host NQN) must not take every place from the others.
+    pub max_connections_per_host: usize,
     /// Model number reported in Identify Controller.
     pub model: String,
     /// Whether a host may disable SQ flow control (Connect CATTR bit 2); without it such a
@@ -72,6 +75,7 @@ impl Default for TargetConfig {
             max_outstanding_read: 32 << 20,
             keep_alive_grace: Duration::from_millis(500),
             max_connections: 1024,
+            max_connections_per_host: 256,
             model: "Zonestore ZNS".into(),
             sq_flow_control_disable: true,
         }
@@ -236,6 +240,7 @@ impl Target {
             // The connections, so that a shutdown can wait for their commands to end.
             let mut connections = tokio::task::JoinSet::new();
             let slots = Arc::new(tokio::sync::Semaphore::new(inner.config.max_connections));
+            let per_host = HostConnections::default();
             loop {
                 while connections.try_join_next().is_some() {}
                 tokio::select! {
@@ -246,11 +251,15 @@ impl Target {
                                 tracing::warn!(%peer, "connection refused: {} are open already", inner.config.max_connections);
                                 continue;
                             };
+                            let Some(host_slot) = per_host.take(peer.ip(), inner.config.max_connections_per_host) else {
+                                tracing::warn!(%peer, "connection refused: {} are open from that host already", inner.config.max_connections_per_host);
+                                continue;
+                            };
                             let inner = inner.clone();
                             let stop = stop_rx.clone();
                             connections.spawn(async move {
                                 queue::serve_connection(stream, peer, inner, stop).await;
-                                drop(slot);
+                                drop((slot, host_slot));
                             });
                         }
                         Err(e) => {
@@ -271,6 +280,44 @@ impl Target {
             stop: stop_tx,
             accept,
         })
+    }
+}
+
+/// Connections open from each host address.
+#[derive(Debug, Default, Clone)]
+struct HostConnections(Arc<parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place among its host's (given back when dropped).
+struct HostSlot {
+    hosts: HostConnections,
+    ip: std::net::IpAddr,
+}
+
+impl HostConnections {
+    /// A place for one more connection from `ip`, unless it has `limit` open already.
+    fn take(&self, ip: std::net::IpAddr, limit: usize) -> Option<HostSlot> {
+        let mut open = self.0.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(HostSlot {
+            hosts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut open = self.hosts.0.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 

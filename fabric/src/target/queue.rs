@@ -134,12 +134,19 @@ impl CidsInFlight {
 /// Bytes one permit of a read budget stands for.
 const READ_BUDGET_UNIT: usize = 4096;
 
-/// Permits of a connection's read budget.
-fn read_budget_units(config: &super::TargetConfig) -> usize {
-    config
-        .max_outstanding_read
-        .div_ceil(READ_BUDGET_UNIT)
-        .max(1)
+/// Permits of the read budget of a connection to queue `qid`. An admin queue (all that a
+/// discovery connection has, open to any host) holds at most one command's largest transfer:
+/// its log pages and identify data need no more, and a thousand connections asking for large
+/// log pages they never read must not hold the full read budget each.
+fn read_budget_units(config: &super::TargetConfig, qid: u16) -> usize {
+    let bytes = if qid == 0 {
+        config
+            .max_outstanding_read
+            .min(config.max_transfer as usize)
+    } else {
+        config.max_outstanding_read
+    };
+    bytes.div_ceil(READ_BUDGET_UNIT).max(1)
 }
 
 impl QueueCtx {
@@ -171,7 +178,7 @@ impl QueueCtx {
         take_budget(
             &self.read_budget,
             bytes,
-            read_budget_units(&self.target.config),
+            read_budget_units(&self.target.config, self.qid),
         )
         .await
     }
@@ -1166,7 +1173,10 @@ impl Connection {
                     sqflow_disabled: c.cattr & connect::CATTR_DISABLE_SQFLOW != 0,
                     sq_head: AtomicU32::new(0),
                     closed: AtomicBool::new(false),
-                    read_budget: Arc::new(Semaphore::new(read_budget_units(&self.target.config))),
+                    read_budget: Arc::new(Semaphore::new(read_budget_units(
+                        &self.target.config,
+                        c.qid,
+                    ))),
                     cids: self.cids.clone(),
                 });
                 tracing::debug!(peer = %self.peer, qid = c.qid, cntlid, subsystem = %c.subnqn, host = %c.hostnqn, "queue connected");
@@ -1181,6 +1191,21 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admin_queue_holds_at_most_one_largest_transfer_of_read_data() {
+        let config = super::super::TargetConfig::default();
+        let unit = |bytes: usize| bytes / READ_BUDGET_UNIT;
+        assert_eq!(
+            read_budget_units(&config, 0),
+            unit(config.max_transfer as usize)
+        );
+        assert_eq!(
+            read_budget_units(&config, 1),
+            unit(config.max_outstanding_read)
+        );
+        assert!(read_budget_units(&config, 0) < read_budget_units(&config, 1));
+    }
 
     #[test]
     fn a_queue_never_has_more_slots_than_transfer_tags() {
