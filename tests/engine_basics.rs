@@ -1015,6 +1015,66 @@ async fn an_append_refused_for_its_zones_state_goes_to_another_zone_of_the_drive
     engine.shutdown().await;
 }
 
+/// A zone found empty that the index counts live data in (its reset lost, or the drive's) is
+/// reported and takes no writes until the index is rebuilt: records written there would be
+/// counted with the lost ones, and GC would never find it free of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_found_empty_with_live_data_counted_in_it_takes_no_writes() {
+    use zns::ZonedDevice;
+    use zonestore::engine::placement::ZoneUse;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "lost", &content("lost", 1, 20_000))
+        .await
+        .unwrap();
+    let zone = engine
+        .object_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name.ends_with(b"lost"))
+        .map(|(_, entry)| (entry.commit[0].lba / g.zone_size) as u32)
+        .unwrap();
+    engine.shutdown().await;
+    drives[0]
+        .manage_zones(
+            zns::ZoneAction::Reset,
+            zns::ZoneSelect::Zone(g.zone_start(zone)),
+        )
+        .await
+        .unwrap();
+    drop(drives);
+
+    let (engine, reconciliation, _drives) =
+        open_engine_reporting(dir.path(), 1, g, gc_by_hand).await;
+    assert!(
+        reconciliation.broken_zones.iter().any(|z| z.zone == zone),
+        "{:?}",
+        reconciliation.broken_zones
+    );
+    assert_eq!(zone_row(&engine, zone).usage, ZoneUse::Bad);
+    for i in 0..40 {
+        let key = format!("after-{i}");
+        put(&engine, "b", &key, &content(&key, 1, 20_000))
+            .await
+            .unwrap();
+    }
+    for (name, entry) in engine.object_entries().unwrap() {
+        if name.ends_with(b"lost") {
+            continue;
+        }
+        for copy in &entry.commit {
+            assert_ne!(
+                (copy.lba / g.zone_size) as u32,
+                zone,
+                "a write landed there"
+            );
+        }
+    }
+    engine.shutdown().await;
+}
+
 /// A zone placement stops using is finished on the drive (its active-zone slot freed), and a
 /// Finish that fails for a moment is tried again rather than leaving the zone holding a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

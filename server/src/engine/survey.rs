@@ -42,6 +42,11 @@ pub(super) async fn survey(
         let written = drive.written_blocks(i as u32, z)?;
         let end = drive.geometry.zone_start(i as u32) + written;
         let settled = settled_prefix(index, zone, account.generation)?;
+        // A zone the index counts live data in, found empty, is left out until the index is
+        // rebuilt: written again, its new records would be counted with the lost ones (GC
+        // would never find it free of them), and what the index keeps of its old life (reset
+        // generation, zones hidden in it) would pass for its new one's.
+        let mut quarantined = false;
         // Empty on the drive, yet the index knew it held records (indexed ones, or only
         // records settled there: a zone of orphans GC reset): the reset was not recorded.
         if z.state == ZoneState::Empty
@@ -51,9 +56,10 @@ pub(super) async fn survey(
                 tracing::error!(
                     ?zone,
                     valid = account.valid_bytes,
-                    "zone is empty on the drive but the index counts live data in it: data lost"
+                    "zone is empty on the drive but the index counts live data in it: data lost; the zone takes no writes until `zonestore recover --rebuild-index`"
                 );
                 reconciliation.broken_zones.push(zone);
+                quarantined = true;
             } else {
                 resets.push(zone);
             }
@@ -75,7 +81,11 @@ pub(super) async fn survey(
         let written_bytes = written * drive.block_size();
         reconciliation.unindexed_bytes += written_bytes.saturating_sub(account.valid_bytes);
         zones.push(ZoneSnapshot {
-            state: z.state,
+            state: if quarantined {
+                ZoneState::Offline
+            } else {
+                z.state
+            },
             written,
             settled,
         });
