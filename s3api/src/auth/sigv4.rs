@@ -76,16 +76,18 @@ pub enum Folding {
 }
 
 impl Folding {
-    fn fold(self, value: &[u8]) -> String {
-        let text = String::from_utf8_lossy(value);
-        match self {
+    /// The value folded; `None` if it is not UTF-8 (its bytes cannot be taken in the canonical
+    /// request as they came, and a lossy form would let other bytes pass for them).
+    fn fold(self, value: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(value).ok()?;
+        Some(match self {
             Folding::Spaces => text
                 .split(' ')
                 .filter(|part| !part.is_empty())
                 .collect::<Vec<_>>()
                 .join(" "),
             Folding::AnyWhitespace => text.split_whitespace().collect::<Vec<_>>().join(" "),
-        }
+        })
     }
 }
 
@@ -107,7 +109,7 @@ pub fn foldings(headers: &HeaderMap, signed: &[&str]) -> &'static [Folding] {
 }
 
 /// The canonical request (header values folded by the specification's rule), or `None` if a
-/// signed header is missing.
+/// signed header is missing or its value is not UTF-8.
 pub fn canonical_request(
     method: &str,
     raw_path: &str,
@@ -147,7 +149,7 @@ pub fn canonical_request_folded(
             .get_all(*name)
             .iter()
             .map(|v| folding.fold(v.as_bytes()))
-            .collect();
+            .collect::<Option<_>>()?;
         if values.is_empty() {
             return None;
         }
@@ -271,6 +273,25 @@ mod tests {
             sig,
             "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
         );
+    }
+
+    /// A signed header value that is not UTF-8 gives no canonical request (the signature then
+    /// fails): read lossily, other bytes would pass for its own.
+    #[test]
+    fn a_signed_header_that_is_not_utf8_signs_nothing() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        h.insert(
+            "x-amz-meta-a",
+            http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        let signed = ["host", "x-amz-meta-a"];
+        assert!(canonical_request("GET", "/k", None, &h, &signed, EMPTY_SHA256, false).is_none());
+        h.insert(
+            "x-amz-meta-a",
+            http::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
+        );
+        assert!(canonical_request("GET", "/k", None, &h, &signed, EMPTY_SHA256, false).is_some());
     }
 
     #[test]
