@@ -679,7 +679,10 @@ async fn apply_groups(
             {
                 let key = revoked::key(seq);
                 // (An earlier revocation of the number, of one record's kind, is added to.)
-                let earlier = txn.get(cf::META, &key).unwrap_or(None);
+                let earlier = txn.get(cf::META, &key).unwrap_or_else(|e| {
+                    tracing::warn!(seq, "reading an earlier revocation failed: {e}");
+                    None
+                });
                 if let Some(value) = revoked::merged(earlier, revocation) {
                     txn.put(cf::META, key, value);
                 }
@@ -716,7 +719,10 @@ async fn apply_groups(
                 for (seq, revocation) in group.iter().filter_map(|r| revocation(r, &drives, &base))
                 {
                     let key = revoked::key(seq);
-                    let earlier = index.get_raw(cf::META, &key).unwrap_or(None);
+                    let earlier = index.get_raw(cf::META, &key).unwrap_or_else(|e| {
+                        tracing::warn!(seq, "reading an earlier revocation failed: {e}");
+                        None
+                    });
                     if let Some(value) = revoked::merged(earlier, revocation) {
                         revocations.put_cf(index.cf(cf::META), key, value);
                     }

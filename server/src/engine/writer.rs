@@ -255,9 +255,10 @@ impl EngineInner {
                 };
                 // A zone the drive made read-only or took offline is left out from now on;
                 // the drive's other zones still take the record. So do they when the zone was
-                // not in the state placement counted on (full, its write pointer or its open
-                // and active resources other than placement knew): the zone is retired. Any
-                // other failure leaves the drive out of this record's next rounds.
+                // not in the state placement counted on (full, or its write pointer elsewhere):
+                // the zone is retired. Any other failure (too many open or active zones too:
+                // another zone would be refused alike, each retired one spent) leaves the drive
+                // out of this record's next rounds.
                 let zone_lost = result.as_ref().is_err_and(|e| {
                     matches!(
                         e.kind(),
@@ -270,8 +271,6 @@ impl EngineInner {
                         zns::ZoneErrorKind::ZoneIsFull
                             | zns::ZoneErrorKind::ZoneBoundary
                             | zns::ZoneErrorKind::ZoneInvalidWrite
-                            | zns::ZoneErrorKind::TooManyActiveZones
-                            | zns::ZoneErrorKind::TooManyOpenZones
                             | zns::ZoneErrorKind::InvalidZoneStateTransition
                     )
                 });
