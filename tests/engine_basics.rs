@@ -1490,6 +1490,70 @@ async fn a_zone_that_cannot_be_reset_does_not_stop_gc_on_its_drive() {
     assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
 }
 
+/// A copy scrub cannot read now (its drive's connection lost or timed out) is not a bad copy:
+/// scrub leaves it to its next pass rather than count it bad and move it to another drive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_does_not_count_a_copy_it_cannot_read_now_as_bad() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zonestore::engine::{DriveSpec, Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let away = Arc::new(AtomicBool::new(false));
+    let mut specs = Vec::new();
+    for i in 0..3 {
+        let inner =
+            Arc::new(zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap());
+        let mut drive = zns::testing::Intercepted::new(inner);
+        if i == 0 {
+            let away = away.clone();
+            drive.after_read = Box::new(move |_, _, result| {
+                let away = away.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if away {
+                        Err(zns::ZoneError::Unavailable("timed out".into()))
+                    } else {
+                        result
+                    }
+                })
+            });
+        }
+        specs.push(DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(drive),
+        });
+    }
+    let mut config = EngineConfig::new(dir.path().join("index"), 3);
+    config.replicas = 2;
+    config.write_quorum = 2;
+    config.gc.enabled = false;
+    let (engine, _) = Engine::open(config, specs).await.unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    for i in 0..6 {
+        let key = format!("k{i}");
+        put(&engine, "b", &key, &content(&key, 1, 30_000))
+            .await
+            .unwrap();
+    }
+    away.store(true, Ordering::SeqCst);
+    let before = engine.repair().status();
+    engine.repair().scrub();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.repair().status().scrub_passes == before.scrub_passes {
+        assert!(std::time::Instant::now() < deadline, "no scrub pass ended");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = engine.repair().status();
+    assert!(
+        after.scrub_checked > before.scrub_checked,
+        "scrub read nothing"
+    );
+    assert_eq!(after.scrub_bad, 0, "{after:?}");
+    assert_eq!(after.copies_made, before.copies_made, "{after:?}");
+    away.store(false, Ordering::SeqCst);
+    engine.shutdown().await;
+}
+
 /// Three drives (R = 2, GC off) holding bucket `b` and one 30 KB object `key`: the engine, the
 /// drives, the object's body, and where its two copies hold the 64 bytes at 5000 of it (drive,
 /// offset in the drive's data file).

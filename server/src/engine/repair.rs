@@ -284,6 +284,25 @@ struct DriveView {
     lost: bool,
 }
 
+/// Why a copy read by repair or scrub is not taken.
+#[derive(Debug)]
+enum CopyRead {
+    /// It could not be read now (its drive's connection lost or timed out, the index not
+    /// answering): nothing is known of the copy.
+    Unreadable(String),
+    /// What is there is damaged, or not the record the index names (or no longer named).
+    Bad(String),
+}
+
+impl std::fmt::Display for CopyRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyRead::Unreadable(why) => write!(f, "cannot be read now: {why}"),
+            CopyRead::Bad(why) => f.write_str(why),
+        }
+    }
+}
+
 /// One thing to do for a record.
 #[derive(Debug)]
 enum Action {
@@ -482,10 +501,21 @@ impl EngineInner {
                     let up_now = entry
                         .copies
                         .iter()
+                        .filter(|l| **l != copy)
                         .filter(|l| self.drives.of(l).is_some_and(|d| d.is_writable()))
                         .count()
                         + new_copies.len();
-                    if up_now >= r {
+                    // Undrained since: the copy stays.
+                    let draining = self
+                        .drives
+                        .of(&copy)
+                        .is_some_and(|d| d.draining.load(Ordering::SeqCst));
+                    if !draining {
+                        Err(format!(
+                            "drive {} is no longer drained: its copy stays",
+                            copy.drive
+                        ))
+                    } else if up_now >= r {
                         outcome
                             .edits
                             .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
@@ -610,7 +640,7 @@ impl EngineInner {
                     };
                     return Ok(Some((edit, len, holds)));
                 }
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         Err(EngineError::Corrupt(format!(
@@ -632,7 +662,7 @@ impl EngineInner {
             // nothing to fix now.
             if !extent.replicas.contains(&bad)
                 || self.drives.of(&bad).is_none_or(|d| !d.is_up())
-                || self.read_verified(&what, bad).await.is_ok()
+                || !matches!(self.read_verified(&what, bad).await, Err(CopyRead::Bad(_)))
             {
                 continue;
             }
@@ -681,26 +711,45 @@ impl EngineInner {
     /// ticket: GC may have moved the record and reset its zone meanwhile, and a record's own
     /// CRCs cannot tell a real record from bytes a client stored to look like one; GC takes a
     /// copy out of the index before it resets the zone.)
-    async fn read_verified(&self, what: &Relocation, location: Location) -> Result<Bytes, String> {
-        let drive: &Arc<Drive> = self.drives.of(&location).ok_or("unknown drive")?;
+    async fn read_verified(
+        &self,
+        what: &Relocation,
+        location: Location,
+    ) -> Result<Bytes, CopyRead> {
+        let drive: &Arc<Drive> = self
+            .drives
+            .of(&location)
+            .ok_or_else(|| CopyRead::Unreadable("unknown drive".into()))?;
         let bytes = drive
             .device
             .read(location.lba, location.blocks)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                // A read the host gave up on (a connection lost, a timeout) says nothing of
+                // the copy; a media error does.
+                if e.kind() == zns::ZoneErrorKind::Unavailable {
+                    CopyRead::Unreadable(e.to_string())
+                } else {
+                    CopyRead::Bad(e.to_string())
+                }
+            })?;
         let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
             if e.is_damage() {
                 self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
             }
-            e.to_string()
+            CopyRead::Bad(e.to_string())
         })?;
         if !located::is_record_of(what, &parsed.header) {
-            return Err("the record there is not the one the index names".into());
+            return Err(CopyRead::Bad(
+                "the record there is not the one the index names".into(),
+            ));
         }
         match located::current_copies(&self.index, what) {
             Ok(Some(copies)) if copies.contains(&location) => Ok(bytes),
-            Ok(_) => Err("the copy was moved or dropped while it was read".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(CopyRead::Bad(
+                "the copy was moved or dropped while it was read".into(),
+            )),
+            Err(e) => Err(CopyRead::Unreadable(e.to_string())),
         }
     }
 
@@ -786,7 +835,9 @@ impl EngineInner {
                     .map(|now| !now.is_some_and(|copies| copies.contains(&copy)))
                     .unwrap_or(false)
             };
-            if let Err(why) = result
+            // A copy that could not be read now (its drive failing for a moment) is left to
+            // the next pass: it is not known bad.
+            if let Err(CopyRead::Bad(why)) = result
                 && !moved()
             {
                 tracing::warn!(
