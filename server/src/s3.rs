@@ -376,7 +376,19 @@ impl ObjectStore for EngineStore {
         after: Option<(&str, &str)>,
         max: usize,
     ) -> Result<UploadsPage, S3Error> {
-        let after = after.map(|(k, id)| (k, u64::from_str_radix(id, 16).unwrap_or(u64::MAX)));
+        // A key marker alone is after every upload of its key; an upload-id marker must be
+        // one of ours.
+        let after = match after {
+            Some((k, "")) => Some((k, u64::MAX)),
+            Some((k, id)) => Some((
+                k,
+                u64::from_str_radix(id, 16).map_err(|_| {
+                    S3Error::invalid_argument("Invalid uploadId marker")
+                        .with("ArgumentName", "upload-id-marker")
+                })?,
+            )),
+            None => None,
+        };
         let listing = self
             .engine
             .uploads(bucket, prefix, delimiter, after, max)

@@ -482,6 +482,8 @@ def check_multipart():
     # uploads of "top".
     expect_error("InvalidArgument", 400, s3.list_multipart_uploads, Bucket=b, Prefix="top\x00")
     expect_error("InvalidArgument", 400, s3.list_objects_v2, Bucket=b, Prefix="top\x00")
+    # An upload-id marker that is no upload id of ours is refused, not taken for "after all".
+    expect_error("InvalidArgument", 400, s3.list_multipart_uploads, Bucket=b, KeyMarker="d1/a", UploadIdMarker="not-an-id")
     for k, upload_id in others.items():
         s3.abort_multipart_upload(Bucket=b, Key=k, UploadId=upload_id)
     # (Queries in canonical order, as the hand-made signature signs them as given.)

@@ -524,9 +524,10 @@ impl Committer {
                 lock,
             })
             .await
-            .map_err(|_| EngineError::Internal("the committer has stopped".into()))?;
-        wait.await
-            .map_err(|_| EngineError::Internal("the committer dropped a request".into()))?
+            .map_err(|_| EngineError::Unavailable("the engine is shutting down".into()))?;
+        wait.await.map_err(|_| {
+            EngineError::Unavailable("the engine stopped before the write was applied".into())
+        })?
     }
 }
 

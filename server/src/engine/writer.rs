@@ -171,15 +171,22 @@ impl EngineInner {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
-                    let reason = if awaiting_finishes {
-                        format!(
+                    // Space that is on its way (Finishes landing, GC reclaiming what it can) makes
+                    // the write one to try again soon (503), not a full store (507: clients
+                    // give up on it).
+                    let error = if awaiting_finishes {
+                        EngineError::Unavailable(format!(
                             "{reason} (the Finish of zones retired earlier has not landed: the drive allows no more open zones until it does)"
-                        )
+                        ))
+                    } else if self.can_reclaim() {
+                        EngineError::Unavailable(format!(
+                            "{reason}: GC is reclaiming space; try again"
+                        ))
                     } else {
-                        reason
+                        EngineError::NoSpace(reason)
                     };
                     return Err(AppendFailed {
-                        error: EngineError::NoSpace(reason),
+                        error,
                         attempted: holds.zones().collect(),
                     });
                 }
