@@ -428,6 +428,11 @@ impl S3Service {
                     r.headers_mut()
                         .insert("content-type", HeaderValue::from_static("application/xml"));
                 }
+                // A 503 says when to try again (SDKs back off by it where they read it).
+                if e.status == StatusCode::SERVICE_UNAVAILABLE {
+                    r.headers_mut()
+                        .insert("retry-after", HeaderValue::from_static("1"));
+                }
                 if e.code == "InvalidRange"
                     && let Some((_, size)) = e.extra.iter().find(|(k, _)| *k == "ActualObjectSize")
                     && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
