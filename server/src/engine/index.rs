@@ -583,11 +583,18 @@ impl Index {
         self.bucket_holds(cf::OBJECTS, bucket)
     }
 
-    /// Whether a column family keyed by bucket and key has a key of `bucket`.
+    /// Whether a column family keyed by bucket and key has a key of `bucket`. (Bounded to the
+    /// bucket's keys: after millions of deletions, the seek does not step over the deletion
+    /// markers of the buckets after it.)
     fn bucket_holds(&self, cf_name: &str, bucket: &str) -> IndexResult<bool> {
         let prefix = object_key(bucket, "");
-        let mut it = self.db.iterator_cf(
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_successor(&prefix) {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.iterator_cf_opt(
             self.cf(cf_name),
+            options,
             IteratorMode::From(&prefix, Direction::Forward),
         );
         match it.next() {

@@ -147,8 +147,13 @@ pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: Driv
                 tokio::time::sleep(FOREIGN_RETRY).await;
             }
             Err(e) => {
-                tracing::warn!(drive = %d.name, "attaching the drive failed: {e}");
-                if e.is_drive_fault() {
+                // A drive found to be another (one registered under another name) is said
+                // once, like a wrong drive, and looked at again now and then.
+                let foreign = d.foreign.load(Ordering::SeqCst);
+                if !(foreign && was_foreign) {
+                    tracing::warn!(drive = %d.name, "attaching the drive failed: {e}");
+                }
+                if e.is_drive_fault() || foreign {
                     // Not a moment's unavailability: looked at again now and then.
                     drop(inner);
                     tokio::time::sleep(FOREIGN_RETRY).await;
