@@ -617,7 +617,7 @@ async fn gc_moves_records_that_follow_an_append_reported_failed() {
     // One user zone open at a time, so that appends in flight together share it.
     g.max_open = Some(3);
     g.max_active = Some(3);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let lose_next = Arc::new(AtomicBool::new(false));
     let landed = Arc::new(tokio::sync::watch::channel(None::<u64>).0);
     let release = Arc::new(tokio::sync::Notify::new());
@@ -871,7 +871,7 @@ async fn gc_leaves_the_zone_of_an_append_in_doubt_alone() {
     let mut g = small_geometry(16, 256 << 10);
     g.max_open = Some(3);
     g.max_active = Some(3);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let lose_next = Arc::new(AtomicBool::new(false));
     let landed_at = Arc::new(AtomicU64::new(u64::MAX));
     let mut drive = zns::testing::Intercepted::new(inner.clone());
@@ -927,7 +927,7 @@ async fn gc_leaves_the_zone_of_a_reset_in_doubt_alone() {
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let lose_next_reset = Arc::new(AtomicBool::new(false));
     let lost: Arc<Mutex<Option<zns::ZoneSelect>>> = Arc::default();
     let mut drive = zns::testing::Intercepted::new(inner.clone());
@@ -990,7 +990,7 @@ async fn an_append_refused_for_its_zones_state_goes_to_another_zone_of_the_drive
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let refuse_next = Arc::new(AtomicBool::new(false));
     let mut drive = zns::testing::Intercepted::new(inner);
     drive.after_append = Box::new({
@@ -1082,7 +1082,7 @@ async fn a_finish_that_fails_for_a_moment_is_tried_again() {
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     // Every Finish sent: its zone, and whether the drive was "away" for it.
     let finishes: Arc<Mutex<Vec<(zns::ZoneSelect, bool)>>> = Arc::default();
     let mut drive = zns::testing::Intercepted::new(inner.clone());
@@ -1145,7 +1145,7 @@ async fn gc_leaves_the_zone_of_a_finish_in_doubt_alone() {
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let finished: Arc<Mutex<Vec<u64>>> = Arc::default();
     let mut drive = zns::testing::Intercepted::new(inner.clone());
     drive.instead_of_manage = Box::new({
@@ -1272,7 +1272,7 @@ async fn a_copy_gc_made_of_a_version_deleted_meanwhile_stays_hidden() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(32, 256 << 10);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let armed = Arc::new(AtomicBool::new(false));
     let stalled = Arc::new(tokio::sync::watch::channel(None::<u64>).0);
     let release = Arc::new(tokio::sync::Notify::new());
@@ -1429,6 +1429,11 @@ async fn a_zone_gc_must_keep_does_not_hold_its_pass_for_ever() {
 }
 
 /// The zone table's row for zone `zone` (of the first drive).
+/// A new emulated drive of geometry `g` in `dir/drive0`.
+fn drive0(dir: &std::path::Path, g: zns::Geometry) -> std::sync::Arc<zns::EmulatedZns> {
+    std::sync::Arc::new(zns::EmulatedZns::create(&dir.join("drive0"), g).unwrap())
+}
+
 fn zone_row(engine: &zonestore::engine::Engine, zone: u32) -> zonestore::engine::ZoneRow {
     engine
         .zone_table()
@@ -2429,7 +2434,7 @@ async fn a_gc_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
     // Few zones open at a time, so that the garbage fills the zone `kept` is in.
     g.max_open = Some(3);
     g.max_active = Some(3);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let lose_next = Arc::new(AtomicBool::new(false));
     let lost_in = Arc::new(std::sync::Mutex::new(None::<u32>));
     let mut drive = zns::testing::Intercepted::new(inner.clone());
@@ -2499,7 +2504,7 @@ async fn after_a_reconnect_nothing_more_lands_in_zones_written_before() {
     use zonestore::engine::placement::ZoneUse;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let drive = zns::testing::Intercepted::new(inner);
     let session = drive.session_offset.clone();
     let engine = engine_on(dir.path(), "zns-file://drive0", Arc::new(drive), gc_by_hand).await;
@@ -2566,7 +2571,7 @@ async fn replay_does_not_count_records_read_before_their_drive_reconnected() {
     use zonestore::engine::{DriveSpec, Engine, EngineConfig};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let inner = Arc::new(zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap());
+    let inner = drive0(dir.path(), g);
     let open = |device: Arc<dyn zns::ZonedDevice>| {
         let mut config = EngineConfig::new(dir.path().join("index"), 1);
         gc_by_hand(&mut config);

@@ -1051,6 +1051,16 @@ async fn a_whole_largest_write_fits_one_h2c_data_pdu() {
     }
 }
 
+/// Checks that a new connection to `address` is closed at once, not left waiting.
+async fn a_third_is_closed_at_once(address: std::net::SocketAddr) {
+    let mut third = TcpStream::connect(address).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
+        .await
+        .expect("the third connection was closed, not left waiting");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
+
 /// Past its connection limit, a target closes a new connection at once; one closed frees its
 /// place.
 #[tokio::test]
@@ -1062,12 +1072,7 @@ async fn connections_past_the_limit_are_closed_at_once() {
     .await;
     let first = initialized(handle.local_addr()).await;
     let _second = initialized(handle.local_addr()).await;
-    let mut third = TcpStream::connect(handle.local_addr()).await.unwrap();
-    let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
-        .await
-        .expect("the third connection was closed, not left waiting");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    a_third_is_closed_at_once(handle.local_addr()).await;
     drop(first);
     tokio::time::sleep(Duration::from_millis(200)).await;
     initialized(handle.local_addr()).await;
@@ -1085,12 +1090,7 @@ async fn one_host_gets_at_most_its_share_of_connections() {
     .await;
     let _first = initialized(handle.local_addr()).await;
     let _second = initialized(handle.local_addr()).await;
-    let mut third = TcpStream::connect(handle.local_addr()).await.unwrap();
-    let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
-        .await
-        .expect("the third connection was closed, not left waiting");
-    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    a_third_is_closed_at_once(handle.local_addr()).await;
     // Another address of the loopback network is another host.
     let other = tokio::net::TcpSocket::new_v4().unwrap();
     other.bind("127.0.0.2:0".parse().unwrap()).unwrap();

@@ -697,25 +697,32 @@ mod tests {
         }
     }
 
+    /// Accepts one connection on `listener` and answers its ICReq (no digests, MAXH2CDATA 1
+    /// MiB).
+    async fn accept_with_icresp(listener: &TcpListener) -> tokio::net::TcpStream {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut icreq = [0u8; 128];
+        socket.read_exact(&mut icreq).await.unwrap();
+        let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
+            pfv: 0,
+            cpda: 0,
+            dgst: Digests::NONE,
+            maxh2cdata: 1 << 20,
+        });
+        socket
+            .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
+            .await
+            .unwrap();
+        socket
+    }
+
     /// A fake target that answers the ICReq, then answers the `n`th command it gets (command
     /// ID `cid`) with `answer(n, cid)`.
     async fn fake_target(answer: fn(usize, u16) -> Vec<Pdu>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut icreq = [0u8; 128];
-            socket.read_exact(&mut icreq).await.unwrap();
-            let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
-                pfv: 0,
-                cpda: 0,
-                dgst: Digests::NONE,
-                maxh2cdata: 1 << 20,
-            });
-            socket
-                .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
-                .await
-                .unwrap();
+            let mut socket = accept_with_icresp(&listener).await;
             let decoder = crate::wire::pdu::Decoder::new(HOST_TO_CONTROLLER, 1 << 20);
             let mut buf = bytes::BytesMut::new();
             let mut n = 0;
@@ -888,19 +895,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut icreq = [0u8; 128];
-            socket.read_exact(&mut icreq).await.unwrap();
-            let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
-                pfv: 0,
-                cpda: 0,
-                dgst: Digests::NONE,
-                maxh2cdata: 1 << 20,
-            });
-            socket
-                .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
-                .await
-                .unwrap();
+            let _socket = accept_with_icresp(&listener).await;
             // Nothing more is read.
             std::future::pending::<()>().await;
         });
