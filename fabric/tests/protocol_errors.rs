@@ -1165,4 +1165,13 @@ async fn media_errors_travel_as_the_commands_media_status() {
     };
     assert_eq!(status(1), (2, 0x81, true), "a read's media error");
     assert_eq!(status(2), (2, 0x80, true), "an append's media error");
+    // The SMART / Health log counts media errors, not every failed command.
+    let stats = target.stats();
+    assert_eq!(stats.media_errors, 2);
+    // An invalid command fails without being a media error.
+    send(&mut io, command(Sqe::new(0xEE, 3))).await;
+    assert!(
+        matches!(next_pdu(&mut io, &mut buf).await, Pdu::CapsuleResp(r) if !r.cqe.status().is_success())
+    );
+    assert_eq!(target.stats().media_errors, 2);
 }

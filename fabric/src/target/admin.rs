@@ -194,7 +194,7 @@ fn get_log_page(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
                     bytes_written: stats.bytes_written,
                     read_commands: 0,
                     write_commands: 0,
-                    media_errors: stats.errors,
+                    media_errors: stats.media_errors,
                 })
             }
             log::CHANGED_NAMESPACES => logpage::changed_namespaces(),

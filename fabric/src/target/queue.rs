@@ -217,6 +217,9 @@ impl QueueCtx {
         if !status.is_success() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         }
+        if status.sct == crate::wire::status::SCT_MEDIA {
+            stats.media_errors.fetch_add(1, Ordering::Relaxed);
+        }
         let sqhd = self.next_sq_head();
         let cqe = Cqe::new(cid, self.qid, sqhd, status, result);
         let resp = encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), self.framing);

@@ -9,6 +9,7 @@ pub struct TargetStats {
     pub(crate) connections_open: AtomicI64,
     pub(crate) commands: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) media_errors: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -45,6 +46,9 @@ pub struct TargetStatsSnapshot {
     pub commands: u64,
     /// Commands completed with an error status.
     pub errors: u64,
+    /// Commands completed with a media error status (a drive's read or write failing): what
+    /// the SMART / Health log reports as media errors.
+    pub media_errors: u64,
     /// Connections ended by a transport error (a TermReq was sent or received).
     pub protocol_errors: u64,
     /// Bytes of data sent to hosts.
@@ -66,6 +70,7 @@ impl TargetStats {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             commands: get(&self.commands),
             errors: get(&self.errors),
+            media_errors: get(&self.media_errors),
             protocol_errors: get(&self.protocol_errors),
             bytes_read: get(&self.bytes_read),
             bytes_written: get(&self.bytes_written),
