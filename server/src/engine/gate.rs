@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -23,14 +24,15 @@ type Readers = BTreeMap<Instant, usize>;
 struct State {
     epoch: u64,
     readers: BTreeMap<u64, Readers>,
-    /// The newest epoch whose readers a drain went on without (see [`Ticket::given_up_on`]).
-    given_up_through: Option<u64>,
 }
 
 /// The gate.
 #[derive(Debug, Default, Clone)]
 pub struct ReadGate {
     state: Arc<Mutex<State>>,
+    /// One past the newest epoch whose readers a drain went on without (0: none; see
+    /// [`Ticket::given_up_on`]). Apart from `state`: every piece a read serves asks it.
+    given_up_below: Arc<AtomicU64>,
 }
 
 /// A read in progress; dropping it ends the read.
@@ -90,8 +92,8 @@ impl ReadGate {
             };
             if !young {
                 if old {
-                    let mut s = self.state.lock();
-                    s.given_up_through = s.given_up_through.max(Some(epoch));
+                    self.given_up_below
+                        .fetch_max(epoch.saturating_add(1), Ordering::SeqCst);
                 }
                 return !old;
             }
@@ -104,11 +106,7 @@ impl Ticket {
     /// Whether GC went on without this read (it ran past a drain's limit): a zone it looked
     /// copies up in may have been reset since.
     pub fn given_up_on(&self) -> bool {
-        self.gate
-            .state
-            .lock()
-            .given_up_through
-            .is_some_and(|through| self.epoch <= through)
+        self.epoch < self.gate.given_up_below.load(Ordering::SeqCst)
     }
 }
 
