@@ -50,7 +50,11 @@ async fn read_all(stream: &mut TcpStream) -> Vec<Pdu> {
 }
 
 async fn initialized(addr: std::net::SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    initialize(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// `stream` after an ICReq/ICResp exchange on it.
+async fn initialize(mut stream: TcpStream) -> TcpStream {
     let ic = IcReq {
         pfv: 0,
         hpda: 0,
@@ -1094,22 +1098,7 @@ async fn one_host_gets_at_most_its_share_of_connections() {
     // Another address of the loopback network is another host.
     let other = tokio::net::TcpSocket::new_v4().unwrap();
     other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut other = other.connect(handle.local_addr()).await.unwrap();
-    send(
-        &mut other,
-        Pdu::IcReq(IcReq {
-            pfv: 0,
-            hpda: 0,
-            dgst: Digests::NONE,
-            maxr2t: 0,
-        }),
-    )
-    .await;
-    let mut buf = BytesMut::new();
-    assert!(matches!(
-        next_pdu(&mut other, &mut buf).await,
-        Pdu::IcResp(_)
-    ));
+    initialize(other.connect(handle.local_addr()).await.unwrap()).await;
 }
 
 /// A drive's media error travels as the media status the spec names for the command:
