@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -32,14 +32,33 @@ pub enum ReadError {
     Truncated,
 }
 
-/// Remaining bytes of a PDU above which it is read on its own.
-const LARGE_PDU: usize = 64 << 10;
+/// Remaining bytes of a PDU above which it is read on its own, into a buffer of its exact
+/// size. Payloads of PDUs read otherwise share a buffer of about this size with the PDUs around
+/// them: a receiver that keeps one for long copies it out (see [`owned_payload`]).
+pub const LARGE_PDU: usize = 64 << 10;
+
+/// The buffer PDUs that are not large are read into.
+const READ_BUFFER: usize = 64 << 10;
+
+/// A payload to keep while more PDUs are read: one below [`LARGE_PDU`] shares its receive
+/// buffer with other PDUs and would keep that whole buffer alive (so that a peer sending many
+/// small payloads makes the receiver hold many times what it counted), so it is copied; a
+/// larger one owns its buffer and is kept as it is.
+pub fn owned_payload(data: Bytes) -> Bytes {
+    if data.len() < LARGE_PDU {
+        Bytes::copy_from_slice(&data)
+    } else {
+        data
+    }
+}
 
 /// Decodes PDUs from the read half of a connection.
 #[derive(Debug)]
 pub struct PduReader<R> {
     rd: R,
     buf: BytesMut,
+    /// Whether `buf` is a buffer of a large PDU's exact size, holding only that PDU.
+    exact: bool,
     /// The decoder, whose framing is updated once ICReq/ICResp negotiated digests.
     pub decoder: Decoder,
 }
@@ -49,7 +68,8 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     pub fn new(rd: R, decoder: Decoder) -> Self {
         PduReader {
             rd,
-            buf: BytesMut::with_capacity(64 << 10),
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            exact: false,
             decoder,
         }
     }
@@ -63,15 +83,29 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     pub async fn next(&mut self) -> Result<Option<Pdu>, ReadError> {
         loop {
             if let Some(pdu) = self.decoder.decode(&mut self.buf)? {
+                if self.exact {
+                    // The next PDUs go to a buffer of the usual size: the large one's
+                    // allocation, once its payload is dropped, must not come back as the
+                    // buffer many small payloads share (each would keep all of it alive).
+                    self.exact = false;
+                    self.buf = BytesMut::with_capacity(READ_BUFFER);
+                }
                 return Ok(Some(pdu));
             }
             // Make room for the rest of the PDU in one go once its length is known. A large
-            // PDU (data) is read alone into its own buffer: the payload handed on then pins
-            // no bytes of the PDUs after it, so what is held stays what was asked for.
+            // PDU (data) is read alone into a buffer of its exact size: the payload handed on
+            // then pins no bytes of the PDUs after it, so what is held stays what was asked
+            // for. The buffer holds nothing but the start of this PDU here (a whole PDU would
+            // have been decoded above).
             let want = self.decoder.frame_len(&self.buf)?.unwrap_or(0);
             let missing = want.saturating_sub(self.buf.len());
-            let n = if missing > LARGE_PDU {
-                self.buf.reserve(missing);
+            let n = if missing > LARGE_PDU || self.exact {
+                if !self.exact {
+                    let mut exact = BytesMut::with_capacity(want);
+                    exact.extend_from_slice(&self.buf);
+                    self.buf = exact;
+                    self.exact = true;
+                }
                 (&mut self.rd)
                     .take(missing as u64)
                     .read_buf(&mut self.buf)
@@ -326,6 +360,60 @@ mod tests {
             assert_eq!(reader.next().await.unwrap().unwrap(), want);
         }
         assert!(reader.next().await.unwrap().is_none());
+    }
+
+    /// After a large PDU the reader goes back to a buffer of the usual size: the large one's
+    /// allocation, freed by its receiver, must not become the buffer that small payloads (kept
+    /// by a receiver as slices) share, each then keeping all of it alive.
+    #[tokio::test]
+    async fn a_large_pdu_leaves_no_large_buffer_behind() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let data_pdu = |cccid: u16, len: usize| {
+            Pdu::C2HData(DataPdu {
+                cccid,
+                ttag: 0,
+                datao: 0,
+                last: true,
+                success: false,
+                data: Bytes::from(vec![cccid as u8; len]),
+                data_digest_error: false,
+            })
+        };
+        let sent = vec![
+            data_pdu(1, 1 << 20),
+            data_pdu(2, 100),
+            data_pdu(3, 20 << 10),
+        ];
+        let frames: Vec<Frame> = sent.iter().map(|p| encode(p, Framing::INITIAL)).collect();
+        let (tx, _task) = spawn_writer(client, 16, Arc::default());
+        tokio::spawn(async move {
+            for frame in frames {
+                tx.send(frame).await.unwrap();
+            }
+        });
+        let mut reader = PduReader::new(server, Decoder::new(CONTROLLER_TO_HOST, 2 << 20));
+        for want in sent {
+            let got = reader.next().await.unwrap().unwrap();
+            assert_eq!(got, want);
+            drop(got);
+            assert!(
+                reader.buf.capacity() <= 2 * READ_BUFFER,
+                "the read buffer holds {} bytes after a PDU",
+                reader.buf.capacity()
+            );
+        }
+    }
+
+    /// Payloads below the large size are copied out of the shared buffer; larger ones are kept.
+    #[test]
+    fn only_payloads_sharing_a_buffer_are_copied() {
+        let mut buffer = BytesMut::from(&vec![5u8; 4 * LARGE_PDU][..]);
+        let small = buffer.split_to(100).freeze();
+        let kept = owned_payload(small.clone());
+        assert_eq!(kept, small);
+        assert_ne!(kept.as_ptr(), small.as_ptr(), "a small payload is copied");
+        let large = buffer.split_to(LARGE_PDU).freeze();
+        assert_eq!(owned_payload(large.clone()).as_ptr(), large.as_ptr());
     }
 
     #[tokio::test]

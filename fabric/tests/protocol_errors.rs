@@ -15,6 +15,7 @@ use fabric::wire::digest::Digests;
 use fabric::wire::pdu::{
     CONTROLLER_TO_HOST, CapsuleCmd, Decoder, Fes, Framing, IcReq, Pdu, encode,
 };
+use fabric::wire::status::Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use zns::{EmulatedZns, Geometry, ZonedDevice};
@@ -340,10 +341,10 @@ async fn next_pdu(stream: &mut TcpStream, buf: &mut BytesMut) -> Pdu {
     }
 }
 
-/// An admin command that sends 4 KiB of data through R2T (Set Features, host to controller).
+/// A Write of one 4 KiB block at LBA 0 whose data comes through R2T.
 fn write_needing_r2t(cid: u16) -> Pdu {
-    let mut sqe = Sqe::new(0x09, cid);
-    sqe.set_sgl(4096, false);
+    let mut sqe = Sqe::new(0x01, cid);
+    sqe.set_nsid(1).set_slba(0).set_sgl(4096, false);
     command(sqe)
 }
 
@@ -353,8 +354,8 @@ fn write_needing_r2t(cid: u16) -> Pdu {
 #[tokio::test]
 async fn a_host_overrunning_its_queue_is_cut_off_not_left_hanging() {
     let (_d, target, handle) = start(TargetConfig::default()).await;
-    let mut stream = initialized(handle.local_addr()).await;
-    admin_connected(&mut stream, 3).await;
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut stream, _) = io_connected(handle.local_addr(), 3).await;
     for cid in 10..40 {
         send(&mut stream, write_needing_r2t(cid)).await;
     }
@@ -362,15 +363,15 @@ async fn a_host_overrunning_its_queue_is_cut_off_not_left_hanging() {
     assert_eq!(term_of(&pdus).0, Fes::PduSequenceError as u16);
     assert!(pdus.iter().any(|p| matches!(p, Pdu::R2t(_))), "{pdus:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(target.stats().connections_open, 0);
+    assert_eq!(target.stats().connections_open, 1, "the admin queue stays");
 }
 
 /// The H2CData that completes what an R2T asked for must carry LAST_PDU.
 #[tokio::test]
 async fn the_h2c_data_completing_a_transfer_must_be_marked_last() {
     let (_d, _t, handle) = start(TargetConfig::default()).await;
-    let mut stream = initialized(handle.local_addr()).await;
-    admin_connected(&mut stream, 31).await;
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut stream, _) = io_connected(handle.local_addr(), 31).await;
     send(&mut stream, write_needing_r2t(7)).await;
     let r2t = match next_pdu(&mut stream, &mut BytesMut::new()).await {
         Pdu::R2t(r2t) => r2t,
@@ -393,6 +394,49 @@ async fn the_h2c_data_completing_a_transfer_must_be_marked_last() {
         term_of(&read_all(&mut stream).await).0,
         Fes::PduSequenceError as u16
     );
+}
+
+/// Only writes of blocks are asked for their data: an admin command (even one that announces
+/// data, as Set Features may), or an I/O command that uses none, gets no R2T (the target
+/// would receive and hold data for nothing) and is answered at once.
+#[tokio::test]
+async fn only_block_writes_are_asked_for_their_data() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, mut admin_buf) = enabled_admin(handle.local_addr(), 31).await;
+    let mut set_features = Sqe::new(0x09, 3);
+    set_features.set_cdw(10, 0x0F).set_sgl(4096, false);
+    send(&mut admin, command(set_features)).await;
+    match next_pdu(&mut admin, &mut admin_buf).await {
+        Pdu::CapsuleResp(r) => assert_eq!(r.cqe.cid(), 3),
+        other => panic!("expected the Set Features completion, got {other:?}"),
+    }
+    let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
+    // Dataset Management (host to controller, not served) and Zone Management Send.
+    for (cid, opcode, want) in [
+        (4u16, 0x09u8, Status::INVALID_OPCODE),
+        (5, 0x79, Status::SUCCESS),
+    ] {
+        let mut sqe = Sqe::new(opcode, cid);
+        // Zone Management Send: Open of zone 0.
+        sqe.set_nsid(1)
+            .set_slba(0)
+            .set_cdw(13, 0x03)
+            .set_sgl(4096, false);
+        send(&mut io, command(sqe)).await;
+        match next_pdu(&mut io, &mut buf).await {
+            Pdu::CapsuleResp(r) => {
+                let status = r.cqe.status();
+                assert_eq!(
+                    (r.cqe.cid(), status.sct, status.sc),
+                    (cid, want.sct, want.sc)
+                );
+            }
+            other => panic!("expected a completion for opcode {opcode:#x}, got {other:?}"),
+        }
+    }
+    // A Write is asked for its data.
+    send(&mut io, write_needing_r2t(6)).await;
+    assert!(matches!(next_pdu(&mut io, &mut buf).await, Pdu::R2t(r) if r.cccid == 6));
 }
 
 /// Fused commands are not supported, and PSDT must say SGL: Invalid Field, as Linux answers.

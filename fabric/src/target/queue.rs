@@ -269,8 +269,10 @@ struct Transfer {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// H2CData payloads below this size are copied (see [`Transfer::small`]).
-const COPY_BELOW: usize = 16 << 10;
+/// H2CData payloads below this size are copied (see [`Transfer::small`]): they share their
+/// receive buffer with other PDUs, where larger ones own theirs (see
+/// [`crate::transport::owned_payload`]).
+const COPY_BELOW: usize = crate::transport::LARGE_PDU;
 
 impl Transfer {
     /// Adds the payload of an H2CData PDU.
@@ -762,13 +764,9 @@ impl Connection {
                     None
                 };
                 // Small data is copied out of the receive buffer, as small H2CData is (see
-                // [`Transfer::add`]): a slice would keep the whole buffer, with the PDUs after
+                // [`Transfer::add`]): a slice would keep the whole buffer, with the PDUs around
                 // it, for as long as the write waits, where the budget counts only its length.
-                let data = if capsule.data.len() < COPY_BELOW {
-                    Bytes::copy_from_slice(&capsule.data)
-                } else {
-                    capsule.data
-                };
+                let data = crate::transport::owned_payload(capsule.data);
                 self.dispatch(sqe, data, None, hold).await?;
             }
             SGL_TRANSPORT => {
@@ -786,7 +784,13 @@ impl Connection {
                     self.reject(cid, Status::COMMAND_SEQUENCE_ERROR, 0).await;
                     return Ok(());
                 }
-                if writes && length > 0 {
+                // Only a write of blocks is worth asking the host for its data: no other
+                // command the target serves uses any, so for those it is not received (and
+                // held) at all, and the command runs without it (an unknown one fails as such).
+                let io_queue = matches!(&self.ctx, Some(ctx) if ctx.qid != 0);
+                let takes_data =
+                    io_queue && matches!(op, opcode::io::WRITE | opcode::io::ZONE_APPEND);
+                if writes && length > 0 && takes_data {
                     let permit = Some(self.slot(&sqe)?);
                     let ttag = self.allocate_ttag();
                     self.transfers.insert(
