@@ -332,7 +332,7 @@ pub async fn rebuild_index(
             }
             Ok(_) => {}
             Err(e) => progress(&format!(
-                "the old index's drains and lowest write quorum could not be carried over ({e}): start drains again if one was running"
+                "the old index's drains, lowest write quorum and sequence numbers could not be carried over ({e}): start drains again if one was running"
             )),
         }
     }

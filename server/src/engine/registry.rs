@@ -315,9 +315,12 @@ pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
 
 /// Copies from the index in `old_dir` into the rebuilt one in `new_dir` what a scan of the
 /// drives cannot tell: the lowest write quorum the engine ever ran with (what a later rebuild
-/// without some drives must go by) and, when the rebuild kept the old drive ids (`ids_kept`),
-/// which drives are being drained (else a drain would stop unsaid, its drive taking writes
-/// again). Returns what was carried over, for the operator.
+/// without some drives must go by), how far sequence numbers were handed out (numbers whose
+/// records GC has since removed, upload ids among them, must not be handed out again: a
+/// client still holding an aborted upload's id would reach a new upload) and, when the rebuild
+/// kept the old drive ids (`ids_kept`), which drives are being drained (else a drain would
+/// stop unsaid, its drive taking writes again). Returns what was carried over, for the
+/// operator.
 pub fn carry_over(
     old_dir: &Path,
     new_dir: &Path,
@@ -334,6 +337,12 @@ pub fn carry_over(
     }
     let mut batch = rocksdb::WriteBatch::default();
     let mut carried = Vec::new();
+    if let Some(old_end) = super::seq::recorded_lease_end(&old)? {
+        if super::seq::recorded_lease_end(&new)?.is_none_or(|end| end < old_end) {
+            super::seq::put_lease_end(&mut batch, &new, old_end);
+        }
+        carried.push("how far sequence numbers were handed out");
+    }
     for (key, what) in kept {
         if let Some(value) = old.get_raw(cf::META, key)? {
             batch.put_cf(new.cf(cf::META), key, value);
@@ -388,6 +397,7 @@ pub fn registered_drives(index_dir: &Path) -> EngineResult<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::seq::SeqAllocator;
 
     /// A rebuild reads the old index to keep its drive ids; a directory holding something that
     /// is not an index (a damaged one) is read as none, never made into a new one in place.
@@ -412,7 +422,7 @@ mod tests {
     /// A rebuilt index keeps the old one's drains (only where the drive ids are the old ones)
     /// and its lowest write quorum: a scan of the drives tells neither.
     #[test]
-    fn a_rebuilt_index_keeps_the_drains_and_lowest_quorum_of_the_old() {
+    fn a_rebuilt_index_keeps_the_drains_lowest_quorum_and_sequence_numbers_of_the_old() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new, renumbered) = (
             dir.path().join("old"),
@@ -434,7 +444,22 @@ mod tests {
             drop(Index::open(&new).unwrap());
             drop(Index::open(&renumbered).unwrap());
         }
-        assert_eq!(carry_over(&old, &new, true).unwrap().len(), 2);
+        // The old index handed out numbers far beyond what the rebuilt one starts from.
+        let handed_out = {
+            let index = Arc::new(Index::open(&old).unwrap());
+            let seq = SeqAllocator::open(index, 50_000_000).unwrap();
+            seq.next().unwrap()
+        };
+        let rebuilt_starts_at = |dir: &Path| {
+            let index = Arc::new(Index::open(dir).unwrap());
+            SeqAllocator::open(index, 1).unwrap().next().unwrap()
+        };
+        assert!(rebuilt_starts_at(&new) < handed_out);
+        assert_eq!(carry_over(&old, &new, true).unwrap().len(), 3);
+        assert!(
+            rebuilt_starts_at(&new) > handed_out,
+            "no number is handed out again"
+        );
         assert_eq!(lowest_write_quorum(&new).unwrap(), Some(1));
         let draining = |dir: &Path| {
             Index::open(dir)
@@ -443,7 +468,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(draining(&new), Some(vec![7, 0]));
-        assert_eq!(carry_over(&old, &renumbered, false).unwrap().len(), 1);
+        assert_eq!(carry_over(&old, &renumbered, false).unwrap().len(), 2);
         assert_eq!(
             draining(&renumbered),
             None,

@@ -13,6 +13,20 @@ use super::index::{Index, IndexResult, cf};
 const LEASE: u64 = 1 << 20;
 const KEY: &[u8] = b"seq_lease";
 
+/// The end of the lease recorded in `index`: every number handed out with it is below.
+pub(crate) fn recorded_lease_end(index: &Index) -> IndexResult<Option<u64>> {
+    Ok(index
+        .get_raw(cf::META, KEY)?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_le_bytes))
+}
+
+/// Records in `batch` a lease ending at `end` in `index`, so that its next start hands out
+/// nothing below (an index rebuilt from the drives, told of what the old one handed out).
+pub(crate) fn put_lease_end(batch: &mut WriteBatch, index: &Index, end: u64) {
+    batch.put_cf(index.cf(cf::META), KEY, end.to_le_bytes());
+}
+
 /// Hands out sequence numbers.
 #[derive(Debug)]
 pub struct SeqAllocator {
@@ -25,11 +39,7 @@ impl SeqAllocator {
     /// Starts after everything any previous run may have used; `at_least` raises the floor
     /// (after a rebuild, above every number found in the log).
     pub fn open(index: Arc<Index>, at_least: u64) -> IndexResult<SeqAllocator> {
-        let stored = index
-            .get_raw(cf::META, KEY)?
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(1);
+        let stored = recorded_lease_end(&index)?.unwrap_or(1);
         let start = stored.max(at_least).max(1);
         let alloc = SeqAllocator {
             index,
