@@ -89,13 +89,15 @@ fn etag_matches(list: &str, etag: &str) -> bool {
 /// Evaluates If-Match, If-Unmodified-Since, If-None-Match and If-Modified-Since (RFC 7232
 /// order, S3 precedence) with headers named `prefix` + name (`""` for GET/HEAD,
 /// `"x-amz-copy-source-"` for copy sources). `not_modified` is what a failed If-None-Match or
-/// If-Modified-Since gives (304 for reads, 412 for copies).
+/// If-Modified-Since gives, told the header that failed (304 for reads, 412 for copies); a
+/// failed If-Match or If-Unmodified-Since is a 412 naming its header.
 pub fn check_preconditions(
     headers: &HeaderMap,
     prefix: &str,
     info: &ObjectInfo,
-    not_modified: S3Error,
+    not_modified: impl Fn(&str) -> S3Error,
 ) -> Result<(), S3Error> {
+    let failed = |name: &str| format!("{prefix}{name}");
     let h = |name: &str| header(headers, &format!("{prefix}{name}"));
     // An ETag list may come in several header lines: they are one list.
     let list = |name: &str| {
@@ -110,16 +112,16 @@ pub fn check_preconditions(
     let if_match = list("if-match");
     if let Some(etags) = if_match {
         if !etag_matches(&etags, &info.etag) {
-            return Err(S3Error::precondition_failed("If-Match"));
+            return Err(S3Error::precondition_failed(&failed("If-Match")));
         }
     } else if let Some(since) = h("if-unmodified-since").and_then(parse_http_date)
         && modified > since
     {
-        return Err(S3Error::precondition_failed("If-Unmodified-Since"));
+        return Err(S3Error::precondition_failed(&failed("If-Unmodified-Since")));
     }
     if let Some(etags) = list("if-none-match") {
         if etag_matches(&etags, &info.etag) {
-            return Err(not_modified);
+            return Err(not_modified(&failed("If-None-Match")));
         }
     } else if let Some(since) = h("if-modified-since")
         .and_then(parse_http_date)
@@ -127,7 +129,7 @@ pub fn check_preconditions(
         .filter(|since| *since <= SystemTime::now())
         && modified <= since
     {
-        return Err(not_modified);
+        return Err(not_modified(&failed("If-Modified-Since")));
     }
     Ok(())
 }
@@ -426,7 +428,7 @@ mod tests {
             "Thu, 01 Jan 1970 00:00:01 GMT".parse().unwrap(),
         );
         assert!(
-            check_preconditions(&h, "", &info(), S3Error::not_modified()).is_ok(),
+            check_preconditions(&h, "", &info(), |_| S3Error::not_modified()).is_ok(),
             "If-Match true wins over If-Unmodified-Since false"
         );
         let mut h = HeaderMap::new();
@@ -436,7 +438,7 @@ mod tests {
             "Thu, 01 Jan 1970 00:00:01 GMT".parse().unwrap(),
         );
         assert_eq!(
-            check_preconditions(&h, "", &info(), S3Error::not_modified())
+            check_preconditions(&h, "", &info(), |_| S3Error::not_modified())
                 .unwrap_err()
                 .code,
             "NotModified"
@@ -444,7 +446,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("if-match", "\"other\"".parse().unwrap());
         assert_eq!(
-            check_preconditions(&h, "", &info(), S3Error::not_modified())
+            check_preconditions(&h, "", &info(), |_| S3Error::not_modified())
                 .unwrap_err()
                 .code,
             "PreconditionFailed"
@@ -455,7 +457,7 @@ mod tests {
             "if-modified-since",
             "Mon, 12 Oct 2099 17:50:30 GMT".parse().unwrap(),
         );
-        assert!(check_preconditions(&h, "", &info(), S3Error::not_modified()).is_ok());
+        assert!(check_preconditions(&h, "", &info(), |_| S3Error::not_modified()).is_ok());
         // An ETag list over several header lines is one list.
         let mut h = HeaderMap::new();
         h.append("if-none-match", "\"other\"".parse().unwrap());
@@ -464,10 +466,51 @@ mod tests {
             format!("\"{}\"", info().etag).parse().unwrap(),
         );
         assert_eq!(
-            check_preconditions(&h, "", &info(), S3Error::not_modified())
+            check_preconditions(&h, "", &info(), |_| S3Error::not_modified())
                 .unwrap_err()
                 .code,
             "NotModified"
+        );
+    }
+
+    /// A copy source's failed condition names the header that failed, as S3 does.
+    #[test]
+    fn a_failed_copy_source_condition_names_its_header() {
+        let condition = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-amz-copy-source-{name}").as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
+            let e = check_preconditions(
+                &h,
+                "x-amz-copy-source-",
+                &info(),
+                S3Error::precondition_failed,
+            )
+            .unwrap_err();
+            assert_eq!(e.code, "PreconditionFailed");
+            e.extra
+                .into_iter()
+                .find(|(k, _)| *k == "Condition")
+                .map(|(_, v)| v)
+                .unwrap()
+        };
+        let long_ago = "Thu, 01 Jan 1970 00:00:01 GMT";
+        let later = "Sat, 01 Jan 2000 00:00:00 GMT";
+        assert_eq!(condition("if-match", "\"x\""), "x-amz-copy-source-If-Match");
+        assert_eq!(
+            condition("if-none-match", "\"abc\""),
+            "x-amz-copy-source-If-None-Match"
+        );
+        assert_eq!(
+            condition("if-unmodified-since", long_ago),
+            "x-amz-copy-source-If-Unmodified-Since"
+        );
+        assert_eq!(
+            condition("if-modified-since", later),
+            "x-amz-copy-source-If-Modified-Since"
         );
     }
 

@@ -341,6 +341,14 @@ def check_delete_objects():
     assert sorted(d["Key"] for d in r["Deleted"]) == sorted(odd), r
     left = [o["Key"] for o in s3.list_objects_v2(Bucket=b).get("Contents", [])]
     assert left == ["k9"], left
+    # A thousand keys of 1024 bytes, each sent as entities (5 MB of XML): taken, as S3 does.
+    heavy = [f"{i:04}" + "&" * 1020 for i in range(1000)]
+    r = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": k} for k in heavy]})
+    assert len(r["Deleted"]) == 1000 and not r.get("Errors"), r.get("Errors")
+    # The version asked for, null, is echoed.
+    s3.put_object(Bucket=b, Key="v", Body=b"x")
+    r = s3.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "v", "VersionId": "null"}]})
+    assert r["Deleted"] == [{"Key": "v", "VersionId": "null"}], r["Deleted"]
     # A version other than null does not exist: nothing is read or deleted in its place. One
     # that is not shaped as S3's are (32 URL-safe characters) is no version id at all.
     expect_error("NoSuchVersion", 404, s3.get_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrH")
@@ -387,12 +395,19 @@ def check_copy():
     src = s3.put_object(Bucket=b, Key="src", Body=body, ContentType="image/png", Metadata={"a": "1"})
     c = s3.copy_object(Bucket=b, Key="dst", CopySource={"Bucket": b, "Key": "src"})
     assert c["CopyObjectResult"]["ETag"] == src["ETag"]
+    # The SDK sent a CRC32 with the source: the copy has it, and says of which type.
+    result = c["CopyObjectResult"]
+    assert result["ChecksumCRC32"] == src["ChecksumCRC32"], result
+    assert result["ChecksumType"] == "FULL_OBJECT", result
     d = s3.get_object(Bucket=b, Key="dst")
     assert d["Body"].read() == body and d["ContentType"] == "image/png" and d["Metadata"] == {"a": "1"}
     s3.copy_object(Bucket=b, Key="dst2", CopySource=f"{b}/src", MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"b": "2"})
     d2 = s3.head_object(Bucket=b, Key="dst2")
     assert d2["ContentType"] == "text/plain" and d2["Metadata"] == {"b": "2"}
-    expect_error("PreconditionFailed", 412, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/src", CopySourceIfMatch='"beef"')
+    e = expect_error("PreconditionFailed", 412, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/src", CopySourceIfMatch='"beef"')
+    assert e.response["Error"].get("Condition") == "x-amz-copy-source-If-Match", e.response["Error"]
+    e = expect_error("PreconditionFailed", 412, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/src", CopySourceIfModifiedSince=datetime.datetime.now(datetime.timezone.utc))
+    assert e.response["Error"].get("Condition") == "x-amz-copy-source-If-Modified-Since", e.response["Error"]
     expect_error("NoSuchKey", 404, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/nope")
     # Copying onto itself needs REPLACE, or a change of storage class (`aws s3 cp` of an
     # object onto itself with --storage-class): the metadata is kept then.

@@ -41,16 +41,23 @@ impl Default for KeepAlive {
     }
 }
 
-/// The result document of a copy (`root`: CopyObjectResult or CopyPartResult).
+/// The result document of a copy (`root`: CopyObjectResult or CopyPartResult), with the
+/// checksums' type where S3 gives one (a copied object's; a part's has none).
 pub(crate) fn result_document(
     root: &'static str,
     last_modified: SystemTime,
     etag: &str,
     checksums: &[StoredChecksum],
+    checksum_type: Option<&str>,
 ) -> String {
     let mut w = XmlWriter::new(root);
     w.element("LastModified", &iso8601(last_modified))
         .element("ETag", &format!("\"{etag}\""));
+    if !checksums.is_empty()
+        && let Some(t) = checksum_type
+    {
+        w.element("ChecksumType", t);
+    }
     for c in checksums {
         w.element(&format!("Checksum{}", c.algorithm), &c.value);
     }

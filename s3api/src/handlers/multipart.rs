@@ -201,6 +201,7 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             part.last_modified,
             &part.etag,
             &part.checksums,
+            None,
         ))
     };
     super::long_copy::copy_reply(svc, ctx, copy).await

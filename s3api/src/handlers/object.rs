@@ -296,7 +296,7 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
     check_version_id(ctx)?;
     let object = svc.store.open_object(&bucket, &key)?;
     let info = &object.info;
-    match check_preconditions(&ctx.headers, "", info, S3Error::not_modified()) {
+    match check_preconditions(&ctx.headers, "", info, |_| S3Error::not_modified()) {
         Ok(()) => {}
         Err(e) if e.status == StatusCode::NOT_MODIFIED => {
             // A 304 carries the validators and caching headers a 200 would (RFC 9110).
@@ -456,7 +456,13 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             "Missing required header for this request: Content-MD5",
         ));
     }
-    let body = ctx.body_reader(2 << 20)?.read_all(2 << 20).await?;
+    // A thousand keys of 1024 bytes, each character possibly an entity of several (`&amp;`),
+    // with version ids and ETags: S3 takes any such document.
+    const MAX_DELETE_DOCUMENT: usize = 8 << 20;
+    let body = ctx
+        .body_reader(MAX_DELETE_DOCUMENT as u64)?
+        .read_all(MAX_DELETE_DOCUMENT)
+        .await?;
     let (targets, quiet) = parse_delete(&body)?;
     // The deletes run together (in order of the answer), so that their commits share flushes:
     // one after another, a thousand keys would wait for a thousand flushes.
@@ -465,21 +471,26 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let outcomes: Vec<_> = futures::stream::iter(targets)
         .map(|t| async move {
             if let Some(v) = t.version_id.as_deref().filter(|v| *v != "null") {
-                return (t.key, Err(S3Error::no_such_version(v)));
+                return (t.key, None, Err(S3Error::no_such_version(v)));
             }
             let condition = delete_condition(t.etag.as_deref());
             let outcome = store.delete_object(bucket, &t.key, &condition).await;
-            (t.key, outcome)
+            (t.key, t.version_id, outcome)
         })
         .buffered(DELETES_AT_ONCE)
         .collect()
         .await;
     let mut w = XmlWriter::new("DeleteResult");
-    for (key, outcome) in outcomes {
+    for (key, version_id, outcome) in outcomes {
         match outcome {
             Ok(()) => {
                 if !quiet {
-                    w.start("Deleted").element("Key", &key).end();
+                    // The version asked for (`null`) is echoed, as S3 does.
+                    w.start("Deleted").element("Key", &key);
+                    if let Some(v) = &version_id {
+                        w.element("VersionId", v);
+                    }
+                    w.end();
                 }
             }
             Err(e) => {
@@ -518,7 +529,7 @@ pub(crate) fn open_copy_source(
         &ctx.headers,
         "x-amz-copy-source-",
         &source.info,
-        S3Error::precondition_failed("x-amz-copy-source-If-None-Match"),
+        S3Error::precondition_failed,
     )?;
     Ok((bucket, key, source))
 }
@@ -596,6 +607,7 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             info.last_modified,
             &info.etag,
             &info.checksums,
+            Some(info.checksum_type.as_deref().unwrap_or("FULL_OBJECT")),
         ))
     };
     super::long_copy::copy_reply(svc, ctx, copy).await
