@@ -10,6 +10,7 @@
 //! flushed simply disappears after a crash, as it would on a drive that lost power.
 
 pub mod faults;
+mod fill;
 pub mod meta;
 mod writer;
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::device::{WriteHint, ZonedDevice};
@@ -30,6 +31,7 @@ use crate::geometry::Geometry;
 use crate::machine::{ZoneStatus, ZoneTable};
 use crate::zone::{ReportFilter, ZoneAction, ZoneReport, ZoneSelect, ZoneState};
 use faults::FaultPlan;
+use fill::{Segment, Wait, fill};
 use meta::ZoneEntry;
 use writer::Writers;
 
@@ -789,41 +791,6 @@ fn sync_dir(dir: &Path) -> ZoneResult<()> {
         .map_err(|e| ZoneError::io(format!("syncing {}", dir.display()), e))
 }
 
-/// Reads `buf.len()` bytes at `offset` only if the page cache already holds them
-/// (`preadv2(RWF_NOWAIT)`), so that the common case costs no thread hand-off. `Ok(false)`: the
-/// read would block (or the kernel cannot tell), and the caller must do it on a blocking thread.
-fn read_now(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let iov = libc::iovec {
-            iov_base: buf[done..].as_mut_ptr().cast(),
-            iov_len: buf.len() - done,
-        };
-        // SAFETY: the iovec points into `buf`, which outlives the call; the fd is open.
-        let n = unsafe {
-            libc::preadv2(
-                file.as_raw_fd(),
-                &iov,
-                1,
-                (offset + done as u64) as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
-                _ => Err(e),
-            };
-        }
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        done += n as usize;
-    }
-    Ok(true)
-}
-
 /// Writes `len` zero bytes at `offset`, a bounded buffer at a time (a Write Zeroes may cover
 /// 65536 blocks).
 fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
@@ -918,7 +885,7 @@ impl ZonedDevice for EmulatedZns {
                 "a read of {blocks} blocks is more than the {MAX_READ_BYTES} bytes one read may be"
             )));
         }
-        // Which parts of the range hold data: (byte offset in file, byte offset in buffer, len).
+        // Which parts of the range hold data.
         let mut segments = Vec::new();
         {
             let st = self.inner.state.lock();
@@ -929,38 +896,29 @@ impl ZonedDevice for EmulatedZns {
                 let span = zone_end.min(lba + blocks) - at;
                 let readable = st.table.readable_blocks(at, span);
                 if readable > 0 {
-                    segments.push((
-                        self.byte_offset(at),
-                        self.byte_offset(at - lba) as usize,
-                        self.byte_offset(readable) as usize,
-                    ));
+                    segments.push(Segment {
+                        file_offset: self.byte_offset(at),
+                        buffer_offset: self.byte_offset(at - lba) as usize,
+                        len: self.byte_offset(readable) as usize,
+                    });
                 }
                 at += span;
             }
         }
         let len = self.byte_offset(blocks) as usize;
         let file = self.inner.data.clone();
-        let mut buf = BytesMut::zeroed(len);
-        let mut cached = true;
-        for &(file_at, buf_at, n) in &segments {
-            match read_now(&file, &mut buf[buf_at..buf_at + n], file_at) {
-                Ok(true) => {}
-                Ok(false) => {
-                    cached = false;
-                    break;
-                }
-                Err(e) => return Err(ZoneError::io(format!("reading LBA {lba}"), e)),
-            }
-        }
-        if cached {
-            return Ok(buf.freeze());
+        let failed = move |e| ZoneError::io(format!("reading LBA {lba}"), e);
+        // From the page cache at once when it holds the bytes (no thread hand-off), else on
+        // a thread that may block.
+        if let Some(data) = fill(&file, len, &segments, Wait::CachedOnly).map_err(failed)? {
+            return Ok(data);
         }
         blocking(move || {
-            for (file_at, buf_at, n) in segments {
-                file.read_exact_at(&mut buf[buf_at..buf_at + n], file_at)
-                    .map_err(|e| ZoneError::io(format!("reading LBA {lba}"), e))?;
-            }
-            Ok(buf.freeze())
+            fill(&file, len, &segments, Wait::Block)
+                .and_then(|data| {
+                    data.ok_or_else(|| std::io::Error::other("a blocking read gave up"))
+                })
+                .map_err(failed)
         })
         .await
     }
