@@ -4005,3 +4005,110 @@ async fn a_record_larger_than_the_append_limit_is_refused_before_any_zone_is_tri
     ));
     engine.shutdown().await;
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `dir`; `None` where this
+    /// process may not mount (not root, or no mount command).
+    fn new(dir: &std::path::Path, size: &str) -> Option<TmpfsMount> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| TmpfsMount(dir.to_path_buf()))
+    }
+
+    /// Gives the file system `size` in all.
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remounting {} failed", self.0.display());
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// When the index's disk fills, a PUT fails as out of space (S3's 507, as with full drives),
+/// not as an internal error; what is stored stays readable; and PUTs succeed again once the
+/// disk has room. The index gets a small tmpfs of its own: skipped, saying so, where this
+/// process may not mount one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_index_disk_fails_puts_as_out_of_space_and_keeps_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let index_dir = dir.path().join("index");
+    std::fs::create_dir(&index_dir).unwrap();
+    let Some(mount) = TmpfsMount::new(&index_dir, "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs for the index here (needs root)");
+        return;
+    };
+    let (engine, _drives) =
+        open_engine(dir.path(), 1, small_geometry(64, 1 << 20), gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let kept = content("kept", 1, 3000);
+    put(&engine, "b", "kept", &kept).await.unwrap();
+    // Objects whose index entries are large (2 KB of metadata that does not compress) until
+    // the index's disk is full.
+    let mut stored = 0u64;
+    let failure = loop {
+        let mut writer = engine.put("b", &format!("m{stored}")).unwrap();
+        writer.write(bytes::Bytes::from_static(b"x")).await.unwrap();
+        let noise = content("meta", stored, 1500);
+        let meta = ObjectMeta {
+            etag: "e".into(),
+            owner: "alice".into(),
+            user_meta: vec![("noise".into(), hex(&noise))],
+            ..ObjectMeta::default()
+        };
+        match writer.finish_object(meta, Condition::None).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 50_000, "8 MiB never filled");
+    };
+    let answer = zonestore::s3::to_s3(failure);
+    assert_eq!(
+        (answer.status.as_u16(), answer.code),
+        (507, "InsufficientStorage"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(
+        get(&engine, "b", "kept").await.unwrap(),
+        kept,
+        "reads go on"
+    );
+    // Room again: RocksDB finds it and takes writes (it checks by itself, every few seconds).
+    mount.resize("256m");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match put(&engine, "b", "after", b"room again").await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!("not yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("PUTs never worked again: {e}"),
+        }
+    }
+    assert_eq!(get(&engine, "b", "after").await.unwrap(), b"room again");
+    assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
+    engine.shutdown().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

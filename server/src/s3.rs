@@ -37,6 +37,10 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::EntityTooSmall { part, size } => S3Error::entity_too_small(part, size),
         EngineError::PreconditionFailed(condition) => S3Error::precondition_failed(condition),
         EngineError::NoSpace(detail) => S3Error::insufficient_storage(&detail),
+        // The index's disk is full: as out of space as full drives are.
+        EngineError::Index(e) if e.is_out_of_space() => {
+            S3Error::insufficient_storage(&format!("the index's disk is full: {e}"))
+        }
         EngineError::Unavailable(detail) => S3Error::unavailable(&detail),
         EngineError::WrongDrive { .. } => S3Error::unavailable("a drive is not available"),
         EngineError::InvalidArgument(detail) => S3Error::invalid_argument(detail),

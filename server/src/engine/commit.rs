@@ -546,6 +546,27 @@ struct Flushed {
     failed: HashMap<DriveId, String>,
 }
 
+/// Why a group's index write failed.
+#[derive(Debug, thiserror::Error)]
+enum IndexWriteFailed {
+    /// The index refused it (a full disk, say: the error says which, for the client's answer).
+    #[error(transparent)]
+    Index(index::IndexError),
+    /// The task writing it failed.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl IndexWriteFailed {
+    /// The error each write of the group gets.
+    fn to_engine_error(&self) -> EngineError {
+        match self {
+            IndexWriteFailed::Index(e) => EngineError::Index(e.clone()),
+            IndexWriteFailed::Task(why) => EngineError::Internal(why.clone()),
+        }
+    }
+}
+
 /// The committer task: two stages, overlapped. One flushes the drives a group touched while the
 /// other writes the previous group's index changes, so a group costs the longer of the two
 /// waits, not their sum. Groups reach the index in the order they formed; each change is checked
@@ -702,8 +723,10 @@ async fn apply_groups(
         };
         let written = match write {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("index writer task failed: {e}")),
+            Ok(Err(e)) => Err(IndexWriteFailed::Index(e)),
+            Err(e) => Err(IndexWriteFailed::Task(format!(
+                "index writer task failed: {e}"
+            ))),
         };
         match written {
             Ok(()) => {
@@ -712,8 +735,8 @@ async fn apply_groups(
                     let _ = request.reply.send(result);
                 }
             }
-            Err(reason) => {
-                tracing::error!("index write failed: {reason}");
+            Err(failure) => {
+                tracing::error!("index write failed: {failure}");
                 // Every write of the group failed: their records are revoked, if the index
                 // takes even that.
                 let mut revocations = WriteBatch::default();
@@ -734,9 +757,7 @@ async fn apply_groups(
                 })
                 .await;
                 for request in group {
-                    let _ = request.reply.send(Err(EngineError::Internal(format!(
-                        "index write failed: {reason}"
-                    ))));
+                    let _ = request.reply.send(Err(failure.to_engine_error()));
                 }
             }
         }

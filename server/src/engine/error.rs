@@ -99,6 +99,7 @@ impl EngineError {
         match self {
             EngineError::Unavailable(_) => true,
             EngineError::Drive { source, .. } => source.kind() == ZoneErrorKind::Unavailable,
+            EngineError::Index(e) => e.is_transient(),
             _ => false,
         }
     }

@@ -74,7 +74,7 @@ pub enum TombKind {
 }
 
 /// Errors of the index.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
     /// RocksDB failed.
     #[error("index (RocksDB) error: {0}")]
@@ -87,6 +87,27 @@ pub enum IndexError {
         /// What is wrong.
         detail: String,
     },
+}
+
+impl IndexError {
+    /// Whether the index's disk is full (RocksDB takes writes again once there is room).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, IndexError::Db(e)
+            if e.kind() == rocksdb::ErrorKind::IOError
+                && e.to_string().contains("No space left on device"))
+    }
+
+    /// Whether the failure passes by itself (busy, timed out, try again): the same request
+    /// may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IndexError::Db(e) if matches!(
+            e.kind(),
+            rocksdb::ErrorKind::Busy
+                | rocksdb::ErrorKind::TryAgain
+                | rocksdb::ErrorKind::TimedOut
+                | rocksdb::ErrorKind::Incomplete
+        ))
+    }
 }
 
 /// A consistent view of the index at one moment, kept by an open object so that it reads the
