@@ -46,25 +46,40 @@ struct Pending {
     in_capsule: bool,
     /// Bytes of `data_out` R2Ts have asked for so far (each must ask for the next ones).
     solicited: usize,
-    /// C2HData received so far, kept as the PDUs' own buffers.
-    data_in: Vec<Bytes>,
+    /// Whether the H2CData answering the last R2T is still waiting for room in the writer's
+    /// queue (a task of its own sends it): no other R2T may come meanwhile (MAXR2T is 0), so
+    /// a target cannot make the host hold frames, and tasks, without end.
+    answering: bool,
+    /// A large read that came whole in one C2HData PDU, kept as it came (it owns its buffer)...
+    whole_in: Option<Bytes>,
+    /// ...or what came otherwise, copied together: a smaller payload shares its receive buffer
+    /// with other PDUs and would keep all of it alive for as long as the data is held.
+    data_in: BytesMut,
     received: usize,
 }
 
 impl Pending {
-    /// The received data as one buffer (no copy when it came in one PDU).
-    fn data(&mut self) -> Bytes {
-        match self.data_in.len() {
-            0 => Bytes::new(),
-            1 => self.data_in.pop().expect("one chunk"),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.received);
-                for chunk in self.data_in.drain(..) {
-                    all.extend_from_slice(&chunk);
-                }
-                all.freeze()
+    /// Takes the payload of a C2HData PDU (checked to be the next bytes, within the command's).
+    fn add_data(&mut self, data: &Bytes) {
+        if self.received == 0
+            && data.len() == self.expected_in
+            && data.len() >= crate::transport::LARGE_PDU
+        {
+            self.whole_in = Some(data.clone());
+        } else {
+            if self.data_in.capacity() == 0 {
+                self.data_in.reserve(self.expected_in);
             }
+            self.data_in.extend_from_slice(data);
         }
+        self.received += data.len();
+    }
+
+    /// The received data as one buffer.
+    fn data(&mut self) -> Bytes {
+        self.whole_in
+            .take()
+            .unwrap_or_else(|| self.data_in.split().freeze())
     }
 }
 
@@ -339,7 +354,9 @@ impl HostQueue {
                 data_out: data_out.clone(),
                 in_capsule,
                 solicited: 0,
-                data_in: Vec::new(),
+                answering: false,
+                whole_in: None,
+                data_in: BytesMut::new(),
                 received: 0,
             });
             let Some(cid) = inserted else {
@@ -445,6 +462,12 @@ impl HostQueue {
                 r2t.cccid
             ));
         }
+        if pending.answering {
+            return Err(format!(
+                "R2T for command {:#x} while the data of its last R2T is still being sent (MAXR2T is 0)",
+                r2t.cccid
+            ));
+        }
         let (start, len) = (r2t.r2to as usize, r2t.r2tl as usize);
         let total = pending.data_out.len();
         if len == 0 || start != pending.solicited || len > total - start.min(total) {
@@ -455,6 +478,13 @@ impl HostQueue {
         }
         pending.solicited += len;
         Ok(pending.data_out.slice(start..start + len))
+    }
+
+    /// Notes whether the data answering an R2T of command `cid` waits to be queued.
+    fn set_answering(&self, cid: u16, answering: bool) {
+        if let Some(pending) = self.slots.lock().get_mut(cid) {
+            pending.answering = answering;
+        }
     }
 
     /// Answers an R2T with `data` (what it asks for) in H2CData PDUs of at most MAXH2CDATA
@@ -488,9 +518,17 @@ impl HostQueue {
                     return Err("connection closed".into());
                 }
                 Err(mpsc::error::TrySendError::Full(frame)) => {
+                    let cid = r2t.cccid;
+                    self.set_answering(cid, true);
                     let queue = self.clone();
                     tokio::spawn(async move {
-                        for frame in std::iter::once(frame).chain(frames) {
+                        let mut frames = std::iter::once(frame).chain(frames).peekable();
+                        while let Some(frame) = frames.next() {
+                            if frames.peek().is_none() {
+                                // Before the last frame can reach the target (and the target
+                                // ask for more in answer), another R2T becomes acceptable.
+                                queue.set_answering(cid, false);
+                            }
                             if queue.tx.send(frame).await.is_err() {
                                 queue.fail("connection closed".into());
                                 return;
@@ -616,8 +654,7 @@ async fn receive(
                             pending.expected_in, data.cccid
                         );
                     }
-                    pending.received += data.data.len();
-                    pending.data_in.push(data.data.clone());
+                    pending.add_data(&data.data);
                     let complete = pending.received == pending.expected_in;
                     if data.success && !(complete && data.last) {
                         return format!(
@@ -886,6 +923,60 @@ mod tests {
             queue_against(|_, cid| vec![r2t(cid, 0, 8192), r2t(cid, 8192, 8192), success(cid)])
                 .await;
         write(&halves, 16384).await.unwrap();
+    }
+
+    /// A target may not ask for more data by R2T while the data its last R2T asked for still
+    /// waits to be sent (MAXR2T is 0): each such R2T would make the host hold more frames, and
+    /// a task to send them, without end.
+    #[tokio::test]
+    async fn an_r2t_while_the_last_ones_data_waits_to_be_sent_is_refused() {
+        // More 1 MiB frames than the writer's queue holds (16 here).
+        const HALF: u32 = 24 << 20;
+        let queue =
+            queue_against(|_, cid| vec![r2t(cid, 0, HALF), r2t(cid, HALF, HALF), success(cid)])
+                .await;
+        match write(&queue, 2 * HALF as usize).await {
+            Err(HostError::Disconnected(reason)) => assert!(reason.contains("MAXR2T"), "{reason}"),
+            other => panic!("expected the queue to fail, got {other:?}"),
+        }
+    }
+
+    /// What a read receives: one large PDU holding all of it is kept as it came; smaller
+    /// payloads (slices of a receive buffer other PDUs share) are copied together.
+    #[test]
+    fn small_read_payloads_are_copied_and_a_whole_large_one_is_kept() {
+        let pending = |expected_in: usize| {
+            let (done, _) = oneshot::channel();
+            Pending {
+                cid: 1,
+                done,
+                _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+                expected_in,
+                deadline: Instant::now(),
+                data_out: Bytes::new(),
+                in_capsule: false,
+                solicited: 0,
+                answering: false,
+                whole_in: None,
+                data_in: BytesMut::new(),
+                received: 0,
+            }
+        };
+        let shared = Bytes::from(vec![9u8; 4 * crate::transport::LARGE_PDU]);
+        let mut small = pending(4096);
+        small.add_data(&shared.slice(0..1000));
+        small.add_data(&shared.slice(1000..4096));
+        let got = small.data();
+        assert_eq!(got, shared.slice(0..4096));
+        assert_ne!(
+            got.as_ptr(),
+            shared.as_ptr(),
+            "copied out of the shared buffer"
+        );
+        let len = 2 * crate::transport::LARGE_PDU;
+        let mut large = pending(len);
+        large.add_data(&shared.slice(0..len));
+        assert_eq!(large.data().as_ptr(), shared.as_ptr(), "kept as it came");
     }
 
     /// A target that stops reading: once the writer gives up on it, the queue fails, and the

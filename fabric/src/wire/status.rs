@@ -204,11 +204,13 @@ impl Status {
             (SCT_COMMAND, 0xBF) => ZoneErrorKind::InvalidZoneStateTransition,
             (SCT_GENERIC, 0x80) => ZoneErrorKind::LbaOutOfRange,
             (SCT_GENERIC, 0x02) => ZoneErrorKind::InvalidField,
-            // Command Abort Requested, Aborted due to SQ Deletion, Command Interrupted,
-            // Transient Transport Error, Namespace Not Ready.
-            (SCT_GENERIC, 0x07 | 0x08 | 0x21 | 0x22 | 0x82) | (SCT_PATH, _) => {
-                ZoneErrorKind::Unavailable
-            }
+            // Aborted due to Power Loss Notification (a target going down), Command Abort
+            // Requested, Aborted due to SQ Deletion, Invalid Namespace or Format (the namespace
+            // is gone from the controller), Command Sequence Error (the controller is not
+            // ready for it), Command Interrupted, Transient Transport Error, Namespace Not
+            // Ready, Format In Progress: the drive is not there to answer, not damaged.
+            (SCT_GENERIC, 0x05 | 0x07 | 0x08 | 0x0B | 0x0C | 0x21 | 0x22 | 0x82 | 0x84)
+            | (SCT_PATH, _) => ZoneErrorKind::Unavailable,
             _ => ZoneErrorKind::MediaError,
         }
     }
@@ -355,6 +357,11 @@ mod tests {
             generic(0x21),
             generic(0x07),
             Status::NAMESPACE_NOT_READY,
+            // Power loss abort, namespace gone, controller not ready, format in progress.
+            generic(0x05),
+            generic(0x0B),
+            generic(0x0C),
+            generic(0x84),
         ] {
             assert_eq!(
                 Status::from_field(status.to_field()).zone_error_kind(),
