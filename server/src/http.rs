@@ -81,7 +81,8 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 #[derive(Debug)]
 pub struct HttpServer {
     local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    /// Set once to stop, with how long requests in flight may still run.
+    stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
 }
 
@@ -94,7 +95,7 @@ impl HttpServer {
         name: &'static str,
     ) -> std::io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(None);
         let task = tokio::spawn(accept_loop(listener, router, tls, stopped, name));
         Ok(HttpServer {
             local_addr,
@@ -108,12 +109,13 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// Stops accepting, lets requests in flight finish (up to `grace`), then returns.
-    pub async fn shut_down(mut self, grace: Duration) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
-            tracing::warn!("requests still running after {grace:?}; closing their connections");
-            self.task.abort();
+    /// Stops accepting, lets requests in flight finish (up to `grace`), then returns once
+    /// every connection's task has ended (those still running after `grace` are cancelled
+    /// first): nothing a request does runs on after this returns.
+    pub async fn shut_down(self, grace: Duration) {
+        let _ = self.stop.send(Some(grace));
+        if let Err(e) = self.task.await {
+            tracing::warn!("the listener's task failed: {e}");
         }
     }
 }
@@ -122,7 +124,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<Option<Duration>>,
     name: &'static str,
 ) {
     let graceful = GracefulShutdown::new();
@@ -131,8 +133,8 @@ async fn accept_loop(
     let connections = Arc::new(Semaphore::new(cap));
     let per_client = PerClient::new(per_client_cap(cap));
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
-    // The connections' tasks: dropped (so aborted) with this task, when a shutdown's grace
-    // period ends with requests still running.
+    // The connections' tasks: cancelled, and waited for, when a shutdown's grace period ends
+    // with requests still running.
     let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
@@ -157,7 +159,7 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let Some(client_slot) = per_client.take(peer.ip()) else {
+        let Some(client_slot) = per_client.take(client_of(peer.ip())) else {
             // One client holding its share of the connections gets no more: it cannot take
             // every connection from the others.
             drop(slot);
@@ -203,7 +205,14 @@ async fn accept_loop(
     }
     drop(listener);
     drop(router);
-    graceful.shutdown().await;
+    let grace = stopped.borrow().unwrap_or_default();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("{name}: requests still running after {grace:?}; closing their connections");
+        tasks.shutdown().await;
+    }
 }
 
 async fn serve_connection<S>(
@@ -231,7 +240,23 @@ fn per_client_cap(cap: usize) -> usize {
     (cap / 4).max(16)
 }
 
-/// Each client address's connections, counted against a cap.
+/// The client an address stands for, as connections are counted: an IPv4 address (also one
+/// an IPv6 socket shows mapped), or an IPv6 /64 — one host is given a whole /64 and may use
+/// any address in it, so counting addresses would give it a fresh share for each.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Each client's connections, counted against a cap.
 struct PerClient {
     cap: usize,
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -329,5 +354,71 @@ mod tests {
         assert!(clients.take(a).is_some());
         assert_eq!(per_client_cap(4096), 1024);
         assert_eq!(per_client_cap(64), 16);
+    }
+
+    /// Addresses of one IPv6 /64 are one client; an IPv4 address is the same client whether
+    /// it comes plain or mapped into IPv6.
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let clients = PerClient::new(2);
+        let ip = |s: &str| client_of(s.parse().unwrap());
+        let _one = clients.take(ip("2001:db8:1:2::1")).unwrap();
+        let _two = clients.take(ip("2001:db8:1:2:ffff:1:2:3")).unwrap();
+        assert!(clients.take(ip("2001:db8:1:2::99")).is_none(), "same /64");
+        assert!(clients.take(ip("2001:db8:1:3::1")).is_some(), "another /64");
+        assert_eq!(ip("::ffff:10.1.2.3"), ip("10.1.2.3"));
+        assert_ne!(ip("10.1.2.3"), ip("10.1.2.4"));
+    }
+
+    /// A shutdown whose grace period ends with a request still running cancels it, and has
+    /// waited for it when it returns: nothing the request does runs on after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_returns_after_the_requests_it_cut_short_have_ended() {
+        struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                // Slow to end, as a request winding down may be.
+                std::thread::sleep(Duration::from_millis(200));
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let router = {
+            let (ended, started) = (ended.clone(), started.clone());
+            axum::Router::new().route(
+                "/slow",
+                axum::routing::get(move || {
+                    let guard = SetOnDrop(ended.clone());
+                    let started = started.clone();
+                    async move {
+                        started.notify_one();
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(guard);
+                        "done"
+                    }
+                }),
+            )
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = HttpServer::start(listener, router, None, "test").unwrap();
+        let address = server.local_addr();
+        let client = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        });
+        started.notified().await;
+        server.shut_down(Duration::from_millis(100)).await;
+        assert!(
+            ended.load(std::sync::atomic::Ordering::SeqCst),
+            "the request was still running when the shutdown returned"
+        );
+        client.await.unwrap();
     }
 }
