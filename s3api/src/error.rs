@@ -308,6 +308,15 @@ impl S3Error {
         .with("ClientComputedContentSHA256", client)
         .with("S3ComputedContentSHA256", computed)
     }
+    /// 400 InvalidURI: the path or query does not decode to UTF-8 text (two different keys
+    /// must never be read as one).
+    pub fn invalid_uri() -> Self {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidURI",
+            "Couldn't parse the specified URI.",
+        )
+    }
     /// 400 MalformedXML.
     pub fn malformed_xml() -> Self {
         S3Error::new(

@@ -371,8 +371,19 @@ impl S3Service {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut operation = "Unknown";
         let mut payload = "none";
-        let result = match auth::authenticate(&request, &self.config.credentials, SystemTime::now())
-        {
+        // Keys and query values are UTF-8 text: bytes that are not (a `%FF`) are refused, not
+        // replaced, so that no two names are read as one.
+        let uri_is_text = percent_decode_str(&raw_path).decode_utf8().is_ok()
+            && raw_query.as_deref().is_none_or(|q| {
+                q.split(['&', '='])
+                    .all(|part| String::from_utf8(query::decode_bytes(part)).is_ok())
+            });
+        let authenticated = if uri_is_text {
+            auth::authenticate(&request, &self.config.credentials, SystemTime::now())
+        } else {
+            Err(S3Error::invalid_uri())
+        };
+        let result = match authenticated {
             Err(e) => Err(e),
             Ok(auth) => {
                 payload = auth.payload.name();

@@ -676,6 +676,12 @@ def check_auth_errors():
     assert status == 400 and b"BadDigest" in body, (status, body)
     for key in ["planted", "skewed", "mismatch", "badmd5"]:
         expect_error("404", 404, s3.head_object, Bucket=b, Key=key)
+    # A key or query value that is not UTF-8 (%FF) is refused, signed or not, never read as
+    # another name (U+FFFD, which %FE would then be too).
+    for method, url in [("PUT", f"{ENDPOINT}/{b}/%FF"), ("GET", f"{ENDPOINT}/{b}?prefix=%FE")]:
+        status, body = sigv4_request(method, url, b"x" if method == "PUT" else b"")
+        assert status == 400 and b"InvalidURI" in body, (status, body)
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="\ufffd")
     # Presigned URLs: valid, expired, tampered.
     good = s3.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "k"}, ExpiresIn=60)
     with urllib.request.urlopen(good, context=ssl_context()) as r:
