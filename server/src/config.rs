@@ -333,6 +333,15 @@ impl Config {
 
     /// Checks every value.
     pub fn check(&self) -> Result<Checked, ConfigError> {
+        if !is_region(&self.region) {
+            return Err(bad(
+                "region",
+                format!(
+                    "{:?} is not a region name (lower-case letters, digits and dashes, like us-east-1)",
+                    self.region
+                ),
+            ));
+        }
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             bad(
                 "listen",
@@ -384,11 +393,8 @@ impl Config {
             targets.push(TargetUrl::parse(t).map_err(|e| bad(&format!("targets[{i}]"), e))?);
         }
         for (i, u) in self.users.iter().enumerate() {
-            if u.access_key.is_empty() || u.secret_key.is_empty() {
-                return Err(bad(
-                    &format!("users[{i}]"),
-                    "access_key and secret_key must not be empty",
-                ));
+            if let Some(problem) = credentials_problem(&u.access_key, &u.secret_key) {
+                return Err(bad(&format!("users[{i}]"), problem));
             }
             if self.users[..i].iter().any(|v| v.access_key == u.access_key) {
                 return Err(bad(
@@ -526,6 +532,42 @@ impl Config {
     }
 }
 
+/// What is wrong with a user's credentials, if anything. An access key is sent in SigV4's
+/// `Credential=KEY/date/region/s3/aws4_request`, so it cannot hold a `/` (nor a `,` or `=`, nor
+/// spaces, which the header's syntax takes apart): letters, digits, `.`, `_` and `-`, as every
+/// S3 client accepts. A secret key is printable ASCII without spaces at its ends (clients
+/// read it from files and environment variables that would lose them).
+pub fn credentials_problem(access_key: &str, secret_key: &str) -> Option<String> {
+    if access_key.is_empty() || secret_key.is_empty() {
+        return Some("access_key and secret_key must not be empty".into());
+    }
+    if access_key.len() > 128
+        || !access_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Some(format!(
+            "access_key {access_key:?} must be at most 128 letters, digits, '.', '_' or '-' (it is sent in every request's signature scope, which '/', ',', '=' and spaces would break)"
+        ));
+    }
+    if !secret_key
+        .bytes()
+        .all(|b| b.is_ascii_graphic() || b == b' ')
+        || secret_key.trim() != secret_key
+    {
+        return Some("secret_key must be printable ASCII, with no spaces at its ends".into());
+    }
+    None
+}
+
+/// Whether `region` can be a SigV4 scope's region: lower-case letters, digits and dashes.
+fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +654,29 @@ mod tests {
         let e = c.check().unwrap_err();
         assert_eq!(e.key, "users[1]");
         assert!(e.problem.contains("twice"), "{}", e.problem);
+        // Credentials SigV4 could never carry, and a region no scope can name.
+        for (access, secret, says) in [
+            ("team/a", "s", "access_key"),
+            ("AKIA KEY", "s", "access_key"),
+            ("a,b", "s", "access_key"),
+            ("a", " padded ", "secret_key"),
+            ("a", "tab\\there", "secret_key"),
+        ] {
+            let c: Config = toml::from_str(&format!(
+                "[[users]]\naccess_key = \"{access}\"\nsecret_key = \"{secret}\""
+            ))
+            .unwrap();
+            let e = c.check().unwrap_err();
+            assert_eq!(e.key, "users[0]", "{access:?} {secret:?}");
+            assert!(e.problem.contains(says), "{}", e.problem);
+        }
+        let fine = credentials_problem("AKIA.team_a-1", "wJalr/XUtn+FEMI=K7MDENG");
+        assert_eq!(fine, None);
+        let c: Config = toml::from_str(
+            "region = \"US East\"\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"",
+        )
+        .unwrap();
+        assert_eq!(c.check().unwrap_err().key, "region");
         for (setting, key) in [
             ("zones = 4000000000", "embedded.zones"),
             ("drives = 100000", "embedded.drives"),

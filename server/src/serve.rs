@@ -122,10 +122,12 @@ pub fn users_or_default(config: &Config) -> Result<(Vec<User>, bool), ServeError
             key: path.display().to_string(),
             problem: e.message().to_string(),
         })?;
-        if user.access_key.trim().is_empty() || user.secret_key.trim().is_empty() {
+        if let Some(problem) =
+            crate::config::credentials_problem(&user.access_key, &user.secret_key)
+        {
             return Err(ConfigError {
                 key: path.display().to_string(),
-                problem: "access_key and secret_key must not be empty".into(),
+                problem,
             }
             .into());
         }
