@@ -55,6 +55,8 @@ pub struct AdminState {
     /// Set when the server begins to shut down: `/ready` answers 503 from then on (while the
     /// S3 requests in flight drain and the engine stops).
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The last `/metrics` rendering and when it began (see [`metrics`]).
+    pub last_scrape: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl AdminState {
@@ -250,8 +252,39 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     }
 }
 
+/// `/metrics`: rendered on a blocking thread (it reads every zone of every drive), one
+/// rendering at a time; scrapes that wait meanwhile take the next rendering to begin after
+/// they came, so that a flood of them costs one rendering at a time and holds no runtime
+/// thread, and none reads figures older than itself.
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let body = s.metrics.render(&s.engine, &s.hosts, &s.targets);
+    let asked = std::time::Instant::now();
+    let mut last = s.last_scrape.lock().await;
+    let body = match &*last {
+        Some((began, text)) if *began >= asked => text.clone(),
+        _ => {
+            let began = std::time::Instant::now();
+            let state = s.clone();
+            let rendered = tokio::task::spawn_blocking(move || {
+                state
+                    .metrics
+                    .render(&state.engine, &state.hosts, &state.targets)
+            })
+            .await;
+            match rendered {
+                Ok(text) => {
+                    *last = Some((began, text.clone()));
+                    text
+                }
+                Err(e) => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("rendering the metrics failed: {e}\n"),
+                    );
+                }
+            }
+        }
+    };
+    drop(last);
     (
         StatusCode::OK,
         [(

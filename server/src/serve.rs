@@ -359,6 +359,7 @@ impl Server {
             gc_job: Default::default(),
             gc_task: Default::default(),
             stopping: Default::default(),
+            last_scrape: Default::default(),
         });
         admin_routes.set(admin::router(admin_state.clone()));
         Ok(Server {
