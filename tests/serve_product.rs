@@ -257,6 +257,16 @@ fn bad_configuration_is_named() {
     );
     let err = zonestore_fails(&["admin", "--server", "127.0.0.1:1", "stats"]);
     assert!(err.contains("127.0.0.1:1"), "{err}");
+    // A token that would end its header line (and add others) is refused before it is sent.
+    let err = zonestore_fails(&[
+        "admin",
+        "--server",
+        "127.0.0.1:1",
+        "--token",
+        "t\r\nX-Injected: 1",
+        "stats",
+    ]);
+    assert!(err.contains("admin token"), "{err}");
     // An admin token an operator wrote must not be guessable in a few tries.
     let short = dir.path().join("short-token");
     std::fs::create_dir_all(&short).unwrap();

@@ -90,6 +90,15 @@ impl AdminApi {
                 }
             }
         };
+        // The token goes into a header line: one with a line break or another control
+        // character in it would end that line and add headers of its own.
+        if let Some(t) = &token
+            && !t.bytes().all(|b| b.is_ascii_graphic())
+        {
+            anyhow::bail!(
+                "the admin token must be printable ASCII without spaces (as `zonestore serve` writes it)"
+            );
+        }
         Ok(AdminApi {
             address: args.server.clone(),
             token,
@@ -121,11 +130,22 @@ async fn request(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<
         .write_all(head.as_bytes())
         .await
         .context("sending the request")?;
+    // Answers are tables and JSON of a few megabytes at most: a peer sending more than this
+    // is not the admin API.
+    const MAX_ANSWER: u64 = 256 << 20;
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
-        .await
-        .context("waiting for the answer: timed out")?
-        .context("reading the answer")?;
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        (&mut stream).take(MAX_ANSWER + 1).read_to_end(&mut raw),
+    )
+    .await
+    .context("waiting for the answer: timed out")?
+    .context("reading the answer")?;
+    if raw.len() as u64 > MAX_ANSWER {
+        anyhow::bail!(
+            "the answer from {address} is over {MAX_ANSWER} bytes: is this the admin API?"
+        );
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
