@@ -83,7 +83,17 @@ pub struct HttpServer {
     local_addr: SocketAddr,
     /// Set once to stop, with how long requests in flight may still run.
     stop: watch::Sender<Option<Duration>>,
-    task: JoinHandle<()>,
+    /// The accept loop (taken by [`HttpServer::shut_down`]; aborted if the server is dropped
+    /// without one, as on a start that fails after the listener began).
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl HttpServer {
@@ -100,7 +110,7 @@ impl HttpServer {
         Ok(HttpServer {
             local_addr,
             stop,
-            task,
+            task: Some(task),
         })
     }
 
@@ -112,9 +122,11 @@ impl HttpServer {
     /// Stops accepting, lets requests in flight finish (up to `grace`), then returns once
     /// every connection's task has ended (those still running after `grace` are cancelled
     /// first): nothing a request does runs on after this returns.
-    pub async fn shut_down(self, grace: Duration) {
+    pub async fn shut_down(mut self, grace: Duration) {
         let _ = self.stop.send(Some(grace));
-        if let Err(e) = self.task.await {
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
             tracing::warn!("the listener's task failed: {e}");
         }
     }
@@ -368,6 +380,24 @@ mod tests {
         assert!(clients.take(ip("2001:db8:1:3::1")).is_some(), "another /64");
         assert_eq!(ip("::ffff:10.1.2.3"), ip("10.1.2.3"));
         assert_ne!(ip("10.1.2.3"), ip("10.1.2.4"));
+    }
+
+    /// A server dropped without a shutdown (a start that failed after its listener began)
+    /// stops serving: its port does not stay taken.
+    #[tokio::test]
+    async fn a_dropped_server_stops_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = HttpServer::start(listener, axum::Router::new(), None, "test").unwrap();
+        let address = server.local_addr();
+        drop(server);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(address).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still accepting after the drop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A shutdown whose grace period ends with a request still running cancels it, and has

@@ -187,7 +187,7 @@ impl Metrics {
         );
         r.register(
             "read_failovers",
-            "Reads that moved to another copy",
+            "Pieces of reads served by another copy after one failed",
             m.read_failovers.clone(),
         );
         r.register(

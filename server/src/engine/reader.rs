@@ -390,6 +390,14 @@ impl EngineInner {
 
     async fn read_piece(&self, mut piece: Piece, ticket: &Ticket) -> EngineResult<Bytes> {
         let mut last_error = String::new();
+        // Whether a copy tried before failed: a piece then served counts one failover.
+        let mut failed_over = false;
+        let served = |bytes: Bytes, failed_over: bool| {
+            if failed_over {
+                self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(bytes)
+        };
         for attempt in 0..2 {
             for location in self.order(&piece.extent.replicas) {
                 // A copy on a drive that is down is not waited for (its host would hold the
@@ -400,16 +408,19 @@ impl EngineInner {
                     continue;
                 }
                 match self.read_copy(&piece, location).await {
-                    Ok(bytes) if !ticket.given_up_on() => return Ok(bytes),
+                    Ok(bytes) if !ticket.given_up_on() => return served(bytes, failed_over),
                     // GC went on without this read: the zone may have been reset and written
                     // again, so what passed the record's checks counts only if the index still
                     // names the copy now that it has been read (see [`super::gate`]).
-                    Ok(bytes) if self.still_names(&piece, location) => return Ok(bytes),
+                    Ok(bytes) if self.still_names(&piece, location) => {
+                        return served(bytes, failed_over);
+                    }
                     Ok(_) => {
+                        failed_over = true;
                         last_error = "the copy was moved while it was read".into();
                     }
                     Err(e) => {
-                        self.stats.read_failovers.fetch_add(1, Ordering::Relaxed);
+                        failed_over = true;
                         tracing::warn!(
                             drive = location.drive,
                             lba = location.lba,
@@ -572,7 +583,9 @@ impl EngineInner {
         piece: &Piece,
         location: Location,
     ) -> String {
-        if crc {
+        // (Counted only while the index still names the copy: a read GC went on without may
+        // have found its zone reset and written again, which is no damage.)
+        if crc && self.still_names(piece, location) {
             self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
         }
         self.repair.suspect(piece.stream_id, piece.offset, location);

@@ -733,7 +733,20 @@ impl EngineInner {
                     CopyRead::Bad(e.to_string())
                 }
             })?;
-        let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
+        // What was read counts only if the index still names the copy now that it has been
+        // read: GC may have moved it and reset its zone meanwhile (repair holds no read
+        // ticket), and what is there then is not damage, nor counted as such.
+        let parsed = record::parse(&bytes, drive.block_size() as usize);
+        match located::current_copies(&self.index, what) {
+            Ok(Some(copies)) if copies.contains(&location) => {}
+            Ok(_) => {
+                return Err(CopyRead::Bad(
+                    "the copy was moved or dropped while it was read".into(),
+                ));
+            }
+            Err(e) => return Err(CopyRead::Unreadable(e.to_string())),
+        }
+        let parsed = parsed.map_err(|e| {
             if e.is_damage() {
                 self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -744,29 +757,32 @@ impl EngineInner {
                 "the record there is not the one the index names".into(),
             ));
         }
-        match located::current_copies(&self.index, what) {
-            Ok(Some(copies)) if copies.contains(&location) => Ok(bytes),
-            Ok(_) => Err(CopyRead::Bad(
-                "the copy was moved or dropped while it was read".into(),
-            )),
-            Err(e) => Err(CopyRead::Unreadable(e.to_string())),
-        }
+        Ok(bytes)
     }
 
     /// Reads every copy of every record, checks it, and replaces bad copies from good ones.
     async fn scrub_pass(&self) -> EngineResult<()> {
-        self.repair.status.lock().scrub_running = true;
+        let before = {
+            let mut s = self.repair.status.lock();
+            s.scrub_running = true;
+            (s.scrub_checked, s.scrub_bad, s.scrub_repaired)
+        };
         let result = self.scrub_all().await;
         let mut s = self.repair.status.lock();
         s.scrub_running = false;
-        s.scrub_passes += 1;
         s.scrub_failure = result.as_ref().err().map(|e| e.to_string());
-        tracing::info!(
-            checked = s.scrub_checked,
-            bad = s.scrub_bad,
-            repaired = s.scrub_repaired,
-            "scrub pass finished"
+        let (checked, bad, repaired) = (
+            s.scrub_checked - before.0,
+            s.scrub_bad - before.1,
+            s.scrub_repaired - before.2,
         );
+        // A pass cut short by a shutdown is not a pass.
+        if self.repair.closed.load(Ordering::SeqCst) {
+            tracing::info!(checked, bad, repaired, "scrub pass stopped by the shutdown");
+        } else {
+            s.scrub_passes += 1;
+            tracing::info!(checked, bad, repaired, "scrub pass finished");
+        }
         result
     }
 
@@ -823,7 +839,9 @@ impl EngineInner {
             }
             let bytes = self.drives.bytes_of(&copy);
             *read += bytes;
-            {
+            // Checked: read, good or bad (a copy that could not be read is left to the next
+            // pass, unchecked).
+            if !matches!(result, Err(CopyRead::Unreadable(_))) {
                 let mut s = self.repair.status.lock();
                 s.scrub_checked += 1;
                 s.scrub_bytes += bytes;

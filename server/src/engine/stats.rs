@@ -19,7 +19,7 @@ pub struct EngineStats {
     pub records_relocated: AtomicU64,
     /// Completed PUTs.
     pub puts: AtomicU64,
-    /// Reads that had to try another copy.
+    /// Pieces of reads served by another copy after one failed (or was moved while read).
     pub read_failovers: AtomicU64,
     /// Records whose CRC did not match.
     pub crc_errors: AtomicU64,
