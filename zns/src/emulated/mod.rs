@@ -998,9 +998,10 @@ impl EmulatedZns {
         // the others are not covered, but may be).
         let horizon = self.inner.state.lock().next_write;
         let _order = self.inner.persist.lock().await;
-        // Group commit: a flush that began after we arrived may have covered us.
+        // Group commit: a flush that began after we arrived may have covered us (unless a
+        // write failed meanwhile: what it covered then may not hold what we were told).
         if self.inner.durable_writes.load(Ordering::SeqCst) >= horizon {
-            return Ok(());
+            return self.healthy();
         }
         // A completed write may sit behind an earlier one still being written, and counts only
         // once that one has: wait for every write granted before we arrived.
@@ -1008,6 +1009,10 @@ impl EmulatedZns {
         self.healthy()?;
         let (covered, entries) = {
             let mut st = self.inner.state.lock();
+            // Checked again under the lock: a write that failed marks the drive failed before
+            // it ends (which takes this lock), so one that ended since the check above, and is
+            // no longer in flight below, is seen here rather than taken as settled.
+            self.healthy()?;
             // Writes in a zone are numbered in LBA order, so every write numbered below the
             // oldest one in flight is settled.
             let covered = st

@@ -247,10 +247,18 @@ fn write_buffered(file: &File, run: &[Job], total: usize) -> std::io::Result<()>
             run[0].offset as libc::off_t,
         )
     };
-    if written < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut written = written as usize;
+    // Interrupted before writing anything (a signal): nothing was written, and the job-by-job
+    // path below writes it all (retrying interruptions itself).
+    let written = if written < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        0
+    } else {
+        written as usize
+    };
+    let mut written = written;
     if written == total {
         return Ok(());
     }
