@@ -738,9 +738,20 @@ impl ZonedDevice for NvmeTcpHost {
                 .set_cdw(13, u32::from(filter.code()) << 8)
                 .set_sgl(len as u32, false);
             let done = self.io("report zones", sqe, Bytes::new(), next, 1).await?;
-            let part = report::decode_report(&done.data).map_err(|e| {
-                ZoneError::MediaError(format!("bad zone report from the target: {e}"))
-            })?;
+            let geometry = &self.inner.geometry;
+            let part = report::decode_report(&done.data)
+                .and_then(|part| {
+                    report::check_report(
+                        &part.zones,
+                        next,
+                        geometry.zone_size,
+                        geometry.total_blocks(),
+                    )
+                    .map(|()| part)
+                })
+                .map_err(|e| {
+                    ZoneError::MediaError(format!("bad zone report from the target: {e}"))
+                })?;
             let last = part.zones.last().map(|z| z.zslba);
             let got = part.zones.len();
             match result.as_mut() {

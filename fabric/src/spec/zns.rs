@@ -77,9 +77,97 @@ pub fn decode_report(b: &[u8]) -> Result<ZoneReport, String> {
     })
 }
 
+/// Checks what a target reported for a report from `from`, on a namespace of zones of
+/// `zone_size` blocks and `total_blocks` in all: each descriptor starts a zone after the last,
+/// within the namespace and at or past the zone holding `from`; its capacity fits the zone; and
+/// its write pointer is where its state says (at the start of an empty zone, within the
+/// capacity of an open or closed one). The engine places records and reads by these, so a
+/// target reporting otherwise is answering wrongly, not reporting a state.
+pub fn check_report(
+    zones: &[ZoneDescriptor],
+    from: u64,
+    zone_size: u64,
+    total_blocks: u64,
+) -> Result<(), String> {
+    let zone_size = zone_size.max(1);
+    let mut next = from - from % zone_size;
+    for (i, z) in zones.iter().enumerate() {
+        let bad = |why: String| Err(format!("zone descriptor {i} (ZSLBA {:#x}): {why}", z.zslba));
+        if z.zslba % zone_size != 0 || z.zslba < next || z.zslba >= total_blocks {
+            return bad(format!(
+                "not the start of a zone at or after LBA {next:#x} in a namespace of {total_blocks:#x} blocks"
+            ));
+        }
+        if z.zcap > zone_size {
+            return bad(format!(
+                "capacity {:#x} beyond the zone size {zone_size:#x}",
+                z.zcap
+            ));
+        }
+        let pointer_fits = match z.state {
+            ZoneState::Empty => z.wp == z.zslba,
+            ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened | ZoneState::Closed => {
+                z.wp >= z.zslba && z.wp - z.zslba <= z.zcap
+            }
+            // The write pointer of a full, read-only or offline zone is not defined.
+            ZoneState::Full | ZoneState::ReadOnly | ZoneState::Offline => true,
+        };
+        if !pointer_fits {
+            return bad(format!(
+                "write pointer {:#x} impossible for a zone {} of capacity {:#x}",
+                z.wp, z.state, z.zcap
+            ));
+        }
+        next = z.zslba + zone_size;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_a_target_could_not_truthfully_give_are_refused() {
+        let zone = |state, zslba: u64, wp: u64| ZoneDescriptor {
+            state,
+            zslba,
+            zcap: 0x3000,
+            wp,
+        };
+        let good = [
+            zone(ZoneState::Closed, 0x4000, 0x5000),
+            zone(ZoneState::Empty, 0x8000, 0x8000),
+            zone(ZoneState::Full, 0x10000, 0),
+        ];
+        assert_eq!(check_report(&good, 0x4100, 0x4000, 0x20000), Ok(()));
+        let bad: [(&[ZoneDescriptor], &str); 6] = [
+            (&[zone(ZoneState::Empty, 0x4001, 0x4001)], "not the start"),
+            (&[zone(ZoneState::Empty, 0x0, 0x0)], "not the start"),
+            (&[zone(ZoneState::Empty, 0x20000, 0x20000)], "not the start"),
+            (
+                &[
+                    zone(ZoneState::Empty, 0x8000, 0x8000),
+                    zone(ZoneState::Empty, 0x8000, 0x8000),
+                ],
+                "not the start",
+            ),
+            (&[zone(ZoneState::Empty, 0x4000, 0x4100)], "write pointer"),
+            (
+                &[zone(ZoneState::ImplicitlyOpened, 0x4000, 0x7001)],
+                "write pointer",
+            ),
+        ];
+        for (zones, says) in bad {
+            let e = check_report(zones, 0x4000, 0x4000, 0x20000).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        let oversized = ZoneDescriptor {
+            zcap: 0x4001,
+            ..zone(ZoneState::Closed, 0x4000, 0x4000)
+        };
+        assert!(check_report(&[oversized], 0, 0x4000, 0x20000).is_err());
+    }
 
     fn report() -> ZoneReport {
         ZoneReport {
