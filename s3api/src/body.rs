@@ -147,9 +147,15 @@ impl BodyReader {
                     "x-amz-decoded-content-length is required with aws-chunked",
                 )
             })?;
-            Some(v.parse::<u64>().map_err(|_| {
-                S3Error::invalid_argument("x-amz-decoded-content-length is not a number")
-            })?)
+            Some(
+                v.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| v.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        S3Error::invalid_argument("x-amz-decoded-content-length is not a number")
+                    })?,
+            )
         } else {
             match header(headers, "content-length") {
                 Some(v) => Some(
@@ -189,6 +195,13 @@ impl BodyReader {
         let mut checksums: Vec<(Hasher, Option<String>)> = Vec::new();
         for algorithm in Algorithm::ALL {
             if let Some(value) = header(headers, &algorithm.header()) {
+                if trailer_names.contains(&algorithm.header()) {
+                    // A value in a header and another in the trailer: which would be checked?
+                    return Err(S3Error::invalid_request(format!(
+                        "{} is given as a header and named in x-amz-trailer",
+                        algorithm.header()
+                    )));
+                }
                 algorithm.validate(value)?;
                 checksums.push((Hasher::new(algorithm), Some(value.trim().to_string())));
             } else if trailer_names.contains(&algorithm.header()) {
@@ -506,6 +519,35 @@ mod tests {
         .expect("refused");
         assert_eq!(e.code, "InvalidRequest");
         assert!(e.message.contains("x-amz-meta-evil"), "{}", e.message);
+        // One checksum as a header and named as a trailer: which value would be checked?
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-decoded-content-length", "5".parse().unwrap());
+        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
+        h.insert("x-amz-checksum-crc32", "NhCmhg==".parse().unwrap());
+        let e = BodyReader::new(
+            raw(vec![
+                b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+            ]),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.code, "InvalidRequest");
+        // A decoded length with a sign is no number.
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-decoded-content-length", "+5".parse().unwrap());
+        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
+        let e = BodyReader::new(
+            raw(vec![b"5\r\nhello\r\n0\r\n\r\n"]),
+            &h,
+            &auth(Payload::StreamingUnsignedTrailer),
+            1 << 30,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.code, "InvalidArgument");
     }
 
     #[tokio::test]

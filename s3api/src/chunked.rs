@@ -15,6 +15,8 @@ const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16;
 /// Largest chunk accepted.
 const MAX_CHUNK: usize = 64 << 20;
+/// Smallest chunk of a signed body but its last (S3's rule: each chunk costs a signature).
+const MIN_SIGNED_CHUNK: usize = 8192;
 /// Most bytes accepted after the last chunk (trailers, empty lines, trailing whitespace): a
 /// client trickling bytes there would otherwise hold its upload, and the zones its data went
 /// to, for as long as it likes.
@@ -59,6 +61,10 @@ pub struct ChunkedDecoder {
     scanned: usize,
     /// Bytes taken after the last chunk.
     tail: usize,
+    /// Data chunks begun so far.
+    chunks: u64,
+    /// The size of the last data chunk, if under [`MIN_SIGNED_CHUNK`] (only the last may be).
+    small_chunk: Option<usize>,
 }
 
 fn malformed(detail: &str) -> S3Error {
@@ -79,6 +85,8 @@ impl ChunkedDecoder {
             expect_trailers,
             scanned: 0,
             tail: 0,
+            chunks: 0,
+            small_chunk: None,
         }
     }
 
@@ -146,10 +154,27 @@ impl ChunkedDecoder {
                 State::Header => {
                     let Some(line) = self.take_line()? else { break };
                     let (size, ext) = line.split_once(';').unwrap_or((&line, ""));
-                    let size = usize::from_str_radix(size.trim(), 16)
-                        .map_err(|_| malformed("bad chunk size"))?;
+                    // Hex digits only (no sign, no other spaces than around them).
+                    let size = size.trim_ascii();
+                    if size.is_empty()
+                        || size.len() > 16
+                        || !size.bytes().all(|b| b.is_ascii_hexdigit())
+                    {
+                        return Err(malformed("bad chunk size"));
+                    }
+                    let size =
+                        usize::from_str_radix(size, 16).map_err(|_| malformed("bad chunk size"))?;
                     if size > MAX_CHUNK {
                         return Err(malformed("chunk too large"));
+                    }
+                    if size > 0 {
+                        self.chunks += 1;
+                        if let Some(small) = self.small_chunk
+                            && self.signing.is_some()
+                        {
+                            return Err(S3Error::invalid_chunk_size(self.chunks, small));
+                        }
+                        self.small_chunk = (size < MIN_SIGNED_CHUNK).then_some(size);
                     }
                     let signature = ext
                         .trim()
@@ -222,6 +247,11 @@ impl ChunkedDecoder {
                         self.trailer_signature = Some(value.trim().to_string());
                     } else if self.trailers.len() >= MAX_TRAILERS {
                         return Err(malformed("too many trailers"));
+                    } else if self.trailers.iter().any(|(n, _)| *n == name) {
+                        // Which of two values would be the one checked?
+                        return Err(S3Error::invalid_request(format!(
+                            "the trailer {name} is given twice"
+                        )));
                     } else {
                         self.trailers.push((name, value.trim().to_string()));
                     }
@@ -407,6 +437,79 @@ mod tests {
         }
         b.extend_from_slice(b"\r\n");
         b
+    }
+
+    /// A signed aws-chunked body of `chunks` (and the final empty one), signatures chained
+    /// from `seed`.
+    fn sign_chunks(seed: &str, chunks: &[&[u8]]) -> Vec<u8> {
+        let signing = signing(seed);
+        let mut previous = seed.to_string();
+        let mut body = Vec::new();
+        for chunk in chunks.iter().copied().chain([&b""[..]]) {
+            let hash = hex::encode(Sha256::digest(chunk));
+            let signature = sigv4::chunk_signature(
+                &signing.key,
+                &signing.amz_date,
+                &signing.scope,
+                &previous,
+                &hash,
+            );
+            body.extend_from_slice(
+                format!("{:x};chunk-signature={signature}\r\n", chunk.len()).as_bytes(),
+            );
+            body.extend_from_slice(chunk);
+            body.extend_from_slice(b"\r\n");
+            previous = signature;
+        }
+        body.extend_from_slice(b"\r\n");
+        body
+    }
+
+    /// As S3 answers: in a signed body only the last chunk may be under 8 KiB.
+    #[test]
+    fn a_signed_chunk_under_8_kib_but_the_last_is_refused() {
+        let seed = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9";
+        let big = vec![b'a'; MIN_SIGNED_CHUNK];
+        let fine = sign_chunks(seed, &[&big, &big, b"tail"]);
+        let mut d = ChunkedDecoder::new(Some(signing(seed)), false);
+        assert_eq!(
+            decode_all(&mut d, &fine, 1000).unwrap().len(),
+            2 * big.len() + 4
+        );
+        d.finish().unwrap();
+        let small_first = sign_chunks(seed, &[b"hel", b"lo"]);
+        let mut d = ChunkedDecoder::new(Some(signing(seed)), false);
+        let e = decode_all(&mut d, &small_first, 7).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (403, "InvalidChunkSizeError"));
+        let field = |name| {
+            e.extra
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(field("Chunk").as_deref(), Some("2"));
+        assert_eq!(field("BadChunkSize").as_deref(), Some("3"));
+        // An unsigned body's chunks may be any size.
+        let mut d = ChunkedDecoder::new(None, false);
+        let unsigned = b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+        assert_eq!(decode_all(&mut d, unsigned, 5).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_chunk_size_that_is_not_plain_hex_or_a_trailer_given_twice_is_refused() {
+        for body in [
+            &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+            b"\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n",
+        ] {
+            let mut d = ChunkedDecoder::new(None, false);
+            let e = decode_all(&mut d, body, body.len()).unwrap_err();
+            assert!(e.message.contains("bad chunk size"), "{e:?}");
+        }
+        let mut d = ChunkedDecoder::new(None, true);
+        let twice = b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n";
+        let e = decode_all(&mut d, twice, twice.len()).unwrap_err();
+        assert_eq!(e.code, "InvalidRequest", "{e:?}");
     }
 
     #[test]

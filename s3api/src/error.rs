@@ -308,6 +308,18 @@ impl S3Error {
         .with("ClientComputedContentSHA256", client)
         .with("S3ComputedContentSHA256", computed)
     }
+    /// 403 InvalidChunkSizeError: a signed aws-chunked body has a chunk but its last under
+    /// 8 KiB (`chunk` is the number of the chunk that followed it, `size` its size), as S3
+    /// answers.
+    pub fn invalid_chunk_size(chunk: u64, size: usize) -> Self {
+        S3Error::new(
+            StatusCode::FORBIDDEN,
+            "InvalidChunkSizeError",
+            "Only the last chunk is allowed to have a size less than 8192 bytes",
+        )
+        .with("Chunk", chunk.to_string())
+        .with("BadChunkSize", size.to_string())
+    }
     /// 400 InvalidURI: the path or query does not decode to UTF-8 text (two different keys
     /// must never be read as one).
     pub fn invalid_uri() -> Self {

@@ -181,7 +181,7 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
         let kept: Vec<&str> = v
             .split(',')
             .map(str::trim)
-            .filter(|t| !t.is_empty() && *t != "aws-chunked")
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
             .collect();
         (!kept.is_empty()).then(|| kept.join(","))
     });
