@@ -71,8 +71,9 @@ impl ReadGate {
     /// Waits until no read from `epoch` or before that began less than `limit` ago is running.
     /// Returns whether every such read ended (false: some ran past the limit, and the caller
     /// goes on without them).
-    pub async fn drain(&self, epoch: u64, limit: Duration) -> bool {
+    pub async fn drain(&self, epoch: u64, limit: impl Fn() -> Duration) -> bool {
         loop {
+            let limit = limit();
             let (young, old) = {
                 let s = self.state.lock();
                 let mut young = false;
@@ -137,9 +138,9 @@ mod tests {
         let old = gate.enter();
         let ended = gate.advance();
         let _new = gate.enter();
-        assert!(!gate.drain(ended, Duration::from_millis(20)).await);
+        assert!(!gate.drain(ended, || Duration::from_millis(20)).await);
         drop(old);
-        assert!(gate.drain(ended, Duration::from_millis(20)).await);
+        assert!(gate.drain(ended, || Duration::from_millis(20)).await);
     }
 
     #[tokio::test(start_paused = true)]
@@ -150,7 +151,7 @@ mod tests {
         let ended = gate.advance();
         assert!(!long.given_up_on());
         let started = Instant::now();
-        assert!(!gate.drain(ended, Duration::from_secs(30)).await);
+        assert!(!gate.drain(ended, || Duration::from_secs(30)).await);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a download that began 40 s ago does not hold GC for another 30 s"
@@ -164,7 +165,7 @@ mod tests {
         drop(gate.enter());
         let ended = gate.advance();
         let started = Instant::now();
-        assert!(!gate.drain(ended, Duration::from_secs(30)).await);
+        assert!(!gate.drain(ended, || Duration::from_secs(30)).await);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a read that ended made the drain wait for the old download"
@@ -173,7 +174,7 @@ mod tests {
         let _young = gate.enter();
         let ended = gate.advance();
         let started = Instant::now();
-        assert!(!gate.drain(ended, Duration::from_secs(30)).await);
+        assert!(!gate.drain(ended, || Duration::from_secs(30)).await);
         assert!(started.elapsed() >= Duration::from_secs(30));
     }
 }

@@ -440,6 +440,12 @@ fn kept_back_for(runs: u32) -> Duration {
 const FAILURES_PER_PASS: usize = 3;
 
 impl EngineInner {
+    /// Whether `drive` is down to its reserve of free zones: ordinary writes then wait for GC,
+    /// which goes at full speed.
+    fn at_reserve(&self, drive: DriveId) -> bool {
+        self.placement.free_zones(drive) <= self.placement.reserve_of(drive)
+    }
+
     /// Collects zones of one drive while it is below the low watermark (then up to the high).
     /// A zone that fails is held back for a while and the pass goes on with others.
     async fn collect_drive(self: &Arc<Self>, drive: DriveId) -> EngineResult<()> {
@@ -474,8 +480,7 @@ impl EngineInner {
             let Some(victim) = self.choose_victim_except(drive, config.policy, &kept) else {
                 break;
             };
-            let urgent = self.placement.free_zones(drive) <= self.placement.reserve_of(drive);
-            let rate = if urgent {
+            let rate = if self.at_reserve(drive) {
                 0
             } else {
                 self.gc.config.lock().rate_bytes_per_sec
@@ -656,14 +661,15 @@ impl EngineInner {
                 .cloned()
                 .ok_or_else(|| EngineError::Internal("unknown drive".into()))?;
             // Reads that began before the relocation may still use the zone: wait for them,
-            // but not long when the drive is down to its reserve (writes would fail first).
-            let urgent =
-                self.placement.free_zones(zone.drive) <= self.placement.reserve_of(zone.drive);
+            // but not long once the drive is down to its reserve (writes would fail first),
+            // also if it gets there while the reset waits.
             let wait = self.gc.config.lock().read_wait;
-            let limit = if urgent {
-                wait.min(URGENT_READ_WAIT)
-            } else {
-                wait
+            let limit = || {
+                if self.at_reserve(zone.drive) {
+                    wait.min(URGENT_READ_WAIT)
+                } else {
+                    wait
+                }
             };
             if !self.gate.drain(epoch, limit).await {
                 tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
@@ -773,6 +779,9 @@ impl EngineInner {
                             blocks: blocks as u32,
                         };
                         if let Some(what) = self.live_record(&parsed.header, from)? {
+                            // Unpaced once the drive is down to its reserve, also if it gets
+                            // there while this zone is collected: writers wait for the space.
+                            let rate = if self.at_reserve(zone.drive) { 0 } else { rate };
                             pacer.pace(parsed.padded as u64, rate).await;
                             if !group.members.is_empty()
                                 && group.data.len() + parsed.padded > group_limit
