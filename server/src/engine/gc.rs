@@ -207,39 +207,57 @@ impl GcControl {
     }
 }
 
-/// Starts the GC task; it ends when the engine is dropped.
+/// How often GC looks at the drives (also when nudged).
+const GC_TICK: Duration = Duration::from_millis(100);
+
+/// Starts the GC task; it ends when the engine is dropped or GC is shut down (after the passes
+/// running then have ended: none is cut off in the middle of a zone).
 pub(crate) fn spawn(engine: Weak<EngineInner>) {
     let Some(strong) = engine.upgrade() else {
         return;
     };
     let control = &strong.gc;
     let task = tokio::spawn(async move {
+        // Drives are collected each at its own pace, a pass per drive at a time: they are
+        // separate devices, and one that is slow or stuck (a target timing out, a reset
+        // waiting for reads) must hold up neither the passes of the others nor their next.
+        let mut passes = futures::stream::FuturesUnordered::new();
+        let mut running: HashSet<DriveId> = HashSet::new();
+        let mut tick = tokio::time::interval(GC_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut look = true;
         loop {
             let Some(e) = engine.upgrade() else { return };
             if e.gc.closed.load(Ordering::SeqCst) {
+                drop(e);
+                while passes.next().await.is_some() {}
                 return;
             }
-            if e.gc.enabled.load(Ordering::SeqCst) {
-                // Drives are collected at once, each at its own pace: they are separate
-                // devices, and one that is slow or stuck (a target timing out) must not hold
-                // up reclaiming space on the others.
-                let drives = e.drives.all().to_vec();
-                let passes = drives.iter().map(|drive| {
-                    let e = e.clone();
-                    async move {
+            if look && e.gc.enabled.load(Ordering::SeqCst) {
+                for drive in e.drives.all().iter() {
+                    if !running.insert(drive.id) {
+                        continue;
+                    }
+                    let (e, drive) = (e.clone(), drive.clone());
+                    passes.push(async move {
                         if let Err(err) = e.collect_drive(drive.id).await {
                             tracing::warn!(drive = %drive.name, "GC: {err}");
                             *e.gc.last_error.lock() = Some(err.to_string());
                         }
-                    }
-                });
-                futures::future::join_all(passes).await;
+                        drive.id
+                    });
+                }
             }
-            let wait = tokio::time::sleep(Duration::from_millis(100));
-            tokio::select! {
-                _ = wait => {}
-                _ = e.gc.wake.notified() => {}
-            }
+            // A pass that ends is followed by the drive's next at the next look (a tick, or a
+            // nudge), not at once: a drive with nothing to collect is not asked in a loop.
+            look = tokio::select! {
+                Some(drive) = passes.next(), if !passes.is_empty() => {
+                    running.remove(&drive);
+                    false
+                }
+                _ = tick.tick() => true,
+                _ = e.gc.wake.notified() => true,
+            };
             drop(e);
         }
     });
