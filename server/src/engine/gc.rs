@@ -413,6 +413,15 @@ impl Relocations {
     }
 }
 
+/// Stops a read-ahead no longer needed and waits until it has let go of its drive (a task
+/// left to end on its own could hold the drive open after the engine has shut down).
+async fn stop_read<T>(read: Option<JoinHandle<T>>) {
+    if let Some(read) = read {
+        read.abort();
+        let _ = read.await;
+    }
+}
+
 fn task_failed(e: tokio::task::JoinError) -> EngineError {
     EngineError::Internal(format!("relocation task: {e}"))
 }
@@ -852,9 +861,7 @@ impl EngineInner {
                             "GC cannot parse the zone further ({e}); leaving it"
                         );
                         // What was moved stays moved: the next attempt finds less to copy.
-                        if let Some(read) = next_read.take() {
-                            read.abort();
-                        }
+                        stop_read(next_read.take()).await;
                         relocations.finish(self, group).await?;
                         return Ok(None);
                     }
@@ -890,9 +897,7 @@ impl EngineInner {
                 buf.extend_from_slice(&bytes);
             }
         }
-        if let Some(read) = next_read.take() {
-            read.abort();
-        }
+        stop_read(next_read.take()).await;
         relocations.finish(self, group).await?;
         let left = self.accounts.get(zone).valid_bytes;
         if left != 0 {
