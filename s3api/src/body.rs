@@ -506,47 +506,48 @@ mod tests {
             .err()
             .expect("refused");
         assert_eq!(e.code, "InvalidRequest");
-        let mut h = HeaderMap::new();
-        h.insert("x-amz-decoded-content-length", "5".parse().unwrap());
-        h.insert("x-amz-trailer", "x-amz-meta-evil".parse().unwrap());
-        let e = BodyReader::new(
-            raw(vec![b"5\r\nhello\r\n0\r\n\r\n"]),
-            &h,
-            &auth(Payload::StreamingUnsignedTrailer),
-            1 << 30,
-        )
-        .err()
-        .expect("refused");
+        // An unsigned-trailer body with `headers`, refused before it is read.
+        let refused = |headers: &[(&'static str, &str)], body: &'static [u8]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in headers {
+                h.insert(*name, value.parse().unwrap());
+            }
+            BodyReader::new(
+                raw(vec![body]),
+                &h,
+                &auth(Payload::StreamingUnsignedTrailer),
+                1 << 30,
+            )
+            .err()
+            .expect("refused")
+        };
+        let e = refused(
+            &[
+                ("x-amz-decoded-content-length", "5"),
+                ("x-amz-trailer", "x-amz-meta-evil"),
+            ],
+            b"5\r\nhello\r\n0\r\n\r\n",
+        );
         assert_eq!(e.code, "InvalidRequest");
         assert!(e.message.contains("x-amz-meta-evil"), "{}", e.message);
         // One checksum as a header and named as a trailer: which value would be checked?
-        let mut h = HeaderMap::new();
-        h.insert("x-amz-decoded-content-length", "5".parse().unwrap());
-        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
-        h.insert("x-amz-checksum-crc32", "NhCmhg==".parse().unwrap());
-        let e = BodyReader::new(
-            raw(vec![
-                b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
-            ]),
-            &h,
-            &auth(Payload::StreamingUnsignedTrailer),
-            1 << 30,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(
+            &[
+                ("x-amz-decoded-content-length", "5"),
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+                ("x-amz-checksum-crc32", "NhCmhg=="),
+            ],
+            b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+        );
         assert_eq!(e.code, "InvalidRequest");
         // A decoded length with a sign is no number.
-        let mut h = HeaderMap::new();
-        h.insert("x-amz-decoded-content-length", "+5".parse().unwrap());
-        h.insert("x-amz-trailer", "x-amz-checksum-crc32".parse().unwrap());
-        let e = BodyReader::new(
-            raw(vec![b"5\r\nhello\r\n0\r\n\r\n"]),
-            &h,
-            &auth(Payload::StreamingUnsignedTrailer),
-            1 << 30,
-        )
-        .err()
-        .expect("refused");
+        let e = refused(
+            &[
+                ("x-amz-decoded-content-length", "+5"),
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+            ],
+            b"5\r\nhello\r\n0\r\n\r\n",
+        );
         assert_eq!(e.code, "InvalidArgument");
     }
 
