@@ -33,8 +33,10 @@ pub enum ReadError {
 }
 
 /// Remaining bytes of a PDU above which it is read on its own, into a buffer of its exact
-/// size. Payloads of PDUs read otherwise share a buffer of about this size with the PDUs around
-/// them: a receiver that keeps one for long copies it out (see [`owned_payload`]).
+/// size. Payloads of PDUs read otherwise share a buffer with the PDUs around them, of about
+/// this size plus what the PDU still lacked: a receiver that keeps a payload smaller than this
+/// for long copies it out (see [`owned_payload`]); a larger one keeps at most about twice its
+/// own size alive.
 pub const LARGE_PDU: usize = 64 << 10;
 
 /// The buffer PDUs that are not large are read into.
@@ -43,7 +45,8 @@ const READ_BUFFER: usize = 64 << 10;
 /// A payload to keep while more PDUs are read: one below [`LARGE_PDU`] shares its receive
 /// buffer with other PDUs and would keep that whole buffer alive (so that a peer sending many
 /// small payloads makes the receiver hold many times what it counted), so it is copied; a
-/// larger one owns its buffer and is kept as it is.
+/// larger one owns its buffer, or shares one at most about twice its size (see
+/// [`LARGE_PDU`]), and is kept as it is.
 pub fn owned_payload(data: Bytes) -> Bytes {
     if data.len() < LARGE_PDU {
         Bytes::copy_from_slice(&data)

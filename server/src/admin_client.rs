@@ -93,7 +93,7 @@ impl AdminApi {
         // The token goes into a header line: one with a line break or another control
         // character in it would end that line and add headers of its own.
         if let Some(t) = &token
-            && !t.bytes().all(|b| b.is_ascii_graphic())
+            && !zonestore::serve::is_token_text(t)
         {
             anyhow::bail!(
                 "the admin token must be printable ASCII without spaces (as `zonestore serve` writes it)"

@@ -171,7 +171,7 @@ async fn accept_loop(
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let Some(client_slot) = per_client.take(client_of(peer.ip())) else {
+        let Some(client_slot) = per_client.take(peer.ip()) else {
             // One client holding its share of the connections gets no more: it cannot take
             // every connection from the others.
             drop(slot);
@@ -288,8 +288,10 @@ impl PerClient {
         }
     }
 
-    /// A slot for one more connection from `ip`, or None if it holds its cap already.
+    /// A slot for one more connection from `ip` (counted as its client's: see [`client_of`]),
+    /// or None if that client holds its cap already.
     fn take(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let ip = client_of(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.cap {
@@ -373,13 +375,15 @@ mod tests {
     #[test]
     fn a_client_is_an_ipv4_address_or_an_ipv6_slash_64() {
         let clients = PerClient::new(2);
-        let ip = |s: &str| client_of(s.parse().unwrap());
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let _one = clients.take(ip("2001:db8:1:2::1")).unwrap();
         let _two = clients.take(ip("2001:db8:1:2:ffff:1:2:3")).unwrap();
         assert!(clients.take(ip("2001:db8:1:2::99")).is_none(), "same /64");
         assert!(clients.take(ip("2001:db8:1:3::1")).is_some(), "another /64");
-        assert_eq!(ip("::ffff:10.1.2.3"), ip("10.1.2.3"));
-        assert_ne!(ip("10.1.2.3"), ip("10.1.2.4"));
+        let _mapped = clients.take(ip("::ffff:10.1.2.3")).unwrap();
+        let _plain = clients.take(ip("10.1.2.3")).unwrap();
+        assert!(clients.take(ip("10.1.2.3")).is_none(), "one IPv4 client");
+        assert!(clients.take(ip("10.1.2.4")).is_some());
     }
 
     /// A server dropped without a shutdown (a start that failed after its listener began)

@@ -181,6 +181,12 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 /// Shortest admin token accepted from a file an operator wrote.
 const MIN_ADMIN_TOKEN: usize = 16;
 
+/// Whether `token` can be an admin token: printable ASCII without spaces (it travels in a
+/// header line, which a space or a line break would change).
+pub fn is_token_text(token: &str) -> bool {
+    token.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The token `/admin/...` requests must carry: read from the data directory, or generated
 /// there (readable by its owner only) on first start.
 pub fn admin_token_or_generate(data_dir: &Path) -> Result<String, ServeError> {
@@ -188,7 +194,7 @@ pub fn admin_token_or_generate(data_dir: &Path) -> Result<String, ServeError> {
     if path.exists() {
         let text = read_private(&path, "the admin token file")?;
         let token = text.trim();
-        if token.len() < MIN_ADMIN_TOKEN || token.chars().any(|c| !c.is_ascii_graphic()) {
+        if token.len() < MIN_ADMIN_TOKEN || !is_token_text(token) {
             return Err(ConfigError {
                 key: path.display().to_string(),
                 problem: format!(

@@ -50,7 +50,8 @@ struct Pending {
     /// queue (a task of its own sends it): no other R2T may come meanwhile (MAXR2T is 0), so
     /// a target cannot make the host hold frames, and tasks, without end.
     answering: bool,
-    /// A large read that came whole in one C2HData PDU, kept as it came (it owns its buffer)...
+    /// A large read that came whole in one C2HData PDU, kept as it came (it keeps at most about
+    /// twice its size alive: see [`crate::transport::LARGE_PDU`])...
     whole_in: Option<Bytes>,
     /// ...or what came otherwise, copied together: a smaller payload shares its receive buffer
     /// with other PDUs and would keep all of it alive for as long as the data is held.

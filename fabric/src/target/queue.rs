@@ -270,8 +270,8 @@ struct Transfer {
 }
 
 /// H2CData payloads below this size are copied (see [`Transfer::small`]): they share their
-/// receive buffer with other PDUs, where larger ones own theirs (see
-/// [`crate::transport::owned_payload`]).
+/// receive buffer with other PDUs, where larger ones keep at most about twice their size alive
+/// (see [`crate::transport::owned_payload`]).
 const COPY_BELOW: usize = crate::transport::LARGE_PDU;
 
 impl Transfer {

@@ -808,7 +808,11 @@ impl EngineInner {
                         if let Some(what) = self.live_record(&parsed.header, from)? {
                             // Unpaced once the drive is down to its reserve, also if it gets
                             // there while this zone is collected: writers wait for the space.
-                            let rate = if self.at_reserve(zone.drive) { 0 } else { rate };
+                            let rate = if rate != 0 && self.at_reserve(zone.drive) {
+                                0
+                            } else {
+                                rate
+                            };
                             pacer.pace(parsed.padded as u64, rate).await;
                             if !group.members.is_empty()
                                 && group.data.len() + parsed.padded > group_limit

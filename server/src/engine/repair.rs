@@ -736,7 +736,6 @@ impl EngineInner {
         // What was read counts only if the index still names the copy now that it has been
         // read: GC may have moved it and reset its zone meanwhile (repair holds no read
         // ticket), and what is there then is not damage, nor counted as such.
-        let parsed = record::parse(&bytes, drive.block_size() as usize);
         match located::current_copies(&self.index, what) {
             Ok(Some(copies)) if copies.contains(&location) => {}
             Ok(_) => {
@@ -746,7 +745,7 @@ impl EngineInner {
             }
             Err(e) => return Err(CopyRead::Unreadable(e.to_string())),
         }
-        let parsed = parsed.map_err(|e| {
+        let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
             if e.is_damage() {
                 self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
             }
