@@ -459,7 +459,33 @@ impl Signals {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            say_err!("{}", error_report(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a failed command prints: `zonestore: error: ` and the error, then each cause the
+/// lines before do not already say (a cause is often repeated inside its context's message),
+/// with no backtrace whatever `RUST_BACKTRACE` says: the message names the problem.
+fn error_report(error: &anyhow::Error) -> String {
+    let mut report = format!("zonestore: error: {error}");
+    let mut said = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !said.contains(&cause) {
+            report.push_str(&format!("\n  because: {cause}"));
+            said.push_str(&cause);
+        }
+    }
+    report
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     zonestore::fd_limit::raise();
@@ -475,4 +501,28 @@ fn main() -> anyhow::Result<()> {
             Command::Recover(args) => run_recover(args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+    use anyhow::Context;
+
+    #[test]
+    fn an_error_report_names_each_cause_once_and_no_backtrace() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = Err::<(), _>(io)
+            .context("opening zns.meta: no such file")
+            .context("embedded drive 0")
+            .unwrap_err();
+        assert_eq!(
+            error_report(&error),
+            "zonestore: error: embedded drive 0\n  because: opening zns.meta: no such file"
+        );
+        let single = anyhow::anyhow!("--zone-size 3 is not a multiple of 4096 bytes");
+        assert_eq!(
+            error_report(&single),
+            "zonestore: error: --zone-size 3 is not a multiple of 4096 bytes"
+        );
+    }
 }
