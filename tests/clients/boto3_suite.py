@@ -520,6 +520,21 @@ def check_multipart():
     again = s3.complete_multipart_upload(Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}, {"PartNumber": 3, "ETag": e3}]})
     assert again["ETag"] == done["ETag"], again
     expect_error("NoSuchUpload", 404, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    # Completes of one upload at once (a client's retry while its first still waits for the
+    # commit): the ones that lose the race are told it completed too, never NoSuchUpload.
+    racing = s3.create_multipart_upload(Bucket=b, Key="raced")["UploadId"]
+    part = s3.upload_part(Bucket=b, Key="raced", UploadId=racing, PartNumber=1, Body=b"r" * 1000)["ETag"]
+
+    def complete_raced(_):
+        try:
+            return thread_client().complete_multipart_upload(Bucket=b, Key="raced", UploadId=racing, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part}]})["ETag"]
+        except ClientError as e:
+            return e.response["Error"]["Code"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(complete_raced, range(8)))
+    raced_etag = '"%s-1"' % hashlib.md5(bytes.fromhex(part.strip('"'))).hexdigest()
+    assert answers == [raced_etag] * 8, answers
     # EntityTooSmall, abort.
     small = s3.create_multipart_upload(Bucket=b, Key="small")["UploadId"]
     a = s3.upload_part(Bucket=b, Key="small", UploadId=small, PartNumber=1, Body=b"a" * 1000)["ETag"]

@@ -17,9 +17,9 @@ use crate::checksum::{self, Algorithm, Hasher};
 use crate::error::S3Error;
 use crate::http_util::{check_key, object_headers};
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
-use crate::store::{Completion, StoredChecksum, UploadInfo};
+use crate::store::{Completion, StoredChecksum, UploadInfo, WriteCondition};
 use crate::time::iso8601;
-use crate::xml::{XmlWriter, parse_complete};
+use crate::xml::{CompletedPart, XmlWriter, parse_complete};
 
 /// Largest part.
 const MAX_PART: u64 = 5 << 30;
@@ -299,12 +299,35 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let id = upload_id(ctx);
     let upload = match svc.store.upload(&bucket, &key, &id) {
         Ok(upload) => upload,
-        Err(e) if e.code == "NoSuchUpload" => return completed_before(svc, ctx, e).await,
+        Err(e) if e.code == "NoSuchUpload" => {
+            let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
+            return completed_before(svc, ctx, &parse_complete(&body)?, e);
+        }
         Err(e) => return Err(e),
     };
     let condition = write_condition(ctx)?;
     let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
     let requested = parse_complete(&body)?;
+    // From here on the upload may be gone because a concurrent Complete of the same request
+    // (a client's retry while the first still waits for its commit) won: that one is told
+    // it completed too, not that its upload does not exist.
+    let outcome = complete_parts(svc, ctx, &upload, &requested, condition).await;
+    match outcome {
+        Err(e) if e.code == "NoSuchUpload" => completed_before(svc, ctx, &requested, e),
+        other => other,
+    }
+}
+
+/// CompleteMultipartUpload of the existing `upload` with the `requested` parts.
+async fn complete_parts(
+    svc: &S3Service,
+    ctx: &mut Ctx,
+    upload: &UploadInfo,
+    requested: &[CompletedPart],
+    condition: WriteCondition,
+) -> Reply {
+    let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
+    let id = upload_id(ctx);
     if requested
         .windows(2)
         .any(|w| w[0].part_number >= w[1].part_number)
@@ -314,11 +337,10 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let stored = svc.store.parts(&bucket, &key, &id, 0, usize::MAX)?;
     let stored: HashMap<u32, _> = stored.iter().map(|p| (p.part_number, p)).collect();
     // The object's checksum, if the upload declared an algorithm.
-    let (checksum, checksum_type) = match (upload_algorithm(&upload), upload.checksum_type.clone())
-    {
+    let (checksum, checksum_type) = match (upload_algorithm(upload), upload.checksum_type.clone()) {
         (Some(algorithm), Some(kind)) => {
             let mut values = Vec::new();
-            for p in &requested {
+            for p in requested {
                 let part = stored.get(&p.part_number).ok_or_else(|| {
                     S3Error::invalid_part(&format!("part {} was not uploaded", p.part_number))
                 })?;
@@ -418,11 +440,14 @@ pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
 /// when the object is the one the request's parts make (its ETag is theirs), the upload was
 /// completed already, and a client retrying a Complete whose answer it lost (a timeout, a
 /// reset connection) is told so again, as S3 does; else `gone`.
-async fn completed_before(svc: &S3Service, ctx: &mut Ctx, gone: S3Error) -> Reply {
-    let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
-    let requested = parse_complete(&body)?;
+fn completed_before(
+    svc: &S3Service,
+    ctx: &Ctx,
+    requested: &[CompletedPart],
+    gone: S3Error,
+) -> Reply {
     let mut md5s = Vec::with_capacity(requested.len() * 16);
-    for p in &requested {
+    for p in requested {
         match hex::decode(&p.etag) {
             Ok(md5) if md5.len() == 16 => md5s.extend(md5),
             _ => return Err(gone),
