@@ -4090,7 +4090,7 @@ async fn a_full_index_disk_fails_puts_as_out_of_space_and_keeps_reads() {
         eprintln!("skipped: cannot mount a tmpfs for the index here (needs root)");
         return;
     };
-    let (engine, _drives) =
+    let (engine, drives) =
         open_engine(dir.path(), 1, small_geometry(64, 1 << 20), gc_by_hand).await;
     engine.create_bucket("b", "alice").await.unwrap();
     let kept = content("kept", 1, 3000);
@@ -4141,6 +4141,15 @@ async fn a_full_index_disk_fails_puts_as_out_of_space_and_keeps_reads() {
     }
     assert_eq!(get(&engine, "b", "after").await.unwrap(), b"room again");
     assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
+    // The PUT that failed left its commit record on the drive, and the index could not take
+    // its revocation when it failed either: the next index write carried it, so a rebuild does
+    // not bring back the object its client was told was not stored.
+    let failed = format!("m{stored}");
+    assert!(
+        get(&engine, "b", &failed).await.is_err(),
+        "the failed PUT is not stored"
+    );
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
     engine.shutdown().await;
 }
 

@@ -438,6 +438,9 @@ pub struct Committer {
     /// Client writes applied with fewer copies than written (drives that failed before their
     /// flush): repair makes the others again.
     pub short_commits: Arc<AtomicU64>,
+    /// Revocations of failed writes that the index did not take at once: the next index
+    /// write carries them.
+    pub pending_revocations: Arc<revoked::Pending>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -456,6 +459,7 @@ impl Committer {
     ) -> Committer {
         let (tx, rx) = mpsc::channel(4096);
         let short_commits = Arc::new(AtomicU64::new(0));
+        let pending_revocations = Arc::new(revoked::Pending::default());
         let task = tokio::spawn(run(
             rx,
             Shared {
@@ -463,6 +467,7 @@ impl Committer {
                 drives,
                 accounts,
                 placement,
+                pending_revocations: pending_revocations.clone(),
             },
             quorum,
             short_commits.clone(),
@@ -470,6 +475,7 @@ impl Committer {
         Committer {
             tx,
             short_commits,
+            pending_revocations,
             task: Arc::new(Mutex::new(Some(task))),
         }
     }
@@ -537,6 +543,7 @@ struct Shared {
     drives: Arc<Drives>,
     accounts: Arc<ZoneAccounts>,
     placement: Arc<Placement>,
+    pending_revocations: Arc<revoked::Pending>,
 }
 
 /// A group whose records were flushed, waiting for its index changes, with the drives whose
@@ -640,6 +647,7 @@ async fn apply_groups(
         drives,
         accounts,
         placement,
+        pending_revocations,
     } = shared;
     while let Some(Flushed { mut group, failed }) = flushed.recv().await {
         // Apply the changes in order into one batch.
@@ -699,21 +707,20 @@ async fn apply_groups(
             if result.is_err()
                 && let Some((seq, revocation)) = revocation(request, &drives, &base)
             {
-                let key = revoked::key(seq);
-                // (An earlier revocation of the number, of one record's kind, is added to.)
-                let earlier = txn.get(cf::META, &key).unwrap_or_else(|e| {
-                    tracing::warn!(seq, "reading an earlier revocation failed: {e}");
-                    None
-                });
-                if let Some(value) = revoked::merged(earlier, revocation) {
-                    txn.put(cf::META, key, value);
-                }
+                txn.revoke(seq, revocation);
             }
         }
         // How far zones are settled, as of the groups before this one (this one's records
         // are settled once its batch is durable: the next group records them).
         for (zone, prefix) in placement.settled_reports() {
             txn.record_settled(zone, prefix);
+        }
+        // Revocations the index did not take earlier, taken after the settled prefixes: a
+        // failed write's records are let go (and settled) only once their revocation is
+        // waiting, so a prefix past them is recorded with it.
+        let carried = pending_revocations.take();
+        for (seq, revocation) in &carried {
+            txn.revoke(*seq, revocation.clone());
         }
         // Make the index changes durable.
         let (batch, changed) = txn.finish();
@@ -737,25 +744,29 @@ async fn apply_groups(
             }
             Err(failure) => {
                 tracing::error!("index write failed: {failure}");
-                // Every write of the group failed: their records are revoked, if the index
-                // takes even that.
-                let mut revocations = WriteBatch::default();
-                for (seq, revocation) in group.iter().filter_map(|r| revocation(r, &drives, &base))
-                {
-                    let key = revoked::key(seq);
-                    let earlier = index.get_raw(cf::META, &key).unwrap_or_else(|e| {
-                        tracing::warn!(seq, "reading an earlier revocation failed: {e}");
-                        None
-                    });
-                    if let Some(value) = revoked::merged(earlier, revocation) {
-                        revocations.put_cf(index.cf(cf::META), key, value);
-                    }
-                }
+                // Every write of the group failed: their records are revoked, with those
+                // carried, if the index takes even that; if not, the next index write carries
+                // them all (the requests, and so their holds, go only after that is arranged).
+                let mut failed: Vec<(u64, Revocation)> = group
+                    .iter()
+                    .filter_map(|r| revocation(r, &drives, &base))
+                    .collect();
+                failed.extend(carried);
+                let to_write = failed.clone();
                 let index_for_revocations = index.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    index_for_revocations.write(revocations, true)
+                let written = tokio::task::spawn_blocking(move || {
+                    revoked::record_all(&index_for_revocations, to_write)
                 })
                 .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::warn!(
+                        count = failed.len(),
+                        "the index did not take the failed writes' revocations either: the next index write carries them"
+                    );
+                    for (seq, revocation) in failed {
+                        pending_revocations.add(seq, revocation);
+                    }
+                }
                 for request in group {
                     let _ = request.reply.send(Err(failure.to_engine_error()));
                 }
@@ -765,16 +776,24 @@ async fn apply_groups(
     // The engine is shutting down: how far every zone is settled now, so that the next start
     // has nothing to replay.
     let reports = placement.settled_reports();
-    if !reports.is_empty() {
+    let carried = pending_revocations.take();
+    if !reports.is_empty() || !carried.is_empty() {
         let base = accounts.snapshot();
         let mut txn = Txn::new(&index, &drives, &base);
         for (zone, prefix) in reports {
             txn.record_settled(zone, prefix);
         }
+        let revocations = carried.len();
+        for (seq, revocation) in carried {
+            txn.revoke(seq, revocation);
+        }
         let (batch, _) = txn.finish();
         let written = tokio::task::spawn_blocking(move || index.write(batch, true)).await;
         if !matches!(written, Ok(Ok(()))) {
-            tracing::warn!("recording how far zones are settled failed at shutdown");
+            tracing::error!(
+                revocations,
+                "recording how far zones are settled, and the revocations of failed writes the index did not take, failed at shutdown: a replay at the next start may apply those writes"
+            );
         }
     }
 }
@@ -859,6 +878,19 @@ impl<'a> Txn<'a> {
             undo_overlay: Vec::new(),
             undo_zones: Vec::new(),
             now: now_ms(),
+        }
+    }
+
+    /// Adds the revocation of the records of sequence number `seq` that `revocation` names
+    /// to the batch (to an earlier one of the number, of one record's kind, if any).
+    fn revoke(&mut self, seq: u64, revocation: Revocation) {
+        let key = revoked::key(seq);
+        let earlier = self.get(cf::META, &key).unwrap_or_else(|e| {
+            tracing::warn!(seq, "reading an earlier revocation failed: {e}");
+            None
+        });
+        if let Some(value) = revoked::merged(earlier, revocation) {
+            self.put(cf::META, key, value);
         }
     }
 

@@ -160,12 +160,55 @@ pub fn merged(earlier: Option<Vec<u8>>, revocation: Revocation) -> Option<Vec<u8
 /// Records at once (durably) that the records of sequence number `seq` that `revocation`
 /// names are dead (adding to an earlier revocation of `seq`).
 pub fn record(index: &Index, seq: u64, revocation: Revocation) -> IndexResult<()> {
-    let Some(value) = merged(index.get_raw(cf::META, &key(seq))?, revocation) else {
-        return Ok(());
-    };
+    record_all(index, [(seq, revocation)])
+}
+
+/// [`record`] of several revocations, in one write.
+pub fn record_all(
+    index: &Index,
+    revocations: impl IntoIterator<Item = (u64, Revocation)>,
+) -> IndexResult<()> {
+    let waiting = Pending::default();
+    for (seq, revocation) in revocations {
+        waiting.add(seq, revocation);
+    }
     let mut batch = WriteBatch::default();
-    batch.put_cf(index.cf(cf::META), key(seq), value);
+    for (seq, revocation) in waiting.take() {
+        if let Some(value) = merged(index.get_raw(cf::META, &key(seq))?, revocation) {
+            batch.put_cf(index.cf(cf::META), key(seq), value);
+        }
+    }
     index.write(batch, true)
+}
+
+/// Revocations the index did not take when their writes failed (a full disk, say): every
+/// index write after carries them, until one lands. A group's batch records how far zones are
+/// settled, which may pass the dead records only in a batch that also revokes them; so the
+/// holds on a failed write's records are let go only after its revocation is here or durable.
+/// (Should the server stop before any index write lands, a replay at the next start may apply
+/// such a write: its client heard a 503 or 507, an outcome S3 clients retry or check.)
+#[derive(Debug, Default)]
+pub struct Pending(std::sync::Mutex<Revocations>);
+
+impl Pending {
+    /// Adds `revocation` of sequence number `seq` to those waiting.
+    pub fn add(&self, seq: u64, revocation: Revocation) {
+        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match waiting.entry(seq) {
+            std::collections::btree_map::Entry::Occupied(mut earlier) => {
+                earlier.get_mut().merge(revocation)
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(revocation);
+            }
+        }
+    }
+
+    /// Every revocation waiting, taken out (put them back with [`Pending::add`] if the write
+    /// carrying them fails).
+    pub fn take(&self) -> Revocations {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Every revocation by sequence number. (One whose value does not decode revokes every record
@@ -211,6 +254,24 @@ mod tests {
             zone: ZoneId { drive: 1, zone },
             generation,
         }
+    }
+
+    #[test]
+    fn waiting_revocations_of_one_number_add_up_and_keep_their_kinds() {
+        let pending = Pending::default();
+        pending.add(7, Revocation::of_kind(Kind::Commit, vec![stamp(1, 0)]));
+        pending.add(7, Revocation::of_kind(Kind::Tombstone, vec![stamp(2, 3)]));
+        pending.add(9, Revocation::whole(vec![stamp(1, 0)]));
+        let taken = pending.take();
+        assert!(pending.take().is_empty(), "taken out");
+        let seven = &taken[&7];
+        assert_eq!(seven.zones, vec![stamp(1, 0), stamp(2, 3)]);
+        assert!(seven.covers(Kind::Commit) && seven.covers(Kind::Tombstone));
+        assert!(
+            !seven.covers(Kind::Upload),
+            "one kind's revocations stay of their kinds"
+        );
+        assert!(taken[&9].covers(Kind::Upload));
     }
 
     #[test]

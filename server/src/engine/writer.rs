@@ -188,6 +188,7 @@ impl EngineInner {
                     return Err(AppendFailed {
                         error,
                         attempted: holds.zones().collect(),
+                        holds,
                     });
                 }
             };
@@ -350,6 +351,7 @@ impl EngineInner {
                 )),
                 // Where copies may be, whether their appends reported or not.
                 attempted: holds.zones().collect(),
+                holds,
             })
         }
     }
@@ -396,32 +398,41 @@ impl EngineInner {
             .await;
         match appended {
             Ok(appended) => Ok(appended),
-            Err(failed) => {
-                if kind != Kind::Data && !failed.attempted.is_empty() {
+            Err(AppendFailed {
+                error,
+                attempted,
+                holds,
+            }) => {
+                if kind != Kind::Data && !attempted.is_empty() {
                     // Some copies may have landed (or land yet): the write fails, so they
                     // are dead.
-                    self.revoke(seq, &failed.attempted).await;
+                    self.revoke(seq, &attempted).await;
                 }
-                Err(failed.error)
+                // Only now may a settled prefix pass the copies that landed.
+                drop(holds);
+                Err(error)
             }
         }
     }
 
     /// Records (durably, before the failed write's caller hears of it) that the records of
-    /// sequence number `seq`, in `zones`, are dead: see [`super::revoked`].
+    /// sequence number `seq`, in `zones`, are dead: see [`super::revoked`]. If the index does
+    /// not take it, the next index write carries it ([`super::revoked::Pending`]).
     pub(crate) async fn revoke(&self, seq: u64, zones: &[ZoneId]) {
         let stamps =
             super::revoked::stamps(zones.iter().copied(), |zone| self.accounts.generation(zone));
         let index = self.index.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            super::revoked::record(&index, seq, super::revoked::Revocation::whole(stamps))
-        })
-        .await;
+        let revocation = super::revoked::Revocation::whole(stamps);
+        let to_write = revocation.clone();
+        let written =
+            tokio::task::spawn_blocking(move || super::revoked::record(&index, seq, to_write))
+                .await;
         if !matches!(written, Ok(Ok(()))) {
-            tracing::error!(
+            tracing::warn!(
                 seq,
-                "recording that a failed write's records are dead failed: a replay after a crash may apply it"
+                "recording that a failed write's records are dead failed: the next index write carries it"
             );
+            self.committer.pending_revocations.add(seq, revocation);
         }
     }
 }
@@ -430,6 +441,9 @@ impl EngineInner {
 pub(crate) struct AppendFailed {
     error: EngineError,
     attempted: Vec<ZoneId>,
+    /// The holds on the copies that landed: let go only once their revocation is arranged
+    /// (see [`super::revoked::Pending`]), so that no settled prefix passes them before.
+    holds: ZoneHolds,
 }
 
 /// The first wait before a failed Finish is tried again, and the longest (doubling between).
