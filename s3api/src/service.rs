@@ -233,6 +233,13 @@ const UNSUPPORTED: &[&str] = &[
     "torrent",
     "website",
     "attributes",
+    // Newer operations that would otherwise reach the plain one of their method (a
+    // DeleteBucketMetadataTableConfiguration deleting the bucket, a RenameObject writing an
+    // empty object, a CreateSession listing the bucket).
+    "metadataTable",
+    "metadataConfiguration",
+    "renameObject",
+    "session",
 ];
 
 /// Query parameters of a presigned URL that authenticate it (they are not request headers).
@@ -250,21 +257,31 @@ const PRESIGN_AUTH_PARAMETERS: &[&str] = &[
 /// The `x-amz-*` settings a presigned URL carries in its query (SDK presigners move headers
 /// such as `x-amz-meta-*`, `x-amz-acl`, `x-amz-checksum-*` or `x-amz-tagging` there, and
 /// they are signed with it), taken as the request's headers where it has no such header: so
-/// they are applied, verified or refused like headers, never silently ignored.
-fn headers_from_presigned_query(headers: &mut HeaderMap, query: &[(String, String)]) {
+/// they are applied, verified or refused like headers, never silently ignored. One that no
+/// header could carry (a control character in its value, say) is an InvalidArgument.
+fn headers_from_presigned_query(
+    headers: &mut HeaderMap,
+    query: &[(String, String)],
+) -> Result<(), S3Error> {
     for (name, value) in query {
         let name = name.to_ascii_lowercase();
         if !name.starts_with("x-amz-") || PRESIGN_AUTH_PARAMETERS.contains(&name.as_str()) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
+        let (Ok(header), Ok(value)) = (
             http::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
-        ) && !headers.contains_key(&name)
-        {
-            headers.insert(name, value);
+        ) else {
+            return Err(S3Error::invalid_argument(format!(
+                "the presigned URL's {name} setting is not a valid header"
+            ))
+            .with("ArgumentName", &name));
+        };
+        if !headers.contains_key(&header) {
+            headers.insert(header, value);
         }
     }
+    Ok(())
 }
 
 /// A path segment's text: `%XX` decoded, a `+` kept (it is a space only in a query).
@@ -302,36 +319,7 @@ impl S3Service {
     /// Splits the host and path into bucket and key; also whether the bucket came from the host
     /// (virtual-hosted style).
     fn address(&self, host: &str, raw_path: &str) -> (Option<String>, Option<String>, bool) {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let host = match host.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
-            None => host.rsplit_once(':').map_or(host.clone(), |(h, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    h.to_string()
-                } else {
-                    host.clone()
-                }
-            }),
-        };
-        let path = raw_path.strip_prefix('/').unwrap_or(raw_path);
-        for domain in &self.config.domains {
-            if let Some(bucket) = host.strip_suffix(&format!(".{domain}"))
-                && !bucket.is_empty()
-            {
-                let key = (!path.is_empty()).then(|| decode_path(path));
-                return (Some(bucket.to_string()), key, true);
-            }
-        }
-        if path.is_empty() {
-            return (None, None, false);
-        }
-        match path.split_once('/') {
-            Some((bucket, rest)) if !rest.is_empty() => {
-                (Some(decode_path(bucket)), Some(decode_path(rest)), false)
-            }
-            Some((bucket, _)) => (Some(decode_path(bucket)), None, false),
-            None => (Some(decode_path(path)), None, false),
-        }
+        address_in(&self.config.domains, host, raw_path)
     }
 
     /// Serves one request.
@@ -398,9 +386,11 @@ impl S3Service {
                     })
                     .collect::<Vec<_>>();
                 let mut headers = parts.headers.clone();
-                if auth.presigned {
-                    headers_from_presigned_query(&mut headers, &query);
-                }
+                let presigned_headers = if auth.presigned {
+                    headers_from_presigned_query(&mut headers, &query)
+                } else {
+                    Ok(())
+                };
                 let mut ctx = Ctx {
                     method: parts.method.clone(),
                     headers,
@@ -414,7 +404,9 @@ impl S3Service {
                     virtual_hosted,
                     bytes_in: bytes_in.clone(),
                 };
-                match crate::http_util::check_header_bytes(&ctx.headers) {
+                match presigned_headers
+                    .and_then(|()| crate::http_util::check_header_bytes(&ctx.headers))
+                {
                     Err(e) => Err(e),
                     Ok(()) => {
                         let (op, reply) = self.dispatch(&mut ctx).await;
@@ -654,4 +646,73 @@ pub fn empty(status: StatusCode) -> Response<Body> {
         vec![("content-length", "0".into())]
     };
     response(status, headers, Body::empty())
+}
+
+/// Splits a request's host and path into bucket and key, with `domains` the base domains of
+/// virtual-hosted-style names; also whether the bucket came from the host.
+fn address_in(
+    domains: &[String],
+    host: &str,
+    raw_path: &str,
+) -> (Option<String>, Option<String>, bool) {
+    let host = host.to_ascii_lowercase();
+
+    // The port goes first, then a fully qualified name's trailing dot
+    // (`photos.localhost.:9000` is bucket `photos`).
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
+        None => host.rsplit_once(':').map_or(host.clone(), |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h.to_string()
+            } else {
+                host.clone()
+            }
+        }),
+    };
+    let host = host.trim_end_matches('.');
+    let path = raw_path.strip_prefix('/').unwrap_or(raw_path);
+    for domain in domains {
+        if let Some(bucket) = host.strip_suffix(&format!(".{domain}"))
+            && !bucket.is_empty()
+        {
+            let key = (!path.is_empty()).then(|| decode_path(path));
+            return (Some(bucket.to_string()), key, true);
+        }
+    }
+    if path.is_empty() {
+        return (None, None, false);
+    }
+    match path.split_once('/') {
+        Some((bucket, rest)) if !rest.is_empty() => {
+            (Some(decode_path(bucket)), Some(decode_path(rest)), false)
+        }
+        Some((bucket, _)) => (Some(decode_path(bucket)), None, false),
+        None => (Some(decode_path(path)), None, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_in;
+
+    fn split(host: &str, path: &str) -> (Option<String>, Option<String>, bool) {
+        address_in(&["localhost".to_string()], host, path)
+    }
+
+    #[test]
+    fn buckets_come_from_virtual_host_names_with_a_port_or_a_trailing_dot() {
+        let photos = |key: &str| (Some("photos".into()), Some(key.into()), true);
+        assert_eq!(split("photos.localhost:9000", "/a/b"), photos("a/b"));
+        assert_eq!(split("Photos.LocalHost.", "/a/b"), photos("a/b"));
+        assert_eq!(split("photos.localhost.:9000", "/a/b"), photos("a/b"));
+        assert_eq!(
+            split("127.0.0.1:9000", "/backup/x"),
+            (Some("backup".into()), Some("x".into()), false)
+        );
+        assert_eq!(
+            split("[::1]:9000", "/backup/"),
+            (Some("backup".into()), None, false)
+        );
+        assert_eq!(split("localhost:9000", "/"), (None, None, false));
+    }
 }

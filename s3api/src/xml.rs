@@ -22,8 +22,10 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // Characters XML 1.0 cannot carry are written as references S3 clients accept.
-            // A raw CR would be read back as LF (XML's end-of-line handling): a reference keeps
+            // Control characters XML 1.0 cannot carry are written as character references,
+            // as S3 writes them. Strict XML 1.0 parsers (expat, so boto3) refuse those too:
+            // clients list such keys with encoding-type=url, which S3 documents for this. A
+            // raw CR would be read back as LF (XML's end-of-line handling): a reference keeps
             // it.
             c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n') => {
                 out.push_str(&format!("&#x{:X};", c as u32))

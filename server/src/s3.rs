@@ -119,7 +119,16 @@ fn condition(c: WriteCondition) -> Condition {
 }
 
 fn parse_upload_id(id: &str) -> Result<u64, S3Error> {
-    u64::from_str_radix(id, 16).map_err(|_| S3Error::no_such_upload(id))
+    upload_id_value(id).ok_or_else(|| S3Error::no_such_upload(id))
+}
+
+/// The number an upload id names: ids are exactly the 16 lowercase hex digits this server
+/// gives out, so that each upload has one id (`1`, `+1` or uppercase forms name none).
+fn upload_id_value(id: &str) -> Option<u64> {
+    let canonical = id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    canonical
+        .then(|| u64::from_str_radix(id, 16).ok())
+        .flatten()
 }
 
 /// The engine as S3 storage.
@@ -386,7 +395,7 @@ impl ObjectStore for EngineStore {
             Some((k, "")) => Some((k, u64::MAX)),
             Some((k, id)) => Some((
                 k,
-                u64::from_str_radix(id, 16).map_err(|_| {
+                upload_id_value(id).ok_or_else(|| {
                     S3Error::invalid_argument("Invalid uploadId marker")
                         .with("ArgumentName", "upload-id-marker")
                 })?,
@@ -459,5 +468,28 @@ impl ObjectStore for EngineStore {
             .abort_upload(parse_upload_id(upload_id)?)
             .await
             .map_err(to_s3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upload_id_value;
+
+    #[test]
+    fn an_upload_id_is_exactly_sixteen_lowercase_hex_digits() {
+        assert_eq!(upload_id_value("00000000000000ff"), Some(255));
+        assert_eq!(
+            upload_id_value(&format!("{:016x}", u64::MAX)),
+            Some(u64::MAX)
+        );
+        for alias in [
+            "ff",
+            "+0000000000000ff",
+            "00000000000000FF",
+            "000000000000000ff",
+            "",
+        ] {
+            assert_eq!(upload_id_value(alias), None, "{alias:?}");
+        }
     }
 }

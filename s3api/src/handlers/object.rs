@@ -543,8 +543,11 @@ pub(crate) fn copy_source(ctx: &Ctx) -> Result<(String, String), S3Error> {
     {
         return Err(S3Error::no_such_version(version));
     }
+    // Bytes that are no UTF-8 name no key: refused, never read with replacement characters
+    // as another key.
     let decoded = percent_encoding::percent_decode_str(path)
-        .decode_utf8_lossy()
+        .decode_utf8()
+        .map_err(|_| S3Error::invalid_argument("x-amz-copy-source names a key that is not UTF-8"))?
         .into_owned();
     let decoded = decoded.strip_prefix('/').unwrap_or(&decoded);
     match decoded.split_once('/') {
