@@ -1594,6 +1594,45 @@ async fn scrub_does_not_count_a_copy_it_cannot_read_now_as_bad() {
     engine.shutdown().await;
 }
 
+/// When the last scrub pass ended is kept in the index: the scrub interval counts from it
+/// across restarts, so a server restarted more often than the interval still scrubs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_last_scrub_pass_ended_is_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "k", &content("k", 1, 30_000))
+        .await
+        .unwrap();
+    engine.repair().scrub();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.repair().status().scrub_passes == 0 {
+        assert!(std::time::Instant::now() < deadline, "no scrub pass ended");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ended = engine.repair().status().scrub_last_end_ms;
+    assert!(ended.is_some(), "the pass's end is known");
+    engine.shutdown().await;
+    drop(drives);
+    let (engine, _drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.repair().status().scrub_last_end_ms.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last pass's end was not read back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = engine.repair().status();
+    assert_eq!(status.scrub_last_end_ms, ended);
+    assert_eq!(
+        status.scrub_passes, 0,
+        "no pass is due a moment after the last"
+    );
+    engine.shutdown().await;
+}
+
 /// Three drives (R = 2, GC off) holding bucket `b` and one 30 KB object `key`: the engine, the
 /// drives, the object's body, and where its two copies hold the 64 bytes at 5000 of it (drive,
 /// offset in the drive's data file).

@@ -610,6 +610,10 @@ fn repair_text(s: &AdminState) -> String {
         r.scrub_bad,
         r.scrub_repaired
     );
+    if let Some(ended) = r.scrub_last_end_ms {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ended);
+        let _ = writeln!(out, "last scrub ended: {}", s3api::time::iso8601(when));
+    }
     if let Some(why) = &r.scrub_failure {
         let _ = writeln!(out, "scrub failed:     {why}");
     }

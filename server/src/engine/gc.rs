@@ -749,19 +749,27 @@ impl EngineInner {
         rate: u64,
     ) -> EngineResult<Option<Reset>> {
         let mut relocations = Relocations::default();
-        let result = self.relocate_zone_into(zone, rate, &mut relocations).await;
+        let mut next_read = None;
+        let result = self
+            .relocate_zone_into(zone, rate, &mut relocations, &mut next_read)
+            .await;
+        // A read ahead still under way on any way out (an error included) is stopped, so
+        // that nothing keeps using the drive after the collection (or the engine) is done.
+        stop_read(next_read.take()).await;
         if result.is_err() {
             relocations.abandon(self).await;
         }
         result
     }
 
-    /// [`EngineInner::relocate_zone`], its copies under way kept in `relocations`.
+    /// [`EngineInner::relocate_zone`], its copies under way kept in `relocations`, and its
+    /// read ahead in `next_read`.
     async fn relocate_zone_into(
         self: &Arc<Self>,
         zone: ZoneId,
         rate: u64,
         relocations: &mut Relocations,
+        next_read: &mut Option<JoinHandle<EngineResult<bytes::Bytes>>>,
     ) -> EngineResult<Option<Reset>> {
         let drive = self
             .drives
@@ -790,7 +798,7 @@ impl EngineInner {
             })
         };
         let mut read_to = chunk_blocks.min(written);
-        let mut next_read = (read_to > 0).then(|| read_ahead(0, read_to));
+        *next_read = (read_to > 0).then(|| read_ahead(0, read_to));
         let mut group = Group::default();
         let group_limit = GROUP_BYTES.min(self.record_limit as usize);
         let mut moved = 0u64;
@@ -885,14 +893,14 @@ impl EngineInner {
                 } else {
                     chunk_blocks.min(capacity - read_to)
                 };
-                next_read = Some(read_ahead(read_to, n));
+                *next_read = Some(read_ahead(read_to, n));
                 read_to += n;
                 continue;
             };
             let bytes = read.await.map_err(task_failed)??;
             if read_to < written {
                 let n = chunk_blocks.min(written - read_to);
-                next_read = Some(read_ahead(read_to, n));
+                *next_read = Some(read_ahead(read_to, n));
                 read_to += n;
             }
             if buf.is_empty() {

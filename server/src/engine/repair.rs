@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::EngineInner;
-use super::commit::{Change, Relocation, ReplicaEdit};
+use super::commit::{Change, Relocation, ReplicaEdit, now_ms};
 use super::drives::Drive;
 use super::error::{EngineError, EngineResult};
 use super::located::{self, Located};
@@ -84,6 +84,21 @@ pub struct RepairStatus {
     pub scrub_repaired: u64,
     /// Scrub: why the last pass stopped short, if it did.
     pub scrub_failure: Option<String>,
+    /// Scrub: when the last pass ended (milliseconds since the Unix epoch), across restarts.
+    pub scrub_last_end_ms: Option<u64>,
+}
+
+/// The meta key of when the last scrub pass ended (milliseconds since the epoch, big-endian):
+/// the scrub interval counts from it across restarts, or a server restarted more often than
+/// the interval would never scrub.
+const SCRUB_LAST_END_KEY: &[u8] = b"scrub:last-end-ms";
+
+/// The instant `interval` counts from, for a last pass that ended at `last_end_ms` (`now_ms`
+/// being now): now for a store never scrubbed (its data was just written and checked), and
+/// never later than now (a clock set back).
+fn scrub_counted_from(last_end_ms: Option<u64>, now_ms: u64, now: Instant) -> Instant {
+    let ago = last_end_ms.map_or(0, |end| now_ms.saturating_sub(end));
+    now.checked_sub(Duration::from_millis(ago)).unwrap_or(now)
 }
 
 /// Runtime control of repair and scrub.
@@ -214,7 +229,17 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
 /// Runs a scrub pass when one is asked for, and every scrub interval (counted from the end of
 /// the last pass: a pass longer than the interval is not followed by another at once).
 async fn scrub_when_due(engine: Weak<EngineInner>) {
-    let mut last_scrub = Instant::now();
+    let Some(e) = engine.upgrade() else { return };
+    let last_end_ms = match e.index.get_raw(super::index::cf::META, SCRUB_LAST_END_KEY) {
+        Ok(v) => v.and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?))),
+        Err(err) => {
+            tracing::warn!("reading when the last scrub pass ended failed: {err}");
+            None
+        }
+    };
+    e.repair.status.lock().scrub_last_end_ms = last_end_ms;
+    drop(e);
+    let mut last_scrub = scrub_counted_from(last_end_ms, now_ms(), Instant::now());
     loop {
         let Some(e) = engine.upgrade() else { return };
         if e.repair.closed.load(Ordering::SeqCst) {
@@ -654,6 +679,10 @@ impl EngineInner {
     async fn fix_suspects(&self) {
         let suspects = std::mem::take(&mut *self.repair.suspects.lock());
         for (stream_id, offset, bad) in suspects {
+            if self.repair.closed.load(Ordering::SeqCst) {
+                // Shutting down: what is left is met again by reads or the next scrub.
+                return;
+            }
             let Ok(Some(extent)) = self.index.extent(stream_id, offset) else {
                 continue;
             };
@@ -767,20 +796,41 @@ impl EngineInner {
             (s.scrub_checked, s.scrub_bad, s.scrub_repaired)
         };
         let result = self.scrub_all().await;
-        let mut s = self.repair.status.lock();
-        s.scrub_running = false;
-        s.scrub_failure = result.as_ref().err().map(|e| e.to_string());
-        let (checked, bad, repaired) = (
-            s.scrub_checked - before.0,
-            s.scrub_bad - before.1,
-            s.scrub_repaired - before.2,
-        );
-        // A pass cut short by a shutdown is not a pass.
-        if self.repair.closed.load(Ordering::SeqCst) {
-            tracing::info!(checked, bad, repaired, "scrub pass stopped by the shutdown");
-        } else {
+        let ended = {
+            let mut s = self.repair.status.lock();
+            s.scrub_running = false;
+            s.scrub_failure = result.as_ref().err().map(|e| e.to_string());
+            let (checked, bad, repaired) = (
+                s.scrub_checked - before.0,
+                s.scrub_bad - before.1,
+                s.scrub_repaired - before.2,
+            );
+            // A pass cut short by a shutdown is not a pass.
+            if self.repair.closed.load(Ordering::SeqCst) {
+                tracing::info!(checked, bad, repaired, "scrub pass stopped by the shutdown");
+                return result;
+            }
             s.scrub_passes += 1;
             tracing::info!(checked, bad, repaired, "scrub pass finished");
+            let ended = now_ms();
+            s.scrub_last_end_ms = Some(ended);
+            ended
+        };
+        let index = self.index.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(
+                index.cf(super::index::cf::META),
+                SCRUB_LAST_END_KEY,
+                ended.to_be_bytes(),
+            );
+            index.write(batch, true)
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::warn!(
+                "recording when the scrub pass ended failed: the interval counts from the next start"
+            );
         }
         result
     }
@@ -1132,6 +1182,24 @@ async fn pace(started: Instant, bytes: u64, rate: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scrub_interval_counts_from_the_last_pass_across_restarts() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let from = scrub_counted_from(Some(10_000_000 - 3_600_000), 10_000_000, now);
+        assert_eq!(now.duration_since(from), hour, "a pass an hour ago");
+        assert_eq!(
+            scrub_counted_from(None, 10_000_000, now),
+            now,
+            "never scrubbed"
+        );
+        assert_eq!(
+            scrub_counted_from(Some(20_000_000), 10_000_000, now),
+            now,
+            "a clock set back counts from now"
+        );
+    }
 
     fn at(drive: DriveId) -> Location {
         Location {
