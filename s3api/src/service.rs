@@ -600,8 +600,23 @@ impl S3Service {
         ctx: &Ctx,
         bucket: &str,
     ) -> Result<crate::store::BucketInfo, S3Error> {
+        self.owned_bucket_expecting(ctx, bucket, "x-amz-expected-bucket-owner")
+    }
+
+    /// [`S3Service::owned_bucket`], where the request's `expected_owner_header` (if sent)
+    /// names the owner the client expects: another owner is AccessDenied, as in S3 (clients
+    /// send it so as never to write into a bucket of someone else's by mistake).
+    pub fn owned_bucket_expecting(
+        &self,
+        ctx: &Ctx,
+        bucket: &str,
+        expected_owner_header: &str,
+    ) -> Result<crate::store::BucketInfo, S3Error> {
         let info = self.store.bucket(bucket)?;
-        if info.owner != ctx.user() {
+        let unexpected = ctx
+            .header(expected_owner_header)
+            .is_some_and(|expected| expected.trim() != info.owner);
+        if info.owner != ctx.user() || unexpected {
             return Err(S3Error::access_denied("Access Denied"));
         }
         Ok(info)

@@ -72,7 +72,15 @@ pub fn parse_amz_date(text: &str) -> Option<SystemTime> {
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let n = |r: std::ops::Range<usize>| text.get(r)?.parse::<u32>().ok();
+    // Digits only (`parse` would take a sign: `T+10000Z`).
+    let n = |r: std::ops::Range<usize>| {
+        let field = text.get(r)?;
+        field
+            .bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| field.parse::<u32>().ok())
+            .flatten()
+    };
     let (y, mo, d, h, mi, s) = (
         n(0..4)?,
         n(4..6)?,
@@ -81,12 +89,29 @@ pub fn parse_amz_date(text: &str) -> Option<SystemTime> {
         n(11..13)?,
         n(13..15)?,
     );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    if !(1..=12).contains(&mo)
+        || !(1..=days_in_month(y, mo)).contains(&d)
+        || h > 23
+        || mi > 59
+        || s > 60
+    {
         return None;
     }
     let days = days_from_civil(i64::from(y), mo, d);
     let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + s);
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// The days of month `month` (1-12) of year `year` in the Gregorian calendar.
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Milliseconds since the epoch to a time.
@@ -106,6 +131,25 @@ pub fn whole_seconds(t: SystemTime) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_amz_date_is_digits_and_a_real_day() {
+        assert!(parse_amz_date("20240229T120000Z").is_some(), "a leap day");
+        for bad in [
+            "20230229T120000Z",
+            "20240231T120000Z",
+            "20240431T120000Z",
+            "2024+131T120000Z",
+            "20240101T+10000Z",
+            "19000229T120000Z",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+        assert!(
+            parse_amz_date("20000229T000000Z").is_some(),
+            "2000 is a leap year"
+        );
+    }
 
     #[test]
     fn formats_agree() {

@@ -423,6 +423,19 @@ def check_copy():
     assert s3.get_object(Bucket=b, Key="src")["Body"].read() == body
 
 
+def check_expected_bucket_owner():
+    """A request naming the owner it expects the bucket to have is refused when the bucket has
+    another (as S3 does), for the bucket written and for a copy's source alike."""
+    b = bucket("owner")
+    me = s3.list_buckets()["Owner"]["ID"]
+    s3.put_object(Bucket=b, Key="k", Body=b"mine", ExpectedBucketOwner=me)
+    expect_error("AccessDenied", 403, s3.put_object, Bucket=b, Key="other", Body=b"x", ExpectedBucketOwner="111122223333")
+    expect_error("404", 404, s3.head_object, Bucket=b, Key="other")
+    expect_error("AccessDenied", 403, s3.copy_object, Bucket=b, Key="copy", CopySource={"Bucket": b, "Key": "k"}, ExpectedSourceBucketOwner="111122223333")
+    s3.copy_object(Bucket=b, Key="copy", CopySource={"Bucket": b, "Key": "k"}, ExpectedSourceBucketOwner=me, ExpectedBucketOwner=me)
+    assert s3.get_object(Bucket=b, Key="copy", ExpectedBucketOwner=me)["Body"].read() == b"mine"
+
+
 def check_copy_write_conditions():
     """A copy's own write condition (If-None-Match: * on its destination) fails after the data is
     copied: a 412, or, when the copy's answer had begun (a long copy, kept alive with whitespace),

@@ -428,8 +428,11 @@ fn presigned_v4(
         ));
     }
     let expires: i64 = expires
-        .parse()
-        .map_err(|_| S3Error::auth_query_error("X-Amz-Expires should be a number"))?;
+        .bytes()
+        .all(|c| c.is_ascii_digit() || c == b'-')
+        .then(|| expires.parse().ok())
+        .flatten()
+        .ok_or_else(|| S3Error::auth_query_error("X-Amz-Expires should be a number"))?;
     if expires < 1 {
         return Err(S3Error::auth_query_error(
             "X-Amz-Expires must be at least one second",

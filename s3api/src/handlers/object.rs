@@ -523,7 +523,7 @@ pub(crate) fn open_copy_source(
     ctx: &Ctx,
 ) -> Result<(String, String, OpenObject), S3Error> {
     let (bucket, key) = copy_source(ctx)?;
-    svc.owned_bucket(ctx, &bucket)?;
+    svc.owned_bucket_expecting(ctx, &bucket, "x-amz-source-expected-bucket-owner")?;
     let source = svc.store.open_object(&bucket, &key)?;
     check_preconditions(
         &ctx.headers,
