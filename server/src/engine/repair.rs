@@ -294,7 +294,10 @@ fn pass_due(
         // The last pass failed: try again after a while.
         return since >= MIN_PASS_GAP;
     };
-    now.drives != last.drives
+    // A drive's change is followed at once, unless passes would then follow each other back
+    // to back (a flaky drive's back-off flipping it every few seconds): at most half the
+    // time goes to passes it asks for.
+    (now.drives != last.drives && since >= took)
         || ((now.short_writes != last.short_writes || blocked)
             && since >= MIN_PASS_GAP.max(took * 10))
         || since >= MAX_PASS_GAP
@@ -665,7 +668,16 @@ impl EngineInner {
                     };
                     return Ok(Some((edit, len, holds)));
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    // A damaged extent copy is made again from a good one soon (as a read
+                    // that meets one has it), not left counted as a copy until a scrub.
+                    if let (CopyRead::Bad(_), Relocation::Extent { stream_id, offset }) =
+                        (&e, &entry.what)
+                    {
+                        self.repair.suspect(*stream_id, *offset, *source);
+                    }
+                    last = e.to_string();
+                }
             }
         }
         Err(EngineError::Corrupt(format!(
@@ -1267,9 +1279,17 @@ mod tests {
         let calm = signature(&[UP, UP, UP], 5);
         assert!(pass_due(&calm, None, None, false), "the first pass");
         assert!(!pass_due(&calm, Some(&calm), pass(second, second), false));
-        // A drive goes down, comes back or outlives the grace: at once.
+        // A drive goes down, comes back or outlives the grace: at once, unless the last pass
+        // took longer than it has been since (a flapping drive does not keep the index
+        // scanned back to back).
         let down = signature(&[UP, UP, DOWN], 5);
         assert!(pass_due(&down, Some(&calm), pass(second, second), false));
+        assert!(!pass_due(
+            &down,
+            Some(&calm),
+            pass(second, 5 * second),
+            false
+        ));
         let lost = signature(&[UP, UP, LOST], 5);
         assert!(pass_due(&lost, Some(&down), pass(second, second), false));
         // Writes made short while it is down: not before the gap, which grows with the
