@@ -1823,6 +1823,17 @@ async fn a_drain_copies_from_the_drive_it_empties_when_that_copy_is_the_good_one
         copied.windows(64).any(|w| w == probe),
         "the record now has a copy on the third drive"
     );
+    // The damaged copy the drain met first is made again from a good one (before any read
+    // meets it), not left counted as a copy until a scrub.
+    until_repair(&engine, "the damaged copy was not made again", 30, |s| {
+        s.scrub_bad >= 1 && s.scrub_repaired >= 1
+    })
+    .await;
+    let remade = std::fs::read(drives[damaged].data_path()).unwrap();
+    assert!(
+        remade.windows(64).any(|w| w == probe),
+        "a good copy is back on the drive of the damaged one"
+    );
     assert_eq!(get(&engine, "b", "only").await.unwrap(), body);
 }
 
