@@ -30,7 +30,13 @@ pub fn parse_range(
     size: u64,
 ) -> Result<Option<std::ops::Range<u64>>, S3Error> {
     let Some(value) = value else { return Ok(None) };
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+    // Range units are case-insensitive (RFC 9110 §14.1).
+    let trimmed = value.trim();
+    let Some(spec) = trimmed
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .and_then(|_| trimmed.get(6..))
+    else {
         return Ok(None);
     };
     if spec.contains(',') {
@@ -79,10 +85,18 @@ fn position(text: &str) -> Option<u64> {
         .then(|| text.parse().unwrap_or(u64::MAX))
 }
 
-fn etag_matches(list: &str, etag: &str) -> bool {
+/// Whether an ETag in `list` matches `etag`: with `weak` comparison a weak candidate
+/// (`W/"..."`) matches too (If-None-Match), with strong comparison it never does (If-Match,
+/// RFC 9110 §13.1.1).
+fn etag_matches(list: &str, etag: &str, weak: bool) -> bool {
     list.split(',').any(|candidate| {
         let c = candidate.trim();
-        c == "*" || c.trim_start_matches("W/").trim_matches('"') == etag
+        let c = match c.strip_prefix("W/") {
+            Some(_) if !weak => return false,
+            Some(weak_tag) => weak_tag,
+            None => c,
+        };
+        c == "*" || c.trim_matches('"') == etag
     })
 }
 
@@ -111,7 +125,7 @@ pub fn check_preconditions(
     let modified = whole_seconds(info.last_modified);
     let if_match = list("if-match");
     if let Some(etags) = if_match {
-        if !etag_matches(&etags, &info.etag) {
+        if !etag_matches(&etags, &info.etag, false) {
             return Err(S3Error::precondition_failed(&failed("If-Match")));
         }
     } else if let Some(since) = h("if-unmodified-since").and_then(parse_http_date)
@@ -120,7 +134,7 @@ pub fn check_preconditions(
         return Err(S3Error::precondition_failed(&failed("If-Unmodified-Since")));
     }
     if let Some(etags) = list("if-none-match") {
-        if etag_matches(&etags, &info.etag) {
+        if etag_matches(&etags, &info.etag, true) {
             return Err(not_modified(&failed("If-None-Match")));
         }
     } else if let Some(since) = h("if-modified-since")
@@ -162,6 +176,11 @@ pub fn refuse_unsupported_write_headers(headers: &HeaderMap) -> Result<(), S3Err
             return Err(S3Error::not_implemented(
                 "Object tagging (the x-amz-tagging header)",
             ));
+        }
+        // An append at an offset (S3 Express) would otherwise replace the whole object with
+        // what was to be appended; a website redirect would be dropped.
+        if name == "x-amz-write-offset-bytes" || name == "x-amz-website-redirect-location" {
+            return Err(S3Error::not_implemented(&format!("The {name} header")));
         }
     }
     Ok(())
@@ -365,6 +384,12 @@ mod tests {
     #[test]
     fn ranges_as_s3_reads_them() {
         assert_eq!(parse_range(Some("bytes=0-9"), 100).unwrap(), Some(0..10));
+        assert_eq!(
+            parse_range(Some("Bytes=0-9"), 100).unwrap(),
+            Some(0..10),
+            "range units are case-insensitive"
+        );
+        assert_eq!(parse_range(Some("items=0-9"), 100).unwrap(), None);
         assert_eq!(parse_range(Some("bytes=90-"), 100).unwrap(), Some(90..100));
         assert_eq!(parse_range(Some("bytes=-10"), 100).unwrap(), Some(90..100));
         assert_eq!(parse_range(Some("bytes=-500"), 100).unwrap(), Some(0..100));
@@ -417,6 +442,24 @@ mod tests {
             owner: "o".into(),
             part_sizes: vec![],
         }
+    }
+
+    #[test]
+    fn if_match_compares_strongly_and_if_none_match_weakly() {
+        let read = |name: &'static str, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, value.parse().unwrap());
+            check_preconditions(&h, "", &info(), |_| S3Error::not_modified())
+        };
+        assert_eq!(
+            read("if-match", "W/\"abc\"").unwrap_err().code,
+            "PreconditionFailed"
+        );
+        assert!(read("if-match", "\"x\", \"abc\"").is_ok(), "a list");
+        assert_eq!(
+            read("if-none-match", "W/\"abc\"").unwrap_err().code,
+            "NotModified"
+        );
     }
 
     #[test]

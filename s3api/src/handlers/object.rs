@@ -23,31 +23,53 @@ use crate::xml::{XmlWriter, parse_delete};
 
 /// The write condition of a PutObject or CompleteMultipartUpload.
 pub(crate) fn write_condition(ctx: &Ctx) -> Result<WriteCondition, S3Error> {
-    match (ctx.header("if-none-match"), ctx.header("if-match")) {
-        (Some(v), _) if v.trim() == "*" => Ok(WriteCondition::IfAbsent),
-        (Some(_), _) => Err(S3Error::not_implemented(
+    let if_match = single_condition(ctx, "if-match")?;
+    match (single_condition(ctx, "if-none-match")?, if_match) {
+        (Some("*"), None) => Ok(WriteCondition::IfAbsent),
+        (Some(_), None) => Err(S3Error::not_implemented(
             "If-None-Match with a value other than * on writes",
         )),
-        // `*` matches any current version (RFC 9110 §13.1.1), as on DeleteObject.
-        (None, Some(v)) if v.trim() == "*" => Ok(WriteCondition::IfExists),
-        (None, Some(etag)) => Ok(WriteCondition::IfMatch(
-            etag.trim()
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .to_string(),
+        (Some(_), Some(_)) => Err(S3Error::not_implemented(
+            "If-Match together with If-None-Match on writes",
         )),
+        // `*` matches any current version (RFC 9110 §13.1.1), as on DeleteObject.
+        (None, Some("*")) => Ok(WriteCondition::IfExists),
+        (None, Some(etag)) => Ok(WriteCondition::IfMatch(strong_etag(etag))),
         (None, None) => Ok(WriteCondition::None),
     }
 }
 
-/// A body whose length the request does not give (no Content-Length, no decoded length of an
-/// aws-chunked body, no chunked transfer encoding) is refused with 411, as S3 does: an empty
-/// object or part is not made of a request that says nothing.
+/// The one value of a write's condition header `name`, trimmed, if sent: a list of ETags
+/// (commas, or several lines) is NotImplemented on writes rather than read as one odd ETag.
+fn single_condition<'a>(ctx: &'a Ctx, name: &str) -> Result<Option<&'a str>, S3Error> {
+    let mut values = ctx.headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let value = first.to_str().map(str::trim).unwrap_or_default();
+    if values.next().is_some() || value.contains(',') {
+        return Err(S3Error::not_implemented(&format!(
+            "{name} with several ETags on writes and deletes"
+        )));
+    }
+    Ok(Some(value))
+}
+
+/// The ETag an If-Match value asks for, compared strongly (RFC 9110 §13.1.1): a weak one
+/// (`W/"..."`) keeps its prefix, so it matches no object's ETag.
+fn strong_etag(value: &str) -> String {
+    match value.strip_prefix("W/") {
+        Some(_) => value.to_string(),
+        None => value.trim_matches('"').to_string(),
+    }
+}
+
+/// A body whose length the request does not give (no Content-Length, no chunked transfer
+/// encoding) is refused with 411, as S3 does: an empty object or part is not made of a request
+/// that says nothing. (An aws-chunked body's decoded length does not frame the HTTP body: with
+/// neither header, HTTP/1.1 has it empty.)
 pub(crate) fn require_length(ctx: &Ctx) -> Result<(), S3Error> {
-    if ctx.header("content-length").is_none()
-        && ctx.header("x-amz-decoded-content-length").is_none()
-        && ctx.header("transfer-encoding").is_none()
-    {
+    if ctx.header("content-length").is_none() && ctx.header("transfer-encoding").is_none() {
         return Err(S3Error::missing_content_length());
     }
     Ok(())
@@ -419,7 +441,7 @@ pub async fn delete_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
             )));
         }
     }
-    let condition = delete_condition(ctx.header("if-match"));
+    let condition = delete_condition(single_condition(ctx, "if-match")?);
     svc.store.delete_object(&bucket, &key, &condition).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -429,9 +451,7 @@ fn delete_condition(if_match: Option<&str>) -> DeleteCondition {
     match if_match.map(str::trim) {
         None => DeleteCondition::None,
         Some("*") => DeleteCondition::IfExists,
-        Some(etag) => {
-            DeleteCondition::IfMatch(etag.trim_start_matches("W/").trim_matches('"').to_string())
-        }
+        Some(etag) => DeleteCondition::IfMatch(strong_etag(etag)),
     }
 }
 
