@@ -149,14 +149,19 @@ async fn connect(
 }
 
 /// Starts `count` embedded drives under `data_dir/drives` and connects to each over NVMe/TCP.
+/// Their targets admit one host NQN, made afresh for this process and never written down: the
+/// loopback ports are open to every user of the machine, and NVMe/TCP has no other
+/// authentication, so a host NQN anyone could work out (the machine id is world-readable)
+/// would let any local user read or reset the drives past S3's signatures.
 pub async fn embedded(
     data_dir: &Path,
     count: usize,
     geometry: Geometry,
     direct_writes: bool,
-    hostnqn: &str,
     local: LocalDrives,
 ) -> Result<Attached, AttachError> {
+    let hostnqn = fabric::host::uuid_hostnqn(rand::random());
+    let hostnqn = hostnqn.as_str();
     let mut attached = Attached::default();
     for index in 0..count {
         let nqn = embedded_nqn(index);
@@ -239,7 +244,6 @@ pub async fn attach_configured(
     if_unreachable: IfUnreachable,
     local: LocalDrives,
 ) -> Result<Attached, AttachError> {
-    let hostnqn = host_nqn(config)?;
     let geometry = Geometry::new(config.embedded.zones, checked.embedded_zone_bytes);
     if checked.targets.is_empty() {
         embedded(
@@ -247,11 +251,11 @@ pub async fn attach_configured(
             config.embedded.drives,
             geometry,
             config.embedded.direct_writes,
-            &hostnqn,
             local,
         )
         .await
     } else {
+        let hostnqn = host_nqn(config)?;
         attach(
             &checked.targets,
             geometry,
@@ -542,6 +546,35 @@ fn drive_name(nqn: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The embedded targets admit only this process's own host: not the machine's host NQN (a
+    /// local user can work it out), nor one kept in the data directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_targets_admit_no_host_nqn_another_local_user_could_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let attached = embedded(
+            dir.path(),
+            1,
+            Geometry::new(8, 1 << 20),
+            false,
+            LocalDrives::OpenOrCreate,
+        )
+        .await
+        .unwrap();
+        assert_eq!(attached.specs.len(), 1, "the engine's own connection works");
+        let address = attached.nodes[0].local_addr();
+        let guessable = fabric::host::machine_hostnqn()
+            .unwrap_or_else(|| "nqn.2014-08.org.nvmexpress:uuid:guess".into());
+        let mut config = host_config(address.into(), &embedded_nqn(0), &guessable);
+        config.reconnect_wait = std::time::Duration::ZERO;
+        let refused = fabric::host::NvmeTcpHost::connect(config).await;
+        assert!(refused.is_err(), "a guessable host NQN was admitted");
+        assert!(
+            !dir.path().join(HOST_NQN_FILE).exists(),
+            "no host NQN is written down"
+        );
+        attached.close().await;
+    }
 
     #[test]
     fn listed_subsystems_keep_the_discovery_controllers_name_for_its_own_addresses() {
