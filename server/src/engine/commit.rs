@@ -241,6 +241,15 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether this is GC's or repair's: new copies of records already named (hidden by
+    /// whatever holds the name when the change is refused or its index write fails).
+    fn moves_copies(&self) -> bool {
+        matches!(
+            self,
+            Change::Relocate(_) | Change::Replicas(_) | Change::Orphans(_)
+        )
+    }
+
     /// The sequence number of a client write's claiming record (what replay would apply it
     /// by), for any other change None.
     pub fn claim_seq(&self) -> Option<u64> {
@@ -649,6 +658,10 @@ async fn apply_groups(
         placement,
         pending_revocations,
     } = shared;
+    // GC's and repair's changes of groups whose index write failed: their new copies are
+    // hidden by the next index write that lands (see `carried` below), as those of a refused
+    // change are by its own group's.
+    let mut unrecorded_copies: Vec<(Change, Vec<ZoneId>)> = Vec::new();
     while let Some(Flushed { mut group, failed }) = flushed.recv().await {
         // Apply the changes in order into one batch.
         let base = accounts.snapshot();
@@ -722,6 +735,14 @@ async fn apply_groups(
         for (seq, revocation) in &carried {
             txn.revoke(*seq, revocation.clone());
         }
+        let carried_copies = std::mem::take(&mut unrecorded_copies);
+        for (change, strays) in &carried_copies {
+            if let Err(e) = txn.hide_unrecorded(change, strays) {
+                tracing::warn!(
+                    "hiding the copies of a relocation the index did not take failed: {e}"
+                );
+            }
+        }
         // Make the index changes durable.
         let (batch, changed) = txn.finish();
         let write = {
@@ -767,7 +788,18 @@ async fn apply_groups(
                         pending_revocations.add(seq, revocation);
                     }
                 }
+                // GC's and repair's copies the index did not take are hidden by the next
+                // write that lands (kept before their holds go, with the request).
+                unrecorded_copies.extend(carried_copies);
                 for request in group {
+                    if request.lock.is_none() && request.change.moves_copies() {
+                        let strays = request
+                            .holds
+                            .iter()
+                            .flat_map(|h| h.strays().iter().copied())
+                            .collect();
+                        unrecorded_copies.push((request.change.clone(), strays));
+                    }
                     let _ = request.reply.send(Err(failure.to_engine_error()));
                 }
             }
@@ -777,7 +809,7 @@ async fn apply_groups(
     // has nothing to replay.
     let reports = placement.settled_reports();
     let carried = pending_revocations.take();
-    if !reports.is_empty() || !carried.is_empty() {
+    if !reports.is_empty() || !carried.is_empty() || !unrecorded_copies.is_empty() {
         let base = accounts.snapshot();
         let mut txn = Txn::new(&index, &drives, &base);
         for (zone, prefix) in reports {
@@ -786,6 +818,13 @@ async fn apply_groups(
         let revocations = carried.len();
         for (seq, revocation) in carried {
             txn.revoke(seq, revocation);
+        }
+        for (change, strays) in &unrecorded_copies {
+            if let Err(e) = txn.hide_unrecorded(change, strays) {
+                tracing::warn!(
+                    "hiding the copies of a relocation the index did not take failed: {e}"
+                );
+            }
         }
         let (batch, _) = txn.finish();
         let written = tokio::task::spawn_blocking(move || index.write(batch, true)).await;
@@ -891,6 +930,15 @@ impl<'a> Txn<'a> {
         });
         if let Some(value) = revoked::merged(earlier, revocation) {
             self.put(cf::META, key, value);
+        }
+    }
+
+    /// Hides the new copies of GC's or repair's `change` (copies in the zones `strays` too),
+    /// whose index write failed: an Orphans change (hiding copies) is applied as it is.
+    fn hide_unrecorded(&mut self, change: &Change, strays: &[ZoneId]) -> EngineResult<()> {
+        match change {
+            Change::Orphans(_) => self.apply_or_hide(change, &[], &[]).map(|_| ()),
+            _ => self.shadow_moved_copies(change, true, strays),
         }
     }
 
@@ -1094,6 +1142,9 @@ impl<'a> Txn<'a> {
                 .collect(),
             _ => return Ok(()),
         };
+        // Every item is hidden that can be: one whose entry cannot be read does not leave the
+        // others' copies unhidden (the first failure is reported).
+        let mut first_failure = Ok(());
         for (what, to) in moved {
             let mut stamps = if copies {
                 self.stamps(to.as_slice())
@@ -1101,9 +1152,11 @@ impl<'a> Txn<'a> {
                 Vec::new()
             };
             stamps.extend(self.zone_stamps(strays));
-            self.shadow_orphans(what, stamps)?;
+            if let Err(e) = self.shadow_orphans(what, stamps) {
+                first_failure = first_failure.and(Err(e));
+            }
         }
-        Ok(())
+        first_failure
     }
 
     /// Stamps of the zones holding these locations, as they are now.
