@@ -480,11 +480,8 @@ impl EngineInner {
         if !self.drives.get(drive).is_some_and(|d| d.is_writable()) {
             return Ok(());
         }
-        let zones = self.placement.zone_count(drive);
         let config = self.gc.config.lock().clone();
-        let low = ((zones as f64 * config.low_watermark).ceil() as usize)
-            .max(self.placement.reserve_of(drive) + 1);
-        let high = ((zones as f64 * config.high_watermark).ceil() as usize).max(low);
+        let (low, high) = self.watermarks(drive, &config);
         if self.placement.free_zones(drive) >= low {
             return Ok(());
         }
@@ -493,15 +490,7 @@ impl EngineInner {
         let mut result = Ok(());
         // Zones this pass took but had to keep (something in them could not be moved): not
         // taken again until the next pass, or the pass would read them over and over.
-        let mut kept: HashSet<u32> = {
-            let mut held = self.gc.held_back.lock();
-            let now = Instant::now();
-            held.retain(|_, until| *until > now);
-            held.keys()
-                .filter(|z| z.drive == drive)
-                .map(|z| z.zone)
-                .collect()
-        };
+        let mut kept = self.held_back(drive);
         let mut failures = 0;
         while self.placement.free_zones(drive) < high && self.gc.enabled.load(Ordering::SeqCst) {
             let Some(victim) = self.choose_victim_except(drive, config.policy, &kept) else {
@@ -578,7 +567,10 @@ impl EngineInner {
         }
     }
 
-    /// Whether GC is reclaiming space now or has something to reclaim on some drive.
+    /// Whether GC is reclaiming space now or has something to reclaim on some drive: a
+    /// victim it would take (not one held back after a failed try) on a drive it would
+    /// collect (below its low watermark, taking writes). A store with nothing GC will reclaim
+    /// is full (507), not busy (503).
     pub(crate) fn can_reclaim(&self) -> bool {
         if !self.gc.enabled.load(Ordering::SeqCst) {
             return false;
@@ -586,11 +578,35 @@ impl EngineInner {
         if self.gc.busy.load(Ordering::SeqCst) > 0 {
             return true;
         }
-        let policy = self.gc.config.lock().policy;
-        self.drives
-            .all()
-            .iter()
-            .any(|d| self.choose_victim(d.id, policy).is_some())
+        let config = self.gc.config.lock().clone();
+        self.drives.all().iter().any(|d| {
+            d.is_writable()
+                && self.placement.free_zones(d.id) < self.watermarks(d.id, &config).0
+                && self
+                    .choose_victim_except(d.id, config.policy, &self.held_back(d.id))
+                    .is_some()
+        })
+    }
+
+    /// The free-zone counts below which GC collects `drive`, and up to which it goes on.
+    fn watermarks(&self, drive: DriveId, config: &GcConfig) -> (usize, usize) {
+        let zones = self.placement.zone_count(drive);
+        let low = ((zones as f64 * config.low_watermark).ceil() as usize)
+            .max(self.placement.reserve_of(drive) + 1);
+        let high = ((zones as f64 * config.high_watermark).ceil() as usize).max(low);
+        (low, high)
+    }
+
+    /// The zones of `drive` GC keeps out of its choice for now (it took them and had to keep
+    /// them: something in them could not be moved).
+    fn held_back(&self, drive: DriveId) -> HashSet<u32> {
+        let mut held = self.gc.held_back.lock();
+        let now = Instant::now();
+        held.retain(|_, until| *until > now);
+        held.keys()
+            .filter(|z| z.drive == drive)
+            .map(|z| z.zone)
+            .collect()
     }
 
     /// The best victim among the drive's sealed zones, if any has enough garbage to be worth
