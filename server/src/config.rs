@@ -183,6 +183,34 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// The dotted key (`gc.low_watermark`) of the `key = value` line holding byte `offset` of a
+/// TOML `text`, with the table its line is in; None where that line is no such line (inside a
+/// multi-line array, say).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim().trim_matches('"');
+    let is_bare = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    if !is_bare(name) {
+        return None;
+    }
+    let table = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .map(|t| t.trim_matches(['[', ']']).trim().to_string())
+    });
+    Some(match table {
+        Some(table) if is_bare(&table) => format!("{table}.{name}"),
+        _ => name.to_string(),
+    })
+}
+
 fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_string(),
@@ -324,8 +352,14 @@ impl Config {
         toml::from_str(&text).map_err(|e| {
             let key = e
                 .span()
-                .map(|s| (text[..s.start].matches('\n').count() + 1).to_string())
-                .map(|l| format!("{} line {l}", path.display()))
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    let at = format!("{} line {line}", path.display());
+                    match key_at(&text, s.start) {
+                        Some(key) => format!("{key} ({at})"),
+                        None => at,
+                    }
+                })
                 .unwrap_or_else(|| path.display().to_string());
             bad(&key, e.message().to_string())
         })
@@ -765,7 +799,17 @@ mod tests {
         let path = dir.path().join("z.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nno_such_key = 1\n").unwrap();
         let e = Config::load(&path).unwrap_err();
-        assert!(e.key.ends_with("line 2"), "{}", e.key);
+        assert!(e.key.ends_with("line 2)"), "{}", e.key);
+        assert!(e.key.starts_with("no_such_key ("), "{}", e.key);
+        // A value of the wrong type is named by its key too, with its table.
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n\n[gc]\nlow_watermark = \"0.1\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.key.starts_with("gc.low_watermark ("), "{}", e.key);
+        assert!(e.key.ends_with("line 4)"), "{}", e.key);
     }
 
     #[test]
