@@ -485,8 +485,22 @@ fn error_report(error: &anyhow::Error) -> String {
     report
 }
 
+/// Warns when a secret was given as the command-line flag `flag`: every local user can read a
+/// process's arguments (`ps`, `/proc/PID/cmdline`) as long as it runs; `env` is the variable
+/// that keeps it out of sight.
+fn warn_of_secret_in_arguments(flag: &str, env: &str) {
+    let given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if given {
+        say_err!(
+            "zonestore: warning: {flag} on the command line can be read by every user of this machine while the process runs (ps, /proc); set {env} instead"
+        );
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    warn_of_secret_in_arguments("--secret-key", "ZONESTORE_SECRET_KEY");
+    warn_of_secret_in_arguments("--token", "ZONESTORE_ADMIN_TOKEN");
     init_logging();
     zonestore::fd_limit::raise();
     let runtime = tokio::runtime::Builder::new_multi_thread()
