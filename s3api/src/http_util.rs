@@ -190,13 +190,17 @@ pub fn refuse_unsupported_write_headers(headers: &HeaderMap) -> Result<(), S3Err
 /// removing `aws-chunked` from Content-Encoding. Refuses metadata over 2 KiB.
 pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
     // Clients send these in UTF-8 too (a file name in Content-Disposition): kept as sent,
-    // as x-amz-meta-* values are, rather than dropped for not being ASCII.
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    // as x-amz-meta-* values are, rather than dropped for not being ASCII. Other bytes (a
+    // Latin-1 file name) could not be returned as sent: refused, not altered.
+    let text = |name: &str, value: &http::HeaderValue| {
+        String::from_utf8(value.as_bytes().to_vec()).map_err(|_| {
+            S3Error::invalid_argument(format!(
+                "header {name} holds bytes that are not UTF-8, which could not be returned as sent"
+            ))
+        })
     };
-    let content_encoding = get("content-encoding").and_then(|v| {
+    let get = |name: &str| headers.get(name).map(|v| text(name, v)).transpose();
+    let content_encoding = get("content-encoding")?.and_then(|v| {
         let kept: Vec<&str> = v
             .split(',')
             .map(str::trim)
@@ -208,7 +212,7 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
     let mut meta_size = 0;
     for (name, value) in headers {
         if let Some(n) = name.as_str().strip_prefix("x-amz-meta-") {
-            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let v = text(name.as_str(), value)?;
             meta_size += n.len() + v.len();
             user_meta.push((n.to_ascii_lowercase(), v));
         }
@@ -218,12 +222,12 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
     }
     user_meta.sort();
     let stored = ObjectHeaders {
-        content_type: get("content-type"),
+        content_type: get("content-type")?,
         content_encoding,
-        content_disposition: get("content-disposition"),
-        content_language: get("content-language"),
-        cache_control: get("cache-control"),
-        expires: get("expires"),
+        content_disposition: get("content-disposition")?,
+        content_language: get("content-language")?,
+        cache_control: get("cache-control")?,
+        expires: get("expires")?,
         user_meta,
     };
     let size: usize = [
@@ -355,6 +359,27 @@ mod tests {
         }
     }
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn stored_headers_are_kept_as_sent_or_refused_never_altered() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-disposition",
+            http::HeaderValue::from_bytes(b"attachment; filename=\"caf\xc3\xa9.pdf\"").unwrap(),
+        );
+        let kept = object_headers(&headers).unwrap();
+        assert_eq!(
+            kept.content_disposition.as_deref(),
+            Some("attachment; filename=\"caf\u{e9}.pdf\"")
+        );
+        for name in ["content-disposition", "x-amz-meta-origin"] {
+            let mut latin1 = HeaderMap::new();
+            latin1.insert(name, http::HeaderValue::from_bytes(b"caf\xe9.pdf").unwrap());
+            let e = object_headers(&latin1).unwrap_err();
+            assert_eq!(e.code, "InvalidArgument");
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+    }
 
     #[test]
     fn keys_no_listing_could_show_are_refused() {

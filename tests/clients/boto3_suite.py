@@ -415,6 +415,13 @@ def check_copy():
     assert result["ChecksumType"] == "FULL_OBJECT", result
     d = s3.get_object(Bucket=b, Key="dst")
     assert d["Body"].read() == body and d["ContentType"] == "image/png" and d["Metadata"] == {"a": "1"}
+    # A copy asked for another checksum carries that one, computed on the way.
+    sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    c = s3.copy_object(Bucket=b, Key="dst-sha", CopySource={"Bucket": b, "Key": "src"}, ChecksumAlgorithm="SHA256")
+    assert c["CopyObjectResult"].get("ChecksumSHA256") == sha, c["CopyObjectResult"]
+    assert s3.head_object(Bucket=b, Key="dst-sha", ChecksumMode="ENABLED").get("ChecksumSHA256") == sha
+    status, reply = sigv4_request("PUT", f"{ENDPOINT}/{b}/dst-bad", extra={"x-amz-copy-source": f"/{b}/src", "x-amz-checksum-algorithm": "MD4"})
+    assert status == 400 and b"InvalidRequest" in reply, (status, reply)
     s3.copy_object(Bucket=b, Key="dst2", CopySource=f"{b}/src", MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"b": "2"})
     d2 = s3.head_object(Bucket=b, Key="dst2")
     assert d2["ContentType"] == "text/plain" and d2["Metadata"] == {"b": "2"}

@@ -611,17 +611,34 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         source.info.headers.clone()
     };
     let condition = write_condition(ctx)?;
+    // The checksum the copy is to carry, if the request names one (S3 keeps one per object).
+    let algorithm = match ctx.header("x-amz-checksum-algorithm") {
+        None => None,
+        Some(name) => Some(checksum::Algorithm::parse(name.trim()).ok_or_else(|| {
+            S3Error::invalid_request(format!(
+                "x-amz-checksum-algorithm {name:?} is not one of CRC32, CRC32C, CRC64NVME, SHA1, SHA256"
+            ))
+        })?),
+    };
+    // Full-object checksums still hold for the same bytes; composite ones describe parts.
+    let mut checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
+        Vec::new()
+    } else {
+        source.info.checksums.clone()
+    };
+    if let Some(a) = algorithm {
+        checksums.retain(|c| c.algorithm == a.name());
+    }
+    // Computed on the way when asked for and not already known.
+    let hasher = algorithm
+        .filter(|_| checksums.is_empty())
+        .map(checksum::Hasher::new);
     let mut writer = svc.store.put_object(&bucket, &key).await?;
     let body = source.reader.read(0..source.info.size)?;
     let user = ctx.user().to_string();
     let copy = async move {
-        let (_, md5, _) = pipe(body, source.info.size, &mut writer, None).await?;
-        // Full-object checksums still hold for the same bytes; composite ones describe parts.
-        let checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
-            Vec::new()
-        } else {
-            source.info.checksums.clone()
-        };
+        let (_, md5, hasher) = pipe(body, source.info.size, &mut writer, hasher).await?;
+        add_missing(&mut checksums, hasher);
         let info = writer
             .commit_object(checksum::hex(&md5), headers, checksums, user, condition)
             .await?;
