@@ -520,13 +520,16 @@ async fn gc_leaves_zones_with_records_not_yet_indexed_alone() {
     }
     drop(abandoned);
     let before = engine.gc().status().zones_collected;
-    for _ in 0..8 {
+    // (A zone is collected once the Finish sent to it when it filled has landed.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while engine.gc().status().zones_collected == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned upload's zones were not collected"
+        );
         engine.inner().collect_now().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(
-        engine.gc().status().zones_collected > before,
-        "the abandoned upload's zones were collected"
-    );
     assert!(
         get(&engine, "b", "big").await.unwrap() == body,
         "the object is intact"
@@ -4183,6 +4186,45 @@ async fn a_full_index_disk_fails_puts_as_out_of_space_and_keeps_reads() {
     );
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
     engine.shutdown().await;
+}
+
+/// A shutdown does not wait out GC's rate limit: a collection pacing itself at 256 bytes a
+/// second stops at once (its copies hidden), so the drives are flushed before a supervisor's
+/// stop timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_a_slow_collection_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _drives) = open_engine(dir.path(), 1, small_geometry(16, 1 << 20), |c| {
+        c.gc.enabled = false;
+        c.gc.rate_bytes_per_sec = 256;
+        c.gc.low_watermark = 0.95;
+        c.gc.high_watermark = 0.99;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    for i in 0..30 {
+        let key = format!("g{i}");
+        put(&engine, "b", &key, &content(&key, 1, 200_000))
+            .await
+            .unwrap();
+    }
+    for i in (0..30).step_by(2) {
+        engine.delete("b", &format!("g{i}")).await.unwrap();
+    }
+    // Sealed zones about half live: at 256 bytes a second, 16 s for a 4 KiB record alone, were
+    // it waited for.
+    engine.gc().start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !engine.gc().status().busy {
+        assert!(std::time::Instant::now() < deadline, "GC never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(10), engine.shutdown())
+        .await
+        .expect("the shutdown waited for GC's rate limit");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
 
 /// PUTs of objects whose index entries are large (2 KB of metadata that does not compress)

@@ -106,6 +106,8 @@ pub struct GcControl {
     collecting: Mutex<HashMap<DriveId, Arc<tokio::sync::Mutex<()>>>>,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
+    /// Wakes collections waiting out their rate limit when the engine shuts down.
+    closing: Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -146,6 +148,7 @@ impl GcControl {
             collecting: Mutex::new(HashMap::new()),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
+            closing: Notify::new(),
             task: Mutex::new(None),
         }
     }
@@ -155,6 +158,7 @@ impl GcControl {
         self.closed.store(true, Ordering::SeqCst);
         self.enabled.store(false, Ordering::SeqCst);
         self.wake.notify_one();
+        self.closing.notify_waiters();
         let task = self.task.lock().take();
         if let Some(task) = task {
             let _ = task.await;
@@ -433,16 +437,29 @@ struct Pacer {
 }
 
 impl Pacer {
-    async fn pace(&mut self, bytes: u64, rate: u64) {
+    /// Waits until `bytes` more are within `rate` (bytes a second, 0: no limit); false, at
+    /// once, if the engine shuts down meanwhile (a slow rate must not hold the shutdown up
+    /// for minutes before the drives are flushed).
+    async fn pace(&mut self, bytes: u64, rate: u64, gc: &GcControl) -> bool {
         self.bytes += bytes;
         if rate == 0 {
-            return;
+            return !gc.closed.load(Ordering::SeqCst);
         }
         let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
         let elapsed = self.start.elapsed();
         if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
+            let closing = gc.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if gc.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(due - elapsed) => {}
+                _ = closing => return false,
+            }
         }
+        !gc.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -837,7 +854,12 @@ impl EngineInner {
                             } else {
                                 rate
                             };
-                            pacer.pace(parsed.padded as u64, rate).await;
+                            if !pacer.pace(parsed.padded as u64, rate, &self.gc).await {
+                                // What was copied is hidden (see [`Relocations::abandon`]).
+                                return Err(EngineError::Unavailable(
+                                    "GC stopped: the engine is shutting down".into(),
+                                ));
+                            }
                             if !group.members.is_empty()
                                 && group.data.len() + parsed.padded > group_limit
                             {

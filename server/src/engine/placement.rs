@@ -156,7 +156,13 @@ impl DriveSpace {
         }
         let z = &mut self.zones[zone as usize];
         if z.written >= self.geometry.zone_capacity {
+            // Full on the drive, but only once the drive has made that durable: a target that
+            // restarts before its next flush may bring the zone back Closed, holding one of
+            // its few active resources for good. A Finish of a Full zone changes nothing, so
+            // one is sent all the same.
             z.usage = ZoneUse::Sealed;
+            z.finish = FinishDue::Owed;
+            to_finish.push(ZoneId { drive, zone });
         } else if z.pending == 0 {
             // Sealed even when no append into it reported success: one that failed (a lost
             // completion, an abandoned request) may still have landed, so the zone goes back
@@ -1038,7 +1044,11 @@ mod tests {
         assert_eq!(reserve, 2);
         while let Ok((slots, _)) = p.reserve(Class::User, 16, 1, 1, |_| true) {
             for s in &slots {
-                p.complete(s, true);
+                // (The Finish a full zone is sent lands.)
+                if let Some(zone) = p.complete(s, true) {
+                    assert!(matches!(p.begin_finish(zone), FinishTurn::Send));
+                    p.end_finish(zone, true);
+                }
             }
         }
         assert_eq!(p.free_zones(0), reserve);
@@ -1054,6 +1064,18 @@ mod tests {
             .reserve_with(Class::User, true, 1, 1, 1, |_| true)
             .expect("the next tombstone goes there");
         assert_eq!(next[0].zone, tomb[0].zone);
+    }
+
+    /// A zone filled to capacity is sent a Finish too: a target that restarts before its
+    /// next flush may bring the zone back Closed, holding an active resource for good.
+    #[test]
+    fn a_full_zone_is_finished_too() {
+        let (_d, _drives, p) = setup(16);
+        let (slots, _) = p.reserve(Class::User, 16, 1, 1, |_| true).unwrap();
+        let zone = p
+            .complete(&slots[0], true)
+            .expect("a Finish for the full zone");
+        assert_eq!(zone.zone, slots[0].zone);
     }
 
     #[test]
