@@ -268,9 +268,10 @@ fn headers_from_presigned_query(
         if !name.starts_with("x-amz-") || PRESIGN_AUTH_PARAMETERS.contains(&name.as_str()) {
             continue;
         }
+        // (UTF-8 in a value, as a header may carry it: only control characters are refused.)
         let (Ok(header), Ok(value)) = (
             http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
+            HeaderValue::from_bytes(value.as_bytes()),
         ) else {
             return Err(S3Error::invalid_argument(format!(
                 "the presigned URL's {name} setting is not a valid header"

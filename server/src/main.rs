@@ -489,7 +489,10 @@ fn error_report(error: &anyhow::Error) -> String {
 /// process's arguments (`ps`, `/proc/PID/cmdline`) as long as it runs; `env` is the variable
 /// that keeps it out of sight.
 fn warn_of_secret_in_arguments(flag: &str, env: &str) {
-    let given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let given = std::env::args_os().any(|a| {
+        let a = a.as_encoded_bytes();
+        a == flag.as_bytes() || a.starts_with(format!("{flag}=").as_bytes())
+    });
     if given {
         say_err!(
             "zonestore: warning: {flag} on the command line can be read by every user of this machine while the process runs (ps, /proc); set {env} instead"

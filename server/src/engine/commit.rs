@@ -453,6 +453,10 @@ pub struct Committer {
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
+/// The most GC and repair changes whose copies wait for the index to hide them (see
+/// `unrecorded_copies` in the committer).
+const MAX_UNRECORDED_CHANGES: usize = 4096;
+
 /// How many changes one group may hold.
 const MAX_GROUP: usize = 1024;
 
@@ -791,6 +795,16 @@ async fn apply_groups(
                 // GC's and repair's copies the index did not take are hidden by the next
                 // write that lands (kept before their holds go, with the request).
                 unrecorded_copies.extend(carried_copies);
+                if unrecorded_copies.len() > MAX_UNRECORDED_CHANGES {
+                    // An index down for long while GC and repair keep trying: memory is
+                    // bounded, and what is let go is said (a rebuild may take those copies).
+                    let dropped = unrecorded_copies.len() - MAX_UNRECORDED_CHANGES;
+                    unrecorded_copies.drain(..dropped);
+                    tracing::error!(
+                        dropped,
+                        "too many relocations wait for the index to hide their copies: the oldest are let go"
+                    );
+                }
                 for request in group {
                     if request.lock.is_none() && request.change.moves_copies() {
                         let strays = request

@@ -513,6 +513,12 @@ impl EngineInner {
             let Some(victim) = self.choose_victim_except(drive, config.policy, &kept) else {
                 break;
             };
+            if !self.placement.collectable(victim) {
+                // Records in it not indexed yet, or its Finish being sent: passed over this
+                // time only, without reading it (and without holding it back).
+                kept.insert(victim.zone);
+                continue;
+            }
             let rate = if self.at_reserve(drive) {
                 0
             } else {
@@ -585,9 +591,9 @@ impl EngineInner {
     }
 
     /// Whether GC is reclaiming space now or has something to reclaim on some drive: a
-    /// victim it would take (not one held back after a failed try) on a drive it would
-    /// collect (below its low watermark, taking writes). A store with nothing GC will reclaim
-    /// is full (507), not busy (503).
+    /// victim on a drive it would collect (below its low watermark, taking writes; one held
+    /// back after a try is due again soon). A store with nothing GC will reclaim is full
+    /// (507), not busy (503).
     pub(crate) fn can_reclaim(&self) -> bool {
         if !self.gc.enabled.load(Ordering::SeqCst) {
             return false;
@@ -599,9 +605,7 @@ impl EngineInner {
         self.drives.all().iter().any(|d| {
             d.is_writable()
                 && self.placement.free_zones(d.id) < self.watermarks(d.id, &config).0
-                && self
-                    .choose_victim_except(d.id, config.policy, &self.held_back(d.id))
-                    .is_some()
+                && self.choose_victim(d.id, config.policy).is_some()
         })
     }
 

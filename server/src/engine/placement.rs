@@ -126,8 +126,11 @@ impl DriveSpace {
             .iter()
             .filter(|z| {
                 matches!(z.usage, ZoneUse::Active(_) | ZoneUse::Closing)
-                    // (A read-only or offline zone holds none, whatever it owed.)
-                    || (z.finish != FinishDue::No && z.usage != ZoneUse::Bad)
+                    // (A read-only or offline zone holds none, whatever it owed; nor does a
+                    // full one: its Finish only makes sure of that.)
+                    || (z.finish != FinishDue::No
+                        && z.usage != ZoneUse::Bad
+                        && z.written < self.geometry.zone_capacity)
             })
             .count()
     }
@@ -603,14 +606,13 @@ impl Placement {
                 space.retire(slot.zone, &mut finish, slot.drive);
             }
             ZoneUse::Closing if pending == 0 => {
+                // Finished even when full: see [`DriveSpace::retire`].
                 space.zones[slot.zone as usize].usage = ZoneUse::Sealed;
-                if written < capacity {
-                    space.zones[slot.zone as usize].finish = FinishDue::Owed;
-                    finish.push(ZoneId {
-                        drive: slot.drive,
-                        zone: slot.zone,
-                    });
-                }
+                space.zones[slot.zone as usize].finish = FinishDue::Owed;
+                finish.push(ZoneId {
+                    drive: slot.drive,
+                    zone: slot.zone,
+                });
             }
             _ => {}
         }
@@ -751,6 +753,14 @@ impl Placement {
 
     /// Marks a sealed zone as being collected; false if it is not sealed, or holds records
     /// that are not in the index yet.
+    /// Whether GC could take `zone` now (see [`Placement::begin_collect`]): sealed, with no
+    /// record in it awaiting its index entry and no Finish being sent.
+    pub fn collectable(&self, zone: ZoneId) -> bool {
+        let drives = self.drives.lock();
+        let z = &drives[usize::from(zone.drive)].zones[zone.zone as usize];
+        z.usage == ZoneUse::Sealed && z.holds == 0 && z.finish != FinishDue::Sending
+    }
+
     pub fn begin_collect(&self, zone: ZoneId) -> bool {
         let mut drives = self.drives.lock();
         let z = &mut drives[usize::from(zone.drive)].zones[zone.zone as usize];

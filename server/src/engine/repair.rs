@@ -294,10 +294,17 @@ fn pass_due(
         // The last pass failed: try again after a while.
         return since >= MIN_PASS_GAP;
     };
-    // A drive's change is followed at once, unless passes would then follow each other back
-    // to back (a flaky drive's back-off flipping it every few seconds): at most half the
-    // time goes to passes it asks for.
-    (now.drives != last.drives && since >= took)
+    // A drive's change is followed at once, unless it is only a drive coming and going
+    // (a flaky drive's back-off flips it every few seconds) and passes would then follow each
+    // other back to back: at most half the time goes to passes those ask for. A drive lost
+    // past its grace period, or a drain, is followed at once whatever the last pass took.
+    let settled_change = now
+        .drives
+        .iter()
+        .zip(&last.drives)
+        .any(|(a, b)| a.lost != b.lost || a.draining != b.draining)
+        || now.drives.len() != last.drives.len();
+    (now.drives != last.drives && (settled_change || since >= took))
         || ((now.short_writes != last.short_writes || blocked)
             && since >= MIN_PASS_GAP.max(took * 10))
         || since >= MAX_PASS_GAP
@@ -1292,6 +1299,10 @@ mod tests {
         ));
         let lost = signature(&[UP, UP, LOST], 5);
         assert!(pass_due(&lost, Some(&down), pass(second, second), false));
+        assert!(
+            pass_due(&lost, Some(&down), pass(second, 5 * second), false),
+            "a drive lost past its grace is followed at once"
+        );
         // Writes made short while it is down: not before the gap, which grows with the
         // length of the last pass.
         let short = signature(&[UP, UP, DOWN], 9);
