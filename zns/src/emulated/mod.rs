@@ -502,27 +502,30 @@ impl EmulatedZns {
             return Ok(());
         }
         let meta = self.inner.meta.clone();
-        let mut written = entries.clone();
-        // Entries that give up open or active resources go first: a crash between two writes
-        // then leaves a drive holding fewer of them than it has, never more.
-        written.sort_by_key(|(_, entry)| {
-            !matches!(
-                entry.state,
-                ZoneState::Empty | ZoneState::Full | ZoneState::ReadOnly | ZoneState::Offline
-            )
-        });
+        // Entries that give up open or active resources are made durable first: a crash, or a
+        // power loss (dirty pages reach the disk in any order), between the two then leaves a
+        // drive holding fewer of them than it has, never more.
+        let (freeing, taking): (Vec<_>, Vec<_>) =
+            entries.iter().cloned().partition(|(_, entry)| {
+                matches!(
+                    entry.state,
+                    ZoneState::Empty | ZoneState::Full | ZoneState::ReadOnly | ZoneState::Offline
+                )
+            });
         let drive = self.clone();
         blocking(move || {
-            let result = written
-                .iter()
-                .try_for_each(|(index, entry)| {
+            let write_and_sync = |batch: &[(u32, ZoneEntry)]| -> ZoneResult<()> {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                for (index, entry) in batch {
                     meta.write_all_at(&meta::encode_entry(entry), meta::entry_offset(*index))
-                        .map_err(|e| ZoneError::io("writing zone metadata", e))
-                })
-                .and_then(|()| {
-                    meta.sync_data()
-                        .map_err(|e| ZoneError::io("syncing zone metadata", e))
-                });
+                        .map_err(|e| ZoneError::io("writing zone metadata", e))?;
+                }
+                meta.sync_data()
+                    .map_err(|e| ZoneError::io("syncing zone metadata", e))
+            };
+            let result = write_and_sync(&freeing).and_then(|()| write_and_sync(&taking));
             // Recorded here, not by whoever awaits: it may have stopped waiting.
             if let Err(e) = &result {
                 drive.fail(e.to_string());
@@ -1047,9 +1050,10 @@ impl EmulatedZns {
         // its blocks deallocated, and none is granted in its new life before that is durable.
         let only = match select {
             ZoneSelect::Zone(zslba) => match self.inner.geometry.zone_index(zslba) {
-                Some(index) => Some(index),
-                // Not a zone: refused as such, holding nothing up.
-                None => return self.manage_now(action, select).await,
+                Some(index) if self.inner.geometry.zone_start(index) == zslba => Some(index),
+                // Not a zone start: refused as such, holding nothing up (a host repeating it
+                // must not stall the zone's writes).
+                _ => return self.manage_now(action, select).await,
             },
             ZoneSelect::All => None,
         };
@@ -1070,6 +1074,11 @@ impl EmulatedZns {
     /// Applies a zone management action, records it durably and, for a reset, deallocates the
     /// zone's blocks. Callers hold `persist` (and, for a reset, keep writes off the zone).
     async fn manage_now(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {
+        // Checked again here, with the persist lock held: a flush that held it before may
+        // have failed meanwhile, and a second fdatasync would then report success for pages
+        // the first one lost (the kernel reports a writeback error once): recording a write
+        // pointer over them would claim data that is not on the disk.
+        self.healthy()?;
         let (entries, reset, unsynced) = {
             let mut st = self.inner.state.lock();
             let changed = st.table.manage(action, select)?;
