@@ -4,7 +4,8 @@ same drive (96 zones of 64 objects), filled to 80%, overwritten 3x uniformly or 
 with GC keeping a few free zones by greedy or cost-benefit victim choice. Prints the write
 amplification the policies reach in an ideal log (no headers, no padding, no open-zone waste),
 what perfect hot/cold separation of user writes (an oracle that knows which keys are hot)
-would reach, and a bound: each class in a log of its own, with the zones split between the
+would reach, what guessing temperature from each key's last lifetime (as SepBIT does) reaches,
+and a bound: each class in a log of its own, with the zones split between the
 two logs in the best way. If the engine's figures are close to the model's, the gap to a target
 is in the policy and the fill level, not in the implementation.
 
@@ -98,6 +99,62 @@ def simulate(policy, hot_cold, oracle=False, seed=1):
     return churn(Log(ZONES, policy), keys, FREE_TARGET, keys * CHURN, next_key, stream_of)
 
 
+class LifetimeLog(Log):
+    """A log that guesses temperature as SepBIT does: a user write whose key's previous version
+    lived shorter than the recent average goes to a hot stream, the others to the user stream;
+    GC's survivors go to a young or an old GC stream by their age against that average."""
+
+    def __init__(self, zones, policy):
+        super().__init__(zones, policy)
+        self.written_at = {}
+        self.average = None
+        self.lifetimes = []
+
+    def write(self, key):
+        if key in self.written_at:
+            self.lifetimes.append(self.clock - self.written_at[key])
+            if len(self.lifetimes) >= 256:
+                recent = sum(self.lifetimes) / len(self.lifetimes)
+                self.average = recent if self.average is None else (self.average + recent) / 2
+                self.lifetimes = []
+        lifetime = self.clock - self.written_at.get(key, 0)
+        hot = self.average is not None and key in self.written_at and lifetime < self.average
+        self.append("hot" if hot else "user", key)
+        self.written_at[key] = self.clock
+
+    def collect(self, free_target):
+        while len(self.free) < free_target:
+            victim = max(self.sealed, key=self.score)
+            self.sealed.remove(victim)
+            for key in list(self.members[victim]):
+                age = self.clock - self.written_at[key]
+                young = self.average is not None and age < self.average
+                born = self.written_at[key]
+                self.append("gc-young" if young else "gc-old", key)
+                self.written_at[key] = born
+                self.moved += 1
+            self.written[victim] = 0
+            self.free.insert(0, victim)
+
+
+def simulate_lifetimes(policy, seed=1):
+    """The hot/cold workload in a [`LifetimeLog`]: temperature guessed, not known."""
+    rnd = random.Random(seed)
+    keys = int(ZONES * PER_ZONE * FILL)
+    hot_keys = keys // 5
+    log = LifetimeLog(ZONES, policy)
+    for key in range(keys):
+        log.collect(FREE_TARGET)
+        log.write(key)
+    moved_before = log.moved
+    writes = keys * CHURN
+    for _ in range(writes):
+        key = rnd.randrange(hot_keys) if rnd.random() < 0.8 else hot_keys + rnd.randrange(keys - hot_keys)
+        log.collect(FREE_TARGET)
+        log.write(key)
+    return (writes + log.moved - moved_before) / writes
+
+
 def single_log(zones, keys, seed=1):
     """Write amplification of one log of `zones` zones holding `keys` live objects overwritten
     uniformly (greedy, one zone kept free, relocations appended with user writes): one
@@ -127,6 +184,7 @@ if __name__ == "__main__":
             line = f"{'hot/cold' if hot_cold else 'uniform':<8} {policy:<12} WA {simulate(policy, hot_cold):.3f}"
             if hot_cold:
                 line += f"   with oracle hot/cold separation {simulate(policy, hot_cold, oracle=True):.3f}"
+                line += f"   with temperature guessed from lifetimes {simulate_lifetimes(policy):.3f}"
             print(line)
     wa, hot_zones = separated_bound()
     print(f"hot/cold with each class in its own log, zones split at best ({hot_zones} hot, "
