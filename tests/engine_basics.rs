@@ -4137,10 +4137,7 @@ impl Drop for TmpfsMount {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_index_disk_fails_puts_as_out_of_space_and_keeps_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let index_dir = dir.path().join("index");
-    std::fs::create_dir(&index_dir).unwrap();
-    let Some(mount) = TmpfsMount::new(&index_dir, "8m") else {
-        eprintln!("skipped: cannot mount a tmpfs for the index here (needs root)");
+    let Some(mount) = small_index_disk(dir.path()) else {
         return;
     };
     let (engine, drives) =
@@ -4161,19 +4158,7 @@ async fn a_full_index_disk_fails_puts_as_out_of_space_and_keeps_reads() {
         kept,
         "reads go on"
     );
-    // Room again: RocksDB finds it and takes writes (it checks by itself, every few seconds).
-    mount.resize("256m");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        match put(&engine, "b", "after", b"room again").await {
-            Ok(_) => break,
-            Err(e) if std::time::Instant::now() < deadline => {
-                tracing::debug!("not yet: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("PUTs never worked again: {e}"),
-        }
-    }
+    room_again(&engine, &mount).await;
     assert_eq!(get(&engine, "b", "after").await.unwrap(), b"room again");
     assert_eq!(get(&engine, "b", "kept").await.unwrap(), kept);
     // The PUT that failed left its commit record on the drive, and the index could not take
@@ -4202,15 +4187,7 @@ async fn a_shutdown_does_not_wait_for_a_slow_collection_to_end() {
     })
     .await;
     engine.create_bucket("b", "alice").await.unwrap();
-    for i in 0..30 {
-        let key = format!("g{i}");
-        put(&engine, "b", &key, &content(&key, 1, 200_000))
-            .await
-            .unwrap();
-    }
-    for i in (0..30).step_by(2) {
-        engine.delete("b", &format!("g{i}")).await.unwrap();
-    }
+    half_deleted(&engine, 30).await;
     // Sealed zones about half live: at 256 bytes a second, 16 s for a 4 KiB record alone, were
     // it waited for.
     engine.gc().start();
@@ -4225,6 +4202,46 @@ async fn a_shutdown_does_not_wait_for_a_slow_collection_to_end() {
         .await
         .expect("the shutdown waited for GC's rate limit");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// `count` objects `g0`.. of 200 KB in bucket `b`, the even ones deleted: zones about half
+/// garbage.
+async fn half_deleted(engine: &zonestore::engine::Engine, count: usize) {
+    for i in 0..count {
+        let key = format!("g{i}");
+        put(engine, "b", &key, &content(&key, 1, 200_000))
+            .await
+            .unwrap();
+    }
+    for i in (0..count).step_by(2) {
+        engine.delete("b", &format!("g{i}")).await.unwrap();
+    }
+}
+
+/// A tmpfs of 8 MiB mounted as the index directory under `dir`; None (saying the test is
+/// skipped) where this process may not mount one.
+fn small_index_disk(dir: &std::path::Path) -> Option<TmpfsMount> {
+    let index_dir = dir.join("index");
+    std::fs::create_dir(&index_dir).unwrap();
+    let mount = TmpfsMount::new(&index_dir, "8m");
+    if mount.is_none() {
+        eprintln!("skipped: cannot mount a tmpfs for the index here (needs root)");
+    }
+    mount
+}
+
+/// Gives the index's disk room again and waits until a PUT (of `after` in bucket `b`) works:
+/// RocksDB finds the room and takes writes again by itself, within seconds.
+async fn room_again(engine: &zonestore::engine::Engine, mount: &TmpfsMount) {
+    mount.resize("256m");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) = put(engine, "b", "after", b"room again").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PUTs never worked again: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// PUTs of objects whose index entries are large (2 KB of metadata that does not compress)
@@ -4256,25 +4273,14 @@ async fn fill_index(engine: &zonestore::engine::Engine) -> (u64, EngineError) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_gc_made_while_the_index_was_full_are_hidden_once_it_has_room() {
     let dir = tempfile::tempdir().unwrap();
-    let index_dir = dir.path().join("index");
-    std::fs::create_dir(&index_dir).unwrap();
-    let Some(mount) = TmpfsMount::new(&index_dir, "8m") else {
-        eprintln!("skipped: cannot mount a tmpfs for the index here (needs root)");
+    let Some(mount) = small_index_disk(dir.path()) else {
         return;
     };
     let (engine, drives) =
         open_engine(dir.path(), 1, small_geometry(64, 1 << 20), gc_by_hand).await;
     engine.create_bucket("b", "alice").await.unwrap();
     // Zones half garbage, for GC to collect.
-    for i in 0..12 {
-        let key = format!("g{i}");
-        put(&engine, "b", &key, &content(&key, 1, 200_000))
-            .await
-            .unwrap();
-    }
-    for i in (0..12).step_by(2) {
-        engine.delete("b", &format!("g{i}")).await.unwrap();
-    }
+    half_deleted(&engine, 12).await;
     let (_, failure) = fill_index(&engine).await;
     assert!(
         matches!(&failure, EngineError::Index(e) if e.is_out_of_space()),
@@ -4286,15 +4292,7 @@ async fn copies_gc_made_while_the_index_was_full_are_hidden_once_it_has_room() {
         collected.is_err(),
         "GC recorded a relocation on a full index: {collected:?}"
     );
-    mount.resize("256m");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while let Err(e) = put(&engine, "b", "after", b"room again").await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "PUTs never worked again: {e}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
+    room_again(&engine, &mount).await;
     for i in (1..12).step_by(2) {
         let key = format!("g{i}");
         assert_eq!(
