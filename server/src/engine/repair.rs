@@ -661,9 +661,18 @@ impl EngineInner {
             .iter()
             .filter(|l| healthy(l))
             .chain(entry.copies.iter().filter(|l| !healthy(l) && up(l)));
+        // Damaged copies met on the way to a good one: made again from a good one soon (as a
+        // read that meets one has it), not left counted as copies until a scrub. (With no good
+        // copy at all, nothing could make them again: they are not queued, pass after pass.)
+        let mut damaged = Vec::new();
         for source in sources {
             match self.read_verified(&entry.what, *source).await {
                 Ok(bytes) => {
+                    if let Relocation::Extent { stream_id, offset } = &entry.what {
+                        for bad in damaged {
+                            self.repair.suspect(*stream_id, *offset, bad);
+                        }
+                    }
                     let len = bytes.len() as u64;
                     let bytes = self.new_copy(&bytes, replace, target)?;
                     let (to, holds) = self
@@ -676,12 +685,8 @@ impl EngineInner {
                     return Ok(Some((edit, len, holds)));
                 }
                 Err(e) => {
-                    // A damaged extent copy is made again from a good one soon (as a read
-                    // that meets one has it), not left counted as a copy until a scrub.
-                    if let (CopyRead::Bad(_), Relocation::Extent { stream_id, offset }) =
-                        (&e, &entry.what)
-                    {
-                        self.repair.suspect(*stream_id, *offset, *source);
+                    if matches!(e, CopyRead::Bad(_)) {
+                        damaged.push(*source);
                     }
                     last = e.to_string();
                 }
