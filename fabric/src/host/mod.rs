@@ -457,7 +457,12 @@ async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Ses
     let Some(mut state) = host.upgrade().map(|inner| inner.state.subscribe()) else {
         return;
     };
+    // The first wait before reconnecting: it grows while sessions fail soon after they are
+    // made (a target that accepts a session and drops it at once must not have one built every
+    // few milliseconds), and starts small again after a session that lasted.
+    let mut first_wait = RECONNECT_FIRST_WAIT;
     loop {
+        let began = tokio::time::Instant::now();
         if let Some(session) = session.take() {
             let mut failed = session.failed.clone();
             let reason = tokio::select! {
@@ -483,12 +488,30 @@ async fn supervise(host: std::sync::Weak<HostInner>, mut session: Option<Arc<Ses
                 return;
             }
         }
-        match reconnect(&host).await {
+        first_wait = next_first_wait(first_wait, began.elapsed());
+        match reconnect(&host, first_wait).await {
             Some(s) => session = Some(s),
             None => return,
         }
     }
 }
+
+/// The first wait before the next reconnect, after one that began with `previous` and gave a
+/// session that `lasted` (see [`supervise`]).
+fn next_first_wait(previous: Duration, lasted: Duration) -> Duration {
+    if lasted >= SESSION_LASTED {
+        RECONNECT_FIRST_WAIT
+    } else {
+        (previous * 2).min(RECONNECT_LAST_WAIT)
+    }
+}
+
+/// The first wait before reconnecting after a session that lasted, and the longest wait.
+const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(50);
+const RECONNECT_LAST_WAIT: Duration = Duration::from_secs(2);
+/// How long a session must have been up for the next reconnect to start with the shortest
+/// wait again.
+const SESSION_LASTED: Duration = Duration::from_secs(10);
 
 /// Returns when the host that `state` watches is dropped.
 async fn dropped(state: &mut watch::Receiver<State>) {
@@ -510,10 +533,13 @@ fn set_unless_closed(inner: &HostInner, state: State) -> bool {
     state.is_none()
 }
 
-/// Tries to connect again, with backoff, until it works (the new session, with the host up) or
-/// the host is closed or dropped (`None`).
-async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
-    let mut backoff = Duration::from_millis(50);
+/// Tries to connect again, with backoff from `first_wait`, until it works (the new session,
+/// with the host up) or the host is closed or dropped (`None`).
+async fn reconnect(
+    host: &std::sync::Weak<HostInner>,
+    first_wait: Duration,
+) -> Option<Arc<Session>> {
+    let mut backoff = first_wait;
     let mut refused: Option<String> = None;
     loop {
         tokio::time::sleep(backoff).await;
@@ -572,7 +598,7 @@ async fn reconnect(host: &std::sync::Weak<HostInner>) -> Option<Arc<Session>> {
                 }
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(RECONNECT_LAST_WAIT);
     }
 }
 
@@ -787,5 +813,28 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_that_fail_at_once_are_rebuilt_ever_more_slowly() {
+        let mut wait = RECONNECT_FIRST_WAIT;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            wait = next_first_wait(wait, Duration::from_millis(5));
+            waits.push(wait);
+        }
+        assert_eq!(waits[0], RECONNECT_FIRST_WAIT * 2);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(*waits.last().unwrap(), RECONNECT_LAST_WAIT);
+        assert_eq!(
+            next_first_wait(RECONNECT_LAST_WAIT, SESSION_LASTED),
+            RECONNECT_FIRST_WAIT,
+            "a session that lasted starts the waits over"
+        );
     }
 }
