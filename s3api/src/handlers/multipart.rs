@@ -11,7 +11,8 @@ use http::StatusCode;
 use md5::{Digest, Md5};
 
 use super::object::{
-    add_missing, header_name, open_copy_source, pipe, receive_with_checksum, write_condition,
+    add_missing, header_name, open_copy_source, pipe, receive_with_checksum, requested_algorithm,
+    write_condition,
 };
 use crate::checksum::{self, Algorithm, Hasher};
 use crate::error::S3Error;
@@ -47,12 +48,7 @@ pub async fn create(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     super::acl::check_acl_headers(&ctx.headers, ctx.user())?;
     crate::http_util::refuse_unsupported_write_headers(&ctx.headers)?;
     let headers = object_headers(&ctx.headers)?;
-    let algorithm = match ctx.header("x-amz-checksum-algorithm") {
-        Some(a) => Some(Algorithm::parse(a).ok_or_else(|| {
-            S3Error::invalid_request(format!("Checksum algorithm {a} is not supported"))
-        })?),
-        None => None,
-    };
+    let algorithm = requested_algorithm(ctx)?;
     let kind = ctx
         .header("x-amz-checksum-type")
         .map(str::to_ascii_uppercase);

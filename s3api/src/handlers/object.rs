@@ -64,6 +64,18 @@ fn strong_etag(value: &str) -> String {
     }
 }
 
+/// The checksum algorithm the request's x-amz-checksum-algorithm names, if it names one (an
+/// unknown one is InvalidRequest): what a copy or a multipart upload is to carry.
+pub(crate) fn requested_algorithm(ctx: &Ctx) -> Result<Option<checksum::Algorithm>, S3Error> {
+    ctx.header("x-amz-checksum-algorithm")
+        .map(|name| {
+            checksum::Algorithm::parse(name.trim()).ok_or_else(|| {
+                S3Error::invalid_request(format!("Checksum algorithm {name} is not supported"))
+            })
+        })
+        .transpose()
+}
+
 /// A body whose length the request does not give (no Content-Length, no chunked transfer
 /// encoding) is refused with 411, as S3 does: an empty object or part is not made of a request
 /// that says nothing. (An aws-chunked body's decoded length does not frame the HTTP body: with
@@ -612,14 +624,7 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     };
     let condition = write_condition(ctx)?;
     // The checksum the copy is to carry, if the request names one (S3 keeps one per object).
-    let algorithm = match ctx.header("x-amz-checksum-algorithm") {
-        None => None,
-        Some(name) => Some(checksum::Algorithm::parse(name.trim()).ok_or_else(|| {
-            S3Error::invalid_request(format!(
-                "x-amz-checksum-algorithm {name:?} is not one of CRC32, CRC32C, CRC64NVME, SHA1, SHA256"
-            ))
-        })?),
-    };
+    let algorithm = requested_algorithm(ctx)?;
     // Full-object checksums still hold for the same bytes; composite ones describe parts.
     let mut checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
         Vec::new()

@@ -736,17 +736,8 @@ async fn apply_groups(
         // failed write's records are let go (and settled) only once their revocation is
         // waiting, so a prefix past them is recorded with it.
         let carried = pending_revocations.take();
-        for (seq, revocation) in &carried {
-            txn.revoke(*seq, revocation.clone());
-        }
         let carried_copies = std::mem::take(&mut unrecorded_copies);
-        for (change, strays) in &carried_copies {
-            if let Err(e) = txn.hide_unrecorded(change, strays) {
-                tracing::warn!(
-                    "hiding the copies of a relocation the index did not take failed: {e}"
-                );
-            }
-        }
+        txn.carry(&carried, &carried_copies);
         // Make the index changes durable.
         let (batch, changed) = txn.finish();
         let write = {
@@ -830,16 +821,7 @@ async fn apply_groups(
             txn.record_settled(zone, prefix);
         }
         let revocations = carried.len();
-        for (seq, revocation) in carried {
-            txn.revoke(seq, revocation);
-        }
-        for (change, strays) in &unrecorded_copies {
-            if let Err(e) = txn.hide_unrecorded(change, strays) {
-                tracing::warn!(
-                    "hiding the copies of a relocation the index did not take failed: {e}"
-                );
-            }
-        }
+        txn.carry(&carried, &unrecorded_copies);
         let (batch, _) = txn.finish();
         let written = tokio::task::spawn_blocking(move || index.write(batch, true)).await;
         if !matches!(written, Ok(Ok(()))) {
@@ -944,6 +926,21 @@ impl<'a> Txn<'a> {
         });
         if let Some(value) = revoked::merged(earlier, revocation) {
             self.put(cf::META, key, value);
+        }
+    }
+
+    /// Adds what earlier index writes that failed left to do: the `revocations` of failed
+    /// writes, and hiding the new copies of GC's and repair's changes (with their strays).
+    fn carry(&mut self, revocations: &revoked::Revocations, copies: &[(Change, Vec<ZoneId>)]) {
+        for (seq, revocation) in revocations {
+            self.revoke(*seq, revocation.clone());
+        }
+        for (change, strays) in copies {
+            if let Err(e) = self.hide_unrecorded(change, strays) {
+                tracing::warn!(
+                    "hiding the copies of a relocation the index did not take failed: {e}"
+                );
+            }
         }
     }
 
