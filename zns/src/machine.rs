@@ -177,7 +177,17 @@ impl ZoneTable {
     /// (`append == true`, `lba` must be a zone start) of `blocks` blocks, opens the zone if
     /// needed, advances the write pointer and returns where the data goes.
     pub fn grant_write(&mut self, lba: u64, blocks: u64, append: bool) -> ZoneResult<WriteGrant> {
-        self.check_bounds(lba, blocks)?;
+        if append {
+            // An append names only its zone: where its data would end is the zone's business
+            // (the append size limit, then a Zone Boundary Error), not the namespace's, even in
+            // the last zone.
+            if blocks == 0 {
+                return Err(ZoneError::LbaOutOfRange { lba, blocks });
+            }
+            self.check_bounds(lba, 1)?;
+        } else {
+            self.check_bounds(lba, blocks)?;
+        }
         let index = self.zone_of(lba);
         let zslba = self.geometry.zone_start(index);
         if append {
@@ -500,6 +510,21 @@ mod tests {
         t.grant_write(0, 2, true).unwrap();
         let err = t.grant_write(0, 4, true).unwrap_err();
         assert!(matches!(err, ZoneError::ZoneBoundary { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversized_append_to_the_last_zone_breaks_the_append_limit_not_the_namespace() {
+        let mut t = ZoneTable::new(small());
+        let last = 5 * 16;
+        let err = t.grant_write(last, 20, true).unwrap_err();
+        assert!(matches!(err, ZoneError::InvalidField(_)), "{err}");
+        let err = t.grant_write(last + 1, 1, true).unwrap_err();
+        assert!(matches!(err, ZoneError::InvalidField(_)), "{err}");
+        let err = t.grant_write(96, 1, true).unwrap_err();
+        assert!(matches!(err, ZoneError::LbaOutOfRange { .. }), "{err}");
+        let err = t.grant_write(last, 0, true).unwrap_err();
+        assert!(matches!(err, ZoneError::LbaOutOfRange { .. }), "{err}");
+        assert_eq!(t.zone(5).written, 0);
     }
 
     #[test]

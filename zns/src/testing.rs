@@ -298,7 +298,9 @@ impl Model {
         if blocks == 0 {
             return Err(ZoneErrorKind::InvalidField);
         }
-        if lba + blocks > self.g.total_blocks() {
+        // An append names only its zone start; its length is checked against the zone.
+        let checked = if append { 1 } else { blocks };
+        if lba + checked > self.g.total_blocks() {
             return Err(ZoneErrorKind::LbaOutOfRange);
         }
         let zone = (lba / self.g.zone_size) as u32;
