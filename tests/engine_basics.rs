@@ -1636,6 +1636,79 @@ async fn when_the_last_scrub_pass_ended_is_kept_across_restarts() {
     engine.shutdown().await;
 }
 
+/// A scrub pass a restart stops goes on from where it stood when the store opens again (not
+/// from the start, and not only at the next interval): a store restarted more often than a pass
+/// lasts still checks every copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_pass_a_restart_stops_goes_on_from_where_it_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(32, 1 << 20);
+    // About four 30 KB copies a second: the pass outlasts the first engine.
+    let (engine, drives) = open_engine(dir.path(), 1, g, |c| {
+        gc_by_hand(c);
+        c.repair.scrub_rate_bytes_per_sec = 120_000;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    for i in 0..16 {
+        let key = format!("k{i:02}");
+        put(&engine, "b", &key, &content(&key, i, 30_000))
+            .await
+            .unwrap();
+    }
+    engine.repair().scrub();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.repair().status().scrub_checked < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub checked too little"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let first = engine.repair().status();
+    assert_eq!(first.scrub_passes, 0, "the pass ended before the restart");
+    engine.shutdown().await;
+    drop(drives);
+
+    // No pass is due (never scrubbed: the interval counts from now) and none is asked for: only
+    // the unfinished one runs, unpaced now.
+    let (engine, _drives) = open_engine(dir.path(), 1, g, |c| {
+        gc_by_hand(c);
+        c.repair.scrub_rate_bytes_per_sec = 0;
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.repair().status().scrub_passes == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped pass did not go on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let resumed = engine.repair().status();
+    assert!(resumed.scrub_last_end_ms.is_some(), "{resumed:?}");
+    // A whole pass, for comparison.
+    engine.repair().scrub();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.repair().status().scrub_passes < 2 {
+        assert!(std::time::Instant::now() < deadline, "no whole pass ended");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let whole = engine.repair().status().scrub_checked - resumed.scrub_checked;
+    assert!(
+        resumed.scrub_checked > 0 && resumed.scrub_checked < whole,
+        "the resumed pass checked {} copies, a whole pass {whole}",
+        resumed.scrub_checked
+    );
+    assert!(
+        resumed.scrub_checked + first.scrub_checked >= whole,
+        "copies were skipped: {} + {} < {whole}",
+        first.scrub_checked,
+        resumed.scrub_checked
+    );
+    engine.shutdown().await;
+}
+
 /// Three drives (R = 2, GC off) holding bucket `b` and one 30 KB object `key`: the engine, the
 /// drives, the object's body, and where its two copies hold the 64 bytes at 5000 of it (drive,
 /// offset in the drive's data file).

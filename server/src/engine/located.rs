@@ -155,12 +155,68 @@ pub struct Cursor {
     after: Option<Vec<u8>>,
 }
 
+impl Cursor {
+    /// The cursor as bytes, to keep in the index: a long pass resumes from it after a restart.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = vec![self.source as u8];
+        if let Some(after) = &self.after {
+            bytes.push(1);
+            bytes.extend_from_slice(after);
+        } else {
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    /// The cursor [`Cursor::to_bytes`] made, or `None` if `bytes` are not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Cursor> {
+        let (&source, rest) = bytes.split_first()?;
+        let (&has_after, after) = rest.split_first()?;
+        let source = usize::from(source);
+        if source > SOURCES.len() {
+            return None;
+        }
+        let after = match has_after {
+            0 if after.is_empty() => None,
+            1 => Some(after.to_vec()),
+            _ => return None,
+        };
+        Some(Cursor { source, after })
+    }
+}
+
 /// Up to `max` located entries after `cursor`, which moves past them; empty at the end. Each
 /// batch reads the index afresh (no iterator is held between batches), so a long, rate-limited
 /// pass keeps memory bounded and pins nothing in RocksDB.
 pub fn next_batch(index: &Index, cursor: &mut Cursor, max: usize) -> IndexResult<Vec<Located>> {
+    batch_of(index, cursor, max, |located, _, _| located)
+}
+
+/// As [`next_batch`], each entry with the cursor just past it: where a pass stopped after that
+/// entry goes on from.
+pub fn next_batch_positioned(
+    index: &Index,
+    cursor: &mut Cursor,
+    max: usize,
+) -> IndexResult<Vec<(Located, Cursor)>> {
+    batch_of(index, cursor, max, |located, source, key| {
+        let past = Cursor {
+            source,
+            after: Some(key.to_vec()),
+        };
+        (located, past)
+    })
+}
+
+fn batch_of<T>(
+    index: &Index,
+    cursor: &mut Cursor,
+    max: usize,
+    mut make: impl FnMut(Located, usize, &[u8]) -> T,
+) -> IndexResult<Vec<T>> {
     let mut out = Vec::new();
     while let Some((cf_name, decode)) = SOURCES.get(cursor.source) {
+        let source = cursor.source;
         let after = cursor.after.take();
         let mut last = None;
         index.for_each_from(cf_name, after.as_deref().unwrap_or(&[]), |k, v| {
@@ -168,7 +224,7 @@ pub fn next_batch(index: &Index, cursor: &mut Cursor, max: usize) -> IndexResult
                 return true;
             }
             if let Some(located) = decode(k, v) {
-                out.push(located);
+                out.push(make(located, source, k));
             }
             last = Some(k.to_vec());
             out.len() < max
@@ -296,6 +352,24 @@ mod tests {
         }
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
         assert_eq!(sizes, vec![2, 2, 1]);
+        // A pass resumed from the cursor kept past an entry goes on after it.
+        let mut from = Cursor::default();
+        let first = next_batch_positioned(&index, &mut from, 2).unwrap();
+        let kept = first[0].1.to_bytes();
+        let mut resumed = Cursor::from_bytes(&kept).expect("a kept cursor reads back");
+        let rest: Vec<u64> = next_batch(&index, &mut resumed, 10)
+            .unwrap()
+            .into_iter()
+            .map(|l| match l.what {
+                Relocation::Extent { stream_id, .. } => stream_id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(rest, vec![2, 3, 4, 5]);
+        assert!(Cursor::from_bytes(&Cursor::default().to_bytes()).is_some());
+        for garbage in [&[][..], &[0], &[0, 2], &[0, 0, 9], &[99, 0]] {
+            assert!(Cursor::from_bytes(garbage).is_none(), "{garbage:?}");
+        }
         let mut all = Vec::new();
         scan(&index, |l| {
             all.push(l);

@@ -93,6 +93,14 @@ pub struct RepairStatus {
 /// the interval would never scrub.
 const SCRUB_LAST_END_KEY: &[u8] = b"scrub:last-end-ms";
 
+/// The meta key of where an unfinished scrub pass stands (a [`located::Cursor`]): a pass stopped
+/// by a restart goes on from there, or a store restarted more often than a pass lasts would
+/// never check its last entries.
+const SCRUB_CURSOR_KEY: &[u8] = b"scrub:cursor";
+
+/// How often a running scrub pass keeps where it stands (and at every stop).
+const SCRUB_CURSOR_SAVE_EVERY: Duration = Duration::from_secs(10);
+
 /// The instant `interval` counts from, for a last pass that ended at `last_end_ms` (`now_ms`
 /// being now): now for a store never scrubbed (its data was just written and checked), and
 /// never later than now (a clock set back).
@@ -238,6 +246,22 @@ async fn scrub_when_due(engine: Weak<EngineInner>) {
         }
     };
     e.repair.status.lock().scrub_last_end_ms = last_end_ms;
+    // A pass a restart stopped goes on at once from where it stood.
+    let mut unfinished = match e.index.get_raw(super::index::cf::META, SCRUB_CURSOR_KEY) {
+        Ok(v) => v.and_then(|v| {
+            let cursor = located::Cursor::from_bytes(&v);
+            if cursor.is_none() {
+                tracing::warn!(
+                    "where the last scrub pass stood does not read: the next starts over"
+                );
+            }
+            cursor
+        }),
+        Err(err) => {
+            tracing::warn!("reading where the last scrub pass stood failed: {err}");
+            None
+        }
+    };
     drop(e);
     let mut last_scrub = scrub_counted_from(last_end_ms, now_ms(), Instant::now());
     loop {
@@ -247,9 +271,13 @@ async fn scrub_when_due(engine: Weak<EngineInner>) {
         }
         let interval = e.repair.config.lock().scrub_interval;
         if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
+            || unfinished.is_some()
             || interval.is_some_and(|i| last_scrub.elapsed() >= i)
         {
-            if let Err(err) = e.scrub_pass().await {
+            if unfinished.is_some() {
+                tracing::info!("a scrub pass a restart stopped goes on");
+            }
+            if let Err(err) = e.scrub_pass(unfinished.take().unwrap_or_default()).await {
                 tracing::warn!("scrub pass failed: {err}");
             }
             last_scrub = Instant::now();
@@ -812,14 +840,15 @@ impl EngineInner {
         Ok(bytes)
     }
 
-    /// Reads every copy of every record, checks it, and replaces bad copies from good ones.
-    async fn scrub_pass(&self) -> EngineResult<()> {
+    /// Reads every copy of every record (from `from` on: the start, or where a pass a restart
+    /// stopped stood), checks it, and replaces bad copies from good ones.
+    async fn scrub_pass(&self, from: located::Cursor) -> EngineResult<()> {
         let before = {
             let mut s = self.repair.status.lock();
             s.scrub_running = true;
             (s.scrub_checked, s.scrub_bad, s.scrub_repaired)
         };
-        let result = self.scrub_all().await;
+        let result = self.scrub_all(from).await;
         let ended = {
             let mut s = self.repair.status.lock();
             s.scrub_running = false;
@@ -843,11 +872,9 @@ impl EngineInner {
         let index = self.index.clone();
         let recorded = tokio::task::spawn_blocking(move || {
             let mut batch = rocksdb::WriteBatch::default();
-            batch.put_cf(
-                index.cf(super::index::cf::META),
-                SCRUB_LAST_END_KEY,
-                ended.to_be_bytes(),
-            );
+            let meta = index.cf(super::index::cf::META);
+            batch.put_cf(meta, SCRUB_LAST_END_KEY, ended.to_be_bytes());
+            batch.delete_cf(meta, SCRUB_CURSOR_KEY);
             index.write(batch, true)
         })
         .await;
@@ -859,56 +886,99 @@ impl EngineInner {
         result
     }
 
-    async fn scrub_all(&self) -> EngineResult<()> {
+    async fn scrub_all(&self, from: located::Cursor) -> EngineResult<()> {
         let rate = self.repair.config.lock().scrub_rate_bytes_per_sec;
         let started = Instant::now();
         let mut read = 0u64;
         let healthy = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
-        let mut cursor = located::Cursor::default();
+        // `cursor`: where the next batch is read from; `checked_to`: everything before it is
+        // checked (what a stop keeps).
+        let mut cursor = from.clone();
+        let mut checked_to = from;
+        let mut kept_at = Instant::now();
         loop {
             // A batch at a time: memory stays bounded however many entries the index holds.
             let index = self.index.clone();
             let (entries, next) = tokio::task::spawn_blocking(move || {
-                located::next_batch(&index, &mut cursor, SCRUB_BATCH).map(|b| (b, cursor))
+                located::next_batch_positioned(&index, &mut cursor, SCRUB_BATCH)
+                    .map(|b| (b, cursor))
             })
             .await
             .map_err(|e| EngineError::Internal(format!("scrub scan failed: {e}")))??;
             cursor = next;
-            if entries.is_empty() || self.repair.closed.load(Ordering::SeqCst) {
+            if entries.is_empty() {
                 break;
             }
-            self.scrub_entries(entries, rate, started, &mut read, &healthy)
-                .await?;
+            let closed = || self.repair.closed.load(Ordering::SeqCst);
+            if closed() {
+                self.keep_scrub_cursor(&checked_to).await;
+                break;
+            }
+            let result = self
+                .scrub_entries(entries, rate, started, &mut read, &healthy, &mut checked_to)
+                .await;
+            if result.is_err() || closed() || kept_at.elapsed() >= SCRUB_CURSOR_SAVE_EVERY {
+                self.keep_scrub_cursor(&checked_to).await;
+                kept_at = Instant::now();
+            }
+            result?;
+            if closed() {
+                break;
+            }
         }
         Ok(())
     }
 
+    /// Keeps where a scrub pass stands, for the next start to go on from.
+    async fn keep_scrub_cursor(&self, cursor: &located::Cursor) {
+        let index = self.index.clone();
+        let bytes = cursor.to_bytes();
+        let kept = tokio::task::spawn_blocking(move || {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(index.cf(super::index::cf::META), SCRUB_CURSOR_KEY, bytes);
+            index.write(batch, false)
+        })
+        .await;
+        if !matches!(kept, Ok(Ok(()))) {
+            tracing::warn!(
+                "keeping where the scrub pass stands failed: a restart goes back further"
+            );
+        }
+    }
+
+    /// Checks the copies of `entries` (each with the cursor just past it), moving `checked_to`
+    /// past every entry whose copies are all dealt with.
     async fn scrub_entries(
         &self,
-        entries: Vec<Located>,
+        entries: Vec<(Located, located::Cursor)>,
         rate: u64,
         started: Instant,
         read: &mut u64,
         healthy: &impl Fn(&Location) -> bool,
+        checked_to: &mut located::Cursor,
     ) -> EngineResult<()> {
         // Several copies are read at once; what they show is dealt with in order.
         let mut checks: Vec<(usize, Location)> = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
+        for (i, (entry, _)) in entries.iter().enumerate() {
             checks.extend(entry.copies.iter().filter(|c| healthy(c)).map(|c| (i, *c)));
         }
         let entries = &entries;
         let mut results = futures::stream::iter(checks)
             .map(|(i, copy)| {
-                let entry = &entries[i];
+                let entry = &entries[i].0;
                 async move {
                     let result = self.read_verified(&entry.what, copy).await;
-                    (entry, copy, result)
+                    (i, entry, copy, result)
                 }
             })
             .buffered(SCRUB_READS_IN_FLIGHT);
-        while let Some((entry, copy, result)) = results.next().await {
+        while let Some((i, entry, copy, result)) = results.next().await {
             if self.repair.closed.load(Ordering::SeqCst) {
-                break;
+                return Ok(());
+            }
+            // Results come in entry order: every entry before this one is dealt with.
+            if let Some(before) = i.checked_sub(1) {
+                *checked_to = entries[before].1.clone();
             }
             let bytes = self.drives.bytes_of(&copy);
             *read += bytes;
@@ -953,6 +1023,11 @@ impl EngineInner {
                 &self.repair.closed,
             )
             .await;
+        }
+        if !self.repair.closed.load(Ordering::SeqCst)
+            && let Some((_, past)) = entries.last()
+        {
+            *checked_to = past.clone();
         }
         Ok(())
     }
