@@ -13,8 +13,6 @@ use crate::error::S3Error;
 const MAX_LINE: usize = 4096;
 /// Most trailers a body may end with (clients send one checksum, and its signature).
 const MAX_TRAILERS: usize = 16;
-/// Largest chunk accepted.
-const MAX_CHUNK: usize = 64 << 20;
 /// Smallest chunk of a signed body but its last (S3's rule: each chunk costs a signature).
 const MIN_SIGNED_CHUNK: usize = 8192;
 /// Most bytes accepted after the last chunk (trailers, empty lines, trailing whitespace): a
@@ -164,9 +162,6 @@ impl ChunkedDecoder {
                     }
                     let size =
                         usize::from_str_radix(size, 16).map_err(|_| malformed("bad chunk size"))?;
-                    if size > MAX_CHUNK {
-                        return Err(malformed("chunk too large"));
-                    }
                     if size > 0 {
                         self.chunks += 1;
                         if let Some(small) = self.small_chunk
@@ -330,6 +325,26 @@ mod tests {
 
     /// An empty line between the last chunk and the trailers is taken however the body's bytes
     /// arrive (split right after it, or not).
+    /// S3 sets no largest chunk, and SDKs that frame a whole body as one chunk exist: a chunk of
+    /// 80 MiB streams through in the pieces it arrives in (nothing is held whole; what bounds
+    /// the body is its declared decoded length, checked by the caller).
+    #[test]
+    fn a_chunk_larger_than_any_buffer_streams_through() {
+        let size = 80usize << 20;
+        let mut d = ChunkedDecoder::new(None, true);
+        assert!(d.push(format!("{size:x}\r\n").as_bytes()).unwrap().is_empty());
+        let piece = vec![7u8; 1 << 20];
+        let mut seen = 0;
+        for _ in 0..size / piece.len() {
+            let out = d.push(&piece).unwrap();
+            assert!(out.iter().all(|b| b.len() <= piece.len()));
+            seen += out.iter().map(|b| b.len()).sum::<usize>();
+        }
+        assert_eq!(seen, size);
+        assert!(d.push(b"\r\n0\r\n\r\n").unwrap().is_empty());
+        assert!(d.finish().unwrap().is_empty());
+    }
+
     #[test]
     fn an_empty_line_before_the_trailers_whatever_the_split() {
         let body = b"5\r\nhello\r\n0\r\n\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
