@@ -332,7 +332,11 @@ mod tests {
     fn a_chunk_larger_than_any_buffer_streams_through() {
         let size = 80usize << 20;
         let mut d = ChunkedDecoder::new(None, true);
-        assert!(d.push(format!("{size:x}\r\n").as_bytes()).unwrap().is_empty());
+        assert!(
+            d.push(format!("{size:x}\r\n").as_bytes())
+                .unwrap()
+                .is_empty()
+        );
         let piece = vec![7u8; 1 << 20];
         let mut seen = 0;
         for _ in 0..size / piece.len() {

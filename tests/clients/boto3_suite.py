@@ -638,6 +638,16 @@ def check_checksums():
     assert s3.get_object(Bucket=b, Key="mp-CRC64NVME")["Body"].read() == whole
     # A copied part carries the upload's checksum too, computed by the server, and the
     # full-object CRC32 of the result is that of its bytes.
+    # A part whose checksum is of another algorithm than its upload declared is refused (its
+    # checksum could not make the object's), as S3 refuses it; one of the upload's goes in.
+    up = s3.create_multipart_upload(Bucket=b, Key="mp-mismatch", ChecksumAlgorithm="SHA256")
+    for other in ["CRC32", "CRC64NVME"]:
+        expect_error("InvalidRequest", 400, s3.upload_part, Bucket=b, Key="mp-mismatch", UploadId=up["UploadId"], PartNumber=1, Body=b"m" * 1000, ChecksumAlgorithm=other)
+    expect_error("InvalidRequest", 400, s3.upload_part, Bucket=b, Key="mp-mismatch", UploadId=up["UploadId"], PartNumber=1, Body=b"m" * 1000, ChecksumCRC32C=base64.b64encode(b"\0\0\0\0").decode())
+    assert not s3.list_parts(Bucket=b, Key="mp-mismatch", UploadId=up["UploadId"]).get("Parts")
+    fine = s3.upload_part(Bucket=b, Key="mp-mismatch", UploadId=up["UploadId"], PartNumber=1, Body=b"m" * 1000, ChecksumAlgorithm="SHA256")
+    assert fine["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(b"m" * 1000).digest()).decode(), fine
+    s3.abort_multipart_upload(Bucket=b, Key="mp-mismatch", UploadId=up["UploadId"])
     up = s3.create_multipart_upload(Bucket=b, Key="mp-copied", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
     s3.put_object(Bucket=b, Key="copy-source", Body=parts_data[0])
     copied = s3.upload_part_copy(Bucket=b, Key="mp-copied", UploadId=up["UploadId"], PartNumber=1, CopySource={"Bucket": b, "Key": "copy-source"})["CopyPartResult"]

@@ -112,6 +112,38 @@ fn upload_algorithm(upload: &UploadInfo) -> Option<Algorithm> {
         .and_then(Algorithm::parse)
 }
 
+/// Refuses a part whose checksum (a header, a trailer named in x-amz-trailer, or
+/// x-amz-sdk-checksum-algorithm) is of another algorithm than the upload declared, as S3 does:
+/// the completed object's checksum could not be made from it, and the client would believe its
+/// part checked by the algorithm it chose.
+fn same_checksum_type(ctx: &Ctx, declared: Option<Algorithm>) -> Result<(), S3Error> {
+    let Some(declared) = declared else {
+        return Ok(());
+    };
+    let trailers = ctx.header("x-amz-trailer").unwrap_or("");
+    let sent = Algorithm::ALL
+        .into_iter()
+        .find(|a| {
+            let header = a.header();
+            ctx.header(&header).is_some()
+                || trailers
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(&header))
+        })
+        .or_else(|| {
+            ctx.header("x-amz-sdk-checksum-algorithm")
+                .and_then(Algorithm::parse)
+        });
+    match sent {
+        Some(sent) if sent != declared => Err(S3Error::invalid_request(format!(
+            "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+            declared.name().to_ascii_lowercase(),
+            sent.name().to_ascii_lowercase()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// UploadPart.
 pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
@@ -121,6 +153,7 @@ pub async fn upload_part(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let id = upload_id(ctx);
     let upload = svc.store.upload(&bucket, &key, &id)?;
     super::object::require_length(ctx)?;
+    same_checksum_type(ctx, upload_algorithm(&upload))?;
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
     // The body reader verifies (and so computes) a checksum the client sends: one more is
     // computed only when the client sends none of the upload's algorithm.
