@@ -2889,6 +2889,42 @@ async fn paused_uploads_do_not_starve_other_writes() {
     engine.shutdown().await;
 }
 
+/// A client that sends a byte and pauses, over and over, does not get a record (padded to a
+/// block, with its header) written per byte: once the upload holds the least budget a record
+/// takes, a pause keeps the record being filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_upload_is_not_written_a_record_per_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _drives) =
+        open_engine(dir.path(), 1, small_geometry(16, 1 << 20), gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let written = || {
+        engine
+            .stats()
+            .user_written
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = written();
+    let mut w = engine.put("b", "trickled").unwrap();
+    for _ in 0..200 {
+        w.write(bytes::Bytes::from_static(b"t")).await.unwrap();
+        w.idle().await.unwrap();
+    }
+    w.finish_object(ObjectMeta::default(), Condition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&engine, "b", "trickled").await.unwrap(),
+        vec![b't'; 200]
+    );
+    let appended = written() - before;
+    assert!(
+        appended <= 4 * 4096,
+        "200 bytes sent with pauses took {appended} bytes on the drive"
+    );
+    engine.shutdown().await;
+}
+
 /// A bucket deleted and created again (here by another owner) while a PUT's body streams in
 /// is another bucket: the PUT fails with NoSuchBucket rather than land in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

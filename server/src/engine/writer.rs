@@ -772,7 +772,13 @@ impl PutWriter {
     /// back once it is on the drives), and the body goes on in records holding one budget unit
     /// each until one fills. A client that sends a byte now and then holds little, not a whole
     /// record's budget each, which a few dozen of them would take from everyone else.
+    /// A record already filled on the least budget is kept: sending it would give back
+    /// nothing worth a record of its own (each is padded to a block), and a client trickling
+    /// a byte per pause would have a block written per byte.
     pub async fn idle(&mut self) -> EngineResult<()> {
+        if self.slow && self.budget.as_ref().is_some_and(|b| b.num_permits() <= 1) {
+            return Ok(());
+        }
         self.slow = true;
         self.seal().await
     }
