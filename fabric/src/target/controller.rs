@@ -196,6 +196,9 @@ impl Controller {
         if self.shutdown.send_replace(true) {
             return;
         }
+        // Not ready from here on: an I/O queue Connect or a command that comes in before the
+        // subsystem forgets the controller is refused, not told Success by a dead controller.
+        self.csts.fetch_and(!property::CSTS_RDY, Ordering::SeqCst);
         for aer in self.aers.lock().drain(..) {
             let cqe = Cqe::new(aer.cid, 0, 0, Status::INTERNAL_ERROR, 0);
             let _ = aer
@@ -203,5 +206,28 @@ impl Controller {
                 .try_send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), aer.framing));
         }
         self.subsystem.unregister(self.cntlid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_down_controller_is_not_ready() {
+        let subsystem = Arc::new(Subsystem::discovery());
+        let controller = Arc::new(Controller::new(
+            1,
+            subsystem.clone(),
+            "nqn.2026-01.io.zonestore:test".into(),
+            [0; 16],
+            0,
+        ));
+        subsystem.register(controller.clone());
+        controller.csts.store(property::CSTS_RDY, Ordering::SeqCst);
+        assert!(controller.is_ready());
+        controller.teardown();
+        assert!(!controller.is_ready());
+        assert!(subsystem.controller(1).is_none());
     }
 }
