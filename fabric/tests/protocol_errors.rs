@@ -483,6 +483,23 @@ async fn a_large_pdu_before_connect_is_refused_at_its_header() {
     );
 }
 
+/// After Connect, an admin queue still takes no PDU larger than its in-capsule limit (it never
+/// asks for data by R2T): a 2 MiB header there is refused at once, not read into a buffer.
+#[tokio::test]
+async fn a_large_pdu_on_an_admin_queue_is_refused_at_its_header() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, _buf) = enabled_admin(handle.local_addr(), 31).await;
+    let plen = 72u32 + (2 << 20);
+    let mut header = vec![0x04u8, 0, 72, 72];
+    header.extend_from_slice(&plen.to_le_bytes());
+    header.resize(72, 0);
+    admin.write_all(&header).await.unwrap();
+    assert_eq!(
+        term_of(&read_all(&mut admin).await),
+        (Fes::DataLimitExceeded as u16, 4)
+    );
+}
+
 /// Before a Connect, a command whose data would come by R2T is refused (nothing may make the
 /// target ask for and hold data from a peer that has not connected), and a peer that never
 /// connects is closed.

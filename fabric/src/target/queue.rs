@@ -638,10 +638,17 @@ impl Connection {
                 && let Some(ctx) = &self.ctx
             {
                 controller_gone = Some(ctx.controller.shutdown_signal());
+                // An admin queue takes no data by R2T and at most ADMIN_IN_CAPSULE in a
+                // capsule: a larger PDU there is refused at its header, not buffered whole (a
+                // host the discovery controller admits could otherwise pin megabytes per
+                // connection by sending all but its last bytes).
                 let config = &self.target.config;
-                reader.decoder.max_data = ADMIN_IN_CAPSULE
-                    .max(config.in_capsule_data)
-                    .max(config.max_h2c_data) as usize;
+                if ctx.qid != 0 {
+                    reader.decoder.max_data = ADMIN_IN_CAPSULE
+                        .max(config.in_capsule_data)
+                        .max(config.max_h2c_data)
+                        as usize;
+                }
             }
         }
     }
