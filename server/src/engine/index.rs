@@ -291,6 +291,13 @@ fn corrupt(cf: &'static str) -> impl Fn(super::codec::DecodeError) -> IndexError
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// Bloom filter bits per key (about 1% false positives).
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// A table file with at least this many deletions among any this-many consecutive entries
+/// ([`DELETION_WINDOW`]), or this share of deletions overall, is compacted soon: a listing
+/// must otherwise step over every deleted key of a bucket emptied by DeleteObjects until
+/// compaction happens to reach it, which may be never once writes stop.
+const DELETION_WINDOW: usize = 128;
+const DELETIONS_IN_WINDOW: usize = 64;
+const DELETION_RATIO: f64 = 0.5;
 
 impl Index {
     /// Opens (or creates) the index at `path`.
@@ -319,6 +326,11 @@ impl Index {
             o.set_write_buffer_size(16 << 20);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_block_based_table_factory(&table);
+            o.add_compact_on_deletion_collector_factory(
+                DELETION_WINDOW,
+                DELETIONS_IN_WINDOW,
+                DELETION_RATIO,
+            );
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&options, path, cfs)?;
@@ -769,7 +781,11 @@ impl Index {
         prefix: &[u8],
         skip: impl Fn(&[u8]) -> bool,
     ) -> IndexResult<bool> {
-        let mut iter = self.db.raw_iterator_cf(self.cf(cf_name));
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_successor(prefix) {
+            options.set_iterate_upper_bound(end);
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(cf_name), options);
         iter.seek(prefix);
         while iter.valid() {
             let Some(k) = iter.key() else { break };
@@ -940,6 +956,46 @@ mod tests {
         assert_eq!(offs, vec![0, 100, 200]);
         assert_eq!(index.stream_extents(2).unwrap().len(), 1);
         assert!(index.stream_extents(3).unwrap().is_empty());
+    }
+
+    /// Deleted keys do not stay in the table files for ever: a file of deletions is compacted
+    /// away without waiting for more files to come (a listing would walk every one).
+    #[test]
+    fn deletions_are_compacted_away_without_more_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let keys: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
+        for k in &keys {
+            put_object(&index, "b", k);
+        }
+        index.db.flush_cf(index.cf(cf::OBJECTS)).unwrap();
+        let mut batch = WriteBatch::default();
+        for k in &keys {
+            batch.delete_cf(index.cf(cf::OBJECTS), object_key("b", k));
+        }
+        index.write(batch, false).unwrap();
+        index.db.flush_cf(index.cf(cf::OBJECTS)).unwrap();
+        let live = || {
+            index
+                .db
+                .property_int_value_cf(index.cf(cf::OBJECTS), "rocksdb.total-sst-files-size")
+                .unwrap()
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while live() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} bytes of table files are left of a deleted bucket",
+                live()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            !index
+                .any_key_with_prefix(cf::OBJECTS, b"b\0", |_| false)
+                .unwrap()
+        );
     }
 
     #[test]
