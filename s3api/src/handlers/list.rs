@@ -96,18 +96,28 @@ fn enc(p: &Params, text: &str) -> String {
     encoded(p.url, text)
 }
 
-fn page(svc: &S3Service, ctx: &Ctx, p: &Params, start_after: &str) -> Result<ListPage, S3Error> {
+async fn page(
+    svc: &S3Service,
+    ctx: &mut Ctx,
+    p: &Params,
+    start_after: &str,
+) -> Result<ListPage, S3Error> {
     svc.owned_bucket(ctx, ctx.bucket())?;
     if p.max == 0 {
         return Ok(ListPage::default());
     }
-    svc.store.list(
-        ctx.bucket(),
-        &p.prefix,
-        start_after,
-        p.delimiter.as_deref(),
+    let store = svc.store.clone();
+    let (bucket, prefix, start_after, delimiter, max) = (
+        ctx.bucket().to_string(),
+        p.prefix.clone(),
+        start_after.to_string(),
+        p.delimiter.clone(),
         p.max,
-    )
+    );
+    super::off_runtime(move || {
+        store.list(&bucket, &prefix, &start_after, delimiter.as_deref(), max)
+    })
+    .await
 }
 
 fn contents(w: &mut XmlWriter, p: &Params, page: &ListPage, owner: bool) {
@@ -133,8 +143,8 @@ fn contents(w: &mut XmlWriter, p: &Params, page: &ListPage, owner: bool) {
 /// ListObjectsV2.
 pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let p = params(ctx)?;
-    let token = ctx.q("continuation-token");
-    let start_after = match token {
+    let token = ctx.q("continuation-token").map(str::to_string);
+    let start_after = match token.as_deref() {
         // An empty token (a client's paging loop that starts with one) is no token.
         Some("") | None => ctx.q("start-after").unwrap_or("").to_string(),
         Some(t) => String::from_utf8(URL_SAFE_NO_PAD.decode(t).map_err(|_| {
@@ -142,11 +152,11 @@ pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         })?)
         .map_err(|_| S3Error::invalid_argument("The continuation token provided is incorrect"))?,
     };
-    let page = page(svc, ctx, &p, &start_after)?;
+    let page = page(svc, ctx, &p, &start_after).await?;
     let mut w = XmlWriter::new("ListBucketResult");
     w.element("Name", ctx.bucket())
         .element("Prefix", &enc(&p, &p.prefix));
-    if let Some(t) = token {
+    if let Some(t) = &token {
         w.element("ContinuationToken", t);
     }
     if page.truncated
@@ -177,7 +187,7 @@ pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
 pub async fn list_v1(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let p = params(ctx)?;
     let marker = ctx.q("marker").unwrap_or("").to_string();
-    let page = page(svc, ctx, &p, &marker)?;
+    let page = page(svc, ctx, &p, &marker).await?;
     let mut w = XmlWriter::new("ListBucketResult");
     w.element("Name", ctx.bucket())
         .element("Prefix", &enc(&p, &p.prefix))
@@ -215,7 +225,7 @@ pub async fn list_versions(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     if version_marker.is_some_and(|v| v != "null") {
         return Err(S3Error::invalid_argument("Invalid version id specified"));
     }
-    let page = page(svc, ctx, &p, &key_marker)?;
+    let page = page(svc, ctx, &p, &key_marker).await?;
     let mut w = XmlWriter::new("ListVersionsResult");
     w.element("Name", ctx.bucket())
         .element("Prefix", &enc(&p, &p.prefix))

@@ -363,7 +363,7 @@ async fn complete_parts(
     {
         return Err(S3Error::invalid_part_order());
     }
-    let stored = svc.store.parts(&bucket, &key, &id, 0, usize::MAX)?;
+    let stored = parts_of(svc, &bucket, &key, &id, 0, usize::MAX).await?;
     let stored: HashMap<u32, _> = stored.iter().map(|p| (p.part_number, p)).collect();
     // The object's checksum, if the upload declared an algorithm.
     let (checksum, checksum_type) = match (upload_algorithm(upload), upload.checksum_type.clone()) {
@@ -527,6 +527,20 @@ pub async fn abort(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
+/// Up to `limit` parts of an upload after part `after`, read off the runtime's workers.
+async fn parts_of(
+    svc: &S3Service,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    after: u32,
+    limit: usize,
+) -> Result<Vec<crate::store::PartInfo>, S3Error> {
+    let store = svc.store.clone();
+    let (bucket, key, id) = (bucket.to_string(), key.to_string(), id.to_string());
+    super::off_runtime(move || store.parts(&bucket, &key, &id, after, limit)).await
+}
+
 /// ListParts.
 pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
@@ -535,7 +549,7 @@ pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let upload = svc.store.upload(&bucket, &key, &id)?;
     let marker = number_param(ctx, "part-number-marker", 0)? as u32;
     let max = number_param(ctx, "max-parts", 1000)?.min(1000) as usize;
-    let all = svc.store.parts(&bucket, &key, &id, marker, max + 1)?;
+    let all = parts_of(svc, &bucket, &key, &id, marker, max + 1).await?;
     // Nothing is listed with max-parts=0, and a page that cannot move on is not truncated
     // (a paginator would ask for it again forever).
     let truncated = max > 0 && all.len() > max;
@@ -594,14 +608,31 @@ pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     svc.owned_bucket(ctx, &bucket)?;
     super::list::refuse_nul(ctx)?;
     let prefix = ctx.q("prefix").unwrap_or("").to_string();
-    let delimiter = ctx.q("delimiter").filter(|d| !d.is_empty());
+    let delimiter = ctx
+        .q("delimiter")
+        .filter(|d| !d.is_empty())
+        .map(str::to_string);
     let key_marker = ctx.q("key-marker").unwrap_or("").to_string();
     let id_marker = ctx.q("upload-id-marker").unwrap_or("").to_string();
     let max = number_param(ctx, "max-uploads", 1000)?.min(1000) as usize;
     let url = super::list::url_encoding(ctx)?;
     let enc = |text: &str| super::list::encoded(url, text);
-    let after = (!key_marker.is_empty()).then_some((key_marker.as_str(), id_marker.as_str()));
-    let page = svc.store.uploads(&bucket, &prefix, delimiter, after, max)?;
+    let page = {
+        let store = svc.store.clone();
+        let (bucket, prefix, key_marker, id_marker) = (
+            bucket.clone(),
+            prefix.clone(),
+            key_marker.clone(),
+            id_marker.clone(),
+        );
+        let delimiter = delimiter.clone();
+        super::off_runtime(move || {
+            let after =
+                (!key_marker.is_empty()).then_some((key_marker.as_str(), id_marker.as_str()));
+            store.uploads(&bucket, &prefix, delimiter.as_deref(), after, max)
+        })
+        .await?
+    };
     let mut w = XmlWriter::new("ListMultipartUploadsResult");
     w.element("Bucket", &bucket)
         .element("KeyMarker", &enc(&key_marker))
@@ -616,7 +647,7 @@ pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         w.element("NextKeyMarker", &enc(key))
             .element("NextUploadIdMarker", id);
     }
-    if let Some(d) = delimiter {
+    if let Some(d) = delimiter.as_deref() {
         w.element("Delimiter", &enc(d));
     }
     w.element("Prefix", &enc(&prefix))
