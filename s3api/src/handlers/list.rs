@@ -29,7 +29,8 @@ struct Params {
 fn params(ctx: &Ctx) -> Result<Params, S3Error> {
     refuse_nul(ctx)?;
     let max = match ctx.q("max-keys") {
-        Some(v) => v.parse::<i64>().map_err(|_| {
+        // MaxKeys is an int32 in S3's model: more is out of range, not 1000.
+        Some(v) => v.parse::<i32>().map_err(|_| {
             S3Error::invalid_argument("Provided max-keys not an integer or within integer range")
         })?,
         None => 1000,
