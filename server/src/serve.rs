@@ -69,6 +69,23 @@ fn refuse_a_half_swapped_index(index_dir: &std::path::Path) -> Result<(), ServeE
     Ok(())
 }
 
+/// Connections the kernel queues for the S3 listener before they are accepted.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr` (so the address is ours, and one in use fails now) but not yet
+/// listening.
+fn bound_socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restart may take the port while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
     move |source| ServeError::Io { what, source }
@@ -253,12 +270,13 @@ impl Server {
             Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
             None => None,
         };
-        let s3_listener = tokio::net::TcpListener::bind(checked.listen)
-            .await
-            .map_err(io_error(format!(
-                "listening on {} (listen)",
-                checked.listen
-            )))?;
+        // The S3 address is taken now (a port in use fails here) but listened on only once the
+        // engine is open: a client (or a load balancer's TCP check) that connects during a
+        // long start is refused, not left waiting on a connection nobody answers.
+        let s3_socket = bound_socket(checked.listen).map_err(io_error(format!(
+            "listening on {} (listen)",
+            checked.listen
+        )))?;
         let admin_addr = if config.admin_listen.is_none() && checked.listen.port() == 0 {
             std::net::SocketAddr::new(checked.admin_listen.ip(), 0)
         } else {
@@ -342,7 +360,10 @@ impl Server {
             every: Duration::from_secs(config.copy_keep_alive_secs.clamp(1, 5)),
         };
         let router = S3Service::new(Arc::new(EngineStore::new(engine.clone())), s3_config).router();
-        let s3 = match HttpServer::start(s3_listener, router, tls, "s3") {
+        let s3 = match s3_socket
+            .listen(LISTEN_BACKLOG)
+            .and_then(|listener| HttpServer::start(listener, router, tls, "s3"))
+        {
             Ok(s3) => s3,
             Err(e) => {
                 admin.shut_down(Duration::ZERO).await;
@@ -433,6 +454,25 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The S3 address is taken before the engine opens but answered only after: a connection
+    /// meanwhile is refused rather than left waiting, and an address in use fails at once.
+    #[tokio::test]
+    async fn the_s3_address_is_taken_early_and_listened_on_late() {
+        let socket = bound_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let early = tokio::net::TcpStream::connect(addr).await;
+        assert!(early.is_err(), "a connection before listening was accepted");
+        let listener = socket.listen(LISTEN_BACKLOG).unwrap();
+        let taken = bound_socket(addr).and_then(|s| s.listen(LISTEN_BACKLOG));
+        assert_eq!(
+            taken.map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
+        let (late, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        assert!(late.is_ok() && accepted.is_ok());
+    }
 
     #[test]
     fn a_missing_index_beside_a_rebuilt_one_is_not_begun_anew() {
