@@ -239,6 +239,18 @@ fn bad_configuration_is_named() {
     assert!(err.contains("replication_factor"), "{err}");
     let err = zonestore_fails(&["target", "--data", data, "--zone-size", "3M"]);
     assert!(err.contains("power of two"), "{err}");
+    // What cannot be exported is refused before a drive is made of it: the retry with the
+    // mistake mended starts, rather than meet a drive of the refused geometry.
+    let node_dir = dir.path().join("node");
+    let node = node_dir.to_str().unwrap();
+    let err = zonestore_fails(&["target", "--data", node, "--zone-size", "4K"]);
+    assert!(err.contains("8 KiB"), "{err}");
+    let err = zonestore_fails(&["target", "--data", node, "--nqn", "not an nqn"]);
+    assert!(err.contains("NQN") || err.contains("nqn"), "{err}");
+    assert!(
+        !node_dir.join("zns.meta").exists(),
+        "a refused target made its drive"
+    );
     let err = zonestore_fails(&["recover", "--data", data]);
     assert!(err.contains("--rebuild-index"), "{err}");
     // A rebuild reads the drives that hold the data: none where it is pointed (a mistyped

@@ -100,10 +100,33 @@ impl AdminApi {
             );
         }
         Ok(AdminApi {
-            address: args.server.clone(),
+            address: admin_address(&args.server)?,
             token,
         })
     }
+}
+
+/// The HOST:PORT of `--server`, which may also be given as the URL `zonestore serve` prints
+/// (`http://HOST:PORT`).
+fn admin_address(server: &str) -> anyhow::Result<String> {
+    let server = server.trim();
+    if server
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    {
+        anyhow::bail!("--server {server}: the admin API is plain HTTP; give HOST:PORT");
+    }
+    let address = match server.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &server[7..],
+        _ => server,
+    };
+    let address = address.strip_suffix('/').unwrap_or(address);
+    if address.is_empty() || address.contains(['/', '?', '#', ' ']) {
+        anyhow::bail!(
+            "--server {server}: give the admin API's HOST:PORT (as `zonestore serve` prints after `admin:`)"
+        );
+    }
+    Ok(address.to_string())
 }
 
 /// An answer from the admin API.
@@ -339,4 +362,22 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_address_may_be_the_url_serve_prints() {
+        assert_eq!(admin_address("127.0.0.1:9001").unwrap(), "127.0.0.1:9001");
+        assert_eq!(
+            admin_address("http://127.0.0.1:9001").unwrap(),
+            "127.0.0.1:9001"
+        );
+        assert_eq!(admin_address("HTTP://[::1]:9001/").unwrap(), "[::1]:9001");
+        for bad in ["https://127.0.0.1:9001", "http://h:1/admin", "", "http://"] {
+            assert!(admin_address(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -69,7 +69,11 @@ pub struct StorageNode {
 impl StorageNode {
     /// Opens (or creates) the drive and starts exporting it.
     pub async fn start(config: StorageNodeConfig) -> Result<StorageNode, StorageNodeError> {
+        let target = Target::new(TargetConfig::default());
         let drive = if config.create {
+            // What cannot be exported is refused before a drive is made of it: a retry with
+            // the mistake mended would otherwise meet a drive of the old geometry.
+            target.check_exportable(&config.nqn, &config.geometry, &config.allowed_hosts)?;
             open_drive(&config.data_dir, config.geometry)?
         } else {
             EmulatedZns::open(&config.data_dir).map_err(|source| StorageNodeError::Drive {
@@ -78,7 +82,6 @@ impl StorageNode {
             })?
         };
         drive.set_direct_writes(config.direct_writes);
-        let target = Target::new(TargetConfig::default());
         target.add_subsystem(
             &config.nqn,
             Arc::new(drive.clone()) as Arc<dyn ZonedDevice>,

@@ -181,11 +181,31 @@ impl Target {
         device: Arc<dyn ZonedDevice>,
         allowed_hosts: Vec<String>,
     ) -> Result<(), TargetError> {
+        self.check_exportable(nqn, &device.geometry(), &allowed_hosts)?;
+        let mut subsystems = self.inner.subsystems.write();
+        if subsystems.contains_key(nqn) {
+            return Err(TargetError::Duplicate(nqn.to_string()));
+        }
+        subsystems.insert(
+            nqn.to_string(),
+            Arc::new(Subsystem::new(nqn, device, allowed_hosts)),
+        );
+        self.inner.genctr.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether a drive of `geometry` could be exported as subsystem `nqn` to `allowed_hosts`
+    /// ([`Target::add_subsystem`] checks the same): for a caller to ask before it makes one.
+    pub fn check_exportable(
+        &self,
+        nqn: &str,
+        geometry: &zns::Geometry,
+        allowed_hosts: &[String],
+    ) -> Result<(), TargetError> {
         validate_nqn(nqn)?;
-        for host in &allowed_hosts {
+        for host in allowed_hosts {
             validate_nqn(host)?;
         }
-        let geometry = device.geometry();
         if !geometry.zone_size.is_power_of_two() {
             return Err(TargetError::Unexportable {
                 nqn: nqn.to_string(),
@@ -211,15 +231,6 @@ impl Target {
                 ),
             });
         }
-        let mut subsystems = self.inner.subsystems.write();
-        if subsystems.contains_key(nqn) {
-            return Err(TargetError::Duplicate(nqn.to_string()));
-        }
-        subsystems.insert(
-            nqn.to_string(),
-            Arc::new(Subsystem::new(nqn, device, allowed_hosts)),
-        );
-        self.inner.genctr.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
