@@ -129,6 +129,23 @@ fn admin_address(server: &str) -> anyhow::Result<String> {
     Ok(address.to_string())
 }
 
+/// Columns after a target's name in a row of `/admin/targets`.
+const TARGET_COLUMNS: usize = 6;
+
+/// A row of `/admin/targets` as the target's name and the columns after it (STATE, LINK,
+/// LIVE, ...). The columns come from the right: a name (a drive's path) may hold spaces.
+fn target_row(line: &str) -> Option<(&str, Vec<&str>)> {
+    let mut rest = line.trim_end();
+    let mut columns = Vec::with_capacity(TARGET_COLUMNS);
+    for _ in 0..TARGET_COLUMNS {
+        let cut = rest.rfind(char::is_whitespace)?;
+        columns.push(rest[cut..].trim_start());
+        rest = rest[..cut].trim_end();
+    }
+    columns.reverse();
+    (!rest.is_empty()).then_some((rest, columns))
+}
+
 /// An answer from the admin API.
 struct Answer {
     status: u16,
@@ -288,20 +305,17 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
         // The target's row (NAME STATE LINK LIVE ...): its whole name, or the end of it after
         // a colon, as the server takes it.
         let suffix = format!(":{target}");
-        let rows: Vec<Vec<&str>> = answer
+        let rows: Vec<(&str, Vec<&str>)> = answer
             .body
             .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<&str>>())
-            .filter(|f| {
-                f.first()
-                    .is_some_and(|n| *n == target || n.ends_with(&suffix))
-            })
+            .filter_map(target_row)
+            .filter(|(name, _)| *name == target || name.ends_with(&suffix))
             .collect();
-        let [row] = rows.as_slice() else {
+        let [(_, columns)] = rows.as_slice() else {
             print!("{}", answer.body);
             bail!("the server lists {} targets named {target}", rows.len());
         };
-        let (state, row_live) = (row.get(1).copied(), row.get(3).copied());
+        let (state, row_live) = (columns.first().copied(), columns.get(2).copied());
         if state != Some("draining") {
             print!("{}", answer.body);
             bail!(
@@ -367,6 +381,18 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_row_is_read_from_the_right() {
+        let row = format!(
+            "{:<44} {:<8} {:<9} {:>10} {:>9} {:>8} {:>10}",
+            "zns-file:///srv/my drives/drive 0", "draining", "local", "0B", 0, 0, 0
+        );
+        let (name, columns) = target_row(&row).unwrap();
+        assert_eq!(name, "zns-file:///srv/my drives/drive 0");
+        assert_eq!(columns, ["draining", "local", "0B", "0", "0", "0"]);
+        assert!(target_row("under-replicated: 0B in 0 records").is_none());
+    }
 
     #[test]
     fn the_admin_address_may_be_the_url_serve_prints() {
