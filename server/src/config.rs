@@ -260,6 +260,29 @@ impl TargetUrl {
 /// Shortest repair grace accepted (`replication.repair_grace_secs`).
 const MIN_REPAIR_GRACE_SECS: u64 = 10;
 
+/// `path` made absolute with `..` taken away and symbolic links (of the part that exists)
+/// followed, as the kernel would resolve it: two spellings of one directory compare equal.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = std::path::PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => {
+                out.push(other);
+                if let Ok(real) = out.canonicalize() {
+                    out = real;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Refuses an index directory that is the data directory or overlaps a drive's directory (the
 /// embedded drives, a `zns-file` target): `recover --rebuild-index` moves the whole index
 /// directory aside, and would carry the drives (and the credentials) with it.
@@ -268,7 +291,7 @@ fn check_index_dir(
     data_dir: &std::path::Path,
     targets: &[TargetUrl],
 ) -> Result<(), ConfigError> {
-    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let absolute = resolved;
     let index = absolute(index_dir);
     let mut drives = vec![absolute(&data_dir.join("drives"))];
     for t in targets {
@@ -773,6 +796,23 @@ mod tests {
             dirs("/srv/zs", "/fast/index", "\"zns-file:///srv/d1\""),
             None
         );
+        // Other spellings of the same directories: `..`, and a symbolic link.
+        assert_eq!(
+            dirs("/srv/zs", "/srv/zs/../zs", "").as_deref(),
+            Some("index_dir")
+        );
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&data, &link).unwrap();
+        let (data, link) = (data.to_str().unwrap(), link.to_str().unwrap());
+        assert_eq!(dirs(data, link, "").as_deref(), Some("index_dir"));
+        assert_eq!(
+            dirs(link, &format!("{data}/drives/x"), "").as_deref(),
+            Some("index_dir")
+        );
+        assert_eq!(dirs(link, &format!("{data}/index"), ""), None);
     }
 
     #[test]
