@@ -738,18 +738,23 @@ async fn apply_groups(
         let carried = pending_revocations.take();
         let carried_copies = std::mem::take(&mut unrecorded_copies);
         txn.carry(&carried, &carried_copies);
-        // Make the index changes durable.
+        // Make the index changes durable (not if an earlier revocation a revocation adds to
+        // did not read: the group then fails as a write the index refused, whose revocations
+        // are recorded on their own or carried).
+        let unread = txn.unread.take();
         let (batch, changed) = txn.finish();
-        let write = {
-            let index = index.clone();
-            tokio::task::spawn_blocking(move || index.write(batch, true)).await
-        };
-        let written = match write {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(IndexWriteFailed::Index(e)),
-            Err(e) => Err(IndexWriteFailed::Task(format!(
-                "index writer task failed: {e}"
-            ))),
+        let written = match unread {
+            Some(why) => Err(IndexWriteFailed::Task(why)),
+            None => {
+                let index = index.clone();
+                match tokio::task::spawn_blocking(move || index.write(batch, true)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(IndexWriteFailed::Index(e)),
+                    Err(e) => Err(IndexWriteFailed::Task(format!(
+                        "index writer task failed: {e}"
+                    ))),
+                }
+            }
         };
         match written {
             Ok(()) => {
@@ -822,9 +827,16 @@ async fn apply_groups(
         }
         let revocations = carried.len();
         txn.carry(&carried, &unrecorded_copies);
+        let unread = txn.unread.take();
         let (batch, _) = txn.finish();
-        let written = tokio::task::spawn_blocking(move || index.write(batch, true)).await;
-        if !matches!(written, Ok(Ok(()))) {
+        let written = match unread {
+            Some(why) => {
+                tracing::error!("{why}");
+                None
+            }
+            None => Some(tokio::task::spawn_blocking(move || index.write(batch, true)).await),
+        };
+        if !matches!(written, Some(Ok(Ok(())))) {
             tracing::error!(
                 revocations,
                 "recording how far zones are settled, and the revocations of failed writes the index did not take, failed at shutdown: a replay at the next start may apply those writes"
@@ -898,6 +910,9 @@ struct Txn<'a> {
     undo_overlay: Vec<(OverlayKey, Option<Option<Vec<u8>>>)>,
     undo_zones: Vec<(ZoneId, Option<ZoneAccount>)>,
     now: u64,
+    /// Why an earlier revocation a revocation adds to could not be read: the batch must not
+    /// be written then (it would put the new one in the earlier one's place).
+    unread: Option<String>,
 }
 
 type Applied = EngineResult<Outcome>;
@@ -913,6 +928,7 @@ impl<'a> Txn<'a> {
             undo_overlay: Vec::new(),
             undo_zones: Vec::new(),
             now: now_ms(),
+            unread: None,
         }
     }
 
@@ -920,10 +936,15 @@ impl<'a> Txn<'a> {
     /// to the batch (to an earlier one of the number, of one record's kind, if any).
     fn revoke(&mut self, seq: u64, revocation: Revocation) {
         let key = revoked::key(seq);
-        let earlier = self.get(cf::META, &key).unwrap_or_else(|e| {
-            tracing::warn!(seq, "reading an earlier revocation failed: {e}");
-            None
-        });
+        let earlier = match self.get(cf::META, &key) {
+            Ok(earlier) => earlier,
+            Err(e) => {
+                self.unread.get_or_insert_with(|| {
+                    format!("reading the earlier revocation of write {seq} failed: {e}")
+                });
+                return;
+            }
+        };
         if let Some(value) = revoked::merged(earlier, revocation) {
             self.put(cf::META, key, value);
         }
