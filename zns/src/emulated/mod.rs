@@ -150,11 +150,23 @@ impl DriveState {
             .collect()
     }
 
-    /// The metadata entry describing zone `index` now, counting only settled data.
+    /// The metadata entry describing zone `index` now, counting only settled data. A zone the
+    /// write that filled it made Full is recorded Full only once that write has landed: before,
+    /// it is Closed at what has (as a drive that lost power then comes back), not Full over
+    /// blocks that would read as zeros and take no more writes.
     fn entry(&self, index: u32) -> ZoneEntry {
+        let zone = self.table.zone(index);
+        let written = self.settled(index);
+        let filling = zone.state == ZoneState::Full
+            && written < zone.written
+            && zone.written == self.table.geometry().zone_capacity;
         ZoneEntry {
-            state: self.table.zone(index).state,
-            written: self.settled(index),
+            state: if filling {
+                ZoneState::Closed
+            } else {
+                zone.state
+            },
+            written,
             resets: self.zones[index as usize].durable.resets,
         }
     }
@@ -1140,6 +1152,41 @@ impl EmulatedZns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zone_filled_by_a_write_in_flight_is_not_recorded_full() {
+        let g = Geometry::new(2, 1 << 20);
+        let empty = ZoneEntry {
+            state: ZoneState::Empty,
+            written: 0,
+            resets: 0,
+        };
+        let mut st = recovered_state(g, &[empty, empty]);
+        st.table.grant_write(0, 3, true).unwrap();
+        let rest = g.zone_capacity - 3;
+        st.table.grant_write(0, rest, true).unwrap();
+        assert_eq!(st.table.zone(0).state, ZoneState::Full);
+        st.zones[0].in_flight.push((3, 1));
+        let entry = st.entry(0);
+        assert_eq!((entry.state, entry.written), (ZoneState::Closed, 3));
+        st.zones[0].in_flight.clear();
+        let entry = st.entry(0);
+        assert_eq!(
+            (entry.state, entry.written),
+            (ZoneState::Full, g.zone_capacity)
+        );
+        // Finished with a write in flight short of capacity: Full (the Finish was asked for).
+        st.table.grant_write(g.zone_start(1), 2, true).unwrap();
+        st.table
+            .manage(
+                crate::ZoneAction::Finish,
+                crate::ZoneSelect::Zone(g.zone_start(1)),
+            )
+            .unwrap();
+        st.zones[1].in_flight.push((0, 2));
+        let entry = st.entry(1);
+        assert_eq!((entry.state, entry.written), (ZoneState::Full, 0));
+    }
 
     /// Polls `work` once and drops it: a caller that stops waiting (a connection the NVMe/TCP
     /// target dropped, with its commands).
