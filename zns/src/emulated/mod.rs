@@ -439,8 +439,18 @@ impl EmulatedZns {
     /// no operations in flight.
     pub async fn simulate_power_loss(&self) {
         let _order = self.inner.persist.lock().await;
+        let entries: Vec<ZoneEntry> = {
+            let st = self.inner.state.lock();
+            st.zones.iter().map(|z| z.durable).collect()
+        };
+        // What was never flushed is gone, as at a real reopen (see `open`).
+        let (data, geometry) = (self.inner.data.clone(), self.inner.geometry);
+        let durable = entries.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            deallocate_past_write_pointers(&data, geometry, &durable)
+        })
+        .await;
         let mut st = self.inner.state.lock();
-        let entries: Vec<ZoneEntry> = st.zones.iter().map(|z| z.durable).collect();
         *st = recovered_state(self.inner.geometry, &entries);
         *self.inner.failed.lock() = None;
         self.inner.has_failed.store(false, Ordering::SeqCst);
