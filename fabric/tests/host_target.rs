@@ -624,6 +624,67 @@ fn a_short_read_is_an_error_not_short_data() {
     });
 }
 
+/// Commands waiting for a queue entry when the session fails were never sent: they wait for
+/// the next session and run there (as a command issued while the host is down does), rather
+/// than fail with those the target had.
+#[test]
+fn commands_waiting_for_a_queue_entry_when_the_session_fails_run_in_the_next() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut drive =
+            zns::testing::Intercepted::new(Arc::new(EmulatedZns::create(dir.path(), g).unwrap()));
+        let stalled = slow.clone();
+        drive.before_read = Box::new(move |_, _| {
+            let stall = stalled.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+            })
+        });
+        let target = Target::new(TargetConfig::default());
+        target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+        let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = handle.local_addr();
+        let mut config = host_config(addr);
+        config.io_queues = 1;
+        config.queue_depth = 2;
+        let host = Arc::new(NvmeTcpHost::connect(config).await.unwrap());
+        let data = Bytes::from(pattern(&g, 0, 1, 5));
+        host.append(0, data.clone()).await.unwrap();
+        slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let host = host.clone();
+                tokio::spawn(async move { host.read(0, 1).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        slow.store(false, std::sync::atomic::Ordering::SeqCst);
+        handle.shut_down(Duration::from_millis(100)).await;
+        let restart = listen_again_soon(&target, addr);
+        let mut sent_and_lost = 0;
+        for read in reads {
+            match read.await.unwrap() {
+                Ok(block) => assert_eq!(block, data),
+                Err(e) => {
+                    assert_eq!(e.kind(), ZoneErrorKind::Unavailable, "{e}");
+                    sent_and_lost += 1;
+                }
+            }
+        }
+        assert!(
+            sent_and_lost <= 2,
+            "{sent_and_lost} of 8 reads failed; at most the 2 the queue held were sent"
+        );
+        let _handle = restart.await.unwrap();
+        host.close().await;
+    });
+}
+
 /// Callers that stop waiting (a timeout, a client gone) while the target is slow give their
 /// queue entries back only when the target answers: more abandoned commands than the queue
 /// holds neither panic the host nor hand one command's answer to another.

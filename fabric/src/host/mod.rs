@@ -157,6 +157,9 @@ pub enum HostError {
     /// The connection is gone.
     #[error("disconnected: {0}")]
     Disconnected(String),
+    /// The command was never sent: its session had failed (it may go on the next one).
+    #[error("not sent: {0}")]
+    NotSent(String),
     /// The subsystem has no zoned namespace.
     #[error("subsystem {0} has no zoned namespace")]
     NotZoned(String),
@@ -360,12 +363,28 @@ impl NvmeTcpHost {
     }
 
     async fn session(&self) -> ZoneResult<Arc<Session>> {
-        if let State::Up(session) = &*self.inner.state.borrow() {
+        self.session_other_than(None).await
+    }
+
+    /// The session to send on: the one up now, or the next one up within the reconnect wait;
+    /// not one that failed (and not `stale`, one a command found failed before it was sent).
+    async fn session_other_than(&self, stale: Option<&Arc<Session>>) -> ZoneResult<Arc<Session>> {
+        let usable = |s: &State| match s {
+            State::Up(session) => {
+                session.failed.borrow().is_none()
+                    && !stale.is_some_and(|stale| Arc::ptr_eq(stale, session))
+            }
+            State::Down(_) => false,
+            State::Closed => true,
+        };
+        if let State::Up(session) = &*self.inner.state.borrow()
+            && usable(&State::Up(session.clone()))
+        {
             return Ok(session.clone());
         }
         let mut rx = self.inner.state.subscribe();
         let wait = self.inner.config.reconnect_wait;
-        let ready = tokio::time::timeout(wait, rx.wait_for(|s| !matches!(s, State::Down(_)))).await;
+        let ready = tokio::time::timeout(wait, rx.wait_for(usable)).await;
         match ready {
             Ok(Ok(state)) => match &*state {
                 State::Up(session) => Ok(session.clone()),
@@ -398,17 +417,34 @@ impl NvmeTcpHost {
         lba: u64,
         blocks: u64,
     ) -> ZoneResult<Completion> {
-        let session = self.session().await?;
-        sqe.set_nsid(session.limits.nsid);
+        let mut session = self.session().await?;
         let stats = &self.inner.stats;
         let written = data_out.len() as u64;
-        let result = {
-            // Counted while it runs, also if the caller stops waiting (a timeout, a client gone).
-            let _counted = InFlight::enter(&stats.in_flight);
-            session
-                .io_queue()
-                .submit(sqe, data_out, self.inner.config.command_timeout)
-                .await
+        let mut retried = false;
+        let result = loop {
+            sqe.set_nsid(session.limits.nsid);
+            let result = {
+                // Counted while it runs, also if the caller stops waiting (a timeout, a client
+                // gone).
+                let _counted = InFlight::enter(&stats.in_flight);
+                session
+                    .io_queue()
+                    .submit(
+                        sqe.clone(),
+                        data_out.clone(),
+                        self.inner.config.command_timeout,
+                    )
+                    .await
+            };
+            match result {
+                // Never sent (its session failed as it waited for a queue entry): it waits
+                // for the next session, as a command issued while down does.
+                Err(HostError::NotSent(_)) if !retried => {
+                    retried = true;
+                    session = self.session_other_than(Some(&session)).await?;
+                }
+                result => break result,
+            }
         };
         let done = match result {
             Ok(done) => done,

@@ -320,14 +320,14 @@ impl HostQueue {
         timeout: Duration,
     ) -> Result<Completion, HostError> {
         if let Some(reason) = self.failed.borrow().clone() {
-            return Err(HostError::Disconnected(reason));
+            return Err(HostError::NotSent(reason));
         }
         let permit = self
             .slots_free
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| HostError::Disconnected("queue closed".into()))?;
+            .map_err(|_| HostError::NotSent("queue closed".into()))?;
         let (done_tx, done_rx) = oneshot::channel();
         let expected = if data_out.is_empty() {
             sqe.sgl_length()
@@ -340,7 +340,7 @@ impl HostQueue {
             // `fail` marks the queue failed before it drains the slots under this lock: a
             // command added after the drain would wait for a completion that never comes.
             if let Some(reason) = self.failed.borrow().clone() {
-                return Err(HostError::Disconnected(reason));
+                return Err(HostError::NotSent(reason));
             }
             let inserted = slots.insert(Pending {
                 cid: 0,
