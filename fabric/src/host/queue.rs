@@ -57,6 +57,10 @@ struct Pending {
     /// with other PDUs and would keep all of it alive for as long as the data is held.
     data_in: BytesMut,
     received: usize,
+    /// A C2HData PDU of the command failed its data digest: the command completes with Data
+    /// Transfer Error (as Linux's host has it), and the connection, with every other command
+    /// on it, goes on.
+    damaged: bool,
 }
 
 impl Pending {
@@ -359,6 +363,7 @@ impl HostQueue {
                 whole_in: None,
                 data_in: BytesMut::new(),
                 received: 0,
+                damaged: false,
             });
             let Some(cid) = inserted else {
                 return Err(HostError::Disconnected(
@@ -631,6 +636,17 @@ async fn receive(
                         .send(Err(HostError::Disconnected(reason.clone())));
                     return reason;
                 }
+                let cqe = if pending.damaged && cqe.status().is_success() {
+                    Cqe::new(
+                        cqe.cid(),
+                        cqe.sqid(),
+                        cqe.sqhd(),
+                        Status::DATA_TRANSFER_ERROR,
+                        0,
+                    )
+                } else {
+                    cqe
+                };
                 let data = pending.data();
                 let _ = pending.done.send(Ok(Completion { cqe, data }));
             }
@@ -646,16 +662,18 @@ async fn receive(
                             data.datao, pending.received
                         );
                     }
-                    if data.data_digest_error {
-                        return "data digest mismatch in C2HData".into();
-                    }
                     if pending.received + data.data.len() > pending.expected_in {
                         return format!(
                             "C2HData beyond the {} bytes command {:#x} reads",
                             pending.expected_in, data.cccid
                         );
                     }
-                    pending.add_data(&data.data);
+                    if data.data_digest_error {
+                        pending.damaged = true;
+                        pending.received += data.data.len();
+                    } else {
+                        pending.add_data(&data.data);
+                    }
                     let complete = pending.received == pending.expected_in;
                     if data.success && !(complete && data.last) {
                         return format!(
@@ -666,7 +684,12 @@ async fn receive(
                     data.success
                 };
                 if finished && let Some(mut pending) = queue.take(data.cccid) {
-                    let cqe = Cqe::new(data.cccid, queue.qid, 0, Status::SUCCESS, 0);
+                    let status = if pending.damaged {
+                        Status::DATA_TRANSFER_ERROR
+                    } else {
+                        Status::SUCCESS
+                    };
+                    let cqe = Cqe::new(data.cccid, queue.qid, 0, status, 0);
                     let data = pending.data();
                     let _ = pending.done.send(Ok(Completion { cqe, data }));
                 }
@@ -841,6 +864,77 @@ mod tests {
         assert_eq!(done.data.len(), 8192);
     }
 
+    /// A C2HData whose data digest does not match fails its command with Data Transfer Error
+    /// (as Linux's host does), and the connection goes on: the next read on it succeeds.
+    #[tokio::test]
+    async fn a_data_digest_mismatch_fails_its_command_not_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let digests = Digests {
+            header: false,
+            data: true,
+        };
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut icreq = [0u8; 128];
+            socket.read_exact(&mut icreq).await.unwrap();
+            let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
+                pfv: 0,
+                cpda: 0,
+                dgst: digests,
+                maxh2cdata: 1 << 20,
+            });
+            let framing = Framing { digests, pda: 0 };
+            socket
+                .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
+                .await
+                .unwrap();
+            let mut decoder = crate::wire::pdu::Decoder::new(HOST_TO_CONTROLLER, 1 << 20);
+            decoder.framing = framing;
+            let mut buf = bytes::BytesMut::new();
+            let mut n = 0;
+            loop {
+                while let Ok(Some(pdu)) = decoder.decode(&mut buf) {
+                    if let Pdu::CapsuleCmd(c) = pdu {
+                        let mut frame = encode(&c2h(c.sqe.cid(), 8192, true, true), framing)
+                            .to_bytes()
+                            .to_vec();
+                        if n == 0 {
+                            // A byte of the data changed on the way: its digest no longer fits.
+                            let last_data = frame.len() - 5;
+                            frame[last_data] ^= 0xff;
+                        }
+                        n += 1;
+                        if socket.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let mut tmp = [0u8; 4096];
+                match socket.read(&mut tmp).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(got) => buf.extend_from_slice(&tmp[..got]),
+                }
+            }
+        });
+        let mut params = params_at(address);
+        params.digests = digests;
+        let queue = HostQueue::open(&params, 8192, watch::channel(None).0)
+            .await
+            .unwrap();
+        let damaged = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(damaged.cqe.status(), Status::DATA_TRANSFER_ERROR);
+        let next = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(next.cqe.status().is_success());
+        assert_eq!(next.data, Bytes::from(vec![1u8; 8192]));
+    }
+
     /// A completion that comes again, late, names a command no longer in flight: refused (the
     /// queue fails), never taken for the next command on the same queue entry.
     #[tokio::test]
@@ -961,6 +1055,7 @@ mod tests {
                 whole_in: None,
                 data_in: BytesMut::new(),
                 received: 0,
+                damaged: false,
             }
         };
         let shared = Bytes::from(vec![9u8; 4 * crate::transport::LARGE_PDU]);
