@@ -1976,6 +1976,60 @@ async fn a_drain_finishes_while_a_scrub_pass_runs() {
         .expect("a scrub pass waiting on its rate does not hold the shutdown up");
 }
 
+/// A completion's end record goes in the same append as its commit record, on every drive:
+/// an end record durable on a drive where its commit record is not (a flush of another write's
+/// drives, then a crash) would be taken by a replay or rebuild for an abort, and the upload's
+/// parts lost with a completion the client never heard of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completions_end_record_follows_its_commit_record_on_every_drive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives) = open_engine(dir.path(), 4, small_geometry(32, 1 << 20), |c| {
+        c.gc.enabled = false;
+        c.replicas = 3;
+        c.write_quorum = 3;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    for round in 0..4u64 {
+        let key = format!("big{round}");
+        let id = engine
+            .create_upload("b", &key, ObjectMeta::default())
+            .await
+            .unwrap();
+        let mut w = engine.put_part(id, 1).unwrap();
+        w.write(bytes::Bytes::from(content(&key, round, 3000)))
+            .await
+            .unwrap();
+        let etag = format!("{:032x}", round + 1);
+        w.finish_part(etag.clone(), vec![]).await.unwrap();
+        engine
+            .complete_upload(id, &[(1, etag)], None, Condition::None)
+            .await
+            .unwrap();
+    }
+    engine.shutdown().await;
+    let mut ends = 0;
+    for drive in &drives {
+        let all = std::fs::read(drive.data_path()).unwrap();
+        let headers: Vec<(usize, u8)> = (0..all.len().saturating_sub(8))
+            .step_by(4096)
+            .filter(|&at| &all[at..at + 4] == b"ZSR1")
+            .map(|at| (at, all[at + 5]))
+            .collect();
+        for (i, &(at, kind)) in headers.iter().enumerate() {
+            if kind == 7 {
+                ends += 1;
+                assert!(
+                    i > 0 && headers[i - 1].1 == 2,
+                    "the end record at {at} of {} does not follow a commit record",
+                    drive.data_path().display()
+                );
+            }
+        }
+    }
+    assert_eq!(ends, 4 * 3, "every end record, on each of its 3 drives");
+}
+
 /// A completion appends the object's commit record, then the upload's end record: if the
 /// server stops between the two, the rebuild restores the completed object alone, not also an
 /// open upload owning the same parts (a retried completion or an abort would then take the

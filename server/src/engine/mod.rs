@@ -887,10 +887,6 @@ impl Engine {
             &upload.bucket,
             &upload.key,
         );
-        let Appended {
-            locations: commit,
-            holds: commit_holds,
-        } = self.inner.append_small(&header, &meta.encode()).await?;
         let end_header = self.meta_header(
             Kind::UploadEnd,
             meta.seq,
@@ -899,18 +895,68 @@ impl Engine {
             &upload.bucket,
             &upload.key,
         );
-        let Appended {
-            locations: end,
-            holds: end_holds,
-        } = match self.inner.append_small(&end_header, &[]).await {
-            Ok(appended) => appended,
-            Err(e) => {
-                // The commit record is on the drives already: it shares the end record's
-                // sequence number, and is revoked with it, in its own zones too.
-                let zones: Vec<ZoneId> = commit_holds.zones().collect();
-                self.inner.revoke(meta.seq, &zones).await;
-                return Err(e);
-            }
+        let block_size = self.inner.block_size as usize;
+        let commit_record = record::encode(&header, &meta.encode(), block_size);
+        let end_record = record::encode(&end_header, &[], block_size);
+        let (commit, end, holds) = if (commit_record.len() + end_record.len()) as u64
+            <= self.inner.record_limit
+        {
+            // Both records in one append per copy: the end record is then durable on a drive
+            // only with the commit record before it. Apart, a flush of only the end record's
+            // drives (another write's) followed by a crash left an end without its commit,
+            // which a replay or rebuild takes for an abort, and the parts were lost.
+            let commit_blocks = (commit_record.len() / block_size) as u32;
+            let end_blocks = (end_record.len() / block_size) as u32;
+            let mut pair = bytes::BytesMut::with_capacity(commit_record.len() + end_record.len());
+            pair.extend_from_slice(&commit_record);
+            pair.extend_from_slice(&end_record);
+            let Appended { locations, holds } = self
+                .inner
+                .append_claiming(pair.freeze(), Kind::UploadEnd, meta.seq)
+                .await?;
+            let commit = locations
+                .iter()
+                .map(|l| model::Location {
+                    blocks: commit_blocks,
+                    ..*l
+                })
+                .collect();
+            let end = locations
+                .iter()
+                .map(|l| model::Location {
+                    drive: l.drive,
+                    lba: l.lba + u64::from(commit_blocks),
+                    blocks: end_blocks,
+                })
+                .collect();
+            (commit, end, vec![holds])
+        } else {
+            // A commit record too large to pair (thousands of parts): the two go apart.
+            let Appended {
+                locations: commit,
+                holds: commit_holds,
+            } = self
+                .inner
+                .append_claiming(commit_record, Kind::Commit, meta.seq)
+                .await?;
+            let Appended {
+                locations: end,
+                holds: end_holds,
+            } = match self
+                .inner
+                .append_claiming(end_record, Kind::UploadEnd, meta.seq)
+                .await
+            {
+                Ok(appended) => appended,
+                Err(e) => {
+                    // The commit record is on the drives already: it shares the end record's
+                    // sequence number, and is revoked with it, in its own zones too.
+                    let zones: Vec<ZoneId> = commit_holds.zones().collect();
+                    self.inner.revoke(meta.seq, &zones).await;
+                    return Err(e);
+                }
+            };
+            (commit, end, vec![commit_holds, end_holds])
         };
         let change = Change::CompleteUpload {
             upload_id,
@@ -923,7 +969,7 @@ impl Engine {
         match self
             .inner
             .committer
-            .submit_locked(change, vec![commit_holds, end_holds], lock)
+            .submit_locked(change, holds, lock)
             .await?
         {
             Outcome::Done | Outcome::Superseded | Outcome::NotFound => Ok(meta),
