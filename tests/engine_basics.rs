@@ -1976,6 +1976,57 @@ async fn a_drain_finishes_while_a_scrub_pass_runs() {
         .expect("a scrub pass waiting on its rate does not hold the shutdown up");
 }
 
+/// A rebuild makes what it reads durable before the index names it: a target keeps (and
+/// reports) what a killed server appended but never flushed, and would lose it at its own
+/// restart, leaving the rebuilt index pointing past the write pointer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_flushes_what_it_reads() {
+    use zns::ZonedDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let drive = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let mut intercepted = zns::testing::Intercepted::new(std::sync::Arc::new(drive.clone()));
+    intercepted.lost_flushes = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        std::sync::Arc::new(intercepted),
+        gc_by_hand,
+    )
+    .await;
+    put(&engine, "b", "k", &content("k", 1, 30_000))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    let write_pointers =
+        |report: zns::ZoneReport| -> Vec<u64> { report.zones.iter().map(|z| z.wp).collect() };
+    let before = write_pointers(
+        drive
+            .report_zones(0, zns::ReportFilter::All, 16)
+            .await
+            .unwrap(),
+    );
+    zonestore::engine::recovery::rebuild(
+        &dir.path().join("rebuilt"),
+        drive_specs(std::slice::from_ref(&drive)),
+        &Default::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    drive.simulate_power_loss().await;
+    let after = write_pointers(
+        drive
+            .report_zones(0, zns::ReportFilter::All, 16)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        after, before,
+        "what the rebuild read was lost at the target's restart"
+    );
+}
+
 /// A completion's end record goes in the same append as its commit record, on every drive:
 /// an end record durable on a drive where its commit record is not (a flush of another write's
 /// drives, then a crash) would be taken by a replay or rebuild for an abort, and the upload's

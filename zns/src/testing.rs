@@ -691,6 +691,9 @@ pub struct Intercepted {
     pub flushes: Arc<AtomicU64>,
     /// Awaited before each flush.
     pub before_flush: FlushHook,
+    /// While set, flushes report success without reaching `inner` (a target that holds what it
+    /// was sent, unflushed, when the server that sent it is killed).
+    pub lost_flushes: Arc<std::sync::atomic::AtomicBool>,
     /// Gives what each zone report reports.
     pub after_report: ReportHook,
     /// May answer a zone management command in the drive's place.
@@ -711,6 +714,7 @@ impl Intercepted {
             after_append: Box::new(|_, result| Box::pin(std::future::ready(result))),
             flushes: Arc::default(),
             before_flush: Box::new(|| Box::pin(std::future::ready(Ok(())))),
+            lost_flushes: Arc::default(),
             after_report: Box::new(|result| result),
             instead_of_manage: Box::new(|_, _| None),
             session_offset: Arc::default(),
@@ -765,6 +769,9 @@ impl ZonedDevice for Intercepted {
     async fn flush(&self) -> ZoneResult<()> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         (self.before_flush)().await?;
+        if self.lost_flushes.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.inner.flush().await
     }
     async fn manage_zones(&self, action: ZoneAction, select: ZoneSelect) -> ZoneResult<()> {

@@ -284,6 +284,15 @@ pub async fn rebuild_keeping_ids(
             left_out_ids.push(drive.id);
             continue;
         }
+        // What the drive reports must be durable before the index names it: a remote target
+        // keeps (and reports) what a killed server appended but never flushed, and would lose
+        // it at its own restart.
+        drive.device.flush().await.map_err(|e| {
+            EngineError::Unavailable(format!(
+                "flushing {} before reading it failed: {e}",
+                drive.name
+            ))
+        })?;
         let zones = drive.report_all_zones().await?;
         for (i, z) in zones.zones.iter().enumerate() {
             if matches!(z.state, ZoneState::Empty | ZoneState::Offline) {
