@@ -310,8 +310,15 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
         // Each dot-separated label of a DNS name begins and ends with a letter or digit.
         return bad("a dot next to a hyphen is not allowed");
     }
-    if name.parse::<std::net::Ipv4Addr>().is_ok() {
-        return bad("a bucket name is not an IP address");
+    // Formatted as an address: four labels of digits (leading zeros included, which the
+    // address parser refuses).
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() == 4
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("a bucket name is not formatted as an IP address");
     }
     for p in ["xn--", "sthree-", "amzn-s3-demo-"] {
         if name.starts_with(p) {
@@ -594,6 +601,8 @@ mod tests {
             "end-",
             "a..b",
             "192.168.1.1",
+            "192.168.01.1",
+            "10.0.0.001",
             "xn--abc",
             "x".repeat(64).as_str(),
             "under_score",

@@ -687,13 +687,21 @@ fn address_in(
     };
     let host = host.trim_end_matches('.');
     let path = raw_path.strip_prefix('/').unwrap_or(raw_path);
-    for domain in domains {
-        if let Some(bucket) = host.strip_suffix(&format!(".{domain}"))
-            && !bucket.is_empty()
-        {
-            let key = (!path.is_empty()).then(|| decode_path(path));
-            return (Some(bucket.to_string()), key, true);
-        }
+    // A host that is one of the domains is path-style; else the longest domain it ends in
+    // names the bucket (with `example.com` and `s3.example.com` both configured,
+    // `s3.example.com` is not bucket `s3`).
+    let virtual_host = (!domains.iter().any(|d| d == host))
+        .then(|| {
+            domains
+                .iter()
+                .filter_map(|domain| host.strip_suffix(&format!(".{domain}")))
+                .filter(|bucket| !bucket.is_empty())
+                .min_by_key(|bucket| bucket.len())
+        })
+        .flatten();
+    if let Some(bucket) = virtual_host {
+        let key = (!path.is_empty()).then(|| decode_path(path));
+        return (Some(bucket.to_string()), key, true);
     }
     if path.is_empty() {
         return (None, None, false);
@@ -730,5 +738,24 @@ mod tests {
             (Some("backup".into()), None, false)
         );
         assert_eq!(split("localhost:9000", "/"), (None, None, false));
+    }
+
+    /// With one domain a suffix of another, the host that is a domain is path-style, and a
+    /// bucket comes off the longest domain.
+    #[test]
+    fn overlapping_domains_take_the_longest_and_a_domain_itself_is_path_style() {
+        let domains = ["example.com".to_string(), "s3.example.com".to_string()];
+        assert_eq!(
+            address_in(&domains, "s3.example.com", "/photos/a.jpg"),
+            (Some("photos".into()), Some("a.jpg".into()), false)
+        );
+        assert_eq!(
+            address_in(&domains, "photos.s3.example.com", "/a.jpg"),
+            (Some("photos".into()), Some("a.jpg".into()), true)
+        );
+        assert_eq!(
+            address_in(&domains, "photos.example.com", "/a.jpg"),
+            (Some("photos".into()), Some("a.jpg".into()), true)
+        );
     }
 }
