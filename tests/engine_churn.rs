@@ -199,3 +199,71 @@ async fn a_full_drive_refuses_puts_but_serves_gets_and_deletes_and_recovers() {
         );
     }
 }
+
+/// A drive full of small objects, deleted in an order that spreads the garbage thin (one
+/// object from each zone in turn): the deletes go on working (their tombstones need room too)
+/// and room comes back for PUTs, though no zone reaches the garbage GC normally waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drive_of_small_objects_deleted_thinly_keeps_taking_deletes_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let mut stored = Vec::new();
+    for i in 0..2000 {
+        let key = format!("k{i:04}");
+        match put(&engine, "b", &key, &content(&key, 0, 3000)).await {
+            Ok(_) => stored.push(key),
+            Err(EngineError::NoSpace(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(stored.len() > 100, "{} stored", stored.len());
+    // Objects went into zones in order, about 32 to a zone: one from each zone in turn.
+    let mut order: Vec<usize> = (0..stored.len()).collect();
+    order.sort_by_key(|&i| (i % 32, i));
+    let deleted = stored.len() * 6 / 10;
+    for &i in &order[..deleted] {
+        let mut tries = 0;
+        loop {
+            match engine.delete("b", &stored[i]).await {
+                Ok(_) => break,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    engine.gc().nudge();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if tries == 100 {
+                        for zone in engine.zone_table() {
+                            eprintln!("{zone:?}");
+                        }
+                        panic!(
+                            "deleting {} failed for good: {e}; GC {:?}",
+                            stored[i],
+                            engine.gc().status()
+                        );
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let mut ok = false;
+    for _ in 0..100 {
+        engine.gc().nudge();
+        if put(&engine, "b", "after", &content("after", 0, 3000))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "deleting made room for the next PUT");
+    for &i in &order[deleted..] {
+        assert_eq!(
+            get(&engine, "b", &stored[i]).await.unwrap(),
+            content(&stored[i], 0, 3000)
+        );
+    }
+}

@@ -236,6 +236,10 @@ pub enum Change {
     Orphans(Vec<(Relocation, Vec<ZoneId>)>),
     /// A zone was reset.
     ZoneReset(ZoneId),
+    /// Tombstones (kind, name, sequence number) to drop if nothing older is left for them to
+    /// hide (the zones they hid were reset since): their records then become garbage GC can
+    /// reclaim, where otherwise they stay counted live until GC happens to move them.
+    PruneTombstones(Vec<(TombKind, Vec<u8>, u64)>),
     /// A drive started (true) or stopped (false) being drained.
     SetDraining(DriveId, bool),
 }
@@ -265,6 +269,7 @@ impl Change {
             | Change::Replicas(_)
             | Change::Orphans(_)
             | Change::ZoneReset(_)
+            | Change::PruneTombstones(_)
             | Change::SetDraining(..) => None,
         }
     }
@@ -312,6 +317,7 @@ impl Change {
             | Change::Replicas(_)
             | Change::Orphans(_)
             | Change::ZoneReset(_)
+            | Change::PruneTombstones(_)
             | Change::SetDraining(..) => return None,
         }
         let kept = |ls: &Vec<Location>| ls.iter().filter(|l| !drives.contains(&l.drive)).count();
@@ -378,7 +384,10 @@ impl Change {
                     }
                 }
             }
-            Change::Orphans(_) | Change::ZoneReset(_) | Change::SetDraining(..) => {}
+            Change::Orphans(_)
+            | Change::ZoneReset(_)
+            | Change::PruneTombstones(_)
+            | Change::SetDraining(..) => {}
         }
     }
 }
@@ -1406,6 +1415,22 @@ impl<'a> Txn<'a> {
                 a.generation += 1;
                 a.max_indexed_end = 0;
                 self.del(cf::META, settled::key(*zone));
+                Ok(Outcome::Done)
+            }
+            Change::PruneTombstones(items) => {
+                for (kind, name, seq) in items {
+                    let tkey = index::tombstone_key(*kind, name);
+                    if let Some(mut t) =
+                        self.decode(cf::TOMBSTONES, &tkey, TombstoneEntry::decode)?
+                        && t.seq == *seq
+                    {
+                        let shadowed = self.prune(std::mem::take(&mut t.shadowed));
+                        if shadowed.is_empty() {
+                            self.sub_valid(&t.location);
+                            self.del(cf::TOMBSTONES, tkey);
+                        }
+                    }
+                }
                 Ok(Outcome::Done)
             }
             Change::SetDraining(drive, on) => {

@@ -108,6 +108,8 @@ pub struct GcControl {
     closed: AtomicBool,
     /// Wakes collections waiting out their rate limit when the engine shuts down.
     closing: Notify,
+    /// `zones_collected` when tombstones were last pruned (u64::MAX: never, this run).
+    pruned_at: AtomicU64,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -149,6 +151,7 @@ impl GcControl {
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
+            pruned_at: AtomicU64::new(u64::MAX),
             task: Mutex::new(None),
         }
     }
@@ -287,6 +290,9 @@ const GROUPS_IN_FLIGHT: usize = 8;
 /// there is lost until the zone is collected in turn (1 MiB groups raised the churn
 /// benchmark's write amplification by 5%).
 const GROUP_BYTES: usize = 256 << 10;
+
+/// Tombstones a prune pass hands the committer per change.
+const PRUNE_BATCH: usize = 1024;
 
 /// Live records' copies gathered into one append: copying many small records costs one append
 /// instead of one each.
@@ -510,7 +516,15 @@ impl EngineInner {
         let mut kept = self.held_back(drive);
         let mut failures = 0;
         while self.placement.free_zones(drive) < high && self.gc.enabled.load(Ordering::SeqCst) {
-            let Some(victim) = self.choose_victim_except(drive, config.policy, &kept) else {
+            // At the reserve with nothing to collect, tombstones whose zones were reset since
+            // may be garbage still counted live: dropped, they make victims.
+            let victim = match self.choose_victim_except(drive, config.policy, &kept) {
+                None if self.at_reserve(drive) && self.prune_tombstones_if_due().await => {
+                    self.choose_victim_except(drive, config.policy, &kept)
+                }
+                chosen => chosen,
+            };
+            let Some(victim) = victim else {
                 break;
             };
             if !self.placement.collectable(victim) {
@@ -590,6 +604,63 @@ impl EngineInner {
         }
     }
 
+    /// Drops every tombstone with nothing older left to hide (see [`Change::PruneTombstones`]),
+    /// if a zone was reset since the last time (or never this run). Returns whether it did.
+    async fn prune_tombstones_if_due(&self) -> bool {
+        let collected = self.gc.zones_collected.load(Ordering::SeqCst);
+        if self.gc.pruned_at.swap(collected, Ordering::SeqCst) == collected {
+            return false;
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let index = self.index.clone();
+            let start = after.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                let mut items = Vec::new();
+                let mut last = None;
+                let from = start.as_deref().unwrap_or(&[]);
+                index.for_each_from(super::index::cf::TOMBSTONES, from, |k, v| {
+                    if start.as_deref() == Some(k) {
+                        return true;
+                    }
+                    last = Some(k.to_vec());
+                    if let (Some(kind), Ok(t)) = (
+                        k.first().copied().and_then(located::tomb_kind),
+                        super::model::TombstoneEntry::decode(v),
+                    ) {
+                        items.push((kind, k[1..].to_vec(), t.seq));
+                    }
+                    items.len() < PRUNE_BATCH
+                })?;
+                Ok::<_, EngineError>((items, last))
+            })
+            .await;
+            let (items, last) = match batch {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(e)) => {
+                    tracing::warn!("reading tombstones to prune failed: {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("reading tombstones to prune failed: {e}");
+                    break;
+                }
+            };
+            let full = items.len() >= PRUNE_BATCH;
+            if !items.is_empty()
+                && let Err(e) = self.committer.submit(Change::PruneTombstones(items)).await
+            {
+                tracing::warn!("pruning tombstones failed: {e}");
+                break;
+            }
+            if !full || last.is_none() {
+                break;
+            }
+            after = last;
+        }
+        true
+    }
+
     /// Whether GC is reclaiming space now or has something to reclaim on some drive: a
     /// victim on a drive it would collect (below its low watermark, taking writes; one held
     /// back after a try is due again soon). A store with nothing GC will reclaim is full
@@ -644,18 +715,30 @@ impl EngineInner {
         policy: Policy,
         except: &HashSet<u32>,
     ) -> Option<ZoneId> {
-        let capacity_bytes = self.drives.get(drive)?.geometry.zone_capacity_bytes();
+        let geometry = self.drives.get(drive)?.geometry;
+        let capacity_bytes = geometry.zone_capacity_bytes();
+        let block = u64::from(geometry.block_size);
         let capacity = capacity_bytes as f64;
         let worth = (capacity_bytes / 8).max(self.record_limit);
+        // A drive at its reserve takes any zone holding deleted data, most garbage first:
+        // deletes spread thin over many zones may leave none with the garbage above, while
+        // their tombstones fill the one zone of the reserve they may use, and then neither a
+        // PUT nor a DELETE could go on. (Deleted data, not the unwritten end a Finish left: a
+        // zone holding only that would have its records moved into a zone that ends the same.)
+        let relaxed = self.at_reserve(drive);
+        let policy = if relaxed { Policy::Greedy } else { policy };
         let now = now_ms();
         self.placement
             .sealed(drive)
             .into_iter()
             .filter(|(zone, _)| !except.contains(zone))
-            .filter_map(|(zone, _)| {
+            .filter_map(|(zone, held_blocks)| {
                 let id = ZoneId { drive, zone };
                 let account = self.accounts.get(id);
-                if capacity_bytes.saturating_sub(account.valid_bytes) < worth {
+                let deleted = (held_blocks * block).saturating_sub(account.valid_bytes);
+                if capacity_bytes.saturating_sub(account.valid_bytes) < worth
+                    && !(relaxed && deleted >= block)
+                {
                     return None;
                 }
                 let u = (account.valid_bytes as f64 / capacity).min(1.0);

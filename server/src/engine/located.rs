@@ -18,7 +18,8 @@ pub struct Located {
     pub copies: Vec<Location>,
 }
 
-fn tomb_kind(byte: u8) -> Option<TombKind> {
+/// The kind of tombstone the first byte of a tombstone key names.
+pub(crate) fn tomb_kind(byte: u8) -> Option<TombKind> {
     match byte {
         b'O' => Some(TombKind::Object),
         b'B' => Some(TombKind::Bucket),
