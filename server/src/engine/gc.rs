@@ -673,10 +673,14 @@ impl EngineInner {
             return true;
         }
         let config = self.gc.config.lock().clone();
+        // Tombstones to prune (zones were reset since the last time) may make victims too.
+        let prune_due = self.gc.pruned_at.load(Ordering::SeqCst)
+            != self.gc.zones_collected.load(Ordering::SeqCst);
         self.drives.all().iter().any(|d| {
             d.is_writable()
                 && self.placement.free_zones(d.id) < self.watermarks(d.id, &config).0
-                && self.choose_victim(d.id, config.policy).is_some()
+                && (self.choose_victim(d.id, config.policy).is_some()
+                    || (prune_due && self.at_reserve(d.id)))
         })
     }
 
