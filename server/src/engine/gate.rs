@@ -8,13 +8,15 @@
 //! so it takes what it read only if the index still names that copy once the read is done (GC
 //! takes a copy out of the index before it resets the zone).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
+
+use super::model::ZoneId;
 
 /// Readers of one epoch still running: how many began at each instant. (The newest running
 /// one matters to a drain: one that ended, however recent, holds nothing.)
@@ -31,8 +33,12 @@ struct State {
 pub struct ReadGate {
     state: Arc<Mutex<State>>,
     /// One past the newest epoch whose readers a drain went on without (0: none; see
-    /// [`Ticket::given_up_on`]). Apart from `state`: every piece a read serves asks it.
+    /// [`Ticket::given_up_on`]). Apart from `state`: every piece a read serves asks it, and
+    /// only a read older than it looks at `given_up`.
     given_up_below: Arc<AtomicU64>,
+    /// For each zone a drain went on without some readers before resetting it: one past the
+    /// newest epoch of those readers (entries go once no reader that old is left).
+    given_up: Arc<Mutex<HashMap<ZoneId, u64>>>,
 }
 
 /// A read in progress; dropping it ends the read.
@@ -68,10 +74,10 @@ impl ReadGate {
         s.epoch - 1
     }
 
-    /// Waits until no read from `epoch` or before that began less than `limit` ago is running.
-    /// Returns whether every such read ended (false: some ran past the limit, and the caller
-    /// goes on without them).
-    pub async fn drain(&self, epoch: u64, limit: impl Fn() -> Duration) -> bool {
+    /// Waits until no read from `epoch` or before that began less than `limit` ago is running,
+    /// before `zone` is reset. Returns whether every such read ended (false: some ran past the
+    /// limit, and the caller goes on without them: they know it of `zone` alone).
+    pub async fn drain(&self, epoch: u64, zone: ZoneId, limit: impl Fn() -> Duration) -> bool {
         loop {
             let limit = limit();
             let (young, old) = {
@@ -93,8 +99,14 @@ impl ReadGate {
             };
             if !young {
                 if old {
-                    self.given_up_below
-                        .fetch_max(epoch.saturating_add(1), Ordering::SeqCst);
+                    let below = epoch.saturating_add(1);
+                    let oldest = self.state.lock().readers.keys().next().copied();
+                    let mut given_up = self.given_up.lock();
+                    // No reader older than an entry's epoch is left: it tells nobody anything.
+                    given_up.retain(|_, e| oldest.is_some_and(|o| o < *e));
+                    let e = given_up.entry(zone).or_insert(0);
+                    *e = (*e).max(below);
+                    self.given_up_below.fetch_max(below, Ordering::SeqCst);
                 }
                 return !old;
             }
@@ -104,10 +116,16 @@ impl ReadGate {
 }
 
 impl Ticket {
-    /// Whether GC went on without this read (it ran past a drain's limit): a zone it looked
-    /// copies up in may have been reset since.
-    pub fn given_up_on(&self) -> bool {
+    /// Whether GC went on without this read (it ran past a drain's limit) and reset `zone`,
+    /// where the read may have looked copies up: that zone may have been written again since.
+    pub fn given_up_on(&self, zone: ZoneId) -> bool {
         self.epoch < self.gate.given_up_below.load(Ordering::SeqCst)
+            && self
+                .gate
+                .given_up
+                .lock()
+                .get(&zone)
+                .is_some_and(|&below| self.epoch < below)
     }
 }
 
@@ -132,15 +150,18 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    const ZONE: ZoneId = ZoneId { drive: 0, zone: 3 };
+    const OTHER: ZoneId = ZoneId { drive: 1, zone: 3 };
+
     #[tokio::test]
     async fn drain_waits_for_older_readers_only() {
         let gate = ReadGate::default();
         let old = gate.enter();
         let ended = gate.advance();
         let _new = gate.enter();
-        assert!(!gate.drain(ended, || Duration::from_millis(20)).await);
+        assert!(!gate.drain(ended, ZONE, || Duration::from_millis(20)).await);
         drop(old);
-        assert!(gate.drain(ended, || Duration::from_millis(20)).await);
+        assert!(gate.drain(ended, ZONE, || Duration::from_millis(20)).await);
     }
 
     #[tokio::test(start_paused = true)]
@@ -149,15 +170,25 @@ mod tests {
         let long = gate.enter();
         tokio::time::advance(Duration::from_secs(40)).await;
         let ended = gate.advance();
-        assert!(!long.given_up_on());
+        assert!(!long.given_up_on(ZONE));
         let started = Instant::now();
-        assert!(!gate.drain(ended, || Duration::from_secs(30)).await);
+        assert!(!gate.drain(ended, ZONE, || Duration::from_secs(30)).await);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a download that began 40 s ago does not hold GC for another 30 s"
         );
-        assert!(long.given_up_on(), "the download knows it was given up on");
-        assert!(!gate.enter().given_up_on(), "a read begun since holds GC");
+        assert!(
+            long.given_up_on(ZONE),
+            "the download knows it was given up on"
+        );
+        assert!(
+            !long.given_up_on(OTHER),
+            "of the zone reset alone: its reads elsewhere stand"
+        );
+        assert!(
+            !gate.enter().given_up_on(ZONE),
+            "a read begun since holds GC"
+        );
         // A short read that began since (in the same epoch as a long one) and has ended holds
         // nothing: only running reads count.
         let _long_too = gate.enter();
@@ -165,7 +196,7 @@ mod tests {
         drop(gate.enter());
         let ended = gate.advance();
         let started = Instant::now();
-        assert!(!gate.drain(ended, || Duration::from_secs(30)).await);
+        assert!(!gate.drain(ended, ZONE, || Duration::from_secs(30)).await);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "a read that ended made the drain wait for the old download"
@@ -174,7 +205,7 @@ mod tests {
         let _young = gate.enter();
         let ended = gate.advance();
         let started = Instant::now();
-        assert!(!gate.drain(ended, || Duration::from_secs(30)).await);
+        assert!(!gate.drain(ended, ZONE, || Duration::from_secs(30)).await);
         assert!(started.elapsed() >= Duration::from_secs(30));
     }
 }

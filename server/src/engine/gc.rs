@@ -822,7 +822,7 @@ impl EngineInner {
                     wait
                 }
             };
-            if !self.gate.drain(epoch, limit).await {
+            if !self.gate.drain(epoch, zone, limit).await {
                 tracing::warn!(?zone, "resetting a zone while a slow read may still use it");
             }
             let zslba = drive.geometry.zone_start(zone.zone);

@@ -408,7 +408,14 @@ impl EngineInner {
                     continue;
                 }
                 match self.read_copy(&piece, location).await {
-                    Ok(bytes) if !ticket.given_up_on() => return served(bytes, failed_over),
+                    Ok(bytes)
+                        if self
+                            .drives
+                            .zone_of(&location)
+                            .is_some_and(|zone| !ticket.given_up_on(zone)) =>
+                    {
+                        return served(bytes, failed_over);
+                    }
                     // GC went on without this read: the zone may have been reset and written
                     // again, so what passed the record's checks counts only if the index still
                     // names the copy now that it has been read (see [`super::gate`]).
