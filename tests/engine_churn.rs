@@ -174,19 +174,7 @@ async fn a_full_drive_refuses_puts_but_serves_gets_and_deletes_and_recovers() {
         engine.delete("b", key).await.unwrap();
     }
     // GC reclaims the deleted data and the next PUT fits.
-    let mut ok = false;
-    for _ in 0..100 {
-        engine.gc().nudge();
-        if put(&engine, "b", "after", &content("after", 0, 60_000))
-            .await
-            .is_ok()
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "deleting made room for the next PUT");
+    put_once_gc_makes_room(&engine, "after", &content("after", 0, 60_000)).await;
     assert_eq!(
         get(&engine, "b", "after").await.unwrap(),
         content("after", 0, 60_000)
@@ -247,23 +235,23 @@ async fn a_full_drive_of_small_objects_deleted_thinly_keeps_taking_deletes_and_r
             }
         }
     }
-    let mut ok = false;
-    for _ in 0..100 {
-        engine.gc().nudge();
-        if put(&engine, "b", "after", &content("after", 0, 3000))
-            .await
-            .is_ok()
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok, "deleting made room for the next PUT");
+    put_once_gc_makes_room(&engine, "after", &content("after", 0, 3000)).await;
     for &i in &order[deleted..] {
         assert_eq!(
             get(&engine, "b", &stored[i]).await.unwrap(),
             content(&stored[i], 0, 3000)
         );
     }
+}
+
+/// PUTs `body` as `key` in bucket `b` once GC has made room for it (within 5 s).
+async fn put_once_gc_makes_room(engine: &zonestore::engine::Engine, key: &str, body: &[u8]) {
+    for _ in 0..100 {
+        engine.gc().nudge();
+        if put(engine, "b", key, body).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("deleting made no room for the next PUT");
 }

@@ -761,13 +761,21 @@ mod tests {
     /// Accepts one connection on `listener` and answers its ICReq (no digests, MAXH2CDATA 1
     /// MiB).
     async fn accept_with_icresp(listener: &TcpListener) -> tokio::net::TcpStream {
+        accept_with_icresp_digests(listener, Digests::NONE).await
+    }
+
+    /// [`accept_with_icresp`] with `digests` agreed.
+    async fn accept_with_icresp_digests(
+        listener: &TcpListener,
+        digests: Digests,
+    ) -> tokio::net::TcpStream {
         let (mut socket, _) = listener.accept().await.unwrap();
         let mut icreq = [0u8; 128];
         socket.read_exact(&mut icreq).await.unwrap();
         let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
             pfv: 0,
             cpda: 0,
-            dgst: Digests::NONE,
+            dgst: digests,
             maxh2cdata: 1 << 20,
         });
         socket
@@ -875,20 +883,8 @@ mod tests {
             data: true,
         };
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut icreq = [0u8; 128];
-            socket.read_exact(&mut icreq).await.unwrap();
-            let ic = Pdu::IcResp(crate::wire::pdu::IcResp {
-                pfv: 0,
-                cpda: 0,
-                dgst: digests,
-                maxh2cdata: 1 << 20,
-            });
+            let mut socket = accept_with_icresp_digests(&listener, digests).await;
             let framing = Framing { digests, pda: 0 };
-            socket
-                .write_all(&encode(&ic, Framing::INITIAL).to_bytes())
-                .await
-                .unwrap();
             let mut decoder = crate::wire::pdu::Decoder::new(HOST_TO_CONTROLLER, 1 << 20);
             decoder.framing = framing;
             let mut buf = bytes::BytesMut::new();
