@@ -377,10 +377,13 @@ impl NvmeTcpHost {
             State::Down(_) => false,
             State::Closed => true,
         };
-        if let State::Up(session) = &*self.inner.state.borrow()
-            && usable(&State::Up(session.clone()))
         {
-            return Ok(session.clone());
+            let state = self.inner.state.borrow();
+            if let State::Up(session) = &*state
+                && usable(&state)
+            {
+                return Ok(session.clone());
+            }
         }
         let mut rx = self.inner.state.subscribe();
         let wait = self.inner.config.reconnect_wait;
