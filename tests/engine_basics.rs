@@ -1657,14 +1657,10 @@ async fn a_scrub_pass_a_restart_stops_goes_on_from_where_it_stood() {
             .unwrap();
     }
     engine.repair().scrub();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while engine.repair().status().scrub_checked < 6 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the scrub checked too little"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_repair(&engine, "the scrub checked too little", 30, |s| {
+        s.scrub_checked >= 6
+    })
+    .await;
     let first = engine.repair().status();
     assert_eq!(first.scrub_passes, 0, "the pass ended before the restart");
     engine.shutdown().await;
@@ -1677,23 +1673,15 @@ async fn a_scrub_pass_a_restart_stops_goes_on_from_where_it_stood() {
         c.repair.scrub_rate_bytes_per_sec = 0;
     })
     .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while engine.repair().status().scrub_passes == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stopped pass did not go on"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_repair(&engine, "the stopped pass did not go on", 30, |s| {
+        s.scrub_passes > 0
+    })
+    .await;
     let resumed = engine.repair().status();
     assert!(resumed.scrub_last_end_ms.is_some(), "{resumed:?}");
     // A whole pass, for comparison.
     engine.repair().scrub();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while engine.repair().status().scrub_passes < 2 {
-        assert!(std::time::Instant::now() < deadline, "no whole pass ended");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_repair(&engine, "no whole pass ended", 30, |s| s.scrub_passes >= 2).await;
     let whole = engine.repair().status().scrub_checked - resumed.scrub_checked;
     assert!(
         resumed.scrub_checked > 0 && resumed.scrub_checked < whole,
