@@ -62,13 +62,13 @@ pub fn string_to_sign(
     resource_path: &str,
     presigned: bool,
 ) -> String {
+    // A value that is not ASCII is signed as it came (taking it for no value let a presigned
+    // URL signed without a Content-Type be sent with any Content-Type holding one such byte).
     let header = |name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .trim()
-            .to_string()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .unwrap_or_default()
     };
     let mut amz: Vec<(String, String)> = Vec::new();
     for (name, value) in headers {
@@ -145,6 +145,23 @@ mod tests {
         assert_eq!(
             sign(SECRET, "PUT\n\ntext/plain\n1796233238\n/bkt/k"),
             "gtT5B4NIjYyoJt6QI6svW5Fze2A="
+        );
+    }
+
+    /// A Content-Type that is not ASCII is signed as sent: a URL signed without one does not
+    /// take one holding such a byte.
+    #[test]
+    fn a_content_type_that_is_not_ascii_is_signed_as_sent() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_bytes("text/html; x=\u{e9}".as_bytes()).unwrap(),
+        );
+        let s = string_to_sign("PUT", &h, None, "5", "/b/k", true);
+        assert_eq!(s, "PUT\n\ntext/html; x=\u{e9}\n5\n/b/k");
+        assert_ne!(
+            s,
+            string_to_sign("PUT", &HeaderMap::new(), None, "5", "/b/k", true)
         );
     }
 
