@@ -839,9 +839,11 @@ impl Engine {
         let mut md5s = Vec::with_capacity(parts.len() * 16);
         for (i, (number, etag)) in parts.iter().enumerate() {
             let wanted = etag.trim_matches('"');
+            // (Parts come in part-number order: 10,000 of them are found by halving.)
             let part = stored
-                .iter()
-                .find(|p| p.part_number == *number)
+                .binary_search_by_key(number, |p| p.part_number)
+                .ok()
+                .map(|at| &stored[at])
                 .ok_or_else(|| {
                     EngineError::InvalidPart(format!("part {number} was not uploaded"))
                 })?;
