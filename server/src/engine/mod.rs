@@ -912,9 +912,11 @@ impl Engine {
             let mut pair = bytes::BytesMut::with_capacity(commit_record.len() + end_record.len());
             pair.extend_from_slice(&commit_record);
             pair.extend_from_slice(&end_record);
+            // (Claimed as the commit it is: like any write that adds an object, it does not
+            // dip into the reserve that tombstones and upload ends may use.)
             let Appended { locations, holds } = self
                 .inner
-                .append_claiming(pair.freeze(), Kind::UploadEnd, meta.seq)
+                .append_claiming(pair.freeze(), Kind::Commit, meta.seq)
                 .await?;
             let commit = locations
                 .iter()
