@@ -634,13 +634,11 @@ impl EngineInner {
                 })?;
                 Ok::<_, EngineError>((items, last))
             })
-            .await;
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))
+            .and_then(|read| read);
             let (items, last) = match batch {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(e)) => {
-                    tracing::warn!("reading tombstones to prune failed: {e}");
-                    break;
-                }
+                Ok(batch) => batch,
                 Err(e) => {
                     tracing::warn!("reading tombstones to prune failed: {e}");
                     break;

@@ -234,21 +234,26 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
     control.tasks.lock().extend([task, scrub]);
 }
 
+/// The value of scrub's meta `key` (`what` it says, for the warning should it not read).
+fn scrub_meta(e: &EngineInner, key: &[u8], what: &str) -> Option<Vec<u8>> {
+    e.index
+        .get_raw(super::index::cf::META, key)
+        .unwrap_or_else(|err| {
+            tracing::warn!("reading {what} failed: {err}");
+            None
+        })
+}
+
 /// Runs a scrub pass when one is asked for, and every scrub interval (counted from the end of
 /// the last pass: a pass longer than the interval is not followed by another at once).
 async fn scrub_when_due(engine: Weak<EngineInner>) {
     let Some(e) = engine.upgrade() else { return };
-    let last_end_ms = match e.index.get_raw(super::index::cf::META, SCRUB_LAST_END_KEY) {
-        Ok(v) => v.and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?))),
-        Err(err) => {
-            tracing::warn!("reading when the last scrub pass ended failed: {err}");
-            None
-        }
-    };
+    let last_end_ms = scrub_meta(&e, SCRUB_LAST_END_KEY, "when the last scrub pass ended")
+        .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)));
     e.repair.status.lock().scrub_last_end_ms = last_end_ms;
     // A pass a restart stopped goes on at once from where it stood.
-    let mut unfinished = match e.index.get_raw(super::index::cf::META, SCRUB_CURSOR_KEY) {
-        Ok(v) => v.and_then(|v| {
+    let mut unfinished = scrub_meta(&e, SCRUB_CURSOR_KEY, "where the last scrub pass stood")
+        .and_then(|v| {
             let cursor = located::Cursor::from_bytes(&v);
             if cursor.is_none() {
                 tracing::warn!(
@@ -256,12 +261,7 @@ async fn scrub_when_due(engine: Weak<EngineInner>) {
                 );
             }
             cursor
-        }),
-        Err(err) => {
-            tracing::warn!("reading where the last scrub pass stood failed: {err}");
-            None
-        }
-    };
+        });
     drop(e);
     let mut last_scrub = scrub_counted_from(last_end_ms, now_ms(), Instant::now());
     loop {
