@@ -4044,7 +4044,7 @@ async fn a_write_that_failed_after_its_commit_record_landed_stays_dead() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
     let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
-    let drive = zns::EmulatedZns::open_or_create(&dir.path().join("drive0"), g).unwrap();
+    let drive = open_drive(&dir.path().join("drive0"), g);
     let failing = std::sync::Arc::new(AtomicBool::new(false));
     let mut device = zns::testing::Intercepted::new(std::sync::Arc::new(drive.clone()));
     let fail = failing.clone();

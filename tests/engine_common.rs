@@ -31,6 +31,22 @@ pub fn gc_by_hand(c: &mut EngineConfig) {
     c.gc.rate_bytes_per_sec = 0;
 }
 
+/// Opens (or creates) the emulated drive in `dir`. A drive this test dropped a moment ago may
+/// still be held (its lock on the data file) by the last file tasks of the engine that used it:
+/// they are waited for, a while.
+pub fn open_drive(dir: &Path, geometry: Geometry) -> EmulatedZns {
+    let mut tries = 0;
+    loop {
+        match EmulatedZns::open_or_create(dir, geometry) {
+            Err(e) if tries < 500 && e.to_string().contains("in use") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened.expect("drive"),
+        }
+    }
+}
+
 /// Opens (or creates) `drives` emulated drives under `dir` and an engine over them.
 pub async fn open_engine(
     dir: &Path,
@@ -53,8 +69,7 @@ pub async fn open_engine_reporting(
     let mut specs = Vec::new();
     let mut emulated = Vec::new();
     for i in 0..drives {
-        let d =
-            EmulatedZns::open_or_create(&dir.join(format!("drive{i}")), geometry).expect("drive");
+        let d = open_drive(&dir.join(format!("drive{i}")), geometry);
         emulated.push(d.clone());
         specs.push(DriveSpec {
             name: format!("zns-file://drive{i}"),
