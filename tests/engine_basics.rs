@@ -1964,6 +1964,83 @@ async fn a_drain_finishes_while_a_scrub_pass_runs() {
         .expect("a scrub pass waiting on its rate does not hold the shutdown up");
 }
 
+/// A drive is drained only once nothing is on its way to it either: a large upload that put
+/// records there before the drain began, not yet committed, keeps it draining through repair
+/// passes that find nothing left there, until the upload ends and its records are moved off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_is_not_drained_while_an_upload_placed_before_the_drain_is_unfinished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives) = open_engine(dir.path(), 2, small_geometry(16, 1 << 20), |c| {
+        c.replicas = 1;
+        c.write_quorum = 1;
+        c.gc.enabled = false;
+    })
+    .await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("big", 7, 1 << 20);
+    let mut writer = engine.put("b", "big").unwrap();
+    for chunk in body.chunks(100 << 10) {
+        writer
+            .write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    // The drive that took some of its records (striped over both).
+    let probes: Vec<&[u8]> = (0..16)
+        .map(|i| &body[i * 65_000..i * 65_000 + 64])
+        .collect();
+    let holds = |d: &zns::EmulatedZns| {
+        let file = std::fs::read(d.data_path()).unwrap();
+        probes.iter().any(|p| file.windows(64).any(|w| w == *p))
+    };
+    let target = (0..2).find(|&i| holds(&drives[i])).expect("records landed");
+    let name = format!("zns-file://drive{target}");
+    let drive = engine
+        .drives()
+        .all()
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap()
+        .clone();
+    engine.drain(&name).await.unwrap();
+    // A repair pass begun since the drain finds nothing to move: the index names nothing there.
+    let began_after = drive
+        .drain_began_after_pass
+        .load(std::sync::atomic::Ordering::SeqCst);
+    until_repair(&engine, "no pass since the drain", 30, |s| {
+        s.passes > began_after && s.draining_bytes == 0
+    })
+    .await;
+    assert_eq!(engine.live_bytes()[target], 0);
+    assert!(
+        !engine.drained(&drive),
+        "drained while the upload's records there are not in the index"
+    );
+    let meta = ObjectMeta {
+        etag: "big".into(),
+        owner: "tester".into(),
+        ..ObjectMeta::default()
+    };
+    writer.finish_object(meta, Condition::None).await.unwrap();
+    assert!(
+        !engine.drained(&drive),
+        "drained holding the object's records"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !engine.drained(&drive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never drained: {:?} {:?}",
+            engine.repair().status(),
+            engine.live_bytes()
+        );
+        engine.repair().nudge();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine.live_bytes()[target], 0);
+    assert_eq!(get(&engine, "b", "big").await.unwrap(), body);
+}
+
 /// A rebuild makes what it reads durable before the index names it: a target keeps (and
 /// reports) what a killed server appended but never flushed, and would lose it at its own
 /// restart, leaving the rebuilt index pointing past the write pointer.

@@ -490,7 +490,7 @@ fn drain_moves_everything_off_a_target() {
         .unwrap()
         .to_string();
     assert!(
-        row.contains("draining") && row.split_whitespace().nth(3) == Some("0B"),
+        row.contains("drained") && row.split_whitespace().nth(3) == Some("0B"),
         "{done}"
     );
     assert!(

@@ -544,6 +544,8 @@ async fn targets(State(s): State<Arc<AdminState>>) -> Response {
         };
         let state = if drive.removed {
             "removed"
+        } else if s.engine.drained(drive) {
+            "drained"
         } else if drive.draining.load(Ordering::Relaxed) {
             "draining"
         } else if drive.foreign.load(Ordering::Relaxed)

@@ -315,17 +315,20 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
             print!("{}", answer.body);
             bail!("the server lists {} targets named {target}", rows.len());
         };
-        let (state, row_live) = (columns.first().copied(), columns.get(2).copied());
-        if state != Some("draining") {
-            print!("{}", answer.body);
-            bail!(
-                "{target} is {} now, not draining (undrained, or removed?)",
-                state.unwrap_or("?")
-            );
-        }
-        if left.starts_with("0B ") && row_live == Some("0B") {
-            print!("{}", answer.body);
-            return Ok(());
+        // Drained as the server sees it: nothing left there, nothing on its way there.
+        match columns.first().copied() {
+            Some("drained") => {
+                print!("{}", answer.body);
+                return Ok(());
+            }
+            Some("draining") => {}
+            state => {
+                print!("{}", answer.body);
+                bail!(
+                    "{target} is {} now, not draining (undrained, or removed?)",
+                    state.unwrap_or("?")
+                );
+            }
         }
         if let Some(why) = answer.body.lines().find(|l| l.starts_with("repair waits:")) {
             say_err!("{why}");

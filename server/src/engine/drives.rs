@@ -32,6 +32,9 @@ pub struct Drive {
     pub unreachable_since: AtomicU64,
     /// Whether its data is being moved off (no new writes go to it).
     pub draining: AtomicBool,
+    /// How many repair passes had begun when the drive last began draining: one begun after
+    /// that has met every record the drive held or was about to take.
+    pub drain_began_after_pass: AtomicU64,
     /// I/O errors seen.
     pub errors: AtomicU64,
     /// Whether the engine knows the drive's zones: false for a drive that could not be reached
@@ -67,6 +70,7 @@ impl Drive {
             down_until: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            drain_began_after_pass: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             attached: AtomicBool::new(true),
             removed: false,

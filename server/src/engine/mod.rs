@@ -142,6 +142,20 @@ impl std::fmt::Debug for EngineInner {
 }
 
 impl EngineInner {
+    /// Live bytes (records the index uses) on `drive`.
+    pub(crate) fn live_bytes_on(&self, drive: &drives::Drive) -> u64 {
+        (0..drive.geometry.zone_count)
+            .map(|zone| {
+                self.accounts
+                    .get(ZoneId {
+                        drive: drive.id,
+                        zone,
+                    })
+                    .valid_bytes
+            })
+            .sum()
+    }
+
     pub(crate) fn replicas(&self) -> usize {
         self.config.replicas.min(self.drives.len()).max(1)
     }
@@ -1184,20 +1198,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether `drive` is drained: draining, no append on it awaits its index entry, the index
+    /// names no record there, and a repair pass begun since the drain began (one that met every
+    /// record placed before) has ended. It can then be taken away without a copy lost.
+    pub fn drained(&self, drive: &drives::Drive) -> bool {
+        if !drive.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let began_after = drive.drain_began_after_pass.load(Ordering::SeqCst);
+        // (Appends first: one that ends adds its record to the live bytes before it lets go.)
+        self.inner.repair.status().passes > began_after
+            && self.inner.placement.unindexed_appends(drive.id) == 0
+            && self.inner.live_bytes_on(drive) == 0
+    }
+
     /// Live bytes (records the index uses) on each drive.
     pub fn live_bytes(&self) -> Vec<u64> {
         let mut out = vec![0u64; self.inner.drives.len()];
         for drive in self.inner.drives.all() {
-            for zone in 0..drive.geometry.zone_count {
-                out[usize::from(drive.id)] += self
-                    .inner
-                    .accounts
-                    .get(ZoneId {
-                        drive: drive.id,
-                        zone,
-                    })
-                    .valid_bytes;
-            }
+            out[usize::from(drive.id)] = self.inner.live_bytes_on(drive);
         }
         out
     }

@@ -644,6 +644,16 @@ impl Placement {
         }
     }
 
+    /// Appends on a drive that are not in the index yet: on their way, or landed and awaiting
+    /// their index entry (or to be given up).
+    pub fn unindexed_appends(&self, drive: DriveId) -> u64 {
+        self.drives.lock()[usize::from(drive)]
+            .zones
+            .iter()
+            .map(|z| u64::from(z.pending) + u64::from(z.holds))
+            .sum()
+    }
+
     /// Free zones on a drive.
     pub fn free_zones(&self, drive: DriveId) -> usize {
         self.drives.lock()[usize::from(drive)].free.len()

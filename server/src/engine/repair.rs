@@ -65,6 +65,8 @@ pub struct RepairStatus {
     pub copies_dropped: u64,
     /// Repair passes completed.
     pub passes: u64,
+    /// Repair passes begun (one at a time: `passes` or one more).
+    pub passes_begun: u64,
     /// Why the last pass could not do everything, if it could not.
     pub blocked: Option<String>,
     /// Copy rate of the last pass that copied anything, bytes per second.
@@ -92,6 +94,9 @@ pub struct RepairStatus {
 /// the scrub interval counts from it across restarts, or a server restarted more often than
 /// the interval would never scrub.
 const SCRUB_LAST_END_KEY: &[u8] = b"scrub:last-end-ms";
+
+/// How long a scrub pass that failed (its index unreadable for a moment) waits to go on.
+const SCRUB_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The meta key of where an unfinished scrub pass stands (a [`located::Cursor`]): a pass stopped
 /// by a restart goes on from there, or a store restarted more often than a pass lasts would
@@ -206,7 +211,9 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
                 return;
             }
             let signature = e.health_signature();
-            let blocked = e.repair.status.lock().blocked.is_some();
+            // (A draining drive still holding records, or about to, is as a pass that could not
+            // do everything: records an upload begun before the drain put there.)
+            let blocked = e.repair.status.lock().blocked.is_some() || e.drain_unfinished();
             if pass_due(&signature, last_signature.as_ref(), last_pass, blocked) {
                 match e.repair_pass().await {
                     Ok(scanning) => {
@@ -264,6 +271,8 @@ async fn scrub_when_due(engine: Weak<EngineInner>) {
         });
     drop(e);
     let mut last_scrub = scrub_counted_from(last_end_ms, now_ms(), Instant::now());
+    // When a pass that failed goes on.
+    let mut retry_at: Option<Instant> = None;
     loop {
         let Some(e) = engine.upgrade() else { return };
         if e.repair.closed.load(Ordering::SeqCst) {
@@ -271,14 +280,22 @@ async fn scrub_when_due(engine: Weak<EngineInner>) {
         }
         let interval = e.repair.config.lock().scrub_interval;
         if e.repair.scrub_requested.swap(false, Ordering::SeqCst)
-            || unfinished.is_some()
+            || (unfinished.is_some() && retry_at.is_none_or(|at| Instant::now() >= at))
             || interval.is_some_and(|i| last_scrub.elapsed() >= i)
         {
             if unfinished.is_some() {
                 tracing::info!("a scrub pass a restart stopped goes on");
             }
-            if let Err(err) = e.scrub_pass(unfinished.take().unwrap_or_default()).await {
-                tracing::warn!("scrub pass failed: {err}");
+            let from = unfinished.take().unwrap_or_default();
+            if let Err(err) = e.scrub_pass(from.clone()).await {
+                // It goes on later from where it stood (as kept, else where it began).
+                tracing::warn!("scrub pass failed (it goes on in a minute): {err}");
+                unfinished = Some(
+                    scrub_meta(&e, SCRUB_CURSOR_KEY, "where the scrub pass stood")
+                        .and_then(|v| located::Cursor::from_bytes(&v))
+                        .unwrap_or(from),
+                );
+                retry_at = Some(Instant::now() + SCRUB_RETRY_AFTER);
             }
             last_scrub = Instant::now();
         }
@@ -304,10 +321,10 @@ const MIN_PASS_GAP: Duration = Duration::from_secs(10);
 const MAX_PASS_GAP: Duration = Duration::from_secs(300);
 
 /// Whether a repair pass (a scan of the whole index) is due. A drive going down, coming back,
-/// draining or outliving the grace period asks for one at once. New short writes, or a pass
-/// that could not finish, ask for one too, but no sooner than `MIN_PASS_GAP` and ten times the
-/// last pass's length after it: a target down under write load must not keep the gateway busy
-/// scanning a big index. And a pass runs at least every `MAX_PASS_GAP`.
+/// draining or outliving the grace period asks for one at once. New short writes, a pass that
+/// could not finish, or a draining drive still holding records (`blocked`), ask for one too,
+/// but no sooner than `MIN_PASS_GAP` and ten times the last pass's length after it: a target
+/// down under write load must not keep the gateway busy scanning a big index. And a pass runs at least every `MAX_PASS_GAP`.
 fn pass_due(
     now: &HealthSignature,
     last: Option<&HealthSignature>,
@@ -387,6 +404,14 @@ impl EngineInner {
         }
     }
 
+    /// Whether a draining drive still holds records, or appends on their way there.
+    fn drain_unfinished(&self) -> bool {
+        self.drives.all().iter().any(|d| {
+            d.draining.load(Ordering::Relaxed)
+                && (self.placement.unindexed_appends(d.id) > 0 || self.live_bytes_on(d) > 0)
+        })
+    }
+
     fn drive_views(&self) -> Vec<DriveView> {
         let grace = self.repair.config.lock().grace;
         self.drives
@@ -419,6 +444,7 @@ impl EngineInner {
         let mut tally = Tally::default();
         let mut cursor = located::Cursor::default();
         let mut scanning = Duration::ZERO;
+        self.repair.status.lock().passes_begun += 1;
         loop {
             let scan_started = Instant::now();
             let (index, drives, batch_views) =
@@ -863,6 +889,11 @@ impl EngineInner {
                 tracing::info!(checked, bad, repaired, "scrub pass stopped by the shutdown");
                 return result;
             }
+            // Nor is one cut short by a failure: where it stood is kept, for it to go on from.
+            if let Err(e) = &result {
+                tracing::info!(checked, bad, repaired, "scrub pass stopped by a failure: {e}");
+                return result;
+            }
             s.scrub_passes += 1;
             tracing::info!(checked, bad, repaired, "scrub pass finished");
             let ended = now_ms();
@@ -1075,6 +1106,10 @@ impl EngineInner {
             .ok_or_else(|| EngineError::InvalidArgument("no such drive".into()))?;
         // No new writes go to it from now; if the drain cannot be recorded, it never began.
         let was = d.draining.swap(true, Ordering::SeqCst);
+        if !was {
+            let begun = self.repair.status.lock().passes_begun;
+            d.drain_began_after_pass.store(begun, Ordering::SeqCst);
+        }
         if let Err(e) = self
             .committer
             .submit(Change::SetDraining(drive, true))
