@@ -554,6 +554,10 @@ impl Placement {
             .copied()
             .filter(|&z| !(ordinary && space.zones[z as usize].from_reserve))
             .collect();
+        // No zone may be opened at the reserve: the open ones stay, for records that fit.
+        if space.free.len() <= reserve {
+            return Err(Unplaced::NoRoom);
+        }
         if space.active[c].len() >= limit {
             for &zone in &cannot {
                 space.retire(zone, to_finish, drive);
@@ -564,9 +568,6 @@ impl Placement {
             {
                 space.retire(fullest, to_finish, drive);
             }
-        }
-        if space.free.len() <= reserve {
-            return Err(Unplaced::NoRoom);
         }
         if !space.can_open_another() {
             // Below the limit, but other zones' Finishes have not landed (one that keeps
@@ -1034,6 +1035,40 @@ mod tests {
             p.end_finish(zone, true);
         }
         assert!(p.reserve(Class::User, 3, 1, 1, |_| true).is_ok());
+    }
+
+    /// A record refused at the reserve leaves the open zones open: smaller records still fit
+    /// there (retiring them for a zone that cannot be opened would strand their room and
+    /// refuse the small records too).
+    #[test]
+    fn a_record_refused_at_the_reserve_leaves_the_open_zones_open() {
+        let (_d, _drives, p) = setup(16);
+        let limit = PlacementConfig::for_geometry(&p.drives.lock()[0].geometry).user_zones;
+        // Open zones striped, each left with 3 blocks of its 16.
+        for _ in 0..limit {
+            let (slots, _) = p.reserve(Class::User, 13, 1, 1, |_| true).unwrap();
+            p.complete(&slots[0], true);
+        }
+        // GC takes free zones down to the reserve.
+        while p.free_zones(0) > p.reserve_of(0) {
+            let (slots, _) = p.reserve(Class::Gc, 16, 1, 1, |_| true).unwrap();
+            p.complete(&slots[0], true);
+        }
+        let refused = p
+            .reserve(Class::User, 4, 1, 1, |_| true)
+            .expect_err("no room for 4 blocks above the reserve");
+        assert!(
+            refused.finish.is_empty(),
+            "zones retired: {:?}",
+            refused.finish
+        );
+        assert_eq!(p.drives.lock()[0].active[Class::User as usize].len(), limit);
+        for _ in 0..limit {
+            let (slots, _) = p
+                .reserve(Class::User, 3, 1, 1, |_| true)
+                .expect("a record of 3 blocks fits in an open zone");
+            p.complete(&slots[0], true);
+        }
     }
 
     #[test]

@@ -891,7 +891,12 @@ impl EngineInner {
             }
             // Nor is one cut short by a failure: where it stood is kept, for it to go on from.
             if let Err(e) = &result {
-                tracing::info!(checked, bad, repaired, "scrub pass stopped by a failure: {e}");
+                tracing::info!(
+                    checked,
+                    bad,
+                    repaired,
+                    "scrub pass stopped by a failure: {e}"
+                );
                 return result;
             }
             s.scrub_passes += 1;
