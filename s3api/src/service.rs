@@ -259,6 +259,17 @@ const PRESIGN_AUTH_PARAMETERS: &[&str] = &[
 /// they are signed with it), taken as the request's headers where it has no such header: so
 /// they are applied, verified or refused like headers, never silently ignored. One that no
 /// header could carry (a control character in its value, say) is an InvalidArgument.
+/// The first query parameter of `query` that is neither authentication (presigned URLs of
+/// either signature version) nor the operation hint some SDKs add (`x-id`): a subresource.
+fn unknown_subresource(query: &[(String, String)]) -> Option<&str> {
+    const AUTH_V2: [&str; 3] = ["AWSAccessKeyId", "Signature", "Expires"];
+    query.iter().map(|(k, _)| k.as_str()).find(|k| {
+        !(k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-amz-"))
+            || AUTH_V2.contains(k)
+            || *k == "x-id")
+    })
+}
+
 fn headers_from_presigned_query(
     headers: &mut HeaderMap,
     query: &[(String, String)],
@@ -524,6 +535,20 @@ impl S3Service {
             };
         }
         if !has_key {
+            // CreateBucket and DeleteBucket take no parameters: one that names a subresource
+            // this server does not know asks for some other operation (deleting the bucket
+            // for a `DELETE ?someNewConfiguration` would be the worst wrong answer).
+            if matches!(m, Method::PUT | Method::DELETE)
+                && !ctx.has("versioning")
+                && let Some(name) = unknown_subresource(&ctx.query)
+            {
+                return (
+                    "Unsupported",
+                    Err(S3Error::not_implemented(&format!(
+                        "The ?{name} subresource"
+                    ))),
+                );
+            }
             return match m {
                 Method::PUT if ctx.has("versioning") => (
                     "PutBucketVersioning",
@@ -717,7 +742,31 @@ fn address_in(
 
 #[cfg(test)]
 mod tests {
-    use super::address_in;
+    use super::{address_in, unknown_subresource};
+
+    #[test]
+    fn subresources_are_told_from_authentication_and_operation_hints() {
+        let q = |pairs: &[&str]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|k| (k.to_string(), String::new()))
+                .collect()
+        };
+        let auth = q(&[
+            "X-Amz-Algorithm",
+            "X-Amz-Credential",
+            "x-amz-security-token",
+            "AWSAccessKeyId",
+            "Signature",
+            "Expires",
+            "x-id",
+        ]);
+        assert_eq!(unknown_subresource(&auth), None);
+        let mut asked = auth.clone();
+        asked.push(("metadataTable".into(), String::new()));
+        assert_eq!(unknown_subresource(&asked), Some("metadataTable"));
+        assert_eq!(unknown_subresource(&q(&["x-am"])), Some("x-am"));
+    }
 
     fn split(host: &str, path: &str) -> (Option<String>, Option<String>, bool) {
         address_in(&["localhost".to_string()], host, path)

@@ -107,8 +107,21 @@ def check_buckets():
     expect_error("BucketAlreadyOwnedByYou", 409, s3.create_bucket, Bucket=b)
     expect_error("InvalidBucketName", 400, s3.create_bucket, Bucket="ab")
     expect_error("InvalidBucketName", 400, s3.create_bucket, Bucket="UPPER-case")
+    # Object ownership: ACLs off is the one setting there is; one that would honour ACLs is
+    # refused, not ignored.
+    owned = f"{RUN}-buckets-owned"
+    s3.create_bucket(Bucket=owned, ObjectOwnership="BucketOwnerEnforced")
+    s3.delete_bucket(Bucket=owned)
+    expect_error("NotImplemented", 501, s3.create_bucket, Bucket=owned, ObjectOwnership="ObjectWriter")
+    expect_error("404", 404, s3.head_bucket, Bucket=owned)
     loc = s3.get_bucket_location(Bucket=b)
     assert loc.get("LocationConstraint") in (None, "", "us-east-1"), loc
+    # A DELETE or PUT naming a subresource this server does not know is not taken for
+    # DeleteBucket or CreateBucket.
+    for method in ["DELETE", "PUT"]:
+        status, body = sigv4_request(method, f"{ENDPOINT}/{b}?metadataInventoryTable", canonical_query="metadataInventoryTable=")
+        assert status == 501 and b"NotImplemented" in body, (method, status, body)
+    s3.head_bucket(Bucket=b)
     s3.put_object(Bucket=b, Key="x", Body=b"1")
     expect_error("BucketNotEmpty", 409, s3.delete_bucket, Bucket=b)
     s3.delete_object(Bucket=b, Key="x")

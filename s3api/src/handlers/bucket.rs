@@ -87,6 +87,7 @@ pub async fn create_bucket(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     {
         return Err(S3Error::not_implemented("Object Lock"));
     }
+    check_object_ownership(ctx.header("x-amz-object-ownership"))?;
     let body = ctx.body_reader(64 << 10)?.read_all(64 << 10).await?;
     if let Some(location) = parse_location_constraint(&body)?
         && location != svc.config.region
@@ -109,6 +110,21 @@ pub async fn create_bucket(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         ],
         axum::body::Body::empty(),
     ))
+}
+
+/// The `x-amz-object-ownership` a CreateBucket asks for: bucket owner enforced (ACLs off) is
+/// the one setting there is, and an ownership that would honour ACLs is refused rather than
+/// ignored.
+fn check_object_ownership(asked: Option<&str>) -> Result<(), S3Error> {
+    match asked.map(str::trim) {
+        None | Some("BucketOwnerEnforced") => Ok(()),
+        Some("ObjectWriter" | "BucketOwnerPreferred") => Err(S3Error::not_implemented(
+            "Object ownership other than BucketOwnerEnforced",
+        )),
+        Some(other) => Err(S3Error::invalid_argument(format!(
+            "Invalid x-amz-object-ownership header: {other}"
+        ))),
+    }
 }
 
 /// DeleteBucket.
