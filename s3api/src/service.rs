@@ -254,22 +254,24 @@ const PRESIGN_AUTH_PARAMETERS: &[&str] = &[
     "x-amz-content-sha256",
 ];
 
+/// The first query parameter of `query` that is not one of `known` (the operation's own),
+/// authentication (presigned URLs of either signature version) or the operation hint some
+/// SDKs add (`x-id`): a subresource.
+fn unknown_subresource<'q>(query: &'q [(String, String)], known: &[&str]) -> Option<&'q str> {
+    const AUTH_V2: [&str; 3] = ["AWSAccessKeyId", "Signature", "Expires"];
+    query.iter().map(|(k, _)| k.as_str()).find(|k| {
+        !(k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-amz-"))
+            || AUTH_V2.contains(k)
+            || known.contains(k)
+            || *k == "x-id")
+    })
+}
+
 /// The `x-amz-*` settings a presigned URL carries in its query (SDK presigners move headers
 /// such as `x-amz-meta-*`, `x-amz-acl`, `x-amz-checksum-*` or `x-amz-tagging` there, and
 /// they are signed with it), taken as the request's headers where it has no such header: so
 /// they are applied, verified or refused like headers, never silently ignored. One that no
 /// header could carry (a control character in its value, say) is an InvalidArgument.
-/// The first query parameter of `query` that is neither authentication (presigned URLs of
-/// either signature version) nor the operation hint some SDKs add (`x-id`): a subresource.
-fn unknown_subresource(query: &[(String, String)]) -> Option<&str> {
-    const AUTH_V2: [&str; 3] = ["AWSAccessKeyId", "Signature", "Expires"];
-    query.iter().map(|(k, _)| k.as_str()).find(|k| {
-        !(k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-amz-"))
-            || AUTH_V2.contains(k)
-            || *k == "x-id")
-    })
-}
-
 fn headers_from_presigned_query(
     headers: &mut HeaderMap,
     query: &[(String, String)],
@@ -539,8 +541,7 @@ impl S3Service {
             // this server does not know asks for some other operation (deleting the bucket
             // for a `DELETE ?someNewConfiguration` would be the worst wrong answer).
             if matches!(m, Method::PUT | Method::DELETE)
-                && !ctx.has("versioning")
-                && let Some(name) = unknown_subresource(&ctx.query)
+                && let Some(name) = unknown_subresource(&ctx.query, &["versioning"])
             {
                 return (
                     "Unsupported",
@@ -589,6 +590,23 @@ impl S3Service {
                 ),
                 _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
             };
+        }
+        // Likewise for an object: a DELETE or PUT naming a subresource this server does not
+        // know is not taken for DeleteObject or PutObject.
+        let known: &[&str] = match m {
+            Method::PUT => &["uploadId", "partNumber"],
+            Method::DELETE => &["uploadId", "versionId"],
+            _ => &[],
+        };
+        if matches!(m, Method::PUT | Method::DELETE)
+            && let Some(name) = unknown_subresource(&ctx.query, known)
+        {
+            return (
+                "Unsupported",
+                Err(S3Error::not_implemented(&format!(
+                    "The ?{name} subresource"
+                ))),
+            );
         }
         let copy = ctx.headers.contains_key("x-amz-copy-source");
         let part = ctx.has("uploadId");
@@ -761,11 +779,20 @@ mod tests {
             "Expires",
             "x-id",
         ]);
-        assert_eq!(unknown_subresource(&auth), None);
+        assert_eq!(unknown_subresource(&auth, &[]), None);
         let mut asked = auth.clone();
         asked.push(("metadataTable".into(), String::new()));
-        assert_eq!(unknown_subresource(&asked), Some("metadataTable"));
-        assert_eq!(unknown_subresource(&q(&["x-am"])), Some("x-am"));
+        assert_eq!(unknown_subresource(&asked, &[]), Some("metadataTable"));
+        assert_eq!(unknown_subresource(&q(&["x-am"]), &[]), Some("x-am"));
+        let part = q(&["uploadId", "partNumber"]);
+        assert_eq!(
+            unknown_subresource(&part, &["uploadId", "partNumber"]),
+            None
+        );
+        assert_eq!(
+            unknown_subresource(&part, &["uploadId"]),
+            Some("partNumber")
+        );
     }
 
     fn split(host: &str, path: &str) -> (Option<String>, Option<String>, bool) {

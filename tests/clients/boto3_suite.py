@@ -123,6 +123,10 @@ def check_buckets():
         assert status == 501 and b"NotImplemented" in body, (method, status, body)
     s3.head_bucket(Bucket=b)
     s3.put_object(Bucket=b, Key="x", Body=b"1")
+    for method in ["DELETE", "PUT"]:
+        status, body = sigv4_request(method, f"{ENDPOINT}/{b}/x?someNewThing", canonical_query="someNewThing=")
+        assert status == 501 and b"NotImplemented" in body, (method, status, body)
+    assert s3.get_object(Bucket=b, Key="x")["Body"].read() == b"1"
     expect_error("BucketNotEmpty", 409, s3.delete_bucket, Bucket=b)
     s3.delete_object(Bucket=b, Key="x")
     # Multipart uploads in progress do not keep a bucket (as in S3): they go with it.
