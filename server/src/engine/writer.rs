@@ -205,7 +205,7 @@ impl EngineInner {
                 let drive = self.drives.get(slot.drive).cloned();
                 let record = record.clone();
                 let slot = *slot;
-                let mut guard = SlotGuard {
+                let guard = SlotGuard {
                     placement: self.placement.clone(),
                     drives: self.drives.clone(),
                     slot: Some(slot),
@@ -215,20 +215,18 @@ impl EngineInner {
                 } else {
                     WriteHint::None
                 };
+                // The guard goes with the result: until the loop below records the append's end,
+                // dropping this call (with the results gathered so far) still ends the slot.
                 async move {
                     let Some(drive) = drive else {
-                        guard.reported();
-                        return (
-                            slot,
-                            Some(Err(zns::ZoneError::Unavailable("unknown drive".into()))),
-                        );
+                        let unknown = zns::ZoneError::Unavailable("unknown drive".into());
+                        return (slot, Some(Err(unknown)), guard);
                     };
                     // Noted before the append is sent: an append on an older session than
                     // the flush's must not count as flushed.
                     let session = drive.device.session();
                     if !self.placement.same_session(&slot, session) {
-                        guard.reported();
-                        return (slot, None);
+                        return (slot, None, guard);
                     }
                     let result = drive
                         .device
@@ -246,12 +244,13 @@ impl EngineInner {
                                 ))),
                             }
                         });
-                    guard.reported();
                     drive.note(&result);
-                    (slot, Some(result.map(|lba| (lba, session))))
+                    (slot, Some(result.map(|lba| (lba, session))), guard)
                 }
             });
-            for (slot, result) in futures::future::join_all(appends).await {
+            for (slot, result, mut guard) in futures::future::join_all(appends).await {
+                // Its end is recorded below, with no await before: the guard stands down.
+                guard.reported();
                 let Some(result) = result else {
                     // Not sent: the drive reconnected since the zone's earlier appends (see
                     // [`Placement::same_session`]). The zone is retired; the drive takes the
