@@ -408,22 +408,24 @@ impl S3Error {
         .with("Size", size.to_string())
         .with("MaxSizeAllowed", "2048")
     }
-    /// 507 InsufficientStorage: the store is full (not retried by clients).
+    /// 507 InsufficientStorage: the store is full (not retried by clients). `detail` (which
+    /// drives, which paths) goes to the log, not to the client.
     pub fn insufficient_storage(detail: &str) -> Self {
+        tracing::warn!("answering InsufficientStorage: {detail}");
         S3Error::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "InsufficientStorage",
-            format!(
-                "The store has no space left for this write; delete objects to make room. ({detail})"
-            ),
+            "The store has no space left for this write; delete objects to make room.",
         )
     }
-    /// 503 ServiceUnavailable.
+    /// 503 ServiceUnavailable: try again later. `detail` (drive names, target addresses) goes
+    /// to the log, not to the client.
     pub fn unavailable(detail: &str) -> Self {
+        tracing::warn!("answering ServiceUnavailable: {detail}");
         S3Error::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
-            format!("Service is unable to handle request. ({detail})"),
+            "Service is unable to handle request; please try again.",
         )
     }
     /// 500 InternalError.

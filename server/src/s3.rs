@@ -22,7 +22,7 @@ use crate::engine::{Engine, EngineError, ObjectHandle, PutWriter};
 /// The one mapping from engine errors to S3 errors (code and HTTP status).
 pub fn to_s3(e: EngineError) -> S3Error {
     // A drive that cannot be reached is an outage (retry later), not a server fault.
-    if e.is_unavailable() {
+    if e.is_unavailable() && !matches!(e, EngineError::Unavailable(_)) {
         return S3Error::unavailable(&e.to_string());
     }
     match e {
@@ -473,7 +473,35 @@ impl ObjectStore for EngineStore {
 
 #[cfg(test)]
 mod tests {
-    use super::upload_id_value;
+    use super::{EngineError, to_s3, upload_id_value};
+
+    /// What a 503 or 507 is about inside (drives, target addresses, paths) goes to the log,
+    /// not to S3 clients.
+    #[test]
+    fn outages_and_full_stores_tell_clients_nothing_of_the_inside() {
+        let down = to_s3(EngineError::Unavailable(
+            "target 10.0.0.7:4420 (nqn.2026-01.io.zonestore:d2) unreachable".into(),
+        ));
+        assert_eq!(
+            (down.status.as_u16(), down.code),
+            (503, "ServiceUnavailable")
+        );
+        let full = to_s3(EngineError::NoSpace(
+            "1 of 3 drives have room for 16 blocks (/data/drives/d0)".into(),
+        ));
+        assert_eq!(
+            (full.status.as_u16(), full.code),
+            (507, "InsufficientStorage")
+        );
+        for message in [&down.message, &full.message] {
+            assert!(
+                !message.contains("10.0.0.7")
+                    && !message.contains("nqn")
+                    && !message.contains("/data"),
+                "{message}"
+            );
+        }
+    }
 
     #[test]
     fn an_upload_id_is_exactly_sixteen_lowercase_hex_digits() {
