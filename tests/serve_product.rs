@@ -489,7 +489,7 @@ fn recover_rebuilds_the_index_from_the_zones() {
     );
     assert!(stderr.contains("old index kept in"), "{stderr}");
 
-    let server = S3Server::start(&data, &[]);
+    let mut server = S3Server::start(&data, &[]);
     let after = server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"]);
     let names = |s: &str| {
         s.lines()
@@ -527,6 +527,52 @@ fn recover_rebuilds_the_index_from_the_zones() {
         }
     }
     assert_eq!(compared, 26);
+
+    // An embedded drive the index knows that is not there (its disk not mounted, say) is not
+    // made again empty: the server refuses to start, naming it.
+    server.process.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(8)).success());
+    let drive = data.join("drives/drive1");
+    let away = dir.path().join("drive1-away");
+    std::fs::rename(&drive, &away).unwrap();
+    let err = serve_fails(&["serve", "--data", data.to_str().unwrap()]);
+    assert!(
+        err.contains("embedded drive 1") && err.contains("index knows it"),
+        "{err}"
+    );
+    assert!(!drive.exists(), "an empty drive was made in its place");
+    std::fs::rename(&away, &drive).unwrap();
+    let server = S3Server::start(&data, &[]);
+    assert_eq!(
+        names(&server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"])),
+        names(&before)
+    );
+}
+
+/// Runs `zonestore args`, which must fail within 60 s; its standard error.
+fn serve_fails(args: &[&str]) -> String {
+    let mut child = Command::new(zonestore_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("zonestore {args:?} did not fail: it is running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "zonestore {args:?} should fail: {err}");
+    err
 }
 
 /// On SIGTERM `/ready` turns 503 at once while S3 is still served for `--unready-seconds` (time

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,20 @@ use crate::storage_node::{StorageNode, StorageNodeConfig, StorageNodeError};
 /// Why drives could not be attached.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
+    /// An embedded drive the index knows cannot be opened.
+    #[error(
+        "embedded drive {index} in {dir} cannot be opened ({source}), yet the index knows it: is its filesystem mounted? (an empty drive in its place would hold none of its data)",
+        dir = dir.display()
+    )]
+    KnownEmbeddedMissing {
+        /// Drive index.
+        index: usize,
+        /// Its directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: zns::ZoneError,
+    },
     /// An embedded storage node did not start.
     #[error("embedded drive {index}: {source}")]
     Embedded {
@@ -152,12 +166,15 @@ async fn connect(
 /// Their targets admit one host NQN, made afresh for this process and never written down: the
 /// loopback ports are open to every user of the machine, and NVMe/TCP has no other
 /// authentication, so a host NQN anyone could work out (the machine id is world-readable)
-/// would let any local user read or reset the drives past S3's signatures.
+/// would let any local user read or reset the drives past S3's signatures. A drive the index
+/// registers (in `registered`) is opened, never created: one that is not there (its directory
+/// removed, its disk not mounted) must not be replaced by an empty drive.
 pub async fn embedded(
     data_dir: &Path,
     count: usize,
     geometry: Geometry,
     direct_writes: bool,
+    registered: &HashSet<String>,
     local: LocalDrives,
 ) -> Result<Attached, AttachError> {
     let hostnqn = fabric::host::uuid_hostnqn(rand::random());
@@ -165,6 +182,7 @@ pub async fn embedded(
     let mut attached = Attached::default();
     for index in 0..count {
         let nqn = embedded_nqn(index);
+        let known = registered.contains(&drive_name(&nqn));
         let node = StorageNode::start(StorageNodeConfig {
             data_dir: data_dir.join("drives").join(format!("drive{index}")),
             geometry,
@@ -172,10 +190,15 @@ pub async fn embedded(
             allowed_hosts: vec![hostnqn.to_string()],
             listen: "127.0.0.1:0".parse().expect("a valid literal address"),
             direct_writes,
-            create: local == LocalDrives::OpenOrCreate,
+            create: local == LocalDrives::OpenOrCreate && !known,
         })
         .await
-        .map_err(|source| AttachError::Embedded { index, source })?;
+        .map_err(|source| match source {
+            StorageNodeError::Drive { dir, source } if known => {
+                AttachError::KnownEmbeddedMissing { index, dir, source }
+            }
+            source => AttachError::Embedded { index, source },
+        })?;
         let address = node.local_addr();
         attached.nodes.push(node);
         connect(
@@ -251,6 +274,7 @@ pub async fn attach_configured(
             config.embedded.drives,
             geometry,
             config.embedded.direct_writes,
+            registered,
             local,
         )
         .await
@@ -557,6 +581,7 @@ mod tests {
             1,
             Geometry::new(8, 1 << 20),
             false,
+            &HashSet::new(),
             LocalDrives::OpenOrCreate,
         )
         .await
