@@ -1964,6 +1964,21 @@ async fn a_drain_finishes_while_a_scrub_pass_runs() {
         .expect("a scrub pass waiting on its rate does not hold the shutdown up");
 }
 
+/// Zones whose capacity is below the drive's append limit take records no larger than a zone
+/// holds: a large object is stored and read back, not refused as out of space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_fit_zones_smaller_than_the_append_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = small_geometry(16, 1 << 20);
+    g.max_append_blocks = 64;
+    g.zone_capacity = 32;
+    let (engine, _drives) = open_engine(dir.path(), 1, g, |c| c.gc.enabled = false).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("big", 3, 1 << 20);
+    put(&engine, "b", "big", &body).await.unwrap();
+    assert_eq!(get(&engine, "b", "big").await.unwrap(), body);
+}
+
 /// A drive is drained only once nothing is on its way to it either: a large upload that put
 /// records there before the drain began, not yet committed, keeps it draining through repair
 /// passes that find nothing left there, until the upload ends and its records are moved off.

@@ -279,11 +279,16 @@ impl Engine {
                 odd.block_size()
             )));
         }
+        // A record is one append, and fits in one zone (whose capacity may be below the
+        // append limit).
         let record_limit = drives
             .all()
             .iter()
             .filter(|d| !d.removed)
-            .map(|d| d.geometry.max_append_bytes())
+            .map(|d| {
+                let capacity = d.geometry.zone_capacity * u64::from(d.geometry.block_size);
+                d.geometry.max_append_bytes().min(capacity)
+            })
             .min()
             .unwrap_or(1 << 20);
         if record_limit < 2 * block_size || record_limit < 8192 {
