@@ -511,7 +511,9 @@ def check_multipart():
     p2 = s3.upload_part_copy(Bucket=b, Key="assembled", UploadId=uid, PartNumber=2, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=6291456-12582911")
     e2 = p2["CopyPartResult"]["ETag"]
     # A well-formed range past the source's end is InvalidRange; a reversed one, a bad argument.
-    expect_error("InvalidRange", 416, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=0-12582912")
+    # Past the source's end: 400 InvalidArgument, as S3 answers (not a GET's 416).
+    e = expect_error("InvalidArgument", 400, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=0-12582912")
+    assert "source object of size: 12582912" in e.response["Error"]["Message"], e.response
     expect_error("InvalidArgument", 400, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=9-8")
     tail = blob(123_456, 8)
     e3 = s3.upload_part(Bucket=b, Key="assembled", UploadId=uid, PartNumber=3, Body=tail)["ETag"]
