@@ -431,16 +431,26 @@ impl Config {
                 }
             },
         };
-        if admin_listen == listen && listen.port() != 0 {
+        // One port on overlapping addresses (the same, or either on all of the machine's)
+        // cannot serve both: found now, not once the drives are attached.
+        let overlapping = admin_listen.ip() == listen.ip()
+            || admin_listen.ip().is_unspecified()
+            || listen.ip().is_unspecified();
+        if admin_listen.port() == listen.port() && overlapping && listen.port() != 0 {
             return Err(bad(
                 "admin_listen",
                 format!(
-                    "{admin_listen} is the S3 address (listen) too: give the admin API a port of its own"
+                    "{admin_listen} takes the S3 port on the S3 address ({listen}) too: give the admin API a port of its own"
                 ),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", "must not be empty"));
+        }
+        // The embedded drives are counted before any is made: too few for the copies asked for
+        // is refused before their files are created.
+        if self.targets.is_empty() {
+            self.replication_for(self.embedded.drives)?;
         }
         if let Some(nqn) = &self.host_nqn {
             fabric::target::validate_nqn(nqn).map_err(|e| bad("host_nqn", e.to_string()))?;
@@ -863,5 +873,22 @@ mod tests {
         assert_eq!(c.replication_for(4).unwrap_err().key, "replication_factor");
         c.write_quorum = Some(1);
         assert_eq!(c.replication_for(5).unwrap(), (5, 1));
+    }
+
+    /// Mistakes found before anything is made or bound: copies beyond the embedded drives, an
+    /// admin port that the S3 listener takes on an overlapping address.
+    #[test]
+    fn checks_catch_what_would_fail_after_the_drives_are_made() {
+        let mut c = Config {
+            replication_factor: Some(4),
+            ..Config::default()
+        };
+        assert_eq!(c.check().unwrap_err().key, "replication_factor");
+        c.replication_factor = None;
+        c.listen = "0.0.0.0:9000".into();
+        c.admin_listen = Some("127.0.0.1:9000".into());
+        assert_eq!(c.check().unwrap_err().key, "admin_listen");
+        c.admin_listen = Some("127.0.0.1:9001".into());
+        assert!(c.check().is_ok());
     }
 }
