@@ -332,10 +332,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     signals.next().await;
     say!("zonestore serve: shutting down, letting requests finish (signal again to exit now)");
     tokio::select! {
-        _ = server.shut_down(
+        stopped = server.shut_down(
             Duration::from_secs(args.unready_seconds),
             Duration::from_secs(args.drain_seconds),
         ) => {
+            stopped.context("stopping")?;
             say!("zonestore serve: stopped");
             Ok(())
         }

@@ -14,7 +14,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Checked, Config, ConfigError, User};
 use crate::engine::gc::GcConfig;
 use crate::engine::repair::RepairConfig;
-use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::engine::{Engine, EngineConfig, EngineError, EngineResult};
 use crate::http::{HttpServer, TlsError, tls_acceptor};
 use crate::metrics::Metrics;
 use crate::s3::EngineStore;
@@ -424,8 +424,8 @@ impl Server {
 
     /// Says not ready (`/ready` 503) and keeps serving for `unready`, then stops taking S3
     /// connections, drains requests in flight (up to `grace`), stops GC, flushes the drives,
-    /// and closes the fabric and the embedded targets.
-    pub async fn shut_down(self, unready: Duration, grace: Duration) {
+    /// and closes the fabric and the embedded targets. An error if the last flush failed.
+    pub async fn shut_down(self, unready: Duration, grace: Duration) -> EngineResult<()> {
         let Server {
             s3,
             admin,
@@ -445,9 +445,10 @@ impl Server {
         admin_state.stop_jobs().await;
         // The engine stops once no handle is left (the admin state holds one).
         drop(admin_state);
-        engine.shutdown().await;
+        let flushed = engine.shutdown_flushed().await;
         attached.close().await;
         drop(lock);
+        flushed
     }
 }
 

@@ -439,22 +439,33 @@ impl Engine {
     /// Stops GC, flushes the drives and releases them and the index (once every other handle
     /// to the engine is gone). Everything acknowledged is durable before and after.
     pub async fn shutdown(self) {
+        if let Err(e) = self.shutdown_flushed().await {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// [`Engine::shutdown`], saying whether the last flush of the drives failed (what was
+    /// acknowledged is durable either way: only what was not may be lost).
+    pub async fn shutdown_flushed(self) -> EngineResult<()> {
         self.inner.gc.shut_down().await;
         self.inner.repair.shut_down().await;
         // Bounded: what was acknowledged is durable already, and a drive that answers nothing
         // must not keep the process from ending (a service manager would kill it anyway).
-        match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.flush_all()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("flush on shutdown failed: {e}"),
-            Err(_) => tracing::warn!(
+        let flushed = match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.flush_all()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EngineError::Unavailable(format!(
+                "flush on shutdown failed: {e}"
+            ))),
+            Err(_) => Err(EngineError::Unavailable(format!(
                 "flush on shutdown gave up after {SHUTDOWN_FLUSH_LIMIT:?}: a drive answers nothing"
-            ),
-        }
+            ))),
+        };
         let committer = self.inner.committer.take_task();
         drop(self);
         if let Some(task) = committer {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
         }
+        flushed
     }
 
     /// Shared state (for GC, metrics and admin).
