@@ -140,7 +140,7 @@ impl Metrics {
         );
         r.register(
             "s3_request_duration_seconds",
-            "S3 request latency by operation",
+            "S3 request latency by operation, until the response head is sent (a body streams on after)",
             m.latency.clone(),
         );
         r.register(
@@ -150,7 +150,7 @@ impl Metrics {
         );
         r.register(
             "s3_sent_bytes",
-            "Response body bytes sent",
+            "Response body bytes, as each response's Content-Length says as its head is sent",
             m.bytes_out.clone(),
         );
         r.register("zones", "Zones by drive and use", m.zones.clone());
