@@ -102,7 +102,8 @@ pub const MAX_SIGNED_HEADERS: usize = 512;
 /// The names a `SignedHeaders` value lists, refused when one is empty or listed twice, or when
 /// there are more than [`MAX_SIGNED_HEADERS`]: each listed name copies its header's value into
 /// the canonical request, so a name repeated thousands of times would make one small request
-/// cost gigabytes before its signature is found wrong.
+/// cost gigabytes before its signature is found wrong. Names are told apart as header names
+/// are, whatever their case: `aaa;Aaa;aAa...` names one header (and copies its value) each time.
 fn signed_header_names(value: &str) -> Result<Vec<&str>, &'static str> {
     let names: Vec<&str> = value.split(';').collect();
     if names.len() > MAX_SIGNED_HEADERS {
@@ -112,7 +113,7 @@ fn signed_header_names(value: &str) -> Result<Vec<&str>, &'static str> {
         return Err("the SignedHeaders contain an empty header name.");
     }
     let mut seen = std::collections::HashSet::with_capacity(names.len());
-    if !names.iter().all(|n| seen.insert(*n)) {
+    if !names.iter().all(|n| seen.insert(n.to_ascii_lowercase())) {
         return Err("the SignedHeaders name a header twice.");
     }
     Ok(names)
@@ -671,14 +672,17 @@ mod tests {
             h.insert("authorization", value.parse().unwrap());
             authenticate(&parts(&m, "/test.txt", None, &h), &creds(), at).unwrap_err()
         };
-        let twice = header_auth("host;x-amz-date;x-amz-date");
-        assert_eq!(
-            (twice.code, twice.message.as_str()),
-            (
-                "AuthorizationHeaderMalformed",
-                "The authorization header is malformed; the SignedHeaders name a header twice."
-            )
-        );
+        for signed in ["host;x-amz-date;x-amz-date", "host;x-amz-date;X-Amz-Date"] {
+            let twice = header_auth(signed);
+            assert_eq!(
+                (twice.code, twice.message.as_str()),
+                (
+                    "AuthorizationHeaderMalformed",
+                    "The authorization header is malformed; the SignedHeaders name a header twice."
+                ),
+                "{signed}"
+            );
+        }
         let many: Vec<String> = (0..=MAX_SIGNED_HEADERS).map(|i| format!("x-{i}")).collect();
         assert_eq!(
             header_auth(&format!("host;{}", many.join(";"))).code,
