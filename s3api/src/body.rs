@@ -52,6 +52,9 @@ pub struct BodyReader {
     max_len: u64,
     size: u64,
     finished: Option<BodySummary>,
+    /// The error the body failed with: every later call answers it again (a check that failed
+    /// is never skipped by asking once more).
+    failed: Option<S3Error>,
     /// Longest wait for the next bytes of the body before the request fails.
     idle_timeout: Duration,
     /// The trailers x-amz-trailer names (lowercase): no other may come.
@@ -247,6 +250,7 @@ impl BodyReader {
             max_len,
             size: 0,
             finished: None,
+            failed: None,
             idle_timeout: BODY_IDLE_TIMEOUT,
             declared_trailers: trailer_names,
         })
@@ -284,6 +288,15 @@ impl BodyReader {
     /// the body pauses. [`next`](Self::next) then takes what arrived, or waits on. Only body
     /// bytes count: aws-chunked framing (a chunk line sent a byte at a time) is no progress.
     pub async fn arrives_within(&mut self, pause: Duration) -> Result<bool, S3Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let arrived = self.arrives_within_unchecked(pause).await;
+        self.failed = arrived.as_ref().err().cloned();
+        arrived
+    }
+
+    async fn arrives_within_unchecked(&mut self, pause: Duration) -> Result<bool, S3Error> {
         let deadline = tokio::time::Instant::now() + pause;
         while self.ready.is_empty() && self.finished.is_none() {
             match tokio::time::timeout_at(deadline, self.raw.next()).await {
@@ -298,6 +311,15 @@ impl BodyReader {
     /// come within the idle timeout: aws-chunked framing alone (a chunk line or trailers sent
     /// a byte at a time) does not hold the body open longer.
     pub async fn next(&mut self) -> Result<Option<Bytes>, S3Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let next = self.next_unchecked().await;
+        self.failed = next.as_ref().err().cloned();
+        next
+    }
+
+    async fn next_unchecked(&mut self) -> Result<Option<Bytes>, S3Error> {
         let deadline = tokio::time::Instant::now() + self.idle_timeout;
         loop {
             if let Some(data) = self.ready.pop_front() {
@@ -451,6 +473,32 @@ mod tests {
             out.extend_from_slice(&c);
         }
         Ok((out, r.summary().unwrap()))
+    }
+
+    /// A body that failed a check fails again when asked again: the check is never skipped
+    /// (the expected hash was taken out to compare, and a second end of the body passed).
+    #[tokio::test]
+    async fn a_body_that_failed_a_check_keeps_failing() {
+        let mut r = BodyReader::new(
+            raw(vec![b"hello"]),
+            &HeaderMap::new(),
+            &auth(Payload::Sha256("00".repeat(32))),
+            1 << 30,
+        )
+        .unwrap();
+        let mut failures = 0;
+        for _ in 0..3 {
+            match r.next().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("a body whose hash is wrong ended well"),
+                Err(e) => {
+                    assert_eq!(e.code, "XAmzContentSHA256Mismatch");
+                    failures += 1;
+                }
+            }
+        }
+        assert!(failures >= 2, "{failures}");
+        assert!(r.arrives_within(Duration::from_millis(1)).await.is_err());
     }
 
     #[tokio::test]
