@@ -183,7 +183,7 @@ pub async fn rebuild_index(
         match registered_drives(&index_dir) {
             Ok(names) => names,
             // RocksDB locks an open database's LOCK file: a server is using this index.
-            Err(e) if e.to_string().to_ascii_lowercase().contains("lock") => {
+            Err(e) if lock_held(&e.to_string()) => {
                 return Err(RecoverError::InUse(index_dir));
             }
             Err(e) => {
@@ -357,9 +357,31 @@ pub async fn rebuild_index(
     Ok((report, kept))
 }
 
+/// Whether RocksDB's `error` says another process holds the database's lock (not any error
+/// that happens to say "lock": "block checksum mismatch", a path through "/mnt/block0").
+fn lock_held(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("while lock file") || error.contains("lock hold by current process")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An index a server holds is told from a damaged one, whose errors may say "block".
+    #[test]
+    fn an_index_in_use_is_told_from_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let _open = crate::engine::index::Index::open(dir.path()).unwrap();
+        let e = registered_drives(dir.path()).unwrap_err().to_string();
+        assert!(lock_held(&e), "{e}");
+        for damaged in [
+            "Corruption: block checksum mismatch: stored = 1, computed = 2 in /i/000012.sst",
+            "IO error: While open a file for random read: /mnt/block0/i/MANIFEST-000005",
+        ] {
+            assert!(!lock_held(damaged), "{damaged}");
+        }
+    }
 
     fn mark(dir: &Path, what: &str) {
         std::fs::create_dir_all(dir).unwrap();
