@@ -924,6 +924,8 @@ impl EngineInner {
         let mut group = Group::default();
         let group_limit = GROUP_BYTES.min(self.record_limit as usize);
         let mut moved = 0u64;
+        // Where a damaged header stopped the scan, if one did.
+        let mut stopped_at = None;
         'scan: loop {
             // Parse what is buffered.
             loop {
@@ -994,15 +996,11 @@ impl EngineInner {
                         if e.is_damage() {
                             self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
                         }
-                        tracing::error!(
-                            ?zone,
-                            lba = buf_lba,
-                            "GC cannot parse the zone further ({e}); leaving it"
-                        );
-                        // What was moved stays moved: the next attempt finds less to copy.
-                        stop_read(next_read.take()).await;
-                        relocations.finish(self, group).await?;
-                        return Ok(None);
+                        // What was moved stays moved: the next attempt finds less to copy. If
+                        // nothing the index names is left in the zone (the damaged record
+                        // dead, or the last), it is reset like any other.
+                        stopped_at = Some((buf_lba, e));
+                        break 'scan;
                     }
                 }
             }
@@ -1040,12 +1038,27 @@ impl EngineInner {
         relocations.finish(self, group).await?;
         let left = self.accounts.get(zone).valid_bytes;
         if left != 0 {
+            match stopped_at {
+                Some((lba, e)) => tracing::error!(
+                    ?zone,
+                    lba,
+                    left,
+                    "GC cannot parse the zone further ({e}) and live data remains; leaving it"
+                ),
+                None => tracing::warn!(
+                    ?zone,
+                    left,
+                    "live data remains after relocation; the zone is kept"
+                ),
+            }
+            return Ok(None);
+        }
+        if let Some((lba, e)) = stopped_at {
             tracing::warn!(
                 ?zone,
-                left,
-                "live data remains after relocation; the zone is kept"
+                lba,
+                "GC could not parse the zone past a damaged record ({e}), but nothing the index names is left in it: it is reset"
             );
-            return Ok(None);
         }
         // Reads that looked up locations in this zone before the relocations must finish
         // before it is reset: they hold tickets of this epoch or older.
