@@ -149,8 +149,8 @@ pub enum RecordError {
         stored: u32,
         /// CRC of the bytes read.
         computed: u32,
-        /// Bytes the record occupies (to skip over it): its header is intact, so its length
-        /// field is right.
+        /// Bytes the record occupies (to skip over it): its header has a CRC of its own that
+        /// matched, so its length field is right.
         padded: usize,
     },
     /// The header's own checksum does not match: the record is damaged, and where it ends
@@ -469,7 +469,15 @@ pub fn parse(bytes: &[u8], block_size: usize) -> Result<Parsed, RecordError> {
             hasher.update(&bytes[..52]);
             hasher.update(&[0u8; 4]);
             hasher.update(&bytes[56..total]);
-            fixed.compare(fixed.stored, hasher.finalize(), block_size)?;
+            let computed = hasher.finalize();
+            // One CRC over header and payload: a mismatch may be in the length field, so where
+            // the record ends is unknown (skipping by that length could land in a payload).
+            if computed != fixed.stored {
+                return Err(RecordError::HeaderChecksum {
+                    stored: fixed.stored,
+                    computed,
+                });
+            }
         }
     }
     Ok(Parsed {
@@ -718,11 +726,13 @@ mod tests {
         assert!(parse_header(&r, 4096).unwrap().is_none(), "read whole");
         let moved = rewrite_seq(&r, 77);
         assert_eq!(parse(&moved, 4096).unwrap().header.write_seq, 77);
+        // Damage anywhere in such a record leaves its end unknown (one CRC covers the length
+        // field too): it is not skipped by its length.
         let mut bad = r.clone();
         bad[30_000] ^= 4;
         assert!(matches!(
             parse(&bad, 4096),
-            Err(RecordError::Checksum { .. })
+            Err(RecordError::HeaderChecksum { .. })
         ));
     }
 
