@@ -4254,6 +4254,60 @@ async fn a_write_that_failed_after_its_commit_record_landed_stays_dead() {
     assert!(u64::from_le_bytes(lease.try_into().unwrap()) > far);
 }
 
+/// A record whose magic bytes rotted is where a rebuild's scan of its zone ends: it says so
+/// (a damaged record), not a clean rebuild that quietly missed the rest of the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_cannot_find_a_record_where_one_starts_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    for i in 0..4 {
+        let key = format!("k{i}");
+        put(&engine, "b", &key, &content(&key, i, 30_000))
+            .await
+            .unwrap();
+    }
+    engine.shutdown().await;
+    let clean = zonestore::engine::recovery::rebuild(
+        &dir.path().join("clean"),
+        drive_specs(&drives),
+        &Default::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(clean.damaged, 0, "{clean:?}");
+    // The magic of the last object's record ("ZSR1" where its data starts) is lost.
+    let path = drives[0].data_path();
+    let all = std::fs::read(&path).unwrap();
+    let body = content("k3", 3, 30_000);
+    let data = all
+        .windows(64)
+        .position(|w| w == &body[..64])
+        .expect("the object is on the drive");
+    let magic = all[..data]
+        .windows(4)
+        .rposition(|w| w == b"ZSR1")
+        .expect("its record's header");
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"ZSRX", magic as u64)
+        .unwrap();
+    let report = zonestore::engine::recovery::rebuild(
+        &dir.path().join("rebuilt"),
+        drive_specs(&drives),
+        &Default::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.damaged, 1, "{report:?}");
+}
+
 /// An object deleted before its bucket was deleted stays deleted in a rebuild even if its
 /// tombstone is damaged on every copy: a bucket is deleted only when empty, so a version
 /// older than its bucket's deletion was dead by then (and must not come back, nor show up if

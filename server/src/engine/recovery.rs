@@ -889,7 +889,16 @@ pub(super) async fn scan_zone(
                     let _ = buf.split_to(padded);
                     buf_lba += padded as u64 / bs;
                 }
-                Err(RecordError::NotARecord) if buf.len() >= bs as usize => return Ok(out),
+                // Where no record starts, the zone's records end: zeros are space never
+                // written (or lost with a crash); anything else is damage (a record whose magic
+                // bytes rotted), and what follows it cannot be found by skipping.
+                Err(RecordError::NotARecord) if buf.len() >= bs as usize => {
+                    if buf[..bs as usize].iter().any(|&b| b != 0) {
+                        tracing::error!(drive = %drive.name, lba = buf_lba, "no record where one should start, rest of zone skipped");
+                        report.damaged += 1;
+                    }
+                    return Ok(out);
+                }
                 // Where a record with a damaged header ends is unknown: skipping by its length
                 // could land inside a payload and take client bytes for records.
                 Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
