@@ -93,9 +93,10 @@ struct DriveArgs {
     /// Embedded default and zns-file drives: zone size, e.g. 64M.
     #[arg(long)]
     zone_size: Option<String>,
-    /// Embedded default and zns-file drives: write with O_DIRECT, bypassing the page cache.
-    #[arg(long)]
-    direct_writes: bool,
+    /// Embedded default and zns-file drives: write with O_DIRECT, bypassing the page cache
+    /// (`--direct-writes=false` turns it off where the configuration file turns it on).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    direct_writes: Option<bool>,
     /// Replication factor R.
     #[arg(long)]
     replicas: Option<usize>,
@@ -221,8 +222,8 @@ fn config_of(args: &DriveArgs) -> anyhow::Result<Config> {
     if let Some(s) = &args.zone_size {
         config.embedded.zone_size = s.clone();
     }
-    if args.direct_writes {
-        config.embedded.direct_writes = true;
+    if let Some(direct) = args.direct_writes {
+        config.embedded.direct_writes = direct;
     }
     if let Some(r) = args.replicas {
         config.replication_factor = Some(r);
@@ -523,8 +524,31 @@ fn run() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::error_report;
+    use super::{Cli, Command, config_of, error_report};
     use anyhow::Context;
+    use clap::Parser;
+
+    /// `--direct-writes` turns direct writes on, `--direct-writes=false` off, whatever the
+    /// configuration file says; without it the file decides.
+    #[test]
+    fn the_direct_writes_flag_overrides_the_file_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("z.toml");
+        let direct = |file_says: bool, flags: &[&str]| {
+            std::fs::write(&file, format!("[embedded]\ndirect_writes = {file_says}\n")).unwrap();
+            let mut argv = vec!["zonestore", "serve", "--config", file.to_str().unwrap()];
+            argv.extend(flags);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve");
+            };
+            config_of(&args.drives).unwrap().embedded.direct_writes
+        };
+        assert!(direct(true, &[]));
+        assert!(!direct(false, &[]));
+        assert!(direct(false, &["--direct-writes"]));
+        assert!(direct(false, &["--direct-writes", "--zones", "8"]));
+        assert!(!direct(true, &["--direct-writes=false"]));
+    }
 
     #[test]
     fn an_error_report_names_each_cause_once_and_no_backtrace() {
