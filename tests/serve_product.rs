@@ -262,9 +262,22 @@ fn bad_configuration_is_named() {
         "--data",
         mistyped.to_str().unwrap(),
     ]);
+    assert!(
+        err.contains("no data directory") && err.contains("mistyped"),
+        "{err}"
+    );
+    assert!(!mistyped.exists(), "recover created the data directory");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = zonestore_fails(&[
+        "recover",
+        "--rebuild-index",
+        "--data",
+        empty.to_str().unwrap(),
+    ]);
     assert!(err.contains("drive0") && err.contains("zns.meta"), "{err}");
     assert!(
-        !mistyped.join("drives/drive0/zns.meta").exists(),
+        !empty.join("drives/drive0/zns.meta").exists(),
         "recover created a drive"
     );
     let err = zonestore_fails(&["admin", "--server", "127.0.0.1:1", "stats"]);

@@ -29,6 +29,9 @@ pub enum RecoverError {
     /// The data directory is another process's (a server running on it), or cannot be locked.
     #[error(transparent)]
     Lock(#[from] crate::data_lock::LockError),
+    /// The data directory is not there.
+    #[error("there is no data directory at {}: nothing to rebuild from (check --data)", .0.display())]
+    NoDataDir(PathBuf),
     /// The index is open in a running server.
     #[error(
         "the index in {0} is in use (is `zonestore serve` running? stop it first: a rebuild replaces the index)"
@@ -171,6 +174,11 @@ pub async fn rebuild_index(
     progress: impl Fn(&str),
 ) -> Result<(RebuildReport, Option<PathBuf>), RecoverError> {
     let checked = config.check()?;
+    // A rebuild reads what is there: a data directory that is not (a mistyped --data) is
+    // named, not made.
+    if !config.data_dir.is_dir() {
+        return Err(RecoverError::NoDataDir(config.data_dir.clone()));
+    }
     // Held until the new index is in place: no server may start on the old one meanwhile.
     let _lock = crate::data_lock::DataDirLock::acquire(&config.data_dir)?;
     let index_dir = checked.index_dir.clone();
