@@ -8,17 +8,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use rocksdb::WriteBatch;
 
-use super::index::{Index, IndexResult, cf};
+use super::index::{Index, IndexError, IndexResult, cf};
 
 const LEASE: u64 = 1 << 20;
 const KEY: &[u8] = b"seq_lease";
 
-/// The end of the lease recorded in `index`: every number handed out with it is below.
+/// The end of the lease recorded in `index`: every number handed out with it is below. A value
+/// that does not read is an error, never "none": starting again from 1 would hand out numbers
+/// already used (new versions older than the ones they replace, upload and stream ids twice).
 pub(crate) fn recorded_lease_end(index: &Index) -> IndexResult<Option<u64>> {
-    Ok(index
+    index
         .get_raw(cf::META, KEY)?
-        .and_then(|v| v.try_into().ok())
-        .map(u64::from_le_bytes))
+        .map(|v| {
+            <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_le_bytes)
+                .map_err(|_| IndexError::Corrupt {
+                    cf: cf::META,
+                    detail: format!(
+                        "the sequence number lease is {} bytes, not 8 (rebuild the index: `zonestore recover --rebuild-index`)",
+                        v.len()
+                    ),
+                })
+        })
+        .transpose()
 }
 
 /// Records in `batch` a lease ending at `end` in `index`, so that its next start hands out
@@ -126,5 +138,17 @@ mod tests {
         drop(alloc);
         let reopened = SeqAllocator::open(index, 1).unwrap();
         assert!(reopened.next().unwrap() > highest);
+    }
+
+    /// A lease that does not read stops the start: numbers are never handed out again from 1.
+    #[test]
+    fn a_lease_that_does_not_read_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(dir.path()).unwrap());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(index.cf(cf::META), KEY, [7u8; 5]);
+        index.write(batch, true).unwrap();
+        let e = SeqAllocator::open(index, 1).unwrap_err();
+        assert!(matches!(e, IndexError::Corrupt { .. }), "{e}");
     }
 }
