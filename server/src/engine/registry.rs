@@ -337,7 +337,9 @@ pub fn carry_over(
     }
     let mut batch = rocksdb::WriteBatch::default();
     let mut carried = Vec::new();
-    if let Some(old_end) = super::seq::recorded_lease_end(&old)? {
+    // (An old lease that does not read is left: the rebuild's numbers start above every one
+    // the log holds; the rest still comes over.)
+    if let Ok(Some(old_end)) = super::seq::recorded_lease_end(&old) {
         if super::seq::recorded_lease_end(&new)?.is_none_or(|end| end < old_end) {
             super::seq::put_lease_end(&mut batch, &new, old_end);
         }
