@@ -1225,3 +1225,53 @@ async fn media_errors_travel_as_the_commands_media_status() {
     );
     assert_eq!(target.stats().media_errors, 2);
 }
+
+/// A shutdown notification whose flush fails reports a fatal controller status, never a
+/// completed shutdown (the host would take everything it wrote as durable).
+#[tokio::test]
+async fn a_shutdown_whose_flush_fails_is_not_reported_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+    let mut device = zns::testing::Intercepted::new(Arc::new(drive));
+    device.before_flush = Box::new(|| {
+        Box::pin(async {
+            Err(zns::ZoneError::MediaError(
+                "the cache cannot be written".into(),
+            ))
+        })
+    });
+    let target = Target::new(TargetConfig::default());
+    target.add_subsystem(NQN, Arc::new(device), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut stream = initialized(handle.local_addr()).await;
+    admin_connected(&mut stream, 31).await;
+    let mut buf = BytesMut::new();
+    send(&mut stream, enable_capsule()).await;
+    assert!(matches!(
+        next_pdu(&mut stream, &mut buf).await,
+        Pdu::CapsuleResp(_)
+    ));
+    // CC with SHN = normal shutdown.
+    let mut set = Sqe::new(0x7f, 3);
+    set.put(4, &[0x00])
+        .put(44, &property::CC.to_le_bytes())
+        .put(48, &u64::from(0x0046_0061u32 | 1 << 14).to_le_bytes());
+    send(&mut stream, command(set)).await;
+    assert!(matches!(
+        next_pdu(&mut stream, &mut buf).await,
+        Pdu::CapsuleResp(_)
+    ));
+    let mut get = Sqe::new(0x7f, 4);
+    get.put(4, &[0x04]).put(44, &property::CSTS.to_le_bytes());
+    send(&mut stream, command(get)).await;
+    let Pdu::CapsuleResp(r) = next_pdu(&mut stream, &mut buf).await else {
+        panic!("no answer to the Property Get");
+    };
+    let csts = r.cqe.dw0();
+    assert_ne!(csts & property::CSTS_CFS, 0, "CSTS {csts:#x}");
+    assert_ne!(
+        csts & (0x3 << 2),
+        property::CSTS_SHST_COMPLETE,
+        "CSTS {csts:#x}"
+    );
+}

@@ -127,10 +127,15 @@ impl Controller {
         let shn = new & property::CC_SHN_MASK;
         if shn != 0 && old & property::CC_SHN_MASK == 0 {
             // A shutdown notification: make everything durable before reporting completion.
+            // A flush that fails is a fatal controller status, never a completed shutdown (the
+            // host would take what it wrote as durable).
             if let Some(device) = &self.subsystem.device
                 && let Err(e) = device.flush().await
             {
-                tracing::warn!(cntlid = self.cntlid, "flush on shutdown failed: {e}");
+                tracing::error!(cntlid = self.cntlid, "flush on shutdown failed: {e}");
+                let csts = self.csts() & !property::CSTS_RDY;
+                self.csts.store(csts | property::CSTS_CFS, Ordering::SeqCst);
+                return;
             }
             let csts = self.csts() & !property::CSTS_RDY;
             self.csts
