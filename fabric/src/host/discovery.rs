@@ -24,10 +24,11 @@ pub async fn discover(
     let candidates = tokio::time::timeout(timeout, address.resolve())
         .await
         .map_err(|_| HostError::Timeout(format!("resolving {address}")))??;
+    // 32 entries with SQ flow control on (cattr 0): full at 31 in flight.
     let params = |address| QueueParams {
         address,
         qid: 0,
-        depth: 32,
+        depth: 31,
         digests: Digests::NONE,
         connect_timeout: timeout,
     };

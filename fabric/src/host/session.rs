@@ -48,17 +48,23 @@ struct KeepAlive(Option<tokio::task::JoinHandle<()>>);
 
 impl KeepAlive {
     /// Sends Keep Alive every half of `kato` on `admin_q` (none if `kato` is zero), failing the
-    /// queue when one fails.
+    /// queue when one fails. Sends are timed from the previous send, not from its answer (a
+    /// slow answer must not push the next send past the target's timeout), and one not
+    /// answered within three quarters of `kato` fails the queue: the gap between two sends
+    /// stays under `kato`.
     fn start(admin_q: &Arc<HostQueue>, kato: Duration) -> KeepAlive {
         if kato.is_zero() {
             return KeepAlive(None);
         }
         let admin_q = admin_q.clone();
         let period = kato / 2;
+        let answer_within = kato * 3 / 4;
         KeepAlive(Some(tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now() + period;
             loop {
-                tokio::time::sleep(period).await;
-                if let Err(e) = admin::keep_alive(&admin_q, kato).await {
+                tokio::time::sleep_until(next).await;
+                next += period;
+                if let Err(e) = admin::keep_alive(&admin_q, answer_within).await {
                     admin_q.fail(format!("keep alive failed: {e}"));
                     return;
                 }
@@ -149,9 +155,19 @@ impl Session {
             let (failed_tx, failed) = watch::channel(None);
             // The first of the name's addresses that takes a connection; the same one for
             // every queue after it (they make one association with one controller).
-            let (at, admin_q) =
-                HostQueue::open_first(&candidates, |a| params(a, 0, 32), 8192, failed_tx.clone())
-                    .await?;
+            // (32 entries: with SQ flow control on, full at 31 in flight.)
+            let admin_in_flight = if cattr & CATTR_DISABLE_SQFLOW == 0 {
+                31
+            } else {
+                32
+            };
+            let (at, admin_q) = HostQueue::open_first(
+                &candidates,
+                |a| params(a, 0, admin_in_flight),
+                8192,
+                failed_tx.clone(),
+            )
+            .await?;
             candidates = vec![at];
             let admin_connect = connect(0, 31, CNTLID_DYNAMIC, kato_ms, cattr);
             match admin_q.connect(&admin_connect, timeout).await {
