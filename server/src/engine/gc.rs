@@ -717,18 +717,35 @@ impl EngineInner {
         policy: Policy,
         except: &HashSet<u32>,
     ) -> Option<ZoneId> {
+        // A drive at its reserve with no zone worth collecting takes any zone holding deleted
+        // data, most garbage first: deletes spread thin over many zones may leave none with
+        // the garbage asked for, while their tombstones fill the one zone of the reserve they
+        // may use, and then neither a PUT nor a DELETE could go on. (Deleted data, not the
+        // unwritten end a Finish left: a zone holding only that would have its records moved
+        // into a zone that ends the same.) While zones worth collecting remain, the policy
+        // chooses among them, at the reserve too: steady churn runs GC at the reserve, and
+        // greedy there undid cost-benefit's separation of hot and cold data.
+        self.best_victim(drive, policy, except, false).or_else(|| {
+            self.at_reserve(drive)
+                .then(|| self.best_victim(drive, Policy::Greedy, except, true))
+                .flatten()
+        })
+    }
+
+    /// The best zone of `drive` by `policy` (leaving out `except`) among those whose garbage
+    /// makes them worth collecting, or (`relaxed`) holding any deleted data at all.
+    fn best_victim(
+        &self,
+        drive: DriveId,
+        policy: Policy,
+        except: &HashSet<u32>,
+        relaxed: bool,
+    ) -> Option<ZoneId> {
         let geometry = self.drives.get(drive)?.geometry;
         let capacity_bytes = geometry.zone_capacity_bytes();
         let block = u64::from(geometry.block_size);
         let capacity = capacity_bytes as f64;
         let worth = (capacity_bytes / 8).max(self.record_limit);
-        // A drive at its reserve takes any zone holding deleted data, most garbage first:
-        // deletes spread thin over many zones may leave none with the garbage above, while
-        // their tombstones fill the one zone of the reserve they may use, and then neither a
-        // PUT nor a DELETE could go on. (Deleted data, not the unwritten end a Finish left: a
-        // zone holding only that would have its records moved into a zone that ends the same.)
-        let relaxed = self.at_reserve(drive);
-        let policy = if relaxed { Policy::Greedy } else { policy };
         let now = now_ms();
         self.placement
             .sealed(drive)
