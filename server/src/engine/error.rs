@@ -51,8 +51,9 @@ pub enum EngineError {
     /// Out of space.
     #[error("insufficient storage: {0}")]
     NoSpace(String),
-    /// Not enough drives reachable to store the required copies.
-    #[error("not enough drives available: {0}")]
+    /// Not possible now, to be tried again: too few drives reachable for the copies asked for,
+    /// GC reclaiming space, the engine shutting down (the text says which).
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// A drive failed.
     #[error("drive {drive}: {source}")]

@@ -247,7 +247,9 @@ pub(crate) fn spawn(engine: Weak<EngineInner>) {
                     }
                     let (e, drive) = (e.clone(), drive.clone());
                     passes.push(async move {
-                        if let Err(err) = e.collect_drive(drive.id).await {
+                        if let Err(err) = e.collect_drive(drive.id).await
+                            && !e.gc.closed.load(Ordering::SeqCst)
+                        {
                             tracing::warn!(drive = %drive.name, "GC: {err}");
                             *e.gc.last_error.lock() = Some(err.to_string());
                         }
@@ -564,6 +566,11 @@ impl EngineInner {
                 Err(e) => Err(e),
             };
             if let Err(e) = collected {
+                // (A collection the shutdown stops is no failure worth a warning.)
+                if self.gc.closed.load(Ordering::SeqCst) {
+                    result = Err(e);
+                    break;
+                }
                 tracing::warn!(zone = ?victim, "collecting the zone failed; holding it back for {HOLD_BACK:?}: {e}");
                 self.gc
                     .held_back
