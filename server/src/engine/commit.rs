@@ -912,10 +912,11 @@ struct Txn<'a> {
     /// Every key the group changed, with its final value (None: deleted): the batch is made
     /// from it at the end.
     overlay: HashMap<OverlayKey, Option<Vec<u8>>>,
-    /// Every extent key the overlay has held, in order: a stream's extents in the overlay are
+    /// Every key the overlay has held in the column families read by prefix ([`ORDERED_CFS`]),
+    /// in order: a stream's extents, an upload's parts, a bucket's objects in the overlay are
     /// a range of it, not a walk of the whole overlay (which a change deleting thousands of
     /// streams, an upload of 10,000 parts aborted, made quadratic on the committer).
-    overlay_extents: BTreeSet<Vec<u8>>,
+    overlay_ordered: HashMap<&'static str, BTreeSet<Vec<u8>>>,
     zones: HashMap<ZoneId, ZoneAccount>,
     /// How to take back the change being applied, should it fail halfway: earlier overlay
     /// entries (None: the key was not in the overlay) and zone accounts, in the order they
@@ -930,6 +931,9 @@ struct Txn<'a> {
 
 type Applied = EngineResult<Outcome>;
 
+/// Column families whose overlay keys a group also keeps in order, for reads by prefix.
+const ORDERED_CFS: [&str; 4] = [cf::EXTENTS, cf::PARTS, cf::OBJECTS, cf::UPLOAD_KEYS];
+
 impl<'a> Txn<'a> {
     fn new(index: &'a Index, drives: &'a Drives, base: &'a HashMap<ZoneId, ZoneAccount>) -> Self {
         Txn {
@@ -937,7 +941,7 @@ impl<'a> Txn<'a> {
             drives,
             base,
             overlay: HashMap::new(),
-            overlay_extents: BTreeSet::new(),
+            overlay_ordered: HashMap::new(),
             zones: HashMap::new(),
             undo_overlay: Vec::new(),
             undo_zones: Vec::new(),
@@ -1077,6 +1081,37 @@ impl<'a> Txn<'a> {
         (batch, self.zones)
     }
 
+    fn note_ordered(&mut self, cf_name: &'static str, key: &[u8]) {
+        if ORDERED_CFS.contains(&cf_name) {
+            self.overlay_ordered
+                .entry(cf_name)
+                .or_default()
+                .insert(key.to_vec());
+        }
+    }
+
+    /// The overlay's entries of `cf_name` (one of [`ORDERED_CFS`]) whose keys start with
+    /// `prefix`, in key order: `Some(value)` written, `None` deleted. (A key taken back by an
+    /// undo is in the ordered set but not the overlay: left out.)
+    fn overlay_with_prefix<'s>(
+        &'s self,
+        cf_name: &'static str,
+        prefix: &'s [u8],
+    ) -> impl Iterator<Item = (&'s Vec<u8>, Option<&'s Vec<u8>>)> + 's {
+        self.overlay_ordered
+            .get(cf_name)
+            .into_iter()
+            .flat_map(move |keys| {
+                keys.range(prefix.to_vec()..)
+                    .take_while(move |key| key.starts_with(prefix))
+            })
+            .filter_map(move |key| {
+                self.overlay
+                    .get(&(cf_name, key.clone()))
+                    .map(|value| (key, value.as_ref()))
+            })
+    }
+
     fn get(&self, cf_name: &'static str, key: &[u8]) -> EngineResult<Option<Vec<u8>>> {
         if let Some(v) = self.overlay.get(&(cf_name, key.to_vec())) {
             return Ok(v.clone());
@@ -1085,17 +1120,13 @@ impl<'a> Txn<'a> {
     }
 
     fn put(&mut self, cf_name: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        if cf_name == cf::EXTENTS {
-            self.overlay_extents.insert(key.clone());
-        }
+        self.note_ordered(cf_name, &key);
         let previous = self.overlay.insert((cf_name, key.clone()), Some(value));
         self.undo_overlay.push(((cf_name, key), previous));
     }
 
     fn del(&mut self, cf_name: &'static str, key: Vec<u8>) {
-        if cf_name == cf::EXTENTS {
-            self.overlay_extents.insert(key.clone());
-        }
+        self.note_ordered(cf_name, &key);
         let previous = self.overlay.insert((cf_name, key.clone()), None);
         self.undo_overlay.push(((cf_name, key), previous));
     }
@@ -1253,22 +1284,16 @@ impl<'a> Txn<'a> {
             .map(|(offset, e)| (index::extent_key(stream_id, offset).to_vec(), e))
             .collect();
         let prefix = stream_id.to_be_bytes();
-        let keys = self
-            .overlay_extents
-            .range(prefix.to_vec()..)
-            .take_while(|key| key.starts_with(&prefix));
-        for key in keys {
-            // (A key taken back by an undo is in the set but not the overlay: skipped.)
-            match self.overlay.get(&(cf::EXTENTS, key.clone())) {
-                Some(Some(v)) => {
+        for (key, value) in self.overlay_with_prefix(cf::EXTENTS, &prefix) {
+            match value {
+                Some(v) => {
                     if let Ok(e) = Extent::decode(v) {
                         out.insert(key.clone(), e);
                     }
                 }
-                Some(None) => {
+                None => {
                     out.remove(key);
                 }
-                None => {}
             }
         }
         Ok(out.into_iter().collect())
@@ -1308,9 +1333,8 @@ impl<'a> Txn<'a> {
         let prefix = index::object_key(name, "");
         for cf_name in [cf::OBJECTS, cf::UPLOAD_KEYS] {
             let added = self
-                .overlay
-                .iter()
-                .any(|((c, k), v)| *c == cf_name && k.starts_with(&prefix) && v.is_some());
+                .overlay_with_prefix(cf_name, &prefix)
+                .any(|(_, value)| value.is_some());
             if added {
                 return Ok(false);
             }
@@ -1612,18 +1636,23 @@ impl<'a> Txn<'a> {
             .map(|p| (p.part_number, p))
             .collect();
         let prefix = upload_id.to_be_bytes();
-        for ((cf_name, key), value) in &self.overlay {
-            if *cf_name == cf::PARTS && key.starts_with(&prefix) && key.len() == 12 {
-                let number = u32::from_be_bytes(key[8..12].try_into().expect("4 bytes"));
-                match value {
-                    Some(v) => {
-                        if let Ok(p) = PartEntry::decode(v) {
-                            parts.insert(number, p);
-                        }
+        for (key, value) in self.overlay_with_prefix(cf::PARTS, &prefix) {
+            let Some(number) = key
+                .get(8..12)
+                .filter(|_| key.len() == 12)
+                .and_then(|n| n.try_into().ok())
+                .map(u32::from_be_bytes)
+            else {
+                continue;
+            };
+            match value {
+                Some(v) => {
+                    if let Ok(p) = PartEntry::decode(v) {
+                        parts.insert(number, p);
                     }
-                    None => {
-                        parts.remove(&number);
-                    }
+                }
+                None => {
+                    parts.remove(&number);
                 }
             }
         }
