@@ -148,6 +148,11 @@ pub struct Config {
     /// Seconds a copy (CopyObject, UploadPartCopy) runs before its 200 begins, kept alive with
     /// whitespace until the result follows (0: at once).
     pub copy_keep_alive_secs: u64,
+    /// Most S3 connections one client address (an IPv4 address, an IPv6 /64) may hold at
+    /// once, so that one client cannot take every connection from the others. Default: a
+    /// quarter of what the server serves at once; 0: no such cap (behind a load balancer or
+    /// NAT, whose connections all come from a few addresses).
+    pub per_client_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -169,6 +174,7 @@ impl Default for Config {
             tls: None,
             embedded: EmbeddedSection::default(),
             copy_keep_alive_secs: 5,
+            per_client_connections: None,
         }
     }
 }

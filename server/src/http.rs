@@ -97,16 +97,31 @@ impl Drop for HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `router` on `listener` until [`HttpServer::shut_down`].
+    /// Serves `router` on `listener` until [`HttpServer::shut_down`], each client address
+    /// holding at most a quarter of the connections served at once.
     pub fn start(
         listener: TcpListener,
         router: axum::Router,
         tls: Option<TlsAcceptor>,
         name: &'static str,
     ) -> std::io::Result<HttpServer> {
+        Self::start_with_client_cap(listener, router, tls, name, None)
+    }
+
+    /// [`HttpServer::start`] with `per_client` connections at most for each client address
+    /// (None: a quarter of those served at once; 0: no cap).
+    pub fn start_with_client_cap(
+        listener: TcpListener,
+        router: axum::Router,
+        tls: Option<TlsAcceptor>,
+        name: &'static str,
+        per_client: Option<usize>,
+    ) -> std::io::Result<HttpServer> {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(None);
-        let task = tokio::spawn(accept_loop(listener, router, tls, stopped, name));
+        let task = tokio::spawn(accept_loop(
+            listener, router, tls, stopped, name, per_client,
+        ));
         Ok(HttpServer {
             local_addr,
             stop,
@@ -138,12 +153,17 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<Option<Duration>>,
     name: &'static str,
+    per_client: Option<usize>,
 ) {
     let graceful = GracefulShutdown::new();
     // Connections served at once (file descriptors are shared with the index and the fabric).
     let cap = crate::fd_limit::connection_cap();
     let connections = Arc::new(Semaphore::new(cap));
-    let per_client = PerClient::new(per_client_cap(cap));
+    let per_client = PerClient::new(match per_client {
+        None => per_client_cap(cap),
+        Some(0) => usize::MAX,
+        Some(n) => n,
+    });
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     // The connections' tasks: cancelled, and waited for, when a shutdown's grace period ends
     // with requests still running.
@@ -384,6 +404,46 @@ mod tests {
         let _plain = clients.take(ip("10.1.2.3")).unwrap();
         assert!(clients.take(ip("10.1.2.3")).is_none(), "one IPv4 client");
         assert!(clients.take(ip("10.1.2.4")).is_some());
+    }
+
+    /// The per-client cap as configured: one connection each turns a second one from the same
+    /// address away; no cap (behind a load balancer) serves both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_per_client_cap_is_as_configured() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn status(stream: &mut tokio::net::TcpStream) -> String {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        }
+        for (cap, second) in [(Some(1), "503"), (Some(0), "200")] {
+            let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let server =
+                HttpServer::start_with_client_cap(listener, router, None, "test", cap).unwrap();
+            let mut one = tokio::net::TcpStream::connect(server.local_addr())
+                .await
+                .unwrap();
+            assert!(status(&mut one).await.contains("200"));
+            let mut two = tokio::net::TcpStream::connect(server.local_addr())
+                .await
+                .unwrap();
+            let answer = status(&mut two).await;
+            assert!(answer.contains(second), "cap {cap:?}: {answer}");
+            drop((one, two));
+            server.shut_down(Duration::from_millis(100)).await;
+        }
     }
 
     /// A server dropped without a shutdown (a start that failed after its listener began)

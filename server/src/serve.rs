@@ -360,10 +360,15 @@ impl Server {
             every: Duration::from_secs(config.copy_keep_alive_secs.clamp(1, 5)),
         };
         let router = S3Service::new(Arc::new(EngineStore::new(engine.clone())), s3_config).router();
-        let s3 = match s3_socket
-            .listen(LISTEN_BACKLOG)
-            .and_then(|listener| HttpServer::start(listener, router, tls, "s3"))
-        {
+        let s3 = match s3_socket.listen(LISTEN_BACKLOG).and_then(|listener| {
+            HttpServer::start_with_client_cap(
+                listener,
+                router,
+                tls,
+                "s3",
+                config.per_client_connections,
+            )
+        }) {
             Ok(s3) => s3,
             Err(e) => {
                 admin.shut_down(Duration::ZERO).await;
