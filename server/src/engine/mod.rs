@@ -142,6 +142,12 @@ impl std::fmt::Debug for EngineInner {
 }
 
 impl EngineInner {
+    /// Whether `drive` holds records the index names, or appends awaiting their index entry.
+    pub(crate) fn holds_or_awaits_records(&self, drive: &drives::Drive) -> bool {
+        // (Appends first: one that ends adds its record to the live bytes before it lets go.)
+        self.placement.unindexed_appends(drive.id) > 0 || self.live_bytes_on(drive) > 0
+    }
+
     /// Live bytes (records the index uses) on `drive`.
     pub(crate) fn live_bytes_on(&self, drive: &drives::Drive) -> u64 {
         (0..drive.geometry.zone_count)
@@ -1222,10 +1228,8 @@ impl Engine {
             return false;
         }
         let began_after = drive.drain_began_after_pass.load(Ordering::SeqCst);
-        // (Appends first: one that ends adds its record to the live bytes before it lets go.)
         self.inner.repair.status().passes > began_after
-            && self.inner.placement.unindexed_appends(drive.id) == 0
-            && self.inner.live_bytes_on(drive) == 0
+            && !self.inner.holds_or_awaits_records(drive)
     }
 
     /// Live bytes (records the index uses) on each drive.

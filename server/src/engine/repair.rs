@@ -324,7 +324,8 @@ const MAX_PASS_GAP: Duration = Duration::from_secs(300);
 /// draining or outliving the grace period asks for one at once. New short writes, a pass that
 /// could not finish, or a draining drive still holding records (`blocked`), ask for one too,
 /// but no sooner than `MIN_PASS_GAP` and ten times the last pass's length after it: a target
-/// down under write load must not keep the gateway busy scanning a big index. And a pass runs at least every `MAX_PASS_GAP`.
+/// down under write load must not keep the gateway busy scanning a big index. And a pass runs
+/// at least every `MAX_PASS_GAP`.
 fn pass_due(
     now: &HealthSignature,
     last: Option<&HealthSignature>,
@@ -406,10 +407,10 @@ impl EngineInner {
 
     /// Whether a draining drive still holds records, or appends on their way there.
     fn drain_unfinished(&self) -> bool {
-        self.drives.all().iter().any(|d| {
-            d.draining.load(Ordering::Relaxed)
-                && (self.placement.unindexed_appends(d.id) > 0 || self.live_bytes_on(d) > 0)
-        })
+        self.drives
+            .all()
+            .iter()
+            .any(|d| d.draining.load(Ordering::Relaxed) && self.holds_or_awaits_records(d))
     }
 
     fn drive_views(&self) -> Vec<DriveView> {
