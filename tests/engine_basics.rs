@@ -2001,6 +2001,22 @@ async fn a_drain_finishes_while_a_scrub_pass_runs() {
         .expect("a scrub pass waiting on its rate does not hold the shutdown up");
 }
 
+/// A bucket is deleted for its owner only, as checked with the deletion: one deleted and made
+/// again by someone else since the caller looked it up is theirs, and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_is_deleted_only_for_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _drives) = open_engine(dir.path(), 1, small_geometry(16, 1 << 20), |_| {}).await;
+    engine.create_bucket("x", "bob").await.unwrap();
+    assert!(matches!(
+        engine.delete_bucket_of("x", "alice").await,
+        Err(EngineError::NotOwner(_))
+    ));
+    assert_eq!(engine.bucket("x").unwrap().owner, "bob");
+    engine.delete_bucket_of("x", "bob").await.unwrap();
+    assert!(engine.bucket("x").is_err());
+}
+
 /// Zones whose capacity is below the drive's append limit take records no larger than a zone
 /// holds: a large object is stored and read back, not refused as out of space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,8 +224,9 @@ pub trait ObjectWriter: Send {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Creates a bucket.
     async fn create_bucket(&self, bucket: &str, owner: &str) -> Result<(), S3Error>;
-    /// Deletes an empty bucket.
-    async fn delete_bucket(&self, bucket: &str) -> Result<(), S3Error>;
+    /// Deletes an empty bucket if `owner` owns it (checked with the deletion: a bucket deleted
+    /// and created again by someone else meanwhile is theirs, AccessDenied).
+    async fn delete_bucket(&self, bucket: &str, owner: &str) -> Result<(), S3Error>;
     /// A bucket.
     fn bucket(&self, bucket: &str) -> Result<BucketInfo, S3Error>;
     /// All buckets, by name.

@@ -31,6 +31,7 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::BucketAlreadyExists(b) => S3Error::bucket_exists(&b),
         EngineError::BucketAlreadyOwnedByYou(b) => S3Error::bucket_owned(&b),
         EngineError::BucketNotEmpty(b) => S3Error::bucket_not_empty(&b),
+        EngineError::NotOwner(_) => S3Error::access_denied("Access Denied"),
         EngineError::NoSuchUpload(u) => S3Error::no_such_upload(&u),
         EngineError::InvalidPart(detail) => S3Error::invalid_part(&detail),
         EngineError::InvalidPartOrder => S3Error::invalid_part_order(),
@@ -226,8 +227,11 @@ impl ObjectStore for EngineStore {
             .map_err(to_s3)
     }
 
-    async fn delete_bucket(&self, bucket: &str) -> Result<(), S3Error> {
-        self.engine.delete_bucket(bucket).await.map_err(to_s3)
+    async fn delete_bucket(&self, bucket: &str, owner: &str) -> Result<(), S3Error> {
+        self.engine
+            .delete_bucket_of(bucket, owner)
+            .await
+            .map_err(to_s3)
     }
 
     fn bucket(&self, bucket: &str) -> Result<BucketInfo, S3Error> {

@@ -31,6 +31,10 @@ pub enum ZoneErrorKind {
     /// Error).
     MediaError,
     /// The drive could not be reached or stopped answering (transport or host path errors).
+    /// The outcome of a command that changes the drive (write, append, write zeroes, zone
+    /// management) is then unknown: it may have been carried out, even later, so the caller
+    /// must treat it as in doubt, never as not done. (A write of several transfers may have
+    /// moved the write pointer partway.)
     Unavailable,
 }
 

@@ -131,7 +131,7 @@ fn check_object_ownership(asked: Option<&str>) -> Result<(), S3Error> {
 pub async fn delete_bucket(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     svc.owned_bucket(ctx, &bucket)?;
-    svc.store.delete_bucket(&bucket).await?;
+    svc.store.delete_bucket(&bucket, ctx.user()).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

@@ -48,6 +48,9 @@ pub enum EngineError {
     /// A conditional write's precondition does not hold.
     #[error("precondition failed: {0}")]
     PreconditionFailed(&'static str),
+    /// The bucket belongs to someone else (created again by them since it was looked up).
+    #[error("bucket {0} belongs to someone else")]
+    NotOwner(String),
     /// Out of space.
     #[error("insufficient storage: {0}")]
     NoSpace(String),

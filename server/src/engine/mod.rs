@@ -546,10 +546,27 @@ impl Engine {
     /// Deletes an empty bucket.
     pub async fn delete_bucket(&self, name: &str) -> EngineResult<()> {
         let (engine, name) = (self.clone(), name.to_string());
-        detached(async move { engine.delete_bucket_here(&name).await }).await
+        detached(async move { engine.delete_bucket_here(&name, None).await }).await
     }
 
-    async fn delete_bucket_here(&self, name: &str) -> EngineResult<()> {
+    /// Deletes an empty bucket if `owner` owns it ([`EngineError::NotOwner`] otherwise),
+    /// checked under the bucket's lock with the deletion itself: a bucket deleted and made
+    /// again by someone else since the caller looked it up is not deleted.
+    pub async fn delete_bucket_of(&self, name: &str, owner: &str) -> EngineResult<()> {
+        let (engine, name, owner) = (self.clone(), name.to_string(), owner.to_string());
+        detached(async move { engine.delete_bucket_here(&name, Some(&owner)).await }).await
+    }
+
+    async fn delete_bucket_here(&self, name: &str, owner: Option<&str>) -> EngineResult<()> {
+        let not_owned = |entry: &BucketEntry| owner.is_some_and(|o| entry.owner != o);
+        if self
+            .inner
+            .index
+            .bucket(name)?
+            .is_some_and(|b| not_owned(&b))
+        {
+            return Err(EngineError::NotOwner(name.into()));
+        }
         // Multipart uploads in progress do not keep a bucket from being deleted (as in S3):
         // they are aborted first, each under its own key's lock (taken before the bucket's
         // own, which excludes them). One begun meanwhile makes the deletion below refused.
@@ -581,8 +598,10 @@ impl Engine {
             }
         }
         let lock = self.inner.names.bucket(name).await;
-        if self.inner.index.bucket(name)?.is_none() {
-            return Err(EngineError::NoSuchBucket(name.into()));
+        match self.inner.index.bucket(name)? {
+            None => return Err(EngineError::NoSuchBucket(name.into())),
+            Some(entry) if not_owned(&entry) => return Err(EngineError::NotOwner(name.into())),
+            Some(_) => {}
         }
         if !self.inner.index.bucket_is_empty(name)? {
             return Err(EngineError::BucketNotEmpty(name.into()));
