@@ -536,20 +536,26 @@ impl S3Service {
                 (m, _) => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
             };
         }
+        // A PUT or DELETE naming a subresource this server does not know asks for some other
+        // operation than CreateBucket, DeleteBucket, PutObject or DeleteObject (deleting the
+        // bucket for a `DELETE ?someNewConfiguration` would be the worst wrong answer).
+        let known: &[&str] = match (has_key, &m) {
+            (false, _) => &["versioning"],
+            (true, &Method::PUT) => &["uploadId", "partNumber"],
+            (true, &Method::DELETE) => &["uploadId", "versionId"],
+            _ => &[],
+        };
+        if matches!(m, Method::PUT | Method::DELETE)
+            && let Some(name) = unknown_subresource(&ctx.query, known)
+        {
+            return (
+                "Unsupported",
+                Err(S3Error::not_implemented(&format!(
+                    "The ?{name} subresource"
+                ))),
+            );
+        }
         if !has_key {
-            // CreateBucket and DeleteBucket take no parameters: one that names a subresource
-            // this server does not know asks for some other operation (deleting the bucket
-            // for a `DELETE ?someNewConfiguration` would be the worst wrong answer).
-            if matches!(m, Method::PUT | Method::DELETE)
-                && let Some(name) = unknown_subresource(&ctx.query, &["versioning"])
-            {
-                return (
-                    "Unsupported",
-                    Err(S3Error::not_implemented(&format!(
-                        "The ?{name} subresource"
-                    ))),
-                );
-            }
             return match m {
                 Method::PUT if ctx.has("versioning") => (
                     "PutBucketVersioning",
@@ -590,23 +596,6 @@ impl S3Service {
                 ),
                 _ => ("Unknown", Err(S3Error::method_not_allowed(m.as_str()))),
             };
-        }
-        // Likewise for an object: a DELETE or PUT naming a subresource this server does not
-        // know is not taken for DeleteObject or PutObject.
-        let known: &[&str] = match m {
-            Method::PUT => &["uploadId", "partNumber"],
-            Method::DELETE => &["uploadId", "versionId"],
-            _ => &[],
-        };
-        if matches!(m, Method::PUT | Method::DELETE)
-            && let Some(name) = unknown_subresource(&ctx.query, known)
-        {
-            return (
-                "Unsupported",
-                Err(S3Error::not_implemented(&format!(
-                    "The ?{name} subresource"
-                ))),
-            );
         }
         let copy = ctx.headers.contains_key("x-amz-copy-source");
         let part = ctx.has("uploadId");
