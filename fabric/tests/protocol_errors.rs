@@ -439,6 +439,44 @@ async fn only_block_writes_are_asked_for_their_data() {
     assert!(matches!(next_pdu(&mut io, &mut buf).await, Pdu::R2t(r) if r.cccid == 6));
 }
 
+/// A write that must fail whatever its data (a namespace that is not there, or a transfer
+/// that is not the blocks it names) fails at once: the target does not ask for data it would
+/// only throw away.
+#[tokio::test]
+async fn a_write_that_cannot_succeed_is_refused_before_its_data_is_asked_for() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
+    let mut wrong_namespace = Sqe::new(fabric::spec::opcode::io::WRITE, 4);
+    wrong_namespace.set_nsid(2).set_slba(0).set_sgl(4096, false);
+    let mut wrong_length = Sqe::new(fabric::spec::opcode::io::ZONE_APPEND, 5);
+    wrong_length
+        .set_nsid(1)
+        .set_slba(0)
+        .set_cdw(12, 1)
+        .set_sgl(4096, false);
+    for (sqe, want) in [
+        (wrong_namespace, Status::INVALID_NAMESPACE),
+        (wrong_length, Status::SGL_LENGTH_INVALID),
+    ] {
+        let cid = sqe.cid();
+        send(&mut io, command(sqe)).await;
+        match next_pdu(&mut io, &mut buf).await {
+            Pdu::CapsuleResp(r) => {
+                let status = r.cqe.status();
+                assert_eq!(
+                    (r.cqe.cid(), status.sct, status.sc),
+                    (cid, want.sct, want.sc)
+                );
+            }
+            other => panic!("expected command {cid} refused without an R2T, got {other:?}"),
+        }
+    }
+    // A good write on the same queue is still asked for its data.
+    send(&mut io, write_needing_r2t(6)).await;
+    assert!(matches!(next_pdu(&mut io, &mut buf).await, Pdu::R2t(r) if r.cccid == 6));
+}
+
 /// Fused commands are not supported, and PSDT must say SGL: Invalid Field, as Linux answers.
 #[tokio::test]
 async fn fused_commands_get_invalid_field() {

@@ -49,13 +49,53 @@ fn failed(error: ZoneError, sqe: &Sqe) -> Reply {
     Reply::error(status)
 }
 
+/// The status a Write or Zone Append must fail with before the target asks for its data
+/// with an R2T (as the Linux target parses a command before it moves data): a controller
+/// that is not ready, a namespace that is not there, or a transfer that is not the blocks the
+/// command names. `None` when its data is worth receiving.
+pub(crate) fn refused_before_data(ctx: &QueueCtx, sqe: &Sqe) -> Option<Status> {
+    let device = match ready_device(ctx) {
+        Ok(device) => device,
+        Err(status) => return Some(status),
+    };
+    if sqe.nsid() != NSID {
+        return Some(Status::INVALID_NAMESPACE);
+    }
+    let bytes = command_bytes(sqe, &device);
+    transfer_status(bytes, ctx, u64::from(sqe.sgl_length()))
+}
+
+/// The drive behind a controller that is ready for I/O commands.
+fn ready_device(ctx: &QueueCtx) -> Result<Arc<dyn ZonedDevice>, Status> {
+    if !ctx.controller.is_ready() {
+        return Err(Status::COMMAND_SEQUENCE_ERROR);
+    }
+    ctx.subsystem().device.clone().ok_or(Status::INVALID_OPCODE)
+}
+
+/// The bytes of the blocks a Read, Write or Zone Append names (NLB in CDW12, 0's based).
+fn command_bytes(sqe: &Sqe, device: &Arc<dyn ZonedDevice>) -> u64 {
+    let nlb = (sqe.cdw(12) & 0xFFFF) + 1;
+    u64::from(nlb) * u64::from(device.geometry().block_size)
+}
+
+/// Why a transfer of `len` bytes cannot carry a command naming `bytes`: larger than the
+/// target moves at once, or not the same length.
+fn transfer_status(bytes: u64, ctx: &QueueCtx, len: u64) -> Option<Status> {
+    if bytes > u64::from(ctx.target.config.max_transfer) {
+        Some(Status::INVALID_FIELD)
+    } else if len != bytes {
+        Some(Status::SGL_LENGTH_INVALID)
+    } else {
+        None
+    }
+}
+
 /// Runs one I/O-queue command.
 pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Reply {
-    if !ctx.controller.is_ready() {
-        return Reply::error(Status::COMMAND_SEQUENCE_ERROR);
-    }
-    let Some(device) = ctx.subsystem().device.clone() else {
-        return Reply::error(Status::INVALID_OPCODE);
+    let device = match ready_device(ctx) {
+        Ok(device) => device,
+        Err(status) => return Reply::error(status),
     };
     if sqe.opcode() == crate::spec::opcode::FABRICS {
         // Only Connect (handled before any queue runs commands) and Disconnect belong on an
@@ -72,20 +112,13 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
     if nsid != NSID && !flush_all {
         return Reply::error(Status::INVALID_NAMESPACE);
     }
-    let geometry = device.geometry();
-    let block = u64::from(geometry.block_size);
     let slba = sqe.slba();
     let nlb = (sqe.cdw(12) & 0xFFFF) + 1;
-    let bytes = u64::from(nlb) * block;
+    let bytes = command_bytes(sqe, &device);
     let max_transfer = u64::from(ctx.target.config.max_transfer);
-    let transfer_ok = |len: u64| {
-        if bytes > max_transfer {
-            Err(Reply::error(Status::INVALID_FIELD))
-        } else if len != bytes {
-            Err(Reply::error(Status::SGL_LENGTH_INVALID))
-        } else {
-            Ok(())
-        }
+    let transfer_ok = |len: u64| match transfer_status(bytes, ctx, len) {
+        Some(status) => Err(Reply::error(status)),
+        None => Ok(()),
     };
     match sqe.opcode() {
         io::READ => {

@@ -798,6 +798,12 @@ impl Connection {
                 let takes_data =
                     io_queue && matches!(op, opcode::io::WRITE | opcode::io::ZONE_APPEND);
                 if writes && length > 0 && takes_data {
+                    if let Some(ctx) = &self.ctx
+                        && let Some(status) = super::io::refused_before_data(ctx, &sqe)
+                    {
+                        self.reject(cid, status, 0).await;
+                        return Ok(());
+                    }
                     let permit = Some(self.slot(&sqe)?);
                     let ttag = self.allocate_ttag();
                     self.transfers.insert(
