@@ -559,18 +559,16 @@ impl Engine {
 
     async fn delete_bucket_here(&self, name: &str, owner: Option<&str>) -> EngineResult<()> {
         let not_owned = |entry: &BucketEntry| owner.is_some_and(|o| entry.owner != o);
-        if self
-            .inner
-            .index
-            .bucket(name)?
-            .is_some_and(|b| not_owned(&b))
-        {
+        let found = self.inner.index.bucket(name)?;
+        if found.as_ref().is_some_and(not_owned) {
             return Err(EngineError::NotOwner(name.into()));
         }
         // Multipart uploads in progress do not keep a bucket from being deleted (as in S3):
         // they are aborted first, each under its own key's lock (taken before the bucket's
         // own, which excludes them). One begun meanwhile makes the deletion below refused.
-        if self.inner.index.bucket(name)?.is_some() && !self.inner.index.bucket_has_objects(name)? {
+        if let Some(checked) = found
+            && !self.inner.index.bucket_has_objects(name)?
+        {
             let mut aborted = std::collections::HashSet::new();
             loop {
                 let uploads = self
@@ -582,6 +580,16 @@ impl Engine {
                     break;
                 }
                 for upload in uploads {
+                    // Only the uploads of the bucket whose owner was checked: one deleted and
+                    // made again meanwhile (by another user, perhaps) keeps its uploads.
+                    match self.inner.index.bucket(name)? {
+                        Some(now) if now.seq == checked.seq => {}
+                        Some(now) if not_owned(&now) => {
+                            return Err(EngineError::NotOwner(name.into()));
+                        }
+                        Some(_) => return Err(EngineError::BucketNotEmpty(name.into())),
+                        None => return Err(EngineError::NoSuchBucket(name.into())),
+                    }
                     // An object written meanwhile keeps the bucket: its uploads stay too.
                     if self.inner.index.bucket_has_objects(name)? {
                         return Err(EngineError::BucketNotEmpty(name.into()));
