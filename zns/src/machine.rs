@@ -451,7 +451,10 @@ impl ZoneTable {
     }
 
     /// State after a power loss or shutdown (ZNS §2.1.1.3): opened and closed zones become
-    /// Closed, or Empty if nothing was written to them.
+    /// Closed, or Empty if nothing was written to them. A drive never comes back holding more
+    /// active zones than it has: should the crash have left more Closed (a zone whose filling
+    /// write had not landed is Closed short of its capacity, while the zone opened in its
+    /// place is recorded too), the fullest are finished, as a Finish would, keeping their data.
     pub fn after_power_loss(&mut self) {
         for index in 0..self.geometry.zone_count {
             let zone = self.zones[index as usize];
@@ -463,6 +466,16 @@ impl ZoneTable {
                 };
                 self.set_state(index, state);
             }
+        }
+        let Some(limit) = self.geometry.max_active else {
+            return;
+        };
+        while self.active > limit {
+            let fullest = (0..self.geometry.zone_count)
+                .filter(|&i| self.zones[i as usize].state == ZoneState::Closed)
+                .max_by_key(|&i| (self.zones[i as usize].written, std::cmp::Reverse(i)));
+            let Some(index) = fullest else { return };
+            self.set_state(index, ZoneState::Full);
         }
     }
 

@@ -1320,6 +1320,34 @@ mod tests {
         assert!(active <= 1, "{active} active zones on a drive that has 1");
     }
 
+    /// The same while the write filling zone 0 has not landed when zone 1 opens and is
+    /// recorded: zone 0 is then recorded Closed short of its capacity, and the drive finishes
+    /// the fullest zone when it comes back rather than hold two active zones.
+    #[tokio::test]
+    async fn a_zone_still_filling_at_a_crash_comes_back_within_the_active_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Geometry::new(4, 1 << 20);
+        g.max_active = Some(1);
+        g.max_open = Some(1);
+        let d = EmulatedZns::create(dir.path(), g).unwrap();
+        let block = Bytes::from(vec![5u8; g.block_size as usize]);
+        d.write(0, block.clone()).await.unwrap();
+        d.flush().await.unwrap();
+        // Granted (zone 0 is Full in memory, its active resource free) but never landed.
+        let _filling = d.begin_write(1, g.zone_capacity - 1, false).await.unwrap();
+        let zone1 = g.zone_start(1);
+        d.write(zone1, block).await.unwrap();
+        d.manage_zones(ZoneAction::Close, ZoneSelect::Zone(zone1))
+            .await
+            .unwrap();
+        drop(d);
+        let states: Vec<_> = (0..4).map(|i| after_a_crash(dir.path(), i)).collect();
+        let active = states.iter().filter(|(s, _)| s.is_active()).count();
+        assert!(active <= 1, "{states:?} on a drive with 1 active zone");
+        assert_eq!(states[0], (ZoneState::Full, 1), "the fullest is finished");
+        assert_eq!(states[1], (ZoneState::Closed, 1));
+    }
+
     #[tokio::test]
     async fn a_flush_waits_for_writes_granted_before_it() {
         let dir = tempfile::tempdir().unwrap();
