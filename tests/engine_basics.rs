@@ -1197,6 +1197,71 @@ async fn gc_leaves_the_zone_of_a_finish_in_doubt_alone() {
     engine.shutdown().await;
 }
 
+/// Reads ahead go on while the client is slow to take what comes before them: one that had
+/// to wait (for a queue slot, say) when the client stopped reading is not left until the
+/// client reads again (its timeout would then count the client's slowness against the drive).
+#[tokio::test]
+async fn reads_ahead_go_on_while_the_client_takes_nothing() {
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let inner = zns::EmulatedZns::create(&dir.path().join("drive0"), g).unwrap();
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+    let (started, landed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (release, released) = tokio::sync::watch::channel(false);
+    {
+        let started = started.clone();
+        drive.before_read = Box::new(move |_, _| {
+            // The first read (the piece the stream waits for) goes at once; the rest wait.
+            let first = started.fetch_add(1, Ordering::SeqCst) == 0;
+            let mut released = released.clone();
+            Box::pin(async move {
+                if !first {
+                    let _ = released.wait_for(|&r| r).await;
+                }
+            })
+        });
+        let landed = landed.clone();
+        drive.after_read = Box::new(move |_, _, result| {
+            landed.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::ready(result))
+        });
+    }
+    let engine = engine_on(dir.path(), "zns-file://drive0", Arc::new(drive), gc_by_hand).await;
+    let body = content("big", 1, 512 << 10);
+    put(&engine, "b", "big", &body).await.unwrap();
+    let handle = engine.open_object("b", "big").unwrap();
+    let mut stream = handle.read(0..body.len() as u64).unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(&first[..], &body[..first.len()]);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        started.load(Ordering::SeqCst) > 1,
+        "reads ahead started while the client took nothing"
+    );
+    assert_eq!(landed.load(Ordering::SeqCst), 1);
+    // The client takes nothing more for now; what held the reads ahead up goes away.
+    release.send(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while landed.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read ahead went on while the stream was not polled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut rest = first.to_vec();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(rest == body, "the object reads back whole");
+    drop(stream);
+    drop(handle);
+    engine.shutdown().await;
+}
+
 /// GC works on every drive at once: a drive whose reads hang (a target that stopped answering
 /// but has not timed out yet) holds up reclaiming its own zones, not the other drives'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,18 +137,57 @@ impl ReadAhead {
             };
             let engine = self.engine.clone();
             let ticket = self.ticket.clone();
-            self.reads.push_back(
-                async move {
-                    let bytes = engine.read_piece(piece, &ticket).await?;
-                    // The budget comes back when the chunk is dropped (sent to the client).
-                    Ok(Bytes::from_owner(Budgeted {
-                        bytes,
-                        _permit: permit,
-                    }))
-                }
-                .boxed(),
-            );
+            let read = async move {
+                let bytes = engine.read_piece(piece, &ticket).await?;
+                // The budget comes back when the chunk is dropped (sent to the client).
+                Ok(Bytes::from_owner(Budgeted {
+                    bytes,
+                    _permit: permit,
+                }))
+            };
+            if self.reads.is_empty() {
+                // Awaited at once: it runs while the stream is polled for it.
+                self.reads.push_back(read.boxed());
+            } else {
+                self.reads.push_back(ReadAheadTask::spawn(read).boxed());
+            }
         }
+    }
+}
+
+/// A read ahead, running as a task of its own: it goes on while the client is slow to take
+/// what comes before it. (Polled only with the stream, a read waiting for a queue slot when
+/// the client stopped reading would send its command only once the client came back, and
+/// then time out at once: its timeout counted the client's slowness, and the drive would be
+/// taken for down.) Dropping it (the stream dropped) stops the read.
+struct ReadAheadTask(tokio::task::JoinHandle<EngineResult<Bytes>>);
+
+impl ReadAheadTask {
+    fn spawn(read: impl Future<Output = EngineResult<Bytes>> + Send + 'static) -> Self {
+        ReadAheadTask(tokio::spawn(read))
+    }
+}
+
+impl Future for ReadAheadTask {
+    type Output = EngineResult<Bytes>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| {
+                Err(EngineError::Unavailable(format!(
+                    "a read ahead task ended: {e}"
+                )))
+            })
+        })
+    }
+}
+
+impl Drop for ReadAheadTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
