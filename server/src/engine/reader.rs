@@ -31,6 +31,8 @@ const READ_AHEAD: usize = 4;
 /// written to the client): memory does not grow with the number of downloads beyond this.
 pub(crate) const READ_BUDGET: usize = 64 << 20;
 
+/// Times a piece's copies are looked up in the index (GC may move them while they are read).
+const PIECE_LOOKUPS: usize = 4;
 /// How long one copy may take before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads in flight by which a record's first copy's drive may exceed another copy's before
@@ -437,13 +439,16 @@ impl EngineInner {
             }
             Ok(bytes)
         };
-        for attempt in 0..2 {
+        // Whether the last copy tried had been moved by GC while it was read.
+        let mut moved = false;
+        for attempt in 0..PIECE_LOOKUPS {
             for location in self.order(&piece.extent.replicas) {
                 // A copy on a drive that is down is not waited for (its host would hold the
                 // read until the drive is back, or gives up after seconds): with no copy on a
                 // drive that is up, the read fails at once, a 503 the client retries.
                 if self.drives.of(&location).is_none_or(|d| !d.is_up()) {
                     last_error = format!("drive {} is down", location.drive);
+                    moved = false;
                     continue;
                 }
                 match self.read_copy(&piece, location).await {
@@ -463,10 +468,12 @@ impl EngineInner {
                     }
                     Ok(_) => {
                         failed_over = true;
+                        moved = true;
                         last_error = "the copy was moved while it was read".into();
                     }
                     Err(e) => {
                         failed_over = true;
+                        moved = false;
                         tracing::warn!(
                             drive = location.drive,
                             lba = location.lba,
@@ -476,8 +483,9 @@ impl EngineInner {
                     }
                 }
             }
-            if attempt == 0 {
-                // GC may have moved it since the lookup: look again.
+            if attempt + 1 < PIECE_LOOKUPS {
+                // GC may have moved it since the lookup: look again (and again, should GC
+                // move the new copies too while they are read).
                 match self.index.extent(piece.stream_id, piece.offset)? {
                     Some(e) if e.replicas != piece.extent.replicas => piece.extent = e,
                     Some(_) => break,
@@ -497,12 +505,14 @@ impl EngineInner {
             "no readable copy of stream {} offset {}: {last_error}",
             piece.stream_id, piece.offset
         );
-        // Every copy on a drive that is down: an outage, not damage.
-        if piece
-            .extent
-            .replicas
-            .iter()
-            .all(|l| self.drives.of(l).is_none_or(|d| !d.is_up()))
+        // Every copy on a drive that is down: an outage, not damage. Nor is a copy GC moved
+        // again and again while it was read: a read begun again finds where it is.
+        if moved
+            || piece
+                .extent
+                .replicas
+                .iter()
+                .all(|l| self.drives.of(l).is_none_or(|d| !d.is_up()))
         {
             return Err(EngineError::Unavailable(what));
         }
