@@ -136,17 +136,31 @@ enum Node {
     Text(Rc<Element>, String),
 }
 
+/// What an entity or character reference stands for; `None` for an unknown entity or a
+/// reference that is not XML 1.0 (digits only, and a character XML allows: `&#0;` or `&#x+41;`
+/// are not).
 fn resolve_reference(name: &str) -> Option<String> {
+    let character = |digits: &str, radix: u32| {
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        char::from_u32(u32::from_str_radix(digits, radix).ok()?).filter(|&c| is_xml_char(c))
+    };
     Some(match name {
         "amp" => "&".into(),
         "lt" => "<".into(),
         "gt" => ">".into(),
         "quot" => "\"".into(),
         "apos" => "'".into(),
-        n if n.starts_with("#x") => char::from_u32(u32::from_str_radix(&n[2..], 16).ok()?)?.into(),
-        n if n.starts_with('#') => char::from_u32(n[1..].parse().ok()?)?.into(),
+        n if n.starts_with("#x") => character(&n[2..], 16)?.into(),
+        n if n.starts_with('#') => character(&n[1..], 10)?.into(),
         _ => return None,
     })
+}
+
+/// Whether XML 1.0 allows `c` in a document (its `Char` production).
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 /// Deepest element nesting a request document may have (S3's are a few levels deep).
@@ -174,6 +188,11 @@ fn push_text(
             Err(S3Error::malformed_xml())
         };
     };
+    // A control character (raw; a reference to one never resolves) is not XML: S3 answers
+    // MalformedXML, where taking it would echo a key no XML parser reads back.
+    if !text.chars().all(is_xml_char) {
+        return Err(S3Error::malformed_xml());
+    }
     match out.last_mut() {
         Some(Node::Text(e, existing)) if Rc::ptr_eq(e, element) => existing.push_str(text),
         _ => out.push(Node::Text(element.clone(), text.to_string())),
@@ -481,6 +500,25 @@ mod tests {
         assert_eq!(keys, [" x.txt ", "Tom & Jerry.mp4", "a<b \tc", "cr\rlf"]);
         assert!(quiet);
         assert_eq!(escape("cr\rlf"), "cr&#xD;lf", "a CR survives a round trip");
+    }
+
+    #[test]
+    fn characters_xml_does_not_allow_are_malformed() {
+        for key in [
+            "a&#0;b", "a&#x1;b", "&#xFFFE;", "&#x+41;", "&#;", "&#x;", "a\u{1}b",
+        ] {
+            let body = format!("<Delete><Object><Key>{key}</Key></Object></Delete>");
+            assert_eq!(
+                parse_delete(body.as_bytes()).unwrap_err().code,
+                "MalformedXML",
+                "{key:?}"
+            );
+        }
+        let body = "<Delete><Object><Key>&#65;&#x42;&#x1F600;</Key></Object></Delete>";
+        assert_eq!(
+            parse_delete(body.as_bytes()).unwrap().0[0].key,
+            "AB\u{1F600}"
+        );
     }
 
     #[test]
