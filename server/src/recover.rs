@@ -67,6 +67,13 @@ pub enum RecoverError {
 /// empty index); elsewhere, two renames. The parent directory is synced, so the swap survives a
 /// crash once this returns.
 fn swap_in(building: &Path, index_dir: &Path, old: Option<&Path>) -> std::io::Result<()> {
+    let parent = index_dir.parent().unwrap_or(Path::new("."));
+    // From here on the rebuilt index is whole: should the swap be cut short, the next start
+    // (or rebuild) finishes it rather than begin anew or rebuild again.
+    let mark = rebuilt_mark(index_dir);
+    std::fs::write(&mark, building.as_os_str().as_encoded_bytes())?;
+    std::fs::File::open(&mark)?.sync_all()?;
+    crate::durable_file::sync_dir(parent)?;
     match old {
         None => std::fs::rename(building, index_dir)?,
         Some(old) => match exchange(building, index_dir) {
@@ -80,7 +87,35 @@ fn swap_in(building: &Path, index_dir: &Path, old: Option<&Path>) -> std::io::Re
             }
         },
     }
-    crate::durable_file::sync_dir(index_dir.parent().unwrap_or(Path::new(".")))
+    crate::durable_file::sync_dir(parent)?;
+    std::fs::remove_file(&mark)?;
+    crate::durable_file::sync_dir(parent)
+}
+
+/// The file that says the rebuilt index beside `index_dir` is whole and being swapped in.
+fn rebuilt_mark(index_dir: &Path) -> PathBuf {
+    sibling(index_dir, "rebuilt")
+}
+
+/// Finishes swapping in a whole rebuilt index, should a crash have cut the swap short with
+/// `index_dir` missing or empty (between the two renames where the file system cannot
+/// exchange directories, or before the only one): the rebuilt index moves into place. Returns
+/// whether it did. (A mark left once the swap was done is removed.)
+pub(crate) fn finish_interrupted_swap(index_dir: &Path) -> std::io::Result<bool> {
+    let mark = rebuilt_mark(index_dir);
+    if !mark.exists() {
+        return Ok(false);
+    }
+    let parent = index_dir.parent().unwrap_or(Path::new("."));
+    let building = sibling(index_dir, "rebuilding");
+    let finished = !holds_anything(index_dir) && building.is_dir();
+    if finished {
+        std::fs::rename(&building, index_dir)?;
+        crate::durable_file::sync_dir(parent)?;
+    }
+    std::fs::remove_file(&mark)?;
+    crate::durable_file::sync_dir(parent)?;
+    Ok(finished)
 }
 
 /// Exchanges two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
@@ -182,6 +217,18 @@ pub async fn rebuild_index(
     // Held until the new index is in place: no server may start on the old one meanwhile.
     let _lock = crate::data_lock::DataDirLock::acquire(&config.data_dir)?;
     let index_dir = checked.index_dir.clone();
+    if finish_interrupted_swap(&index_dir).map_err(|source| RecoverError::Io {
+        what: format!(
+            "finishing the swap of a rebuilt index into {}",
+            index_dir.display()
+        ),
+        source,
+    })? {
+        progress(&format!(
+            "an earlier rebuild was stopped while swapping its index in: it is now in {}",
+            index_dir.display()
+        ));
+    }
     check_swappable(&index_dir)?;
     // Anything in the index directory is the old index (damaged, perhaps: what recover is
     // for), kept aside whole when the new one takes its place; only read where RocksDB can
@@ -417,6 +464,41 @@ mod tests {
                 .to_string();
             assert!(e.contains("mount point"), "{e}");
         }
+    }
+
+    /// A swap cut short by a crash, with the index directory missing or empty beside a whole
+    /// rebuilt index, is finished; without the mark (a rebuild stopped before it was whole)
+    /// nothing moves.
+    #[test]
+    fn a_swap_cut_short_is_finished_only_for_a_whole_rebuilt_index() {
+        let root = tempfile::tempdir().unwrap();
+        let (index, building, old) = (
+            root.path().join("index"),
+            root.path().join("index.rebuilding"),
+            root.path().join("index.old-1"),
+        );
+        mark(&building, "half");
+        assert!(!finish_interrupted_swap(&index).unwrap());
+        assert!(!index.exists() && which(&building) == "half");
+
+        // Between the two renames: the old index aside, the new one not yet in place.
+        mark(&building, "new");
+        mark(&old, "old");
+        std::fs::write(rebuilt_mark(&index), "").unwrap();
+        assert!(finish_interrupted_swap(&index).unwrap());
+        assert_eq!((which(&index), which(&old)), ("new".into(), "old".into()));
+        assert!(!building.exists() && !rebuilt_mark(&index).exists());
+
+        // A mark left after the swap was done moves nothing (here a rebuilt index's leftover
+        // old one waits in `building`, as after an exchange).
+        mark(&building, "older");
+        std::fs::write(rebuilt_mark(&index), "").unwrap();
+        assert!(!finish_interrupted_swap(&index).unwrap());
+        assert_eq!(
+            (which(&index), which(&building)),
+            ("new".into(), "older".into())
+        );
+        assert!(!rebuilt_mark(&index).exists());
     }
 
     #[test]

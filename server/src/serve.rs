@@ -49,10 +49,21 @@ pub enum ServeError {
     Lock(#[from] crate::data_lock::LockError),
 }
 
-/// Refuses to start on a missing or empty index beside a rebuilt one: a rebuild stopped in the
-/// middle of swapping it in (where the file system cannot exchange two directories at once). A
-/// server started there would begin a new, empty index beside drives full of data.
+/// Finishes swapping in a whole rebuilt index that a crash cut short (see
+/// [`crate::recover::finish_interrupted_swap`]), then refuses to start on a missing or empty
+/// index beside a rebuilt one that is not whole: a rebuild stopped before it was done, with no
+/// index before it. A server started there would begin a new, empty index beside drives full
+/// of data.
 fn refuse_a_half_swapped_index(index_dir: &std::path::Path) -> Result<(), ServeError> {
+    if crate::recover::finish_interrupted_swap(index_dir).map_err(io_error(format!(
+        "finishing the swap of a rebuilt index into {}",
+        index_dir.display()
+    )))? {
+        tracing::warn!(
+            index = %index_dir.display(),
+            "a rebuild was stopped while swapping its index in: the rebuilt index is now in place"
+        );
+    }
     let building = crate::recover::sibling(index_dir, "rebuilding");
     if !crate::recover::holds_anything(index_dir) && building.join("CURRENT").exists() {
         return Err(ServeError::Io {
@@ -60,7 +71,7 @@ fn refuse_a_half_swapped_index(index_dir: &std::path::Path) -> Result<(), ServeE
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!(
-                    "it is missing, and a rebuilt index waits in {}: a rebuild was stopped while swapping it in; run `zonestore recover --rebuild-index` again",
+                    "it is missing, and what a rebuild left unfinished is in {}: run `zonestore recover --rebuild-index` again",
                     building.display()
                 ),
             ),
@@ -495,8 +506,13 @@ mod tests {
             refuse_a_half_swapped_index(&index).is_err(),
             "empty is missing"
         );
+        // A whole rebuilt index (its swap begun, then cut short) is put in place.
+        std::fs::write(root.path().join("index.rebuilt"), "").unwrap();
+        assert!(refuse_a_half_swapped_index(&index).is_ok());
+        assert!(index.join("CURRENT").exists() && !building.exists());
         // An index in place: a rebuild stopped before its swap left it as it was.
-        std::fs::write(index.join("CURRENT"), "MANIFEST-000001\n").unwrap();
+        std::fs::create_dir_all(&building).unwrap();
+        std::fs::write(building.join("CURRENT"), "MANIFEST-000001\n").unwrap();
         assert!(refuse_a_half_swapped_index(&index).is_ok());
     }
 }
