@@ -206,7 +206,8 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         return None;
     }
     let table = text[..line_start].lines().rev().find_map(|l| {
-        let l = l.trim();
+        // A header may be followed by a comment (`[tls]   # or --tls-cert`).
+        let l = l.split_once('#').map_or(l, |(header, _)| header).trim();
         l.strip_prefix('[')
             .and_then(|t| t.strip_suffix(']'))
             .map(|t| t.trim_matches(['[', ']']).trim().to_string())
@@ -866,6 +867,14 @@ mod tests {
         let e = Config::load(&path).unwrap_err();
         assert!(e.key.starts_with("gc.low_watermark ("), "{}", e.key);
         assert!(e.key.ends_with("line 4)"), "{}", e.key);
+        // A table header with a comment after it (as in the README's sample) names its table.
+        std::fs::write(
+            &path,
+            "[gc]\nlow_watermark = 0.1\n# [tls]\n[embedded]   # the drives\nzones = \"256\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(e.key.starts_with("embedded.zones ("), "{}", e.key);
     }
 
     #[test]
