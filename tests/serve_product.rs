@@ -555,6 +555,13 @@ fn recover_rebuilds_the_index_from_the_zones() {
     );
     assert!(!drive.exists(), "an empty drive was made in its place");
     std::fs::rename(&away, &drive).unwrap();
+    // Drives the index knows keep the geometry they were made with: another one configured
+    // is named, not ignored.
+    let err = serve_fails(&["serve", "--data", data.to_str().unwrap(), "--zones", "300"]);
+    assert!(
+        err.contains("embedded drive 0") && err.contains("embedded.zones"),
+        "{err}"
+    );
     let server = S3Server::start(&data, &[]);
     assert_eq!(
         names(&server.aws_ok(&["s3", "ls", "--recursive", "s3://keep/"])),

@@ -877,6 +877,21 @@ mod tests {
         assert!(e.key.starts_with("embedded.zones ("), "{}", e.key);
     }
 
+    /// The README's sample configuration is one this binary reads: every key known, every
+    /// value of its type.
+    #[test]
+    fn the_readme_sample_configuration_loads() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let (_, after) = readme.split_once("```toml\n").expect("a TOML sample");
+        let (sample, _) = after.split_once("```").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zonestore.toml");
+        std::fs::write(&path, sample).unwrap();
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {}", e.key, e.problem));
+        assert_eq!((c.embedded.drives, c.targets.len()), (3, 3));
+    }
+
     #[test]
     fn replication_defaults_to_three_copies_and_a_majority() {
         let mut c = Config::default();

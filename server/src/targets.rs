@@ -35,6 +35,22 @@ pub enum AttachError {
         #[source]
         source: zns::ZoneError,
     },
+    /// An embedded drive the index knows was made with another geometry than the
+    /// configuration now gives: a drive keeps the geometry it was made with.
+    #[error(
+        "embedded drive {index} in {} was made with [{found}], but embedded.zones and embedded.zone_size (--zones, --zone-size) now say [{configured}]: a drive keeps the geometry it was made with; set them back, or start with a new data directory",
+        dir.display()
+    )]
+    EmbeddedGeometry {
+        /// Drive index.
+        index: usize,
+        /// Its directory.
+        dir: PathBuf,
+        /// The geometry it has.
+        found: Box<Geometry>,
+        /// The geometry configured.
+        configured: Box<Geometry>,
+    },
     /// An embedded storage node did not start.
     #[error("embedded drive {index}: {source}")]
     Embedded {
@@ -199,6 +215,19 @@ pub async fn embedded(
             }
             source => AttachError::Embedded { index, source },
         })?;
+        // Drives the index knows were opened as they are: one made with another geometry than
+        // the configuration now gives is named, not taken silently (new drives would get the
+        // new one).
+        let found = node.drive.geometry();
+        let layout = |g: &Geometry| (g.block_size, g.zone_size, g.zone_capacity, g.zone_count);
+        if local == LocalDrives::OpenOrCreate && layout(&found) != layout(&geometry) {
+            return Err(AttachError::EmbeddedGeometry {
+                index,
+                dir: data_dir.join("drives").join(format!("drive{index}")),
+                found: Box::new(found),
+                configured: Box::new(geometry),
+            });
+        }
         let address = node.local_addr();
         attached.nodes.push(node);
         connect(
