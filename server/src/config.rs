@@ -153,6 +153,10 @@ pub struct Config {
     /// quarter of what the server serves at once; 0: no such cap (behind a load balancer or
     /// NAT, whose connections all come from a few addresses).
     pub per_client_connections: Option<usize>,
+    /// Keys the command line set, each with its flag (never read from a file): a problem with
+    /// one names the flag too.
+    #[serde(skip)]
+    pub set_by_flags: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -175,6 +179,7 @@ impl Default for Config {
             embedded: EmbeddedSection::default(),
             copy_keep_alive_secs: 5,
             per_client_connections: None,
+            set_by_flags: Vec::new(),
         }
     }
 }
@@ -397,6 +402,26 @@ impl Config {
 
     /// Checks every value.
     pub fn check(&self) -> Result<Checked, ConfigError> {
+        self.check_values().map_err(|mut e| {
+            let flag = self.set_by_flags.iter().find(|(key, _)| {
+                e.key == *key
+                    || e.key
+                        .strip_prefix(key.as_str())
+                        .is_some_and(|i| i.starts_with('['))
+            });
+            if let Some((_, flag)) = flag {
+                e.key = format!("{} ({flag})", e.key);
+            }
+            e
+        })
+    }
+
+    /// Notes that the command line's `flag` set `key`, so that a problem with it names the flag.
+    pub fn set_by_flag(&mut self, key: &str, flag: &str) {
+        self.set_by_flags.push((key.to_string(), flag.to_string()));
+    }
+
+    fn check_values(&self) -> Result<Checked, ConfigError> {
         if !is_region(&self.region) {
             return Err(bad(
                 "region",
@@ -457,6 +482,9 @@ impl Config {
         // The embedded drives are counted before any is made: too few for the copies asked for
         // is refused before their files are created.
         if self.targets.is_empty() {
+            if self.embedded.drives == 0 {
+                return Err(bad("embedded.drives", "needs at least 1 drive"));
+            }
             self.replication_for(self.embedded.drives)?;
         }
         if let Some(nqn) = &self.host_nqn {
@@ -565,11 +593,8 @@ impl Config {
                 "must be a power of two of at least 1M",
             ));
         }
-        if self.embedded.drives == 0 || self.embedded.zones < 8 {
-            return Err(bad(
-                "embedded",
-                "needs at least 1 drive of at least 8 zones",
-            ));
+        if self.embedded.zones < 8 {
+            return Err(bad("embedded.zones", "a drive needs at least 8 zones"));
         }
         if self.embedded.drives > MAX_EMBEDDED_DRIVES {
             return Err(bad(
@@ -753,7 +778,10 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "region");
         for (setting, key) in [
             ("zones = 4000000000", "embedded.zones"),
+            ("zones = 7", "embedded.zones"),
             ("drives = 100000", "embedded.drives"),
+            // No drives at all is what is wrong, not the copies they cannot hold.
+            ("drives = 0", "embedded.drives"),
         ] {
             let c: Config = toml::from_str(&format!(
                 "[embedded]\n{setting}\n[[users]]\naccess_key = \"a\"\nsecret_key = \"b\""
@@ -761,6 +789,18 @@ mod tests {
             .unwrap();
             assert_eq!(c.check().unwrap_err().key, key, "{setting}");
         }
+        // Set on the command line, a value is named by its flag too.
+        let mut c = Config::default();
+        c.embedded.zone_size = "3M".into();
+        c.set_by_flag("embedded.zone_size", "--zone-size");
+        c.targets = vec!["nowhere".into()];
+        c.set_by_flag("targets", "--target");
+        assert_eq!(c.check().unwrap_err().key, "targets[0] (--target)");
+        c.targets.clear();
+        assert_eq!(
+            c.check().unwrap_err().key,
+            "embedded.zone_size (--zone-size)"
+        );
     }
 
     #[test]

@@ -206,30 +206,38 @@ fn config_of(args: &DriveArgs) -> anyhow::Result<Config> {
     };
     if let Some(data) = &args.data {
         config.data_dir = data.clone();
+        config.set_by_flag("data_dir", "--data");
     }
     if !args.targets.is_empty() {
         config.targets = args.targets.clone();
+        config.set_by_flag("targets", "--target");
     }
     if let Some(nqn) = &args.host_nqn {
         config.host_nqn = Some(nqn.clone());
+        config.set_by_flag("host_nqn", "--host-nqn");
     }
     if let Some(d) = args.drives {
         config.embedded.drives = d;
+        config.set_by_flag("embedded.drives", "--drives");
     }
     if let Some(z) = args.zones {
         config.embedded.zones = z;
+        config.set_by_flag("embedded.zones", "--zones");
     }
     if let Some(s) = &args.zone_size {
         config.embedded.zone_size = s.clone();
+        config.set_by_flag("embedded.zone_size", "--zone-size");
     }
     if let Some(direct) = args.direct_writes {
         config.embedded.direct_writes = direct;
     }
     if let Some(r) = args.replicas {
         config.replication_factor = Some(r);
+        config.set_by_flag("replication_factor", "--replicas");
     }
     if let Some(w) = args.write_quorum {
         config.write_quorum = Some(w);
+        config.set_by_flag("write_quorum", "--write-quorum");
     }
     Ok(config)
 }
@@ -238,9 +246,11 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = config_of(&args.drives)?;
     if let Some(l) = &args.listen {
         config.listen = l.clone();
+        config.set_by_flag("listen", "--listen");
     }
     if let Some(l) = &args.admin_listen {
         config.admin_listen = Some(l.clone());
+        config.set_by_flag("admin_listen", "--admin-listen");
     }
     match (&args.access_key, &args.secret_key) {
         (Some(a), Some(s)) => {
@@ -252,6 +262,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
                     secret_key: s.clone(),
                 },
             );
+            config.set_by_flag("users[0]", "--access-key, --secret-key");
         }
         (None, None) => {}
         _ => bail!(
@@ -263,13 +274,16 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
             config.tls = Some(TlsSection {
                 cert: cert.clone(),
                 key: key.clone(),
-            })
+            });
+            config.set_by_flag("tls.cert", "--tls-cert");
+            config.set_by_flag("tls.key", "--tls-key");
         }
         (None, None) => {}
         _ => bail!("--tls-cert and --tls-key go together"),
     }
     if let Some(p) = &args.gc_policy {
         config.gc.policy = p.clone();
+        config.set_by_flag("gc.policy", "--gc-policy");
     }
     Ok(config)
 }
