@@ -436,6 +436,7 @@ impl EngineInner {
         let mut progress = Progress {
             rate: self.repair.config.lock().rate_bytes_per_sec,
             started: Instant::now(),
+            paced_from: Instant::now(),
             copied: 0,
             blocked: None,
             edits: Vec::new(),
@@ -517,8 +518,14 @@ impl EngineInner {
             if let Some(why) = outcome.blocked {
                 progress.blocked.get_or_insert(why);
             }
+            progress.paced_from = capped_credit(
+                progress.paced_from,
+                progress.copied,
+                progress.rate,
+                Instant::now(),
+            );
             pace_until(
-                progress.started,
+                progress.paced_from,
                 progress.copied,
                 progress.rate,
                 &self.repair.wake,
@@ -1156,6 +1163,9 @@ struct Progress {
     /// Copy rate limit, bytes per second (0: none).
     rate: u64,
     started: Instant,
+    /// What pacing counts the rate from: the pass's start, moved on so that time spent with
+    /// nothing to copy saves up at most [`PACE_BURST`] of copying.
+    paced_from: Instant,
     copied: u64,
     /// Why something could not be done, the first time it could not.
     blocked: Option<String>,
@@ -1308,6 +1318,23 @@ async fn pace_until(started: Instant, bytes: u64, rate: u64, wake: &Notify, clos
     }
 }
 
+/// Copying that time spent with nothing to copy may save up, at most: a pass that scanned for
+/// minutes before it found records to copy does not then copy minutes' worth at full speed.
+const PACE_BURST: Duration = Duration::from_secs(1);
+
+/// `paced_from`, moved on (at `now`) so that `bytes` copied at `rate` leave at most
+/// [`PACE_BURST`] of credit.
+fn capped_credit(paced_from: Instant, bytes: u64, rate: u64, now: Instant) -> Instant {
+    if rate == 0 {
+        return paced_from;
+    }
+    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+    match now.checked_sub(due + PACE_BURST) {
+        Some(earliest) if earliest > paced_from => earliest,
+        _ => paced_from,
+    }
+}
+
 async fn pace(started: Instant, bytes: u64, rate: u64) {
     if rate == 0 {
         return;
@@ -1322,6 +1349,20 @@ async fn pace(started: Instant, bytes: u64, rate: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Time with nothing to copy saves up at most a second's worth of copying.
+    #[test]
+    fn pacing_saves_up_at_most_a_burst() {
+        let start = Instant::now();
+        let now = start + Duration::from_secs(300);
+        let mib = 1 << 20;
+        // Five minutes of scanning, then the first MiB: a second's credit, not five minutes'.
+        let from = capped_credit(start, mib, mib, now);
+        assert_eq!(now.duration_since(from), Duration::from_secs(2));
+        // Behind schedule (copying as fast as the rate allows): nothing moves.
+        assert_eq!(capped_credit(start, 400 * mib, mib, now), start);
+        assert_eq!(capped_credit(start, mib, 0, now), start, "no limit");
+    }
 
     #[test]
     fn the_scrub_interval_counts_from_the_last_pass_across_restarts() {
