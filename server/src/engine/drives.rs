@@ -30,6 +30,9 @@ pub struct Drive {
     /// Since when (ms since the epoch) the drive has been unusable (unreachable or not
     /// attached); 0 while it is usable.
     pub unreachable_since: AtomicU64,
+    /// Since when (ms since the epoch) a drive that was unusable has been usable again; 0 while
+    /// it is unusable, or once its outage counts as over (see [`STAYS_UP`]).
+    pub usable_since: AtomicU64,
     /// Whether its data is being moved off (no new writes go to it).
     pub draining: AtomicBool,
     /// How many repair passes had begun when the drive last began draining: one begun after
@@ -69,6 +72,7 @@ impl Drive {
             in_flight: AtomicI64::new(0),
             down_until: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
+            usable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             drain_began_after_pass: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -173,16 +177,39 @@ impl Drive {
     pub fn is_up(&self) -> bool {
         // Unusable: unreachable, or reachable but not attached (a foreign drive answering in
         // its place, or one whose attaching failed): its copies are as far out of reach.
-        let usable = self.device.is_available() && self.attached.load(Ordering::Relaxed);
+        let usable = self.usable();
+        let now = now_ms();
+        self.observe(usable, now);
+        usable && now >= self.down_until.load(Ordering::Relaxed)
+    }
+
+    /// Whether the drive is reachable and attached.
+    fn usable(&self) -> bool {
+        self.device.is_available() && self.attached.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether the drive is usable at `now`: an outage begins when it is not, and ends
+    /// once it has been usable for [`STAYS_UP`] (a moment back now and then does not end it).
+    fn observe(&self, usable: bool, now: u64) {
         let since = self.unreachable_since.load(Ordering::Relaxed);
-        if usable {
-            if since != 0 {
-                self.unreachable_since.store(0, Ordering::Relaxed);
+        if !usable {
+            self.usable_since.store(0, Ordering::Relaxed);
+            if since == 0 {
+                self.unreachable_since.store(now, Ordering::Relaxed);
             }
-        } else if since == 0 {
-            self.unreachable_since.store(now_ms(), Ordering::Relaxed);
+            return;
         }
-        usable && now_ms() >= self.down_until.load(Ordering::Relaxed)
+        if since == 0 {
+            return;
+        }
+        match self.usable_since.load(Ordering::Relaxed) {
+            0 => self.usable_since.store(now, Ordering::Relaxed),
+            back if now.saturating_sub(back) >= STAYS_UP.as_millis() as u64 => {
+                self.unreachable_since.store(0, Ordering::Relaxed);
+                self.usable_since.store(0, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     /// Whether new writes may go to the drive: up and not being drained.
@@ -192,14 +219,26 @@ impl Drive {
 
     /// How long the drive has been unusable, unreachable or not attached (zero while it is
     /// usable): past the repair grace, its copies count as lost and are made again elsewhere.
+    /// An outage counts from its beginning through moments back that did not last (see
+    /// [`STAYS_UP`]): a drive that flaps is as lost as one that stays away.
     pub fn down_for(&self) -> Duration {
-        self.is_up();
+        let usable = self.usable();
+        let now = now_ms();
+        self.observe(usable, now);
+        self.outage_at(usable, now)
+    }
+
+    fn outage_at(&self, usable: bool, now: u64) -> Duration {
         match self.unreachable_since.load(Ordering::Relaxed) {
+            _ if usable => Duration::ZERO,
             0 => Duration::ZERO,
-            since => Duration::from_millis(now_ms().saturating_sub(since)),
+            since => Duration::from_millis(now.saturating_sub(since)),
         }
     }
 }
+
+/// How long a drive that was unusable must stay usable before its outage counts as over.
+pub const STAYS_UP: Duration = Duration::from_secs(60);
 
 /// How long a drive that failed with a transport error is skipped before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -263,6 +302,39 @@ impl Drives {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outage runs from the first moment the drive was unusable through moments back that
+    /// did not last, and ends once it has stayed usable for `STAYS_UP`.
+    #[test]
+    fn a_drive_that_flaps_stays_down_until_it_stays_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = zns::EmulatedZns::create(dir.path(), Geometry::new(4, 1 << 20)).unwrap();
+        let drive = Drive::new(0, "d".into(), Arc::new(device));
+        let s = 1000;
+        let stays = STAYS_UP.as_millis() as u64;
+        drive.observe(false, 10 * s);
+        // Back every minute for a moment, away again: the outage goes on.
+        for minute in 1..5u64 {
+            let at = 10 * s + minute * 60 * s;
+            drive.observe(true, at);
+            assert_eq!(drive.outage_at(true, at), Duration::ZERO, "usable now");
+            drive.observe(false, at + s);
+            assert_eq!(
+                drive.outage_at(false, at + s),
+                Duration::from_millis(minute * 60 * s + s),
+                "minute {minute}"
+            );
+        }
+        // Back for good: after STAYS_UP, a new outage counts from its own beginning.
+        let back = 400 * s;
+        drive.observe(true, back);
+        drive.observe(true, back + stays);
+        drive.observe(false, back + stays + s);
+        assert_eq!(
+            drive.outage_at(false, back + stays + 2 * s),
+            Duration::from_millis(s)
+        );
+    }
 
     /// A zone report is input: a write pointer outside its zone is an error, not a huge or
     /// negative amount written.
