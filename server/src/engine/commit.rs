@@ -89,7 +89,7 @@ pub enum ReplicaEdit {
 }
 
 /// A record moved by GC: the entry is updated only if it still points at `from`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Relocation {
     /// A data record.
     Extent {
@@ -271,6 +271,53 @@ impl Change {
             | Change::ZoneReset(_)
             | Change::PruneTombstones(_)
             | Change::SetDraining(..) => None,
+        }
+    }
+
+    /// Takes out of GC's or repair's change the items whose new copy is on one of `drives`,
+    /// with every other item about the same record (a drained copy is removed counting on the
+    /// new copy made with it), as a change of its own; None when there is none, or for other
+    /// changes.
+    fn split_off_copies_on(&mut self, drives: &BTreeSet<DriveId>) -> Option<Change> {
+        match self {
+            Change::Relocate(items) => {
+                let (out, keep) = std::mem::take(items)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|(_, _, to)| drives.contains(&to.drive));
+                *items = keep;
+                (!out.is_empty()).then_some(Change::Relocate(out))
+            }
+            Change::Replicas(items) => {
+                let doubtful: Vec<Relocation> = items
+                    .iter()
+                    .filter_map(|(what, edit)| match edit {
+                        ReplicaEdit::Add(to) | ReplicaEdit::Replace(_, to)
+                            if drives.contains(&to.drive) =>
+                        {
+                            Some(what.clone())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if doubtful.is_empty() {
+                    return None;
+                }
+                let (out, keep) = std::mem::take(items)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|(what, _)| doubtful.contains(what));
+                *items = keep;
+                Some(Change::Replicas(out))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether GC's or repair's change has no item left.
+    fn has_no_moves(&self) -> bool {
+        match self {
+            Change::Relocate(items) => items.is_empty(),
+            Change::Replicas(items) => items.is_empty(),
+            _ => false,
         }
     }
 
@@ -710,6 +757,23 @@ async fn apply_groups(
                 // A client write still counts with a write quorum of copies left (repair
                 // makes the others again); anything else fails.
                 let drop: BTreeSet<DriveId> = doubtful.keys().copied().collect();
+                // GC's or repair's new copies on those drives are left out (hidden as orphans)
+                // and the rest applied: one flaky drive does not keep out the copies that
+                // landed on the others. (The request keeps the whole change, for hiding should
+                // the index write fail.)
+                let mut kept = request.change.clone();
+                if let Some(refused) = kept.split_off_copies_on(&drop) {
+                    if let Err(e) = txn.shadow_moved_copies(&refused, true, &strays) {
+                        tracing::warn!("hiding the copies of a refused relocation failed: {e}");
+                    }
+                    if kept.has_no_moves() {
+                        let why = doubtful.into_values().next().unwrap_or_default();
+                        results.push(Err(EngineError::Unavailable(why)));
+                    } else {
+                        results.push(txn.apply_or_hide(&kept, &[], &strays));
+                    }
+                    continue;
+                }
                 let Some(orphans) = request.change.drop_copies_keeping(&drop, quorum) else {
                     // GC's or repair's copies the refused change leaves out are orphans, hidden
                     // like any (a client write's are revoked below).
@@ -2072,6 +2136,51 @@ mod tests {
             lba,
             blocks: 1,
         }
+    }
+
+    /// Repair's or GC's copies on a drive whose flush failed are split off with everything
+    /// else about their records (a drained copy's removal counts on the new copy); the other
+    /// records' edits stay to be applied.
+    #[test]
+    fn copies_on_a_doubtful_drive_are_split_off_with_their_records_other_edits() {
+        let on = |drive: DriveId, lba: u64| Location {
+            drive,
+            lba,
+            blocks: 1,
+        };
+        let record = |stream_id| Relocation::Extent {
+            stream_id,
+            offset: 0,
+        };
+        let mut change = Change::Replicas(vec![
+            (record(1), ReplicaEdit::Add(on(1, 5))),
+            (record(1), ReplicaEdit::Remove(on(3, 5))),
+            (record(2), ReplicaEdit::Add(on(2, 7))),
+            (record(3), ReplicaEdit::Replace(on(0, 1), on(1, 9))),
+        ]);
+        let doubtful = BTreeSet::from([1]);
+        let Some(Change::Replicas(out)) = change.split_off_copies_on(&doubtful) else {
+            panic!("nothing split off");
+        };
+        let streams = |items: &[(Relocation, ReplicaEdit)]| {
+            items
+                .iter()
+                .map(|(what, _)| match what {
+                    Relocation::Extent { stream_id, .. } => *stream_id,
+                    _ => unreachable!(),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(streams(&out), [1, 1, 3]);
+        let Change::Replicas(kept) = &change else {
+            unreachable!()
+        };
+        assert_eq!(streams(kept), [2]);
+        assert!(!change.has_no_moves());
+        assert!(change.split_off_copies_on(&doubtful).is_none());
+        let mut moved = Change::Relocate(vec![(record(4), on(1, 1), on(1, 80))]);
+        assert!(moved.split_off_copies_on(&doubtful).is_some());
+        assert!(moved.has_no_moves());
     }
 
     #[test]
