@@ -563,7 +563,11 @@ def check_multipart():
         assert status == 400 and b"InvalidArgument" in body, (query, status, body)
     expect_error("InvalidPartOrder", 400, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 2, "ETag": e2}, {"PartNumber": 1, "ETag": e1}]})
     expect_error("InvalidPart", 400, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00"'}]})
-    done = s3.complete_multipart_upload(Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}, {"PartNumber": 3, "ETag": e3}]})
+    all_parts = {"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}, {"PartNumber": 3, "ETag": e3}]}
+    size = (5 << 20) + (6 << 20) + 123_456
+    # The object size an SDK sends as a guard must be the parts' (a part left out would differ).
+    expect_error("InvalidRequest", 400, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload=all_parts, MpuObjectSize=size - 1)
+    done = s3.complete_multipart_upload(Bucket=b, Key="assembled", UploadId=uid, MultipartUpload=all_parts, MpuObjectSize=size)
     want = source[0:5 << 20] + source[6 << 20 : 12 << 20] + tail
     md5s = b"".join(bytes.fromhex(e.strip('"')) for e in [e1, e2, e3])
     assert done["ETag"] == '"%s-3"' % hashlib.md5(md5s).hexdigest(), done["ETag"]
@@ -649,7 +653,10 @@ def check_checksums():
         for i, data in enumerate(parts_data, 1):
             r = s3.upload_part(Bucket=b, Key=key, UploadId=up["UploadId"], PartNumber=i, Body=data, ChecksumAlgorithm=algorithm)
             parts.append({"PartNumber": i, "ETag": r["ETag"], f"Checksum{algorithm}": r[f"Checksum{algorithm}"]})
-        done = s3.complete_multipart_upload(Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts})
+        # The checksum type a Complete names must be the upload's.
+        other = "COMPOSITE" if kind == "FULL_OBJECT" else "FULL_OBJECT"
+        expect_error("InvalidRequest", 400, s3.complete_multipart_upload, Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts}, ChecksumType=other)
+        done = s3.complete_multipart_upload(Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts}, ChecksumType=kind)
         assert done.get(f"Checksum{algorithm}"), done
         head = s3.head_object(Bucket=b, Key=key, ChecksumMode="ENABLED")
         assert head.get(f"Checksum{algorithm}") == done[f"Checksum{algorithm}"], (head, done)

@@ -18,7 +18,7 @@ use crate::checksum::{self, Algorithm, Hasher};
 use crate::error::S3Error;
 use crate::http_util::{check_key, object_headers};
 use crate::service::{Ctx, Reply, S3Service, empty, response, xml};
-use crate::store::{Completion, StoredChecksum, UploadInfo, WriteCondition};
+use crate::store::{Completion, PartInfo, StoredChecksum, UploadInfo, WriteCondition};
 use crate::time::iso8601;
 use crate::xml::{CompletedPart, XmlWriter, parse_complete};
 
@@ -212,6 +212,12 @@ pub async fn upload_part_copy(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         }
     };
     if range.end - range.start > MAX_PART {
+        if ctx.header("x-amz-copy-source-range").is_none() {
+            // As CopyObject answers for a source too large to copy whole.
+            return Err(S3Error::invalid_request(format!(
+                "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_PART}"
+            )));
+        }
         return Err(S3Error::entity_too_large(range.end - range.start, MAX_PART));
     }
     let mut writer = svc.store.put_part(&bucket, &key, &id, number).await?;
@@ -363,6 +369,7 @@ async fn complete_parts(
     }
     let stored = parts_of(svc, &bucket, &key, &id, 0, usize::MAX).await?;
     let stored: HashMap<u32, _> = stored.iter().map(|p| (p.part_number, p)).collect();
+    check_completion_headers(ctx, upload, requested, &stored)?;
     // The object's checksum, if the upload declared an algorithm.
     let (checksum, checksum_type) = match (upload_algorithm(upload), upload.checksum_type.clone()) {
         (Some(algorithm), Some(kind)) => {
@@ -461,6 +468,43 @@ async fn complete_parts(
         &info.checksums,
         info.checksum_type.as_deref(),
     ))
+}
+
+/// What a CompleteMultipartUpload may say of the object it makes, checked as S3 does: its
+/// size (`x-amz-mp-object-size`, which SDKs send to guard against a part left out) must be
+/// the requested parts' (when they all exist: a missing one is InvalidPart), and its checksum
+/// type (`x-amz-checksum-type`) the one the upload was created with, if it was created with one.
+fn check_completion_headers(
+    ctx: &Ctx,
+    upload: &UploadInfo,
+    requested: &[CompletedPart],
+    stored: &HashMap<u32, &PartInfo>,
+) -> Result<(), S3Error> {
+    if let Some(sent) = ctx.header("x-amz-mp-object-size") {
+        let sent: u64 = sent.trim().parse().map_err(|_| {
+            S3Error::invalid_argument("x-amz-mp-object-size must be the object's size in bytes")
+        })?;
+        let sizes: Option<Vec<u64>> = requested
+            .iter()
+            .map(|p| stored.get(&p.part_number).map(|s| s.size))
+            .collect();
+        if let Some(sizes) = sizes {
+            let total: u64 = sizes.iter().sum();
+            if sent != total {
+                return Err(S3Error::invalid_request(format!(
+                    "The provided 'x-amz-mp-object-size' header value {sent} does not match what was computed: {total}"
+                )));
+            }
+        }
+    }
+    if let (Some(sent), Some(kind)) = (ctx.header("x-amz-checksum-type"), &upload.checksum_type)
+        && !sent.trim().eq_ignore_ascii_case(kind)
+    {
+        return Err(S3Error::invalid_request(format!(
+            "The upload was created using the {kind} checksum mode. The complete request must use the same checksum mode."
+        )));
+    }
+    Ok(())
 }
 
 /// The answer to a CompleteMultipartUpload of an upload that is gone (`gone`: NoSuchUpload):
