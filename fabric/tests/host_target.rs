@@ -377,6 +377,89 @@ fn header_and_data_digests_carry_data_intact() {
     });
 }
 
+/// A proxy between a host and the target at `target` that flips a byte of the data of the
+/// next `damage` C2HData PDUs (as a bad NIC or middlebox would); returns its address.
+async fn damaging_proxy(
+    target: SocketAddr,
+    damage: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((host_side, _)) = listener.accept().await {
+            let target_side = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (mut from_host, mut to_host) = host_side.into_split();
+            let (mut from_target, mut to_target) = target_side.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_host, &mut to_target).await;
+            });
+            let damage = damage.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut pdu = vec![0u8; 8];
+                    if from_target.read_exact(&mut pdu).await.is_err() {
+                        return;
+                    }
+                    let plen = u32::from_le_bytes([pdu[4], pdu[5], pdu[6], pdu[7]]) as usize;
+                    pdu.resize(plen, 0);
+                    if from_target.read_exact(&mut pdu[8..]).await.is_err() {
+                        return;
+                    }
+                    const C2H_DATA: u8 = 0x07;
+                    if pdu[0] == C2H_DATA
+                        && damage
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                    {
+                        // The last byte of data, before the data digest.
+                        pdu[plen - 5] ^= 0xff;
+                    }
+                    if to_host.write_all(&pdu).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A read whose data was damaged on the way (its data digest does not match) is read again:
+/// it is not the drive's fault, and a media error would have a good copy taken for bad.
+#[test]
+fn a_read_damaged_on_the_way_is_read_again() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(2, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let damage = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let proxy = damaging_proxy(rig.handle.local_addr(), damage.clone()).await;
+        let mut config = host_config(proxy);
+        config.digests = Digests {
+            header: true,
+            data: true,
+        };
+        let host = NvmeTcpHost::connect(config).await.unwrap();
+        let data = Bytes::from(pattern(&g, 0, 8, 3));
+        let lba = host.append(0, data.clone()).await.unwrap();
+        damage.store(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(host.read(lba, 8).await.unwrap(), data);
+        assert_eq!(
+            damage.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "it was damaged"
+        );
+        // Damaged twice running: an error that says the transport failed, not the media.
+        damage.store(2, std::sync::atomic::Ordering::SeqCst);
+        let err = host.read(lba, 8).await.unwrap_err();
+        assert_eq!(err.kind(), ZoneErrorKind::Unavailable, "{err}");
+        assert_eq!(host.read(lba, 8).await.unwrap(), data);
+        host.close().await;
+    });
+}
+
 /// Against a controller that cannot disable SQ flow control (it refuses such a Connect with
 /// Connect Invalid Parameters), the host connects again with flow control on, and reads and
 /// appends, many at once, complete with their data (completions then come as CapsuleResps

@@ -424,6 +424,12 @@ impl NvmeTcpHost {
         let stats = &self.inner.stats;
         let written = data_out.len() as u64;
         let mut retried = false;
+        // A read whose data was damaged on the way (its digest did not match) is read again,
+        // once: nothing is wrong with the drive.
+        let mut read_again = matches!(
+            sqe.opcode(),
+            crate::spec::opcode::io::READ | crate::spec::opcode::io::ZONE_MGMT_RECV
+        );
         let result = loop {
             sqe.set_nsid(session.limits.nsid);
             let result = {
@@ -445,6 +451,13 @@ impl NvmeTcpHost {
                 Err(HostError::NotSent(_)) if !retried => {
                     retried = true;
                     session = self.session_other_than(Some(&session)).await?;
+                }
+                Ok(done)
+                    if read_again && done.cqe.status() == Status::TRANSIENT_TRANSPORT_ERROR =>
+                {
+                    read_again = false;
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(lba, "read data damaged on the way; reading it again");
                 }
                 result => break result,
             }

@@ -57,9 +57,10 @@ struct Pending {
     /// with other PDUs and would keep all of it alive for as long as the data is held.
     data_in: BytesMut,
     received: usize,
-    /// A C2HData PDU of the command failed its data digest: the command completes with Data
-    /// Transfer Error (as Linux's host has it), and the connection, with every other command
-    /// on it, goes on.
+    /// A C2HData PDU of the command failed its data digest: the command completes with
+    /// Transient Transport Error (the data was damaged on the way, not on the drive: a media
+    /// error would have good copies taken for bad), and the connection, with every other
+    /// command on it, goes on.
     damaged: bool,
 }
 
@@ -641,7 +642,7 @@ async fn receive(
                         cqe.cid(),
                         cqe.sqid(),
                         cqe.sqhd(),
-                        Status::DATA_TRANSFER_ERROR,
+                        Status::TRANSIENT_TRANSPORT_ERROR,
                         0,
                     )
                 } else {
@@ -685,7 +686,7 @@ async fn receive(
                 };
                 if finished && let Some(mut pending) = queue.take(data.cccid) {
                     let status = if pending.damaged {
-                        Status::DATA_TRANSFER_ERROR
+                        Status::TRANSIENT_TRANSPORT_ERROR
                     } else {
                         Status::SUCCESS
                     };
@@ -922,7 +923,7 @@ mod tests {
             .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(damaged.cqe.status(), Status::DATA_TRANSFER_ERROR);
+        assert_eq!(damaged.cqe.status(), Status::TRANSIENT_TRANSPORT_ERROR);
         let next = queue
             .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
             .await
