@@ -1197,6 +1197,74 @@ async fn gc_leaves_the_zone_of_a_finish_in_doubt_alone() {
     engine.shutdown().await;
 }
 
+/// A drive that cannot make writes (a write fault on every append: its media, or the file
+/// behind it, failing) is skipped by new writes for a moment, not tried for every record; its
+/// records still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_failing_its_writes_is_skipped_for_a_while() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (failing, attempts) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut specs = Vec::new();
+    for i in 0..2 {
+        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+        if i == 0 {
+            let (failing, attempts) = (failing.clone(), attempts.clone());
+            drive.after_append = Box::new(move |_, result| {
+                let fail = failing.load(Ordering::SeqCst);
+                if fail {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                }
+                Box::pin(async move {
+                    if fail {
+                        Err(zns::ZoneError::MediaError("write fault".into()))
+                    } else {
+                        result
+                    }
+                })
+            });
+        }
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("zns-file://drive{i}"),
+            device: Arc::new(drive),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
+    config.replicas = 1;
+    config.write_quorum = 1;
+    gc_by_hand(&mut config);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "before", &content("before", 1, 5000))
+        .await
+        .unwrap();
+    failing.store(true, Ordering::SeqCst);
+    for i in 0..10 {
+        let key = format!("k{i}");
+        put(&engine, "b", &key, &content(&key, 1, 5000))
+            .await
+            .unwrap();
+    }
+    let tried = attempts.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&tried),
+        "the failing drive was tried {tried} times for 20 records"
+    );
+    assert_eq!(
+        get(&engine, "b", "before").await.unwrap(),
+        content("before", 1, 5000)
+    );
+    engine.shutdown().await;
+}
+
 /// Reads ahead go on while the client is slow to take what comes before them: one that had
 /// to wait (for a queue slot, say) when the client stopped reading is not left until the
 /// client reads again (its timeout would then count the client's slowness against the drive).

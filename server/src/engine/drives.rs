@@ -2,7 +2,7 @@
 //! and what the engine knows of their health and load.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use zns::{
@@ -27,6 +27,11 @@ pub struct Drive {
     pub in_flight: AtomicI64,
     /// Until when (ms since the epoch) the drive is considered down after a transport failure.
     pub down_until: AtomicU64,
+    /// Until when (ms since the epoch) new writes skip the drive after one it could not make
+    /// (reads still go to it).
+    pub writes_paused_until: AtomicU64,
+    /// Writes running that the drive could not make (see [`Drive::note_write`]).
+    pub write_faults: AtomicU32,
     /// Since when (ms since the epoch) the drive has been unusable (unreachable or not
     /// attached); 0 while it is usable.
     pub unreachable_since: AtomicU64,
@@ -71,6 +76,8 @@ impl Drive {
             geometry,
             in_flight: AtomicI64::new(0),
             down_until: AtomicU64::new(0),
+            writes_paused_until: AtomicU64::new(0),
+            write_faults: AtomicU32::new(0),
             unreachable_since: AtomicU64::new(0),
             usable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -162,6 +169,34 @@ impl Drive {
         }
     }
 
+    /// Notes the outcome of a write (an append, a Finish): as [`Drive::note`], and
+    /// [`WRITE_FAULTS_TO_PAUSE`] writes running that the drive could not make (write faults:
+    /// its media, or the file behind an emulated drive, failing) have new writes skip the drive
+    /// for a moment, rather than try it (and wait for its zones) for every record. Its copies
+    /// are still read.
+    pub fn note_write<T>(&self, result: &Result<T, ZoneError>) {
+        self.note(result);
+        if result.is_ok() {
+            self.write_faults.store(0, Ordering::Relaxed);
+        }
+        self.count_write_fault(result);
+    }
+
+    /// Counts a Finish the drive could not make as a write fault (see [`Drive::note_write`]);
+    /// one that it made says nothing of its writes, nor does a transport failure (the host's
+    /// outcome, not the drive's).
+    pub fn count_write_fault(&self, result: &Result<impl Sized, ZoneError>) {
+        if let Err(e) = result
+            && e.kind() == ZoneErrorKind::MediaError
+        {
+            let running = self.write_faults.fetch_add(1, Ordering::Relaxed) + 1;
+            if running >= WRITE_FAULTS_TO_PAUSE {
+                self.writes_paused_until
+                    .store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Notes the outcome of a flush: any failure marks the drive down for a moment, as a
     /// transport failure does (writes it cannot make durable go to other drives meanwhile).
     pub fn note_flush(&self, result: &Result<(), ZoneError>) {
@@ -214,7 +249,9 @@ impl Drive {
 
     /// Whether new writes may go to the drive: up and not being drained.
     pub fn is_writable(&self) -> bool {
-        self.is_up() && !self.draining.load(Ordering::Relaxed)
+        self.is_up()
+            && !self.draining.load(Ordering::Relaxed)
+            && now_ms() >= self.writes_paused_until.load(Ordering::Relaxed)
     }
 
     /// How long the drive has been unusable, unreachable or not attached (zero while it is
@@ -239,6 +276,10 @@ impl Drive {
 
 /// How long a drive that was unusable must stay usable before its outage counts as over.
 pub const STAYS_UP: Duration = Duration::from_secs(60);
+
+/// Write faults running after which new writes skip a drive for [`RETRY_AFTER`] (one alone,
+/// say a completion lost on the way, does not).
+pub const WRITE_FAULTS_TO_PAUSE: u32 = 3;
 
 /// How long a drive that failed with a transport error is skipped before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);

@@ -244,7 +244,7 @@ impl EngineInner {
                                 ))),
                             }
                         });
-                    drive.note(&result);
+                    drive.note_write(&result);
                     (slot, Some(result.map(|lba| (lba, session))), guard)
                 }
             });
@@ -478,6 +478,7 @@ fn finish_zones(placement: &Arc<Placement>, drives: &Drives, zones: Vec<ZoneId>)
                             .device
                             .manage_zones(ZoneAction::Finish, ZoneSelect::Zone(zslba))
                             .await;
+                        drive.count_write_fault(&result);
                         let done = match result {
                             Ok(()) => true,
                             Err(e)
