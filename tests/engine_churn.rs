@@ -188,6 +188,36 @@ async fn a_full_drive_refuses_puts_but_serves_gets_and_deletes_and_recovers() {
     }
 }
 
+/// On a drive of few zones (8) filled to its reserve, with every zone sealed by a restart, a
+/// DELETE still finds a zone for its tombstone (deleting is how space comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drive_of_few_zones_still_takes_deletes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(8, 256 << 10);
+    let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let mut stored = Vec::new();
+    for i in 0..200 {
+        let key = format!("fill{i}");
+        match put(&engine, "b", &key, &content(&key, 0, 60_000)).await {
+            Ok(_) => stored.push(key),
+            Err(EngineError::NoSpace(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(stored.len() > 3, "{} stored", stored.len());
+    engine.shutdown().await;
+    let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
+    for key in stored.iter().step_by(2) {
+        engine.delete("b", key).await.unwrap();
+    }
+    put_once_gc_makes_room(&engine, "after", &content("after", 0, 60_000)).await;
+    assert_eq!(
+        get(&engine, "b", &stored[1]).await.unwrap(),
+        content(&stored[1], 0, 60_000)
+    );
+}
+
 /// A drive full of small objects, deleted in an order that spreads the garbage thin (one
 /// object from each zone in turn): the deletes go on working (their tombstones need room too)
 /// and room comes back for PUTs, though no zone reaches the garbage GC normally waits for.

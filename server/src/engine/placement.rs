@@ -27,7 +27,10 @@ pub struct PlacementConfig {
 
 impl PlacementConfig {
     /// Settings that fit a drive's limits: up to 4 user zones and 1 GC zone, within the open
-    /// and active limits, and a reserve of 2 zones (at least what GC needs to make progress).
+    /// and active limits, and a reserve of 2 zones: one that GC needs to make progress, and
+    /// one more that only records freeing space (tombstones, upload ends) may take, so that a
+    /// full drive whose zones are all sealed still takes deletes. (Only a drive of fewer than 8
+    /// zones keeps 1.)
     pub fn for_geometry(geometry: &Geometry) -> Self {
         let limit = geometry
             .max_active
@@ -36,7 +39,7 @@ impl PlacementConfig {
             .min()
             .map_or(16, |v| v as usize);
         let user_zones = limit.saturating_sub(2).clamp(1, 4);
-        let reserve = if geometry.zone_count >= 16 { 2 } else { 1 };
+        let reserve = if geometry.zone_count >= 8 { 2 } else { 1 };
         PlacementConfig {
             user_zones,
             gc_zones: 1,
