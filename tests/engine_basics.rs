@@ -2392,6 +2392,64 @@ async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
 }
 
+/// A completion whose commit record landed but whose end record did not (the two go apart
+/// when the commit record is large), cut short before its index change: never acknowledged,
+/// it is rolled back at the next start (the upload stays open, no object), and a rebuild
+/// agrees, also once the key has changed since (it restored the upload beside a completed
+/// object's data before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_cut_short_between_its_records_is_rolled_back() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
+    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    // Metadata enough that the commit record and the end record do not fit one append.
+    let meta = ObjectMeta {
+        user_meta: vec![("big".into(), "x".repeat(62 << 10))],
+        ..ObjectMeta::default()
+    };
+    let id = engine.create_upload("b", "big", meta).await.unwrap();
+    let mut w = engine.put_part(id, 1).unwrap();
+    w.write(bytes::Bytes::from(content("big", 1, 777)))
+        .await
+        .unwrap();
+    let etag = format!("{:032x}", 1);
+    w.finish_part(etag.clone(), vec![]).await.unwrap();
+    engine.shutdown().await;
+    let index = dir.path().join("index");
+    let before = dir.path().join("index-before");
+    copy_dir(&index, &before);
+
+    let (engine, drives) = open_engine(dir.path(), 1, g, no_gc).await;
+    engine
+        .complete_upload(id, &[(1, etag)], None, Condition::None)
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    // The end record never reached the drive, nor the change the index.
+    let path = drives[0].data_path();
+    drop(drives);
+    let all = std::fs::read(&path).unwrap();
+    let ends: Vec<usize> = (0..all.len().saturating_sub(8))
+        .step_by(4096)
+        .filter(|&at| &all[at..at + 4] == b"ZSR1" && all[at + 5] == 7)
+        .collect();
+    assert_eq!(ends.len(), 1, "one upload end record");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0u8; 8], ends[0] as u64).unwrap();
+    drop(file);
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::rename(&before, &index).unwrap();
+
+    let (engine, drives) = open_engine(dir.path(), 1, g, no_gc).await;
+    assert!(engine.open_object("b", "big").is_err(), "no object");
+    assert!(engine.upload(id).is_ok(), "the upload is still open");
+    let _ = engine.delete("b", "big").await;
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+}
+
 /// A writer whose client goes away while its change waits in the committer keeps the name's
 /// lock until the change is applied: the next conditional writer then sees it, and is refused
 /// before appending a record a rebuild would take for the newest version.

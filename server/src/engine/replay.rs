@@ -692,9 +692,13 @@ impl EngineInner {
         })
     }
 
-    /// The completion of a multipart upload whose commit record is in the tail: its upload is
-    /// the one its end record names (same sequence number), or, if the end record did not
-    /// land, the open upload of the key whose parts the object is made of.
+    /// The completion of a multipart upload whose commit record is in the tail: of the upload
+    /// its end record names (same sequence number). Without an end record the completion did
+    /// not land whole (the two records go apart when the commit record is large, and a crash
+    /// came between them; or their one append was torn): never acknowledged, it is not rolled
+    /// forward, and its commit record is passed over. (Rolled forward, the upload ended in the
+    /// index with no record saying so on the drives: a rebuild, once the key had changed,
+    /// restored it open, holding the parts' data.)
     fn completion(
         &self,
         h: &Header,
@@ -702,61 +706,42 @@ impl EngineInner {
         commit: Vec<Location>,
         tail: &Tail,
     ) -> EngineResult<Option<Change>> {
-        let end = tail.versions.values().find(|e| {
+        let Some(end) = tail.versions.values().find(|e| {
             e.header.kind == Kind::UploadEnd
                 && e.header.seq == h.seq
                 && e.header.bucket == h.bucket
                 && e.header.key == h.key
-        });
-        // Uploads and parts the index has, and those the tail is about to give it.
-        let candidates: Vec<u64> = match end {
-            Some(e) => vec![e.header.upload_id()],
-            None => {
-                let uploads = self.index.uploads_of(&h.bucket, &h.key)?;
-                let replayed = tail.versions.values().filter(|u| {
-                    u.header.kind == Kind::Upload
-                        && u.header.bucket == h.bucket
-                        && u.header.key == h.key
-                });
-                uploads
-                    .into_iter()
-                    .map(|u| u.upload_id)
-                    .chain(replayed.map(|u| u.header.id))
-                    .collect()
-            }
+        }) else {
+            return Ok(None);
         };
-        for upload_id in candidates {
-            let mut parts: Vec<(u32, u64)> = self
-                .index
-                .parts(upload_id, 0, usize::MAX)?
-                .into_iter()
-                .map(|p| (p.part_number, p.stream_id))
-                .collect();
-            // Parts the replay applies: their data all there.
-            parts.extend(tail.versions.values().filter_map(|p| {
-                (p.header.kind == Kind::Part && p.header.id == upload_id)
-                    .then(|| PartEntry::from_payload(p.header.seq, &p.payload).ok())
-                    .flatten()
-                    .filter(|e| tail.stream(e.stream_id, e.size).is_some())
-                    .map(|e| (e.part_number, e.stream_id))
-            }));
-            let used: Option<Vec<(u32, u64)>> = meta
-                .streams
-                .iter()
-                .map(|s| parts.iter().find(|p| p.1 == s.stream_id).copied())
-                .collect();
-            if let Some(parts) = used {
-                return Ok(Some(Change::CompleteUpload {
-                    upload_id,
-                    meta,
-                    commit,
-                    end: end.map(Version::locations).unwrap_or_default(),
-                    parts,
-                    condition: Default::default(),
-                }));
-            }
-        }
-        Ok(None)
+        let upload_id = end.header.upload_id();
+        let mut parts: Vec<(u32, u64)> = self
+            .index
+            .parts(upload_id, 0, usize::MAX)?
+            .into_iter()
+            .map(|p| (p.part_number, p.stream_id))
+            .collect();
+        // Parts the replay applies: their data all there.
+        parts.extend(tail.versions.values().filter_map(|p| {
+            (p.header.kind == Kind::Part && p.header.id == upload_id)
+                .then(|| PartEntry::from_payload(p.header.seq, &p.payload).ok())
+                .flatten()
+                .filter(|e| tail.stream(e.stream_id, e.size).is_some())
+                .map(|e| (e.part_number, e.stream_id))
+        }));
+        let used: Option<Vec<(u32, u64)>> = meta
+            .streams
+            .iter()
+            .map(|s| parts.iter().find(|p| p.1 == s.stream_id).copied())
+            .collect();
+        Ok(used.map(|parts| Change::CompleteUpload {
+            upload_id,
+            meta,
+            commit,
+            end: end.locations(),
+            parts,
+            condition: Default::default(),
+        }))
     }
 }
 
