@@ -540,7 +540,7 @@ impl S3Service {
         // operation than CreateBucket, DeleteBucket, PutObject or DeleteObject (deleting the
         // bucket for a `DELETE ?someNewConfiguration` would be the worst wrong answer).
         let known: &[&str] = match (has_key, &m) {
-            (false, _) => &["versioning"],
+            (false, &Method::PUT) => &["versioning"],
             (true, &Method::PUT) => &["uploadId", "partNumber"],
             (true, &Method::DELETE) => &["uploadId", "versionId"],
             _ => &[],

@@ -118,9 +118,9 @@ def check_buckets():
     assert loc.get("LocationConstraint") in (None, "", "us-east-1"), loc
     # A DELETE or PUT naming a subresource this server does not know is not taken for
     # DeleteBucket or CreateBucket.
-    for method in ["DELETE", "PUT"]:
-        status, body = sigv4_request(method, f"{ENDPOINT}/{b}?metadataInventoryTable", canonical_query="metadataInventoryTable=")
-        assert status == 501 and b"NotImplemented" in body, (method, status, body)
+    for method, sub in [("DELETE", "metadataInventoryTable"), ("PUT", "metadataInventoryTable"), ("DELETE", "versioning"), ("PUT", "versioning")]:
+        status, body = sigv4_request(method, f"{ENDPOINT}/{b}?{sub}", canonical_query=f"{sub}=")
+        assert status == 501 and b"NotImplemented" in body, (method, sub, status, body)
     s3.head_bucket(Bucket=b)
     s3.put_object(Bucket=b, Key="x", Body=b"1")
     for method in ["DELETE", "PUT"]:
