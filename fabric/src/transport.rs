@@ -214,7 +214,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
                     &[][..]
                 };
                 let parts = &mut [&batch[..], &frame.data[..], tail, &frame.tail[..]];
-                if !within_stall_limit(write_all_vectored(&mut wr, parts)).await {
+                if write_all_vectored(&mut wr, parts).await.is_err() {
                     return;
                 }
                 batch.clear();
@@ -233,7 +233,10 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             }
         }
         if !batch.is_empty() {
-            if !within_stall_limit(wr.write_all(&batch)).await {
+            if write_all_vectored(&mut wr, &mut [&batch[..]])
+                .await
+                .is_err()
+            {
                 return;
             }
             batch.clear();
@@ -243,20 +246,14 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
-/// The longest one write may wait for the peer to take its bytes: a peer that leaves its
+/// The longest the writer waits for the peer to take any bytes: a peer that leaves its
 /// receive window closed this long is not reading, and its connection is given up (rather
-/// than holding the frames, and the memory of every command queued behind them, for ever).
+/// than holding the frames, and the memory of every command queued behind them, for ever). A
+/// slow peer that keeps taking some is waited for, however long a large frame then takes.
 pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
-/// Whether `write` succeeded within [`WRITE_STALL_LIMIT`].
-async fn within_stall_limit(write: impl Future<Output = std::io::Result<()>>) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_STALL_LIMIT, write).await,
-        Ok(Ok(()))
-    )
-}
-
-/// Writes all of `parts` with as few system calls as the socket allows.
+/// Writes all of `parts` with as few system calls as the socket allows; fails when the peer
+/// takes nothing for [`WRITE_STALL_LIMIT`].
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
     parts: &mut [&[u8]],
@@ -271,7 +268,9 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if slices.is_empty() {
             return Ok(());
         }
-        let mut written = wr.write_vectored(&slices).await?;
+        let mut written = tokio::time::timeout(WRITE_STALL_LIMIT, wr.write_vectored(&slices))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -325,6 +324,34 @@ mod tests {
             .await
             .expect("the writer task ended")
             .unwrap();
+    }
+
+    /// A slow peer that keeps taking some bytes is waited for, though a large frame then takes
+    /// longer than the stall limit to go out.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_peer_that_keeps_reading_is_waited_for() {
+        use tokio::io::AsyncReadExt;
+        let (client, mut server) = tokio::io::duplex(4096);
+        let (tx, task) = spawn_writer(client, 8, Arc::default());
+        let pdu = Pdu::C2HData(DataPdu {
+            cccid: 1,
+            ttag: 0,
+            datao: 0,
+            last: true,
+            success: false,
+            data: Bytes::from(vec![7u8; 100_000]),
+            data_digest_error: false,
+        });
+        tx.send(encode(&pdu, Framing::INITIAL)).await.unwrap();
+        let mut got = 0;
+        let mut chunk = [0u8; 4096];
+        // 4 KiB every 10 s: the frame takes minutes.
+        while got < 100_000 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            assert!(!task.is_finished(), "given up after {got} bytes");
+            got += server.read(&mut chunk).await.unwrap();
+        }
+        assert!(!task.is_finished());
     }
 
     #[tokio::test]
