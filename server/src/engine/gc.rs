@@ -571,6 +571,14 @@ impl EngineInner {
                     result = Err(e);
                     break;
                 }
+                // The drive went down (or stopped taking writes) meanwhile: the zone is not to
+                // blame, and is not held back. The pass ends; the next waits for the drive.
+                if !self.drives.get(drive).is_some_and(|d| d.is_writable()) {
+                    tracing::info!(zone = ?victim, "collecting the zone stopped: its drive takes no writes now: {e}");
+                    *self.gc.last_error.lock() = Some(e.to_string());
+                    result = Err(e);
+                    break;
+                }
                 tracing::warn!(zone = ?victim, "collecting the zone failed; holding it back for {HOLD_BACK:?}: {e}");
                 self.gc
                     .held_back
@@ -792,15 +800,15 @@ impl EngineInner {
             .map(|_| what))
     }
 
-    /// Moves a zone's live records to GC zones and resets it.
+    /// Moves a zone's live records to GC zones and resets it; whether it was reset (not kept).
     pub(crate) async fn collect_zone(
         self: &Arc<Self>,
         zone: ZoneId,
         rate: u64,
-    ) -> EngineResult<()> {
+    ) -> EngineResult<bool> {
         match self.begin_zone(zone, rate).await? {
-            Some(reset) => self.finish_reset(reset).await,
-            None => Ok(()),
+            Some(reset) => self.finish_reset(reset).await.map(|()| true),
+            None => Ok(false),
         }
     }
 
@@ -1153,7 +1161,7 @@ impl EngineInner {
     }
 
     /// Collects the best victim of every drive now, whatever the watermarks (admin `gc run`),
-    /// all drives at once. Returns how many zones were taken.
+    /// all drives at once. Returns how many zones were reset.
     pub async fn collect_now(self: &Arc<Self>) -> EngineResult<usize> {
         if self.gc.closed.load(Ordering::SeqCst) {
             return Err(EngineError::Unavailable(
@@ -1172,7 +1180,9 @@ impl EngineInner {
         let collected = futures::future::join_all(drives.into_iter().map(|drive| async move {
             let _collecting = self.gc.collect_on(drive).await;
             match self.choose_victim(drive, policy) {
-                Some(zone) => self.collect_zone(zone, 0).await.map(|()| 1),
+                // Counted only if reset: a zone kept (something in it could not be moved)
+                // was read for nothing, and is the same victim next time.
+                Some(zone) => self.collect_zone(zone, 0).await.map(usize::from),
                 None => Ok(0),
             }
         }))
