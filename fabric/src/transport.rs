@@ -297,21 +297,26 @@ mod tests {
     use crate::wire::status::Status;
     use bytes::Bytes;
 
+    /// A C2HData PDU of `len` bytes of data.
+    fn data_pdu(len: usize) -> Pdu {
+        Pdu::C2HData(DataPdu {
+            cccid: 1,
+            ttag: 0,
+            datao: 0,
+            last: true,
+            success: false,
+            data: Bytes::from(vec![7u8; len]),
+            data_digest_error: false,
+        })
+    }
+
     /// A peer that never reads: the writer gives up after the stall limit, and senders see the
     /// connection closed instead of waiting for room for ever.
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_is_given_up_after_the_stall_limit() {
         let (client, _server_never_read) = tokio::io::duplex(4096);
         let (tx, task) = spawn_writer(client, 8, Arc::default());
-        let pdu = Pdu::C2HData(DataPdu {
-            cccid: 1,
-            ttag: 0,
-            datao: 0,
-            last: true,
-            success: false,
-            data: Bytes::from(vec![7u8; 100_000]),
-            data_digest_error: false,
-        });
+        let pdu = data_pdu(100_000);
         for _ in 0..4 {
             tx.send(encode(&pdu, Framing::INITIAL)).await.unwrap();
         }
@@ -333,15 +338,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let (client, mut server) = tokio::io::duplex(4096);
         let (tx, task) = spawn_writer(client, 8, Arc::default());
-        let pdu = Pdu::C2HData(DataPdu {
-            cccid: 1,
-            ttag: 0,
-            datao: 0,
-            last: true,
-            success: false,
-            data: Bytes::from(vec![7u8; 100_000]),
-            data_digest_error: false,
-        });
+        let pdu = data_pdu(100_000);
         tx.send(encode(&pdu, Framing::INITIAL)).await.unwrap();
         let mut got = 0;
         let mut chunk = [0u8; 4096];
