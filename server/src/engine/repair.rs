@@ -1093,9 +1093,14 @@ impl EngineInner {
             .filter(|l| **l != bad)
             .map(|l| l.drive)
             .collect();
+        // The bad copy's own drive takes the new one as GC's relocations are taken, from its
+        // reserve if need be (the bad copy becomes garbage there: no space is lost); it is
+        // what GC at the reserve needs to empty the zone the bad copy is in.
+        let own_drive_takes =
+            |id: DriveId| id == bad.drive && self.drives.get(id).is_some_and(|d| d.is_writable());
         let target = std::iter::once(bad.drive)
             .chain(self.drives.all().iter().map(|d| d.id))
-            .find(|id| !holding.contains(id) && self.can_take_copy(*id))
+            .find(|&id| !holding.contains(&id) && (own_drive_takes(id) || self.can_take_copy(id)))
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
         let bytes = self.new_copy(&source, Some(bad), target)?;
         let (to, holds) = self
