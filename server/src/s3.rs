@@ -273,7 +273,7 @@ impl ObjectStore for EngineStore {
             objects: l
                 .objects
                 .iter()
-                .map(|(k, e)| object_info(k, &e.meta))
+                .map(|(k, meta)| object_info(k, meta))
                 .collect(),
             prefixes: l.prefixes,
             truncated: l.truncated,

@@ -24,7 +24,8 @@ use rocksdb::{
 };
 
 use super::model::{
-    BucketEntry, Extent, ObjectEntry, PartEntry, TombstoneEntry, UploadEntry, ZoneAccount, ZoneId,
+    BucketEntry, Extent, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry, UploadEntry,
+    ZoneAccount, ZoneId,
 };
 
 /// Column family names.
@@ -239,8 +240,9 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// Objects: key and entry.
-    pub objects: Vec<(String, ObjectEntry)>,
+    /// Objects: key and what a listing shows of it (its metadata, without the streams and
+    /// part sizes that an object of many parts holds).
+    pub objects: Vec<(String, ObjectMeta)>,
     /// Common prefixes (with a delimiter).
     pub prefixes: Vec<String>,
     /// Whether more entries follow.
@@ -675,8 +677,8 @@ impl Index {
             max,
             <[u8]>::len,
             |name, _, value| {
-                let entry = ObjectEntry::decode(value).map_err(corrupt(cf::OBJECTS))?;
-                Ok(Some((name.to_string(), entry)))
+                let meta = ObjectEntry::decode_listed(value).map_err(corrupt(cf::OBJECTS))?;
+                Ok(Some((name.to_string(), meta)))
             },
         )?;
         Ok(Listing {

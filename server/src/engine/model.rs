@@ -185,36 +185,7 @@ impl ObjectMeta {
 
     /// Decodes a manifest.
     pub fn decode_from(d: &mut Dec<'_>) -> Result<ObjectMeta, DecodeError> {
-        let version = d.u8()?;
-        if !(1..=META_VERSION).contains(&version) {
-            return Err(DecodeError(format!(
-                "object manifest format version {version}, expected 1 to {META_VERSION}"
-            )));
-        }
-        let mut m = ObjectMeta {
-            seq: d.u64()?,
-            size: d.u64()?,
-            etag: d.str()?,
-            content_type: d.opt_str()?,
-            content_encoding: d.opt_str()?,
-            content_disposition: d.opt_str()?,
-            content_language: d.opt_str()?,
-            cache_control: d.opt_str()?,
-            expires: d.opt_str()?,
-            ..ObjectMeta::default()
-        };
-        for _ in 0..d.count(8)? {
-            m.user_meta.push((d.str()?, d.str()?));
-        }
-        for _ in 0..d.count(8)? {
-            m.checksums.push(Checksum {
-                algorithm: d.str()?,
-                value: d.str()?,
-            });
-        }
-        m.checksum_type = d.opt_str()?;
-        m.last_modified_ms = d.u64()?;
-        m.owner = d.str()?;
+        let (version, mut m) = ObjectMeta::decode_fields(d)?;
         if version == 1 {
             for _ in 0..d.count(16)? {
                 m.streams.push(StreamRef {
@@ -251,6 +222,42 @@ impl ObjectMeta {
             }
         }
         Ok(m)
+    }
+
+    /// Decodes the format version and the fields every format writes alike (see
+    /// [`ObjectMeta::encode_fields`]).
+    fn decode_fields(d: &mut Dec<'_>) -> Result<(u8, ObjectMeta), DecodeError> {
+        let version = d.u8()?;
+        if !(1..=META_VERSION).contains(&version) {
+            return Err(DecodeError(format!(
+                "object manifest format version {version}, expected 1 to {META_VERSION}"
+            )));
+        }
+        let mut m = ObjectMeta {
+            seq: d.u64()?,
+            size: d.u64()?,
+            etag: d.str()?,
+            content_type: d.opt_str()?,
+            content_encoding: d.opt_str()?,
+            content_disposition: d.opt_str()?,
+            content_language: d.opt_str()?,
+            cache_control: d.opt_str()?,
+            expires: d.opt_str()?,
+            ..ObjectMeta::default()
+        };
+        for _ in 0..d.count(8)? {
+            m.user_meta.push((d.str()?, d.str()?));
+        }
+        for _ in 0..d.count(8)? {
+            m.checksums.push(Checksum {
+                algorithm: d.str()?,
+                value: d.str()?,
+            });
+        }
+        m.checksum_type = d.opt_str()?;
+        m.last_modified_ms = d.u64()?;
+        m.owner = d.str()?;
+        Ok((version, m))
     }
 
     /// Decodes a manifest alone.
@@ -346,6 +353,15 @@ impl ObjectEntry {
     }
 
     /// Decodes an objects-CF value.
+    /// Decodes what a listing shows of an entry: its metadata, without the streams and part
+    /// sizes a listing has no use for (for an object of 10,000 parts, hundreds of KB decoded).
+    pub fn decode_listed(bytes: &[u8]) -> Result<ObjectMeta, DecodeError> {
+        let mut d = Dec::new(bytes);
+        d.version(1, "object entry")?;
+        ObjectMeta::decode_fields(&mut d).map(|(_, m)| m)
+    }
+
+    /// Decodes an entry.
     pub fn decode(bytes: &[u8]) -> Result<ObjectEntry, DecodeError> {
         let mut d = Dec::new(bytes);
         d.version(1, "object entry")?;
@@ -781,6 +797,27 @@ mod tests {
                 proptest::prop_assert!(ObjectMeta::decode(&bytes[..cut]).is_err());
             }
         }
+    }
+
+    /// A listing decodes an entry's metadata without its streams and part sizes.
+    #[test]
+    fn a_listing_decodes_the_metadata_alone() {
+        let meta = multipart_meta(10_000);
+        let bytes = ObjectEntry {
+            meta: meta.clone(),
+            commit: vec![],
+            shadowed: vec![],
+        }
+        .encode();
+        let listed = ObjectEntry::decode_listed(&bytes).unwrap();
+        assert_eq!(
+            listed,
+            ObjectMeta {
+                streams: Vec::new(),
+                part_sizes: Vec::new(),
+                ..meta
+            }
+        );
     }
 
     #[test]
