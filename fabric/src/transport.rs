@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -268,9 +269,13 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if slices.is_empty() {
             return Ok(());
         }
-        let mut written = tokio::time::timeout(WRITE_STALL_LIMIT, wr.write_vectored(&slices))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        // A write the socket takes at once needs no timer (the common case, and cheaper).
+        let mut written = match wr.write_vectored(&slices).now_or_never() {
+            Some(written) => written?,
+            None => tokio::time::timeout(WRITE_STALL_LIMIT, wr.write_vectored(&slices))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+        };
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
