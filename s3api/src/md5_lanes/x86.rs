@@ -20,7 +20,11 @@ const K: [u32; 64] = [
 
 /// Whether this CPU runs the kernels of this module.
 pub fn supported() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
+    // (AVX2 too, which the kernels' 256-bit loads use: every CPU with AVX-512 has it, but a
+    // virtual machine may report features as it likes.)
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
 }
 
 /// One MD5 step on every lane: `w = x + rol(w + f(x, y, z) + m[word] + K[i], s)`, with the
