@@ -247,7 +247,8 @@ impl Drive {
         }
     }
 
-    /// Whether new writes may go to the drive: up and not being drained.
+    /// Whether new writes may go to the drive: up, not being drained, and not paused after
+    /// write faults (see [`Drive::note_write`]).
     pub fn is_writable(&self) -> bool {
         self.is_up()
             && !self.draining.load(Ordering::Relaxed)
@@ -265,10 +266,11 @@ impl Drive {
         self.outage_at(usable, now)
     }
 
+    /// The outage [`Drive::down_for`] gives at `now`, the drive usable then or not.
     fn outage_at(&self, usable: bool, now: u64) -> Duration {
         match self.unreachable_since.load(Ordering::Relaxed) {
-            _ if usable => Duration::ZERO,
             0 => Duration::ZERO,
+            _ if usable => Duration::ZERO,
             since => Duration::from_millis(now.saturating_sub(since)),
         }
     }
