@@ -929,6 +929,83 @@ async fn gc_leaves_the_zone_of_an_append_in_doubt_alone() {
     engine.shutdown().await;
 }
 
+/// A tombstone whose deleted records' zones were all reset since hides nothing: GC collecting
+/// its zone drops it rather than copying it (a wasted write, and dead space in a GC zone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_drops_tombstones_with_nothing_left_to_hide_instead_of_moving_them() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    // One user zone at a time: records go into zones in the order they are written.
+    let mut g = small_geometry(16, 256 << 10);
+    g.max_open = Some(3);
+    g.max_active = Some(3);
+    let (engine, _drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = |k: &str| content(k, 1, 8000);
+    let zone_of_writes = |engine: &zonestore::engine::Engine| {
+        engine
+            .zone_table()
+            .into_iter()
+            .find(|r| {
+                r.usage
+                    == zonestore::engine::placement::ZoneUse::Active(
+                        zonestore::engine::model::Class::User,
+                    )
+            })
+            .map(|r| r.zone)
+    };
+    // The first zone fills with objects, which are then deleted: their tombstones go to the
+    // next zone, which overwrites of one key then fill (garbage to collect it for).
+    let first = zone_of_writes(&engine);
+    let mut early = Vec::new();
+    for i in 0.. {
+        let key = format!("a{i}");
+        put(&engine, "b", &key, &body(&key)).await.unwrap();
+        if zone_of_writes(&engine) != first {
+            break;
+        }
+        early.push(key);
+    }
+    for key in &early {
+        engine.delete("b", key).await.unwrap();
+    }
+    let second = zone_of_writes(&engine);
+    for v in 0.. {
+        put(&engine, "b", "x", &content("x", v, 8000))
+            .await
+            .unwrap();
+        if zone_of_writes(&engine) != second {
+            break;
+        }
+    }
+    let relocated = || engine.stats().records_relocated.load(Ordering::SeqCst);
+    // The first zone is garbage but for the bucket's record and the start of the object that
+    // went on into the second zone: they move, the zone is reset.
+    let reset = |engine: &zonestore::engine::Engine, zone: Option<u32>| {
+        engine
+            .zone_table()
+            .into_iter()
+            .any(|r| Some(r.zone) == zone && r.generation > 0)
+    };
+    engine.inner().collect_now().await.unwrap();
+    assert!(reset(&engine, first), "the first zone was collected first");
+    let before = relocated();
+    let tombstones = early.len() as u64;
+    // The second holds the tombstones (hiding only what was in the first), a few live records
+    // and garbage: what it holds live is moved, the tombstones are not.
+    engine.inner().collect_now().await.unwrap();
+    assert!(reset(&engine, second), "the second zone was collected next");
+    let moved = relocated() - before;
+    assert!(
+        moved < tombstones,
+        "{moved} records moved with {tombstones} tombstones that hide nothing"
+    );
+    for key in &early {
+        assert!(get(&engine, "b", key).await.is_err(), "{key} came back");
+    }
+    engine.shutdown().await;
+}
+
 /// A reset the host gave up on (timed out: the target may still carry it out) leaves its zone
 /// alone for a while: reset again and written meanwhile, the late reset would wipe what was
 /// written.

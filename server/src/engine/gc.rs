@@ -23,6 +23,7 @@ use zns::{ZoneAction, ZoneSelect, ZoneState};
 use super::EngineInner;
 use super::commit::{Change, Relocation, now_ms};
 use super::error::{EngineError, EngineResult};
+use super::index::TombKind;
 use super::located;
 use super::model::{DriveId, Location, ZoneId};
 use super::placement::{ZoneHolds, ZoneUse};
@@ -787,6 +788,17 @@ impl EngineInner {
             .map(|(id, _)| id)
     }
 
+    /// Whether the tombstone of `kind`, `name` and `seq` has nothing older left to hide: every
+    /// zone it hides records in has been reset since.
+    fn hides_nothing(&self, kind: TombKind, name: &[u8], seq: u64) -> EngineResult<bool> {
+        Ok(self.index.tombstone(kind, name)?.is_some_and(|t| {
+            t.seq == seq
+                && t.shadowed
+                    .iter()
+                    .all(|s| self.accounts.generation(s.zone) != s.generation)
+        }))
+    }
+
     /// Whether the record at `location` is still what the index uses, and how to relocate it.
     fn live_record(
         &self,
@@ -958,6 +970,8 @@ impl EngineInner {
         let mut moved = 0u64;
         // Where a damaged header stopped the scan, if one did.
         let mut stopped_at = None;
+        // Tombstones in the zone with nothing older left to hide: dropped, not moved.
+        let mut prunable = Vec::new();
         'scan: loop {
             // Parse what is buffered.
             loop {
@@ -969,7 +983,18 @@ impl EngineInner {
                             lba: buf_lba,
                             blocks: blocks as u32,
                         };
-                        if let Some(what) = self.live_record(&parsed.header, from)? {
+                        let what = match self.live_record(&parsed.header, from)? {
+                            // A tombstone with nothing older left to hide is dropped, not
+                            // copied (the committer checks again).
+                            Some(Relocation::Tombstone { kind, name, seq })
+                                if self.hides_nothing(kind, &name, seq)? =>
+                            {
+                                prunable.push((kind, name, seq));
+                                None
+                            }
+                            live => live,
+                        };
+                        if let Some(what) = what {
                             // Unpaced once the drive is down to its reserve, also if it gets
                             // there while this zone is collected: writers wait for the space.
                             let rate = if rate != 0 && self.at_reserve(zone.drive) {
@@ -1068,6 +1093,11 @@ impl EngineInner {
         }
         stop_read(next_read.take()).await;
         relocations.finish(self, group).await?;
+        if !prunable.is_empty() {
+            self.committer
+                .submit(Change::PruneTombstones(prunable))
+                .await?;
+        }
         let left = self.accounts.get(zone).valid_bytes;
         if left != 0 {
             match stopped_at {
