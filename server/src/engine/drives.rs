@@ -255,10 +255,12 @@ impl Drive {
             && now_ms() >= self.writes_paused_until.load(Ordering::Relaxed)
     }
 
-    /// How long the drive has been unusable, unreachable or not attached (zero while it is
-    /// usable): past the repair grace, its copies count as lost and are made again elsewhere.
-    /// An outage counts from its beginning through moments back that did not last (see
-    /// [`STAYS_UP`]): a drive that flaps is as lost as one that stays away.
+    /// How long the drive has been unusable, unreachable or not attached (zero once it has
+    /// been usable for [`STAYS_UP`]): past the repair grace, its copies count as lost and are
+    /// made again elsewhere. An outage counts from its beginning through moments back that did
+    /// not last: a drive that flaps is as lost as one that stays away, also in the moments it
+    /// is back (while back, the outage is as long as it was when the drive came back: it does
+    /// not grow, nor drop to nothing).
     pub fn down_for(&self) -> Duration {
         let usable = self.usable();
         let now = now_ms();
@@ -268,10 +270,14 @@ impl Drive {
 
     /// The outage [`Drive::down_for`] gives at `now`, the drive usable then or not.
     fn outage_at(&self, usable: bool, now: u64) -> Duration {
+        let ended = if usable {
+            self.usable_since.load(Ordering::Relaxed)
+        } else {
+            now
+        };
         match self.unreachable_since.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
-            _ if usable => Duration::ZERO,
-            since => Duration::from_millis(now.saturating_sub(since)),
+            since => Duration::from_millis(ended.saturating_sub(since)),
         }
     }
 }
@@ -356,11 +362,17 @@ mod tests {
         let s = 1000;
         let stays = STAYS_UP.as_millis() as u64;
         drive.observe(false, 10 * s);
-        // Back every minute for a moment, away again: the outage goes on.
+        // Back every minute for a moment, away again: the outage goes on, and counts while the
+        // drive is back too (as long as it was then).
         for minute in 1..5u64 {
             let at = 10 * s + minute * 60 * s;
             drive.observe(true, at);
-            assert_eq!(drive.outage_at(true, at), Duration::ZERO, "usable now");
+            drive.observe(true, at + s / 2);
+            assert_eq!(
+                drive.outage_at(true, at + s / 2),
+                Duration::from_millis(minute * 60 * s),
+                "back for a moment at minute {minute}"
+            );
             drive.observe(false, at + s);
             assert_eq!(
                 drive.outage_at(false, at + s),
@@ -368,10 +380,12 @@ mod tests {
                 "minute {minute}"
             );
         }
-        // Back for good: after STAYS_UP, a new outage counts from its own beginning.
+        // Back for good: after STAYS_UP the outage is over, and a new one counts from its own
+        // beginning.
         let back = 400 * s;
         drive.observe(true, back);
         drive.observe(true, back + stays);
+        assert_eq!(drive.outage_at(true, back + stays), Duration::ZERO);
         drive.observe(false, back + stays + s);
         assert_eq!(
             drive.outage_at(false, back + stays + 2 * s),
