@@ -2471,9 +2471,10 @@ async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
 
 /// A completion whose commit record landed but whose end record did not (the two go apart
 /// when the commit record is large), cut short before its index change: never acknowledged,
-/// it is rolled back at the next start (the upload stays open, no object), and a rebuild
-/// agrees, also once the key has changed since (it restored the upload beside a completed
-/// object's data before).
+/// it is rolled back at the next start (the upload stays open, the key's earlier version
+/// stays), and a rebuild agrees, before and after the key changes (it restored the upload
+/// beside a completed object's data, or took the rolled-back completion for the newest
+/// version).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_cut_short_between_its_records_is_rolled_back() {
     use std::os::unix::fs::FileExt;
@@ -2482,6 +2483,8 @@ async fn a_completion_cut_short_between_its_records_is_rolled_back() {
     let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
     let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
     engine.create_bucket("b", "alice").await.unwrap();
+    // A version before the upload's: it holds the name the whole time.
+    put(&engine, "b", "big", b"first").await.unwrap();
     // Metadata enough that the commit record and the end record do not fit one append.
     let meta = ObjectMeta {
         user_meta: vec![("big".into(), "x".repeat(62 << 10))],
@@ -2521,10 +2524,11 @@ async fn a_completion_cut_short_between_its_records_is_rolled_back() {
     std::fs::rename(&before, &index).unwrap();
 
     let (engine, drives) = open_engine(dir.path(), 1, g, no_gc).await;
-    assert!(engine.open_object("b", "big").is_err(), "no object");
+    assert_eq!(get(&engine, "b", "big").await.unwrap(), b"first");
     assert!(engine.upload(id).is_ok(), "the upload is still open");
-    let _ = engine.delete("b", "big").await;
     assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+    engine.delete("b", "big").await.unwrap();
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt-after").await;
 }
 
 /// A writer whose client goes away while its change waits in the committer keeps the name's

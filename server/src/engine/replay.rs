@@ -392,6 +392,22 @@ impl EngineInner {
                 }
             }
         }
+        // A multipart completion passed over for want of its end record (never acknowledged:
+        // see [`EngineInner::completion`]) is revoked: hidden only by an older version holding
+        // the name, it would be taken by a rebuild, which heeds revocations, not what entries
+        // hide.
+        if mode == Replay::RollForward {
+            for v in &passed_over {
+                if self.lone_completion(v, &tail)? {
+                    let zones: Vec<ZoneId> = v
+                        .copies
+                        .values()
+                        .filter_map(|(_, l)| self.drives.zone_of(l))
+                        .collect();
+                    self.revoke(v.header.seq, &zones).await;
+                }
+            }
+        }
         // A version passed over (older than the index's, as a GC copy of a version deleted
         // meanwhile whose move a crash cut short; one whose data is not all there; or any, for
         // copies only) has its zones hidden by whatever holds its name, or is revoked when
@@ -690,6 +706,25 @@ impl EngineInner {
                 Err(_) => undecodable("part"),
             },
         })
+    }
+
+    /// Whether `v` is the commit record of a multipart completion newer than what the index
+    /// holds for its name, whose end record is not in the tail (see [`EngineInner::completion`]).
+    fn lone_completion(&self, v: &Version, tail: &Tail) -> EngineResult<bool> {
+        let h = &v.header;
+        if h.kind != Kind::Commit
+            || ObjectMeta::decode(&v.payload).map_or(true, |m| m.part_sizes.is_empty())
+        {
+            return Ok(false);
+        }
+        let ended = tail.versions.values().any(|e| {
+            e.header.kind == Kind::UploadEnd
+                && e.header.seq == h.seq
+                && e.header.bucket == h.bucket
+                && e.header.key == h.key
+        });
+        let name = Name::Object(h.bucket.clone(), h.key.clone());
+        Ok(!ended && Some(h.seq) > self.newest_indexed(&name)?)
     }
 
     /// The completion of a multipart upload whose commit record is in the tail: of the upload
