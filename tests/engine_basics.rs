@@ -1287,10 +1287,7 @@ async fn a_drive_failing_its_writes_is_skipped_for_a_while() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicUsize::new(0)),
     );
-    let mut specs = Vec::new();
-    for i in 0..2 {
-        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
-        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+    let specs = intercepted_specs(dir.path(), 2, g, |i, _, drive| {
         if i == 0 {
             let (failing, attempts) = (failing.clone(), attempts.clone());
             drive.after_append = Box::new(move |_, result| {
@@ -1307,11 +1304,7 @@ async fn a_drive_failing_its_writes_is_skipped_for_a_while() {
                 })
             });
         }
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: Arc::new(drive),
-        });
-    }
+    });
     let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
     config.replicas = 1;
     config.write_quorum = 1;
@@ -1419,12 +1412,9 @@ async fn gc_goes_on_with_other_drives_while_one_is_stuck() {
     g.max_open = Some(3);
     g.max_active = Some(3);
     let stuck = Arc::new(AtomicBool::new(false));
-    let mut specs = Vec::new();
     let mut emulated = Vec::new();
-    for i in 0..2 {
-        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+    let specs = intercepted_specs(dir.path(), 2, g, |i, inner, drive| {
         emulated.push(inner.clone());
-        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
         if i == 0 {
             let stuck = stuck.clone();
             drive.before_read = Box::new(move |_, _| {
@@ -1436,11 +1426,7 @@ async fn gc_goes_on_with_other_drives_while_one_is_stuck() {
                 })
             });
         }
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: Arc::new(drive),
-        });
-    }
+    });
     let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
     config.gc.enabled = false;
     config.gc.rate_bytes_per_sec = 0;
@@ -2902,10 +2888,7 @@ async fn a_repair_pass_whose_copies_cannot_be_recorded_goes_on() {
     let g = small_geometry(16, 1 << 20);
     // Flushes drive 2 still fails (usize::MAX: all of them).
     let failures = Arc::new(AtomicUsize::new(usize::MAX));
-    let mut specs = Vec::new();
-    for i in 0..3 {
-        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
-        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+    let specs = intercepted_specs(dir.path(), 3, g, |i, _, drive| {
         if i == 2 {
             let failures = failures.clone();
             drive.before_flush = Box::new(move || {
@@ -2915,11 +2898,7 @@ async fn a_repair_pass_whose_copies_cannot_be_recorded_goes_on() {
                 flush_refused_if(fail)
             });
         }
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: Arc::new(drive),
-        });
-    }
+    });
     let engine = three_copies_over(dir.path(), specs).await;
     // Written with two copies each (drive 2 cannot make its copies durable).
     let bodies: Vec<(String, Vec<u8>)> = (0..6)
@@ -2961,11 +2940,8 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
     let mut failing = Vec::new();
-    let mut specs = Vec::new();
-    for i in 0..3 {
-        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+    let specs = intercepted_specs(dir.path(), 3, g, |_, _, drive| {
         let fail = Arc::new(AtomicBool::new(false));
-        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
         drive.before_flush = Box::new({
             let fail = fail.clone();
             move || {
@@ -2974,11 +2950,7 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
             }
         });
         failing.push(fail);
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: Arc::new(drive),
-        });
-    }
+    });
     let engine = three_copies_over(dir.path(), specs).await;
     let copies = |engine: &zonestore::engine::Engine, key: &str| {
         engine
@@ -3030,10 +3002,7 @@ async fn a_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
     let lose_next = Arc::new(AtomicBool::new(false));
-    let mut specs = Vec::new();
-    for i in 0..3 {
-        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
-        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+    let specs = intercepted_specs(dir.path(), 3, g, |i, _, drive| {
         if i == 2 {
             // The commit record's append (kind byte 2) is the one that is lost: a copy of the
             // record that claims the name.
@@ -3061,11 +3030,7 @@ async fn a_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
                 }
             });
         }
-        specs.push(zonestore::engine::DriveSpec {
-            name: format!("zns-file://drive{i}"),
-            device: Arc::new(drive),
-        });
-    }
+    });
     let engine = three_copies_over(dir.path(), specs).await;
     lose_next.store(true, Ordering::SeqCst);
     let body = content("stray", 1, 100_000);

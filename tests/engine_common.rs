@@ -101,6 +101,28 @@ pub async fn engine_on(
     engine
 }
 
+/// Specs of `count` new emulated drives under `dir` (`zns-file://drive{i}`), each behind an
+/// interceptor that `tamper` sets up, given the drive's number and the drive behind it.
+pub fn intercepted_specs(
+    dir: &Path,
+    count: usize,
+    geometry: Geometry,
+    mut tamper: impl FnMut(usize, &EmulatedZns, &mut zns::testing::Intercepted),
+) -> Vec<DriveSpec> {
+    (0..count)
+        .map(|i| {
+            let inner =
+                EmulatedZns::create(&dir.join(format!("drive{i}")), geometry).expect("drive");
+            let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
+            tamper(i, &inner, &mut drive);
+            DriveSpec {
+                name: format!("zns-file://drive{i}"),
+                device: Arc::new(drive),
+            }
+        })
+        .collect()
+}
+
 /// The drive specs for the drives under `dir` (for a rebuild).
 pub fn drive_specs(emulated: &[EmulatedZns]) -> Vec<DriveSpec> {
     emulated
