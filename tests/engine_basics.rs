@@ -2416,7 +2416,6 @@ async fn a_completions_end_record_follows_its_commit_record_on_every_drive() {
 /// object's data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let (engine, drives) = open_engine(dir.path(), 1, small_geometry(64, 1 << 20), |c| {
         c.gc.enabled = false;
@@ -2443,16 +2442,22 @@ async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
         .unwrap();
     // Unmake the end record: as if it had never reached the drive.
     let path = drives[0].data_path();
-    let all = std::fs::read(&path).unwrap();
+    unmake_the_upload_end_record(&path);
+    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
+}
+
+/// Zeroes the start of the one upload end record in the drive file at `path` (4 KiB blocks),
+/// as if it had never reached the drive.
+fn unmake_the_upload_end_record(path: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let all = std::fs::read(path).unwrap();
     let ends: Vec<usize> = (0..all.len().saturating_sub(8))
         .step_by(4096)
         .filter(|&at| &all[at..at + 4] == b"ZSR1" && all[at + 5] == 7)
         .collect();
     assert_eq!(ends.len(), 1, "one upload end record");
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(&[0u8; 8], ends[0] as u64).unwrap();
-    drop(file);
-    assert_rebuild_equals_live(&engine, &drives, dir.path(), "rebuilt").await;
 }
 
 /// A completion whose commit record landed but whose end record did not (the two go apart
@@ -2463,7 +2468,6 @@ async fn a_completion_without_its_end_record_rebuilds_as_the_object_alone() {
 /// version).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_cut_short_between_its_records_is_rolled_back() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(64, 1 << 20);
     let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
@@ -2497,15 +2501,7 @@ async fn a_completion_cut_short_between_its_records_is_rolled_back() {
     // The end record never reached the drive, nor the change the index.
     let path = drives[0].data_path();
     drop(drives);
-    let all = std::fs::read(&path).unwrap();
-    let ends: Vec<usize> = (0..all.len().saturating_sub(8))
-        .step_by(4096)
-        .filter(|&at| &all[at..at + 4] == b"ZSR1" && all[at + 5] == 7)
-        .collect();
-    assert_eq!(ends.len(), 1, "one upload end record");
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(&[0u8; 8], ends[0] as u64).unwrap();
-    drop(file);
+    unmake_the_upload_end_record(&path);
     std::fs::remove_dir_all(&index).unwrap();
     std::fs::rename(&before, &index).unwrap();
 

@@ -145,22 +145,7 @@ async fn a_full_drive_refuses_puts_but_serves_gets_and_deletes_and_recovers() {
     let g = small_geometry(16, 256 << 10);
     let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
     engine.create_bucket("b", "alice").await.unwrap();
-    let mut stored = Vec::new();
-    let mut full = None;
-    for i in 0..200 {
-        let key = format!("fill{i}");
-        match put(&engine, "b", &key, &content(&key, 0, 60_000)).await {
-            Ok(_) => stored.push(key),
-            Err(e) => {
-                full = Some(e);
-                break;
-            }
-        }
-    }
-    assert!(
-        matches!(full, Some(EngineError::NoSpace(_))),
-        "the drive filled up with a clear error: {full:?}"
-    );
+    let stored = fill(&engine, "fill", 60_000, 200).await;
     assert!(stored.len() > 10);
     // Reads and deletes still work.
     for key in &stored {
@@ -196,15 +181,7 @@ async fn a_full_drive_of_few_zones_still_takes_deletes_after_a_restart() {
     let g = small_geometry(8, 256 << 10);
     let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
     engine.create_bucket("b", "alice").await.unwrap();
-    let mut stored = Vec::new();
-    for i in 0..200 {
-        let key = format!("fill{i}");
-        match put(&engine, "b", &key, &content(&key, 0, 60_000)).await {
-            Ok(_) => stored.push(key),
-            Err(EngineError::NoSpace(_)) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let stored = fill(&engine, "fill", 60_000, 200).await;
     assert!(stored.len() > 3, "{} stored", stored.len());
     engine.shutdown().await;
     let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
@@ -227,15 +204,7 @@ async fn a_full_drive_of_small_objects_deleted_thinly_keeps_taking_deletes_and_r
     let g = small_geometry(16, 256 << 10);
     let (engine, _) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
     engine.create_bucket("b", "alice").await.unwrap();
-    let mut stored = Vec::new();
-    for i in 0..2000 {
-        let key = format!("k{i:04}");
-        match put(&engine, "b", &key, &content(&key, 0, 3000)).await {
-            Ok(_) => stored.push(key),
-            Err(EngineError::NoSpace(_)) => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let stored = fill(&engine, "k", 3000, 2000).await;
     assert!(stored.len() > 100, "{} stored", stored.len());
     // Objects went into zones in order, about 32 to a zone: one from each zone in turn.
     let mut order: Vec<usize> = (0..stored.len()).collect();
@@ -272,6 +241,27 @@ async fn a_full_drive_of_small_objects_deleted_thinly_keeps_taking_deletes_and_r
             content(&stored[i], 0, 3000)
         );
     }
+}
+
+/// PUTs objects of `size` bytes into bucket `b` (keys `{prefix}0000`, `{prefix}0001`...) until
+/// the drive is full, at most `most`; returns the keys stored. The drive must fill up with a
+/// clear error (out of space), and nothing else may fail.
+async fn fill(
+    engine: &zonestore::engine::Engine,
+    prefix: &str,
+    size: usize,
+    most: usize,
+) -> Vec<String> {
+    let mut stored = Vec::new();
+    for i in 0..most {
+        let key = format!("{prefix}{i:04}");
+        match put(engine, "b", &key, &content(&key, 0, size)).await {
+            Ok(_) => stored.push(key),
+            Err(EngineError::NoSpace(_)) => return stored,
+            Err(e) => panic!("the drive filled up with another error than out of space: {e}"),
+        }
+    }
+    panic!("{most} objects of {size} bytes did not fill the drive");
 }
 
 /// PUTs `body` as `key` in bucket `b` once GC has made room for it (within 5 s).

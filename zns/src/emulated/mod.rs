@@ -1285,10 +1285,10 @@ mod tests {
         assert_eq!(after_a_crash(dir.path(), 0).0, ZoneState::Full);
     }
 
-    /// A zone closed to make room for a write is recorded with the next zone action, so that
-    /// a drive never comes back from a crash holding more active zones than it has.
-    #[tokio::test]
-    async fn zones_come_back_from_a_crash_within_the_active_limit() {
+    /// On a drive of one active zone: one block in zone 0, flushed; then zone 0 fills (the
+    /// write `landed`, or only granted), zone 1 opens in its place, takes a block and is
+    /// closed; then a crash. The zones' states and blocks as the drive comes back.
+    async fn zone_0_fills_as_zone_1_opens(landed: bool) -> Vec<(ZoneState, u64)> {
         let dir = tempfile::tempdir().unwrap();
         let mut g = Geometry::new(4, 1 << 20);
         g.max_active = Some(1);
@@ -1297,27 +1297,33 @@ mod tests {
         let block = Bytes::from(vec![5u8; g.block_size as usize]);
         d.write(0, block.clone()).await.unwrap();
         d.flush().await.unwrap();
-        // Zone 0 fills (unflushed: its record still says open); zone 1 opens in its place.
-        let rest = (g.zone_capacity - 1) * u64::from(g.block_size);
-        d.write(1, Bytes::from(vec![6u8; rest as usize]))
-            .await
-            .unwrap();
+        let rest = g.zone_capacity - 1;
+        // (Granted only, zone 0 is Full in memory, its active resource free.)
+        let _filling = if landed {
+            let bytes = rest * u64::from(g.block_size);
+            d.write(1, Bytes::from(vec![6u8; bytes as usize]))
+                .await
+                .unwrap();
+            None
+        } else {
+            Some(d.begin_write(1, rest, false).await.unwrap())
+        };
         let zone1 = g.zone_start(1);
         d.write(zone1, block).await.unwrap();
         d.manage_zones(ZoneAction::Close, ZoneSelect::Zone(zone1))
             .await
             .unwrap();
         drop(d);
-        let active = (0..4)
-            .map(|i| after_a_crash(dir.path(), i).0)
-            .filter(|s| {
-                matches!(
-                    s,
-                    ZoneState::ImplicitlyOpened | ZoneState::ExplicitlyOpened | ZoneState::Closed
-                )
-            })
-            .count();
-        assert!(active <= 1, "{active} active zones on a drive that has 1");
+        (0..4).map(|i| after_a_crash(dir.path(), i)).collect()
+    }
+
+    /// A zone closed to make room for a write is recorded with the next zone action, so that
+    /// a drive never comes back from a crash holding more active zones than it has.
+    #[tokio::test]
+    async fn zones_come_back_from_a_crash_within_the_active_limit() {
+        let states = zone_0_fills_as_zone_1_opens(true).await;
+        let active = states.iter().filter(|(s, _)| s.is_active()).count();
+        assert!(active <= 1, "{states:?} on a drive with 1 active zone");
     }
 
     /// The same while the write filling zone 0 has not landed when zone 1 opens and is
@@ -1325,23 +1331,7 @@ mod tests {
     /// the fullest zone when it comes back rather than hold two active zones.
     #[tokio::test]
     async fn a_zone_still_filling_at_a_crash_comes_back_within_the_active_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut g = Geometry::new(4, 1 << 20);
-        g.max_active = Some(1);
-        g.max_open = Some(1);
-        let d = EmulatedZns::create(dir.path(), g).unwrap();
-        let block = Bytes::from(vec![5u8; g.block_size as usize]);
-        d.write(0, block.clone()).await.unwrap();
-        d.flush().await.unwrap();
-        // Granted (zone 0 is Full in memory, its active resource free) but never landed.
-        let _filling = d.begin_write(1, g.zone_capacity - 1, false).await.unwrap();
-        let zone1 = g.zone_start(1);
-        d.write(zone1, block).await.unwrap();
-        d.manage_zones(ZoneAction::Close, ZoneSelect::Zone(zone1))
-            .await
-            .unwrap();
-        drop(d);
-        let states: Vec<_> = (0..4).map(|i| after_a_crash(dir.path(), i)).collect();
+        let states = zone_0_fills_as_zone_1_opens(false).await;
         let active = states.iter().filter(|(s, _)| s.is_active()).count();
         assert!(active <= 1, "{states:?} on a drive with 1 active zone");
         assert_eq!(states[0], (ZoneState::Full, 1), "the fullest is finished");
