@@ -479,6 +479,16 @@ const URGENT_READ_WAIT: Duration = Duration::from_secs(2);
 /// How long a zone whose collection failed is left alone.
 const HOLD_BACK: Duration = Duration::from_secs(60);
 
+/// Moves a zone scan one block on: how it resynchronises past a damaged record header, whose
+/// length is as suspect as the rest of it. Stepping a block at a time, the scan takes for a
+/// record only what the index names at that very place: bytes of a client's that look like a
+/// record (an object's payload is free to) are neither copied nor skipped over as one, so the
+/// live records after the damage are all found.
+fn step_one_block(buf: &mut BytesMut, buf_lba: &mut u64, block_size: u64) {
+    let _ = buf.split_to((block_size as usize).min(buf.len()));
+    *buf_lba += 1;
+}
+
 /// How long a zone whose collection had to keep something is left alone.
 const KEEP_BACK: Duration = Duration::from_secs(5);
 
@@ -968,13 +978,22 @@ impl EngineInner {
         let mut group = Group::default();
         let group_limit = GROUP_BYTES.min(self.record_limit as usize);
         let mut moved = 0u64;
-        // Where a damaged header stopped the scan, if one did.
-        let mut stopped_at = None;
+        // Where the first damaged header was met, if one was: from there on the scan
+        // resynchronises (see [`step_one_block`]).
+        let mut damaged_at = None;
+        let zone_end = zslba + written;
         // Tombstones in the zone with nothing older left to hide: dropped, not moved.
         let mut prunable = Vec::new();
         'scan: loop {
             // Parse what is buffered.
             loop {
+                let resyncing = damaged_at.is_some();
+                if resyncing && (buf_lba >= zone_end || buf.len() < bs as usize) {
+                    if buf_lba >= zone_end {
+                        break 'scan;
+                    }
+                    break;
+                }
                 match record::parse(&buf, bs as usize) {
                     Ok(parsed) => {
                         let blocks = parsed.padded as u64 / bs;
@@ -1017,24 +1036,45 @@ impl EngineInner {
                             let write_seq = self.seq.next()?;
                             group.add(&buf[..parsed.padded], write_seq, what, from);
                             moved += parsed.padded as u64;
+                        } else if resyncing {
+                            // Dead, or a client's bytes that look like a record.
+                            step_one_block(&mut buf, &mut buf_lba, bs);
+                            continue;
                         }
                         let _ = buf.split_to(parsed.padded);
                         buf_lba += blocks;
                     }
-                    Err(RecordError::Truncated(_)) => break,
+                    Err(RecordError::Truncated(needed)) => {
+                        if resyncing && buf_lba + (needed as u64).div_ceil(bs) > zone_end {
+                            step_one_block(&mut buf, &mut buf_lba, bs);
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(RecordError::NotARecord) if resyncing => {
+                        step_one_block(&mut buf, &mut buf_lba, bs);
+                    }
                     Err(RecordError::NotARecord) if buf.len() >= bs as usize => break 'scan,
                     Err(RecordError::NotARecord) => break,
                     Err(RecordError::Checksum { padded, .. }) => {
                         let blocks = padded as u64 / bs;
                         if padded > buf.len() {
+                            if resyncing && buf_lba + blocks > zone_end {
+                                step_one_block(&mut buf, &mut buf_lba, bs);
+                                continue;
+                            }
                             break;
                         }
-                        tracing::error!(
-                            ?zone,
-                            lba = buf_lba,
-                            "GC found a damaged record; skipping it"
-                        );
-                        self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        // (Past a damaged header, what fails its checksum may be a client's
+                        // bytes: only a copy the index names counts.)
+                        if !resyncing {
+                            tracing::error!(
+                                ?zone,
+                                lba = buf_lba,
+                                "GC found a damaged record; skipping it"
+                            );
+                            self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        }
                         // A damaged copy the index still names is made again from a good one
                         // (as scrub would): otherwise the zone could never be emptied, and GC
                         // would read it again on every pass.
@@ -1044,26 +1084,34 @@ impl EngineInner {
                             blocks: blocks as u32,
                         };
                         self.rewrite_damaged(&buf, bs as usize, from).await;
+                        if resyncing {
+                            step_one_block(&mut buf, &mut buf_lba, bs);
+                            continue;
+                        }
                         let _ = buf.split_to(padded);
                         buf_lba += blocks;
                     }
                     // A damaged header leaves the record's end unknown: skipping by its
-                    // length could take client bytes for records.
+                    // length could take client bytes for records. The scan resynchronises.
                     Err(e @ (RecordError::Malformed(_) | RecordError::HeaderChecksum { .. })) => {
-                        if e.is_damage() {
-                            self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        if !resyncing {
+                            if e.is_damage() {
+                                self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tracing::error!(
+                                ?zone,
+                                lba = buf_lba,
+                                "GC found a damaged record header ({e}); looking past it for the records the index names"
+                            );
+                            damaged_at = Some(buf_lba);
                         }
-                        // What was moved stays moved: the next attempt finds less to copy. If
-                        // nothing the index names is left in the zone (the damaged record
-                        // dead, or the last), it is reset like any other.
-                        stopped_at = Some((buf_lba, e));
-                        break 'scan;
+                        step_one_block(&mut buf, &mut buf_lba, bs);
                     }
                 }
             }
             // The next chunk was read while this one was parsed; start the one after.
             let Some(read) = next_read.take() else {
-                if read_to >= capacity {
+                if read_to >= capacity || damaged_at.is_some() {
                     break;
                 }
                 // Past the blocks placement counted, records may go on: an append that reported
@@ -1100,12 +1148,12 @@ impl EngineInner {
         }
         let left = self.accounts.get(zone).valid_bytes;
         if left != 0 {
-            match stopped_at {
-                Some((lba, e)) => tracing::error!(
+            match damaged_at {
+                Some(lba) => tracing::error!(
                     ?zone,
                     lba,
                     left,
-                    "GC cannot parse the zone further ({e}) and live data remains; leaving it"
+                    "live data remains in a zone with a damaged record header; leaving it"
                 ),
                 None => tracing::warn!(
                     ?zone,
@@ -1115,11 +1163,11 @@ impl EngineInner {
             }
             return Ok(None);
         }
-        if let Some((lba, e)) = stopped_at {
+        if let Some(lba) = damaged_at {
             tracing::warn!(
                 ?zone,
                 lba,
-                "GC could not parse the zone past a damaged record ({e}), but nothing the index names is left in it: it is reset"
+                "nothing the index names is left in a zone with a damaged record header: it is reset"
             );
         }
         // Reads that looked up locations in this zone before the relocations must finish
