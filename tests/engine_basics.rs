@@ -3626,6 +3626,50 @@ async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_o
     engine.shutdown().await;
 }
 
+/// Drives holding data that an index never wrote (another gateway's drives, or those of an
+/// index that was lost) are left out by an engine opening that index, not taken for its own:
+/// nothing is written to them, and the index that wrote them still finds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drives_holding_another_indexs_data_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, drives) = three_drives_holding_one_object(dir.path()).await;
+    let written = async |drives: &[zns::EmulatedZns]| {
+        let mut blocks = Vec::new();
+        for d in drives {
+            let report = zns::ZonedDevice::report_zones(d, 0, zns::ReportFilter::All, 16)
+                .await
+                .unwrap();
+            blocks.push(report.zones.iter().map(|z| z.wp - z.zslba).sum::<u64>());
+        }
+        blocks
+    };
+    let before = written(&drives).await;
+    {
+        let mut config = zonestore::engine::EngineConfig::new(dir.path().join("other-index"), 3);
+        config.write_quorum = 2;
+        let (engine, _) = zonestore::engine::Engine::open(config, drive_specs(&drives))
+            .await
+            .expect("engine opens");
+        for drive in engine.drives().all() {
+            assert!(drive.foreign.load(std::sync::atomic::Ordering::SeqCst));
+            assert!(!drive.attached.load(std::sync::atomic::Ordering::SeqCst));
+        }
+        assert!(engine.create_bucket("c", "bob").await.is_err());
+        engine.shutdown().await;
+    }
+    assert_eq!(
+        written(&drives).await,
+        before,
+        "nothing was written to the drives"
+    );
+    drop(drives);
+    let (engine, _drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
+    assert_eq!(
+        get(&engine, "b", "before").await.unwrap(),
+        content("before", 1, 200_000)
+    );
+    engine.shutdown().await;
+}
 
 /// A rebuilt index keeps the drive ids the old one gave, also when a drive before others was
 /// drained and removed from the configuration: what names drives by id (the list of failed

@@ -305,14 +305,17 @@ pub async fn rebuild_index(
     }
     let left_out = std::mem::take(&mut attached.left_out);
     let total = specs.len() + left_out.len();
-    let missing: Vec<String> = left_out
+    let unavailable = || {
+        specs
+            .iter()
+            .filter(|s| !s.device.is_available())
+            .map(|s| s.name.clone())
+    };
+    let missing: Vec<String> = left_out.into_iter().chain(unavailable()).collect();
+    // The same drives as the index names them.
+    let missing_drives: Vec<String> = std::mem::take(&mut attached.left_out_drives)
         .into_iter()
-        .chain(
-            specs
-                .iter()
-                .filter(|s| !s.device.is_available())
-                .map(|s| s.name.clone()),
-        )
+        .chain(unavailable())
         .collect();
     if !missing.is_empty() {
         let (_, configured) = config.replication_for(total)?;
@@ -371,7 +374,7 @@ pub async fn rebuild_index(
         &building,
         &names,
         replacement_floor,
-        &missing,
+        &missing_drives,
         specs,
         &revoked,
         allow_missing,

@@ -90,6 +90,8 @@ pub struct Attached {
     pub nodes: Vec<StorageNode>,
     /// Targets that could not be reached and were left out (see [`IfUnreachable::LeaveOut`]).
     pub left_out: Vec<String>,
+    /// The names of the drives of the targets left out (as the index knows drives).
+    pub left_out_drives: Vec<String>,
 }
 
 /// What to do with a target that cannot be reached and that the index does not know (a
@@ -162,6 +164,7 @@ async fn connect(
             if if_unreachable == IfUnreachable::LeaveOut {
                 tracing::warn!(%target, "target unreachable ({e}); leaving it out");
                 attached.left_out.push(target);
+                attached.left_out_drives.push(name);
                 return Ok(());
             }
             return Err(AttachError::Target {
@@ -452,6 +455,12 @@ pub async fn attach(
                             {
                                 tracing::warn!(%target, "discovery failed ({e}); leaving out the {} drive(s) it listed before", listed_here.len());
                                 attached.left_out.extend(listed_here);
+                                attached.left_out_drives.extend(
+                                    remembered
+                                        .iter()
+                                        .filter(|l| l.via == via)
+                                        .map(|l| drive_name(&l.nqn)),
+                                );
                                 continue;
                             }
                             if if_unreachable == IfUnreachable::LeaveOut {
@@ -520,6 +529,7 @@ pub async fn attach(
                     Err(reason) if open_only && if_unreachable == IfUnreachable::LeaveOut => {
                         tracing::warn!(%target, "{reason}; leaving it out");
                         attached.left_out.push(target);
+                        attached.left_out_drives.push(zns_file_name(path));
                         continue;
                     }
                     Err(reason) => return Err(AttachError::Target { target, reason }),

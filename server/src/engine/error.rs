@@ -92,6 +92,18 @@ pub enum EngineError {
         /// The identity the device reports (hex).
         found: String,
     },
+    /// A drive this index has never used holds data (see [`registry::check_first_use`]).
+    ///
+    /// [`registry::check_first_use`]: super::registry::check_first_use
+    #[error(
+        "drive {drive} holds data in {zones} zones that this index never wrote: it is another gateway's drive (a drive belongs to one gateway at a time), or this gateway's index was lost. It is left out. To take its objects into this index, stop the server and run `zonestore recover --rebuild-index`; to use it empty, start its storage node on an empty data directory"
+    )]
+    ForeignData {
+        /// Drive name.
+        drive: String,
+        /// How many of its zones hold data.
+        zones: usize,
+    },
     /// The engine is shutting down or a task failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -106,6 +118,15 @@ impl EngineError {
             EngineError::Index(e) => e.is_transient(),
             _ => false,
         }
+    }
+
+    /// Whether the drive answering under a registered name is not one this index may use
+    /// (another drive, or one holding another index's data): it is left out.
+    pub fn is_foreign_drive(&self) -> bool {
+        matches!(
+            self,
+            EngineError::WrongDrive { .. } | EngineError::ForeignData { .. }
+        )
     }
 
     /// Whether a drive answered wrongly (an error status, or zone state it cannot have): the

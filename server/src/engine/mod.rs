@@ -329,7 +329,7 @@ impl Engine {
                     }
                     // Another drive under its name, or one that answers wrongly (an I/O error, a
                     // write pointer outside its zone): that drive's fault, not the store's.
-                    Err(e) if matches!(e, EngineError::WrongDrive { .. }) || e.is_drive_fault() => {
+                    Err(e) if e.is_foreign_drive() || e.is_drive_fault() => {
                         tracing::error!(drive = %drive.name, "{e}: starting without the drive");
                         drive.attached.store(false, Ordering::SeqCst);
                         snapshots.push(None);

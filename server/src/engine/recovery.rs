@@ -246,9 +246,13 @@ pub async fn rebuild_keeping_ids(
     if !registered.is_empty() {
         super::registry::seed_registry(&index, registered)?;
     }
+    super::registry::vouch_for(&index, left_out)?;
     let drives = register_drives(&index, specs)?;
-    // The new index knows each drive by its identity, as the old one did.
+    // The new index knows each drive by its identity, as the old one did. What every drive
+    // given to a rebuild holds is the new index's, also on one unreachable now (replayed for
+    // copies when it answers).
     for drive in drives.all() {
+        super::registry::accept_first_use(&index, drive)?;
         if drive.device.is_available() {
             super::registry::confirm_identity(&index, drive, true)?;
         }

@@ -22,6 +22,12 @@ const DRIVES_KEY: &[u8] = b"drives";
 const REPLACEMENT_FLOOR_KEY: &[u8] = b"replacement-floor";
 /// META key prefix of a drive's geometry (followed by the drive's name).
 const GEOMETRY_PREFIX: &[u8] = b"geometry:";
+/// META key prefix of the mark of a drive registered but not yet accepted (followed by the
+/// drive's name; see [`check_first_use`]).
+const FIRST_USE_PREFIX: &[u8] = b"first-use:";
+/// META key prefix of the mark of a drive a rebuild left out (followed by the drive's name; see
+/// [`vouch_for`]).
+const VOUCHED_PREFIX: &[u8] = b"vouched:";
 /// META key prefix of a drive's identity (followed by the drive's name).
 const IDENTITY_PREFIX: &[u8] = b"identity:";
 
@@ -77,6 +83,47 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
     Ok(())
 }
 
+/// Refuses a drive this index has never used (registered, never yet accepted by a survey)
+/// that holds data: another gateway's drive, whose zones this one would otherwise take for its
+/// own and write, collect and reset under the other's index; or the drive of an index that was
+/// lost, which `zonestore recover --rebuild-index` takes in whole. The drive is marked foreign
+/// (left out, looked at again now and then).
+pub(crate) fn check_first_use(
+    index: &Index,
+    drive: &Drive,
+    zones: &[zns::ZoneDescriptor],
+) -> EngineResult<()> {
+    if index.get_raw(cf::META, &first_use_key(&drive.name))?.is_none() {
+        return Ok(());
+    }
+    let used = zones
+        .iter()
+        .filter(|z| !matches!(z.state, zns::ZoneState::Empty | zns::ZoneState::Offline))
+        .count();
+    if used == 0 {
+        return Ok(());
+    }
+    drive
+        .foreign
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    Err(EngineError::ForeignData {
+        drive: drive.name.clone(),
+        zones: used,
+    })
+}
+
+/// Notes that the index has accepted `drive` (surveyed it, or read it whole in a rebuild):
+/// what it holds from now on is this index's (see [`check_first_use`]).
+pub(crate) fn accept_first_use(index: &Index, drive: &Drive) -> EngineResult<()> {
+    let key = first_use_key(&drive.name);
+    if index.get_raw(cf::META, &key)?.is_some() {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(index.cf(cf::META), key);
+        index.write(batch, true)?;
+    }
+    Ok(())
+}
+
 /// Refuses a drive that cannot keep a zone open for client writes and another for GC at once:
 /// placement would open both, and every write into the second would fail with Too Many Open
 /// (or Active) Zones.
@@ -96,11 +143,14 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     let mut names = registry(index)?;
 
     let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
+    // Drives new to the index: they must come empty (see [`check_first_use`]).
+    let mut first_use = Vec::new();
     for spec in specs {
         check_zone_limits(&spec.name, &spec.device.geometry())?;
         match names.iter().position(|n| *n == spec.name) {
             Some(i) => by_id[i] = Some(spec.device),
             None => {
+                first_use.push(spec.name.clone());
                 names.push(spec.name);
                 by_id.push(Some(spec.device));
             }
@@ -158,6 +208,15 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
                 geometry_key(name),
                 encode_geometry(&device.geometry()),
             );
+        }
+    }
+    for name in first_use {
+        // A drive a rebuild left out is this index's all the same.
+        let vouched = vouched_key(&name);
+        if index.get_raw(cf::META, &vouched)?.is_some() {
+            batch.delete_cf(index.cf(cf::META), vouched);
+        } else {
+            batch.put_cf(index.cf(cf::META), first_use_key(&name), []);
         }
     }
     index.write(batch, true)?;
@@ -270,6 +329,26 @@ pub fn known_drives(index_dir: &Path) -> EngineResult<HashMap<String, KnownDrive
         }
     }
     Ok(known)
+}
+
+/// Notes in a rebuilt index that the drives `names`, left out of the rebuild (unreachable),
+/// are its own: registered when they are next configured, they are not refused for the data
+/// they hold (see [`check_first_use`]), and what they hold is replayed for copies only.
+pub(crate) fn vouch_for(index: &Index, names: &[String]) -> EngineResult<()> {
+    let mut batch = rocksdb::WriteBatch::default();
+    for name in names {
+        batch.put_cf(index.cf(cf::META), vouched_key(name), []);
+    }
+    index.write(batch, true)?;
+    Ok(())
+}
+
+fn vouched_key(drive: &str) -> Vec<u8> {
+    [VOUCHED_PREFIX, drive.as_bytes()].concat()
+}
+
+fn first_use_key(drive: &str) -> Vec<u8> {
+    [FIRST_USE_PREFIX, drive.as_bytes()].concat()
 }
 
 fn identity_key(drive: &str) -> Vec<u8> {

@@ -9,7 +9,7 @@ use zns::ZoneState;
 
 use super::commit::{Change, ZoneAccounts};
 use super::drives::Drive;
-use super::error::{EngineError, EngineResult};
+use super::error::EngineResult;
 use super::index::{Index, cf};
 use super::model::{DriveId, ZoneId};
 use super::placement::ZoneSnapshot;
@@ -20,8 +20,10 @@ use super::{registry, settled};
 /// but that are empty are reported (or, holding nothing live, queued in `resets` to be recorded
 /// as reset); an index pointing past a write pointer is reported loudly. Returns the snapshot
 /// placement starts from. First of all the drive must be the one the index knows by its name
-/// ([`EngineError::WrongDrive`] otherwise); a drive whose identity was never recorded gets it
-/// recorded once found holding what the index expects.
+/// ([`WrongDrive`](super::error::EngineError::WrongDrive) otherwise); a drive whose identity
+/// was never recorded gets it recorded once found holding what the index expects; a drive this
+/// index never used must come empty
+/// ([`ForeignData`](super::error::EngineError::ForeignData) otherwise).
 pub(super) async fn survey(
     drive: &Drive,
     index: &Index,
@@ -32,6 +34,7 @@ pub(super) async fn survey(
     registry::confirm_identity(index, drive, false)?;
     let broken_before = reconciliation.broken_zones.len();
     let report = drive.report_all_zones().await?;
+    registry::check_first_use(index, drive, &report.zones)?;
     let mut zones = Vec::with_capacity(report.zones.len());
     for (i, z) in report.zones.iter().enumerate() {
         let zone = ZoneId {
@@ -92,6 +95,7 @@ pub(super) async fn survey(
     }
     if reconciliation.broken_zones.len() == broken_before {
         registry::confirm_identity(index, drive, true)?;
+        registry::accept_first_use(index, drive)?;
     }
     Ok(zones)
 }
@@ -138,7 +142,7 @@ pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: Driv
         let was_foreign = d.foreign.load(Ordering::SeqCst);
         match inner.attach_drive(&d).await {
             Ok(()) => return,
-            Err(e @ EngineError::WrongDrive { .. }) => {
+            Err(e) if e.is_foreign_drive() => {
                 // Said once; tried again now and then, for the right drive may come back.
                 if !was_foreign {
                     tracing::error!("{e}");
