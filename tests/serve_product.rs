@@ -245,6 +245,8 @@ fn bad_configuration_is_named() {
     let node = node_dir.to_str().unwrap();
     let err = zonestore_fails(&["target", "--data", node, "--zone-size", "4K"]);
     assert!(err.contains("8 KiB"), "{err}");
+    let err = zonestore_fails(&["target", "--data", node, "--max-open", "1"]);
+    assert!(err.contains("--max-open 1"), "{err}");
     let err = zonestore_fails(&["target", "--data", node, "--nqn", "not an nqn"]);
     assert!(err.contains("NQN") || err.contains("nqn"), "{err}");
     assert!(

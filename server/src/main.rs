@@ -392,6 +392,20 @@ fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
         }
         geometry.zone_capacity = capacity / 4096;
     }
+    // What a Zonestore gateway needs of a drive, said here rather than by the gateway later.
+    let capacity = args.zone_capacity.unwrap_or(args.zone_size);
+    if capacity < 8192 {
+        bail!(
+            "a zone capacity of {capacity} bytes is too small for a gateway's records (at least 8 KiB): raise --zone-size or --zone-capacity"
+        );
+    }
+    for (flag, value) in [("--max-open", args.max_open), ("--max-active", args.max_active)] {
+        if value == 1 {
+            bail!(
+                "{flag} 1: a gateway keeps a zone open for client writes and another for GC at once, so it needs at least 2 (0 means no limit)"
+            );
+        }
+    }
     let limit = |v: u32| (v != 0).then_some(v);
     geometry.max_open = limit(args.max_open);
     geometry.max_active = limit(args.max_active);

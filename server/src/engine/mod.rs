@@ -287,19 +287,20 @@ impl Engine {
         }
         // A record is one append, and fits in one zone (whose capacity may be below the
         // append limit).
-        let record_limit = drives
+        let (record_limit, smallest) = drives
             .all()
             .iter()
             .filter(|d| !d.removed)
             .map(|d| {
                 let capacity = d.geometry.zone_capacity * u64::from(d.geometry.block_size);
-                d.geometry.max_append_bytes().min(capacity)
+                (d.geometry.max_append_bytes().min(capacity), d.name.as_str())
             })
             .min()
-            .unwrap_or(1 << 20);
+            .unwrap_or((1 << 20, ""));
         if record_limit < 2 * block_size || record_limit < 8192 {
             return Err(EngineError::InvalidArgument(format!(
-                "zone append limit {record_limit} is too small for records"
+                "drive {smallest}: its zone capacity or zone append limit ({record_limit} bytes) is too small for records (at least {} bytes)",
+                (2 * block_size).max(8192)
             )));
         }
         let accounts = Arc::new(ZoneAccounts::new(index.zones()?));
