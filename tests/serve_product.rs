@@ -618,3 +618,23 @@ fn sigterm_says_not_ready_before_the_s3_port_closes() {
     assert_eq!(http_get(&s3, "/").0, 403);
     assert!(server.wait_exit(Duration::from_secs(60)).success());
 }
+
+/// A second signal while the server stops exits at once, with the status that says which
+/// signal stopped it (128 + its number), not that of a clean stop or of a failure.
+#[test]
+fn a_second_signal_exits_at_once_saying_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = S3Server::start(&dir.path().join("data"), &["--unready-seconds", "60"]);
+    server.process.signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while http_get(&server.admin, "/ready").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never said 503 after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.process.signal(libc::SIGINT);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
+}

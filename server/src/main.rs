@@ -295,9 +295,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     // nothing has been acknowledged yet, and what a replay applied is durable or replayed again.
     let server = tokio::select! {
         started = Server::start(&config) => started?,
-        _ = signals.next() => {
+        status = signals.next() => {
+            // Nothing was acknowledged: exiting is a crash before the first request.
             say_err!("stopped while starting");
-            return Ok(());
+            std::process::exit(status);
         }
     };
     let endpoint = server.endpoint();
@@ -355,10 +356,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             say!("zonestore serve: stopped");
             Ok(())
         }
-        _ = signals.next() => {
+        status = signals.next() => {
             // Everything acknowledged is already durable: exiting now loses nothing.
             say_err!("zonestore serve: second signal, exiting now");
-            std::process::exit(1);
+            std::process::exit(status);
         }
     }
 }
@@ -457,11 +458,11 @@ async fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         stopped = stop => stopped,
-        _ = signals.next() => {
+        status = signals.next() => {
             // What hosts were told is durable was flushed at their asking: exiting now is a
             // crash the drive recovers from, losing nothing they count on.
             say_err!("zonestore target: second signal, exiting now");
-            std::process::exit(1);
+            std::process::exit(status);
         }
     }
 }
@@ -481,10 +482,12 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) {
+    /// Waits for the next SIGTERM or SIGINT; returns the exit status that tells a supervisor
+    /// the process was stopped by it, should it exit at once (128 + the signal's number).
+    async fn next(&mut self) -> i32 {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => 128 + 15,
+            _ = self.int.recv() => 128 + 2,
         }
     }
 }
