@@ -261,6 +261,9 @@ where
         // Bodies are streamed on in chunks of at most this much per connection: memory
         // stays bounded with many concurrent uploads.
         .max_buf_size(READ_BUFFER)
+        // As many header lines as the signature check takes (hyper's default, 100, refuses
+        // a PUT with some 90 metadata entries, which S3 takes).
+        .max_headers(s3api::auth::MAX_SIGNED_HEADERS)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
     watcher.watch(connection).await

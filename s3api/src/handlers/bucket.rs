@@ -17,6 +17,7 @@ const MAX_BUCKETS: usize = 10_000;
 /// ListBuckets: the caller's buckets only, in name order, filtered by `prefix` and
 /// `bucket-region`, in pages of `max-buckets` continued by `continuation-token`.
 pub async fn list_buckets(svc: &S3Service, ctx: &mut Ctx) -> Reply {
+    super::list::refuse_nul(ctx)?;
     let max = match ctx.q("max-buckets") {
         None => MAX_BUCKETS,
         Some(v) => v
