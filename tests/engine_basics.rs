@@ -1726,7 +1726,10 @@ async fn live_records_after_a_damaged_header_are_moved_and_the_zone_reset() {
     let after: Vec<usize> = (0..kept.len())
         .filter(|&k| at(&kept[k]) > dead_at && (at(&kept[k]) / g.zone_bytes()) as u32 == zone)
         .collect();
-    assert!(!after.is_empty(), "no live record after the dead one in its zone");
+    assert!(
+        !after.is_empty(),
+        "no live record after the dead one in its zone"
+    );
     drop(data);
     engine.delete("b", "dead").await.unwrap();
     // Garbage after them, so that their zone is sealed and worth collecting.

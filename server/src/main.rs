@@ -400,7 +400,10 @@ fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
             "a zone capacity of {capacity} bytes is too small for a gateway's records (at least 8 KiB): raise --zone-size or --zone-capacity"
         );
     }
-    for (flag, value) in [("--max-open", args.max_open), ("--max-active", args.max_active)] {
+    for (flag, value) in [
+        ("--max-open", args.max_open),
+        ("--max-active", args.max_active),
+    ] {
         if value == 1 {
             bail!(
                 "{flag} 1: a gateway keeps a zone open for client writes and another for GC at once, so it needs at least 2 (0 means no limit)"

@@ -93,7 +93,10 @@ pub(crate) fn check_first_use(
     drive: &Drive,
     zones: &[zns::ZoneDescriptor],
 ) -> EngineResult<()> {
-    if index.get_raw(cf::META, &first_use_key(&drive.name))?.is_none() {
+    if index
+        .get_raw(cf::META, &first_use_key(&drive.name))?
+        .is_none()
+    {
         return Ok(());
     }
     let used = zones
