@@ -19,6 +19,14 @@ use crate::error::S3Error;
 use crate::md5_lanes::StreamMd5;
 use crate::store::StoredChecksum;
 
+/// Memory (KiB) that request documents (DeleteObjects, CompleteMultipartUpload and other XML
+/// bodies, each capped on its own) may hold at once while they are read: a client trickling
+/// many large documents over many connections gets SlowDown, not gigabytes held for it.
+pub const DOCUMENT_BUDGET_KIB: usize = 64 << 10;
+
+static DOCUMENT_BUDGET: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(DOCUMENT_BUDGET_KIB);
+
 /// What a verified body was.
 #[derive(Debug, Clone)]
 pub struct BodySummary {
@@ -438,12 +446,35 @@ impl BodyReader {
         self.finished.clone()
     }
 
-    /// Reads the whole body into memory (small request documents only).
+    /// Reads the whole body into memory (small request documents only), within the memory
+    /// all documents being read share (see [`DOCUMENT_BUDGET_KIB`]).
     pub async fn read_all(&mut self, limit: usize) -> Result<Bytes, S3Error> {
+        self.read_all_within(limit, &DOCUMENT_BUDGET).await
+    }
+
+    /// [`BodyReader::read_all`], holding what it has read in `budget` (in KiB) while it reads:
+    /// SlowDown once the budget is spent.
+    async fn read_all_within(
+        &mut self,
+        limit: usize,
+        budget: &tokio::sync::Semaphore,
+    ) -> Result<Bytes, S3Error> {
         let mut out = Vec::new();
+        let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
         while let Some(chunk) = self.next().await? {
             if out.len() + chunk.len() > limit {
                 return Err(S3Error::invalid_request("request body too large"));
+            }
+            let need = (out.len() + chunk.len()).div_ceil(1024) as u32;
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if need > have {
+                let more = budget
+                    .try_acquire_many(need - have)
+                    .map_err(|_| S3Error::slow_down("the memory for request documents is taken"))?;
+                match &mut held {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
+                }
             }
             out.extend_from_slice(&chunk);
         }
@@ -543,6 +574,33 @@ mod tests {
         assert!(!r.arrives_within(Duration::from_millis(50)).await.unwrap());
         let e = r.next().await.unwrap_err();
         assert_eq!(e.code, "RequestTimeout");
+    }
+
+    /// Documents being read hold their bytes in the budget they share: one that would take
+    /// more than is left gets SlowDown; once the others are read and dropped, it fits.
+    #[tokio::test]
+    async fn documents_being_read_share_a_memory_budget() {
+        let budget = tokio::sync::Semaphore::new(4);
+        let document = |len: usize| {
+            let mut h = HeaderMap::new();
+            h.insert("content-length", len.to_string().parse().unwrap());
+            let chunks: Vec<&'static [u8]> = vec![&[b'x'; 1024]; len / 1024];
+            BodyReader::new(raw(chunks), &h, &auth(Payload::Unsigned), 1 << 20).unwrap()
+        };
+        // 3 KiB held by documents still being read.
+        let held = budget.try_acquire_many(3).unwrap();
+        let e = document(2 << 10)
+            .read_all_within(1 << 20, &budget)
+            .await
+            .unwrap_err();
+        assert_eq!((e.code, e.status.as_u16()), ("SlowDown", 503));
+        drop(held);
+        let whole = document(4 << 10)
+            .read_all_within(1 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(whole.len(), 4 << 10);
+        assert_eq!(budget.available_permits(), 4, "given back once read");
     }
 
     #[test]

@@ -428,6 +428,15 @@ impl S3Error {
             "Service is unable to handle request; please try again.",
         )
     }
+    /// 503 SlowDown: too many requests at once for a shared resource; retry with backoff.
+    pub fn slow_down(detail: &str) -> Self {
+        tracing::debug!("answering SlowDown: {detail}");
+        S3Error::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "Please reduce your request rate.",
+        )
+    }
     /// 500 InternalError.
     pub fn internal(detail: &str) -> Self {
         tracing::error!("internal error: {detail}");
