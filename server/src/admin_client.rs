@@ -350,10 +350,26 @@ async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
     // A pass under way when asked is not the one asked for: that one runs after it.
     let running = field(&before.body, "scrub:").contains("(running)");
     let done_at = start + 1 + u64::from(running);
+    // A pass that fails is not counted (and is tried again a minute later): a failure new
+    // since the request, or one met after a pass was seen running, ends the wait.
+    let failure = |body: &str| {
+        body.lines()
+            .find(|l| l.starts_with("scrub failed:"))
+            .map(str::to_string)
+    };
+    let failed_before = failure(&before.body);
+    let mut seen_running = false;
     fetch(server, "POST", "/admin/scrub").await?;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = fetch(server, "GET", "/admin/scrub").await?;
+        let running_now = field(&now.body, "scrub:").contains("(running)");
+        seen_running |= running_now;
+        let failed_now = failure(&now.body);
+        if !running_now && failed_now.is_some() && (failed_now != failed_before || seen_running) {
+            print!("{}", now.body);
+            bail!("the scrub pass stopped short");
+        }
         let passes_now = passes(&now.body);
         if passes_now < start {
             bail!(
