@@ -165,7 +165,7 @@ impl GcControl {
         self.closing.notify_waiters();
         let task = self.task.lock().take();
         if let Some(task) = task {
-            let _ = task.await;
+            super::stop_task("GC", task).await;
         }
     }
 

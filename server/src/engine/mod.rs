@@ -454,8 +454,7 @@ impl Engine {
     /// [`Engine::shutdown`], saying whether the last flush of the drives failed (what was
     /// acknowledged is durable either way: only what was not may be lost).
     pub async fn shutdown_flushed(self) -> EngineResult<()> {
-        self.inner.gc.shut_down().await;
-        self.inner.repair.shut_down().await;
+        futures::future::join(self.inner.gc.shut_down(), self.inner.repair.shut_down()).await;
         // Bounded: what was acknowledged is durable already, and a drive that answers nothing
         // must not keep the process from ending (a service manager would kill it anyway).
         let flushed = match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, self.flush_all()).await {
@@ -1353,4 +1352,21 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// How long a background task (GC, repair, scrub) told to stop is waited for at shutdown: one
+/// stuck on a drive that answers nothing must not hold the stop up past what a service manager
+/// allows (the flush that follows is bounded too).
+const TASK_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits for a background task told to stop, aborting it after [`TASK_STOP_LIMIT`] (like a
+/// crash, which loses nothing acknowledged).
+async fn stop_task(what: &str, mut task: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(TASK_STOP_LIMIT, &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("{what} did not stop within {TASK_STOP_LIMIT:?}; abandoning it");
+        task.abort();
+    }
 }

@@ -188,9 +188,12 @@ impl RepairControl {
         self.wake.notify_one();
         self.scrub_wake.notify_one();
         let tasks = std::mem::take(&mut *self.tasks.lock());
-        for task in tasks {
-            let _ = task.await;
-        }
+        futures::future::join_all(
+            tasks
+                .into_iter()
+                .map(|task| super::stop_task("repair and scrub", task)),
+        )
+        .await;
     }
 }
 
