@@ -67,6 +67,27 @@ async fn objects_round_trip_across_extents_and_restarts() {
     assert_eq!(get(&engine, "b", "empty").await.unwrap(), Vec::<u8>::new());
 }
 
+/// A user owns at most the configured number of buckets (TooManyBuckets past it); others
+/// are not held to that user's count, and deleting one makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_owns_at_most_the_configured_number_of_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open_engine(dir.path(), 1, small_geometry(16, 1 << 20), |c| {
+        c.max_buckets_per_owner = 2;
+    })
+    .await;
+    engine.create_bucket("a1", "alice").await.unwrap();
+    engine.create_bucket("a2", "alice").await.unwrap();
+    assert!(matches!(
+        engine.create_bucket("a3", "alice").await,
+        Err(EngineError::TooManyBuckets(2))
+    ));
+    engine.create_bucket("b1", "bob").await.unwrap();
+    engine.delete_bucket("a1").await.unwrap();
+    engine.create_bucket("a3", "alice").await.unwrap();
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_delete_and_listing() {
     let dir = tempfile::tempdir().unwrap();

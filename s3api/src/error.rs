@@ -169,6 +169,14 @@ impl S3Error {
         )
         .with("BucketName", bucket)
     }
+    /// 400 TooManyBuckets.
+    pub fn too_many_buckets(limit: usize) -> Self {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "TooManyBuckets",
+            format!("You have attempted to create more buckets than allowed ({limit})."),
+        )
+    }
     /// 409 BucketAlreadyOwnedByYou.
     pub fn bucket_owned(bucket: &str) -> Self {
         S3Error::new(

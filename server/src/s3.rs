@@ -29,6 +29,7 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::NoSuchBucket(b) => S3Error::no_such_bucket(&b),
         EngineError::NoSuchKey { key, .. } => S3Error::no_such_key(&key),
         EngineError::BucketAlreadyExists(b) => S3Error::bucket_exists(&b),
+        EngineError::TooManyBuckets(limit) => S3Error::too_many_buckets(limit),
         EngineError::BucketAlreadyOwnedByYou(b) => S3Error::bucket_owned(&b),
         EngineError::BucketNotEmpty(b) => S3Error::bucket_not_empty(&b),
         EngineError::NotOwner(_) => S3Error::access_denied("Access Denied"),

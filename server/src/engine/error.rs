@@ -22,6 +22,9 @@ pub enum EngineError {
     /// Another user owns a bucket of that name.
     #[error("bucket {0} exists and belongs to another user")]
     BucketAlreadyExists(String),
+    /// The user owns as many buckets as one may.
+    #[error("you own {0} buckets, the most one user may")]
+    TooManyBuckets(usize),
     /// The caller already owns the bucket.
     #[error("you already own bucket {0}")]
     BucketAlreadyOwnedByYou(String),

@@ -78,7 +78,13 @@ pub struct EngineConfig {
     pub gc: gc::GcConfig,
     /// Repair and scrub.
     pub repair: repair::RepairConfig,
+    /// Most buckets one user may own (S3's default quota): also what bounds the memory of a
+    /// ListBuckets, which reads them all.
+    pub max_buckets_per_owner: usize,
 }
+
+/// Most buckets one user may own unless configured otherwise (S3's default).
+pub const MAX_BUCKETS_PER_OWNER: usize = 10_000;
 
 /// The replication factor and write quorum for `drive_count` drives when none is configured:
 /// R = 3 with at least 3 drives (else the number of drives), W = a majority of R.
@@ -103,6 +109,7 @@ impl EngineConfig {
             write_quorum,
             gc: gc::GcConfig::default(),
             repair: repair::RepairConfig::default(),
+            max_buckets_per_owner: MAX_BUCKETS_PER_OWNER,
         }
     }
 }
@@ -516,6 +523,17 @@ impl Engine {
             } else {
                 EngineError::BucketAlreadyExists(name.into())
             });
+        }
+        let limit = self.inner.config.max_buckets_per_owner;
+        let owned = self
+            .inner
+            .index
+            .buckets()?
+            .iter()
+            .filter(|(_, b)| b.owner == owner)
+            .count();
+        if owned >= limit {
+            return Err(EngineError::TooManyBuckets(limit));
         }
         let seq = self.inner.seq.next()?;
         let mut entry = BucketEntry {
