@@ -694,7 +694,10 @@ impl Engine {
     }
 
     /// Opens an object for reading: its manifest and where its bytes are, as of one moment, so
-    /// that reads return that version whole even if it is overwritten or deleted meanwhile.
+    /// that reads return that version whole even if it is overwritten or deleted meanwhile, for
+    /// as long as GC waits for reads (`read_wait`, 30 s by default; 2 s once a drive is down to
+    /// its reserve): a read of a version GC reclaimed after that fails (Unavailable), and never
+    /// returns other bytes.
     pub fn open_object(&self, bucket: &str, key: &str) -> EngineResult<ObjectHandle> {
         // The ticket comes first: GC then keeps every zone the snapshot's locations are in
         // until the handle and its reads are dropped (or a stalled client runs out its grace).
