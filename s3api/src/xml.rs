@@ -302,8 +302,13 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<CompletedPart>, S3Error> {
                 };
                 match *field {
                     "PartNumber" => {
-                        part.part_number =
-                            text.trim().parse().map_err(|_| S3Error::malformed_xml())?
+                        let number: i64 =
+                            text.trim().parse().map_err(|_| S3Error::malformed_xml())?;
+                        if number < 1 {
+                            return Err(S3Error::invalid_argument("PartNumber must be >= 1"));
+                        }
+                        // Past the last part there can be (10,000): no part is it (InvalidPart).
+                        part.part_number = u32::try_from(number).unwrap_or(u32::MAX);
                     }
                     "ETag" => part.etag = text.trim().trim_matches('"').to_string(),
                     name if name.starts_with("Checksum") => {
@@ -534,6 +539,27 @@ mod tests {
         );
         assert_eq!(parts[1].part_number, 2);
         assert_eq!(parts[1].etag, "b2");
+    }
+
+    /// A part number below 1 is InvalidArgument, as S3 answers; one that is no number is
+    /// MalformedXML, and one past any part's is kept (to be no part: InvalidPart).
+    #[test]
+    fn complete_part_numbers_below_one_are_invalid_arguments() {
+        let doc = |n: &str| {
+            format!(
+                "<CompleteMultipartUpload><Part><PartNumber>{n}</PartNumber><ETag>e</ETag></Part></CompleteMultipartUpload>"
+            )
+        };
+        for n in ["0", "-3"] {
+            let e = parse_complete(doc(n).as_bytes()).unwrap_err();
+            assert_eq!((e.code, e.status.as_u16()), ("InvalidArgument", 400), "{n}");
+        }
+        assert_eq!(
+            parse_complete(doc("x").as_bytes()).unwrap_err().code,
+            "MalformedXML"
+        );
+        let far = parse_complete(doc("99999999999").as_bytes()).unwrap();
+        assert_eq!(far[0].part_number, u32::MAX);
     }
 
     #[test]
