@@ -574,7 +574,12 @@ def check_multipart():
     size = (5 << 20) + (6 << 20) + 123_456
     # The object size an SDK sends as a guard must be the parts' (a part left out would differ).
     expect_error("InvalidRequest", 400, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload=all_parts, MpuObjectSize=size - 1)
+    # As in S3, the object's Last-Modified is when its upload began, not when it completed.
+    initiated = next(u["Initiated"] for u in s3.list_multipart_uploads(Bucket=b)["Uploads"] if u["UploadId"] == uid)
+    time.sleep(2)
     done = s3.complete_multipart_upload(Bucket=b, Key="assembled", UploadId=uid, MultipartUpload=all_parts, MpuObjectSize=size)
+    modified = s3.head_object(Bucket=b, Key="assembled")["LastModified"]
+    assert abs((modified - initiated).total_seconds()) < 1, (modified, initiated)
     want = source[0:5 << 20] + source[6 << 20 : 12 << 20] + tail
     md5s = b"".join(bytes.fromhex(e.strip('"')) for e in [e1, e2, e3])
     assert done["ETag"] == '"%s-3"' % hashlib.md5(md5s).hexdigest(), done["ETag"]

@@ -960,7 +960,8 @@ impl Engine {
             })
             .collect();
         meta.part_sizes = used.iter().map(|p| p.size).collect();
-        meta.last_modified_ms = now_ms();
+        // As in S3, a multipart object was last modified when its upload began (the
+        // template's time): not when it was completed.
         if let Some((sum, kind)) = checksum {
             meta.checksums = vec![sum];
             meta.checksum_type = Some(kind);
