@@ -741,7 +741,7 @@ mod tests {
         };
         for (folding, value) in [
             (sigv4::Folding::Spaces, "x-amz-meta-note:a\t b\n"),
-            (sigv4::Folding::AnyWhitespace, "x-amz-meta-note:a b\n"),
+            (sigv4::Folding::SpacesAndTabs, "x-amz-meta-note:a b\n"),
         ] {
             let canonical = sigv4::canonical_request_folded(
                 "PUT",
@@ -762,6 +762,74 @@ mod tests {
                 "SignatureDoesNotMatch"
             );
         }
+    }
+
+    /// A request signed with `a b` in a header is refused when that space arrives as another
+    /// whitespace character (a no-break space): only tabs fold into spaces (as botocore's
+    /// requests need), so nothing else can be put in place of what was signed.
+    #[test]
+    fn a_signed_space_cannot_be_swapped_for_another_whitespace() {
+        let m = Method::PUT;
+        let at = parse_amz_date("20130524T000000Z").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
+        h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
+        h.insert("x-amz-meta-note", "a b".parse().unwrap());
+        let signed = [
+            "host",
+            "x-amz-content-sha256",
+            "x-amz-date",
+            "x-amz-meta-note",
+        ];
+        let scope = "20130524/us-east-1/s3/aws4_request";
+        let key = sigv4::signing_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", at, "us-east-1");
+        let canonical =
+            sigv4::canonical_request("PUT", "/k", None, &h, &signed, sigv4::EMPTY_SHA256, false)
+                .unwrap();
+        let signature = sigv4::sign(
+            &key,
+            &sigv4::string_to_sign("20130524T000000Z", scope, &canonical),
+        );
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/{scope},SignedHeaders={},Signature={signature}",
+            signed.join(";")
+        );
+        h.insert("authorization", authorization.parse().unwrap());
+        let sent = |value: &[u8]| {
+            let mut h = h.clone();
+            h.insert(
+                "x-amz-meta-note",
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            authenticate(&parts(&m, "/k", None, &h), &creds(), at).map(|a| a.access_key)
+        };
+        assert_eq!(sent(b"a b").unwrap(), "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(sent(b"a\tb").unwrap(), "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(
+            sent("a\u{a0}b".as_bytes()).unwrap_err().code,
+            "SignatureDoesNotMatch"
+        );
+    }
+
+    /// A session token (of temporary credentials, which are not issued here) is refused by
+    /// name, as a header or in a presigned URL.
+    #[test]
+    fn a_session_token_is_refused() {
+        let m = Method::GET;
+        let mut h = HeaderMap::new();
+        h.insert("x-amz-security-token", "FQoGZXIvYXdzE".parse().unwrap());
+        let e =
+            authenticate(&parts(&m, "/b/k", None, &h), &creds(), SystemTime::now()).unwrap_err();
+        assert_eq!((e.code, e.status.as_u16()), ("InvalidToken", 400));
+        let query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token=FQoGZXIvYXdzE";
+        let e = authenticate(
+            &parts(&m, "/b/k", Some(query), &HeaderMap::new()),
+            &creds(),
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "InvalidToken");
     }
 
     #[test]

@@ -65,14 +65,16 @@ pub fn canonical_query(raw_query: Option<&str>, presigned: bool) -> String {
 
 /// How whitespace in a signed header's value is folded in the canonical request. The
 /// specification (and the AWS SDKs for Rust, Go and Java) trims and collapses spaces only;
-/// botocore (boto3, aws-cli) folds any whitespace (tabs, Unicode spaces). A request is taken
-/// as signed either way.
+/// botocore (boto3, aws-cli) folds any whitespace, which in a header it sends can only be tabs
+/// (it sends values as Latin-1: a Unicode space arrives as a byte that is not UTF-8). A request
+/// is taken as signed either way; folding more than tabs would let other whitespace (a
+/// no-break space) be put in place of a signed space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Folding {
     /// Spaces trimmed at both ends, runs of them made one.
     Spaces,
-    /// Any whitespace, likewise.
-    AnyWhitespace,
+    /// Spaces and tabs, likewise.
+    SpacesAndTabs,
 }
 
 impl Folding {
@@ -86,23 +88,26 @@ impl Folding {
                 .filter(|part| !part.is_empty())
                 .collect::<Vec<_>>()
                 .join(" "),
-            Folding::AnyWhitespace => text.split_whitespace().collect::<Vec<_>>().join(" "),
+            Folding::SpacesAndTabs => text
+                .split([' ', '\t'])
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 }
 
 /// The foldings whose canonical requests differ for these signed headers: both when a value
-/// holds whitespace other than spaces, else the one.
+/// holds a tab, else the one.
 pub fn foldings(headers: &HeaderMap, signed: &[&str]) -> &'static [Folding] {
-    let other_whitespace = signed.iter().any(|name| {
-        headers.get_all(*name).iter().any(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .chars()
-                .any(|c| c.is_whitespace() && c != ' ')
-        })
+    let tab = signed.iter().any(|name| {
+        headers
+            .get_all(*name)
+            .iter()
+            .any(|v| v.as_bytes().contains(&b'\t'))
     });
-    if other_whitespace {
-        &[Folding::Spaces, Folding::AnyWhitespace]
+    if tab {
+        &[Folding::Spaces, Folding::SpacesAndTabs]
     } else {
         &[Folding::Spaces]
     }
