@@ -436,6 +436,14 @@ impl S3Error {
             "Service is unable to handle request; please try again.",
         )
     }
+    /// 400 InvalidToken: a session token, which no credentials here have.
+    pub fn invalid_token() -> Self {
+        S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidToken",
+            "The provided token is malformed or otherwise invalid.",
+        )
+    }
     /// 503 SlowDown: too many requests at once for a shared resource; retry with backoff.
     pub fn slow_down(detail: &str) -> Self {
         tracing::debug!("answering SlowDown: {detail}");

@@ -759,6 +759,10 @@ def check_auth_errors():
     expect_error("SignatureDoesNotMatch", 403, wrong.put_object, Bucket=b, Key="planted", Body=b"x")
     unknown = client(key="AKIANOBODY0000000000")
     expect_error("InvalidAccessKeyId", 403, unknown.list_buckets)
+    # A session token left in a client's settings (temporary credentials are not issued here)
+    # is refused by name, not ignored.
+    with_token = boto3.client("s3", endpoint_url=ENDPOINT, aws_access_key_id=KEY, aws_secret_access_key=SECRET, aws_session_token="FQoGZXIvYXdzEXAMPLE", region_name="us-east-1", verify=CA if CA else True, config=Config(retries={"max_attempts": 1}))
+    expect_error("InvalidToken", 400, with_token.list_buckets)
     anonymous = boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1", verify=CA if CA else True, config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}))
     expect_error("AccessDenied", 403, anonymous.get_object, Bucket=b, Key="k")
     expect_error("AccessDenied", 403, anonymous.put_object, Bucket=b, Key="planted", Body=b"x")

@@ -166,6 +166,13 @@ pub fn authenticate(
         })?),
         None => None,
     };
+    // Temporary (STS) credentials are not issued here: a session token is refused by name,
+    // not ignored (a client left with one from elsewhere would pass unknowingly).
+    if parts.headers.contains_key("x-amz-security-token")
+        || query_value(parts.raw_query, "X-Amz-Security-Token").is_some()
+    {
+        return Err(S3Error::invalid_token());
+    }
     let query_v4 = query_value(parts.raw_query, "X-Amz-Algorithm").is_some();
     let query_v2 = query_value(parts.raw_query, "AWSAccessKeyId").is_some();
     match (authorization, query_v4, query_v2) {
