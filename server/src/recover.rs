@@ -384,7 +384,7 @@ pub async fn rebuild_index(
     attached.close().await;
     let report = result?;
     if has_old {
-        match carry_over(&index_dir, &building, !names.is_empty()) {
+        match carry_over(&index_dir, &building, !names.is_empty(), &report.left_out) {
             Ok(carried) if !carried.is_empty() => {
                 progress(&format!("kept from the old index: {}", carried.join(", ")))
             }

@@ -151,7 +151,17 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     for spec in specs {
         check_zone_limits(&spec.name, &spec.device.geometry())?;
         match names.iter().position(|n| *n == spec.name) {
-            Some(i) => by_id[i] = Some(spec.device),
+            Some(i) => {
+                // A rebuild's word for a drive it left out is spent once the drive is
+                // registered (it was, or is now): none may let in a drive of that name later.
+                let vouched = vouched_key(&spec.name);
+                if index.get_raw(cf::META, &vouched)?.is_some() {
+                    let mut batch = rocksdb::WriteBatch::default();
+                    batch.delete_cf(index.cf(cf::META), vouched);
+                    index.write(batch, true)?;
+                }
+                by_id[i] = Some(spec.device)
+            }
             None => {
                 first_use.push(spec.name.clone());
                 names.push(spec.name);
@@ -401,12 +411,15 @@ pub fn lowest_write_quorum(index_dir: &Path) -> EngineResult<Option<usize>> {
 /// records GC has since removed, upload ids among them, must not be handed out again: a
 /// client still holding an aborted upload's id would reach a new upload) and, when the rebuild
 /// kept the old drive ids (`ids_kept`), which drives are being drained (else a drain would
-/// stop unsaid, its drive taking writes again). Returns what was carried over, for the
-/// operator.
+/// stop unsaid, its drive taking writes again), and which of the drives the rebuild left out
+/// (`left_out`, unread) the old index had never accepted (see [`check_first_use`]: a drive
+/// refused as another gateway's stays refused until a rebuild reads it). Returns what was
+/// carried over, for the operator.
 pub fn carry_over(
     old_dir: &Path,
     new_dir: &Path,
     ids_kept: bool,
+    left_out: &[String],
 ) -> EngineResult<Vec<&'static str>> {
     if !old_dir.join("CURRENT").exists() {
         return Ok(Vec::new());
@@ -432,6 +445,18 @@ pub fn carry_over(
             batch.put_cf(new.cf(cf::META), key, value);
             carried.push(what);
         }
+    }
+    let mut unaccepted = false;
+    for name in left_out {
+        let key = first_use_key(name);
+        if old.get_raw(cf::META, &key)?.is_some() {
+            batch.put_cf(new.cf(cf::META), key, []);
+            batch.delete_cf(new.cf(cf::META), vouched_key(name));
+            unaccepted = true;
+        }
+    }
+    if unaccepted {
+        carried.push("which drives left out were never accepted (refused as another's)");
     }
     new.write(batch, true)?;
     Ok(carried)
@@ -539,7 +564,7 @@ mod tests {
             SeqAllocator::open(index, 1).unwrap().next().unwrap()
         };
         assert!(rebuilt_starts_at(&new) < handed_out);
-        assert_eq!(carry_over(&old, &new, true).unwrap().len(), 3);
+        assert_eq!(carry_over(&old, &new, true, &[]).unwrap().len(), 3);
         assert!(
             rebuilt_starts_at(&new) > handed_out,
             "no number is handed out again"
@@ -552,17 +577,45 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(draining(&new), Some(vec![7, 0]));
-        assert_eq!(carry_over(&old, &renumbered, false).unwrap().len(), 2);
+        assert_eq!(carry_over(&old, &renumbered, false, &[]).unwrap().len(), 2);
         assert_eq!(
             draining(&renumbered),
             None,
             "drive ids are not the old ones"
         );
         assert!(
-            carry_over(&dir.path().join("none"), &new, true)
+            carry_over(&dir.path().join("none"), &new, true, &[])
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// A drive the old index never accepted (refused as another gateway's) and a rebuild left
+    /// out unread stays unaccepted in the rebuilt index; one the rebuild read does not.
+    #[test]
+    fn a_rebuild_keeps_a_drive_it_left_out_unaccepted_if_the_old_index_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        {
+            let index = Index::open(&old).unwrap();
+            let mut batch = rocksdb::WriteBatch::default();
+            for name in ["read", "unread"] {
+                batch.put_cf(index.cf(cf::META), first_use_key(name), []);
+            }
+            index.write(batch, true).unwrap();
+            let index = Index::open(&new).unwrap();
+            vouch_for(&index, &["unread".to_string()]).unwrap();
+        }
+        let carried = carry_over(&old, &new, true, &["unread".to_string()]).unwrap();
+        assert!(
+            carried.iter().any(|c| c.contains("never accepted")),
+            "{carried:?}"
+        );
+        let index = Index::open(&new).unwrap();
+        let has = |key: Vec<u8>| index.get_raw(cf::META, &key).unwrap().is_some();
+        assert!(has(first_use_key("unread")));
+        assert!(!has(vouched_key("unread")), "not vouched for any more");
+        assert!(!has(first_use_key("read")));
     }
 
     #[test]
