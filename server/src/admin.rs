@@ -617,7 +617,11 @@ fn repair_text(s: &AdminState) -> String {
         let _ = writeln!(out, "last scrub ended: {}", s3api::time::iso8601(when));
     }
     if let Some(why) = &r.scrub_failure {
-        let _ = writeln!(out, "scrub failed:     {why}");
+        let _ = writeln!(
+            out,
+            "scrub failed:     {why} (failure {})",
+            r.scrub_failures
+        );
     }
     out
 }

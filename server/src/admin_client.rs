@@ -351,7 +351,8 @@ async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
     let running = field(&before.body, "scrub:").contains("(running)");
     let done_at = start + 1 + u64::from(running);
     // A pass that fails is not counted (and is tried again a minute later): a failure new
-    // since the request, or one met after a pass was seen running, ends the wait.
+    // since the request (its line names how many there were), or one met after a pass was
+    // seen running, ends the wait.
     let failure = |body: &str| {
         body.lines()
             .find(|l| l.starts_with("scrub failed:"))

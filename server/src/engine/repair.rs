@@ -86,6 +86,9 @@ pub struct RepairStatus {
     pub scrub_repaired: u64,
     /// Scrub: why the last pass stopped short, if it did.
     pub scrub_failure: Option<String>,
+    /// Scrub: passes that stopped short since the start (failed passes are not counted in
+    /// `scrub_passes`; this tells a new failure from an old one of the same words).
+    pub scrub_failures: u64,
     /// Scrub: when the last pass ended (milliseconds since the Unix epoch), across restarts.
     pub scrub_last_end_ms: Option<u64>,
 }
@@ -890,6 +893,9 @@ impl EngineInner {
             let mut s = self.repair.status.lock();
             s.scrub_running = false;
             s.scrub_failure = result.as_ref().err().map(|e| e.to_string());
+            if result.is_err() && !self.repair.closed.load(Ordering::SeqCst) {
+                s.scrub_failures += 1;
+            }
             let (checked, bad, repaired) = (
                 s.scrub_checked - before.0,
                 s.scrub_bad - before.1,
