@@ -170,6 +170,7 @@ pub fn authenticate(
     // not ignored (a client left with one from elsewhere would pass unknowingly).
     if parts.headers.contains_key("x-amz-security-token")
         || query_value(parts.raw_query, "X-Amz-Security-Token").is_some()
+        || query_value(parts.raw_query, "x-amz-security-token").is_some()
     {
         return Err(S3Error::invalid_token());
     }
@@ -830,6 +831,15 @@ mod tests {
             authenticate(&parts(&m, "/b/k", None, &h), &creds(), SystemTime::now()).unwrap_err();
         assert_eq!((e.code, e.status.as_u16()), ("InvalidToken", 400));
         let query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token=FQoGZXIvYXdzE";
+        let e = authenticate(
+            &parts(&m, "/b/k", Some(query), &HeaderMap::new()),
+            &creds(),
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "InvalidToken");
+        // (SigV2 presigned URLs name it in lower case.)
+        let query = "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&x-amz-security-token=FQoGZXIvYXdzE";
         let e = authenticate(
             &parts(&m, "/b/k", Some(query), &HeaderMap::new()),
             &creds(),
