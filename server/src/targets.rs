@@ -332,9 +332,8 @@ pub async fn attach_configured(
 impl Attached {
     /// Closes the fabric connections and stops the embedded targets, flushing their drives.
     pub async fn close(self) {
-        for (_, host) in &self.hosts {
-            host.close().await;
-        }
+        // Together: each may wait on a target that answers nothing for its command timeouts.
+        futures::future::join_all(self.hosts.iter().map(|(_, host)| host.close())).await;
         let stopping = self.nodes.into_iter().map(|node| async move {
             node.handle.shut_down(Duration::from_secs(10)).await;
             if let Err(e) = ZonedDevice::flush(&node.drive).await {
