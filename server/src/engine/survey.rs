@@ -128,8 +128,12 @@ const FOREIGN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Attaches a drive that was unreachable when the engine opened, once it answers.
 pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: DriveId) {
+    // Doubled after each failed attach (up to FOREIGN_RETRY): an attach that keeps failing
+    // (the index, a drive that answers its report but not its replay) is not tried again and
+    // again five times a second, each time reading all the drive's zones.
+    let mut pause = Duration::from_millis(200);
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(pause).await;
         let Some(inner) = engine.upgrade() else {
             return;
         };
@@ -151,6 +155,7 @@ pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: Driv
                 tokio::time::sleep(FOREIGN_RETRY).await;
             }
             Err(e) => {
+                pause = (pause * 2).min(FOREIGN_RETRY);
                 // A drive found to be another (one registered under another name) is said
                 // once, like a wrong drive, and looked at again now and then.
                 let foreign = d.foreign.load(Ordering::SeqCst);
