@@ -465,7 +465,14 @@ impl BodyReader {
             if out.len() + chunk.len() > limit {
                 return Err(S3Error::invalid_request("request body too large"));
             }
-            let need = (out.len() + chunk.len()).div_ceil(1024) as u32;
+            // What the buffer will take (its capacity: it grows by doubling), held before it
+            // grows.
+            let will_take = if out.capacity() - out.len() >= chunk.len() {
+                out.capacity()
+            } else {
+                (out.len() + chunk.len()).max(out.capacity() * 2).min(limit)
+            };
+            let need = will_take.div_ceil(1024) as u32;
             let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
             if need > have {
                 let more = budget
@@ -476,6 +483,7 @@ impl BodyReader {
                     None => held = Some(more),
                 }
             }
+            out.reserve_exact(will_take - out.len());
             out.extend_from_slice(&chunk);
         }
         Ok(Bytes::from(out))
