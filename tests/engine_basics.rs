@@ -85,6 +85,17 @@ async fn a_user_owns_at_most_the_configured_number_of_buckets() {
     engine.create_bucket("b1", "bob").await.unwrap();
     engine.delete_bucket("a1").await.unwrap();
     engine.create_bucket("a3", "alice").await.unwrap();
+    // Created at once, carol's buckets do not all find room under the quota.
+    let creates = (0..8).map(|i| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.create_bucket(&format!("c{i}"), "carol").await })
+    });
+    let created = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    assert_eq!(created, 2);
     engine.shutdown().await;
 }
 

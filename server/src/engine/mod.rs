@@ -126,6 +126,9 @@ pub struct EngineInner {
     pub(crate) gate: ReadGate,
     /// Locks that keep a refused change from being logged (see [`names`]).
     pub(crate) names: names::NameLocks,
+    /// Held by a bucket's creation from counting its owner's buckets to the index write: two
+    /// at once cannot both find room under the quota (creations are rare; one at a time).
+    bucket_creation: tokio::sync::Mutex<()>,
     /// Counters.
     pub stats: EngineStats,
     pub(crate) gc: gc::GcControl,
@@ -385,6 +388,7 @@ impl Engine {
             seq,
             gate: ReadGate::default(),
             names: names::NameLocks::default(),
+            bucket_creation: tokio::sync::Mutex::new(()),
             stats: EngineStats::default(),
             record_limit,
             write_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -524,6 +528,7 @@ impl Engine {
                 EngineError::BucketAlreadyExists(name.into())
             });
         }
+        let _one_at_a_time = self.inner.bucket_creation.lock().await;
         let limit = self.inner.config.max_buckets_per_owner;
         let owned = self
             .inner
