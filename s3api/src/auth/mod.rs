@@ -718,35 +718,52 @@ mod tests {
         );
     }
 
+    /// The names a PUT of `/k` with a note ([`noted_put`]) signs.
+    const NOTED_SIGNED: [&str; 4] = [
+        "host",
+        "x-amz-content-sha256",
+        "x-amz-date",
+        "x-amz-meta-note",
+    ];
+
+    /// The headers of a PUT of `/k` on 2013-05-24 carrying `x-amz-meta-note: note`.
+    fn noted_put(note: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
+        h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
+        h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
+        h.insert(
+            "x-amz-meta-note",
+            http::HeaderValue::from_bytes(note).unwrap(),
+        );
+        h
+    }
+
+    /// Authenticates the PUT of headers `h` signed (with the AWS example key) over
+    /// `canonical`: the access key, or why not.
+    fn authorize(h: &HeaderMap, canonical: &str) -> Result<String, S3Error> {
+        let at = parse_amz_date("20130524T000000Z").unwrap();
+        let scope = "20130524/us-east-1/s3/aws4_request";
+        let key = sigv4::signing_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", at, "us-east-1");
+        let signature = sigv4::sign(
+            &key,
+            &sigv4::string_to_sign("20130524T000000Z", scope, canonical),
+        );
+        let mut h = h.clone();
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/{scope},SignedHeaders={},Signature={signature}",
+            NOTED_SIGNED.join(";")
+        );
+        h.insert("authorization", authorization.parse().unwrap());
+        authenticate(&parts(&Method::PUT, "/k", None, &h), &creds(), at).map(|a| a.access_key)
+    }
+
     /// A signed header value holding a tab is folded one way by the specification and the
     /// Rust, Go and Java SDKs (spaces only: `a\tb` stays), another by botocore (any
     /// whitespace: `a b`); a request signed either way is taken, any other refused.
     #[test]
     fn a_header_value_with_a_tab_is_taken_signed_either_way() {
-        let m = Method::PUT;
-        let at = parse_amz_date("20130524T000000Z").unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
-        h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
-        h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
-        h.insert("x-amz-meta-note", " a\t b ".parse().unwrap());
-        let signed = [
-            "host",
-            "x-amz-content-sha256",
-            "x-amz-date",
-            "x-amz-meta-note",
-        ];
-        let scope = "20130524/us-east-1/s3/aws4_request";
-        let key = sigv4::signing_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", at, "us-east-1");
-        let authorized = |canonical: &str| {
-            let signature = sigv4::sign(
-                &key,
-                &sigv4::string_to_sign("20130524T000000Z", scope, canonical),
-            );
-            let mut h = h.clone();
-            h.insert("authorization", format!("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/{scope},SignedHeaders={},Signature={signature}", signed.join(";")).parse().unwrap());
-            authenticate(&parts(&m, "/k", None, &h), &creds(), at).map(|a| a.access_key)
-        };
+        let h = noted_put(b" a\t b ");
         for (folding, value) in [
             (sigv4::Folding::Spaces, "x-amz-meta-note:a\t b\n"),
             (sigv4::Folding::SpacesAndTabs, "x-amz-meta-note:a b\n"),
@@ -756,17 +773,17 @@ mod tests {
                 "/k",
                 None,
                 &h,
-                &signed,
+                &NOTED_SIGNED,
                 sigv4::EMPTY_SHA256,
                 false,
                 folding,
             )
             .unwrap();
             assert!(canonical.contains(value), "{folding:?}: {canonical:?}");
-            assert_eq!(authorized(&canonical).unwrap(), "AKIAIOSFODNN7EXAMPLE");
+            assert_eq!(authorize(&h, &canonical).unwrap(), "AKIAIOSFODNN7EXAMPLE");
             let other = canonical.replace(value, "x-amz-meta-note:a  b\n");
             assert_eq!(
-                authorized(&other).unwrap_err().code,
+                authorize(&h, &other).unwrap_err().code,
                 "SignatureDoesNotMatch"
             );
         }
@@ -777,41 +794,17 @@ mod tests {
     /// requests need), so nothing else can be put in place of what was signed.
     #[test]
     fn a_signed_space_cannot_be_swapped_for_another_whitespace() {
-        let m = Method::PUT;
-        let at = parse_amz_date("20130524T000000Z").unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("host", "examplebucket.s3.amazonaws.com".parse().unwrap());
-        h.insert("x-amz-content-sha256", sigv4::EMPTY_SHA256.parse().unwrap());
-        h.insert("x-amz-date", "20130524T000000Z".parse().unwrap());
-        h.insert("x-amz-meta-note", "a b".parse().unwrap());
-        let signed = [
-            "host",
-            "x-amz-content-sha256",
-            "x-amz-date",
-            "x-amz-meta-note",
-        ];
-        let scope = "20130524/us-east-1/s3/aws4_request";
-        let key = sigv4::signing_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", at, "us-east-1");
-        let canonical =
-            sigv4::canonical_request("PUT", "/k", None, &h, &signed, sigv4::EMPTY_SHA256, false)
-                .unwrap();
-        let signature = sigv4::sign(
-            &key,
-            &sigv4::string_to_sign("20130524T000000Z", scope, &canonical),
-        );
-        let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/{scope},SignedHeaders={},Signature={signature}",
-            signed.join(";")
-        );
-        h.insert("authorization", authorization.parse().unwrap());
-        let sent = |value: &[u8]| {
-            let mut h = h.clone();
-            h.insert(
-                "x-amz-meta-note",
-                http::HeaderValue::from_bytes(value).unwrap(),
-            );
-            authenticate(&parts(&m, "/k", None, &h), &creds(), at).map(|a| a.access_key)
-        };
+        let canonical = sigv4::canonical_request(
+            "PUT",
+            "/k",
+            None,
+            &noted_put(b"a b"),
+            &NOTED_SIGNED,
+            sigv4::EMPTY_SHA256,
+            false,
+        )
+        .unwrap();
+        let sent = |note: &[u8]| authorize(&noted_put(note), &canonical);
         assert_eq!(sent(b"a b").unwrap(), "AKIAIOSFODNN7EXAMPLE");
         assert_eq!(sent(b"a\tb").unwrap(), "AKIAIOSFODNN7EXAMPLE");
         assert_eq!(
