@@ -383,14 +383,19 @@ pub async fn rebuild_index(
     .await;
     attached.close().await;
     let report = result?;
+    // Drives the rebuild did not read (left out at the attach, or unreachable at the scan).
+    let mut unread = missing_drives.clone();
+    unread.extend(report.left_out.iter().cloned());
+    unread.sort();
+    unread.dedup();
     if has_old {
-        match carry_over(&index_dir, &building, !names.is_empty(), &report.left_out) {
+        match carry_over(&index_dir, &building, !names.is_empty(), &unread) {
             Ok(carried) if !carried.is_empty() => {
                 progress(&format!("kept from the old index: {}", carried.join(", ")))
             }
             Ok(_) => {}
             Err(e) => progress(&format!(
-                "the old index's drains, lowest write quorum and sequence numbers could not be carried over ({e}): start drains again if one was running"
+                "the old index's drains, lowest write quorum, sequence numbers and refusals of drives as another gateway's could not be carried over ({e}): start drains again if one was running, and do not configure a drive the old index refused until it is emptied"
             )),
         }
     }

@@ -128,12 +128,17 @@ const FOREIGN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Attaches a drive that was unreachable when the engine opened, once it answers.
 pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: DriveId) {
-    // Doubled after each failed attach (up to FOREIGN_RETRY): an attach that keeps failing
-    // (the index, a drive that answers its report but not its replay) is not tried again and
-    // again five times a second, each time reading all the drive's zones.
-    let mut pause = Duration::from_millis(200);
+    // After each failed attach the next waits twice as long (up to FOREIGN_RETRY): one that
+    // keeps failing (the index, a drive that answers its report but not its replay) is not
+    // tried again five times a second, each time reading all the drive's zones. Whether the
+    // drive answers is still looked at every 200 ms.
+    let mut backoff = Duration::from_millis(100);
+    let mut next_try = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tokio::time::Instant::now() < next_try {
+            continue;
+        }
         let Some(inner) = engine.upgrade() else {
             return;
         };
@@ -155,7 +160,8 @@ pub(super) async fn attach_when_reachable(engine: Weak<EngineInner>, drive: Driv
                 tokio::time::sleep(FOREIGN_RETRY).await;
             }
             Err(e) => {
-                pause = (pause * 2).min(FOREIGN_RETRY);
+                backoff = (backoff * 2).min(FOREIGN_RETRY);
+                next_try = tokio::time::Instant::now() + backoff;
                 // A drive found to be another (one registered under another name) is said
                 // once, like a wrong drive, and looked at again now and then.
                 let foreign = d.foreign.load(Ordering::SeqCst);
