@@ -2147,17 +2147,18 @@ async fn a_damaged_copy_a_read_meets_is_made_again() {
     let probe = &body[5000..5064];
     // Damage the copy reads prefer: whichever one a GET then meets (the other is left whole).
     let mut damaged = None;
+    let crc_errors = || engine.stats().crc_errors.load(Ordering::Relaxed);
     for &copy in &holders {
         write(copy, &[0xFF; 64]);
-        let before = engine.stats().crc_errors.load(Ordering::Relaxed);
+        let before = crc_errors();
         assert_eq!(get(&engine, "b", "read").await.unwrap(), body);
-        if engine.stats().crc_errors.load(Ordering::Relaxed) > before {
-            damaged = Some(copy);
+        if crc_errors() > before {
+            damaged = Some((copy, before));
             break;
         }
         write(copy, probe);
     }
-    assert!(damaged.is_some(), "no GET met the damaged copy");
+    let (_, before) = damaged.expect("no GET met the damaged copy");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while engine.repair().status().scrub_repaired == 0 {
         assert!(
@@ -2167,6 +2168,8 @@ async fn a_damaged_copy_a_read_meets_is_made_again() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // One damaged copy, counted once: not again when repair read it to be sure.
+    assert_eq!(crc_errors(), before + 1);
     // Reads no longer meet damage.
     let before = engine.stats().crc_errors.load(Ordering::Relaxed);
     for _ in 0..5 {

@@ -371,6 +371,15 @@ struct DriveView {
     lost: bool,
 }
 
+/// Whether a read of a copy counts the damage it finds (see [`EngineInner::read_verified`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// Counted in the CRC errors.
+    Damage,
+    /// Not counted: read again, having been counted when met.
+    Nothing,
+}
+
 /// Why a copy read by repair or scrub is not taken.
 #[derive(Debug)]
 enum CopyRead {
@@ -734,7 +743,10 @@ impl EngineInner {
         // copy at all, nothing could make them again: they are not queued, pass after pass.)
         let mut damaged = Vec::new();
         for source in sources {
-            match self.read_verified(&entry.what, *source).await {
+            match self
+                .read_verified(&entry.what, *source, Count::Damage)
+                .await
+            {
                 Ok(bytes) => {
                     if let Relocation::Extent { stream_id, offset } = &entry.what {
                         for bad in damaged {
@@ -783,7 +795,11 @@ impl EngineInner {
             // nothing to fix now.
             if !extent.replicas.contains(&bad)
                 || self.drives.of(&bad).is_none_or(|d| !d.is_up())
-                || !matches!(self.read_verified(&what, bad).await, Err(CopyRead::Bad(_)))
+                || !matches!(
+                    // Counted when it was met.
+                    self.read_verified(&what, bad, Count::Nothing).await,
+                    Err(CopyRead::Bad(_))
+                )
             {
                 continue;
             }
@@ -832,10 +848,13 @@ impl EngineInner {
     /// ticket: GC may have moved the record and reset its zone meanwhile, and a record's own
     /// CRCs cannot tell a real record from bytes a client stored to look like one; GC takes a
     /// copy out of the index before it resets the zone.)
+    /// A damaged copy is counted in the CRC errors when `count` says so (not when it is read
+    /// again to be sure, having been counted when it was met).
     async fn read_verified(
         &self,
         what: &Relocation,
         location: Location,
+        count: Count,
     ) -> Result<Bytes, CopyRead> {
         let drive: &Arc<Drive> = self
             .drives
@@ -867,7 +886,7 @@ impl EngineInner {
             Err(e) => return Err(CopyRead::Unreadable(e.to_string())),
         }
         let parsed = record::parse(&bytes, drive.block_size() as usize).map_err(|e| {
-            if e.is_damage() {
+            if e.is_damage() && count == Count::Damage {
                 self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
             }
             CopyRead::Bad(e.to_string())
@@ -1020,7 +1039,7 @@ impl EngineInner {
             .map(|(i, copy)| {
                 let entry = &entries[i].0;
                 async move {
-                    let result = self.read_verified(&entry.what, copy).await;
+                    let result = self.read_verified(&entry.what, copy, Count::Damage).await;
                     (i, entry, copy, result)
                 }
             })
@@ -1090,7 +1109,7 @@ impl EngineInner {
     pub(super) async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<()> {
         let mut source = None;
         for copy in entry.copies.iter().filter(|l| **l != bad) {
-            if let Ok(bytes) = self.read_verified(&entry.what, *copy).await {
+            if let Ok(bytes) = self.read_verified(&entry.what, *copy, Count::Damage).await {
                 source = Some(bytes);
                 break;
             }
