@@ -283,6 +283,16 @@ fn commands_fail_clearly_when_the_target_stays_away() {
             err.to_string().contains("unreachable") || err.to_string().contains("disconnected"),
             "{err}"
         );
+        // Failed for want of a session (none on the wire), a command counts as an error too.
+        until_disconnected(&host).await;
+        let errors = || {
+            host.stats()
+                .errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = errors();
+        assert!(host.read(0, 1).await.is_err());
+        assert_eq!(errors(), before + 1);
         host.close().await;
     });
 }

@@ -420,8 +420,14 @@ impl NvmeTcpHost {
         lba: u64,
         blocks: u64,
     ) -> ZoneResult<Completion> {
-        let mut session = self.session().await?;
         let stats = &self.inner.stats;
+        // No session to send on (the target unreachable) fails the command as much as one
+        // that failed on the wire: counted alike.
+        let counted = |e: ZoneError| {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            e
+        };
+        let mut session = self.session().await.map_err(counted)?;
         let written = data_out.len() as u64;
         let mut retried = false;
         // A read whose data was damaged on the way (its digest did not match) is read again,
@@ -450,7 +456,10 @@ impl NvmeTcpHost {
                 // for the next session, as a command issued while down does.
                 Err(HostError::NotSent(_)) if !retried => {
                     retried = true;
-                    session = self.session_other_than(Some(&session)).await?;
+                    session = self
+                        .session_other_than(Some(&session))
+                        .await
+                        .map_err(counted)?;
                 }
                 Ok(done)
                     if read_again && done.cqe.status() == Status::TRANSIENT_TRANSPORT_ERROR =>
