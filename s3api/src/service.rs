@@ -36,6 +36,33 @@ pub struct RequestRecord {
     pub payload: &'static str,
 }
 
+/// Status recorded for a request dropped before it was answered (as nginx logs a client that
+/// closed its connection first).
+pub const STATUS_UNANSWERED: u16 = 499;
+
+/// Records a request dropped before it was answered (see [`STATUS_UNANSWERED`]), unless its
+/// `observer` is taken away first (it was answered, and recorded as such).
+struct Unanswered<'a> {
+    observer: Option<&'a dyn Observer>,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(observer) = self.observer {
+            observer.observe(RequestRecord {
+                operation: "Unknown",
+                status: STATUS_UNANSWERED,
+                elapsed: self.started.elapsed(),
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: 0,
+                payload: "none",
+            });
+        }
+    }
+}
+
 /// Notified of every request (for metrics).
 pub trait Observer: Send + Sync {
     /// One request finished.
@@ -373,6 +400,13 @@ impl S3Service {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut operation = "Unknown";
         let mut payload = "none";
+        // Recorded if the request is dropped before it is answered (its client gone, or the
+        // server's drain over): the slowest requests must not vanish from the metrics.
+        let mut unanswered = Unanswered {
+            observer: self.config.observer.as_deref(),
+            started,
+            bytes_in: bytes_in.clone(),
+        };
         // Keys and query values are UTF-8 text: bytes that are not (a `%FF`) are refused, not
         // replaced, so that no two names are read as one.
         let uri_is_text = percent_decode_str(&raw_path).decode_utf8().is_ok()
@@ -477,6 +511,7 @@ impl S3Service {
             .filter(|_| sends_body)
             .unwrap_or(0);
         tracing::debug!(request_id, %method, resource, operation, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        unanswered.observer = None;
         if let Some(observer) = &self.config.observer {
             observer.observe(RequestRecord {
                 operation,
