@@ -2170,6 +2170,10 @@ async fn a_damaged_copy_a_read_meets_is_made_again() {
     }
     // One damaged copy, counted once: not again when repair read it to be sure.
     assert_eq!(crc_errors(), before + 1);
+    // Its new copy counts as repair's writing, not GC's (GC is off here).
+    let written = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    assert!(written(&engine.stats().repair_written) > 0);
+    assert_eq!(written(&engine.stats().gc_written), 0);
     // Reads no longer meet damage.
     let before = engine.stats().crc_errors.load(Ordering::Relaxed);
     for _ in 0..5 {

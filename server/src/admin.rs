@@ -381,6 +381,11 @@ async fn stats(State(s): State<Arc<AdminState>>) -> Response {
     );
     let _ = writeln!(
         out,
+        "repair appends            {}",
+        human(load(&st.repair_written))
+    );
+    let _ = writeln!(
+        out,
         "write amplification       {:.3}",
         st.write_amplification()
     );

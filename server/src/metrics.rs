@@ -39,6 +39,7 @@ pub struct Metrics {
     zones_reset: Counter,
     user_written: Counter,
     gc_written: Counter,
+    repair_written: Counter,
     write_amplification_milli: Gauge,
     read_failovers: Counter,
     under_replicated: Gauge,
@@ -110,6 +111,7 @@ impl Metrics {
             zones_reset: Counter::default(),
             user_written: Counter::default(),
             gc_written: Counter::default(),
+            repair_written: Counter::default(),
             write_amplification_milli: Gauge::default(),
             read_failovers: Counter::default(),
             under_replicated: Gauge::default(),
@@ -179,6 +181,11 @@ impl Metrics {
             "gc_written_bytes",
             "Bytes appended by GC",
             m.gc_written.clone(),
+        );
+        r.register(
+            "repair_written_bytes",
+            "Bytes appended by repair, drains and scrub (copies made again; not in the write amplification)",
+            m.repair_written.clone(),
         );
         r.register(
             "write_amplification_milli",
@@ -279,6 +286,11 @@ impl Metrics {
             load(&stats.user_written),
         );
         follow("gc_written", &self.gc_written, load(&stats.gc_written));
+        follow(
+            "repair_written",
+            &self.repair_written,
+            load(&stats.repair_written),
+        );
         follow("zones_reset", &self.zones_reset, load(&stats.zones_reset));
         let relocated = engine.gc().status().bytes_relocated;
         follow("gc_relocated", &self.gc_relocated, relocated);

@@ -28,6 +28,7 @@ use super::located;
 use super::model::{DriveId, Location, ZoneId};
 use super::placement::{ZoneHolds, ZoneUse};
 use super::record::{self, RecordError};
+use super::stats::Writer;
 
 /// How victims are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1187,7 +1188,7 @@ impl EngineInner {
                 return Ok((Vec::new(), ZoneHolds::new(engine.placement.clone())));
             };
             let (to, holds) = engine
-                .append_moved(group.data.freeze(), first.drive, || {
+                .append_moved(group.data.freeze(), first.drive, Writer::Gc, || {
                     group
                         .members
                         .iter()

@@ -23,6 +23,7 @@ use super::located::{self, Located};
 use super::model::{DriveId, Location};
 use super::placement::ZoneHolds;
 use super::record;
+use super::stats::Writer;
 
 /// Tunables of repair and scrub.
 #[derive(Debug, Clone)]
@@ -756,7 +757,7 @@ impl EngineInner {
                     let len = bytes.len() as u64;
                     let bytes = self.new_copy(&bytes, replace, target)?;
                     let (to, holds) = self
-                        .append_moved(bytes, target, || vec![entry.what.clone()])
+                        .append_moved(bytes, target, Writer::Repair, || vec![entry.what.clone()])
                         .await?;
                     let edit = match replace {
                         Some(from) => ReplicaEdit::Replace(from, to),
@@ -1132,7 +1133,7 @@ impl EngineInner {
             .ok_or_else(|| EngineError::Unavailable("no drive can take the new copy".into()))?;
         let bytes = self.new_copy(&source, Some(bad), target)?;
         let (to, holds) = self
-            .append_moved(bytes, target, || vec![entry.what.clone()])
+            .append_moved(bytes, target, Writer::Repair, || vec![entry.what.clone()])
             .await?;
         self.committer
             .submit_holding(

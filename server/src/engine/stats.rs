@@ -4,6 +4,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::model::Class;
 
+/// Who appended a record (for the counters; placement goes by its [`Class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// A client's request.
+    User,
+    /// GC relocating live records.
+    Gc,
+    /// Repair, a drain or scrub making a copy again.
+    Repair,
+}
+
+impl Writer {
+    /// Where what it appends is placed: copies GC or repair make go with the cold data.
+    pub fn class(self) -> Class {
+        match self {
+            Writer::User => Class::User,
+            Writer::Gc | Writer::Repair => Class::Gc,
+        }
+    }
+}
+
 /// Engine counters.
 #[derive(Debug, Default)]
 pub struct EngineStats {
@@ -13,6 +34,9 @@ pub struct EngineStats {
     pub user_written: AtomicU64,
     /// Bytes appended by GC relocations.
     pub gc_written: AtomicU64,
+    /// Bytes appended by repair, drains and scrub (copies made again): not GC's, and not in the
+    /// write amplification, which is GC's cost.
+    pub repair_written: AtomicU64,
     /// Zones reset by GC.
     pub zones_reset: AtomicU64,
     /// Records relocated by GC.
@@ -28,11 +52,12 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
-    /// Counts appended bytes.
-    pub fn add_written(&self, class: Class, bytes: u64) {
-        match class {
-            Class::User => self.user_written.fetch_add(bytes, Ordering::Relaxed),
-            Class::Gc => self.gc_written.fetch_add(bytes, Ordering::Relaxed),
+    /// Counts appended bytes, by who appended them.
+    pub fn add_written(&self, by: Writer, bytes: u64) {
+        match by {
+            Writer::User => self.user_written.fetch_add(bytes, Ordering::Relaxed),
+            Writer::Gc => self.gc_written.fetch_add(bytes, Ordering::Relaxed),
+            Writer::Repair => self.repair_written.fetch_add(bytes, Ordering::Relaxed),
         };
     }
 

@@ -19,6 +19,7 @@ use super::error::{EngineError, EngineResult};
 use super::model::{Class, DriveId, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
 use super::placement::{FinishTurn, NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
+use super::stats::Writer;
 
 /// Appends in flight per upload: enough to keep drives busy, few enough to bound memory.
 const IN_FLIGHT_PER_UPLOAD: usize = 4;
@@ -53,7 +54,11 @@ impl EngineInner {
         quorum: usize,
         only: Option<u16>,
     ) -> EngineResult<Appended> {
-        self.append_record_with(record, class, false, copies, quorum, only)
+        let by = match class {
+            Class::User => Writer::User,
+            Class::Gc => Writer::Gc,
+        };
+        self.append_record_with(record, by, false, copies, quorum, only)
             .await
             .map_err(|failed| failed.error)
     }
@@ -67,10 +72,11 @@ impl EngineInner {
         &self,
         record: Bytes,
         drive: DriveId,
+        by: Writer,
         moved: impl FnOnce() -> Vec<Relocation>,
     ) -> EngineResult<(Location, ZoneHolds)> {
         let Appended { locations, holds } = match self
-            .append_record_with(record, Class::Gc, false, 1, 1, Some(drive))
+            .append_record_with(record, by, false, 1, 1, Some(drive))
             .await
         {
             Ok(appended) => appended,
@@ -99,12 +105,13 @@ impl EngineInner {
     pub(crate) async fn append_record_with(
         &self,
         record: Bytes,
-        class: Class,
+        by: Writer,
         frees_space: bool,
         copies: usize,
         quorum: usize,
         only: Option<u16>,
     ) -> Result<Appended, AppendFailed> {
+        let class = by.class();
         let mut locations = Vec::with_capacity(copies);
         let mut holds = ZoneHolds::new(self.placement.clone());
         let mut tried: Vec<u16> = Vec::new();
@@ -312,7 +319,7 @@ impl EngineInner {
                             slot.blocks,
                             session,
                         );
-                        self.stats.add_written(class, slot.blocks * self.block_size);
+                        self.stats.add_written(by, slot.blocks * self.block_size);
                         locations.push(Location {
                             drive: slot.drive,
                             lba,
@@ -388,7 +395,7 @@ impl EngineInner {
         let appended = self
             .append_record_with(
                 record,
-                Class::User,
+                Writer::User,
                 frees_space,
                 self.replicas(),
                 self.quorum(),
