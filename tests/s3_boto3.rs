@@ -7,7 +7,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::s3::S3Server;
+use common::s3::{S3Server, metric_sum};
 
 #[test]
 fn boto3_and_s3fs_suite() {
@@ -31,6 +31,14 @@ fn boto3_and_s3fs_suite() {
         ],
     );
     assert!(out.contains(" 0 failed"), "{out}");
+    // The connections refused for one client's share (the suite's connection_share check)
+    // never reach the S3 service: the metrics count them apart.
+    let refused = metric_sum(
+        &server.metrics(),
+        "zonestore_s3_connections_refused_total",
+        &[],
+    );
+    assert!(refused > 0.0, "{refused}");
 }
 
 /// Copies answered the way long ones are (at once, 200, whitespace until the result or an Error

@@ -195,6 +195,7 @@ async fn accept_loop(
             // One client holding its share of the connections gets no more: it cannot take
             // every connection from the others.
             drop(slot);
+            CONNECTIONS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if tls.is_none()
                 && let Ok(permit) = refusing.clone().try_acquire_owned()
             {
@@ -339,6 +340,10 @@ impl Drop for ClientSlot {
         }
     }
 }
+
+/// Connections refused for their client's share of the connections, since the start (a
+/// metric: those requests never reach the S3 service, which counts the others).
+pub static CONNECTIONS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Answers a connection refused for its client's connection count with 503 SlowDown (which
 /// SDKs retry after a pause), reads what the client had sent for a moment (closing with unread

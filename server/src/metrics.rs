@@ -40,6 +40,7 @@ pub struct Metrics {
     user_written: Counter,
     gc_written: Counter,
     repair_written: Counter,
+    connections_refused: Counter,
     write_amplification_milli: Gauge,
     read_failovers: Counter,
     under_replicated: Gauge,
@@ -112,6 +113,7 @@ impl Metrics {
             user_written: Counter::default(),
             gc_written: Counter::default(),
             repair_written: Counter::default(),
+            connections_refused: Counter::default(),
             write_amplification_milli: Gauge::default(),
             read_failovers: Counter::default(),
             under_replicated: Gauge::default(),
@@ -181,6 +183,11 @@ impl Metrics {
             "gc_written_bytes",
             "Bytes appended by GC",
             m.gc_written.clone(),
+        );
+        r.register(
+            "s3_connections_refused",
+            "S3 connections refused for their client's share of the connections (answered 503 SlowDown)",
+            m.connections_refused.clone(),
         );
         r.register(
             "repair_written_bytes",
@@ -290,6 +297,11 @@ impl Metrics {
             "repair_written",
             &self.repair_written,
             load(&stats.repair_written),
+        );
+        follow(
+            "connections_refused",
+            &self.connections_refused,
+            load(&crate::http::CONNECTIONS_REFUSED),
         );
         follow("zones_reset", &self.zones_reset, load(&stats.zones_reset));
         let relocated = engine.gc().status().bytes_relocated;
