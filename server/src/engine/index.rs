@@ -447,9 +447,13 @@ impl Index {
         let mut start = extent_key(stream_id, 0);
         if from > 0 {
             let target = extent_key(stream_id, from);
+            // Bounded below by the stream's first key: were none of its extents visible at or
+            // before `from`, the seek would not walk back over other streams' deleted keys.
+            let mut backward = options();
+            backward.set_iterate_lower_bound(extent_key(stream_id, 0).to_vec());
             let mut back = self.db.iterator_cf_opt(
                 cf,
-                options(),
+                backward,
                 IteratorMode::From(&target, Direction::Reverse),
             );
             if let Some(item) = back.next() {
@@ -810,8 +814,14 @@ impl Index {
         prefix: &[u8],
     ) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
+        // Bounded, so that deleted keys past the prefix are not stepped over.
+        let mut options = ReadOptions::default();
+        if let Some(end) = prefix_successor(prefix) {
+            options.set_iterate_upper_bound(end);
+        }
+        for item in self.db.iterator_cf_opt(
             self.cf(cf_name),
+            options,
             IteratorMode::From(prefix, Direction::Forward),
         ) {
             let (k, v) = item?;
