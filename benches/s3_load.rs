@@ -25,14 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use s3api::auth::sigv4;
 
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use common::s3::{S3Server, SECRET_KEY};
 
 const BIG: usize = 64 << 20;
 const BIG_CLIENTS: usize = 4;
@@ -75,44 +75,13 @@ impl Client {
         length: usize,
         range: Option<&str>,
     ) -> (u16, usize) {
-        let now = SystemTime::now();
-        let amz_date = s3api::time::amz_date(now);
-        let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_str(&self.host).unwrap());
-        headers.insert("x-amz-date", HeaderValue::from_str(&amz_date).unwrap());
-        headers.insert(
-            "x-amz-content-sha256",
-            HeaderValue::from_static("UNSIGNED-PAYLOAD"),
-        );
-        let signed = ["host", "x-amz-content-sha256", "x-amz-date"];
-        let canonical = sigv4::canonical_request(
-            method.as_str(),
-            path,
-            None,
-            &headers,
-            &signed,
-            "UNSIGNED-PAYLOAD",
-            false,
-        )
-        .unwrap();
-        let signature = sigv4::sign(
-            &self.key,
-            &sigv4::string_to_sign(&amz_date, &scope, &canonical),
-        );
-        let mut request = Request::builder().method(method).uri(path);
-        for (k, v) in &headers {
-            request = request.header(k, v);
+        let mut request = Request::builder().method(method.clone()).uri(path);
+        for (name, value) in
+            common::s3::unsigned_payload_headers(method.as_str(), path, &self.host, &self.key)
+        {
+            request = request.header(name, value);
         }
-        let request = request
-            .header(
-                "authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={}, Signature={signature}",
-                    signed.join(";")
-                ),
-            )
-            .header("content-length", length);
+        let request = request.header("content-length", length);
         let request = match range {
             Some(r) => request.header("range", r),
             None => request,

@@ -644,8 +644,7 @@ fn a_second_signal_exits_at_once_saying_which() {
 /// from them with the slowest requests.
 #[test]
 fn a_request_its_client_abandons_is_counted() {
-    use common::s3::{ACCESS_KEY, SECRET_KEY};
-    use s3api::auth::sigv4;
+    use common::s3::SECRET_KEY;
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let server = S3Server::start(&dir.path().join("data"), &[]);
@@ -659,33 +658,15 @@ fn a_request_its_client_abandons_is_counted() {
     };
     let before = unanswered(&server);
     let host = server.endpoint.trim_start_matches("http://").to_string();
-    let now = std::time::SystemTime::now();
-    let amz_date = s3api::time::amz_date(now);
-    let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
-    let mut headers = http::HeaderMap::new();
-    headers.insert("host", host.parse().unwrap());
-    headers.insert("x-amz-date", amz_date.parse().unwrap());
-    headers.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
-    let signed = ["host", "x-amz-content-sha256", "x-amz-date"];
-    let canonical = sigv4::canonical_request(
-        "PUT",
-        "/gone/half",
-        None,
-        &headers,
-        &signed,
-        "UNSIGNED-PAYLOAD",
-        false,
-    )
-    .unwrap();
-    let key = sigv4::signing_key(SECRET_KEY, now, "us-east-1");
-    let signature = sigv4::sign(&key, &sigv4::string_to_sign(&amz_date, &scope, &canonical));
+    let key =
+        s3api::auth::sigv4::signing_key(SECRET_KEY, std::time::SystemTime::now(), "us-east-1");
     let mut socket = std::net::TcpStream::connect(&host).unwrap();
-    write!(
-        socket,
-        "PUT /gone/half HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {amz_date}\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\nauthorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={}, Signature={signature}\r\ncontent-length: 1000000\r\n\r\n",
-        signed.join(";")
-    )
-    .unwrap();
+    let mut head = "PUT /gone/half HTTP/1.1\r\ncontent-length: 1000000\r\n".to_string();
+    for (name, value) in common::s3::unsigned_payload_headers("PUT", "/gone/half", &host, &key) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).unwrap();
     socket.write_all(&[7u8; 1_000_000]).unwrap();
     let _ = socket.shutdown(std::net::Shutdown::Both);
     drop(socket);

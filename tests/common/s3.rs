@@ -376,3 +376,49 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> usize {
     }
     n
 }
+
+/// The headers that sign a request of `method` on `path` to `host` as the test user, with its
+/// body unsigned (SigV4, `UNSIGNED-PAYLOAD`), given the day's signing key (see
+/// [`s3api::auth::sigv4::signing_key`]): `host`, `x-amz-date`, `x-amz-content-sha256` and
+/// `authorization`.
+pub fn unsigned_payload_headers(
+    method: &str,
+    path: &str,
+    host: &str,
+    key: &[u8],
+) -> Vec<(&'static str, String)> {
+    use s3api::auth::sigv4;
+    let amz_date = s3api::time::amz_date(std::time::SystemTime::now());
+    let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", host.parse().expect("host"));
+    headers.insert("x-amz-date", amz_date.parse().expect("date"));
+    headers.insert(
+        "x-amz-content-sha256",
+        http::HeaderValue::from_static("UNSIGNED-PAYLOAD"),
+    );
+    let signed = ["host", "x-amz-content-sha256", "x-amz-date"];
+    let canonical = sigv4::canonical_request(
+        method,
+        path,
+        None,
+        &headers,
+        &signed,
+        "UNSIGNED-PAYLOAD",
+        false,
+    )
+    .expect("canonical request");
+    let signature = sigv4::sign(key, &sigv4::string_to_sign(&amz_date, &scope, &canonical));
+    vec![
+        ("host", host.to_string()),
+        ("x-amz-date", amz_date),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD".to_string()),
+        (
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={}, Signature={signature}",
+                signed.join(";")
+            ),
+        ),
+    ]
+}

@@ -823,23 +823,19 @@ mod tests {
         let e =
             authenticate(&parts(&m, "/b/k", None, &h), &creds(), SystemTime::now()).unwrap_err();
         assert_eq!((e.code, e.status.as_u16()), ("InvalidToken", 400));
-        let query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token=FQoGZXIvYXdzE";
-        let e = authenticate(
-            &parts(&m, "/b/k", Some(query), &HeaderMap::new()),
-            &creds(),
-            SystemTime::now(),
-        )
-        .unwrap_err();
-        assert_eq!(e.code, "InvalidToken");
         // (SigV2 presigned URLs name it in lower case.)
-        let query = "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&x-amz-security-token=FQoGZXIvYXdzE";
-        let e = authenticate(
-            &parts(&m, "/b/k", Some(query), &HeaderMap::new()),
-            &creds(),
-            SystemTime::now(),
-        )
-        .unwrap_err();
-        assert_eq!(e.code, "InvalidToken");
+        for query in [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token=FQoGZXIvYXdzE",
+            "AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&x-amz-security-token=FQoGZXIvYXdzE",
+        ] {
+            let e = authenticate(
+                &parts(&m, "/b/k", Some(query), &HeaderMap::new()),
+                &creds(),
+                SystemTime::now(),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, "InvalidToken", "{query}");
+        }
     }
 
     #[test]
