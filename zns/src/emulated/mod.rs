@@ -1427,10 +1427,17 @@ mod tests {
     async fn an_abandoned_append_is_followed_to_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let d = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
-        let mut abandoned = d.append(0, Bytes::from(vec![5u8; 256 << 10]));
-        // Polled once (granted, handed to the writers), then dropped.
-        assert!(poll_once(abandoned.as_mut()).is_pending());
-        drop(abandoned);
+        // Polled once (granted, handed to the writers), then dropped: the first append the
+        // writer thread has not already finished by then (one it has is simply done).
+        let mut abandoned_one = false;
+        for _ in 0..64 {
+            let mut append = d.append(0, Bytes::from(vec![5u8; 16 << 10]));
+            if poll_once(append.as_mut()).is_pending() {
+                abandoned_one = true;
+                break;
+            }
+        }
+        assert!(abandoned_one, "every append finished at its first poll");
         tokio::time::timeout(std::time::Duration::from_secs(5), d.flush())
             .await
             .expect("the flush does not wait for ever")
