@@ -118,7 +118,11 @@ pub(crate) fn check_first_use(
 /// Notes that the index has accepted `drive` (surveyed it, or read it whole in a rebuild):
 /// what it holds from now on is this index's (see [`check_first_use`]).
 pub(crate) fn accept_first_use(index: &Index, drive: &Drive) -> EngineResult<()> {
-    let key = first_use_key(&drive.name);
+    forget(index, first_use_key(&drive.name))
+}
+
+/// Deletes the META key `key`, durably, if it is there (no write when it is not).
+pub(crate) fn forget(index: &Index, key: Vec<u8>) -> EngineResult<()> {
     if index.get_raw(cf::META, &key)?.is_some() {
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_cf(index.cf(cf::META), key);
@@ -154,12 +158,7 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
             Some(i) => {
                 // A rebuild's word for a drive it left out is spent once the drive is
                 // registered (it was, or is now): none may let in a drive of that name later.
-                let vouched = vouched_key(&spec.name);
-                if index.get_raw(cf::META, &vouched)?.is_some() {
-                    let mut batch = rocksdb::WriteBatch::default();
-                    batch.delete_cf(index.cf(cf::META), vouched);
-                    index.write(batch, true)?;
-                }
+                forget(index, vouched_key(&spec.name))?;
                 by_id[i] = Some(spec.device)
             }
             None => {

@@ -114,13 +114,7 @@ pub(super) fn settled_prefix(index: &Index, zone: ZoneId, generation: u64) -> En
 /// the index hearing of it (the server stopped in between), and records will land in it from
 /// its start again.
 fn forget_settled(index: &Index, zone: ZoneId) -> EngineResult<()> {
-    let key = settled::key(zone);
-    if index.get_raw(cf::META, &key)?.is_some() {
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_cf(index.cf(cf::META), key);
-        index.write(batch, true)?;
-    }
-    Ok(())
+    registry::forget(index, settled::key(zone))
 }
 
 /// How often a drive found foreign (or faulty) is looked at again.
