@@ -131,13 +131,27 @@ pub fn current_copies(index: &Index, what: &Relocation) -> IndexResult<Option<Ve
     })
 }
 
+/// Decodes one raw entry of `cf_name`; one that does not decode is said loudly (it is left out
+/// of what repair, scrub and drains see) and skipped.
+fn decoded(cf_name: &str, decode: Decoder, k: &[u8], v: &[u8]) -> Option<Located> {
+    let located = decode(k, v);
+    if located.is_none() {
+        tracing::error!(
+            cf = cf_name,
+            key = %String::from_utf8_lossy(k),
+            "an index entry does not decode: repair, scrub and drains pass over it"
+        );
+    }
+    located
+}
+
 /// Calls `visit` with every located entry, until it returns false. Entries that do not decode
-/// are skipped (the index reports them where it reads them for clients).
+/// are reported and skipped (the index reports them too where it reads them for clients).
 pub fn scan(index: &Index, mut visit: impl FnMut(Located) -> bool) -> IndexResult<()> {
     for (cf_name, decode) in SOURCES {
         let mut go = true;
         index.for_each_from(cf_name, &[], |k, v| {
-            if let Some(located) = decode(k, v) {
+            if let Some(located) = decoded(cf_name, decode, k, v) {
                 go = visit(located);
             }
             go
@@ -224,7 +238,7 @@ fn batch_of<T>(
             if after.as_deref() == Some(k) {
                 return true;
             }
-            if let Some(located) = decode(k, v) {
+            if let Some(located) = decoded(cf_name, *decode, k, v) {
                 out.push(make(located, source, k));
             }
             last = Some(k.to_vec());
