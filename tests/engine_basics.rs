@@ -1698,7 +1698,6 @@ async fn a_zone_gc_must_keep_does_not_hold_its_pass_for_ever() {
 /// append) is still reset: GC need not read past it to know nothing there is to move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_of_garbage_with_a_damaged_header_is_reset() {
-    use std::os::unix::fs::FileExt;
     use zonestore::engine::placement::ZoneUse;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
@@ -1713,22 +1712,32 @@ async fn a_zone_of_garbage_with_a_damaged_header_is_reset() {
         .expect("a sealed zone of garbage");
     // The header of the zone's first record is damaged (its magic intact).
     let start = u64::from(victim.zone) * g.zone_size * u64::from(g.block_size);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(drives[0].data_path())
-        .unwrap();
-    file.write_all_at(&[0x5A; 8], start + 16).unwrap();
-    drop(file);
-    for _ in 0..16 {
-        engine.inner().collect_now().await.unwrap();
-        if zone_row(&engine, victim.zone).generation > victim.generation {
-            return;
-        }
-    }
-    panic!(
+    damage_record_header(&drives, start);
+    assert!(
+        collected_until_reset(&engine, &victim).await,
         "the zone of garbage was never reset: {:?}",
         zone_row(&engine, victim.zone)
     );
+}
+
+/// Damages the header of the record at byte `start` of the first drive (its magic intact).
+fn damage_record_header(drives: &[zns::EmulatedZns], start: u64) {
+    write_at(drives, (0, start as usize + 16), &[0x5A; 8]);
+}
+
+/// Runs GC by hand until the zone of `row` (of the first drive) is reset, at most 16 times;
+/// whether it was.
+async fn collected_until_reset(
+    engine: &zonestore::engine::Engine,
+    row: &zonestore::engine::ZoneRow,
+) -> bool {
+    for _ in 0..16 {
+        engine.inner().collect_now().await.unwrap();
+        if zone_row(engine, row.zone).generation > row.generation {
+            return true;
+        }
+    }
+    false
 }
 
 /// Live records after a damaged record header in a zone are still found and moved (the scan
@@ -1737,7 +1746,6 @@ async fn a_zone_of_garbage_with_a_damaged_header_is_reset() {
 /// ever; every live object reads back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_records_after_a_damaged_header_are_moved_and_the_zone_reset() {
-    use std::os::unix::fs::FileExt;
     use zonestore::engine::record::{self, Header, Kind};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
@@ -1799,29 +1807,18 @@ async fn live_records_after_a_damaged_header_are_moved_and_the_zone_reset() {
     garbage(&engine, "b", 40, 30_000).await;
     // The dead record's header is damaged (its magic intact), at the start of its block.
     let block = u64::from(g.block_size);
-    let header = dead_at / block * block;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(drives[0].data_path())
-        .unwrap();
-    file.write_all_at(&[0x5A; 8], header + 16).unwrap();
-    drop(file);
+    damage_record_header(&drives, dead_at / block * block);
     let before = zone_row(&engine, zone);
     assert!(before.valid_bytes > 0);
-    for _ in 0..16 {
-        engine.inner().collect_now().await.unwrap();
-        if zone_row(&engine, zone).generation > before.generation {
-            for (k, body) in kept.iter().enumerate() {
-                assert_eq!(&get(&engine, "b", &format!("kept{k}")).await.unwrap(), body);
-            }
-            engine.shutdown().await;
-            return;
-        }
-    }
-    panic!(
+    assert!(
+        collected_until_reset(&engine, &before).await,
         "the zone with live records after a damaged header was never reset: {:?}",
         zone_row(&engine, zone)
     );
+    for (k, body) in kept.iter().enumerate() {
+        assert_eq!(&get(&engine, "b", &format!("kept{k}")).await.unwrap(), body);
+    }
+    engine.shutdown().await;
 }
 
 /// A new emulated drive of geometry `g` in `dir/drive0`.

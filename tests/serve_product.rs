@@ -604,8 +604,17 @@ fn sigterm_says_not_ready_before_the_s3_port_closes() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = S3Server::start(&dir.path().join("data"), &["--unready-seconds", "10"]);
     assert_eq!(http_get(&server.admin, "/ready").0, 200);
+    sigterm_until_unready(&server, Duration::from_secs(3));
+    // S3 still answers (an unsigned request is refused, by a live server).
+    let s3 = server.endpoint.trim_start_matches("http://").to_string();
+    assert_eq!(http_get(&s3, "/").0, 403);
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
+}
+
+/// Sends `server` SIGTERM and waits (at most `within`) until its `/ready` says 503.
+fn sigterm_until_unready(server: &S3Server, within: Duration) {
     server.process.signal(libc::SIGTERM);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + within;
     while http_get(&server.admin, "/ready").0 != 503 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -613,10 +622,6 @@ fn sigterm_says_not_ready_before_the_s3_port_closes() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // S3 still answers (an unsigned request is refused, by a live server).
-    let s3 = server.endpoint.trim_start_matches("http://").to_string();
-    assert_eq!(http_get(&s3, "/").0, 403);
-    assert!(server.wait_exit(Duration::from_secs(60)).success());
 }
 
 /// A second signal while the server stops exits at once, with the status that says which
@@ -625,15 +630,7 @@ fn sigterm_says_not_ready_before_the_s3_port_closes() {
 fn a_second_signal_exits_at_once_saying_which() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = S3Server::start(&dir.path().join("data"), &["--unready-seconds", "60"]);
-    server.process.signal(libc::SIGTERM);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while http_get(&server.admin, "/ready").0 != 503 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/ready never said 503 after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sigterm_until_unready(&server, Duration::from_secs(5));
     server.process.signal(libc::SIGINT);
     let status = server.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
