@@ -827,3 +827,116 @@ fn commands_abandoned_while_the_target_is_slow_do_not_break_the_queue() {
         host.close().await;
     });
 }
+
+/// A proxy between a host and the target at `target` that passes everything on until `frozen`
+/// is set, then nothing more (in either direction) while it stays set, holding its connections
+/// open: a target process stopped, or a network dropping every packet. Returns its address.
+async fn freezing_proxy(
+    target: SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn pump(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((host_side, _)) = listener.accept().await {
+            let Ok(target_side) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (from_host, to_host) = host_side.into_split();
+            let (from_target, to_target) = target_side.into_split();
+            tokio::spawn(pump(from_host, to_target, frozen.clone()));
+            tokio::spawn(pump(from_target, to_host, frozen.clone()));
+        }
+    });
+    address
+}
+
+/// A target that stops answering without closing its connections is told from a slow one in
+/// moments, not at the next unanswered Keep Alive (a minute away here): the command waiting
+/// fails (its caller can go to another drive), and once the target answers again the host
+/// reconnects.
+#[test]
+fn a_target_that_stops_answering_fails_its_commands_in_moments() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(2, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let proxy = freezing_proxy(rig.handle.local_addr(), frozen.clone()).await;
+        let mut config = host_config(proxy);
+        config.keep_alive = Duration::from_secs(120);
+        config.command_timeout = Duration::from_secs(120);
+        let host = NvmeTcpHost::connect(config).await.unwrap();
+        let data = Bytes::from(pattern(&g, 0, 8, 3));
+        let lba = host.append(0, data.clone()).await.unwrap();
+        frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        let read = tokio::time::timeout(Duration::from_secs(20), host.read(lba, 8))
+            .await
+            .expect("the read ends long before the keep-alive or command timeout");
+        let err = read.unwrap_err();
+        assert_eq!(err.kind(), ZoneErrorKind::Unavailable, "{err}");
+        assert!(err.to_string().contains("stopped answering"), "{err}");
+        frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match host.read(lba, 8).await {
+                Ok(back) => {
+                    assert_eq!(back, data);
+                    break;
+                }
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "the host did not reconnect: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        host.close().await;
+    });
+}
+
+/// A target that is alive but whose drive is slow (a flush taking seconds, nothing else
+/// answered meanwhile) answers the probe on its admin queue: the host waits for the drive.
+#[test]
+fn a_slow_drive_behind_a_live_target_is_waited_for() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let (host, _handle) = tampered_rig(dir.path(), g, 4, |d| {
+            d.before_flush = Box::new(|| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok(())
+                })
+            });
+        })
+        .await;
+        host.append(0, Bytes::from(pattern(&g, 0, 1, 1)))
+            .await
+            .unwrap();
+        host.flush().await.expect("the slow flush is waited for");
+        assert!(host.is_connected(), "the session was kept");
+        host.close().await;
+    });
+}

@@ -7,6 +7,7 @@
 mod address;
 mod admin;
 pub mod discovery;
+mod probe;
 mod queue;
 mod session;
 
@@ -50,6 +51,12 @@ pub struct HostConfig {
     pub queue_depth: u16,
     /// Keep alive timeout (0: none).
     pub keep_alive: Duration,
+    /// How long an I/O command may wait with nothing at all heard from the target before the
+    /// host probes it with a Keep Alive (0: never; see [`probe`]).
+    pub probe_after: Duration,
+    /// How long that probe may go unanswered before the target counts as stopped: the
+    /// connection is reset, failing the commands in flight.
+    pub probe_answer_within: Duration,
     /// Digests to ask for.
     pub digests: Digests,
     /// How long an I/O command may take before the connection is reset.
@@ -68,7 +75,8 @@ pub struct HostConfig {
 
 impl HostConfig {
     /// Defaults for a target at `address` serving `subnqn`: 2 I/O queues of 128 commands,
-    /// 5 s keep-alive, 30 s command timeout, 10 s reconnect wait.
+    /// 5 s keep-alive, a probe after 500 ms of silence answered within 1.5 s, 30 s command
+    /// timeout, 10 s reconnect wait.
     pub fn new(address: impl Into<TargetAddress>, subnqn: &str) -> Self {
         HostConfig {
             address: address.into(),
@@ -78,6 +86,8 @@ impl HostConfig {
             io_queues: 2,
             queue_depth: 128,
             keep_alive: Duration::from_secs(5),
+            probe_after: Duration::from_millis(500),
+            probe_answer_within: Duration::from_millis(1500),
             digests: Digests::NONE,
             command_timeout: Duration::from_secs(30),
             admin_timeout: Duration::from_secs(10),

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -41,6 +42,8 @@ struct Pending {
     expected_in: usize,
     /// When the command counts as lost (checked by the queue's watchdog, not a timer each).
     deadline: Instant,
+    /// When it was submitted.
+    sent: Instant,
     data_out: Bytes,
     /// Whether `data_out` went in the capsule (no R2T may then ask for it).
     in_capsule: bool,
@@ -166,6 +169,10 @@ pub(crate) struct HostQueue {
     failed: watch::Sender<Option<String>>,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Mutex<Option<tokio::task::AbortHandle>>,
+    /// When the queue was opened: the origin of `heard_ms`.
+    opened: Instant,
+    /// When a PDU last came from the target, in ms since `opened`.
+    heard_ms: AtomicU64,
 }
 
 impl HostQueue {
@@ -272,6 +279,8 @@ impl HostQueue {
             failed,
             reader: Mutex::new(None),
             writer: Mutex::new(Some(writer.abort_handle())),
+            opened: Instant::now(),
+            heard_ms: AtomicU64::new(0),
         });
         // The writer ends while the queue lives only when the connection failed (it could not
         // write, or the target stopped reading): the commands it holds are not coming back.
@@ -357,6 +366,7 @@ impl HostQueue {
                     0
                 },
                 deadline: Instant::now() + timeout,
+                sent: Instant::now(),
                 data_out: data_out.clone(),
                 in_capsule,
                 solicited: 0,
@@ -397,6 +407,29 @@ impl HostQueue {
             Ok(result) => result,
             Err(_) => Err(HostError::Disconnected("queue closed".into())),
         }
+    }
+
+    /// Whether a command has waited `quiet` or longer while nothing at all came from the target
+    /// on this queue for as long: the target may have stopped (a frozen process, a network that
+    /// drops everything), which only a probe of the session tells from a slow drive (see
+    /// [`super::probe`]).
+    pub(crate) fn waiting_unheard(&self, now: Instant, quiet: Duration) -> bool {
+        let heard = self.opened + Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
+        if now.saturating_duration_since(heard) < quiet {
+            return false;
+        }
+        let slots = self.slots.lock();
+        slots
+            .pending
+            .iter()
+            .flatten()
+            .any(|p| now.saturating_duration_since(p.sent) >= quiet)
+    }
+
+    /// Notes that a PDU came from the target.
+    fn heard(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.heard_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The first command in flight whose deadline has passed.
@@ -608,6 +641,7 @@ async fn receive(
         let Some(queue) = queue.upgrade() else {
             return "queue dropped".into();
         };
+        queue.heard();
         match pdu {
             Pdu::CapsuleResp(resp) => {
                 let cqe = resp.cqe;
@@ -1045,6 +1079,7 @@ mod tests {
                 _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
                 expected_in,
                 deadline: Instant::now(),
+                sent: Instant::now(),
                 data_out: Bytes::new(),
                 in_capsule: false,
                 solicited: 0,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zns::Geometry;
 
+use super::probe::Prober;
 use super::queue::{HostQueue, QueueParams};
 use super::{HostConfig, HostError, admin};
 use crate::spec::connect::{CATTR_DISABLE_SQFLOW, CNTLID_DYNAMIC, Connect};
@@ -40,6 +41,8 @@ pub(crate) struct Session {
     failed_tx: watch::Sender<Option<String>>,
     next: AtomicUsize,
     keep_alive: KeepAlive,
+    /// Probes the target when its I/O queues go silent (see [`super::probe`]).
+    _prober: Prober,
 }
 
 /// The task that sends Keep Alive on the admin queue, stopped when dropped (so a session whose
@@ -317,6 +320,7 @@ impl Session {
             .map_err(|e| HostError::Protocol(e.to_string()))?;
 
         tracing::debug!(address = %config.address, subsystem = %config.subnqn, cntlid, io_queues, depth, %geometry, "NVMe/TCP session established");
+        let prober = Prober::start(config, &admin_q, &io_qs);
         Ok(Session {
             admin: admin_q,
             io: io_qs,
@@ -330,6 +334,7 @@ impl Session {
             failed,
             failed_tx,
             next: AtomicUsize::new(0),
+            _prober: prober,
             keep_alive,
         })
     }
