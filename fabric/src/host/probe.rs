@@ -25,7 +25,11 @@ pub(crate) struct Prober(Option<tokio::task::JoinHandle<()>>);
 impl Prober {
     /// Starts probing the target behind `admin_q` for the I/O queues `io` (none if the
     /// configuration asks for no probe, or there are no I/O queues).
-    pub(crate) fn start(config: &HostConfig, admin_q: &Arc<HostQueue>, io: &[Arc<HostQueue>]) -> Self {
+    pub(crate) fn start(
+        config: &HostConfig,
+        admin_q: &Arc<HostQueue>,
+        io: &[Arc<HostQueue>],
+    ) -> Self {
         let quiet = config.probe_after;
         let answer_within = config.probe_answer_within;
         if quiet.is_zero() || io.is_empty() {
@@ -45,7 +49,9 @@ impl Prober {
                 if !waiting {
                     continue;
                 }
-                let Some(admin_q) = admin_q.upgrade() else { return };
+                let Some(admin_q) = admin_q.upgrade() else {
+                    return;
+                };
                 // (The command's own deadline is later: the queue's watchdog would fail the
                 // queue first, saying less.)
                 let probe = admin::keep_alive(&admin_q, answer_within * 2);
