@@ -5150,3 +5150,101 @@ async fn copies_gc_made_while_the_index_was_full_are_hidden_once_it_has_room() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A drive whose reads hang (its target stopped, not yet told from a slow one) holds a GET up
+/// for a moment, not for the read timeout: a second copy is read once the first is slow, and
+/// the first good answer is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_a_hung_drive_is_hedged_with_another_copy() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    // The drive whose reads hang (none while it is 2).
+    let hung = Arc::new(AtomicUsize::new(2));
+    let specs = intercepted_specs(dir.path(), 2, g, |i, _, drive| {
+        let hung = hung.clone();
+        drive.before_read = Box::new(move |_, _| {
+            let hang = hung.load(Ordering::SeqCst) == i;
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+            })
+        });
+    });
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
+    config.replicas = 2;
+    config.write_quorum = 2;
+    config.gc.enabled = false;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("hedged", 3, 300 << 10);
+    put(&engine, "b", "k", &body).await.unwrap();
+    // Each drive hangs in turn: the one holding the copy reads go to first is one of them.
+    for drive in 0..2 {
+        hung.store(drive, Ordering::SeqCst);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), get(&engine, "b", "k"))
+            .await
+            .unwrap_or_else(|_| panic!("the GET waited for hung drive {drive}"));
+        assert!(read.unwrap() == body, "the object reads back whole");
+    }
+    assert!(engine.stats().read_hedges.load(Ordering::Relaxed) > 0);
+    hung.store(2, Ordering::SeqCst);
+}
+
+/// A drive whose connection is lost between a write's appends and its flush is not flushed
+/// (the flush would wait for the connection to come back, the whole committer with it, and
+/// could not vouch for what was appended before anyway): the write is committed with the
+/// copies on the other drives, a write quorum, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_lost_before_its_flush_holds_no_commit_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let lose = Arc::new(AtomicBool::new(false));
+    let specs = intercepted_specs(dir.path(), 3, g, |i, _, drive| {
+        if i != 2 {
+            return;
+        }
+        let (lose, unavailable) = (lose.clone(), drive.unavailable.clone());
+        drive.after_append = Box::new(move |_, result| {
+            if lose.load(Ordering::SeqCst) {
+                unavailable.store(true, Ordering::SeqCst);
+            }
+            Box::pin(std::future::ready(result))
+        });
+        // A flush of a drive not connected waits for it to come back (here: for ever).
+        let unavailable = drive.unavailable.clone();
+        drive.before_flush = Box::new(move || {
+            let lost = unavailable.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if lost {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
+        });
+    });
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+    config.replicas = 3;
+    config.write_quorum = 2;
+    config.gc.enabled = false;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    lose.store(true, Ordering::SeqCst);
+    let body = content("lost", 5, 100 << 10);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        put(&engine, "b", "k", &body),
+    )
+    .await
+    .expect("the commit did not wait for the lost drive")
+    .unwrap();
+    assert!(get(&engine, "b", "k").await.unwrap() == body);
+}

@@ -700,6 +700,8 @@ pub struct Intercepted {
     pub instead_of_manage: ManageHook,
     /// Added to `inner`'s session (a test bumps it to stand for a target that restarted).
     pub session_offset: Arc<AtomicU64>,
+    /// While set, the drive says it is not available (a host that lost its connection).
+    pub unavailable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Intercepted {
@@ -718,6 +720,7 @@ impl Intercepted {
             after_report: Box::new(|result| result),
             instead_of_manage: Box::new(|_, _| None),
             session_offset: Arc::default(),
+            unavailable: Arc::default(),
         }
     }
 }
@@ -737,7 +740,7 @@ impl ZonedDevice for Intercepted {
         self.inner.geometry()
     }
     fn is_available(&self) -> bool {
-        self.inner.is_available()
+        !self.unavailable.load(Ordering::SeqCst) && self.inner.is_available()
     }
     fn session(&self) -> u64 {
         self.inner

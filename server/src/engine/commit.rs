@@ -683,6 +683,13 @@ async fn flush_groups(
             let drives = drives.clone();
             async move {
                 match drives.get(d) {
+                    // Not waited for: a flush would wait for the connection to come back (for
+                    // seconds, the whole committer with it), and could not vouch for what was
+                    // appended before it was lost anyway (see `sessions_changed`): the copies
+                    // there are left out, as after a failed flush.
+                    Some(drive) if !drive.device.is_available() => {
+                        (d, Err(format!("{}: not connected", drive.name)))
+                    }
                     Some(drive) => {
                         let result = drive.device.flush().await;
                         drive.note_flush(&result);
