@@ -405,6 +405,7 @@ async fn stats(State(s): State<Arc<AdminState>>) -> Response {
         "read failovers            {}",
         load(&st.read_failovers)
     );
+    let _ = writeln!(out, "read hedges               {}", load(&st.read_hedges));
     let _ = writeln!(out, "crc errors                {}", load(&st.crc_errors));
     let _ = writeln!(
         out,

@@ -43,6 +43,7 @@ pub struct Metrics {
     connections_refused: Counter,
     write_amplification_milli: Gauge,
     read_failovers: Counter,
+    read_hedges: Counter,
     under_replicated: Gauge,
     repair_copied: Counter,
     scrub_checked: Counter,
@@ -116,6 +117,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             write_amplification_milli: Gauge::default(),
             read_failovers: Counter::default(),
+            read_hedges: Counter::default(),
             under_replicated: Gauge::default(),
             repair_copied: Counter::default(),
             scrub_checked: Counter::default(),
@@ -203,6 +205,11 @@ impl Metrics {
             "read_failovers",
             "Pieces of reads served by another copy after one failed",
             m.read_failovers.clone(),
+        );
+        r.register(
+            "read_hedges",
+            "Pieces of reads for which a second copy was read because the first was slow",
+            m.read_hedges.clone(),
         );
         r.register(
             "crc_errors",
@@ -313,6 +320,7 @@ impl Metrics {
             &self.read_failovers,
             load(&stats.read_failovers),
         );
+        follow("read_hedges", &self.read_hedges, load(&stats.read_hedges));
         follow("crc_errors", &self.crc_errors, load(&stats.crc_errors));
         let repair = engine.repair().status();
         self.under_replicated

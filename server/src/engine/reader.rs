@@ -35,6 +35,13 @@ pub(crate) const READ_BUDGET: usize = 64 << 20;
 const PIECE_LOOKUPS: usize = 4;
 /// How long one copy may take before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a copy may take before another copy is read too, the first good answer served: a
+/// drive that hangs (a target stopped without closing its connections, which its host takes a
+/// moment or two to tell from a slow one) holds a read up no longer than this. Far above what a
+/// read takes (a record is at most a couple of MiB), so a hedge costs a second read only when
+/// something is wrong; the extra read is not charged to the read budget, which bounds the reads
+/// that can be hedged at once.
+const HEDGE_AFTER: Duration = Duration::from_millis(500);
 /// Reads in flight by which a record's first copy's drive may exceed another copy's before
 /// reads go to the other copy.
 const PRIMARY_SLACK: i64 = 16;
@@ -442,44 +449,44 @@ impl EngineInner {
         // Whether the last copy tried had been moved by GC while it was read.
         let mut moved = false;
         for attempt in 0..PIECE_LOOKUPS {
-            for location in self.order(&piece.extent.replicas) {
+            let order = self.order(&piece.extent.replicas);
+            let up = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
+            let mut next = 0;
+            while let Some(&location) = order.get(next) {
+                next += 1;
                 // A copy on a drive that is down is not waited for (its host would hold the
                 // read until the drive is back, or gives up after seconds): with no copy on a
                 // drive that is up, the read fails at once, a 503 the client retries.
-                if self.drives.of(&location).is_none_or(|d| !d.is_up()) {
+                if !up(&location) {
                     last_error = format!("drive {} is down", location.drive);
                     moved = false;
                     continue;
                 }
-                match self.read_copy(&piece, location).await {
-                    Ok(bytes)
-                        if self
-                            .drives
-                            .zone_of(&location)
-                            .is_some_and(|zone| !ticket.given_up_on(zone)) =>
-                    {
-                        return served(bytes, failed_over);
+                // Another copy on a drive that is up, read too if this one is slow.
+                let spare = order[next..].iter().position(up).map(|i| next + i);
+                let first = self.try_copy(&piece, location, ticket);
+                let outcome = match spare {
+                    None => first.await,
+                    Some(spare) => {
+                        tokio::pin!(first);
+                        match tokio::time::timeout(HEDGE_AFTER, &mut first).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => {
+                                self.stats.read_hedges.fetch_add(1, Ordering::Relaxed);
+                                // The spare is read now, not again in its turn.
+                                next = spare + 1;
+                                let second = self.try_copy(&piece, order[spare], ticket);
+                                first_good(first, second).await
+                            }
+                        }
                     }
-                    // GC went on without this read: the zone may have been reset and written
-                    // again, so what passed the record's checks counts only if the index still
-                    // names the copy now that it has been read (see [`super::gate`]).
-                    Ok(bytes) if self.still_names(&piece, location) => {
-                        return served(bytes, failed_over);
-                    }
-                    Ok(_) => {
+                };
+                match outcome {
+                    Ok(bytes) => return served(bytes, failed_over),
+                    Err(failed) => {
                         failed_over = true;
-                        moved = true;
-                        last_error = "the copy was moved while it was read".into();
-                    }
-                    Err(e) => {
-                        failed_over = true;
-                        moved = false;
-                        tracing::warn!(
-                            drive = location.drive,
-                            lba = location.lba,
-                            "read of an extent copy failed, trying another: {e}"
-                        );
-                        last_error = e;
+                        moved = failed.moved;
+                        last_error = failed.why;
                     }
                 }
             }
@@ -517,6 +524,41 @@ impl EngineInner {
             return Err(EngineError::Unavailable(what));
         }
         Err(EngineError::Corrupt(what))
+    }
+
+    /// Reads the piece from the copy at `location`, checked: see [`EngineInner::read_copy`].
+    /// What passed the record's checks counts only if GC did not go on without the read, or the
+    /// index still names the copy now that it has been read (GC may have reset the zone and
+    /// written it again: see [`super::gate`]).
+    async fn try_copy(
+        &self,
+        piece: &Piece,
+        location: Location,
+        ticket: &Ticket,
+    ) -> Result<Bytes, CopyFailed> {
+        match self.read_copy(piece, location).await {
+            Ok(bytes)
+                if self
+                    .drives
+                    .zone_of(&location)
+                    .is_some_and(|zone| !ticket.given_up_on(zone))
+                    || self.still_names(piece, location) =>
+            {
+                Ok(bytes)
+            }
+            Ok(_) => Err(CopyFailed {
+                why: "the copy was moved while it was read".into(),
+                moved: true,
+            }),
+            Err(why) => {
+                tracing::warn!(
+                    drive = location.drive,
+                    lba = location.lba,
+                    "read of an extent copy failed, trying another: {why}"
+                );
+                Err(CopyFailed { why, moved: false })
+            }
+        }
     }
 
     /// Whether the index still names `location` as a copy of the piece's extent (not if the
@@ -651,6 +693,33 @@ impl EngineInner {
         }
         self.repair.suspect(piece.stream_id, piece.offset, location);
         why.to_string()
+    }
+}
+
+/// Why a copy of a piece could not be served.
+struct CopyFailed {
+    why: String,
+    /// GC moved the copy while it was read (a lookup finds where it went).
+    moved: bool,
+}
+
+/// The first of two reads of a piece to succeed; if one fails, the other's outcome (the later
+/// failure when both fail). The one not needed is dropped unfinished.
+async fn first_good(
+    a: impl Future<Output = Result<Bytes, CopyFailed>>,
+    b: impl Future<Output = Result<Bytes, CopyFailed>>,
+) -> Result<Bytes, CopyFailed> {
+    tokio::pin!(a);
+    tokio::pin!(b);
+    tokio::select! {
+        first = &mut a => match first {
+            Ok(bytes) => Ok(bytes),
+            Err(_) => b.await,
+        },
+        second = &mut b => match second {
+            Ok(bytes) => Ok(bytes),
+            Err(_) => a.await,
+        },
     }
 }
 

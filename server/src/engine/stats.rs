@@ -45,6 +45,8 @@ pub struct EngineStats {
     pub puts: AtomicU64,
     /// Pieces of reads served by another copy after one failed (or was moved while read).
     pub read_failovers: AtomicU64,
+    /// Pieces of reads for which a second copy was read because the first was slow.
+    pub read_hedges: AtomicU64,
     /// Records whose CRC did not match.
     pub crc_errors: AtomicU64,
     /// Writes stored with fewer copies than asked (quorum met).
