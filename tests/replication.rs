@@ -74,6 +74,15 @@ impl Node {
         }
     }
 
+    /// Stops the node's process (SIGSTOP) without closing its connections, or lets it go on
+    /// (SIGCONT): a node that hangs, or a network that drops everything, then recovers.
+    fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        if let Some(p) = &self.process {
+            p.signal(signal);
+        }
+    }
+
     fn url(&self) -> String {
         format!("nvme-tcp://127.0.0.1:{}/{}", self.port, self.nqn)
     }
@@ -255,6 +264,57 @@ fn survives_target_failures_and_repairs() {
         ],
         "ServiceUnavailable",
     );
+}
+
+/// A target that hangs (its process stopped: connections open, nothing answered) under
+/// continuous mixed load fails no request: the gateway's host tells it from a slow one by a
+/// probe in moments (see `fabric::host::probe`), GETs go to the other copies and PUTs go on with
+/// two. Appends it had taken when it stopped land when it goes on, after the gateway gave up on
+/// them: they are garbage, never data. Once it answers again the host reconnects and repair
+/// gives everything written meanwhile its third copy.
+#[test]
+fn a_frozen_target_fails_no_request_and_is_repaired_when_it_thaws() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = (0..3).map(|i| Node::new(dir.path(), i)).collect();
+    let server = gateway(dir.path(), &nodes);
+    server.aws_ok(&["s3", "mb", "s3://frozen"]);
+    let acked = dir.path().join("acked.txt");
+    let stop = dir.path().join("stop");
+    let load = server.python_spawn_piped(
+        "mixed_load.py",
+        &[acked.to_str().unwrap(), "frozen", stop.to_str().unwrap()],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    nodes[2].freeze(true);
+    std::thread::sleep(Duration::from_secs(8));
+    let during = server.admin_cli(&["targets"]);
+    nodes[2].freeze(false);
+    assert!(
+        during
+            .lines()
+            .any(|l| l.contains(&nodes[2].nqn) && !l.contains(" connected")),
+        "the frozen target was given up on:\n{during}"
+    );
+    let repaired = wait_for_targets(&server, "repair after the thaw", |t| {
+        t.matches("connected").count() == 3 && t.contains("under-replicated: 0B in 0 records")
+    });
+    std::fs::write(&stop, "").unwrap();
+    let out = load.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{summary}\n{during}\n{repaired}");
+    assert!(summary.contains("puts_failed=0 "), "{summary}");
+    assert!(summary.contains("gets_failed=0 "), "{summary}");
+    let verified = server.python("verify_objects.py", &[acked.to_str().unwrap(), "frozen"]);
+    assert!(verified.contains("verified"), "{verified}");
+    // Every acknowledged object reads back from the thawed target alone too: its copies of
+    // what it took before it stopped are whole, and repair made the rest.
+    let mut nodes = nodes;
+    let thawed = nodes.pop();
+    drop(nodes);
+    std::thread::sleep(Duration::from_secs(1));
+    let verified = server.python("verify_objects.py", &[acked.to_str().unwrap(), "frozen"]);
+    assert!(verified.contains("verified"), "{verified}");
+    drop(thawed);
 }
 
 /// A storage node restarted on an empty data directory (its disk not mounted) exports a fresh

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Continuous mixed load until STOP_FILE exists: writers PUT new objects (recording each
 acknowledged one with its MD5 in ACKED_FILE), readers GET acknowledged objects and check them.
-Prints a summary line `puts_ok=N puts_failed=N gets_ok=N gets_failed=N` and the first errors.
+Prints a summary line `puts_ok=N puts_failed=N gets_ok=N gets_failed=N slowest_put=S
+slowest_get=S` (the longest request of each kind, in seconds) and the first errors.
 Usage: mixed_load.py ACKED_FILE BUCKET STOP_FILE [WRITERS] [READERS] [SIZE]."""
 
 import hashlib
@@ -22,6 +23,7 @@ lock = threading.Lock()
 acked = []
 counts = {"puts_ok": 0, "puts_failed": 0, "gets_ok": 0, "gets_failed": 0}
 errors = []
+slowest = {"slowest_put": 0.0, "slowest_get": 0.0}
 out = open(acked_path, "a", buffering=1)
 
 
@@ -44,8 +46,12 @@ def writer(n):
     while not stopped():
         key = f"w{n}/obj-{i:06d}"
         body = os.urandom(size + random.randint(0, 50_000))
+        began = time.monotonic()
         try:
             s3.put_object(Bucket=bucket, Key=key, Body=body)
+            took = time.monotonic() - began
+            with lock:
+                slowest["slowest_put"] = max(slowest["slowest_put"], took)
         except Exception as e:
             with lock:
                 counts["puts_failed"] += 1
@@ -69,9 +75,13 @@ def reader(n):
             time.sleep(0.05)
             continue
         key, md5 = pick
+        began = time.monotonic()
         try:
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
             ok = hashlib.md5(body).hexdigest() == md5
+            took = time.monotonic() - began
+            with lock:
+                slowest["slowest_get"] = max(slowest["slowest_get"], took)
         except Exception as e:
             ok = False
             with lock:
@@ -90,6 +100,10 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
-print(" ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+print(
+    " ".join(f"{k}={v}" for k, v in counts.items()),
+    " ".join(f"{k}={v:.2f}" for k, v in slowest.items()),
+    flush=True,
+)
 for e in errors[:10]:
     print("error:", e)
