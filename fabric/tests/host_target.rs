@@ -923,7 +923,7 @@ fn a_slow_drive_behind_a_live_target_is_waited_for() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let g = Geometry::new(4, 1 << 20);
-        let (host, _handle) = tampered_rig(dir.path(), g, 4, |d| {
+        let (host, handle) = tampered_rig(dir.path(), g, 4, |d| {
             d.before_flush = Box::new(|| {
                 Box::pin(async {
                     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -935,6 +935,13 @@ fn a_slow_drive_behind_a_live_target_is_waited_for() {
         host.append(0, Bytes::from(pattern(&g, 0, 1, 1)))
             .await
             .unwrap();
+        host.flush().await.expect("the slow flush is waited for");
+        assert!(host.is_connected(), "the session was kept");
+        host.close().await;
+        // Without a keep-alive timer the controller refuses Keep Alive: an answer all the same.
+        let mut config = host_config(handle.local_addr());
+        config.keep_alive = Duration::ZERO;
+        let host = NvmeTcpHost::connect(config).await.unwrap();
         host.flush().await.expect("the slow flush is waited for");
         assert!(host.is_connected(), "the session was kept");
         host.close().await;

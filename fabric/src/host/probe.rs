@@ -12,9 +12,9 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::HostConfig;
 use super::admin;
 use super::queue::HostQueue;
+use super::{HostConfig, HostError};
 
 /// How often the I/O queues are looked at.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
@@ -54,9 +54,18 @@ impl Prober {
                 };
                 // (The command's own deadline is later: the queue's watchdog would fail the
                 // queue first, saying less.)
+                let sent = Instant::now();
                 let probe = admin::keep_alive(&admin_q, answer_within * 2);
                 let answered = tokio::time::timeout(answer_within, probe).await;
-                if !matches!(answered, Ok(Ok(()))) {
+                // Any answer, an error status too (a controller without a keep-alive timer
+                // refuses the command), says the target is alive; so does anything heard
+                // since the probe went out (this host's own threads may have been too busy to
+                // take the answer in time).
+                let alive = match &answered {
+                    Ok(Ok(())) | Ok(Err(HostError::Refused { .. })) => true,
+                    _ => admin_q.heard_since(sent),
+                };
+                if !alive {
                     let why = match answered {
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("none within {answer_within:?}"),

@@ -426,6 +426,13 @@ impl HostQueue {
             .any(|p| now.saturating_duration_since(p.sent) >= quiet)
     }
 
+    /// Whether a PDU came from the target at `when` or later.
+    pub(crate) fn heard_since(&self, when: Instant) -> bool {
+        let heard = self.opened + Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
+        // (Stamps are in whole ms: a PDU in the same ms counts.)
+        heard + Duration::from_millis(1) >= when
+    }
+
     /// Notes that a PDU came from the target.
     fn heard(&self) {
         let ms = self.opened.elapsed().as_millis() as u64;
