@@ -32,6 +32,9 @@ pub struct Drive {
     pub writes_paused_until: AtomicU64,
     /// Writes running that the drive could not make (see [`Drive::note_write`]).
     pub write_faults: AtomicU32,
+    /// Until when (ms since the epoch) reads pass the drive over for its other copies, after
+    /// another copy answered a read sooner (see [`Drive::note_slow_read`]).
+    pub reads_slow_until: AtomicU64,
     /// Since when (ms since the epoch) the drive has been unusable (unreachable or not
     /// attached); 0 while it is usable.
     pub unreachable_since: AtomicU64,
@@ -78,6 +81,7 @@ impl Drive {
             down_until: AtomicU64::new(0),
             writes_paused_until: AtomicU64::new(0),
             write_faults: AtomicU32::new(0),
+            reads_slow_until: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             usable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -205,6 +209,20 @@ impl Drive {
             self.down_until
                 .store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Notes that another copy answered a read this drive was slow to answer (a hedge won):
+    /// reads go to other copies first for a moment ([`RETRY_AFTER`]), rather than each wait
+    /// for this drive before they hedge. Writes still go to it (a drive that hangs is told
+    /// from a slow one by its host, or by the command timeout).
+    pub fn note_slow_read(&self) {
+        self.reads_slow_until
+            .store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether reads pass the drive over for now (see [`Drive::note_slow_read`]).
+    pub fn is_slow_for_reads(&self) -> bool {
+        now_ms() < self.reads_slow_until.load(Ordering::Relaxed)
     }
 
     /// Whether the drive can take I/O now: reachable, attached, and no transport failure just

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, FuturesOrdered, StreamExt};
+use futures::stream::{self, BoxStream, FuturesOrdered, FuturesUnordered, StreamExt};
 
 use super::EngineInner;
 use super::drives::Drive;
@@ -42,6 +42,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// something is wrong; the extra read is not charged to the read budget, which bounds the reads
 /// that can be hedged at once.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
+/// Hedges being read at once, in all reads of the process: their reads are not charged to the
+/// read budget, so this bounds the memory they take (a record is at most a couple of MiB), and
+/// how much a machine that is slow because it is loaded adds to its load.
+static HEDGES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 /// Reads in flight by which a record's first copy's drive may exceed another copy's before
 /// reads go to the other copy.
 const PRIMARY_SLACK: i64 = 16;
@@ -408,12 +412,13 @@ impl EngineInner {
         .boxed()
     }
 
-    /// Copies ordered by preference: drives that are up first; among them the first copy (the
-    /// one written to be read: the others were hinted as rarely read, so a drive may not cache
-    /// them) unless its drive has [`PRIMARY_SLACK`] more reads in flight than another's; then
-    /// the least busy, ties broken at random so that reads spread over the copies.
+    /// Copies ordered by preference: drives that are up first, and of those the ones not just
+    /// found slow (see [`Drive::note_slow_read`]); among them the first copy (the one written to
+    /// be read: the others were hinted as rarely read, so a drive may not cache them) unless its
+    /// drive has [`PRIMARY_SLACK`] more reads in flight than another's; then the least busy,
+    /// ties broken at random so that reads spread over the copies.
     fn order(&self, replicas: &[Location]) -> Vec<Location> {
-        let mut v: Vec<(bool, i64, u32, Location)> = replicas
+        let mut v: Vec<((bool, bool), i64, u32, Location)> = replicas
             .iter()
             .enumerate()
             .filter_map(|(i, l)| match self.drives.of(l) {
@@ -427,9 +432,9 @@ impl EngineInner {
                     } else {
                         (busy, 1 + rand::random::<u32>() / 2)
                     };
-                    Some((!d.is_up(), busy, tie, *l))
+                    Some(((!d.is_up(), d.is_slow_for_reads()), busy, tie, *l))
                 }
-                None => Some((true, i64::MAX, 0, *l)),
+                None => Some(((true, true), i64::MAX, 0, *l)),
             })
             .collect();
         v.sort_by_key(|(down, busy, tie, _)| (*down, *busy, *tie));
@@ -448,48 +453,84 @@ impl EngineInner {
         };
         // Whether the last copy tried had been moved by GC while it was read.
         let mut moved = false;
+        // Held while a hedge is being read (see [`HEDGES`]).
+        let mut hedge_permit = None;
         for attempt in 0..PIECE_LOOKUPS {
             let order = self.order(&piece.extent.replicas);
-            let up = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
             let mut next = 0;
-            while let Some(&location) = order.get(next) {
-                next += 1;
-                // A copy on a drive that is down is not waited for (its host would hold the
-                // read until the drive is back, or gives up after seconds): with no copy on a
-                // drive that is up, the read fails at once, a 503 the client retries.
-                if !up(&location) {
-                    last_error = format!("drive {} is down", location.drive);
-                    moved = false;
-                    continue;
+            // Copies read at once: one, two once one was slow (a hedge), and as many again
+            // after each that fails while another is still being read.
+            let mut racing = 1;
+            let mut reading = FuturesUnordered::new();
+            let mut started: Vec<Location> = Vec::new();
+            loop {
+                while reading.len() < racing {
+                    let Some(location) = order.get(next).copied() else {
+                        break;
+                    };
+                    next += 1;
+                    // A copy on a drive that is down is not waited for (its host would hold
+                    // the read until the drive is back, or gives up after seconds): with no
+                    // copy on a drive that is up, the read fails at once, a 503 the client
+                    // retries.
+                    if self.drives.of(&location).is_none_or(|d| !d.is_up()) {
+                        last_error = format!("drive {} is down", location.drive);
+                        moved = false;
+                        continue;
+                    }
+                    if !reading.is_empty() {
+                        self.stats.read_hedges.fetch_add(1, Ordering::Relaxed);
+                    }
+                    started.push(location);
+                    let piece = &piece;
+                    reading.push(async move {
+                        (location, self.try_copy(piece, location, ticket).await)
+                    });
                 }
-                // Another copy on a drive that is up, read too if this one is slow.
-                let spare = order[next..].iter().position(up).map(|i| next + i);
-                let first = self.try_copy(&piece, location, ticket);
-                let outcome = match spare {
-                    None => first.await,
-                    Some(spare) => {
-                        tokio::pin!(first);
-                        match tokio::time::timeout(HEDGE_AFTER, &mut first).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => {
-                                self.stats.read_hedges.fetch_add(1, Ordering::Relaxed);
-                                // The spare is read now, not again in its turn.
-                                next = spare + 1;
-                                let second = self.try_copy(&piece, order[spare], ticket);
-                                first_good(first, second).await
-                            }
+                if reading.is_empty() {
+                    break;
+                }
+                // A second copy is read once the one being read is slow, if a hedge may be
+                // taken (they are not charged to the read budget, so few run at once).
+                let spare = order[next..]
+                    .iter()
+                    .any(|l| self.drives.of(l).is_some_and(|d| d.is_up()));
+                let hedging = racing == 1 && spare;
+                let hedge = async move {
+                    if hedging {
+                        tokio::time::sleep(HEDGE_AFTER).await;
+                        if let Ok(permit) = HEDGES.try_acquire() {
+                            return permit;
                         }
                     }
+                    std::future::pending().await
                 };
-                match outcome {
-                    Ok(bytes) => return served(bytes, failed_over),
-                    Err(failed) => {
-                        failed_over = true;
-                        moved = failed.moved;
-                        last_error = failed.why;
+                tokio::select! {
+                    Some((location, outcome)) = reading.next() => match outcome {
+                        Ok(bytes) => {
+                            // Copies still being read were slower than this one: their drives
+                            // are passed over by reads for a moment.
+                            for slow in started.iter().filter(|l| **l != location) {
+                                if let Some(d) = self.drives.of(slow) {
+                                    d.note_slow_read();
+                                }
+                            }
+                            return served(bytes, failed_over);
+                        }
+                        Err(failed) => {
+                            started.retain(|l| *l != location);
+                            failed_over = true;
+                            moved = failed.moved;
+                            last_error = failed.why;
+                        }
+                    },
+                    permit = hedge => {
+                        racing = 2;
+                        hedge_permit.get_or_insert(permit);
                     }
                 }
             }
+            drop(reading);
             if attempt + 1 < PIECE_LOOKUPS {
                 // GC may have moved it since the lookup: look again (and again, should GC
                 // move the new copies too while they are read).
@@ -701,26 +742,6 @@ struct CopyFailed {
     why: String,
     /// GC moved the copy while it was read (a lookup finds where it went).
     moved: bool,
-}
-
-/// The first of two reads of a piece to succeed; if one fails, the other's outcome (the later
-/// failure when both fail). The one not needed is dropped unfinished.
-async fn first_good(
-    a: impl Future<Output = Result<Bytes, CopyFailed>>,
-    b: impl Future<Output = Result<Bytes, CopyFailed>>,
-) -> Result<Bytes, CopyFailed> {
-    tokio::pin!(a);
-    tokio::pin!(b);
-    tokio::select! {
-        first = &mut a => match first {
-            Ok(bytes) => Ok(bytes),
-            Err(_) => b.await,
-        },
-        second = &mut b => match second {
-            Ok(bytes) => Ok(bytes),
-            Err(_) => a.await,
-        },
-    }
 }
 
 /// Counts a read in flight on a drive while it lives (also when the read is dropped unfinished).
