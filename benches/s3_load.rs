@@ -32,7 +32,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use s3api::auth::sigv4;
 
-use common::s3::{S3Server, SECRET_KEY};
+use common::s3::{S3Server, SECRET_KEY, metric_sum};
 
 const BIG: usize = 64 << 20;
 const BIG_CLIENTS: usize = 4;
@@ -498,6 +498,19 @@ fn main() {
             .unwrap();
         let figures = runtime.block_on(run_s3(address, seconds));
         report(setup, &figures, &baseline);
+        // What the server did besides serving: a hedge, failover, session lost or write kept
+        // short under load alone would be a false alarm of its own.
+        let metrics = server.metrics();
+        let counters: Vec<String> = [
+            "zonestore_read_hedges_total",
+            "zonestore_read_failovers_total",
+            "zonestore_nvme_host_reconnects_total",
+            "zonestore_under_replicated_bytes",
+        ]
+        .iter()
+        .map(|name| format!("{name}={}", metric_sum(&metrics, name, &[])))
+        .collect();
+        println!("  server: {}", counters.join(" "));
         results.push((setup, figures));
         drop(server);
     }
