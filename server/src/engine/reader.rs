@@ -453,9 +453,9 @@ impl EngineInner {
         };
         // Whether the last copy tried had been moved by GC while it was read.
         let mut moved = false;
-        // Held while a hedge is being read (see [`HEDGES`]).
-        let mut hedge_permit = None;
         for attempt in 0..PIECE_LOOKUPS {
+            // Held while this attempt's hedge is being read (see [`HEDGES`]).
+            let mut hedge_permit = None;
             let order = self.order(&piece.extent.replicas);
             let mut next = 0;
             // Copies read at once: one, two once one was slow (a hedge), and as many again
@@ -499,18 +499,23 @@ impl EngineInner {
                 let hedge = async move {
                     if hedging {
                         tokio::time::sleep(HEDGE_AFTER).await;
-                        if let Ok(permit) = HEDGES.try_acquire() {
+                        // (Never closed: acquiring only waits for a hedge to end.)
+                        if let Ok(permit) = HEDGES.acquire().await {
                             return permit;
                         }
                     }
                     std::future::pending().await
                 };
                 tokio::select! {
+                    // A copy that answered is taken before a hedge is started.
+                    biased;
                     Some((location, outcome)) = reading.next() => match outcome {
                         Ok(bytes) => {
-                            // Copies still being read were slower than this one: their drives
-                            // are passed over by reads for a moment.
-                            for slow in started.iter().filter(|l| **l != location) {
+                            // Copies started before this one and still being read were slower:
+                            // their drives are passed over by reads for a moment. (One started
+                            // after it, a hedge just begun, says nothing of its drive.)
+                            let winner = started.iter().position(|l| *l == location);
+                            for slow in &started[..winner.unwrap_or(0)] {
                                 if let Some(d) = self.drives.of(slow) {
                                     d.note_slow_read();
                                 }
@@ -526,11 +531,12 @@ impl EngineInner {
                     },
                     permit = hedge => {
                         racing = 2;
-                        hedge_permit.get_or_insert(permit);
+                        hedge_permit = Some(permit);
                     }
                 }
             }
             drop(reading);
+            drop(hedge_permit);
             if attempt + 1 < PIECE_LOOKUPS {
                 // GC may have moved it since the lookup: look again (and again, should GC
                 // move the new copies too while they are read).
