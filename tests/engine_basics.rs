@@ -2992,9 +2992,20 @@ async fn three_copies_over(
     dir: &std::path::Path,
     specs: Vec<zonestore::engine::DriveSpec>,
 ) -> zonestore::engine::Engine {
-    let mut config = zonestore::engine::EngineConfig::new(dir.join("index"), 3);
-    config.replicas = 3;
-    config.write_quorum = 2;
+    copies_over(dir, specs, 3, 2).await
+}
+
+/// An engine (index under `dir`) over the drives `specs`, with `replicas` copies of every record
+/// and a write quorum of `write_quorum`, with bucket `b` (owned by alice) created.
+async fn copies_over(
+    dir: &std::path::Path,
+    specs: Vec<zonestore::engine::DriveSpec>,
+    replicas: usize,
+    write_quorum: usize,
+) -> zonestore::engine::Engine {
+    let mut config = zonestore::engine::EngineConfig::new(dir.join("index"), specs.len());
+    config.replicas = replicas;
+    config.write_quorum = write_quorum;
     let (engine, _) = zonestore::engine::Engine::open(config, specs)
         .await
         .unwrap();
@@ -5173,14 +5184,7 @@ async fn a_read_from_a_hung_drive_is_hedged_with_another_copy() {
             })
         });
     });
-    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 2);
-    config.replicas = 2;
-    config.write_quorum = 2;
-    config.gc.enabled = false;
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = copies_over(dir.path(), specs, 2, 2).await;
     // One record: one piece to read.
     let body = content("hedged", 3, 40 << 10);
     put(&engine, "b", "k", &body).await.unwrap();
@@ -5240,14 +5244,7 @@ async fn a_drive_lost_before_its_flush_holds_no_commit_up() {
             })
         });
     });
-    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
-    config.replicas = 3;
-    config.write_quorum = 2;
-    config.gc.enabled = false;
-    let (engine, _) = zonestore::engine::Engine::open(config, specs)
-        .await
-        .unwrap();
-    engine.create_bucket("b", "alice").await.unwrap();
+    let engine = three_copies_over(dir.path(), specs).await;
     lose.store(true, Ordering::SeqCst);
     let body = content("lost", 5, 100 << 10);
     tokio::time::timeout(
