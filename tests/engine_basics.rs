@@ -5256,3 +5256,102 @@ async fn a_drive_lost_before_its_flush_holds_no_commit_up() {
     .unwrap();
     assert!(get(&engine, "b", "k").await.unwrap() == body);
 }
+
+/// Drives whose flushes take `delay` once `slow` is set: those of `slow_ones` among three.
+fn slow_flushing_specs(
+    dir: &std::path::Path,
+    slow_ones: &'static [usize],
+    slow: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay: std::time::Duration,
+) -> Vec<zonestore::engine::DriveSpec> {
+    use std::sync::atomic::Ordering;
+    let g = small_geometry(16, 1 << 20);
+    intercepted_specs(dir, 3, g, |i, _, drive| {
+        if !slow_ones.contains(&i) {
+            return;
+        }
+        let slow = slow.clone();
+        drive.before_flush = Box::new(move || {
+            let slow = slow.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if slow {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(())
+            })
+        });
+    })
+}
+
+/// The copies of the object `key` of bucket `b` that its commit record has.
+fn commit_copies(engine: &zonestore::engine::Engine, key: &str) -> Vec<u16> {
+    let (_, entry) = engine
+        .object_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name.ends_with(key.as_bytes()))
+        .unwrap();
+    entry.commit.iter().map(|l| l.drive).collect()
+}
+
+/// A drive that answers but flushes too slowly (a disk failing slow behind a live target) holds
+/// no write up for long: once the other copies are flushed, the write is acknowledged with
+/// them, and new writes skip the slow drive for a while rather than each wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_too_slow_to_flush_holds_no_write_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let specs = slow_flushing_specs(dir.path(), &[2], &slow, std::time::Duration::from_secs(60));
+    let engine = three_copies_over(dir.path(), specs).await;
+    put(&engine, "b", "before", b"all three").await.unwrap();
+    assert_eq!(commit_copies(&engine, "before").len(), 3);
+    slow.store(true, Ordering::SeqCst);
+    let slow_flushes = || {
+        engine.drives().all()[2]
+            .slow_flushes_total
+            .load(Ordering::SeqCst)
+    };
+    for (i, key) in ["first", "second"].into_iter().enumerate() {
+        let body = content(key, 1, 100 << 10);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            put(&engine, "b", key, &body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("write {i} waited for the slow drive's flush"))
+        .unwrap();
+        let copies = commit_copies(&engine, key);
+        assert!(
+            copies.len() == 2 && !copies.contains(&2),
+            "write {i}: {copies:?}"
+        );
+        assert!(get(&engine, "b", key).await.unwrap() == body);
+        // The first write's flush was given up on; the second skipped the drive at once.
+        assert_eq!(slow_flushes(), 1, "write {i}");
+    }
+}
+
+/// A slow flush that the write quorum needs is waited for: two of three drives slow, writes
+/// are slow too, yet stored with all their copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_flush_the_write_quorum_needs_is_waited_for() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let delay = std::time::Duration::from_millis(1500);
+    let specs = slow_flushing_specs(dir.path(), &[1, 2], &slow, delay);
+    let engine = three_copies_over(dir.path(), specs).await;
+    slow.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let body = content("waited", 1, 100 << 10);
+    put(&engine, "b", "waited", &body).await.unwrap();
+    assert!(started.elapsed() >= delay);
+    assert_eq!(commit_copies(&engine, "waited").len(), 3);
+    assert!(get(&engine, "b", "waited").await.unwrap() == body);
+    for drive in engine.drives().all() {
+        assert_eq!(drive.slow_flushes_total.load(Ordering::SeqCst), 0);
+    }
+}

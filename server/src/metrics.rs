@@ -35,6 +35,7 @@ pub struct Metrics {
     zones: Family<Labels, Gauge>,
     free_bytes: Family<Labels, Gauge>,
     drive_foreign: Family<Labels, Gauge>,
+    slow_flushes: Family<Labels, Counter>,
     gc_relocated: Counter,
     zones_reset: Counter,
     user_written: Counter,
@@ -109,6 +110,7 @@ impl Metrics {
             zones: Family::default(),
             free_bytes: Family::default(),
             drive_foreign: Family::default(),
+            slow_flushes: Family::default(),
             gc_relocated: Counter::default(),
             zones_reset: Counter::default(),
             user_written: Counter::default(),
@@ -220,6 +222,11 @@ impl Metrics {
             "nvme_host_commands",
             "NVMe/TCP commands completed by the host, per target",
             m.nvme_commands.clone(),
+        );
+        r.register(
+            "slow_flushes",
+            "Flushes not waited for because the drive was too slow (its copies were left out, for repair to make again), per drive",
+            m.slow_flushes.clone(),
         );
         r.register(
             "nvme_host_errors",
@@ -376,6 +383,13 @@ impl Metrics {
             self.drive_foreign
                 .get_or_create(&labels)
                 .set(i64::from(foreign));
+            let slow = self.slow_flushes.get_or_create(&labels);
+            self.followed.follow(
+                "slow_flushes",
+                &labels,
+                &slow,
+                load(&drive.slow_flushes_total),
+            );
         }
         for (name, host) in hosts {
             let labels = vec![("target".to_string(), name.clone())];

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
+use super::group_flush;
 use super::index::{self, Index, TombKind, cf};
 use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry,
@@ -385,6 +386,27 @@ impl Change {
         Some(claims)
     }
 
+    /// Whether the change may be applied without its copies on `drives`: a client write keeps a
+    /// write quorum of copies of each record elsewhere (see [`Change::drop_copies_keeping`]);
+    /// GC's and repair's changes have none to spare (they move one copy each: left out, it is
+    /// moved again later, so they wait for their drives instead).
+    fn can_do_without(&self, drives: &BTreeSet<DriveId>, quorum: usize) -> bool {
+        let mut touches = false;
+        self.for_each_location(|l| touches |= drives.contains(&l.drive));
+        if !touches {
+            return true;
+        }
+        if self.moves_copies() {
+            return false;
+        }
+        let mut enough = true;
+        self.for_each_record(|copies| {
+            let kept = copies.iter().filter(|l| !drives.contains(&l.drive)).count();
+            enough &= copies.is_empty() || kept >= quorum.max(1);
+        });
+        enough
+    }
+
     /// Drives whose records this change makes part of the index (they must be flushed first).
     pub(crate) fn drives(&self) -> BTreeSet<DriveId> {
         let mut out = BTreeSet::new();
@@ -396,7 +418,11 @@ impl Change {
 
     /// Calls `visit` with every copy of every record the change makes part of the index.
     fn for_each_location(&self, mut visit: impl FnMut(&Location)) {
-        let mut add = |ls: &[Location]| ls.iter().for_each(&mut visit);
+        self.for_each_record(|copies| copies.iter().for_each(&mut visit));
+    }
+
+    /// Calls `visit` with the copies of each record the change makes part of the index.
+    fn for_each_record(&self, mut add: impl FnMut(&[Location])) {
         match self {
             Change::PutObject {
                 commit, extents, ..
@@ -658,7 +684,7 @@ async fn run(
     let (flushed_tx, flushed_rx) = mpsc::channel(1);
     let drives = shared.drives.clone();
     tokio::join!(
-        flush_groups(rx, drives, flushed_tx),
+        flush_groups(rx, drives, flushed_tx, quorum),
         apply_groups(flushed_rx, shared, quorum, short_commits)
     );
 }
@@ -669,6 +695,7 @@ async fn flush_groups(
     mut rx: mpsc::Receiver<Request>,
     drives: Arc<Drives>,
     flushed: mpsc::Sender<Flushed>,
+    quorum: usize,
 ) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -679,31 +706,14 @@ async fn flush_groups(
             }
         }
         let touched: BTreeSet<DriveId> = group.iter().flat_map(|r| r.change.drives()).collect();
-        let flushes = touched.iter().map(|&d| {
-            let drives = drives.clone();
-            async move {
-                match drives.get(d) {
-                    // Not waited for: a flush would wait for the connection to come back (for
-                    // seconds, the whole committer with it), and could not vouch for what was
-                    // appended before it was lost anyway (see `sessions_changed`): the copies
-                    // there are left out, as after a failed flush.
-                    Some(drive) if !drive.device.is_available() => {
-                        (d, Err(format!("{}: not connected", drive.name)))
-                    }
-                    Some(drive) => {
-                        let result = drive.device.flush().await;
-                        drive.note_flush(&result);
-                        (d, result.map_err(|e| format!("{}: {e}", drive.name)))
-                    }
-                    None => (d, Err(format!("unknown drive {d}"))),
-                }
-            }
-        });
-        let failed: HashMap<DriveId, String> = futures::future::join_all(flushes)
-            .await
-            .into_iter()
-            .filter_map(|(d, r)| r.err().map(|e| (d, e)))
-            .collect();
+        // (The changes alone are looked at while the flushes run: a request's name lock is
+        // not for sharing.)
+        let changes: Vec<&Change> = group.iter().map(|r| &r.change).collect();
+        let failed = group_flush::flush_drives(&drives, &touched, |unflushed| {
+            changes.iter().all(|c| c.can_do_without(unflushed, quorum))
+        })
+        .await;
+        drop(changes);
         if flushed.send(Flushed { group, failed }).await.is_err() {
             return;
         }
@@ -2188,6 +2198,36 @@ mod tests {
         let mut moved = Change::Relocate(vec![(record(4), on(1, 1), on(1, 80))]);
         assert!(moved.split_off_copies_on(&doubtful).is_some());
         assert!(moved.has_no_moves());
+    }
+
+    /// A group goes on without a slow drive only when each change keeps a write quorum of
+    /// copies of every record without it; GC's and repair's changes wait for their drives.
+    #[test]
+    fn a_change_does_without_a_drive_only_with_a_quorum_of_copies_left() {
+        let on = |drive: DriveId| Location {
+            drive,
+            lba: 8,
+            blocks: 1,
+        };
+        let delete = |copies: Vec<Location>| Change::DeleteObject {
+            bucket: "b".into(),
+            key: "k".into(),
+            seq: 7,
+            tombstone: copies,
+        };
+        let three = delete(vec![on(0), on(1), on(2)]);
+        assert!(three.can_do_without(&BTreeSet::from([2]), 2));
+        assert!(!three.can_do_without(&BTreeSet::from([1, 2]), 2));
+        assert!(!three.can_do_without(&BTreeSet::from([2]), 3));
+        // Not one of its drives: nothing to do without.
+        assert!(delete(vec![on(0)]).can_do_without(&BTreeSet::from([2]), 2));
+        let relocation = Relocation::Extent {
+            stream_id: 1,
+            offset: 0,
+        };
+        let moved = Change::Relocate(vec![(relocation, on(2), Location { lba: 90, ..on(2) })]);
+        assert!(!moved.can_do_without(&BTreeSet::from([2]), 1));
+        assert!(moved.can_do_without(&BTreeSet::from([0]), 1));
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub struct Drive {
     /// Until when (ms since the epoch) reads pass the drive over for its other copies, after
     /// another copy answered a read sooner (see [`Drive::note_slow_read`]).
     pub reads_slow_until: AtomicU64,
+    /// Flushes running that were not waited for (see [`Drive::note_slow_flush`]): each one
+    /// doubles how long new writes skip the drive.
+    pub slow_flushes: AtomicU32,
+    /// Flushes not waited for since the engine started (see [`Drive::note_slow_flush`]).
+    pub slow_flushes_total: AtomicU64,
     /// Since when (ms since the epoch) the drive has been unusable (unreachable or not
     /// attached); 0 while it is usable.
     pub unreachable_since: AtomicU64,
@@ -82,6 +87,8 @@ impl Drive {
             writes_paused_until: AtomicU64::new(0),
             write_faults: AtomicU32::new(0),
             reads_slow_until: AtomicU64::new(0),
+            slow_flushes: AtomicU32::new(0),
+            slow_flushes_total: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             usable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -211,6 +218,26 @@ impl Drive {
         }
     }
 
+    /// Notes that a flush of the drive was not waited for: the drive answers, but too slowly
+    /// (a disk failing slow behind a live target). New writes skip it for [`RETRY_AFTER`],
+    /// doubled for each such flush running, up to [`SLOW_PAUSE_LONGEST`], rather than have
+    /// each group of writes wait for it before going on without it; a flush it makes in good
+    /// time ends that (see [`Drive::note_timely_flush`]).
+    pub fn note_slow_flush(&self) {
+        self.slow_flushes_total.fetch_add(1, Ordering::Relaxed);
+        let running = self.slow_flushes.fetch_add(1, Ordering::Relaxed).min(8);
+        let pause = RETRY_AFTER
+            .saturating_mul(1 << running)
+            .min(SLOW_PAUSE_LONGEST);
+        self.writes_paused_until
+            .store(now_ms() + pause.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Notes that a flush of the drive was made in good time (see [`Drive::note_slow_flush`]).
+    pub fn note_timely_flush(&self) {
+        self.slow_flushes.store(0, Ordering::Relaxed);
+    }
+
     /// Notes that another copy answered a read this drive was slow to answer (a hedge won):
     /// reads go to other copies first for a moment ([`RETRY_AFTER`]), rather than each wait
     /// for this drive before they hedge. Writes still go to it (a drive that hangs is told
@@ -309,6 +336,10 @@ pub const WRITE_FAULTS_TO_PAUSE: u32 = 3;
 
 /// How long a drive that failed with a transport error is skipped before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The longest new writes skip a drive whose flushes are too slow to wait for (see
+/// [`Drive::note_slow_flush`]).
+pub const SLOW_PAUSE_LONGEST: Duration = Duration::from_secs(30);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -10,6 +10,7 @@ pub mod drives;
 pub mod error;
 pub mod gate;
 pub mod gc;
+pub mod group_flush;
 pub mod index;
 pub mod located;
 pub mod model;
