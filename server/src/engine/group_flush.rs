@@ -1,9 +1,11 @@
 //! The flushes of one commit group: every drive the group's records went to is flushed, and a
 //! drive that answers but too slowly (a disk failing slow behind a live target) holds the group
-//! up only while the group cannot do without it. Once the flushes made leave every change enough
-//! copies, the others get [`SLOW_FLUSH_GRACE`] (or a few times as long as the group has taken,
-//! if longer) before their drives count as failed for the group: their copies are left out as
-//! after a failed flush, and repair makes them again.
+//! up only while the group cannot do without it. Once some flushes are made and they leave every
+//! client change a write quorum of copies, the others get [`SLOW_FLUSH_GRACE`] (or a few times
+//! as long as the group has taken, if longer) before their drives count as failed for the
+//! group: their copies are left out as after a failed flush (repair makes client copies again;
+//! GC and repair move theirs again later). A group whose flushes all run slow (a disk busy for
+//! every drive) waits for them: no drive is slower than the others.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -47,6 +49,7 @@ pub async fn flush_drives(
         // after a flush failed elsewhere waits for them.)
         if give_up_at.is_none()
             && !unflushed.is_empty()
+            && unflushed.len() < touched.len()
             && can_do_without(&unflushed.iter().chain(failed.keys()).copied().collect())
         {
             give_up_at = Some(Instant::now() + grace_after(started.elapsed()));
@@ -120,7 +123,66 @@ fn flush_one(drives: &Drives, d: DriveId) -> impl Future<Output = (DriveId, Resu
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::engine::drives::Drive;
+
+    /// Two drives whose flushes take `delays`.
+    fn drives_flushing_in(dir: &std::path::Path, delays: [Duration; 2]) -> Drives {
+        let list = delays
+            .iter()
+            .enumerate()
+            .map(|(i, &delay)| {
+                let g = zns::Geometry::new(4, 1 << 20);
+                let inner =
+                    Arc::new(zns::EmulatedZns::create(&dir.join(i.to_string()), g).unwrap());
+                let mut device = zns::testing::Intercepted::new(inner);
+                device.before_flush = Box::new(move || {
+                    Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        Ok(())
+                    })
+                });
+                Arc::new(Drive::new(i as DriveId, format!("d{i}"), Arc::new(device)))
+            })
+            .collect();
+        Drives::new(list)
+    }
+
+    /// A drive far slower than the other is not waited for when the group can do without it:
+    /// it is said too slow, and new writes skip it.
+    #[tokio::test]
+    async fn a_drive_far_slower_than_the_others_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let drives = drives_flushing_in(dir.path(), [Duration::ZERO, Duration::from_secs(60)]);
+        let failed = tokio::time::timeout(
+            Duration::from_secs(10),
+            flush_drives(&drives, &BTreeSet::from([0, 1]), |_| true),
+        )
+        .await
+        .expect("the slow drive was waited for");
+        assert_eq!(failed.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(failed[&1].contains("too slow"), "{}", failed[&1]);
+        let slow = drives.get(1).unwrap();
+        assert!(!slow.is_writable());
+        assert!(drives.get(0).unwrap().is_writable());
+    }
+
+    /// Flushes that all run slow (a disk busy for every drive) are waited for, nor is one the
+    /// group cannot do without given up on.
+    #[tokio::test]
+    async fn flushes_all_slow_or_needed_are_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = Duration::from_millis(800);
+        let drives = drives_flushing_in(dir.path(), [slow, slow]);
+        let failed = flush_drives(&drives, &BTreeSet::from([0, 1]), |_| true).await;
+        assert!(failed.is_empty(), "{failed:?}");
+        let drives = drives_flushing_in(&dir.path().join("second"), [Duration::ZERO, slow]);
+        let failed = flush_drives(&drives, &BTreeSet::from([0, 1]), |_| false).await;
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(drives.all().iter().all(|d| d.is_writable()));
+    }
 
     #[test]
     fn the_grace_grows_with_a_group_that_was_slow_for_every_drive() {
