@@ -5308,9 +5308,9 @@ async fn a_drive_too_slow_to_flush_holds_no_write_up() {
     put(&engine, "b", "before", b"all three").await.unwrap();
     assert_eq!(commit_copies(&engine, "before").len(), 3);
     slow.store(true, Ordering::SeqCst);
-    let slow_flushes = || {
+    let slow_writes = || {
         engine.drives().all()[2]
-            .slow_flushes_total
+            .slow_writes_total
             .load(Ordering::SeqCst)
     };
     for (i, key) in ["first", "second"].into_iter().enumerate() {
@@ -5329,7 +5329,7 @@ async fn a_drive_too_slow_to_flush_holds_no_write_up() {
         );
         assert!(get(&engine, "b", key).await.unwrap() == body);
         // The first write's flush was given up on; the second skipped the drive at once.
-        assert_eq!(slow_flushes(), 1, "write {i}");
+        assert_eq!(slow_writes(), 1, "write {i}");
     }
 }
 
@@ -5352,6 +5352,77 @@ async fn a_slow_flush_the_write_quorum_needs_is_waited_for() {
     assert_eq!(commit_copies(&engine, "waited").len(), 3);
     assert!(get(&engine, "b", "waited").await.unwrap() == body);
     for drive in engine.drives().all() {
-        assert_eq!(drive.slow_flushes_total.load(Ordering::SeqCst), 0);
+        assert_eq!(drive.slow_writes_total.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// A drive that answers but appends too slowly holds no write up either: once a write quorum
+/// of copies is stored, the write goes on without the slow copy (the zone it may land in
+/// hidden by the name), and new writes skip the drive for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_too_slow_to_append_holds_no_write_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let g = small_geometry(16, 1 << 20);
+    let specs = intercepted_specs(dir.path(), 3, g, |i, _, drive| {
+        if i != 2 {
+            return;
+        }
+        let slow = slow.clone();
+        drive.before_append = Box::new(move |_, _, _| {
+            let slow = slow.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if slow {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                }
+            })
+        });
+    });
+    let engine = three_copies_over(dir.path(), specs).await;
+    slow.store(true, Ordering::SeqCst);
+    let slow_writes = || {
+        engine.drives().all()[2]
+            .slow_writes_total
+            .load(Ordering::SeqCst)
+    };
+    let mut first_given_up = 0;
+    for (i, key) in ["first", "second"].into_iter().enumerate() {
+        let body = content(key, 1, 100 << 10);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            put(&engine, "b", key, &body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("write {i} waited for the slow drive's append"))
+        .unwrap();
+        let (_, entry) = engine
+            .object_entries()
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| name.ends_with(key.as_bytes()))
+            .unwrap();
+        assert!(
+            entry.commit.len() == 2 && entry.commit.iter().all(|l| l.drive != 2),
+            "write {i}: {:?}",
+            entry.commit
+        );
+        assert!(get(&engine, "b", key).await.unwrap() == body);
+        // The first write gave up on the slow appends (of its extents, appended together);
+        // the second skipped the drive at once.
+        let given_up = slow_writes();
+        assert!(given_up >= 1, "write {i}");
+        if i == 1 {
+            assert_eq!(given_up, first_given_up);
+        }
+        first_given_up = given_up;
+        if i == 0 {
+            assert!(
+                entry.shadowed.iter().any(|s| s.zone.drive == 2),
+                "the zone the slow copy may land in is not hidden: {:?}",
+                entry.shadowed
+            );
+        }
     }
 }

@@ -412,14 +412,14 @@ async fn stats(State(s): State<Arc<AdminState>>) -> Response {
         "under-replicated writes   {}",
         load(&st.under_replicated_writes)
     );
-    let slow_flushes: u64 = s
+    let slow_writes: u64 = s
         .engine
         .drives()
         .all()
         .iter()
-        .map(|d| load(&d.slow_flushes_total))
+        .map(|d| load(&d.slow_writes_total))
         .sum();
-    let _ = writeln!(out, "slow flushes not waited   {slow_flushes}");
+    let _ = writeln!(out, "slow writes not waited    {slow_writes}");
     for (drive, free, total) in s.engine.free_zones() {
         let _ = writeln!(out, "free zones {drive:<40} {free}/{total}");
     }

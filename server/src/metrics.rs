@@ -35,7 +35,7 @@ pub struct Metrics {
     zones: Family<Labels, Gauge>,
     free_bytes: Family<Labels, Gauge>,
     drive_foreign: Family<Labels, Gauge>,
-    slow_flushes: Family<Labels, Counter>,
+    slow_writes: Family<Labels, Counter>,
     gc_relocated: Counter,
     zones_reset: Counter,
     user_written: Counter,
@@ -110,7 +110,7 @@ impl Metrics {
             zones: Family::default(),
             free_bytes: Family::default(),
             drive_foreign: Family::default(),
-            slow_flushes: Family::default(),
+            slow_writes: Family::default(),
             gc_relocated: Counter::default(),
             zones_reset: Counter::default(),
             user_written: Counter::default(),
@@ -224,9 +224,9 @@ impl Metrics {
             m.nvme_commands.clone(),
         );
         r.register(
-            "slow_flushes",
-            "Flushes not waited for because the drive was too slow (its copies were left out, for repair to make again), per drive",
-            m.slow_flushes.clone(),
+            "slow_writes",
+            "Appends and flushes not waited for because the drive was too slow (their copies were left out, for repair to make again), per drive",
+            m.slow_writes.clone(),
         );
         r.register(
             "nvme_host_errors",
@@ -383,12 +383,12 @@ impl Metrics {
             self.drive_foreign
                 .get_or_create(&labels)
                 .set(i64::from(foreign));
-            let slow = self.slow_flushes.get_or_create(&labels);
+            let slow = self.slow_writes.get_or_create(&labels);
             self.followed.follow(
-                "slow_flushes",
+                "slow_writes",
                 &labels,
                 &slow,
-                load(&drive.slow_flushes_total),
+                load(&drive.slow_writes_total),
             );
         }
         for (name, host) in hosts {

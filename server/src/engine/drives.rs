@@ -35,11 +35,12 @@ pub struct Drive {
     /// Until when (ms since the epoch) reads pass the drive over for its other copies, after
     /// another copy answered a read sooner (see [`Drive::note_slow_read`]).
     pub reads_slow_until: AtomicU64,
-    /// Flushes running that were not waited for (see [`Drive::note_slow_flush`]): each one
-    /// doubles how long new writes skip the drive.
+    /// Writes running (appends, flushes) that were not waited for (see
+    /// [`Drive::note_too_slow`]): each one doubles how long new writes skip the drive.
     pub slow_flushes: AtomicU32,
-    /// Flushes not waited for since the engine started (see [`Drive::note_slow_flush`]).
-    pub slow_flushes_total: AtomicU64,
+    /// Writes (appends, flushes) not waited for since the engine started (see
+    /// [`Drive::note_too_slow`]).
+    pub slow_writes_total: AtomicU64,
     /// Since when (ms since the epoch) the drive has been unusable (unreachable or not
     /// attached); 0 while it is usable.
     pub unreachable_since: AtomicU64,
@@ -88,7 +89,7 @@ impl Drive {
             write_faults: AtomicU32::new(0),
             reads_slow_until: AtomicU64::new(0),
             slow_flushes: AtomicU32::new(0),
-            slow_flushes_total: AtomicU64::new(0),
+            slow_writes_total: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             usable_since: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -218,13 +219,13 @@ impl Drive {
         }
     }
 
-    /// Notes that a flush of the drive was not waited for: the drive answers, but too slowly
-    /// (a disk failing slow behind a live target). New writes skip it for [`RETRY_AFTER`],
-    /// doubled for each such flush running, up to [`SLOW_PAUSE_LONGEST`], rather than have
-    /// each group of writes wait for it before going on without it; a flush it makes in good
-    /// time ends that (see [`Drive::note_timely_flush`]).
-    pub fn note_slow_flush(&self) {
-        self.slow_flushes_total.fetch_add(1, Ordering::Relaxed);
+    /// Notes that an append or a flush of the drive was not waited for: the drive answers, but
+    /// too slowly (a disk failing slow behind a live target). New writes skip it for
+    /// [`RETRY_AFTER`], doubled for each such write running, up to [`SLOW_PAUSE_LONGEST`],
+    /// rather than have each write wait for it before going on without it; a flush it makes
+    /// in good time ends that (see [`Drive::note_timely_flush`]).
+    pub fn note_too_slow(&self) {
+        self.slow_writes_total.fetch_add(1, Ordering::Relaxed);
         let running = self.slow_flushes.fetch_add(1, Ordering::Relaxed).min(8);
         let pause = RETRY_AFTER
             .saturating_mul(1 << running)
@@ -233,7 +234,7 @@ impl Drive {
             .store(now_ms() + pause.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Notes that a flush of the drive was made in good time (see [`Drive::note_slow_flush`]).
+    /// Notes that a flush of the drive was made in good time (see [`Drive::note_too_slow`]).
     pub fn note_timely_flush(&self) {
         self.slow_flushes.store(0, Ordering::Relaxed);
     }
@@ -337,9 +338,25 @@ pub const WRITE_FAULTS_TO_PAUSE: u32 = 3;
 /// How long a drive that failed with a transport error is skipped before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-/// The longest new writes skip a drive whose flushes are too slow to wait for (see
-/// [`Drive::note_slow_flush`]).
+/// The longest new writes skip a drive whose writes are too slow to wait for (see
+/// [`Drive::note_too_slow`]).
 pub const SLOW_PAUSE_LONGEST: Duration = Duration::from_secs(30);
+
+/// How long the copies of a write beyond those it needs are waited for at least, once those
+/// it needs are made (see [`straggler_grace`]).
+pub const STRAGGLER_GRACE: Duration = Duration::from_secs(1);
+
+/// How many times as long as the copies a write needed took the others are waited for, when
+/// that is longer than [`STRAGGLER_GRACE`] (a disk busy for every drive is not a slow one).
+const GRACE_PER_NEEDED: u32 = 4;
+
+/// How long the copies of a write (its appends, its flushes) that it can do without are waited
+/// for once those it needs are made, `needed` after the write began: past that, their drive is
+/// too slow (see [`Drive::note_too_slow`]), and repair makes the copies again elsewhere or
+/// later.
+pub fn straggler_grace(needed: Duration) -> Duration {
+    STRAGGLER_GRACE.max(needed.saturating_mul(GRACE_PER_NEEDED))
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -400,6 +417,15 @@ impl Drives {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_straggler_grace_grows_with_a_write_that_was_slow_for_every_drive() {
+        assert_eq!(straggler_grace(Duration::from_millis(3)), STRAGGLER_GRACE);
+        assert_eq!(
+            straggler_grace(Duration::from_secs(1)),
+            Duration::from_secs(4)
+        );
+    }
 
     /// An outage runs from the first moment the drive was unusable through moments back that
     /// did not last, and ends once it has stayed usable for `STAYS_UP`.

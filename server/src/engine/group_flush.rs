@@ -1,35 +1,20 @@
 //! The flushes of one commit group: every drive the group's records went to is flushed, and a
 //! drive that answers but too slowly (a disk failing slow behind a live target) holds the group
 //! up only while the group cannot do without it. Once some flushes are made and they leave every
-//! client change a write quorum of copies, the others get [`SLOW_FLUSH_GRACE`] (or a few times
-//! as long as the group has taken, if longer) before their drives count as failed for the
-//! group: their copies are left out as after a failed flush (repair makes client copies again;
+//! client change a write quorum of copies, the others get a grace (see
+//! [`super::drives::straggler_grace`]) before their drives count as failed for the group: their copies are left out as after a failed flush (repair makes client copies again;
 //! GC and repair move theirs again later). A group whose flushes all run slow (a disk busy for
 //! every drive) waits for them: no drive is slower than the others.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::drives::Drives;
+use super::drives::{Drives, straggler_grace};
 use super::model::DriveId;
-
-/// How long flushes a group can do without are waited for once the others are made (at least:
-/// see [`grace_after`]).
-pub const SLOW_FLUSH_GRACE: Duration = Duration::from_millis(500);
-
-/// How many times as long as the group's needed flushes took the others are waited for, when
-/// that is longer than [`SLOW_FLUSH_GRACE`] (a disk busy for all its drives is not a slow one).
-const GRACE_PER_NEEDED: u32 = 4;
-
-/// The wait for the flushes a group can do without, once those it needs took `needed`.
-fn grace_after(needed: Duration) -> Duration {
-    SLOW_FLUSH_GRACE.max(needed.saturating_mul(GRACE_PER_NEEDED))
-}
 
 /// Flushes `touched` of `drives`; returns the drives whose flush failed, or was not waited for,
 /// with why. `can_do_without(unflushed)` says whether the group's changes may go on without
@@ -52,7 +37,7 @@ pub async fn flush_drives(
             && unflushed.len() < touched.len()
             && can_do_without(&unflushed.iter().chain(failed.keys()).copied().collect())
         {
-            give_up_at = Some(Instant::now() + grace_after(started.elapsed()));
+            give_up_at = Some(Instant::now() + straggler_grace(started.elapsed()));
         }
         let next = match give_up_at {
             Some(at) => tokio::select! {
@@ -75,7 +60,7 @@ pub async fn flush_drives(
     for d in unflushed {
         let name = match drives.get(d) {
             Some(drive) => {
-                drive.note_slow_flush();
+                drive.note_too_slow();
                 drive.name.clone()
             }
             None => format!("drive {d}"),
@@ -124,6 +109,7 @@ fn flush_one(drives: &Drives, d: DriveId) -> impl Future<Output = (DriveId, Resu
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
     use crate::engine::drives::Drive;
@@ -182,11 +168,5 @@ mod tests {
         let failed = flush_drives(&drives, &BTreeSet::from([0, 1]), |_| false).await;
         assert!(failed.is_empty(), "{failed:?}");
         assert!(drives.all().iter().all(|d| d.is_writable()));
-    }
-
-    #[test]
-    fn the_grace_grows_with_a_group_that_was_slow_for_every_drive() {
-        assert_eq!(grace_after(Duration::from_millis(3)), SLOW_FLUSH_GRACE);
-        assert_eq!(grace_after(Duration::from_secs(1)), Duration::from_secs(4));
     }
 }

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::task::JoinHandle;
 use zns::{WriteHint, ZoneAction, ZoneSelect};
 
 use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, Relocation, now_ms};
-use super::drives::Drives;
+use super::drives::{Drives, straggler_grace};
 use super::error::{EngineError, EngineResult};
 use super::model::{Class, DriveId, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
 use super::placement::{FinishTurn, NoSpace, Placement, Slot, ZoneHolds};
@@ -255,7 +257,28 @@ impl EngineInner {
                     (slot, Some(result.map(|lba| (lba, session))), guard)
                 }
             });
-            for (slot, result, mut guard) in futures::future::join_all(appends).await {
+            // Copies beyond the write quorum are waited for a grace once the quorum is stored
+            // (see [`straggler_grace`]), not until a drive failing slow answers.
+            let round_began = Instant::now();
+            let mut running: FuturesUnordered<_> = appends.collect();
+            let mut unanswered: Vec<Slot> = slots.clone();
+            let mut give_up_at: Option<tokio::time::Instant> = None;
+            loop {
+                if give_up_at.is_none() && locations.len() >= quorum && !running.is_empty() {
+                    give_up_at =
+                        Some(tokio::time::Instant::now() + straggler_grace(round_began.elapsed()));
+                }
+                let next = match give_up_at {
+                    Some(at) => tokio::select! {
+                        next = running.next() => next,
+                        () = tokio::time::sleep_until(at) => break,
+                    },
+                    None => running.next().await,
+                };
+                let Some((slot, result, mut guard)) = next else {
+                    break;
+                };
+                unanswered.retain(|s| s.drive != slot.drive);
                 // Its end is recorded below, with no await before: the guard stands down.
                 guard.reported();
                 let Some(result) = result else {
@@ -339,6 +362,25 @@ impl EngineInner {
                             });
                         }
                     }
+                }
+            }
+            // The appends not answered in time are given up on (dropped: their slots end as in
+            // doubt, see [`SlotGuard`]); where they may yet land, the write's name hides.
+            drop(running);
+            for slot in unanswered {
+                let zone = ZoneId {
+                    drive: slot.drive,
+                    zone: slot.zone,
+                };
+                holds.add_stray(zone);
+                tried.push(slot.drive);
+                if let Some(drive) = self.drives.get(slot.drive) {
+                    drive.note_too_slow();
+                    tracing::warn!(
+                        drive = %drive.name,
+                        "append not answered in {} ms while the write quorum was stored: the drive is slow; the write goes on without this copy (repair makes it again) and new writes skip the drive for a while",
+                        round_began.elapsed().as_millis()
+                    );
                 }
             }
         }
