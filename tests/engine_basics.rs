@@ -5426,3 +5426,106 @@ async fn a_drive_too_slow_to_append_holds_no_write_up() {
         }
     }
 }
+
+/// A disk failing slow behind a live NVMe/TCP target (the target answers keep-alives, its
+/// drive takes a minute per append and flush) holds no write up, over real connections: each
+/// write is acknowledged with the copies on the other targets, the slow target keeps its
+/// session, and once its disk is well again repair makes the missing copies there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_behind_a_live_target_holds_no_write_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let slow = Arc::new(AtomicBool::new(false));
+    let mut specs = Vec::new();
+    let mut hosts = Vec::new();
+    let mut listening = Vec::new();
+    for i in 0..3 {
+        let nqn = format!("nqn.2026-01.io.zonestore:slow-disk-{i}");
+        let inner = zns::EmulatedZns::create(&dir.path().join(format!("drive{i}")), g).unwrap();
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+        if i == 2 {
+            let minute = std::time::Duration::from_secs(60);
+            let slow_append = slow.clone();
+            drive.before_append = Box::new(move |_, _, _| {
+                let slow = slow_append.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if slow {
+                        tokio::time::sleep(minute).await;
+                    }
+                })
+            });
+            let slow_flush = slow.clone();
+            drive.before_flush = Box::new(move || {
+                let slow = slow_flush.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if slow {
+                        tokio::time::sleep(minute).await;
+                    }
+                    Ok(())
+                })
+            });
+        }
+        let target = fabric::target::Target::new(fabric::target::TargetConfig::default());
+        target.add_subsystem(&nqn, Arc::new(drive), vec![]).unwrap();
+        let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = handle.local_addr();
+        listening.push(handle);
+        let host = fabric::host::NvmeTcpHost::connect(fabric::host::HostConfig::new(addr, &nqn))
+            .await
+            .unwrap();
+        hosts.push(host.clone());
+        specs.push(zonestore::engine::DriveSpec {
+            name: format!("nvme-tcp://{addr}/{nqn}"),
+            device: Arc::new(host),
+        });
+    }
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+    config.replicas = 3;
+    config.write_quorum = 2;
+    config.repair.grace = std::time::Duration::ZERO;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    slow.store(true, Ordering::SeqCst);
+    let mut bodies = Vec::new();
+    for i in 0..4 {
+        let key = format!("slow{i}");
+        let body = content(&key, 1, 200 << 10);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            put(&engine, "b", &key, &body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("write {i} waited for the slow disk"))
+        .unwrap();
+        assert!(get(&engine, "b", &key).await.unwrap() == body);
+        bodies.push((key, body));
+    }
+    assert!(
+        engine.drives().all()[2]
+            .slow_writes_total
+            .load(Ordering::SeqCst)
+            >= 1
+    );
+    assert!(
+        hosts[2].is_connected(),
+        "the slow target's session was kept"
+    );
+    // Well again: repair makes the copies the slow disk missed.
+    slow.store(false, Ordering::SeqCst);
+    until_repair(
+        &engine,
+        "the copies the slow disk missed were not made again",
+        60,
+        |s| s.copies_made > 0 && s.under_replicated_records == 0,
+    )
+    .await;
+    for (key, body) in &bodies {
+        assert_eq!(commit_copies(&engine, key).len(), 3, "{key}");
+        assert!(get(&engine, "b", key).await.unwrap() == *body);
+    }
+    drop(listening);
+}

@@ -35,7 +35,7 @@ pub struct Drive {
     /// Until when (ms since the epoch) reads pass the drive over for its other copies, after
     /// another copy answered a read sooner (see [`Drive::note_slow_read`]).
     pub reads_slow_until: AtomicU64,
-    /// Writes running (appends, flushes) that were not waited for (see
+    /// Pauses running for writes (appends, flushes) that were not waited for (see
     /// [`Drive::note_too_slow`]): each one doubles how long new writes skip the drive.
     pub slow_flushes: AtomicU32,
     /// Writes (appends, flushes) not waited for since the engine started (see
@@ -221,11 +221,16 @@ impl Drive {
 
     /// Notes that an append or a flush of the drive was not waited for: the drive answers, but
     /// too slowly (a disk failing slow behind a live target). New writes skip it for
-    /// [`RETRY_AFTER`], doubled for each such write running, up to [`SLOW_PAUSE_LONGEST`],
+    /// [`RETRY_AFTER`], doubled each time it is slow again after a pause, up to
+    /// [`SLOW_PAUSE_LONGEST`],
     /// rather than have each write wait for it before going on without it; a flush it makes
     /// in good time ends that (see [`Drive::note_timely_flush`]).
     pub fn note_too_slow(&self) {
         self.slow_writes_total.fetch_add(1, Ordering::Relaxed);
+        // Writes given up on together (a write's extents, a group's flush) are one pause.
+        if now_ms() < self.writes_paused_until.load(Ordering::Relaxed) {
+            return;
+        }
         let running = self.slow_flushes.fetch_add(1, Ordering::Relaxed).min(8);
         let pause = RETRY_AFTER
             .saturating_mul(1 << running)
