@@ -498,14 +498,15 @@ fn main() {
             .unwrap();
         let figures = runtime.block_on(run_s3(address, seconds));
         report(setup, &figures, &baseline);
-        // What the server did besides serving: a hedge, failover, session lost or write kept
-        // short under load alone would be a false alarm of its own.
+        // What the server did besides serving: a hedge, failover, session lost, write kept
+        // short or drive found too slow under load alone would be a false alarm of its own.
         let metrics = server.metrics();
         let counters: Vec<String> = [
             "zonestore_read_hedges_total",
             "zonestore_read_failovers_total",
             "zonestore_nvme_host_reconnects_total",
             "zonestore_under_replicated_bytes",
+            "zonestore_slow_writes_total",
         ]
         .iter()
         .map(|name| format!("{name}={}", metric_sum(&metrics, name, &[])))

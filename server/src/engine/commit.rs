@@ -387,17 +387,18 @@ impl Change {
     }
 
     /// Whether the change may be applied without its copies on `drives`: a client write keeps a
-    /// write quorum of copies of each record elsewhere (see [`Change::drop_copies_keeping`]);
-    /// GC's and repair's copies there are split off and made again later (see
-    /// [`Change::split_off_copies_on`]), the rest applied.
+    /// write quorum of copies of each record elsewhere (see [`Change::drop_copies_keeping`]).
+    /// GC's and repair's changes wait for their drives: they load one drive (all of a victim's
+    /// records go back to it; a returning drive takes every copy repair makes), whose flush is
+    /// then slower than the others' without that drive being slow.
     fn can_do_without(&self, drives: &BTreeSet<DriveId>, quorum: usize) -> bool {
-        if self.moves_copies() {
-            return true;
-        }
         let mut touches = false;
         self.for_each_location(|l| touches |= drives.contains(&l.drive));
         if !touches {
             return true;
+        }
+        if self.moves_copies() {
+            return false;
         }
         let mut enough = true;
         self.for_each_record(|copies| {
@@ -706,11 +707,17 @@ async fn flush_groups(
             }
         }
         let touched: BTreeSet<DriveId> = group.iter().flat_map(|r| r.change.drives()).collect();
-        // (The changes alone are looked at while the flushes run: a request's name lock is
-        // not for sharing.)
-        let changes: Vec<&Change> = group.iter().map(|r| &r.change).collect();
+        // (The changes and holds alone are looked at while the flushes run: a request's name
+        // lock is not for sharing.) A drive reconnected since a change's appends counts as one
+        // its copies are left out on (see `sessions_changed`).
+        let changes: Vec<(&Change, &[ZoneHolds])> =
+            group.iter().map(|r| (&r.change, &r.holds[..])).collect();
         let failed = group_flush::flush_drives(&drives, &touched, |unflushed| {
-            changes.iter().all(|c| c.can_do_without(unflushed, quorum))
+            changes.iter().all(|(change, holds)| {
+                let mut without = unflushed.clone();
+                without.extend(sessions_changed(&drives, holds).into_iter().map(|(d, _)| d));
+                change.can_do_without(&without, quorum)
+            })
         })
         .await;
         drop(changes);
@@ -2201,7 +2208,7 @@ mod tests {
     }
 
     /// A group goes on without a slow drive only when each client change keeps a write quorum
-    /// of copies of every record without it.
+    /// of copies of every record without it, and no GC or repair change moves copies to it.
     #[test]
     fn a_change_does_without_a_drive_only_with_a_quorum_of_copies_left() {
         let on = |drive: DriveId| Location {
@@ -2225,9 +2232,10 @@ mod tests {
             stream_id: 1,
             offset: 0,
         };
-        // GC's copies are split off, to be moved again later.
+        // GC's moves wait for their drive.
         let moved = Change::Relocate(vec![(relocation, on(2), Location { lba: 90, ..on(2) })]);
-        assert!(moved.can_do_without(&BTreeSet::from([2]), 1));
+        assert!(!moved.can_do_without(&BTreeSet::from([2]), 1));
+        assert!(moved.can_do_without(&BTreeSet::from([0]), 1));
     }
 
     #[test]

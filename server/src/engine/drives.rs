@@ -37,7 +37,7 @@ pub struct Drive {
     pub reads_slow_until: AtomicU64,
     /// Pauses running for writes (appends, flushes) that were not waited for (see
     /// [`Drive::note_too_slow`]): each one doubles how long new writes skip the drive.
-    pub slow_flushes: AtomicU32,
+    pub slow_pauses: AtomicU32,
     /// Writes (appends, flushes) not waited for since the engine started (see
     /// [`Drive::note_too_slow`]).
     pub slow_writes_total: AtomicU64,
@@ -88,7 +88,7 @@ impl Drive {
             writes_paused_until: AtomicU64::new(0),
             write_faults: AtomicU32::new(0),
             reads_slow_until: AtomicU64::new(0),
-            slow_flushes: AtomicU32::new(0),
+            slow_pauses: AtomicU32::new(0),
             slow_writes_total: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             usable_since: AtomicU64::new(0),
@@ -203,8 +203,9 @@ impl Drive {
         {
             let running = self.write_faults.fetch_add(1, Ordering::Relaxed) + 1;
             if running >= WRITE_FAULTS_TO_PAUSE {
+                // (Not shortening a longer pause a slow drive is in.)
                 self.writes_paused_until
-                    .store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+                    .fetch_max(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -231,17 +232,17 @@ impl Drive {
         if now_ms() < self.writes_paused_until.load(Ordering::Relaxed) {
             return;
         }
-        let running = self.slow_flushes.fetch_add(1, Ordering::Relaxed).min(8);
+        let running = self.slow_pauses.fetch_add(1, Ordering::Relaxed).min(8);
         let pause = RETRY_AFTER
             .saturating_mul(1 << running)
             .min(SLOW_PAUSE_LONGEST);
         self.writes_paused_until
-            .store(now_ms() + pause.as_millis() as u64, Ordering::Relaxed);
+            .fetch_max(now_ms() + pause.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Notes that a flush of the drive was made in good time (see [`Drive::note_too_slow`]).
     pub fn note_timely_flush(&self) {
-        self.slow_flushes.store(0, Ordering::Relaxed);
+        self.slow_pauses.store(0, Ordering::Relaxed);
     }
 
     /// Notes that another copy answered a read this drive was slow to answer (a hedge won):

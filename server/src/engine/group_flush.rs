@@ -1,10 +1,11 @@
 //! The flushes of one commit group: every drive the group's records went to is flushed, and a
 //! drive that answers but too slowly (a disk failing slow behind a live target) holds the group
 //! up only while the group cannot do without it. Once some flushes are made and they leave every
-//! client change a write quorum of copies, the others get a grace (see
-//! [`super::drives::straggler_grace`]) before their drives count as failed for the group: their copies are left out as after a failed flush (repair makes client copies again;
-//! GC and repair move theirs again later). A group whose flushes all run slow (a disk busy for
-//! every drive) waits for them: no drive is slower than the others.
+//! client change a write quorum of copies (and no GC or repair change needs the others), the
+//! others get a grace (see [`super::drives::straggler_grace`]) before their drives count as
+//! failed for the group: their copies are left out as after a failed flush, and repair makes
+//! them again. A group whose flushes all run slow (a disk busy for every drive) waits for them:
+//! no drive is slower than the others.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -13,7 +14,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::drives::{Drives, straggler_grace};
+use super::drives::{Drives, STRAGGLER_GRACE, straggler_grace};
 use super::model::DriveId;
 
 /// Flushes `touched` of `drives`; returns the drives whose flush failed, or was not waited for,
@@ -40,7 +41,9 @@ pub async fn flush_drives(
             give_up_at = Some(Instant::now() + straggler_grace(started.elapsed()));
         }
         let next = match give_up_at {
+            // (A flush that answered is taken before the deadline, both ready.)
             Some(at) => tokio::select! {
+                biased;
                 next = running.next() => next,
                 () = tokio::time::sleep_until(at) => break,
             },
@@ -94,9 +97,12 @@ fn flush_one(drives: &Drives, d: DriveId) -> impl Future<Output = (DriveId, Resu
                 (d, Err(format!("{}: not connected", drive.name)))
             }
             Some(drive) => {
+                let began = Instant::now();
                 let result = drive.device.flush().await;
                 drive.note_flush(&result);
-                if result.is_ok() {
+                // (One waited for only because the group could not do without it is no sign
+                // the drive is well again.)
+                if result.is_ok() && began.elapsed() < STRAGGLER_GRACE {
                     drive.note_timely_flush();
                 }
                 (d, result.map_err(|e| format!("{}: {e}", drive.name)))

@@ -120,6 +120,9 @@ impl EngineInner {
         let started = Instant::now();
         let deadline = started + SPACE_WAIT;
         let mut rounds = 0;
+        // How long the write quorum took to store, once it has: what copies beyond it are given
+        // (see [`straggler_grace`]), in its round and any later one.
+        let mut quorum_took: Option<Duration> = None;
         while rounds < 3 {
             let missing = copies - locations.len();
             if missing == 0 {
@@ -265,11 +268,15 @@ impl EngineInner {
             let mut give_up_at: Option<tokio::time::Instant> = None;
             loop {
                 if give_up_at.is_none() && locations.len() >= quorum && !running.is_empty() {
-                    give_up_at =
-                        Some(tokio::time::Instant::now() + straggler_grace(round_began.elapsed()));
+                    let took = *quorum_took.get_or_insert_with(|| round_began.elapsed());
+                    give_up_at = Some(
+                        tokio::time::Instant::from_std(round_began) + took + straggler_grace(took),
+                    );
                 }
                 let next = match give_up_at {
+                    // (An append that answered is taken before the deadline, both ready.)
                     Some(at) => tokio::select! {
+                        biased;
                         next = running.next() => next,
                         () = tokio::time::sleep_until(at) => break,
                     },
@@ -378,7 +385,7 @@ impl EngineInner {
                     drive.note_too_slow();
                     tracing::warn!(
                         drive = %drive.name,
-                        "append not answered in {} ms while the write quorum was stored: the drive is slow; the write goes on without this copy (repair makes it again) and new writes skip the drive for a while",
+                        "append not answered in {} ms while the write quorum was stored: the drive is slow; the copy goes to another drive if one is left, else the write goes on without it (repair makes it again), and new writes skip the drive for a while",
                         round_began.elapsed().as_millis()
                     );
                 }
