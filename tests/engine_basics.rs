@@ -5529,3 +5529,71 @@ async fn a_slow_disk_behind_a_live_target_holds_no_write_up() {
     }
     drop(listening);
 }
+
+/// The grace a slow copy gets is the one configured: a write waits that long for a drive too
+/// slow to flush before it goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_copy_gets_the_grace_configured() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Arc::new(AtomicBool::new(false));
+    let grace = std::time::Duration::from_secs(3);
+    let specs = slow_flushing_specs(dir.path(), &[2], &slow, std::time::Duration::from_secs(60));
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+    config.replicas = 3;
+    config.write_quorum = 2;
+    config.patience.slow_write_grace = grace;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    slow.store(true, Ordering::SeqCst);
+    let began = std::time::Instant::now();
+    put(&engine, "b", "k", b"patient").await.unwrap();
+    assert!(
+        began.elapsed() >= grace,
+        "the slow flush was given up on after {:?}",
+        began.elapsed()
+    );
+    assert_eq!(commit_copies(&engine, "k").len(), 2);
+}
+
+/// The first copy an object's index entry names is the one written to be read (the others are
+/// written as rarely read, out of the page cache), also when it is the last to land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_reads_prefer_comes_first_however_late_it_lands() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let armed = Arc::new(AtomicBool::new(false));
+    // The hint of each drive's last append.
+    let hints: Arc<parking_lot::Mutex<Vec<Option<zns::WriteHint>>>> =
+        Arc::new(parking_lot::Mutex::new(vec![None; 3]));
+    let specs = intercepted_specs(dir.path(), 3, g, |i, _, drive| {
+        let (armed, hints) = (armed.clone(), hints.clone());
+        drive.before_append = Box::new(move |_, hint, _| {
+            hints.lock()[i] = Some(hint);
+            let late = armed.load(Ordering::SeqCst) && hint == zns::WriteHint::None;
+            Box::pin(async move {
+                if late {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            })
+        });
+    });
+    let engine = three_copies_over(dir.path(), specs).await;
+    armed.store(true, Ordering::SeqCst);
+    for key in ["one", "two", "three"] {
+        put(&engine, "b", key, b"small").await.unwrap();
+        let copies = commit_copies(&engine, key);
+        assert_eq!(copies.len(), 3);
+        let first = usize::from(copies[0]);
+        assert_eq!(
+            hints.lock()[first],
+            Some(zns::WriteHint::None),
+            "{key}: the first copy named ({copies:?}) was written as rarely read"
+        );
+    }
+}

@@ -61,6 +61,10 @@ pub struct ReplicationSection {
     pub scrub_interval_hours: u64,
     /// Scrub read rate limit, MiB/s (0: unlimited).
     pub scrub_rate_mib_per_sec: u64,
+    /// Milliseconds a read of one copy may take before another copy is read too.
+    pub hedge_after_ms: u64,
+    /// Milliseconds copies beyond the write quorum are waited for once it is stored (at least).
+    pub slow_write_grace_ms: u64,
 }
 
 impl Default for ReplicationSection {
@@ -70,6 +74,8 @@ impl Default for ReplicationSection {
             repair_rate_mib_per_sec: 128,
             scrub_interval_hours: 168,
             scrub_rate_mib_per_sec: 64,
+            hedge_after_ms: 500,
+            slow_write_grace_ms: 1000,
         }
     }
 }
@@ -268,6 +274,11 @@ impl TargetUrl {
         }
     }
 }
+
+/// Longest wait for one copy accepted (`replication.hedge_after_ms`,
+/// `replication.slow_write_grace_ms`): past it, a drive's NVMe/TCP host has given up on the
+/// command anyway.
+const MAX_PATIENCE_MS: u64 = 60_000;
 
 /// Shortest repair grace accepted (`replication.repair_grace_secs`).
 const MIN_REPAIR_GRACE_SECS: u64 = 10;
@@ -565,6 +576,25 @@ impl Config {
                 "must be at least gc.low_watermark and less than 1 (GC emptying every zone would move live data all the time)",
             ));
         }
+        for (key, value) in [
+            (
+                "replication.hedge_after_ms",
+                self.replication.hedge_after_ms,
+            ),
+            (
+                "replication.slow_write_grace_ms",
+                self.replication.slow_write_grace_ms,
+            ),
+        ] {
+            if !(1..=MAX_PATIENCE_MS).contains(&value) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{value} is not between 1 and {MAX_PATIENCE_MS} ms (a copy is waited for that long before another is turned to)"
+                    ),
+                ));
+            }
+        }
         if self.replication.repair_grace_secs < MIN_REPAIR_GRACE_SECS {
             return Err(bad(
                 "replication.repair_grace_secs",
@@ -820,6 +850,15 @@ mod tests {
             Some("replication.repair_grace_secs")
         );
         assert_eq!(key_of("[replication]\nrepair_grace_secs = 30\n"), None);
+        for key in ["hedge_after_ms", "slow_write_grace_ms"] {
+            for bad in [0, 60_001] {
+                assert_eq!(
+                    key_of(&format!("[replication]\n{key} = {bad}\n")).as_deref(),
+                    Some(format!("replication.{key}").as_str()),
+                );
+            }
+            assert_eq!(key_of(&format!("[replication]\n{key} = 250\n")), None);
+        }
         for domain in ["s3.example.com:9000", "", "a b", "s3.example.com/x"] {
             assert_eq!(
                 key_of(&format!("domains = [{domain:?}]\n")).as_deref(),

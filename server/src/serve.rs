@@ -12,6 +12,7 @@ use s3api::{S3Config, S3Service};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Checked, Config, ConfigError, User};
+use crate::engine::drives::Patience;
 use crate::engine::gc::GcConfig;
 use crate::engine::repair::RepairConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, EngineResult};
@@ -340,6 +341,10 @@ impl Server {
             scrub_interval: (rep.scrub_interval_hours > 0)
                 .then(|| Duration::from_secs(rep.scrub_interval_hours * 3600)),
             scrub_rate_bytes_per_sec: rep.scrub_rate_mib_per_sec << 20,
+        };
+        engine_config.patience = Patience {
+            hedge_after: Duration::from_millis(rep.hedge_after_ms),
+            slow_write_grace: Duration::from_millis(rep.slow_write_grace_ms),
         };
         let (engine, reconciliation) = Engine::open(engine_config, specs).await?;
         if !reconciliation.broken_zones.is_empty() {

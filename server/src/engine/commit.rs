@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use rocksdb::WriteBatch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::drives::Drives;
+use super::drives::{Drives, Patience};
 use super::error::{EngineError, EngineResult};
 use super::group_flush;
 use super::index::{self, Index, TombKind, cf};
@@ -545,13 +545,15 @@ const MAX_GROUP: usize = 1024;
 
 impl Committer {
     /// Starts the committer; a client write may be applied with `quorum` copies when the
-    /// others' drives fail (or reconnect) before their flush.
+    /// others' drives fail (or reconnect) before their flush, or flush too slowly for
+    /// `patience` (see [`group_flush`]).
     pub fn start(
         index: Arc<Index>,
         drives: Arc<Drives>,
         accounts: Arc<ZoneAccounts>,
         placement: Arc<Placement>,
         quorum: usize,
+        patience: Patience,
     ) -> Committer {
         let (tx, rx) = mpsc::channel(4096);
         let short_commits = Arc::new(AtomicU64::new(0));
@@ -566,6 +568,7 @@ impl Committer {
                 pending_revocations: pending_revocations.clone(),
             },
             quorum,
+            patience,
             short_commits.clone(),
         ));
         Committer {
@@ -678,6 +681,7 @@ async fn run(
     rx: mpsc::Receiver<Request>,
     shared: Shared,
     quorum: usize,
+    patience: Patience,
     short_commits: Arc<AtomicU64>,
 ) {
     // One group flushed and waiting while another is written: no more, so groups stay large
@@ -685,7 +689,7 @@ async fn run(
     let (flushed_tx, flushed_rx) = mpsc::channel(1);
     let drives = shared.drives.clone();
     tokio::join!(
-        flush_groups(rx, drives, flushed_tx, quorum),
+        flush_groups(rx, drives, flushed_tx, quorum, patience),
         apply_groups(flushed_rx, shared, quorum, short_commits)
     );
 }
@@ -697,6 +701,7 @@ async fn flush_groups(
     drives: Arc<Drives>,
     flushed: mpsc::Sender<Flushed>,
     quorum: usize,
+    patience: Patience,
 ) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
@@ -712,7 +717,7 @@ async fn flush_groups(
         // its copies are left out on (see `sessions_changed`).
         let changes: Vec<(&Change, &[ZoneHolds])> =
             group.iter().map(|r| (&r.change, &r.holds[..])).collect();
-        let failed = group_flush::flush_drives(&drives, &touched, |unflushed| {
+        let failed = group_flush::flush_drives(&drives, &touched, patience, |unflushed| {
             changes.iter().all(|(change, holds)| {
                 let mut without = unflushed.clone();
                 without.extend(sessions_changed(&drives, holds).into_iter().map(|(d, _)| d));

@@ -2,7 +2,7 @@
 //! drive that answers but too slowly (a disk failing slow behind a live target) holds the group
 //! up only while the group cannot do without it. Once some flushes are made and they leave every
 //! client change a write quorum of copies (and no GC or repair change needs the others), the
-//! others get a grace (see [`super::drives::straggler_grace`]) before their drives count as
+//! others get a grace (see [`Patience::for_stragglers`]) before their drives count as
 //! failed for the group: their copies are left out as after a failed flush, and repair makes
 //! them again. A group whose flushes all run slow (a disk busy for every drive) waits for them:
 //! no drive is slower than the others.
@@ -14,19 +14,24 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::drives::{Drives, STRAGGLER_GRACE, straggler_grace};
+use super::drives::{Drives, Patience};
 use super::model::DriveId;
 
 /// Flushes `touched` of `drives`; returns the drives whose flush failed, or was not waited for,
 /// with why. `can_do_without(unflushed)` says whether the group's changes may go on without
-/// the copies on the drives not flushed yet (see the module documentation).
+/// the copies on the drives not flushed yet (see the module documentation); `patience` says
+/// how long the others are waited for then.
 pub async fn flush_drives(
     drives: &Drives,
     touched: &BTreeSet<DriveId>,
+    patience: Patience,
     can_do_without: impl Fn(&BTreeSet<DriveId>) -> bool,
 ) -> HashMap<DriveId, String> {
     let started = Instant::now();
-    let mut running: FuturesUnordered<_> = touched.iter().map(|&d| flush_one(drives, d)).collect();
+    let mut running: FuturesUnordered<_> = touched
+        .iter()
+        .map(|&d| flush_one(drives, d, patience))
+        .collect();
     let mut unflushed: BTreeSet<DriveId> = touched.clone();
     let mut failed = HashMap::new();
     let mut give_up_at: Option<Instant> = None;
@@ -38,7 +43,7 @@ pub async fn flush_drives(
             && unflushed.len() < touched.len()
             && can_do_without(&unflushed.iter().chain(failed.keys()).copied().collect())
         {
-            give_up_at = Some(Instant::now() + straggler_grace(started.elapsed()));
+            give_up_at = Some(Instant::now() + patience.for_stragglers(started.elapsed()));
         }
         let next = match give_up_at {
             // (A flush that answered is taken before the deadline, both ready.)
@@ -85,7 +90,11 @@ pub async fn flush_drives(
 }
 
 /// Flushes drive `d`: the result, named by the drive.
-fn flush_one(drives: &Drives, d: DriveId) -> impl Future<Output = (DriveId, Result<(), String>)> {
+fn flush_one(
+    drives: &Drives,
+    d: DriveId,
+    patience: Patience,
+) -> impl Future<Output = (DriveId, Result<(), String>)> {
     let drive = drives.get(d).cloned();
     async move {
         match drive {
@@ -102,7 +111,7 @@ fn flush_one(drives: &Drives, d: DriveId) -> impl Future<Output = (DriveId, Resu
                 drive.note_flush(&result);
                 // (One waited for only because the group could not do without it is no sign
                 // the drive is well again.)
-                if result.is_ok() && began.elapsed() < STRAGGLER_GRACE {
+                if result.is_ok() && began.elapsed() < patience.slow_write_grace {
                     drive.note_timely_flush();
                 }
                 (d, result.map_err(|e| format!("{}: {e}", drive.name)))
@@ -150,7 +159,12 @@ mod tests {
         let drives = drives_flushing_in(dir.path(), [Duration::ZERO, Duration::from_secs(60)]);
         let failed = tokio::time::timeout(
             Duration::from_secs(10),
-            flush_drives(&drives, &BTreeSet::from([0, 1]), |_| true),
+            flush_drives(
+                &drives,
+                &BTreeSet::from([0, 1]),
+                Patience::default(),
+                |_| true,
+            ),
         )
         .await
         .expect("the slow drive was waited for");
@@ -168,10 +182,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let slow = Duration::from_millis(800);
         let drives = drives_flushing_in(dir.path(), [slow, slow]);
-        let failed = flush_drives(&drives, &BTreeSet::from([0, 1]), |_| true).await;
+        let failed = flush_drives(
+            &drives,
+            &BTreeSet::from([0, 1]),
+            Patience::default(),
+            |_| true,
+        )
+        .await;
         assert!(failed.is_empty(), "{failed:?}");
         let drives = drives_flushing_in(&dir.path().join("second"), [Duration::ZERO, slow]);
-        let failed = flush_drives(&drives, &BTreeSet::from([0, 1]), |_| false).await;
+        let failed = flush_drives(
+            &drives,
+            &BTreeSet::from([0, 1]),
+            Patience::default(),
+            |_| false,
+        )
+        .await;
         assert!(failed.is_empty(), "{failed:?}");
         assert!(drives.all().iter().all(|d| d.is_writable()));
     }

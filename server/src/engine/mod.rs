@@ -82,6 +82,8 @@ pub struct EngineConfig {
     /// Most buckets one user may own (S3's default quota): also what bounds the memory of a
     /// ListBuckets, which reads them all.
     pub max_buckets_per_owner: usize,
+    /// How long a copy is waited for before reads and writes turn to the others.
+    pub patience: drives::Patience,
 }
 
 /// Most buckets one user may own unless configured otherwise (S3's default).
@@ -111,6 +113,7 @@ impl EngineConfig {
             gc: gc::GcConfig::default(),
             repair: repair::RepairConfig::default(),
             max_buckets_per_owner: MAX_BUCKETS_PER_OWNER,
+            patience: drives::Patience::default(),
         }
     }
 }
@@ -372,6 +375,7 @@ impl Engine {
             accounts.clone(),
             placement.clone(),
             quorum,
+            config.patience,
         );
         for zone in &resets {
             committer.submit(Change::ZoneReset(*zone)).await?;

@@ -35,13 +35,6 @@ pub(crate) const READ_BUDGET: usize = 64 << 20;
 const PIECE_LOOKUPS: usize = 4;
 /// How long one copy may take before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a copy may take before another copy is read too, the first good answer served: a
-/// drive that hangs (a target stopped without closing its connections, which its host takes a
-/// moment or two to tell from a slow one) holds a read up no longer than this. Far above what a
-/// read takes (a record is at most a couple of MiB), so a hedge costs a second read only when
-/// something is wrong; the extra read is not charged to the read budget, which bounds the reads
-/// that can be hedged at once.
-const HEDGE_AFTER: Duration = Duration::from_millis(500);
 /// Hedges being read at once, in all reads of the process: their reads are not charged to the
 /// read budget, so this bounds the memory they take (a record is at most a couple of MiB), and
 /// how much a machine that is slow because it is loaded adds to its load.
@@ -496,9 +489,14 @@ impl EngineInner {
                     .iter()
                     .any(|l| self.drives.of(l).is_some_and(|d| d.is_up()));
                 let hedging = racing == 1 && spare;
+                // A drive that hangs (a target stopped without closing its connections, which
+                // its host takes a moment or two to tell from a slow one) holds a read up no
+                // longer than this; far above what a read takes, so that a hedge costs a second
+                // read only when something is wrong.
+                let hedge_after = self.config.patience.hedge_after;
                 let hedge = async move {
                     if hedging {
-                        tokio::time::sleep(HEDGE_AFTER).await;
+                        tokio::time::sleep(hedge_after).await;
                         // (Never closed: acquiring only waits for a hedge to end.)
                         if let Ok(permit) = HEDGES.acquire().await {
                             return permit;

@@ -16,7 +16,7 @@ use zns::{WriteHint, ZoneAction, ZoneSelect};
 
 use super::EngineInner;
 use super::commit::{Change, Condition, NewExtent, Outcome, Relocation, now_ms};
-use super::drives::{Drives, straggler_grace};
+use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
 use super::model::{Class, DriveId, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
 use super::placement::{FinishTurn, NoSpace, Placement, Slot, ZoneHolds};
@@ -121,7 +121,7 @@ impl EngineInner {
         let deadline = started + SPACE_WAIT;
         let mut rounds = 0;
         // How long the write quorum took to store, once it has: what copies beyond it are given
-        // (see [`straggler_grace`]), in its round and any later one.
+        // (see [`super::drives::Patience::for_stragglers`]), in its round and any later one.
         let mut quorum_took: Option<Duration> = None;
         while rounds < 3 {
             let missing = copies - locations.len();
@@ -261,8 +261,10 @@ impl EngineInner {
                 }
             });
             // Copies beyond the write quorum are waited for a grace once the quorum is stored
-            // (see [`straggler_grace`]), not until a drive failing slow answers.
+            // (see [`super::drives::Patience::for_stragglers`]), not until a drive failing slow
+            // answers.
             let round_began = Instant::now();
+            let landed_before = locations.len();
             let mut running: FuturesUnordered<_> = appends.collect();
             let mut unanswered: Vec<Slot> = slots.clone();
             let mut give_up_at: Option<tokio::time::Instant> = None;
@@ -270,7 +272,9 @@ impl EngineInner {
                 if give_up_at.is_none() && locations.len() >= quorum && !running.is_empty() {
                     let took = *quorum_took.get_or_insert_with(|| round_began.elapsed());
                     give_up_at = Some(
-                        tokio::time::Instant::from_std(round_began) + took + straggler_grace(took),
+                        tokio::time::Instant::from_std(round_began)
+                            + took
+                            + self.config.patience.for_stragglers(took),
                     );
                 }
                 let next = match give_up_at {
@@ -371,6 +375,10 @@ impl EngineInner {
                     }
                 }
             }
+            // The copies landed in the order of their slots, whatever order they answered in:
+            // the first is the one reads prefer (the one not written as rarely read).
+            locations[landed_before..]
+                .sort_by_key(|l| slots.iter().position(|s| s.drive == l.drive));
             // The appends not answered in time are given up on (dropped: their slots end as in
             // doubt, see [`SlotGuard`]); where they may yet land, the write's name hides.
             drop(running);
