@@ -5597,3 +5597,45 @@ async fn the_copy_reads_prefer_comes_first_however_late_it_lands() {
         );
     }
 }
+
+/// When the copy written to be read fails, the copy made in its place on another drive is
+/// written to be read, and named first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_meant_for_reads_is_made_again_for_reads() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let fail_next = Arc::new(AtomicBool::new(false));
+    // The hint of each drive's last append.
+    let hints: Arc<parking_lot::Mutex<Vec<Option<zns::WriteHint>>>> =
+        Arc::new(parking_lot::Mutex::new(vec![None; 4]));
+    let specs = intercepted_specs(dir.path(), 4, g, |i, _, drive| {
+        let (fail_next, hints, hints_then) = (fail_next.clone(), hints.clone(), hints.clone());
+        drive.before_append = Box::new(move |_, hint, _| {
+            hints.lock()[i] = Some(hint);
+            Box::pin(std::future::ready(()))
+        });
+        drive.after_append = Box::new(move |_, result| {
+            // The first append written to be read fails (its copy a stray).
+            let meant_for_reads = hints_then.lock()[i] == Some(zns::WriteHint::None);
+            let fail = meant_for_reads && fail_next.swap(false, Ordering::SeqCst);
+            Box::pin(std::future::ready(if fail {
+                Err(zns::ZoneError::MediaError("injected".into()))
+            } else {
+                result
+            }))
+        });
+    });
+    let engine = copies_over(dir.path(), specs, 3, 2).await;
+    fail_next.store(true, Ordering::SeqCst);
+    put(&engine, "b", "k", b"small").await.unwrap();
+    assert!(!fail_next.load(Ordering::SeqCst), "no append failed");
+    let copies = commit_copies(&engine, "k");
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    assert_eq!(
+        hints.lock()[usize::from(copies[0])],
+        Some(zns::WriteHint::None),
+        "the first copy named ({copies:?}) was written as rarely read"
+    );
+}

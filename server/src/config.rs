@@ -275,10 +275,14 @@ impl TargetUrl {
     }
 }
 
-/// Longest wait for one copy accepted (`replication.hedge_after_ms`,
-/// `replication.slow_write_grace_ms`): past it, a drive's NVMe/TCP host has given up on the
-/// command anyway.
-const MAX_PATIENCE_MS: u64 = 60_000;
+/// Longest wait for a slow copy's read before another copy is read too
+/// (`replication.hedge_after_ms`): below the engine's 10 s read timeout, past which the read
+/// fails over anyway.
+const MAX_HEDGE_AFTER_MS: u64 = 5_000;
+
+/// Longest wait for a slow copy of a write (`replication.slow_write_grace_ms`): below the
+/// NVMe/TCP host's 30 s command timeout, past which the command fails anyway.
+const MAX_SLOW_WRITE_GRACE_MS: u64 = 20_000;
 
 /// Shortest repair grace accepted (`replication.repair_grace_secs`).
 const MIN_REPAIR_GRACE_SECS: u64 = 10;
@@ -576,22 +580,24 @@ impl Config {
                 "must be at least gc.low_watermark and less than 1 (GC emptying every zone would move live data all the time)",
             ));
         }
-        for (key, value) in [
+        for (key, value, max, why) in [
             (
                 "replication.hedge_after_ms",
                 self.replication.hedge_after_ms,
+                MAX_HEDGE_AFTER_MS,
+                "a read fails over after 10 s anyway",
             ),
             (
                 "replication.slow_write_grace_ms",
                 self.replication.slow_write_grace_ms,
+                MAX_SLOW_WRITE_GRACE_MS,
+                "an NVMe/TCP command times out after 30 s anyway",
             ),
         ] {
-            if !(1..=MAX_PATIENCE_MS).contains(&value) {
+            if !(1..=max).contains(&value) {
                 return Err(bad(
                     key,
-                    format!(
-                        "{value} is not between 1 and {MAX_PATIENCE_MS} ms (a copy is waited for that long before another is turned to)"
-                    ),
+                    format!("{value} is not between 1 and {max} ms ({why})"),
                 ));
             }
         }
@@ -850,8 +856,8 @@ mod tests {
             Some("replication.repair_grace_secs")
         );
         assert_eq!(key_of("[replication]\nrepair_grace_secs = 30\n"), None);
-        for key in ["hedge_after_ms", "slow_write_grace_ms"] {
-            for bad in [0, 60_001] {
+        for (key, max) in [("hedge_after_ms", 5_000), ("slow_write_grace_ms", 20_000)] {
+            for bad in [0, max + 1] {
                 assert_eq!(
                     key_of(&format!("[replication]\n{key} = {bad}\n")).as_deref(),
                     Some(format!("replication.{key}").as_str()),

@@ -12,8 +12,8 @@ use s3api::{S3Config, S3Service};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Checked, Config, ConfigError, User};
-use crate::engine::drives::Patience;
 use crate::engine::gc::GcConfig;
+use crate::engine::patience::Patience;
 use crate::engine::repair::RepairConfig;
 use crate::engine::{Engine, EngineConfig, EngineError, EngineResult};
 use crate::http::{HttpServer, TlsError, tls_acceptor};

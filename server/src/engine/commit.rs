@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use rocksdb::WriteBatch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::drives::{Drives, Patience};
+use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
 use super::group_flush;
 use super::index::{self, Index, TombKind, cf};
@@ -25,6 +25,7 @@ use super::model::{
     BucketEntry, DriveId, Extent, Location, ObjectEntry, ObjectMeta, PartEntry, TombstoneEntry,
     UploadEntry, ZoneAccount, ZoneId, ZoneStamp,
 };
+use super::patience::Patience;
 use super::placement::{Placement, ZoneHolds};
 use super::record::Kind;
 use super::revoked::{self, Revocation};

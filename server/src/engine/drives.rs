@@ -348,45 +348,6 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// [`Drive::note_too_slow`]).
 pub const SLOW_PAUSE_LONGEST: Duration = Duration::from_secs(30);
 
-/// How many times as long as the copies a write needed took the others are waited for, when
-/// that is longer than [`Patience::slow_write_grace`] (a disk busy for every drive is not a
-/// slow one).
-const GRACE_PER_NEEDED: u32 = 4;
-
-/// How long the engine waits for one copy before it turns to the others: set to the latency
-/// the drives and network of a deployment are expected to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Patience {
-    /// How long a read of one copy may take before another copy is read too, the first good
-    /// answer served (a hedged read).
-    pub hedge_after: Duration,
-    /// How long the copies of a write beyond those it needs are waited for at least, once those
-    /// it needs are made (see [`Patience::for_stragglers`]).
-    pub slow_write_grace: Duration,
-}
-
-impl Default for Patience {
-    /// Far above what a read or write of a healthy drive takes (a record is at most a couple of
-    /// MiB), so that a hedge or a copy left out costs something only when a drive is wrong.
-    fn default() -> Self {
-        Patience {
-            hedge_after: Duration::from_millis(500),
-            slow_write_grace: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Patience {
-    /// How long the copies of a write (its appends, its flushes) that it can do without are
-    /// waited for once those it needs are made, `needed` after the write began: past that,
-    /// their drive is too slow (see [`Drive::note_too_slow`]), and repair makes the copies
-    /// again elsewhere or later.
-    pub fn for_stragglers(&self, needed: Duration) -> Duration {
-        self.slow_write_grace
-            .max(needed.saturating_mul(GRACE_PER_NEEDED))
-    }
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -446,19 +407,6 @@ impl Drives {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_straggler_grace_grows_with_a_write_that_was_slow_for_every_drive() {
-        let patience = Patience::default();
-        assert_eq!(
-            patience.for_stragglers(Duration::from_millis(3)),
-            patience.slow_write_grace
-        );
-        assert_eq!(
-            patience.for_stragglers(Duration::from_secs(1)),
-            Duration::from_secs(4)
-        );
-    }
 
     /// An outage runs from the first moment the drive was unusable through moments back that
     /// did not last, and ends once it has stayed usable for `STAYS_UP`.

@@ -10,12 +10,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::drives::{Drives, Patience};
+use super::drives::Drives;
 use super::model::DriveId;
+use super::patience::{Patience, next_by};
 
 /// Flushes `touched` of `drives`; returns the drives whose flush failed, or was not waited for,
 /// with why. `can_do_without(unflushed)` says whether the group's changes may go on without
@@ -45,14 +45,8 @@ pub async fn flush_drives(
         {
             give_up_at = Some(Instant::now() + patience.for_stragglers(started.elapsed()));
         }
-        let next = match give_up_at {
-            // (A flush that answered is taken before the deadline, both ready.)
-            Some(at) => tokio::select! {
-                biased;
-                next = running.next() => next,
-                () = tokio::time::sleep_until(at) => break,
-            },
-            None => running.next().await,
+        let Ok(next) = next_by(&mut running, give_up_at).await else {
+            break;
         };
         let Some((d, result)) = next else {
             return failed;

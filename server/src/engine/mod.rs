@@ -15,6 +15,7 @@ pub mod index;
 pub mod located;
 pub mod model;
 pub mod names;
+pub mod patience;
 pub mod placement;
 pub mod reader;
 pub mod record;
@@ -83,7 +84,7 @@ pub struct EngineConfig {
     /// ListBuckets, which reads them all.
     pub max_buckets_per_owner: usize,
     /// How long a copy is waited for before reads and writes turn to the others.
-    pub patience: drives::Patience,
+    pub patience: patience::Patience,
 }
 
 /// Most buckets one user may own unless configured otherwise (S3's default).
@@ -113,7 +114,7 @@ impl EngineConfig {
             gc: gc::GcConfig::default(),
             repair: repair::RepairConfig::default(),
             max_buckets_per_owner: MAX_BUCKETS_PER_OWNER,
-            patience: drives::Patience::default(),
+            patience: patience::Patience::default(),
         }
     }
 }

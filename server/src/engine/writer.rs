@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::task::JoinHandle;
 use zns::{WriteHint, ZoneAction, ZoneSelect};
@@ -19,6 +18,7 @@ use super::commit::{Change, Condition, NewExtent, Outcome, Relocation, now_ms};
 use super::drives::Drives;
 use super::error::{EngineError, EngineResult};
 use super::model::{Class, DriveId, Extent, Location, ObjectMeta, PartEntry, StreamRef, ZoneId};
+use super::patience::next_by;
 use super::placement::{FinishTurn, NoSpace, Placement, Slot, ZoneHolds};
 use super::record::{self, Header, Kind, RecordBuilder};
 use super::stats::Writer;
@@ -35,9 +35,6 @@ pub(crate) const WRITE_BUDGET: usize = 48 << 20;
 pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(30);
 /// How long a write waits for GC to free space before it fails for lack of space.
 const SPACE_WAIT: Duration = Duration::from_secs(10);
-/// How long a copy beyond the write quorum waits for a resource to open a zone with, before
-/// the write goes on without it (repair makes it later).
-const FINISH_PATIENCE: Duration = Duration::from_secs(1);
 
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
@@ -121,8 +118,10 @@ impl EngineInner {
         let deadline = started + SPACE_WAIT;
         let mut rounds = 0;
         // How long the write quorum took to store, once it has: what copies beyond it are given
-        // (see [`super::drives::Patience::for_stragglers`]), in its round and any later one.
+        // (see [`super::patience::Patience::for_stragglers`]), in its round and any later one.
         let mut quorum_took: Option<Duration> = None;
+        // Whether the copy written to be read (without the rarely-read hint) has landed.
+        let mut primary_landed = false;
         while rounds < 3 {
             let missing = copies - locations.len();
             if missing == 0 {
@@ -165,7 +164,10 @@ impl EngineInner {
                     // (moments on a drive that takes them; with a write quorum stored, a
                     // copy is not waited for long).
                     let patience = if locations.len() >= quorum {
-                        FINISH_PATIENCE
+                        // (A copy beyond the write quorum waits for a resource to open a
+                        // zone with as long as for a slow drive, then goes on without it:
+                        // repair makes it later.)
+                        self.config.patience.slow_write_grace
                     } else {
                         SPACE_WAIT
                     };
@@ -212,7 +214,9 @@ impl EngineInner {
             // repair appends one record at a time, which a drive writing hinted data through
             // to the disk would hold up for a disk write each.)
             let replicating = class == Class::User && only.is_none();
-            let primary_pending = locations.is_empty();
+            // (Until the copy written to be read has landed: should the first round's fail,
+            // another round's first copy is written so.)
+            let primary_pending = replicating && !primary_landed;
             let appends = slots.iter().enumerate().map(|(i, slot)| {
                 let drive = self.drives.get(slot.drive).cloned();
                 let record = record.clone();
@@ -261,7 +265,7 @@ impl EngineInner {
                 }
             });
             // Copies beyond the write quorum are waited for a grace once the quorum is stored
-            // (see [`super::drives::Patience::for_stragglers`]), not until a drive failing slow
+            // (see [`super::patience::Patience::for_stragglers`]), not until a drive failing slow
             // answers.
             let round_began = Instant::now();
             let landed_before = locations.len();
@@ -277,14 +281,8 @@ impl EngineInner {
                             + self.config.patience.for_stragglers(took),
                     );
                 }
-                let next = match give_up_at {
-                    // (An append that answered is taken before the deadline, both ready.)
-                    Some(at) => tokio::select! {
-                        biased;
-                        next = running.next() => next,
-                        () = tokio::time::sleep_until(at) => break,
-                    },
-                    None => running.next().await,
+                let Ok(next) = next_by(&mut running, give_up_at).await else {
+                    break;
                 };
                 let Some((slot, result, mut guard)) = next else {
                     break;
@@ -379,6 +377,16 @@ impl EngineInner {
             // the first is the one reads prefer (the one not written as rarely read).
             locations[landed_before..]
                 .sort_by_key(|l| slots.iter().position(|s| s.drive == l.drive));
+            if primary_pending
+                && let Some(first) = slots.first()
+                && let Some(at) = locations[landed_before..]
+                    .iter()
+                    .position(|l| l.drive == first.drive)
+            {
+                // Written in a later round, it goes before the rarely-read copies all the same.
+                locations[..=landed_before + at].rotate_right(1);
+                primary_landed = true;
+            }
             // The appends not answered in time are given up on (dropped: their slots end as in
             // doubt, see [`SlotGuard`]); where they may yet land, the write's name hides.
             drop(running);
