@@ -220,13 +220,17 @@ impl Drive {
         }
     }
 
-    /// Notes that an append or a flush of the drive was not waited for: the drive answers, but
-    /// too slowly (a disk failing slow behind a live target). New writes skip it for
-    /// [`RETRY_AFTER`], doubled each time it is slow again after a pause, up to
-    /// [`SLOW_PAUSE_LONGEST`],
-    /// rather than have each write wait for it before going on without it; a flush it makes
-    /// in good time ends that (see [`Drive::note_timely_flush`]).
-    pub fn note_too_slow(&self) {
+    /// Notes that `what` (an append, a flush) of the drive was not waited for past `waited`: the
+    /// drive answers, but too slowly (a disk failing slow behind a live target). New writes
+    /// skip it for [`RETRY_AFTER`], doubled each time it is slow again after a pause, up to
+    /// [`SLOW_PAUSE_LONGEST`], rather than have each write wait for it before going on without
+    /// it; a flush it makes in good time ends that (see [`Drive::note_timely_flush`]).
+    pub fn note_too_slow(&self, what: &str, waited: Duration) {
+        tracing::warn!(
+            drive = %self.name,
+            "{what} not answered in {} ms while the copies the write needs were made: the drive is slow; its copy is left out (made on another drive, or later by repair) and new writes skip the drive for a while",
+            waited.as_millis()
+        );
         self.slow_writes_total.fetch_add(1, Ordering::Relaxed);
         // Writes given up on together (a write's extents, a group's flush) are one pause.
         if now_ms() < self.writes_paused_until.load(Ordering::Relaxed) {

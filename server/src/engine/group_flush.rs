@@ -62,16 +62,11 @@ pub async fn flush_drives(
     for d in unflushed {
         let name = match drives.get(d) {
             Some(drive) => {
-                drive.note_too_slow();
+                drive.note_too_slow("flush", waited);
                 drive.name.clone()
             }
             None => format!("drive {d}"),
         };
-        tracing::warn!(
-            drive = %name,
-            "flush not made in {} ms: the drive is slow; its copies are left out (repair makes them again) and new writes skip it for a while",
-            waited.as_millis()
-        );
         failed.insert(
             d,
             format!(

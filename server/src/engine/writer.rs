@@ -398,12 +398,7 @@ impl EngineInner {
                 holds.add_stray(zone);
                 tried.push(slot.drive);
                 if let Some(drive) = self.drives.get(slot.drive) {
-                    drive.note_too_slow();
-                    tracing::warn!(
-                        drive = %drive.name,
-                        "append not answered in {} ms while the write quorum was stored: the drive is slow; the copy goes to another drive if one is left, else the write goes on without it (repair makes it again), and new writes skip the drive for a while",
-                        round_began.elapsed().as_millis()
-                    );
+                    drive.note_too_slow("append", round_began.elapsed());
                 }
             }
         }
