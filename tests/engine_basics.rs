@@ -3104,13 +3104,7 @@ async fn a_put_is_acknowledged_when_a_write_quorum_of_its_copies_is_flushed() {
     assert_eq!(get(&engine, "b", "two").await.unwrap(), body);
     // The commit record left out may still be on the third drive: the entry hides its zone
     // (or a rebuild, once the name is deleted and its zones reset, would restore it).
-    let entry = engine
-        .object_entries()
-        .unwrap()
-        .into_iter()
-        .find(|(name, _)| name.ends_with(b"two"))
-        .unwrap()
-        .1;
+    let entry = object_entry(&engine, "two");
     assert!(
         entry.shadowed.iter().any(|s| s.zone.drive == 2),
         "{:?}",
@@ -3172,13 +3166,7 @@ async fn a_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
     let body = content("stray", 1, 100_000);
     put(&engine, "b", "stray", &body).await.unwrap();
     assert!(!lose_next.load(Ordering::SeqCst), "the test lost no append");
-    let entry = engine
-        .object_entries()
-        .unwrap()
-        .into_iter()
-        .find(|(name, _)| name.ends_with(b"stray"))
-        .unwrap()
-        .1;
+    let entry = object_entry(&engine, "stray");
     assert!(
         entry.commit.len() == 2 && entry.commit.iter().all(|l| l.drive != 2),
         "{:?}",
@@ -3248,13 +3236,7 @@ async fn a_gc_copy_whose_append_reported_failure_is_hidden_by_its_entry() {
         }
     }
     let zone = lost_in.lock().unwrap().expect("GC appended a copy");
-    let entry = engine
-        .object_entries()
-        .unwrap()
-        .into_iter()
-        .find(|(name, _)| name.ends_with(b"kept"))
-        .unwrap()
-        .1;
+    let entry = object_entry(&engine, "kept");
     assert!(
         entry.shadowed.iter().any(|s| s.zone.zone == zone),
         "the zone GC's lost copy landed in ({zone}) is not hidden: {:?}",
@@ -5285,13 +5267,25 @@ fn slow_flushing_specs(
 
 /// The copies of the object `key` of bucket `b` that its commit record has.
 fn commit_copies(engine: &zonestore::engine::Engine, key: &str) -> Vec<u16> {
-    let (_, entry) = engine
+    object_entry(engine, key)
+        .commit
+        .iter()
+        .map(|l| l.drive)
+        .collect()
+}
+
+/// The index entry of the object whose key ends with `key`.
+fn object_entry(
+    engine: &zonestore::engine::Engine,
+    key: &str,
+) -> zonestore::engine::model::ObjectEntry {
+    engine
         .object_entries()
         .unwrap()
         .into_iter()
         .find(|(name, _)| name.ends_with(key.as_bytes()))
-        .unwrap();
-    entry.commit.iter().map(|l| l.drive).collect()
+        .unwrap()
+        .1
 }
 
 /// A drive that answers but flushes too slowly (a disk failing slow behind a live target) holds
@@ -5397,12 +5391,7 @@ async fn a_drive_too_slow_to_append_holds_no_write_up() {
         .await
         .unwrap_or_else(|_| panic!("write {i} waited for the slow drive's append"))
         .unwrap();
-        let (_, entry) = engine
-            .object_entries()
-            .unwrap()
-            .into_iter()
-            .find(|(name, _)| name.ends_with(key.as_bytes()))
-            .unwrap();
+        let entry = object_entry(&engine, key);
         assert!(
             entry.commit.len() == 2 && entry.commit.iter().all(|l| l.drive != 2),
             "write {i}: {:?}",
