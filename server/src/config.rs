@@ -80,6 +80,28 @@ impl Default for ReplicationSection {
     }
 }
 
+/// `[fabric]`: how this server's NVMe/TCP host tells a stopped target from a slow one.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FabricSection {
+    /// Milliseconds an I/O command may wait with nothing heard from its target before the host
+    /// sends it a Keep Alive as a probe (0: never probe; a stopped target is then found only by
+    /// the 30 s command timeout).
+    pub probe_after_ms: u64,
+    /// Milliseconds that probe may go unanswered before the target counts as stopped: its
+    /// connection is reset and the commands in flight fail over to other copies.
+    pub probe_answer_within_ms: u64,
+}
+
+impl Default for FabricSection {
+    fn default() -> Self {
+        FabricSection {
+            probe_after_ms: 500,
+            probe_answer_within_ms: 1500,
+        }
+    }
+}
+
 /// `[tls]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +169,8 @@ pub struct Config {
     pub gc: GcSection,
     /// Repair and scrub.
     pub replication: ReplicationSection,
+    /// The NVMe/TCP host's probe of silent targets.
+    pub fabric: FabricSection,
     /// HTTPS.
     pub tls: Option<TlsSection>,
     /// Embedded drives.
@@ -181,6 +205,7 @@ impl Default for Config {
             domains: vec!["localhost".into()],
             gc: GcSection::default(),
             replication: ReplicationSection::default(),
+            fabric: FabricSection::default(),
             tls: None,
             embedded: EmbeddedSection::default(),
             copy_keep_alive_secs: 5,
@@ -283,6 +308,11 @@ const MAX_HEDGE_AFTER_MS: u64 = 5_000;
 /// Longest wait for a slow copy of a write (`replication.slow_write_grace_ms`): below the
 /// NVMe/TCP host's 30 s command timeout, past which the command fails anyway.
 const MAX_SLOW_WRITE_GRACE_MS: u64 = 20_000;
+
+/// Longest a target may be silent before it is probed, or a probe unanswered
+/// (`fabric.probe_after_ms`, `fabric.probe_answer_within_ms`): the NVMe/TCP host's 30 s command
+/// timeout fails the commands by then anyway.
+const MAX_PROBE_MS: u64 = 30_000;
 
 /// Shortest repair grace accepted (`replication.repair_grace_secs`).
 const MIN_REPAIR_GRACE_SECS: u64 = 10;
@@ -601,6 +631,23 @@ impl Config {
                 ));
             }
         }
+        for (key, value, least) in [
+            ("fabric.probe_after_ms", self.fabric.probe_after_ms, 0),
+            (
+                "fabric.probe_answer_within_ms",
+                self.fabric.probe_answer_within_ms,
+                1,
+            ),
+        ] {
+            if !(least..=MAX_PROBE_MS).contains(&value) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{value} is not between {least} and {MAX_PROBE_MS} ms (an NVMe/TCP command times out after 30 s anyway)"
+                    ),
+                ));
+            }
+        }
         if self.replication.repair_grace_secs < MIN_REPAIR_GRACE_SECS {
             return Err(bad(
                 "replication.repair_grace_secs",
@@ -864,6 +911,17 @@ mod tests {
                 );
             }
             assert_eq!(key_of(&format!("[replication]\n{key} = 250\n")), None);
+        }
+        for (key, least) in [("probe_after_ms", 0u64), ("probe_answer_within_ms", 1)] {
+            for bad in [least.checked_sub(1), Some(30_001)].into_iter().flatten() {
+                assert_eq!(
+                    key_of(&format!("[fabric]\n{key} = {bad}\n")).as_deref(),
+                    Some(format!("fabric.{key}").as_str()),
+                );
+            }
+            for good in [least, 30_000] {
+                assert_eq!(key_of(&format!("[fabric]\n{key} = {good}\n")), None);
+            }
         }
         for domain in ["s3.example.com:9000", "", "a b", "s3.example.com/x"] {
             assert_eq!(

@@ -120,12 +120,38 @@ pub fn embedded_nqn(index: usize) -> String {
     format!("nqn.2026-01.io.zonestore:embedded-drive{index}")
 }
 
-fn host_config(address: TargetAddress, nqn: &str, hostnqn: &str) -> HostConfig {
-    let mut c = HostConfig::new(address, nqn);
-    c.hostnqn = hostnqn.to_string();
-    c.io_queues = 2;
-    c.queue_depth = 128;
-    c
+/// How this server's NVMe/TCP host connects to every target: the NQN it connects as and how it
+/// tells a stopped target from a slow one (`[fabric]`).
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// The host NQN.
+    pub hostnqn: String,
+    /// Silence on a queue with commands waiting before the target is probed (zero: never).
+    pub probe_after: Duration,
+    /// How long the probe may go unanswered before the connection is reset.
+    pub probe_answer_within: Duration,
+}
+
+impl HostSettings {
+    /// Settings for `hostnqn` with the probe timings of `section`.
+    pub fn new(hostnqn: String, section: &crate::config::FabricSection) -> Self {
+        HostSettings {
+            hostnqn,
+            probe_after: Duration::from_millis(section.probe_after_ms),
+            probe_answer_within: Duration::from_millis(section.probe_answer_within_ms),
+        }
+    }
+
+    /// The host configuration for subsystem `nqn` at `address`.
+    fn host_config(&self, address: TargetAddress, nqn: &str) -> HostConfig {
+        let mut c = HostConfig::new(address, nqn);
+        c.hostnqn = self.hostnqn.clone();
+        c.io_queues = 2;
+        c.queue_depth = 128;
+        c.probe_after = self.probe_after;
+        c.probe_answer_within = self.probe_answer_within;
+        c
+    }
 }
 
 /// Geometries of drives the index already knows, by drive name (see
@@ -136,14 +162,14 @@ pub type KnownDrives = HashMap<String, crate::engine::KnownDrive>;
 async fn connect(
     address: TargetAddress,
     nqn: &str,
-    hostnqn: &str,
+    host: &HostSettings,
     known: &KnownDrives,
     if_unreachable: IfUnreachable,
     attached: &mut Attached,
 ) -> Result<(), AttachError> {
     let name = drive_name(nqn);
     check_unique(attached, &name, &format!("nvme-tcp://{address}/{nqn}"))?;
-    let mut config = host_config(address.clone(), nqn, hostnqn);
+    let mut config = host.host_config(address.clone(), nqn);
     config.expected_identity = known.get(&name).and_then(|k| k.identity);
     let host = match NvmeTcpHost::connect(config.clone()).await {
         Ok(host) => host,
@@ -195,9 +221,9 @@ pub async fn embedded(
     direct_writes: bool,
     registered: &HashSet<String>,
     local: LocalDrives,
+    section: &crate::config::FabricSection,
 ) -> Result<Attached, AttachError> {
-    let hostnqn = fabric::host::uuid_hostnqn(rand::random());
-    let hostnqn = hostnqn.as_str();
+    let host = HostSettings::new(fabric::host::uuid_hostnqn(rand::random()), section);
     let mut attached = Attached::default();
     for index in 0..count {
         let nqn = embedded_nqn(index);
@@ -206,7 +232,7 @@ pub async fn embedded(
             data_dir: data_dir.join("drives").join(format!("drive{index}")),
             geometry,
             nqn: nqn.clone(),
-            allowed_hosts: vec![hostnqn.to_string()],
+            allowed_hosts: vec![host.hostnqn.clone()],
             listen: "127.0.0.1:0".parse().expect("a valid literal address"),
             direct_writes,
             create: local == LocalDrives::OpenOrCreate && !known,
@@ -236,7 +262,7 @@ pub async fn embedded(
         connect(
             address.into(),
             &nqn,
-            hostnqn,
+            &host,
             &KnownDrives::new(),
             IfUnreachable::Fail,
             &mut attached,
@@ -308,15 +334,16 @@ pub async fn attach_configured(
             config.embedded.direct_writes,
             registered,
             local,
+            &config.fabric,
         )
         .await
     } else {
-        let hostnqn = host_nqn(config)?;
+        let host = HostSettings::new(host_nqn(config)?, &config.fabric);
         attach(
             &checked.targets,
             geometry,
             config.embedded.direct_writes,
-            &hostnqn,
+            &host,
             Known {
                 reachable_later: known,
                 registered,
@@ -373,7 +400,7 @@ pub async fn attach(
     targets: &[TargetUrl],
     geometry: Geometry,
     direct_writes: bool,
-    hostnqn: &str,
+    host: &HostSettings,
     known_drives: Known<'_>,
     if_unreachable: IfUnreachable,
     data_dir: &Path,
@@ -391,7 +418,7 @@ pub async fn attach(
                 connect(
                     address.clone(),
                     nqn,
-                    hostnqn,
+                    host,
                     known,
                     if_unreachable,
                     &mut attached,
@@ -400,7 +427,8 @@ pub async fn attach(
             }
             TargetUrl::NvmeTcp { address, nqn: None } => {
                 let via = address.clone();
-                let subsystems = match discover(via.clone(), hostnqn, Duration::from_secs(10)).await
+                let subsystems = match discover(via.clone(), &host.hostnqn, Duration::from_secs(10))
+                    .await
                 {
                     Ok(entries) => {
                         let via_ips: Vec<IpAddr> = match via.resolve().await {
@@ -494,7 +522,7 @@ pub async fn attach(
                     connect(
                         l.address.clone(),
                         &l.nqn,
-                        hostnqn,
+                        host,
                         known,
                         if_unreachable,
                         &mut attached,
@@ -621,6 +649,7 @@ mod tests {
             false,
             &HashSet::new(),
             LocalDrives::OpenOrCreate,
+            &crate::config::FabricSection::default(),
         )
         .await
         .unwrap();
@@ -628,7 +657,9 @@ mod tests {
         let address = attached.nodes[0].local_addr();
         let guessable = fabric::host::machine_hostnqn()
             .unwrap_or_else(|| "nqn.2014-08.org.nvmexpress:uuid:guess".into());
-        let mut config = host_config(address.into(), &embedded_nqn(0), &guessable);
+        let section = crate::config::FabricSection::default();
+        let mut config =
+            HostSettings::new(guessable, &section).host_config(address.into(), &embedded_nqn(0));
         config.reconnect_wait = std::time::Duration::ZERO;
         let refused = fabric::host::NvmeTcpHost::connect(config).await;
         assert!(refused.is_err(), "a guessable host NQN was admitted");
@@ -636,6 +667,38 @@ mod tests {
             !dir.path().join(HOST_NQN_FILE).exists(),
             "no host NQN is written down"
         );
+        attached.close().await;
+    }
+
+    /// `[fabric]`'s probe timings are the ones the hosts of the drives use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hosts_probe_targets_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let section = crate::config::FabricSection {
+            probe_after_ms: 123,
+            probe_answer_within_ms: 4567,
+        };
+        let attached = embedded(
+            dir.path(),
+            2,
+            Geometry::new(8, 1 << 20),
+            false,
+            &HashSet::new(),
+            LocalDrives::OpenOrCreate,
+            &section,
+        )
+        .await
+        .unwrap();
+        assert_eq!(attached.hosts.len(), 2);
+        for (name, host) in &attached.hosts {
+            let config = host.config();
+            assert_eq!(config.probe_after, Duration::from_millis(123), "{name}");
+            assert_eq!(
+                config.probe_answer_within,
+                Duration::from_millis(4567),
+                "{name}"
+            );
+        }
         attached.close().await;
     }
 

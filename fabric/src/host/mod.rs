@@ -337,6 +337,11 @@ impl NvmeTcpHost {
         host
     }
 
+    /// The configuration this host connects with.
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
     /// The target's address.
     pub fn address(&self) -> &TargetAddress {
         &self.inner.config.address
