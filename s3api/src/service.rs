@@ -634,6 +634,17 @@ impl S3Service {
         }
         let copy = ctx.headers.contains_key("x-amz-copy-source");
         let part = ctx.has("uploadId");
+        if m == Method::PUT && !part && ctx.has("partNumber") {
+            // An UploadPart or UploadPartCopy that lost its upload id (a presigned URL cut
+            // short, a proxy dropping the parameter): taken for a PutObject or CopyObject, it
+            // would replace the whole object with one part.
+            return (
+                if copy { "UploadPartCopy" } else { "UploadPart" },
+                Err(S3Error::invalid_argument(
+                    "This operation does not accept partNumber without uploadId",
+                )),
+            );
+        }
         match m {
             Method::PUT if part && copy => op!(
                 "UploadPartCopy",

@@ -522,6 +522,12 @@ def check_multipart():
     e = expect_error("InvalidArgument", 400, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=0-12582912")
     assert "source object of size: 12582912" in e.response["Error"]["Message"], e.response
     expect_error("InvalidArgument", 400, s3.upload_part_copy, Bucket=b, Key="assembled", UploadId=uid, PartNumber=4, CopySource={"Bucket": b, "Key": "source"}, CopySourceRange="bytes=9-8")
+    # A part that lost its upload id is refused, not stored as the whole object.
+    s3.put_object(Bucket=b, Key="kept", Body=b"kept whole")
+    for extra in [None, {"x-amz-copy-source": f"/{b}/source"}]:
+        status, body = sigv4_request("PUT", f"{ENDPOINT}/{b}/kept?partNumber=3", body=b"" if extra else b"just a part", extra=extra)
+        assert status == 400 and b"InvalidArgument" in body and b"uploadId" in body, (status, body)
+    assert s3.get_object(Bucket=b, Key="kept")["Body"].read() == b"kept whole"
     tail = blob(123_456, 8)
     e3 = s3.upload_part(Bucket=b, Key="assembled", UploadId=uid, PartNumber=3, Body=tail)["ETag"]
     parts = s3.list_parts(Bucket=b, Key="assembled", UploadId=uid)["Parts"]
