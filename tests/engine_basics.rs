@@ -5628,3 +5628,86 @@ async fn a_failed_copy_meant_for_reads_is_made_again_for_reads() {
         "the first copy named ({copies:?}) was written as rarely read"
     );
 }
+
+/// A write's copies are on as many drives as there are copies, whatever failed on the way: a
+/// drive that took one copy never takes a second of the same record in a later round (one disk
+/// lost would then lose two copies, and repair, counting copies, would never make them again).
+/// Rounds after the first follow a drive that is down, a drive whose zone was written on an
+/// older session (its target restarted), and a drive refusing an append for its zone's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_two_copies_of_a_write_share_a_drive() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let refuse_for_state = Arc::new(AtomicBool::new(false));
+    let mut down = None;
+    let mut session: Option<Arc<AtomicU64>> = None;
+    let specs = intercepted_specs(dir.path(), 3, g, |i, _, drive| {
+        if i == 2 {
+            down = Some(drive.unavailable.clone());
+            session = Some(drive.session_offset.clone());
+            let refuse = refuse_for_state.clone();
+            drive.after_append = Box::new(move |zslba, result| {
+                let refuse = refuse.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if refuse {
+                        Err(zns::ZoneError::ZoneIsFull { zslba })
+                    } else {
+                        result
+                    }
+                })
+            });
+        }
+    });
+    let (down, session) = (down.unwrap(), session.unwrap());
+    let engine = three_copies_over(dir.path(), specs).await;
+    let distinct = |engine: &zonestore::engine::Engine, key: &str| {
+        let drives = commit_copies(engine, key);
+        let mut unique = drives.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            drives.len(),
+            "{key}: copies on drives {drives:?}"
+        );
+        drives.len()
+    };
+    put(&engine, "b", "all-up", &content("all-up", 1, 5000))
+        .await
+        .unwrap();
+    assert_eq!(distinct(&engine, "all-up"), 3);
+
+    session.fetch_add(1, Ordering::SeqCst);
+    put(
+        &engine,
+        "b",
+        "reconnected",
+        &content("reconnected", 1, 5000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(distinct(&engine, "reconnected"), 3);
+
+    refuse_for_state.store(true, Ordering::SeqCst);
+    for i in 0..4 {
+        let key = format!("refused-{i}");
+        put(&engine, "b", &key, &content(&key, 1, 5000))
+            .await
+            .unwrap();
+        assert_eq!(distinct(&engine, &key), 2);
+    }
+    refuse_for_state.store(false, Ordering::SeqCst);
+
+    down.store(true, Ordering::SeqCst);
+    for i in 0..4 {
+        let key = format!("one-down-{i}");
+        put(&engine, "b", &key, &content(&key, 1, 5000))
+            .await
+            .unwrap();
+        assert_eq!(distinct(&engine, &key), 2);
+    }
+    down.store(false, Ordering::SeqCst);
+    engine.shutdown().await;
+}

@@ -320,6 +320,7 @@ impl EngineInner {
                             | zns::ZoneErrorKind::InvalidZoneStateTransition
                     )
                 });
+                // (A drive that took a copy is left out too: no drive holds two.)
                 if !zone_lost && !zone_state {
                     tried.push(slot.drive);
                 }
