@@ -778,6 +778,83 @@ fn commands_waiting_for_a_queue_entry_when_the_session_fails_run_in_the_next() {
     });
 }
 
+/// An append bound to a session (`append_in_session`) that waits for a queue entry when that
+/// session fails is not sent in the next one: the target may have restarted and lost the
+/// zone's unflushed tail, so the zone's write pointer is no longer where the caller counts on.
+/// Nothing reaches the drive; an append bound to the new session goes out.
+#[test]
+fn an_append_bound_to_a_session_is_not_sent_in_the_next() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inner = EmulatedZns::create(dir.path(), g).unwrap();
+        let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
+        let stalled = slow.clone();
+        drive.before_read = Box::new(move |_, _| {
+            let stall = stalled.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+            })
+        });
+        let target = Target::new(TargetConfig::default());
+        target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+        let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = handle.local_addr();
+        let mut config = host_config(addr);
+        config.io_queues = 1;
+        config.queue_depth = 2;
+        let host = Arc::new(NvmeTcpHost::connect(config).await.unwrap());
+        let data = Bytes::from(pattern(&g, 0, 1, 5));
+        host.append(0, data.clone()).await.unwrap();
+        host.flush().await.unwrap();
+        let first = host.session();
+        // Two reads the drive holds take the queue's entries: the append waits for one.
+        slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads: Vec<_> = (0..2)
+            .map(|_| {
+                let host = host.clone();
+                tokio::spawn(async move { host.read(0, 1).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let bound = {
+            let (host, data) = (host.clone(), data.clone());
+            tokio::spawn(async move {
+                host.append_in_session(0, data, WriteHint::None, first)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        slow.store(false, std::sync::atomic::Ordering::SeqCst);
+        handle.shut_down(Duration::from_millis(100)).await;
+        let restart = listen_again_soon(&target, addr);
+        assert!(
+            bound.await.unwrap().is_none(),
+            "the append went out in another session than the one it was bound to"
+        );
+        for read in reads {
+            let _ = read.await.unwrap();
+        }
+        let now = host.session();
+        assert_ne!(now, first);
+        let wp = |report: zns::ZoneReport| report.zones[0].wp;
+        let before = wp(inner.report_zones(0, ReportFilter::All, 1).await.unwrap());
+        assert_eq!(before, 1, "only the first append reached the drive");
+        let lba = host
+            .append_in_session(0, data.clone(), WriteHint::None, now)
+            .await
+            .expect("sent in the session it was bound to")
+            .unwrap();
+        assert_eq!(lba, 1);
+        let _handle = restart.await.unwrap();
+        host.close().await;
+    });
+}
+
 /// Callers that stop waiting (a timeout, a client gone) while the target is slow give their
 /// queue entries back only when the target answers: more abandoned commands than the queue
 /// holds neither panic the host nor hand one command's answer to another.

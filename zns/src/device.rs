@@ -97,6 +97,24 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
         self.append(zslba, data).await
     }
 
+    /// [`ZonedDevice::append_hinted`], sent only in session `session` (see
+    /// [`ZonedDevice::session`]): `None` when the device's session is another by the time the
+    /// command would go out, and nothing was sent. A caller that has written a zone in one
+    /// session must not append to it in the next: a restarted target may have lost the zone's
+    /// unflushed tail, and its write pointer gone back below what the caller counted on.
+    async fn append_in_session(
+        &self,
+        zslba: u64,
+        data: Bytes,
+        hint: WriteHint,
+        session: u64,
+    ) -> Option<ZoneResult<u64>> {
+        if self.session() != session {
+            return None;
+        }
+        Some(self.append_hinted(zslba, data, hint).await)
+    }
+
     /// Makes every completed write durable.
     async fn flush(&self) -> ZoneResult<()>;
 

@@ -430,12 +430,30 @@ impl NvmeTcpHost {
     async fn io(
         &self,
         what: &str,
-        mut sqe: Sqe,
+        sqe: Sqe,
         data_out: Bytes,
         lba: u64,
         blocks: u64,
     ) -> ZoneResult<Completion> {
+        self.io_in(what, sqe, data_out, lba, blocks, None)
+            .await?
+            .ok_or_else(|| ZoneError::Unavailable("no session to send on".into()))
+    }
+
+    /// [`NvmeTcpHost::io`], sent only on a session numbered `in_session` if given: `None` when
+    /// the one there is to send on has another number (nothing was sent).
+    async fn io_in(
+        &self,
+        what: &str,
+        mut sqe: Sqe,
+        data_out: Bytes,
+        lba: u64,
+        blocks: u64,
+        in_session: Option<u64>,
+    ) -> ZoneResult<Option<Completion>> {
         let stats = &self.inner.stats;
+        let other_session =
+            |s: &Session| in_session.is_some_and(|n| n != s.epoch.load(Ordering::SeqCst));
         // No session to send on (the target unreachable) fails the command as much as one
         // that failed on the wire: counted alike.
         let counted = |e: ZoneError| {
@@ -443,6 +461,9 @@ impl NvmeTcpHost {
             e
         };
         let mut session = self.session().await.map_err(counted)?;
+        if other_session(&session) {
+            return Ok(None);
+        }
         let written = data_out.len() as u64;
         let mut retried = false;
         // A read whose data was damaged on the way (its digest did not match) is read again,
@@ -475,6 +496,9 @@ impl NvmeTcpHost {
                         .session_other_than(Some(&session))
                         .await
                         .map_err(counted)?;
+                    if other_session(&session) {
+                        return Ok(None);
+                    }
                 }
                 Ok(done)
                     if read_again && done.cqe.status() == Status::TRANSIENT_TRANSPORT_ERROR =>
@@ -503,7 +527,45 @@ impl NvmeTcpHost {
         stats
             .bytes_read
             .fetch_add(done.data.len() as u64, Ordering::Relaxed);
-        Ok(done)
+        Ok(Some(done))
+    }
+
+    /// A Zone Append, sent only on a session numbered `in_session` if given (`None`: not sent,
+    /// see [`NvmeTcpHost::io_in`]).
+    async fn append_in(
+        &self,
+        zslba: u64,
+        data: Bytes,
+        hint: WriteHint,
+        in_session: Option<u64>,
+    ) -> ZoneResult<Option<u64>> {
+        // The target checks the append limit, in the order the specification gives.
+        let blocks = self.blocks_of(&data)?;
+        let mut sqe = Sqe::new(io::ZONE_APPEND, 0);
+        // Dataset Management in CDW13, as for a Write (the Linux host builds both alike).
+        sqe.set_slba(zslba)
+            .set_cdw(12, (blocks - 1) as u32)
+            .set_cdw(13, u32::from(hint.dsm()));
+        let Some(done) = self
+            .io_in("zone append", sqe, data, zslba, blocks, in_session)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // Where the target says the data went must lie inside the zone's writable capacity:
+        // the caller records it as where the data is.
+        let lba = done.cqe.result();
+        let g = &self.inner.geometry;
+        let inside = lba >= zslba
+            && lba
+                .checked_add(blocks)
+                .is_some_and(|end| end <= zslba + g.zone_capacity);
+        if !inside {
+            return Err(ZoneError::MediaError(format!(
+                "the target placed a {blocks}-block Zone Append to the zone at {zslba} at LBA {lba}, outside the zone"
+            )));
+        }
+        Ok(Some(lba))
     }
 
     fn max_transfer_blocks(&self) -> u64 {
@@ -628,6 +690,9 @@ async fn reconnect(
                 inner
                     .last_max_transfer
                     .store(s.limits.max_transfer, Ordering::Relaxed);
+                // (The number was moved on when the last session failed, before this one.)
+                s.epoch
+                    .store(inner.session_epoch.load(Ordering::SeqCst), Ordering::SeqCst);
                 let s = Arc::new(s);
                 inner.wrong_namespace.store(false, Ordering::Relaxed);
                 // Counted before commands waiting for the session can run on it (and their
@@ -769,28 +834,21 @@ impl ZonedDevice for NvmeTcpHost {
     }
 
     async fn append_hinted(&self, zslba: u64, data: Bytes, hint: WriteHint) -> ZoneResult<u64> {
-        // The target checks the append limit, in the order the specification gives.
-        let blocks = self.blocks_of(&data)?;
-        let mut sqe = Sqe::new(io::ZONE_APPEND, 0);
-        // Dataset Management in CDW13, as for a Write (the Linux host builds both alike).
-        sqe.set_slba(zslba)
-            .set_cdw(12, (blocks - 1) as u32)
-            .set_cdw(13, u32::from(hint.dsm()));
-        let done = self.io("zone append", sqe, data, zslba, blocks).await?;
-        // Where the target says the data went must lie inside the zone's writable capacity:
-        // the caller records it as where the data is.
-        let lba = done.cqe.result();
-        let g = &self.inner.geometry;
-        let inside = lba >= zslba
-            && lba
-                .checked_add(blocks)
-                .is_some_and(|end| end <= zslba + g.zone_capacity);
-        if !inside {
-            return Err(ZoneError::MediaError(format!(
-                "the target placed a {blocks}-block Zone Append to the zone at {zslba} at LBA {lba}, outside the zone"
-            )));
-        }
-        Ok(lba)
+        self.append_in(zslba, data, hint, None)
+            .await?
+            .ok_or_else(|| ZoneError::Unavailable("no session to send on".into()))
+    }
+
+    async fn append_in_session(
+        &self,
+        zslba: u64,
+        data: Bytes,
+        hint: WriteHint,
+        session: u64,
+    ) -> Option<ZoneResult<u64>> {
+        self.append_in(zslba, data, hint, Some(session))
+            .await
+            .transpose()
     }
 
     async fn flush(&self) -> ZoneResult<()> {

@@ -38,6 +38,9 @@ pub(crate) struct Session {
     pub(crate) limits: Limits,
     /// Set (with the reason) when any queue of the session fails.
     pub(crate) failed: watch::Receiver<Option<String>>,
+    /// The host's session number (see `ZonedDevice::session`) while this session is the one
+    /// up: set by the host before it puts the session to use.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
     failed_tx: watch::Sender<Option<String>>,
     next: AtomicUsize,
     keep_alive: KeepAlive,
@@ -333,6 +336,7 @@ impl Session {
             limits: Limits { nsid, max_transfer },
             failed,
             failed_tx,
+            epoch: std::sync::atomic::AtomicU64::new(0),
             next: AtomicUsize::new(0),
             _prober: prober,
             keep_alive,

@@ -239,27 +239,32 @@ impl EngineInner {
                         return (slot, Some(Err(unknown)), guard);
                     };
                     // Noted before the append is sent: an append on an older session than
-                    // the flush's must not count as flushed.
+                    // the flush's must not count as flushed. The append goes out in that
+                    // session or not at all: in a later one, the zone's write pointer may have
+                    // gone back below what placement counts on.
                     let session = drive.device.session();
                     if !self.placement.same_session(&slot, session) {
                         return (slot, None, guard);
                     }
-                    let result = drive
+                    let Some(result) = drive
                         .device
-                        .append_hinted(slot.zslba, record, hint)
+                        .append_in_session(slot.zslba, record, hint, session)
                         .await
-                        .and_then(|lba| {
-                            // Where the drive says the record landed must be in the zone.
-                            let capacity = drive.geometry.zone_capacity;
-                            let start = lba.checked_sub(slot.zslba);
-                            match start {
-                                Some(s) if s.saturating_add(slot.blocks) <= capacity => Ok(lba),
-                                _ => Err(zns::ZoneError::MediaError(format!(
-                                    "append to zone {:#x} reported LBA {lba:#x}, outside it",
-                                    slot.zslba
-                                ))),
-                            }
-                        });
+                    else {
+                        return (slot, None, guard);
+                    };
+                    let result = result.and_then(|lba| {
+                        // Where the drive says the record landed must be in the zone.
+                        let capacity = drive.geometry.zone_capacity;
+                        let start = lba.checked_sub(slot.zslba);
+                        match start {
+                            Some(s) if s.saturating_add(slot.blocks) <= capacity => Ok(lba),
+                            _ => Err(zns::ZoneError::MediaError(format!(
+                                "append to zone {:#x} reported LBA {lba:#x}, outside it",
+                                slot.zslba
+                            ))),
+                        }
+                    });
                     drive.note_write(&result);
                     (slot, Some(result.map(|lba| (lba, session))), guard)
                 }
