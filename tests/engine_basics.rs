@@ -5711,3 +5711,96 @@ async fn no_two_copies_of_a_write_share_a_drive() {
     down.store(false, Ordering::SeqCst);
     engine.shutdown().await;
 }
+
+/// An upload of `size` bytes in one part, begun for `key` in bucket `b` (owned by alice).
+async fn upload_with_a_part(engine: &zonestore::engine::Engine, key: &str, size: usize) -> u64 {
+    let template = ObjectMeta {
+        owner: "alice".into(),
+        ..ObjectMeta::default()
+    };
+    let id = engine.create_upload("b", key, template).await.unwrap();
+    let mut w = engine.put_part(id, 1).unwrap();
+    w.write(bytes::Bytes::from(content(key, 1, size)))
+        .await
+        .unwrap();
+    w.finish_part(format!("{:032x}", 1), vec![]).await.unwrap();
+    id
+}
+
+/// Uploads left unfinished are aborted by when they began: those begun by the cutoff are
+/// gone for good (across a restart), their parts with them; one begun after it is left to
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_left_unfinished_are_aborted_by_when_they_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let never = |c: &mut zonestore::engine::EngineConfig| c.abort_uploads_after = None;
+    let (engine, _) = open_engine(dir.path(), 1, g, never).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let old = upload_with_a_part(&engine, "old", 300_000).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let young = upload_with_a_part(&engine, "young", 1000).await;
+    let began = engine.upload(young).unwrap().template.last_modified_ms;
+    assert_eq!(
+        engine.abort_uploads_initiated_by(began - 1).await.unwrap(),
+        1
+    );
+    assert!(matches!(
+        engine.upload(old),
+        Err(EngineError::NoSuchUpload(_))
+    ));
+    assert!(matches!(
+        engine.parts(old, 0, usize::MAX),
+        Err(EngineError::NoSuchUpload(_))
+    ));
+    let expired = engine
+        .stats()
+        .uploads_expired
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(expired, 1);
+    engine.shutdown().await;
+
+    let (engine, _) = open_engine(dir.path(), 1, g, never).await;
+    assert!(matches!(
+        engine.upload(old),
+        Err(EngineError::NoSuchUpload(_))
+    ));
+    let parts = [(1, format!("{:032x}", 1))];
+    engine
+        .complete_upload(young, &parts, None, Condition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&engine, "b", "young").await.unwrap(),
+        content("young", 1, 1000)
+    );
+    engine.shutdown().await;
+}
+
+/// The engine aborts an upload left unfinished past `abort_uploads_after` by itself, and not
+/// before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_aborts_uploads_left_unfinished_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let expiry = std::time::Duration::from_secs(2);
+    let (engine, _) = open_engine(dir.path(), 1, g, |c| c.abort_uploads_after = Some(expiry)).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let began = std::time::Instant::now();
+    let id = upload_with_a_part(&engine, "abandoned", 1000).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(engine.upload(id).is_ok(), "aborted before its time");
+    while engine.upload(id).is_ok() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(15),
+            "an upload left unfinished was never aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        began.elapsed() >= expiry,
+        "aborted after {:?}",
+        began.elapsed()
+    );
+    engine.shutdown().await;
+}

@@ -412,6 +412,11 @@ async fn stats(State(s): State<Arc<AdminState>>) -> Response {
         "under-replicated writes   {}",
         load(&st.under_replicated_writes)
     );
+    let _ = writeln!(
+        out,
+        "stale uploads aborted     {}",
+        load(&st.uploads_expired)
+    );
     let slow_writes: u64 = s
         .engine
         .drives()

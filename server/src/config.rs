@@ -80,6 +80,23 @@ impl Default for ReplicationSection {
     }
 }
 
+/// `[multipart]`: uploads in progress.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultipartSection {
+    /// Hours after its initiation at which an upload still unfinished is aborted, its parts'
+    /// space reclaimed (0: never).
+    pub abort_after_hours: u64,
+}
+
+impl Default for MultipartSection {
+    fn default() -> Self {
+        MultipartSection {
+            abort_after_hours: 7 * 24,
+        }
+    }
+}
+
 /// `[fabric]`: how this server's NVMe/TCP host tells a stopped target from a slow one.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -171,6 +188,8 @@ pub struct Config {
     pub replication: ReplicationSection,
     /// The NVMe/TCP host's probe of silent targets.
     pub fabric: FabricSection,
+    /// Uploads in progress.
+    pub multipart: MultipartSection,
     /// HTTPS.
     pub tls: Option<TlsSection>,
     /// Embedded drives.
@@ -206,6 +225,7 @@ impl Default for Config {
             gc: GcSection::default(),
             replication: ReplicationSection::default(),
             fabric: FabricSection::default(),
+            multipart: MultipartSection::default(),
             tls: None,
             embedded: EmbeddedSection::default(),
             copy_keep_alive_secs: 5,
@@ -589,6 +609,11 @@ impl Config {
                 self.replication.scrub_interval_hours,
                 24 * 365 * 100,
             ),
+            (
+                "multipart.abort_after_hours",
+                self.multipart.abort_after_hours,
+                24 * 365 * 100,
+            ),
         ] {
             if value > max {
                 return Err(bad(
@@ -912,6 +937,11 @@ mod tests {
             }
             assert_eq!(key_of(&format!("[replication]\n{key} = 250\n")), None);
         }
+        assert_eq!(
+            key_of("[multipart]\nabort_after_hours = 876001\n").as_deref(),
+            Some("multipart.abort_after_hours")
+        );
+        assert_eq!(key_of("[multipart]\nabort_after_hours = 0\n"), None);
         for (key, least) in [("probe_after_ms", 0u64), ("probe_answer_within_ms", 1)] {
             for bad in [least.checked_sub(1), Some(30_001)].into_iter().flatten() {
                 assert_eq!(

@@ -45,6 +45,7 @@ pub struct Metrics {
     write_amplification_milli: Gauge,
     read_failovers: Counter,
     read_hedges: Counter,
+    uploads_expired: Counter,
     under_replicated: Gauge,
     repair_copied: Counter,
     scrub_checked: Counter,
@@ -120,6 +121,7 @@ impl Metrics {
             write_amplification_milli: Gauge::default(),
             read_failovers: Counter::default(),
             read_hedges: Counter::default(),
+            uploads_expired: Counter::default(),
             under_replicated: Gauge::default(),
             repair_copied: Counter::default(),
             scrub_checked: Counter::default(),
@@ -207,6 +209,11 @@ impl Metrics {
             "read_failovers",
             "Pieces of reads served by another copy after one failed",
             m.read_failovers.clone(),
+        );
+        r.register(
+            "uploads_expired",
+            "Multipart uploads aborted for being left unfinished past multipart.abort_after_hours",
+            m.uploads_expired.clone(),
         );
         r.register(
             "read_hedges",
@@ -328,6 +335,11 @@ impl Metrics {
             load(&stats.read_failovers),
         );
         follow("read_hedges", &self.read_hedges, load(&stats.read_hedges));
+        follow(
+            "uploads_expired",
+            &self.uploads_expired,
+            load(&stats.uploads_expired),
+        );
         follow("crc_errors", &self.crc_errors, load(&stats.crc_errors));
         let repair = engine.repair().status();
         self.under_replicated

@@ -346,6 +346,8 @@ impl Server {
             hedge_after: Duration::from_millis(rep.hedge_after_ms),
             slow_write_grace: Duration::from_millis(rep.slow_write_grace_ms),
         };
+        engine_config.abort_uploads_after = (config.multipart.abort_after_hours > 0)
+            .then(|| Duration::from_secs(config.multipart.abort_after_hours * 3600));
         let (engine, reconciliation) = Engine::open(engine_config, specs).await?;
         if !reconciliation.broken_zones.is_empty() {
             tracing::error!(

@@ -522,6 +522,31 @@ impl Index {
         Ok(out)
     }
 
+    /// Uploads in progress in upload-id order, after `after` (exclusive; `None`: from the
+    /// first), at most `limit`.
+    pub fn uploads_by_id(&self, after: Option<u64>, limit: usize) -> IndexResult<Vec<UploadEntry>> {
+        let start = match after {
+            None => 0,
+            Some(id) => match id.checked_add(1) {
+                Some(next) => next,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(
+                self.cf(cf::UPLOADS),
+                IteratorMode::From(&start.to_be_bytes(), Direction::Forward),
+            )
+            .take(limit)
+        {
+            let (_, v) = item?;
+            out.push(UploadEntry::decode(&v).map_err(corrupt(cf::UPLOADS))?);
+        }
+        Ok(out)
+    }
+
     /// Every upload in progress of exactly `bucket`/`key`, oldest first.
     pub fn uploads_of(&self, bucket: &str, key: &str) -> IndexResult<Vec<UploadEntry>> {
         let mut base = object_key(bucket, key);

@@ -26,6 +26,7 @@ pub mod replay;
 pub mod revoked;
 pub mod seq;
 pub mod settled;
+mod stale_uploads;
 pub mod stats;
 mod survey;
 pub mod writer;
@@ -85,7 +86,13 @@ pub struct EngineConfig {
     pub max_buckets_per_owner: usize,
     /// How long a copy is waited for before reads and writes turn to the others.
     pub patience: patience::Patience,
+    /// Age at which a multipart upload still unfinished is aborted (`None`: never; see
+    /// [`stale_uploads`]).
+    pub abort_uploads_after: Option<std::time::Duration>,
 }
+
+/// Age at which an unfinished multipart upload is aborted unless configured otherwise: a week.
+pub const ABORT_UPLOADS_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Most buckets one user may own unless configured otherwise (S3's default).
 pub const MAX_BUCKETS_PER_OWNER: usize = 10_000;
@@ -115,6 +122,7 @@ impl EngineConfig {
             repair: repair::RepairConfig::default(),
             max_buckets_per_owner: MAX_BUCKETS_PER_OWNER,
             patience: patience::Patience::default(),
+            abort_uploads_after: Some(ABORT_UPLOADS_AFTER),
         }
     }
 }
@@ -447,6 +455,9 @@ impl Engine {
         registry::note_write_quorum(&inner.index, inner.quorum())?;
         gc::spawn(Arc::downgrade(&inner));
         repair::spawn(Arc::downgrade(&inner));
+        if let Some(expiry) = inner.config.abort_uploads_after {
+            stale_uploads::spawn(Arc::downgrade(&inner), expiry);
+        }
         if !reconciliation.broken_zones.is_empty() {
             tracing::error!(zones = ?reconciliation.broken_zones, "index and drives disagree; run `zonestore recover --rebuild-index`");
         }
@@ -1112,6 +1123,13 @@ impl Engine {
             )
             .await
             .map(|_| ())
+    }
+
+    /// Aborts every multipart upload initiated at `cutoff_ms` (milliseconds since the epoch) or
+    /// before, as [`EngineConfig::abort_uploads_after`] has the engine do by itself; returns
+    /// how many it aborted.
+    pub async fn abort_uploads_initiated_by(&self, cutoff_ms: u64) -> EngineResult<usize> {
+        stale_uploads::abort_initiated_by(self, cutoff_ms).await
     }
 
     // ---- introspection ----

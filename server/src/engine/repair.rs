@@ -134,7 +134,7 @@ pub struct RepairControl {
     /// Taken by a drain or undrain from its check to its commit: two drains at once could
     /// each see enough other drives taking writes, and leave too few between them.
     pub(crate) drains: tokio::sync::Mutex<()>,
-    /// The repair and scrub tasks.
+    /// The repair and scrub tasks, and other upkeep stopped with them.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -179,6 +179,17 @@ impl RepairControl {
         if suspects.len() < MAX_SUSPECTS && suspects.insert((stream_id, offset, location)) {
             self.wake.notify_one();
         }
+    }
+
+    /// Whether the engine is shutting down (upkeep tasks end).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Makes `task`, an upkeep task that ends once [`RepairControl::is_closed`], one that
+    /// shutting down waits for.
+    pub(crate) fn adopt(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.lock().push(task);
     }
 
     /// Sets the grace period.

@@ -51,6 +51,8 @@ pub struct EngineStats {
     pub crc_errors: AtomicU64,
     /// Writes stored with fewer copies than asked (quorum met).
     pub under_replicated_writes: AtomicU64,
+    /// Multipart uploads aborted for being left unfinished too long (see [`super::stale_uploads`]).
+    pub uploads_expired: AtomicU64,
 }
 
 impl EngineStats {
