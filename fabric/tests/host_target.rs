@@ -820,7 +820,27 @@ fn an_append_bound_to_a_session_is_not_sent_in_the_next() {
                 tokio::spawn(async move { host.read(0, 1).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let in_flight_reach = |n: u64| {
+            let host = host.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while host
+                    .stats()
+                    .in_flight
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    < n
+                {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{n} commands never ran"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        in_flight_reach(2).await;
+        // (The reads reach the drive, which holds them.)
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let bound = {
             let (host, data) = (host.clone(), data.clone());
             tokio::spawn(async move {
@@ -828,7 +848,7 @@ fn an_append_bound_to_a_session_is_not_sent_in_the_next() {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        in_flight_reach(3).await;
         slow.store(false, std::sync::atomic::Ordering::SeqCst);
         handle.shut_down(Duration::from_millis(100)).await;
         let restart = listen_again_soon(&target, addr);

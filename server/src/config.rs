@@ -329,10 +329,13 @@ const MAX_HEDGE_AFTER_MS: u64 = 5_000;
 /// NVMe/TCP host's 30 s command timeout, past which the command fails anyway.
 const MAX_SLOW_WRITE_GRACE_MS: u64 = 20_000;
 
-/// Longest a target may be silent before it is probed, or a probe unanswered
-/// (`fabric.probe_after_ms`, `fabric.probe_answer_within_ms`): the NVMe/TCP host's 30 s command
-/// timeout fails the commands by then anyway.
-const MAX_PROBE_MS: u64 = 30_000;
+/// Longest a target may be silent before it is probed (`fabric.probe_after_ms`): the NVMe/TCP
+/// host's 30 s command timeout fails the commands by then anyway.
+const MAX_PROBE_AFTER_MS: u64 = 30_000;
+
+/// Longest a probe may go unanswered (`fabric.probe_answer_within_ms`): the host's keep-alive
+/// (every 2.5 s) resets a connection whose Keep Alive goes unanswered for 3.75 s anyway.
+const MAX_PROBE_ANSWER_MS: u64 = 3_750;
 
 /// Shortest repair grace accepted (`replication.repair_grace_secs`).
 const MIN_REPAIR_GRACE_SECS: u64 = 10;
@@ -656,20 +659,26 @@ impl Config {
                 ));
             }
         }
-        for (key, value, least) in [
-            ("fabric.probe_after_ms", self.fabric.probe_after_ms, 0),
+        for (key, value, least, most, why) in [
+            (
+                "fabric.probe_after_ms",
+                self.fabric.probe_after_ms,
+                0,
+                MAX_PROBE_AFTER_MS,
+                "an NVMe/TCP command times out after 30 s anyway",
+            ),
             (
                 "fabric.probe_answer_within_ms",
                 self.fabric.probe_answer_within_ms,
                 1,
+                MAX_PROBE_ANSWER_MS,
+                "the keep-alive resets a connection whose Keep Alive goes unanswered for 3.75 s anyway",
             ),
         ] {
-            if !(least..=MAX_PROBE_MS).contains(&value) {
+            if !(least..=most).contains(&value) {
                 return Err(bad(
                     key,
-                    format!(
-                        "{value} is not between {least} and {MAX_PROBE_MS} ms (an NVMe/TCP command times out after 30 s anyway)"
-                    ),
+                    format!("{value} is not between {least} and {most} ms ({why})"),
                 ));
             }
         }
@@ -942,14 +951,17 @@ mod tests {
             Some("multipart.abort_after_hours")
         );
         assert_eq!(key_of("[multipart]\nabort_after_hours = 0\n"), None);
-        for (key, least) in [("probe_after_ms", 0u64), ("probe_answer_within_ms", 1)] {
-            for bad in [least.checked_sub(1), Some(30_001)].into_iter().flatten() {
+        for (key, least, most) in [
+            ("probe_after_ms", 0u64, 30_000),
+            ("probe_answer_within_ms", 1, 3_750),
+        ] {
+            for bad in [least.checked_sub(1), Some(most + 1)].into_iter().flatten() {
                 assert_eq!(
                     key_of(&format!("[fabric]\n{key} = {bad}\n")).as_deref(),
                     Some(format!("fabric.{key}").as_str()),
                 );
             }
-            for good in [least, 30_000] {
+            for good in [least, most] {
                 assert_eq!(key_of(&format!("[fabric]\n{key} = {good}\n")), None);
             }
         }

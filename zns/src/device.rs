@@ -102,6 +102,7 @@ pub trait ZonedDevice: Send + Sync + std::fmt::Debug {
     /// command would go out, and nothing was sent. A caller that has written a zone in one
     /// session must not append to it in the next: a restarted target may have lost the zone's
     /// unflushed tail, and its write pointer gone back below what the caller counted on.
+    /// A device wrapping another passes this on to it, for the inner device's binding to hold.
     async fn append_in_session(
         &self,
         zslba: u64,

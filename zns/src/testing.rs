@@ -769,6 +769,26 @@ impl ZonedDevice for Intercepted {
         let result = self.inner.append_hinted(zslba, data, hint).await;
         (self.after_append)(zslba, result).await
     }
+    async fn append_in_session(
+        &self,
+        zslba: u64,
+        data: Bytes,
+        hint: WriteHint,
+        session: u64,
+    ) -> Option<ZoneResult<u64>> {
+        // The inner device's own session binding holds (a remote drive's), offset as
+        // [`ZonedDevice::session`] is.
+        let offset = self.session_offset.load(Ordering::SeqCst);
+        if self.session() != session {
+            return None;
+        }
+        (self.before_append)(zslba, hint, &data).await;
+        let result = self
+            .inner
+            .append_in_session(zslba, data, hint, session.wrapping_sub(offset))
+            .await?;
+        Some((self.after_append)(zslba, result).await)
+    }
     async fn flush(&self) -> ZoneResult<()> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         (self.before_flush)().await?;

@@ -131,6 +131,8 @@ pub struct RepairControl {
     /// good copy without waiting for the next scrub.
     suspects: Mutex<BTreeSet<(u64, u64, Location)>>,
     closed: AtomicBool,
+    /// Turns true with `closed`: what upkeep tasks wait on between passes.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Taken by a drain or undrain from its check to its commit: two drains at once could
     /// each see enough other drives taking writes, and leave too few between them.
     pub(crate) drains: tokio::sync::Mutex<()>,
@@ -151,6 +153,7 @@ impl RepairControl {
             scrub_requested: AtomicBool::new(false),
             suspects: Mutex::new(BTreeSet::new()),
             closed: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
             drains: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         }
@@ -186,6 +189,15 @@ impl RepairControl {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Resolves once the engine is shutting down: what an upkeep task waits on between passes.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            // (An error: the engine is gone, which is as stopped.)
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
+    }
+
     /// Makes `task`, an upkeep task that ends once [`RepairControl::is_closed`], one that
     /// shutting down waits for.
     pub(crate) fn adopt(&self, task: tokio::task::JoinHandle<()>) {
@@ -200,6 +212,7 @@ impl RepairControl {
     /// Ends the task and waits for it.
     pub async fn shut_down(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.stopping.send_replace(true);
         self.wake.notify_one();
         self.scrub_wake.notify_one();
         let tasks = std::mem::take(&mut *self.tasks.lock());

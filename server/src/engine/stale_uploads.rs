@@ -8,7 +8,7 @@
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::error::{EngineError, EngineResult};
 use super::{Engine, EngineInner};
@@ -19,13 +19,13 @@ const PAGE: usize = 256;
 /// Longest time between two looks for expired uploads.
 const LONGEST_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// How often the task checks whether the engine is shutting down.
-const TICK: Duration = Duration::from_secs(1);
+/// Shortest time between two looks.
+const SHORTEST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often uploads are looked over for `expiry`: a quarter of it (an upload outlives its
 /// expiry by at most that much), from a second to an hour.
 pub(crate) fn interval(expiry: Duration) -> Duration {
-    (expiry / 4).clamp(TICK, LONGEST_INTERVAL)
+    (expiry / 4).clamp(SHORTEST_INTERVAL, LONGEST_INTERVAL)
 }
 
 /// Aborts every upload initiated at `cutoff_ms` (milliseconds since the epoch) or before;
@@ -44,6 +44,10 @@ pub(crate) async fn abort_initiated_by(engine: &Engine, cutoff_ms: u64) -> Engin
         for upload in page {
             if upload.template.last_modified_ms > cutoff_ms {
                 continue;
+            }
+            // A backlog of thousands must not hold a shutdown up.
+            if engine.inner.repair.is_closed() {
+                return Ok(aborted);
             }
             match engine.abort_upload(upload.upload_id).await {
                 Ok(()) => {
@@ -81,20 +85,17 @@ pub(crate) fn spawn(engine: Weak<EngineInner>, expiry: Duration) {
         return;
     };
     let every = interval(expiry);
+    let stopped = strong.repair.stopped();
     let task = tokio::spawn(async move {
-        let mut last_look = Instant::now();
+        tokio::pin!(stopped);
         loop {
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                () = &mut stopped => return,
+                () = tokio::time::sleep(every) => {}
+            }
             let Some(inner) = engine.upgrade() else {
                 return;
             };
-            if inner.repair.is_closed() {
-                return;
-            }
-            if last_look.elapsed() < every {
-                continue;
-            }
-            last_look = Instant::now();
             let engine = Engine { inner };
             let cutoff = super::commit::now_ms()
                 .saturating_sub(expiry.as_millis().min(u128::from(u64::MAX)) as u64);
@@ -113,7 +114,7 @@ mod tests {
     #[test]
     fn uploads_are_looked_over_four_times_an_expiry_within_a_second_and_an_hour() {
         assert_eq!(interval(Duration::from_secs(8)), Duration::from_secs(2));
-        assert_eq!(interval(Duration::from_millis(100)), TICK);
+        assert_eq!(interval(Duration::from_millis(100)), SHORTEST_INTERVAL);
         assert_eq!(
             interval(Duration::from_secs(7 * 24 * 3600)),
             LONGEST_INTERVAL
