@@ -682,6 +682,22 @@ impl S3Service {
         self.owned_bucket_expecting(ctx, bucket, "x-amz-expected-bucket-owner")
     }
 
+    /// [`S3Service::owned_bucket`] again, after a request's body was read (which a client can
+    /// make last as long as it likes): the bucket must still be the one `checked` before, not
+    /// one deleted meanwhile and created again by another user, whose objects the request
+    /// would otherwise reach.
+    pub fn still_owned_bucket(
+        &self,
+        ctx: &Ctx,
+        checked: &crate::store::BucketInfo,
+    ) -> Result<(), S3Error> {
+        let now = self.owned_bucket(ctx, &checked.name)?;
+        if now.created != checked.created {
+            return Err(S3Error::access_denied("Access Denied"));
+        }
+        Ok(())
+    }
+
     /// [`S3Service::owned_bucket`], where the request's `expected_owner_header` (if sent)
     /// names the owner the client expects: another owner is AccessDenied, as in S3 (clients
     /// send it so as never to write into a bucket of someone else's by mistake).

@@ -713,6 +713,17 @@ def check_checksums():
 def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payload_hash=None, extra=None, canonical_query=None):
     """A hand-made SigV4 request (to control the clock and the payload hash); the query is signed
     as sent unless `canonical_query` gives its canonical form."""
+    headers = sigv4_headers(method, url, body, when, secret, key, payload_hash, extra, canonical_query)
+    req = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ssl_context()) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def sigv4_headers(method, url, body=b"", when=None, secret=SECRET, key=KEY, payload_hash=None, extra=None, canonical_query=None):
+    """The headers of a hand-made SigV4 request (see `sigv4_request`), Authorization included."""
     when = when or datetime.datetime.now(datetime.timezone.utc)
     parsed = urllib.parse.urlsplit(url)
     amz_date = when.strftime("%Y%m%dT%H%M%SZ")
@@ -729,12 +740,7 @@ def sigv4_request(method, url, body=b"", when=None, secret=SECRET, key=KEY, payl
         k = hmac.new(k, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
     headers["authorization"] = f"AWS4-HMAC-SHA256 Credential={key}/{scope}, SignedHeaders={signed}, Signature={signature}"
-    req = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, context=ssl_context()) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return headers
 
 
 def plain_put(url, data, headers=None):
@@ -983,6 +989,43 @@ def check_two_users():
     expect_error("AccessDenied", 403, bob.copy_object, Bucket=theirs, Key="stolen", CopySource={"Bucket": mine, "Key": "x"})
     expect_error("BucketAlreadyExists", 409, s3.create_bucket, Bucket=theirs)
     assert bob.get_object(Bucket=theirs, Key="private")["Body"].read() == b"bob's"
+
+
+def check_a_slow_body_outlasting_its_bucket():
+    """A DeleteObjects whose document arrives after its bucket was deleted and created again by
+    another user deletes nothing of theirs: the bucket is checked again once the body is in."""
+    import http.client
+
+    key2, secret2 = os.environ.get("SECOND_ACCESS_KEY"), os.environ.get("SECOND_SECRET_KEY")
+    assert key2 and secret2, "the test runs the server with a second user"
+    bob = client(key=key2, secret=secret2)
+    name = bucket("reborn")
+    doc = b"<Delete><Object><Key>precious</Key></Object></Delete>"
+    url = f"{ENDPOINT}/{name}?delete="
+    md5 = base64.b64encode(hashlib.md5(doc).digest()).decode()
+    headers = sigv4_headers("POST", url, payload_hash="UNSIGNED-PAYLOAD", extra={"content-md5": md5})
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.netloc, context=ssl_context())
+    else:
+        conn = http.client.HTTPConnection(parts.netloc)
+    conn.putrequest("POST", f"{parts.path}?{parts.query}", skip_host=True, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.putheader("content-length", str(len(doc)))
+    conn.endheaders()
+    conn.send(doc[:10])
+    time.sleep(0.3)
+    s3.delete_bucket(Bucket=name)
+    bob.create_bucket(Bucket=name)
+    bob.put_object(Bucket=name, Key="precious", Body=b"bob's")
+    conn.send(doc[10:])
+    r = conn.getresponse()
+    answer = r.read()
+    assert r.status == 403 and b"AccessDenied" in answer, (r.status, answer)
+    assert bob.get_object(Bucket=name, Key="precious")["Body"].read() == b"bob's"
+    bob.delete_object(Bucket=name, Key="precious")
+    bob.delete_bucket(Bucket=name)
 
 
 def check_not_implemented():

@@ -328,12 +328,13 @@ fn full_object_crc(algorithm: Algorithm, parts: &[(String, u64)]) -> Result<Stri
 /// CompleteMultipartUpload.
 pub async fn complete(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
-    svc.owned_bucket(ctx, &bucket)?;
+    let checked = svc.owned_bucket(ctx, &bucket)?;
     let id = upload_id(ctx);
     let upload = match svc.store.upload(&bucket, &key, &id) {
         Ok(upload) => upload,
         Err(e) if e.code == "NoSuchUpload" => {
             let body = ctx.document_reader(4 << 20)?.read_all(4 << 20).await?;
+            svc.still_owned_bucket(ctx, &checked)?;
             return completed_before(svc, ctx, &parse_complete(&body)?, e);
         }
         Err(e) => return Err(e),

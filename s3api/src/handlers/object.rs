@@ -473,7 +473,7 @@ const DELETES_AT_ONCE: usize = 32;
 /// DeleteObjects.
 pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
-    svc.owned_bucket(ctx, &bucket)?;
+    let checked = svc.owned_bucket(ctx, &bucket)?;
     // A digest the body is checked against: Content-MD5, a checksum header, or a checksum
     // trailer (the body reader refuses a trailer that names no checksum). The SDK's
     // x-amz-sdk-checksum-algorithm alone only names an algorithm and carries no value.
@@ -495,6 +495,7 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         .body_reader(MAX_DELETE_DOCUMENT as u64)?
         .read_all(MAX_DELETE_DOCUMENT)
         .await?;
+    svc.still_owned_bucket(ctx, &checked)?;
     let (targets, quiet) = parse_delete(&body)?;
     // The deletes run together (in order of the answer), so that their commits share flushes:
     // one after another, a thousand keys would wait for a thousand flushes.
