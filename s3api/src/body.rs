@@ -24,6 +24,12 @@ use crate::store::StoredChecksum;
 /// many large documents over many connections gets SlowDown, not gigabytes held for it.
 pub const DOCUMENT_BUDGET_KIB: usize = 64 << 10;
 
+/// How long a request document may take to arrive, whole: at any speed a client really sends
+/// at, the largest (8 MiB) takes seconds. A body trickled a byte at a time, which the idle
+/// timeout alone lets run for ever, would hold its share of [`DOCUMENT_BUDGET_KIB`] (and the
+/// request's bucket) as long as its client liked.
+pub const DOCUMENT_DEADLINE: Duration = Duration::from_secs(60);
+
 static DOCUMENT_BUDGET: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(DOCUMENT_BUDGET_KIB);
 
@@ -447,9 +453,13 @@ impl BodyReader {
     }
 
     /// Reads the whole body into memory (small request documents only), within the memory
-    /// all documents being read share (see [`DOCUMENT_BUDGET_KIB`]).
+    /// all documents being read share (see [`DOCUMENT_BUDGET_KIB`]) and within
+    /// [`DOCUMENT_DEADLINE`] (RequestTimeout past it).
     pub async fn read_all(&mut self, limit: usize) -> Result<Bytes, S3Error> {
-        self.read_all_within(limit, &DOCUMENT_BUDGET).await
+        let deadline = tokio::time::Instant::now() + DOCUMENT_DEADLINE;
+        tokio::time::timeout_at(deadline, self.read_all_within(limit, &DOCUMENT_BUDGET))
+            .await
+            .map_err(|_| S3Error::request_timeout())?
     }
 
     /// [`BodyReader::read_all`], holding what it has read in `budget` (in KiB) while it reads:
@@ -582,6 +592,24 @@ mod tests {
         assert!(!r.arrives_within(Duration::from_millis(50)).await.unwrap());
         let e = r.next().await.unwrap_err();
         assert_eq!(e.code, "RequestTimeout");
+    }
+
+    /// A document trickled in, each piece within the idle timeout, is cut off at
+    /// [`DOCUMENT_DEADLINE`]: it cannot hold its memory (and its request) for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_document_times_out_whole() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "100000".parse().unwrap());
+        let drip = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some((Ok(Bytes::from_static(b"<")), ()))
+        })
+        .boxed();
+        let mut r = BodyReader::new(drip, &h, &auth(Payload::Unsigned), 1 << 20).unwrap();
+        let began = tokio::time::Instant::now();
+        let e = r.read_all(1 << 20).await.unwrap_err();
+        assert_eq!(e.code, "RequestTimeout");
+        assert_eq!(began.elapsed().as_secs(), DOCUMENT_DEADLINE.as_secs());
     }
 
     /// Documents being read hold their bytes in the budget they share: one that would take
