@@ -262,6 +262,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<UploadInfo, S3Error>;
     /// An upload of `bucket`/`key`.
     fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<UploadInfo, S3Error>;
+    /// Whether upload `upload_id` (ended) was completed into the object now at `bucket`/`key`
+    /// (not aborted, not another upload's, not replaced since).
+    fn completed_into_current(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<bool, S3Error>;
     /// Starts writing a part.
     async fn put_part(
         &self,

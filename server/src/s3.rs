@@ -355,6 +355,20 @@ impl ObjectStore for EngineStore {
         })
     }
 
+    fn completed_into_current(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<bool, S3Error> {
+        let Some(id) = upload_id_value(upload_id) else {
+            return Ok(false);
+        };
+        self.engine
+            .completed_into_current(id, bucket, key)
+            .map_err(to_s3)
+    }
+
     async fn put_part(
         &self,
         bucket: &str,

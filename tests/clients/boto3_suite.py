@@ -598,6 +598,10 @@ def check_multipart():
     again = s3.complete_multipart_upload(Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}, {"PartNumber": 3, "ETag": e3}]})
     assert again["ETag"] == done["ETag"], again
     expect_error("NoSuchUpload", 404, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    # Another upload of the key, aborted, naming the same parts, did not complete: NoSuchUpload.
+    twin = s3.create_multipart_upload(Bucket=b, Key="assembled")["UploadId"]
+    s3.abort_multipart_upload(Bucket=b, Key="assembled", UploadId=twin)
+    expect_error("NoSuchUpload", 404, s3.complete_multipart_upload, Bucket=b, Key="assembled", UploadId=twin, MultipartUpload=all_parts)
     # Completes of one upload at once (a client's retry while its first still waits for the
     # commit): the ones that lose the race are told it completed too, never NoSuchUpload.
     racing = s3.create_multipart_upload(Bucket=b, Key="raced")["UploadId"]

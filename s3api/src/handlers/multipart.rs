@@ -509,9 +509,10 @@ fn check_completion_headers(
 }
 
 /// The answer to a CompleteMultipartUpload of an upload that is gone (`gone`: NoSuchUpload):
-/// when the object is the one the request's parts make (its ETag is theirs), the upload was
-/// completed already, and a client retrying a Complete whose answer it lost (a timeout, a
-/// reset connection) is told so again, as S3 does; else `gone`.
+/// when this upload was completed into the object there is now, and that object is the one
+/// the request's parts make (its ETag is theirs), a client retrying a Complete whose answer it
+/// lost (a timeout, a reset connection) is told so again, as S3 does; else `gone` (an aborted
+/// upload, or another one, naming the same parts is not the completion of this one).
 fn completed_before(
     svc: &S3Service,
     ctx: &Ctx,
@@ -526,6 +527,12 @@ fn completed_before(
         }
     }
     let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), requested.len());
+    if !svc
+        .store
+        .completed_into_current(ctx.bucket(), ctx.key(), &upload_id(ctx))?
+    {
+        return Err(gone);
+    }
     match svc.store.open_object(ctx.bucket(), ctx.key()) {
         Ok(object) if !requested.is_empty() && object.info.etag == etag => Ok(completion_result(
             svc,

@@ -1087,6 +1087,31 @@ impl Engine {
         }
     }
 
+    /// Whether upload `upload_id` was completed into the version of `bucket`/`key` there is now:
+    /// the upload's end is recorded with that version's sequence number (an abort's end has a
+    /// number of its own, which no version has). A Complete sent again after its first answer
+    /// was lost is answered as the first was only then, never for an aborted upload, or
+    /// another's, that named the same parts.
+    pub fn completed_into_current(
+        &self,
+        upload_id: u64,
+        bucket: &str,
+        key: &str,
+    ) -> EngineResult<bool> {
+        let Some(end) = self
+            .inner
+            .index
+            .tombstone(index::TombKind::Upload, &upload_id.to_be_bytes())?
+        else {
+            return Ok(false);
+        };
+        match self.head(bucket, key) {
+            Ok(meta) => Ok(meta.seq == end.seq),
+            Err(EngineError::NoSuchKey { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Aborts an upload; its parts' data becomes garbage.
     pub async fn abort_upload(&self, upload_id: u64) -> EngineResult<()> {
         let engine = self.clone();
