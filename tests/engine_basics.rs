@@ -5804,3 +5804,34 @@ async fn the_engine_aborts_uploads_left_unfinished_by_itself() {
     );
     engine.shutdown().await;
 }
+
+/// A delete pinned to the bucket as it was checked (its creation time) deletes nothing from a
+/// bucket of the same name deleted and created again since, by another user: that one is
+/// another bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_pinned_to_a_bucket_leaves_one_made_again_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = open_engine(dir.path(), 1, small_geometry(32, 1 << 20), |_| {}).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let checked = engine.bucket("b").unwrap().created_ms;
+    engine.delete_bucket("b").await.unwrap();
+    while zonestore::engine::commit::now_ms() <= checked {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    engine.create_bucket("b", "bob").await.unwrap();
+    put(&engine, "b", "k", &content("k", 1, 3000))
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.delete_in("b", checked, "k", Condition::None).await,
+        Err(EngineError::NoSuchBucket(_))
+    ));
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), content("k", 1, 3000));
+    let now = engine.bucket("b").unwrap().created_ms;
+    engine
+        .delete_in("b", now, "k", Condition::None)
+        .await
+        .unwrap();
+    assert!(get(&engine, "b", "k").await.is_err());
+    engine.shutdown().await;
+}

@@ -24,11 +24,15 @@ use crate::store::StoredChecksum;
 /// many large documents over many connections gets SlowDown, not gigabytes held for it.
 pub const DOCUMENT_BUDGET_KIB: usize = 64 << 10;
 
-/// How long a request document may take to arrive, whole: at any speed a client really sends
-/// at, the largest (8 MiB) takes seconds. A body trickled a byte at a time, which the idle
-/// timeout alone lets run for ever, would hold its share of [`DOCUMENT_BUDGET_KIB`] (and the
-/// request's bucket) as long as its client liked.
+/// How long a request document may take to arrive, whole, besides [`DOCUMENT_MIN_RATE`]'s
+/// time for its length. A body trickled a byte at a time, which the idle timeout alone lets
+/// run for ever, would hold its share of [`DOCUMENT_BUDGET_KIB`] (and the request's bucket) as
+/// long as its client liked.
 pub const DOCUMENT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The slowest rate (bytes a second) a request document is waited for at, beyond
+/// [`DOCUMENT_DEADLINE`]: an 8 MiB DeleteObjects from a client on a slow link still arrives.
+pub const DOCUMENT_MIN_RATE: u64 = 16 << 10;
 
 static DOCUMENT_BUDGET: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(DOCUMENT_BUDGET_KIB);
@@ -454,9 +458,13 @@ impl BodyReader {
 
     /// Reads the whole body into memory (small request documents only), within the memory
     /// all documents being read share (see [`DOCUMENT_BUDGET_KIB`]) and within
-    /// [`DOCUMENT_DEADLINE`] (RequestTimeout past it).
+    /// [`DOCUMENT_DEADLINE`] and the time its length takes at [`DOCUMENT_MIN_RATE`]
+    /// (RequestTimeout past it).
     pub async fn read_all(&mut self, limit: usize) -> Result<Bytes, S3Error> {
-        let deadline = tokio::time::Instant::now() + DOCUMENT_DEADLINE;
+        let length = self.expected_len.unwrap_or(limit as u64).min(limit as u64);
+        let deadline = tokio::time::Instant::now()
+            + DOCUMENT_DEADLINE
+            + Duration::from_secs(length / DOCUMENT_MIN_RATE);
         tokio::time::timeout_at(deadline, self.read_all_within(limit, &DOCUMENT_BUDGET))
             .await
             .map_err(|_| S3Error::request_timeout())?
@@ -599,7 +607,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickled_document_times_out_whole() {
         let mut h = HeaderMap::new();
-        h.insert("content-length", "100000".parse().unwrap());
+        h.insert("content-length", "1000000".parse().unwrap());
         let drip = futures::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Some((Ok(Bytes::from_static(b"<")), ()))
@@ -609,7 +617,9 @@ mod tests {
         let began = tokio::time::Instant::now();
         let e = r.read_all(1 << 20).await.unwrap_err();
         assert_eq!(e.code, "RequestTimeout");
-        assert_eq!(began.elapsed().as_secs(), DOCUMENT_DEADLINE.as_secs());
+        // (A megabyte is given 61 s at the slowest rate waited for.)
+        let allowed = DOCUMENT_DEADLINE.as_secs() + 1_000_000 / DOCUMENT_MIN_RATE;
+        assert_eq!(began.elapsed().as_secs(), allowed);
     }
 
     /// Documents being read hold their bytes in the budget they share: one that would take

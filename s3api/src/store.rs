@@ -244,10 +244,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn open_object(&self, bucket: &str, key: &str) -> Result<OpenObject, S3Error>;
     /// Starts writing an object.
     async fn put_object(&self, bucket: &str, key: &str) -> Result<Box<dyn ObjectWriter>, S3Error>;
-    /// Deletes an object (no error if absent).
+    /// Deletes an object (no error if absent) from `bucket` as the request checked it: a
+    /// bucket of that name deleted and created again since (perhaps by another user) is
+    /// another bucket, and NoSuchBucket.
     async fn delete_object(
         &self,
-        bucket: &str,
+        bucket: &BucketInfo,
         key: &str,
         condition: &DeleteCondition,
     ) -> Result<(), S3Error>;
@@ -263,13 +265,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// An upload of `bucket`/`key`.
     fn upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<UploadInfo, S3Error>;
     /// Whether upload `upload_id` (ended) was completed into the object now at `bucket`/`key`
-    /// (not aborted, not another upload's, not replaced since).
+    /// (not aborted, not another upload's, not replaced since); `None` when the store no
+    /// longer knows how the upload ended.
     fn completed_into_current(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<bool, S3Error>;
+    ) -> Result<Option<bool>, S3Error>;
     /// Starts writing a part.
     async fn put_part(
         &self,

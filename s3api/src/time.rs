@@ -119,6 +119,12 @@ pub fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// A time to milliseconds since the epoch (0 before it).
+pub fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Truncates to whole seconds (HTTP dates have no finer precision).
 pub fn whole_seconds(t: SystemTime) -> SystemTime {
     let secs = t

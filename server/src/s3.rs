@@ -13,7 +13,7 @@ use s3api::store::{
     ObjectReader, ObjectStore, ObjectWriter, OpenObject, PartInfo, StoredChecksum, UploadInfo,
     UploadsPage, WriteCondition,
 };
-use s3api::time::from_millis;
+use s3api::time::{from_millis, to_millis};
 
 use crate::engine::commit::Condition;
 use crate::engine::model::{Checksum, ObjectMeta, PartEntry};
@@ -299,7 +299,7 @@ impl ObjectStore for EngineStore {
 
     async fn delete_object(
         &self,
-        bucket: &str,
+        bucket: &BucketInfo,
         key: &str,
         condition: &DeleteCondition,
     ) -> Result<(), S3Error> {
@@ -309,7 +309,7 @@ impl ObjectStore for EngineStore {
             DeleteCondition::IfMatch(etag) => Condition::IfMatch(etag.clone()),
         };
         self.engine
-            .delete_if(bucket, key, condition)
+            .delete_in(&bucket.name, to_millis(bucket.created), key, condition)
             .await
             .map_err(to_s3)
     }
@@ -360,9 +360,9 @@ impl ObjectStore for EngineStore {
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<bool, S3Error> {
+    ) -> Result<Option<bool>, S3Error> {
         let Some(id) = upload_id_value(upload_id) else {
-            return Ok(false);
+            return Ok(Some(false));
         };
         self.engine
             .completed_into_current(id, bucket, key)

@@ -509,10 +509,11 @@ fn check_completion_headers(
 }
 
 /// The answer to a CompleteMultipartUpload of an upload that is gone (`gone`: NoSuchUpload):
-/// when this upload was completed into the object there is now, and that object is the one
-/// the request's parts make (its ETag is theirs), a client retrying a Complete whose answer it
-/// lost (a timeout, a reset connection) is told so again, as S3 does; else `gone` (an aborted
-/// upload, or another one, naming the same parts is not the completion of this one).
+/// when this upload was completed into the object there is now (or the store no longer knows
+/// how it ended), and that object is the one the request's parts make (its ETag is theirs), a
+/// client retrying a Complete whose answer it lost (a timeout, a reset connection) is told so
+/// again, as S3 does; else `gone` (an aborted upload, or another one, naming the same parts is
+/// not the completion of this one).
 fn completed_before(
     svc: &S3Service,
     ctx: &Ctx,
@@ -527,9 +528,10 @@ fn completed_before(
         }
     }
     let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), requested.len());
-    if !svc
+    if svc
         .store
         .completed_into_current(ctx.bucket(), ctx.key(), &upload_id(ctx))?
+        == Some(false)
     {
         return Err(gone);
     }

@@ -444,7 +444,7 @@ async fn first_chunk_read(mut stream: BodyStream) -> Result<BodyStream, S3Error>
 /// NoSuchKey if it does not exist, 412 if its ETag differs).
 pub async fn delete_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let (bucket, key) = (ctx.bucket().to_string(), ctx.key().to_string());
-    svc.owned_bucket(ctx, &bucket)?;
+    let checked = svc.owned_bucket(ctx, &bucket)?;
     check_version_id(ctx)?;
     for unsupported in ["x-amz-if-match-last-modified-time", "x-amz-if-match-size"] {
         if ctx.header(unsupported).is_some() {
@@ -454,7 +454,7 @@ pub async fn delete_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         }
     }
     let condition = delete_condition(single_condition(ctx, "if-match")?);
-    svc.store.delete_object(&bucket, &key, &condition).await?;
+    svc.store.delete_object(&checked, &key, &condition).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -500,14 +500,14 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     // The deletes run together (in order of the answer), so that their commits share flushes:
     // one after another, a thousand keys would wait for a thousand flushes.
     let store = &svc.store;
-    let bucket = &bucket;
+    let checked = &checked;
     let outcomes: Vec<_> = futures::stream::iter(targets)
         .map(|t| async move {
             if let Some(v) = t.version_id.as_deref().filter(|v| *v != "null") {
                 return (t.key, None, Err(S3Error::no_such_version(v)));
             }
             let condition = delete_condition(t.etag.as_deref());
-            let outcome = store.delete_object(bucket, &t.key, &condition).await;
+            let outcome = store.delete_object(checked, &t.key, &condition).await;
             (t.key, t.version_id, outcome)
         })
         .buffered(DELETES_AT_ONCE)

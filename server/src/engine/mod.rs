@@ -757,17 +757,41 @@ impl Engine {
         condition: Condition,
     ) -> EngineResult<()> {
         let (engine, bucket, key) = (self.clone(), bucket.to_string(), key.to_string());
-        detached(async move { engine.delete_here(&bucket, &key, &condition).await }).await
+        detached(async move { engine.delete_here(&bucket, None, &key, &condition).await }).await
+    }
+
+    /// [`Engine::delete_if`] in the bucket created at `created_ms`: one of the same name
+    /// created at another time (deleted and made again since the caller checked who owns it)
+    /// is another bucket, and NoSuchBucket.
+    pub async fn delete_in(
+        &self,
+        bucket: &str,
+        created_ms: u64,
+        key: &str,
+        condition: Condition,
+    ) -> EngineResult<()> {
+        let (engine, bucket, key) = (self.clone(), bucket.to_string(), key.to_string());
+        detached(async move {
+            engine
+                .delete_here(&bucket, Some(created_ms), &key, &condition)
+                .await
+        })
+        .await
     }
 
     async fn delete_here(
         &self,
         bucket: &str,
+        created_ms: Option<u64>,
         key: &str,
         condition: &Condition,
     ) -> EngineResult<()> {
+        // (The object's lock holds the bucket's shared: it cannot be deleted meanwhile.)
         let lock = self.inner.names.object(bucket, key).await;
-        self.bucket(bucket)?;
+        let found = self.bucket(bucket)?;
+        if created_ms.is_some_and(|created| created != found.created_ms) {
+            return Err(EngineError::NoSuchBucket(bucket.into()));
+        }
         let current = self.inner.index.object(bucket, key)?;
         commit::check_condition(bucket, key, current.as_ref().map(|c| &c.meta), condition)?;
         if current.is_none() {
@@ -1091,23 +1115,25 @@ impl Engine {
     /// the upload's end is recorded with that version's sequence number (an abort's end has a
     /// number of its own, which no version has). A Complete sent again after its first answer
     /// was lost is answered as the first was only then, never for an aborted upload, or
-    /// another's, that named the same parts.
+    /// another's, that named the same parts. `None` once the end's record is gone (its
+    /// tombstone pruned when GC reset every zone holding the upload's records, or not made
+    /// again by an index rebuild): how the upload ended is then unknown.
     pub fn completed_into_current(
         &self,
         upload_id: u64,
         bucket: &str,
         key: &str,
-    ) -> EngineResult<bool> {
+    ) -> EngineResult<Option<bool>> {
         let Some(end) = self
             .inner
             .index
             .tombstone(index::TombKind::Upload, &upload_id.to_be_bytes())?
         else {
-            return Ok(false);
+            return Ok(None);
         };
         match self.head(bucket, key) {
-            Ok(meta) => Ok(meta.seq == end.seq),
-            Err(EngineError::NoSuchKey { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.seq == end.seq)),
+            Err(EngineError::NoSuchKey { .. }) => Ok(Some(false)),
             Err(e) => Err(e),
         }
     }
