@@ -724,28 +724,16 @@ fn a_short_read_is_an_error_not_short_data() {
 fn commands_waiting_for_a_queue_entry_when_the_session_fails_run_in_the_next() {
     let rt = runtime();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
         let g = Geometry::new(4, 1 << 20);
-        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut drive =
-            zns::testing::Intercepted::new(Arc::new(EmulatedZns::create(dir.path(), g).unwrap()));
-        let stalled = slow.clone();
-        drive.before_read = Box::new(move |_, _| {
-            let stall = stalled.load(std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async move {
-                if stall {
-                    std::future::pending::<()>().await;
-                }
-            })
-        });
-        let target = Target::new(TargetConfig::default());
-        target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
-        let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = handle.local_addr();
-        let mut config = host_config(addr);
-        config.io_queues = 1;
-        config.queue_depth = 2;
-        let host = Arc::new(NvmeTcpHost::connect(config).await.unwrap());
+        let StallingRig {
+            _dir,
+            slow,
+            target,
+            handle,
+            addr,
+            host,
+            ..
+        } = stalling_rig(g).await;
         let data = Bytes::from(pattern(&g, 0, 1, 5));
         host.append(0, data.clone()).await.unwrap();
         slow.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -786,28 +774,16 @@ fn commands_waiting_for_a_queue_entry_when_the_session_fails_run_in_the_next() {
 fn an_append_bound_to_a_session_is_not_sent_in_the_next() {
     let rt = runtime();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
         let g = Geometry::new(4, 1 << 20);
-        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let inner = EmulatedZns::create(dir.path(), g).unwrap();
-        let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
-        let stalled = slow.clone();
-        drive.before_read = Box::new(move |_, _| {
-            let stall = stalled.load(std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async move {
-                if stall {
-                    std::future::pending::<()>().await;
-                }
-            })
-        });
-        let target = Target::new(TargetConfig::default());
-        target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
-        let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = handle.local_addr();
-        let mut config = host_config(addr);
-        config.io_queues = 1;
-        config.queue_depth = 2;
-        let host = Arc::new(NvmeTcpHost::connect(config).await.unwrap());
+        let StallingRig {
+            _dir,
+            slow,
+            inner,
+            target,
+            handle,
+            addr,
+            host,
+        } = stalling_rig(g).await;
         let data = Bytes::from(pattern(&g, 0, 1, 5));
         host.append(0, data.clone()).await.unwrap();
         host.flush().await.unwrap();
@@ -873,6 +849,51 @@ fn an_append_bound_to_a_session_is_not_sent_in_the_next() {
         let _handle = restart.await.unwrap();
         host.close().await;
     });
+}
+
+/// A target whose drive holds every read while `slow` is set, and a host of one I/O queue of
+/// two entries connected to it.
+struct StallingRig {
+    _dir: tempfile::TempDir,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+    inner: EmulatedZns,
+    target: Target,
+    handle: TargetHandle,
+    addr: SocketAddr,
+    host: Arc<NvmeTcpHost>,
+}
+
+async fn stalling_rig(g: Geometry) -> StallingRig {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inner = EmulatedZns::create(dir.path(), g).unwrap();
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner.clone()));
+    let stalled = slow.clone();
+    drive.before_read = Box::new(move |_, _| {
+        let stall = stalled.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+        })
+    });
+    let target = Target::new(TargetConfig::default());
+    target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = handle.local_addr();
+    let mut config = host_config(addr);
+    config.io_queues = 1;
+    config.queue_depth = 2;
+    let host = Arc::new(NvmeTcpHost::connect(config).await.unwrap());
+    StallingRig {
+        _dir: dir,
+        slow,
+        inner,
+        target,
+        handle,
+        addr,
+        host,
+    }
 }
 
 /// Callers that stop waiting (a timeout, a client gone) while the target is slow give their

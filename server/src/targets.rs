@@ -637,22 +637,32 @@ fn drive_name(nqn: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `count` new embedded drives of 8 zones under `dir`, reached with the probe of `section`.
+    async fn embedded_drives(
+        dir: &Path,
+        count: usize,
+        section: &crate::config::FabricSection,
+    ) -> Attached {
+        embedded(
+            dir,
+            count,
+            Geometry::new(8, 1 << 20),
+            false,
+            &HashSet::new(),
+            LocalDrives::OpenOrCreate,
+            section,
+        )
+        .await
+        .unwrap()
+    }
+
     /// The embedded targets admit only this process's own host: not the machine's host NQN (a
     /// local user can work it out), nor one kept in the data directory.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn embedded_targets_admit_no_host_nqn_another_local_user_could_know() {
         let dir = tempfile::tempdir().unwrap();
-        let attached = embedded(
-            dir.path(),
-            1,
-            Geometry::new(8, 1 << 20),
-            false,
-            &HashSet::new(),
-            LocalDrives::OpenOrCreate,
-            &crate::config::FabricSection::default(),
-        )
-        .await
-        .unwrap();
+        let attached =
+            embedded_drives(dir.path(), 1, &crate::config::FabricSection::default()).await;
         assert_eq!(attached.specs.len(), 1, "the engine's own connection works");
         let address = attached.nodes[0].local_addr();
         let guessable = fabric::host::machine_hostnqn()
@@ -676,26 +686,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let section = crate::config::FabricSection {
             probe_after_ms: 123,
-            probe_answer_within_ms: 4567,
+            probe_answer_within_ms: 3456,
         };
-        let attached = embedded(
-            dir.path(),
-            2,
-            Geometry::new(8, 1 << 20),
-            false,
-            &HashSet::new(),
-            LocalDrives::OpenOrCreate,
-            &section,
-        )
-        .await
-        .unwrap();
+        let attached = embedded_drives(dir.path(), 2, &section).await;
         assert_eq!(attached.hosts.len(), 2);
         for (name, host) in &attached.hosts {
             let config = host.config();
             assert_eq!(config.probe_after, Duration::from_millis(123), "{name}");
             assert_eq!(
                 config.probe_answer_within,
-                Duration::from_millis(4567),
+                Duration::from_millis(3456),
                 "{name}"
             );
         }
