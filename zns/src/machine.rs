@@ -343,6 +343,17 @@ impl ZoneTable {
                 _ => invalid(),
             },
             ZoneAction::Finish => match state {
+                // An empty zone passes through the active states on its way to Full: it needs
+                // an active resource for the moment (as QEMU's and null_blk's zoned devices
+                // check), and a drive at its limit refuses.
+                ZoneState::Empty
+                    if self
+                        .geometry
+                        .max_active
+                        .is_some_and(|limit| self.active >= limit) =>
+                {
+                    Err(ZoneError::TooManyActiveZones { zslba })
+                }
                 ZoneState::Empty
                 | ZoneState::ImplicitlyOpened
                 | ZoneState::ExplicitlyOpened
@@ -560,6 +571,26 @@ mod tests {
         // Active limit reached: a fourth zone cannot become active.
         let err = t.grant_write(48, 1, false).unwrap_err();
         assert!(matches!(err, ZoneError::TooManyActiveZones { zslba: 48 }));
+    }
+
+    /// Finishing an empty zone needs an active resource for the moment: at the limit it is
+    /// Too Many Active Zones; below it, the zone goes to Full and holds none.
+    #[test]
+    fn finishing_an_empty_zone_needs_an_active_resource() {
+        let mut t = ZoneTable::new(small());
+        for zone in [0, 16, 32] {
+            t.grant_write(zone, 1, false).unwrap();
+        }
+        assert_eq!(t.active_count(), 3);
+        let err = t
+            .manage(ZoneAction::Finish, ZoneSelect::Zone(48))
+            .unwrap_err();
+        assert!(matches!(err, ZoneError::TooManyActiveZones { zslba: 48 }));
+        assert_eq!(t.zone(3).state, ZoneState::Empty);
+        t.manage(ZoneAction::Finish, ZoneSelect::Zone(0)).unwrap();
+        t.manage(ZoneAction::Finish, ZoneSelect::Zone(48)).unwrap();
+        assert_eq!(t.zone(3).state, ZoneState::Full);
+        assert_eq!(t.active_count(), 2);
     }
 
     #[test]

@@ -372,6 +372,14 @@ impl Model {
                 Ok(vec![zone])
             }
             (ZoneAction::Close, Closed) => Ok(vec![]),
+            // (An empty zone is active for the moment it is finished.)
+            (ZoneAction::Finish, Empty)
+                if self.g.max_active.is_some_and(|m| {
+                    self.count(|s| matches!(s, ImplicitlyOpened | ExplicitlyOpened | Closed)) >= m
+                }) =>
+            {
+                Err(ZoneErrorKind::TooManyActiveZones)
+            }
             (ZoneAction::Finish, Empty | ImplicitlyOpened | ExplicitlyOpened | Closed) => {
                 self.set(zone, Full);
                 Ok(vec![zone])
