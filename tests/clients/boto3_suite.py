@@ -116,6 +116,9 @@ def check_buckets():
     s3.delete_bucket(Bucket=owned)
     expect_error("NotImplemented", 501, s3.create_bucket, Bucket=owned, ObjectOwnership="ObjectWriter")
     expect_error("404", 404, s3.head_bucket, Bucket=owned)
+    elsewhere = f"{RUN}-buckets-elsewhere"
+    expect_error("IllegalLocationConstraintException", 400, s3.create_bucket, Bucket=elsewhere, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    expect_error("404", 404, s3.head_bucket, Bucket=elsewhere)
     loc = s3.get_bucket_location(Bucket=b)
     assert loc.get("LocationConstraint") in (None, "", "us-east-1"), loc
     # A DELETE or PUT naming a subresource this server does not know is not taken for

@@ -93,11 +93,14 @@ pub async fn create_bucket(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     if let Some(location) = parse_location_constraint(&body)?
         && location != svc.config.region
     {
+        // S3's regional endpoints answer a constraint naming another region so; the client
+        // (aws-cli's --region, an SDK's region) is pointed at the wrong place.
         return Err(S3Error::new(
             StatusCode::BAD_REQUEST,
-            "InvalidLocationConstraint",
+            "IllegalLocationConstraintException",
             format!(
-                "The specified location-constraint is not valid: this endpoint serves {}.",
+                "The {location} location constraint is incompatible for the region specific \
+                 endpoint this request was sent to: this endpoint serves {}.",
                 svc.config.region
             ),
         ));
