@@ -547,6 +547,35 @@ fn discovery_lists_the_subsystems() {
     });
 }
 
+/// A target listening on every IPv6 and IPv4 address (`[::]`) tells an IPv4 host the IPv4
+/// address it reached, not its IPv4-mapped IPv6 form (which `nvme connect-all` would dial as
+/// IPv6). Skipped where the machine has no IPv6.
+#[test]
+fn discovery_over_a_dual_stack_listener_names_the_ipv4_address() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+        let target = Target::new(TargetConfig::default());
+        target.add_subsystem(NQN, Arc::new(drive), vec![]).unwrap();
+        let Ok(handle) = target.listen("[::]:0".parse().unwrap()).await else {
+            eprintln!("skipped: this machine cannot listen on IPv6");
+            return;
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], handle.local_addr().port()).into();
+        let entries = discover(
+            addr,
+            &fabric::host::default_hostnqn(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(entries[1].subnqn, NQN);
+        assert_eq!(entries[1].traddr, "127.0.0.1");
+        assert_eq!(entries[1].adrfam, 1);
+    });
+}
+
 #[test]
 fn appends_beyond_the_limit_are_invalid_fields() {
     let rt = runtime();

@@ -31,6 +31,14 @@ async fn start(config: TargetConfig) -> (tempfile::TempDir, Target, fabric::targ
     (dir, target, handle)
 }
 
+/// A target exporting `device` as [`NQN`], listening on a loopback port.
+async fn start_device(device: Arc<dyn ZonedDevice>) -> (Target, fabric::target::TargetHandle) {
+    let target = Target::new(TargetConfig::default());
+    target.add_subsystem(NQN, device, vec![]).unwrap();
+    let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (target, handle)
+}
+
 /// Reads PDUs until the target closes the connection; returns them.
 async fn read_all(stream: &mut TcpStream) -> Vec<Pdu> {
     let mut buf = BytesMut::new();
@@ -947,18 +955,19 @@ async fn a_discovery_controller_without_keep_alive_gets_two_minutes() {
     }
 }
 
-/// A Fabrics command other than Connect or Disconnect on an I/O queue is an Invalid Command
-/// Opcode (as the Linux target answers), not an Invalid Namespace read from its FCTYPE byte;
-/// Disconnect succeeds.
+/// A Fabrics command other than Connect on an I/O queue is an Invalid Command Opcode (as the
+/// Linux target answers), not an Invalid Namespace read from its FCTYPE byte; so is Disconnect
+/// on either queue (optional, and not offered: OFCS bit 0 is clear), not a Success that
+/// deletes nothing.
 #[tokio::test]
-async fn fabrics_commands_on_an_io_queue_are_connect_and_disconnect_only() {
+async fn fabrics_commands_on_an_io_queue_are_connect_only() {
     let (_dir, _target, handle) = start(TargetConfig::default()).await;
-    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut admin, mut admin_buf) = enabled_admin(handle.local_addr(), 31).await;
     let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
     for (fctype, want) in [
-        (0x04u8, fabric::wire::status::Status::INVALID_OPCODE),
-        (0x00, fabric::wire::status::Status::INVALID_OPCODE),
-        (0x08, fabric::wire::status::Status::SUCCESS),
+        (0x04u8, Status::INVALID_OPCODE),
+        (0x00, Status::INVALID_OPCODE),
+        (0x08, Status::INVALID_OPCODE),
     ] {
         let mut sqe = Sqe::new(0x7f, 5);
         sqe.put(4, &[fctype]);
@@ -967,6 +976,176 @@ async fn fabrics_commands_on_an_io_queue_are_connect_and_disconnect_only() {
             Pdu::CapsuleResp(r) => assert_eq!(r.cqe.status(), want, "FCTYPE {fctype:#x}"),
             other => panic!("expected a completion, got {other:?}"),
         }
+    }
+    let mut disconnect = Sqe::new(0x7f, 6);
+    disconnect.put(4, &[0x08]);
+    let (status, _) = status_of(&mut admin, &mut admin_buf, disconnect).await;
+    assert_eq!(status, Status::INVALID_OPCODE);
+}
+
+/// A Property Set of CC with EN cleared (a Controller Level Reset): `value` with the entry
+/// sizes and CSS as [`enable_capsule`] sets them.
+fn set_cc(cid: u16, value: u32) -> Pdu {
+    let mut set = Sqe::new(0x7f, cid);
+    set.put(4, &[0x00])
+        .put(44, &property::CC.to_le_bytes())
+        .put(48, &u64::from(value).to_le_bytes());
+    command(set)
+}
+
+/// An Asynchronous Event Request.
+fn aer(cid: u16) -> Pdu {
+    command(Sqe::new(0x0C, cid))
+}
+
+/// A Controller Level Reset in place (CC.EN 1 then 0, then 1 again, as a host that resets
+/// without reconnecting does) aborts the Asynchronous Event Requests the controller holds:
+/// each is answered, and their identifiers are free for the host's next ones, which the limit
+/// counts afresh.
+#[tokio::test]
+async fn a_reset_in_place_aborts_held_event_requests() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    for cid in 10..14 {
+        send(&mut admin, aer(cid)).await;
+    }
+    let (status, _) = status_of(&mut admin, &mut buf, Sqe::new(0x0C, 14)).await;
+    assert_eq!(status, Status::AER_LIMIT_EXCEEDED);
+    send(&mut admin, set_cc(20, 0x0046_0060)).await;
+    let mut aborted = Vec::new();
+    loop {
+        match next_pdu(&mut admin, &mut buf).await {
+            Pdu::CapsuleResp(r) if r.cqe.cid() == 20 => break,
+            Pdu::CapsuleResp(r) => {
+                assert_eq!(r.cqe.status(), Status::ABORTED_SQ_DELETION, "{r:?}");
+                aborted.push(r.cqe.cid());
+            }
+            other => panic!("expected completions, got {other:?}"),
+        }
+    }
+    aborted.sort_unstable();
+    assert_eq!(aborted, vec![10, 11, 12, 13]);
+    send(&mut admin, enable_capsule()).await;
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    // The same identifiers again: held, not a Command ID Conflict; a fifth is over the limit.
+    for cid in 10..14 {
+        send(&mut admin, aer(cid)).await;
+    }
+    let (status, _) = status_of(&mut admin, &mut buf, Sqe::new(0x0C, 14)).await;
+    assert_eq!(status, Status::AER_LIMIT_EXCEEDED);
+}
+
+/// A discovery controller holds one Asynchronous Event Request, as its Identify Controller
+/// (AERL 0) says.
+#[tokio::test]
+async fn a_discovery_controller_holds_one_event_request() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let mut admin = initialized(handle.local_addr()).await;
+    let mut buf = BytesMut::new();
+    let (sqe, data) = Connect {
+        recfmt: 0,
+        qid: 0,
+        sqsize: 31,
+        cattr: 0,
+        kato_ms: 0,
+        hostid: [2; 16],
+        cntlid: CNTLID_DYNAMIC,
+        subnqn: fabric::spec::DISCOVERY_NQN.into(),
+        hostnqn: "nqn.2026-01.io.zonestore:curious".into(),
+    }
+    .encode(1);
+    send(
+        &mut admin,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe,
+            data: Bytes::from(data),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    send(&mut admin, enable_capsule()).await;
+    for _ in 0..2 {
+        assert!(
+            matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+        );
+    }
+    send(&mut admin, aer(10)).await;
+    let (status, _) = status_of(&mut admin, &mut buf, Sqe::new(0x0C, 11)).await;
+    assert_eq!(status, Status::AER_LIMIT_EXCEEDED);
+}
+
+/// Nothing follows a C2HTermReq: a controller torn down because its admin connection broke
+/// the protocol does not answer the event requests it held on that connection.
+#[tokio::test]
+async fn nothing_follows_a_term_req() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    send(&mut admin, aer(10)).await;
+    let mut bad = vec![0x04u8, 0, 60, 0, 72, 0, 0, 0];
+    bad.resize(72, 0);
+    admin.write_all(&bad).await.unwrap();
+    let (fes, _) = term_of(&read_all(&mut admin).await);
+    assert_eq!(fes, Fes::InvalidHeaderField as u16);
+}
+
+/// While a shutdown's flush runs, CSTS.SHST says shutdown processing is occurring (01b); then
+/// complete (10b).
+#[tokio::test]
+async fn shutdown_status_reads_occurring_until_the_flush_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+    let mut device = zns::testing::Intercepted::new(Arc::new(drive));
+    device.before_flush = Box::new(|| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
+        })
+    });
+    let (_target, handle) = start_device(Arc::new(device)).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    send(&mut admin, set_cc(3, 0x0046_0061 | 1 << 14)).await;
+    let mut get = Sqe::new(0x7f, 4);
+    get.put(4, &[0x04]).put(44, &property::CSTS.to_le_bytes());
+    let (_, csts) = status_of(&mut admin, &mut buf, get.clone()).await;
+    assert_eq!(
+        csts & property::CSTS_SHST_MASK,
+        property::CSTS_SHST_OCCURRING,
+        "CSTS {csts:#x}"
+    );
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.cid() == 3)
+    );
+    let (_, csts) = status_of(&mut admin, &mut buf, get).await;
+    assert_eq!(
+        csts & property::CSTS_SHST_MASK,
+        property::CSTS_SHST_COMPLETE,
+        "CSTS {csts:#x}"
+    );
+}
+
+/// A command whose drive panics (a bug, not an input) is answered Internal Error, not left for
+/// its host to time out with its identifier taken: the same identifier is answered again.
+#[tokio::test]
+async fn a_command_whose_drive_panics_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+    let mut device = zns::testing::Intercepted::new(Arc::new(drive));
+    device.before_flush = Box::new(|| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            panic!("a drive's bug");
+        })
+    });
+    let (_target, handle) = start_device(Arc::new(device)).await;
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
+    for _ in 0..2 {
+        let mut flush = Sqe::new(0x00, 7);
+        flush.put(4, &1u32.to_le_bytes());
+        let (status, _) = status_of(&mut io, &mut buf, flush).await;
+        assert_eq!(status, Status::INTERNAL_ERROR);
     }
 }
 

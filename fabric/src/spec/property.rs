@@ -38,6 +38,10 @@ pub const CSTS_RDY: u32 = 1 << 0;
 pub const CSTS_CFS: u32 = 1 << 1;
 /// CSTS.SHST = shutdown complete.
 pub const CSTS_SHST_COMPLETE: u32 = 0x2 << 2;
+/// CSTS.SHST: shutdown processing occurring.
+pub const CSTS_SHST_OCCURRING: u32 = 0x1 << 2;
+/// CSTS.SHST: the whole field.
+pub const CSTS_SHST_MASK: u32 = 0x3 << 2;
 
 /// Whether a CC value asks for an enable that this controller supports (NVMe Base §3.1.3.6):
 /// 64/16-byte entries, 4 KiB pages, round robin, NVM or all command sets. A discovery

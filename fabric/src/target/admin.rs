@@ -76,7 +76,8 @@ async fn fabrics(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
                 .await;
             Reply::ok()
         }
-        fctype::DISCONNECT => Reply::ok(),
+        // Disconnect is optional (OFCS bit 0, clear here), and a queue is deleted by closing
+        // its connection: Invalid Command Opcode, as the Linux target answers.
         _ => Reply::error(Status::INVALID_OPCODE),
     }
 }
@@ -214,7 +215,8 @@ fn get_log_page(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
 /// The discovery log: this discovery subsystem, then every subsystem the host may connect to,
 /// at the address the host reached us on.
 fn discovery_log(ctx: &Arc<QueueCtx>) -> Vec<u8> {
-    let (traddr, adrfam) = match ctx.local.ip() {
+    // An IPv4 host on a dual-stack listener is told the IPv4 address, not its mapped IPv6 form.
+    let (traddr, adrfam) = match ctx.local.ip().to_canonical() {
         IpAddr::V4(ip) => (ip.to_string(), 1),
         IpAddr::V6(ip) => (ip.to_string(), 2),
     };
@@ -329,14 +331,19 @@ fn supported_events(ctx: &Arc<QueueCtx>) -> u32 {
 }
 
 fn hold_aer(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
+    // As Identify Controller says: AERL is 0 (one request) on a discovery controller.
+    let limit = if ctx.subsystem().is_discovery() {
+        0
+    } else {
+        AERL
+    };
     let mut aers = ctx.controller.aers.lock();
-    if aers.len() > AERL {
+    if aers.len() > limit {
         return Reply::error(Status::AER_LIMIT_EXCEEDED);
     }
     aers.push(HeldAer {
         cid: sqe.cid(),
-        tx: ctx.tx.clone(),
-        framing: ctx.framing,
+        queue: Arc::downgrade(ctx),
     });
     Reply::Held
 }

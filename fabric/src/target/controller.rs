@@ -2,26 +2,33 @@
 //! features, held Asynchronous Event Requests, its I/O queues and its keep-alive timer.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::TargetInner;
+use super::queue::QueueCtx;
 use super::subsystem::Subsystem;
 use crate::spec::property;
-use crate::transport::FrameSender;
-use crate::wire::command::Cqe;
-use crate::wire::pdu::{CapsuleResp, Framing, Pdu, encode};
 use crate::wire::status::Status;
 
-/// An Asynchronous Event Request the controller holds until an event or teardown.
+/// An Asynchronous Event Request the controller holds until an event, a reset or teardown.
 pub(crate) struct HeldAer {
     pub(crate) cid: u16,
-    pub(crate) tx: FrameSender,
-    pub(crate) framing: Framing,
+    /// The admin queue it came on (weak: the queue holds the controller).
+    pub(crate) queue: Weak<QueueCtx>,
+}
+
+impl HeldAer {
+    /// Completes the request with `status` (nothing is sent on a connection that is closing).
+    fn answer(self, status: Status) {
+        if let Some(queue) = self.queue.upgrade() {
+            queue.answer_held(self.cid, status);
+        }
+    }
 }
 
 /// One controller of a subsystem.
@@ -122,28 +129,45 @@ impl Controller {
                 self.csts.store(property::CSTS_CFS, Ordering::SeqCst);
             }
         } else if !enable && was_enabled {
-            self.csts.store(0, Ordering::SeqCst);
+            self.reset();
         }
         let shn = new & property::CC_SHN_MASK;
         if shn != 0 && old & property::CC_SHN_MASK == 0 {
             // A shutdown notification: make everything durable before reporting completion.
             // A flush that fails is a fatal controller status, never a completed shutdown (the
-            // host would take what it wrote as durable).
+            // host would take what it wrote as durable). Until then, CSTS says it is under way.
+            self.csts
+                .fetch_or(property::CSTS_SHST_OCCURRING, Ordering::SeqCst);
             if let Some(device) = &self.subsystem.device
                 && let Err(e) = device.flush().await
             {
                 tracing::error!(cntlid = self.cntlid, "flush on shutdown failed: {e}");
-                let csts = self.csts() & !property::CSTS_RDY;
+                let csts = self.csts() & !(property::CSTS_RDY | property::CSTS_SHST_MASK);
                 self.csts.store(csts | property::CSTS_CFS, Ordering::SeqCst);
                 return;
             }
-            let csts = self.csts() & !property::CSTS_RDY;
+            let csts = self.csts() & !(property::CSTS_RDY | property::CSTS_SHST_MASK);
             self.csts
                 .store(csts | property::CSTS_SHST_COMPLETE, Ordering::SeqCst);
         } else if shn == 0 {
             self.csts
-                .fetch_and(!property::CSTS_SHST_COMPLETE, Ordering::SeqCst);
+                .fetch_and(!property::CSTS_SHST_MASK, Ordering::SeqCst);
         }
+    }
+
+    /// A Controller Level Reset (CC.EN from 1 to 0, NVMe Base §3.7.2): not ready, the held
+    /// Asynchronous Event Requests aborted (their identifiers free for the host's new ones),
+    /// and the features a host sets on enabling (number of queues, async event configuration)
+    /// back to their defaults. The association (and its queues' connections) stays: over
+    /// fabrics, a host that wants new queues reconnects them.
+    fn reset(&self) {
+        self.csts.store(0, Ordering::SeqCst);
+        let held: Vec<HeldAer> = self.aers.lock().drain(..).collect();
+        for aer in held {
+            aer.answer(Status::ABORTED_SQ_DELETION);
+        }
+        self.aec.store(0, Ordering::SeqCst);
+        self.queues_granted.store(u32::MAX, Ordering::SeqCst);
     }
 
     /// Starts the keep-alive watchdog (once): with a KATO set, the controller is torn down when
@@ -204,11 +228,9 @@ impl Controller {
         // Not ready from here on: an I/O queue Connect or a command that comes in before the
         // subsystem forgets the controller is refused, not told Success by a dead controller.
         self.csts.fetch_and(!property::CSTS_RDY, Ordering::SeqCst);
-        for aer in self.aers.lock().drain(..) {
-            let cqe = Cqe::new(aer.cid, 0, 0, Status::INTERNAL_ERROR, 0);
-            let _ = aer
-                .tx
-                .try_send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), aer.framing));
+        let held: Vec<HeldAer> = self.aers.lock().drain(..).collect();
+        for aer in held {
+            aer.answer(Status::INTERNAL_ERROR);
         }
         self.subsystem.unregister(self.cntlid);
     }

@@ -98,14 +98,11 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
         Err(status) => return Reply::error(status),
     };
     if sqe.opcode() == crate::spec::opcode::FABRICS {
-        // Only Connect (handled before any queue runs commands) and Disconnect belong on an
-        // I/O queue; the rest (Property Get/Set) go to the admin queue. (FCTYPE sits where an
-        // NSID would.)
-        return if sqe.fctype() == crate::spec::opcode::fctype::DISCONNECT {
-            Reply::ok()
-        } else {
-            Reply::error(Status::INVALID_OPCODE)
-        };
+        // Only Connect (handled before any queue runs commands) belongs on an I/O queue: the
+        // rest (Property Get/Set) go to the admin queue, and Disconnect is optional (OFCS bit
+        // 0, clear here: a queue is deleted by closing its connection), Invalid Command Opcode
+        // as the Linux target answers. (FCTYPE sits where an NSID would.)
+        return Reply::error(Status::INVALID_OPCODE);
     }
     let nsid = sqe.nsid();
     let flush_all = sqe.opcode() == io::FLUSH && nsid == 0xFFFF_FFFF;

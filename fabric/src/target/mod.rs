@@ -38,7 +38,8 @@ pub struct TargetConfig {
     pub max_queue_entries: u16,
     /// Most I/O queues per controller.
     pub max_io_queues: u16,
-    /// Maximum data transfer size of one command in bytes (a power of two of 4 KiB pages).
+    /// Maximum data transfer size of one command in bytes (a power of two of 4 KiB pages, and
+    /// at least two: MDTS cannot say less).
     pub max_transfer: u32,
     /// Write data a connection may hold, from its R2T until the drive has written it, before
     /// further writes wait for their R2T (bounds the target's memory).
@@ -160,6 +161,9 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// A target with only its discovery subsystem.
     pub fn new(mut config: TargetConfig) -> Self {
+        // MDTS counts 4 KiB pages as a power of two, and 0 would mean no limit at all: 8 KiB
+        // is the least it can say.
+        config.max_transfer = config.max_transfer.max(8192);
         config.max_h2c_data = config.max_h2c_data.max(config.max_transfer);
         let mut subsystems = HashMap::new();
         subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(Subsystem::discovery()));
@@ -366,5 +370,23 @@ impl Drop for TargetHandle {
         // The accept task hears this, stops listening and lets its connections end in their
         // own time (aborting them would skip their bookkeeping and leave their writers).
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_limit_under_two_pages_is_raised_to_what_mdts_can_say() {
+        let target = Target::new(TargetConfig {
+            max_transfer: 4096,
+            ..TargetConfig::default()
+        });
+        assert_eq!(target.inner.config.max_transfer, 8192);
+        assert_eq!(
+            crate::spec::identify::pages_log2(u64::from(target.inner.config.max_transfer)),
+            1
+        );
     }
 }

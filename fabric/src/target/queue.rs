@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -194,6 +195,20 @@ impl QueueCtx {
     ) {
         self.cids.release(cid);
         self.send_completion(cid, status, result, data, held).await
+    }
+
+    /// Completes a command the controller held (an Asynchronous Event Request) with `status`
+    /// and no data, from outside the queue's tasks: unless the connection is closing (nothing
+    /// may follow a C2HTermReq), and without waiting for room in the writer's queue.
+    pub(crate) fn answer_held(&self, cid: u16, status: Status) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.cids.release(cid);
+        let cqe = Cqe::new(cid, self.qid, self.next_sq_head(), status, 0);
+        let _ = self
+            .tx
+            .try_send(encode(&Pdu::CapsuleResp(CapsuleResp { cqe }), self.framing));
     }
 
     /// Sends a completion (and its data) for `cid`, which stays in flight.
@@ -689,6 +704,9 @@ impl Connection {
     /// queue).
     fn close(&mut self) {
         let Some(ctx) = self.ctx.take() else { return };
+        // Whatever completes later (a held AER answered by the teardown below) is not sent:
+        // the host is gone, or was sent a C2HTermReq that nothing may follow.
+        ctx.closed.store(true, Ordering::Relaxed);
         if ctx.qid == 0 {
             ctx.controller.teardown();
         } else {
@@ -1050,10 +1068,26 @@ impl Connection {
                     None
                 };
             let in_flight = stats.command_started();
-            let reply = if ctx.qid == 0 {
-                admin::execute(&ctx, &sqe, data).await
-            } else {
-                io::execute(&ctx, &sqe, data).await
+            let execution = async {
+                if ctx.qid == 0 {
+                    admin::execute(&ctx, &sqe, data).await
+                } else {
+                    io::execute(&ctx, &sqe, data).await
+                }
+            };
+            // A command that panics (a drive's bug) is answered, not left for its host to time
+            // out with its identifier taken for good.
+            let reply = match std::panic::AssertUnwindSafe(execution).catch_unwind().await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::error!(
+                        qid = ctx.qid,
+                        cid = sqe.cid(),
+                        opcode = sqe.opcode(),
+                        "a command panicked: answered Internal Error"
+                    );
+                    Reply::error(Status::INTERNAL_ERROR)
+                }
             };
             // The drive has the data: the write budget is free again, whether or not the host
             // reads the completion.
