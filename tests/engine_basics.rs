@@ -1746,6 +1746,24 @@ async fn collected_until_reset(
 /// ever; every live object reads back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_records_after_a_damaged_header_are_moved_and_the_zone_reset() {
+    // The header damaged, its magic intact.
+    live_records_after_damage_are_moved(damage_record_header).await;
+}
+
+/// The same when the damage hits a record's magic: a block below the write pointer that is
+/// neither a record nor unwritten (zeros) is damage to look past, not the end of the zone's
+/// records (which would leave the live records after it unmoved, and the zone kept for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_records_after_a_damaged_magic_are_moved_and_the_zone_reset() {
+    live_records_after_damage_are_moved(|drives, start| {
+        write_at(drives, (0, start as usize), &[0x5A; 4])
+    })
+    .await;
+}
+
+/// A dead record in a zone with live records after it is damaged by `damage` (given the
+/// drives and the byte where the record starts); GC still empties and resets the zone.
+async fn live_records_after_damage_are_moved(damage: impl Fn(&[zns::EmulatedZns], u64)) {
     use zonestore::engine::record::{self, Header, Kind};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
@@ -1805,14 +1823,14 @@ async fn live_records_after_a_damaged_header_are_moved_and_the_zone_reset() {
     engine.delete("b", "dead").await.unwrap();
     // Garbage after them, so that their zone is sealed and worth collecting.
     garbage(&engine, "b", 40, 30_000).await;
-    // The dead record's header is damaged (its magic intact), at the start of its block.
+    // The dead record is damaged, at the start of its block.
     let block = u64::from(g.block_size);
-    damage_record_header(&drives, dead_at / block * block);
+    damage(&drives, dead_at / block * block);
     let before = zone_row(&engine, zone);
     assert!(before.valid_bytes > 0);
     assert!(
         collected_until_reset(&engine, &before).await,
-        "the zone with live records after a damaged header was never reset: {:?}",
+        "the zone with live records after a damaged record was never reset: {:?}",
         zone_row(&engine, zone)
     );
     for (k, body) in kept.iter().enumerate() {
@@ -5833,5 +5851,68 @@ async fn a_delete_pinned_to_a_bucket_leaves_one_made_again_alone() {
         .await
         .unwrap();
     assert!(get(&engine, "b", "k").await.is_err());
+    engine.shutdown().await;
+}
+
+/// A completion whose commit record is too large to share one append with its upload's end
+/// record (thousands of parts; here a template with metadata filling most of an append) makes the commit durable
+/// before the end record is appended: a drive that kept only the end (a crash after another
+/// write's flush) would have the completion replayed as an abort, its acknowledged parts lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_too_large_to_pair_makes_its_commit_durable_before_its_end() {
+    use std::sync::Arc;
+    use zonestore::engine::record::{self, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let events: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let specs = intercepted_specs(dir.path(), 1, g, |_, _, drive| {
+        let seen = events.clone();
+        drive.before_append = Box::new(move |_, _, data| {
+            if let Ok(parsed) = record::parse(data, 4096) {
+                let kind = parsed.header.kind;
+                if matches!(kind, Kind::Commit | Kind::UploadEnd) {
+                    seen.lock().unwrap().push(format!("{kind:?}"));
+                }
+            }
+            Box::pin(async {})
+        });
+        let seen = events.clone();
+        drive.before_flush = Box::new(move || {
+            seen.lock().unwrap().push("flush".into());
+            Box::pin(async { Ok(()) })
+        });
+    });
+    let config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    engine.create_bucket("b", "alice").await.unwrap();
+    let template = ObjectMeta {
+        owner: "alice".into(),
+        user_meta: vec![("large".into(), "m".repeat(62_500))],
+        ..ObjectMeta::default()
+    };
+    let id = engine.create_upload("b", "k", template).await.unwrap();
+    let mut w = engine.put_part(id, 1).unwrap();
+    let body = content("k", 1, 10_000);
+    w.write(bytes::Bytes::from(body.clone())).await.unwrap();
+    let etag = format!("{:032x}", 1);
+    w.finish_part(etag.clone(), vec![]).await.unwrap();
+    events.lock().unwrap().clear();
+    engine
+        .complete_upload(id, &[(1, etag)], None, Condition::None)
+        .await
+        .unwrap();
+    let events = events.lock().unwrap().clone();
+    let commit = events.iter().position(|e| e == "Commit");
+    let end = events.iter().position(|e| e == "UploadEnd");
+    let (Some(commit), Some(end)) = (commit, end) else {
+        panic!("the commit and end records were not appended apart: {events:?}");
+    };
+    assert!(
+        events[commit..end].iter().any(|e| e == "flush"),
+        "the end record was appended before the commit was flushed: {events:?}"
+    );
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
     engine.shutdown().await;
 }

@@ -1055,6 +1055,24 @@ impl EngineInner {
                     Err(RecordError::NotARecord) if resyncing => {
                         step_one_block(&mut buf, &mut buf_lba, bs);
                     }
+                    // Below the write pointer, a block that is neither a record nor unwritten
+                    // (zeros: a finished zone's tail, an append that never landed) is a record
+                    // whose magic is damaged: looked past like a damaged header, or the live
+                    // records after it would never be moved and the zone never emptied.
+                    Err(RecordError::NotARecord)
+                        if buf_lba < zone_end
+                            && buf.len() >= bs as usize
+                            && buf[..bs as usize].iter().any(|&b| b != 0) =>
+                    {
+                        self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            ?zone,
+                            lba = buf_lba,
+                            "GC found a block that is no record below the write pointer (a damaged record); looking past it for the records the index names"
+                        );
+                        damaged_at = Some(buf_lba);
+                        step_one_block(&mut buf, &mut buf_lba, bs);
+                    }
                     Err(RecordError::NotARecord) if buf.len() >= bs as usize => break 'scan,
                     Err(RecordError::NotARecord) => break,
                     Err(RecordError::Checksum { padded, .. }) => {

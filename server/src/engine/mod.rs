@@ -1066,7 +1066,8 @@ impl Engine {
                 .collect();
             (commit, end, vec![holds])
         } else {
-            // A commit record too large to pair (thousands of parts): the two go apart.
+            // A commit record too large to pair (thousands of parts): the two go apart, the
+            // commit made durable first, so that no drive can hold the end without it.
             let Appended {
                 locations: commit,
                 holds: commit_holds,
@@ -1074,6 +1075,11 @@ impl Engine {
                 .inner
                 .append_claiming(commit_record, Kind::Commit, meta.seq)
                 .await?;
+            if let Err(e) = self.inner.flush_quorum_of(&commit).await {
+                let zones: Vec<ZoneId> = commit_holds.zones().collect();
+                self.inner.revoke(meta.seq, &zones).await;
+                return Err(e);
+            }
             let Appended {
                 locations: end,
                 holds: end_holds,

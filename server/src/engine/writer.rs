@@ -487,6 +487,43 @@ impl EngineInner {
         }
     }
 
+    /// Flushes the drives holding `copies`, all at once; done when a write quorum of them (or
+    /// all there are, if fewer) is durable, the first error if that cannot be. For a record that
+    /// must be durable before the next one is appended: a drive could otherwise hold the next
+    /// without it (see [`super::Engine::complete_upload`]).
+    pub(crate) async fn flush_quorum_of(&self, copies: &[Location]) -> EngineResult<()> {
+        use futures::StreamExt;
+        let needed = self.quorum().min(copies.len());
+        if needed == 0 {
+            return Ok(());
+        }
+        let mut flushes: FuturesUnordered<_> = copies
+            .iter()
+            .map(|copy| async move {
+                let drive = self
+                    .drives
+                    .get(copy.drive)
+                    .ok_or_else(|| EngineError::Internal("unknown drive".into()))?;
+                drive.device.flush().await.map_err(|e| drive.error(e))
+            })
+            .collect();
+        let (mut made, mut first_error) = (0, None);
+        while let Some(flushed) = flushes.next().await {
+            match flushed {
+                Ok(()) => {
+                    made += 1;
+                    if made >= needed {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| EngineError::Internal("no copy was flushed".into())))
+    }
+
     /// Records (durably, before the failed write's caller hears of it) that the records of
     /// sequence number `seq`, in `zones`, are dead: see [`super::revoked`]. If the index does
     /// not take it, the next index write carries it ([`super::revoked::Pending`]).
