@@ -1094,3 +1094,34 @@ fn a_slow_drive_behind_a_live_target_is_waited_for() {
         host.close().await;
     });
 }
+
+/// A drive whose first zone is offline (its descriptor's capacity says nothing: 0 here) is
+/// still of the geometry its usable zones give: the host connects, and learns the capacity
+/// from the first usable zone.
+#[test]
+fn a_drive_whose_first_zone_is_offline_is_still_reachable() {
+    let rt = runtime();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry::new(4, 1 << 20);
+        let drive = EmulatedZns::create(dir.path(), g).unwrap();
+        let mut device = zns::testing::Intercepted::new(Arc::new(drive));
+        device.after_report = Box::new(|result| {
+            result.map(|mut report| {
+                for zone in report.zones.iter_mut().filter(|z| z.zslba == 0) {
+                    zone.state = zns::ZoneState::Offline;
+                    zone.zcap = 0;
+                }
+                report
+            })
+        });
+        let target = Target::new(TargetConfig::default());
+        target.add_subsystem(NQN, Arc::new(device), vec![]).unwrap();
+        let handle = target.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let host = NvmeTcpHost::connect(host_config(handle.local_addr()))
+            .await
+            .unwrap();
+        assert_eq!(host.geometry().zone_capacity, g.zone_capacity);
+        host.close().await;
+    });
+}

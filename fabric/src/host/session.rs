@@ -289,18 +289,27 @@ impl Session {
             io_qs.push(result?);
         }
 
-        // Zone capacity comes from a zone descriptor.
+        // Zone capacity comes from a zone descriptor: the first of a usable zone (an offline
+        // or read-only zone's may say nothing, and a drive whose first zone fails is not one
+        // of another geometry when its host reconnects).
+        const FIRST_ZONES: u32 = 16;
+        let report_bytes = 64 * (1 + FIRST_ZONES);
         let mut sqe = Sqe::new(io::ZONE_MGMT_RECV, 0);
         sqe.set_nsid(nsid)
             .set_slba(0)
-            .set_cdw(12, (128 / 4) - 1)
+            .set_cdw(12, report_bytes / 4 - 1)
             .set_cdw(13, 1 << 16)
-            .set_sgl(128, false);
+            .set_sgl(report_bytes, false);
         let done = admin::run(&io_qs[0], "Report Zones", sqe, bytes::Bytes::new(), timeout).await?;
         let first = report::decode_report(&done.data).map_err(HostError::Protocol)?;
+        let usable = |z: &&zns::ZoneDescriptor| {
+            !matches!(z.state, zns::ZoneState::Offline | zns::ZoneState::ReadOnly)
+        };
         let zcap = first
             .zones
-            .first()
+            .iter()
+            .find(usable)
+            .or(first.zones.first())
             .map(|z| z.zcap)
             .ok_or_else(|| HostError::Protocol("the namespace reports no zones".into()))?;
 

@@ -191,7 +191,10 @@ impl Status {
     /// [`Status::from_zone_error`]). Statuses that say the command did not run to its end
     /// for a passing reason (aborted, interrupted, a transport error, a namespace not ready,
     /// any path error) are `Unavailable`: the command may be tried again, as the Linux host
-    /// retries them. Other statuses with no zone meaning are media errors.
+    /// retries them; so is any other status outside the media type whose Do Not Retry bit is
+    /// clear (an Internal Error a target answers when it runs short of memory, say): the target
+    /// says the same command may succeed again, which a damaged drive would not. Other statuses
+    /// with no zone meaning are media errors.
     pub fn zone_error_kind(self) -> ZoneErrorKind {
         match (self.sct, self.sc) {
             (SCT_COMMAND, 0xB8) => ZoneErrorKind::ZoneBoundary,
@@ -211,6 +214,7 @@ impl Status {
             // Ready, Format In Progress: the drive is not there to answer, not damaged.
             (SCT_GENERIC, 0x05 | 0x07 | 0x08 | 0x0B | 0x0C | 0x21 | 0x22 | 0x82 | 0x84)
             | (SCT_PATH, _) => ZoneErrorKind::Unavailable,
+            (sct, _) if !self.dnr && sct != SCT_MEDIA => ZoneErrorKind::Unavailable,
             _ => ZoneErrorKind::MediaError,
         }
     }
@@ -373,9 +377,31 @@ mod tests {
             Status::INTERNAL_ERROR,
             Status::DATA_TRANSFER_ERROR,
             Status::UNRECOVERED_READ_ERROR,
+            Status {
+                dnr: false,
+                ..Status::UNRECOVERED_READ_ERROR
+            },
         ] {
             assert_eq!(status.zone_error_kind(), ZoneErrorKind::MediaError);
         }
+        // What a target says may succeed if sent again is no damage (outside the media type).
+        for status in [Status::INTERNAL_ERROR, Status::DATA_TRANSFER_ERROR] {
+            let retryable = Status {
+                dnr: false,
+                ..status
+            };
+            assert_eq!(
+                Status::from_field(retryable.to_field()).zone_error_kind(),
+                ZoneErrorKind::Unavailable,
+                "{retryable:?}"
+            );
+        }
+        let vendor = Status {
+            sct: 7,
+            sc: 0x10,
+            dnr: false,
+        };
+        assert_eq!(vendor.zone_error_kind(), ZoneErrorKind::Unavailable);
     }
 
     #[test]
