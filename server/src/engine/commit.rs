@@ -1523,8 +1523,17 @@ impl<'a> Txn<'a> {
                 Ok(Outcome::Done)
             }
             Change::Replicas(items) => {
+                // A record one of whose edits was refused keeps the copies it has: a removal
+                // planned on a copy made for it (repair dropping a draining drive's copy once
+                // another is made) would leave it short.
+                let mut refused: Vec<&Relocation> = Vec::new();
                 for (what, edit) in items {
-                    self.relocate(what, *edit)?;
+                    if matches!(edit, ReplicaEdit::Remove(_)) && refused.contains(&what) {
+                        continue;
+                    }
+                    if !self.relocate(what, *edit)? {
+                        refused.push(what);
+                    }
                 }
                 Ok(Outcome::Done)
             }
@@ -1860,7 +1869,7 @@ impl<'a> Txn<'a> {
 
     /// Applies `edit` to the copies of the entry `what` names, if the entry is still the one
     /// the edit was made for; keeps zone accounting exact.
-    fn relocate(&mut self, what: &Relocation, edit: ReplicaEdit) -> EngineResult<()> {
+    fn relocate(&mut self, what: &Relocation, edit: ReplicaEdit) -> EngineResult<bool> {
         let (from, to) = match edit {
             ReplicaEdit::Add(to) => (None, Some(to)),
             ReplicaEdit::Remove(from) => (Some(from), None),
@@ -1905,7 +1914,7 @@ impl<'a> Txn<'a> {
                         // Nothing older is left for it to hide: drop it.
                         self.sub_valid(&t.location);
                         self.del(cf::TOMBSTONES, tkey);
-                        return Ok(());
+                        return Ok(true);
                     }
                     t.shadowed = shadowed;
                     let changed = edit_copies(&mut t.location, edit);
@@ -1977,7 +1986,7 @@ impl<'a> Txn<'a> {
             let stamps = self.stamps(&[to]);
             self.shadow_orphans(what, stamps)?;
         }
-        Ok(())
+        Ok(moved)
     }
 
     /// The record a client write makes its claim to a name with (None for other changes).
@@ -2279,6 +2288,61 @@ mod tests {
             zns::EmulatedZns::create(&dir.join("d"), zns::Geometry::new(4, 1 << 20)).unwrap();
         let drives = Drives::new(vec![Arc::new(Drive::new(0, "d".into(), Arc::new(drive)))]);
         (drives, Index::open(&dir.join("index")).unwrap())
+    }
+
+    /// A record whose new copy is refused (its drive took another copy of it meanwhile, as
+    /// scrub may) keeps the copy repair meant to drop once the new one was made: the removal
+    /// planned on it is not applied alone.
+    #[test]
+    fn a_removal_planned_on_a_refused_copy_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let drives = Drives::new(
+            (0..5u16)
+                .map(|i| {
+                    let drive = zns::EmulatedZns::create(
+                        &dir.path().join(format!("d{i}")),
+                        zns::Geometry::new(4, 1 << 20),
+                    )
+                    .unwrap();
+                    Arc::new(Drive::new(i, format!("d{i}"), Arc::new(drive)))
+                })
+                .collect(),
+        );
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let on = |drive: DriveId| Location {
+            drive,
+            lba: 8,
+            blocks: 1,
+        };
+        // Copies on drives 0, 4 (scrub's, made meanwhile), 2 and 3 (drained).
+        let copies = vec![on(0), on(4), on(2), on(3)];
+        let key = index::extent_key(1, 0).to_vec();
+        let mut batch = WriteBatch::default();
+        let extent = Extent {
+            length: 100,
+            replicas: copies.clone(),
+        };
+        batch.put_cf(index.cf(cf::EXTENTS), &key, extent.encode());
+        index.write(batch, false).unwrap();
+        let base = HashMap::new();
+        let mut txn = Txn::new(&index, &drives, &base);
+        let record = Relocation::Extent {
+            stream_id: 1,
+            offset: 0,
+        };
+        let repair = Change::Replicas(vec![
+            (
+                record.clone(),
+                ReplicaEdit::Replace(on(2), Location { lba: 40, ..on(4) }),
+            ),
+            (record, ReplicaEdit::Remove(on(3))),
+        ]);
+        txn.apply_whole(&repair, &[], &[]).unwrap();
+        let now = txn
+            .decode(cf::EXTENTS, &key, Extent::decode)
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.replicas, copies);
     }
 
     /// A repair copy made for a name that nothing holds any more (deleted meanwhile, and its

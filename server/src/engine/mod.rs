@@ -1363,7 +1363,7 @@ impl Engine {
             return false;
         }
         let began_after = drive.drain_began_after_pass.load(Ordering::SeqCst);
-        self.inner.repair.status().passes > began_after
+        self.inner.repair.status().last_completed > began_after
             && !self.inner.holds_or_awaits_records(drive)
     }
 

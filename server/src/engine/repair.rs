@@ -66,8 +66,11 @@ pub struct RepairStatus {
     pub copies_dropped: u64,
     /// Repair passes completed.
     pub passes: u64,
-    /// Repair passes begun (one at a time: `passes` or one more).
+    /// Repair passes begun (one at a time; a pass that fails ends without counting in
+    /// `passes`).
     pub passes_begun: u64,
+    /// The number (in `passes_begun`) of the last pass that ran to its end.
+    pub last_completed: u64,
     /// Why the last pass could not do everything, if it could not.
     pub blocked: Option<String>,
     /// Copy rate of the last pass that copied anything, bytes per second.
@@ -470,6 +473,13 @@ impl EngineInner {
     /// what can be fixed now (memory stays bounded however many entries the index holds).
     /// Returns the time spent reading the index (copying, paced by the rate limit, is not).
     async fn repair_pass(&self) -> EngineResult<Duration> {
+        // Numbered before the drives are looked at: a drain that begins after this pass saw
+        // the drive as not draining is not one this pass can end.
+        let number = {
+            let mut s = self.repair.status.lock();
+            s.passes_begun += 1;
+            s.passes_begun
+        };
         let r = self.replicas();
         let views = self.drive_views();
         let healthy = |l: &Location| healthy_in(&views, l);
@@ -486,7 +496,6 @@ impl EngineInner {
         let mut tally = Tally::default();
         let mut cursor = located::Cursor::default();
         let mut scanning = Duration::ZERO;
-        self.repair.status.lock().passes_begun += 1;
         loop {
             let scan_started = Instant::now();
             let (index, drives, batch_views) =
@@ -520,6 +529,7 @@ impl EngineInner {
         s.under_replicated_records = tally.under_records;
         s.draining_bytes = tally.draining_bytes;
         s.passes += 1;
+        s.last_completed = number;
         if copied > 0 {
             s.last_rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-6);
             tracing::info!(
@@ -664,6 +674,20 @@ impl EngineInner {
                             copy.drive
                         ))
                     }
+                }
+                // A move off a drive (only draining drives' copies are moved) undrained since
+                // the pass began: the copy stays where it is, as an undrain promises.
+                Action::Copy {
+                    replace: Some(copy),
+                } if !self
+                    .drives
+                    .of(&copy)
+                    .is_some_and(|d| d.draining.load(Ordering::SeqCst)) =>
+                {
+                    Err(format!(
+                        "drive {} is no longer drained: its copy stays",
+                        copy.drive
+                    ))
                 }
                 Action::Copy { replace } => {
                     match self
