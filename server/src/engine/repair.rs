@@ -675,20 +675,6 @@ impl EngineInner {
                         ))
                     }
                 }
-                // A move off a drive (only draining drives' copies are moved) undrained since
-                // the pass began: the copy stays where it is, as an undrain promises.
-                Action::Copy {
-                    replace: Some(copy),
-                } if !self
-                    .drives
-                    .of(&copy)
-                    .is_some_and(|d| d.draining.load(Ordering::SeqCst)) =>
-                {
-                    Err(format!(
-                        "drive {} is no longer drained: its copy stays",
-                        copy.drive
-                    ))
-                }
                 Action::Copy { replace } => {
                     match self
                         .copy_record(&entry, &new_copies, replace, healthy)
@@ -1164,8 +1150,16 @@ impl EngineInner {
             }
         }
         let source = source.ok_or_else(|| EngineError::Corrupt("no good copy left".into()))?;
-        let holding: HashSet<DriveId> = entry
-            .copies
+        // The copies as they are now: the batch that found the bad one may be minutes old,
+        // and a copy made since on another drive must not be the new copy's target (the edit
+        // would be refused, the bad copy left named).
+        let Some(copies) = located::current_copies(&self.index, &entry.what)?
+            .filter(|copies| copies.contains(&bad))
+        else {
+            // No longer named (moved, overwritten, deleted): nothing to make again.
+            return Ok(());
+        };
+        let holding: HashSet<DriveId> = copies
             .iter()
             .filter(|l| **l != bad)
             .map(|l| l.drive)
@@ -1188,8 +1182,14 @@ impl EngineInner {
                 Change::Replicas(vec![(entry.what.clone(), ReplicaEdit::Replace(bad, to))]),
                 vec![holds],
             )
-            .await
-            .map(|_| ())
+            .await?;
+        // Refused (the record changed meanwhile): not counted as repaired.
+        match located::current_copies(&self.index, &entry.what)? {
+            Some(now) if now.contains(&to) => Ok(()),
+            _ => Err(EngineError::Unavailable(
+                "the record changed while its copy was made again; it is looked at again".into(),
+            )),
+        }
     }
 
     /// Marks a drive as draining (persistently): no new writes go to it and repair moves every
