@@ -31,6 +31,7 @@ pub async fn discover(
         depth: 31,
         digests: Digests::NONE,
         connect_timeout: timeout,
+        sq_flow_disabled: false,
     };
     let (_, queue) = HostQueue::open_first(&candidates, params, 8192, failed).await?;
     let connect = Connect {

@@ -152,6 +152,9 @@ pub(crate) struct QueueParams {
     pub(crate) depth: u16,
     pub(crate) digests: Digests,
     pub(crate) connect_timeout: Duration,
+    /// Whether the queue's Connect disables SQ flow control (only then may a read's last
+    /// C2HData carry its completion, the SUCCESS flag).
+    pub(crate) sq_flow_disabled: bool,
 }
 
 /// One connected queue.
@@ -173,6 +176,8 @@ pub(crate) struct HostQueue {
     opened: Instant,
     /// When a PDU last came from the target, in ms since `opened`.
     heard_ms: AtomicU64,
+    /// See [`QueueParams::sq_flow_disabled`].
+    sq_flow_disabled: bool,
 }
 
 impl HostQueue {
@@ -281,6 +286,7 @@ impl HostQueue {
             writer: Mutex::new(Some(writer.abort_handle())),
             opened: Instant::now(),
             heard_ms: AtomicU64::new(0),
+            sq_flow_disabled: params.sq_flow_disabled,
         });
         // The writer ends while the queue lives only when the connection failed (it could not
         // write, or the target stopped reading): the commands it holds are not coming back.
@@ -717,6 +723,12 @@ async fn receive(
                         pending.add_data(&data.data);
                     }
                     let complete = pending.received == pending.expected_in;
+                    if data.success && !queue.sq_flow_disabled {
+                        return format!(
+                            "C2HData with SUCCESS for command {:#x} while SQ flow control is on (its completion must say where the SQ head is)",
+                            data.cccid
+                        );
+                    }
                     if data.success && !(complete && data.last) {
                         return format!(
                             "C2HData with SUCCESS for command {:#x} before all its data",
@@ -778,6 +790,7 @@ mod tests {
             depth: 4,
             digests: Digests::NONE,
             connect_timeout: Duration::from_secs(5),
+            sq_flow_disabled: true,
         }
     }
 
@@ -912,6 +925,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(done.data.len(), 8192);
+    }
+
+    /// With SQ flow control on, a read's completion comes in a CapsuleResp (it says where the
+    /// SQ head is): a C2HData with SUCCESS is a protocol error, not a completion.
+    #[tokio::test]
+    async fn a_success_flag_with_sq_flow_control_on_is_refused() {
+        let address = fake_target(|_, cid| vec![c2h(cid, 8192, true, true)]).await;
+        let params = QueueParams {
+            sq_flow_disabled: false,
+            ..params_at(address)
+        };
+        let queue = HostQueue::open(&params, 8192, watch::channel(None).0)
+            .await
+            .unwrap();
+        let done = queue
+            .submit(read_of_two_blocks(), Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert!(done.is_err(), "{done:?}");
     }
 
     /// A C2HData whose data digest does not match fails its command with Data Transfer Error

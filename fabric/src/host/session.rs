@@ -131,12 +131,13 @@ impl Session {
         let mut candidates = tokio::time::timeout(config.connect_timeout, config.address.resolve())
             .await
             .map_err(|_| HostError::Timeout(format!("resolving {}", config.address)))??;
-        let params = |address, qid, depth| QueueParams {
+        let params = |address, qid, depth, cattr: u8| QueueParams {
             address,
             qid,
             depth,
             digests: config.digests,
             connect_timeout: config.connect_timeout,
+            sq_flow_disabled: cattr & CATTR_DISABLE_SQFLOW != 0,
         };
         let connect = |qid, sqsize, cntlid, kato_ms, cattr| Connect {
             recfmt: 0,
@@ -169,7 +170,7 @@ impl Session {
             };
             let (at, admin_q) = HostQueue::open_first(
                 &candidates,
-                |a| params(a, 0, admin_in_flight),
+                |a| params(a, 0, admin_in_flight, cattr),
                 8192,
                 failed_tx.clone(),
             )
@@ -276,7 +277,7 @@ impl Session {
         let mut io_qs = Vec::with_capacity(usize::from(io_queues));
         let mut connecting = Vec::new();
         for qid in 1..=io_queues {
-            let p = params(address, qid, in_flight);
+            let p = params(address, qid, in_flight, cattr);
             let failed_tx = failed_tx.clone();
             let c = connect(qid, depth - 1, cntlid, 0, cattr);
             connecting.push(async move {
