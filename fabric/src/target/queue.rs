@@ -1086,7 +1086,9 @@ impl Connection {
                         opcode = sqe.opcode(),
                         "a command panicked: answered Internal Error"
                     );
-                    Reply::error(Status::INTERNAL_ERROR)
+                    // Without Do Not Retry: what the command did before it panicked is not
+                    // known (an append may have landed), no sign the medium is damaged.
+                    Reply::error(Status::INTERNAL_ERROR.retryable())
                 }
             };
             // The drive has the data: the write budget is free again, whether or not the host

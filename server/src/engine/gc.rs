@@ -626,7 +626,8 @@ impl EngineInner {
         }
         let entry = located::Located { what, copies };
         match self.rewrite_copy(&entry, from).await {
-            Ok(()) => tracing::info!(?from, "GC made a damaged copy again from a good one"),
+            Ok(true) => tracing::info!(?from, "GC made a damaged copy again from a good one"),
+            Ok(false) => {}
             Err(e) => tracing::warn!(?from, "a damaged copy could not be made again: {e}"),
         }
     }
@@ -983,6 +984,7 @@ impl EngineInner {
         // resynchronises (see [`step_one_block`]).
         let mut damaged_at = None;
         let zone_end = zslba + written;
+        let indexed_end = self.accounts.get(zone).max_indexed_end;
         // Tombstones in the zone with nothing older left to hide: dropped, not moved.
         let mut prunable = Vec::new();
         'scan: loop {
@@ -1055,14 +1057,14 @@ impl EngineInner {
                     Err(RecordError::NotARecord) if resyncing => {
                         step_one_block(&mut buf, &mut buf_lba, bs);
                     }
-                    // Below the write pointer, a block that is neither a record nor unwritten
-                    // (zeros: a finished zone's tail, an append that never landed) is a record
-                    // whose magic is damaged: looked past like a damaged header, or the live
-                    // records after it would never be moved and the zone never emptied.
+                    // Before the end of the furthest record the index ever named in the zone,
+                    // records follow one another: a block that is none is a record whose magic
+                    // is damaged, looked past like a damaged header (or the live records after
+                    // it would never be moved, and the zone never emptied). Past it is where
+                    // the zone's records end (what a finished zone's tail reads as is the
+                    // drive's affair: zeros, ones, anything).
                     Err(RecordError::NotARecord)
-                        if buf_lba < zone_end
-                            && buf.len() >= bs as usize
-                            && buf[..bs as usize].iter().any(|&b| b != 0) =>
+                        if buf_lba < indexed_end && buf.len() >= bs as usize =>
                     {
                         self.stats.crc_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(

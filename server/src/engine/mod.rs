@@ -1075,7 +1075,7 @@ impl Engine {
                 .inner
                 .append_claiming(commit_record, Kind::Commit, meta.seq)
                 .await?;
-            if let Err(e) = self.inner.flush_quorum_of(&commit).await {
+            if let Err(e) = self.inner.flush_quorum_of(&commit, &commit_holds).await {
                 let zones: Vec<ZoneId> = commit_holds.zones().collect();
                 self.inner.revoke(meta.seq, &zones).await;
                 return Err(e);

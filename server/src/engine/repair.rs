@@ -852,7 +852,8 @@ impl EngineInner {
                 copies: extent.replicas,
             };
             match self.rewrite_copy(&entry, bad).await {
-                Ok(()) => self.repair.status.lock().scrub_repaired += 1,
+                Ok(true) => self.repair.status.lock().scrub_repaired += 1,
+                Ok(false) => {}
                 Err(e) => {
                     tracing::error!(
                         stream_id,
@@ -1116,7 +1117,8 @@ impl EngineInner {
                 );
                 self.repair.status.lock().scrub_bad += 1;
                 match self.rewrite_copy(entry, copy).await {
-                    Ok(()) => self.repair.status.lock().scrub_repaired += 1,
+                    Ok(true) => self.repair.status.lock().scrub_repaired += 1,
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::error!(what = ?entry.what, "scrub could not repair the copy: {e}")
                     }
@@ -1140,8 +1142,14 @@ impl EngineInner {
     }
 
     /// Replaces the bad copy `bad` of `entry` with a fresh one written from a good copy, on the
-    /// same drive if it takes writes, else on another.
-    pub(super) async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<()> {
+    /// same drive if it takes writes, else on another. Whether it did: not when the index no
+    /// longer names the bad copy (moved, overwritten, deleted since), with nothing to make.
+    pub(super) async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<bool> {
+        if !located::current_copies(&self.index, &entry.what)?
+            .is_some_and(|copies| copies.contains(&bad))
+        {
+            return Ok(false);
+        }
         let mut source = None;
         for copy in entry.copies.iter().filter(|l| **l != bad) {
             if let Ok(bytes) = self.read_verified(&entry.what, *copy, Count::Damage).await {
@@ -1157,7 +1165,7 @@ impl EngineInner {
             .filter(|copies| copies.contains(&bad))
         else {
             // No longer named (moved, overwritten, deleted): nothing to make again.
-            return Ok(());
+            return Ok(false);
         };
         let holding: HashSet<DriveId> = copies
             .iter()
@@ -1185,7 +1193,7 @@ impl EngineInner {
             .await?;
         // Refused (the record changed meanwhile): not counted as repaired.
         match located::current_copies(&self.index, &entry.what)? {
-            Some(now) if now.contains(&to) => Ok(()),
+            Some(now) if now.contains(&to) => Ok(true),
             _ => Err(EngineError::Unavailable(
                 "the record changed while its copy was made again; it is looked at again".into(),
             )),

@@ -487,11 +487,17 @@ impl EngineInner {
         }
     }
 
-    /// Flushes the drives holding `copies`, all at once; done when a write quorum of them (or
-    /// all there are, if fewer) is durable, the first error if that cannot be. For a record that
-    /// must be durable before the next one is appended: a drive could otherwise hold the next
-    /// without it (see [`super::Engine::complete_upload`]).
-    pub(crate) async fn flush_quorum_of(&self, copies: &[Location]) -> EngineResult<()> {
+    /// Flushes the drives holding `copies` (appended under `holds`), all at once; done when a
+    /// write quorum of them (or all there are, if fewer) is durable, the first error if that
+    /// cannot be. For a record that must be durable before the next one is appended: a drive
+    /// could otherwise hold the next without it (see [`super::Engine::complete_upload`]). A
+    /// drive reconnected since the append counts for nothing (its flush cannot vouch for what
+    /// the lost connection carried), as the committer has it.
+    pub(crate) async fn flush_quorum_of(
+        &self,
+        copies: &[Location],
+        holds: &ZoneHolds,
+    ) -> EngineResult<()> {
         use futures::StreamExt;
         let needed = self.quorum().min(copies.len());
         if needed == 0 {
@@ -504,7 +510,30 @@ impl EngineInner {
                     .drives
                     .get(copy.drive)
                     .ok_or_else(|| EngineError::Internal("unknown drive".into()))?;
-                drive.device.flush().await.map_err(|e| drive.error(e))
+                let lost = || {
+                    EngineError::Unavailable(format!(
+                        "{}: reconnected since the record was appended",
+                        drive.name
+                    ))
+                };
+                if !drive.device.is_available() {
+                    return Err(EngineError::Unavailable(format!(
+                        "{}: not connected",
+                        drive.name
+                    )));
+                }
+                let flushed = drive.device.flush().await;
+                drive.note_flush(&flushed);
+                flushed.map_err(|e| drive.error(e))?;
+                let appended_in = holds
+                    .sessions()
+                    .iter()
+                    .find(|(d, _)| *d == copy.drive)
+                    .map(|(_, session)| *session);
+                match appended_in {
+                    Some(session) if session != drive.device.session() => Err(lost()),
+                    _ => Ok(()),
+                }
             })
             .collect();
         let (mut made, mut first_error) = (0, None);
