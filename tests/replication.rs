@@ -579,6 +579,17 @@ fn drain_moves_everything_off_a_target() {
         refused.contains(&nodes[2].nqn) && refused.contains("but is not configured"),
         "{refused}"
     );
+    // So does an index rebuild (which would otherwise drop the records only it holds), unless
+    // told to go without it; the drained one is no reason to refuse.
+    let refused = recover(dir.path(), &[nodes[0].url(), nodes[1].url()], &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&nodes[2].nqn)
+            && !stderr.contains(&nodes[3].nqn)
+            && stderr.contains("--allow-missing-drives"),
+        "{stderr}"
+    );
     let server = gateway(dir.path(), &nodes[..3]);
     let table = server.admin_cli(&["targets"]);
     assert!(

@@ -50,6 +50,13 @@ pub enum RecoverError {
         /// Write quorum W.
         quorum: usize,
     },
+    /// Drives the old index registers hold records but are not configured.
+    #[error(
+        "{} not configured but holding records the index names ({}): configure them again, or add --allow-missing-drives to rebuild without them",
+        if .0.len() == 1 { "a drive is" } else { "drives are" },
+        .0.join(", ")
+    )]
+    NotConfigured(Vec<String>),
     /// Moving index directories failed.
     #[error("{what}: {source}")]
     Io {
@@ -303,7 +310,41 @@ pub async fn rebuild_index(
             }));
         }
     }
-    let left_out = std::mem::take(&mut attached.left_out);
+    // Drives the old index registers that the configuration leaves out: one that holds records
+    // is missing, as `serve` would refuse to run without it (weighed against the write quorum,
+    // and only with --allow-missing-drives); one that holds nothing was drained and removed.
+    let unconfigured: Vec<String> = names
+        .iter()
+        .filter(|name| {
+            !specs.iter().any(|s| &s.name == *name) && !attached.left_out_drives.contains(name)
+        })
+        .cloned()
+        .collect();
+    let unconfigured = if unconfigured.is_empty() {
+        unconfigured
+    } else {
+        match crate::engine::drives_holding_records(&index_dir) {
+            Ok(holding) => unconfigured
+                .into_iter()
+                .filter(|name| holding.contains(name))
+                .collect(),
+            Err(e) => {
+                progress(&format!(
+                    "the old index cannot say what {} hold ({e}): counted as missing",
+                    unconfigured.join(", ")
+                ));
+                unconfigured
+            }
+        }
+    };
+    if !unconfigured.is_empty() && !allow_missing {
+        attached.close().await;
+        return Err(RecoverError::NotConfigured(unconfigured));
+    }
+    let left_out: Vec<String> = std::mem::take(&mut attached.left_out)
+        .into_iter()
+        .chain(unconfigured.iter().cloned())
+        .collect();
     let total = specs.len() + left_out.len();
     let unavailable = || {
         specs
@@ -315,6 +356,7 @@ pub async fn rebuild_index(
     // The same drives as the index names them.
     let missing_drives: Vec<String> = std::mem::take(&mut attached.left_out_drives)
         .into_iter()
+        .chain(unconfigured)
         .chain(unavailable())
         .collect();
     if !missing.is_empty() {

@@ -49,7 +49,8 @@ use placement::{Placement, ZoneUse};
 pub use reader::BodyStream;
 use record::{Header, Kind};
 pub use registry::{
-    KnownDrive, carry_over, known_drives, lowest_write_quorum, registered_drives, replacement_floor,
+    KnownDrive, carry_over, drives_holding_records, known_drives, lowest_write_quorum,
+    registered_drives, replacement_floor,
 };
 
 /// The sequence numbers of failed writes revoked in the index in `index_dir` (see

@@ -172,22 +172,7 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     // (drained, or never used): it keeps its id, as a drive that is gone.
     let mut removed = vec![false; names.len()];
     if by_id.iter().any(Option::is_none) {
-        // Both the zone accounts and the index entries themselves must say so.
-        let mut live = vec![0u64; names.len()];
-        for (zone, account) in index.zones()? {
-            if let Some(l) = live.get_mut(usize::from(zone.drive)) {
-                *l += account.valid_bytes;
-            }
-        }
-        let mut records = vec![0u64; names.len()];
-        located::scan(index, |entry| {
-            for copy in &entry.copies {
-                if let Some(r) = records.get_mut(usize::from(copy.drive)) {
-                    *r += 1;
-                }
-            }
-            true
-        })?;
+        let (live, records) = held_by_drive(index, names.len())?;
         for (i, device) in by_id.iter_mut().enumerate() {
             if device.is_some() {
                 continue;
@@ -320,6 +305,44 @@ pub struct KnownDrive {
     pub geometry: Geometry,
     /// Its identity (see [`ZonedDevice::identity`]), once recorded.
     pub identity: Option<[u8; 16]>,
+}
+
+/// Live bytes and records the index names on each of the first `count` drives (by id): both
+/// the zone accounts and the index entries themselves, which must agree that a drive is empty.
+fn held_by_drive(index: &Index, count: usize) -> EngineResult<(Vec<u64>, Vec<u64>)> {
+    let mut live = vec![0u64; count];
+    for (zone, account) in index.zones()? {
+        if let Some(l) = live.get_mut(usize::from(zone.drive)) {
+            *l += account.valid_bytes;
+        }
+    }
+    let mut records = vec![0u64; count];
+    located::scan(index, |entry| {
+        for copy in &entry.copies {
+            if let Some(r) = records.get_mut(usize::from(copy.drive)) {
+                *r += 1;
+            }
+        }
+        true
+    })?;
+    Ok((live, records))
+}
+
+/// The drives the index in `index_dir` registers that hold anything it names (live bytes or
+/// records), by name.
+pub fn drives_holding_records(index_dir: &Path) -> EngineResult<Vec<String>> {
+    if !index_dir.join("CURRENT").exists() {
+        return Ok(Vec::new());
+    }
+    let index = Index::open(index_dir)?;
+    let names = registry(&index)?;
+    let (live, records) = held_by_drive(&index, names.len())?;
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| live[*i] > 0 || records[*i] > 0)
+        .map(|(_, name)| name)
+        .collect())
 }
 
 /// Every drive the index in `index_dir` has seen, by drive name (empty when there is no index
