@@ -92,6 +92,41 @@ fn clients_over_https_with_checksum_trailers() {
         "{}",
         String::from_utf8_lossy(&openssl.stderr)
     );
+    // A private key every user may read is refused, naming it.
+    let set_mode = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    set_mode(0o644);
+    let mut refused = std::process::Command::new(common::zonestore_bin())
+        .arg("serve")
+        .arg("--data")
+        .arg(dir.path().join("refused"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (A server that took the key would serve on: it is stopped, and the test fails.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while refused.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("a world-readable TLS key was taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("key.pem") && stderr.contains("chmod"),
+        "{stderr}"
+    );
+    set_mode(0o600);
     let server = S3Server::start(
         &dir.path().join("data"),
         &[

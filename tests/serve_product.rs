@@ -95,6 +95,26 @@ fn serve_with_no_flags_goes_through_the_fabric() {
         zones.contains("imp-open") || zones.contains("full"),
         "{zones}"
     );
+    // A reader that goes away (`| head`) ends the table quietly: no panic, exit 0.
+    let mut piped = Command::new(zonestore_bin())
+        .arg("admin")
+        .arg("--server")
+        .arg(&server.admin)
+        .arg("--data")
+        .arg(&server.data)
+        .arg("zones")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let targets = server.admin_cli(&["targets"]);
     assert_eq!(targets.matches("connected").count(), 3, "{targets}");
     let stats = server.admin_cli(&["stats"]);

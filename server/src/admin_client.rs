@@ -216,7 +216,7 @@ async fn fetch(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<An
 
 async fn show(server: &AdminApi, method: &str, path: &str) -> anyhow::Result<()> {
     let answer = request(server, method, path).await?;
-    print!("{}", answer.body);
+    write_out(&answer.body);
     if answer.status >= 400 {
         bail!("the server answered {}", answer.status);
     }
@@ -250,7 +250,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 async fn gc_run(server: &AdminApi, zones: usize) -> anyhow::Result<()> {
     let started = request(server, "POST", &format!("/admin/gc/run?zones={zones}")).await?;
     if started.status >= 400 {
-        print!("{}", started.body);
+        write_out(&started.body);
         bail!("the server answered {}", started.status);
     }
     let mut last = String::new();
@@ -266,7 +266,7 @@ async fn gc_run(server: &AdminApi, zones: usize) -> anyhow::Result<()> {
             last = run_line.clone();
         }
         if run_line.contains("finished") {
-            print!("{}", answer.body);
+            write_out(&answer.body);
             if answer.body.lines().any(|l| l.starts_with("run error")) {
                 bail!("the GC run ended with an error");
             }
@@ -290,7 +290,7 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
     let path = format!("/admin/drain?target={}", percent_encode(target));
     let started = request(server, "POST", &path).await?;
     if started.status >= 400 {
-        print!("{}", started.body);
+        write_out(&started.body);
         bail!("the server answered {}", started.status);
     }
     let mut last = String::new();
@@ -312,18 +312,18 @@ async fn drain(server: &AdminApi, target: &str) -> anyhow::Result<()> {
             .filter(|(name, _)| *name == target || name.ends_with(&suffix))
             .collect();
         let [(_, columns)] = rows.as_slice() else {
-            print!("{}", answer.body);
+            write_out(&answer.body);
             bail!("the server lists {} targets named {target}", rows.len());
         };
         // Drained as the server sees it: nothing left there, nothing on its way there.
         match columns.first().copied() {
             Some("drained") => {
-                print!("{}", answer.body);
+                write_out(&answer.body);
                 return Ok(());
             }
             Some("draining") => {}
             state => {
-                print!("{}", answer.body);
+                write_out(&answer.body);
                 bail!(
                     "{target} is {} now, not draining (undrained, or removed?)",
                     state.unwrap_or("?")
@@ -368,7 +368,7 @@ async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
         seen_running |= running_now;
         let failed_now = failure(&now.body);
         if !running_now && failed_now.is_some() && (failed_now != failed_before || seen_running) {
-            print!("{}", now.body);
+            write_out(&now.body);
             bail!("the scrub pass stopped short");
         }
         let passes_now = passes(&now.body);
@@ -378,7 +378,7 @@ async fn scrub(server: &AdminApi) -> anyhow::Result<()> {
             );
         }
         if passes_now >= done_at {
-            print!("{}", now.body);
+            write_out(&now.body);
             if now.body.lines().any(|l| l.starts_with("scrub failed:")) {
                 bail!("the scrub pass stopped short");
             }
@@ -396,6 +396,14 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Writes `text` to standard output. A reader that went away (`zonestore admin zones | head`)
+/// is no error, and no panic as `print!` would make of it.
+fn write_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 #[cfg(test)]

@@ -725,6 +725,10 @@ impl Config {
                 format!("at most {} zones per drive", zns::MAX_ZONES),
             ));
         }
+        // The drive as a whole (its size in bytes), before anything is made of it.
+        zns::Geometry::new(self.embedded.zones, embedded_zone_bytes)
+            .validate()
+            .map_err(|e| bad("embedded.zones", format!("with embedded.zone_size: {e}")))?;
         if let Some(tls) = &self.tls {
             for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
                 if !path.exists() {
@@ -896,6 +900,8 @@ mod tests {
         for (setting, key) in [
             ("zones = 4000000000", "embedded.zones"),
             ("zones = 7", "embedded.zones"),
+            // Each a size allowed, together a drive larger than any file.
+            ("zones = 1048576\nzone_size = \"16T\"", "embedded.zones"),
             ("drives = 100000", "embedded.drives"),
             // No drives at all is what is wrong, not the copies they cannot hold.
             ("drives = 0", "embedded.drives"),

@@ -63,6 +63,23 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     if certs.is_empty() {
         return Err(pem_error(cert, "holds no certificate".into()));
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .map_err(|e| pem_error(key, e.to_string()))?
+            .permissions()
+            .mode();
+        // (Readable by a group is common: a group of services that share certificates.)
+        if mode & 0o004 != 0 {
+            return Err(pem_error(
+                key,
+                format!(
+                    "the private key is readable by every user (mode {:o}); `chmod 600` (or 640 for a group) it",
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
     let key_text = std::fs::read(key).map_err(|e| pem_error(key, e.to_string()))?;
     let private_key = rustls_pemfile::private_key(&mut key_text.as_slice())
         .map_err(|e| pem_error(key, format!("not a PEM private key: {e}")))?

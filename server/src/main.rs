@@ -73,8 +73,9 @@ struct DriveArgs {
     /// Configuration file (TOML); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Data directory (index, embedded drives, generated credentials).
-    #[arg(long)]
+    /// Data directory (index, embedded drives, generated credentials), as `zonestore admin`
+    /// takes it too.
+    #[arg(long, env = "ZONESTORE_DATA")]
     data: Option<PathBuf>,
     /// Attach a drive instead of the embedded default: nvme-tcp://HOST:PORT/NQN,
     /// nvme-tcp://HOST:PORT (every subsystem its discovery controller lists) or
