@@ -212,7 +212,9 @@ async fn accept_loop(
             // One client holding its share of the connections gets no more: it cannot take
             // every connection from the others.
             drop(slot);
-            CONNECTIONS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if name == S3_LISTENER {
+                CONNECTIONS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if tls.is_none()
                 && let Ok(permit) = refusing.clone().try_acquire_owned()
             {
@@ -358,8 +360,12 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Connections refused for their client's share of the connections, since the start (a
-/// metric: those requests never reach the S3 service, which counts the others).
+/// The name the S3 listener is started with: its refusals are the ones counted in
+/// [`CONNECTIONS_REFUSED`] (not the admin port's).
+pub const S3_LISTENER: &str = "s3";
+
+/// Connections to the S3 port refused for their client's share of the connections, since the
+/// start (a metric: those requests never reach the S3 service, which counts the others).
 pub static CONNECTIONS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Answers a connection refused for its client's connection count with 503 SlowDown (which
@@ -432,7 +438,8 @@ mod tests {
     }
 
     /// The per-client cap as configured: one connection each turns a second one from the same
-    /// address away; no cap (behind a load balancer) serves both.
+    /// address away; no cap (behind a load balancer) serves both. Only the S3 port's refusals
+    /// are counted (the metric says S3).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_per_client_cap_is_as_configured() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -452,11 +459,16 @@ mod tests {
                 .unwrap_or("")
                 .to_string()
         }
-        for (cap, second) in [(Some(1), "503"), (Some(0), "200")] {
+        for (cap, second, name, counted) in [
+            (Some(1), "503", S3_LISTENER, 1),
+            (Some(1), "503", "admin", 0),
+            (Some(0), "200", S3_LISTENER, 0),
+        ] {
+            let before = CONNECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
             let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let server =
-                HttpServer::start_with_client_cap(listener, router, None, "test", cap).unwrap();
+                HttpServer::start_with_client_cap(listener, router, None, name, cap).unwrap();
             let mut one = tokio::net::TcpStream::connect(server.local_addr())
                 .await
                 .unwrap();
@@ -466,6 +478,8 @@ mod tests {
                 .unwrap();
             let answer = status(&mut two).await;
             assert!(answer.contains(second), "cap {cap:?}: {answer}");
+            let refused = CONNECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed) - before;
+            assert_eq!(refused, counted, "{name} cap {cap:?}");
             drop((one, two));
             server.shut_down(Duration::from_millis(100)).await;
         }

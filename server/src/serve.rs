@@ -383,7 +383,7 @@ impl Server {
                 listener,
                 router,
                 tls,
-                "s3",
+                crate::http::S3_LISTENER,
                 config.per_client_connections,
             )
         }) {
