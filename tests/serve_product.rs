@@ -576,6 +576,31 @@ fn recover_rebuilds_the_index_from_the_zones() {
         "{err}"
     );
     assert!(!drive.exists(), "an empty drive was made in its place");
+    // A rebuild goes on without it only when told to (its copies are on the other two).
+    let refused = rebuild();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("embedded drive 1")
+            && stderr.contains("--allow-missing-drives"),
+        "{stderr}"
+    );
+    let out = Command::new(zonestore_bin())
+        .args([
+            "recover",
+            "--rebuild-index",
+            "--allow-missing-drives",
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("rebuilding without 1 of 3 drives"),
+        "{stderr}"
+    );
+    assert!(!drive.exists(), "an empty drive was made in its place");
     std::fs::rename(&away, &drive).unwrap();
     // Drives the index knows keep the geometry they were made with: another one configured
     // is named, not ignored.

@@ -291,7 +291,9 @@ pub async fn rebuild_index(
     .await
     {
         Ok(attached) => attached,
-        Err(e @ AttachError::Target { .. }) => return Err(RecoverError::Unreachable(e)),
+        Err(e @ (AttachError::Target { .. } | AttachError::KnownEmbeddedMissing { .. })) => {
+            return Err(RecoverError::Unreachable(e));
+        }
         Err(e) => return Err(e.into()),
     };
     let specs = in_registry_order(std::mem::take(&mut attached.specs), &names);

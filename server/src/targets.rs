@@ -213,7 +213,10 @@ async fn connect(
 /// authentication, so a host NQN anyone could work out (the machine id is world-readable)
 /// would let any local user read or reset the drives past S3's signatures. A drive the index
 /// registers (in `registered`) is opened, never created: one that is not there (its directory
-/// removed, its disk not mounted) must not be replaced by an empty drive.
+/// removed, its disk not mounted) must not be replaced by an empty drive; with `local` only
+/// opening and `if_unreachable` leaving out, one that cannot be opened is left out (a rebuild
+/// told to go without missing drives).
+#[allow(clippy::too_many_arguments)] // each is a separate decision of the caller's
 pub async fn embedded(
     data_dir: &Path,
     count: usize,
@@ -221,6 +224,7 @@ pub async fn embedded(
     direct_writes: bool,
     registered: &HashSet<String>,
     local: LocalDrives,
+    if_unreachable: IfUnreachable,
     section: &crate::config::FabricSection,
 ) -> Result<Attached, AttachError> {
     let host = HostSettings::new(fabric::host::uuid_hostnqn(rand::random()), section);
@@ -228,7 +232,7 @@ pub async fn embedded(
     for index in 0..count {
         let nqn = embedded_nqn(index);
         let known = registered.contains(&drive_name(&nqn));
-        let node = StorageNode::start(StorageNodeConfig {
+        let started = StorageNode::start(StorageNodeConfig {
             data_dir: data_dir.join("drives").join(format!("drive{index}")),
             geometry,
             nqn: nqn.clone(),
@@ -237,13 +241,25 @@ pub async fn embedded(
             direct_writes,
             create: local == LocalDrives::OpenOrCreate && !known,
         })
-        .await
-        .map_err(|source| match source {
-            StorageNodeError::Drive { dir, source } if known => {
-                AttachError::KnownEmbeddedMissing { index, dir, source }
+        .await;
+        let node = match started {
+            Ok(node) => node,
+            // Only opened (a rebuild) and allowed to go without drives that are missing: a
+            // drive that cannot be opened is left out, as an unreachable target is.
+            Err(StorageNodeError::Drive { dir, source })
+                if local == LocalDrives::OpenOnly && if_unreachable == IfUnreachable::LeaveOut =>
+            {
+                let target = format!("embedded drive {index} ({})", dir.display());
+                tracing::warn!(%target, "it cannot be opened ({source}); leaving it out");
+                attached.left_out.push(target);
+                attached.left_out_drives.push(drive_name(&nqn));
+                continue;
             }
-            source => AttachError::Embedded { index, source },
-        })?;
+            Err(StorageNodeError::Drive { dir, source }) if known => {
+                return Err(AttachError::KnownEmbeddedMissing { index, dir, source });
+            }
+            Err(source) => return Err(AttachError::Embedded { index, source }),
+        };
         // Drives the index knows were opened as they are: one made with another geometry than
         // the configuration now gives is named, not taken silently (new drives would get the
         // new one).
@@ -334,6 +350,7 @@ pub async fn attach_configured(
             config.embedded.direct_writes,
             registered,
             local,
+            if_unreachable,
             &config.fabric,
         )
         .await
@@ -650,6 +667,7 @@ mod tests {
             false,
             &HashSet::new(),
             LocalDrives::OpenOrCreate,
+            IfUnreachable::Fail,
             section,
         )
         .await
