@@ -288,6 +288,18 @@ async fn admin_connected(stream: &mut TcpStream, sqsize: u16) {
 /// A Fabrics Connect of queue `qid` (of controller `cntlid`, or a new one for the admin
 /// queue) with `sqsize` + 1 entries and keep-alive `kato_ms`, from `host`.
 fn connect_capsule(qid: u16, cntlid: u16, sqsize: u16, kato_ms: u32, host: &str) -> Pdu {
+    connect_capsule_to(NQN, qid, cntlid, sqsize, kato_ms, host)
+}
+
+/// [`connect_capsule`] to subsystem `subnqn`.
+fn connect_capsule_to(
+    subnqn: &str,
+    qid: u16,
+    cntlid: u16,
+    sqsize: u16,
+    kato_ms: u32,
+    host: &str,
+) -> Pdu {
     let (sqe, data) = Connect {
         recfmt: 0,
         qid,
@@ -296,7 +308,7 @@ fn connect_capsule(qid: u16, cntlid: u16, sqsize: u16, kato_ms: u32, host: &str)
         kato_ms,
         hostid: [2; 16],
         cntlid,
-        subnqn: NQN.into(),
+        subnqn: subnqn.into(),
         hostnqn: host.into(),
     }
     .encode(1);
@@ -1044,25 +1056,16 @@ async fn a_discovery_controller_holds_one_event_request() {
     let (_d, _t, handle) = start(TargetConfig::default()).await;
     let mut admin = initialized(handle.local_addr()).await;
     let mut buf = BytesMut::new();
-    let (sqe, data) = Connect {
-        recfmt: 0,
-        qid: 0,
-        sqsize: 31,
-        cattr: 0,
-        kato_ms: 0,
-        hostid: [2; 16],
-        cntlid: CNTLID_DYNAMIC,
-        subnqn: fabric::spec::DISCOVERY_NQN.into(),
-        hostnqn: "nqn.2026-01.io.zonestore:curious".into(),
-    }
-    .encode(1);
     send(
         &mut admin,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe,
-            data: Bytes::from(data),
-            data_digest_error: false,
-        }),
+        connect_capsule_to(
+            fabric::spec::DISCOVERY_NQN,
+            0,
+            CNTLID_DYNAMIC,
+            31,
+            0,
+            "nqn.2026-01.io.zonestore:curious",
+        ),
     )
     .await;
     send(&mut admin, enable_capsule()).await;
