@@ -92,14 +92,18 @@ impl Pending {
     }
 }
 
-/// Commands in flight by queue entry. A command ID is the entry (low 12 bits) and a generation
-/// the entry counts up on each use (high 4 bits), as the Linux host does: an answer that comes
-/// late or twice names a generation that is not in flight, and is refused rather than taken for
-/// the entry's next command. Free entries are reused oldest first.
+/// Commands in flight by queue entry. A command ID is the entry (its low bits, as many as the
+/// queue's depth needs: 12 at most) and a generation the entry counts up on each use (the high
+/// bits, 4 at least), as the Linux host does: an answer that comes late or twice names a
+/// generation that is not in flight, and is refused rather than taken for the entry's next
+/// command. A shallow queue reuses each entry often, so the generation gets the bits the entry
+/// does not need. Free entries are reused oldest first.
 struct Slots {
     pending: Vec<Option<Pending>>,
     generation: Vec<u16>,
     free: std::collections::VecDeque<u16>,
+    /// Bits of a command ID that name the entry.
+    entry_bits: u32,
 }
 
 /// Queue entries a queue may have: command IDs keep 12 bits for the entry.
@@ -108,26 +112,34 @@ const ENTRY_BITS: u16 = 12;
 
 impl Slots {
     fn new(depth: usize) -> Self {
+        let depth = depth.clamp(1, usize::from(MAX_DEPTH));
         Slots {
             pending: (0..depth).map(|_| None).collect(),
             generation: vec![0; depth],
             free: (0..depth as u16).collect(),
+            entry_bits: depth.next_power_of_two().trailing_zeros(),
         }
+    }
+
+    /// The entry command ID `cid` names.
+    fn entry_of(&self, cid: u16) -> u16 {
+        (u32::from(cid) & ((1u32 << self.entry_bits) - 1)) as u16
     }
 
     /// Takes a free entry for `pending`; returns the command ID.
     fn insert(&mut self, pending: Pending) -> Option<u16> {
         let entry = self.free.pop_front()?;
         let generation = &mut self.generation[usize::from(entry)];
-        *generation = (*generation + 1) & ((1 << (16 - ENTRY_BITS)) - 1);
-        let cid = (*generation << ENTRY_BITS) | entry;
+        let generations = 1u32 << (16 - self.entry_bits);
+        *generation = ((u32::from(*generation) + 1) % generations) as u16;
+        let cid = ((u32::from(*generation) << self.entry_bits) | u32::from(entry)) as u16;
         self.pending[usize::from(entry)] = Some(Pending { cid, ..pending });
         Some(cid)
     }
 
     /// The command in flight with ID `cid`.
     fn get_mut(&mut self, cid: u16) -> Option<&mut Pending> {
-        let entry = usize::from(cid & (MAX_DEPTH - 1));
+        let entry = usize::from(self.entry_of(cid));
         self.pending
             .get_mut(entry)?
             .as_mut()
@@ -137,7 +149,7 @@ impl Slots {
     /// Ends the command with ID `cid`, freeing its entry.
     fn remove(&mut self, cid: u16) -> Option<Pending> {
         self.get_mut(cid)?;
-        let entry = cid & (MAX_DEPTH - 1);
+        let entry = self.entry_of(cid);
         let pending = self.pending[usize::from(entry)].take()?;
         self.free.push_back(entry);
         Some(pending)
@@ -1102,6 +1114,45 @@ mod tests {
         match write(&queue, 2 * HALF as usize).await {
             Err(HostError::Disconnected(reason)) => assert!(reason.contains("MAXR2T"), "{reason}"),
             other => panic!("expected the queue to fail, got {other:?}"),
+        }
+    }
+
+    /// A command ID comes back to an entry only after every generation the ID's other bits
+    /// can count: a shallow queue (one entry, after the fallback to SQ flow control with
+    /// MAXCMD 2) gets thousands, not the 16 of a queue 4096 deep, so an answer that comes late
+    /// is not taken for a later command's.
+    #[test]
+    fn a_shallow_queue_reuses_a_command_id_only_after_many_commands() {
+        let pending = || {
+            let (done, _) = oneshot::channel();
+            Pending {
+                cid: 0,
+                done,
+                _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+                expected_in: 0,
+                deadline: Instant::now(),
+                sent: Instant::now(),
+                data_out: Bytes::new(),
+                in_capsule: false,
+                solicited: 0,
+                answering: false,
+                whole_in: None,
+                data_in: BytesMut::new(),
+                received: 0,
+                damaged: false,
+            }
+        };
+        for (depth, distinct) in [(1usize, 1usize << 16), (32, 1 << 11), (4096, 16)] {
+            let mut slots = Slots::new(depth);
+            let mut last_use = std::collections::HashMap::new();
+            for n in 0..(3 * distinct).min(200_000) {
+                let cid = slots.insert(pending()).unwrap();
+                if let Some(before) = last_use.insert(cid, n) {
+                    // Every entry is used in turn: an ID comes back after `distinct` rounds.
+                    assert_eq!(n - before, distinct * depth, "depth {depth}: {cid:#x}");
+                }
+                assert!(slots.remove(cid).is_some());
+            }
         }
     }
 
