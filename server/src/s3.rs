@@ -37,6 +37,7 @@ pub fn to_s3(e: EngineError) -> S3Error {
         EngineError::InvalidPart(detail) => S3Error::invalid_part(&detail),
         EngineError::InvalidPartOrder => S3Error::invalid_part_order(),
         EngineError::EntityTooSmall { part, size } => S3Error::entity_too_small(part, size),
+        EngineError::EntityTooLarge { size, max } => S3Error::entity_too_large(size, max),
         EngineError::PreconditionFailed(condition) => S3Error::precondition_failed(condition),
         EngineError::NoSpace(detail) => S3Error::insufficient_storage(&detail),
         // The index's disk is full: as out of space as full drives are.

@@ -40,6 +40,14 @@ pub enum EngineError {
     /// Parts were not listed in ascending order.
     #[error("parts must be listed in ascending order")]
     InvalidPartOrder,
+    /// The parts of a completion add up to more than an object may hold (5 TiB).
+    #[error("the parts add up to {size} bytes; an object holds at most {max}")]
+    EntityTooLarge {
+        /// Their total size.
+        size: u64,
+        /// The largest object.
+        max: u64,
+    },
     /// A part other than the last is smaller than 5 MiB.
     #[error("part {part} is {size} bytes; every part but the last must be at least 5 MiB")]
     EntityTooSmall {

@@ -69,6 +69,10 @@ use writer::{Appended, Purpose};
 /// Smallest size of a multipart part other than the last.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 
+/// Largest object, as S3 has it: a completion whose parts add up to more is refused (deleting
+/// an object costs the committer memory in proportion to its extents).
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+
 /// How the engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -995,9 +999,16 @@ impl Engine {
             })?);
             used.push(part.clone());
         }
+        let size = used.iter().map(|p| p.size).sum();
+        if size > MAX_OBJECT_SIZE {
+            return Err(EngineError::EntityTooLarge {
+                size,
+                max: MAX_OBJECT_SIZE,
+            });
+        }
         let mut meta = upload.template.clone();
         meta.seq = self.inner.seq.next()?;
-        meta.size = used.iter().map(|p| p.size).sum();
+        meta.size = size;
         meta.etag = format!("{}-{}", hex_encode(&Md5::digest(&md5s)), used.len());
         meta.streams = used
             .iter()
