@@ -1145,9 +1145,12 @@ impl EngineInner {
     /// same drive if it takes writes, else on another. Whether it did: not when the index no
     /// longer names the bad copy (moved, overwritten, deleted since), with nothing to make.
     pub(super) async fn rewrite_copy(&self, entry: &Located, bad: Location) -> EngineResult<bool> {
-        if !located::current_copies(&self.index, &entry.what)?
-            .is_some_and(|copies| copies.contains(&bad))
-        {
+        // The record's copies as the index has them now, while it still names the bad one.
+        let named_now = || -> EngineResult<Option<Vec<Location>>> {
+            Ok(located::current_copies(&self.index, &entry.what)?
+                .filter(|copies| copies.contains(&bad)))
+        };
+        if named_now()?.is_none() {
             return Ok(false);
         }
         let mut source = None;
@@ -1158,13 +1161,10 @@ impl EngineInner {
             }
         }
         let source = source.ok_or_else(|| EngineError::Corrupt("no good copy left".into()))?;
-        // The copies as they are now: the batch that found the bad one may be minutes old,
-        // and a copy made since on another drive must not be the new copy's target (the edit
-        // would be refused, the bad copy left named).
-        let Some(copies) = located::current_copies(&self.index, &entry.what)?
-            .filter(|copies| copies.contains(&bad))
-        else {
-            // No longer named (moved, overwritten, deleted): nothing to make again.
+        // Again after the read: the batch that found the bad copy may be minutes old, and a
+        // copy made since on another drive must not be the new copy's target (the edit would
+        // be refused, the bad copy left named). No longer named: nothing to make again.
+        let Some(copies) = named_now()? else {
             return Ok(false);
         };
         let holding: HashSet<DriveId> = copies
