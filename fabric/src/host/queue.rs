@@ -1117,36 +1117,38 @@ mod tests {
         }
     }
 
+    /// A command in flight that reads `expected_in` bytes (its caller not waiting).
+    fn pending(expected_in: usize) -> Pending {
+        let (done, _) = oneshot::channel();
+        Pending {
+            cid: 1,
+            done,
+            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            expected_in,
+            deadline: Instant::now(),
+            sent: Instant::now(),
+            data_out: Bytes::new(),
+            in_capsule: false,
+            solicited: 0,
+            answering: false,
+            whole_in: None,
+            data_in: BytesMut::new(),
+            received: 0,
+            damaged: false,
+        }
+    }
+
     /// A command ID comes back to an entry only after every generation the ID's other bits
     /// can count: a shallow queue (one entry, after the fallback to SQ flow control with
     /// MAXCMD 2) gets thousands, not the 16 of a queue 4096 deep, so an answer that comes late
     /// is not taken for a later command's.
     #[test]
     fn a_shallow_queue_reuses_a_command_id_only_after_many_commands() {
-        let pending = || {
-            let (done, _) = oneshot::channel();
-            Pending {
-                cid: 0,
-                done,
-                _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
-                expected_in: 0,
-                deadline: Instant::now(),
-                sent: Instant::now(),
-                data_out: Bytes::new(),
-                in_capsule: false,
-                solicited: 0,
-                answering: false,
-                whole_in: None,
-                data_in: BytesMut::new(),
-                received: 0,
-                damaged: false,
-            }
-        };
         for (depth, distinct) in [(1usize, 1usize << 16), (32, 1 << 11), (4096, 16)] {
             let mut slots = Slots::new(depth);
             let mut last_use = std::collections::HashMap::new();
             for n in 0..(3 * distinct).min(200_000) {
-                let cid = slots.insert(pending()).unwrap();
+                let cid = slots.insert(pending(0)).unwrap();
                 if let Some(before) = last_use.insert(cid, n) {
                     // Every entry is used in turn: an ID comes back after `distinct` rounds.
                     assert_eq!(n - before, distinct * depth, "depth {depth}: {cid:#x}");
@@ -1160,25 +1162,6 @@ mod tests {
     /// payloads (slices of a receive buffer other PDUs share) are copied together.
     #[test]
     fn small_read_payloads_are_copied_and_a_whole_large_one_is_kept() {
-        let pending = |expected_in: usize| {
-            let (done, _) = oneshot::channel();
-            Pending {
-                cid: 1,
-                done,
-                _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
-                expected_in,
-                deadline: Instant::now(),
-                sent: Instant::now(),
-                data_out: Bytes::new(),
-                in_capsule: false,
-                solicited: 0,
-                answering: false,
-                whole_in: None,
-                data_in: BytesMut::new(),
-                received: 0,
-                damaged: false,
-            }
-        };
         let shared = Bytes::from(vec![9u8; 4 * crate::transport::LARGE_PDU]);
         let mut small = pending(4096);
         small.add_data(&shared.slice(0..1000));
