@@ -68,6 +68,35 @@ struct Pending {
 }
 
 impl Pending {
+    /// A command about to be sent (its command ID given when it takes a queue entry): it
+    /// reads `expected_in` bytes or writes `data_out` (in its capsule or as R2Ts ask), and
+    /// counts as lost at `deadline`; nothing has come back yet.
+    fn new(
+        done: oneshot::Sender<Result<Completion, HostError>>,
+        permit: OwnedSemaphorePermit,
+        expected_in: usize,
+        deadline: Instant,
+        data_out: Bytes,
+        in_capsule: bool,
+    ) -> Self {
+        Pending {
+            cid: 0,
+            done,
+            _permit: permit,
+            expected_in,
+            deadline,
+            sent: Instant::now(),
+            data_out,
+            in_capsule,
+            solicited: 0,
+            answering: false,
+            whole_in: None,
+            data_in: BytesMut::new(),
+            received: 0,
+            damaged: false,
+        }
+    }
+
     /// Takes the payload of a C2HData PDU (checked to be the next bytes, within the command's).
     fn add_data(&mut self, data: &Bytes) {
         if self.received == 0
@@ -374,26 +403,19 @@ impl HostQueue {
             if let Some(reason) = self.failed.borrow().clone() {
                 return Err(HostError::NotSent(reason));
             }
-            let inserted = slots.insert(Pending {
-                cid: 0,
-                done: done_tx,
-                _permit: permit,
-                expected_in: if data_out.is_empty() {
-                    expected as usize
-                } else {
-                    0
-                },
-                deadline: Instant::now() + timeout,
-                sent: Instant::now(),
-                data_out: data_out.clone(),
+            let expected_in = if data_out.is_empty() {
+                expected as usize
+            } else {
+                0
+            };
+            let inserted = slots.insert(Pending::new(
+                done_tx,
+                permit,
+                expected_in,
+                Instant::now() + timeout,
+                data_out.clone(),
                 in_capsule,
-                solicited: 0,
-                answering: false,
-                whole_in: None,
-                data_in: BytesMut::new(),
-                received: 0,
-                damaged: false,
-            });
+            ));
             let Some(cid) = inserted else {
                 return Err(HostError::Disconnected(
                     "no free command ID for a free queue entry".into(),
@@ -1120,22 +1142,15 @@ mod tests {
     /// A command in flight that reads `expected_in` bytes (its caller not waiting).
     fn pending(expected_in: usize) -> Pending {
         let (done, _) = oneshot::channel();
-        Pending {
-            cid: 1,
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Pending::new(
             done,
-            _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            permit,
             expected_in,
-            deadline: Instant::now(),
-            sent: Instant::now(),
-            data_out: Bytes::new(),
-            in_capsule: false,
-            solicited: 0,
-            answering: false,
-            whole_in: None,
-            data_in: BytesMut::new(),
-            received: 0,
-            damaged: false,
-        }
+            Instant::now(),
+            Bytes::new(),
+            false,
+        )
     }
 
     /// A command ID comes back to an entry only after every generation the ID's other bits
