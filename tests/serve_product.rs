@@ -257,6 +257,45 @@ fn bad_configuration_is_named() {
         "b",
     ]);
     assert!(err.contains("replication_factor"), "{err}");
+    // A bad user in the file is named by its place in the file, also when the command line
+    // adds a user of its own; a bad user on the command line is named by its flags.
+    let with_users = dir.path().join("users.toml");
+    std::fs::write(
+        &with_users,
+        "[[users]]\naccess_key = \"a\"\nsecret_key = \"b\"\n[[users]]\naccess_key = \"team/x\"\nsecret_key = \"c\"\n",
+    )
+    .unwrap();
+    let with_users = with_users.to_str().unwrap();
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        data,
+        "--config",
+        with_users,
+        "--access-key",
+        "z",
+        "--secret-key",
+        "y",
+    ]);
+    assert!(
+        err.contains("users[1]") && !err.contains("--access-key"),
+        "{err}"
+    );
+    let err = zonestore_fails(&[
+        "serve",
+        "--data",
+        data,
+        "--config",
+        with_users,
+        "--access-key",
+        "team/x",
+        "--secret-key",
+        "y",
+    ]);
+    assert!(
+        err.contains("users[1]") && err.contains("--access-key"),
+        "{err}"
+    );
     let err = zonestore_fails(&["target", "--data", data, "--zone-size", "3M"]);
     assert!(err.contains("power of two"), "{err}");
     // What cannot be exported is refused before a drive is made of it: the retry with the

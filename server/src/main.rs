@@ -255,15 +255,23 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     match (&args.access_key, &args.secret_key) {
         (Some(a), Some(s)) => {
-            config.users.retain(|u| u.access_key != *a);
-            config.users.insert(
-                0,
-                User {
-                    access_key: a.clone(),
-                    secret_key: s.clone(),
-                },
-            );
-            config.set_by_flag("users[0]", "--access-key, --secret-key");
+            // The flags' user takes the place of a file's user with the same key, or comes
+            // after the file's users: a problem with a file's user names its place in the file.
+            let user = User {
+                access_key: a.clone(),
+                secret_key: s.clone(),
+            };
+            let place = match config.users.iter().position(|u| u.access_key == *a) {
+                Some(i) => {
+                    config.users[i] = user;
+                    i
+                }
+                None => {
+                    config.users.push(user);
+                    config.users.len() - 1
+                }
+            };
+            config.set_by_flag(&format!("users[{place}]"), "--access-key, --secret-key");
         }
         (None, None) => {}
         _ => bail!(
@@ -303,7 +311,12 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let endpoint = server.endpoint();
-    let user = &server.users[0];
+    // The credentials printed are the command line's when it gave some.
+    let user = args
+        .access_key
+        .as_ref()
+        .and_then(|a| server.users.iter().find(|u| u.access_key == *a))
+        .unwrap_or(&server.users[0]);
     say!("Zonestore is serving S3.");
     say!("endpoint: {endpoint}");
     say!(
