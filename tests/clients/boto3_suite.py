@@ -423,7 +423,7 @@ def check_delete_objects():
     # naming an algorithm (x-amz-sdk-checksum-algorithm) without one is not enough.
     doc = b"<Delete><Object><Key>k9</Key></Object></Delete>"
     md5 = base64.b64encode(hashlib.md5(doc).digest()).decode()
-    for extra in [{}, {"x-amz-sdk-checksum-algorithm": "CRC32"}]:
+    for extra in [{}, {"x-amz-sdk-checksum-algorithm": "CRC32"}, {"x-amz-trailer": ","}]:
         status, body = sigv4_request("POST", f"{ENDPOINT}/{b}?delete=", doc, extra=extra)
         assert status == 400 and b"InvalidRequest" in body, (extra, status, body)
     assert s3.get_object(Bucket=b, Key="k9")["Body"].read() == b"x", "a refused DeleteObjects deletes nothing"

@@ -474,15 +474,16 @@ const DELETES_AT_ONCE: usize = 32;
 pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let bucket = ctx.bucket().to_string();
     let checked = svc.owned_bucket(ctx, &bucket)?;
-    // A digest the body is checked against: Content-MD5, a checksum header, or a checksum
-    // trailer (the body reader refuses a trailer that names no checksum). The SDK's
+    // A digest the body is checked against: Content-MD5, a checksum header, or a trailer
+    // naming a checksum (an x-amz-trailer of no names brings none). The SDK's
     // x-amz-sdk-checksum-algorithm alone only names an algorithm and carries no value.
+    let is_checksum = |name: &str| crate::checksum::Algorithm::from_header(name).is_some();
     let has_digest = ctx.header("content-md5").is_some()
-        || ctx
-            .headers
-            .keys()
-            .any(|k| crate::checksum::Algorithm::from_header(k.as_str()).is_some())
-        || ctx.header("x-amz-trailer").is_some();
+        || ctx.headers.keys().any(|k| is_checksum(k.as_str()))
+        || ctx.header("x-amz-trailer").is_some_and(|v| {
+            v.split(',')
+                .any(|t| is_checksum(&t.trim().to_ascii_lowercase()))
+        });
     if !has_digest {
         return Err(S3Error::invalid_request(
             "Missing required header for this request: Content-MD5",
