@@ -832,7 +832,8 @@ async fn apply_groups(
         }
         // How far zones are settled, as of the groups before this one (this one's records
         // are settled once its batch is durable: the next group records them).
-        for (zone, prefix) in placement.settled_reports() {
+        let settled_reports = placement.settled_reports();
+        for &(zone, prefix) in &settled_reports {
             txn.record_settled(zone, prefix);
         }
         // Revocations the index did not take earlier, taken after the settled prefixes: a
@@ -868,6 +869,8 @@ async fn apply_groups(
             }
             Err(failure) => {
                 tracing::error!("index write failed: {failure}");
+                // The settled prefixes were not recorded: the next write records them.
+                placement.unreport(&settled_reports);
                 // Every write of the group failed: their records are revoked, with those
                 // carried, if the index takes even that; if not, the next index write carries
                 // them all (the requests, and so their holds, go only after that is arranged).

@@ -742,6 +742,20 @@ impl Placement {
         out
     }
 
+    /// Takes back `reports` from [`Placement::settled_reports`] that the index did not record
+    /// (its write failed): they are reported again when next asked.
+    pub fn unreport(&self, reports: &[(ZoneId, u64)]) {
+        let mut drives = self.drives.lock();
+        for &(zone, prefix) in reports {
+            if let Some(space) = drives.get_mut(usize::from(zone.drive))
+                && let Some(z) = space.zones.get_mut(zone.zone as usize)
+            {
+                z.settled.unreport(prefix);
+                space.settling.insert(zone.zone);
+            }
+        }
+    }
+
     /// Every record in the first `blocks` blocks of `zone` is settled (replayed at start).
     pub fn settle_through(&self, zone: ZoneId, blocks: u64) {
         let mut drives = self.drives.lock();
@@ -931,6 +945,26 @@ mod tests {
         ])];
         let (p, _) = Placement::new(&drives, snaps);
         (dir, drives, p)
+    }
+
+    /// A settled prefix whose index write failed is reported again by the next group: the
+    /// zone's replay at start does not stay longer than it must.
+    #[test]
+    fn a_settled_prefix_taken_back_is_reported_again() {
+        let (_d, _drives, p) = setup(8);
+        let (slots, _) = p.reserve(Class::User, 3, 1, 1, |_| true).unwrap();
+        p.complete(&slots[0], true);
+        let zone = ZoneId {
+            drive: slots[0].drive,
+            zone: slots[0].zone,
+        };
+        p.hold(zone);
+        p.release_settled(zone, 0, 3);
+        let reports = p.settled_reports();
+        assert_eq!(reports, vec![(zone, 3)]);
+        assert_eq!(p.settled_reports(), vec![], "reported once");
+        p.unreport(&reports);
+        assert_eq!(p.settled_reports(), vec![(zone, 3)]);
     }
 
     #[test]

@@ -83,6 +83,14 @@ impl Settled {
         self.reported = Some(self.prefix);
         Some(self.prefix)
     }
+
+    /// Takes back a report of `prefix` that was not recorded (its index write failed): the
+    /// prefix is reported again when next asked.
+    pub fn unreport(&mut self, prefix: u64) {
+        if self.reported == Some(prefix) {
+            self.reported = None;
+        }
+    }
 }
 
 /// Encodes a zone's settled prefix for the index, with the zone's reset generation (a prefix
