@@ -236,6 +236,12 @@ def check_listing():
     # An empty continuation token (a paging loop that starts with one) is no token.
     empty = s3.list_objects_v2(Bucket=b, ContinuationToken="", StartAfter="data/19/01990.bin", MaxKeys=5)
     assert [o["Key"] for o in empty["Contents"]] == [o["Key"] for o in after["Contents"]], empty
+    # A token is the server's: one it did not give (or gave for another bucket) is refused.
+    token = s3.list_objects_v2(Bucket=b, MaxKeys=1)["NextContinuationToken"]
+    assert s3.list_objects_v2(Bucket=b, MaxKeys=1, ContinuationToken=token)["KeyCount"] == 1
+    other = bucket("list-other")
+    for forged, where in [("YQ", b), (base64.urlsafe_b64encode(b"data/").decode().rstrip("="), b), (token, other)]:
+        expect_error("InvalidArgument", 400, s3.list_objects_v2, Bucket=where, ContinuationToken=forged)
     owner = s3.list_objects_v2(Bucket=b, MaxKeys=1, FetchOwner=True)
     assert owner["Contents"][0].get("Owner", {}).get("ID"), owner["Contents"][0]
     s3.put_object(Bucket=b, Key="odd key/\u00e9+&", Body=b"x")

@@ -1,8 +1,6 @@
 //! Bucket operations: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, GetBucketLocation,
 //! GetBucketVersioning.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::StatusCode;
 
 use crate::error::S3Error;
@@ -32,16 +30,7 @@ pub async fn list_buckets(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     };
     let after = match ctx.q("continuation-token") {
         None => None,
-        Some(token) => Some(
-            URL_SAFE_NO_PAD
-                .decode(token)
-                .ok()
-                .and_then(|name| String::from_utf8(name).ok())
-                .filter(|name| !name.is_empty())
-                .ok_or_else(|| {
-                    S3Error::invalid_argument("The continuation token provided is incorrect")
-                })?,
-        ),
+        Some(token) => Some(super::continuation::redeem(ctx.user(), token)?),
     };
     let prefix = ctx.q("prefix").unwrap_or_default();
     let region_matches = ctx
@@ -69,7 +58,10 @@ pub async fn list_buckets(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     w.end();
     super::owner(&mut w, ctx.user());
     if truncated && let Some(last) = buckets.last() {
-        w.element("ContinuationToken", &URL_SAFE_NO_PAD.encode(&last.name));
+        w.element(
+            "ContinuationToken",
+            &super::continuation::issue(ctx.user(), &last.name),
+        );
     }
     if ctx.has("prefix") {
         w.element("Prefix", prefix);

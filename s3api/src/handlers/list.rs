@@ -1,10 +1,9 @@
 //! Listings: ListObjects (v1), ListObjectsV2 and ListObjectVersions (every object is its only
 //! version, `null`), with prefixes, delimiters, paging and `encoding-type=url`.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::continuation;
 use crate::error::S3Error;
 use crate::service::{Ctx, Reply, S3Service, xml};
 use crate::store::ListPage;
@@ -148,10 +147,7 @@ pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     let start_after = match token.as_deref() {
         // An empty token (a client's paging loop that starts with one) is no token.
         Some("") | None => ctx.q("start-after").unwrap_or("").to_string(),
-        Some(t) => String::from_utf8(URL_SAFE_NO_PAD.decode(t).map_err(|_| {
-            S3Error::invalid_argument("The continuation token provided is incorrect")
-        })?)
-        .map_err(|_| S3Error::invalid_argument("The continuation token provided is incorrect"))?,
+        Some(t) => continuation::redeem(ctx.bucket(), t)?,
     };
     let page = page(svc, ctx, &p, &start_after).await?;
     let mut w = XmlWriter::new("ListBucketResult");
@@ -163,7 +159,10 @@ pub async fn list_v2(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     if page.truncated
         && let Some(last) = &page.last
     {
-        w.element("NextContinuationToken", &URL_SAFE_NO_PAD.encode(last));
+        w.element(
+            "NextContinuationToken",
+            &continuation::issue(ctx.bucket(), last),
+        );
     }
     w.element(
         "KeyCount",

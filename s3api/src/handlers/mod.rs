@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod bucket;
+pub mod continuation;
 pub mod list;
 pub mod long_copy;
 pub mod multipart;
