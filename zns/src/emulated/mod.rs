@@ -205,11 +205,23 @@ impl EmulatedZns {
             .validate()
             .map_err(|e| ZoneError::InvalidField(e.to_string()))?;
         // The drive holds users' data: its directory and files are its owner's only.
+        let made: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| ZoneError::io(format!("creating {}", dir.display()), e))?;
+        // Each directory made is durable in its parent, so the drive outlives a power loss.
+        for made in made {
+            if let Some(parent) = made.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                sync_dir(parent)?;
+            }
+        }
         let meta_path = dir.join(META_FILE);
         let building = dir.join(format!("{META_FILE}.new"));
         let meta = OpenOptions::new()
@@ -1144,11 +1156,15 @@ impl EmulatedZns {
                 .iter()
                 .map(|&i| self.byte_offset(geometry.zone_start(i)))
                 .collect();
-            // Space reclamation only: reads above the write pointer are zeros regardless.
+            // Reads above the write pointer are zeros regardless, but one racing a write
+            // granted there later could read the old records: where the file system cannot
+            // deallocate, the zone is zeroed (writes into it wait for this).
             blocking(move || {
                 for start in starts {
-                    if let Err(e) = punch_hole(&file, start, zone_bytes) {
-                        tracing::warn!("could not deallocate a reset zone: {e}");
+                    if let Err(e) = punch_hole(&file, start, zone_bytes)
+                        .or_else(|_| write_zeros(&file, start, zone_bytes))
+                    {
+                        tracing::warn!("could not deallocate or zero a reset zone: {e}");
                     }
                 }
                 Ok(())
