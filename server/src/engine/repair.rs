@@ -523,6 +523,11 @@ impl EngineInner {
             left,
             ..
         } = progress;
+        if self.repair.closed.load(Ordering::SeqCst) {
+            // Cut short by the shutdown: its counts are of part of the index, and it drained
+            // nothing it did not reach.
+            return Ok(scanning);
+        }
         tally.add(&left);
         let mut s = self.repair.status.lock();
         s.under_replicated_bytes = tally.under_bytes;
@@ -645,11 +650,16 @@ impl EngineInner {
                     // Planned on the drives' states as the pass began, which may be hours
                     // old: a drive down since must not leave the record short of R copies
                     // that can be read.
+                    let grace = self.repair.config.lock().grace;
                     let up_now = entry
                         .copies
                         .iter()
                         .filter(|l| **l != copy)
-                        .filter(|l| self.drives.of(l).is_some_and(|d| d.is_writable()))
+                        .filter(|l| {
+                            self.drives
+                                .of(l)
+                                .is_some_and(|d| d.is_writable() && d.down_for() <= grace)
+                        })
                         .count()
                         + new_copies.len();
                     // Undrained since: the copy stays.
@@ -1340,9 +1350,11 @@ fn view_of(views: &[DriveView], l: &Location) -> Option<DriveView> {
     views.get(usize::from(l.drive)).copied()
 }
 
-/// Whether `l` is a copy that counts: on a drive that is up and not draining.
+/// Whether `l` is a copy that counts: on a drive that is up, not draining, and not lost (one
+/// back from an outage longer than the grace has its copies made again elsewhere: counting
+/// them too would let a drain drop a copy for one being replaced).
 fn healthy_in(views: &[DriveView], l: &Location) -> bool {
-    view_of(views, l).is_some_and(|v| v.up && !v.draining)
+    view_of(views, l).is_some_and(|v| v.up && !v.draining && !v.lost)
 }
 
 /// Whether `l` is on a draining drive.
@@ -1623,6 +1635,25 @@ mod tests {
         assert_eq!(
             plan_with(&[UP, UP, DRAINING, UP], &[0, 1, 2, 3], 3),
             ["drop 2"]
+        );
+    }
+
+    /// A drive back from an outage past the grace (up, yet lost) has its copies replaced: a
+    /// drain does not drop a good copy on the strength of one.
+    #[test]
+    fn a_copy_on_a_drive_back_from_a_long_outage_does_not_let_a_drain_drop_one() {
+        const BACK_BUT_LOST: DriveView = DriveView {
+            up: true,
+            draining: false,
+            lost: true,
+        };
+        assert_eq!(
+            plan_with(&[UP, UP, BACK_BUT_LOST, DRAINING, UP], &[0, 1, 2, 3], 3),
+            ["move 3"]
+        );
+        assert_eq!(
+            plan_with(&[UP, UP, BACK_BUT_LOST, UP], &[0, 1, 2], 3),
+            ["move 2"]
         );
     }
 
