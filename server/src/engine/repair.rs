@@ -1006,7 +1006,9 @@ impl EngineInner {
 
     async fn scrub_all(&self, from: located::Cursor) -> EngineResult<()> {
         let rate = self.repair.config.lock().scrub_rate_bytes_per_sec;
-        let started = Instant::now();
+        // Reads are paced from here, moved on so that a scrub that fell behind its rate (drives
+        // busy) does not bank credit to read unpaced later.
+        let mut paced_from = Instant::now();
         let mut read = 0u64;
         let healthy = |l: &Location| self.drives.of(l).is_some_and(|d| d.is_up());
         // `cursor`: where the next batch is read from; `checked_to`: everything before it is
@@ -1033,7 +1035,14 @@ impl EngineInner {
                 break;
             }
             let result = self
-                .scrub_entries(entries, rate, started, &mut read, &healthy, &mut checked_to)
+                .scrub_entries(
+                    entries,
+                    rate,
+                    &mut paced_from,
+                    &mut read,
+                    &healthy,
+                    &mut checked_to,
+                )
                 .await;
             if result.is_err() || closed() || kept_at.elapsed() >= SCRUB_CURSOR_SAVE_EVERY {
                 self.keep_scrub_cursor(&checked_to).await;
@@ -1070,7 +1079,7 @@ impl EngineInner {
         &self,
         entries: Vec<(Located, located::Cursor)>,
         rate: u64,
-        started: Instant,
+        paced_from: &mut Instant,
         read: &mut u64,
         healthy: &impl Fn(&Location) -> bool,
         checked_to: &mut located::Cursor,
@@ -1134,8 +1143,9 @@ impl EngineInner {
                     }
                 }
             }
+            *paced_from = capped_credit(*paced_from, *read, rate, Instant::now());
             pace_until(
-                started,
+                *paced_from,
                 *read,
                 rate,
                 &self.repair.scrub_wake,
