@@ -926,7 +926,12 @@ async fn in_capsule_writes_the_drive_has_not_taken_hold_only_the_write_budget() 
 #[tokio::test]
 async fn a_discovery_controller_without_keep_alive_gets_two_minutes() {
     let (_dir, _target, handle) = start(TargetConfig::default()).await;
-    for (subnqn, want) in [(fabric::spec::DISCOVERY_NQN, 120_000), (NQN, 0)] {
+    // A KATO that is no whole number of seconds is rounded up to KAS's granularity (1 s).
+    for (subnqn, kato_ms, want) in [
+        (fabric::spec::DISCOVERY_NQN, 0, 120_000),
+        (NQN, 0, 0),
+        (NQN, 400, 1000),
+    ] {
         let mut admin = initialized(handle.local_addr()).await;
         let mut buf = BytesMut::new();
         let (sqe, data) = Connect {
@@ -934,7 +939,7 @@ async fn a_discovery_controller_without_keep_alive_gets_two_minutes() {
             qid: 0,
             sqsize: 31,
             cattr: 0,
-            kato_ms: 0,
+            kato_ms,
             hostid: [3; 16],
             cntlid: CNTLID_DYNAMIC,
             subnqn: subnqn.into(),
@@ -964,6 +969,33 @@ async fn a_discovery_controller_without_keep_alive_gets_two_minutes() {
             }
             other => panic!("expected Get Features' completion, got {other:?}"),
         }
+    }
+}
+
+/// Over fabrics MQES bounds the I/O queues only (as nvmet has it): a target configured for
+/// queues of 16 entries still takes the 32-entry admin queue every Linux host asks for, and
+/// refuses an I/O queue of 32.
+#[tokio::test]
+async fn mqes_bounds_io_queues_not_the_admin_queue() {
+    let (_dir, _target, handle) = start(TargetConfig {
+        max_queue_entries: 16,
+        ..TargetConfig::default()
+    })
+    .await;
+    let (_admin, _) = enabled_admin(handle.local_addr(), 31).await;
+    let mut io = initialized(handle.local_addr()).await;
+    let mut buf = BytesMut::new();
+    send(
+        &mut io,
+        connect_capsule(1, 1, 31, 0, "nqn.2026-01.io.zonestore:greedy"),
+    )
+    .await;
+    match next_pdu(&mut io, &mut buf).await {
+        Pdu::CapsuleResp(r) => assert!(
+            r.cqe.status().is(Status::CONNECT_INVALID_PARAMETERS),
+            "{r:?}"
+        ),
+        other => panic!("expected the Connect's completion, got {other:?}"),
     }
 }
 

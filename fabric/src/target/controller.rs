@@ -55,6 +55,12 @@ pub(crate) struct Controller {
     keep_alive_started: AtomicBool,
 }
 
+/// A keep-alive timeout rounded up to the granularity Identify advertises (KAS: one second),
+/// as the specification has the controller do: a host that asks for 400 ms is given 1 s.
+fn whole_seconds(kato_ms: u32) -> u32 {
+    kato_ms.div_ceil(1000).saturating_mul(1000)
+}
+
 impl Controller {
     pub(crate) fn new(
         cntlid: u16,
@@ -70,7 +76,7 @@ impl Controller {
             hostid,
             cc: AtomicU32::new(0),
             csts: AtomicU32::new(0),
-            kato_ms: AtomicU32::new(kato_ms),
+            kato_ms: AtomicU32::new(whole_seconds(kato_ms)),
             aec: AtomicU32::new(0),
             queues_granted: AtomicU32::new(u32::MAX),
             io_queues: Mutex::new(HashSet::new()),
@@ -93,7 +99,7 @@ impl Controller {
     }
 
     pub(crate) fn set_kato_ms(&self, ms: u32) {
-        self.kato_ms.store(ms, Ordering::Relaxed);
+        self.kato_ms.store(whole_seconds(ms), Ordering::Relaxed);
         self.touch();
     }
 
@@ -232,7 +238,7 @@ impl Controller {
         for aer in held {
             aer.answer(Status::INTERNAL_ERROR);
         }
-        self.subsystem.unregister(self.cntlid);
+        self.subsystem.unregister(self);
     }
 }
 
@@ -243,14 +249,29 @@ mod tests {
     #[test]
     fn a_torn_down_controller_is_not_ready() {
         let subsystem = Arc::new(Subsystem::discovery());
-        let controller = Arc::new(Controller::new(
+        let controller = subsystem
+            .register_new(|cntlid| {
+                Controller::new(
+                    cntlid,
+                    subsystem.clone(),
+                    "nqn.2026-01.io.zonestore:test".into(),
+                    [0; 16],
+                    0,
+                )
+            })
+            .unwrap();
+        assert_eq!(controller.cntlid, 1);
+        // Another controller of the same ID (one torn down late, say) does not take this
+        // one's registration with it.
+        let stale = Controller::new(
             1,
             subsystem.clone(),
-            "nqn.2026-01.io.zonestore:test".into(),
+            "nqn.2026-01.io.zonestore:stale".into(),
             [0; 16],
             0,
-        ));
-        subsystem.register(controller.clone());
+        );
+        stale.teardown();
+        assert!(subsystem.controller(1).is_some());
         controller.csts.store(property::CSTS_RDY, Ordering::SeqCst);
         assert!(controller.is_ready());
         controller.teardown();

@@ -165,6 +165,9 @@ impl Target {
         // is the least it can say.
         config.max_transfer = config.max_transfer.max(8192);
         config.max_h2c_data = config.max_h2c_data.max(config.max_transfer);
+        // An I/O queue's Connect carries 1024 bytes of data: with room for less in a capsule,
+        // a host would send them by R2T, which a queue with no controller yet cannot ask for.
+        config.in_capsule_data = config.in_capsule_data.max(1024);
         let mut subsystems = HashMap::new();
         subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(Subsystem::discovery()));
         Target {
@@ -387,6 +390,18 @@ mod tests {
         assert_eq!(
             crate::spec::identify::pages_log2(u64::from(target.inner.config.max_transfer)),
             1
+        );
+    }
+
+    #[test]
+    fn in_capsule_data_holds_at_least_a_connects_data() {
+        let target = Target::new(TargetConfig {
+            in_capsule_data: 0,
+            ..TargetConfig::default()
+        });
+        assert_eq!(
+            target.inner.config.in_capsule_data, 1024,
+            "a Connect's data"
         );
     }
 }

@@ -426,6 +426,10 @@ const TCP_KEEPALIVE_PROBES: u32 = 6;
 /// sets (NVMET_DISC_KATO_MS): a host that vanishes does not keep it for ever.
 const DISCOVERY_KATO_MS: u32 = 120_000;
 
+/// Most entries an admin queue may have (MQES bounds only I/O queues over fabrics): far above
+/// the 32 hosts ask for, while bounding what a queue's command slots take.
+const MAX_ADMIN_QUEUE_ENTRIES: u32 = 4096;
+
 /// Serves one TCP connection until the host closes it, the controller is torn down, the
 /// target stops, or the host sends something the transport cannot accept.
 pub(crate) async fn serve_connection(
@@ -1146,8 +1150,15 @@ impl Connection {
                     invalid_parameter(true, connect::offset::HOSTNQN),
                 ));
             }
+            // Over fabrics, MQES bounds the I/O queues only (as nvmet has it): the admin queue
+            // a host asks for (Linux: 32 entries) is taken whatever MQES is.
             let entries = u32::from(c.sqsize) + 1;
-            if c.sqsize == 0 || entries > u32::from(self.target.config.max_queue_entries) {
+            let most = if c.qid == 0 {
+                MAX_ADMIN_QUEUE_ENTRIES
+            } else {
+                u32::from(self.target.config.max_queue_entries)
+            };
+            if c.sqsize == 0 || entries > most {
                 return Err(invalid(false, connect::offset::SQSIZE));
             }
             if c.cattr & connect::CATTR_DISABLE_SQFLOW != 0
@@ -1159,22 +1170,21 @@ impl Connection {
                 if c.cntlid != CNTLID_DYNAMIC {
                     return Err(invalid(true, connect::offset::CNTLID));
                 }
-                let Some(cntlid) = subsystem.allocate_cntlid() else {
-                    return Err((Status::CONNECT_CONTROLLER_BUSY, 0));
+                let kato_ms = if c.kato_ms == 0 && subsystem.is_discovery() {
+                    DISCOVERY_KATO_MS
+                } else {
+                    c.kato_ms
                 };
-                let controller = Arc::new(Controller::new(
-                    cntlid,
-                    subsystem.clone(),
-                    c.hostnqn.clone(),
-                    c.hostid,
-                    if c.kato_ms == 0 && subsystem.is_discovery() {
-                        DISCOVERY_KATO_MS
-                    } else {
-                        c.kato_ms
-                    },
-                ));
-                subsystem.register(controller.clone());
-                return Ok(controller);
+                let made = subsystem.register_new(|cntlid| {
+                    Controller::new(
+                        cntlid,
+                        subsystem.clone(),
+                        c.hostnqn.clone(),
+                        c.hostid,
+                        kato_ms,
+                    )
+                });
+                return made.ok_or((Status::CONNECT_CONTROLLER_BUSY, 0));
             }
             if subsystem.is_discovery() {
                 return Err(invalid(false, connect::offset::QID));

@@ -104,31 +104,39 @@ impl Subsystem {
         self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h == hostnqn)
     }
 
-    /// A fresh controller ID (1..=0xFFEF, skipping IDs in use).
-    pub(crate) fn allocate_cntlid(&self) -> Option<u16> {
-        let controllers = self.controllers.lock();
+    /// Registers the controller `make` builds for a fresh controller ID (1..=0xFFEF, skipping
+    /// IDs in use), chosen and taken under one lock so that two Connects racing never share
+    /// one; None when every ID is in use.
+    pub(crate) fn register_new(
+        &self,
+        make: impl FnOnce(u16) -> Controller,
+    ) -> Option<Arc<Controller>> {
+        let mut controllers = self.controllers.lock();
         for _ in 0..0xFFEF {
             let id = self.next_cntlid.fetch_add(1, Ordering::Relaxed);
             let id = (id % 0xFFEF).max(1);
             if !controllers.contains_key(&id) {
-                return Some(id);
+                let controller = Arc::new(make(id));
+                controllers.insert(id, controller.clone());
+                return Some(controller);
             }
         }
         None
-    }
-
-    pub(crate) fn register(&self, controller: Arc<Controller>) {
-        self.controllers
-            .lock()
-            .insert(controller.cntlid, controller);
     }
 
     pub(crate) fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
         self.controllers.lock().get(&cntlid).cloned()
     }
 
-    pub(crate) fn unregister(&self, cntlid: u16) {
-        self.controllers.lock().remove(&cntlid);
+    /// Forgets `controller` (not another that has its ID since).
+    pub(crate) fn unregister(&self, controller: &Controller) {
+        let mut controllers = self.controllers.lock();
+        if controllers
+            .get(&controller.cntlid)
+            .is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), controller))
+        {
+            controllers.remove(&controller.cntlid);
+        }
     }
 }
 
