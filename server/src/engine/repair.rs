@@ -827,7 +827,16 @@ impl EngineInner {
     /// from a good copy if it is (as scrub does).
     async fn fix_suspects(&self) {
         let suspects = std::mem::take(&mut *self.repair.suspects.lock());
+        // Paced as repair's copies are: reads meeting many damaged copies (a drive failing
+        // silently) do not set off rewrites faster than the repair rate.
+        let rate = self.repair.config.lock().rate_bytes_per_sec;
+        let started = Instant::now();
+        let mut rewritten = 0u64;
         for (stream_id, offset, bad) in suspects {
+            tokio::select! {
+                _ = pace(started, rewritten, rate) => {}
+                _ = self.repair.stopped() => return,
+            }
             if self.repair.closed.load(Ordering::SeqCst) {
                 // Shutting down: what is left is met again by reads or the next scrub.
                 return;
@@ -861,6 +870,7 @@ impl EngineInner {
                 what,
                 copies: extent.replicas,
             };
+            rewritten += self.drives.bytes_of(&bad);
             match self.rewrite_copy(&entry, bad).await {
                 Ok(true) => self.repair.status.lock().scrub_repaired += 1,
                 Ok(false) => {}
