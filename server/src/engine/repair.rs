@@ -492,6 +492,7 @@ impl EngineInner {
             edits: Vec::new(),
             holds: Vec::new(),
             left: Tally::default(),
+            unrecorded: Unrecorded::default(),
         };
         let mut tally = Tally::default();
         let mut cursor = located::Cursor::default();
@@ -566,10 +567,19 @@ impl EngineInner {
             .map(|w| self.repair_entry(w, r, healthy))
             .buffered(REPAIRS_IN_FLIGHT);
         while let Some(outcome) = outcomes.next().await {
-            progress.edits.extend(outcome.edits);
             progress.holds.extend(outcome.holds);
             progress.copied += outcome.copied;
-            progress.left.add(&outcome.left);
+            if outcome.edits.is_empty() {
+                progress.left.add(&outcome.left);
+            } else {
+                let u = &mut progress.unrecorded;
+                u.left.add(&outcome.left);
+                u.found.add(&outcome.found);
+                u.made += outcome.made;
+                u.dropped += outcome.dropped;
+                u.bytes += outcome.copied;
+            }
+            progress.edits.extend(outcome.edits);
             if let Some(why) = outcome.blocked {
                 progress.blocked.get_or_insert(why);
             }
@@ -605,19 +615,30 @@ impl EngineInner {
         }
         let edits = std::mem::take(&mut progress.edits);
         let holds = std::mem::take(&mut progress.holds);
+        let done = std::mem::take(&mut progress.unrecorded);
         let count = edits.len();
-        if let Err(e) = self
+        match self
             .committer
             .submit_holding(Change::Replicas(edits), holds)
             .await
         {
-            tracing::warn!(
-                count,
-                "repair could not record the copies it made; the next pass makes them again: {e}"
-            );
-            progress
-                .blocked
-                .get_or_insert(format!("recording {count} copies failed: {e}"));
+            Ok(_) => {
+                progress.left.add(&done.left);
+                let mut s = self.repair.status.lock();
+                s.copies_made += done.made;
+                s.copies_dropped += done.dropped;
+                s.bytes_copied += done.bytes;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    count,
+                    "repair could not record the copies it made; the next pass makes them again: {e}"
+                );
+                progress.left.add(&done.found);
+                progress
+                    .blocked
+                    .get_or_insert(format!("recording {count} copies failed: {e}"));
+            }
         }
     }
 
@@ -676,7 +697,7 @@ impl EngineInner {
                         outcome
                             .edits
                             .push((entry.what.clone(), ReplicaEdit::Remove(copy)));
-                        self.repair.status.lock().copies_dropped += 1;
+                        outcome.dropped += 1;
                         Ok(())
                     } else {
                         Err(format!(
@@ -698,9 +719,6 @@ impl EngineInner {
                             outcome.edits.push((entry.what.clone(), edit));
                             outcome.copied += bytes;
                             made += 1;
-                            let mut s = self.repair.status.lock();
-                            s.copies_made += 1;
-                            s.bytes_copied += bytes;
                             Ok(())
                         }
                         // No drive can take the copy (on a drain, the copy stays on the
@@ -738,6 +756,8 @@ impl EngineInner {
             left.under_records = 1;
         }
         outcome.left = left;
+        outcome.found = found;
+        outcome.made = made as u64;
         outcome
     }
 
@@ -1293,8 +1313,21 @@ struct Progress {
     edits: Vec<(Relocation, ReplicaEdit)>,
     /// Keep GC off the zones of the new copies until their edits are committed.
     holds: Vec<ZoneHolds>,
-    /// What the entries acted on still lack after their actions.
+    /// What the entries acted on still lack after their recorded actions.
     left: Tally,
+    /// What the edits not yet committed did, counted once they are.
+    unrecorded: Unrecorded,
+}
+
+/// What repair's edits not yet committed did: counted in the status and the pass's tally once
+/// they are recorded; if they are not, their entries count as they were found.
+#[derive(Debug, Default)]
+struct Unrecorded {
+    left: Tally,
+    found: Tally,
+    made: u64,
+    dropped: u64,
+    bytes: u64,
 }
 
 /// Entries repaired at once: each copy is a read and an append, and one at a time leaves the
@@ -1313,8 +1346,14 @@ struct EntryOutcome {
     holds: Vec<ZoneHolds>,
     /// Bytes copied.
     copied: u64,
-    /// What the entry still lacks.
+    /// What the entry still lacks, once its edits are recorded.
     left: Tally,
+    /// What it lacked as found (what it still lacks if its edits are not recorded).
+    found: Tally,
+    /// Copies made.
+    made: u64,
+    /// Copies dropped.
+    dropped: u64,
     /// Why an action could not be done.
     blocked: Option<String>,
 }
