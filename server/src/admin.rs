@@ -258,33 +258,35 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
 /// thread, and none reads figures older than itself.
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     let asked = std::time::Instant::now();
-    let mut last = s.last_scrape.lock().await;
-    let body = match &*last {
-        Some((began, text)) if *began >= asked => text.clone(),
-        _ => {
-            let began = std::time::Instant::now();
-            let state = s.clone();
-            let rendered = tokio::task::spawn_blocking(move || {
-                state
-                    .metrics
-                    .render(&state.engine, &state.hosts, &state.targets)
-            })
-            .await;
-            match rendered {
-                Ok(text) => {
-                    *last = Some((began, text.clone()));
-                    text
-                }
-                Err(e) => {
-                    return text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("rendering the metrics failed: {e}\n"),
-                    );
-                }
-            }
+    // In a task of its own: a scrape whose client goes away (its handler dropped) still keeps
+    // the rendering it began, so that the next scrape takes it rather than begin another.
+    let rendering = tokio::spawn(async move {
+        let mut last = s.last_scrape.lock().await;
+        if let Some((began, text)) = &*last
+            && *began >= asked
+        {
+            return Ok(text.clone());
+        }
+        let began = std::time::Instant::now();
+        let state = s.clone();
+        let text = tokio::task::spawn_blocking(move || {
+            state
+                .metrics
+                .render(&state.engine, &state.hosts, &state.targets)
+        })
+        .await?;
+        *last = Some((began, text.clone()));
+        Ok::<_, tokio::task::JoinError>(text)
+    });
+    let body = match rendering.await {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) | Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rendering the metrics failed: {e}\n"),
+            );
         }
     };
-    drop(last);
     (
         StatusCode::OK,
         [(
