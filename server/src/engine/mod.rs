@@ -1334,6 +1334,13 @@ impl Engine {
     /// Starts draining the drive named `name`: no new writes go to it and every record on it
     /// is moved to other drives.
     pub async fn drain(&self, name: &str) -> EngineResult<()> {
+        // Detached: a caller that goes away (an admin client's Ctrl-C) does not leave the
+        // drive's flag and the index saying different things.
+        let (engine, name) = (self.clone(), name.to_string());
+        detached(async move { engine.drain_here(&name).await }).await
+    }
+
+    async fn drain_here(&self, name: &str) -> EngineResult<()> {
         let drive = self.drive_named(name)?.id;
         let _one_at_a_time = self.inner.repair.drains.lock().await;
         // Every record must find its R copies on the other drives, or the drain never ends
@@ -1357,6 +1364,12 @@ impl Engine {
     /// Stops draining the drive named `name`: it takes new writes again, and what was not
     /// moved off it yet stays.
     pub async fn undrain(&self, name: &str) -> EngineResult<()> {
+        // Detached, as [`Engine::drain`].
+        let (engine, name) = (self.clone(), name.to_string());
+        detached(async move { engine.undrain_here(&name).await }).await
+    }
+
+    async fn undrain_here(&self, name: &str) -> EngineResult<()> {
         let drive = self.drive_named(name)?;
         let _one_at_a_time = self.inner.repair.drains.lock().await;
         self.inner
