@@ -172,7 +172,7 @@ fn serve_with_no_flags_goes_through_the_fabric() {
     let wrong = admin(&["--token", "not-the-token-at-all", "stats"]);
     assert!(!wrong.status.success());
     assert!(
-        String::from_utf8_lossy(&wrong.stderr).contains("403"),
+        String::from_utf8_lossy(&wrong.stderr).contains("401"),
         "{wrong:?}"
     );
     assert!(String::from_utf8_lossy(&wrong.stdout).contains("wrong admin token"));

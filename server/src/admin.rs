@@ -178,17 +178,27 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
+    // 401 with the scheme to use (RFC 9110 §15.5.2), and an invalid_token error for a wrong
+    // token (RFC 6750 §3.1).
+    let refused = |challenge: &'static str, why: &str| {
+        let mut response = text(StatusCode::UNAUTHORIZED, why.to_string());
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(challenge),
+        );
+        response
+    };
     match given {
-        None => text(
-            StatusCode::UNAUTHORIZED,
+        None => refused(
+            "Bearer realm=\"zonestore-admin\"",
             "the admin API needs the server's admin token (Authorization: Bearer TOKEN): \
              `zonestore admin` reads it from the server's data directory (--data DIR, file \
-             admin-token) or takes --token\n"
-                .into(),
+             admin-token) or takes --token\n",
         ),
-        Some(token) if !same_secret(token.as_bytes(), state.token.as_bytes()) => {
-            text(StatusCode::FORBIDDEN, "wrong admin token\n".into())
-        }
+        Some(token) if !same_secret(token.as_bytes(), state.token.as_bytes()) => refused(
+            "Bearer realm=\"zonestore-admin\", error=\"invalid_token\"",
+            "wrong admin token\n",
+        ),
         Some(_) => next.run(request).await,
     }
 }
