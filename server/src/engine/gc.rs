@@ -916,7 +916,6 @@ impl EngineInner {
         self.placement.reset_done(zone);
         self.stats.zones_reset.fetch_add(1, Ordering::Relaxed);
         self.gc.zones_collected.fetch_add(1, Ordering::Relaxed);
-        self.gc.bytes_relocated.fetch_add(moved, Ordering::Relaxed);
         tracing::debug!(?zone, moved, "zone reclaimed");
         Ok(())
     }
@@ -1241,13 +1240,23 @@ impl EngineInner {
         if items.is_empty() {
             return Ok(());
         }
-        self.stats
-            .records_relocated
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        // Counted once committed, whether or not their zone is reset after: the copies were
+        // written (a copy a racing overwrite made garbage was written too).
+        let (records, bytes) = (
+            items.len() as u64,
+            items
+                .iter()
+                .map(|(_, _, copy)| self.drives.bytes_of(copy))
+                .sum::<u64>(),
+        );
         self.committer
             .submit_holding(Change::Relocate(items), holds)
-            .await
-            .map(|_| ())
+            .await?;
+        self.stats
+            .records_relocated
+            .fetch_add(records, Ordering::Relaxed);
+        self.gc.bytes_relocated.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Zones in use by placement for a class (for tests and the admin table).
