@@ -1720,6 +1720,44 @@ async fn a_zone_of_garbage_with_a_damaged_header_is_reset() {
     );
 }
 
+/// A zone of garbage the drive holds empty already (a reset that landed though the index did not
+/// take the record of it) is reset again and recorded, its blocks not read as damaged records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_of_garbage_the_drive_reset_already_is_recorded_without_damage_found() {
+    use zns::ZonedDevice;
+    use zonestore::engine::placement::ZoneUse;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    garbage(&engine, "b", 40, 30 << 10).await;
+    let victim = engine
+        .zone_table()
+        .into_iter()
+        .find(|r| r.usage == ZoneUse::Sealed && r.valid_bytes == 0 && r.written_bytes > 0)
+        .expect("a sealed zone of garbage");
+    drives[0]
+        .manage_zones(
+            zns::ZoneAction::Reset,
+            zns::ZoneSelect::Zone(g.zone_start(victim.zone)),
+        )
+        .await
+        .unwrap();
+    let crc_errors = || {
+        engine
+            .stats()
+            .crc_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = crc_errors();
+    assert!(
+        collected_until_reset(&engine, &victim).await,
+        "the zone was never recorded reset: {:?}",
+        zone_row(&engine, victim.zone)
+    );
+    assert_eq!(crc_errors(), before, "its zeros were taken for damage");
+}
+
 /// Damages the header of the record at byte `start` of the first drive (its magic intact).
 fn damage_record_header(drives: &[zns::EmulatedZns], start: u64) {
     write_at(drives, (0, start as usize + 16), &[0x5A; 8]);

@@ -958,6 +958,29 @@ impl EngineInner {
         let written = self.placement.usage(zone.drive)[zone.zone as usize].1;
         let capacity = drive.geometry.zone_capacity;
         let chunk_blocks = ((1u64 << 20) / bs).max(1);
+        // A zone with nothing live that the drive holds empty already (its reset landed, but
+        // the index did not take the record of it; or the host gave up on it and the target
+        // carried it out) has nothing to read: its blocks would only look like damaged
+        // records. Its reset is done and recorded again.
+        if written > 0
+            && self.accounts.get(zone).valid_bytes == 0
+            && let Ok(report) = drive
+                .device
+                .report_zones(zslba, zns::ReportFilter::All, 1)
+                .await
+            && report
+                .zones
+                .first()
+                .is_some_and(|z| z.zslba == zslba && z.state == ZoneState::Empty)
+        {
+            tracing::info!(?zone, "the drive holds the zone empty already");
+            let epoch = self.gate.advance();
+            return Ok(Some(Reset {
+                zone,
+                epoch,
+                moved: 0,
+            }));
+        }
         let mut pacer = Pacer {
             start: Instant::now(),
             bytes: 0,
