@@ -687,6 +687,13 @@ def check_checksums():
         # The checksum type a Complete names must be the upload's.
         other = "COMPOSITE" if kind == "FULL_OBJECT" else "FULL_OBJECT"
         expect_error("InvalidRequest", 400, s3.complete_multipart_upload, Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts}, ChecksumType=other)
+        # A composite checksum is made of every part's: the request must give each (as S3
+        # has it), and of the upload's algorithm.
+        if kind == "COMPOSITE":
+            bare = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+            expect_error("InvalidRequest", 400, s3.complete_multipart_upload, Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": bare}, ChecksumType=kind)
+            foreign = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumSHA256": base64.b64encode(b"\0" * 32).decode()} for p in parts]
+            expect_error("InvalidRequest", 400, s3.complete_multipart_upload, Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": foreign}, ChecksumType=kind)
         done = s3.complete_multipart_upload(Bucket=b, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": parts}, ChecksumType=kind)
         assert done.get(f"Checksum{algorithm}"), done
         head = s3.head_object(Bucket=b, Key=key, ChecksumMode="ENABLED")
@@ -696,6 +703,14 @@ def check_checksums():
             assert done["ChecksumCRC32"].endswith("-2"), done["ChecksumCRC32"]
     whole = b"".join(parts_data)
     assert s3.get_object(Bucket=b, Key="mp-CRC64NVME")["Body"].read() == whole
+    # An upload of no checksum algorithm still compares the part checksums a completion gives
+    # with those its parts were stored with.
+    up = s3.create_multipart_upload(Bucket=b, Key="mp-plain")
+    r = s3.upload_part(Bucket=b, Key="mp-plain", UploadId=up["UploadId"], PartNumber=1, Body=parts_data[1], ChecksumAlgorithm="CRC32")
+    given = lambda value: {"Parts": [{"PartNumber": 1, "ETag": r["ETag"], "ChecksumCRC32": value}]}
+    expect_error("InvalidPart", 400, s3.complete_multipart_upload, Bucket=b, Key="mp-plain", UploadId=up["UploadId"], MultipartUpload=given(wrong))
+    s3.complete_multipart_upload(Bucket=b, Key="mp-plain", UploadId=up["UploadId"], MultipartUpload=given(r["ChecksumCRC32"]))
+    assert s3.get_object(Bucket=b, Key="mp-plain")["Body"].read() == parts_data[1]
     # A copied part carries the upload's checksum too, computed by the server, and the
     # full-object CRC32 of the result is that of its bytes.
     # A part whose checksum is of another algorithm than its upload declared is refused (its

@@ -401,16 +401,39 @@ async fn complete_parts(
                             algorithm.name()
                         ))
                     })?;
-                if let Some((_, sent)) = p
+                // Of another algorithm, a part's checksum says nothing this upload can check;
+                // a composite checksum is made of every part's, which the request must name
+                // (as S3 has it).
+                if let Some((other, _)) = p
+                    .checksums
+                    .iter()
+                    .find(|(a, _)| !a.eq_ignore_ascii_case(algorithm.name()))
+                {
+                    return Err(S3Error::invalid_request(format!(
+                        "part {} is given a {other} checksum, and the upload was created using a {} checksum",
+                        p.part_number,
+                        algorithm.name()
+                    )));
+                }
+                match p
                     .checksums
                     .iter()
                     .find(|(a, _)| a.eq_ignore_ascii_case(algorithm.name()))
-                    && *sent != value
                 {
-                    return Err(S3Error::invalid_part(&format!(
-                        "the checksum of part {} does not match",
-                        p.part_number
-                    )));
+                    Some((_, sent)) if *sent != value => {
+                        return Err(S3Error::invalid_part(&format!(
+                            "the checksum of part {} does not match",
+                            p.part_number
+                        )));
+                    }
+                    None if kind != "FULL_OBJECT" => {
+                        return Err(S3Error::invalid_request(format!(
+                            "The upload was created using a {} checksum. The complete request must include the checksum for each part. It was missing for part {} in the request.",
+                            algorithm.name().to_ascii_lowercase(),
+                            p.part_number
+                        )));
+                    }
+                    _ => {}
                 }
                 values.push((value, part.size));
             }
@@ -442,7 +465,29 @@ async fn complete_parts(
                 Some(kind),
             )
         }
-        _ => (None, None),
+        _ => {
+            // No checksum is made of the parts; those the request gives are still compared
+            // with what their parts were stored with, not ignored.
+            for p in requested {
+                let Some(part) = stored.get(&p.part_number) else {
+                    continue;
+                };
+                for (algorithm, sent) in &p.checksums {
+                    let differs = part
+                        .checksums
+                        .iter()
+                        .find(|c| c.algorithm.eq_ignore_ascii_case(algorithm))
+                        .is_some_and(|c| c.value != *sent);
+                    if differs {
+                        return Err(S3Error::invalid_part(&format!(
+                            "the {algorithm} checksum of part {} does not match",
+                            p.part_number
+                        )));
+                    }
+                }
+            }
+            (None, None)
+        }
     };
     let parts: Vec<(u32, String)> = requested
         .iter()
