@@ -115,9 +115,9 @@ impl Subsystem {
         for _ in 0..0xFFEF {
             let id = self.next_cntlid.fetch_add(1, Ordering::Relaxed);
             let id = (id % 0xFFEF).max(1);
-            if !controllers.contains_key(&id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = controllers.entry(id) {
                 let controller = Arc::new(make(id));
-                controllers.insert(id, controller.clone());
+                slot.insert(controller.clone());
                 return Some(controller);
             }
         }
