@@ -93,7 +93,7 @@ pub fn parse_amz_date(text: &str) -> Option<SystemTime> {
         || !(1..=days_in_month(y, mo)).contains(&d)
         || h > 23
         || mi > 59
-        || s > 60
+        || s > 59
     {
         return None;
     }
@@ -141,6 +141,9 @@ mod tests {
     #[test]
     fn an_amz_date_is_digits_and_a_real_day() {
         assert!(parse_amz_date("20240229T120000Z").is_some(), "a leap day");
+        // A 60th second would be the next day's first: a request dated so is signed with the
+        // next day's key while its scope names this day.
+        assert!(parse_amz_date("20250101T235960Z").is_none());
         for bad in [
             "20230229T120000Z",
             "20240231T120000Z",
