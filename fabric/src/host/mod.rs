@@ -377,13 +377,19 @@ impl NvmeTcpHost {
         }
     }
 
-    async fn session(&self) -> ZoneResult<Arc<Session>> {
-        self.session_other_than(None).await
+    /// When a command issued now stops waiting for a session to send on.
+    fn reconnect_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.inner.config.reconnect_wait
     }
 
-    /// The session to send on: the one up now, or the next one up within the reconnect wait;
-    /// not one that failed (and not `stale`, one a command found failed before it was sent).
-    async fn session_other_than(&self, stale: Option<&Arc<Session>>) -> ZoneResult<Arc<Session>> {
+    /// The session to send on: the one up now, or the next one up by `deadline` (the command's
+    /// reconnect wait, however many sessions it met that failed); not one that failed (and not
+    /// `stale`, one a command found failed before it was sent).
+    async fn session_other_than(
+        &self,
+        stale: Option<&Arc<Session>>,
+        deadline: tokio::time::Instant,
+    ) -> ZoneResult<Arc<Session>> {
         let usable = |s: &State| match s {
             State::Up(session) => {
                 session.failed.borrow().is_none()
@@ -402,7 +408,7 @@ impl NvmeTcpHost {
         }
         let mut rx = self.inner.state.subscribe();
         let wait = self.inner.config.reconnect_wait;
-        let ready = tokio::time::timeout(wait, rx.wait_for(usable)).await;
+        let ready = tokio::time::timeout_at(deadline, rx.wait_for(usable)).await;
         match ready {
             Ok(Ok(state)) => match &*state {
                 State::Up(session) => Ok(session.clone()),
@@ -460,7 +466,11 @@ impl NvmeTcpHost {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             e
         };
-        let mut session = self.session().await.map_err(counted)?;
+        let deadline = self.reconnect_deadline();
+        let mut session = self
+            .session_other_than(None, deadline)
+            .await
+            .map_err(counted)?;
         if other_session(&session) {
             return Ok(None);
         }
@@ -493,7 +503,7 @@ impl NvmeTcpHost {
                 Err(HostError::NotSent(_)) if !retried => {
                     retried = true;
                     session = self
-                        .session_other_than(Some(&session))
+                        .session_other_than(Some(&session), deadline)
                         .await
                         .map_err(counted)?;
                     if other_session(&session) {
