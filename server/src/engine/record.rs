@@ -35,6 +35,9 @@ pub const MAGIC: &[u8; 4] = b"ZSR1";
 pub const VERSION: u8 = 1;
 /// Length of the fixed part of the header.
 pub const FIXED_HEADER: usize = 64;
+/// The largest sequence number (and id) a record may carry: far beyond what any store hands
+/// out, far below where adding to it could overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
 /// Header flag: the header holds a CRC per payload chunk, and its own CRC covers it alone.
 pub const FLAG_CHUNKED: u16 = 1;
 /// log2 of the payload bytes each chunk CRC covers.
@@ -338,6 +341,14 @@ impl Fixed {
         let length = u32_at(bytes, 48) as usize;
         if length > MAX_PAYLOAD {
             return Err(RecordError::Malformed(format!("payload length {length}")));
+        }
+        // Sequence numbers are handed out from 1 up: one near the top of u64 (a header of
+        // hostile or damaged bytes whose CRC holds) would send the allocator past its end.
+        for (at, field) in [(16, "sequence number"), (24, "write sequence"), (32, "id")] {
+            let value = u64_at(bytes, at);
+            if value > MAX_SEQ {
+                return Err(RecordError::Malformed(format!("{field} {value}")));
+            }
         }
         let names_end = FIXED_HEADER + bucket_len + key_len;
         let chunk = if flags & FLAG_CHUNKED != 0 {
@@ -670,6 +681,39 @@ mod tests {
             ..header()
         };
         assert_eq!(part.upload_id(), 77, "a part's offset is its number");
+    }
+
+    /// A header whose numbers lie past any the store hands out (bytes whose CRC holds, yet
+    /// hostile or damaged) is refused: taken, it would send the sequence allocator past u64.
+    #[test]
+    fn numbers_past_the_largest_sequence_are_malformed() {
+        for h in [
+            Header {
+                seq: MAX_SEQ + 1,
+                ..header()
+            },
+            Header {
+                write_seq: u64::MAX,
+                ..header()
+            },
+            Header {
+                id: u64::MAX - 1,
+                ..header()
+            },
+        ] {
+            let r = encode(&h, b"hello", 4096);
+            assert!(
+                matches!(parse(&r, 4096), Err(RecordError::Malformed(_))),
+                "{h:?}"
+            );
+        }
+        let at_most = Header {
+            seq: MAX_SEQ,
+            write_seq: MAX_SEQ,
+            id: MAX_SEQ,
+            ..header()
+        };
+        assert!(parse(&encode(&at_most, b"hello", 4096), 4096).is_ok());
     }
 
     #[test]

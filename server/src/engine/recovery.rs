@@ -393,7 +393,7 @@ pub async fn rebuild_keeping_ids(
     } else {
         LEFT_OUT_SEQ_MARGIN
     };
-    super::seq::SeqAllocator::open(index.clone(), max_seq + 1 + margin)?;
+    super::seq::SeqAllocator::open(index.clone(), max_seq.saturating_add(1 + margin))?;
     progress(&format!(
         "rebuilt: {} records ({} damaged), {} buckets, {} objects ({} incomplete), {} uploads",
         report.records,

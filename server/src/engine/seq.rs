@@ -70,7 +70,14 @@ impl SeqAllocator {
     /// Records a lease ending `LEASE` after `from`, with the lease end locked: leases are
     /// recorded one at a time, so the durable end is never lower than one handed out.
     fn extend_locked(&self, end: &mut u64, from: u64) -> IndexResult<()> {
-        let new_end = from.max(*end) + LEASE;
+        let new_end = from
+            .max(*end)
+            .checked_add(LEASE)
+            .filter(|&end| end <= super::record::MAX_SEQ)
+            .ok_or_else(|| IndexError::Corrupt {
+                cf: cf::META,
+                detail: format!("sequence numbers would pass {}", super::record::MAX_SEQ),
+            })?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.index.cf(cf::META), KEY, new_end.to_le_bytes());
         self.index.write(batch, true)?;
