@@ -4525,6 +4525,64 @@ async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_t
     engine.shutdown().await;
 }
 
+/// A damaged record in the tail a start replays (written after the index last settled its zone)
+/// is counted with the CRC errors and in the replay's report, not only logged; the version it
+/// belonged to is not made visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_the_replayed_tail_is_counted() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
+    {
+        let (engine, _drives) = open_engine(dir.path(), 1, g, no_gc).await;
+        engine.create_bucket("b", "alice").await.unwrap();
+        engine.shutdown().await;
+    }
+    let index = dir.path().join("index");
+    let before = dir.path().join("index-before");
+    copy_dir(&index, &before);
+    let body = content("late", 1, 40_000);
+    let data_path = {
+        let (engine, drives) = open_engine(dir.path(), 1, g, no_gc).await;
+        put(&engine, "b", "late", &body).await.unwrap();
+        engine.shutdown().await;
+        drives[0].data_path()
+    };
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::rename(&before, &index).unwrap();
+    let all = std::fs::read(&data_path).unwrap();
+    let at = all
+        .windows(64)
+        .position(|w| w == &body[20_000..20_064])
+        .expect("the object's bytes are on the drive");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data_path)
+        .unwrap();
+    file.write_all_at(&[0xFF; 64], at as u64).unwrap();
+    drop(file);
+
+    let (engine, reconciliation, _drives) = open_engine_reporting(dir.path(), 1, g, no_gc).await;
+    assert!(
+        reconciliation.replayed.damaged >= 1,
+        "{:?}",
+        reconciliation.replayed
+    );
+    assert!(
+        engine
+            .stats()
+            .crc_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(matches!(
+        get(&engine, "b", "late").await,
+        Err(EngineError::NoSuchKey { .. })
+    ));
+    engine.shutdown().await;
+}
+
 /// A drive whose identity the index has not recorded yet (an index from before identities) is
 /// given one only once it is found holding what the index expects: a blank drive met first
 /// would otherwise become the drive's identity and shut the real one out.

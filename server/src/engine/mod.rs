@@ -441,6 +441,7 @@ impl Engine {
             let copies = inner.replay_copies_of(drive).await?;
             reconciliation.replayed.records += copies.records;
             reconciliation.replayed.applied += copies.applied;
+            reconciliation.replayed.damaged += copies.damaged;
         }
         // Failed writes whose zones have all been reset since: their records are gone.
         match revoked::prune(&inner.index, |zone| inner.accounts.generation(zone)) {

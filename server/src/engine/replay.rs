@@ -36,6 +36,8 @@ pub struct ReplayReport {
     pub applied: u64,
     /// Whether every zone read is now settled (nothing was left unread or failed to apply).
     pub settled: bool,
+    /// Records read that failed their CRC or were malformed (counted in the CRC errors too).
+    pub damaged: u64,
 }
 
 /// The name a claiming record competes for: versions of one name are ordered by sequence
@@ -307,6 +309,17 @@ impl EngineInner {
                             continue;
                         }
                     };
+                    if scan.damaged > 0 {
+                        tracing::warn!(
+                            ?zone,
+                            damaged = scan.damaged,
+                            "damaged records in the part of a zone written since it was settled"
+                        );
+                        report.damaged += scan.damaged;
+                        self.stats
+                            .crc_errors
+                            .fetch_add(scan.damaged, std::sync::atomic::Ordering::Relaxed);
+                    }
                     for f in found {
                         report.records += 1;
                         highest = highest
