@@ -695,6 +695,30 @@ fn sigterm_says_not_ready_before_the_s3_port_closes() {
     assert!(server.wait_exit(Duration::from_secs(60)).success());
 }
 
+/// `sigv2 = false` refuses requests signed with Signature Version 2, header or presigned,
+/// before their signature is looked at; Signature Version 4 goes on working.
+#[test]
+fn sigv2_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("zonestore.toml");
+    std::fs::write(&config, "sigv2 = false\n").unwrap();
+    let server = S3Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let s3 = server.endpoint.trim_start_matches("http://").to_string();
+    let (status, body) = http_get(
+        &s3,
+        "/?AWSAccessKeyId=AKIANOBODY&Signature=abc&Expires=4102444800",
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        status == 403 && body.contains("Signature Version 2 is turned off"),
+        "{status} {body}"
+    );
+    server.aws_ok(&["s3", "mb", "s3://still-v4"]);
+}
+
 /// Sends `server` SIGTERM and waits (at most `within`) until its `/ready` says 503.
 fn sigterm_until_unready(server: &S3Server, within: Duration) {
     server.process.signal(libc::SIGTERM);

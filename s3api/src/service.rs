@@ -87,6 +87,8 @@ pub struct S3Config {
     /// When a long copy's reply begins and how it is kept alive (see
     /// [`crate::handlers::long_copy`]).
     pub copy_keep_alive: crate::handlers::long_copy::KeepAlive,
+    /// Whether requests signed with Signature Version 2 are taken.
+    pub sigv2: bool,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -109,6 +111,7 @@ impl S3Config {
             observer: None,
             https: false,
             copy_keep_alive: Default::default(),
+            sigv2: true,
         }
     }
 }
@@ -414,10 +417,14 @@ impl S3Service {
                 q.split(['&', '='])
                     .all(|part| String::from_utf8(query::decode_bytes(part)).is_ok())
             });
-        let authenticated = if uri_is_text {
-            auth::authenticate(&request, &self.config.credentials, SystemTime::now())
-        } else {
+        let authenticated = if !uri_is_text {
             Err(S3Error::invalid_uri())
+        } else if !self.config.sigv2 && auth::is_sigv2(&request) {
+            Err(S3Error::access_denied(
+                "Signature Version 2 is turned off on this server: sign with Signature Version 4",
+            ))
+        } else {
+            auth::authenticate(&request, &self.config.credentials, SystemTime::now())
         };
         let result = match authenticated {
             Err(e) => Err(e),

@@ -202,6 +202,11 @@ pub struct Config {
     /// quarter of what the server serves at once; 0: no such cap (behind a load balancer or
     /// NAT, whose connections all come from a few addresses).
     pub per_client_connections: Option<usize>,
+    /// Whether requests signed with Signature Version 2 are taken (boto3 presigns URLs with it
+    /// by default). SigV2 leaves some query parameters unsigned, among them a few that choose
+    /// the operation: a captured request can be replayed as another. Off where no client
+    /// needs it.
+    pub sigv2: bool,
     /// Keys the command line set, each with its flag (never read from a file): a problem with
     /// one names the flag too.
     #[serde(skip)]
@@ -230,6 +235,7 @@ impl Default for Config {
             embedded: EmbeddedSection::default(),
             copy_keep_alive_secs: 5,
             per_client_connections: None,
+            sigv2: true,
             set_by_flags: Vec::new(),
         }
     }

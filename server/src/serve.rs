@@ -373,6 +373,7 @@ impl Server {
         s3_config.observer = Some(metrics.clone() as Arc<dyn s3api::Observer>);
         let is_tls = tls.is_some();
         s3_config.https = is_tls;
+        s3_config.sigv2 = config.sigv2;
         s3_config.copy_keep_alive = s3api::handlers::long_copy::KeepAlive {
             after: Duration::from_secs(config.copy_keep_alive_secs),
             every: Duration::from_secs(config.copy_keep_alive_secs.clamp(1, 5)),

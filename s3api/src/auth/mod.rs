@@ -152,6 +152,17 @@ fn skew_check(request: SystemTime, now: SystemTime) -> Result<(), S3Error> {
     Ok(())
 }
 
+/// Whether a request is signed with Signature Version 2 (an `AWS ` Authorization header, or a
+/// presigned URL's `AWSAccessKeyId`).
+pub fn is_sigv2(parts: &RequestParts<'_>) -> bool {
+    parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("AWS "))
+        || query_value(parts.raw_query, "AWSAccessKeyId").is_some()
+}
+
 /// Authenticates a request; `region` is this server's region (any region in a credential scope
 /// is accepted, as clients sign with whatever they are configured for).
 pub fn authenticate(
