@@ -113,7 +113,7 @@ struct ServeArgs {
     /// S3 address [default: 127.0.0.1:9000].
     #[arg(long)]
     listen: Option<String>,
-    /// Admin API and /metrics address [default: the S3 port + 1].
+    /// Admin API and /metrics address [default: loopback, the S3 port + 1].
     #[arg(long)]
     admin_listen: Option<String>,
     /// Access key of a user (with --secret-key).
