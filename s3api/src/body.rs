@@ -75,6 +75,10 @@ pub struct BodyReader {
     failed: Option<S3Error>,
     /// Longest wait for the next bytes of the body before the request fails.
     idle_timeout: Duration,
+    /// Time spent waiting on the client for body bytes, and the bytes it sent, since the
+    /// last check of its rate (see [`MIN_BODY_RATE`]).
+    waited: Duration,
+    waited_bytes: u64,
     /// The trailers x-amz-trailer names (lowercase): no other may come.
     declared_trailers: Vec<String>,
 }
@@ -83,6 +87,12 @@ pub struct BodyReader {
 /// an idle upload the same way). A stalled upload would otherwise hold its connection, and the
 /// zones its data went to, from GC, for as long as the client likes.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The slowest a client may send a body, in bytes a second, measured over the time spent
+/// waiting on it (not on the server's own pace) in spans of the idle timeout: a body trickled a
+/// byte at a time, each within the idle timeout, would otherwise hold its records' zones from
+/// GC, and a write budget unit, for as long as the client likes.
+pub const MIN_BODY_RATE: u64 = 1024;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -270,6 +280,8 @@ impl BodyReader {
             finished: None,
             failed: None,
             idle_timeout: BODY_IDLE_TIMEOUT,
+            waited: Duration::ZERO,
+            waited_bytes: 0,
             declared_trailers: trailer_names,
         })
     }
@@ -317,7 +329,10 @@ impl BodyReader {
     async fn arrives_within_unchecked(&mut self, pause: Duration) -> Result<bool, S3Error> {
         let deadline = tokio::time::Instant::now() + pause;
         while self.ready.is_empty() && self.finished.is_none() {
-            match tokio::time::timeout_at(deadline, self.raw.next()).await {
+            let asked = tokio::time::Instant::now();
+            let next = tokio::time::timeout_at(deadline, self.raw.next()).await;
+            self.waited_on_client(asked, &next)?;
+            match next {
                 Err(_) => return Ok(false),
                 Ok(next) => self.take_raw(next).await?,
             }
@@ -350,11 +365,35 @@ impl BodyReader {
             if self.finished.is_some() {
                 return Ok(None);
             }
-            let next = tokio::time::timeout_at(deadline, self.raw.next())
-                .await
-                .map_err(|_| S3Error::request_timeout())?;
-            self.take_raw(next).await?;
+            let asked = tokio::time::Instant::now();
+            let next = tokio::time::timeout_at(deadline, self.raw.next()).await;
+            self.waited_on_client(asked, &next)?;
+            self.take_raw(next.map_err(|_| S3Error::request_timeout())?)
+                .await?;
         }
+    }
+
+    /// Counts a wait on the client that began at `asked` and what it gave; fails the body
+    /// once the client has been waited on for an idle timeout's span having sent less than
+    /// [`MIN_BODY_RATE`] over it.
+    fn waited_on_client<E>(
+        &mut self,
+        asked: tokio::time::Instant,
+        next: &Result<Option<Result<Bytes, S3Error>>, E>,
+    ) -> Result<(), S3Error> {
+        self.waited += asked.elapsed();
+        if let Ok(Some(Ok(raw))) = next {
+            self.waited_bytes += raw.len() as u64;
+        }
+        if self.waited >= self.idle_timeout {
+            let floor = (MIN_BODY_RATE as f64 * self.waited.as_secs_f64()) as u64;
+            if self.waited_bytes < floor && !matches!(next, Ok(None)) {
+                return Err(S3Error::request_timeout());
+            }
+            self.waited = Duration::ZERO;
+            self.waited_bytes = 0;
+        }
+        Ok(())
     }
 
     /// Takes in what the raw body stream gave: bytes (decoded into `ready`), an error, or its
@@ -575,6 +614,31 @@ mod tests {
         );
     }
 
+    /// A body trickled a byte at a time, each well within the idle timeout, is cut off once
+    /// the client has been waited on for an idle timeout's span at less than the slowest rate
+    /// taken.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_times_out() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "1000000".parse().unwrap());
+        let drip = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Some((Ok(Bytes::from_static(b"x")), ()))
+        })
+        .boxed();
+        let mut r = BodyReader::new(drip, &h, &auth(Payload::Unsigned), 1 << 20).unwrap();
+        let began = tokio::time::Instant::now();
+        let e = loop {
+            match r.next().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the body ended"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.code, "RequestTimeout");
+        assert!(began.elapsed() <= BODY_IDLE_TIMEOUT + Duration::from_secs(10));
+    }
+
     /// aws-chunked framing sent a byte at a time (a chunk line's extension) is no progress:
     /// the body times out, and a pause is a pause, however many such bytes come meanwhile.
     #[tokio::test]
@@ -608,9 +672,10 @@ mod tests {
     async fn a_trickled_document_times_out_whole() {
         let mut h = HeaderMap::new();
         h.insert("content-length", "1000000".parse().unwrap());
+        // Faster than the slowest body taken (MIN_BODY_RATE), slower than a document's.
         let drip = futures::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            Some((Ok(Bytes::from_static(b"<")), ()))
+            Some((Ok(Bytes::from_static(&[b' '; 2048])), ()))
         })
         .boxed();
         let mut r = BodyReader::new(drip, &h, &auth(Payload::Unsigned), 1 << 20).unwrap();
