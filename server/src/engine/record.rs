@@ -36,8 +36,9 @@ pub const VERSION: u8 = 1;
 /// Length of the fixed part of the header.
 pub const FIXED_HEADER: usize = 64;
 /// The largest sequence number (and id) a record may carry: far beyond what any store hands
-/// out, far below where adding to it could overflow.
-pub const MAX_SEQ: u64 = 1 << 62;
+/// out, and below the allocator's own ceiling ([`crate::engine::seq`]) by more than a rebuild's
+/// margin and a lease, so that a record taken never stops the allocator.
+pub const MAX_SEQ: u64 = 1 << 61;
 /// Header flag: the header holds a CRC per payload chunk, and its own CRC covers it alone.
 pub const FLAG_CHUNKED: u16 = 1;
 /// log2 of the payload bytes each chunk CRC covers.

@@ -11,6 +11,11 @@ use rocksdb::WriteBatch;
 use super::index::{Index, IndexError, IndexResult, cf};
 
 const LEASE: u64 = 1 << 20;
+
+/// Past what no lease reaches: twice the largest number a record may carry
+/// ([`super::record::MAX_SEQ`]), room enough for any rebuild's margin and lease above it,
+/// and far below where adding to a number could overflow.
+const CEILING: u64 = 2 * super::record::MAX_SEQ;
 const KEY: &[u8] = b"seq_lease";
 
 /// The end of the lease recorded in `index`: every number handed out with it is below. A value
@@ -73,10 +78,10 @@ impl SeqAllocator {
         let new_end = from
             .max(*end)
             .checked_add(LEASE)
-            .filter(|&end| end <= super::record::MAX_SEQ)
+            .filter(|&end| end <= CEILING)
             .ok_or_else(|| IndexError::Corrupt {
                 cf: cf::META,
-                detail: format!("sequence numbers would pass {}", super::record::MAX_SEQ),
+                detail: format!("sequence numbers would pass {CEILING}"),
             })?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.index.cf(cf::META), KEY, new_end.to_le_bytes());
@@ -145,6 +150,21 @@ mod tests {
         drop(alloc);
         let reopened = SeqAllocator::open(index, 1).unwrap();
         assert!(reopened.next().unwrap() > highest);
+    }
+
+    /// The largest number a record may carry, with a rebuild's margin for left-out drives on
+    /// top, still opens the allocator (a record taken never stops a start or a rebuild); past
+    /// its ceiling, a lease is refused rather than wrap.
+    #[test]
+    fn leases_reach_past_any_record_and_stop_before_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(dir.path()).unwrap());
+        let highest_record = super::super::record::MAX_SEQ;
+        let alloc = SeqAllocator::open(index.clone(), highest_record + 1 + (1 << 40)).unwrap();
+        assert!(alloc.next().unwrap() > highest_record);
+        alloc.raise_to(highest_record + 1).unwrap();
+        assert!(alloc.raise_to(CEILING).is_err());
+        assert!(SeqAllocator::open(index, u64::MAX - 1).is_err());
     }
 
     /// A lease that does not read stops the start: numbers are never handed out again from 1.
