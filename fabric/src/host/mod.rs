@@ -466,11 +466,18 @@ impl NvmeTcpHost {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             e
         };
-        let deadline = self.reconnect_deadline();
+        // One reconnect wait in all for a session to send on, however many fail before the
+        // command is sent (time waiting for a queue entry is not waiting for a session).
+        let asked = tokio::time::Instant::now();
         let mut session = self
-            .session_other_than(None, deadline)
+            .session_other_than(None, self.reconnect_deadline())
             .await
             .map_err(counted)?;
+        let mut left = self
+            .inner
+            .config
+            .reconnect_wait
+            .saturating_sub(asked.elapsed());
         if other_session(&session) {
             return Ok(None);
         }
@@ -502,10 +509,12 @@ impl NvmeTcpHost {
                 // for the next session, as a command issued while down does.
                 Err(HostError::NotSent(_)) if !retried => {
                     retried = true;
+                    let asked = tokio::time::Instant::now();
                     session = self
-                        .session_other_than(Some(&session), deadline)
+                        .session_other_than(Some(&session), asked + left)
                         .await
                         .map_err(counted)?;
+                    left = left.saturating_sub(asked.elapsed());
                     if other_session(&session) {
                         return Ok(None);
                     }
