@@ -226,7 +226,6 @@ async fn a_refused_replay_of_a_completions_end_record_leaves_the_object_alone() 
     use zonestore::engine::index::{Index, TombKind, cf, tombstone_key};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(64, 1 << 20);
-    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
     let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
     engine.create_bucket("b", "alice").await.unwrap();
     let id = engine
@@ -2655,7 +2654,6 @@ fn unmake_the_upload_end_record(path: &std::path::Path) {
 async fn a_completion_cut_short_between_its_records_is_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(64, 1 << 20);
-    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
     let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
     engine.create_bucket("b", "alice").await.unwrap();
     // A version before the upload's: it holds the name the whole time.
@@ -4328,13 +4326,7 @@ async fn a_drive_missing_at_a_roll_forward_brings_nothing_deleted_back() {
 async fn numbers_the_log_holds_are_not_handed_out_again_after_an_index_is_put_back() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
-    let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    engine.shutdown().await;
-    let index = dir.path().join("index");
-    let before = dir.path().join("index-before");
-    copy_dir(&index, &before);
+    let (index, before) = index_copied_after_a_bucket(dir.path(), g).await;
     let (engine, _) = open_engine(dir.path(), 1, g, no_gc).await;
     put(&engine, "b", "k", &content("k", 1, 50_000))
         .await
@@ -4383,6 +4375,26 @@ async fn the_lowest_write_quorum_ever_used_is_remembered() {
     }
 }
 
+/// Turns GC off (these tests put the index back as it was, and look at what the drives hold).
+fn no_gc(c: &mut zonestore::engine::EngineConfig) {
+    c.gc.enabled = false;
+}
+
+/// A one-drive engine in `dir` (GC off) made to hold bucket `b` of alice and shut down, its
+/// index then copied aside: returns the index's directory and the copy's.
+async fn index_copied_after_a_bucket(
+    dir: &std::path::Path,
+    g: zns::Geometry,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (engine, _drives) = open_engine(dir, 1, g, no_gc).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    engine.shutdown().await;
+    let index = dir.join("index");
+    let before = dir.join("index-before");
+    copy_dir(&index, &before);
+    (index, before)
+}
+
 /// Copies an index directory (the engine shut down).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -4400,7 +4412,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn records_whose_index_changes_were_lost_are_replayed_as_a_rebuild_takes_them() {
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(96, 1 << 20);
-    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
     {
         let (engine, _drives) = open_engine(dir.path(), 2, g, no_gc).await;
         engine.create_bucket("b", "alice").await.unwrap();
@@ -4533,15 +4544,7 @@ async fn damage_in_the_replayed_tail_is_counted() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
-    {
-        let (engine, _drives) = open_engine(dir.path(), 1, g, no_gc).await;
-        engine.create_bucket("b", "alice").await.unwrap();
-        engine.shutdown().await;
-    }
-    let index = dir.path().join("index");
-    let before = dir.path().join("index-before");
-    copy_dir(&index, &before);
+    let (index, before) = index_copied_after_a_bucket(dir.path(), g).await;
     let body = content("late", 1, 40_000);
     let data_path = {
         let (engine, drives) = open_engine(dir.path(), 1, g, no_gc).await;
@@ -4702,7 +4705,6 @@ async fn a_write_that_failed_after_its_commit_record_landed_stays_dead() {
     use zonestore::engine::index::{Index, cf};
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 1 << 20);
-    let no_gc = |c: &mut zonestore::engine::EngineConfig| c.gc.enabled = false;
     let drive = open_drive(&dir.path().join("drive0"), g);
     let failing = std::sync::Arc::new(AtomicBool::new(false));
     let mut device = zns::testing::Intercepted::new(std::sync::Arc::new(drive.clone()));

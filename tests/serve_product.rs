@@ -266,32 +266,25 @@ fn bad_configuration_is_named() {
     )
     .unwrap();
     let with_users = with_users.to_str().unwrap();
-    let err = zonestore_fails(&[
-        "serve",
-        "--data",
-        data,
-        "--config",
-        with_users,
-        "--access-key",
-        "z",
-        "--secret-key",
-        "y",
-    ]);
+    let with_flag_user = |access_key: &str| {
+        zonestore_fails(&[
+            "serve",
+            "--data",
+            data,
+            "--config",
+            with_users,
+            "--access-key",
+            access_key,
+            "--secret-key",
+            "y",
+        ])
+    };
+    let err = with_flag_user("z");
     assert!(
         err.contains("users[1]") && !err.contains("--access-key"),
         "{err}"
     );
-    let err = zonestore_fails(&[
-        "serve",
-        "--data",
-        data,
-        "--config",
-        with_users,
-        "--access-key",
-        "team/x",
-        "--secret-key",
-        "y",
-    ]);
+    let err = with_flag_user("team/x");
     assert!(
         err.contains("users[1]") && err.contains("--access-key"),
         "{err}"
