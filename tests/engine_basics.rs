@@ -1697,18 +1697,9 @@ async fn a_zone_gc_must_keep_does_not_hold_its_pass_for_ever() {
 /// append) is still reset: GC need not read past it to know nothing there is to move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_of_garbage_with_a_damaged_header_is_reset() {
-    use zonestore::engine::placement::ZoneUse;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    // Zones full of objects, then the objects deleted: zones of garbage.
-    garbage(&engine, "b", 40, 30 << 10).await;
-    let victim = engine
-        .zone_table()
-        .into_iter()
-        .find(|r| r.usage == ZoneUse::Sealed && r.valid_bytes == 0 && r.written_bytes > 0)
-        .expect("a sealed zone of garbage");
+    let (engine, drives, victim) = a_sealed_zone_of_garbage(dir.path(), g).await;
     // The header of the zone's first record is damaged (its magic intact).
     let start = u64::from(victim.zone) * g.zone_size * u64::from(g.block_size);
     damage_record_header(&drives, start);
@@ -1724,17 +1715,9 @@ async fn a_zone_of_garbage_with_a_damaged_header_is_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_of_garbage_the_drive_reset_already_is_recorded_without_damage_found() {
     use zns::ZonedDevice;
-    use zonestore::engine::placement::ZoneUse;
     let dir = tempfile::tempdir().unwrap();
     let g = small_geometry(16, 256 << 10);
-    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    garbage(&engine, "b", 40, 30 << 10).await;
-    let victim = engine
-        .zone_table()
-        .into_iter()
-        .find(|r| r.usage == ZoneUse::Sealed && r.valid_bytes == 0 && r.written_bytes > 0)
-        .expect("a sealed zone of garbage");
+    let (engine, drives, victim) = a_sealed_zone_of_garbage(dir.path(), g).await;
     drives[0]
         .manage_zones(
             zns::ZoneAction::Reset,
@@ -1755,6 +1738,28 @@ async fn a_zone_of_garbage_the_drive_reset_already_is_recorded_without_damage_fo
         zone_row(&engine, victim.zone)
     );
     assert_eq!(crc_errors(), before, "its zeros were taken for damage");
+}
+
+/// A one-drive engine in `dir` (GC by hand) whose zones were filled with objects of bucket
+/// `b`, then the objects deleted; with its drives and the row of a sealed zone of garbage.
+async fn a_sealed_zone_of_garbage(
+    dir: &std::path::Path,
+    g: zns::Geometry,
+) -> (
+    zonestore::engine::Engine,
+    Vec<zns::EmulatedZns>,
+    zonestore::engine::ZoneRow,
+) {
+    use zonestore::engine::placement::ZoneUse;
+    let (engine, drives) = open_engine(dir, 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    garbage(&engine, "b", 40, 30 << 10).await;
+    let victim = engine
+        .zone_table()
+        .into_iter()
+        .find(|r| r.usage == ZoneUse::Sealed && r.valid_bytes == 0 && r.written_bytes > 0)
+        .expect("a sealed zone of garbage");
+    (engine, drives, victim)
 }
 
 /// Damages the header of the record at byte `start` of the first drive (its magic intact).

@@ -473,7 +473,7 @@ impl NvmeTcpHost {
             .session_other_than(None, self.reconnect_deadline())
             .await
             .map_err(counted)?;
-        let mut left = self
+        let left = self
             .inner
             .config
             .reconnect_wait
@@ -509,12 +509,10 @@ impl NvmeTcpHost {
                 // for the next session, as a command issued while down does.
                 Err(HostError::NotSent(_)) if !retried => {
                     retried = true;
-                    let asked = tokio::time::Instant::now();
                     session = self
-                        .session_other_than(Some(&session), asked + left)
+                        .session_other_than(Some(&session), tokio::time::Instant::now() + left)
                         .await
                         .map_err(counted)?;
-                    left = left.saturating_sub(asked.elapsed());
                     if other_session(&session) {
                         return Ok(None);
                     }
