@@ -3748,6 +3748,85 @@ async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_o
     engine.shutdown().await;
 }
 
+/// Specs of `drives` as the engine tests name them, the third reporting no identity (a target
+/// whose namespace has no NGUID).
+fn third_anonymous(drives: &[zns::EmulatedZns]) -> Vec<zonestore::engine::DriveSpec> {
+    let mut specs = drive_specs(drives);
+    let mut anonymous = zns::testing::Intercepted::new(std::sync::Arc::new(drives[2].clone()));
+    anonymous.anonymous = true;
+    specs[2].device = std::sync::Arc::new(anonymous);
+    specs
+}
+
+/// A drive without an identity answering under a registered name with another geometry (an
+/// NVMe/TCP target exporting another disk under the same NQN after a reboot) is left out, not
+/// taken for the drive holding the data (whose index locations would mean other places on
+/// it); the recorded geometry stays, so the right drive is attached again when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_of_another_geometry_under_a_registered_name_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, drives) = three_drives_holding_one_object(dir.path()).await;
+    drop(drives);
+    let open = async |drives: &[zns::EmulatedZns]| {
+        let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 3);
+        config.write_quorum = 2;
+        zonestore::engine::Engine::open(config, third_anonymous(drives))
+            .await
+            .expect("engine opens")
+            .0
+    };
+
+    let real = dir.path().join("drive2");
+    let aside = dir.path().join("drive2-aside");
+    std::fs::rename(&real, &aside).unwrap();
+    let mut other = g;
+    other.zone_count *= 2;
+    {
+        let drives: Vec<_> = (0..3)
+            .map(|i| {
+                open_drive(
+                    &dir.path().join(format!("drive{i}")),
+                    if i == 2 { other } else { g },
+                )
+            })
+            .collect();
+        let engine = open(&drives).await;
+        let third = &engine.drives().all()[2];
+        assert!(third.foreign.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!third.attached.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            get(&engine, "b", "before").await.unwrap(),
+            content("before", 1, 200_000)
+        );
+        put(&engine, "b", "during", &content("during", 1, 200_000))
+            .await
+            .unwrap();
+        let report = zns::ZonedDevice::report_zones(&drives[2], 0, zns::ReportFilter::All, 32)
+            .await
+            .unwrap();
+        let written: u64 = report.zones.iter().map(|z| z.wp - z.zslba).sum();
+        assert_eq!(written, 0, "nothing was written to the other drive");
+        engine.shutdown().await;
+    }
+
+    std::fs::remove_dir_all(&real).unwrap();
+    std::fs::rename(&aside, &real).unwrap();
+    let drives: Vec<_> = (0..3)
+        .map(|i| open_drive(&dir.path().join(format!("drive{i}")), g))
+        .collect();
+    let engine = open(&drives).await;
+    let third = &engine.drives().all()[2];
+    assert!(!third.foreign.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(third.is_up());
+    for key in ["before", "during"] {
+        assert_eq!(
+            get(&engine, "b", key).await.unwrap(),
+            content(key, 1, 200_000)
+        );
+    }
+    engine.shutdown().await;
+}
+
 /// Drives holding data that an index never wrote (another gateway's drives, or those of an
 /// index that was lost) are left out by an engine opening that index, not taken for its own:
 /// nothing is written to them, and the index that wrote them still finds everything.

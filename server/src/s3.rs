@@ -45,9 +45,9 @@ pub fn to_s3(e: EngineError) -> S3Error {
             S3Error::insufficient_storage(&format!("the index's disk is full: {e}"))
         }
         EngineError::Unavailable(detail) => S3Error::unavailable(&detail),
-        EngineError::WrongDrive { .. } | EngineError::ForeignData { .. } => {
-            S3Error::unavailable("a drive is not available")
-        }
+        EngineError::WrongDrive { .. }
+        | EngineError::WrongGeometry { .. }
+        | EngineError::ForeignData { .. } => S3Error::unavailable("a drive is not available"),
         EngineError::InvalidArgument(detail) => S3Error::invalid_argument(detail),
         EngineError::Body(detail) => S3Error::incomplete_body(&detail),
         e @ (EngineError::Drive { .. }

@@ -109,6 +109,23 @@ impl Geometry {
         Ok(())
     }
 
+    /// Whether data laid out under `other` lies at the same places under this geometry: the
+    /// same block size, zone size, zone capacity and zone count (the open, active and append
+    /// limits may differ: they bound what is written next, not where what was written lies).
+    pub fn same_layout(&self, other: &Geometry) -> bool {
+        (
+            self.block_size,
+            self.zone_size,
+            self.zone_capacity,
+            self.zone_count,
+        ) == (
+            other.block_size,
+            other.zone_size,
+            other.zone_capacity,
+            other.zone_count,
+        )
+    }
+
     /// Total number of logical blocks in the namespace (NSZE).
     pub fn total_blocks(&self) -> u64 {
         self.zone_size * u64::from(self.zone_count)

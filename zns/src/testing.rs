@@ -710,6 +710,8 @@ pub struct Intercepted {
     pub session_offset: Arc<AtomicU64>,
     /// While set, the drive says it is not available (a host that lost its connection).
     pub unavailable: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, the drive reports no identity (a target that gives its namespace no NGUID).
+    pub anonymous: bool,
 }
 
 impl Intercepted {
@@ -729,6 +731,7 @@ impl Intercepted {
             instead_of_manage: Box::new(|_, _| None),
             session_offset: Arc::default(),
             unavailable: Arc::default(),
+            anonymous: false,
         }
     }
 }
@@ -756,6 +759,9 @@ impl ZonedDevice for Intercepted {
             .wrapping_add(self.session_offset.load(Ordering::SeqCst))
     }
     fn identity(&self) -> Option<[u8; 16]> {
+        if self.anonymous {
+            return None;
+        }
         self.inner.identity()
     }
     async fn read(&self, lba: u64, blocks: u32) -> ZoneResult<Bytes> {

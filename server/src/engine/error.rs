@@ -103,6 +103,20 @@ pub enum EngineError {
         /// The identity the device reports (hex).
         found: String,
     },
+    /// The drive answering under a registered drive's name lays its zones out otherwise than
+    /// the index recorded (another drive, which reports no identity to tell it apart): it is not
+    /// used in the registered drive's place.
+    #[error(
+        "drive {drive}: a drive of another geometry answers ({found}; the index knows {known}): is the storage node exporting the right disk? It is left out, and its copies are served from other drives; if the old drive is gone for good, drain it (`zonestore admin drain {drive}`) and configure the new one under another name"
+    )]
+    WrongGeometry {
+        /// Drive name.
+        drive: String,
+        /// The geometry the index recorded.
+        known: zns::Geometry,
+        /// The geometry the device reports.
+        found: zns::Geometry,
+    },
     /// A drive this index has never used holds data (see [`registry::check_first_use`]).
     ///
     /// [`registry::check_first_use`]: super::registry::check_first_use
@@ -136,7 +150,9 @@ impl EngineError {
     pub fn is_foreign_drive(&self) -> bool {
         matches!(
             self,
-            EngineError::WrongDrive { .. } | EngineError::ForeignData { .. }
+            EngineError::WrongDrive { .. }
+                | EngineError::WrongGeometry { .. }
+                | EngineError::ForeignData { .. }
         )
     }
 

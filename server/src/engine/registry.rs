@@ -38,7 +38,11 @@ const IDENTITY_PREFIX: &[u8] = b"identity:";
 /// holding what the index expects: a blank impostor met before any identity was recorded must
 /// not become the drive's identity). A mismatch marks the drive foreign.
 pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> EngineResult<()> {
+    confirm_geometry(index, drive)?;
     let Some(found) = drive.device.identity() else {
+        drive
+            .foreign
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         return Ok(());
     };
     let key = identity_key(&drive.name);
@@ -81,6 +85,29 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
         .foreign
         .store(false, std::sync::atomic::Ordering::SeqCst);
     Ok(())
+}
+
+/// Checks that the drive answering under a registered name lays its zones out as the index
+/// recorded (see [`Geometry::same_layout`]): every location the index holds on it means the
+/// same place. A mismatch marks the drive foreign. (What a reconnect finds is checked by the
+/// host: it refuses a namespace whose geometry changed.)
+fn confirm_geometry(index: &Index, drive: &Drive) -> EngineResult<()> {
+    let Some(raw) = index.get_raw(cf::META, &geometry_key(&drive.name))? else {
+        return Ok(());
+    };
+    let known = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
+    let found = drive.device.geometry();
+    if found.same_layout(&known) {
+        return Ok(());
+    }
+    drive
+        .foreign
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    Err(EngineError::WrongGeometry {
+        drive: drive.name.clone(),
+        known,
+        found,
+    })
 }
 
 /// Refuses a drive this index has never used (registered, never yet accepted by a survey)
@@ -154,6 +181,12 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     let mut first_use = Vec::new();
     for spec in specs {
         check_zone_limits(&spec.name, &spec.device.geometry())?;
+        if spec.device.is_available() && spec.device.identity().is_none() {
+            tracing::warn!(
+                drive = %spec.name,
+                "the drive reports no identity (its namespace has no NGUID): another drive answering in its place is told apart only by its geometry"
+            );
+        }
         match names.iter().position(|n| *n == spec.name) {
             Some(i) => {
                 // A rebuild's word for a drive it left out is spent once the drive is
@@ -200,11 +233,23 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     batch.put_cf(index.cf(cf::META), DRIVES_KEY, encode_registry(&names));
     for ((name, device), removed) in names.iter().zip(&by_id).zip(&removed) {
         if let (Some(device), false) = (device, removed) {
-            batch.put_cf(
-                index.cf(cf::META),
-                geometry_key(name),
-                encode_geometry(&device.geometry()),
-            );
+            let geometry = device.geometry();
+            // A drive laid out otherwise than recorded is not the drive the index knows (see
+            // [`confirm_geometry`]): what is recorded stays, for the right one. Its limits may
+            // have changed (a target restarted with other flags): those are taken.
+            let stored = index.get_raw(cf::META, &geometry_key(name))?;
+            let recorded = stored
+                .as_deref()
+                .map(decode_geometry)
+                .transpose()
+                .map_err(|e| EngineError::Internal(e.0))?;
+            if recorded.is_none_or(|r| r.same_layout(&geometry)) {
+                batch.put_cf(
+                    index.cf(cf::META),
+                    geometry_key(name),
+                    encode_geometry(&geometry),
+                );
+            }
         }
     }
     for name in first_use {
