@@ -633,6 +633,13 @@ fn recover_rebuilds_the_index_from_the_zones() {
         "{stderr}"
     );
     assert!(!drive.exists(), "an empty drive was made in its place");
+    // The rebuilt index still knows the drive it could not read: not made again empty either.
+    let err = serve_fails(&["serve", "--data", data.to_str().unwrap()]);
+    assert!(
+        err.contains("embedded drive 1") && err.contains("index knows it"),
+        "{err}"
+    );
+    assert!(!drive.exists(), "an empty drive was made in its place");
     std::fs::rename(&away, &drive).unwrap();
     // Drives the index knows keep the geometry they were made with: another one configured
     // is named, not ignored.

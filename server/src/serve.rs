@@ -311,7 +311,13 @@ impl Server {
             .map_err(io_error("starting the admin listener"))?;
         let embedded = checked.targets.is_empty();
         let known = crate::engine::known_drives(&checked.index_dir)?;
-        let registered: std::collections::HashSet<String> = known.keys().cloned().collect();
+        // Every drive the registry names, also one whose geometry it lacks: a local drive it
+        // names is opened, never made again empty.
+        let registered: std::collections::HashSet<String> =
+            crate::engine::registered_drives(&checked.index_dir)?
+                .into_iter()
+                .chain(known.keys().cloned())
+                .collect();
         let mut attached = targets::attach_configured(
             config,
             &checked,
@@ -393,7 +399,10 @@ impl Server {
                 admin.shut_down(Duration::ZERO).await;
                 engine.shutdown().await;
                 attached.close().await;
-                return Err(io_error("starting the S3 listener")(e));
+                return Err(io_error(format!(
+                    "starting the S3 listener on {} (listen)",
+                    checked.listen
+                ))(e));
             }
         };
 

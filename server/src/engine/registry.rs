@@ -515,6 +515,16 @@ pub fn carry_over(
     }
     let mut unaccepted = false;
     for name in left_out {
+        // What the old index knew of a drive the rebuild could not read: its geometry (so it
+        // can be attached when it answers, and a local one missing is not made again empty)
+        // and its identity (so another drive answering in its place is refused).
+        for key in [geometry_key(name), identity_key(name)] {
+            if new.get_raw(cf::META, &key)?.is_none()
+                && let Some(value) = old.get_raw(cf::META, &key)?
+            {
+                batch.put_cf(new.cf(cf::META), key, value);
+            }
+        }
         let key = first_use_key(name);
         if old.get_raw(cf::META, &key)?.is_some() {
             batch.put_cf(new.cf(cf::META), key, []);
