@@ -5829,6 +5829,51 @@ async fn a_failed_copy_meant_for_reads_is_made_again_for_reads() {
     );
 }
 
+/// After its drive reconnects (a target restarted), a write is not failed for the zones the
+/// drive kept open before, written on its older session: each is retired as the write finds
+/// it, however many there are while too few zones are free to open new ones, and the write
+/// lands in a new zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_left_stale_by_a_reconnect_do_not_use_up_a_writes_rounds() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    // 4 user zones open, 6 free: no more are opened while the reserve and the open ones
+    // would not be left.
+    let g = small_geometry(10, 1 << 20);
+    let mut session = None;
+    let mut specs = intercepted_specs(dir.path(), 1, g, |_, _, drive| {
+        session = Some(drive.session_offset.clone())
+    });
+    let session = session.unwrap();
+    let engine = engine_on(
+        dir.path(),
+        "zns-file://drive0",
+        specs.remove(0).device,
+        gc_by_hand,
+    )
+    .await;
+    for i in 0..8 {
+        let key = format!("before-{i}");
+        put(&engine, "b", &key, &content(&key, 1, 5000))
+            .await
+            .unwrap();
+    }
+    session.fetch_add(1, Ordering::SeqCst);
+    put(&engine, "b", "after", &content("after", 1, 5000))
+        .await
+        .expect("the write lands in a zone opened on the drive's new session");
+    for key in (0..8)
+        .map(|i| format!("before-{i}"))
+        .chain(["after".to_string()])
+    {
+        assert_eq!(
+            get(&engine, "b", &key).await.unwrap(),
+            content(&key, 1, 5000)
+        );
+    }
+    engine.shutdown().await;
+}
+
 /// A write's copies are on as many drives as there are copies, whatever failed on the way: a
 /// drive that took one copy never takes a second of the same record in a later round (one disk
 /// lost would then lose two copies, and repair, counting copies, would never make them again).

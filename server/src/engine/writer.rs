@@ -36,6 +36,11 @@ pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(30);
 /// How long a write waits for GC to free space before it fails for lack of space.
 const SPACE_WAIT: Duration = Duration::from_secs(10);
 
+/// Most rounds of one write that may send nothing, every zone placed in found written on an
+/// older session of its drive, without counting as one of its three rounds: more than the
+/// zones a drive keeps open for a class.
+const MAX_STALE_ROUNDS: usize = 16;
+
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
     pub(crate) fn finish_zones(&self, zones: Vec<ZoneId>) {
@@ -117,6 +122,10 @@ impl EngineInner {
         let started = Instant::now();
         let deadline = started + SPACE_WAIT;
         let mut rounds = 0;
+        // Rounds in which no append was sent, every zone placed in found stale (see below):
+        // not counted as rounds, up to a bound (each retires its zones, and a drive has few
+        // open ones).
+        let mut stale_rounds = 0;
         // How long the write quorum took to store, once it has: what copies beyond it are given
         // (see [`super::patience::Patience::for_stragglers`]), in its round and any later one.
         let mut quorum_took: Option<Duration> = None;
@@ -277,6 +286,7 @@ impl EngineInner {
             let mut running: FuturesUnordered<_> = appends.collect();
             let mut unanswered: Vec<Slot> = slots.clone();
             let mut give_up_at: Option<tokio::time::Instant> = None;
+            let mut sent_any = false;
             loop {
                 if give_up_at.is_none() && locations.len() >= quorum && !running.is_empty() {
                     let took = *quorum_took.get_or_insert_with(|| round_began.elapsed());
@@ -304,6 +314,7 @@ impl EngineInner {
                     }
                     continue;
                 };
+                sent_any = true;
                 // A zone the drive made read-only or took offline is left out from now on;
                 // the drive's other zones still take the record. So do they when the zone was
                 // not in the state placement counted on (full, or its write pointer elsewhere):
@@ -392,6 +403,13 @@ impl EngineInner {
                 // Written in a later round, it goes before the rarely-read copies all the same.
                 locations[..=landed_before + at].rotate_right(1);
                 primary_landed = true;
+            }
+            // A round that sent nothing spent no drive's patience: after a reconnect, each of
+            // a drive's open zones may be found stale in turn (the next one placement picks is
+            // another of them while too few zones are free to open a new one).
+            if !sent_any && unanswered.is_empty() && stale_rounds < MAX_STALE_ROUNDS {
+                stale_rounds += 1;
+                rounds -= 1;
             }
             // The appends not answered in time are given up on (dropped: their slots end as in
             // doubt, see [`SlotGuard`]); where they may yet land, the write's name hides.
