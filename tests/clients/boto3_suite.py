@@ -701,6 +701,13 @@ def check_checksums():
         assert head.get("ChecksumType") == kind, head
         if kind == "COMPOSITE":
             assert done["ChecksumCRC32"].endswith("-2"), done["ChecksumCRC32"]
+            # A copy naming no algorithm keeps the source's, computed over the whole copy (a
+            # composite checksum describes the source's parts, which the copy does not have).
+            copied = s3.copy_object(Bucket=b, Key=key + "-copy", CopySource={"Bucket": b, "Key": key})["CopyObjectResult"]
+            whole_crc = base64.b64encode(zlib.crc32(b"".join(parts_data)).to_bytes(4, "big")).decode()
+            assert copied.get("ChecksumCRC32") == whole_crc, copied
+            head = s3.head_object(Bucket=b, Key=key + "-copy", ChecksumMode="ENABLED")
+            assert head.get("ChecksumCRC32") == whole_crc and head.get("ChecksumType") == "FULL_OBJECT", head
     whole = b"".join(parts_data)
     assert s3.get_object(Bucket=b, Key="mp-CRC64NVME")["Body"].read() == whole
     # An upload of no checksum algorithm still compares the part checksums a completion gives

@@ -625,10 +625,20 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         source.info.headers.clone()
     };
     let condition = write_condition(ctx)?;
-    // The checksum the copy is to carry, if the request names one (S3 keeps one per object).
-    let algorithm = requested_algorithm(ctx)?;
+    let composite = source.info.checksum_type.as_deref() == Some("COMPOSITE");
+    // The checksum the copy is to carry, if the request names one (S3 keeps one per object);
+    // naming none keeps the source's algorithm, as S3 does: a composite checksum (of the
+    // source's parts, which the copy does not have) is computed again over the whole copy.
+    let algorithm = requested_algorithm(ctx)?.or_else(|| {
+        source
+            .info
+            .checksums
+            .first()
+            .filter(|_| composite)
+            .and_then(|c| checksum::Algorithm::parse(&c.algorithm))
+    });
     // Full-object checksums still hold for the same bytes; composite ones describe parts.
-    let mut checksums = if source.info.checksum_type.as_deref() == Some("COMPOSITE") {
+    let mut checksums = if composite {
         Vec::new()
     } else {
         source.info.checksums.clone()
