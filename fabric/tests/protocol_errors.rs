@@ -1081,6 +1081,39 @@ async fn a_reset_in_place_aborts_held_event_requests() {
     assert_eq!(status, Status::AER_LIMIT_EXCEEDED);
 }
 
+/// A Controller Level Reset deletes the controller's I/O queues (NVMe Base §3.7.2): their
+/// connections are closed, and once the controller is enabled again the host connects the
+/// same queue anew. The number of queues is set before any I/O queue exists: with one
+/// connected, Set Features Number of Queues is a Command Sequence Error.
+#[tokio::test]
+async fn a_reset_deletes_the_io_queues_which_the_host_connects_anew() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut io, _) = io_connected(handle.local_addr(), 31).await;
+    let mut set_queues = Sqe::new(0x09, 30);
+    set_queues.set_cdw(10, 0x07).set_cdw(11, 0x0003_0003);
+    let (status, _) = status_of(&mut admin, &mut buf, set_queues).await;
+    assert_eq!(status, Status::COMMAND_SEQUENCE_ERROR);
+
+    send(&mut admin, set_cc(20, 0x0046_0060)).await;
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.cid() == 20 && r.cqe.status().is_success())
+    );
+    assert!(
+        read_all(&mut io).await.is_empty(),
+        "the I/O queue's connection is closed"
+    );
+    send(&mut admin, enable_capsule()).await;
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.status().is_success())
+    );
+    let (mut io, mut io_buf) = io_connected(handle.local_addr(), 31).await;
+    let mut flush = Sqe::new(0x00, 1);
+    flush.set_nsid(1);
+    let (status, _) = status_of(&mut io, &mut io_buf, flush).await;
+    assert!(status.is_success(), "{status:?}");
+}
+
 /// A discovery controller holds one Asynchronous Event Request, as its Identify Controller
 /// (AERL 0) says.
 #[tokio::test]

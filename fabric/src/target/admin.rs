@@ -261,6 +261,11 @@ fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
             if nsqr == 0xFFFF || ncqr == 0xFFFF {
                 return Reply::error(Status::INVALID_FIELD);
             }
+            // Set before any I/O queue is created (NVMe Base §5.27.1.5): a grant below the
+            // queues connected would not bind them.
+            if !controller.io_queues.lock().is_empty() {
+                return Reply::error(Status::COMMAND_SEQUENCE_ERROR);
+            }
             let max = u32::from(ctx.target.config.max_io_queues.saturating_sub(1));
             let granted = (ncqr.min(max) << 16) | nsqr.min(max);
             let previous = controller

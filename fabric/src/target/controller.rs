@@ -44,7 +44,12 @@ pub(crate) struct Controller {
     /// Granted I/O queues, 0's based, as Set Features Number of Queues returns (NCQA << 16 |
     /// NSQA); `u32::MAX` until the host asks.
     pub(crate) queues_granted: AtomicU32,
+    /// The I/O queues connected, by QID.
     pub(crate) io_queues: Mutex<HashSet<u16>>,
+    /// Moved on by each Controller Level Reset, which deletes the I/O queues: a queue's
+    /// connection ends once it moves on from the value the queue was connected in (changed
+    /// only with `io_queues` locked).
+    io_generation: watch::Sender<u64>,
     pub(crate) aers: Mutex<Vec<HeldAer>>,
     shutdown: watch::Sender<bool>,
     /// Milliseconds since `epoch` of the last command (traffic based keep alive).
@@ -80,6 +85,7 @@ impl Controller {
             aec: AtomicU32::new(0),
             queues_granted: AtomicU32::new(u32::MAX),
             io_queues: Mutex::new(HashSet::new()),
+            io_generation: watch::channel(0).0,
             aers: Mutex::new(Vec::new()),
             shutdown: watch::channel(false).0,
             last_activity: AtomicU64::new(0),
@@ -118,6 +124,30 @@ impl Controller {
     /// A receiver that fires when the controller is torn down.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Registers I/O queue `qid`, unless one of that QID is connected already: the generation
+    /// of I/O queues it belongs to (see [`Controller::io_queues_deleted`]).
+    pub(crate) fn add_io_queue(&self, qid: u16) -> Option<u64> {
+        let mut queues = self.io_queues.lock();
+        queues.insert(qid).then(|| *self.io_generation.borrow())
+    }
+
+    /// Forgets I/O queue `qid` of generation `generation` (a reset forgot it already, and a
+    /// queue of that QID connected since is another's).
+    pub(crate) fn remove_io_queue(&self, qid: u16, generation: u64) {
+        let mut queues = self.io_queues.lock();
+        if *self.io_generation.borrow() == generation {
+            queues.remove(&qid);
+        }
+    }
+
+    /// Completes when the I/O queues of `generation` are deleted by a Controller Level Reset.
+    pub(crate) fn io_queues_deleted(&self, generation: u64) -> impl Future<Output = ()> + use<> {
+        let mut rx = self.io_generation.subscribe();
+        async move {
+            let _ = rx.wait_for(|g| *g != generation).await;
+        }
     }
 
     /// Property Set of CC (NVMe Base §3.1.3.6 and §3.6): enable, disable, shutdown.
@@ -161,13 +191,19 @@ impl Controller {
         }
     }
 
-    /// A Controller Level Reset (CC.EN from 1 to 0, NVMe Base §3.7.2): not ready, the held
-    /// Asynchronous Event Requests aborted (their identifiers free for the host's new ones),
-    /// and the features a host sets on enabling (number of queues, async event configuration)
-    /// back to their defaults. The association (and its queues' connections) stays: over
-    /// fabrics, a host that wants new queues reconnects them.
+    /// A Controller Level Reset (CC.EN from 1 to 0, NVMe Base §3.7.2): not ready, the I/O
+    /// queues deleted (their connections close, their commands still waiting are stopped; a
+    /// host that wants I/O queues again connects them anew), the held Asynchronous Event
+    /// Requests aborted (their identifiers free for the host's new ones), and the features a
+    /// host sets on enabling (number of queues, async event configuration) back to their
+    /// defaults. The admin queue and the association stay.
     fn reset(&self) {
         self.csts.store(0, Ordering::SeqCst);
+        {
+            let mut queues = self.io_queues.lock();
+            queues.clear();
+            self.io_generation.send_modify(|g| *g += 1);
+        }
         let held: Vec<HeldAer> = self.aers.lock().drain(..).collect();
         for aer in held {
             aer.answer(Status::ABORTED_SQ_DELETION);

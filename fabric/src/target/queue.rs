@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -95,6 +96,9 @@ pub(crate) struct QueueCtx {
     sqflow_disabled: bool,
     sq_head: AtomicU32,
     closed: AtomicBool,
+    /// The generation of the controller's I/O queues this one belongs to (see
+    /// [`Controller::io_queues_deleted`]); 0 for the admin queue.
+    io_generation: u64,
     /// The connection's read budget, in [`READ_BUDGET_UNIT`]s (see
     /// [`super::TargetConfig::max_outstanding_read`]).
     read_budget: Arc<Semaphore>,
@@ -588,13 +592,30 @@ async fn terminate(tx: &FrameSender, target: &Arc<TargetInner>, error: PduError)
 /// How long a TermReq may wait for room in the writer's queue.
 const TERMREQ_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Completes when the controller behind `signal` is torn down (never, without one).
-async fn controller_down(signal: &mut Option<watch::Receiver<bool>>) {
-    match signal.as_mut() {
-        Some(rx) => {
-            let _ = rx.wait_for(|down| *down).await;
+/// Completes when the queue of a connection ends on its controller's side (never before it is
+/// connected): the controller torn down (keep-alive timeout, or the admin queue closed), or,
+/// for an I/O queue, deleted by a Controller Level Reset.
+async fn queue_ended(
+    controller_down: &mut Option<watch::Receiver<bool>>,
+    io_queue_deleted: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+) {
+    let down = async {
+        match controller_down.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|down| *down).await;
+            }
+            None => std::future::pending::<()>().await,
         }
-        None => std::future::pending::<()>().await,
+    };
+    let deleted = async {
+        match io_queue_deleted.as_mut() {
+            Some(deleted) => deleted.as_mut().await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = down => {}
+        _ = deleted => {}
     }
 }
 
@@ -604,9 +625,10 @@ impl Connection {
         reader: &mut PduReader<OwnedReadHalf>,
         stop: &mut watch::Receiver<bool>,
     ) {
-        // Fires when the controller this queue belongs to is torn down (keep-alive timeout, or
-        // the admin queue closed).
+        // Fire when the controller this queue belongs to is torn down, or this I/O queue
+        // deleted (see [`queue_ended`]).
         let mut controller_gone: Option<watch::Receiver<bool>> = None;
+        let mut io_queue_deleted: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         let freed = self.r2t_freed.clone();
         let writer = self.tx.clone();
         let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
@@ -619,7 +641,7 @@ impl Connection {
             // once the writer has given up on the host, nothing more is worth reading.
             let result = tokio::select! {
                 _ = stop.changed() => return,
-                _ = controller_down(&mut controller_gone) => return,
+                _ = queue_ended(&mut controller_gone, &mut io_queue_deleted) => return,
                 _ = writer.closed() => return,
                 _ = tokio::time::sleep_until(connect_deadline), if self.ctx.is_none() => {
                     tracing::debug!(peer = %self.peer, "no Connect in {CONNECT_TIMEOUT:?}; closing");
@@ -628,7 +650,7 @@ impl Connection {
                 _ = freed.notified() => {
                     tokio::select! {
                         _ = stop.changed() => return,
-                        _ = controller_down(&mut controller_gone) => return,
+                        _ = queue_ended(&mut controller_gone, &mut io_queue_deleted) => return,
                         _ = self.issue_r2ts() => {}
                     }
                     continue;
@@ -637,7 +659,7 @@ impl Connection {
                     self.backlog.set_input_pending(reader.has_buffered());
                     tokio::select! {
                         _ = stop.changed() => return,
-                        _ = controller_down(&mut controller_gone) => return,
+                        _ = queue_ended(&mut controller_gone, &mut io_queue_deleted) => return,
                         _ = writer.closed() => return,
                         handled = self.handle(next) => match handled {
                             Some(result) => result,
@@ -657,6 +679,11 @@ impl Connection {
                 && let Some(ctx) = &self.ctx
             {
                 controller_gone = Some(ctx.controller.shutdown_signal());
+                if ctx.qid != 0 {
+                    io_queue_deleted = Some(Box::pin(
+                        ctx.controller.io_queues_deleted(ctx.io_generation),
+                    ));
+                }
                 // An admin queue takes no data by R2T and at most ADMIN_IN_CAPSULE in a
                 // capsule: a larger PDU there is refused at its header, not buffered whole (a
                 // host the discovery controller admits could otherwise pin megabytes per
@@ -714,7 +741,7 @@ impl Connection {
         if ctx.qid == 0 {
             ctx.controller.teardown();
         } else {
-            ctx.controller.io_queues.lock().remove(&ctx.qid);
+            ctx.controller.remove_io_queue(ctx.qid, ctx.io_generation);
         }
     }
 
@@ -1133,7 +1160,9 @@ impl Connection {
                 invalid_parameter(in_data, offset),
             )
         };
-        let outcome: Result<Arc<Controller>, (Status, u64)> = (|| {
+        // The controller, and the generation of its I/O queues the queue joins (0 for the
+        // admin queue).
+        let outcome: Result<(Arc<Controller>, u64), (Status, u64)> = (|| {
             if c.recfmt != 0 {
                 return Err((Status::CONNECT_INCOMPATIBLE_FORMAT, 0));
             }
@@ -1184,7 +1213,9 @@ impl Connection {
                         kato_ms,
                     )
                 });
-                return made.ok_or((Status::CONNECT_CONTROLLER_BUSY, 0));
+                return made
+                    .map(|controller| (controller, 0))
+                    .ok_or((Status::CONNECT_CONTROLLER_BUSY, 0));
             }
             if subsystem.is_discovery() {
                 return Err(invalid(false, connect::offset::QID));
@@ -1209,17 +1240,17 @@ impl Connection {
             if c.qid > max_qid {
                 return Err(invalid(false, connect::offset::QID));
             }
-            if !controller.io_queues.lock().insert(c.qid) {
+            let Some(generation) = controller.add_io_queue(c.qid) else {
                 return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
-            }
-            Ok(controller)
+            };
+            Ok((controller, generation))
         })();
         match outcome {
             Err((status, result)) => {
                 tracing::debug!(peer = %self.peer, ?status, "connect refused");
                 self.reject(cid, status, result).await;
             }
-            Ok(controller) => {
+            Ok((controller, io_generation)) => {
                 let cntlid = controller.cntlid;
                 controller.touch();
                 if c.qid == 0 {
@@ -1239,6 +1270,7 @@ impl Connection {
                     sqflow_disabled: c.cattr & connect::CATTR_DISABLE_SQFLOW != 0,
                     sq_head: AtomicU32::new(0),
                     closed: AtomicBool::new(false),
+                    io_generation,
                     read_budget: Arc::new(Semaphore::new(read_budget_units(
                         &self.target.config,
                         c.qid,
