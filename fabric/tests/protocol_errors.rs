@@ -1198,6 +1198,94 @@ async fn shutdown_status_reads_occurring_until_the_flush_ends() {
     );
 }
 
+/// A shutdown takes no I/O command once it has begun (CSTS.RDY clear, as Linux's target has
+/// it), and its flush waits for the commands already running: a write the drive finishes
+/// after the flush would not be covered by a shutdown that reported everything durable.
+#[tokio::test]
+async fn a_shutdown_flushes_after_the_writes_running_when_it_began() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
+    let mut device = zns::testing::Intercepted::new(Arc::new(drive));
+    let stalled = Arc::new(tokio::sync::Semaphore::new(0));
+    device.before_append = Box::new({
+        let stalled = stalled.clone();
+        move |_, _, _| {
+            let stalled = stalled.clone();
+            Box::pin(async move {
+                let _ = stalled.acquire().await.map(|p| p.forget());
+            })
+        }
+    });
+    let appended = Arc::new(AtomicBool::new(false));
+    device.after_append = Box::new({
+        let appended = appended.clone();
+        move |_, result| {
+            appended.store(true, Ordering::SeqCst);
+            Box::pin(std::future::ready(result))
+        }
+    });
+    let flushed_after_append = Arc::new(AtomicBool::new(false));
+    device.before_flush = Box::new({
+        let (appended, flushed_after_append) = (appended.clone(), flushed_after_append.clone());
+        move || {
+            flushed_after_append.store(appended.load(Ordering::SeqCst), Ordering::SeqCst);
+            Box::pin(std::future::ready(Ok(())))
+        }
+    });
+    let (_target, handle) = start_device(Arc::new(device)).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    let (mut io, mut io_buf) = io_connected(handle.local_addr(), 31).await;
+    let mut append = Sqe::new(0x7D, 1);
+    append
+        .set_nsid(1)
+        .set_slba(0)
+        .set_cdw(12, 0)
+        .set_sgl(4096, true);
+    send(
+        &mut io,
+        Pdu::CapsuleCmd(CapsuleCmd {
+            sqe: append,
+            data: Bytes::from(vec![1u8; 4096]),
+            data_digest_error: false,
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&mut admin, set_cc(3, 0x0046_0061 | 1 << 14)).await;
+    let mut get = Sqe::new(0x7f, 4);
+    get.put(4, &[0x04]).put(44, &property::CSTS.to_le_bytes());
+    let (_, csts) = status_of(&mut admin, &mut buf, get.clone()).await;
+    assert_eq!(
+        csts & (property::CSTS_SHST_MASK | property::CSTS_RDY),
+        property::CSTS_SHST_OCCURRING,
+        "CSTS {csts:#x}"
+    );
+    let mut flush = Sqe::new(0x00, 2);
+    flush.set_nsid(1);
+    let (status, _) = status_of(&mut io, &mut io_buf, flush).await;
+    assert_eq!(status, Status::COMMAND_SEQUENCE_ERROR, "no I/O is taken");
+
+    stalled.add_permits(1);
+    match next_pdu(&mut io, &mut io_buf).await {
+        Pdu::CapsuleResp(r) => assert!(r.cqe.cid() == 1 && r.cqe.status().is_success(), "{r:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        matches!(next_pdu(&mut admin, &mut buf).await, Pdu::CapsuleResp(r) if r.cqe.cid() == 3)
+    );
+    assert!(
+        flushed_after_append.load(Ordering::SeqCst),
+        "the flush ran before the append it was to cover"
+    );
+    let (_, csts) = status_of(&mut admin, &mut buf, get).await;
+    assert_eq!(
+        csts & property::CSTS_SHST_MASK,
+        property::CSTS_SHST_COMPLETE,
+        "CSTS {csts:#x}"
+    );
+}
+
 /// A command whose drive panics (a bug, not an input) is answered Internal Error (without Do
 /// Not Retry: what it did is not known), not left for its host to time out with its
 /// identifier taken: the same identifier is answered again.

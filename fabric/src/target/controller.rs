@@ -2,12 +2,12 @@
 //! features, held Asynchronous Event Requests, its I/O queues and its keep-alive timer.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::TargetInner;
 use super::queue::QueueCtx;
@@ -58,7 +58,27 @@ pub(crate) struct Controller {
     /// Whether the keep-alive watchdog runs (one per controller, however often the host
     /// toggles CC.EN).
     keep_alive_started: AtomicBool,
+    /// I/O commands running on the controller's queues (from before their ready check to
+    /// their end): a shutdown waits for them before its flush.
+    io_running: AtomicUsize,
+    /// Notified when `io_running` falls to 0.
+    io_idle: Notify,
 }
+
+/// An I/O command running on a controller (see [`Controller::io_begun`]), until dropped.
+pub(crate) struct IoRunning(Arc<Controller>);
+
+impl Drop for IoRunning {
+    fn drop(&mut self) {
+        if self.0.io_running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.io_idle.notify_waiters();
+        }
+    }
+}
+
+/// Longest a shutdown waits for the I/O commands running when it began (a host is to stop its
+/// I/O first; one that did not is not waited for for ever).
+const SHUTDOWN_IO_WAIT: Duration = Duration::from_secs(10);
 
 /// A keep-alive timeout rounded up to the granularity Identify advertises (KAS: one second),
 /// as the specification has the controller do: a host that asks for 400 ms is given 1 s.
@@ -91,6 +111,8 @@ impl Controller {
             last_activity: AtomicU64::new(0),
             epoch: Instant::now(),
             keep_alive_started: AtomicBool::new(false),
+            io_running: AtomicUsize::new(0),
+            io_idle: Notify::new(),
         }
     }
 
@@ -124,6 +146,30 @@ impl Controller {
     /// A receiver that fires when the controller is torn down.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Counts an I/O command as running until the guard is dropped: taken before the command
+    /// looks whether the controller is ready, so a shutdown that clears CSTS.RDY and then
+    /// waits for the running ones to end misses none.
+    pub(crate) fn io_begun(self: &Arc<Self>) -> IoRunning {
+        self.io_running.fetch_add(1, Ordering::SeqCst);
+        IoRunning(self.clone())
+    }
+
+    /// Waits (at most `limit`) until no I/O command runs; whether none does.
+    async fn io_drained(&self, limit: Duration) -> bool {
+        let drained = async {
+            loop {
+                let idle = self.io_idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.io_running.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(limit, drained).await.is_ok()
     }
 
     /// Registers I/O queue `qid`, unless one of that QID is connected already: the generation
@@ -172,8 +218,18 @@ impl Controller {
             // A shutdown notification: make everything durable before reporting completion.
             // A flush that fails is a fatal controller status, never a completed shutdown (the
             // host would take what it wrote as durable). Until then, CSTS says it is under way.
+            // No I/O command is taken from here on (not ready, as Linux's target has it), and
+            // the flush waits for those running: a write the drive finished after it would not
+            // be covered by the shutdown that reported everything durable.
             self.csts
                 .fetch_or(property::CSTS_SHST_OCCURRING, Ordering::SeqCst);
+            self.csts.fetch_and(!property::CSTS_RDY, Ordering::SeqCst);
+            if !self.io_drained(SHUTDOWN_IO_WAIT).await {
+                tracing::warn!(
+                    cntlid = self.cntlid,
+                    "shutdown: I/O commands still running after {SHUTDOWN_IO_WAIT:?}; flushing without them"
+                );
+            }
             if let Some(device) = &self.subsystem.device
                 && let Err(e) = device.flush().await
             {

@@ -93,6 +93,7 @@ fn transfer_status(bytes: u64, ctx: &QueueCtx, len: u64) -> Option<Status> {
 
 /// Runs one I/O-queue command.
 pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Reply {
+    let _running = ctx.controller.io_begun();
     let device = match ready_device(ctx) {
         Ok(device) => device,
         Err(status) => return Reply::error(status),
