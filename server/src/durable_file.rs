@@ -10,7 +10,7 @@ use std::path::Path;
 /// into a temporary file beside it, synced, then renamed over `path`, and the directory
 /// synced so that the rename lasts.
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     std::fs::create_dir_all(dir)?;
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
@@ -32,9 +32,23 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// Makes the entries of `dir` (a file created, renamed or removed in it) durable.
+/// Makes the entries of `dir` (a file created, renamed or removed in it) durable. An empty
+/// path is the current directory (the parent of a bare relative name).
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// The directory `path` is an entry of: its parent, or the current directory for a bare
+/// relative name (whose [`Path::parent`] is empty, not `None`) or the root.
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
@@ -55,5 +69,14 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join("sub").join("token.tmp").exists());
+    }
+
+    #[test]
+    fn a_bare_relative_name_is_an_entry_of_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("zs-index")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/zs-index")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/zs-index")), Path::new("/"));
+        sync_dir(parent_dir(Path::new("zs-index"))).unwrap();
+        sync_dir(Path::new("")).unwrap();
     }
 }

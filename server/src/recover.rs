@@ -74,7 +74,7 @@ pub enum RecoverError {
 /// empty index); elsewhere, two renames. The parent directory is synced, so the swap survives a
 /// crash once this returns.
 fn swap_in(building: &Path, index_dir: &Path, old: Option<&Path>) -> std::io::Result<()> {
-    let parent = index_dir.parent().unwrap_or(Path::new("."));
+    let parent = crate::durable_file::parent_dir(index_dir);
     // From here on the rebuilt index is whole: should the swap be cut short, the next start
     // (or rebuild) finishes it rather than begin anew or rebuild again.
     let mark = rebuilt_mark(index_dir);
@@ -113,7 +113,7 @@ pub(crate) fn finish_interrupted_swap(index_dir: &Path) -> std::io::Result<bool>
     if !mark.exists() {
         return Ok(false);
     }
-    let parent = index_dir.parent().unwrap_or(Path::new("."));
+    let parent = crate::durable_file::parent_dir(index_dir);
     let building = sibling(index_dir, "rebuilding");
     let finished = !holds_anything(index_dir) && building.is_dir();
     if finished {
@@ -183,10 +183,7 @@ fn check_swappable(index_dir: &Path) -> Result<(), RecoverError> {
     if !meta.is_dir() {
         return Err(refuse("it is not a directory".into()));
     }
-    let parent = index_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = crate::durable_file::parent_dir(index_dir);
     if std::fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev()) {
         return Err(refuse(format!(
             "it is a mount point: the rebuilt index is built beside it and renamed into its place, so set index_dir to a directory inside the mount (such as {})",
