@@ -211,6 +211,10 @@ pub struct Config {
     /// one names the flag too.
     #[serde(skip)]
     pub set_by_flags: Vec<(String, String)>,
+    /// The top-level keys the configuration file gave (none without a file): what the file
+    /// says is not overridden by an environment variable.
+    #[serde(skip)]
+    pub file_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -237,6 +241,7 @@ impl Default for Config {
             per_client_connections: None,
             sigv2: true,
             set_by_flags: Vec::new(),
+            file_keys: Vec::new(),
         }
     }
 }
@@ -458,7 +463,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad(&path.display().to_string(), format!("cannot read: {e}")))?;
-        toml::from_str(&text).map_err(|e| {
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
             let key = e
                 .span()
                 .map(|s| {
@@ -471,7 +476,17 @@ impl Config {
                 })
                 .unwrap_or_else(|| path.display().to_string());
             bad(&key, e.message().to_string())
-        })
+        })?;
+        // (The text parsed as a whole just now: it is a table.)
+        if let Ok(table) = text.parse::<toml::Table>() {
+            config.file_keys = table.keys().cloned().collect();
+        }
+        Ok(config)
+    }
+
+    /// Whether the configuration file gave the top-level key `key`.
+    pub fn file_sets(&self, key: &str) -> bool {
+        self.file_keys.iter().any(|k| k == key)
     }
 
     /// Checks every value.

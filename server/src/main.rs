@@ -77,6 +77,10 @@ struct DriveArgs {
     /// takes it too.
     #[arg(long, env = "ZONESTORE_DATA")]
     data: Option<PathBuf>,
+    /// Whether `data` came from ZONESTORE_DATA rather than the flag (see [`note_env_sources`]):
+    /// a configuration file's `data_dir` is not overridden by the environment.
+    #[arg(skip)]
+    data_from_env: bool,
     /// Attach a drive instead of the embedded default: nvme-tcp://HOST:PORT/NQN,
     /// nvme-tcp://HOST:PORT (every subsystem its discovery controller lists) or
     /// zns-file://DIR (a local emulated drive, without the fabric). Repeatable.
@@ -122,6 +126,10 @@ struct ServeArgs {
     /// Secret key of that user.
     #[arg(long, env = "ZONESTORE_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// Whether the user came from ZONESTORE_ACCESS_KEY rather than the flag (see
+    /// [`note_env_sources`]).
+    #[arg(skip)]
+    user_from_env: bool,
     /// PEM certificate chain for HTTPS (with --tls-key).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -206,8 +214,25 @@ fn config_of(args: &DriveArgs) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     if let Some(data) = &args.data {
-        config.data_dir = data.clone();
-        config.set_by_flag("data_dir", "--data");
+        // ZONESTORE_DATA (exported for `zonestore admin`, say) does not move a server whose
+        // configuration file names its data directory onto another one.
+        if args.data_from_env && config.file_sets("data_dir") {
+            if config.data_dir != *data {
+                say_err!(
+                    "zonestore: warning: ZONESTORE_DATA ({}) is not used: the configuration file's data_dir ({}) is (--data overrides it)",
+                    data.display(),
+                    config.data_dir.display()
+                );
+            }
+        } else {
+            config.data_dir = data.clone();
+            let source = if args.data_from_env {
+                "ZONESTORE_DATA"
+            } else {
+                "--data"
+            };
+            config.set_by_flag("data_dir", source);
+        }
     }
     if !args.targets.is_empty() {
         config.targets = args.targets.clone();
@@ -271,7 +296,17 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
                     config.users.len() - 1
                 }
             };
-            config.set_by_flag(&format!("users[{place}]"), "--access-key, --secret-key");
+            let source = if args.user_from_env {
+                "ZONESTORE_ACCESS_KEY, ZONESTORE_SECRET_KEY"
+            } else {
+                "--access-key, --secret-key"
+            };
+            if args.user_from_env && config.file_sets("users") {
+                say_err!(
+                    "zonestore: warning: ZONESTORE_ACCESS_KEY is set: its user {a} is taken besides the configuration file's users"
+                );
+            }
+            config.set_by_flag(&format!("users[{place}]"), source);
         }
         (None, None) => {}
         _ => bail!(
@@ -550,8 +585,30 @@ fn warn_of_secret_in_arguments(flag: &str, env: &str) {
     }
 }
 
+/// Notes which values of `cli` came from environment variables rather than flags (`matches`
+/// being what it was parsed from).
+fn note_env_sources(cli: &mut Cli, matches: &clap::ArgMatches) {
+    let from_env = |command: &str, id: &str| {
+        matches
+            .subcommand_matches(command)
+            .and_then(|m| m.value_source(id))
+            == Some(clap::parser::ValueSource::EnvVariable)
+    };
+    match &mut cli.command {
+        Command::Serve(args) => {
+            args.drives.data_from_env = from_env("serve", "data");
+            args.user_from_env = from_env("serve", "access_key");
+        }
+        Command::Recover(args) => args.drives.data_from_env = from_env("recover", "data"),
+        Command::Target(_) | Command::Admin(_) => {}
+    }
+}
+
 fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    note_env_sources(&mut cli, &matches);
     warn_of_secret_in_arguments("--secret-key", "ZONESTORE_SECRET_KEY");
     warn_of_secret_in_arguments("--token", "ZONESTORE_ADMIN_TOKEN");
     init_logging();
@@ -575,6 +632,7 @@ mod tests {
     use super::{Cli, Command, config_of, error_report};
     use anyhow::Context;
     use clap::Parser;
+    use std::path::Path;
 
     /// `--direct-writes` turns direct writes on, `--direct-writes=false` off, whatever the
     /// configuration file says; without it the file decides.
@@ -596,6 +654,35 @@ mod tests {
         assert!(direct(false, &["--direct-writes"]));
         assert!(direct(false, &["--direct-writes", "--zones", "8"]));
         assert!(!direct(true, &["--direct-writes=false"]));
+    }
+
+    /// ZONESTORE_DATA (exported for `zonestore admin`, say) does not override a configuration
+    /// file's data_dir (the server would start on other drives, with other credentials); it
+    /// applies where the file names none; the flag overrides the file.
+    #[test]
+    fn the_data_directory_from_the_environment_yields_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("z.toml");
+        let data_dir = |file_says: &str, flags: &[&str], from_env: bool| {
+            std::fs::write(&file, file_says).unwrap();
+            let mut argv = vec!["zonestore", "serve", "--config", file.to_str().unwrap()];
+            argv.extend(flags);
+            let Command::Serve(mut args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve");
+            };
+            args.drives.data_from_env = from_env;
+            config_of(&args.drives).unwrap().data_dir
+        };
+        let named = "data_dir = \"/srv/zs\"\n";
+        assert_eq!(
+            data_dir(named, &["--data", "/env"], true),
+            Path::new("/srv/zs")
+        );
+        assert_eq!(
+            data_dir(named, &["--data", "/flag"], false),
+            Path::new("/flag")
+        );
+        assert_eq!(data_dir("", &["--data", "/env"], true), Path::new("/env"));
     }
 
     #[test]
