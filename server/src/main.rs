@@ -462,15 +462,17 @@ fn geometry_of(args: &TargetArgs) -> anyhow::Result<zns::Geometry> {
     let limit = |v: u32| (v != 0).then_some(v);
     geometry.max_open = limit(args.max_open);
     geometry.max_active = limit(args.max_active);
-    geometry.validate().map_err(|e| {
-        anyhow::anyhow!("{e} (check --zones, --zone-size, --max-open, --max-active)")
-    })?;
+    // (Before the geometry's own checks: a zone size that is no power of two would otherwise be
+    // named by a limit derived from it, such as the append limit.)
     if !geometry.zone_size.is_power_of_two() {
         bail!(
             "--zone-size {} is not a power of two, which NVMe hosts require",
             args.zone_size
         );
     }
+    geometry.validate().map_err(|e| {
+        anyhow::anyhow!("{e} (check --zones, --zone-size, --max-open, --max-active)")
+    })?;
     Ok(geometry)
 }
 

@@ -20,6 +20,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
+        other if other.starts_with(['.', ',']) => {
+            return Err(format!(
+                "{text:?} is not a whole number (sizes take no fractions: write 1536M for 1.5G)"
+            ));
+        }
         other => {
             return Err(format!(
                 "{text:?} has an unknown unit {other:?} (use K, M, G or T)"
@@ -69,6 +74,7 @@ mod tests {
     fn bad_sizes_are_named() {
         assert!(parse_size("").unwrap_err().contains("not a size"));
         assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("1.5G").unwrap_err().contains("no fractions"));
         assert!(
             parse_size("99999999999T")
                 .unwrap_err()
