@@ -5829,6 +5829,66 @@ async fn a_failed_copy_meant_for_reads_is_made_again_for_reads() {
     );
 }
 
+/// While the index takes no writes (a full disk), failed writes' revocations wait for it only
+/// up to a bound: past it, client writes are refused before anything is appended (memory and
+/// the work of every later index write stay bounded), the waiting revocations tried on their
+/// own each time; once the index takes writes again, they land and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_failing_on_an_index_that_takes_none_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(64, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 1, g, gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    put(&engine, "b", "before", &content("before", 1, 100))
+        .await
+        .unwrap();
+    let written = async || {
+        let report = zns::ZonedDevice::report_zones(&drives[0], 0, zns::ReportFilter::All, 64)
+            .await
+            .unwrap();
+        // (A full zone's write pointer reads as all ones.)
+        report
+            .zones
+            .iter()
+            .map(|z| z.wp.saturating_sub(z.zslba).min(z.zcap))
+            .sum::<u64>()
+    };
+    engine.index().refuse_writes(true);
+    let mut failed = 0;
+    while engine.revocations_waiting() < 1024 {
+        let key = format!("failed-{failed}");
+        assert!(
+            put(&engine, "b", &key, &content(&key, 1, 100))
+                .await
+                .is_err()
+        );
+        failed += 1;
+        assert!(failed <= 1024, "each failed write waits to be revoked");
+    }
+    let before = written().await;
+    for i in 0..10 {
+        let key = format!("refused-{i}");
+        assert!(
+            put(&engine, "b", &key, &content(&key, 1, 100))
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(written().await, before, "refused writes append nothing");
+    assert_eq!(engine.revocations_waiting(), 1024);
+
+    engine.index().refuse_writes(false);
+    put(&engine, "b", "after", &content("after", 1, 100))
+        .await
+        .unwrap();
+    assert_eq!(engine.revocations_waiting(), 0);
+    for key in ["before", "after"] {
+        assert_eq!(get(&engine, "b", key).await.unwrap(), content(key, 1, 100));
+    }
+    assert!(get(&engine, "b", "failed-0").await.is_err());
+    engine.shutdown().await;
+}
+
 /// After its drive reconnects (a target restarted), a write is not failed for the zones the
 /// drive kept open before, written on its older session: each is retired as the write finds
 /// it, however many there are while too few zones are free to open new ones, and the write

@@ -80,6 +80,9 @@ pub enum IndexError {
     /// RocksDB failed.
     #[error("index (RocksDB) error: {0}")]
     Db(#[from] rocksdb::Error),
+    /// The index was made to refuse writes (see [`Index::refuse_writes`]).
+    #[error("index refused the write (writes are refused on purpose, for a test)")]
+    Refused,
     /// A stored value is corrupt.
     #[error("corrupt index entry in {cf}: {detail}")]
     Corrupt {
@@ -274,6 +277,8 @@ struct Folded<T> {
 /// The RocksDB index.
 pub struct Index {
     db: DB,
+    /// While set, every write fails as on a full disk (see [`Index::refuse_writes`]).
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Index {
@@ -336,7 +341,16 @@ impl Index {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&options, path, cfs)?;
-        Ok(Index { db })
+        Ok(Index {
+            db,
+            refusing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Makes every later write fail (`on`) as on a full disk, or take writes again: for tests
+    /// of what the engine does while its index takes no writes.
+    pub fn refuse_writes(&self, on: bool) {
+        self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The handle of a column family (all are created at open).
@@ -353,6 +367,9 @@ impl Index {
 
     /// Writes a batch; with `sync`, durable when it returns.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> IndexResult<()> {
+        if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(IndexError::Refused);
+        }
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         self.db.write_opt(batch, &options)?;

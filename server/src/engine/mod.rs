@@ -1412,6 +1412,17 @@ impl Engine {
         &self.inner.drives
     }
 
+    /// The index (for tests: see [`Index::refuse_writes`]).
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    /// Failed writes whose revocations wait for the index to take them (see
+    /// [`revoked::Pending`]).
+    pub fn revocations_waiting(&self) -> usize {
+        self.inner.committer.pending_revocations.len()
+    }
+
     /// Object bytes users wrote.
     pub fn user_bytes(&self) -> u64 {
         self.inner.stats.user_bytes.load(Ordering::Relaxed)

@@ -209,6 +209,16 @@ impl Pending {
     pub fn take(&self) -> Revocations {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
+
+    /// How many sequence numbers have revocations waiting.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no revocation waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Every revocation by sequence number. (One whose value does not decode revokes every record

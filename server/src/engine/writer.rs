@@ -41,6 +41,11 @@ const SPACE_WAIT: Duration = Duration::from_secs(10);
 /// zones a drive keeps open for a class.
 const MAX_STALE_ROUNDS: usize = 16;
 
+/// Most failed writes whose revocations may wait for an index that takes no writes (see
+/// [`super::revoked::Pending`]) before client writes are refused without being appended: each
+/// would fail too and only add one more (memory, and work for every later index write).
+const MAX_PENDING_REVOCATIONS: usize = 1024;
+
 impl EngineInner {
     /// Finishes zones placement stopped using (frees their open and active resources).
     pub(crate) fn finish_zones(&self, zones: Vec<ZoneId>) {
@@ -118,6 +123,16 @@ impl EngineInner {
         let class = by.class();
         let mut locations = Vec::with_capacity(copies);
         let mut holds = ZoneHolds::new(self.placement.clone());
+        if by == Writer::User && !self.failed_writes_recorded().await {
+            return Err(AppendFailed {
+                error: EngineError::Unavailable(
+                    "the index takes no writes now (those that failed wait for it): try again later"
+                        .into(),
+                ),
+                attempted: Vec::new(),
+                holds,
+            });
+        }
         let mut tried: Vec<u16> = Vec::new();
         let started = Instant::now();
         let deadline = started + SPACE_WAIT;
@@ -569,6 +584,31 @@ impl EngineInner {
             }
         }
         Err(first_error.unwrap_or_else(|| EngineError::Internal("no copy was flushed".into())))
+    }
+
+    /// Whether client writes may be appended: yes unless more failed writes' revocations wait
+    /// for the index than [`MAX_PENDING_REVOCATIONS`]; then they are tried on their own first
+    /// (no other index write may come to carry them while client writes are refused).
+    async fn failed_writes_recorded(&self) -> bool {
+        let pending = &self.committer.pending_revocations;
+        if pending.len() < MAX_PENDING_REVOCATIONS {
+            return true;
+        }
+        let waiting = pending.take();
+        if waiting.is_empty() {
+            return true;
+        }
+        let to_write = waiting.clone();
+        let index = self.index.clone();
+        let written =
+            tokio::task::spawn_blocking(move || super::revoked::record_all(&index, to_write)).await;
+        if matches!(written, Ok(Ok(()))) {
+            return true;
+        }
+        for (seq, revocation) in waiting {
+            pending.add(seq, revocation);
+        }
+        false
     }
 
     /// Records (durably, before the failed write's caller hears of it) that the records of
