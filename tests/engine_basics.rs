@@ -2193,6 +2193,53 @@ fn write_at(drives: &[zns::EmulatedZns], copy: (usize, usize), bytes: &[u8]) {
     file.write_all_at(bytes, copy.1 as u64).unwrap();
 }
 
+/// A GET whose only readable copy is damaged while another is on a drive that is down fails as
+/// an outage to wait out (503: the other copy may be whole), not as damage (500); once the
+/// drive is back, the GET is served from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_beside_one_on_a_drive_that_is_down_is_an_outage() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let mut down = None;
+    let mut inner = Vec::new();
+    let specs = intercepted_specs(dir.path(), 2, g, |i, drive, intercepted| {
+        inner.push(drive.clone());
+        if i == 1 {
+            down = Some(intercepted.unavailable.clone());
+        }
+    });
+    let down = down.unwrap();
+    let engine = copies_over(dir.path(), specs, 2, 2).await;
+    let body = content("k", 1, 30_000);
+    put(&engine, "b", "k", &body).await.unwrap();
+    let probe = &body[5000..5064];
+    let on_first = std::fs::read(inner[0].data_path())
+        .unwrap()
+        .windows(64)
+        .position(|w| w == probe)
+        .expect("a copy on the first drive");
+    write_at(&inner, (0, on_first), &[0xFF; 64]);
+    down.store(true, Ordering::SeqCst);
+    let e = get(&engine, "b", "k").await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match get(&engine, "b", "k").await {
+            Ok(read) => {
+                assert_eq!(read, body);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable() && std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    engine.shutdown().await;
+}
+
 /// A GET that meets a damaged copy (it fails over to a good one) hands the copy to repair,
 /// which makes it again from a good copy at once, not at the next weekly scrub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -557,14 +557,15 @@ impl EngineInner {
             "no readable copy of stream {} offset {}: {last_error}",
             piece.stream_id, piece.offset
         );
-        // Every copy on a drive that is down: an outage, not damage. Nor is a copy GC moved
-        // again and again while it was read: a read begun again finds where it is.
+        // A copy on a drive that is down may be whole (the others found damaged): an outage
+        // to wait out (503), not damage known to be beyond repair. Nor is a copy GC moved again
+        // and again while it was read: a read begun again finds where it is.
         if moved
             || piece
                 .extent
                 .replicas
                 .iter()
-                .all(|l| self.drives.of(l).is_none_or(|d| !d.is_up()))
+                .any(|l| self.drives.of(l).is_none_or(|d| !d.is_up()))
         {
             return Err(EngineError::Unavailable(what));
         }
