@@ -1,6 +1,6 @@
 //! NVMe/TCP over loopback against the local emulated drive, the same work in the same run:
 //! 4 KiB random reads at queue depth 32 (IOPS) and 128 KiB sequential Zone Appends, 4 zones with
-//! 4 in flight each (bandwidth). Report fabric/local as ratios: for reads local_time/fabric_time
+//! 4 in flight each (bandwidth). Criterion prints each case; compare fabric/local as ratios: for reads local_time/fabric_time
 //! of the same number of reads, for appends likewise. A second baseline is the transport alone:
 //! the same exchanges (a 72-byte command capsule out and 4 KiB back; 128 KiB out and a 16-byte
 //! completion back) pipelined over raw loopback TCP connections, as many as the host has I/O

@@ -7,7 +7,7 @@
 //! - ops/s and p99 latency of 4 KiB range GETs at random offsets of the 64 MiB objects (`pread`
 //!   of the same files for the baseline) at concurrency 64;
 //!
-//! for three set-ups: the embedded default (3 drives behind NVMe/TCP, R = 3), the same with
+//! for four set-ups: the embedded default (3 drives behind NVMe/TCP, R = 3), the same with
 //! R = 1 (the cost of replication), 3 `zns-file://` drives with R = 3 (the cost of the fabric),
 //! and the embedded default with `--direct-writes` (drives that bypass the page cache). Run:
 //! `cargo bench -p zonestore --bench s3_load [-- SETUP...]` with SETUP among `embedded`,

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A training-data pipeline against Zonestore: write a sharded dataset (tar shards of samples)
 through boto3, then read it back the way a data loader does -- a pool of workers issuing
-concurrent 8-16 MiB range GETs over the shards (or s3fs/fsspec with --fsspec) -- and print
-MB/s and samples/s, next to the same reads from the local shard files (raw disk reads of the
-same bytes, same run).
+concurrent range GETs over the shards, --range-mib each (loaders use 8-16 MiB; or s3fs/fsspec
+with --fsspec) -- and print MB/s and samples/s, next to the same reads from the local shard files
+(preads of the same bytes in the same run, which the page cache serves: the shards were just
+written).
 
     export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
     python examples/dataset.py --endpoint http://127.0.0.1:9000 --shards 8 --shard-mib 128
@@ -93,7 +94,9 @@ def main():
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
 
-    staging = args.local_dir or tempfile.mkdtemp(prefix="zonestore-dataset-")
+    # A staging directory of our own goes when the run ends; one given is kept.
+    own_staging = None if args.local_dir else tempfile.TemporaryDirectory(prefix="zonestore-dataset-")
+    staging = args.local_dir or own_staging.name
     os.makedirs(staging, exist_ok=True)
     shard_bytes = args.shard_mib << 20
     sample_bytes = args.sample_kib << 10
@@ -159,6 +162,8 @@ def main():
     print(f"read:   {read_bytes / read_s / mb:8.1f} MB/s  {samples / read_s:9.0f} samples/s")
     print(f"raw:    {raw_bytes / raw_s / mb:8.1f} MB/s  {samples / raw_s:9.0f} samples/s  (local files, same reads)")
     print(f"ratio:  {(read_bytes / read_s) / (raw_bytes / raw_s):.3f}  (Zonestore / raw)")
+    if own_staging is not None:
+        own_staging.cleanup()
 
 
 if __name__ == "__main__":

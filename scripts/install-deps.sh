@@ -6,6 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# rustfmt and clippy (scripts/test.sh runs both), where rustup manages the toolchain.
+if command -v rustup >/dev/null 2>&1 \
+    && ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1; then
+    echo "install-deps: rustup component add rustfmt clippy"
+    rustup component add rustfmt clippy
+fi
+
 packages=(clang libclang-dev python3 python3-venv openssl rclone)
 if [ "${ZONESTORE_SKIP_VM:-0}" != 1 ]; then
     packages+=(qemu-system-x86 busybox-static nvme-cli fio util-linux kmod cpio)

@@ -34,6 +34,10 @@ fn qemu_available() -> bool {
 /// why, where QEMU is not installed.
 fn vm_image() -> Option<std::path::PathBuf> {
     if !qemu_available() {
+        assert!(
+            std::env::var("ZONESTORE_REQUIRE_ALL_TESTS").as_deref() != Ok("1"),
+            "qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it), and ZONESTORE_REQUIRE_ALL_TESTS (set by scripts/test.sh) says every test must run"
+        );
         eprintln!(
             "SKIPPED: qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)"
         );

@@ -2,7 +2,8 @@
 //! a real `zonestore serve`: metadata, 2,000-key paginated listings with and without a
 //! delimiter, ranges, conditionals, delete_objects, copies, multipart with UploadPartCopy,
 //! checksums, every authentication failure, two users' isolation, NotImplemented, and
-//! s3fs/fsspec reading and writing files. The checks live in `tests/clients/boto3_suite.py`.
+//! s3fs/fsspec reading and writing files. The checks live in `tests/clients/boto3_suite.py`. Also
+//! the training-pipeline example, `examples/dataset.py`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -39,6 +40,32 @@ fn boto3_and_s3fs_suite() {
         &[],
     );
     assert!(refused > 0.0, "{refused}");
+}
+
+/// The training-pipeline example (`examples/dataset.py`) against a real server, through boto3
+/// and through fsspec: it writes a small sharded dataset, checks a range read back against the
+/// shard it came from, reads every byte back with a pool of workers and prints its figures.
+#[test]
+fn the_dataset_example_writes_and_reads_a_sharded_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&dir.path().join("data"), &[]);
+    for extra in [&[][..], &["--fsspec"][..]] {
+        let mut args = vec![
+            "--endpoint",
+            server.endpoint.as_str(),
+            "--shards",
+            "2",
+            "--shard-mib",
+            "8",
+            "--range-mib",
+            "2",
+            "--workers",
+            "4",
+        ];
+        args.extend(extra);
+        let out = server.python_with_env("../../examples/dataset.py", &args, &[]);
+        assert!(out.contains("samples/s") && out.contains("ratio:"), "{out}");
+    }
 }
 
 /// Copies answered the way long ones are (at once, 200, whitespace until the result or an Error
