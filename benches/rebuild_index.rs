@@ -15,14 +15,31 @@ use engine_common::{drive_specs, open_engine, put};
 use zns::Geometry;
 use zonestore::engine::recovery;
 
-/// Peak resident memory of this process so far, in KiB.
+/// Peak resident memory of this process since the last [`reset_peak_rss`] (or its start), in
+/// KiB: Linux's VmHWM.
 fn peak_rss_kib() -> i64 {
-    // SAFETY: getrusage fills the zeroed struct it is given.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage.ru_maxrss
-    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Makes the peak resident memory start again from what is resident now (so that the fill's
+/// peak does not hide the rebuild's).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Resident memory of this process now, in KiB.
+fn rss_kib() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -52,7 +69,8 @@ fn main() {
             t.await.unwrap();
         }
         engine.shutdown().await;
-        let before = peak_rss_kib();
+        reset_peak_rss();
+        let before = rss_kib();
         let start = Instant::now();
         let rebuilt = dir.path().join("rebuilt");
         let report = recovery::rebuild(&rebuilt, drive_specs(&drives), &Default::default(), |_| {})
