@@ -3767,25 +3767,45 @@ async fn a_different_drive_under_a_registered_name_is_left_out_until_the_right_o
             "{:?}",
             third.down_for()
         );
-        assert_eq!(
-            get(&engine, "b", "before").await.unwrap(),
-            content("before", 1, 200_000)
-        );
-        put(&engine, "b", "during", &content("during", 1, 200_000))
-            .await
-            .unwrap();
-        let report = zns::ZonedDevice::report_zones(&drives[2], 0, zns::ReportFilter::All, 16)
-            .await
-            .unwrap();
-        let written: u64 = report.zones.iter().map(|z| z.wp - z.zslba).sum();
-        assert_eq!(written, 0, "nothing was written to the impostor");
-        engine.shutdown().await;
+        served_without_the_impostor(engine, &drives[2]).await;
     }
 
     // The right drive is back.
     std::fs::remove_dir_all(&real).unwrap();
     std::fs::rename(&aside, &real).unwrap();
     let (engine, _drives) = open_engine(dir.path(), 3, g, |c| c.write_quorum = 2).await;
+    served_by_the_right_third_drive(engine).await;
+}
+
+/// With the third drive found to be another (foreign, not attached), the others serve: what
+/// was stored before reads back, a new object ("during") is stored, and nothing is written to
+/// `impostor`. The engine is shut down.
+async fn served_without_the_impostor(
+    engine: zonestore::engine::Engine,
+    impostor: &zns::EmulatedZns,
+) {
+    let third = &engine.drives().all()[2];
+    assert!(third.foreign.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(!third.attached.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        get(&engine, "b", "before").await.unwrap(),
+        content("before", 1, 200_000)
+    );
+    put(&engine, "b", "during", &content("during", 1, 200_000))
+        .await
+        .unwrap();
+    let zones = zns::ZonedDevice::geometry(impostor).zone_count as usize;
+    let report = zns::ZonedDevice::report_zones(impostor, 0, zns::ReportFilter::All, zones)
+        .await
+        .unwrap();
+    let written: u64 = report.zones.iter().map(|z| z.wp - z.zslba).sum();
+    assert_eq!(written, 0, "nothing was written to the impostor");
+    engine.shutdown().await;
+}
+
+/// With the right third drive back, it is used again and every object reads back. The engine
+/// is shut down.
+async fn served_by_the_right_third_drive(engine: zonestore::engine::Engine) {
     let third = &engine.drives().all()[2];
     assert!(!third.foreign.load(std::sync::atomic::Ordering::SeqCst));
     assert!(third.is_up());
@@ -3840,23 +3860,7 @@ async fn a_drive_of_another_geometry_under_a_registered_name_is_left_out() {
                 )
             })
             .collect();
-        let engine = open(&drives).await;
-        let third = &engine.drives().all()[2];
-        assert!(third.foreign.load(std::sync::atomic::Ordering::SeqCst));
-        assert!(!third.attached.load(std::sync::atomic::Ordering::SeqCst));
-        assert_eq!(
-            get(&engine, "b", "before").await.unwrap(),
-            content("before", 1, 200_000)
-        );
-        put(&engine, "b", "during", &content("during", 1, 200_000))
-            .await
-            .unwrap();
-        let report = zns::ZonedDevice::report_zones(&drives[2], 0, zns::ReportFilter::All, 32)
-            .await
-            .unwrap();
-        let written: u64 = report.zones.iter().map(|z| z.wp - z.zslba).sum();
-        assert_eq!(written, 0, "nothing was written to the other drive");
-        engine.shutdown().await;
+        served_without_the_impostor(open(&drives).await, &drives[2]).await;
     }
 
     std::fs::remove_dir_all(&real).unwrap();
@@ -3864,17 +3868,7 @@ async fn a_drive_of_another_geometry_under_a_registered_name_is_left_out() {
     let drives: Vec<_> = (0..3)
         .map(|i| open_drive(&dir.path().join(format!("drive{i}")), g))
         .collect();
-    let engine = open(&drives).await;
-    let third = &engine.drives().all()[2];
-    assert!(!third.foreign.load(std::sync::atomic::Ordering::SeqCst));
-    assert!(third.is_up());
-    for key in ["before", "during"] {
-        assert_eq!(
-            get(&engine, "b", key).await.unwrap(),
-            content(key, 1, 200_000)
-        );
-    }
-    engine.shutdown().await;
+    served_by_the_right_third_drive(open(&drives).await).await;
 }
 
 /// Drives holding data that an index never wrote (another gateway's drives, or those of an

@@ -1027,6 +1027,22 @@ async fn fabrics_commands_on_an_io_queue_are_connect_only() {
     assert_eq!(status, Status::INVALID_OPCODE);
 }
 
+/// A Zone Append (identifier `cid`) of one 4 KiB block to the first zone, its data in the
+/// capsule.
+fn one_block_append(cid: u16) -> Pdu {
+    let mut append = Sqe::new(0x7D, cid);
+    append
+        .set_nsid(1)
+        .set_slba(0)
+        .set_cdw(12, 0)
+        .set_sgl(4096, true);
+    Pdu::CapsuleCmd(CapsuleCmd {
+        sqe: append,
+        data: Bytes::from(vec![1u8; 4096]),
+        data_digest_error: false,
+    })
+}
+
 /// A Property Set of CC with EN cleared (a Controller Level Reset): `value` with the entry
 /// sizes and CSS as [`enable_capsule`] sets them.
 fn set_cc(cid: u16, value: u32) -> Pdu {
@@ -1236,21 +1252,7 @@ async fn a_shutdown_flushes_after_the_writes_running_when_it_began() {
     let (_target, handle) = start_device(Arc::new(device)).await;
     let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
     let (mut io, mut io_buf) = io_connected(handle.local_addr(), 31).await;
-    let mut append = Sqe::new(0x7D, 1);
-    append
-        .set_nsid(1)
-        .set_slba(0)
-        .set_cdw(12, 0)
-        .set_sgl(4096, true);
-    send(
-        &mut io,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe: append,
-            data: Bytes::from(vec![1u8; 4096]),
-            data_digest_error: false,
-        }),
-    )
-    .await;
+    send(&mut io, one_block_append(1)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     send(&mut admin, set_cc(3, 0x0046_0061 | 1 << 14)).await;
     let mut get = Sqe::new(0x7f, 4);
@@ -1554,21 +1556,7 @@ async fn media_errors_travel_as_the_commands_media_status() {
         .set_cdw(12, 0)
         .set_sgl(4096, false);
     send(&mut io, command(read)).await;
-    let mut append = Sqe::new(0x7D, 2);
-    append
-        .set_nsid(1)
-        .set_slba(0)
-        .set_cdw(12, 0)
-        .set_sgl(4096, true);
-    send(
-        &mut io,
-        Pdu::CapsuleCmd(CapsuleCmd {
-            sqe: append,
-            data: Bytes::from(vec![1u8; 4096]),
-            data_digest_error: false,
-        }),
-    )
-    .await;
+    send(&mut io, one_block_append(2)).await;
     let mut statuses = std::collections::BTreeMap::new();
     while statuses.len() < 2 {
         match next_pdu(&mut io, &mut buf).await {
