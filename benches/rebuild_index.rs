@@ -15,13 +15,13 @@ use engine_common::{drive_specs, open_engine, put};
 use zns::Geometry;
 use zonestore::engine::recovery;
 
-/// Peak resident memory of this process since the last [`reset_peak_rss`] (or its start), in
-/// KiB: Linux's VmHWM.
-fn peak_rss_kib() -> i64 {
+/// A memory figure of this process from `/proc/self/status`, in KiB (0 where it cannot be
+/// read): `VmRSS` (resident now) or `VmHWM` (the peak since [`reset_peak_rss`] or the start).
+fn status_kib(field: &str) -> i64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -30,16 +30,6 @@ fn peak_rss_kib() -> i64 {
 /// peak does not hide the rebuild's).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Resident memory of this process now, in KiB.
-fn rss_kib() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -70,14 +60,14 @@ fn main() {
         }
         engine.shutdown().await;
         reset_peak_rss();
-        let before = rss_kib();
+        let before = status_kib("VmRSS");
         let start = Instant::now();
         let rebuilt = dir.path().join("rebuilt");
         let report = recovery::rebuild(&rebuilt, drive_specs(&drives), &Default::default(), |_| {})
             .await
             .unwrap();
         let seconds = start.elapsed().as_secs_f64();
-        let growth = (peak_rss_kib() - before).max(0) as f64 * 1024.0;
+        let growth = (status_kib("VmHWM") - before).max(0) as f64 * 1024.0;
         println!(
             "rebuilt {} objects ({} records) in {seconds:.1} s ({:.0} objects/s); peak memory grew {:.0} MiB ({:.0} bytes per object)",
             report.objects,
