@@ -210,6 +210,22 @@ impl Pending {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// A copy of every revocation waiting (they stay: see [`Pending::remove_recorded`]).
+    pub fn snapshot(&self) -> Revocations {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Removes the revocations in `recorded` (now durable) that still wait as they were (one
+    /// that grew meanwhile stays, to be written whole).
+    pub fn remove_recorded(&self, recorded: &Revocations) {
+        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, revocation) in recorded {
+            if waiting.get(seq) == Some(revocation) {
+                waiting.remove(seq);
+            }
+        }
+    }
+
     /// How many sequence numbers have revocations waiting.
     pub fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()

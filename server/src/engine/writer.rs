@@ -594,7 +594,9 @@ impl EngineInner {
         if pending.len() < MAX_PENDING_REVOCATIONS {
             return true;
         }
-        let waiting = pending.take();
+        // Copied, not taken out: while they are written, other writers still find them
+        // waiting (and are refused), and an index write of the committer's carries them.
+        let waiting = pending.snapshot();
         if waiting.is_empty() {
             return true;
         }
@@ -602,13 +604,11 @@ impl EngineInner {
         let index = self.index.clone();
         let written =
             tokio::task::spawn_blocking(move || super::revoked::record_all(&index, to_write)).await;
-        if matches!(written, Ok(Ok(()))) {
-            return true;
+        if !matches!(written, Ok(Ok(()))) {
+            return false;
         }
-        for (seq, revocation) in waiting {
-            pending.add(seq, revocation);
-        }
-        false
+        pending.remove_recorded(&waiting);
+        true
     }
 
     /// Records (durably, before the failed write's caller hears of it) that the records of
