@@ -3849,8 +3849,10 @@ async fn a_drive_of_another_geometry_under_a_registered_name_is_left_out() {
     let real = dir.path().join("drive2");
     let aside = dir.path().join("drive2-aside");
     std::fs::rename(&real, &aside).unwrap();
+    // Zones twice as large: every location the index holds on the drive would mean another
+    // zone and offset on it.
     let mut other = g;
-    other.zone_count *= 2;
+    other.zone_size *= 2;
     {
         let drives: Vec<_> = (0..3)
             .map(|i| {

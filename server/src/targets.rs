@@ -183,7 +183,7 @@ async fn connect(
             // A drive the index knows (its data has copies elsewhere): start without it and
             // keep trying to reach it.
             tracing::warn!(target = %format!("nvme-tcp://{address}/{nqn}"), "target unreachable ({e}); starting without it and reconnecting in the background");
-            NvmeTcpHost::connect_later(config, known[&name].geometry)
+            NvmeTcpHost::connect_later(config.clone(), known[&name].geometry)
         }
         Err(e) => {
             let target = format!("nvme-tcp://{address}/{nqn}");
@@ -198,6 +198,23 @@ async fn connect(
                 reason: e.to_string(),
             });
         }
+    };
+    // A drive the index knows laid out otherwise (another disk exported under its NQN, told
+    // apart by its geometry where it has no identity): not taken with that geometry, which
+    // would then be the one the host holds every later session to, refusing the right drive.
+    // The host keeps trying for a namespace laid out as recorded.
+    let host = match known.get(&name) {
+        Some(k) if !zns::ZonedDevice::geometry(&host).same_layout(&k.geometry) => {
+            tracing::error!(
+                target = %format!("nvme-tcp://{address}/{nqn}"),
+                "a namespace of another geometry answers ({}; the index knows {}): starting without the drive, waiting for the right one",
+                zns::ZonedDevice::geometry(&host),
+                k.geometry
+            );
+            host.close().await;
+            NvmeTcpHost::connect_later(config, k.geometry)
+        }
+        _ => host,
     };
     attached.specs.push(DriveSpec {
         name: name.clone(),

@@ -172,6 +172,40 @@ fn check_zone_limits(name: &str, geometry: &zns::Geometry) -> EngineResult<()> {
     Ok(())
 }
 
+/// `device`, registered as `name`, if it lays its zones out as the index recorded (see
+/// [`Geometry::same_layout`]); otherwise a stand-in that is never available, with the recorded
+/// geometry, and `true` (the drive is foreign): the zone accounts of what the index holds on
+/// the drive keep meaning the recorded drive's zones, and nothing is read from or written to
+/// the other. (A remote drive is held to its recorded geometry by its host, which waits for the
+/// right one.)
+fn laid_out_as_recorded(
+    index: &Index,
+    name: &str,
+    device: Arc<dyn ZonedDevice>,
+) -> EngineResult<(Arc<dyn ZonedDevice>, bool)> {
+    let Some(raw) = index.get_raw(cf::META, &geometry_key(name))? else {
+        return Ok((device, false));
+    };
+    let known = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
+    let found = device.geometry();
+    if found.same_layout(&known) {
+        return Ok((device, false));
+    }
+    tracing::error!(
+        "{}",
+        EngineError::WrongGeometry {
+            drive: name.to_string(),
+            known,
+            found,
+        }
+    );
+    let stand_in = zns::AbsentDrive {
+        geometry: known,
+        why: "a drive of another geometry answers under its name",
+    };
+    Ok((Arc::new(stand_in), true))
+}
+
 /// Matches configured drives with the registry in the index, giving each a stable id.
 pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineResult<Drives> {
     let mut names = registry(index)?;
@@ -179,6 +213,8 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     let mut by_id: Vec<Option<Arc<dyn ZonedDevice>>> = vec![None; names.len()];
     // Drives new to the index: they must come empty (see [`check_first_use`]).
     let mut first_use = Vec::new();
+    // Registered drives found laid out otherwise (see [`laid_out_as_recorded`]): foreign.
+    let mut laid_out_otherwise = Vec::new();
     for spec in specs {
         check_zone_limits(&spec.name, &spec.device.geometry())?;
         if spec.device.is_available() && spec.device.identity().is_none() {
@@ -192,7 +228,11 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
                 // A rebuild's word for a drive it left out is spent once the drive is
                 // registered (it was, or is now): none may let in a drive of that name later.
                 forget(index, vouched_key(&spec.name))?;
-                by_id[i] = Some(spec.device)
+                let (device, otherwise) = laid_out_as_recorded(index, &spec.name, spec.device)?;
+                if otherwise {
+                    laid_out_otherwise.push(i);
+                }
+                by_id[i] = Some(device);
             }
             None => {
                 first_use.push(spec.name.clone());
@@ -270,6 +310,11 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
         .filter_map(|(i, ((name, device), removed))| {
             let mut drive = Drive::new(i as u16, name, device?);
             drive.removed = removed;
+            if laid_out_otherwise.contains(&i) {
+                drive
+                    .foreign
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             Some(Arc::new(drive))
         })
         .collect();
