@@ -1224,11 +1224,14 @@ async fn a_shutdown_flushes_after_the_writes_running_when_it_began() {
     let drive = EmulatedZns::create(dir.path(), Geometry::new(2, 1 << 20)).unwrap();
     let mut device = zns::testing::Intercepted::new(Arc::new(drive));
     let stalled = Arc::new(tokio::sync::Semaphore::new(0));
+    // Told when the append has reached the drive (and waits there).
+    let reached = Arc::new(tokio::sync::Notify::new());
     device.before_append = Box::new({
-        let stalled = stalled.clone();
+        let (stalled, reached) = (stalled.clone(), reached.clone());
         move |_, _, _| {
-            let stalled = stalled.clone();
+            let (stalled, reached) = (stalled.clone(), reached.clone());
             Box::pin(async move {
+                reached.notify_one();
                 let _ = stalled.acquire().await.map(|p| p.forget());
             })
         }
@@ -1253,7 +1256,7 @@ async fn a_shutdown_flushes_after_the_writes_running_when_it_began() {
     let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
     let (mut io, mut io_buf) = io_connected(handle.local_addr(), 31).await;
     send(&mut io, one_block_append(1)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    reached.notified().await;
     send(&mut admin, set_cc(3, 0x0046_0061 | 1 << 14)).await;
     let mut get = Sqe::new(0x7f, 4);
     get.put(4, &[0x04]).put(44, &property::CSTS.to_le_bytes());

@@ -78,7 +78,7 @@ impl Drop for IoRunning {
 
 /// Longest a shutdown waits for the I/O commands running when it began (a host is to stop its
 /// I/O first; one that did not is not waited for for ever).
-const SHUTDOWN_IO_WAIT: Duration = Duration::from_secs(10);
+const SHUTDOWN_IO_WAIT: Duration = Duration::from_secs(5);
 
 /// A keep-alive timeout rounded up to the granularity Identify advertises (KAS: one second),
 /// as the specification has the controller do: a host that asks for 400 ms is given 1 s.
@@ -294,7 +294,10 @@ impl Controller {
                 tokio::time::sleep(period).await;
                 let Some(ctrl) = weak.upgrade() else { return };
                 let kato = ctrl.kato_ms();
-                if kato == 0 {
+                // A shutdown under way (waiting for I/O, flushing) is not a silent host.
+                if kato == 0
+                    || ctrl.csts() & property::CSTS_SHST_MASK == property::CSTS_SHST_OCCURRING
+                {
                     continue;
                 }
                 // Another thread may note activity between the two reads: never negative.
