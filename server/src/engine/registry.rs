@@ -38,7 +38,6 @@ const IDENTITY_PREFIX: &[u8] = b"identity:";
 /// holding what the index expects: a blank impostor met before any identity was recorded must
 /// not become the drive's identity). A mismatch marks the drive foreign.
 pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> EngineResult<()> {
-    confirm_geometry(index, drive)?;
     let Some(found) = drive.device.identity() else {
         drive
             .foreign
@@ -85,29 +84,6 @@ pub(crate) fn confirm_identity(index: &Index, drive: &Drive, record: bool) -> En
         .foreign
         .store(false, std::sync::atomic::Ordering::SeqCst);
     Ok(())
-}
-
-/// Checks that the drive answering under a registered name lays its zones out as the index
-/// recorded (see [`Geometry::same_layout`]): every location the index holds on it means the
-/// same place. A mismatch marks the drive foreign. (What a reconnect finds is checked by the
-/// host: it refuses a namespace whose geometry changed.)
-fn confirm_geometry(index: &Index, drive: &Drive) -> EngineResult<()> {
-    let Some(raw) = index.get_raw(cf::META, &geometry_key(&drive.name))? else {
-        return Ok(());
-    };
-    let known = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
-    let found = drive.device.geometry();
-    if found.same_layout(&known) {
-        return Ok(());
-    }
-    drive
-        .foreign
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    Err(EngineError::WrongGeometry {
-        drive: drive.name.clone(),
-        known,
-        found,
-    })
 }
 
 /// Refuses a drive this index has never used (registered, never yet accepted by a survey)
@@ -177,16 +153,15 @@ fn check_zone_limits(name: &str, geometry: &zns::Geometry) -> EngineResult<()> {
 /// geometry, and `true` (the drive is foreign): the zone accounts of what the index holds on
 /// the drive keep meaning the recorded drive's zones, and nothing is read from or written to
 /// the other. (A remote drive is held to its recorded geometry by its host, which waits for the
-/// right one.)
+/// right one; what a reconnect finds, the host checks too.)
 fn laid_out_as_recorded(
     index: &Index,
     name: &str,
     device: Arc<dyn ZonedDevice>,
 ) -> EngineResult<(Arc<dyn ZonedDevice>, bool)> {
-    let Some(raw) = index.get_raw(cf::META, &geometry_key(name))? else {
+    let Some(known) = recorded_geometry(index, name)? else {
         return Ok((device, false));
     };
-    let known = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
     let found = device.geometry();
     if found.same_layout(&known) {
         return Ok((device, false));
@@ -256,10 +231,8 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
                     names[i], live[i], records[i], names[i]
                 )));
             }
-            let geometry = match index.get_raw(cf::META, &geometry_key(&names[i]))? {
-                Some(raw) => decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?,
-                None => Geometry::new(0, 1 << 20),
-            };
+            let geometry =
+                recorded_geometry(index, &names[i])?.unwrap_or_else(|| Geometry::new(0, 1 << 20));
             tracing::info!(drive = %names[i], "drive holds nothing and is no longer configured: removed");
             // Stands in for it: never available, so nothing is placed on it or read from it.
             *device = Some(Arc::new(zns::AbsentDrive {
@@ -272,24 +245,15 @@ pub(crate) fn register_drives(index: &Index, specs: Vec<DriveSpec>) -> EngineRes
     let mut batch = rocksdb::WriteBatch::default();
     batch.put_cf(index.cf(cf::META), DRIVES_KEY, encode_registry(&names));
     for ((name, device), removed) in names.iter().zip(&by_id).zip(&removed) {
+        // (Laid out as recorded: a drive laid out otherwise stands in with the recorded
+        // geometry. Its limits may have changed, a target restarted with other flags: those are
+        // taken.)
         if let (Some(device), false) = (device, removed) {
-            let geometry = device.geometry();
-            // A drive laid out otherwise than recorded is not the drive the index knows (see
-            // [`confirm_geometry`]): what is recorded stays, for the right one. Its limits may
-            // have changed (a target restarted with other flags): those are taken.
-            let stored = index.get_raw(cf::META, &geometry_key(name))?;
-            let recorded = stored
-                .as_deref()
-                .map(decode_geometry)
-                .transpose()
-                .map_err(|e| EngineError::Internal(e.0))?;
-            if recorded.is_none_or(|r| r.same_layout(&geometry)) {
-                batch.put_cf(
-                    index.cf(cf::META),
-                    geometry_key(name),
-                    encode_geometry(&geometry),
-                );
-            }
+            batch.put_cf(
+                index.cf(cf::META),
+                geometry_key(name),
+                encode_geometry(&device.geometry()),
+            );
         }
     }
     for name in first_use {
@@ -358,6 +322,14 @@ fn registry(index: &Index) -> EngineResult<Vec<String>> {
 
 fn geometry_key(drive: &str) -> Vec<u8> {
     [GEOMETRY_PREFIX, drive.as_bytes()].concat()
+}
+
+/// The geometry the index recorded for drive `name`, if it did.
+fn recorded_geometry(index: &Index, name: &str) -> EngineResult<Option<Geometry>> {
+    index
+        .get_raw(cf::META, &geometry_key(name))?
+        .map(|raw| decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0)))
+        .transpose()
 }
 
 fn encode_geometry(g: &Geometry) -> Vec<u8> {
@@ -445,8 +417,7 @@ pub fn known_drives(index_dir: &Path) -> EngineResult<HashMap<String, KnownDrive
     }
     let index = Index::open(index_dir)?;
     for name in registry(&index)? {
-        if let Some(raw) = index.get_raw(cf::META, &geometry_key(&name))? {
-            let geometry = decode_geometry(&raw).map_err(|e| EngineError::Internal(e.0))?;
+        if let Some(geometry) = recorded_geometry(&index, &name)? {
             let identity = index
                 .get_raw(cf::META, &identity_key(&name))?
                 .and_then(|raw| raw.try_into().ok());
