@@ -1130,6 +1130,37 @@ async fn a_reset_deletes_the_io_queues_which_the_host_connects_anew() {
     assert!(status.is_success(), "{status:?}");
 }
 
+/// An I/O queue's Connect names a QID within the queues Set Features Number of Queues granted
+/// (Connect Invalid Parameters beyond them).
+#[tokio::test]
+async fn an_io_queue_beyond_the_queues_granted_is_refused() {
+    let (_d, _t, handle) = start(TargetConfig::default()).await;
+    let (mut admin, mut buf) = enabled_admin(handle.local_addr(), 31).await;
+    // One submission and one completion queue (0's based).
+    let mut set_queues = Sqe::new(0x09, 30);
+    set_queues.set_cdw(10, 0x07).set_cdw(11, 0);
+    let (status, granted) = status_of(&mut admin, &mut buf, set_queues).await;
+    assert!(
+        status.is_success() && granted == 0,
+        "{status:?} {granted:#x}"
+    );
+    for (qid, allowed) in [(2, false), (1, true)] {
+        let mut io = initialized(handle.local_addr()).await;
+        let mut io_buf = BytesMut::new();
+        send(
+            &mut io,
+            connect_capsule(qid, 1, 31, 0, "nqn.2026-01.io.zonestore:greedy"),
+        )
+        .await;
+        match next_pdu(&mut io, &mut io_buf).await {
+            Pdu::CapsuleResp(r) => {
+                assert_eq!(r.cqe.status().is_success(), allowed, "QID {qid}: {r:?}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// A discovery controller holds one Asynchronous Event Request, as its Identify Controller
 /// (AERL 0) says.
 #[tokio::test]

@@ -262,8 +262,10 @@ fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
                 return Reply::error(Status::INVALID_FIELD);
             }
             // Set before any I/O queue is created (NVMe Base §5.27.1.5): a grant below the
-            // queues connected would not bind them.
-            if !controller.io_queues.lock().is_empty() {
+            // queues connected would not bind them. (Granted with the queues locked: a Connect
+            // checks its QID against the grant under the same lock.)
+            let queues = controller.io_queues.lock();
+            if !queues.is_empty() {
                 return Reply::error(Status::COMMAND_SEQUENCE_ERROR);
             }
             let max = u32::from(ctx.target.config.max_io_queues.saturating_sub(1));
@@ -272,6 +274,7 @@ fn set_features(ctx: &Arc<QueueCtx>, sqe: &Sqe) -> Reply {
                 .queues_granted
                 .compare_exchange(u32::MAX, granted, Ordering::SeqCst, Ordering::SeqCst)
                 .unwrap_or_else(|current| current);
+            drop(queues);
             let granted = if previous == u32::MAX {
                 granted
             } else {

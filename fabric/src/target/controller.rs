@@ -65,6 +65,14 @@ pub(crate) struct Controller {
     io_idle: Notify,
 }
 
+/// Why an I/O queue's Connect is refused (see [`Controller::add_io_queue`]).
+pub(crate) enum IoQueueRefused {
+    /// Its QID is beyond the queues granted.
+    BeyondGrant,
+    /// A queue of that QID is connected already.
+    Connected,
+}
+
 /// An I/O command running on a controller (see [`Controller::io_begun`]), until dropped.
 pub(crate) struct IoRunning(Arc<Controller>);
 
@@ -172,11 +180,30 @@ impl Controller {
         tokio::time::timeout(limit, drained).await.is_ok()
     }
 
-    /// Registers I/O queue `qid`, unless one of that QID is connected already: the generation
-    /// of I/O queues it belongs to (see [`Controller::io_queues_deleted`]).
-    pub(crate) fn add_io_queue(&self, qid: u16) -> Option<u64> {
+    /// Registers I/O queue `qid`, unless it is beyond the queues granted by Set Features Number
+    /// of Queues (`most_ungranted` before any grant) or one of that QID is connected already:
+    /// the generation of I/O queues it belongs to (see [`Controller::io_queues_deleted`]).
+    pub(crate) fn add_io_queue(
+        &self,
+        qid: u16,
+        most_ungranted: u16,
+    ) -> Result<u64, IoQueueRefused> {
         let mut queues = self.io_queues.lock();
-        queues.insert(qid).then(|| *self.io_generation.borrow())
+        let granted = self.queues_granted.load(Ordering::SeqCst);
+        let max_qid = if granted == u32::MAX {
+            most_ungranted
+        } else {
+            // A fabrics queue is a submission and completion queue pair: as many as the
+            // fewer of the two counts granted (0's based).
+            (granted & 0xFFFF).min(granted >> 16) as u16 + 1
+        };
+        if qid > max_qid {
+            return Err(IoQueueRefused::BeyondGrant);
+        }
+        if !queues.insert(qid) {
+            return Err(IoQueueRefused::Connected);
+        }
+        Ok(*self.io_generation.borrow())
     }
 
     /// Forgets I/O queue `qid` of generation `generation` (a reset forgot it already, and a

@@ -17,7 +17,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use super::TargetInner;
-use super::controller::Controller;
+use super::controller::{Controller, IoQueueRefused};
 use super::subsystem::Subsystem;
 use super::{admin, io};
 use crate::spec::connect::{self, CNTLID_DYNAMIC, Connect, invalid_parameter};
@@ -1229,21 +1229,11 @@ impl Connection {
             if !controller.is_ready() {
                 return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
             }
-            let granted = controller.queues_granted.load(Ordering::Relaxed);
-            let max_qid = if granted == u32::MAX {
-                self.target.config.max_io_queues
-            } else {
-                // A fabrics queue is a submission and completion queue pair: as many as the
-                // fewer of the two counts granted (0's based).
-                (granted & 0xFFFF).min(granted >> 16) as u16 + 1
-            };
-            if c.qid > max_qid {
-                return Err(invalid(false, connect::offset::QID));
+            match controller.add_io_queue(c.qid, self.target.config.max_io_queues) {
+                Ok(generation) => Ok((controller, generation)),
+                Err(IoQueueRefused::BeyondGrant) => Err(invalid(false, connect::offset::QID)),
+                Err(IoQueueRefused::Connected) => Err((Status::COMMAND_SEQUENCE_ERROR, 0)),
             }
-            let Some(generation) = controller.add_io_queue(c.qid) else {
-                return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
-            };
-            Ok((controller, generation))
         })();
         match outcome {
             Err((status, result)) => {
