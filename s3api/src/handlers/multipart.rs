@@ -686,16 +686,21 @@ pub async fn list_parts(svc: &S3Service, ctx: &mut Ctx) -> Reply {
     Ok(xml(w.finish()))
 }
 
-/// A non-negative whole-number query parameter (`default` when absent): anything else is
-/// InvalidArgument, as S3 answers.
+/// A non-negative whole-number query parameter (`default` when absent): anything else —
+/// including a number past an int32, the type S3's model gives these — is InvalidArgument, as
+/// S3 answers (and as `max-keys` is).
 fn number_param(ctx: &Ctx, name: &str, default: u64) -> Result<u64, S3Error> {
     match ctx.q(name) {
         None => Ok(default),
-        Some(v) => v.trim().parse::<u32>().map(u64::from).map_err(|_| {
-            S3Error::invalid_argument(format!(
-                "Provided {name} not an integer or within integer range"
-            ))
-        }),
+        Some(v) => v
+            .parse::<i32>()
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| {
+                S3Error::invalid_argument(format!(
+                    "Provided {name} not an integer or within integer range"
+                ))
+            }),
     }
 }
 
