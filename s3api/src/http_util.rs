@@ -247,6 +247,21 @@ pub fn object_headers(headers: &HeaderMap) -> Result<ObjectHeaders, S3Error> {
     Ok(stored)
 }
 
+/// A user metadata value as S3 returns it: as stored when it is ASCII, else encoded as RFC 2047
+/// says (`=?UTF-8?B?...?=`, the UTF-8 bytes in base64) so that it survives clients that read
+/// header bytes as Latin-1 (S3 returns non-ASCII metadata "mail-safe" in this form).
+pub fn mail_safe_metadata(value: &str) -> std::borrow::Cow<'_, str> {
+    use base64::Engine;
+    if value.is_ascii() {
+        return value.into();
+    }
+    format!(
+        "=?UTF-8?B?{}?=",
+        base64::engine::general_purpose::STANDARD.encode(value)
+    )
+    .into()
+}
+
 /// Refuses a request whose headers that change what it does (conditions, digests and
 /// checksums, lengths, ranges, the copy source, the encoding) hold bytes other than visible
 /// ASCII. Read as absent, such a header would be ignored: a conditional write would overwrite
@@ -336,6 +351,15 @@ pub fn check_bucket_name(name: &str) -> Result<(), S3Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_metadata_is_returned_encoded_as_rfc_2047_says() {
+        assert_eq!(mail_safe_metadata("plain value"), "plain value");
+        assert_eq!(mail_safe_metadata(""), "");
+        // "café" in UTF-8 is 63 61 66 c3 a9.
+        assert_eq!(mail_safe_metadata("café"), "=?UTF-8?B?Y2Fmw6k=?=");
+        assert_eq!(mail_safe_metadata("日本"), "=?UTF-8?B?5pel5pys?=");
+    }
 
     #[test]
     fn a_condition_or_digest_that_is_not_ascii_is_refused_not_ignored() {

@@ -178,6 +178,13 @@ def check_metadata():
     many = {"m%02d" % i: "v" for i in range(90)}
     s3.put_object(Bucket=b, Key="many-meta", Body=b"x", Metadata=many)
     assert s3.head_object(Bucket=b, Key="many-meta")["Metadata"] == many
+    # A value sent in UTF-8 comes back as S3 returns one that is not ASCII: encoded as RFC 2047
+    # says (readable by clients that take header bytes for Latin-1, as Python's do).
+    headers = sigv4_headers("PUT", f"{ENDPOINT}/{b}/utf8-meta", b"x", extra={"x-amz-meta-name": "caf\u00e9"})
+    headers["x-amz-meta-name"] = "caf\u00e9".encode().decode("latin-1")
+    status, reply = plain_put(f"{ENDPOINT}/{b}/utf8-meta", b"x", headers)
+    assert status == 200, (status, reply)
+    assert s3.head_object(Bucket=b, Key="utf8-meta")["Metadata"] == {"name": "=?UTF-8?B?Y2Fmw6k=?="}
     # response-* overrides on GET.
     o = s3.get_object(Bucket=b, Key="dir/obj.json", ResponseContentType="text/plain", ResponseCacheControl="no-cache")
     assert o["ContentType"] == "text/plain" and o["CacheControl"] == "no-cache"
@@ -405,6 +412,9 @@ def check_delete_objects():
     expect_error("NoSuchVersion", 404, s3.delete_object, Bucket=b, Key="k9", VersionId="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrH")
     expect_error("InvalidArgument", 400, s3.get_object, Bucket=b, Key="k9", VersionId="abc")
     expect_error("InvalidArgument", 400, s3.delete_object, Bucket=b, Key="k9", VersionId="abc")
+    # An empty version id is none at all (S3: "Version id cannot be the empty string").
+    status, reply = sigv4_request("GET", f"{ENDPOINT}/{b}/k9?versionId=")
+    assert status == 400 and b"InvalidArgument" in reply, (status, reply)
     # A response-* override that cannot be a header value is refused, not left out.
     expect_error("InvalidArgument", 400, s3.get_object, Bucket=b, Key="k9", ResponseContentType="a\nb")
     assert s3.get_object(Bucket=b, Key="k9", VersionId="null")["Body"].read() == b"x"
@@ -461,6 +471,9 @@ def check_copy():
     s3.copy_object(Bucket=b, Key="dst2", CopySource=f"{b}/src", MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"b": "2"})
     d2 = s3.head_object(Bucket=b, Key="dst2")
     assert d2["ContentType"] == "text/plain" and d2["Metadata"] == {"b": "2"}
+    # No object has tags, so both tagging directives copy none; another is refused.
+    s3.copy_object(Bucket=b, Key="dst-tags", CopySource=f"{b}/src", TaggingDirective="REPLACE")
+    expect_error("InvalidArgument", 400, s3.copy_object, Bucket=b, Key="dst-tags", CopySource=f"{b}/src", TaggingDirective="MOVE")
     e = expect_error("PreconditionFailed", 412, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/src", CopySourceIfMatch='"beef"')
     assert e.response["Error"].get("Condition") == "x-amz-copy-source-If-Match", e.response["Error"]
     e = expect_error("PreconditionFailed", 412, s3.copy_object, Bucket=b, Key="dst3", CopySource=f"{b}/src", CopySourceIfModifiedSince=datetime.datetime.now(datetime.timezone.utc))

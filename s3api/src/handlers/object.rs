@@ -420,7 +420,8 @@ pub async fn get_object(svc: &S3Service, ctx: &mut Ctx, head: bool) -> Reply {
     let mut resp = response(status, h, body);
     for (name, value) in &info.headers.user_meta {
         let header = http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes());
-        if let (Ok(n), Ok(v)) = (header, http::HeaderValue::from_str(value)) {
+        let value = crate::http_util::mail_safe_metadata(value);
+        if let (Ok(n), Ok(v)) = (header, http::HeaderValue::from_str(&value)) {
             resp.headers_mut().append(n, v);
         }
     }
@@ -545,6 +546,9 @@ pub async fn delete_objects(svc: &S3Service, ctx: &mut Ctx) -> Reply {
 /// for a version it does not have, nor a DELETE remove the current object in its place.
 pub(crate) fn check_version_id(ctx: &Ctx) -> Result<(), S3Error> {
     match ctx.q("versionId") {
+        Some("") => Err(S3Error::invalid_argument(
+            "Version id cannot be the empty string",
+        )),
         Some(version) if version != "null" => Err(S3Error::no_such_version(version)),
         _ => Ok(()),
     }
@@ -605,6 +609,14 @@ pub async fn copy_object(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         "REPLACE" => true,
         _ => return Err(S3Error::invalid_argument("Unknown metadata directive.")),
     };
+    // No object has tags (setting them is NotImplemented), so COPY and REPLACE without tags
+    // give the same; another value is refused as S3 refuses it, not taken for either.
+    if !matches!(
+        ctx.header("x-amz-tagging-directive"),
+        None | Some("COPY" | "REPLACE")
+    ) {
+        return Err(S3Error::invalid_argument("Unknown tagging directive."));
+    }
     // S3 takes a copy onto itself that sets something: metadata (REPLACE) or the storage class
     // (`aws s3 cp` of an object onto itself with --storage-class).
     let sets_class = ctx.header("x-amz-storage-class").is_some();
