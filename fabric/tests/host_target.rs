@@ -325,6 +325,42 @@ fn a_dropped_host_closes_its_connections() {
     });
 }
 
+/// A `close` whose caller stops waiting at once (a timeout) still shuts the controller down
+/// and closes the connections, with the host kept alive: they are not left open behind a host
+/// that says it is closed.
+#[test]
+fn an_abandoned_close_still_closes_the_connections() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 4 << 20);
+        let rig = rig(g, vec![]).await;
+        let host = NvmeTcpHost::connect(host_config(rig.handle.local_addr()))
+            .await
+            .unwrap();
+        host.read(0, 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.target.stats().connections_open >= 2);
+        // Polled once, then dropped.
+        assert!(
+            futures::FutureExt::now_or_never(host.close()).is_none(),
+            "a close is done in one poll"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rig.target.stats().connections_open > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections still open",
+                rig.target.stats().connections_open
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            host.read(0, 1).await.is_err(),
+            "a closed host reads nothing"
+        );
+    });
+}
+
 #[test]
 fn hosts_outside_the_allow_list_are_refused_with_invalid_host() {
     let rt = runtime();
@@ -793,6 +829,67 @@ fn commands_waiting_for_a_queue_entry_when_the_session_fails_run_in_the_next() {
         assert!(
             sent_and_lost <= 2,
             "{sent_and_lost} of 8 reads failed; at most the 2 the queue held were sent"
+        );
+        let _handle = restart.await.unwrap();
+        host.close().await;
+    });
+}
+
+/// A command never sent waits for the next session however many fail under it (within its
+/// one reconnect wait): with the target restarted twice while reads wait for queue entries,
+/// only those each session had sent fail.
+#[test]
+fn commands_waiting_through_two_failed_sessions_run_in_the_third() {
+    let rt = runtime();
+    rt.block_on(async {
+        let g = Geometry::new(4, 1 << 20);
+        let StallingRig {
+            _dir,
+            slow,
+            target,
+            handle,
+            addr,
+            host,
+            ..
+        } = stalling_rig(g).await;
+        let data = Bytes::from(pattern(&g, 0, 1, 5));
+        host.append(0, data.clone()).await.unwrap();
+        slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let host = host.clone();
+                tokio::spawn(async move { host.read(0, 1).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        handle.shut_down(Duration::from_millis(100)).await;
+        // The second session: two of the six reads left are sent to it (and stall), four wait.
+        let second = listen_again_soon(&target, addr).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !host.is_connected() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the host never reconnected"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        second.shut_down(Duration::from_millis(100)).await;
+        slow.store(false, std::sync::atomic::Ordering::SeqCst);
+        let restart = listen_again_soon(&target, addr);
+        let mut sent_and_lost = 0;
+        for read in reads {
+            match read.await.unwrap() {
+                Ok(block) => assert_eq!(block, data),
+                Err(e) => {
+                    assert_eq!(e.kind(), ZoneErrorKind::Unavailable, "{e}");
+                    sent_and_lost += 1;
+                }
+            }
+        }
+        assert!(
+            sent_and_lost <= 4,
+            "{sent_and_lost} of 8 reads failed; at most the 2 each session's queue held were sent"
         );
         let _handle = restart.await.unwrap();
         host.close().await;

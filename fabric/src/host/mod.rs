@@ -368,18 +368,19 @@ impl NvmeTcpHost {
         &self.inner.stats
     }
 
-    /// Shuts the controller down cleanly and closes every connection.
+    /// Shuts the controller down cleanly and closes every connection. Runs to its end on a
+    /// task of its own: a caller that stops waiting (a timeout) does not leave the connections
+    /// open behind a host marked closed.
     pub async fn close(&self) {
         let previous = self.inner.state.send_replace(State::Closed);
         if let State::Up(session) = previous {
-            let _ = admin::shutdown(&session.admin, self.inner.config.admin_timeout).await;
-            session.close("host closed");
+            let admin_timeout = self.inner.config.admin_timeout;
+            let closing = tokio::spawn(async move {
+                let _ = admin::shutdown(&session.admin, admin_timeout).await;
+                session.close("host closed");
+            });
+            let _ = closing.await;
         }
-    }
-
-    /// When a command issued now stops waiting for a session to send on.
-    fn reconnect_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.inner.config.reconnect_wait
     }
 
     /// The session to send on: the one up now, or the next one up by `deadline` (the command's
@@ -468,21 +469,18 @@ impl NvmeTcpHost {
         };
         // One reconnect wait in all for a session to send on, however many fail before the
         // command is sent (time waiting for a queue entry is not waiting for a session).
+        // (What is left of it, counted down only while waiting for a session.)
+        let mut left = self.inner.config.reconnect_wait;
         let asked = tokio::time::Instant::now();
         let mut session = self
-            .session_other_than(None, self.reconnect_deadline())
+            .session_other_than(None, asked + left)
             .await
             .map_err(counted)?;
-        let left = self
-            .inner
-            .config
-            .reconnect_wait
-            .saturating_sub(asked.elapsed());
+        left = left.saturating_sub(asked.elapsed());
         if other_session(&session) {
             return Ok(None);
         }
         let written = data_out.len() as u64;
-        let mut retried = false;
         // A read whose data was damaged on the way (its digest did not match) is read again,
         // once: nothing is wrong with the drive.
         let mut read_again = matches!(
@@ -506,13 +504,16 @@ impl NvmeTcpHost {
             };
             match result {
                 // Never sent (its session failed as it waited for a queue entry): it waits
-                // for the next session, as a command issued while down does.
-                Err(HostError::NotSent(_)) if !retried => {
-                    retried = true;
+                // for the next session, as a command issued while down does — again each time
+                // a session fails under it, within the one reconnect wait (each round needs a
+                // new session, so it cannot spin).
+                Err(HostError::NotSent(_)) => {
+                    let failed = tokio::time::Instant::now();
                     session = self
-                        .session_other_than(Some(&session), tokio::time::Instant::now() + left)
+                        .session_other_than(Some(&session), failed + left)
                         .await
                         .map_err(counted)?;
+                    left = left.saturating_sub(failed.elapsed());
                     if other_session(&session) {
                         return Ok(None);
                     }
