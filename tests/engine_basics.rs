@@ -2243,6 +2243,106 @@ async fn a_damaged_copy_beside_one_on_a_drive_that_is_down_is_an_outage() {
     engine.shutdown().await;
 }
 
+/// A damaged copy whose new copy cannot be made when it is met (here the index refuses
+/// writes for a while) is not forgotten until the next scrub: it is tried again, and made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_that_could_not_be_made_again_is_tried_again() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives, body, holders) = one_object_in_two_copies(dir.path(), "read").await;
+    let write = |copy, bytes: &[u8]| write_at(&drives, copy, bytes);
+    let probe = &body[5000..5064];
+    engine.index().refuse_writes(true);
+    let mut met = false;
+    let crc_errors = || engine.stats().crc_errors.load(Ordering::Relaxed);
+    for &copy in &holders {
+        write(copy, &[0xFF; 64]);
+        let before = crc_errors();
+        assert_eq!(get(&engine, "b", "read").await.unwrap(), body);
+        if crc_errors() > before {
+            met = true;
+            break;
+        }
+        write(copy, probe);
+    }
+    assert!(met, "no GET met the damaged copy");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while engine.repair().status().scrub_bad == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "repair never looked at the copy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // (Its new copy is not recorded while the index takes no writes.)
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(engine.repair().status().scrub_repaired, 0);
+    engine.index().refuse_writes(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while engine.repair().status().scrub_repaired == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the damaged copy was not made again: {:?}",
+            engine.repair().status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine.repair().status().scrub_bad, 1, "counted once");
+    let before = crc_errors();
+    for _ in 0..5 {
+        assert_eq!(get(&engine, "b", "read").await.unwrap(), body);
+    }
+    assert_eq!(crc_errors(), before, "reads no longer meet damage");
+    engine.shutdown().await;
+}
+
+/// A drain that drops a copy because enough others remain (R lowered since the record was
+/// written) first reads that another is whole: with the others damaged, the draining drive's
+/// copy is kept, the others are made again from it, and only then is it dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_does_not_drop_the_last_whole_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, three_copies_gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("k", 3, 30_000);
+    put(&engine, "b", "k", &body).await.unwrap();
+    engine.shutdown().await;
+    let probe = &body[5000..5064];
+    let holders: Vec<(usize, usize)> = drives
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let all = std::fs::read(d.data_path()).unwrap();
+            all.windows(64).position(|w| w == probe).map(|at| (i, at))
+        })
+        .collect();
+    assert_eq!(holders.len(), 3, "three copies: {holders:?}");
+    // Two copies now stand for R; those on drives 0 and 1 are damaged, drive 2's is whole.
+    for &copy in &holders[..2] {
+        write_at(&drives, copy, &[0xFF; 64]);
+    }
+    drop(drives);
+    let (engine, _drives) = open_engine(dir.path(), 3, g, |c| {
+        c.replicas = 2;
+        c.write_quorum = 1;
+        gc_by_hand(c);
+    })
+    .await;
+    engine.drain("zns-file://drive2").await.unwrap();
+    until_repair(&engine, "the drain did not finish", 60, |s| {
+        s.draining_bytes == 0 && s.copies_dropped > 0 && s.blocked.is_none()
+    })
+    .await;
+    assert!(
+        engine.repair().status().scrub_repaired >= 1,
+        "{:?}",
+        engine.repair().status()
+    );
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
+    engine.shutdown().await;
+}
+
 /// A GET that meets a damaged copy (it fails over to a good one) hands the copy to repair,
 /// which makes it again from a good copy at once, not at the next weekly scrub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3998,6 +4098,93 @@ fn three_copies_gc_by_hand(c: &mut zonestore::engine::EngineConfig) {
     c.replicas = 3;
     c.write_quorum = 2;
     gc_by_hand(c);
+}
+
+/// Copies the committer leaves out of a repair's change without failing it (here: one of the
+/// two new drives reconnected between a copy's append and its flush, as a restarted target
+/// would, while the copies on the other are recorded) are not counted made: the status does
+/// not say every record has its copies until they are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_copies_the_committer_left_out_are_not_counted_made() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 4, g, three_copies_gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    for i in 0..8 {
+        let key = format!("k{i}");
+        put(&engine, "b", &key, &content(&key, i, 100_000))
+            .await
+            .unwrap();
+    }
+    let total: u64 = engine.zone_table().iter().map(|r| r.valid_bytes).sum();
+    engine.shutdown().await;
+
+    // Drive 3 is lost; two new drives take its copies, the second reconnecting after its
+    // first append.
+    let mut specs = drive_specs(&drives[..3]);
+    specs.push(absent("zns-file://drive3", g));
+    let fifth = zns::EmulatedZns::create(&dir.path().join("drive4"), g).unwrap();
+    specs.push(zonestore::engine::DriveSpec {
+        name: "zns-file://drive4".into(),
+        device: Arc::new(fifth),
+    });
+    let sixth = zns::EmulatedZns::create(&dir.path().join("drive5"), g).unwrap();
+    let mut intercepted = zns::testing::Intercepted::new(Arc::new(sixth));
+    let reconnect = Arc::new(AtomicBool::new(true));
+    let session = intercepted.session_offset.clone();
+    intercepted.after_append = Box::new({
+        let reconnect = reconnect.clone();
+        move |_, result| {
+            if reconnect.swap(false, Ordering::SeqCst) {
+                session.fetch_add(1, Ordering::SeqCst);
+            }
+            Box::pin(async move { result })
+        }
+    });
+    specs.push(zonestore::engine::DriveSpec {
+        name: "zns-file://drive5".into(),
+        device: Arc::new(intercepted),
+    });
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 6);
+    three_copies_gc_by_hand(&mut config);
+    config.repair.grace = std::time::Duration::ZERO;
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    let valid_on = |drive: &str| -> u64 {
+        engine
+            .zone_table()
+            .iter()
+            .filter(|r| r.drive == drive)
+            .map(|r| r.valid_bytes)
+            .sum()
+    };
+    assert!(valid_on("zns-file://drive3") > 0);
+    until_repair(&engine, "the status never said repair was done", 60, |s| {
+        s.passes > 0 && s.under_replicated_records == 0 && s.blocked.is_none()
+    })
+    .await;
+    assert!(
+        !reconnect.load(Ordering::SeqCst),
+        "the new drive took no copy"
+    );
+    assert_eq!(
+        valid_on("zns-file://drive3"),
+        0,
+        "repair said it was done with copies of the lost drive not made again: {:?}",
+        engine.repair().status()
+    );
+    assert_eq!(
+        engine
+            .zone_table()
+            .iter()
+            .map(|r| r.valid_bytes)
+            .sum::<u64>(),
+        total
+    );
+    engine.shutdown().await;
 }
 
 /// The first two of `drives`, and the third as a drive whose node is down.

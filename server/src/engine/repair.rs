@@ -133,6 +133,12 @@ pub struct RepairControl {
     /// Extent copies a read found damaged (stream, offset, copy), to be made again from a
     /// good copy without waiting for the next scrub.
     suspects: Mutex<BTreeSet<(u64, u64, Location)>>,
+    /// Copies known bad whose new copy could not be made (no drive could take it, a flush or
+    /// the index failing for a moment): tried again later, not left to the next scrub.
+    unrepaired: Mutex<Vec<Unrepaired>>,
+    /// Pacing of the new copies made of damaged ones (see [`capped_credit`]): from when, and
+    /// bytes since; kept from one round of them to the next, so each round's first is paced.
+    rewrites_paced: Mutex<(Instant, u64)>,
     closed: AtomicBool,
     /// Turns true with `closed`: what upkeep tasks wait on between passes.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -146,6 +152,22 @@ pub struct RepairControl {
 /// Damaged copies a read may report before repair has taken them (more are left to the scrub).
 const MAX_SUSPECTS: usize = 1024;
 
+/// How long after a failed attempt a bad copy's new copy is tried again: doubled at each
+/// failure, up to [`UNREPAIRED_LAST_WAIT`].
+const UNREPAIRED_FIRST_WAIT: Duration = Duration::from_secs(10);
+const UNREPAIRED_LAST_WAIT: Duration = Duration::from_secs(600);
+
+/// A copy known bad whose new copy could not be made yet.
+#[derive(Debug)]
+struct Unrepaired {
+    what: Relocation,
+    bad: Location,
+    /// Failed attempts so far.
+    attempts: u32,
+    /// When to try again.
+    due: Instant,
+}
+
 impl RepairControl {
     pub(crate) fn new(config: RepairConfig) -> Self {
         RepairControl {
@@ -155,6 +177,8 @@ impl RepairControl {
             scrub_wake: Notify::new(),
             scrub_requested: AtomicBool::new(false),
             suspects: Mutex::new(BTreeSet::new()),
+            unrepaired: Mutex::new(Vec::new()),
+            rewrites_paced: Mutex::new((Instant::now(), 0)),
             closed: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),
             drains: tokio::sync::Mutex::new(()),
@@ -185,6 +209,44 @@ impl RepairControl {
         if suspects.len() < MAX_SUSPECTS && suspects.insert((stream_id, offset, location)) {
             self.wake.notify_one();
         }
+    }
+
+    /// Keeps the bad copy `bad` of `what`, whose new copy could not be made after `attempts`
+    /// tries (none: one just found), to be made again (said, and left to the next scrub, past
+    /// [`MAX_SUSPECTS`]).
+    fn retry_later(&self, what: Relocation, bad: Location, attempts: u32) {
+        let mut unrepaired = self.unrepaired.lock();
+        if unrepaired.len() >= MAX_SUSPECTS {
+            tracing::warn!(
+                ?what,
+                "too many bad copies wait to be made again: this one is left to the next scrub"
+            );
+            return;
+        }
+        // (None failed yet: a bad copy just found, to be made again at once.)
+        let wait = match attempts {
+            0 => Duration::ZERO,
+            n => UNREPAIRED_FIRST_WAIT
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(UNREPAIRED_LAST_WAIT),
+        };
+        unrepaired.push(Unrepaired {
+            what,
+            bad,
+            attempts,
+            due: Instant::now() + wait,
+        });
+    }
+
+    /// The bad copies due to be tried again, taken out of the list.
+    fn unrepaired_due(&self) -> Vec<Unrepaired> {
+        let now = Instant::now();
+        let mut unrepaired = self.unrepaired.lock();
+        let (due, later) = std::mem::take(&mut *unrepaired)
+            .into_iter()
+            .partition(|u| u.due <= now);
+        *unrepaired = later;
+        due
     }
 
     /// Whether the engine is shutting down (upkeep tasks end).
@@ -617,15 +679,29 @@ impl EngineInner {
         let holds = std::mem::take(&mut progress.holds);
         let done = std::mem::take(&mut progress.unrecorded);
         let count = edits.len();
+        let submitted = edits.clone();
         match self
             .committer
             .submit_holding(Change::Replicas(edits), holds)
             .await
         {
             Ok(_) => {
-                progress.left.add(&done.left);
+                // The committer takes what it can of a change and leaves out the rest without
+                // failing it (copies on a drive whose flush failed or that reconnected; an edit
+                // GC's move of the record made moot): what it left out is not counted done.
+                let missed = self.edits_not_recorded(&submitted);
+                if missed == 0 {
+                    progress.left.add(&done.left);
+                } else {
+                    // Which entries they were is not told apart here: the batch counts as
+                    // found until the next pass (due soon, as this one is blocked) does them.
+                    progress.left.add(&done.found);
+                    progress.blocked.get_or_insert(format!(
+                        "{missed} of {count} copy changes were not recorded (a drive's flush failed or it reconnected, or the record moved meanwhile); the next pass does them again"
+                    ));
+                }
                 let mut s = self.repair.status.lock();
-                s.copies_made += done.made;
+                s.copies_made += done.made.saturating_sub(missed);
                 s.copies_dropped += done.dropped;
                 s.bytes_copied += done.bytes;
             }
@@ -640,6 +716,49 @@ impl EngineInner {
                     .get_or_insert(format!("recording {count} copies failed: {e}"));
             }
         }
+    }
+
+    /// How many of `edits`, committed, the index does not show: a new copy it does not name,
+    /// or a copy dropped that it still names, of a record that is still there (one deleted
+    /// meanwhile needs nothing). An index that cannot be read counts every edit as missing.
+    fn edits_not_recorded(&self, edits: &[(Relocation, ReplicaEdit)]) -> u64 {
+        edits
+            .iter()
+            .filter(|(what, edit)| {
+                let copies = match located::current_copies(&self.index, what) {
+                    Ok(Some(copies)) => copies,
+                    Ok(None) => return false,
+                    Err(e) => {
+                        tracing::warn!("checking what repair recorded failed: {e}");
+                        return true;
+                    }
+                };
+                match edit {
+                    ReplicaEdit::Add(to) | ReplicaEdit::Replace(_, to) => !copies.contains(to),
+                    ReplicaEdit::Remove(gone) => copies.contains(gone),
+                }
+            })
+            .count() as u64
+    }
+
+    /// Whether a copy of `entry` other than `kept` reads whole (CRC and identity checked), so
+    /// that dropping `kept` cannot drop the last whole copy. Damaged copies met are handed to
+    /// be made again (from a whole one: `kept`, if no other).
+    async fn another_copy_reads_whole(&self, entry: &Located, kept: Location) -> bool {
+        for &other in entry.copies.iter().filter(|l| **l != kept) {
+            if self.drives.of(&other).is_none_or(|d| !d.is_up()) {
+                continue;
+            }
+            match self.read_verified(&entry.what, other, Count::Damage).await {
+                Ok(_) => return true,
+                Err(CopyRead::Bad(why)) => {
+                    tracing::warn!(what = ?entry.what, drive = other.drive, "a copy read before a drain drops another is bad: {why}");
+                    self.repair.retry_later(entry.what.clone(), other, 0);
+                }
+                Err(CopyRead::Unreadable(_)) => {}
+            }
+        }
+        false
     }
 
     /// Does what was planned for one entry.
@@ -691,6 +810,17 @@ impl EngineInner {
                     if !draining {
                         Err(format!(
                             "drive {} is no longer drained: its copy stays",
+                            copy.drive
+                        ))
+                    } else if up_now >= r
+                        && new_copies.is_empty()
+                        && !self.another_copy_reads_whole(&entry, copy).await
+                    {
+                        // The drives' states say nothing of what the copies hold: the copy
+                        // dropped may be the last whole one (the others are made again from it
+                        // first; see [`Self::another_copy_reads_whole`]).
+                        Err(format!(
+                            "no other copy reads whole: the copy on draining drive {} is kept for now",
                             copy.drive
                         ))
                     } else if up_now >= r {
@@ -847,35 +977,54 @@ impl EngineInner {
     /// from a good copy if it is (as scrub does).
     async fn fix_suspects(&self) {
         let suspects = std::mem::take(&mut *self.repair.suspects.lock());
+        let work = suspects
+            .into_iter()
+            .map(|(stream_id, offset, bad)| (Relocation::Extent { stream_id, offset }, bad, 0))
+            .chain(
+                self.repair
+                    .unrepaired_due()
+                    .into_iter()
+                    .map(|u| (u.what, u.bad, u.attempts)),
+            );
         // Paced as repair's copies are: reads meeting many damaged copies (a drive failing
         // silently) do not set off rewrites faster than the repair rate.
         let rate = self.repair.config.lock().rate_bytes_per_sec;
-        let started = Instant::now();
-        let mut rewritten = 0u64;
-        for (stream_id, offset, bad) in suspects {
+        for (what, bad, attempts) in work {
+            let (paced_from, rewritten) = {
+                let mut paced = self.repair.rewrites_paced.lock();
+                paced.0 = capped_credit(paced.0, paced.1, rate, Instant::now());
+                *paced
+            };
             tokio::select! {
-                _ = pace(started, rewritten, rate) => {}
+                _ = pace(paced_from, rewritten, rate) => {}
                 _ = self.repair.stopped() => return,
             }
             if self.repair.closed.load(Ordering::SeqCst) {
                 // Shutting down: what is left is met again by reads or the next scrub.
                 return;
             }
-            let Ok(Some(extent)) = self.index.extent(stream_id, offset) else {
+            let Ok(Some(copies)) = located::current_copies(&self.index, &what) else {
                 continue;
             };
-            let what = Relocation::Extent { stream_id, offset };
             // Moved or replaced since, or its drive down (the read may have been cut short):
-            // nothing to fix now.
-            if !extent.replicas.contains(&bad)
-                || self.drives.of(&bad).is_none_or(|d| !d.is_up())
-                || !matches!(
-                    // Counted when it was met.
-                    self.read_verified(&what, bad, Count::Nothing).await,
-                    Err(CopyRead::Bad(_))
-                )
-            {
+            // nothing to fix now (one known bad is tried again later).
+            if !copies.contains(&bad) {
                 continue;
+            }
+            let known_bad = attempts > 0;
+            if self.drives.of(&bad).is_none_or(|d| !d.is_up()) {
+                if known_bad {
+                    self.repair.retry_later(what, bad, attempts);
+                }
+                continue;
+            }
+            match self.read_verified(&what, bad, Count::Nothing).await {
+                Err(CopyRead::Bad(_)) => {}
+                Err(CopyRead::Unreadable(_)) if known_bad => {
+                    self.repair.retry_later(what, bad, attempts);
+                    continue;
+                }
+                _ => continue,
             }
             // Moved while it was read: its old place may hold anything now.
             let still_named = located::current_copies(&self.index, &what)
@@ -885,21 +1034,21 @@ impl EngineInner {
             if !still_named {
                 continue;
             }
-            self.repair.status.lock().scrub_bad += 1;
-            let entry = Located {
-                what,
-                copies: extent.replicas,
-            };
-            rewritten += self.drives.bytes_of(&bad);
+            if !known_bad {
+                self.repair.status.lock().scrub_bad += 1;
+            }
+            let entry = Located { what, copies };
+            self.repair.rewrites_paced.lock().1 += self.drives.bytes_of(&bad);
             match self.rewrite_copy(&entry, bad).await {
                 Ok(true) => self.repair.status.lock().scrub_repaired += 1,
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(
-                        stream_id,
-                        offset,
-                        "a damaged copy a read met could not be made again: {e}"
-                    )
+                        what = ?entry.what,
+                        attempts = attempts + 1,
+                        "a damaged copy could not be made again (it is tried again later): {e}"
+                    );
+                    self.repair.retry_later(entry.what, bad, attempts + 1);
                 }
             }
         }
@@ -1169,7 +1318,8 @@ impl EngineInner {
                     Ok(true) => self.repair.status.lock().scrub_repaired += 1,
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::error!(what = ?entry.what, "scrub could not repair the copy: {e}")
+                        tracing::error!(what = ?entry.what, "scrub could not repair the copy (it is tried again later): {e}");
+                        self.repair.retry_later(entry.what.clone(), copy, 1);
                     }
                 }
             }
