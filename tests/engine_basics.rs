@@ -1134,6 +1134,63 @@ async fn an_append_refused_for_its_zones_state_goes_to_another_zone_of_the_drive
     engine.shutdown().await;
 }
 
+/// A zone found holding less than the index names in it (a target that lost a flushed tail)
+/// has the lost copies made again from whole ones on other drives at once: the engine asks for
+/// a scrub pass as it opens, not at the next one days away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_past_a_write_pointer_are_made_again_at_once() {
+    use zns::ZonedDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, drives, body, holders) = one_object_in_two_copies(dir.path(), "k").await;
+    engine.shutdown().await;
+    let g = drives[0].geometry();
+    let (drive, offset) = holders[0];
+    let zone = (offset as u64 / u64::from(g.block_size) / g.zone_size) as u32;
+    // The zone holds one block of something else now: its write pointer is short of what the
+    // index names there.
+    drives[drive]
+        .manage_zones(
+            zns::ZoneAction::Reset,
+            zns::ZoneSelect::Zone(g.zone_start(zone)),
+        )
+        .await
+        .unwrap();
+    drives[drive]
+        .append(
+            g.zone_start(zone),
+            bytes::Bytes::from(vec![0x5A; g.block_size as usize]),
+        )
+        .await
+        .unwrap();
+    drives[drive].flush().await.unwrap();
+    drop(drives);
+    let (engine, reconciliation, _drives) = open_engine_reporting(dir.path(), 3, g, |c| {
+        c.replicas = 2;
+        c.write_quorum = 2;
+        c.gc.enabled = false;
+    })
+    .await;
+    assert!(
+        reconciliation
+            .broken_zones
+            .iter()
+            .any(|z| z.zone == zone && usize::from(z.drive) == drive),
+        "{:?}",
+        reconciliation.broken_zones
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.repair().status().scrub_repaired == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost copies were not made again: {:?}",
+            engine.repair().status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
+    engine.shutdown().await;
+}
+
 /// A zone found empty that the index counts live data in (its reset lost, or the drive's) is
 /// reported and takes no writes until the index is rebuilt: records written there would be
 /// counted with the lost ones, and GC would never find it free of them.

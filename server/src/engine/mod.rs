@@ -466,6 +466,10 @@ impl Engine {
         }
         if !reconciliation.broken_zones.is_empty() {
             tracing::error!(zones = ?reconciliation.broken_zones, "index and drives disagree; run `zonestore recover --rebuild-index`");
+            // Copies the index names there are lost: a scrub pass now finds them and makes
+            // them again from whole copies on other drives (instead of at the next scheduled
+            // pass, days away), and counts those it cannot.
+            inner.repair.scrub();
         }
         tracing::info!(
             drives = inner.drives.len(),
