@@ -175,6 +175,12 @@ impl ChunkedDecoder {
                         .trim()
                         .strip_prefix("chunk-signature=")
                         .map(str::to_string);
+                    // A signed payload's chunk without a signature can never verify: refused
+                    // now, before its data is taken.
+                    if self.signing.is_some() && signature.is_none() {
+                        return Err(S3Error::signature_mismatch()
+                            .with("Detail", "chunk without a signature"));
+                    }
                     if size == 0 {
                         self.verify_chunk(signature)?;
                         self.state = State::Trailers;
@@ -482,6 +488,18 @@ mod tests {
         }
         body.extend_from_slice(b"\r\n");
         body
+    }
+
+    /// A signed body's chunk without a signature is refused at its size line, before any of
+    /// its data is taken (it could never verify).
+    #[test]
+    fn a_signed_chunk_without_a_signature_is_refused_before_its_data() {
+        let seed = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9";
+        for line in [&b"fffffff\r\n"[..], b"10000;foo=bar\r\n"] {
+            let mut d = ChunkedDecoder::new(Some(signing(seed)), false);
+            let e = d.push(line).unwrap_err();
+            assert_eq!(e.code, "SignatureDoesNotMatch", "{e:?}");
+        }
     }
 
     /// As S3 answers: in a signed body only the last chunk may be under 8 KiB.
