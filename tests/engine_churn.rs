@@ -275,3 +275,68 @@ async fn put_once_gc_makes_room(engine: &zonestore::engine::Engine, key: &str, b
     }
     panic!("deleting made no room for the next PUT");
 }
+
+/// A store full but for a zone GC cannot empty (a record in it damaged on its only copy) is
+/// full: once GC has had to keep that zone twice in a row, a PUT is refused as out of space
+/// (507), not told, after a wait, that GC is busy (503), for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_gc_cannot_empty_does_not_keep_a_full_store_busy() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 256 << 10);
+    let (engine, drives) = open_engine(dir.path(), 1, g, |c| c.gc.rate_bytes_per_sec = 0).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let stored = fill(&engine, "fill", 60_000, 200).await;
+    // The zone holding most objects: all but one are deleted, whose commit record is damaged.
+    let mut by_zone: std::collections::BTreeMap<u64, Vec<(String, u64)>> = Default::default();
+    for (name, entry) in engine.object_entries().unwrap() {
+        let key = stored
+            .iter()
+            .find(|k| name.ends_with(k.as_bytes()))
+            .unwrap()
+            .clone();
+        let lba = entry.commit[0].lba;
+        by_zone
+            .entry(lba / g.zone_size)
+            .or_default()
+            .push((key, lba));
+    }
+    let (_, mut in_zone) = by_zone.into_iter().max_by_key(|(_, v)| v.len()).unwrap();
+    assert!(in_zone.len() >= 3, "{in_zone:?}");
+    let (kept, kept_lba) = in_zone.pop().unwrap();
+    for (key, _) in &in_zone {
+        engine.delete("b", key).await.unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(drives[0].data_path())
+        .unwrap()
+        .write_all_at(&[0xFF; 64], kept_lba * u64::from(g.block_size))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        engine.gc().nudge();
+        match put(&engine, "b", "more", &content("more", 0, 60_000)).await {
+            Err(EngineError::NoSpace(_)) => break,
+            Err(e) if e.is_unavailable() => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still told to try again: {e}"
+                )
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing else broke: the other objects read back whole.
+    for key in stored
+        .iter()
+        .filter(|k| **k != kept && !in_zone.iter().any(|(d, _)| d == *k))
+    {
+        assert_eq!(
+            get(&engine, "b", key).await.unwrap(),
+            content(key, 0, 60_000)
+        );
+    }
+    engine.shutdown().await;
+}

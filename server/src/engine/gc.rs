@@ -473,6 +473,10 @@ impl Pacer {
     }
 }
 
+/// Collections in a row that had to keep a zone after which, while it is held back, it no
+/// longer counts as space GC can reclaim (see [`EngineInner::stuck`]).
+const STUCK_AFTER_KEPT_RUNS: u32 = 2;
+
 /// The most a reset waits for older reads when the drive is down to its reserve of free zones
 /// (see [`GcConfig::read_wait`]).
 const URGENT_READ_WAIT: Duration = Duration::from_secs(2);
@@ -705,9 +709,27 @@ impl EngineInner {
         self.drives.all().iter().any(|d| {
             d.is_writable()
                 && self.placement.free_zones(d.id) < self.watermarks(d.id, &config).0
-                && (self.choose_victim(d.id, config.policy).is_some()
+                && (self
+                    .choose_victim_except(d.id, config.policy, &self.stuck(d.id))
+                    .is_some()
                     || (prune_due && self.at_reserve(d.id)))
         })
+    }
+
+    /// Zones of `drive` held back now after GC took them and had to keep them at least
+    /// [`STUCK_AFTER_KEPT_RUNS`] times in a row (a record in them damaged on every copy):
+    /// not counted as space GC can reclaim, or a store full but for them would answer every
+    /// PUT "busy, try again" (503) after a wait, for good, instead of "full" (507).
+    fn stuck(&self, drive: DriveId) -> HashSet<u32> {
+        let held = self.held_back(drive);
+        let kept_runs = self.gc.kept_runs.lock();
+        held.into_iter()
+            .filter(|&zone| {
+                kept_runs
+                    .get(&ZoneId { drive, zone })
+                    .is_some_and(|&runs| runs >= STUCK_AFTER_KEPT_RUNS)
+            })
+            .collect()
     }
 
     /// The free-zone counts below which GC collects `drive`, and up to which it goes on.
