@@ -491,18 +491,21 @@ impl Config {
 
     /// Checks every value.
     pub fn check(&self) -> Result<Checked, ConfigError> {
-        self.check_values().map_err(|mut e| {
-            let flag = self.set_by_flags.iter().find(|(key, _)| {
-                e.key == *key
-                    || e.key
-                        .strip_prefix(key.as_str())
-                        .is_some_and(|i| i.starts_with('['))
-            });
-            if let Some((_, flag)) = flag {
-                e.key = format!("{} ({flag})", e.key);
-            }
-            e
-        })
+        self.check_values().map_err(|e| self.naming_the_flag(e))
+    }
+
+    /// `e`, its key followed by the command-line flag that set it, if one did.
+    pub fn naming_the_flag(&self, mut e: ConfigError) -> ConfigError {
+        let flag = self.set_by_flags.iter().find(|(key, _)| {
+            e.key == *key
+                || e.key
+                    .strip_prefix(key.as_str())
+                    .is_some_and(|i| i.starts_with('['))
+        });
+        if let Some((_, flag)) = flag {
+            e.key = format!("{} ({flag})", e.key);
+        }
+        e
     }
 
     /// Notes that the command line's `flag` set `key`, so that a problem with it names the flag.
@@ -568,35 +571,6 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", "must not be empty"));
         }
-        // The embedded drives are counted before any is made: too few for the copies asked for
-        // is refused before their files are created.
-        if self.targets.is_empty() {
-            if self.embedded.drives == 0 {
-                return Err(bad("embedded.drives", "needs at least 1 drive"));
-            }
-            self.replication_for(self.embedded.drives)?;
-        }
-        if let Some(nqn) = &self.host_nqn {
-            fabric::target::validate_nqn(nqn).map_err(|e| bad("host_nqn", e.to_string()))?;
-        }
-        let mut targets = Vec::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            targets.push(TargetUrl::parse(t).map_err(|e| bad(&format!("targets[{i}]"), e))?);
-        }
-        for (i, u) in self.users.iter().enumerate() {
-            if let Some(problem) = credentials_problem(&u.access_key, &u.secret_key) {
-                return Err(bad(&format!("users[{i}]"), problem));
-            }
-            if self.users[..i].iter().any(|v| v.access_key == u.access_key) {
-                return Err(bad(
-                    &format!("users[{i}]"),
-                    format!(
-                        "access_key {} is given twice: each user needs a key of their own",
-                        u.access_key
-                    ),
-                ));
-            }
-        }
         if let Some(r) = self.replication_factor
             && r == 0
         {
@@ -612,6 +586,43 @@ impl Config {
                 return Err(bad(
                     "write_quorum",
                     format!("{w} exceeds the replication factor {r}"),
+                ));
+            }
+        }
+        // The embedded drives are counted before any is made: too few for the copies asked for
+        // is refused before their files are created.
+        if self.targets.is_empty() {
+            if self.embedded.drives == 0 {
+                return Err(bad("embedded.drives", "needs at least 1 drive"));
+            }
+            self.replication_for(self.embedded.drives)?;
+        }
+        if let Some(nqn) = &self.host_nqn {
+            fabric::target::validate_nqn(nqn).map_err(|e| bad("host_nqn", e.to_string()))?;
+        }
+        let mut targets = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            targets.push(TargetUrl::parse(t).map_err(|e| bad(&format!("targets[{i}]"), e))?);
+        }
+        // Targets that each name one drive are counted too, before any is made or connected
+        // (one asking a discovery controller may stand for several: counted once attached).
+        let one_drive_each = targets
+            .iter()
+            .all(|t| !matches!(t, TargetUrl::NvmeTcp { nqn: None, .. }));
+        if !targets.is_empty() && one_drive_each {
+            self.replication_for(targets.len())?;
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if let Some(problem) = credentials_problem(&u.access_key, &u.secret_key) {
+                return Err(bad(&format!("users[{i}]"), problem));
+            }
+            if self.users[..i].iter().any(|v| v.access_key == u.access_key) {
+                return Err(bad(
+                    &format!("users[{i}]"),
+                    format!(
+                        "access_key {} is given twice: each user needs a key of their own",
+                        u.access_key
+                    ),
                 ));
             }
         }
@@ -1132,5 +1143,35 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "admin_listen");
         c.admin_listen = Some("127.0.0.1:9001".into());
         assert!(c.check().is_ok());
+        // Targets that each name one drive are counted as the embedded drives are, before any
+        // is made or connected, and the flag is named; one asking a discovery controller for
+        // its subsystems is counted once attached.
+        c.targets = vec![
+            "zns-file:///a".into(),
+            "nvme-tcp://127.0.0.1:4420/nqn.2026-01.io.zonestore:x".into(),
+        ];
+        c.replication_factor = Some(3);
+        c.set_by_flag("replication_factor", "--replicas");
+        assert_eq!(
+            c.check().unwrap_err().key,
+            "replication_factor (--replicas)"
+        );
+        c.targets.push("nvme-tcp://127.0.0.1:8009".into());
+        assert!(c.check().is_ok());
+    }
+
+    /// A replication factor of 0 is named as the mistake, also beside a write quorum.
+    #[test]
+    fn zero_copies_is_the_replication_factors_mistake() {
+        let c = Config {
+            replication_factor: Some(0),
+            write_quorum: Some(1),
+            ..Config::default()
+        };
+        let e = c.check().unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.problem.as_str()),
+            ("replication_factor", "must be at least 1")
+        );
     }
 }

@@ -330,8 +330,9 @@ impl Server {
         let specs = std::mem::take(&mut attached.specs);
         let drive_count = specs.len();
         let mut engine_config = EngineConfig::new(checked.index_dir.clone(), drive_count);
-        (engine_config.replicas, engine_config.write_quorum) =
-            config.replication_for(drive_count)?;
+        (engine_config.replicas, engine_config.write_quorum) = config
+            .replication_for(drive_count)
+            .map_err(|e| config.naming_the_flag(e))?;
         engine_config.gc = GcConfig {
             enabled: config.gc.enabled,
             policy: checked.gc_policy,
