@@ -61,15 +61,16 @@ pub struct AdminState {
 
 impl AdminState {
     /// Ends the jobs started from the admin API before the engine shuts down: a GC run stops
-    /// after the zone it is collecting, and is waited for.
+    /// after the zone it is collecting, and is waited for as the engine's own tasks are (a run
+    /// stuck on a drive that answers nothing is abandoned after the same bound, not left
+    /// running while the drives are flushed and closed).
     pub async fn stop_jobs(&self) {
         if let Some(job) = self.gc_job.lock().as_mut() {
             job.total = job.done;
         }
         let task = self.gc_task.lock().take();
         if let Some(task) = task {
-            // A run stuck on a drive that answers nothing does not hold the shutdown up.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), task).await;
+            crate::engine::stop_task("the GC run started from the admin API", task).await;
         }
     }
 }

@@ -1510,7 +1510,7 @@ const TASK_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Waits for a background task told to stop, aborting it after [`TASK_STOP_LIMIT`] (like a
 /// crash, which loses nothing acknowledged).
-async fn stop_task(what: &str, mut task: tokio::task::JoinHandle<()>) {
+pub(crate) async fn stop_task(what: &str, mut task: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(TASK_STOP_LIMIT, &mut task)
         .await
         .is_err()
