@@ -279,6 +279,13 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
         config.set_by_flag("admin_listen", "--admin-listen");
     }
     match (&args.access_key, &args.secret_key) {
+        // As ZONESTORE_DATA does: a login exported into the environment (for a quick start, or
+        // `zonestore admin`) must not add itself to, or change, the users a file gives.
+        (Some(a), Some(_)) if args.user_from_env && config.file_sets("users") => {
+            say_err!(
+                "zonestore: warning: ZONESTORE_ACCESS_KEY ({a}) and ZONESTORE_SECRET_KEY are not used: the configuration file's users are (--access-key and --secret-key add or replace one)"
+            );
+        }
         (Some(a), Some(s)) => {
             // The flags' user takes the place of a file's user with the same key, or comes
             // after the file's users: a problem with a file's user names its place in the file.
@@ -301,11 +308,6 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
             } else {
                 "--access-key, --secret-key"
             };
-            if args.user_from_env && config.file_sets("users") {
-                say_err!(
-                    "zonestore: warning: ZONESTORE_ACCESS_KEY is set: its user {a} is taken besides the configuration file's users"
-                );
-            }
             config.set_by_flag(&format!("users[{place}]"), source);
         }
         (None, None) => {}
@@ -631,7 +633,7 @@ fn run() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, Command, config_of, error_report};
+    use super::{Cli, Command, config_of, error_report, serve_config};
     use anyhow::Context;
     use clap::Parser;
     use std::path::Path;
@@ -656,6 +658,47 @@ mod tests {
         assert!(direct(false, &["--direct-writes"]));
         assert!(direct(false, &["--direct-writes", "--zones", "8"]));
         assert!(!direct(true, &["--direct-writes=false"]));
+    }
+
+    /// ZONESTORE_ACCESS_KEY and ZONESTORE_SECRET_KEY do not add a login to the users a
+    /// configuration file gives (nor change one); they apply where the file gives none; the
+    /// flags add or replace one.
+    #[test]
+    fn a_login_from_the_environment_yields_to_the_files_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("z.toml");
+        let users = |file_says: &str, from_env: bool| {
+            std::fs::write(&file, file_says).unwrap();
+            let argv = [
+                "zonestore",
+                "serve",
+                "--config",
+                file.to_str().unwrap(),
+                "--access-key",
+                "ENVKEY",
+                "--secret-key",
+                "envsecret",
+            ];
+            let Command::Serve(mut args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not serve");
+            };
+            args.user_from_env = from_env;
+            serve_config(&args)
+                .unwrap()
+                .users
+                .into_iter()
+                .map(|u| (u.access_key, u.secret_key))
+                .collect::<Vec<_>>()
+        };
+        let file_users = "[[users]]\naccess_key = \"FILEKEY\"\nsecret_key = \"filesecret\"\n";
+        let from_file = vec![("FILEKEY".to_string(), "filesecret".to_string())];
+        let env = ("ENVKEY".to_string(), "envsecret".to_string());
+        assert_eq!(users(file_users, true), from_file);
+        assert_eq!(
+            users(file_users, false),
+            [from_file[0].clone(), env.clone()]
+        );
+        assert_eq!(users("", true), [env]);
     }
 
     /// ZONESTORE_DATA (exported for `zonestore admin`, say) does not override a configuration
