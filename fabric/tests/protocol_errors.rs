@@ -431,17 +431,20 @@ async fn only_block_writes_are_asked_for_their_data() {
         other => panic!("expected the Set Features completion, got {other:?}"),
     }
     let (mut io, mut buf) = io_connected(handle.local_addr(), 31).await;
-    // Dataset Management (host to controller, not served) and Zone Management Send.
-    for (cid, opcode, want) in [
-        (4u16, 0x09u8, Status::INVALID_OPCODE),
-        (5, 0x79, Status::SUCCESS),
+    // Dataset Management (host to controller, not served) and Zone Management Send, which
+    // takes no data: one that describes some is refused without running (as the Linux target
+    // refuses it), not run with the data ignored; one that describes none runs.
+    for (cid, opcode, sgl, want) in [
+        (4u16, 0x09u8, 4096, Status::INVALID_OPCODE),
+        (5, 0x79, 4096, Status::SGL_LENGTH_INVALID),
+        (7, 0x79, 0, Status::SUCCESS),
     ] {
         let mut sqe = Sqe::new(opcode, cid);
         // Zone Management Send: Open of zone 0.
         sqe.set_nsid(1)
             .set_slba(0)
             .set_cdw(13, 0x03)
-            .set_sgl(4096, false);
+            .set_sgl(sgl, false);
         send(&mut io, command(sqe)).await;
         match next_pdu(&mut io, &mut buf).await {
             Pdu::CapsuleResp(r) => {

@@ -110,6 +110,15 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Bytes) -> Repl
     if nsid != NSID && !flush_all {
         return Reply::error(Status::INVALID_NAMESPACE);
     }
+    // Commands that move no data, described with some: refused before they run (as the
+    // Linux target does), not run with the data ignored.
+    if matches!(
+        sqe.opcode(),
+        io::FLUSH | io::WRITE_ZEROES | io::ZONE_MGMT_SEND
+    ) && sqe.sgl_length() != 0
+    {
+        return Reply::error(Status::SGL_LENGTH_INVALID);
+    }
     let slba = sqe.slba();
     let nlb = (sqe.cdw(12) & 0xFFFF) + 1;
     let bytes = command_bytes(sqe, &device);
