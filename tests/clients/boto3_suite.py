@@ -694,6 +694,9 @@ def check_checksums():
     for algorithm, kind in [("CRC32", "COMPOSITE"), ("CRC64NVME", "FULL_OBJECT")]:
         key = f"mp-{algorithm}"
         up = s3.create_multipart_upload(Bucket=b, Key=key, ChecksumAlgorithm=algorithm, ChecksumType=kind)
+        # The listing of uploads says both, as ListParts does.
+        listed = next(u for u in s3.list_multipart_uploads(Bucket=b, Prefix=key)["Uploads"] if u["UploadId"] == up["UploadId"])
+        assert (listed.get("ChecksumAlgorithm"), listed.get("ChecksumType")) == (algorithm, kind), listed
         parts = []
         for i, data in enumerate(parts_data, 1):
             r = s3.upload_part(Bucket=b, Key=key, UploadId=up["UploadId"], PartNumber=i, Body=data, ChecksumAlgorithm=algorithm)

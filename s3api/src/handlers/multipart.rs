@@ -770,6 +770,7 @@ pub async fn list_uploads(svc: &S3Service, ctx: &mut Ctx) -> Reply {
         w.element("StorageClass", "STANDARD")
             .element("Initiated", &iso8601(u.initiated));
         w.optional("ChecksumAlgorithm", u.checksum_algorithm.as_deref());
+        w.optional("ChecksumType", u.checksum_type.as_deref());
         w.end();
     }
     for p in &page.prefixes {
