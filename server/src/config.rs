@@ -459,6 +459,25 @@ impl Config {
         Ok((replicas, quorum))
     }
 
+    /// For a gateway about to attach `targets`: too few for the copies and write quorum asked
+    /// for is refused before any drive is made or connected, when each names one drive (one
+    /// asking a discovery controller may stand for several: counted once attached). The error
+    /// names the flag that set the value, if one did. (Not for `recover`, which counts the
+    /// drives the old index knows too.)
+    pub fn check_replication_before_attaching(
+        &self,
+        targets: &[TargetUrl],
+    ) -> Result<(), ConfigError> {
+        let one_drive_each = targets
+            .iter()
+            .all(|t| !matches!(t, TargetUrl::NvmeTcp { nqn: None, .. }));
+        if !targets.is_empty() && one_drive_each {
+            self.replication_for(targets.len())
+                .map_err(|e| self.naming_the_flag(e))?;
+        }
+        Ok(())
+    }
+
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -603,14 +622,6 @@ impl Config {
         let mut targets = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
             targets.push(TargetUrl::parse(t).map_err(|e| bad(&format!("targets[{i}]"), e))?);
-        }
-        // Targets that each name one drive are counted too, before any is made or connected
-        // (one asking a discovery controller may stand for several: counted once attached).
-        let one_drive_each = targets
-            .iter()
-            .all(|t| !matches!(t, TargetUrl::NvmeTcp { nqn: None, .. }));
-        if !targets.is_empty() && one_drive_each {
-            self.replication_for(targets.len())?;
         }
         for (i, u) in self.users.iter().enumerate() {
             if let Some(problem) = credentials_problem(&u.access_key, &u.secret_key) {
@@ -1143,21 +1154,26 @@ mod tests {
         assert_eq!(c.check().unwrap_err().key, "admin_listen");
         c.admin_listen = Some("127.0.0.1:9001".into());
         assert!(c.check().is_ok());
-        // Targets that each name one drive are counted as the embedded drives are, before any
-        // is made or connected, and the flag is named; one asking a discovery controller for
-        // its subsystems is counted once attached.
+        // A gateway counts targets that each name one drive as it counts the embedded drives,
+        // before any is made or connected, and names the flag; one asking a discovery
+        // controller for its subsystems is counted once attached.
         c.targets = vec![
             "zns-file:///a".into(),
             "nvme-tcp://127.0.0.1:4420/nqn.2026-01.io.zonestore:x".into(),
         ];
         c.replication_factor = Some(3);
         c.set_by_flag("replication_factor", "--replicas");
-        assert_eq!(
-            c.check().unwrap_err().key,
-            "replication_factor (--replicas)"
-        );
+        let checked = c.check().unwrap();
+        let e = c
+            .check_replication_before_attaching(&checked.targets)
+            .unwrap_err();
+        assert_eq!(e.key, "replication_factor (--replicas)");
         c.targets.push("nvme-tcp://127.0.0.1:8009".into());
-        assert!(c.check().is_ok());
+        let checked = c.check().unwrap();
+        assert!(
+            c.check_replication_before_attaching(&checked.targets)
+                .is_ok()
+        );
     }
 
     /// A replication factor of 0 is named as the mistake, also beside a write quorum.

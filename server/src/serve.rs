@@ -318,6 +318,7 @@ impl Server {
                 .into_iter()
                 .chain(known.keys().cloned())
                 .collect();
+        config.check_replication_before_attaching(&checked.targets)?;
         let mut attached = targets::attach_configured(
             config,
             &checked,
