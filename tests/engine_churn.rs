@@ -340,3 +340,133 @@ async fn a_zone_gc_cannot_empty_does_not_keep_a_full_store_busy() {
     }
     engine.shutdown().await;
 }
+
+/// A shutdown that comes while GC collects a zone at a drive's reserve lets the collection
+/// end (the zone it opened may have been the drive's last free one, which only the victim's
+/// reset gives back): after the restart GC still has room to work, and deletes and PUTs go on,
+/// rather than the drive being left with no free zone for GC, writes or deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_collection_at_the_reserve_does_not_wedge_the_drive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    // (Zones of 2 MiB full of small objects: a victim holds more records than GC commits at
+    // once, so some of its moves are in the index when the shutdown comes.)
+    let g = small_geometry(16, 2 << 20);
+    let unpaced = |c: &mut zonestore::engine::EngineConfig| c.gc.rate_bytes_per_sec = 0;
+    let (engine, _) = open_engine(dir.path(), 1, g, unpaced).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let stored = fill_small(&engine, 100, 5000).await;
+    // (Restarted: every zone is sealed, and the deletes' tombstones take a reserve zone.)
+    engine.shutdown().await;
+
+    // GC's 24th append (past its first commit of moves) waits until the shutdown has begun.
+    let inner = open_drive(&dir.path().join("drive0"), g);
+    let mut drive = zns::testing::Intercepted::new(Arc::new(inner));
+    let hold = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    drive.before_append = Box::new({
+        let (hold, held, release) = (hold.clone(), held.clone(), release.clone());
+        move |_, _, _| {
+            let wait = hold.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                == Ok(1);
+            let (held, release) = (held.clone(), release.clone());
+            Box::pin(async move {
+                if wait {
+                    held.store(true, Ordering::SeqCst);
+                    let _ = release.acquire().await;
+                }
+            })
+        }
+    });
+    let mut config = zonestore::engine::EngineConfig::new(dir.path().join("index"), 1);
+    unpaced(&mut config);
+    config.gc.enabled = false;
+    let specs = vec![zonestore::engine::DriveSpec {
+        name: "zns-file://drive0".into(),
+        device: Arc::new(drive),
+    }];
+    let (engine, _) = zonestore::engine::Engine::open(config, specs)
+        .await
+        .unwrap();
+    // One object of each zone deleted: every zone keeps several live records (a collection
+    // moves them one group at a time) and none is left empty (reset without moving anything).
+    let mut by_zone: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for (name, entry) in engine.object_entries().unwrap() {
+        let key = stored
+            .iter()
+            .find(|k| name.ends_with(k.as_bytes()))
+            .unwrap()
+            .clone();
+        by_zone
+            .entry(entry.commit[0].lba / g.zone_size)
+            .or_default()
+            .push(key);
+    }
+    let mut deleted = Vec::new();
+    for keys in by_zone.values().filter(|keys| keys.len() >= 3) {
+        engine.delete("b", &keys[0]).await.unwrap();
+        deleted.push(keys[0].clone());
+    }
+    assert!(deleted.len() >= 4, "{by_zone:?}");
+    hold.store(24, Ordering::SeqCst);
+    engine.gc().start();
+    engine.gc().nudge();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !held.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "GC never appended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = tokio::spawn(engine.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.add_permits(1);
+    stopping.await.unwrap();
+
+    let (engine, _) = open_engine(dir.path(), 1, g, unpaced).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let live: Vec<&String> = stored.iter().filter(|k| !deleted.contains(k)).collect();
+    for key in live.iter().step_by(2) {
+        loop {
+            engine.gc().nudge();
+            match engine.delete("b", key).await {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "deletes no longer go through: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    put_once_gc_makes_room(&engine, "after", &content("after", 0, 60_000)).await;
+    for key in live.iter().skip(1).step_by(2) {
+        assert_eq!(get(&engine, "b", key).await.unwrap(), content(key, 0, 100));
+    }
+    engine.shutdown().await;
+}
+
+/// [`fill`] for many small objects, PUT 16 at a time.
+async fn fill_small(engine: &zonestore::engine::Engine, size: usize, most: usize) -> Vec<String> {
+    let mut stored = Vec::new();
+    for batch in (0..most).collect::<Vec<_>>().chunks(16) {
+        let puts = batch.iter().map(|i| {
+            let key = format!("small{i:05}");
+            async move {
+                let result = put(engine, "b", &key, &content(&key, 0, size)).await;
+                (key, result)
+            }
+        });
+        let mut full = false;
+        for (key, result) in futures::future::join_all(puts).await {
+            match result {
+                Ok(_) => stored.push(key),
+                Err(EngineError::NoSpace(_)) => full = true,
+                Err(e) => panic!("the drive filled up with another error than out of space: {e}"),
+            }
+        }
+        if full {
+            return stored;
+        }
+    }
+    panic!("{most} objects of {size} bytes did not fill the drive");
+}

@@ -449,9 +449,16 @@ struct Pacer {
 impl Pacer {
     /// Waits until `bytes` more are within `rate` (bytes a second, 0: no limit); false, at
     /// once, if the engine shuts down meanwhile (a slow rate must not hold the shutdown up
-    /// for minutes before the drives are flushed).
-    async fn pace(&mut self, bytes: u64, rate: u64, gc: &GcControl) -> bool {
+    /// for minutes before the drives are flushed) — unless `to_the_end`: a collection at the
+    /// drive's reserve may have opened its last free zone, which only the victim's reset gives
+    /// back (stopped halfway, the zone it opened is finished at the next start and the victim
+    /// still holds live data: no free zone is left for GC, nor for writes or deletes), so it
+    /// runs to its end, unpaced, within the bound the shutdown waits for GC.
+    async fn pace(&mut self, bytes: u64, rate: u64, to_the_end: bool, gc: &GcControl) -> bool {
         self.bytes += bytes;
+        if to_the_end {
+            return true;
+        }
         if rate == 0 {
             return !gc.closed.load(Ordering::SeqCst);
         }
@@ -1063,12 +1070,12 @@ impl EngineInner {
                         if let Some(what) = what {
                             // Unpaced once the drive is down to its reserve, also if it gets
                             // there while this zone is collected: writers wait for the space.
-                            let rate = if rate != 0 && self.at_reserve(zone.drive) {
-                                0
-                            } else {
-                                rate
-                            };
-                            if !pacer.pace(parsed.padded as u64, rate, &self.gc).await {
+                            let at_reserve = self.at_reserve(zone.drive);
+                            let rate = if at_reserve { 0 } else { rate };
+                            if !pacer
+                                .pace(parsed.padded as u64, rate, at_reserve, &self.gc)
+                                .await
+                            {
                                 // What was copied is hidden (see [`Relocations::abandon`]).
                                 return Err(EngineError::Unavailable(
                                     "GC stopped: the engine is shutting down".into(),
