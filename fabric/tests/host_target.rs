@@ -786,6 +786,45 @@ fn a_short_read_is_an_error_not_short_data() {
     });
 }
 
+/// Appends a block to zone 0, then sets `slow` and starts 8 reads of it: with the rig's one
+/// queue of two entries, two are sent (and stall), six wait for a queue entry. Returns the
+/// block and the reads.
+async fn eight_reads_stalled(
+    g: &Geometry,
+    host: &Arc<NvmeTcpHost>,
+    slow: &std::sync::atomic::AtomicBool,
+) -> (Bytes, Vec<tokio::task::JoinHandle<zns::ZoneResult<Bytes>>>) {
+    let data = Bytes::from(pattern(g, 0, 1, 5));
+    host.append(0, data.clone()).await.unwrap();
+    slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reads = (0..8)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { host.read(0, 1).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (data, reads)
+}
+
+/// How many of `reads` failed (as unavailable); those that succeeded read `data`.
+async fn failed_reads(
+    reads: Vec<tokio::task::JoinHandle<zns::ZoneResult<Bytes>>>,
+    data: &Bytes,
+) -> usize {
+    let mut failed = 0;
+    for read in reads {
+        match read.await.unwrap() {
+            Ok(block) => assert_eq!(&block, data),
+            Err(e) => {
+                assert_eq!(e.kind(), ZoneErrorKind::Unavailable, "{e}");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
 /// Commands waiting for a queue entry when the session fails were never sent: they wait for
 /// the next session and run there (as a command issued while the host is down does), rather
 /// than fail with those the target had.
@@ -803,29 +842,11 @@ fn commands_waiting_for_a_queue_entry_when_the_session_fails_run_in_the_next() {
             host,
             ..
         } = stalling_rig(g).await;
-        let data = Bytes::from(pattern(&g, 0, 1, 5));
-        host.append(0, data.clone()).await.unwrap();
-        slow.store(true, std::sync::atomic::Ordering::SeqCst);
-        let reads: Vec<_> = (0..8)
-            .map(|_| {
-                let host = host.clone();
-                tokio::spawn(async move { host.read(0, 1).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (data, reads) = eight_reads_stalled(&g, &host, &slow).await;
         slow.store(false, std::sync::atomic::Ordering::SeqCst);
         handle.shut_down(Duration::from_millis(100)).await;
         let restart = listen_again_soon(&target, addr);
-        let mut sent_and_lost = 0;
-        for read in reads {
-            match read.await.unwrap() {
-                Ok(block) => assert_eq!(block, data),
-                Err(e) => {
-                    assert_eq!(e.kind(), ZoneErrorKind::Unavailable, "{e}");
-                    sent_and_lost += 1;
-                }
-            }
-        }
+        let sent_and_lost = failed_reads(reads, &data).await;
         assert!(
             sent_and_lost <= 2,
             "{sent_and_lost} of 8 reads failed; at most the 2 the queue held were sent"
@@ -852,16 +873,7 @@ fn commands_waiting_through_two_failed_sessions_run_in_the_third() {
             host,
             ..
         } = stalling_rig(g).await;
-        let data = Bytes::from(pattern(&g, 0, 1, 5));
-        host.append(0, data.clone()).await.unwrap();
-        slow.store(true, std::sync::atomic::Ordering::SeqCst);
-        let reads: Vec<_> = (0..8)
-            .map(|_| {
-                let host = host.clone();
-                tokio::spawn(async move { host.read(0, 1).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (data, reads) = eight_reads_stalled(&g, &host, &slow).await;
         handle.shut_down(Duration::from_millis(100)).await;
         // The second session: two of the six reads left are sent to it (and stall), four wait.
         let second = listen_again_soon(&target, addr).await.unwrap();
@@ -877,16 +889,7 @@ fn commands_waiting_through_two_failed_sessions_run_in_the_third() {
         second.shut_down(Duration::from_millis(100)).await;
         slow.store(false, std::sync::atomic::Ordering::SeqCst);
         let restart = listen_again_soon(&target, addr);
-        let mut sent_and_lost = 0;
-        for read in reads {
-            match read.await.unwrap() {
-                Ok(block) => assert_eq!(block, data),
-                Err(e) => {
-                    assert_eq!(e.kind(), ZoneErrorKind::Unavailable, "{e}");
-                    sent_and_lost += 1;
-                }
-            }
-        }
+        let sent_and_lost = failed_reads(reads, &data).await;
         assert!(
             sent_and_lost <= 4,
             "{sent_and_lost} of 8 reads failed; at most the 2 each session's queue held were sent"
