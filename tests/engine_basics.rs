@@ -2400,6 +2400,43 @@ async fn a_drain_does_not_drop_the_last_whole_copy() {
     engine.shutdown().await;
 }
 
+/// Two drains at once that each drop a surplus copy do not take each other's copy for the
+/// whole one that stays: the copy that stays (damaged here) is read, made again from a
+/// draining one, and only then are both dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drains_do_not_vouch_for_each_others_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir.path(), 3, g, three_copies_gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("k", 4, 30_000);
+    put(&engine, "b", "k", &body).await.unwrap();
+    engine.shutdown().await;
+    let probe = &body[5000..5064];
+    let on_drive0 = std::fs::read(drives[0].data_path())
+        .unwrap()
+        .windows(64)
+        .position(|w| w == probe)
+        .expect("a copy on drive 0");
+    // One copy now stands for R; drive 0's, the one that stays, is damaged.
+    write_at(&drives, (0, on_drive0), &[0xFF; 64]);
+    drop(drives);
+    let (engine, _drives) = open_engine(dir.path(), 3, g, |c| {
+        c.replicas = 1;
+        c.write_quorum = 1;
+        gc_by_hand(c);
+    })
+    .await;
+    engine.drain("zns-file://drive1").await.unwrap();
+    engine.drain("zns-file://drive2").await.unwrap();
+    until_repair(&engine, "the drains did not finish", 60, |s| {
+        s.draining_bytes == 0 && s.copies_dropped > 0 && s.blocked.is_none()
+    })
+    .await;
+    assert_eq!(get(&engine, "b", "k").await.unwrap(), body);
+    engine.shutdown().await;
+}
+
 /// A GET that meets a damaged copy (it fails over to a good one) hands the copy to repair,
 /// which makes it again from a good copy at once, not at the next weekly scrub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

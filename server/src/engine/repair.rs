@@ -216,6 +216,10 @@ impl RepairControl {
     /// [`MAX_SUSPECTS`]).
     fn retry_later(&self, what: Relocation, bad: Location, attempts: u32) {
         let mut unrepaired = self.unrepaired.lock();
+        // Once each (reads and scrub passes may meet it again meanwhile).
+        if unrepaired.iter().any(|u| u.bad == bad && u.what == what) {
+            return;
+        }
         if unrepaired.len() >= MAX_SUSPECTS {
             tracing::warn!(
                 ?what,
@@ -689,7 +693,8 @@ impl EngineInner {
                 // The committer takes what it can of a change and leaves out the rest without
                 // failing it (copies on a drive whose flush failed or that reconnected; an edit
                 // GC's move of the record made moot): what it left out is not counted done.
-                let missed = self.edits_not_recorded(&submitted);
+                let (missed_copies, missed_drops) = self.edits_not_recorded(&submitted);
+                let missed = missed_copies + missed_drops;
                 if missed == 0 {
                     progress.left.add(&done.left);
                 } else {
@@ -701,8 +706,8 @@ impl EngineInner {
                     ));
                 }
                 let mut s = self.repair.status.lock();
-                s.copies_made += done.made.saturating_sub(missed);
-                s.copies_dropped += done.dropped;
+                s.copies_made += done.made.saturating_sub(missed_copies);
+                s.copies_dropped += done.dropped.saturating_sub(missed_drops);
                 s.bytes_copied += done.bytes;
             }
             Err(e) => {
@@ -718,11 +723,11 @@ impl EngineInner {
         }
     }
 
-    /// How many of `edits`, committed, the index does not show: a new copy it does not name,
-    /// or a copy dropped that it still names, of a record that is still there (one deleted
+    /// How many of `edits`, committed, the index does not show: new copies it does not name,
+    /// and copies dropped that it still names, of records that are still there (one deleted
     /// meanwhile needs nothing). An index that cannot be read counts every edit as missing.
-    fn edits_not_recorded(&self, edits: &[(Relocation, ReplicaEdit)]) -> u64 {
-        edits
+    fn edits_not_recorded(&self, edits: &[(Relocation, ReplicaEdit)]) -> (u64, u64) {
+        let missed: Vec<&ReplicaEdit> = edits
             .iter()
             .filter(|(what, edit)| {
                 let copies = match located::current_copies(&self.index, what) {
@@ -738,15 +743,32 @@ impl EngineInner {
                     ReplicaEdit::Remove(gone) => copies.contains(gone),
                 }
             })
-            .count() as u64
+            .map(|(_, edit)| edit)
+            .collect();
+        let drops = missed
+            .iter()
+            .filter(|e| matches!(e, ReplicaEdit::Remove(_)))
+            .count() as u64;
+        (missed.len() as u64 - drops, drops)
     }
 
-    /// Whether a copy of `entry` other than `kept` reads whole (CRC and identity checked), so
-    /// that dropping `kept` cannot drop the last whole copy. Damaged copies met are handed to
-    /// be made again (from a whole one: `kept`, if no other).
-    async fn another_copy_reads_whole(&self, entry: &Located, kept: Location) -> bool {
+    /// Whether a copy of `entry` other than `kept` that stays (on a drive that takes writes and
+    /// is not lost past `grace`: as counted for R, so not one on another draining drive, being
+    /// dropped too) reads whole (CRC and identity checked), so that dropping `kept` cannot drop
+    /// the last whole copy. Damaged copies met are handed to be made again (from a whole one:
+    /// `kept`, if no other).
+    async fn another_copy_reads_whole(
+        &self,
+        entry: &Located,
+        kept: Location,
+        grace: Duration,
+    ) -> bool {
         for &other in entry.copies.iter().filter(|l| **l != kept) {
-            if self.drives.of(&other).is_none_or(|d| !d.is_up()) {
+            let stays = self
+                .drives
+                .of(&other)
+                .is_some_and(|d| d.is_writable() && d.down_for() <= grace);
+            if !stays {
                 continue;
             }
             match self.read_verified(&entry.what, other, Count::Damage).await {
@@ -814,7 +836,7 @@ impl EngineInner {
                         ))
                     } else if up_now >= r
                         && new_copies.is_empty()
-                        && !self.another_copy_reads_whole(&entry, copy).await
+                        && !self.another_copy_reads_whole(&entry, copy, grace).await
                     {
                         // The drives' states say nothing of what the copies hold: the copy
                         // dropped may be the last whole one (the others are made again from it
@@ -1042,6 +1064,11 @@ impl EngineInner {
             match self.rewrite_copy(&entry, bad).await {
                 Ok(true) => self.repair.status.lock().scrub_repaired += 1,
                 Ok(false) => {}
+                // No whole copy left to make it from: the record is lost (counted by the reads
+                // that met it), and trying again would not change that.
+                Err(e @ EngineError::Corrupt(_)) => {
+                    tracing::error!(what = ?entry.what, "a damaged copy cannot be made again: {e}");
+                }
                 Err(e) => {
                     tracing::error!(
                         what = ?entry.what,
@@ -1317,6 +1344,9 @@ impl EngineInner {
                 match self.rewrite_copy(entry, copy).await {
                     Ok(true) => self.repair.status.lock().scrub_repaired += 1,
                     Ok(false) => {}
+                    Err(e @ EngineError::Corrupt(_)) => {
+                        tracing::error!(what = ?entry.what, "scrub could not repair the copy: {e}");
+                    }
                     Err(e) => {
                         tracing::error!(what = ?entry.what, "scrub could not repair the copy (it is tried again later): {e}");
                         self.repair.retry_later(entry.what.clone(), copy, 1);
@@ -1354,13 +1384,25 @@ impl EngineInner {
             return Ok(false);
         }
         let mut source = None;
+        // (A copy that cannot be read now may be whole: then the record is not known lost.)
+        let mut unreadable = false;
         for copy in entry.copies.iter().filter(|l| **l != bad) {
-            if let Ok(bytes) = self.read_verified(&entry.what, *copy, Count::Damage).await {
-                source = Some(bytes);
-                break;
+            match self.read_verified(&entry.what, *copy, Count::Damage).await {
+                Ok(bytes) => {
+                    source = Some(bytes);
+                    break;
+                }
+                Err(CopyRead::Unreadable(_)) => unreadable = true,
+                Err(CopyRead::Bad(_)) => {}
             }
         }
-        let source = source.ok_or_else(|| EngineError::Corrupt("no good copy left".into()))?;
+        let source = source.ok_or_else(|| {
+            if unreadable {
+                EngineError::Unavailable("no other copy can be read now".into())
+            } else {
+                EngineError::Corrupt("no good copy left".into())
+            }
+        })?;
         // Again after the read: the batch that found the bad copy may be minutes old, and a
         // copy made since on another drive must not be the new copy's target (the edit would
         // be refused, the bad copy left named). No longer named: nothing to make again.
