@@ -417,8 +417,13 @@ async fn a_shutdown_during_a_collection_at_the_reserve_does_not_wedge_the_drive(
         assert!(std::time::Instant::now() < deadline, "GC never appended");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let shared = engine.inner().clone();
     let stopping = tokio::spawn(engine.shutdown());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while !shared.gc().is_shut_down() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // (The shutdown waits for GC, held: it gets no further until the append goes on.)
+    drop(shared);
     release.add_permits(1);
     stopping.await.unwrap();
 

@@ -877,15 +877,16 @@ fn commands_waiting_through_two_failed_sessions_run_in_the_third() {
         handle.shut_down(Duration::from_millis(100)).await;
         // The second session: two of the six reads left are sent to it (and stall), four wait.
         let second = listen_again_soon(&target, addr).await.unwrap();
+        // Until two of the reads are running on it (stalled).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !host.is_connected() {
+        while !(host.is_connected() && target.stats().in_flight >= 2) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the host never reconnected"
+                "no reads reached the second session ({:?})",
+                target.stats()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
         second.shut_down(Duration::from_millis(100)).await;
         slow.store(false, std::sync::atomic::Ordering::SeqCst);
         let restart = listen_again_soon(&target, addr);

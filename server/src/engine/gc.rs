@@ -158,6 +158,11 @@ impl GcControl {
         }
     }
 
+    /// Whether GC has been told to end (the engine is shutting down).
+    pub fn is_shut_down(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Ends the GC task and waits for it.
     pub async fn shut_down(&self) {
         self.closed.store(true, Ordering::SeqCst);

@@ -170,6 +170,11 @@ impl std::fmt::Debug for EngineInner {
 }
 
 impl EngineInner {
+    /// GC control (as [`Engine::gc`], for holders of the shared state).
+    pub fn gc(&self) -> &gc::GcControl {
+        &self.gc
+    }
+
     /// Whether `drive` holds records the index names, or appends awaiting their index entry.
     pub(crate) fn holds_or_awaits_records(&self, drive: &drives::Drive) -> bool {
         // (Appends first: one that ends adds its record to the live bytes before it lets go.)

@@ -197,6 +197,8 @@ impl EngineInner {
         drive.attached.store(true, Ordering::SeqCst);
         if !reconciliation.broken_zones.is_empty() {
             tracing::error!(drive = %drive.name, zones = ?reconciliation.broken_zones, "index and drive disagree; run `zonestore recover --rebuild-index`");
+            // As at start-up: the lost copies are made again from whole ones now.
+            self.repair.scrub();
         }
         tracing::info!(
             drive = %drive.name,
