@@ -124,9 +124,7 @@ impl ChunkedDecoder {
     fn verify_chunk(&mut self, signature: Option<String>) -> Result<(), S3Error> {
         let hash = hex::encode(std::mem::take(&mut self.chunk_hash).finalize());
         if let Some(signing) = self.signing.as_mut() {
-            let provided = signature.ok_or_else(|| {
-                S3Error::signature_mismatch().with("Detail", "chunk without a signature")
-            })?;
+            let provided = signature.ok_or_else(unsigned_chunk)?;
             let expected = sigv4::chunk_signature(
                 &signing.key,
                 &signing.amz_date,
@@ -178,8 +176,7 @@ impl ChunkedDecoder {
                     // A signed payload's chunk without a signature can never verify: refused
                     // now, before its data is taken.
                     if self.signing.is_some() && signature.is_none() {
-                        return Err(S3Error::signature_mismatch()
-                            .with("Detail", "chunk without a signature"));
+                        return Err(unsigned_chunk());
                     }
                     if size == 0 {
                         self.verify_chunk(signature)?;
@@ -299,6 +296,11 @@ impl ChunkedDecoder {
         }
         Ok(std::mem::take(&mut self.trailers))
     }
+}
+
+/// A signed body's chunk that carries no signature.
+fn unsigned_chunk() -> S3Error {
+    S3Error::signature_mismatch().with("Detail", "chunk without a signature")
 }
 
 #[cfg(test)]

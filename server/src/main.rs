@@ -601,7 +601,8 @@ fn note_env_sources(cli: &mut Cli, matches: &clap::ArgMatches) {
     match &mut cli.command {
         Command::Serve(args) => {
             args.drives.data_from_env = from_env("serve", "data");
-            args.user_from_env = from_env("serve", "access_key");
+            // (A login half from the environment, half from a flag, is the flags'.)
+            args.user_from_env = from_env("serve", "access_key") && from_env("serve", "secret_key");
         }
         Command::Recover(args) => args.drives.data_from_env = from_env("recover", "data"),
         Command::Target(_) | Command::Admin(_) => {}
