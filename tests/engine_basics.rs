@@ -2191,17 +2191,53 @@ async fn one_object_in_two_copies(
     engine.create_bucket("b", "alice").await.unwrap();
     let body = content(key, 7, 30_000);
     put(&engine, "b", key, &body).await.unwrap();
+    let holders = copies_in_files(&drives, &body);
+    assert_eq!(holders.len(), 2, "two copies: {holders:?}");
+    (engine, drives, body, holders)
+}
+
+/// Where `body` (at least 5064 bytes) has a copy in each of `drives`' data files: (drive, byte
+/// offset of its bytes 5000..5064), found by those 64 bytes.
+fn copies_in_files(drives: &[zns::EmulatedZns], body: &[u8]) -> Vec<(usize, usize)> {
     let probe = &body[5000..5064];
-    let holders: Vec<(usize, usize)> = drives
+    drives
         .iter()
         .enumerate()
         .filter_map(|(i, d)| {
             let all = std::fs::read(d.data_path()).unwrap();
             all.windows(64).position(|w| w == probe).map(|at| (i, at))
         })
-        .collect();
-    assert_eq!(holders.len(), 2, "two copies: {holders:?}");
-    (engine, drives, body, holders)
+        .collect()
+}
+
+/// One object `k` of 30 KB (of `version`) written in three copies on three drives, the engine
+/// shut down, then the copies on the drives in `damaged` damaged; then the engine opened again
+/// with `replicas` copies standing for R (and a write quorum of 1). Returns it and the body.
+async fn surplus_copies_damaged(
+    dir: &std::path::Path,
+    version: u64,
+    damaged: &[usize],
+    replicas: usize,
+) -> (zonestore::engine::Engine, Vec<u8>) {
+    let g = small_geometry(16, 1 << 20);
+    let (engine, drives) = open_engine(dir, 3, g, three_copies_gc_by_hand).await;
+    engine.create_bucket("b", "alice").await.unwrap();
+    let body = content("k", version, 30_000);
+    put(&engine, "b", "k", &body).await.unwrap();
+    engine.shutdown().await;
+    let holders = copies_in_files(&drives, &body);
+    assert_eq!(holders.len(), 3, "three copies: {holders:?}");
+    for &copy in holders.iter().filter(|(d, _)| damaged.contains(d)) {
+        write_at(&drives, copy, &[0xFF; 64]);
+    }
+    drop(drives);
+    let (engine, _drives) = open_engine(dir, 3, g, |c| {
+        c.replicas = replicas;
+        c.write_quorum = 1;
+        gc_by_hand(c);
+    })
+    .await;
+    (engine, body)
 }
 
 /// What an intercepted flush does (see `Intercepted::before_flush`): fails, the drive refusing
@@ -2359,33 +2395,8 @@ async fn a_damaged_copy_that_could_not_be_made_again_is_tried_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_does_not_drop_the_last_whole_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let g = small_geometry(16, 1 << 20);
-    let (engine, drives) = open_engine(dir.path(), 3, g, three_copies_gc_by_hand).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    let body = content("k", 3, 30_000);
-    put(&engine, "b", "k", &body).await.unwrap();
-    engine.shutdown().await;
-    let probe = &body[5000..5064];
-    let holders: Vec<(usize, usize)> = drives
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| {
-            let all = std::fs::read(d.data_path()).unwrap();
-            all.windows(64).position(|w| w == probe).map(|at| (i, at))
-        })
-        .collect();
-    assert_eq!(holders.len(), 3, "three copies: {holders:?}");
     // Two copies now stand for R; those on drives 0 and 1 are damaged, drive 2's is whole.
-    for &copy in &holders[..2] {
-        write_at(&drives, copy, &[0xFF; 64]);
-    }
-    drop(drives);
-    let (engine, _drives) = open_engine(dir.path(), 3, g, |c| {
-        c.replicas = 2;
-        c.write_quorum = 1;
-        gc_by_hand(c);
-    })
-    .await;
+    let (engine, body) = surplus_copies_damaged(dir.path(), 3, &[0, 1], 2).await;
     engine.drain("zns-file://drive2").await.unwrap();
     until_repair(&engine, "the drain did not finish", 60, |s| {
         s.draining_bytes == 0 && s.copies_dropped > 0 && s.blocked.is_none()
@@ -2406,27 +2417,8 @@ async fn a_drain_does_not_drop_the_last_whole_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_drains_do_not_vouch_for_each_others_copies() {
     let dir = tempfile::tempdir().unwrap();
-    let g = small_geometry(16, 1 << 20);
-    let (engine, drives) = open_engine(dir.path(), 3, g, three_copies_gc_by_hand).await;
-    engine.create_bucket("b", "alice").await.unwrap();
-    let body = content("k", 4, 30_000);
-    put(&engine, "b", "k", &body).await.unwrap();
-    engine.shutdown().await;
-    let probe = &body[5000..5064];
-    let on_drive0 = std::fs::read(drives[0].data_path())
-        .unwrap()
-        .windows(64)
-        .position(|w| w == probe)
-        .expect("a copy on drive 0");
     // One copy now stands for R; drive 0's, the one that stays, is damaged.
-    write_at(&drives, (0, on_drive0), &[0xFF; 64]);
-    drop(drives);
-    let (engine, _drives) = open_engine(dir.path(), 3, g, |c| {
-        c.replicas = 1;
-        c.write_quorum = 1;
-        gc_by_hand(c);
-    })
-    .await;
+    let (engine, body) = surplus_copies_damaged(dir.path(), 4, &[0], 1).await;
     engine.drain("zns-file://drive1").await.unwrap();
     engine.drain("zns-file://drive2").await.unwrap();
     until_repair(&engine, "the drains did not finish", 60, |s| {
